@@ -1,0 +1,201 @@
+"""The NumPy backend: compile a Graph once into a flat plan, run it many times.
+
+A plan is a list of steps (kernel, input slots, output slots, attributes, slots to free). Constants
+(initializers, Constant nodes and whatever depends only on them) are computed at compile time. Each
+intermediate's slot is cleared right after its last reader, so peak memory follows the live set, not
+the whole graph.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+
+from tvmlite.errors import TvmliteError, UnsupportedError
+from tvmlite.ir.graph import Graph, Model
+from tvmlite.ops.registry import KernelContext, OpDef, canonical_domain, kernel_attr_name, lookup
+
+#: ops whose outputs differ between runs: never computed at compile time
+NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                    "Multinomial", "Bernoulli", "Dropout"}
+
+
+@dataclass
+class Step:
+    fn: object
+    ins: tuple
+    outs: tuple
+    attrs: dict
+    free: tuple
+    node: object
+    needs_ctx: bool
+    implicit: tuple  # (name, slot) pairs of outer values a subgraph reads
+
+
+def _resolve(node, opsets) -> OpDef | None:
+    domain = canonical_domain(node.domain)
+    version = opsets.get(domain, opsets.get("ai.onnx") if domain == "" else None)
+    return lookup(node.op_type, domain, version)
+
+
+def missing_kernels(graph: Graph, opsets: dict) -> list[str]:
+    """Every problem that would stop the graph from running, each as 'op: reason', without duplicates."""
+    problems: dict[str, int] = collections.Counter()
+    for node in graph.nx.nodes:
+        op = _resolve(node, opsets)
+        name = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        if op is None:
+            problems[f"{name} (no kernel for opset {opsets.get(canonical_domain(node.domain), '?')})"] += 1
+        elif op.attrs is not None:
+            for a in node.attrs:
+                if a not in op.attrs:
+                    problems[f"{name} attribute '{a}' (not supported)"] += 1
+        for sg in node.subgraphs:
+            for p in missing_kernels(sg, opsets):
+                problems[p] += 1
+    return [f"{p} x{n}" if n > 1 else p for p, n in problems.items()]
+
+
+class Plan:
+    """A compiled graph. ``run(feeds)`` returns the graph outputs in order."""
+
+    def __init__(self, graph: Graph, opsets: dict, *, fold_constants: bool = True):
+        problems = missing_kernels(graph, opsets)
+        if problems:
+            raise UnsupportedError(f"the NumPy backend cannot run {len(problems)} op kind(s): "
+                                   + "; ".join(problems))
+        self.graph = graph
+        self.opsets = opsets
+        self.input_names = list(graph.inputs)
+        self.output_names = list(graph.outputs)
+        self._sub_plans: dict[int, Plan] = {}
+        slots: dict[str, int] = {}
+
+        def slot(name: str) -> int:
+            if name not in slots:
+                slots[name] = len(slots)
+            return slots[name]
+
+        consts: dict[str, np.ndarray] = {}
+        for name in graph.initializers:
+            if name not in graph.inputs:
+                consts[name] = graph.values[name].const
+        for name in graph.inputs:
+            slot(name)
+        # outer-scope values (subgraphs) come from the scope given to run()
+        self.outer = [n for n in graph.outer_references()]
+        for n in self.outer:
+            slot(n)
+
+        steps: list[Step] = []
+        for node in graph.toposort():
+            op = _resolve(node, opsets)
+            attrs = {kernel_attr_name(k): v for k, v in node.attrs.items()}
+            const_inputs = all((not n) or n in consts for n in node.inputs)
+            if (fold_constants and const_inputs and not node.subgraphs and not node.implicit_inputs
+                    and node.op_type not in NONDETERMINISTIC and not op.needs_ctx):
+                res = self._call(op.kernel, [consts.get(n) if n else None for n in node.inputs], attrs)
+                for name, val in zip(node.outputs, res):
+                    if name:
+                        consts[name] = val
+                continue
+            ins = tuple(slot(n) if n else -1 for n in node.inputs)
+            outs = tuple(slot(n) if n else -1 for n in node.outputs)
+            implicit = tuple((n, slot(n)) for n in node.implicit_inputs)
+            steps.append(Step(op.kernel, ins, outs, attrs, (), node, op.needs_ctx, implicit))
+
+        # constants used at run time get slots filled at the start of each run
+        self.const_slots = [(slots[n], a) for n, a in consts.items() if n in slots]
+        for name in graph.outputs:
+            if name in consts and name not in slots:
+                self.const_slots.append((slot(name), consts[name]))
+        self.n_slots = len(slots)
+        self.slots = slots
+        self.input_slots = [slots[n] for n in self.input_names]
+        self.outer_slots = [slots[n] for n in self.outer]
+        self.output_slots = [slots[n] for n in self.output_names]
+
+        # liveness: free each slot after its last reader unless it is a graph output
+        keep = set(self.output_slots)
+        last_use: dict[int, int] = {}
+        for i, st in enumerate(steps):
+            for s in st.ins:
+                if s >= 0:
+                    last_use[s] = i
+            for _, s in st.implicit:
+                last_use[s] = i
+            for s in st.outs:  # an output nobody reads dies where it is made
+                if s >= 0 and s not in last_use:
+                    last_use[s] = i
+        for i, st in enumerate(steps):
+            for s in st.outs:
+                if s >= 0 and last_use.get(s, -1) < i:
+                    last_use[s] = i
+        frees: dict[int, list] = collections.defaultdict(list)
+        for s, i in last_use.items():
+            if s not in keep:
+                frees[i].append(s)
+        for i, st in enumerate(steps):
+            st.free = tuple(frees.get(i, ()))
+        self.steps = steps
+
+    @staticmethod
+    def _call(fn, args, attrs, ctx=None):
+        while args and args[-1] is None:
+            args = args[:-1]
+        res = fn(ctx, *args, **attrs) if ctx is not None else fn(*args, **attrs)
+        if isinstance(res, tuple):
+            return [r if isinstance(r, (list, np.ndarray)) or r is None else np.asarray(r) for r in res]
+        return [res if isinstance(res, (list, np.ndarray)) else np.asarray(res)]
+
+    def run_subgraph(self, graph: Graph, feeds: dict, scope: dict) -> list:
+        plan = self._sub_plans.get(id(graph))
+        if plan is None:
+            plan = Plan(graph, self.opsets)
+            self._sub_plans[id(graph)] = plan
+        return plan.run(feeds, scope)
+
+    def run(self, feeds: dict, scope: dict | None = None) -> list:
+        env: list = [None] * self.n_slots
+        for s, a in self.const_slots:
+            env[s] = a
+        for name, s in zip(self.input_names, self.input_slots):
+            if name in feeds:
+                env[s] = feeds[name]
+            elif name in self.graph.initializers:
+                env[s] = self.graph.values[name].const  # an input with a default initializer
+            else:
+                raise TvmliteError(f"missing input {name!r}")
+        if self.outer:
+            scope = scope or {}
+            for name, s in zip(self.outer, self.outer_slots):
+                if env[s] is None:
+                    env[s] = scope[name]
+        call = self._call
+        for st in self.steps:
+            args = [env[i] if i >= 0 else None for i in st.ins]
+            try:
+                if st.needs_ctx:
+                    inner = dict(scope or {})
+                    inner.update((n, env[s]) for n, s in st.implicit)
+                    ctx = KernelContext(self.opsets, self.run_subgraph, inner)
+                    res = call(st.fn, args, st.attrs, ctx)
+                else:
+                    res = call(st.fn, args, st.attrs)
+            except TvmliteError as e:
+                raise type(e)(f"node {st.node.label!r} ({st.node.op_type}): {e}") from None
+            except Exception as e:  # a kernel failing on these inputs: say which node
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise TvmliteError(f"node {st.node.label!r} ({st.node.op_type}) failed: "
+                                   f"{type(e).__name__}: {msg}") from e
+            for s, r in zip(st.outs, res):
+                if s >= 0:
+                    env[s] = r
+            for s in st.free:
+                env[s] = None
+        return [env[s] for s in self.output_slots]
+
+
+def compile_model(model: Model, **kw) -> Plan:
+    return Plan(model.graph, model.opsets, **kw)

@@ -1,0 +1,230 @@
+"""tvmlite Model -> ONNX ModelProto / file.
+
+What a pass did not change is written back as it was read (tensor and attribute protos are reused), so
+an import/export round trip is lossless. Files are written atomically: to a temporary file in the
+target directory, then renamed into place, so a failure leaves no half-written model.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import onnx
+from onnx import helper, numpy_helper
+
+from tvmlite.errors import TvmliteError
+from tvmlite.ir.attrs import python_to_attr
+from tvmlite.ir.graph import Graph, Model, Value
+
+#: the newest IR version onnxruntime 1.31 loads; onnx 1.23 would write 14 by default
+MAX_IR_VERSION = 11
+#: protobuf cannot serialize a message over 2 GiB; above this, tensors go to an external file
+EXTERNAL_THRESHOLD = 2**31 - 2**26
+
+
+def _value_info(v: Value, name: str | None = None) -> onnx.ValueInfoProto:
+    vi = onnx.ValueInfoProto()
+    vi.name = name or v.name
+    if v.type is not None:
+        vi.type.CopyFrom(v.type)
+    elif v.is_initializer:
+        vi.type.CopyFrom(helper.make_tensor_type_proto(v.elem_type, list(v.shape)))
+    if v.doc_string:
+        vi.doc_string = v.doc_string
+    for k, val in v.metadata:
+        p = vi.metadata_props.add()
+        p.key, p.value = k, val
+    return vi
+
+
+def _tensor(v: Value) -> onnx.TensorProto:
+    if v._proto is not None:
+        return v._proto
+    t = numpy_helper.from_array(v.const, v.name)
+    return t
+
+
+def export_graph(g: Graph) -> onnx.GraphProto:
+    gp = onnx.GraphProto()
+    gp.name = g.name
+    if g.doc_string:
+        gp.doc_string = g.doc_string
+    for k, val in g.metadata:
+        p = gp.metadata_props.add()
+        p.key, p.value = k, val
+    for name in g.initializers:
+        v = g.values[name]
+        if v.sparse:
+            gp.sparse_initializer.append(_sparse(v))
+        else:
+            t = _tensor(v)
+            if t.name != name:
+                t = onnx.TensorProto()
+                t.CopyFrom(_tensor(v))
+                t.name = name
+            gp.initializer.append(t)
+    for name in g.inputs:
+        gp.input.append(_value_info(g.values[name]))
+    out_protos = getattr(g, "_output_protos", {})
+    for name in g.outputs:
+        if name in g.values:
+            gp.output.append(_value_info(g.values[name]))
+        elif name in out_protos:
+            gp.output.append(out_protos[name])
+        else:
+            gp.output.append(helper.make_empty_tensor_value_info(name))
+    written = set(g.inputs) | set(g.outputs) | set(g.initializers)
+    nodes = g.toposort()
+    vi_names = list(g.value_info_order)
+    for node in nodes:
+        vi_names.extend(node.outputs)
+    for name in vi_names:
+        if name in written or name not in g.values:
+            continue
+        v = g.values[name]
+        if v.type is not None or v.doc_string or v.metadata:
+            gp.value_info.append(_value_info(v))
+        written.add(name)
+    for node in nodes:
+        gp.node.append(export_node(node))
+    return gp
+
+
+def _sparse(v: Value) -> onnx.SparseTensorProto:
+    import numpy as np
+
+    arr = v.const
+    flat = arr.reshape(-1)
+    idx = np.flatnonzero(flat).astype(np.int64)
+    values = numpy_helper.from_array(flat[idx], v.name)
+    indices = numpy_helper.from_array(idx, v.name + "_indices")
+    return helper.make_sparse_tensor(values, indices, list(arr.shape))
+
+
+def export_node(node) -> onnx.NodeProto:
+    np_ = onnx.NodeProto()
+    np_.op_type = node.op_type
+    if node.domain:
+        np_.domain = node.domain
+    if node.name:
+        np_.name = node.name
+    np_.input.extend(node.inputs)
+    np_.output.extend(node.outputs)
+    if node.doc_string:
+        np_.doc_string = node.doc_string
+    if node.overload:
+        np_.overload = node.overload
+    for k, val in node.metadata:
+        p = np_.metadata_props.add()
+        p.key, p.value = k, val
+    for name, value in node.attrs.items():
+        np_.attribute.append(_attribute(node, name, value))
+    return np_
+
+
+def _same(a, b) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, Graph) or isinstance(b, Graph) or hasattr(a, "shape") or hasattr(b, "shape"):
+        return False
+    if isinstance(a, list) and a and isinstance(a[0], Graph):
+        return False
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:
+        return False
+
+
+def _attribute(node, name, value) -> onnx.AttributeProto:
+    orig = node.attr_protos.get(name)
+    if orig is not None and _same(orig[0], value):
+        return orig[1]
+    attr_type = orig[1].type if orig is not None else None
+    a = python_to_attr(name, value, attr_type, graph_saver=export_graph)
+    if orig is not None and orig[1].doc_string:
+        a.doc_string = orig[1].doc_string
+    return a
+
+
+def choose_ir_version(model: Model) -> int:
+    """The model's own IR version while its opsets are those it was read with (onnxruntime runs an
+    IR-3 model differently from the same graph at IR 4, so raising it would change outputs); raised
+    only as far as new opsets or model-local functions need, and never above what onnxruntime loads."""
+    ir = model.ir_version or 0
+    if not ir or model.opsets != model.imported_opsets:
+        opsets = [helper.make_opsetid(d, v) for d, v in model.opsets.items()]
+        try:
+            ir = max(ir, helper.find_min_ir_version_for(opsets, ignore_unknown=True))
+        except Exception:
+            ir = max(ir, 3)
+    if model.functions:
+        ir = max(ir, 8)
+    return min(ir, MAX_IR_VERSION)
+
+
+def export_model(model: Model) -> onnx.ModelProto:
+    mp = onnx.ModelProto()
+    mp.ir_version = choose_ir_version(model)
+    for domain, version in model.opsets.items():
+        mp.opset_import.append(helper.make_opsetid(domain, version))
+    if model.producer_name:
+        mp.producer_name = model.producer_name
+    if model.producer_version:
+        mp.producer_version = model.producer_version
+    if model.domain:
+        mp.domain = model.domain
+    if model.model_version:
+        mp.model_version = model.model_version
+    if model.doc_string:
+        mp.doc_string = model.doc_string
+    for k, val in model.metadata:
+        p = mp.metadata_props.add()
+        p.key, p.value = k, val
+    mp.graph.CopyFrom(export_graph(model.graph))
+    mp.functions.extend(model.functions)
+    mp.training_info.extend(model.training_info)
+    if model.configuration:
+        mp.configuration.extend(model.configuration)
+    return mp
+
+
+def save(model: Model | onnx.ModelProto, path: str, *, source_path: str | None = None) -> None:
+    """Write ``model`` to ``path`` atomically; tensors that came from external data stay external."""
+    path = os.fspath(path)
+    out_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(out_dir):
+        raise TvmliteError(f"output directory does not exist: {out_dir}")
+    if source_path is not None and os.path.exists(path) and os.path.samefile(path, source_path):
+        raise TvmliteError(f"refusing to overwrite the input model {path}: choose another output path")
+    proto = model if isinstance(model, onnx.ModelProto) else export_model(model)
+    external = (not isinstance(model, onnx.ModelProto) and bool(model.external_data)) \
+        or proto.ByteSize() > EXTERNAL_THRESHOLD
+    fd, tmp = tempfile.mkstemp(prefix=".tvmlite-", suffix=".onnx.tmp", dir=out_dir)
+    os.close(fd)
+    data_name = os.path.basename(path) + ".data"
+    tmp_data = None
+    try:
+        if external:
+            # external_data_helper writes the data file beside the model under `location`; write it
+            # under a temporary name, then fix the location and rename both into place.
+            tmp_data = os.path.basename(tmp) + ".data"
+            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=tmp_data, size_threshold=1024)
+            written = onnx.load(tmp, load_external_data=False)
+            for t in onnx.external_data_helper._get_all_tensors(written):
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = data_name
+            with open(tmp, "wb") as f:
+                f.write(written.SerializeToString())
+            os.replace(os.path.join(out_dir, tmp_data), os.path.join(out_dir, data_name))
+            tmp_data = None
+        else:
+            with open(tmp, "wb") as f:
+                f.write(proto.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        for p in (tmp, os.path.join(out_dir, tmp_data) if tmp_data else None):
+            if p and os.path.exists(p):
+                os.unlink(p)
+        raise

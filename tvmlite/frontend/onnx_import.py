@@ -1,0 +1,141 @@
+"""ONNX ModelProto / file -> tvmlite Model, keeping everything export needs to write it back."""
+from __future__ import annotations
+
+import os
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from tvmlite.errors import ModelLoadError
+from tvmlite.ir.attrs import attr_to_python, sparse_to_array
+from tvmlite.ir.graph import Graph, Model, Node, Value
+
+
+def load(source, *, check: bool = True) -> Model:
+    """Import a model from a path, bytes or a ModelProto."""
+    if isinstance(source, onnx.ModelProto):
+        return import_model(source, check=check)
+    proto, external = read_model_file(source)
+    model = import_model(proto, check=check)
+    model.external_data = external
+    return model
+
+
+def read_model_file(source) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Parse an .onnx file (with its external data) or bytes; one clear error when it is not one."""
+    if isinstance(source, (bytes, bytearray)):
+        data, where, base = bytes(source), "<bytes>", None
+    else:
+        where = os.fspath(source)
+        if not os.path.exists(where):
+            raise ModelLoadError(f"model file not found: {where}")
+        if os.path.isdir(where):
+            raise ModelLoadError(f"model path is a directory, not an .onnx file: {where}")
+        try:
+            with open(where, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ModelLoadError(f"cannot read model file {where}: {e.strerror}") from None
+        base = os.path.dirname(os.path.abspath(where))
+    if not data:
+        raise ModelLoadError(f"{where}: file is empty, not an ONNX model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelLoadError(f"{where}: not a valid ONNX model (protobuf decoding failed: {e})") from None
+    del data
+    if not proto.HasField("graph") or not proto.opset_import:
+        raise ModelLoadError(f"{where}: not a valid ONNX model (no graph or no opset_import)")
+    external: dict[str, str] = {}
+    for t in external_data_helper._get_all_tensors(proto):
+        if external_data_helper.uses_external_data(t):
+            info = {e.key: e.value for e in t.external_data}
+            external[t.name] = info.get("location", "")
+    if external:
+        if base is None:
+            raise ModelLoadError(f"{where}: model has external-data tensors but was given as bytes")
+        try:
+            external_data_helper.load_external_data_for_model(proto, base)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{where}: cannot read its external data: {e}") from None
+    return proto, external
+
+
+def import_model(proto: onnx.ModelProto, *, check: bool = True) -> Model:
+    if check:
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"not a valid ONNX model: {first}") from None
+        except ValueError as e:  # e.g. > 2 GB in memory: checked again per tensor on export
+            if "2GB" not in str(e) and "2 GB" not in str(e):
+                raise ModelLoadError(f"not a valid ONNX model: {e}") from None
+    opsets = {}
+    for o in proto.opset_import:
+        opsets[o.domain] = int(o.version)
+    model = Model(import_graph(proto.graph), opsets)
+    model.ir_version = int(proto.ir_version)
+    model.producer_name = proto.producer_name
+    model.producer_version = proto.producer_version
+    model.domain = proto.domain
+    model.model_version = int(proto.model_version)
+    model.doc_string = proto.doc_string
+    model.metadata = [(p.key, p.value) for p in proto.metadata_props]
+    model.functions = [f for f in proto.functions]
+    model.training_info = list(proto.training_info)
+    if hasattr(proto, "configuration"):
+        model.configuration = list(proto.configuration)
+    return model
+
+
+def _props(msg) -> list[tuple[str, str]]:
+    return [(p.key, p.value) for p in getattr(msg, "metadata_props", [])]
+
+
+def import_graph(gp: onnx.GraphProto, parent: Graph | None = None) -> Graph:
+    g = Graph(gp.name, parent)
+    g.doc_string = gp.doc_string
+    g.metadata = _props(gp)
+    for init in gp.initializer:
+        g.add_initializer(init.name, proto=init)
+    for sp in gp.sparse_initializer:
+        name = sp.values.name
+        v = g.add_initializer(name, sparse_to_array(sp))
+        v.sparse = True
+    for vi in gp.input:
+        v = g.add_input(vi.name, vi.type if vi.HasField("type") else None)
+        v.doc_string = vi.doc_string
+        v.metadata = _props(vi)
+    for vi in gp.value_info:
+        v = g.values.get(vi.name) or g.add_value(vi.name)
+        v.type = vi.type
+        v.doc_string = vi.doc_string
+        v.metadata = _props(vi)
+        g.value_info_order.append(vi.name)
+    for np_ in gp.node:
+        attrs, protos = {}, {}
+        for a in np_.attribute:
+            val = attr_to_python(a, lambda sub: import_graph(sub, g))
+            attrs[a.name] = val
+            protos[a.name] = (val, a)
+        node = Node(np_.op_type, np_.input, np_.output, attrs, domain=np_.domain, name=np_.name,
+                    doc_string=np_.doc_string, metadata=_props(np_), overload=getattr(np_, "overload", ""))
+        node.attr_protos = protos
+        g._attach(node)
+    for vi in gp.output:
+        if vi.name not in g.values and (parent is None or not parent.has_value(vi.name)):
+            g.add_value(vi.name)
+        v = g.values.get(vi.name)
+        if v is not None:
+            if vi.HasField("type"):
+                v.type = vi.type
+            if vi.doc_string:
+                v.doc_string = vi.doc_string
+            if _props(vi):
+                v.metadata = _props(vi)
+        g.outputs.append(vi.name)
+    g._output_protos = {vi.name: vi for vi in gp.output}  # outer-scope outputs keep their types
+    return g

@@ -1,0 +1,577 @@
+"""tvmlite's graph IR: Values, Nodes, Graphs and the Model around them.
+
+One Graph holds its Values by name and its Nodes in a networkx.DiGraph (edge producer -> consumer), so
+topological order, reachability and dead-code search come from networkx. Passes change a graph only
+through the small mutation API below (add_node, remove_node, set_input, replace_all_uses,
+rename_value, replace_node_with), which keeps producers, consumers and edges consistent.
+
+What a pass does not touch is written back exactly as it was read: a Value keeps the TensorProto of
+its initializer until a pass assigns a new array, and a Node keeps the AttributeProtos of the
+attributes that were not changed. Types are ONNX TypeProtos, so sequence/optional types, symbolic dims
+and denotations survive a round trip.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable, Iterator
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from tvmlite.errors import TvmliteError
+
+_counter = itertools.count()
+
+
+# --------------------------------------------------------------------------------------------- types
+def tensor_type(dtype: Any, shape: Iterable | None = None) -> onnx.TypeProto:
+    """TypeProto of a tensor; dtype is a numpy dtype or an onnx elem type, dims are ints, str or None."""
+    elem = dtype if isinstance(dtype, int) else helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    return helper.make_tensor_type_proto(elem, None if shape is None else list(shape))
+
+
+def type_elem(tp: onnx.TypeProto | None) -> int | None:
+    if tp is not None and tp.HasField("tensor_type") and tp.tensor_type.elem_type:
+        return tp.tensor_type.elem_type
+    return None
+
+
+def type_shape(tp: onnx.TypeProto | None) -> tuple | None:
+    """Dims as ints, symbolic names (str) or None for unknown; None when the rank is unknown."""
+    if tp is None or not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for d in tp.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+# --------------------------------------------------------------------------------------------- value
+class Value:
+    """A named tensor (or sequence/optional) flowing between nodes."""
+
+    __slots__ = ("name", "type", "doc_string", "metadata", "producer", "_const", "_proto",
+                 "sparse", "_annotations")
+
+    def __init__(self, name: str, type: onnx.TypeProto | None = None, *, const: np.ndarray | None = None,
+                 proto: onnx.TensorProto | None = None, doc_string: str = "", metadata=None):
+        self.name = name
+        self.type = type
+        self.doc_string = doc_string
+        self.metadata = list(metadata or [])
+        self.producer: Node | None = None
+        self._const = const
+        self._proto = proto  # the initializer as read, written back while the array is unchanged
+        self.sparse = False
+        self._annotations: dict = {}
+
+    # An initializer's array is decoded on first use only: big models stay as protobuf bytes.
+    @property
+    def const(self) -> np.ndarray | None:
+        if self._const is None and self._proto is not None:
+            self._const = numpy_helper.to_array(self._proto)
+        return self._const
+
+    @const.setter
+    def const(self, array: np.ndarray | None) -> None:
+        self._const = array
+        self._proto = None
+        if array is not None:
+            self.type = tensor_type(array.dtype, array.shape)
+
+    @property
+    def is_initializer(self) -> bool:
+        return self._const is not None or self._proto is not None
+
+    @property
+    def elem_type(self) -> int | None:
+        if self._proto is not None:
+            return self._proto.data_type
+        if self._const is not None:
+            return helper.np_dtype_to_tensor_dtype(self._const.dtype)
+        return type_elem(self.type)
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        e = self.elem_type
+        return None if e is None else helper.tensor_dtype_to_np_dtype(e)
+
+    @property
+    def shape(self) -> tuple | None:
+        if self._proto is not None:
+            return tuple(int(d) for d in self._proto.dims)
+        if self._const is not None:
+            return tuple(self._const.shape)
+        return type_shape(self.type)
+
+    def __repr__(self) -> str:
+        return f"Value({self.name!r}, {self.dtype}, {self.shape})"
+
+
+# ---------------------------------------------------------------------------------------------- node
+class Node:
+    """One op application. ``inputs``/``outputs`` are value names ('' = optional input left out)."""
+
+    def __init__(self, op_type: str, inputs: Iterable[str], outputs: Iterable[str], attrs: dict | None = None,
+                 *, domain: str = "", name: str = "", doc_string: str = "", metadata=None, overload: str = ""):
+        self.op_type = op_type
+        self.domain = domain
+        self.name = name
+        self._inputs = tuple(inputs)
+        self._outputs = tuple(outputs)
+        self.attrs: dict[str, Any] = dict(attrs or {})
+        self.doc_string = doc_string
+        self.metadata = list(metadata or [])
+        self.overload = overload
+        self.graph: Graph | None = None
+        self.order: float = float(next(_counter))
+        #: attribute name -> (python value as imported, AttributeProto): reused by export when unchanged
+        self.attr_protos: dict[str, tuple[Any, onnx.AttributeProto]] = {}
+        #: outer-scope names read inside this node's subgraphs (If/Loop/Scan bodies)
+        self.implicit_inputs: tuple[str, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self._outputs
+
+    @property
+    def subgraphs(self) -> list[Graph]:
+        out = []
+        for v in self.attrs.values():
+            if isinstance(v, Graph):
+                out.append(v)
+            elif isinstance(v, list) and v and isinstance(v[0], Graph):
+                out.extend(v)
+        return out
+
+    def refresh_implicit_inputs(self) -> None:
+        names: list[str] = []
+        for g in self.subgraphs:
+            for n in g.outer_references():
+                if n not in names:
+                    names.append(n)
+        self.implicit_inputs = tuple(names)
+
+    @property
+    def label(self) -> str:
+        """How the node is named in messages: its name, else op and first output."""
+        return self.name or f"{self.op_type}->{self.outputs[0] if self.outputs else '?'}"
+
+    def __repr__(self) -> str:
+        return f"Node({self.op_type}, {self.label!r}, in={list(self.inputs)}, out={list(self.outputs)})"
+
+    # Nodes are compared by identity: two applications of the same op are different nodes.
+    __hash__ = object.__hash__
+
+
+# --------------------------------------------------------------------------------------------- graph
+class Graph:
+    """A (sub)graph: inputs, outputs, initializers, nodes. Subgraphs know their parent graph."""
+
+    def __init__(self, name: str = "main", parent: Graph | None = None):
+        self.name = name
+        self.doc_string = ""
+        self.metadata: list[tuple[str, str]] = []
+        self.parent = parent
+        self.values: dict[str, Value] = {}
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.initializers: list[str] = []  # in file order (some may also be graph inputs, IR < 4)
+        self.value_info_order: list[str] = []  # value_info entries as read, written back first
+        self.nx = nx.DiGraph()
+        self._consumers: dict[str, dict[Node, int]] = {}
+
+    # ----------------------------------------------------------------------------------- lookups
+    @property
+    def nodes(self) -> list[Node]:
+        return self.toposort()
+
+    def __len__(self) -> int:
+        return self.nx.number_of_nodes()
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.toposort())
+
+    def toposort(self) -> list[Node]:
+        """Nodes in a topological order that keeps the file's order wherever it is valid."""
+        try:
+            return list(nx.lexicographical_topological_sort(self.nx, key=lambda n: n.order))
+        except nx.NetworkXUnfeasible:
+            cycle = nx.find_cycle(self.nx)
+            raise TvmliteError(f"graph {self.name!r} has a cycle through node {cycle[0][0].label!r}") from None
+
+    def value(self, name: str) -> Value:
+        g: Graph | None = self
+        while g is not None:
+            v = g.values.get(name)
+            if v is not None:
+                return v
+            g = g.parent
+        raise KeyError(name)
+
+    def has_value(self, name: str) -> bool:
+        try:
+            self.value(name)
+            return True
+        except KeyError:
+            return False
+
+    def producer(self, name: str) -> Node | None:
+        v = self.values.get(name)
+        return v.producer if v is not None else None
+
+    def consumers(self, name: str) -> list[Node]:
+        return list(self._consumers.get(name, ()))
+
+    def num_uses(self, name: str) -> int:
+        n = sum(self._consumers.get(name, {}).values())
+        return n + self.outputs.count(name)
+
+    def const_value(self, name: str) -> np.ndarray | None:
+        """The array of a constant value: an initializer that is not a graph input, or a Constant's output."""
+        if not name:
+            return None
+        try:
+            v = self.value(name)
+        except KeyError:
+            return None
+        if v.is_initializer:
+            owner = self._owner(name)
+            return None if name in owner.inputs else v.const  # an input may override its initializer
+        p = v.producer
+        if p is not None and p.op_type == "Constant" and p.domain in ("", "ai.onnx"):
+            from tvmlite.ops.control import constant_value
+
+            return constant_value(p.attrs)
+        return None
+
+    def _owner(self, name: str) -> Graph:
+        g: Graph | None = self
+        while g is not None and name not in g.values:
+            g = g.parent
+        return g or self
+
+    def outer_references(self) -> list[str]:
+        """Names read in this graph (or deeper) that are defined in none of its scopes."""
+        local = set(self.values)
+        seen: list[str] = []
+        for node in self.nx.nodes:
+            for n in itertools.chain(node.inputs, node.implicit_inputs):
+                if n and n not in local and n not in seen:
+                    seen.append(n)
+        for n in self.outputs:
+            if n not in local and n not in seen:
+                seen.append(n)
+        return seen
+
+    def fresh_name(self, base: str) -> str:
+        """A value/node name not used anywhere in this graph's scopes."""
+        base = base or "v"
+        if not self._name_taken(base):
+            return base
+        for i in itertools.count(1):
+            cand = f"{base}_{i}"
+            if not self._name_taken(cand):
+                return cand
+        raise AssertionError
+
+    def _name_taken(self, name: str) -> bool:
+        g: Graph | None = self
+        while g is not None:
+            if name in g.values:
+                return True
+            g = g.parent
+        return False
+
+    # ------------------------------------------------------------------------------ construction
+    def add_value(self, name: str, type: onnx.TypeProto | None = None) -> Value:
+        if name in self.values:
+            raise TvmliteError(f"value {name!r} is defined twice in graph {self.name!r}")
+        v = Value(name, type)
+        self.values[name] = v
+        return v
+
+    def add_input(self, name: str, type: onnx.TypeProto | None = None) -> Value:
+        v = self.values.get(name) or self.add_value(name, type)
+        if type is not None:
+            v.type = type
+        self.inputs.append(name)
+        return v
+
+    def add_initializer(self, name: str, array: np.ndarray | None = None, *,
+                        proto: onnx.TensorProto | None = None) -> Value:
+        v = self.values.get(name)
+        if v is None:
+            v = self.add_value(name)
+        elif v.producer is not None:
+            raise TvmliteError(f"initializer {name!r} is also produced by node {v.producer.label!r}")
+        if proto is not None:
+            v._proto, v._const = proto, None
+            v.type = helper.make_tensor_type_proto(proto.data_type, list(proto.dims))
+        else:
+            v.const = np.asarray(array)
+        if name not in self.initializers:
+            self.initializers.append(name)
+        return v
+
+    def add_constant(self, array: np.ndarray, base: str = "const") -> str:
+        """Add ``array`` as a new initializer with a fresh name; returns the name."""
+        name = self.fresh_name(base)
+        self.add_initializer(name, np.asarray(array))
+        return name
+
+    def add_node(self, op_type: str, inputs: Iterable[str], outputs: Iterable[str] | int = 1,
+                 attrs: dict | None = None, *, domain: str = "", name: str = "",
+                 order: float | None = None, **node_kw) -> Node:
+        """Add a node. ``outputs`` are names, or a count of fresh names derived from the node name."""
+        if isinstance(outputs, int):
+            base = name or op_type.lower()
+            outputs = [self.fresh_name(f"{base}_out{i}" if outputs > 1 else f"{base}_out")
+                       for i in range(outputs)]
+            # fresh_name checks values only, so reserve each before making the next
+        node = Node(op_type, inputs, outputs, attrs, domain=domain, name=name, **node_kw)
+        if order is not None:
+            node.order = order
+        self._attach(node)
+        return node
+
+    def _attach(self, node: Node) -> None:
+        for out in node.outputs:
+            if not out:
+                continue
+            v = self.values.get(out)
+            if v is None:
+                v = self.add_value(out)
+            elif v.producer is not None and v.producer is not node:
+                raise TvmliteError(f"value {out!r} would be produced by both {v.producer.label!r} "
+                                   f"and {node.label!r}")
+            elif v.is_initializer:
+                raise TvmliteError(f"node {node.label!r} writes to initializer {out!r}")
+            v.producer = node
+        node.graph = self
+        if node.subgraphs:
+            node.refresh_implicit_inputs()
+        self.nx.add_node(node)
+        self._link_inputs(node)
+        for out in node.outputs:
+            for c in self._consumers.get(out, ()):
+                self.nx.add_edge(node, c)
+
+    def _link_inputs(self, node: Node) -> None:
+        for name in itertools.chain(node.inputs, node.implicit_inputs):
+            if not name:
+                continue
+            uses = self._consumers.setdefault(name, {})
+            uses[node] = uses.get(node, 0) + 1
+            v = self.values.get(name)
+            if v is not None and v.producer is not None:
+                self.nx.add_edge(v.producer, node)
+
+    def _unlink_inputs(self, node: Node) -> None:
+        for name in itertools.chain(node.inputs, node.implicit_inputs):
+            if not name:
+                continue
+            uses = self._consumers.get(name)
+            if uses and node in uses:
+                uses[node] -= 1
+                if uses[node] <= 0:
+                    del uses[node]
+                if not uses:
+                    del self._consumers[name]
+        for pred in list(self.nx.predecessors(node)):
+            self.nx.remove_edge(pred, node)
+
+    # ---------------------------------------------------------------------------------- mutation
+    def set_inputs(self, node: Node, inputs: Iterable[str]) -> None:
+        """Point ``node`` at other input values."""
+        self._unlink_inputs(node)
+        node._inputs = tuple(inputs)
+        self._link_inputs(node)
+
+    def set_input(self, node: Node, index: int, name: str) -> None:
+        ins = list(node.inputs)
+        while len(ins) <= index:
+            ins.append("")
+        ins[index] = name
+        self.set_inputs(node, ins)
+
+    def subgraph_changed(self, node: Node) -> None:
+        """Call after editing a subgraph of ``node``: its outer references may have changed."""
+        self._unlink_inputs(node)
+        node.refresh_implicit_inputs()
+        self._link_inputs(node)
+
+    def remove_node(self, node: Node, *, remove_outputs: bool = True) -> None:
+        """Remove ``node``; its outputs must be unused (or be re-produced by the caller)."""
+        if remove_outputs:
+            for out in node.outputs:
+                if out and self.num_uses(out):
+                    users = [c.label for c in self.consumers(out)] or ["graph output"]
+                    raise TvmliteError(f"cannot remove {node.label!r}: its output {out!r} is still used "
+                                       f"by {users[0]}")
+        self._unlink_inputs(node)
+        self.nx.remove_node(node)
+        for out in node.outputs:
+            v = self.values.get(out)
+            if v is None:
+                continue
+            v.producer = None
+            if remove_outputs:
+                del self.values[out]
+        node.graph = None
+
+    def replace_all_uses(self, old: str, new: str) -> None:
+        """Make every reader of ``old`` read ``new`` instead, keeping the graph's output names.
+
+        When ``old`` is a graph output, ``new`` takes over its name (or an Identity is inserted when
+        ``new`` is an input, initializer or another output, which cannot be renamed).
+        """
+        if old == new:
+            return
+        for node in self.consumers(old):
+            self.set_inputs(node, [new if n == old else n for n in node.inputs])
+            if old in node.implicit_inputs:
+                for sg in node.subgraphs:
+                    sg._rename_outer(old, new)
+                self.subgraph_changed(node)
+        if old in self.outputs:
+            renamable = (new in self.values and self.values[new].producer is not None
+                         and new not in self.outputs)
+            dead = self.fresh_name(old + "_replaced")
+            self.rename_value(old, dead)
+            if renamable:
+                self.rename_value(new, old)
+            else:
+                self.add_node("Identity", [new], [old], name=self.fresh_name(old + "_identity"))
+
+    def _rename_outer(self, old: str, new: str) -> None:
+        """Rename an outer-scope reference inside this subgraph (and deeper)."""
+        if old in self.values:
+            return  # shadowed here
+        for node in list(self.nx.nodes):
+            if old in node.inputs:
+                self.set_inputs(node, [new if n == old else n for n in node.inputs])
+            if old in node.implicit_inputs:
+                for sg in node.subgraphs:
+                    sg._rename_outer(old, new)
+                self.subgraph_changed(node)
+        self.outputs = [new if n == old else n for n in self.outputs]
+
+    def rename_value(self, old: str, new: str) -> None:
+        """Give value ``old`` the name ``new`` everywhere it appears."""
+        if old == new:
+            return
+        if self._name_taken(new):
+            raise TvmliteError(f"cannot rename {old!r}: {new!r} is already a value")
+        v = self.values.pop(old)
+        v.name = new
+        self.values[new] = v
+        p = v.producer
+        if p is not None:
+            p._outputs = tuple(new if n == old else n for n in p.outputs)
+        for node in self.consumers(old):
+            self.set_inputs(node, [new if n == old else n for n in node.inputs])
+            if old in node.implicit_inputs:
+                for sg in node.subgraphs:
+                    sg._rename_outer(old, new)
+                self.subgraph_changed(node)
+        for lst in (self.inputs, self.outputs, self.initializers, self.value_info_order):
+            for i, n in enumerate(lst):
+                if n == old:
+                    lst[i] = new
+
+    def replace_node_with(self, node: Node, new_nodes: list[tuple], *, outputs: list[str]) -> list[Node]:
+        """Swap ``node`` for a small subgraph.
+
+        ``new_nodes`` is a list of ``(op_type, inputs, outputs, attrs)`` or ``(…, {"domain": d})``
+        tuples in execution order, whose output names are fresh; ``outputs[i]`` names the value that
+        takes the place of ``node.outputs[i]``. The old outputs keep their names (so graph outputs and
+        value_info stay put) and are produced by the new subgraph.
+        """
+        if len(outputs) != len(node.outputs):
+            raise TvmliteError(f"replacement of {node.label!r} gives {len(outputs)} outputs, "
+                               f"node has {len(node.outputs)}")
+        order = node.order
+        self.remove_node(node, remove_outputs=False)
+        rename = {new: old for old, new in zip(node.outputs, outputs) if old and new != old}
+        created = []
+        for i, spec in enumerate(new_nodes):
+            op_type, ins, outs, attrs = spec[:4]
+            extra = spec[4] if len(spec) > 4 else {}
+            outs = [rename.get(o, o) for o in outs]
+            ins = [rename.get(n, n) for n in ins]
+            created.append(self.add_node(op_type, ins, outs, attrs,
+                                         order=order - 1 + (i + 1) / (len(new_nodes) + 1), **extra))
+        for old, new in zip(node.outputs, outputs):
+            if old and new != old and new not in rename:
+                raise TvmliteError(f"replacement output {new!r} is not produced by the new nodes")
+        for old in node.outputs:
+            if old and self.values.get(old) is not None and self.values[old].producer is None \
+                    and not self.values[old].is_initializer:
+                raise TvmliteError(f"replacement of {node.label!r} does not produce {old!r}")
+        return created
+
+    def remove_unused_values(self) -> int:
+        """Drop values nothing produces, reads or lists (e.g. initializers left by a rewrite)."""
+        keep = set(self.inputs) | set(self.outputs)
+        dead = [n for n, v in self.values.items()
+                if v.producer is None and n not in keep and not self._consumers.get(n)]
+        for n in dead:
+            del self.values[n]
+        if dead:
+            dead_set = set(dead)
+            self.initializers = [n for n in self.initializers if n not in dead_set]
+            self.value_info_order = [n for n in self.value_info_order if n not in dead_set]
+        return len(dead)
+
+    def check(self) -> None:
+        """Raise TvmliteError if an input is undefined or the graph has a cycle."""
+        self.toposort()
+        for node in self.nx.nodes:
+            for name in itertools.chain(node.inputs, node.implicit_inputs):
+                if name and not self.has_value(name):
+                    raise TvmliteError(f"node {node.label!r} reads undefined value {name!r}")
+        for name in self.outputs:
+            if not self.has_value(name):
+                raise TvmliteError(f"graph output {name!r} is not defined")
+
+
+# --------------------------------------------------------------------------------------------- model
+class Model:
+    """A Graph plus what ONNX keeps around it (opsets, metadata, functions, producer...)."""
+
+    def __init__(self, graph: Graph, opsets: dict[str, int] | None = None):
+        self.graph = graph
+        self.opsets: dict[str, int] = dict(opsets or {"": 17})
+        #: the opsets as read: while unchanged, export keeps the file's IR version
+        self.imported_opsets: dict[str, int] = dict(self.opsets)
+        self.ir_version: int = 8
+        self.producer_name = ""
+        self.producer_version = ""
+        self.domain = ""
+        self.model_version = 0
+        self.doc_string = ""
+        self.metadata: list[tuple[str, str]] = []  # metadata_props in order
+        self.functions: list[onnx.FunctionProto] = []  # model-local functions, kept as read
+        self.training_info: list = []
+        self.configuration: list = []
+        #: where external-data tensors came from (name -> location); export writes them external again
+        self.external_data: dict[str, str] = {}
+
+    @property
+    def opset(self) -> int:
+        return self.opsets.get("", self.opsets.get("ai.onnx", 1))
+
+    def metadata_dict(self) -> dict[str, str]:
+        return dict(self.metadata)

@@ -1,0 +1,133 @@
+"""The op registry: per (domain, op_type) and opset range, a NumPy kernel and optional extras.
+
+A kernel is a plain function of arrays and attributes::
+
+    @kernel("Squeeze", since=13)
+    def squeeze(data, axes=None):          # inputs are positional, missing optional ones are None
+        ...
+    @kernel("Conv")
+    def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+             pads=None, strides=None):     # attributes are keyword-only, with ONNX's defaults
+        ...
+
+It returns one array, or a tuple for several outputs (the plan keeps as many as the node asks for).
+An attribute the kernel does not name is reported as unsupported before anything runs, so a kernel
+never silently ignores semantics it does not implement.
+
+Several kernels may be registered for one op with different ``since`` versions (ONNX's own
+versioning: Squeeze-1 takes axes as an attribute, Squeeze-13 as an input); the one with the highest
+``since`` not above the model's opset for that domain is used.
+
+Kernels that run subgraphs (If, Loop, Scan) are registered with ``needs_ctx=True`` and receive a
+:class:`KernelContext` as first argument.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+ONNX_DOMAINS = ("", "ai.onnx")
+TVMLITE_DOMAIN = "tvmlite"
+
+
+def canonical_domain(domain: str) -> str:
+    return "" if domain in ONNX_DOMAINS else domain
+
+
+@dataclass
+class OpDef:
+    domain: str
+    op_type: str
+    since: int
+    kernel: Callable[..., Any]
+    needs_ctx: bool = False
+    #: attribute names the kernel accepts (keyword-only parameters); None means any (**kwargs)
+    attrs: frozenset | None = None
+    #: filled in by other parts of tvmlite for the ops they know (shape rule, TVM emitter, ONNX body)
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class KernelContext:
+    """What a subgraph-running kernel may use: the opsets in force and a way to run a subgraph."""
+
+    opsets: dict
+    run_subgraph: Callable[..., list]  # run_subgraph(graph, feeds: dict[str, array], scope: dict)
+    scope: dict  # names visible from outer graphs -> arrays
+
+
+_REGISTRY: dict[tuple[str, str], list[OpDef]] = {}
+
+
+def _accepted_attrs(fn: Callable, needs_ctx: bool) -> frozenset | None:
+    sig = inspect.signature(fn)
+    names = []
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if p.kind is inspect.Parameter.KEYWORD_ONLY:
+            names.append(p.name.rstrip("_"))  # `from_` stands for the attribute `from`
+    return frozenset(names)
+
+
+def kernel(op_type: str, domain: str = "", since: int = 1, needs_ctx: bool = False):
+    """Register ``fn`` as the NumPy kernel of ``domain::op_type`` from opset ``since`` on."""
+
+    def wrap(fn):
+        d = canonical_domain(domain)
+        entry = OpDef(d, op_type, since, fn, needs_ctx, _accepted_attrs(fn, needs_ctx))
+        versions = _REGISTRY.setdefault((d, op_type), [])
+        versions[:] = [v for v in versions if v.since != since] + [entry]
+        versions.sort(key=lambda v: v.since)
+        return fn
+
+    return wrap
+
+
+def lookup(op_type: str, domain: str = "", opset: int | None = None) -> OpDef | None:
+    """The OpDef in force for ``opset`` (the newest one when opset is None), or None."""
+    _load_builtin_kernels()
+    versions = _REGISTRY.get((canonical_domain(domain), op_type))
+    if not versions:
+        return None
+    if opset is None:
+        return versions[-1]
+    chosen = None
+    for v in versions:
+        if v.since <= opset:
+            chosen = v
+    return chosen
+
+
+def supported_ops(domain: str | None = None) -> list[tuple[str, str]]:
+    _load_builtin_kernels()
+    keys = sorted(_REGISTRY)
+    if domain is not None:
+        keys = [k for k in keys if k[0] == canonical_domain(domain)]
+    return keys
+
+
+def kernel_attr_name(attr: str) -> str:
+    """Keyword under which attribute ``attr`` reaches a kernel (Python keywords get a `_`)."""
+    import keyword
+
+    return attr + "_" if keyword.iskeyword(attr) else attr
+
+
+_loaded = False
+
+
+def _load_builtin_kernels() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+    import pkgutil
+
+    import tvmlite.ops as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name not in ("registry", "testing"):
+            importlib.import_module(f"tvmlite.ops.{mod.name}")
