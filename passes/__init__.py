@@ -1,0 +1,4 @@
+"""tvmlite's rewrite passes: one module per pass family, all registered by name for the CLI."""
+from passes.base import (PASSES, Pass, PassResult, Pipeline, available_passes,  # noqa: F401
+                         parse_spec, register_pass)
+from passes import cleanup  # noqa: F401,E402  (registers the clean-up passes)

@@ -446,14 +446,23 @@ class Graph:
                     sg._rename_outer(old, new)
                 self.subgraph_changed(node)
         if old in self.outputs:
+            positions = [i for i, n in enumerate(self.outputs) if n == old]
             renamable = (new in self.values and self.values[new].producer is not None
                          and new not in self.outputs)
             dead = self.fresh_name(old + "_replaced")
             self.rename_value(old, dead)
             if renamable:
+                declared = self.values[dead]
                 self.rename_value(new, old)
+                v = self.values[old]
+                if declared.type is not None:  # the output keeps the type it was declared with
+                    v.type = declared.type
+                v.doc_string = v.doc_string or declared.doc_string
+                v.metadata = v.metadata or declared.metadata
             else:
                 self.add_node("Identity", [new], [old], name=self.fresh_name(old + "_identity"))
+            for i in positions:  # the output keeps its name, now produced by `new`'s producer
+                self.outputs[i] = old
 
     def _rename_outer(self, old: str, new: str) -> None:
         """Rename an outer-scope reference inside this subgraph (and deeper)."""

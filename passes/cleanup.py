@@ -1,0 +1,267 @@
+"""The clean-ups every compiler needs: constant folding, dead code, Identity/Dropout removal,
+BatchNormalization folding and shape inference. None of them changes what the model computes beyond
+float rounding (fold-bn) and each leaves alone what it cannot prove safe, saying why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from passes.base import Pass, PassResult, register_pass
+from tvmlite.backends.numpy.plan import NONDETERMINISTIC, _resolve
+from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.ops.registry import kernel_attr_name
+
+ONNX = ("", "ai.onnx")
+
+
+def is_onnx(node: Node, *op_types: str) -> bool:
+    return node.domain in ONNX and node.op_type in op_types
+
+
+def constant_inputs(graph: Graph, node: Node) -> list | None:
+    """The arrays of all of ``node``'s inputs when every one is constant, else None."""
+    vals = []
+    for name in node.inputs:
+        if not name:
+            vals.append(None)
+            continue
+        c = graph.const_value(name)
+        if c is None:
+            return None
+        vals.append(c)
+    return vals
+
+
+@register_pass
+class FoldConstants(Pass):
+    """Evaluate nodes whose inputs are all constant and store their outputs as initializers."""
+
+    name = "fold-constants"
+
+    @dataclass
+    class Options:
+        #: do not fold a node whose outputs are this many times larger than its inputs (and > 1 MiB):
+        #: ConstantOfShape/Expand/Tile would bloat the file
+        max_growth: float = 4.0
+
+    def run(self, model: Model) -> PassResult:
+        result = PassResult(self.name)
+        g = model.graph
+        for node in g.toposort():
+            if node.op_type == "Constant" or node.subgraphs or node.op_type in NONDETERMINISTIC:
+                continue
+            if any(o in g.outputs for o in node.outputs):
+                continue  # graph outputs stay produced by a node
+            vals = constant_inputs(g, node)
+            if vals is None or not node.inputs:
+                continue
+            op = _resolve(node, model.opsets)
+            if op is None or op.needs_ctx:
+                result.skip(node, "no kernel to evaluate it")
+                continue
+            attrs = {kernel_attr_name(k): v for k, v in node.attrs.items()}
+            try:
+                with np.errstate(all="ignore"):
+                    out = op.kernel(*vals, **attrs)
+            except Exception as e:  # noqa: BLE001 - leave the node for the runtime to report
+                result.skip(node, f"evaluation failed: {type(e).__name__}: {e}")
+                continue
+            outs = list(out) if isinstance(out, tuple) else [out]
+            if any(not isinstance(o, np.ndarray) and not np.isscalar(o) for o in outs):
+                result.skip(node, "output is not a tensor")
+                continue
+            outs = [np.asarray(o) for o in outs]
+            in_bytes = sum(v.nbytes for v in vals if v is not None)
+            out_bytes = sum(o.nbytes for o in outs)
+            if out_bytes > 2**20 and out_bytes > self.options.max_growth * max(in_bytes, 1):
+                result.skip(node, f"folding would store {out_bytes} bytes from {in_bytes}")
+                continue
+            g.remove_node(node, remove_outputs=False)
+            for name, arr in zip(node.outputs, outs):
+                if name:
+                    v = g.values[name]
+                    g.add_initializer(name, arr)
+                    v.type = None
+                    v.const = arr
+            result.rewrote(node)
+        result.stats["folded"] = len(result.rewritten)
+        DeadCodeElimination().run(model)  # the Constant nodes that fed them are dead now
+        return result
+
+
+@register_pass
+class DeadCodeElimination(Pass):
+    """Remove nodes whose outputs nothing reads, and initializers nothing reads."""
+
+    name = "dce"
+
+    def run(self, model: Model) -> PassResult:
+        result = PassResult(self.name)
+        g = model.graph
+        removed = 0
+        changed = True
+        while changed:
+            changed = False
+            for node in reversed(g.toposort()):
+                if all((not o) or g.num_uses(o) == 0 for o in node.outputs):
+                    g.remove_node(node)
+                    removed += 1
+                    changed = True
+        before = len(g.initializers)
+        g.remove_unused_values()
+        result.count("nodes_removed", removed)
+        result.count("initializers_removed", before - len(g.initializers))
+        return result
+
+
+@register_pass
+class RemoveIdentity(Pass):
+    """Drop Identity nodes and inference-mode Dropout (when its mask is unused)."""
+
+    name = "remove-identity"
+
+    def run(self, model: Model) -> PassResult:
+        result = PassResult(self.name)
+        g = model.graph
+        for node in g.toposort():
+            if is_onnx(node, "Identity"):
+                pass
+            elif is_onnx(node, "Dropout"):
+                if len(node.outputs) > 1 and node.outputs[1] and g.num_uses(node.outputs[1]):
+                    result.skip(node, "its mask output is used")
+                    continue
+                if node.attrs.get("is_test", 1) == 0 and model.opset < 7:
+                    result.skip(node, "Dropout in training mode (is_test=0)")
+                    continue
+                if len(node.inputs) > 2 and node.inputs[2]:
+                    mode = g.const_value(node.inputs[2])
+                    if mode is None or bool(mode):
+                        result.skip(node, "training_mode is not a constant false")
+                        continue
+            else:
+                continue
+            src, dst = node.inputs[0], node.outputs[0]
+            if not src:
+                continue
+            if dst in g.outputs and src in g.outputs:
+                result.skip(node, "both sides are graph outputs")
+                continue
+            if dst in g.outputs and (src in g.inputs or g.values.get(src) is None
+                                     or g.values[src].producer is None):
+                result.skip(node, "it copies a graph input or constant to a graph output")
+                continue
+            g.remove_node(node, remove_outputs=False)
+            g.replace_all_uses(dst, src)
+            result.rewrote(node)
+        result.stats["removed"] = len(result.rewritten)
+        if result.changed:
+            g.remove_unused_values()
+        return result
+
+
+@register_pass
+class FoldBatchNorm(Pass):
+    """BatchNormalization after a Conv, ConvTranspose or Gemm with constant weights -> new weights.
+
+    y = (conv(x, W) + b - mean) * s + beta with s = scale / sqrt(var + eps), so
+    W' = W * s (per output channel) and b' = (b - mean) * s + beta.
+    """
+
+    name = "fold-bn"
+
+    def run(self, model: Model) -> PassResult:
+        result = PassResult(self.name)
+        g = model.graph
+        for bn in g.toposort():
+            if not is_onnx(bn, "BatchNormalization"):
+                continue
+            why = self._fold(g, bn)
+            if why:
+                result.skip(bn, why)
+            else:
+                result.rewrote(bn)
+        result.stats["folded"] = len(result.rewritten)
+        if result.changed:
+            g.remove_unused_values()
+        return result
+
+    def _fold(self, g: Graph, bn: Node) -> str | None:
+        if len([o for o in bn.outputs if o]) > 1 or bn.attrs.get("training_mode", 0):
+            return "training-mode BatchNormalization"
+        params = [g.const_value(n) for n in bn.inputs[1:5]]
+        if any(p is None for p in params):
+            return "scale/bias/mean/var are not constant"
+        prod = g.producer(bn.inputs[0])
+        if prod is None or not is_onnx(prod, "Conv", "ConvTranspose", "Gemm"):
+            return "input is not produced by a Conv, ConvTranspose or Gemm"
+        if g.num_uses(prod.outputs[0]) != 1:
+            return f"the output of {prod.label!r} has other readers"
+        w = g.const_value(prod.inputs[1])
+        if w is None:
+            return f"weights of {prod.label!r} are not constant"
+        if w.dtype.kind != "f":
+            return f"weights of {prod.label!r} are not floating point"
+        b_name = prod.inputs[2] if len(prod.inputs) > 2 else ""
+        b = g.const_value(b_name) if b_name else None
+        if b_name and b is None:
+            return f"bias of {prod.label!r} is not constant"
+        scale, beta, mean, var = (p.astype(np.float64) for p in params)
+        eps = float(bn.attrs.get("epsilon", 1e-5))
+        s = scale / np.sqrt(var + eps)
+        wd = w.astype(np.float64)
+        if prod.op_type == "Conv":
+            if w.shape[0] != s.size:
+                return "channel count of BatchNormalization and Conv differ"
+            w_new = wd * s.reshape((-1,) + (1,) * (w.ndim - 1))
+            n_out = w.shape[0]
+        elif prod.op_type == "ConvTranspose":
+            group = int(prod.attrs.get("group", 1))
+            cin, cout_g = w.shape[0], w.shape[1]
+            if cout_g * group != s.size:
+                return "channel count of BatchNormalization and ConvTranspose differ"
+            w_new = (wd.reshape((group, cin // group, cout_g) + w.shape[2:])
+                     * s.reshape((group, 1, cout_g) + (1,) * (w.ndim - 2))).reshape(w.shape)
+            n_out = s.size
+        else:  # Gemm: Y = alpha * A' B' + beta_c * C, BN over the columns of Y
+            if g.value(bn.inputs[0]).shape is not None and len(g.value(bn.inputs[0]).shape) != 2:
+                return "Gemm output is not 2-D"
+            trans_b = int(prod.attrs.get("transB", 0))
+            if (w.shape[0] if trans_b else w.shape[1]) != s.size:
+                return "channel count of BatchNormalization and Gemm differ"
+            w_new = wd * (s.reshape(-1, 1) if trans_b else s.reshape(1, -1))
+            n_out = s.size
+            beta_c = float(prod.attrs.get("beta", 1.0))
+            if b is not None:
+                b = np.broadcast_to(b.astype(np.float64) * beta_c, (n_out,)) if b.size in (1, n_out) else None
+                if b is None:
+                    return "Gemm's C is not per-column"
+        b_old = np.zeros(n_out) if b is None else b.astype(np.float64).reshape(-1)
+        b_new = (b_old - mean) * s + beta
+        dtype = w.dtype
+        w_name = g.add_constant(w_new.astype(dtype), f"{prod.name or 'w'}_bnfolded_W")
+        b_name_new = g.add_constant(b_new.astype(dtype), f"{prod.name or 'b'}_bnfolded_B")
+        inputs = list(prod.inputs) + [""] * (3 - len(prod.inputs))
+        inputs[1], inputs[2] = w_name, b_name_new
+        g.set_inputs(prod, inputs)
+        if prod.op_type == "Gemm":
+            prod.attrs["beta"] = 1.0
+        # the BN's output now comes straight from the producer
+        g.remove_node(bn, remove_outputs=False)
+        g.replace_all_uses(bn.outputs[0], prod.outputs[0])
+        return None
+
+
+@register_pass
+class InferShapes(Pass):
+    """Run shape inference and record the types it finds (symbolic dims kept)."""
+
+    name = "infer-shapes"
+
+    def run(self, model: Model) -> PassResult:
+        from tvmlite.ir.shapes import infer_shapes
+
+        result = PassResult(self.name)
+        result.count("values_typed", infer_shapes(model))
+        return result

@@ -1,0 +1,338 @@
+"""The `tvmlite` command line: inspect, run, compare, optimize, passes.
+
+Every user-facing failure is one line on stderr and exit status 2 (no traceback unless --debug);
+compare exits 1 when outputs are outside tolerance. Outputs are written atomically and the input
+model is never overwritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+import numpy as np
+
+from tvmlite.errors import TvmliteError
+
+DEFAULT_PASSES = "fold-constants,remove-identity,fold-bn,dce,infer-shapes"
+
+shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2..",
+                            help="Fix an input's shape (symbolic dims), e.g. --shape x=1x3x224x224.")
+inputs_option = click.option("--inputs", "inputs", type=click.Path(dir_okay=False), default=None,
+                             help="An .npz file with one array per model input (default: random inputs).")
+
+
+class _Group(click.Group):
+    def format_epilog(self, ctx, formatter):
+        formatter.write_paragraph()
+        formatter.write_text("Examples:\n  tvmlite inspect models/digits_cnn.onnx\n"
+                             "  tvmlite optimize models/digits_cnn.onnx -o out.onnx\n"
+                             "  tvmlite compare models/digits_cnn.onnx out.onnx --inputs models/digits_test.npz")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(package_name="tvmlite")
+@click.pass_context
+def cli(ctx, debug):
+    """tvmlite: a graph compiler over ONNX models. Smaller, faster models from the ONNX files you
+    have, every change checked against onnxruntime."""
+    ctx.obj = {"debug": debug}
+
+
+# ------------------------------------------------------------------------------------------ inspect
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--layers/--no-layers", default=True, help="List MACs per Conv/Gemm/MatMul layer.")
+def inspect(model, shapes, as_json, layers):
+    """Op histogram, parameters, MACs per layer and in total, file size, inputs and outputs."""
+    from tvmlite.analysis import node_macs, op_histogram, param_count
+    from tvmlite.frontend import load
+    from tvmlite.inputs import parse_shape_overrides
+    from tvmlite.ir.shapes import static_shapes
+
+    m = load(model)
+    g = m.graph
+    overrides = parse_shape_overrides(shapes)
+    sh = static_shapes(m, overrides)
+    per_layer = []
+    for n in g.toposort():
+        k = node_macs(m, n, sh)
+        if k:
+            per_layer.append({"node": n.label, "op": n.op_type, "macs": k, "output_shape": sh.get(n.outputs[0])})
+
+    def io(names):
+        return [{"name": n, "dtype": str(g.values[n].dtype), "shape": list(g.values[n].shape or [])}
+                for n in names]
+
+    info = {
+        "model": model, "file_bytes": os.path.getsize(model), "ir_version": m.ir_version,
+        "opsets": {d or "ai.onnx": v for d, v in m.opsets.items()}, "producer": m.producer_name,
+        "inputs": io([n for n in g.inputs if n not in g.initializers]), "outputs": io(g.outputs),
+        "nodes": len(g), "params": param_count(m), "macs": sum(r["macs"] for r in per_layer),
+        "ops": op_histogram(m), "layers": per_layer if layers else [],
+        "unknown_dims_as_1": _unknown_dims(m, overrides),
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    click.echo(f"model       {model} ({_size(info['file_bytes'])}, IR {m.ir_version}, "
+               f"opsets {', '.join(f'{k}:{v}' for k, v in info['opsets'].items())})")
+    for kind in ("inputs", "outputs"):
+        for x in info[kind]:
+            click.echo(f"{kind[:-1]:<11} {x['name']}: {x['dtype']} {x['shape']}")
+    click.echo(f"nodes       {info['nodes']}")
+    click.echo(f"parameters  {info['params']:,}")
+    click.echo(f"MACs        {info['macs']:,}" + (f"  (unknown dims counted as 1: {', '.join(info['unknown_dims_as_1'])};"
+                                                   " fix them with --shape)" if info["unknown_dims_as_1"] else ""))
+    click.echo("ops         " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
+    if layers and per_layer:
+        click.echo("")
+        click.echo(f"{'layer':<40} {'op':<14} {'output':<22} {'MACs':>14}")
+        for r in per_layer:
+            click.echo(f"{r['node'][:40]:<40} {r['op']:<14} {str(r['output_shape'])[:22]:<22} {r['macs']:>14,}")
+
+
+def _unknown_dims(m, overrides) -> list[str]:
+    out = []
+    for n in m.graph.inputs:
+        if n in m.graph.initializers or n in overrides:
+            continue
+        for i, d in enumerate(m.graph.values[n].shape or ()):
+            if not (isinstance(d, int) and d > 0):
+                out.append(f"{n}[{i}]")
+    return out
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# ---------------------------------------------------------------------------------------------- run
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--backend", type=click.Choice(["numpy", "ort"]), default="numpy", show_default=True)
+@inputs_option
+@shape_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the outputs to this .npz file.")
+@click.option("--repeats", type=click.IntRange(0), default=0, help="Also time this many runs (median).")
+def run(model, backend, inputs, shapes, output, repeats):
+    """Run MODEL on the NumPy backend or onnxruntime and print (or save) its outputs."""
+    from tvmlite.compare import median_ms, ort_session, prepare_inputs
+    from tvmlite.frontend import load
+    from tvmlite.inputs import parse_shape_overrides
+
+    m = load(model)
+    feeds = prepare_inputs(m, inputs, parse_shape_overrides(shapes))
+    if output:
+        _check_output_path(output, model)
+    if backend == "numpy":
+        from tvmlite.backends.numpy import compile_model
+
+        plan = compile_model(m)
+        names = plan.output_names
+
+        def go():
+            return plan.run(feeds)
+    else:
+        sess = ort_session(model)
+        names = [o.name for o in sess.get_outputs()]
+
+        def go():
+            return sess.run(None, feeds)
+    with np.errstate(all="ignore"):
+        outs = go()
+        ms = median_ms(go, repeats) if repeats else None
+    for name, arr in zip(names, outs):
+        arr = np.asarray(arr)
+        click.echo(f"{name}: {arr.dtype} {list(arr.shape)}")
+        with np.printoptions(threshold=20, edgeitems=3, precision=5):
+            click.echo(f"  {arr}")
+    if ms is not None:
+        click.echo(f"latency (median of {repeats}): {ms:.3f} ms on {backend}")
+    if output:
+        _atomic_write(output, lambda f: np.savez(f, **{n: np.asarray(a) for n, a in zip(names, outs)}))
+        click.echo(f"wrote {output}")
+
+
+# ------------------------------------------------------------------------------------------ compare
+@cli.command()
+@click.argument("reference", type=click.Path(dir_okay=False))
+@click.argument("candidate", type=click.Path(dir_okay=False), required=False)
+@click.option("--backend", type=click.Choice(["numpy", "ort"]), default=None,
+              help="Backend of the candidate (default: ort when CANDIDATE is given, else numpy).")
+@inputs_option
+@shape_option
+@click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative to max|reference|.")
+@click.option("--atol", type=float, default=1e-5, show_default=True)
+@click.option("--repeats", type=click.IntRange(0), default=10, show_default=True, help="Timed runs per side.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, as_json):
+    """Compare CANDIDATE (or REFERENCE itself on another backend) with REFERENCE in onnxruntime.
+
+    Exit status: 0 within tolerance, 1 outside, 2 on error."""
+    from tvmlite.compare import compare as do_compare
+    from tvmlite.inputs import parse_shape_overrides
+
+    backend = backend or ("ort" if candidate else "numpy")
+    report = do_compare(reference, candidate, backend=backend, inputs=inputs,
+                        shapes=parse_shape_overrides(shapes), rtol=rtol, atol=atol, repeats=repeats)
+    click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.format())
+    sys.exit(0 if report.ok else 1)
+
+
+# ----------------------------------------------------------------------------------------- optimize
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the model.")
+@click.option("--passes", "spec", default=DEFAULT_PASSES, show_default=True,
+              help="Comma-separated passes, options in parentheses: 'fold-bn,lowrank(ratio=0.3),dce'.")
+@shape_option
+@inputs_option
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Run the result in onnxruntime against the original.")
+@click.option("--max-error", type=float, default=1e-3, show_default=True,
+              help="With --check: fail when max_abs error > this times max|output|.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as JSON to this file.")
+def optimize(model, output, spec, shapes, inputs, check, max_error, json_path):
+    """Run passes over MODEL and write the result to OUTPUT (which must differ from MODEL)."""
+    from passes import Pipeline
+    from tvmlite.compare import compare as do_compare
+    from tvmlite.export import export_model, save
+    from tvmlite.frontend import load
+    from tvmlite.inputs import parse_shape_overrides
+
+    _check_output_path(output, model)
+    pipeline = Pipeline(spec)  # bad specs fail before any work
+    overrides = parse_shape_overrides(shapes)
+    m = load(model)
+    results = pipeline.run(m, input_shapes=overrides)
+    proto = export_model(m)
+    _check_writable_model(proto)
+    report = None
+    if check:
+        report = do_compare(model, m, backend="ort", inputs=inputs, shapes=overrides,
+                            rtol=max_error, atol=1e-6, repeats=10)
+        if not report.ok:
+            worst = max(report.outputs, key=lambda o: o.max_abs / max(o.ref_scale, 1e-30))
+            raise TvmliteError(f"optimized model is outside tolerance on output {worst.name!r}: max_abs "
+                               f"{worst.max_abs:.3g} vs max|ref| {worst.ref_scale:.3g} (--max-error {max_error}); "
+                               f"nothing written")
+    save(proto, output, source_path=model)
+    _print_results(results, report)
+    if json_path:
+        data = {"model": model, "output": output, "passes": [r.to_dict() for r in results],
+                "check": report.to_dict() if report else None}
+        _atomic_write(json_path, lambda f: f.write(json.dumps(data, indent=2, default=str).encode()))
+    click.echo(f"wrote {output} ({_size(os.path.getsize(output))}, input {_size(os.path.getsize(model))})")
+
+
+def _print_results(results, report) -> None:
+    click.echo(f"{'pass':<18} {'changed':>7} {'nodes':>13} {'params':>21} {'MACs':>25} {'time':>7}")
+    for r in results:
+        b, a = r.before, r.after
+        click.echo(f"{r.pass_name:<18} {str(r.changed):>7} {b['nodes']:>6}->{a['nodes']:<6} "
+                   f"{b['params']:>10,}->{a['params']:<10,} {b['macs']:>12,}->{a['macs']:<12,} {r.seconds:>6.2f}s")
+        for node, why in r.skipped[:10]:
+            click.echo(f"    skipped {node}: {why}")
+        if len(r.skipped) > 10:
+            click.echo(f"    ... {len(r.skipped) - 10} more skipped")
+    if report is not None:
+        worst = max((o.max_abs for o in report.outputs), default=0.0)
+        click.echo(f"check in onnxruntime: max abs error {worst:.3g}, latency {report.reference_ms:.3f} -> "
+                   f"{report.candidate_ms:.3f} ms (median)")
+
+
+# ------------------------------------------------------------------------------------------- passes
+@cli.command(name="passes")
+def list_passes():
+    """List the passes --passes accepts, with their options."""
+    import dataclasses
+
+    from passes import available_passes
+
+    for name, cls in available_passes().items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Options))
+        click.echo(f"{name:<18} {doc}" + (f"\n{'':<18} options: {opts}" if opts else ""))
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _check_output_path(output: str, source: str) -> None:
+    d = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(d):
+        raise TvmliteError(f"output directory does not exist: {d}")
+    if os.path.exists(output) and os.path.exists(source) and os.path.samefile(output, source):
+        raise TvmliteError(f"refusing to overwrite the input {source}: choose another output path")
+
+
+def _check_writable_model(proto) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
+
+
+def _atomic_write(path: str, write) -> None:
+    import tempfile
+
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise TvmliteError(f"output directory does not exist: {d}")
+    fd, tmp = tempfile.mkstemp(prefix=".tvmlite-", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv=None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="tvmlite", standalone_mode=False)
+        return 0
+    except SystemExit as e:
+        return int(e.code or 0)
+    except click.exceptions.Abort:
+        click.echo("tvmlite: aborted", err=True)
+        return 2
+    except click.ClickException as e:
+        if debug:
+            raise
+        hint = f" (see 'tvmlite {e.ctx.info_name} --help')" if getattr(e, "ctx", None) and e.ctx.parent else ""
+        click.echo(f"tvmlite: error: {e.format_message()}{hint}", err=True)
+        return 2
+    except TvmliteError as e:
+        if debug:
+            raise
+        click.echo(f"tvmlite: error: {e}", err=True)
+        return 2
+    except MemoryError:
+        click.echo("tvmlite: error: out of memory", err=True)
+        return 2
+    except Exception as e:  # noqa: BLE001 - never a traceback for users
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        click.echo(f"tvmlite: internal error: {type(e).__name__}: {msg} (rerun with --debug for details)",
+                   err=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Compare a candidate (another model, or the same model on a tvmlite backend) with onnxruntime.
+
+Per output: max abs error, max rel error, cosine similarity, argmax agreement for classifier-like
+outputs; median latency of each side. An output is within tolerance when
+``max_abs <= atol + rtol * max|reference|``: the error is judged against the output's magnitude.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tvmlite.errors import TvmliteError
+from tvmlite.ir.graph import Model
+from tvmlite.inputs import check_feeds, load_npz, random_inputs
+
+
+def ort_session(model, threads: int = 2):
+    """An onnxruntime CPU session for a path, a ModelProto or a tvmlite Model."""
+    import onnxruntime as ort
+
+    from tvmlite.export import export_model
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if isinstance(model, Model):
+        model = export_model(model)
+    src = os.fspath(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TvmliteError(f"onnxruntime cannot load the model: {msg}") from None
+
+
+def median_ms(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+@dataclass
+class OutputReport:
+    name: str
+    shape: tuple
+    max_abs: float
+    max_rel: float
+    cosine: float
+    ref_scale: float
+    argmax_agreement: float | None
+    ok: bool
+
+
+@dataclass
+class CompareReport:
+    reference: str
+    candidate: str
+    rtol: float
+    atol: float
+    outputs: list[OutputReport] = field(default_factory=list)
+    reference_ms: float | None = None
+    candidate_ms: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+    @property
+    def speedup(self) -> float | None:
+        if self.reference_ms and self.candidate_ms:
+            return self.reference_ms / self.candidate_ms
+        return None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["speedup"] = self.speedup
+        return d
+
+    def format(self) -> str:
+        lines = [f"reference: {self.reference}", f"candidate: {self.candidate}",
+                 f"tolerance: max_abs <= {self.atol:g} + {self.rtol:g} * max|ref|", ""]
+        hdr = f"{'output':<28} {'shape':<18} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'argmax':>7}  ok"
+        lines.append(hdr)
+        for o in self.outputs:
+            am = "-" if o.argmax_agreement is None else f"{o.argmax_agreement:.3f}"
+            lines.append(f"{o.name[:28]:<28} {str(tuple(o.shape))[:18]:<18} {o.max_abs:>10.3g} "
+                         f"{o.max_rel:>10.3g} {o.cosine:>10.6f} {am:>7}  {'yes' if o.ok else 'NO'}")
+        if self.reference_ms is not None:
+            lines.append("")
+            lines.append(f"latency (median): reference {self.reference_ms:.3f} ms, candidate "
+                         f"{self.candidate_ms:.3f} ms, candidate/reference {self.candidate_ms / self.reference_ms:.2f}x")
+        lines.append("")
+        lines.append("within tolerance" if self.ok else "OUTSIDE tolerance")
+        return "\n".join(lines)
+
+
+def output_report(name: str, ref, cand, rtol: float, atol: float) -> OutputReport:
+    ref = np.asarray(ref)
+    cand = np.asarray(cand)
+    if ref.shape != cand.shape:
+        raise TvmliteError(f"output {name!r}: shapes differ, reference {ref.shape} vs candidate {cand.shape}")
+    if ref.dtype.kind not in "fiub":
+        same = bool(np.array_equal(ref, cand))
+        return OutputReport(name, ref.shape, 0.0 if same else float("inf"), 0.0 if same else float("inf"),
+                            1.0 if same else 0.0, 0.0, None, same)
+    r = ref.astype(np.float64)
+    c = cand.astype(np.float64)
+    diff = np.abs(r - c)
+    finite = np.isfinite(r) & np.isfinite(c)
+    same_nonfinite = ~finite & ((r == c) | (np.isnan(r) & np.isnan(c)))
+    diff = np.where(finite, diff, np.where(same_nonfinite, 0.0, np.inf))
+    scale = float(np.max(np.abs(r[finite]))) if finite.any() else 0.0
+    max_abs = float(diff.max()) if diff.size else 0.0
+    significant = np.abs(r) >= 1e-3 * scale if scale > 0 else np.zeros_like(r, dtype=bool)
+    max_rel = float((diff[significant] / np.abs(r[significant])).max()) if significant.any() else 0.0
+    rf, cf = r[finite].ravel(), c[finite].ravel()
+    denom = np.linalg.norm(rf) * np.linalg.norm(cf)
+    cosine = float(rf @ cf / denom) if denom > 0 else (1.0 if np.array_equal(rf, cf) else 0.0)
+    argmax = None
+    if ref.dtype.kind == "f" and ref.ndim >= 2 and ref.shape[-1] > 1 and ref.size // ref.shape[-1] >= 1:
+        argmax = float(np.mean(np.argmax(r, axis=-1) == np.argmax(c, axis=-1)))
+    ok = max_abs <= atol + rtol * scale
+    return OutputReport(name, tuple(ref.shape), max_abs, max_rel, cosine, scale, argmax, bool(ok))
+
+
+def prepare_inputs(model: Model, inputs=None, shapes=None, seed: int = 0) -> dict:
+    """Feeds from an .npz path, a dict, or at random from the input types (and --shape overrides)."""
+    if inputs is None:
+        return random_inputs(model, shapes, seed)
+    feeds = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
+    return check_feeds(model, feeds)
+
+
+def compare(reference, candidate=None, *, backend: str = "numpy", inputs=None, shapes=None,
+            rtol: float = 1e-4, atol: float = 1e-5, repeats: int = 10, threads: int = 2,
+            seed: int = 0) -> CompareReport:
+    """Run ``reference`` in onnxruntime and ``candidate`` (default: the same model) on ``backend``
+    ('numpy' or 'ort') on the same inputs, and report errors and latencies."""
+    from tvmlite.backends.numpy import compile_model
+    from tvmlite.frontend import load
+
+    ref_model = reference if isinstance(reference, Model) else load(reference)
+    cand_model = ref_model if candidate is None else (candidate if isinstance(candidate, Model) else load(candidate))
+    feeds = prepare_inputs(ref_model, inputs, shapes, seed)
+    if cand_model is not ref_model:
+        check_feeds(cand_model, feeds)
+    sess = ort_session(reference if isinstance(reference, (str, os.PathLike)) else ref_model, threads)
+    names = [o.name for o in sess.get_outputs()]
+    ref_out = sess.run(None, feeds)
+    if backend == "ort":
+        csess = ort_session(candidate if isinstance(candidate, (str, os.PathLike)) else cand_model, threads)
+
+        def run_candidate():
+            return csess.run(None, feeds)
+    elif backend == "numpy":
+        plan = compile_model(cand_model)
+
+        def run_candidate():
+            return plan.run(feeds)
+    else:
+        raise TvmliteError(f"unknown backend {backend!r} (numpy, ort)")
+    with np.errstate(all="ignore"):
+        cand_out = run_candidate()
+    if len(cand_out) != len(ref_out):
+        raise TvmliteError(f"reference has {len(ref_out)} outputs, candidate {len(cand_out)}")
+    report = CompareReport(_describe(reference, "onnxruntime"),
+                           _describe(candidate if candidate is not None else reference, backend), rtol, atol)
+    for name, r, c in zip(names, ref_out, cand_out):
+        report.outputs.append(output_report(name, r, c, rtol, atol))
+    if repeats > 0:
+        report.reference_ms = median_ms(lambda: sess.run(None, feeds), repeats)
+        with np.errstate(all="ignore"):
+            report.candidate_ms = median_ms(run_candidate, repeats)
+    return report
+
+
+def _describe(src, backend: str) -> str:
+    where = os.fspath(src) if isinstance(src, (str, os.PathLike)) else "<in-memory model>"
+    return f"{where} on {backend}"

@@ -1,0 +1,111 @@
+"""Model inputs: read them from .npz files, make random ones from the input types, check them.
+
+Every problem is one InputError line naming the input, e.g. "input 'x': shape (1, 3, 32) does not
+fit the model's [N, 3, 32, 32]".
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+from onnx import helper
+
+from tvmlite.errors import InputError
+from tvmlite.ir.graph import Graph, Model
+
+
+def parse_shape_overrides(items) -> dict[str, tuple[int, ...]]:
+    """``["x=1x3x224x224", ...]`` -> {"x": (1, 3, 224, 224)}."""
+    out = {}
+    for item in items or ():
+        name, eq, dims = item.partition("=")
+        if not eq or not name:
+            raise InputError(f"--shape {item!r}: expected NAME=D1xD2x...")
+        try:
+            out[name] = tuple(int(d) for d in dims.lower().split("x") if d != "")
+        except ValueError:
+            raise InputError(f"--shape {item!r}: dimensions must be integers") from None
+        if any(d <= 0 for d in out[name]):
+            raise InputError(f"--shape {item!r}: dimensions must be positive")
+    return out
+
+
+def graph_inputs(graph: Graph) -> list[str]:
+    """The inputs a caller must feed: graph inputs that have no initializer to fall back on."""
+    return [n for n in graph.inputs if n not in graph.initializers]
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+    if not os.path.exists(path):
+        raise InputError(f"inputs file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise InputError(f"cannot read inputs file {path}: {e}") from None
+
+
+def random_inputs(model: Model, shapes: dict | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random feeds from the input types; symbolic dims must be fixed by ``shapes`` or default to 1."""
+    rng = np.random.default_rng(seed)
+    g = model.graph
+    feeds = {}
+    for name in graph_inputs(g):
+        v = g.values[name]
+        if v.dtype is None:
+            raise InputError(f"input {name!r} has no tensor type: give its values with --inputs")
+        shape = (shapes or {}).get(name)
+        if shape is None:
+            if v.shape is None:
+                raise InputError(f"input {name!r} has unknown rank: give --shape {name}=D1xD2...")
+            unknown = [i for i, d in enumerate(v.shape) if not (isinstance(d, int) and d > 0)]
+            if unknown and any(i != 0 for i in unknown):
+                raise InputError(f"input {name!r} has symbolic dims {list(v.shape)}: "
+                                 f"give --shape {name}=" + "x".join(str(d) if isinstance(d, int) and d > 0
+                                                                     else "?" for d in v.shape))
+            shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in v.shape)
+        dt = v.dtype
+        if dt.kind == "f":
+            feeds[name] = rng.standard_normal(shape).astype(dt)
+        elif dt.kind in "iu":
+            feeds[name] = rng.integers(0, 10, size=shape).astype(dt)
+        elif dt.kind == "b":
+            feeds[name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise InputError(f"input {name!r} of dtype {dt} cannot be made at random: use --inputs")
+    check_feeds(model, feeds)
+    return feeds
+
+
+def check_feeds(model: Model, feeds: dict) -> dict:
+    """Raise InputError unless ``feeds`` gives every required input with a fitting dtype and shape."""
+    g = model.graph
+    required = graph_inputs(g)
+    missing = [n for n in required if n not in feeds]
+    if missing:
+        raise InputError(f"missing input {missing[0]!r} (the model takes {required})")
+    unknown = [n for n in feeds if n not in g.inputs]
+    if unknown:
+        raise InputError(f"unknown input {unknown[0]!r} (the model takes {required})")
+    for name, arr in feeds.items():
+        v = g.values[name]
+        if not isinstance(arr, np.ndarray):
+            continue
+        if v.elem_type is not None:
+            want = helper.tensor_dtype_to_np_dtype(v.elem_type)
+            if arr.dtype != want:
+                raise InputError(f"input {name!r}: dtype {arr.dtype} does not fit the model's {want}")
+        shape = v.shape
+        if shape is not None:
+            if arr.ndim != len(shape):
+                raise InputError(f"input {name!r}: shape {arr.shape} does not fit the model's "
+                                 f"{_fmt(shape)} (rank {arr.ndim} vs {len(shape)})")
+            for have, want in zip(arr.shape, shape):
+                if isinstance(want, int) and want > 0 and have != want:
+                    raise InputError(f"input {name!r}: shape {arr.shape} does not fit the model's {_fmt(shape)}")
+    return feeds
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"

@@ -1,0 +1,80 @@
+"""dtype and shape inference: onnx's inference for standard ops, tvmlite's own rules for its ops."""
+from __future__ import annotations
+
+import onnx
+
+from tvmlite.ir.graph import Model, type_shape
+
+
+def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, onnx.TypeProto]:
+    """Types onnx's shape inference finds for the model's values (symbolic dims kept).
+
+    ``input_shapes`` (name -> dims) fixes the graph inputs' shapes first, e.g. to count MACs at a
+    given image size."""
+    from tvmlite.export import export_model
+
+    proto = export_model(model)
+    if input_shapes:
+        # recorded types were inferred from the old input shapes: infer everything afresh
+        del proto.graph.value_info[:]
+        for vi in proto.graph.output:
+            if vi.type.HasField("tensor_type"):
+                vi.type.tensor_type.ClearField("shape")
+    for vi in proto.graph.input:
+        dims = (input_shapes or {}).get(vi.name)
+        if dims is not None and vi.type.HasField("tensor_type"):
+            shape = vi.type.tensor_type.shape
+            shape.Clear()
+            for d in dims:
+                dim = shape.dim.add()
+                if isinstance(d, int) and d > 0:
+                    dim.dim_value = d
+                elif isinstance(d, str):
+                    dim.dim_param = d
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # inference is best effort: unknown custom ops or odd models
+        return {}
+    types = {}
+    for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input):
+        if vi.HasField("type"):
+            types[vi.name] = vi.type
+    return types
+
+
+def _more_specific(new: onnx.TypeProto, old: onnx.TypeProto | None) -> bool:
+    if old is None:
+        return True
+    ns, os_ = type_shape(new), type_shape(old)
+    if os_ is None:
+        return ns is not None
+    if ns is None or len(ns) != len(os_):
+        return False
+    return sum(isinstance(d, int) for d in ns) > sum(isinstance(d, int) for d in os_)
+
+
+def infer_shapes(model: Model) -> int:
+    """Write inferred types into the graph's values; returns how many values gained a type."""
+    g = model.graph
+    changed = 0
+    for name, tp in inferred_types(model).items():
+        v = g.values.get(name)
+        if v is None or v.is_initializer or type_shape(tp) is None:
+            continue  # a dtype without a shape adds nothing (and onnx.checker rejects it)
+        if _more_specific(tp, v.type):
+            v.type = tp
+            changed += 1
+    return changed
+
+
+def static_shapes(model: Model, input_shapes: dict | None = None, default_dim: int = 1) -> dict[str, tuple]:
+    """Value name -> shape with symbolic or unknown dims (and ONNX's invalid -1) set to ``default_dim``."""
+    out = {}
+    g = model.graph
+    types = inferred_types(model, input_shapes)
+    for name, v in g.values.items():
+        tp = types.get(name, v.type)
+        s = v.shape if v.is_initializer else type_shape(tp)
+        if s is not None:
+            out[name] = tuple(d if isinstance(d, int) and d > 0 else default_dim for d in s)
+    return out
