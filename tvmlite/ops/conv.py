@@ -1,0 +1,512 @@
+"""Convolution kernels: Conv, ConvTranspose, Col2Im, plus shared padding / im2col helpers.
+
+Layout conventions (reused by pool.py, quant.py and the conv-lowering work):
+
+* ``pads`` is ONNX's flat list ``[x1_begin, x2_begin, ..., x1_end, x2_end, ...]``.
+* :func:`resolve_pads` turns ``auto_pad`` + explicit pads into that explicit list.
+* :func:`im2col` returns the column matrix of shape ``[N, C * prod(kernel), prod(out_spatial)]``:
+  row ``c * prod(kernel) + k`` where ``k`` is the row-major index of the kernel tap
+  (``k = kh_i * kw + kw_i`` in 2-D), column ``p`` the row-major index of the output position.
+  This matches ``W.reshape(M, C * prod(kernel))`` so that ``Y[n] = W2 @ cols[n]``.
+
+Hot paths stay in the input dtype (float32 in float32 out) and never loop in Python over pixels:
+1x1 convs are a single matmul, general convs one strided im2col copy then BLAS GEMM, grouped convs a
+batched matmul, depthwise convs a sum over kernel taps of strided slices times per-channel weights.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from tvmlite.errors import UnsupportedError
+from tvmlite.ops.registry import kernel
+
+__all__ = [
+    "resolve_pads",
+    "conv_output_shape",
+    "pad_spatial",
+    "im2col",
+    "col2im",
+    "conv_nd",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# shape / padding helpers
+# --------------------------------------------------------------------------------------------------
+
+def _norm(v, n, default):
+    if v is None or len(v) == 0:
+        return [default] * n
+    return [int(a) for a in v]
+
+
+def _auto_pad_str(auto_pad) -> str:
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    return auto_pad or "NOTSET"
+
+
+def resolve_pads(auto_pad, in_shape, kernel, strides=None, dilations=None, pads=None) -> list[int]:
+    """Explicit ``[begins..., ends...]`` pads for spatial ``in_shape`` under ONNX's ``auto_pad``.
+
+    SAME_UPPER / SAME_LOWER give ``out = ceil(in / stride)`` with the odd extra pad at the end
+    (UPPER) or the beginning (LOWER); VALID gives zero pads; NOTSET uses ``pads`` (default zeros).
+    """
+    n = len(in_shape)
+    kernel = [int(k) for k in kernel]
+    strides = _norm(strides, n, 1)
+    dilations = _norm(dilations, n, 1)
+    auto_pad = _auto_pad_str(auto_pad)
+    if auto_pad == "NOTSET":
+        p = _norm(pads, 2 * n, 0)
+        if len(p) != 2 * n:
+            raise UnsupportedError(f"pads has {len(p)} values, expected {2 * n}")
+        return p
+    if auto_pad == "VALID":
+        return [0] * (2 * n)
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise UnsupportedError(f"auto_pad={auto_pad!r} is not supported")
+    begins, ends = [], []
+    for i in range(n):
+        out = -(-int(in_shape[i]) // strides[i])
+        eff_k = (kernel[i] - 1) * dilations[i] + 1
+        total = max(0, (out - 1) * strides[i] + eff_k - int(in_shape[i]))
+        small, big = total // 2, total - total // 2
+        if auto_pad == "SAME_UPPER":
+            begins.append(small)
+            ends.append(big)
+        else:
+            begins.append(big)
+            ends.append(small)
+    return begins + ends
+
+
+def conv_output_shape(in_shape, kernel, strides=None, dilations=None, pads=None,
+                      ceil_mode: bool = False) -> list[int]:
+    """Spatial output shape of a conv / pool window over ``in_shape`` with explicit ``pads``.
+
+    ``ceil_mode`` follows ONNX / onnxruntime pooling: round up, but drop a last window that would
+    start entirely inside the end padding.
+    """
+    n = len(in_shape)
+    strides = _norm(strides, n, 1)
+    dilations = _norm(dilations, n, 1)
+    pads = _norm(pads, 2 * n, 0)
+    out = []
+    for i in range(n):
+        eff_k = (int(kernel[i]) - 1) * dilations[i] + 1
+        span = int(in_shape[i]) + pads[i] + pads[i + n] - eff_k
+        if ceil_mode:
+            o = -(-span // strides[i]) + 1
+            if (o - 1) * strides[i] >= int(in_shape[i]) + pads[i]:
+                o -= 1
+        else:
+            o = span // strides[i] + 1
+        out.append(int(o))
+    return out
+
+
+def pad_spatial(x: np.ndarray, begins, ends, value=0) -> np.ndarray:
+    """Pad the spatial axes (2..) of ``x`` by ``begins``/``ends`` (which may be negative = crop)."""
+    n = x.ndim - 2
+    if not any(begins) and not any(ends):
+        return x
+    # crop negative pads first
+    sl = [slice(None), slice(None)]
+    for i in range(n):
+        b = -begins[i] if begins[i] < 0 else 0
+        e = x.shape[2 + i] + ends[i] if ends[i] < 0 else x.shape[2 + i]
+        sl.append(slice(b, e))
+    x = x[tuple(sl)]
+    begins = [max(0, b) for b in begins]
+    ends = [max(0, e) for e in ends]
+    if not any(begins) and not any(ends):
+        return x
+    shape = x.shape[:2] + tuple(x.shape[2 + i] + begins[i] + ends[i] for i in range(n))
+    if value == 0:
+        out = np.zeros(shape, dtype=x.dtype)
+    else:
+        out = np.full(shape, value, dtype=x.dtype)
+    inner = (slice(None), slice(None)) + tuple(
+        slice(begins[i], begins[i] + x.shape[2 + i]) for i in range(n))
+    out[inner] = x
+    return out
+
+
+def _windows(xp: np.ndarray, kernel, strides, dilations, out_shape) -> np.ndarray:
+    """Strided view ``[N, C, *kernel, *out_shape]`` of the padded input (no copy)."""
+    n = len(kernel)
+    st = xp.strides
+    shape = xp.shape[:2] + tuple(kernel) + tuple(out_shape)
+    strides_ = st[:2] + tuple(st[2 + i] * dilations[i] for i in range(n)) + tuple(
+        st[2 + i] * strides[i] for i in range(n))
+    return as_strided(xp, shape=shape, strides=strides_, writeable=False)
+
+
+def _pool_windows(xp: np.ndarray, kernel, strides, dilations, out_shape) -> np.ndarray:
+    """Strided view ``[N, C, *out_shape, *kernel]`` of the padded input (no copy)."""
+    n = len(kernel)
+    st = xp.strides
+    shape = xp.shape[:2] + tuple(out_shape) + tuple(kernel)
+    strides_ = st[:2] + tuple(st[2 + i] * strides[i] for i in range(n)) + tuple(
+        st[2 + i] * dilations[i] for i in range(n))
+    return as_strided(xp, shape=shape, strides=strides_, writeable=False)
+
+
+def im2col(x: np.ndarray, kernel_shape, strides=None, dilations=None, pads=None,
+           pad_value=0) -> np.ndarray:
+    """Column matrix ``[N, C * prod(kernel_shape), prod(out_spatial)]`` of ``x`` ([N, C, *spatial]).
+
+    Row index ``c * prod(kernel) + tap`` (tap = row-major index in the kernel window), column index
+    the row-major output position; the output spatial shape is
+    ``conv_output_shape(x.shape[2:], kernel_shape, strides, dilations, pads)``. ``pads`` are explicit
+    ``[begins..., ends...]`` (use :func:`resolve_pads` for auto_pad). Built as one strided copy.
+    """
+    n = x.ndim - 2
+    kernel_shape = [int(k) for k in kernel_shape]
+    strides = _norm(strides, n, 1)
+    dilations = _norm(dilations, n, 1)
+    pads = _norm(pads, 2 * n, 0)
+    out_shape = conv_output_shape(x.shape[2:], kernel_shape, strides, dilations, pads)
+    xp = pad_spatial(x, pads[:n], pads[n:], pad_value)
+    win = _windows(xp, kernel_shape, strides, dilations, out_shape)
+    N, C = x.shape[:2]
+    K = int(np.prod(kernel_shape, dtype=np.int64))
+    P = int(np.prod(out_shape, dtype=np.int64))
+    cols = np.empty(win.shape, dtype=x.dtype)
+    np.copyto(cols, win)
+    return cols.reshape(N, C * K, P)
+
+
+def col2im(cols: np.ndarray, out_spatial, kernel_shape, strides=None, dilations=None,
+           pads=None, in_spatial=None) -> np.ndarray:
+    """Inverse of :func:`im2col` with summation: ``cols`` [N, C*prod(kernel), prod(in_spatial)]
+    scattered-added into an image [N, C, *out_spatial] (``in_spatial`` = the column grid; derived
+    from out_spatial when omitted). Pads are cropped from the padded image."""
+    n = len(kernel_shape)
+    kernel_shape = [int(k) for k in kernel_shape]
+    strides = _norm(strides, n, 1)
+    dilations = _norm(dilations, n, 1)
+    pads = _norm(pads, 2 * n, 0)
+    if in_spatial is None:
+        in_spatial = conv_output_shape(out_spatial, kernel_shape, strides, dilations, pads)
+    N = cols.shape[0]
+    K = int(np.prod(kernel_shape, dtype=np.int64))
+    C = cols.shape[1] // K
+    # padded buffer large enough for every tap
+    full = [max(int(out_spatial[i]) + pads[i] + pads[i + n],
+                (in_spatial[i] - 1) * strides[i] + (kernel_shape[i] - 1) * dilations[i] + 1)
+            for i in range(n)]
+    buf = np.zeros((N, C) + tuple(full), dtype=cols.dtype)
+    c6 = cols.reshape((N, C) + tuple(kernel_shape) + tuple(in_spatial))
+    for tap in np.ndindex(*kernel_shape):
+        sl = (slice(None), slice(None)) + tuple(
+            slice(tap[i] * dilations[i], tap[i] * dilations[i] + (in_spatial[i] - 1) * strides[i] + 1,
+                  strides[i]) for i in range(n))
+        buf[sl] += c6[(slice(None), slice(None)) + tap]
+    crop = (slice(None), slice(None)) + tuple(
+        slice(pads[i], pads[i] + int(out_spatial[i])) for i in range(n))
+    return buf[crop]
+
+
+# --------------------------------------------------------------------------------------------------
+# Conv
+# --------------------------------------------------------------------------------------------------
+
+def _depthwise(x, w, b, pads, strides, dilations, out_shape, mult):
+    """Depthwise conv: x [N, C, *spatial], w [C*mult, 1, *k] -> [N, C*mult, *out].
+
+    A sum over kernel taps of per-channel weight times a shifted slice of the padded input. The
+    padded input is split into stride phases (space-to-depth; a no-op for stride 1) and flattened,
+    so every tap is one *contiguous* 1-D slice per channel (the output is computed on the phase
+    grid, whose extra columns are cropped at the end): ~2 vectorised passes per tap.
+    """
+    N, C = x.shape[:2]
+    n = len(out_shape)
+    kshape = [int(k) for k in w.shape[2:]]
+    dt = np.result_type(x.dtype, w.dtype)
+    M = C * mult
+    # pad so each spatial size is a multiple of its stride and covers every tap
+    Q = []
+    for i in range(n):
+        need = (out_shape[i] - 1) * strides[i] + (kshape[i] - 1) * dilations[i] + 1
+        padded = max(need, x.shape[2 + i] + pads[i] + pads[i + n])
+        Q.append(-(-padded // strides[i]))
+    ends = [Q[i] * strides[i] - x.shape[2 + i] - pads[i] for i in range(n)]
+    xp = pad_spatial(x, pads[:n], ends)
+    if xp.dtype != dt:
+        xp = xp.astype(dt)
+    # stride phases, each [N, C, prod(Q)] contiguous
+    phases = {}
+
+    def phase(ph):
+        if ph not in phases:
+            if all(s == 1 for s in strides):
+                v = xp
+            else:
+                v = xp[(slice(None), slice(None)) + tuple(
+                    slice(ph[i], None, strides[i]) for i in range(n))]
+            phases[ph] = np.ascontiguousarray(v).reshape(N, C, 1, -1)
+        return phases[ph]
+
+    qstrides = [int(np.prod(Q[i + 1:], dtype=np.int64)) for i in range(n)]
+    L = sum((out_shape[i] - 1) * qstrides[i] for i in range(n)) + 1
+    Qtot = int(np.prod(Q, dtype=np.int64))
+    wk = w.reshape((C, mult, -1)).astype(dt, copy=False)
+    out = np.empty((N, C, mult, Qtot), dtype=dt)
+    o = out[..., :L]
+    tmp = np.empty((N, C, mult, L), dtype=dt)
+    for t, tap in enumerate(np.ndindex(*kshape)):
+        pos = [tap[i] * dilations[i] for i in range(n)]
+        ph = tuple(p % s for p, s in zip(pos, strides))
+        off = sum((pos[i] // strides[i]) * qstrides[i] for i in range(n))
+        xs = phase(ph)[..., off:off + L]
+        wt = wk[:, :, t].reshape(1, C, mult, 1)
+        if t == 0:
+            np.multiply(xs, wt, out=o)
+        else:
+            np.multiply(xs, wt, out=tmp)
+            o += tmp
+    full = out.reshape((N, M) + tuple(Q))
+    view = full[(slice(None), slice(None)) + tuple(slice(0, out_shape[i]) for i in range(n))]
+    y = np.empty((N, M) + tuple(out_shape), dtype=dt)
+    if b is not None:
+        np.add(view, b.reshape((1, M) + (1,) * n), out=y)
+    else:
+        np.copyto(y, view)
+    return y
+
+
+#: target size of one im2col chunk: keeps the column block cache-resident between the strided copy
+#: and the GEMM that consumes it
+IM2COL_CHUNK_BYTES = 1 << 19
+#: but never fewer GEMM columns than this per chunk (GEMM efficiency)
+IM2COL_MIN_COLS = 512
+
+
+def _conv_im2col_chunked(x, w, b, p, kshape, strides, dilations, out_shape):
+    """Dense conv as im2col + GEMM, in chunks of output rows: each chunk's columns are one strided
+    copy from the padded input into a reused buffer, then one BLAS GEMM written straight into the
+    output (bias added while the chunk is hot)."""
+    n = len(kshape)
+    N, C = x.shape[:2]
+    M = w.shape[0]
+    K = int(np.prod(kshape, dtype=np.int64))
+    CK = C * K
+    dt = x.dtype
+    xp = pad_spatial(x, p[:n], p[n:])
+    win = _windows(xp, kshape, strides, dilations, out_shape)  # [N, C, *k, *out]
+    inner = int(np.prod(out_shape[1:], dtype=np.int64))
+    P = out_shape[0] * inner
+    rows = IM2COL_CHUNK_BYTES // max(1, CK * inner * dt.itemsize)
+    rows = max(rows, -(-IM2COL_MIN_COLS // max(1, inner)), 1)
+    rows = min(rows, out_shape[0])
+    y = np.empty((N, M, P), dtype=dt)
+    w2 = w.reshape(M, CK)
+    buf = np.empty(CK * rows * inner, dtype=dt)
+    kidx = (slice(None),) * (1 + n)
+    bcol = None if b is None else b.reshape(M, 1)
+    for i in range(N):
+        for r0 in range(0, out_shape[0], rows):
+            r1 = min(out_shape[0], r0 + rows)
+            cols = buf[:CK * (r1 - r0) * inner]  # contiguous prefix of the reused buffer
+            np.copyto(cols.reshape((C,) + tuple(kshape) + (r1 - r0,) + tuple(out_shape[1:])),
+                      win[(i,) + kidx + (slice(r0, r1),)])
+            yc = y[i, :, r0 * inner:r1 * inner]
+            np.matmul(w2, cols.reshape(CK, -1), out=yc)
+            if bcol is not None:
+                yc += bcol
+    return y.reshape((N, M) + tuple(out_shape))
+
+
+def conv_nd(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+            pads=None, strides=None):
+    """Conv over any spatial rank; see module docstring for the strategy."""
+    x = np.asarray(x)
+    w = np.asarray(w)
+    if x.dtype.itemsize < 4 or w.dtype.itemsize < 4:
+        # half precision: accumulate in float32, round once at the end
+        odt = np.result_type(x.dtype, w.dtype)
+        y = conv_nd(x.astype(np.float32), w.astype(np.float32),
+                    None if b is None else np.asarray(b).astype(np.float32), auto_pad=auto_pad,
+                    dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                    strides=strides)
+        return y.astype(odt)
+    if x.ndim < 3:
+        raise UnsupportedError(f"Conv input must have rank >= 3, got {x.ndim}")
+    n = x.ndim - 2
+    N, C = x.shape[:2]
+    M = w.shape[0]
+    group = int(group)
+    kshape = [int(k) for k in (kernel_shape if kernel_shape else w.shape[2:])]
+    if list(w.shape[2:]) != kshape:
+        raise UnsupportedError(f"kernel_shape {kshape} does not match weight shape {list(w.shape)}")
+    strides = _norm(strides, n, 1)
+    dilations = _norm(dilations, n, 1)
+    p = resolve_pads(auto_pad, x.shape[2:], kshape, strides, dilations, pads)
+    out_shape = conv_output_shape(x.shape[2:], kshape, strides, dilations, p)
+    dt = np.result_type(x.dtype, w.dtype)
+    if C != w.shape[1] * group or M % group:
+        raise UnsupportedError(
+            f"Conv channels do not fit: input C={C}, weight {list(w.shape)}, group={group}")
+    K = int(np.prod(kshape, dtype=np.int64))
+    P = int(np.prod(out_shape, dtype=np.int64))
+    if b is not None:
+        b = np.asarray(b).astype(dt, copy=False)
+
+    if group > 1 and group == C and w.shape[1] == 1 and K > 1:
+        # depthwise (with optional channel multiplier)
+        return _depthwise(x, w, b, p, strides, dilations, out_shape, M // C)
+
+    if K == 1 and not any(p) and group == 1:
+        # 1x1 conv: no im2col; a strided slice when strided
+        if any(s != 1 for s in strides):
+            xs = x[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)]
+            xs = np.ascontiguousarray(xs)
+        else:
+            xs = x
+        xs = xs.reshape(N, C, P)
+        w2 = w.reshape(M, C)
+        if N == 1:
+            y = np.matmul(w2, xs[0])[None]
+        else:
+            y = np.matmul(w2, xs)
+    elif group == 1 and dt == x.dtype == w.dtype:
+        return _conv_im2col_chunked(x, w, b, p, kshape, strides, dilations, out_shape)
+    elif group == 1:
+        cols = im2col(x, kshape, strides, dilations, p)  # [N, C*K, P]
+        w2 = w.reshape(M, C * K)
+        y = np.matmul(w2, cols)
+    else:
+        cols = im2col(x, kshape, strides, dilations, p)  # [N, C*K, P]
+        Cg = C // group
+        Mg = M // group
+        cols = cols.reshape(N, group, Cg * K, P)
+        w3 = w.reshape(group, Mg, Cg * K)
+        y = np.matmul(w3, cols)  # [N, G, Mg, P]
+    if y.dtype != dt:
+        y = y.astype(dt)
+    y = y.reshape((N, M) + tuple(out_shape))
+    if b is not None:
+        y += b.reshape((1, M) + (1,) * n)
+    return y
+
+
+@kernel("Conv", since=1)
+def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+         pads=None, strides=None):
+    return conv_nd(x, w, b, auto_pad=auto_pad, dilations=dilations, group=group,
+                   kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+# --------------------------------------------------------------------------------------------------
+# ConvTranspose
+# --------------------------------------------------------------------------------------------------
+
+def conv_transpose_pads(auto_pad, in_shape, kernel, strides, dilations, pads, output_padding,
+                        output_shape):
+    """(explicit pads, output spatial shape) for ConvTranspose, per the ONNX spec."""
+    n = len(in_shape)
+    auto_pad = _auto_pad_str(auto_pad)
+    full = [strides[i] * (int(in_shape[i]) - 1) + output_padding[i]
+            + (kernel[i] - 1) * dilations[i] + 1 for i in range(n)]
+    if output_shape is not None and len(output_shape) > 0:
+        out = [int(v) for v in output_shape][-n:]
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [int(in_shape[i]) * strides[i] for i in range(n)]
+    else:
+        if auto_pad not in ("NOTSET", "VALID"):
+            raise UnsupportedError(f"auto_pad={auto_pad!r} is not supported")
+        p = [0] * (2 * n) if auto_pad == "VALID" else _norm(pads, 2 * n, 0)
+        return p, [full[i] - p[i] - p[i + n] for i in range(n)]
+    begins, ends = [], []
+    for i in range(n):
+        total = full[i] - out[i]
+        if auto_pad == "SAME_UPPER":
+            begins.append(total // 2)
+            ends.append(total - total // 2)
+        else:
+            begins.append(total - total // 2)
+            ends.append(total // 2)
+    return begins + ends, out
+
+
+@kernel("ConvTranspose", since=1)
+def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                   output_padding=None, output_shape=None, pads=None, strides=None):
+    x = np.asarray(x)
+    w = np.asarray(w)
+    if x.dtype.itemsize < 4 or w.dtype.itemsize < 4:
+        odt = np.result_type(x.dtype, w.dtype)
+        y = conv_transpose(x.astype(np.float32), w.astype(np.float32),
+                           None if b is None else np.asarray(b).astype(np.float32),
+                           auto_pad=auto_pad, dilations=dilations, group=group,
+                           kernel_shape=kernel_shape, output_padding=output_padding,
+                           output_shape=output_shape, pads=pads, strides=strides)
+        return y.astype(odt)
+    n = x.ndim - 2
+    N, C = x.shape[:2]
+    group = int(group)
+    kshape = [int(k) for k in (kernel_shape if kernel_shape else w.shape[2:])]
+    if list(w.shape[2:]) != kshape:
+        raise UnsupportedError(f"kernel_shape {kshape} does not match weight shape {list(w.shape)}")
+    strides = _norm(strides, n, 1)
+    dilations = _norm(dilations, n, 1)
+    output_padding = _norm(output_padding, n, 0)
+    p, out_shape = conv_transpose_pads(auto_pad, x.shape[2:], kshape, strides, dilations, pads,
+                                       output_padding, output_shape)
+    dt = np.result_type(x.dtype, w.dtype)
+    Mg = w.shape[1]
+    M = Mg * group
+    Cg = C // group
+    if C != w.shape[0] or C % group:
+        raise UnsupportedError(
+            f"ConvTranspose channels do not fit: input C={C}, weight {list(w.shape)}, group={group}")
+    K = int(np.prod(kshape, dtype=np.int64))
+    HW = int(np.prod(x.shape[2:], dtype=np.int64))
+    # cols[n, g, Mg*K, HW] = W[g]^T @ x[n, g]
+    wg = w.reshape(group, Cg, Mg * K).transpose(0, 2, 1)
+    xg = x.reshape(N, group, Cg, HW)
+    cols = np.matmul(wg, xg).astype(dt, copy=False).reshape(N, M * K, HW)
+    # scatter-add into the full (uncropped) output, then crop the pads
+    full = [strides[i] * (x.shape[2 + i] - 1) + (kshape[i] - 1) * dilations[i] + 1 for i in range(n)]
+    lo = [min(0, p[i]) for i in range(n)]  # negative pads: output extends before the buffer
+    size = [max(full[i], p[i] + out_shape[i]) - lo[i] for i in range(n)]
+    buf = np.zeros((N, M) + tuple(size), dtype=dt)
+    c6 = cols.reshape((N, M) + tuple(kshape) + tuple(x.shape[2:]))
+    for tap in np.ndindex(*kshape):
+        sl = (slice(None), slice(None)) + tuple(
+            slice(tap[i] * dilations[i] - lo[i],
+                  tap[i] * dilations[i] - lo[i] + (x.shape[2 + i] - 1) * strides[i] + 1, strides[i])
+            for i in range(n))
+        buf[sl] += c6[(slice(None), slice(None)) + tap]
+    crop = (slice(None), slice(None)) + tuple(
+        slice(p[i] - lo[i], p[i] - lo[i] + out_shape[i]) for i in range(n))
+    y = np.ascontiguousarray(buf[crop])
+    if b is not None:
+        y += np.asarray(b).astype(dt, copy=False).reshape((1, M) + (1,) * n)
+    return y
+
+
+# --------------------------------------------------------------------------------------------------
+# Col2Im
+# --------------------------------------------------------------------------------------------------
+
+@kernel("Col2Im", since=18)
+def col2im_op(x, image_shape, block_shape, *, dilations=None, pads=None, strides=None):
+    x = np.asarray(x)
+    image_shape = [int(v) for v in np.asarray(image_shape).reshape(-1)]
+    block_shape = [int(v) for v in np.asarray(block_shape).reshape(-1)]
+    n = len(image_shape)
+    strides = _norm(strides, n, 1)
+    dilations = _norm(dilations, n, 1)
+    pads = _norm(pads, 2 * n, 0)
+    in_spatial = conv_output_shape(image_shape, block_shape, strides, dilations, pads)
+    L = int(np.prod(in_spatial, dtype=np.int64))
+    if x.shape[2] != L:
+        raise UnsupportedError(f"Col2Im: input has {x.shape[2]} blocks, expected {L}")
+    return np.ascontiguousarray(
+        col2im(x, image_shape, block_shape, strides, dilations, pads, in_spatial))
