@@ -73,11 +73,23 @@ def _compare(expected, actual, rtol, atol, where):
                                    rtol=rtol, atol=atol, err_msg=where)
 
 
+def _to_numpy(x):
+    """Test data comes as arrays, lists (sequences) or TensorProtos (exotic dtypes such as float8)."""
+    from onnx import TensorProto, numpy_helper
+
+    if isinstance(x, TensorProto):
+        return numpy_helper.to_array(x)
+    if isinstance(x, list):
+        return [_to_numpy(v) for v in x]
+    return x
+
+
 def run_case(case) -> None:
     model = import_model(case.model, check=False)
     plan = compile_model(model)
     names = [i.name for i in case.model.graph.input]
     for inputs, outputs in case.data_sets:
+        inputs, outputs = _to_numpy(list(inputs)), _to_numpy(list(outputs))
         feeds = dict(zip(names, inputs))
         with np.errstate(all="ignore"):
             got = plan.run(feeds)

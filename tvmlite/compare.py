@@ -104,7 +104,9 @@ class CompareReport:
         return "\n".join(lines)
 
 
-def output_report(name: str, ref, cand, rtol: float, atol: float) -> OutputReport:
+def output_report(name: str, ref, cand, rtol: float, atol: float, significant: float = 1e-3) -> OutputReport:
+    """Errors of one output. ``max_rel`` is taken over elements whose magnitude is at least
+    ``significant`` times the output's largest: relative error of near-zero values says nothing."""
     ref = np.asarray(ref)
     cand = np.asarray(cand)
     if ref.shape != cand.shape:
@@ -121,13 +123,13 @@ def output_report(name: str, ref, cand, rtol: float, atol: float) -> OutputRepor
     diff = np.where(finite, diff, np.where(same_nonfinite, 0.0, np.inf))
     scale = float(np.max(np.abs(r[finite]))) if finite.any() else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
-    significant = np.abs(r) >= 1e-3 * scale if scale > 0 else np.zeros_like(r, dtype=bool)
+    significant = np.abs(r) >= significant * scale if scale > 0 else np.zeros_like(r, dtype=bool)
     max_rel = float((diff[significant] / np.abs(r[significant])).max()) if significant.any() else 0.0
     rf, cf = r[finite].ravel(), c[finite].ravel()
     denom = np.linalg.norm(rf) * np.linalg.norm(cf)
     cosine = float(rf @ cf / denom) if denom > 0 else (1.0 if np.array_equal(rf, cf) else 0.0)
     argmax = None
-    if ref.dtype.kind == "f" and ref.ndim >= 2 and ref.shape[-1] > 1 and ref.size // ref.shape[-1] >= 1:
+    if ref.dtype.kind == "f" and ref.ndim in (2, 3) and ref.shape[-1] > 1:  # [N, C] or [N, T, C] scores
         argmax = float(np.mean(np.argmax(r, axis=-1) == np.argmax(c, axis=-1)))
     ok = max_abs <= atol + rtol * scale
     return OutputReport(name, tuple(ref.shape), max_abs, max_rel, cosine, scale, argmax, bool(ok))

@@ -123,11 +123,13 @@ def export_node(node) -> onnx.NodeProto:
 
 
 def _same(a, b) -> bool:
+    """Is attribute value ``b`` still the one imported as ``a``? Subgraphs are always re-exported:
+    passes may have edited them in place."""
+    if isinstance(a, Graph) or isinstance(b, Graph) or (isinstance(a, list) and a and isinstance(a[0], Graph)):
+        return False
     if a is b:
         return True
-    if isinstance(a, Graph) or isinstance(b, Graph) or hasattr(a, "shape") or hasattr(b, "shape"):
-        return False
-    if isinstance(a, list) and a and isinstance(a[0], Graph):
+    if hasattr(a, "shape") or hasattr(b, "shape"):
         return False
     try:
         return type(a) is type(b) and bool(a == b)

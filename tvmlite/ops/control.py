@@ -6,8 +6,6 @@ KernelContext whose ``run_subgraph(graph, feeds, scope)`` runs a body (compiled 
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
-
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.registry import kernel
 
@@ -111,8 +109,8 @@ def scan(ctx, *inputs, body, num_scan_inputs, scan_input_axes=None, scan_input_d
 
 
 # ----------------------------------------------------------------------------------- sequences
-def _np_dtype(elem_type: int):
-    return helper.tensor_dtype_to_np_dtype(elem_type)
+def _index(position) -> int:
+    return int(np.asarray(position).reshape(-1)[0])
 
 
 @kernel("SequenceEmpty")
@@ -132,7 +130,7 @@ def sequence_length(seq):
 
 @kernel("SequenceAt")
 def sequence_at(seq, position):
-    return seq[int(position)]
+    return seq[_index(position)]
 
 
 @kernel("SequenceInsert")
@@ -141,7 +139,7 @@ def sequence_insert(seq, tensor, position=None):
     if position is None:
         out.append(tensor)
     else:
-        p = int(position)
+        p = _index(position)
         out.insert(p if p >= 0 else len(out) + p, tensor)
     return out
 
@@ -149,7 +147,7 @@ def sequence_insert(seq, tensor, position=None):
 @kernel("SequenceErase")
 def sequence_erase(seq, position=None):
     out = list(seq)
-    del out[-1 if position is None else int(position)]
+    del out[-1 if position is None else _index(position)]
     return out
 
 

@@ -20,6 +20,12 @@ versioning: Squeeze-1 takes axes as an attribute, Squeeze-13 as an input); the o
 
 Kernels that run subgraphs (If, Loop, Scan) are registered with ``needs_ctx=True`` and receive a
 :class:`KernelContext` as first argument.
+
+Two conventions let a kernel depend on how many outputs the node asks for:
+- ``fn.single_output = other_fn``: used instead of ``fn`` when only the first output is read
+  (MaxPool skips computing Indices);
+- ``fn.num_outputs_param = "num_outputs"``: the node's output count is passed under that keyword when
+  the node does not set it (Split before opset 18 splits into as many parts as it has outputs).
 """
 from __future__ import annotations
 

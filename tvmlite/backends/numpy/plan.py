@@ -57,6 +57,19 @@ def missing_kernels(graph: Graph, opsets: dict) -> list[str]:
     return [f"{p} x{n}" if n > 1 else p for p, n in problems.items()]
 
 
+def bind_kernel(op: OpDef, node, graph: Graph):
+    """The function and keyword attributes to call for ``node`` (see the registry's conventions)."""
+    fn = op.kernel
+    attrs = {kernel_attr_name(k): v for k, v in node.attrs.items()}
+    param = getattr(fn, "num_outputs_param", None)
+    if param and param not in attrs:
+        attrs[param] = len(node.outputs)
+    single = getattr(fn, "single_output", None)
+    if single is not None and all((not o) or graph.num_uses(o) == 0 for o in node.outputs[1:]):
+        fn = single
+    return fn, attrs
+
+
 class Plan:
     """A compiled graph. ``run(feeds)`` returns the graph outputs in order."""
 
@@ -91,11 +104,11 @@ class Plan:
         steps: list[Step] = []
         for node in graph.toposort():
             op = _resolve(node, opsets)
-            attrs = {kernel_attr_name(k): v for k, v in node.attrs.items()}
+            fn, attrs = bind_kernel(op, node, graph)
             const_inputs = all((not n) or n in consts for n in node.inputs)
             if (fold_constants and const_inputs and not node.subgraphs and not node.implicit_inputs
                     and node.op_type not in NONDETERMINISTIC and not op.needs_ctx):
-                res = self._call(op.kernel, [consts.get(n) if n else None for n in node.inputs], attrs)
+                res = self._call(fn, [consts.get(n) if n else None for n in node.inputs], attrs)
                 for name, val in zip(node.outputs, res):
                     if name:
                         consts[name] = val
@@ -103,7 +116,7 @@ class Plan:
             ins = tuple(slot(n) if n else -1 for n in node.inputs)
             outs = tuple(slot(n) if n else -1 for n in node.outputs)
             implicit = tuple((n, slot(n)) for n in node.implicit_inputs)
-            steps.append(Step(op.kernel, ins, outs, attrs, (), node, op.needs_ctx, implicit))
+            steps.append(Step(fn, ins, outs, attrs, (), node, op.needs_ctx, implicit))
 
         # constants used at run time get slots filled at the start of each run
         self.const_slots = [(slots[n], a) for n, a in consts.items() if n in slots]
@@ -194,7 +207,9 @@ class Plan:
                     env[s] = r
             for s in st.free:
                 env[s] = None
-        return [env[s] for s in self.output_slots]
+        # outputs never alias constants or each other's buffers: views are copied
+        return [np.array(r) if isinstance(r, np.ndarray) and (r.base is not None or not r.flags.writeable)
+                else r for r in (env[s] for s in self.output_slots)]
 
 
 def compile_model(model: Model, **kw) -> Plan:

@@ -1,0 +1,64 @@
+"""Small model builders shared by the tests."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+IR_VERSION = 10  # onnxruntime 1.31 refuses onnx 1.23's default IR 14
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=17, **kw) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs,
+                              [numpy_helper.from_array(np.asarray(a), n) for n, a in initializers])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], **kw)
+    model.ir_version = IR_VERSION
+    return model
+
+
+def tensor(name, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def conv_bn_relu_model(seed=0, with_dropout=True) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
+    b = rng.standard_normal(8).astype(np.float32)
+    scale = rng.uniform(0.5, 1.5, 8).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
+    mean = rng.standard_normal(8).astype(np.float32) * 0.1
+    var = rng.uniform(0.5, 1.5, 8).astype(np.float32)
+    fc = rng.standard_normal((8 * 4 * 4, 5)).astype(np.float32) * 0.1
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["bn"], name="bn",
+                         epsilon=1e-3),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+        helper.make_node("Identity", ["r"], ["r2"], name="ident"),
+    ]
+    last = "r2"
+    if with_dropout:
+        nodes.append(helper.make_node("Dropout", ["r2"], ["d"], name="drop"))
+        last = "d"
+    nodes += [
+        helper.make_node("Flatten", [last], ["f"], name="flat"),
+        helper.make_node("Constant", [], ["two"], name="two_c",
+                         value=numpy_helper.from_array(np.array(2.0, np.float32))),
+        helper.make_node("Constant", [], ["three"], name="three_c",
+                         value=numpy_helper.from_array(np.array(3.0, np.float32))),
+        helper.make_node("Mul", ["two", "three"], ["six"], name="six"),
+        helper.make_node("MatMul", ["f", "fc"], ["mm"], name="fc"),
+        helper.make_node("Div", ["mm", "six"], ["y"], name="scale_out"),
+        helper.make_node("Neg", ["x"], ["unused"], name="dead"),
+    ]
+    return make_model(nodes, [tensor("x", ["N", 3, 4, 4])], [tensor("y", ["N", 5])],
+                      [("w", w), ("b", b), ("scale", scale), ("bias", bias), ("mean", mean), ("var", var),
+                       ("fc", fc)])
+
+
+def ort_run(model, feeds):
+    import onnxruntime as ort
+
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
