@@ -44,7 +44,7 @@ def _tensor(v: Value) -> onnx.TensorProto:
     return t
 
 
-def export_graph(g: Graph) -> onnx.GraphProto:
+def export_graph(g: Graph, overloads: dict | None = None) -> onnx.GraphProto:
     gp = onnx.GraphProto()
     gp.name = g.name
     if g.doc_string:
@@ -86,7 +86,8 @@ def export_graph(g: Graph) -> onnx.GraphProto:
             gp.value_info.append(_value_info(v))
         written.add(name)
     for node in nodes:
-        gp.node.append(export_node(node))
+        np_ = export_node(node, overloads)
+        gp.node.append(np_)
     return gp
 
 
@@ -101,7 +102,7 @@ def _sparse(v: Value) -> onnx.SparseTensorProto:
     return helper.make_sparse_tensor(values, indices, list(arr.shape))
 
 
-def export_node(node) -> onnx.NodeProto:
+def export_node(node, overloads: dict | None = None) -> onnx.NodeProto:
     np_ = onnx.NodeProto()
     np_.op_type = node.op_type
     if node.domain:
@@ -112,13 +113,14 @@ def export_node(node) -> onnx.NodeProto:
     np_.output.extend(node.outputs)
     if node.doc_string:
         np_.doc_string = node.doc_string
-    if node.overload:
-        np_.overload = node.overload
+    overload = (overloads or {}).get(node, node.overload)
+    if overload:
+        np_.overload = overload
     for k, val in node.metadata:
         p = np_.metadata_props.add()
         p.key, p.value = k, val
     for name, value in node.attrs.items():
-        np_.attribute.append(_attribute(node, name, value))
+        np_.attribute.append(_attribute(node, name, value, overloads))
     return np_
 
 
@@ -137,12 +139,12 @@ def _same(a, b) -> bool:
         return False
 
 
-def _attribute(node, name, value) -> onnx.AttributeProto:
+def _attribute(node, name, value, overloads=None) -> onnx.AttributeProto:
     orig = node.attr_protos.get(name)
     if orig is not None and _same(orig[0], value):
         return orig[1]
     attr_type = orig[1].type if orig is not None else None
-    a = python_to_attr(name, value, attr_type, graph_saver=export_graph)
+    a = python_to_attr(name, value, attr_type, graph_saver=lambda sg: export_graph(sg, overloads))
     if orig is not None and orig[1].doc_string:
         a.doc_string = orig[1].doc_string
     return a
@@ -164,10 +166,32 @@ def choose_ir_version(model: Model) -> int:
     return min(ir, MAX_IR_VERSION)
 
 
-def export_model(model: Model) -> onnx.ModelProto:
+def export_model(model: Model, *, infer: bool = True) -> onnx.ModelProto:
+    """The ONNX model. With ``infer``, graph outputs a pass left untyped get their inferred types
+    (ONNX requires output types), and so do the inputs of tvmlite ops (their functions are
+    specialized on input types)."""
+    from tvmlite.export.functions import TVMLITE_OPSET, tvmlite_functions, untyped_tvmlite_inputs
+
+    g = model.graph
+    if infer:
+        want = [n for n in g.outputs if n in g.values and g.values[n].type is None]
+        want += untyped_tvmlite_inputs(model)
+        if want:
+            from tvmlite.ir.shapes import inferred_types
+
+            types = inferred_types(model)
+            for n in want:
+                v = g.values.get(n)
+                if v is not None and v.type is None and n in types:
+                    v.type = types[n]
+
+    functions, overloads = tvmlite_functions(model)
+    opsets = dict(model.opsets)
+    if functions:
+        opsets.setdefault("tvmlite", TVMLITE_OPSET)
     mp = onnx.ModelProto()
-    mp.ir_version = choose_ir_version(model)
-    for domain, version in model.opsets.items():
+    mp.ir_version = max(choose_ir_version(model), 10) if functions else choose_ir_version(model)
+    for domain, version in opsets.items():
         mp.opset_import.append(helper.make_opsetid(domain, version))
     if model.producer_name:
         mp.producer_name = model.producer_name
@@ -182,8 +206,9 @@ def export_model(model: Model) -> onnx.ModelProto:
     for k, val in model.metadata:
         p = mp.metadata_props.add()
         p.key, p.value = k, val
-    mp.graph.CopyFrom(export_graph(model.graph))
+    mp.graph.CopyFrom(export_graph(model.graph, overloads))
     mp.functions.extend(model.functions)
+    mp.functions.extend(functions)
     mp.training_info.extend(model.training_info)
     if model.configuration:
         mp.configuration.extend(model.configuration)

@@ -84,7 +84,8 @@ def import_model(proto: onnx.ModelProto, *, check: bool = True) -> Model:
     model.model_version = int(proto.model_version)
     model.doc_string = proto.doc_string
     model.metadata = [(p.key, p.value) for p in proto.metadata_props]
-    model.functions = [f for f in proto.functions]
+    # tvmlite's own functions are regenerated from the ops on export
+    model.functions = [f for f in proto.functions if f.domain != "tvmlite"]
     model.training_info = list(proto.training_info)
     if hasattr(proto, "configuration"):
         model.configuration = list(proto.configuration)

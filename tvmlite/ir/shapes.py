@@ -13,7 +13,7 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
     given image size."""
     from tvmlite.export import export_model
 
-    proto = export_model(model)
+    proto = export_model(model, infer=False)
     if input_shapes:
         # recorded types were inferred from the old input shapes: infer everything afresh
         del proto.graph.value_info[:]
@@ -39,7 +39,42 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
     for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input):
         if vi.HasField("type"):
             types[vi.name] = vi.type
+    _apply_own_rules(model, types)
     return types
+
+
+def _apply_own_rules(model: Model, types: dict) -> None:
+    """tvmlite ops whose outputs onnx could not type (through their function bodies) use their own
+    shape rule."""
+    from tvmlite.ir.graph import tensor_type, type_elem
+    from tvmlite.ops.registry import TVMLITE_DOMAIN, op_extra
+
+    g = model.graph
+    for node in g.toposort():
+        if node.domain != TVMLITE_DOMAIN or all(o in types and type_shape(types[o]) for o in node.outputs if o):
+            continue
+        rule = op_extra(node.op_type, TVMLITE_DOMAIN, "shape")
+        if rule is None:
+            continue
+        ins = []
+        for n in node.inputs:
+            v = g.values.get(n)
+            tp = types.get(n, v.type if v is not None else None)
+            if v is not None and v.is_initializer:
+                ins.append((v.dtype, v.shape))
+            elif tp is None or type_elem(tp) is None:
+                ins.append(None)
+            else:
+                ins.append((onnx.helper.tensor_dtype_to_np_dtype(type_elem(tp)), type_shape(tp)))
+        if any(t is None for t, n in zip(ins, node.inputs) if n):
+            continue
+        try:
+            outs = rule(ins, **node.attrs)
+        except Exception:  # noqa: BLE001 - a rule that cannot decide leaves the type unknown
+            continue
+        for name, (dtype, shape) in zip(node.outputs, outs):
+            if name:
+                types[name] = tensor_type(dtype, shape)
 
 
 def _more_specific(new: onnx.TypeProto, old: onnx.TypeProto | None) -> bool:

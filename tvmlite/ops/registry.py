@@ -64,6 +64,46 @@ class KernelContext:
 
 
 _REGISTRY: dict[tuple[str, str], list[OpDef]] = {}
+#: per (domain, op_type): "shape" rule, "body" (ONNX function body), "tvm" emitter, ...
+_EXTRAS: dict[tuple[str, str], dict[str, Callable]] = {}
+
+
+def op_extra(op_type: str, domain: str, key: str) -> Callable | None:
+    _load_builtin_kernels()
+    return _EXTRAS.get((canonical_domain(domain), op_type), {}).get(key)
+
+
+def register_extra(op_type: str, key: str, domain: str = TVMLITE_DOMAIN):
+    """Attach a per-op extra (e.g. ``key="shape"`` or ``key="body"``) to ``domain::op_type``."""
+
+    def wrap(fn):
+        _EXTRAS.setdefault((canonical_domain(domain), op_type), {})[key] = fn
+        return fn
+
+    return wrap
+
+
+def tvmlite_op(op_type: str, *, shape: Callable, body: Callable, since: int = 1):
+    """Register one of tvmlite's own ops (domain ``tvmlite``): its NumPy kernel (the decorated
+    function), its shape rule and its ONNX function body.
+
+    - ``shape(input_types, **attrs) -> [(np.dtype, shape tuple), ...]`` where ``input_types`` is a
+      list of (dtype, shape) pairs (shape dims may be str for symbolic dims or None for unknown).
+    - ``body(fb, **attrs) -> None`` builds the body with a :class:`tvmlite.export.functions.FunctionBuilder`
+      ``fb``: ``fb.inputs``/``fb.outputs`` are the formal names, ``fb.opset`` the model's ONNX
+      opset, ``fb.input_types`` the (dtype, shape) of each input where known (or None),
+      ``fb.node(op, inputs, attrs) -> output name``, ``fb.const(array) -> name``. Export writes
+      one model-local function per distinct attribute set (ONNX function overloads), so onnxruntime
+      runs any lowered model.
+    """
+
+    def wrap(fn):
+        kernel(op_type, domain=TVMLITE_DOMAIN, since=since)(fn)
+        register_extra(op_type, "shape")(shape)
+        register_extra(op_type, "body")(body)
+        return fn
+
+    return wrap
 
 
 def _accepted_attrs(fn: Callable, needs_ctx: bool) -> frozenset | None:
