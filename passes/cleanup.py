@@ -34,6 +34,29 @@ def constant_inputs(graph: Graph, node: Node) -> list | None:
     return vals
 
 
+def remove_dead_producers(g: Graph, names) -> int:
+    """Remove the producers of ``names`` (and theirs, transitively) that nothing reads any more, and
+    initializers among ``names`` left unread; other dead code is left to `dce`."""
+    removed = 0
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        v = g.values.get(name)
+        if v is None or g.num_uses(name):
+            continue
+        node = v.producer
+        if node is None:
+            if v.is_initializer and name not in g.inputs:
+                del g.values[name]
+                g.initializers.remove(name)
+            continue
+        if all((not o) or g.num_uses(o) == 0 for o in node.outputs):
+            g.remove_node(node)
+            removed += 1
+            todo.extend(n for n in node.inputs if n)
+    return removed
+
+
 @register_pass
 class FoldConstants(Pass):
     """Evaluate nodes whose inputs are all constant and store their outputs as initializers."""
@@ -49,6 +72,7 @@ class FoldConstants(Pass):
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
         g = model.graph
+        fed: set[str] = set()  # inputs of folded nodes: their producers may be dead now
         for node in g.toposort():
             if node.op_type == "Constant" or node.subgraphs or node.op_type in NONDETERMINISTIC:
                 continue
@@ -79,6 +103,7 @@ class FoldConstants(Pass):
                 result.skip(node, f"folding would store {out_bytes} bytes from {in_bytes}")
                 continue
             g.remove_node(node, remove_outputs=False)
+            fed.update(n for n in node.inputs if n)
             for name, arr in zip(node.outputs, outs):
                 if name:
                     v = g.values[name]
@@ -87,7 +112,7 @@ class FoldConstants(Pass):
                     v.const = arr
             result.rewrote(node)
         result.stats["folded"] = len(result.rewritten)
-        DeadCodeElimination().run(model)  # the Constant nodes that fed them are dead now
+        result.stats["inputs_removed"] = remove_dead_producers(g, fed)
         return result
 
 
@@ -174,16 +199,21 @@ class FoldBatchNorm(Pass):
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
         g = model.graph
+        replaced: list[str] = []  # BN parameters and old weights: dead once folded
         for bn in g.toposort():
             if not is_onnx(bn, "BatchNormalization"):
                 continue
+            prod = g.producer(bn.inputs[0])
+            old = list(bn.inputs[1:5]) + (list(prod.inputs[1:3]) if prod is not None else [])
             why = self._fold(g, bn)
             if why:
                 result.skip(bn, why)
             else:
                 result.rewrote(bn)
+                replaced.extend(old)
         result.stats["folded"] = len(result.rewritten)
         if result.changed:
+            remove_dead_producers(g, replaced)
             g.remove_unused_values()
         return result
 

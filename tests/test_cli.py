@@ -1,0 +1,187 @@
+"""The CLI: every bad input gets one clear stderr line and exit 2, no traceback, no output file."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from helpers import conv_bn_relu_model, make_model, tensor
+
+TVMLITE = [sys.executable, "-m", "tvmlite.cli"]
+
+
+def run(*args, cwd=None):
+    p = subprocess.run(TVMLITE + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def assert_clean_error(rc, out, err, needle):
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(conv_bn_relu_model(), p)
+    return p
+
+
+def test_help_everywhere():
+    for cmd in ([], ["inspect"], ["run"], ["compare"], ["optimize"], ["passes"]):
+        rc, out, err = run(*cmd, "--help")
+        assert rc == 0 and "Usage" in out, (cmd, err)
+
+
+def test_inspect(model_path):
+    rc, out, err = run("inspect", model_path, "--shape", "x=2x3x4x4", "--json")
+    assert rc == 0, err
+    info = json.loads(out)
+    assert info["ops"]["Conv"] == 1
+    conv = [r for r in info["layers"] if r["op"] == "Conv"][0]
+    assert conv["macs"] == 2 * 8 * 4 * 4 * 3 * 3 * 3
+    assert info["params"] == 8 * 3 * 3 * 3 + 8 * 5 + 128 * 5
+
+
+def test_run_and_compare_roundtrip(model_path, tmp_path):
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    rc, out, err = run("run", model_path, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    assert rc == 0, err
+    got = np.load(tmp_path / "out.npz")
+    assert got["y"].shape == (2, 5)
+    rc, out, err = run("compare", model_path, "--inputs", tmp_path / "in.npz", "--json", "--repeats", "2")
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep["ok"] and rep["outputs"][0]["max_abs"] < 1e-5
+
+
+def test_optimize_writes_checked_model(model_path, tmp_path):
+    out_path = tmp_path / "opt.onnx"
+    report = tmp_path / "report.json"
+    rc, out, err = run("optimize", model_path, "-o", out_path, "--json", report, "--shape", "x=1x3x4x4")
+    assert rc == 0, err
+    m = onnx.load(out_path)
+    ops = [n.op_type for n in m.graph.node]
+    assert "BatchNormalization" not in ops and "Identity" not in ops and "Dropout" not in ops
+    assert "Neg" not in ops  # dead code
+    data = json.loads(report.read_text())
+    assert [p["pass_name"] for p in data["passes"]][:2] == ["fold-constants", "remove-identity"]
+    rc, out, err = run("compare", model_path, out_path, "--shape", "x=2x3x4x4", "--repeats", "1")
+    assert rc == 0, out + err
+
+
+def test_compare_exit_1_outside_tolerance(model_path, tmp_path):
+    m = conv_bn_relu_model()
+    for t in m.graph.initializer:
+        if t.name == "fc":
+            arr = onnx.numpy_helper.to_array(t) * 1.01
+            t.CopyFrom(onnx.numpy_helper.from_array(arr, "fc"))
+    other = tmp_path / "other.onnx"
+    onnx.save(m, other)
+    rc, out, err = run("compare", model_path, other, "--shape", "x=1x3x4x4", "--repeats", "0")
+    assert rc == 1 and "OUTSIDE" in out
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+def _no_leftovers(d, allowed):
+    assert sorted(os.listdir(d)) == sorted(allowed), os.listdir(d)
+
+
+def test_truncated_model(model_path, tmp_path):
+    data = model_path.read_bytes()
+    bad = tmp_path / "trunc.onnx"
+    bad.write_bytes(data[: len(data) // 2])
+    for cmd in (["inspect", bad], ["run", bad], ["optimize", bad, "-o", tmp_path / "o.onnx"]):
+        assert_clean_error(*run(*cmd), "not a valid ONNX model")
+    _no_leftovers(tmp_path, ["m.onnx", "trunc.onnx"])
+
+
+def test_random_bytes(tmp_path):
+    bad = tmp_path / "rand.onnx"
+    bad.write_bytes(np.random.default_rng(3).bytes(4096))
+    assert_clean_error(*run("optimize", bad, "-o", tmp_path / "o.onnx"), "not a valid ONNX model")
+    _no_leftovers(tmp_path, ["rand.onnx"])
+
+
+def test_empty_file(tmp_path):
+    bad = tmp_path / "empty.onnx"
+    bad.write_bytes(b"")
+    assert_clean_error(*run("run", bad), "empty")
+
+
+def test_missing_model(tmp_path):
+    assert_clean_error(*run("inspect", tmp_path / "nope.onnx"), "not found")
+
+
+def test_unknown_op(tmp_path):
+    proto = make_model([helper.make_node("FrobnicateX", ["x"], ["y"], domain="com.acme"),
+                        helper.make_node("Relu", ["y"], ["z"])],
+                       [tensor("x", [2])], [tensor("z", [2])])
+    proto.opset_import.append(helper.make_opsetid("com.acme", 1))
+    p = tmp_path / "unk.onnx"
+    onnx.save(proto, p)
+    assert_clean_error(*run("run", p, "--backend", "numpy"), "com.acme::FrobnicateX")
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("shape", "does not fit"), ("dtype", "dtype float64"), ("name", "missing input 'x'"),
+    ("extra", "unknown input"), ("corrupt", "cannot read inputs file"), ("missing", "inputs file not found")])
+def test_bad_inputs_file(model_path, tmp_path, case, needle):
+    f = tmp_path / "in.npz"
+    if case == "shape":
+        np.savez(f, x=np.zeros((1, 3, 5, 4), np.float32))
+    elif case == "dtype":
+        np.savez(f, x=np.zeros((1, 3, 4, 4), np.float64))
+    elif case == "name":
+        np.savez(f, y=np.zeros((1, 3, 4, 4), np.float32))
+    elif case == "extra":
+        np.savez(f, x=np.zeros((1, 3, 4, 4), np.float32), z=np.zeros(1))
+    elif case == "corrupt":
+        f.write_bytes(b"PK\x03\x04 not really a zip")
+    out = tmp_path / "out.npz"
+    for cmd in (["run", model_path, "--inputs", f, "-o", out], ["compare", model_path, "--inputs", f]):
+        assert_clean_error(*run(*cmd), needle)
+    assert not out.exists()
+
+
+def test_output_in_missing_directory(model_path, tmp_path):
+    assert_clean_error(*run("optimize", model_path, "-o", tmp_path / "no" / "such" / "dir.onnx"),
+                       "output directory does not exist")
+
+
+def test_never_overwrites_input(model_path):
+    before = model_path.read_bytes()
+    assert_clean_error(*run("optimize", model_path, "-o", model_path), "refusing to overwrite")
+    assert model_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("spec,needle", [("fold-bn,nosuchpass", "unknown pass 'nosuchpass'"),
+                                         ("fold-constants(max_growth=abc)", "not a valid float"),
+                                         ("dce(bogus=1)", "has no option 'bogus'"),
+                                         ("fold-bn(", "unbalanced")])
+def test_bad_pass_spec(model_path, tmp_path, spec, needle):
+    assert_clean_error(*run("optimize", model_path, "-o", tmp_path / "o.onnx", "--passes", spec), needle)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_bad_shape_option(model_path):
+    assert_clean_error(*run("run", model_path, "--shape", "x=1xQ"), "must be integers")
+
+
+def test_usage_error_is_one_line(model_path):
+    assert_clean_error(*run("run", model_path, "--backend", "cuda"), "Invalid value")
+
+
+def test_debug_shows_traceback(tmp_path):
+    p = tmp_path / "e.onnx"
+    p.write_bytes(b"garbage")
+    rc, out, err = run("--debug", "inspect", p)
+    assert rc != 0 and "Traceback" in err
