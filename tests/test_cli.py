@@ -132,8 +132,8 @@ def test_unknown_op(tmp_path):
 
 
 @pytest.mark.parametrize("case,needle", [
-    ("shape", "does not fit"), ("dtype", "dtype float64"), ("name", "missing input 'x'"),
-    ("extra", "unknown input"), ("corrupt", "cannot read inputs file"), ("missing", "inputs file not found")])
+    ("shape", "does not fit"), ("dtype", "dtype float64"), ("name", "none of the model's inputs"),
+    ("corrupt", "cannot read inputs file"), ("missing", "inputs file not found")])
 def test_bad_inputs_file(model_path, tmp_path, case, needle):
     f = tmp_path / "in.npz"
     if case == "shape":
@@ -142,14 +142,24 @@ def test_bad_inputs_file(model_path, tmp_path, case, needle):
         np.savez(f, x=np.zeros((1, 3, 4, 4), np.float64))
     elif case == "name":
         np.savez(f, y=np.zeros((1, 3, 4, 4), np.float32))
-    elif case == "extra":
-        np.savez(f, x=np.zeros((1, 3, 4, 4), np.float32), z=np.zeros(1))
     elif case == "corrupt":
         f.write_bytes(b"PK\x03\x04 not really a zip")
     out = tmp_path / "out.npz"
     for cmd in (["run", model_path, "--inputs", f, "-o", out], ["compare", model_path, "--inputs", f]):
         assert_clean_error(*run(*cmd), needle)
     assert not out.exists()
+
+
+def test_compare_reports_accuracy_with_labels(model_path, tmp_path):
+    x = np.random.default_rng(0).standard_normal((6, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, label=np.arange(6) % 5)
+    rc, out, err = run("compare", model_path, model_path, "--inputs", tmp_path / "d.npz", "--labels", "label",
+                       "--repeats", "0", "--json")
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep["reference_accuracy"] == rep["candidate_accuracy"]
+    assert_clean_error(*run("compare", model_path, "--inputs", tmp_path / "d.npz", "--labels", "nope"),
+                       "no array 'nope'")
 
 
 def test_output_in_missing_directory(model_path, tmp_path):

@@ -174,17 +174,31 @@ def run(model, backend, inputs, shapes, output, repeats):
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative to max|reference|.")
 @click.option("--atol", type=float, default=1e-5, show_default=True)
 @click.option("--repeats", type=click.IntRange(0), default=10, show_default=True, help="Timed runs per side.")
+@click.option("--labels", default=None, metavar="NAME",
+              help="Array NAME of the --inputs file holds class labels: report top-1 accuracy of both sides.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, as_json):
+def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, labels, as_json):
     """Compare CANDIDATE (or REFERENCE itself on another backend) with REFERENCE in onnxruntime.
 
     Exit status: 0 within tolerance, 1 outside, 2 on error."""
     from tvmlite.compare import compare as do_compare
     from tvmlite.inputs import parse_shape_overrides
 
+    from tvmlite.errors import InputError
+    from tvmlite.inputs import load_npz
+
     backend = backend or ("ort" if candidate else "numpy")
+    label_array = None
+    if labels:
+        if not inputs:
+            raise InputError("--labels needs --inputs (the labels are an array of that file)")
+        data = load_npz(inputs)
+        if labels not in data:
+            raise InputError(f"inputs file {inputs} has no array {labels!r} (it has {sorted(data)})")
+        label_array = data[labels]
     report = do_compare(reference, candidate, backend=backend, inputs=inputs,
-                        shapes=parse_shape_overrides(shapes), rtol=rtol, atol=atol, repeats=repeats)
+                        shapes=parse_shape_overrides(shapes), rtol=rtol, atol=atol, repeats=repeats,
+                        labels=label_array)
     click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.format())
     sys.exit(0 if report.ok else 1)
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from tvmlite.errors import TvmliteError
 from tvmlite.ir.graph import Model
-from tvmlite.inputs import check_feeds, load_npz, random_inputs
+from tvmlite.errors import InputError
+from tvmlite.inputs import check_feeds, graph_inputs, load_npz, random_inputs
 
 
 def ort_session(model, threads: int = 2):
@@ -69,6 +70,8 @@ class CompareReport:
     outputs: list[OutputReport] = field(default_factory=list)
     reference_ms: float | None = None
     candidate_ms: float | None = None
+    reference_accuracy: float | None = None  # top-1 of the first output against --labels
+    candidate_accuracy: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -95,6 +98,11 @@ class CompareReport:
             am = "-" if o.argmax_agreement is None else f"{o.argmax_agreement:.3f}"
             lines.append(f"{o.name[:28]:<28} {str(tuple(o.shape))[:18]:<18} {o.max_abs:>10.3g} "
                          f"{o.max_rel:>10.3g} {o.cosine:>10.6f} {am:>7}  {'yes' if o.ok else 'NO'}")
+        if self.reference_accuracy is not None:
+            lines.append("")
+            lines.append(f"accuracy (top-1 of the first output vs labels): reference {self.reference_accuracy:.4f}, "
+                         f"candidate {self.candidate_accuracy:.4f}, change "
+                         f"{100 * (self.candidate_accuracy - self.reference_accuracy):+.2f} pt")
         if self.reference_ms is not None:
             lines.append("")
             lines.append(f"latency (median): reference {self.reference_ms:.3f} ms, candidate "
@@ -136,16 +144,25 @@ def output_report(name: str, ref, cand, rtol: float, atol: float, significant: f
 
 
 def prepare_inputs(model: Model, inputs=None, shapes=None, seed: int = 0) -> dict:
-    """Feeds from an .npz path, a dict, or at random from the input types (and --shape overrides)."""
+    """Feeds from an .npz path, a dict, or at random from the input types (and --shape overrides).
+
+    An .npz may hold more arrays than the model takes (labels, say): those are left out."""
     if inputs is None:
         return random_inputs(model, shapes, seed)
-    feeds = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
+    if isinstance(inputs, (str, os.PathLike)):
+        data = load_npz(inputs)
+        feeds = {k: v for k, v in data.items() if k in model.graph.inputs}
+        if not feeds:
+            raise InputError(f"inputs file {os.fspath(inputs)} has none of the model's inputs "
+                             f"{graph_inputs(model.graph)} (it has {sorted(data)})")
+    else:
+        feeds = dict(inputs)
     return check_feeds(model, feeds)
 
 
 def compare(reference, candidate=None, *, backend: str = "numpy", inputs=None, shapes=None,
             rtol: float = 1e-4, atol: float = 1e-5, repeats: int = 10, threads: int = 2,
-            seed: int = 0) -> CompareReport:
+            seed: int = 0, labels=None) -> CompareReport:
     """Run ``reference`` in onnxruntime and ``candidate`` (default: the same model) on ``backend``
     ('numpy' or 'ort') on the same inputs, and report errors and latencies."""
     from tvmlite.backends.numpy import compile_model
@@ -179,6 +196,13 @@ def compare(reference, candidate=None, *, backend: str = "numpy", inputs=None, s
                            _describe(candidate if candidate is not None else reference, backend), rtol, atol)
     for name, r, c in zip(names, ref_out, cand_out):
         report.outputs.append(output_report(name, r, c, rtol, atol))
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        for attr, out in (("reference_accuracy", ref_out[0]), ("candidate_accuracy", cand_out[0])):
+            pred = np.asarray(out).reshape(len(labels), -1).argmax(axis=1) if np.asarray(out).size else None
+            if pred is None or np.asarray(out).shape[0] != len(labels):
+                raise InputError(f"{len(labels)} labels for an output of shape {np.asarray(out).shape}")
+            setattr(report, attr, float(np.mean(pred == labels)))
     if repeats > 0:
         report.reference_ms = median_ms(lambda: sess.run(None, feeds), repeats)
         with np.errstate(all="ignore"):
