@@ -16,13 +16,13 @@ from helpers import ort_run
 from models_under_test import CORPUS_MODELS, LIGHT, LIGHT_DIR, example_model, light_input, randomized_light
 
 
-def _assert_matches(proto_or_path, feeds, significant=1e-3):
+def _assert_matches(proto_or_path, feeds):
     ref = ort_run(proto_or_path, feeds)
     plan = compile_model(tvmlite.load(proto_or_path))
     got = plan.run(feeds)
     for name, r, c in zip(plan.output_names, ref, got):
         assert c.dtype == r.dtype, f"{name}: dtype {c.dtype} != {r.dtype}"
-        rep = output_report(name, r, c, rtol=1e-4, atol=0, significant=significant)
+        rep = output_report(name, r, c, rtol=1e-4, atol=0)
         assert rep.max_rel <= 1e-4, f"{name}: max rel error {rep.max_rel:.3g} (max abs {rep.max_abs:.3g})"
         assert rep.max_abs <= 1e-4 * max(rep.ref_scale, 1.0), f"{name}: max abs error {rep.max_abs:.3g}"
         if rep.argmax_agreement is not None:
@@ -61,13 +61,26 @@ def text_like_image(shape, seed=0):
 def test_corpus_model(name):
     path = corpus_model(name)
     feeds = {"x": text_like_image(CORPUS_MODELS[name]["x"])}
-    # The detector's logits reach +-185 and agree to 1.3e-6 of that (float32 noise); its Sigmoid turns
-    # that absolute noise (2e-4) into relative error on small probabilities, and onnxruntime's own
-    # Sigmoid (MLAS logistic) is off by up to 6.6e-4 relative below 1e-3 against float64 (ours: 2e-7).
-    # So the probability map is judged where it matters, above 10% of its maximum (DBNet thresholds
-    # at 0.3), and by its max abs error below.
-    significant = 0.1 if "det" in name else 1e-3
-    _assert_matches(str(path), feeds, significant)
+    if "det" not in name:
+        _assert_matches(str(path), feeds)
+        return
+    # The detector ends in a Sigmoid over logits that reach +-185. Float32 noise of ~1e-6 of that
+    # scale (2e-4 absolute) becomes up to 2e-4 relative error on probabilities around 0.1, and
+    # onnxruntime's own Sigmoid (MLAS logistic) is off by up to 6.6e-4 relative below 1e-3 against
+    # float64 (ours: 2e-7). So the relative criterion is applied to the logits, and the probability
+    # map is held to an absolute bound. The logits' errors are ~1e-6 of their scale; values under 1%
+    # of the largest come out of heavy cancellation and count as near zero here (at 0.1% the worst
+    # relative error is 3e-4, at 1% 6e-5: measured on this input).
+    proto = onnx.load(path)
+    sig = [n for n in proto.graph.node if n.op_type == "Sigmoid"][-1]
+    proto.graph.output.append(onnx.helper.make_tensor_value_info(sig.input[0], onnx.TensorProto.FLOAT, None))
+    ref = ort_run(proto, feeds)
+    got = compile_model(tvmlite.load(proto, check=False)).run(feeds)
+    logits = output_report("logits", ref[1], got[1], rtol=1e-4, atol=0, significant=1e-2)
+    assert logits.max_rel <= 1e-4, f"logits: max rel error {logits.max_rel:.3g}"
+    assert logits.max_abs <= 1e-5 * logits.ref_scale, f"logits: max abs error {logits.max_abs:.3g}"
+    probs = output_report("probabilities", ref[0], got[0], rtol=1e-4, atol=0)
+    assert probs.max_abs <= 1e-4, f"probabilities: max abs error {probs.max_abs:.3g}"
 
 
 def test_example_model_accuracy_matches_onnxruntime():
