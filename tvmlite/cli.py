@@ -15,8 +15,6 @@ import numpy as np
 
 from tvmlite.errors import TvmliteError
 
-DEFAULT_PASSES = "fold-constants,remove-identity,fold-bn,dce,infer-shapes"
-
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2..",
                             help="Fix an input's shape (symbolic dims), e.g. --shape x=1x3x224x224.")
 inputs_option = click.option("--inputs", "inputs", type=click.Path(dir_okay=False), default=None,
@@ -207,63 +205,54 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the model.")
-@click.option("--passes", "spec", default=DEFAULT_PASSES, show_default=True,
+@click.option("--preset", default=None, help="A named pass list: " + ", ".join(
+    f"{k} ({v})" for k, v in __import__("tvmlite.optimize", fromlist=["PRESETS"]).PRESETS.items())
+    + f". Default: {__import__('tvmlite.optimize', fromlist=['DEFAULT_PRESET']).DEFAULT_PRESET}.")
+@click.option("--passes", "spec", default=None,
               help="Comma-separated passes, options in parentheses: 'fold-bn,lowrank(ratio=0.3),dce'.")
 @shape_option
 @inputs_option
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="Run the result in onnxruntime against the original.")
+@click.option("--labels", default=None, metavar="NAME",
+              help="Array NAME of the --inputs file holds class labels: check accuracy too.")
 @click.option("--max-error", type=float, default=1e-3, show_default=True,
-              help="With --check: fail when max_abs error > this times max|output|.")
+              help="Undo a pass whose max abs error exceeds this times max|output| of the original.")
+@click.option("--max-accuracy-drop", type=float, default=None, metavar="PT",
+              help="With --labels: undo a pass that costs more than PT points of top-1 accuracy.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Check each pass in onnxruntime against the original (and undo what breaks the budget).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON to this file.")
-def optimize(model, output, spec, shapes, inputs, check, max_error, json_path):
-    """Run passes over MODEL and write the result to OUTPUT (which must differ from MODEL)."""
-    from passes import Pipeline
-    from tvmlite.compare import compare as do_compare
+def optimize(model, output, preset, spec, shapes, inputs, labels, max_error, max_accuracy_drop, check, json_path):
+    """Run passes over MODEL, check each in onnxruntime, write the result to OUTPUT."""
+    from tvmlite.errors import InputError
     from tvmlite.export import export_model, save
-    from tvmlite.frontend import load
-    from tvmlite.inputs import parse_shape_overrides
+    from tvmlite.inputs import load_npz, parse_shape_overrides
+    from tvmlite.optimize import optimize as run_optimize
+    from tvmlite.optimize import resolve_passes
 
     _check_output_path(output, model)
-    pipeline = Pipeline(spec)  # bad specs fail before any work
-    overrides = parse_shape_overrides(shapes)
-    m = load(model)
-    results = pipeline.run(m, input_shapes=overrides)
+    from passes import parse_spec
+
+    parse_spec(resolve_passes(preset, spec))  # bad specs fail before any work
+    label_array = None
+    if labels:
+        if not inputs:
+            raise InputError("--labels needs --inputs (the labels are an array of that file)")
+        data = load_npz(inputs)
+        if labels not in data:
+            raise InputError(f"inputs file {inputs} has no array {labels!r} (it has {sorted(data)})")
+        label_array = data[labels]
+    m, report = run_optimize(model, passes=spec, preset=preset, inputs=inputs,
+                             shapes=parse_shape_overrides(shapes), labels=label_array, max_error=max_error,
+                             max_accuracy_drop=max_accuracy_drop, check=check)
     proto = export_model(m)
     _check_writable_model(proto)
-    report = None
-    if check:
-        report = do_compare(model, m, backend="ort", inputs=inputs, shapes=overrides,
-                            rtol=max_error, atol=1e-6, repeats=10)
-        if not report.ok:
-            worst = max(report.outputs, key=lambda o: o.max_abs / max(o.ref_scale, 1e-30))
-            raise TvmliteError(f"optimized model is outside tolerance on output {worst.name!r}: max_abs "
-                               f"{worst.max_abs:.3g} vs max|ref| {worst.ref_scale:.3g} (--max-error {max_error}); "
-                               f"nothing written")
     save(proto, output, source_path=model)
-    _print_results(results, report)
+    click.echo(report.format())
     if json_path:
-        data = {"model": model, "output": output, "passes": [r.to_dict() for r in results],
-                "check": report.to_dict() if report else None}
+        data = {"model": model, "output": output, **report.to_dict()}
         _atomic_write(json_path, lambda f: f.write(json.dumps(data, indent=2, default=str).encode()))
     click.echo(f"wrote {output} ({_size(os.path.getsize(output))}, input {_size(os.path.getsize(model))})")
-
-
-def _print_results(results, report) -> None:
-    click.echo(f"{'pass':<18} {'changed':>7} {'nodes':>13} {'params':>21} {'MACs':>25} {'time':>7}")
-    for r in results:
-        b, a = r.before, r.after
-        click.echo(f"{r.pass_name:<18} {str(r.changed):>7} {b['nodes']:>6}->{a['nodes']:<6} "
-                   f"{b['params']:>10,}->{a['params']:<10,} {b['macs']:>12,}->{a['macs']:<12,} {r.seconds:>6.2f}s")
-        for node, why in r.skipped[:10]:
-            click.echo(f"    skipped {node}: {why}")
-        if len(r.skipped) > 10:
-            click.echo(f"    ... {len(r.skipped) - 10} more skipped")
-    if report is not None:
-        worst = max((o.max_abs for o in report.outputs), default=0.0)
-        click.echo(f"check in onnxruntime: max abs error {worst:.3g}, latency {report.reference_ms:.3f} -> "
-                   f"{report.candidate_ms:.3f} ms (median)")
 
 
 # ------------------------------------------------------------------------------------------- passes

@@ -1,0 +1,255 @@
+"""`tvmlite.optimize`: run passes with checks, undo what breaks the budget, and report.
+
+After each pass the current model runs in onnxruntime on the check inputs and is compared with the
+original model's outputs. A pass that breaks the error budget (``max_error``, relative to each
+output's magnitude, or ``max_accuracy_drop`` in points on labeled data) is undone; a pass that
+decides per layer (it has an ``exclude`` option) is first retried without the layers that cost the
+most, one at a time, so only the offending layers are undone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tvmlite.errors import OptionError
+from tvmlite.ir.graph import Model
+
+PRESETS = {
+    # clean-ups only: the outputs are those of the input model (bit-identical in onnxruntime)
+    "exact": "remove-identity,dce",
+    # clean-ups that change float rounding only
+    "clean": "fold-constants,remove-identity,fold-bn,dce,infer-shapes",
+}
+DEFAULT_PRESET = "clean"
+
+
+@dataclass
+class PassReport:
+    name: str
+    spec: str
+    kept: bool
+    note: str
+    nodes: int
+    params: int
+    macs: int
+    file_bytes: int
+    max_error: float  # max over outputs of max_abs / max|reference|
+    accuracy: float | None
+    latency_ms: float | None
+    seconds: float
+    decisions: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    excluded: list = field(default_factory=list)
+
+
+@dataclass
+class OptimizeReport:
+    model: str
+    rows: list[PassReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def format(self) -> str:
+        hdr = (f"{'pass':<22} {'kept':<5} {'nodes':>6} {'params':>11} {'MACs':>14} {'size':>10} "
+               f"{'max err':>9} {'acc':>7} {'ORT ms':>8} {'time':>7}")
+        lines = [hdr, "-" * len(hdr)]
+        for r in self.rows:
+            acc = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}"
+            lat = "-" if r.latency_ms is None else f"{r.latency_ms:.3f}"
+            lines.append(f"{r.name[:22]:<22} {'yes' if r.kept else 'NO':<5} {r.nodes:>6} {r.params:>11,} "
+                         f"{r.macs:>14,} {_size(r.file_bytes):>10} {r.max_error:>9.2e} {acc:>7} {lat:>8} "
+                         f"{r.seconds:>6.2f}s")
+            if r.note:
+                lines.append(f"    {r.note}")
+            for d in r.decisions[:40]:
+                lines.append("    " + ", ".join(f"{k}={v}" for k, v in d.items()))
+            if len(r.decisions) > 40:
+                lines.append(f"    ... {len(r.decisions) - 40} more layer decisions")
+            for node, why in r.skipped[:10]:
+                lines.append(f"    skipped {node}: {why}")
+            if len(r.skipped) > 10:
+                lines.append(f"    ... {len(r.skipped) - 10} more skipped")
+        return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 2**20 else f"{n / 2**20:.2f} MiB"
+
+
+def copy_model(model: Model) -> Model:
+    """A deep copy (through ONNX, which every part of the model survives)."""
+    from tvmlite.export import export_model
+    from tvmlite.frontend import import_model
+
+    c = import_model(export_model(model), check=False)
+    c.external_data = dict(model.external_data)
+    c.imported_opsets = dict(model.imported_opsets)
+    return c
+
+
+class _Checker:
+    """Runs a model in onnxruntime on fixed inputs and measures it against the original."""
+
+    def __init__(self, original: Model, feeds: dict, labels, max_error: float, max_accuracy_drop: float | None,
+                 repeats: int):
+        from tvmlite.compare import ort_session
+
+        self.feeds = feeds
+        self.labels = None if labels is None else np.asarray(labels).reshape(-1)
+        self.max_error = max_error
+        self.max_accuracy_drop = max_accuracy_drop
+        self.repeats = repeats
+        sess = ort_session(original)
+        self.reference = sess.run(None, feeds)
+        self.scales = [float(np.max(np.abs(r))) if np.asarray(r).size and np.asarray(r).dtype.kind == "f"
+                       else 0.0 for r in self.reference]
+        self.reference_accuracy = self._accuracy(self.reference)
+
+    def _accuracy(self, outs):
+        if self.labels is None:
+            return None
+        return float(np.mean(np.asarray(outs[0]).reshape(len(self.labels), -1).argmax(1) == self.labels))
+
+    def measure(self, model: Model, timed: bool):
+        from tvmlite.compare import median_ms, ort_session
+
+        sess = ort_session(model)
+        outs = sess.run(None, self.feeds)
+        err = 0.0
+        for r, c, s in zip(self.reference, outs, self.scales):
+            r, c = np.asarray(r), np.asarray(c)
+            if r.shape != c.shape:
+                return float("inf"), None, None
+            if r.dtype.kind == "f":
+                e = float(np.max(np.abs(r.astype(np.float64) - c.astype(np.float64)))) if r.size else 0.0
+                err = max(err, e / s if s > 0 else e)
+            elif not np.array_equal(r, c):
+                err = float("inf")
+        acc = self._accuracy(outs)
+        lat = median_ms(lambda: sess.run(None, self.feeds), self.repeats) if timed else None
+        return err, acc, lat
+
+    def within(self, err: float, acc) -> bool:
+        if not err <= self.max_error:
+            return False
+        if self.max_accuracy_drop is not None and acc is not None:
+            return 100 * (self.reference_accuracy - acc) <= self.max_accuracy_drop + 1e-9
+        return True
+
+
+def resolve_passes(preset: str | None, passes: str | None) -> str:
+    if passes and preset:
+        raise OptionError("give either a preset or a pass list, not both")
+    if passes:
+        return passes
+    name = preset or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise OptionError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def optimize(model, *, passes: str | None = None, preset: str | None = None, inputs=None, shapes=None,
+             labels=None, max_error: float = 1e-3, max_accuracy_drop: float | None = None, check: bool = True,
+             repeats: int = 20, progress: bool | None = None) -> tuple[Model, OptimizeReport]:
+    """Optimize ``model`` (path, ModelProto or Model; a Model is changed in place).
+
+    Returns the optimized model and a report with a row per pass. With ``check`` (default), each
+    pass is measured in onnxruntime against the original on ``inputs`` (an .npz, a feed dict or
+    random inputs from the input types and ``shapes``) and undone, whole or per layer, when it
+    breaks ``max_error`` or ``max_accuracy_drop``."""
+    from passes import parse_spec
+    from tvmlite.analysis import summarize
+    from tvmlite.compare import prepare_inputs
+    from tvmlite.export import export_model
+    from tvmlite.frontend import load
+
+    spec = resolve_passes(preset, passes)
+    pipeline = parse_spec(spec)
+    source = model if isinstance(model, str) else "<model>"
+    m = model if isinstance(model, Model) else load(model)
+    report = OptimizeReport(str(source))
+    checker = None
+    if check:
+        feeds = prepare_inputs(m, inputs, shapes)
+        checker = _Checker(copy_model(m), feeds, labels, max_error, max_accuracy_drop, repeats)
+
+    def row(name, spec_, kept, note, result=None, seconds=0.0, excluded=()):
+        s = summarize(m, shapes)
+        err, acc, lat = checker.measure(m, timed=True) if checker else (0.0, None, None)
+        report.rows.append(PassReport(
+            name, spec_, kept, note, s["nodes"], s["params"], s["macs"], export_model(m).ByteSize(), err, acc, lat,
+            seconds, list(result.decisions) if result else [], list(result.skipped) if result else [],
+            list(excluded)))
+
+    row("(input)", "", True, "")
+    show = sys.stderr.isatty() if progress is None else progress
+    prog = None
+    if show:
+        from rich.progress import Progress
+
+        prog = Progress(transient=True, console=None)
+        prog.start()
+        task = prog.add_task("optimizing", total=len(pipeline))
+    try:
+        for p in pipeline:
+            if prog:
+                prog.update(task, description=f"pass {p.name}")
+            _run_checked(p, m, checker, row)
+            if prog:
+                prog.advance(task)
+    finally:
+        if prog:
+            prog.stop()
+    return m, report
+
+
+def _run_checked(p, m: Model, checker, row) -> None:
+    backup = copy_model(m) if checker else None
+    result = p(m)
+    seconds = result.seconds
+    if checker is None or not result.changed:
+        row(p.name, repr(p), True, "" if result.changed else "no change", result, seconds)
+        return
+    err, acc, _ = checker.measure(m, timed=False)
+    if checker.within(err, acc):
+        row(p.name, repr(p), True, "", result, seconds)
+        return
+    kept_model, excluded, note = _undo_layers(p, backup, result, checker, err, acc)
+    m.__dict__.update(kept_model.__dict__)
+    row(p.name, repr(p), kept_model is not backup, note, result, seconds, excluded)
+
+
+def _undo_layers(p, backup: Model, result, checker: _Checker, err: float, acc):
+    """Retry a per-layer pass without its worst layers; else undo it whole."""
+    budget = f"max error {err:.2e} > {checker.max_error:.0e}" if err > checker.max_error else \
+        f"accuracy {100 * acc:.2f}% vs {100 * checker.reference_accuracy:.2f}% (drop budget {checker.max_accuracy_drop} pt)"
+    fields = {f.name for f in dataclasses.fields(p.Options)}
+    layers = list(result.rewritten)
+    if "exclude" not in fields or len(layers) < 2:
+        return backup, [], f"undone: {budget}"
+    # rank layers by the error each alone causes, then exclude the worst until the budget holds
+    costs = []
+    for layer in layers:
+        trial = copy_model(backup)
+        only = type(p)(**{**dataclasses.asdict(p.options), "exclude": [x for x in layers if x != layer]})
+        only(trial)
+        e, a, _ = checker.measure(trial, timed=False)
+        costs.append((e if a is None else e + (checker.reference_accuracy - a), layer))
+    costs.sort(reverse=True)
+    excluded: list[str] = []
+    for _, layer in costs:
+        excluded.append(layer)
+        trial = copy_model(backup)
+        redo = type(p)(**{**dataclasses.asdict(p.options),
+                          "exclude": list(getattr(p.options, "exclude") or []) + excluded})
+        redo(trial)
+        e, a, _ = checker.measure(trial, timed=False)
+        if checker.within(e, a):
+            if len(excluded) == len(layers):
+                break
+            return trial, excluded, f"kept without {len(excluded)} layer(s) that broke the budget ({budget})"
+    return backup, [], f"undone: {budget}, even layer by layer"
