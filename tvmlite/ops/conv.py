@@ -16,6 +16,7 @@ batched matmul, depthwise convs a sum over kernel taps of strided slices times p
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -222,7 +223,8 @@ def _depthwise(x, w, b, pads, strides, dilations, out_shape, mult):
     A sum over kernel taps of per-channel weight times a shifted slice of the padded input. The
     padded input is split into stride phases (space-to-depth; a no-op for stride 1) and flattened,
     so every tap is one *contiguous* 1-D slice per channel (the output is computed on the phase
-    grid, whose extra columns are cropped at the end): ~2 vectorised passes per tap.
+    grid, whose extra columns are cropped at the end): ~2 vectorised passes per tap. Used for large
+    images with large kernels, where the im2col copy of :func:`_depthwise_fn` costs more.
     """
     N, C = x.shape[:2]
     n = len(out_shape)
@@ -285,60 +287,186 @@ def _depthwise(x, w, b, pads, strides, dilations, out_shape, mult):
 IM2COL_CHUNK_BYTES = 1 << 19
 #: but never fewer GEMM columns than this per chunk (GEMM efficiency)
 IM2COL_MIN_COLS = 512
+#: 1x1 convs: GEMM over blocks of about this many bytes of input + output columns
+GEMM_CHUNK_BYTES = 1 << 20
+#: depthwise convs: bytes of per-channel column matrices built at once
+DW_CHUNK_BYTES = 1 << 20
 
 
-def _conv_im2col_chunked(x, w, b, p, kshape, strides, dilations, out_shape):
+#: convs with more multiply-adds than this split their chunks over CONV_THREADS threads (NumPy
+#: releases the GIL in copies and BLAS calls; the plan keeps BLAS itself single-threaded)
+PARALLEL_MIN_MACS = 1 << 24
+CONV_THREADS = max(1, min(2, os.cpu_count() or 1))
+_POOL = None
+
+
+def _split_run(work, items: list, macs: int, make_buf) -> None:
+    """``work(items[a:b], buf)`` over all items: on two threads (each with its own buffer from
+    ``make_buf()``) for large convs, else in the calling thread."""
+    global _POOL
+    if CONV_THREADS < 2 or len(items) < 2 or macs < PARALLEL_MIN_MACS:
+        work(items, make_buf())
+        return
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(CONV_THREADS - 1, thread_name_prefix="tvmlite-conv")
+    h = len(items) // 2
+    fut = _POOL.submit(work, items[h:], make_buf())
+    try:
+        work(items[:h], make_buf())
+    finally:
+        fut.result()
+
+
+def _row_chunks(total_rows: int, rows: int):
+    return [(r0, min(total_rows, r0 + rows)) for r0 in range(0, total_rows, max(1, rows))]
+
+
+def _depthwise_fn(N, C, mult, w, b, p, kshape, strides, dilations, out_shape, dt):
+    """Depthwise conv (w [C*mult, 1, *k]) as per-channel im2col + batched GEMV, in chunks of
+    (channels, output rows) so each column block stays in cache: ``y[c] = w[c] @ cols[c]``."""
+    n = len(kshape)
+    K = int(np.prod(kshape, dtype=np.int64))
+    inner = int(np.prod(out_shape[1:], dtype=np.int64))
+    P = out_shape[0] * inner
+    isz = dt.itemsize
+    per_ch = K * P * isz
+    if per_ch <= DW_CHUNK_BYTES:
+        cb, rows = max(1, min(C, DW_CHUNK_BYTES // per_ch)), out_shape[0]
+    else:
+        cb, rows = 1, max(1, DW_CHUNK_BYTES // (K * inner * isz))
+    chunks = [(c0, min(C, c0 + cb), r0, r1) for c0 in range(0, C, cb)
+              for r0, r1 in _row_chunks(out_shape[0], rows)]
+    w3 = np.ascontiguousarray(w.reshape(C, mult, K).astype(dt, copy=False))
+    b3 = None if b is None else np.ascontiguousarray(b.reshape(C, mult, 1).astype(dt, copy=False))
+    buf_size = max((c1 - c0) * K * (r1 - r0) * inner for c0, c1, r0, r1 in chunks)
+    kidx = (slice(None),) * n
+    rest = tuple(out_shape[1:])
+
+    items = [(i,) + c for i in range(N) for c in chunks]
+    macs = N * C * mult * K * P
+
+    def run(x):
+        if x.dtype != dt:
+            x = x.astype(dt)
+        xp = pad_spatial(x, p[:n], p[n:])
+        win = _windows(xp, kshape, strides, dilations, out_shape)  # [N, C, *k, *out]
+        y = np.empty((N, C, mult, P), dtype=dt)
+        _split_run(lambda its, buf: work(its, buf, win, y), items, macs,
+                   lambda: np.empty(buf_size, dtype=dt))
+        return y.reshape((N, C * mult) + tuple(out_shape))
+
+    def work(its, buf, win, y):
+        for i, c0, c1, r0, r1 in its:
+            nc = c1 - c0
+            cols = buf[:nc * K * (r1 - r0) * inner]
+            np.copyto(cols.reshape((nc,) + tuple(kshape) + (r1 - r0,) + rest),
+                      win[(i, slice(c0, c1)) + kidx + (slice(r0, r1),)])
+            yc = y[i, c0:c1, :, r0 * inner:r1 * inner]
+            np.matmul(w3[c0:c1], cols.reshape(nc, K, -1), out=yc)
+            if b3 is not None:
+                yc += b3[c0:c1]
+
+    return run
+
+
+def _conv1x1_fn(N, C, M, w, b, strides, out_shape, dt):
+    """1x1 conv without padding: one GEMM per image over cache-sized blocks of columns (bias
+    added while each block is hot); a strided conv first takes the strided slice."""
+    n = len(out_shape)
+    P = int(np.prod(out_shape, dtype=np.int64))
+    w2 = np.ascontiguousarray(w.reshape(M, C).astype(dt, copy=False))
+    bcol = None if b is None else b.reshape(M, 1).astype(dt, copy=False)
+    step = max(256, GEMM_CHUNK_BYTES // ((C + M) * dt.itemsize))
+    blocks = [(p0, min(P, p0 + step)) for p0 in range(0, P, step)]
+    strided = any(s != 1 for s in strides)
+    sl = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
+
+    def run(x):
+        if strided:
+            x = np.ascontiguousarray(x[sl], dtype=dt)
+        elif x.dtype != dt:
+            x = x.astype(dt)
+        xs = x.reshape(N, C, P)
+        y = np.empty((N, M, P), dtype=dt)
+        _split_run(lambda its, _: work(its, xs, y), items, macs, lambda: None)
+        return y.reshape((N, M) + tuple(out_shape))
+
+    items = [(i, p0, p1) for i in range(N) for p0, p1 in blocks]
+    macs = N * M * C * P
+
+    def work(its, xs, y):
+        for i, p0, p1 in its:
+            yc = y[i, :, p0:p1]
+            np.matmul(w2, xs[i, :, p0:p1], out=yc)
+            if bcol is not None:
+                yc += bcol
+
+    return run
+
+
+def _dense_fn(N, C, M, w, b, p, kshape, strides, dilations, out_shape, dt):
     """Dense conv as im2col + GEMM, in chunks of output rows: each chunk's columns are one strided
     copy from the padded input into a reused buffer, then one BLAS GEMM written straight into the
     output (bias added while the chunk is hot)."""
     n = len(kshape)
-    N, C = x.shape[:2]
-    M = w.shape[0]
     K = int(np.prod(kshape, dtype=np.int64))
     CK = C * K
-    dt = x.dtype
-    xp = pad_spatial(x, p[:n], p[n:])
-    win = _windows(xp, kshape, strides, dilations, out_shape)  # [N, C, *k, *out]
     inner = int(np.prod(out_shape[1:], dtype=np.int64))
     P = out_shape[0] * inner
     rows = IM2COL_CHUNK_BYTES // max(1, CK * inner * dt.itemsize)
     rows = max(rows, -(-IM2COL_MIN_COLS // max(1, inner)), 1)
     rows = min(rows, out_shape[0])
-    y = np.empty((N, M, P), dtype=dt)
-    w2 = w.reshape(M, CK)
-    buf = np.empty(CK * rows * inner, dtype=dt)
+    chunks = _row_chunks(out_shape[0], rows)
+    w2 = np.ascontiguousarray(w.reshape(M, CK).astype(dt, copy=False))
+    bcol = None if b is None else b.reshape(M, 1).astype(dt, copy=False)
     kidx = (slice(None),) * (1 + n)
-    bcol = None if b is None else b.reshape(M, 1)
-    for i in range(N):
-        for r0 in range(0, out_shape[0], rows):
-            r1 = min(out_shape[0], r0 + rows)
+    rest = tuple(out_shape[1:])
+
+    def run(x):
+        xp = pad_spatial(x, p[:n], p[n:])
+        win = _windows(xp, kshape, strides, dilations, out_shape)  # [N, C, *k, *out]
+        y = np.empty((N, M, P), dtype=dt)
+        _split_run(lambda its, buf: work(its, buf, win, y), items, macs,
+                   lambda: np.empty(CK * rows * inner, dtype=dt))
+        return y.reshape((N, M) + tuple(out_shape))
+
+    items = [(i, r0, r1) for i in range(N) for r0, r1 in chunks]
+    macs = N * M * CK * P
+
+    def work(its, buf, win, y):
+        for i, r0, r1 in its:
             cols = buf[:CK * (r1 - r0) * inner]  # contiguous prefix of the reused buffer
-            np.copyto(cols.reshape((C,) + tuple(kshape) + (r1 - r0,) + tuple(out_shape[1:])),
+            np.copyto(cols.reshape((C,) + tuple(kshape) + (r1 - r0,) + rest),
                       win[(i,) + kidx + (slice(r0, r1),)])
             yc = y[i, :, r0 * inner:r1 * inner]
             np.matmul(w2, cols.reshape(CK, -1), out=yc)
             if bcol is not None:
                 yc += bcol
-    return y.reshape((N, M) + tuple(out_shape))
+
+    return run
 
 
-def conv_nd(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-            pads=None, strides=None):
-    """Conv over any spatial rank; see module docstring for the strategy."""
-    x = np.asarray(x)
+def _conv_fn(xshape, xdtype, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
+             kernel_shape=None, pads=None, strides=None):
+    """``x -> Conv(x, w, b)`` for inputs of exactly ``xshape`` / ``xdtype``: every choice and
+    weight layout that depends only on shapes and weights is made here, once (the Conv kernel's
+    ``prepare`` caches these per input shape when the weights are constants)."""
+    xdtype = np.dtype(xdtype)
     w = np.asarray(w)
-    if x.dtype.itemsize < 4 or w.dtype.itemsize < 4:
+    if xdtype.itemsize < 4 or w.dtype.itemsize < 4:
         # half precision: accumulate in float32, round once at the end
-        odt = np.result_type(x.dtype, w.dtype)
-        y = conv_nd(x.astype(np.float32), w.astype(np.float32),
-                    None if b is None else np.asarray(b).astype(np.float32), auto_pad=auto_pad,
-                    dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-                    strides=strides)
-        return y.astype(odt)
-    if x.ndim < 3:
-        raise UnsupportedError(f"Conv input must have rank >= 3, got {x.ndim}")
-    n = x.ndim - 2
-    N, C = x.shape[:2]
+        odt = np.result_type(xdtype, w.dtype)
+        f32 = _conv_fn(xshape, np.float32, w.astype(np.float32),
+                       None if b is None else np.asarray(b).astype(np.float32), auto_pad=auto_pad,
+                       dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                       strides=strides)
+        return lambda x: f32(x.astype(np.float32)).astype(odt)
+    if len(xshape) < 3:
+        raise UnsupportedError(f"Conv input must have rank >= 3, got {len(xshape)}")
+    n = len(xshape) - 2
+    N, C = (int(v) for v in xshape[:2])
     M = w.shape[0]
     group = int(group)
     kshape = [int(k) for k in (kernel_shape if kernel_shape else w.shape[2:])]
@@ -346,9 +474,9 @@ def conv_nd(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_
         raise UnsupportedError(f"kernel_shape {kshape} does not match weight shape {list(w.shape)}")
     strides = _norm(strides, n, 1)
     dilations = _norm(dilations, n, 1)
-    p = resolve_pads(auto_pad, x.shape[2:], kshape, strides, dilations, pads)
-    out_shape = conv_output_shape(x.shape[2:], kshape, strides, dilations, p)
-    dt = np.result_type(x.dtype, w.dtype)
+    p = resolve_pads(auto_pad, xshape[2:], kshape, strides, dilations, pads)
+    out_shape = conv_output_shape(xshape[2:], kshape, strides, dilations, p)
+    dt = np.result_type(xdtype, w.dtype)
     if C != w.shape[1] * group or M % group:
         raise UnsupportedError(
             f"Conv channels do not fit: input C={C}, weight {list(w.shape)}, group={group}")
@@ -358,41 +486,39 @@ def conv_nd(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_
         b = np.asarray(b).astype(dt, copy=False)
 
     if group > 1 and group == C and w.shape[1] == 1 and K > 1:
-        # depthwise (with optional channel multiplier)
-        return _depthwise(x, w, b, p, strides, dilations, out_shape, M // C)
-
+        # depthwise (with optional channel multiplier): large kernels over large images go tap by
+        # tap (the K-fold im2col copy costs more there), everything else per-channel GEMV
+        if K >= 16 and P >= 4096:
+            return lambda x: _depthwise(x, w, b, p, strides, dilations, out_shape, M // C)
+        return _depthwise_fn(N, C, M // C, w, b, p, kshape, strides, dilations, out_shape, dt)
     if K == 1 and not any(p) and group == 1:
-        # 1x1 conv: no im2col; a strided slice when strided
-        if any(s != 1 for s in strides):
-            xs = x[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)]
-            xs = np.ascontiguousarray(xs)
-        else:
-            xs = x
-        xs = xs.reshape(N, C, P)
-        w2 = w.reshape(M, C)
-        if N == 1:
-            y = np.matmul(w2, xs[0])[None]
-        else:
-            y = np.matmul(w2, xs)
-    elif group == 1 and dt == x.dtype == w.dtype:
-        return _conv_im2col_chunked(x, w, b, p, kshape, strides, dilations, out_shape)
-    elif group == 1:
+        return _conv1x1_fn(N, C, M, w, b, strides, out_shape, dt)
+    if group == 1 and dt == xdtype == w.dtype:
+        return _dense_fn(N, C, M, w, b, p, kshape, strides, dilations, out_shape, dt)
+
+    def run(x):
         cols = im2col(x, kshape, strides, dilations, p)  # [N, C*K, P]
-        w2 = w.reshape(M, C * K)
-        y = np.matmul(w2, cols)
-    else:
-        cols = im2col(x, kshape, strides, dilations, p)  # [N, C*K, P]
-        Cg = C // group
-        Mg = M // group
-        cols = cols.reshape(N, group, Cg * K, P)
-        w3 = w.reshape(group, Mg, Cg * K)
-        y = np.matmul(w3, cols)  # [N, G, Mg, P]
-    if y.dtype != dt:
-        y = y.astype(dt)
-    y = y.reshape((N, M) + tuple(out_shape))
-    if b is not None:
-        y += b.reshape((1, M) + (1,) * n)
-    return y
+        if group == 1:
+            y = np.matmul(w.reshape(M, C * K), cols)
+        else:
+            Cg, Mg = C // group, M // group
+            y = np.matmul(w.reshape(group, Mg, Cg * K), cols.reshape(N, group, Cg * K, P))
+        if y.dtype != dt:
+            y = y.astype(dt)
+        y = y.reshape((N, M) + tuple(out_shape))
+        if b is not None:
+            y += b.reshape((1, M) + (1,) * n)
+        return y
+
+    return run
+
+
+def conv_nd(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+            pads=None, strides=None):
+    """Conv over any spatial rank; see module docstring for the strategy."""
+    x = np.asarray(x)
+    return _conv_fn(x.shape, x.dtype, w, b, auto_pad=auto_pad, dilations=dilations, group=group,
+                    kernel_shape=kernel_shape, pads=pads, strides=strides)(x)
 
 
 @kernel("Conv", since=1)
@@ -400,6 +526,30 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
          pads=None, strides=None):
     return conv_nd(x, w, b, auto_pad=auto_pad, dilations=dilations, group=group,
                    kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+def _conv_prepare(consts, attrs):
+    """Constant weights (and bias): weight layouts and per-input-shape strategy built once."""
+    w = consts[1] if len(consts) > 1 else None
+    if w is None or consts[0] is not None:
+        return None
+    b = consts[2] if len(consts) > 2 else None
+    cache: dict = {}
+
+    def run(x, w_, b_=None):
+        if b_ is not b:  # a bias computed at run time
+            return conv(x, w_, b_, **attrs)
+        x = np.asarray(x)
+        key = (x.shape, x.dtype)
+        f = cache.get(key)
+        if f is None:
+            f = cache[key] = _conv_fn(x.shape, x.dtype, w, b, **attrs)
+        return f(x)
+
+    return run
+
+
+conv.prepare = _conv_prepare
 
 
 # --------------------------------------------------------------------------------------------------

@@ -102,6 +102,39 @@ def batch_normalization(x, scale, b, mean, var, *, consumed_inputs=None, epsilon
     return _batchnorm(x, scale, b, mean, var, epsilon, acc).astype(dt, copy=False)
 
 
+def _batchnorm_prepare(consts, attrs):
+    """Constant parameters (inference): scale and shift computed once, one fused pass per call."""
+    if len(consts) != 5 or consts[0] is not None or any(c is None for c in consts[1:]):
+        return None
+    if int(attrs.get("training_mode", 0) or 0):
+        return None
+    params = [np.asarray(c) for c in consts[1:]]
+    dt = params[0].dtype
+    if dt not in (np.float32, np.float64) or any(p.dtype != dt for p in params):
+        return None
+    scale, b, mean, var = params
+    k = scale / np.sqrt(var + _s(attrs.get("epsilon", 1e-5), dt))
+    off = b - mean * k
+    cache = {}
+
+    def run(x, *_):
+        x = np.asarray(x)
+        if x.dtype != dt:
+            return batch_normalization(x, *consts[1:], **attrs)
+        shp = cache.get(x.ndim)
+        if shp is None:
+            shape = _channel_shape(x, k)
+            shp = cache[x.ndim] = (k.reshape(shape), off.reshape(shape))
+        y = np.multiply(x, shp[0])
+        y += shp[1]
+        return y
+
+    return run
+
+
+batch_normalization.prepare = _batchnorm_prepare
+
+
 def _batchnorm(x, scale, b, mean, var, epsilon, acc):
     scale, b, mean, var = (np.asarray(v).astype(acc, copy=False) for v in (scale, b, mean, var))
     k = scale / np.sqrt(var + _s(epsilon, acc))

@@ -26,6 +26,11 @@ Two conventions let a kernel depend on how many outputs the node asks for:
   (MaxPool skips computing Indices);
 - ``fn.num_outputs_param = "num_outputs"``: the node's output count is passed under that keyword when
   the node does not set it (Split before opset 18 splits into as many parts as it has outputs).
+
+And one lets a kernel do its weight-only work once: ``fn.prepare(consts, attrs) -> callable | None``
+is called at compile time when some inputs are constants (``consts`` has one entry per input, None
+for those computed at run time); the callable it returns replaces the kernel for that node (see
+tvmlite/backends/numpy/plan.py).
 """
 from __future__ import annotations
 

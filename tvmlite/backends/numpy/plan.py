@@ -4,10 +4,25 @@ A plan is a list of steps (kernel, input slots, output slots, attributes, slots 
 (initializers, Constant nodes and whatever depends only on them) are computed at compile time. Each
 intermediate's slot is cleared right after its last reader, so peak memory follows the live set, not
 the whole graph.
+
+Compile-time work per step (so the run loop does as little as possible):
+
+* **prepare**: a kernel may carry ``fn.prepare(consts, attrs) -> callable | None``. When a step has
+  constant inputs and the kernel has a ``prepare``, the plan calls it once with ``consts`` (one
+  entry per node input: the constant array, or None for an input computed at run time or absent)
+  and the keyword attributes. The callable it returns is then called at run time *instead of* the
+  kernel with the same positional inputs (constants included, attributes already bound) and must
+  return what the kernel would; None keeps the plain kernel. Kernels use it to do weight-only work
+  once (Conv's GEMM weight layout, BatchNormalization's scale and shift, Gemm's transposed B).
+* **BLAS threads**: ``blas_threads`` (default 1) caps the BLAS thread pool while the plan runs
+  (through threadpoolctl when it is installed): the GEMMs of a conv net are small, and a second BLAS
+  thread that spin-waits on a busy machine costs far more than it gains. None leaves it alone.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +46,28 @@ class Step:
     node: object
     needs_ctx: bool
     implicit: tuple  # (name, slot) pairs of outer values a subgraph reads
+    call: object = None  # fn with attributes bound (or fn.prepare's result), inputs positional
+
+
+_BLAS = None  # threadpoolctl controller, created on first use (False: not available)
+
+
+def _blas_limit(n):
+    """A context that caps the BLAS threads at ``n`` (a no-op when n is None or without
+    threadpoolctl)."""
+    global _BLAS
+    if n is None:
+        return contextlib.nullcontext()
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        except Exception:  # not installed, or no BLAS found: leave threads alone
+            _BLAS = False
+    if _BLAS is False:
+        return contextlib.nullcontext()
+    return _BLAS.limit(limits=n, user_api="blas")
 
 
 def _resolve(node, opsets) -> OpDef | None:
@@ -73,7 +110,8 @@ def bind_kernel(op: OpDef, node, graph: Graph):
 class Plan:
     """A compiled graph. ``run(feeds)`` returns the graph outputs in order."""
 
-    def __init__(self, graph: Graph, opsets: dict, *, fold_constants: bool = True):
+    def __init__(self, graph: Graph, opsets: dict, *, fold_constants: bool = True,
+                 blas_threads: int | None = 1, _nested: bool = False):
         problems = missing_kernels(graph, opsets)
         if problems:
             raise UnsupportedError(f"the NumPy backend cannot run {len(problems)} op kind(s): "
@@ -83,6 +121,7 @@ class Plan:
         self.input_names = list(graph.inputs)
         self.output_names = list(graph.outputs)
         self._sub_plans: dict[int, Plan] = {}
+        self.blas_threads = None if _nested else blas_threads
         slots: dict[str, int] = {}
 
         def slot(name: str) -> int:
@@ -117,6 +156,11 @@ class Plan:
             outs = tuple(slot(n) if n else -1 for n in node.outputs)
             implicit = tuple((n, slot(n)) for n in node.implicit_inputs)
             steps.append(Step(fn, ins, outs, attrs, (), node, op.needs_ctx, implicit))
+
+        const_of_slot = {slots[n]: a for n, a in consts.items() if n in slots}
+        for st in steps:
+            st.ins = _trim(st.ins)
+            st.call = _bind_step(st, const_of_slot)
 
         # constants used at run time get slots filled at the start of each run
         self.const_slots = [(slots[n], a) for n, a in consts.items() if n in slots]
@@ -165,9 +209,39 @@ class Plan:
     def run_subgraph(self, graph: Graph, feeds: dict, scope: dict) -> list:
         plan = self._sub_plans.get(id(graph))
         if plan is None:
-            plan = Plan(graph, self.opsets)
+            plan = Plan(graph, self.opsets, _nested=True)
             self._sub_plans[id(graph)] = plan
         return plan.run(feeds, scope)
+
+    def _run_steps(self, env: list, scope: dict | None) -> None:
+        ndarray = np.ndarray
+        for st in self.steps:
+            args = [env[i] if i >= 0 else None for i in st.ins]
+            try:
+                if st.needs_ctx:
+                    inner = dict(scope or {})
+                    inner.update((n, env[s]) for n, s in st.implicit)
+                    ctx = KernelContext(self.opsets, self.run_subgraph, inner)
+                    res = st.fn(ctx, *args, **st.attrs)
+                else:
+                    res = st.call(*args)
+            except TvmliteError as e:
+                raise type(e)(f"node {st.node.label!r} ({st.node.op_type}): {e}") from None
+            except Exception as e:  # a kernel failing on these inputs: say which node
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise TvmliteError(f"node {st.node.label!r} ({st.node.op_type}) failed: "
+                                   f"{type(e).__name__}: {msg}") from e
+            outs = st.outs
+            if type(res) is ndarray:
+                env[outs[0]] = res
+            elif isinstance(res, tuple):
+                for s, r in zip(outs, res):
+                    if s >= 0:
+                        env[s] = r if isinstance(r, (list, ndarray)) or r is None else np.asarray(r)
+            else:
+                env[outs[0]] = res if isinstance(res, (list, ndarray)) else np.asarray(res)
+            for s in st.free:
+                env[s] = None
 
     def run(self, feeds: dict, scope: dict | None = None) -> list:
         env: list = [None] * self.n_slots
@@ -185,31 +259,35 @@ class Plan:
             for name, s in zip(self.outer, self.outer_slots):
                 if env[s] is None:
                     env[s] = scope[name]
-        call = self._call
-        for st in self.steps:
-            args = [env[i] if i >= 0 else None for i in st.ins]
-            try:
-                if st.needs_ctx:
-                    inner = dict(scope or {})
-                    inner.update((n, env[s]) for n, s in st.implicit)
-                    ctx = KernelContext(self.opsets, self.run_subgraph, inner)
-                    res = call(st.fn, args, st.attrs, ctx)
-                else:
-                    res = call(st.fn, args, st.attrs)
-            except TvmliteError as e:
-                raise type(e)(f"node {st.node.label!r} ({st.node.op_type}): {e}") from None
-            except Exception as e:  # a kernel failing on these inputs: say which node
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise TvmliteError(f"node {st.node.label!r} ({st.node.op_type}) failed: "
-                                   f"{type(e).__name__}: {msg}") from e
-            for s, r in zip(st.outs, res):
-                if s >= 0:
-                    env[s] = r
-            for s in st.free:
-                env[s] = None
+        with _blas_limit(self.blas_threads):
+            self._run_steps(env, scope)
         # outputs never alias constants or each other's buffers: views are copied
         return [np.array(r) if isinstance(r, np.ndarray) and (r.base is not None or not r.flags.writeable)
                 else r for r in (env[s] for s in self.output_slots)]
+
+
+def _trim(ins: tuple) -> tuple:
+    """Input slots without trailing absent inputs (kernels take them as defaults)."""
+    n = len(ins)
+    while n and ins[n - 1] < 0:
+        n -= 1
+    return tuple(ins[:n])
+
+
+def _bind_step(st: Step, const_of_slot: dict):
+    """What the run loop calls with the step's positional inputs: ``fn.prepare``'s callable when the
+    kernel has one and some inputs are constants, else the kernel with its attributes bound."""
+    if st.needs_ctx:
+        return None
+    prep = getattr(st.fn, "prepare", None)
+    if prep is not None:
+        consts = [const_of_slot.get(i) if i >= 0 else None for i in st.ins]
+        if any(c is not None for c in consts) and any(
+                i >= 0 and const_of_slot.get(i) is None for i in st.ins):
+            call = prep(consts, dict(st.attrs))
+            if call is not None:
+                return call
+    return functools.partial(st.fn, **st.attrs) if st.attrs else st.fn
 
 
 def compile_model(model: Model, **kw) -> Plan:
