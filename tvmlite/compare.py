@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tvmlite.errors import TvmliteError
+from tvmlite.errors import InputError, TvmliteError
+from tvmlite.export import onnx_export
 from tvmlite.ir.graph import Model
-from tvmlite.errors import InputError
 from tvmlite.inputs import check_feeds, graph_inputs, load_npz, random_inputs
 
 
@@ -30,12 +30,35 @@ def ort_session(model, threads: int = 2):
     so.log_severity_level = 3
     if isinstance(model, Model):
         model = export_model(model)
-    src = os.fspath(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
+    if isinstance(model, (str, os.PathLike)):
+        src = os.fspath(model)
+    elif model.ByteSize() > onnx_export.EXTERNAL_THRESHOLD:
+        return _ort_session_via_file(model, so)
+    else:
+        src = model.SerializeToString()
     try:
         return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TvmliteError(f"onnxruntime cannot load the model: {msg}") from None
+
+
+def _ort_session_via_file(proto, so):
+    """Models over protobuf's 2 GiB limit go through a temporary file with external data."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from tvmlite.export import save
+
+    with tempfile.TemporaryDirectory(prefix="tvmlite-ort-") as d:
+        path = os.path.join(d, "model.onnx")
+        save(proto, path)
+        try:
+            return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TvmliteError(f"onnxruntime cannot load the model: {msg}") from None
 
 
 def median_ms(fn, repeats: int, warmup: int = 1) -> float:

@@ -226,7 +226,7 @@ def save(model: Model | onnx.ModelProto, path: str, *, source_path: str | None =
         raise TvmliteError(f"refusing to overwrite the input model {path}: choose another output path")
     proto = model if isinstance(model, onnx.ModelProto) else export_model(model)
     external = (not isinstance(model, onnx.ModelProto) and bool(model.external_data)) \
-        or proto.ByteSize() > EXTERNAL_THRESHOLD
+        or proto.ByteSize() > globals()["EXTERNAL_THRESHOLD"]
     fd, tmp = tempfile.mkstemp(prefix=".tvmlite-", suffix=".onnx.tmp", dir=out_dir)
     os.close(fd)
     data_name = os.path.basename(path) + ".data"

@@ -32,7 +32,7 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
                 elif isinstance(d, str):
                     dim.dim_param = d
     try:
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        proto = _infer(proto)
     except Exception:  # inference is best effort: unknown custom ops or odd models
         return {}
     types = {}
@@ -75,6 +75,22 @@ def _apply_own_rules(model: Model, types: dict) -> None:
         for name, (dtype, shape) in zip(node.outputs, outs):
             if name:
                 types[name] = tensor_type(dtype, shape)
+
+
+def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    from tvmlite.export import onnx_export
+
+    if proto.ByteSize() <= onnx_export.EXTERNAL_THRESHOLD:
+        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    # over protobuf's 2 GiB limit: infer from a file with external data, read back the types only
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tvmlite-infer-") as d:
+        src, dst = os.path.join(d, "in.onnx"), os.path.join(d, "out.onnx")
+        onnx_export.save(proto, src)
+        onnx.shape_inference.infer_shapes_path(src, dst, check_type=False, strict_mode=False, data_prop=True)
+        return onnx.load(dst, load_external_data=False)
 
 
 def _more_specific(new: onnx.TypeProto, old: onnx.TypeProto | None) -> bool:
