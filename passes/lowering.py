@@ -112,7 +112,7 @@ def conv_info(model: Model, node: Node, shapes: ShapeLookup | None = None) -> Co
     if shape is None or len(shape) != w.ndim:
         return f"input shape {shape} is unknown or does not match the weight rank"
     if any(not isinstance(d, int) for d in shape[1:]):
-        return f"input channel/spatial dims are not static ({shape})"
+        return f"input channel/spatial dims are not static ({shape}): fix the model's input shape first"
     kernel = tuple(int(k) for k in w.shape[2:])
     if node.attrs.get("kernel_shape") and tuple(int(k) for k in node.attrs["kernel_shape"]) != kernel:
         return f"kernel_shape {node.attrs['kernel_shape']} does not match the weight shape {w.shape}"
@@ -160,6 +160,9 @@ class _Builder:
 
     def commit(self, final: str) -> None:
         node = self.info.node
+        x = self.g.value(self.info.x)
+        if x.type is None or x.shape is None:  # the new ops' function bodies depend on it
+            x.type = tensor_type(self.info.dtype, (self.info.batch, self.info.channels) + self.info.in_spatial)
         self.g.replace_node_with(node, self.nodes, outputs=[final])
         for name, shape in self.types.items():
             real = node.outputs[0] if name == final else name
