@@ -242,6 +242,10 @@ def _print_results(results, report) -> None:
         b, a = r.before, r.after
         click.echo(f"{r.pass_name:<18} {str(r.changed):>7} {b['nodes']:>6}->{a['nodes']:<6} "
                    f"{b['params']:>10,}->{a['params']:<10,} {b['macs']:>12,}->{a['macs']:<12,} {r.seconds:>6.2f}s")
+        for d in r.decisions[:50]:  # per-layer choices (e.g. choose-conv) and why
+            click.echo(f"    {d['node']}: {d.get('choice', '')} ({d.get('reason', '')})")
+        if len(r.decisions) > 50:
+            click.echo(f"    ... {len(r.decisions) - 50} more decisions")
         for node, why in r.skipped[:10]:
             click.echo(f"    skipped {node}: {why}")
         if len(r.skipped) > 10:
