@@ -386,17 +386,16 @@ def winograd_output(mt, b=None, *, m, out_shape, r=3):
     _, M, P = mt.shape
     N = P // (th * tw)
     rest = M * P
-    z = np.matmul(AT, mt.reshape(a, a, rest))  # per row a: Σ_b Aᵀ[q, b] M[a, b] -> [a, q, rest]
-    y = np.matmul(AT, z.reshape(a, m * rest))  # Σ_a Aᵀ[p, a] -> [p, (q, M, N, th, tw)]
-    tiles = y.reshape(m, m, M, N, th, tw).transpose(3, 2, 4, 0, 5, 1)  # [N, M, th, p, tw, q]
-    if oh == th * m and ow == tw * m:
-        out = np.empty((N, M, th, m, tw, m), dtype=mt.dtype)
-        np.copyto(out, tiles)
-        out = out.reshape(N, M, oh, ow)
-    else:
-        full = np.empty((N, M, th, m, tw, m), dtype=mt.dtype)
-        np.copyto(full, tiles)
-        out = np.ascontiguousarray(full.reshape(N, M, th * m, tw * m)[:, :, :oh, :ow])
+    # columns first, with the tile axis as BLAS's transposed operand: q lands innermost next to the
+    # tile column, so every later step moves whole output rows instead of m-wide pieces
+    z = np.matmul(mt.reshape(a, a, rest).transpose(0, 2, 1), AT.T)  # [a, (M, N, th, tw), q]
+    y = np.matmul(AT, z.reshape(a, rest * m))  # [p, M, N, th, tw*m]
+    rows = y.reshape(m, M, N, th, tw * m)[..., :ow].transpose(2, 1, 3, 0, 4)  # [N, M, th, p, OW]
+    full = np.empty((N, M, th, m, ow), dtype=mt.dtype)
+    np.copyto(full, rows)
+    out = full.reshape(N, M, th * m, ow)
+    if oh != th * m:
+        out = np.ascontiguousarray(out[:, :, :oh])
     if b is not None:
         out += np.asarray(b).astype(out.dtype, copy=False).reshape(1, M, 1, 1)
     return out
