@@ -24,17 +24,21 @@ from tvmlite.ir.graph import Model
 
 #: cost-rule constants for the NumPy backend on one core of this machine kind (bench/bench_conv.py
 #: measures them): BLAS multiply-adds per second on well-shaped GEMMs, bytes per second for copies
-GEMM_MACS_PER_S = 15e9
-COPY_BYTES_PER_S = 4e9
-#: a GEMM whose smallest dimension is below this runs proportionally slower (memory bound)
-GEMM_FULL_SPEED_DIM = 64
+GEMM_MACS_PER_S = 30e9
+COPY_BYTES_PER_S = 10e9
+#: a GEMM streams its weights at this rate: skinny GEMMs (few tiles or pixels) are bound by it
+WEIGHT_BYTES_PER_S = 5e9
+#: a GEMM whose smallest dimension is below this runs proportionally slower
+GEMM_FULL_SPEED_DIM = 16
+#: Winograd transforms: seconds per element of V or of the GEMM output, per transform point (α)
+WINOGRAD_TRANSFORM_S = 0.45e-9
 #: fixed cost per kernel call (Python dispatch, allocation)
 CALL_S = 15e-6
 
 
-def _gemm_seconds(macs: float, smallest_dim: int, calls: int = 1) -> float:
+def _gemm_seconds(macs: float, smallest_dim: int, calls: int = 1, weight_bytes: float = 0.0) -> float:
     slow = max(1.0, GEMM_FULL_SPEED_DIM / max(smallest_dim, 1))
-    return macs * slow / GEMM_MACS_PER_S + calls * CALL_S
+    return max(macs * slow / GEMM_MACS_PER_S, weight_bytes / WEIGHT_BYTES_PER_S) + calls * CALL_S
 
 
 def candidates(info: ConvInfo) -> list[str]:
@@ -63,22 +67,22 @@ def estimate_seconds(info: ConvInfo, algo: str, batch: int) -> float:
                 return (K * (x_bytes + 2 * y_bytes)) / COPY_BYTES_PER_S + K * CALL_S
             return _gemm_seconds(macs, 1, batch * G) + 2 * cols / COPY_BYTES_PER_S
         smallest = min(M // G, C // G * K, P)
-        moved = (cols / 4 if algo == "direct" else 2 * cols) + x_bytes + y_bytes + M * C // G * K * f
-        return _gemm_seconds(macs, smallest, batch * G) + moved / COPY_BYTES_PER_S
+        moved = (cols / 4 if algo == "direct" else 2 * cols) + x_bytes + y_bytes
+        return _gemm_seconds(macs, smallest, batch * G, M * C // G * K * f) + moved / COPY_BYTES_PER_S
     if algo == "mec":
         oh, ow = info.out_spatial
         lowered = info.mec_bytes(batch)
-        moved = 2 * lowered + x_bytes + 2 * y_bytes + M * C * K * f
-        return _gemm_seconds(macs, min(M, batch * ow, C * K), oh) + moved / COPY_BYTES_PER_S
+        moved = 2 * lowered + x_bytes + 2 * y_bytes
+        return (_gemm_seconds(macs, min(M, batch * ow, C * K), oh, oh * M * C * K * f)
+                + moved / COPY_BYTES_PER_S)
     if algo.startswith("winograd"):
         m = int(algo[len("winograd"):])
         a = m + 2
         th, tw = (-(-info.out_spatial[0] // m), -(-info.out_spatial[1] // m))
         tiles = batch * th * tw
-        v_bytes = a * a * C * tiles * f
-        t_bytes = a * a * M * tiles * f
-        moved = 3 * v_bytes + 2 * t_bytes + 2 * y_bytes + a * a * M * C * f  # U is read once per call
-        return _gemm_seconds(winograd_macs(info, m, batch), min(M, C, tiles), a * a) + moved / COPY_BYTES_PER_S
+        transforms = a * a * (C + M) * tiles * a * WINOGRAD_TRANSFORM_S
+        gemm = _gemm_seconds(winograd_macs(info, m, batch), min(M, C, tiles), a * a, a * a * M * C * f)
+        return gemm + transforms + (x_bytes + y_bytes) / COPY_BYTES_PER_S
     raise ValueError(algo)
 
 

@@ -271,3 +271,60 @@ def test_conv_info_resolves_auto_pad():
     info = conv_info(m, next(iter(m.graph.nx.nodes)))
     assert isinstance(info, ConvInfo)
     assert info.out_spatial == (4, 5) and info.pads == [2, 1, 1, 1]
+
+
+# ---------------------------------------------------------------------------------- choose-conv
+def _two_layer_model():
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="wide", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w2"], ["y"], name="depthwise", pads=[1, 1, 1, 1], group=32)]
+    inits = [("w1", (rng.standard_normal((32, 32, 3, 3)) * 0.06).astype(np.float32)),
+             ("b1", rng.standard_normal(32).astype(np.float32)),
+             ("w2", (rng.standard_normal((32, 1, 3, 3)) * 0.3).astype(np.float32))]
+    return make_model(nodes, [tensor("x", ["N", 32, 40, 40])], [tensor("y", ["N", 32, 40, 40])], inits)
+
+
+@pytest.mark.parametrize("measure", [False, True])
+def test_choose_conv_decides_per_layer_and_stays_accurate(measure):
+    proto = _two_layer_model()
+    x = np.random.default_rng(5).standard_normal((2, 32, 40, 40)).astype(np.float32)
+    ref = ort_run(proto, {"x": x})[0]
+    m = tvmlite.load(proto)
+    r = Pipeline(f"choose-conv(measure={str(measure).lower()},repeats=2)").run(m)[0]
+    decisions = {d["node"]: d for d in r.decisions}
+    assert set(decisions) == {"wide", "depthwise"}
+    assert {"winograd4", "mec", "im2col", "direct"} <= {k[3:] for k in decisions["wide"] if k.startswith("ms_")}
+    assert not any(k.endswith("winograd4") for k in decisions["depthwise"])  # grouped: not a candidate
+    for d in decisions.values():
+        assert ("measured" if measure else "estimated") in d["reason"]
+        assert d[f"ms_{d['choice']}"] == min(v for k, v in d.items() if k.startswith("ms_"))
+    out = export_model(m)
+    onnx.checker.check_model(out, full_check=True)
+    for got in (compile_model(m).run({"x": x})[0], ort_run(out, {"x": x})[0]):
+        assert rel_err(ref.astype(np.float64), got) <= 1e-3
+
+
+def test_choose_conv_allow_list_and_cost_rule_prefers_winograd_on_big_layers():
+    proto = conv_model((1, 64, 56, 56), (64, 64, 3, 3), pads=[1, 1, 1, 1])
+    m = tvmlite.load(proto)
+    r = Pipeline("choose-conv(allow=im2col|winograd4)").run(m)[0]
+    assert r.decisions[0]["choice"] == "winograd4"
+    assert {k for k in r.decisions[0] if k.startswith("ms_")} == {"ms_im2col", "ms_winograd4"}
+    with pytest.raises(OptionError):
+        Pipeline("choose-conv(allow=fft)")
+
+
+def test_strassen_matches_blas_and_is_off_by_default(monkeypatch):
+    from tvmlite.ops import nn, strassen
+
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((97, 130)).astype(np.float32)
+    b = rng.standard_normal((130, 111)).astype(np.float32)
+    want = a.astype(np.float64) @ b
+    got = strassen.strassen_matmul(a, b, leaf=16)  # odd sizes: padded at every level
+    assert got.dtype == np.float32 and rel_err(want, got) < 1e-5
+    assert strassen.STRASSEN_MIN_DIM == 0 and not strassen.wants_strassen(a, b)
+    monkeypatch.setattr(strassen, "STRASSEN_MIN_DIM", 64)
+    monkeypatch.setattr(strassen, "STRASSEN_LEAF", 32)
+    assert strassen.wants_strassen(a, b) and not strassen.wants_strassen(a, b[:, :20])
+    assert rel_err(want, nn.matmul(a, b)) < 1e-5
