@@ -184,7 +184,9 @@ def test_bad_pass_spec(model_path, tmp_path, spec, needle):
 
 
 def test_bad_shape_option(model_path):
-    assert_clean_error(*run("run", model_path, "--shape", "x=1xQ"), "must be integers")
+    assert_clean_error(*run("run", model_path, "--shape", "x=1x3.5"), "must be integers or names")
+    assert_clean_error(*run("optimize", model_path, "-o", model_path.parent / "o.onnx", "--shape", "z=1x3"),
+                       "not an input of the model")
 
 
 def test_usage_error_is_one_line(model_path):

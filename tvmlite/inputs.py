@@ -16,18 +16,26 @@ from tvmlite.ir.graph import Graph, Model
 
 
 def parse_shape_overrides(items) -> dict[str, tuple[int, ...]]:
-    """``["x=1x3x224x224", ...]`` -> {"x": (1, 3, 224, 224)}."""
+    """``["x=1x3x224x224", "y=Nx16"]`` -> {"x": (1, 3, 224, 224), "y": ("N", 16)}."""
     out = {}
     for item in items or ():
         name, eq, dims = item.partition("=")
         if not eq or not name:
             raise InputError(f"--shape {item!r}: expected NAME=D1xD2x...")
-        try:
-            out[name] = tuple(int(d) for d in dims.lower().split("x") if d != "")
-        except ValueError:
-            raise InputError(f"--shape {item!r}: dimensions must be integers") from None
-        if any(d <= 0 for d in out[name]):
-            raise InputError(f"--shape {item!r}: dimensions must be positive")
+        parts = [d for d in dims.split("x") if d != ""]
+        if not parts:
+            raise InputError(f"--shape {item!r}: no dimensions")
+        shape = []
+        for d in parts:
+            if d.lstrip("-").isdigit():
+                if int(d) <= 0:
+                    raise InputError(f"--shape {item!r}: dimensions must be positive")
+                shape.append(int(d))
+            elif d.isidentifier():
+                shape.append(d)  # a symbolic dim stays symbolic (e.g. the batch: Nx3x48x192)
+            else:
+                raise InputError(f"--shape {item!r}: dimensions must be integers or names")
+        out[name] = tuple(shape)
     return out
 
 
@@ -64,7 +72,8 @@ def random_inputs(model: Model, shapes: dict | None = None, seed: int = 0) -> di
                 raise InputError(f"input {name!r} has symbolic dims {list(v.shape)}: "
                                  f"give --shape {name}=" + "x".join(str(d) if isinstance(d, int) and d > 0
                                                                      else "?" for d in v.shape))
-            shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in v.shape)
+            shape = v.shape
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape)
         dt = v.dtype
         if dt.kind == "f":
             feeds[name] = rng.standard_normal(shape).astype(dt)

@@ -171,6 +171,10 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     pipeline = parse_spec(spec)
     source = model if isinstance(model, str) else "<model>"
     m = model if isinstance(model, Model) else load(model)
+    if shapes:
+        from tvmlite.ir.shapes import fix_input_shapes
+
+        fix_input_shapes(m, shapes)
     report = OptimizeReport(str(source))
     checker = None
     if check:

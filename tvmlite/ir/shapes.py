@@ -129,3 +129,24 @@ def static_shapes(model: Model, input_shapes: dict | None = None, default_dim: i
         if s is not None:
             out[name] = tuple(d if isinstance(d, int) and d > 0 else default_dim for d in s)
     return out
+
+
+def fix_input_shapes(model: Model, shapes: dict) -> None:
+    """Declare the graph inputs' shapes (ints fix a dim, names keep it symbolic) and infer the rest,
+    so passes that need static dims (conv lowering) see them."""
+    from tvmlite.errors import InputError
+    from tvmlite.ir.graph import tensor_type
+
+    g = model.graph
+    for name, dims in shapes.items():
+        if name not in g.inputs or name in g.initializers:
+            raise InputError(f"--shape names {name!r}, which is not an input of the model (inputs: "
+                             f"{[n for n in g.inputs if n not in g.initializers]})")
+        v = g.values[name]
+        if v.shape is not None and len(v.shape) != len(dims):
+            raise InputError(f"--shape {name}: rank {len(dims)} does not fit the model's {list(v.shape)}")
+        for have, want in zip(v.shape or (), dims):
+            if isinstance(have, int) and have > 0 and isinstance(want, int) and have != want:
+                raise InputError(f"--shape {name}: dim {want} does not fit the model's {list(v.shape)}")
+        v.type = tensor_type(v.elem_type, dims)
+    infer_shapes(model)
