@@ -16,7 +16,8 @@ import numpy as np
 from tvmlite.errors import TvmliteError
 
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2..",
-                            help="Fix an input's shape (symbolic dims), e.g. --shape x=1x3x224x224.")
+                            help="Fix an input's symbolic dims, e.g. --shape x=1x3x224x224 (a name keeps a dim "
+                                 "symbolic: x=Nx3x224x224); optimize writes the shape into the model.")
 inputs_option = click.option("--inputs", "inputs", type=click.Path(dir_okay=False), default=None,
                              help="An .npz file with one array per model input (default: random inputs).")
 
