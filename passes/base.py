@@ -67,6 +67,10 @@ class Pass:
     """Base class. Subclasses set ``name``, optionally an ``Options`` dataclass, and ``run``."""
 
     name: ClassVar[str] = ""
+    #: the pass needs static channel/spatial dims: `optimize --shape` then writes the given input
+    #: shapes into the model before the passes run (otherwise --shape only feeds checks and reports,
+    #: since declaring static shapes changes how onnxruntime optimizes the graph)
+    needs_static_shapes: ClassVar[bool] = False
 
     @dataclass
     class Options:

@@ -150,6 +150,7 @@ class ChooseConv(Pass):
     """Pick direct / im2col / MEC / Winograd(m) per Conv by a cost rule or by measuring."""
 
     name = "choose-conv"
+    needs_static_shapes = True
 
     @dataclass
     class Options:

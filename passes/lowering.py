@@ -248,6 +248,7 @@ class LowerConv(Pass):
     """Conv -> Im2Col + GEMM (``layout=im2col``) or MEC + GEMMs (``layout=mec``)."""
 
     name = "lower-conv"
+    needs_static_shapes = True
 
     @dataclass
     class Options:

@@ -68,6 +68,7 @@ class Winograd(Pass):
     """3×3 stride-1 convs -> Winograd F(m×m, 3×3) with m in {2, 4, 6}."""
 
     name = "winograd"
+    needs_static_shapes = True
 
     @dataclass
     class Options:

@@ -172,9 +172,11 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     source = model if isinstance(model, str) else "<model>"
     m = model if isinstance(model, Model) else load(model)
     if shapes:
-        from tvmlite.ir.shapes import fix_input_shapes
+        from tvmlite.ir.shapes import check_input_shapes, fix_input_shapes
 
-        fix_input_shapes(m, shapes)
+        check_input_shapes(m, shapes)
+        if any(p.needs_static_shapes for p in pipeline):
+            fix_input_shapes(m, shapes)
     report = OptimizeReport(str(source))
     checker = None
     if check:

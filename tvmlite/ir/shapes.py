@@ -134,8 +134,19 @@ def static_shapes(model: Model, input_shapes: dict | None = None, default_dim: i
 def fix_input_shapes(model: Model, shapes: dict) -> None:
     """Declare the graph inputs' shapes (ints fix a dim, names keep it symbolic) and infer the rest,
     so passes that need static dims (conv lowering) see them."""
-    from tvmlite.errors import InputError
     from tvmlite.ir.graph import tensor_type
+
+    check_input_shapes(model, shapes)
+    g = model.graph
+    for name, dims in shapes.items():
+        v = g.values[name]
+        v.type = tensor_type(v.elem_type, dims)
+    infer_shapes(model)
+
+
+def check_input_shapes(model: Model, shapes: dict) -> None:
+    """InputError unless each of ``shapes`` names a graph input and fits its declared shape."""
+    from tvmlite.errors import InputError
 
     g = model.graph
     for name, dims in shapes.items():
@@ -148,5 +159,3 @@ def fix_input_shapes(model: Model, shapes: dict) -> None:
         for have, want in zip(v.shape or (), dims):
             if isinstance(have, int) and have > 0 and isinstance(want, int) and have != want:
                 raise InputError(f"--shape {name}: dim {want} does not fit the model's {list(v.shape)}")
-        v.type = tensor_type(v.elem_type, dims)
-    infer_shapes(model)
