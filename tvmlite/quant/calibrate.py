@@ -43,6 +43,7 @@ class TensorStats:
         self.min = math.inf
         self.max = -math.inf
         self.count = 0
+        self.zeros = 0  # exact zeros (ReLU outputs, padding): representable, so KL ignores them
         self.counts: np.ndarray | None = None
         self.lo = 0.0
         self.width = 0.0
@@ -59,6 +60,7 @@ class TensorStats:
         mn, mx = float(finite.min()), float(finite.max())
         self.min, self.max = min(self.min, mn), max(self.max, mx)
         self.count += finite.size
+        self.zeros += int(np.count_nonzero(finite == 0))
         if self.histogram:
             self._add_to_histogram(finite.ravel(), min(mn, 0.0), max(mx, 0.0))
 
@@ -149,14 +151,23 @@ class TensorStats:
         idx = np.nonzero(inside)[0]
         if idx.size < levels:  # fewer bins than levels: nothing to lose, but nothing learnt either
             return math.inf
-        p = self.counts[idx].astype(np.float64)
-        p[0] += self.counts[:idx[0]].sum()
-        p[-1] += self.counts[idx[-1] + 1:].sum()
+        counts = self.counts.astype(np.float64)
+        if self.zeros:
+            z = min(max(int((0.0 - self.lo) // self.width), 0), self.bins - 1)
+            counts[z] = max(counts[z] - self.zeros, 0.0)
+        # as TensorRT: P folds the clipped tails into the edge bins, Q is built from the unclipped
+        # bins only, so clipping mass away shows up as divergence
+        inner = counts[idx]
+        p = inner.copy()
+        p[0] += counts[:idx[0]].sum()
+        p[-1] += counts[idx[-1] + 1:].sum()
         q = np.zeros_like(p)
         for chunk in np.array_split(np.arange(p.size), levels):
-            nz = p[chunk] > 0
+            nz = inner[chunk] > 0
             if nz.any():
-                q[chunk[nz]] = p[chunk].sum() / nz.sum()
+                q[chunk[nz]] = inner[chunk].sum() / nz.sum()
+        if q.sum() <= 0:
+            return math.inf
         ps, qs = p / p.sum(), q / q.sum()
         m = ps > 0
         return float(np.sum(ps[m] * np.log(ps[m] / np.maximum(qs[m], 1e-12))))
