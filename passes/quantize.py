@@ -187,3 +187,93 @@ class Quantize(Pass):
         result.stats["folded_activations"] = len(plan.folded)
         DeadCodeElimination().run(model)
         return result
+
+
+@register_pass
+class QuantizeDynamic(Pass):
+    """Weight-only int8 for MatMul/Gemm with constant weights; activations quantized at run time.
+
+    ``form=integer`` (default): DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_q) -> Cast -> Mul by
+    x_scale * w_scale (per column) [-> Add bias], which onnxruntime fuses into DynamicQuantizeMatMul.
+    ``form=dq``: W stored int8 with a DequantizeLinear in front (smaller file, float compute).
+    """
+
+    name = "quantize-dynamic"
+
+    @dataclass
+    class Options:
+        form: str = "integer"
+        per_channel: bool = True
+        exclude_names: list[str] = field(default_factory=list)
+
+    def run(self, model: Model) -> PassResult:
+        from tvmlite.quant.params import quantize_weight, weight_scales
+
+        o = self.options
+        if o.form not in ("integer", "dq"):
+            raise OptionError(f"pass 'quantize-dynamic': form {o.form!r} is not integer or dq")
+        result = PassResult(self.name)
+        qdq.upgrade_opset(model, 11 if not o.per_channel else 13)
+        from tvmlite.ir.shapes import infer_shapes
+
+        infer_shapes(model)  # operand dtypes and ranks decide what can be rewritten
+        g = model.graph
+        for node in g.toposort():
+            if not is_onnx(node, "MatMul", "Gemm") or node.name in o.exclude_names \
+                    or node.outputs[0] in o.exclude_names:
+                continue
+            w = g.const_value(node.inputs[1])
+            if w is None or w.dtype != np.float32 or w.ndim != 2 or not qdq.is_float(g, node.inputs[0]):
+                result.skip(node, "B is not a constant 2-D float32 matrix")
+                continue
+            bias = None
+            if node.op_type == "Gemm":
+                if node.attrs.get("transA", 0):
+                    result.skip(node, "transA=1")
+                    continue
+                if node.attrs.get("transB", 0):
+                    w = w.T
+                alpha = float(node.attrs.get("alpha", 1.0))
+                w = w * alpha
+                if len(node.inputs) > 2 and node.inputs[2]:
+                    bias = g.const_value(node.inputs[2])
+                    if bias is None:
+                        result.skip(node, "C is not constant")
+                        continue
+                    bias = bias * float(node.attrs.get("beta", 1.0))
+                shape = g.value(node.inputs[0]).shape
+                if shape is not None and len(shape) != 2:
+                    result.skip(node, "A is not 2-D")
+                    continue
+            axis = 1 if o.per_channel else None
+            scales = weight_scales(w, axis)
+            wq = quantize_weight(w, scales, axis)
+            out = node.outputs[0]
+            x = node.inputs[0]
+            base = node.name or out
+            wq_name = g.add_constant(wq, f"{base}_W_quantized")
+            zero = g.add_constant(np.zeros(scales.shape if axis is not None else (), np.int8), f"{base}_W_zero_point")
+            if o.form == "dq":
+                s_name = g.add_constant(scales if axis is not None else scales.reshape(()), f"{base}_W_scale")
+                wd = g.fresh_name(f"{base}_W_dequantized")
+                spec = [("DequantizeLinear", [wq_name, s_name, zero], [wd], {"axis": 1} if axis is not None else {})]
+                mm_out = g.fresh_name(f"{base}_matmul")
+                spec.append(("MatMul", [x, wd], [mm_out], {}))
+            else:
+                xq, xs, xz = (g.fresh_name(f"{base}_{k}") for k in ("x_quantized", "x_scale", "x_zero_point"))
+                acc, accf, sc, mm_out = (g.fresh_name(f"{base}_{k}") for k in ("int32", "float", "scale", "matmul"))
+                s_name = g.add_constant(scales.reshape(-1) if axis is not None else scales.reshape(()), f"{base}_W_scale")
+                spec = [("DynamicQuantizeLinear", [x], [xq, xs, xz], {}),
+                        ("MatMulInteger", [xq, wq_name, xz, zero], [acc], {}),
+                        ("Cast", [acc], [accf], {"to": 1}),
+                        ("Mul", [xs, s_name], [sc], {}),
+                        ("Mul", [accf, sc], [mm_out], {})]
+            final = mm_out
+            if bias is not None:
+                final = g.fresh_name(f"{base}_biased")
+                spec.append(("Add", [mm_out, g.add_constant(bias.astype(np.float32), f"{base}_bias")], [final], {}))
+            g.replace_node_with(node, spec, outputs=[final])
+            result.rewrote(base, form=o.form)
+        result.stats["rewritten"] = len(result.rewritten)
+        DeadCodeElimination().run(model)
+        return result
