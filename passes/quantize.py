@@ -1,0 +1,279 @@
+"""Post-training int8 quantization: static QDQ (``quantize``) and weight-only dynamic
+(``quantize-dynamic``).
+
+``quantize`` calibrates activation ranges on example inputs, then writes the QuantizeLinear /
+DequantizeLinear form onnxruntime fuses into int8 kernels (see tvmlite/quant/qdq.py). Per layer it
+can keep float32 where int8 costs too much accuracy (``mode=auto``, ``error_budget``) or, with
+``measure=true``, where onnxruntime runs the int8 layer slower than the float one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from passes.base import Pass, PassResult, register_pass
+from passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity, is_onnx
+from tvmlite.errors import OptionError
+from tvmlite.ir.graph import Graph, Model
+from tvmlite.quant import qdq
+from tvmlite.quant.calibrate import METHODS, collect_stats
+
+
+# ------------------------------------------------------------------------------------ preparation
+def fuse_bias_add(model: Model) -> int:
+    """Conv + Add(per-channel constant) -> Conv with bias; MatMul(2-D, constant) + Add(constant row)
+    -> Gemm with C. Quantized, a separate Add would be an int8 add of an 8-bit bias instead of an
+    exact int32 bias inside the kernel."""
+    g = model.graph
+    fused = 0
+    for add in g.toposort():
+        if not is_onnx(add, "Add") or len(add.inputs) != 2:
+            continue
+        for k in (0, 1):
+            src, const_name = add.inputs[k], add.inputs[1 - k]
+            c = g.const_value(const_name)
+            p = g.producer(src)
+            if c is None or p is None or c.dtype != np.float32 or g.num_uses(src) != 1 or src in g.outputs:
+                continue
+            if is_onnx(p, "Conv") and g.const_value(p.inputs[1]) is not None:
+                cout = g.const_value(p.inputs[1]).shape[0]
+                out_rank = len(g.const_value(p.inputs[1]).shape)
+                squeezed = c.reshape(-1) if c.size == cout else None
+                # the constant must broadcast along the channel axis only
+                if squeezed is None or c.ndim > out_rank or (c.ndim >= out_rank - 1 and c.shape[-(out_rank - 1)] != cout
+                                                                and c.size != 1):
+                    continue
+                if c.ndim and c.shape[-1] == cout and cout != 1 and c.ndim != 1 and out_rank > 2:
+                    continue  # [.., C] broadcasts over width, not channels
+                if c.ndim == 1 and out_rank > 2 and cout != 1:
+                    continue  # a 1-D constant broadcasts over the last (spatial) axis
+                old = g.const_value(p.inputs[2]) if len(p.inputs) > 2 and p.inputs[2] else None
+                if len(p.inputs) > 2 and p.inputs[2] and old is None:
+                    continue
+                bias = squeezed + (0 if old is None else old)
+                inputs = list(p.inputs[:2]) + [g.add_constant(bias.astype(np.float32), f"{p.name or 'conv'}_bias")]
+                g.set_inputs(p, inputs)
+            elif is_onnx(p, "MatMul") and g.const_value(p.inputs[1]) is not None:
+                b = g.const_value(p.inputs[1])
+                a_shape = g.value(p.inputs[0]).shape
+                if b.ndim != 2 or a_shape is None or len(a_shape) != 2 or c.size != b.shape[1] \
+                        or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+                    continue
+                gemm = g.replace_node_with(p, [("Gemm", [p.inputs[0], p.inputs[1],
+                                                         g.add_constant(c.reshape(-1), f"{p.name or 'gemm'}_C")],
+                                                [src + "_gemm"], {}, {"name": p.name})],
+                                           outputs=[src + "_gemm"])
+                p = gemm[0]
+            else:
+                continue
+            out = add.outputs[0]
+            g.remove_node(add, remove_outputs=False)
+            g.replace_all_uses(out, src)
+            fused += 1
+            break
+    if fused:
+        g.remove_unused_values()
+    return fused
+
+
+def prepare(model: Model) -> dict:
+    """Opset >= 13 (per-channel Q/DQ), constants folded, BatchNorm and bias Adds folded into their
+    Conv/Gemm, Identity removed: the shape int8 kernels want."""
+    stats = {"opset_upgraded": qdq.upgrade_opset(model)}
+    FoldConstants().run(model)
+    stats["bn_folded"] = len(FoldBatchNorm().run(model).rewritten)
+    RemoveIdentity().run(model)
+    from tvmlite.ir.shapes import infer_shapes
+
+    infer_shapes(model)
+    stats["bias_adds_fused"] = fuse_bias_add(model)
+    DeadCodeElimination().run(model)
+    return stats
+
+
+def candidate_units(g: Graph, op_types, exclude_names, exclude_ops, result: PassResult | None):
+    """Node keys of the Conv/Gemm/MatMul (and chosen element-wise) nodes that may run in int8."""
+    units = []
+    for node in g.toposort():
+        if node.domain not in qdq.ONNX or node.op_type not in op_types:
+            continue
+        if node.op_type in exclude_ops or node.name in exclude_names or node.outputs[0] in exclude_names:
+            if result is not None:
+                result.skip(node, "excluded by option")
+            continue
+        if node.op_type in qdq.COMPUTE:
+            why = qdq.why_not_int8(g, node)
+            if why:
+                if result is not None:
+                    result.skip(node, why)
+                continue
+        units.append(qdq.node_key(node))
+    return units
+
+
+@register_pass
+class Quantize(Pass):
+    """Static post-training int8 quantization in QDQ form."""
+
+    name = "quantize"
+
+    @dataclass
+    class Options:
+        #: calibration inputs: .npz / directory of .npy (CLI), or anything load_calibration takes
+        calibration: Any = None
+        #: activation range: minmax, percentile, entropy (KL) or mse
+        method: str = "minmax"
+        percentile: float = 99.999
+        #: uint8 (asymmetric) or int8 (symmetric, -127..127)
+        activation_type: str = "uint8"
+        per_channel: bool = True
+        #: which compute ops to quantize (element-wise ops follow where their inputs are int8)
+        op_types: list[str] = field(default_factory=lambda: ["Conv", "Gemm", "MatMul", "Add", "Mul"])
+        exclude_names: list[str] = field(default_factory=list)
+        exclude_op_types: list[str] = field(default_factory=list)
+        #: all: every quantizable layer; auto: keep layers float that cost accuracy (or speed)
+        mode: str = "all"
+        #: auto mode: largest relative L2 error of the outputs vs float allowed
+        error_budget: float = 0.02
+        #: auto mode: time each layer in onnxruntime, int8 vs float, and keep the faster
+        measure: bool = False
+        engine: str = "ort"
+        batch_size: int = 16
+        prepare: bool = True
+        threads: int = 2
+        progress: Any = None
+
+    def run(self, model: Model) -> PassResult:
+        o = self.options
+        result = PassResult(self.name)
+        if o.method not in METHODS:
+            raise OptionError(f"pass 'quantize': method {o.method!r} is not one of {', '.join(METHODS)}")
+        if o.activation_type not in ("uint8", "int8"):
+            raise OptionError(f"pass 'quantize': activation_type {o.activation_type!r} is not uint8 or int8")
+        if o.mode not in ("all", "auto"):
+            raise OptionError(f"pass 'quantize': mode {o.mode!r} is not all or auto")
+        if o.prepare:
+            result.stats.update(prepare(model))
+        else:
+            result.stats["opset_upgraded"] = qdq.upgrade_opset(model)
+        g = model.graph
+        op_types = set(o.op_types) | set()
+        units = candidate_units(g, op_types, set(o.exclude_names), set(o.exclude_op_types), result)
+        spec = qdq.QuantSpec(o.activation_type, o.per_channel)
+        full = qdq.plan_qdq(g, set(units), spec, excluded=set(o.exclude_names))
+        tensors = qdq.activation_tensors(g, full)
+        from tvmlite.calibration import load_calibration
+
+        calib = load_calibration(o.calibration, model)
+        stats = collect_stats(model, calib, tensors, histogram=o.method != "minmax", batch_size=o.batch_size,
+                              engine=o.engine, progress=o.progress, threads=o.threads)
+        levels = 256 if o.activation_type == "uint8" else 255
+        spec.ranges = {t: s.range(o.method, percentile=o.percentile, levels=levels,
+                                  symmetric=o.activation_type == "int8") for t, s in stats.items()}
+        chosen = set(units)
+        if o.mode == "auto":
+            from tvmlite.quant.select import choose_layers
+
+            chosen, decisions = choose_layers(model, units, spec, calib, budget=o.error_budget,
+                                              measure=o.measure, excluded=set(o.exclude_names),
+                                              threads=o.threads, progress=o.progress)
+            result.decisions.extend(decisions)
+        plan = qdq.plan_qdq(g, chosen, spec, excluded=set(o.exclude_names))
+        for label, what, details in qdq.apply_qdq(model, plan, spec):
+            result.rewrote(label, action=what, **details)
+        result.stats["int8_nodes"] = len(plan.nodes)
+        result.stats["folded_activations"] = len(plan.folded)
+        DeadCodeElimination().run(model)
+        return result
+
+
+@register_pass
+class QuantizeDynamic(Pass):
+    """Weight-only int8 for MatMul/Gemm with constant weights; activations quantized at run time.
+
+    ``form=integer`` (default): DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_q) -> Cast -> Mul by
+    x_scale * w_scale (per column) [-> Add bias], which onnxruntime fuses into DynamicQuantizeMatMul.
+    ``form=dq``: W stored int8 with a DequantizeLinear in front (smaller file, float compute).
+    """
+
+    name = "quantize-dynamic"
+
+    @dataclass
+    class Options:
+        form: str = "integer"
+        per_channel: bool = True
+        exclude_names: list[str] = field(default_factory=list)
+
+    def run(self, model: Model) -> PassResult:
+        from tvmlite.quant.params import quantize_weight, weight_scales
+
+        o = self.options
+        if o.form not in ("integer", "dq"):
+            raise OptionError(f"pass 'quantize-dynamic': form {o.form!r} is not integer or dq")
+        result = PassResult(self.name)
+        qdq.upgrade_opset(model, 11 if not o.per_channel else 13)
+        from tvmlite.ir.shapes import infer_shapes
+
+        infer_shapes(model)  # operand dtypes and ranks decide what can be rewritten
+        g = model.graph
+        for node in g.toposort():
+            if not is_onnx(node, "MatMul", "Gemm") or node.name in o.exclude_names \
+                    or node.outputs[0] in o.exclude_names:
+                continue
+            w = g.const_value(node.inputs[1])
+            if w is None or w.dtype != np.float32 or w.ndim != 2 or not qdq.is_float(g, node.inputs[0]):
+                result.skip(node, "B is not a constant 2-D float32 matrix")
+                continue
+            bias = None
+            if node.op_type == "Gemm":
+                if node.attrs.get("transA", 0):
+                    result.skip(node, "transA=1")
+                    continue
+                if node.attrs.get("transB", 0):
+                    w = w.T
+                alpha = float(node.attrs.get("alpha", 1.0))
+                w = w * alpha
+                if len(node.inputs) > 2 and node.inputs[2]:
+                    bias = g.const_value(node.inputs[2])
+                    if bias is None:
+                        result.skip(node, "C is not constant")
+                        continue
+                    bias = bias * float(node.attrs.get("beta", 1.0))
+                shape = g.value(node.inputs[0]).shape
+                if shape is not None and len(shape) != 2:
+                    result.skip(node, "A is not 2-D")
+                    continue
+            axis = 1 if o.per_channel else None
+            scales = weight_scales(w, axis)
+            wq = quantize_weight(w, scales, axis)
+            out = node.outputs[0]
+            x = node.inputs[0]
+            base = node.name or out
+            wq_name = g.add_constant(wq, f"{base}_W_quantized")
+            zero = g.add_constant(np.zeros(scales.shape if axis is not None else (), np.int8), f"{base}_W_zero_point")
+            if o.form == "dq":
+                s_name = g.add_constant(scales if axis is not None else scales.reshape(()), f"{base}_W_scale")
+                wd = g.fresh_name(f"{base}_W_dequantized")
+                spec = [("DequantizeLinear", [wq_name, s_name, zero], [wd], {"axis": 1} if axis is not None else {})]
+                mm_out = g.fresh_name(f"{base}_matmul")
+                spec.append(("MatMul", [x, wd], [mm_out], {}))
+            else:
+                xq, xs, xz = (g.fresh_name(f"{base}_{k}") for k in ("x_quantized", "x_scale", "x_zero_point"))
+                acc, accf, sc, mm_out = (g.fresh_name(f"{base}_{k}") for k in ("int32", "float", "scale", "matmul"))
+                s_name = g.add_constant(scales.reshape(-1) if axis is not None else scales.reshape(()), f"{base}_W_scale")
+                spec = [("DynamicQuantizeLinear", [x], [xq, xs, xz], {}),
+                        ("MatMulInteger", [xq, wq_name, xz, zero], [acc], {}),
+                        ("Cast", [acc], [accf], {"to": 1}),
+                        ("Mul", [xs, s_name], [sc], {}),
+                        ("Mul", [accf, sc], [mm_out], {})]
+            final = mm_out
+            if bias is not None:
+                final = g.fresh_name(f"{base}_biased")
+                spec.append(("Add", [mm_out, g.add_constant(bias.astype(np.float32), f"{base}_bias")], [final], {}))
+            g.replace_node_with(node, spec, outputs=[final])
+            result.rewrote(base, form=o.form)
+        result.stats["rewritten"] = len(result.rewritten)
+        DeadCodeElimination().run(model)
+        return result

@@ -1,0 +1,1 @@
+"""Quantization: calibration statistics, scale/zero-point formulas, QDQ insertion, per-layer choice."""

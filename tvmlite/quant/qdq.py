@@ -1,0 +1,448 @@
+"""QDQ insertion: QuantizeLinear/DequantizeLinear pairs in the form onnxruntime fuses into int8
+kernels (QLinearConv, QLinearMatMul, QGemm, QLinearAdd, ...).
+
+Which nodes run in int8 is decided by the caller (``units``: the Conv/Gemm/MatMul and element-wise
+nodes chosen). This module then
+
+- folds a Relu / Clip(0, c) that follows a unit into the unit's output quantization (uint8 with zero
+  point 0 saturates at 0, and at c when the range ends there), so no float activation is left between
+  two int8 kernels;
+- extends the int8 region through data-movement ops (MaxPool, Reshape, Transpose, Flatten, ...),
+  whose output gets the very scale and zero point of their input, so onnxruntime drops the Q/DQ
+  around them and runs them on int8 data;
+- quantizes weights per channel (symmetric int8, -127..127), biases to int32 with scale s_x * s_w,
+  and every activation that enters or leaves the int8 region per tensor.
+
+A tensor produced inside the region is read by everyone through its DequantizeLinear (the int8
+producer no longer writes float); a tensor produced in float keeps its float readers and gets a
+Q/DQ pair only for its int8 readers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tvmlite.errors import UnsupportedError
+from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.quant.params import (affine_params, fit_bias_scales, quantize_bias, quantize_weight,
+                                  weight_scales)
+
+ONNX = ("", "ai.onnx")
+COMPUTE = ("Conv", "Gemm", "MatMul")
+#: ops that only move or select values: int8 in, int8 out with the same scale and zero point
+CARRY = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather",
+         "Resize", "Identity", "DepthToSpace", "SpaceToDepth")
+#: ops onnxruntime runs on int8 with their own output scale (QLinearAdd, QLinearConcat, ...)
+REQUANT = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigmoid", "LeakyRelu",
+           "Softmax")
+FOLDABLE = ("Relu", "Clip")
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis)
+
+
+def data_inputs(node: Node) -> list[int]:
+    """Indices of the float data inputs the int8 version of ``node`` reads through DequantizeLinear."""
+    op = node.op_type
+    if op in ("Add", "Mul", "Concat"):
+        return list(range(len(node.inputs)))
+    if op in COMPUTE:
+        return [0, 1]
+    return [0]
+
+
+def is_float(graph: Graph, name: str) -> bool:
+    if not name:
+        return False
+    try:
+        v = graph.value(name)
+    except KeyError:
+        return False
+    return v.elem_type == 1  # float32 only: float16/double models are left alone
+
+
+@dataclass
+class QuantSpec:
+    """How to quantize: activation type, per-channel weights, the range of each tensor."""
+
+    activation_type: str = "uint8"  # uint8 (asymmetric) or int8 (symmetric)
+    per_channel: bool = True
+    ranges: dict = field(default_factory=dict)  # tensor name -> (lo, hi)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.activation_type == "int8"
+
+
+# ------------------------------------------------------------------------------------ preparation
+def upgrade_opset(model: Model, version: int = MIN_OPSET) -> bool:
+    """Convert the model to ``version`` (onnx.version_converter) when it is older; in place."""
+    if model.opset >= version:
+        return False
+    import onnx.version_converter
+
+    from tvmlite.export import export_model
+    from tvmlite.frontend import import_model
+
+    try:
+        proto = onnx.version_converter.convert_version(export_model(model), version)
+    except Exception as e:  # noqa: BLE001 - the converter raises RuntimeError/ValueError/...
+        raise UnsupportedError(f"cannot convert the model from opset {model.opset} to {version}: "
+                               f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    new = import_model(proto, check=False)
+    new.external_data = model.external_data
+    model.__dict__.update(new.__dict__)
+    return True
+
+
+def clone_model(model: Model) -> Model:
+    from tvmlite.export import export_model
+    from tvmlite.frontend import import_model
+
+    return import_model(export_model(model, infer=False), check=False)
+
+
+def why_not_int8(graph: Graph, node: Node) -> str | None:
+    """Why ``node`` (a Conv/Gemm/MatMul) cannot be quantized, or None when it can."""
+    if node.domain not in ONNX or node.op_type not in COMPUTE:
+        return "not a Conv, Gemm or MatMul"
+    if not is_float(graph, node.inputs[0]) or not node.outputs or not is_float(graph, node.outputs[0]):
+        return "input or output is not float32"
+    if node.op_type == "Conv":
+        w = graph.const_value(node.inputs[1])
+        if w is None:
+            return "weights are not constant"
+        if w.dtype != np.float32:
+            return "weights are not float32"
+        if len(node.inputs) > 2 and node.inputs[2] and graph.const_value(node.inputs[2]) is None:
+            return "bias is not constant"
+    elif node.op_type == "Gemm":
+        if graph.const_value(node.inputs[1]) is None:
+            return "B is not constant"
+        if node.attrs.get("transA", 0):
+            return "transA=1 has no int8 kernel"
+        if float(node.attrs.get("alpha", 1.0)) != 1.0:
+            return "alpha != 1"
+        if len(node.inputs) > 2 and node.inputs[2]:
+            c = graph.const_value(node.inputs[2])
+            if c is None:
+                return "C is not constant"
+            n = graph.const_value(node.inputs[1]).shape[0 if node.attrs.get("transB", 0) else 1]
+            if c.size not in (1, n) or float(node.attrs.get("beta", 1.0)) != 1.0:
+                return "C is not a per-column bias with beta=1"
+    else:  # MatMul
+        if not is_float(graph, node.inputs[1]):
+            return "B is not float32"
+        for name in node.inputs:
+            shape = graph.value(name).shape
+            if shape is not None and len(shape) < 2:
+                return "1-D operand"
+    return None
+
+
+# -------------------------------------------------------------------------------------- planning
+@dataclass
+class QdqPlan:
+    nodes: set  # names (node keys) that run in int8
+    folded: dict  # unit key -> activation node key folded into its output
+    same_as: dict  # tensor -> tensor whose quantization it shares (carry ops)
+
+
+def node_key(node: Node) -> str:
+    """A node's identity across clones of a model: its first output's name."""
+    return node.outputs[0]
+
+
+def _foldable(graph: Graph, unit: Node, spec: QuantSpec) -> Node | None:
+    """The Relu/Clip(0, c) reading ``unit``'s output that its quantization can absorb."""
+    if spec.symmetric:
+        return None  # a symmetric grid has negative codes: it cannot stand in for max(x, 0)
+    out = unit.outputs[0]
+    if out in graph.outputs:
+        return None
+    readers = graph.consumers(out)
+    if len(readers) != 1 or graph.num_uses(out) != 1:
+        return None
+    act = readers[0]
+    if act.domain not in ONNX or act.op_type not in FOLDABLE:
+        return None
+    if act.op_type == "Clip":
+        lo = _clip_bound(graph, act, 1, "min")
+        if lo is None or lo != 0.0:
+            return None
+        hi = _clip_bound(graph, act, 2, "max")
+        if hi is None:
+            return None
+    return act
+
+
+def _clip_bound(graph: Graph, clip: Node, index: int, attr: str) -> float | None:
+    """A Clip bound: +-inf when absent, None when not constant."""
+    if attr in clip.attrs:
+        return float(clip.attrs[attr])
+    if len(clip.inputs) > index and clip.inputs[index]:
+        c = graph.const_value(clip.inputs[index])
+        return None if c is None or c.size != 1 else float(c.reshape(()))
+    return float("inf") if attr == "max" else float("-inf")
+
+
+def plan_qdq(graph: Graph, units: set, spec: QuantSpec, *, extend: bool = True,
+             excluded: set = frozenset()) -> QdqPlan:
+    """Which nodes run in int8 given the chosen ``units`` (node keys of Conv/Gemm/MatMul and
+    element-wise ops), which activations fold, and which tensors share quantization."""
+    nodes: set = set()
+    folded: dict = {}
+    same_as: dict = {}
+    qtensors: set = set()
+    for node in graph.toposort():
+        key = node_key(node)
+        if key in folded.values():
+            qtensors.add(node.outputs[0])
+            continue
+        if node.domain not in ONNX or key in excluded:
+            continue
+        op = node.op_type
+        if key in units and (op in COMPUTE or op in REQUANT):
+            if op in REQUANT and not _requant_ok(graph, node, qtensors, require_quantized=False):
+                continue
+            nodes.add(key)
+            qtensors.add(node.outputs[0])
+            act = _foldable(graph, node, spec)
+            if act is not None:
+                folded[key] = node_key(act)
+            continue
+        if not extend:
+            continue
+        if op in CARRY and node.inputs and node.inputs[0] in qtensors and is_float(graph, node.outputs[0]):
+            if op == "Resize" and node.attrs.get("mode", "nearest") == "cubic":
+                continue  # cubic overshoots the input range
+            if any(o and graph.num_uses(o) for o in node.outputs[1:]):
+                continue  # MaxPool's indices, Split's other parts
+            nodes.add(key)
+            qtensors.add(node.outputs[0])
+            same_as[node.outputs[0]] = node.inputs[0]
+        elif op in REQUANT and op not in ("Add", "Mul") and _requant_ok(graph, node, qtensors, True):
+            # pools, Concat, Sigmoid, ...: int8 kernels that are cheaper than DQ + float op
+            nodes.add(key)
+            qtensors.add(node.outputs[0])
+    return QdqPlan(nodes, folded, same_as)
+
+
+def _requant_ok(graph: Graph, node: Node, qtensors: set, require_quantized: bool) -> bool:
+    if not node.outputs or not is_float(graph, node.outputs[0]):
+        return False
+    if node.op_type == "Softmax" and node.outputs[0] in graph.outputs:
+        return False  # probabilities want float precision
+    ins = [node.inputs[i] for i in data_inputs(node) if i < len(node.inputs) and node.inputs[i]]
+    if not ins or not all(is_float(graph, n) for n in ins):
+        return False
+    dyn = [n for n in ins if graph.const_value(n) is None]
+    if not dyn:
+        return False
+    if require_quantized:
+        return all(n in qtensors for n in dyn)
+    return True
+
+
+def activation_tensors(graph: Graph, plan: QdqPlan) -> list[str]:
+    """Every activation the plan quantizes (before folding renames anything)."""
+    out: list[str] = []
+    by_key = {node_key(n): n for n in graph.nx.nodes}
+    for key in plan.nodes:
+        node = by_key[key]
+        for i in data_inputs(node):
+            if i < len(node.inputs) and node.inputs[i] and graph.const_value(node.inputs[i]) is None:
+                out.append(node.inputs[i])
+        out.append(node.outputs[0])
+    for act in plan.folded.values():
+        out.append(by_key[act].outputs[0])
+    return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------------------------- insertion
+class _Inserter:
+    def __init__(self, model: Model, spec: QuantSpec):
+        self.model = model
+        self.g = model.graph
+        self.spec = spec
+        self.params: dict[str, tuple[str, str]] = {}  # tensor -> (scale name, zp name)
+        self.dq_of: dict[str, str] = {}  # float-produced tensor -> its dequantized copy
+        self.ranges = dict(spec.ranges)  # folding re-points ranges; the spec stays reusable
+
+    def tensor_params(self, name: str, source: str, clip_hi: float | None = None) -> tuple[str, str]:
+        if name in self.params:
+            return self.params[name]
+        if source in self.params:
+            self.params[name] = self.params[source]
+            return self.params[name]
+        rng = self.ranges.get(source)
+        if rng is None:
+            raise UnsupportedError(f"no calibration range for tensor {source!r}")
+        lo, hi = rng
+        if clip_hi is not None:
+            lo, hi = 0.0, min(hi, clip_hi)
+        scale, zp = affine_params(lo, hi, self.spec.activation_type)
+        s = self.g.add_constant(np.asarray(scale, np.float32), f"{name}_scale")
+        z = self.g.add_constant(np.asarray(zp), f"{name}_zero_point")
+        self.params[name] = (s, z)
+        return s, z
+
+    def scale_of(self, name: str) -> float:
+        return float(self.g.const_value(self.params[name][0]))
+
+    def quantize_produced(self, name: str) -> None:
+        """``name`` is written by an int8 node: it writes ``name_f``; Q then DQ give ``name`` back."""
+        g = self.g
+        s, z = self.params[name]
+        declared = g.value(name).type
+        was_output = [i for i, o in enumerate(g.outputs) if o == name]
+        raw = g.fresh_name(f"{name}_float")
+        g.rename_value(name, raw)
+        q = g.fresh_name(f"{name}_quantized")
+        g.add_node("QuantizeLinear", [raw, s, z], [q], name=g.fresh_name(f"{name}_QuantizeLinear"))
+        for reader in g.consumers(raw):
+            if reader.op_type == "QuantizeLinear" and reader.outputs[0] == q:
+                continue
+            g.set_inputs(reader, [name if n == raw else n for n in reader.inputs])
+        g.add_node("DequantizeLinear", [q, s, z], [name], name=g.fresh_name(f"{name}_DequantizeLinear"))
+        g.value(name).type = declared
+        for i in was_output:
+            g.outputs[i] = name
+
+    def dequantized(self, name: str) -> str:
+        """The DQ(Q(x)) copy of a float-produced tensor (or graph input) for int8 readers."""
+        if name not in self.dq_of:
+            g = self.g
+            s, z = self.params[name]
+            q = g.fresh_name(f"{name}_quantized")
+            dq = g.fresh_name(f"{name}_dequantized")
+            g.add_node("QuantizeLinear", [name, s, z], [q], name=g.fresh_name(f"{name}_QuantizeLinear"))
+            g.add_node("DequantizeLinear", [q, s, z], [dq], name=g.fresh_name(f"{name}_DequantizeLinear"))
+            g.value(dq).type = g.value(name).type
+            self.dq_of[name] = dq
+        return self.dq_of[name]
+
+    def constant_dq(self, array: np.ndarray, base: str, q: np.ndarray, scale: np.ndarray,
+                    zp: np.ndarray, axis: int | None) -> str:
+        g = self.g
+        qn = g.add_constant(q, f"{base}_quantized")
+        sn = g.add_constant(scale.reshape(-1) if axis is not None else scale.reshape(()), f"{base}_scale")
+        zn = g.add_constant(zp.reshape(-1) if axis is not None else zp.reshape(()), f"{base}_zero_point")
+        out = g.fresh_name(f"{base}_dequantized")
+        attrs = {"axis": int(axis)} if axis is not None else {}
+        g.add_node("DequantizeLinear", [qn, sn, zn], [out], attrs,
+                   name=g.fresh_name(f"{base}_DequantizeLinear"))
+        return out
+
+
+def apply_qdq(model: Model, plan: QdqPlan, spec: QuantSpec) -> list[tuple[str, str, dict]]:
+    """Rewrite ``model`` in place per ``plan``; returns (node label, what, details) per change."""
+    g = model.graph
+    if model.opset < MIN_OPSET:
+        raise UnsupportedError(f"QDQ with per-channel weights needs opset >= {MIN_OPSET} "
+                               f"(the model has {model.opset}): upgrade it first")
+    ins = _Inserter(model, spec)
+    by_key = {node_key(n): n for n in g.nx.nodes}
+    log: list[tuple[str, str, dict]] = []
+
+    # 1. fold Relu/Clip into the producing unit: the unit now writes the activation's output
+    int8_nodes = [by_key[k] for k in plan.nodes]
+    clip_hi: dict[str, float] = {}
+    renamed: dict[str, str] = {}
+    for key, act_key in plan.folded.items():
+        unit, act = by_key[key], by_key[act_key]
+        t, a_out = unit.outputs[0], act.outputs[0]
+        hi = _clip_bound(g, act, 2, "max") if act.op_type == "Clip" else float("inf")
+        g.remove_node(act, remove_outputs=False)
+        g.replace_all_uses(a_out, t)  # when a_out is a graph output, the unit's output takes its name
+        final = unit.outputs[0]
+        renamed[t] = final
+        clip_hi[final] = hi
+        ins.ranges[final] = spec.ranges.get(a_out)
+        log.append((act.label, "folded", {"into": unit.label}))
+    g.remove_unused_values()
+    order = {n: i for i, n in enumerate(g.toposort())}
+    int8_nodes.sort(key=order.__getitem__)
+    int8_set = set(int8_nodes)
+    same_as = {renamed.get(k, k): renamed.get(v, v) for k, v in plan.same_as.items()}
+
+    # 2. scale and zero point of every quantized activation (carried tensors share their input's)
+    for node in int8_nodes:
+        for i in data_inputs(node):
+            if i < len(node.inputs) and node.inputs[i] and g.const_value(node.inputs[i]) is None:
+                if node.op_type in COMPUTE and i == 1 and node.op_type != "MatMul":
+                    continue
+                name = node.inputs[i]
+                ins.tensor_params(name, same_as.get(name, name))
+        out = node.outputs[0]
+        src = same_as.get(out, out)
+        ins.tensor_params(out, src, clip_hi.get(out))
+
+    # 3. weights, biases and constant operands
+    for node in int8_nodes:
+        _quantize_constants(ins, node, log)
+
+    # 4. Q/DQ on activations: int8-produced tensors are replaced by their DQ for every reader
+    for node in int8_nodes:
+        for i in data_inputs(node):
+            if i >= len(node.inputs) or not node.inputs[i]:
+                continue
+            name = node.inputs[i]
+            if name not in ins.params:
+                continue
+            p = g.producer(name)
+            if p is None or p not in int8_set:
+                g.set_input(node, i, ins.dequantized(name))
+    for node in int8_nodes:
+        out = node.outputs[0]
+        log.append((node.label, "int8", {"op": node.op_type, "output_scale": ins.scale_of(out)}))
+        ins.quantize_produced(out)
+    g.remove_unused_values()
+    return log
+
+
+def _quantize_constants(ins: _Inserter, node: Node, log: list) -> None:
+    g = ins.g
+    op = node.op_type
+    if op in ("Conv", "Gemm") or (op == "MatMul" and g.const_value(node.inputs[1]) is not None):
+        w = g.const_value(node.inputs[1])
+        if op == "Conv":
+            axis = 0
+        elif op == "Gemm":
+            axis = 0 if node.attrs.get("transB", 0) else 1
+        else:
+            axis = w.ndim - 1 if w.ndim == 2 else None
+        if not ins.spec.per_channel:
+            axis = None
+        x_scale = ins.scale_of(node.inputs[0])
+        b_name = node.inputs[2] if op in ("Conv", "Gemm") and len(node.inputs) > 2 else ""
+        b = g.const_value(b_name) if b_name else None
+        if b is not None and b.size == 1 and axis is not None:
+            b = np.broadcast_to(b.reshape(-1), (w.shape[axis],))
+        scales = weight_scales(w, axis)
+        scales = fit_bias_scales(None if b is None else b.reshape(-1), x_scale, scales)
+        wq = quantize_weight(w, scales, axis)
+        wdq = ins.constant_dq(w, f"{node.inputs[1]}", wq, scales, np.zeros(scales.shape, np.int8), axis)
+        g.set_input(node, 1, wdq)
+        if b is not None:
+            bq, bs = quantize_bias(b.reshape(-1), x_scale, scales if axis is not None
+                                   else np.broadcast_to(scales, (b.size,)))
+            b_axis = 0 if bq.size > 1 else None
+            bdq = ins.constant_dq(b, f"{b_name}", bq.reshape(-1) if b_axis is not None else bq.reshape(()),
+                                  bs if b_axis is not None else bs.reshape(()),
+                                  np.zeros(bs.shape, np.int32), b_axis)
+            g.set_input(node, 2, bdq)
+        return
+    # element-wise ops and MatMul with a constant A: constants quantized per tensor like activations
+    for i in data_inputs(node):
+        if i >= len(node.inputs) or not node.inputs[i]:
+            continue
+        c = g.const_value(node.inputs[i])
+        if c is None:
+            continue
+        if c.dtype != np.float32:
+            continue
+        scale, zp = affine_params(float(c.min()), float(c.max()), ins.spec.activation_type)
+        q = np.clip(np.rint(c / scale) + int(zp), *(0, 255) if ins.spec.activation_type == "uint8"
+                    else (-127, 127)).astype(np.asarray(zp).dtype)
+        dq = ins.constant_dq(c, node.inputs[i], q, np.asarray(scale, np.float32), np.asarray(zp), None)
+        g.set_input(node, i, dq)

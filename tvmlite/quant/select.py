@@ -1,0 +1,198 @@
+"""Per-layer int8 choice: keep a layer in float32 when int8 costs accuracy beyond a budget or, when
+measured, runs slower in onnxruntime than the float layer.
+
+Accuracy: each layer is quantized alone and the relative L2 error of the model outputs against the
+float model is its sensitivity; starting from all layers in int8, the most sensitive layers go back
+to float until the whole model's error is within the budget.
+
+Speed (``measure``): each layer is timed alone in onnxruntime, float vs its QDQ form including the
+Q of its inputs and the DQ of its output (so a layer must pay for its own boundary conversions: a
+layer kept int8 is never slower even next to float neighbours). Timings are interleaved and the
+medians compared. Last, the whole int8 model is timed against the float model; while it is not
+faster, the layers with the smallest measured gain go back to float.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from tvmlite.ir.graph import Model
+from tvmlite.quant import qdq
+
+
+def relative_error(ref: list, got: list) -> float:
+    num = sum(float(np.sum((r.astype(np.float64) - g.astype(np.float64)) ** 2)) for r, g in zip(ref, got)
+              if r.dtype.kind == "f")
+    den = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref if r.dtype.kind == "f")
+    return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+
+
+def build_variant(model: Model, units: set, spec: qdq.QuantSpec, excluded=frozenset()) -> onnx.ModelProto:
+    from tvmlite.export import export_model
+
+    m = qdq.clone_model(model)
+    plan = qdq.plan_qdq(m.graph, set(units), spec, excluded=excluded)
+    qdq.apply_qdq(m, plan, spec)
+    return export_model(m)
+
+
+def interleaved_ms(run_a, run_b, repeats: int, warmup: int = 3) -> tuple[float, float]:
+    """Median milliseconds of two callables timed alternately (drift and load hit both alike)."""
+    for _ in range(warmup):
+        run_a()
+        run_b()
+    ta, tb = [], []
+    for i in range(repeats):
+        first, second = (run_a, run_b) if i % 2 == 0 else (run_b, run_a)
+        t0 = time.perf_counter()
+        first()
+        t1 = time.perf_counter()
+        second()
+        t2 = time.perf_counter()
+        (ta, tb)[i % 2].append(t1 - t0)
+        (tb, ta)[i % 2].append(t2 - t1)
+    return float(np.median(ta) * 1e3), float(np.median(tb) * 1e3)
+
+
+def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budget: float = 0.02,
+                  measure: bool = False, excluded=frozenset(), threads: int = 2, progress=None,
+                  eval_samples: int = 8, repeats: int = 60) -> tuple[set, list[dict]]:
+    """The units to keep in int8 and one decision record per unit."""
+    from tvmlite.compare import ort_session
+    from tvmlite.export import export_model
+    from tvmlite.quant.calibrate import _progress
+
+    feeds = calib.first(min(eval_samples, len(calib)))
+    fixed = _fixed_batch(model)
+    if fixed:
+        feeds = {k: v[:fixed] for k, v in feeds.items()}
+    float_sess = ort_session(export_model(model), threads)
+    ref = float_sess.run(None, feeds)
+    decisions = {u: {"node": u} for u in units}
+
+    def error_of(chosen: set) -> float:
+        sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
+        return relative_error(ref, sess.run(None, feeds))
+
+    chosen = set(units)
+    steps = len(units) * (2 if measure else 1)
+    with _progress(steps, "choosing layers", progress) as bar:
+        task = bar.add_task("choosing layers", total=steps)
+        sens = {}
+        for u in units:
+            sens[u] = error_of({u})
+            decisions[u]["error_alone"] = sens[u]
+            bar.advance(task)
+        if measure:
+            shapes = _static_shapes(model, feeds)
+            for u in units:
+                t_f, t_q = _time_layer(model, u, spec, shapes, threads, repeats)
+                decisions[u].update(float_ms=t_f, int8_ms=t_q)
+                if t_q >= t_f:
+                    chosen.discard(u)
+                    decisions[u]["reason"] = f"int8 slower in onnxruntime ({t_q:.4f} vs {t_f:.4f} ms)"
+                bar.advance(task)
+    err = error_of(chosen) if chosen else 0.0
+    for u in sorted(chosen, key=lambda k: -sens[k]):
+        if err <= budget:
+            break
+        chosen.discard(u)
+        decisions[u]["reason"] = f"int8 error {sens[u]:.3g} alone; model error over budget {budget:g}"
+        err = error_of(chosen) if chosen else 0.0
+    if measure and chosen:
+        chosen = _whole_model_guard(model, chosen, spec, excluded, feeds, float_sess, decisions, threads,
+                                    repeats)
+        err = error_of(chosen) if chosen else 0.0
+    for u in units:
+        decisions[u]["precision"] = "int8" if u in chosen else "float32"
+        decisions[u].setdefault("reason", "int8 within budget" + (" and faster" if measure else ""))
+    summary = {"node": "<model>", "output_error": err, "int8_layers": len(chosen), "layers": len(units)}
+    return chosen, list(decisions.values()) + [summary]
+
+
+def _whole_model_guard(model, chosen, spec, excluded, feeds, float_sess, decisions, threads, repeats):
+    from tvmlite.compare import ort_session
+
+    feeds1 = {k: v[:1] for k, v in feeds.items()}
+    for _ in range(4):
+        sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
+        t_q, t_f = interleaved_ms(lambda: sess.run(None, feeds1), lambda: float_sess.run(None, feeds1),
+                                  max(repeats, 40))
+        if t_q < t_f:
+            return chosen
+        ranked = sorted(chosen, key=lambda u: decisions[u].get("int8_ms", 0) - decisions[u].get("float_ms", 0))
+        drop = ranked[len(ranked) // 2:] if len(ranked) > 1 else ranked
+        for u in drop:
+            chosen.discard(u)
+            decisions[u]["reason"] = f"whole int8 model not faster ({t_q:.3f} vs {t_f:.3f} ms): smallest gain"
+        if not chosen:
+            break
+    return chosen
+
+
+def _fixed_batch(model: Model):
+    from tvmlite.inputs import graph_inputs
+
+    for n in graph_inputs(model.graph):
+        s = model.graph.values[n].shape
+        if s and isinstance(s[0], int) and s[0] > 0:
+            return s[0]
+    return None
+
+
+def _static_shapes(model: Model, feeds: dict) -> dict:
+    from tvmlite.ir.shapes import static_shapes
+
+    return static_shapes(model, {k: (1,) + tuple(v.shape[1:]) for k, v in feeds.items()})
+
+
+def _fragment(model: Model, key: str, shapes: dict) -> onnx.ModelProto | None:
+    """A model holding just the node ``key`` with its constant inputs (batch 1, static shapes)."""
+    g = model.graph
+    node = next(n for n in g.nx.nodes if qdq.node_key(n) == key)
+    inputs, inits = [], []
+    for name in node.inputs:
+        if not name:
+            continue
+        c = g.const_value(name)
+        if c is not None:
+            inits.append(onnx.numpy_helper.from_array(np.asarray(c), name))
+        elif name in shapes and all(n != name for n in (i.name for i in inputs)):
+            inputs.append(helper.make_tensor_value_info(name, g.value(name).elem_type, list(shapes[name])))
+        elif name not in shapes:
+            return None
+    out = node.outputs[0]
+    if out not in shapes:
+        return None
+    nodes = [helper.make_node(node.op_type, list(node.inputs), [out], **node.attrs)]
+    graph = helper.make_graph(nodes, "fragment", inputs,
+                              [helper.make_tensor_value_info(out, 1, list(shapes[out]))], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", model.opset)])
+    proto.ir_version = 8
+    return proto
+
+
+def _time_layer(model, key, spec, shapes, threads, repeats) -> tuple[float, float]:
+    from tvmlite.compare import ort_session
+    from tvmlite.frontend import import_model
+
+    proto = _fragment(model, key, shapes)
+    if proto is None:
+        return 0.0, float("inf")
+    frag = import_model(proto, check=False)
+    plan = qdq.plan_qdq(frag.graph, {key}, spec, extend=False)
+    qdq.apply_qdq(frag, plan, spec)
+    from tvmlite.export import export_model
+
+    f_sess = ort_session(proto, threads)
+    q_sess = ort_session(export_model(frag), threads)
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in proto.graph.input:
+        lo, hi = spec.ranges.get(i.name, (-1.0, 1.0))
+        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+        feeds[i.name] = rng.uniform(lo, hi, shape).astype(np.float32)
+    return interleaved_ms(lambda: f_sess.run(None, feeds), lambda: q_sess.run(None, feeds), repeats)
