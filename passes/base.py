@@ -71,6 +71,9 @@ class Pass:
     #: shapes into the model before the passes run (otherwise --shape only feeds checks and reports,
     #: since declaring static shapes changes how onnxruntime optimizes the graph)
     needs_static_shapes: ClassVar[bool] = False
+    #: the name of a list option holding node names the pass must leave alone: checked pipelines
+    #: use it to undo only the layers that broke the error budget
+    exclude_option: ClassVar[str | None] = None
 
     @dataclass
     class Options:

@@ -99,7 +99,8 @@ def candidate_units(g: Graph, op_types, exclude_names, exclude_ops, result: Pass
     for node in g.toposort():
         if node.domain not in qdq.ONNX or node.op_type not in op_types:
             continue
-        if node.op_type in exclude_ops or node.name in exclude_names or node.outputs[0] in exclude_names:
+        if (node.op_type in exclude_ops or node.name in exclude_names or node.outputs[0] in exclude_names
+                or node.label in exclude_names):
             if result is not None:
                 result.skip(node, "excluded by option")
             continue
@@ -118,6 +119,7 @@ class Quantize(Pass):
     """Static post-training int8 quantization in QDQ form."""
 
     name = "quantize"
+    exclude_option = "exclude_names"
 
     @dataclass
     class Options:

@@ -20,6 +20,7 @@ class ScaleWeights(Pass):
     """Test pass: scales each constant MatMul/Conv weight by `factor` (a per-layer decision)."""
 
     name = "test-scale-weights"
+    exclude_option = "exclude"
 
     @dataclass
     class Options:

@@ -266,8 +266,16 @@ def list_passes():
     from passes import available_passes
 
     for name, cls in available_passes().items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Options))
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        doc = doc[0] if doc else ""
+        def default(f):
+            if f.default is not dataclasses.MISSING:
+                return repr(f.default)
+            if f.default_factory is not dataclasses.MISSING:
+                return repr(f.default_factory())
+            return "(required)"
+
+        opts = ", ".join(f"{f.name}={default(f)}" for f in dataclasses.fields(cls.Options))
         click.echo(f"{name:<18} {doc}" + (f"\n{'':<18} options: {opts}" if opts else ""))
 
 

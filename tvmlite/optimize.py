@@ -3,7 +3,7 @@
 After each pass the current model runs in onnxruntime on the check inputs and is compared with the
 original model's outputs. A pass that breaks the error budget (``max_error``, relative to each
 output's magnitude, or ``max_accuracy_drop`` in points on labeled data) is undone; a pass that
-decides per layer (it has an ``exclude`` option) is first retried without the layers that cost the
+decides per layer (it names an ``exclude_option``) is first retried without the layers that cost the
 most, one at a time, so only the offending layers are undone.
 """
 from __future__ import annotations
@@ -233,15 +233,16 @@ def _undo_layers(p, backup: Model, result, checker: _Checker, err: float, acc):
     """Retry a per-layer pass without its worst layers; else undo it whole."""
     budget = f"max error {err:.2e} > {checker.max_error:.0e}" if err > checker.max_error else \
         f"accuracy {100 * acc:.2f}% vs {100 * checker.reference_accuracy:.2f}% (drop budget {checker.max_accuracy_drop} pt)"
-    fields = {f.name for f in dataclasses.fields(p.Options)}
+    opt = p.exclude_option
     layers = list(result.rewritten)
-    if "exclude" not in fields or len(layers) < 2:
+    if opt is None or len(layers) < 2:
         return backup, [], f"undone: {budget}"
     # rank layers by the error each alone causes, then exclude the worst until the budget holds
     costs = []
     for layer in layers:
         trial = copy_model(backup)
-        only = type(p)(**{**dataclasses.asdict(p.options), "exclude": [x for x in layers if x != layer]})
+        only = type(p)(**{**dataclasses.asdict(p.options),
+                          opt: list(getattr(p.options, opt) or []) + [x for x in layers if x != layer]})
         only(trial)
         e, a, _ = checker.measure(trial, timed=False)
         costs.append((e if a is None else e + (checker.reference_accuracy - a), layer))
@@ -250,8 +251,7 @@ def _undo_layers(p, backup: Model, result, checker: _Checker, err: float, acc):
     for _, layer in costs:
         excluded.append(layer)
         trial = copy_model(backup)
-        redo = type(p)(**{**dataclasses.asdict(p.options),
-                          "exclude": list(getattr(p.options, "exclude") or []) + excluded})
+        redo = type(p)(**{**dataclasses.asdict(p.options), opt: list(getattr(p.options, opt) or []) + excluded})
         redo(trial)
         e, a, _ = checker.measure(trial, timed=False)
         if checker.within(e, a):
