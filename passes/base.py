@@ -74,6 +74,9 @@ class Pass:
     #: the name of a list option holding node names the pass must leave alone: checked pipelines
     #: use it to undo only the layers that broke the error budget
     exclude_option: ClassVar[str | None] = None
+    #: the name of the option taking calibration data: tvmlite.optimize(calib=...) fills it in when
+    #: the pass spec leaves it unset
+    calibration_option: ClassVar[str | None] = None
 
     @dataclass
     class Options:

@@ -120,6 +120,7 @@ class Quantize(Pass):
 
     name = "quantize"
     exclude_option = "exclude_names"
+    calibration_option = "calibration"
 
     @dataclass
     class Options:

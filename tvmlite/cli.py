@@ -216,15 +216,20 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
 @inputs_option
 @click.option("--labels", default=None, metavar="NAME",
               help="Array NAME of the --inputs file holds class labels: check accuracy too.")
-@click.option("--max-error", type=float, default=1e-3, show_default=True,
-              help="Undo a pass whose max abs error exceeds this times max|output| of the original.")
+@click.option("--calib", type=click.Path(), default=None,
+              help="Calibration data for the passes that need it (quantize, lowrank): an .npz with one "
+                   "array per input, or a directory of .npy files.")
+@click.option("--max-error", type=float, default=None,
+              help="Undo a pass whose max abs error exceeds this times max|output| of the original "
+                   "(default: the preset's budget, 1e-3 for --passes; with --labels: not checked).")
 @click.option("--max-accuracy-drop", type=float, default=None, metavar="PT",
-              help="With --labels: undo a pass that costs more than PT points of top-1 accuracy.")
+              help="With --labels: undo a pass that costs more than PT points of top-1 accuracy (default 0.5).")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Check each pass in onnxruntime against the original (and undo what breaks the budget).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON to this file.")
-def optimize(model, output, preset, spec, shapes, inputs, labels, max_error, max_accuracy_drop, check, json_path):
+def optimize(model, output, preset, spec, shapes, inputs, labels, calib, max_error, max_accuracy_drop, check,
+             json_path):
     """Run passes over MODEL, check each in onnxruntime, write the result to OUTPUT."""
     from tvmlite.errors import InputError
     from tvmlite.export import export_model, save
@@ -245,7 +250,8 @@ def optimize(model, output, preset, spec, shapes, inputs, labels, max_error, max
             raise InputError(f"inputs file {inputs} has no array {labels!r} (it has {sorted(data)})")
         label_array = data[labels]
     m, report = run_optimize(model, passes=spec, preset=preset, inputs=inputs,
-                             shapes=parse_shape_overrides(shapes), labels=label_array, max_error=max_error,
+                             shapes=parse_shape_overrides(shapes), labels=label_array, calib=calib,
+                             max_error=max_error,
                              max_accuracy_drop=max_accuracy_drop, check=check)
     proto = export_model(m)
     _check_writable_model(proto)
