@@ -48,6 +48,9 @@ def read_model_file(source) -> tuple[onnx.ModelProto, dict[str, str]]:
     del data
     if not proto.HasField("graph") or not proto.opset_import:
         raise ModelLoadError(f"{where}: not a valid ONNX model (no graph or no opset_import)")
+    bad = _invalid_text(proto)
+    if bad:
+        raise ModelLoadError(f"{where}: not a valid ONNX model ({bad} is not valid UTF-8)")
     external: dict[str, str] = {}
     for t in external_data_helper._get_all_tensors(proto):
         if external_data_helper.uses_external_data(t):
@@ -61,6 +64,25 @@ def read_model_file(source) -> tuple[onnx.ModelProto, dict[str, str]]:
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{where}: cannot read its external data: {e}") from None
     return proto, external
+
+
+def _invalid_text(msg, path: str = "model") -> str | None:
+    """The first string field that is not valid UTF-8 (protobuf hands those back as bytes)."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    for field, value in msg.ListFields():
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == F.LABEL_REPEATED
+        if field.type == F.TYPE_STRING:
+            values = value if repeated else [value]
+            if any(isinstance(v, bytes) for v in values):
+                return f"{path}.{field.name}"
+        elif field.type == F.TYPE_MESSAGE:
+            values = value if repeated else [value]
+            for i, v in enumerate(values):
+                bad = _invalid_text(v, f"{path}.{field.name}")
+                if bad:
+                    return bad
+    return None
 
 
 def import_model(proto: onnx.ModelProto, *, check: bool = True) -> Model:
