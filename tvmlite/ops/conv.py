@@ -546,10 +546,12 @@ def _conv_prepare(consts, attrs):
             f = cache[key] = _conv_fn(x.shape, x.dtype, w, b, **attrs)
         return f(x)
 
+    run.fresh_output = True
     return run
 
 
 conv.prepare = _conv_prepare
+conv.fresh_output = True  # every path returns a new array (the plan may write into it)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -623,6 +625,26 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
     cols = np.matmul(wg, xg).astype(dt, copy=False).reshape(N, M * K, HW)
     # scatter-add into the full (uncropped) output, then crop the pads
     full = [strides[i] * (x.shape[2 + i] - 1) + (kshape[i] - 1) * dilations[i] + 1 for i in range(n)]
+    if (all(strides[i] == kshape[i] and dilations[i] == 1 for i in range(n))
+            and all(0 <= p[i] and p[i] + out_shape[i] <= full[i] for i in range(n))):
+        # taps do not overlap (stride = kernel, e.g. 2x2 stride-2 upsampling): each tap's plane
+        # of cols goes (plus the bias) to its strided slots of the output, one pass per tap
+        c2 = cols.reshape((N, M) + tuple(kshape) + tuple(x.shape[2:]))
+        y = np.empty((N, M) + tuple(full), dtype=dt)
+        yv = y.reshape((N, M) + tuple(a for i in range(n) for a in (x.shape[2 + i], kshape[i])))
+        bb = None if b is None else np.asarray(b).astype(dt, copy=False).reshape((1, M) + (1,) * n)
+        for tap in np.ndindex(*kshape):
+            dst = yv[(slice(None), slice(None)) + tuple(a for t in tap for a in (slice(None), t))]
+            src = c2[(slice(None), slice(None)) + tap]
+            if bb is None:
+                np.copyto(dst, src)
+            else:
+                np.add(src, bb, out=dst)
+        if any(p[i] or p[i] + out_shape[i] != full[i] for i in range(n)):
+            crop = (slice(None), slice(None)) + tuple(
+                slice(p[i], p[i] + out_shape[i]) for i in range(n))
+            y = np.ascontiguousarray(y[crop])
+        return y
     lo = [min(0, p[i]) for i in range(n)]  # negative pads: output extends before the buffer
     size = [max(full[i], p[i] + out_shape[i]) - lo[i] for i in range(n)]
     buf = np.zeros((N, M) + tuple(size), dtype=dt)
@@ -639,6 +661,9 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
     if b is not None:
         y += np.asarray(b).astype(dt, copy=False).reshape((1, M) + (1,) * n)
     return y
+
+
+conv_transpose.fresh_output = True
 
 
 # --------------------------------------------------------------------------------------------------

@@ -204,8 +204,9 @@ def isinf(x, *, detect_negative=1, detect_positive=1):
 # binary
 # --------------------------------------------------------------------------------------------------
 
-def _binary(name, fn, versions_legacy=(1, 6), versions=(7,), legacy_consumed=True):
-    """Register a broadcasting binary op. Legacy versions (<7) had broadcast/axis attributes."""
+def _binary(name, fn, versions_legacy=(1, 6), versions=(7,), legacy_consumed=True, pw=None):
+    """Register a broadcasting binary op. Legacy versions (<7) had broadcast/axis attributes.
+    ``pw``: the ufunc the op is for same-dtype float inputs (its ``pointwise`` description)."""
 
     @_quiet
     def k_v1(a, b, *, axis=None, broadcast=0, consumed_inputs=None):
@@ -219,6 +220,13 @@ def _binary(name, fn, versions_legacy=(1, 6), versions=(7,), legacy_consumed=Tru
     def k(a, b):
         return fn(np.asarray(a), np.asarray(b))
 
+    if pw is not None:
+        def pointwise(consts, attrs, dtype, ndim):
+            if attrs.get("broadcast") and attrs.get("axis") is not None:
+                return None  # legacy axis broadcasting: not NumPy's
+            return [(pw, (0, 1))]
+
+        k_v1.pointwise = k_v6.pointwise = k.pointwise = pointwise
     for v in versions_legacy:
         kernel(name, since=v)(k_v1 if (v == 1 and legacy_consumed) else k_v6)
     for v in versions:
@@ -275,10 +283,10 @@ def _cmp(op):
     return f
 
 
-_binary("Add", _same(np.add))
-_binary("Sub", _same(np.subtract))
-_binary("Mul", _same(np.multiply))
-_binary("Div", _div)
+_binary("Add", _same(np.add), pw=np.add)
+_binary("Sub", _same(np.subtract), pw=np.subtract)
+_binary("Mul", _same(np.multiply), pw=np.multiply)
+_binary("Div", _div, pw=np.divide)
 _binary("Pow", _pow, versions_legacy=(1,), legacy_consumed=False)
 _binary("And", lambda a, b: np.logical_and(_as_bool(a), _as_bool(b)), versions_legacy=(1,),
         legacy_consumed=False)
@@ -508,8 +516,10 @@ def _k_sigmoid(x, *, consumed_inputs=None):
     return _sigmoid(x).astype(dt, copy=False)
 
 
+_k_sigmoid_6 = _quiet(lambda x: _k_sigmoid(x))
+_k_sigmoid.fresh_output = _k_sigmoid_6.fresh_output = True
 kernel("Sigmoid", since=1)(_k_sigmoid)
-kernel("Sigmoid", since=6)(_quiet(lambda x: _k_sigmoid(x)))
+kernel("Sigmoid", since=6)(_k_sigmoid_6)
 
 
 @kernel("Relu", since=1)
@@ -521,6 +531,13 @@ def relu_1(x, *, consumed_inputs=None):
 @kernel("Relu", since=6)
 def relu(x):
     return relu_1(x)
+
+
+def _relu_pw(consts, attrs, dt, ndim):
+    return [(np.maximum, (0, np.zeros((), dt)))]
+
+
+relu_1.pointwise = relu.pointwise = _relu_pw
 
 
 @kernel("LeakyRelu", since=1)
@@ -605,6 +622,14 @@ def hard_sigmoid_1(x, *, alpha=0.2, beta=0.5, consumed_inputs=None):
 @kernel("HardSigmoid", since=6)
 def hard_sigmoid(x, *, alpha=0.2, beta=0.5):
     return hard_sigmoid_1(x, alpha=alpha, beta=beta)
+
+
+def _hard_sigmoid_pw(consts, attrs, dt, ndim):
+    alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+    return [(np.multiply, (0, alpha)), (np.add, (None, beta)), (np.clip, (None, 0.0, 1.0))]
+
+
+hard_sigmoid_1.pointwise = hard_sigmoid.pointwise = _hard_sigmoid_pw
 
 
 @kernel("HardSwish", since=14)
@@ -709,6 +734,32 @@ def clip_11(x, min=None, max=None):  # noqa: A002
     return _clip(x, min, max)
 
 
+def _clip_pw_ops(lo, hi, dt):
+    """:func:`_clip` on a float array as pointwise steps."""
+    if lo is not None and hi is not None:
+        return [(np.clip, (0, np.asarray(lo).astype(dt, copy=False),
+                           np.asarray(hi).astype(dt, copy=False)))]
+    if lo is not None:
+        return [(np.maximum, (0, np.asarray(lo).astype(dt, copy=False)))]
+    if hi is not None:
+        return [(np.minimum, (0, np.asarray(hi).astype(dt, copy=False)))]
+    return None
+
+
+def _clip_pw_attrs(consts, attrs, dt, ndim):
+    return _clip_pw_ops(attrs.get("min", -_FLT_MAX), attrs.get("max", _FLT_MAX), dt)
+
+
+def _clip_pw_inputs(consts, attrs, dt, ndim):
+    lo = consts[1] if len(consts) > 1 else None
+    hi = consts[2] if len(consts) > 2 else None
+    return _clip_pw_ops(lo, hi, dt)  # a bound computed at run time is None here: not fused
+
+
+clip_1.pointwise = clip_6.pointwise = _clip_pw_attrs
+clip_11.pointwise = _clip_pw_inputs
+
+
 # --------------------------------------------------------------------------------------------------
 # Identity, Dropout
 # --------------------------------------------------------------------------------------------------
@@ -753,6 +804,24 @@ def dropout_12(x, ratio=None, training_mode=None, *, seed=None):
             raise UnsupportedError("Dropout: training_mode=True with a non-zero ratio (random masks) "
                                    "is not supported")
     return _dropout_out(x)
+
+
+def _dropout_data_1(x, *, is_test=0, ratio=0.5, consumed_inputs=None):
+    return np.asarray(x)
+
+
+def _dropout_data_7(x, *, ratio=0.5):
+    return np.asarray(x)
+
+
+def _dropout_data_12(x, ratio=None, training_mode=None, *, seed=None):
+    return dropout_12(x, ratio, training_mode, seed=seed)[0]
+
+
+# only the data output read (inference graphs): no mask
+dropout_1.single_output = dropout_6.single_output = _dropout_data_1
+dropout_7.single_output = dropout_10.single_output = _dropout_data_7
+dropout_12.single_output = _dropout_data_12
 
 
 # --------------------------------------------------------------------------------------------------

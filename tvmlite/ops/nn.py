@@ -74,6 +74,10 @@ def matmul(a, b):
     return y if y.dtype == dt else y.astype(dt)
 
 
+# results are new arrays (or views of private ones): the NumPy plan may write into them
+gemm.fresh_output = matmul.fresh_output = True
+
+
 # --------------------------------------------------------------------------------------------------
 # Normalizations
 # --------------------------------------------------------------------------------------------------
@@ -103,6 +107,27 @@ def batch_normalization(x, scale, b, mean, var, *, consumed_inputs=None, epsilon
     return _batchnorm(x, scale, b, mean, var, epsilon, acc).astype(dt, copy=False)
 
 
+def _bn_affine(params, attrs):
+    """Inference BatchNormalization's per-channel (scale, shift) from constant parameters."""
+    scale, b, mean, var = params
+    k = scale / np.sqrt(var + _s(attrs.get("epsilon", 1e-5), scale.dtype))
+    return k, b - mean * k
+
+
+def _batchnorm_pointwise(consts, attrs, dt, ndim):
+    """The prepared inference BatchNormalization as pointwise steps: ``x * k + off`` per channel."""
+    if len(consts) != 5 or any(c is None for c in consts[1:]):
+        return None
+    if int(attrs.get("training_mode", 0) or 0):
+        return None
+    params = [np.asarray(c) for c in consts[1:]]
+    if ndim < 2 or any(p.dtype != dt or p.ndim != 1 for p in params):
+        return None
+    k, off = _bn_affine(params, attrs)
+    shape = (1, -1) + (1,) * (ndim - 2)
+    return [(np.multiply, (0, k.reshape(shape))), (np.add, (None, off.reshape(shape)))]
+
+
 def _batchnorm_prepare(consts, attrs):
     """Constant parameters (inference): scale and shift computed once, one fused pass per call."""
     if len(consts) != 5 or consts[0] is not None or any(c is None for c in consts[1:]):
@@ -113,9 +138,7 @@ def _batchnorm_prepare(consts, attrs):
     dt = params[0].dtype
     if dt not in (np.float32, np.float64) or any(p.dtype != dt for p in params):
         return None
-    scale, b, mean, var = params
-    k = scale / np.sqrt(var + _s(attrs.get("epsilon", 1e-5), dt))
-    off = b - mean * k
+    k, off = _bn_affine(params, attrs)
     cache = {}
 
     def run(x, *_):
@@ -134,6 +157,7 @@ def _batchnorm_prepare(consts, attrs):
 
 
 batch_normalization.prepare = _batchnorm_prepare
+batch_normalization.pointwise = _batchnorm_pointwise
 
 
 def _batchnorm(x, scale, b, mean, var, epsilon, acc):

@@ -31,6 +31,17 @@ And one lets a kernel do its weight-only work once: ``fn.prepare(consts, attrs) 
 is called at compile time when some inputs are constants (``consts`` has one entry per input, None
 for those computed at run time); the callable it returns replaces the kernel for that node (see
 tvmlite/backends/numpy/plan.py).
+
+Two more let the NumPy plan fuse chains of element-wise steps (see plan.py):
+
+- ``fn.pointwise(consts, attrs, dtype, ndim) -> list | None``: the kernel, for float inputs of
+  ``dtype`` whose first input has rank ``ndim``, as a list of ``(func, operands)`` calls made as
+  ``func(*operands, out=buf)``: an ``int`` operand is the step's input of that index (first call
+  only; every input computed at run time must appear there), ``None`` the previous call's result, an
+  array (of ``dtype``) or Python float a constant. It must compute exactly what the kernel does, in
+  the same order (bit-identical results); None when it cannot for these inputs.
+- ``fn.fresh_output = True``: the kernel's result is always a new array (or a view of one) that
+  nothing else holds, so the plan may overwrite it.
 """
 from __future__ import annotations
 
