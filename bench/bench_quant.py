@@ -9,7 +9,10 @@ calibration inputs.
 Reported per model: accuracy, file size vs float, onnxruntime latency (batch 1, 2 threads; the three
 models timed round-robin, medians), and `tvmlite compare`'s error of each int8 model vs float.
 
-    PYTHONPATH=. python bench/bench_quant.py [--models digits,cls] [--repeats 300]
+    PYTHONPATH=. python bench/bench_quant.py [--models digits,cls,dynamic] [--repeats 300]
+
+``dynamic`` times quantize-dynamic's forms (integer: DynamicQuantizeLinear + MatMulInteger; dq: int8
+weights behind DequantizeLinear) against float on a transformer-style MLP and PP-OCR rec.
 """
 from __future__ import annotations
 
@@ -161,6 +164,44 @@ def run_model(label: str, src: str, calib: dict, test_x: np.ndarray, test_y: np.
     return row
 
 
+def mlp_model(path: str, tokens: int = 40, width: int = 384, blocks: int = 4) -> None:
+    """A transformer-style MLP stack (MatMul 384->1536, Relu, MatMul 1536->384, residual Add)."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(blocks):
+        for name, shape in ((f"w1_{i}", (width, 4 * width)), (f"w2_{i}", (4 * width, width))):
+            inits.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.05).astype(np.float32), name))
+        nodes += [helper.make_node("MatMul", [x, f"w1_{i}"], [f"h{i}"]), helper.make_node("Relu", [f"h{i}"], [f"r{i}"]),
+                  helper.make_node("MatMul", [f"r{i}", f"w2_{i}"], [f"o{i}"]),
+                  helper.make_node("Add", [f"o{i}", x], [f"y{i}"])]
+        x = f"y{i}"
+    io = [helper.make_tensor_value_info(n, 1, [1, tokens, width]) for n in ("x", x)]
+    m = helper.make_model(helper.make_graph(nodes, "mlp", io[:1], io[1:], inits),
+                          opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, path)
+
+
+def run_dynamic(label: str, src: str, feeds: dict, repeats: int, out_dir: pathlib.Path) -> dict:
+    """quantize-dynamic's two forms vs float: size, error vs float, latency (round-robin medians)."""
+    paths, row = [src], {"model": label, "size_ratio": {}, "error_vs_float": {}}
+    for form in ("integer", "dq"):
+        m = tvmlite.load(src)
+        res = Pipeline(f"quantize-dynamic(form={form})").run(m)
+        out = str(out_dir / f"{label}_dynamic_{form}.onnx")
+        tvmlite.save(m, out)
+        paths.append(out)
+        o = compare(src, out, backend="ort", inputs=feeds, repeats=0).outputs[0]
+        row["size_ratio"][form] = os.path.getsize(out) / os.path.getsize(src)
+        row["error_vs_float"][form] = {"max_abs": o.max_abs, "cosine": o.cosine,
+                                       "rewritten": res[-1].stats.get("rewritten")}
+    lat = round_robin_ms(paths, feeds, repeats)
+    row["latency_ms"] = {"float": lat[0], "integer": lat[1], "dq": lat[2]}
+    return row
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="digits,cls")
@@ -189,6 +230,16 @@ def main(argv=None) -> int:
             tx, ty = text_lines(400, seed=2)
             spec = "quantize(calibration={calib},mode=auto,measure=true,progress=false)"
             rows.append(run_model(label, str(src), {"x": cx}, tx, ty, spec, args.repeats, out_dir))
+        elif label == "dynamic":  # quantize-dynamic forms on MatMul-heavy models
+            mlp = str(out_dir / "mlp.onnx")
+            mlp_model(mlp)
+            rng = np.random.default_rng(0)
+            rows.append(run_dynamic("mlp", mlp, {"x": rng.standard_normal((1, 40, 384)).astype(np.float32)},
+                                    args.repeats, out_dir))
+            rec = CORPUS / "ch_PP-OCRv4_rec_infer.onnx"
+            if rec.exists():
+                rows.append(run_dynamic("rec", str(rec), {"x": rng.uniform(-1, 1, (1, 3, 48, 320)).astype(np.float32)},
+                                        max(args.repeats // 5, 20), out_dir))
     for r in rows:
         print(json.dumps(r, indent=1))
     (out_dir / "results.json").write_text(json.dumps(rows, indent=1))

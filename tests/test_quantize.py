@@ -244,3 +244,86 @@ def test_digits_model_keeps_accuracy_and_shrinks(tmp_path):
     got_np = compile_model(m).run({"input": data["input"]})[0]
     assert (got.argmax(1) == data["label"]).mean() >= (ref.argmax(1) == data["label"]).mean() - 0.01
     assert (got_np.argmax(1) == got.argmax(1)).mean() >= 0.99
+
+
+def _hardswish_model():
+    rng = np.random.default_rng(11)
+    w = (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32)
+    three, zero, six = (np.array(v, np.float32) for v in (3.0, 0.0, 6.0))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "three"], ["a"], name="hs_add"),
+        helper.make_node("Clip", ["a", "zero", "six"], ["cl"], name="hs_clip"),
+        helper.make_node("Mul", ["c", "cl"], ["m"], name="hs_mul"),
+        helper.make_node("Div", ["m", "six"], ["hs"], name="hs_div"),
+        helper.make_node("Conv", ["hs", "w2"], ["y"], name="conv2"),
+    ]
+    return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 4, 8, 8])],
+                      [("w", w), ("w2", w2), ("three", three), ("zero", zero), ("six", six)], opset=13)
+
+
+def test_division_by_a_constant_folds_into_the_dequantize_scale(tmp_path):
+    """HardSwish as x * clip(x + 3, 0, 6) / 6 stays int8 end to end: the Div only rescales the grid."""
+    proto = _hardswish_model()
+    x = np.random.default_rng(12).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    m, r = _quantize(proto, x)
+    out = tvmlite.export_model(m)
+    onnx.checker.check_model(out)
+    assert not [n for n in out.graph.node if n.op_type == "Div"]
+    assert {"node": "hs_div", "action": "folded", "into": "DequantizeLinear scale", "factor": 1 / 6} \
+        in r.decisions
+    ref = ort_run(proto, {"x": x})[0]
+    got = ort_run(out, {"x": x})[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.05
+    got_np = compile_model(m).run({"x": x})[0]
+    assert np.abs(got_np - got).max() <= float(np.abs(ref).max()) / 50
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(out.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node)
+    assert ops["QLinearConv"] == 2 and ops["QLinearAdd"] == 1 and ops["QLinearMul"] == 1
+    assert ops["Mul"] == ops["Div"] == ops["Clip"] == 0
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1
+
+
+def test_negative_or_tensor_divisor_is_not_folded():
+    proto = _hardswish_model()
+    for init in proto.graph.initializer:
+        if init.name == "six":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.array(-6.0, np.float32), "six"))
+    proto.graph.node[2].input[2] = "six_pos"
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(6.0, np.float32), "six_pos"))
+    x = np.random.default_rng(13).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    m, _ = _quantize(proto, x)
+    out = tvmlite.export_model(m)
+    assert [n for n in out.graph.node if n.op_type == "Div"]
+    ref = ort_run(proto, {"x": x})[0]
+    assert np.linalg.norm(ort_run(out, {"x": x})[0] - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_float_layers_store_int8_weights_that_onnxruntime_folds(tmp_path):
+    proto = _conv_model()
+    x = np.random.default_rng(14).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    m, r = _quantize(proto, x, mode="auto", error_budget=1e-9)  # every layer stays float
+    assert r.stats["int8_nodes"] == 0 and r.stats["int8_weight_only"] == 3  # conv, dwconv, fc
+    out = tvmlite.export_model(m)
+    onnx.checker.check_model(out)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}
+    assert sum(a.dtype == np.int8 for a in inits.values()) == 3
+    assert not [n for n in out.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    ref = ort_run(proto, {"x": x})[0]
+    got = ort_run(out, {"x": x})[0]
+    assert 0 < np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.01
+    np.testing.assert_allclose(compile_model(m).run({"x": x})[0], got, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(out.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node)
+    assert ops["Cast"] == 0  # folded at load: the Conv reads a float initializer again
+    m2, r2 = _quantize(proto, x, mode="auto", error_budget=1e-9, float_layer_weights="float32")
+    assert r2.stats.get("int8_weight_only") is None
+    assert not [i for i in tvmlite.export_model(m2).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    with pytest.raises(OptionError):
+        _quantize(proto, x, float_layer_weights="int4")

@@ -37,6 +37,9 @@ CARRY = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "
 REQUANT = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigmoid", "LeakyRelu",
            "Softmax")
 FOLDABLE = ("Relu", "Clip")
+#: Mul/Div by a positive scalar constant: on an int8 tensor it only rescales the grid, so it folds
+#: into the DequantizeLinear scale (HardSwish's x * clip(x + 3, 0, 6) / 6 then stays int8 throughout)
+RESCALE = ("Mul", "Div")
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis)
 
 
@@ -145,6 +148,7 @@ class QdqPlan:
     nodes: set  # names (node keys) that run in int8
     folded: dict  # unit key -> activation node key folded into its output
     same_as: dict  # tensor -> tensor whose quantization it shares (carry ops)
+    rescaled: dict = field(default_factory=dict)  # Mul/Div node key -> factor its input grid is scaled by
 
 
 def node_key(node: Node) -> str:
@@ -192,6 +196,7 @@ def plan_qdq(graph: Graph, units: set, spec: QuantSpec, *, extend: bool = True,
     nodes: set = set()
     folded: dict = {}
     same_as: dict = {}
+    rescaled: dict = {}
     qtensors: set = set()
     for node in graph.toposort():
         key = node_key(node)
@@ -201,6 +206,12 @@ def plan_qdq(graph: Graph, units: set, spec: QuantSpec, *, extend: bool = True,
         if node.domain not in ONNX or key in excluded:
             continue
         op = node.op_type
+        factor = _rescale_factor(graph, node, qtensors) if extend else None
+        if factor is not None:
+            nodes.add(key)
+            qtensors.add(node.outputs[0])
+            rescaled[key] = factor
+            continue
         if key in units and (op in COMPUTE or op in REQUANT):
             if op in REQUANT and not _requant_ok(graph, node, qtensors, require_quantized=False):
                 continue
@@ -224,7 +235,32 @@ def plan_qdq(graph: Graph, units: set, spec: QuantSpec, *, extend: bool = True,
             # pools, Concat, Sigmoid, ...: int8 kernels that are cheaper than DQ + float op
             nodes.add(key)
             qtensors.add(node.outputs[0])
-    return QdqPlan(nodes, folded, same_as)
+    return QdqPlan(nodes, folded, same_as, rescaled)
+
+
+def _rescale_factor(graph: Graph, node: Node, qtensors: set) -> float | None:
+    """The factor of a Mul/Div of an int8 tensor by a positive finite scalar constant, else None."""
+    if node.op_type not in RESCALE or len(node.inputs) != 2 or not node.outputs:
+        return None
+    if not is_float(graph, node.outputs[0]) or node.outputs[0] in graph.outputs:
+        return None
+    sides = (0, 1) if node.op_type == "Mul" else (0,)
+    for k in sides:
+        x, c_name = node.inputs[k], node.inputs[1 - k]
+        c = graph.const_value(c_name)
+        if x not in qtensors or c is None or c.size != 1 or c.dtype != np.float32:
+            continue
+        shape_x, shape_out = graph.value(x).shape, graph.value(node.outputs[0]).shape
+        if shape_x is None or shape_out is None or len(shape_x) != len(shape_out):
+            continue  # a constant of higher rank would broadcast the output
+        v = float(c.reshape(()))
+        if not np.isfinite(v) or v <= 0:
+            continue  # a negative factor would flip the grid; zero loses it
+        factor = v if node.op_type == "Mul" else 1.0 / v
+        if not 1e-30 < factor < 1e30:
+            continue
+        return factor
+    return None
 
 
 def _requant_ok(graph: Graph, node: Node, qtensors: set, require_quantized: bool) -> bool:
@@ -285,6 +321,13 @@ class _Inserter:
         z = self.g.add_constant(np.asarray(zp), f"{name}_zero_point")
         self.params[name] = (s, z)
         return s, z
+
+    def rescaled_params(self, name: str, source: str, factor: float) -> tuple[str, str]:
+        """``name`` = ``source`` * ``factor``: the same codes and zero point, the scale times factor."""
+        s, z = self.params[source]
+        scale = np.float32(float(self.g.const_value(s)) * factor)
+        self.params[name] = (self.g.add_constant(np.asarray(scale, np.float32), f"{name}_scale"), z)
+        return self.params[name]
 
     def scale_of(self, name: str) -> float:
         return float(self.g.const_value(self.params[name][0]))
@@ -366,7 +409,12 @@ def apply_qdq(model: Model, plan: QdqPlan, spec: QuantSpec) -> list[tuple[str, s
     same_as = {renamed.get(k, k): renamed.get(v, v) for k, v in plan.same_as.items()}
 
     # 2. scale and zero point of every quantized activation (carried tensors share their input's)
+    rescaled = {n: plan.rescaled[node_key(n)] for n in int8_nodes if node_key(n) in plan.rescaled}
     for node in int8_nodes:
+        if node in rescaled:
+            ins.rescaled_params(node.outputs[0], node.inputs[0 if node.inputs[0] in ins.params else 1],
+                                rescaled[node])
+            continue
         for i in data_inputs(node):
             if i < len(node.inputs) and node.inputs[i] and g.const_value(node.inputs[i]) is None:
                 if node.op_type in COMPUTE and i == 1 and node.op_type != "MatMul":
@@ -379,10 +427,13 @@ def apply_qdq(model: Model, plan: QdqPlan, spec: QuantSpec) -> list[tuple[str, s
 
     # 3. weights, biases and constant operands
     for node in int8_nodes:
-        _quantize_constants(ins, node, log)
+        if node not in rescaled:
+            _quantize_constants(ins, node, log)
 
     # 4. Q/DQ on activations: int8-produced tensors are replaced by their DQ for every reader
     for node in int8_nodes:
+        if node in rescaled:
+            continue
         for i in data_inputs(node):
             if i >= len(node.inputs) or not node.inputs[i]:
                 continue
@@ -393,9 +444,24 @@ def apply_qdq(model: Model, plan: QdqPlan, spec: QuantSpec) -> list[tuple[str, s
             if p is None or p not in int8_set:
                 g.set_input(node, i, ins.dequantized(name))
     for node in int8_nodes:
+        if node in rescaled:
+            continue
         out = node.outputs[0]
         log.append((node.label, "int8", {"op": node.op_type, "output_scale": ins.scale_of(out)}))
         ins.quantize_produced(out)
+    # 5. a rescaling Mul/Div goes away: its output is its input's int8 codes read with a scaled grid
+    for node, factor in rescaled.items():
+        x = next(n for n in node.inputs if n in ins.params and g.const_value(n) is None)
+        dq = g.producer(x)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            raise UnsupportedError(f"internal: int8 tensor {x!r} is not written by a DequantizeLinear")
+        out = node.outputs[0]
+        declared = g.value(out).type
+        s, z = ins.params[out]
+        g.remove_node(node, remove_outputs=False)
+        g.add_node("DequantizeLinear", [dq.inputs[0], s, z], [out], name=g.fresh_name(f"{out}_DequantizeLinear"))
+        g.value(out).type = declared
+        log.append((node.label, "folded", {"into": "DequantizeLinear scale", "factor": factor}))
     g.remove_unused_values()
     return log
 
