@@ -59,6 +59,9 @@ def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
 
     m = load(export_model(model, infer=False), check=False)
     g = m.graph
+    # inputs with an initializer (IR < 4 lists every weight as an input) are built in as constants
+    g.inputs = [n for n in g.inputs if n not in g.initializers]
+    m.ir_version = max(m.ir_version, 7)  # so shape inference reads initializers that are not inputs
     for name in graph_inputs(g):
         if name not in input_shapes:
             raise InputError(f"no shape for input {name!r}")
@@ -79,7 +82,9 @@ def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
 def _shapes(m: Model) -> dict[str, tuple]:
     from tvmlite.ir.shapes import inferred_types
 
-    types = inferred_types(m)
+    # passing the input shapes makes inference drop recorded (possibly symbolic) types first
+    types = inferred_types(m, {n: m.graph.values[n].shape for n in m.graph.inputs
+                               if m.graph.values[n].shape is not None})
     out = {}
     for name, v in m.graph.values.items():
         s = v.shape if v.is_initializer else type_shape(types.get(name, v.type))
@@ -135,6 +140,7 @@ class Lowering:
         self.absorbed: set = set()
         self.problems: collections.Counter = collections.Counter()
         self.kernels: list = []
+        self.keys: list = []
         self.views: dict[str, str] = {}
         self.opset = model.opset
 
@@ -147,7 +153,7 @@ class Lowering:
         if c is not None:
             return tuple(c.shape)
         if name not in self.shapes:
-            raise UnsupportedError(f"the shape of {name!r} is not static")
+            raise UnsupportedError("an input shape is not static")
         return self.shapes[name]
 
     def check_float(self, node: Node) -> None:
@@ -229,7 +235,7 @@ class Lowering:
             if len(cons) != 1 or self.g.num_uses(value) != 1 or value in self.g.outputs:
                 break
             c = cons[0]
-            if c.domain not in ONNX or c.op_type not in EW_OPS | {"Identity", "Dropout"}:
+            if c in self.absorbed or c.domain not in ONNX or c.op_type not in EW_OPS | {"Identity", "Dropout"}:
                 break
             out = c.outputs[0]
             if self.shapes.get(out) != tuple(out_shape):
@@ -253,7 +259,9 @@ class Lowering:
     # ---------------------------------------------------------------------------------- walk
     def run(self) -> Lowered:
         g = self.g
-        for node in g.toposort():
+        order = g.toposort()
+        self.pos = {n: i for i, n in enumerate(order)}
+        for node in order:
             if node in self.absorbed:
                 continue
             if node.op_type == "Constant" and node.domain in ONNX:
@@ -270,6 +278,9 @@ class Lowering:
                 self.problems[f"{node.op_type} ({e})"] += 1
         if self.problems:
             return None
+        # a fused kernel runs where its last node was: the operands of its epilogue (a residual
+        # made by a later branch, say) are ready by then
+        self.kernels = [k for _, k in sorted(zip(self.keys, self.kernels), key=lambda t: t[0])]
         low = Lowered(self.kernels, self.views, self.shapes)
         from tvmlite.inputs import graph_inputs
 
@@ -306,6 +317,7 @@ class Lowering:
             raise UnsupportedError("no TVM emitter")
 
     def add(self, kd_factory, node: Node, out: str, epi_nodes=()):
+        self.keys.append(self.pos[self.g.producer(out)])
         if self.emit:
             kd = kd_factory()
             kd.nodes = [node.label] + list(epi_nodes)

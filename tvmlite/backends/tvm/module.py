@@ -196,6 +196,20 @@ class CompiledModel:
             out.append(np.array(self._consts[o["buffer"]]) if t is None else t.numpy())
         return out
 
+    def profile(self, feeds: dict, repeats: int = 10) -> list[tuple[str, str, float]]:
+        """Median milliseconds per kernel call: (kernel, graph nodes, ms), slowest first."""
+        self.set_inputs(feeds)
+        self.execute()
+        rows = []
+        for (fn, args), call in zip(self._calls, self.plan["calls"]):
+            ts = []
+            for _ in range(max(repeats, 1)):
+                t0 = time.perf_counter()
+                fn(*args)
+                ts.append((time.perf_counter() - t0) * 1e3)
+            rows.append((call["func"], ", ".join(call.get("nodes", [])), float(np.median(ts))))
+        return sorted(rows, key=lambda r: -r[2])
+
     def save(self, path: str) -> None:
         save_artifact(self.lib, self.plan, self._consts, path)
 
