@@ -233,7 +233,7 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, stride
     Y = te.compute((n, co, p), out, name="epilogue")
     func = b.finish([(out_value, Y)])
     sch = _schedule(func)
-    S.schedule_gemm(sch, "acc", "epilogue", tile, producer="im2col",
+    S.schedule_gemm(sch, "acc", "epilogue", tile, producer="im2col", parallel=S.worth_parallel(n * co * p * k),
                     packs=[("acc", ("read", 0), "rows", 0), ("im2col", ("write", 0), "cols", 1)],
                     steps=steps)
     params = b.params
@@ -293,6 +293,7 @@ def dense_gemm(name: str, a: str, a_shape, w: np.ndarray, bias, *, out_value: st
     func = b.finish([(out_value, Y)])
     sch = _schedule(func)
     S.schedule_gemm(sch, "acc", "epilogue", tile, packs=[("acc", ("read", 1), "cols", 0)],
+                    parallel=S.worth_parallel(m * nn * k),
                     parallel_rows=m > tile.mr, steps=steps)
     params = b.params
     params[-1].shape = (m, nn)
@@ -343,7 +344,7 @@ def batch_matmul(name: str, a: str, a_shape, bname: str, b_shape, *, out_value: 
     *outer, i, j, kk = loops
     sch.set_scope(blk, 0, "local")
     sch.reverse_compute_at(sch.get_sblock("epilogue"), j)
-    if outer:
+    if outer and S.worth_parallel(int(np.prod(out_shape)) * k):
         S.parallel_outer(sch, outer + [i])
     sch.decompose_reduction(blk, kk)
     return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])
@@ -396,8 +397,8 @@ def depthwise_conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, s
     sch.vectorize(sch.get_loops(sch.get_sblock("epilogue"))[-1])
     if mult == 1:
         sch.compute_at(sch.get_sblock("pad"), cl)
-    fused = S.parallel_outer(sch, [nl, cl])
-    del fused
+    if S.worth_parallel(n * co * oh * ow * kh * kw):
+        S.parallel_outer(sch, [nl, cl])
     sch.decompose_reduction(blk, ryl)
     return KernelDef(name, b.params, sch.mod["main"],
                      steps=["tile_for_cache", "write_cache", "vectorize_columns", "parallel_outer"])
@@ -461,7 +462,8 @@ def pool2d(name: str, x: str, x_shape, *, kind: str, kernel, pads, strides, dila
     blk = sch.get_sblock("acc")
     loops = sch.get_loops(blk)
     S.write_cache(sch, blk, sch.get_sblock("epilogue"), loops[3])
-    S.parallel_outer(sch, loops[:3] if n * c * oh >= 2 else loops[:2])
+    if S.worth_parallel(n * c * oh * ow * kh * kw):
+        S.parallel_outer(sch, loops[:3] if n * c * oh >= 2 else loops[:2])
     return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])
 
 
@@ -492,7 +494,8 @@ def global_pool(name: str, x: str, x_shape, *, kind: str, out_value: str, epilog
     blk = sch.get_sblock("acc")
     loops = sch.get_loops(blk)
     S.write_cache(sch, blk, sch.get_sblock("epilogue"), loops[1])
-    S.parallel_outer(sch, loops[:2])
+    if S.worth_parallel(n * c * size):
+        S.parallel_outer(sch, loops[:2])
     return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])
 
 
@@ -519,7 +522,8 @@ def elementwise(name: str, first: tuple, out_shape, *, out_value: str, epilogue:
     Y = te.compute(shape, f, name="ew")
     func = b.finish([(out_value, Y)])
     sch = _schedule(func)
-    S.parallel_vectorize(sch, "ew", lanes)
+    S.parallel_vectorize(sch, "ew", lanes,
+                         parallel=S.worth_parallel(int(np.prod(shape)) * (1 + len(epilogue.ops))))
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
 
 
@@ -553,7 +557,7 @@ def softmax(name: str, x: str, x_shape, *, axis: int, log: bool, opset: int, out
                                                                  (i, c, j)), name="norm")
     func = b.finish([(out_value, Y)])
     sch = _schedule(func)
-    if pre >= 2:
+    if pre >= 2 and S.worth_parallel(pre * red * post * 4):
         outer = sch.get_loops(sch.get_sblock("norm"))[0]
         sch.compute_at(sch.get_sblock("sum"), outer)
         sch.compute_at(sch.get_sblock("max"), sch.get_loops(sch.get_sblock("sum"))[0])
@@ -613,7 +617,7 @@ def reduce(name: str, x: str, x_shape, *, op: str, axes, keepdims: bool, out_val
     func = b.finish([(out_value, Y)])
     b.params[-1].shape = acc_shape
     sch = _schedule(func)
-    if kept and int(np.prod(acc_shape)) >= 2:
+    if kept and int(np.prod(acc_shape)) >= 2 and S.worth_parallel(int(np.prod(shape))):
         S.parallel_outer(sch, [sch.get_loops(sch.get_sblock("acc"))[0]])
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_outer"])
 
@@ -642,7 +646,7 @@ def concat(name: str, inputs: list[tuple[str, tuple]], *, axis: int, out_value: 
     Y = te.compute(out_shape, f, name="ew")
     func = b.finish([(out_value, Y)])
     sch = _schedule(func)
-    S.parallel_vectorize(sch, "ew", lanes)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(int(np.prod(out_shape))))
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
 
 
@@ -655,7 +659,7 @@ def transpose(name: str, x: str, x_shape, perm, *, out_value: str, lanes: int) -
     Y = te.compute(out_shape, lambda *idx: X[tuple(idx[inv[i]] for i in range(len(shape)))], name="ew")
     func = b.finish([(out_value, Y)])
     sch = _schedule(func)
-    S.parallel_vectorize(sch, "ew", lanes)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(int(np.prod(out_shape))))
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
 
 

@@ -22,6 +22,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def worth_parallel(work: int) -> bool:
+    """Whether a kernel doing ``work`` operations gains from running on all cores. Waking the
+    pool costs microseconds on a quiet machine and far more on a busy one (a barrier waits for a
+    descheduled thread), so small kernels run on one core. $TVMLITE_MIN_PARALLEL_WORK overrides."""
+    import os
+
+    from tvmlite.backends.tvm.target import host_threads
+
+    if host_threads() < 2:
+        return False
+    return work >= int(os.environ.get("TVMLITE_MIN_PARALLEL_WORK", 1 << 21))
+
+
 @dataclass
 class GemmTile:
     mr: int = 8     # rows in the register tile
@@ -117,7 +130,7 @@ def finish_reduction(sch, block, loop):
 
 
 def schedule_gemm(sch, acc: str, epilogue: str, tile: GemmTile, *, packs=(), producer=None,
-                  parallel_rows: bool = False, steps=None):
+                  parallel_rows: bool = False, parallel: bool = True, steps=None):
     """All GEMM steps in order; ``steps`` (a set of step names) applies only some, for tests.
 
     ``packs``: (block name, ("read"|"write", i), along, leading) buffers to pack with nb = the
@@ -145,13 +158,13 @@ def schedule_gemm(sch, acc: str, epilogue: str, tile: GemmTile, *, packs=(), pro
             ploops = sch.get_loops(pblock)
             if on("vectorize_columns"):
                 sch.vectorize(sch.split(ploops[-1], factors=[None, int(tile.nr)])[1])
-            if on("parallel_outer"):
+            if on("parallel_outer") and parallel:
                 parallel_outer(sch, ploops[:-2])
     if on("vectorize_columns"):
         vectorize_columns(sch, lp["ji"], epi if on("write_cache") else None)
     if on("unroll_rows"):
         unroll_rows(sch, lp["ii"])
-    if on("parallel_outer"):
+    if on("parallel_outer") and parallel:
         inner_too = parallel_rows and (producer is None or tile.rows_outer) and "ko" not in lp
         parallel_outer(sch, lp["outer"] + [lp["first"]] + ([lp["second"]] if inner_too else []))
     if on("finish_reduction"):
@@ -160,7 +173,7 @@ def schedule_gemm(sch, acc: str, epilogue: str, tile: GemmTile, *, packs=(), pro
 
 
 def parallel_vectorize(sch, block: str, lanes: int, *, parallel_loops: int | None = None,
-                       min_parallel: int = 2):
+                       min_parallel: int = 2, parallel: bool = True):
     """Fuse the outer spatial loops across cores and vectorize the innermost one when it is long
     enough. Reduction loops (if any) stay inside, unchanged."""
     b = sch.get_sblock(block)
@@ -179,7 +192,7 @@ def parallel_vectorize(sch, block: str, lanes: int, *, parallel_loops: int | Non
             sch.vectorize(vi)
         elif extent <= 4 * lanes:
             sch.vectorize(inner)
-    par = spatial[:n_par] if n_par > 0 else []
+    par = spatial[:n_par] if n_par > 0 and parallel else []
     if par:
         total = 1
         for lp in par:
