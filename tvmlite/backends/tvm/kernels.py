@@ -637,10 +637,10 @@ def concat(name: str, inputs: list[tuple[str, tuple]], *, axis: int, out_value: 
         val = None
         for t, o, (_, shape) in reversed(list(zip(ts, offs, inputs))):
             ix = list(idx)
-            ix[axis] = tirx.max(idx[axis] - o, 0) if o else idx[axis]
-            ix[axis] = tirx.min(ix[axis], int(shape[axis]) - 1)
+            # clamped so that the branch not taken still reads inside the buffer
+            ix[axis] = tirx.min(tirx.max(idx[axis] - o, 0) if o else idx[axis], int(shape[axis]) - 1)
             read = t[tuple(ix)]
-            val = read if val is None else tirx.if_then_else(idx[axis] >= o, read, val)
+            val = read if val is None else tirx.if_then_else(idx[axis] < o + int(shape[axis]), read, val)
         return val
 
     Y = te.compute(out_shape, f, name="ew")
