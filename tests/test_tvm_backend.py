@@ -267,3 +267,23 @@ def test_symbolic_input_needs_a_shape():
     cm = compile_model(load(model), {"x": (2, 3)})
     x = _x(2, 3)
     np.testing.assert_array_equal(cm.run({"x": x})[0], np.maximum(x, 0))
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def test_cli_build_run_emit(tmp_path, capsys):
+    from tvmlite.cli import main
+
+    src = tmp_path / "m.onnx"
+    onnx.save(conv_bn_relu_model(), str(src))
+    so = tmp_path / "m.so"
+    assert main(["build", str(src), "-o", str(so)]) == 2  # symbolic batch: needs --shape
+    assert "static shapes" in capsys.readouterr().err
+    assert main(["build", str(src), "-o", str(so), "--shape", "x=2x3x4x4"]) == 0
+    x = _x(2, 3, 4, 4)
+    np.savez(tmp_path / "in.npz", x=x)
+    out = tmp_path / "out.npz"
+    assert main(["run", str(so), "--inputs", str(tmp_path / "in.npz"), "-o", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out)["y"], ort_run(conv_bn_relu_model(), {"x": x})[0], rtol=1e-4, atol=1e-4)
+    assert main(["compare", str(src), "--backend", "tvm", "--inputs", str(tmp_path / "in.npz"), "--repeats", "2"]) == 0
+    assert main(["emit-tvm", str(src), "-o", str(tmp_path / "tir"), "--shape", "x=1x3x4x4"]) == 0
+    assert len(list((tmp_path / "tir").glob("k*.py"))) == 2
