@@ -48,17 +48,23 @@ def median_ms(fn, n: int) -> float:
 
 
 def interleaved(fns: dict, rounds: int, per_round: int) -> dict:
-    """Median time of each contender, calls alternating one by one (A B C A B C ...) so that all
-    see the same load from other jobs on this shared machine."""
+    """Median time of each contender over ``rounds`` alternating blocks of ``per_round`` calls,
+    so all see the same load from other jobs on this shared machine. Before each block a short
+    pause lets the other contender's thread pool stop spinning (onnxruntime's workers spin after
+    a run and would take a core from the next contender on this 2-core machine); the first call
+    of each block is not counted."""
     for f in fns.values():
         f()  # warm up
     res = {k: [] for k in fns}
     items = list(fns.items())
-    for r in range(rounds * per_round):
+    for r in range(rounds):
         for k, f in (items if r % 2 == 0 else items[::-1]):
-            t0 = time.perf_counter()
-            f()
-            res[k].append((time.perf_counter() - t0) * 1e3)
+            time.sleep(0.05)  # let the previous contender's spinning workers go idle
+            for i in range(per_round + 1):
+                t0 = time.perf_counter()
+                f()
+                if i:
+                    res[k].append((time.perf_counter() - t0) * 1e3)
     out = {k: float(np.median(v)) for k, v in res.items()}
     out.update({f"{k}_best": float(np.min(v)) for k, v in res.items()})
     return out
@@ -228,7 +234,7 @@ def bench_models(rounds: int, relax: bool) -> list:
         if relax:
             try:
                 run, rsecs = relax_build(proto, image, x)
-                rt = interleaved({"relax": run, "tvm": lambda: cm.run(feeds)}, 2, 1)
+                rt = interleaved({"relax": run, "tvm": lambda: cm.run(feeds)}, 1, 2)
                 row.update(relax_ms=rt["relax"], relax_build_s=rsecs, speedup_vs_relax=rt["relax"] / rt["tvm"])
                 line += f"\n  {'':<22} Relax untuned {rt['relax']:9.1f} ms (build {rsecs:.1f} s): tvmlite {row['speedup_vs_relax']:.0f}x faster"
             except Exception as e:  # noqa: BLE001 - Relax's importer fails on some models
