@@ -11,8 +11,11 @@
    the same ONNX (from_onnx + tvm.compile; target: >= 20x faster).
 
 The machine has 2 cores shared with other jobs: every comparison interleaves the contenders
-round by round, takes medians, and reports ratios. Builds are cached (see $TVMLITE_CACHE), and
-each build time is printed.
+round by round, takes medians, and reports ratios; the ratio of the best runs is printed beside
+it (under heavy load medians mostly measure the scheduler: TVM's thread pool splits a parallel
+loop statically, so one descheduled worker stalls the loop, while onnxruntime's pool lets the
+caller take over). --threads 1 compares single-threaded code. Builds are cached (see
+$TVMLITE_CACHE), and each build time is printed.
 """
 from __future__ import annotations
 
@@ -123,8 +126,10 @@ def bench_gemm(rounds: int) -> dict:
     gf = {k: flops / v / 1e6 for k, v in t.items()}
     ratio = gf["tvm"] / gf["numpy"]
     print(f"GEMM 1024^3: tvmlite {gf['tvm']:.1f} GFLOP/s, numpy {gf['numpy']:.1f} GFLOP/s -> {100 * ratio:.0f}% "
-          f"(target >= 85%: {'met' if ratio >= 0.85 else 'NOT met'}); build {secs:.2f} s, rel err {err:.1e}")
-    return {"tvm_gflops": gf["tvm"], "numpy_gflops": gf["numpy"], "ratio": ratio, "build_s": secs}
+          f"(target >= 85%: {'met' if ratio >= 0.85 else 'NOT met'}); best runs {gf['tvm_best']:.1f} vs "
+          f"{gf['numpy_best']:.1f}; build {secs:.2f} s, rel err {err:.1e}")
+    return {"tvm_gflops": gf["tvm"], "numpy_gflops": gf["numpy"], "ratio": ratio, "build_s": secs,
+            "best_ratio": gf["tvm_best"] / gf["numpy_best"]}
 
 
 # ---------------------------------------------------------------------------------------- convs
@@ -166,12 +171,15 @@ def bench_convs(rounds: int) -> list:
         err = float(np.abs(out.numpy().reshape(ref.shape) - ref).max() / np.abs(ref).max())
         t = interleaved({"tvm": lambda: f(*args), "ort": lambda: sess.run(None, {"x": x})}, rounds, 5)
         r = t["tvm"] / t["ort"]
+        rb = t["tvm_best"] / t["ort_best"]
         print(f"  {ci:>3}->{co:<3} {hw:>2}x{hw:<2} s{s}: tvmlite {t['tvm']:7.3f}  onnxruntime {t['ort']:7.3f}  "
-              f"ratio {r:.2f}  (build {secs:.2f} s, rel err {err:.1e})")
-        rows.append({"shape": [ci, co, hw, s], "tvm_ms": t["tvm"], "ort_ms": t["ort"], "ratio": r, "build_s": secs})
+              f"ratio {r:.2f}  best-run ratio {rb:.2f}  (build {secs:.2f} s, rel err {err:.1e})")
+        rows.append({"shape": [ci, co, hw, s], "tvm_ms": t["tvm"], "ort_ms": t["ort"], "ratio": r, "best_ratio": rb,
+                     "build_s": secs})
     wins = sum(r["ratio"] <= 1.0 for r in rows)
+    wins_best = sum(r["best_ratio"] <= 1.0 for r in rows)
     print(f"  at least as fast as onnxruntime on {wins}/{len(rows)} (target: half or more: "
-          f"{'met' if 2 * wins >= len(rows) else 'NOT met'})")
+          f"{'met' if 2 * wins >= len(rows) else 'NOT met'}); on best runs {wins_best}/{len(rows)}")
     return rows
 
 
@@ -228,8 +236,10 @@ def bench_models(rounds: int, relax: bool) -> list:
         fns = {"tvm": lambda: cm.run(feeds), "ort": lambda: sess.run(None, feeds)}
         t = interleaved(fns, rounds, 5)
         row = {"model": name, "tvm_ms": t["tvm"], "ort_ms": t["ort"], "ratio_vs_ort": t["tvm"] / t["ort"],
+               "best_ratio_vs_ort": t["tvm_best"] / t["ort_best"],
                "build_s": build, "cached": cm.cached, "kernels": cm.kernel_count, "rel_err": err}
         line = (f"  {name:<22} tvmlite {t['tvm']:8.2f}  onnxruntime {t['ort']:8.2f}  ratio {row['ratio_vs_ort']:.2f}"
+                f"  best-run ratio {row['best_ratio_vs_ort']:.2f}"
                 f"  (build {build:.1f} s{' cached' if cm.cached else ''}, {cm.kernel_count} kernels, rel err {err:.1e})")
         if relax:
             try:
@@ -245,7 +255,9 @@ def bench_models(rounds: int, relax: bool) -> list:
         rows.append(row)
     ratios = [r["ratio_vs_ort"] for r in rows]
     geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-    print(f"  geometric mean tvmlite/onnxruntime: {geo:.2f} (target <= 1.2: {'met' if geo <= 1.2 else 'NOT met'})")
+    geo_best = math.exp(sum(math.log(r["best_ratio_vs_ort"]) for r in rows) / len(rows))
+    print(f"  geometric mean tvmlite/onnxruntime: {geo:.2f} (target <= 1.2: {'met' if geo <= 1.2 else 'NOT met'}); "
+          f"of best runs {geo_best:.2f}")
     sp = [r["speedup_vs_relax"] for r in rows if "speedup_vs_relax" in r]
     if sp:
         print(f"  vs Relax untuned: {min(sp):.0f}x to {max(sp):.0f}x faster on {len(sp)} model(s) that it builds "
@@ -259,7 +271,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-relax", action="store_true", help="skip TVM's Relax build (slow: minutes)")
     ap.add_argument("--only", choices=["gemm", "conv", "models"], default=None)
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for tvmlite and onnxruntime alike (default: the cores available)")
     a = ap.parse_args(argv)
+    if a.threads:
+        os.environ["TVMLITE_THREADS"] = str(a.threads)  # read before TVM's runtime starts
     import_tvm()
     rounds = 3 if a.quick else 7
     print(f"target {host_target()}, {host_threads()} threads; load average {os.getloadavg()[0]:.1f}")

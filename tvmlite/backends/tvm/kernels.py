@@ -73,9 +73,6 @@ class Builder:
             self.tensors.append(t)
         return te.create_prim_func(self.tensors)
 
-    def set_const(self, index_in_params: int, array: np.ndarray) -> None:
-        self.params[index_in_params].array = np.ascontiguousarray(array, dtype=np.float32)
-        self.params[index_in_params].shape = tuple(array.shape)
 
 
 # --------------------------------------------------------------------------------------- epilogues
@@ -187,54 +184,58 @@ def conv_tile(co: int, p: int, lanes: int) -> S.GemmTile:
 
 
 def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, strides, dilations,
-                out_value: str, epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None,
-                steps=None) -> KernelDef:
-    """Conv2D (group 1) as im2col + GEMM. The im2col columns are packed [P/nr, K, nr] and made
-    per column tile inside the GEMM; the weights are packed [CO/mr, K, mr] at build time; bias
-    and ``epilogue`` are applied to the register tile on its way out."""
+                out_value: str, epilogue: Epilogue, lanes: int, group: int = 1,
+                tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+    """Conv2D as im2col + GEMM (per group: the groups are a batch dim of the GEMM). The im2col
+    columns are packed [P/nr, K, nr] and made per column tile inside the GEMM; the weights are
+    packed [CO/mr, K, mr] at build time; bias and ``epilogue`` are applied to the register tile
+    on its way out."""
     n, c, h, wd = (int(d) for d in x_shape)
     co, ci, kh, kw = w.shape
+    g = int(group)
+    cog = co // g
     sh, sw = strides
     dh, dw = dilations
     pt, pl, pb, pr = pads
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     p, k = oh * ow, ci * kh * kw
-    tile = tile or conv_tile(co, p, lanes)
-    cop, pp = _round_up(co, tile.mr), _round_up(p, tile.nr)
+    tile = tile or conv_tile(cog, p, lanes)
+    cop, pp = _round_up(cog, tile.mr), _round_up(p, tile.nr)
     b = Builder(name)
     X = b.input(x, (n, c, h, wd))
-    wmat = np.zeros((cop, k), np.float32)
-    wmat[:co] = w.reshape(co, k)
+    wmat = np.zeros((g, cop, k), np.float32)
+    wmat[:, :cog] = w.reshape(g, cog, k)
     packing = steps is None or "pack_array" in steps
-    W = b.const(S.pack_host_array(wmat, tile.mr, along="rows") if packing else wmat, (cop, k))
+    W = b.const(S.pack_host_array(wmat, tile.mr, along="rows", leading=1) if packing else wmat, (g, cop, k))
     w_index = len(b.params) - 1
-    B = b.const(np.asarray(bias, np.float32).reshape(co), label="bias") if bias is not None else None
+    B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
     apply = bind_epilogue(epilogue, b, (n, co, oh, ow))
     khw = kh * kw
 
-    def im2col(nn, kk, j):
+    def im2col(nn, gg, kk, j):
         cc, r = kk // khw, kk % khw
         y = (j // ow) * sh - pt + (r // kw) * dh
         xx = (j % ow) * sw - pl + (r % kw) * dw
         inside = tirx.all(j < p, y >= 0, y < h, xx >= 0, xx < wd)
-        return tirx.if_then_else(inside, X[nn, cc, y, xx], tirx.const(0.0, F32))
+        return tirx.if_then_else(inside, X[nn, gg * ci + cc, y, xx], tirx.const(0.0, F32))
 
-    cols = te.compute((n, k, pp), im2col, name="im2col")
+    cols = te.compute((n, g, k, pp), im2col, name="im2col")
     r = te.reduce_axis((0, k), name="k")
-    acc = te.compute((n, cop, pp), lambda nn, i, j: te.sum(W[i, r] * cols[nn, r, j], axis=r), name="acc")
+    acc = te.compute((n, g, cop, pp), lambda nn, gg, i, j: te.sum(W[gg, i, r] * cols[nn, gg, r, j], axis=r),
+                     name="acc")
 
-    def out(nn, cc, j):
-        v = acc[nn, cc, j]
+    def out(nn, gg, cc, j):
+        v = acc[nn, gg, cc, j]
         if B is not None:
-            v = v + B[cc]
-        return apply(v, (nn, cc, j // ow, j % ow))
+            v = v + B[gg, cc]
+        return apply(v, (nn, gg * cog + cc, j // ow, j % ow))
 
-    Y = te.compute((n, co, p), out, name="epilogue")
+    Y = te.compute((n, g, cog, p), out, name="epilogue")  # the NCHW output, channels split by group
     func = b.finish([(out_value, Y)])
     sch = _schedule(func)
     S.schedule_gemm(sch, "acc", "epilogue", tile, producer="im2col", parallel=S.worth_parallel(n * co * p * k),
-                    packs=[("acc", ("read", 0), "rows", 0), ("im2col", ("write", 0), "cols", 1)],
+                    packs=[("acc", ("read", 0), "rows", 1), ("im2col", ("write", 0), "cols", 2)],
                     steps=steps)
     params = b.params
     if packing:  # the transform changed the parameter's shape to the packed one
@@ -661,6 +662,50 @@ def transpose(name: str, x: str, x_shape, perm, *, out_value: str, lanes: int) -
     sch = _schedule(func)
     S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(int(np.prod(out_shape))))
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+def strided_slice(name: str, x: str, x_shape, starts, steps, *, out_value: str, out_shape,
+                  lanes: int) -> KernelDef:
+    """Slice with every axis resolved to (start, step): out[i] = x[start + i * step]."""
+    shape = tuple(int(d) for d in x_shape)
+    out_shape = tuple(int(d) for d in out_shape)
+    b = Builder(name)
+    X = b.input(x, shape)
+    Y = te.compute(out_shape, lambda *idx: X[tuple(int(s0) + i * int(st) for s0, st, i in zip(starts, steps, idx))],
+                   name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(int(np.prod(out_shape))))
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+def lrn(name: str, x: str, x_shape, *, size: int, alpha: float, beta: float, bias: float, out_value: str,
+        epilogue: Epilogue, lanes: int) -> KernelDef:
+    """Local response normalization across channels (NCHW...)."""
+    shape = tuple(int(d) for d in x_shape)
+    c = shape[1]
+    lo, hi = (size - 1) // 2, -(-(size - 1) // 2)
+    b = Builder(name)
+    X = b.input(x, shape)
+    apply = bind_epilogue(epilogue, b, shape)
+    r = te.reduce_axis((0, size), name="r")
+
+    def sq(nn, cc, *rest):
+        src = cc - lo + r
+        v = X[(nn, tirx.min(tirx.max(src, 0), c - 1)) + rest]
+        return te.sum(tirx.if_then_else(tirx.all(src >= 0, src < c), v * v, tirx.const(0.0, F32)), axis=r)
+
+    ssum = te.compute(shape, sq, name="acc")
+    del hi
+    Y = te.compute(shape, lambda *idx: apply(X[idx] / tirx.power(
+        tirx.const(bias, F32) + tirx.const(alpha / size, F32) * ssum[idx], tirx.const(beta, F32)), idx),
+        name="epilogue")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    if S.worth_parallel(int(np.prod(shape)) * size):
+        S.parallel_outer(sch, sch.get_loops(sch.get_sblock("epilogue"))[:2])
+    sch.compute_at(sch.get_sblock("acc"), sch.get_loops(sch.get_sblock("epilogue"))[-1])
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_outer"])
 
 
 # ------------------------------------------------------------------------------------------ helpers

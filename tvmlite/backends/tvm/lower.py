@@ -29,7 +29,7 @@ BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "PRelu"}
 EW_OPS = UNARY_OPS | BINARY_OPS | {"BatchNormalization"}
 ANCHOR_OPS = {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
               "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
-              "ReduceSumSquare", "Concat", "Transpose"}
+              "ReduceSumSquare", "Concat", "Transpose", "Slice", "LRN"}
 
 
 # -------------------------------------------------------------------------------- elementwise chains
@@ -124,10 +124,6 @@ class Lowered:
     consts: dict = field(default_factory=dict)        # graph outputs that are constants
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
-
-
-def node_label(node: Node) -> str:
-    return f"{node.op_type} {node.label!r}"
 
 
 class Lowering:
@@ -360,12 +356,12 @@ class Lowering:
             pads = [pads[0], pads[1], pads[2], pads[3]]
         group = int(a.get("group", 1))
         c = xs[1]
-        if group == 1:
-            factory = "gemm"
-        elif group == c and w.shape[1] == 1 and w.shape[0] % c == 0:
+        if group == c and group > 1 and w.shape[1] == 1 and w.shape[0] % c == 0:
             factory = "depthwise"
+        elif c % group == 0 and w.shape[0] % group == 0 and w.shape[1] * group == c:
+            factory = "gemm"
         else:
-            raise UnsupportedError(f"grouped convolution (group={group}, not depthwise)")
+            raise UnsupportedError(f"group={group} does not fit {c} input and {w.shape[0]} output channels")
         epi, final, labels = self._epilogue(node)
         name = self.kernel_name(node)
         w32 = w.astype(np.float32)
@@ -374,9 +370,10 @@ class Lowering:
         def make():
             from tvmlite.backends.tvm import kernels as K
 
+            kw = {"group": group} if factory == "gemm" else {}
             fn = K.conv2d_gemm if factory == "gemm" else K.depthwise_conv2d
             return fn(name, x, xs, w32, b32, pads=tuple(pads), strides=tuple(strides),
-                      dilations=tuple(dil), out_value=final, epilogue=epi, lanes=self.lanes)
+                      dilations=tuple(dil), out_value=final, epilogue=epi, lanes=self.lanes, **kw)
         self.add(make, node, final, labels)
 
     def lower_gemm(self, node: Node) -> None:
@@ -577,6 +574,55 @@ class Lowering:
 
             return K.transpose(name, x, xs, perm, out_value=out, lanes=self.lanes)
         self.add(make, node, out)
+
+    def lower_slice(self, node):
+        x = node.inputs[0]
+        xs = self.shape(x)
+        if self.opset < 10:
+            a = node.attrs
+            starts, ends = list(a["starts"]), list(a["ends"])
+            axes = list(a.get("axes") or range(len(starts)))
+            steps = [1] * len(starts)
+        else:
+            vals = [self.const(n) if n else None for n in list(node.inputs[1:]) + [""] * 3][:4]
+            if vals[0] is None or vals[1] is None or any(
+                    n and v is None for n, v in zip(list(node.inputs[3:5]), vals[2:])):
+                raise UnsupportedError("non-constant starts/ends/axes/steps")
+            starts, ends = [int(v) for v in vals[0]], [int(v) for v in vals[1]]
+            axes = [int(v) for v in vals[2]] if vals[2] is not None else list(range(len(starts)))
+            steps = [int(v) for v in vals[3]] if vals[3] is not None else [1] * len(starts)
+        first = [0] * len(xs)
+        step_of = [1] * len(xs)
+        out_shape = list(xs)
+        for st, en, ax, sp in zip(starts, ends, axes, steps):
+            ax %= len(xs)
+            rng = range(*slice(st, en, sp).indices(xs[ax]))  # ONNX clamps like Python slicing
+            first[ax], step_of[ax], out_shape[ax] = (rng.start if len(rng) else 0), sp, len(rng)
+        out = node.outputs[0]
+        if tuple(out_shape) != self.shape(out) or 0 in out_shape:
+            raise UnsupportedError("empty slice")
+        name = self.kernel_name(node)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.strided_slice(name, x, xs, first, step_of, out_value=out, out_shape=out_shape, lanes=self.lanes)
+        self.add(make, node, out)
+
+    def lower_lrn(self, node):
+        x = node.inputs[0]
+        xs = self.shape(x)
+        a = node.attrs
+        epi, final, labels = self._epilogue(node)
+        name = self.kernel_name(node)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.lrn(name, x, xs, size=int(a["size"]), alpha=float(a.get("alpha", 1e-4)),
+                         beta=float(a.get("beta", 0.75)), bias=float(a.get("bias", 1.0)), out_value=final,
+                         epilogue=epi, lanes=self.lanes)
+        self.add(make, node, final, labels)
 
     def lower_other(self, node):
         raise UnsupportedError("no TVM emitter")

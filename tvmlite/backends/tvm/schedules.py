@@ -40,17 +40,17 @@ class GemmTile:
     mr: int = 8     # rows in the register tile
     nr: int = 32    # columns in the register tile (a multiple of the vector lanes)
     kc: int = 0     # k block for L2 reuse; 0 = no k blocking
-    rows_outer: bool = False  # row tiles outermost: each A panel is read once (few column tiles)
 
 
 def tile_for_cache(sch, block, tile: GemmTile):
-    """Split (…, i, j, k) into (…, jo, io, [ko,] k, ii, ji) (io before jo with ``rows_outer``)
-    and return the loop handles: the outer tile loop is "first", the inner one "second"."""
+    """Split (…, i, j, k) into (…, jo, io, [ko,] k, ii, ji) and return the loop handles: the
+    outer tile loop (columns) is "first", the inner one (rows) "second". Columns outside means a
+    packed column panel [K, nr] is made once and reused by every row tile while it is in cache."""
     loops = sch.get_loops(block)
     outer, (i, j, k) = loops[:-3], loops[-3:]
     io, ii = sch.split(i, factors=[None, int(tile.mr)])
     jo, ji = sch.split(j, factors=[None, int(tile.nr)])
-    first, second = (io, jo) if tile.rows_outer else (jo, io)
+    first, second = jo, io
     if tile.kc:
         ko, ki = sch.split(k, factors=[None, int(tile.kc)])
         sch.reorder(first, ko, second, ki, ii, ji)
@@ -69,19 +69,22 @@ def pack_array(sch, block, buffer, nb: int, *, along: str = "cols", leading: int
     packed by `pack_host_array` (once, at build time). For an intermediate (im2col columns) the
     producer writes the packed layout directly."""
     nb = int(nb)
-    if leading not in (0, 1):
-        raise ValueError("pack_array supports at most one leading dim")
     if along == "cols":
         def packed(k, n):
             return (n // nb, k, n % nb)
     else:
         def packed(m, k):
             return (m // nb, k, m % nb)
-    if leading:
+    if leading == 0:
+        index_map = packed
+    elif leading == 1:
         def index_map(b, x, y):
             return (b,) + packed(x, y)
+    elif leading == 2:
+        def index_map(b, g, x, y):
+            return (b, g) + packed(x, y)
     else:
-        index_map = packed
+        raise ValueError("pack_array supports at most two leading dims")
     sch.transform_layout(block, buffer, index_map)
 
 
@@ -150,22 +153,15 @@ def schedule_gemm(sch, acc: str, epilogue: str, tile: GemmTile, *, packs=(), pro
         write_cache(sch, block, epi, lp["second"])
     if producer is not None:
         pblock = sch.get_sblock(producer)
-        if not tile.rows_outer:
-            sch.compute_at(pblock, lp["first"], preserve_unit_loops=True)
-            if on("vectorize_columns"):
-                sch.vectorize(sch.get_loops(pblock)[-1])
-        else:  # all columns made up front, by all cores
-            ploops = sch.get_loops(pblock)
-            if on("vectorize_columns"):
-                sch.vectorize(sch.split(ploops[-1], factors=[None, int(tile.nr)])[1])
-            if on("parallel_outer") and parallel:
-                parallel_outer(sch, ploops[:-2])
+        sch.compute_at(pblock, lp["first"], preserve_unit_loops=True)
+        if on("vectorize_columns"):
+            sch.vectorize(sch.get_loops(pblock)[-1])
     if on("vectorize_columns"):
         vectorize_columns(sch, lp["ji"], epi if on("write_cache") else None)
     if on("unroll_rows"):
         unroll_rows(sch, lp["ii"])
     if on("parallel_outer") and parallel:
-        inner_too = parallel_rows and (producer is None or tile.rows_outer) and "ko" not in lp
+        inner_too = parallel_rows and producer is None and "ko" not in lp
         parallel_outer(sch, lp["outer"] + [lp["first"]] + ([lp["second"]] if inner_too else []))
     if on("finish_reduction"):
         finish_reduction(sch, block, lp.get("ko") or lp["k"])

@@ -24,6 +24,9 @@ def host_threads() -> int:
 def import_tvm():
     """Import TVM with its thread pool sized first (TVM's default is half the hardware threads)."""
     os.environ.setdefault("TVM_NUM_THREADS", str(host_threads()))
+    # TVM pins its workers to cores by default; on a shared machine a pinned worker waits for its
+    # core while another is idle, and every parallel loop waits for the slowest worker
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
     try:
         import tvm  # noqa: F401
         from tvm import te, s_tir  # noqa: F401
