@@ -255,6 +255,18 @@ def test_digits_model_agrees_with_onnxruntime(tmp_path):
         loaded.run({"input": x[:3]})
 
 
+def test_ppocr_cls_agrees_with_onnxruntime():
+    """Depthwise convs, hard-sigmoid/swish chains, squeeze-excite blocks, shape arithmetic."""
+    from conftest import corpus_model
+
+    path = corpus_model("ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    x = np.random.default_rng(1).random((1, 3, 48, 192), dtype=np.float32)
+    cm = compile_model(load(path), {"x": x.shape})
+    (got,) = cm.run({"x": x})
+    (ref,) = ort_run(onnx.load(path), {"x": x})
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_emit_tvmscript_writes_each_kernel(tmp_path):
     paths = emit_tvmscript(load(conv_bn_relu_model()), str(tmp_path), {"x": (1, 3, 4, 4)})
     assert len(paths) == 2
