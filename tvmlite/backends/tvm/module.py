@@ -45,6 +45,10 @@ def graph_key(model, input_shapes: dict, target: str) -> str:
     h.update(json.dumps(sorted((k, list(v)) for k, v in input_shapes.items())).encode())
     h.update(target.encode())
     h.update(_source_digest().encode())
+    from tvmlite.backends.tvm.schedules import min_parallel_work
+    from tvmlite.backends.tvm.target import host_threads
+
+    h.update(f"{min_parallel_work()}/{host_threads()}".encode())  # both change the schedules
     return h.hexdigest()[:24]
 
 
