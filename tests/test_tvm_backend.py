@@ -318,3 +318,24 @@ def test_cli_build_run_emit(tmp_path, capsys):
     assert main(["compare", str(src), "--backend", "tvm", "--inputs", str(tmp_path / "in.npz"), "--repeats", "2"]) == 0
     assert main(["emit-tvm", str(src), "-o", str(tmp_path / "tir"), "--shape", "x=1x3x4x4"]) == 0
     assert len(list((tmp_path / "tir").glob("k*.py"))) == 2
+
+
+def test_cache_drops_oldest_builds_past_its_limit():
+    import os
+    import time
+
+    from tvmlite.backends.tvm.module import cache_dir, prune_cache
+
+    root = cache_dir() / "prune-test"
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["TVMLITE_CACHE"], old = str(root), os.environ["TVMLITE_CACHE"]
+    try:
+        for i in range(3):
+            d = root / f"e{i}"
+            d.mkdir()
+            (d / "model.so.npz").write_bytes(b"x" * 1000)
+            os.utime(d, (time.time() - 100 + i, time.time() - 100 + i))
+        prune_cache(keep=root / "e0", max_bytes=1500)
+        assert sorted(p.name for p in root.iterdir()) == ["e0"]  # kept: the entry just built
+    finally:
+        os.environ["TVMLITE_CACHE"] = old

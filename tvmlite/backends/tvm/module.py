@@ -52,6 +52,25 @@ def graph_key(model, input_shapes: dict, target: str) -> str:
     return h.hexdigest()[:24]
 
 
+def prune_cache(keep=None, max_bytes: int | None = None) -> None:
+    """Drop the least recently built entries while the cache holds more than $TVMLITE_CACHE_MB
+    (default 4096) megabytes: a VGG-sized model's packed weights alone take half a gigabyte."""
+    limit = max_bytes if max_bytes is not None else int(os.environ.get("TVMLITE_CACHE_MB", 4096)) << 20
+    entries = []
+    for d in cache_dir().iterdir():
+        if d.is_dir():
+            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            entries.append((d.stat().st_mtime, size, d))
+    total = sum(e[1] for e in entries)
+    for _, size, d in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if keep is not None and d == keep:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        total -= size
+
+
 # -------------------------------------------------------------------------------------------- build
 def plan_of(low) -> tuple[dict, dict]:
     """The run plan (JSON-able) and constant arrays of a lowered graph."""
@@ -248,6 +267,7 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             cm.save(str(entry))
+            prune_cache(keep=entry.parent)
         except OSError:
             pass  # a read-only cache only costs rebuilds
     return cm
