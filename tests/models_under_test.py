@@ -60,3 +60,22 @@ def light_input(model: onnx.ModelProto, seed: int = 0) -> dict:
 
 def example_model() -> pathlib.Path:
     return MODELS / "digits_cnn.onnx"
+
+
+def frozen_light(name: str, seed: int = 0) -> tuple[onnx.ModelProto, str, np.ndarray]:
+    """A randomized light_* model whose extra inputs (BatchNorm scales and biases, which the
+    light models take as inputs) are fixed to `light_input`'s values as Constants: a model with
+    one image input, as deployed. Returns (model, image input name, image)."""
+    model = randomized_light(name, seed)
+    feeds = light_input(model, seed)
+    image = next(i.name for i in model.graph.input if i.name in feeds
+                 and len(i.type.tensor_type.shape.dim) == 4 and i.type.tensor_type.shape.dim[1].dim_value == 3)
+    x = feeds.pop(image)
+    nodes = [onnx.helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v, k)) for k, v in feeds.items()]
+    nodes += list(model.graph.node)
+    keep = [i for i in model.graph.input if i.name not in feeds]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    return model, image, x

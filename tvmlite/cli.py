@@ -118,23 +118,42 @@ def _size(n: int) -> str:
 # ---------------------------------------------------------------------------------------------- run
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--backend", type=click.Choice(["numpy", "ort"]), default="numpy", show_default=True)
+@click.option("--backend", type=click.Choice(["numpy", "ort", "tvm"]), default="numpy", show_default=True)
 @inputs_option
 @shape_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the outputs to this .npz file.")
 @click.option("--repeats", type=click.IntRange(0), default=0, help="Also time this many runs (median).")
 def run(model, backend, inputs, shapes, output, repeats):
-    """Run MODEL on the NumPy backend or onnxruntime and print (or save) its outputs."""
+    """Run MODEL on the NumPy backend, onnxruntime or TVM and print (or save) its outputs.
+
+    MODEL may also be a library made by 'tvmlite build' (NAME.so): it runs on TVM's runtime
+    without the ONNX model."""
     from tvmlite.compare import median_ms, ort_session, prepare_inputs
     from tvmlite.frontend import load
     from tvmlite.inputs import parse_shape_overrides
 
-    m = load(model)
-    feeds = prepare_inputs(m, inputs, parse_shape_overrides(shapes))
     if output:
         _check_output_path(output, model)
-    if backend == "numpy":
+    if model.endswith(".so") or backend == "tvm":
+        from tvmlite.backends.tvm import compile_model as tvm_compile, load_module
+
+        if model.endswith(".so"):  # a library from 'tvmlite build': no ONNX model needed
+            built, backend = load_module(model), "tvm"
+            feeds = _built_feeds(built, inputs)
+        else:
+            m = load(model)
+            feeds = prepare_inputs(m, inputs, parse_shape_overrides(shapes))
+            built = tvm_compile(m, {k: np.shape(v) for k, v in feeds.items()})
+            click.echo(f"TVM build: {built.build_seconds:.2f} s{' (cached)' if built.cached else ''}, "
+                       f"{built.kernel_count} kernels", err=True)
+        names = built.output_names
+
+        def go():
+            return built.run(feeds)
+    elif backend == "numpy":
+        m = load(model)
+        feeds = prepare_inputs(m, inputs, parse_shape_overrides(shapes))
         from tvmlite.backends.numpy import compile_model
 
         plan = compile_model(m)
@@ -143,6 +162,7 @@ def run(model, backend, inputs, shapes, output, repeats):
         def go():
             return plan.run(feeds)
     else:
+        feeds = prepare_inputs(load(model), inputs, parse_shape_overrides(shapes))
         sess = ort_session(model)
         names = [o.name for o in sess.get_outputs()]
 
@@ -167,7 +187,7 @@ def run(model, backend, inputs, shapes, output, repeats):
 @cli.command()
 @click.argument("reference", type=click.Path(dir_okay=False))
 @click.argument("candidate", type=click.Path(dir_okay=False), required=False)
-@click.option("--backend", type=click.Choice(["numpy", "ort"]), default=None,
+@click.option("--backend", type=click.Choice(["numpy", "ort", "tvm"]), default=None,
               help="Backend of the candidate (default: ort when CANDIDATE is given, else numpy).")
 @inputs_option
 @shape_option
@@ -283,6 +303,53 @@ def list_passes():
 
         opts = ", ".join(f"{f.name}={default(f)}" for f in dataclasses.fields(cls.Options))
         click.echo(f"{name:<18} {doc}" + (f"\n{'':<18} options: {opts}" if opts else ""))
+
+
+# --------------------------------------------------------------------------------------- TVM build
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The library to write (NAME.so; NAME.so.json and NAME.so.npz go beside it).")
+@shape_option
+def build(model, output, shapes):
+    """Build MODEL with the TVM backend into a library for this CPU ('tvmlite run NAME.so' runs it)."""
+    from tvmlite.backends.tvm import compile_model as tvm_compile
+    from tvmlite.frontend import load
+    from tvmlite.inputs import parse_shape_overrides
+
+    if not output.endswith(".so"):
+        raise TvmliteError(f"the output must end in .so: {output}")
+    _check_output_path(output, model)
+    built = tvm_compile(load(model), parse_shape_overrides(shapes))
+    built.save(output)
+    click.echo(f"built {output} ({built.kernel_count} kernels) in {built.build_seconds:.2f} s"
+               f"{' (from the build cache)' if built.cached else ''}")
+
+
+@cli.command(name="emit-tvm")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Directory for one TVMScript file per kernel.")
+@shape_option
+def emit_tvm(model, output, shapes):
+    """Write each kernel's scheduled TIR as TVMScript, for people to read."""
+    from tvmlite.backends.tvm import emit_tvmscript
+    from tvmlite.frontend import load
+    from tvmlite.inputs import parse_shape_overrides
+
+    paths = emit_tvmscript(load(model), output, parse_shape_overrides(shapes))
+    click.echo(f"wrote {len(paths)} kernels to {output} (index.txt lists them in run order)")
+
+
+def _built_feeds(built, inputs) -> dict:
+    """Feeds for a TVM library: the --inputs file, else seeded random data of the built shapes."""
+    from tvmlite.inputs import load_npz
+
+    if inputs:
+        data = load_npz(inputs)
+        return {n: data[n] for n in built.input_names if n in data}
+    rng = np.random.default_rng(0)
+    return {n: rng.standard_normal(built.input_shapes[n]).astype(np.float32) for n in built.input_names}
 
 
 # ------------------------------------------------------------------------------------------ helpers

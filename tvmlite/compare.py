@@ -187,7 +187,7 @@ def compare(reference, candidate=None, *, backend: str = "numpy", inputs=None, s
             rtol: float = 1e-4, atol: float = 1e-5, repeats: int = 10, threads: int = 2,
             seed: int = 0, labels=None) -> CompareReport:
     """Run ``reference`` in onnxruntime and ``candidate`` (default: the same model) on ``backend``
-    ('numpy' or 'ort') on the same inputs, and report errors and latencies."""
+    ('numpy', 'ort' or 'tvm') on the same inputs, and report errors and latencies."""
     from tvmlite.backends.numpy import compile_model
     from tvmlite.frontend import load
 
@@ -209,8 +209,15 @@ def compare(reference, candidate=None, *, backend: str = "numpy", inputs=None, s
 
         def run_candidate():
             return plan.run(feeds)
+    elif backend == "tvm":
+        from tvmlite.backends.tvm import compile_model as tvm_compile
+
+        built = tvm_compile(cand_model, {k: np.shape(v) for k, v in feeds.items()})
+
+        def run_candidate():
+            return built.run(feeds)
     else:
-        raise TvmliteError(f"unknown backend {backend!r} (numpy, ort)")
+        raise TvmliteError(f"unknown backend {backend!r} (numpy, ort, tvm)")
     with np.errstate(all="ignore"):
         cand_out = run_candidate()
     if len(cand_out) != len(ref_out):

@@ -1,0 +1,39 @@
+"""TVM backend: per op a TE compute and an s_tir schedule, the whole graph built into one LLVM
+module for the host CPU.
+
+    from tvmlite.backends.tvm import compile_model
+    cm = compile_model(model, {"input": (1, 1, 32, 32)})   # cached by graph hash
+    outputs = cm.run(feeds)
+    cm.save("model.so")                                     # + model.so.json, model.so.npz
+    load_module("model.so").run(feeds)
+
+TVM is imported only when one of these is called (`import tvm` takes seconds).
+"""
+from __future__ import annotations
+
+
+def compile_model(model, input_shapes=None, **kw):
+    from tvmlite.backends.tvm.module import compile_model as _compile
+
+    return _compile(model, input_shapes, **kw)
+
+
+def load_module(path):
+    from tvmlite.backends.tvm.module import load_module as _load
+
+    return _load(path)
+
+
+def emit_tvmscript(model, out_dir, input_shapes=None, **kw):
+    from tvmlite.backends.tvm.module import emit_tvmscript as _emit
+
+    return _emit(model, out_dir, input_shapes, **kw)
+
+
+def unsupported_ops(model, input_shapes=None) -> list[str]:
+    """Ops the backend cannot emit ('Op (reason) xN'); empty when it can build the model."""
+    from tvmlite.backends.tvm.lower import unsupported_ops as _unsupported
+    from tvmlite.backends.tvm.module import _static_inputs
+
+    model, shapes = _static_inputs(model, input_shapes)
+    return _unsupported(model, shapes)

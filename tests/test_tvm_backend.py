@@ -1,0 +1,341 @@
+"""TVM backend: each schedule step keeps results exact, each emitter agrees with NumPy or
+onnxruntime on small shapes, whole models agree with onnxruntime, unsupported ops are listed,
+and a saved .so runs again without the ONNX model."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from helpers import conv_bn_relu_model, make_model, ort_run, tensor
+
+try:  # the backend is optional: skip, saying why, where apache-tvm is missing or broken
+    from tvmlite.backends.tvm.target import import_tvm
+
+    tvm = import_tvm()
+except Exception as e:  # noqa: BLE001
+    pytest.skip(f"TVM backend unavailable: {e}", allow_module_level=True)
+
+from tvmlite.backends.tvm import compile_model, emit_tvmscript, load_module, unsupported_ops  # noqa: E402
+from tvmlite.backends.tvm import kernels as K  # noqa: E402
+from tvmlite.backends.tvm import schedules as S  # noqa: E402
+from tvmlite.backends.tvm.lower import Epilogue, EwOp  # noqa: E402
+from tvmlite.backends.tvm.target import host_target  # noqa: E402
+from tvmlite.errors import InputError, UnsupportedError  # noqa: E402
+from tvmlite.frontend import load  # noqa: E402
+from tvmlite.ops.conv import conv  # noqa: E402
+from tvmlite.ops.pool import average_pool, max_pool_values  # noqa: E402
+
+RNG = np.random.default_rng(0)
+GEMM_STEPS = ["tile_for_cache", "pack_array", "write_cache", "vectorize_columns", "unroll_rows",
+              "parallel_outer", "finish_reduction"]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TVMLITE_CACHE", str(tmp_path_factory.getbasetemp() / "tvm-cache"))
+
+
+def run_kernel(kd, feeds):
+    lib = tvm.compile(tvm.IRModule({"main": kd.func}), target=host_target())
+    args, outs = [], []
+    for p in kd.params:
+        if p.kind == "input":
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(feeds[p.name].reshape(p.shape))))
+        elif p.kind == "const":
+            args.append(tvm.runtime.tensor(p.array))
+        else:
+            outs.append(tvm.runtime.empty(p.shape, "float32", tvm.cpu()))
+            args.append(outs[-1])
+    lib["main"](*args)
+    return [o.numpy() for o in outs]
+
+
+# ------------------------------------------------------------------------------ GEMM, step by step
+@pytest.mark.parametrize("n_steps", range(len(GEMM_STEPS) + 1))
+def test_gemm_steps_each_keep_results(n_steps):
+    """Applying the schedule steps one more at a time never changes the numbers (M, N not
+    multiples of the tile: padding and clamped rows are exercised)."""
+    steps = set(GEMM_STEPS[:n_steps])
+    a = RNG.standard_normal((37, 70)).astype(np.float32)
+    w = RNG.standard_normal((70, 45)).astype(np.float32)
+    b = RNG.standard_normal(45).astype(np.float32)
+    kd = K.dense_gemm("g", "a", a.shape, w, b, out_value="y", out_shape=(37, 45), lanes=16, steps=steps,
+                      epilogue=Epilogue([EwOp("Relu")]), tile=S.GemmTile(mr=8, nr=32))
+    (y,) = run_kernel(kd, {"a": a})
+    np.testing.assert_allclose(y, np.maximum(a @ w + b, 0), rtol=1e-5, atol=1e-4)
+    if "pack_array" in steps:  # the weights were packed [N/nr, K, nr] for the schedule
+        assert [p.shape for p in kd.params if p.kind == "const"][0] == (2, 70, 32)
+
+
+def test_gemm_schedule_shows_every_step():
+    kd = K.dense_gemm("g", "a", (64, 64), np.ones((64, 64), np.float32), None, out_value="y",
+                      out_shape=(64, 64), lanes=16, epilogue=Epilogue())
+    text = kd.func.script()
+    assert "T.vectorized(32)" in text and "T.unroll(8)" in text and "T.parallel" not in text  # small: 1 core
+    assert 'scope="local"' in text and "acc_init" in text  # register tile, init split off
+    assert "w1: T.Buffer((2, 64, 32)" in text  # packed weights
+
+
+def test_pack_host_array_matches_index_map():
+    a = np.arange(6 * 8, dtype=np.float32).reshape(6, 8)
+    p = S.pack_host_array(a, 4, along="cols")
+    assert p.shape == (2, 6, 4) and p[1, 2, 3] == a[2, 1 * 4 + 3]
+    q = S.pack_host_array(a, 3, along="rows")
+    assert q.shape == (2, 8, 3) and q[1, 5, 2] == a[1 * 3 + 2, 5]
+
+
+# ----------------------------------------------------------------------------------- convolution
+@pytest.mark.parametrize("cfg", [
+    dict(x=(2, 5, 11, 13), w=(10, 5, 3, 3), pads=(1, 0, 2, 1), strides=(2, 1), dil=(1, 2)),
+    dict(x=(1, 16, 8, 8), w=(24, 16, 1, 1), pads=(0, 0, 0, 0), strides=(1, 1), dil=(1, 1)),
+    dict(x=(1, 3, 20, 20), w=(7, 3, 5, 5), pads=(2, 2, 2, 2), strides=(1, 1), dil=(1, 1)),
+])
+def test_conv_im2col_gemm_matches_numpy(cfg):
+    x = RNG.standard_normal(cfg["x"]).astype(np.float32)
+    w = RNG.standard_normal(cfg["w"]).astype(np.float32)
+    b = RNG.standard_normal(cfg["w"][0]).astype(np.float32)
+    kd = K.conv2d_gemm("c", "x", x.shape, w, b, pads=cfg["pads"], strides=cfg["strides"], dilations=cfg["dil"],
+                       out_value="y", epilogue=Epilogue([EwOp("Clip", attrs={"min": 0.0, "max": 6.0})]), lanes=16)
+    (y,) = run_kernel(kd, {"x": x})
+    ref = np.clip(conv(x, w, b, pads=list(cfg["pads"]), strides=list(cfg["strides"]),
+                       dilations=list(cfg["dil"])), 0, 6)
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_conv_matches_numpy():
+    x = RNG.standard_normal((2, 6, 9, 8)).astype(np.float32)
+    w = RNG.standard_normal((9, 2, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(9).astype(np.float32)
+    kd = K.conv2d_gemm("g", "x", x.shape, w, b, pads=(1, 1, 1, 1), strides=(1, 2), dilations=(1, 1), group=3,
+                       out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=16)
+    (y,) = run_kernel(kd, {"x": x})
+    ref = np.maximum(conv(x, w, b, pads=[1, 1, 1, 1], strides=[1, 2], group=3), 0)
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride,mult", [(1, 1), (2, 2)])
+def test_depthwise_conv_matches_numpy(stride, mult):
+    x = RNG.standard_normal((1, 6, 15, 21)).astype(np.float32)
+    w = RNG.standard_normal((6 * mult, 1, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(6 * mult).astype(np.float32)
+    kd = K.depthwise_conv2d("d", "x", x.shape, w, b, pads=(1, 1, 1, 1), strides=(stride, stride), dilations=(1, 1),
+                            out_value="y", epilogue=Epilogue([EwOp("HardSwish")]), lanes=16)
+    (y,) = run_kernel(kd, {"x": x})
+    ref = conv(x, w, b, pads=[1, 1, 1, 1], strides=[stride, stride], group=6)
+    ref = ref * np.clip(ref / 6 + 0.5, 0, 1)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------- pooling
+@pytest.mark.parametrize("kind,ceil,cip", [("max", 0, 0), ("max", 1, 0), ("avg", 1, 0), ("avg", 0, 1)])
+def test_pool_matches_numpy(kind, ceil, cip):
+    from tvmlite.ops.conv import conv_output_shape
+
+    x = RNG.standard_normal((2, 3, 10, 9)).astype(np.float32)
+    attrs = dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 1], ceil_mode=ceil)
+    out_sp = conv_output_shape((10, 9), [3, 2], [2, 2], [1, 1], [1, 0, 1, 1], ceil_mode=bool(ceil))
+    kd = K.pool2d("p", "x", x.shape, kind=kind, kernel=(3, 2), pads=(1, 0, 1, 1), strides=(2, 2), dilations=(1, 1),
+                  out_shape=(2, 3, *out_sp), count_include_pad=bool(cip), out_value="y", epilogue=Epilogue(),
+                  lanes=16)
+    (y,) = run_kernel(kd, {"x": x})
+    ref = max_pool_values(x, **attrs) if kind == "max" else average_pool(x, count_include_pad=cip, **attrs)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------- small graphs vs onnxruntime
+def _check_graph(model, feeds, rtol=1e-4):
+    cm = compile_model(load(model), {k: v.shape for k, v in feeds.items()})
+    ref = ort_run(model, feeds)
+    got = cm.run(feeds)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol * max(1.0, float(np.abs(r).max())))
+    return cm
+
+
+def _x(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def test_elementwise_chain_is_one_kernel():
+    s = numpy_helper.from_array(RNG.uniform(0.5, 1.5, (1, 4, 1, 1)).astype(np.float32), "s")
+    nodes = [helper.make_node("Add", ["x", "z"], ["a"]), helper.make_node("HardSigmoid", ["a"], ["h"], alpha=0.3),
+             helper.make_node("Mul", ["h", "s"], ["m"]), helper.make_node("Sub", ["x", "m"], ["d"]),
+             helper.make_node("Clip", ["d", "lo", "hi"], ["y"])]
+    model = make_model(nodes, [tensor("x", [2, 4, 5, 6]), tensor("z", [6])], [tensor("y", [2, 4, 5, 6])],
+                       [("lo", np.float32(-0.5)), ("hi", np.float32(0.8))])
+    model.graph.initializer.append(s)
+    cm = _check_graph(model, {"x": _x(2, 4, 5, 6), "z": _x(6)})
+    assert cm.kernel_count == 1
+
+
+def test_conv_bias_bn_relu_fused_and_matmul():
+    cm = _check_graph(conv_bn_relu_model(), {"x": _x(3, 3, 4, 4)})
+    # conv (+folded BN, relu) and matmul (+div): two kernels; the views cost nothing
+    assert cm.kernel_count == 2
+
+
+def test_residual_add_fused_into_later_conv():
+    w1 = (RNG.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (RNG.standard_normal((4, 4, 1, 1)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w2"], ["b"]),
+             helper.make_node("Add", ["b", "a"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 4, 9, 9])], [tensor("y", [1, 4, 9, 9])], [("w1", w1), ("w2", w2)])
+    cm = _check_graph(model, {"x": _x(1, 4, 9, 9)})
+    assert cm.kernel_count == 2
+
+
+@pytest.mark.parametrize("case", ["softmax", "reduce", "concat_transpose", "gemm_trans", "global_pools",
+                                  "slice_lrn"])
+def test_other_ops_match_onnxruntime(case):
+    if case == "softmax":
+        nodes = [helper.make_node("Softmax", ["x"], ["y"], axis=1), helper.make_node("LogSoftmax", ["x"], ["z"])]
+        model = make_model(nodes, [tensor("x", [3, 7, 5])], [tensor("y", [3, 7, 5]), tensor("z", [3, 7, 5])])
+        feeds = {"x": _x(3, 7, 5)}
+    elif case == "reduce":
+        nodes = [helper.make_node("ReduceMean", ["x", "ax"], ["y"], keepdims=1),
+                 helper.make_node("ReduceMax", ["x", "ax2"], ["z"], keepdims=0)]
+        model = make_model(nodes, [tensor("x", [2, 3, 4, 5])], [tensor("y", [2, 3, 1, 1]), tensor("z", [2, 4, 5])],
+                           [("ax", np.array([2, 3], np.int64)), ("ax2", np.array([1], np.int64))], opset=18)
+        feeds = {"x": _x(2, 3, 4, 5)}
+    elif case == "concat_transpose":
+        nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+                 helper.make_node("Concat", ["t", "c"], ["y"], axis=1)]
+        model = make_model(nodes, [tensor("x", [2, 3, 4])], [tensor("y", [2, 6, 3])],
+                           [("c", RNG.standard_normal((2, 2, 3)).astype(np.float32))])
+        feeds = {"x": _x(2, 3, 4)}
+    elif case == "gemm_trans":
+        nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["y"], transA=1, transB=1, alpha=0.5, beta=2.0)]
+        model = make_model(nodes, [tensor("x", [6, 3])], [tensor("y", [3, 10])],
+                           [("w", _x(10, 6)), ("c", _x(10))])
+        feeds = {"x": _x(6, 3)}
+    elif case == "slice_lrn":
+        nodes = [helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["s"]),
+                 helper.make_node("LRN", ["s"], ["y"], size=3, alpha=0.5, beta=0.75, bias=2.0)]
+        model = make_model(nodes, [tensor("x", [1, 6, 7, 8])], [tensor("y", [1, 6, 3, 3])],
+                           [("st", np.array([-1, 1, 7], np.int64)), ("en", np.array([-100, 7, 0], np.int64)),
+                            ("ax", np.array([1, 2, 3], np.int64)), ("sp", np.array([-1, 2, -3], np.int64))])
+        feeds = {"x": _x(1, 6, 7, 8)}
+    else:
+        nodes = [helper.make_node("GlobalAveragePool", ["x"], ["a"]), helper.make_node("GlobalMaxPool", ["x"], ["b"]),
+                 helper.make_node("Sigmoid", ["a"], ["y"]), helper.make_node("Mul", ["b", "b"], ["z"])]
+        model = make_model(nodes, [tensor("x", [2, 5, 6, 7])], [tensor("y", [2, 5, 1, 1]), tensor("z", [2, 5, 1, 1])])
+        feeds = {"x": _x(2, 5, 6, 7)}
+    _check_graph(model, feeds)
+
+
+# ------------------------------------------------------------------------------------ whole models
+def test_digits_model_agrees_with_onnxruntime(tmp_path):
+    from models_under_test import example_model
+
+    path = example_model()
+    if not path.exists():
+        pytest.skip("models/digits_cnn.onnx has not been trained")
+    data = np.load(path.parent / "digits_test.npz")
+    x, labels = data["input"][:16].astype(np.float32), data["label"][:16]
+    cm = compile_model(load(path), {"input": x.shape})
+    assert not cm.cached and cm.build_seconds > 0
+    (got,) = cm.run({"input": x})
+    (ref,) = ort_run(onnx.load(path), {"input": x})
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    assert (got.argmax(1) == labels).mean() > 0.8
+    # the same graph again comes from the cache
+    again = compile_model(load(path), {"input": x.shape})
+    assert again.cached
+    np.testing.assert_array_equal(again.run({"input": x})[0], got)
+    # saved library: runs again without the ONNX model
+    so = tmp_path / "digits.so"
+    cm.save(str(so))
+    loaded = load_module(str(so))
+    np.testing.assert_array_equal(loaded.run({"input": x})[0], got)
+    with pytest.raises(InputError, match="expects"):
+        loaded.run({"input": x[:3]})
+
+
+def test_ppocr_cls_agrees_with_onnxruntime():
+    """Depthwise convs, hard-sigmoid/swish chains, squeeze-excite blocks, shape arithmetic."""
+    from conftest import corpus_model
+
+    path = corpus_model("ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    x = np.random.default_rng(1).random((1, 3, 48, 192), dtype=np.float32)
+    cm = compile_model(load(path), {"x": x.shape})
+    (got,) = cm.run({"x": x})
+    (ref,) = ort_run(onnx.load(path), {"x": x})
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_emit_tvmscript_writes_each_kernel(tmp_path):
+    paths = emit_tvmscript(load(conv_bn_relu_model()), str(tmp_path), {"x": (1, 3, 4, 4)})
+    assert len(paths) == 2
+    text = open(paths[0]).read()
+    assert "@T.prim_func" in text and "schedule steps: tile_for_cache" in text
+    assert (tmp_path / "index.txt").read_text().count(".py") == 2
+
+
+# ------------------------------------------------------------------------------------ unsupported
+def test_unsupported_ops_are_listed_at_once():
+    w = RNG.standard_normal((4, 4, 2, 2)).astype(np.float32)
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["c"], strides=[2, 2]),
+             helper.make_node("TopK", ["c", "k"], ["v", "i"], axis=-1),
+             helper.make_node("Relu", ["v"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 4, 5, 5])], [tensor("y", [1, 4, 10, 2])],
+                       [("w", w), ("k", np.array([2], np.int64))])
+    problems = unsupported_ops(load(model))
+    assert problems == ["ConvTranspose (no TVM emitter)", "TopK (no TVM emitter)"]
+    with pytest.raises(UnsupportedError) as e:
+        compile_model(load(model))
+    msg = str(e.value)
+    assert "\n" not in msg and "2 op kind(s)" in msg and "TopK" in msg and "ConvTranspose" in msg
+
+
+def test_symbolic_input_needs_a_shape():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", ["N", 3])], [tensor("y", ["N", 3])])
+    with pytest.raises(InputError, match="static shapes"):
+        compile_model(load(model))
+    cm = compile_model(load(model), {"x": (2, 3)})
+    x = _x(2, 3)
+    np.testing.assert_array_equal(cm.run({"x": x})[0], np.maximum(x, 0))
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def test_cli_build_run_emit(tmp_path, capsys):
+    from tvmlite.cli import main
+
+    src = tmp_path / "m.onnx"
+    onnx.save(conv_bn_relu_model(), str(src))
+    so = tmp_path / "m.so"
+    assert main(["build", str(src), "-o", str(so)]) == 2  # symbolic batch: needs --shape
+    assert "static shapes" in capsys.readouterr().err
+    assert main(["build", str(src), "-o", str(so), "--shape", "x=2x3x4x4"]) == 0
+    x = _x(2, 3, 4, 4)
+    np.savez(tmp_path / "in.npz", x=x)
+    out = tmp_path / "out.npz"
+    assert main(["run", str(so), "--inputs", str(tmp_path / "in.npz"), "-o", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out)["y"], ort_run(conv_bn_relu_model(), {"x": x})[0], rtol=1e-4, atol=1e-4)
+    assert main(["compare", str(src), "--backend", "tvm", "--inputs", str(tmp_path / "in.npz"), "--repeats", "2"]) == 0
+    assert main(["emit-tvm", str(src), "-o", str(tmp_path / "tir"), "--shape", "x=1x3x4x4"]) == 0
+    assert len(list((tmp_path / "tir").glob("k*.py"))) == 2
+
+
+def test_cache_drops_oldest_builds_past_its_limit():
+    import os
+    import time
+
+    from tvmlite.backends.tvm.module import cache_dir, prune_cache
+
+    root = cache_dir() / "prune-test"
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["TVMLITE_CACHE"], old = str(root), os.environ["TVMLITE_CACHE"]
+    try:
+        for i in range(3):
+            d = root / f"e{i}"
+            d.mkdir()
+            (d / "model.so.npz").write_bytes(b"x" * 1000)
+            os.utime(d, (time.time() - 100 + i, time.time() - 100 + i))
+        prune_cache(keep=root / "e0", max_bytes=1500)
+        assert sorted(p.name for p in root.iterdir()) == ["e0"]  # kept: the entry just built
+    finally:
+        os.environ["TVMLITE_CACHE"] = old

@@ -1,0 +1,316 @@
+"""Build the kernels of a graph into one LLVM module for the host, save/load it, run it.
+
+An artifact is three files: ``NAME.so`` (every kernel's PrimFunc in one library), ``NAME.so.json``
+(the run plan: buffers, calls, inputs, outputs) and ``NAME.so.npz`` (the constants, already in
+the packed layouts the schedules expect). `load_module` needs neither the ONNX model nor the
+compiler, only TVM's runtime. Built artifacts are cached by graph hash under $TVMLITE_CACHE
+(default ~/.cache/tvmlite/tvm).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from tvmlite.backends.tvm.target import import_tvm
+from tvmlite.errors import InputError, TvmliteError
+
+FORMAT = 1
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("TVMLITE_CACHE") or pathlib.Path.home() / ".cache" / "tvmlite" / "tvm")
+
+
+def _source_digest() -> str:
+    """Changing an emitter or a schedule must invalidate cached builds."""
+    h = hashlib.sha256()
+    here = pathlib.Path(__file__).parent
+    for name in ("kernels.py", "schedules.py", "lower.py", "module.py", "target.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def graph_key(model, input_shapes: dict, target: str) -> str:
+    from tvmlite.export import export_model
+
+    h = hashlib.sha256()
+    h.update(export_model(model, infer=False).SerializeToString(deterministic=True))
+    h.update(json.dumps(sorted((k, list(v)) for k, v in input_shapes.items())).encode())
+    h.update(target.encode())
+    h.update(_source_digest().encode())
+    from tvmlite.backends.tvm.schedules import min_parallel_work
+    from tvmlite.backends.tvm.target import host_threads
+
+    h.update(f"{min_parallel_work()}/{host_threads()}".encode())  # both change the schedules
+    return h.hexdigest()[:24]
+
+
+def prune_cache(keep=None, max_bytes: int | None = None) -> None:
+    """Drop the least recently built entries while the cache holds more than $TVMLITE_CACHE_MB
+    (default 4096) megabytes: a VGG-sized model's packed weights alone take half a gigabyte."""
+    limit = max_bytes if max_bytes is not None else int(os.environ.get("TVMLITE_CACHE_MB", 4096)) << 20
+    entries = []
+    for d in cache_dir().iterdir():
+        if d.is_dir():
+            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            entries.append((d.stat().st_mtime, size, d))
+    total = sum(e[1] for e in entries)
+    for _, size, d in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if keep is not None and d == keep:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        total -= size
+
+
+# -------------------------------------------------------------------------------------------- build
+def plan_of(low) -> tuple[dict, dict]:
+    """The run plan (JSON-able) and constant arrays of a lowered graph."""
+    buffers: dict[str, dict] = {}
+    consts: dict[str, np.ndarray] = {}
+    views = low.views
+
+    def root(v):
+        return views.get(v, v)
+
+    for name, shape in low.inputs:
+        buffers[name] = {"shape": list(shape), "kind": "input"}
+    calls = []
+    for kd in low.kernels:
+        args = []
+        for p in kd.params:
+            if p.kind == "const":
+                consts[p.name] = p.array
+                args.append([p.name, list(p.array.shape)])
+                continue
+            r = root(p.name)
+            if p.kind == "output" and r not in buffers:
+                buffers[r] = {"shape": list(low.shapes[r]), "kind": "temp"}
+            if r not in buffers:
+                raise TvmliteError(f"kernel {kd.name} reads {p.name!r} before it is made")
+            n_buf = int(np.prod(buffers[r]["shape"]))
+            if int(np.prod(p.shape)) != n_buf:
+                raise TvmliteError(f"kernel {kd.name}: view {p.shape} of {r!r} {buffers[r]['shape']}")
+            args.append([r, list(p.shape)])
+        calls.append({"func": kd.name, "args": args, "nodes": kd.nodes})
+    outputs = []
+    for o in low.outputs:
+        if o in low.consts:
+            cname = f"output.{o}"
+            consts[cname] = np.asarray(low.consts[o])
+            outputs.append({"name": o, "buffer": cname, "shape": list(np.shape(low.consts[o])), "const": True})
+        else:
+            r = root(o)
+            if r not in buffers:
+                raise TvmliteError(f"graph output {o!r} is not computed")
+            outputs.append({"name": o, "buffer": r, "shape": list(low.shapes.get(o, buffers[r]["shape"]))})
+    plan = {"format": FORMAT, "inputs": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in low.inputs],
+            "outputs": outputs, "buffers": buffers, "calls": calls}
+    return plan, consts
+
+
+def build_lowered(low, target):
+    """One IRModule holding every kernel, compiled for ``target``."""
+    tvm = import_tvm()
+    funcs = {kd.name: kd.func.with_attr("global_symbol", kd.name) for kd in low.kernels}
+    mod = tvm.IRModule(funcs)
+    return tvm.compile(mod, target=target)
+
+
+def save_artifact(lib, plan: dict, consts: dict, path: str) -> None:
+    """``path`` (.so) plus ``path.json`` and ``path.npz``, each written atomically."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise TvmliteError(f"output directory does not exist: {d}")
+    tmp = tempfile.mkdtemp(prefix=".tvmlite-", dir=d)
+    try:
+        lib.export_library(os.path.join(tmp, "m.so"))
+        with open(os.path.join(tmp, "m.json"), "w") as f:
+            json.dump(plan, f)
+        np.savez(os.path.join(tmp, "m.npz"), **consts)
+        os.replace(os.path.join(tmp, "m.npz"), path + ".npz")
+        os.replace(os.path.join(tmp, "m.json"), path + ".json")
+        os.replace(os.path.join(tmp, "m.so"), path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_module(path: str) -> "CompiledModel":
+    """A saved artifact, ready to run (no ONNX, no compiler)."""
+    tvm = import_tvm()
+    path = os.fspath(path)
+    for p in (path, path + ".json", path + ".npz"):
+        if not os.path.exists(p):
+            raise TvmliteError(f"missing {p} (a TVM build is NAME.so with NAME.so.json and NAME.so.npz)")
+    with open(path + ".json") as f:
+        plan = json.load(f)
+    if plan.get("format") != FORMAT:
+        raise TvmliteError(f"{path}.json has format {plan.get('format')}, expected {FORMAT}: rebuild it")
+    with np.load(path + ".npz") as z:
+        consts = {k: z[k] for k in z.files}
+    lib = tvm.runtime.load_module(path)
+    return CompiledModel(lib, plan, consts)
+
+
+# ---------------------------------------------------------------------------------------------- run
+class CompiledModel:
+    """Preallocated buffers and the kernel calls of one built graph; ``run(feeds)`` -> outputs."""
+
+    def __init__(self, lib, plan: dict, consts: dict, build_seconds: float | None = None,
+                 cached: bool = False):
+        tvm = import_tvm()
+        self.lib = lib
+        self.plan = plan
+        self.build_seconds = build_seconds
+        self.cached = cached
+        dev = tvm.cpu(0)
+        self.input_names = [i["name"] for i in plan["inputs"]]
+        self.input_shapes = {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}
+        self.output_names = [o["name"] for o in plan["outputs"]]
+        store = {}
+        for name, b in plan["buffers"].items():
+            store[name] = tvm.runtime.empty(tuple(b["shape"]), "float32", dev)
+        for name, arr in consts.items():
+            store[name] = tvm.runtime.tensor(np.ascontiguousarray(arr), dev)
+        self._store = store
+
+        def view(name, shape):
+            t = store[name]
+            return t if tuple(t.shape) == tuple(shape) else t._create_view(tuple(shape))
+
+        self._calls = [(lib[c["func"]], [view(n, s) for n, s in c["args"]]) for c in plan["calls"]]
+        self._inputs = [store[n] for n in self.input_names]
+        self._outputs = [(view(o["buffer"], o["shape"]) if not o.get("const") else None, o)
+                         for o in plan["outputs"]]
+        self._consts = consts
+
+    @property
+    def kernel_count(self) -> int:
+        return len(self._calls)
+
+    def set_inputs(self, feeds: dict) -> None:
+        for name, t in zip(self.input_names, self._inputs):
+            if name not in feeds:
+                raise InputError(f"missing input {name!r}")
+            a = np.asarray(feeds[name])
+            if tuple(a.shape) != self.input_shapes[name]:
+                raise InputError(f"input {name!r} has shape {tuple(a.shape)}, the TVM build expects "
+                                 f"{self.input_shapes[name]} (build again for other shapes)")
+            t.copyfrom(np.ascontiguousarray(a, dtype=np.float32))
+
+    def execute(self) -> None:
+        for fn, args in self._calls:
+            fn(*args)
+
+    def run(self, feeds: dict) -> list[np.ndarray]:
+        self.set_inputs(feeds)
+        self.execute()
+        out = []
+        for t, o in self._outputs:
+            out.append(np.array(self._consts[o["buffer"]]) if t is None else t.numpy())
+        return out
+
+    def profile(self, feeds: dict, repeats: int = 10) -> list[tuple[str, str, float]]:
+        """Median milliseconds per kernel call: (kernel, graph nodes, ms), slowest first."""
+        self.set_inputs(feeds)
+        self.execute()
+        rows = []
+        for (fn, args), call in zip(self._calls, self.plan["calls"]):
+            ts = []
+            for _ in range(max(repeats, 1)):
+                t0 = time.perf_counter()
+                fn(*args)
+                ts.append((time.perf_counter() - t0) * 1e3)
+            rows.append((call["func"], ", ".join(call.get("nodes", [])), float(np.median(ts))))
+        return sorted(rows, key=lambda r: -r[2])
+
+    def save(self, path: str) -> None:
+        save_artifact(self.lib, self.plan, self._consts, path)
+
+
+def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True, lanes: int | None = None,
+                  verbose: bool = False) -> CompiledModel:
+    """Lower, schedule and build ``model`` for the host CPU (or take it from the cache)."""
+    from tvmlite.backends.tvm.lower import lower
+    from tvmlite.backends.tvm.target import host_target, vector_lanes
+
+    model, shapes = _static_inputs(model, input_shapes)
+    target = host_target()
+    key = graph_key(model, shapes, str(target))
+    entry = cache_dir() / key / "model.so"
+    if cache and entry.exists():
+        try:
+            t0 = time.perf_counter()
+            cm = load_module(str(entry))
+            cm.build_seconds = time.perf_counter() - t0
+            cm.cached = True
+            return cm
+        except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt
+            shutil.rmtree(entry.parent, ignore_errors=True)
+    t0 = time.perf_counter()
+    low = lower(model, shapes, lanes or vector_lanes())
+    plan, consts = plan_of(low)
+    lib = build_lowered(low, target)
+    seconds = time.perf_counter() - t0
+    plan["build_seconds"] = round(seconds, 3)
+    cm = CompiledModel(lib, plan, consts, build_seconds=seconds)
+    if cache:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            cm.save(str(entry))
+            prune_cache(keep=entry.parent)
+        except OSError:
+            pass  # a read-only cache only costs rebuilds
+    return cm
+
+
+def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes: int | None = None) -> list[str]:
+    """Write each kernel's scheduled TIR as TVMScript (one .py per kernel) plus an index; returns
+    the paths written."""
+    from tvmlite.backends.tvm.lower import lower
+    from tvmlite.backends.tvm.target import host_target, vector_lanes
+
+    import_tvm()
+    model, shapes = _static_inputs(model, input_shapes)
+    low = lower(model, shapes, lanes or vector_lanes())
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    index = [f"# TVM kernels of the graph, in run order (target {host_target()})", ""]
+    for kd in low.kernels:
+        path = os.path.join(out_dir, f"{kd.name}.py")
+        header = (f"# kernel {kd.name}: nodes {', '.join(kd.nodes)}\n"
+                  f"# schedule steps: {', '.join(kd.steps)}\n"
+                  f"# params: " + ", ".join(f"{p.kind} {p.name} {list(p.shape)}" for p in kd.params) + "\n")
+        with open(path, "w") as f:
+            f.write(header + kd.func.with_attr("global_symbol", kd.name).script() + "\n")
+        written.append(path)
+        index.append(f"{kd.name}.py  <- {', '.join(kd.nodes)}")
+    with open(os.path.join(out_dir, "index.txt"), "w") as f:
+        f.write("\n".join(index) + "\n")
+    return written
+
+
+def _static_inputs(model, input_shapes):
+    from tvmlite.inputs import graph_inputs
+
+    if not hasattr(model, "graph"):
+        from tvmlite.frontend import load
+
+        model = load(model)
+    shapes = {}
+    for name in graph_inputs(model.graph):
+        s = (input_shapes or {}).get(name) or model.graph.values[name].shape
+        if s is None or not all(isinstance(d, int) and d > 0 for d in s):
+            raise InputError(f"input {name!r} has shape {s}: give static shapes to build with TVM "
+                             f"(e.g. --shape {name}=1x3x224x224)")
+        shapes[name] = tuple(int(d) for d in s)
+    return model, shapes

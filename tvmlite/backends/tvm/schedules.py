@@ -1,0 +1,220 @@
+"""Schedules: the classic CPU steps, each a named function over an `s_tir.Schedule`.
+
+The GEMM recipe follows TVM's "How to optimize GEMM on CPU" tutorial and the im2col/packing
+notes of seed 000, one step per function so each can be applied, tested and measured alone:
+
+    tile_for_cache       split rows/columns into a register tile (mr x nr) and order the loops
+                         column tile, row tile, k, row, column (loop permutation)
+    pack_array           array packing: a [K, N]-indexed buffer stored as [N/nb, K, nb] so the
+                         inner loop reads one contiguous line per k
+    write_cache          accumulate the tile in a local (register) buffer, write it out once
+                         through the epilogue (bias, activation, residual) placed under the tile
+    vectorize_columns    the nr columns become SIMD lanes (AVX-512: 16 float32 per register)
+    unroll_rows          unroll the mr rows so the tile lives in registers
+    parallel_outer       the outermost tile loops run on all cores
+    finish_reduction     split the accumulator's init from its update (must come last)
+
+Pool, elementwise and reduction kernels use `parallel_vectorize`: fuse the outer loops across
+cores and vectorize the innermost loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def worth_parallel(work: int) -> bool:
+    """Whether a kernel doing ``work`` operations gains from running on all cores. Waking the
+    pool costs microseconds on a quiet machine and far more on a busy one (a barrier waits for a
+    descheduled thread), so small kernels run on one core. $TVMLITE_MIN_PARALLEL_WORK overrides."""
+    import os
+
+    from tvmlite.backends.tvm.target import host_threads
+
+    if host_threads() < 2:
+        return False
+    return work >= min_parallel_work()
+
+
+def min_parallel_work() -> int:
+    """Operations (multiply-adds, elements) below which a kernel stays on one core. Measured on
+    the 2-core host under load: at 2M the digits CNN's 19M-MAC convs ran parallel and the model
+    took 4-16 ms (median) against 1.0-1.4 ms single-threaded."""
+    import os
+
+    return int(os.environ.get("TVMLITE_MIN_PARALLEL_WORK", 1 << 25))
+
+
+@dataclass
+class GemmTile:
+    mr: int = 8     # rows in the register tile
+    nr: int = 32    # columns in the register tile (a multiple of the vector lanes)
+    kc: int = 0     # k block for L2 reuse; 0 = no k blocking
+
+
+def tile_for_cache(sch, block, tile: GemmTile):
+    """Split (…, i, j, k) into (…, jo, io, [ko,] k, ii, ji) and return the loop handles: the
+    outer tile loop (columns) is "first", the inner one (rows) "second". Columns outside means a
+    packed column panel [K, nr] is made once and reused by every row tile while it is in cache."""
+    loops = sch.get_loops(block)
+    outer, (i, j, k) = loops[:-3], loops[-3:]
+    io, ii = sch.split(i, factors=[None, int(tile.mr)])
+    jo, ji = sch.split(j, factors=[None, int(tile.nr)])
+    first, second = jo, io
+    if tile.kc:
+        ko, ki = sch.split(k, factors=[None, int(tile.kc)])
+        sch.reorder(first, ko, second, ki, ii, ji)
+        return {"outer": list(outer), "first": first, "second": second, "ko": ko, "k": ki,
+                "ii": ii, "ji": ji}
+    sch.reorder(first, second, k, ii, ji)
+    return {"outer": list(outer), "first": first, "second": second, "k": k, "ii": ii, "ji": ji}
+
+
+def pack_array(sch, block, buffer, nb: int, *, along: str = "cols", leading: int = 0):
+    """Array packing. ``along="cols"``: a B operand [..., K, N] stored as [..., N/nb, K, nb];
+    ``along="rows"``: an A operand [..., M, K] stored as [..., M/nb, K, nb]. Either way the
+    register tile reads nb consecutive floats per k.
+
+    For a constant weight this changes the function's parameter: the caller passes the array
+    packed by `pack_host_array` (once, at build time). For an intermediate (im2col columns) the
+    producer writes the packed layout directly."""
+    nb = int(nb)
+    if along == "cols":
+        def packed(k, n):
+            return (n // nb, k, n % nb)
+    else:
+        def packed(m, k):
+            return (m // nb, k, m % nb)
+    if leading == 0:
+        index_map = packed
+    elif leading == 1:
+        def index_map(b, x, y):
+            return (b,) + packed(x, y)
+    elif leading == 2:
+        def index_map(b, g, x, y):
+            return (b, g) + packed(x, y)
+    else:
+        raise ValueError("pack_array supports at most two leading dims")
+    sch.transform_layout(block, buffer, index_map)
+
+
+def pack_host_array(array, nb: int, *, along: str = "cols", leading: int = 0):
+    """NumPy side of `pack_array` (the packed dim must divide by nb)."""
+    import numpy as np
+
+    a = np.asarray(array)
+    *lead, x, y = a.shape
+    assert len(lead) == leading, (a.shape, leading)
+    if along == "cols":
+        assert y % nb == 0, (a.shape, nb)
+        out = a.reshape(*lead, x, y // nb, nb).swapaxes(-3, -2)
+    else:
+        assert x % nb == 0, (a.shape, nb)
+        out = a.reshape(*lead, x // nb, nb, y).swapaxes(-2, -1)
+    return np.ascontiguousarray(out)
+
+
+def write_cache(sch, block, epilogue, loop):
+    """The accumulator becomes a register tile; the epilogue block moves under ``loop``."""
+    sch.set_scope(block, 0, "local")
+    sch.reverse_compute_at(epilogue, loop, preserve_unit_loops=True)
+
+
+def vectorize_columns(sch, loop, epilogue=None):
+    sch.vectorize(loop)
+    if epilogue is not None:
+        sch.vectorize(sch.get_loops(epilogue)[-1])
+
+
+def unroll_rows(sch, loop):
+    sch.unroll(loop)
+
+
+def parallel_outer(sch, loops):
+    """Fuse ``loops`` (outermost first) and run them across cores."""
+    loops = [lp for lp in loops if lp is not None]
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    sch.parallel(fused)
+    return fused
+
+
+def finish_reduction(sch, block, loop):
+    sch.decompose_reduction(block, loop)
+
+
+def schedule_gemm(sch, acc: str, epilogue: str, tile: GemmTile, *, packs=(), producer=None,
+                  parallel_rows: bool = False, parallel: bool = True, steps=None):
+    """All GEMM steps in order; ``steps`` (a set of step names) applies only some, for tests.
+
+    ``packs``: (block name, ("read"|"write", i), along, leading) buffers to pack with nb = the
+    tile's mr (rows) or nr (cols). ``producer``: an im2col block computed per column tile,
+    right before the tile uses it (packing on the fly, the columns stay in L2)."""
+    on = (lambda s: True) if steps is None else (lambda s: s in steps)
+    block = sch.get_sblock(acc)
+    epi = sch.get_sblock(epilogue)
+    lp = tile_for_cache(sch, block, tile) if on("tile_for_cache") else None
+    if on("pack_array"):
+        for name, buf, along, leading in packs:
+            pack_array(sch, sch.get_sblock(name), buf, tile.nr if along == "cols" else tile.mr,
+                       along=along, leading=leading)
+    if lp is None:
+        return sch
+    if on("write_cache"):
+        write_cache(sch, block, epi, lp["second"])
+    if producer is not None:
+        pblock = sch.get_sblock(producer)
+        sch.compute_at(pblock, lp["first"], preserve_unit_loops=True)
+        if on("vectorize_columns"):
+            sch.vectorize(sch.get_loops(pblock)[-1])
+    if on("vectorize_columns"):
+        vectorize_columns(sch, lp["ji"], epi if on("write_cache") else None)
+    if on("unroll_rows"):
+        unroll_rows(sch, lp["ii"])
+    if on("parallel_outer") and parallel:
+        inner_too = parallel_rows and producer is None and "ko" not in lp
+        parallel_outer(sch, lp["outer"] + [lp["first"]] + ([lp["second"]] if inner_too else []))
+    if on("finish_reduction"):
+        finish_reduction(sch, block, lp.get("ko") or lp["k"])
+    return sch
+
+
+def parallel_vectorize(sch, block: str, lanes: int, *, parallel_loops: int | None = None,
+                       min_parallel: int = 2, parallel: bool = True):
+    """Fuse the outer spatial loops across cores and vectorize the innermost one when it is long
+    enough. Reduction loops (if any) stay inside, unchanged."""
+    b = sch.get_sblock(block)
+    loops = sch.get_loops(b)
+    if not loops:
+        return sch
+    spatial = _spatial_loops(sch, b, loops)
+    if not spatial:
+        return sch
+    n_par = len(spatial) - 1 if parallel_loops is None else min(parallel_loops, len(spatial))
+    inner = spatial[-1]
+    extent = _extent(sch, inner)
+    if len(spatial) == len(loops) and extent is not None and extent >= lanes:
+        if extent % lanes == 0 or extent > 4 * lanes:
+            _, vi = sch.split(inner, factors=[None, int(lanes)])
+            sch.vectorize(vi)
+        elif extent <= 4 * lanes:
+            sch.vectorize(inner)
+    par = spatial[:n_par] if n_par > 0 and parallel else []
+    if par:
+        total = 1
+        for lp in par:
+            total *= _extent(sch, lp) or 1
+        if total >= min_parallel:
+            parallel_outer(sch, par)
+    return sch
+
+
+def _extent(sch, loop):
+    try:
+        return int(sch.get(loop).extent)
+    except Exception:  # noqa: BLE001 - a symbolic extent
+        return None
+
+
+def _spatial_loops(sch, block, loops):
+    """The leading loops of a TE-made block that are data parallel (TE puts reduce loops last)."""
+    n_spatial = sum(1 for iv in sch.get(block).iter_vars if int(iv.iter_type) == 0)
+    return list(loops[:n_spatial]) if len(loops) >= n_spatial else []
