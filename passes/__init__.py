@@ -3,3 +3,4 @@ from passes.base import (PASSES, Pass, PassResult, Pipeline, available_passes,  
                          parse_spec, register_pass)
 from passes import cleanup  # noqa: F401,E402  (registers the clean-up passes)
 from passes import lowrank  # noqa: F401,E402  (low-rank factorization)
+from passes import prune  # noqa: F401,E402  (pruning)
