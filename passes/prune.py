@@ -338,6 +338,9 @@ class ChannelPruner:
                                 group.params.append((c, j))
                             continue
                         p = g.producer(other)
+                        while p is not None and p not in candidates and p.domain in ("", "ai.onnx") \
+                                and (p.op_type in _PER_CHANNEL or p.op_type in ("BatchNormalization", "PRelu")):
+                            p = g.producer(p.inputs[0])  # back through per-channel ops to the layer
                         if p is None or p not in candidates or offset != 0:
                             return f"{c.label!r} joins it with {other!r}, which cannot lose the same channels"
                         if p not in group.producers:
