@@ -4,3 +4,4 @@ from passes.base import (PASSES, Pass, PassResult, Pipeline, available_passes,  
 from passes import cleanup  # noqa: F401,E402  (registers the clean-up passes)
 from passes import lowrank  # noqa: F401,E402  (low-rank factorization)
 from passes import prune  # noqa: F401,E402  (pruning)
+from passes import sparsify  # noqa: F401,E402  (sparse-op selection)
