@@ -78,8 +78,8 @@ class Sparsify(Pass):
     def run(self, model: Model) -> PassResult:
         blocks = self._blocks()
         o = self.options
-        if o.min_speedup <= 0 or not 0 < o.max_density <= 1 or o.repeats < 1:
-            raise OptionError("sparsify: min_speedup > 0, 0 < max_density <= 1 and repeats >= 1 required")
+        if o.min_speedup < 0 or not 0 < o.max_density <= 1 or o.repeats < 1:
+            raise OptionError("sparsify: min_speedup >= 0, 0 < max_density <= 1 and repeats >= 1 required")
         result = PassResult(self.name)
         g = model.graph
         shapes = static_shapes(model)
