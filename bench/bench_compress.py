@@ -96,6 +96,87 @@ def bench_lowrank(path: str, args, test) -> None:
                 print("    ", {k: v for k, v in d.items() if k not in ("node",)} | {"node": d["node"]})
 
 
+def _size(m) -> int:
+    from tvmlite.export import export_model
+
+    return len(export_model(m).SerializeToString())
+
+
+def bench_prune(path: str, args, test) -> None:
+    print(f"\n== structured channel pruning on {os.path.basename(path)}")
+    base = tvmlite.load(path)
+    sess0 = ort_session(path)
+    acc0 = accuracy(sess0, test)
+    size0 = _size(base)
+    feeds = {"input": test["input"][:1]}
+    print(f"{'config':<52} {'size':>10} {'MACs':>7} {'acc %':>7} {'d pt':>6} {'ORT x':>6}")
+    for label, spec in [
+        ("50% channels by L1 norm", "fold-bn,prune(mode=channel,sparsity=0.5),dce"),
+        ("50% channels by L1 norm + least-squares reader refit",
+         f"fold-bn,prune(mode=channel,sparsity=0.5,calib={CALIB}),dce"),
+        ("k-means 4-bit codebook weights", "fold-bn,compress-weights(mode=kmeans,bits=4),dce"),
+        ("ternary weights", "fold-bn,compress-weights(mode=ternary),dce"),
+        ("binary weights", "fold-bn,compress-weights(mode=binary),dce"),
+    ]:
+        m, results, _ = compress(path, spec)
+        sess = ort_session(m)
+        acc = accuracy(sess, test)
+        t0, t1 = interleaved_ms([sess0, sess], feeds, args.repeats)
+        b, a = results[0].before, results[-1].after
+        print(f"{label:<52} {size0 / 1e6:.2f}->{_size(m) / 1e6:.2f}MB {b['macs'] / a['macs']:>6.2f}x {acc:>7.2f} "
+              f"{acc - acc0:>+6.2f} {t0 / t1:>5.2f}x")
+
+
+def bench_sparse(args) -> None:
+    import scipy.sparse as sp
+    from threadpoolctl import threadpool_limits
+
+    from tvmlite.ops.sparse import sparse_matmul, to_bsr
+
+    print("\n== sparse kernel at batch 1, 90% block sparsity (median us, interleaved)")
+    rng = np.random.default_rng(0)
+    print(f"{'BLAS threads':<12} {'size':>9} {'block':>6} {'dense':>8} {'tvmlite':>8} {'scipy csr':>9} "
+          f"{'scipy bsr':>9}  {'tvm x':>6} {'csr x':>6} {'bsr x':>6}")
+    for threads in (None, 1):
+        with threadpool_limits(threads):
+            for k in (1024, 2048):
+                for r in (16, 32):
+                    w = rng.standard_normal((k, k)).astype(np.float32)
+                    mask = rng.random((k // r, k // r)) < 0.1
+                    w *= np.kron(mask, np.ones((r, r), np.float32))
+                    x = rng.standard_normal((1, k)).astype(np.float32)
+                    packed = to_bsr(w, r, r)
+                    wt_csr, wt_bsr = sp.csr_matrix(w.T), sp.bsr_matrix(w.T, blocksize=(r, r))
+                    fns = [lambda: x @ w, lambda: sparse_matmul(x, *packed),
+                           lambda: wt_csr @ x[0], lambda: wt_bsr @ x[0]]
+                    us = [t * 1e3 for t in _interleaved_fns(fns, args.repeats)]
+                    print(f"{threads or 'default':<12} {k}x{k:<4} {r}x{r:<3} {us[0]:>8.1f} {us[1]:>8.1f} {us[2]:>9.1f} "
+                          f"{us[3]:>9.1f}  {us[0] / us[1]:>5.2f}x {us[0] / us[2]:>5.2f}x {us[0] / us[3]:>5.2f}x")
+    print("break-even density of the 16x16 block kernel, 1024x1024, batch 1, default threads:")
+    k, r = 1024, 16
+    w0 = rng.standard_normal((k, k)).astype(np.float32)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    for dens in (0.05, 0.1, 0.2, 0.3, 0.5, 0.7):
+        w = w0 * np.kron(rng.random((k // r, k // r)) < dens, np.ones((r, r), np.float32))
+        packed = to_bsr(w, r, r)
+        d, s = _interleaved_fns([lambda: x @ w, lambda: sparse_matmul(x, *packed)],
+                                args.repeats)
+        print(f"  density {dens:.2f}: dense/sparse {d / s:.2f}x")
+
+
+def _interleaved_fns(fns, repeats):
+    for f in fns:
+        for _ in range(5):
+            f()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for f, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            f()
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return [float(np.median(t)) for t in times]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=None)
@@ -113,10 +194,10 @@ def main(argv=None) -> int:
     for path in models:
         if "lowrank" in only:
             bench_lowrank(path, args, test)
-        if "prune" in only and "bench_prune" in globals():
-            globals()["bench_prune"](path, args, test)
-    if "sparse" in only and "bench_sparse" in globals():
-        globals()["bench_sparse"](args)
+        if "prune" in only:
+            bench_prune(path, args, test)
+    if "sparse" in only:
+        bench_sparse(args)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Sparse-op selection: Gemm/MatMul/1x1-Conv layers with sparse constant weights -> the block-sparse
-kernel (tvmlite::BlockSparseMatMul) where it measures faster than the dense one on this machine.
+kernel (tvmlite::SparseMatMul, BSR; CSR is its 1x1 block) where it measures faster than the dense one
+on this machine.
 
     prune(mode=block,block=16x16,sparsity=0.9),sparsify
 
@@ -22,7 +23,7 @@ from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ir.shapes import static_shapes
 from tvmlite.ops.registry import lookup
-from tvmlite.ops.sparse import block_sparse_matmul, to_block_ell
+from tvmlite.ops.sparse import sparse_matmul, to_bsr
 
 #: a sparse initializer stores a value (4 bytes for float32) and an int64 index per nonzero
 SPARSE_STORAGE_DENSITY = 1 / 3
@@ -50,8 +51,8 @@ class Sparsify(Pass):
 
     @dataclass
     class Options:
-        #: candidate block shapes "RxC" (R outputs x C inputs)
-        blocks: list[str] = field(default_factory=lambda: ["32x32", "16x16", "8x8", "32x8", "8x32", "4x4"])
+        #: candidate block shapes "RxC" (R outputs x C inputs); 1x1 is CSR
+        blocks: list[str] = field(default_factory=lambda: ["32x32", "16x16", "8x8", "4x4", "1x1"])
         #: the sparse kernel must beat the dense one by this factor
         min_speedup: float = 1.2
         #: layers denser than this are not tried
@@ -105,19 +106,22 @@ class Sparsify(Pass):
                        f"(dense {choice['dense_s'] * 1e3:.3f} ms)") if best else "dense kept: no block shape tiles the weight"
                 self._dense(g, node, result, density, why, choice)
                 continue
-            (r, c), secs, (data, cols, padded) = best
+            (r, c), secs, (data, indices, indptr) = best
             speed = choice["dense_s"] / secs
             base = node.name or node.op_type.lower()
-            ins = [node.inputs[0], g.add_constant(data, f"{base}_bsr_data"), g.add_constant(cols, f"{base}_bsr_cols")]
+            ins = [node.inputs[0], g.add_constant(data, f"{base}_bsr_data"),
+                   g.add_constant(indices, f"{base}_bsr_indices"), g.add_constant(indptr, f"{base}_bsr_indptr")]
             if bias is not None:
                 ins.append(g.add_constant(bias.astype(w.dtype), f"{base}_bsr_bias"))
             out = g.fresh_name(f"{base}_bsr_out")
-            g.replace_node_with(node, [("BlockSparseMatMul", ins, [out], {"block": [r, c], "axis": axis},
+            fmt = "csr" if (r, c) == (1, 1) else "bsr"
+            g.replace_node_with(node, [("SparseMatMul", ins, [out], {"axis": axis},
                                         {"domain": "tvmlite", "name": f"{base}_bsr"})], outputs=[out])
             model.opsets.setdefault("tvmlite", 1)
-            reason = (f"bsr {r}x{c}: {secs * 1e3:.3f} ms vs dense {choice['dense_s'] * 1e3:.3f} ms "
-                      f"({speed:.2f}x) at density {density:.3f}, {padded:.0%} padding blocks")
-            result.rewrote(node, format="bsr", block=[r, c], density=round(density, 4), speedup=round(speed, 2),
+            fill = float(np.count_nonzero(data)) / max(data.size, 1)
+            reason = (f"{fmt} {r}x{c}: {secs * 1e3:.3f} ms vs dense {choice['dense_s'] * 1e3:.3f} ms "
+                      f"({speed:.2f}x) at density {density:.3f}, blocks {fill:.0%} full")
+            result.rewrote(node, format=fmt, block=[r, c], density=round(density, 4), speedup=round(speed, 2),
                            dense_ms=round(choice["dense_s"] * 1e3, 4), sparse_ms=round(secs * 1e3, 4),
                            tried=choice["tried"], reason=reason)
         if result.changed:
@@ -184,15 +188,14 @@ class Sparsify(Pass):
         for r, c in blocks:
             if K % c or N % r:
                 continue
-            data, cols, padded = to_block_ell(w, r, c)
-            got = block_sparse_matmul(x, data, cols, bias, block=[r, c], axis=axis)
+            packed = to_bsr(w, r, c)
+            got = sparse_matmul(x, *packed, bias, axis=axis)
             if not np.allclose(got, want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max() or 1)):
                 continue  # never pick a kernel that disagrees with the dense one
-            cands.append(((r, c), (data, cols, padded)))
+            cands.append(((r, c), packed))
         if not cands:
             return {"best": None, "dense_s": 0.0, "tried": {}, "best_label": "-"}
-        fns = [dense] + [(lambda d=d, cl=cl, rc=rc: block_sparse_matmul(x, d, cl, bias, block=list(rc), axis=axis))
-                         for rc, (d, cl, _) in cands]
+        fns = [dense] + [(lambda p=p: sparse_matmul(x, *p, bias, axis=axis)) for _, p in cands]
         secs = time_interleaved(fns, self.options.repeats)
         tried = {f"{rc[0]}x{rc[1]}": round(secs[0] / s, 2) for (rc, _), s in zip(cands, secs[1:])}
         i = int(np.argmin(secs[1:]))

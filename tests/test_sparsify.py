@@ -1,4 +1,4 @@
-"""tvmlite::BlockSparseMatMul and the sparsify pass."""
+"""tvmlite::SparseMatMul (BSR/CSR) and the sparsify pass."""
 import numpy as np
 import onnx
 import pytest
@@ -10,7 +10,7 @@ from passes.sparsify import Sparsify
 from tvmlite.backends.numpy import compile_model
 from tvmlite.errors import OptionError
 from tvmlite.export import export_model
-from tvmlite.ops.sparse import block_sparse_matmul, to_block_ell
+from tvmlite.ops.sparse import sparse_matmul, to_bsr
 
 from helpers import make_model, ort_run, tensor
 
@@ -24,17 +24,18 @@ def _block_sparse(k, n, r, c, density):
     return w * np.kron(mask, np.ones((c, r), np.float32))
 
 
-@pytest.mark.parametrize("r,c", [(4, 4), (8, 2), (1, 8)])
-def test_block_ell_kernel_matches_dense(r, c):
+@pytest.mark.parametrize("r,c", [(4, 4), (8, 2), (1, 8), (1, 1)])
+def test_bsr_kernel_matches_dense(r, c):
     w = _block_sparse(32, 24, r, c, 0.3)
-    data, cols, padded = to_block_ell(w, r, c)
-    assert 0 <= padded < 1
+    data, indices, indptr = to_bsr(w, r, c)
+    assert data.shape[1:] == (r, c) and len(indptr) == 24 // r + 1
+    assert data.shape[0] == np.count_nonzero(np.abs(w.T).reshape(24 // r, r, 32 // c, c).sum(axis=(1, 3)))
     for x in (RNG.standard_normal((5, 32)), RNG.standard_normal((2, 3, 32)), RNG.standard_normal((32,))[None]):
         x = x.astype(np.float32)
-        np.testing.assert_allclose(block_sparse_matmul(x, data, cols, block=[r, c]), x @ w, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(sparse_matmul(x, data, indices, indptr), x @ w, rtol=1e-5, atol=1e-5)
     x4 = RNG.standard_normal((2, 32, 3, 5)).astype(np.float32)  # channel axis 1 (a 1x1 conv)
     want = np.einsum("nkhw,kc->nchw", x4, w)
-    np.testing.assert_allclose(block_sparse_matmul(x4, data, cols, block=[r, c], axis=1), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sparse_matmul(x4, data, indices, indptr, axis=1), want, rtol=1e-4, atol=1e-4)
 
 
 def _layers_model():
@@ -57,13 +58,13 @@ def test_sparsify_rewrites_and_onnxruntime_agrees():
     proto = _layers_model()
     m = tvmlite.load(proto)
     # min_speedup=0: always take the fastest sparse kernel, whatever this machine's load says
-    (r,) = Pipeline([Sparsify(blocks=["8x8", "4x4"], min_speedup=0.0, max_density=0.3, repeats=3)]).run(m)
+    (r,) = Pipeline([Sparsify(blocks=["8x8", "4x4", "1x1"], min_speedup=0.0, max_density=0.3, repeats=3)]).run(m)
     chosen = {d["node"]: d for d in r.decisions}
-    assert chosen["fc"]["format"] == "bsr" and chosen["pw"]["format"] == "bsr"
+    assert chosen["fc"]["format"] in ("bsr", "csr") and chosen["pw"]["format"] in ("bsr", "csr")
     assert chosen["dense"]["format"] == "dense" and "max_density" in chosen["dense"]["reason"]
     assert "ms vs dense" in chosen["fc"]["reason"]
     ops = sorted(n.op_type for n in m.graph.toposort())
-    assert ops.count("BlockSparseMatMul") == 2
+    assert ops.count("SparseMatMul") == 2
     out = export_model(m)
     onnx.checker.check_model(out, full_check=True)
     feeds = {"x": RNG.standard_normal((2, 64, 4, 4)).astype(np.float32),
@@ -73,7 +74,7 @@ def test_sparsify_rewrites_and_onnxruntime_agrees():
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     # re-imported, the op is a tvmlite op again
-    assert sum(n.op_type == "BlockSparseMatMul" for n in tvmlite.load(out).graph.toposort()) == 2
+    assert sum(n.op_type == "SparseMatMul" for n in tvmlite.load(out).graph.toposort()) == 2
 
 
 def test_slow_sparse_stays_dense_and_sparse_initializers_shrink_the_file():

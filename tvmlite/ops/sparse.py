@@ -1,111 +1,129 @@
-"""tvmlite::BlockSparseMatMul: a product with a block-sparse constant weight.
+"""tvmlite::SparseMatMul: a product with a sparse constant weight in BSR form (CSR = 1x1 blocks).
 
-The weight W [K, N] is stored transposed in R x C blocks, block-ELL style: every block row of W^T
-(R outputs) holds the same number m of blocks (rows with fewer are padded with zero blocks), as
-``data [N/R, R, m*C]`` (the row's blocks side by side) and ``cols [N/R, m]`` (their block columns).
-Then one gather of the inputs each row needs and one stacked BLAS product compute every output::
+The weight W [K, N] is stored transposed, W^T [N, K], as scipy's BSR arrays: ``data [nnzb, R, C]``
+(the nonzero R x C blocks), ``indices [nnzb]`` (their block columns) and ``indptr [N/R + 1]`` (where
+each block row starts). The NumPy kernel is scipy.sparse's compiled BSR product; at batch 1 it reads
+only the stored blocks with one index per block, where CSR pays an index and a scalar loop per
+weight (scipy CSR reaches only 1.25-2x over dense at 90% sparsity; see bench/bench_compress.py).
+``axis`` is the reduction axis of x: -1 (MatMul/Gemm) or 1 (a 1x1 Conv over N, C, ...).
 
-    xg = x[:, cols * C + arange(C)]            # [B, N/R, m*C]
-    y  = data @ xg                              # per block row: [R, m*C] @ [m*C, B]
-
-At batch 1 this reads only the stored blocks, where CSR pays an index per weight and a scalar
-loop (scipy CSR reaches 1.25-2x at 90% sparsity; this reaches far more, see bench_compress.py).
-``axis`` is the reduction axis of x: -1 (MatMul/Gemm) or 1 (a 1x1 Conv over NC...).
+The ONNX function body rebuilds the dense weight from the three arrays with standard ops (the row
+of each block from indptr, then ScatterND), so onnxruntime folds it into a constant when it loads
+the model and runs its dense kernel.
 """
 from __future__ import annotations
+
+import collections
 
 import numpy as np
 
 from tvmlite.errors import ShapeError, UnsupportedError
 from tvmlite.ops.registry import tvmlite_op
 
+_MATRICES: collections.OrderedDict = collections.OrderedDict()
 
-def _shape(types, *, block, axis=-1):
-    (xd, xs), (_, ds) = types[0], types[1]
-    if xs is None or ds is None:
+
+def _matrix(data, indices, indptr, k):
+    """The scipy BSR matrix of these arrays, built once: the arrays are the plan's constants, the
+    same objects at every run, and scipy's constructor checks cost more than a small product."""
+    import scipy.sparse as sp
+
+    key = (id(data), id(indices), id(indptr), k)
+    hit = _MATRICES.get(key)
+    if hit is not None and hit[0] is data and hit[1] is indices and hit[2] is indptr:
+        _MATRICES.move_to_end(key)
+        return hit[3]
+    r = data.shape[1]
+    mat = sp.bsr_matrix((data, indices, indptr), shape=((len(indptr) - 1) * r, k))
+    _MATRICES[key] = (data, indices, indptr, mat)
+    if len(_MATRICES) > 256:
+        _MATRICES.popitem(last=False)
+    return mat
+
+
+def _shape(types, *, axis=-1):
+    (xd, xs), dt, pt = types[0], types[1], types[3]
+    if xs is None or dt is None or dt[1] is None or pt is None or pt[1] is None:
         return [(xd, None)]
-    n = ds[0] * ds[1] if isinstance(ds[0], int) and isinstance(ds[1], int) else None
+    rows, r = pt[1][0], dt[1][1]
     out = list(xs)
-    out[axis] = n
+    out[axis] = (rows - 1) * r if isinstance(rows, int) and isinstance(r, int) else None
     return [(xd, tuple(out))]
 
 
-def gather_index(cols: np.ndarray, c: int) -> np.ndarray:
-    nbr, m = cols.shape
-    return (cols.astype(np.int64)[:, :, None] * c + np.arange(c)).reshape(nbr, m * c)
-
-
-@tvmlite_op("BlockSparseMatMul", shape=_shape, body=lambda fb, **a: _body(fb, **a))
-def block_sparse_matmul(x, data, cols, bias=None, *, block, axis=-1):
-    r, c = (int(v) for v in block)
-    nbr, rr, mc = data.shape
-    if rr != r or mc % c or cols.shape != (nbr, mc // c):
-        raise ShapeError(f"BlockSparseMatMul: data {data.shape} / cols {cols.shape} do not fit block {r}x{c}")
+@tvmlite_op("SparseMatMul", shape=_shape, body=lambda fb, **a: _body(fb, **a))
+def sparse_matmul(x, data, indices, indptr, bias=None, *, axis=-1):
     moved = axis not in (-1, x.ndim - 1)
     xm = np.moveaxis(x, axis, -1) if moved else x
+    k = xm.shape[-1]
+    if data.ndim != 3 or k % data.shape[2]:
+        raise ShapeError(f"SparseMatMul: input size {k} is not a whole number of blocks {data.shape[1:]}")
+    mat = _matrix(data, indices, indptr, k)
     lead = xm.shape[:-1]
-    x2 = xm.reshape(-1, xm.shape[-1])
-    xg = np.take(x2, gather_index(cols, c), axis=1)  # [B, nbr, m*C]
-    y = np.matmul(data, xg.transpose(1, 2, 0))  # [nbr, R, B]
-    y = y.transpose(2, 0, 1).reshape(lead + (nbr * r,))
+    x2 = xm.reshape(-1, k)
+    y = (mat @ x2[0]).reshape(1, -1) if x2.shape[0] == 1 else (mat @ x2.T).T
+    y = y.reshape(lead + (mat.shape[0],))
     if bias is not None:
         y = y + bias
+    y = y.astype(x.dtype, copy=False)
     return np.moveaxis(y, -1, axis) if moved else y
 
 
-def _body(fb, *, block, axis=-1):
-    r, c = (int(v) for v in block)
+def _body(fb, *, axis=-1):
     types = fb.input_types
-    if types[0] is None or types[0][1] is None or types[1] is None or types[1][1] is None:
-        raise UnsupportedError("BlockSparseMatMul export needs the input rank and the data shape")
+    if any(t is None or t[1] is None for t in types[:4]) or fb.opset < 11:
+        raise UnsupportedError("SparseMatMul export needs known input shapes and opset >= 11")
     rank = len(types[0][1])
-    nbr, _, mc = types[1][1]
+    k = types[0][1][axis]
+    nnzb, r, c = types[1][1]
+    nbr = types[3][1][0] - 1
+    if not isinstance(k, int):
+        raise UnsupportedError("SparseMatMul export needs a static reduction size")
     n = nbr * r
-    ax = axis % rank
+    i64 = np.int64
+    # block row of each block: how many row starts (indptr[1:]) are <= its position
+    pos = fb.const(np.arange(nnzb, dtype=i64).reshape(-1, 1))
+    starts = fb.node("Unsqueeze", [fb.node("Slice", [fb.inputs[3], fb.const(np.array([1], i64)),
+                                                     fb.const(np.array([nbr + 1], i64))]),
+                                   fb.const(np.array([0], i64))]) if fb.opset >= 13 else \
+        fb.node("Unsqueeze", [fb.node("Slice", [fb.inputs[3], fb.const(np.array([1], i64)),
+                                                fb.const(np.array([nbr + 1], i64))])], {"axes": [0]})
+    below = fb.node("Cast", [fb.node("Not", [fb.node("Less", [pos, starts])])], {"to": 7})
+    if fb.opset >= 13:
+        rows = fb.node("ReduceSum", [below, fb.const(np.array([1], i64))], {"keepdims": 1})
+    else:
+        rows = fb.node("ReduceSum", [below], {"axes": [1], "keepdims": 1})
+    cols = fb.node("Reshape", [fb.inputs[2], fb.const(np.array([-1, 1], i64))])
+    where = fb.node("Concat", [rows, cols], {"axis": 1})  # [nnzb, 2]
+    zeros = fb.node("ConstantOfShape", [fb.const(np.array([nbr, k // c, r, c], i64))],
+                    {"value": __import__("onnx").numpy_helper.from_array(np.zeros(1, types[1][0]))})
+    blocks = fb.node("ScatterND", [zeros, where, fb.inputs[1]])  # [nbr, nbc, R, C]
+    wt = fb.node("Reshape", [fb.node("Transpose", [blocks], {"perm": [0, 2, 1, 3]}),
+                             fb.const(np.array([n, k], i64))])  # W^T [N, K]
     x = fb.inputs[0]
+    ax = axis % rank
     if ax != rank - 1:
         perm = [i for i in range(rank) if i != ax] + [ax]
         x = fb.node("Transpose", [x], {"perm": perm})
-    lead = fb.node("Slice", [fb.node("Shape", [x]), fb.const(np.array([0], np.int64)),
-                             fb.const(np.array([rank - 1], np.int64))])
-    x2 = fb.node("Flatten", [x], {"axis": rank - 1})
-    cols = fb.node("Mul", [fb.inputs[2], fb.const(np.array(c, np.int64))])
-    if fb.opset >= 13:
-        cols = fb.node("Unsqueeze", [cols, fb.const(np.array([2], np.int64))])
-    else:
-        cols = fb.node("Unsqueeze", [cols], {"axes": [2]})
-    idx = fb.node("Add", [cols, fb.const(np.arange(c, dtype=np.int64))])
-    idx = fb.node("Reshape", [idx, fb.const(np.array([nbr, mc], np.int64))])
-    xg = fb.node("Gather", [x2, idx], {"axis": 1})  # [B, nbr, mc]
-    y = fb.node("MatMul", [fb.inputs[1], fb.node("Transpose", [xg], {"perm": [1, 2, 0]})])
-    y = fb.node("Reshape", [fb.node("Transpose", [y], {"perm": [2, 0, 1]}),
-                            fb.const(np.array([-1, n], np.int64))])
-    if len(fb.inputs) > 3 and fb.inputs[3]:
-        y = fb.node("Add", [y, fb.inputs[3]])
-    shape = fb.node("Concat", [lead, fb.const(np.array([n], np.int64))], {"axis": 0})
+    y = fb.node("MatMul", [x, fb.node("Transpose", [wt], {"perm": [1, 0]})])
+    if len(fb.inputs) > 4 and fb.inputs[4]:
+        y = fb.node("Add", [y, fb.inputs[4]])
     if ax == rank - 1:
-        fb.node("Reshape", [y, shape], output=fb.outputs[0])
+        fb.node("Identity", [y], output=fb.outputs[0])
         return
-    y = fb.node("Reshape", [y, shape])
     inv = list(range(ax)) + [rank - 1] + list(range(ax, rank - 1))
     fb.node("Transpose", [y], {"perm": inv}, output=fb.outputs[0])
 
 
-def to_block_ell(w: np.ndarray, r: int, c: int):
-    """W [K, N] -> (data [N/R, R, m*C], cols [N/R, m], padded fraction of stored blocks);
-    K and N must be multiples of C and R."""
+def to_bsr(w: np.ndarray, r: int, c: int):
+    """W [K, N] -> (data [nnzb, R, C], indices [nnzb], indptr [N/R + 1]) of W^T; K and N must be
+    multiples of C and R."""
+    import scipy.sparse as sp
+
     k, n = w.shape
     if k % c or n % r:
         raise ShapeError(f"weight {w.shape} is not a whole number of {r}x{c} blocks")
-    wt = w.T.reshape(n // r, r, k // c, c).transpose(0, 2, 1, 3)  # [nbr, nbc, R, C]
-    nz = np.any(wt != 0, axis=(2, 3))
-    counts = nz.sum(1)
-    m = max(1, int(counts.max()))
-    cols = np.zeros((n // r, m), np.int64)
-    data = np.zeros((n // r, m, r, c), w.dtype)
-    for i in range(n // r):
-        j = np.flatnonzero(nz[i])
-        cols[i, :len(j)] = j
-        data[i, :len(j)] = wt[i, j]
-    padded = 1 - counts.sum() / (m * (n // r))
-    return np.ascontiguousarray(data.transpose(0, 2, 1, 3).reshape(n // r, r, m * c)), cols, float(padded)
+    m = sp.bsr_matrix(np.ascontiguousarray(w.T), blocksize=(r, c))
+    m.eliminate_zeros()
+    m.sort_indices()
+    return (np.ascontiguousarray(m.data), m.indices.astype(np.int64), m.indptr.astype(np.int64))
