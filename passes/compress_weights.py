@@ -14,7 +14,7 @@ per layer is reported, and ``tvmlite compare`` measures the output error.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,7 +70,7 @@ class CompressWeights(Pass):
         per_channel: bool = True
         #: leave weights with fewer elements alone (first/last layers are usually small and sensitive)
         min_size: int = 1024
-        layers: list[str] = field(default_factory=list)
+        layers: list[str] = ()
 
     def run(self, model: Model) -> PassResult:
         o = self.options

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -315,7 +315,7 @@ class LowRank(Pass):
         measure: bool = False
         min_speedup: float = 1.1
         #: only these node names ('|'-separated in spec strings); empty: every eligible layer
-        layers: list[str] = field(default_factory=list)
+        layers: list[str] = ()
         #: largest number of conv output positions per image batch used for the statistics
         max_rows: int = 8192
         seed: int = 0
@@ -530,6 +530,10 @@ class LowRank(Pass):
         if self.options.method == "cp":
             if layer.weight.ndim != 4:
                 return f"CP needs a 2-D conv (this one has {layer.weight.ndim - 2} spatial dims); use method=tucker"
+            declared = model.graph.value(layer.node.inputs[0]).shape
+            if layer.node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") and (
+                    declared is None or not all(isinstance(d, int) for d in declared[2:])):
+                return "CP splits the padding per axis: auto_pad SAME needs static spatial dims"
             return self._plan_cp(layer, stats)
         return self._plan_tucker(layer, stats)
 
@@ -965,7 +969,6 @@ class LowRank(Pass):
     def _measure(self, model: Model, layer: Layer, plan: dict, repeats: int = 30) -> float:
         """Median onnxruntime time of the original layer over the factorized one, alone, batch as in
         the model's static shapes, timed interleaved."""
-        import onnx
         from onnx import helper, numpy_helper
 
         from tvmlite.compare import ort_session

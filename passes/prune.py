@@ -83,7 +83,7 @@ class Prune(Pass):
         #: channel score: l1 or l2 norm of each output channel's weights
         norm: str = "l1"
         #: only these node names ('|'-separated in spec strings); empty: every eligible layer
-        layers: list[str] = field(default_factory=list)
+        layers: list[str] = ()
         #: channel mode: never keep fewer channels than this
         min_channels: int = 1
         #: channel mode: calibration inputs; the readers of pruned channels are then refitted by

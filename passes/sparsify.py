@@ -13,7 +13,7 @@ that makes the file smaller (values + int64 indices: below ~1/3 density).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class Sparsify(Pass):
     @dataclass
     class Options:
         #: candidate block shapes "RxC" (R outputs x C inputs); 1x1 is CSR
-        blocks: list[str] = field(default_factory=lambda: ["32x32", "16x16", "8x8", "4x4", "1x1"])
+        blocks: list[str] = ("32x32", "16x16", "8x8", "4x4", "1x1")
         #: the sparse kernel must beat the dense one by this factor
         min_speedup: float = 1.2
         #: layers denser than this are not tried
@@ -61,7 +61,7 @@ class Sparsify(Pass):
         repeats: int = 30
         #: store mostly-zero dense weights as ONNX sparse initializers where that shrinks the file
         sparse_initializers: bool = True
-        layers: list[str] = field(default_factory=list)
+        layers: list[str] = ()
 
     def _blocks(self):
         out = []
