@@ -20,25 +20,46 @@ import numpy as np
 from tvmlite.errors import ShapeError, UnsupportedError
 from tvmlite.ops.registry import tvmlite_op
 
-_MATRICES: collections.OrderedDict = collections.OrderedDict()
+_PREPARED: collections.OrderedDict = collections.OrderedDict()
 
 
-def _matrix(data, indices, indptr, k):
-    """The scipy BSR matrix of these arrays, built once: the arrays are the plan's constants, the
-    same objects at every run, and scipy's constructor checks cost more than a small product."""
-    import scipy.sparse as sp
-
-    key = (id(data), id(indices), id(indptr), k)
-    hit = _MATRICES.get(key)
+def _prepared(data, indices, indptr):
+    """(flat data, indices, indptr) as scipy's compiled BSR routines take them, made once per
+    weight: the arrays are the plan's constants, the same objects at every run."""
+    key = (id(data), id(indices), id(indptr))
+    hit = _PREPARED.get(key)
     if hit is not None and hit[0] is data and hit[1] is indices and hit[2] is indptr:
-        _MATRICES.move_to_end(key)
+        _PREPARED.move_to_end(key)
         return hit[3]
-    r = data.shape[1]
-    mat = sp.bsr_matrix((data, indices, indptr), shape=((len(indptr) - 1) * r, k))
-    _MATRICES[key] = (data, indices, indptr, mat)
-    if len(_MATRICES) > 256:
-        _MATRICES.popitem(last=False)
-    return mat
+    idx = np.ascontiguousarray(indices, dtype=np.int64)
+    ptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    prep = (np.ascontiguousarray(data).ravel(), idx, ptr)
+    _PREPARED[key] = (data, indices, indptr, prep)
+    if len(_PREPARED) > 256:
+        _PREPARED.popitem(last=False)
+    return prep
+
+
+def _bsr_product(data, indices, indptr, x2):
+    """W^T @ x2^T for x2 [B, K]: scipy's compiled BSR kernels called directly, since the public
+    sparse-matrix product spends more time on checks than a batch-1 product takes."""
+    nnzb, r, c = data.shape
+    n_brow, k = len(indptr) - 1, x2.shape[1]
+    flat, idx, ptr = _prepared(data, indices, indptr)
+    try:
+        from scipy.sparse import _sparsetools as st
+    except ImportError:  # pragma: no cover - scipy moved its private module: use the public API
+        import scipy.sparse as sp
+
+        return (sp.bsr_matrix((data, indices, indptr), shape=(n_brow * r, k)) @ x2.T).T
+    if x2.shape[0] == 1:
+        y = np.zeros(n_brow * r, data.dtype)
+        st.bsr_matvec(n_brow, k // c, r, c, ptr, idx, flat, x2[0], y)
+        return y[None]
+    xt = np.ascontiguousarray(x2.T)
+    y = np.zeros((n_brow * r, x2.shape[0]), data.dtype)
+    st.bsr_matvecs(n_brow, k // c, x2.shape[0], r, c, ptr, idx, flat, xt.ravel(), y.ravel())
+    return y.T
 
 
 def _shape(types, *, axis=-1):
@@ -58,14 +79,12 @@ def sparse_matmul(x, data, indices, indptr, bias=None, *, axis=-1):
     k = xm.shape[-1]
     if data.ndim != 3 or k % data.shape[2]:
         raise ShapeError(f"SparseMatMul: input size {k} is not a whole number of blocks {data.shape[1:]}")
-    mat = _matrix(data, indices, indptr, k)
     lead = xm.shape[:-1]
-    x2 = xm.reshape(-1, k)
-    y = (mat @ x2[0]).reshape(1, -1) if x2.shape[0] == 1 else (mat @ x2.T).T
-    y = y.reshape(lead + (mat.shape[0],))
+    x2 = np.ascontiguousarray(xm.reshape(-1, k), dtype=data.dtype)
+    y = _bsr_product(data, indices, indptr, x2)
+    y = y.reshape(lead + (y.shape[1],))
     if bias is not None:
         y = y + bias
-    y = y.astype(x.dtype, copy=False)
     return np.moveaxis(y, -1, axis) if moved else y
 
 
