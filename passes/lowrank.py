@@ -311,6 +311,9 @@ class LowRank(Pass):
         ridge: float = 0.01
         #: keep a factorization only when it divides the layer's MACs by at least this
         min_mac_ratio: float = 1.25
+        #: leave layers with less than this share of the model's MACs alone: factorizing them saves
+        #: nothing that matters and spends accuracy (typically the classifier and the first conv)
+        min_layer_share: float = 0.01
         #: also time each layer in onnxruntime and keep it only when faster by min_speedup
         measure: bool = False
         min_speedup: float = 1.1
@@ -334,8 +337,9 @@ class LowRank(Pass):
             raise OptionError(f"lowrank: budget={o.budget} must be positive")
         if o.min_mac_ratio <= 0:
             raise OptionError(f"lowrank: min_mac_ratio={o.min_mac_ratio} must be positive")
-        if o.fc_rank < 0 or o.calib_count < 2 or o.ridge < 0:
-            raise OptionError("lowrank: fc_rank, ridge must be >= 0 and calib_count >= 2")
+        if o.fc_rank < 0 or o.calib_count < 2 or o.ridge < 0 or not 0 <= o.min_layer_share < 1:
+            raise OptionError("lowrank: fc_rank, ridge must be >= 0, calib_count >= 2, "
+                              "0 <= min_layer_share < 1")
 
     # ------------------------------------------------------------------------------------ run
     def run(self, model: Model) -> PassResult:
@@ -353,6 +357,16 @@ class LowRank(Pass):
             layer = self._layer(model, node, shapes, result)
             if layer is not None:
                 layers.append(layer)
+        from tvmlite.analysis import node_macs
+
+        total = sum(node_macs(model, n, shapes) for n in g.nx.nodes) or 1
+        small = [l for l in layers if l.macs < o.min_layer_share * total]
+        for l in small:
+            why = (f"{l.macs:,} MACs are {l.macs / total:.2%} of the model's, below min_layer_share "
+                   f"{o.min_layer_share:g}")
+            result.skip(l.node, why)
+            result.decisions.append({"node": l.node.label, "kept": False, "reason": why})
+        layers = [l for l in layers if l.macs >= o.min_layer_share * total]
         if not layers:
             return result
 

@@ -207,3 +207,11 @@ def test_bad_options():
         Pipeline("lowrank(method=svd)").run(tvmlite.load(_two_conv_model()))
     with pytest.raises(OptionError):
         Pipeline("lowrank(budgett=1)")
+
+
+def test_layers_too_small_to_matter_are_left_alone():
+    m = tvmlite.load(_two_conv_model())
+    (r,) = Pipeline([LowRank(rank="ratio", ratio=0.1, refit=False, min_mac_ratio=0.01, min_layer_share=0.2)]).run(m)
+    reasons = dict(r.skipped)
+    assert "min_layer_share" in reasons["fc"]  # 5,120 of ~150k MACs
+    assert "c2" in r.rewritten
