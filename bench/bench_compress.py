@@ -61,8 +61,8 @@ def bench_lowrank(path: str, args, test) -> None:
     c = f"calib={CALIB}"
     configs = [
         ("plain Tucker-2 C/3 + SVD(64), weights only",
-         "fold-bn,lowrank(rank=ratio,ratio=0.34,fc_rank=64,refit=false),dce"),
-        ("same ranks, data-aware refit", f"fold-bn,lowrank(rank=ratio,ratio=0.34,fc_rank=64,{c}),dce"),
+         "fold-bn,lowrank(rank=ratio,ratio=0.34,fc_rank=64,refit=false,min_layer_share=0),dce"),
+        ("same ranks, data-aware refit", f"fold-bn,lowrank(rank=ratio,ratio=0.34,fc_rank=64,min_layer_share=0,{c}),dce"),
         ("EVBMF ranks, weights only", "fold-bn,lowrank(rank=vbmf,refit=false),dce"),
     ]
     for b in args.budget:
@@ -180,7 +180,7 @@ def _interleaved_fns(fns, repeats):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=None)
-    ap.add_argument("--budget", type=float, nargs="*", default=[0.15])
+    ap.add_argument("--budget", type=float, nargs="*", default=[0.15, 0.2, 0.25])
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--only", default="lowrank,prune,sparse")
     ap.add_argument("--cp", action="store_true", help="also run CP under the budget (slow: ALS)")

@@ -299,7 +299,7 @@ class LowRank(Pass):
         ratio: float = 0.33
         energy: float = 0.95
         #: largest relative layer-output error allowed per layer (rank=budget)
-        budget: float = 0.05
+        budget: float = 0.1
         #: fixed rank for Gemm/MatMul layers (0: by the rank rule)
         fc_rank: int = 0
         #: calibration inputs: .npz, directory of .npy, iterable of feed dicts, or CalibrationData
@@ -313,7 +313,7 @@ class LowRank(Pass):
         min_mac_ratio: float = 1.25
         #: leave layers with less than this share of the model's MACs alone: factorizing them saves
         #: nothing that matters and spends accuracy (typically the classifier and the first conv)
-        min_layer_share: float = 0.01
+        min_layer_share: float = 0.005
         #: also time each layer in onnxruntime and keep it only when faster by min_speedup
         measure: bool = False
         min_speedup: float = 1.1
