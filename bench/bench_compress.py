@@ -5,8 +5,9 @@
 
 Per model (test accuracy on models/digits_test.npz, no fine-tuning; calibration on
 models/digits_calib.npz): onnxruntime latency at batch 1 of the original and each compressed model,
-timed interleaved (one run of each in turn), medians and their ratio. The machine is shared: compare
-ratios, not absolute times.
+timed interleaved (one run of each in turn), medians and their ratio, with one onnxruntime thread
+(``--ort-threads``): on a shared 2-core machine two threads make the ratios swing from run to run.
+Compare ratios, not absolute times.
 """
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ from tvmlite.compare import ort_session  # noqa: E402
 HERE = os.path.join(os.path.dirname(__file__), "..")
 TEST = os.path.join(HERE, "models", "digits_test.npz")
 CALIB = os.path.join(HERE, "models", "digits_calib.npz")
+
+
+ORT_THREADS = 1
+
+
+def session(model):
+    return ort_session(model, threads=ORT_THREADS)
 
 
 def accuracy(sess, test) -> float:
@@ -72,7 +80,7 @@ def bench_lowrank(path: str, args, test) -> None:
     from tvmlite.analysis import summarize
 
     s_base = summarize(base, {"input": (1, 1, 32, 32)})
-    sess0 = ort_session(path)
+    sess0 = session(path)
     acc0 = accuracy(sess0, test)
     print(f"original: accuracy {acc0:.2f}%, MACs {s_base['macs']:,}, params {s_base['params']:,}")
     print(f"{'config':<44} {'ranks (per layer)':<44} {'MACs':>7} {'params':>7} {'acc %':>7} {'d pt':>6} "
@@ -84,7 +92,7 @@ def bench_lowrank(path: str, args, test) -> None:
         m, results, secs = compress(path, spec)
         r = [x for x in results if x.pass_name == "lowrank"][0]
         after = results[-1].after
-        sess = ort_session(m)
+        sess = session(m)
         acc = accuracy(sess, test)
         t0, t1 = interleaved_ms([sess0, sess], feeds, args.repeats)
         ranks = " ".join(f"{d['node']}:{'/'.join(map(str, d['ranks']))}" for d in r.decisions if d.get("kept"))
@@ -105,7 +113,7 @@ def _size(m) -> int:
 def bench_prune(path: str, args, test) -> None:
     print(f"\n== structured channel pruning on {os.path.basename(path)}")
     base = tvmlite.load(path)
-    sess0 = ort_session(path)
+    sess0 = session(path)
     acc0 = accuracy(sess0, test)
     size0 = _size(base)
     feeds = {"input": test["input"][:1]}
@@ -119,7 +127,7 @@ def bench_prune(path: str, args, test) -> None:
         ("binary weights", "fold-bn,compress-weights(mode=binary),dce"),
     ]:
         m, results, _ = compress(path, spec)
-        sess = ort_session(m)
+        sess = session(m)
         acc = accuracy(sess, test)
         t0, t1 = interleaved_ms([sess0, sess], feeds, args.repeats)
         b, a = results[0].before, results[-1].after
@@ -184,8 +192,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--only", default="lowrank,prune,sparse")
     ap.add_argument("--cp", action="store_true", help="also run CP under the budget (slow: ALS)")
+    ap.add_argument("--ort-threads", type=int, default=1)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    global ORT_THREADS
+    ORT_THREADS = args.ort_threads
     models = args.models or [p for p in (os.path.join(HERE, "models", "digits_cnn.onnx"),
                                          os.path.join(HERE, "models", "digits_vgg.onnx")) if os.path.exists(p)]
     with np.load(TEST) as t:

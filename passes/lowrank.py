@@ -313,7 +313,7 @@ class LowRank(Pass):
         min_mac_ratio: float = 1.25
         #: leave layers with less than this share of the model's MACs alone: factorizing them saves
         #: nothing that matters and spends accuracy (typically the classifier and the first conv)
-        min_layer_share: float = 0.005
+        min_layer_share: float = 0.01
         #: also time each layer in onnxruntime and keep it only when faster by min_speedup
         measure: bool = False
         min_speedup: float = 1.1
