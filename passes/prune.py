@@ -1,0 +1,499 @@
+"""Pruning: unstructured (magnitude per layer or global, N:M, blocks) and structured channel pruning.
+
+    prune(mode=magnitude,sparsity=0.8,scope=global)   zeros in the weights (same shapes)
+    prune(mode=nm,n=2,m=4)                             2 of every 4 weights along the input axis
+    prune(mode=block,block=4x4,sparsity=0.9)           whole blocks of the [in, out] weight matrix
+    prune(mode=channel,sparsity=0.5,norm=l1)           whole output channels removed
+
+Unstructured modes only write zeros: the model keeps its shapes, and the sparsify pass turns the
+zeros into speed. Channel pruning removes output channels of Conv/Gemm/MatMul layers by the norm of
+their weights and fixes every reader: the bias, BatchNormalization parameters, depthwise convs,
+elementwise activations and pools in between, Concat offsets, the input channels of the next
+Conv/Gemm/MatMul (through a Flatten too), and layers joined by Add/Sub/Mul, which lose the same
+channels together. A layer whose channels reach anything else (a graph output, a Reshape, a Softmax
+over channels...) is left alone with the reason.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from passes.base import Pass, PassResult, register_pass
+from passes.cleanup import is_onnx
+from tvmlite.errors import OptionError
+from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.ir.shapes import static_shapes
+
+MODES = ("magnitude", "nm", "block", "channel")
+
+#: ops that act on each channel alone and keep the channel axis (axis 1) where it is
+_PER_CHANNEL = {"Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip",
+                "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Identity",
+                "Dropout", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+                "GlobalLpPool", "Cast", "Floor", "Ceil", "Round", "Reciprocal", "ThresholdedRelu", "Celu"}
+_JOIN = {"Add", "Sub", "Mul", "Max", "Min", "Sum"}
+
+
+def weight_matrix_view(g: Graph, node: Node):
+    """(weight name, array, to_matrix, from_matrix) with the weight seen as [in, out] (MatMul's
+    orientation), or None when the node has no constant float weight."""
+    if not is_onnx(node, "Gemm", "MatMul", "Conv") or len(node.inputs) < 2:
+        return None
+    w = g.const_value(node.inputs[1])
+    if w is None or w.dtype.kind != "f" or w.ndim < 2:
+        return None
+    if node.op_type == "Conv":
+        shape = w.shape
+        return (node.inputs[1], w, lambda a: a.reshape(shape[0], -1).T,
+                lambda m: m.T.reshape(shape))
+    if node.op_type == "Gemm" and node.attrs.get("transB", 0):
+        return node.inputs[1], w, lambda a: a.T, lambda m: m.T
+    if w.ndim != 2:
+        return None
+    return node.inputs[1], w, lambda a: a, lambda m: m
+
+
+def _block_norms(mat: np.ndarray, br: int, bc: int) -> np.ndarray:
+    K, N = mat.shape
+    pk, pn = -K % br, -N % bc
+    padded = np.pad(np.abs(mat.astype(np.float64)) ** 2, ((0, pk), (0, pn)))
+    return np.sqrt(padded.reshape((K + pk) // br, br, (N + pn) // bc, bc).sum(axis=(1, 3)))
+
+
+@register_pass
+class Prune(Pass):
+    """Magnitude / N:M / block pruning (zeros), or structured channel pruning (smaller layers)."""
+
+    name = "prune"
+
+    @dataclass
+    class Options:
+        mode: str = "magnitude"
+        #: fraction of weights (or blocks, or channels) to remove
+        sparsity: float = 0.5
+        #: magnitude: per layer, or one threshold over all layers
+        scope: str = "layer"
+        n: int = 2
+        m: int = 4
+        #: block shape "RxC" over the [in, out] weight matrix
+        block: str = "4x4"
+        #: channel score: l1 or l2 norm of each output channel's weights
+        norm: str = "l1"
+        #: only these node names ('|'-separated in spec strings); empty: every eligible layer
+        layers: list[str] = ()
+        #: channel mode: never keep fewer channels than this
+        min_channels: int = 1
+        #: channel mode: calibration inputs; the readers of pruned channels are then refitted by
+        #: least squares to reproduce their original outputs from the channels that are left
+        calib: Any = None
+        calib_count: int = 64
+        ridge: float = 0.01
+
+    def _check(self):
+        o = self.options
+        if o.mode not in MODES:
+            raise OptionError(f"prune: mode={o.mode!r} (choose {', '.join(MODES)})")
+        if not 0 <= o.sparsity < 1:
+            raise OptionError(f"prune: sparsity={o.sparsity} must be in [0, 1)")
+        if o.scope not in ("layer", "global"):
+            raise OptionError(f"prune: scope={o.scope!r} (layer or global)")
+        if not 0 < o.n < o.m:
+            raise OptionError(f"prune: need 0 < n < m (got n={o.n}, m={o.m})")
+        if o.norm not in ("l1", "l2"):
+            raise OptionError(f"prune: norm={o.norm!r} (l1 or l2)")
+        try:
+            br, bc = (int(v) for v in o.block.lower().split("x"))
+            assert br > 0 and bc > 0
+        except (ValueError, AssertionError):
+            raise OptionError(f"prune: block={o.block!r} is not RxC with positive integers") from None
+        self._block = (br, bc)
+
+    def run(self, model: Model) -> PassResult:
+        self._check()
+        result = PassResult(self.name)
+        if self.options.mode == "channel":
+            ChannelPruner(model, self.options, result).run()
+        else:
+            self._unstructured(model, result)
+        if result.changed:
+            model.graph.remove_unused_values()
+        return result
+
+    # ----------------------------------------------------------------------------- zeros
+    def _unstructured(self, model: Model, result: PassResult) -> None:
+        o = self.options
+        g = model.graph
+        layers = []
+        for node in g.toposort():
+            if o.layers and node.name not in o.layers:
+                continue
+            view = weight_matrix_view(g, node)
+            if view is None:
+                if is_onnx(node, "Gemm", "MatMul", "Conv"):
+                    result.skip(node, "weight is not a constant float tensor")
+                continue
+            if node.op_type == "Conv" and int(node.attrs.get("group", 1)) != 1 and o.mode == "nm":
+                result.skip(node, "grouped conv: N:M groups would straddle the groups")
+                continue
+            layers.append((node, view))
+        threshold = None
+        if o.mode == "magnitude" and o.scope == "global" and layers:
+            allw = np.concatenate([np.abs(v[1]).ravel() for _, v in layers])
+            k = int(math.floor(o.sparsity * allw.size))
+            threshold = np.partition(allw, k - 1)[k - 1] if k > 0 else -1.0
+        for node, (name, w, to_m, from_m) in layers:
+            mat = to_m(w)
+            if o.mode == "magnitude":
+                if threshold is None:
+                    k = int(math.floor(o.sparsity * mat.size))
+                    t = np.partition(np.abs(mat).ravel(), k - 1)[k - 1] if k > 0 else -1.0
+                else:
+                    t = threshold
+                mask = np.abs(mat) > t
+            elif o.mode == "nm":
+                K = mat.shape[0]
+                if K % o.m:
+                    result.skip(node, f"input size {K} is not a multiple of m={o.m}")
+                    continue
+                groups = np.abs(mat).reshape(K // o.m, o.m, -1)
+                order = np.argsort(-groups, axis=1, kind="stable")
+                mask = np.zeros_like(groups, dtype=bool)
+                np.put_along_axis(mask, order[:, :o.n], True, axis=1)
+                mask = mask.reshape(mat.shape)
+            else:
+                br, bc = self._block
+                norms = _block_norms(mat, br, bc)
+                k = int(math.floor(o.sparsity * norms.size))
+                t = np.partition(norms.ravel(), k - 1)[k - 1] if k > 0 else -1.0
+                keep = norms > t
+                mask = np.kron(keep, np.ones((br, bc), bool))[:mat.shape[0], :mat.shape[1]]
+            new = from_m(np.where(mask, mat, 0).astype(w.dtype))
+            new_name = g.add_constant(new, f"{name}_pruned")
+            g.set_input(node, 1, new_name)
+            sparsity = float(1 - np.count_nonzero(new) / new.size)
+            err = float(np.linalg.norm(new - w) / max(np.linalg.norm(w), 1e-30))
+            result.rewrote(node, mode=o.mode, sparsity=round(sparsity, 4), nonzeros=int(np.count_nonzero(new)),
+                           weight_error=round(err, 5))
+
+
+# ------------------------------------------------------------------------------------ channels
+@dataclass
+class _Group:
+    """Producers whose output channels must be removed together (joined by Add/Mul...)."""
+
+    producers: list
+    params: list = field(default_factory=list)  # (node, input index): per-channel tensors to slice
+    depthwise: list = field(default_factory=list)  # depthwise convs to shrink
+    terminals: list = field(default_factory=list)  # (node, offset, spatial) readers to fix
+    values: set = field(default_factory=set)  # values whose channel count changes
+
+
+class ChannelPruner:
+    def __init__(self, model: Model, options, result: PassResult):
+        self.model = model
+        self.g = model.graph
+        self.o = options
+        self.result = result
+
+    def _producers(self) -> list[Node]:
+        g = self.g
+        out = []
+        for node in g.toposort():
+            if self.o.layers and node.name not in self.o.layers:
+                continue
+            if not is_onnx(node, "Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+                continue
+            w = g.const_value(node.inputs[1])
+            if w is None or w.dtype.kind != "f":
+                continue
+            if node.op_type == "Conv" and int(node.attrs.get("group", 1)) != 1:
+                continue  # depthwise convs follow their producer's channels instead
+            if node.op_type == "MatMul" and w.ndim != 2:
+                continue
+            out.append(node)
+        return out
+
+    def run(self) -> None:
+        self.data = None
+        if self.o.calib is not None:
+            from tvmlite.calibration import load_calibration
+            from tvmlite.export import export_model
+            from tvmlite.frontend import load
+
+            self.data = load_calibration(self.o.calib, self.model).first(self.o.calib_count)
+            self.original = load(export_model(self.model))
+        done: set = set()
+        for prod in self._producers():
+            if prod in done or prod.graph is None:
+                continue
+            shapes = static_shapes(self.model)
+            group = self._trace(prod, shapes)
+            if isinstance(group, str):
+                self.result.skip(prod, group)
+                continue
+            done.update(group.producers)
+            self._apply(group, shapes)
+        if self.result.changed:
+            from tvmlite.ir.shapes import infer_shapes
+
+            infer_shapes(self.model)
+
+    # ......................................................................... tracing
+    def _channels(self, node: Node) -> int:
+        w = self.g.const_value(node.inputs[1])
+        if node.op_type == "Conv":
+            return w.shape[0]
+        if node.op_type == "Gemm" and node.attrs.get("transB", 0):
+            return w.shape[0]
+        return w.shape[1]
+
+    def _trace(self, start: Node, shapes: dict) -> _Group | str:
+        g = self.g
+        group = _Group([start])
+        # (value, offset of the group's channels inside it)
+        todo = [(start.outputs[0], 0)]
+        seen: set = set()
+        candidates = set(self._producers())
+        while todo:
+            name, offset = todo.pop()
+            if (name, offset) in seen:
+                continue
+            seen.add((name, offset))
+            group.values.add(name)
+            if name in g.outputs:
+                return f"its channels reach the graph output {name!r}"
+            shape = shapes.get(name)
+            for c in g.consumers(name):
+                idx = [i for i, n in enumerate(c.inputs) if n == name]
+                op = c.op_type if c.domain in ("", "ai.onnx") else None
+                if op in _PER_CHANNEL:
+                    if idx != [0]:
+                        return f"{c.label!r} reads its channels as a parameter"
+                    if op in ("Clip",) and any(n and g.const_value(n) is None for n in c.inputs[1:]):
+                        return f"{c.label!r} has non-constant bounds"
+                    todo.append((c.outputs[0], offset))
+                elif op == "PRelu":
+                    slope = g.const_value(c.inputs[1])
+                    if idx != [0] or slope is None:
+                        return f"{c.label!r}: slope is not constant"
+                    if slope.size > 1:
+                        group.params.append((c, 1))
+                    todo.append((c.outputs[0], offset))
+                elif op == "BatchNormalization":
+                    if idx != [0] or any(g.const_value(n) is None for n in c.inputs[1:5]):
+                        return f"{c.label!r}: parameters are not constant"
+                    if len([o for o in c.outputs if o]) > 1:
+                        return f"{c.label!r} is in training mode"
+                    group.params.extend((c, i) for i in range(1, 5))
+                    todo.append((c.outputs[0], offset))
+                elif op == "Conv" and idx == [0] and int(c.attrs.get("group", 1)) > 1:
+                    w = g.const_value(c.inputs[1])
+                    grp = int(c.attrs["group"])
+                    if w is None or w.shape[1] != 1 or w.shape[0] != grp or offset != 0 \
+                            or shape is None or shape[1] != grp:
+                        return f"{c.label!r} is a grouped (not depthwise) conv"
+                    group.depthwise.append(c)
+                    if len(c.inputs) > 2 and c.inputs[2]:
+                        if g.const_value(c.inputs[2]) is None:
+                            return f"{c.label!r}: bias is not constant"
+                    todo.append((c.outputs[0], 0))
+                elif op in ("Conv", "Gemm", "MatMul") and idx == [0]:
+                    if g.const_value(c.inputs[1]) is None:
+                        return f"reader {c.label!r} has a non-constant weight"
+                    if op == "Gemm" and c.attrs.get("transA", 0):
+                        return f"reader {c.label!r} uses transA"
+                    if op in ("Gemm", "MatMul") and (shape is None or len(shape) != 2):
+                        return f"reader {c.label!r} reads a tensor of rank != 2"
+                    group.terminals.append((c, offset, 1))
+                elif op == "Flatten" and int(c.attrs.get("axis", 1)) == 1 and shape is not None and len(shape) >= 2:
+                    spatial = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+                    for cc in g.consumers(c.outputs[0]):
+                        if not is_onnx(cc, "Gemm", "MatMul") or cc.inputs[0] != c.outputs[0] \
+                                or g.const_value(cc.inputs[1]) is None or cc.attrs.get("transA", 0):
+                            return f"Flatten {c.label!r} feeds {cc.label!r}, which cannot be fixed"
+                        group.terminals.append((cc, offset * spatial, spatial))
+                    if c.outputs[0] in g.outputs:
+                        return f"Flatten {c.label!r} is a graph output"
+                    group.values.add(c.outputs[0])
+                elif op == "Concat" and shape is not None and int(c.attrs.get("axis", 0)) in (1, 1 - len(shape)):
+                    pos = 0
+                    for n in c.inputs[:idx[0]]:
+                        s = shapes.get(n)
+                        if s is None:
+                            return f"Concat {c.label!r}: input shapes unknown"
+                        pos += s[1]
+                    todo.append((c.outputs[0], pos + offset))
+                elif op in _JOIN:
+                    # every other operand must carry the same channels from prunable producers, or
+                    # be a per-channel constant (sliced) or a scalar
+                    for j, other in enumerate(c.inputs):
+                        if other == name:
+                            continue
+                        cv = g.const_value(other)
+                        if cv is not None:
+                            if cv.size > 1:
+                                group.params.append((c, j))
+                            continue
+                        p = g.producer(other)
+                        while p is not None and p not in candidates and p.domain in ("", "ai.onnx") \
+                                and (p.op_type in _PER_CHANNEL or p.op_type in ("BatchNormalization", "PRelu")):
+                            p = g.producer(p.inputs[0])  # back through per-channel ops to the layer
+                        if p is None or p not in candidates or offset != 0:
+                            return f"{c.label!r} joins it with {other!r}, which cannot lose the same channels"
+                        if p not in group.producers:
+                            group.producers.append(p)
+                            todo.append((p.outputs[0], 0))
+                    todo.append((c.outputs[0], offset))
+                else:
+                    return f"its channels reach {c.op_type} {c.label!r}"
+        counts = {self._channels(p) for p in group.producers}
+        if len(counts) != 1:
+            return "joined layers have different channel counts"
+        return group
+
+    # ......................................................................... applying
+    def _apply(self, group: _Group, shapes: dict) -> None:
+        g = self.g
+        o = self.o
+        C = self._channels(group.producers[0])
+        keep_n = max(o.min_channels, int(math.ceil(C * (1 - o.sparsity))))
+        if keep_n >= C:
+            self.result.skip(group.producers[0], f"{C} channels: nothing to remove at sparsity {o.sparsity}")
+            return
+        score = np.zeros(C)
+        for p in group.producers:
+            w = g.const_value(p.inputs[1]).astype(np.float64)
+            rows = w.reshape(C, -1) if (p.op_type == "Conv" or p.attrs.get("transB", 0)) else w.T
+            s = np.abs(rows).sum(1) if o.norm == "l1" else np.sqrt((rows ** 2).sum(1))
+            score += s / max(s.mean(), 1e-30)
+        keep = np.sort(np.argsort(-score, kind="stable")[:keep_n])
+        drop = np.setdiff1d(np.arange(C), keep)
+
+        def replace(node, index, array, base):
+            g.set_input(node, index, g.add_constant(array, base))
+
+        for p in group.producers:
+            w = g.const_value(p.inputs[1])
+            axis = 0 if (p.op_type == "Conv" or p.attrs.get("transB", 0)) else 1
+            replace(p, 1, np.take(w, keep, axis=axis), f"{p.inputs[1]}_pruned")
+            if len(p.inputs) > 2 and p.inputs[2]:
+                b = g.const_value(p.inputs[2])
+                if b is None:
+                    continue
+                if b.ndim >= 1 and b.shape[-1] == C:
+                    replace(p, 2, np.take(b, keep, axis=-1), f"{p.inputs[2]}_pruned")
+        for node, i in group.params:
+            v = g.const_value(node.inputs[i])
+            if node.op_type in _JOIN or node.op_type == "PRelu":
+                # a broadcast constant: its channel axis sits at -(rank of the data - 1)
+                data_rank = len(shapes.get(node.outputs[0]) or ())
+                axis = v.ndim - (data_rank - 1) if data_rank else 0
+                if v.shape[axis] != C:
+                    continue
+                replace(node, i, np.take(v, keep, axis=axis), f"{node.inputs[i]}_pruned")
+            else:
+                replace(node, i, v[keep], f"{node.inputs[i]}_pruned")
+        for dw in group.depthwise:
+            w = g.const_value(dw.inputs[1])
+            replace(dw, 1, w[keep], f"{dw.inputs[1]}_pruned")
+            if len(dw.inputs) > 2 and dw.inputs[2]:
+                replace(dw, 2, g.const_value(dw.inputs[2])[keep], f"{dw.inputs[2]}_pruned")
+            dw.attrs["group"] = int(keep_n)
+            dw.attr_protos.pop("group", None)
+        for node, offset, spatial in group.terminals:
+            w = g.const_value(node.inputs[1])
+            rows = (offset + drop[:, None] * spatial + np.arange(spatial)[None, :]).ravel()
+            if node.op_type == "Conv":
+                new = np.delete(w, offset + drop, axis=1)
+            elif node.op_type == "Gemm" and node.attrs.get("transB", 0):
+                new = np.delete(w, rows, axis=1)
+            else:
+                new = np.delete(w, rows, axis=0)
+            replace(node, 1, new, f"{node.inputs[1]}_pruned")
+        for name in group.values:  # shapes along the channel axis changed: infer them again
+            v = g.values.get(name)
+            if v is not None and name not in g.outputs and not v.is_initializer:
+                v.type = None
+        refits = {}
+        if self.data is not None:
+            from tvmlite.ir.shapes import infer_shapes
+
+            infer_shapes(self.model)
+            for node, _, _ in group.terminals:
+                refits[node.label] = self._refit(node)
+        for p in group.producers:
+            self.result.rewrote(p, channels_before=int(C), channels_after=int(keep_n),
+                                joined=[q.label for q in group.producers if q is not p],
+                                readers_fixed=[t[0].label for t in group.terminals],
+                                **({"reader_refit": refits} if refits else {}))
+
+    def _refit(self, node: Node) -> str:
+        """Least-squares refit of a reader to its original outputs; returns what it did."""
+        from passes.lowrank import LinearStats, capture_values
+        from tvmlite.ops.conv import im2col, resolve_pads
+
+        g = self.g
+        w = g.const_value(node.inputs[1])
+        if node.op_type == "Conv" and int(node.attrs.get("group", 1)) != 1:
+            return "grouped conv: not refitted"
+        b_name = node.inputs[2] if len(node.inputs) > 2 else ""
+        if b_name and g.const_value(b_name) is None:
+            return "bias not constant: not refitted"
+        x = capture_values(self.model, [node.inputs[0]], self.data)[node.inputs[0]]
+        y = capture_values(self.original, [node.outputs[0]], self.data)[node.outputs[0]]
+        if node.op_type == "Conv":
+            nd = w.ndim - 2
+            a = node.attrs
+            strides, dil = a.get("strides") or [1] * nd, a.get("dilations") or [1] * nd
+            pads = resolve_pads(a.get("auto_pad", "NOTSET"), x.shape[2:], w.shape[2:], strides, dil, a.get("pads"))
+            f = im2col(x, w.shape[2:], strides, dil, pads).transpose(0, 2, 1).reshape(-1, int(np.prod(w.shape[1:])))
+            t = y.reshape(y.shape[0], w.shape[0], -1).transpose(0, 2, 1).reshape(-1, w.shape[0])
+            z0 = w.reshape(w.shape[0], -1).T
+        else:
+            if len(y.shape) != 2:
+                return "output is not 2-D: not refitted"
+            f, t = x, y
+            trans_b = node.op_type == "Gemm" and node.attrs.get("transB", 0)
+            z0 = (w.T if trans_b else w) * float(node.attrs.get("alpha", 1.0))
+        rows = np.random.default_rng(0).permutation(f.shape[0])[:16384]
+        st = LinearStats(f.shape[1], t.shape[1])
+        st.add(f[rows], t[rows])
+        mf, my, gm, h, _ = st.centered
+        lam = self.o.ridge * max(np.trace(gm) / gm.shape[0], 1e-30)
+        z = np.linalg.solve(gm + lam * np.eye(gm.shape[0]), h + lam * z0)
+        c = (my - mf @ z).astype(w.dtype)
+        before = st.rel_error(z0, self._bias_of(node, t.shape[1]))
+        after = st.rel_error(z, c)
+        if node.op_type == "Conv":
+            new_w = z.T.reshape(w.shape)
+        elif node.op_type == "Gemm":
+            new_w = z.T if node.attrs.get("transB", 0) else z
+            node.attrs["alpha"] = 1.0
+            node.attrs["beta"] = 1.0
+            node.attr_protos.pop("alpha", None)
+            node.attr_protos.pop("beta", None)
+        else:
+            new_w = z
+        w_name = g.add_constant(new_w.astype(w.dtype), f"{node.inputs[1]}_refit")
+        if node.op_type == "MatMul":  # no bias input: the offset becomes an Add
+            base = node.name or "matmul"
+            mid, out = g.fresh_name(f"{base}_refit_mm"), g.fresh_name(f"{base}_refit_out")
+            c_name = g.add_constant(c, f"{base}_refit_bias")
+            g.replace_node_with(node, [("MatMul", [node.inputs[0], w_name], [mid], {}, {"name": node.name}),
+                                       ("Add", [mid, c_name], [out], {}, {"name": f"{base}_refit_bias"})],
+                                outputs=[out])
+        else:
+            g.set_input(node, 1, w_name)
+            g.set_input(node, 2, g.add_constant(c, f"{node.name or 'layer'}_refit_bias"))
+        return f"output error {before:.3g} -> {after:.3g}"
+
+    def _bias_of(self, node: Node, out: int) -> np.ndarray:
+        b_name = node.inputs[2] if len(node.inputs) > 2 else ""
+        b = self.g.const_value(b_name) if b_name else None
+        if b is None:
+            return np.zeros(out)
+        beta = float(node.attrs.get("beta", 1.0)) if node.op_type == "Gemm" else 1.0
+        return np.broadcast_to(b.astype(np.float64).reshape(-1) * beta, (out,))
