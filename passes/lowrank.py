@@ -289,6 +289,8 @@ class LowRank(Pass):
     """Gemm/MatMul -> two thinner products (truncated SVD); Conv -> Tucker-2 or CP as plain Convs."""
 
     name = "lowrank"
+    exclude_option = "exclude"
+    calibration_option = "calib"
 
     @dataclass
     class Options:
@@ -319,6 +321,8 @@ class LowRank(Pass):
         min_speedup: float = 1.1
         #: only these node names ('|'-separated in spec strings); empty: every eligible layer
         layers: list[str] = ()
+        #: node names to leave alone (checked pipelines undo single layers through it)
+        exclude: list[str] = ()
         #: largest number of conv output positions per image batch used for the statistics
         max_rows: int = 8192
         seed: int = 0
@@ -353,6 +357,9 @@ class LowRank(Pass):
             if not is_onnx(node, "Gemm", "MatMul", "Conv"):
                 continue
             if o.layers and node.name not in o.layers:
+                continue
+            if node.name in o.exclude or node.label in o.exclude:
+                result.skip(node, "excluded by option")
                 continue
             layer = self._layer(model, node, shapes, result)
             if layer is not None:

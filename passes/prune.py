@@ -68,6 +68,7 @@ class Prune(Pass):
     """Magnitude / N:M / block pruning (zeros), or structured channel pruning (smaller layers)."""
 
     name = "prune"
+    calibration_option = "calib"
 
     @dataclass
     class Options:
