@@ -74,7 +74,7 @@ def bench_example(results):
     results["example"] = row
     print(f"README example, preset {DEFAULT_PRESET}: {ms_a:.3f} -> {ms_b:.3f} ms at batch 1 "
           f"({row['speedup']:.2f}x), accuracy {100 * acc_a:.2f}% -> {100 * acc_b:.2f}% "
-          f"({row['drop_pt']:+.2f} pt drop), size x{row['size_ratio']:.2f}, optimize took {seconds:.0f} s "
+          f"(change {-row['drop_pt']:+.2f} pt), size x{row['size_ratio']:.2f}, optimize took {seconds:.0f} s "
           f"[target >= 2x at <= 0.5 pt: {row['target']}]")
     print(report.format())
 
