@@ -204,18 +204,8 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
     from tvmlite.compare import compare as do_compare
     from tvmlite.inputs import parse_shape_overrides
 
-    from tvmlite.errors import InputError
-    from tvmlite.inputs import load_npz
-
     backend = backend or ("ort" if candidate else "numpy")
-    label_array = None
-    if labels:
-        if not inputs:
-            raise InputError("--labels needs --inputs (the labels are an array of that file)")
-        data = load_npz(inputs)
-        if labels not in data:
-            raise InputError(f"inputs file {inputs} has no array {labels!r} (it has {sorted(data)})")
-        label_array = data[labels]
+    label_array = _load_labels(inputs, labels)
     report = do_compare(reference, candidate, backend=backend, inputs=inputs,
                         shapes=parse_shape_overrides(shapes), rtol=rtol, atol=atol, repeats=repeats,
                         labels=label_array)
@@ -251,9 +241,8 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
 def optimize(model, output, preset, spec, shapes, inputs, labels, calib, max_error, max_accuracy_drop, check,
              json_path):
     """Run passes over MODEL, check each in onnxruntime, write the result to OUTPUT."""
-    from tvmlite.errors import InputError
     from tvmlite.export import export_model, save
-    from tvmlite.inputs import load_npz, parse_shape_overrides
+    from tvmlite.inputs import parse_shape_overrides
     from tvmlite.optimize import optimize as run_optimize
     from tvmlite.optimize import resolve_passes
 
@@ -261,14 +250,7 @@ def optimize(model, output, preset, spec, shapes, inputs, labels, calib, max_err
     from passes import parse_spec
 
     parse_spec(resolve_passes(preset, spec))  # bad specs fail before any work
-    label_array = None
-    if labels:
-        if not inputs:
-            raise InputError("--labels needs --inputs (the labels are an array of that file)")
-        data = load_npz(inputs)
-        if labels not in data:
-            raise InputError(f"inputs file {inputs} has no array {labels!r} (it has {sorted(data)})")
-        label_array = data[labels]
+    label_array = _load_labels(inputs, labels)
     m, report = run_optimize(model, passes=spec, preset=preset, inputs=inputs,
                              shapes=parse_shape_overrides(shapes), labels=label_array, calib=calib,
                              max_error=max_error,
@@ -353,6 +335,21 @@ def _built_feeds(built, inputs) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _load_labels(inputs, labels):
+    """The --labels array of the --inputs file, or None without --labels."""
+    from tvmlite.errors import InputError
+    from tvmlite.inputs import load_npz
+
+    if not labels:
+        return None
+    if not inputs:
+        raise InputError("--labels needs --inputs (the labels are an array of that file)")
+    data = load_npz(inputs)
+    if labels not in data:
+        raise InputError(f"inputs file {inputs} has no array {labels!r} (it has {sorted(data)})")
+    return data[labels]
+
+
 def _check_output_path(output: str, source: str) -> None:
     d = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(d):
