@@ -184,29 +184,10 @@ def synthetic_text_image(shape, seed: int, norm: str) -> np.ndarray:
 
 
 def randomized_light(path: pathlib.Path, seed: int = 0):
-    """A light_* model with its constant-0.02 weights (ConstantOfShape) replaced by seeded random
-    Constants, so its output is not a constant and the error check means something."""
-    import onnx
-    from onnx import numpy_helper
+    """A light_* model with seeded random weights (tvmlite.zoo), so the error check means something."""
+    from tvmlite.zoo import randomized_light as make
 
-    model = onnx.load(str(path))
-    rng = np.random.default_rng(seed)
-    shapes = {i.name: np.asarray(numpy_helper.to_array(i)) for i in model.graph.initializer}
-    nodes = []
-    for node in model.graph.node:
-        if node.op_type == "ConstantOfShape" and node.input and node.input[0] in shapes:
-            shape = tuple(int(d) for d in shapes[node.input[0]])
-            if len(shape) >= 2:
-                arr = rng.standard_normal(shape) * np.sqrt(2.0 / int(np.prod(shape[1:])))
-            else:
-                arr = rng.uniform(0.5, 1.5, shape)
-            t = numpy_helper.from_array(arr.astype(np.float32), node.output[0])
-            nodes.append(onnx.helper.make_node("Constant", [], [node.output[0]], value=t))
-        else:
-            nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
+    return make(path, seed)
 
 
 # ---------------------------------------------------------------------------------------------
