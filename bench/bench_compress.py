@@ -139,6 +139,7 @@ def bench_sparse(args) -> None:
     import scipy.sparse as sp
     from threadpoolctl import threadpool_limits
 
+    from passes.sparsify import time_interleaved
     from tvmlite.ops.sparse import sparse_matmul, to_bsr
 
     print("\n== sparse kernel at batch 1, 90% block sparsity (median us, interleaved)")
@@ -157,7 +158,7 @@ def bench_sparse(args) -> None:
                     wt_csr, wt_bsr = sp.csr_matrix(w.T), sp.bsr_matrix(w.T, blocksize=(r, r))
                     fns = [lambda: x @ w, lambda: sparse_matmul(x, *packed),
                            lambda: wt_csr @ x[0], lambda: wt_bsr @ x[0]]
-                    us = [t * 1e3 for t in _interleaved_fns(fns, args.repeats)]
+                    us = [t * 1e6 for t in time_interleaved(fns, args.repeats, warmup=5)]
                     print(f"{threads or 'default':<12} {k}x{k:<4} {r}x{r:<3} {us[0]:>8.1f} {us[1]:>8.1f} {us[2]:>9.1f} "
                           f"{us[3]:>9.1f}  {us[0] / us[1]:>5.2f}x {us[0] / us[2]:>5.2f}x {us[0] / us[3]:>5.2f}x")
     print("break-even density of the 16x16 block kernel, 1024x1024, batch 1, default threads:")
@@ -167,22 +168,8 @@ def bench_sparse(args) -> None:
     for dens in (0.05, 0.1, 0.2, 0.3, 0.5, 0.7):
         w = w0 * np.kron(rng.random((k // r, k // r)) < dens, np.ones((r, r), np.float32))
         packed = to_bsr(w, r, r)
-        d, s = _interleaved_fns([lambda: x @ w, lambda: sparse_matmul(x, *packed)],
-                                args.repeats)
+        d, s = time_interleaved([lambda: x @ w, lambda: sparse_matmul(x, *packed)], args.repeats, warmup=5)
         print(f"  density {dens:.2f}: dense/sparse {d / s:.2f}x")
-
-
-def _interleaved_fns(fns, repeats):
-    for f in fns:
-        for _ in range(5):
-            f()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for f, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            f()
-            ts.append((time.perf_counter() - t0) * 1e3)
-    return [float(np.median(t)) for t in times]
 
 
 def main(argv=None) -> int:

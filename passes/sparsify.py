@@ -29,11 +29,11 @@ from tvmlite.ops.sparse import sparse_matmul, to_bsr
 SPARSE_STORAGE_DENSITY = 1 / 3
 
 
-def time_interleaved(fns: list, repeats: int) -> list[float]:
+def time_interleaved(fns: list, repeats: int, warmup: int = 2) -> list[float]:
     """Median seconds of each function, run in turn so load changes hit all of them alike."""
     for f in fns:
-        f()
-        f()
+        for _ in range(warmup):
+            f()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for f, ts in zip(fns, times):

@@ -147,16 +147,6 @@ def _windows(xp: np.ndarray, kernel, strides, dilations, out_shape) -> np.ndarra
     return as_strided(xp, shape=shape, strides=strides_, writeable=False)
 
 
-def _pool_windows(xp: np.ndarray, kernel, strides, dilations, out_shape) -> np.ndarray:
-    """Strided view ``[N, C, *out_shape, *kernel]`` of the padded input (no copy)."""
-    n = len(kernel)
-    st = xp.strides
-    shape = xp.shape[:2] + tuple(out_shape) + tuple(kernel)
-    strides_ = st[:2] + tuple(st[2 + i] * strides[i] for i in range(n)) + tuple(
-        st[2 + i] * dilations[i] for i in range(n))
-    return as_strided(xp, shape=shape, strides=strides_, writeable=False)
-
-
 def im2col(x: np.ndarray, kernel_shape, strides=None, dilations=None, pads=None,
            pad_value=0) -> np.ndarray:
     """Column matrix ``[N, C * prod(kernel_shape), prod(out_spatial)]`` of ``x`` ([N, C, *spatial]).
