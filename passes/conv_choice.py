@@ -16,8 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from passes.base import Pass, PassResult, register_pass
-from passes.cleanup import is_onnx
-from passes.lowering import ConvInfo, ShapeLookup, conv_info, lower_im2col, lower_mec, mec_reason
+from passes.lowering import ConvInfo, conv_info, lower_im2col, lower_mec, lowerable_convs, mec_reason
 from passes.winograd import WINOGRAD_TILES, lower_winograd, winograd_macs, winograd_reason
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Model
@@ -175,15 +174,8 @@ class ChooseConv(Pass):
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
-        shapes = ShapeLookup(model)
         counts: dict[str, int] = {}
-        for node in model.graph.toposort():
-            if not is_onnx(node, "Conv"):
-                continue
-            info = conv_info(model, node, shapes)
-            if isinstance(info, str):
-                result.skip(node, info)
-                continue
+        for node, info in lowerable_convs(model, result):
             batch = info.batch if isinstance(info.batch, int) else self.options.batch
             algos = [a for a in candidates(info) if not self.options.allow or a in self.options.allow]
             if not algos:

@@ -171,6 +171,20 @@ class _Builder:
                 v.type = tensor_type(self.info.dtype, shape)
 
 
+
+def lowerable_convs(model: Model, result):
+    """(node, ConvInfo) for each Conv whose lowering facts are known; the others are recorded in
+    ``result`` as skipped with conv_info's reason. The node list is taken before any rewrite."""
+    shapes = ShapeLookup(model)
+    for node in model.graph.toposort():
+        if not is_onnx(node, "Conv"):
+            continue
+        info = conv_info(model, node, shapes)
+        if isinstance(info, str):
+            result.skip(node, info)
+            continue
+        yield node, info
+
 def _reshape_back(bld: _Builder, y: str, info: ConvInfo) -> str:
     shape = (info.batch, info.out_channels) + tuple(info.out_spatial)
     target = bld.const(np.array([0, info.out_channels, *info.out_spatial], np.int64), "out_shape")
@@ -264,15 +278,8 @@ class LowerConv(Pass):
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
-        shapes = ShapeLookup(model)
         totals = {"im2col_bytes": 0, "mec_bytes": 0}
-        for node in model.graph.toposort():
-            if not is_onnx(node, "Conv"):
-                continue
-            info = conv_info(model, node, shapes)
-            if isinstance(info, str):
-                result.skip(node, info)
-                continue
+        for node, info in lowerable_convs(model, result):
             batch = info.batch if isinstance(info.batch, int) else self.options.batch
             sizes = lowered_bytes(info, batch)
             for k, v in sizes.items():

@@ -15,7 +15,6 @@ batched matmul, depthwise convs a sum over kernel taps of strided slices times p
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -364,7 +363,6 @@ def _depthwise_fn(N, C, mult, w, b, p, kshape, strides, dilations, out_shape, dt
 def _conv1x1_fn(N, C, M, w, b, strides, out_shape, dt):
     """1x1 conv without padding: one GEMM per image over cache-sized blocks of columns (bias
     added while each block is hot); a strided conv first takes the strided slice."""
-    n = len(out_shape)
     P = int(np.prod(out_shape, dtype=np.int64))
     w2 = np.ascontiguousarray(w.reshape(M, C).astype(dt, copy=False))
     bcol = None if b is None else b.reshape(M, 1).astype(dt, copy=False)
