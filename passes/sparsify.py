@@ -12,7 +12,6 @@ that makes the file smaller (values + int64 indices: below ~1/3 density).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,17 +29,10 @@ SPARSE_STORAGE_DENSITY = 1 / 3
 
 
 def time_interleaved(fns: list, repeats: int, warmup: int = 2) -> list[float]:
-    """Median seconds of each function, run in turn so load changes hit all of them alike."""
-    for f in fns:
-        for _ in range(warmup):
-            f()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for f, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-    return [float(np.median(t)) for t in times]
+    """Median seconds of each function, timed in turn (tvmlite.compare.interleaved_ms)."""
+    from tvmlite.compare import interleaved_ms
+
+    return [ms / 1e3 for ms in interleaved_ms(fns, repeats, warmup)]
 
 
 @register_pass

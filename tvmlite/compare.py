@@ -72,6 +72,22 @@ def median_ms(fn, repeats: int, warmup: int = 1) -> float:
     return float(np.median(times))
 
 
+def interleaved_ms(fns: list, repeats: int, warmup: int = 2) -> list[float]:
+    """Median milliseconds of each callable, run in turn round by round (every other round in
+    reverse order), so load changes and cache effects hit all of them alike."""
+    for f in fns:
+        for _ in range(warmup):
+            f()
+    times = [[] for _ in fns]
+    order = list(range(len(fns)))
+    for r in range(max(repeats, 1)):
+        for i in (order if r % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            fns[i]()
+            times[i].append((time.perf_counter() - t0) * 1e3)
+    return [float(np.median(t)) for t in times]
+
+
 @dataclass
 class OutputReport:
     name: str

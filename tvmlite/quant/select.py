@@ -13,12 +13,12 @@ faster, the layers with the smallest measured gain go back to float.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import onnx
 from onnx import helper
 
+from tvmlite.compare import interleaved_ms
 from tvmlite.ir.graph import Model
 from tvmlite.quant import qdq
 
@@ -37,24 +37,6 @@ def build_variant(model: Model, units: set, spec: qdq.QuantSpec, excluded=frozen
     plan = qdq.plan_qdq(m.graph, set(units), spec, excluded=excluded)
     qdq.apply_qdq(m, plan, spec)
     return export_model(m)
-
-
-def interleaved_ms(run_a, run_b, repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """Median milliseconds of two callables timed alternately (drift and load hit both alike)."""
-    for _ in range(warmup):
-        run_a()
-        run_b()
-    ta, tb = [], []
-    for i in range(repeats):
-        first, second = (run_a, run_b) if i % 2 == 0 else (run_b, run_a)
-        t0 = time.perf_counter()
-        first()
-        t1 = time.perf_counter()
-        second()
-        t2 = time.perf_counter()
-        (ta, tb)[i % 2].append(t1 - t0)
-        (tb, ta)[i % 2].append(t2 - t1)
-    return float(np.median(ta) * 1e3), float(np.median(tb) * 1e3)
 
 
 def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budget: float = 0.02,
@@ -119,8 +101,8 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds, float_sess, decisio
     feeds1 = {k: v[:1] for k, v in feeds.items()}
     for _ in range(4):
         sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
-        t_q, t_f = interleaved_ms(lambda: sess.run(None, feeds1), lambda: float_sess.run(None, feeds1),
-                                  max(repeats, 40))
+        t_q, t_f = interleaved_ms([lambda: sess.run(None, feeds1), lambda: float_sess.run(None, feeds1)],
+                                  max(repeats, 40), warmup=3)
         if t_q < t_f:
             return chosen
         ranked = sorted(chosen, key=lambda u: decisions[u].get("int8_ms", 0) - decisions[u].get("float_ms", 0))
@@ -195,4 +177,5 @@ def _time_layer(model, key, spec, shapes, threads, repeats) -> tuple[float, floa
         lo, hi = spec.ranges.get(i.name, (-1.0, 1.0))
         shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
         feeds[i.name] = rng.uniform(lo, hi, shape).astype(np.float32)
-    return interleaved_ms(lambda: f_sess.run(None, feeds), lambda: q_sess.run(None, feeds), repeats)
+    t_f, t_q = interleaved_ms([lambda: f_sess.run(None, feeds), lambda: q_sess.run(None, feeds)], repeats, warmup=3)
+    return t_f, t_q
