@@ -77,6 +77,9 @@ class Pass:
     #: the name of the option taking calibration data: tvmlite.optimize(calib=...) fills it in when
     #: the pass spec leaves it unset
     calibration_option: ClassVar[str | None] = None
+    #: the pass keeps outputs and onnxruntime does the same rewrite at load, so it is never slower:
+    #: speed-checked pipelines do not time it
+    cleanup: ClassVar[bool] = False
 
     @dataclass
     class Options:
@@ -102,6 +105,25 @@ class Pass:
         result = self.run(model)
         result.seconds = time.perf_counter() - t0
         return result
+
+    def option_values(self) -> dict[str, Any]:
+        """The options as a shallow dict (calibration data and progress objects are not copied)."""
+        return {f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options)}
+
+    def replay(self, result: PassResult, exclude: list[str]) -> "Pass":
+        """This pass set up to redo what ``result`` records except on the layers in ``exclude``:
+        checked pipelines use it to undo single layers. The default adds ``exclude`` to the exclude
+        option; passes that measure or calibrate override it to replay their decisions without
+        measuring again."""
+        opt = self.exclude_option
+        if opt is None:
+            raise TypeError(f"pass {self.name!r} has no exclude option")
+        return type(self)(**{**self.option_values(), opt: list(getattr(self.options, opt) or []) + list(exclude)})
+
+    def layer_costs(self, result: PassResult) -> dict[str, float] | None:
+        """Per rewritten layer (as in ``result.rewritten``), the output error it caused alone when the
+        pass measured that; None when it did not (the checked pipeline then measures each layer)."""
+        return None
 
     def __repr__(self) -> str:
         opts = dataclasses.asdict(self.options)

@@ -319,13 +319,21 @@ class LowRank(Pass):
         #: also time each layer in onnxruntime and keep it only when faster by min_speedup
         measure: bool = False
         min_speedup: float = 1.1
-        #: only these node names ('|'-separated in spec strings); empty: every eligible layer
+        #: only these nodes (names or labels, "|"-separated in spec strings); empty: every eligible layer
         layers: list[str] = ()
         #: node names to leave alone (checked pipelines undo single layers through it)
         exclude: list[str] = ()
         #: largest number of conv output positions per image batch used for the statistics
         max_rows: int = 8192
         seed: int = 0
+
+    def replay(self, result: PassResult, exclude: list[str]) -> Pass:
+        """The layers this run factorized, without timing them again, minus ``exclude``."""
+        kept = list(dict.fromkeys(result.rewritten))
+        if not kept:
+            return super().replay(result, exclude)
+        return type(self)(**{**self.option_values(), "layers": kept, "measure": False,
+                             "exclude": list(self.options.exclude) + list(exclude)})
 
     def _check_options(self) -> None:
         o = self.options
@@ -356,7 +364,7 @@ class LowRank(Pass):
         for node in g.toposort():
             if not is_onnx(node, "Gemm", "MatMul", "Conv"):
                 continue
-            if o.layers and node.name not in o.layers:
+            if o.layers and node.name not in o.layers and node.label not in o.layers:
                 continue
             if node.name in o.exclude or node.label in o.exclude:
                 result.skip(node, "excluded by option")

@@ -203,6 +203,11 @@ class Quantize(Pass):
         prepare: bool = True
         threads: int = 2
         progress: Any = None
+        #: the layers to run in int8 (node names, labels or first outputs), instead of every
+        #: candidate (mode=all) or the ones auto mode picks; the other candidates are float layers
+        layers: list[str] | None = None
+        #: activation ranges already known (tensor -> (lo, hi)): no calibration run
+        ranges: Any = None
 
     def run(self, model: Model) -> PassResult:
         o = self.options
@@ -223,40 +228,70 @@ class Quantize(Pass):
         g = model.graph
         op_types = set(o.op_types) | set()
         units = candidate_units(g, op_types, set(o.exclude_names), set(o.exclude_op_types), result)
+        excluded = qdq.excluded_keys(g, o.exclude_names)
         spec = qdq.QuantSpec(o.activation_type, o.per_channel)
-        full = qdq.plan_qdq(g, set(units), spec, excluded=set(o.exclude_names))
+        full = qdq.plan_qdq(g, set(units), spec, excluded=excluded)
         tensors = qdq.activation_tensors(g, full)
         from tvmlite.calibration import load_calibration
 
-        calib = load_calibration(o.calibration, model)
-        stats = collect_stats(model, calib, tensors, histogram=o.method != "minmax", batch_size=o.batch_size,
-                              engine=o.engine, progress=o.progress, threads=o.threads)
-        levels = 256 if o.activation_type == "uint8" else 255
-        spec.ranges = {t: s.range(o.method, percentile=o.percentile, levels=levels,
-                                  symmetric=o.activation_type == "int8") for t, s in stats.items()}
+        if o.ranges is not None:
+            missing = sorted(t for t in tensors if t not in o.ranges)
+            if missing:
+                raise OptionError(f"pass 'quantize': option ranges has no range for tensor {missing[0]!r}")
+            spec.ranges = dict(o.ranges)
+        else:
+            calib = load_calibration(o.calibration, model)
+            stats = collect_stats(model, calib, tensors, histogram=o.method != "minmax",
+                                  batch_size=o.batch_size, engine=o.engine, progress=o.progress,
+                                  threads=o.threads)
+            levels = 256 if o.activation_type == "uint8" else 255
+            spec.ranges = {t: s.range(o.method, percentile=o.percentile, levels=levels,
+                                      symmetric=o.activation_type == "int8") for t, s in stats.items()}
         chosen = set(units)
-        if o.mode == "auto":
+        labels = {qdq.node_key(n): n.label for n in g.nx.nodes}
+        if o.layers is not None:
+            wanted = set(o.layers)
+            by_key = {qdq.node_key(n): n for n in g.nx.nodes}
+            chosen = {u for u in units if {u, by_key[u].name, by_key[u].label} & wanted}
+        elif o.mode == "auto":
+            if o.ranges is not None:
+                calib = load_calibration(o.calibration, model)
             from tvmlite.quant.select import choose_layers
 
             chosen, decisions = choose_layers(model, units, spec, calib, budget=o.error_budget,
-                                              measure=o.measure, excluded=set(o.exclude_names),
+                                              measure=o.measure, excluded=excluded,
                                               threads=o.threads, progress=o.progress)
-            result.decisions.extend(decisions)
-        plan = qdq.plan_qdq(g, chosen, spec, excluded=set(o.exclude_names))
+            result.decisions.extend({**d, "node": labels.get(d["node"], d["node"])} for d in decisions)
+        # what replay() needs to redo this run without calibrating or measuring again
+        self.last_run = {"chosen": sorted(chosen), "ranges": spec.ranges,
+                         "costs": {labels.get(d["node"], d["node"]): d["error_alone"]
+                                   for d in result.decisions if "error_alone" in d}}
+        plan = qdq.plan_qdq(g, chosen, spec, excluded=excluded)
         for label, what, details in qdq.apply_qdq(model, plan, spec):
             result.rewrote(label, action=what, **details)
         result.stats["int8_nodes"] = len(plan.nodes)
         result.stats["folded_activations"] = len(plan.folded)
         if o.float_layer_weights == "int8":
-            keep = set(plan.nodes) | set(o.exclude_names)
-            excluded = [n for n in g.toposort() if n.label in o.exclude_names or n.name in o.exclude_names]
-            keep |= {qdq.node_key(n) for n in excluded}
+            keep = set(plan.nodes) | excluded
             stored = int8_weight_storage(g, keep, o.per_channel)
             for node in stored:
                 result.rewrote(node.label, action="int8 weight storage", op=node.op_type)
             result.stats["int8_weight_only"] = len(stored)
         DeadCodeElimination().run(model)
         return result
+
+    def replay(self, result: PassResult, exclude: list[str]) -> Pass:
+        """The last run's int8 layers and activation ranges, fixed, minus ``exclude`` (left float)."""
+        last = getattr(self, "last_run", None)
+        if last is None:
+            return super().replay(result, exclude)
+        return type(self)(**{**self.option_values(), "layers": last["chosen"], "ranges": last["ranges"],
+                             "exclude_names": list(self.options.exclude_names) + list(exclude),
+                             "mode": "all", "measure": False})
+
+    def layer_costs(self, result: PassResult) -> dict[str, float] | None:
+        last = getattr(self, "last_run", None)
+        return dict(last["costs"]) if last and last["costs"] else None
 
 
 @register_pass

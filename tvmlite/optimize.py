@@ -31,6 +31,8 @@ PRESETS = {
 }
 #: the error budget each preset is checked against when neither --max-error nor --labels is given
 #: (max abs error over max|output| of the original); lossy presets are best checked with --labels
+#: presets whose passes are kept only when measured faster in onnxruntime (optimize(speed_check=))
+SPEED_PRESETS = {"fast"}
 PRESET_MAX_ERROR = {"exact": 0.0, "clean": 1e-4, "fast": 0.2, "small": 0.2}
 DEFAULT_PRESET = "fast"
 DEFAULT_MAX_ERROR = 1e-3  # for explicit --passes
@@ -118,7 +120,7 @@ class _Checker:
     """Runs a model in onnxruntime on fixed inputs and measures it against the original."""
 
     def __init__(self, original: Model, feeds: dict, labels, max_error: float, max_accuracy_drop: float | None,
-                 repeats: int):
+                 repeats: int, speed_check: bool = False):
         from tvmlite.compare import ort_session
 
         self.feeds = feeds
@@ -127,6 +129,7 @@ class _Checker:
         self.max_error = max_error
         self.max_accuracy_drop = max_accuracy_drop
         self.repeats = repeats
+        self.speed_check = speed_check
         sess = ort_session(original)
         self.reference = sess.run(None, feeds)
         self.scales = [float(np.max(np.abs(r))) if np.asarray(r).size and np.asarray(r).dtype.kind == "f"
@@ -157,6 +160,15 @@ class _Checker:
         lat = median_ms(lambda: sess.run(None, self.latency_feeds), self.repeats) if timed else None
         return err, acc, lat
 
+    def side_by_side_ms(self, new: Model, old: Model) -> tuple[float, float]:
+        """Median onnxruntime latency of ``new`` and ``old`` at batch 1, timed alternately."""
+        from tvmlite.compare import interleaved_ms, ort_session
+
+        a, b = ort_session(new), ort_session(old)
+        feeds = self.latency_feeds
+        return tuple(interleaved_ms([lambda: a.run(None, feeds), lambda: b.run(None, feeds)],
+                                    max(self.repeats, 30), warmup=3))
+
     def within(self, err: float, acc) -> bool:
         if not err <= self.max_error:
             return False
@@ -178,7 +190,8 @@ def resolve_passes(preset: str | None, passes: str | None) -> str:
 
 def optimize(model, *, passes: str | None = None, preset: str | None = None, inputs=None, shapes=None,
              labels=None, calib=None, max_error: float | None = None, max_accuracy_drop: float | None = None,
-             check: bool = True, repeats: int = 50, progress: bool | None = None) -> tuple[Model, OptimizeReport]:
+             check: bool = True, speed_check: bool | None = None, repeats: int = 50,
+             progress: bool | None = None) -> tuple[Model, OptimizeReport]:
     """Optimize ``model`` (path, ModelProto or Model; a Model is changed in place).
 
     Returns the optimized model and a report with a row per pass. With ``check`` (default), each
@@ -188,7 +201,9 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     and ``max_error`` only when given; without, ``max_error`` (default: the preset's, see
     PRESET_MAX_ERROR, or 1e-3 for explicit passes). ``calib`` (anything
     tvmlite.calibration.load_calibration takes) goes to the passes that need calibration data and
-    were not given any in the spec."""
+    were not given any in the spec. ``speed_check`` (default: on for the presets that promise
+    speed, see SPEED_PRESETS): a pass is kept only when the model after it runs faster in
+    onnxruntime than before it, timed side by side at batch 1."""
     from passes import parse_spec
     from tvmlite.analysis import summarize
     from tvmlite.compare import prepare_inputs
@@ -202,10 +217,8 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
         max_error = float("inf") if max_error is None else max_error
     elif max_error is None:
         max_error = DEFAULT_MAX_ERROR if passes else PRESET_MAX_ERROR[preset or DEFAULT_PRESET]
-    if calib is not None:
-        for p in pipeline:
-            if p.calibration_option and getattr(p.options, p.calibration_option) is None:
-                setattr(p.options, p.calibration_option, calib)
+    if speed_check is None:
+        speed_check = not passes and (preset or DEFAULT_PRESET) in SPEED_PRESETS
     source = model if isinstance(model, str) else "<model>"
     m = model if isinstance(model, Model) else load(model)
     if shapes:
@@ -214,11 +227,21 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
         check_input_shapes(m, shapes)
         if any(p.needs_static_shapes for p in pipeline):
             fix_input_shapes(m, shapes)
+    needs_calib = [p for p in pipeline
+                   if p.calibration_option and getattr(p.options, p.calibration_option) is None]
+    if calib is None and shapes and needs_calib:
+        # The passes' own random fallback knows nothing of --shape; symbolic dims need it.
+        from tvmlite.calibration import load_calibration
+
+        calib = load_calibration(None, m, shapes=shapes)
+    if calib is not None:
+        for p in needs_calib:
+            setattr(p.options, p.calibration_option, calib)
     report = OptimizeReport(str(source))
     checker = None
     if check:
         feeds = prepare_inputs(m, inputs, shapes)
-        checker = _Checker(copy_model(m), feeds, labels, max_error, max_accuracy_drop, repeats)
+        checker = _Checker(copy_model(m), feeds, labels, max_error, max_accuracy_drop, repeats, speed_check)
 
     def row(name, spec_, kept, note, result=None, seconds=0.0, excluded=()):
         s = summarize(m, shapes)
@@ -259,40 +282,61 @@ def _run_checked(p, m: Model, checker, row) -> None:
         return
     err, acc, _ = checker.measure(m, timed=False)
     if checker.within(err, acc):
-        row(p.name, repr(p), True, "", result, seconds)
-        return
-    kept_model, excluded, note = _undo_layers(p, backup, result, checker, err, acc)
-    m.__dict__.update(kept_model.__dict__)
+        kept_model, excluded, note = m, [], ""
+    else:
+        kept_model, excluded, note = _undo_layers(p, backup, result, checker, err, acc)
+    if checker.speed_check and not p.cleanup and kept_model is not backup:
+        t_new, t_old = checker.side_by_side_ms(kept_model, backup)
+        if t_new < t_old:
+            note = "; ".join(x for x in (note, f"faster in onnxruntime: {t_new:.3f} vs {t_old:.3f} ms side by side") if x)
+        else:
+            kept_model, excluded = backup, []
+            note = f"undone: not faster in onnxruntime ({t_new:.3f} vs {t_old:.3f} ms side by side)"
+    if kept_model is not m:
+        m.__dict__.update(kept_model.__dict__)
     row(p.name, repr(p), kept_model is not backup, note, result, seconds, excluded)
 
 
 def _undo_layers(p, backup: Model, result, checker: _Checker, err: float, acc):
-    """Retry a per-layer pass without its worst layers; else undo it whole."""
+    """Redo a per-layer pass without its worst layers (fewest that meet the budget); else undo it."""
     budget = f"max error {err:.2e} > {checker.max_error:.0e}" if err > checker.max_error else \
         f"accuracy {100 * acc:.2f}% vs {100 * checker.reference_accuracy:.2f}% (drop budget {checker.max_accuracy_drop} pt)"
-    opt = p.exclude_option
-    layers = list(result.rewritten)
-    if opt is None or len(layers) < 2:
+    layers = list(dict.fromkeys(result.rewritten))
+    if p.exclude_option is None or len(layers) < 2:
         return backup, [], f"undone: {budget}"
-    # rank layers by the error each alone causes, then exclude the worst until the budget holds
-    costs = []
-    for layer in layers:
-        trial = copy_model(backup)
-        only = type(p)(**{**dataclasses.asdict(p.options),
-                          opt: list(getattr(p.options, opt) or []) + [x for x in layers if x != layer]})
-        only(trial)
-        e, a, _ = checker.measure(trial, timed=False)
-        costs.append((e if a is None else e + (checker.reference_accuracy - a), layer))
-    costs.sort(reverse=True)
-    excluded: list[str] = []
-    for _, layer in costs:
-        excluded.append(layer)
-        trial = copy_model(backup)
-        redo = type(p)(**{**dataclasses.asdict(p.options), opt: list(getattr(p.options, opt) or []) + excluded})
-        redo(trial)
-        e, a, _ = checker.measure(trial, timed=False)
+
+    def trial(exclude):
+        m = copy_model(backup)
+        p.replay(result, list(exclude))(m)
+        e, a, _ = checker.measure(m, timed=False)
+        return m, e, a
+
+    costs = p.layer_costs(result)
+    if costs is None:  # measure each layer alone: the pass redone with every other layer excluded
+        costs = {}
+        for layer in layers:
+            _, e, a = trial([x for x in layers if x != layer])
+            costs[layer] = e if a is None else e + (checker.reference_accuracy - a)
+    ranked = sorted(layers, key=lambda x: -costs.get(x, 0.0))
+    # the k worst layers excluded: grow k by doubling until the budget holds, then bisect down
+    good, lo, k = None, 0, 1
+    while True:
+        m, e, a = trial(ranked[:k])
         if checker.within(e, a):
-            if len(excluded) == len(layers):
-                break
-            return trial, excluded, f"kept without {len(excluded)} layer(s) that broke the budget ({budget})"
-    return backup, [], f"undone: {budget}, even layer by layer"
+            good = (k, m)
+            break
+        if k >= len(layers) - 1:
+            break
+        lo, k = k, min(2 * k, len(layers) - 1)
+    if good is None:
+        return backup, [], f"undone: {budget}, even layer by layer"
+    hi = good[0]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        m, e, a = trial(ranked[:mid])
+        if checker.within(e, a):
+            hi, good = mid, (mid, m)
+        else:
+            lo = mid
+    k, m = good
+    return m, ranked[:k], f"kept without {k} layer(s) that broke the budget ({budget})"

@@ -156,6 +156,12 @@ def node_key(node: Node) -> str:
     return node.outputs[0]
 
 
+def excluded_keys(graph: Graph, names) -> set:
+    """The node keys of the nodes ``names`` refers to, by node name, label or first output."""
+    names = set(names)
+    return {node_key(n) for n in graph.nx.nodes if names & {n.name, n.label, node_key(n)}}
+
+
 def _foldable(graph: Graph, unit: Node, spec: QuantSpec) -> Node | None:
     """The Relu/Clip(0, c) reading ``unit``'s output that its quantization can absorb."""
     if spec.symmetric:
@@ -192,7 +198,8 @@ def _clip_bound(graph: Graph, clip: Node, index: int, attr: str) -> float | None
 def plan_qdq(graph: Graph, units: set, spec: QuantSpec, *, extend: bool = True,
              excluded: set = frozenset()) -> QdqPlan:
     """Which nodes run in int8 given the chosen ``units`` (node keys of Conv/Gemm/MatMul and
-    element-wise ops), which activations fold, and which tensors share quantization."""
+    element-wise ops), which activations fold, and which tensors share quantization. ``excluded``:
+    node keys that stay float (see excluded_keys)."""
     nodes: set = set()
     folded: dict = {}
     same_as: dict = {}
@@ -218,7 +225,7 @@ def plan_qdq(graph: Graph, units: set, spec: QuantSpec, *, extend: bool = True,
             nodes.add(key)
             qtensors.add(node.outputs[0])
             act = _foldable(graph, node, spec)
-            if act is not None:
+            if act is not None and node_key(act) not in excluded:
                 folded[key] = node_key(act)
             continue
         if not extend:
