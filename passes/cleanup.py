@@ -62,6 +62,7 @@ class FoldConstants(Pass):
     """Evaluate nodes whose inputs are all constant and store their outputs as initializers."""
 
     name = "fold-constants"
+    cleanup = True
 
     @dataclass
     class Options:
@@ -121,6 +122,7 @@ class DeadCodeElimination(Pass):
     """Remove nodes whose outputs nothing reads, and initializers nothing reads."""
 
     name = "dce"
+    cleanup = True
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
@@ -146,6 +148,7 @@ class RemoveIdentity(Pass):
     """Drop Identity nodes and inference-mode Dropout (when its mask is unused)."""
 
     name = "remove-identity"
+    cleanup = True
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
@@ -195,6 +198,7 @@ class FoldBatchNorm(Pass):
     """
 
     name = "fold-bn"
+    cleanup = True
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
@@ -288,6 +292,7 @@ class InferShapes(Pass):
     """Run shape inference and record the types it finds (symbolic dims kept)."""
 
     name = "infer-shapes"
+    cleanup = True
 
     def run(self, model: Model) -> PassResult:
         from tvmlite.ir.shapes import infer_shapes
