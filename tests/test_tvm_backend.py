@@ -277,18 +277,17 @@ def test_emit_tvmscript_writes_each_kernel(tmp_path):
 
 # ------------------------------------------------------------------------------------ unsupported
 def test_unsupported_ops_are_listed_at_once():
-    w = RNG.standard_normal((4, 4, 2, 2)).astype(np.float32)
-    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["c"], strides=[2, 2]),
+    nodes = [helper.make_node("Resize", ["x", "", "s"], ["c"], mode="cubic"),
              helper.make_node("TopK", ["c", "k"], ["v", "i"], axis=-1),
              helper.make_node("Relu", ["v"], ["y"])]
     model = make_model(nodes, [tensor("x", [1, 4, 5, 5])], [tensor("y", [1, 4, 10, 2])],
-                       [("w", w), ("k", np.array([2], np.int64))])
+                       [("s", np.array([1, 1, 2, 2], np.float32)), ("k", np.array([2], np.int64))])
     problems = unsupported_ops(load(model))
-    assert problems == ["ConvTranspose (no TVM emitter)", "TopK (no TVM emitter)"]
+    assert problems == ["Resize (mode=cubic)", "TopK (no TVM emitter)"]
     with pytest.raises(UnsupportedError) as e:
         compile_model(load(model))
     msg = str(e.value)
-    assert "\n" not in msg and "2 op kind(s)" in msg and "TopK" in msg and "ConvTranspose" in msg
+    assert "\n" not in msg and "2 op kind(s)" in msg and "TopK" in msg and "mode=cubic" in msg
 
 
 def test_symbolic_input_needs_a_shape():

@@ -67,6 +67,15 @@ class Builder:
         self.tensors.append(t)
         return t
 
+    def table(self, array: np.ndarray, label: str = "idx") -> te.Tensor:
+        """An int32 constant (gather indices computed on the host in float64, exactly as ONNX
+        defines them, so no rounding decision is left to float32 arithmetic in the kernel)."""
+        array = np.ascontiguousarray(array, dtype=np.int32)
+        t = te.placeholder(array.shape, "int32", name=f"{label}{len(self.params)}")
+        self.params.append(Param("const", f"{self.name}.{label}{len(self.params)}", array.shape, array))
+        self.tensors.append(t)
+        return t
+
     def finish(self, outputs: list[tuple[str, te.Tensor]]):
         for value, t in outputs:
             self.params.append(Param("output", value, tuple(int(d) for d in t.shape)))
@@ -711,6 +720,127 @@ def lrn(name: str, x: str, x_shape, *, size: int, alpha: float, beta: float, bia
         S.parallel_outer(sch, sch.get_loops(sch.get_sblock("epilogue"))[:2])
     sch.compute_at(sch.get_sblock("acc"), sch.get_loops(sch.get_sblock("epilogue"))[-1])
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_outer"])
+
+
+# ----------------------------------------------------------------------------------- ConvTranspose
+def conv_transpose_gemm_weights(w: np.ndarray, group: int) -> np.ndarray:
+    """ConvTranspose weights [C, M/g, *k] as the weights of a grouped 1x1 conv producing the
+    columns [N, M*K, H, W]: column channel (m*K + tap) of group g is W[g*Cg + c, m, tap] summed
+    over c, i.e. the transposed per-group matrix."""
+    c, mg = w.shape[:2]
+    k = int(np.prod(w.shape[2:]))
+    cg = c // group
+    wt = w.reshape(group, cg, mg * k).transpose(0, 2, 1)
+    return np.ascontiguousarray(wt.reshape(group * mg * k, cg, 1, 1), dtype=np.float32)
+
+
+def col2im(name: str, cols: str, cols_shape, bias, *, kernel, pads, strides, dilations, out_shape,
+           out_value: str, epilogue: Epilogue, lanes: int) -> KernelDef:
+    """The second half of ConvTranspose: every output pixel gathers the column entries of the
+    taps that land on it (scatter-add turned into a gather, so no two threads write one pixel),
+    adds the bias and applies ``epilogue``. ``cols`` is [N, M*K, H, W] (`conv2d_gemm` with
+    `conv_transpose_gemm_weights`); ``pads`` are the begin pads (negative: the output starts
+    before the first tap)."""
+    n, mk, h, wd = (int(d) for d in cols_shape)
+    kh, kw = (int(k) for k in kernel)
+    sh, sw = (int(s) for s in strides)
+    dh, dw = (int(d) for d in dilations)
+    pt, pl = (int(p) for p in pads)
+    out_shape = tuple(int(d) for d in out_shape)
+    m = out_shape[1]
+    assert mk == m * kh * kw, (cols_shape, kernel, out_shape)
+    b = Builder(name)
+    X = b.input(cols, (n, mk, h, wd))
+    B = b.const(np.asarray(bias, np.float32).reshape(m), label="bias") if bias is not None else None
+    apply = bind_epilogue(epilogue, b, out_shape)
+    zero = tirx.const(0.0, F32)
+    # stride = kernel, no dilation (2x2 stride-2 upsampling): exactly one tap per pixel
+    disjoint = (kh, kw) == (sh, sw) and dh == dw == 1
+
+    def read(nn, mm, ty, tx, ky, kx):
+        iy, ix = ty // sh, tx // sw  # floor division: ty may be negative
+        ok = tirx.all(ty >= 0, iy < h, tx >= 0, ix < wd)
+        if not disjoint:
+            ok = tirx.all(ok, ty % sh == 0, tx % sw == 0)
+        ch = mm * (kh * kw) + ky * kw + kx
+        v = X[nn, ch, tirx.min(tirx.max(iy, 0), h - 1), tirx.min(tirx.max(ix, 0), wd - 1)]
+        return tirx.if_then_else(ok, v, zero)
+
+    def out(nn, mm, oy, ox):
+        py, px = oy + pt, ox + pl
+        if disjoint:
+            v = read(nn, mm, py, px, py % sh, px % sw)
+        else:  # few taps (a kernel's area): unrolled, so the block stays purely spatial
+            v = None
+            for ky in range(kh):
+                for kx in range(kw):
+                    t = read(nn, mm, py - ky * dh, px - kx * dw, ky, kx)
+                    v = t if v is None else v + t
+        if B is not None:
+            v = v + B[mm]
+        return apply(v, (nn, mm, oy, ox))
+
+    Y = te.compute(out_shape, out, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.parallel_vectorize(sch, "ew", lanes,
+                         parallel=S.worth_parallel(int(np.prod(out_shape)) * (1 if disjoint else kh * kw)))
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+# ------------------------------------------------------------------------------------------ Resize
+def resize(name: str, x: str, x_shape, *, axes_maps, out_shape, out_value: str, epilogue: Epilogue,
+           lanes: int) -> KernelDef:
+    """ONNX Resize as a gather. ``axes_maps[i]`` says how output index o of axis i reads the
+    input: None (same index), ("div", num, den): floor(o * num / den) (nearest with an exact
+    rational scale, computed in the kernel), ("nearest", idx[out]) or ("linear", idx[out, 2],
+    weights[out, 2]) from host tables; the linear axes' taps are combined separably (bilinear
+    on two axes)."""
+    shape = tuple(int(d) for d in x_shape)
+    out_shape = tuple(int(d) for d in out_shape)
+    b = Builder(name)
+    X = b.input(x, shape)
+    maps = []
+    for ax, mp in enumerate(axes_maps):
+        if mp is None or mp[0] == "div":
+            maps.append(mp)
+        elif mp[0] == "nearest":
+            maps.append(("nearest", b.table(np.asarray(mp[1]).reshape(-1), label=f"idx{ax}_")))
+        else:
+            maps.append(("linear", b.table(mp[1], label=f"idx{ax}_"),
+                         b.const(np.asarray(mp[2], np.float32), label=f"wt{ax}_")))
+    apply = bind_epilogue(epilogue, b, out_shape)
+    linear = [ax for ax, mp in enumerate(maps) if mp is not None and mp[0] == "linear"]
+
+    def f(*idx):
+        base = []
+        for o, mp in zip(idx, maps):
+            if mp is None:
+                base.append(o)
+            elif mp[0] == "div":
+                base.append(o * mp[1] // mp[2])
+            elif mp[0] == "nearest":
+                base.append(mp[1][o])
+            else:
+                base.append(None)
+        v = None
+        for taps in np.ndindex(*([2] * len(linear))):
+            ix = list(base)
+            w = None
+            for ax, t in zip(linear, taps):
+                _, tab, wt = maps[ax]
+                ix[ax] = tab[idx[ax], int(t)]
+                w = wt[idx[ax], int(t)] if w is None else w * wt[idx[ax], int(t)]
+            term = X[tuple(ix)] if w is None else X[tuple(ix)] * w
+            v = term if v is None else v + term
+        return apply(v, idx)
+
+    Y = te.compute(out_shape, f, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.parallel_vectorize(sch, "ew", lanes,
+                         parallel=S.worth_parallel(int(np.prod(out_shape)) * (1 << len(linear))))
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -29,7 +29,7 @@ BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "PRelu"}
 EW_OPS = UNARY_OPS | BINARY_OPS | {"BatchNormalization"}
 ANCHOR_OPS = {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
               "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
-              "ReduceSumSquare", "Concat", "Transpose", "Slice", "LRN"}
+              "ReduceSumSquare", "Concat", "Transpose", "Slice", "LRN", "ConvTranspose", "Resize", "Upsample"}
 
 
 # -------------------------------------------------------------------------------- elementwise chains
@@ -312,8 +312,9 @@ class Lowering:
         else:
             raise UnsupportedError("no TVM emitter")
 
-    def add(self, kd_factory, node: Node, out: str, epi_nodes=()):
-        self.keys.append(self.pos[self.g.producer(out)])
+    def add(self, kd_factory, node: Node, out: str, epi_nodes=(), key=None):
+        # key: run position for a kernel whose output is no graph value (a node's first half)
+        self.keys.append(self.pos[self.g.producer(out)] if key is None else key)
         if self.emit:
             kd = kd_factory()
             kd.nodes = [node.label] + list(epi_nodes)
@@ -624,6 +625,93 @@ class Lowering:
                          epilogue=epi, lanes=self.lanes)
         self.add(make, node, final, labels)
 
+    def lower_convtranspose(self, node: Node) -> None:
+        """A grouped 1x1 GEMM making every tap's contribution (the columns), then a gather
+        (col2im) that sums the taps landing on each output pixel, adds the bias and runs the
+        epilogue: two kernels, no redundant multiply-adds whatever the stride."""
+        from tvmlite.ops.conv import _norm, conv_transpose_pads
+
+        x, wname = node.inputs[0], node.inputs[1]
+        w = self.const(wname)
+        if w is None:
+            raise UnsupportedError("non-constant weights")
+        bname = node.inputs[2] if len(node.inputs) > 2 else ""
+        bias = self.const(bname) if bname else None
+        if bname and bias is None:
+            raise UnsupportedError("non-constant bias")
+        xs = self.shape(x)
+        if len(xs) not in (3, 4):
+            raise UnsupportedError(f"{len(xs) - 2}-D ConvTranspose")
+        a = node.attrs
+        nsp = len(xs) - 2
+        kshape = [int(k) for k in (a.get("kernel_shape") or w.shape[2:])]
+        if list(w.shape[2:]) != kshape:
+            raise UnsupportedError(f"kernel_shape {kshape} does not match weights {list(w.shape)}")
+        strides = _norm(a.get("strides"), nsp, 1)
+        dil = _norm(a.get("dilations"), nsp, 1)
+        out_pad = _norm(a.get("output_padding"), nsp, 0)
+        group = int(a.get("group", 1))
+        c = xs[1]
+        if w.shape[0] != c or c % group:
+            raise UnsupportedError(f"group={group} does not fit {c} input channels and weights {list(w.shape)}")
+        pads, out_sp = conv_transpose_pads(a.get("auto_pad", "NOTSET"), xs[2:], kshape, strides, dil,
+                                           a.get("pads"), out_pad, a.get("output_shape"))
+        out = node.outputs[0]
+        m = w.shape[1] * group
+        if (xs[0], m, *out_sp) != self.shape(out):
+            raise UnsupportedError(f"output shape {self.shape(out)} disagrees with the attributes")
+        if nsp == 1:  # 1-D as 2-D with a unit height
+            xs = (xs[0], xs[1], 1, xs[2])
+            w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
+            kshape, strides, dil, pads = [1] + kshape, [1] + strides, [1] + dil, [0, pads[0], 0, pads[1]]
+            out_sp = [1] + list(out_sp)
+        n, _, h, wd = xs
+        cols = f"{out}::cols"
+        self.shapes[cols] = (n, m * kshape[0] * kshape[1], h, wd)
+        gemm_name = self.kernel_name(node) + "_gemm"
+        w_cols = w.astype(np.float32)
+
+        def make_gemm():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.conv2d_gemm(gemm_name, x, xs, K.conv_transpose_gemm_weights(w_cols, group), None,
+                                 pads=(0, 0, 0, 0), strides=(1, 1), dilations=(1, 1), out_value=cols,
+                                 epilogue=Epilogue(), lanes=self.lanes, group=group)
+        self.add(make_gemm, node, out, key=self.pos[node])
+        epi, final, labels = self._epilogue(node)
+        name = self.kernel_name(node) + "_col2im"
+        b32 = None if bias is None else bias.astype(np.float32)
+        out_shape = (n, m, *out_sp)
+        cols_shape = self.shapes[cols]
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.col2im(name, cols, cols_shape, b32, kernel=kshape, pads=(pads[0], pads[1]),
+                            strides=strides, dilations=dil, out_shape=out_shape, out_value=final,
+                            epilogue=epi, lanes=self.lanes)
+        self.add(make, node, final, labels)
+
+    def lower_resize(self, node: Node) -> None:
+        x = node.inputs[0]
+        if any(n and self.const(n) is None for n in node.inputs[1:]):
+            raise UnsupportedError("non-constant roi/scales/sizes")  # before the output shape, unknown then
+        xs = self.shape(x)
+        out = node.outputs[0]
+        maps = resize_maps(node, xs, self.shape(out), self.const, self.opset)
+        epi, final, labels = self._epilogue(node)
+        name = self.kernel_name(node)
+        out_shape = self.shape(out)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.resize(name, x, xs, axes_maps=maps, out_shape=out_shape, out_value=final, epilogue=epi,
+                            lanes=self.lanes)
+        self.add(make, node, final, labels)
+
+    lower_upsample = lower_resize
+
     def lower_other(self, node):
         raise UnsupportedError("no TVM emitter")
 
@@ -641,6 +729,81 @@ class Lowering:
 
             return K.elementwise(name, src, out_shape, out_value=final, epilogue=epi, lanes=self.lanes)
         self.add(make, node, final, labels)
+
+
+# ------------------------------------------------------------------------------------------ Resize
+RESIZE_COORD_MODES = ("half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel",
+                      "half_pixel_symmetric", "tf_half_pixel_for_nn")
+RESIZE_NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+def resize_maps(node: Node, in_shape: tuple, out_shape: tuple, const, opset: int) -> list:
+    """Per axis, how a Resize/Upsample output index reads the input (see `kernels.resize`):
+    index tables and linear weights computed on the host in float64 with the NumPy backend's own
+    ONNX formulas; anything those formulas or the kernel do not cover raises UnsupportedError."""
+    from tvmlite.ops import nn as R
+
+    a = node.attrs
+    ins = list(node.inputs) + [""] * 4
+    mode = a.get("mode", "nearest")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    if node.op_type == "Upsample" or opset < 11:  # Upsample-7/9, Resize-10: asymmetric, onnxruntime's rounding
+        coord, nearest_mode = "asymmetric", "simple"
+        mode = "linear" if mode == "bilinear" else mode
+        if opset < 9 and node.op_type == "Upsample":
+            scales, roi, sizes = a.get("scales"), None, None
+        else:
+            scales, roi, sizes = const(ins[1]) if ins[1] else None, None, None
+            if scales is None:
+                raise UnsupportedError("non-constant scales")
+        axes, policy, antialias = None, "stretch", 0
+    else:
+        coord = a.get("coordinate_transformation_mode", "half_pixel")
+        nearest_mode = a.get("nearest_mode", "round_prefer_floor")
+        roi = const(ins[1]) if ins[1] else None
+        scales = const(ins[2]) if ins[2] else None
+        sizes = const(ins[3]) if ins[3] else None
+        if (ins[2] and scales is None) or (ins[3] and sizes is None) or (ins[1] and roi is None):
+            raise UnsupportedError("non-constant roi/scales/sizes")
+        axes, policy = a.get("axes"), a.get("keep_aspect_ratio_policy", "stretch")
+        antialias = int(a.get("antialias", 0))
+    if mode not in ("nearest", "linear"):
+        raise UnsupportedError(f"mode={mode}")
+    if coord not in RESIZE_COORD_MODES:
+        raise UnsupportedError(f"coordinate_transformation_mode={coord}")
+    if mode == "nearest" and nearest_mode not in RESIZE_NEAREST_MODES + ("simple",):
+        raise UnsupportedError(f"nearest_mode={nearest_mode}")
+    if antialias:
+        raise UnsupportedError("antialias=1")
+    dummy = np.empty(in_shape, np.float32)  # only its shape is read
+    scales_full, sizes_full, _, from_sizes = R._resize_args(dummy, roi, scales, sizes, axes, policy)
+    if from_sizes and policy not in ("stretch", None):
+        from_sizes = False
+    if tuple(sizes_full) != tuple(out_shape):
+        raise UnsupportedError(f"output shape {tuple(out_shape)} disagrees with scales/sizes {tuple(sizes_full)}")
+    maps = []
+    for ax, (in_len, out_len) in enumerate(zip(in_shape, out_shape)):
+        scale = float(scales_full[ax])
+        if out_len == 0:
+            raise UnsupportedError("empty output")
+        if out_len == in_len and np.isclose(scale, 1.0):  # the reference skips such axes too
+            maps.append(None)
+            continue
+        xo = R._x_original(coord, out_len, in_len, scale, out_w=float(out_len) if from_sizes else None)
+        if mode == "nearest":
+            idx = R._nearest_index(xo, nearest_mode, in_len, scale < 1)
+            o = np.arange(out_len)
+            if np.array_equal(idx, o * in_len // out_len):  # e.g. asymmetric floor, integer scale
+                maps.append(("div", int(in_len), int(out_len)))
+            else:
+                maps.append(("nearest", idx.astype(np.int32)))
+        else:
+            if ax < len(in_shape) - 2:
+                raise UnsupportedError(f"linear resize of axis {ax} (only the last two axes)")
+            idx, wts = R._taps(xo, "linear", scale, in_len, -0.75, False, bool(a.get("exclude_outside", 0)))
+            maps.append(("linear", idx.astype(np.int32), wts.astype(np.float32)))
+    return maps
 
 
 def unsupported_ops(model: Model, input_shapes: dict) -> list[str]:
