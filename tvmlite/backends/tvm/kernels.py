@@ -843,6 +843,166 @@ def resize(name: str, x: str, x_shape, *, axes_maps, out_shape, out_value: str, 
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
 
 
+# ------------------------------------------------------------------- tvmlite's conv-lowering ops
+def const_a_batch_gemm(name: str, a: np.ndarray, bname: str, b_shape, *, out_value: str, out_shape,
+                       epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+    """Y[..., M, N] = A[..., M, K] @ B[..., K, N] with A constant and batch dims broadcast (the
+    GEMMs of lower-conv and Winograd: weights on the left, columns/tiles on the right). The
+    batch dims are flattened into one loop; A is packed [Ba, M/mr, K, mr] at build time; B's
+    columns are packed [bt, N/nr, K, nr] per column tile inside the GEMM (as conv's im2col)."""
+    out_shape = tuple(int(d) for d in out_shape)
+    b_shape = tuple(int(d) for d in b_shape)
+    m, k = (int(d) for d in a.shape[-2:])
+    nn = b_shape[-1]
+    batch = out_shape[:-2]
+    bt = int(np.prod(batch)) if batch else 1
+    a_batch, b_batch = tuple(a.shape[:-2]), b_shape[:-2]
+    tile = tile or conv_tile(m, nn, lanes)
+    mp, np_ = _round_up(m, tile.mr), _round_up(nn, tile.nr)
+    b = Builder(name)
+    ba = int(np.prod(a_batch)) if a_batch else 1
+    apad = np.zeros((ba, mp, k), np.float32)
+    apad[:, :m] = np.asarray(a, np.float32).reshape(ba, m, k)
+    packing = steps is None or "pack_array" in steps
+    A = b.const(S.pack_host_array(apad, tile.mr, along="rows", leading=1) if packing else apad, (ba, mp, k))
+    a_index = len(b.params) - 1
+    bb = int(np.prod(b_batch)) if b_batch else 1
+    Bt = b.input(bname, (bb, k, nn))
+    apply = bind_epilogue(epilogue, b, out_shape)
+
+    def flat_index(idx, dims):
+        """Flat index into a broadcast operand with batch ``dims`` (aligned right) of batch ``idx``."""
+        off = len(batch) - len(dims)
+        flat = 0
+        for i, d in enumerate(dims):
+            if d != 1:
+                flat = flat * d + idx[off + i]
+            # a broadcast dim contributes nothing
+        return flat
+
+    def split(t):
+        return _unflatten(t, batch) if batch else ()
+
+    pack = te.compute((bt, k, np_), lambda t, kk, j: Bt[flat_index(split(t), b_batch), kk, tirx.min(j, nn - 1)],
+                      name="pack")
+    r = te.reduce_axis((0, k), name="k")
+    acc = te.compute((bt, mp, np_), lambda t, i, j: te.sum(A[flat_index(split(t), a_batch), i, r] * pack[t, r, j],
+                                                          axis=r), name="acc")
+    Y = te.compute((bt, m, nn), lambda t, i, j: apply(acc[t, i, j], split(t) + (i, j)), name="epilogue")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.schedule_gemm(sch, "acc", "epilogue", tile, producer="pack", parallel=S.worth_parallel(bt * m * nn * k),
+                    packs=[("acc", ("read", 0), "rows", 1), ("pack", ("write", 0), "cols", 1)], steps=steps)
+    if packing:
+        b.params[a_index].shape = b.params[a_index].array.shape
+    return KernelDef(name, b.params, sch.mod["main"], steps=_step_names(steps))
+
+
+def im2col(name: str, x: str, x_shape, *, kernel, pads, strides, dilations, out_value: str,
+           lanes: int) -> KernelDef:
+    """tvmlite Im2Col (2-D; 1-D as a unit height): [N, C, H, W] -> [N, C*kh*kw, OH*OW]."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    kh, kw = kernel
+    sh, sw = strides
+    dh, dw = dilations
+    pt, pl, pb, pr = pads
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    b = Builder(name)
+    X = b.input(x, (n, c, h, wd))
+    khw = kh * kw
+
+    def f(nn, row, col):
+        cc, t = row // khw, row % khw
+        y = (col // ow) * sh - pt + (t // kw) * dh
+        xx = (col % ow) * sw - pl + (t % kw) * dw
+        ok = tirx.all(y >= 0, y < h, xx >= 0, xx < wd)
+        return tirx.if_then_else(ok, X[nn, cc, tirx.min(tirx.max(y, 0), h - 1), tirx.min(tirx.max(xx, 0), wd - 1)],
+                                 tirx.const(0.0, F32))
+
+    Y = te.compute((n, c * khw, oh * ow), f, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(n * c * khw * oh * ow))
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+def winograd_input(name: str, x: str, x_shape, *, m: int, r: int, pads, bt: np.ndarray, out_value: str,
+                   lanes: int) -> KernelDef:
+    """tvmlite WinogradInput: V[a*α+b, c, tile] = (Bᵀ d B)[a, b] of every α×α input tile d (zero
+    beyond the pads), tiles ordered (n, ty, tx). Separable: rows first (T = Bᵀ d, α terms per
+    entry), then columns; both sums are unrolled so each stage is a plain vectorized map over
+    the tiles."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    alpha = m + r - 1
+    pt, pl, pb, pr = (int(p) for p in pads)
+    oh, ow = h + pt + pb - r + 1, wd + pl + pr - r + 1
+    th, tw = -(-oh // m), -(-ow // m)
+    p = n * th * tw
+    b = Builder(name)
+    X = b.input(x, (n, c, h, wd))
+    BT = b.const(np.asarray(bt, np.float32), label="bt")
+
+    def tile_read(cc, t, i, j):
+        nn, ty, tx = t // (th * tw), (t // tw) % th, t % tw
+        y, xx = ty * m + i - pt, tx * m + j - pl
+        ok = tirx.all(y >= 0, y < h, xx >= 0, xx < wd)
+        return tirx.if_then_else(ok, X[nn, cc, tirx.min(tirx.max(y, 0), h - 1), tirx.min(tirx.max(xx, 0), wd - 1)],
+                                 tirx.const(0.0, F32))
+
+    rows = te.compute((alpha, alpha, c, p), lambda a, j, cc, t: _unrolled_sum(
+        [BT[a, i] * tile_read(cc, t, i, j) for i in range(alpha)]), name="rows")
+    V = te.compute((alpha * alpha, c, p), lambda ab, cc, t: _unrolled_sum(
+        [BT[ab % alpha, j] * rows[ab // alpha, j, cc, t] for j in range(alpha)]), name="ew")
+    func = b.finish([(out_value, V)])
+    sch = _schedule(func)
+    par = S.worth_parallel(alpha * alpha * c * p * alpha * 2)
+    S.parallel_vectorize(sch, "rows", lanes, parallel=par)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=par)
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+def winograd_output(name: str, mt: str, mt_shape, bias, *, m: int, r: int, out_shape, at: np.ndarray,
+                    out_value: str, epilogue: Epilogue, lanes: int) -> KernelDef:
+    """tvmlite WinogradOutput: Y[n, M, y, x] = (Aᵀ Mt A)[y % m, x % m] of tile (n, y//m, x//m),
+    cropped to ``out_shape`` (+ bias, epilogue). Separable: columns first into Z, then rows
+    inside the output map."""
+    a2, mm, p = (int(d) for d in mt_shape)
+    alpha = m + r - 1
+    out_shape = tuple(int(d) for d in out_shape)
+    n, _, oh, ow = out_shape
+    th, tw = -(-oh // m), -(-ow // m)
+    b = Builder(name)
+    T = b.input(mt, (a2, mm, p))
+    AT = b.const(np.asarray(at, np.float32), label="at")
+    B = b.const(np.asarray(bias, np.float32).reshape(mm), label="bias") if bias is not None else None
+    apply = bind_epilogue(epilogue, b, out_shape)
+    Z = te.compute((alpha, m, mm, p), lambda a, q, ch, t: _unrolled_sum(
+        [AT[q, bb] * T[a * alpha + bb, ch, t] for bb in range(alpha)]), name="cols")
+
+    def out(nn, ch, y, xx):
+        t = (nn * th + y // m) * tw + xx // m
+        v = _unrolled_sum([AT[y % m, a] * Z[a, xx % m, ch, t] for a in range(alpha)])
+        if B is not None:
+            v = v + B[ch]
+        return apply(v, (nn, ch, y, xx))
+
+    Y = te.compute(out_shape, out, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    par = S.worth_parallel(alpha * m * mm * p * alpha * 2)
+    S.parallel_vectorize(sch, "cols", lanes, parallel=par)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=par)
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+def _unrolled_sum(terms):
+    v = terms[0]
+    for t in terms[1:]:
+        v = v + t
+    return v
+
+
 # ------------------------------------------------------------------------------------------ helpers
 def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m

@@ -26,6 +26,7 @@ VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 UNARY_OPS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal",
              "Erf", "Floor", "Ceil", "HardSigmoid", "HardSwish", "Clip", "Elu", "Softplus", "Gelu"}
 BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "PRelu"}
+TVMLITE_OPS = {"Im2Col", "WinogradInput", "WinogradOutput"}  # tvmlite's own (conv-lowering) ops
 EW_OPS = UNARY_OPS | BINARY_OPS | {"BatchNormalization"}
 ANCHOR_OPS = {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
               "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
@@ -263,6 +264,12 @@ class Lowering:
             if node.op_type == "Constant" and node.domain in ONNX:
                 continue
             try:
+                if node.domain == "tvmlite" and node.op_type in TVMLITE_OPS:
+                    self.check_float(node)
+                    getattr(self, f"lower_tvmlite_{node.op_type.lower()}")(node)
+                    continue
+                if node.domain == "tvmlite":
+                    raise UnsupportedError("tvmlite op without a TVM emitter")
                 if node.domain not in ONNX:
                     raise UnsupportedError(f"domain {node.domain!r}")
                 if node.subgraphs:
@@ -429,7 +436,23 @@ class Lowering:
             epi, final, labels = self._epilogue(node)
             self._dense(node, A, a_shape, w.astype(np.float32), None, final, self.shape(out), epi, labels)
             return
-        if w is not None or self.const(A) is not None:
+        a_const = self.const(A)
+        if a_const is not None and w is None:  # weights on the left (lower-conv, Winograd)
+            b_shape, o_shape = self.shape(B), self.shape(out)
+            if a_const.ndim < 2 or len(b_shape) < 2:
+                raise UnsupportedError("MatMul with 1-D operands")
+            epi, final, labels = self._epilogue(node)
+            name = self.kernel_name(node)
+            a32 = a_const.astype(np.float32)
+
+            def make_left():
+                from tvmlite.backends.tvm import kernels as K
+
+                return K.const_a_batch_gemm(name, a32, B, b_shape, out_value=final, out_shape=o_shape,
+                                            epilogue=epi, lanes=self.lanes)
+            self.add(make_left, node, final, labels)
+            return
+        if w is not None or a_const is not None:
             raise UnsupportedError("MatMul with a constant operand that is not a 2-D right-hand side")
         epi, final, labels = self._epilogue(node)
         name = self.kernel_name(node)
@@ -714,6 +737,79 @@ class Lowering:
 
     def lower_other(self, node):
         raise UnsupportedError("no TVM emitter")
+
+    # ------------------------------------------------------------------- tvmlite's lowered ops
+    def _conv_geometry(self, node: Node, xs: tuple):
+        """(4-D input shape, kernel, pads [t, l, b, r], strides, dilations); 1-D as unit height."""
+        a = node.attrs
+        k = [int(v) for v in a["kernel_shape"]]
+        nsp = len(k)
+        if nsp not in (1, 2) or len(xs) != nsp + 2:
+            raise UnsupportedError(f"{nsp}-D window")
+        strides = [int(v) for v in (a.get("strides") or [1] * nsp)]
+        dil = [int(v) for v in (a.get("dilations") or [1] * nsp)]
+        pads = [int(v) for v in a["pads"]]
+        if nsp == 1:
+            return (xs[0], xs[1], 1, xs[2]), [1] + k, [0, pads[0], 0, pads[1]], [1] + strides, [1] + dil
+        return tuple(xs), k, pads, strides, dil
+
+    def lower_tvmlite_im2col(self, node: Node) -> None:
+        x = node.inputs[0]
+        xs, k, pads, strides, dil = self._conv_geometry(node, self.shape(x))
+        out = node.outputs[0]
+        name = self.kernel_name(node)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.im2col(name, x, xs, kernel=k, pads=pads, strides=strides, dilations=dil, out_value=out,
+                            lanes=self.lanes)
+        self.add(make, node, out)
+
+    def lower_tvmlite_winogradinput(self, node: Node) -> None:
+        from tvmlite.ops.lowered import winograd_matrices
+
+        x = node.inputs[0]
+        xs = self.shape(x)
+        if len(xs) != 4:
+            raise UnsupportedError(f"rank-{len(xs)} input")
+        a = node.attrs
+        m, r = int(a["m"]), int(a.get("r", 3))
+        pads = [int(v) for v in a["pads"]]
+        _, _, bt = winograd_matrices(m, r)
+        out = node.outputs[0]
+        name = self.kernel_name(node)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.winograd_input(name, x, xs, m=m, r=r, pads=pads, bt=bt, out_value=out, lanes=self.lanes)
+        self.add(make, node, out)
+
+    def lower_tvmlite_winogradoutput(self, node: Node) -> None:
+        from tvmlite.ops.lowered import winograd_matrices
+
+        mt = node.inputs[0]
+        bname = node.inputs[1] if len(node.inputs) > 1 else ""
+        bias = self.const(bname) if bname else None
+        if bname and bias is None:
+            raise UnsupportedError("non-constant bias")
+        a = node.attrs
+        m, r = int(a["m"]), int(a.get("r", 3))
+        at, _, _ = winograd_matrices(m, r)
+        mt_shape = self.shape(mt)
+        out = node.outputs[0]
+        out_shape = self.shape(out)
+        epi, final, labels = self._epilogue(node)
+        name = self.kernel_name(node)
+        b32 = None if bias is None else bias.astype(np.float32)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.winograd_output(name, mt, mt_shape, b32, m=m, r=r, out_shape=out_shape, at=at, out_value=final,
+                                     epilogue=epi, lanes=self.lanes)
+        self.add(make, node, final, labels)
 
     def lower_elementwise(self, node: Node) -> None:
         ops, first = self.ewops(node, None)
