@@ -1,6 +1,7 @@
-"""TVM backend: tvmlite's own conv-lowering ops (Im2Col, WinogradInput/WinogradOutput, the
-weights-on-the-left batched GEMM between them) build, and a model after `lower-conv` or
-`winograd` agrees with onnxruntime running the original model."""
+"""TVM backend: tvmlite's own conv-lowering ops (Im2Col, MecLower/MecMatMul,
+WinogradInput/WinogradOutput and the weights-on-the-left batched GEMM between them) build, and a
+model after `lower-conv` (im2col or MEC) or `winograd` agrees with onnxruntime running the
+original model."""
 from __future__ import annotations
 
 import numpy as np
@@ -90,15 +91,31 @@ def test_winograd_gemm_is_packed_and_output_fuses_epilogue(tmp_path):
     assert "T.vectorized(" in gemm and "T.unroll(8)" in gemm
 
 
-def test_mec_is_reported_not_guessed():
-    model = _conv_model((1, 3, 8, 8), (4, 3, 3, 3), pads=[1, 1, 1, 1])
-    m = load(model)
-    Pipeline("lower-conv(layout=mec)").run(m)
-    probs = unsupported_ops(m, {"x": (1, 3, 8, 8)})
-    assert probs == ["MecLower (tvmlite op without a TVM emitter)", "MecMatMul (tvmlite op without a TVM emitter)"]
+@pytest.mark.parametrize("cfg", [
+    dict(x=(2, 3, 9, 11), w=(5, 3, 3, 3), pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]),
+    dict(x=(1, 4, 8, 7), w=(9, 4, 3, 2), pads=[0, 1, 0, 1], strides=[1, 2], dilations=[2, 1], bias=False),
+])
+def test_lower_conv_mec_builds_and_matches(cfg):
+    cfg = dict(cfg)
+    x_shape, w_shape, bias = cfg.pop("x"), cfg.pop("w"), cfg.pop("bias", True)
+    model = _conv_model(x_shape, w_shape, bias=bias, **cfg)
+    _lowered_matches(model, "lower-conv(layout=mec)", RNG.standard_normal(x_shape).astype(np.float32), "MecLower")
 
 
-@pytest.mark.parametrize("spec,op", [("lower-conv", "Im2Col"), ("winograd", "WinogradInput")])
+def test_tvmlite_op_without_emitter_is_reported():
+    m = load(make_model([helper.make_node("Relu", ["x"], ["r"])], [tensor("x", [2, 4])], [tensor("r", [2, 4])]))
+    g = m.graph
+    for name, arr in [("data", np.ones((1, 2, 2), np.float32)), ("indices", np.array([1], np.int64)),
+                      ("indptr", np.array([0, 1, 1], np.int64))]:
+        g.add_initializer(name, arr)
+    g.add_node("SparseMatMul", ["r", "data", "indices", "indptr"], ["y"], {}, domain="tvmlite", name="sp")
+    m.opsets.setdefault("tvmlite", 1)
+    g.outputs[:] = ["y"]
+    assert unsupported_ops(m, {"x": (2, 4)}) == ["SparseMatMul (tvmlite op without a TVM emitter)"]
+
+
+@pytest.mark.parametrize("spec,op", [("lower-conv", "Im2Col"), ("winograd", "WinogradInput"),
+                                     ("lower-conv(layout=mec)", "MecLower")])
 def test_lowered_digits_model_matches_onnxruntime(spec, op):
     from models_under_test import example_model
 

@@ -202,26 +202,18 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, stride
     n, c, h, wd = (int(d) for d in x_shape)
     co, ci, kh, kw = w.shape
     g = int(group)
-    cog = co // g
     sh, sw = strides
     dh, dw = dilations
     pt, pl, pb, pr = pads
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     p, k = oh * ow, ci * kh * kw
-    tile = tile or conv_tile(cog, p, lanes)
-    cop, pp = _round_up(cog, tile.mr), _round_up(p, tile.nr)
     # a 1x1, stride-1, unpadded conv reads its columns straight from the input rows
     pointwise = kh == kw == 1 and sh == sw == 1 and not any(pads)
+    tile = tile or conv_tile(co // g, p, lanes)
+    pp = _round_up(p, tile.nr)
     b = Builder(name)
     X = b.input(x, (n, c, h * wd) if pointwise else (n, c, h, wd))
-    wmat = np.zeros((g, cop, k), np.float32)
-    wmat[:, :cog] = w.reshape(g, cog, k)
-    packing = steps is None or "pack_array" in steps
-    W = b.const(S.pack_host_array(wmat, tile.mr, along="rows", leading=1) if packing else wmat, (g, cop, k))
-    w_index = len(b.params) - 1
-    B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
-    apply = bind_epilogue(epilogue, b, (n, co, oh, ow))
     khw = kh * kw
 
     def im2col(nn, gg, kk, j):
@@ -234,7 +226,33 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, stride
         inside = tirx.all(j < p, y >= 0, y < h, xx >= 0, xx < wd)
         return tirx.if_then_else(inside, X[nn, gg * ci + cc, y, xx], tirx.const(0.0, F32))
 
-    cols = te.compute((n, g, k, pp), im2col, name="im2col")
+    return column_gemm(name, b, im2col, w.reshape(g, co // g, k), bias, out_shape=(n, co, oh, ow),
+                       out_value=out_value, epilogue=epilogue, lanes=lanes, tile=tile, steps=steps)
+
+
+def column_gemm(name: str, b: Builder, columns, w: np.ndarray, bias, *, out_shape, out_value: str,
+                epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+    """Y[n, g*CoG + co, p] = W[g, co, k] @ columns(n, g, k, p) (+ bias) then ``epilogue``, for
+    convolutions lowered to a GEMM over columns made on the fly: ``columns(n, g, k, j)`` gives
+    column entry (k, j) of image n, group g, for j up to P rounded to the tile (past P: any
+    value read from valid memory). ``out_shape`` is NC + spatial, P the spatial size. The
+    columns are packed [P/nr, K, nr] per column tile inside the GEMM; W is packed [CoG/mr, K, mr]
+    at build time. The caller has made ``b``'s input placeholders."""
+    g, cog, k = (int(d) for d in w.shape)
+    n, co = int(out_shape[0]), int(out_shape[1])
+    spatial = tuple(int(d) for d in out_shape[2:])
+    p = int(np.prod(spatial))
+    tile = tile or conv_tile(cog, p, lanes)
+    cop, pp = _round_up(cog, tile.mr), _round_up(p, tile.nr)
+    wmat = np.zeros((g, cop, k), np.float32)
+    wmat[:, :cog] = w
+    packing = steps is None or "pack_array" in steps
+    W = b.const(S.pack_host_array(wmat, tile.mr, along="rows", leading=1) if packing else wmat, (g, cop, k))
+    w_index = len(b.params) - 1
+    B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
+    apply = bind_epilogue(epilogue, b, (n, co) + spatial)
+
+    cols = te.compute((n, g, k, pp), columns, name="im2col")
     r = te.reduce_axis((0, k), name="k")
     acc = te.compute((n, g, cop, pp), lambda nn, gg, i, j: te.sum(W[gg, i, r] * cols[nn, gg, r, j], axis=r),
                      name="acc")
@@ -243,9 +261,9 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, stride
         v = acc[nn, gg, cc, j]
         if B is not None:
             v = v + B[gg, cc]
-        return apply(v, (nn, gg * cog + cc, j // ow, j % ow))
+        return apply(v, (nn, gg * cog + cc) + _unflatten(j, spatial))
 
-    Y = te.compute((n, g, cog, p), out, name="epilogue")  # the NCHW output, channels split by group
+    Y = te.compute((n, g, cog, p), out, name="epilogue")  # the NC... output, channels split by group
     func = b.finish([(out_value, Y)])
     sch = _schedule(func)
     S.schedule_gemm(sch, "acc", "epilogue", tile, producer="im2col", parallel=S.worth_parallel(n * co * p * k),
@@ -994,6 +1012,54 @@ def winograd_output(name: str, mt: str, mt_shape, bias, *, m: int, r: int, out_s
     S.parallel_vectorize(sch, "cols", lanes, parallel=par)
     S.parallel_vectorize(sch, "ew", lanes, parallel=par)
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+def mec_lower(name: str, x: str, x_shape, *, kernel, pads, strides, dilations, out_value: str,
+              lanes: int) -> KernelDef:
+    """tvmlite MecLower: [N, C, H, W] -> L[N, OW, Hp, C*KW], L[n, j, y, c*KW + t] = the padded
+    input at row y, column j*sw + t*dw of channel c."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    kh, kw = (int(k) for k in kernel)
+    sw, dw = int(strides[1]), int(dilations[1])
+    pt, pl, pb, pr = (int(p) for p in pads)
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    hp = h + pt + pb
+    b = Builder(name)
+    X = b.input(x, (n, c, h, wd))
+
+    def f(nn, j, y, q):
+        cc, t = q // kw, q % kw
+        iy, ix = y - pt, j * sw + t * dw - pl
+        ok = tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
+        return tirx.if_then_else(ok, X[nn, cc, tirx.min(tirx.max(iy, 0), h - 1), tirx.min(tirx.max(ix, 0), wd - 1)],
+                                 tirx.const(0.0, F32))
+
+    Y = te.compute((n, ow, hp, c * kw), f, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(n * ow * hp * c * kw))
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+def mec_matmul(name: str, lowered: str, l_shape, w: np.ndarray, bias, *, stride_h: int, dilation_h: int,
+               out_h: int, out_value: str, epilogue: Epilogue, lanes: int) -> KernelDef:
+    """tvmlite MecMatMul: Y[n, M, o, j] = sum over (i, q) of L[n, j, o*s + i*d, q] W'[i, q, M]
+    (+ bias): a GEMM whose columns (o, j) are read from MEC's lowered matrix on the fly, each
+    window row shared by the KH output rows that use it, with `column_gemm`'s packed schedule."""
+    n, ow, hp, ckw = (int(d) for d in l_shape)
+    kh, _, m = (int(d) for d in w.shape)
+    s, d = int(stride_h), int(dilation_h)
+    b = Builder(name)
+    L = b.input(lowered, (n, ow, hp, ckw))
+
+    def columns(nn, gg, kk, j):
+        i, q = kk // ckw, kk % ckw
+        jc = tirx.min(j, out_h * ow - 1)  # past P: a valid read, the result is dropped
+        return L[nn, jc % ow, (jc // ow) * s + i * d, q]
+
+    wmat = np.asarray(w, np.float32).reshape(kh * ckw, m).T.reshape(1, m, kh * ckw)
+    return column_gemm(name, b, columns, wmat, bias, out_shape=(n, m, out_h, ow), out_value=out_value,
+                       epilogue=epilogue, lanes=lanes)
 
 
 def _unrolled_sum(terms):

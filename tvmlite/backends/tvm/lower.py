@@ -26,7 +26,7 @@ VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 UNARY_OPS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal",
              "Erf", "Floor", "Ceil", "HardSigmoid", "HardSwish", "Clip", "Elu", "Softplus", "Gelu"}
 BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "PRelu"}
-TVMLITE_OPS = {"Im2Col", "WinogradInput", "WinogradOutput"}  # tvmlite's own (conv-lowering) ops
+TVMLITE_OPS = {"Im2Col", "WinogradInput", "WinogradOutput", "MecLower", "MecMatMul"}  # tvmlite's own (conv-lowering) ops
 EW_OPS = UNARY_OPS | BINARY_OPS | {"BatchNormalization"}
 ANCHOR_OPS = {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
               "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
@@ -765,6 +765,46 @@ class Lowering:
             return K.im2col(name, x, xs, kernel=k, pads=pads, strides=strides, dilations=dil, out_value=out,
                             lanes=self.lanes)
         self.add(make, node, out)
+
+    def lower_tvmlite_meclower(self, node: Node) -> None:
+        x = node.inputs[0]
+        xs = self.shape(x)
+        if len(xs) != 4:
+            raise UnsupportedError(f"rank-{len(xs)} input")
+        _, k, pads, strides, dil = self._conv_geometry(node, xs)
+        out = node.outputs[0]
+        name = self.kernel_name(node)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.mec_lower(name, x, xs, kernel=k, pads=pads, strides=strides, dilations=dil, out_value=out,
+                               lanes=self.lanes)
+        self.add(make, node, out)
+
+    def lower_tvmlite_mecmatmul(self, node: Node) -> None:
+        low, wname = node.inputs[0], node.inputs[1]
+        w = self.const(wname)
+        if w is None:
+            raise UnsupportedError("non-constant weights")
+        bname = node.inputs[2] if len(node.inputs) > 2 else ""
+        bias = self.const(bname) if bname else None
+        if bname and bias is None:
+            raise UnsupportedError("non-constant bias")
+        a = node.attrs
+        l_shape = self.shape(low)
+        epi, final, labels = self._epilogue(node)
+        name = self.kernel_name(node)
+        w32 = w.astype(np.float32)
+        b32 = None if bias is None else bias.astype(np.float32)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.mec_matmul(name, low, l_shape, w32, b32, stride_h=int(a["stride_h"]),
+                                dilation_h=int(a["dilation_h"]), out_h=int(a["out_h"]), out_value=final,
+                                epilogue=epi, lanes=self.lanes)
+        self.add(make, node, final, labels)
 
     def lower_tvmlite_winogradinput(self, node: Node) -> None:
         from tvmlite.ops.lowered import winograd_matrices
