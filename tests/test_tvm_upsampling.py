@@ -93,6 +93,19 @@ def test_resize_matches_onnxruntime(case):
     assert cm.kernel_count == 1
 
 
+def test_resize_tables_survive_save_and_load(tmp_path):
+    """The int32 index tables and float weights are constants of the saved artifact."""
+    from tvmlite.backends.tvm import load_module
+
+    model = _resize_model((1, 2, 5, 7), (1, 2, 9, 3), sizes=[1, 2, 9, 3], mode="linear",
+                          coordinate_transformation_mode="align_corners")
+    feeds = {"x": _x(1, 2, 5, 7)}
+    cm = _check(model, feeds)
+    assert sorted(str(a.dtype) for a in cm._consts.values()) == ["float32", "float32", "int32", "int32"]
+    cm.save(str(tmp_path / "r.so"))
+    np.testing.assert_array_equal(load_module(str(tmp_path / "r.so")).run(feeds)[0], cm.run(feeds)[0])
+
+
 def test_resize_10_and_upsample_match_onnxruntime():
     nodes = [helper.make_node("Resize", ["x", "s"], ["a"], mode="nearest"),
              helper.make_node("Resize", ["x", "s2"], ["b"], mode="linear")]
