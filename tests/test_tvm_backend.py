@@ -309,6 +309,9 @@ def test_cli_build_run_emit(tmp_path, capsys):
     assert main(["build", str(src), "-o", str(so)]) == 2  # symbolic batch: needs --shape
     assert "static shapes" in capsys.readouterr().err
     assert main(["build", str(src), "-o", str(so), "--shape", "x=2x3x4x4"]) == 0
+    # the same build again comes from the cache, whose loaded library is copied, not re-exported
+    assert main(["build", str(src), "-o", str(tmp_path / "again.so"), "--shape", "x=2x3x4x4"]) == 0
+    assert "from the build cache" in capsys.readouterr().out
     x = _x(2, 3, 4, 4)
     np.savez(tmp_path / "in.npz", x=x)
     out = tmp_path / "out.npz"
