@@ -176,6 +176,17 @@ def test_conv_bias_bn_relu_fused_and_matmul():
     assert cm.kernel_count == 2
 
 
+def test_epilogue_continues_behind_a_reshape():
+    """MatMul -> Reshape -> Add (per-channel, in the reshaped index space) -> Relu: one kernel,
+    the MatMul's row index split into the view's two dims."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Reshape", ["m", "s"], ["r"]),
+             helper.make_node("Add", ["r", "b"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    model = make_model(nodes, [tensor("x", [6, 5])], [tensor("y", [2, 3, 4])],
+                       [("w", _x(5, 4)), ("s", np.array([2, 3, 4], np.int64)), ("b", _x(3, 1))])
+    cm = _check_graph(model, {"x": _x(6, 5)})
+    assert cm.kernel_count == 1
+
+
 def test_residual_add_fused_into_later_conv():
     w1 = (RNG.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32)
     w2 = (RNG.standard_normal((4, 4, 1, 1)) * 0.3).astype(np.float32)

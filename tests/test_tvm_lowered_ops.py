@@ -52,7 +52,7 @@ def _lowered_matches(model, spec, x, lowered_op):
     (got,) = cm.run({"x": x})
     (ref,) = ort_run(model, {"x": x})
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
-    return m
+    return cm
 
 
 @pytest.mark.parametrize("cfg", [
@@ -65,7 +65,9 @@ def test_lower_conv_im2col_builds_and_matches(cfg):
     cfg = dict(cfg)
     x_shape, w_shape, bias = cfg.pop("x"), cfg.pop("w"), cfg.pop("bias", True)
     model = _conv_model(x_shape, w_shape, bias=bias, **cfg)
-    _lowered_matches(model, "lower-conv", RNG.standard_normal(x_shape).astype(np.float32), "Im2Col")
+    cm = _lowered_matches(model, "lower-conv", RNG.standard_normal(x_shape).astype(np.float32), "Im2Col")
+    # Im2Col, then the GEMM with bias and (behind the Reshape back to NCHW) the Relu as its epilogue
+    assert cm.kernel_count == 2
 
 
 @pytest.mark.parametrize("m,x_shape,pads", [

@@ -149,15 +149,19 @@ def bind_epilogue(epilogue: Epilogue, b: Builder, out_shape: tuple):
                     shape = _trim_ones(arr.shape)
                     args.append(("t", b.const(arr.reshape(shape), label="c"), shape))
         bound.append((op, args))
-    rank = len(out_shape)
+    out_shape = tuple(int(d) for d in out_shape)
 
     def apply(x, idx):
+        spaces = {}
         for op, args in bound:
             if op.op in UNARY:
                 x = UNARY[op.op](x, op.attrs)
                 continue
             fn = BINARY[op.op]
-            vals = [_broadcast_read(a, idx, rank) for a in args]
+            shape = tuple(op.shape) if op.shape is not None else out_shape
+            if shape not in spaces:
+                spaces[shape] = tuple(idx) if shape == out_shape else _reindex(tuple(idx), out_shape, shape)
+            vals = [_broadcast_read(a, spaces[shape], len(shape)) for a in args]
             if len(vals) != 1:  # variadic Sum/Max/Min
                 for v in vals:
                     x = fn(x, v)
@@ -166,6 +170,19 @@ def bind_epilogue(epilogue: Epilogue, b: Builder, out_shape: tuple):
             x = fn(x, y) if op.first == 0 else fn(y, x)
         return x
     return apply
+
+
+def _reindex(idx, shape, view):
+    """Index into ``view`` (a reshape of ``shape``) of element ``idx`` of ``shape``: the common
+    leading dims are kept, the rest flattened and unflattened (so a split of the last dim, the
+    usual case, costs one div/mod)."""
+    lead = 0
+    while lead < min(len(shape), len(view)) and shape[lead] == view[lead]:
+        lead += 1
+    flat = 0
+    for i, d in zip(idx[lead:], shape[lead:]):
+        flat = flat * d + i
+    return tuple(idx[:lead]) + _unflatten(flat, view[lead:])
 
 
 def _trim_ones(shape):

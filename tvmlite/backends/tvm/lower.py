@@ -23,6 +23,7 @@ from tvmlite.ir.graph import Model, Node, tensor_type, type_shape
 
 ONNX = ("", "ai.onnx")
 VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
+CROSSABLE_VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}  # an epilogue may continue behind them
 UNARY_OPS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal",
              "Erf", "Floor", "Ceil", "HardSigmoid", "HardSwish", "Clip", "Elu", "Softplus", "Gelu"}
 BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "PRelu"}
@@ -42,6 +43,8 @@ class EwOp:
     operands: list = field(default_factory=list)
     attrs: dict = field(default_factory=dict)
     first: int = 0  # position of the running value among the op's inputs (Sub/Div are not symmetric)
+    shape: tuple | None = None  # the op's index space when a view (Reshape...) came between: the
+    # kernel's output index is flattened and unflattened into it; None: the kernel's own shape
 
 
 @dataclass
@@ -227,14 +230,31 @@ class Lowering:
     def absorb(self, value: str, out_shape: tuple):
         """Elementwise consumers of ``value`` that can be folded into its producer's epilogue."""
         ops = []
+        kernel_shape = cur_shape = tuple(out_shape)
         while True:
             cons = self.g.consumers(value)
             if len(cons) != 1 or self.g.num_uses(value) != 1 or value in self.g.outputs:
                 break
             c = cons[0]
-            if c in self.absorbed or c.domain not in ONNX or c.op_type not in EW_OPS | {"Identity", "Dropout"}:
+            if c in self.absorbed or c.domain not in ONNX:
+                break
+            if c.op_type in CROSSABLE_VIEWS:
+                # an elementwise op behind a view (lower-conv's MatMul -> Reshape -> BN, say) still
+                # joins the epilogue, in the view's index space; the kernel writes the view's buffer
+                view_shape = self.shapes.get(c.outputs[0])
+                nxt = self.g.consumers(c.outputs[0])
+                if view_shape is None or int(np.prod(view_shape)) != int(np.prod(cur_shape)) \
+                        or self.g.num_uses(c.outputs[0]) != 1 or c.outputs[0] in self.g.outputs \
+                        or len(nxt) != 1 or nxt[0].domain not in ONNX or nxt[0].op_type not in EW_OPS \
+                        or self.shapes.get(nxt[0].outputs[0]) != view_shape:
+                    break
+                self.absorbed.add(c)
+                value, cur_shape = c.outputs[0], view_shape
+                continue
+            if c.op_type not in EW_OPS | {"Identity", "Dropout"}:
                 break
             out = c.outputs[0]
+            out_shape = cur_shape
             if self.shapes.get(out) != tuple(out_shape):
                 break
             try:
@@ -248,6 +268,8 @@ class Lowering:
                             raise UnsupportedError("broadcast grows the output")
             except UnsupportedError:
                 break
+            for op in new:
+                op.shape = None if cur_shape == kernel_shape else cur_shape
             ops.extend(new)
             self.absorbed.add(c)
             value = out
