@@ -176,6 +176,17 @@ def test_conv_bias_bn_relu_fused_and_matmul():
     assert cm.kernel_count == 2
 
 
+def test_epilogue_continues_behind_a_reshape():
+    """MatMul -> Reshape -> Add (per-channel, in the reshaped index space) -> Relu: one kernel,
+    the MatMul's row index split into the view's two dims."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Reshape", ["m", "s"], ["r"]),
+             helper.make_node("Add", ["r", "b"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    model = make_model(nodes, [tensor("x", [6, 5])], [tensor("y", [2, 3, 4])],
+                       [("w", _x(5, 4)), ("s", np.array([2, 3, 4], np.int64)), ("b", _x(3, 1))])
+    cm = _check_graph(model, {"x": _x(6, 5)})
+    assert cm.kernel_count == 1
+
+
 def test_residual_add_fused_into_later_conv():
     w1 = (RNG.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32)
     w2 = (RNG.standard_normal((4, 4, 1, 1)) * 0.3).astype(np.float32)
@@ -277,18 +288,17 @@ def test_emit_tvmscript_writes_each_kernel(tmp_path):
 
 # ------------------------------------------------------------------------------------ unsupported
 def test_unsupported_ops_are_listed_at_once():
-    w = RNG.standard_normal((4, 4, 2, 2)).astype(np.float32)
-    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["c"], strides=[2, 2]),
+    nodes = [helper.make_node("Resize", ["x", "", "s"], ["c"], mode="cubic"),
              helper.make_node("TopK", ["c", "k"], ["v", "i"], axis=-1),
              helper.make_node("Relu", ["v"], ["y"])]
     model = make_model(nodes, [tensor("x", [1, 4, 5, 5])], [tensor("y", [1, 4, 10, 2])],
-                       [("w", w), ("k", np.array([2], np.int64))])
+                       [("s", np.array([1, 1, 2, 2], np.float32)), ("k", np.array([2], np.int64))])
     problems = unsupported_ops(load(model))
-    assert problems == ["ConvTranspose (no TVM emitter)", "TopK (no TVM emitter)"]
+    assert problems == ["Resize (mode=cubic)", "TopK (no TVM emitter)"]
     with pytest.raises(UnsupportedError) as e:
         compile_model(load(model))
     msg = str(e.value)
-    assert "\n" not in msg and "2 op kind(s)" in msg and "TopK" in msg and "ConvTranspose" in msg
+    assert "\n" not in msg and "2 op kind(s)" in msg and "TopK" in msg and "mode=cubic" in msg
 
 
 def test_symbolic_input_needs_a_shape():
@@ -310,6 +320,9 @@ def test_cli_build_run_emit(tmp_path, capsys):
     assert main(["build", str(src), "-o", str(so)]) == 2  # symbolic batch: needs --shape
     assert "static shapes" in capsys.readouterr().err
     assert main(["build", str(src), "-o", str(so), "--shape", "x=2x3x4x4"]) == 0
+    # the same build again comes from the cache, whose loaded library is copied, not re-exported
+    assert main(["build", str(src), "-o", str(tmp_path / "again.so"), "--shape", "x=2x3x4x4"]) == 0
+    assert "from the build cache" in capsys.readouterr().out
     x = _x(2, 3, 4, 4)
     np.savez(tmp_path / "in.npz", x=x)
     out = tmp_path / "out.npz"

@@ -67,6 +67,15 @@ class Builder:
         self.tensors.append(t)
         return t
 
+    def table(self, array: np.ndarray, label: str = "idx") -> te.Tensor:
+        """An int32 constant (gather indices computed on the host in float64, exactly as ONNX
+        defines them, so no rounding decision is left to float32 arithmetic in the kernel)."""
+        array = np.ascontiguousarray(array, dtype=np.int32)
+        t = te.placeholder(array.shape, "int32", name=f"{label}{len(self.params)}")
+        self.params.append(Param("const", f"{self.name}.{label}{len(self.params)}", array.shape, array))
+        self.tensors.append(t)
+        return t
+
     def finish(self, outputs: list[tuple[str, te.Tensor]]):
         for value, t in outputs:
             self.params.append(Param("output", value, tuple(int(d) for d in t.shape)))
@@ -140,15 +149,19 @@ def bind_epilogue(epilogue: Epilogue, b: Builder, out_shape: tuple):
                     shape = _trim_ones(arr.shape)
                     args.append(("t", b.const(arr.reshape(shape), label="c"), shape))
         bound.append((op, args))
-    rank = len(out_shape)
+    out_shape = tuple(int(d) for d in out_shape)
 
     def apply(x, idx):
+        spaces = {}
         for op, args in bound:
             if op.op in UNARY:
                 x = UNARY[op.op](x, op.attrs)
                 continue
             fn = BINARY[op.op]
-            vals = [_broadcast_read(a, idx, rank) for a in args]
+            shape = tuple(op.shape) if op.shape is not None else out_shape
+            if shape not in spaces:
+                spaces[shape] = tuple(idx) if shape == out_shape else _reindex(tuple(idx), out_shape, shape)
+            vals = [_broadcast_read(a, spaces[shape], len(shape)) for a in args]
             if len(vals) != 1:  # variadic Sum/Max/Min
                 for v in vals:
                     x = fn(x, v)
@@ -157,6 +170,19 @@ def bind_epilogue(epilogue: Epilogue, b: Builder, out_shape: tuple):
             x = fn(x, y) if op.first == 0 else fn(y, x)
         return x
     return apply
+
+
+def _reindex(idx, shape, view):
+    """Index into ``view`` (a reshape of ``shape``) of element ``idx`` of ``shape``: the common
+    leading dims are kept, the rest flattened and unflattened (so a split of the last dim, the
+    usual case, costs one div/mod)."""
+    lead = 0
+    while lead < min(len(shape), len(view)) and shape[lead] == view[lead]:
+        lead += 1
+    flat = 0
+    for i, d in zip(idx[lead:], shape[lead:]):
+        flat = flat * d + i
+    return tuple(idx[:lead]) + _unflatten(flat, view[lead:])
 
 
 def _trim_ones(shape):
@@ -193,26 +219,18 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, stride
     n, c, h, wd = (int(d) for d in x_shape)
     co, ci, kh, kw = w.shape
     g = int(group)
-    cog = co // g
     sh, sw = strides
     dh, dw = dilations
     pt, pl, pb, pr = pads
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     p, k = oh * ow, ci * kh * kw
-    tile = tile or conv_tile(cog, p, lanes)
-    cop, pp = _round_up(cog, tile.mr), _round_up(p, tile.nr)
     # a 1x1, stride-1, unpadded conv reads its columns straight from the input rows
     pointwise = kh == kw == 1 and sh == sw == 1 and not any(pads)
+    tile = tile or conv_tile(co // g, p, lanes)
+    pp = _round_up(p, tile.nr)
     b = Builder(name)
     X = b.input(x, (n, c, h * wd) if pointwise else (n, c, h, wd))
-    wmat = np.zeros((g, cop, k), np.float32)
-    wmat[:, :cog] = w.reshape(g, cog, k)
-    packing = steps is None or "pack_array" in steps
-    W = b.const(S.pack_host_array(wmat, tile.mr, along="rows", leading=1) if packing else wmat, (g, cop, k))
-    w_index = len(b.params) - 1
-    B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
-    apply = bind_epilogue(epilogue, b, (n, co, oh, ow))
     khw = kh * kw
 
     def im2col(nn, gg, kk, j):
@@ -225,7 +243,33 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, stride
         inside = tirx.all(j < p, y >= 0, y < h, xx >= 0, xx < wd)
         return tirx.if_then_else(inside, X[nn, gg * ci + cc, y, xx], tirx.const(0.0, F32))
 
-    cols = te.compute((n, g, k, pp), im2col, name="im2col")
+    return column_gemm(name, b, im2col, w.reshape(g, co // g, k), bias, out_shape=(n, co, oh, ow),
+                       out_value=out_value, epilogue=epilogue, lanes=lanes, tile=tile, steps=steps)
+
+
+def column_gemm(name: str, b: Builder, columns, w: np.ndarray, bias, *, out_shape, out_value: str,
+                epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+    """Y[n, g*CoG + co, p] = W[g, co, k] @ columns(n, g, k, p) (+ bias) then ``epilogue``, for
+    convolutions lowered to a GEMM over columns made on the fly: ``columns(n, g, k, j)`` gives
+    column entry (k, j) of image n, group g, for j up to P rounded to the tile (past P: any
+    value read from valid memory). ``out_shape`` is NC + spatial, P the spatial size. The
+    columns are packed [P/nr, K, nr] per column tile inside the GEMM; W is packed [CoG/mr, K, mr]
+    at build time. The caller has made ``b``'s input placeholders."""
+    g, cog, k = (int(d) for d in w.shape)
+    n, co = int(out_shape[0]), int(out_shape[1])
+    spatial = tuple(int(d) for d in out_shape[2:])
+    p = int(np.prod(spatial))
+    tile = tile or conv_tile(cog, p, lanes)
+    cop, pp = _round_up(cog, tile.mr), _round_up(p, tile.nr)
+    wmat = np.zeros((g, cop, k), np.float32)
+    wmat[:, :cog] = w
+    packing = steps is None or "pack_array" in steps
+    W = b.const(S.pack_host_array(wmat, tile.mr, along="rows", leading=1) if packing else wmat, (g, cop, k))
+    w_index = len(b.params) - 1
+    B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
+    apply = bind_epilogue(epilogue, b, (n, co) + spatial)
+
+    cols = te.compute((n, g, k, pp), columns, name="im2col")
     r = te.reduce_axis((0, k), name="k")
     acc = te.compute((n, g, cop, pp), lambda nn, gg, i, j: te.sum(W[gg, i, r] * cols[nn, gg, r, j], axis=r),
                      name="acc")
@@ -234,9 +278,9 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, stride
         v = acc[nn, gg, cc, j]
         if B is not None:
             v = v + B[gg, cc]
-        return apply(v, (nn, gg * cog + cc, j // ow, j % ow))
+        return apply(v, (nn, gg * cog + cc) + _unflatten(j, spatial))
 
-    Y = te.compute((n, g, cog, p), out, name="epilogue")  # the NCHW output, channels split by group
+    Y = te.compute((n, g, cog, p), out, name="epilogue")  # the NC... output, channels split by group
     func = b.finish([(out_value, Y)])
     sch = _schedule(func)
     S.schedule_gemm(sch, "acc", "epilogue", tile, producer="im2col", parallel=S.worth_parallel(n * co * p * k),
@@ -711,6 +755,345 @@ def lrn(name: str, x: str, x_shape, *, size: int, alpha: float, beta: float, bia
         S.parallel_outer(sch, sch.get_loops(sch.get_sblock("epilogue"))[:2])
     sch.compute_at(sch.get_sblock("acc"), sch.get_loops(sch.get_sblock("epilogue"))[-1])
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_outer"])
+
+
+# ----------------------------------------------------------------------------------- ConvTranspose
+def conv_transpose_gemm_weights(w: np.ndarray, group: int) -> np.ndarray:
+    """ConvTranspose weights [C, M/g, *k] as the weights of a grouped 1x1 conv producing the
+    columns [N, M*K, H, W]: column channel (m*K + tap) of group g is W[g*Cg + c, m, tap] summed
+    over c, i.e. the transposed per-group matrix."""
+    c, mg = w.shape[:2]
+    k = int(np.prod(w.shape[2:]))
+    cg = c // group
+    wt = w.reshape(group, cg, mg * k).transpose(0, 2, 1)
+    return np.ascontiguousarray(wt.reshape(group * mg * k, cg, 1, 1), dtype=np.float32)
+
+
+def col2im(name: str, cols: str, cols_shape, bias, *, kernel, pads, strides, dilations, out_shape,
+           out_value: str, epilogue: Epilogue, lanes: int) -> KernelDef:
+    """The second half of ConvTranspose: every output pixel gathers the column entries of the
+    taps that land on it (scatter-add turned into a gather, so no two threads write one pixel),
+    adds the bias and applies ``epilogue``. ``cols`` is [N, M*K, H, W] (`conv2d_gemm` with
+    `conv_transpose_gemm_weights`); ``pads`` are the begin pads (negative: the output starts
+    before the first tap)."""
+    n, mk, h, wd = (int(d) for d in cols_shape)
+    kh, kw = (int(k) for k in kernel)
+    sh, sw = (int(s) for s in strides)
+    dh, dw = (int(d) for d in dilations)
+    pt, pl = (int(p) for p in pads)
+    out_shape = tuple(int(d) for d in out_shape)
+    m = out_shape[1]
+    assert mk == m * kh * kw, (cols_shape, kernel, out_shape)
+    b = Builder(name)
+    X = b.input(cols, (n, mk, h, wd))
+    B = b.const(np.asarray(bias, np.float32).reshape(m), label="bias") if bias is not None else None
+    apply = bind_epilogue(epilogue, b, out_shape)
+    zero = tirx.const(0.0, F32)
+    # stride = kernel, no dilation (2x2 stride-2 upsampling): exactly one tap per pixel
+    disjoint = (kh, kw) == (sh, sw) and dh == dw == 1
+
+    def read(nn, mm, ty, tx, ky, kx):
+        iy, ix = ty // sh, tx // sw  # floor division: ty may be negative
+        ok = tirx.all(ty >= 0, iy < h, tx >= 0, ix < wd)
+        if not disjoint:
+            ok = tirx.all(ok, ty % sh == 0, tx % sw == 0)
+        ch = mm * (kh * kw) + ky * kw + kx
+        v = X[nn, ch, tirx.min(tirx.max(iy, 0), h - 1), tirx.min(tirx.max(ix, 0), wd - 1)]
+        return tirx.if_then_else(ok, v, zero)
+
+    def out(nn, mm, oy, ox):
+        py, px = oy + pt, ox + pl
+        if disjoint:
+            v = read(nn, mm, py, px, py % sh, px % sw)
+        else:  # few taps (a kernel's area): unrolled, so the block stays purely spatial
+            v = None
+            for ky in range(kh):
+                for kx in range(kw):
+                    t = read(nn, mm, py - ky * dh, px - kx * dw, ky, kx)
+                    v = t if v is None else v + t
+        if B is not None:
+            v = v + B[mm]
+        return apply(v, (nn, mm, oy, ox))
+
+    Y = te.compute(out_shape, out, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.parallel_vectorize(sch, "ew", lanes,
+                         parallel=S.worth_parallel(int(np.prod(out_shape)) * (1 if disjoint else kh * kw)))
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+# ------------------------------------------------------------------------------------------ Resize
+def resize(name: str, x: str, x_shape, *, axes_maps, out_shape, out_value: str, epilogue: Epilogue,
+           lanes: int) -> KernelDef:
+    """ONNX Resize as a gather. ``axes_maps[i]`` says how output index o of axis i reads the
+    input: None (same index), ("div", num, den): floor(o * num / den) (nearest with an exact
+    rational scale, computed in the kernel), ("nearest", idx[out]) or ("linear", idx[out, 2],
+    weights[out, 2]) from host tables; the linear axes' taps are combined separably (bilinear
+    on two axes)."""
+    shape = tuple(int(d) for d in x_shape)
+    out_shape = tuple(int(d) for d in out_shape)
+    b = Builder(name)
+    X = b.input(x, shape)
+    maps = []
+    for ax, mp in enumerate(axes_maps):
+        if mp is None or mp[0] == "div":
+            maps.append(mp)
+        elif mp[0] == "nearest":
+            maps.append(("nearest", b.table(np.asarray(mp[1]).reshape(-1), label=f"idx{ax}_")))
+        else:
+            maps.append(("linear", b.table(mp[1], label=f"idx{ax}_"),
+                         b.const(np.asarray(mp[2], np.float32), label=f"wt{ax}_")))
+    apply = bind_epilogue(epilogue, b, out_shape)
+    linear = [ax for ax, mp in enumerate(maps) if mp is not None and mp[0] == "linear"]
+
+    def f(*idx):
+        base = []
+        for o, mp in zip(idx, maps):
+            if mp is None:
+                base.append(o)
+            elif mp[0] == "div":
+                base.append(o * mp[1] // mp[2])
+            elif mp[0] == "nearest":
+                base.append(mp[1][o])
+            else:
+                base.append(None)
+        v = None
+        for taps in np.ndindex(*([2] * len(linear))):
+            ix = list(base)
+            w = None
+            for ax, t in zip(linear, taps):
+                _, tab, wt = maps[ax]
+                ix[ax] = tab[idx[ax], int(t)]
+                w = wt[idx[ax], int(t)] if w is None else w * wt[idx[ax], int(t)]
+            term = X[tuple(ix)] if w is None else X[tuple(ix)] * w
+            v = term if v is None else v + term
+        return apply(v, idx)
+
+    Y = te.compute(out_shape, f, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.parallel_vectorize(sch, "ew", lanes,
+                         parallel=S.worth_parallel(int(np.prod(out_shape)) * (1 << len(linear))))
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+# ------------------------------------------------------------------- tvmlite's conv-lowering ops
+def const_a_batch_gemm(name: str, a: np.ndarray, bname: str, b_shape, *, out_value: str, out_shape,
+                       epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+    """Y[..., M, N] = A[..., M, K] @ B[..., K, N] with A constant and batch dims broadcast (the
+    GEMMs of lower-conv and Winograd: weights on the left, columns/tiles on the right). The
+    batch dims are flattened into one loop; A is packed [Ba, M/mr, K, mr] at build time; B's
+    columns are packed [bt, N/nr, K, nr] per column tile inside the GEMM (as conv's im2col)."""
+    out_shape = tuple(int(d) for d in out_shape)
+    b_shape = tuple(int(d) for d in b_shape)
+    m, k = (int(d) for d in a.shape[-2:])
+    nn = b_shape[-1]
+    batch = out_shape[:-2]
+    bt = int(np.prod(batch)) if batch else 1
+    a_batch, b_batch = tuple(a.shape[:-2]), b_shape[:-2]
+    tile = tile or conv_tile(m, nn, lanes)
+    mp, np_ = _round_up(m, tile.mr), _round_up(nn, tile.nr)
+    b = Builder(name)
+    ba = int(np.prod(a_batch)) if a_batch else 1
+    apad = np.zeros((ba, mp, k), np.float32)
+    apad[:, :m] = np.asarray(a, np.float32).reshape(ba, m, k)
+    packing = steps is None or "pack_array" in steps
+    A = b.const(S.pack_host_array(apad, tile.mr, along="rows", leading=1) if packing else apad, (ba, mp, k))
+    a_index = len(b.params) - 1
+    bb = int(np.prod(b_batch)) if b_batch else 1
+    Bt = b.input(bname, (bb, k, nn))
+    apply = bind_epilogue(epilogue, b, out_shape)
+
+    def flat_index(idx, dims):
+        """Flat index into a broadcast operand with batch ``dims`` (aligned right) of batch ``idx``."""
+        off = len(batch) - len(dims)
+        flat = 0
+        for i, d in enumerate(dims):
+            if d != 1:
+                flat = flat * d + idx[off + i]
+            # a broadcast dim contributes nothing
+        return flat
+
+    def split(t):
+        return _unflatten(t, batch) if batch else ()
+
+    pack = te.compute((bt, k, np_), lambda t, kk, j: Bt[flat_index(split(t), b_batch), kk, tirx.min(j, nn - 1)],
+                      name="pack")
+    r = te.reduce_axis((0, k), name="k")
+    acc = te.compute((bt, mp, np_), lambda t, i, j: te.sum(A[flat_index(split(t), a_batch), i, r] * pack[t, r, j],
+                                                          axis=r), name="acc")
+    Y = te.compute((bt, m, nn), lambda t, i, j: apply(acc[t, i, j], split(t) + (i, j)), name="epilogue")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.schedule_gemm(sch, "acc", "epilogue", tile, producer="pack", parallel=S.worth_parallel(bt * m * nn * k),
+                    packs=[("acc", ("read", 0), "rows", 1), ("pack", ("write", 0), "cols", 1)], steps=steps)
+    if packing:
+        b.params[a_index].shape = b.params[a_index].array.shape
+    return KernelDef(name, b.params, sch.mod["main"], steps=_step_names(steps))
+
+
+def im2col(name: str, x: str, x_shape, *, kernel, pads, strides, dilations, out_value: str,
+           lanes: int) -> KernelDef:
+    """tvmlite Im2Col (2-D; 1-D as a unit height): [N, C, H, W] -> [N, C*kh*kw, OH*OW]."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    kh, kw = kernel
+    sh, sw = strides
+    dh, dw = dilations
+    pt, pl, pb, pr = pads
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    b = Builder(name)
+    X = b.input(x, (n, c, h, wd))
+    khw = kh * kw
+
+    def f(nn, row, col):
+        cc, t = row // khw, row % khw
+        y = (col // ow) * sh - pt + (t // kw) * dh
+        xx = (col % ow) * sw - pl + (t % kw) * dw
+        ok = tirx.all(y >= 0, y < h, xx >= 0, xx < wd)
+        return tirx.if_then_else(ok, X[nn, cc, tirx.min(tirx.max(y, 0), h - 1), tirx.min(tirx.max(xx, 0), wd - 1)],
+                                 tirx.const(0.0, F32))
+
+    Y = te.compute((n, c * khw, oh * ow), f, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(n * c * khw * oh * ow))
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+def winograd_input(name: str, x: str, x_shape, *, m: int, r: int, pads, bt: np.ndarray, out_value: str,
+                   lanes: int) -> KernelDef:
+    """tvmlite WinogradInput: V[a*α+b, c, tile] = (Bᵀ d B)[a, b] of every α×α input tile d (zero
+    beyond the pads), tiles ordered (n, ty, tx). Separable: rows first (T = Bᵀ d, α terms per
+    entry), then columns; both sums are unrolled so each stage is a plain vectorized map over
+    the tiles."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    alpha = m + r - 1
+    pt, pl, pb, pr = (int(p) for p in pads)
+    oh, ow = h + pt + pb - r + 1, wd + pl + pr - r + 1
+    th, tw = -(-oh // m), -(-ow // m)
+    p = n * th * tw
+    b = Builder(name)
+    X = b.input(x, (n, c, h, wd))
+    BT = b.const(np.asarray(bt, np.float32), label="bt")
+
+    def tile_read(cc, t, i, j):
+        nn, ty, tx = t // (th * tw), (t // tw) % th, t % tw
+        y, xx = ty * m + i - pt, tx * m + j - pl
+        ok = tirx.all(y >= 0, y < h, xx >= 0, xx < wd)
+        return tirx.if_then_else(ok, X[nn, cc, tirx.min(tirx.max(y, 0), h - 1), tirx.min(tirx.max(xx, 0), wd - 1)],
+                                 tirx.const(0.0, F32))
+
+    rows = te.compute((alpha, alpha, c, p), lambda a, j, cc, t: _unrolled_sum(
+        [BT[a, i] * tile_read(cc, t, i, j) for i in range(alpha)]), name="rows")
+    V = te.compute((alpha * alpha, c, p), lambda ab, cc, t: _unrolled_sum(
+        [BT[ab % alpha, j] * rows[ab // alpha, j, cc, t] for j in range(alpha)]), name="ew")
+    func = b.finish([(out_value, V)])
+    sch = _schedule(func)
+    par = S.worth_parallel(alpha * alpha * c * p * alpha * 2)
+    S.parallel_vectorize(sch, "rows", lanes, parallel=par)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=par)
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+def winograd_output(name: str, mt: str, mt_shape, bias, *, m: int, r: int, out_shape, at: np.ndarray,
+                    out_value: str, epilogue: Epilogue, lanes: int) -> KernelDef:
+    """tvmlite WinogradOutput: Y[n, M, y, x] = (Aᵀ Mt A)[y % m, x % m] of tile (n, y//m, x//m),
+    cropped to ``out_shape`` (+ bias, epilogue). Separable: columns first into Z[a, M, tile, q],
+    then rows inside the output map. With q innermost in Z, an output row reads Z contiguously
+    (tile x//m, column x%m is Z's flat index tile*m + q) and the row coefficient is one scalar
+    per row: the columns stage vectorizes over tiles and stores with stride m instead (7x faster
+    than Z[a, q, M, tile], whose output rows gathered two varying indices)."""
+    a2, mm, p = (int(d) for d in mt_shape)
+    alpha = m + r - 1
+    out_shape = tuple(int(d) for d in out_shape)
+    n, _, oh, ow = out_shape
+    th, tw = -(-oh // m), -(-ow // m)
+    b = Builder(name)
+    T = b.input(mt, (a2, mm, p))
+    AT = b.const(np.asarray(at, np.float32), label="at")
+    B = b.const(np.asarray(bias, np.float32).reshape(mm), label="bias") if bias is not None else None
+    apply = bind_epilogue(epilogue, b, out_shape)
+    Z = te.compute((alpha, mm, p, m), lambda a, ch, t, q: _unrolled_sum(
+        [AT[q, bb] * T[a * alpha + bb, ch, t] for bb in range(alpha)]), name="cols")
+
+    def out(nn, ch, y, xx):
+        t = (nn * th + y // m) * tw + xx // m
+        v = _unrolled_sum([AT[y % m, a] * Z[a, ch, t, xx % m] for a in range(alpha)])
+        if B is not None:
+            v = v + B[ch]
+        return apply(v, (nn, ch, y, xx))
+
+    Y = te.compute(out_shape, out, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    par = S.worth_parallel(alpha * m * mm * p * alpha * 2)
+    al, cl, tl, ql = sch.get_loops(sch.get_sblock("cols"))
+    if p >= lanes:
+        to, ti = sch.split(tl, factors=[None, int(lanes)])
+        sch.reorder(to, ql, ti)
+        sch.unroll(ql)
+        sch.vectorize(ti)
+    if par:
+        S.parallel_outer(sch, [al, cl])
+    S.parallel_vectorize(sch, "ew", lanes, parallel=par)
+    return KernelDef(name, b.params, sch.mod["main"], steps=["tile_for_cache", "vectorize_columns", "parallel_outer"])
+
+
+def mec_lower(name: str, x: str, x_shape, *, kernel, pads, strides, dilations, out_value: str,
+              lanes: int) -> KernelDef:
+    """tvmlite MecLower: [N, C, H, W] -> L[N, OW, Hp, C*KW], L[n, j, y, c*KW + t] = the padded
+    input at row y, column j*sw + t*dw of channel c."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    kh, kw = (int(k) for k in kernel)
+    sw, dw = int(strides[1]), int(dilations[1])
+    pt, pl, pb, pr = (int(p) for p in pads)
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    hp = h + pt + pb
+    b = Builder(name)
+    X = b.input(x, (n, c, h, wd))
+
+    def f(nn, j, y, q):
+        cc, t = q // kw, q % kw
+        iy, ix = y - pt, j * sw + t * dw - pl
+        ok = tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
+        return tirx.if_then_else(ok, X[nn, cc, tirx.min(tirx.max(iy, 0), h - 1), tirx.min(tirx.max(ix, 0), wd - 1)],
+                                 tirx.const(0.0, F32))
+
+    Y = te.compute((n, ow, hp, c * kw), f, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(n * ow * hp * c * kw))
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+def mec_matmul(name: str, lowered: str, l_shape, w: np.ndarray, bias, *, stride_h: int, dilation_h: int,
+               out_h: int, out_value: str, epilogue: Epilogue, lanes: int) -> KernelDef:
+    """tvmlite MecMatMul: Y[n, M, o, j] = sum over (i, q) of L[n, j, o*s + i*d, q] W'[i, q, M]
+    (+ bias): a GEMM whose columns (o, j) are read from MEC's lowered matrix on the fly, each
+    window row shared by the KH output rows that use it, with `column_gemm`'s packed schedule."""
+    n, ow, hp, ckw = (int(d) for d in l_shape)
+    kh, _, m = (int(d) for d in w.shape)
+    s, d = int(stride_h), int(dilation_h)
+    b = Builder(name)
+    L = b.input(lowered, (n, ow, hp, ckw))
+
+    def columns(nn, gg, kk, j):
+        i, q = kk // ckw, kk % ckw
+        jc = tirx.min(j, out_h * ow - 1)  # past P: a valid read, the result is dropped
+        return L[nn, jc % ow, (jc // ow) * s + i * d, q]
+
+    wmat = np.asarray(w, np.float32).reshape(kh * ckw, m).T.reshape(1, m, kh * ckw)
+    return column_gemm(name, b, columns, wmat, bias, out_shape=(n, m, out_h, ow), out_value=out_value,
+                       epilogue=epilogue, lanes=lanes)
+
+
+def _unrolled_sum(terms):
+    v = terms[0]
+    for t in terms[1:]:
+        v = v + t
+    return v
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -23,13 +23,15 @@ from tvmlite.ir.graph import Model, Node, tensor_type, type_shape
 
 ONNX = ("", "ai.onnx")
 VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
+CROSSABLE_VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}  # an epilogue may continue behind them
 UNARY_OPS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal",
              "Erf", "Floor", "Ceil", "HardSigmoid", "HardSwish", "Clip", "Elu", "Softplus", "Gelu"}
 BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "PRelu"}
+TVMLITE_OPS = {"Im2Col", "WinogradInput", "WinogradOutput", "MecLower", "MecMatMul"}  # tvmlite's own (conv-lowering) ops
 EW_OPS = UNARY_OPS | BINARY_OPS | {"BatchNormalization"}
 ANCHOR_OPS = {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
               "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
-              "ReduceSumSquare", "Concat", "Transpose", "Slice", "LRN"}
+              "ReduceSumSquare", "Concat", "Transpose", "Slice", "LRN", "ConvTranspose", "Resize", "Upsample"}
 
 
 # -------------------------------------------------------------------------------- elementwise chains
@@ -41,6 +43,8 @@ class EwOp:
     operands: list = field(default_factory=list)
     attrs: dict = field(default_factory=dict)
     first: int = 0  # position of the running value among the op's inputs (Sub/Div are not symmetric)
+    shape: tuple | None = None  # the op's index space when a view (Reshape...) came between: the
+    # kernel's output index is flattened and unflattened into it; None: the kernel's own shape
 
 
 @dataclass
@@ -226,14 +230,31 @@ class Lowering:
     def absorb(self, value: str, out_shape: tuple):
         """Elementwise consumers of ``value`` that can be folded into its producer's epilogue."""
         ops = []
+        kernel_shape = cur_shape = tuple(out_shape)
         while True:
             cons = self.g.consumers(value)
             if len(cons) != 1 or self.g.num_uses(value) != 1 or value in self.g.outputs:
                 break
             c = cons[0]
-            if c in self.absorbed or c.domain not in ONNX or c.op_type not in EW_OPS | {"Identity", "Dropout"}:
+            if c in self.absorbed or c.domain not in ONNX:
+                break
+            if c.op_type in CROSSABLE_VIEWS:
+                # an elementwise op behind a view (lower-conv's MatMul -> Reshape -> BN, say) still
+                # joins the epilogue, in the view's index space; the kernel writes the view's buffer
+                view_shape = self.shapes.get(c.outputs[0])
+                nxt = self.g.consumers(c.outputs[0])
+                if view_shape is None or int(np.prod(view_shape)) != int(np.prod(cur_shape)) \
+                        or self.g.num_uses(c.outputs[0]) != 1 or c.outputs[0] in self.g.outputs \
+                        or len(nxt) != 1 or nxt[0].domain not in ONNX or nxt[0].op_type not in EW_OPS \
+                        or self.shapes.get(nxt[0].outputs[0]) != view_shape:
+                    break
+                self.absorbed.add(c)
+                value, cur_shape = c.outputs[0], view_shape
+                continue
+            if c.op_type not in EW_OPS | {"Identity", "Dropout"}:
                 break
             out = c.outputs[0]
+            out_shape = cur_shape
             if self.shapes.get(out) != tuple(out_shape):
                 break
             try:
@@ -247,6 +268,8 @@ class Lowering:
                             raise UnsupportedError("broadcast grows the output")
             except UnsupportedError:
                 break
+            for op in new:
+                op.shape = None if cur_shape == kernel_shape else cur_shape
             ops.extend(new)
             self.absorbed.add(c)
             value = out
@@ -263,6 +286,12 @@ class Lowering:
             if node.op_type == "Constant" and node.domain in ONNX:
                 continue
             try:
+                if node.domain == "tvmlite" and node.op_type in TVMLITE_OPS:
+                    self.check_float(node)
+                    getattr(self, f"lower_tvmlite_{node.op_type.lower()}")(node)
+                    continue
+                if node.domain == "tvmlite":
+                    raise UnsupportedError("tvmlite op without a TVM emitter")
                 if node.domain not in ONNX:
                     raise UnsupportedError(f"domain {node.domain!r}")
                 if node.subgraphs:
@@ -312,8 +341,9 @@ class Lowering:
         else:
             raise UnsupportedError("no TVM emitter")
 
-    def add(self, kd_factory, node: Node, out: str, epi_nodes=()):
-        self.keys.append(self.pos[self.g.producer(out)])
+    def add(self, kd_factory, node: Node, out: str, epi_nodes=(), key=None):
+        # key: run position for a kernel whose output is no graph value (a node's first half)
+        self.keys.append(self.pos[self.g.producer(out)] if key is None else key)
         if self.emit:
             kd = kd_factory()
             kd.nodes = [node.label] + list(epi_nodes)
@@ -428,7 +458,23 @@ class Lowering:
             epi, final, labels = self._epilogue(node)
             self._dense(node, A, a_shape, w.astype(np.float32), None, final, self.shape(out), epi, labels)
             return
-        if w is not None or self.const(A) is not None:
+        a_const = self.const(A)
+        if a_const is not None and w is None:  # weights on the left (lower-conv, Winograd)
+            b_shape, o_shape = self.shape(B), self.shape(out)
+            if a_const.ndim < 2 or len(b_shape) < 2:
+                raise UnsupportedError("MatMul with 1-D operands")
+            epi, final, labels = self._epilogue(node)
+            name = self.kernel_name(node)
+            a32 = a_const.astype(np.float32)
+
+            def make_left():
+                from tvmlite.backends.tvm import kernels as K
+
+                return K.const_a_batch_gemm(name, a32, B, b_shape, out_value=final, out_shape=o_shape,
+                                            epilogue=epi, lanes=self.lanes)
+            self.add(make_left, node, final, labels)
+            return
+        if w is not None or a_const is not None:
             raise UnsupportedError("MatMul with a constant operand that is not a 2-D right-hand side")
         epi, final, labels = self._epilogue(node)
         name = self.kernel_name(node)
@@ -624,8 +670,208 @@ class Lowering:
                          epilogue=epi, lanes=self.lanes)
         self.add(make, node, final, labels)
 
+    def lower_convtranspose(self, node: Node) -> None:
+        """A grouped 1x1 GEMM making every tap's contribution (the columns), then a gather
+        (col2im) that sums the taps landing on each output pixel, adds the bias and runs the
+        epilogue: two kernels, no redundant multiply-adds whatever the stride."""
+        from tvmlite.ops.conv import _norm, conv_transpose_pads
+
+        x, wname = node.inputs[0], node.inputs[1]
+        w = self.const(wname)
+        if w is None:
+            raise UnsupportedError("non-constant weights")
+        bname = node.inputs[2] if len(node.inputs) > 2 else ""
+        bias = self.const(bname) if bname else None
+        if bname and bias is None:
+            raise UnsupportedError("non-constant bias")
+        xs = self.shape(x)
+        if len(xs) not in (3, 4):
+            raise UnsupportedError(f"{len(xs) - 2}-D ConvTranspose")
+        a = node.attrs
+        nsp = len(xs) - 2
+        kshape = [int(k) for k in (a.get("kernel_shape") or w.shape[2:])]
+        if list(w.shape[2:]) != kshape:
+            raise UnsupportedError(f"kernel_shape {kshape} does not match weights {list(w.shape)}")
+        strides = _norm(a.get("strides"), nsp, 1)
+        dil = _norm(a.get("dilations"), nsp, 1)
+        out_pad = _norm(a.get("output_padding"), nsp, 0)
+        group = int(a.get("group", 1))
+        c = xs[1]
+        if w.shape[0] != c or c % group:
+            raise UnsupportedError(f"group={group} does not fit {c} input channels and weights {list(w.shape)}")
+        pads, out_sp = conv_transpose_pads(a.get("auto_pad", "NOTSET"), xs[2:], kshape, strides, dil,
+                                           a.get("pads"), out_pad, a.get("output_shape"))
+        out = node.outputs[0]
+        m = w.shape[1] * group
+        if (xs[0], m, *out_sp) != self.shape(out):
+            raise UnsupportedError(f"output shape {self.shape(out)} disagrees with the attributes")
+        if nsp == 1:  # 1-D as 2-D with a unit height
+            xs = (xs[0], xs[1], 1, xs[2])
+            w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
+            kshape, strides, dil, pads = [1] + kshape, [1] + strides, [1] + dil, [0, pads[0], 0, pads[1]]
+            out_sp = [1] + list(out_sp)
+        n, _, h, wd = xs
+        cols = f"{out}::cols"
+        self.shapes[cols] = (n, m * kshape[0] * kshape[1], h, wd)
+        gemm_name = self.kernel_name(node) + "_gemm"
+        w_cols = w.astype(np.float32)
+
+        def make_gemm():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.conv2d_gemm(gemm_name, x, xs, K.conv_transpose_gemm_weights(w_cols, group), None,
+                                 pads=(0, 0, 0, 0), strides=(1, 1), dilations=(1, 1), out_value=cols,
+                                 epilogue=Epilogue(), lanes=self.lanes, group=group)
+        self.add(make_gemm, node, out, key=self.pos[node])
+        epi, final, labels = self._epilogue(node)
+        name = self.kernel_name(node) + "_col2im"
+        b32 = None if bias is None else bias.astype(np.float32)
+        out_shape = (n, m, *out_sp)
+        cols_shape = self.shapes[cols]
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.col2im(name, cols, cols_shape, b32, kernel=kshape, pads=(pads[0], pads[1]),
+                            strides=strides, dilations=dil, out_shape=out_shape, out_value=final,
+                            epilogue=epi, lanes=self.lanes)
+        self.add(make, node, final, labels)
+
+    def lower_resize(self, node: Node) -> None:
+        x = node.inputs[0]
+        if any(n and self.const(n) is None for n in node.inputs[1:]):
+            raise UnsupportedError("non-constant roi/scales/sizes")  # before the output shape, unknown then
+        xs = self.shape(x)
+        out = node.outputs[0]
+        maps = resize_maps(node, xs, self.shape(out), self.const, self.opset)
+        epi, final, labels = self._epilogue(node)
+        name = self.kernel_name(node)
+        out_shape = self.shape(out)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.resize(name, x, xs, axes_maps=maps, out_shape=out_shape, out_value=final, epilogue=epi,
+                            lanes=self.lanes)
+        self.add(make, node, final, labels)
+
+    lower_upsample = lower_resize
+
     def lower_other(self, node):
         raise UnsupportedError("no TVM emitter")
+
+    # ------------------------------------------------------------------- tvmlite's lowered ops
+    def _conv_geometry(self, node: Node, xs: tuple):
+        """(4-D input shape, kernel, pads [t, l, b, r], strides, dilations); 1-D as unit height."""
+        a = node.attrs
+        k = [int(v) for v in a["kernel_shape"]]
+        nsp = len(k)
+        if nsp not in (1, 2) or len(xs) != nsp + 2:
+            raise UnsupportedError(f"{nsp}-D window")
+        strides = [int(v) for v in (a.get("strides") or [1] * nsp)]
+        dil = [int(v) for v in (a.get("dilations") or [1] * nsp)]
+        pads = [int(v) for v in a["pads"]]
+        if nsp == 1:
+            return (xs[0], xs[1], 1, xs[2]), [1] + k, [0, pads[0], 0, pads[1]], [1] + strides, [1] + dil
+        return tuple(xs), k, pads, strides, dil
+
+    def lower_tvmlite_im2col(self, node: Node) -> None:
+        x = node.inputs[0]
+        xs, k, pads, strides, dil = self._conv_geometry(node, self.shape(x))
+        out = node.outputs[0]
+        name = self.kernel_name(node)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.im2col(name, x, xs, kernel=k, pads=pads, strides=strides, dilations=dil, out_value=out,
+                            lanes=self.lanes)
+        self.add(make, node, out)
+
+    def lower_tvmlite_meclower(self, node: Node) -> None:
+        x = node.inputs[0]
+        xs = self.shape(x)
+        if len(xs) != 4:
+            raise UnsupportedError(f"rank-{len(xs)} input")
+        _, k, pads, strides, dil = self._conv_geometry(node, xs)
+        out = node.outputs[0]
+        name = self.kernel_name(node)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.mec_lower(name, x, xs, kernel=k, pads=pads, strides=strides, dilations=dil, out_value=out,
+                               lanes=self.lanes)
+        self.add(make, node, out)
+
+    def lower_tvmlite_mecmatmul(self, node: Node) -> None:
+        low, wname = node.inputs[0], node.inputs[1]
+        w = self.const(wname)
+        if w is None:
+            raise UnsupportedError("non-constant weights")
+        bname = node.inputs[2] if len(node.inputs) > 2 else ""
+        bias = self.const(bname) if bname else None
+        if bname and bias is None:
+            raise UnsupportedError("non-constant bias")
+        a = node.attrs
+        l_shape = self.shape(low)
+        epi, final, labels = self._epilogue(node)
+        name = self.kernel_name(node)
+        w32 = w.astype(np.float32)
+        b32 = None if bias is None else bias.astype(np.float32)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.mec_matmul(name, low, l_shape, w32, b32, stride_h=int(a["stride_h"]),
+                                dilation_h=int(a["dilation_h"]), out_h=int(a["out_h"]), out_value=final,
+                                epilogue=epi, lanes=self.lanes)
+        self.add(make, node, final, labels)
+
+    def lower_tvmlite_winogradinput(self, node: Node) -> None:
+        from tvmlite.ops.lowered import winograd_matrices
+
+        x = node.inputs[0]
+        xs = self.shape(x)
+        if len(xs) != 4:
+            raise UnsupportedError(f"rank-{len(xs)} input")
+        a = node.attrs
+        m, r = int(a["m"]), int(a.get("r", 3))
+        pads = [int(v) for v in a["pads"]]
+        _, _, bt = winograd_matrices(m, r)
+        out = node.outputs[0]
+        name = self.kernel_name(node)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.winograd_input(name, x, xs, m=m, r=r, pads=pads, bt=bt, out_value=out, lanes=self.lanes)
+        self.add(make, node, out)
+
+    def lower_tvmlite_winogradoutput(self, node: Node) -> None:
+        from tvmlite.ops.lowered import winograd_matrices
+
+        mt = node.inputs[0]
+        bname = node.inputs[1] if len(node.inputs) > 1 else ""
+        bias = self.const(bname) if bname else None
+        if bname and bias is None:
+            raise UnsupportedError("non-constant bias")
+        a = node.attrs
+        m, r = int(a["m"]), int(a.get("r", 3))
+        at, _, _ = winograd_matrices(m, r)
+        mt_shape = self.shape(mt)
+        out = node.outputs[0]
+        out_shape = self.shape(out)
+        epi, final, labels = self._epilogue(node)
+        name = self.kernel_name(node)
+        b32 = None if bias is None else bias.astype(np.float32)
+
+        def make():
+            from tvmlite.backends.tvm import kernels as K
+
+            return K.winograd_output(name, mt, mt_shape, b32, m=m, r=r, out_shape=out_shape, at=at, out_value=final,
+                                     epilogue=epi, lanes=self.lanes)
+        self.add(make, node, final, labels)
 
     def lower_elementwise(self, node: Node) -> None:
         ops, first = self.ewops(node, None)
@@ -641,6 +887,81 @@ class Lowering:
 
             return K.elementwise(name, src, out_shape, out_value=final, epilogue=epi, lanes=self.lanes)
         self.add(make, node, final, labels)
+
+
+# ------------------------------------------------------------------------------------------ Resize
+RESIZE_COORD_MODES = ("half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel",
+                      "half_pixel_symmetric", "tf_half_pixel_for_nn")
+RESIZE_NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+def resize_maps(node: Node, in_shape: tuple, out_shape: tuple, const, opset: int) -> list:
+    """Per axis, how a Resize/Upsample output index reads the input (see `kernels.resize`):
+    index tables and linear weights computed on the host in float64 with the NumPy backend's own
+    ONNX formulas; anything those formulas or the kernel do not cover raises UnsupportedError."""
+    from tvmlite.ops import nn as R
+
+    a = node.attrs
+    ins = list(node.inputs) + [""] * 4
+    mode = a.get("mode", "nearest")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    if node.op_type == "Upsample" or opset < 11:  # Upsample-7/9, Resize-10: asymmetric, onnxruntime's rounding
+        coord, nearest_mode = "asymmetric", "simple"
+        mode = "linear" if mode == "bilinear" else mode
+        if opset < 9 and node.op_type == "Upsample":
+            scales, roi, sizes = a.get("scales"), None, None
+        else:
+            scales, roi, sizes = const(ins[1]) if ins[1] else None, None, None
+            if scales is None:
+                raise UnsupportedError("non-constant scales")
+        axes, policy, antialias = None, "stretch", 0
+    else:
+        coord = a.get("coordinate_transformation_mode", "half_pixel")
+        nearest_mode = a.get("nearest_mode", "round_prefer_floor")
+        roi = const(ins[1]) if ins[1] else None
+        scales = const(ins[2]) if ins[2] else None
+        sizes = const(ins[3]) if ins[3] else None
+        if (ins[2] and scales is None) or (ins[3] and sizes is None) or (ins[1] and roi is None):
+            raise UnsupportedError("non-constant roi/scales/sizes")
+        axes, policy = a.get("axes"), a.get("keep_aspect_ratio_policy", "stretch")
+        antialias = int(a.get("antialias", 0))
+    if mode not in ("nearest", "linear"):
+        raise UnsupportedError(f"mode={mode}")
+    if coord not in RESIZE_COORD_MODES:
+        raise UnsupportedError(f"coordinate_transformation_mode={coord}")
+    if mode == "nearest" and nearest_mode not in RESIZE_NEAREST_MODES + ("simple",):
+        raise UnsupportedError(f"nearest_mode={nearest_mode}")
+    if antialias:
+        raise UnsupportedError("antialias=1")
+    dummy = np.empty(in_shape, np.float32)  # only its shape is read
+    scales_full, sizes_full, _, from_sizes = R._resize_args(dummy, roi, scales, sizes, axes, policy)
+    if from_sizes and policy not in ("stretch", None):
+        from_sizes = False
+    if tuple(sizes_full) != tuple(out_shape):
+        raise UnsupportedError(f"output shape {tuple(out_shape)} disagrees with scales/sizes {tuple(sizes_full)}")
+    maps = []
+    for ax, (in_len, out_len) in enumerate(zip(in_shape, out_shape)):
+        scale = float(scales_full[ax])
+        if out_len == 0:
+            raise UnsupportedError("empty output")
+        if out_len == in_len and np.isclose(scale, 1.0):  # the reference skips such axes too
+            maps.append(None)
+            continue
+        xo = R._x_original(coord, out_len, in_len, scale, out_w=float(out_len) if from_sizes else None)
+        if mode == "nearest":
+            idx = R._nearest_index(xo, nearest_mode, in_len, scale < 1)
+            o = np.arange(out_len)
+            if np.array_equal(idx, o * in_len // out_len):  # e.g. asymmetric floor, integer scale
+                maps.append(("div", int(in_len), int(out_len)))
+            else:
+                maps.append(("nearest", idx.astype(np.int32)))
+        else:
+            if ax < len(in_shape) - 2:
+                raise UnsupportedError(f"linear resize of axis {ax} (only the last two axes)")
+            idx, wts = R._taps(xo, "linear", scale, in_len, -0.75, False, bool(a.get("exclude_outside", 0)))
+            maps.append(("linear", idx.astype(np.int32), wts.astype(np.float32)))
+    return maps
 
 
 def unsupported_ops(model: Model, input_shapes: dict) -> list[str]:

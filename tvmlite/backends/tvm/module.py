@@ -125,15 +125,19 @@ def build_lowered(low, target):
     return tvm.compile(mod, target=target)
 
 
-def save_artifact(lib, plan: dict, consts: dict, path: str) -> None:
-    """``path`` (.so) plus ``path.json`` and ``path.npz``, each written atomically."""
+def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None = None) -> None:
+    """``path`` (.so) plus ``path.json`` and ``path.npz``, each written atomically. ``lib_path``:
+    the .so ``lib`` was loaded from (a loaded library cannot be exported again, so it is copied)."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
         raise TvmliteError(f"output directory does not exist: {d}")
     tmp = tempfile.mkdtemp(prefix=".tvmlite-", dir=d)
     try:
-        lib.export_library(os.path.join(tmp, "m.so"))
+        if lib_path is not None:
+            shutil.copyfile(lib_path, os.path.join(tmp, "m.so"))
+        else:
+            lib.export_library(os.path.join(tmp, "m.so"))
         with open(os.path.join(tmp, "m.json"), "w") as f:
             json.dump(plan, f)
         np.savez(os.path.join(tmp, "m.npz"), **consts)
@@ -158,7 +162,9 @@ def load_module(path: str) -> "CompiledModel":
     with np.load(path + ".npz") as z:
         consts = {k: z[k] for k in z.files}
     lib = tvm.runtime.load_module(path)
-    return CompiledModel(lib, plan, consts)
+    cm = CompiledModel(lib, plan, consts)
+    cm.lib_path = os.path.abspath(path)
+    return cm
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -172,6 +178,7 @@ class CompiledModel:
         self.plan = plan
         self.build_seconds = build_seconds
         self.cached = cached
+        self.lib_path = None  # set when the library was loaded from a file
         dev = tvm.cpu(0)
         self.input_names = [i["name"] for i in plan["inputs"]]
         self.input_shapes = {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}
@@ -234,7 +241,7 @@ class CompiledModel:
         return sorted(rows, key=lambda r: -r[2])
 
     def save(self, path: str) -> None:
-        save_artifact(self.lib, self.plan, self._consts, path)
+        save_artifact(self.lib, self.plan, self._consts, path, lib_path=self.lib_path)
 
 
 def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True, lanes: int | None = None,

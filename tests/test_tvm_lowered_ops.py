@@ -1,0 +1,135 @@
+"""TVM backend: tvmlite's own conv-lowering ops (Im2Col, MecLower/MecMatMul,
+WinogradInput/WinogradOutput and the weights-on-the-left batched GEMM between them) build, and a
+model after `lower-conv` (im2col or MEC) or `winograd` agrees with onnxruntime running the
+original model."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from helpers import make_model, ort_run, tensor
+
+try:  # the backend is optional: skip, saying why, where apache-tvm is missing or broken
+    from tvmlite.backends.tvm.target import import_tvm
+
+    import_tvm()
+except Exception as e:  # noqa: BLE001
+    pytest.skip(f"TVM backend unavailable: {e}", allow_module_level=True)
+
+from passes import Pipeline  # noqa: E402
+from tvmlite.backends.tvm import compile_model, emit_tvmscript, unsupported_ops  # noqa: E402
+from tvmlite.frontend import load  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TVMLITE_CACHE", str(tmp_path_factory.getbasetemp() / "tvm-cache"))
+
+
+def _conv_model(x_shape, w_shape, bias=True, relu=True, **attrs):
+    w = (RNG.standard_normal(w_shape) * 0.3).astype(np.float32)
+    inits = [("w", w)]
+    ins = ["x", "w"]
+    if bias:
+        inits.append(("b", RNG.standard_normal(w_shape[0]).astype(np.float32)))
+        ins.append("b")
+    nodes = [helper.make_node("Conv", ins, ["c" if relu else "y"], **attrs)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    return make_model(nodes, [tensor("x", list(x_shape))], [tensor("y", ["d"] * len(x_shape))], inits)
+
+
+def _lowered_matches(model, spec, x, lowered_op):
+    m = load(model)
+    Pipeline(spec).run(m)
+    assert any(n.op_type == lowered_op and n.domain == "tvmlite" for n in m.graph.nodes), "the pass did not apply"
+    assert unsupported_ops(m, {"x": x.shape}) == []
+    cm = compile_model(m, {"x": x.shape})
+    (got,) = cm.run({"x": x})
+    (ref,) = ort_run(model, {"x": x})
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+    return cm
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(x=(2, 3, 9, 11), w=(5, 3, 3, 3), pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]),
+    dict(x=(1, 4, 7, 6), w=(6, 2, 3, 2), pads=[1, 1, 1, 0], group=2, bias=False),  # grouped: broadcast GEMM
+    dict(x=(1, 8, 5, 5), w=(16, 8, 1, 1)),
+    dict(x=(2, 3, 13), w=(4, 3, 5), pads=[2, 1], strides=[2]),  # 1-D
+])
+def test_lower_conv_im2col_builds_and_matches(cfg):
+    cfg = dict(cfg)
+    x_shape, w_shape, bias = cfg.pop("x"), cfg.pop("w"), cfg.pop("bias", True)
+    model = _conv_model(x_shape, w_shape, bias=bias, **cfg)
+    cm = _lowered_matches(model, "lower-conv", RNG.standard_normal(x_shape).astype(np.float32), "Im2Col")
+    # Im2Col, then the GEMM with bias and (behind the Reshape back to NCHW) the Relu as its epilogue
+    assert cm.kernel_count == 2
+
+
+@pytest.mark.parametrize("m,x_shape,pads", [
+    (2, (1, 3, 8, 8), [1, 1, 1, 1]),
+    (4, (2, 5, 11, 9), [1, 1, 1, 1]),  # ragged last tiles, batch 2
+    (6, (1, 4, 10, 13), [0, 2, 1, 0]),  # asymmetric pads
+])
+def test_winograd_builds_and_matches(m, x_shape, pads):
+    model = _conv_model(x_shape, (7, x_shape[1], 3, 3), pads=pads)
+    _lowered_matches(model, f"winograd(m={m})", RNG.standard_normal(x_shape).astype(np.float32), "WinogradInput")
+
+
+def test_winograd_gemm_is_packed_and_output_fuses_epilogue(tmp_path):
+    model = _conv_model((1, 16, 8, 8), (32, 16, 3, 3), pads=[1, 1, 1, 1])
+    m = load(model)
+    Pipeline("winograd(m=4)").run(m)
+    emit_tvmscript(m, str(tmp_path), {"x": (1, 16, 8, 8)})
+    index = (tmp_path / "index.txt").read_text()
+    assert index.count(".py") == 3, index  # input transform, batched GEMM, output transform (+bias, relu)
+    gemm = next(tmp_path.glob("k001_matmul*.py")).read_text()
+    # A packed [α², M/mr, K, mr] on the host, B's columns packed per tile, register tile, vectorized
+    assert "w0: T.Buffer((36, 4, 16, 8)" in gemm and "pack[" in gemm and 'scope="local"' in gemm
+    assert "T.vectorized(" in gemm and "T.unroll(8)" in gemm
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(x=(2, 3, 9, 11), w=(5, 3, 3, 3), pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]),
+    dict(x=(1, 4, 8, 7), w=(9, 4, 3, 2), pads=[0, 1, 0, 1], strides=[1, 2], dilations=[2, 1], bias=False),
+])
+def test_lower_conv_mec_builds_and_matches(cfg):
+    cfg = dict(cfg)
+    x_shape, w_shape, bias = cfg.pop("x"), cfg.pop("w"), cfg.pop("bias", True)
+    model = _conv_model(x_shape, w_shape, bias=bias, **cfg)
+    _lowered_matches(model, "lower-conv(layout=mec)", RNG.standard_normal(x_shape).astype(np.float32), "MecLower")
+
+
+def test_tvmlite_op_without_emitter_is_reported():
+    m = load(make_model([helper.make_node("Relu", ["x"], ["r"])], [tensor("x", [2, 4])], [tensor("r", [2, 4])]))
+    g = m.graph
+    for name, arr in [("data", np.ones((1, 2, 2), np.float32)), ("indices", np.array([1], np.int64)),
+                      ("indptr", np.array([0, 1, 1], np.int64))]:
+        g.add_initializer(name, arr)
+    g.add_node("SparseMatMul", ["r", "data", "indices", "indptr"], ["y"], {}, domain="tvmlite", name="sp")
+    m.opsets.setdefault("tvmlite", 1)
+    g.outputs[:] = ["y"]
+    assert unsupported_ops(m, {"x": (2, 4)}) == ["SparseMatMul (tvmlite op without a TVM emitter)"]
+
+
+@pytest.mark.parametrize("spec,op", [("lower-conv", "Im2Col"), ("winograd", "WinogradInput"),
+                                     ("lower-conv(layout=mec)", "MecLower")])
+def test_lowered_digits_model_matches_onnxruntime(spec, op):
+    from models_under_test import example_model
+
+    path = example_model()
+    if not path.exists():
+        pytest.skip("models/digits_cnn.onnx has not been trained")
+    x = np.load(path.parent / "digits_test.npz")["input"][:8].astype(np.float32)
+    m = load(path)
+    Pipeline(spec).run(m)
+    assert any(n.op_type == op for n in m.graph.nodes)
+    cm = compile_model(m, {"input": x.shape})
+    (got,) = cm.run({"input": x})
+    (ref,) = ort_run(onnx.load(path), {"input": x})
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()
