@@ -312,9 +312,12 @@ _COORD_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "ali
 def _x_original(mode, out_len, in_len, scale, roi_lo=0.0, roi_hi=1.0, out_w=None):
     """Source coordinate (float64, tiny) of each output index along one axis. ``out_w`` is ONNX's
     "length_resized": ``scale * in_len`` unrounded when scales are given, else the output size."""
-    y = np.arange(out_len, dtype=np.float64)
+    # float32 arithmetic, as onnxruntime does: in float64, ties such as (5 + 0.5) / 1.1f - 0.5 round
+    # the other way
+    y = np.arange(out_len, dtype=np.float32)
+    scale = np.float32(scale)
     if out_w is None:
-        out_w = scale * in_len
+        out_w = scale * np.float32(in_len)
     if mode == "half_pixel":
         return (y + 0.5) / scale - 0.5
     if mode == "half_pixel_symmetric":
@@ -488,7 +491,8 @@ def _resize_args(x, roi, scales, sizes, axes, policy):
         scales_full = [1.0] * r
         for i, d in enumerate(axes_l):
             scales_full[d] = sc[i]
-        sizes_full = [int(math.floor(np.float64(scales_full[i]) * x.shape[i])) for i in range(r)]
+        # in float32 as onnxruntime does (5 * 1.4f rounds to 7.0f; in float64 it is 6.99... -> 6)
+        sizes_full = [int(math.floor(np.float32(scales_full[i]) * np.float32(x.shape[i]))) for i in range(r)]
     else:
         raise UnsupportedError("Resize needs scales or sizes")
     if len(scales_full) != r:
