@@ -325,7 +325,7 @@ class _Inserter:
             lo, hi = 0.0, min(hi, clip_hi)
         scale, zp = affine_params(lo, hi, self.spec.activation_type)
         s = self.g.add_constant(np.asarray(scale, np.float32), f"{name}_scale")
-        z = self.g.add_constant(np.asarray(zp), f"{name}_zero_point")
+        z = self.g.add_constant(np.asarray(zp), f"{name}_zp")
         self.params[name] = (s, z)
         return s, z
 
@@ -347,13 +347,13 @@ class _Inserter:
         was_output = [i for i, o in enumerate(g.outputs) if o == name]
         raw = g.fresh_name(f"{name}_float")
         g.rename_value(name, raw)
-        q = g.fresh_name(f"{name}_quantized")
-        g.add_node("QuantizeLinear", [raw, s, z], [q], name=g.fresh_name(f"{name}_QuantizeLinear"))
+        q = g.fresh_name(f"{name}_q")
+        g.add_node("QuantizeLinear", [raw, s, z], [q], name=g.fresh_name(f"{name}_Q"))
         for reader in g.consumers(raw):
             if reader.op_type == "QuantizeLinear" and reader.outputs[0] == q:
                 continue
             g.set_inputs(reader, [name if n == raw else n for n in reader.inputs])
-        g.add_node("DequantizeLinear", [q, s, z], [name], name=g.fresh_name(f"{name}_DequantizeLinear"))
+        g.add_node("DequantizeLinear", [q, s, z], [name], name=g.fresh_name(f"{name}_DQ"))
         g.value(name).type = declared
         for i in was_output:
             g.outputs[i] = name
@@ -363,24 +363,29 @@ class _Inserter:
         if name not in self.dq_of:
             g = self.g
             s, z = self.params[name]
-            q = g.fresh_name(f"{name}_quantized")
-            dq = g.fresh_name(f"{name}_dequantized")
-            g.add_node("QuantizeLinear", [name, s, z], [q], name=g.fresh_name(f"{name}_QuantizeLinear"))
-            g.add_node("DequantizeLinear", [q, s, z], [dq], name=g.fresh_name(f"{name}_DequantizeLinear"))
+            q = g.fresh_name(f"{name}_q")
+            dq = g.fresh_name(f"{name}_dq")
+            g.add_node("QuantizeLinear", [name, s, z], [q], name=g.fresh_name(f"{name}_Q"))
+            g.add_node("DequantizeLinear", [q, s, z], [dq], name=g.fresh_name(f"{name}_DQ"))
             g.value(dq).type = g.value(name).type
             self.dq_of[name] = dq
         return self.dq_of[name]
 
     def constant_dq(self, array: np.ndarray, base: str, q: np.ndarray, scale: np.ndarray,
-                    zp: np.ndarray, axis: int | None) -> str:
+                    zp: np.ndarray, axis: int | None, default_zero_point: bool = False) -> str:
+        """``default_zero_point``: leave a zero point of zeros out (the default). onnxruntime still
+        fuses Conv's weight and bias DQ so, not Gemm's (measured: no QGemm then)."""
         g = self.g
-        qn = g.add_constant(q, f"{base}_quantized")
+        qn = g.add_constant(q, f"{base}_q")
         sn = g.add_constant(scale.reshape(-1) if axis is not None else scale.reshape(()), f"{base}_scale")
-        zn = g.add_constant(zp.reshape(-1) if axis is not None else zp.reshape(()), f"{base}_zero_point")
-        out = g.fresh_name(f"{base}_dequantized")
+        inputs = [qn, sn]
+        if np.any(zp) or not default_zero_point:
+            inputs.append(g.add_constant(zp.reshape(-1) if axis is not None else zp.reshape(()),
+                                         f"{base}_zp"))
+        out = g.fresh_name(f"{base}_dq")
         attrs = {"axis": int(axis)} if axis is not None else {}
-        g.add_node("DequantizeLinear", [qn, sn, zn], [out], attrs,
-                   name=g.fresh_name(f"{base}_DequantizeLinear"))
+        g.add_node("DequantizeLinear", inputs, [out], attrs,
+                   name=g.fresh_name(f"{base}_DQ"))
         return out
 
 
@@ -466,7 +471,7 @@ def apply_qdq(model: Model, plan: QdqPlan, spec: QuantSpec) -> list[tuple[str, s
         declared = g.value(out).type
         s, z = ins.params[out]
         g.remove_node(node, remove_outputs=False)
-        g.add_node("DequantizeLinear", [dq.inputs[0], s, z], [out], name=g.fresh_name(f"{out}_DequantizeLinear"))
+        g.add_node("DequantizeLinear", [dq.inputs[0], s, z], [out], name=g.fresh_name(f"{out}_DQ"))
         g.value(out).type = declared
         log.append((node.label, "folded", {"into": "DequantizeLinear scale", "factor": factor}))
     g.remove_unused_values()
@@ -494,7 +499,8 @@ def _quantize_constants(ins: _Inserter, node: Node, log: list) -> None:
         scales = weight_scales(w, axis)
         scales = fit_bias_scales(None if b is None else b.reshape(-1), x_scale, scales)
         wq = quantize_weight(w, scales, axis)
-        wdq = ins.constant_dq(w, f"{node.inputs[1]}", wq, scales, np.zeros(scales.shape, np.int8), axis)
+        short = op == "Conv"  # zero points of Conv's weights and bias are 5% of an int8 PP-OCR cls file
+        wdq = ins.constant_dq(w, f"{node.inputs[1]}", wq, scales, np.zeros(scales.shape, np.int8), axis, short)
         g.set_input(node, 1, wdq)
         if b is not None:
             bq, bs = quantize_bias(b.reshape(-1), x_scale, scales if axis is not None
@@ -502,7 +508,7 @@ def _quantize_constants(ins: _Inserter, node: Node, log: list) -> None:
             b_axis = 0 if bq.size > 1 else None
             bdq = ins.constant_dq(b, f"{b_name}", bq.reshape(-1) if b_axis is not None else bq.reshape(()),
                                   bs if b_axis is not None else bs.reshape(()),
-                                  np.zeros(bs.shape, np.int32), b_axis)
+                                  np.zeros(bs.shape, np.int32), b_axis, short)
             g.set_input(node, 2, bdq)
         return
     # element-wise ops and MatMul with a constant A: constants quantized per tensor like activations
