@@ -1,19 +1,35 @@
-"""float16 weights: every float32 weight (initializer or Constant) is stored as float16 and Cast back
-to float32 where it is read, halving the file; onnxruntime folds the Casts at load, so compute stays
-float32 and as fast as before. (Running activations in float16 is not done here: onnxruntime's CPU
-provider lacks float16 kernels for Conv and most ops on x86.)
+"""float16: weights (default) or weights and activations.
+
+Weights: every float32 weight (initializer or Constant) is stored as float16 and Cast back to float32
+where it is read, halving the file; onnxruntime folds the Casts at load, so compute stays float32 and
+as fast as before.
+
+``activations=true``: the ops run in float16 too, where onnxruntime's CPU provider has a float16
+kernel for them; the others stay in float32 between Casts. Which ops have one is asked of
+onnxruntime itself (a one-node model per op signature, cached), since the answer depends on the
+version and the build (on x86, 1.31 has float16 kernels for few ops and none for Conv). Graph inputs
+and outputs keep their float32 types. Values beyond float16's range (65504) become inf: checked
+pipelines (tvmlite optimize) catch that as output error.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+from onnx import helper
 
 from passes.base import Pass, PassResult, register_pass
 from passes.cleanup import DeadCodeElimination, is_onnx
 from tvmlite.ir.graph import Model, tensor_type
 
-FLOAT = 1
+FLOAT = onnx.TensorProto.FLOAT
+FLOAT16 = onnx.TensorProto.FLOAT16
+#: ops whose attributes name a float type or that make tensors from attributes: left in float32
+KEEP_FLOAT32 = {"Cast", "CastLike", "Constant", "ConstantOfShape", "EyeLike", "RandomNormal", "RandomUniform",
+                "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "QuantizeLinear",
+                "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
 @register_pass
@@ -24,8 +40,12 @@ class Float16Weights(Pass):
     class Options:
         #: weights smaller than this stay float32 (a Cast costs more than it saves)
         min_elements: int = 16
+        #: also run the ops in float16 where onnxruntime's CPU provider can
+        activations: bool = False
 
     def run(self, model: Model) -> PassResult:
+        if self.options.activations:
+            return self._activations(model)
         result = PassResult(self.name)
         g = model.graph
         names = [n for n in g.initializers if n not in g.inputs]
@@ -49,3 +69,191 @@ class Float16Weights(Pass):
             result.count("weights_fp16")
         DeadCodeElimination().run(model)
         return result
+
+    # ---------------------------------------------------------------------------------- activations
+    def _activations(self, model: Model) -> PassResult:
+        from tvmlite.ir.shapes import drop_new_types, infer_shapes, typed_values
+
+        result = PassResult(self.name)
+        g = model.graph
+        before = typed_values(g)
+        infer_shapes(model)
+        half_of: dict[str, str] = {}  # float32 value -> its float16 version
+
+        def as_half(name: str) -> str:
+            if name not in half_of:
+                c = g.const_value(name)
+                if c is not None:
+                    half_of[name] = g.add_constant(c.astype(np.float16), f"{name}_fp16")
+                else:
+                    h = g.fresh_name(f"{name}_fp16")
+                    g.add_node("Cast", [name], [h], {"to": FLOAT16}, name=g.fresh_name(f"{name}_to_fp16"))
+                    shape = g.value(name).shape
+                    g.value(h).type = tensor_type(np.float16, shape) if shape is not None else None
+                    half_of[name] = h
+            return half_of[name]
+
+        for node in g.toposort():
+            why = self._why_float32(g, node)
+            convert = None if why else _fp16_inputs(model.opset, *_signature(g, node))
+            if convert is None:
+                if why != "no float tensors":
+                    result.skip(node, why or "onnxruntime's CPU provider has no float16 kernel for it")
+                continue
+            for i in convert:
+                g.set_input(node, i, as_half(node.inputs[i]))
+            for out in node.outputs:
+                if not out or not _is_float32(g, out):
+                    continue
+                declared = g.value(out).type
+                h = g.fresh_name(f"{out}_fp16")
+                was_output = [k for k, o in enumerate(g.outputs) if o == out]
+                g.rename_value(out, h)
+                shape = g.value(h).shape
+                g.value(h).type = tensor_type(np.float16, shape) if shape is not None else None
+                # float32 readers (and graph outputs) get it back through a Cast named as before
+                g.add_node("Cast", [h], [out], {"to": FLOAT}, name=g.fresh_name(f"{out}_to_fp32"))
+                g.value(out).type = declared
+                for reader in [r for r in g.consumers(h) if r.op_type != "Cast" or r.outputs[0] != out]:
+                    g.set_inputs(reader, [out if n == h else n for n in reader.inputs])
+                for k in was_output:
+                    g.outputs[k] = out
+                half_of[out] = h
+            result.rewrote(node, precision="float16", op=node.op_type)
+        DeadCodeElimination().run(model)
+        drop_new_types(g, before)
+        return result
+
+    @staticmethod
+    def _why_float32(g, node) -> str | None:
+        if not is_onnx(node, node.op_type) or node.subgraphs:
+            return "not a plain ONNX op"
+        if node.op_type in KEEP_FLOAT32:
+            return "no float tensors" if node.op_type in ("Cast", "Constant") else f"{node.op_type} stays float32"
+        floats = [n for n in list(node.inputs) + list(node.outputs) if n and _is_float(g, n)]
+        if not floats:
+            return "no float tensors"
+        if any(not _is_float32(g, n) for n in floats):
+            return "float tensors other than float32"
+        if all(g.const_value(n) is not None for n in node.inputs if n):
+            return "constant inputs only (folded, not run)"
+        if any(o and g.value(o).dtype is None for o in node.outputs):
+            return "output type not inferred"
+        return None
+
+
+def _is_float(g, name) -> bool:
+    dt = g.value(name).dtype if g.value(name).dtype is not None else None
+    if dt is None:
+        c = g.const_value(name)
+        dt = None if c is None else c.dtype
+    return dt is not None and np.dtype(dt).kind == "f"
+
+
+def _is_float32(g, name) -> bool:
+    v = g.value(name)
+    dt = v.dtype
+    if dt is None:
+        c = g.const_value(name)
+        dt = None if c is None else c.dtype
+    return dt is not None and np.dtype(dt) == np.float32
+
+
+def _signature(g, node):
+    """What decides which onnxruntime kernel runs: op, attributes, input and output element types and
+    ranks (constant inputs by value: some kernels need them)."""
+    ins = []
+    for name in node.inputs:
+        if not name:
+            ins.append(None)
+            continue
+        c = g.const_value(name)
+        v = g.value(name)
+        if c is not None:
+            ins.append(("const", c.dtype.str, c.shape, c.tobytes() if c.size <= 64 else None))
+        else:
+            shape = v.shape
+            ins.append(("value", np.dtype(v.dtype).str if v.dtype is not None else None,
+                        None if shape is None else len(shape)))
+    outs = tuple(np.dtype(g.value(o).dtype).str if o and g.value(o).dtype is not None else None
+                 for o in node.outputs)
+    attrs = tuple(sorted((k, repr(v)) for k, v in node.attrs.items()))
+    return node.op_type, node.domain, attrs, tuple(ins), outs, dict(node.attrs)
+
+
+def _fp16_inputs(opset, op_type, domain, attrs_key, ins, outs, attrs):
+    return _probe(opset, op_type, domain, attrs_key, ins, outs, _Frozen(attrs))
+
+
+class _Frozen:
+    """Attributes carried past functools.cache, which keys on the repr-based attrs_key instead."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+
+    def __hash__(self):
+        return 0
+
+    def __eq__(self, other):
+        return True
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(opset, op_type, domain, attrs_key, ins, outs, frozen) -> tuple[int, ...] | None:
+    """The inputs to give in float16 (all float32 ones, else only the first) so that onnxruntime's
+    CPU provider runs the op in float16; None when it cannot."""
+    floats = [i for i, x in enumerate(ins) if x is not None and x[1] == np.dtype(np.float32).str]
+    if not floats or (ins[0] is None or ins[0][0] != "value") and not any(x and x[0] == "value" for x in ins):
+        return None
+    for convert in (floats, [i for i in floats[:1] if ins[i][0] == "value"]):
+        if convert and _session_ok(opset, op_type, domain, ins, outs, frozen.attrs, set(convert)):
+            return tuple(convert)
+    return None
+
+
+def _session_ok(opset, op_type, domain, ins, outs, attrs, convert) -> bool:
+    import onnxruntime as ort
+
+    def elem(dtype_str, half):
+        return FLOAT16 if half else helper.np_dtype_to_tensor_dtype(np.dtype(dtype_str))
+
+    inputs, inits, names = [], [], []
+    for i, x in enumerate(ins):
+        if x is None:
+            names.append("")
+            continue
+        name = f"i{i}"
+        names.append(name)
+        if x[0] == "const":
+            if x[3] is None:
+                arr = np.zeros(x[2], np.dtype(x[1]))
+            else:
+                arr = np.frombuffer(x[3], np.dtype(x[1])).reshape(x[2])
+            if i in convert:
+                arr = arr.astype(np.float16)
+            inits.append(onnx.numpy_helper.from_array(np.array(arr), name))
+        else:
+            if x[1] is None:
+                return False
+            shape = None if x[2] is None else [f"d{k}" for k in range(x[2])]
+            inputs.append(helper.make_tensor_value_info(name, elem(x[1], i in convert), shape))
+    outputs = []
+    out_names = []
+    for k, o in enumerate(outs):
+        out_names.append(f"o{k}")
+        if o is None:
+            return False
+        half = o == np.dtype(np.float32).str
+        outputs.append(helper.make_tensor_value_info(f"o{k}", elem(o, half), None))
+    try:
+        node = helper.make_node(op_type, names, out_names, domain=domain or None, **attrs)
+        graph = helper.make_graph([node], "probe", inputs, outputs, inits)
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        proto.ir_version = 8
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: keep the op in float32
+        return False

@@ -17,6 +17,7 @@ from passes.base import Pass, PassResult, register_pass
 from passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity, is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.ir.shapes import drop_new_types, typed_values
 from tvmlite.quant import qdq
 from tvmlite.quant.calibrate import METHODS, collect_stats
 
@@ -146,17 +147,6 @@ def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True) -> list[N
     return done
 
 
-def _forget_working_types(g: Graph, typed_before: set, value_info_before: list) -> None:
-    """Drop the types shape inference gave intermediate values for the pass's own use: exported
-    they are value_info, 5% of an int8 PP-OCR cls file (the infer-shapes pass writes them on request)."""
-    kept_info = [n for n in value_info_before if n in g.values]
-    keep = typed_before | set(g.inputs) | set(g.outputs) | set(kept_info)
-    for name, v in g.values.items():
-        if v.type is not None and name not in keep:
-            v.type = None
-    g.value_info_order = kept_info
-
-
 def candidate_units(g: Graph, op_types, exclude_names, exclude_ops, result: PassResult | None):
     """Node keys of the Conv/Gemm/MatMul (and chosen element-wise) nodes that may run in int8."""
     units = []
@@ -232,8 +222,7 @@ class Quantize(Pass):
         if o.float_layer_weights not in ("int8", "float32"):
             raise OptionError(f"pass 'quantize': float_layer_weights {o.float_layer_weights!r} is not int8 "
                               "or float32")
-        typed_before = {n for n, v in model.graph.values.items() if v.type is not None}
-        value_info_before = list(model.graph.value_info_order)
+        typed_before = typed_values(model.graph)
         if o.prepare:
             result.stats.update(prepare(model))
         else:
@@ -291,7 +280,8 @@ class Quantize(Pass):
                 result.rewrote(node.label, action="int8 weight storage", op=node.op_type)
             result.stats["int8_weight_only"] = len(stored)
         DeadCodeElimination().run(model)
-        _forget_working_types(g, typed_before, value_info_before)
+        # inferred types were for the pass's own use: as value_info they were 5% of an int8 cls file
+        drop_new_types(g, typed_before)
         return result
 
     def replay(self, result: PassResult, exclude: list[str]) -> Pass:

@@ -49,3 +49,50 @@ def test_fp16_weights_halve_the_file(tmp_path):
     got = ort_run(str(out), {"input": x})[0]
     np.testing.assert_allclose(got, ref, atol=5e-3 * np.abs(ref).max())
     np.testing.assert_allclose(compile_model(m).run({"input": x})[0], got, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_fp16_activations_digits(tmp_path):
+    path = MODELS / "digits_cnn.onnx"
+    m = tvmlite.load(path)
+    r = Pipeline("fp16(activations=true)").run(m)[0]
+    ops = {d["op"] for d in r.decisions if d.get("precision") == "float16"}
+    assert {"Conv", "Gemm", "Relu", "MaxPool"} <= ops
+    out = tmp_path / "h.onnx"
+    tvmlite.save(m, str(out))
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in list(proto.graph.input) + list(proto.graph.output))
+    assert not proto.graph.value_info  # working types are not written out
+    # float16 weights and activations: one Cast in, one Cast out, nothing float32 in between
+    casts = [n for n in proto.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 2
+    data = np.load(MODELS / "digits_test.npz")
+    x = data["input"][:200]
+    ref = ort_run(str(path), {"input": x})[0]
+    got = ort_run(str(out), {"input": x})[0]
+    assert np.abs(got - ref).max() < 2e-3 * np.abs(ref).max()
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99
+    np.testing.assert_allclose(compile_model(m).run({"input": x})[0], got, atol=2e-3 * np.abs(ref).max())
+
+
+def test_fp16_activations_keep_ops_without_float16_kernel_in_float32():
+    """Celu has no float16 kernel in onnxruntime's CPU provider: it stays float32 between Casts."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu1"),
+             helper.make_node("Celu", ["a"], ["b"], name="celu"),
+             helper.make_node("Relu", ["b"], ["y"], name="relu2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    m = tvmlite.load(proto)
+    r = Pipeline("fp16(activations=true)").run(m)[0]
+    assert sorted(r.rewritten) == ["relu1", "relu2"]
+    assert [label for label, _ in r.skipped] == ["celu"]
+    out = tvmlite.export_model(m)
+    celu = next(n for n in out.graph.node if n.op_type == "Celu")
+    producers = {o: n for n in out.graph.node for o in n.output}
+    assert producers[celu.input[0]].op_type == "Cast"
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(out, {"x": x})[0], ort_run(proto, {"x": x})[0], rtol=2e-3, atol=2e-3)

@@ -118,6 +118,22 @@ def infer_shapes(model: Model) -> int:
     return changed
 
 
+def typed_values(graph) -> tuple[set, list]:
+    """The values that have a type now, and the value_info order: see drop_new_types."""
+    return {n for n, v in graph.values.items() if v.type is not None}, list(graph.value_info_order)
+
+
+def drop_new_types(graph, before: tuple[set, list]) -> None:
+    """Forget the types a pass inferred for its own use (``before`` from typed_values): exported,
+    every typed intermediate value becomes a value_info entry. Graph inputs and outputs keep theirs."""
+    typed, info = before
+    graph.value_info_order = [n for n in info if n in graph.values]
+    keep = typed | set(graph.inputs) | set(graph.outputs) | set(graph.value_info_order)
+    for name, v in graph.values.items():
+        if v.type is not None and name not in keep and not v.is_initializer:
+            v.type = None
+
+
 def static_shapes(model: Model, input_shapes: dict | None = None, default_dim: int = 1) -> dict[str, tuple]:
     """Value name -> shape with symbolic or unknown dims (and ONNX's invalid -1) set to ``default_dim``."""
     out = {}
