@@ -99,7 +99,7 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds, float_sess, decisio
     from tvmlite.compare import ort_session
 
     feeds1 = {k: v[:1] for k, v in feeds.items()}
-    for _ in range(4):
+    while chosen:  # halve the int8 set until the whole model is faster; none at all is the floor
         sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
         t_q, t_f = interleaved_ms([lambda: sess.run(None, feeds1), lambda: float_sess.run(None, feeds1)],
                                   max(repeats, 40), warmup=3)
@@ -110,8 +110,6 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds, float_sess, decisio
         for u in drop:
             chosen.discard(u)
             decisions[u]["reason"] = f"whole int8 model not faster ({t_q:.3f} vs {t_f:.3f} ms): smallest gain"
-        if not chosen:
-            break
     return chosen
 
 
