@@ -1,6 +1,6 @@
 """The NumPy backend's conv fast paths against the generic im2col path (float64 reference).
 
-Flat depthwise (stride 1, im2col on the flattened padded image with a kept padded buffer), the
+Flat depthwise (stride 1, im2col on the flattened padded image in per-thread scratch), the
 unchunked small 1x1 conv, and GlobalAveragePool's contiguous path.
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ def _reference(x, w, b, group, pads, strides, dilations):
 _DW_CASES = [
     # (x shape, kernel, mult, pads, strides, dilations, bias)
     ((1, 8, 2, 20), (5, 5), 1, [2, 2, 2, 2], [1, 1], [1, 1], True),
-    ((3, 5, 7, 9), (3, 3), 2, [1, 0, 2, 1], [1, 1], [1, 1], True),   # asymmetric pads, multiplier
+    ((1, 5, 7, 9), (3, 3), 2, [1, 0, 2, 1], [1, 1], [1, 1], True),   # asymmetric pads, multiplier
+    ((3, 5, 7, 9), (3, 3), 1, [1, 0, 2, 1], [1, 1], [1, 1], True),   # a batch: batched path
     ((2, 4, 9, 10), (3, 3), 1, [2, 2, 2, 2], [1, 1], [2, 2], False),  # dilation
     ((1, 6, 6, 6), (2, 3), 1, [0, 0, 0, 0], [1, 1], [1, 1], True),   # no pads, non-square kernel
     ((2, 3, 13), (5,), 1, [2, 2], [1], [1], True),                    # 1-D
@@ -67,7 +68,7 @@ def test_depthwise_matches_reference(xs, k, mult, pads, strides, dil, bias, chun
     y = f(x)
     assert y.dtype == np.float32 and y.shape == ref.shape and y.flags.c_contiguous
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
-    # the kept padded buffer: a second input gives its own result (the border is still zero)
+    # scratch reuse: a second input gives its own result (the border is still zero)
     x2 = -2 * x + 1
     np.testing.assert_allclose(f(x2), _reference(x2, w, b, C, pads, strides, dil), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(f(x), ref, rtol=1e-5, atol=1e-5)
@@ -75,14 +76,14 @@ def test_depthwise_matches_reference(xs, k, mult, pads, strides, dil, bias, chun
 
 def test_depthwise_flat_equals_tap_path():
     """The flat path and the tap-by-tap path compute the same sums (up to rounding)."""
-    x, w, b = _case((2, 16, 12, 40), (5, 5), 1, 7)
+    x, w, b = _case((1, 16, 12, 40), (5, 5), 1, 7)
     pads, st, dil = [2, 2, 2, 2], [1, 1], [1, 1]
     flat = _conv_fn(x.shape, x.dtype, w, b, group=16, pads=pads, strides=st, dilations=dil)(x)
     taps = conv_mod._depthwise(x, w, b, pads, st, dil, [12, 40], 1)
     np.testing.assert_allclose(flat, taps, rtol=1e-5, atol=1e-5)
 
 
-def test_depthwise_flat_threads_do_not_share_padded_buffer():
+def test_depthwise_flat_threads_do_not_share_scratch():
     x, w, b = _case((1, 8, 6, 20), (3, 3), 1, 3)
     f = _conv_fn(x.shape, x.dtype, w, b, group=8, pads=[1, 1, 1, 1])
     inputs = [x * (i + 1) for i in range(4)]

@@ -362,17 +362,21 @@ def _depthwise_fn(N, C, mult, w, b, p, kshape, strides, dilations, out_shape, dt
 
 
 _SCRATCH = threading.local()
-#: padded-input buffers up to this size are kept by their conv between runs
-KEEP_PADDED_BYTES = 1 << 18
+#: per-thread scratch buffers up to this size are kept between calls
+SCRATCH_KEEP_BYTES = 1 << 22
 
 
-def _scratch(n, dt):
-    """A per-thread buffer of ``n`` elements of ``dt``, shared by all convs of the thread (each
-    is done with it before the next one runs): no allocation per call."""
+def _scratch(name, n, dt):
+    """A per-thread buffer ``name`` of ``n`` elements of ``dt``, shared by all convs of the thread
+    (each is done with it before the next one runs), so small convs do not allocate (and fault
+    in) fresh memory per call; buffers above SCRATCH_KEEP_BYTES are not kept."""
     nbytes = n * dt.itemsize
-    buf = getattr(_SCRATCH, "buf", None)
+    if nbytes > SCRATCH_KEEP_BYTES:
+        return np.empty(n, dtype=dt)
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get(name)
     if buf is None or buf.nbytes < nbytes:
-        buf = _SCRATCH.buf = np.empty(nbytes, dtype=np.uint8)
+        buf = bufs[name] = np.empty(max(nbytes, 1 << 16), dtype=np.uint8)
     return buf[:nbytes].view(dt)
 
 
@@ -381,10 +385,11 @@ def _depthwise_flat_fn(N, C, mult, w, b, p, kshape, dilations, out_shape, dt):
     *flattened* padded image: with row-major flattening every kernel tap of every output position
     is one fixed offset, so a channel's column matrix is K contiguous 1-D slices (one long copy
     each, instead of one short row per output row) and the GEMV computes the output on the padded
-    grid (the few columns past each output row are cropped in the final pass, which adds the
-    bias). The padded input lives in a reused zero-bordered buffer."""
+    grid (the few columns past each output row are cropped in the pass that adds the bias). One
+    image at a time, in per-thread scratch buffers."""
     n = len(kshape)
     K = int(np.prod(kshape, dtype=np.int64))
+    M = C * mult
     padded = [out_shape[i] + (kshape[i] - 1) * dilations[i] for i in range(n)]
     qs = [int(np.prod(padded[i + 1:], dtype=np.int64)) for i in range(n)]
     Qtot = int(np.prod(padded, dtype=np.int64))
@@ -395,48 +400,52 @@ def _depthwise_flat_fn(N, C, mult, w, b, p, kshape, dilations, out_shape, dt):
         cb, rows = max(1, min(C, DW_CHUNK_BYTES // (row_bytes * out_shape[0]))), out_shape[0]
     else:
         cb, rows = 1, max(1, DW_CHUNK_BYTES // row_bytes)
-    chunks = [(c0, min(C, c0 + cb), r0, r1) for c0 in range(0, C, cb)
-              for r0, r1 in _row_chunks(out_shape[0], rows)]
+    chunks = []
+    for c0 in range(0, C, cb):
+        for r0, r1 in _row_chunks(out_shape[0], rows):
+            chunks.append((c0, min(C, c0 + cb), r0 * qs[0], (r1 - r0 - 1) * qs[0] + tail))
     w3 = np.ascontiguousarray(w.reshape(C, mult, K).astype(dt, copy=False))
-    bb = None if b is None else b.reshape((1, C * mult) + (1,) * n).astype(dt, copy=False)
+    bb = None if b is None else b.reshape((M,) + (1,) * n).astype(dt, copy=False)
     tap_strides = tuple(dilations[i] * qs[i] * isz for i in range(n))
-    buf_size = max((c1 - c0) * K * ((r1 - r0 - 1) * qs[0] + tail) for c0, c1, r0, r1 in chunks)
-    interior = (slice(None), slice(None)) + tuple(
-        slice(p[i], p[i] + out_shape[i] + (kshape[i] - 1) * dilations[i] - p[i] - p[i + n])
-        for i in range(n))
-    crop = (slice(None), slice(None)) + tuple(slice(0, o) for o in out_shape)
-    pshape = (N, C) + tuple(padded)
-    # a small padded input is kept (zero border written once, interior overwritten per run);
-    # per thread, as the plan may run in several threads at once
-    keep = threading.local() if N * C * Qtot * isz <= KEEP_PADDED_BYTES else None
+    buf_size = max((c1 - c0) * K * lc for c0, c1, _, lc in chunks)
+    in_sp = [padded[i] - p[i] - p[i + n] for i in range(n)]
+    interior = (slice(None),) + tuple(slice(p[i], p[i] + in_sp[i]) for i in range(n))
+    # the border of the padded image, as slices (zeroed per call: the scratch buffer is shared)
+    border = []
+    for i in range(n):
+        lead = (slice(None),) + tuple(slice(p[j], p[j] + in_sp[j]) if j < i else slice(None)
+                                      for j in range(i))
+        if p[i]:
+            border.append(lead + (slice(0, p[i]),))
+        if p[i + n]:
+            border.append(lead + (slice(p[i] + in_sp[i], None),))
+    crop = (slice(None),) + tuple(slice(0, o) for o in out_shape)
+    grid_shape = (M, out_shape[0]) + tuple(padded[1:])
 
     def run(x):
-        xp = None if keep is None else getattr(keep, "xp", None)
-        if xp is None:
-            xp = np.zeros(pshape, dtype=dt)
-            if keep is not None:
-                keep.xp = xp
-        xp[interior] = x
-        xf = xp.reshape(N, C, Qtot)
-        grid = np.empty((N, C, mult, out_shape[0] * qs[0]), dtype=dt)
-        buf = _scratch(buf_size, dt)
-        cs = xf.strides[1]
+        y = np.empty((N, M) + tuple(out_shape), dtype=dt)
+        xp = _scratch("dw_pad", C * Qtot, dt).reshape((C,) + tuple(padded))
+        grid = _scratch("dw_grid", M * out_shape[0] * qs[0], dt)
+        buf = _scratch("dw_cols", buf_size, dt)
+        g3 = grid.reshape(C, mult, -1)
+        xf = xp.reshape(C, Qtot)
+        cs = xf.strides[0]
+        for sl in border:
+            xp[sl] = 0
+        view = grid.reshape(grid_shape)[crop]
         for i in range(N):
-            for c0, c1, r0, r1 in chunks:
+            xp[interior] = x[i]
+            for c0, c1, start, lc in chunks:
                 nc = c1 - c0
-                lc = (r1 - r0 - 1) * qs[0] + tail
-                start = r0 * qs[0]
-                src = as_strided(xf[i, c0, start:], shape=(nc,) + tuple(kshape) + (lc,),
+                src = as_strided(xf[c0, start:], shape=(nc,) + tuple(kshape) + (lc,),
                                  strides=(cs,) + tap_strides + (isz,), writeable=False)
                 cols = buf[:nc * K * lc]
                 np.copyto(cols.reshape(src.shape), src)
-                np.matmul(w3[c0:c1], cols.reshape(nc, K, lc), out=grid[i, c0:c1, :, start:start + lc])
-        view = grid.reshape((N, C * mult, out_shape[0]) + tuple(padded[1:]))[crop]
-        y = np.empty((N, C * mult) + tuple(out_shape), dtype=dt)
-        if bb is None:
-            np.copyto(y, view)
-        else:
-            np.add(view, bb, out=y)
+                np.matmul(w3[c0:c1], cols.reshape(nc, K, lc), out=g3[c0:c1, :, start:start + lc])
+            if bb is None:
+                np.copyto(y[i], view)
+            else:
+                np.add(view, bb, out=y[i])
         return y
 
     return run
@@ -567,7 +576,9 @@ def _conv_fn(xshape, xdtype, w, b=None, *, auto_pad="NOTSET", dilations=None, gr
         # tap (the K-fold im2col copy costs more there), everything else per-channel GEMV
         if K >= 16 and P >= 4096:
             return lambda x: _depthwise(x, w, b, p, strides, dilations, out_shape, M // C)
-        if all(s == 1 for s in strides) and all(v >= 0 for v in p) and xdtype == dt:
+        # stride 1, one image (measured: with a batch the per-image loop gains nothing over the
+        # batched path below)
+        if N == 1 and all(s == 1 for s in strides) and all(v >= 0 for v in p) and xdtype == dt:
             return _depthwise_flat_fn(N, C, M // C, w, b, p, kshape, dilations, out_shape, dt)
         return _depthwise_fn(N, C, M // C, w, b, p, kshape, strides, dilations, out_shape, dt)
     if K == 1 and not any(p) and group == 1:
