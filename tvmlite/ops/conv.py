@@ -16,6 +16,7 @@ batched matmul, depthwise convs a sum over kernel taps of strided slices times p
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -360,6 +361,96 @@ def _depthwise_fn(N, C, mult, w, b, p, kshape, strides, dilations, out_shape, dt
     return run
 
 
+_SCRATCH = threading.local()
+#: per-thread scratch buffers up to this size are kept between calls
+SCRATCH_KEEP_BYTES = 1 << 22
+
+
+def _scratch(name, n, dt):
+    """A per-thread buffer ``name`` of ``n`` elements of ``dt``, shared by all convs of the thread
+    (each is done with it before the next one runs), so small convs do not allocate (and fault
+    in) fresh memory per call; buffers above SCRATCH_KEEP_BYTES are not kept."""
+    nbytes = n * dt.itemsize
+    if nbytes > SCRATCH_KEEP_BYTES:
+        return np.empty(n, dtype=dt)
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get(name)
+    if buf is None or buf.nbytes < nbytes:
+        buf = bufs[name] = np.empty(max(nbytes, 1 << 16), dtype=np.uint8)
+    return buf[:nbytes].view(dt)
+
+
+def _depthwise_flat_fn(N, C, mult, w, b, p, kshape, dilations, out_shape, dt):
+    """Stride-1 depthwise conv (w [C*mult, 1, *k]) as per-channel im2col + batched GEMV on the
+    *flattened* padded image: with row-major flattening every kernel tap of every output position
+    is one fixed offset, so a channel's column matrix is K contiguous 1-D slices (one long copy
+    each, instead of one short row per output row) and the GEMV computes the output on the padded
+    grid (the few columns past each output row are cropped in the pass that adds the bias). One
+    image at a time, in per-thread scratch buffers."""
+    n = len(kshape)
+    K = int(np.prod(kshape, dtype=np.int64))
+    M = C * mult
+    padded = [out_shape[i] + (kshape[i] - 1) * dilations[i] for i in range(n)]
+    qs = [int(np.prod(padded[i + 1:], dtype=np.int64)) for i in range(n)]
+    Qtot = int(np.prod(padded, dtype=np.int64))
+    tail = sum((out_shape[i] - 1) * qs[i] for i in range(1, n)) + 1  # extent of one output row
+    isz = dt.itemsize
+    row_bytes = K * qs[0] * isz
+    if row_bytes * out_shape[0] <= DW_CHUNK_BYTES:
+        cb, rows = max(1, min(C, DW_CHUNK_BYTES // (row_bytes * out_shape[0]))), out_shape[0]
+    else:
+        cb, rows = 1, max(1, DW_CHUNK_BYTES // row_bytes)
+    chunks = []
+    for c0 in range(0, C, cb):
+        for r0, r1 in _row_chunks(out_shape[0], rows):
+            chunks.append((c0, min(C, c0 + cb), r0 * qs[0], (r1 - r0 - 1) * qs[0] + tail))
+    w3 = np.ascontiguousarray(w.reshape(C, mult, K).astype(dt, copy=False))
+    bb = None if b is None else b.reshape((M,) + (1,) * n).astype(dt, copy=False)
+    tap_strides = tuple(dilations[i] * qs[i] * isz for i in range(n))
+    buf_size = max((c1 - c0) * K * lc for c0, c1, _, lc in chunks)
+    in_sp = [padded[i] - p[i] - p[i + n] for i in range(n)]
+    interior = (slice(None),) + tuple(slice(p[i], p[i] + in_sp[i]) for i in range(n))
+    # the border of the padded image, as slices (zeroed per call: the scratch buffer is shared)
+    border = []
+    for i in range(n):
+        lead = (slice(None),) + tuple(slice(p[j], p[j] + in_sp[j]) if j < i else slice(None)
+                                      for j in range(i))
+        if p[i]:
+            border.append(lead + (slice(0, p[i]),))
+        if p[i + n]:
+            border.append(lead + (slice(p[i] + in_sp[i], None),))
+    crop = (slice(None),) + tuple(slice(0, o) for o in out_shape)
+    grid_shape = (M, out_shape[0]) + tuple(padded[1:])
+
+    def run(x):
+        y = np.empty((N, M) + tuple(out_shape), dtype=dt)
+        xp = _scratch("dw_pad", C * Qtot, dt).reshape((C,) + tuple(padded))
+        grid = _scratch("dw_grid", M * out_shape[0] * qs[0], dt)
+        buf = _scratch("dw_cols", buf_size, dt)
+        g3 = grid.reshape(C, mult, -1)
+        xf = xp.reshape(C, Qtot)
+        cs = xf.strides[0]
+        for sl in border:
+            xp[sl] = 0
+        view = grid.reshape(grid_shape)[crop]
+        for i in range(N):
+            xp[interior] = x[i]
+            for c0, c1, start, lc in chunks:
+                nc = c1 - c0
+                src = as_strided(xf[c0, start:], shape=(nc,) + tuple(kshape) + (lc,),
+                                 strides=(cs,) + tap_strides + (isz,), writeable=False)
+                cols = buf[:nc * K * lc]
+                np.copyto(cols.reshape(src.shape), src)
+                np.matmul(w3[c0:c1], cols.reshape(nc, K, lc), out=g3[c0:c1, :, start:start + lc])
+            if bb is None:
+                np.copyto(y[i], view)
+            else:
+                np.add(view, bb, out=y[i])
+        return y
+
+    return run
+
+
 def _conv1x1_fn(N, C, M, w, b, strides, out_shape, dt):
     """1x1 conv without padding: one GEMM per image over cache-sized blocks of columns (bias
     added while each block is hot); a strided conv first takes the strided slice."""
@@ -371,18 +462,25 @@ def _conv1x1_fn(N, C, M, w, b, strides, out_shape, dt):
     strided = any(s != 1 for s in strides)
     sl = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
 
+    items = [(i, p0, p1) for i in range(N) for p0, p1 in blocks]
+    macs = N * M * C * P
+    yshape = (N, M) + tuple(out_shape)
+
     def run(x):
         if strided:
             x = np.ascontiguousarray(x[sl], dtype=dt)
         elif x.dtype != dt:
             x = x.astype(dt)
         xs = x.reshape(N, C, P)
+        if len(blocks) == 1 and (N == 1 or macs < PARALLEL_MIN_MACS):
+            # small (SE blocks, low resolution): one batched GEMM, no chunking or threads
+            y = np.matmul(w2, xs)
+            if bcol is not None:
+                y += bcol
+            return y.reshape(yshape)
         y = np.empty((N, M, P), dtype=dt)
         _split_run(lambda its, _: work(its, xs, y), items, macs, lambda: None)
-        return y.reshape((N, M) + tuple(out_shape))
-
-    items = [(i, p0, p1) for i in range(N) for p0, p1 in blocks]
-    macs = N * M * C * P
+        return y.reshape(yshape)
 
     def work(its, xs, y):
         for i, p0, p1 in its:
@@ -478,6 +576,10 @@ def _conv_fn(xshape, xdtype, w, b=None, *, auto_pad="NOTSET", dilations=None, gr
         # tap (the K-fold im2col copy costs more there), everything else per-channel GEMV
         if K >= 16 and P >= 4096:
             return lambda x: _depthwise(x, w, b, p, strides, dilations, out_shape, M // C)
+        # stride 1, one image (measured: with a batch the per-image loop gains nothing over the
+        # batched path below)
+        if N == 1 and all(s == 1 for s in strides) and all(v >= 0 for v in p) and xdtype == dt:
+            return _depthwise_flat_fn(N, C, M // C, w, b, p, kshape, dilations, out_shape, dt)
         return _depthwise_fn(N, C, M // C, w, b, p, kshape, strides, dilations, out_shape, dt)
     if K == 1 and not any(p) and group == 1:
         return _conv1x1_fn(N, C, M, w, b, strides, out_shape, dt)

@@ -626,7 +626,7 @@ def hard_sigmoid(x, *, alpha=0.2, beta=0.5):
 
 def _hard_sigmoid_pw(consts, attrs, dt, ndim):
     alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
-    return [(np.multiply, (0, alpha)), (np.add, (None, beta)), (np.clip, (None, 0.0, 1.0))]
+    return [(np.multiply, (0, alpha)), (np.add, (None, beta)), (_CLIP_UFUNC, (None, 0.0, 1.0))]
 
 
 hard_sigmoid_1.pointwise = hard_sigmoid.pointwise = _hard_sigmoid_pw
@@ -700,6 +700,11 @@ def swish(x, *, alpha=1.0):
     return (x * _sigmoid(x * alpha)).astype(dt, copy=False)
 
 
+#: np.clip's ufunc itself: same values, without the Python wrapper's few microseconds per call
+#: (it adds up in fused chains over small tensors)
+_CLIP_UFUNC = getattr(getattr(getattr(np, "_core", None), "umath", None), "clip", None) or np.clip
+
+
 def _clip(x, lo, hi):
     x = np.asarray(x)
     if lo is not None and hi is not None and x.dtype.kind in "fiu":
@@ -737,7 +742,7 @@ def clip_11(x, min=None, max=None):  # noqa: A002
 def _clip_pw_ops(lo, hi, dt):
     """:func:`_clip` on a float array as pointwise steps."""
     if lo is not None and hi is not None:
-        return [(np.clip, (0, np.asarray(lo).astype(dt, copy=False),
+        return [(_CLIP_UFUNC, (0, np.asarray(lo).astype(dt, copy=False),
                            np.asarray(hi).astype(dt, copy=False)))]
     if lo is not None:
         return [(np.maximum, (0, np.asarray(lo).astype(dt, copy=False)))]

@@ -220,7 +220,14 @@ def global_average_pool(x):
     ax = _spatial_axes(x)
     if x.dtype.kind != "f":
         raise UnsupportedError(f"GlobalAveragePool on dtype {x.dtype} is not supported")
-    return np.mean(x, axis=ax, keepdims=True, dtype=_acc_dtype(x.dtype)).astype(x.dtype, copy=False)
+    acc = _acc_dtype(x.dtype)
+    if x.flags.c_contiguous:
+        # np.mean's own sum and division (a contiguous array's trailing axes are reduced as one
+        # axis either way, so the values are the same) without its Python-level overhead
+        s = np.add.reduce(x.reshape(x.shape[:2] + (-1,)), axis=2, dtype=acc)
+        s = np.true_divide(s, int(np.prod(x.shape[2:], dtype=np.int64)), out=s)
+        return s.astype(x.dtype, copy=False).reshape(x.shape[:2] + (1,) * len(ax))
+    return np.mean(x, axis=ax, keepdims=True, dtype=acc).astype(x.dtype, copy=False)
 
 
 @kernel("GlobalMaxPool", since=1)

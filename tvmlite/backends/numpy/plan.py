@@ -356,7 +356,9 @@ class Plan:
             for name, s in zip(self.outer, self.outer_slots):
                 if env[s] is None:
                     env[s] = scope[name]
-        with _blas_limit(self.blas_threads):
+        # one errstate for the whole run (kernels may overflow, divide by zero ... as ONNX allows)
+        # instead of one per fused step
+        with _blas_limit(self.blas_threads), np.errstate(all="ignore"):
             if self._fuse_pending:  # the first run: learn the shapes, then fuse
                 shapes: dict = {s: (v.shape, v.dtype) for s, v in enumerate(env)
                                 if type(v) is np.ndarray}
@@ -576,17 +578,17 @@ class _Fused:
         return y
 
     def __call__(self, *args):
+        # (run inside Plan.run's errstate)
         ext = args[self.nh:]
-        with np.errstate(all="ignore"):
-            if self.head is not None:
-                y = self.head.call(*args[:self.nh])
-                prog = self.bind(y.shape, y.dtype, ext) if type(y) is np.ndarray else None
-                return self.unfused(y, ext) if prog is None else self._apply(prog, y, ext)
-            try:
-                yshape = np.broadcast_shapes(*[e.shape for e in ext])
-                prog = self.bind(yshape, ext[0].dtype, ext)
-            except (AttributeError, ValueError):
-                prog = None
-            if prog is None:
-                return self.unfused(None, ext)
-            return self._apply(prog, np.empty(yshape, ext[0].dtype), ext)
+        if self.head is not None:
+            y = self.head.call(*args[:self.nh])
+            prog = self.bind(y.shape, y.dtype, ext) if type(y) is np.ndarray else None
+            return self.unfused(y, ext) if prog is None else self._apply(prog, y, ext)
+        try:
+            yshape = np.broadcast_shapes(*[e.shape for e in ext])
+            prog = self.bind(yshape, ext[0].dtype, ext)
+        except (AttributeError, ValueError):
+            prog = None
+        if prog is None:
+            return self.unfused(None, ext)
+        return self._apply(prog, np.empty(yshape, ext[0].dtype), ext)
