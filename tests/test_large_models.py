@@ -1,6 +1,9 @@
 """Models over protobuf's 2 GiB limit: written with external data, inferred and run in onnxruntime
 through files. The limit is lowered here so the test stays small; the code paths are the same."""
+import os
+
 import numpy as np
+import pytest
 import onnx
 
 import tvmlite
@@ -29,3 +32,42 @@ def test_big_model_goes_external(tmp_path, monkeypatch):
     x = np.ones((2, 3, 4, 4), np.float32)
     ref = ort_session(str(out)).run(None, {"x": x})[0]
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ref)
+
+
+@pytest.mark.skipif(not os.environ.get("TVMLITE_TEST_2GB"), reason="set TVMLITE_TEST_2GB=1: writes ~4.5 GB, ~2 min")
+def test_real_model_over_2gb_through_optimize(tmp_path):
+    """A real 2.1 GiB model (two MatMuls with external data): tvmlite optimize --preset exact reads
+    it, checks it in onnxruntime, writes it with external data, and the outputs are bit-identical."""
+    from onnx import TensorProto, helper
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    import subprocess
+    import sys
+
+    n, k = 16384, 17000  # 2 x 16384 x 17000 float32 = 2.07 GiB
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((n, k), np.float32) * 0.01, "w1"),
+             onnx.numpy_helper.from_array(rng.standard_normal((k, n), np.float32) * 0.01, "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Identity", ["h"], ["h2"], name="id"),
+             helper.make_node("MatMul", ["h2", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    src = tmp_path / "big.onnx"
+    convert_model_to_external_data(proto, location="big.onnx.data", size_threshold=1024)
+    onnx.save(proto, str(src))
+    del proto, inits, graph
+    assert os.path.getsize(tmp_path / "big.onnx.data") > 2 ** 31
+    out = tmp_path / "out" / "opt.onnx"
+    out.parent.mkdir()
+    res = subprocess.run([sys.executable, "-m", "tvmlite.cli", "optimize", str(src), "-o", str(out),
+                          "--preset", "exact", "--shape", "x=1x16384"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    written = onnx.load(str(out), load_external_data=False)
+    assert all(onnx.external_data_helper.uses_external_data(t) for t in written.graph.initializer)
+    assert [nd.op_type for nd in written.graph.node] == ["MatMul", "MatMul"]  # Identity removed
+    x = rng.standard_normal((1, n), np.float32)
+    ref = ort_session(str(src)).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(ort_session(str(out)).run(None, {"x": x})[0], ref)

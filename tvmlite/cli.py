@@ -244,7 +244,7 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
 def optimize(model, output, preset, spec, shapes, inputs, labels, calib, max_error, max_accuracy_drop, check,
              speed_check, json_path):
     """Run passes over MODEL, check each in onnxruntime, write the result to OUTPUT."""
-    from tvmlite.export import export_model, save
+    from tvmlite.export import export_model
     from tvmlite.inputs import parse_shape_overrides
     from tvmlite.optimize import optimize as run_optimize
     from tvmlite.optimize import resolve_passes
@@ -258,9 +258,7 @@ def optimize(model, output, preset, spec, shapes, inputs, labels, calib, max_err
                              shapes=parse_shape_overrides(shapes), labels=label_array, calib=calib,
                              max_error=max_error,
                              max_accuracy_drop=max_accuracy_drop, check=check, speed_check=speed_check)
-    proto = export_model(m)
-    _check_writable_model(proto)
-    save(proto, output, source_path=model)
+    _save_checked(export_model(m), output, model)
     click.echo(report.format())
     if json_path:
         data = {"model": model, "output": output, **report.to_dict()}
@@ -362,12 +360,39 @@ def _check_output_path(output: str, source: str) -> None:
 
 
 def _check_writable_model(proto) -> None:
+    """onnx.checker on the model about to be written. Past protobuf's 2 GiB limit it cannot be
+    checked in memory: _save_checked checks the written file instead."""
     import onnx
 
+    from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, proto_bytes
+
+    if proto_bytes(proto) > EXTERNAL_THRESHOLD:
+        return
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
         raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
+
+
+def _save_checked(proto, output: str, source: str) -> None:
+    """Save atomically; a model too big to check in memory is checked as written, and removed
+    (with its data file) when it fails."""
+    import onnx
+
+    from tvmlite.export import save
+    from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, proto_bytes
+
+    _check_writable_model(proto)
+    big = proto_bytes(proto) > EXTERNAL_THRESHOLD
+    save(proto, output, source_path=source)
+    if big:
+        try:
+            onnx.checker.check_model(output)
+        except onnx.checker.ValidationError as e:
+            for p in (output, output + ".data"):
+                if os.path.exists(p):
+                    os.remove(p)
+            raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
 
 
 def _atomic_write(path: str, write) -> None:

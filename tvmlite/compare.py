@@ -32,7 +32,7 @@ def ort_session(model, threads: int = 2):
         model = export_model(model)
     if isinstance(model, (str, os.PathLike)):
         src = os.fspath(model)
-    elif model.ByteSize() > onnx_export.EXTERNAL_THRESHOLD:
+    elif onnx_export.proto_bytes(model) > onnx_export.EXTERNAL_THRESHOLD:
         return _ort_session_via_file(model, so)
     else:
         src = model.SerializeToString()

@@ -208,6 +208,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     from tvmlite.analysis import summarize
     from tvmlite.compare import prepare_inputs
     from tvmlite.export import export_model
+    from tvmlite.export.onnx_export import proto_bytes
     from tvmlite.frontend import load
 
     spec = resolve_passes(preset, passes)
@@ -247,7 +248,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
         s = summarize(m, shapes)
         err, acc, lat = checker.measure(m, timed=True) if checker else (0.0, None, None)
         report.rows.append(PassReport(
-            name, spec_, kept, note, s["nodes"], s["params"], s["macs"], export_model(m).ByteSize(), err, acc, lat,
+            name, spec_, kept, note, s["nodes"], s["params"], s["macs"], proto_bytes(export_model(m)), err, acc, lat,
             seconds, list(result.decisions) if result else [], list(result.skipped) if result else [],
             list(excluded)))
 

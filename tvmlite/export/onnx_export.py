@@ -11,6 +11,7 @@ import tempfile
 
 import onnx
 from onnx import helper, numpy_helper
+from google.protobuf.message import EncodeError
 
 from tvmlite.errors import TvmliteError
 from tvmlite.ir.attrs import python_to_attr
@@ -21,6 +22,18 @@ from tvmlite.ir.graph import Graph, Model, Value
 MAX_IR_VERSION = 13
 #: protobuf cannot serialize a message over 2 GiB; above this, tensors go to an external file
 EXTERNAL_THRESHOLD = 2**31 - 2**26
+
+
+def proto_bytes(proto: onnx.ModelProto) -> int:
+    """The serialized size of ``proto``. Past protobuf's 2 GiB limit ByteSize() raises: then the
+    sum of the tensors' data, which is nearly all of such a model."""
+    try:
+        return proto.ByteSize()
+    except EncodeError:
+        from onnx.external_data_helper import _get_all_tensors
+
+        return sum(len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (len(t.int64_data)
+                   + len(t.double_data)) for t in _get_all_tensors(proto))
 
 
 def _value_info(v: Value, name: str | None = None) -> onnx.ValueInfoProto:
@@ -226,7 +239,7 @@ def save(model: Model | onnx.ModelProto, path: str, *, source_path: str | None =
         raise TvmliteError(f"refusing to overwrite the input model {path}: choose another output path")
     proto = model if isinstance(model, onnx.ModelProto) else export_model(model)
     external = (not isinstance(model, onnx.ModelProto) and bool(model.external_data)) \
-        or proto.ByteSize() > globals()["EXTERNAL_THRESHOLD"]
+        or proto_bytes(proto) > globals()["EXTERNAL_THRESHOLD"]
     fd, tmp = tempfile.mkstemp(prefix=".tvmlite-", suffix=".onnx.tmp", dir=out_dir)
     os.close(fd)
     data_name = os.path.basename(path) + ".data"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
 
 from tvmlite.errors import ModelLoadError
@@ -16,14 +16,16 @@ def load(source, *, check: bool = True) -> Model:
     """Import a model from a path, bytes or a ModelProto."""
     if isinstance(source, onnx.ModelProto):
         return import_model(source, check=check)
-    proto, external = read_model_file(source)
-    model = import_model(proto, check=check)
+    proto, external = read_model_file(source, check=check)
+    model = import_model(proto, check=False)
     model.external_data = external
     return model
 
 
-def read_model_file(source) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """Parse an .onnx file (with its external data) or bytes; one clear error when it is not one."""
+def read_model_file(source, *, check: bool = False) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Parse an .onnx file (with its external data) or bytes; one clear error when it is not one.
+    ``check``: run onnx's checker, before the external data is read in (a model over 2 GiB cannot
+    be serialized for the checker once it is)."""
     if isinstance(source, (bytes, bytearray)):
         data, where, base = bytes(source), "<bytes>", None
     else:
@@ -56,6 +58,8 @@ def read_model_file(source) -> tuple[onnx.ModelProto, dict[str, str]]:
         if external_data_helper.uses_external_data(t):
             info = {e.key: e.value for e in t.external_data}
             external[t.name] = info.get("location", "")
+    if check:  # by path when data lies beside the file: the checker resolves it from there
+        check_proto(where if external and base is not None else proto)
     if external:
         if base is None:
             raise ModelLoadError(f"{where}: model has external-data tensors but was given as bytes")
@@ -85,16 +89,21 @@ def _invalid_text(msg, path: str = "model") -> str | None:
     return None
 
 
+def check_proto(proto) -> None:
+    """onnx's checker on a ModelProto or a file path, as one ModelLoadError line."""
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"not a valid ONNX model: {first}") from None
+    except (ValueError, EncodeError) as e:  # > 2 GiB in memory: checked again per tensor on export
+        if isinstance(e, ValueError) and "2GB" not in str(e) and "2 GB" not in str(e):
+            raise ModelLoadError(f"not a valid ONNX model: {e}") from None
+
+
 def import_model(proto: onnx.ModelProto, *, check: bool = True) -> Model:
     if check:
-        try:
-            onnx.checker.check_model(proto)
-        except onnx.checker.ValidationError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelLoadError(f"not a valid ONNX model: {first}") from None
-        except ValueError as e:  # e.g. > 2 GB in memory: checked again per tensor on export
-            if "2GB" not in str(e) and "2 GB" not in str(e):
-                raise ModelLoadError(f"not a valid ONNX model: {e}") from None
+        check_proto(proto)
     opsets = {}
     for o in proto.opset_import:
         opsets[o.domain] = int(o.version)

@@ -80,7 +80,7 @@ def _apply_own_rules(model: Model, types: dict) -> None:
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
     from tvmlite.export import onnx_export
 
-    if proto.ByteSize() <= onnx_export.EXTERNAL_THRESHOLD:
+    if onnx_export.proto_bytes(proto) <= onnx_export.EXTERNAL_THRESHOLD:
         return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     # over protobuf's 2 GiB limit: infer from a file with external data, read back the types only
     import os
