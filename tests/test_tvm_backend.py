@@ -152,9 +152,12 @@ def test_direct_tile_follows_row_width():
     assert K.direct_tile(64, 56, 16).mr == 8 and K.direct_tile(128, 14, 16).mr == 7
     assert K.direct_tile(16, 30, 16).nr == 16 and K.direct_tile(16, 30, 16).mr == 15  # one vector: up to 24
     assert K.direct_tile(64, 13, 8).mr == 7  # AVX2, 2 vectors: up to 12 pixels; 13 = 2 tiles of 7
-    assert K.use_direct_conv((64, 32, 3, 3), 1, (1, 1, 1, 1), (1, 1), 16)
-    assert not K.use_direct_conv((64, 32, 1, 1), 1, (0, 0, 0, 0), (1, 1), 16)  # a plain GEMM
-    assert not K.use_direct_conv((8, 4, 3, 3), 1, (1, 1, 1, 1), (1, 1), 16)  # fewer channels than lanes
+    one = (1, 1)
+    assert K.use_direct_conv((1, 512, 7, 7), (512, 512, 3, 3), 1, (1, 1, 1, 1), one, one, 16)  # GEMM: 49 -> 64
+    assert K.use_direct_conv((1, 128, 56, 56), (128, 128, 3, 3), 1, (1, 1, 1, 1), (2, 2), one, 16)
+    assert not K.use_direct_conv((1, 32, 8, 8), (64, 32, 1, 1), 1, (0, 0, 0, 0), one, one, 16)  # a plain GEMM
+    assert not K.use_direct_conv((1, 96, 40, 40), (24, 96, 3, 3), 1, (1, 1, 1, 1), one, one, 16)  # 24 -> 32 lanes
+    assert not K.use_direct_conv((1, 3, 64, 64), (16, 3, 3, 3), 1, (1, 1, 1, 1), one, one, 16)  # K = 27
 
 
 @pytest.mark.parametrize("stride,mult", [(1, 1), (2, 2)])

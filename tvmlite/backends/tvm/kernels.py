@@ -307,20 +307,34 @@ def direct_tile(cog: int, ow: int, lanes: int) -> S.GemmTile:
     return S.GemmTile(mr=mr, nr=nr)
 
 
-def use_direct_conv(w_shape, group: int, pads, strides, lanes: int) -> bool:
-    """Whether `conv2d_direct` fits a conv better than im2col + GEMM: it does for spatial kernels
-    with at least one vector of output channels per group (the channels are the SIMD lanes). A
-    1x1 stride-1 unpadded conv is a plain GEMM over the input rows; fewer channels than lanes
-    would pad the vectors."""
-    co, _, kh, kw = (int(d) for d in w_shape)
+def use_direct_conv(x_shape, w_shape, group: int, pads, strides, dilations, lanes: int) -> bool:
+    """Whether `conv2d_direct` fits a conv better than im2col + GEMM, from the work each pads:
+    the direct kernel rounds the channels up to its vector tile and the row to its pixel tile,
+    the GEMM rounds the channels up to 8 rows and the pixels (all rows) up to 2 vectors; the
+    direct kernel is taken when it wastes no more, so it also saves the im2col gathers. Not for
+    a 1x1 stride-1 unpadded conv (a plain GEMM over the input rows), and not for a short
+    reduction (K < 8 vectors): the direct tile leaves through a transposing scalar write of its
+    mr x nr values, which only a long K hides."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    co, ci, kh, kw = (int(d) for d in w_shape)
+    cog = co // int(group)
     pointwise = kh == kw == 1 and tuple(strides) == (1, 1) and not any(pads)
-    return not pointwise and co // int(group) >= lanes
+    if pointwise or ci * kh * kw < 8 * lanes:
+        return False
+    pt, pl, pb, pr = (int(p) for p in pads)
+    oh = (h + pt + pb - int(dilations[0]) * (kh - 1) - 1) // int(strides[0]) + 1
+    ow = (wd + pl + pr - int(dilations[1]) * (kw - 1) - 1) // int(strides[1]) + 1
+    dt, gt = direct_tile(cog, ow, lanes), conv_tile(cog, oh * ow, lanes)
+    direct = cog / _round_up(cog, dt.nr) * ow / _round_up(ow, dt.mr)
+    gemm = cog / _round_up(cog, gt.mr) * (oh * ow) / _round_up(oh * ow, gt.nr)
+    return direct >= gemm
 
 
 def conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, strides, dilations, out_value: str,
            epilogue: Epilogue, lanes: int, group: int = 1) -> KernelDef:
     """Conv2D: direct (`conv2d_direct`) where `use_direct_conv` says so, else im2col + GEMM."""
-    fn = conv2d_direct if use_direct_conv(w.shape, group, pads, strides, lanes) else conv2d_gemm
+    direct = use_direct_conv(x_shape, w.shape, group, pads, strides, dilations, lanes)
+    fn = conv2d_direct if direct else conv2d_gemm
     return fn(name, x, x_shape, w, bias, pads=pads, strides=strides, dilations=dilations, out_value=out_value,
               epilogue=epilogue, lanes=lanes, group=group)
 
