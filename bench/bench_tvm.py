@@ -4,7 +4,8 @@
 
 1. GEMM 1024^3 float32 (constant B, as a layer's weights): tvmlite's schedule vs numpy's matmul.
    Target: >= 85% of numpy's GFLOP/s.
-2. The 3x3 convolutions of ResNet-50 (stride 1 and 2) as im2col + GEMM vs onnxruntime's Conv.
+2. The 3x3 convolutions of ResNet-50 (stride 1 and 2), tvmlite's conv kernel (direct, or im2col +
+   GEMM: `kernels.conv2d` picks) vs onnxruntime's Conv.
    Target: at least as fast on half of them or more.
 3. Whole models (digits CNN, light ResNet-50 and VGG-19 with random weights, PP-OCR cls and det,
    the digits CNN after the winograd pass) vs
@@ -157,11 +158,11 @@ def bench_convs(rounds: int) -> list:
 
     rng = np.random.default_rng(0)
     rows = []
-    print("\nResNet-50 3x3 convs, im2col + GEMM vs onnxruntime Conv (ms, median of interleaved rounds)")
+    print("\nResNet-50 3x3 convs, tvmlite conv kernel vs onnxruntime Conv (ms, median of interleaved rounds)")
     for ci, co, hw, s in RESNET50_3X3:
         x = rng.standard_normal((1, ci, hw, hw)).astype(np.float32)
         w = (rng.standard_normal((co, ci, 3, 3)) * 0.05).astype(np.float32)
-        kd = K.conv2d_gemm("conv", "x", x.shape, w, None, pads=(1, 1, 1, 1), strides=(s, s), dilations=(1, 1),
+        kd = K.conv2d("conv", "x", x.shape, w, None, pads=(1, 1, 1, 1), strides=(s, s), dilations=(1, 1),
                            out_value="y", epilogue=Epilogue(), lanes=vector_lanes())
         lib, secs = build_kernel(kd)
         args, out = kernel_args(kd, {"x": x})

@@ -115,6 +115,51 @@ def test_grouped_conv_matches_numpy():
     np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("n_steps", range(len(S.DIRECT_CONV_STEPS) + 1))
+def test_direct_conv_steps_each_keep_results(n_steps):
+    """The direct conv's schedule steps, one more at a time, never change the numbers (stride,
+    dilation, uneven pads, a row width the pixel tile does not divide, channels not a multiple
+    of the vector tile, two groups, batch 2)."""
+    steps = set(S.DIRECT_CONV_STEPS[:n_steps])
+    x = RNG.standard_normal((2, 6, 11, 13)).astype(np.float32)
+    w = RNG.standard_normal((40, 3, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(40).astype(np.float32)
+    kd = K.conv2d_direct("d", "x", x.shape, w, b, pads=(1, 0, 2, 1), strides=(2, 1), dilations=(1, 2), group=2,
+                         out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=16, steps=steps,
+                         tile=S.GemmTile(mr=4, nr=16))
+    (y,) = run_kernel(kd, {"x": x})
+    ref = np.maximum(conv(x, w, b, pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2], group=2), 0)
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+    if "pack_array" in steps:  # weights [G, CO/nr, CI, KH, KW, nr], channels padded to the tile
+        assert [p.shape for p in kd.params if p.kind == "const"][0] == (2, 2, 3, 3, 3, 16)
+    assert kd.steps == [s for s in S.DIRECT_CONV_STEPS if s in steps]
+
+
+def test_direct_conv_schedule_shows_every_step():
+    w = np.ones((64, 64, 3, 3), np.float32)
+    kd = K.conv2d_direct("d", "x", (1, 64, 56, 56), w, None, pads=(1, 1, 1, 1), strides=(1, 1), dilations=(1, 1),
+                         out_value="y", epilogue=Epilogue(), lanes=16)
+    text = kd.func.script()
+    assert "T.vectorized(32)" in text and "T.unroll(8)" in text and "T.parallel" in text  # 8 pixels x 32 channels
+    assert 'scope="local"' in text and "acc_init" in text
+    assert "w1: T.Buffer((1, 2, 64, 3, 3, 32)" in text
+    assert 'T.sblock("pad")' in text  # padded once, not tested per multiply-add
+
+
+def test_direct_tile_follows_row_width():
+    """The pixel tile is the row width's divisor that wastes least (7x7 outputs: 7, not 8)."""
+    assert (K.direct_tile(512, 7, 16).mr, K.direct_tile(512, 7, 16).nr) == (7, 32)
+    assert K.direct_tile(64, 56, 16).mr == 8 and K.direct_tile(128, 14, 16).mr == 7
+    assert K.direct_tile(16, 30, 16).nr == 16 and K.direct_tile(16, 30, 16).mr == 15  # one vector: up to 24
+    assert K.direct_tile(64, 13, 8).mr == 7  # AVX2, 2 vectors: up to 12 pixels; 13 = 2 tiles of 7
+    one = (1, 1)
+    assert K.use_direct_conv((1, 512, 7, 7), (512, 512, 3, 3), 1, (1, 1, 1, 1), one, one, 16)  # GEMM: 49 -> 64
+    assert K.use_direct_conv((1, 128, 56, 56), (128, 128, 3, 3), 1, (1, 1, 1, 1), (2, 2), one, 16)
+    assert not K.use_direct_conv((1, 32, 8, 8), (64, 32, 1, 1), 1, (0, 0, 0, 0), one, one, 16)  # a plain GEMM
+    assert not K.use_direct_conv((1, 96, 40, 40), (24, 96, 3, 3), 1, (1, 1, 1, 1), one, one, 16)  # 24 -> 32 lanes
+    assert not K.use_direct_conv((1, 3, 64, 64), (16, 3, 3, 3), 1, (1, 1, 1, 1), one, one, 16)  # K = 27
+
+
 @pytest.mark.parametrize("stride,mult", [(1, 1), (2, 2)])
 def test_depthwise_conv_matches_numpy(stride, mult):
     x = RNG.standard_normal((1, 6, 15, 21)).astype(np.float32)

@@ -292,6 +292,125 @@ def column_gemm(name: str, b: Builder, columns, w: np.ndarray, bias, *, out_shap
     return KernelDef(name, params, sch.mod["main"], steps=_step_names(steps))
 
 
+# ----------------------------------------------------------------------------- direct conv (NCHW)
+def direct_tile(cog: int, ow: int, lanes: int) -> S.GemmTile:
+    """Register tile for the direct conv: ``nr`` output channels (SIMD lanes, up to two vectors)
+    by ``mr`` output pixels of one row. ``mr`` is the width (up to what the vector registers
+    hold beside the accumulators: 24 accumulator vectors) that pads the row least, the widest
+    among equals, so few multiply-adds are spent on columns past the row's end."""
+    nr = 2 * lanes if cog >= 2 * lanes else lanes
+    cap = max(1, 24 // (nr // lanes))
+    if ow <= cap:
+        return S.GemmTile(mr=ow, nr=nr)
+    lo = min(4, cap)
+    mr = min(range(lo, cap + 1), key=lambda m: (_round_up(ow, m) - ow, -m))
+    return S.GemmTile(mr=mr, nr=nr)
+
+
+def use_direct_conv(x_shape, w_shape, group: int, pads, strides, dilations, lanes: int) -> bool:
+    """Whether `conv2d_direct` fits a conv better than im2col + GEMM, from the work each pads:
+    the direct kernel rounds the channels up to its vector tile and the row to its pixel tile,
+    the GEMM rounds the channels up to 8 rows and the pixels (all rows) up to 2 vectors; the
+    direct kernel is taken when it wastes no more, so it also saves the im2col gathers. Not for
+    a 1x1 stride-1 unpadded conv (a plain GEMM over the input rows), and not for a short
+    reduction (K < 8 vectors): the direct tile leaves through a transposing scalar write of its
+    mr x nr values, which only a long K hides."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    co, ci, kh, kw = (int(d) for d in w_shape)
+    cog = co // int(group)
+    pointwise = kh == kw == 1 and tuple(strides) == (1, 1) and not any(pads)
+    if pointwise or ci * kh * kw < 8 * lanes:
+        return False
+    pt, pl, pb, pr = (int(p) for p in pads)
+    oh = (h + pt + pb - int(dilations[0]) * (kh - 1) - 1) // int(strides[0]) + 1
+    ow = (wd + pl + pr - int(dilations[1]) * (kw - 1) - 1) // int(strides[1]) + 1
+    dt, gt = direct_tile(cog, ow, lanes), conv_tile(cog, oh * ow, lanes)
+    direct = cog / _round_up(cog, dt.nr) * ow / _round_up(ow, dt.mr)
+    gemm = cog / _round_up(cog, gt.mr) * (oh * ow) / _round_up(oh * ow, gt.nr)
+    return direct >= gemm
+
+
+def conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, strides, dilations, out_value: str,
+           epilogue: Epilogue, lanes: int, group: int = 1) -> KernelDef:
+    """Conv2D: direct (`conv2d_direct`) where `use_direct_conv` says so, else im2col + GEMM."""
+    direct = use_direct_conv(x_shape, w.shape, group, pads, strides, dilations, lanes)
+    fn = conv2d_direct if direct else conv2d_gemm
+    return fn(name, x, x_shape, w, bias, pads=pads, strides=strides, dilations=dilations, out_value=out_value,
+              epilogue=epilogue, lanes=lanes, group=group)
+
+
+def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, strides, dilations,
+                  out_value: str, epilogue: Epilogue, lanes: int, group: int = 1,
+                  tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+    """Conv2D without im2col columns: the register tile is nr output channels (vector lanes) by
+    mr pixels of one output row; per (input channel, ky, kx) it loads nr packed weights and
+    broadcasts mr input pixels read straight from the zero-padded input (strided for a strided
+    conv). Nothing of size K x P is made, no gathers, and the pixel tile follows the row width,
+    so small outputs (7x7) are not padded to a vector of pixels. Weights are packed
+    [G, CO/nr, CI, KH, KW, nr] at build time; bias and ``epilogue`` are applied on the way out."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    co, ci, kh, kw = (int(d) for d in w.shape)
+    g = int(group)
+    cog = co // g
+    sh, sw = (int(s) for s in strides)
+    dh, dw = (int(d) for d in dilations)
+    pt, pl, pb, pr = (int(p) for p in pads)
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    tile = tile or direct_tile(cog, ow, lanes)
+    mr, nr = int(tile.mr), int(tile.nr)
+    cop, owp = _round_up(cog, nr), _round_up(ow, mr)
+    # padded plane: the pads plus the columns read by the last pixel tile's padding
+    hp = max(h + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(wd + pl + pr, (owp - 1) * sw + (kw - 1) * dw + 1)
+    b = Builder(name)
+    X = b.input(x, (n, c, h, wd))
+    wmat = np.zeros((g, cop, ci, kh, kw), np.float32)
+    wmat[:, :cog] = w.reshape(g, cog, ci, kh, kw)
+    packing = steps is None or "pack_array" in steps
+    W = b.const(pack_direct_weights(wmat, nr) if packing else wmat, (g, cop, ci, kh, kw))
+    w_index = len(b.params) - 1
+    B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
+    apply = bind_epilogue(epilogue, b, (n, co, oh, ow))
+
+    pad = te.compute((n, c, hp, wp), lambda nn, cc, y, xx: tirx.if_then_else(
+        tirx.all(y >= pt, y < pt + h, xx >= pl, xx < pl + wd), X[nn, cc, y - pt, xx - pl],
+        tirx.const(0.0, F32)), name="pad")
+    rc = te.reduce_axis((0, ci), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    # channels last: the register tile [mr, nr] has its vector lanes contiguous
+    acc = te.compute((n, g, oh, owp, cop), lambda nn, gg, y, xx, i: te.sum(
+        pad[nn, gg * ci + rc, y * sh + ry * dh, xx * sw + rx * dw] * W[gg, i, rc, ry, rx], axis=[rc, ry, rx]),
+        name="acc")
+
+    def out(nn, gg, cc, y, xx):
+        v = acc[nn, gg, y, xx, cc]
+        if B is not None:
+            v = v + B[gg, cc]
+        return apply(v, (nn, gg * cog + cc, y, xx))
+
+    Y = te.compute((n, g, cog, oh, ow), out, name="epilogue")
+    func = b.finish([(out_value, Y)])
+    sch = _schedule(func)
+    S.schedule_direct_conv(sch, "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
+                           parallel=S.worth_parallel(n * co * oh * ow * ci * kh * kw))
+    params = b.params
+    if packing:
+        params[w_index].shape = params[w_index].array.shape
+    return KernelDef(name, params, sch.mod["main"], steps=_direct_step_names(steps))
+
+
+def pack_direct_weights(wmat: np.ndarray, nr: int) -> np.ndarray:
+    """[G, CO, CI, KH, KW] -> [G, CO/nr, CI, KH, KW, nr] (`S.pack_direct_weights`' layout)."""
+    g, cop, ci, kh, kw = wmat.shape
+    return np.ascontiguousarray(wmat.reshape(g, cop // nr, nr, ci, kh, kw).transpose(0, 1, 3, 4, 5, 2))
+
+
+def _direct_step_names(steps) -> list[str]:
+    return [s for s in S.DIRECT_CONV_STEPS if steps is None or s in steps]
+
+
 # -------------------------------------------------------------------------------- dense (MatMul/Gemm)
 def dense_tile(m: int, nn: int, lanes: int) -> S.GemmTile:
     nr = 2 * lanes if nn >= 2 * lanes else lanes

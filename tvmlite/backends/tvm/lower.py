@@ -401,7 +401,7 @@ class Lowering:
             from tvmlite.backends.tvm import kernels as K
 
             kw = {"group": group} if factory == "gemm" else {}
-            fn = K.conv2d_gemm if factory == "gemm" else K.depthwise_conv2d
+            fn = K.conv2d if factory == "gemm" else K.depthwise_conv2d
             return fn(name, x, xs, w32, b32, pads=tuple(pads), strides=tuple(strides),
                       dilations=tuple(dil), out_value=final, epilogue=epi, lanes=self.lanes, **kw)
         self.add(make, node, final, labels)

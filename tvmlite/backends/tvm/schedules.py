@@ -218,3 +218,62 @@ def _spatial_loops(sch, block, loops):
     """The leading loops of a TE-made block that are data parallel (TE puts reduce loops last)."""
     n_spatial = sum(1 for iv in sch.get(block).iter_vars if int(iv.iter_type) == 0)
     return list(loops[:n_spatial]) if len(loops) >= n_spatial else []
+
+
+# ------------------------------------------------------------------------------ direct convolution
+DIRECT_CONV_STEPS = ["pad_input", "tile_for_cache", "pack_array", "write_cache", "vectorize_columns",
+                     "unroll_rows", "parallel_outer", "finish_reduction"]
+
+
+def pad_input(sch, pad: str, lanes: int, *, parallel: bool = True):
+    """The zero-padded input is made once per call, across cores, in vectors, so the tile's
+    inner loop reads it with no bounds checks. Without this step the padding is inlined: every
+    multiply-add tests its coordinates."""
+    parallel_vectorize(sch, pad, lanes, parallel_loops=2, parallel=parallel)
+
+
+def tile_direct_conv(sch, block, tile: GemmTile):
+    """Split (n, g, y, x, co, rc, ry, rx) into (n, g, co/nr, y, x/mr, rc, ry, rx, mr, nr): one
+    weight panel (all k for nr channels) is reused by every pixel tile of the image while it is
+    in L2, and each (rc, ry, rx) step is one row of packed weights times mr broadcast pixels."""
+    nl, gl, yl, xl, il, rc, ry, rx = sch.get_loops(block)
+    io, ii = sch.split(il, factors=[None, int(tile.nr)])
+    xo, xi = sch.split(xl, factors=[None, int(tile.mr)])
+    sch.reorder(io, yl, xo, rc, ry, rx, xi, ii)
+    return {"outer": [nl, gl, io, yl, xo], "k": rc, "ii": xi, "ji": ii, "second": xo}
+
+
+def pack_direct_weights(sch, block, nr: int):
+    """Weights [G, CO, CI, KH, KW] stored [G, CO/nr, CI, KH, KW, nr]: the nr channels of one
+    (ci, ky, kx) are one contiguous vector load, and a channel tile's panel is contiguous."""
+    nr = int(nr)
+    sch.transform_layout(block, ("read", 1),
+                         lambda g, i, c, y, x: (g, i // nr, c, y, x, i % nr))
+
+
+def schedule_direct_conv(sch, pad: str, acc: str, epilogue: str, tile: GemmTile, *, lanes: int,
+                         parallel: bool = True, steps=None):
+    """The direct conv's steps in order (``steps``: apply only these, for tests)."""
+    on = (lambda s: True) if steps is None else (lambda s: s in steps)
+    if on("pad_input"):
+        pad_input(sch, pad, lanes, parallel=parallel)
+    else:
+        sch.compute_inline(sch.get_sblock(pad))
+    block = sch.get_sblock(acc)
+    epi = sch.get_sblock(epilogue)
+    lp = tile_direct_conv(sch, block, tile) if on("tile_for_cache") else None
+    if on("pack_array"):
+        pack_direct_weights(sch, block, tile.nr)
+    if lp is None:
+        return sch
+    if on("write_cache"):
+        write_cache(sch, block, epi, lp["second"])
+    if on("vectorize_columns"):
+        sch.vectorize(lp["ji"])
+    if on("unroll_rows"):
+        unroll_rows(sch, lp["ii"])
+    if on("parallel_outer") and parallel:
+        parallel_outer(sch, lp["outer"])
+    if on("finish_reduction"):
+        finish_reduction(sch, block, lp["k"])
+    return sch
