@@ -10,12 +10,9 @@ from onnx import helper, numpy_helper
 
 from helpers import conv_bn_relu_model, make_model, ort_run, tensor
 
-try:  # the backend is optional: skip, saying why, where apache-tvm is missing or broken
-    from tvmlite.backends.tvm.target import import_tvm
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
 
-    tvm = import_tvm()
-except Exception as e:  # noqa: BLE001
-    pytest.skip(f"TVM backend unavailable: {e}", allow_module_level=True)
+tvm = require_tvm()
 
 from tvmlite.backends.tvm import compile_model, emit_tvmscript, load_module, unsupported_ops  # noqa: E402
 from tvmlite.backends.tvm import kernels as K  # noqa: E402
@@ -30,11 +27,6 @@ from tvmlite.ops.pool import average_pool, max_pool_values  # noqa: E402
 RNG = np.random.default_rng(0)
 GEMM_STEPS = ["tile_for_cache", "pack_array", "write_cache", "vectorize_columns", "unroll_rows",
               "parallel_outer", "finish_reduction"]
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("TVMLITE_CACHE", str(tmp_path_factory.getbasetemp() / "tvm-cache"))
 
 
 def run_kernel(kd, feeds):

@@ -11,23 +11,15 @@ from onnx import helper
 
 from helpers import make_model, ort_run, tensor
 
-try:  # the backend is optional: skip, saying why, where apache-tvm is missing or broken
-    from tvmlite.backends.tvm.target import import_tvm
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
 
-    import_tvm()
-except Exception as e:  # noqa: BLE001
-    pytest.skip(f"TVM backend unavailable: {e}", allow_module_level=True)
+require_tvm()
 
 from passes import Pipeline  # noqa: E402
 from tvmlite.backends.tvm import compile_model, emit_tvmscript, unsupported_ops  # noqa: E402
 from tvmlite.frontend import load  # noqa: E402
 
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("TVMLITE_CACHE", str(tmp_path_factory.getbasetemp() / "tvm-cache"))
 
 
 def _conv_model(x_shape, w_shape, bias=True, relu=True, **attrs):

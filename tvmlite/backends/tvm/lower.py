@@ -358,9 +358,9 @@ class Lowering:
         return epi, final, [n.label for n in self.absorbed - before]
 
     # --------------------------------------------------------------------------------- anchors
-    def lower_conv(self, node: Node) -> None:
-        from tvmlite.ops.conv import resolve_pads
-
+    def conv_operands(self, node: Node):
+        """(input, constant weights, constant bias or None, input shape, spatial rank) of a
+        Conv/ConvTranspose the backend can emit (1-D or 2-D), else UnsupportedError."""
         x, wname = node.inputs[0], node.inputs[1]
         w = self.const(wname)
         if w is None:
@@ -371,9 +371,14 @@ class Lowering:
             raise UnsupportedError("non-constant bias")
         xs = self.shape(x)
         if len(xs) not in (3, 4):
-            raise UnsupportedError(f"{len(xs) - 2}-D convolution")
+            raise UnsupportedError(f"{len(xs) - 2}-D {node.op_type}")
+        return x, w, bias, xs, len(xs) - 2
+
+    def lower_conv(self, node: Node) -> None:
+        from tvmlite.ops.conv import resolve_pads
+
+        x, w, bias, xs, nsp = self.conv_operands(node)
         a = node.attrs
-        nsp = len(xs) - 2
         kshape = list(a.get("kernel_shape") or w.shape[2:])
         strides = list(a.get("strides") or [1] * nsp)
         dil = list(a.get("dilations") or [1] * nsp)
@@ -676,19 +681,8 @@ class Lowering:
         epilogue: two kernels, no redundant multiply-adds whatever the stride."""
         from tvmlite.ops.conv import _norm, conv_transpose_pads
 
-        x, wname = node.inputs[0], node.inputs[1]
-        w = self.const(wname)
-        if w is None:
-            raise UnsupportedError("non-constant weights")
-        bname = node.inputs[2] if len(node.inputs) > 2 else ""
-        bias = self.const(bname) if bname else None
-        if bname and bias is None:
-            raise UnsupportedError("non-constant bias")
-        xs = self.shape(x)
-        if len(xs) not in (3, 4):
-            raise UnsupportedError(f"{len(xs) - 2}-D ConvTranspose")
+        x, w, bias, xs, nsp = self.conv_operands(node)
         a = node.attrs
-        nsp = len(xs) - 2
         kshape = [int(k) for k in (a.get("kernel_shape") or w.shape[2:])]
         if list(w.shape[2:]) != kshape:
             raise UnsupportedError(f"kernel_shape {kshape} does not match weights {list(w.shape)}")
