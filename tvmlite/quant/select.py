@@ -9,7 +9,8 @@ Speed (``measure``): each layer is timed alone in onnxruntime, float vs its QDQ 
 Q of its inputs and the DQ of its output (so a layer must pay for its own boundary conversions: a
 layer kept int8 is never slower even next to float neighbours). Timings are interleaved and the
 medians compared. Last, the whole int8 model is timed against the float model; while it is not
-faster, the layers with the smallest measured gain go back to float.
+faster by WHOLE_MODEL_MARGIN, the half of the int8 layers with the smallest measured gain goes back
+to float (down to none: then only the weights are stored in int8, which onnxruntime folds at load).
 """
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ from onnx import helper
 from tvmlite.compare import interleaved_ms
 from tvmlite.ir.graph import Model
 from tvmlite.quant import qdq
+
+
+#: the int8 model must beat float by this share of its latency, not a tie within timing noise
+#: (2-3% between interleaved medians here): int8 that is not clearly faster is not kept
+WHOLE_MODEL_MARGIN = 0.03
 
 
 def relative_error(ref: list, got: list) -> float:
@@ -103,7 +109,7 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds, float_sess, decisio
         sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
         t_q, t_f = interleaved_ms([lambda: sess.run(None, feeds1), lambda: float_sess.run(None, feeds1)],
                                   max(repeats, 40), warmup=3)
-        if t_q < t_f:
+        if t_q < t_f * (1 - WHOLE_MODEL_MARGIN):
             return chosen
         ranked = sorted(chosen, key=lambda u: decisions[u].get("int8_ms", 0) - decisions[u].get("float_ms", 0))
         drop = ranked[len(ranked) // 2:] if len(ranked) > 1 else ranked
