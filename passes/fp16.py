@@ -13,7 +13,6 @@ pipelines (tvmlite optimize) catch that as output error.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,32 +180,25 @@ def _signature(g, node):
     return node.op_type, node.domain, attrs, tuple(ins), outs, dict(node.attrs)
 
 
-def _fp16_inputs(opset, op_type, domain, attrs_key, ins, outs, attrs):
-    return _probe(opset, op_type, domain, attrs_key, ins, outs, _Frozen(attrs))
+#: onnxruntime's answer per op signature (opset, op, domain, attributes, input and output types)
+_PROBED: dict[tuple, tuple[int, ...] | None] = {}
 
 
-class _Frozen:
-    """Attributes carried past functools.cache, which keys on the repr-based attrs_key instead."""
-
-    def __init__(self, attrs):
-        self.attrs = attrs
-
-    def __hash__(self):
-        return 0
-
-    def __eq__(self, other):
-        return True
-
-
-@functools.lru_cache(maxsize=None)
-def _probe(opset, op_type, domain, attrs_key, ins, outs, frozen) -> tuple[int, ...] | None:
+def _fp16_inputs(opset, op_type, domain, attrs_key, ins, outs, attrs) -> tuple[int, ...] | None:
     """The inputs to give in float16 (all float32 ones, else only the first) so that onnxruntime's
-    CPU provider runs the op in float16; None when it cannot."""
+    CPU provider runs the op in float16; None when it cannot. Asked once per signature."""
+    key = (opset, op_type, domain, attrs_key, ins, outs)
+    if key not in _PROBED:
+        _PROBED[key] = _probe(opset, op_type, domain, ins, outs, attrs)
+    return _PROBED[key]
+
+
+def _probe(opset, op_type, domain, ins, outs, attrs) -> tuple[int, ...] | None:
     floats = [i for i, x in enumerate(ins) if x is not None and x[1] == np.dtype(np.float32).str]
-    if not floats or (ins[0] is None or ins[0][0] != "value") and not any(x and x[0] == "value" for x in ins):
+    if not floats or not any(x and x[0] == "value" for x in ins):
         return None
     for convert in (floats, [i for i in floats[:1] if ins[i][0] == "value"]):
-        if convert and _session_ok(opset, op_type, domain, ins, outs, frozen.attrs, set(convert)):
+        if convert and _session_ok(opset, op_type, domain, ins, outs, attrs, set(convert)):
             return tuple(convert)
     return None
 
