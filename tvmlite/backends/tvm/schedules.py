@@ -36,12 +36,14 @@ def worth_parallel(work: int) -> bool:
 
 
 def min_parallel_work() -> int:
-    """Operations (multiply-adds, elements) below which a kernel stays on one core. Measured on
-    the 2-core host under load: at 2M the digits CNN's 19M-MAC convs ran parallel and the model
-    took 4-16 ms (median) against 1.0-1.4 ms single-threaded."""
+    """Operations (multiply-adds, elements) below which a kernel stays on one core. On the quiet
+    2-core host the digits CNN (5-19M-MAC convs) runs in 0.62 ms with its convs parallel against
+    1.11 ms on one core (onnxruntime: 0.44 ms). Under heavy load from other jobs the opposite held
+    (4-16 ms parallel against 1.0-1.4 ms: a barrier waits for a descheduled worker), so a shared,
+    busy host may want $TVMLITE_MIN_PARALLEL_WORK raised (33554432 kept those convs on one core)."""
     import os
 
-    return int(os.environ.get("TVMLITE_MIN_PARALLEL_WORK", 1 << 25))
+    return int(os.environ.get("TVMLITE_MIN_PARALLEL_WORK", 1 << 20))
 
 
 @dataclass
