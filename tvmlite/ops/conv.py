@@ -44,6 +44,16 @@ def _norm(v, n, default):
     return [int(a) for a in v]
 
 
+def kernel_geometry(w_shape, n: int, kernel_shape, strides, dilations) -> tuple[list, list, list]:
+    """(kernel shape, strides, dilations) of a Conv/ConvTranspose with ``n`` spatial dims, the
+    absent attributes at their defaults; UnsupportedError when kernel_shape disagrees with the
+    weights."""
+    kshape = [int(k) for k in (kernel_shape if kernel_shape else w_shape[2:])]
+    if list(w_shape[2:]) != kshape:
+        raise UnsupportedError(f"kernel_shape {kshape} does not match weight shape {list(w_shape)}")
+    return kshape, _norm(strides, n, 1), _norm(dilations, n, 1)
+
+
 def _auto_pad_str(auto_pad) -> str:
     if isinstance(auto_pad, bytes):
         auto_pad = auto_pad.decode()
@@ -555,11 +565,7 @@ def _conv_fn(xshape, xdtype, w, b=None, *, auto_pad="NOTSET", dilations=None, gr
     N, C = (int(v) for v in xshape[:2])
     M = w.shape[0]
     group = int(group)
-    kshape = [int(k) for k in (kernel_shape if kernel_shape else w.shape[2:])]
-    if list(w.shape[2:]) != kshape:
-        raise UnsupportedError(f"kernel_shape {kshape} does not match weight shape {list(w.shape)}")
-    strides = _norm(strides, n, 1)
-    dilations = _norm(dilations, n, 1)
+    kshape, strides, dilations = kernel_geometry(w.shape, n, kernel_shape, strides, dilations)
     p = resolve_pads(auto_pad, xshape[2:], kshape, strides, dilations, pads)
     out_shape = conv_output_shape(xshape[2:], kshape, strides, dilations, p)
     dt = np.result_type(xdtype, w.dtype)
@@ -692,11 +698,7 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
     n = x.ndim - 2
     N, C = x.shape[:2]
     group = int(group)
-    kshape = [int(k) for k in (kernel_shape if kernel_shape else w.shape[2:])]
-    if list(w.shape[2:]) != kshape:
-        raise UnsupportedError(f"kernel_shape {kshape} does not match weight shape {list(w.shape)}")
-    strides = _norm(strides, n, 1)
-    dilations = _norm(dilations, n, 1)
+    kshape, strides, dilations = kernel_geometry(w.shape, n, kernel_shape, strides, dilations)
     output_padding = _norm(output_padding, n, 0)
     p, out_shape = conv_transpose_pads(auto_pad, x.shape[2:], kshape, strides, dilations, pads,
                                        output_padding, output_shape)

@@ -339,6 +339,16 @@ def conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, strides, di
               epilogue=epilogue, lanes=lanes, group=group)
 
 
+def zero_padded(X, x_shape, padded_hw, top: int, left: int):
+    """X [n, c, h, w] placed at (top, left) in a zero plane of ``padded_hw`` (the "pad" stage
+    conv kernels read instead of bounds-checking every tap)."""
+    n, c, h, wd = x_shape
+    hp, wp = padded_hw
+    return te.compute((n, c, hp, wp), lambda nn, cc, y, xx: tirx.if_then_else(
+        tirx.all(y >= top, y < top + h, xx >= left, xx < left + wd), X[nn, cc, y - top, xx - left],
+        tirx.const(0.0, F32)), name="pad")
+
+
 def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, strides, dilations,
                   out_value: str, epilogue: Epilogue, lanes: int, group: int = 1,
                   tile: S.GemmTile | None = None, steps=None) -> KernelDef:
@@ -373,9 +383,7 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, stri
     B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
     apply = bind_epilogue(epilogue, b, (n, co, oh, ow))
 
-    pad = te.compute((n, c, hp, wp), lambda nn, cc, y, xx: tirx.if_then_else(
-        tirx.all(y >= pt, y < pt + h, xx >= pl, xx < pl + wd), X[nn, cc, y - pt, xx - pl],
-        tirx.const(0.0, F32)), name="pad")
+    pad = zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
     rc = te.reduce_axis((0, ci), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
@@ -539,9 +547,7 @@ def depthwise_conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, *, pads, s
     W = b.const(w.reshape(co, kh, kw))
     B = b.const(np.asarray(bias, np.float32).reshape(co), label="bias") if bias is not None else None
     apply = bind_epilogue(epilogue, b, (n, co, oh, ow))
-    pad = te.compute((n, c, hp, wp), lambda nn, cc, y, xx: tirx.if_then_else(
-        tirx.all(y >= pt, y < pt + h, xx >= pl, xx < pl + wd), X[nn, cc, y - pt, xx - pl],
-        tirx.const(0.0, F32)), name="pad")
+    pad = zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     acc = te.compute((n, co, oh, ow), lambda nn, cc, y, xx: te.sum(

@@ -358,17 +358,21 @@ class Lowering:
         return epi, final, [n.label for n in self.absorbed - before]
 
     # --------------------------------------------------------------------------------- anchors
+    def const_input(self, node: Node, index: int, what: str, required: bool = False):
+        """The constant array at input ``index`` (None when the optional input is absent);
+        UnsupportedError when it is given but not constant."""
+        name = node.inputs[index] if len(node.inputs) > index else ""
+        c = self.const(name) if name else None
+        if c is None and (name or required):
+            raise UnsupportedError(f"non-constant {what}")
+        return c
+
     def conv_operands(self, node: Node):
         """(input, constant weights, constant bias or None, input shape, spatial rank) of a
         Conv/ConvTranspose the backend can emit (1-D or 2-D), else UnsupportedError."""
-        x, wname = node.inputs[0], node.inputs[1]
-        w = self.const(wname)
-        if w is None:
-            raise UnsupportedError("non-constant weights")
-        bname = node.inputs[2] if len(node.inputs) > 2 else ""
-        bias = self.const(bname) if bname else None
-        if bname and bias is None:
-            raise UnsupportedError("non-constant bias")
+        x = node.inputs[0]
+        w = self.const_input(node, 1, "weights", required=True)
+        bias = self.const_input(node, 2, "bias")
         xs = self.shape(x)
         if len(xs) not in (3, 4):
             raise UnsupportedError(f"{len(xs) - 2}-D {node.op_type}")
@@ -679,15 +683,12 @@ class Lowering:
         """A grouped 1x1 GEMM making every tap's contribution (the columns), then a gather
         (col2im) that sums the taps landing on each output pixel, adds the bias and runs the
         epilogue: two kernels, no redundant multiply-adds whatever the stride."""
-        from tvmlite.ops.conv import _norm, conv_transpose_pads
+        from tvmlite.ops.conv import _norm, conv_transpose_pads, kernel_geometry
 
         x, w, bias, xs, nsp = self.conv_operands(node)
         a = node.attrs
-        kshape = [int(k) for k in (a.get("kernel_shape") or w.shape[2:])]
-        if list(w.shape[2:]) != kshape:
-            raise UnsupportedError(f"kernel_shape {kshape} does not match weights {list(w.shape)}")
-        strides = _norm(a.get("strides"), nsp, 1)
-        dil = _norm(a.get("dilations"), nsp, 1)
+        kshape, strides, dil = kernel_geometry(w.shape, nsp, a.get("kernel_shape"), a.get("strides"),
+                                               a.get("dilations"))
         out_pad = _norm(a.get("output_padding"), nsp, 0)
         group = int(a.get("group", 1))
         c = xs[1]
@@ -799,14 +800,9 @@ class Lowering:
         self.add(make, node, out)
 
     def lower_tvmlite_mecmatmul(self, node: Node) -> None:
-        low, wname = node.inputs[0], node.inputs[1]
-        w = self.const(wname)
-        if w is None:
-            raise UnsupportedError("non-constant weights")
-        bname = node.inputs[2] if len(node.inputs) > 2 else ""
-        bias = self.const(bname) if bname else None
-        if bname and bias is None:
-            raise UnsupportedError("non-constant bias")
+        low = node.inputs[0]
+        w = self.const_input(node, 1, "weights", required=True)
+        bias = self.const_input(node, 2, "bias")
         a = node.attrs
         l_shape = self.shape(low)
         epi, final, labels = self._epilogue(node)
@@ -846,10 +842,7 @@ class Lowering:
         from tvmlite.ops.lowered import winograd_matrices
 
         mt = node.inputs[0]
-        bname = node.inputs[1] if len(node.inputs) > 1 else ""
-        bias = self.const(bname) if bname else None
-        if bname and bias is None:
-            raise UnsupportedError("non-constant bias")
+        bias = self.const_input(node, 1, "bias")
         a = node.attrs
         m, r = int(a["m"]), int(a.get("r", 3))
         at, _, _ = winograd_matrices(m, r)
