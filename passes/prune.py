@@ -221,11 +221,9 @@ class ChannelPruner:
         self.data = None
         if self.o.calib is not None:
             from tvmlite.calibration import load_calibration
-            from tvmlite.export import export_model
-            from tvmlite.frontend import load
 
             self.data = load_calibration(self.o.calib, self.model).first(self.o.calib_count)
-            self.original = load(export_model(self.model))
+            self.original = self.model.copy()
         done: set = set()
         for prod in self._producers():
             if prod in done or prod.graph is None:

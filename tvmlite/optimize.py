@@ -94,17 +94,6 @@ def _size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 2**20 else f"{n / 2**20:.2f} MiB"
 
 
-def copy_model(model: Model) -> Model:
-    """A deep copy (through ONNX, which every part of the model survives)."""
-    from tvmlite.export import export_model
-    from tvmlite.frontend import import_model
-
-    c = import_model(export_model(model), check=False)
-    c.external_data = dict(model.external_data)
-    c.imported_opsets = dict(model.imported_opsets)
-    return c
-
-
 def _first_example(model: Model, feeds: dict) -> dict:
     """Latency is reported at batch 1: the first example of the check inputs, where every input
     has a symbolic leading (batch) dim; else the check inputs as they are."""
@@ -242,7 +231,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     checker = None
     if check:
         feeds = prepare_inputs(m, inputs, shapes)
-        checker = _Checker(copy_model(m), feeds, labels, max_error, max_accuracy_drop, repeats, speed_check)
+        checker = _Checker(m.copy(), feeds, labels, max_error, max_accuracy_drop, repeats, speed_check)
 
     def row(name, spec_, kept, note, result=None, seconds=0.0, excluded=()):
         s = summarize(m, shapes)
@@ -275,7 +264,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
 
 
 def _run_checked(p, m: Model, checker, row) -> None:
-    backup = copy_model(m) if checker else None
+    backup = m.copy() if checker else None
     result = p(m)
     seconds = result.seconds
     if checker is None or not result.changed:
@@ -307,7 +296,7 @@ def _undo_layers(p, backup: Model, result, checker: _Checker, err: float, acc):
         return backup, [], f"undone: {budget}"
 
     def trial(exclude):
-        m = copy_model(backup)
+        m = backup.copy()
         p.replay(result, list(exclude))(m)
         e, a, _ = checker.measure(m, timed=False)
         return m, e, a

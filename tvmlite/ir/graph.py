@@ -582,5 +582,15 @@ class Model:
     def opset(self) -> int:
         return self.opsets.get("", self.opsets.get("ai.onnx", 1))
 
+    def copy(self) -> "Model":
+        """A deep copy, made through ONNX (which every part of the model survives)."""
+        from tvmlite.export import export_model
+        from tvmlite.frontend import import_model
+
+        c = import_model(export_model(self, infer=False), check=False)
+        c.external_data = dict(self.external_data)
+        c.imported_opsets = dict(self.imported_opsets)
+        return c
+
     def metadata_dict(self) -> dict[str, str]:
         return dict(self.metadata)

@@ -97,13 +97,6 @@ def upgrade_opset(model: Model, version: int = MIN_OPSET) -> bool:
     return True
 
 
-def clone_model(model: Model) -> Model:
-    from tvmlite.export import export_model
-    from tvmlite.frontend import import_model
-
-    return import_model(export_model(model, infer=False), check=False)
-
-
 def why_not_int8(graph: Graph, node: Node) -> str | None:
     """Why ``node`` (a Conv/Gemm/MatMul) cannot be quantized, or None when it can."""
     if node.domain not in ONNX or node.op_type not in COMPUTE:

@@ -39,7 +39,7 @@ def relative_error(ref: list, got: list) -> float:
 def build_variant(model: Model, units: set, spec: qdq.QuantSpec, excluded=frozenset()) -> onnx.ModelProto:
     from tvmlite.export import export_model
 
-    m = qdq.clone_model(model)
+    m = model.copy()
     plan = qdq.plan_qdq(m.graph, set(units), spec, excluded=excluded)
     qdq.apply_qdq(m, plan, spec)
     return export_model(m)

@@ -402,9 +402,8 @@ def compile_model(model: Model, *, fold_bn: bool = True, **kw) -> Plan:
     fewer per conv; results change at the rounding level only). ``model`` is left as it is."""
     if fold_bn and _foldable_bn(model.graph):
         from passes.cleanup import FoldBatchNorm
-        from tvmlite.optimize import copy_model
 
-        model = copy_model(model)
+        model = model.copy()
         FoldBatchNorm().run(model)
     return Plan(model.graph, model.opsets, **kw)
 

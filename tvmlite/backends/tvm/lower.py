@@ -57,11 +57,9 @@ class Epilogue:
 def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
     """A folded copy of ``model`` with static shapes, and the shape of every value."""
     from passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity
-    from tvmlite.export import export_model
-    from tvmlite.frontend import load
     from tvmlite.inputs import graph_inputs
 
-    m = load(export_model(model, infer=False), check=False)
+    m = model.copy()
     g = m.graph
     # inputs with an initializer (IR < 4 lists every weight as an input) are built in as constants
     g.inputs = [n for n in g.inputs if n not in g.initializers]
