@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from tvmlite.backends.tvm.module import build_kernel as compile_kernel, kernel_args  # noqa: E402
 from tvmlite.backends.tvm.target import host_target, host_threads, import_tvm  # noqa: E402
 
 CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))
@@ -86,24 +87,9 @@ def ort_session(model: onnx.ModelProto):
 
 
 def build_kernel(kd):
-    tvm = import_tvm()
     t0 = time.perf_counter()
-    lib = tvm.compile(tvm.IRModule({"main": kd.func}), target=host_target())
+    lib = compile_kernel(kd)
     return lib, time.perf_counter() - t0
-
-
-def kernel_args(kd, feeds):
-    tvm = import_tvm()
-    args, out = [], None
-    for p in kd.params:
-        if p.kind == "input":
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(feeds[p.name].reshape(p.shape))))
-        elif p.kind == "const":
-            args.append(tvm.runtime.tensor(p.array))
-        else:
-            out = tvm.runtime.empty(p.shape, "float32", tvm.cpu())
-            args.append(out)
-    return args, out
 
 
 # --------------------------------------------------------------------------------------------- GEMM
@@ -119,7 +105,7 @@ def bench_gemm(rounds: int) -> dict:
     kd = K.dense_gemm("gemm", "a", a.shape, b, None, out_value="c", out_shape=(n, n), epilogue=Epilogue(),
                       lanes=vector_lanes())
     lib, secs = build_kernel(kd)
-    args, out = kernel_args(kd, {"a": a})
+    args, (out,) = kernel_args(kd, {"a": a})
     f = lib["main"]
     f(*args)
     err = float(np.abs(out.numpy() - a @ b).max() / np.abs(a @ b).max())
@@ -165,7 +151,7 @@ def bench_convs(rounds: int) -> list:
         kd = K.conv2d("conv", "x", x.shape, w, None, pads=(1, 1, 1, 1), strides=(s, s), dilations=(1, 1),
                            out_value="y", epilogue=Epilogue(), lanes=vector_lanes())
         lib, secs = build_kernel(kd)
-        args, out = kernel_args(kd, {"x": x})
+        args, (out,) = kernel_args(kd, {"x": x})
         f = lib["main"]
         sess = ort_session(conv_model(x.shape, w, s))
         ref = sess.run(None, {"x": x})[0]

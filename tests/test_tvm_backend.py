@@ -18,7 +18,7 @@ from tvmlite.backends.tvm import compile_model, emit_tvmscript, load_module, uns
 from tvmlite.backends.tvm import kernels as K  # noqa: E402
 from tvmlite.backends.tvm import schedules as S  # noqa: E402
 from tvmlite.backends.tvm.lower import Epilogue, EwOp  # noqa: E402
-from tvmlite.backends.tvm.target import host_target  # noqa: E402
+from tvmlite.backends.tvm.module import build_kernel, kernel_args  # noqa: E402
 from tvmlite.errors import InputError, UnsupportedError  # noqa: E402
 from tvmlite.frontend import load  # noqa: E402
 from tvmlite.ops.conv import conv  # noqa: E402
@@ -30,17 +30,8 @@ GEMM_STEPS = ["tile_for_cache", "pack_array", "write_cache", "vectorize_columns"
 
 
 def run_kernel(kd, feeds):
-    lib = tvm.compile(tvm.IRModule({"main": kd.func}), target=host_target())
-    args, outs = [], []
-    for p in kd.params:
-        if p.kind == "input":
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(feeds[p.name].reshape(p.shape))))
-        elif p.kind == "const":
-            args.append(tvm.runtime.tensor(p.array))
-        else:
-            outs.append(tvm.runtime.empty(p.shape, "float32", tvm.cpu()))
-            args.append(outs[-1])
-    lib["main"](*args)
+    args, outs = kernel_args(kd, feeds)
+    build_kernel(kd)["main"](*args)
     return [o.numpy() for o in outs]
 
 

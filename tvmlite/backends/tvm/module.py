@@ -117,6 +117,31 @@ def plan_of(low) -> tuple[dict, dict]:
     return plan, consts
 
 
+def build_kernel(kd, target=None):
+    """One kernel alone, compiled for ``target`` (default: this host): for benchmarks and tests of
+    single kernels."""
+    from tvmlite.backends.tvm.target import host_target
+
+    tvm = import_tvm()
+    return tvm.compile(tvm.IRModule({"main": kd.func}), target=target or host_target())
+
+
+def kernel_args(kd, feeds: dict) -> tuple[list, list]:
+    """The argument list of a single kernel built by build_kernel: its inputs from ``feeds``, its
+    constants, and new output tensors (also returned on their own)."""
+    tvm = import_tvm()
+    args, outs = [], []
+    for p in kd.params:
+        if p.kind == "input":
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(feeds[p.name].reshape(p.shape))))
+        elif p.kind == "const":
+            args.append(tvm.runtime.tensor(p.array))
+        else:
+            outs.append(tvm.runtime.empty(p.shape, "float32", tvm.cpu()))
+            args.append(outs[-1])
+    return args, outs
+
+
 def build_lowered(low, target):
     """One IRModule holding every kernel, compiled for ``target``."""
     tvm = import_tvm()
