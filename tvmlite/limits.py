@@ -1,0 +1,126 @@
+"""Resource limits: the one place that says how big a tensor, a loop or a graph tvmlite accepts.
+
+Everything that could otherwise allocate without bound or run until killed checks these numbers
+*before* it allocates or loops, and refuses with a :class:`LimitError` that names the node, tensor
+or file and the environment variable that raises the limit. Each limit can be changed with an
+environment variable (read when the limit is checked, so tests and long-lived processes can change
+it) or, in Python, with :func:`override`.
+
+=============================  ==========================  ===============================
+limit                          environment variable        default
+=============================  ==========================  ===============================
+elements of one tensor         TVMLITE_MAX_TENSOR_ELEMENTS 2**31 (2,147,483,648)
+bytes of one tensor            TVMLITE_MAX_TENSOR_BYTES    8 GiB
+rank of one tensor             TVMLITE_MAX_RANK            32 (NumPy stops at 64)
+iterations of one Loop         TVMLITE_MAX_LOOP_ITERATIONS 10,000,000
+=============================  ==========================  ===============================
+
+The defaults are far above any model in the corpus (PP-OCR det's largest tensor has 1.5 M
+elements; its Loops have none) and below what a 2-core, 16 GiB machine survives: a folded
+ConstantOfShape of 2**33 float32 elements is 32 GiB. A Loop iteration costs at least ~20 us in the
+NumPy backend, so 10 M iterations are a few minutes, not days (a trip count of 10**12 is 230 days).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+from tvmlite.errors import TvmliteError
+
+
+class LimitError(TvmliteError):
+    """A tensor, loop or graph beyond one of tvmlite's resource limits."""
+
+
+_DEFAULTS = {
+    "TVMLITE_MAX_TENSOR_ELEMENTS": 2**31,
+    "TVMLITE_MAX_TENSOR_BYTES": 8 * 2**30,
+    "TVMLITE_MAX_RANK": 32,
+    "TVMLITE_MAX_LOOP_ITERATIONS": 10_000_000,
+}
+_overrides: dict[str, int] = {}
+
+
+def _get(var: str) -> int:
+    if var in _overrides:
+        return _overrides[var]
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return _DEFAULTS[var]
+    try:
+        value = int(raw.replace("_", ""), 0)
+    except ValueError:
+        raise LimitError(f"environment variable {var}={raw!r} is not an integer") from None
+    if value < 0:
+        raise LimitError(f"environment variable {var}={raw!r} must not be negative")
+    return value
+
+
+def max_tensor_elements() -> int:
+    return _get("TVMLITE_MAX_TENSOR_ELEMENTS")
+
+
+def max_tensor_bytes() -> int:
+    return _get("TVMLITE_MAX_TENSOR_BYTES")
+
+
+def max_rank() -> int:
+    return _get("TVMLITE_MAX_RANK")
+
+
+def max_loop_iterations() -> int:
+    return _get("TVMLITE_MAX_LOOP_ITERATIONS")
+
+
+@contextlib.contextmanager
+def override(**limits: int):
+    """Change limits for a block: ``override(max_loop_iterations=100)`` (names as the functions)."""
+    saved = dict(_overrides)
+    try:
+        for name, value in limits.items():
+            var = "TVMLITE_" + name.upper()
+            if var not in _DEFAULTS:
+                raise ValueError(f"unknown limit {name!r}")
+            _overrides[var] = int(value)
+        yield
+    finally:
+        _overrides.clear()
+        _overrides.update(saved)
+
+
+def _itemsize(dtype) -> int:
+    import numpy as np
+
+    try:
+        size = np.dtype(dtype).itemsize
+    except TypeError:
+        return 1
+    return size or 1  # object/str arrays: count elements only
+
+
+def check_tensor(shape, dtype, where: str) -> int:
+    """Refuse a tensor of ``shape`` (ints) and ``dtype`` before allocating it; returns its element
+    count. ``where`` says what it is, e.g. "initializer 'w'" or "node 'fold' (ConstantOfShape)"."""
+    dims = [int(d) for d in shape]
+    if len(dims) > max_rank():
+        raise LimitError(f"{where}: rank {len(dims)} is above the limit of {max_rank()} "
+                         f"(TVMLITE_MAX_RANK)")
+    if any(d < 0 for d in dims):
+        raise LimitError(f"{where}: negative dimension in shape {dims}")
+    n = math.prod(dims)
+    if n > max_tensor_elements():
+        raise LimitError(f"{where}: {n:,} elements (shape {dims}) is above the limit of "
+                         f"{max_tensor_elements():,} (TVMLITE_MAX_TENSOR_ELEMENTS)")
+    nbytes = n * _itemsize(dtype)
+    if nbytes > max_tensor_bytes():
+        raise LimitError(f"{where}: {nbytes:,} bytes (shape {dims}) is above the limit of "
+                         f"{max_tensor_bytes():,} (TVMLITE_MAX_TENSOR_BYTES)")
+    return n
+
+
+def check_loop_iterations(trip_count: int, where: str) -> None:
+    """Refuse a Loop that would run ``trip_count`` times (or that has run that many)."""
+    if trip_count > max_loop_iterations():
+        raise LimitError(f"{where}: {trip_count:,} iterations is above the limit of "
+                         f"{max_loop_iterations():,} (TVMLITE_MAX_LOOP_ITERATIONS)")
