@@ -7,7 +7,8 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
 
-from tvmlite.errors import ModelLoadError
+from tvmlite.errors import ModelLoadError, TvmliteError
+from tvmlite.frontend.validate import check_attribute, check_graph_proto, check_loop_trip_counts
 from tvmlite.ir.attrs import attr_to_python, sparse_to_array
 from tvmlite.ir.graph import Graph, Model, Node, Value
 
@@ -17,7 +18,11 @@ def load(source, *, check: bool = True) -> Model:
     if isinstance(source, onnx.ModelProto):
         return import_model(source, check=check)
     proto, external = read_model_file(source, check=check)
-    model = import_model(proto, check=False)
+    try:
+        model = import_model(proto, check=False)
+    except TvmliteError as e:  # say which file
+        where = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+        raise type(e)(f"{where}: {e}") from None
     model.external_data = external
     return model
 
@@ -108,6 +113,7 @@ def import_model(proto: onnx.ModelProto, *, check: bool = True) -> Model:
     for o in proto.opset_import:
         opsets[o.domain] = int(o.version)
     model = Model(import_graph(proto.graph), opsets)
+    check_loop_trip_counts(model)
     model.ir_version = int(proto.ir_version)
     model.producer_name = proto.producer_name
     model.producer_version = proto.producer_version
@@ -128,6 +134,7 @@ def _props(msg) -> list[tuple[str, str]]:
 
 
 def import_graph(gp: onnx.GraphProto, parent: Graph | None = None) -> Graph:
+    check_graph_proto(gp, "graph" if parent is None else f"subgraph {gp.name!r}")
     g = Graph(gp.name, parent)
     g.doc_string = gp.doc_string
     g.metadata = _props(gp)
@@ -150,6 +157,7 @@ def import_graph(gp: onnx.GraphProto, parent: Graph | None = None) -> Graph:
     for np_ in gp.node:
         attrs, protos = {}, {}
         for a in np_.attribute:
+            check_attribute(a, f"node {np_.name or np_.op_type + '->' + (np_.output[0] if np_.output else '?')!r}")
             val = attr_to_python(a, lambda sub: import_graph(sub, g))
             attrs[a.name] = val
             protos[a.name] = (val, a)

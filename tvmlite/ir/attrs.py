@@ -12,22 +12,33 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, numpy_helper
 
+from tvmlite.errors import ModelLoadError
+
 A = AttributeProto
 
 
 def tensor_to_array(t: onnx.TensorProto) -> np.ndarray:
-    return numpy_helper.to_array(t)
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:  # noqa: BLE001 - onnx raises several kinds for corrupt data
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"tensor {t.name!r} cannot be decoded: {msg}") from None
 
 
 def sparse_to_array(t: onnx.SparseTensorProto) -> np.ndarray:
-    values = numpy_helper.to_array(t.values)
-    indices = numpy_helper.to_array(t.indices)
+    values = tensor_to_array(t.values)
+    indices = tensor_to_array(t.indices)
     dense = np.zeros(tuple(t.dims), dtype=values.dtype)
     flat = dense.reshape(-1)
-    if indices.ndim == 1:
-        flat[indices] = values
-    else:  # [NNZ, rank] coordinates
-        dense[tuple(indices.T)] = values
+    try:
+        if indices.ndim == 1:
+            flat[indices] = values
+        else:  # [NNZ, rank] coordinates
+            dense[tuple(indices.T)] = values
+    except (IndexError, ValueError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"sparse tensor {t.values.name!r}: indices do not fit dims "
+                             f"{list(t.dims)}: {msg}") from None
     return dense
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from tvmlite.errors import TvmliteError
+from tvmlite.errors import ModelLoadError, TvmliteError
 
 _counter = itertools.count()
 
@@ -76,7 +76,11 @@ class Value:
     @property
     def const(self) -> np.ndarray | None:
         if self._const is None and self._proto is not None:
-            self._const = numpy_helper.to_array(self._proto)
+            try:
+                self._const = numpy_helper.to_array(self._proto)
+            except Exception as e:  # noqa: BLE001 - onnx raises several kinds for corrupt data
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ModelLoadError(f"initializer {self.name!r} cannot be decoded: {msg}") from None
         return self._const
 
     @const.setter

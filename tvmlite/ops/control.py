@@ -6,6 +6,7 @@ KernelContext whose ``run_subgraph(graph, feeds, scope)`` runs a body (compiled 
 from __future__ import annotations
 
 import numpy as np
+from tvmlite import limits
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.registry import kernel
 
@@ -51,7 +52,12 @@ def loop(ctx, max_trip=None, cond=None, *carried, body):
     state = list(carried)
     scans: list[list] = []
     i = 0
+    cap = limits.max_loop_iterations()
+    if trip is not None and trip > cap and cond is None:  # nothing can stop it earlier
+        limits.check_loop_iterations(trip, "trip count M")
     while keep_going and (trip is None or i < trip):
+        if i >= cap:  # a condition that has not turned false yet
+            limits.check_loop_iterations(i + 1, "condition still true")
         feeds = {names[0]: np.array(i, dtype=np.int64)}
         if len(names) > 1:
             feeds[names[1]] = np.array(keep_going, dtype=np.bool_)

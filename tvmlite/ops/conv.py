@@ -21,7 +21,7 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from tvmlite.errors import UnsupportedError
+from tvmlite.errors import ShapeError, UnsupportedError
 from tvmlite.ops.registry import kernel
 
 __all__ = [
@@ -568,6 +568,9 @@ def _conv_fn(xshape, xdtype, w, b=None, *, auto_pad="NOTSET", dilations=None, gr
     kshape, strides, dilations = kernel_geometry(w.shape, n, kernel_shape, strides, dilations)
     p = resolve_pads(auto_pad, xshape[2:], kshape, strides, dilations, pads)
     out_shape = conv_output_shape(xshape[2:], kshape, strides, dilations, p)
+    if min(out_shape) <= 0:  # onnxruntime refuses it too
+        raise ShapeError(f"Conv output spatial shape {out_shape} is empty (input {list(xshape)}, "
+                         f"kernel {kshape}, pads {p})")
     dt = np.result_type(xdtype, w.dtype)
     if C != w.shape[1] * group or M % group:
         raise UnsupportedError(
@@ -702,6 +705,8 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
     output_padding = _norm(output_padding, n, 0)
     p, out_shape = conv_transpose_pads(auto_pad, x.shape[2:], kshape, strides, dilations, pads,
                                        output_padding, output_shape)
+    if min(out_shape, default=1) <= 0:
+        raise ShapeError(f"ConvTranspose output spatial shape {list(out_shape)} is empty")
     dt = np.result_type(x.dtype, w.dtype)
     Mg = w.shape[1]
     M = Mg * group

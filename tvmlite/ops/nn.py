@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from tvmlite.errors import UnsupportedError
+from tvmlite.errors import ShapeError, UnsupportedError
 from tvmlite.ops.registry import kernel
 from tvmlite.ops.strassen import strassen_matmul, wants_strassen
 
@@ -50,6 +50,12 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, broadcast=0, transA=0, transB=0):
         raise UnsupportedError(f"Gemm needs 2-D A and B, got ranks {a.ndim} and {b.ndim}")
     A = a.T if transA else a
     B = b.T if transB else b
+    if A.shape[1] != B.shape[0]:
+        raise ShapeError(f"Gemm: A{' (transposed)' if transA else ''} is {list(A.shape)}, "
+                         f"B{' (transposed)' if transB else ''} is {list(B.shape)}: inner dims differ")
+    if c is not None and not _bcast_into(np.shape(c), (A.shape[0], B.shape[1])):
+        raise ShapeError(f"Gemm: C of shape {list(np.shape(c))} does not broadcast to "
+                         f"{[A.shape[0], B.shape[1]]}")
     dt = np.result_type(a.dtype, b.dtype)
     y = strassen_matmul(A, B) if wants_strassen(A, B) else np.matmul(*_half_up(A, B))
     if y.dtype != dt:
@@ -63,6 +69,13 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, broadcast=0, transA=0, transB=0):
         elif float(beta) != 0.0:
             y += c.astype(dt, copy=False) * _s(beta, dt)
     return y
+
+
+def _bcast_into(shape, target) -> bool:
+    """``shape`` broadcasts to ``target`` without growing it (ONNX's unidirectional broadcast)."""
+    if len(shape) > len(target):
+        return False
+    return all(d == 1 or d == t for d, t in zip(reversed(shape), reversed(target)))
 
 
 @kernel("MatMul", since=1)
@@ -92,6 +105,7 @@ def batch_normalization(x, scale, b, mean, var, *, consumed_inputs=None, epsilon
     """Inference BatchNormalization (all versions). ``training_mode=1`` (opset 14+) is computed as
     ONNX defines it (batch statistics; outputs Y, running_mean, running_var)."""
     x = np.asarray(x)
+    _check_bn_params(x, (scale, b, mean, var))
     dt = x.dtype
     acc = _acc(dt)
     if int(training_mode):
@@ -105,6 +119,19 @@ def batch_normalization(x, scale, b, mean, var, *, consumed_inputs=None, epsilon
         y = _batchnorm(xa, scale, b, bm, bv, epsilon, acc)
         return y.astype(dt, copy=False), run_mean.astype(dt), run_var.astype(dt)
     return _batchnorm(x, scale, b, mean, var, epsilon, acc).astype(dt, copy=False)
+
+
+def _check_bn_params(x, params) -> None:
+    """ShapeError unless each parameter is per channel of ``x`` (or, before opset 9 with
+    spatial=0, per channel and position: it broadcasts over the batch)."""
+    if x.ndim < 2:
+        raise ShapeError(f"BatchNormalization input has rank {x.ndim}, needs at least 2")
+    for name, p in zip(("scale", "B", "mean", "var"), params):
+        shape = np.shape(p)
+        ok = shape == (x.shape[1],) if len(shape) == 1 else _bcast_into((1,) + shape, x.shape)
+        if not ok:
+            raise ShapeError(f"BatchNormalization {name} of shape {list(shape)} does not fit input "
+                             f"{list(x.shape)} ({x.shape[1]} channels)")
 
 
 def _bn_affine(params, attrs):
@@ -143,6 +170,8 @@ def _batchnorm_prepare(consts, attrs):
 
     def run(x, *_):
         x = np.asarray(x)
+        if x.ndim < 2 or (k.ndim == 1 and x.shape[1] != k.shape[0]):
+            _check_bn_params(x, params)
         if x.dtype != dt:
             return batch_normalization(x, *consts[1:], **attrs)
         shp = cache.get(x.ndim)

@@ -40,6 +40,7 @@ import numpy as np
 
 from tvmlite.errors import TvmliteError, UnsupportedError
 from tvmlite.ir.graph import Graph, Model
+from tvmlite.backends.numpy.validate import validate_graph
 from tvmlite.ops.registry import KernelContext, OpDef, canonical_domain, kernel_attr_name, lookup
 
 #: ops whose outputs differ between runs: never computed at compile time
@@ -123,6 +124,8 @@ class Plan:
 
     def __init__(self, graph: Graph, opsets: dict, *, fold_constants: bool = True,
                  blas_threads: int | None = 1, fuse: bool = True, _nested: bool = False):
+        if not _nested:  # subgraphs are checked with their parent
+            validate_graph(graph)
         problems = missing_kernels(graph, opsets)
         if problems:
             raise UnsupportedError(f"the NumPy backend cannot run {len(problems)} op kind(s): "
@@ -158,7 +161,8 @@ class Plan:
             const_inputs = all((not n) or n in consts for n in node.inputs)
             if (fold_constants and const_inputs and not node.subgraphs and not node.implicit_inputs
                     and node.op_type not in NONDETERMINISTIC and not op.needs_ctx):
-                res = self._call(fn, [consts.get(n) if n else None for n in node.inputs], attrs)
+                with _node_errors(node):
+                    res = self._call(fn, [consts.get(n) if n else None for n in node.inputs], attrs)
                 for name, val in zip(node.outputs, res):
                     if name:
                         consts[name] = val
@@ -171,7 +175,8 @@ class Plan:
         const_of_slot = {slots[n]: a for n, a in consts.items() if n in slots}
         for st in steps:
             st.ins = _trim(st.ins)
-            st.call = _bind_step(st, const_of_slot)
+            with _node_errors(st.node):
+                st.call = _bind_step(st, const_of_slot)
 
         # constants used at run time get slots filled at the start of each run
         self.const_slots = [(slots[n], a) for n, a in consts.items() if n in slots]
@@ -318,12 +323,8 @@ class Plan:
                     res = st.fn(ctx, *args, **st.attrs)
                 else:
                     res = st.call(*args)
-            except TvmliteError as e:
-                raise type(e)(f"node {st.node.label!r} ({st.node.op_type}): {e}") from None
             except Exception as e:  # a kernel failing on these inputs: say which node
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise TvmliteError(f"node {st.node.label!r} ({st.node.op_type}) failed: "
-                                   f"{type(e).__name__}: {msg}") from e
+                raise _node_error(st.node, e) from (None if isinstance(e, TvmliteError) else e)
             outs = st.outs
             if type(res) is ndarray:
                 env[outs[0]] = res
@@ -370,6 +371,27 @@ class Plan:
         # outputs never alias constants or each other's buffers: views are copied
         return [np.array(r) if isinstance(r, np.ndarray) and (r.base is not None or not r.flags.writeable)
                 else r for r in (env[s] for s in self.output_slots)]
+
+
+def _node_error(node, e: Exception) -> TvmliteError:
+    """``e`` raised by ``node``'s kernel as a one-line TvmliteError that names the node (the
+    kernel's own TvmliteError keeps its class; anything else is the kernel failing on these
+    inputs, e.g. shapes NumPy cannot broadcast)."""
+    if isinstance(e, TvmliteError):
+        return type(e)(f"node {node.label!r} ({node.op_type}): {e}")
+    if isinstance(e, MemoryError):
+        return TvmliteError(f"node {node.label!r} ({node.op_type}): out of memory")
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return TvmliteError(f"node {node.label!r} ({node.op_type}) failed: {type(e).__name__}: {msg}")
+
+
+@contextlib.contextmanager
+def _node_errors(node):
+    """Compile-time work for ``node`` (constant folding, a kernel's prepare) fails like run time."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - see _node_error
+        raise _node_error(node, e) from (None if isinstance(e, TvmliteError) else e)
 
 
 def _trim(ins: tuple) -> tuple:
