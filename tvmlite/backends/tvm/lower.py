@@ -29,6 +29,10 @@ UNARY_OPS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Abs"
 BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "PRelu"}
 TVMLITE_OPS = {"Im2Col", "WinogradInput", "WinogradOutput", "MecLower", "MecMatMul"}  # tvmlite's own (conv-lowering) ops
 EW_OPS = UNARY_OPS | BINARY_OPS | {"BatchNormalization"}
+#: an epilogue is one nested TE expression: TVM's C++ passes recurse over it, and a 10,000-op chain
+#: overflowed their stack (SIGSEGV). Real epilogues are a few ops (bias, BN, activation, residual);
+#: a longer chain continues in the next kernel.
+MAX_EPILOGUE_OPS = 64
 ANCHOR_OPS = {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
               "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
               "ReduceSumSquare", "Concat", "Transpose", "Slice", "LRN", "ConvTranspose", "Resize", "Upsample"}
@@ -229,7 +233,7 @@ class Lowering:
         """Elementwise consumers of ``value`` that can be folded into its producer's epilogue."""
         ops = []
         kernel_shape = cur_shape = tuple(out_shape)
-        while True:
+        while len(ops) < MAX_EPILOGUE_OPS:
             cons = self.g.consumers(value)
             if len(cons) != 1 or self.g.num_uses(value) != 1 or value in self.g.outputs:
                 break

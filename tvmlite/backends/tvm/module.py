@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from tvmlite.backends.tvm import artifact_check
 from tvmlite.backends.tvm.target import import_tvm
 from tvmlite.errors import InputError, TvmliteError
 
@@ -180,13 +181,21 @@ def load_module(path: str) -> "CompiledModel":
     for p in (path, path + ".json", path + ".npz"):
         if not os.path.exists(p):
             raise TvmliteError(f"missing {p} (a TVM build is NAME.so with NAME.so.json and NAME.so.npz)")
-    with open(path + ".json") as f:
-        plan = json.load(f)
-    if plan.get("format") != FORMAT:
-        raise TvmliteError(f"{path}.json has format {plan.get('format')}, expected {FORMAT}: rebuild it")
-    with np.load(path + ".npz") as z:
-        consts = {k: z[k] for k in z.files}
-    lib = tvm.runtime.load_module(path)
+        if not os.path.isfile(p):
+            raise TvmliteError(f"{p} is not a regular file")
+    # every file is checked before TVM maps the library: a truncated .so faults in dlopen
+    plan = artifact_check.read_plan(path + ".json", FORMAT)
+    consts = artifact_check.read_consts(path + ".npz", plan)
+    artifact_check.check_library(path, plan)
+    try:
+        lib = tvm.runtime.load_module(path)
+    except Exception as e:  # noqa: BLE001 - TVM's own error classes
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise artifact_check.ArtifactError(f"{path}: TVM cannot load the library: {msg}") from None
+    missing = [c["func"] for c in plan["calls"] if not lib.implements_function(c["func"], True)]
+    if missing:
+        raise artifact_check.ArtifactError(f"{path}: the library has no kernel {missing[0]!r} "
+                                           f"({len(missing)} missing): it belongs to another build")
     cm = CompiledModel(lib, plan, consts)
     cm.lib_path = os.path.abspath(path)
     return cm

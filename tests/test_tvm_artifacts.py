@@ -1,0 +1,137 @@
+"""Saved TVM artifacts are checked before loading (issue 12): a truncated library used to kill the
+process with SIGBUS, garbage JSON was an internal error. And a 10,000-op elementwise chain builds
+(its fused epilogue used to overflow TVM's C++ stack: SIGSEGV)."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+
+require_tvm()
+
+from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
+from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
+from tvmlite.errors import TvmliteError  # noqa: E402
+from tvmlite.frontend import load  # noqa: E402
+
+
+def chain(n, ops=("Relu", "Neg", "Abs")):
+    nodes, prev = [], "x"
+    for i in range(n):
+        y = f"v{i}" if i < n - 1 else "y"
+        nodes.append(h.make_node(ops[i % len(ops)], [prev], [y], name=f"n{i}"))
+        prev = y
+    g = h.make_graph(nodes, "chain", [h.make_tensor_value_info("x", T.FLOAT, [1, 4])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 4])])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    d = tmp_path_factory.mktemp("art")
+    cm = compile_model(load(chain(7)), {"x": (1, 4)}, cache=False)
+    cm.save(str(d / "m.so"))
+    return d / "m.so"
+
+
+def copy_of(artifact, tmp_path):
+    dst = tmp_path / "c.so"
+    for suffix in ("", ".json", ".npz"):
+        shutil.copyfile(str(artifact) + suffix, str(dst) + suffix)
+    return dst
+
+
+def chain_ref(x, n):
+    for i in range(n):
+        x = (np.maximum(x, 0), -x, np.abs(x))[i % 3]
+    return x
+
+
+def test_intact_artifact_runs(artifact):
+    x = np.array([[1.0, -2.0, 3.0, -4.0]], np.float32)
+    np.testing.assert_array_equal(load_module(str(artifact)).run({"x": x})[0], chain_ref(x, 7))
+
+
+def test_truncated_library_is_refused_in_process(artifact, tmp_path):
+    so = copy_of(artifact, tmp_path)
+    data = so.read_bytes()
+    for size in (0, 100, len(data) // 2, len(data) - 1):
+        so.write_bytes(data[:size])
+        with pytest.raises(ArtifactError, match="not a complete shared library"):
+            load_module(str(so))
+
+
+def test_cli_run_of_truncated_library_exits_2(artifact, tmp_path):
+    so = copy_of(artifact, tmp_path)
+    so.write_bytes(so.read_bytes()[:3000])
+    r = subprocess.run([sys.executable, "-m", "tvmlite.cli", "run", str(so)], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "not a complete shared library" in r.stderr
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(b"\x89garbage\xff" * 50), "not UTF-8"),
+    (lambda p: p.write_text(p.read_text()[:40]), "invalid JSON at line 1"),
+    (lambda p: p.write_text("[1, 2]"), "a JSON list, not an object"),
+    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "format": 99})), "format 99"),
+    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "calls": {}})), "'calls' must be"),
+    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "buffers": {"x": {"shape": [2**40]}}})),
+     "TVMLITE_MAX_TENSOR_ELEMENTS"),
+])
+def test_damaged_plan_is_refused(artifact, tmp_path, damage, message):
+    so = copy_of(artifact, tmp_path)
+    damage(so.with_suffix(".so.json"))
+    with pytest.raises(TvmliteError, match=message):
+        load_module(str(so))
+
+
+def test_plan_of_another_build_and_bad_constants(artifact, tmp_path):
+    so = copy_of(artifact, tmp_path)
+    js = so.with_suffix(".so.json")
+    plan = json.loads(js.read_text())
+    plan["calls"][0]["func"] = "k999_other"
+    js.write_text(json.dumps(plan))
+    with pytest.raises(ArtifactError, match="no kernel 'k999_other'"):
+        load_module(str(so))
+    so = copy_of(artifact, tmp_path)
+    so.with_suffix(".so.npz").write_bytes(b"junk")
+    with pytest.raises(ArtifactError, match="not a .npz file"):
+        load_module(str(so))
+
+
+def test_recorded_checksum_is_verified(artifact, tmp_path):
+    so = copy_of(artifact, tmp_path)
+    js = so.with_suffix(".so.json")
+    plan = json.loads(js.read_text())
+    import hashlib
+
+    plan["lib_sha256"] = hashlib.sha256(so.read_bytes()).hexdigest()
+    plan["lib_bytes"] = so.stat().st_size
+    js.write_text(json.dumps(plan))
+    load_module(str(so))  # intact: loads
+    data = bytearray(so.read_bytes())
+    data[-10] ^= 0xFF  # same size, one byte flipped: only the digest sees it
+    so.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="SHA-256 differs"):
+        load_module(str(so))
+
+
+@pytest.mark.slow
+def test_long_elementwise_chain_builds(tmp_path):
+    """10,000 ops: the epilogue is capped, so TVM's recursive passes see short expressions."""
+    path = tmp_path / "chain.onnx"
+    onnx.save(chain(10_000), path)
+    so = tmp_path / "chain.so"
+    r = subprocess.run([sys.executable, "-m", "tvmlite.cli", "build", str(path), "-o", str(so)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    x = np.array([[1.0, -2.0, 3.0, -4.0]], np.float32)
+    got = load_module(str(so)).run({"x": x})[0]
+    np.testing.assert_array_equal(got, chain_ref(x, 10_000))
