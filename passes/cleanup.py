@@ -241,6 +241,8 @@ class FoldBatchNorm(Pass):
         b = g.const_value(b_name) if b_name else None
         if b_name and b is None:
             return f"bias of {prod.label!r} is not constant"
+        if any(p.ndim != 1 or p.size != params[0].size for p in params):
+            return "scale/bias/mean/var are not per-channel vectors of one length"
         scale, beta, mean, var = (p.astype(np.float64) for p in params)
         eps = float(bn.attrs.get("epsilon", 1e-5))
         s = scale / np.sqrt(var + eps)
@@ -272,6 +274,8 @@ class FoldBatchNorm(Pass):
                 if b is None:
                     return "Gemm's C is not per-column"
         b_old = np.zeros(n_out) if b is None else b.astype(np.float64).reshape(-1)
+        if b_old.size != n_out:
+            return f"bias of {prod.label!r} has {b_old.size} values for {n_out} channels"
         b_new = (b_old - mean) * s + beta
         dtype = w.dtype
         w_name = g.add_constant(w_new.astype(dtype), f"{prod.name or 'w'}_bnfolded_W")
