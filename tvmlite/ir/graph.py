@@ -12,6 +12,7 @@ and denotations survive a round trip.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 from typing import Any, Iterable, Iterator
 
@@ -195,6 +196,8 @@ class Graph:
         self.value_info_order: list[str] = []  # value_info entries as read, written back first
         self.nx = nx.DiGraph()
         self._consumers: dict[str, dict[Node, int]] = {}
+        self._version = 0  # bumped by every change of nodes or edges: toposort's cache key
+        self._topo: tuple[int, list] | None = None
 
     # ----------------------------------------------------------------------------------- lookups
     @property
@@ -208,12 +211,31 @@ class Graph:
         return iter(self.toposort())
 
     def toposort(self) -> list[Node]:
-        """Nodes in a topological order that keeps the file's order wherever it is valid."""
-        try:
-            return list(nx.lexicographical_topological_sort(self.nx, key=lambda n: n.order))
-        except nx.NetworkXUnfeasible:
-            cycle = nx.find_cycle(self.nx)
-            raise TvmliteError(f"graph {self.name!r} has a cycle through node {cycle[0][0].label!r}") from None
+        """Nodes in a topological order that keeps the file's order wherever it is valid.
+
+        Kahn's algorithm with a heap on ``Node.order`` over networkx's adjacency dicts (networkx's
+        lexicographical sort made a 100,000-node chain take 1.5 s per call), cached until the
+        graph changes: inspect, shape inference and the plan each ask for it."""
+        if self._topo is not None and self._topo[0] == self._version:
+            return list(self._topo[1])
+        succ, pred = self.nx._succ, self.nx._pred
+        indeg = {n: len(p) for n, p in pred.items()}
+        heap = [(n.order, i, n) for i, n in enumerate(indeg) if not indeg[n]]
+        heapq.heapify(heap)
+        tie = itertools.count(len(indeg))
+        out = []
+        while heap:
+            n = heapq.heappop(heap)[2]
+            out.append(n)
+            for m in succ[n]:
+                indeg[m] -= 1
+                if not indeg[m]:
+                    heapq.heappush(heap, (m.order, next(tie), m))
+        if len(out) != len(indeg):
+            cycle = nx.find_cycle(self.nx.subgraph([n for n, d in indeg.items() if d]))
+            raise TvmliteError(f"graph {self.name!r} has a cycle through node {cycle[0][0].label!r}")
+        self._topo = (self._version, out)
+        return list(out)
 
     def value(self, name: str) -> Value:
         g: Graph | None = self
@@ -364,6 +386,7 @@ class Graph:
                 raise TvmliteError(f"node {node.label!r} writes to initializer {out!r}")
             v.producer = node
         node.graph = self
+        self._version += 1
         if node.subgraphs:
             node.refresh_implicit_inputs()
         self.nx.add_node(node)
@@ -373,6 +396,7 @@ class Graph:
                 self.nx.add_edge(node, c)
 
     def _link_inputs(self, node: Node) -> None:
+        self._version += 1
         for name in itertools.chain(node.inputs, node.implicit_inputs):
             if not name:
                 continue
@@ -383,6 +407,7 @@ class Graph:
                 self.nx.add_edge(v.producer, node)
 
     def _unlink_inputs(self, node: Node) -> None:
+        self._version += 1
         for name in itertools.chain(node.inputs, node.implicit_inputs):
             if not name:
                 continue
@@ -426,6 +451,7 @@ class Graph:
                                        f"by {users[0]}")
         self._unlink_inputs(node)
         self.nx.remove_node(node)
+        self._version += 1
         for out in node.outputs:
             v = self.values.get(out)
             if v is None:

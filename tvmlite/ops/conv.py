@@ -21,6 +21,7 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from tvmlite import limits
 from tvmlite.errors import ShapeError, UnsupportedError
 from tvmlite.ops.registry import kernel
 
@@ -118,6 +119,17 @@ def conv_output_shape(in_shape, kernel, strides=None, dilations=None, pads=None,
             o = span // strides[i] + 1
         out.append(int(o))
     return out
+
+
+def check_conv_sizes(xshape, m, kshape, pads, out_shape, dtype, what: str) -> None:
+    """LimitError before allocating a window op's padded input or output (pads of 2**40 made a
+    Conv allocate until killed). The patch matrix is not checked: the dense path builds it in
+    row chunks."""
+    n = len(kshape)
+    N, C = int(xshape[0]), int(xshape[1])
+    padded = [int(xshape[2 + i]) + max(pads[i], 0) + max(pads[i + n], 0) for i in range(n)]
+    limits.check_tensor([N, C] + padded, dtype, f"{what} padded input")
+    limits.check_tensor([N, int(m)] + list(out_shape), dtype, f"{what} output")
 
 
 def pad_spatial(x: np.ndarray, begins, ends, value=0) -> np.ndarray:
@@ -572,6 +584,7 @@ def _conv_fn(xshape, xdtype, w, b=None, *, auto_pad="NOTSET", dilations=None, gr
         raise ShapeError(f"Conv output spatial shape {out_shape} is empty (input {list(xshape)}, "
                          f"kernel {kshape}, pads {p})")
     dt = np.result_type(xdtype, w.dtype)
+    check_conv_sizes(xshape, w.shape[0], kshape, p, out_shape, dt, "Conv")
     if C != w.shape[1] * group or M % group:
         raise UnsupportedError(
             f"Conv channels do not fit: input C={C}, weight {list(w.shape)}, group={group}")
@@ -707,6 +720,8 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
                                        output_padding, output_shape)
     if min(out_shape, default=1) <= 0:
         raise ShapeError(f"ConvTranspose output spatial shape {list(out_shape)} is empty")
+    limits.check_tensor([x.shape[0], w.shape[1] * int(group)] + list(out_shape), x.dtype,
+                        "ConvTranspose output")
     dt = np.result_type(x.dtype, w.dtype)
     Mg = w.shape[1]
     M = Mg * group

@@ -176,6 +176,7 @@ def _batchnorm_prepare(consts, attrs):
             return batch_normalization(x, *consts[1:], **attrs)
         shp = cache.get(x.ndim)
         if shp is None:
+            _check_bn_params(x, params)
             shape = _channel_shape(x, k)
             shp = cache[x.ndim] = (k.reshape(shape), off.reshape(shape))
         y = np.multiply(x, shp[0])

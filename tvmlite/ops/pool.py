@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
-from tvmlite.ops.conv import _auto_pad_str, _norm, conv_output_shape, pad_spatial, resolve_pads
+from tvmlite.ops.conv import (_auto_pad_str, _norm, check_conv_sizes, conv_output_shape, pad_spatial,
+                              resolve_pads)
 from tvmlite.ops.registry import kernel
 
 
@@ -33,6 +34,7 @@ def _setup(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode):
         out = conv_output_shape(x.shape[2:], kshape, strides, dilations, p, bool(ceil_mode))
     if min(out) <= 0:
         raise UnsupportedError(f"pooling output shape {out} is empty")
+    check_conv_sizes(x.shape, x.shape[1], kshape, p, out, x.dtype, "pooling")
     # end padding actually needed so every (ceil-mode) window fits in the buffer
     ends = []
     for i in range(n):
