@@ -235,3 +235,37 @@ def test_mismatched_gemm_and_batchnorm(case):
     with pytest.raises(ShapeError) as e:
         compile_model(load(m, check=False))
     assert one_line(e).startswith(want)
+
+
+# ------------------------------------------------------------------------------- resource limits
+def test_folded_constant_beyond_limit_names_its_node():
+    """ConstantOfShape of 2**40 elements: refused before allocating, at compile time (folding)."""
+    shape = nh.from_array(np.array([2**20, 2**20], np.int64), "shape")
+    m = model([h.make_node("ConstantOfShape", ["shape"], ["big"], name="fill"),
+               h.make_node("Add", ["x", "big"], ["y"], name="add")], [X],
+              [h.make_tensor_value_info("y", T.FLOAT, None)], [shape])
+    with pytest.raises(limits.LimitError) as e:
+        compile_model(load(m, check=False))
+    assert one_line(e).startswith("node 'fill' (ConstantOfShape): ConstantOfShape output: "
+                                  "1,099,511,627,776 elements")
+    with limits.override(max_tensor_bytes=1000):  # bytes are limited separately
+        shape.CopyFrom(nh.from_array(np.array([16, 16], np.int64), "shape"))
+        m.graph.initializer[0].CopyFrom(shape)
+        with pytest.raises(limits.LimitError, match="1,024 bytes .*TVMLITE_MAX_TENSOR_BYTES"):
+            compile_model(load(m, check=False))
+
+
+def test_conv_pads_beyond_limit():
+    w = nh.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+    m = model([h.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[2**40, 0, 0, 0])],
+              [h.make_tensor_value_info("x", T.FLOAT, [1, 1, 2, 2])], [Y4], [w])
+    with pytest.raises(limits.LimitError, match="node 'conv' \\(Conv\\): Conv padded input"):
+        run_numpy(m, {"x": np.ones((1, 1, 2, 2), np.float32)})
+
+
+def test_limit_from_environment(monkeypatch):
+    monkeypatch.setenv("TVMLITE_MAX_LOOP_ITERATIONS", "1_000")
+    assert limits.max_loop_iterations() == 1000
+    monkeypatch.setenv("TVMLITE_MAX_LOOP_ITERATIONS", "lots")
+    with pytest.raises(limits.LimitError, match="TVMLITE_MAX_LOOP_ITERATIONS='lots' is not an integer"):
+        limits.max_loop_iterations()

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from tvmlite import limits
 from tvmlite.errors import ShapeError, UnsupportedError
 from tvmlite.ops.registry import kernel
 from tvmlite.ops.strassen import strassen_matmul, wants_strassen
@@ -432,6 +433,7 @@ def _resize(x, scales_full, sizes_full, roi_full, from_sizes, *, mode, coord, ne
         raise UnsupportedError(f"Resize mode={mode!r} is not supported")
     if coord not in _COORD_MODES:
         raise UnsupportedError(f"Resize coordinate_transformation_mode={coord!r} is not supported")
+    limits.check_tensor([int(v) for v in sizes_full], dt, "Resize output")
     is_float = dt.kind == "f"
     acc = _acc(dt) if mode != "nearest" else dt
     y = x if mode == "nearest" else x.astype(acc, copy=False)

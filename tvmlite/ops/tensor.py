@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from tvmlite import limits
 from tvmlite.errors import ShapeError, UnsupportedError
 from tvmlite.ops.registry import kernel
 
@@ -133,6 +134,7 @@ def expand(x, shape):
         out_shape = np.broadcast_shapes(x.shape, tuple(_ints(shape)))
     except ValueError as e:
         raise ShapeError(f"Expand: shape {_ints(shape)} incompatible with {list(x.shape)}") from e
+    limits.check_tensor(out_shape, x.dtype, "Expand output")
     return np.broadcast_to(x, out_shape)
 
 
@@ -141,6 +143,7 @@ def tile_1(x, tiles, axis):
     x = np.asarray(x)
     reps = [1] * x.ndim
     reps[_axis(int(np.asarray(axis).reshape(-1)[0]), x.ndim)] = int(np.asarray(tiles).reshape(-1)[0])
+    limits.check_tensor([d * r for d, r in zip(x.shape, reps)], x.dtype, "Tile output")
     return np.tile(x, reps)
 
 
@@ -150,6 +153,7 @@ def tile(x, repeats):
     reps = _ints(repeats)
     if len(reps) != x.ndim:
         raise ShapeError(f"Tile: repeats has {len(reps)} entries for rank {x.ndim}")
+    limits.check_tensor([d * r for d, r in zip(x.shape, reps)], x.dtype, "Tile output")
     return np.tile(x, reps)
 
 
@@ -438,6 +442,8 @@ def size(data):
 @kernel("ConstantOfShape", since=9)
 def constant_of_shape(input, *, value=None):  # noqa: A002
     shape = _ints(input)
+    limits.check_tensor(shape, np.float32 if value is None else np.asarray(value).dtype,
+                        "ConstantOfShape output")
     if value is None:
         return np.zeros(shape, dtype=np.float32)
     value = np.asarray(value)
@@ -465,6 +471,7 @@ def _range_float(start, limit, delta, stash_float):
         if d == 0:
             raise ShapeError("Range: delta is 0")
         n = max(-((s - l) // d), 0)
+        limits.check_tensor([n], dt, "Range output")
         return (s + np.arange(n, dtype=np.int64) * d).astype(dt, copy=False)
     cdt = dt
     if dt.kind == "V" or (stash_float and dt == np.float16):
@@ -472,7 +479,11 @@ def _range_float(start, limit, delta, stash_float):
     s, l, d = (v.astype(cdt) for v in (start, limit, delta))
     if float(d) == 0:
         raise ShapeError("Range: delta is 0")
-    n = max(int(math.ceil((float(l) - float(s)) / float(d))), 0)
+    steps = (float(l) - float(s)) / float(d)
+    if not math.isfinite(steps):
+        raise ShapeError(f"Range: ({float(l)} - {float(s)}) / {float(d)} is not a finite count")
+    n = max(int(math.ceil(steps)), 0)
+    limits.check_tensor([n], dt, "Range output")
     out = s + np.arange(n, dtype=cdt) * d
     return out.astype(dt, copy=False)
 
@@ -483,6 +494,7 @@ def eye_like(x, *, dtype=None, k=0):
     if x.ndim != 2:
         raise ShapeError(f"EyeLike: input must be 2-D, got rank {x.ndim}")
     dt = _np_dtype(dtype) if dtype is not None else x.dtype
+    limits.check_tensor(x.shape, dt, "EyeLike output")
     return np.eye(x.shape[0], x.shape[1], k=k, dtype=dt)
 
 
@@ -554,6 +566,7 @@ def _pad(data, pads, mode, value, axes=None):
         after = [max(a, 0) for a in after]
     if not any(before) and not any(after):
         return data
+    limits.check_tensor([d + b + a for d, b, a in zip(data.shape, before, after)], data.dtype, "Pad output")
     if mode == "constant":
         v = 0 if value is None else np.asarray(value).reshape(-1)
         if not np.isscalar(v):
