@@ -80,6 +80,7 @@ class KernelContext:
 
 
 _REGISTRY: dict[tuple[str, str], list[OpDef]] = {}
+_generation = 0
 #: per (domain, op_type): "shape" rule, "body" (ONNX function body), "tvm" emitter, ...
 _EXTRAS: dict[tuple[str, str], dict[str, Callable]] = {}
 
@@ -139,12 +140,20 @@ def kernel(op_type: str, domain: str = "", since: int = 1, needs_ctx: bool = Fal
     def wrap(fn):
         d = canonical_domain(domain)
         entry = OpDef(d, op_type, since, fn, needs_ctx, _accepted_attrs(fn, needs_ctx))
+        global _generation
         versions = _REGISTRY.setdefault((d, op_type), [])
         versions[:] = [v for v in versions if v.since != since] + [entry]
         versions.sort(key=lambda v: v.since)
+        _generation += 1
         return fn
 
     return wrap
+
+
+def generation() -> int:
+    """Changes whenever a kernel is registered: a key for caches of lookup's answers."""
+    _load_builtin_kernels()
+    return _generation
 
 
 def lookup(op_type: str, domain: str = "", opset: int | None = None) -> OpDef | None:

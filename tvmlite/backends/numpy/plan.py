@@ -41,7 +41,8 @@ import numpy as np
 from tvmlite.errors import TvmliteError, UnsupportedError
 from tvmlite.ir.graph import Graph, Model
 from tvmlite.backends.numpy.validate import validate_graph
-from tvmlite.ops.registry import KernelContext, OpDef, canonical_domain, kernel_attr_name, lookup
+from tvmlite.ops.registry import (KernelContext, OpDef, canonical_domain, generation, kernel_attr_name,
+                                  lookup)
 
 #: ops whose outputs differ between runs: never computed at compile time
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -85,7 +86,14 @@ def _blas_limit(n):
 def _resolve(node, opsets) -> OpDef | None:
     domain = canonical_domain(node.domain)
     version = opsets.get(domain, opsets.get("ai.onnx") if domain == "" else None)
-    return lookup(node.op_type, domain, version)
+    return _lookup(node.op_type, domain, version, generation())
+
+
+@functools.lru_cache(maxsize=4096)
+def _lookup(op_type: str, domain: str, version, _generation: int) -> OpDef | None:
+    """The registry's answer per (op, domain, opset), until a kernel is registered: a
+    100k-node graph asks 200k times."""
+    return lookup(op_type, domain, version)
 
 
 def missing_kernels(graph: Graph, opsets: dict) -> list[str]:
