@@ -87,10 +87,28 @@ def _invalid_text(msg, path: str = "model") -> str | None:
                 return f"{path}.{field.name}"
         elif field.type == F.TYPE_MESSAGE:
             values = value if repeated else [value]
-            for i, v in enumerate(values):
+            plain_nodes = field.message_type.name == "NodeProto"
+            for v in values:
+                if plain_nodes and not v.attribute and not v.metadata_props \
+                        and not getattr(v, "device_configurations", None):
+                    bad = _invalid_node_text(v)  # most nodes: no generic walk (100k nodes: 1 s)
+                    if bad:
+                        return f"{path}.{field.name}.{bad}"
+                    continue
                 bad = _invalid_text(v, f"{path}.{field.name}")
                 if bad:
                     return bad
+    return None
+
+
+def _invalid_node_text(n) -> str | None:
+    """_invalid_text of a NodeProto without attributes or metadata."""
+    for name in ("name", "op_type", "domain", "doc_string", "overload"):
+        if isinstance(getattr(n, name, ""), bytes):
+            return name
+    for name in ("input", "output"):
+        if any(isinstance(v, bytes) for v in getattr(n, name)):
+            return name
     return None
 
 

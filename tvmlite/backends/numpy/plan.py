@@ -183,8 +183,10 @@ class Plan:
         const_of_slot = {slots[n]: a for n, a in consts.items() if n in slots}
         for st in steps:
             st.ins = _trim(st.ins)
-            with _node_errors(st.node):
+            try:
                 st.call = _bind_step(st, const_of_slot)
+            except Exception as e:  # noqa: BLE001 - a kernel's prepare failing: see _node_error
+                raise _node_error(st.node, e) from (None if isinstance(e, TvmliteError) else e)
 
         # constants used at run time get slots filled at the start of each run
         self.const_slots = [(slots[n], a) for n, a in consts.items() if n in slots]
