@@ -6,6 +6,7 @@ KernelContext whose ``run_subgraph(graph, feeds, scope)`` runs a body (compiled 
 from __future__ import annotations
 
 import numpy as np
+
 from tvmlite import limits
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.registry import kernel
