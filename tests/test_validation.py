@@ -94,6 +94,10 @@ def test_huge_declared_input_is_refused_before_allocating():
         load(m, check=False)
     with limits.override(max_tensor_elements=2**41, max_tensor_bytes=2**43):
         load(m, check=False)
+    # a graph output named like the input re-declares the input's type (found by the fuzzer)
+    m = model([h.make_node("Relu", ["x"], ["y"])], [X], [h.make_tensor_value_info("x", T.FLOAT, [2**40, 3])])
+    with pytest.raises(limits.LimitError, match="output 'x'"):
+        load(m, check=False)
 
 
 # ------------------------------------------------------------------------------- NumPy backend

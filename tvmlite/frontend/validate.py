@@ -116,10 +116,11 @@ def check_graph_proto(gp: onnx.GraphProto, where: str) -> None:
     for vi in gp.input:
         if vi.HasField("type"):
             check_type_proto(vi.type, f"{where}: input {vi.name!r}", allocated=True)
+    inputs = {vi.name for vi in gp.input}
     for kind, vis in (("output", gp.output), ("value_info", gp.value_info)):
         for vi in vis:
-            if vi.HasField("type"):
-                check_type_proto(vi.type, f"{where}: {kind} {vi.name!r}")
+            if vi.HasField("type"):  # an entry named like an input also sets the input's type
+                check_type_proto(vi.type, f"{where}: {kind} {vi.name!r}", allocated=vi.name in inputs)
 
 
 def check_attribute(a: onnx.AttributeProto, where: str) -> None:
