@@ -396,21 +396,33 @@ def main(argv=None) -> int:
     args = debug_first(list(sys.argv[1:] if argv is None else argv))
     debug = args[:1] == ["--debug"]
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    outputs.received_signal = None
     outputs.signals_as_interrupts()
     try:
         with outputs.private_tmpdir():
             try:
                 return _main(args, debug)
+            except KeyboardInterrupt:  # a signal after _main had caught something else
+                return _interrupted()
             finally:
+                outputs.cleaning = True
                 discard_open_outputs()
     finally:
+        outputs.cleaning = True
         for s, h in saved.items():
             signal.signal(s, h)
 
 
-def _main(args: list[str], debug: bool) -> int:
+def _interrupted() -> int:
     from tvmlite import outputs
+
+    outputs.cleaning = True
+    sig = outputs.received_signal or signal.SIGINT
+    click.echo(f"tvmlite: {'terminated (SIGTERM)' if sig == signal.SIGTERM else 'interrupted'}", err=True)
+    return 128 + int(sig)
+
+
+def _main(args: list[str], debug: bool) -> int:
+    from tvmlite.cli_checks import write_error
 
     try:
         cli.main(args=args, prog_name="tvmlite", standalone_mode=False)
@@ -418,9 +430,7 @@ def _main(args: list[str], debug: bool) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        sig = outputs.received_signal or signal.SIGINT
-        click.echo(f"tvmlite: {'terminated (SIGTERM)' if sig == signal.SIGTERM else 'interrupted'}", err=True)
-        return 128 + int(sig)
+        return _interrupted()
     except click.ClickException as e:
         if debug:
             raise
@@ -431,6 +441,12 @@ def _main(args: list[str], debug: bool) -> int:
         if debug:
             raise
         click.echo(f"tvmlite: error: {' '.join(str(e).split())}", err=True)
+        return 2
+    except OSError as e:
+        msg = write_error(e)
+        if msg is None or debug:
+            raise
+        click.echo(f"tvmlite: error: {msg}", err=True)
         return 2
     except MemoryError:
         click.echo("tvmlite: error: out of memory", err=True)

@@ -6,6 +6,7 @@ Kept out of cli.py so the commands' bodies stay short: a command calls these bef
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -24,6 +25,18 @@ def command_outputs(model: str | None = None, inputs: str | None = None, calib: 
                   + data_files(calib, "--calib data"))
     open_outputs.append(txn)
     return txn
+
+
+def write_error(e: OSError) -> str | None:
+    """One line for a filesystem failure while the command wrote (a full disk, a quota, a
+    read-only mount), naming the outputs; None for an OSError that is not of that kind."""
+    from tvmlite.outputs import USER_ERRNOS
+
+    if e.errno not in USER_ERRNOS:
+        return None
+    finals = [f"{what} {final}" for txn in open_outputs for final, _, what in txn._staged.values()]
+    where = ", ".join(finals) if finals else f"a temporary file in {os.environ.get('TMPDIR', '/tmp')}"
+    return f"cannot write {where}: {e.strerror or e}"
 
 
 def discard_open_outputs() -> None:

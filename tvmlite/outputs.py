@@ -25,9 +25,9 @@ import tempfile
 
 from tvmlite.errors import TvmliteError
 
-#: errors of the filesystem, not of tvmlite: reported as one line naming the output
-_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
-                errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+#: failures of the filesystem while writing, not of tvmlite: one line naming the outputs
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+               errno.ENAMETOOLONG}
 
 
 class OutputError(TvmliteError):
@@ -243,7 +243,7 @@ class Outputs:
             self.commit()
             return
         self.discard()
-        if isinstance(exc, OSError) and not isinstance(exc, TvmliteError) and exc.errno in _USER_ERRNOS:
+        if isinstance(exc, OSError) and not isinstance(exc, TvmliteError) and exc.errno in USER_ERRNOS:
             finals = ", ".join(f"{w} {f}" for f, _, w in self._staged.values())
             raise OutputError(f"cannot write {finals}: {exc.strerror}") from None
 
@@ -288,17 +288,32 @@ class Terminated(KeyboardInterrupt):
 
 #: the signal that stopped the command, if any
 received_signal: int | None = None
+#: set once the command's cleanup has begun: signals then wait for it to finish
+cleaning = False
 
 
 def signals_as_interrupts() -> None:
-    """SIGINT and SIGTERM unwind the stack once; further ones during the cleanup are ignored, so a
-    second Ctrl-C cannot leave a staging directory behind."""
+    """SIGINT and SIGTERM unwind the stack. One swallowed on the way (raised inside a ``__del__``,
+    which Python only reports) is raised again every second until the cleanup begins; signals
+    during the cleanup are ignored, so a second Ctrl-C cannot leave a staging directory behind."""
+    import threading
+
+    global received_signal, cleaning
+    received_signal, cleaning = None, False
+    stop = threading.Event()
+
+    def resend():
+        while not stop.wait(1.0) and not cleaning:
+            os.kill(os.getpid(), received_signal)
+
     def handler(signum, frame):
         global received_signal
-        received_signal = signum
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if cleaning:
+            return
+        if received_signal is None:
+            received_signal = signum
+            threading.Thread(target=resend, daemon=True).start()
+        raise Terminated() if received_signal == signal.SIGTERM else KeyboardInterrupt()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
