@@ -126,8 +126,8 @@ class Outputs:
             ok = stat.S_ISDIR(st.st_mode) if tree else stat.S_ISREG(st.st_mode)
             if not ok:
                 want = "a directory" if tree else "a regular file"
-                raise OutputError(f"{what} {path} exists and is {_kind(st.st_mode) if not tree else 'not a directory'}, "
-                                  f"not {want}: refusing to replace it")
+                have = "not a directory" if tree else _kind(st.st_mode)
+                raise OutputError(f"{what} {path} exists and is {have}, not {want}: refusing to replace it")
             for inp, desc in self._input_files():
                 if _same_file(path, inp):
                     raise OutputError(f"refusing to overwrite the {desc} {inp}: {what} {path} is the same "
