@@ -234,13 +234,15 @@ def save(model: Model | onnx.ModelProto, path: str, *, source_path: str | None =
     ``path + ".data"``. With ``outputs`` (a `tvmlite.outputs.Outputs`), the files are staged in that
     transaction and land when it commits; without, they land now, together. Either way nothing is
     written over ``source_path``, its external data, a non-regular file, or a ``.data`` file that
-    belongs to something else. Returns where the model file was written (the staged path)."""
+    belongs to something else. Returns where the model file is now: the staged path until
+    ``outputs`` commits, else ``path``."""
     from tvmlite.outputs import Outputs, model_files
 
     path = os.fspath(path)
     if outputs is None:
         with Outputs(lambda: model_files(source_path)) as own:
-            return save(model, path, outputs=own)
+            save(model, path, outputs=own)
+        return path
     proto = model if isinstance(model, onnx.ModelProto) else export_model(model)
     external = (not isinstance(model, onnx.ModelProto) and bool(model.external_data)) \
         or proto_bytes(proto) > globals()["EXTERNAL_THRESHOLD"]
