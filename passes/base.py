@@ -172,29 +172,46 @@ def available_passes() -> dict[str, type[Pass]]:
     return dict(sorted(PASSES.items()))
 
 
+#: a pipeline is a few dozen passes at most; a longer spec is a mistake (a 100k-character one ran
+#: for hours), and options never nest deeper than a tuple in a tuple
+MAX_SPEC_CHARS = 4096
+MAX_SPEC_DEPTH = 4
+MAX_SPEC_PASSES = 64
+
+
+def _short(s: str, n: int = 60) -> str:
+    return repr(s) if len(s) <= n else repr(s[:n]) + f"... ({len(s)} characters)"
+
+
 def parse_spec(spec: str) -> list[Pass]:
     """``"a,b(x=1,y=2),c"`` -> [A(), B(x=1, y=2), C()]."""
+    if len(spec) > MAX_SPEC_CHARS:
+        raise OptionError(f"pass spec of {len(spec)} characters is longer than {MAX_SPEC_CHARS}: "
+                          f"{_short(spec)}")
     registry = available_passes()
     out: list[Pass] = []
-    for item in _split_top(spec, ","):
+    items = _split_top(spec, ",")
+    if len([i for i in items if i.strip()]) > MAX_SPEC_PASSES:
+        raise OptionError(f"pass spec lists {len(items)} passes, more than {MAX_SPEC_PASSES}: {_short(spec)}")
+    for item in items:
         item = item.strip()
         if not item:
             continue
         name, opts = item, {}
         if "(" in item:
             if not item.endswith(")"):
-                raise OptionError(f"pass spec {item!r}: missing ')'")
+                raise OptionError(f"pass spec {_short(item)}: missing ')'")
             name, _, body = item[:-1].partition("(")
             for kv in _split_top(body, ","):
                 if not kv.strip():
                     continue
                 k, eq, v = kv.partition("=")
                 if not eq:
-                    raise OptionError(f"pass spec {item!r}: option {kv.strip()!r} is not key=value")
+                    raise OptionError(f"pass spec {_short(item)}: option {_short(kv.strip())} is not key=value")
                 opts[k.strip()] = v.strip()
         name = name.strip()
         if name not in registry:
-            raise OptionError(f"unknown pass {name!r} (known: {', '.join(registry)})")
+            raise OptionError(f"unknown pass {_short(name)} (known: {', '.join(registry)})")
         out.append(registry[name](**opts))
     if not out:
         raise OptionError("empty pass spec")
@@ -206,17 +223,19 @@ def _split_top(s: str, sep: str) -> list[str]:
     for ch in s:
         if ch == "(":
             depth += 1
+            if depth > MAX_SPEC_DEPTH:
+                raise OptionError(f"pass spec {_short(s)}: parentheses nested deeper than {MAX_SPEC_DEPTH}")
         elif ch == ")":
             depth -= 1
             if depth < 0:
-                raise OptionError(f"pass spec {s!r}: unbalanced ')'")
+                raise OptionError(f"pass spec {_short(s)}: unbalanced ')'")
         if ch == sep and depth == 0:
             parts.append("".join(cur))
             cur = []
         else:
             cur.append(ch)
     if depth:
-        raise OptionError(f"pass spec {s!r}: unbalanced '('")
+        raise OptionError(f"pass spec {_short(s)}: unbalanced '('")
     parts.append("".join(cur))
     return parts
 

@@ -87,16 +87,13 @@ def _from_dir(path: str, names: list[str], model: Model) -> list[dict]:
     if not files:
         raise InputError(f"calibration directory {path} has no .npy files")
     if all(f"{n}.npy" in files for n in names):
-        feeds = {n: np.load(os.path.join(path, f"{n}.npy"), allow_pickle=False) for n in names}
+        feeds = {n: _load_npy(os.path.join(path, f"{n}.npy")) for n in names}
         return [check_feeds(model, feeds)]
     if len(names) != 1:
         raise InputError(f"calibration directory {path}: the model takes {names}; give NAME.npy per input")
     samples = []
     for f in files:
-        try:
-            arr = np.load(os.path.join(path, f), allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise InputError(f"cannot read calibration file {os.path.join(path, f)}: {e}") from None
+        arr = _load_npy(os.path.join(path, f))
         feeds = {names[0]: arr}
         try:
             check_feeds(model, feeds)
@@ -105,3 +102,14 @@ def _from_dir(path: str, names: list[str], model: Model) -> list[dict]:
             check_feeds(model, feeds)
         samples.append(feeds)
     return samples
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """One .npy file; pickled (object) arrays are refused, never unpickled."""
+    if not os.path.isfile(path):  # a FIFO would block the read
+        raise InputError(f"calibration file {path} is not a regular file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        msg = " ".join(str(e).split())
+        raise InputError(f"cannot read calibration file {path}: {msg}") from None

@@ -1,18 +1,22 @@
 """The `tvmlite` command line: inspect, run, compare, optimize, passes.
 
 Every user-facing failure is one line on stderr and exit status 2 (no traceback unless --debug);
-compare exits 1 when outputs are outside tolerance. Outputs are written atomically and the input
-model is never overwritten.
+compare exits 1 when outputs are outside tolerance; Ctrl-C and SIGTERM exit 130 and 143 after the
+same cleanup. A command's outputs are checked against its inputs and each other before any work
+and land together only when it succeeds (tvmlite.outputs); temporaries live in a private $TMPDIR
+that is removed on the way out.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import click
 import numpy as np
 
+from tvmlite.cli_checks import check_budgets, check_pass_spec_text, command_outputs, load_labels
 from tvmlite.errors import TvmliteError
 
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2..",
@@ -52,11 +56,12 @@ def inspect(model, shapes, as_json, layers):
     from tvmlite.analysis import node_macs, op_histogram, param_count
     from tvmlite.frontend import load
     from tvmlite.inputs import parse_shape_overrides
-    from tvmlite.ir.shapes import static_shapes
+    from tvmlite.ir.shapes import check_input_shapes, static_shapes
 
     m = load(model)
     g = m.graph
     overrides = parse_shape_overrides(shapes)
+    check_input_shapes(m, overrides)
     sh = static_shapes(m, overrides)
     per_layer = []
     for n in g.toposort():
@@ -133,8 +138,8 @@ def run(model, backend, inputs, shapes, output, repeats):
     from tvmlite.frontend import load
     from tvmlite.inputs import parse_shape_overrides
 
-    if output:
-        _check_output_path(output, model)
+    txn = command_outputs(model, inputs)
+    staged = txn.file(output, "-o") if output else None
     if model.endswith(".so") or backend == "tvm":
         from tvmlite.backends.tvm import compile_model as tvm_compile, load_module
 
@@ -179,7 +184,9 @@ def run(model, backend, inputs, shapes, output, repeats):
     if ms is not None:
         click.echo(f"latency (median of {repeats}): {ms:.3f} ms on {backend}")
     if output:
-        _atomic_write(output, lambda f: np.savez(f, **{n: np.asarray(a) for n, a in zip(names, outs)}))
+        with open(staged, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+            np.savez(f, **{n: np.asarray(a) for n, a in zip(names, outs)})
+        txn.commit()
         click.echo(f"wrote {output}")
 
 
@@ -205,7 +212,8 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
     from tvmlite.inputs import parse_shape_overrides
 
     backend = backend or ("ort" if candidate else "numpy")
-    label_array = _load_labels(inputs, labels)
+    check_budgets(rtol=rtol, atol=atol)
+    label_array = load_labels(inputs, labels)
     report = do_compare(reference, candidate, backend=backend, inputs=inputs,
                         shapes=parse_shape_overrides(shapes), rtol=rtol, atol=atol, repeats=repeats,
                         labels=label_array)
@@ -249,20 +257,26 @@ def optimize(model, output, preset, spec, shapes, inputs, labels, calib, max_err
     from tvmlite.optimize import optimize as run_optimize
     from tvmlite.optimize import resolve_passes
 
-    _check_output_path(output, model)
+    txn = command_outputs(model, inputs, calib)
+    txn.file(output, "-o")
+    staged_json = txn.file(json_path, "--json") if json_path else None
     from passes import parse_spec
 
+    check_pass_spec_text(spec)
+    check_budgets(max_error=max_error, max_accuracy_drop=max_accuracy_drop)
     parse_spec(resolve_passes(preset, spec))  # bad specs fail before any work
-    label_array = _load_labels(inputs, labels)
+    label_array = load_labels(inputs, labels)
     m, report = run_optimize(model, passes=spec, preset=preset, inputs=inputs,
                              shapes=parse_shape_overrides(shapes), labels=label_array, calib=calib,
                              max_error=max_error,
                              max_accuracy_drop=max_accuracy_drop, check=check, speed_check=speed_check)
-    _save_checked(export_model(m), output, model)
+    _save_checked(export_model(m), output, txn)
     click.echo(report.format())
     if json_path:
         data = {"model": model, "output": output, **report.to_dict()}
-        _atomic_write(json_path, lambda f: f.write(json.dumps(data, indent=2, default=str).encode()))
+        with open(staged_json, "w") as f:
+            f.write(json.dumps(data, indent=2, default=str))
+    txn.commit()
     click.echo(f"wrote {output} ({_size(os.path.getsize(output))}, input {_size(os.path.getsize(model))})")
 
 
@@ -302,9 +316,12 @@ def build(model, output, shapes):
 
     if not output.endswith(".so"):
         raise TvmliteError(f"the output must end in .so: {output}")
-    _check_output_path(output, model)
+    txn = command_outputs(model)
+    for path, what in ((output, "-o"), (output + ".json", "run plan"), (output + ".npz", "constants")):
+        txn.file(path, what)
     built = tvm_compile(load(model), parse_shape_overrides(shapes))
-    built.save(output)
+    built.save(output, outputs=txn)
+    txn.commit()
     click.echo(f"built {output} ({built.kernel_count} kernels) in {built.build_seconds:.2f} s"
                f"{' (from the build cache)' if built.cached else ''}")
 
@@ -320,7 +337,10 @@ def emit_tvm(model, output, shapes):
     from tvmlite.frontend import load
     from tvmlite.inputs import parse_shape_overrides
 
-    paths = emit_tvmscript(load(model), output, parse_shape_overrides(shapes))
+    txn = command_outputs(model)
+    txn.tree(output, "-o")
+    paths = emit_tvmscript(load(model), output, parse_shape_overrides(shapes), outputs=txn)
+    txn.commit()
     click.echo(f"wrote {len(paths)} kernels to {output} (index.txt lists them in run order)")
 
 
@@ -336,29 +356,6 @@ def _built_feeds(built, inputs) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _load_labels(inputs, labels):
-    """The --labels array of the --inputs file, or None without --labels."""
-    from tvmlite.errors import InputError
-    from tvmlite.inputs import load_npz
-
-    if not labels:
-        return None
-    if not inputs:
-        raise InputError("--labels needs --inputs (the labels are an array of that file)")
-    data = load_npz(inputs)
-    if labels not in data:
-        raise InputError(f"inputs file {inputs} has no array {labels!r} (it has {sorted(data)})")
-    return data[labels]
-
-
-def _check_output_path(output: str, source: str) -> None:
-    d = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(d):
-        raise TvmliteError(f"output directory does not exist: {d}")
-    if os.path.exists(output) and os.path.exists(source) and os.path.samefile(output, source):
-        raise TvmliteError(f"refusing to overwrite the input {source}: choose another output path")
-
-
 def _check_writable_model(proto) -> None:
     """onnx.checker on the model about to be written. Past protobuf's 2 GiB limit it cannot be
     checked in memory: _save_checked checks the written file instead."""
@@ -374,9 +371,9 @@ def _check_writable_model(proto) -> None:
         raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
 
 
-def _save_checked(proto, output: str, source: str) -> None:
-    """Save atomically; a model too big to check in memory is checked as written, and removed
-    (with its data file) when it fails."""
+def _save_checked(proto, output: str, txn) -> None:
+    """Stage the model in ``txn``; a model too big to check in memory is checked as written (the
+    transaction drops it when that fails)."""
     import onnx
 
     from tvmlite.export import save
@@ -384,44 +381,56 @@ def _save_checked(proto, output: str, source: str) -> None:
 
     _check_writable_model(proto)
     big = proto_bytes(proto) > EXTERNAL_THRESHOLD
-    save(proto, output, source_path=source)
+    staged = save(proto, output, outputs=txn)
     if big:
         try:
-            onnx.checker.check_model(output)
+            onnx.checker.check_model(staged)
         except onnx.checker.ValidationError as e:
-            for p in (output, output + ".data"):
-                if os.path.exists(p):
-                    os.remove(p)
             raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
 
 
-def _atomic_write(path: str, write) -> None:
-    import tempfile
-
-    d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise TvmliteError(f"output directory does not exist: {d}")
-    fd, tmp = tempfile.mkstemp(prefix=".tvmlite-", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> int:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    from tvmlite import outputs
+    from tvmlite.cli_checks import debug_first, discard_open_outputs
+
+    args = debug_first(list(sys.argv[1:] if argv is None else argv))
+    debug = args[:1] == ["--debug"]
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    outputs.signals_as_interrupts()
     try:
-        cli.main(args=argv, prog_name="tvmlite", standalone_mode=False)
+        with outputs.private_tmpdir():
+            try:
+                return _main(args, debug)
+            except KeyboardInterrupt:  # a signal after _main had caught something else
+                return _interrupted()
+            finally:
+                outputs.cleaning = True
+                discard_open_outputs()
+    finally:
+        outputs.cleaning = True
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def _interrupted() -> int:
+    from tvmlite import outputs
+
+    outputs.cleaning = True
+    sig = outputs.received_signal or signal.SIGINT
+    click.echo(f"tvmlite: {'terminated (SIGTERM)' if sig == signal.SIGTERM else 'interrupted'}", err=True)
+    return 128 + int(sig)
+
+
+def _main(args: list[str], debug: bool) -> int:
+    from tvmlite.cli_checks import write_error
+
+    try:
+        cli.main(args=args, prog_name="tvmlite", standalone_mode=False)
         return 0
     except SystemExit as e:
         return int(e.code or 0)
-    except click.exceptions.Abort:
-        click.echo("tvmlite: aborted", err=True)
-        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        return _interrupted()
     except click.ClickException as e:
         if debug:
             raise
@@ -431,17 +440,26 @@ def main(argv=None) -> int:
     except TvmliteError as e:
         if debug:
             raise
-        click.echo(f"tvmlite: error: {e}", err=True)
+        click.echo(f"tvmlite: error: {' '.join(str(e).split())}", err=True)
+        return 2
+    except OSError as e:
+        msg = write_error(e)
+        if msg is None or debug:
+            raise
+        click.echo(f"tvmlite: error: {msg}", err=True)
         return 2
     except MemoryError:
         click.echo("tvmlite: error: out of memory", err=True)
         return 2
+    except RecursionError:
+        click.echo("tvmlite: error: the model is nested too deeply to process (recursion limit)", err=True)
+        return 2
     except Exception as e:  # noqa: BLE001 - never a traceback for users
         if debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        click.echo(f"tvmlite: internal error: {type(e).__name__}: {msg} (rerun with --debug for details)",
-                   err=True)
+        msg = " ".join(str(e).split())[:300]
+        click.echo(f"tvmlite: internal error (a bug in tvmlite): {type(e).__name__}: {msg}; please report it "
+                   "with the output of the same command run with --debug", err=True)
         return 2
 
 

@@ -27,7 +27,8 @@ def ort_session(model, threads: int = 2):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions, folded into one tvmlite line
+    ort.set_default_logger_severity(4)
     if isinstance(model, Model):
         model = export_model(model)
     if isinstance(model, (str, os.PathLike)):
@@ -37,10 +38,26 @@ def ort_session(model, threads: int = 2):
     else:
         src = model.SerializeToString()
     try:
-        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        return _run_errors_as_ours(ort.InferenceSession(src, so, providers=["CPUExecutionProvider"]))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TvmliteError(f"onnxruntime cannot load the model: {msg}") from None
+
+
+def _run_errors_as_ours(sess):
+    """A model that loads can still fail when run (a Reshape to a size that does not fit, say):
+    that is one TvmliteError line, not an internal error."""
+    run = sess.run
+
+    def checked_run(*args, **kw):
+        try:
+            return run(*args, **kw)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes
+            msg = " ".join(str(e).split()) or type(e).__name__
+            raise TvmliteError(f"onnxruntime failed to run the model: {msg[:500]}") from None
+
+    sess.run = checked_run
+    return sess
 
 
 def _ort_session_via_file(proto, so):
@@ -55,7 +72,7 @@ def _ort_session_via_file(proto, so):
         path = os.path.join(d, "model.onnx")
         save(proto, path)
         try:
-            return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            return _run_errors_as_ours(ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]))
         except Exception as e:  # noqa: BLE001
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TvmliteError(f"onnxruntime cannot load the model: {msg}") from None

@@ -15,6 +15,13 @@ from tvmlite.errors import InputError
 from tvmlite.ir.graph import Graph, Model
 
 
+#: NumPy's own limits on an array (64 dims, sizes that fit an int64 in bytes): past them it raises
+#: ValueError deep inside a kernel instead of saying which option is wrong
+MAX_RANK = 64
+MAX_DIM = 2**31 - 1
+MAX_ELEMENTS = 2**40
+
+
 def parse_shape_overrides(items) -> dict[str, tuple[int, ...]]:
     """``["x=1x3x224x224", "y=Nx16"]`` -> {"x": (1, 3, 224, 224), "y": ("N", 16)}."""
     out = {}
@@ -30,11 +37,17 @@ def parse_shape_overrides(items) -> dict[str, tuple[int, ...]]:
             if d.lstrip("-").isdigit():
                 if int(d) <= 0:
                     raise InputError(f"--shape {item!r}: dimensions must be positive")
+                if int(d) > MAX_DIM:
+                    raise InputError(f"--shape {name}: dimension {d[:30]} is larger than {MAX_DIM}")
                 shape.append(int(d))
             elif d.isidentifier():
                 shape.append(d)  # a symbolic dim stays symbolic (e.g. the batch: Nx3x48x192)
             else:
                 raise InputError(f"--shape {item!r}: dimensions must be integers or names")
+        if len(shape) > MAX_RANK:
+            raise InputError(f"--shape {name}: rank {len(shape)} is more than {MAX_RANK} dimensions")
+        if int(np.prod([d for d in shape if isinstance(d, int)], dtype=object)) > MAX_ELEMENTS:
+            raise InputError(f"--shape {name}: more than {MAX_ELEMENTS} elements (2**40) in one tensor")
         out[name] = tuple(shape)
     return out
 
@@ -47,6 +60,8 @@ def graph_inputs(graph: Graph) -> list[str]:
 def load_npz(path: str) -> dict[str, np.ndarray]:
     if not os.path.exists(path):
         raise InputError(f"inputs file not found: {path}")
+    if not os.path.isfile(path):  # a FIFO would block the read, a device never end it
+        raise InputError(f"inputs file {path} is not a regular file")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}

@@ -1,19 +1,18 @@
 """tvmlite Model -> ONNX ModelProto / file.
 
 What a pass did not change is written back as it was read (tensor and attribute protos are reused), so
-an import/export round trip is lossless. Files are written atomically: to a temporary file in the
-target directory, then renamed into place, so a failure leaves no half-written model.
+an import/export round trip is lossless. Files are written through a `tvmlite.outputs.Outputs`
+transaction: staged beside the target, renamed into place together, so a failure leaves no
+half-written model.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 
 import onnx
 from onnx import helper, numpy_helper
 from google.protobuf.message import EncodeError
 
-from tvmlite.errors import TvmliteError
 from tvmlite.ir.attrs import python_to_attr
 from tvmlite.ir.graph import Graph, Model, Value
 
@@ -229,43 +228,46 @@ def export_model(model: Model, *, infer: bool = True) -> onnx.ModelProto:
     return mp
 
 
-def save(model: Model | onnx.ModelProto, path: str, *, source_path: str | None = None) -> None:
-    """Write ``model`` to ``path`` atomically; tensors that came from external data stay external."""
+def save(model: Model | onnx.ModelProto, path: str, *, source_path: str | None = None,
+         outputs=None) -> str:
+    """Write ``model`` to ``path``; tensors that came from external data stay external, in
+    ``path + ".data"``. With ``outputs`` (a `tvmlite.outputs.Outputs`), the files are staged in that
+    transaction and land when it commits; without, they land now, together. Either way nothing is
+    written over ``source_path``, its external data, a non-regular file, or a ``.data`` file that
+    belongs to something else. Returns where the model file is now: the staged path until
+    ``outputs`` commits, else ``path``."""
+    from tvmlite.outputs import Outputs, model_files
+
     path = os.fspath(path)
-    out_dir = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(out_dir):
-        raise TvmliteError(f"output directory does not exist: {out_dir}")
-    if source_path is not None and os.path.exists(path) and os.path.samefile(path, source_path):
-        raise TvmliteError(f"refusing to overwrite the input model {path}: choose another output path")
+    if outputs is None:
+        with Outputs(lambda: model_files(source_path)) as own:
+            save(model, path, outputs=own)
+        return path
     proto = model if isinstance(model, onnx.ModelProto) else export_model(model)
     external = (not isinstance(model, onnx.ModelProto) and bool(model.external_data)) \
         or proto_bytes(proto) > globals()["EXTERNAL_THRESHOLD"]
-    fd, tmp = tempfile.mkstemp(prefix=".tvmlite-", suffix=".onnx.tmp", dir=out_dir)
-    os.close(fd)
-    data_name = os.path.basename(path) + ".data"
-    tmp_data = None
-    try:
-        if external:
-            # external_data_helper writes the data file beside the model under `location`; write it
-            # under a temporary name, then fix the location and rename both into place.
-            tmp_data = os.path.basename(tmp) + ".data"
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data, size_threshold=1024)
-            written = onnx.load(tmp, load_external_data=False)
-            for t in onnx.external_data_helper._get_all_tensors(written):
-                for e in t.external_data:
-                    if e.key == "location":
-                        e.value = data_name
-            with open(tmp, "wb") as f:
-                f.write(written.SerializeToString())
-            os.replace(os.path.join(out_dir, tmp_data), os.path.join(out_dir, data_name))
-            tmp_data = None
-        else:
-            with open(tmp, "wb") as f:
-                f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        for p in (tmp, os.path.join(out_dir, tmp_data) if tmp_data else None):
-            if p and os.path.exists(p):
-                os.unlink(p)
-        raise
+    staged = outputs.file(path, "output model", existing_ok=True)
+    if external:
+        data_path = path + ".data"
+        _check_data_sibling(path, data_path)
+        outputs.file(data_path, "external data file", existing_ok=True)
+        # the staged model and data lie side by side under their final names: `location` is right
+        onnx.save_model(proto, staged, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=os.path.basename(data_path), size_threshold=1024)
+    else:
+        with open(staged, "wb") as f:
+            f.write(proto.SerializeToString())
+    return staged
+
+
+def _check_data_sibling(path: str, data_path: str) -> None:
+    """An existing ``X.onnx.data`` is replaced only when the existing ``X.onnx`` uses it: any other
+    file of that name is someone else's."""
+    from tvmlite.outputs import OutputError, model_files
+
+    if not os.path.lexists(data_path):
+        return
+    ours = any(os.path.exists(p) and os.path.samefile(p, data_path) for p, _ in model_files(path)[1:])
+    if not ours:
+        raise OutputError(f"the output's external data goes to {data_path}, which exists and is not the data "
+                          f"file of {path}: remove it or choose another output path")

@@ -39,6 +39,8 @@ def read_model_file(source, *, check: bool = False) -> tuple[onnx.ModelProto, di
             raise ModelLoadError(f"model file not found: {where}")
         if os.path.isdir(where):
             raise ModelLoadError(f"model path is a directory, not an .onnx file: {where}")
+        if not os.path.isfile(where):  # a FIFO would block the read, a device never end it
+            raise ModelLoadError(f"model path is not a regular file: {where}")
         try:
             with open(where, "rb") as f:
                 data = f.read()

@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -151,27 +150,28 @@ def build_lowered(low, target):
     return tvm.compile(mod, target=target)
 
 
-def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None = None) -> None:
-    """``path`` (.so) plus ``path.json`` and ``path.npz``, each written atomically. ``lib_path``:
-    the .so ``lib`` was loaded from (a loaded library cannot be exported again, so it is copied)."""
+def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None = None, *,
+                  outputs=None) -> None:
+    """``path`` (.so) plus ``path.json`` and ``path.npz``, landing together. ``lib_path``: the .so
+    ``lib`` was loaded from (a loaded library cannot be exported again, so it is copied).
+    ``outputs``: a `tvmlite.outputs.Outputs` to stage them in (they land when it commits)."""
+    from tvmlite.outputs import Outputs
+
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise TvmliteError(f"output directory does not exist: {d}")
-    tmp = tempfile.mkdtemp(prefix=".tvmlite-", dir=d)
-    try:
-        if lib_path is not None:
-            shutil.copyfile(lib_path, os.path.join(tmp, "m.so"))
-        else:
-            lib.export_library(os.path.join(tmp, "m.so"))
-        with open(os.path.join(tmp, "m.json"), "w") as f:
-            json.dump(plan, f)
-        np.savez(os.path.join(tmp, "m.npz"), **consts)
-        os.replace(os.path.join(tmp, "m.npz"), path + ".npz")
-        os.replace(os.path.join(tmp, "m.json"), path + ".json")
-        os.replace(os.path.join(tmp, "m.so"), path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if outputs is None:
+        with Outputs([(lib_path, "library being saved")] if lib_path else []) as own:
+            return save_artifact(lib, plan, consts, path, lib_path, outputs=own)
+    so = outputs.file(path, "library", existing_ok=True)
+    js = outputs.file(path + ".json", "run plan", existing_ok=True)
+    npz = outputs.file(path + ".npz", "constants", existing_ok=True)
+    if lib_path is not None:
+        shutil.copyfile(lib_path, so)
+    else:
+        lib.export_library(so)
+    with open(js, "w") as f:
+        json.dump(plan, f)
+    with open(npz, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+        np.savez(f, **consts)
 
 
 def load_module(path: str) -> "CompiledModel":
@@ -274,8 +274,8 @@ class CompiledModel:
             rows.append((call["func"], ", ".join(call.get("nodes", [])), float(np.median(ts))))
         return sorted(rows, key=lambda r: -r[2])
 
-    def save(self, path: str) -> None:
-        save_artifact(self.lib, self.plan, self._consts, path, lib_path=self.lib_path)
+    def save(self, path: str, *, outputs=None) -> None:
+        save_artifact(self.lib, self.plan, self._consts, path, lib_path=self.lib_path, outputs=outputs)
 
 
 def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True, lanes: int | None = None,
@@ -309,33 +309,38 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
             entry.parent.mkdir(parents=True, exist_ok=True)
             cm.save(str(entry))
             prune_cache(keep=entry.parent)
-        except OSError:
+        except (OSError, TvmliteError):
             pass  # a read-only cache only costs rebuilds
     return cm
 
 
-def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes: int | None = None) -> list[str]:
+def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes: int | None = None, *,
+                   outputs=None) -> list[str]:
     """Write each kernel's scheduled TIR as TVMScript (one .py per kernel) plus an index; returns
-    the paths written."""
+    the paths written. The files land together (in ``outputs``, a `tvmlite.outputs.Outputs`, when
+    given): a failure half way, a full disk say, leaves none of them."""
     from tvmlite.backends.tvm.lower import lower
     from tvmlite.backends.tvm.target import host_target, vector_lanes
+    from tvmlite.outputs import Outputs
 
+    if outputs is None:
+        with Outputs() as own:
+            return emit_tvmscript(model, out_dir, input_shapes, lanes, outputs=own)
     import_tvm()
     model, shapes = _static_inputs(model, input_shapes)
+    staged = outputs.tree(out_dir, "output directory", existing_ok=True)
     low = lower(model, shapes, lanes or vector_lanes())
-    os.makedirs(out_dir, exist_ok=True)
     written = []
     index = [f"# TVM kernels of the graph, in run order (target {host_target()})", ""]
     for kd in low.kernels:
-        path = os.path.join(out_dir, f"{kd.name}.py")
         header = (f"# kernel {kd.name}: nodes {', '.join(kd.nodes)}\n"
                   f"# schedule steps: {', '.join(kd.steps)}\n"
                   f"# params: " + ", ".join(f"{p.kind} {p.name} {list(p.shape)}" for p in kd.params) + "\n")
-        with open(path, "w") as f:
+        with open(os.path.join(staged, f"{kd.name}.py"), "w") as f:
             f.write(header + kd.func.with_attr("global_symbol", kd.name).script() + "\n")
-        written.append(path)
+        written.append(os.path.join(out_dir, f"{kd.name}.py"))
         index.append(f"{kd.name}.py  <- {', '.join(kd.nodes)}")
-    with open(os.path.join(out_dir, "index.txt"), "w") as f:
+    with open(os.path.join(staged, "index.txt"), "w") as f:
         f.write("\n".join(index) + "\n")
     return written
 

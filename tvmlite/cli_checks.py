@@ -1,0 +1,95 @@
+"""Checks of command-line values that click's types cannot express, each failing with one
+OptionError or InputError line that names the option, and the outputs of a CLI command.
+
+Kept out of cli.py so the commands' bodies stay short: a command calls these before any work.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from tvmlite.errors import InputError, OptionError
+from tvmlite.outputs import Outputs, data_files, model_files
+
+#: the transactions of the running command: `tvmlite.cli.main` discards whatever is left
+#: uncommitted when the command fails or is interrupted
+open_outputs: list[Outputs] = []
+
+
+def command_outputs(model: str | None = None, inputs: str | None = None, calib: str | None = None) -> Outputs:
+    """An Outputs transaction whose files may be none of the command's inputs: the model (and
+    its external data, or a built library's plan and constants), --inputs and --calib."""
+    txn = Outputs(lambda: model_files(model) + data_files(inputs, "--inputs file")
+                  + data_files(calib, "--calib data"))
+    open_outputs.append(txn)
+    return txn
+
+
+def write_error(e: OSError) -> str | None:
+    """One line for a filesystem failure while the command wrote (a full disk, a quota, a
+    read-only mount), naming the outputs; None for an OSError that is not of that kind."""
+    from tvmlite.outputs import USER_ERRNOS
+
+    if e.errno not in USER_ERRNOS:
+        return None
+    finals = [f"{what} {final}" for txn in open_outputs for final, _, what in txn._staged.values()]
+    where = ", ".join(finals) if finals else f"a temporary file in {os.environ.get('TMPDIR', '/tmp')}"
+    return f"cannot write {where}: {e.strerror or e}"
+
+
+def discard_open_outputs() -> None:
+    while open_outputs:
+        open_outputs.pop().discard()
+
+
+def check_budgets(**values) -> None:
+    """Tolerances and budgets must be finite and non-negative (a NaN budget accepts nothing and
+    reports nothing; a negative one undoes every pass)."""
+    for name, v in values.items():
+        if v is None:
+            continue
+        if not math.isfinite(v) or v < 0:
+            raise OptionError(f"--{name.replace('_', '-')} {v}: must be a finite number >= 0")
+
+
+def check_pass_spec_text(spec: str | None) -> None:
+    """``--passes ""`` would fall back to the default preset without a word."""
+    if spec is not None and not spec.replace(",", "").strip():
+        raise OptionError("--passes is empty: list passes ('tvmlite passes' shows them) or use --preset")
+
+
+def load_labels(inputs: str | None, labels: str | None):
+    """The --labels array of the --inputs file (None without --labels): one integer class per
+    example, as many as the examples of every other array in that file."""
+    from tvmlite.inputs import load_npz
+
+    if not labels:
+        return None
+    if not inputs:
+        raise InputError("--labels needs --inputs (the labels are an array of that file)")
+    data = load_npz(inputs)
+    if labels not in data:
+        raise InputError(f"inputs file {inputs} has no array {labels!r} (it has {sorted(data)})")
+    arr = data[labels]
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise InputError(f"--labels {labels}: shape {arr.shape} in {inputs}; expected one class per example (1-D)")
+    if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(np.isfinite(arr))
+                                          and np.all(arr == np.round(arr))):
+        raise InputError(f"--labels {labels}: dtype {arr.dtype} in {inputs}; expected integer class ids")
+    for name, other in data.items():
+        if name != labels and other.ndim >= 1 and other.shape[0] != len(arr):
+            raise InputError(f"--labels {labels}: {len(arr)} labels for {other.shape[0]} examples "
+                             f"of {name!r} in {inputs}")
+    return arr
+
+
+def debug_first(args: list[str]) -> list[str]:
+    """``--debug`` is a group option; accept it anywhere before ``--`` by moving it to the front."""
+    cut = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:cut]:
+        return args
+    return ["--debug"] + [a for a in args[:cut] if a != "--debug"] + args[cut:]
