@@ -227,7 +227,8 @@ def build_checkset(model: Model, *, inputs=None, labels=None, calib=None, shapes
         if merged and n >= 2 and hold_out_calib:
             k = min(64, max(1, int(round(n * CALIB_HOLDOUT))))
             check = {x: a[n - k:] for x, a in merged.items()}
-            rest = CalibrationData([{x: a[:n - k] for x, a in merged.items()}], f"{data.source} (first {n - k})")
+            rest = CalibrationData(to_batches(model, {x: a[:n - k] for x, a in merged.items()}, "--calib"),
+                                   f"{data.source} (first {n - k} examples)")
             cs = CheckSet(to_batches(model, check, "--calib"), f"the last {k} of {n} calibration examples "
                           f"({data.source}), held out from calibration", mask_input=mask)
             return cs, rest

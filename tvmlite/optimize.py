@@ -90,7 +90,6 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     if check:
         from tvmlite.checkset import build_checkset
 
-        log("preparing the check inputs and the original's outputs")
         cs, calib = build_checkset(m, inputs=inputs, labels=labels, calib=calib, shapes=shapes,
                                    hold_out_calib=bool(needs_calib))
         original = m.copy()
@@ -98,6 +97,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
                            max_error=max_error, check_outputs=check_outputs, max_accuracy_drop=max_accuracy_drop,
                            repeats=repeats, speed_check=speed_check, custom_ops=custom_ops)
         report.check_inputs, report.check_notes = cs.source, list(cs.notes)
+        log(f"checking each pass against the original on {cs.source}")
         if cs.mask_input:
             report.check_notes.append(f"positions where {cs.mask_input!r} is 0 (padding) are left out of the "
                                       "metrics of outputs shaped like it")
@@ -111,7 +111,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
         for p in needs_calib:
             setattr(p.options, p.calibration_option, calib)
     rows = _Rows(m, shapes, checker, report)
-    rows.add("(input)", "", KEPT, "", measure=True)
+    rows.add("(input)", "", "", "", measure=True)
     for i, p in enumerate(pipeline, 1):
         log(f"[{i}/{len(pipeline)}] {p.name}")
         if checker:
@@ -150,9 +150,10 @@ class _Rows:
         decisions = list(result.decisions) if result else []
         skipped = list(result.skipped) if result else []
         if prev is not None and not measure:
+            budget = {n: self.checker.budget(n) for n in self.checker.checked} if self.checker else {}
             row = PassReport(name, spec, status in (KEPT, PARTIAL), status, note, prev.nodes, prev.params, prev.macs,
                              prev.file_bytes, prev.max_error, prev.worst_output, prev.accuracy, prev.latency_ms,
-                             prev.latency_spread_ms, seconds, dict(prev.budget), list(prev.outputs), decisions,
+                             prev.latency_spread_ms, seconds, budget, list(prev.outputs), decisions,
                              skipped, list(excluded))
             self.report.rows.append(row)
             return
@@ -173,7 +174,7 @@ class _Rows:
         if status == UNCHECKED:
             err = None
         self.report.rows.append(PassReport(
-            name, spec, status in (KEPT, PARTIAL), status, note, s["nodes"], s["params"], s["macs"],
+            name, spec, status in (KEPT, PARTIAL, ""), status, note, s["nodes"], s["params"], s["macs"],
             proto_bytes(export_model(self.m)), err, worst, acc, lat, spread, seconds, budget, outputs, decisions,
             skipped, list(excluded)))
 

@@ -85,7 +85,7 @@ def _row_lines(r: PassReport, verbosity: int) -> list[str]:
     acc = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}"
     lat = "-" if r.latency_ms is None else _ms(r.latency_ms, r.latency_spread_ms)
     err = "unchecked" if r.max_error is None else _num(r.max_error)
-    lines = [f"{r.name[:22]:<22} {r.status:<11} {r.nodes:>6} {r.params:>11,} {r.macs:>14,} "
+    lines = [f"{r.name[:22]:<22} {r.status or '-':<11} {r.nodes:>6} {r.params:>11,} {r.macs:>14,} "
              f"{_size(r.file_bytes):>10} {err:>9} {acc:>7} {lat:>14} {r.seconds:>6.2f}s"]
     if verbosity < 1:
         return lines
