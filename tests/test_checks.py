@@ -315,3 +315,27 @@ def test_check_set_is_held_out_calibration_data():
     _, report = optimize(proto, passes="test-calibrated", calib=calib, repeats=1)
     assert "last 5 of 20 calibration examples" in report.check_inputs
     assert isinstance(seen[0], CalibrationData) and len(seen[0]) == 15
+
+
+def test_labels_split_into_checked_and_held_out_parts():
+    from helpers import conv_bn_relu_model
+
+    proto = conv_bn_relu_model()
+    x = np.random.default_rng(5).standard_normal((30, 3, 4, 4)).astype(np.float32)
+    labels = ort_run(proto, {"x": x})[0].argmax(1)
+    labels[:3] = (labels[:3] + 1) % ort_run(proto, {"x": x})[0].shape[1]  # the original is not perfect
+    _, report = optimize(proto, passes="fold-bn,dce", inputs={"x": x}, labels=labels, repeats=1)
+    assert "10 examples for checks" in report.check_inputs and "20 held out" in report.check_inputs
+    h = report.held_out
+    assert h["examples"] == 20 and h["reference"] == h["optimized"] and h["drop_pt"] == 0
+    # the check part and the held-out part together are all 30 examples
+    n_wrong_check = round((1 - report.rows[0].accuracy) * 10)
+    assert n_wrong_check + round((1 - h["reference"]) * 20) == 3
+    assert "held-out accuracy (20 examples" in report.format()
+
+
+def test_random_inputs_default_symbolic_dims():
+    from tvmlite.inputs import random_inputs
+
+    feeds = random_inputs(load(symbolic_convnet()))
+    assert feeds["x"].shape == (1, 3, 32, 32)

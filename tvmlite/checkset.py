@@ -120,7 +120,7 @@ def random_check_inputs(model: Model, shapes: dict | None = None, samples: int =
             raise InputError(f"input {name!r} has no tensor type: give its values with --inputs")
         shape = shapes.get(name, v.shape)
         if shape is None:
-            raise InputError(f"input {name!r} has unknown rank: give --inputs or --shape {name}=D1xD2...")
+            raise InputError(f"input {name!r} has unknown rank: give its values with --inputs")
         dims = []
         for i, d in enumerate(shape):
             if isinstance(d, int) and d > 0:

@@ -76,7 +76,7 @@ def random_inputs(model: Model, shapes: dict | None = None, seed: int = 0) -> di
         shape = (shapes or {}).get(name)
         if shape is None:
             if v.shape is None:
-                raise InputError(f"input {name!r} has unknown rank: give --shape {name}=D1xD2...")
+                raise InputError(f"input {name!r} has unknown rank: give its values with --inputs")
             shape = v.shape
         shape = tuple(d if isinstance(d, int) and d > 0 else 1 if i == 0 else DEFAULT_SYMBOLIC_DIM
                       for i, d in enumerate(shape))
