@@ -339,3 +339,14 @@ def test_random_inputs_default_symbolic_dims():
 
     feeds = random_inputs(load(symbolic_convnet()))
     assert feeds["x"].shape == (1, 3, 32, 32)
+
+
+def test_original_that_cannot_run_on_the_check_inputs_is_one_error():
+    # 32x32 default spatial dims, but the model reshapes to a fixed 4x4 size
+    proto = symbolic_convnet()
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([1, 4, 16], np.int64), "shape"))
+    proto.graph.node[-1].output[0] = "r"
+    proto.graph.node.append(helper.make_node("Reshape", ["r", "shape"], ["y"], name="fixed"))
+    with pytest.raises(InputError, match="cannot run the original model on the check inputs.*--shape"):
+        optimize(proto, preset="exact", repeats=1)
+    optimize(proto, preset="exact", shapes={"x": (1, 3, 4, 4)}, repeats=1)

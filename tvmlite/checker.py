@@ -83,7 +83,13 @@ class Checker:
         self.latency_feeds = _first_example(original, checkset.batches[0])
         sess = self._session(original)
         self.names = [o.name for o in sess.get_outputs()]
-        self.reference = self._run(sess, checkset.batches)
+        try:
+            with np.errstate(all="ignore"):
+                self.reference = self._run(sess, checkset.batches)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise InputError(f"onnxruntime cannot run the original model on the check inputs ({checkset.source}): "
+                             f"{msg}; give --inputs, or --shape with sizes the model takes") from None
         self._refuse_nonfinite()
         checked = list(check_outputs or self.names)
         bad = [n for n in checked if n not in self.names]

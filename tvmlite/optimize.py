@@ -71,6 +71,8 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     spec = resolve_passes(preset, passes)
     pipeline = parse_spec(spec)
     if labels is not None:
+        if inputs is None:
+            raise OptionError("labels need inputs: the labels are those of the given inputs")
         max_accuracy_drop = DEFAULT_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
     if speed_check is None:
         speed_check = not passes and (preset or DEFAULT_PRESET) in SPEED_PRESETS
@@ -150,7 +152,7 @@ class _Rows:
         decisions = list(result.decisions) if result else []
         skipped = list(result.skipped) if result else []
         if prev is not None and not measure:
-            budget = {n: self.checker.budget(n) for n in self.checker.checked} if self.checker else {}
+            budget = _budgets(self.checker) if self.checker else {}
             row = PassReport(name, spec, status in (KEPT, PARTIAL), status, note, prev.nodes, prev.params, prev.macs,
                              prev.file_bytes, prev.max_error, prev.worst_output, prev.accuracy, prev.latency_ms,
                              prev.latency_spread_ms, seconds, budget, list(prev.outputs), decisions,
@@ -165,7 +167,7 @@ class _Rows:
             meas = meas or ck.measure(self.m)
             worst, err = meas.worst
             acc = meas.accuracy
-            budget = {n: ck.budget(n) for n in ck.checked}
+            budget = _budgets(ck)
             outputs = [{"name": o.name, "error": meas.errors.get(o.name), "rel": o.rel, "rms": o.rms,
                         "cosine": o.cosine, "argmax": o.argmax, "topk": o.topk, "nonfinite": o.nonfinite,
                         "masked": o.masked} for o in meas.outputs]
@@ -177,6 +179,11 @@ class _Rows:
             name, spec, status in (KEPT, PARTIAL, ""), status, note, s["nodes"], s["params"], s["macs"],
             proto_bytes(export_model(self.m)), err, worst, acc, lat, spread, seconds, budget, outputs, decisions,
             skipped, list(excluded)))
+
+
+def _budgets(checker) -> dict:
+    """Per checked output its budget; None where only accuracy is checked (--labels)."""
+    return {n: (b if b != float("inf") else None) for n, b in ((n, checker.budget(n)) for n in checker.checked)}
 
 
 def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
