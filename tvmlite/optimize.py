@@ -112,6 +112,8 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     if calib is not None:
         for p in needs_calib:
             setattr(p.options, p.calibration_option, calib)
+    if checker is not None and not shapes:  # MACs of symbolic dims: count those of one check example
+        shapes = {n: tuple(a.shape) for n, a in checker.latency_feeds.items() if hasattr(a, "shape")}
     rows = _Rows(m, shapes, checker, report)
     rows.add("(input)", "", "", "", measure=True)
     for i, p in enumerate(pipeline, 1):

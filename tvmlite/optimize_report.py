@@ -55,8 +55,9 @@ class OptimizeReport:
             if self.metrics:
                 lines.append("metric per checked output: " + ", ".join(f"{k} {v}" for k, v in self.metrics.items())
                              + " (rel: max|opt - orig| / (max - min of orig); cosine, argmax, topk: 1 - agreement)")
-            lines.append("ORT ms: median onnxruntime latency at batch 1 (2 threads) ± half the interquartile "
-                         "range; acc: top-1 on the check inputs")
+            lines.append("ORT ms: median onnxruntime latency at batch 1 (2 threads) ± half the interquartile range"
+                         + ("; acc: top-1 on the check inputs" if any(r.accuracy is not None for r in self.rows)
+                            else ""))
         hdr = (f"{'pass':<22} {'status':<11} {'nodes':>6} {'params':>11} {'MACs':>14} {'size':>10} "
                f"{'error':>9} {'acc':>7} {'ORT ms':>14} {'time':>7}")
         lines += [hdr, "-" * len(hdr)]
