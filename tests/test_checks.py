@@ -281,7 +281,7 @@ def test_symbolic_dims_without_shape(preset):
     assert any("x[2]" in n and "32" in n for n in report.check_notes)
     shape = m.graph.values["x"].shape
     assert isinstance(shape[2], str) and isinstance(shape[3], str)  # dims stay symbolic
-    assert report.rows[-1].max_error <= (0 if preset == "exact" else 1e-4)
+    assert report.rows[-1].max_error <= (0 if preset == "exact" else 1e-3)
 
 
 def test_shape_accepts_the_peers_spelling_and_every_hint_parses():

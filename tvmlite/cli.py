@@ -263,7 +263,7 @@ def _per_output_option(items, what, convert):
               help="Check only these outputs against the budget (default: all; NaN/Inf fails on any output).")
 @click.option("--max-error", "max_errors", multiple=True, metavar="[OUTPUT=]E",
               help="Undo a pass whose error on the metric exceeds E (per output with OUTPUT=E). Default: the "
-                   "largest default budget of the passes run so far (rel: 0 for remove-identity/dce, 1e-4 for "
+                   "largest default budget of the passes run so far (rel: 0 for remove-identity/dce, 1e-3 for "
                    "clean-ups, 1e-2 fp16, 0.1 quantize/quantize-dynamic/lowrank/compress-weights/prune; "
                    "cosine/argmax/topk: 0.01 for lossy passes); with --labels: not checked.")
 @click.option("--max-accuracy-drop", type=float, default=None, metavar="PT",

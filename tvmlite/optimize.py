@@ -212,8 +212,9 @@ def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
     else:
         log(f"{p.name}: {checker.why(meas)}; trying without single layers" if p.exclude_option else
             f"{p.name}: {checker.why(meas)}")
-        kept_model, excluded, note = _undo_layers(p, backup, result, checker, meas)
+        kept_model, excluded, note = _undo_layers(p, backup, result, checker, meas, log)
     if checker.speed_check and not p.cleanup and kept_model is not backup:
+        log(f"{p.name}: timing the model with and without it side by side")
         t_new, t_old = checker.side_by_side_ms(kept_model, backup)
         if t_new < t_old:
             note = "; ".join(x for x in (note, f"faster in onnxruntime: {t_new:.3f} vs {t_old:.3f} ms side by side") if x)
@@ -227,7 +228,7 @@ def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
              meas=meas if status == KEPT else None)
 
 
-def _undo_layers(p, backup: Model, result, checker, meas):
+def _undo_layers(p, backup: Model, result, checker, meas, log=lambda line: None):
     """Redo a per-layer pass without its worst layers (fewest that meet the budget); else undo it."""
     budget = checker.why(meas)
     layers = list(dict.fromkeys(result.rewritten))
@@ -235,6 +236,7 @@ def _undo_layers(p, backup: Model, result, checker, meas):
         return backup, [], f"undone: {budget}"
 
     def trial(exclude):
+        log(f"{p.name}: trial without {len(exclude)} of {len(layers)} layer(s)")
         m = backup.copy()
         try:
             p.replay(result, list(exclude))(m)
