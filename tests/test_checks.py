@@ -350,3 +350,27 @@ def test_original_that_cannot_run_on_the_check_inputs_is_one_error():
     with pytest.raises(InputError, match="cannot run the original model on the check inputs.*--shape"):
         optimize(proto, preset="exact", repeats=1)
     optimize(proto, preset="exact", shapes={"x": (1, 3, 4, 4)}, repeats=1)
+
+
+def test_calibration_samples_of_different_sizes_are_held_out_by_sample():
+    proto = symbolic_convnet()
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((1, 3, 8, 8 + 4 * i)).astype(np.float32)} for i in range(8)]
+    seen = []
+
+    @register_pass
+    class CalibratedToo(Pass):
+        name = "test-calibrated-too"
+        calibration_option = "calib"
+
+        @dataclass
+        class Options:
+            calib: object = None
+
+        def run(self, model):
+            seen.append(self.options.calib)
+            return PassResult(self.name)
+
+    _, report = optimize(proto, passes="test-calibrated-too", calib=calib, repeats=1)
+    assert "the last 2 of 8 calibration samples" in report.check_inputs
+    assert len(seen[0].samples) == 6

@@ -233,6 +233,13 @@ def build_checkset(model: Model, *, inputs=None, labels=None, calib=None, shapes
                           f"({data.source}), held out from calibration", mask_input=mask)
             return cs, rest
         samples = data.samples
+        if merged is None and len(samples) >= 2 and hold_out_calib:  # samples of different sizes
+            k = min(64, max(1, int(round(len(samples) * CALIB_HOLDOUT))))
+            rest = CalibrationData(samples[:-k], f"{data.source} (first {len(samples) - k} samples)")
+            cs = CheckSet([b for s in samples[-k:] for b in to_batches(model, s, "--calib")],
+                          f"the last {k} of {len(samples)} calibration samples ({data.source}), held out from "
+                          "calibration", mask_input=mask)
+            return cs, rest
         src = f"the calibration data ({data.source}; too small to hold a part out)" if hold_out_calib else \
             f"the calibration data ({data.source}; no pass calibrates on it)"
         return CheckSet([b for s in samples for b in to_batches(model, s, "--calib")], src, mask_input=mask), data
