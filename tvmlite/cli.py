@@ -16,7 +16,7 @@ import numpy as np
 from tvmlite.errors import TvmliteError
 
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2..",
-                            help="Fix an input's symbolic dims, e.g. --shape x=1x3x224x224 (a name keeps a dim "
+                            help="Fix an input's symbolic dims, e.g. --shape x=1x3x224x224 or x:1,3,224,224 (a name keeps a dim "
                                  "symbolic: x=Nx3x224x224); optimize writes it into the model when a pass needs static "
                                  "shapes (conv lowering).")
 inputs_option = click.option("--inputs", "inputs", type=click.Path(dir_okay=False), default=None,
