@@ -58,6 +58,26 @@ class Measurement:
         return name, self.errors[name]
 
 
+def per_output_option(items, what, convert):
+    """``("0.1", "boxes=0.01")`` -> 0.1 for every output, overridden per named output."""
+    if not items:
+        return None
+    default, per = None, {}
+    for item in items:
+        name, eq, value = item.rpartition("=")
+        try:
+            v = convert(value)
+        except ValueError:
+            raise OptionError(f"{what} {item!r}: {value!r} is not valid") from None
+        if eq:
+            per[name] = v
+        else:
+            default = v
+    if not per:
+        return default
+    return {"*": default, **per} if default is not None else per
+
+
 def _per_output(value, names, what):
     """One value for every output, or a dict per output name ("*": the value of the others)."""
     if isinstance(value, dict):

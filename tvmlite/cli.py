@@ -16,8 +16,8 @@ import numpy as np
 from tvmlite.errors import TvmliteError
 
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2..",
-                            help="Fix an input's symbolic dims, e.g. --shape x=1x3x224x224 or x:1,3,224,224 (a name keeps a dim "
-                                 "symbolic: x=Nx3x224x224); optimize writes it into the model when a pass needs static "
+                            help="Fix an input's symbolic dims, e.g. --shape x=1x3x224x224 or x:1,3,224,224 "
+                                 "(a name keeps a dim symbolic: x=Nx3x224x224); optimize writes it into the model when a pass needs static "
                                  "shapes (conv lowering).")
 inputs_option = click.option("--inputs", "inputs", type=click.Path(dir_okay=False), default=None,
                              help="An .npz file with one array per model input (default: random inputs).")
@@ -216,28 +216,6 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
 
 
 # ----------------------------------------------------------------------------------------- optimize
-def _per_output_option(items, what, convert):
-    """``("0.1", "boxes=0.01")`` -> 0.1 for every output, overridden per named output."""
-    from tvmlite.errors import OptionError
-
-    if not items:
-        return None
-    default, per = None, {}
-    for item in items:
-        name, eq, value = item.rpartition("=")
-        try:
-            v = convert(value)
-        except ValueError:
-            raise OptionError(f"{what} {item!r}: {value!r} is not valid") from None
-        if eq:
-            per[name] = v
-        else:
-            default = v
-    if not per:
-        return default
-    return {"*": default, **per} if default is not None else per
-
-
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the model.")
@@ -297,8 +275,10 @@ def optimize(model, output, preset, spec, shapes, inputs, labels, calib, metrics
 
     parse_spec(resolve_passes(preset, spec))  # bad specs fail before any work
     label_array = _load_labels(inputs, labels)
-    max_error = _per_output_option(max_errors, "--max-error", float)
-    metric = _per_output_option(metrics, "--metric", str)
+    from tvmlite.checker import per_output_option
+
+    max_error = per_output_option(max_errors, "--max-error", float)
+    metric = per_output_option(metrics, "--metric", str)
     m, report = run_optimize(model, passes=spec, preset=preset, inputs=inputs,
                              shapes=parse_shape_overrides(shapes), labels=label_array, calib=calib,
                              max_error=max_error, metric=metric,
