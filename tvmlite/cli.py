@@ -20,8 +20,8 @@ from tvmlite.cli_checks import check_budgets, check_pass_spec_text, command_outp
 from tvmlite.errors import TvmliteError
 
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2..",
-                            help="Fix an input's symbolic dims, e.g. --shape x=1x3x224x224 (a name keeps a dim "
-                                 "symbolic: x=Nx3x224x224); optimize writes it into the model when a pass needs static "
+                            help="Fix an input's symbolic dims, e.g. --shape x=1x3x224x224 or x:1,3,224,224 "
+                                 "(a name keeps a dim symbolic: x=Nx3x224x224); optimize writes it into the model when a pass needs static "
                                  "shapes (conv lowering).")
 inputs_option = click.option("--inputs", "inputs", type=click.Path(dir_okay=False), default=None,
                              help="An .npz file with one array per model input (default: random inputs).")
@@ -203,8 +203,10 @@ def run(model, backend, inputs, shapes, output, repeats):
 @click.option("--repeats", type=click.IntRange(0), default=10, show_default=True, help="Timed runs per side.")
 @click.option("--labels", default=None, metavar="NAME",
               help="Array NAME of the --inputs file holds class labels: report top-1 accuracy of both sides.")
+@click.option("--custom-ops", "custom_ops", multiple=True, type=click.Path(dir_okay=False), metavar="LIB.so",
+              help="Register this custom-op library in the onnxruntime sessions.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, labels, as_json):
+def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, labels, custom_ops, as_json):
     """Compare CANDIDATE (or REFERENCE itself on another backend) with REFERENCE in onnxruntime.
 
     Exit status: 0 within tolerance, 1 outside, 2 on error."""
@@ -216,7 +218,7 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
     label_array = load_labels(inputs, labels)
     report = do_compare(reference, candidate, backend=backend, inputs=inputs,
                         shapes=parse_shape_overrides(shapes), rtol=rtol, atol=atol, repeats=repeats,
-                        labels=label_array)
+                        labels=label_array, custom_ops=custom_ops)
     click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.format())
     sys.exit(0 if report.ok else 1)
 
@@ -233,13 +235,23 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
 @shape_option
 @inputs_option
 @click.option("--labels", default=None, metavar="NAME",
-              help="Array NAME of the --inputs file holds class labels: check accuracy too.")
+              help="Array NAME of the --inputs file holds class labels: check top-1 accuracy on a third of the "
+                   "examples and report it on the other two thirds, which no check or per-layer choice sees.")
 @click.option("--calib", type=click.Path(), default=None,
               help="Calibration data for the passes that need it (quantize, lowrank): an .npz with one "
-                   "array per input, or a directory of .npy files.")
-@click.option("--max-error", type=float, default=None,
-              help="Undo a pass whose max abs error exceeds this times max|output| of the original "
-                   "(default: the preset's budget, 1e-3 for --passes; with --labels: not checked).")
+                   "array per input, or a directory of .npy files. Without --inputs, its last quarter is held "
+                   "out from calibration and checks the passes.")
+@click.option("--metric", "metrics", multiple=True, metavar="[OUTPUT=]METRIC",
+              help="What the budget applies to, for all checked outputs or one: rel (default: max|opt - orig| / "
+                   "(max - min of the original output)), cosine (1 - cosine similarity), argmax or topk "
+                   "(1 - share of rows whose top-1 agrees / is in the top 5; classifier outputs).")
+@click.option("--check-output", "check_outputs", multiple=True, metavar="NAME",
+              help="Check only these outputs against the budget (default: all; NaN/Inf fails on any output).")
+@click.option("--max-error", "max_errors", multiple=True, metavar="[OUTPUT=]E",
+              help="Undo a pass whose error on the metric exceeds E (per output with OUTPUT=E). Default: the "
+                   "largest default budget of the passes run so far (rel: 0 for remove-identity/dce, 1e-3 for "
+                   "clean-ups, 1e-2 fp16, 0.1 quantize/quantize-dynamic/lowrank/compress-weights/prune; "
+                   "cosine/argmax/topk: 0.01 for lossy passes); with --labels: not checked.")
 @click.option("--max-accuracy-drop", type=float, default=None, metavar="PT",
               help="With --labels: undo a pass that costs more than PT points of top-1 accuracy (default 0.5).")
 @click.option("--check/--no-check", default=True, show_default=True,
@@ -247,37 +259,55 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
 @click.option("--speed-check/--no-speed-check", default=None,
               help="Keep a pass only when the model runs faster after it in onnxruntime (timed side by "
                    "side at batch 1). Default: on for --preset fast (the default preset), off otherwise.")
+@click.option("--custom-ops", "custom_ops", multiple=True, type=click.Path(dir_okay=False), metavar="LIB.so",
+              help="Register this custom-op library in the onnxruntime check sessions.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 (after writing OUTPUT) when the report has a warning: a pass undone on every layer, "
+                   "a named pass that changed nothing, a held-out accuracy drop over budget.")
+@click.option("-v", "--verbose", count=True, help="Show every layer decision and skip.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the pass table and warnings; no progress lines.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the report as JSON to this file.")
-def optimize(model, output, preset, spec, shapes, inputs, labels, calib, max_error, max_accuracy_drop, check,
-             speed_check, json_path):
-    """Run passes over MODEL, check each in onnxruntime, write the result to OUTPUT."""
+              help="Also write the report as JSON to this file (full precision).")
+def optimize(model, output, preset, spec, shapes, inputs, labels, calib, metrics, check_outputs, max_errors,
+             max_accuracy_drop, check, speed_check, custom_ops, strict, verbose, quiet, json_path):
+    """Run passes over MODEL, check each in onnxruntime, write the result to OUTPUT.
+
+    Exit status: 0 done, 1 with --strict when the report has a warning, 2 on error."""
     from tvmlite.export import export_model
     from tvmlite.inputs import parse_shape_overrides
     from tvmlite.optimize import optimize as run_optimize
     from tvmlite.optimize import resolve_passes
 
-    txn = command_outputs(model, inputs, calib)
+    txn = command_outputs(model, inputs, calib, custom_ops)
     txn.file(output, "-o")
     staged_json = txn.file(json_path, "--json") if json_path else None
     from passes import parse_spec
 
     check_pass_spec_text(spec)
-    check_budgets(max_error=max_error, max_accuracy_drop=max_accuracy_drop)
+    from tvmlite.checker import per_output_option
+
+    max_error = per_output_option(max_errors, "--max-error", float)
+    for budget in (max_error.values() if isinstance(max_error, dict) else [max_error]):
+        check_budgets(max_error=budget)
+    check_budgets(max_accuracy_drop=max_accuracy_drop)
+    metric = per_output_option(metrics, "--metric", str)
     parse_spec(resolve_passes(preset, spec))  # bad specs fail before any work
     label_array = load_labels(inputs, labels)
     m, report = run_optimize(model, passes=spec, preset=preset, inputs=inputs,
                              shapes=parse_shape_overrides(shapes), labels=label_array, calib=calib,
-                             max_error=max_error,
-                             max_accuracy_drop=max_accuracy_drop, check=check, speed_check=speed_check)
+                             max_error=max_error, metric=metric,
+                             check_outputs=list(check_outputs) or None, max_accuracy_drop=max_accuracy_drop,
+                             check=check, speed_check=speed_check, custom_ops=custom_ops, progress=not quiet)
     _save_checked(export_model(m), output, txn)
-    click.echo(report.format())
+    click.echo(report.format(0 if quiet else 1 + verbose))
     if json_path:
         data = {"model": model, "output": output, **report.to_dict()}
         with open(staged_json, "w") as f:
             f.write(json.dumps(data, indent=2, default=str))
     txn.commit()
     click.echo(f"wrote {output} ({_size(os.path.getsize(output))}, input {_size(os.path.getsize(model))})")
+    if strict and report.warnings:
+        sys.exit(1)
 
 
 # ------------------------------------------------------------------------------------------- passes

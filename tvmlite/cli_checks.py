@@ -18,11 +18,13 @@ from tvmlite.outputs import Outputs, data_files, model_files
 open_outputs: list[Outputs] = []
 
 
-def command_outputs(model: str | None = None, inputs: str | None = None, calib: str | None = None) -> Outputs:
+def command_outputs(model: str | None = None, inputs: str | None = None, calib: str | None = None,
+                    custom_ops=()) -> Outputs:
     """An Outputs transaction whose files may be none of the command's inputs: the model (and
-    its external data, or a built library's plan and constants), --inputs and --calib."""
+    its external data, or a built library's plan and constants), --inputs, --calib and --custom-ops."""
     txn = Outputs(lambda: model_files(model) + data_files(inputs, "--inputs file")
-                  + data_files(calib, "--calib data"))
+                  + data_files(calib, "--calib data")
+                  + [(lib, "--custom-ops library") for lib in custom_ops or ()])
     open_outputs.append(txn)
     return txn
 

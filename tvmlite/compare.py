@@ -15,11 +15,12 @@ import numpy as np
 from tvmlite.errors import InputError, TvmliteError
 from tvmlite.export import onnx_export
 from tvmlite.ir.graph import Model
-from tvmlite.inputs import check_feeds, graph_inputs, load_npz, random_inputs
+from tvmlite.inputs import check_feeds, random_inputs, read_feeds
 
 
-def ort_session(model, threads: int = 2):
-    """An onnxruntime CPU session for a path, a ModelProto or a tvmlite Model."""
+def ort_session(model, threads: int = 2, custom_ops=()):
+    """An onnxruntime CPU session for a path, a ModelProto or a tvmlite Model; ``custom_ops``:
+    paths of custom-op libraries to register first."""
     import onnxruntime as ort
 
     from tvmlite.export import export_model
@@ -29,6 +30,11 @@ def ort_session(model, threads: int = 2):
     so.inter_op_num_threads = 1
     so.log_severity_level = 4  # errors come back as exceptions, folded into one tvmlite line
     ort.set_default_logger_severity(4)
+    for lib in custom_ops or ():
+        try:
+            so.register_custom_ops_library(os.fspath(lib))
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes
+            raise TvmliteError(f"--custom-ops {lib}: onnxruntime cannot load it: {str(e).strip()[:200]}") from None
     if isinstance(model, Model):
         model = export_model(model)
     if isinstance(model, (str, os.PathLike)):
@@ -192,6 +198,8 @@ def output_report(name: str, ref, cand, rtol: float, atol: float, significant: f
     rf, cf = r[finite].ravel(), c[finite].ravel()
     denom = np.linalg.norm(rf) * np.linalg.norm(cf)
     cosine = float(rf @ cf / denom) if denom > 0 else (1.0 if np.array_equal(rf, cf) else 0.0)
+    if np.isinf(max_abs):  # NaN/Inf where the reference has none: no figure may look fine
+        max_rel, cosine = float("inf"), float("nan")
     argmax = None
     if ref.dtype.kind == "f" and ref.ndim in (2, 3) and ref.shape[-1] > 1:  # [N, C] or [N, T, C] scores
         argmax = float(np.mean(np.argmax(r, axis=-1) == np.argmax(c, axis=-1)))
@@ -205,20 +213,13 @@ def prepare_inputs(model: Model, inputs=None, shapes=None, seed: int = 0) -> dic
     An .npz may hold more arrays than the model takes (labels, say): those are left out."""
     if inputs is None:
         return random_inputs(model, shapes, seed)
-    if isinstance(inputs, (str, os.PathLike)):
-        data = load_npz(inputs)
-        feeds = {k: v for k, v in data.items() if k in model.graph.inputs}
-        if not feeds:
-            raise InputError(f"inputs file {os.fspath(inputs)} has none of the model's inputs "
-                             f"{graph_inputs(model.graph)} (it has {sorted(data)})")
-    else:
-        feeds = dict(inputs)
+    feeds = read_feeds(model, inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
     return check_feeds(model, feeds)
 
 
 def compare(reference, candidate=None, *, backend: str = "numpy", inputs=None, shapes=None,
             rtol: float = 1e-4, atol: float = 1e-5, repeats: int = 10, threads: int = 2,
-            seed: int = 0, labels=None) -> CompareReport:
+            seed: int = 0, labels=None, custom_ops=()) -> CompareReport:
     """Run ``reference`` in onnxruntime and ``candidate`` (default: the same model) on ``backend``
     ('numpy', 'ort' or 'tvm') on the same inputs, and report errors and latencies."""
     from tvmlite.backends.numpy import compile_model
@@ -229,11 +230,11 @@ def compare(reference, candidate=None, *, backend: str = "numpy", inputs=None, s
     feeds = prepare_inputs(ref_model, inputs, shapes, seed)
     if cand_model is not ref_model:
         check_feeds(cand_model, feeds)
-    sess = ort_session(reference if isinstance(reference, (str, os.PathLike)) else ref_model, threads)
+    sess = ort_session(reference if isinstance(reference, (str, os.PathLike)) else ref_model, threads, custom_ops)
     names = [o.name for o in sess.get_outputs()]
     ref_out = sess.run(None, feeds)
     if backend == "ort":
-        csess = ort_session(candidate if isinstance(candidate, (str, os.PathLike)) else cand_model, threads)
+        csess = ort_session(candidate if isinstance(candidate, (str, os.PathLike)) else cand_model, threads, custom_ops)
 
         def run_candidate():
             return csess.run(None, feeds)

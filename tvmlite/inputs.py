@@ -23,13 +23,18 @@ MAX_ELEMENTS = 2**40
 
 
 def parse_shape_overrides(items) -> dict[str, tuple[int, ...]]:
-    """``["x=1x3x224x224", "y=Nx16"]`` -> {"x": (1, 3, 224, 224), "y": ("N", 16)}."""
+    """``["x=1x3x224x224", "y=Nx16"]`` -> {"x": (1, 3, 224, 224), "y": ("N", 16)}; the peers'
+    spelling ``x:1,3,224,224`` is read too."""
     out = {}
     for item in items or ():
         name, eq, dims = item.partition("=")
+        sep = "x"
+        if not eq and ":" in item:
+            name, eq, dims = item.rpartition(":")
+            sep = ","
         if not eq or not name:
-            raise InputError(f"--shape {item!r}: expected NAME=D1xD2x...")
-        parts = [d for d in dims.split("x") if d != ""]
+            raise InputError(f"--shape {item!r}: expected NAME=D1xD2x... or NAME:D1,D2,...")
+        parts = [d.strip() for d in dims.split(sep) if d.strip() != ""]
         if not parts:
             raise InputError(f"--shape {item!r}: no dimensions")
         shape = []
@@ -69,8 +74,13 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
         raise InputError(f"cannot read inputs file {path}: {e}") from None
 
 
+#: the size random inputs give a symbolic dim that ``shapes`` leaves open (a leading one gets 1)
+DEFAULT_SYMBOLIC_DIM = 32
+
+
 def random_inputs(model: Model, shapes: dict | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random feeds from the input types; symbolic dims must be fixed by ``shapes`` or default to 1."""
+    """Random feeds from the input types; a symbolic dim not fixed by ``shapes`` is 1 when leading
+    (the batch), else DEFAULT_SYMBOLIC_DIM."""
     rng = np.random.default_rng(seed)
     g = model.graph
     feeds = {}
@@ -81,14 +91,10 @@ def random_inputs(model: Model, shapes: dict | None = None, seed: int = 0) -> di
         shape = (shapes or {}).get(name)
         if shape is None:
             if v.shape is None:
-                raise InputError(f"input {name!r} has unknown rank: give --shape {name}=D1xD2...")
-            unknown = [i for i, d in enumerate(v.shape) if not (isinstance(d, int) and d > 0)]
-            if unknown and any(i != 0 for i in unknown):
-                raise InputError(f"input {name!r} has symbolic dims {list(v.shape)}: "
-                                 f"give --shape {name}=" + "x".join(str(d) if isinstance(d, int) and d > 0
-                                                                     else "?" for d in v.shape))
+                raise InputError(f"input {name!r} has unknown rank: give its values with --inputs")
             shape = v.shape
-        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape)
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 if i == 0 else DEFAULT_SYMBOLIC_DIM
+                      for i, d in enumerate(shape))
         dt = v.dtype
         if dt.kind == "f":
             feeds[name] = rng.standard_normal(shape).astype(dt)
@@ -100,6 +106,18 @@ def random_inputs(model: Model, shapes: dict | None = None, seed: int = 0) -> di
             raise InputError(f"input {name!r} of dtype {dt} cannot be made at random: use --inputs")
     check_feeds(model, feeds)
     return feeds
+
+
+def read_feeds(model: Model, inputs) -> dict:
+    """The model's inputs from an .npz path or a dict (unchecked); other arrays (labels) are left out."""
+    if isinstance(inputs, (str, os.PathLike)):
+        data = load_npz(os.fspath(inputs))
+        feeds = {k: v for k, v in data.items() if k in model.graph.inputs}
+        if not feeds:
+            raise InputError(f"inputs file {os.fspath(inputs)} has none of the model's inputs "
+                             f"{graph_inputs(model.graph)} (it has {sorted(data)})")
+        return feeds
+    return dict(inputs)
 
 
 def check_feeds(model: Model, feeds: dict) -> dict:
