@@ -129,8 +129,11 @@ def check_library(path: str, plan: dict) -> None:
     except OSError as e:
         raise ArtifactError(f"cannot read {path}: {e.strerror}") from None
     if "lib_bytes" in plan and plan["lib_bytes"] != size:
+        if isinstance(plan["lib_bytes"], int) and size < plan["lib_bytes"]:
+            raise ArtifactError(f"{path}: not a complete shared library ({size:,} of the "
+                                f"{plan['lib_bytes']:,} bytes its build wrote); rebuild it")
         raise ArtifactError(f"{path} has {size:,} bytes, the build recorded {plan['lib_bytes']!r}: "
-                            "the file is truncated or was replaced; rebuild it")
+                            "the file was replaced; rebuild it")
     if "lib_sha256" in plan and hashlib.sha256(data).hexdigest() != plan["lib_sha256"]:
         raise ArtifactError(f"{path}: SHA-256 differs from the one its build recorded; rebuild it")
     _check_elf(data, path)

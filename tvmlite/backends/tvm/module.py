@@ -168,6 +168,11 @@ def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None
         shutil.copyfile(lib_path, so)
     else:
         lib.export_library(so)
+    # the load side checks these before dlopen (artifact_check): a truncated or swapped library
+    # is refused with one line instead of faulting
+    with open(so, "rb") as f:
+        data = f.read()
+    plan = {**plan, "lib_bytes": len(data), "lib_sha256": hashlib.sha256(data).hexdigest()}
     with open(js, "w") as f:
         json.dump(plan, f)
     with open(npz, "wb") as f:  # a file object: np.savez would add ".npz" to a name
