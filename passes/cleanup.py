@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnx import helper
+
 from passes.base import Pass, PassResult, register_pass
+from passes.constants import FOLD_MAX_BYTES, FOLD_MAX_ELEMENTS, fold_output_bound
 from tvmlite.backends.numpy.plan import NONDETERMINISTIC, _resolve
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ops.registry import kernel_attr_name
@@ -27,7 +30,10 @@ def constant_inputs(graph: Graph, node: Node) -> list | None:
         if not name:
             vals.append(None)
             continue
-        c = graph.const_value(name)
+        try:
+            c = graph.const_value(name)
+        except Exception:  # noqa: BLE001 - a malformed Constant: not a value we can use
+            return None
         if c is None:
             return None
         vals.append(c)
@@ -59,7 +65,10 @@ def remove_dead_producers(g: Graph, names) -> int:
 
 @register_pass
 class FoldConstants(Pass):
-    """Evaluate nodes whose inputs are all constant and store their outputs as initializers."""
+    """Evaluate nodes whose inputs are all constant and store their outputs as initializers.
+
+    The output size is bounded before the node is evaluated (passes/constants.py); a node that
+    cannot be sized, evaluated or stored is left alone with the reason."""
 
     name = "fold-constants"
     cleanup = True
@@ -69,52 +78,70 @@ class FoldConstants(Pass):
         #: do not fold a node whose outputs are this many times larger than its inputs (and > 1 MiB):
         #: ConstantOfShape/Expand/Tile would bloat the file
         max_growth: float = 4.0
+        #: never fold into a constant larger than this (elements / bytes); defaults in passes/constants.py
+        max_elements: int = FOLD_MAX_ELEMENTS
+        max_bytes: int = FOLD_MAX_BYTES
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
         g = model.graph
         fed: set[str] = set()  # inputs of folded nodes: their producers may be dead now
-        for node in g.toposort():
-            if node.op_type == "Constant" or node.subgraphs or node.op_type in NONDETERMINISTIC:
-                continue
-            if any(o in g.outputs for o in node.outputs):
-                continue  # graph outputs stay produced by a node
+        for node in foldable_nodes(g):
             vals = constant_inputs(g, node)
-            if vals is None or not node.inputs:
+            if vals is None:
                 continue
-            op = _resolve(node, model.opsets)
-            if op is None or op.needs_ctx:
-                result.skip(node, "no kernel to evaluate it")
+            why = self._fold(model, node, vals)
+            if why:
+                result.skip(node, why)
                 continue
-            attrs = {kernel_attr_name(k): v for k, v in node.attrs.items()}
-            try:
-                with np.errstate(all="ignore"):
-                    out = op.kernel(*vals, **attrs)
-            except Exception as e:  # noqa: BLE001 - leave the node for the runtime to report
-                result.skip(node, f"evaluation failed: {type(e).__name__}: {e}")
-                continue
-            outs = list(out) if isinstance(out, tuple) else [out]
-            if any(not isinstance(o, np.ndarray) and not np.isscalar(o) for o in outs):
-                result.skip(node, "output is not a tensor")
-                continue
-            outs = [np.asarray(o) for o in outs]
-            in_bytes = sum(v.nbytes for v in vals if v is not None)
-            out_bytes = sum(o.nbytes for o in outs)
-            if out_bytes > 2**20 and out_bytes > self.options.max_growth * max(in_bytes, 1):
-                result.skip(node, f"folding would store {out_bytes} bytes from {in_bytes}")
-                continue
-            g.remove_node(node, remove_outputs=False)
             fed.update(n for n in node.inputs if n)
-            for name, arr in zip(node.outputs, outs):
-                if name:
-                    v = g.values[name]
-                    g.add_initializer(name, arr)
-                    v.type = None
-                    v.const = arr
             result.rewrote(node)
         result.stats["folded"] = len(result.rewritten)
         result.stats["inputs_removed"] = remove_dead_producers(g, fed)
         return result
+
+    def _fold(self, model: Model, node: Node, vals: list) -> str | None:
+        g = model.graph
+        try:
+            op = _resolve(node, model.opsets)
+        except Exception as e:  # noqa: BLE001 - an odd domain or opset: not ours to evaluate
+            return f"no kernel to evaluate it ({type(e).__name__})"
+        if op is None or op.needs_ctx:
+            return "no kernel to evaluate it"
+        o = self.options
+        _, why = fold_output_bound(node, vals, model.opsets, o.max_elements, o.max_bytes, o.max_growth)
+        if why:
+            return why
+        attrs = {kernel_attr_name(k): v for k, v in node.attrs.items()}
+        try:
+            with np.errstate(all="ignore"):
+                out = op.kernel(*vals, **attrs)
+            outs = list(out) if isinstance(out, tuple) else [out]
+            if any(not isinstance(x, np.ndarray) and not np.isscalar(x) for x in outs):
+                return "output is not a tensor"
+            outs = [np.asarray(x) for x in outs]
+            for x in outs:
+                helper.np_dtype_to_tensor_dtype(x.dtype)  # raises for dtypes ONNX lacks
+        except Exception as e:  # noqa: BLE001 - leave the node for the runtime to report
+            return f"evaluation failed: {type(e).__name__}: {e}"
+        if len(outs) < len([n for n in node.outputs if n]):
+            return "the kernel gave fewer outputs than the node has"
+        g.remove_node(node, remove_outputs=False)
+        for name, arr in zip(node.outputs, outs):
+            if name:
+                g.add_initializer(name, arr)
+        return None
+
+
+def foldable_nodes(g: Graph):
+    """Nodes fold-constants may evaluate, in topological order: deterministic, no subgraphs, not a
+    Constant and not producing a graph output (those stay produced by a node)."""
+    outputs = set(g.outputs)
+    for node in g.toposort():
+        if (node.op_type == "Constant" or node.subgraphs or node.op_type in NONDETERMINISTIC
+                or not node.inputs or any(o in outputs for o in node.outputs)):
+            continue
+        yield node
 
 
 @register_pass
