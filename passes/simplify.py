@@ -72,5 +72,10 @@ class Simplify(Pass):
         result.skipped = [s for p in passes for s in skipped.get(p.name, [])]
         result.stats["rounds"] = rounds
         if self.options.infer:
+            g = model.graph
+            declared = {n: g.values[n].type for n in g.outputs if n in g.values}
             result.count("values_typed", InferShapes()(model).stats.get("values_typed", 0))
+            for name, tp in declared.items():  # graph outputs keep the type the model declares
+                if tp is not None:
+                    g.values[name].type = tp
         return result
