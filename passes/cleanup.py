@@ -268,8 +268,33 @@ class FoldBatchNorm(Pass):
         b = g.const_value(b_name) if b_name else None
         if b_name and b is None:
             return f"bias of {prod.label!r} is not constant"
-        scale, beta, mean, var = (p.astype(np.float64) for p in params)
         eps = float(bn.attrs.get("epsilon", 1e-5))
+        if prod.op_type == "Conv" and all(p.dtype == w.dtype for p in params) and (b is None or b.dtype == w.dtype):
+            if w.shape[0] != params[0].size:
+                return "channel count of BatchNormalization and Conv differ"
+            w_new, b_new = ort_conv_bn(w, b, params, eps)
+        else:
+            folded = self._fold_float64(g, bn, prod, w, b, params, eps)
+            if isinstance(folded, str):
+                return folded
+            w_new, b_new = folded
+        dtype = w.dtype
+        w_name = g.add_constant(w_new.astype(dtype), f"{prod.name or 'w'}_bnfolded_W")
+        b_name_new = g.add_constant(b_new.astype(dtype), f"{prod.name or 'b'}_bnfolded_B")
+        inputs = list(prod.inputs) + [""] * (3 - len(prod.inputs))
+        inputs[1], inputs[2] = w_name, b_name_new
+        g.set_inputs(prod, inputs)
+        if prod.op_type == "Gemm":
+            prod.attrs["beta"] = 1.0
+        # the BN's output now comes straight from the producer
+        g.remove_node(bn, remove_outputs=False)
+        g.replace_all_uses(bn.outputs[0], prod.outputs[0])
+        return None
+
+    @staticmethod
+    def _fold_float64(g: Graph, bn: Node, prod: Node, w, b, params, eps):
+        """New (W, b) computed in float64, or why not."""
+        scale, beta, mean, var = (p.astype(np.float64) for p in params)
         s = scale / np.sqrt(var + eps)
         wd = w.astype(np.float64)
         if prod.op_type == "Conv":
@@ -299,19 +324,19 @@ class FoldBatchNorm(Pass):
                 if b is None:
                     return "Gemm's C is not per-column"
         b_old = np.zeros(n_out) if b is None else b.astype(np.float64).reshape(-1)
-        b_new = (b_old - mean) * s + beta
-        dtype = w.dtype
-        w_name = g.add_constant(w_new.astype(dtype), f"{prod.name or 'w'}_bnfolded_W")
-        b_name_new = g.add_constant(b_new.astype(dtype), f"{prod.name or 'b'}_bnfolded_B")
-        inputs = list(prod.inputs) + [""] * (3 - len(prod.inputs))
-        inputs[1], inputs[2] = w_name, b_name_new
-        g.set_inputs(prod, inputs)
-        if prod.op_type == "Gemm":
-            prod.attrs["beta"] = 1.0
-        # the BN's output now comes straight from the producer
-        g.remove_node(bn, remove_outputs=False)
-        g.replace_all_uses(bn.outputs[0], prod.outputs[0])
-        return None
+        return w_new, (b_old - mean) * s + beta
+
+
+def ort_conv_bn(w: np.ndarray, b: np.ndarray | None, params: list, eps: float):
+    """Conv+BatchNormalization folded the way onnxruntime's ConvBNFusion does it at load (in the
+    weights' own float type, same order of operations), so the folded model runs bit-identically to
+    the original in onnxruntime: folding in float64 instead moved PP-OCR det's outputs by 2.4e-4 of
+    their magnitude, above --preset clean's 1e-4 budget."""
+    scale, beta, mean, var = params
+    s = scale / np.sqrt(var + w.dtype.type(eps))
+    w_new = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
+    b_new = (b - mean) * s + beta if b is not None else beta - mean * s
+    return w_new, b_new
 
 
 @register_pass

@@ -2,7 +2,9 @@
 
 One pass rather than a list so that a checked pipeline (`optimize --preset clean`) measures the model
 once for all of them: each checked pass costs an onnxruntime session and timed runs, which took
-95% of the clean preset's time on PP-OCR rec (cProfile: 26 of 29 s).
+95% of the clean preset's time on PP-OCR rec (cProfile: 26 of 29 s). Everything here except
+fuse-conv-affine leaves onnxruntime's outputs bit-identical (fold-bn folds Conv+BN with onnxruntime's
+own arithmetic), so the preset checks fuse-conv-affine separately and can undo it alone.
 """
 from __future__ import annotations
 
@@ -39,12 +41,17 @@ class Simplify(Pass):
         rounds: int = 8
         #: fold MatMul+Add into Gemm (onnxruntime does the same at load)
         gemm: bool = True
+        #: fold per-channel Mul/Add/Sub into Conv weights; this changes float rounding where
+        #: onnxruntime would not fuse the pair itself, so --preset clean runs it as its own checked pass
+        affine: bool = True
         #: record the inferred types at the end, as infer-shapes does
         infer: bool = True
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
-        passes = [cls() for cls in FAMILIES if self.options.gemm or cls is not MatMulAddToGemm]
+        o = self.options
+        passes = [cls() for cls in FAMILIES
+                  if (o.gemm or cls is not MatMulAddToGemm) and (o.affine or cls is not FuseConvAffine)]
         skipped: dict[str, list] = {}  # per family, its skips in the latest round it ran
         changes = 0  # rewrites so far: a family that saw the graph at this count would find nothing new
         seen_at: dict[str, int] = {}

@@ -237,3 +237,19 @@ def test_light_models(name):
     inp = next(i for i in proto.graph.input if i.name not in inits)
     shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
     same_outputs(proto, m, {inp.name: rng.standard_normal(shape).astype(np.float32)})
+
+
+def test_conv_bn_fold_is_bit_identical_in_onnxruntime():
+    # onnxruntime folds Conv+BN itself at load; fold-bn uses the same float32 arithmetic
+    c = 16
+    w = rng.standard_normal((c, 8, 3, 3)).astype(np.float32)
+    params = [("s", rng.uniform(0.5, 2, c)), ("t", rng.standard_normal(c)), ("mu", rng.standard_normal(c)),
+              ("var", rng.uniform(0.01, 2, c))]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["p"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["p", "s", "t", "mu", "var"], ["y"], epsilon=1e-3)]
+    proto = make_model(nodes, [tensor("x", ["N", 8, 9, 9])], [tensor("y", ["N", c, 9, 9])],
+                       [("w", w), ("b", rng.standard_normal(c).astype(np.float32))]
+                       + [(n, a.astype(np.float32)) for n, a in params])
+    m = tvmlite.load(proto)
+    assert Pipeline("fold-bn").run(m)[0].stats["folded"] == 1
+    same_outputs(proto, m, {"x": rng.standard_normal((2, 8, 9, 9)).astype(np.float32)}, tol=0)
