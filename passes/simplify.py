@@ -24,6 +24,12 @@ from tvmlite.ir.graph import Model
 FAMILIES = (LiftConstants, FoldConstants, FoldShapes, RemoveIdentity, RemoveRedundant, FoldBatchNorm,
             FuseConvAffine, MatMulAddToGemm, CommonSubexpressions, DeadCodeElimination)
 
+#: families that can only act when one of these op types is in the graph: the others are not run
+#: (each run sorts the graph: 0.5 s a time on a 100k-node chain)
+TRIGGERS = {LiftConstants: {"Constant"}, FoldShapes: {"Shape"}, RemoveIdentity: {"Identity", "Dropout"},
+            RemoveRedundant: {"Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"},
+            FoldBatchNorm: {"BatchNormalization"}, FuseConvAffine: {"Conv"}, MatMulAddToGemm: {"MatMul"}}
+
 
 @register_pass
 class Simplify(Pass):
@@ -59,8 +65,9 @@ class Simplify(Pass):
         while rounds < max(self.options.rounds, 1):
             rounds += 1
             before = changes
+            present = {n.op_type for n in model.graph.nx.nodes}
             for p in passes:
-                if seen_at.get(p.name) == changes:
+                if seen_at.get(p.name) == changes or not TRIGGERS.get(type(p), present) & present:
                     continue
                 r = p(model)
                 skipped[p.name] = [(node, f"{p.name}: {why}") for node, why in r.skipped]
