@@ -175,3 +175,21 @@ def lift(g: Graph, node: Node, arr: np.ndarray) -> None:
     """Replace the single-output ``node`` by an initializer holding ``arr`` under its output's name."""
     g.remove_node(node, remove_outputs=False)
     g.add_initializer(node.outputs[0], arr)
+
+
+def constants_as_nodes(model: Model) -> int:
+    """IR < 4: write initializers that are not graph inputs as Constant nodes. There an initializer
+    must also be a graph input (onnx.checker refuses it otherwise), and an input can be overridden
+    by the caller, which would make the folded values overridable; returns how many moved."""
+    g = model.graph
+    if model.ir_version >= 4:
+        return 0
+    moved = 0
+    for name in [n for n in g.initializers if n not in g.inputs]:
+        v = g.values[name]
+        arr = v.const
+        g.initializers.remove(name)
+        v.const = None
+        g.add_node("Constant", [], [name], {"value": arr}, name=g.fresh_name(f"{name}_constant"))
+        moved += 1
+    return moved

@@ -31,6 +31,10 @@ def _freeze(v):
     raise TypeError(type(v).__name__)
 
 
+#: initializers above this many elements are not compared
+_MAX_COMPARED = 1 << 22
+
+
 def merge_initializers(g: Graph) -> int:
     """Point readers of duplicate initializers at the first copy; returns how many were merged."""
     by_shape: dict[tuple, list[str]] = {}
@@ -38,6 +42,8 @@ def merge_initializers(g: Graph) -> int:
         v = g.values.get(name)
         if v is None or name in g.inputs or name in g.outputs or v.sparse:
             continue
+        if v.shape is not None and np.prod(v.shape, dtype=np.int64) > _MAX_COMPARED:
+            continue  # big weights are rarely repeated; decoding and hashing each costs memory and time
         by_shape.setdefault((v.elem_type, v.shape), []).append(name)
     merged = 0
     for names in by_shape.values():

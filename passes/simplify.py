@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from passes.base import Pass, PassResult, register_pass
 from passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, InferShapes, RemoveIdentity
-from passes.constants import LiftConstants
+from passes.constants import LiftConstants, constants_as_nodes
 from passes.cse import CommonSubexpressions
 from passes.fusions import FuseConvAffine, MatMulAddToGemm
 from passes.redundant import RemoveRedundant
@@ -84,6 +84,7 @@ class Simplify(Pass):
             if changes == before:
                 break
         result.skipped = [s for p in passes for s in skipped.get(p.name, [])]
+        result.stats["constants_as_nodes"] = constants_as_nodes(model)
         result.stats["rounds"] = rounds
         if self.options.infer:
             g = model.graph
