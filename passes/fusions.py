@@ -6,8 +6,10 @@ new Conv weights and bias. PP-OCR det and rec scale and shift most convolutions 
 
 matmul-add-to-gemm: MatMul(A, B) + C with a 2-D A, a constant 2-D B and C broadcastable to the output
 -> Gemm(A, B, C), the rule onnxscript's rewriter and onnxslim apply. onnxruntime fuses the pair itself
-at load (MatMulAddFusion, basic level), so the two run the same there; the Gemm is one node less in
-the file and for tvmlite's own backends.
+at load (its optimized model holds a Gemm), so the two run the same there: interleaved medians of 400
+runs, MatMul+Add vs Gemm, 0.0092 vs 0.0093 ms at 1x200x2, 0.0272 vs 0.0268 ms at 1x512x512, 0.350 vs
+0.351 ms at 64x512x512 (loaded 2-core machine). Kept for the file and tvmlite's own backends: one node
+less, and the bias is visible to the GEMM epilogue.
 """
 from __future__ import annotations
 
