@@ -62,6 +62,8 @@ def _own_rule(node: Node, vals: list) -> list[tuple] | None:
     if op in _BROADCASTING and all(v is not None for v in vals):
         shape = tuple(np.broadcast_shapes(*(np.shape(v) for v in vals)))
         return [(None, shape)]
+    if op == "Cast":
+        return [(helper.tensor_dtype_to_np_dtype(int(node.attrs.get("to", 0))), x.shape)]
     if op in _UNARY and len(node.outputs) == 1:
         return [(None, x.shape)]
     return None
