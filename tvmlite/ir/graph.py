@@ -210,17 +210,17 @@ class Graph:
         # as nx.lexicographical_topological_sort, 4x faster (every pass sorts; 100k-node graphs)
         succ, pred = self.nx._succ, self.nx._pred
         indegree = {n: len(p) for n, p in pred.items()}
-        heap = [(n.order, i, n) for i, (n, d) in enumerate(indegree.items()) if d == 0]
+        index = {n: i for i, n in enumerate(indegree)}  # ties broken by insertion, as networkx does
+        heap = [(n.order, index[n], n) for n, d in indegree.items() if d == 0]
         heapq.heapify(heap)
-        out, tie = [], len(heap)
+        out = []
         while heap:
             node = heapq.heappop(heap)[2]
             out.append(node)
             for c in succ[node]:
                 indegree[c] -= 1
                 if not indegree[c]:
-                    tie += 1
-                    heapq.heappush(heap, (c.order, tie, c))
+                    heapq.heappush(heap, (c.order, index[c], c))
         if len(out) != len(indegree):
             cycle = nx.find_cycle(self.nx)
             raise TvmliteError(f"graph {self.name!r} has a cycle through node {cycle[0][0].label!r}")
