@@ -2,6 +2,7 @@
 from passes.base import (PASSES, Pass, PassResult, Pipeline, available_passes,  # noqa: F401
                          parse_spec, register_pass)
 from passes import cleanup  # noqa: F401,E402  (registers the clean-up passes)
+from passes import constants, shape_fold, redundant, fusions, cse, simplify  # noqa: F401,E402  (more clean-ups)
 from passes import lowering  # noqa: F401,E402  (lower-conv: im2col / MEC)
 from passes import winograd  # noqa: F401,E402  (winograd)
 from passes import conv_choice  # noqa: F401,E402  (choose-conv)

@@ -20,8 +20,11 @@ CLEANUPS = "fold-constants,remove-identity,fold-bn,dce"
 PRESETS = {
     # clean-ups only: the outputs are those of the input model (bit-identical in onnxruntime)
     "exact": "remove-identity,dce",
-    # clean-ups that change float rounding only
-    "clean": CLEANUPS + ",infer-shapes",
+    # clean-ups that change float rounding only: one pass of the exact ones (passes/simplify.py:
+    # constants lifted and folded, shape chains folded, redundant casts/layout ops, BN folded,
+    # MatMul+Add -> Gemm, CSE, dead code, types recorded), then per-channel Mul/Add folded into Conv,
+    # the one that moves rounding, checked on its own
+    "clean": "simplify(affine=false),fuse-conv-affine",
     # clean-ups, low rank under an error budget and int8, each kept per layer only where measured
     # faster in onnxruntime
     "fast": CLEANUPS + ",lowrank(budget=0.25,measure=true),quantize(mode=auto,measure=true),dce",
