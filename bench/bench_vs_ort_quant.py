@@ -236,9 +236,9 @@ def _optimize_child(spec: dict, preset: str, out: str, send) -> None:
 def run_model(label: str, args) -> list[dict]:
     spec = setup(label, args)
     if not os.path.exists(spec["src"]):
-        return [dict(model=label, variant=v, error=f"{spec['src']} not found") for v in VARIANTS]
+        return [dict(model=label, variant=v, error=f"{spec['src']} not found") for v in args.variants.split(",")]
     rows, sessions = [], []
-    for variant in VARIANTS:
+    for variant in args.variants.split(","):
         row = dict(model=label, variant=variant)
         path = spec["src"] if variant == "float" else str(args.out / f"{label}_{variant}.onnx")
         t0 = time.perf_counter()
@@ -307,10 +307,14 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20, help="rounds per timing block")
     ap.add_argument("--blocks", type=int, default=5, help="timing blocks (median and best of their medians)")
     ap.add_argument("--det-images", type=int, default=2, help="640x640 pages for det's error metric")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="a subset of " + ",".join(VARIANTS))
     ap.add_argument("--make-timeout", type=float, default=1800, help="seconds one tvmlite preset may take")
     ap.add_argument("--out", default=str(ROOT / ".bench" / "vs_ort_quant"))
     args = ap.parse_args(argv)
     args.out = pathlib.Path(args.out)
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)} (known: {', '.join(VARIANTS)})")
     args.out.mkdir(parents=True, exist_ok=True)
     import onnxruntime
 

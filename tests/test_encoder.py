@@ -187,3 +187,23 @@ def test_fetch_wheel_offline_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(TvmliteError, match=r"cannot download wheel no-such-pkg==1\.0 .*offline") as e:
         fetch_wheel("no-such-pkg", "1.0", cache=tmp_path / "wheels")
     assert "\n" not in str(e.value)
+
+
+def test_bench_vs_ort_quant_smoke(tmp_path, capsys):
+    """The benchmark's float and onnxruntime-quantizer rows on the digits CNN (tvmlite's presets
+    take minutes, so they are left to the real run)."""
+    import importlib.util
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_vs_ort_quant.py"
+    spec = importlib.util.spec_from_file_location("bench_vs_ort_quant", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--models", "digits", "--variants", "float,ort-quant", "--repeats", "2", "--blocks", "1",
+                       "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["variant"] for r in rows] == ["float", "ort-quant"] and "error" not in rows[1], rows
+    assert rows[0]["metric"] == "acc 99.44%"  # models/README.md: 358/360
+    assert float(rows[1]["metric"][4:-1]) >= 98.0 and rows[1]["size_ratio"] < 0.35
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ms"] > 0
+    assert "ort-quant" in capsys.readouterr().out
