@@ -19,7 +19,8 @@ Models and task metric (each vs float unless it has labels):
 Latency: onnxruntime CPU, 2 intra-op threads, batch 1; all variants of a model run round-robin
 (tvmlite.compare.interleaved_ms) in ``--blocks`` blocks of ``--repeats`` rounds; ``ms`` is the median
 of the block medians, ``best`` the fastest block median. A variant that fails prints its one-line
-reason in its row and the others go on.
+reason in its row and the others go on. ``--variants`` picks a subset (plus ``tvmlite-qdyn``: the
+quantize-dynamic pass alone, unchecked); ``--reuse`` re-times the variant files already in ``--out``.
 
     PYTHONPATH=. python bench/bench_vs_ort_quant.py [--models encoder,digits,cls,det] [--repeats 20]
 """
@@ -46,6 +47,8 @@ from tvmlite.errors import TvmliteError  # noqa: E402
 
 CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))
 VARIANTS = ("float", "ort-quant", "tvmlite-fast", "tvmlite-small")
+#: extra variants, by name only: tvmlite's quantize-dynamic pass alone, unchecked (the transformer path)
+EXTRA_VARIANTS = ("tvmlite-qdyn",)
 
 # Evaluation sentences (STS-style pairs and everyday statements) and, disjoint, calibration ones.
 EVAL_SENTENCES = [
@@ -215,6 +218,15 @@ def tvmlite_preset(spec: dict, preset: str, out: str, timeout: float) -> str:
     return msg
 
 
+def tvmlite_qdyn(spec: dict, out: str) -> str:
+    from passes import Pipeline
+
+    m = tvmlite.load(spec["src"])
+    res = Pipeline("quantize-dynamic").run(m)[-1]
+    tvmlite.save(m, out)
+    return f"quantize-dynamic (form=integer), unchecked: {len(set(res.rewritten))} MatMuls"
+
+
 def _optimize_child(spec: dict, preset: str, out: str, send) -> None:
     try:
         from tvmlite.optimize import optimize
@@ -243,8 +255,12 @@ def run_model(label: str, args) -> list[dict]:
         path = spec["src"] if variant == "float" else str(args.out / f"{label}_{variant}.onnx")
         t0 = time.perf_counter()
         try:
-            if variant == "ort-quant":
+            if args.reuse and variant != "float" and os.path.exists(path):
+                row["note"] = "reused " + path
+            elif variant == "ort-quant":
                 row["note"] = ort_quant(spec, path)
+            elif variant == "tvmlite-qdyn":
+                row["note"] = tvmlite_qdyn(spec, path)
             elif variant.startswith("tvmlite-"):
                 row["note"] = tvmlite_preset(spec, variant.split("-", 1)[1], path, args.make_timeout)
             row["make_s"] = time.perf_counter() - t0
@@ -308,13 +324,14 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", type=int, default=5, help="timing blocks (median and best of their medians)")
     ap.add_argument("--det-images", type=int, default=2, help="640x640 pages for det's error metric")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="a subset of " + ",".join(VARIANTS))
+    ap.add_argument("--reuse", action="store_true", help="time the variant files already in --out, remake none")
     ap.add_argument("--make-timeout", type=float, default=1800, help="seconds one tvmlite preset may take")
     ap.add_argument("--out", default=str(ROOT / ".bench" / "vs_ort_quant"))
     args = ap.parse_args(argv)
     args.out = pathlib.Path(args.out)
-    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    unknown = set(args.variants.split(",")) - set(VARIANTS + EXTRA_VARIANTS)
     if unknown:
-        raise SystemExit(f"unknown variants {sorted(unknown)} (known: {', '.join(VARIANTS)})")
+        raise SystemExit(f"unknown variants {sorted(unknown)} (known: {', '.join(VARIANTS + EXTRA_VARIANTS)})")
     args.out.mkdir(parents=True, exist_ok=True)
     import onnxruntime
 
