@@ -1,0 +1,352 @@
+"""tvmlite's presets vs onnxruntime's own quantizer vs float, per model, timed in one process.
+
+Variants: ``float`` (the model as given); ``ort-quant``: onnxruntime's quantizer, quantize_dynamic
+(int8 weights, per-channel) for the transformer and quantize_static (QDQ, per-channel, MinMax, u8
+activations, s8 weights) for the conv nets, on the same calibration inputs tvmlite gets (dynamic
+quantization calibrates nothing); ``tvmlite-fast`` (default preset) and ``tvmlite-small``:
+``tvmlite.optimize.optimize`` with the calibration data and the evaluation inputs as check inputs.
+
+Models and task metric (each vs float unless it has labels):
+  encoder  all-MiniLM-L6-v2 built by tvmlite.zoo_encoder, seq 128, 32 real sentences; calibration
+           on 16 other sentences. Metric: cosine of each sentence embedding with float (min, mean).
+  digits   models/digits_cnn.onnx; accuracy on models/digits_test.npz (360 labeled images);
+           calibration models/digits_calib.npz.
+  cls      PP-OCR text-direction classifier; synthetic text lines (random stroke glyphs), half
+           rotated 180 degrees. Metric: argmax agreement with float.
+  det      PP-OCRv4 detector at 640x640; synthetic pages of glyph lines. Metric: max abs error of
+           the probability map (in [0, 1], so also its error relative to the map's range).
+
+Latency: onnxruntime CPU, 2 intra-op threads, batch 1; all variants of a model run round-robin
+(tvmlite.compare.interleaved_ms) in ``--blocks`` blocks of ``--repeats`` rounds; ``ms`` is the median
+of the block medians, ``best`` the fastest block median. A variant that fails prints its one-line
+reason in its row and the others go on. ``--variants`` picks a subset (plus ``tvmlite-qdyn``: the
+quantize-dynamic pass alone, unchecked); ``--reuse`` re-times the variant files already in ``--out``.
+
+    PYTHONPATH=. python bench/bench_vs_ort_quant.py [--models encoder,digits,cls,det] [--repeats 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import onnx
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tvmlite  # noqa: E402
+from tvmlite.compare import interleaved_ms, ort_session  # noqa: E402
+from tvmlite.errors import TvmliteError  # noqa: E402
+
+CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))
+VARIANTS = ("float", "ort-quant", "tvmlite-fast", "tvmlite-small")
+#: extra variants, by name only: tvmlite's quantize-dynamic pass alone, unchecked (the transformer path)
+EXTRA_VARIANTS = ("tvmlite-qdyn",)
+
+# Evaluation sentences (STS-style pairs and everyday statements) and, disjoint, calibration ones.
+EVAL_SENTENCES = [
+    "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+    "A man is riding a horse.", "A woman is playing violin.", "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.", "A monkey is playing drums.",
+    "A cheetah is running behind its prey.", "The weather is lovely today.", "It's so sunny outside!",
+    "He drove to the stadium.", "The stock market fell sharply after the announcement.",
+    "Investors sold shares as prices dropped.", "My phone battery dies too quickly.",
+    "How do I reset my password?", "I forgot the password to my account.",
+    "The recipe calls for two cups of flour and a pinch of salt.", "Bake the bread for forty minutes.",
+    "The train to Berlin leaves at seven in the morning.", "Our flight was delayed by three hours.",
+    "Children are playing football in the park.", "A group of kids kick a ball on the grass.",
+    "The museum is closed on Mondays.", "Quantum computers use qubits instead of bits.",
+    "She painted the fence bright blue.", "The committee approved the new budget yesterday.",
+    "Heavy rain caused flooding in the valley.", "The library has thousands of old manuscripts.",
+    "He plays the piano every evening after dinner.", "Please turn off the lights when you leave.",
+    "The patient was discharged from the hospital on Friday.",
+]
+CALIB_SENTENCES = [
+    "The new movie is awesome.", "The cat sits outside.", "A man is playing guitar.", "I love pasta.",
+    "Do you like pizza?", "A woman watches TV.", "The dog plays in the garden.",
+    "The new movie is so great.", "A plane is taking off.", "Scientists discovered a new species of frog.",
+    "The meeting was moved to Thursday afternoon.", "Can you send me the report by email?",
+    "The river flows through the old town.", "He fixed the bicycle with a wrench.",
+    "Prices of vegetables rose this winter.", "They hiked to the top of the mountain.",
+]
+
+
+def glyph_lines(h: int, w: int, rng, lines: int) -> np.ndarray:
+    """A light page (h x w, 0..255) with ``lines`` rows of dark random-stroke glyphs."""
+    page = np.full((h, w), rng.uniform(190, 250))
+    row_h = h // max(lines, 1)
+    for li in range(lines):
+        gh = int(min(row_h * rng.uniform(0.45, 0.7), 60))
+        top = li * row_h + int(rng.integers(1, max(row_h - gh, 2)))
+        x, end, ink = int(rng.integers(2, 20)), int(w * rng.uniform(0.6, 0.98)), rng.uniform(10, 80)
+        while x + gh < end:
+            gw = max(int(gh * rng.uniform(0.5, 0.8)), 4)
+            glyph = np.zeros((5, 4), bool)
+            glyph[rng.integers(0, 5), :] = glyph[:, rng.integers(0, 4)] = True  # a bar and a stem
+            glyph |= rng.random((5, 4)) < 0.25
+            glyph[4, :] |= rng.random() < 0.5  # a baseline-heavy stroke: what makes "upright" visible
+            patch = glyph[np.arange(gh) * 5 // gh][:, np.arange(gw) * 4 // gw]
+            page[top:top + gh, x:x + gw][patch] = ink
+            x += gw + int(rng.integers(1, 6)) + (gw if rng.random() < 0.15 else 0)
+    return np.clip(page + rng.normal(0, 4, page.shape), 0, 255)
+
+
+def cls_inputs(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        page = glyph_lines(48, 192, rng, 1)
+        page = page[::-1, ::-1] if i % 2 else page
+        out.append(((np.repeat(page[None], 3, 0) / 255.0 - 0.5) / 0.5).astype(np.float32))
+    return np.stack(out)
+
+
+def det_inputs(n: int, seed: int, size: int = 640) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mean, std = np.array([0.485, 0.456, 0.406])[:, None, None], np.array([0.229, 0.224, 0.225])[:, None, None]
+    return np.stack([((np.repeat(glyph_lines(size, size, rng, int(rng.integers(6, 14)))[None], 3, 0) / 255.0
+                       - mean) / std).astype(np.float32) for _ in range(n)])
+
+
+def split(feeds: dict) -> list[dict]:
+    n = next(iter(feeds.values())).shape[0]
+    return [{k: v[i:i + 1] for k, v in feeds.items()} for i in range(n)]
+
+
+def setup(label: str, args) -> dict:
+    """src, eval feeds, calibration samples (batch-1 feed dicts), metric, options for optimize."""
+    if label == "encoder":
+        from tvmlite.zoo_encoder import minilm_encoder
+
+        model, tok = minilm_encoder()
+        src = str(args.out / "encoder_minilm.onnx")
+        onnx.save(model, src)
+        return dict(src=src, quant="dynamic", eval=tok.encode(EVAL_SENTENCES, 128),
+                    calib=split(tok.encode(CALIB_SENTENCES, 128)), metric=embedding_cosine, opt={})
+    if label == "digits":
+        test = np.load(ROOT / "models" / "digits_test.npz")
+        calib = np.load(ROOT / "models" / "digits_calib.npz")["input"]
+        return dict(src=str(ROOT / "models" / "digits_cnn.onnx"), quant="static", eval={"input": test["input"]},
+                    labels=test["label"], calib=split({"input": calib}), metric=accuracy,
+                    opt=dict(labels=test["label"]))
+    if label == "cls":
+        return dict(src=str(CORPUS / "ch_ppocr_mobile_v2.0_cls_infer.onnx"), quant="static",
+                    eval={"x": cls_inputs(64, seed=2)}, calib=split({"x": cls_inputs(32, seed=1)}),
+                    metric=argmax_agreement, opt={})
+    if label == "det":
+        return dict(src=str(CORPUS / "ch_PP-OCRv4_det_infer.onnx"), quant="static",
+                    eval={"x": det_inputs(args.det_images, seed=2)}, calib=split({"x": det_inputs(4, seed=1)}),
+                    metric=prob_map_error, opt=dict(shapes={"x": ("N", 3, 640, 640)}))
+    raise SystemExit(f"unknown model {label!r} (encoder, digits, cls, det)")
+
+
+def embedding_cosine(ref, out, spec) -> str:
+    a, b = ref[-1].astype(np.float64), out[-1].astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return f"cos min {cos.min():.4f} mean {cos.mean():.4f}"
+
+
+def accuracy(ref, out, spec) -> str:
+    return f"acc {100 * np.mean(out[0].argmax(-1) == spec['labels']):.2f}%"
+
+
+def argmax_agreement(ref, out, spec) -> str:
+    return f"argmax agree {100 * np.mean(out[0].argmax(-1) == ref[0].argmax(-1)):.1f}%"
+
+
+def prob_map_error(ref, out, spec) -> str:
+    return f"max abs err {np.abs(out[0].astype(np.float64) - ref[0]).max():.4f}"
+
+
+def ort_quant(spec: dict, out: str) -> str:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m = onnx.load(spec["src"])
+        if spec["quant"] == "dynamic":
+            quantize_dynamic(m, out, per_channel=True, weight_type=QuantType.QInt8)
+            return "quantize_dynamic per-channel s8 (no calibration)"
+        if m.opset_import[0].version < 13:  # per-channel Q/DQ needs opset 13
+            m = onnx.version_converter.convert_version(m, 13)
+        onnx.save(m, f"{tmp}/in.onnx")
+        # symbolic shape inference fails on the PP-OCR models: skip it, keep the ORT optimizations
+        quant_pre_process(f"{tmp}/in.onnx", f"{tmp}/pre.onnx", skip_symbolic_shape=True)
+        samples = spec["calib"]
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter(samples)
+
+            def get_next(self):
+                return next(self.it, None)
+
+        quantize_static(f"{tmp}/pre.onnx", out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        return "quantize_static QDQ per-channel MinMax u8/s8"
+
+
+def tvmlite_preset(spec: dict, preset: str, out: str, timeout: float) -> str:
+    """optimize() in a spawned child, so a preset that runs past ``timeout`` seconds is one failed
+    row instead of a stuck benchmark; the child writes the model and sends back a note or an error."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    keys = ("src", "calib", "eval", "opt")
+    child = ctx.Process(target=_optimize_child, args=({k: spec[k] for k in keys}, preset, out, send))
+    child.start()
+    send.close()
+    ready = recv.poll(timeout)
+    if not ready:
+        child.terminate()
+        child.join()
+        raise TimeoutError(f"optimize(preset={preset!r}) ran past {timeout:.0f}s")
+    ok, msg = recv.recv()
+    child.join()
+    if not ok:
+        raise RuntimeError(msg)
+    return msg
+
+
+def tvmlite_qdyn(spec: dict, out: str) -> str:
+    from passes import Pipeline
+
+    m = tvmlite.load(spec["src"])
+    res = Pipeline("quantize-dynamic").run(m)[-1]
+    tvmlite.save(m, out)
+    return f"quantize-dynamic (form=integer), unchecked: {len(set(res.rewritten))} MatMuls"
+
+
+def _optimize_child(spec: dict, preset: str, out: str, send) -> None:
+    try:
+        from tvmlite.optimize import optimize
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m, report = optimize(spec["src"], preset=preset, calib=list(spec["calib"]), inputs=dict(spec["eval"]),
+                                 progress=False, **spec["opt"])
+        tvmlite.save(m, out)
+        pathlib.Path(out).with_suffix(".report.txt").write_text(report.format() + "\n")
+        passes = [f"{r.name}{'' if r.kept else ' undone'}" for r in report.rows[1:]
+                  if r.note != "no change" and r.name not in ("dce", "remove-identity", "fold-constants", "fold-bn")]
+        send.send((True, "kept: " + (", ".join(passes) if passes else "clean-ups only")))
+    except BaseException as e:  # noqa: BLE001 - reported as the variant's one-line failure
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        send.send((False, f"{type(e).__name__}: {msg}"))
+
+
+def run_model(label: str, args) -> list[dict]:
+    spec = setup(label, args)
+    if not os.path.exists(spec["src"]):
+        return [dict(model=label, variant=v, error=f"{spec['src']} not found") for v in args.variants.split(",")]
+    rows, sessions = [], []
+    for variant in args.variants.split(","):
+        row = dict(model=label, variant=variant)
+        path = spec["src"] if variant == "float" else str(args.out / f"{label}_{variant}.onnx")
+        t0 = time.perf_counter()
+        try:
+            if args.reuse and variant != "float" and os.path.exists(path):
+                row["note"] = "reused " + path
+            elif variant == "ort-quant":
+                row["note"] = ort_quant(spec, path)
+            elif variant == "tvmlite-qdyn":
+                row["note"] = tvmlite_qdyn(spec, path)
+            elif variant.startswith("tvmlite-"):
+                row["note"] = tvmlite_preset(spec, variant.split("-", 1)[1], path, args.make_timeout)
+            row["make_s"] = time.perf_counter() - t0
+            sess = ort_session(path, threads=2)
+            outs = [np.concatenate(o) for o in zip(*(sess.run(None, f) for f in split(spec["eval"])))]
+        except Exception as e:  # noqa: BLE001 - one line per failed variant, then go on
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            row["error"] = f"{type(e).__name__}: {msg}"[:200]
+            rows.append(row)
+            continue
+        if variant == "float":
+            spec["reference"] = outs
+        row["size"] = os.path.getsize(path) + sum(os.path.getsize(p) for p in _external_files(path))
+        row["metric"] = spec["metric"](spec["reference"], outs, spec) if "reference" in spec else "-"
+        rows.append(row)
+        sessions.append((row, sess))
+    _time(sessions, split(spec["eval"])[0], args)
+    base = next((r for r in rows if r["variant"] == "float" and "ms" in r), None)
+    for r in rows:
+        if base and "ms" in r:
+            r["ratio"] = r["ms"] / base["ms"]
+            r["size_ratio"] = r["size"] / base["size"]
+    return rows
+
+
+def _external_files(path: str) -> list[str]:
+    m = onnx.load(path, load_external_data=False)
+    locs = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
+    return [os.path.join(os.path.dirname(path), x) for x in locs]
+
+
+def _time(sessions, feeds: dict, args) -> None:
+    if not sessions:
+        return
+    fns = [lambda s=s: s.run(None, feeds) for _, s in sessions]
+    blocks = [interleaved_ms(fns, args.repeats, warmup=2) for _ in range(args.blocks)]
+    for i, (row, _) in enumerate(sessions):
+        per = [b[i] for b in blocks]
+        row["ms"], row["best_ms"] = float(np.median(per)), float(np.min(per))
+
+
+def format_table(rows: list[dict]) -> str:
+    hdr = f"{'model':<8} {'variant':<14} {'ms':>9} {'best':>9} {'x float':>8} {'size':>10} {'x size':>7}  metric / note"
+    lines = [hdr, "-" * len(hdr)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['model']:<8} {r['variant']:<14} FAILED: {r['error']}")
+            continue
+        ms = f"{r['ms']:9.2f} {r['best_ms']:9.2f} {r.get('ratio', 1):7.2f}x" if "ms" in r else f"{'-':>9} {'-':>9} {'-':>8}"
+        size = f"{r['size'] / 2**20:8.2f}Mi {r.get('size_ratio', 1):6.2f}x"
+        lines.append(f"{r['model']:<8} {r['variant']:<14} {ms} {size}  {r['metric']}")
+        if r.get("note"):
+            lines.append(f"{'':<24}{r['note']} ({r.get('make_s', 0):.0f}s to make)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="encoder,digits,cls,det")
+    ap.add_argument("--repeats", type=int, default=20, help="rounds per timing block")
+    ap.add_argument("--blocks", type=int, default=5, help="timing blocks (median and best of their medians)")
+    ap.add_argument("--det-images", type=int, default=2, help="640x640 pages for det's error metric")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="a subset of " + ",".join(VARIANTS))
+    ap.add_argument("--reuse", action="store_true", help="time the variant files already in --out, remake none")
+    ap.add_argument("--make-timeout", type=float, default=1800, help="seconds one tvmlite preset may take")
+    ap.add_argument("--out", default=str(ROOT / ".bench" / "vs_ort_quant"))
+    args = ap.parse_args(argv)
+    args.out = pathlib.Path(args.out)
+    unknown = set(args.variants.split(",")) - set(VARIANTS + EXTRA_VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)} (known: {', '.join(VARIANTS + EXTRA_VARIANTS)})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    rows = []
+    for label in args.models.split(","):
+        t0 = time.perf_counter()
+        new = run_model(label.strip(), args)
+        rows += new
+        print(f"[{label}: {time.perf_counter() - t0:.0f}s]\n{format_table(new)}", file=sys.stderr, flush=True)
+        (args.out / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+    print("onnxruntime CPU, 2 threads, batch 1; ms = median of block medians, best = fastest block")
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
