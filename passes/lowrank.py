@@ -359,9 +359,25 @@ class LowRank(Pass):
         o = self.options
         result = PassResult(self.name)
         g = model.graph
-        shapes = static_shapes(model)
+        # refits need real data: on random inputs (budget without calib) the factors stay weight-only
+        need_data = o.rank == "budget" or o.calib is not None
+        self._real_data = o.calib is not None
+        calib = data = None
+        if need_data:
+            from tvmlite.calibration import load_calibration
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                calib = load_calibration(o.calib, model, random_count=4, seed=o.seed)
+            data = calib.first(o.calib_count)
+        # shapes at batch 1 as the data has them: symbolic H/W set to 1 would time and count
+        # layers on 1x1 images (an unpadded 3x3 conv has no output there)
+        shapes = static_shapes(model, None if data is None else
+                               {k: np.shape(v) for k, v in calib.take(data, 1).items()})
         layers = []
         for node in g.toposort():
+            if node.subgraphs:
+                result.skip(node, f"{node.op_type} subgraph not looked into: left intact")
             if not is_onnx(node, "Gemm", "MatMul", "Conv"):
                 continue
             if o.layers and node.name not in o.layers and node.label not in o.layers:
@@ -385,18 +401,8 @@ class LowRank(Pass):
         if not layers:
             return result
 
-        # refits need real data: on random inputs (budget without calib) the factors stay weight-only
-        need_data = o.rank == "budget" or o.calib is not None
-        self._real_data = o.calib is not None
-        data = None
-        if need_data:
-            from tvmlite.calibration import load_calibration
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("always")
-                calib = load_calibration(o.calib, model, random_count=4, seed=o.seed)
-            data = calib.first(o.calib_count)
-            n_img = next(iter(data.values())).shape[0]
+        if data is not None:
+            n_img = calib.count(data)
             if n_img < 2:
                 raise OptionError("lowrank: need at least 2 calibration examples (to hold one out)")
             # targets: every layer's output in the original model
@@ -877,7 +883,7 @@ class LowRank(Pass):
         dtype = layer.weight.dtype
         base = node.name or node.op_type.lower()
         consts: dict[str, np.ndarray] = {}
-        taken: set = set()
+        taken: set = {n.name for n in g.nx.nodes}  # node names too: onnxruntime refuses duplicates
 
         def const(arr, suffix):
             name = g.fresh_name(f"{base}_{suffix}")

@@ -97,10 +97,27 @@ def upgrade_opset(model: Model, version: int = MIN_OPSET) -> bool:
     return True
 
 
+def _elem_names(graph: Graph, names) -> str:
+    from onnx import helper
+
+    out = []
+    for n in names:
+        t = graph.value(n).elem_type if n and n in graph.values else None
+        out.append(helper.tensor_dtype_to_np_dtype(t).name if t else "unknown type")
+    return ", ".join(dict.fromkeys(out))
+
+
 def why_not_int8(graph: Graph, node: Node) -> str | None:
-    """Why ``node`` (a Conv/Gemm/MatMul) cannot be quantized, or None when it can."""
-    if node.domain not in ONNX or node.op_type not in COMPUTE:
-        return "not a Conv, Gemm or MatMul"
+    """Why ``node`` (a Conv/Gemm/MatMul or an element-wise REQUANT op) cannot be quantized, or None
+    when it can. Integer and bool arithmetic (shape computations) never is: int8 is for float32."""
+    if node.domain not in ONNX or node.op_type not in COMPUTE + REQUANT:
+        return "not a Conv, Gemm, MatMul or int8-capable element-wise op"
+    if node.op_type in REQUANT:
+        ins = [node.inputs[i] for i in data_inputs(node) if i < len(node.inputs) and node.inputs[i]]
+        names = ins + list(node.outputs[:1])
+        if not ins or not all(is_float(graph, n) for n in names):
+            return f"not float32 arithmetic ({_elem_names(graph, names)}): left alone"
+        return None
     if not is_float(graph, node.inputs[0]) or not node.outputs or not is_float(graph, node.outputs[0]):
         return "input or output is not float32"
     if node.op_type == "Conv":
@@ -341,12 +358,12 @@ class _Inserter:
         raw = g.fresh_name(f"{name}_float")
         g.rename_value(name, raw)
         q = g.fresh_name(f"{name}_q")
-        g.add_node("QuantizeLinear", [raw, s, z], [q], name=g.fresh_name(f"{name}_Q"))
+        g.add_node("QuantizeLinear", [raw, s, z], [q], name=g.fresh_node_name(f"{name}_Q"))
         for reader in g.consumers(raw):
             if reader.op_type == "QuantizeLinear" and reader.outputs[0] == q:
                 continue
             g.set_inputs(reader, [name if n == raw else n for n in reader.inputs])
-        g.add_node("DequantizeLinear", [q, s, z], [name], name=g.fresh_name(f"{name}_DQ"))
+        g.add_node("DequantizeLinear", [q, s, z], [name], name=g.fresh_node_name(f"{name}_DQ"))
         g.value(name).type = declared
         for i in was_output:
             g.outputs[i] = name
@@ -358,8 +375,8 @@ class _Inserter:
             s, z = self.params[name]
             q = g.fresh_name(f"{name}_q")
             dq = g.fresh_name(f"{name}_dq")
-            g.add_node("QuantizeLinear", [name, s, z], [q], name=g.fresh_name(f"{name}_Q"))
-            g.add_node("DequantizeLinear", [q, s, z], [dq], name=g.fresh_name(f"{name}_DQ"))
+            g.add_node("QuantizeLinear", [name, s, z], [q], name=g.fresh_node_name(f"{name}_Q"))
+            g.add_node("DequantizeLinear", [q, s, z], [dq], name=g.fresh_node_name(f"{name}_DQ"))
             g.value(dq).type = g.value(name).type
             self.dq_of[name] = dq
         return self.dq_of[name]
@@ -378,7 +395,7 @@ class _Inserter:
         out = g.fresh_name(f"{base}_dq")
         attrs = {"axis": int(axis)} if axis is not None else {}
         g.add_node("DequantizeLinear", inputs, [out], attrs,
-                   name=g.fresh_name(f"{base}_DQ"))
+                   name=g.fresh_node_name(f"{base}_DQ"))
         return out
 
 
@@ -464,7 +481,7 @@ def apply_qdq(model: Model, plan: QdqPlan, spec: QuantSpec) -> list[tuple[str, s
         declared = g.value(out).type
         s, z = ins.params[out]
         g.remove_node(node, remove_outputs=False)
-        g.add_node("DequantizeLinear", [dq.inputs[0], s, z], [out], name=g.fresh_name(f"{out}_DQ"))
+        g.add_node("DequantizeLinear", [dq.inputs[0], s, z], [out], name=g.fresh_node_name(f"{out}_DQ"))
         g.value(out).type = declared
         log.append((node.label, "folded", {"into": "DequantizeLinear scale", "factor": factor}))
     g.remove_unused_values()

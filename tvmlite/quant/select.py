@@ -53,10 +53,12 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
     from tvmlite.export import export_model
     from tvmlite.quant.calibrate import _progress
 
+    from tvmlite.calibration import fixed_batch
+
     feeds = calib.first(min(eval_samples, len(calib)))
-    fixed = _fixed_batch(model)
+    fixed = fixed_batch(model)
     if fixed:
-        feeds = {k: v[:fixed] for k, v in feeds.items()}
+        feeds = calib.take(feeds, fixed)
     float_sess = ort_session(export_model(model), threads)
     ref = float_sess.run(None, feeds)
     decisions = {u: {"node": u} for u in units}
@@ -75,7 +77,7 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
             decisions[u]["error_alone"] = sens[u]
             bar.advance(task)
         if measure:
-            shapes = _static_shapes(model, feeds)
+            shapes = _static_shapes(model, calib.take(feeds, 1))
             for u in units:
                 t_f, t_q = _time_layer(model, u, spec, shapes, threads, repeats)
                 decisions[u].update(float_ms=t_f, int8_ms=t_q)
@@ -91,8 +93,8 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
         decisions[u]["reason"] = f"int8 error {sens[u]:.3g} alone; model error over budget {budget:g}"
         err = error_of(chosen) if chosen else 0.0
     if measure and chosen:
-        chosen = _whole_model_guard(model, chosen, spec, excluded, feeds, float_sess, decisions, threads,
-                                    repeats)
+        chosen = _whole_model_guard(model, chosen, spec, excluded, calib.take(feeds, 1), float_sess,
+                                    decisions, threads, repeats)
         err = error_of(chosen) if chosen else 0.0
     for u in units:
         decisions[u]["precision"] = "int8" if u in chosen else "float32"
@@ -101,10 +103,9 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
     return chosen, list(decisions.values()) + [summary]
 
 
-def _whole_model_guard(model, chosen, spec, excluded, feeds, float_sess, decisions, threads, repeats):
+def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisions, threads, repeats):
     from tvmlite.compare import ort_session
 
-    feeds1 = {k: v[:1] for k, v in feeds.items()}
     while chosen:  # halve the int8 set until the whole model is faster; none at all is the floor
         sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
         t_q, t_f = interleaved_ms([lambda: sess.run(None, feeds1), lambda: float_sess.run(None, feeds1)],
@@ -119,20 +120,10 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds, float_sess, decisio
     return chosen
 
 
-def _fixed_batch(model: Model):
-    from tvmlite.inputs import graph_inputs
-
-    for n in graph_inputs(model.graph):
-        s = model.graph.values[n].shape
-        if s and isinstance(s[0], int) and s[0] > 0:
-            return s[0]
-    return None
-
-
 def _static_shapes(model: Model, feeds: dict) -> dict:
     from tvmlite.ir.shapes import static_shapes
 
-    return static_shapes(model, {k: (1,) + tuple(v.shape[1:]) for k, v in feeds.items()})
+    return static_shapes(model, {k: tuple(np.shape(v)) for k, v in feeds.items()})
 
 
 def _fragment(model: Model, key: str, shapes: dict) -> onnx.ModelProto | None:
@@ -155,7 +146,8 @@ def _fragment(model: Model, key: str, shapes: dict) -> onnx.ModelProto | None:
         return None
     nodes = [helper.make_node(node.op_type, list(node.inputs), [out], **node.attrs)]
     graph = helper.make_graph(nodes, "fragment", inputs,
-                              [helper.make_tensor_value_info(out, 1, list(shapes[out]))], inits)
+                              [helper.make_tensor_value_info(out, g.value(out).elem_type or 1, list(shapes[out]))],
+                              inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", model.opset)])
     proto.ir_version = 8
     return proto
