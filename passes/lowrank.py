@@ -71,6 +71,12 @@ def capture_values(model: Model, names: list[str], feeds: dict) -> dict[str, np.
     return dict(zip(plan.output_names, outs))
 
 
+def capture_groups(model: Model, names: list[str], groups: list[dict]) -> dict[str, np.ndarray]:
+    """capture_values over feed dicts that must run apart, stacked along the batch axis (0)."""
+    runs = [capture_values(model, names, feeds) for feeds in groups]
+    return runs[0] if len(runs) == 1 else {n: np.concatenate([r[n] for r in runs]) for n in runs[0]}
+
+
 # ------------------------------------------------------------------------------------- EVBMF
 def _evb_tau(x, alpha):
     return 0.5 * (x - (1 + alpha) + np.sqrt(np.maximum((x - (1 + alpha)) ** 2 - 4 * alpha, 0.0)))
@@ -369,11 +375,11 @@ class LowRank(Pass):
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
                 calib = load_calibration(o.calib, model, random_count=4, seed=o.seed)
-            data = calib.first(o.calib_count)
+            data = calib.groups(o.calib_count)  # several when shared inputs (a gain) differ
         # shapes at batch 1 as the data has them: symbolic H/W set to 1 would time and count
         # layers on 1x1 images (an unpadded 3x3 conv has no output there)
         shapes = static_shapes(model, None if data is None else
-                               {k: np.shape(v) for k, v in calib.take(data, 1).items()})
+                               {k: np.shape(v) for k, v in calib.take(data[0], 1).items()})
         layers = []
         for node in g.toposort():
             if node.subgraphs:
@@ -402,11 +408,11 @@ class LowRank(Pass):
             return result
 
         if data is not None:
-            n_img = calib.count(data)
+            n_img = sum(calib.count(d) for d in data)
             if n_img < 2:
                 raise OptionError("lowrank: need at least 2 calibration examples (to hold one out)")
             # targets: every layer's output in the original model
-            targets = capture_values(model, [l.node.outputs[0] for l in layers], data)
+            targets = capture_groups(model, [l.node.outputs[0] for l in layers], data)
             self._n_img = n_img
             self._n_fit = max(1, int(round(n_img * 0.75)))
         rng = np.random.default_rng(o.seed)
@@ -415,7 +421,7 @@ class LowRank(Pass):
             node = layer.node
             stats = None
             if data is not None:
-                x = capture_values(model, [node.inputs[0]], data)[node.inputs[0]]
+                x = capture_groups(model, [node.inputs[0]], data)[node.inputs[0]]
                 stats = self._stats(layer, x, targets[node.outputs[0]], rng)
             try:
                 plan = self._plan(model, layer, stats)

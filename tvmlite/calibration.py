@@ -109,6 +109,18 @@ class CalibrationData:
             for i in range(0, total, batch_size):
                 yield self.take(merged, i, i + batch_size)
 
+    def groups(self, n: int) -> list[dict]:
+        """Feed dicts holding the first ``n`` examples together: one, unless samples whose shared
+        inputs differ must run apart."""
+        out, have = [], 0
+        for feeds in self.batches(n):
+            if have >= n:
+                break
+            feeds = self.take(feeds, n - have)
+            out.append(feeds)
+            have += self.count(feeds)
+        return out
+
     def first(self, n: int) -> dict:
         """The first ``n`` examples as one feed dict (fewer when the first samples' shared inputs
         differ from the later ones')."""
@@ -128,10 +140,11 @@ def load_calibration(source, model: Model, *, shapes: dict | None = None, random
         warnings.warn("no calibration data given: using random inputs, whose statistics may not "
                       "match real data", stacklevel=2)
         samples = [random_inputs(model, shapes, seed + i) for i in range(random_count)]
-        # shared inputs (a sample rate, a fixed table) keep the first sample's values: random
-        # ones would split the samples into batches of one
+        # shared integer/bool inputs (a sample rate, a mode) keep the first sample's values: random
+        # codes mean nothing and would split the samples into batches of one; shared float inputs
+        # (a gain) vary, so their range is covered
         for s in samples[1:]:
-            s.update({n: samples[0][n] for n, ax in axes.items() if ax is None})
+            s.update({n: samples[0][n] for n, ax in axes.items() if ax is None and s[n].dtype.kind != "f"})
         return CalibrationData(samples, "random inputs", axes)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)

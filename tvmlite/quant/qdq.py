@@ -359,12 +359,16 @@ class _Inserter:
         g.rename_value(name, raw)
         q = g.fresh_name(f"{name}_q")
         g.add_node("QuantizeLinear", [raw, s, z], [q], name=g.fresh_node_name(f"{name}_Q"))
+        g.add_node("DequantizeLinear", [q, s, z], [name], name=g.fresh_node_name(f"{name}_DQ"))
+        g.value(name).type = declared
         for reader in g.consumers(raw):
             if reader.op_type == "QuantizeLinear" and reader.outputs[0] == q:
                 continue
             g.set_inputs(reader, [name if n == raw else n for n in reader.inputs])
-        g.add_node("DequantizeLinear", [q, s, z], [name], name=g.fresh_node_name(f"{name}_DQ"))
-        g.value(name).type = declared
+            if raw in reader.implicit_inputs:  # If/Loop bodies keep reading the name they read
+                for sg in reader.subgraphs:
+                    sg._rename_outer(raw, name)
+                g.subgraph_changed(reader)
         for i in was_output:
             g.outputs[i] = name
 
