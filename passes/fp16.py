@@ -115,6 +115,10 @@ class Float16Weights(Pass):
                 g.value(out).type = declared
                 for reader in [r for r in g.consumers(h) if r.op_type != "Cast" or r.outputs[0] != out]:
                     g.set_inputs(reader, [out if n == h else n for n in reader.inputs])
+                    if h in reader.implicit_inputs:  # If/Loop bodies keep reading float32
+                        for sg in reader.subgraphs:
+                            sg._rename_outer(h, out)
+                        g.subgraph_changed(reader)
                 for k in was_output:
                     g.outputs[k] = out
                 half_of[out] = h

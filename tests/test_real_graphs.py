@@ -165,3 +165,15 @@ def test_symbolic_hw_lowrank_times_layers_at_the_given_shape():
     assert all(np.isfinite(d["speedup"]) and d["speedup"] > 0 for d in measured)
     # MACs counted at 64x64 (not 1x1): the classifier is a negligible share
     assert any("fc" == n and "0.00%" in w for n, w in row.skipped)
+
+
+@pytest.mark.parametrize("spec", ["fp16(activations=true)", "fp16", "compress-weights", "prune",
+                                  "quantize-dynamic", "lower-conv"])
+def test_other_passes_leave_vad_subgraphs_intact(spec):
+    original, shapes = rg.vad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, report = optimize(original, passes=spec, shapes=shapes, max_error=0.5, repeats=1, progress=False)
+    proto = export_model(model)
+    ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert _subgraphs(proto) == _subgraphs(original)
