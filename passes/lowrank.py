@@ -239,14 +239,27 @@ def reduced_rank_fit(stats: LinearStats, z0: np.ndarray, rank: int, ridge: float
     ``ridge * tr(G)/d * ||Z - z0||^2``. Returns (A [d, r], B [r, out], c [out]) with
     Y ~ F A B + c: the ridge solution, projected onto the top principal directions of its outputs
     (the regularized output covariance), which is the exact reduced-rank solution."""
+    return truncate_fit(principal_fit(stats, z0, ridge), rank)
+
+
+def principal_fit(stats: LinearStats, z0: np.ndarray, ridge: float):
+    """The rank-independent part of reduced_rank_fit: (ridge solution Z, principal directions of
+    its outputs, best first, feature mean, output mean). A rank search truncates one of these
+    instead of solving and diagonalizing again per rank."""
     mf, my, g, h, _ = stats.centered
     d = g.shape[0]
     lam = ridge * max(np.trace(g) / max(d, 1), 1e-30)
     greg = g + lam * np.eye(d)
     z = np.linalg.solve(greg, h + lam * z0)
     m = z.T @ greg @ z
-    w, v = np.linalg.eigh((m + m.T) / 2)
-    p = v[:, ::-1][:, :rank]
+    _, v = np.linalg.eigh((m + m.T) / 2)
+    return z, v[:, ::-1], mf, my
+
+
+def truncate_fit(fit, rank: int):
+    """(A, B, c) of rank ``rank`` from principal_fit's result."""
+    z, v, mf, my = fit
+    p = v[:, :rank]
     a = z @ p
     b = p.T
     c = my - mf @ a @ b
@@ -598,13 +611,21 @@ class LowRank(Pass):
         max_r = int((d_in * d_out / o.min_mac_ratio) // (d_in + d_out))
         if max_r < 1:
             return f"no rank divides MACs by min_mac_ratio {o.min_mac_ratio} ({d_in}x{d_out})"
-        u, s, vt = np.linalg.svd(w, full_matrices=False)
         refit = self._fits_refit(layer, stats)
+        svd: list = []  # the weights' SVD, computed when first needed (a refit needs it only for the report)
+        fits: dict = {}  # id(stats) -> (stats, principal_fit): one solve + eigh per statistics, not per rank
+
+        def weight_svd():
+            if not svd:
+                svd.extend(np.linalg.svd(w, full_matrices=False))
+            return svd
 
         def factors(r, st):
             if refit:
-                a, b, c = reduced_rank_fit(st, w, r, o.ridge)
-                return a, b, c
+                if id(st) not in fits:
+                    fits[id(st)] = (st, principal_fit(st, w, o.ridge))
+                return truncate_fit(fits[id(st)][1], r)
+            u, s, vt = weight_svd()
             return u[:, :r] * s[:r], vt[:r], None
 
         def held_error(r):
@@ -640,6 +661,7 @@ class LowRank(Pass):
             plan["error"] = round(held_error(r), 5)
             if refit:
                 ev = stats[1] if stats[1].n else stats[0]
+                u, s, vt = weight_svd()
                 plan["error_weights_only"] = round(
                     ev.rel_error((u[:, :r] * s[:r]) @ vt[:r], self._bias_offset(layer)), 5)
         return plan

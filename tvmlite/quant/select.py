@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from tvmlite.compare import interleaved_ms
 from tvmlite.ir.graph import Model
 from tvmlite.quant import qdq
 from tvmlite.quant.timing import timed_ratio
@@ -113,8 +112,10 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisi
 
     while chosen:  # halve the int8 set until the whole model is faster; none at all is the floor
         sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
-        t_q, t_f = interleaved_ms([lambda: sess.run(None, feeds1), lambda: float_sess.run(None, feeds1)],
-                                  max(repeats, 40), warmup=3)
+        # decided at t_q / t_f = 1 - margin: more rounds (up to 40) only when close to it
+        t_q, t_f, _ = timed_ratio(lambda: sess.run(None, feeds1), lambda: float_sess.run(None, feeds1),
+                                  1 - WHOLE_MODEL_MARGIN, max_rounds=max(repeats, 40), min_rounds=8,
+                                  margin=0.08, warmup=2)
         if t_q < t_f * (1 - WHOLE_MODEL_MARGIN):
             return chosen
         ranked = sorted(chosen, key=lambda u: decisions[u].get("int8_ms", 0) - decisions[u].get("float_ms", 0))

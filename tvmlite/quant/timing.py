@@ -32,6 +32,6 @@ def timed_ratio(fa, fb, threshold: float = 1.0, *, max_rounds: int = 30, min_rou
                 acc.append((time.perf_counter() - t0) * 1e3)
         ma, mb = float(np.median(ta)), float(np.median(tb))
         ratio = ma / max(mb, 1e-12)
-        if target >= max_rounds or abs(ratio / threshold - 1.0) > margin:
+        if target >= max_rounds or threshold <= 0 or abs(ratio / threshold - 1.0) > margin:
             return ma, mb, len(ta)
         target = min(2 * target, max_rounds)
