@@ -453,7 +453,14 @@ class LowRank(Pass):
                 result.decisions.append({"node": node.label, "kept": False, "reason": plan})
                 continue
             if o.measure:
-                speed = self._measure(model, layer, plan)
+                try:
+                    speed = self._measure(model, layer, plan)
+                except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes
+                    why = f"cannot time the layer in onnxruntime at shape {layer.in_shape}: " + \
+                          (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                    result.skip(node, why)
+                    result.decisions.append({"node": node.label, "kept": False, "reason": why})
+                    continue
                 plan["speedup"] = round(speed, 3)
                 if speed < o.min_speedup:
                     why = (f"onnxruntime speedup {speed:.2f}x < min_speedup {o.min_speedup} "
