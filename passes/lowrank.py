@@ -44,6 +44,7 @@ RANK_RULES = ("ratio", "energy", "vbmf", "budget")
 #: layer inputs captured per NumPy-backend run while no layer was rewritten: one run instead of one
 #: per layer (107 whole-model prefix runs on PP-OCR rec), with at most this many inputs held
 CAPTURE_AHEAD = 16
+CAPTURE_BYTES = 256 * 2**20
 CONV_METHODS = ("tucker", "cp")
 
 
@@ -440,7 +441,12 @@ class LowRank(Pass):
             stats = None
             if data is not None:
                 if node.inputs[0] not in inputs:
-                    ahead = [l.node.inputs[0] for l in layers[i:i + CAPTURE_AHEAD]]
+                    ahead, size = [], 0
+                    for later in layers[i:]:
+                        size += n_img * 4 * int(np.prod(later.in_shape or (1,)))
+                        if ahead and (len(ahead) >= CAPTURE_AHEAD or size > CAPTURE_BYTES):
+                            break
+                        ahead.append(later.node.inputs[0])
                     inputs = capture_groups(model, list(dict.fromkeys(ahead)), data)
                 stats = self._stats(layer, inputs[node.inputs[0]], targets[node.outputs[0]], rng)
             try:
