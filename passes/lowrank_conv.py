@@ -7,7 +7,8 @@ import warnings
 
 import numpy as np
 
-from passes.lowrank_math import Layer, energy_rank, evbmf_rank, gram_svd, reduced_rank_fit, tucker2
+from passes.lowrank_math import (Layer, energy_rank, evbmf_rank, gram_svd, principal_fit,
+                                 truncate_fit, tucker2)
 
 
 class ConvFactorPlans:
@@ -46,9 +47,11 @@ class ConvFactorPlans:
                 if (r3, id(st)) not in projected:
                     u_feat = np.kron(us, np.eye(kk))  # [S*kk, r3*kk]: patches of the reduced input
                     projected[r3, id(st)] = st.project(u_feat)
-                z0 = np.tensordot(w, us, axes=([1], [0]))  # [T, *k, r3]
-                z0 = np.moveaxis(z0, -1, 1).reshape(T, -1).T  # [r3*kk, T]
-                a, b, c = reduced_rank_fit(projected[r3, id(st)], z0, r4, o.ridge)
+                if (r3, id(st), "fit") not in projected:  # r4 only truncates it: one solve + eigh per r3
+                    z0 = np.tensordot(w, us, axes=([1], [0]))  # [T, *k, r3]
+                    z0 = np.moveaxis(z0, -1, 1).reshape(T, -1).T  # [r3*kk, T]
+                    projected[r3, id(st), "fit"] = principal_fit(projected[r3, id(st)], z0, o.ridge)
+                a, b, c = truncate_fit(projected[r3, id(st), "fit"], r4)
                 core, ut = a.T.reshape((r4, r3) + kshape), b.T
             else:
                 core, ut, us = tucker2(w, r4, r3)
