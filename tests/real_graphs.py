@@ -86,7 +86,7 @@ def _i64(*v) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- detector
-def detector(size: int = 160, classes: int = 3, seed: int = 0):
+def detector(size: int = 128, classes: int = 3, seed: int = 0):
     """YOLO-style detector: [1, 3, size, size] -> [1, anchors, 4 + 1 + classes]."""
     b = _Builder(seed)
     x = b.conv_bn_silu("images", 3, 16, 3, 2)  # /2
@@ -95,16 +95,16 @@ def detector(size: int = 160, classes: int = 3, seed: int = 0):
     a, c = b.op("Split", [x, b.const(_i64(16, 16))], "part", n_out=2, axis=1)
     c = b.conv_bn_silu(b.conv_bn_silu(c, 16, 16), 16, 16)
     x = b.conv_bn_silu(b.op("Concat", [a, c, x], axis=1), 64, 32, 1)
-    p4 = b.conv_bn_silu(b.conv_bn_silu(x, 32, 64, 3, 2), 64, 64)  # /8
-    p5 = b.conv_bn_silu(b.conv_bn_silu(p4, 64, 96, 3, 2), 96, 96)  # /16
+    p4 = b.conv_bn_silu(b.conv_bn_silu(x, 32, 48, 3, 2), 48, 48)  # /8
+    p5 = b.conv_bn_silu(b.conv_bn_silu(p4, 48, 64, 3, 2), 64, 64)  # /16
     up = b.op("Resize", [p5, "", b.const(np.array([1, 1, 2, 2], np.float32))], "up", mode="nearest")
-    n4 = b.conv_bn_silu(b.op("Concat", [up, p4], axis=1), 160, 64)
-    n5 = b.conv_bn_silu(b.op("Concat", [b.conv_bn_silu(n4, 64, 64, 3, 2), p5], axis=1), 160, 96)
+    n4 = b.conv_bn_silu(b.op("Concat", [up, p4], axis=1), 112, 48)
+    n5 = b.conv_bn_silu(b.op("Concat", [b.conv_bn_silu(n4, 48, 48, 3, 2), p5], axis=1), 112, 64)
     outs = 4 + 1 + classes
     flat, grids, strides = [], [], []
-    for feat, cin, stride in ((n4, 64, 8), (n5, 96, 16)):
-        h = b.conv_bn_silu(feat, cin, 64)
-        w = b.const(b.weight(outs, 64, 1, 1), "head_w")
+    for feat, cin, stride in ((n4, 48, 8), (n5, 64, 16)):
+        h = b.conv_bn_silu(feat, cin, 48)
+        w = b.const(b.weight(outs, 48, 1, 1), "head_w")
         bias = b.const((b.rng.standard_normal(outs) * 0.1).astype(np.float32), "head_b")
         h = b.op("Conv", [h, w, bias], "head", kernel_shape=[1, 1])
         # [1, outs, H, W] -> [1, outs, H*W] through int64 shape arithmetic
