@@ -51,6 +51,8 @@ RANK_RULES = ("ratio", "energy", "vbmf", "budget")
 #: per layer (107 whole-model prefix runs on PP-OCR rec), with at most this many inputs held
 CAPTURE_AHEAD = 16
 CAPTURE_BYTES = 256 * 2**20
+#: calibration examples are capped at this many input elements in all (two at least)
+CAPTURE_ELEMENTS = 3 * 2**20
 CONV_METHODS = ("tucker", "cp")
 
 
@@ -139,7 +141,12 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
                 calib = load_calibration(o.calib, model, random_count=4, seed=o.seed)
-            data = calib.groups(o.calib_count)  # several when shared inputs (a gain) differ
+            one = calib.take(calib.first(1), 1)
+            per_example = sum(int(np.prod(np.shape(v))) for v in one.values())
+            # large inputs give enough rows per example: fewer examples, each a NumPy-backend run
+            # (8 of PP-OCR det at 640x640 per capture); 2 at least, one is held out
+            count = min(o.calib_count, max(2, CAPTURE_ELEMENTS // max(per_example, 1)))
+            data = calib.groups(count)  # several when shared inputs (a gain) differ
         # shapes at batch 1 as the data has them: symbolic H/W set to 1 would time and count
         # layers on 1x1 images (an unpadded 3x3 conv has no output there)
         shapes = static_shapes(model, None if data is None else
