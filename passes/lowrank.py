@@ -104,8 +104,32 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
         kept = list(dict.fromkeys(result.rewritten))
         if not kept:
             return super().replay(result, exclude)
-        return type(self)(**{**self.option_values(), "layers": kept, "measure": False,
-                             "exclude": list(self.options.exclude) + list(exclude)})
+        again = type(self)(**{**self.option_values(), "layers": kept, "measure": False,
+                              "exclude": list(self.options.exclude) + list(exclude)})
+        # the factors as planned: no captures, fits or rank searches again (each undo trial on
+        # PP-OCR det redid them all); later layers keep factors fitted to the earlier ones' outputs
+        again.fixed_plans = dict(getattr(self, "last_plans", {}))
+        again.fixed_shapes = getattr(self, "last_shapes", None)
+        return again
+
+    def _run_fixed(self, model: Model, plans: dict) -> PassResult:
+        o = self.options
+        result = PassResult(self.name)
+        g = model.graph
+        shapes = getattr(self, "fixed_shapes", None) or static_shapes(model)  # the planning run's
+        for node in g.toposort():
+            if node.label not in plans or node.name in o.exclude or node.label in o.exclude:
+                continue
+            layer = self._layer(model, node, shapes, result)
+            if layer is None:
+                continue
+            plan = plans[node.label]
+            self._rewrite(g, layer, plan, model.opset)
+            result.rewrote(node, kept=True, **self._summary(plan, layer))
+        if result.changed:
+            g.remove_unused_values()
+        result.stats["factorized"] = len(result.rewritten)
+        return result
 
     def _check_options(self) -> None:
         o = self.options
@@ -128,9 +152,12 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
     # ------------------------------------------------------------------------------------ run
     def run(self, model: Model) -> PassResult:
         self._check_options()
+        if getattr(self, "fixed_plans", None):
+            return self._run_fixed(model, self.fixed_plans)
         o = self.options
         result = PassResult(self.name)
         g = model.graph
+        self.last_plans = {}
         # refits need real data: on random inputs (budget without calib) the factors stay weight-only
         need_data = o.rank == "budget" or o.calib is not None
         self._real_data = o.calib is not None
@@ -151,6 +178,7 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
         # layers on 1x1 images (an unpadded 3x3 conv has no output there)
         shapes = static_shapes(model, None if data is None else
                                {k: np.shape(v) for k, v in calib.take(data[0], 1).items()})
+        self.last_shapes = shapes
         layers = []
         for node in g.toposort():
             if node.subgraphs:
@@ -231,6 +259,7 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
                                              **self._summary(plan, layer)})
                     continue
             self._rewrite(g, layer, plan, model.opset)
+            self.last_plans[node.label] = plan
             inputs = {}  # what follows now reads the factorized layer's outputs
             result.rewrote(node, kept=True, **self._summary(plan, layer))
         if result.changed:

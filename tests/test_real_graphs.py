@@ -189,3 +189,34 @@ def test_lowrank_without_data_on_symbolic_hw_skips_what_it_cannot_time():
     result = parse_spec("lowrank(rank=ratio,ratio=0.5,measure=true,min_layer_share=0)")[0](m)
     reasons = dict(result.skipped)
     assert any("cannot time the layer in onnxruntime" in w for w in reasons.values()), reasons
+
+
+def test_lowrank_replay_reuses_the_planned_factors(monkeypatch):
+    """Undo trials replay lowrank: the factors come from the first run, not from new fits."""
+    from passes import parse_spec
+    from passes.lowrank import LowRank
+    from tvmlite.frontend import import_model
+
+    original, shapes = rg.symbolic_hw()
+    p = parse_spec("lowrank(budget=0.25,min_layer_share=0)")[0]
+    from tvmlite.calibration import load_calibration
+
+    first = import_model(original)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p.options.calib = load_calibration(None, first, shapes=shapes)
+    result = p(first)
+    assert result.rewritten, result.skipped
+
+    def no_fit(*a, **k):
+        raise AssertionError("replay planned again")
+
+    monkeypatch.setattr(LowRank, "_plan", no_fit)
+    again = import_model(original)
+    p.replay(result, [])(again)
+    feeds = _feeds(original, shapes)
+    a = ort.InferenceSession(export_model(first).SerializeToString(), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(export_model(again).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(a.run(None, feeds)[0], b.run(None, feeds)[0])
+    fewer = import_model(original)
+    assert p.replay(result, result.rewritten[:1])(fewer).rewritten == result.rewritten[1:]
