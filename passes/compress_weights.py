@@ -147,13 +147,13 @@ class CompressWeights(Pass):
         if kind == "scale":
             s = g.add_constant(small, f"{base}_W_sign")
             k = g.add_constant(extra, f"{base}_W_scale")
-            f = g.add_node("Cast", [s], 1, {"to": elem}, name=g.fresh_name(f"{base}_W_cast"), order=order).outputs[0]
-            out = g.add_node("Mul", [f, k], 1, name=g.fresh_name(f"{base}_W_rebuild"), order=order).outputs[0]
+            f = g.add_node("Cast", [s], 1, {"to": elem}, name=g.fresh_node_name(f"{base}_W_cast"), order=order).outputs[0]
+            out = g.add_node("Mul", [f, k], 1, name=g.fresh_node_name(f"{base}_W_rebuild"), order=order).outputs[0]
         else:
             i = g.add_constant(small, f"{base}_W_index")
             c = g.add_constant(extra, f"{base}_W_codebook")
-            i32 = g.add_node("Cast", [i], 1, {"to": 6}, name=g.fresh_name(f"{base}_W_cast"), order=order).outputs[0]
-            out = g.add_node("Gather", [c, i32], 1, {"axis": 0}, name=g.fresh_name(f"{base}_W_rebuild"),
+            i32 = g.add_node("Cast", [i], 1, {"to": 6}, name=g.fresh_node_name(f"{base}_W_cast"), order=order).outputs[0]
+            out = g.add_node("Gather", [c, i32], 1, {"axis": 0}, name=g.fresh_node_name(f"{base}_W_rebuild"),
                              order=order).outputs[0]
         g.set_input(node, 1, out)
         return out

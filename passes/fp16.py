@@ -61,7 +61,7 @@ class Float16Weights(Pass):
                 continue
             half = g.add_constant(a.astype(np.float16), f"{name}_fp16")
             back = g.fresh_name(f"{name}_fp32")
-            g.add_node("Cast", [half], [back], {"to": FLOAT}, name=g.fresh_name(f"{name}_Cast"))
+            g.add_node("Cast", [half], [back], {"to": FLOAT}, name=g.fresh_node_name(f"{name}_Cast"))
             g.value(back).type = tensor_type(np.float32, a.shape)
             for reader in readers:
                 g.set_inputs(reader, [back if n == name else n for n in reader.inputs])
@@ -86,7 +86,7 @@ class Float16Weights(Pass):
                     half_of[name] = g.add_constant(c.astype(np.float16), f"{name}_fp16")
                 else:
                     h = g.fresh_name(f"{name}_fp16")
-                    g.add_node("Cast", [name], [h], {"to": FLOAT16}, name=g.fresh_name(f"{name}_to_fp16"))
+                    g.add_node("Cast", [name], [h], {"to": FLOAT16}, name=g.fresh_node_name(f"{name}_to_fp16"))
                     shape = g.value(name).shape
                     g.value(h).type = tensor_type(np.float16, shape) if shape is not None else None
                     half_of[name] = h
@@ -111,10 +111,14 @@ class Float16Weights(Pass):
                 shape = g.value(h).shape
                 g.value(h).type = tensor_type(np.float16, shape) if shape is not None else None
                 # float32 readers (and graph outputs) get it back through a Cast named as before
-                g.add_node("Cast", [h], [out], {"to": FLOAT}, name=g.fresh_name(f"{out}_to_fp32"))
+                g.add_node("Cast", [h], [out], {"to": FLOAT}, name=g.fresh_node_name(f"{out}_to_fp32"))
                 g.value(out).type = declared
                 for reader in [r for r in g.consumers(h) if r.op_type != "Cast" or r.outputs[0] != out]:
                     g.set_inputs(reader, [out if n == h else n for n in reader.inputs])
+                    if h in reader.implicit_inputs:  # If/Loop bodies keep reading float32
+                        for sg in reader.subgraphs:
+                            sg._rename_outer(h, out)
+                        g.subgraph_changed(reader)
                 for k in was_output:
                     g.outputs[k] = out
                 half_of[out] = h

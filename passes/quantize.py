@@ -137,10 +137,10 @@ def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True) -> list[N
         q_name = g.add_constant(q, f"{name}_int8")
         s_name = g.add_constant(scales.reshape(shape), f"{name}_scale")
         cast = g.fresh_name(f"{name}_float")
-        g.add_node("Cast", [q_name], [cast], {"to": 1}, name=g.fresh_name(f"{base}_weight_Cast"))
+        g.add_node("Cast", [q_name], [cast], {"to": 1}, name=g.fresh_node_name(f"{base}_weight_Cast"))
         g.value(cast).type = tensor_type(np.float32, w.shape)
         scaled = g.fresh_name(f"{name}_dequantized")
-        g.add_node("Mul", [cast, s_name], [scaled], name=g.fresh_name(f"{base}_weight_Mul"))
+        g.add_node("Mul", [cast, s_name], [scaled], name=g.fresh_node_name(f"{base}_weight_Mul"))
         g.value(scaled).type = tensor_type(np.float32, w.shape)
         g.set_input(node, 1, scaled)
         done.append(node)
@@ -151,6 +151,8 @@ def candidate_units(g: Graph, op_types, exclude_names, exclude_ops, result: Pass
     """Node keys of the Conv/Gemm/MatMul (and chosen element-wise) nodes that may run in int8."""
     units = []
     for node in g.toposort():
+        if node.subgraphs and result is not None:
+            result.skip(node, f"{node.op_type} subgraph not looked into: left intact")
         if node.domain not in qdq.ONNX or node.op_type not in op_types:
             continue
         if (node.op_type in exclude_ops or node.name in exclude_names or node.outputs[0] in exclude_names
@@ -158,7 +160,7 @@ def candidate_units(g: Graph, op_types, exclude_names, exclude_ops, result: Pass
             if result is not None:
                 result.skip(node, "excluded by option")
             continue
-        if node.op_type in qdq.COMPUTE:
+        if node.op_type in qdq.COMPUTE or node.op_type in qdq.REQUANT:
             why = qdq.why_not_int8(g, node)
             if why:
                 if result is not None:

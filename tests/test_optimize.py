@@ -129,7 +129,7 @@ def test_replay_redoes_the_decisions_without_measuring(spec, monkeypatch):
     def no_timing(*a, **k):
         raise AssertionError("replay measured again")
 
-    monkeypatch.setattr(select, "interleaved_ms", no_timing)
+    monkeypatch.setattr(select, "timed_ratio", no_timing)
     monkeypatch.setattr(LowRank, "_measure", no_timing)
     again = tvmlite.load(path)
     replay(again)

@@ -312,6 +312,15 @@ class Graph:
                 return cand
         raise AssertionError
 
+    def fresh_node_name(self, base: str) -> str:
+        """A name for a new node that no node of this graph and no value in its scopes has
+        (fresh_name sees values only; onnxruntime refuses two nodes of one name)."""
+        nodes = {n.name for n in self.nx.nodes}
+        name = self.fresh_name(base)
+        while name in nodes:
+            name = self.fresh_name(f"{name}_")
+        return name
+
     def _name_taken(self, name: str) -> bool:
         g: Graph | None = self
         while g is not None:

@@ -186,18 +186,12 @@ def _progress(total: int, label: str, enabled: bool | None):
 
 def _feed_batches(model: Model, calib, batch_size: int):
     """Batches the model accepts: a fixed batch dim in the input type wins over ``batch_size``."""
-    from tvmlite.inputs import graph_inputs
+    from tvmlite.calibration import fixed_batch
 
-    g = model.graph
-    fixed = None
-    for n in graph_inputs(g):
-        shape = g.values[n].shape
-        if shape and isinstance(shape[0], int) and shape[0] > 0:
-            fixed = shape[0]
+    fixed = fixed_batch(model)
     bs = fixed or batch_size
     for feeds in calib.batches(bs):
-        n = next(iter(feeds.values())).shape[0]
-        if fixed and n != fixed:
+        if fixed and calib.count(feeds) != fixed:
             continue  # an incomplete last batch the model cannot take
         yield feeds
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from tvmlite.errors import UnsupportedError
 from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.quant.insert import Inserter
 from tvmlite.quant.params import (affine_params, fit_bias_scales, quantize_bias, quantize_weight,
                                   weight_scales)
 
@@ -97,10 +98,27 @@ def upgrade_opset(model: Model, version: int = MIN_OPSET) -> bool:
     return True
 
 
+def _elem_names(graph: Graph, names) -> str:
+    from onnx import helper
+
+    out = []
+    for n in names:
+        t = graph.value(n).elem_type if n and n in graph.values else None
+        out.append(helper.tensor_dtype_to_np_dtype(t).name if t else "unknown type")
+    return ", ".join(dict.fromkeys(out))
+
+
 def why_not_int8(graph: Graph, node: Node) -> str | None:
-    """Why ``node`` (a Conv/Gemm/MatMul) cannot be quantized, or None when it can."""
-    if node.domain not in ONNX or node.op_type not in COMPUTE:
-        return "not a Conv, Gemm or MatMul"
+    """Why ``node`` (a Conv/Gemm/MatMul or an element-wise REQUANT op) cannot be quantized, or None
+    when it can. Integer and bool arithmetic (shape computations) never is: int8 is for float32."""
+    if node.domain not in ONNX or node.op_type not in COMPUTE + REQUANT:
+        return "not a Conv, Gemm, MatMul or int8-capable element-wise op"
+    if node.op_type in REQUANT:
+        ins = [node.inputs[i] for i in data_inputs(node) if i < len(node.inputs) and node.inputs[i]]
+        names = ins + list(node.outputs[:1])
+        if not ins or not all(is_float(graph, n) for n in names):
+            return f"not float32 arithmetic ({_elem_names(graph, names)}): left alone"
+        return None
     if not is_float(graph, node.inputs[0]) or not node.outputs or not is_float(graph, node.outputs[0]):
         return "input or output is not float32"
     if node.op_type == "Conv":
@@ -295,100 +313,13 @@ def activation_tensors(graph: Graph, plan: QdqPlan) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- insertion
-class _Inserter:
-    def __init__(self, model: Model, spec: QuantSpec):
-        self.model = model
-        self.g = model.graph
-        self.spec = spec
-        self.params: dict[str, tuple[str, str]] = {}  # tensor -> (scale name, zp name)
-        self.dq_of: dict[str, str] = {}  # float-produced tensor -> its dequantized copy
-        self.ranges = dict(spec.ranges)  # folding re-points ranges; the spec stays reusable
-
-    def tensor_params(self, name: str, source: str, clip_hi: float | None = None) -> tuple[str, str]:
-        if name in self.params:
-            return self.params[name]
-        if source in self.params:
-            self.params[name] = self.params[source]
-            return self.params[name]
-        rng = self.ranges.get(source)
-        if rng is None:
-            raise UnsupportedError(f"no calibration range for tensor {source!r}")
-        lo, hi = rng
-        if clip_hi is not None:
-            lo, hi = 0.0, min(hi, clip_hi)
-        scale, zp = affine_params(lo, hi, self.spec.activation_type)
-        s = self.g.add_constant(np.asarray(scale, np.float32), f"{name}_scale")
-        z = self.g.add_constant(np.asarray(zp), f"{name}_zp")
-        self.params[name] = (s, z)
-        return s, z
-
-    def rescaled_params(self, name: str, source: str, factor: float) -> tuple[str, str]:
-        """``name`` = ``source`` * ``factor``: the same codes and zero point, the scale times factor."""
-        s, z = self.params[source]
-        scale = np.float32(float(self.g.const_value(s)) * factor)
-        self.params[name] = (self.g.add_constant(np.asarray(scale, np.float32), f"{name}_scale"), z)
-        return self.params[name]
-
-    def scale_of(self, name: str) -> float:
-        return float(self.g.const_value(self.params[name][0]))
-
-    def quantize_produced(self, name: str) -> None:
-        """``name`` is written by an int8 node: it writes ``name_f``; Q then DQ give ``name`` back."""
-        g = self.g
-        s, z = self.params[name]
-        declared = g.value(name).type
-        was_output = [i for i, o in enumerate(g.outputs) if o == name]
-        raw = g.fresh_name(f"{name}_float")
-        g.rename_value(name, raw)
-        q = g.fresh_name(f"{name}_q")
-        g.add_node("QuantizeLinear", [raw, s, z], [q], name=g.fresh_name(f"{name}_Q"))
-        for reader in g.consumers(raw):
-            if reader.op_type == "QuantizeLinear" and reader.outputs[0] == q:
-                continue
-            g.set_inputs(reader, [name if n == raw else n for n in reader.inputs])
-        g.add_node("DequantizeLinear", [q, s, z], [name], name=g.fresh_name(f"{name}_DQ"))
-        g.value(name).type = declared
-        for i in was_output:
-            g.outputs[i] = name
-
-    def dequantized(self, name: str) -> str:
-        """The DQ(Q(x)) copy of a float-produced tensor (or graph input) for int8 readers."""
-        if name not in self.dq_of:
-            g = self.g
-            s, z = self.params[name]
-            q = g.fresh_name(f"{name}_q")
-            dq = g.fresh_name(f"{name}_dq")
-            g.add_node("QuantizeLinear", [name, s, z], [q], name=g.fresh_name(f"{name}_Q"))
-            g.add_node("DequantizeLinear", [q, s, z], [dq], name=g.fresh_name(f"{name}_DQ"))
-            g.value(dq).type = g.value(name).type
-            self.dq_of[name] = dq
-        return self.dq_of[name]
-
-    def constant_dq(self, array: np.ndarray, base: str, q: np.ndarray, scale: np.ndarray,
-                    zp: np.ndarray, axis: int | None, default_zero_point: bool = False) -> str:
-        """``default_zero_point``: leave a zero point of zeros out (the default). onnxruntime still
-        fuses Conv's weight and bias DQ so, not Gemm's (measured: no QGemm then)."""
-        g = self.g
-        qn = g.add_constant(q, f"{base}_q")
-        sn = g.add_constant(scale.reshape(-1) if axis is not None else scale.reshape(()), f"{base}_scale")
-        inputs = [qn, sn]
-        if np.any(zp) or not default_zero_point:
-            inputs.append(g.add_constant(zp.reshape(-1) if axis is not None else zp.reshape(()),
-                                         f"{base}_zp"))
-        out = g.fresh_name(f"{base}_dq")
-        attrs = {"axis": int(axis)} if axis is not None else {}
-        g.add_node("DequantizeLinear", inputs, [out], attrs,
-                   name=g.fresh_name(f"{base}_DQ"))
-        return out
-
-
 def apply_qdq(model: Model, plan: QdqPlan, spec: QuantSpec) -> list[tuple[str, str, dict]]:
     """Rewrite ``model`` in place per ``plan``; returns (node label, what, details) per change."""
     g = model.graph
     if model.opset < MIN_OPSET:
         raise UnsupportedError(f"QDQ with per-channel weights needs opset >= {MIN_OPSET} "
                                f"(the model has {model.opset}): upgrade it first")
-    ins = _Inserter(model, spec)
+    ins = Inserter(model, spec)
     by_key = {node_key(n): n for n in g.nx.nodes}
     log: list[tuple[str, str, dict]] = []
 
@@ -464,14 +395,14 @@ def apply_qdq(model: Model, plan: QdqPlan, spec: QuantSpec) -> list[tuple[str, s
         declared = g.value(out).type
         s, z = ins.params[out]
         g.remove_node(node, remove_outputs=False)
-        g.add_node("DequantizeLinear", [dq.inputs[0], s, z], [out], name=g.fresh_name(f"{out}_DQ"))
+        g.add_node("DequantizeLinear", [dq.inputs[0], s, z], [out], name=g.fresh_node_name(f"{out}_DQ"))
         g.value(out).type = declared
         log.append((node.label, "folded", {"into": "DequantizeLinear scale", "factor": factor}))
     g.remove_unused_values()
     return log
 
 
-def _quantize_constants(ins: _Inserter, node: Node, log: list) -> None:
+def _quantize_constants(ins: Inserter, node: Node, log: list) -> None:
     g = ins.g
     op = node.op_type
     if op in ("Conv", "Gemm") or (op == "MatMul" and g.const_value(node.inputs[1]) is not None):

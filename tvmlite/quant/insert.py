@@ -1,0 +1,105 @@
+"""Writing QuantizeLinear/DequantizeLinear nodes for a QDQ plan (tvmlite/quant/qdq.py): the scale and
+zero point of each activation, Q/DQ pairs around tensors, constant weights as DQ of int8."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tvmlite.errors import UnsupportedError
+from tvmlite.ir.graph import Model
+from tvmlite.quant.params import affine_params
+
+if TYPE_CHECKING:
+    from tvmlite.quant.qdq import QuantSpec
+
+
+class Inserter:
+    def __init__(self, model: Model, spec: QuantSpec):
+        self.model = model
+        self.g = model.graph
+        self.spec = spec
+        self.params: dict[str, tuple[str, str]] = {}  # tensor -> (scale name, zp name)
+        self.dq_of: dict[str, str] = {}  # float-produced tensor -> its dequantized copy
+        self.ranges = dict(spec.ranges)  # folding re-points ranges; the spec stays reusable
+
+    def tensor_params(self, name: str, source: str, clip_hi: float | None = None) -> tuple[str, str]:
+        if name in self.params:
+            return self.params[name]
+        if source in self.params:
+            self.params[name] = self.params[source]
+            return self.params[name]
+        rng = self.ranges.get(source)
+        if rng is None:
+            raise UnsupportedError(f"no calibration range for tensor {source!r}")
+        lo, hi = rng
+        if clip_hi is not None:
+            lo, hi = 0.0, min(hi, clip_hi)
+        scale, zp = affine_params(lo, hi, self.spec.activation_type)
+        s = self.g.add_constant(np.asarray(scale, np.float32), f"{name}_scale")
+        z = self.g.add_constant(np.asarray(zp), f"{name}_zp")
+        self.params[name] = (s, z)
+        return s, z
+
+    def rescaled_params(self, name: str, source: str, factor: float) -> tuple[str, str]:
+        """``name`` = ``source`` * ``factor``: the same codes and zero point, the scale times factor."""
+        s, z = self.params[source]
+        scale = np.float32(float(self.g.const_value(s)) * factor)
+        self.params[name] = (self.g.add_constant(np.asarray(scale, np.float32), f"{name}_scale"), z)
+        return self.params[name]
+
+    def scale_of(self, name: str) -> float:
+        return float(self.g.const_value(self.params[name][0]))
+
+    def quantize_produced(self, name: str) -> None:
+        """``name`` is written by an int8 node: it writes ``name_f``; Q then DQ give ``name`` back."""
+        g = self.g
+        s, z = self.params[name]
+        declared = g.value(name).type
+        was_output = [i for i, o in enumerate(g.outputs) if o == name]
+        raw = g.fresh_name(f"{name}_float")
+        g.rename_value(name, raw)
+        q = g.fresh_name(f"{name}_q")
+        g.add_node("QuantizeLinear", [raw, s, z], [q], name=g.fresh_node_name(f"{name}_Q"))
+        g.add_node("DequantizeLinear", [q, s, z], [name], name=g.fresh_node_name(f"{name}_DQ"))
+        g.value(name).type = declared
+        for reader in g.consumers(raw):
+            if reader.op_type == "QuantizeLinear" and reader.outputs[0] == q:
+                continue
+            g.set_inputs(reader, [name if n == raw else n for n in reader.inputs])
+            if raw in reader.implicit_inputs:  # If/Loop bodies keep reading the name they read
+                for sg in reader.subgraphs:
+                    sg._rename_outer(raw, name)
+                g.subgraph_changed(reader)
+        for i in was_output:
+            g.outputs[i] = name
+
+    def dequantized(self, name: str) -> str:
+        """The DQ(Q(x)) copy of a float-produced tensor (or graph input) for int8 readers."""
+        if name not in self.dq_of:
+            g = self.g
+            s, z = self.params[name]
+            q = g.fresh_name(f"{name}_q")
+            dq = g.fresh_name(f"{name}_dq")
+            g.add_node("QuantizeLinear", [name, s, z], [q], name=g.fresh_node_name(f"{name}_Q"))
+            g.add_node("DequantizeLinear", [q, s, z], [dq], name=g.fresh_node_name(f"{name}_DQ"))
+            g.value(dq).type = g.value(name).type
+            self.dq_of[name] = dq
+        return self.dq_of[name]
+
+    def constant_dq(self, array: np.ndarray, base: str, q: np.ndarray, scale: np.ndarray,
+                    zp: np.ndarray, axis: int | None, default_zero_point: bool = False) -> str:
+        """``default_zero_point``: leave a zero point of zeros out (the default). onnxruntime still
+        fuses Conv's weight and bias DQ so, not Gemm's (measured: no QGemm then)."""
+        g = self.g
+        qn = g.add_constant(q, f"{base}_q")
+        sn = g.add_constant(scale.reshape(-1) if axis is not None else scale.reshape(()), f"{base}_scale")
+        inputs = [qn, sn]
+        if np.any(zp) or not default_zero_point:
+            inputs.append(g.add_constant(zp.reshape(-1) if axis is not None else zp.reshape(()),
+                                         f"{base}_zp"))
+        out = g.fresh_name(f"{base}_dq")
+        attrs = {"axis": int(axis)} if axis is not None else {}
+        g.add_node("DequantizeLinear", inputs, [out], attrs,
+                   name=g.fresh_node_name(f"{base}_DQ"))
+        return out
