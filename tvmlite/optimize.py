@@ -66,8 +66,8 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     (tvmlite.checker.PASS_BUDGET). ``calib`` goes to the passes that need calibration data and were
     not given any in the spec. ``speed_check`` (default: on for SPEED_PRESETS): a pass is kept only
     when the model runs faster after it in onnxruntime, timed side by side at batch 1.
-    ``progress``: True prints a line per pass and long step on stderr, a callable gets the lines,
-    None prints them when stderr is a terminal. ``custom_ops``: custom-op libraries for onnxruntime."""
+    ``progress``: True prints a line per pass and long step on stdout, a callable gets the lines,
+    None prints them when stdout is a terminal. ``custom_ops``: custom-op libraries for onnxruntime."""
     from passes import parse_spec
     from tvmlite.frontend import load
 
@@ -135,10 +135,12 @@ def _logger(progress):
     if callable(progress):
         return progress
     if progress is None:
-        progress = sys.stderr.isatty()
+        progress = sys.stdout.isatty()
     if not progress:
         return lambda line: None
-    return lambda line: print(f"tvmlite: {line}", file=sys.stderr, flush=True)
+    # stdout, like the report: stderr carries only the one line of an error, so a failed run's
+    # stderr is still that one line, and a log of stdout shows how far the run got
+    return lambda line: print(f"tvmlite: {line}", file=sys.stdout, flush=True)
 
 
 class _Rows:
