@@ -1,6 +1,7 @@
 """Saved TVM artifacts are checked before loading (issue 12): a truncated library used to kill the
 process with SIGBUS, garbage JSON was an internal error. And a 10,000-op elementwise chain builds
 (its fused epilogue used to overflow TVM's C++ stack: SIGSEGV)."""
+import itertools
 import json
 import shutil
 import subprocess
@@ -41,8 +42,13 @@ def artifact(tmp_path_factory):
     return d / "m.so"
 
 
+_copies = itertools.count()
+
+
 def copy_of(artifact, tmp_path):
-    dst = tmp_path / "c.so"
+    # a fresh name each time: a library this process loaded stays mapped, and writing over its
+    # file in place changes the mapped code (the process then died at exit with SIGSEGV)
+    dst = tmp_path / f"c{next(_copies)}.so"
     for suffix in ("", ".json", ".npz"):
         shutil.copyfile(str(artifact) + suffix, str(dst) + suffix)
     return dst
@@ -118,6 +124,7 @@ def test_recorded_checksum_is_verified(artifact, tmp_path):
     load_module(str(so))  # intact: loads
     data = bytearray(so.read_bytes())
     data[-10] ^= 0xFF  # same size, one byte flipped: only the digest sees it
+    so = copy_of(so, tmp_path)  # not in place: the intact one is mapped now
     so.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="SHA-256 differs"):
         load_module(str(so))
