@@ -11,8 +11,12 @@ from tvmlite.ir.shapes import static_shapes
 
 
 def param_count(model: Model) -> int:
-    """Elements of constant float tensors (initializers and Constant outputs) with more than one value."""
-    g = model.graph
+    """Elements of constant float tensors (initializers and Constant outputs) with more than one value,
+    in the graph and in every If/Loop/Scan body (a recurrent model keeps its weights there)."""
+    return _graph_params(model.graph)
+
+
+def _graph_params(g) -> int:
     total = 0
     for name in g.initializers:
         v = g.values[name]
@@ -24,6 +28,7 @@ def param_count(model: Model) -> int:
             val = node.attrs.get("value")
             if isinstance(val, np.ndarray) and val.size > 1 and val.dtype.kind in "fiu":
                 total += val.size
+        total += sum(_graph_params(sub) for sub in node.subgraphs)
     return total
 
 
