@@ -49,6 +49,9 @@ class Measurement:
     errors: dict = field(default_factory=dict)  # checked output -> error on its metric
     accuracy: float | None = None
     failure: str = ""  # why the model could not be checked (onnxruntime refused it, ...)
+    #: the onnxruntime session that ran the measured model, for timing that same model without a
+    #: second session (5 s each on a 100,000-node graph); not part of the figures
+    session: object = field(default=None, repr=False, compare=False)
 
     @property
     def worst(self) -> tuple[str | None, float]:
@@ -207,7 +210,7 @@ class Checker:
         if len(outs) != len(self.names):
             return Measurement(failure=f"{len(outs)} outputs instead of {len(self.names)}")
         masks = self.cs.masks()
-        meas = Measurement()
+        meas = Measurement(session=sess)
         for name, r, c in zip(self.names, self.reference, outs):
             oc = output_check(name, r, c, masks)
             meas.outputs.append(oc)
@@ -255,12 +258,13 @@ class Checker:
         return worst
 
     # -------------------------------------------------------------------------------- timing
-    def latency(self, model: Model) -> tuple[float, float] | None:
-        """Median onnxruntime ms at batch 1 and half the interquartile range (the noise)."""
+    def latency(self, model: Model, session=None) -> tuple[float, float] | None:
+        """Median onnxruntime ms at batch 1 and half the interquartile range (the noise).
+        ``session``: one already made for ``model`` as it is now (from its Measurement)."""
         import time
 
         try:
-            sess = self._session(model)
+            sess = session if session is not None else self._session(model)
             for _ in range(3):  # the first runs allocate and are slower
                 sess.run(None, self.latency_feeds)
         except Exception:  # noqa: BLE001 - a model that cannot run has no latency

@@ -178,7 +178,8 @@ class _Rows:
             outputs = [{"name": o.name, "error": meas.errors.get(o.name), "rel": o.rel, "rms": o.rms,
                         "cosine": o.cosine, "argmax": o.argmax, "topk": o.topk, "nonfinite": o.nonfinite,
                         "masked": o.masked} for o in meas.outputs]
-            timed = ck.latency(self.m)
+            timed = ck.latency(self.m, meas.session)  # meas is of self.m as it is now
+            meas.session = None
             lat, spread = timed if timed else (None, None)
         if status == UNCHECKED:
             err = None
@@ -226,11 +227,12 @@ def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
         else:
             kept_model, excluded = backup, []
             note = f"undone: not faster in onnxruntime ({t_new:.3f} vs {t_old:.3f} ms side by side)"
+    measured_now = kept_model is m  # meas (and its session) describe m as it now is
     if kept_model is not m:
         m.__dict__.update(kept_model.__dict__)
     status = UNDONE if kept_model is backup else PARTIAL if excluded else KEPT
     rows.add(p.name, repr(p), status, note, result, seconds, excluded, measure=status != UNDONE,
-             meas=meas if status == KEPT else None)
+             meas=meas if status == KEPT and measured_now else None)
 
 
 def _undo_layers(p, backup: Model, result, checker, meas, log=lambda line: None):
