@@ -1,6 +1,9 @@
 """Small model builders shared by the tests."""
 from __future__ import annotations
 
+import contextlib
+import resource
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -62,3 +65,17 @@ def ort_run(model, feeds):
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
+
+
+@contextlib.contextmanager
+def memory_cap(extra_bytes=3 * 2**30):
+    """Cap this process's address space at its current size plus ``extra_bytes`` (a fuzzed model
+    that asks for a huge tensor gets MemoryError instead of taking the machine)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        vsz = int(f.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (vsz + extra_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

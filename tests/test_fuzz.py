@@ -7,7 +7,6 @@ asks for a huge tensor.
 """
 import contextlib
 import io
-import resource
 
 import numpy as np
 import onnx
@@ -17,21 +16,9 @@ from hypothesis import strategies as st
 
 from tvmlite.cli import main
 
-from helpers import conv_bn_relu_model
+from helpers import conv_bn_relu_model, memory_cap
 
 SEED_MODEL = conv_bn_relu_model().SerializeToString()
-
-
-@contextlib.contextmanager
-def memory_cap(extra_bytes=3 * 2**30):
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as f:
-        vsz = int(f.read().split()[0]) * resource.getpagesize()
-    resource.setrlimit(resource.RLIMIT_AS, (vsz + extra_bytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def cli(args):

@@ -20,7 +20,6 @@ import os
 import pathlib
 import random
 import re
-import resource
 import signal
 import sys
 import time
@@ -42,6 +41,8 @@ from tvmlite.backends.numpy import compile_model  # noqa: E402
 from tvmlite.errors import TvmliteError  # noqa: E402
 from tvmlite.frontend import load  # noqa: E402
 from tvmlite.inputs import random_inputs  # noqa: E402
+
+from helpers import memory_cap  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------ seed models
@@ -322,16 +323,12 @@ def guard(seconds=20, extra_bytes=3 * 2**30):
 
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(seconds)
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as f:
-        vsz = int(f.read().split()[0]) * resource.getpagesize()
-    resource.setrlimit(resource.RLIMIT_AS, (vsz + extra_bytes, hard))
     try:
-        yield
+        with memory_cap(extra_bytes):
+            yield
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 #: the NumPy plan's wrapping of a kernel's plain exception: one line, but not a specific message
