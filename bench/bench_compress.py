@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import tvmlite  # noqa: E402
-from passes import Pipeline  # noqa: E402
+from tvmlite.passes import Pipeline  # noqa: E402
 from tvmlite.compare import ort_session  # noqa: E402
 
 HERE = os.path.join(os.path.dirname(__file__), "..")
@@ -139,7 +139,7 @@ def bench_sparse(args) -> None:
     import scipy.sparse as sp
     from threadpoolctl import threadpool_limits
 
-    from passes.sparsify import time_interleaved
+    from tvmlite.passes.sparsify import time_interleaved
     from tvmlite.ops.sparse import sparse_matmul, to_bsr
 
     print("\n== sparse kernel at batch 1, 90% block sparsity (median us, interleaved)")

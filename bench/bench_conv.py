@@ -47,9 +47,9 @@ from onnx import helper, numpy_helper  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tvmlite  # noqa: E402
-from passes.conv_choice import apply_choice, estimate_seconds  # noqa: E402
-from passes.lowering import conv_info  # noqa: E402
-from passes.winograd import winograd_macs  # noqa: E402
+from tvmlite.passes.conv_choice import apply_choice, estimate_seconds  # noqa: E402
+from tvmlite.passes.lowering import conv_info  # noqa: E402
+from tvmlite.passes.winograd import winograd_macs  # noqa: E402
 from tvmlite.backends.numpy import compile_model  # noqa: E402
 from tvmlite.compare import ort_session  # noqa: E402
 

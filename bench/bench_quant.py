@@ -31,7 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tvmlite  # noqa: E402
-from passes import Pipeline  # noqa: E402
+from tvmlite.passes import Pipeline  # noqa: E402
 from tvmlite.compare import compare, ort_session  # noqa: E402
 
 CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))

@@ -218,7 +218,7 @@ def bench_models(rounds: int, relax: bool) -> list:
 
     rows = []
     print("\nWhole models, batch 1 (ms, median of interleaved rounds)")
-    from passes import Pipeline
+    from tvmlite.passes import Pipeline
 
     for name, proto, image, x, *spec in whole_models():
         proto.ir_version = min(proto.ir_version, 10)

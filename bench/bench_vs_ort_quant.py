@@ -219,7 +219,7 @@ def tvmlite_preset(spec: dict, preset: str, out: str, timeout: float) -> str:
 
 
 def tvmlite_qdyn(spec: dict, out: str) -> str:
-    from passes import Pipeline
+    from tvmlite.passes import Pipeline
 
     m = tvmlite.load(spec["src"])
     res = Pipeline("quantize-dynamic").run(m)[-1]

@@ -167,7 +167,7 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
 
 
 def available_passes() -> dict[str, type[Pass]]:
-    import passes  # noqa: F401  (importing the package registers the built-in passes)
+    import tvmlite.passes  # noqa: F401  (importing the package registers the built-in passes)
 
     return dict(sorted(PASSES.items()))
 

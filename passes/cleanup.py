@@ -10,8 +10,8 @@ import numpy as np
 
 from onnx import helper
 
-from passes.base import Pass, PassResult, register_pass
-from passes.constants import FOLD_MAX_BYTES, FOLD_MAX_ELEMENTS, fold_output_bound
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.constants import FOLD_MAX_BYTES, FOLD_MAX_ELEMENTS, fold_output_bound
 from tvmlite.backends.numpy.plan import NONDETERMINISTIC, _resolve
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ops.registry import kernel_attr_name

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from passes.base import Pass, PassResult, register_pass
-from passes.cleanup import is_onnx
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Graph, Model, Node
 

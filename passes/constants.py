@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.ir.graph import Graph, Model, Node
 
 #: the largest constant fold-constants writes, in elements and in bytes (fold-constants' options

@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from passes.base import Pass, PassResult, register_pass
-from passes.lowering import ConvInfo, conv_info, lower_im2col, lower_mec, lowerable_convs, mec_reason
-from passes.winograd import WINOGRAD_TILES, lower_winograd, winograd_macs, winograd_reason
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.lowering import ConvInfo, conv_info, lower_im2col, lower_mec, lowerable_convs, mec_reason
+from tvmlite.passes.winograd import WINOGRAD_TILES, lower_winograd, winograd_macs, winograd_reason
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Model
 

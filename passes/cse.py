@@ -11,7 +11,7 @@ import hashlib
 
 import numpy as np
 
-from passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.backends.numpy.plan import NONDETERMINISTIC
 from tvmlite.ir.graph import Graph, Model
 

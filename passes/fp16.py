@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from passes.base import Pass, PassResult, register_pass
-from passes.cleanup import DeadCodeElimination, is_onnx
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
 from tvmlite.ir.graph import Model, tensor_type
 
 FLOAT = onnx.TensorProto.FLOAT

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from passes.base import Pass, PassResult, register_pass
-from passes.cleanup import is_onnx, remove_dead_producers
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.cleanup import is_onnx, remove_dead_producers
 from tvmlite.ir.graph import Graph, Model, Node, type_shape
 from tvmlite.ir.shapes import inferred_types
 

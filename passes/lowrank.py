@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from passes.base import Pass, PassResult, register_pass
-from passes.cleanup import is_onnx
-from passes.lowrank_conv import ConvFactorPlans
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.cleanup import is_onnx
+from tvmlite.passes.lowrank_conv import ConvFactorPlans
 # the numerics live in lowrank_math; their names stay importable from here
-from passes.lowrank_math import (Layer, LinearStats, capture_groups, capture_values, conv_attrs,  # noqa: F401
+from tvmlite.passes.lowrank_math import (Layer, LinearStats, capture_groups, capture_values, conv_attrs,  # noqa: F401
                                  energy_rank, evbmf_rank, gram_svd, principal_fit, reduced_rank_fit,
                                  split_singular_values, truncate_fit, tucker2)
-from passes.lowrank_nodes import FactorNodes
+from tvmlite.passes.lowrank_nodes import FactorNodes
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Model, Node
 from tvmlite.ir.shapes import static_shapes

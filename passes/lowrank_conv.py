@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from passes.lowrank_math import (Layer, energy_rank, evbmf_rank, gram_svd, principal_fit,
+from tvmlite.passes.lowrank_math import (Layer, energy_rank, evbmf_rank, gram_svd, principal_fit,
                                  truncate_fit, tucker2)
 
 

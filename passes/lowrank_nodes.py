@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from passes.lowrank_math import Layer, conv_attrs
+from tvmlite.passes.lowrank_math import Layer, conv_attrs
 from tvmlite.ir.graph import Graph, Model
 
 

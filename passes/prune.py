@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from passes.base import Pass, PassResult, register_pass
-from passes.cleanup import is_onnx
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ir.shapes import static_shapes
@@ -431,7 +431,7 @@ class ChannelPruner:
 
     def _refit(self, node: Node) -> str:
         """Least-squares refit of a reader to its original outputs; returns what it did."""
-        from passes.lowrank import LinearStats, capture_values
+        from tvmlite.passes.lowrank import LinearStats, capture_values
         from tvmlite.ops.conv import im2col, resolve_pads
 
         g = self.g

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from passes.base import Pass, PassResult, register_pass
-from passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity, is_onnx
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity, is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ir.shapes import drop_new_types, typed_values

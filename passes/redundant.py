@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto as T
 
-from passes.base import Pass, PassResult, register_pass
-from passes.cleanup import is_onnx, remove_dead_producers
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.cleanup import is_onnx, remove_dead_producers
 from tvmlite.ir.graph import Graph, Model, Node, type_elem, type_shape
 from tvmlite.ir.shapes import inferred_types
 

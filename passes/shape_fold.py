@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto
 
-from passes.base import Pass, PassResult, register_pass
-from passes.cleanup import ONNX, remove_dead_producers
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.cleanup import ONNX, remove_dead_producers
 from tvmlite.ir.graph import Graph, Model, Node, type_shape
 from tvmlite.ir.shapes import inferred_types
 

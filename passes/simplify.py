@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from passes.base import Pass, PassResult, register_pass
-from passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, InferShapes, RemoveIdentity
-from passes.constants import LiftConstants, constants_as_nodes
-from passes.cse import CommonSubexpressions
-from passes.fusions import FuseConvAffine, MatMulAddToGemm
-from passes.redundant import RemoveRedundant
-from passes.shape_fold import FoldShapes
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, InferShapes, RemoveIdentity
+from tvmlite.passes.constants import LiftConstants, constants_as_nodes
+from tvmlite.passes.cse import CommonSubexpressions
+from tvmlite.passes.fusions import FuseConvAffine, MatMulAddToGemm
+from tvmlite.passes.redundant import RemoveRedundant
+from tvmlite.passes.shape_fold import FoldShapes
 from tvmlite.ir.graph import Model
 
 #: the order of one round: constants first (so every later rule sees weights), shape chains before

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from passes.base import Pass, PassResult, register_pass
-from passes.cleanup import is_onnx
-from passes.lowering import ConvInfo, ShapeLookup, _Builder, conv_info
+from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.cleanup import is_onnx
+from tvmlite.passes.lowering import ConvInfo, ShapeLookup, _Builder, conv_info
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Model
 from tvmlite.ops.lowered import WINOGRAD_POINTS, winograd_tiles, winograd_weight

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes import Pass, PassResult, register_pass
+from tvmlite.passes import Pass, PassResult, register_pass
 from tvmlite.errors import InputError
 from tvmlite.export import export_model
 from tvmlite.frontend import load

@@ -5,8 +5,8 @@ import pytest
 from onnx import helper
 
 import tvmlite
-from passes import Pipeline
-from passes.compress_weights import kmeans_1d
+from tvmlite.passes import Pipeline
+from tvmlite.passes.compress_weights import kmeans_1d
 from tvmlite.backends.numpy import compile_model
 from tvmlite.errors import OptionError
 from tvmlite.export import export_model
@@ -29,7 +29,7 @@ def _model():
 
 def _weights(m):
     """The weights as the model computes them (rebuild nodes evaluated)."""
-    from passes.lowrank import capture_values
+    from tvmlite.passes.lowrank import capture_values
 
     g = m.graph
     names = [n.inputs[1] for n in g.toposort() if n.op_type in ("Conv", "Gemm")]

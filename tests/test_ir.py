@@ -101,7 +101,7 @@ def test_subgraph_outer_references_are_implicit_inputs():
     iff = m.graph.producer("y")
     assert iff.implicit_inputs == ("a",)
     # the Relu feeding only the subgraphs is not dead
-    from passes import Pipeline
+    from tvmlite.passes import Pipeline
 
     Pipeline("dce").run(m)
     assert len(m.graph) == 2

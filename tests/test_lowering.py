@@ -9,8 +9,8 @@ import pytest
 from onnx import helper
 
 import tvmlite
-from passes import Pipeline
-from passes.lowering import ConvInfo, conv_info
+from tvmlite.passes import Pipeline
+from tvmlite.passes.lowering import ConvInfo, conv_info
 from tvmlite.backends.numpy import compile_model
 from tvmlite.errors import OptionError
 from tvmlite.export import export_model

@@ -5,8 +5,8 @@ import pytest
 from onnx import helper
 
 import tvmlite
-from passes import Pipeline
-from passes.lowrank import LowRank, evbmf_rank, reduced_rank_fit, LinearStats, split_singular_values
+from tvmlite.passes import Pipeline
+from tvmlite.passes.lowrank import LowRank, evbmf_rank, reduced_rank_fit, LinearStats, split_singular_values
 from tvmlite.backends.numpy import compile_model
 from tvmlite.errors import OptionError
 from tvmlite.export import export_model

@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 import tvmlite
-from passes import Pass, PassResult, register_pass
+from tvmlite.passes import Pass, PassResult, register_pass
 from tvmlite.errors import OptionError
 from tvmlite.export import export_model
 from tvmlite.optimize import optimize
@@ -113,7 +113,7 @@ def _digits():
                                   "lowrank(budget=0.25,measure=true)"])
 def test_replay_redoes_the_decisions_without_measuring(spec, monkeypatch):
     """Per-layer undo replays a measuring pass: same layers, same model, and no timing at all."""
-    from passes import parse_spec
+    from tvmlite.passes import parse_spec
 
     path, calib = _digits()
     p = parse_spec(spec)[0]
@@ -124,7 +124,7 @@ def test_replay_redoes_the_decisions_without_measuring(spec, monkeypatch):
     replay = p.replay(result, [])
     assert replay.options.measure is False
     import tvmlite.quant.select as select
-    from passes.lowrank import LowRank
+    from tvmlite.passes.lowrank import LowRank
 
     def no_timing(*a, **k):
         raise AssertionError("replay measured again")

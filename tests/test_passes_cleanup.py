@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import tvmlite
-from passes import Pass, PassResult, Pipeline, available_passes, parse_spec, register_pass
+from tvmlite.passes import Pass, PassResult, Pipeline, available_passes, parse_spec, register_pass
 from tvmlite.errors import OptionError
 from tvmlite.export import export_model
 

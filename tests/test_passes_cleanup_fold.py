@@ -5,8 +5,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import tvmlite
-from passes import Pipeline
-from passes.constants import FOLD_MAX_ELEMENTS
+from tvmlite.passes import Pipeline
+from tvmlite.passes.constants import FOLD_MAX_ELEMENTS
 from tvmlite.export import export_model
 
 from helpers import make_model, ort_run, tensor
@@ -23,7 +23,7 @@ def constant_of_shape_model(n):
 @pytest.mark.parametrize("n", [500_000_000, 3_000_000_000])
 def test_huge_fold_refused_before_evaluating(n, monkeypatch):
     import tvmlite.ops.tensor as tensor_ops  # noqa: F401  (the ConstantOfShape kernel lives there)
-    from passes import cleanup
+    from tvmlite.passes import cleanup
 
     calls = []
     real = cleanup._resolve

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import tvmlite
-from passes import Pipeline
+from tvmlite.passes import Pipeline
 from tvmlite.export import export_model
 
 from conftest import corpus_model

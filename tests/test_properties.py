@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 import tvmlite
-from passes import Pipeline
+from tvmlite.passes import Pipeline
 from tvmlite.backends.numpy import compile_model
 from tvmlite.export import export_model
 

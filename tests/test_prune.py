@@ -5,7 +5,7 @@ import pytest
 from onnx import helper
 
 import tvmlite
-from passes import Pipeline
+from tvmlite.passes import Pipeline
 from tvmlite.backends.numpy import compile_model
 from tvmlite.errors import OptionError
 from tvmlite.export import export_model
@@ -124,7 +124,7 @@ def test_channel_pruning_refit_reduces_error():
     errs = []
     for spec in ("prune(mode=channel,sparsity=0.5)", None):
         m = tvmlite.load(proto)
-        p = spec or __import__("passes.prune", fromlist=["Prune"]).Prune(mode="channel", sparsity=0.5, calib={"x": x})
+        p = spec or __import__("tvmlite.passes.prune", fromlist=["Prune"]).Prune(mode="channel", sparsity=0.5, calib={"x": x})
         Pipeline(spec if spec else [p]).run(m)
         got = ort_run(export_model(m), {"x": x})[0]
         errs.append(np.linalg.norm(got - want) / np.linalg.norm(want))

@@ -9,8 +9,8 @@ import pytest
 from onnx import helper
 
 import tvmlite
-from passes import Pipeline
-from passes.quantize import Quantize
+from tvmlite.passes import Pipeline
+from tvmlite.passes.quantize import Quantize
 from tvmlite.backends.numpy import compile_model
 from tvmlite.errors import OptionError
 from tvmlite.quant.calibrate import TensorStats, collect_stats

@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 import tvmlite
-from passes import Pipeline
+from tvmlite.passes import Pipeline
 from tvmlite.backends.numpy import compile_model
 
 from conftest import MODELS

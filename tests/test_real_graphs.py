@@ -15,7 +15,7 @@ import pytest
 
 import real_graphs as rg
 from tvmlite.export import export_model
-from passes import parse_spec
+from tvmlite.passes import parse_spec
 from tvmlite.checker import pass_budget
 from tvmlite.optimize import PRESETS, optimize
 
@@ -190,7 +190,7 @@ def test_other_passes_leave_vad_subgraphs_intact(spec):
 def test_lowrank_without_data_on_symbolic_hw_skips_what_it_cannot_time():
     """rank=ratio needs no data, so nothing gives H and W: layers are sized at 1x1, where an
     unpadded 3x3 conv has no output. The pass says so per layer instead of failing."""
-    from passes import parse_spec
+    from tvmlite.passes import parse_spec
     from tvmlite.frontend import import_model
 
     m = import_model(rg.symbolic_hw()[0])
@@ -201,8 +201,8 @@ def test_lowrank_without_data_on_symbolic_hw_skips_what_it_cannot_time():
 
 def test_lowrank_replay_reuses_the_planned_factors(monkeypatch):
     """Undo trials replay lowrank: the factors come from the first run, not from new fits."""
-    from passes import parse_spec
-    from passes.lowrank import LowRank
+    from tvmlite.passes import parse_spec
+    from tvmlite.passes.lowrank import LowRank
     from tvmlite.frontend import import_model
 
     original, shapes = rg.symbolic_hw()

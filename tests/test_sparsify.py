@@ -5,8 +5,8 @@ import pytest
 from onnx import helper
 
 import tvmlite
-from passes import Pipeline
-from passes.sparsify import Sparsify
+from tvmlite.passes import Pipeline
+from tvmlite.passes.sparsify import Sparsify
 from tvmlite.backends.numpy import compile_model
 from tvmlite.errors import OptionError
 from tvmlite.export import export_model

@@ -15,7 +15,7 @@ from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixtu
 
 require_tvm()
 
-from passes import Pipeline  # noqa: E402
+from tvmlite.passes import Pipeline  # noqa: E402
 from tvmlite.backends.tvm import compile_model, emit_tvmscript, unsupported_ops  # noqa: E402
 from tvmlite.frontend import load  # noqa: E402
 

@@ -281,7 +281,7 @@ def optimize(model, output, preset, spec, shapes, inputs, labels, calib, metrics
     txn = command_outputs(model, inputs, calib, custom_ops)
     txn.file(output, "-o")
     staged_json = txn.file(json_path, "--json") if json_path else None
-    from passes import parse_spec
+    from tvmlite.passes import parse_spec
 
     check_pass_spec_text(spec)
     from tvmlite.checker import per_output_option
@@ -316,7 +316,7 @@ def list_passes():
     """List the passes --passes accepts, with their options."""
     import dataclasses
 
-    from passes import available_passes
+    from tvmlite.passes import available_passes
 
     for name, cls in available_passes().items():
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()

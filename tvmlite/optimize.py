@@ -68,7 +68,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     when the model runs faster after it in onnxruntime, timed side by side at batch 1.
     ``progress``: True prints a line per pass and long step on stdout, a callable gets the lines,
     None prints them when stdout is a terminal. ``custom_ops``: custom-op libraries for onnxruntime."""
-    from passes import parse_spec
+    from tvmlite.passes import parse_spec
     from tvmlite.frontend import load
 
     spec = resolve_passes(preset, passes)

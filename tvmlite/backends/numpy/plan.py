@@ -433,7 +433,7 @@ def compile_model(model: Model, *, fold_bn: bool = True, **kw) -> Plan:
     is folded into them in a copy first, as onnxruntime does at load (two passes over the tensor
     fewer per conv; results change at the rounding level only). ``model`` is left as it is."""
     if fold_bn and _foldable_bn(model.graph):
-        from passes.cleanup import FoldBatchNorm
+        from tvmlite.passes.cleanup import FoldBatchNorm
 
         model = model.copy()
         FoldBatchNorm().run(model)

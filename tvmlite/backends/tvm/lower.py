@@ -60,7 +60,7 @@ class Epilogue:
 # ------------------------------------------------------------------------------------------ prepare
 def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
     """A folded copy of ``model`` with static shapes, and the shape of every value."""
-    from passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity
+    from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity
     from tvmlite.inputs import graph_inputs
 
     m = model.copy()

@@ -1,0 +1,190 @@
+"""tvmlite's layers and the import graph that must respect them.
+
+Every module of the package sits in one layer; a module may import its own layer and the layers
+below it, never one above (imports inside functions count too: a lazy import is still a
+dependency). Folders (packages) must not import each other in a circle either.
+
+    python -m tvmlite.layers        # prints the layers, upward imports, folder cycles, lazy imports
+
+tests/test_layers.py runs the same walk and fails on any upward import or folder cycle. Only the
+standard library and ``ast`` are used: this module imports nothing of tvmlite.
+"""
+from __future__ import annotations
+
+import ast
+import pathlib
+import sys
+from collections import defaultdict
+
+ROOT = pathlib.Path(__file__).resolve().parent  # tvmlite/
+PASSES_DIR = ROOT.parent / "passes"  # installed as tvmlite.passes (tvmlite/passes links here)
+
+# (layer, module prefixes), bottom first. The longest matching prefix decides a module's layer.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("errors", ("tvmlite.errors", "tvmlite.limits", "tvmlite.layers")),
+    ("ir", ("tvmlite.ir",)),
+    ("ops", ("tvmlite.ops",)),
+    ("onnx-io", ("tvmlite.frontend", "tvmlite.export", "tvmlite.onnxio")),
+    ("runtime", ("tvmlite.backends.numpy", "tvmlite.backends", "tvmlite.runtime", "tvmlite.inputs",
+                 "tvmlite.calibration", "tvmlite.metrics", "tvmlite.checkset")),
+    ("passes", ("tvmlite.passes", "tvmlite.quant")),
+    ("tvm", ("tvmlite.backends.tvm",)),
+    ("driver", ("tvmlite",)),  # everything else: optimize, compare, analysis, checker, cli, zoo
+]
+# Package __init__ files that only re-export their own folder (tvmlite/__init__.py is the API).
+RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
+
+
+def layer_of(module: str) -> str:
+    best, best_len = "driver", -1
+    for name, prefixes in LAYERS:
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > best_len:
+                best, best_len = name, len(p)
+    return best
+
+
+def folder_of(module: str) -> str:
+    """The unit cycles are counted between: a module's package (tvmlite.ops.conv -> tvmlite.ops),
+    except that the modules directly in tvmlite/ (errors at the bottom, cli at the top) are each
+    their own unit."""
+    pkg = module if _is_package(module) else module.rpartition(".")[0]
+    return module if pkg == "tvmlite" else pkg
+
+
+def _is_package(module: str) -> bool:
+    return module in _MODULES and _MODULES[module].name == "__init__.py"
+
+
+def _discover() -> dict[str, pathlib.Path]:
+    mods: dict[str, pathlib.Path] = {}
+    for base, prefix in ((ROOT, "tvmlite"), (PASSES_DIR, "tvmlite.passes")):
+        for path in sorted(base.rglob("*.py")):
+            rel = path.relative_to(base).with_suffix("")
+            if base == ROOT and rel.parts and rel.parts[0] == "passes":
+                continue  # the link to PASSES_DIR: walked once, below
+            parts = [p for p in rel.parts if p != "__init__"]
+            mods[".".join([prefix, *parts])] = path
+    return mods
+
+
+_MODULES = _discover()
+
+
+def _resolve(module: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    if not _is_package(module):
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _target(name: str) -> str | None:
+    """The tvmlite module an imported name refers to (a module, or the module defining a name)."""
+    if name == "passes" or name.startswith("passes."):
+        name = "tvmlite." + name
+    while name:
+        if name in _MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def imports() -> list[tuple[str, str, int, bool]]:
+    """(importer, imported, line, inside a function) for every tvmlite-internal import."""
+    out = []
+    for mod, path in _MODULES.items():
+        tree = ast.parse(path.read_text(), str(path))
+        func_lines: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sub in ast.walk(node):
+                    if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                        func_lines.add(id(sub))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                src = _resolve(mod, node)
+                names = [f"{src}.{a.name}" if f"{src}.{a.name}" in _MODULES else src for a in node.names]
+            for n in dict.fromkeys(names):
+                t = _target(n)
+                if t and t != mod:
+                    out.append((mod, t, node.lineno, id(node) in func_lines))
+    return out
+
+
+def upward(edges=None) -> list[tuple[str, str, int, bool]]:
+    edges = imports() if edges is None else edges
+    return [e for e in edges if RANK[layer_of(e[1])] > RANK[layer_of(e[0])]]
+
+
+def folder_cycles(edges=None) -> list[list[str]]:
+    """Groups of folders (more than one) that import each other in a circle."""
+    edges = imports() if edges is None else edges
+    graph: dict[str, set[str]] = defaultdict(set)
+    for a, b, _, _ in edges:
+        fa, fb = folder_of(a), folder_of(b)
+        if fa != fb:
+            graph[fa].add(fb)
+    return [sorted(c) for c in _scc(graph) if len(c) > 1]
+
+
+def _scc(graph: dict[str, set[str]]) -> list[set[str]]:
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[set[str]] = []
+    counter = [0]
+    sys.setrecursionlimit(max(10000, sys.getrecursionlimit()))
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            out.append(comp)
+
+    for v in list(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def report() -> str:
+    edges = imports()
+    up = upward(edges)
+    cyc = folder_cycles(edges)
+    lazy = [e for e in edges if e[3]]
+    lines = [f"{len(_MODULES)} modules, {len(edges)} internal imports, {len(lazy)} inside functions"]
+    for name, _ in LAYERS:
+        mods = sorted(m for m in _MODULES if layer_of(m) == name)
+        lines.append(f"  {name:8s} {len(mods):3d} modules")
+    lines.append(f"upward imports: {len(up)}")
+    lines += [f"  {a} ({layer_of(a)}) -> {b} ({layer_of(b)})  line {ln}{' [in function]' if f else ''}"
+              for a, b, ln, f in sorted(up)]
+    lines.append(f"folder cycles: {len(cyc)}")
+    lines += ["  " + " <-> ".join(c) for c in cyc]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report())
