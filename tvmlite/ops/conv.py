@@ -549,7 +549,6 @@ def conv_nd(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_
                     kernel_shape=kernel_shape, pads=pads, strides=strides)(x)
 
 
-@kernel("Conv", since=1)
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
          pads=None, strides=None):
     return conv_nd(x, w, b, auto_pad=auto_pad, dilations=dilations, group=group,
@@ -574,12 +573,11 @@ def _conv_prepare(consts, attrs):
             f = cache[key] = _conv_fn(x.shape, x.dtype, w, b, **attrs)
         return f(x)
 
-    run.fresh_output = True
     return run
 
 
-conv.prepare = _conv_prepare
-conv.fresh_output = True  # every path returns a new array (the plan may write into it)
+# every path (prepared or not) returns a new array: the plan may write into it
+kernel("Conv", since=1, prepare=_conv_prepare, fresh_output=True)(conv)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -614,7 +612,7 @@ def conv_transpose_pads(auto_pad, in_shape, kernel, strides, dilations, pads, ou
     return begins + ends, out
 
 
-@kernel("ConvTranspose", since=1)
+@kernel("ConvTranspose", since=1, fresh_output=True)
 def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
                    output_padding=None, output_shape=None, pads=None, strides=None):
     x = np.asarray(x)
@@ -689,9 +687,6 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
     if b is not None:
         y += np.asarray(b).astype(dt, copy=False).reshape((1, M) + (1,) * n)
     return y
-
-
-conv_transpose.fresh_output = True
 
 
 # --------------------------------------------------------------------------------------------------

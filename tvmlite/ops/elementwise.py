@@ -220,17 +220,17 @@ def _binary(name, fn, versions_legacy=(1, 6), versions=(7,), legacy_consumed=Tru
     def k(a, b):
         return fn(np.asarray(a), np.asarray(b))
 
+    pointwise = None
     if pw is not None:
         def pointwise(consts, attrs, dtype, ndim):
             if attrs.get("broadcast") and attrs.get("axis") is not None:
                 return None  # legacy axis broadcasting: not NumPy's
             return [(pw, (0, 1))]
 
-        k_v1.pointwise = k_v6.pointwise = k.pointwise = pointwise
     for v in versions_legacy:
-        kernel(name, since=v)(k_v1 if (v == 1 and legacy_consumed) else k_v6)
+        kernel(name, since=v, pointwise=pointwise)(k_v1 if (v == 1 and legacy_consumed) else k_v6)
     for v in versions:
-        kernel(name, since=v)(k)
+        kernel(name, since=v, pointwise=pointwise)(k)
 
 
 def _same(op):
@@ -517,27 +517,23 @@ def _k_sigmoid(x, *, consumed_inputs=None):
 
 
 _k_sigmoid_6 = _quiet(lambda x: _k_sigmoid(x))
-_k_sigmoid.fresh_output = _k_sigmoid_6.fresh_output = True
-kernel("Sigmoid", since=1)(_k_sigmoid)
-kernel("Sigmoid", since=6)(_k_sigmoid_6)
-
-
-@kernel("Relu", since=1)
-def relu_1(x, *, consumed_inputs=None):
-    x = np.asarray(x)
-    return np.maximum(x, np.zeros((), x.dtype))
-
-
-@kernel("Relu", since=6)
-def relu(x):
-    return relu_1(x)
+kernel("Sigmoid", since=1, fresh_output=True)(_k_sigmoid)
+kernel("Sigmoid", since=6, fresh_output=True)(_k_sigmoid_6)
 
 
 def _relu_pw(consts, attrs, dt, ndim):
     return [(np.maximum, (0, np.zeros((), dt)))]
 
 
-relu_1.pointwise = relu.pointwise = _relu_pw
+@kernel("Relu", since=1, pointwise=_relu_pw)
+def relu_1(x, *, consumed_inputs=None):
+    x = np.asarray(x)
+    return np.maximum(x, np.zeros((), x.dtype))
+
+
+@kernel("Relu", since=6, pointwise=_relu_pw)
+def relu(x):
+    return relu_1(x)
 
 
 @kernel("LeakyRelu", since=1)
@@ -611,7 +607,12 @@ def celu(x, *, alpha=1.0):
     return r.astype(dt, copy=False)
 
 
-@kernel("HardSigmoid", since=1)
+def _hard_sigmoid_pw(consts, attrs, dt, ndim):
+    alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+    return [(np.multiply, (0, alpha)), (np.add, (None, beta)), (_CLIP_UFUNC, (None, 0.0, 1.0))]
+
+
+@kernel("HardSigmoid", since=1, pointwise=_hard_sigmoid_pw)
 @_blocked
 @_quiet
 def hard_sigmoid_1(x, *, alpha=0.2, beta=0.5, consumed_inputs=None):
@@ -619,17 +620,9 @@ def hard_sigmoid_1(x, *, alpha=0.2, beta=0.5, consumed_inputs=None):
     return np.clip(x * alpha + beta, 0, 1).astype(dt, copy=False)
 
 
-@kernel("HardSigmoid", since=6)
+@kernel("HardSigmoid", since=6, pointwise=_hard_sigmoid_pw)
 def hard_sigmoid(x, *, alpha=0.2, beta=0.5):
     return hard_sigmoid_1(x, alpha=alpha, beta=beta)
-
-
-def _hard_sigmoid_pw(consts, attrs, dt, ndim):
-    alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
-    return [(np.multiply, (0, alpha)), (np.add, (None, beta)), (_CLIP_UFUNC, (None, 0.0, 1.0))]
-
-
-hard_sigmoid_1.pointwise = hard_sigmoid.pointwise = _hard_sigmoid_pw
 
 
 @kernel("HardSwish", since=14)
@@ -721,24 +714,6 @@ def _clip(x, lo, hi):
 _FLT_MAX = 3.4028234663852886e38
 
 
-@kernel("Clip", since=1)
-def clip_1(x, *, min=-_FLT_MAX, max=_FLT_MAX, consumed_inputs=None):  # noqa: A002
-    return _clip(np.asarray(x), min, max)
-
-
-@kernel("Clip", since=6)
-def clip_6(x, *, min=-_FLT_MAX, max=_FLT_MAX):  # noqa: A002
-    return _clip(np.asarray(x), min, max)
-
-
-@kernel("Clip", since=11)
-def clip_11(x, min=None, max=None):  # noqa: A002
-    x = np.asarray(x)
-    if min is None and max is None:
-        return x
-    return _clip(x, min, max)
-
-
 def _clip_pw_ops(lo, hi, dt):
     """:func:`_clip` on a float array as pointwise steps."""
     if lo is not None and hi is not None:
@@ -761,8 +736,22 @@ def _clip_pw_inputs(consts, attrs, dt, ndim):
     return _clip_pw_ops(lo, hi, dt)  # a bound computed at run time is None here: not fused
 
 
-clip_1.pointwise = clip_6.pointwise = _clip_pw_attrs
-clip_11.pointwise = _clip_pw_inputs
+@kernel("Clip", since=1, pointwise=_clip_pw_attrs)
+def clip_1(x, *, min=-_FLT_MAX, max=_FLT_MAX, consumed_inputs=None):  # noqa: A002
+    return _clip(np.asarray(x), min, max)
+
+
+@kernel("Clip", since=6, pointwise=_clip_pw_attrs)
+def clip_6(x, *, min=-_FLT_MAX, max=_FLT_MAX):  # noqa: A002
+    return _clip(np.asarray(x), min, max)
+
+
+@kernel("Clip", since=11, pointwise=_clip_pw_inputs)
+def clip_11(x, min=None, max=None):  # noqa: A002
+    x = np.asarray(x)
+    if min is None and max is None:
+        return x
+    return _clip(x, min, max)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -779,38 +768,7 @@ def _dropout_out(x):
     return x, np.broadcast_to(np.True_, x.shape)
 
 
-@kernel("Dropout", since=1)
-def dropout_1(x, *, is_test=0, ratio=0.5, consumed_inputs=None):
-    # Legacy versions: the backend runs inference, so dropout is the identity.
-    x = np.asarray(x)
-    return x, np.broadcast_to(np.ones((), x.dtype), x.shape)
-
-
-@kernel("Dropout", since=6)
-def dropout_6(x, *, is_test=0, ratio=0.5):
-    return dropout_1(x)
-
-
-@kernel("Dropout", since=7)
-def dropout_7(x, *, ratio=0.5):
-    return dropout_1(x)
-
-
-@kernel("Dropout", since=10)
-def dropout_10(x, *, ratio=0.5):
-    return _dropout_out(x)
-
-
-@kernel("Dropout", since=12)
-def dropout_12(x, ratio=None, training_mode=None, *, seed=None):
-    if training_mode is not None and bool(np.asarray(training_mode)):
-        r = 0.5 if ratio is None else float(np.asarray(ratio))
-        if r != 0.0:
-            raise UnsupportedError("Dropout: training_mode=True with a non-zero ratio (random masks) "
-                                   "is not supported")
-    return _dropout_out(x)
-
-
+# only the data output read (inference graphs): no mask
 def _dropout_data_1(x, *, is_test=0, ratio=0.5, consumed_inputs=None):
     return np.asarray(x)
 
@@ -823,10 +781,36 @@ def _dropout_data_12(x, ratio=None, training_mode=None, *, seed=None):
     return dropout_12(x, ratio, training_mode, seed=seed)[0]
 
 
-# only the data output read (inference graphs): no mask
-dropout_1.single_output = dropout_6.single_output = _dropout_data_1
-dropout_7.single_output = dropout_10.single_output = _dropout_data_7
-dropout_12.single_output = _dropout_data_12
+@kernel("Dropout", since=1, single_output=_dropout_data_1)
+def dropout_1(x, *, is_test=0, ratio=0.5, consumed_inputs=None):
+    # Legacy versions: the backend runs inference, so dropout is the identity.
+    x = np.asarray(x)
+    return x, np.broadcast_to(np.ones((), x.dtype), x.shape)
+
+
+@kernel("Dropout", since=6, single_output=_dropout_data_1)
+def dropout_6(x, *, is_test=0, ratio=0.5):
+    return dropout_1(x)
+
+
+@kernel("Dropout", since=7, single_output=_dropout_data_7)
+def dropout_7(x, *, ratio=0.5):
+    return dropout_1(x)
+
+
+@kernel("Dropout", since=10, single_output=_dropout_data_7)
+def dropout_10(x, *, ratio=0.5):
+    return _dropout_out(x)
+
+
+@kernel("Dropout", since=12, single_output=_dropout_data_12)
+def dropout_12(x, ratio=None, training_mode=None, *, seed=None):
+    if training_mode is not None and bool(np.asarray(training_mode)):
+        r = 0.5 if ratio is None else float(np.asarray(ratio))
+        if r != 0.0:
+            raise UnsupportedError("Dropout: training_mode=True with a non-zero ratio (random masks) "
+                                   "is not supported")
+    return _dropout_out(x)
 
 
 # --------------------------------------------------------------------------------------------------

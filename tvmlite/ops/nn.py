@@ -43,7 +43,8 @@ def _half_up(a, b):
 # Gemm / MatMul
 # --------------------------------------------------------------------------------------------------
 
-@kernel("Gemm", since=1)
+# Gemm and MatMul results are new arrays (or views of private ones): the NumPy plan may write into them
+@kernel("Gemm", since=1, fresh_output=True)
 def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, broadcast=0, transA=0, transB=0):
     a = np.asarray(a)
     b = np.asarray(b)
@@ -79,17 +80,13 @@ def _bcast_into(shape, target) -> bool:
     return all(d == 1 or d == t for d, t in zip(reversed(shape), reversed(target)))
 
 
-@kernel("MatMul", since=1)
+@kernel("MatMul", since=1, fresh_output=True)
 def matmul(a, b):
     a = np.asarray(a)
     b = np.asarray(b)
     y = strassen_matmul(a, b) if wants_strassen(a, b) else np.matmul(*_half_up(a, b))
     dt = np.result_type(a.dtype, b.dtype)
     return y if y.dtype == dt else y.astype(dt)
-
-
-# results are new arrays (or views of private ones): the NumPy plan may write into them
-gemm.fresh_output = matmul.fresh_output = True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,7 +97,6 @@ def _channel_shape(x, p):
     return (1, -1) + (1,) * (x.ndim - 2) if p.ndim == 1 else (1,) + p.shape
 
 
-@kernel("BatchNormalization", since=1)
 def batch_normalization(x, scale, b, mean, var, *, consumed_inputs=None, epsilon=1e-5, is_test=0,
                         momentum=0.9, spatial=1, training_mode=0):
     """Inference BatchNormalization (all versions). ``training_mode=1`` (opset 14+) is computed as
@@ -187,8 +183,8 @@ def _batchnorm_prepare(consts, attrs):
     return run
 
 
-batch_normalization.prepare = _batchnorm_prepare
-batch_normalization.pointwise = _batchnorm_pointwise
+kernel("BatchNormalization", since=1, prepare=_batchnorm_prepare,
+       pointwise=_batchnorm_pointwise)(batch_normalization)
 
 
 def _batchnorm(x, scale, b, mean, var, epsilon, acc):

@@ -118,17 +118,14 @@ def max_pool_values(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel
     return _max_values(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)[0]
 
 
-@kernel("MaxPool", since=8)
+@kernel("MaxPool", since=8, single_output=max_pool_values)
 def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
              storage_order=0, strides=None):
-    """Returns (Y, Indices). ``max_pool.single_output`` computes Y alone (for 1-output nodes)."""
+    """Returns (Y, Indices). Its ``single_output``, :func:`max_pool_values`, computes Y alone (for 1-output nodes)."""
     if int(storage_order) not in (0, 1):
         raise UnsupportedError(f"MaxPool storage_order={storage_order} is not supported")
     y, ctx = _max_values(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     return y, _max_pool_indices(y, *ctx, storage_order)
-
-
-max_pool.single_output = max_pool_values
 
 
 # --------------------------------------------------------------------------------------------------

@@ -214,10 +214,10 @@ def _split(x, axis, split, num_outputs, equal_only):
 
 
 # Before opset 18, a Split with no `split` makes as many equal parts as the node has outputs: the
-# backend passes that count as `n_outputs_` (see num_outputs_param in the registry), a keyword that
+# backend passes that count as `n_outputs_` (``num_outputs_param`` of the OpDef), a keyword that
 # is no ONNX attribute, so a stray `num_outputs` attribute on an old Split is still reported.
 
-@kernel("Split", since=1)
+@kernel("Split", since=1, num_outputs_param="n_outputs_")
 def split_1(x, *split_input, axis=0, split=None, n_outputs_=None):
     # Split-1 takes `split` either as an optional second input or as an attribute
     if split_input and split_input[0] is not None:
@@ -225,18 +225,14 @@ def split_1(x, *split_input, axis=0, split=None, n_outputs_=None):
     return _split(x, axis, split, n_outputs_, True)
 
 
-@kernel("Split", since=2)
+@kernel("Split", since=2, num_outputs_param="n_outputs_")
 def split_2(x, *, axis=0, split=None, n_outputs_=None):
     return _split(x, axis, split, n_outputs_, True)
 
 
-@kernel("Split", since=13)
+@kernel("Split", since=13, num_outputs_param="n_outputs_")
 def split_13(x, split=None, *, axis=0, n_outputs_=None):
     return _split(x, axis, split, n_outputs_, True)
-
-
-for _f in (split_1, split_2, split_13):
-    _f.num_outputs_param = "n_outputs_"
 
 
 @kernel("Split", since=18)

@@ -7,8 +7,8 @@ the whole graph.
 
 Compile-time work per step (so the run loop does as little as possible):
 
-* **prepare**: a kernel may carry ``fn.prepare(consts, attrs) -> callable | None``. When a step has
-  constant inputs and the kernel has a ``prepare``, the plan calls it once with ``consts`` (one
+* **prepare**: an op may register ``prepare(consts, attrs) -> callable | None`` (a field of its
+  :class:`OpDef`). When a step has constant inputs and its op has a ``prepare``, the plan calls it once with ``consts`` (one
   entry per node input: the constant array, or None for an input computed at run time or absent)
   and the keyword attributes. The callable it returns is then called at run time *instead of* the
   kernel with the same positional inputs (constants included, attributes already bound) and must
@@ -41,12 +41,8 @@ import numpy as np
 from tvmlite.errors import TvmliteError, UnsupportedError
 from tvmlite.ir.graph import Graph, Model
 from tvmlite.backends.numpy.validate import validate_graph
-from tvmlite.ops.registry import (KernelContext, OpDef, canonical_domain, generation, kernel_attr_name,
-                                  lookup)
-
-#: ops whose outputs differ between runs: never computed at compile time
-NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                    "Multinomial", "Bernoulli", "Dropout"}
+from tvmlite.ops.registry import (NONDETERMINISTIC, KernelContext, OpDef, canonical_domain,  # noqa: F401
+                                  generation, kernel_attr_name, lookup)
 
 
 @dataclass
@@ -59,7 +55,8 @@ class Step:
     node: object
     needs_ctx: bool
     implicit: tuple  # (name, slot) pairs of outer values a subgraph reads
-    call: object = None  # fn with attributes bound (or fn.prepare's result), inputs positional
+    call: object = None  # fn with attributes bound (or op.prepare's result), inputs positional
+    op: OpDef | None = None  # the registry entry fn comes from (None for a fused step)
 
 
 _BLAS = None  # threadpoolctl controller, created on first use (False: not available)
@@ -115,13 +112,14 @@ def missing_kernels(graph: Graph, opsets: dict) -> list[str]:
 
 
 def bind_kernel(op: OpDef, node, graph: Graph):
-    """The function and keyword attributes to call for ``node`` (see the registry's conventions)."""
+    """The function and keyword attributes to call for ``node`` (``op.single_output`` when only the
+    first output is read; the output count under ``op.num_outputs_param``)."""
     fn = op.kernel
     attrs = {kernel_attr_name(k): v for k, v in node.attrs.items()}
-    param = getattr(fn, "num_outputs_param", None)
+    param = op.num_outputs_param
     if param and param not in attrs:
         attrs[param] = len(node.outputs)
-    single = getattr(fn, "single_output", None)
+    single = op.single_output
     if single is not None and all((not o) or graph.num_uses(o) == 0 for o in node.outputs[1:]):
         fn = single
     return fn, attrs
@@ -168,7 +166,7 @@ class Plan:
             fn, attrs = bind_kernel(op, node, graph)
             const_inputs = all((not n) or n in consts for n in node.inputs)
             if (fold_constants and const_inputs and not node.subgraphs and not node.implicit_inputs
-                    and node.op_type not in NONDETERMINISTIC and not op.needs_ctx):
+                    and op.deterministic and not op.needs_ctx):
                 with _node_errors(node):
                     res = self._call(fn, [consts.get(n) if n else None for n in node.inputs], attrs)
                 for name, val in zip(node.outputs, res):
@@ -178,7 +176,7 @@ class Plan:
             ins = tuple(slot(n) if n else -1 for n in node.inputs)
             outs = tuple(slot(n) if n else -1 for n in node.outputs)
             implicit = tuple((n, slot(n)) for n in node.implicit_inputs)
-            steps.append(Step(fn, ins, outs, attrs, (), node, op.needs_ctx, implicit))
+            steps.append(Step(fn, ins, outs, attrs, (), node, op.needs_ctx, implicit, op=op))
 
         const_of_slot = {slots[n]: a for n, a in consts.items() if n in slots}
         for st in steps:
@@ -261,7 +259,7 @@ class Plan:
         def pw_ok(t, S):
             if t.needs_ctx or t.implicit or len(t.outs) != 1 or t.outs[0] < 0:
                 return False
-            desc = getattr(t.fn, "pointwise", None)
+            desc = t.op.pointwise if t.op is not None else None
             if desc is None or S is None or shapes.get(t.outs[0]) != S:
                 return False
             consts = [cos.get(s) if s >= 0 else None for s in t.ins]
@@ -413,11 +411,11 @@ def _trim(ins: tuple) -> tuple:
 
 
 def _bind_step(st: Step, const_of_slot: dict):
-    """What the run loop calls with the step's positional inputs: ``fn.prepare``'s callable when the
-    kernel has one and some inputs are constants, else the kernel with its attributes bound."""
+    """What the run loop calls with the step's positional inputs: ``op.prepare``'s callable when the
+    op has one and some inputs are constants, else the kernel with its attributes bound."""
     if st.needs_ctx:
         return None
-    prep = getattr(st.fn, "prepare", None)
+    prep = st.op.prepare if st.op is not None else None
     if prep is not None:
         consts = [const_of_slot.get(i) if i >= 0 else None for i in st.ins]
         if any(c is not None for c in consts) and any(
@@ -462,9 +460,8 @@ def _bcast_within(shape, yshape) -> bool:
 
 
 def _fresh_output(st) -> bool:
-    """The step's kernel returns a new array nobody else holds (``fresh_output``)."""
-    return bool(getattr(st.call, "fresh_output", False)
-                or (not hasattr(st.fn, "prepare") and getattr(st.fn, "fresh_output", False)))
+    """The step's kernel (or its prepared callable) returns a new array nobody else holds."""
+    return st.op is not None and st.op.fresh_output
 
 
 class _Fused:
@@ -542,7 +539,7 @@ class _Fused:
         prog = []
         ok = dt.kind == "f" and dt.itemsize >= 4
         for j, st in enumerate(self.psteps if ok else ()):
-            desc = st.fn.pointwise(self.consts[j], dict(st.attrs), dt, ndim)
+            desc = st.op.pointwise(self.consts[j], dict(st.attrs), dt, ndim)
             if not desc:
                 ok = False
                 break
