@@ -168,9 +168,9 @@ def kernel(op_type: str, domain: str = "", since: int = 1, needs_ctx: bool = Fal
             if hook is not None and not callable(hook):
                 raise RegistrationError(f"{where}: {name} must be callable, got {type(hook).__name__}")
         if d == TVMLITE_DOMAIN and (shape is None or body is None):
-            missing = " and ".join(n for n, h in (("shape rule", shape), ("ONNX function body", body))
+            missing = " and ".join(n for n, h in (("a shape rule", shape), ("an ONNX function body", body))
                                    if h is None)
-            raise RegistrationError(f"{where}: a tvmlite-domain op needs a {missing} (shape inference "
+            raise RegistrationError(f"{where}: a tvmlite-domain op needs {missing} (shape inference "
                                     "and export cannot do without); register it with tvmlite_op")
         attrs = _accepted_attrs(fn, needs_ctx)
         if num_outputs_param is not None:
