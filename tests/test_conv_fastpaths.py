@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import tvmlite.ops.conv as conv_mod
+import tvmlite.ops.conv_paths as conv_paths
 from tvmlite.ops.conv import _conv_fn, im2col
 from tvmlite.ops.pool import global_average_pool
 
@@ -59,7 +60,7 @@ def _case(xs, k, mult, seed):
 @pytest.mark.parametrize("chunk", [None, 64])
 def test_depthwise_matches_reference(xs, k, mult, pads, strides, dil, bias, chunk, monkeypatch):
     if chunk is not None:  # tiny chunks: one channel and one output row at a time
-        monkeypatch.setattr(conv_mod, "DW_CHUNK_BYTES", chunk)
+        monkeypatch.setattr(conv_paths, "DW_CHUNK_BYTES", chunk)
     x, w, b = _case(xs, k, mult, hash((xs, k, mult)) % 2 ** 32)
     b = b if bias else None
     C = xs[1]

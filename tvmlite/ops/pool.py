@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
-from tvmlite.ops.conv import (_auto_pad_str, _norm, check_conv_sizes, conv_output_shape, pad_spatial,
-                              resolve_pads)
+from tvmlite.ops.conv_shapes import _auto_pad_str, _norm, conv_output_shape, resolve_pads
+from tvmlite.ops.im2col import check_conv_sizes, pad_spatial
 from tvmlite.ops.registry import kernel
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
-from tvmlite.ops.conv import _norm, conv_output_shape, im2col, resolve_pads
+from tvmlite.ops.conv_shapes import _norm, conv_output_shape, resolve_pads
+from tvmlite.ops.im2col import im2col
 from tvmlite.ops.registry import kernel
 
 _INT_RANGES = {
