@@ -13,12 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite import limits
-from tvmlite.errors import ShapeError, UnsupportedError
+from tvmlite.errors import UnsupportedError
 from tvmlite.ops.conv_paths import (_conv1x1_fn, _dense_fn, _depthwise, _depthwise_fn,  # noqa: F401
                                     _depthwise_flat_fn)
-from tvmlite.ops.conv_shapes import (_auto_pad_str, _norm, conv_output_shape,  # noqa: F401
-                                     conv_transpose_pads, kernel_geometry, resolve_pads)
-from tvmlite.ops.im2col import _windows, check_conv_sizes, col2im, im2col, pad_spatial  # noqa: F401
+from tvmlite.ops.conv_shapes import (_norm, conv_output_shape, conv_transpose_pads,  # noqa: F401
+                                     kernel_geometry, resolve_pads)
+from tvmlite.ops.geometry import WindowGeometry
+from tvmlite.ops.im2col import check_conv_sizes, col2im, im2col, pad_spatial  # noqa: F401
 from tvmlite.ops.registry import kernel
 
 __all__ = [
@@ -33,40 +34,34 @@ __all__ = [
 ]
 
 
-def _conv_fn(xshape, xdtype, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
-             kernel_shape=None, pads=None, strides=None):
+def _conv_fn(xshape, xdtype, w, b=None, **attrs):
     """``x -> Conv(x, w, b)`` for inputs of exactly ``xshape`` / ``xdtype``: every choice and
     weight layout that depends only on shapes and weights is made here, once (the Conv kernel's
-    ``prepare`` caches these per input shape when the weights are constants)."""
+    ``prepare`` caches these per input shape when the weights are constants). ``attrs`` are the
+    node's Conv attributes; absent ones (or None) take ONNX's defaults in
+    :meth:`WindowGeometry.conv`, the one place that knows them."""
     xdtype = np.dtype(xdtype)
     w = np.asarray(w)
     if xdtype.itemsize < 4 or w.dtype.itemsize < 4:
         # half precision: accumulate in float32, round once at the end
         odt = np.result_type(xdtype, w.dtype)
         f32 = _conv_fn(xshape, np.float32, w.astype(np.float32),
-                       None if b is None else np.asarray(b).astype(np.float32), auto_pad=auto_pad,
-                       dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-                       strides=strides)
+                       None if b is None else np.asarray(b).astype(np.float32), **attrs)
         return lambda x: f32(x.astype(np.float32)).astype(odt)
     if len(xshape) < 3:
         raise UnsupportedError(f"Conv input must have rank >= 3, got {len(xshape)}")
-    n = len(xshape) - 2
+    g = WindowGeometry.conv(attrs, xshape, w.shape)  # EmptyWindowError, as onnxruntime refuses it
+    n = g.n
     N, C = (int(v) for v in xshape[:2])
     M = w.shape[0]
-    group = int(group)
-    kshape, strides, dilations = kernel_geometry(w.shape, n, kernel_shape, strides, dilations)
-    p = resolve_pads(auto_pad, xshape[2:], kshape, strides, dilations, pads)
-    out_shape = conv_output_shape(xshape[2:], kshape, strides, dilations, p)
-    if min(out_shape) <= 0:  # onnxruntime refuses it too
-        raise ShapeError(f"Conv output spatial shape {out_shape} is empty (input {list(xshape)}, "
-                         f"kernel {kshape}, pads {p})")
+    group = g.group
     dt = np.result_type(xdtype, w.dtype)
-    check_conv_sizes(xshape, w.shape[0], kshape, p, out_shape, dt, "Conv")
+    check_conv_sizes(xshape, M, g.kernel, g.pads, g.out_spatial, dt, "Conv")
     if C != w.shape[1] * group or M % group:
         raise UnsupportedError(
             f"Conv channels do not fit: input C={C}, weight {list(w.shape)}, group={group}")
-    K = int(np.prod(kshape, dtype=np.int64))
-    P = int(np.prod(out_shape, dtype=np.int64))
+    K = int(np.prod(g.kernel, dtype=np.int64))
+    P = int(np.prod(g.out_spatial, dtype=np.int64))
     if b is not None:
         b = np.asarray(b).astype(dt, copy=False)
 
@@ -74,19 +69,19 @@ def _conv_fn(xshape, xdtype, w, b=None, *, auto_pad="NOTSET", dilations=None, gr
         # depthwise (with optional channel multiplier): large kernels over large images go tap by
         # tap (the K-fold im2col copy costs more there), everything else per-channel GEMV
         if K >= 16 and P >= 4096:
-            return lambda x: _depthwise(x, w, b, p, strides, dilations, out_shape, M // C)
+            return lambda x: _depthwise(x, w, b, g, M // C)
         # stride 1, one image (measured: with a batch the per-image loop gains nothing over the
         # batched path below)
-        if N == 1 and all(s == 1 for s in strides) and all(v >= 0 for v in p) and xdtype == dt:
-            return _depthwise_flat_fn(N, C, M // C, w, b, p, kshape, dilations, out_shape, dt)
-        return _depthwise_fn(N, C, M // C, w, b, p, kshape, strides, dilations, out_shape, dt)
-    if K == 1 and not any(p) and group == 1:
-        return _conv1x1_fn(N, C, M, w, b, strides, out_shape, dt)
+        if N == 1 and all(s == 1 for s in g.strides) and all(v >= 0 for v in g.pads) and xdtype == dt:
+            return _depthwise_flat_fn(N, C, M // C, w, b, g, dt)
+        return _depthwise_fn(N, C, M // C, w, b, g, dt)
+    if K == 1 and not g.padded and group == 1:
+        return _conv1x1_fn(N, C, M, w, b, g, dt)
     if group == 1 and dt == xdtype == w.dtype:
-        return _dense_fn(N, C, M, w, b, p, kshape, strides, dilations, out_shape, dt)
+        return _dense_fn(N, C, M, w, b, g, dt)
 
     def run(x):
-        cols = im2col(x, kshape, strides, dilations, p)  # [N, C*K, P]
+        cols = im2col(x, g.kernel, g.strides, g.dilations, g.pads)  # [N, C*K, P]
         if group == 1:
             y = np.matmul(w.reshape(M, C * K), cols)
         else:
@@ -94,7 +89,7 @@ def _conv_fn(xshape, xdtype, w, b=None, *, auto_pad="NOTSET", dilations=None, gr
             y = np.matmul(w.reshape(group, Mg, Cg * K), cols.reshape(N, group, Cg * K, P))
         if y.dtype != dt:
             y = y.astype(dt)
-        y = y.reshape((N, M) + tuple(out_shape))
+        y = y.reshape((N, M) + g.out_spatial)
         if b is not None:
             y += b.reshape((1, M) + (1,) * n)
         return y
@@ -102,15 +97,14 @@ def _conv_fn(xshape, xdtype, w, b=None, *, auto_pad="NOTSET", dilations=None, gr
     return run
 
 
-def conv_nd(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-            pads=None, strides=None):
-    """Conv over any spatial rank; see module docstring for the strategy."""
+def conv_nd(x, w, b=None, **attrs):
+    """Conv over any spatial rank (``attrs``: the Conv attributes); see :func:`_conv_fn`."""
     x = np.asarray(x)
-    return _conv_fn(x.shape, x.dtype, w, b, auto_pad=auto_pad, dilations=dilations, group=group,
-                    kernel_shape=kernel_shape, pads=pads, strides=strides)(x)
+    return _conv_fn(x.shape, x.dtype, w, b, **attrs)(x)
 
 
-def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+# the attributes' defaults are WindowGeometry.conv's: None here means absent
+def conv(x, w, b=None, *, auto_pad=None, dilations=None, group=None, kernel_shape=None,
          pads=None, strides=None):
     return conv_nd(x, w, b, auto_pad=auto_pad, dilations=dilations, group=group,
                    kernel_shape=kernel_shape, pads=pads, strides=strides)
@@ -146,28 +140,24 @@ kernel("Conv", since=1, prepare=_conv_prepare, fresh_output=True)(conv)
 # --------------------------------------------------------------------------------------------------
 
 @kernel("ConvTranspose", since=1, fresh_output=True)
-def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+def conv_transpose(x, w, b=None, *, auto_pad=None, dilations=None, group=None, kernel_shape=None,
                    output_padding=None, output_shape=None, pads=None, strides=None):
+    """(the attributes' defaults are :meth:`WindowGeometry.conv_transpose`'s: None means absent)"""
     x = np.asarray(x)
     w = np.asarray(w)
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
+                 output_padding=output_padding, output_shape=output_shape, pads=pads, strides=strides)
     if x.dtype.itemsize < 4 or w.dtype.itemsize < 4:
         odt = np.result_type(x.dtype, w.dtype)
         y = conv_transpose(x.astype(np.float32), w.astype(np.float32),
-                           None if b is None else np.asarray(b).astype(np.float32),
-                           auto_pad=auto_pad, dilations=dilations, group=group,
-                           kernel_shape=kernel_shape, output_padding=output_padding,
-                           output_shape=output_shape, pads=pads, strides=strides)
+                           None if b is None else np.asarray(b).astype(np.float32), **attrs)
         return y.astype(odt)
-    n = x.ndim - 2
+    g = WindowGeometry.conv_transpose(attrs, x.shape, w.shape)  # EmptyWindowError when empty
+    n = g.n
     N, C = x.shape[:2]
-    group = int(group)
-    kshape, strides, dilations = kernel_geometry(w.shape, n, kernel_shape, strides, dilations)
-    output_padding = _norm(output_padding, n, 0)
-    p, out_shape = conv_transpose_pads(auto_pad, x.shape[2:], kshape, strides, dilations, pads,
-                                       output_padding, output_shape)
-    if min(out_shape, default=1) <= 0:
-        raise ShapeError(f"ConvTranspose output spatial shape {list(out_shape)} is empty")
-    limits.check_tensor([x.shape[0], w.shape[1] * int(group)] + list(out_shape), x.dtype,
+    group, kshape, strides, dilations = g.group, g.kernel, g.strides, g.dilations
+    p, out_shape = g.pads, g.out_spatial
+    limits.check_tensor([x.shape[0], w.shape[1] * group] + list(out_shape), x.dtype,
                         "ConvTranspose output")
     dt = np.result_type(x.dtype, w.dtype)
     Mg = w.shape[1]

@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import as_strided
 from tvmlite.ops.im2col import _windows, pad_spatial
 
 
-def _depthwise(x, w, b, pads, strides, dilations, out_shape, mult):
+def _depthwise(x, w, b, g, mult):
     """Depthwise conv: x [N, C, *spatial], w [C*mult, 1, *k] -> [N, C*mult, *out].
 
     A sum over kernel taps of per-channel weight times a shifted slice of the padded input. The
@@ -25,6 +25,7 @@ def _depthwise(x, w, b, pads, strides, dilations, out_shape, mult):
     grid, whose extra columns are cropped at the end): ~2 vectorised passes per tap. Used for large
     images with large kernels, where the im2col copy of :func:`_depthwise_fn` costs more.
     """
+    pads, strides, dilations, out_shape = g.pads, g.strides, g.dilations, g.out_spatial
     N, C = x.shape[:2]
     n = len(out_shape)
     kshape = [int(k) for k in w.shape[2:]]
@@ -122,9 +123,10 @@ def _row_chunks(total_rows: int, rows: int):
     return [(r0, min(total_rows, r0 + rows)) for r0 in range(0, total_rows, max(1, rows))]
 
 
-def _depthwise_fn(N, C, mult, w, b, p, kshape, strides, dilations, out_shape, dt):
+def _depthwise_fn(N, C, mult, w, b, g, dt):
     """Depthwise conv (w [C*mult, 1, *k]) as per-channel im2col + batched GEMV, in chunks of
     (channels, output rows) so each column block stays in cache: ``y[c] = w[c] @ cols[c]``."""
+    p, kshape, strides, dilations, out_shape = g.pads, g.kernel, g.strides, g.dilations, g.out_spatial
     n = len(kshape)
     K = int(np.prod(kshape, dtype=np.int64))
     inner = int(np.prod(out_shape[1:], dtype=np.int64))
@@ -189,13 +191,14 @@ def _scratch(name, n, dt):
     return buf[:nbytes].view(dt)
 
 
-def _depthwise_flat_fn(N, C, mult, w, b, p, kshape, dilations, out_shape, dt):
+def _depthwise_flat_fn(N, C, mult, w, b, g, dt):
     """Stride-1 depthwise conv (w [C*mult, 1, *k]) as per-channel im2col + batched GEMV on the
     *flattened* padded image: with row-major flattening every kernel tap of every output position
     is one fixed offset, so a channel's column matrix is K contiguous 1-D slices (one long copy
     each, instead of one short row per output row) and the GEMV computes the output on the padded
     grid (the few columns past each output row are cropped in the pass that adds the bias). One
     image at a time, in per-thread scratch buffers."""
+    p, kshape, dilations, out_shape = g.pads, g.kernel, g.dilations, g.out_spatial
     n = len(kshape)
     K = int(np.prod(kshape, dtype=np.int64))
     M = C * mult
@@ -260,9 +263,10 @@ def _depthwise_flat_fn(N, C, mult, w, b, p, kshape, dilations, out_shape, dt):
     return run
 
 
-def _conv1x1_fn(N, C, M, w, b, strides, out_shape, dt):
+def _conv1x1_fn(N, C, M, w, b, g, dt):
     """1x1 conv without padding: one GEMM per image over cache-sized blocks of columns (bias
     added while each block is hot); a strided conv first takes the strided slice."""
+    strides, out_shape = g.strides, g.out_spatial
     P = int(np.prod(out_shape, dtype=np.int64))
     w2 = np.ascontiguousarray(w.reshape(M, C).astype(dt, copy=False))
     bcol = None if b is None else b.reshape(M, 1).astype(dt, copy=False)
@@ -301,10 +305,11 @@ def _conv1x1_fn(N, C, M, w, b, strides, out_shape, dt):
     return run
 
 
-def _dense_fn(N, C, M, w, b, p, kshape, strides, dilations, out_shape, dt):
+def _dense_fn(N, C, M, w, b, g, dt):
     """Dense conv as im2col + GEMM, in chunks of output rows: each chunk's columns are one strided
     copy from the padded input into a reused buffer, then one BLAS GEMM written straight into the
     output (bias added while the chunk is hot)."""
+    p, kshape, strides, dilations, out_shape = g.pads, g.kernel, g.strides, g.dilations, g.out_spatial
     n = len(kshape)
     K = int(np.prod(kshape, dtype=np.int64))
     CK = C * K

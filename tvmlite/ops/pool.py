@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
-from tvmlite.ops.conv_shapes import _auto_pad_str, _norm, conv_output_shape, resolve_pads
+from tvmlite.ops.conv_shapes import _norm
+from tvmlite.ops.geometry import WindowGeometry
 from tvmlite.ops.im2col import check_conv_sizes, pad_spatial
 from tvmlite.ops.registry import kernel
 
@@ -18,22 +19,10 @@ def _setup(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode):
     x = np.asarray(x)
     if x.ndim < 3:
         raise UnsupportedError(f"pooling input must have rank >= 3, got {x.ndim}")
-    n = x.ndim - 2
-    if not kernel_shape:
-        raise UnsupportedError("pooling needs kernel_shape")
-    kshape = [int(k) for k in kernel_shape]
-    if len(kshape) != n:
-        raise UnsupportedError(f"kernel_shape {kshape} does not fit input rank {x.ndim}")
-    strides = _norm(strides, n, 1)
-    dilations = _norm(dilations, n, 1)
-    ap = _auto_pad_str(auto_pad)
-    p = resolve_pads(ap, x.shape[2:], kshape, strides, dilations, pads)
-    if ap in ("SAME_UPPER", "SAME_LOWER"):
-        out = [-(-x.shape[2 + i] // strides[i]) for i in range(n)]
-    else:
-        out = conv_output_shape(x.shape[2:], kshape, strides, dilations, p, bool(ceil_mode))
-    if min(out) <= 0:
-        raise UnsupportedError(f"pooling output shape {out} is empty")
+    g = WindowGeometry.pool({"kernel_shape": kernel_shape, "strides": strides, "dilations": dilations,
+                             "pads": pads, "auto_pad": auto_pad, "ceil_mode": ceil_mode}, x.shape)
+    n, kshape, strides, dilations = g.n, list(g.kernel), list(g.strides), list(g.dilations)
+    p, out = list(g.pads), list(g.out_spatial)
     check_conv_sizes(x.shape, x.shape[1], kshape, p, out, x.dtype, "pooling")
     # end padding actually needed so every (ceil-mode) window fits in the buffer
     ends = []
