@@ -99,5 +99,6 @@ def test_conv_defaults_live_in_the_geometry():
         params = inspect.signature(fn).parameters
         assert all(p.default is None for p in params.values() if p.kind is p.KEYWORD_ONLY), fn.__name__
     explicit = {"auto_pad": "NOTSET", "group": 1, "strides": [1, 1], "dilations": [1, 1], "pads": [0] * 4}
-    assert WindowGeometry.conv({k: None for k in explicit}, (1, 3, 8, 8), (4, 3, 3, 3)) == \
-        WindowGeometry.conv(explicit, (1, 3, 8, 8), (4, 3, 3, 3)) == WindowGeometry.conv({}, (1, 3, 8, 8), (4, 3, 3, 3))
+    shapes = (1, 3, 8, 8), (4, 3, 3, 3)
+    assert WindowGeometry.conv({k: None for k in explicit}, *shapes) == WindowGeometry.conv(explicit, *shapes) \
+        == WindowGeometry.conv({}, *shapes)

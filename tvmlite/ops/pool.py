@@ -110,7 +110,8 @@ def max_pool_values(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel
 @kernel("MaxPool", since=8, single_output=max_pool_values)
 def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
              storage_order=0, strides=None):
-    """Returns (Y, Indices). Its ``single_output``, :func:`max_pool_values`, computes Y alone (for 1-output nodes)."""
+    """Returns (Y, Indices). Its ``single_output``, :func:`max_pool_values`, computes Y alone (for
+    1-output nodes)."""
     if int(storage_order) not in (0, 1):
         raise UnsupportedError(f"MaxPool storage_order={storage_order} is not supported")
     y, ctx = _max_values(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)

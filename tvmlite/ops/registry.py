@@ -181,7 +181,7 @@ def kernel(op_type: str, domain: str = "", since: int = 1, needs_ctx: bool = Fal
                                         "keyword-only parameter of the kernel")
             if attrs is not None:  # a backend keyword, not an attribute a node may carry
                 attrs = attrs - {num_outputs_param.rstrip("_")}
-        det = (op_type not in NONDETERMINISTIC if d == "" else True) if deterministic is None else deterministic
+        det = (d != "" or op_type not in NONDETERMINISTIC) if deterministic is None else deterministic
         entry = OpDef(d, op_type, since, fn, needs_ctx, attrs, shape=shape, body=body,
                       deterministic=bool(det), prepare=prepare, pointwise=pointwise,
                       fresh_output=bool(fresh_output), single_output=single_output,

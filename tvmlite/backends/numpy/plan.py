@@ -8,12 +8,13 @@ the whole graph.
 Compile-time work per step (so the run loop does as little as possible):
 
 * **prepare**: an op may register ``prepare(consts, attrs) -> callable | None`` (a field of its
-  :class:`OpDef`). When a step has constant inputs and its op has a ``prepare``, the plan calls it once with ``consts`` (one
-  entry per node input: the constant array, or None for an input computed at run time or absent)
-  and the keyword attributes. The callable it returns is then called at run time *instead of* the
-  kernel with the same positional inputs (constants included, attributes already bound) and must
-  return what the kernel would; None keeps the plain kernel. Kernels use it to do weight-only work
-  once (Conv's GEMM weight layout, BatchNormalization's scale and shift, Gemm's transposed B).
+  :class:`OpDef`). When a step has constant inputs and its op has a ``prepare``, the plan calls it
+  once with ``consts`` (one entry per node input: the constant array, or None for an input
+  computed at run time or absent) and the keyword attributes. The callable it returns is then
+  called at run time *instead of* the kernel with the same positional inputs (constants included,
+  attributes already bound) and must return what the kernel would; None keeps the plain kernel.
+  Ops use it to do weight-only work once (Conv's GEMM weight layout, BatchNormalization's scale
+  and shift).
 * **pointwise fusion** (``fuse=True``, the default): the first run records each value's shape and
   dtype, then runs of consecutive pointwise steps become one step computed in place, bit-identical
   to the steps one by one (see :mod:`tvmlite.backends.numpy.fusion`). It saves an allocation and a
