@@ -51,7 +51,7 @@ def canonical_domain(domain: str) -> str:
     return "" if domain in ONNX_DOMAINS else domain
 
 
-@dataclass(frozen=True)
+@dataclass
 class OpDef:
     """Everything tvmlite knows about one op version. Filled by :func:`kernel` / :func:`tvmlite_op`.
 
