@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import tvmlite.ops.conv as conv_mod
+import tvmlite.ops.conv_paths as conv_paths
+from tvmlite.ops.geometry import WindowGeometry
 from tvmlite.ops.conv import _conv_fn, im2col
 from tvmlite.ops.pool import global_average_pool
 
@@ -59,7 +61,7 @@ def _case(xs, k, mult, seed):
 @pytest.mark.parametrize("chunk", [None, 64])
 def test_depthwise_matches_reference(xs, k, mult, pads, strides, dil, bias, chunk, monkeypatch):
     if chunk is not None:  # tiny chunks: one channel and one output row at a time
-        monkeypatch.setattr(conv_mod, "DW_CHUNK_BYTES", chunk)
+        monkeypatch.setattr(conv_paths, "DW_CHUNK_BYTES", chunk)
     x, w, b = _case(xs, k, mult, hash((xs, k, mult)) % 2 ** 32)
     b = b if bias else None
     C = xs[1]
@@ -79,7 +81,8 @@ def test_depthwise_flat_equals_tap_path():
     x, w, b = _case((1, 16, 12, 40), (5, 5), 1, 7)
     pads, st, dil = [2, 2, 2, 2], [1, 1], [1, 1]
     flat = _conv_fn(x.shape, x.dtype, w, b, group=16, pads=pads, strides=st, dilations=dil)(x)
-    taps = conv_mod._depthwise(x, w, b, pads, st, dil, [12, 40], 1)
+    taps = conv_mod._depthwise(x, w, b, WindowGeometry.conv(
+        {"group": 16, "pads": pads, "strides": st, "dilations": dil}, x.shape, w.shape), 1)
     np.testing.assert_allclose(flat, taps, rtol=1e-5, atol=1e-5)
 
 

@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from tvmlite.errors import UnsupportedError
-from tvmlite.ops.registry import TVMLITE_DOMAIN, op_extra
+from tvmlite.ops.registry import TVMLITE_DOMAIN, lookup
 
 TVMLITE_OPSET = 1
 
@@ -92,7 +92,8 @@ def tvmlite_functions(model) -> tuple[list[onnx.FunctionProto], dict]:
                 visit(sg)
             if node.domain != TVMLITE_DOMAIN:
                 continue
-            body = op_extra(node.op_type, TVMLITE_DOMAIN, "body")
+            op = lookup(node.op_type, TVMLITE_DOMAIN)
+            body = op.body if op is not None else None
             if body is None:
                 raise UnsupportedError(f"tvmlite op {node.op_type} has no ONNX function body: cannot export")
             types = _input_types(graph, node)

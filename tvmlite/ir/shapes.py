@@ -47,13 +47,14 @@ def _apply_own_rules(model: Model, types: dict) -> None:
     """tvmlite ops whose outputs onnx could not type (through their function bodies) use their own
     shape rule."""
     from tvmlite.ir.graph import tensor_type, type_elem
-    from tvmlite.ops.registry import TVMLITE_DOMAIN, op_extra
+    from tvmlite.ops.registry import TVMLITE_DOMAIN, lookup
 
     g = model.graph
     for node in g.toposort():
         if node.domain != TVMLITE_DOMAIN or all(o in types and type_shape(types[o]) for o in node.outputs if o):
             continue
-        rule = op_extra(node.op_type, TVMLITE_DOMAIN, "shape")
+        op = lookup(node.op_type, TVMLITE_DOMAIN)
+        rule = op.shape if op is not None else None
         if rule is None:
             continue
         ins = []

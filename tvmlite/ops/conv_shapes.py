@@ -90,3 +90,29 @@ def conv_output_shape(in_shape, kernel, strides=None, dilations=None, pads=None,
     return out
 
 
+def conv_transpose_pads(auto_pad, in_shape, kernel, strides, dilations, pads, output_padding,
+                        output_shape):
+    """(explicit pads, output spatial shape) for ConvTranspose, per the ONNX spec."""
+    n = len(in_shape)
+    auto_pad = _auto_pad_str(auto_pad)
+    full = [strides[i] * (int(in_shape[i]) - 1) + output_padding[i]
+            + (kernel[i] - 1) * dilations[i] + 1 for i in range(n)]
+    if output_shape is not None and len(output_shape) > 0:
+        out = [int(v) for v in output_shape][-n:]
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [int(in_shape[i]) * strides[i] for i in range(n)]
+    else:
+        if auto_pad not in ("NOTSET", "VALID"):
+            raise UnsupportedError(f"auto_pad={auto_pad!r} is not supported")
+        p = [0] * (2 * n) if auto_pad == "VALID" else _norm(pads, 2 * n, 0)
+        return p, [full[i] - p[i] - p[i + n] for i in range(n)]
+    begins, ends = [], []
+    for i in range(n):
+        total = full[i] - out[i]
+        if auto_pad == "SAME_UPPER":
+            begins.append(total // 2)
+            ends.append(total - total // 2)
+        else:
+            begins.append(total - total // 2)
+            ends.append(total // 2)
+    return begins + ends, out

@@ -10,8 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from tvmlite.errors import UnsupportedError
-from tvmlite.ops.conv_shapes import conv_output_shape, kernel_geometry, resolve_pads
+from tvmlite.errors import ShapeError, UnsupportedError
+from tvmlite.ops.conv_shapes import (_norm, conv_output_shape, conv_transpose_pads, kernel_geometry,
+                                     resolve_pads)
+
+
+class EmptyWindowError(ShapeError, UnsupportedError):
+    """The window leaves no output position (onnxruntime refuses such a node too). A ShapeError for
+    the user; also an UnsupportedError, so code that leaves unsupported nodes alone skips it."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,29 @@ class WindowGeometry:
             raise UnsupportedError(f"Conv input rank {len(x_shape)} and weight rank {len(w_shape)} do not fit")
         kernel, strides, dilations = kernel_geometry(
             w_shape, n, attrs.get("kernel_shape"), attrs.get("strides"), attrs.get("dilations"))
-        return cls._build(attrs, x_shape[2:], kernel, strides, dilations, int(attrs.get("group", 1) or 1), False)
+        return cls._build(attrs, x_shape, kernel, strides, dilations, _group(attrs), False)
+
+    @classmethod
+    def conv_transpose(cls, attrs: Mapping, x_shape: Sequence[int], w_shape: Sequence[int]) -> "WindowGeometry":
+        """ConvTranspose geometry: ``in_spatial`` is the input's, ``out_spatial`` the (larger) output's,
+        ``pads`` the crop of the full scatter result, ``output_padding`` and ``output_shape``
+        resolved per the ONNX spec."""
+        n = len(x_shape) - 2
+        if n < 1 or len(w_shape) != n + 2:
+            raise UnsupportedError(f"ConvTranspose input rank {len(x_shape)} and weight rank "
+                                   f"{len(w_shape)} do not fit")
+        kernel, strides, dilations = kernel_geometry(
+            w_shape, n, attrs.get("kernel_shape"), attrs.get("strides"), attrs.get("dilations"))
+        in_spatial = [int(d) for d in x_shape[2:]]
+        pads, out = conv_transpose_pads(attrs.get("auto_pad"), in_spatial, kernel, strides, dilations,
+                                        attrs.get("pads"), _norm(attrs.get("output_padding"), n, 0),
+                                        attrs.get("output_shape"))
+        geo = cls(tuple(kernel), tuple(strides), tuple(dilations), tuple(pads), tuple(in_spatial),
+                  tuple(int(o) for o in out), _group(attrs), False)
+        if any(o <= 0 for o in geo.out_spatial):
+            raise EmptyWindowError(f"output spatial shape {list(geo.out_spatial)} is empty (input "
+                                   f"{list(x_shape)}, kernel {kernel}, pads {list(pads)})")
+        return geo
 
     @classmethod
     def pool(cls, attrs: Mapping, x_shape: Sequence[int]) -> "WindowGeometry":
@@ -74,17 +102,24 @@ class WindowGeometry:
             raise UnsupportedError(f"kernel_shape {list(kernel)} does not fit input rank {len(x_shape)}")
         strides = [int(s) for s in (attrs.get("strides") or [1] * n)]
         dilations = [int(d) for d in (attrs.get("dilations") or [1] * n)]
-        return cls._build(attrs, x_shape[2:], [int(k) for k in kernel], strides, dilations, 1,
+        return cls._build(attrs, x_shape, [int(k) for k in kernel], strides, dilations, 1,
                           bool(attrs.get("ceil_mode", 0)))
 
     @classmethod
-    def _build(cls, attrs, in_spatial, kernel, strides, dilations, group, ceil_mode) -> "WindowGeometry":
-        in_spatial = [int(d) for d in in_spatial]
-        pads = resolve_pads(attrs.get("auto_pad", "NOTSET"), in_spatial, kernel, strides, dilations,
-                            attrs.get("pads"))
+    def _build(cls, attrs, x_shape, kernel, strides, dilations, group, ceil_mode) -> "WindowGeometry":
+        in_spatial = [int(d) for d in x_shape[2:]]
+        pads = resolve_pads(attrs.get("auto_pad"), in_spatial, kernel, strides, dilations, attrs.get("pads"))
         out = conv_output_shape(in_spatial, kernel, strides, dilations, pads, ceil_mode)
-        if any(o <= 0 for o in out):
-            raise UnsupportedError(f"window {kernel} over input {in_spatial} with pads {pads} gives "
-                                   f"an empty output {out}")
+        if any(o <= 0 for o in out):  # onnxruntime refuses it too
+            raise EmptyWindowError(f"output spatial shape {out} is empty (input {list(x_shape)}, kernel "
+                                   f"{list(kernel)}, pads {pads}, strides {list(strides)})")
         return cls(tuple(kernel), tuple(strides), tuple(dilations), tuple(pads), tuple(in_spatial),
                    tuple(out), group, ceil_mode)
+
+
+def _group(attrs: Mapping) -> int:
+    group = attrs.get("group")
+    group = 1 if group is None else int(group)
+    if group < 1:
+        raise UnsupportedError(f"group={group} must be at least 1")
+    return group

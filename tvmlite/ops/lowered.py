@@ -8,7 +8,7 @@ or transformed tiles (Bᵀ d B) is a grouped Conv with a constant 0/1 (or Bᵀ�
 
 Layouts (``x`` is ``[N, C, *spatial]``):
 
-* ``Im2Col``: ``[N, C*prod(k), prod(out)]``, the layout of :func:`tvmlite.ops.conv.im2col`, so a
+* ``Im2Col``: ``[N, C*prod(k), prod(out)]``, the layout of :func:`tvmlite.ops.im2col.im2col`, so a
   conv is ``W.reshape(M, C*K) @ cols``.
 * ``MecLower``: ``[N, OW, Hp, C*KW]`` — per output column one row per padded input row made of the
   kw-wide bar of every channel (Cho & Brand, MEC, 2017). ``MecMatMul`` multiplies the ``KH``
@@ -30,7 +30,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from tvmlite.errors import UnsupportedError
-from tvmlite.ops.conv import _norm, conv_output_shape, im2col, pad_spatial
+from tvmlite.ops.conv_shapes import _norm, conv_output_shape
+from tvmlite.ops.im2col import im2col, pad_spatial
 from tvmlite.ops.registry import tvmlite_op
 
 # --------------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
-from tvmlite.ops.conv import (_auto_pad_str, _norm, check_conv_sizes, conv_output_shape, pad_spatial,
-                              resolve_pads)
+from tvmlite.ops.conv_shapes import _norm
+from tvmlite.ops.geometry import WindowGeometry
+from tvmlite.ops.im2col import check_conv_sizes, pad_spatial
 from tvmlite.ops.registry import kernel
 
 
@@ -18,22 +19,10 @@ def _setup(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode):
     x = np.asarray(x)
     if x.ndim < 3:
         raise UnsupportedError(f"pooling input must have rank >= 3, got {x.ndim}")
-    n = x.ndim - 2
-    if not kernel_shape:
-        raise UnsupportedError("pooling needs kernel_shape")
-    kshape = [int(k) for k in kernel_shape]
-    if len(kshape) != n:
-        raise UnsupportedError(f"kernel_shape {kshape} does not fit input rank {x.ndim}")
-    strides = _norm(strides, n, 1)
-    dilations = _norm(dilations, n, 1)
-    ap = _auto_pad_str(auto_pad)
-    p = resolve_pads(ap, x.shape[2:], kshape, strides, dilations, pads)
-    if ap in ("SAME_UPPER", "SAME_LOWER"):
-        out = [-(-x.shape[2 + i] // strides[i]) for i in range(n)]
-    else:
-        out = conv_output_shape(x.shape[2:], kshape, strides, dilations, p, bool(ceil_mode))
-    if min(out) <= 0:
-        raise UnsupportedError(f"pooling output shape {out} is empty")
+    g = WindowGeometry.pool({"kernel_shape": kernel_shape, "strides": strides, "dilations": dilations,
+                             "pads": pads, "auto_pad": auto_pad, "ceil_mode": ceil_mode}, x.shape)
+    n, kshape, strides, dilations = g.n, list(g.kernel), list(g.strides), list(g.dilations)
+    p, out = list(g.pads), list(g.out_spatial)
     check_conv_sizes(x.shape, x.shape[1], kshape, p, out, x.dtype, "pooling")
     # end padding actually needed so every (ceil-mode) window fits in the buffer
     ends = []
@@ -118,17 +107,15 @@ def max_pool_values(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel
     return _max_values(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)[0]
 
 
-@kernel("MaxPool", since=8)
+@kernel("MaxPool", since=8, single_output=max_pool_values)
 def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
              storage_order=0, strides=None):
-    """Returns (Y, Indices). ``max_pool.single_output`` computes Y alone (for 1-output nodes)."""
+    """Returns (Y, Indices). Its ``single_output``, :func:`max_pool_values`, computes Y alone (for
+    1-output nodes)."""
     if int(storage_order) not in (0, 1):
         raise UnsupportedError(f"MaxPool storage_order={storage_order} is not supported")
     y, ctx = _max_values(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     return y, _max_pool_indices(y, *ctx, storage_order)
-
-
-max_pool.single_output = max_pool_values
 
 
 # --------------------------------------------------------------------------------------------------

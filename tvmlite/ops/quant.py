@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
-from tvmlite.ops.conv import _norm, conv_output_shape, im2col, resolve_pads
+from tvmlite.ops.geometry import WindowGeometry
+from tvmlite.ops.im2col import im2col
 from tvmlite.ops.registry import kernel
 
 _INT_RANGES = {
@@ -300,20 +301,15 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
 # ConvInteger / QLinearConv
 # --------------------------------------------------------------------------------------------------
 
-def _conv_int(x, w, x_zero_point, w_zero_point, auto_pad, dilations, group, kernel_shape, pads,
-              strides):
-    """Exact int32 convolution of (x - x_zp) and (w - w_zp) via im2col + exact GEMM."""
+def _conv_int(x, w, x_zero_point, w_zero_point, attrs):
+    """Exact int32 convolution of (x - x_zp) and (w - w_zp) via im2col + exact GEMM (``attrs``:
+    the node's Conv attributes, defaults applied by :meth:`WindowGeometry.conv`)."""
     x = np.asarray(x)
     w = np.asarray(w)
-    n = x.ndim - 2
     N, C = x.shape[:2]
     M = w.shape[0]
-    group = int(group)
-    kshape = [int(k) for k in (kernel_shape if kernel_shape else w.shape[2:])]
-    strides = _norm(strides, n, 1)
-    dilations = _norm(dilations, n, 1)
-    p = resolve_pads(auto_pad, x.shape[2:], kshape, strides, dilations, pads)
-    out_shape = conv_output_shape(x.shape[2:], kshape, strides, dilations, p)
+    g = WindowGeometry.conv(attrs, x.shape, w.shape)
+    group, kshape, out_shape = g.group, g.kernel, g.out_spatial
     if C != w.shape[1] * group or M % group:
         raise UnsupportedError(
             f"conv channels do not fit: input C={C}, weight {list(w.shape)}, group={group}")
@@ -326,7 +322,7 @@ def _conv_int(x, w, x_zero_point, w_zero_point, auto_pad, dilations, group, kern
         wi = _shifted(w, wzp)
     K = int(np.prod(kshape, dtype=np.int64))
     P = int(np.prod(out_shape, dtype=np.int64))
-    cols = im2col(xi, kshape, strides, dilations, p)  # [N, C*K, P] int32
+    cols = im2col(xi, kshape, g.strides, g.dilations, g.pads)  # [N, C*K, P] int32
     Cg, Mg = C // group, M // group
     cols = cols.reshape(N, group, Cg * K, P)
     w3 = wi.reshape(group, Mg, Cg * K)
@@ -334,19 +330,22 @@ def _conv_int(x, w, x_zero_point, w_zero_point, auto_pad, dilations, group, kern
     return y.reshape((N, M) + tuple(out_shape))
 
 
+# the Conv attributes' defaults are WindowGeometry.conv's: None here means absent
 @kernel("ConvInteger", since=10)
-def conv_integer(x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET", dilations=None,
-                 group=1, kernel_shape=None, pads=None, strides=None):
-    return _conv_int(x, w, x_zero_point, w_zero_point, auto_pad, dilations, group, kernel_shape,
-                     pads, strides)
+def conv_integer(x, w, x_zero_point=None, w_zero_point=None, *, auto_pad=None, dilations=None,
+                 group=None, kernel_shape=None, pads=None, strides=None):
+    return _conv_int(x, w, x_zero_point, w_zero_point, dict(
+        auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+        strides=strides))
 
 
 @kernel("QLinearConv", since=10)
 def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point,
-                 b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                 b=None, *, auto_pad=None, dilations=None, group=None, kernel_shape=None,
                  pads=None, strides=None):
-    acc = _conv_int(x, w, x_zero_point, w_zero_point, auto_pad, dilations, group, kernel_shape,
-                    pads, strides)
+    acc = _conv_int(x, w, x_zero_point, w_zero_point, dict(
+        auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+        strides=strides))
     n = acc.ndim - 2
     M = acc.shape[1]
     if b is not None:

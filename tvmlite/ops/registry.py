@@ -1,11 +1,12 @@
-"""The op registry: per (domain, op_type) and opset range, a NumPy kernel and optional extras.
+"""The op registry: per (domain, op_type) and opset range, one :class:`OpDef` with everything
+tvmlite knows about the op.
 
 A kernel is a plain function of arrays and attributes::
 
     @kernel("Squeeze", since=13)
     def squeeze(data, axes=None):          # inputs are positional, missing optional ones are None
         ...
-    @kernel("Conv")
+    @kernel("Conv", prepare=_conv_prepare, fresh_output=True)
     def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
              pads=None, strides=None):     # attributes are keyword-only, with ONNX's defaults
         ...
@@ -18,39 +19,32 @@ Several kernels may be registered for one op with different ``since`` versions (
 versioning: Squeeze-1 takes axes as an attribute, Squeeze-13 as an input); the one with the highest
 ``since`` not above the model's opset for that domain is used.
 
-Kernels that run subgraphs (If, Loop, Scan) are registered with ``needs_ctx=True`` and receive a
-:class:`KernelContext` as first argument.
-
-Two conventions let a kernel depend on how many outputs the node asks for:
-- ``fn.single_output = other_fn``: used instead of ``fn`` when only the first output is read
-  (MaxPool skips computing Indices);
-- ``fn.num_outputs_param = "num_outputs"``: the node's output count is passed under that keyword when
-  the node does not set it (Split before opset 18 splits into as many parts as it has outputs).
-
-And one lets a kernel do its weight-only work once: ``fn.prepare(consts, attrs) -> callable | None``
-is called at compile time when some inputs are constants (``consts`` has one entry per input, None
-for those computed at run time); the callable it returns replaces the kernel for that node (see
-tvmlite/backends/numpy/plan.py).
-
-Two more let the NumPy plan fuse chains of element-wise steps (see plan.py):
-
-- ``fn.pointwise(consts, attrs, dtype, ndim) -> list | None``: the kernel, for float inputs of
-  ``dtype`` whose first input has rank ``ndim``, as a list of ``(func, operands)`` calls made as
-  ``func(*operands, out=buf)``: an ``int`` operand is the step's input of that index (first call
-  only; every input computed at run time must appear there), ``None`` the previous call's result, an
-  array (of ``dtype``) or Python float a constant. It must compute exactly what the kernel does, in
-  the same order (bit-identical results); None when it cannot for these inputs.
-- ``fn.fresh_output = True``: the kernel's result is always a new array (or a view of one) that
-  nothing else holds, so the plan may overwrite it.
+What a backend needs beyond the kernel is given at registration and kept as typed fields of the
+OpDef (see its docstring): subgraph context, shape rule, ONNX function body, determinism, and the
+NumPy plan's hooks (``prepare``, ``pointwise``, ``fresh_output``, ``single_output``,
+``num_outputs_param``). Registration checks them (a hook that is not callable, a
+``num_outputs_param`` the kernel does not take, a tvmlite-domain op without a shape rule or body is
+a :class:`RegistrationError`), so a reader never has to guess.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 ONNX_DOMAINS = ("", "ai.onnx")
 TVMLITE_DOMAIN = "tvmlite"
+
+#: ONNX ops whose outputs differ between runs (or with a seed): never computed at compile time,
+#: folded or merged. Kernels of these ops are registered with ``deterministic=False``; the set also
+#: covers those tvmlite has no kernel for, so passes can ask about any node.
+NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                              "Multinomial", "Bernoulli", "Dropout"})
+
+
+class RegistrationError(TypeError):
+    """A kernel registration that is incomplete or inconsistent (a bug in tvmlite or in an
+    extension that registers its own op), raised when the module registering it is imported."""
 
 
 def canonical_domain(domain: str) -> str:
@@ -59,15 +53,55 @@ def canonical_domain(domain: str) -> str:
 
 @dataclass
 class OpDef:
+    """Everything tvmlite knows about one op version. Filled by :func:`kernel` / :func:`tvmlite_op`.
+
+    - ``kernel``: the NumPy kernel (see the module docstring).
+    - ``needs_ctx``: the kernel runs subgraphs (If, Loop, Scan) and takes a :class:`KernelContext`
+      as first argument.
+    - ``attrs``: attribute names the kernel accepts (its keyword-only parameters); None means any.
+    - ``shape``: the shape rule, ``shape(input_types, **attrs) -> [(np.dtype, shape tuple), ...]``
+      where ``input_types`` is a list of (dtype, shape) pairs (dims may be str for symbolic dims or
+      None for unknown). Required for tvmlite's own ops; ONNX ops use ONNX shape inference.
+    - ``body``: the ONNX function body, ``body(fb, **attrs) -> None`` built with a
+      ``tvmlite.export.functions.FunctionBuilder`` (required for tvmlite's own ops, so exported
+      models run in onnxruntime).
+    - ``deterministic``: False when outputs may differ between runs (never computed at compile
+      time, folded or merged).
+    - ``prepare(consts, attrs) -> callable | None``: called by the NumPy plan at compile time when
+      some inputs are constants (``consts`` has one entry per input, None for those computed at run
+      time); the callable it returns replaces the kernel for that node, with attributes bound (Conv's
+      GEMM weight layout, BatchNormalization's scale and shift).
+    - ``pointwise(consts, attrs, dtype, ndim) -> list | None``: the kernel, for float inputs of
+      ``dtype`` whose first input has rank ``ndim``, as a list of ``(func, operands)`` calls made as
+      ``func(*operands, out=buf)``: an ``int`` operand is the step's input of that index (first call
+      only; every input computed at run time must appear there), ``None`` the previous call's
+      result, an array (of ``dtype``) or Python float a constant. It must compute exactly what the
+      kernel does, in the same order (bit-identical results); None when it cannot for these inputs.
+      The plan fuses chains of such steps.
+    - ``fresh_output``: the kernel's result (and that of the callable its ``prepare`` returns, and
+      of its ``single_output``) is always a new array, or a view of one, that nothing else holds, so
+      the plan may overwrite it (and fuse the steps after it in place).
+    - ``single_output``: a kernel used instead when only the first output is read (MaxPool skips
+      computing Indices); it takes the same inputs and attributes.
+    - ``num_outputs_param``: the node's output count is passed under this keyword when the node does
+      not set it (Split before opset 18 splits into as many parts as it has outputs); it is no ONNX
+      attribute.
+    """
+
     domain: str
     op_type: str
     since: int
     kernel: Callable[..., Any]
     needs_ctx: bool = False
-    #: attribute names the kernel accepts (keyword-only parameters); None means any (**kwargs)
     attrs: frozenset | None = None
-    #: filled in by other parts of tvmlite for the ops they know (shape rule, TVM emitter, ONNX body)
-    extras: dict = field(default_factory=dict)
+    shape: Callable | None = None
+    body: Callable | None = None
+    deterministic: bool = True
+    prepare: Callable | None = None
+    pointwise: Callable | None = None
+    fresh_output: bool = False
+    single_output: Callable | None = None
+    num_outputs_param: str | None = None
 
 
 @dataclass
@@ -81,46 +115,26 @@ class KernelContext:
 
 _REGISTRY: dict[tuple[str, str], list[OpDef]] = {}
 _generation = 0
-#: per (domain, op_type): "shape" rule, "body" (ONNX function body), "tvm" emitter, ...
-_EXTRAS: dict[tuple[str, str], dict[str, Callable]] = {}
 
 
 def op_extra(op_type: str, domain: str, key: str) -> Callable | None:
-    _load_builtin_kernels()
-    return _EXTRAS.get((canonical_domain(domain), op_type), {}).get(key)
-
-
-def register_extra(op_type: str, key: str, domain: str = TVMLITE_DOMAIN):
-    """Attach a per-op extra (e.g. ``key="shape"`` or ``key="body"``) to ``domain::op_type``."""
-
-    def wrap(fn):
-        _EXTRAS.setdefault((canonical_domain(domain), op_type), {})[key] = fn
-        return fn
-
-    return wrap
+    """The newest registered ``shape`` rule or ``body`` of ``domain::op_type`` (None when there is
+    none). Kept for callers written before OpDef had typed fields: read ``lookup(...).shape`` /
+    ``.body`` instead."""
+    if key not in ("shape", "body"):
+        raise KeyError(f"no per-op extra {key!r}: OpDef has typed fields for shape and body only")
+    op = lookup(op_type, domain)
+    if op is None:
+        return None
+    return op.shape if key == "shape" else op.body
 
 
 def tvmlite_op(op_type: str, *, shape: Callable, body: Callable, since: int = 1):
     """Register one of tvmlite's own ops (domain ``tvmlite``): its NumPy kernel (the decorated
-    function), its shape rule and its ONNX function body.
-
-    - ``shape(input_types, **attrs) -> [(np.dtype, shape tuple), ...]`` where ``input_types`` is a
-      list of (dtype, shape) pairs (shape dims may be str for symbolic dims or None for unknown).
-    - ``body(fb, **attrs) -> None`` builds the body with a :class:`tvmlite.export.functions.FunctionBuilder`
-      ``fb``: ``fb.inputs``/``fb.outputs`` are the formal names, ``fb.opset`` the model's ONNX
-      opset, ``fb.input_types`` the (dtype, shape) of each input where known (or None),
-      ``fb.node(op, inputs, attrs) -> output name``, ``fb.const(array) -> name``. Export writes
-      one model-local function per distinct attribute set (ONNX function overloads), so onnxruntime
-      runs any lowered model.
-    """
-
-    def wrap(fn):
-        kernel(op_type, domain=TVMLITE_DOMAIN, since=since)(fn)
-        register_extra(op_type, "shape")(shape)
-        register_extra(op_type, "body")(body)
-        return fn
-
-    return wrap
+    function), its shape rule and its ONNX function body (see :class:`OpDef` for their signatures).
+    Export writes one model-local function per distinct attribute set (ONNX function overloads), so
+    onnxruntime runs any lowered model."""
+    return kernel(op_type, domain=TVMLITE_DOMAIN, since=since, shape=shape, body=body)
 
 
 def _accepted_attrs(fn: Callable, needs_ctx: bool) -> frozenset | None:
@@ -134,12 +148,44 @@ def _accepted_attrs(fn: Callable, needs_ctx: bool) -> frozenset | None:
     return frozenset(names)
 
 
-def kernel(op_type: str, domain: str = "", since: int = 1, needs_ctx: bool = False):
-    """Register ``fn`` as the NumPy kernel of ``domain::op_type`` from opset ``since`` on."""
+def kernel(op_type: str, domain: str = "", since: int = 1, needs_ctx: bool = False, *,
+           shape: Callable | None = None, body: Callable | None = None,
+           deterministic: bool | None = None, prepare: Callable | None = None,
+           pointwise: Callable | None = None, fresh_output: bool = False,
+           single_output: Callable | None = None, num_outputs_param: str | None = None):
+    """Register ``fn`` as the NumPy kernel of ``domain::op_type`` from opset ``since`` on, with the
+    fields of :class:`OpDef` (``deterministic`` defaults to ``op_type not in NONDETERMINISTIC`` for
+    ONNX ops, True otherwise). Raises :class:`RegistrationError` for an incomplete or inconsistent
+    registration."""
 
     def wrap(fn):
         d = canonical_domain(domain)
-        entry = OpDef(d, op_type, since, fn, needs_ctx, _accepted_attrs(fn, needs_ctx))
+        where = f"{d + '::' if d else ''}{op_type}-{since}"
+        if not callable(fn):
+            raise RegistrationError(f"{where}: the kernel is not callable")
+        for name, hook in (("shape", shape), ("body", body), ("prepare", prepare),
+                           ("pointwise", pointwise), ("single_output", single_output)):
+            if hook is not None and not callable(hook):
+                raise RegistrationError(f"{where}: {name} must be callable, got {type(hook).__name__}")
+        if d == TVMLITE_DOMAIN and (shape is None or body is None):
+            missing = " and ".join(n for n, h in (("a shape rule", shape), ("an ONNX function body", body))
+                                   if h is None)
+            raise RegistrationError(f"{where}: a tvmlite-domain op needs {missing} (shape inference "
+                                    "and export cannot do without); register it with tvmlite_op")
+        attrs = _accepted_attrs(fn, needs_ctx)
+        if num_outputs_param is not None:
+            params = inspect.signature(fn).parameters
+            p = params.get(num_outputs_param)
+            if p is None or p.kind is not inspect.Parameter.KEYWORD_ONLY:
+                raise RegistrationError(f"{where}: num_outputs_param {num_outputs_param!r} is not a "
+                                        "keyword-only parameter of the kernel")
+            if attrs is not None:  # a backend keyword, not an attribute a node may carry
+                attrs = attrs - {num_outputs_param.rstrip("_")}
+        det = (d != "" or op_type not in NONDETERMINISTIC) if deterministic is None else deterministic
+        entry = OpDef(d, op_type, since, fn, needs_ctx, attrs, shape=shape, body=body,
+                      deterministic=bool(det), prepare=prepare, pointwise=pointwise,
+                      fresh_output=bool(fresh_output), single_output=single_output,
+                      num_outputs_param=num_outputs_param)
         global _generation
         versions = _REGISTRY.setdefault((d, op_type), [])
         versions[:] = [v for v in versions if v.since != since] + [entry]
@@ -148,6 +194,15 @@ def kernel(op_type: str, domain: str = "", since: int = 1, needs_ctx: bool = Fal
         return fn
 
     return wrap
+
+
+def is_deterministic(op_type: str, domain: str = "", opset: int | None = None) -> bool:
+    """Whether a node of ``domain::op_type`` gives the same outputs on every run: its OpDef's field
+    where tvmlite has a kernel, else ``op_type not in NONDETERMINISTIC``."""
+    op = lookup(op_type, domain, opset)
+    if op is not None:
+        return op.deterministic
+    return canonical_domain(domain) != "" or op_type not in NONDETERMINISTIC
 
 
 def generation() -> int:

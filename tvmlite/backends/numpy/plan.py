@@ -7,24 +7,20 @@ the whole graph.
 
 Compile-time work per step (so the run loop does as little as possible):
 
-* **prepare**: a kernel may carry ``fn.prepare(consts, attrs) -> callable | None``. When a step has
-  constant inputs and the kernel has a ``prepare``, the plan calls it once with ``consts`` (one
-  entry per node input: the constant array, or None for an input computed at run time or absent)
-  and the keyword attributes. The callable it returns is then called at run time *instead of* the
-  kernel with the same positional inputs (constants included, attributes already bound) and must
-  return what the kernel would; None keeps the plain kernel. Kernels use it to do weight-only work
-  once (Conv's GEMM weight layout, BatchNormalization's scale and shift, Gemm's transposed B).
+* **prepare**: an op may register ``prepare(consts, attrs) -> callable | None`` (a field of its
+  :class:`OpDef`). When a step has constant inputs and its op has a ``prepare``, the plan calls it
+  once with ``consts`` (one entry per node input: the constant array, or None for an input
+  computed at run time or absent) and the keyword attributes. The callable it returns is then
+  called at run time *instead of* the kernel with the same positional inputs (constants included,
+  attributes already bound) and must return what the kernel would; None keeps the plain kernel.
+  Ops use it to do weight-only work once (Conv's GEMM weight layout, BatchNormalization's scale
+  and shift).
 * **pointwise fusion** (``fuse=True``, the default): the first run records each value's shape and
-  dtype, then runs of consecutive pointwise steps become one step (:class:`_Fused`), either after a
-  head step whose kernel returns a fresh array (``fresh_output``: Conv, ConvTranspose, MatMul, Gemm,
-  Sigmoid) or on their own (one new output array). A run qualifies when every value in it has the
-  run's output shape and dtype, outside operands broadcast into it, and every value but the last is
-  read only inside the run. Each step is executed as its kernel's ``pointwise`` description (NumPy
-  calls with ``out=``, same float values, same order), in place in the output array and a few
-  scratch arrays, so results are bit-identical to the unfused steps; shapes or dtypes that do not
-  fit at run time fall back to the steps one by one. It saves an allocation and a pass per step on
-  large tensors (det: Conv -> BN/affine -> HardSwish chains) and a dispatch per step on small ones.
-  (Applied per block of the GEMM output inside the conv instead, it was slower: strided blocks.)
+  dtype, then runs of consecutive pointwise steps become one step computed in place, bit-identical
+  to the steps one by one (see :mod:`tvmlite.backends.numpy.fusion`). It saves an allocation and a
+  pass per step on large tensors (det: Conv -> BN/affine -> HardSwish chains) and a dispatch per
+  step on small ones. (Applied per block of the GEMM output inside the conv instead, it was slower:
+  strided blocks.)
 * **BLAS threads**: ``blas_threads`` (default 1) caps the BLAS thread pool while the plan runs
   (through threadpoolctl when it is installed): the GEMMs of a conv net are small, and a second BLAS
   thread that spin-waits on a busy machine costs far more than it gains. None leaves it alone.
@@ -40,13 +36,10 @@ import numpy as np
 
 from tvmlite.errors import TvmliteError, UnsupportedError
 from tvmlite.ir.graph import Graph, Model
+from tvmlite.backends.numpy.fusion import fuse_steps
 from tvmlite.backends.numpy.validate import validate_graph
-from tvmlite.ops.registry import (KernelContext, OpDef, canonical_domain, generation, kernel_attr_name,
-                                  lookup)
-
-#: ops whose outputs differ between runs: never computed at compile time
-NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                    "Multinomial", "Bernoulli", "Dropout"}
+from tvmlite.ops.registry import (NONDETERMINISTIC, KernelContext, OpDef, canonical_domain,  # noqa: F401
+                                  generation, kernel_attr_name, lookup)
 
 
 @dataclass
@@ -59,7 +52,8 @@ class Step:
     node: object
     needs_ctx: bool
     implicit: tuple  # (name, slot) pairs of outer values a subgraph reads
-    call: object = None  # fn with attributes bound (or fn.prepare's result), inputs positional
+    call: object = None  # fn with attributes bound (or op.prepare's result), inputs positional
+    op: OpDef | None = None  # the registry entry fn comes from (None for a fused step)
 
 
 _BLAS = None  # threadpoolctl controller, created on first use (False: not available)
@@ -115,13 +109,14 @@ def missing_kernels(graph: Graph, opsets: dict) -> list[str]:
 
 
 def bind_kernel(op: OpDef, node, graph: Graph):
-    """The function and keyword attributes to call for ``node`` (see the registry's conventions)."""
+    """The function and keyword attributes to call for ``node`` (``op.single_output`` when only the
+    first output is read; the output count under ``op.num_outputs_param``)."""
     fn = op.kernel
     attrs = {kernel_attr_name(k): v for k, v in node.attrs.items()}
-    param = getattr(fn, "num_outputs_param", None)
+    param = op.num_outputs_param
     if param and param not in attrs:
         attrs[param] = len(node.outputs)
-    single = getattr(fn, "single_output", None)
+    single = op.single_output
     if single is not None and all((not o) or graph.num_uses(o) == 0 for o in node.outputs[1:]):
         fn = single
     return fn, attrs
@@ -168,7 +163,7 @@ class Plan:
             fn, attrs = bind_kernel(op, node, graph)
             const_inputs = all((not n) or n in consts for n in node.inputs)
             if (fold_constants and const_inputs and not node.subgraphs and not node.implicit_inputs
-                    and node.op_type not in NONDETERMINISTIC and not op.needs_ctx):
+                    and op.deterministic and not op.needs_ctx):
                 with _node_errors(node):
                     res = self._call(fn, [consts.get(n) if n else None for n in node.inputs], attrs)
                 for name, val in zip(node.outputs, res):
@@ -178,7 +173,7 @@ class Plan:
             ins = tuple(slot(n) if n else -1 for n in node.inputs)
             outs = tuple(slot(n) if n else -1 for n in node.outputs)
             implicit = tuple((n, slot(n)) for n in node.implicit_inputs)
-            steps.append(Step(fn, ins, outs, attrs, (), node, op.needs_ctx, implicit))
+            steps.append(Step(fn, ins, outs, attrs, (), node, op.needs_ctx, implicit, op=op))
 
         const_of_slot = {slots[n]: a for n, a in consts.items() if n in slots}
         for st in steps:
@@ -245,81 +240,9 @@ class Plan:
         return plan.run(feeds, scope)
 
     def _fuse_steps(self, shapes: dict) -> None:
-        """Replace runs of pointwise steps (after a Conv or on their own) by :class:`_Fused` steps,
-        grouped by the (shape, dtype) each slot had in a run (``shapes``). A group's values all
-        have its output's shape, and all but the last are read only inside the group."""
-        steps = self.steps
-        cos = self._const_of_slot
-        keep = set(self.output_slots)
-        readers: dict = collections.Counter()
-        for st in steps:
-            for s in st.ins:
-                readers[s] += 1
-            for _, s in st.implicit:
-                readers[s] += 1
-
-        def pw_ok(t, S):
-            if t.needs_ctx or t.implicit or len(t.outs) != 1 or t.outs[0] < 0:
-                return False
-            desc = getattr(t.fn, "pointwise", None)
-            if desc is None or S is None or shapes.get(t.outs[0]) != S:
-                return False
-            consts = [cos.get(s) if s >= 0 else None for s in t.ins]
-            try:
-                ops = desc(consts, dict(t.attrs), S[1], len(S[0]))
-            except Exception:
-                return False
-            # the first call must read every input computed at run time
-            return bool(ops) and all(s < 0 or s in cos or k in ops[0][1]
-                                     for k, s in enumerate(t.ins))
-
-        out = []
-        i = 0
-        while i < len(steps):
-            st = steps[i]
-            S = shapes.get(st.outs[0]) if st.outs and st.outs[0] >= 0 else None
-            head = st if (_fresh_output(st) and len(st.outs) == 1 and not st.needs_ctx
-                          and S is not None) else None
-            members = [] if head is not None else ([st] if pw_ok(st, S) else None)
-            if members is None:
-                out.append(st)
-                i += 1
-                continue
-            latest = st.outs[0]
-            values = {latest}
-            j = i + 1
-            while j < len(steps):
-                t = steps[j]
-                if latest not in t.ins or not pw_ok(t, S):
-                    break
-                if not all(s < 0 or s in values or s in cos or (
-                        shapes.get(s) is not None and shapes[s][1] == S[1]
-                        and _bcast_within(shapes[s][0], S[0])) for s in t.ins):
-                    break
-                members.append(t)
-                latest = t.outs[0]
-                values.add(latest)
-                j += 1
-            # longest prefix whose inner values are read only inside it
-            group = None
-            lo = 1 if head is not None else 2
-            for n in range(len(members), lo - 1, -1):
-                part = ([head] if head is not None else []) + members[:n]
-                inner = [t.outs[0] for t in part[:-1]]
-                inside = collections.Counter(s for t in part for s in t.ins)
-                if all(v not in keep and readers[v] == inside[v] for v in inner):
-                    group = members[:n]
-                    break
-            if group is None:
-                out.append(st)
-                i += 1
-                continue
-            f = _Fused(head, group, cos)
-            ins = (tuple(head.ins) if head is not None else ()) + tuple(f.ext)
-            out.append(Step(st.fn, ins, (group[-1].outs[0],), {}, (), st.node, False, (), f))
-            i += len(group) + (1 if head is not None else 0)
-        self.steps = out
-        self._set_frees(out)
+        """Replace runs of pointwise steps by fused steps (see :func:`fuse_steps`), using the
+        (shape, dtype) each slot had in the first run."""
+        self._set_frees(fuse_steps(self.steps, shapes, self._const_of_slot, set(self.output_slots)))
 
     def _run_steps(self, env: list, scope: dict | None, shapes: dict | None = None) -> None:
         ndarray = np.ndarray
@@ -413,11 +336,11 @@ def _trim(ins: tuple) -> tuple:
 
 
 def _bind_step(st: Step, const_of_slot: dict):
-    """What the run loop calls with the step's positional inputs: ``fn.prepare``'s callable when the
-    kernel has one and some inputs are constants, else the kernel with its attributes bound."""
+    """What the run loop calls with the step's positional inputs: ``op.prepare``'s callable when the
+    op has one and some inputs are constants, else the kernel with its attributes bound."""
     if st.needs_ctx:
         return None
-    prep = getattr(st.fn, "prepare", None)
+    prep = st.op.prepare if st.op is not None else None
     if prep is not None:
         consts = [const_of_slot.get(i) if i >= 0 else None for i in st.ins]
         if any(c is not None for c in consts) and any(
@@ -451,194 +374,3 @@ def _foldable_bn(graph: Graph) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# pointwise fusion
-# --------------------------------------------------------------------------------------------------
-
-def _bcast_within(shape, yshape) -> bool:
-    """``shape`` broadcasts to ``yshape`` without growing it."""
-    if len(shape) > len(yshape):
-        return False
-    return all(s == 1 or s == y for s, y in zip(shape[::-1], yshape[::-1]))
-
-
-def _fresh_output(st) -> bool:
-    """The step's kernel returns a new array nobody else holds (``fresh_output``)."""
-    return bool(getattr(st.call, "fresh_output", False)
-                or (not hasattr(st.fn, "prepare") and getattr(st.fn, "fresh_output", False)))
-
-
-class _Fused:
-    """Consecutive pointwise steps, after an optional head step whose output is a fresh array,
-    run as one step, in place.
-
-    Every group value has the group's output shape; operands from outside (constants, tensors
-    computed earlier) broadcast into it. Each pointwise step runs as its kernel's ``pointwise``
-    description: NumPy calls with ``out=`` on the same float values in the same order as the
-    kernel, so the results are bit-identical to the unfused steps, but there is no new array per
-    step: values live in the output array (the head's output, else one new array) and a few
-    scratch arrays, assigned once here (an input that dies at a step lends its buffer to the
-    step's output).
-    """
-
-    def __init__(self, head, psteps, const_of_slot):
-        self.head = head
-        self.psteps = psteps
-        self.nh = len(head.ins) if head is not None else 0
-        vals = {}  # slot -> value index
-        if head is not None:
-            vals[head.outs[0]] = 0
-        first = len(vals)
-        for j, st in enumerate(psteps):
-            vals[st.outs[0]] = first + j
-        ext: list = []
-        srcs = []  # per step, per input: ('v', value) | ('e', ext index) | ('c', array) | None
-        last_read = {v: -1 for v in vals.values()}
-        for j, st in enumerate(psteps):
-            row = []
-            for s in st.ins:
-                if s < 0:
-                    row.append(None)
-                elif s in vals and vals[s] < first + j:
-                    row.append(("v", vals[s]))
-                    last_read[vals[s]] = j
-                elif s in const_of_slot:
-                    row.append(("c", const_of_slot[s]))
-                else:
-                    if s not in ext:
-                        ext.append(s)
-                    row.append(("e", ext.index(s)))
-            srcs.append(row)
-        self.ext = ext
-        self.srcs = srcs
-        self.consts = [[const_of_slot.get(s) if s >= 0 else None for s in st.ins] for st in psteps]
-        # buffers: 0 = the output array, 1.. = scratch arrays
-        holder = {0: 0 if head is not None else None}  # buffer -> value it holds
-        out_buf = []
-        for j in range(len(psteps)):
-            if j == len(psteps) - 1:
-                b = 0
-            else:
-                dying = [b for b, v in holder.items() if v is not None and last_read[v] == j]
-                free = [b for b in sorted(holder) if holder[b] is None or last_read[holder[b]] < j]
-                cand = dying or free
-                b = cand[0] if cand else len(holder)
-            holder[b] = first + j
-            out_buf.append(b)
-        self.out_buf = out_buf
-        self.val_buf = {0: 0} if head is not None else {}
-        for j, b in enumerate(out_buf):
-            self.val_buf[first + j] = b
-        self.ntemps = len(holder) - 1
-        self._progs: dict = {}
-        self._binds: dict = {}
-
-    def program(self, dt, ndim):
-        """[(func, operand specs, out buffer)] for values of dtype ``dt`` and rank ``ndim``; None
-        when a kernel has no pointwise form for them. Operand specs: ('b', buffer), ('e', ext
-        index), ('k', constant array or Python float)."""
-        key = (dt, ndim)
-        if key in self._progs:
-            return self._progs[key]
-        prog = []
-        ok = dt.kind == "f" and dt.itemsize >= 4
-        for j, st in enumerate(self.psteps if ok else ()):
-            desc = st.fn.pointwise(self.consts[j], dict(st.attrs), dt, ndim)
-            if not desc:
-                ok = False
-                break
-            ob = self.out_buf[j]
-            used = set()
-            for m, (func, operands) in enumerate(desc):
-                specs = []
-                for o in operands:
-                    if o is None:  # the previous call's result
-                        ok = ok and m > 0
-                        specs.append(("b", ob))
-                    elif isinstance(o, int) and not isinstance(o, bool):  # the step's input o
-                        src = self.srcs[j][o] if m == 0 and o < len(self.srcs[j]) else None
-                        if src is None:
-                            ok = False
-                            break
-                        used.add(o)
-                        if src[0] == "v":
-                            specs.append(("b", self.val_buf[src[1]]))
-                        elif src[0] == "e":
-                            specs.append(("e", src[1]))
-                        elif isinstance(src[1], np.ndarray) and src[1].dtype == dt:
-                            specs.append(("k", src[1]))
-                        else:
-                            ok = False
-                    elif isinstance(o, np.ndarray) and o.dtype == dt or isinstance(o, float):
-                        specs.append(("k", o))
-                    else:
-                        ok = False
-                    if not ok:
-                        break
-                if not ok:
-                    break
-                prog.append((func, tuple(specs), ob))
-            # every input computed at run time must be read
-            if ok and any(src is not None and src[0] != "c" and i not in used
-                          for i, src in enumerate(self.srcs[j])):
-                ok = False
-            if not ok:
-                break
-        prog = prog if ok else None
-        self._progs[key] = prog
-        return prog
-
-    def bind(self, yshape, dt, ext):
-        """The program for output shape ``yshape`` / dtype ``dt`` on these outside tensors, or None
-        when the group cannot run fused on them."""
-        try:
-            key = (yshape, dt) + tuple([(e.shape, e.dtype) for e in ext])
-        except AttributeError:  # an outside value that is not an array
-            return None
-        prog = self._binds.get(key, False)
-        if prog is False:
-            prog = self._binds[key] = self._make_prog(tuple(yshape), np.dtype(dt), ext)
-        return prog
-
-    def _make_prog(self, yshape, dt, ext):
-        prog = self.program(dt, len(yshape))
-        if prog is None or not all(type(e) is np.ndarray and e.dtype == dt and
-                                   _bcast_within(e.shape, yshape) for e in ext):
-            return None
-        if not all(_bcast_within(np.shape(s[1]), yshape) for _, specs, _ in prog for s in specs
-                   if s[0] == "k"):
-            return None
-        return prog
-
-    def unfused(self, y, ext):
-        """The group's steps one by one (``y``: the head's output, if any)."""
-        vals = [] if y is None else [y]
-        for j, st in enumerate(self.psteps):
-            args = [None if s is None else vals[s[1]] if s[0] == "v" else ext[s[1]]
-                    if s[0] == "e" else s[1] for s in self.srcs[j]]
-            while args and args[-1] is None:
-                args.pop()
-            vals.append(st.call(*args))
-        return vals[-1]
-
-    def _apply(self, prog, y, ext):
-        bufs = [y] + [np.empty(y.shape, y.dtype) for _ in range(self.ntemps)]
-        for func, specs, ob in prog:
-            func(*[bufs[s[1]] if s[0] == "b" else ext[s[1]] if s[0] == "e" else s[1]
-                   for s in specs], out=bufs[ob])
-        return y
-
-    def __call__(self, *args):
-        # (run inside Plan.run's errstate)
-        ext = args[self.nh:]
-        if self.head is not None:
-            y = self.head.call(*args[:self.nh])
-            prog = self.bind(y.shape, y.dtype, ext) if type(y) is np.ndarray else None
-            return self.unfused(y, ext) if prog is None else self._apply(prog, y, ext)
-        try:
-            yshape = np.broadcast_shapes(*[e.shape for e in ext])
-            prog = self.bind(yshape, ext[0].dtype, ext)
-        except (AttributeError, ValueError):
-            prog = None
-        if prog is None:
-            return self.unfused(None, ext)
-        return self._apply(prog, np.empty(yshape, ext[0].dtype), ext)

@@ -120,37 +120,28 @@ def _static_shape(g: Graph, name: str):
 
 def _check_window(g: Graph, node) -> None:
     """Conv/pool output dims must be >= 1 where the input shape is known now."""
-    from tvmlite.ops.conv import conv_output_shape, kernel_geometry, resolve_pads
+    from tvmlite.ops.geometry import EmptyWindowError, WindowGeometry
 
     xs = _static_shape(g, node.inputs[0]) if node.inputs else None
     if xs is None or len(xs) < 3:
         return
-    a = node.attrs
-    n = len(xs) - 2
     try:
         if node.op_type == "Conv":
             ws = _static_shape(g, node.inputs[1]) if len(node.inputs) > 1 else None
             if ws is None or len(ws) != len(xs):
                 return
-            k, s, d = kernel_geometry(ws, n, a.get("kernel_shape"), a.get("strides"), a.get("dilations"))
+            WindowGeometry.conv(node.attrs, xs, ws)
         else:
-            k = a.get("kernel_shape")
-            if not k or len(k) != n:
-                return
-            s, d = a.get("strides") or [1] * n, a.get("dilations") or [1] * n
-        auto = a.get("auto_pad", "NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else auto
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            return  # output = ceil(in / stride) >= 1
-        p = resolve_pads(auto, xs[2:], k, s, d, a.get("pads"))
-        out = conv_output_shape(xs[2:], k, s, d, p, bool(a.get("ceil_mode", 0)))
-    except TvmliteError:
-        raise
+            k = node.attrs.get("kernel_shape")
+            if not k or len(k) != len(xs) - 2:
+                return  # the kernel says what is wrong
+            WindowGeometry.pool(node.attrs, xs)
+    except EmptyWindowError as e:
+        raise ShapeError(f"{_where(g, node)}: {e}") from None
+    except TvmliteError as e:  # kernel_shape against the weights, pads, auto_pad
+        raise type(e)(f"{_where(g, node)}: {e}") from None
     except Exception:  # noqa: BLE001 - malformed attributes: the kernel says what is wrong
         return
-    if min(out) <= 0:
-        raise ShapeError(f"{_where(g, node)}: output spatial shape {out} is empty (input "
-                         f"{list(xs)}, kernel {list(k)}, pads {list(p)}, strides {list(s)})")
 
 
 _CHECKS = {"If": _check_if, "Loop": _check_loop, "Scan": _check_scan, "Conv": _check_window,
