@@ -16,6 +16,8 @@ both copies sort their nodes the same way.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,25 @@ def copy_proto(msg: Message) -> Message:
 def clone_graph(g: Graph, parent: Graph | None = None) -> Graph:
     """A copy of ``g`` (and its subgraphs) whose mutation does not touch ``g``; ``parent`` is the graph
     the copy's outer-scope names resolve in."""
+    with paused_gc():
+        return _clone_graph(g, parent)
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """No cyclic garbage collection while a copy allocates its objects: they are all alive, and the
+    collections the allocations trigger made a 100k-node copy ~1.7x slower (measured 10.4 vs 6.2 s
+    on a loaded machine)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _clone_graph(g: Graph, parent: Graph | None) -> Graph:
     c = Graph(g.name, parent)
     c.doc_string = g.doc_string
     c.metadata = list(g.metadata)
@@ -75,22 +96,25 @@ def _clone_value(v: Value) -> Value:
 
 
 def _clone_node(node: Node, graph: Graph) -> Node:
-    attrs = {k: _clone_attr(a, graph) for k, a in node.attrs.items()}
-    c = Node(node.op_type, node.inputs, node.outputs, attrs, domain=node.domain, name=node.name,
-             doc_string=node.doc_string, metadata=node.metadata, overload=node.overload)
-    c.order = node.order
-    c.graph = graph
-    c.implicit_inputs = node.implicit_inputs
+    # every field as it is (names, order, strings, tuples: immutable), then new containers for the
+    # mutable ones; not Node.__init__, which a 100k-node copy spent a third of its time in
+    state = dict(node.__dict__)
+    attrs = {k: _clone_attr(a, graph) for k, a in node.attrs.items()} if node.attrs else {}
+    state["attrs"] = attrs
     # export reuses an AttributeProto while the attribute is the value it was read as (same object, or
     # equal): point the record at the copy's value where it pointed at the original's
-    c.attr_protos = {k: (attrs[k] if k in attrs and imported is node.attrs[k] else imported, proto)
-                     for k, (imported, proto) in node.attr_protos.items()}
+    state["attr_protos"] = {k: (attrs[k] if k in attrs and imported is node.attrs[k] else imported, proto)
+                            for k, (imported, proto) in node.attr_protos.items()} if node.attr_protos else {}
+    state["metadata"] = list(node.metadata)
+    state["graph"] = graph
+    c = Node.__new__(Node)
+    c.__dict__ = state
     return c
 
 
 def _clone_attr(a: Any, graph: Graph) -> Any:
     if isinstance(a, Graph):
-        return clone_graph(a, graph)
+        return _clone_graph(a, graph)
     if isinstance(a, np.ndarray):
         return share(a)
     if isinstance(a, list):
