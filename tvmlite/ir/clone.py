@@ -71,7 +71,6 @@ def _clone_graph(g: Graph, parent: Graph | None) -> Graph:
     c.initializers, c.value_info_order = list(g.initializers), list(g.value_info_order)
     if hasattr(g, "_output_protos"):  # outer-scope outputs of a subgraph, as read
         c._output_protos = {k: copy_proto(vi) for k, vi in g._output_protos.items()}
-
     nodes = {node: _clone_node(node, c) for node in g.nx.nodes}  # networkx's insertion order kept
     for name, v in g.values.items():
         if v.producer is not None:
@@ -87,8 +86,7 @@ def _clone_graph(g: Graph, parent: Graph | None) -> Graph:
 def _clone_value(v: Value) -> Value:
     c = Value(v.name, None if v.type is None else copy_proto(v.type), doc_string=v.doc_string,
               metadata=v.metadata)
-    if v._const is not None:
-        c._const = share(v._const)
+    c._const = share(v._const) if isinstance(v._const, np.ndarray) else v._const
     c._proto = v._proto
     c.sparse = v.sparse
     c._annotations = dict(v._annotations)
