@@ -122,3 +122,148 @@ def test_lazy_initializer_and_export_reuses_proto():
     out = export_model(m)
     assert out.graph.initializer[0] is not None
     assert out.graph.initializer[0] == proto.graph.initializer[0]
+
+
+# ------------------------------------------------------------------------------------ native copy
+def _if_model():
+    """Relu -> If whose branches read the Relu's output and hold a tensor attribute; metadata, a
+    model-local function and doc strings around it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from helpers import make_model, tensor
+
+    then_g = helper.make_graph([helper.make_node("Add", ["a", "k"], ["t"], name="then_add")], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])],
+                               [numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "k")])
+    else_g = helper.make_graph([helper.make_node("Neg", ["a"], ["e"], name="else_neg")], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2])])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu", doc_string="the relu"),
+             helper.make_node("If", ["c"], ["y"], name="if", then_branch=then_g, else_branch=else_g),
+             helper.make_node("Constant", [], ["z"], name="zc",
+                              value=numpy_helper.from_array(np.array([3.0, 4.0], np.float32))),
+             helper.make_node("Mul", ["y", "w"], ["m"], name="mul"),
+             helper.make_node("Transpose", ["m"], ["o"], name="tr", perm=[0])]
+    fn = helper.make_function("my.domain", "Twice", ["u"], ["v"], [helper.make_node("Add", ["u", "u"], ["v"])],
+                              [helper.make_opsetid("", 17)])
+    proto = make_model(nodes, [tensor("x", [2]), tensor("c", [], TensorProto.BOOL)],
+                       [tensor("o", [2]), tensor("z", [2])], [("w", np.array([5.0, 6.0], np.float32))])
+    proto.functions.append(fn)
+    proto.opset_import.append(helper.make_opsetid("my.domain", 1))
+    proto.doc_string = "model doc"
+    proto.graph.doc_string = "graph doc"
+    helper.set_model_props(proto, {"author": "test"})
+    return proto
+
+
+def test_copy_is_independent_and_writes_back_the_same_model():
+    m = tvmlite.load(_if_model())
+    m.external_data = {"w": "somewhere.data"}
+    before = export_model(m).SerializeToString()
+    c = m.copy()
+    assert export_model(c).SerializeToString() == before  # every part survived the copy
+    assert (c.metadata, c.doc_string, c.opsets, c.external_data) == (m.metadata, m.doc_string, m.opsets,
+                                                                    m.external_data)
+    assert c.graph.toposort() and [n.name for n in c.graph.toposort()] == [n.name for n in m.graph.toposort()]
+    # change everything a pass may change in place, in the copy
+    g = c.graph
+    g.producer("o").attrs["perm"].append(9)
+    g.values["x"].type.tensor_type.elem_type = 11  # TypeProtos are copied, not shared
+    g.rename_value("a", "act")
+    then_g = g.producer("y").attrs["then_branch"]
+    then_g.values["k"].const = np.array([7.0, 7.0], np.float32)
+    then_g.add_node("Neg", ["t"], ["t2"], name="extra")
+    g.add_node("Relu", ["o"], ["o2"], name="more")
+    g.outputs.append("o2")
+    c.metadata.append(("k", "v"))
+    c.functions[0].name = "Thrice"
+    c.external_data["x"] = "y"
+    g.values["w"].const = np.zeros(2, np.float32)
+    assert export_model(m).SerializeToString() == before  # the original is as it was
+    assert m.external_data == {"w": "somewhere.data"}
+    # the copy's subgraph resolves outer names in the copy's graph, not the original's
+    assert then_g.parent is g and then_g.outer_references() == ["act"]
+    assert m.graph.producer("y").attrs["then_branch"].parent is m.graph
+    assert all(n.graph is g for n in g.nx.nodes) and all(n.graph is m.graph for n in m.graph.nx.nodes)
+    g.check()
+
+
+def test_copy_shares_arrays_read_only():
+    m = tvmlite.load(_if_model())
+    w = m.graph.values["w"]
+    w.const = np.array([5.0, 6.0], np.float32)  # an array a pass assigned: writable until shared
+    assert w.const.flags.writeable
+    c = m.copy()
+    assert c.graph.values["w"].const is w.const and not w.const.flags.writeable
+    z_attr = c.graph.producer("z").attrs["value"]
+    assert z_attr is m.graph.producer("z").attrs["value"]
+    with pytest.raises(ValueError, match="read-only"):
+        c.graph.values["w"].const[0] = 1.0  # an in-place write fails instead of changing m
+    with pytest.raises(ValueError, match="read-only"):
+        z_attr += 1
+    c.graph.values["w"].const = c.graph.values["w"].const * 2  # copy-on-write: a new array
+    np.testing.assert_array_equal(m.graph.values["w"].const, [5.0, 6.0])
+    # a not yet decoded initializer keeps sharing its proto (no bytes copied)
+    m2 = tvmlite.load(conv_bn_relu_model())
+    c2 = m2.copy()
+    assert c2.graph.values["fc"]._proto is m2.graph.values["fc"]._proto
+
+
+def test_copy_and_restore_cover_every_field():
+    from tvmlite.ir import Model
+
+    m = tvmlite.load(_if_model())
+    c = m.copy()
+    assert set(vars(m)) == set(Model.FIELDS) == set(vars(c))
+    for a, b in zip(m.graph.nx.nodes, c.graph.nx.nodes):
+        assert set(vars(a)) == set(vars(b)) and a.order == b.order and a is not b
+    then_m = m.graph.producer("y").attrs["then_branch"]
+    then_c = c.graph.producer("y").attrs["then_branch"]
+    assert set(vars(m.graph)) == set(vars(c.graph)) and set(vars(then_m)) == set(vars(then_c))
+    # restore: the object the caller holds becomes the backup, explicitly
+    backup = m.copy()
+    held = m
+    m.graph.remove_node(m.graph.producer("z"), remove_outputs=False)
+    held.restore(backup)
+    assert held is m and m.graph is backup.graph and m.graph.producer("z") is not None
+    assert export_model(m).SerializeToString() == export_model(c).SerializeToString()
+
+
+def _chain(n):
+    """A model of ``n`` nodes in one chain (typed values, an initializer read by every 1000th node)."""
+    from tvmlite.ir import Model
+
+    g = Graph()
+    g.add_input("x", tensor_type(np.float32, [1, 4]))
+    for i in range(10):
+        g.add_initializer(f"w{i}", np.full((1, 4), i, np.float32))
+    prev = "x"
+    for i in range(n):
+        out = f"v{i}"
+        if i % 1000 == 0:
+            g.add_node("Add", [prev, f"w{i // 1000 % 10}"], [out], name=f"n{i}")
+        else:
+            g.add_node("Relu", [prev], [out], name=f"n{i}")
+        g.values[out].type = tensor_type(np.float32, [1, 4])
+        prev = out
+    g.outputs.append(prev)
+    return Model(g)
+
+
+def test_copy_of_a_100k_node_chain_is_fast_and_shares_arrays():
+    """Through ONNX (export + import, the old Model.copy) one copy of this chain took 7.6-8.4 CPU s,
+    natively 1.6-2.7 (measured side by side on a loaded 2-core machine). CPU time, not wall time: the
+    test machine is shared, and wall time was 3-4x the CPU time under that load."""
+    import time
+
+    m = _chain(100_000)
+    m.graph.toposort()
+    t = time.process_time()
+    c = m.copy()
+    seconds = time.process_time() - t
+    assert seconds < 5.0, f"Model.copy of a 100k-node chain took {seconds:.1f} CPU s"
+    assert len(c.graph) == 100_000 and c.graph.outputs == ["v99999"]
+    assert all(c.graph.values[f"w{i}"].const is m.graph.values[f"w{i}"].const for i in range(10))
+    first, last = c.graph.toposort()[0], c.graph.toposort()[-1]
+    assert (first.name, last.name) == ("n0", "n99999") and c.graph.consumers("v0")[0].name == "n1"
+    c.graph.remove_node(last, remove_outputs=False)
+    assert len(m.graph) == 100_000 and m.graph.producer("v99999") is not None

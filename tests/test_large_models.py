@@ -34,15 +34,23 @@ def test_big_model_goes_external(tmp_path, monkeypatch):
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ref)
 
 
+#: issue 13's target for the model below through `optimize --preset exact`: the child's peak RSS (it was
+#: 12-15 GB: 15.35 GB when the OOM killer stopped it on a 24 GiB machine, with the ONNX-round-trip copy)
+PEAK_RSS_TARGET = 3 * 10**9
+
+
 @pytest.mark.skipif(not os.environ.get("TVMLITE_TEST_2GB"), reason="set TVMLITE_TEST_2GB=1: writes ~4.5 GB, ~2 min")
 def test_real_model_over_2gb_through_optimize(tmp_path):
     """A real 2.1 GiB model (two MatMuls with external data): tvmlite optimize --preset exact reads
-    it, checks it in onnxruntime, writes it with external data, and the outputs are bit-identical."""
+    it, checks it in onnxruntime, writes it with external data, and the outputs are bit-identical.
+    The optimize process's peak RSS (from wait4, so nothing is missed between samples) and wall time
+    are printed (pytest -s) and the RSS must meet PEAK_RSS_TARGET."""
     from onnx import TensorProto, helper
     from onnx.external_data_helper import convert_model_to_external_data
 
     import subprocess
     import sys
+    import time
 
     n, k = 16384, 17000  # 2 x 16384 x 17000 float32 = 2.07 GiB
     rng = np.random.default_rng(0)
@@ -62,9 +70,18 @@ def test_real_model_over_2gb_through_optimize(tmp_path):
     assert os.path.getsize(tmp_path / "big.onnx.data") > 2 ** 31
     out = tmp_path / "out" / "opt.onnx"
     out.parent.mkdir()
-    res = subprocess.run([sys.executable, "-m", "tvmlite.cli", "optimize", str(src), "-o", str(out),
-                          "--preset", "exact", "--shape", "x=1x16384"], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+    log = tmp_path / "optimize.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        child = subprocess.Popen([sys.executable, "-m", "tvmlite.cli", "optimize", str(src), "-o", str(out),
+                                  "--preset", "exact", "--shape", "x=1x16384"], stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    seconds, peak = time.perf_counter() - t0, usage.ru_maxrss * 1024  # Linux: kilobytes
+    figures = f"optimize --preset exact: {seconds:.0f} s, peak RSS {peak / 1e9:.2f} GB"
+    print(figures)
+    assert child.returncode == 0, f"{figures}; exit {child.returncode}: {log.read_text()[-2000:]}"
+    assert peak <= PEAK_RSS_TARGET, figures
     written = onnx.load(str(out), load_external_data=False)
     assert all(onnx.external_data_helper.uses_external_data(t) for t in written.graph.initializer)
     assert [nd.op_type for nd in written.graph.node] == ["MatMul", "MatMul"]  # Identity removed

@@ -201,7 +201,7 @@ def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - a failing pass is undone, the run goes on
-        m.__dict__.update(backup.__dict__)
+        m.restore(backup)
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         rows.add(p.name, repr(p), UNDONE, f"undone: the pass failed: {type(e).__name__}: {msg}", measure=False)
         return
@@ -229,7 +229,7 @@ def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
             note = f"undone: not faster in onnxruntime ({t_new:.3f} vs {t_old:.3f} ms side by side)"
     measured_now = kept_model is m  # meas (and its session) describe m as it now is
     if kept_model is not m:
-        m.__dict__.update(kept_model.__dict__)
+        m.restore(kept_model)  # the caller (and rows) hold m: it becomes the kept copy
     status = UNDONE if kept_model is backup else PARTIAL if excluded else KEPT
     rows.add(p.name, repr(p), status, note, result, seconds, excluded, measure=status != UNDONE,
              meas=meas if status == KEPT and measured_now else None)

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, numpy_helper
 
-from tvmlite.errors import ModelLoadError
+from tvmlite.errors import ModelLoadError, UnsupportedError
 
 A = AttributeProto
 
@@ -40,6 +40,28 @@ def sparse_to_array(t: onnx.SparseTensorProto) -> np.ndarray:
         raise ModelLoadError(f"sparse tensor {t.values.name!r}: indices do not fit dims "
                              f"{list(t.dims)}: {msg}") from None
     return dense
+
+
+def constant_value(attrs: dict) -> np.ndarray:
+    """The array a Constant node with these attributes produces (here, not in tvmlite.ops, because
+    the IR's Graph.const_value needs it and the IR imports nothing above itself)."""
+    if "value" in attrs:
+        return np.asarray(attrs["value"])
+    if "sparse_value" in attrs:
+        return np.asarray(attrs["sparse_value"])
+    if "value_float" in attrs:
+        return np.array(attrs["value_float"], dtype=np.float32)
+    if "value_floats" in attrs:
+        return np.array(attrs["value_floats"], dtype=np.float32)
+    if "value_int" in attrs:
+        return np.array(attrs["value_int"], dtype=np.int64)
+    if "value_ints" in attrs:
+        return np.array(attrs["value_ints"], dtype=np.int64)
+    if "value_string" in attrs:
+        return np.array(attrs["value_string"], dtype=object)
+    if "value_strings" in attrs:
+        return np.array(attrs["value_strings"], dtype=object)
+    raise UnsupportedError("Constant node has no value attribute")
 
 
 def _decode(b: bytes) -> str | bytes:

@@ -1,14 +1,18 @@
-"""tvmlite's graph IR: Values, Nodes, Graphs and the Model around them.
+"""tvmlite's graph IR: Nodes and the Graph that holds them (Values in tvmlite.ir.value, the Model in
+tvmlite.ir.model, its native copy in tvmlite.ir.clone).
 
 One Graph holds its Values by name and its Nodes in a networkx.DiGraph (edge producer -> consumer), so
 topological order, reachability and dead-code search come from networkx. Passes change a graph only
-through the small mutation API below (add_node, remove_node, set_input, replace_all_uses,
-rename_value, replace_node_with), which keeps producers, consumers and edges consistent.
+through the small mutation API below and in tvmlite.ir.edits (add_node, remove_node, set_input,
+replace_all_uses, rename_value, replace_node_with), which keeps producers, consumers and edges
+consistent.
 
 What a pass does not touch is written back exactly as it was read: a Value keeps the TensorProto of
 its initializer until a pass assigns a new array, and a Node keeps the AttributeProtos of the
 attributes that were not changed. Types are ONNX TypeProtos, so sequence/optional types, symbolic dims
 and denotations survive a round trip.
+
+The IR is the bottom layer: it imports only tvmlite.errors, onnx, numpy and networkx.
 """
 from __future__ import annotations
 
@@ -19,105 +23,15 @@ from typing import Any, Iterable, Iterator
 import networkx as nx
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from tvmlite.errors import ModelLoadError, TvmliteError
+from tvmlite.errors import TvmliteError
+from tvmlite.ir.attrs import constant_value
+from tvmlite.ir.edits import GraphEdits
+from tvmlite.ir.types import tensor_type, type_elem, type_shape  # noqa: F401 - re-exported
+from tvmlite.ir.value import Value
 
 _counter = itertools.count()
-
-
-# --------------------------------------------------------------------------------------------- types
-def tensor_type(dtype: Any, shape: Iterable | None = None) -> onnx.TypeProto:
-    """TypeProto of a tensor; dtype is a numpy dtype or an onnx elem type, dims are ints, str or None."""
-    elem = dtype if isinstance(dtype, int) else helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    return helper.make_tensor_type_proto(elem, None if shape is None else list(shape))
-
-
-def type_elem(tp: onnx.TypeProto | None) -> int | None:
-    if tp is not None and tp.HasField("tensor_type") and tp.tensor_type.elem_type:
-        return tp.tensor_type.elem_type
-    return None
-
-
-def type_shape(tp: onnx.TypeProto | None) -> tuple | None:
-    """Dims as ints, symbolic names (str) or None for unknown; None when the rank is unknown."""
-    if tp is None or not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
-        return None
-    dims = []
-    for d in tp.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return tuple(dims)
-
-
-# --------------------------------------------------------------------------------------------- value
-class Value:
-    """A named tensor (or sequence/optional) flowing between nodes."""
-
-    __slots__ = ("name", "type", "doc_string", "metadata", "producer", "_const", "_proto",
-                 "sparse", "_annotations")
-
-    def __init__(self, name: str, type: onnx.TypeProto | None = None, *, const: np.ndarray | None = None,
-                 proto: onnx.TensorProto | None = None, doc_string: str = "", metadata=None):
-        self.name = name
-        self.type = type
-        self.doc_string = doc_string
-        self.metadata = list(metadata or [])
-        self.producer: Node | None = None
-        self._const = const
-        self._proto = proto  # the initializer as read, written back while the array is unchanged
-        self.sparse = False
-        self._annotations: dict = {}
-
-    # An initializer's array is decoded on first use only: big models stay as protobuf bytes.
-    @property
-    def const(self) -> np.ndarray | None:
-        if self._const is None and self._proto is not None:
-            try:
-                self._const = numpy_helper.to_array(self._proto)
-            except Exception as e:  # noqa: BLE001 - onnx raises several kinds for corrupt data
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ModelLoadError(f"initializer {self.name!r} cannot be decoded: {msg}") from None
-        return self._const
-
-    @const.setter
-    def const(self, array: np.ndarray | None) -> None:
-        self._const = array
-        self._proto = None
-        if array is not None:
-            self.type = tensor_type(array.dtype, array.shape)
-
-    @property
-    def is_initializer(self) -> bool:
-        return self._const is not None or self._proto is not None
-
-    @property
-    def elem_type(self) -> int | None:
-        if self._proto is not None:
-            return self._proto.data_type
-        if self._const is not None:
-            return helper.np_dtype_to_tensor_dtype(self._const.dtype)
-        return type_elem(self.type)
-
-    @property
-    def dtype(self) -> np.dtype | None:
-        e = self.elem_type
-        return None if e is None else helper.tensor_dtype_to_np_dtype(e)
-
-    @property
-    def shape(self) -> tuple | None:
-        if self._proto is not None:
-            return tuple(int(d) for d in self._proto.dims)
-        if self._const is not None:
-            return tuple(self._const.shape)
-        return type_shape(self.type)
-
-    def __repr__(self) -> str:
-        return f"Value({self.name!r}, {self.dtype}, {self.shape})"
 
 
 # ---------------------------------------------------------------------------------------------- node
@@ -181,7 +95,7 @@ class Node:
 
 
 # --------------------------------------------------------------------------------------------- graph
-class Graph:
+class Graph(GraphEdits):
     """A (sub)graph: inputs, outputs, initializers, nodes. Subgraphs know their parent graph."""
 
     def __init__(self, name: str = "main", parent: Graph | None = None):
@@ -277,8 +191,6 @@ class Graph:
             return None if name in owner.inputs else v.const  # an input may override its initializer
         p = v.producer
         if p is not None and p.op_type == "Constant" and p.domain in ("", "ai.onnx"):
-            from tvmlite.ops.control import constant_value
-
             return constant_value(p.attrs)
         return None
 
@@ -470,119 +382,6 @@ class Graph:
                 del self.values[out]
         node.graph = None
 
-    def replace_all_uses(self, old: str, new: str) -> None:
-        """Make every reader of ``old`` read ``new`` instead, keeping the graph's output names.
-
-        When ``old`` is a graph output, ``new`` takes over its name (or an Identity is inserted when
-        ``new`` is an input, initializer or another output, which cannot be renamed).
-        """
-        if old == new:
-            return
-        for node in self.consumers(old):
-            self.set_inputs(node, [new if n == old else n for n in node.inputs])
-            if old in node.implicit_inputs:
-                for sg in node.subgraphs:
-                    sg._rename_outer(old, new)
-                self.subgraph_changed(node)
-        if old in self.outputs:
-            positions = [i for i, n in enumerate(self.outputs) if n == old]
-            renamable = (new in self.values and self.values[new].producer is not None
-                         and new not in self.outputs)
-            dead = self.fresh_name(old + "_replaced")
-            self.rename_value(old, dead)
-            if renamable:
-                declared = self.values[dead]
-                self.rename_value(new, old)
-                v = self.values[old]
-                if declared.type is not None:  # the output keeps the type it was declared with
-                    v.type = declared.type
-                v.doc_string = v.doc_string or declared.doc_string
-                v.metadata = v.metadata or declared.metadata
-            else:
-                self.add_node("Identity", [new], [old], name=self.fresh_name(old + "_identity"))
-            for i in positions:  # the output keeps its name, now produced by `new`'s producer
-                self.outputs[i] = old
-
-    def _rename_outer(self, old: str, new: str) -> None:
-        """Rename an outer-scope reference inside this subgraph (and deeper)."""
-        if old in self.values:
-            return  # shadowed here
-        for node in list(self.nx.nodes):
-            if old in node.inputs:
-                self.set_inputs(node, [new if n == old else n for n in node.inputs])
-            if old in node.implicit_inputs:
-                for sg in node.subgraphs:
-                    sg._rename_outer(old, new)
-                self.subgraph_changed(node)
-        self.outputs = [new if n == old else n for n in self.outputs]
-
-    def rename_value(self, old: str, new: str) -> None:
-        """Give value ``old`` the name ``new`` everywhere it appears."""
-        if old == new:
-            return
-        if self._name_taken(new):
-            raise TvmliteError(f"cannot rename {old!r}: {new!r} is already a value")
-        v = self.values.pop(old)
-        v.name = new
-        self.values[new] = v
-        p = v.producer
-        if p is not None:
-            p._outputs = tuple(new if n == old else n for n in p.outputs)
-        for node in self.consumers(old):
-            self.set_inputs(node, [new if n == old else n for n in node.inputs])
-            if old in node.implicit_inputs:
-                for sg in node.subgraphs:
-                    sg._rename_outer(old, new)
-                self.subgraph_changed(node)
-        for lst in (self.inputs, self.outputs, self.initializers, self.value_info_order):
-            for i, n in enumerate(lst):
-                if n == old:
-                    lst[i] = new
-
-    def replace_node_with(self, node: Node, new_nodes: list[tuple], *, outputs: list[str]) -> list[Node]:
-        """Swap ``node`` for a small subgraph.
-
-        ``new_nodes`` is a list of ``(op_type, inputs, outputs, attrs)`` or ``(…, {"domain": d})``
-        tuples in execution order, whose output names are fresh; ``outputs[i]`` names the value that
-        takes the place of ``node.outputs[i]``. The old outputs keep their names (so graph outputs and
-        value_info stay put) and are produced by the new subgraph.
-        """
-        if len(outputs) != len(node.outputs):
-            raise TvmliteError(f"replacement of {node.label!r} gives {len(outputs)} outputs, "
-                               f"node has {len(node.outputs)}")
-        order = node.order
-        self.remove_node(node, remove_outputs=False)
-        rename = {new: old for old, new in zip(node.outputs, outputs) if old and new != old}
-        created = []
-        for i, spec in enumerate(new_nodes):
-            op_type, ins, outs, attrs = spec[:4]
-            extra = spec[4] if len(spec) > 4 else {}
-            outs = [rename.get(o, o) for o in outs]
-            ins = [rename.get(n, n) for n in ins]
-            created.append(self.add_node(op_type, ins, outs, attrs,
-                                         order=order - 1 + (i + 1) / (len(new_nodes) + 1), **extra))
-        for old, new in zip(node.outputs, outputs):
-            if old and new != old and new not in rename:
-                raise TvmliteError(f"replacement output {new!r} is not produced by the new nodes")
-        for old in node.outputs:
-            if old and self.values.get(old) is not None and self.values[old].producer is None \
-                    and not self.values[old].is_initializer:
-                raise TvmliteError(f"replacement of {node.label!r} does not produce {old!r}")
-        return created
-
-    def remove_unused_values(self) -> int:
-        """Drop values nothing produces, reads or lists (e.g. initializers left by a rewrite)."""
-        keep = set(self.inputs) | set(self.outputs)
-        dead = [n for n, v in self.values.items()
-                if v.producer is None and n not in keep and not self._consumers.get(n)]
-        for n in dead:
-            del self.values[n]
-        if dead:
-            dead_set = set(dead)
-            self.initializers = [n for n in self.initializers if n not in dead_set]
-            self.value_info_order = [n for n in self.value_info_order if n not in dead_set]
-        return len(dead)
-
     def check(self) -> None:
         """Raise TvmliteError if an input is undefined or the graph has a cycle."""
         self.toposort()
@@ -595,41 +394,7 @@ class Graph:
                 raise TvmliteError(f"graph output {name!r} is not defined")
 
 
-# --------------------------------------------------------------------------------------------- model
-class Model:
-    """A Graph plus what ONNX keeps around it (opsets, metadata, functions, producer...)."""
-
-    def __init__(self, graph: Graph, opsets: dict[str, int] | None = None):
-        self.graph = graph
-        self.opsets: dict[str, int] = dict(opsets or {"": 17})
-        #: the opsets as read: while unchanged, export keeps the file's IR version
-        self.imported_opsets: dict[str, int] = dict(self.opsets)
-        self.ir_version: int = 8
-        self.producer_name = ""
-        self.producer_version = ""
-        self.domain = ""
-        self.model_version = 0
-        self.doc_string = ""
-        self.metadata: list[tuple[str, str]] = []  # metadata_props in order
-        self.functions: list[onnx.FunctionProto] = []  # model-local functions, kept as read
-        self.training_info: list = []
-        self.configuration: list = []
-        #: where external-data tensors came from (name -> location); export writes them external again
-        self.external_data: dict[str, str] = {}
-
-    @property
-    def opset(self) -> int:
-        return self.opsets.get("", self.opsets.get("ai.onnx", 1))
-
-    def copy(self) -> "Model":
-        """A deep copy, made through ONNX (which every part of the model survives)."""
-        from tvmlite.export import export_model
-        from tvmlite.frontend import import_model
-
-        c = import_model(export_model(self, infer=False), check=False)
-        c.external_data = dict(self.external_data)
-        c.imported_opsets = dict(self.imported_opsets)
-        return c
-
-    def metadata_dict(self) -> dict[str, str]:
-        return dict(self.metadata)
+# Model is defined on top of Graph; importing it here keeps `from tvmlite.ir.graph import Model`
+# working. It comes last because tvmlite.ir.model (through tvmlite.ir.clone) imports this module, and
+# tvmlite/ir/__init__.py imports this module first so that order always holds.
+from tvmlite.ir.model import Model  # noqa: E402,F401

@@ -9,28 +9,8 @@ import numpy as np
 
 from tvmlite import limits
 from tvmlite.errors import UnsupportedError
+from tvmlite.ir.attrs import constant_value  # noqa: F401 - lives in the IR (Graph.const_value); importable here
 from tvmlite.ops.registry import kernel
-
-
-def constant_value(attrs: dict) -> np.ndarray:
-    """The array a Constant node with these attributes produces."""
-    if "value" in attrs:
-        return np.asarray(attrs["value"])
-    if "sparse_value" in attrs:
-        return np.asarray(attrs["sparse_value"])
-    if "value_float" in attrs:
-        return np.array(attrs["value_float"], dtype=np.float32)
-    if "value_floats" in attrs:
-        return np.array(attrs["value_floats"], dtype=np.float32)
-    if "value_int" in attrs:
-        return np.array(attrs["value_int"], dtype=np.int64)
-    if "value_ints" in attrs:
-        return np.array(attrs["value_ints"], dtype=np.int64)
-    if "value_string" in attrs:
-        return np.array(attrs["value_string"], dtype=object)
-    if "value_strings" in attrs:
-        return np.array(attrs["value_strings"], dtype=object)
-    raise UnsupportedError("Constant node has no value attribute")
 
 
 @kernel("Constant")

@@ -94,7 +94,7 @@ def upgrade_opset(model: Model, version: int = MIN_OPSET) -> bool:
                                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
     new = import_model(proto, check=False)
     new.external_data = model.external_data
-    model.__dict__.update(new.__dict__)
+    model.restore(new)
     return True
 
 

@@ -1,0 +1,85 @@
+"""Value: a named tensor (or sequence/optional) of a graph, with its type and, for an initializer, its
+array.
+
+An initializer keeps the TensorProto it was read from until a pass assigns a new array, so a big model
+stays as protobuf bytes and is written back as read. Arrays may be shared between copies of a model
+(tvmlite.ir.clone): a shared array is read-only, and a pass that changes a weight assigns a new one
+through ``Value.const``."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from tvmlite.errors import ModelLoadError
+from tvmlite.ir.types import tensor_type, type_elem, type_shape
+
+if TYPE_CHECKING:
+    from tvmlite.ir.graph import Node
+
+class Value:
+    """A named tensor (or sequence/optional) flowing between nodes."""
+
+    __slots__ = ("name", "type", "doc_string", "metadata", "producer", "_const", "_proto",
+                 "sparse", "_annotations")
+
+    def __init__(self, name: str, type: onnx.TypeProto | None = None, *, const: np.ndarray | None = None,
+                 proto: onnx.TensorProto | None = None, doc_string: str = "", metadata=None):
+        self.name = name
+        self.type = type
+        self.doc_string = doc_string
+        self.metadata = list(metadata or [])
+        self.producer: Node | None = None
+        self._const = const
+        self._proto = proto  # the initializer as read, written back while the array is unchanged
+        self.sparse = False
+        self._annotations: dict = {}
+
+    # An initializer's array is decoded on first use only: big models stay as protobuf bytes.
+    @property
+    def const(self) -> np.ndarray | None:
+        if self._const is None and self._proto is not None:
+            try:
+                self._const = numpy_helper.to_array(self._proto)
+            except Exception as e:  # noqa: BLE001 - onnx raises several kinds for corrupt data
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ModelLoadError(f"initializer {self.name!r} cannot be decoded: {msg}") from None
+        return self._const
+
+    @const.setter
+    def const(self, array: np.ndarray | None) -> None:
+        self._const = array
+        self._proto = None
+        if array is not None:
+            self.type = tensor_type(array.dtype, array.shape)
+
+    @property
+    def is_initializer(self) -> bool:
+        return self._const is not None or self._proto is not None
+
+    @property
+    def elem_type(self) -> int | None:
+        if self._proto is not None:
+            return self._proto.data_type
+        if self._const is not None:
+            return helper.np_dtype_to_tensor_dtype(self._const.dtype)
+        return type_elem(self.type)
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        e = self.elem_type
+        return None if e is None else helper.tensor_dtype_to_np_dtype(e)
+
+    @property
+    def shape(self) -> tuple | None:
+        if self._proto is not None:
+            return tuple(int(d) for d in self._proto.dims)
+        if self._const is not None:
+            return tuple(self._const.shape)
+        return type_shape(self.type)
+
+    def __repr__(self) -> str:
+        return f"Value({self.name!r}, {self.dtype}, {self.shape})"
+
