@@ -28,7 +28,7 @@ def worth_parallel(work: int) -> bool:
     descheduled thread), so small kernels run on one core. $TVMLITE_MIN_PARALLEL_WORK overrides."""
     import os
 
-    from tvmlite.backends.tvm.target import host_threads
+    from tvmlite.backends.tvm.kernels.target import host_threads
 
     if host_threads() < 2:
         return False
