@@ -19,11 +19,11 @@ CROSSABLE_VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}  # an epilogue 
 MAX_EPILOGUE_OPS = 64
 
 
-def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str]:
+def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str, list]:
     """The elementwise consumers of ``value`` that fold into its producer's epilogue (marked
-    absorbed in ``low``), and the value the kernel then writes."""
+    absorbed in ``low``), the value the kernel then writes, and the nodes absorbed, in order."""
     g = low.g
-    ops = []
+    ops, taken = [], []
     kernel_shape = cur_shape = tuple(out_shape)
     while len(ops) < MAX_EPILOGUE_OPS:
         cons = g.consumers(value)
@@ -43,6 +43,7 @@ def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str]:
                     or low.shapes.get(nxt[0].outputs[0]) != view_shape:
                 break
             low.absorbed.add(c)
+            taken.append(c)
             value, cur_shape = c.outputs[0], view_shape
             continue
         if c.op_type not in EW_OPS | {"Identity", "Dropout"}:
@@ -66,5 +67,6 @@ def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str]:
             op.shape = None if cur_shape == kernel_shape else cur_shape
         ops.extend(new)
         low.absorbed.add(c)
+        taken.append(c)
         value = out
-    return Epilogue(ops), value
+    return Epilogue(ops), value, taken

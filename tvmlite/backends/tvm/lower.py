@@ -103,9 +103,8 @@ class Lowering:
     def epilogue(self, node: Node):
         """(Epilogue, value the kernel writes, labels of the nodes fused) for ``node``'s output."""
         out = node.outputs[0]
-        before = set(self.absorbed)
-        epi, final = fusion.absorb(self, out, self.shape(out))
-        return epi, final, [n.label for n in self.absorbed - before]
+        epi, final, taken = fusion.absorb(self, out, self.shape(out))
+        return epi, final, [n.label for n in taken]
 
     def add(self, kd_factory, node: Node, out: str, epi_nodes=(), key=None):
         # key: run position for a kernel whose output is no graph value (a node's first half)
