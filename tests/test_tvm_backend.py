@@ -48,16 +48,17 @@ def test_gemm_steps_each_keep_results(n_steps):
     w = RNG.standard_normal((70, 45)).astype(np.float32)
     b = RNG.standard_normal(45).astype(np.float32)
     kd = KG.dense_gemm("g", "a", a.shape, w, b, out_value="y", out_shape=(37, 45), lanes=16, steps=steps,
-                      epilogue=Epilogue([EwOp("Relu")]), tile=S.GemmTile(mr=8, nr=32))
+                       epilogue=Epilogue([EwOp("Relu")]), tile=S.GemmTile(mr=8, nr=32))
     (y,) = run_kernel(kd, {"a": a})
     np.testing.assert_allclose(y, np.maximum(a @ w + b, 0), rtol=1e-5, atol=1e-4)
     if "pack_array" in steps:  # the weights were packed [N/nr, K, nr] for the schedule
         assert [p.shape for p in kd.params if p.kind == "const"][0] == (2, 70, 32)
+    assert kd.steps == [s for s in GEMM_STEPS if s in steps] and S.GEMM_STEPS == GEMM_STEPS
 
 
 def test_gemm_schedule_shows_every_step():
     kd = KG.dense_gemm("g", "a", (64, 64), np.ones((64, 64), np.float32), None, out_value="y",
-                      out_shape=(64, 64), lanes=16, epilogue=Epilogue())
+                       out_shape=(64, 64), lanes=16, epilogue=Epilogue())
     text = kd.func.script()
     assert "T.vectorized(32)" in text and "T.unroll(8)" in text and "T.parallel" not in text  # small: 1 core
     assert 'scope="local"' in text and "acc_init" in text  # register tile, init split off

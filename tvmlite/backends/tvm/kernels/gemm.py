@@ -216,6 +216,4 @@ def const_a_batch_gemm(name: str, a: np.ndarray, bname: str, b_shape, *, out_val
 
 
 def gemm_step_names(steps) -> list[str]:
-    all_steps = ["tile_for_cache", "pack_array", "write_cache", "vectorize_columns", "unroll_rows",
-                 "parallel_outer", "finish_reduction"]
-    return [s for s in all_steps if steps is None or s in steps]
+    return [s for s in S.GEMM_STEPS if steps is None or s in steps]

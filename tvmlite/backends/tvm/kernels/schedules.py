@@ -143,6 +143,10 @@ def finish_reduction(sch, block, loop):
     sch.decompose_reduction(block, loop)
 
 
+GEMM_STEPS = ["tile_for_cache", "pack_array", "write_cache", "vectorize_columns", "unroll_rows",
+              "parallel_outer", "finish_reduction"]
+
+
 def schedule_gemm(sch, acc: str, epilogue: str, tile: GemmTile, *, packs=(), producer=None,
                   parallel_rows: bool = False, parallel: bool = True, steps=None):
     """All GEMM steps in order; ``steps`` (a set of step names) applies only some, for tests.
