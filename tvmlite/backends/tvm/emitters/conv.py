@@ -7,6 +7,7 @@ import numpy as np
 from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.kernels.defs import Epilogue, window_2d
 from tvmlite.errors import UnsupportedError
+from tvmlite.ops.conv import conv_transpose_pads
 from tvmlite.ops.conv_shapes import _norm, kernel_geometry
 from tvmlite.ops.geometry import WindowGeometry
 
@@ -56,8 +57,6 @@ def emit_conv_transpose(low, node) -> None:
     """A grouped 1x1 GEMM making every tap's contribution (the columns), then a gather
     (col2im) that sums the taps landing on each output pixel, adds the bias and runs the
     epilogue: two kernels, no redundant multiply-adds whatever the stride."""
-    from tvmlite.ops.conv import conv_transpose_pads
-
     x, w, bias, xs, nsp = conv_operands(low, node)
     a = node.attrs
     kshape, strides, dil = kernel_geometry(w.shape, nsp, a.get("kernel_shape"), a.get("strides"),

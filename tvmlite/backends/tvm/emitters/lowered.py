@@ -9,6 +9,7 @@ from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.kernels.defs import window_2d
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.geometry import WindowGeometry
+from tvmlite.ops.lowered import winograd_matrices
 
 
 def _window(node, xs: tuple) -> tuple[tuple, WindowGeometry]:
@@ -76,8 +77,6 @@ def emit_mec_matmul(low, node) -> None:
 
 @emitter("WinogradInput", domain="tvmlite")
 def emit_winograd_input(low, node) -> None:
-    from tvmlite.ops.lowered import winograd_matrices
-
     x = node.inputs[0]
     xs = low.shape(x)
     if len(xs) != 4:
@@ -98,8 +97,6 @@ def emit_winograd_input(low, node) -> None:
 
 @emitter("WinogradOutput", domain="tvmlite")
 def emit_winograd_output(low, node) -> None:
-    from tvmlite.ops.lowered import winograd_matrices
-
     mt = node.inputs[0]
     bias = low.const_input(node, 1, "bias")
     a = node.attrs

@@ -8,6 +8,7 @@ import numpy as np
 from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.errors import UnsupportedError
 from tvmlite.ir.graph import Node
+from tvmlite.ops import nn as R
 
 RESIZE_COORD_MODES = ("half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel",
                       "half_pixel_symmetric", "tf_half_pixel_for_nn")
@@ -18,8 +19,6 @@ def resize_maps(node: Node, in_shape: tuple, out_shape: tuple, const, opset: int
     """Per axis, how a Resize/Upsample output index reads the input (see `kernels.tensor.resize`):
     index tables and linear weights computed on the host in float64 with the NumPy backend's own
     ONNX formulas; anything those formulas or the kernel do not cover raises UnsupportedError."""
-    from tvmlite.ops import nn as R
-
     a = node.attrs
     ins = list(node.inputs) + [""] * 4
     mode = a.get("mode", "nearest")
