@@ -38,7 +38,7 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from tvmlite.backends.tvm.module import build_kernel as compile_kernel, kernel_args  # noqa: E402
-from tvmlite.backends.tvm.target import host_target, host_threads, import_tvm  # noqa: E402
+from tvmlite.backends.tvm.kernels.target import host_target, host_threads, import_tvm  # noqa: E402
 
 CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))
 MODELS = ROOT / "models"
@@ -94,9 +94,9 @@ def build_kernel(kd):
 
 # --------------------------------------------------------------------------------------------- GEMM
 def bench_gemm(rounds: int) -> dict:
-    from tvmlite.backends.tvm import kernels as K
-    from tvmlite.backends.tvm.lower import Epilogue
-    from tvmlite.backends.tvm.target import vector_lanes
+    from tvmlite.backends.tvm.kernels import gemm as K
+    from tvmlite.backends.tvm.kernels.defs import Epilogue
+    from tvmlite.backends.tvm.kernels.target import vector_lanes
 
     n = 1024
     rng = np.random.default_rng(0)
@@ -138,9 +138,10 @@ def conv_model(x_shape, w, stride):
 
 
 def bench_convs(rounds: int) -> list:
-    from tvmlite.backends.tvm import kernels as K
-    from tvmlite.backends.tvm.lower import Epilogue
-    from tvmlite.backends.tvm.target import vector_lanes
+    from tvmlite.backends.tvm.kernels import conv as K
+    from tvmlite.backends.tvm.kernels.defs import Epilogue
+    from tvmlite.backends.tvm.kernels.target import vector_lanes
+    from tvmlite.ops.geometry import WindowGeometry
 
     rng = np.random.default_rng(0)
     rows = []
@@ -148,8 +149,8 @@ def bench_convs(rounds: int) -> list:
     for ci, co, hw, s in RESNET50_3X3:
         x = rng.standard_normal((1, ci, hw, hw)).astype(np.float32)
         w = (rng.standard_normal((co, ci, 3, 3)) * 0.05).astype(np.float32)
-        kd = K.conv2d("conv", "x", x.shape, w, None, pads=(1, 1, 1, 1), strides=(s, s), dilations=(1, 1),
-                           out_value="y", epilogue=Epilogue(), lanes=vector_lanes())
+        geom = WindowGeometry.conv({"pads": (1, 1, 1, 1), "strides": (s, s)}, x.shape, w.shape)
+        kd = K.conv2d("conv", "x", x.shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=vector_lanes())
         lib, secs = build_kernel(kd)
         args, (out,) = kernel_args(kd, {"x": x})
         f = lib["main"]

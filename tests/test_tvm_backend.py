@@ -15,13 +15,16 @@ from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixtu
 tvm = require_tvm()
 
 from tvmlite.backends.tvm import compile_model, emit_tvmscript, load_module, unsupported_ops  # noqa: E402
-from tvmlite.backends.tvm import kernels as K  # noqa: E402
-from tvmlite.backends.tvm import schedules as S  # noqa: E402
-from tvmlite.backends.tvm.lower import Epilogue, EwOp  # noqa: E402
+from tvmlite.backends.tvm.kernels import conv as KC  # noqa: E402
+from tvmlite.backends.tvm.kernels import gemm as KG  # noqa: E402
+from tvmlite.backends.tvm.kernels import pool as KP  # noqa: E402
+from tvmlite.backends.tvm.kernels import schedules as S  # noqa: E402
+from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: E402
 from tvmlite.backends.tvm.module import build_kernel, kernel_args  # noqa: E402
 from tvmlite.errors import InputError, UnsupportedError  # noqa: E402
 from tvmlite.frontend import load  # noqa: E402
 from tvmlite.ops.conv import conv  # noqa: E402
+from tvmlite.ops.geometry import WindowGeometry  # noqa: E402
 from tvmlite.ops.pool import average_pool, max_pool_values  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -44,17 +47,18 @@ def test_gemm_steps_each_keep_results(n_steps):
     a = RNG.standard_normal((37, 70)).astype(np.float32)
     w = RNG.standard_normal((70, 45)).astype(np.float32)
     b = RNG.standard_normal(45).astype(np.float32)
-    kd = K.dense_gemm("g", "a", a.shape, w, b, out_value="y", out_shape=(37, 45), lanes=16, steps=steps,
-                      epilogue=Epilogue([EwOp("Relu")]), tile=S.GemmTile(mr=8, nr=32))
+    kd = KG.dense_gemm("g", "a", a.shape, w, b, out_value="y", out_shape=(37, 45), lanes=16, steps=steps,
+                       epilogue=Epilogue([EwOp("Relu")]), tile=S.GemmTile(mr=8, nr=32))
     (y,) = run_kernel(kd, {"a": a})
     np.testing.assert_allclose(y, np.maximum(a @ w + b, 0), rtol=1e-5, atol=1e-4)
     if "pack_array" in steps:  # the weights were packed [N/nr, K, nr] for the schedule
         assert [p.shape for p in kd.params if p.kind == "const"][0] == (2, 70, 32)
+    assert kd.steps == [s for s in GEMM_STEPS if s in steps] and S.GEMM_STEPS == GEMM_STEPS
 
 
 def test_gemm_schedule_shows_every_step():
-    kd = K.dense_gemm("g", "a", (64, 64), np.ones((64, 64), np.float32), None, out_value="y",
-                      out_shape=(64, 64), lanes=16, epilogue=Epilogue())
+    kd = KG.dense_gemm("g", "a", (64, 64), np.ones((64, 64), np.float32), None, out_value="y",
+                       out_shape=(64, 64), lanes=16, epilogue=Epilogue())
     text = kd.func.script()
     assert "T.vectorized(32)" in text and "T.unroll(8)" in text and "T.parallel" not in text  # small: 1 core
     assert 'scope="local"' in text and "acc_init" in text  # register tile, init split off
@@ -79,8 +83,9 @@ def test_conv_im2col_gemm_matches_numpy(cfg):
     x = RNG.standard_normal(cfg["x"]).astype(np.float32)
     w = RNG.standard_normal(cfg["w"]).astype(np.float32)
     b = RNG.standard_normal(cfg["w"][0]).astype(np.float32)
-    kd = K.conv2d_gemm("c", "x", x.shape, w, b, pads=cfg["pads"], strides=cfg["strides"], dilations=cfg["dil"],
-                       out_value="y", epilogue=Epilogue([EwOp("Clip", attrs={"min": 0.0, "max": 6.0})]), lanes=16)
+    geom = WindowGeometry.conv(dict(pads=cfg["pads"], strides=cfg["strides"], dilations=cfg["dil"]), x.shape, w.shape)
+    kd = KC.conv2d_gemm("c", "x", x.shape, w, b, geom, out_value="y",
+                        epilogue=Epilogue([EwOp("Clip", attrs={"min": 0.0, "max": 6.0})]), lanes=16)
     (y,) = run_kernel(kd, {"x": x})
     ref = np.clip(conv(x, w, b, pads=list(cfg["pads"]), strides=list(cfg["strides"]),
                        dilations=list(cfg["dil"])), 0, 6)
@@ -91,8 +96,8 @@ def test_grouped_conv_matches_numpy():
     x = RNG.standard_normal((2, 6, 9, 8)).astype(np.float32)
     w = RNG.standard_normal((9, 2, 3, 3)).astype(np.float32)
     b = RNG.standard_normal(9).astype(np.float32)
-    kd = K.conv2d_gemm("g", "x", x.shape, w, b, pads=(1, 1, 1, 1), strides=(1, 2), dilations=(1, 1), group=3,
-                       out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=16)
+    geom = WindowGeometry.conv(dict(pads=(1, 1, 1, 1), strides=(1, 2), group=3), x.shape, w.shape)
+    kd = KC.conv2d_gemm("g", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=16)
     (y,) = run_kernel(kd, {"x": x})
     ref = np.maximum(conv(x, w, b, pads=[1, 1, 1, 1], strides=[1, 2], group=3), 0)
     np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
@@ -107,9 +112,9 @@ def test_direct_conv_steps_each_keep_results(n_steps):
     x = RNG.standard_normal((2, 6, 11, 13)).astype(np.float32)
     w = RNG.standard_normal((40, 3, 3, 3)).astype(np.float32)
     b = RNG.standard_normal(40).astype(np.float32)
-    kd = K.conv2d_direct("d", "x", x.shape, w, b, pads=(1, 0, 2, 1), strides=(2, 1), dilations=(1, 2), group=2,
-                         out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=16, steps=steps,
-                         tile=S.GemmTile(mr=4, nr=16))
+    geom = WindowGeometry.conv(dict(pads=(1, 0, 2, 1), strides=(2, 1), dilations=(1, 2), group=2), x.shape, w.shape)
+    kd = KC.conv2d_direct("d", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]),
+                          lanes=16, steps=steps, tile=S.GemmTile(mr=4, nr=16))
     (y,) = run_kernel(kd, {"x": x})
     ref = np.maximum(conv(x, w, b, pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2], group=2), 0)
     np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
@@ -120,8 +125,8 @@ def test_direct_conv_steps_each_keep_results(n_steps):
 
 def test_direct_conv_schedule_shows_every_step():
     w = np.ones((64, 64, 3, 3), np.float32)
-    kd = K.conv2d_direct("d", "x", (1, 64, 56, 56), w, None, pads=(1, 1, 1, 1), strides=(1, 1), dilations=(1, 1),
-                         out_value="y", epilogue=Epilogue(), lanes=16)
+    geom = WindowGeometry.conv(dict(pads=(1, 1, 1, 1)), (1, 64, 56, 56), w.shape)
+    kd = KC.conv2d_direct("d", "x", (1, 64, 56, 56), w, None, geom, out_value="y", epilogue=Epilogue(), lanes=16)
     text = kd.func.script()
     assert "T.vectorized(32)" in text and "T.unroll(8)" in text and "T.parallel" in text  # 8 pixels x 32 channels
     assert 'scope="local"' in text and "acc_init" in text
@@ -131,16 +136,19 @@ def test_direct_conv_schedule_shows_every_step():
 
 def test_direct_tile_follows_row_width():
     """The pixel tile is the row width's divisor that wastes least (7x7 outputs: 7, not 8)."""
-    assert (K.direct_tile(512, 7, 16).mr, K.direct_tile(512, 7, 16).nr) == (7, 32)
-    assert K.direct_tile(64, 56, 16).mr == 8 and K.direct_tile(128, 14, 16).mr == 7
-    assert K.direct_tile(16, 30, 16).nr == 16 and K.direct_tile(16, 30, 16).mr == 15  # one vector: up to 24
-    assert K.direct_tile(64, 13, 8).mr == 7  # AVX2, 2 vectors: up to 12 pixels; 13 = 2 tiles of 7
-    one = (1, 1)
-    assert K.use_direct_conv((1, 512, 7, 7), (512, 512, 3, 3), 1, (1, 1, 1, 1), one, one, 16)  # GEMM: 49 -> 64
-    assert K.use_direct_conv((1, 128, 56, 56), (128, 128, 3, 3), 1, (1, 1, 1, 1), (2, 2), one, 16)
-    assert not K.use_direct_conv((1, 32, 8, 8), (64, 32, 1, 1), 1, (0, 0, 0, 0), one, one, 16)  # a plain GEMM
-    assert not K.use_direct_conv((1, 96, 40, 40), (24, 96, 3, 3), 1, (1, 1, 1, 1), one, one, 16)  # 24 -> 32 lanes
-    assert not K.use_direct_conv((1, 3, 64, 64), (16, 3, 3, 3), 1, (1, 1, 1, 1), one, one, 16)  # K = 27
+    assert (KC.direct_tile(512, 7, 16).mr, KC.direct_tile(512, 7, 16).nr) == (7, 32)
+    assert KC.direct_tile(64, 56, 16).mr == 8 and KC.direct_tile(128, 14, 16).mr == 7
+    assert KC.direct_tile(16, 30, 16).nr == 16 and KC.direct_tile(16, 30, 16).mr == 15  # one vector: up to 24
+    assert KC.direct_tile(64, 13, 8).mr == 7  # AVX2, 2 vectors: up to 12 pixels; 13 = 2 tiles of 7
+    def direct(x_shape, w_shape, pads, strides=(1, 1)):
+        geom = WindowGeometry.conv(dict(pads=pads, strides=strides), x_shape, w_shape)
+        return KC.use_direct_conv(w_shape, geom, 16)
+
+    assert direct((1, 512, 7, 7), (512, 512, 3, 3), (1, 1, 1, 1))  # GEMM: 49 -> 64
+    assert direct((1, 128, 56, 56), (128, 128, 3, 3), (1, 1, 1, 1), (2, 2))
+    assert not direct((1, 32, 8, 8), (64, 32, 1, 1), (0, 0, 0, 0))  # a plain GEMM
+    assert not direct((1, 96, 40, 40), (24, 96, 3, 3), (1, 1, 1, 1))  # 24 -> 32 lanes
+    assert not direct((1, 3, 64, 64), (16, 3, 3, 3), (1, 1, 1, 1))  # K = 27
 
 
 @pytest.mark.parametrize("stride,mult", [(1, 1), (2, 2)])
@@ -148,8 +156,9 @@ def test_depthwise_conv_matches_numpy(stride, mult):
     x = RNG.standard_normal((1, 6, 15, 21)).astype(np.float32)
     w = RNG.standard_normal((6 * mult, 1, 3, 3)).astype(np.float32)
     b = RNG.standard_normal(6 * mult).astype(np.float32)
-    kd = K.depthwise_conv2d("d", "x", x.shape, w, b, pads=(1, 1, 1, 1), strides=(stride, stride), dilations=(1, 1),
-                            out_value="y", epilogue=Epilogue([EwOp("HardSwish")]), lanes=16)
+    geom = WindowGeometry.conv(dict(pads=(1, 1, 1, 1), strides=(stride, stride), group=6), x.shape, w.shape)
+    kd = KC.depthwise_conv2d("d", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("HardSwish")]),
+                             lanes=16)
     (y,) = run_kernel(kd, {"x": x})
     ref = conv(x, w, b, pads=[1, 1, 1, 1], strides=[stride, stride], group=6)
     ref = ref * np.clip(ref / 6 + 0.5, 0, 1)
@@ -159,14 +168,11 @@ def test_depthwise_conv_matches_numpy(stride, mult):
 # --------------------------------------------------------------------------------------- pooling
 @pytest.mark.parametrize("kind,ceil,cip", [("max", 0, 0), ("max", 1, 0), ("avg", 1, 0), ("avg", 0, 1)])
 def test_pool_matches_numpy(kind, ceil, cip):
-    from tvmlite.ops.conv import conv_output_shape
-
     x = RNG.standard_normal((2, 3, 10, 9)).astype(np.float32)
     attrs = dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 1], ceil_mode=ceil)
-    out_sp = conv_output_shape((10, 9), [3, 2], [2, 2], [1, 1], [1, 0, 1, 1], ceil_mode=bool(ceil))
-    kd = K.pool2d("p", "x", x.shape, kind=kind, kernel=(3, 2), pads=(1, 0, 1, 1), strides=(2, 2), dilations=(1, 1),
-                  out_shape=(2, 3, *out_sp), count_include_pad=bool(cip), out_value="y", epilogue=Epilogue(),
-                  lanes=16)
+    geom = WindowGeometry.pool(attrs, x.shape)
+    kd = KP.pool2d("p", "x", x.shape, geom, kind=kind, count_include_pad=bool(cip), out_value="y",
+                   epilogue=Epilogue(), lanes=16)
     (y,) = run_kernel(kd, {"x": x})
     ref = max_pool_values(x, **attrs) if kind == "max" else average_pool(x, count_include_pad=cip, **attrs)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from tvmlite.backends.tvm import artifact_check
-from tvmlite.backends.tvm.target import import_tvm
+from tvmlite.backends.tvm.kernels.target import import_tvm
 from tvmlite.errors import InputError, TvmliteError
 
 FORMAT = 1
@@ -32,8 +32,9 @@ def _source_digest() -> str:
     """Changing an emitter or a schedule must invalidate cached builds."""
     h = hashlib.sha256()
     here = pathlib.Path(__file__).parent
-    for name in ("kernels.py", "schedules.py", "lower.py", "module.py", "target.py"):
-        h.update((here / name).read_bytes())
+    for path in sorted(here.rglob("*.py")):  # the emitters and kernels folders too
+        h.update(path.relative_to(here).as_posix().encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -45,8 +46,8 @@ def graph_key(model, input_shapes: dict, target: str) -> str:
     h.update(json.dumps(sorted((k, list(v)) for k, v in input_shapes.items())).encode())
     h.update(target.encode())
     h.update(_source_digest().encode())
-    from tvmlite.backends.tvm.schedules import min_parallel_work
-    from tvmlite.backends.tvm.target import host_threads
+    from tvmlite.backends.tvm.kernels.schedules import min_parallel_work
+    from tvmlite.backends.tvm.kernels.target import host_threads
 
     h.update(f"{min_parallel_work()}/{host_threads()}".encode())  # both change the schedules
     return h.hexdigest()[:24]
@@ -120,7 +121,7 @@ def plan_of(low) -> tuple[dict, dict]:
 def build_kernel(kd, target=None):
     """One kernel alone, compiled for ``target`` (default: this host): for benchmarks and tests of
     single kernels."""
-    from tvmlite.backends.tvm.target import host_target
+    from tvmlite.backends.tvm.kernels.target import host_target
 
     tvm = import_tvm()
     return tvm.compile(tvm.IRModule({"main": kd.func}), target=target or host_target())
@@ -287,7 +288,7 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
                   verbose: bool = False) -> CompiledModel:
     """Lower, schedule and build ``model`` for the host CPU (or take it from the cache)."""
     from tvmlite.backends.tvm.lower import lower
-    from tvmlite.backends.tvm.target import host_target, vector_lanes
+    from tvmlite.backends.tvm.kernels.target import host_target, vector_lanes
 
     model, shapes = _static_inputs(model, input_shapes)
     target = host_target()
@@ -325,7 +326,7 @@ def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes:
     the paths written. The files land together (in ``outputs``, a `tvmlite.outputs.Outputs`, when
     given): a failure half way, a full disk say, leaves none of them."""
     from tvmlite.backends.tvm.lower import lower
-    from tvmlite.backends.tvm.target import host_target, vector_lanes
+    from tvmlite.backends.tvm.kernels.target import host_target, vector_lanes
     from tvmlite.outputs import Outputs
 
     if outputs is None:

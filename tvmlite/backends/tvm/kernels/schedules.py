@@ -28,7 +28,7 @@ def worth_parallel(work: int) -> bool:
     descheduled thread), so small kernels run on one core. $TVMLITE_MIN_PARALLEL_WORK overrides."""
     import os
 
-    from tvmlite.backends.tvm.target import host_threads
+    from tvmlite.backends.tvm.kernels.target import host_threads
 
     if host_threads() < 2:
         return False
@@ -141,6 +141,10 @@ def parallel_outer(sch, loops):
 
 def finish_reduction(sch, block, loop):
     sch.decompose_reduction(block, loop)
+
+
+GEMM_STEPS = ["tile_for_cache", "pack_array", "write_cache", "vectorize_columns", "unroll_rows",
+              "parallel_outer", "finish_reduction"]
 
 
 def schedule_gemm(sch, acc: str, epilogue: str, tile: GemmTile, *, packs=(), producer=None,

@@ -1,0 +1,96 @@
+"""Gemm and MatMul: constant weights on the right make a dense GEMM with packed weights; constant
+weights on the left (lower-conv, Winograd) a batched GEMM with both operands packed; two runtime
+operands a batched MatMul."""
+from __future__ import annotations
+
+import numpy as np
+
+from tvmlite.backends.tvm.emitters.registry import emitter
+from tvmlite.backends.tvm.kernels.defs import EwOp
+from tvmlite.errors import UnsupportedError
+
+
+@emitter("Gemm")
+def emit_gemm(low, node) -> None:
+    a = node.attrs
+    A, B = node.inputs[0], node.inputs[1]
+    Cn = node.inputs[2] if len(node.inputs) > 2 else ""
+    w = low.const(B)
+    if w is None or low.const(A) is not None:
+        raise UnsupportedError("Gemm whose B is not constant")
+    if a.get("transB", 0):
+        w = w.T
+    w = w.astype(np.float64) * float(a.get("alpha", 1.0))
+    n_out = w.shape[1]
+    bias = None
+    extra = []
+    if Cn:
+        c = low.const(Cn)
+        if c is None:
+            extra = [("value", Cn)]
+        else:
+            c = c.astype(np.float64) * float(a.get("beta", 1.0))
+            if c.size == 1 or c.shape in ((n_out,), (1, n_out)):
+                bias = np.broadcast_to(c.reshape(-1), (n_out,)).astype(np.float32)
+            else:
+                extra = [("const", c.astype(np.float32))]
+    if extra and extra[0][0] == "value" and float(a.get("beta", 1.0)) != 1.0:
+        raise UnsupportedError("Gemm with beta != 1 and a runtime C")
+    out = node.outputs[0]
+    epi, final, labels = low.epilogue(node)
+    if extra:
+        op = EwOp("Add", [("value", Cn, low.shape(Cn)) if extra[0][0] == "value" else extra[0]])
+        epi.ops.insert(0, op)
+    _dense(low, node, A, low.shape(A), w.astype(np.float32), bias, final, low.shape(out), epi, labels,
+           trans_a=bool(a.get("transA", 0)))
+
+
+def _dense(low, node, A, a_shape, w, bias, final, out_shape, epi, labels, trans_a=False):
+    name = low.kernel_name(node)
+
+    def make():
+        from tvmlite.backends.tvm.kernels.gemm import dense_gemm
+
+        return dense_gemm(name, A, a_shape, w, bias, out_value=final, out_shape=out_shape,
+                          epilogue=epi, lanes=low.lanes, trans_a=trans_a)
+    low.add(make, node, final, labels)
+
+
+@emitter("MatMul")
+def emit_matmul(low, node) -> None:
+    A, B = node.inputs
+    w = low.const(B)
+    out = node.outputs[0]
+    a_shape = low.shape(A)
+    if w is not None and low.const(A) is None and w.ndim == 2 and len(a_shape) >= 2:
+        epi, final, labels = low.epilogue(node)
+        _dense(low, node, A, a_shape, w.astype(np.float32), None, final, low.shape(out), epi, labels)
+        return
+    a_const = low.const(A)
+    if a_const is not None and w is None:  # weights on the left (lower-conv, Winograd)
+        b_shape, o_shape = low.shape(B), low.shape(out)
+        if a_const.ndim < 2 or len(b_shape) < 2:
+            raise UnsupportedError("MatMul with 1-D operands")
+        epi, final, labels = low.epilogue(node)
+        name = low.kernel_name(node)
+        a32 = a_const.astype(np.float32)
+
+        def make_left():
+            from tvmlite.backends.tvm.kernels.gemm import const_a_batch_gemm
+
+            return const_a_batch_gemm(name, a32, B, b_shape, out_value=final, out_shape=o_shape,
+                                      epilogue=epi, lanes=low.lanes)
+        low.add(make_left, node, final, labels)
+        return
+    if w is not None or a_const is not None:
+        raise UnsupportedError("MatMul with a constant operand that is not a 2-D right-hand side")
+    epi, final, labels = low.epilogue(node)
+    name = low.kernel_name(node)
+    b_shape, o_shape = low.shape(B), low.shape(out)
+
+    def make():
+        from tvmlite.backends.tvm.kernels.gemm import batch_matmul
+
+        return batch_matmul(name, A, a_shape, B, b_shape, out_value=final, out_shape=o_shape,
+                            epilogue=epi, lanes=low.lanes)
+    low.add(make, node, final, labels)

@@ -1,0 +1,91 @@
+"""Data movement: views (Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout share their
+input's buffer, no kernel), Concat, Transpose, Slice."""
+from __future__ import annotations
+
+import numpy as np
+
+from tvmlite.backends.tvm.emitters.registry import emitter
+from tvmlite.errors import UnsupportedError
+
+VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
+
+
+@emitter(*VIEW_OPS, checks_dtype=True)
+def emit_view(low, node) -> None:
+    if node.op_type == "Dropout" and len([o for o in node.outputs if o and low.g.num_uses(o)]) > 1:
+        raise UnsupportedError("Dropout mask output")
+    out = node.outputs[0]
+    if int(np.prod(low.shape(out))) != int(np.prod(low.shape(node.inputs[0]))):
+        raise UnsupportedError("view changes the element count")
+    low.check_float(node)
+    src = node.inputs[0]
+    low.views[out] = low.views.get(src, src)
+
+
+@emitter("Concat")
+def emit_concat(low, node) -> None:
+    axis = int(node.attrs["axis"])
+    ins = []
+    for n in node.inputs:
+        c = low.const(n)
+        ins.append((c.astype(np.float32) if c is not None else n, low.shape(n)))
+    out = node.outputs[0]
+    out_shape = low.shape(out)
+    name = low.kernel_name(node)
+
+    def make():
+        from tvmlite.backends.tvm.kernels.tensor import concat
+
+        return concat(name, ins, axis=axis, out_value=out, out_shape=out_shape, lanes=low.lanes)
+    low.add(make, node, out)
+
+
+@emitter("Transpose")
+def emit_transpose(low, node) -> None:
+    x = node.inputs[0]
+    xs = low.shape(x)
+    perm = list(node.attrs.get("perm") or reversed(range(len(xs))))
+    out = node.outputs[0]
+    name = low.kernel_name(node)
+
+    def make():
+        from tvmlite.backends.tvm.kernels.tensor import transpose
+
+        return transpose(name, x, xs, perm, out_value=out, lanes=low.lanes)
+    low.add(make, node, out)
+
+
+@emitter("Slice")
+def emit_slice(low, node) -> None:
+    x = node.inputs[0]
+    xs = low.shape(x)
+    if low.opset < 10:
+        a = node.attrs
+        starts, ends = list(a["starts"]), list(a["ends"])
+        axes = list(a.get("axes") or range(len(starts)))
+        steps = [1] * len(starts)
+    else:
+        vals = [low.const(n) if n else None for n in list(node.inputs[1:]) + [""] * 3][:4]
+        if vals[0] is None or vals[1] is None or any(
+                n and v is None for n, v in zip(list(node.inputs[3:5]), vals[2:])):
+            raise UnsupportedError("non-constant starts/ends/axes/steps")
+        starts, ends = [int(v) for v in vals[0]], [int(v) for v in vals[1]]
+        axes = [int(v) for v in vals[2]] if vals[2] is not None else list(range(len(starts)))
+        steps = [int(v) for v in vals[3]] if vals[3] is not None else [1] * len(starts)
+    first = [0] * len(xs)
+    step_of = [1] * len(xs)
+    out_shape = list(xs)
+    for st, en, ax, sp in zip(starts, ends, axes, steps):
+        ax %= len(xs)
+        rng = range(*slice(st, en, sp).indices(xs[ax]))  # ONNX clamps like Python slicing
+        first[ax], step_of[ax], out_shape[ax] = (rng.start if len(rng) else 0), sp, len(rng)
+    out = node.outputs[0]
+    if tuple(out_shape) != low.shape(out) or 0 in out_shape:
+        raise UnsupportedError("empty slice")
+    name = low.kernel_name(node)
+
+    def make():
+        from tvmlite.backends.tvm.kernels.tensor import strided_slice
+
+        return strided_slice(name, x, xs, first, step_of, out_value=out, out_shape=out_shape, lanes=low.lanes)
+    low.add(make, node, out)

@@ -1,0 +1,18 @@
+"""TE computes for tvmlite's TVM backend, one builder per op family, each with its schedule.
+
+    defs.py        Param, KernelDef, EwOp, Epilogue, window_2d (no TVM: the lowering imports it)
+    target.py      the host CPU as a TVM target, TVM's thread pool, vector lanes
+    schedules.py   the named schedule steps (GEMM recipe, direct conv, parallel_vectorize)
+    builder.py     Builder: a kernel's placeholders and constants in parameter order
+    epilogue.py    fused elementwise ops applied on the way out of a kernel
+    gemm.py        dense GEMM, column GEMM, weights-on-the-left batched GEMM, batched MatMul
+    conv.py        direct conv, im2col + GEMM, depthwise, ConvTranspose (col2im)
+    pool.py        MaxPool / AveragePool, global pooling
+    reduce.py      Softmax / LogSoftmax, Reduce*, LRN
+    tensor.py      elementwise chains, Concat, Transpose, Slice, Resize
+    lowered.py     tvmlite's Im2Col, MecLower / MecMatMul, WinogradInput / WinogradOutput
+
+Window geometry comes as `tvmlite.ops.geometry.WindowGeometry` (2-D; `defs.window_2d` lifts a
+1-D window to unit height). Only float32 is emitted. Every module but `defs` and `target` imports
+TVM and is loaded only when a kernel is built; this package's own import loads nothing.
+"""

@@ -1,0 +1,286 @@
+"""Convolution kernels over NCHW, all taking a 2-D `WindowGeometry` (`defs.window_2d` lifts 1-D):
+the direct kernel (output channels x one row's pixels in registers, reading the padded input),
+im2col + GEMM (columns made per tile inside `gemm.column_gemm`), chosen per conv by the work each
+pads (`use_direct_conv`); depthwise conv as a per-channel stencil; ConvTranspose as a 1x1 GEMM
+plus a col2im gather."""
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from tvmlite.backends.tvm.kernels import schedules as S
+from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
+from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up
+from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.backends.tvm.kernels.gemm import column_gemm, conv_tile
+from tvmlite.ops.geometry import WindowGeometry
+
+
+def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeometry, *, out_value: str,
+                epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+    """Conv2D as im2col + GEMM (per group: the groups are a batch dim of the GEMM). The im2col
+    columns are packed [P/nr, K, nr] and made per column tile inside the GEMM; the weights are
+    packed [CO/mr, K, mr] at build time; bias and ``epilogue`` are applied to the register tile
+    on its way out."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    co, ci, kh, kw = w.shape
+    g = geom.group
+    sh, sw = geom.strides
+    dh, dw = geom.dilations
+    pt, pl = geom.pad_begin
+    oh, ow = geom.out_spatial
+    p, k = oh * ow, ci * kh * kw
+    # a 1x1, stride-1, unpadded conv reads its columns straight from the input rows
+    pointwise = geom.pointwise
+    tile = tile or conv_tile(co // g, p, lanes)
+    pp = round_up(p, tile.nr)
+    b = Builder(name)
+    X = b.input(x, (n, c, h * wd) if pointwise else (n, c, h, wd))
+    khw = kh * kw
+
+    def im2col(nn, gg, kk, j):
+        if pointwise:
+            v = X[nn, gg * ci + kk, tirx.min(j, p - 1)]
+            return v if pp == p else tirx.Select(j < p, v, tirx.const(0.0, F32))
+        cc, r = kk // khw, kk % khw
+        y = (j // ow) * sh - pt + (r // kw) * dh
+        xx = (j % ow) * sw - pl + (r % kw) * dw
+        inside = tirx.all(j < p, y >= 0, y < h, xx >= 0, xx < wd)
+        return tirx.if_then_else(inside, X[nn, gg * ci + cc, y, xx], tirx.const(0.0, F32))
+
+    return column_gemm(name, b, im2col, w.reshape(g, co // g, k), bias, out_shape=(n, co, oh, ow),
+                       out_value=out_value, epilogue=epilogue, lanes=lanes, tile=tile, steps=steps)
+
+
+def direct_tile(cog: int, ow: int, lanes: int) -> S.GemmTile:
+    """Register tile for the direct conv: ``nr`` output channels (SIMD lanes, up to two vectors)
+    by ``mr`` output pixels of one row. ``mr`` is the width (up to what the vector registers
+    hold beside the accumulators: 24 accumulator vectors) that pads the row least, the widest
+    among equals, so few multiply-adds are spent on columns past the row's end."""
+    nr = 2 * lanes if cog >= 2 * lanes else lanes
+    cap = max(1, 24 // (nr // lanes))
+    if ow <= cap:
+        return S.GemmTile(mr=ow, nr=nr)
+    lo = min(4, cap)
+    mr = min(range(lo, cap + 1), key=lambda m: (round_up(ow, m) - ow, -m))
+    return S.GemmTile(mr=mr, nr=nr)
+
+
+def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
+    """Whether `conv2d_direct` fits a conv better than im2col + GEMM, from the work each pads:
+    the direct kernel rounds the channels up to its vector tile and the row to its pixel tile,
+    the GEMM rounds the channels up to 8 rows and the pixels (all rows) up to 2 vectors; the
+    direct kernel is taken when it wastes no more, so it also saves the im2col gathers. Not for
+    a 1x1 stride-1 unpadded conv (a plain GEMM over the input rows), and not for a short
+    reduction (K < 8 vectors): the direct tile leaves through a transposing scalar write of its
+    mr x nr values, which only a long K hides."""
+    co, ci, kh, kw = (int(d) for d in w_shape)
+    cog = co // geom.group
+    if geom.pointwise or ci * kh * kw < 8 * lanes:
+        return False
+    oh, ow = geom.out_spatial
+    dt, gt = direct_tile(cog, ow, lanes), conv_tile(cog, oh * ow, lanes)
+    direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
+    gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
+    return direct >= gemm
+
+
+def conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeometry, *, out_value: str,
+           epilogue: Epilogue, lanes: int) -> KernelDef:
+    """Conv2D: direct (`conv2d_direct`) where `use_direct_conv` says so, else im2col + GEMM."""
+    fn = conv2d_direct if use_direct_conv(w.shape, geom, lanes) else conv2d_gemm
+    return fn(name, x, x_shape, w, bias, geom, out_value=out_value, epilogue=epilogue, lanes=lanes)
+
+
+def zero_padded(X, x_shape, padded_hw, top: int, left: int):
+    """X [n, c, h, w] placed at (top, left) in a zero plane of ``padded_hw`` (the "pad" stage
+    conv kernels read instead of bounds-checking every tap)."""
+    n, c, h, wd = x_shape
+    hp, wp = padded_hw
+    return te.compute((n, c, hp, wp), lambda nn, cc, y, xx: tirx.if_then_else(
+        tirx.all(y >= top, y < top + h, xx >= left, xx < left + wd), X[nn, cc, y - top, xx - left],
+        tirx.const(0.0, F32)), name="pad")
+
+
+def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeometry, *, out_value: str,
+                  epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+    """Conv2D without im2col columns: the register tile is nr output channels (vector lanes) by
+    mr pixels of one output row; per (input channel, ky, kx) it loads nr packed weights and
+    broadcasts mr input pixels read straight from the zero-padded input (strided for a strided
+    conv). Nothing of size K x P is made, no gathers, and the pixel tile follows the row width,
+    so small outputs (7x7) are not padded to a vector of pixels. Weights are packed
+    [G, CO/nr, CI, KH, KW, nr] at build time; bias and ``epilogue`` are applied on the way out."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    co, ci, kh, kw = (int(d) for d in w.shape)
+    g = geom.group
+    cog = co // g
+    sh, sw = geom.strides
+    dh, dw = geom.dilations
+    pt, pl, pb, pr = geom.pads
+    oh, ow = geom.out_spatial
+    tile = tile or direct_tile(cog, ow, lanes)
+    mr, nr = int(tile.mr), int(tile.nr)
+    cop, owp = round_up(cog, nr), round_up(ow, mr)
+    # padded plane: the pads plus the columns read by the last pixel tile's padding
+    hp = max(h + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(wd + pl + pr, (owp - 1) * sw + (kw - 1) * dw + 1)
+    b = Builder(name)
+    X = b.input(x, (n, c, h, wd))
+    wmat = np.zeros((g, cop, ci, kh, kw), np.float32)
+    wmat[:, :cog] = w.reshape(g, cog, ci, kh, kw)
+    packing = steps is None or "pack_array" in steps
+    W = b.const(pack_direct_weights(wmat, nr) if packing else wmat, (g, cop, ci, kh, kw))
+    w_index = len(b.params) - 1
+    B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
+    apply = bind_epilogue(epilogue, b, (n, co, oh, ow))
+
+    pad = zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
+    rc = te.reduce_axis((0, ci), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    # channels last: the register tile [mr, nr] has its vector lanes contiguous
+    acc = te.compute((n, g, oh, owp, cop), lambda nn, gg, y, xx, i: te.sum(
+        pad[nn, gg * ci + rc, y * sh + ry * dh, xx * sw + rx * dw] * W[gg, i, rc, ry, rx], axis=[rc, ry, rx]),
+        name="acc")
+
+    def out(nn, gg, cc, y, xx):
+        v = acc[nn, gg, y, xx, cc]
+        if B is not None:
+            v = v + B[gg, cc]
+        return apply(v, (nn, gg * cog + cc, y, xx))
+
+    Y = te.compute((n, g, cog, oh, ow), out, name="epilogue")
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    S.schedule_direct_conv(sch, "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
+                           parallel=S.worth_parallel(n * co * oh * ow * ci * kh * kw))
+    params = b.params
+    if packing:
+        params[w_index].shape = params[w_index].array.shape
+    return KernelDef(name, params, sch.mod["main"], steps=direct_step_names(steps))
+
+
+def pack_direct_weights(wmat: np.ndarray, nr: int) -> np.ndarray:
+    """[G, CO, CI, KH, KW] -> [G, CO/nr, CI, KH, KW, nr] (`S.pack_direct_weights`' layout)."""
+    g, cop, ci, kh, kw = wmat.shape
+    return np.ascontiguousarray(wmat.reshape(g, cop // nr, nr, ci, kh, kw).transpose(0, 1, 3, 4, 5, 2))
+
+
+def direct_step_names(steps) -> list[str]:
+    return [s for s in S.DIRECT_CONV_STEPS if steps is None or s in steps]
+
+
+def depthwise_conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeometry, *, out_value: str,
+                     epilogue: Epilogue, lanes: int) -> KernelDef:
+    """Conv with group == input channels: per channel a small 2-D stencil. The padded plane is
+    made per channel (compute_at) so the inner loop reads without bounds checks; a row of
+    outputs is accumulated in vector registers (write cache) and written through the epilogue."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    co, _, kh, kw = w.shape
+    mult = co // c
+    sh, sw = geom.strides
+    dh, dw = geom.dilations
+    pt, pl, pb, pr = geom.pads
+    oh, ow = geom.out_spatial
+    hp, wp = h + pt + pb, wd + pl + pr
+    b = Builder(name)
+    X = b.input(x, (n, c, h, wd))
+    W = b.const(w.reshape(co, kh, kw))
+    B = b.const(np.asarray(bias, np.float32).reshape(co), label="bias") if bias is not None else None
+    apply = bind_epilogue(epilogue, b, (n, co, oh, ow))
+    pad = zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    acc = te.compute((n, co, oh, ow), lambda nn, cc, y, xx: te.sum(
+        pad[nn, cc // mult, y * sh + ry * dh, xx * sw + rx * dw] * W[cc, ry, rx], axis=[ry, rx]), name="acc")
+
+    def out(nn, cc, y, xx):
+        v = acc[nn, cc, y, xx]
+        if B is not None:
+            v = v + B[cc]
+        return apply(v, (nn, cc, y, xx))
+
+    Y = te.compute((n, co, oh, ow), out, name="epilogue")
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    blk = sch.get_sblock("acc")
+    nl, cl, yl, xl, ryl, rxl = sch.get_loops(blk)
+    vec = lanes if ow >= lanes else ow
+    xo, xi = sch.split(xl, factors=[None, int(vec)])
+    sch.reorder(nl, cl, yl, xo, ryl, rxl, xi)
+    S.write_cache(sch, blk, sch.get_sblock("epilogue"), xo)
+    sch.vectorize(xi)
+    sch.vectorize(sch.get_loops(sch.get_sblock("epilogue"))[-1])
+    if mult == 1:
+        sch.compute_at(sch.get_sblock("pad"), cl)
+    if S.worth_parallel(n * co * oh * ow * kh * kw):
+        S.parallel_outer(sch, [nl, cl])
+    sch.decompose_reduction(blk, ryl)
+    return KernelDef(name, b.params, sch.mod["main"],
+                     steps=["tile_for_cache", "write_cache", "vectorize_columns", "parallel_outer"])
+
+
+def conv_transpose_gemm_weights(w: np.ndarray, group: int) -> np.ndarray:
+    """ConvTranspose weights [C, M/g, *k] as the weights of a grouped 1x1 conv producing the
+    columns [N, M*K, H, W]: column channel (m*K + tap) of group g is W[g*Cg + c, m, tap] summed
+    over c, i.e. the transposed per-group matrix."""
+    c, mg = w.shape[:2]
+    k = int(np.prod(w.shape[2:]))
+    cg = c // group
+    wt = w.reshape(group, cg, mg * k).transpose(0, 2, 1)
+    return np.ascontiguousarray(wt.reshape(group * mg * k, cg, 1, 1), dtype=np.float32)
+
+
+def col2im(name: str, cols: str, cols_shape, bias, geom: WindowGeometry, *, out_value: str, epilogue: Epilogue,
+           lanes: int) -> KernelDef:
+    """The second half of ConvTranspose: every output pixel gathers the column entries of the
+    taps that land on it (scatter-add turned into a gather, so no two threads write one pixel),
+    adds the bias and applies ``epilogue``. ``cols`` is [N, M*K, H, W] (`conv2d_gemm` with
+    `conv_transpose_gemm_weights`); ``geom`` is the transposed conv's window from the columns'
+    H, W to its output, read for kernel, strides, dilations and the begin pads (negative: the
+    output starts before the first tap)."""
+    n, mk, h, wd = (int(d) for d in cols_shape)
+    kh, kw = geom.kernel
+    sh, sw = geom.strides
+    dh, dw = geom.dilations
+    pt, pl = geom.pad_begin
+    m = mk // (kh * kw)
+    out_shape = (n, m) + tuple(geom.out_spatial)
+    assert mk == m * kh * kw, (cols_shape, geom)
+    b = Builder(name)
+    X = b.input(cols, (n, mk, h, wd))
+    B = b.const(np.asarray(bias, np.float32).reshape(m), label="bias") if bias is not None else None
+    apply = bind_epilogue(epilogue, b, out_shape)
+    zero = tirx.const(0.0, F32)
+    # stride = kernel, no dilation (2x2 stride-2 upsampling): exactly one tap per pixel
+    disjoint = (kh, kw) == (sh, sw) and dh == dw == 1
+
+    def read(nn, mm, ty, tx, ky, kx):
+        iy, ix = ty // sh, tx // sw  # floor division: ty may be negative
+        ok = tirx.all(ty >= 0, iy < h, tx >= 0, ix < wd)
+        if not disjoint:
+            ok = tirx.all(ok, ty % sh == 0, tx % sw == 0)
+        ch = mm * (kh * kw) + ky * kw + kx
+        v = X[nn, ch, tirx.min(tirx.max(iy, 0), h - 1), tirx.min(tirx.max(ix, 0), wd - 1)]
+        return tirx.if_then_else(ok, v, zero)
+
+    def out(nn, mm, oy, ox):
+        py, px = oy + pt, ox + pl
+        if disjoint:
+            v = read(nn, mm, py, px, py % sh, px % sw)
+        else:  # few taps (a kernel's area): unrolled, so the block stays purely spatial
+            v = None
+            for ky in range(kh):
+                for kx in range(kw):
+                    t = read(nn, mm, py - ky * dh, px - kx * dw, ky, kx)
+                    v = t if v is None else v + t
+        if B is not None:
+            v = v + B[mm]
+        return apply(v, (nn, mm, oy, ox))
+
+    Y = te.compute(out_shape, out, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    S.parallel_vectorize(sch, "ew", lanes,
+                         parallel=S.worth_parallel(int(np.prod(out_shape)) * (1 if disjoint else kh * kw)))
+    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])

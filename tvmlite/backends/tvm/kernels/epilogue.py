@@ -1,0 +1,128 @@
+"""Epilogues: the elementwise ops fused into a kernel (bias, BN, activation, residual add),
+applied to the value on its way out of the register tile, so their data never makes a round trip
+through memory."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tvm import tirx
+
+from tvmlite.backends.tvm.kernels.builder import F32, Builder
+from tvmlite.backends.tvm.kernels.defs import Epilogue, unflatten
+
+
+UNARY = {
+    "Relu": lambda x, a: tirx.max(x, tirx.const(0.0, F32)),
+    "LeakyRelu": lambda x, a: tirx.Select(x >= 0, x, x * tirx.const(a.get("alpha", 0.01), F32)),
+    "Sigmoid": lambda x, a: tirx.sigmoid(x),
+    "Tanh": lambda x, a: tirx.tanh(x),
+    "Exp": lambda x, a: tirx.exp(x),
+    "Log": lambda x, a: tirx.log(x),
+    "Sqrt": lambda x, a: tirx.sqrt(x),
+    "Abs": lambda x, a: tirx.abs(x),
+    "Neg": lambda x, a: -x,
+    "Reciprocal": lambda x, a: tirx.const(1.0, F32) / x,
+    "Erf": lambda x, a: tirx.erf(x),
+    "Floor": lambda x, a: tirx.floor(x),
+    "Ceil": lambda x, a: tirx.ceil(x),
+    "Identity": lambda x, a: x,
+    "HardSigmoid": lambda x, a: tirx.max(tirx.const(0.0, F32), tirx.min(
+        tirx.const(1.0, F32), x * tirx.const(a.get("alpha", 0.2), F32) + tirx.const(a.get("beta", 0.5), F32))),
+    "HardSwish": lambda x, a: x * tirx.max(tirx.const(0.0, F32), tirx.min(
+        tirx.const(1.0, F32), x * tirx.const(1.0 / 6.0, F32) + tirx.const(0.5, F32))),
+    "Clip": lambda x, a: _clip(x, a.get("min"), a.get("max")),
+    "Elu": lambda x, a: tirx.Select(x >= 0, x, tirx.const(a.get("alpha", 1.0), F32) * (tirx.exp(x) - 1)),
+    "Softplus": lambda x, a: tirx.log(tirx.exp(x) + tirx.const(1.0, F32)),
+    "Gelu": lambda x, a: x * tirx.const(0.5, F32) * (tirx.const(1.0, F32) + tirx.erf(x * tirx.const(1 / math.sqrt(2), F32))),
+}
+
+BINARY = {
+    "Add": lambda x, y: x + y,
+    "Sum": lambda x, y: x + y,
+    "Sub": lambda x, y: x - y,
+    "Mul": lambda x, y: x * y,
+    "Div": lambda x, y: x / y,
+    "Max": lambda x, y: tirx.max(x, y),
+    "Min": lambda x, y: tirx.min(x, y),
+    "Pow": lambda x, y: tirx.power(x, y),
+    "PRelu": lambda x, y: tirx.Select(x >= 0, x, x * y),
+}
+
+
+def _clip(x, lo, hi):
+    if lo is not None:
+        x = tirx.max(x, tirx.const(float(lo), F32))
+    if hi is not None:
+        x = tirx.min(x, tirx.const(float(hi), F32))
+    return x
+
+
+def bind_epilogue(epilogue: Epilogue, b: Builder, out_shape: tuple):
+    """Placeholders for the epilogue's operands (made once, in parameter order) -> a function
+    applying the chain to a value at ONNX index ``idx`` of ``out_shape``."""
+    bound = []
+    for op in epilogue.ops:
+        args = []
+        for kind, *rest in op.operands:
+            if kind == "value":
+                name, shape = rest
+                args.append(("t", b.input(name, shape), tuple(shape)))
+            else:
+                arr = np.asarray(rest[0], dtype=np.float32)
+                if arr.size == 1:
+                    args.append(("s", float(arr.reshape(-1)[0]), ()))
+                else:
+                    shape = _trim_ones(arr.shape)
+                    args.append(("t", b.const(arr.reshape(shape), label="c"), shape))
+        bound.append((op, args))
+    out_shape = tuple(int(d) for d in out_shape)
+
+    def apply(x, idx):
+        spaces = {}
+        for op, args in bound:
+            if op.op in UNARY:
+                x = UNARY[op.op](x, op.attrs)
+                continue
+            fn = BINARY[op.op]
+            shape = tuple(op.shape) if op.shape is not None else out_shape
+            if shape not in spaces:
+                spaces[shape] = tuple(idx) if shape == out_shape else _reindex(tuple(idx), out_shape, shape)
+            vals = [broadcast_read(a, spaces[shape], len(shape)) for a in args]
+            if len(vals) != 1:  # variadic Sum/Max/Min
+                for v in vals:
+                    x = fn(x, v)
+                continue
+            (y,) = vals
+            x = fn(x, y) if op.first == 0 else fn(y, x)
+        return x
+    return apply
+
+
+def _reindex(idx, shape, view):
+    """Index into ``view`` (a reshape of ``shape``) of element ``idx`` of ``shape``: the common
+    leading dims are kept, the rest flattened and unflattened (so a split of the last dim, the
+    usual case, costs one div/mod)."""
+    lead = 0
+    while lead < min(len(shape), len(view)) and shape[lead] == view[lead]:
+        lead += 1
+    flat = 0
+    for i, d in zip(idx[lead:], shape[lead:]):
+        flat = flat * d + i
+    return tuple(idx[:lead]) + unflatten(flat, view[lead:])
+
+
+def _trim_ones(shape):
+    shape = tuple(int(d) for d in shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def broadcast_read(arg, idx, rank):
+    kind, t, shape = arg
+    if kind == "s":
+        return tirx.const(t, F32)
+    off = rank - len(shape)
+    ix = [0 if d == 1 else idx[off + i] for i, d in enumerate(shape)]
+    return t[tuple(ix)]

@@ -1,0 +1,219 @@
+"""GEMM kernels with the named schedule steps of `schedules.schedule_gemm`: dense GEMM (Gemm,
+MatMul with constant weights on the right), the column GEMM that convolutions lowered to columns
+share (conv's im2col, MEC), the weights-on-the-left batched GEMM of lower-conv and Winograd, and
+the batched MatMul of two runtime tensors."""
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from tvmlite.backends.tvm.kernels import schedules as S
+from tvmlite.backends.tvm.kernels.builder import Builder, schedule
+from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up, unflatten
+from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.errors import UnsupportedError
+
+
+def conv_tile(co: int, p: int, lanes: int) -> S.GemmTile:
+    """Register tile for Y[co, p] = W[co, k] cols[k, p]: up to 8 rows x 2 vectors of columns."""
+    nr = 2 * lanes if p >= 2 * lanes else lanes
+    mr = 8 if co >= 8 else co
+    return S.GemmTile(mr=mr, nr=nr)
+
+
+def column_gemm(name: str, b: Builder, columns, w: np.ndarray, bias, *, out_shape, out_value: str,
+                epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+    """Y[n, g*CoG + co, p] = W[g, co, k] @ columns(n, g, k, p) (+ bias) then ``epilogue``, for
+    convolutions lowered to a GEMM over columns made on the fly: ``columns(n, g, k, j)`` gives
+    column entry (k, j) of image n, group g, for j up to P rounded to the tile (past P: any
+    value read from valid memory). ``out_shape`` is NC + spatial, P the spatial size. The
+    columns are packed [P/nr, K, nr] per column tile inside the GEMM; W is packed [CoG/mr, K, mr]
+    at build time. The caller has made ``b``'s input placeholders."""
+    g, cog, k = (int(d) for d in w.shape)
+    n, co = int(out_shape[0]), int(out_shape[1])
+    spatial = tuple(int(d) for d in out_shape[2:])
+    p = int(np.prod(spatial))
+    tile = tile or conv_tile(cog, p, lanes)
+    cop, pp = round_up(cog, tile.mr), round_up(p, tile.nr)
+    wmat = np.zeros((g, cop, k), np.float32)
+    wmat[:, :cog] = w
+    packing = steps is None or "pack_array" in steps
+    W = b.const(S.pack_host_array(wmat, tile.mr, along="rows", leading=1) if packing else wmat, (g, cop, k))
+    w_index = len(b.params) - 1
+    B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
+    apply = bind_epilogue(epilogue, b, (n, co) + spatial)
+
+    cols = te.compute((n, g, k, pp), columns, name="im2col")
+    r = te.reduce_axis((0, k), name="k")
+    acc = te.compute((n, g, cop, pp), lambda nn, gg, i, j: te.sum(W[gg, i, r] * cols[nn, gg, r, j], axis=r),
+                     name="acc")
+
+    def out(nn, gg, cc, j):
+        v = acc[nn, gg, cc, j]
+        if B is not None:
+            v = v + B[gg, cc]
+        return apply(v, (nn, gg * cog + cc) + unflatten(j, spatial))
+
+    Y = te.compute((n, g, cog, p), out, name="epilogue")  # the NC... output, channels split by group
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    S.schedule_gemm(sch, "acc", "epilogue", tile, producer="im2col", parallel=S.worth_parallel(n * co * p * k),
+                    packs=[("acc", ("read", 0), "rows", 1), ("im2col", ("write", 0), "cols", 2)],
+                    steps=steps)
+    params = b.params
+    if packing:  # the transform changed the parameter's shape to the packed one
+        params[w_index].shape = params[w_index].array.shape
+    return KernelDef(name, params, sch.mod["main"], steps=gemm_step_names(steps))
+
+
+def dense_tile(m: int, nn: int, lanes: int) -> S.GemmTile:
+    nr = 2 * lanes if nn >= 2 * lanes else lanes
+    mr = 8 if m >= 8 else m
+    return S.GemmTile(mr=mr, nr=nr)
+
+
+def dense_gemm(name: str, a: str, a_shape, w: np.ndarray, bias, *, out_value: str, out_shape,
+               epilogue: Epilogue, lanes: int, trans_a: bool = False, tile: S.GemmTile | None = None,
+               steps=None) -> KernelDef:
+    """Y[m, n] = A[m, k] @ W[k, n] (+ bias[n]) then ``epilogue``; W is a constant packed
+    [N/nr, K, nr]. Leading dims of A (MatMul on [.., M, K]) fold into M."""
+    a_shape = tuple(int(d) for d in a_shape)
+    if trans_a:
+        k, m = a_shape
+    else:
+        k = a_shape[-1]
+        m = int(np.prod(a_shape[:-1])) if len(a_shape) > 1 else 1
+    kw_, nn = w.shape
+    assert kw_ == k, (a_shape, w.shape)
+    tile = tile or dense_tile(m, nn, lanes)
+    mp, np_ = round_up(m, tile.mr), round_up(nn, tile.nr)
+    b = Builder(name)
+    A = b.input(a, (k, m) if trans_a else (m, k))
+    wpad = np.zeros((k, np_), np.float32)
+    wpad[:, :nn] = w
+    packing = steps is None or "pack_array" in steps
+    W = b.const(S.pack_host_array(wpad, tile.nr, along="cols") if packing else wpad, (k, np_))
+    w_index = len(b.params) - 1
+    B = b.const(np.asarray(bias, np.float32).reshape(nn), label="bias") if bias is not None else None
+    out_shape = tuple(int(d) for d in out_shape)
+    apply = bind_epilogue(epilogue, b, out_shape)
+    r = te.reduce_axis((0, k), name="k")
+    last = m - 1
+
+    def a_at(i, kk):  # rows past M (tile padding) read row M-1: valid memory, result dropped
+        return A[kk, tirx.min(i, last)] if trans_a else A[tirx.min(i, last), kk]
+
+    acc = te.compute((mp, np_), lambda i, j: te.sum(a_at(i, r) * W[r, j], axis=r), name="acc")
+    lead = out_shape[:-1]
+
+    def out(i, j):
+        v = acc[i, j]
+        if B is not None:
+            v = v + B[j]
+        return apply(v, unflatten(i, lead) + (j,))
+
+    Y = te.compute((m, nn), out, name="epilogue")
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    S.schedule_gemm(sch, "acc", "epilogue", tile, packs=[("acc", ("read", 1), "cols", 0)],
+                    parallel=S.worth_parallel(m * nn * k),
+                    parallel_rows=m > tile.mr, steps=steps)
+    params = b.params
+    params[-1].shape = (m, nn)
+    if packing:
+        params[w_index].shape = params[w_index].array.shape
+    return KernelDef(name, params, sch.mod["main"], steps=gemm_step_names(steps))
+
+
+def batch_matmul(name: str, a: str, a_shape, bname: str, b_shape, *, out_value: str, out_shape,
+                 epilogue: Epilogue, lanes: int) -> KernelDef:
+    """MatMul of two runtime tensors [.., M, K] @ [.., K, N] with broadcast batch dims."""
+    out_shape = tuple(int(d) for d in out_shape)
+    a_shape, b_shape = tuple(int(d) for d in a_shape), tuple(int(d) for d in b_shape)
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        raise UnsupportedError("MatMul with 1-D operands")
+    k = a_shape[-1]
+    b = Builder(name)
+    A = b.input(a, a_shape)
+    Bt = b.input(bname, b_shape)
+    apply = bind_epilogue(epilogue, b, out_shape)
+    r = te.reduce_axis((0, k), name="k")
+    rank = len(out_shape)
+
+    def read(t, shape, idx, last2):
+        off = rank - len(shape)
+        ix = [0 if shape[i] == 1 else idx[off + i] for i in range(len(shape) - 2)]
+        return t[tuple(ix) + last2]
+
+    acc = te.compute(out_shape, lambda *idx: te.sum(
+        read(A, a_shape, idx, (idx[-2], r)) * read(Bt, b_shape, idx, (r, idx[-1])), axis=r), name="acc")
+    Y = te.compute(out_shape, lambda *idx: apply(acc[idx], idx), name="epilogue")
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    blk = sch.get_sblock("acc")
+    loops = sch.get_loops(blk)
+    *outer, i, j, kk = loops
+    sch.set_scope(blk, 0, "local")
+    sch.reverse_compute_at(sch.get_sblock("epilogue"), j)
+    if outer and S.worth_parallel(int(np.prod(out_shape)) * k):
+        S.parallel_outer(sch, outer + [i])
+    sch.decompose_reduction(blk, kk)
+    return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])
+
+
+def const_a_batch_gemm(name: str, a: np.ndarray, bname: str, b_shape, *, out_value: str, out_shape,
+                       epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+    """Y[..., M, N] = A[..., M, K] @ B[..., K, N] with A constant and batch dims broadcast (the
+    GEMMs of lower-conv and Winograd: weights on the left, columns/tiles on the right). The
+    batch dims are flattened into one loop; A is packed [Ba, M/mr, K, mr] at build time; B's
+    columns are packed [bt, N/nr, K, nr] per column tile inside the GEMM (as conv's im2col)."""
+    out_shape = tuple(int(d) for d in out_shape)
+    b_shape = tuple(int(d) for d in b_shape)
+    m, k = (int(d) for d in a.shape[-2:])
+    nn = b_shape[-1]
+    batch = out_shape[:-2]
+    bt = int(np.prod(batch)) if batch else 1
+    a_batch, b_batch = tuple(a.shape[:-2]), b_shape[:-2]
+    tile = tile or conv_tile(m, nn, lanes)
+    mp, np_ = round_up(m, tile.mr), round_up(nn, tile.nr)
+    b = Builder(name)
+    ba = int(np.prod(a_batch)) if a_batch else 1
+    apad = np.zeros((ba, mp, k), np.float32)
+    apad[:, :m] = np.asarray(a, np.float32).reshape(ba, m, k)
+    packing = steps is None or "pack_array" in steps
+    A = b.const(S.pack_host_array(apad, tile.mr, along="rows", leading=1) if packing else apad, (ba, mp, k))
+    a_index = len(b.params) - 1
+    bb = int(np.prod(b_batch)) if b_batch else 1
+    Bt = b.input(bname, (bb, k, nn))
+    apply = bind_epilogue(epilogue, b, out_shape)
+
+    def flat_index(idx, dims):
+        """Flat index into a broadcast operand with batch ``dims`` (aligned right) of batch ``idx``."""
+        off = len(batch) - len(dims)
+        flat = 0
+        for i, d in enumerate(dims):
+            if d != 1:
+                flat = flat * d + idx[off + i]
+            # a broadcast dim contributes nothing
+        return flat
+
+    def split(t):
+        return unflatten(t, batch) if batch else ()
+
+    pack = te.compute((bt, k, np_), lambda t, kk, j: Bt[flat_index(split(t), b_batch), kk, tirx.min(j, nn - 1)],
+                      name="pack")
+    r = te.reduce_axis((0, k), name="k")
+    acc = te.compute((bt, mp, np_), lambda t, i, j: te.sum(A[flat_index(split(t), a_batch), i, r] * pack[t, r, j],
+                                                          axis=r), name="acc")
+    Y = te.compute((bt, m, nn), lambda t, i, j: apply(acc[t, i, j], split(t) + (i, j)), name="epilogue")
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    S.schedule_gemm(sch, "acc", "epilogue", tile, producer="pack", parallel=S.worth_parallel(bt * m * nn * k),
+                    packs=[("acc", ("read", 0), "rows", 1), ("pack", ("write", 0), "cols", 1)], steps=steps)
+    if packing:
+        b.params[a_index].shape = b.params[a_index].array.shape
+    return KernelDef(name, b.params, sch.mod["main"], steps=gemm_step_names(steps))
+
+
+def gemm_step_names(steps) -> list[str]:
+    return [s for s in S.GEMM_STEPS if steps is None or s in steps]

@@ -1,0 +1,108 @@
+"""Pooling kernels: windowed MaxPool / AveragePool (a `WindowGeometry`, ceil_mode and
+count_include_pad included) and global pooling, each accumulating in registers and writing
+through the epilogue."""
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from tvmlite.backends.tvm.kernels import schedules as S
+from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
+from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
+from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.ops.geometry import WindowGeometry
+
+
+def pool2d(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, count_include_pad: bool,
+           out_value: str, epilogue: Epilogue, lanes: int) -> KernelDef:
+    """MaxPool / AveragePool over NCHW (the geometry's output accounts for ceil_mode)."""
+    n, c, h, wd = (int(d) for d in x_shape)
+    oh, ow = geom.out_spatial
+    kh, kw = geom.kernel
+    sh, sw = geom.strides
+    dh, dw = geom.dilations
+    pads = geom.pads
+    pt, pl = pads[0], pads[1]
+    b = Builder(name)
+    X = b.input(x, (n, c, h, wd))
+    apply = bind_epilogue(epilogue, b, (n, c, oh, ow))
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def at(nn, cc, y, xx):
+        iy, ix = y * sh - pt + ry * dh, xx * sw - pl + rx * dw
+        return tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd), iy, ix
+
+    if kind == "max":
+        def red(nn, cc, y, xx):
+            ok, iy, ix = at(nn, cc, y, xx)
+            return te.max(tirx.if_then_else(ok, X[nn, cc, iy, ix], tirx.min_value(F32)), axis=[ry, rx])
+    else:
+        def red(nn, cc, y, xx):
+            ok, iy, ix = at(nn, cc, y, xx)
+            return te.sum(tirx.if_then_else(ok, X[nn, cc, iy, ix], tirx.const(0.0, F32)), axis=[ry, rx])
+    acc = te.compute((n, c, oh, ow), red, name="acc")
+
+    def count(y, xx):
+        if count_include_pad:  # pads count, the part past the end added by ceil_mode does not
+            y0, x0 = y * sh - pt, xx * sw - pl
+            y1 = tirx.min(y0 + (kh - 1) * dh + 1, h + pads[2])
+            x1 = tirx.min(x0 + (kw - 1) * dw + 1, wd + pads[3])
+            ny = (y1 - y0 + dh - 1) // dh
+            nx = (x1 - x0 + dw - 1) // dw
+            return (ny * nx).astype(F32)
+        def valid(o, s, p_, d, k_, lim):
+            start = o * s - p_
+            # taps start + t*d inside [0, lim): count over t in [0, k_)
+            lo = tirx.max((-start + d - 1) // d, 0)
+            hi = tirx.min((lim - 1 - start) // d + 1, k_)
+            return tirx.max(hi - lo, 0)
+        return (valid(y, sh, pt, dh, kh, h) * valid(xx, sw, pl, dw, kw, wd)).astype(F32)
+
+    def out(nn, cc, y, xx):
+        v = acc[nn, cc, y, xx]
+        if kind != "max":
+            v = v / count(y, xx)
+        return apply(v, (nn, cc, y, xx))
+
+    Y = te.compute((n, c, oh, ow), out, name="epilogue")
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    blk = sch.get_sblock("acc")
+    loops = sch.get_loops(blk)
+    S.write_cache(sch, blk, sch.get_sblock("epilogue"), loops[3])
+    if S.worth_parallel(n * c * oh * ow * kh * kw):
+        S.parallel_outer(sch, loops[:3] if n * c * oh >= 2 else loops[:2])
+    return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])
+
+
+def global_pool(name: str, x: str, x_shape, *, kind: str, out_value: str, epilogue: Epilogue,
+                lanes: int) -> KernelDef:
+    shape = tuple(int(d) for d in x_shape)
+    n, c, spatial = shape[0], shape[1], shape[2:]
+    size = int(np.prod(spatial))
+    b = Builder(name)
+    X = b.input(x, (n, c, size))
+    out_shape = (n, c) + (1,) * len(spatial)
+    apply = bind_epilogue(epilogue, b, out_shape)
+    r = te.reduce_axis((0, size), name="r")
+    if kind == "max":
+        acc = te.compute((n, c), lambda nn, cc: te.max(X[nn, cc, r], axis=r), name="acc")
+    else:
+        acc = te.compute((n, c), lambda nn, cc: te.sum(X[nn, cc, r], axis=r), name="acc")
+    scale = 1.0 / size
+
+    def out(nn, cc):
+        v = acc[nn, cc] if kind == "max" else acc[nn, cc] * tirx.const(scale, F32)
+        return apply(v, (nn, cc) + (0,) * len(spatial))
+
+    Y = te.compute((n, c), out, name="epilogue")
+    func = b.finish([(out_value, Y)])
+    b.params[-1].shape = (n, c)
+    sch = schedule(func)
+    blk = sch.get_sblock("acc")
+    loops = sch.get_loops(blk)
+    S.write_cache(sch, blk, sch.get_sblock("epilogue"), loops[1])
+    if S.worth_parallel(n * c * size):
+        S.parallel_outer(sch, loops[:2])
+    return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])

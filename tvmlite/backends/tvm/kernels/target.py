@@ -1,0 +1,69 @@
+"""The host CPU as a TVM target, and TVM's thread pool sized to the cores we may use.
+
+TVM 0.27 rejects option strings ("llvm -mcpu=..."), wants the dict form, and reads
+TVM_NUM_THREADS only when its runtime first starts; `"mcpu": "native"` silently gives generic code
+without AVX-512. So the CPU name comes from LLVM's own host detection (Target.from_device).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+
+def host_threads() -> int:
+    """Threads for TVM's pool: $TVMLITE_THREADS, else the cores this process may run on."""
+    env = os.environ.get("TVMLITE_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def import_tvm():
+    """Import TVM with its thread pool sized first (TVM's default is half the hardware threads)."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(host_threads()))
+    # TVM pins its workers to cores by default; on a shared machine a pinned worker waits for its
+    # core while another is idle, and every parallel loop waits for the slowest worker
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    try:
+        import tvm  # noqa: F401
+        from tvm import te, s_tir  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - a missing or broken install: say so in one line
+        from tvmlite.errors import UnsupportedError
+
+        raise UnsupportedError(f"the TVM backend needs apache-tvm 0.27 (import failed: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return tvm
+
+
+@functools.lru_cache(maxsize=None)
+def host_cpu() -> str:
+    """LLVM's name for this CPU (e.g. znver4, sapphirerapids); $TVMLITE_MCPU overrides it."""
+    if os.environ.get("TVMLITE_MCPU"):
+        return os.environ["TVMLITE_MCPU"]
+    tvm = import_tvm()
+    return str(tvm.target.Target.from_device(tvm.cpu()).attrs.get("mcpu", "")) or "x86-64-v3"
+
+
+@functools.lru_cache(maxsize=None)
+def host_target():
+    tvm = import_tvm()
+    return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": host_threads()})
+
+
+def vector_lanes() -> int:
+    """float32 lanes of the widest vector unit: 16 with AVX-512, 8 with AVX2."""
+    cpu = host_cpu()
+    avx512 = ("skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake", "rocketlake",
+              "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5", "cannonlake",
+              "alderlake-avx512", "x86-64-v4")
+    if any(cpu.startswith(p) for p in avx512):
+        return 16
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return 16 if " avx512f" in flags else 8
+    except OSError:
+        return 8
