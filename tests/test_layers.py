@@ -20,16 +20,11 @@ KNOWN_UPWARD: set[tuple[str, str]] = {
     ("tvmlite.ir.shapes", "tvmlite.export.onnx_export"),
     ("tvmlite.ir.shapes", "tvmlite.ops.registry"),
     ("tvmlite.passes.base", "tvmlite.analysis"),
-    ("tvmlite.passes.conv_choice", "tvmlite"),
     ("tvmlite.passes.lowrank", "tvmlite.analysis"),
-    ("tvmlite.passes.lowrank_nodes", "tvmlite.compare"),
-    ("tvmlite.passes.sparsify", "tvmlite.compare"),
-    ("tvmlite.quant.calibrate", "tvmlite.compare"),
-    ("tvmlite.quant.select", "tvmlite.compare"),
 }
 KNOWN_CYCLES: list[list[str]] = [
     ['tvmlite.export', 'tvmlite.frontend', 'tvmlite.ir', 'tvmlite.ops'],
-    ['tvmlite.backends.numpy', 'tvmlite.backends.tvm', 'tvmlite.compare', 'tvmlite.passes', 'tvmlite.quant'],
+    ['tvmlite.backends.numpy', 'tvmlite.passes', 'tvmlite.quant'],
 ]
 
 
