@@ -3,9 +3,10 @@
 After each pass the current model runs in onnxruntime on the check set (tvmlite.checkset) and is
 compared per output with the original (tvmlite.checker, tvmlite.metrics). A pass that breaks a
 budget, raises, or writes a model onnxruntime or onnx.checker refuses is undone with the reason; a
-pass that decides per layer (tvmlite.passes.capabilities.LayerwisePass) is first redone without the layers that
-cost the most, fewest first, so only the offending layers are undone. A non-clean-up pass undone on
-every layer (or, when asked for by name, one that changed nothing) gets a warning line.
+pass that decides per layer (it declares the LayerwisePass protocol, tvmlite.passes.capabilities) is
+first redone without the layers that cost the most, fewest first, so only the offending layers are
+undone. A non-clean-up pass undone on every layer (or, when asked for by name, one that changed
+nothing) gets a warning line.
 """
 from __future__ import annotations
 
