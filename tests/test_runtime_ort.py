@@ -67,6 +67,8 @@ def test_fragment_refuses_inputs_without_a_static_shape():
         rt.fragment(m, [_node(m, "conv")])
     with pytest.raises(UnsupportedError, match="empty fragment"):
         rt.fragment(m, [])
+    with pytest.raises(UnsupportedError, match="output 'y' is not produced"):
+        rt.fragment(m, [_node(m, "conv")], {"x": (1, 3, 4, 4)}, outputs=["y"])
 
 
 def test_sessions_register_the_custom_ops_libraries_given(tmp_path):

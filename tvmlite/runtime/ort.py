@@ -152,6 +152,8 @@ def fragment(model: Model, nodes: list[Node], shapes: dict | None = None, *, out
             o in g.outputs or any(c not in inside for c in g.consumers(o)))] or \
             [o for o in nodes[-1].outputs if o]
     for name in outputs:
+        if name not in produced:
+            raise UnsupportedError(f"fragment output {name!r} is not produced by its nodes")
         frag.outputs.append(name)
         shape = _static(shapes.get(name))
         v = g.values.get(name)
