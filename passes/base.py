@@ -44,6 +44,9 @@ class PassResult:
     seconds: float = 0.0
     before: dict[str, Any] = field(default_factory=dict)  # nodes/params/MACs, filled by Pipeline
     after: dict[str, Any] = field(default_factory=dict)
+    #: what a layer-wise pass needs to redo this run without measuring or calibrating again (its
+    #: own format; read back by its ``replay``/``layer_costs``): the pass object itself keeps nothing
+    replay: Any = field(default=None, repr=False, compare=False)
 
     def rewrote(self, node: Node | str, **decision) -> None:
         self.changed = True
@@ -60,26 +63,25 @@ class PassResult:
             self.changed = True
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(dataclasses.replace(self, replay=None))  # the token may hold big arrays
+        d.pop("replay")
+        return d
 
 
 class Pass:
-    """Base class. Subclasses set ``name``, optionally an ``Options`` dataclass, and ``run``."""
+    """Base class. Subclasses set ``name``, optionally an ``Options`` dataclass, and ``run``.
+
+    A pass is configured once, at construction: bad options raise OptionError there (``validate``),
+    naming the pass and the option. ``run`` keeps nothing on the pass between runs: what a later
+    step needs of a run (a layer-wise pass's replay token) travels in its PassResult. What the
+    optimizer may ask beyond ``run`` (per-layer undo and costs, calibration data, clean-up) is a
+    capability a pass declares (tvmlite.passes.capabilities), not part of this class."""
 
     name: ClassVar[str] = ""
     #: the pass needs static channel/spatial dims: `optimize --shape` then writes the given input
     #: shapes into the model before the passes run (otherwise --shape only feeds checks and reports,
     #: since declaring static shapes changes how onnxruntime optimizes the graph)
     needs_static_shapes: ClassVar[bool] = False
-    #: the name of a list option holding node names the pass must leave alone: checked pipelines
-    #: use it to undo only the layers that broke the error budget
-    exclude_option: ClassVar[str | None] = None
-    #: the name of the option taking calibration data: tvmlite.optimize(calib=...) fills it in when
-    #: the pass spec leaves it unset
-    calibration_option: ClassVar[str | None] = None
-    #: the pass keeps outputs and onnxruntime does the same rewrite at load, so it is never slower:
-    #: speed-checked pipelines do not time it
-    cleanup: ClassVar[bool] = False
 
     @dataclass
     class Options:
@@ -96,6 +98,10 @@ class Pass:
                 raise OptionError(f"pass {self.name!r} has no option {key!r} (options: {valid})")
             values[k] = _convert(raw, hints.get(k, str), self.name, key)
         self.options = self.Options(**values)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise OptionError for option values the pass cannot run with (called at construction)."""
 
     def run(self, model: Model) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -109,21 +115,6 @@ class Pass:
     def option_values(self) -> dict[str, Any]:
         """The options as a shallow dict (calibration data and progress objects are not copied)."""
         return {f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options)}
-
-    def replay(self, result: PassResult, exclude: list[str]) -> "Pass":
-        """This pass set up to redo what ``result`` records except on the layers in ``exclude``:
-        checked pipelines use it to undo single layers. The default adds ``exclude`` to the exclude
-        option; passes that measure or calibrate override it to replay their decisions without
-        measuring again."""
-        opt = self.exclude_option
-        if opt is None:
-            raise TypeError(f"pass {self.name!r} has no exclude option")
-        return type(self)(**{**self.option_values(), opt: list(getattr(self.options, opt) or []) + list(exclude)})
-
-    def layer_costs(self, result: PassResult) -> dict[str, float] | None:
-        """Per rewritten layer (as in ``result.rewritten``), the output error it caused alone when the
-        pass measured that; None when it did not (the checked pipeline then measures each layer)."""
-        return None
 
     def __repr__(self) -> str:
         opts = dataclasses.asdict(self.options)

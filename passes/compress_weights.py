@@ -72,7 +72,7 @@ class CompressWeights(Pass):
         min_size: int = 1024
         layers: list[str] = ()
 
-    def run(self, model: Model) -> PassResult:
+    def validate(self) -> None:
         o = self.options
         if o.mode not in MODES:
             raise OptionError(f"compress-weights: mode={o.mode!r} (choose {', '.join(MODES)})")
@@ -80,6 +80,9 @@ class CompressWeights(Pass):
             raise OptionError(f"compress-weights: bits={o.bits} must be 1..8 (uint8 indices)")
         if o.threshold < 0:
             raise OptionError("compress-weights: threshold must be >= 0")
+
+    def run(self, model: Model) -> PassResult:
+        o = self.options
         result = PassResult(self.name)
         g = model.graph
         total_before = total_after = 0

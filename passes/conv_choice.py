@@ -8,18 +8,16 @@ all candidates) are recorded per layer in ``PassResult.decisions``.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.lowering import ConvInfo, conv_info, lower_im2col, lower_mec, lowerable_convs, mec_reason
 from tvmlite.passes.winograd import WINOGRAD_TILES, lower_winograd, winograd_macs, winograd_reason
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Model
+from tvmlite.runtime.ort import fragment, time_interleaved
 
 #: cost-rule constants for the NumPy backend on one core of this machine kind (bench/bench_conv.py
 #: measures them): BLAS multiply-adds per second on well-shaped GEMMs, bytes per second for copies
@@ -96,52 +94,24 @@ def apply_choice(model: Model, info: ConvInfo, algo: str) -> None:
         lower_winograd(model, info, int(algo[len("winograd"):]))
 
 
-def single_conv_model(info: ConvInfo, batch: int, opset: int = 17) -> onnx.ModelProto:
-    """A model of just this Conv (its weights and attributes) at a fixed batch."""
-    node = info.node
-    attrs = {k: v for k, v in node.attrs.items() if k != "auto_pad"}
-    attrs["pads"] = list(info.pads)
-    inits = [numpy_helper.from_array(info.w, "w")]
-    ins = ["x", "w"]
-    if info.b is not None:
-        inits.append(numpy_helper.from_array(info.b, "b"))
-        ins.append("b")
-    conv = helper.make_node("Conv", ins, ["y"], **attrs)
-    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, info.channels, *info.in_spatial])
-    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT,
-                                      [batch, info.out_channels, *info.out_spatial])
-    proto = helper.make_model(helper.make_graph([conv], "one_conv", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", opset)])
-    proto.ir_version = 10
-    return proto
-
-
-def measure_seconds(info: ConvInfo, algos: list[str], batch: int, repeats: int = 5,
+def measure_seconds(model: Model, info: ConvInfo, algos: list[str], batch: int, repeats: int = 5,
                     budget_s: float = 2.0) -> dict[str, float]:
-    """Median NumPy-backend time of each candidate on this layer, runs interleaved so that a noisy
-    machine slows every candidate alike."""
-    import tvmlite
+    """Median NumPy-backend time of each candidate on this layer alone (a fragment of the model at
+    a fixed batch), runs interleaved so that a noisy machine slows every candidate alike."""
     from tvmlite.backends.numpy import compile_model
 
-    proto = single_conv_model(info, batch)
+    x, y = info.node.inputs[0], info.node.outputs[0]
+    shapes = {x: (batch, info.channels, *info.in_spatial), y: (batch, info.out_channels, *info.out_spatial)}
     plans = {}
     for algo in algos:
-        m = tvmlite.load(proto)
-        one = conv_info(m, next(n for n in m.graph.nx.nodes if n.op_type == "Conv"))
-        apply_choice(m, one, algo)
+        m = fragment(model, [info.node], shapes, outputs=[y])
+        apply_choice(m, conv_info(m, m.graph.producer(y)), algo)
         plans[algo] = compile_model(m)
-    x = np.random.default_rng(0).standard_normal((batch, info.channels, *info.in_spatial)).astype(np.float32)
-    times: dict[str, list[float]] = {a: [] for a in algos}
-    start = time.perf_counter()
-    for r in range(repeats + 1):  # the first round warms up (allocations, BLAS threads)
-        for algo, plan in plans.items():
-            t0 = time.perf_counter()
-            plan.run({"x": x})
-            if r:
-                times[algo].append(time.perf_counter() - t0)
-        if r >= 2 and time.perf_counter() - start > budget_s:
-            break
-    return {a: float(np.median(v)) for a, v in times.items()}
+    feeds = {x: np.random.default_rng(0).standard_normal(shapes[x]).astype(np.float32)}
+    # one warm-up call each (allocations, BLAS threads); past budget_s, two timed rounds suffice
+    timing = time_interleaved([lambda p=p: p.run(feeds) for p in plans.values()], repeats, warmup=1,
+                              budget_s=budget_s)
+    return {a: ms / 1e3 for a, ms in zip(plans, timing.medians_ms)}
 
 
 @register_pass
@@ -182,7 +152,7 @@ class ChooseConv(Pass):
                 result.skip(node, "no allowed candidate applies")
                 continue
             if self.options.measure:
-                cost = measure_seconds(info, algos, batch, self.options.repeats)
+                cost = measure_seconds(model, info, algos, batch, self.options.repeats)
                 how = "measured"
             else:
                 cost = {a: estimate_seconds(info, a, batch) for a in algos}

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.capabilities import Calibrated, LayerwisePass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.passes.lowrank_conv import ConvFactorPlans
 # the numerics live in lowrank_math; their names stay importable from here
@@ -57,7 +58,7 @@ CONV_METHODS = ("tucker", "cp")
 
 
 @register_pass
-class LowRank(ConvFactorPlans, FactorNodes, Pass):
+class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
     """Gemm/MatMul -> two thinner products (truncated SVD); Conv -> Tucker-2 or CP as plain Convs."""
 
     name = "lowrank"
@@ -99,39 +100,24 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
         max_rows: int = 8192
         seed: int = 0
 
+    def __init__(self, _planned: dict | None = None, /, **options):
+        super().__init__(**options)
+        #: a replay's factors as an earlier run planned them ({"plans": {label: plan}, "shapes": ...}):
+        #: run() then writes those, with no captures, fits, rank searches or timing
+        self.planned = _planned
+
     def replay(self, result: PassResult, exclude: list[str]) -> Pass:
-        """The layers this run factorized, without timing them again, minus ``exclude``."""
-        kept = list(dict.fromkeys(result.rewritten))
+        """The layers that run factorized, without timing them again, minus ``exclude``."""
+        kept = self.layers(result)
         if not kept:
             return super().replay(result, exclude)
-        again = type(self)(**{**self.option_values(), "layers": kept, "measure": False,
-                              "exclude": list(self.options.exclude) + list(exclude)})
-        # the factors as planned: no captures, fits or rank searches again (each undo trial on
-        # PP-OCR det redid them all); later layers keep factors fitted to the earlier ones' outputs
-        again.fixed_plans = dict(getattr(self, "last_plans", {}))
-        again.fixed_shapes = getattr(self, "last_shapes", None)
-        return again
+        # the factors as planned (result.replay): no captures, fits or rank searches again (each undo
+        # trial on PP-OCR det redid them all); later layers keep factors fitted to the earlier ones'
+        # outputs
+        return type(self)(result.replay, **{**self.option_values(), "layers": kept, "measure": False,
+                                            "exclude": list(self.options.exclude) + list(exclude)})
 
-    def _run_fixed(self, model: Model, plans: dict) -> PassResult:
-        o = self.options
-        result = PassResult(self.name)
-        g = model.graph
-        shapes = getattr(self, "fixed_shapes", None) or static_shapes(model)  # the planning run's
-        for node in g.toposort():
-            if node.label not in plans or node.name in o.exclude or node.label in o.exclude:
-                continue
-            layer = self._layer(model, node, shapes, result)
-            if layer is None:
-                continue
-            plan = plans[node.label]
-            self._rewrite(g, layer, plan, model.opset)
-            result.rewrote(node, kept=True, **self._summary(plan, layer))
-        if result.changed:
-            g.remove_unused_values()
-        result.stats["factorized"] = len(result.rewritten)
-        return result
-
-    def _check_options(self) -> None:
+    def validate(self) -> None:
         o = self.options
         if o.method not in CONV_METHODS:
             raise OptionError(f"lowrank: method={o.method!r} (choose {', '.join(CONV_METHODS)})")
@@ -151,16 +137,13 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
 
     # ------------------------------------------------------------------------------------ run
     def run(self, model: Model) -> PassResult:
-        self._check_options()
-        if getattr(self, "fixed_plans", None):
-            return self._run_fixed(model, self.fixed_plans)
+        if self.planned and self.planned.get("plans"):
+            return self._run_fixed(model, self.planned)
         o = self.options
         result = PassResult(self.name)
         g = model.graph
-        self.last_plans = {}
         # refits need real data: on random inputs (budget without calib) the factors stay weight-only
         need_data = o.rank == "budget" or o.calib is not None
-        self._real_data = o.calib is not None
         calib = data = None
         if need_data:
             from tvmlite.calibration import load_calibration
@@ -178,7 +161,8 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
         # layers on 1x1 images (an unpadded 3x3 conv has no output there)
         shapes = static_shapes(model, None if data is None else
                                {k: np.shape(v) for k, v in calib.take(data[0], 1).items()})
-        self.last_shapes = shapes
+        # what replay() needs: the factors planned per layer label and the shapes they were planned at
+        result.replay = {"plans": {}, "shapes": shapes}
         layers = []
         for node in g.toposort():
             if node.subgraphs:
@@ -212,8 +196,7 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
                 raise OptionError("lowrank: need at least 2 calibration examples (to hold one out)")
             # targets: every layer's output in the original model
             targets = capture_groups(model, [l.node.outputs[0] for l in layers], data)
-            self._n_img = n_img
-            self._n_fit = max(1, int(round(n_img * 0.75)))
+            n_fit = max(1, int(round(n_img * 0.75)))
         rng = np.random.default_rng(o.seed)
 
         # layer inputs come from the model compressed so far; until the next rewrite they are
@@ -231,7 +214,7 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
                             break
                         ahead.append(later.node.inputs[0])
                     inputs = capture_groups(model, list(dict.fromkeys(ahead)), data)
-                stats = self._stats(layer, inputs[node.inputs[0]], targets[node.outputs[0]], rng)
+                stats = self._stats(layer, inputs[node.inputs[0]], targets[node.outputs[0]], rng, n_img, n_fit)
             try:
                 plan = self._plan(model, layer, stats)
             except np.linalg.LinAlgError as e:
@@ -259,7 +242,7 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
                                              **self._summary(plan, layer)})
                     continue
             self._rewrite(g, layer, plan, model.opset)
-            self.last_plans[node.label] = plan
+            result.replay["plans"][node.label] = plan
             inputs = {}  # what follows now reads the factorized layer's outputs
             result.rewrote(node, kept=True, **self._summary(plan, layer))
         if result.changed:
@@ -343,14 +326,14 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
         cols = im2col(x, layer.weight.shape[2:], a["strides"], a["dilations"], layer.pads)
         return cols.transpose(0, 2, 1)  # [N, P, S*K]
 
-    def _stats(self, layer: Layer, x: np.ndarray, y: np.ndarray, rng) -> tuple[LinearStats, LinearStats]:
-        """(fit, held-out) statistics; images after the first 75% are held out."""
-        n_fit = self._n_fit
+    def _stats(self, layer: Layer, x: np.ndarray, y: np.ndarray, rng, n_img: int,
+               n_fit: int) -> tuple[LinearStats, LinearStats]:
+        """(fit, held-out) statistics of ``n_img`` examples; those after the first ``n_fit`` (75%)
+        are held out."""
         if layer.kind == "fc":
             out = layer.weight.shape[1]
             f = self._features(layer, x)
             t = y.reshape(-1, out)
-            n_img = self._n_img
             if f.shape[0] % n_img == 0:  # rows of the first 75% of the examples
                 split = n_fit * (f.shape[0] // n_img)
             else:
@@ -397,7 +380,8 @@ class LowRank(ConvFactorPlans, FactorNodes, Pass):
         return self._plan_tucker(layer, stats)
 
     def _fits_refit(self, layer: Layer, stats) -> bool:
-        return bool(self.options.refit and stats is not None and layer.bias_const and self._real_data)
+        # refits need real data: on random inputs (budget without calib) the factors stay weight-only
+        return bool(self.options.refit and stats is not None and layer.bias_const and self.options.calib is not None)
 
     # .................................................................................. SVD
     def _plan_fc(self, layer: Layer, stats) -> dict | str:

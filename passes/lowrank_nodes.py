@@ -6,6 +6,8 @@ import numpy as np
 
 from tvmlite.passes.lowrank_math import Layer, conv_attrs
 from tvmlite.ir.graph import Graph, Model
+from tvmlite.ir.shapes import static_shapes
+from tvmlite.passes.base import PassResult
 
 
 class FactorNodes:
@@ -135,44 +137,49 @@ class FactorNodes:
             g.add_initializer(name, arr)
         g.replace_node_with(layer.node, specs, outputs=[out])
 
+    def _run_fixed(self, model: Model, planned: dict) -> PassResult:
+        """Write the factors an earlier run planned (a replay): no captures, fits or timing."""
+        o = self.options
+        result = PassResult(self.name)
+        g = model.graph
+        plans = planned.get("plans", {})
+        shapes = planned.get("shapes") or static_shapes(model)  # the planning run's
+        result.replay = {"plans": {}, "shapes": shapes}
+        for node in g.toposort():
+            if node.label not in plans or node.name in o.exclude or node.label in o.exclude:
+                continue
+            layer = self._layer(model, node, shapes, result)
+            if layer is None:
+                continue
+            plan = plans[node.label]
+            self._rewrite(g, layer, plan, model.opset)
+            result.replay["plans"][node.label] = plan
+            result.rewrote(node, kept=True, **self._summary(plan, layer))
+        if result.changed:
+            g.remove_unused_values()
+        result.stats["factorized"] = len(result.rewritten)
+        return result
+
     # -------------------------------------------------------------------------------- measure
     def _measure(self, model: Model, layer: Layer, plan: dict, repeats: int = 30) -> float:
         """Median onnxruntime time of the original layer over the factorized one, alone, batch as in
-        the model's static shapes, timed interleaved."""
-        from onnx import helper, numpy_helper
+        the model's static shapes, timed interleaved. Both are fragments of the layer's node (at
+        opset 11 at least, what the factorization writes); the second is factorized in place."""
+        import dataclasses
 
-        from tvmlite.compare import ort_session
-        from tvmlite.quant.timing import timed_ratio
+        from tvmlite.runtime.ort import fragment, ort_session, timed_ratio
 
-        node = layer.node
-        g = model.graph
-        x = node.inputs[0]
-        xshape = list(layer.in_shape) if layer.in_shape else None
-        if xshape is None:
+        x = layer.node.inputs[0]
+        if layer.in_shape is None:
             return float("inf")
-        dtype = layer.weight.dtype
-        elem = helper.np_dtype_to_tensor_dtype(dtype)
-
-        def single(nodes_specs, inits):
-            nodes = []
-            for spec in nodes_specs:
-                op, ins, outs, attrs = spec[:4]
-                nodes.append(helper.make_node(op, ins, outs, **attrs))
-            graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info(x, elem, xshape)],
-                                      [helper.make_tensor_value_info(nodes_specs[-1][2][0], elem, None)],
-                                      [numpy_helper.from_array(np.asarray(a), n) for n, a in inits.items()])
-            m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(model.opset, 11))])
-            m.ir_version = 8
-            return m
-
-        orig_inits = {n: g.const_value(n) for n in node.inputs[1:] if n}
-        orig_inits = {n: a for n, a in orig_inits.items() if a is not None}
-        attrs = {k: v for k, v in node.attrs.items()}
-        orig = single([(node.op_type, list(node.inputs), [node.outputs[0]], attrs)], orig_inits)
-        scratch = Graph("scratch")
-        specs, consts, _ = self._nodes(scratch, layer, plan, max(model.opset, 11))
-        new = single(specs, consts)
-        feeds = {x: np.random.default_rng(0).standard_normal(xshape).astype(dtype)}
+        opset = max(model.opset, 11)
+        out = [layer.node.outputs[0]]
+        cut = dict(outputs=out, opset=opset, dtypes={x: layer.weight.dtype})
+        orig = fragment(model, [layer.node], {x: layer.in_shape}, **cut)
+        new = fragment(model, [layer.node], {x: layer.in_shape}, **cut)
+        self._rewrite(new.graph, dataclasses.replace(layer, node=new.graph.producer(out[0])), plan, opset)
+        new.graph.remove_unused_values()  # the unfactorized weights
+        feeds = {x: np.random.default_rng(0).standard_normal(layer.in_shape).astype(layer.weight.dtype)}
         s0, s1 = ort_session(orig, threads=2), ort_session(new, threads=2)
         # more rounds only where the speedup is close to min_speedup
         t0, t1, _ = timed_ratio(lambda: s0.run(None, feeds), lambda: s1.run(None, feeds),

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.capabilities import Calibrated
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Graph, Model, Node
@@ -64,7 +65,7 @@ def _block_norms(mat: np.ndarray, br: int, bc: int) -> np.ndarray:
 
 
 @register_pass
-class Prune(Pass):
+class Prune(Calibrated, Pass):
     """Magnitude / N:M / block pruning (zeros), or structured channel pruning (smaller layers)."""
 
     name = "prune"
@@ -93,7 +94,7 @@ class Prune(Pass):
         calib_count: int = 64
         ridge: float = 0.01
 
-    def _check(self):
+    def validate(self) -> None:
         o = self.options
         if o.mode not in MODES:
             raise OptionError(f"prune: mode={o.mode!r} (choose {', '.join(MODES)})")
@@ -105,15 +106,17 @@ class Prune(Pass):
             raise OptionError(f"prune: need 0 < n < m (got n={o.n}, m={o.m})")
         if o.norm not in ("l1", "l2"):
             raise OptionError(f"prune: norm={o.norm!r} (l1 or l2)")
+        self._block()
+
+    def _block(self) -> tuple[int, int]:
         try:
-            br, bc = (int(v) for v in o.block.lower().split("x"))
+            br, bc = (int(v) for v in self.options.block.lower().split("x"))
             assert br > 0 and bc > 0
         except (ValueError, AssertionError):
-            raise OptionError(f"prune: block={o.block!r} is not RxC with positive integers") from None
-        self._block = (br, bc)
+            raise OptionError(f"prune: block={self.options.block!r} is not RxC with positive integers") from None
+        return br, bc
 
     def run(self, model: Model) -> PassResult:
-        self._check()
         result = PassResult(self.name)
         if self.options.mode == "channel":
             ChannelPruner(model, self.options, result).run()
@@ -165,7 +168,7 @@ class Prune(Pass):
                 np.put_along_axis(mask, order[:, :o.n], True, axis=1)
                 mask = mask.reshape(mat.shape)
             else:
-                br, bc = self._block
+                br, bc = self._block()
                 norms = _block_norms(mat, br, bc)
                 k = int(math.floor(o.sparsity * norms.size))
                 t = np.partition(norms.ravel(), k - 1)[k - 1] if k > 0 else -1.0
@@ -193,11 +196,16 @@ class _Group:
 
 
 class ChannelPruner:
+    """One run (Prune keeps nothing); with calib, readers are refitted to ``original``'s outputs."""
+
     def __init__(self, model: Model, options, result: PassResult):
-        self.model = model
-        self.g = model.graph
-        self.o = options
-        self.result = result
+        self.model, self.g, self.o, self.result = model, model.graph, options, result
+        self.data = self.original = None
+        if options.calib is not None:
+            from tvmlite.calibration import load_calibration
+
+            self.data = load_calibration(options.calib, model).first(options.calib_count)
+            self.original = model.copy()
 
     def _producers(self) -> list[Node]:
         g = self.g
@@ -218,12 +226,6 @@ class ChannelPruner:
         return out
 
     def run(self) -> None:
-        self.data = None
-        if self.o.calib is not None:
-            from tvmlite.calibration import load_calibration
-
-            self.data = load_calibration(self.o.calib, self.model).first(self.o.calib_count)
-            self.original = self.model.copy()
         done: set = set()
         for prod in self._producers():
             if prod in done or prod.graph is None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.passes.capabilities import Calibrated, LayerwisePass
 from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity, is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Graph, Model, Node
@@ -171,7 +172,7 @@ def candidate_units(g: Graph, op_types, exclude_names, exclude_ops, result: Pass
 
 
 @register_pass
-class Quantize(Pass):
+class Quantize(LayerwisePass, Calibrated, Pass):
     """Static post-training int8 quantization in QDQ form."""
 
     name = "quantize"
@@ -212,9 +213,8 @@ class Quantize(Pass):
         #: activation ranges already known (tensor -> (lo, hi)): no calibration run
         ranges: Any = None
 
-    def run(self, model: Model) -> PassResult:
+    def validate(self) -> None:
         o = self.options
-        result = PassResult(self.name)
         if o.method not in METHODS:
             raise OptionError(f"pass 'quantize': method {o.method!r} is not one of {', '.join(METHODS)}")
         if o.activation_type not in ("uint8", "int8"):
@@ -224,6 +224,16 @@ class Quantize(Pass):
         if o.float_layer_weights not in ("int8", "float32"):
             raise OptionError(f"pass 'quantize': float_layer_weights {o.float_layer_weights!r} is not int8 "
                               "or float32")
+        if o.error_budget < 0:
+            raise OptionError(f"pass 'quantize': error_budget={o.error_budget} must be >= 0")
+        if o.batch_size < 1:
+            raise OptionError(f"pass 'quantize': batch_size={o.batch_size} must be >= 1")
+        if not 0 < o.percentile <= 100:
+            raise OptionError(f"pass 'quantize': percentile={o.percentile} must be in (0, 100]")
+
+    def run(self, model: Model) -> PassResult:
+        o = self.options
+        result = PassResult(self.name)
         typed_before = typed_values(model.graph)
         if o.prepare:
             result.stats.update(prepare(model))
@@ -267,7 +277,7 @@ class Quantize(Pass):
                                               threads=o.threads, progress=o.progress)
             result.decisions.extend({**d, "node": labels.get(d["node"], d["node"])} for d in decisions)
         # what replay() needs to redo this run without calibrating or measuring again
-        self.last_run = {"chosen": sorted(chosen), "ranges": spec.ranges,
+        result.replay = {"chosen": sorted(chosen), "ranges": spec.ranges,
                          "costs": {labels.get(d["node"], d["node"]): d["error_alone"]
                                    for d in result.decisions if "error_alone" in d}}
         plan = qdq.plan_qdq(g, chosen, spec, excluded=excluded)
@@ -287,8 +297,8 @@ class Quantize(Pass):
         return result
 
     def replay(self, result: PassResult, exclude: list[str]) -> Pass:
-        """The last run's int8 layers and activation ranges, fixed, minus ``exclude`` (left float)."""
-        last = getattr(self, "last_run", None)
+        """That run's int8 layers and activation ranges, fixed, minus ``exclude`` (left float)."""
+        last = result.replay
         if last is None:
             return super().replay(result, exclude)
         return type(self)(**{**self.option_values(), "layers": last["chosen"], "ranges": last["ranges"],
@@ -296,7 +306,7 @@ class Quantize(Pass):
                              "mode": "all", "measure": False})
 
     def layer_costs(self, result: PassResult) -> dict[str, float] | None:
-        last = getattr(self, "last_run", None)
+        last = result.replay
         return dict(last["costs"]) if last and last["costs"] else None
 
 
@@ -322,12 +332,14 @@ class QuantizeDynamic(Pass):
         per_channel: bool = True
         exclude_names: list[str] = field(default_factory=list)
 
+    def validate(self) -> None:
+        if self.options.form not in ("integer", "dq"):
+            raise OptionError(f"pass 'quantize-dynamic': form {self.options.form!r} is not integer or dq")
+
     def run(self, model: Model) -> PassResult:
         from tvmlite.quant.params import quantize_weight, weight_scales
 
         o = self.options
-        if o.form not in ("integer", "dq"):
-            raise OptionError(f"pass 'quantize-dynamic': form {o.form!r} is not integer or dq")
         result = PassResult(self.name)
         qdq.upgrade_opset(model, 11 if not o.per_channel else 13)
         from tvmlite.ir.shapes import infer_shapes

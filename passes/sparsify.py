@@ -23,16 +23,15 @@ from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ir.shapes import static_shapes
 from tvmlite.ops.registry import lookup
 from tvmlite.ops.sparse import sparse_matmul, to_bsr
+from tvmlite.runtime import ort
 
 #: a sparse initializer stores a value (4 bytes for float32) and an int64 index per nonzero
 SPARSE_STORAGE_DENSITY = 1 / 3
 
 
 def time_interleaved(fns: list, repeats: int, warmup: int = 2) -> list[float]:
-    """Median seconds of each function, timed in turn (tvmlite.compare.interleaved_ms)."""
-    from tvmlite.compare import interleaved_ms
-
-    return [ms / 1e3 for ms in interleaved_ms(fns, repeats, warmup)]
+    """Median seconds of each function, timed in turn (tvmlite.runtime.ort.time_interleaved)."""
+    return [ms / 1e3 for ms in ort.time_interleaved(fns, repeats, warmup).medians_ms]
 
 
 @register_pass
@@ -68,11 +67,16 @@ class Sparsify(Pass):
             raise OptionError("sparsify: no block shapes given")
         return out
 
+    def validate(self) -> None:
+        o = self.options
+        self._blocks()
+        if o.min_speedup < 0 or not 0 < o.max_density <= 1 or o.repeats < 1:
+            raise OptionError(f"sparsify: min_speedup={o.min_speedup} >= 0, 0 < max_density={o.max_density} <= 1 "
+                              f"and repeats={o.repeats} >= 1 required")
+
     def run(self, model: Model) -> PassResult:
         blocks = self._blocks()
         o = self.options
-        if o.min_speedup < 0 or not 0 < o.max_density <= 1 or o.repeats < 1:
-            raise OptionError("sparsify: min_speedup >= 0, 0 < max_density <= 1 and repeats >= 1 required")
         result = PassResult(self.name)
         g = model.graph
         shapes = static_shapes(model)

@@ -13,20 +13,18 @@ KNOWN_UPWARD: set[tuple[str, str]] = {
     ("tvmlite.backends.numpy.plan", "tvmlite.passes.cleanup"),
     ("tvmlite.backends.tvm.module", "tvmlite.outputs"),
     ("tvmlite.export.onnx_export", "tvmlite.outputs"),
+    ("tvmlite.ir.graph", "tvmlite.export"),
+    ("tvmlite.ir.graph", "tvmlite.frontend"),
+    ("tvmlite.ir.graph", "tvmlite.ops.control"),
     ("tvmlite.ir.shapes", "tvmlite.export"),
     ("tvmlite.ir.shapes", "tvmlite.export.onnx_export"),
     ("tvmlite.ir.shapes", "tvmlite.ops.registry"),
     ("tvmlite.passes.base", "tvmlite.analysis"),
-    ("tvmlite.passes.conv_choice", "tvmlite"),
     ("tvmlite.passes.lowrank", "tvmlite.analysis"),
-    ("tvmlite.passes.lowrank_nodes", "tvmlite.compare"),
-    ("tvmlite.passes.sparsify", "tvmlite.compare"),
-    ("tvmlite.quant.calibrate", "tvmlite.compare"),
-    ("tvmlite.quant.select", "tvmlite.compare"),
 }
 KNOWN_CYCLES: list[list[str]] = [
-    ['tvmlite.export', 'tvmlite.ir', 'tvmlite.ops'],
-    ['tvmlite.backends.numpy', 'tvmlite.backends.tvm', 'tvmlite.compare', 'tvmlite.passes', 'tvmlite.quant'],
+    ['tvmlite.export', 'tvmlite.frontend', 'tvmlite.ir', 'tvmlite.ops'],
+    ['tvmlite.backends.numpy', 'tvmlite.passes', 'tvmlite.quant'],
 ]
 
 

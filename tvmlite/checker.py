@@ -137,7 +137,7 @@ class Checker:
 
     # -------------------------------------------------------------------------------- running
     def _session(self, model):
-        from tvmlite.compare import ort_session
+        from tvmlite.runtime.ort import ort_session
 
         return ort_session(model, 2, self.custom_ops)
 
@@ -279,7 +279,7 @@ class Checker:
 
     def side_by_side_ms(self, new: Model, old: Model) -> tuple[float, float]:
         """Median onnxruntime latency of ``new`` and ``old`` at batch 1, timed alternately."""
-        from tvmlite.compare import interleaved_ms
+        from tvmlite.runtime.ort import interleaved_ms
 
         a, b = self._session(new), self._session(old)
         feeds = self.latency_feeds

@@ -7,108 +7,15 @@ outputs; median latency of each side. An output is within tolerance when
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from tvmlite.errors import InputError, TvmliteError
-from tvmlite.export import onnx_export
 from tvmlite.ir.graph import Model
 from tvmlite.inputs import check_feeds, random_inputs, read_feeds
-
-
-def ort_session(model, threads: int = 2, custom_ops=()):
-    """An onnxruntime CPU session for a path, a ModelProto or a tvmlite Model; ``custom_ops``:
-    paths of custom-op libraries to register first."""
-    import onnxruntime as ort
-
-    from tvmlite.export import export_model
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 4  # errors come back as exceptions, folded into one tvmlite line
-    ort.set_default_logger_severity(4)
-    for lib in custom_ops or ():
-        try:
-            so.register_custom_ops_library(os.fspath(lib))
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes
-            raise TvmliteError(f"--custom-ops {lib}: onnxruntime cannot load it: {str(e).strip()[:200]}") from None
-    if isinstance(model, Model):
-        model = export_model(model)
-    if isinstance(model, (str, os.PathLike)):
-        src = os.fspath(model)
-    elif onnx_export.proto_bytes(model) > onnx_export.EXTERNAL_THRESHOLD:
-        return _ort_session_via_file(model, so)
-    else:
-        src = model.SerializeToString()
-    try:
-        return _run_errors_as_ours(ort.InferenceSession(src, so, providers=["CPUExecutionProvider"]))
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TvmliteError(f"onnxruntime cannot load the model: {msg}") from None
-
-
-def _run_errors_as_ours(sess):
-    """A model that loads can still fail when run (a Reshape to a size that does not fit, say):
-    that is one TvmliteError line, not an internal error."""
-    run = sess.run
-
-    def checked_run(*args, **kw):
-        try:
-            return run(*args, **kw)
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes
-            msg = " ".join(str(e).split()) or type(e).__name__
-            raise TvmliteError(f"onnxruntime failed to run the model: {msg[:500]}") from None
-
-    sess.run = checked_run
-    return sess
-
-
-def _ort_session_via_file(proto, so):
-    """Models over protobuf's 2 GiB limit go through a temporary file with external data."""
-    import tempfile
-
-    import onnxruntime as ort
-
-    from tvmlite.export import save
-
-    with tempfile.TemporaryDirectory(prefix="tvmlite-ort-") as d:
-        path = os.path.join(d, "model.onnx")
-        save(proto, path)
-        try:
-            return _run_errors_as_ours(ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]))
-        except Exception as e:  # noqa: BLE001
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TvmliteError(f"onnxruntime cannot load the model: {msg}") from None
-
-
-def median_ms(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(repeats, 1)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
-
-
-def interleaved_ms(fns: list, repeats: int, warmup: int = 2) -> list[float]:
-    """Median milliseconds of each callable, run in turn round by round (every other round in
-    reverse order), so load changes and cache effects hit all of them alike."""
-    for f in fns:
-        for _ in range(warmup):
-            f()
-    times = [[] for _ in fns]
-    order = list(range(len(fns)))
-    for r in range(max(repeats, 1)):
-        for i in (order if r % 2 == 0 else order[::-1]):
-            t0 = time.perf_counter()
-            fns[i]()
-            times[i].append((time.perf_counter() - t0) * 1e3)
-    return [float(np.median(t)) for t in times]
+# sessions and timing live in the runtime layer; their names stay importable from here
+from tvmlite.runtime.ort import interleaved_ms, median_ms, ort_session  # noqa: F401
 
 
 @dataclass

@@ -3,9 +3,10 @@
 After each pass the current model runs in onnxruntime on the check set (tvmlite.checkset) and is
 compared per output with the original (tvmlite.checker, tvmlite.metrics). A pass that breaks a
 budget, raises, or writes a model onnxruntime or onnx.checker refuses is undone with the reason; a
-pass that decides per layer (it names an ``exclude_option``) is first redone without the layers that
-cost the most, fewest first, so only the offending layers are undone. A non-clean-up pass undone on
-every layer (or, when asked for by name, one that changed nothing) gets a warning line.
+pass that decides per layer (it declares the LayerwisePass protocol, tvmlite.passes.capabilities) is
+first redone without the layers that cost the most, fewest first, so only the offending layers are
+undone. A non-clean-up pass undone on every layer (or, when asked for by name, one that changed
+nothing) gets a warning line.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     ``progress``: True prints a line per pass and long step on stdout, a callable gets the lines,
     None prints them when stdout is a terminal. ``custom_ops``: custom-op libraries for onnxruntime."""
     from tvmlite.passes import parse_spec
+    from tvmlite.passes.capabilities import calibration_option
     from tvmlite.frontend import load
 
     spec = resolve_passes(preset, passes)
@@ -89,7 +91,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
         if any(p.needs_static_shapes for p in pipeline):
             fix_input_shapes(m, shapes)
     needs_calib = [p for p in pipeline
-                   if p.calibration_option and getattr(p.options, p.calibration_option) is None]
+                   if calibration_option(p) and getattr(p.options, calibration_option(p)) is None]
     report = OptimizeReport(str(source))
     checker = original = None
     if check:
@@ -114,7 +116,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
         calib = load_calibration(None, m, shapes=shapes)
     if calib is not None:
         for p in needs_calib:
-            setattr(p.options, p.calibration_option, calib)
+            setattr(p.options, calibration_option(p), calib)
     if checker is not None and not shapes:  # MACs of symbolic dims: count those of one check example
         shapes = {n: tuple(a.shape) for n, a in checker.latency_feeds.items() if hasattr(a, "shape")}
     rows = _Rows(m, shapes, checker, report)
@@ -195,6 +197,8 @@ def _budgets(checker) -> dict:
 
 
 def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
+    from tvmlite.passes.capabilities import is_cleanup, layerwise
+
     backup = m.copy()
     try:
         result = p(m)
@@ -216,10 +220,10 @@ def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
     if checker.within(meas):
         kept_model, excluded, note = m, [], ""
     else:
-        log(f"{p.name}: {checker.why(meas)}; trying without single layers" if p.exclude_option else
+        log(f"{p.name}: {checker.why(meas)}; trying without single layers" if layerwise(p) else
             f"{p.name}: {checker.why(meas)}")
         kept_model, excluded, note = _undo_layers(p, backup, result, checker, meas, log)
-    if checker.speed_check and not p.cleanup and kept_model is not backup:
+    if checker.speed_check and not is_cleanup(p) and kept_model is not backup:
         log(f"{p.name}: timing the model with and without it side by side")
         t_new, t_old = checker.side_by_side_ms(kept_model, backup)
         if t_new < t_old:
@@ -237,16 +241,19 @@ def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
 
 def _undo_layers(p, backup: Model, result, checker, meas, log=lambda line: None):
     """Redo a per-layer pass without its worst layers (fewest that meet the budget); else undo it."""
+    from tvmlite.passes.capabilities import layerwise
+
     budget = checker.why(meas)
-    layers = list(dict.fromkeys(result.rewritten))
-    if p.exclude_option is None or len(layers) < 2:
+    lw = layerwise(p)
+    layers = lw.layers(result) if lw is not None else []
+    if lw is None or len(layers) < 2:
         return backup, [], f"undone: {budget}"
 
     def trial(exclude):
         log(f"{p.name}: trial without {len(exclude)} of {len(layers)} layer(s)")
         m = backup.copy()
         try:
-            p.replay(result, list(exclude))(m)
+            lw.replay(result, list(exclude))(m)
         except Exception:  # noqa: BLE001 - a replay that fails counts as over budget
             return m, None
         return m, checker.measure(m)
@@ -254,7 +261,7 @@ def _undo_layers(p, backup: Model, result, checker, meas, log=lambda line: None)
     def ok(tm):
         return tm is not None and checker.within(tm)
 
-    costs = p.layer_costs(result)
+    costs = lw.layer_costs(result)
     if costs is None:  # measure each layer alone: the pass redone with every other layer excluded
         costs = {}
         for layer in layers:
@@ -288,8 +295,10 @@ def _undo_layers(p, backup: Model, result, checker, meas, log=lambda line: None)
 def _finish(report: OptimizeReport, pipeline, named: bool, checker, original, m, max_accuracy_drop) -> None:
     """Warnings for passes undone everywhere or (asked for by name) changing nothing; the held-out
     accuracy."""
+    from tvmlite.passes.capabilities import is_cleanup
+
     for p, row in zip(pipeline, report.rows[1:]):
-        if p.cleanup:
+        if is_cleanup(p):
             continue
         if row.status == UNDONE:
             report.warnings.append(f"pass {p.name} was undone on every layer: {row.note.removeprefix('undone: ')}")

@@ -226,7 +226,7 @@ def _runner(model: Model, tensors: list[str], engine: str, threads: int):
     if engine == "ort":
         import onnx
 
-        from tvmlite.compare import ort_session
+        from tvmlite.runtime.ort import ort_session
         from tvmlite.export import export_model
 
         proto = export_model(model)

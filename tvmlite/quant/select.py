@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from tvmlite.ir.graph import Model
 from tvmlite.quant import qdq
+from tvmlite.quant.timing import time_int8_layer as _time_layer
 from tvmlite.quant.timing import timed_ratio
 
 
@@ -53,7 +53,7 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
                   eval_samples: int = 8, repeats: int = 60) -> tuple[set, list[dict]]:
     """The units to keep in int8 and one decision record per unit."""
     from tvmlite.calibration import fixed_batch
-    from tvmlite.compare import ort_session
+    from tvmlite.runtime.ort import ort_session
     from tvmlite.export import export_model
     from tvmlite.quant.calibrate import _progress
 
@@ -115,7 +115,7 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
 
 
 def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisions, threads, repeats):
-    from tvmlite.compare import ort_session
+    from tvmlite.runtime.ort import ort_session
 
     while chosen:  # halve the int8 set until the whole model is faster; none at all is the floor
         sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
@@ -137,55 +137,3 @@ def _static_shapes(model: Model, feeds: dict) -> dict:
     from tvmlite.ir.shapes import static_shapes
 
     return static_shapes(model, {k: tuple(np.shape(v)) for k, v in feeds.items()})
-
-
-def _fragment(model: Model, key: str, shapes: dict) -> onnx.ModelProto | None:
-    """A model holding just the node ``key`` with its constant inputs (batch 1, static shapes)."""
-    g = model.graph
-    node = next(n for n in g.nx.nodes if qdq.node_key(n) == key)
-    inputs, inits = [], []
-    for name in node.inputs:
-        if not name:
-            continue
-        c = g.const_value(name)
-        if c is not None:
-            inits.append(onnx.numpy_helper.from_array(np.asarray(c), name))
-        elif name in shapes and all(n != name for n in (i.name for i in inputs)):
-            inputs.append(helper.make_tensor_value_info(name, g.value(name).elem_type, list(shapes[name])))
-        elif name not in shapes:
-            return None
-    out = node.outputs[0]
-    if out not in shapes:
-        return None
-    nodes = [helper.make_node(node.op_type, list(node.inputs), [out], **node.attrs)]
-    graph = helper.make_graph(nodes, "fragment", inputs,
-                              [helper.make_tensor_value_info(out, g.value(out).elem_type or 1, list(shapes[out]))],
-                              inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", model.opset)])
-    proto.ir_version = 8
-    return proto
-
-
-def _time_layer(model, key, spec, shapes, threads, repeats) -> tuple[float, float]:
-    from tvmlite.compare import ort_session
-    from tvmlite.frontend import import_model
-
-    proto = _fragment(model, key, shapes)
-    if proto is None:
-        return 0.0, float("inf")
-    frag = import_model(proto, check=False)
-    plan = qdq.plan_qdq(frag.graph, {key}, spec, extend=False)
-    qdq.apply_qdq(frag, plan, spec)
-    from tvmlite.export import export_model
-
-    f_sess = ort_session(proto, threads)
-    q_sess = ort_session(export_model(frag), threads)
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for i in proto.graph.input:
-        lo, hi = spec.ranges.get(i.name, (-1.0, 1.0))
-        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
-        feeds[i.name] = rng.uniform(lo, hi, shape).astype(np.float32)
-    t_f, t_q, _ = timed_ratio(lambda: f_sess.run(None, feeds), lambda: q_sess.run(None, feeds), 1.0,
-                              max_rounds=repeats)
-    return t_f, t_q

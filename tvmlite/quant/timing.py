@@ -1,37 +1,40 @@
-"""Timing two variants of a layer against each other, measuring only as long as the choice is close.
+"""Timing one layer in int8 against the same layer in float, alone in onnxruntime.
 
-Per-layer choices (int8 or float, factorized or not) compare two onnxruntime sessions on one layer.
-Most comparisons are not close (a 3x3 conv in int8 is 2-4x faster, a tiny element-wise op 2x
-slower): a few interleaved rounds decide them. Only a ratio within ``margin`` of the threshold gets
-more rounds, doubling up to ``max_rounds``. The median stays the statistic (robust on a loaded host).
+The layer is cut out of the model as a fragment (tvmlite.runtime.ort.fragment: its constant inputs,
+its other inputs at the static shapes of the calibration example), once as it is and once in QDQ
+form including the Q of its inputs and the DQ of its output, so a layer pays for its own boundary
+conversions. Most comparisons are not close (a 3x3 conv in int8 is 2-4x faster, a tiny element-wise
+op 2x slower): ``timed_ratio`` decides them in a few interleaved rounds and gives more only to a
+ratio near the threshold. The median stays the statistic (robust on a loaded host).
 """
 from __future__ import annotations
 
-import time
+from tvmlite.errors import UnsupportedError
+from tvmlite.ir.graph import Model
+from tvmlite.quant import qdq
+# the timing loop lives in the runtime layer; its name stays importable from here
+from tvmlite.runtime.ort import fragment, ort_session, random_feeds, timed_ratio
 
-import numpy as np
+__all__ = ["time_int8_layer", "timed_ratio"]
 
 
-def timed_ratio(fa, fb, threshold: float = 1.0, *, max_rounds: int = 30, min_rounds: int = 6,
-                margin: float = 0.15, warmup: int = 2) -> tuple[float, float, int]:
-    """Median milliseconds of ``fa`` and ``fb`` run alternately (every other round in reverse
-    order), and the rounds taken: at least ``min_rounds``, more while ``ms_a / ms_b`` lies within
-    ``margin`` of ``threshold`` (the ratio the caller decides at)."""
-    for _ in range(warmup):
-        fa()
-        fb()
-    ta: list[float] = []
-    tb: list[float] = []
-    target = max(1, min(min_rounds, max_rounds))
-    while True:
-        while len(ta) < target:
-            pair = ((fa, ta), (fb, tb)) if len(ta) % 2 == 0 else ((fb, tb), (fa, ta))
-            for f, acc in pair:
-                t0 = time.perf_counter()
-                f()
-                acc.append((time.perf_counter() - t0) * 1e3)
-        ma, mb = float(np.median(ta)), float(np.median(tb))
-        ratio = ma / max(mb, 1e-12)
-        if target >= max_rounds or threshold <= 0 or abs(ratio / threshold - 1.0) > margin:
-            return ma, mb, len(ta)
-        target = min(2 * target, max_rounds)
+def time_int8_layer(model: Model, key: str, spec: qdq.QuantSpec, shapes: dict, threads: int = 2,
+                    repeats: int = 60) -> tuple[float, float]:
+    """Median ms of the node ``key`` (qdq.node_key) in float and in int8, timed interleaved; (0, inf)
+    when the layer cannot be cut out at static shapes (it then stays float)."""
+    node = next(n for n in model.graph.nx.nodes if qdq.node_key(n) == key)
+    out = node.outputs[0]
+    if out not in shapes:
+        return 0.0, float("inf")
+    try:
+        frag = fragment(model, [node], shapes, outputs=[out])
+    except UnsupportedError:
+        return 0.0, float("inf")
+    f_sess = ort_session(frag, threads)
+    plan = qdq.plan_qdq(frag.graph, {key}, spec, extend=False)
+    qdq.apply_qdq(frag, plan, spec)
+    q_sess = ort_session(frag, threads)
+    feeds = random_feeds(frag, spec.ranges)
+    t_f, t_q, _ = timed_ratio(lambda: f_sess.run(None, feeds), lambda: q_sess.run(None, feeds), 1.0,
+                              max_rounds=repeats)
+    return t_f, t_q

@@ -1,0 +1,150 @@
+"""The pass protocol: capabilities the optimizer reads, replay without state, options checked at
+construction."""
+import pathlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+import tvmlite
+from tvmlite.errors import OptionError
+from tvmlite.export import export_model
+from tvmlite.passes import Pass, PassResult, parse_spec
+from tvmlite.passes.capabilities import (Calibrated, Cleanup, LayerwisePass, calibration_option, is_cleanup,
+                                         layerwise)
+
+from helpers import ort_run
+
+MODELS = pathlib.Path(__file__).resolve().parents[1] / "models"
+
+
+def _digits():
+    calib = np.load(MODELS / "digits_calib.npz")["input"]
+    return str(MODELS / "digits_cnn.onnx"), calib, np.load(MODELS / "digits_test.npz")["input"][:8]
+
+
+def _weights(m):
+    g = m.graph
+    return {n: np.asarray(g.const_value(n)) for n in g.initializers}
+
+
+def _same_model(a, b, x):
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa) and np.array_equal(
+        ort_run(export_model(a), {"input": x})[0], ort_run(export_model(b), {"input": x})[0])
+
+
+@pytest.mark.parametrize("spec", ["quantize(mode=auto,error_budget=1.0,progress=false)",
+                                  "lowrank(rank=budget,budget=0.25)"])
+def test_replaying_the_first_of_two_runs_gives_the_first_model(spec):
+    """The pass keeps nothing between runs: a second run on other calibration data does not change
+    what replaying the first run's result builds."""
+    path, calib, x = _digits()
+    p = parse_spec(spec)[0]
+    state = dict(vars(p))
+    opt = calibration_option(p)
+    setattr(p.options, opt, {"input": calib[:16]})
+    first = tvmlite.load(path)
+    r1 = p(first)
+    setattr(p.options, opt, {"input": calib[16:32] * 3.0})  # other data: other ranges / other fits
+    second = tvmlite.load(path)
+    r2 = p(second)
+    assert r1.changed and r2.changed and r1.replay is not None
+    assert not _same_model(first, second, x), "the two runs must differ for this test to mean anything"
+    assert vars(p).keys() == state.keys()  # no attribute was added by running
+    lw = layerwise(p)
+    assert lw is p and lw.layers(r1) == list(dict.fromkeys(r1.rewritten))
+    again = tvmlite.load(path)
+    lw.replay(r1, [])(again)
+    assert _same_model(first, again, x)
+    # and the second result replays the second model
+    again2 = tvmlite.load(path)
+    lw.replay(r2, [])(again2)
+    assert _same_model(second, again2, x)
+
+
+def test_quantize_layer_costs_come_from_the_result():
+    path, calib, _ = _digits()
+    p = parse_spec("quantize(mode=auto,error_budget=0.0,progress=false)")[0]
+    p.options.calibration = {"input": calib[:16]}
+    r = p(tvmlite.load(path))
+    costs = p.layer_costs(r)
+    assert costs and all(v >= 0 for v in costs.values())
+    assert p.layer_costs(PassResult("quantize")) is None  # a result without a token has none
+
+
+def test_capabilities_are_declared_not_inherited_from_pass():
+    for attr in ("exclude_option", "calibration_option", "cleanup", "replay", "layer_costs"):
+        assert not hasattr(Pass, attr), attr
+    reg = {p.name: p for p in parse_spec("lowrank,quantize,prune,fold-bn,dce,fp16")}
+    assert layerwise(reg["lowrank"]).exclude_option == "exclude"
+    assert layerwise(reg["quantize"]).exclude_option == "exclude_names"
+    assert layerwise(reg["prune"]) is None and layerwise(reg["fold-bn"]) is None
+    assert calibration_option(reg["quantize"]) == "calibration" and calibration_option(reg["prune"]) == "calib"
+    assert calibration_option(reg["fp16"]) is None
+    assert is_cleanup(reg["fold-bn"]) and is_cleanup(reg["dce"]) and not is_cleanup(reg["lowrank"])
+
+
+def test_a_pass_declares_capabilities_by_mixin_or_plain_attribute():
+    @dataclass
+    class Opts:
+        exclude: list = field(default_factory=list)
+        calib: object = None
+
+    class Mixed(LayerwisePass, Calibrated, Cleanup, Pass):
+        name = "test-mixed"
+        Options = Opts
+
+    class Plain(Pass):
+        name = "test-plain"
+        exclude_option = "exclude"
+        Options = Opts
+
+        def layer_costs(self, result):
+            return {"a": 1.0}
+
+    m, p = Mixed(), Plain()
+    assert calibration_option(m) == "calib" and is_cleanup(m) and not is_cleanup(p)
+    r = PassResult("x", rewritten=["a", "b", "a"])
+    assert layerwise(m).layers(r) == ["a", "b"] and layerwise(m).layer_costs(r) is None
+    assert layerwise(p).layer_costs(r) == {"a": 1.0}
+    assert layerwise(p).replay(r, ["b"]).options.exclude == ["b"]
+    assert layerwise(m).replay(r, ["a"]).options.exclude == ["a"]
+
+
+def test_replay_token_stays_out_of_the_json_result():
+    r = PassResult("x", replay={"plans": {"a": np.zeros(3)}})
+    assert "replay" not in r.to_dict()
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("lowrank(method=svd)", "lowrank: method='svd'"),
+    ("lowrank(ratio=1.5)", "lowrank: ratio=1.5"),
+    ("lowrank(calib_count=1)", "lowrank: .*calib_count"),
+    ("prune(mode=random)", "prune: mode='random'"),
+    ("prune(block=4x0)", "prune: block='4x0'"),
+    ("prune(n=4,m=2)", "prune: need 0 < n < m"),
+    ("sparsify(blocks=8x8|3)", "sparsify: block '3'"),
+    ("sparsify(repeats=0)", "sparsify: .*repeats=0"),
+    ("quantize(method=median)", "'quantize': method 'median'"),
+    ("quantize(mode=some)", "'quantize': mode 'some'"),
+    ("quantize(activation_type=int4)", "'quantize': activation_type 'int4'"),
+    ("quantize(error_budget=-1)", "'quantize': error_budget=-1"),
+    ("quantize(percentile=0)", "'quantize': percentile=0"),
+    ("quantize-dynamic(form=fast)", "'quantize-dynamic': form 'fast'"),
+    ("compress-weights(bits=9)", "compress-weights: bits=9"),
+    ("compress-weights(mode=pq)", "compress-weights: mode='pq'"),
+    ("choose-conv(allow=fft)", "'choose-conv': unknown candidate"),
+    ("winograd(m=5)", "'winograd': m=5"),
+    ("lower-conv(layout=nhwc)", "'lower-conv': layout='nhwc'"),
+])
+def test_bad_options_raise_at_construction(spec, match):
+    with pytest.raises(OptionError, match=match):
+        parse_spec(spec)
+
+
+def test_good_options_construct_and_construction_does_no_work():
+    # no model, no calibration: construction only checks the options
+    for spec in ("lowrank(method=cp,rank=ratio,ratio=0.5)", "prune(mode=block,block=8x8)",
+                 "sparsify(blocks=4x4|1x1)", "quantize(mode=auto,method=entropy)", "compress-weights(bits=2)"):
+        assert parse_spec(spec)

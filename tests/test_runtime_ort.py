@@ -1,0 +1,122 @@
+"""tvmlite.runtime.ort: sessions from whole models and from fragments, and the timing loop."""
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+import tvmlite
+from tvmlite.errors import TvmliteError, UnsupportedError
+from tvmlite.export import export_model
+from tvmlite.runtime import ort as rt
+
+from helpers import conv_bn_relu_model
+
+
+def _with_outputs(model, names):
+    """The whole model, with intermediate values as extra outputs (what the fragment must match)."""
+    proto = export_model(model)
+    for n in names:
+        proto.graph.output.append(onnx.ValueInfoProto(name=n))
+    return proto
+
+
+def _node(model, name):
+    return next(n for n in model.graph.nx.nodes if n.name == name)
+
+
+def test_fragment_session_equals_the_whole_model_on_that_fragment():
+    m = tvmlite.load(conv_bn_relu_model(seed=3))
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    whole = rt.ort_session(_with_outputs(m, ["c", "r", "mm"]))
+    c, r, mm = whole.run(["c", "r", "mm"], {"x": x})
+    # BatchNormalization -> Relu cut out: "c" comes in at its real shape (its type is not recorded in
+    # the graph: given), "r" goes out
+    with pytest.raises(UnsupportedError, match="input 'c' has no static shape and type"):
+        rt.fragment(m, [_node(m, "bn"), _node(m, "relu")], {"c": c.shape})
+    frag = rt.fragment(m, [_node(m, "bn"), _node(m, "relu")], {"c": c.shape}, dtypes={"c": np.float32})
+    assert frag.graph.inputs == ["c"] and frag.graph.outputs == ["r"]
+    assert set(frag.graph.initializers) == {"scale", "bias", "mean", "var"}
+    # weights are shared with the model, not copied
+    assert np.shares_memory(frag.graph.const_value("scale"), m.graph.const_value("scale"))
+    sess = rt.ort_session(frag)
+    np.testing.assert_allclose(sess.run(None, {"c": c})[0], r, rtol=1e-6, atol=1e-6)
+    # Constant-fed nodes: the Constants' values become initializers of the fragment
+    sess, frag = rt.fragment_session(m, [_node(m, "six"), _node(m, "scale_out")], {"mm": mm.shape},
+                                     dtypes={"mm": mm.dtype})
+    assert frag.graph.inputs == ["mm"] and set(frag.graph.initializers) == {"two", "three"}
+    y = whole.run(None, {"x": x})[0]
+    np.testing.assert_allclose(sess.run(None, {"mm": mm})[0], y, rtol=1e-6)
+
+
+def test_fragments_are_written_with_one_ir_version_and_the_models_opsets():
+    m = tvmlite.load(conv_bn_relu_model())
+    frag = rt.fragment(m, [_node(m, "conv")], {"x": (1, 3, 4, 4)})
+    proto = export_model(frag)
+    assert proto.ir_version == rt.FRAGMENT_IR_VERSION
+    assert {o.domain: o.version for o in proto.opset_import}[""] == m.opset
+    raised = export_model(rt.fragment(m, [_node(m, "conv")], {"x": (1, 3, 4, 4)}, opset=21))
+    assert {o.domain: o.version for o in raised.opset_import}[""] == 21
+    assert raised.ir_version >= 10  # opset 21 needs IR 10: the exporter raises it, never lowers it
+    rt.ort_session(raised)  # and onnxruntime loads it
+
+
+def test_fragment_refuses_inputs_without_a_static_shape():
+    m = tvmlite.load(conv_bn_relu_model())  # x is [N, 3, 4, 4]
+    with pytest.raises(UnsupportedError, match="node 'conv': input 'x' has no static shape"):
+        rt.fragment(m, [_node(m, "conv")])
+    with pytest.raises(UnsupportedError, match="empty fragment"):
+        rt.fragment(m, [])
+    with pytest.raises(UnsupportedError, match="output 'y' is not produced"):
+        rt.fragment(m, [_node(m, "conv")], {"x": (1, 3, 4, 4)}, outputs=["y"])
+
+
+def test_sessions_register_the_custom_ops_libraries_given(tmp_path):
+    lib = tmp_path / "libnotops.so"
+    lib.write_bytes(b"not a shared library")
+    m = tvmlite.load(conv_bn_relu_model())
+    rt.ort_session(m)  # loads without
+    with pytest.raises(TvmliteError, match="--custom-ops .*libnotops.so: onnxruntime cannot load it"):
+        rt.ort_session(m, custom_ops=[lib])
+    with pytest.raises(TvmliteError, match="--custom-ops .*libnotops.so"):
+        rt.fragment_session(m, [_node(m, "conv")], {"x": (1, 3, 4, 4)}, custom_ops=[str(lib)])
+
+
+def test_time_interleaved_gives_medians_and_spread_in_alternating_order():
+    calls = []
+
+    def sleeper(i, s):
+        def f():
+            calls.append(i)
+            time.sleep(s)
+        return f
+
+    t = rt.time_interleaved([sleeper(0, 0.002), sleeper(1, 0.008)], repeats=6, warmup=1)
+    assert t.rounds == 6 and len(t.medians_ms) == len(t.spreads_ms) == 2
+    assert 2.0 <= t.medians_ms[0] < t.medians_ms[1] and t.medians_ms[1] >= 8.0
+    assert all(s >= 0 for s in t.spreads_ms)
+    # warm-up calls, then round 0 in order, round 1 reversed, ...
+    assert calls[:2] == [0, 1] and calls[2:6] == [0, 1, 1, 0]
+    # a budget stops after min_rounds once it is spent
+    t = rt.time_interleaved([sleeper(0, 0.01)], repeats=1000, warmup=0, budget_s=0.03, min_rounds=2)
+    assert 2 <= t.rounds < 10
+    # the old names give the same medians
+    assert len(rt.interleaved_ms([lambda: None, lambda: None], 3)) == 2
+    assert rt.median_ms(sleeper(0, 0.003), 3) >= 3.0
+
+
+def test_timed_ratio_measures_longer_only_when_close():
+    fast, slow = (lambda: time.sleep(0.001)), (lambda: time.sleep(0.005))
+    _, _, rounds = rt.timed_ratio(fast, slow, 1.0, max_rounds=24, min_rounds=4)
+    assert rounds == 4  # 5x apart: decided at once
+    same = lambda: time.sleep(0.002)  # noqa: E731
+    _, _, rounds = rt.timed_ratio(same, same, 1.0, max_rounds=16, min_rounds=4, margin=10.0)
+    assert rounds == 16  # within the margin: doubled up to max_rounds
+
+
+def test_compare_and_quant_timing_re_export_the_runtime():
+    import tvmlite.compare as compare
+    import tvmlite.quant.timing as qt
+
+    assert compare.ort_session is rt.ort_session and compare.interleaved_ms is rt.interleaved_ms
+    assert qt.timed_ratio is rt.timed_ratio
