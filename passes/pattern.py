@@ -177,6 +177,7 @@ class Rule:
             here.replace(node, outputs)
         # the pattern's inner nodes (and constants only they read) die with the root
         remove_dead_producers(g, [o for n in inner if n.graph is not None for o in n.outputs if o] + inputs)
+        here.settle_names()
         return True
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ir.shapes import static_shapes
 
@@ -476,17 +477,16 @@ class ChannelPruner:
             node.attr_protos.pop("beta", None)
         else:
             new_w = z
-        w_name = g.add_constant(new_w.astype(w.dtype), f"{node.inputs[1]}_refit")
+        b = Builder(g, before=node)
+        w_new = b.const(new_w.astype(w.dtype), f"{node.inputs[1]}_refit")
         if node.op_type == "MatMul":  # no bias input: the offset becomes an Add
             base = node.name or "matmul"
-            mid, out = g.fresh_name(f"{base}_refit_mm"), g.fresh_name(f"{base}_refit_out")
-            c_name = g.add_constant(c, f"{base}_refit_bias")
-            g.replace_node_with(node, [("MatMul", [node.inputs[0], w_name], [mid], {}, {"name": node.name}),
-                                       ("Add", [mid, c_name], [out], {}, {"name": f"{base}_refit_bias"})],
-                                outputs=[out])
+            mm = b.op.MatMul(node.inputs[0], w_new, name_hint=f"{base}_refit_mm")
+            out = b.op.Add(mm, b.const(c, f"{base}_refit_bias"), name_hint=f"{base}_refit_bias")
+            b.replace(node, {node.outputs[0]: out}, heir=mm)
         else:
-            g.set_input(node, 1, w_name)
-            g.set_input(node, 2, g.add_constant(c, f"{node.name or 'layer'}_refit_bias"))
+            g.set_input(node, 1, w_new.name)
+            g.set_input(node, 2, b.const(c, f"{node.name or 'layer'}_refit_bias").name)
         return f"output error {before:.3g} -> {after:.3g}"
 
     def _bias_of(self, node: Node, out: int) -> np.ndarray:

@@ -143,6 +143,8 @@ class Builder:
         self.names = names or NameAuthority(self.graph)
         #: nodes made by this builder (and its derived ones), in creation order
         self.created: list[Node] = []
+        self._heirs: list[tuple[Node, Node]] = []  # (new node, the removed node whose name it takes)
+        self._remade: dict[int, Node] = {}  # id of a node re-made by a take-over -> its new self
         self.op = _Ops(self, "")
         self.ms = _Ops(self, MS_DOMAIN)
         self.tvmlite = _Ops(self, TVMLITE_DOMAIN)
@@ -150,14 +152,16 @@ class Builder:
     def at(self, *, before: Node | None = None, after: Node | None = None) -> "Builder":
         """The same model and name authority, another insertion point; ``created`` is shared."""
         b = Builder(self.model or self.graph, before=before, after=after, names=self.names)
-        b.created = self.created
+        b.created, b._heirs, b._remade = self.created, self._heirs, self._remade
         return b
 
     # ---------------------------------------------------------------------------------- values
     def const(self, array: Any, name_hint: str = "const") -> Value:
         """A new initializer of the insertion graph holding ``array`` (made contiguous)."""
         name = self.names.value(name_hint, self.graph)
-        return self.graph.add_initializer(name, np.ascontiguousarray(np.asarray(array)))
+        a = np.asarray(array)
+        # np.ascontiguousarray would turn a 0-d array into shape (1,)
+        return self.graph.add_initializer(name, a if a.flags.c_contiguous else a.copy(order="C"))
 
     def value_name(self, name_hint: str) -> str:
         """A reserved fresh value name, for code that must name a value before making it."""
@@ -204,9 +208,10 @@ class Builder:
         return node
 
     # ----------------------------------------------------------------------------- replacement
-    def replace(self, node: Node, outputs: dict[str, Value | str]) -> None:
+    def replace(self, node: Node, outputs: dict[str, Value | str], *, heir: Value | Node | None = None) -> None:
         """Swap ``node`` for what this builder made: ``outputs`` maps each output name of ``node``
-        that is read to the value that takes its place.
+        that is read to the value that takes its place. ``heir`` (a new node, or the value it makes)
+        takes over ``node``'s name: reports, exclude lists and replays name layers by node.
 
         A value made by this builder takes over the old name (graph outputs and value_info stay put;
         the old value keeps its declared type). Any other value (a pass-through such as the node's
@@ -230,16 +235,38 @@ class Builder:
         for old in node.outputs:
             if old and old not in outputs and g.num_uses(old):
                 raise TvmliteError(f"replacement of {node.label!r} leaves its output {old!r} without a producer")
+        if heir is not None:
+            self.inherit_name(heir, node)
         for old, new in passthrough.items():
             g.replace_all_uses(old, new)
         if not take:
             g.remove_node(node)
-            return
-        g.remove_node(node, remove_outputs=False)
-        for old, new in take.items():
-            self._take_over(g, old, new)
+        else:
+            g.remove_node(node, remove_outputs=False)
+            for old, new in take.items():
+                self._take_over(g, old, new)
+        self.settle_names()
 
-    def _take_over(self, g: Graph, old: str, new: str) -> None:
+    def inherit_name(self, new: Value | Node, old: Node) -> None:
+        """``new`` takes ``old``'s name once ``old`` has left the graph (see ``settle_names``):
+        reports, exclude lists and replays name layers by node, and two nodes may not share a name."""
+        node = new if isinstance(new, Node) else new.producer
+        if node is None:
+            raise TvmliteError(f"{_name(new)!r} has no producer to take the name {old.name!r}")
+        self._heirs.append((node, old))
+
+    def settle_names(self) -> None:
+        """Pass on the names of removed nodes to their heirs (the rest wait for their node to go)."""
+        waiting = []
+        for node, old in self._heirs:
+            node = self._remade.get(id(node), node)
+            if old.graph is None and node.graph is not None:
+                node.name = old.name
+            else:
+                waiting.append((node, old))
+        self._heirs[:] = waiting
+
+    def _take_over(self, g: Graph, old: str, new: str) -> Node:
         """The producer of ``new`` produces ``old`` (whose producer was removed) instead."""
         p = g.producer(new)
         new_type = g.values[new].type
@@ -252,6 +279,8 @@ class Builder:
         if v.type is None:
             v.type = new_type
         self.created[self.created.index(p)] = q
+        self._remade[id(p)] = q
+        return q
 
 
 def _name(v: Value | str | None) -> str:
