@@ -170,11 +170,11 @@ class Builder:
     # ----------------------------------------------------------------------------------- nodes
     def make(self, op_type: str, *inputs, domain: str = "", name_hint: str | None = None,
              outputs: int | list[str] = 1, attrs: dict | None = None, **attributes):
-        """Add one node; returns its output Value, or a tuple of them when ``outputs`` is not 1.
+        """Add one node; returns its output Value, or a tuple of them when it has several.
 
         ``outputs`` is a count, or a list of name hints (one per output). ``attrs`` carries attributes
         whose names are not Python identifiers or collide with these keywords."""
-        hint = name_hint or op_type.lower()
+        hint = name_hint or (outputs[0] if not isinstance(outputs, int) and outputs else op_type.lower())
         node_name = self.names.node(hint, self.graph)
         if isinstance(outputs, int):
             hints = [hint] if outputs == 1 else [f"{hint}_{i}" for i in range(outputs)]
@@ -190,7 +190,7 @@ class Builder:
             self.model.opsets.setdefault(domain, 1)
         self.created.append(node)
         vals = tuple(self.graph.values[o] for o in outs)
-        return vals[0] if len(vals) == 1 and isinstance(outputs, int) else vals
+        return vals[0] if len(vals) == 1 else vals
 
     def make_node(self, op_type: str, inputs: Iterable, outputs: Iterable[str], attrs: dict | None = None, *,
                   domain: str = "", name_hint: str | None = None) -> Node:
