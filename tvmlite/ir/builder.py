@@ -18,8 +18,9 @@ all, which is why passes used to loop ``while name in taken``. The authority is 
 use and shared by the builders derived with ``at()``: make one Builder per pass run and move its
 insertion point, not one per node (building it walks the model once).
 
-Insertion order: nodes made before ``node`` get an order just below node's and sort, among
-themselves, in the order they were made; the toposort keeps that wherever the data flow allows.
+Insertion order: nodes made before ``node`` get an order just below node's (after it: just above)
+and sort, among themselves, in the order they were made; the toposort keeps that wherever the data
+flow allows. Without an anchor, nodes go to the end.
 """
 from __future__ import annotations
 
@@ -138,8 +139,9 @@ class Builder:
             raise TvmliteError(f"cannot insert next to {anchor.label!r}: it is not in a graph")
         self.graph: Graph = anchor.graph if anchor is not None else (
             target.graph if isinstance(target, Model) else target)
-        # same order for all, ties broken by creation (networkx insertion index) in the toposort
-        self._order = None if anchor is None else anchor.order + (-0.5 if before is not None else 0.5)
+        # one order for all, ties broken by creation (networkx insertion index) in the toposort;
+        # "after" stays below the next node's "before" (order + 1 - 0.5) so it comes right after
+        self._order = None if anchor is None else anchor.order + (-0.5 if before is not None else 0.25)
         self.names = names or NameAuthority(self.graph)
         #: nodes made by this builder (and its derived ones), in creation order
         self.created: list[Node] = []
