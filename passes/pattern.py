@@ -14,9 +14,10 @@ A pattern is a small tree of ops ending at one node (the root), written the way 
 
 Every inner Op's output must be read by the pattern alone (a fused intermediate would otherwise be
 computed twice); a match that breaks this is refused with "the output of X has other readers".
+``shared=True`` lifts this for an inner node the rewrite only reads around (it stays for the others).
 
 The check gets the graph and the match and returns None to accept or the reason it refuses; that
-reason becomes the pass's skip reason for the root node. The rewrite gets a Builder placed before
+reason becomes the pass's skip reason for the root node (False: not a match after all, no reason). The rewrite gets a Builder placed before
 the root and the match, makes the new nodes and returns ``{root output: new value}`` (a value it made
 takes over the old name; any other value replaces it in every reader). Pattern nodes left unread
 afterwards are removed. A rule is applied with ``apply_rules(model, rules, result)``.
@@ -46,7 +47,7 @@ class Op:
     """A pattern node (see the module docstring)."""
 
     def __init__(self, op_types: str | tuple, *inputs: Any, name: str | None = None, domain: str | None = None,
-                 commute: bool = False):
+                 commute: bool = False, shared: bool = False):
         self.op_types = (op_types,) if isinstance(op_types, str) else tuple(op_types)
         self.inputs = list(inputs)
         self.rest = bool(inputs) and inputs[-1] is Ellipsis
@@ -55,6 +56,7 @@ class Op:
         self.name = name or self.op_types[0].lower()
         self.domain = domain
         self.commute = commute
+        self.shared = shared  # an inner node that may have other readers (the rewrite keeps it)
         if commute and len(self.inputs) != 2:
             raise ValueError(f"pattern {self.name!r}: commute needs exactly two inputs")
 
@@ -136,10 +138,19 @@ def match(g: Graph, pattern: Op, node: Node) -> Match | None:
     return _match_node(g, pattern, node, Match(node))
 
 
+def _ops(pattern: Op) -> dict[str, Op]:
+    out = {pattern.name: pattern}
+    for sub in pattern.inputs:
+        if isinstance(sub, Op):
+            out.update(_ops(sub))
+    return out
+
+
 def shared_intermediate(g: Graph, pattern: Op, m: Match) -> str | None:
     """Why the match cannot be rewritten because an inner node's output has readers outside it."""
+    ops = _ops(pattern)
     for key, node in m.nodes.items():
-        if key == pattern.name:
+        if key == pattern.name or ops[key].shared:
             continue
         readers_inside = sum(n.inputs.count(o) for n in m.nodes.values() for o in node.outputs if o)
         for o in node.outputs:
@@ -148,7 +159,7 @@ def shared_intermediate(g: Graph, pattern: Op, m: Match) -> str | None:
     return None
 
 
-Check = Callable[[Graph, Match], "str | None"]
+Check = Callable[[Graph, Match], "str | bool | None"]
 Rewrite = Callable[[Builder, Match], "dict | None"]
 
 
@@ -167,16 +178,20 @@ class Rule:
         if m is None:
             return False
         why = shared_intermediate(g, self.pattern, m) or (self.check(g, m) if self.check else None)
+        if why is False:
+            return False
         if why:
             return why
         inner = [n for k, n in m.nodes.items() if k != self.pattern.name]
-        inputs = [i for n in m.nodes.values() for i in n.inputs if i]
+        # initializers the matched nodes read (a rewrite may swap them for new ones)
+        weights = [i for n in m.nodes.values() for i in n.inputs
+                   if i and g.values.get(i) is not None and g.values[i].is_initializer]
         here = b.at(before=node)
         outputs = self.rewrite(here, m)
         if outputs is not None and node.graph is not None:
             here.replace(node, outputs)
-        # the pattern's inner nodes (and constants only they read) die with the root
-        remove_dead_producers(g, [o for n in inner if n.graph is not None for o in n.outputs if o] + inputs)
+        # inner nodes and initializers nothing reads any more go with the rewrite
+        remove_dead_producers(g, [o for n in inner if n.graph is not None for o in n.outputs if o] + weights)
         here.settle_names()
         return True
 
