@@ -128,6 +128,7 @@ class Prune(Pass):
     def _unstructured(self, model: Model, result: PassResult) -> None:
         o = self.options
         g = model.graph
+        b = Builder(model)
         layers = []
         for node in g.toposort():
             if o.layers and node.name not in o.layers:
@@ -173,7 +174,7 @@ class Prune(Pass):
                 keep = norms > t
                 mask = np.kron(keep, np.ones((br, bc), bool))[:mat.shape[0], :mat.shape[1]]
             new = from_m(np.where(mask, mat, 0).astype(w.dtype))
-            new_name = g.add_constant(new, f"{name}_pruned")
+            new_name = b.const(new, f"{name}_pruned").name
             g.set_input(node, 1, new_name)
             sparsity = float(1 - np.count_nonzero(new) / new.size)
             err = float(np.linalg.norm(new - w) / max(np.linalg.norm(w), 1e-30))
@@ -199,6 +200,7 @@ class ChannelPruner:
         self.g = model.graph
         self.o = options
         self.result = result
+        self.b = Builder(model)  # one name authority for the pruner's run
 
     def _producers(self) -> list[Node]:
         g = self.g
@@ -373,7 +375,7 @@ class ChannelPruner:
         drop = np.setdiff1d(np.arange(C), keep)
 
         def replace(node, index, array, base):
-            g.set_input(node, index, g.add_constant(array, base))
+            g.set_input(node, index, self.b.const(array, base).name)
 
         for p in group.producers:
             w = g.const_value(p.inputs[1])
@@ -477,7 +479,7 @@ class ChannelPruner:
             node.attr_protos.pop("beta", None)
         else:
             new_w = z
-        b = Builder(g, before=node)
+        b = self.b.at(before=node)
         w_new = b.const(new_w.astype(w.dtype), f"{node.inputs[1]}_refit")
         if node.op_type == "MatMul":  # no bias input: the offset becomes an Add
             base = node.name or "matmul"

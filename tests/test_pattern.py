@@ -91,3 +91,24 @@ def test_matmul_add_to_gemm_keeps_the_layer_name_and_outputs():
     x = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
     np.testing.assert_allclose(ort_run(export_model(m), {"x": x})[0], ort_run(proto, {"x": x})[0],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_readme_rule_runs_as_written():
+    """The README's rule block, executed on a model: it rewrites, and refuses a divisor with zeros."""
+    import re
+
+    from conftest import ROOT
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+                 if "apply_rules(m," in b)
+    for d, rewritten in ((np.array([2.0, 4.0, 0.5, 8.0], np.float32), ["div"]),
+                         (np.array([2.0, 0.0, 1.0, 1.0], np.float32), [])):
+        proto = _div_model(d)
+        scope = {"m": tvmlite.load(proto)}
+        exec(block, scope)
+        assert scope["result"].rewritten == rewritten
+        assert scope["result"].skipped == ([] if rewritten else [("div", "divisor has zeros")])
+        x = np.random.default_rng(4).uniform(0.5, 2.0, (2, 4)).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            want = ort_run(proto, {"x": x})[0]
+        np.testing.assert_allclose(ort_run(export_model(scope["m"]), {"x": x})[0], want, rtol=1e-6)
