@@ -146,7 +146,8 @@ class Builder:
         #: nodes made by this builder (and its derived ones), in creation order
         self.created: list[Node] = []
         self._heirs: list[tuple[Node, Node]] = []  # (new node, the removed node whose name it takes)
-        self._remade: dict[int, Node] = {}  # id of a node re-made by a take-over -> its new self
+        self._made: dict[int, Node] = {}  # id -> node for the nodes made here (holding them keeps ids unique)
+        self._remade: dict[int, tuple[Node, Node]] = {}  # id of a node re-made by a take-over -> (it, new self)
         self.op = _Ops(self, "")
         self.ms = _Ops(self, MS_DOMAIN)
         self.tvmlite = _Ops(self, TVMLITE_DOMAIN)
@@ -154,7 +155,7 @@ class Builder:
     def at(self, *, before: Node | None = None, after: Node | None = None) -> "Builder":
         """The same model and name authority, another insertion point; ``created`` is shared."""
         b = Builder(self.model or self.graph, before=before, after=after, names=self.names)
-        b.created, b._heirs, b._remade = self.created, self._heirs, self._remade
+        b.created, b._heirs, b._made, b._remade = self.created, self._heirs, self._made, self._remade
         return b
 
     # ---------------------------------------------------------------------------------- values
@@ -191,6 +192,7 @@ class Builder:
         if domain and self.model is not None:
             self.model.opsets.setdefault(domain, 1)
         self.created.append(node)
+        self._made[id(node)] = node
         vals = tuple(self.graph.values[o] for o in outs)
         return vals[0] if len(vals) == 1 else vals
 
@@ -207,6 +209,7 @@ class Builder:
         if domain and self.model is not None:
             self.model.opsets.setdefault(domain, 1)
         self.created.append(node)
+        self._made[id(node)] = node
         return node
 
     # ----------------------------------------------------------------------------- replacement
@@ -224,12 +227,11 @@ class Builder:
         unknown = [o for o in outputs if o not in node.outputs]
         if unknown:
             raise TvmliteError(f"replacement of {node.label!r} names {unknown[0]!r}, which it does not produce")
-        made = {id(n) for n in self.created}
         take, passthrough = {}, {}
         for old, new in outputs.items():
             new = _name(new)
             p = g.producer(new)
-            if p is not None and id(p) in made and new not in g.outputs and g.num_uses(new) == sum(
+            if p is not None and self._made.get(id(p)) is p and new not in g.outputs and g.num_uses(new) == sum(
                     c.inputs.count(new) for c in g.consumers(new)):
                 take[old] = new
             else:
@@ -261,7 +263,9 @@ class Builder:
         """Pass on the names of removed nodes to their heirs (the rest wait for their node to go)."""
         waiting = []
         for node, old in self._heirs:
-            node = self._remade.get(id(node), node)
+            old_new = self._remade.get(id(node))
+            if old_new is not None and old_new[0] is node:
+                node = old_new[1]
             if old.graph is None and node.graph is not None:
                 node.name = old.name
             else:
@@ -280,8 +284,11 @@ class Builder:
         v = g.values[old]
         if v.type is None:
             v.type = new_type
-        self.created[self.created.index(p)] = q
-        self._remade[id(p)] = q
+        i = next(i for i in range(len(self.created) - 1, -1, -1) if self.created[i] is p)  # p is recent
+        self.created[i] = q
+        del self._made[id(p)]
+        self._made[id(q)] = q
+        self._remade[id(p)] = (p, q)
         return q
 
 
