@@ -84,6 +84,7 @@ class CompressWeights(Pass):
         result = PassResult(self.name)
         g = model.graph
         total_before = total_after = 0
+        b = Builder(model)  # one name authority for the run
         for node in g.toposort():
             if not is_onnx(node, "Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
                 continue
@@ -97,7 +98,7 @@ class CompressWeights(Pass):
                 result.skip(node, f"weight has {w.size} elements < min_size {o.min_size}")
                 continue
             approx, stored, rebuild = self._compress(w, channel_axis(node, w.ndim))
-            name = self._insert(g, node, rebuild)
+            name = self._insert(g, node, rebuild, b)
             before = w.nbytes
             after = sum(a.nbytes for a in stored)
             total_before += before
@@ -136,7 +137,7 @@ class CompressWeights(Pass):
         idx = idx.astype(np.uint8)
         return codebook[idx], [idx, codebook], ("gather", idx, codebook)
 
-    def _insert(self, g: Graph, node: Node, rebuild) -> str:
+    def _insert(self, g: Graph, node: Node, rebuild, b: Builder | None = None) -> str:
         """Nodes that rebuild the float weight from the stored arrays, feeding ``node``."""
         kind, small, extra = rebuild
         base = node.name or node.op_type.lower()
@@ -144,7 +145,7 @@ class CompressWeights(Pass):
         from onnx import helper
 
         elem = helper.np_dtype_to_tensor_dtype(dtype)
-        b = Builder(g, before=node)  # the weight is rebuilt just before its reader
+        b = b.at(before=node) if b is not None else Builder(g, before=node)  # rebuilt just before its reader
         if kind == "scale":
             f = b.op.Cast(b.const(small, f"{base}_W_sign"), to=elem, name_hint=f"{base}_W_cast")
             out = b.op.Mul(f, b.const(extra, f"{base}_W_scale"), name_hint=f"{base}_W_rebuild")

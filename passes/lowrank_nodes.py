@@ -109,8 +109,9 @@ class FactorNodes:
         consts = {n: scratch.values[n].const for n in scratch.initializers}
         return specs, consts, out
 
-    def _rewrite(self, g: Graph, layer: Layer, plan: dict, opset: int) -> None:
-        b = Builder(g, before=layer.node)
+    def _rewrite(self, g: Graph, layer: Layer, plan: dict, opset: int, b: Builder | None = None) -> None:
+        """``b``: the run's builder, if the caller keeps one (else a new one: it scans the model)."""
+        b = b.at(before=layer.node) if b is not None else Builder(g, before=layer.node)
         out = self._emit(b, layer, plan, opset)
         b.replace(layer.node, {layer.node.outputs[0]: out})
 
