@@ -183,15 +183,16 @@ class Rule:
         if why:
             return why
         inner = [n for k, n in m.nodes.items() if k != self.pattern.name]
-        # initializers the matched nodes read (a rewrite may swap them for new ones)
-        weights = [i for n in m.nodes.values() for i in n.inputs
-                   if i and g.values.get(i) is not None and g.values[i].is_initializer]
+        # what the inner nodes read (a rewrite may swap their weights) and the root's initializers;
+        # the root's other producers (Constant nodes) are left to dce, as the passes always did
+        before = [i for n in inner for i in n.inputs if i] + [
+            i for i in node.inputs if i and g.values.get(i) is not None and g.values[i].is_initializer]
         here = b.at(before=node)
         outputs = self.rewrite(here, m)
         if outputs is not None and node.graph is not None:
             here.replace(node, outputs)
-        # inner nodes and initializers nothing reads any more go with the rewrite
-        remove_dead_producers(g, [o for n in inner if n.graph is not None for o in n.outputs if o] + weights)
+        # inner nodes, and constants nothing reads any more, go with the rewrite
+        remove_dead_producers(g, [o for n in inner if n.graph is not None for o in n.outputs if o] + before)
         here.settle_names()
         return True
 
