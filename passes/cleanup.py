@@ -13,6 +13,7 @@ from onnx import helper
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.constants import FOLD_MAX_BYTES, FOLD_MAX_ELEMENTS, fold_output_bound
 from tvmlite.backends.numpy.plan import NONDETERMINISTIC, _resolve
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ops.registry import kernel_attr_name
 
@@ -231,6 +232,7 @@ class FoldBatchNorm(Pass):
         result = PassResult(self.name)
         g = model.graph
         replaced: list[str] = []  # BN parameters and old weights: dead once folded
+        bld = Builder(model)
         for bn in g.toposort():
             if not is_onnx(bn, "BatchNormalization"):
                 continue
@@ -238,7 +240,7 @@ class FoldBatchNorm(Pass):
             old = list(bn.inputs[1:5]) + (list(prod.inputs[1:3]) if prod is not None else [])
             # onnxruntime folds Conv+BN itself only where the weights are constant: from IR 4 on
             # (before, initializers are graph inputs a caller may override)
-            why = self._fold(g, bn, ort_arithmetic=model.ir_version >= 4)
+            why = self._fold(g, bn, ort_arithmetic=model.ir_version >= 4, bld=bld)
             if why:
                 result.skip(bn, why)
             else:
@@ -250,7 +252,7 @@ class FoldBatchNorm(Pass):
             g.remove_unused_values()
         return result
 
-    def _fold(self, g: Graph, bn: Node, ort_arithmetic: bool = True) -> str | None:
+    def _fold(self, g: Graph, bn: Node, ort_arithmetic: bool = True, bld: Builder | None = None) -> str | None:
         if len([o for o in bn.outputs if o]) > 1 or bn.attrs.get("training_mode", 0):
             return "training-mode BatchNormalization"
         params = [g.const_value(n) for n in bn.inputs[1:5]]
@@ -286,8 +288,9 @@ class FoldBatchNorm(Pass):
                 return folded
             w_new, b_new = folded
         dtype = w.dtype
-        w_name = g.add_constant(w_new.astype(dtype), f"{prod.name or 'w'}_bnfolded_W")
-        b_name_new = g.add_constant(b_new.astype(dtype), f"{prod.name or 'b'}_bnfolded_B")
+        bld = bld or Builder(g)
+        w_name = bld.const(w_new.astype(dtype), f"{prod.name or 'w'}_bnfolded_W").name
+        b_name_new = bld.const(b_new.astype(dtype), f"{prod.name or 'b'}_bnfolded_B").name
         inputs = list(prod.inputs) + [""] * (3 - len(prod.inputs))
         inputs[1], inputs[2] = w_name, b_name_new
         g.set_inputs(prod, inputs)

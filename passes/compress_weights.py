@@ -21,6 +21,7 @@ import numpy as np
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
 
 MODES = ("binary", "ternary", "kmeans")
@@ -86,6 +87,7 @@ class CompressWeights(Pass):
         result = PassResult(self.name)
         g = model.graph
         total_before = total_after = 0
+        b = Builder(model)  # one name authority for the run
         for node in g.toposort():
             if not is_onnx(node, "Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
                 continue
@@ -99,7 +101,7 @@ class CompressWeights(Pass):
                 result.skip(node, f"weight has {w.size} elements < min_size {o.min_size}")
                 continue
             approx, stored, rebuild = self._compress(w, channel_axis(node, w.ndim))
-            name = self._insert(g, node, rebuild)
+            name = self._insert(g, node, rebuild, b)
             before = w.nbytes
             after = sum(a.nbytes for a in stored)
             total_before += before
@@ -138,7 +140,7 @@ class CompressWeights(Pass):
         idx = idx.astype(np.uint8)
         return codebook[idx], [idx, codebook], ("gather", idx, codebook)
 
-    def _insert(self, g: Graph, node: Node, rebuild) -> str:
+    def _insert(self, g: Graph, node: Node, rebuild, b: Builder | None = None) -> str:
         """Nodes that rebuild the float weight from the stored arrays, feeding ``node``."""
         kind, small, extra = rebuild
         base = node.name or node.op_type.lower()
@@ -146,17 +148,13 @@ class CompressWeights(Pass):
         from onnx import helper
 
         elem = helper.np_dtype_to_tensor_dtype(dtype)
-        order = node.order - 0.5
+        b = b.at(before=node) if b is not None else Builder(g, before=node)  # rebuilt just before its reader
         if kind == "scale":
-            s = g.add_constant(small, f"{base}_W_sign")
-            k = g.add_constant(extra, f"{base}_W_scale")
-            f = g.add_node("Cast", [s], 1, {"to": elem}, name=g.fresh_node_name(f"{base}_W_cast"), order=order).outputs[0]
-            out = g.add_node("Mul", [f, k], 1, name=g.fresh_node_name(f"{base}_W_rebuild"), order=order).outputs[0]
+            f = b.op.Cast(b.const(small, f"{base}_W_sign"), to=elem, name_hint=f"{base}_W_cast")
+            out = b.op.Mul(f, b.const(extra, f"{base}_W_scale"), name_hint=f"{base}_W_rebuild")
         else:
-            i = g.add_constant(small, f"{base}_W_index")
-            c = g.add_constant(extra, f"{base}_W_codebook")
-            i32 = g.add_node("Cast", [i], 1, {"to": 6}, name=g.fresh_node_name(f"{base}_W_cast"), order=order).outputs[0]
-            out = g.add_node("Gather", [c, i32], 1, {"axis": 0}, name=g.fresh_node_name(f"{base}_W_rebuild"),
-                             order=order).outputs[0]
+            i32 = b.op.Cast(b.const(small, f"{base}_W_index"), to=6, name_hint=f"{base}_W_cast")
+            out = b.op.Gather(b.const(extra, f"{base}_W_codebook"), i32, axis=0, name_hint=f"{base}_W_rebuild")
+        out = out.name
         g.set_input(node, 1, out)
         return out

@@ -16,6 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
 
 #: the largest constant fold-constants writes, in elements and in bytes (fold-constants' options
@@ -187,11 +188,12 @@ def constants_as_nodes(model: Model) -> int:
     if model.ir_version >= 4:
         return 0
     moved = 0
+    b = Builder(model)
     for name in [n for n in g.initializers if n not in g.inputs]:
         v = g.values[name]
         arr = v.const
         g.initializers.remove(name)
         v.const = None
-        g.add_node("Constant", [], [name], {"value": arr}, name=g.fresh_name(f"{name}_constant"))
+        b.make_node("Constant", [], [name], {"value": arr}, name_hint=f"{name}_constant")
         moved += 1
     return moved

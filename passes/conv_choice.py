@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
+from tvmlite.ir.builder import Builder
 from tvmlite.passes.lowering import ConvInfo, conv_info, lower_im2col, lower_mec, lowerable_convs, mec_reason
 from tvmlite.passes.winograd import WINOGRAD_TILES, lower_winograd, winograd_macs, winograd_reason
 from tvmlite.errors import OptionError
@@ -83,15 +84,16 @@ def estimate_seconds(info: ConvInfo, algo: str, batch: int) -> float:
     raise ValueError(algo)
 
 
-def apply_choice(model: Model, info: ConvInfo, algo: str) -> None:
+def apply_choice(model: Model, info: ConvInfo, algo: str, b=None) -> None:
+    """``b``: the pass's Builder (one name authority per run), else the lowering makes one."""
     if algo == "direct":
         return
     if algo == "im2col":
-        lower_im2col(model, info)
+        lower_im2col(model, info, b)
     elif algo == "mec":
-        lower_mec(model, info)
+        lower_mec(model, info, b)
     else:
-        lower_winograd(model, info, int(algo[len("winograd"):]))
+        lower_winograd(model, info, int(algo[len("winograd"):]), b)
 
 
 def measure_seconds(model: Model, info: ConvInfo, algos: list[str], batch: int, repeats: int = 5,
@@ -145,6 +147,7 @@ class ChooseConv(Pass):
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
         counts: dict[str, int] = {}
+        b = Builder(model)
         for node, info in lowerable_convs(model, result):
             batch = info.batch if isinstance(info.batch, int) else self.options.batch
             algos = [a for a in candidates(info) if not self.options.allow or a in self.options.allow]
@@ -160,7 +163,7 @@ class ChooseConv(Pass):
             best = min(cost, key=cost.get)
             ranking = ", ".join(f"{a} {cost[a] * 1e3:.3g} ms" for a in sorted(cost, key=cost.get))
             label = node.label
-            apply_choice(model, info, best)
+            apply_choice(model, info, best, b)
             counts[best] = counts.get(best, 0) + 1
             decision = dict(choice=best, reason=f"{how} at batch {batch}: {ranking}",
                             **{f"ms_{a}": round(cost[a] * 1e3, 4) for a in algos})

@@ -21,6 +21,7 @@ from onnx import helper
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Model, tensor_type
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -49,6 +50,7 @@ class Float16Weights(Pass):
         g = model.graph
         names = [n for n in g.initializers if n not in g.inputs]
         names += [n.outputs[0] for n in g.toposort() if is_onnx(n, "Constant")]
+        b = Builder(model)
         for name in names:
             a = g.const_value(name)
             if a is None or a.dtype != np.float32 or a.size < self.options.min_elements or name in g.outputs:
@@ -59,12 +61,11 @@ class Float16Weights(Pass):
             readers = g.consumers(name)
             if not readers:
                 continue
-            half = g.add_constant(a.astype(np.float16), f"{name}_fp16")
-            back = g.fresh_name(f"{name}_fp32")
-            g.add_node("Cast", [half], [back], {"to": FLOAT}, name=g.fresh_node_name(f"{name}_Cast"))
-            g.value(back).type = tensor_type(np.float32, a.shape)
+            half = b.const(a.astype(np.float16), f"{name}_fp16")
+            back = b.op.Cast(half, to=FLOAT, name_hint=f"{name}_Cast", outputs=[f"{name}_fp32"])
+            back.type = tensor_type(np.float32, a.shape)
             for reader in readers:
-                g.set_inputs(reader, [back if n == name else n for n in reader.inputs])
+                g.set_inputs(reader, [back.name if n == name else n for n in reader.inputs])
             result.count("weights_fp16")
         DeadCodeElimination().run(model)
         return result
@@ -78,18 +79,18 @@ class Float16Weights(Pass):
         before = typed_values(g)
         infer_shapes(model)
         half_of: dict[str, str] = {}  # float32 value -> its float16 version
+        b = Builder(model)
 
         def as_half(name: str) -> str:
             if name not in half_of:
                 c = g.const_value(name)
                 if c is not None:
-                    half_of[name] = g.add_constant(c.astype(np.float16), f"{name}_fp16")
+                    half_of[name] = b.const(c.astype(np.float16), f"{name}_fp16").name
                 else:
-                    h = g.fresh_name(f"{name}_fp16")
-                    g.add_node("Cast", [name], [h], {"to": FLOAT16}, name=g.fresh_node_name(f"{name}_to_fp16"))
+                    h = b.op.Cast(name, to=FLOAT16, name_hint=f"{name}_to_fp16", outputs=[f"{name}_fp16"])
                     shape = g.value(name).shape
-                    g.value(h).type = tensor_type(np.float16, shape) if shape is not None else None
-                    half_of[name] = h
+                    h.type = tensor_type(np.float16, shape) if shape is not None else None
+                    half_of[name] = h.name
             return half_of[name]
 
         for node in g.toposort():
@@ -105,13 +106,13 @@ class Float16Weights(Pass):
                 if not out or not _is_float32(g, out):
                     continue
                 declared = g.value(out).type
-                h = g.fresh_name(f"{out}_fp16")
+                h = b.value_name(f"{out}_fp16")
                 was_output = [k for k, o in enumerate(g.outputs) if o == out]
                 g.rename_value(out, h)
                 shape = g.value(h).shape
                 g.value(h).type = tensor_type(np.float16, shape) if shape is not None else None
                 # float32 readers (and graph outputs) get it back through a Cast named as before
-                g.add_node("Cast", [h], [out], {"to": FLOAT}, name=g.fresh_node_name(f"{out}_to_fp32"))
+                b.make_node("Cast", [h], [out], {"to": FLOAT}, name_hint=f"{out}_to_fp32")
                 g.value(out).type = declared
                 for reader in [r for r in g.consumers(h) if r.op_type != "Cast" or r.outputs[0] != out]:
                     g.set_inputs(reader, [out if n == h else n for n in reader.inputs])

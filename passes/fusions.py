@@ -16,24 +16,10 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
-from tvmlite.passes.cleanup import is_onnx, remove_dead_producers
-from tvmlite.ir.graph import Graph, Model, Node, type_shape
+from tvmlite.passes.pattern import Const, Match, Op, Rule, apply_rules
+from tvmlite.ir.builder import Builder
+from tvmlite.ir.graph import Graph, Model, type_shape
 from tvmlite.ir.shapes import inferred_types
-
-
-def _single_reader(g: Graph, name: str) -> bool:
-    return g.num_uses(name) == 1 and name not in g.outputs
-
-
-def _const_operand(g: Graph, node: Node, producer_out: str):
-    """(index, array) of the constant input of a binary ``node`` whose other input is ``producer_out``."""
-    if len(node.inputs) != 2:
-        return None
-    for i in (0, 1):
-        if node.inputs[1 - i] == producer_out:
-            c = g.const_value(node.inputs[i])
-            return None if c is None else (i, c)
-    return None
 
 
 def _per_channel(c: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
@@ -47,70 +33,104 @@ def _per_channel(c: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
     return np.broadcast_to(c.reshape(-1), (channels,)) if c.size == 1 else c.reshape(channels)
 
 
+# ------------------------------------------------------------------------------ fuse-conv-affine
+CONV_AFFINE = Op(("Mul", "Add", "Sub"), Op("Conv", "x", ..., name="conv"), Const("c"), commute=True,
+                 name="affine")
+
+
+def _conv_affine_check(g: Graph, m: Match) -> str | None:
+    conv, node, c = m.node("conv"), m.root, m.const("c")
+    if node.op_type == "Sub" and node.inputs[0] == m["c"]:
+        return "constant minus Conv"
+    w = g.const_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
+    if w is None or w.dtype.kind != "f":
+        return f"weights of {conv.label!r} are not constant floats"
+    if c.dtype != w.dtype:
+        return f"constant is {c.dtype}, weights are {w.dtype}"
+    b_name = conv.inputs[2] if len(conv.inputs) > 2 else ""
+    if b_name and g.const_value(b_name) is None:
+        return f"bias of {conv.label!r} is not constant"
+    if _per_channel(c, w.ndim, w.shape[0]) is None:
+        return f"constant of shape {list(c.shape)} is not per output channel"
+    return None
+
+
+def _conv_affine_rewrite(b: Builder, m: Match) -> dict:
+    """W' = W*s, b' = b*s + t, written into the Conv itself (it keeps its name and output)."""
+    g, conv, node = b.graph, m.node("conv"), m.root
+    w = g.const_value(conv.inputs[1])
+    b_name = conv.inputs[2] if len(conv.inputs) > 2 else ""
+    bias = g.const_value(b_name) if b_name else np.zeros(w.shape[0], w.dtype)
+    s = _per_channel(m.const("c"), w.ndim, w.shape[0])
+    if node.op_type == "Mul":
+        w_new, b_new = w * s.reshape((-1,) + (1,) * (w.ndim - 1)), bias * s
+    else:
+        w_new, b_new = w, bias + s if node.op_type == "Add" else bias - s
+    base = conv.name or "conv"
+    g.set_inputs(conv, [conv.inputs[0], b.const(w_new.astype(w.dtype), f"{base}_W").name if w_new is not w
+                        else conv.inputs[1], b.const(b_new.astype(w.dtype), f"{base}_B").name])
+    return {node.outputs[0]: conv.outputs[0]}
+
+
 @register_pass
 class FuseConvAffine(Pass):
     """Conv -> Mul/Add/Sub by a per-channel constant becomes the Conv alone, with W' = W*s, b' = b*s + t."""
 
     name = "fuse-conv-affine"
     cleanup = True
+    rules = [Rule("conv-affine", CONV_AFFINE, _conv_affine_rewrite, _conv_affine_check)]
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
-        g = model.graph
-        replaced: list[str] = []
-        for node in g.toposort():
-            if not is_onnx(node, "Mul", "Add", "Sub") or node.graph is None:
-                continue
-            prod = next((g.producer(n) for n in node.inputs if g.producer(n) is not None
-                         and is_onnx(g.producer(n), "Conv")), None)
-            if prod is None:
-                continue
-            old = list(prod.inputs[1:3])
-            why = self._fuse(g, prod, node)
-            if why:
-                result.skip(node, why)
-            elif node.graph is None:
-                result.rewrote(node)
-                replaced.extend(old)
+        apply_rules(model, self.rules, result)
         result.stats["fused"] = len(result.rewritten)
-        if result.changed:
-            remove_dead_producers(g, replaced)
         return result
 
-    def _fuse(self, g: Graph, conv: Node, node: Node) -> str | None:
-        out = conv.outputs[0]
-        found = _const_operand(g, node, out)
-        if found is None:
-            return None  # Conv times a tensor: not an affine step
-        if not _single_reader(g, out):
-            return f"the output of {conv.label!r} has other readers"
-        idx, c = found
-        if node.op_type == "Sub" and idx == 0:
-            return "constant minus Conv"
-        w = g.const_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
-        if w is None or w.dtype.kind != "f":
-            return f"weights of {conv.label!r} are not constant floats"
-        if c.dtype != w.dtype:
-            return f"constant is {c.dtype}, weights are {w.dtype}"
-        b_name = conv.inputs[2] if len(conv.inputs) > 2 else ""
-        b = g.const_value(b_name) if b_name else np.zeros(w.shape[0], w.dtype)
-        if b is None:
-            return f"bias of {conv.label!r} is not constant"
-        s = _per_channel(c, w.ndim, w.shape[0])
-        if s is None:
-            return f"constant of shape {list(c.shape)} is not per output channel"
-        if node.op_type == "Mul":
-            w_new = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
-            b_new = b * s
-        else:
-            w_new, b_new = w, b + s if node.op_type == "Add" else b - s
-        base = conv.name or "conv"
-        inputs = [conv.inputs[0], g.add_constant(w_new.astype(w.dtype), f"{base}_W") if w_new is not w
-                  else conv.inputs[1], g.add_constant(b_new.astype(w.dtype), f"{base}_B")]
-        g.set_inputs(conv, inputs)
-        g.remove_node(node, remove_outputs=False)
-        g.replace_all_uses(node.outputs[0], out)
+
+# ---------------------------------------------------------------------------- matmul-add-to-gemm
+MATMUL_ADD = Op("Add", Op("MatMul", "a", "b", name="mm"), "c", commute=True, name="add")
+
+
+class _GemmCheck:
+    """Gemm's contract (2-D A, constant 2-D B, C unidirectionally broadcastable), with the model's
+    inferred types computed once, on the first match."""
+
+    def __init__(self, model: Model):
+        self.model, self._types = model, None
+
+    def a_shape(self, g: Graph, name: str):
+        if self._types is None:
+            self._types = inferred_types(self.model)
+        return type_shape(self._types.get(name)) if name in self._types else g.value(name).shape
+
+    def __call__(self, g: Graph, m: Match) -> str | None:
+        if self.model.opset < 11:
+            return f"opset {self.model.opset} < 11 (Gemm needs C and 2-D inputs there)"
+        mm = m.node("mm")
+        a_shape = self.a_shape(g, m["a"])
+        if a_shape is None or len(a_shape) != 2:
+            return f"A of {mm.label!r} is not known to be 2-D"
+        b = g.const_value(m["b"])
+        if b is None or b.ndim != 2 or b.dtype.kind != "f":
+            return f"B of {mm.label!r} is not a constant 2-D float matrix"
+        c = g.const_value(m["c"])
+        if c is None:
+            return "the added operand is not constant"
+        n = b.shape[1]
+        rows = a_shape[0] if isinstance(a_shape[0], int) else None
+        if c.dtype != b.dtype or c.ndim > 2:
+            return f"C of shape {list(c.shape)} / {c.dtype} does not fit Gemm"
+        cs = (1,) * (2 - c.ndim) + c.shape
+        if cs[1] not in (1, n) or not (cs[0] == 1 or (rows is not None and cs[0] == rows)):
+            return f"C of shape {list(c.shape)} does not broadcast to [{rows or '?'}, {n}] one way"
         return None
+
+
+def _gemm_rewrite(b: Builder, m: Match) -> dict:
+    mm, add = m.node("mm"), m.root
+    gemm = b.op.Gemm(m["a"], m["b"], m["c"], name_hint=mm.name or add.name or "gemm")
+    b.inherit_name(gemm, mm if mm.name else add)
+    return {add.outputs[0]: gemm}
 
 
 @register_pass
@@ -123,55 +143,6 @@ class MatMulAddToGemm(Pass):
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
-        g = model.graph
-        pairs = []
-        for node in g.toposort():
-            if is_onnx(node, "Add") and len(node.inputs) == 2:
-                prod = next((g.producer(n) for n in node.inputs
-                             if g.producer(n) is not None and is_onnx(g.producer(n), "MatMul")), None)
-                if prod is not None:
-                    pairs.append((prod, node))
-        if not pairs:
-            return result
-        if model.opset < 11:
-            for _, add in pairs:
-                result.skip(add, f"opset {model.opset} < 11 (Gemm needs C and 2-D inputs there)")
-            return result
-        types = inferred_types(model)
-        for mm, add in pairs:
-            a = mm.inputs[0]
-            shape = type_shape(types.get(a)) if a in types else g.value(a).shape
-            why = self._fuse(g, mm, add, shape)
-            if why:
-                result.skip(add, why)
-            else:
-                result.rewrote(add)
+        apply_rules(model, [Rule("matmul-add-to-gemm", MATMUL_ADD, _gemm_rewrite, _GemmCheck(model))], result)
         result.stats["fused"] = len(result.rewritten)
         return result
-
-    def _fuse(self, g: Graph, mm: Node, add: Node, a_shape) -> str | None:
-        out = mm.outputs[0]
-        if not _single_reader(g, out):
-            return f"the output of {mm.label!r} has other readers"
-        if a_shape is None or len(a_shape) != 2:
-            return f"A of {mm.label!r} is not known to be 2-D"
-        b = g.const_value(mm.inputs[1])
-        if b is None or b.ndim != 2 or b.dtype.kind != "f":
-            return f"B of {mm.label!r} is not a constant 2-D float matrix"
-        found = _const_operand(g, add, out)
-        if found is None:
-            return "the added operand is not constant"
-        c = found[1]
-        n = b.shape[1]
-        m = a_shape[0] if isinstance(a_shape[0], int) else None
-        if c.dtype != b.dtype or c.ndim > 2:
-            return f"C of shape {list(c.shape)} / {c.dtype} does not fit Gemm"
-        cs = (1,) * (2 - c.ndim) + c.shape
-        if cs[1] not in (1, n) or not (cs[0] == 1 or (m is not None and cs[0] == m)):
-            return f"C of shape {list(c.shape)} does not broadcast to [{m or '?'}, {n}] one way"
-        c_name = add.inputs[found[0]]
-        g.remove_node(add, remove_outputs=False)
-        g.remove_node(mm)
-        g.add_node("Gemm", [mm.inputs[0], mm.inputs[1], c_name], [add.outputs[0]],
-                   name=mm.name or add.name, order=mm.order)
-        return None

@@ -18,6 +18,7 @@ import numpy as np
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError, TvmliteError
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node, tensor_type, type_shape
 from tvmlite.ops.conv import _norm, conv_output_shape, resolve_pads
 
@@ -136,40 +137,30 @@ def conv_info(model: Model, node: Node, shapes: ShapeLookup | None = None) -> Co
 
 
 class _Builder:
-    """Collects the replacement nodes of one Conv, typing every new value (tvmlite ops' function
-    bodies are specialized on their input types)."""
+    """The replacement nodes of one Conv, typing every new value (tvmlite ops' function bodies are
+    specialized on their input types); the nodes are made before the Conv by ``b``."""
 
-    def __init__(self, g: Graph, info: ConvInfo):
-        self.g, self.info = g, info
+    def __init__(self, g: Graph | Model, info: ConvInfo, b: Builder | None = None):
+        self.info = info
+        self.b = b.at(before=info.node) if b is not None else Builder(g, before=info.node)
+        self.g = self.b.graph
         self.base = info.node.name or "conv"
-        self.nodes: list[tuple] = []
-        self.types: dict[str, tuple] = {}
 
     def const(self, array: np.ndarray, suffix: str) -> str:
-        return self.g.add_constant(np.ascontiguousarray(array), f"{self.base}_{suffix}")
+        return self.b.const(array, f"{self.base}_{suffix}").name
 
     def add(self, op: str, ins: list[str], shape: tuple, attrs: dict | None = None, *, suffix: str,
             domain: str = "") -> str:
-        out = self.g.fresh_name(f"{self.base}_{suffix}")
-        while out in self.types:
-            out = self.g.fresh_name(out + "_")
-        self.types[out] = shape
-        extra = {"domain": domain} if domain else {}
-        self.nodes.append((op, ins, [out], attrs or {}, extra))
-        return out
+        v = self.b.op(op, *ins, domain=domain, name_hint=f"{self.base}_{suffix}", attrs=attrs)
+        v.type = tensor_type(self.info.dtype, shape)
+        return v.name
 
     def commit(self, final: str) -> None:
         node = self.info.node
         x = self.g.value(self.info.x)
         if x.type is None or x.shape is None:  # the new ops' function bodies depend on it
             x.type = tensor_type(self.info.dtype, (self.info.batch, self.info.channels) + self.info.in_spatial)
-        self.g.replace_node_with(node, self.nodes, outputs=[final])
-        for name, shape in self.types.items():
-            real = node.outputs[0] if name == final else name
-            v = self.g.values[real]
-            if name != final or v.type is None:
-                v.type = tensor_type(self.info.dtype, shape)
-
+        self.b.replace(node, {node.outputs[0]: final})
 
 
 def lowerable_convs(model: Model, result):
@@ -191,11 +182,10 @@ def _reshape_back(bld: _Builder, y: str, info: ConvInfo) -> str:
     return bld.add("Reshape", [y, target], shape, suffix="y")
 
 
-def lower_im2col(model: Model, info: ConvInfo) -> None:
-    """Conv -> Im2Col + MatMul (batched per group) + Add(bias) + Reshape back."""
-    g = model.graph
-    model.opsets.setdefault("tvmlite", 1)
-    bld = _Builder(g, info)
+def lower_im2col(model: Model, info: ConvInfo, b: Builder | None = None) -> None:
+    """Conv -> Im2Col + MatMul (batched per group) + Add(bias) + Reshape back. ``b``: the pass's
+    builder (one name authority per run), else a new one."""
+    bld = _Builder(model, info, b)
     N, C, M, G = info.batch, info.channels, info.out_channels, info.group
     K = int(np.prod(info.kernel))
     P = int(np.prod(info.out_spatial))
@@ -230,12 +220,10 @@ def mec_reason(info: ConvInfo) -> str | None:
     return None
 
 
-def lower_mec(model: Model, info: ConvInfo) -> None:
+def lower_mec(model: Model, info: ConvInfo, b: Builder | None = None) -> None:
     """Conv -> MecLower + MecMatMul(+bias): one lowered row per output column, bars shared by
     vertically adjacent windows."""
-    g = model.graph
-    model.opsets.setdefault("tvmlite", 1)
-    bld = _Builder(g, info)
+    bld = _Builder(model, info, b)
     N, C, M = info.batch, info.channels, info.out_channels
     kh, kw = info.kernel
     oh, ow = info.out_spatial
@@ -279,6 +267,7 @@ class LowerConv(Pass):
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
         totals = {"im2col_bytes": 0, "mec_bytes": 0}
+        b = Builder(model)
         for node, info in lowerable_convs(model, result):
             batch = info.batch if isinstance(info.batch, int) else self.options.batch
             sizes = lowered_bytes(info, batch)
@@ -290,9 +279,9 @@ class LowerConv(Pass):
                 layout, why = ("mec", "layout=mec") if reason is None else ("im2col", reason)
             label = node.label
             if layout == "mec":
-                lower_mec(model, info)
+                lower_mec(model, info, b)
             else:
-                lower_im2col(model, info)
+                lower_im2col(model, info, b)
             result.rewrote(label, choice=layout, reason=why, **sizes,
                            mec_saving=round(sizes["im2col_bytes"] / max(sizes["mec_bytes"], 1), 2))
         result.stats.update(lowered=len(result.rewritten), **totals)

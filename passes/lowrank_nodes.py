@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.passes.lowrank_math import Layer, conv_attrs
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model
 from tvmlite.ir.shapes import static_shapes
 from tvmlite.passes.base import PassResult
@@ -14,76 +15,55 @@ class FactorNodes:
     """Writing and timing planned factorizations: ``self.options`` as LowRank's."""
 
     # -------------------------------------------------------------------------------- rewrite
-    def _nodes(self, g: Graph, layer: Layer, plan: dict, opset: int) -> tuple[list, list]:
-        """(node specs, new initializers {name: array}) of the factorized layer; names are fresh."""
+    def _emit(self, b: Builder, layer: Layer, plan: dict, opset: int) -> str:
+        """Make the factorized layer's nodes with ``b``; returns the value that replaces its output."""
         node = layer.node
         dtype = layer.weight.dtype
         base = node.name or node.op_type.lower()
-        consts: dict[str, np.ndarray] = {}
-        taken: set = {n.name for n in g.nx.nodes}  # node names too: onnxruntime refuses duplicates
 
         def const(arr, suffix):
-            name = g.fresh_name(f"{base}_{suffix}")
-            while name in taken:
-                name = g.fresh_name(f"{name}_")
-            taken.add(name)
-            consts[name] = np.ascontiguousarray(np.asarray(arr).astype(dtype))
-            return name
+            return b.const(np.asarray(arr).astype(dtype), f"{base}_{suffix}")
 
-        def tmp(suffix):
-            name = g.fresh_name(f"{base}_{suffix}")
-            while name in taken:
-                name = g.fresh_name(f"{name}_")
-            taken.add(name)
-            return name
+        def conv(ins, attrs, suffix):
+            return b.op.Conv(*ins, attrs=attrs, name_hint=f"{base}_{suffix}")
 
-        x, y = node.inputs[0], node.outputs[0]
-        out = tmp("lr_out")
-        specs = []
+        x = node.inputs[0]
         c = plan.get("c")
         if plan["method"] in ("svd", "svd-1x1"):
-            a, b = plan["A"], plan["B"]  # [in, r], [r, out]
+            a, bm = plan["A"], plan["B"]  # [in, r], [r, out]
             r = a.shape[1]
             bias = layer.bias if c is None else c
-            h = tmp("lr_mid")
             if plan["method"] == "svd-1x1":
+                nd = layer.weight.ndim - 2
                 attrs = dict(node.attrs)
-                attrs["kernel_shape"] = [1] * (layer.weight.ndim - 2)
-                specs.append(("Conv", [x, const(a.T.reshape((r, -1) + (1,) * (layer.weight.ndim - 2)), "lr_U")],
-                              [h], attrs, {"name": tmp(f"{base}_lr_a")}))
-                ins = [h, const(b.T.reshape(b.shape[1], r, *([1] * (layer.weight.ndim - 2))), "lr_V")]
+                attrs["kernel_shape"] = [1] * nd
+                h = conv([x, const(a.T.reshape((r, -1) + (1,) * nd), "lr_U")], attrs, "lr_a")
+                ins = [h, const(bm.T.reshape(bm.shape[1], r, *([1] * nd)), "lr_V")]
                 if bias is not None:
                     ins.append(const(bias, "lr_B"))
-                specs.append(("Conv", ins, [out], {}, {"name": tmp(f"{base}_lr_b")}))
-            elif node.op_type == "Gemm":
-                t_a = int(node.attrs.get("transA", 0))
+                return conv(ins, {}, "lr_b")
+            if node.op_type == "Gemm":
                 ins = [x, const(a.T, "lr_U")]
                 if opset < 11:
                     ins.append(const(np.zeros(r), "lr_zero"))
-                specs.append(("Gemm", ins, [h], {"transA": t_a, "transB": 1}, {"name": tmp(f"{base}_lr_a")}))
-                ins = [h, const(b.T, "lr_V")]
+                h = b.op.Gemm(*ins, transA=int(node.attrs.get("transA", 0)), transB=1, name_hint=f"{base}_lr_a")
+                ins = [h, const(bm.T, "lr_V")]
                 c_name = node.inputs[2] if len(node.inputs) > 2 else ""
                 if c is not None:
                     ins.append(const(c, "lr_B"))
                 elif c_name and layer.bias is not None:
                     ins.append(const(layer.bias, "lr_B"))
                 elif c_name:  # a non-constant C passes through as it was
-                    ins.append(c_name)
-                    specs.append(("Gemm", ins, [out], {"transB": 1, "beta": float(node.attrs.get("beta", 1.0))},
-                                  {"name": tmp(f"{base}_lr_b")}))
-                    return specs, consts, out
+                    return b.op.Gemm(*ins, c_name, transB=1, beta=float(node.attrs.get("beta", 1.0)),
+                                     name_hint=f"{base}_lr_b")
                 elif opset < 11:
-                    ins.append(const(np.zeros(b.shape[1]), "lr_zero"))
-                specs.append(("Gemm", ins, [out], {"transB": 1}, {"name": tmp(f"{base}_lr_b")}))
-            else:  # MatMul
-                specs.append(("MatMul", [x, const(a, "lr_U")], [h], {}, {"name": tmp(f"{base}_lr_a")}))
-                if c is not None and np.any(c):
-                    h2 = tmp("lr_mm")
-                    specs.append(("MatMul", [h, const(b, "lr_V")], [h2], {}, {"name": tmp(f"{base}_lr_b")}))
-                    specs.append(("Add", [h2, const(c, "lr_B")], [out], {}, {"name": tmp(f"{base}_lr_bias")}))
-                else:
-                    specs.append(("MatMul", [h, const(b, "lr_V")], [out], {}, {"name": tmp(f"{base}_lr_b")}))
-            return specs, consts, out
+                    ins.append(const(np.zeros(bm.shape[1]), "lr_zero"))
+                return b.op.Gemm(*ins, transB=1, name_hint=f"{base}_lr_b")
+            h = b.op.MatMul(x, const(a, "lr_U"), name_hint=f"{base}_lr_a")  # MatMul
+            if c is not None and np.any(c):
+                h2 = b.op.MatMul(h, const(bm, "lr_V"), name_hint=f"{base}_lr_b")
+                return b.op.Add(h2, const(c, "lr_B"), name_hint=f"{base}_lr_bias")
+            return b.op.MatMul(h, const(bm, "lr_V"), name_hint=f"{base}_lr_b")
 
         nd = layer.weight.ndim - 2
         a = conv_attrs(node, nd)
@@ -92,50 +72,50 @@ class FactorNodes:
         bias = layer.bias if c is None else c
         if plan["method"] == "tucker2":
             core, ut, us = plan["core"], plan["ut"], plan["us"]
-            r3, r4 = us.shape[1], ut.shape[1]
-            h1, h2 = tmp("lr_in"), tmp("lr_core")
-            specs.append(("Conv", [x, const(us.T.reshape((r3, -1) + (1,) * nd), "lr_first")], [h1],
-                          {"kernel_shape": one}, {"name": tmp(f"{base}_lr_first")}))
+            r3 = us.shape[1]
+            h1 = conv([x, const(us.T.reshape((r3, -1) + (1,) * nd), "lr_first")], {"kernel_shape": one}, "lr_first")
             core_attrs = {"kernel_shape": list(core.shape[2:]), "strides": a["strides"],
                           "dilations": a["dilations"]}
             if a["auto_pad"] not in ("NOTSET", b"NOTSET", ""):
                 core_attrs["auto_pad"] = a["auto_pad"]
             else:
                 core_attrs["pads"] = a["pads"]
-            specs.append(("Conv", [h1, const(core, "lr_core")], [h2], core_attrs,
-                          {"name": tmp(f"{base}_lr_core")}))
+            h2 = conv([h1, const(core, "lr_core")], core_attrs, "lr_core")
             ins = [h2, const(ut.reshape(ut.shape + (1,) * nd), "lr_last")]
             if bias is not None:
                 ins.append(const(bias, "lr_B"))
-            specs.append(("Conv", ins, [out], {"kernel_shape": one}, {"name": tmp(f"{base}_lr_last")}))
-            return specs, consts, out
+            return conv(ins, {"kernel_shape": one}, "lr_last")
         # CP: 1x1 S->R, depthwise kh x 1 (stride/dilation/pads of H), depthwise 1 x kw, 1x1 R->T
         last, first, vert, horiz = plan["last"], plan["first"], plan["vert"], plan["horiz"]
         r = first.shape[1]
         kh, kw = vert.shape[0], horiz.shape[0]
-        h1, h2, h3 = tmp("lr_in"), tmp("lr_v"), tmp("lr_h")
-        specs.append(("Conv", [x, const(first.T.reshape(r, -1, 1, 1), "lr_first")], [h1],
-                      {"kernel_shape": [1, 1]}, {"name": tmp(f"{base}_lr_first")}))
+        h1 = conv([x, const(first.T.reshape(r, -1, 1, 1), "lr_first")], {"kernel_shape": [1, 1]}, "lr_first")
         p = layer.pads  # explicit [top, left, bottom, right]: each depthwise pads its own axis
-        specs.append(("Conv", [h1, const(vert.T.reshape(r, 1, kh, 1), "lr_vert")], [h2],
-                      {"kernel_shape": [kh, 1], "group": r, "strides": [a["strides"][0], 1],
-                       "dilations": [a["dilations"][0], 1], "pads": [p[0], 0, p[2], 0]},
-                      {"name": tmp(f"{base}_lr_vert")}))
-        specs.append(("Conv", [h2, const(horiz.T.reshape(r, 1, 1, kw), "lr_horiz")], [h3],
-                      {"kernel_shape": [1, kw], "group": r, "strides": [1, a["strides"][1]],
-                       "dilations": [1, a["dilations"][1]], "pads": [0, p[1], 0, p[3]]},
-                      {"name": tmp(f"{base}_lr_horiz")}))
+        h2 = conv([h1, const(vert.T.reshape(r, 1, kh, 1), "lr_vert")],
+                  {"kernel_shape": [kh, 1], "group": r, "strides": [a["strides"][0], 1],
+                   "dilations": [a["dilations"][0], 1], "pads": [p[0], 0, p[2], 0]}, "lr_vert")
+        h3 = conv([h2, const(horiz.T.reshape(r, 1, 1, kw), "lr_horiz")],
+                  {"kernel_shape": [1, kw], "group": r, "strides": [1, a["strides"][1]],
+                   "dilations": [1, a["dilations"][1]], "pads": [0, p[1], 0, p[3]]}, "lr_horiz")
         ins = [h3, const(last.reshape(last.shape[0], r, 1, 1), "lr_last")]
         if bias is not None:
             ins.append(const(bias, "lr_B"))
-        specs.append(("Conv", ins, [out], {"kernel_shape": [1, 1]}, {"name": tmp(f"{base}_lr_last")}))
+        return conv(ins, {"kernel_shape": [1, 1]}, "lr_last")
+
+    def _nodes(self, g: Graph, layer: Layer, plan: dict, opset: int) -> tuple[list, dict, str]:
+        """(node specs, initializers {name: array}, output name) of the factorized layer, made in a
+        scratch graph: the single-layer models that time it are built from these."""
+        scratch = Graph("scratch")
+        out = self._emit(Builder(scratch), layer, plan, opset).name
+        specs = [(n.op_type, list(n.inputs), list(n.outputs), dict(n.attrs)) for n in scratch.toposort()]
+        consts = {n: scratch.values[n].const for n in scratch.initializers}
         return specs, consts, out
 
-    def _rewrite(self, g: Graph, layer: Layer, plan: dict, opset: int) -> None:
-        specs, consts, out = self._nodes(g, layer, plan, opset)
-        for name, arr in consts.items():
-            g.add_initializer(name, arr)
-        g.replace_node_with(layer.node, specs, outputs=[out])
+    def _rewrite(self, g: Graph, layer: Layer, plan: dict, opset: int, b: Builder | None = None) -> None:
+        """``b``: the run's builder, if the caller keeps one (else a new one: it scans the model)."""
+        b = b.at(before=layer.node) if b is not None else Builder(g, before=layer.node)
+        out = self._emit(b, layer, plan, opset)
+        b.replace(layer.node, {layer.node.outputs[0]: out})
 
     def _run_fixed(self, model: Model, planned: dict) -> PassResult:
         """Write the factors an earlier run planned (a replay): no captures, fits or timing."""

@@ -25,6 +25,7 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.capabilities import Calibrated
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ir.shapes import static_shapes
 
@@ -130,6 +131,7 @@ class Prune(Calibrated, Pass):
     def _unstructured(self, model: Model, result: PassResult) -> None:
         o = self.options
         g = model.graph
+        b = Builder(model)
         layers = []
         for node in g.toposort():
             if o.layers and node.name not in o.layers:
@@ -175,7 +177,7 @@ class Prune(Calibrated, Pass):
                 keep = norms > t
                 mask = np.kron(keep, np.ones((br, bc), bool))[:mat.shape[0], :mat.shape[1]]
             new = from_m(np.where(mask, mat, 0).astype(w.dtype))
-            new_name = g.add_constant(new, f"{name}_pruned")
+            new_name = b.const(new, f"{name}_pruned").name
             g.set_input(node, 1, new_name)
             sparsity = float(1 - np.count_nonzero(new) / new.size)
             err = float(np.linalg.norm(new - w) / max(np.linalg.norm(w), 1e-30))
@@ -206,6 +208,7 @@ class ChannelPruner:
 
             self.data = load_calibration(options.calib, model).first(options.calib_count)
             self.original = model.copy()
+        self.b = Builder(model)  # one name authority for the pruner's run
 
     def _producers(self) -> list[Node]:
         g = self.g
@@ -374,7 +377,7 @@ class ChannelPruner:
         drop = np.setdiff1d(np.arange(C), keep)
 
         def replace(node, index, array, base):
-            g.set_input(node, index, g.add_constant(array, base))
+            g.set_input(node, index, self.b.const(array, base).name)
 
         for p in group.producers:
             w = g.const_value(p.inputs[1])
@@ -478,17 +481,16 @@ class ChannelPruner:
             node.attr_protos.pop("beta", None)
         else:
             new_w = z
-        w_name = g.add_constant(new_w.astype(w.dtype), f"{node.inputs[1]}_refit")
+        b = self.b.at(before=node)
+        w_new = b.const(new_w.astype(w.dtype), f"{node.inputs[1]}_refit")
         if node.op_type == "MatMul":  # no bias input: the offset becomes an Add
             base = node.name or "matmul"
-            mid, out = g.fresh_name(f"{base}_refit_mm"), g.fresh_name(f"{base}_refit_out")
-            c_name = g.add_constant(c, f"{base}_refit_bias")
-            g.replace_node_with(node, [("MatMul", [node.inputs[0], w_name], [mid], {}, {"name": node.name}),
-                                       ("Add", [mid, c_name], [out], {}, {"name": f"{base}_refit_bias"})],
-                                outputs=[out])
+            mm = b.op.MatMul(node.inputs[0], w_new, name_hint=f"{base}_refit_mm")
+            out = b.op.Add(mm, b.const(c, f"{base}_refit_bias"), name_hint=f"{base}_refit_bias")
+            b.replace(node, {node.outputs[0]: out}, heir=mm)
         else:
-            g.set_input(node, 1, w_name)
-            g.set_input(node, 2, g.add_constant(c, f"{node.name or 'layer'}_refit_bias"))
+            g.set_input(node, 1, w_new.name)
+            g.set_input(node, 2, b.const(c, f"{node.name or 'layer'}_refit_bias").name)
         return f"output error {before:.3g} -> {after:.3g}"
 
     def _bias_of(self, node: Node, out: int) -> np.ndarray:

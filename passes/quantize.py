@@ -16,7 +16,9 @@ import numpy as np
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.capabilities import Calibrated, LayerwisePass
 from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity, is_onnx
+from tvmlite.passes.pattern import Const, Match, Op, Rule, apply_rules
 from tvmlite.errors import OptionError
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ir.shapes import drop_new_types, typed_values
 from tvmlite.quant import qdq
@@ -24,59 +26,68 @@ from tvmlite.quant.calibrate import METHODS, collect_stats
 
 
 # ------------------------------------------------------------------------------------ preparation
+def _conv_bias_check(g: Graph, m: Match) -> str | None:
+    c, w = m.const("c"), m.const("w")
+    if c.dtype != np.float32:
+        return f"the added constant is {c.dtype}"
+    cout, out_rank = w.shape[0], w.ndim
+    # the constant must broadcast along the channel axis only
+    if c.size != cout or c.ndim > out_rank or (c.ndim >= out_rank - 1 and c.shape[-(out_rank - 1)] != cout
+                                               and c.size != 1):
+        return f"constant of shape {list(c.shape)} is not per output channel"
+    if c.ndim and c.shape[-1] == cout and cout != 1 and c.ndim != 1 and out_rank > 2:
+        return "[.., C] broadcasts over width, not channels"
+    if c.ndim == 1 and out_rank > 2 and cout != 1:
+        return "a 1-D constant broadcasts over the last (spatial) axis"
+    conv = m.node("conv")
+    if len(conv.inputs) > 2 and conv.inputs[2] and g.const_value(conv.inputs[2]) is None:
+        return f"bias of {conv.label!r} is not constant"
+    return None
+
+
+def _conv_bias_rewrite(b: Builder, m: Match) -> dict:
+    g, conv, add = b.graph, m.node("conv"), m.root
+    old = g.const_value(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+    bias = m.const("c").reshape(-1) + (0 if old is None else old)
+    g.set_inputs(conv, list(conv.inputs[:2]) + [b.const(bias.astype(np.float32), f"{conv.name or 'conv'}_bias").name])
+    return {add.outputs[0]: conv.outputs[0]}
+
+
+def _matmul_bias_check(g: Graph, m: Match) -> str | None:
+    c, w = m.const("c"), m.const("w")
+    a_shape = g.value(m["x"]).shape
+    if c.dtype != np.float32:
+        return f"the added constant is {c.dtype}"
+    if w.ndim != 2 or a_shape is None or len(a_shape) != 2 or c.size != w.shape[1] \
+            or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+        return "not a 2-D MatMul plus a constant row"
+    return None
+
+
+def _matmul_bias_rewrite(b: Builder, m: Match) -> dict:
+    mm = m.node("mm")
+    gemm = b.op.Gemm(m["x"], m["w"], b.const(m.const("c").reshape(-1), f"{mm.name or 'gemm'}_C"),
+                     name_hint=f"{mm.name or 'gemm'}_gemm")
+    b.inherit_name(gemm, mm)  # the layer keeps its name: exclude lists name it
+    return {m.root.outputs[0]: gemm}
+
+
+#: Quantized, a separate Add would be an int8 add of an 8-bit bias instead of an exact int32 bias
+#: inside the kernel.
+BIAS_ADD_RULES = [
+    Rule("conv-bias-add", Op("Add", Op("Conv", "x", Const("w"), ..., name="conv"), Const("c"), commute=True),
+         _conv_bias_rewrite, _conv_bias_check),
+    Rule("matmul-bias-add", Op("Add", Op("MatMul", "x", Const("w"), name="mm"), Const("c"), commute=True),
+         _matmul_bias_rewrite, _matmul_bias_check),
+]
+
+
 def fuse_bias_add(model: Model) -> int:
     """Conv + Add(per-channel constant) -> Conv with bias; MatMul(2-D, constant) + Add(constant row)
-    -> Gemm with C. Quantized, a separate Add would be an int8 add of an 8-bit bias instead of an
-    exact int32 bias inside the kernel."""
-    g = model.graph
-    fused = 0
-    for add in g.toposort():
-        if not is_onnx(add, "Add") or len(add.inputs) != 2:
-            continue
-        for k in (0, 1):
-            src, const_name = add.inputs[k], add.inputs[1 - k]
-            c = g.const_value(const_name)
-            p = g.producer(src)
-            if c is None or p is None or c.dtype != np.float32 or g.num_uses(src) != 1 or src in g.outputs:
-                continue
-            if is_onnx(p, "Conv") and g.const_value(p.inputs[1]) is not None:
-                cout = g.const_value(p.inputs[1]).shape[0]
-                out_rank = len(g.const_value(p.inputs[1]).shape)
-                squeezed = c.reshape(-1) if c.size == cout else None
-                # the constant must broadcast along the channel axis only
-                if squeezed is None or c.ndim > out_rank or (c.ndim >= out_rank - 1 and c.shape[-(out_rank - 1)] != cout
-                                                                and c.size != 1):
-                    continue
-                if c.ndim and c.shape[-1] == cout and cout != 1 and c.ndim != 1 and out_rank > 2:
-                    continue  # [.., C] broadcasts over width, not channels
-                if c.ndim == 1 and out_rank > 2 and cout != 1:
-                    continue  # a 1-D constant broadcasts over the last (spatial) axis
-                old = g.const_value(p.inputs[2]) if len(p.inputs) > 2 and p.inputs[2] else None
-                if len(p.inputs) > 2 and p.inputs[2] and old is None:
-                    continue
-                bias = squeezed + (0 if old is None else old)
-                inputs = list(p.inputs[:2]) + [g.add_constant(bias.astype(np.float32), f"{p.name or 'conv'}_bias")]
-                g.set_inputs(p, inputs)
-            elif is_onnx(p, "MatMul") and g.const_value(p.inputs[1]) is not None:
-                b = g.const_value(p.inputs[1])
-                a_shape = g.value(p.inputs[0]).shape
-                if b.ndim != 2 or a_shape is None or len(a_shape) != 2 or c.size != b.shape[1] \
-                        or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
-                    continue
-                gemm = g.replace_node_with(p, [("Gemm", [p.inputs[0], p.inputs[1],
-                                                         g.add_constant(c.reshape(-1), f"{p.name or 'gemm'}_C")],
-                                                [src + "_gemm"], {}, {"name": p.name})],
-                                           outputs=[src + "_gemm"])
-                p = gemm[0]
-            else:
-                continue
-            out = add.outputs[0]
-            g.remove_node(add, remove_outputs=False)
-            g.replace_all_uses(out, src)
-            fused += 1
-            break
+    -> Gemm with C (BIAS_ADD_RULES)."""
+    fused = apply_rules(model, BIAS_ADD_RULES, PassResult("fuse-bias-add"))
     if fused:
-        g.remove_unused_values()
+        model.graph.remove_unused_values()
     return fused
 
 
@@ -107,6 +118,7 @@ def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True) -> list[N
     from tvmlite.quant.params import quantize_weight, weight_scales
 
     done = []
+    b = Builder(g)
     for node in g.toposort():
         if node.domain not in qdq.ONNX or node.op_type not in qdq.COMPUTE or qdq.node_key(node) in keep:
             continue
@@ -135,15 +147,14 @@ def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True) -> list[N
         if axis is not None:
             shape[axis] = -1
         base = node.name or node.outputs[0]
-        q_name = g.add_constant(q, f"{name}_int8")
-        s_name = g.add_constant(scales.reshape(shape), f"{name}_scale")
-        cast = g.fresh_name(f"{name}_float")
-        g.add_node("Cast", [q_name], [cast], {"to": 1}, name=g.fresh_node_name(f"{base}_weight_Cast"))
-        g.value(cast).type = tensor_type(np.float32, w.shape)
-        scaled = g.fresh_name(f"{name}_dequantized")
-        g.add_node("Mul", [cast, s_name], [scaled], name=g.fresh_node_name(f"{base}_weight_Mul"))
-        g.value(scaled).type = tensor_type(np.float32, w.shape)
-        g.set_input(node, 1, scaled)
+        here = b.at(before=node)
+        cast = here.op.Cast(here.const(q, f"{name}_int8"), to=1, name_hint=f"{base}_weight_Cast",
+                            outputs=[f"{name}_float"])
+        cast.type = tensor_type(np.float32, w.shape)
+        scaled = here.op.Mul(cast, here.const(scales.reshape(shape), f"{name}_scale"),
+                             name_hint=f"{base}_weight_Mul", outputs=[f"{name}_dequantized"])
+        scaled.type = tensor_type(np.float32, w.shape)
+        g.set_input(node, 1, scaled.name)
         done.append(node)
     return done
 
@@ -346,6 +357,7 @@ class QuantizeDynamic(Pass):
 
         infer_shapes(model)  # operand dtypes and ranks decide what can be rewritten
         g = model.graph
+        b = None  # made on the first rewrite: one name authority for the run
         for node in g.toposort():
             if not is_onnx(node, "MatMul", "Gemm") or node.name in o.exclude_names \
                     or node.outputs[0] in o.exclude_names:
@@ -379,28 +391,25 @@ class QuantizeDynamic(Pass):
             out = node.outputs[0]
             x = node.inputs[0]
             base = node.name or out
-            wq_name = g.add_constant(wq, f"{base}_W_quantized")
-            zero = g.add_constant(np.zeros(scales.shape if axis is not None else (), np.int8), f"{base}_W_zero_point")
+            b = Builder(model, before=node) if b is None else b.at(before=node)
+            wq_name = b.const(wq, f"{base}_W_quantized")
+            zero = b.const(np.zeros(scales.shape if axis is not None else (), np.int8), f"{base}_W_zero_point")
             if o.form == "dq":
-                s_name = g.add_constant(scales if axis is not None else scales.reshape(()), f"{base}_W_scale")
-                wd = g.fresh_name(f"{base}_W_dequantized")
-                spec = [("DequantizeLinear", [wq_name, s_name, zero], [wd], {"axis": 1} if axis is not None else {})]
-                mm_out = g.fresh_name(f"{base}_matmul")
-                spec.append(("MatMul", [x, wd], [mm_out], {}))
+                s_name = b.const(scales if axis is not None else scales.reshape(()), f"{base}_W_scale")
+                wd = b.op.DequantizeLinear(wq_name, s_name, zero, attrs={"axis": 1} if axis is not None else {},
+                                           outputs=[f"{base}_W_dequantized"])
+                final = b.op.MatMul(x, wd, outputs=[f"{base}_matmul"])
             else:
-                xq, xs, xz = (g.fresh_name(f"{base}_{k}") for k in ("x_quantized", "x_scale", "x_zero_point"))
-                acc, accf, sc, mm_out = (g.fresh_name(f"{base}_{k}") for k in ("int32", "float", "scale", "matmul"))
-                s_name = g.add_constant(scales.reshape(-1) if axis is not None else scales.reshape(()), f"{base}_W_scale")
-                spec = [("DynamicQuantizeLinear", [x], [xq, xs, xz], {}),
-                        ("MatMulInteger", [xq, wq_name, xz, zero], [acc], {}),
-                        ("Cast", [acc], [accf], {"to": 1}),
-                        ("Mul", [xs, s_name], [sc], {}),
-                        ("Mul", [accf, sc], [mm_out], {})]
-            final = mm_out
+                xq, xs, xz = b.op.DynamicQuantizeLinear(x, outputs=[f"{base}_{k}" for k in
+                                                                    ("x_quantized", "x_scale", "x_zero_point")])
+                s_name = b.const(scales.reshape(-1) if axis is not None else scales.reshape(()), f"{base}_W_scale")
+                acc = b.op.MatMulInteger(xq, wq_name, xz, zero, outputs=[f"{base}_int32"])
+                accf = b.op.Cast(acc, to=1, outputs=[f"{base}_float"])
+                sc = b.op.Mul(xs, s_name, outputs=[f"{base}_scale"])
+                final = b.op.Mul(accf, sc, outputs=[f"{base}_matmul"])
             if bias is not None:
-                final = g.fresh_name(f"{base}_biased")
-                spec.append(("Add", [mm_out, g.add_constant(bias.astype(np.float32), f"{base}_bias")], [final], {}))
-            g.replace_node_with(node, spec, outputs=[final])
+                final = b.op.Add(final, b.const(bias.astype(np.float32), f"{base}_bias"), outputs=[f"{base}_biased"])
+            b.replace(node, {out: final})
             result.rewrote(base, form=o.form)
         result.stats["rewritten"] = len(result.rewritten)
         DeadCodeElimination().run(model)

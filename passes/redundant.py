@@ -14,6 +14,8 @@ from onnx import TensorProto as T
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx, remove_dead_producers
+from tvmlite.passes.pattern import Const, Op, Rule
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node, type_elem, type_shape
 from tvmlite.ir.shapes import inferred_types
 
@@ -64,6 +66,79 @@ def _axes(g: Graph, node: Node):
     return None
 
 
+def _bypass_refusal(g: Graph, node: Node, src: str) -> str | None:
+    """Why ``node``'s readers cannot read ``src`` instead: a graph output would have to be copied
+    through an Identity."""
+    out = node.outputs[0]
+    if out in g.outputs and (src in g.inputs or src in g.outputs or g.producer(src) is None):
+        return "its output is a graph output and its input cannot take that name"
+    return None
+
+
+def _pair_rules(types: _Types) -> list[Rule]:
+    """The pairs that undo or repeat each other (the inner node stays where others read it)."""
+
+    def cast_check(g, m):
+        src, to = m["src"], int(m.root.attrs.get("to", 0))
+        if int(m.node("inner").attrs.get("to", 0)) not in _EXACT.get(types.elem(src), ()):
+            return False  # the first Cast rounds: the pair is not redundant
+        return _bypass_refusal(g, m.root, src) if types.elem(src) == to else None
+
+    def cast_rewrite(b, m):
+        if types.elem(m["src"]) == int(m.root.attrs.get("to", 0)):
+            return {m.root.outputs[0]: m["src"]}
+        b.graph.set_input(m.root, 0, m["src"])  # Cast(Cast(x, t1), t2) -> Cast(x, t2)
+        return None
+
+    def transpose_perm(m):
+        p, perm = m.node("inner").attrs.get("perm"), m.root.attrs.get("perm")
+        if p is None or perm is None or len(p) != len(perm):
+            return None
+        return [list(p)[i] for i in perm]
+
+    def transpose_check(g, m):
+        q = transpose_perm(m)
+        if q is None:
+            return False
+        return _bypass_refusal(g, m.root, m["src"]) if q == list(range(len(q))) else None
+
+    def transpose_rewrite(b, m):
+        q = transpose_perm(m)
+        if q == list(range(len(q))):
+            return {m.root.outputs[0]: m["src"]}
+        m.root.attrs["perm"] = q
+        b.graph.set_input(m.root, 0, m["src"])
+        return None
+
+    def reshape_check(g, m):
+        s2 = m.const("shape")
+        return None if int(m.root.attrs.get("allowzero", 0)) or not np.any(s2 == 0) else False
+
+    def reshape_rewrite(b, m):
+        b.graph.set_input(m.root, 0, m["src"])
+        return None
+
+    def squeeze_check(g, m):
+        a, b = _axes(g, m.root), _axes(g, m.node("inner"))
+        if a is None or a != b or any(v < 0 for v in a):
+            return False
+        return _bypass_refusal(g, m.root, m["src"])
+
+    def squeeze_rewrite(b, m):
+        return {m.root.outputs[0]: m["src"]}
+
+    def inner(op):
+        return Op(op, "src", ..., name="inner", shared=True)
+
+    return [
+        Rule("cast-cast", Op("Cast", inner("Cast")), cast_rewrite, cast_check),
+        Rule("transpose-transpose", Op("Transpose", inner("Transpose")), transpose_rewrite, transpose_check),
+        Rule("reshape-reshape", Op("Reshape", inner("Reshape"), Const("shape")), reshape_rewrite, reshape_check),
+        Rule("unsqueeze-squeeze", Op("Unsqueeze", inner("Squeeze"), ...), squeeze_rewrite, squeeze_check),
+        Rule("squeeze-unsqueeze", Op("Squeeze", inner("Unsqueeze"), ...), squeeze_rewrite, squeeze_check),
+    ]
+
+
 @register_pass
 class RemoveRedundant(Pass):
     """Drop or shorten layout/type ops that undo or repeat each other (see the module docstring)."""
@@ -75,13 +150,19 @@ class RemoveRedundant(Pass):
         result = PassResult(self.name)
         g = model.graph
         types = _Types(model)
+        b, rules = Builder(model), _pair_rules(types)
         for node in g.toposort():
             if node.graph is None or not is_onnx(node, "Cast", "Transpose", "Reshape", "Squeeze",
                                                  "Unsqueeze", "Flatten"):
                 continue
+            label = node.label
             why = self._simplify(g, types, node)
+            for rule in rules if why is None else ():
+                why = rule.try_node(b, node)
+                if why is not False:
+                    break
             if why is True:
-                result.rewrote(node)
+                result.rewrote(label)
             elif why:
                 result.skip(node, why)
         if result.changed:
@@ -90,68 +171,30 @@ class RemoveRedundant(Pass):
         return result
 
     def _simplify(self, g: Graph, types: _Types, node: Node):
+        """The single-node cases: a node whose output is already its input."""
         x = node.inputs[0] if node.inputs else ""
         if not x:
-            return None
-        prod = g.producer(x)
+            return False  # nothing to read through; no pair either
         op = node.op_type
         if op == "Cast":
-            to = int(node.attrs.get("to", 0))
-            if types.elem(x) == to:
-                return _bypass(g, node, x)
-            if prod is not None and is_onnx(prod, "Cast"):
-                src = prod.inputs[0]
-                if int(prod.attrs.get("to", 0)) in _EXACT.get(types.elem(src), ()):
-                    if types.elem(src) == to:
-                        return _bypass(g, node, src)
-                    return _reroute(g, node, src)
-            return None
+            return _bypass(g, node, x) if types.elem(x) == int(node.attrs.get("to", 0)) else None
         if op == "Transpose":
             perm = node.attrs.get("perm")
-            if perm is not None and list(perm) == list(range(len(perm))):
-                return _bypass(g, node, x)
-            if prod is not None and is_onnx(prod, "Transpose") and perm is not None and prod.attrs.get("perm") is not None:
-                p = list(prod.attrs["perm"])
-                if len(p) != len(perm):
-                    return None
-                q = [p[i] for i in perm]
-                if q == list(range(len(q))):
-                    return _bypass(g, node, prod.inputs[0])
-                node.attrs["perm"] = q
-                return _reroute(g, node, prod.inputs[0])
-            return None
+            return _bypass(g, node, x) if perm is not None and list(perm) == list(range(len(perm))) else None
         out_shape = types.static_shape(node.outputs[0])
         if out_shape is not None and types.static_shape(x) == out_shape:
             return _bypass(g, node, x)
-        if op == "Reshape" and prod is not None and is_onnx(prod, "Reshape") and len(node.inputs) > 1:
-            s2 = g.const_value(node.inputs[1])
-            if s2 is not None and (int(node.attrs.get("allowzero", 0)) or not np.any(s2 == 0)):
-                return _reroute(g, node, prod.inputs[0])
-            return None
-        pair = {"Squeeze": "Unsqueeze", "Unsqueeze": "Squeeze"}.get(op)
-        if pair and prod is not None and is_onnx(prod, pair):
-            a, b = _axes(g, node), _axes(g, prod)
-            if a is not None and a == b and all(v >= 0 for v in a):
-                return _bypass(g, node, prod.inputs[0])
         return None
 
 
 def _bypass(g: Graph, node: Node, src: str):
     """Make ``node``'s readers read ``src`` and drop it; refuses (returns why) where the graph output
     would have to be copied through an Identity."""
-    out = node.outputs[0]
-    if out in g.outputs and (src in g.inputs or src in g.outputs or g.producer(src) is None):
-        return "its output is a graph output and its input cannot take that name"
-    x = node.inputs[0]
+    why = _bypass_refusal(g, node, src)
+    if why:
+        return why
+    out, x = node.outputs[0], node.inputs[0]
     g.remove_node(node, remove_outputs=False)
     g.replace_all_uses(out, src)
-    remove_dead_producers(g, [x])
-    return True
-
-
-def _reroute(g: Graph, node: Node, src: str):
-    """Make ``node`` read ``src`` instead of its first input (whose producer may die)."""
-    x = node.inputs[0]
-    g.set_input(node, 0, src)
     remove_dead_producers(g, [x])
     return True

@@ -17,6 +17,7 @@ from onnx import TensorProto
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import ONNX, remove_dead_producers
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node, type_shape
 from tvmlite.ir.shapes import inferred_types
 
@@ -191,6 +192,7 @@ class FoldShapes(Pass):
         if not any(n.op_type == "Shape" for n in order):
             return result
         tracker = _Tracker(g, inferred_types(model))
+        b = Builder(model)
         fed: set[str] = set()
         for node in order:
             vec = tracker.visit(node)
@@ -212,7 +214,8 @@ class FoldShapes(Pass):
                     result.skip(node, target)
                     continue
                 fed.add(node.inputs[1])
-                g.set_input(node, 1, g.add_constant(np.array(target, np.int64), f"{node.name or 'reshape'}_shape"))
+                shape_const = b.const(np.array(target, np.int64), f"{node.name or 'reshape'}_shape")
+                g.set_input(node, 1, shape_const.name)
                 result.rewrote(node)
         result.stats["folded"] = len(result.rewritten)
         result.stats["inputs_removed"] = remove_dead_producers(g, fed)

@@ -19,6 +19,7 @@ import numpy as np
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ir.shapes import static_shapes
 from tvmlite.ops.registry import lookup
@@ -105,15 +106,14 @@ class Sparsify(Pass):
             (r, c), secs, (data, indices, indptr) = best
             speed = choice["dense_s"] / secs
             base = node.name or node.op_type.lower()
-            ins = [node.inputs[0], g.add_constant(data, f"{base}_bsr_data"),
-                   g.add_constant(indices, f"{base}_bsr_indices"), g.add_constant(indptr, f"{base}_bsr_indptr")]
+            b = Builder(model, before=node)
+            ins = [node.inputs[0], b.const(data, f"{base}_bsr_data"), b.const(indices, f"{base}_bsr_indices"),
+                   b.const(indptr, f"{base}_bsr_indptr")]
             if bias is not None:
-                ins.append(g.add_constant(bias.astype(w.dtype), f"{base}_bsr_bias"))
-            out = g.fresh_name(f"{base}_bsr_out")
+                ins.append(b.const(bias.astype(w.dtype), f"{base}_bsr_bias"))
             fmt = "csr" if (r, c) == (1, 1) else "bsr"
-            g.replace_node_with(node, [("SparseMatMul", ins, [out], {"axis": axis},
-                                        {"domain": "tvmlite", "name": f"{base}_bsr"})], outputs=[out])
-            model.opsets.setdefault("tvmlite", 1)
+            out = b.tvmlite.SparseMatMul(*ins, axis=axis, name_hint=f"{base}_bsr")
+            b.replace(node, {node.outputs[0]: out})
             fill = float(np.count_nonzero(data)) / max(data.size, 1)
             reason = (f"{fmt} {r}x{c}: {secs * 1e3:.3f} ms vs dense {choice['dense_s'] * 1e3:.3f} ms "
                       f"({speed:.2f}x) at density {density:.3f}, blocks {fill:.0%} full")

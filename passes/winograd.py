@@ -16,6 +16,7 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.passes.lowering import ConvInfo, ShapeLookup, _Builder, conv_info
 from tvmlite.errors import OptionError
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Model
 from tvmlite.ops.lowered import WINOGRAD_POINTS, winograd_tiles, winograd_weight
 
@@ -44,10 +45,8 @@ def winograd_macs(info: ConvInfo, m: int, batch: int = 1) -> int:
     return batch * th * tw * a * a * info.channels * info.out_channels
 
 
-def lower_winograd(model: Model, info: ConvInfo, m: int) -> None:
-    g = model.graph
-    model.opsets.setdefault("tvmlite", 1)
-    bld = _Builder(g, info)
+def lower_winograd(model: Model, info: ConvInfo, m: int, b: Builder | None = None) -> None:
+    bld = _Builder(model, info, b)
     N, C, M = info.batch, info.channels, info.out_channels
     a = m + 2
     th, tw = winograd_tiles(info.out_spatial, m)
@@ -84,6 +83,7 @@ class Winograd(Pass):
         result = PassResult(self.name)
         m = self.options.m
         shapes = ShapeLookup(model)
+        b = Builder(model)
         for node in model.graph.toposort():
             if not is_onnx(node, "Conv"):
                 continue
@@ -95,7 +95,7 @@ class Winograd(Pass):
             label = node.label
             direct = info.macs()
             wino = winograd_macs(info, m)
-            lower_winograd(model, info, m)
+            lower_winograd(model, info, m, b)
             result.rewrote(label, choice=f"winograd(m={m})",
                            reason=f"3x3 stride 1: {direct / wino:.2f}x fewer multiplications per image",
                            macs_direct=direct, macs_winograd=wino)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
+from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Model
 from tvmlite.quant.params import affine_params
 
@@ -18,6 +19,8 @@ class Inserter:
     def __init__(self, model: Model, spec: QuantSpec):
         self.model = model
         self.g = model.graph
+        #: every Q/DQ node and scale is made here: one name authority for the whole insertion
+        self.b = Builder(model)
         self.spec = spec
         self.params: dict[str, tuple[str, str]] = {}  # tensor -> (scale name, zp name)
         self.dq_of: dict[str, str] = {}  # float-produced tensor -> its dequantized copy
@@ -36,8 +39,8 @@ class Inserter:
         if clip_hi is not None:
             lo, hi = 0.0, min(hi, clip_hi)
         scale, zp = affine_params(lo, hi, self.spec.activation_type)
-        s = self.g.add_constant(np.asarray(scale, np.float32), f"{name}_scale")
-        z = self.g.add_constant(np.asarray(zp), f"{name}_zp")
+        s = self.b.const(np.asarray(scale, np.float32), f"{name}_scale").name
+        z = self.b.const(np.asarray(zp), f"{name}_zp").name
         self.params[name] = (s, z)
         return s, z
 
@@ -45,7 +48,7 @@ class Inserter:
         """``name`` = ``source`` * ``factor``: the same codes and zero point, the scale times factor."""
         s, z = self.params[source]
         scale = np.float32(float(self.g.const_value(s)) * factor)
-        self.params[name] = (self.g.add_constant(np.asarray(scale, np.float32), f"{name}_scale"), z)
+        self.params[name] = (self.b.const(np.asarray(scale, np.float32), f"{name}_scale").name, z)
         return self.params[name]
 
     def scale_of(self, name: str) -> float:
@@ -57,11 +60,10 @@ class Inserter:
         s, z = self.params[name]
         declared = g.value(name).type
         was_output = [i for i, o in enumerate(g.outputs) if o == name]
-        raw = g.fresh_name(f"{name}_float")
+        raw = self.b.value_name(f"{name}_float")
         g.rename_value(name, raw)
-        q = g.fresh_name(f"{name}_q")
-        g.add_node("QuantizeLinear", [raw, s, z], [q], name=g.fresh_node_name(f"{name}_Q"))
-        g.add_node("DequantizeLinear", [q, s, z], [name], name=g.fresh_node_name(f"{name}_DQ"))
+        q = self.b.op.QuantizeLinear(raw, s, z, name_hint=f"{name}_Q", outputs=[f"{name}_q"]).name
+        self.b.make_node("DequantizeLinear", [q, s, z], [name], name_hint=f"{name}_DQ")
         g.value(name).type = declared
         for reader in g.consumers(raw):
             if reader.op_type == "QuantizeLinear" and reader.outputs[0] == q:
@@ -79,27 +81,20 @@ class Inserter:
         if name not in self.dq_of:
             g = self.g
             s, z = self.params[name]
-            q = g.fresh_name(f"{name}_q")
-            dq = g.fresh_name(f"{name}_dq")
-            g.add_node("QuantizeLinear", [name, s, z], [q], name=g.fresh_node_name(f"{name}_Q"))
-            g.add_node("DequantizeLinear", [q, s, z], [dq], name=g.fresh_node_name(f"{name}_DQ"))
-            g.value(dq).type = g.value(name).type
-            self.dq_of[name] = dq
+            q = self.b.op.QuantizeLinear(name, s, z, name_hint=f"{name}_Q", outputs=[f"{name}_q"])
+            dq = self.b.op.DequantizeLinear(q, s, z, name_hint=f"{name}_DQ", outputs=[f"{name}_dq"])
+            dq.type = g.value(name).type
+            self.dq_of[name] = dq.name
         return self.dq_of[name]
 
     def constant_dq(self, array: np.ndarray, base: str, q: np.ndarray, scale: np.ndarray,
                     zp: np.ndarray, axis: int | None, default_zero_point: bool = False) -> str:
         """``default_zero_point``: leave a zero point of zeros out (the default). onnxruntime still
         fuses Conv's weight and bias DQ so, not Gemm's (measured: no QGemm then)."""
-        g = self.g
-        qn = g.add_constant(q, f"{base}_q")
-        sn = g.add_constant(scale.reshape(-1) if axis is not None else scale.reshape(()), f"{base}_scale")
-        inputs = [qn, sn]
+        b = self.b
+        inputs = [b.const(q, f"{base}_q"),
+                  b.const(scale.reshape(-1) if axis is not None else scale.reshape(()), f"{base}_scale")]
         if np.any(zp) or not default_zero_point:
-            inputs.append(g.add_constant(zp.reshape(-1) if axis is not None else zp.reshape(()),
-                                         f"{base}_zp"))
-        out = g.fresh_name(f"{base}_dq")
+            inputs.append(b.const(zp.reshape(-1) if axis is not None else zp.reshape(()), f"{base}_zp"))
         attrs = {"axis": int(axis)} if axis is not None else {}
-        g.add_node("DequantizeLinear", inputs, [out], attrs,
-                   name=g.fresh_node_name(f"{base}_DQ"))
-        return out
+        return b.op.DequantizeLinear(*inputs, attrs=attrs, name_hint=f"{base}_DQ", outputs=[f"{base}_dq"]).name

@@ -395,7 +395,7 @@ def apply_qdq(model: Model, plan: QdqPlan, spec: QuantSpec) -> list[tuple[str, s
         declared = g.value(out).type
         s, z = ins.params[out]
         g.remove_node(node, remove_outputs=False)
-        g.add_node("DequantizeLinear", [dq.inputs[0], s, z], [out], name=g.fresh_node_name(f"{out}_DQ"))
+        ins.b.make_node("DequantizeLinear", [dq.inputs[0], s, z], [out], name_hint=f"{out}_DQ")
         g.value(out).type = declared
         log.append((node.label, "folded", {"into": "DequantizeLinear scale", "factor": factor}))
     g.remove_unused_values()
