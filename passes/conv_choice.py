@@ -120,13 +120,13 @@ def measure_seconds(info: ConvInfo, algos: list[str], batch: int, repeats: int =
                     budget_s: float = 2.0) -> dict[str, float]:
     """Median NumPy-backend time of each candidate on this layer, runs interleaved so that a noisy
     machine slows every candidate alike."""
-    import tvmlite
     from tvmlite.backends.numpy import compile_model
+    from tvmlite.frontend import load
 
     proto = single_conv_model(info, batch)
     plans = {}
     for algo in algos:
-        m = tvmlite.load(proto)
+        m = load(proto)
         one = conv_info(m, next(n for n in m.graph.nx.nodes if n.op_type == "Conv"))
         apply_choice(m, one, algo)
         plans[algo] = compile_model(m)

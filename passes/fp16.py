@@ -71,7 +71,7 @@ class Float16Weights(Pass):
 
     # ---------------------------------------------------------------------------------- activations
     def _activations(self, model: Model) -> PassResult:
-        from tvmlite.ir.shapes import drop_new_types, infer_shapes, typed_values
+        from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 
         result = PassResult(self.name)
         g = model.graph

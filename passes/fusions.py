@@ -18,7 +18,7 @@ import numpy as np
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx, remove_dead_producers
 from tvmlite.ir.graph import Graph, Model, Node, type_shape
-from tvmlite.ir.shapes import inferred_types
+from tvmlite.export.shapes import inferred_types
 
 
 def _single_reader(g: Graph, name: str) -> bool:

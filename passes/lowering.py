@@ -80,7 +80,7 @@ class ShapeLookup:
         shape = g.value(name).shape if g.has_value(name) else None
         if shape is None or any(not isinstance(d, int) for d in shape[1:]):
             if self._inferred is None:
-                from tvmlite.ir.shapes import inferred_types
+                from tvmlite.export.shapes import inferred_types
 
                 self._inferred = inferred_types(self.model)
             tp = self._inferred.get(name)

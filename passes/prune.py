@@ -25,7 +25,7 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Graph, Model, Node
-from tvmlite.ir.shapes import static_shapes
+from tvmlite.export.shapes import static_shapes
 
 MODES = ("magnitude", "nm", "block", "channel")
 
@@ -236,7 +236,7 @@ class ChannelPruner:
             done.update(group.producers)
             self._apply(group, shapes)
         if self.result.changed:
-            from tvmlite.ir.shapes import infer_shapes
+            from tvmlite.export.shapes import infer_shapes
 
             infer_shapes(self.model)
 
@@ -418,7 +418,7 @@ class ChannelPruner:
                 v.type = None
         refits = {}
         if self.data is not None:
-            from tvmlite.ir.shapes import infer_shapes
+            from tvmlite.export.shapes import infer_shapes
 
             infer_shapes(self.model)
             for node, _, _ in group.terminals:

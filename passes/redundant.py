@@ -15,7 +15,7 @@ from onnx import TensorProto as T
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx, remove_dead_producers
 from tvmlite.ir.graph import Graph, Model, Node, type_elem, type_shape
-from tvmlite.ir.shapes import inferred_types
+from tvmlite.export.shapes import inferred_types
 
 #: elem type -> the types that hold each of its values exactly
 _EXACT = {

@@ -19,9 +19,16 @@ from collections import defaultdict
 ROOT = pathlib.Path(__file__).resolve().parent  # tvmlite/
 PASSES_DIR = ROOT.parent / "passes"  # installed as tvmlite.passes (tvmlite/passes links here)
 
+# Deprecated names kept importable for users' code (each warns and hands back the module that
+# replaced it). Their layer is on top, so that any import of one from inside tvmlite is upward; each
+# is its own unit for folder cycles, as it is no part of the folder it lies in.
+COMPAT: tuple[str, ...] = ("tvmlite.ir.shapes",)
+
 # (layer, module prefixes), bottom first. The longest matching prefix decides a module's layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("errors", ("tvmlite.errors", "tvmlite.limits", "tvmlite.layers")),
+    # outputs: the atomic, input-safe file writer; it imports only errors, and both the ONNX exporter
+    # and the TVM artifact writer need it, so it sits with errors at the bottom
+    ("errors", ("tvmlite.errors", "tvmlite.limits", "tvmlite.layers", "tvmlite.outputs")),
     ("ir", ("tvmlite.ir",)),
     ("ops", ("tvmlite.ops",)),
     ("onnx-io", ("tvmlite.frontend", "tvmlite.export", "tvmlite.onnxio")),
@@ -30,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("passes", ("tvmlite.passes", "tvmlite.quant")),
     ("tvm", ("tvmlite.backends.tvm",)),
     ("driver", ("tvmlite",)),  # everything else: optimize, compare, analysis, checker, cli, zoo
+    ("compat", COMPAT),
 ]
 # Package __init__ files that only re-export their own folder (tvmlite/__init__.py is the API).
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
@@ -46,10 +54,10 @@ def layer_of(module: str) -> str:
 
 def folder_of(module: str) -> str:
     """The unit cycles are counted between: a module's package (tvmlite.ops.conv -> tvmlite.ops),
-    except that the modules directly in tvmlite/ (errors at the bottom, cli at the top) are each
-    their own unit."""
+    except that the modules directly in tvmlite/ (errors at the bottom, cli at the top) and the
+    compat aliases are each their own unit."""
     pkg = module if _is_package(module) else module.rpartition(".")[0]
-    return module if pkg == "tvmlite" else pkg
+    return module if pkg == "tvmlite" or module in COMPAT else pkg
 
 
 def _is_package(module: str) -> bool:

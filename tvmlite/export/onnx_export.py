@@ -190,7 +190,7 @@ def export_model(model: Model, *, infer: bool = True) -> onnx.ModelProto:
         want = [n for n in g.outputs if n in g.values and g.values[n].type is None]
         want += untyped_tvmlite_inputs(model)
         if want:
-            from tvmlite.ir.shapes import inferred_types
+            from tvmlite.export.shapes import inferred_types
 
             types = inferred_types(model)
             for n in want:
