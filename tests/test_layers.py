@@ -1,8 +1,12 @@
 """The layering stays: no module imports a layer above its own, no folders import each other in a
 circle (imports inside functions included; see tvmlite/layers.py), and `passes` is
 tvmlite.passes."""
+import pathlib
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from tvmlite import layers
 
@@ -66,3 +70,69 @@ def test_old_passes_import_warns_and_shares_modules():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "warned" in out and "tvmlite.passes" in out
     assert out.strip().endswith("True True True")
+
+
+def test_moved_modules_sit_in_their_layers_and_aliases_are_on_top():
+    assert layers.layer_of("tvmlite.outputs") == "errors"  # the exporter and the TVM writer use it
+    assert layers.layer_of("tvmlite.export.shapes") == "onnx-io"
+    assert layers.layer_of("tvmlite.ops.batchnorm_fold") == "ops"
+    assert layers.layer_of("tvmlite.passes.counts") == "passes"
+    # a deprecated alias is importable by users only: an import of it from inside tvmlite is upward
+    assert layers.layer_of("tvmlite.ir.shapes") == "compat"
+    edge = ("tvmlite.passes.prune", "tvmlite.ir.shapes", 1, False)
+    assert layers.upward([edge]) == [edge]
+    assert layers.folder_of("tvmlite.ir.shapes") == "tvmlite.ir.shapes"
+    assert not any(b in layers.COMPAT for _, b, _, _ in layers.imports())
+
+
+def test_old_shapes_import_warns_and_is_the_new_module():
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    from tvmlite.ir.shapes import static_shapes\n"
+            "import tvmlite.export.shapes as s, tvmlite.ir.shapes as old\n"
+            "print([str(x.message) for x in w if x.category is DeprecationWarning])\n"
+            "print(static_shapes is s.static_shapes, old is s)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "tvmlite.export.shapes" in out.splitlines()[0]
+    assert out.strip().endswith("True True")
+
+
+def test_numpy_backend_folds_batchnorm_without_loading_a_pass():
+    # the walker reads the source; this checks what a process really loads: the NumPy backend
+    # folds digits_cnn's BatchNormalizations with no pass module imported
+    code = ("import sys, numpy as np\n"
+            "import tvmlite\nfrom tvmlite.backends.numpy import compile_model\n"
+            "from tvmlite.ops.batchnorm_fold import fold_batchnorms\n"
+            "m = tvmlite.load('models/digits_cnn.onnx')\n"
+            "print([why for _, why in fold_batchnorms(m.copy())])\n"
+            "d = np.load('models/digits_test.npz')\n"
+            "feed = {m.graph.inputs[0]: d[d.files[0]][:8].astype(np.float32)}\n"
+            "folded, plain = (compile_model(m, fold_bn=f).run(feed)[0] for f in (True, False))\n"
+            "print(float(np.abs(folded - plain).max() / np.abs(plain).max()))\n"
+            "print(any(k.startswith('tvmlite.passes') for k in sys.modules))\n")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=root).stdout.split("\n")
+    assert lines[0] == "[None, None, None, None]"  # its four BatchNormalizations, all folded
+    assert float(lines[1]) < 1e-5
+    assert lines[2] == "False"
+
+
+def test_package_build_ships_passes_inside_tvmlite_only(tmp_path):
+    # what a wheel holds is what setuptools' build_py lays out (bdist_wheel runs it, then adds the
+    # metadata); build_py needs neither the network nor the `wheel` package, so it runs anywhere.
+    # Built from a copy: a build in the checkout leaves build/ and egg-info behind.
+    pytest.importorskip("setuptools")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    src, lib = tmp_path / "src", tmp_path / "lib"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    for name in ("tvmlite", "passes"):
+        shutil.copytree(root / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py",
+                    "--build-lib", str(lib)], cwd=src, check=True, capture_output=True, timeout=120)
+    assert sorted(p.name for p in lib.iterdir()) == ["tvmlite"]
+    passes = lib / "tvmlite" / "passes"
+    assert passes.is_dir() and not passes.is_symlink()  # the files themselves, not a dangling link
+    assert {"__init__.py", "base.py", "cleanup.py", "counts.py"} <= {p.name for p in passes.iterdir()}
