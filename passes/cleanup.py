@@ -13,6 +13,7 @@ from onnx import helper
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.constants import FOLD_MAX_BYTES, FOLD_MAX_ELEMENTS, fold_output_bound
 from tvmlite.backends.numpy.plan import NONDETERMINISTIC, _resolve
+from tvmlite.export.shapes import infer_shapes
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ops.batchnorm_fold import fold_batchnorms, remove_dead_producers  # noqa: F401 (redundant, shape_fold)
 from tvmlite.ops.registry import kernel_attr_name
@@ -221,8 +222,6 @@ class InferShapes(Pass):
     cleanup = True
 
     def run(self, model: Model) -> PassResult:
-        from tvmlite.export.shapes import infer_shapes
-
         result = PassResult(self.name)
         result.count("values_typed", infer_shapes(model))
         return result

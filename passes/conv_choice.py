@@ -19,6 +19,8 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.lowering import ConvInfo, conv_info, lower_im2col, lower_mec, lowerable_convs, mec_reason
 from tvmlite.passes.winograd import WINOGRAD_TILES, lower_winograd, winograd_macs, winograd_reason
 from tvmlite.errors import OptionError
+from tvmlite.backends.numpy import compile_model
+from tvmlite.frontend import load
 from tvmlite.ir.graph import Model
 
 #: cost-rule constants for the NumPy backend on one core of this machine kind (bench/bench_conv.py
@@ -120,9 +122,6 @@ def measure_seconds(info: ConvInfo, algos: list[str], batch: int, repeats: int =
                     budget_s: float = 2.0) -> dict[str, float]:
     """Median NumPy-backend time of each candidate on this layer, runs interleaved so that a noisy
     machine slows every candidate alike."""
-    from tvmlite.backends.numpy import compile_model
-    from tvmlite.frontend import load
-
     proto = single_conv_model(info, batch)
     plans = {}
     for algo in algos:

@@ -21,6 +21,7 @@ from onnx import helper
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
+from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 from tvmlite.ir.graph import Model, tensor_type
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -71,8 +72,6 @@ class Float16Weights(Pass):
 
     # ---------------------------------------------------------------------------------- activations
     def _activations(self, model: Model) -> PassResult:
-        from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
-
         result = PassResult(self.name)
         g = model.graph
         before = typed_values(g)

@@ -25,7 +25,7 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Graph, Model, Node
-from tvmlite.export.shapes import static_shapes
+from tvmlite.export.shapes import infer_shapes, static_shapes
 
 MODES = ("magnitude", "nm", "block", "channel")
 
@@ -236,8 +236,6 @@ class ChannelPruner:
             done.update(group.producers)
             self._apply(group, shapes)
         if self.result.changed:
-            from tvmlite.export.shapes import infer_shapes
-
             infer_shapes(self.model)
 
     # ......................................................................... tracing
@@ -418,8 +416,6 @@ class ChannelPruner:
                 v.type = None
         refits = {}
         if self.data is not None:
-            from tvmlite.export.shapes import infer_shapes
-
             infer_shapes(self.model)
             for node, _, _ in group.terminals:
                 refits[node.label] = self._refit(node)

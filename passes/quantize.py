@@ -17,7 +17,7 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity, is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Graph, Model, Node
-from tvmlite.export.shapes import drop_new_types, typed_values
+from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 from tvmlite.quant import qdq
 from tvmlite.quant.calibrate import METHODS, collect_stats
 
@@ -86,8 +86,6 @@ def prepare(model: Model) -> dict:
     FoldConstants().run(model)
     stats["bn_folded"] = len(FoldBatchNorm().run(model).rewritten)
     RemoveIdentity().run(model)
-    from tvmlite.export.shapes import infer_shapes
-
     infer_shapes(model)
     stats["bias_adds_fused"] = fuse_bias_add(model)
     DeadCodeElimination().run(model)
@@ -330,8 +328,6 @@ class QuantizeDynamic(Pass):
             raise OptionError(f"pass 'quantize-dynamic': form {o.form!r} is not integer or dq")
         result = PassResult(self.name)
         qdq.upgrade_opset(model, 11 if not o.per_channel else 13)
-        from tvmlite.export.shapes import infer_shapes
-
         infer_shapes(model)  # operand dtypes and ranks decide what can be rewritten
         g = model.graph
         for node in g.toposort():
