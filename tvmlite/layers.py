@@ -12,6 +12,7 @@ standard library and ``ast`` are used: this module imports nothing of tvmlite.
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 import sys
 from collections import defaultdict
@@ -31,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("tvmlite.errors", "tvmlite.limits", "tvmlite.layers", "tvmlite.outputs")),
     ("ir", ("tvmlite.ir",)),
     ("ops", ("tvmlite.ops",)),
-    ("onnx-io", ("tvmlite.frontend", "tvmlite.export", "tvmlite.onnxio")),
+    ("onnx-io", ("tvmlite.frontend", "tvmlite.export")),  # load, save, functions, shape inference
     ("runtime", ("tvmlite.backends.numpy", "tvmlite.backends", "tvmlite.runtime", "tvmlite.inputs",
                  "tvmlite.calibration", "tvmlite.metrics", "tvmlite.checkset")),
     ("passes", ("tvmlite.passes", "tvmlite.quant")),
@@ -39,7 +40,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("driver", ("tvmlite",)),  # everything else: optimize, compare, analysis, checker, cli, zoo
     ("compat", COMPAT),
 ]
-# Package __init__ files that only re-export their own folder (tvmlite/__init__.py is the API).
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 
 
@@ -102,6 +102,12 @@ def _target(name: str) -> str | None:
 
 def imports() -> list[tuple[str, str, int, bool]]:
     """(importer, imported, line, inside a function) for every tvmlite-internal import."""
+    return list(_imports())
+
+
+@functools.lru_cache(maxsize=1)
+def _imports() -> tuple[tuple[str, str, int, bool], ...]:
+    # parsing all modules takes seconds on a loaded machine; the tests ask several times
     out = []
     for mod, path in _MODULES.items():
         tree = ast.parse(path.read_text(), str(path))
@@ -122,7 +128,7 @@ def imports() -> list[tuple[str, str, int, bool]]:
                 t = _target(n)
                 if t and t != mod:
                     out.append((mod, t, node.lineno, id(node) in func_lines))
-    return out
+    return tuple(out)
 
 
 def upward(edges=None) -> list[tuple[str, str, int, bool]]:
@@ -185,7 +191,8 @@ def report() -> str:
     lines = [f"{len(_MODULES)} modules, {len(edges)} internal imports, {len(lazy)} inside functions"]
     for name, _ in LAYERS:
         mods = sorted(m for m in _MODULES if layer_of(m) == name)
-        lines.append(f"  {name:8s} {len(mods):3d} modules")
+        n_lazy = sum(layer_of(a) == name for a, *_ in lazy)
+        lines.append(f"  {name:8s} {len(mods):3d} modules, {n_lazy:3d} imports inside functions")
     lines.append(f"upward imports: {len(up)}")
     lines += [f"  {a} ({layer_of(a)}) -> {b} ({layer_of(b)})  line {ln}{' [in function]' if f else ''}"
               for a, b, ln, f in sorted(up)]
