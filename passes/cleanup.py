@@ -13,8 +13,8 @@ from onnx import helper
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.constants import FOLD_MAX_BYTES, FOLD_MAX_ELEMENTS, fold_output_bound
 from tvmlite.backends.numpy.plan import NONDETERMINISTIC, _resolve
-from tvmlite.export.shapes import infer_shapes
 from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.export.shapes import infer_shapes
 from tvmlite.ops.batchnorm_fold import fold_batchnorms, remove_dead_producers  # noqa: F401 (redundant, shape_fold)
 from tvmlite.ops.registry import kernel_attr_name
 

@@ -21,8 +21,8 @@ from onnx import helper
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
-from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 from tvmlite.ir.graph import Model, tensor_type
+from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 
 FLOAT = onnx.TensorProto.FLOAT
 FLOAT16 = onnx.TensorProto.FLOAT16

@@ -18,8 +18,8 @@ import numpy as np
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError, TvmliteError
-from tvmlite.export.shapes import inferred_types
 from tvmlite.ir.graph import Graph, Model, Node, tensor_type, type_shape
+from tvmlite.export.shapes import inferred_types
 from tvmlite.ops.conv import _norm, conv_output_shape, resolve_pads
 
 

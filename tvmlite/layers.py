@@ -20,11 +20,6 @@ from collections import defaultdict
 ROOT = pathlib.Path(__file__).resolve().parent  # tvmlite/
 PASSES_DIR = ROOT.parent / "passes"  # installed as tvmlite.passes (tvmlite/passes links here)
 
-# Deprecated names kept importable for users' code (each warns and hands back the module that
-# replaced it). Their layer is on top, so that any import of one from inside tvmlite is upward; each
-# is its own unit for folder cycles, as it is no part of the folder it lies in.
-COMPAT: tuple[str, ...] = ("tvmlite.ir.shapes",)
-
 # (layer, module prefixes), bottom first. The longest matching prefix decides a module's layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # outputs: the atomic, input-safe file writer; it imports only errors, and both the ONNX exporter
@@ -38,7 +33,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("passes", ("tvmlite.passes", "tvmlite.quant")),
     ("tvm", ("tvmlite.backends.tvm",)),
     ("driver", ("tvmlite",)),  # everything else: optimize, compare, analysis, checker, cli, zoo
-    ("compat", COMPAT),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 
@@ -54,10 +48,10 @@ def layer_of(module: str) -> str:
 
 def folder_of(module: str) -> str:
     """The unit cycles are counted between: a module's package (tvmlite.ops.conv -> tvmlite.ops),
-    except that the modules directly in tvmlite/ (errors at the bottom, cli at the top) and the
-    compat aliases are each their own unit."""
+    except that the modules directly in tvmlite/ (errors at the bottom, cli at the top) are each
+    their own unit."""
     pkg = module if _is_package(module) else module.rpartition(".")[0]
-    return module if pkg == "tvmlite" or module in COMPAT else pkg
+    return module if pkg == "tvmlite" else pkg
 
 
 def _is_package(module: str) -> bool:
@@ -89,10 +83,16 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+def _internal(name: str) -> str | None:
+    """``name`` spelled as a tvmlite module name, or None when it is no tvmlite name."""
+    if name == "passes" or name.startswith("passes."):
+        return "tvmlite." + name
+    return name if name == "tvmlite" or name.startswith("tvmlite.") else None
+
+
 def _target(name: str) -> str | None:
     """The tvmlite module an imported name refers to (a module, or the module defining a name)."""
-    if name == "passes" or name.startswith("passes."):
-        name = "tvmlite." + name
+    name = _internal(name)
     while name:
         if name in _MODULES:
             return name
@@ -102,33 +102,48 @@ def _target(name: str) -> str | None:
 
 def imports() -> list[tuple[str, str, int, bool]]:
     """(importer, imported, line, inside a function) for every tvmlite-internal import."""
-    return list(_imports())
+    return list(_walk()[0])
+
+
+def unresolved() -> list[tuple[str, str, int]]:
+    """(importer, module, line) for imports of tvmlite modules that do not exist: a module that
+    moved and an importer nobody updated (after a merge, say), which the layer check alone would
+    count as an import of the package above it."""
+    return list(_walk()[1])
 
 
 @functools.lru_cache(maxsize=1)
-def _imports() -> tuple[tuple[str, str, int, bool], ...]:
+def _walk() -> tuple[tuple, tuple]:
     # parsing all modules takes seconds on a loaded machine; the tests ask several times
-    out = []
+    out, missing = [], []
     for mod, path in _MODULES.items():
         tree = ast.parse(path.read_text(), str(path))
-        func_lines: set[int] = set()
+        in_function: set[int] = set()  # ids of the import nodes inside a function body
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for sub in ast.walk(node):
                     if isinstance(sub, (ast.Import, ast.ImportFrom)):
-                        func_lines.add(id(sub))
+                        in_function.add(id(sub))
         for node in ast.walk(tree):
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
+                sources = names
             elif isinstance(node, ast.ImportFrom):
                 src = _resolve(mod, node)
                 names = [f"{src}.{a.name}" if f"{src}.{a.name}" in _MODULES else src for a in node.names]
+                sources = [src]
+            else:
+                continue
+            for src in sources:
+                full = _internal(src)
+                if full and full not in _MODULES:
+                    missing.append((mod, full, node.lineno))
             for n in dict.fromkeys(names):
                 t = _target(n)
                 if t and t != mod:
-                    out.append((mod, t, node.lineno, id(node) in func_lines))
-    return tuple(out)
+                    out.append((mod, t, node.lineno, id(node) in in_function))
+    return tuple(out), tuple(missing)
 
 
 def upward(edges=None) -> list[tuple[str, str, int, bool]]:
@@ -198,6 +213,9 @@ def report() -> str:
               for a, b, ln, f in sorted(up)]
     lines.append(f"folder cycles: {len(cyc)}")
     lines += ["  " + " <-> ".join(c) for c in cyc]
+    missing = unresolved()
+    lines.append(f"imports of tvmlite modules that do not exist: {len(missing)}")
+    lines += [f"  {a} -> {b}  line {ln}" for a, b, ln in sorted(missing)]
     return "\n".join(lines)
 
 

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvmlite.errors import TvmliteError, UnsupportedError
+from tvmlite.ops.batchnorm_fold import fold_batchnorms
 from tvmlite.ir.graph import Graph, Model
 from tvmlite.backends.numpy.validate import validate_graph
-from tvmlite.ops.batchnorm_fold import fold_batchnorms
 from tvmlite.ops.registry import (KernelContext, OpDef, canonical_domain, generation, kernel_attr_name,
                                   lookup)
 
