@@ -240,7 +240,7 @@ class Pipeline:
 
     def run(self, model: Model, *, input_shapes: dict | None = None) -> list[PassResult]:
         """Run every pass; ``input_shapes`` fixes symbolic input dims for the MAC counts."""
-        from tvmlite.analysis import summarize
+        from tvmlite.passes.counts import summarize
 
         results = []
         before = summarize(model, input_shapes)

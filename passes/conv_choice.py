@@ -17,6 +17,7 @@ from tvmlite.ir.builder import Builder
 from tvmlite.passes.lowering import ConvInfo, conv_info, lower_im2col, lower_mec, lowerable_convs, mec_reason
 from tvmlite.passes.winograd import WINOGRAD_TILES, lower_winograd, winograd_macs, winograd_reason
 from tvmlite.errors import OptionError
+from tvmlite.backends.numpy import compile_model
 from tvmlite.ir.graph import Model
 from tvmlite.runtime.ort import fragment, time_interleaved
 
@@ -100,8 +101,6 @@ def measure_seconds(model: Model, info: ConvInfo, algos: list[str], batch: int, 
                     budget_s: float = 2.0) -> dict[str, float]:
     """Median NumPy-backend time of each candidate on this layer alone (a fragment of the model at
     a fixed batch), runs interleaved so that a noisy machine slows every candidate alike."""
-    from tvmlite.backends.numpy import compile_model
-
     x, y = info.node.inputs[0], info.node.outputs[0]
     shapes = {x: (batch, info.channels, *info.in_spatial), y: (batch, info.out_channels, *info.out_spatial)}
     plans = {}

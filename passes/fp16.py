@@ -23,6 +23,7 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Model, tensor_type
+from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 
 FLOAT = onnx.TensorProto.FLOAT
 FLOAT16 = onnx.TensorProto.FLOAT16
@@ -72,8 +73,6 @@ class Float16Weights(Pass):
 
     # ---------------------------------------------------------------------------------- activations
     def _activations(self, model: Model) -> PassResult:
-        from tvmlite.ir.shapes import drop_new_types, infer_shapes, typed_values
-
         result = PassResult(self.name)
         g = model.graph
         before = typed_values(g)

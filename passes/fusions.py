@@ -19,7 +19,7 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.pattern import Const, Match, Op, Rule, apply_rules
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, type_shape
-from tvmlite.ir.shapes import inferred_types
+from tvmlite.export.shapes import inferred_types
 
 
 def _per_channel(c: np.ndarray, rank: int, channels: int) -> np.ndarray | None:

@@ -20,6 +20,7 @@ from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError, TvmliteError
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node, tensor_type, type_shape
+from tvmlite.export.shapes import inferred_types
 from tvmlite.ops.conv import _norm, conv_output_shape, resolve_pads
 
 
@@ -81,8 +82,6 @@ class ShapeLookup:
         shape = g.value(name).shape if g.has_value(name) else None
         if shape is None or any(not isinstance(d, int) for d in shape[1:]):
             if self._inferred is None:
-                from tvmlite.ir.shapes import inferred_types
-
                 self._inferred = inferred_types(self.model)
             tp = self._inferred.get(name)
             shape = type_shape(tp) if tp is not None else shape

@@ -44,7 +44,7 @@ from tvmlite.passes.lowrank_math import (Layer, LinearStats, capture_groups, cap
 from tvmlite.passes.lowrank_nodes import FactorNodes
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Model, Node
-from tvmlite.ir.shapes import static_shapes
+from tvmlite.export.shapes import static_shapes
 from tvmlite.ops.conv import im2col, resolve_pads
 
 RANK_RULES = ("ratio", "energy", "vbmf", "budget")
@@ -177,7 +177,7 @@ class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
             layer = self._layer(model, node, shapes, result)
             if layer is not None:
                 layers.append(layer)
-        from tvmlite.analysis import node_macs
+        from tvmlite.passes.counts import node_macs
 
         total = sum(node_macs(model, n, shapes) for n in g.nx.nodes) or 1
         small = [l for l in layers if l.macs < o.min_layer_share * total]

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tvmlite.backends.numpy.plan import Plan
 from tvmlite.ir.graph import Model, Node
 
 
 # ------------------------------------------------------------------------------- activations
 def capture_values(model: Model, names: list[str], feeds: dict) -> dict[str, np.ndarray]:
     """Run ``model`` on the NumPy backend and return the arrays of the named values."""
-    from tvmlite.backends.numpy.plan import Plan
-
     import networkx as nx
 
     g = model.graph

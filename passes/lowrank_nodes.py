@@ -7,7 +7,7 @@ import numpy as np
 from tvmlite.passes.lowrank_math import Layer, conv_attrs
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model
-from tvmlite.ir.shapes import static_shapes
+from tvmlite.export.shapes import static_shapes
 from tvmlite.passes.base import PassResult
 
 

@@ -27,7 +27,7 @@ from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
-from tvmlite.ir.shapes import static_shapes
+from tvmlite.export.shapes import infer_shapes, static_shapes
 
 MODES = ("magnitude", "nm", "block", "channel")
 
@@ -241,8 +241,6 @@ class ChannelPruner:
             done.update(group.producers)
             self._apply(group, shapes)
         if self.result.changed:
-            from tvmlite.ir.shapes import infer_shapes
-
             infer_shapes(self.model)
 
     # ......................................................................... tracing
@@ -423,8 +421,6 @@ class ChannelPruner:
                 v.type = None
         refits = {}
         if self.data is not None:
-            from tvmlite.ir.shapes import infer_shapes
-
             infer_shapes(self.model)
             for node, _, _ in group.terminals:
                 refits[node.label] = self._refit(node)

@@ -20,7 +20,7 @@ from tvmlite.passes.pattern import Const, Match, Op, Rule, apply_rules
 from tvmlite.errors import OptionError
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
-from tvmlite.ir.shapes import drop_new_types, typed_values
+from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 from tvmlite.quant import qdq
 from tvmlite.quant.calibrate import METHODS, collect_stats
 
@@ -98,8 +98,6 @@ def prepare(model: Model) -> dict:
     FoldConstants().run(model)
     stats["bn_folded"] = len(FoldBatchNorm().run(model).rewritten)
     RemoveIdentity().run(model)
-    from tvmlite.ir.shapes import infer_shapes
-
     infer_shapes(model)
     stats["bias_adds_fused"] = fuse_bias_add(model)
     DeadCodeElimination().run(model)
@@ -353,8 +351,6 @@ class QuantizeDynamic(Pass):
         o = self.options
         result = PassResult(self.name)
         qdq.upgrade_opset(model, 11 if not o.per_channel else 13)
-        from tvmlite.ir.shapes import infer_shapes
-
         infer_shapes(model)  # operand dtypes and ranks decide what can be rewritten
         g = model.graph
         b = None  # made on the first rewrite: one name authority for the run

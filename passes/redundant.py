@@ -17,7 +17,7 @@ from tvmlite.passes.cleanup import is_onnx, remove_dead_producers
 from tvmlite.passes.pattern import Const, Op, Rule
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node, type_elem, type_shape
-from tvmlite.ir.shapes import inferred_types
+from tvmlite.export.shapes import inferred_types
 
 #: elem type -> the types that hold each of its values exactly
 _EXACT = {

@@ -19,7 +19,7 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import ONNX, remove_dead_producers
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node, type_shape
-from tvmlite.ir.shapes import inferred_types
+from tvmlite.export.shapes import inferred_types
 
 _INT_TYPES = {TensorProto.INT64: np.int64, TensorProto.INT32: np.int32}
 

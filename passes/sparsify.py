@@ -21,7 +21,7 @@ from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
-from tvmlite.ir.shapes import static_shapes
+from tvmlite.export.shapes import static_shapes
 from tvmlite.ops.registry import lookup
 from tvmlite.ops.sparse import sparse_matmul, to_bsr
 from tvmlite.runtime import ort

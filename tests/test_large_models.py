@@ -9,7 +9,7 @@ import onnx
 import tvmlite
 from tvmlite.compare import ort_session
 from tvmlite.export import onnx_export
-from tvmlite.ir.shapes import inferred_types
+from tvmlite.export.shapes import inferred_types
 from tvmlite.ir.graph import type_shape
 
 from helpers import conv_bn_relu_model

@@ -195,7 +195,7 @@ def test_corpus_at_least_as_small_as_peers(name, static):
     proto = onnx.load(corpus_model(name))
     m = tvmlite.load(proto)
     if static:  # the model with its input declared at the benchmark size
-        from tvmlite.ir.shapes import fix_input_shapes
+        from tvmlite.export.shapes import fix_input_shapes
 
         fix_input_shapes(m, {"x": list(shape)})
         proto = export_model(m)

@@ -5,7 +5,7 @@ import onnx
 import tvmlite
 from tvmlite.backends.numpy import compile_model
 from tvmlite.export import export_model
-from tvmlite.ir.shapes import inferred_types
+from tvmlite.export.shapes import inferred_types
 from tvmlite.ir.graph import type_shape
 from tvmlite.ops.registry import tvmlite_op
 

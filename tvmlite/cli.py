@@ -56,7 +56,7 @@ def inspect(model, shapes, as_json, layers):
     from tvmlite.analysis import node_macs, op_histogram, param_count
     from tvmlite.frontend import load
     from tvmlite.inputs import parse_shape_overrides
-    from tvmlite.ir.shapes import check_input_shapes, static_shapes
+    from tvmlite.export.shapes import check_input_shapes, static_shapes
 
     m = load(model)
     g = m.graph

@@ -12,6 +12,7 @@ standard library and ``ast`` are used: this module imports nothing of tvmlite.
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 import sys
 from collections import defaultdict
@@ -21,17 +22,18 @@ PASSES_DIR = ROOT.parent / "passes"  # installed as tvmlite.passes (tvmlite/pass
 
 # (layer, module prefixes), bottom first. The longest matching prefix decides a module's layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("errors", ("tvmlite.errors", "tvmlite.limits", "tvmlite.layers")),
+    # outputs: the atomic, input-safe file writer; it imports only errors, and both the ONNX exporter
+    # and the TVM artifact writer need it, so it sits with errors at the bottom
+    ("errors", ("tvmlite.errors", "tvmlite.limits", "tvmlite.layers", "tvmlite.outputs")),
     ("ir", ("tvmlite.ir",)),
     ("ops", ("tvmlite.ops",)),
-    ("onnx-io", ("tvmlite.frontend", "tvmlite.export", "tvmlite.onnxio")),
+    ("onnx-io", ("tvmlite.frontend", "tvmlite.export")),  # load, save, functions, shape inference
     ("runtime", ("tvmlite.backends.numpy", "tvmlite.backends", "tvmlite.runtime", "tvmlite.inputs",
                  "tvmlite.calibration", "tvmlite.metrics", "tvmlite.checkset")),
     ("passes", ("tvmlite.passes", "tvmlite.quant")),
     ("tvm", ("tvmlite.backends.tvm",)),
     ("driver", ("tvmlite",)),  # everything else: optimize, compare, analysis, checker, cli, zoo
 ]
-# Package __init__ files that only re-export their own folder (tvmlite/__init__.py is the API).
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 
 
@@ -81,10 +83,16 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+def _internal(name: str) -> str | None:
+    """``name`` spelled as a tvmlite module name, or None when it is no tvmlite name."""
+    if name == "passes" or name.startswith("passes."):
+        return "tvmlite." + name
+    return name if name == "tvmlite" or name.startswith("tvmlite.") else None
+
+
 def _target(name: str) -> str | None:
     """The tvmlite module an imported name refers to (a module, or the module defining a name)."""
-    if name == "passes" or name.startswith("passes."):
-        name = "tvmlite." + name
+    name = _internal(name)
     while name:
         if name in _MODULES:
             return name
@@ -94,27 +102,48 @@ def _target(name: str) -> str | None:
 
 def imports() -> list[tuple[str, str, int, bool]]:
     """(importer, imported, line, inside a function) for every tvmlite-internal import."""
-    out = []
+    return list(_walk()[0])
+
+
+def unresolved() -> list[tuple[str, str, int]]:
+    """(importer, module, line) for imports of tvmlite modules that do not exist: a module that
+    moved and an importer nobody updated (after a merge, say), which the layer check alone would
+    count as an import of the package above it."""
+    return list(_walk()[1])
+
+
+@functools.lru_cache(maxsize=1)
+def _walk() -> tuple[tuple, tuple]:
+    # parsing all modules takes seconds on a loaded machine; the tests ask several times
+    out, missing = [], []
     for mod, path in _MODULES.items():
         tree = ast.parse(path.read_text(), str(path))
-        func_lines: set[int] = set()
+        in_function: set[int] = set()  # ids of the import nodes inside a function body
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for sub in ast.walk(node):
                     if isinstance(sub, (ast.Import, ast.ImportFrom)):
-                        func_lines.add(id(sub))
+                        in_function.add(id(sub))
         for node in ast.walk(tree):
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
+                sources = names
             elif isinstance(node, ast.ImportFrom):
                 src = _resolve(mod, node)
                 names = [f"{src}.{a.name}" if f"{src}.{a.name}" in _MODULES else src for a in node.names]
+                sources = [src]
+            else:
+                continue
+            for src in sources:
+                full = _internal(src)
+                if full and full not in _MODULES:
+                    missing.append((mod, full, node.lineno))
             for n in dict.fromkeys(names):
                 t = _target(n)
                 if t and t != mod:
-                    out.append((mod, t, node.lineno, id(node) in func_lines))
-    return out
+                    out.append((mod, t, node.lineno, id(node) in in_function))
+    return tuple(out), tuple(missing)
 
 
 def upward(edges=None) -> list[tuple[str, str, int, bool]]:
@@ -177,12 +206,16 @@ def report() -> str:
     lines = [f"{len(_MODULES)} modules, {len(edges)} internal imports, {len(lazy)} inside functions"]
     for name, _ in LAYERS:
         mods = sorted(m for m in _MODULES if layer_of(m) == name)
-        lines.append(f"  {name:8s} {len(mods):3d} modules")
+        n_lazy = sum(layer_of(a) == name for a, *_ in lazy)
+        lines.append(f"  {name:8s} {len(mods):3d} modules, {n_lazy:3d} imports inside functions")
     lines.append(f"upward imports: {len(up)}")
     lines += [f"  {a} ({layer_of(a)}) -> {b} ({layer_of(b)})  line {ln}{' [in function]' if f else ''}"
               for a, b, ln, f in sorted(up)]
     lines.append(f"folder cycles: {len(cyc)}")
     lines += ["  " + " <-> ".join(c) for c in cyc]
+    missing = unresolved()
+    lines.append(f"imports of tvmlite modules that do not exist: {len(missing)}")
+    lines += [f"  {a} -> {b}  line {ln}" for a, b, ln in sorted(missing)]
     return "\n".join(lines)
 
 

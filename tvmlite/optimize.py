@@ -85,7 +85,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     source = model if isinstance(model, str) else "<model>"
     m = model if isinstance(model, Model) else load(model)
     if shapes:
-        from tvmlite.ir.shapes import check_input_shapes, fix_input_shapes
+        from tvmlite.export.shapes import check_input_shapes, fix_input_shapes
 
         check_input_shapes(m, shapes)
         if any(p.needs_static_shapes for p in pipeline):

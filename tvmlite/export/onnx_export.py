@@ -13,8 +13,10 @@ import onnx
 from onnx import helper, numpy_helper
 from google.protobuf.message import EncodeError
 
+from tvmlite.export.functions import TVMLITE_OPSET, tvmlite_functions, untyped_tvmlite_inputs
 from tvmlite.ir.attrs import python_to_attr
 from tvmlite.ir.graph import Graph, Model, Value
+from tvmlite.outputs import OutputError, Outputs, model_files
 
 #: the newest IR version onnxruntime 1.31 loads (checked: 13 loads, 14 is refused); onnx 1.23
 #: would write 14 by default
@@ -183,14 +185,13 @@ def export_model(model: Model, *, infer: bool = True) -> onnx.ModelProto:
     """The ONNX model. With ``infer``, graph outputs a pass left untyped get their inferred types
     (ONNX requires output types), and so do the inputs of tvmlite ops (their functions are
     specialized on input types)."""
-    from tvmlite.export.functions import TVMLITE_OPSET, tvmlite_functions, untyped_tvmlite_inputs
-
     g = model.graph
     if infer:
         want = [n for n in g.outputs if n in g.values and g.values[n].type is None]
         want += untyped_tvmlite_inputs(model)
         if want:
-            from tvmlite.ir.shapes import inferred_types
+            # shape inference runs on the exported proto, so it imports this module: a local import
+            from tvmlite.export.shapes import inferred_types
 
             types = inferred_types(model)
             for n in want:
@@ -236,8 +237,6 @@ def save(model: Model | onnx.ModelProto, path: str, *, source_path: str | None =
     written over ``source_path``, its external data, a non-regular file, or a ``.data`` file that
     belongs to something else. Returns where the model file is now: the staged path until
     ``outputs`` commits, else ``path``."""
-    from tvmlite.outputs import Outputs, model_files
-
     path = os.fspath(path)
     if outputs is None:
         with Outputs(lambda: model_files(source_path)) as own:
@@ -263,8 +262,6 @@ def save(model: Model | onnx.ModelProto, path: str, *, source_path: str | None =
 def _check_data_sibling(path: str, data_path: str) -> None:
     """An existing ``X.onnx.data`` is replaced only when the existing ``X.onnx`` uses it: any other
     file of that name is someone else's."""
-    from tvmlite.outputs import OutputError, model_files
-
     if not os.path.lexists(data_path):
         return
     ours = any(os.path.exists(p) and os.path.samefile(p, data_path) for p, _ in model_files(path)[1:])

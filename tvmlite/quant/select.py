@@ -134,6 +134,6 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisi
 
 
 def _static_shapes(model: Model, feeds: dict) -> dict:
-    from tvmlite.ir.shapes import static_shapes
+    from tvmlite.export.shapes import static_shapes
 
     return static_shapes(model, {k: tuple(np.shape(v)) for k, v in feeds.items()})

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvmlite.errors import TvmliteError, UnsupportedError
+from tvmlite.ops.batchnorm_fold import fold_batchnorms
 from tvmlite.ir.graph import Graph, Model
 from tvmlite.backends.numpy.fusion import fuse_steps
 from tvmlite.backends.numpy.validate import validate_graph
@@ -356,10 +357,8 @@ def compile_model(model: Model, *, fold_bn: bool = True, **kw) -> Plan:
     is folded into them in a copy first, as onnxruntime does at load (two passes over the tensor
     fewer per conv; results change at the rounding level only). ``model`` is left as it is."""
     if fold_bn and _foldable_bn(model.graph):
-        from tvmlite.passes.cleanup import FoldBatchNorm
-
         model = model.copy()
-        FoldBatchNorm().run(model)
+        fold_batchnorms(model)
     return Plan(model.graph, model.opsets, **kw)
 
 

@@ -41,7 +41,7 @@ def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
 
 
 def _shapes(m: Model) -> dict[str, tuple]:
-    from tvmlite.ir.shapes import inferred_types
+    from tvmlite.export.shapes import inferred_types
 
     # passing the input shapes makes inference drop recorded (possibly symbolic) types first
     types = inferred_types(m, {n: m.graph.values[n].shape for n in m.graph.inputs

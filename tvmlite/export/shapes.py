@@ -1,9 +1,21 @@
-"""dtype and shape inference: onnx's inference for standard ops, tvmlite's own rules for its ops."""
+"""dtype and shape inference: onnx's inference for standard ops, tvmlite's own rules for its ops.
+
+It sits above the IR, in the ONNX I/O layer, because onnx infers on the exported proto: the IR
+never imports it. Export and inference need each other (export types a pass's untyped outputs by
+inferring them), so `onnx_export.export_model` imports this module when it needs it and this module
+imports the exporter at the top.
+"""
 from __future__ import annotations
+
+import os
+import tempfile
 
 import onnx
 
-from tvmlite.ir.graph import Model, type_shape
+from tvmlite.errors import InputError
+from tvmlite.export import onnx_export
+from tvmlite.ir.graph import Model, tensor_type, type_elem, type_shape
+from tvmlite.ops.registry import TVMLITE_DOMAIN, lookup
 
 
 def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, onnx.TypeProto]:
@@ -11,9 +23,7 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
 
     ``input_shapes`` (name -> dims) fixes the graph inputs' shapes first, e.g. to count MACs at a
     given image size."""
-    from tvmlite.export import export_model
-
-    proto = export_model(model, infer=False)
+    proto = onnx_export.export_model(model, infer=False)
     if input_shapes:
         # recorded types were inferred from the old input shapes: infer everything afresh
         del proto.graph.value_info[:]
@@ -46,9 +56,6 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
 def _apply_own_rules(model: Model, types: dict) -> None:
     """tvmlite ops whose outputs onnx could not type (through their function bodies) use their own
     shape rule."""
-    from tvmlite.ir.graph import tensor_type, type_elem
-    from tvmlite.ops.registry import TVMLITE_DOMAIN, lookup
-
     g = model.graph
     for node in g.toposort():
         if node.domain != TVMLITE_DOMAIN or all(o in types and type_shape(types[o]) for o in node.outputs if o):
@@ -79,14 +86,9 @@ def _apply_own_rules(model: Model, types: dict) -> None:
 
 
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
-    from tvmlite.export import onnx_export
-
     if onnx_export.proto_bytes(proto) <= onnx_export.EXTERNAL_THRESHOLD:
         return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     # over protobuf's 2 GiB limit: infer from a file with external data, read back the types only
-    import os
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="tvmlite-infer-") as d:
         src, dst = os.path.join(d, "in.onnx"), os.path.join(d, "out.onnx")
         onnx_export.save(proto, src)
@@ -151,8 +153,6 @@ def static_shapes(model: Model, input_shapes: dict | None = None, default_dim: i
 def fix_input_shapes(model: Model, shapes: dict) -> None:
     """Declare the graph inputs' shapes (ints fix a dim, names keep it symbolic) and infer the rest,
     so passes that need static dims (conv lowering) see them."""
-    from tvmlite.ir.graph import tensor_type
-
     check_input_shapes(model, shapes)
     g = model.graph
     for name, dims in shapes.items():
@@ -163,8 +163,6 @@ def fix_input_shapes(model: Model, shapes: dict) -> None:
 
 def check_input_shapes(model: Model, shapes: dict) -> None:
     """InputError unless each of ``shapes`` names a graph input and fits its declared shape."""
-    from tvmlite.errors import InputError
-
     g = model.graph
     for name, dims in shapes.items():
         if name not in g.inputs or name in g.initializers:
