@@ -284,14 +284,24 @@ def _undo_layers(p, backup: Model, result, checker, meas, log=lambda line: None)
     if p.exclude_option is None or len(layers) < 2:
         return backup, [], f"undone: {budget}"
 
+    tried = {}
+
     def trial(exclude):
-        log(f"{p.name}: trial without {len(exclude)} of {len(layers)} layer(s)")
+        # measured once per set (the k = n-1 trial keeps the one layer a cost trial kept alone);
+        # the models are not kept, only their measurements: a repeat replays without measuring
+        key = frozenset(exclude)
+        if key not in tried:
+            log(f"{p.name}: trial without {len(exclude)} of {len(layers)} layer(s)")
         m = backup.copy()
         try:
             p.replay(result, list(exclude))(m)
         except Exception:  # noqa: BLE001 - a replay that fails counts as over budget
+            tried[key] = None
             return m, None
-        return m, checker.measure(m)
+        if key not in tried:
+            tried[key] = checker.measure(m)
+            tried[key].session = None  # not held through the search
+        return m, tried[key]
 
     def ok(tm):
         return tm is not None and checker.within(tm)
@@ -303,6 +313,11 @@ def _undo_layers(p, backup: Model, result, checker, meas, log=lambda line: None)
             _, tm = trial([x for x in layers if x != layer])
             costs[layer] = float("inf") if tm is None else checker.score(tm)
     ranked = sorted(layers, key=lambda x: -costs.get(x, 0.0))
+    alone = frozenset(ranked[:-1])
+    if alone in tried and not ok(tried[alone]):
+        # the cheapest layer alone breaks the budget: every set the search below tries holds it, and
+        # it assumes (as its bisection does) that more layers never cost less
+        return backup, [], f"undone: {budget}, even layer by layer"
     # the k worst layers excluded: grow k by doubling until the budget holds, then bisect down
     good, lo, k = None, 0, 1
     while True:
