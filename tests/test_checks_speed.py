@@ -112,3 +112,38 @@ def test_sessions_are_reused(monkeypatch):
     _, report = optimize(conv_bn_relu_model(), passes="fp16", repeats=5, speed_check=True, latency="ends")
     assert report.rows[-1].status in ("kept", "undone") and "side by side" in report.rows[-1].note
     assert len(made) == 2  # the original and fp16's check; its speed check and the end timing reuse them
+
+
+def test_layers_that_compute_alike_are_timed_once(monkeypatch):
+    """quantize(measure=true) times one of each kind of layer: same op, attributes and shapes."""
+    import tvmlite.quant.select as select
+    from tvmlite.passes import Pipeline
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32), f"w{i}")
+             for i in range(3)]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c1", "w2"], ["y"], name="conv2", strides=[2, 2])]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 7, 7])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    timed = []
+    real = select._time_layer
+    monkeypatch.setattr(select, "_time_layer", lambda model, key, *a: timed.append(key) or real(model, key, *a))
+    m = load(proto)
+    calib = [{"x": rng.standard_normal((1, 4, 16, 16)).astype(np.float32)} for _ in range(4)]
+    result = Pipeline([select_pass(calib)]).run(m)[0]
+    decisions = {d["node"]: d for d in result.decisions if "float_ms" in d}
+    assert len(timed) == 2  # conv0 and conv1 compute alike; conv2 has other strides and output shape
+    assert decisions["conv1"]["timed_as"] == "conv0" and "timed_as" not in decisions["conv2"]
+    assert decisions["conv1"]["float_ms"] == decisions["conv0"]["float_ms"]
+
+
+def select_pass(calib):
+    from tvmlite.passes import parse_spec
+
+    (p,) = parse_spec("quantize(mode=auto,measure=true)")
+    p.options.calibration = calib
+    return p

@@ -9,9 +9,13 @@ budget at once, no layer is measured alone (that is a whole-model session per la
 Speed (``measure``): each layer is timed alone in onnxruntime, float vs its QDQ form including the
 Q of its inputs and the DQ of its output (so a layer must pay for its own boundary conversions: a
 layer kept int8 is never slower even next to float neighbours). Timings are interleaved and the
-medians compared. Last, the whole int8 model is timed against the float model; while it is not
-faster by WHOLE_MODEL_MARGIN, the half of the int8 layers with the smallest measured gain goes back
-to float (down to none: then only the weights are stored in int8, which onnxruntime folds at load).
+medians compared. A layer that computes what an already timed one computes (same op, attributes,
+input and output shapes and types; weights of the same shape) takes that one's timing: on PP-OCR
+det at 640x640 that is 92 timings for 237 candidate layers (rec: 64 for the 209 with static
+shapes), the same decisions from 40% of the sessions. Last, the whole int8 model is timed against
+the float model; while it is not faster by WHOLE_MODEL_MARGIN, the half of the int8 layers with the
+smallest measured gain goes back to float (down to none: then only the weights are stored in int8,
+which onnxruntime folds at load).
 """
 from __future__ import annotations
 
@@ -80,8 +84,17 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
         shapes = _static_shapes(model, calib.take(feeds, 1))
         with _progress(len(units), "timing layers", progress) as bar:
             task = bar.add_task("timing layers", total=len(units))
+            timed = {}  # timing signature -> (float ms, int8 ms, the layer timed)
+            nodes = {qdq.node_key(n): n for n in model.graph.nx.nodes}
             for u in units:
-                t_f, t_q = _time_layer(model, u, spec, shapes, threads, repeats)
+                sig = _timing_signature(model, nodes[u], shapes)
+                if sig is not None and sig in timed:
+                    t_f, t_q, first = timed[sig]
+                    decisions[u]["timed_as"] = first
+                else:
+                    t_f, t_q = _time_layer(model, u, spec, shapes, threads, repeats)
+                    if sig is not None:
+                        timed[sig] = (t_f, t_q, nodes[u].label)
                 decisions[u].update(float_ms=t_f, int8_ms=t_q)
                 if t_q >= t_f:
                     chosen.discard(u)
@@ -188,6 +201,29 @@ def _fragment(model: Model, key: str, shapes: dict) -> onnx.ModelProto | None:
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", model.opset)])
     proto.ir_version = 8
     return proto
+
+
+def _timing_signature(model: Model, node, shapes: dict):
+    """What a layer's timing depends on: op, attributes, and per input its static shape and type
+    (constants: shape and dtype, not values); None when a shape is unknown (the layer is timed)."""
+    g = model.graph
+    parts = [node.domain, node.op_type, repr(sorted(node.attrs.items()))]
+    for name in node.inputs:
+        if not name:
+            parts.append(None)
+            continue
+        c = g.const_value(name)
+        if c is not None:
+            parts.append(("const", np.asarray(c).dtype.str, np.shape(c)))
+        elif name in shapes:
+            parts.append(("value", g.value(name).elem_type, tuple(shapes[name])))
+        else:
+            return None
+    out = node.outputs[0]
+    if out not in shapes:
+        return None
+    parts.append(tuple(shapes[out]))
+    return tuple(parts)
 
 
 def _time_layer(model, key, spec, shapes, threads, repeats) -> tuple[float, float]:
