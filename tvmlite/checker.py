@@ -34,8 +34,9 @@ LOSSY_METRIC_BUDGET = {"cosine": 0.01, "argmax": 0.01, "topk": 0.01}
 #: ``repeats`` within TIMING_SECONDS. A speed decision takes DECIDE_ROUNDS rounds (as it always
 #: did) where they fit in half of DECIDE_SECONDS, DECIDE_MIN_ROUNDS at least (det 640x640: 10 rounds,
 #: 6 s, not 30 rounds, 18 s), and doubles them up to DECIDE_SECONDS while the two medians lie within
-#: DECIDE_MARGIN (2-3% separates interleaved medians of one model here; 5 rounds on a host loaded
-#: 9x over let a slower int8 rec model pass)
+#: DECIDE_MARGIN (2-3% separates interleaved medians of one model here; with 5 rounds on a host
+#: loaded 9x over, an int8 rec model passed that the result's own timing then showed no faster:
+#: 499±61 vs 458±41 ms)
 WARMUP_RUNS = 2
 MIN_TIMED_ROUNDS = 5
 TIMING_SECONDS = 3.0
