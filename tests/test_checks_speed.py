@@ -147,3 +147,17 @@ def select_pass(calib):
     (p,) = parse_spec("quantize(mode=auto,measure=true)")
     p.options.calibration = calib
     return p
+
+
+def test_an_output_against_itself_is_exact_without_computing():
+    from tvmlite.metrics import output_check
+
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((2, 5, 7)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    fast = output_check("s", [scores], [scores], [mask])
+    full = output_check("s", [scores], [scores.copy()], [mask])  # equal arrays, not the same ones
+    assert fast == full and fast.masked == 2 * 7 and fast.argmax == 1.0
+    moved = scores.copy()
+    moved[0, 0, 0] += 1.0
+    assert output_check("s", [scores], [moved], [mask]).rel > 0  # a copy that differs is measured

@@ -76,6 +76,8 @@ def nonfinite_count(ref, cand) -> int:
 def output_check(name: str, refs: list, cands: list, masks: list | None = None) -> OutputCheck:
     """Metrics of one output over check batches (``refs[i]``, ``cands[i]``, ``masks[i]`` per batch)."""
     masks = masks or [None] * len(refs)
+    if len(refs) == len(cands) and all(r is c for r, c in zip(refs, cands)):
+        return _against_itself(name, refs, masks)
     rs, cs, rows_r, rows_c = [], [], [], []
     nonfinite = masked = 0
     for r, c, m in zip(refs, cands, masks):
@@ -128,3 +130,20 @@ def output_check(name: str, refs: list, cands: list, masks: list | None = None) 
             top = np.argpartition(-cc, k - 1, axis=1)[:, :k]
             topk = float(np.mean((top == ra[:, None]).any(1)))
     return OutputCheck(name, rel, rms, min(cosine, 1.0), argmax, topk, 0, masked)
+
+
+def _against_itself(name: str, refs: list, masks: list) -> OutputCheck:
+    """An output's figures against the very same arrays (the original's own report row): exact by
+    definition, so only what is counted is counted (0.6 s a row on PP-OCR rec's 16x40x6625 scores)."""
+    masked, rows = 0, 0
+    for r, m in zip(refs, masks):
+        r = np.asarray(r)
+        if r.dtype.kind not in "fiub":
+            continue
+        keep = _keep(r, m)
+        if keep is not None:
+            masked += int(keep.size - np.count_nonzero(keep))
+        if is_classifier(r):
+            rows += int(np.count_nonzero(keep[..., 0])) if keep is not None and r.ndim == 3 else 1
+    share = 1.0 if rows else None
+    return OutputCheck(name, 0.0, 0.0, 1.0, share, share, 0, masked)
