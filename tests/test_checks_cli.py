@@ -89,3 +89,14 @@ def test_custom_ops_library_that_does_not_load(det_path, tmp_path):
     lib.write_bytes(b"not a library")
     rc, so, se = run("optimize", det_path, "-o", tmp_path / "o.onnx", "--passes", "dce", "--custom-ops", lib)
     assert_clean_error(rc, so, se, "--custom-ops")
+
+
+def test_latency_option(det_path, tmp_path):
+    rc, so, se = run("optimize", det_path, "-o", tmp_path / "o.onnx", "--preset", "clean")
+    assert rc == 0 and "ORT ms: not timed" in so, se
+    rc, so, se = run("optimize", det_path, "-o", tmp_path / "o.onnx", "--preset", "clean", "--latency", "ends")
+    assert rc == 0 and "timed side by side" in so, se
+    first = next(line for line in so.splitlines() if line.startswith("(input)"))
+    assert "±" in first
+    rc, so, se = run("optimize", det_path, "-o", tmp_path / "o.onnx", "--latency", "often")
+    assert_clean_error(rc, so, se, "--latency")

@@ -247,3 +247,35 @@ def test_fast_preset_speed_checks_by_default(monkeypatch):
     path, calib = _digits()
     optimize(path, preset="fast", calib={"input": calib}, inputs={"input": calib[:8]}, repeats=1)
     assert seen  # lowrank/quantize were timed side by side; clean-ups were not
+
+
+@register_pass
+class BreakEvery(BreakRanked):
+    """BreakRanked without known costs: the optimizer measures each layer alone."""
+
+    name = "test-break-every"
+
+    def layer_costs(self, result):
+        return None
+
+
+def test_every_layer_alone_over_budget_is_undone_after_the_cost_trials():
+    from onnx import TensorProto, helper
+
+    nodes, prev = [], "x"
+    for i in range(4):
+        nodes.append(helper.make_node("Mul", [prev, f"one{i}"], [f"h{i}"], name=f"mul{i}"))
+        prev = f"h{i}"
+    inits = [onnx.numpy_helper.from_array(np.float32(1.0), f"one{i}") for i in range(4)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [2, 3])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    BreakEvery.trials = 0
+    m, report = optimize(proto, passes="test-break-every(bad=mul0|mul1|mul2|mul3)", max_error=1e-3, repeats=1)
+    row = report.rows[-1]
+    assert row.status == "undone" and "even layer by layer" in row.note, row
+    assert BreakEvery.trials == 1 + 4  # the run, then each layer alone; no doubling over sets that hold one
+    BreakEvery.trials = 0
+    m, report = optimize(proto, passes="test-break-every(bad=mul1|mul2)", max_error=1e-3, repeats=1)
+    assert sorted(report.rows[-1].excluded) == ["mul1", "mul2"]

@@ -30,6 +30,20 @@ OTHER_BUDGET = 1e-3  # a pass that is neither a clean-up nor listed above
 #: budgets of the other metrics for lossy passes (rel budget above 1e-3): cosine >= 0.99, argmax and
 #: top-k agreement >= 99%; passes with a smaller rel budget get 0 (1e-6 for cosine)
 LOSSY_METRIC_BUDGET = {"cosine": 0.01, "argmax": 0.01, "topk": 0.01}
+#: timing (Checker.timed): runs per session after WARMUP_RUNS, MIN_TIMED_ROUNDS at least, more up to
+#: ``repeats`` within TIMING_SECONDS. A speed decision takes DECIDE_ROUNDS rounds (as it always
+#: did) where they fit in half of DECIDE_SECONDS, DECIDE_MIN_ROUNDS at least (det 640x640: 10 rounds,
+#: 6 s, not 30 rounds, 18 s), and doubles them up to DECIDE_SECONDS while the two medians lie within
+#: DECIDE_MARGIN (2-3% separates interleaved medians of one model here; with 5 rounds on a host
+#: loaded 9x over, an int8 rec model passed that the result's own timing then showed no faster:
+#: 499±61 vs 458±41 ms)
+WARMUP_RUNS = 2
+MIN_TIMED_ROUNDS = 5
+TIMING_SECONDS = 3.0
+DECIDE_ROUNDS = 30
+DECIDE_MIN_ROUNDS = 10
+DECIDE_MARGIN = 0.15
+DECIDE_SECONDS = 12.0
 
 
 def pass_budget(p, metric: str = DEFAULT_METRIC) -> float:
@@ -52,6 +66,8 @@ class Measurement:
     #: the onnxruntime session that ran the measured model, for timing that same model without a
     #: second session (5 s each on a 100,000-node graph); not part of the figures
     session: object = field(default=None, repr=False, compare=False)
+    #: the measured model as exported once for onnx.checker and the session (its size is reported)
+    proto: object = field(default=None, repr=False, compare=False)
 
     @property
     def worst(self) -> tuple[str | None, float]:
@@ -106,7 +122,10 @@ class Checker:
         self.labels = None if labels is None else np.asarray(labels).reshape(-1)
         self.max_accuracy_drop = max_accuracy_drop
         self.latency_feeds = _first_example(original, checkset.batches[0])
-        sess = self._session(original)
+        from tvmlite.export import export_model
+
+        self.original_proto = export_model(original)
+        sess = self.reference_session = self._session(self.original_proto)
         self.names = [o.name for o in sess.get_outputs()]
         try:
             with np.errstate(all="ignore"):
@@ -132,7 +151,7 @@ class Checker:
                                   "output ([N, C] or [N, T, C] scores)")
         self.explicit = _per_output(max_error, checked, "--max-error")
         self.running = {n: 0.0 for n in checked}
-        self.checker_ok = self._onnx_check(original) == ""
+        self.checker_ok = self._onnx_check(self.original_proto) == ""
         self.reference_accuracy = self._accuracy(self.reference)
 
     # -------------------------------------------------------------------------------- running
@@ -156,13 +175,11 @@ class Checker:
                                      f"({self.cs.source}): give real inputs with --inputs")
 
     @staticmethod
-    def _onnx_check(model: Model) -> str:
+    def _onnx_check(proto) -> str:
         import onnx
 
-        from tvmlite.export import export_model
         from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, proto_bytes
 
-        proto = export_model(model)
         if proto_bytes(proto) > EXTERNAL_THRESHOLD:
             return ""
         try:
@@ -192,13 +209,20 @@ class Checker:
             raise InputError(f"{len(labels)} labels for output {self.checked[0]!r} of shape {scores.shape}")
         return float(np.mean(scores.reshape(len(labels), -1).argmax(1) == labels))
 
+    def reference_measurement(self) -> Measurement:
+        """The original's own figures (error 0), from the reference outputs and session: no run."""
+        return self._judge(self.reference, self.reference_session, self.original_proto)
+
     def measure(self, model: Model) -> Measurement:
+        from tvmlite.export import export_model
+
+        proto = export_model(model)  # once, for onnx.checker, the session and the reported size
         if self.checker_ok:
-            why = self._onnx_check(model)
+            why = self._onnx_check(proto)
             if why:
                 return Measurement(failure=why)
         try:
-            sess = self._session(model)
+            sess = self._session(proto)
         except TvmliteError as e:
             return Measurement(failure=str(e))
         try:
@@ -209,8 +233,11 @@ class Checker:
                                if str(e).strip() else type(e).__name__)
         if len(outs) != len(self.names):
             return Measurement(failure=f"{len(outs)} outputs instead of {len(self.names)}")
+        return self._judge(outs, sess, proto)
+
+    def _judge(self, outs, sess, proto) -> Measurement:
         masks = self.cs.masks()
-        meas = Measurement(session=sess)
+        meas = Measurement(session=sess, proto=proto)
         for name, r, c in zip(self.names, self.reference, outs):
             oc = output_check(name, r, c, masks)
             meas.outputs.append(oc)
@@ -261,30 +288,59 @@ class Checker:
     def latency(self, model: Model, session=None) -> tuple[float, float] | None:
         """Median onnxruntime ms at batch 1 and half the interquartile range (the noise).
         ``session``: one already made for ``model`` as it is now (from its Measurement)."""
-        import time
-
         try:
             sess = session if session is not None else self._session(model)
-            for _ in range(3):  # the first runs allocate and are slower
-                sess.run(None, self.latency_feeds)
+            return self.timed([sess])[0]
         except Exception:  # noqa: BLE001 - a model that cannot run has no latency
             return None
-        times = []
-        for _ in range(max(self.repeats, 1)):
-            t0 = time.perf_counter()
-            sess.run(None, self.latency_feeds)
-            times.append((time.perf_counter() - t0) * 1e3)
-        q1, med, q3 = np.percentile(times, [25, 50, 75])
-        return float(med), float((q3 - q1) / 2)
 
-    def side_by_side_ms(self, new: Model, old: Model) -> tuple[float, float]:
-        """Median onnxruntime latency of ``new`` and ``old`` at batch 1, timed alternately."""
-        from tvmlite.runtime.ort import interleaved_ms
+    def side_by_side_ms(self, new, old) -> tuple[float, float]:
+        """Median onnxruntime latency of ``new`` and ``old`` (models or their sessions) at batch 1,
+        timed alternately, with more rounds only while the two are close (a speed decision)."""
+        a, b = (x if hasattr(x, "run") else self._session(x) for x in (new, old))
+        (t_new, _), (t_old, _) = self.timed([a, b], decide=True)
+        return t_new, t_old
 
-        a, b = self._session(new), self._session(old)
+    def timed(self, sessions: list, decide: bool = False) -> list[tuple[float, float]]:
+        """(median ms, half the interquartile range) per session at batch 1, run in turn round by
+        round (every other round reversed, so load changes hit all alike). A figure: MIN_TIMED_ROUNDS
+        rounds, more up to ``repeats`` while they take less than TIMING_SECONDS (a report row of det
+        640x640, 0.3 s a run, took 50 runs, 15 s). A decision (``decide``, two sessions): see
+        DECIDE_ROUNDS; the same rounds as before wherever they fit in 6 s."""
+        import time
+
         feeds = self.latency_feeds
-        return tuple(interleaved_ms([lambda: a.run(None, feeds), lambda: b.run(None, feeds)],
-                                    max(self.repeats, 30), warmup=3))
+        t0 = time.perf_counter()
+        for s in sessions:  # the first runs allocate and are slower
+            for _ in range(WARMUP_RUNS):
+                s.run(None, feeds)
+        per_round = (time.perf_counter() - t0) / WARMUP_RUNS
+        per_round = max(per_round, 1e-6)
+        if decide:  # however few repeats are asked for figures
+            limit = max(self.repeats, DECIDE_ROUNDS)
+            rounds = max(DECIDE_MIN_ROUNDS, min(DECIDE_ROUNDS, int(DECIDE_SECONDS / 2 / per_round)))
+        else:
+            limit = max(self.repeats, 1)
+            rounds = min(limit, max(MIN_TIMED_ROUNDS, int(TIMING_SECONDS / per_round)))
+        times = [[] for _ in sessions]
+        order = list(range(len(sessions)))
+        while True:
+            while len(times[0]) < rounds:
+                for i in (order if len(times[0]) % 2 == 0 else order[::-1]):
+                    t = time.perf_counter()
+                    sessions[i].run(None, feeds)
+                    times[i].append((time.perf_counter() - t) * 1e3)
+            meds = [float(np.median(t)) for t in times]
+            if not (decide and len(meds) == 2 and rounds < limit
+                    and abs(meds[0] / max(meds[1], 1e-12) - 1) <= DECIDE_MARGIN
+                    and rounds * per_round < DECIDE_SECONDS):
+                break
+            rounds = min(limit, 2 * rounds)
+        out = []
+        for t, med in zip(times, meds):
+            q1, q3 = np.percentile(t, [25, 75])
+            out.append((med, float((q3 - q1) / 2)))
+        return out
 
     def held_out_accuracy(self, original: Model, model: Model) -> tuple[float, float] | None:
         """(original, optimized) top-1 on the held-out split, which no check or choice saw."""

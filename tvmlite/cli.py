@@ -261,6 +261,10 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
                    "side at batch 1). Default: on for --preset fast (the default preset), off otherwise.")
 @click.option("--custom-ops", "custom_ops", multiple=True, type=click.Path(dir_okay=False), metavar="LIB.so",
               help="Register this custom-op library in the onnxruntime check sessions.")
+@click.option("--latency", type=click.Choice(["none", "ends", "rows"]), default=None,
+              help="Which rows show an onnxruntime latency: none, ends (the input and the result, timed side by "
+                   "side) or rows (each row that changed the model). Default: none when every pass is a "
+                   "clean-up, else ends.")
 @click.option("--strict", is_flag=True,
               help="Exit 1 (after writing OUTPUT) when the report has a warning: a pass undone on every layer, "
                    "a named pass that changed nothing, a held-out accuracy drop over budget.")
@@ -269,7 +273,7 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON to this file (full precision).")
 def optimize(model, output, preset, spec, shapes, inputs, labels, calib, metrics, check_outputs, max_errors,
-             max_accuracy_drop, check, speed_check, custom_ops, strict, verbose, quiet, json_path):
+             max_accuracy_drop, check, speed_check, custom_ops, latency, strict, verbose, quiet, json_path):
     """Run passes over MODEL, check each in onnxruntime, write the result to OUTPUT.
 
     Exit status: 0 done, 1 with --strict when the report has a warning, 2 on error."""
@@ -297,7 +301,8 @@ def optimize(model, output, preset, spec, shapes, inputs, labels, calib, metrics
                              shapes=parse_shape_overrides(shapes), labels=label_array, calib=calib,
                              max_error=max_error, metric=metric,
                              check_outputs=list(check_outputs) or None, max_accuracy_drop=max_accuracy_drop,
-                             check=check, speed_check=speed_check, custom_ops=custom_ops, progress=not quiet)
+                             check=check, speed_check=speed_check, custom_ops=custom_ops, progress=not quiet,
+                             latency=latency)
     _save_checked(export_model(m), output, txn)
     click.echo(report.format(0 if quiet else 1 + verbose))
     if json_path:

@@ -34,6 +34,12 @@ PRESETS = {
 }
 #: presets whose passes are kept only when measured faster in onnxruntime (optimize(speed_check=))
 SPEED_PRESETS = {"fast"}
+#: which report rows get an onnxruntime latency (optimize(latency=)): "none"; "ends", the input and
+#: the result timed side by side once (and the speed check's side-by-side figures in the notes);
+#: "rows", every row that changed the model, each timed on its own. Default: "none" when every pass
+#: is a clean-up (the figure is not what they are for: 50 runs a row were 2/3 of `--preset clean` on
+#: PP-OCR det 640x640), else "ends"
+LATENCY_MODES = ("none", "ends", "rows")
 DEFAULT_PRESET = "fast"
 DEFAULT_ACCURACY_DROP = 0.5  # points, when labels are given
 
@@ -53,7 +59,8 @@ def resolve_passes(preset: str | None, passes: str | None) -> str:
 def optimize(model, *, passes: str | None = None, preset: str | None = None, inputs=None, shapes=None,
              labels=None, calib=None, max_error=None, max_accuracy_drop: float | None = None,
              check: bool = True, speed_check: bool | None = None, repeats: int = 50,
-             progress=None, metric=None, check_outputs=None, custom_ops=()) -> tuple[Model, OptimizeReport]:
+             progress=None, metric=None, check_outputs=None, custom_ops=(),
+             latency: str | None = None) -> tuple[Model, OptimizeReport]:
     """Optimize ``model`` (path, ModelProto or Model; a Model is changed in place).
 
     Returns the optimized model and a report with a row per pass. With ``check`` (default), each
@@ -68,9 +75,10 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     not given any in the spec. ``speed_check`` (default: on for SPEED_PRESETS): a pass is kept only
     when the model runs faster after it in onnxruntime, timed side by side at batch 1.
     ``progress``: True prints a line per pass and long step on stdout, a callable gets the lines,
-    None prints them when stdout is a terminal. ``custom_ops``: custom-op libraries for onnxruntime."""
+    None prints them when stdout is a terminal. ``custom_ops``: custom-op libraries for onnxruntime.
+    ``latency``: which rows report an onnxruntime latency (LATENCY_MODES; needs ``check``)."""
     from tvmlite.passes import parse_spec
-    from tvmlite.passes.capabilities import calibration_option
+    from tvmlite.passes.capabilities import calibration_option, is_cleanup
     from tvmlite.frontend import load
 
     spec = resolve_passes(preset, passes)
@@ -81,6 +89,10 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
         max_accuracy_drop = DEFAULT_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
     if speed_check is None:
         speed_check = not passes and (preset or DEFAULT_PRESET) in SPEED_PRESETS
+    if latency is None:
+        latency = "none" if all(is_cleanup(p) for p in pipeline) and not speed_check else "ends"
+    if latency not in LATENCY_MODES:
+        raise OptionError(f"latency {latency!r}: one of {', '.join(LATENCY_MODES)}")
     log = _logger(progress)
     source = model if isinstance(model, str) else "<model>"
     m = model if isinstance(model, Model) else load(model)
@@ -92,7 +104,7 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
             fix_input_shapes(m, shapes)
     needs_calib = [p for p in pipeline
                    if calibration_option(p) and getattr(p.options, calibration_option(p)) is None]
-    report = OptimizeReport(str(source))
+    report = OptimizeReport(str(source), latency=latency if check else "none")
     checker = original = None
     if check:
         from tvmlite.checkset import build_checkset
@@ -119,8 +131,8 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
             setattr(p.options, calibration_option(p), calib)
     if checker is not None and not shapes:  # MACs of symbolic dims: count those of one check example
         shapes = {n: tuple(a.shape) for n, a in checker.latency_feeds.items() if hasattr(a, "shape")}
-    rows = _Rows(m, shapes, checker, report)
-    rows.add("(input)", "", "", "", measure=True)
+    rows = _Rows(m, shapes, checker, report, latency)
+    rows.add("(input)", "", "", "", measure=True, meas=checker.reference_measurement() if checker else None)
     for i, p in enumerate(pipeline, 1):
         log(f"[{i}/{len(pipeline)}] {p.name}")
         if checker:
@@ -129,6 +141,9 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
         r = report.rows[-1]
         log(f"[{i}/{len(pipeline)}] {p.name}: {r.status}" + (f" ({r.note})" if r.note else "")
             + f", {r.seconds:.1f} s")
+    if latency == "ends" and checker is not None:
+        log("timing the input and the result side by side")
+        rows.time_ends()
     _finish(report, pipeline, passes is not None, checker, original, m, max_accuracy_drop)
     return m, report
 
@@ -147,10 +162,29 @@ def _logger(progress):
 
 class _Rows:
     """Adds report rows; a row whose pass changed nothing repeats the figures above it rather than
-    timing the same model again (a second timing would show noise as a result)."""
+    timing the same model again (a second timing would show noise as a result). ``session``: an
+    onnxruntime session of the model as it now is (None: none made yet), for the speed check and
+    the timing of the result, so neither makes one again."""
 
-    def __init__(self, m, shapes, checker, report):
-        self.m, self.shapes, self.checker, self.report = m, shapes, checker, report
+    def __init__(self, m, shapes, checker, report, latency="rows"):
+        self.m, self.shapes, self.checker, self.report, self.latency = m, shapes, checker, report, latency
+        self.session = None
+        self.changed = False  # a row kept a change: the result differs from the input
+
+    def time_ends(self) -> None:
+        """The input and the result timed side by side into the first and last rows."""
+        first, last = self.report.rows[0], self.report.rows[-1]
+        ck = self.checker
+        if not self.changed:
+            first.latency_ms, first.latency_spread_ms = ck.timed([ck.reference_session])[0]
+            return
+        try:
+            sess = self.session if self.session is not None else ck._session(self.m)
+            (a, sa), (b, sb) = ck.timed([ck.reference_session, sess])
+        except Exception:  # noqa: BLE001 - a model that cannot run has no latency
+            return
+        first.latency_ms, first.latency_spread_ms = a, sa
+        last.latency_ms, last.latency_spread_ms = b, sb
 
     def add(self, name, spec, status, note, result=None, seconds=0.0, excluded=(), measure=True, meas=None):
         from tvmlite.analysis import summarize
@@ -160,6 +194,8 @@ class _Rows:
         prev = self.report.rows[-1] if self.report.rows else None
         decisions = list(result.decisions) if result else []
         skipped = list(result.skipped) if result else []
+        if status in (KEPT, PARTIAL, UNCHECKED):
+            self.changed = True
         if prev is not None and not measure:
             budget = _budgets(self.checker) if self.checker else {}
             row = PassReport(name, spec, status in (KEPT, PARTIAL), status, note, prev.nodes, prev.params, prev.macs,
@@ -172,23 +208,26 @@ class _Rows:
         err = worst = acc = lat = spread = None
         budget, outputs = {}, []
         ck = self.checker
+        proto = None
         if ck is not None:
             meas = meas or ck.measure(self.m)
+            proto, self.session = meas.proto, meas.session
             worst, err = meas.worst
             acc = meas.accuracy
             budget = _budgets(ck)
             outputs = [{"name": o.name, "error": meas.errors.get(o.name), "rel": o.rel, "rms": o.rms,
                         "cosine": o.cosine, "argmax": o.argmax, "topk": o.topk, "nonfinite": o.nonfinite,
                         "masked": o.masked} for o in meas.outputs]
-            timed = ck.latency(self.m, meas.session)  # meas is of self.m as it is now
+            if self.latency == "rows":
+                timed = ck.latency(self.m, meas.session)  # meas is of self.m as it is now
+                lat, spread = timed if timed else (None, None)
             meas.session = None
-            lat, spread = timed if timed else (None, None)
         if status == UNCHECKED:
             err = None
         self.report.rows.append(PassReport(
             name, spec, status in (KEPT, PARTIAL, ""), status, note, s["nodes"], s["params"], s["macs"],
-            proto_bytes(export_model(self.m)), err, worst, acc, lat, spread, seconds, budget, outputs, decisions,
-            skipped, list(excluded)))
+            proto_bytes(proto if proto is not None else export_model(self.m)), err, worst, acc, lat, spread,
+            seconds, budget, outputs, decisions, skipped, list(excluded)))
 
 
 def _budgets(checker) -> dict:
@@ -225,7 +264,10 @@ def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
         kept_model, excluded, note = _undo_layers(p, backup, result, checker, meas, log)
     if checker.speed_check and not is_cleanup(p) and kept_model is not backup:
         log(f"{p.name}: timing the model with and without it side by side")
-        t_new, t_old = checker.side_by_side_ms(kept_model, backup)
+        # the sessions the checks made: of m after the pass, and of m before it (rows.session)
+        new = meas.session if kept_model is m and meas.session is not None else kept_model
+        old = rows.session if rows.session is not None else backup
+        t_new, t_old = checker.side_by_side_ms(new, old)
         if t_new < t_old:
             note = "; ".join(x for x in (note, f"faster in onnxruntime: {t_new:.3f} vs {t_old:.3f} ms side by side") if x)
         else:
@@ -249,14 +291,24 @@ def _undo_layers(p, backup: Model, result, checker, meas, log=lambda line: None)
     if lw is None or len(layers) < 2:
         return backup, [], f"undone: {budget}"
 
+    tried = {}
+
     def trial(exclude):
-        log(f"{p.name}: trial without {len(exclude)} of {len(layers)} layer(s)")
+        # measured once per set (the k = n-1 trial keeps the one layer a cost trial kept alone);
+        # the models are not kept, only their measurements: a repeat replays without measuring
+        key = frozenset(exclude)
+        if key not in tried:
+            log(f"{p.name}: trial without {len(exclude)} of {len(layers)} layer(s)")
         m = backup.copy()
         try:
             lw.replay(result, list(exclude))(m)
         except Exception:  # noqa: BLE001 - a replay that fails counts as over budget
+            tried[key] = None
             return m, None
-        return m, checker.measure(m)
+        if key not in tried:
+            tried[key] = checker.measure(m)
+            tried[key].session = None  # not held through the search
+        return m, tried[key]
 
     def ok(tm):
         return tm is not None and checker.within(tm)
@@ -268,6 +320,11 @@ def _undo_layers(p, backup: Model, result, checker, meas, log=lambda line: None)
             _, tm = trial([x for x in layers if x != layer])
             costs[layer] = float("inf") if tm is None else checker.score(tm)
     ranked = sorted(layers, key=lambda x: -costs.get(x, 0.0))
+    alone = frozenset(ranked[:-1])
+    if alone in tried and not ok(tried[alone]):
+        # the cheapest layer alone breaks the budget: every set the search below tries holds it, and
+        # it assumes (as its bisection does) that more layers never cost less
+        return backup, [], f"undone: {budget}, even layer by layer"
     # the k worst layers excluded: grow k by doubling until the budget holds, then bisect down
     good, lo, k = None, 0, 1
     while True:

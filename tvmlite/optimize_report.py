@@ -43,6 +43,7 @@ class OptimizeReport:
     metrics: dict = field(default_factory=dict)  # checked output -> metric
     held_out: dict | None = None  # {"examples", "reference", "optimized", "drop_pt"}
     warnings: list = field(default_factory=list)
+    latency: str = "rows"  # which rows were timed: none, ends (input and result side by side), rows
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -55,7 +56,12 @@ class OptimizeReport:
             if self.metrics:
                 lines.append("metric per checked output: " + ", ".join(f"{k} {v}" for k, v in self.metrics.items())
                              + " (rel: max|opt - orig| / (max - min of orig); cosine, argmax, topk: 1 - agreement)")
-            lines.append("ORT ms: median onnxruntime latency at batch 1 (2 threads) ± half the interquartile range"
+            timed = {"none": "ORT ms: not timed (--latency ends or rows times it)",
+                     "ends": "ORT ms: the input and the result, timed side by side: median onnxruntime latency at "
+                             "batch 1 (2 threads) ± half the interquartile range",
+                     "rows": "ORT ms: median onnxruntime latency at batch 1 (2 threads) ± half the interquartile "
+                             "range, per row that changed the model"}
+            lines.append(timed.get(self.latency, timed["rows"])
                          + ("; acc: top-1 on the check inputs" if any(r.accuracy is not None for r in self.rows)
                             else ""))
         hdr = (f"{'pass':<22} {'status':<11} {'nodes':>6} {'params':>11} {'MACs':>14} {'size':>10} "

