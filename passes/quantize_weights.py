@@ -30,6 +30,7 @@ GPTQ/AWQ error compensation on calibration activations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,7 @@ class QuantizeWeights(Pass):
 
     name = "quantize-weights"
     exclude_option = "exclude_names"
+    calibration_option = "calibration"
 
     @dataclass
     class Options:
@@ -75,9 +77,17 @@ class QuantizeWeights(Pass):
         form: str = "auto"
         #: quantize embedding tables read by Gather too
         gather: bool = True
+        #: data-aware: GPTQ error compensation on calibration activations (MatMul/Gemm weights)
+        gptq: bool = False
+        #: gptq's calibration inputs: .npz / directory of .npy (CLI), or anything load_calibration takes
+        calibration: Any = None
         #: MatMulNBits accuracy_level: 0 = float compute; 4 = onnxruntime quantizes A to int8
         accuracy_level: int = 0
         exclude_names: list[str] = field(default_factory=list)
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._check()  # refused when the spec is read (the CLI exits 2), not undone at run time
 
     def _check(self) -> str:
         o = self.options
@@ -111,6 +121,8 @@ class QuantizeWeights(Pass):
         before = typed_values(g)
         infer_shapes(model)  # operand dtypes: only float activations are rewritten
         writer = _Writer(model, o, form, result)
+        if o.gptq:
+            writer.hessians = _hessians(model, [n for n, kind in work if kind == "matmul"], o.calibration)
         for node, kind in work:
             if node.name in o.exclude_names or node.outputs[0] in o.exclude_names:
                 continue
@@ -145,18 +157,32 @@ class _Writer:
         self.names: dict = {}  # cache key -> the names of what was stored for that weight
         self.bytes_before = self.bytes_after = 0
         self.used_ms = self.used_int4 = False
+        self.hessians: dict = {}  # activation name -> X^T X, for gptq
 
     # ------------------------------------------------------------------ shared
-    def _quant(self, key, w: np.ndarray, axis: int) -> tuple[BlockQuant, bool]:
+    def _quant(self, key, w: np.ndarray, axis: int, x: str | None = None) -> tuple[BlockQuant, bool, tuple]:
+        """``w`` quantized along ``axis`` (GPTQ when the activation ``x`` that multiplies it has a
+        Hessian), from the cache when this weight was already quantized the same way; and the
+        cache key, under which the caller files the names of what it stored."""
+        key = key + (x if x in self.hessians else None,)
         hit = self.cache.get(key)
         if hit is not None:
-            return hit, True
+            return hit, True, key
         o = self.o
-        bq = quantize_blocks(w, axis=axis, block=o.block, bits=o.bits, symmetric=o.symmetric,
-                             method=o.method)
+        if x in self.hessians and w.ndim == 2:
+            from tvmlite.quant.gptq import gptq_blocks
+
+            bq = gptq_blocks(w if axis == 0 else w.T, self.hessians[x], block=o.block, bits=o.bits,
+                             symmetric=o.symmetric, method=o.method)
+            if axis == 1:
+                bq = BlockQuant(bq.q.T, bq.scale.T, None if bq.zero_point is None else bq.zero_point.T,
+                                1, bq.block, bq.bits)
+        else:
+            bq = quantize_blocks(w, axis=axis, block=o.block, bits=o.bits, symmetric=o.symmetric,
+                                 method=o.method)
         self.cache[key] = bq
         self.bytes_before += w.nbytes
-        return bq, False
+        return bq, False, key
 
     def _record(self, node: Node, bq: BlockQuant, w: np.ndarray, form: str, stored: int, reused: bool):
         if not reused:
@@ -195,7 +221,7 @@ class _Writer:
         """Keep the MatMul/Gemm; its B becomes DequantizeLinear(int4 B, scales, zp, axis=K)."""
         g, o = self.g, self.o
         key = ("dq", node.inputs[1], k_axis)
-        bq, reused = self._quant(key, w, k_axis)
+        bq, reused, key = self._quant(key, w, k_axis, node.inputs[0])
         if reused:
             out = self.names[key]
         else:
@@ -232,7 +258,7 @@ class _Writer:
                 bias = (node.inputs[2], None) if c is None else (None, (c * np.float32(beta)).astype(np.float32))
         K, N = wkn.shape
         key = ("nbits", node.inputs[1], trans_b, float(node.attrs.get("alpha", 1.0)) if node.op_type == "Gemm" else 1.0)
-        bq, reused = self._quant(key, wkn, 0)
+        bq, reused, key = self._quant(key, wkn, 0, node.inputs[0])
         if not reused:
             base = node.inputs[1]
             bs, bits = o.block, o.bits
@@ -288,7 +314,7 @@ class _Writer:
             return (f"hidden size {table.shape[1]} is not a multiple of block={o.block} "
                     "(GatherBlockQuantized needs whole blocks)")
         key = ("gather", node.inputs[0], self.form)
-        bq, reused = self._quant(key, table, 1)
+        bq, reused, key = self._quant(key, table, 1)
         base = node.inputs[0]
         signed = bq.zero_point is None
         if self.form == "dq":
@@ -326,6 +352,28 @@ class _Writer:
         self.used_ms = True
         self._record(node, bq, table, "nbits", _nbytes(bq, o.bits), reused)
         return None
+
+
+def _hessians(model: Model, nodes: list[Node], calibration) -> dict:
+    """X^T X of each float activation that multiplies a constant weight, over the calibration data
+    run through the float model on the NumPy backend (one batch of merged samples at a time)."""
+    from tvmlite.calibration import load_calibration
+    from tvmlite.passes.lowrank_math import capture_values
+
+    g = model.graph
+    names = sorted({n.inputs[0] for n in nodes if qdq.is_float(g, n.inputs[0]) and g.const_value(n.inputs[0]) is None})
+    if not names:
+        return {}
+    calib = load_calibration(calibration, model)
+    groups = list(calib._groups()) if hasattr(calib, "_groups") else list(calib)
+    hess: dict = {}
+    for feeds in groups:
+        got = capture_values(model, names, feeds)
+        for n in names:
+            x = np.asarray(got[n], np.float64)
+            x = x.reshape(-1, x.shape[-1])
+            hess[n] = hess.get(n, 0) + x.T @ x
+    return hess
 
 
 def _nbytes(bq: BlockQuant, bits: int) -> int:
