@@ -37,6 +37,7 @@ VARIANTS = {
     "int4": "quantize-weights",
     "int4-acc4": "quantize-weights(accuracy_level=4)",
     "int4-dq": "quantize-weights(form=dq)",
+    "int4-mm": "quantize-weights(gather=false)",  # MatMuls only: the two forms side by side
     "int4-dq-mm": "quantize-weights(form=dq,gather=false)",
     "int4-mse": "quantize-weights(method=mse)",
     "int4-asym-mse": "quantize-weights(symmetric=false,method=mse)",
@@ -44,6 +45,9 @@ VARIANTS = {
     "int4-gptq": "quantize-weights(gptq=true)",
     "int4-gptq-mse": "quantize-weights(gptq=true,method=mse)",
     "int4-asym-gptq-mse": "quantize-weights(symmetric=false,gptq=true,method=mse)",
+    # the int4 target: GPTQ'd MatMuls in blocks of 16, the embedding table (less sensitive) in 32s
+    "int4-target": "quantize-weights(symmetric=false,gptq=true,method=mse,block=16,gather=false),"
+                   "quantize-weights(symmetric=false,method=mse,block=32)",
     "int8": "quantize-weights(bits=8)",
     "ort-int4": None,
 }

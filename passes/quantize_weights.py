@@ -14,18 +14,23 @@ Two forms (``form=``):
 - ``nbits``: onnxruntime's com.microsoft ops: MatMulNBits (Gemm's bias goes in as its bias input) and
   GatherBlockQuantized for embedding tables.
 - ``auto`` writes ``nbits`` for MatMul/Gemm and Gather. Measured on all-MiniLM-L6 at sequence 128
-  (bench/bench_quantize_weights.py, onnxruntime 1.32, 2 threads, loaded 2-core host): see the
-  README's quantize-weights section for the figures; in short onnxruntime rewrites a blocked
-  DQ -> MatMul into MatMulNBits itself at load, so both forms run alike for MatMul, but it never folds
-  a DequantizeLinear over a whole embedding table: ``dq`` dequantizes all 30522x384 entries every run,
-  GatherBlockQuantized only the gathered rows.
+  (bench/bench_quantize_weights.py, onnxruntime 1.32, 2 threads, batch 1, interleaved medians on a
+  2-core host at load average ~20, so +-10%): MatMuls only, MatMulNBits 0.99x of float's latency vs
+  DequantizeLinear -> MatMul 1.20x (onnxruntime rewrites the latter into MatMulNBits itself, but with
+  accuracy_level 4); with the embedding table too, GatherBlockQuantized 1.13x vs DQ -> Gather 1.46x:
+  onnxruntime never folds a DequantizeLinear, so ``dq`` dequantizes all 30522x384 entries every run
+  where GatherBlockQuantized dequantizes only the gathered rows. ``accuracy_level=4`` (int8
+  activations inside MatMulNBits) ran 0.90x at the same cosine (0.9543 vs 0.9545); the default 0
+  keeps float compute, which the NumPy backend reproduces to 2e-7.
 
 Integer MatMuls (shape arithmetic, MatMulInteger-like graphs) are never touched: only float32
 weights with float32 activations. A weight whose K is not a multiple of ``block`` gets a ragged last
 block (both forms allow it: DequantizeLinear's scale has ceil(K / block) entries, MatMulNBits pads
 the packed blob); an embedding table whose hidden size is not a multiple of ``block`` is skipped
-with a reason under ``nbits`` (GatherBlockQuantized wants whole blocks). Not data-aware: no
-GPTQ/AWQ error compensation on calibration activations.
+with a reason under ``nbits`` (GatherBlockQuantized wants whole blocks). ``gptq=true`` compensates
+each MatMul/Gemm weight's rounding error on calibration activations (tvmlite/quant/gptq.py); not
+AWQ-style activation-aware scaling. Passes compose: a second ``quantize-weights`` sees only what the
+first left float (e.g. MatMuls in blocks of 16 with gather=false, then the table in blocks of 32).
 """
 from __future__ import annotations
 

@@ -10,8 +10,9 @@ With the min-max ratio r = 1 every weight is in range, so the round-trip error i
 (s / 2) per block. The symmetric scale divides by 2^(b-1) - 1 (7 for int4), not 8: the grid is then
 the same on both sides and the largest weight of either sign is exact; the unused code -8 costs 1/16
 of the range. ``method="mse"`` tries ratios r in [min_ratio, 1] per block and keeps the one with the
-smallest squared error (clipping a few outliers buys a finer step for the rest): on MiniLM-L6's
-MatMul weights at int4/block 32 it lowers the weight error ~10% (see bench/bench_quantize_weights.py).
+smallest squared error (clipping a few outliers buys a finer step for the rest): on MiniLM-L6's 36
+MatMul weights at int4/block 32 the relative RMS weight error goes 0.102 -> 0.091 (symmetric) and
+0.083 -> 0.080 (asymmetric, which already fits each block's range more tightly).
 A ragged last block (the axis not a multiple of ``block``) is quantized on its own elements only.
 """
 from __future__ import annotations
