@@ -40,7 +40,9 @@ from typing import Any
 import numpy as np
 
 from tvmlite.errors import OptionError
-from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
+from tvmlite.ir.builder import Builder
+from tvmlite.ir.graph import Model, Node
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
 from tvmlite.quant import qdq
@@ -121,8 +123,6 @@ class QuantizeWeights(Pass):
             qdq.upgrade_opset(model, DQ_OPSET)
             g = model.graph
             work = [(n, kind) for n in g.toposort() for kind in [_kind(n)] if kind]
-        from tvmlite.ir.shapes import drop_new_types, infer_shapes, typed_values
-
         before = typed_values(g)
         infer_shapes(model)  # operand dtypes: only float activations are rewritten
         writer = _Writer(model, o, form, result)
@@ -163,6 +163,7 @@ class _Writer:
         self.bytes_before = self.bytes_after = 0
         self.used_ms = self.used_int4 = False
         self.hessians: dict = {}  # activation name -> X^T X, for gptq
+        self.b = Builder(model)  # one name authority for the run
 
     # ------------------------------------------------------------------ shared
     def _quant(self, key, w: np.ndarray, axis: int, x: str | None = None) -> tuple[BlockQuant, bool, tuple]:
@@ -199,6 +200,18 @@ class _Writer:
     def _float_input(self, name: str) -> bool:
         return qdq.is_float(self.g, name)
 
+    def _dequantize(self, node: Node, bq: BlockQuant, base: str, axis: int) -> str:
+        """DequantizeLinear(codes, scales[, zero points]) of ``bq`` along ``axis``, made before ``node``."""
+        o = self.o
+        dt = _storage_dtype(o.bits, bq.zero_point is None)
+        b = self.b.at(before=node)
+        ins = [b.const(bq.q.astype(dt), f"{base}_q{o.bits}"), b.const(bq.scale, f"{base}_scale")]
+        if bq.zero_point is not None:
+            ins.append(b.const(bq.zero_point.astype(dt), f"{base}_zero_point"))
+        self.used_int4 |= o.bits == 4
+        return b.op.DequantizeLinear(*ins, axis=axis, block_size=o.block, outputs=[f"{base}_dequantized"],
+                                     name_hint=f"{base}_DequantizeLinear").name
+
     # ------------------------------------------------------------------ dispatch
     def rewrite(self, node: Node, kind: str) -> str | None:
         return self._matmul(node) if kind == "matmul" else self._gather(node)
@@ -224,24 +237,13 @@ class _Writer:
 
     def _matmul_dq(self, node: Node, w: np.ndarray, k_axis: int) -> str | None:
         """Keep the MatMul/Gemm; its B becomes DequantizeLinear(int4 B, scales, zp, axis=K)."""
-        g, o = self.g, self.o
+        g = self.g
         key = ("dq", node.inputs[1], k_axis)
         bq, reused, key = self._quant(key, w, k_axis, node.inputs[0])
         if reused:
             out = self.names[key]
         else:
-            base = node.inputs[1]
-            signed = bq.zero_point is None
-            dt = _storage_dtype(o.bits, signed)
-            ins = [g.add_constant(bq.q.astype(dt), f"{base}_q{o.bits}"),
-                   g.add_constant(bq.scale, f"{base}_scale")]
-            if not signed:
-                ins.append(g.add_constant(bq.zero_point.astype(dt), f"{base}_zero_point"))
-            out = g.fresh_name(f"{base}_dequantized")
-            g.add_node("DequantizeLinear", ins, [out], {"axis": k_axis, "block_size": o.block},
-                       name=g.fresh_node_name(f"{base}_DequantizeLinear"), order=node.order - 0.5)
-            self.names[key] = out
-            self.used_int4 |= o.bits == 4
+            out = self.names[key] = self._dequantize(node, bq, node.inputs[1], k_axis)
         g.set_input(node, 1, out)
         self._record(node, bq, w, "dq", _nbytes(bq, self.o.bits), reused)
         return None
@@ -274,29 +276,27 @@ class _Writer:
             from tvmlite.ops.quant_block import pack_low_first
 
             packed = pack_low_first(codes.reshape(N, kb, bs), bits)
-            ins = [g.add_constant(packed, f"{base}_nbits"), g.add_constant(np.ascontiguousarray(bq.scale.T), f"{base}_scale")]
+            ins = [self.b.const(packed, f"{base}_nbits").name,
+                   self.b.const(np.ascontiguousarray(bq.scale.T), f"{base}_scale").name]
             if bq.zero_point is not None:
-                ins.append(g.add_constant(pack_low_first(bq.zero_point.T.astype(np.uint8), bits), f"{base}_zero_point"))
+                ins.append(self.b.const(pack_low_first(bq.zero_point.T.astype(np.uint8), bits), f"{base}_zero_point").name)
             self.names[key] = ins
         ins = list(self.names[key])
         attrs = {"K": int(K), "N": int(N), "bits": o.bits, "block_size": o.block}
         if o.accuracy_level:
             attrs["accuracy_level"] = o.accuracy_level
         out = node.outputs[0]
-        spec_out = g.fresh_name(f"{out}_nbits")
+        b = self.b.at(before=node)
         extra_add = None
         if bias is not None:
             name, arr = bias
             if arr is not None and arr.size == N and arr.ndim <= 2 and arr.shape[-1] == N:
-                ins += [""] * (4 - len(ins)) + [g.add_constant(arr.reshape(N), f"{node.inputs[1]}_bias")]
+                ins += [""] * (4 - len(ins)) + [b.const(arr.reshape(N), f"{node.inputs[1]}_bias")]
             else:
-                extra_add = name if name else g.add_constant(arr, f"{node.inputs[1]}_bias")
-        spec = [("MatMulNBits", [node.inputs[0]] + ins, [spec_out], attrs, {"domain": MS_DOMAIN})]
-        final = spec_out
-        if extra_add is not None:
-            final = g.fresh_name(f"{out}_biased")
-            spec.append(("Add", [spec_out, extra_add], [final], {}))
-        g.replace_node_with(node, spec, outputs=[final])
+                extra_add = name if name else b.const(arr, f"{node.inputs[1]}_bias")
+        y = b.ms.MatMulNBits(node.inputs[0], *ins, attrs=attrs, outputs=[f"{out}_nbits"], name_hint=node.name or None)
+        final = y if extra_add is None else b.op.Add(y, extra_add, outputs=[f"{out}_biased"])
+        b.replace(node, {out: final}, heir=y)
         self.used_ms = True
         self._record(node, bq, wkn, "nbits", _nbytes(bq, o.bits), reused)
         return None
@@ -324,15 +324,7 @@ class _Writer:
         signed = bq.zero_point is None
         if self.form == "dq":
             if not reused:
-                dt = _storage_dtype(o.bits, signed)
-                ins = [g.add_constant(bq.q.astype(dt), f"{base}_q{o.bits}"), g.add_constant(bq.scale, f"{base}_scale")]
-                if not signed:
-                    ins.append(g.add_constant(bq.zero_point.astype(dt), f"{base}_zero_point"))
-                out = g.fresh_name(f"{base}_dequantized")
-                g.add_node("DequantizeLinear", ins, [out], {"axis": 1, "block_size": o.block},
-                           name=g.fresh_node_name(f"{base}_DequantizeLinear"), order=node.order - 0.5)
-                self.names[key] = out
-                self.used_int4 |= o.bits == 4
+                self.names[key] = self._dequantize(node, bq, base, 1)
             g.set_input(node, 0, self.names[key])
             self._record(node, bq, table, "dq", _nbytes(bq, o.bits), reused)
             return None
@@ -344,16 +336,17 @@ class _Writer:
             else:  # uint8 data: symmetric codes offset by 128, GatherBlockQuantized's default zero point
                 data = bq.unsigned_codes()
                 zp = None if signed else bq.zero_point.astype(np.uint8)
-            ins = [g.add_constant(data, f"{base}_q{o.bits}"), None, g.add_constant(bq.scale, f"{base}_scale")]
+            ins = [self.b.const(data, f"{base}_q{o.bits}").name, None, self.b.const(bq.scale, f"{base}_scale").name]
             if zp is not None:
-                ins.append(g.add_constant(zp, f"{base}_zero_point"))
+                ins.append(self.b.const(zp, f"{base}_zero_point").name)
             self.names[key] = ins
         ins = list(self.names[key])
         ins[1] = node.inputs[1]
-        out = g.fresh_name(f"{node.outputs[0]}_gbq")
         attrs = {"gather_axis": 0, "quantize_axis": 1, "block_size": o.block, "bits": o.bits}
-        g.replace_node_with(node, [("GatherBlockQuantized", ins, [out], attrs, {"domain": MS_DOMAIN})],
-                            outputs=[out])
+        b = self.b.at(before=node)
+        out = b.ms.GatherBlockQuantized(*ins, attrs=attrs, outputs=[f"{node.outputs[0]}_gbq"],
+                                        name_hint=node.name or None)
+        b.replace(node, {node.outputs[0]: out}, heir=out)
         self.used_ms = True
         self._record(node, bq, table, "nbits", _nbytes(bq, o.bits), reused)
         return None
