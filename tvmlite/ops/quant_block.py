@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
+from tvmlite.ops.quant import _bcast_param
 from tvmlite.ops.registry import kernel
 
 MS_DOMAIN = "com.microsoft"
@@ -110,7 +111,6 @@ def _nbits_apply(a, w_t, bias):
     return y
 
 
-@kernel("MatMulNBits", domain=MS_DOMAIN)
 def matmul_nbits(a, b, scales, zero_points=None, g_idx=None, bias=None, *, K, N, bits=4, block_size,
                  accuracy_level=0, weight_prepacked=0):
     if g_idx is not None and np.asarray(g_idx).size:
@@ -142,23 +142,8 @@ def _matmul_nbits_prepare(consts, attrs):
     return run
 
 
-matmul_nbits.prepare = _matmul_nbits_prepare
-matmul_nbits.fresh_output = True
-
-
-def _blocked(v: np.ndarray, shape, axis: int, bs: int) -> np.ndarray:
-    """A per-block parameter repeated over its block along ``axis`` and cut to ``shape``."""
-    if v.ndim != len(shape):
-        raise UnsupportedError(f"GatherBlockQuantized: scales/zero points of rank {v.ndim} do not "
-                               f"match data of rank {len(shape)}")
-    rep = np.repeat(v, bs, axis=axis)
-    sl = [slice(None)] * len(shape)
-    sl[axis] = slice(0, shape[axis])
-    rep = rep[tuple(sl)]
-    if rep.shape != tuple(shape):
-        raise UnsupportedError(f"GatherBlockQuantized: scales of shape {list(v.shape)} do not cover "
-                               f"data {list(shape)} in blocks of {bs} along axis {axis}")
-    return rep
+# the weight unpacked once per plan; each run writes a new array
+kernel("MatMulNBits", domain=MS_DOMAIN, prepare=_matmul_nbits_prepare, fresh_output=True)(matmul_nbits)
 
 
 @kernel("GatherBlockQuantized", domain=MS_DOMAIN)
@@ -206,12 +191,12 @@ def gather_block_quantized(data, indices, scales, zero_points=None, *, gather_ax
         s_rows = np.take(scales, safe, axis=ga)
         out_shape = rows.shape
         q_axis = qa if qa < ga else qa + idx.ndim - 1
-        s = _blocked(s_rows.astype(np.float32), out_shape, q_axis, bs)
-        z = default_zp if zp is None else _blocked(np.take(zp, safe, axis=ga), out_shape, q_axis, bs)
+        s = _bcast_param(s_rows.astype(np.float32), out_shape, q_axis, bs)
+        z = default_zp if zp is None else _bcast_param(np.take(zp, safe, axis=ga), out_shape, q_axis, bs)
         y = (rows - z) * s
     else:
-        s = _blocked(scales.astype(np.float32), shape, qa, bs)
-        z = default_zp if zp is None else _blocked(zp, shape, qa, bs)
+        s = _bcast_param(scales.astype(np.float32), shape, qa, bs)
+        z = default_zp if zp is None else _bcast_param(zp, shape, qa, bs)
         y = np.take((codes.astype(np.float32) - z) * s, safe, axis=ga)
     if not valid.all():
         mask_shape = (1,) * ga + valid.shape + (1,) * (r - ga - 1)
