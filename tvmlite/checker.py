@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import time
+
 import numpy as np
 
 from tvmlite.checkset import CheckSet
 from tvmlite.errors import InputError, OptionError, TvmliteError
 from tvmlite.ir.graph import Model
+from tvmlite.runtime.ort import time_interleaved, timed_ratio
 from tvmlite.metrics import DEFAULT_METRIC, METRICS, OutputCheck, is_classifier, output_check
 
 #: default budget of each pass on the ``rel`` metric (max error over the output's spread): 0 for
@@ -303,44 +306,31 @@ class Checker:
 
     def timed(self, sessions: list, decide: bool = False) -> list[tuple[float, float]]:
         """(median ms, half the interquartile range) per session at batch 1, run in turn round by
-        round (every other round reversed, so load changes hit all alike). A figure: MIN_TIMED_ROUNDS
-        rounds, more up to ``repeats`` while they take less than TIMING_SECONDS (a report row of det
-        640x640, 0.3 s a run, took 50 runs, 15 s). A decision (``decide``, two sessions): see
-        DECIDE_ROUNDS; the same rounds as before wherever they fit in 6 s."""
-        import time
-
+        round (runtime.ort's interleaved timing: every other round reversed, so load changes hit all
+        alike). A figure: MIN_TIMED_ROUNDS rounds, more up to ``repeats`` while they take less than
+        TIMING_SECONDS (a report row of det 640x640, 0.3 s a run, took 50 runs, 15 s). A decision
+        (``decide``, two sessions): see DECIDE_ROUNDS; the same rounds as before wherever they fit in
+        6 s."""
         feeds = self.latency_feeds
+        fns = [lambda s=s: s.run(None, feeds) for s in sessions]
         t0 = time.perf_counter()
-        for s in sessions:  # the first runs allocate and are slower
+        for f in fns:  # the first runs allocate and are slower
             for _ in range(WARMUP_RUNS):
-                s.run(None, feeds)
-        per_round = (time.perf_counter() - t0) / WARMUP_RUNS
-        per_round = max(per_round, 1e-6)
-        if decide:  # however few repeats are asked for figures
+                f()
+        per_round = max((time.perf_counter() - t0) / WARMUP_RUNS, 1e-6)
+        if decide and len(fns) == 2:
             limit = max(self.repeats, DECIDE_ROUNDS)
             rounds = max(DECIDE_MIN_ROUNDS, min(DECIDE_ROUNDS, int(DECIDE_SECONDS / 2 / per_round)))
-        else:
-            limit = max(self.repeats, 1)
-            rounds = min(limit, max(MIN_TIMED_ROUNDS, int(TIMING_SECONDS / per_round)))
-        times = [[] for _ in sessions]
-        order = list(range(len(sessions)))
-        while True:
-            while len(times[0]) < rounds:
-                for i in (order if len(times[0]) % 2 == 0 else order[::-1]):
-                    t = time.perf_counter()
-                    sessions[i].run(None, feeds)
-                    times[i].append((time.perf_counter() - t) * 1e3)
-            meds = [float(np.median(t)) for t in times]
-            if not (decide and len(meds) == 2 and rounds < limit
-                    and abs(meds[0] / max(meds[1], 1e-12) - 1) <= DECIDE_MARGIN
-                    and rounds * per_round < DECIDE_SECONDS):
-                break
-            rounds = min(limit, 2 * rounds)
-        out = []
-        for t, med in zip(times, meds):
-            q1, q3 = np.percentile(t, [25, 75])
-            out.append((med, float((q3 - q1) / 2)))
-        return out
+            cap = rounds  # doubling goes on while rounds are left and they fit in DECIDE_SECONDS
+            while cap < limit and cap * per_round < DECIDE_SECONDS:
+                cap = min(limit, 2 * cap)
+            a, b, _ = timed_ratio(fns[0], fns[1], 1.0, max_rounds=cap, min_rounds=rounds,
+                                  margin=DECIDE_MARGIN, warmup=0)
+            return [(a, 0.0), (b, 0.0)]
+        limit = max(self.repeats, 1)
+        rounds = min(limit, max(MIN_TIMED_ROUNDS, int(TIMING_SECONDS / per_round)))
+        timing = time_interleaved(fns, rounds, warmup=0)
+        return list(zip(timing.medians_ms, timing.spreads_ms))
 
     def held_out_accuracy(self, original: Model, model: Model) -> tuple[float, float] | None:
         """(original, optimized) top-1 on the held-out split, which no check or choice saw."""
