@@ -23,6 +23,8 @@ shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1
                             help="Fix an input's symbolic dims, e.g. --shape x=1x3x224x224 or x:1,3,224,224 "
                                  "(a name keeps a dim symbolic: x=Nx3x224x224); optimize writes it into the model when a pass needs static "
                                  "shapes (conv lowering).")
+custom_ops_option = click.option("--custom-ops", "custom_ops", multiple=True, type=click.Path(dir_okay=False),
+                                 metavar="LIB.so", help="Register this custom-op library in the onnxruntime sessions.")
 inputs_option = click.option("--inputs", "inputs", type=click.Path(dir_okay=False), default=None,
                              help="An .npz file with one array per model input (default: random inputs).")
 
@@ -203,8 +205,7 @@ def run(model, backend, inputs, shapes, output, repeats):
 @click.option("--repeats", type=click.IntRange(0), default=10, show_default=True, help="Timed runs per side.")
 @click.option("--labels", default=None, metavar="NAME",
               help="Array NAME of the --inputs file holds class labels: report top-1 accuracy of both sides.")
-@click.option("--custom-ops", "custom_ops", multiple=True, type=click.Path(dir_okay=False), metavar="LIB.so",
-              help="Register this custom-op library in the onnxruntime sessions.")
+@custom_ops_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, labels, custom_ops, as_json):
     """Compare CANDIDATE (or REFERENCE itself on another backend) with REFERENCE in onnxruntime.
@@ -259,8 +260,7 @@ def compare(reference, candidate, backend, inputs, shapes, rtol, atol, repeats, 
 @click.option("--speed-check/--no-speed-check", default=None,
               help="Keep a pass only when the model runs faster after it in onnxruntime (timed side by "
                    "side at batch 1). Default: on for --preset fast (the default preset), off otherwise.")
-@click.option("--custom-ops", "custom_ops", multiple=True, type=click.Path(dir_okay=False), metavar="LIB.so",
-              help="Register this custom-op library in the onnxruntime check sessions.")
+@custom_ops_option
 @click.option("--latency", type=click.Choice(["none", "ends", "rows"]), default=None,
               help="Which rows show an onnxruntime latency: none, ends (the input and the result, timed side by "
                    "side) or rows (each row that changed the model). Default: none when every pass is a "
@@ -426,7 +426,7 @@ def _save_checked(proto, output: str, txn) -> None:
 
 def main(argv=None) -> int:
     from tvmlite import outputs
-    from tvmlite.cli_checks import debug_first, discard_open_outputs
+    from tvmlite.cli_checks import debug_first, discard_open_outputs, interrupted
 
     args = debug_first(list(sys.argv[1:] if argv is None else argv))
     debug = args[:1] == ["--debug"]
@@ -437,7 +437,7 @@ def main(argv=None) -> int:
             try:
                 return _main(args, debug)
             except KeyboardInterrupt:  # a signal after _main had caught something else
-                return _interrupted()
+                return interrupted()
             finally:
                 outputs.cleaning = True
                 discard_open_outputs()
@@ -447,17 +447,8 @@ def main(argv=None) -> int:
             signal.signal(s, h)
 
 
-def _interrupted() -> int:
-    from tvmlite import outputs
-
-    outputs.cleaning = True
-    sig = outputs.received_signal or signal.SIGINT
-    click.echo(f"tvmlite: {'terminated (SIGTERM)' if sig == signal.SIGTERM else 'interrupted'}", err=True)
-    return 128 + int(sig)
-
-
 def _main(args: list[str], debug: bool) -> int:
-    from tvmlite.cli_checks import write_error
+    from tvmlite.cli_checks import interrupted, write_error
 
     try:
         cli.main(args=args, prog_name="tvmlite", standalone_mode=False)
@@ -465,7 +456,7 @@ def _main(args: list[str], debug: bool) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        return _interrupted()
+        return interrupted()
     except click.ClickException as e:
         if debug:
             raise

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import sys
 
 import numpy as np
 
 from tvmlite.errors import InputError, OptionError
+from tvmlite import outputs
 from tvmlite.outputs import Outputs, data_files, model_files
 
 #: the transactions of the running command: `tvmlite.cli.main` discards whatever is left
@@ -95,3 +98,11 @@ def debug_first(args: list[str]) -> list[str]:
     if "--debug" not in args[:cut]:
         return args
     return ["--debug"] + [a for a in args[:cut] if a != "--debug"] + args[cut:]
+
+
+def interrupted() -> int:
+    """Exit status of a command stopped by Ctrl-C or SIGTERM (128 + the signal), after one line."""
+    outputs.cleaning = True
+    sig = outputs.received_signal or signal.SIGINT
+    print(f"tvmlite: {'terminated (SIGTERM)' if sig == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+    return 128 + int(sig)
