@@ -11,8 +11,8 @@ checkout (``git archive COMMIT | tar -x -C DIR``), interleaved with the rest, fo
 
 The peers come from the `bench` extra (a venv of their own keeps the project's venv untouched):
 
-    python3 -m venv /work/venv-bench && /work/venv-bench/bin/pip install -e ".[test,bench]"
-    /work/venv-bench/bin/python bench/bench_peers.py [--models cls rec det digits] [--runs 3] [--json out.json]
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install -e ".[test,bench]"
+    .venv-bench/bin/python bench/bench_peers.py [--models cls rec det digits] [--runs 3] [--json out.json]
 """
 from __future__ import annotations
 
