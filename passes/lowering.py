@@ -21,7 +21,7 @@ from tvmlite.errors import OptionError, TvmliteError
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node, tensor_type, type_shape
 from tvmlite.export.shapes import inferred_types
-from tvmlite.ops.conv import _norm, conv_output_shape, resolve_pads
+from tvmlite.ops.geometry import WindowGeometry
 
 
 @dataclass
@@ -113,26 +113,16 @@ def conv_info(model: Model, node: Node, shapes: ShapeLookup | None = None) -> Co
         return f"input shape {shape} is unknown or does not match the weight rank"
     if any(not isinstance(d, int) for d in shape[1:]):
         return f"input channel/spatial dims are not static ({shape}): fix the model's input shape first"
-    kernel = tuple(int(k) for k in w.shape[2:])
-    if node.attrs.get("kernel_shape") and tuple(int(k) for k in node.attrs["kernel_shape"]) != kernel:
-        return f"kernel_shape {node.attrs['kernel_shape']} does not match the weight shape {w.shape}"
-    n = len(kernel)
     group = int(node.attrs.get("group", 1))
     C, M = int(shape[1]), int(w.shape[0])
     if C != w.shape[1] * group or M % group:
         return f"channels do not fit: input C={C}, weight {list(w.shape)}, group={group}"
-    strides = _norm(node.attrs.get("strides"), n, 1)
-    dilations = _norm(node.attrs.get("dilations"), n, 1)
-    try:
-        pads = resolve_pads(node.attrs.get("auto_pad", "NOTSET"), shape[2:], kernel, strides, dilations,
-                            node.attrs.get("pads"))
+    try:  # kernel_shape against the weights, defaults, auto_pad, an empty output: one place decides
+        geo = WindowGeometry.conv(node.attrs, shape, w.shape)
     except TvmliteError as e:
         return str(e)
-    out = tuple(conv_output_shape(shape[2:], kernel, strides, dilations, pads))
-    if any(o <= 0 for o in out):
-        return f"empty output {out}"
-    return ConvInfo(node, node.inputs[0], w, b, shape[0], C, tuple(int(d) for d in shape[2:]), out, kernel,
-                    strides, dilations, pads, group)
+    return ConvInfo(node, node.inputs[0], w, b, shape[0], C, geo.in_spatial, geo.out_spatial, geo.kernel,
+                    list(geo.strides), list(geo.dilations), list(geo.pads), geo.group)
 
 
 class _Builder:
