@@ -112,3 +112,22 @@ def test_builder_in_a_subgraph_reserves_against_the_outer_graph():
     inner = Builder(body, before=next(iter(g_then.nx.nodes)))
     v = inner.op.Abs("x", name_hint="s")  # "s" is an outer value: the body must not shadow it
     assert v.name != "s" and v.name in body.values
+
+
+def test_take_over_keeps_the_new_node_object_and_the_graph_output():
+    """replace() hands the old output name to the node the builder made, in place: the same Node
+    object (created/heirs lists stay valid), graph output order kept, edges to the old readers."""
+    m = tvmlite.load(_chain())
+    g = m.graph
+    relu = g.producer("a")
+    b = Builder(m, before=relu)
+    t = b.op.Sigmoid("x", name_hint="sig")
+    sig = t.producer
+    b.replace(relu, {"a": t}, heir=t)
+    assert g.producer("a") is sig and b.created == [sig] and sig.name == "relu"
+    assert "sig" not in g.values and g.outputs == ["y"]
+    assert [n.op_type for n in g.toposort()] == ["Sigmoid", "Neg"]
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(export_model(m), {"x": x})[0], -1 / (1 + np.exp(-x)), rtol=1e-6)
+    with pytest.raises(TvmliteError, match="already has a source"):
+        g.produce_instead(g.producer("y"), "y", "a")  # "a" is produced by sig

@@ -147,7 +147,6 @@ class Builder:
         self.created: list[Node] = []
         self._heirs: list[tuple[Node, Node]] = []  # (new node, the removed node whose name it takes)
         self._made: dict[int, Node] = {}  # id -> node for the nodes made here (holding them keeps ids unique)
-        self._remade: dict[int, tuple[Node, Node]] = {}  # id of a node re-made by a take-over -> (it, new self)
         self.op = _Ops(self, "")
         self.ms = _Ops(self, MS_DOMAIN)
         self.tvmlite = _Ops(self, TVMLITE_DOMAIN)
@@ -155,7 +154,7 @@ class Builder:
     def at(self, *, before: Node | None = None, after: Node | None = None) -> "Builder":
         """The same model and name authority, another insertion point; ``created`` is shared."""
         b = Builder(self.model or self.graph, before=before, after=after, names=self.names)
-        b.created, b._heirs, b._made, b._remade = self.created, self._heirs, self._made, self._remade
+        b.created, b._heirs, b._made = self.created, self._heirs, self._made
         return b
 
     # ---------------------------------------------------------------------------------- values
@@ -263,9 +262,6 @@ class Builder:
         """Pass on the names of removed nodes to their heirs (the rest wait for their node to go)."""
         waiting = []
         for node, old in self._heirs:
-            old_new = self._remade.get(id(node))
-            if old_new is not None and old_new[0] is node:
-                node = old_new[1]
             if old.graph is None and node.graph is not None:
                 node.name = old.name
             else:
@@ -275,21 +271,8 @@ class Builder:
     def _take_over(self, g: Graph, old: str, new: str) -> Node:
         """The producer of ``new`` produces ``old`` (whose producer was removed) instead."""
         p = g.producer(new)
-        new_type = g.values[new].type
-        for reader in g.consumers(new):
-            g.set_inputs(reader, [old if n == new else n for n in reader.inputs])
-        g.remove_node(p)
-        q = g.add_node(p.op_type, p.inputs, [old if o == new else o for o in p.outputs], p.attrs,
-                       domain=p.domain, name=p.name, order=p.order)
-        v = g.values[old]
-        if v.type is None:
-            v.type = new_type
-        i = next(i for i in range(len(self.created) - 1, -1, -1) if self.created[i] is p)  # p is recent
-        self.created[i] = q
-        del self._made[id(p)]
-        self._made[id(q)] = q
-        self._remade[id(p)] = (p, q)
-        return q
+        g.produce_instead(p, new, old)
+        return p
 
 
 def _name(v: Value | str | None) -> str:

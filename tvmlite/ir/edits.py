@@ -86,6 +86,29 @@ class GraphEdits:
                 if n == old:
                     lst[i] = new
 
+    def produce_instead(self, node: Node, new: str, old: str) -> None:
+        """``node`` produces the value ``old`` (which has lost its producer) in place of its output
+        ``new``: readers of ``new`` read ``old``, ``new`` is gone, and ``old`` keeps its place among
+        the graph outputs and value_info (and its declared type, or takes ``new``'s). The node stays
+        the same object, so nothing that holds it (a builder's list, a report) goes stale."""
+        vo, vn = self.values.get(old), self.values.get(new)
+        if vo is None or vn is None or vn.producer is not node:
+            raise TvmliteError(f"{node.label!r} does not produce {new!r}, or {old!r} is not a value")
+        if vo.producer is not None or vo.is_initializer or old in self.inputs:
+            raise TvmliteError(f"cannot produce {old!r} with {node.label!r}: it already has a source")
+        if new in self.outputs:
+            raise TvmliteError(f"cannot retire {new!r}: it is a graph output")
+        for reader in self.consumers(new):
+            self.set_inputs(reader, [old if n == new else n for n in reader.inputs])
+        node._outputs = tuple(old if n == new else n for n in node.outputs)
+        del self.values[new]
+        vo.producer = node
+        if vo.type is None:
+            vo.type = vn.type
+        for reader in self._consumers.get(old, ()):
+            self.nx.add_edge(node, reader)
+        self._version += 1
+
     def replace_node_with(self, node: Node, new_nodes: list[tuple], *, outputs: list[str]) -> list[Node]:
         """Swap ``node`` for a small subgraph.
 
