@@ -38,14 +38,15 @@ from tvmlite.passes.capabilities import Calibrated, LayerwisePass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.passes.lowrank_conv import ConvFactorPlans
 # the numerics live in lowrank_math; their names stay importable from here
-from tvmlite.passes.lowrank_math import (Layer, LinearStats, capture_groups, capture_values, conv_attrs,  # noqa: F401
+from tvmlite.passes.lowrank_math import (Layer, LinearStats, capture_groups, capture_values,  # noqa: F401
                                  energy_rank, evbmf_rank, gram_svd, principal_fit, reduced_rank_fit,
                                  split_singular_values, truncate_fit, tucker2)
 from tvmlite.passes.lowrank_nodes import FactorNodes
-from tvmlite.errors import OptionError
+from tvmlite.errors import OptionError, TvmliteError
 from tvmlite.ir.graph import Model, Node
 from tvmlite.export.shapes import static_shapes
-from tvmlite.ops.conv import im2col, resolve_pads
+from tvmlite.ops.conv import im2col
+from tvmlite.ops.geometry import WindowGeometry
 
 RANK_RULES = ("ratio", "energy", "vbmf", "budget")
 #: layer inputs captured per NumPy-backend run while no layer was rewritten: one run instead of one
@@ -277,9 +278,12 @@ class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
             if xs is None or ys is None or len(xs) != w.ndim:
                 result.skip(node, "input/output shapes unknown")
                 return None
-            a = conv_attrs(node, w.ndim - 2)
-            pads = resolve_pads(a["auto_pad"], xs[2:], w.shape[2:], a["strides"], a["dilations"], a["pads"])
-            return Layer(node, "conv", w, b, not (b_name and b is None), tuple(xs), tuple(ys), pads)
+            try:
+                geo = WindowGeometry.conv(node.attrs, xs, w.shape)
+            except TvmliteError as e:
+                result.skip(node, str(e))
+                return None
+            return Layer(node, "conv", w, b, not (b_name and b is None), tuple(xs), tuple(ys), geometry=geo)
         # Gemm / MatMul
         w = g.const_value(node.inputs[1]) if len(node.inputs) > 1 else None
         if w is None:
@@ -322,8 +326,8 @@ class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
             if layer.node.op_type == "Gemm" and layer.node.attrs.get("transA", 0):
                 x = x.T
             return x.reshape(-1, layer.weight.shape[0])
-        a = conv_attrs(layer.node, layer.weight.ndim - 2)
-        cols = im2col(x, layer.weight.shape[2:], a["strides"], a["dilations"], layer.pads)
+        geo = layer.geometry
+        cols = im2col(x, geo.kernel, geo.strides, geo.dilations, geo.pads)
         return cols.transpose(0, 2, 1)  # [N, P, S*K]
 
     def _stats(self, layer: Layer, x: np.ndarray, y: np.ndarray, rng, n_img: int,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvmlite.backends.numpy.plan import Plan
+from tvmlite.ops.geometry import WindowGeometry
 from tvmlite.ir.graph import Model, Node
 
 
@@ -251,7 +252,7 @@ class Layer:
     bias_const: bool  # False when a bias exists but is not constant (no refit then)
     in_shape: tuple | None = None  # conv: input [N, S, *spatial]; fc: input shape
     out_shape: tuple | None = None
-    pads: list | None = None  # conv: explicit pads, when the input shape is known
+    geometry: WindowGeometry | None = None  # conv: strides, dilations, explicit pads (input shape known)
     rows: int = 1  # fc: rows per inference (product of the leading dims)
 
     @property
@@ -259,10 +260,3 @@ class Layer:
         if self.kind == "fc":
             return self.rows * self.weight.shape[0] * self.weight.shape[1]
         return int(np.prod(self.out_shape[2:])) * self.weight.size
-
-
-def conv_attrs(node: Node, ndim: int) -> dict:
-    a = node.attrs
-    return {"strides": list(a.get("strides") or [1] * ndim), "dilations": list(a.get("dilations") or [1] * ndim),
-            "kernel": list(a.get("kernel_shape") or []), "auto_pad": a.get("auto_pad", "NOTSET"),
-            "pads": list(a.get("pads") or [0] * (2 * ndim))}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tvmlite.passes.lowrank_math import Layer, conv_attrs
+from tvmlite.passes.lowrank_math import Layer
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model
 from tvmlite.export.shapes import static_shapes
@@ -66,7 +66,8 @@ class FactorNodes:
             return b.op.MatMul(h, const(bm, "lr_V"), name_hint=f"{base}_lr_b")
 
         nd = layer.weight.ndim - 2
-        a = conv_attrs(node, nd)
+        geo = layer.geometry
+        auto_pad = node.attrs.get("auto_pad", "NOTSET")
         one = [1] * nd
         # with a refit, c is the whole offset (the targets include the original bias)
         bias = layer.bias if c is None else c
@@ -74,12 +75,12 @@ class FactorNodes:
             core, ut, us = plan["core"], plan["ut"], plan["us"]
             r3 = us.shape[1]
             h1 = conv([x, const(us.T.reshape((r3, -1) + (1,) * nd), "lr_first")], {"kernel_shape": one}, "lr_first")
-            core_attrs = {"kernel_shape": list(core.shape[2:]), "strides": a["strides"],
-                          "dilations": a["dilations"]}
-            if a["auto_pad"] not in ("NOTSET", b"NOTSET", ""):
-                core_attrs["auto_pad"] = a["auto_pad"]
+            core_attrs = {"kernel_shape": list(core.shape[2:]), "strides": list(geo.strides),
+                          "dilations": list(geo.dilations)}
+            if auto_pad not in ("NOTSET", b"NOTSET", ""):  # kept: the core then fits any input size
+                core_attrs["auto_pad"] = auto_pad
             else:
-                core_attrs["pads"] = a["pads"]
+                core_attrs["pads"] = list(geo.pads)
             h2 = conv([h1, const(core, "lr_core")], core_attrs, "lr_core")
             ins = [h2, const(ut.reshape(ut.shape + (1,) * nd), "lr_last")]
             if bias is not None:
@@ -90,13 +91,13 @@ class FactorNodes:
         r = first.shape[1]
         kh, kw = vert.shape[0], horiz.shape[0]
         h1 = conv([x, const(first.T.reshape(r, -1, 1, 1), "lr_first")], {"kernel_shape": [1, 1]}, "lr_first")
-        p = layer.pads  # explicit [top, left, bottom, right]: each depthwise pads its own axis
+        p = geo.pads  # explicit [top, left, bottom, right]: each depthwise pads its own axis
         h2 = conv([h1, const(vert.T.reshape(r, 1, kh, 1), "lr_vert")],
-                  {"kernel_shape": [kh, 1], "group": r, "strides": [a["strides"][0], 1],
-                   "dilations": [a["dilations"][0], 1], "pads": [p[0], 0, p[2], 0]}, "lr_vert")
+                  {"kernel_shape": [kh, 1], "group": r, "strides": [geo.strides[0], 1],
+                   "dilations": [geo.dilations[0], 1], "pads": [p[0], 0, p[2], 0]}, "lr_vert")
         h3 = conv([h2, const(horiz.T.reshape(r, 1, 1, kw), "lr_horiz")],
-                  {"kernel_shape": [1, kw], "group": r, "strides": [1, a["strides"][1]],
-                   "dilations": [1, a["dilations"][1]], "pads": [0, p[1], 0, p[3]]}, "lr_horiz")
+                  {"kernel_shape": [1, kw], "group": r, "strides": [1, geo.strides[1]],
+                   "dilations": [1, geo.dilations[1]], "pads": [0, p[1], 0, p[3]]}, "lr_horiz")
         ins = [h3, const(last.reshape(last.shape[0], r, 1, 1), "lr_last")]
         if bias is not None:
             ins.append(const(bias, "lr_B"))
