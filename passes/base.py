@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Model, Node
+from tvmlite.passes.counts import summarize
 
 
 @dataclass
@@ -240,8 +241,6 @@ class Pipeline:
 
     def run(self, model: Model, *, input_shapes: dict | None = None) -> list[PassResult]:
         """Run every pass; ``input_shapes`` fixes symbolic input dims for the MAC counts."""
-        from tvmlite.passes.counts import summarize
-
         results = []
         before = summarize(model, input_shapes)
         for p in self.passes:

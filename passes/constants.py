@@ -18,6 +18,8 @@ from onnx import helper, numpy_helper
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.export.onnx_export import export_node
+from tvmlite.ops.control import constant_value
 
 #: the largest constant fold-constants writes, in elements and in bytes (fold-constants' options
 #: max_elements/max_bytes override them per run). tvmlite.limits (branch `limits`) holds the
@@ -72,8 +74,6 @@ def _own_rule(node: Node, vals: list) -> list[tuple] | None:
 
 def _inferred(node: Node, vals: list, opsets: dict) -> list[tuple] | None:
     """Output (dtype, shape) from onnx's shape inference for this node alone; None if it cannot tell."""
-    from tvmlite.export.onnx_export import export_node
-
     domain = "" if node.domain in ("", "ai.onnx") else node.domain
     version = opsets.get(domain, opsets.get("ai.onnx", 1) if domain == "" else 1)
     try:
@@ -151,8 +151,6 @@ class LiftConstants(Pass):
         pass
 
     def run(self, model: Model) -> PassResult:
-        from tvmlite.ops.control import constant_value
-
         result = PassResult(self.name)
         g = model.graph
         for node in [n for n in g.nx.nodes if n.op_type == "Constant" and n.domain in ("", "ai.onnx")]:

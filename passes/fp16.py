@@ -22,8 +22,9 @@ from onnx import helper
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
 from tvmlite.ir.builder import Builder
-from tvmlite.ir.graph import Model, tensor_type
+from tvmlite.ir.graph import Graph, Model, tensor_type
 from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
+from tvmlite.runtime.ort import graph_model, ort_session
 
 FLOAT = onnx.TensorProto.FLOAT
 FLOAT16 = onnx.TensorProto.FLOAT16
@@ -210,9 +211,6 @@ def _probe(opset, op_type, domain, ins, outs, attrs) -> tuple[int, ...] | None:
 def _session_ok(opset, op_type, domain, ins, outs, attrs, convert) -> bool:
     """Whether onnxruntime loads the op with the inputs in ``convert`` in float16 (a one-node model
     of that signature, made and loaded through tvmlite.runtime.ort, graph optimizations off)."""
-    from tvmlite.ir.graph import Graph
-    from tvmlite.runtime.ort import graph_model, ort_session
-
     def elem(dtype_str, half):
         return FLOAT16 if half else helper.np_dtype_to_tensor_dtype(np.dtype(dtype_str))
 

@@ -47,6 +47,8 @@ from tvmlite.ir.graph import Model, Node
 from tvmlite.export.shapes import static_shapes
 from tvmlite.ops.conv import im2col
 from tvmlite.ops.geometry import WindowGeometry
+from tvmlite.passes.counts import node_macs
+from tvmlite.calibration import load_calibration
 
 RANK_RULES = ("ratio", "energy", "vbmf", "budget")
 #: layer inputs captured per NumPy-backend run while no layer was rewritten: one run instead of one
@@ -147,8 +149,6 @@ class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
         need_data = o.rank == "budget" or o.calib is not None
         calib = data = None
         if need_data:
-            from tvmlite.calibration import load_calibration
-
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
                 calib = load_calibration(o.calib, model, random_count=4, seed=o.seed)
@@ -178,7 +178,6 @@ class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
             layer = self._layer(model, node, shapes, result)
             if layer is not None:
                 layers.append(layer)
-        from tvmlite.passes.counts import node_macs
 
         total = sum(node_macs(model, n, shapes) for n in g.nx.nodes) or 1
         small = [l for l in layers if l.macs < o.min_layer_share * total]
@@ -281,7 +280,7 @@ class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
             try:
                 geo = WindowGeometry.conv(node.attrs, xs, w.shape)
             except TvmliteError as e:
-                result.skip(node, str(e))
+                result.skip(node, f"at the input sizes known here: {e}")  # e.g. symbolic H/W sized 1
                 return None
             return Layer(node, "conv", w, b, not (b_name and b is None), tuple(xs), tuple(ys), geometry=geo)
         # Gemm / MatMul

@@ -9,6 +9,7 @@ from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model
 from tvmlite.export.shapes import static_shapes
 from tvmlite.passes.base import PassResult
+from tvmlite.runtime.ort import fragment, ort_session, timed_ratio
 
 
 class FactorNodes:
@@ -147,8 +148,6 @@ class FactorNodes:
         the model's static shapes, timed interleaved. Both are fragments of the layer's node (at
         opset 11 at least, what the factorization writes); the second is factorized in place."""
         import dataclasses
-
-        from tvmlite.runtime.ort import fragment, ort_session, timed_ratio
 
         x = layer.node.inputs[0]
         if layer.in_shape is None:

@@ -28,6 +28,9 @@ from tvmlite.errors import OptionError
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.export.shapes import infer_shapes, static_shapes
+from tvmlite.passes.lowrank import LinearStats, capture_values
+from tvmlite.ops.conv import im2col, resolve_pads
+from tvmlite.calibration import load_calibration
 
 MODES = ("magnitude", "nm", "block", "channel")
 
@@ -204,8 +207,6 @@ class ChannelPruner:
         self.model, self.g, self.o, self.result = model, model.graph, options, result
         self.data = self.original = None
         if options.calib is not None:
-            from tvmlite.calibration import load_calibration
-
             self.data = load_calibration(options.calib, model).first(options.calib_count)
             self.original = model.copy()
         self.b = Builder(model)  # one name authority for the pruner's run
@@ -432,9 +433,6 @@ class ChannelPruner:
 
     def _refit(self, node: Node) -> str:
         """Least-squares refit of a reader to its original outputs; returns what it did."""
-        from tvmlite.passes.lowrank import LinearStats, capture_values
-        from tvmlite.ops.conv import im2col, resolve_pads
-
         g = self.g
         w = g.const_value(node.inputs[1])
         if node.op_type == "Conv" and int(node.attrs.get("group", 1)) != 1:

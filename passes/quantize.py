@@ -19,10 +19,13 @@ from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConst
 from tvmlite.passes.pattern import Const, Match, Op, Rule, apply_rules
 from tvmlite.errors import OptionError
 from tvmlite.ir.builder import Builder
-from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.ir.graph import Graph, Model, Node, tensor_type
 from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 from tvmlite.quant import qdq
 from tvmlite.quant.calibrate import METHODS, collect_stats
+from tvmlite.quant.params import quantize_weight, weight_scales
+from tvmlite.calibration import load_calibration
+from tvmlite.quant.select import choose_layers
 
 
 # ------------------------------------------------------------------------------------ preparation
@@ -112,9 +115,6 @@ def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True) -> list[N
     float initializer again (prepacked, NCHWc) and runs as fast as before. A DequantizeLinear would
     not do: onnxruntime keeps DQ nodes unfolded for its QDQ fusions, and a Conv whose weights are
     computed at run time loses its prepacked kernels (measured 4x slower on PP-OCR cls)."""
-    from tvmlite.ir.graph import tensor_type
-    from tvmlite.quant.params import quantize_weight, weight_scales
-
     done = []
     b = Builder(g)
     for node in g.toposort():
@@ -255,7 +255,6 @@ class Quantize(LayerwisePass, Calibrated, Pass):
         spec = qdq.QuantSpec(o.activation_type, o.per_channel)
         full = qdq.plan_qdq(g, set(units), spec, excluded=excluded)
         tensors = qdq.activation_tensors(g, full)
-        from tvmlite.calibration import load_calibration
 
         if o.ranges is not None:
             missing = sorted(t for t in tensors if t not in o.ranges)
@@ -279,7 +278,6 @@ class Quantize(LayerwisePass, Calibrated, Pass):
         elif o.mode == "auto":
             if o.ranges is not None:
                 calib = load_calibration(o.calibration, model)
-            from tvmlite.quant.select import choose_layers
 
             chosen, decisions = choose_layers(model, units, spec, calib, budget=o.error_budget,
                                               measure=o.measure, excluded=excluded,
@@ -346,8 +344,6 @@ class QuantizeDynamic(Pass):
             raise OptionError(f"pass 'quantize-dynamic': form {self.options.form!r} is not integer or dq")
 
     def run(self, model: Model) -> PassResult:
-        from tvmlite.quant.params import quantize_weight, weight_scales
-
         o = self.options
         result = PassResult(self.name)
         qdq.upgrade_opset(model, 11 if not o.per_channel else 13)

@@ -47,6 +47,10 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
 from tvmlite.quant import qdq
 from tvmlite.quant.blockwise import METHODS, BlockQuant, quantize_blocks
+from tvmlite.calibration import load_calibration
+from tvmlite.passes.lowrank_math import capture_values
+from tvmlite.quant.gptq import gptq_blocks
+from tvmlite.ops.quant_block import pack_low_first
 
 FORMS = ("auto", "dq", "nbits")
 BITS = (4, 8)
@@ -176,8 +180,6 @@ class _Writer:
             return hit, True, key
         o = self.o
         if x in self.hessians and w.ndim == 2:
-            from tvmlite.quant.gptq import gptq_blocks
-
             bq = gptq_blocks(w if axis == 0 else w.T, self.hessians[x], block=o.block, bits=o.bits,
                              symmetric=o.symmetric, method=o.method)
             if axis == 1:
@@ -273,7 +275,6 @@ class _Writer:
             codes = bq.unsigned_codes().T  # [N, K]
             if kb * bs != K:
                 codes = np.concatenate([codes, np.zeros((N, kb * bs - K), np.uint8)], axis=1)
-            from tvmlite.ops.quant_block import pack_low_first
 
             packed = pack_low_first(codes.reshape(N, kb, bs), bits)
             ins = [self.b.const(packed, f"{base}_nbits").name,
@@ -355,9 +356,6 @@ class _Writer:
 def _hessians(model: Model, nodes: list[Node], calibration) -> dict:
     """X^T X of each float activation that multiplies a constant weight, over the calibration data
     run through the float model on the NumPy backend (one batch of merged samples at a time)."""
-    from tvmlite.calibration import load_calibration
-    from tvmlite.passes.lowrank_math import capture_values
-
     g = model.graph
     names = sorted({n.inputs[0] for n in nodes if qdq.is_float(g, n.inputs[0]) and g.const_value(n.inputs[0]) is None})
     if not names:

@@ -25,6 +25,7 @@ from tvmlite.export.shapes import static_shapes
 from tvmlite.ops.registry import lookup
 from tvmlite.ops.sparse import sparse_matmul, to_bsr
 from tvmlite.runtime import ort
+from tvmlite.backends.numpy.plan import bind_kernel
 
 #: a sparse initializer stores a value (4 bytes for float32) and an int64 index per nonzero
 SPARSE_STORAGE_DENSITY = 1 / 3
@@ -165,8 +166,6 @@ class Sparsify(Pass):
         return w.reshape(w.shape[0], w.shape[1]).T, bias, 1, xs
 
     def _measure(self, model: Model, node: Node, w, bias, axis, x_shape, blocks) -> dict:
-        from tvmlite.backends.numpy.plan import bind_kernel
-
         g = model.graph
         x = np.random.default_rng(0).standard_normal(x_shape).astype(w.dtype)
         op = lookup(node.op_type, "", model.opset)

@@ -18,8 +18,10 @@ import numpy as np
 from tvmlite.checkset import CheckSet
 from tvmlite.errors import InputError, OptionError, TvmliteError
 from tvmlite.ir.graph import Model
-from tvmlite.runtime.ort import time_interleaved, timed_ratio
+from tvmlite.runtime.ort import ort_session, time_interleaved, timed_ratio
 from tvmlite.metrics import DEFAULT_METRIC, METRICS, OutputCheck, is_classifier, output_check
+from tvmlite.export import export_model
+from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, proto_bytes
 
 #: default budget of each pass on the ``rel`` metric (max error over the output's spread): 0 for
 #: passes that keep outputs bit-identical, 1e-3 for clean-ups that change float rounding, and for
@@ -125,7 +127,6 @@ class Checker:
         self.labels = None if labels is None else np.asarray(labels).reshape(-1)
         self.max_accuracy_drop = max_accuracy_drop
         self.latency_feeds = _first_example(original, checkset.batches[0])
-        from tvmlite.export import export_model
 
         self.original_proto = export_model(original)
         sess = self.reference_session = self._session(self.original_proto)
@@ -159,8 +160,6 @@ class Checker:
 
     # -------------------------------------------------------------------------------- running
     def _session(self, model):
-        from tvmlite.runtime.ort import ort_session
-
         return ort_session(model, 2, self.custom_ops)
 
     @staticmethod
@@ -180,8 +179,6 @@ class Checker:
     @staticmethod
     def _onnx_check(proto) -> str:
         import onnx
-
-        from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, proto_bytes
 
         if proto_bytes(proto) > EXTERNAL_THRESHOLD:
             return ""
@@ -217,8 +214,6 @@ class Checker:
         return self._judge(self.reference, self.reference_session, self.original_proto)
 
     def measure(self, model: Model) -> Measurement:
-        from tvmlite.export import export_model
-
         proto = export_model(model)  # once, for onnx.checker, the session and the reported size
         if self.checker_ok:
             why = self._onnx_check(proto)

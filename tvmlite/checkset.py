@@ -27,6 +27,7 @@ import numpy as np
 from tvmlite.errors import InputError
 from tvmlite.inputs import check_feeds, graph_inputs, read_feeds
 from tvmlite.ir.graph import Model
+from tvmlite.calibration import CalibrationData, load_calibration
 
 RANDOM_SAMPLES = 16
 #: input elements of all random examples together: PP-OCR det at 640x640 checked on 16 examples
@@ -220,8 +221,6 @@ def build_checkset(model: Model, *, inputs=None, labels=None, calib=None, shapes
                    hold_out_calib: bool = True):
     """(CheckSet, calibration for the passes or None): see the module docstring."""
     import os
-
-    from tvmlite.calibration import CalibrationData, load_calibration
 
     mask = next((n for n, r in input_roles(model).items() if r[0] == "mask"), None)
     if inputs is not None:

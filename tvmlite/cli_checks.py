@@ -14,7 +14,8 @@ import numpy as np
 
 from tvmlite.errors import InputError, OptionError
 from tvmlite import outputs
-from tvmlite.outputs import Outputs, data_files, model_files
+from tvmlite.outputs import Outputs, USER_ERRNOS, data_files, model_files
+from tvmlite.inputs import load_npz
 
 #: the transactions of the running command: `tvmlite.cli.main` discards whatever is left
 #: uncommitted when the command fails or is interrupted
@@ -35,8 +36,6 @@ def command_outputs(model: str | None = None, inputs: str | None = None, calib: 
 def write_error(e: OSError) -> str | None:
     """One line for a filesystem failure while the command wrote (a full disk, a quota, a
     read-only mount), naming the outputs; None for an OSError that is not of that kind."""
-    from tvmlite.outputs import USER_ERRNOS
-
     if e.errno not in USER_ERRNOS:
         return None
     finals = [f"{what} {final}" for txn in open_outputs for final, _, what in txn._staged.values()]
@@ -68,8 +67,6 @@ def check_pass_spec_text(spec: str | None) -> None:
 def load_labels(inputs: str | None, labels: str | None):
     """The --labels array of the --inputs file (None without --labels): one integer class per
     example, as many as the examples of every other array in that file."""
-    from tvmlite.inputs import load_npz
-
     if not labels:
         return None
     if not inputs:

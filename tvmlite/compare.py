@@ -16,6 +16,8 @@ from tvmlite.ir.graph import Model
 from tvmlite.inputs import check_feeds, random_inputs, read_feeds
 # sessions and timing live in the runtime layer; their names stay importable from here
 from tvmlite.runtime.ort import interleaved_ms, median_ms, ort_session  # noqa: F401
+from tvmlite.backends.numpy import compile_model
+from tvmlite.frontend import load
 
 
 @dataclass
@@ -129,9 +131,6 @@ def compare(reference, candidate=None, *, backend: str = "numpy", inputs=None, s
             seed: int = 0, labels=None, custom_ops=()) -> CompareReport:
     """Run ``reference`` in onnxruntime and ``candidate`` (default: the same model) on ``backend``
     ('numpy', 'ort' or 'tvm') on the same inputs, and report errors and latencies."""
-    from tvmlite.backends.numpy import compile_model
-    from tvmlite.frontend import load
-
     ref_model = reference if isinstance(reference, Model) else load(reference)
     cand_model = ref_model if candidate is None else (candidate if isinstance(candidate, Model) else load(candidate))
     feeds = prepare_inputs(ref_model, inputs, shapes, seed)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tvmlite.errors import OptionError
+
 METRICS = ("rel", "cosine", "argmax", "topk")
 DEFAULT_METRIC = "rel"
 TOPK = 5
@@ -47,8 +49,6 @@ class OutputCheck:
             return max(0.0, 1.0 - self.cosine)
         share = self.argmax if metric == "argmax" else self.topk
         if share is None:
-            from tvmlite.errors import OptionError
-
             raise OptionError(f"--metric {metric}: output {self.name!r} is not a classifier output "
                               "([N, C] or [N, T, C] scores)")
         return 1.0 - share

@@ -16,6 +16,15 @@ from tvmlite.checker import Checker as _Checker
 from tvmlite.errors import OptionError
 from tvmlite.ir.graph import Model
 from tvmlite.optimize_report import KEPT, NO_CHANGE, PARTIAL, UNCHECKED, UNDONE, OptimizeReport, PassReport
+from tvmlite.passes import parse_spec
+from tvmlite.passes.capabilities import calibration_option, is_cleanup, layerwise
+from tvmlite.frontend import load
+from tvmlite.export.shapes import check_input_shapes, fix_input_shapes
+from tvmlite.checkset import build_checkset
+from tvmlite.calibration import load_calibration
+from tvmlite.analysis import summarize
+from tvmlite.export import export_model
+from tvmlite.export.onnx_export import proto_bytes
 
 CLEANUPS = "fold-constants,remove-identity,fold-bn,dce"
 PRESETS = {
@@ -77,10 +86,6 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     ``progress``: True prints a line per pass and long step on stdout, a callable gets the lines,
     None prints them when stdout is a terminal. ``custom_ops``: custom-op libraries for onnxruntime.
     ``latency``: which rows report an onnxruntime latency (LATENCY_MODES; needs ``check``)."""
-    from tvmlite.passes import parse_spec
-    from tvmlite.passes.capabilities import calibration_option, is_cleanup
-    from tvmlite.frontend import load
-
     spec = resolve_passes(preset, passes)
     pipeline = parse_spec(spec)
     if labels is not None:
@@ -97,8 +102,6 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     source = model if isinstance(model, str) else "<model>"
     m = model if isinstance(model, Model) else load(model)
     if shapes:
-        from tvmlite.export.shapes import check_input_shapes, fix_input_shapes
-
         check_input_shapes(m, shapes)
         if any(p.needs_static_shapes for p in pipeline):
             fix_input_shapes(m, shapes)
@@ -107,8 +110,6 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     report = OptimizeReport(str(source), latency=latency if check else "none")
     checker = original = None
     if check:
-        from tvmlite.checkset import build_checkset
-
         cs, calib = build_checkset(m, inputs=inputs, labels=labels, calib=calib, shapes=shapes,
                                    hold_out_calib=bool(needs_calib))
         original = m.copy()
@@ -123,7 +124,6 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
         report.metrics = dict(checker.metric)
     if calib is None and shapes and needs_calib:
         # The passes' own random fallback knows nothing of --shape; symbolic dims need it.
-        from tvmlite.calibration import load_calibration
 
         calib = load_calibration(None, m, shapes=shapes)
     if calib is not None:
@@ -187,10 +187,6 @@ class _Rows:
         last.latency_ms, last.latency_spread_ms = b, sb
 
     def add(self, name, spec, status, note, result=None, seconds=0.0, excluded=(), measure=True, meas=None):
-        from tvmlite.analysis import summarize
-        from tvmlite.export import export_model
-        from tvmlite.export.onnx_export import proto_bytes
-
         prev = self.report.rows[-1] if self.report.rows else None
         decisions = list(result.decisions) if result else []
         skipped = list(result.skipped) if result else []
@@ -236,8 +232,6 @@ def _budgets(checker) -> dict:
 
 
 def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
-    from tvmlite.passes.capabilities import is_cleanup, layerwise
-
     backup = m.copy()
     try:
         result = p(m)
@@ -283,8 +277,6 @@ def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
 
 def _undo_layers(p, backup: Model, result, checker, meas, log=lambda line: None):
     """Redo a per-layer pass without its worst layers (fewest that meet the budget); else undo it."""
-    from tvmlite.passes.capabilities import layerwise
-
     budget = checker.why(meas)
     lw = layerwise(p)
     layers = lw.layers(result) if lw is not None else []
@@ -352,8 +344,6 @@ def _undo_layers(p, backup: Model, result, checker, meas, log=lambda line: None)
 def _finish(report: OptimizeReport, pipeline, named: bool, checker, original, m, max_accuracy_drop) -> None:
     """Warnings for passes undone everywhere or (asked for by name) changing nothing; the held-out
     accuracy."""
-    from tvmlite.passes.capabilities import is_cleanup
-
     for p, row in zip(pipeline, report.rows[1:]):
         if is_cleanup(p):
             continue

@@ -25,6 +25,10 @@ import numpy as np
 
 from tvmlite.errors import OptionError, UnsupportedError
 from tvmlite.ir.graph import Model
+from tvmlite.calibration import fixed_batch, load_calibration
+from tvmlite.export import export_model
+from tvmlite.backends.numpy import compile_model
+from tvmlite.runtime.ort import ort_session
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
@@ -186,8 +190,6 @@ def _progress(total: int, label: str, enabled: bool | None):
 
 def _feed_batches(model: Model, calib, batch_size: int):
     """Batches the model accepts: a fixed batch dim in the input type wins over ``batch_size``."""
-    from tvmlite.calibration import fixed_batch
-
     fixed = fixed_batch(model)
     bs = fixed or batch_size
     for feeds in calib.batches(bs):
@@ -204,8 +206,6 @@ def collect_stats(model: Model, calib, tensors, *, histogram: bool = True, bins:
     ``engine`` is 'ort' (onnxruntime, with the tensors added as extra graph outputs) or 'numpy'
     (tvmlite's NumPy backend). Only one batch of activations is alive at a time.
     """
-    from tvmlite.calibration import load_calibration
-
     calib = load_calibration(calib, model)
     tensors = list(dict.fromkeys(tensors))
     stats = {t: TensorStats(bins, histogram) for t in tensors}
@@ -226,9 +226,6 @@ def _runner(model: Model, tensors: list[str], engine: str, threads: int):
     if engine == "ort":
         import onnx
 
-        from tvmlite.runtime.ort import ort_session
-        from tvmlite.export import export_model
-
         proto = export_model(model)
         have = {o.name for o in proto.graph.output}
         for t in tensors:
@@ -237,8 +234,6 @@ def _runner(model: Model, tensors: list[str], engine: str, threads: int):
         sess = ort_session(proto, threads)
         return lambda feeds: sess.run(tensors, feeds)
     if engine == "numpy":
-        from tvmlite.backends.numpy import compile_model
-
         saved = list(model.graph.outputs)
         model.graph.outputs = saved + [t for t in tensors if t not in saved]
         try:

@@ -28,6 +28,8 @@ from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.quant.insert import Inserter
 from tvmlite.quant.params import (affine_params, fit_bias_scales, quantize_bias, quantize_weight,
                                   weight_scales)
+from tvmlite.export import export_model
+from tvmlite.frontend import import_model
 
 ONNX = ("", "ai.onnx")
 COMPUTE = ("Conv", "Gemm", "MatMul")
@@ -83,9 +85,6 @@ def upgrade_opset(model: Model, version: int = MIN_OPSET) -> bool:
     if model.opset >= version:
         return False
     import onnx.version_converter
-
-    from tvmlite.export import export_model
-    from tvmlite.frontend import import_model
 
     try:
         proto = onnx.version_converter.convert_version(export_model(model), version)

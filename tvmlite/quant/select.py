@@ -25,8 +25,12 @@ import onnx
 
 from tvmlite.ir.graph import Model
 from tvmlite.quant import qdq
-from tvmlite.quant.timing import time_int8_layer as _time_layer
-from tvmlite.quant.timing import timed_ratio
+from tvmlite.quant.timing import time_int8_layer as _time_layer, timed_ratio
+from tvmlite.export import export_model
+from tvmlite.calibration import fixed_batch
+from tvmlite.quant.calibrate import _progress
+from tvmlite.export.shapes import static_shapes
+from tvmlite.runtime.ort import ort_session
 
 
 #: the int8 model must beat float by this share of its latency, not a tie within timing noise
@@ -44,8 +48,6 @@ def relative_error(ref: list, got: list) -> float:
 
 
 def build_variant(model: Model, units: set, spec: qdq.QuantSpec, excluded=frozenset()) -> onnx.ModelProto:
-    from tvmlite.export import export_model
-
     m = model.copy()
     plan = qdq.plan_qdq(m.graph, set(units), spec, excluded=excluded)
     qdq.apply_qdq(m, plan, spec)
@@ -56,11 +58,6 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
                   measure: bool = False, excluded=frozenset(), threads: int = 2, progress=None,
                   eval_samples: int = 8, repeats: int = 60) -> tuple[set, list[dict]]:
     """The units to keep in int8 and one decision record per unit."""
-    from tvmlite.calibration import fixed_batch
-    from tvmlite.runtime.ort import ort_session
-    from tvmlite.export import export_model
-    from tvmlite.quant.calibrate import _progress
-
     feeds = calib.first(min(eval_samples, len(calib)))
     fixed = fixed_batch(model)
     if fixed:
@@ -152,8 +149,6 @@ def _fewest_back_to_float(ranked: list, error_without, budget: float) -> tuple[i
 
 
 def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisions, threads, repeats):
-    from tvmlite.runtime.ort import ort_session
-
     while chosen:  # halve the int8 set until the whole model is faster; none at all is the floor
         sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
         # decided at t_q / t_f = 1 - margin: more rounds (up to 40) only when close to it
@@ -171,8 +166,6 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisi
 
 
 def _static_shapes(model: Model, feeds: dict) -> dict:
-    from tvmlite.export.shapes import static_shapes
-
     return static_shapes(model, {k: tuple(np.shape(v)) for k, v in feeds.items()})
 
 

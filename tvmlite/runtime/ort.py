@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvmlite.errors import TvmliteError, UnsupportedError
-from tvmlite.export import onnx_export
+from tvmlite.export import export_model, onnx_export, save
 from tvmlite.ir.graph import Graph, Model, Node, tensor_type
 
 #: the lowest IR version of a model made up to measure: onnxruntime 1.32 refuses onnx 1.23's
@@ -33,8 +33,6 @@ def ort_session(model, threads: int = 2, custom_ops=(), *, optimize: bool = True
     of custom-op libraries to register first; ``optimize=False`` turns onnxruntime's graph
     optimizations off (to ask whether a kernel exists, not how fast the graph runs)."""
     import onnxruntime as ort
-
-    from tvmlite.export import export_model
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -88,8 +86,6 @@ def _run_errors_as_ours(sess):
 def _session_via_file(proto, so):
     """Models over protobuf's 2 GiB limit go through a temporary file with external data."""
     import tempfile
-
-    from tvmlite.export import save
 
     with tempfile.TemporaryDirectory(prefix="tvmlite-ort-") as d:
         path = os.path.join(d, "model.onnx")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from tvmlite.errors import ShapeError, TvmliteError
 from tvmlite.ir.graph import Graph, type_elem
+from tvmlite.ops.geometry import EmptyWindowError, WindowGeometry
 
 _ONNX = ("", "ai.onnx")
 _POOLS = ("MaxPool", "AveragePool", "LpPool")
@@ -120,8 +121,6 @@ def _static_shape(g: Graph, name: str):
 
 def _check_window(g: Graph, node) -> None:
     """Conv/pool output dims must be >= 1 where the input shape is known now."""
-    from tvmlite.ops.geometry import EmptyWindowError, WindowGeometry
-
     xs = _static_shape(g, node.inputs[0]) if node.inputs else None
     if xs is None or len(xs) < 3:
         return
