@@ -96,3 +96,50 @@ def test_fp16_activations_keep_ops_without_float16_kernel_in_float32():
     assert producers[celu.input[0]].op_type == "Cast"
     x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     np.testing.assert_allclose(ort_run(out, {"x": x})[0], ort_run(proto, {"x": x})[0], rtol=2e-3, atol=2e-3)
+
+
+def _mlp(hidden=64, layers=3):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array((rng.standard_normal((hidden, hidden)) * 0.1).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
+                  helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}")]
+        x = f"r{i}"
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", hidden])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", hidden])], inits)
+    p = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    p.ir_version = 8
+    return p
+
+
+def test_min_matmul_share_picks_matmul_heavy_models():
+    """The default preset's gate: an MLP (all MACs in MatMuls with constant weights) is rewritten, the
+    digits CNN (its two Gemms hold ~1% of the MACs) is left alone with the reason."""
+    from tvmlite.passes import parse_spec
+    from tvmlite.passes.quantize import matmul_share
+
+    mlp = tvmlite.load(_mlp())
+    assert matmul_share(mlp) == 1.0
+    r = parse_spec("quantize-dynamic(min_matmul_share=0.5)")[0].run(mlp)
+    assert r.changed and len(r.rewritten) == 3 and r.stats["matmul_share"] == 1.0
+    cnn = tvmlite.load(MODELS / "digits_cnn.onnx")
+    share = matmul_share(cnn)
+    assert 0 < share < 0.05
+    r = parse_spec("quantize-dynamic(min_matmul_share=0.5)")[0].run(cnn)
+    assert not r.changed and not r.rewritten
+    assert r.skipped == [("(model)", f"MatMul/Gemm with constant weights hold {share:.0%} of the MACs, "
+                                     "under min_matmul_share=0.5: left to static int8")]
+    # without the gate the Gemms are rewritten, as before
+    assert parse_spec("quantize-dynamic")[0].run(tvmlite.load(MODELS / "digits_cnn.onnx")).changed
+
+
+@pytest.mark.parametrize("bad", ["-0.1", "1.5", "nan"])
+def test_min_matmul_share_is_a_share(bad):
+    from tvmlite.errors import OptionError
+    from tvmlite.passes import parse_spec
+
+    with pytest.raises(OptionError, match="min_matmul_share"):
+        parse_spec(f"quantize-dynamic(min_matmul_share={bad})")
