@@ -153,7 +153,7 @@ def run(model, backend, inputs, shapes, output, repeats):
             feeds = prepare_inputs(m, inputs, parse_shape_overrides(shapes))
             built = tvm_compile(m, {k: np.shape(v) for k, v in feeds.items()})
             click.echo(f"TVM build: {built.build_seconds:.2f} s{' (cached)' if built.cached else ''}, "
-                       f"{built.summary}" + "".join(f"; host-run {h}" for h in built.host_ops), err=True)
+                       f"{built.summary}" + (f" (host-run: {'; '.join(built.host_ops)})" if built.host_ops else ""), err=True)
         names = built.output_names
 
         def go():

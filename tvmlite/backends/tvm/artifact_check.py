@@ -35,7 +35,7 @@ _ATTR_TYPES = {"int": int, "float": (int, float), "string": str, "bytes": str, "
                "floats": (int, float), "strings": str, "tensor": None, "tensors": None, "graph": None,
                "graphs": None, "type_proto": None}
 _INPUT_DTYPES = ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8",
-                 "uint16", "uint32", "uint64", "bool")
+                 "uint16", "uint32", "uint64", "bool", "object")  # object: ONNX strings
 
 
 class ArtifactError(TvmliteError):

@@ -164,7 +164,8 @@ class Lowering:
         low.host_problems = [[op, why, n] for (op, why), n in self.problems.items()]
         # a fused kernel runs where its last node was: the operands of its epilogue (a residual
         # made by a later branch, say) are ready by then
-        low.order = _segments(g, [k for _, k in sorted(zip(self.keys, self.kernels), key=lambda t: t[0])])
+        low.order = _segments(g, [k for _, k in sorted(zip(self.keys, self.kernels), key=lambda t: t[0])],
+                              self.views)
         low.kernels = [k for k in low.order if not isinstance(k, HostSegment)]
         low.inputs = [(n, self.shape(n), np.dtype(g.value(n).dtype or np.float32)) for n in graph_inputs(g)]
         low.outputs = list(g.outputs)
@@ -218,16 +219,23 @@ class Lowering:
         em.fn(self, node)
 
 
-def _segments(g, entries: list) -> list:
+def _segments(g, entries: list, views: dict) -> list:
     """``entries`` (kernels and host nodes in run order) with each run of host nodes made one
-    HostSegment, its inputs and outputs found."""
+    HostSegment, its inputs and outputs found. A host node that reads a view (a Reshape sharing
+    a buffer) of a value its run made starts a new segment: the view is read from the buffer,
+    which the segment before fills."""
     out: list = []
+    made: set = set()
     for e in entries:
         if not isinstance(e, _HostNode):
             out.append(e)
             continue
-        if not out or not isinstance(out[-1], HostSegment):
+        if not out or not isinstance(out[-1], HostSegment) or any(
+                views.get(n, n) in made and n not in made
+                for n in list(e.node.inputs) + list(e.node.implicit_inputs) if n):
             out.append(HostSegment([], []))
+            made = set()
+        made.update(e.node.outputs)
         out[-1].nodes.append(e.node)
         out[-1].reasons.append(e.reason)
     for seg in out:
