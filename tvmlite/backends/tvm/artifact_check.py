@@ -254,6 +254,15 @@ def _check_attr(a, where: str, consts: dict, path: str) -> None:
         if isinstance(x, str):
             _need(len(x) <= MAX_ATTR_ITEMS, path,
                   f"{where}: a string of {len(x):,} characters (at most {MAX_ATTR_ITEMS:,})")
+            _need(kind != "bytes" or _is_hex(x), path, f"{where}: not hex digits")
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_library(path: str, plan: dict) -> None:

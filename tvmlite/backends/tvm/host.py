@@ -177,7 +177,9 @@ class HostCall:
     output in ``env`` and copies those TVM kernels read into their buffers."""
 
     def __init__(self, spec: dict, arrays: dict, opsets: dict, buffer_view, env: dict):
-        self.plan = Plan(segment_graph(spec, arrays), dict(opsets))
+        # blas_threads=None: capping BLAS through threadpoolctl costs ~10 us per call, more than a
+        # small host op (LayerNormalization of a 2x3x8 tensor: 25 us) takes; host ops are rarely GEMMs
+        self.plan = Plan(segment_graph(spec, arrays), dict(opsets), blas_threads=None)
         self.env = env
         self.labels = [nd["name"] or f"{nd['op_type']}->{nd['outputs'][0] if nd['outputs'] else '?'}"
                        for nd in spec["nodes"]]

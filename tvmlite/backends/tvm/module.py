@@ -400,7 +400,7 @@ def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes:
     """Write each kernel's scheduled TIR as TVMScript (one .py per kernel) plus an index; returns
     the paths written. The files land together (in ``outputs``, a `tvmlite.outputs.Outputs`, when
     given): a failure half way, a full disk say, leaves none of them."""
-    from tvmlite.backends.tvm.lower import lower
+    from tvmlite.backends.tvm.lower import HostSegment, lower
     from tvmlite.backends.tvm.kernels.target import host_target, vector_lanes
     from tvmlite.outputs import Outputs
 
@@ -413,7 +413,10 @@ def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes:
     low = lower(model, shapes, lanes or vector_lanes())
     written = []
     index = [f"# TVM kernels of the graph, in run order (target {host_target()})", ""]
-    for kd in low.kernels:
+    for kd in low.order:
+        if isinstance(kd, HostSegment):  # no TIR: NumPy kernels, named in the index with the reason
+            index.append("(host call)  <- " + ", ".join(f"{n.label} ({why})" for n, why in zip(kd.nodes, kd.reasons)))
+            continue
         header = (f"# kernel {kd.name}: nodes {', '.join(kd.nodes)}\n"
                   f"# schedule steps: {', '.join(kd.steps)}\n"
                   f"# params: " + ", ".join(f"{p.kind} {p.name} {list(p.shape)}" for p in kd.params) + "\n")
