@@ -275,3 +275,18 @@ def test_cli_run_of_tampered_host_node_exits_2(artifacts, tmp_path):
     js.write_text(json.dumps(plan))
     r = subprocess.run([sys.executable, "-m", "tvmlite.cli", "run", str(so)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "NoSuchOp" in r.stderr, r.stderr
+
+
+def test_scalar_inputs_and_a_scalar_constant_first():
+    """0-d inputs (a float gain for a kernel, an int64 rate for a host Cast) and Sub(1, x): the 0-d
+    arrays used to become 1-d on the way to TVM (MiniLM's mask, 1 - mask, failed to build)."""
+    nodes = [h.make_node("Sub", ["one", "x"], ["a"]), h.make_node("Mul", ["a", "gain"], ["b"]),
+             h.make_node("Cast", ["rate"], ["ratef"], to=T.FLOAT), h.make_node("Mul", ["b", "ratef"], ["y"])]
+    model = load(_model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [2, 1, 16]),
+                                h.make_tensor_value_info("gain", T.FLOAT, []), h.make_tensor_value_info("rate", T.INT64, [])],
+                        [h.make_tensor_value_info("y", T.FLOAT, [2, 1, 16])], [nh.from_array(np.array(1, np.float32), "one")]))
+    feeds = {"x": np.random.default_rng(4).standard_normal((2, 1, 16)).astype(np.float32),
+             "gain": np.array(0.5, np.float32), "rate": np.array(3, np.int64)}
+    cm = compile_model(model)
+    assert cm.host_ops == ["Cast: dtype int64 (only float32 is emitted)"]
+    _check_close(dict(zip(cm.output_names, cm.run(feeds))), run_model(model, feeds))

@@ -256,25 +256,30 @@ def unsupported_ops(model: Model, input_shapes: dict) -> list[str]:
     prepared, shapes = prepare(model, input_shapes)
     low = Lowering(prepared, shapes, emit=False)
     low.run()
-    return _format(low.problems)
+    return problem_list(low.problems)
 
 
-def _format(problems) -> list[str]:
-    """'Op (reason) xN' per (op, reason) of ``problems`` (a Counter, or [op, reason, n] rows)."""
-    rows = problems.items() if hasattr(problems, "items") else [((op, why), n) for op, why, n in problems]
-    return [f"{op} ({why}) x{n}" if n > 1 else f"{op} ({why})" for (op, why), n in rows]
+def _rows(problems) -> list[tuple[str, str, int]]:
+    """(op, reason, count) of ``problems``: a Counter by (op, reason), or the plan's [op, reason, n]."""
+    if hasattr(problems, "items"):
+        return [(op, why, n) for (op, why), n in problems.items()]
+    return [(op, why, n) for op, why, n in problems]
+
+
+def problem_list(problems) -> list[str]:
+    """'Op (reason) xN' per host-run op kind: what `unsupported_ops` returns."""
+    return [f"{op} ({why}) x{n}" if n > 1 else f"{op} ({why})" for op, why, n in _rows(problems)]
 
 
 def refusal(problems) -> UnsupportedError:
     """The one-line error of a strict build of a model with host-run ops."""
-    probs = _format(problems)
+    probs = problem_list(problems)
     return UnsupportedError(f"the TVM backend cannot emit {len(probs)} op kind(s): " + "; ".join(probs))
 
 
 def host_report(problems) -> list[str]:
-    """The build report's line per host-run op: 'LayerNormalization x13: no TVM emitter'."""
-    rows = problems.items() if hasattr(problems, "items") else [((op, why), n) for op, why, n in problems]
-    return [f"{op} x{n}: {why}" if n > 1 else f"{op}: {why}" for (op, why), n in rows]
+    """The build report's line per host-run op kind: 'LayerNormalization x13: no TVM emitter'."""
+    return [f"{op} x{n}: {why}" if n > 1 else f"{op}: {why}" for op, why, n in _rows(problems)]
 
 
 def lower(model: Model, input_shapes: dict, lanes: int, strict: bool = False) -> Lowered:

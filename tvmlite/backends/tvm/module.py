@@ -302,9 +302,9 @@ class CompiledModel:
     @property
     def unsupported(self) -> list[str]:
         """What `unsupported_ops` says of the built graph: each host-run op as 'Op (reason) xN'."""
-        from tvmlite.backends.tvm.lower import _format
+        from tvmlite.backends.tvm.lower import problem_list
 
-        return _format(self.plan.get("host_ops", []))
+        return problem_list(self.plan.get("host_ops", []))
 
     def set_inputs(self, feeds: dict) -> None:
         for name, t in zip(self.input_names, self._inputs):
@@ -317,7 +317,7 @@ class CompiledModel:
             if t is None:  # read by host calls only
                 self._env[name] = np.array(a, dtype=self.input_dtypes[name])
             else:
-                t.copyfrom(np.ascontiguousarray(a, dtype=np.float32))
+                t.copyfrom(np.asarray(a, dtype=np.float32, order="C"))  # ascontiguousarray makes 0-d 1-d
 
     def execute(self) -> None:
         for fn, args in self._calls:
