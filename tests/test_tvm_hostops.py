@@ -240,7 +240,7 @@ def _tamper(plan, what):
     ("foreign attribute", "the kernel takes no attribute 'mode'"),
     ("unmade value", "reads 'nowhere', which nothing made before it"),
     ("bad host index", "host call 99 names no host segment"),
-    ("attribute type", "is not a int value"),
+    ("attribute type", "'zero' does not fit its type 'int'"),
 ])
 def test_tampered_host_nodes_are_refused(artifacts, tmp_path, what, message):
     so = _copy(artifacts, "mixed", tmp_path)

@@ -226,7 +226,8 @@ def _io_counts(op, version) -> tuple[int, float, int, float]:
     import onnx
 
     try:
-        s = onnx.defs.get_schema(op.op_type, version or 1, op.domain)
+        s = (onnx.defs.get_schema(op.op_type, version, op.domain) if version is not None
+             else onnx.defs.get_schema(op.op_type, op.domain))
         return s.min_input, s.max_input, s.min_output, s.max_output
     except Exception:  # noqa: BLE001 - no ONNX schema (tvmlite's own and contrib ops)
         pass
@@ -250,7 +251,7 @@ def _check_attr(a, where: str, consts: dict, path: str) -> None:
     _need(isinstance(values, list), path, f"{where}: a {kind} attribute needs a list")
     _need(len(values) <= MAX_ATTR_ITEMS, path, f"{where} has {len(values):,} items (at most {MAX_ATTR_ITEMS:,})")
     for x in values:
-        _need(isinstance(x, item) and not isinstance(x, bool), path, f"{where}: {x!r:.40} is not a {kind} value")
+        _need(isinstance(x, item) and not isinstance(x, bool), path, f"{where}: {x!r:.40} does not fit its type {kind!r}")
         if isinstance(x, str):
             _need(len(x) <= MAX_ATTR_ITEMS, path,
                   f"{where}: a string of {len(x):,} characters (at most {MAX_ATTR_ITEMS:,})")

@@ -30,7 +30,7 @@ from tvmlite.backends.tvm.prepare import ONNX, prepare
 from tvmlite.errors import UnsupportedError
 from tvmlite.inputs import graph_inputs
 from tvmlite.ir.graph import Model, Node
-from tvmlite.ops.registry import lookup as lookup_kernel
+from tvmlite.ops.registry import canonical_domain, lookup as lookup_kernel
 
 
 @dataclass
@@ -194,10 +194,11 @@ class Lowering:
     def host(self, node: Node, reason: str) -> None:
         """``node`` runs as a host call (its NumPy kernel) at its place in the run order."""
         self.problems[(node.op_type, reason)] += 1
-        domain = "" if node.domain in ONNX else node.domain
-        if lookup_kernel(node.op_type, domain, self.m.opsets.get(domain)) is None:
+        domain = canonical_domain(node.domain)
+        version = opset_versions(self.m.opsets).get(domain)
+        if lookup_kernel(node.op_type, domain, version) is None:
             name = f"{domain}::{node.op_type}" if domain else node.op_type
-            self.unrunnable[f"{name} (opset {self.m.opsets.get(domain, '?')})"] += 1
+            self.unrunnable[f"{name} (opset {version if version is not None else '?'})"] += 1
         self.keys.append(self.pos[node])
         self.kernels.append(_HostNode(node, reason))
 
@@ -217,6 +218,11 @@ class Lowering:
         if em is None:
             raise UnsupportedError("no TVM emitter")
         em.fn(self, node)
+
+
+def opset_versions(opsets: dict) -> dict[str, int]:
+    """The model's opsets by canonical domain ("ai.onnx" is "", as the registry keys them)."""
+    return {canonical_domain(d): int(v) for d, v in opsets.items()}
 
 
 def _segments(g, entries: list, views: dict) -> list:

@@ -76,7 +76,7 @@ def prune_cache(keep=None, max_bytes: int | None = None) -> None:
 # -------------------------------------------------------------------------------------------- build
 def plan_of(low) -> tuple[dict, dict]:
     """The run plan (JSON-able) and constant arrays of a lowered graph."""
-    from tvmlite.backends.tvm.lower import HostSegment
+    from tvmlite.backends.tvm.lower import HostSegment, opset_versions
 
     buffers: dict[str, dict] = {}
     consts: dict[str, np.ndarray] = {}
@@ -141,7 +141,7 @@ def plan_of(low) -> tuple[dict, dict]:
             "outputs": outputs, "buffers": buffers, "calls": calls}
     if host_specs:
         plan["host"] = host_specs
-        plan["opsets"] = {d: int(v) for d, v in low.model.opsets.items()}
+        plan["opsets"] = opset_versions(low.model.opsets)
         plan["host_ops"] = low.host_problems
     return plan, consts
 
