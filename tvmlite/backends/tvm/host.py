@@ -26,8 +26,7 @@ from tvmlite.errors import TvmliteError, UnsupportedError
 from tvmlite.export.onnx_export import export_graph
 from tvmlite.frontend.onnx_import import import_graph
 from tvmlite.ir.graph import Graph
-
-ONNX = ("", "ai.onnx")
+from tvmlite.ops.registry import canonical_domain
 
 
 # -------------------------------------------------------------------------------------------- build
@@ -42,7 +41,7 @@ def segment_spec(seg, low, buffers: dict, host_made: set, index: int) -> tuple[d
         c = g.const_value(name)
         if c is not None:
             key = f"host{index}.c{len(consts)}"
-            arrays[key] = _storable(c, name)
+            arrays[key] = storable(c, name)
             consts[name] = key
             continue
         root = low.views.get(name, name)
@@ -53,7 +52,7 @@ def segment_spec(seg, low, buffers: dict, host_made: set, index: int) -> tuple[d
     for i, (node, why) in enumerate(zip(seg.nodes, seg.reasons)):
         attrs = {k: _attr_spec(node, k, v, arrays, f"host{index}.n{i}.{j}")
                  for j, (k, v) in enumerate(node.attrs.items())}
-        nodes.append({"op_type": node.op_type, "domain": "" if node.domain in ONNX else node.domain,
+        nodes.append({"op_type": node.op_type, "domain": canonical_domain(node.domain),
                       "name": node.name, "inputs": list(node.inputs), "outputs": list(node.outputs),
                       "attrs": attrs, "reason": why})
     spec = {"nodes": nodes, "inputs": list(seg.inputs), "outputs": list(seg.outputs),
@@ -61,7 +60,7 @@ def segment_spec(seg, low, buffers: dict, host_made: set, index: int) -> tuple[d
     return spec, arrays
 
 
-def _storable(arr, what: str) -> np.ndarray:
+def storable(arr, what: str) -> np.ndarray:
     """``arr`` as the .npz stores it without pickles: strings as fixed-width unicode."""
     arr = np.asarray(arr)
     if arr.dtype == object:
@@ -85,7 +84,7 @@ def _attr_spec(node, name: str, value, arrays: dict, key: str) -> dict:
         arrays[key] = _bytes_array(value.SerializeToString())
         return {"type": "type_proto", "npz": key}
     if isinstance(value, np.ndarray):
-        arrays[key] = _storable(value, where)
+        arrays[key] = storable(value, where)
         return {"type": "tensor", "npz": key}
     if isinstance(value, bytes):
         return {"type": "bytes", "value": value.hex()}
@@ -103,7 +102,7 @@ def _attr_spec(node, name: str, value, arrays: dict, key: str) -> dict:
             return {"type": "graphs", "npz": [f"{key}.{i}" for i in range(len(items))]}
         if items and all(isinstance(v, np.ndarray) for v in items):
             for i, v in enumerate(items):
-                arrays[f"{key}.{i}"] = _storable(v, where)
+                arrays[f"{key}.{i}"] = storable(v, where)
             return {"type": "tensors", "npz": [f"{key}.{i}" for i in range(len(items))]}
         if all(isinstance(v, str) for v in items) and items:
             return {"type": "strings", "value": items}
@@ -131,9 +130,9 @@ def attr_value(spec: dict, arrays: dict, graph):
     if kind == "bytes":
         return bytes.fromhex(spec["value"])
     if kind == "tensor":
-        return _loaded(arrays[spec["npz"]])
+        return loaded(arrays[spec["npz"]])
     if kind == "tensors":
-        return [_loaded(arrays[k]) for k in spec["npz"]]
+        return [loaded(arrays[k]) for k in spec["npz"]]
     if kind == "graph":
         return import_graph(_parse(onnx.GraphProto, arrays[spec["npz"]]), graph)
     if kind == "graphs":
@@ -143,7 +142,8 @@ def attr_value(spec: dict, arrays: dict, graph):
     raise TvmliteError(f"unknown attribute type {kind!r}")
 
 
-def _loaded(arr: np.ndarray) -> np.ndarray:
+def loaded(arr: np.ndarray) -> np.ndarray:
+    """A stored array as tvmlite's kernels take it: strings back as an object array."""
     return arr.astype(object) if arr.dtype.kind == "U" else arr
 
 
@@ -160,7 +160,7 @@ def segment_graph(spec: dict, arrays: dict):
     """The stored segment as a tvmlite Graph: its inputs, constants, nodes and outputs."""
     g = Graph("host_segment")
     for name, key in spec["consts"].items():
-        g.add_initializer(name, _loaded(arrays[key]))
+        g.add_initializer(name, loaded(arrays[key]))
     for name in spec["inputs"]:
         if name not in spec["consts"]:
             g.add_input(name)

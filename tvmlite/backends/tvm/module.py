@@ -127,7 +127,7 @@ def plan_of(low) -> tuple[dict, dict]:
     for o in low.outputs:
         if o in low.consts:
             cname = f"output.{o}"
-            consts[cname] = host._storable(low.consts[o], f"output {o!r}")
+            consts[cname] = host.storable(low.consts[o], f"output {o!r}")
             outputs.append({"name": o, "buffer": cname, "shape": list(np.shape(low.consts[o])), "const": True})
         elif o in host_made or o in host_inputs:
             outputs.append({"name": o, "host": True})
@@ -332,7 +332,7 @@ class CompiledModel:
                 v = self._env[o["name"]]
                 out.append(np.array(v) if isinstance(v, np.ndarray) else v)
             else:
-                out.append(host._loaded(np.array(self._consts[o["buffer"]])) if t is None else t.numpy())
+                out.append(host.loaded(np.array(self._consts[o["buffer"]])) if t is None else t.numpy())
         return out
 
     def profile(self, feeds: dict, repeats: int = 10) -> list[tuple[str, str, float]]:
