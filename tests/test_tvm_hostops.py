@@ -17,6 +17,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
+from real_graphs import vad
 from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
 
 require_tvm()
@@ -27,6 +28,7 @@ from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
 from tvmlite.cli import main  # noqa: E402
 from tvmlite.errors import UnsupportedError  # noqa: E402
 from tvmlite.frontend import load  # noqa: E402
+from tvmlite.inputs import random_inputs  # noqa: E402
 
 MODELS = __import__("pathlib").Path(__file__).resolve().parent.parent / "models"
 
@@ -290,3 +292,16 @@ def test_scalar_inputs_and_a_scalar_constant_first():
     cm = compile_model(model)
     assert cm.host_ops == ["Cast: dtype int64 (only float32 is emitted)"]
     _check_close(dict(zip(cm.output_names, cm.run(feeds))), run_model(model, feeds))
+
+
+def test_loop_and_if_bodies_run_from_the_library(tmp_path):
+    """Silero-VAD-like graph (tests/real_graphs.py): If on the sample rate, a Loop over frames whose
+    trip count is int64 shape arithmetic; the bodies travel as GraphProto bytes in the .npz."""
+    proto, shapes = vad()
+    model = load(proto)
+    feeds = random_inputs(model, shapes, seed=0)
+    cm = compile_model(model, {k: v.shape for k, v in feeds.items()})
+    assert {"If: control flow", "Loop: control flow"} <= set(cm.host_ops)
+    cm.save(str(tmp_path / "vad.so"))
+    ref = run_model(model, feeds)
+    _check_close(dict(zip(cm.output_names, load_module(str(tmp_path / "vad.so")).run(feeds))), ref)
