@@ -16,7 +16,7 @@ import sys
 import click
 import numpy as np
 
-from tvmlite.cli_checks import check_budgets, check_pass_spec_text, command_outputs, load_labels
+from tvmlite.cli_checks import built_feeds, check_budgets, check_pass_spec_text, command_outputs, load_labels
 from tvmlite.errors import TvmliteError
 
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2..",
@@ -147,13 +147,13 @@ def run(model, backend, inputs, shapes, output, repeats):
 
         if model.endswith(".so"):  # a library from 'tvmlite build': no ONNX model needed
             built, backend = load_module(model), "tvm"
-            feeds = _built_feeds(built, inputs)
+            feeds = built_feeds(built, inputs)
         else:
             m = load(model)
             feeds = prepare_inputs(m, inputs, parse_shape_overrides(shapes))
             built = tvm_compile(m, {k: np.shape(v) for k, v in feeds.items()})
             click.echo(f"TVM build: {built.build_seconds:.2f} s{' (cached)' if built.cached else ''}, "
-                       f"{built.kernel_count} kernels", err=True)
+                       f"{built.summary}" + (f" (host-run: {'; '.join(built.host_ops)})" if built.host_ops else ""), err=True)
         names = built.output_names
 
         def go():
@@ -343,7 +343,9 @@ def list_passes():
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="The library to write (NAME.so; NAME.so.json and NAME.so.npz go beside it).")
 @shape_option
-def build(model, output, shapes):
+@click.option("--strict", is_flag=True, help="Refuse a model with ops the TVM backend has no kernel for "
+              "(by default they run on the host, by their NumPy kernels, inside the built plan).")
+def build(model, output, shapes, strict):
     """Build MODEL with the TVM backend into a library for this CPU ('tvmlite run NAME.so' runs it)."""
     from tvmlite.backends.tvm import compile_model as tvm_compile
     from tvmlite.frontend import load
@@ -354,11 +356,13 @@ def build(model, output, shapes):
     txn = command_outputs(model)
     for path, what in ((output, "-o"), (output + ".json", "run plan"), (output + ".npz", "constants")):
         txn.file(path, what)
-    built = tvm_compile(load(model), parse_shape_overrides(shapes))
+    built = tvm_compile(load(model), parse_shape_overrides(shapes), strict=strict)
     built.save(output, outputs=txn)
     txn.commit()
-    click.echo(f"built {output} ({built.kernel_count} kernels) in {built.build_seconds:.2f} s"
+    click.echo(f"built {output} ({built.summary}) in {built.build_seconds:.2f} s"
                f"{' (from the build cache)' if built.cached else ''}")
+    for line in built.host_ops:
+        click.echo(f"  host-run: {line}")
 
 
 @cli.command(name="emit-tvm")
@@ -377,17 +381,6 @@ def emit_tvm(model, output, shapes):
     paths = emit_tvmscript(load(model), output, parse_shape_overrides(shapes), outputs=txn)
     txn.commit()
     click.echo(f"wrote {len(paths)} kernels to {output} (index.txt lists them in run order)")
-
-
-def _built_feeds(built, inputs) -> dict:
-    """Feeds for a TVM library: the --inputs file, else seeded random data of the built shapes."""
-    from tvmlite.inputs import load_npz
-
-    if inputs:
-        data = load_npz(inputs)
-        return {n: data[n] for n in built.input_names if n in data}
-    rng = np.random.default_rng(0)
-    return {n: rng.standard_normal(built.input_shapes[n]).astype(np.float32) for n in built.input_names}
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -103,3 +103,15 @@ def interrupted() -> int:
     sig = outputs.received_signal or signal.SIGINT
     print(f"tvmlite: {'terminated (SIGTERM)' if sig == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
     return 128 + int(sig)
+
+
+def built_feeds(built, inputs) -> dict:
+    """Feeds for a TVM library: the --inputs file, else seeded random data of the built shapes and
+    dtypes."""
+    from tvmlite.inputs import load_npz, random_array
+
+    if inputs:
+        data = load_npz(inputs)
+        return {n: data[n] for n in built.input_names if n in data}
+    rng = np.random.default_rng(0)
+    return {n: random_array(rng, built.input_shapes[n], built.input_dtypes[n], n) for n in built.input_names}

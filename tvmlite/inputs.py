@@ -95,17 +95,22 @@ def random_inputs(model: Model, shapes: dict | None = None, seed: int = 0) -> di
             shape = v.shape
         shape = tuple(d if isinstance(d, int) and d > 0 else 1 if i == 0 else DEFAULT_SYMBOLIC_DIM
                       for i, d in enumerate(shape))
-        dt = v.dtype
-        if dt.kind == "f":
-            feeds[name] = rng.standard_normal(shape).astype(dt)
-        elif dt.kind in "iu":
-            feeds[name] = rng.integers(0, 10, size=shape).astype(dt)
-        elif dt.kind == "b":
-            feeds[name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            raise InputError(f"input {name!r} of dtype {dt} cannot be made at random: use --inputs")
+        feeds[name] = random_array(rng, shape, v.dtype, name)
     check_feeds(model, feeds)
     return feeds
+
+
+def random_array(rng, shape, dt, name: str) -> np.ndarray:
+    """Random data for input ``name``: normal floats, integers 0..9 (in range of small tables and
+    index sets), random bools."""
+    dt = np.dtype(dt)
+    if dt.kind == "f":
+        return rng.standard_normal(shape).astype(dt)
+    if dt.kind in "iu":
+        return rng.integers(0, 10, size=shape).astype(dt)
+    if dt.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    raise InputError(f"input {name!r} of dtype {dt} cannot be made at random: use --inputs")
 
 
 def read_feeds(model: Model, inputs) -> dict:

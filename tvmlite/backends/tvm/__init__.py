@@ -3,6 +3,7 @@ module for the host CPU.
 
     from tvmlite.backends.tvm import compile_model
     cm = compile_model(model, {"input": (1, 1, 32, 32)})   # cached by graph hash
+    cm.host_ops                                             # ops run as host calls, and why
     outputs = cm.run(feeds)
     cm.save("model.so")                                     # + model.so.json, model.so.npz
     load_module("model.so").run(feeds)
@@ -31,7 +32,8 @@ def emit_tvmscript(model, out_dir, input_shapes=None, **kw):
 
 
 def unsupported_ops(model, input_shapes=None) -> list[str]:
-    """Ops the backend cannot emit ('Op (reason) xN'); empty when it can build the model."""
+    """Ops the backend has no kernel for, which a build runs as host calls ('Op (reason) xN');
+    empty when every node becomes a TVM kernel (what ``strict=True`` requires)."""
     from tvmlite.backends.tvm.lower import unsupported_ops as _unsupported
     from tvmlite.backends.tvm.module import _static_inputs
 

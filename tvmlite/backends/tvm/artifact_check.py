@@ -6,6 +6,9 @@ file), and garbage JSON surfaced as an internal error. So, before TVM sees the f
 - the JSON is parsed and checked against the plan's schema (types, names that exist, every
   buffer's size within :mod:`tvmlite.limits`, every view the size of its buffer);
 - the .npz is read without pickles and must hold every constant the calls name, in its shape;
+- host calls (nodes run by their NumPy kernels, see host.py) must name ops the registry has for
+  the plan's opsets, with an input and output count the op allows, attributes it accepts, of
+  bounded size (`MAX_ATTR_ITEMS`), and read only values that exist by then;
 - the .so must be a complete ELF file (its program and section headers, and every segment they
   describe, inside the file) and, when the plan records ``lib_sha256`` (and ``lib_bytes``), have
   exactly that size and SHA-256.
@@ -23,6 +26,16 @@ import numpy as np
 
 from tvmlite import limits
 from tvmlite.errors import TvmliteError
+from tvmlite.ops.registry import lookup
+
+#: the most items (list elements, string characters) one host node's attribute may have in the
+#: JSON plan; tensors and subgraphs live in the .npz, checked against the tensor limits
+MAX_ATTR_ITEMS = 1 << 16
+_ATTR_TYPES = {"int": int, "float": (int, float), "string": str, "bytes": str, "ints": int,
+               "floats": (int, float), "strings": str, "tensor": None, "tensors": None, "graph": None,
+               "graphs": None, "type_proto": None}
+_INPUT_DTYPES = ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8",
+                 "uint16", "uint32", "uint64", "bool", "object")  # object: ONNX strings
 
 
 class ArtifactError(TvmliteError):
@@ -69,14 +82,26 @@ def _check_schema(plan: dict, path: str) -> None:
     for i in plan["inputs"]:
         _need(isinstance(i, dict) and isinstance(i.get("name"), str) and _is_shape(i.get("shape")),
               path, f"input entry {i!r} needs a name and a shape")
-        _need(i["name"] in buffers and buffers[i["name"]]["shape"] == i["shape"], path,
-              f"input {i['name']!r} has no buffer of its shape")
+        _need(i.get("dtype", "float32") in _INPUT_DTYPES, path, f"input {i['name']!r} has dtype "
+              f"{i.get('dtype')!r}, not one of {', '.join(_INPUT_DTYPES)}")
+        limits.check_tensor(i["shape"], np.dtype(i.get("dtype", "float32")), f"{path}: input {i['name']!r}")
+        if i.get("dtype", "float32") == "float32":
+            _need(i["name"] in buffers and buffers[i["name"]]["shape"] == i["shape"], path,
+                  f"input {i['name']!r} has no buffer of its shape")
     for o in plan["outputs"]:
-        _need(isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("buffer"), str)
-              and _is_shape(o.get("shape")), path, f"output entry {o!r} needs a name, a buffer and a shape")
+        _need(isinstance(o, dict) and isinstance(o.get("name"), str), path, f"output entry {o!r} needs a name")
+        if o.get("host"):
+            continue
+        _need(isinstance(o.get("buffer"), str) and _is_shape(o.get("shape")), path,
+              f"output entry {o!r} needs a buffer and a shape")
         if not o.get("const"):
             _view_fits(buffers, o["buffer"], o["shape"], path, f"output {o['name']!r}")
+    n_host = len(plan["host"]) if isinstance(plan.get("host"), list) else 0
     for c in plan["calls"]:
+        if isinstance(c, dict) and "host" in c:
+            _need(isinstance(c["host"], int) and not isinstance(c["host"], bool) and 0 <= c["host"] < n_host,
+                  path, f"host call {c['host']!r} names no host segment of the plan")
+            continue
         _need(isinstance(c, dict) and isinstance(c.get("func"), str) and isinstance(c.get("args"), list),
               path, f"call entry needs 'func' and 'args'")
         for a in c["args"]:
@@ -106,7 +131,7 @@ def read_consts(path: str, plan: dict) -> dict:
         raise ArtifactError(f"{path}: not a readable .npz of constants ({msg})") from None
     buffers = plan["buffers"]
     for c in plan["calls"]:
-        for name, shape in c["args"]:
+        for name, shape in c.get("args", ()):
             if name in consts:
                 _need(int(np.prod(consts[name].shape)) == int(np.prod(shape)), path,
                       f"constant {name!r} has shape {list(consts[name].shape)}, call "
@@ -116,7 +141,129 @@ def read_consts(path: str, plan: dict) -> dict:
     for o in plan["outputs"]:
         if o.get("const"):
             _need(o["buffer"] in consts, path, f"constant output {o['name']!r} is missing")
+    for name, arr in consts.items():
+        limits.check_tensor(arr.shape, arr.dtype, f"{path}: constant {name!r}")
+    check_host(plan, consts, path[:-4] + ".json")
     return consts
+
+
+# ---------------------------------------------------------------------------------------- host calls
+def check_host(plan: dict, consts: dict, path: str) -> None:
+    """The host segments of ``plan`` (see host.py), in run order: known ops, counts, attributes,
+    and values that exist before they are read."""
+    segs = plan.get("host", [])
+    _need(isinstance(segs, list), path, "'host' must be a JSON list")
+    if not segs:
+        return
+    opsets = plan.get("opsets")
+    _need(isinstance(opsets, dict) and all(isinstance(k, str) and isinstance(v, int) for k, v in opsets.items()),
+          path, "'opsets' must map domains to versions")
+    host_values = {i["name"] for i in plan["inputs"] if i.get("dtype", "float32") != "float32"}
+    for c in plan["calls"]:
+        if "host" in c:
+            _check_segment(segs[c["host"]], c["host"], plan["buffers"], consts, opsets, host_values, path)
+    for o in plan["outputs"]:
+        if o.get("host"):
+            _need(o["name"] in host_values, path, f"output {o['name']!r} is made by no host call")
+
+
+def _names(v) -> bool:
+    return isinstance(v, list) and all(isinstance(n, str) for n in v)
+
+
+def _check_segment(seg, i: int, buffers: dict, consts: dict, opsets: dict, host_values: set, path: str) -> None:
+    where = f"host segment {i}"
+    _need(isinstance(seg, dict) and isinstance(seg.get("nodes"), list) and seg["nodes"]
+          and _names(seg.get("inputs")) and _names(seg.get("outputs")) and all(
+              isinstance(seg.get(k), dict) for k in ("reads", "consts", "writes")),
+          path, f"{where} needs nodes, inputs, outputs, reads, consts and writes")
+    for name, view in list(seg["reads"].items()) + list(seg["writes"].items()):
+        _need(isinstance(view, list) and len(view) == 2 and isinstance(view[0], str) and _is_shape(view[1]),
+              path, f"{where}: {name!r} is not [buffer, shape]")
+        _view_fits(buffers, view[0], view[1], path, f"{where} value {name!r}")
+    for name, key in seg["consts"].items():
+        _need(isinstance(key, str) and key in consts, path, f"{where}: constant {name!r} is not in the .npz")
+    known = set(seg["inputs"])
+    for name in seg["inputs"]:
+        _need(name in seg["reads"] or name in seg["consts"] or name in host_values, path,
+              f"{where} reads {name!r}, which nothing made before it")
+    for j, nd in enumerate(seg["nodes"]):
+        _check_node(nd, f"{where} node {j}", consts, opsets, known, path)
+        known.update(o for o in nd["outputs"] if o)
+    for name in seg["outputs"]:
+        _need(name in known, path, f"{where}: output {name!r} is made by none of its nodes")
+    for name in seg["writes"]:
+        _need(name in seg["outputs"], path, f"{where} writes {name!r}, which is not one of its outputs")
+    host_values.update(seg["outputs"])
+
+
+def _check_node(nd, where: str, consts: dict, opsets: dict, known: set, path: str) -> None:
+    _need(isinstance(nd, dict) and all(isinstance(nd.get(k), str) for k in ("op_type", "domain", "name"))
+          and _names(nd.get("inputs")) and _names(nd.get("outputs")) and isinstance(nd.get("attrs"), dict),
+          path, f"{where} needs op_type, domain, name, inputs, outputs and attrs")
+    op_type, domain = nd["op_type"], nd["domain"]
+    where = f"{where} ({op_type})"
+    version = opsets.get(domain)
+    op = lookup(op_type, domain, version)
+    _need(op is not None, path, f"{where}: tvmlite has no kernel for {domain + '::' if domain else ''}"
+                                f"{op_type} at opset {version}")
+    lo, hi, out_lo, out_hi = _io_counts(op, version)
+    n_in, n_out = len(nd["inputs"]), len(nd["outputs"])
+    _need(lo <= n_in <= hi, path, f"{where} has {n_in} inputs, the op takes {lo} to {hi}")
+    _need(out_lo <= n_out <= out_hi, path, f"{where} has {n_out} outputs, the op makes {out_lo} to {out_hi}")
+    for name in nd["inputs"]:
+        _need(not name or name in known, path, f"{where} reads {name!r} before it is made")
+    for name, a in nd["attrs"].items():
+        _need(op.attrs is None or name in op.attrs, path, f"{where}: the kernel takes no attribute {name!r}")
+        _check_attr(a, f"{where} attribute {name!r}", consts, path)
+
+
+def _io_counts(op, version) -> tuple[int, float, int, float]:
+    """The input and output counts ``op`` allows: ONNX's schema where there is one, else the
+    kernel's positional parameters."""
+    import inspect
+
+    import onnx
+
+    try:
+        s = (onnx.defs.get_schema(op.op_type, version, op.domain) if version is not None
+             else onnx.defs.get_schema(op.op_type, op.domain))
+        return s.min_input, s.max_input, s.min_output, s.max_output
+    except Exception:  # noqa: BLE001 - no ONNX schema (tvmlite's own and contrib ops)
+        pass
+    params = list(inspect.signature(op.kernel).parameters.values())[1 if op.needs_ctx else 0:]
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 0, float("inf"), 1, float("inf")
+    pos = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    return sum(p.default is inspect.Parameter.empty for p in pos), len(pos), 1, float("inf")
+
+
+def _check_attr(a, where: str, consts: dict, path: str) -> None:
+    _need(isinstance(a, dict) and a.get("type") in _ATTR_TYPES, path, f"{where} has no known type")
+    kind, item = a["type"], _ATTR_TYPES[a["type"]]
+    if item is None:  # stored in the .npz
+        keys = a.get("npz") if kind in ("tensors", "graphs") else [a.get("npz")]
+        _need(_names(keys) and len(keys) <= MAX_ATTR_ITEMS and all(k in consts for k in keys), path,
+              f"{where}: its .npz entry is missing")
+        return
+    v = a.get("value")
+    values = v if kind in ("ints", "floats", "strings") else [v]
+    _need(isinstance(values, list), path, f"{where}: a {kind} attribute needs a list")
+    _need(len(values) <= MAX_ATTR_ITEMS, path, f"{where} has {len(values):,} items (at most {MAX_ATTR_ITEMS:,})")
+    for x in values:
+        _need(isinstance(x, item) and not isinstance(x, bool), path, f"{where}: {x!r:.40} does not fit its type {kind!r}")
+        if isinstance(x, str):
+            _need(len(x) <= MAX_ATTR_ITEMS, path,
+                  f"{where}: a string of {len(x):,} characters (at most {MAX_ATTR_ITEMS:,})")
+            _need(kind != "bytes" or _is_hex(x), path, f"{where}: not hex digits")
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_library(path: str, plan: dict) -> None:

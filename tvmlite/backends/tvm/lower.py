@@ -1,4 +1,4 @@
-"""From a tvmlite Graph to TVM kernels: prepare, walk, fuse, ask the emitter registry.
+"""From a tvmlite Graph to TVM kernels and host calls: prepare, walk, fuse, ask the emitter registry.
 
 `prepare` (prepare.py) fixes the input shapes and folds constants, Shape arithmetic and
 BatchNormalization. `Lowering.run` walks the result in topological order and asks
@@ -6,10 +6,13 @@ BatchNormalization. `Lowering.run` walks the result in topological order and ask
 modules of emitters/): an anchor (Conv, Gemm, MatMul, pool, softmax, reduction, or the first of
 a run of elementwise ops) becomes a kernel, a view (Reshape, Flatten, ...) shares its input's
 buffer. Elementwise ops that follow an anchor through a value nobody else reads become the
-anchor's epilogue (fusion.py). A node without an emitter, or one its emitter refuses, is a
-problem: the build report names each op and reason.
+anchor's epilogue (fusion.py). A node without an emitter, or one its emitter refuses (another
+dtype than float32, control flow, a shape known only at run time, ...), runs as a host call: its
+NumPy kernel from the op registry, between the TVM kernels; consecutive host nodes form one
+`HostSegment` (host.py runs them). The build report names each host-run op and why; ``strict``
+refuses such a model instead, with every reason in one line.
 
-`unsupported_ops` lists every node the backend cannot emit (op and reason) in one pass, without
+`unsupported_ops` lists every node that would be host-run (op and reason) in one pass, without
 importing TVM's compiler.
 """
 from __future__ import annotations
@@ -27,6 +30,16 @@ from tvmlite.backends.tvm.prepare import ONNX, prepare
 from tvmlite.errors import UnsupportedError
 from tvmlite.inputs import graph_inputs
 from tvmlite.ir.graph import Model, Node
+from tvmlite.ops.registry import canonical_domain, lookup as lookup_kernel
+
+
+@dataclass
+class HostSegment:
+    """Consecutive nodes without a TVM kernel, run on the host by their NumPy kernels."""
+    nodes: list                                       # Node, in run order
+    reasons: list                                     # why each one is host-run
+    inputs: list = field(default_factory=list)        # values read from outside (subgraphs' too)
+    outputs: list = field(default_factory=list)       # values read after it, or graph outputs
 
 
 @dataclass
@@ -35,8 +48,17 @@ class Lowered:
     views: dict = field(default_factory=dict)         # value -> value whose buffer it shares
     shapes: dict = field(default_factory=dict)
     consts: dict = field(default_factory=dict)        # graph outputs that are constants
-    inputs: list = field(default_factory=list)
+    inputs: list = field(default_factory=list)        # (name, shape, dtype)
     outputs: list = field(default_factory=list)
+    order: list = field(default_factory=list)         # KernelDef and HostSegment in run order
+    model: Model | None = None                        # the prepared model the nodes belong to
+    host_problems: list = field(default_factory=list)  # [op, reason, count] of host-run nodes
+
+
+@dataclass
+class _HostNode:
+    node: Node
+    reason: str
 
 
 class Lowering:
@@ -51,7 +73,9 @@ class Lowering:
         self.lanes = lanes
         self.emit = emit  # False: only check what can be emitted (no TVM needed)
         self.absorbed: set = set()
-        self.problems: collections.Counter = collections.Counter()
+        self.taken: list = []  # nodes absorbed into epilogues, in order (undone when a node fails)
+        self.problems: collections.Counter = collections.Counter()  # (op, reason) -> host-run nodes
+        self.unrunnable: collections.Counter = collections.Counter()  # no NumPy kernel either
         self.kernels: list = []
         self.keys: list = []
         self.views: dict[str, str] = {}
@@ -85,6 +109,9 @@ class Lowering:
             if c.dtype.kind != "f":
                 raise UnsupportedError(f"non-float operand {name!r}")
             return ("const", c.astype(np.float32))
+        dt = self.g.value(name).dtype
+        if dt is not None and np.dtype(dt) != np.float32:
+            raise UnsupportedError(f"dtype {np.dtype(dt)} operand (only float32 is emitted)")
         return ("value", name, self.shape(name))
 
     def const_input(self, node: Node, index: int, what: str, required: bool = False):
@@ -104,6 +131,7 @@ class Lowering:
         """(Epilogue, value the kernel writes, labels of the nodes fused) for ``node``'s output."""
         out = node.outputs[0]
         epi, final, taken = fusion.absorb(self, out, self.shape(out))
+        self.taken.extend(taken)
         return epi, final, [n.label for n in taken]
 
     def add(self, kd_factory, node: Node, out: str, epi_nodes=(), key=None):
@@ -126,36 +154,61 @@ class Lowering:
                 continue
             if node.op_type == "Constant" and node.domain in ONNX:
                 continue
+            mark = (len(self.kernels), len(self.keys), len(self.taken))
             try:
-                if node.domain == "tvmlite":
-                    em = lookup(node.domain, node.op_type)
-                    if em is None:
-                        raise UnsupportedError("tvmlite op without a TVM emitter")
-                    self.check_float(node)
-                    em.fn(self, node)
-                    continue
-                if node.domain not in ONNX:
-                    raise UnsupportedError(f"domain {node.domain!r}")
-                if node.subgraphs:
-                    raise UnsupportedError("control flow")
-                if all(self.const(n) is not None for n in node.inputs if n) and node.inputs:
-                    raise UnsupportedError("constant computation left unfolded")
-                self.lower_node(node)
+                self.emit_node(node)
             except UnsupportedError as e:
-                self.problems[f"{node.op_type} ({e})"] += 1
-        if self.problems:
-            return None
+                self._undo(mark)
+                self.host(node, str(e))
+        low = Lowered(views=self.views, shapes=self.shapes, model=self.m)
+        low.host_problems = [[op, why, n] for (op, why), n in self.problems.items()]
         # a fused kernel runs where its last node was: the operands of its epilogue (a residual
         # made by a later branch, say) are ready by then
-        self.kernels = [k for _, k in sorted(zip(self.keys, self.kernels), key=lambda t: t[0])]
-        low = Lowered(self.kernels, self.views, self.shapes)
-        low.inputs = [(n, self.shape(n)) for n in graph_inputs(g)]
+        low.order = _segments(g, [k for _, k in sorted(zip(self.keys, self.kernels), key=lambda t: t[0])],
+                              self.views)
+        low.kernels = [k for k in low.order if not isinstance(k, HostSegment)]
+        low.inputs = [(n, self.shape(n), np.dtype(g.value(n).dtype or np.float32)) for n in graph_inputs(g)]
         low.outputs = list(g.outputs)
         for o in g.outputs:
             c = self.const(o)
             if c is not None:
                 low.consts[o] = c
         return low
+
+    def emit_node(self, node: Node) -> None:
+        if node.domain == "tvmlite":
+            em = lookup(node.domain, node.op_type)
+            if em is None:
+                raise UnsupportedError("tvmlite op without a TVM emitter")
+            self.check_float(node)
+            em.fn(self, node)
+            return
+        if node.domain not in ONNX:
+            raise UnsupportedError(f"domain {node.domain!r}")
+        if node.subgraphs:
+            raise UnsupportedError("control flow")
+        if all(self.const(n) is not None for n in node.inputs if n) and node.inputs:
+            raise UnsupportedError("constant computation left unfolded")
+        self.lower_node(node)
+
+    def host(self, node: Node, reason: str) -> None:
+        """``node`` runs as a host call (its NumPy kernel) at its place in the run order."""
+        self.problems[(node.op_type, reason)] += 1
+        domain = canonical_domain(node.domain)
+        version = opset_versions(self.m.opsets).get(domain)
+        if lookup_kernel(node.op_type, domain, version) is None:
+            name = f"{domain}::{node.op_type}" if domain else node.op_type
+            self.unrunnable[f"{name} (opset {version if version is not None else '?'})"] += 1
+        self.keys.append(self.pos[node])
+        self.kernels.append(_HostNode(node, reason))
+
+    def _undo(self, mark) -> None:
+        """Forget what a node's emitter did before it refused the node (kernels, fused nodes)."""
+        n_kernels, n_keys, n_taken = mark
+        del self.kernels[n_kernels:], self.keys[n_keys:]
+        for n in self.taken[n_taken:]:
+            self.absorbed.discard(n)
+        del self.taken[n_taken:]
 
     def lower_node(self, node: Node) -> None:
         """An ONNX node through its registered emitter."""
@@ -167,23 +220,84 @@ class Lowering:
         em.fn(self, node)
 
 
+def opset_versions(opsets: dict) -> dict[str, int]:
+    """The model's opsets by canonical domain ("ai.onnx" is "", as the registry keys them)."""
+    return {canonical_domain(d): int(v) for d, v in opsets.items()}
+
+
+def _segments(g, entries: list, views: dict) -> list:
+    """``entries`` (kernels and host nodes in run order) with each run of host nodes made one
+    HostSegment, its inputs and outputs found. A host node that reads a view (a Reshape sharing
+    a buffer) of a value its run made starts a new segment: the view is read from the buffer,
+    which the segment before fills."""
+    out: list = []
+    made: set = set()
+    for e in entries:
+        if not isinstance(e, _HostNode):
+            out.append(e)
+            continue
+        if not out or not isinstance(out[-1], HostSegment) or any(
+                views.get(n, n) in made and n not in made
+                for n in list(e.node.inputs) + list(e.node.implicit_inputs) if n):
+            out.append(HostSegment([], []))
+            made = set()
+        made.update(e.node.outputs)
+        out[-1].nodes.append(e.node)
+        out[-1].reasons.append(e.reason)
+    for seg in out:
+        if isinstance(seg, HostSegment):
+            inside = set(seg.nodes)
+            made = {o for n in seg.nodes for o in n.outputs if o}
+            for n in seg.nodes:
+                for name in list(n.inputs) + list(n.implicit_inputs):
+                    if name and name not in made and name not in seg.inputs:
+                        seg.inputs.append(name)
+            seg.outputs = [o for n in seg.nodes for o in n.outputs if o and (
+                o in g.outputs or any(c not in inside for c in g.consumers(o)))]
+    return out
+
+
 def unsupported_ops(model: Model, input_shapes: dict) -> list[str]:
-    """Each op the TVM backend cannot emit, as 'Op (reason) xN', after folding."""
+    """Each op the TVM backend would run as a host call, as 'Op (reason) xN', after folding."""
     prepared, shapes = prepare(model, input_shapes)
     low = Lowering(prepared, shapes, emit=False)
     low.run()
-    return _format(low.problems)
+    return problem_list(low.problems)
 
 
-def _format(problems) -> list[str]:
-    return [f"{p} x{n}" if n > 1 else p for p, n in problems.items()]
+def _rows(problems) -> list[tuple[str, str, int]]:
+    """(op, reason, count) of ``problems``: a Counter by (op, reason), or the plan's [op, reason, n]."""
+    if hasattr(problems, "items"):
+        return [(op, why, n) for (op, why), n in problems.items()]
+    return [(op, why, n) for op, why, n in problems]
 
 
-def lower(model: Model, input_shapes: dict, lanes: int) -> Lowered:
+def problem_list(problems) -> list[str]:
+    """'Op (reason) xN' per host-run op kind: what `unsupported_ops` returns."""
+    return [f"{op} ({why}) x{n}" if n > 1 else f"{op} ({why})" for op, why, n in _rows(problems)]
+
+
+def refusal(problems) -> UnsupportedError:
+    """The one-line error of a strict build of a model with host-run ops."""
+    probs = problem_list(problems)
+    return UnsupportedError(f"the TVM backend cannot emit {len(probs)} op kind(s): " + "; ".join(probs))
+
+
+def host_report(problems) -> list[str]:
+    """The build report's line per host-run op kind: 'LayerNormalization x13: no TVM emitter'."""
+    return [f"{op} x{n}: {why}" if n > 1 else f"{op}: {why}" for op, why, n in _rows(problems)]
+
+
+def lower(model: Model, input_shapes: dict, lanes: int, strict: bool = False) -> Lowered:
+    """The kernels and host segments of ``model``; with ``strict``, UnsupportedError when any
+    node would be host-run. Nodes with neither an emitter nor a NumPy kernel always refuse."""
     prepared, shapes = prepare(model, input_shapes)
     check = Lowering(prepared, shapes, emit=False)  # cheap: report every problem before emitting
     check.run()
-    if check.problems:
-        probs = _format(check.problems)
-        raise UnsupportedError(f"the TVM backend cannot emit {len(probs)} op kind(s): " + "; ".join(probs))
+    if check.unrunnable:
+        probs = [f"{k} x{n}" if n > 1 else k for k, n in check.unrunnable.items()]
+        raise UnsupportedError(f"{len(probs)} op kind(s) have neither a TVM emitter nor a NumPy kernel: "
+                               + "; ".join(probs))
+    if strict and check.problems:
+        raise refusal(check.problems)
     return Lowering(prepared, shapes, lanes=lanes).run()

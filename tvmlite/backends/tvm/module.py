@@ -1,9 +1,10 @@
 """Build the kernels of a graph into one LLVM module for the host, save/load it, run it.
 
 An artifact is three files: ``NAME.so`` (every kernel's PrimFunc in one library), ``NAME.so.json``
-(the run plan: buffers, calls, inputs, outputs) and ``NAME.so.npz`` (the constants, already in
-the packed layouts the schedules expect). `load_module` needs neither the ONNX model nor the
-compiler, only TVM's runtime. Built artifacts are cached by graph hash under $TVMLITE_CACHE
+(the run plan: buffers, calls, inputs, outputs, and the host-run nodes as data: see host.py) and
+``NAME.so.npz`` (the constants, already in the packed layouts the schedules expect, and the host
+nodes' constant inputs, attribute tensors and subgraphs). `load_module` needs neither the ONNX
+model nor the compiler, only TVM's runtime and tvmlite's NumPy kernels. Built artifacts are cached by graph hash under $TVMLITE_CACHE
 (default ~/.cache/tvmlite/tvm).
 """
 from __future__ import annotations
@@ -17,11 +18,11 @@ import time
 
 import numpy as np
 
-from tvmlite.backends.tvm import artifact_check
+from tvmlite.backends.tvm import artifact_check, host
 from tvmlite.backends.tvm.kernels.target import import_tvm
 from tvmlite.errors import InputError, TvmliteError
 
-FORMAT = 1
+FORMAT = 2  # 2: host calls, input dtypes, opsets
 
 
 def cache_dir() -> pathlib.Path:
@@ -75,6 +76,8 @@ def prune_cache(keep=None, max_bytes: int | None = None) -> None:
 # -------------------------------------------------------------------------------------------- build
 def plan_of(low) -> tuple[dict, dict]:
     """The run plan (JSON-able) and constant arrays of a lowered graph."""
+    from tvmlite.backends.tvm.lower import HostSegment, opset_versions
+
     buffers: dict[str, dict] = {}
     consts: dict[str, np.ndarray] = {}
     views = low.views
@@ -82,11 +85,28 @@ def plan_of(low) -> tuple[dict, dict]:
     def root(v):
         return views.get(v, v)
 
-    for name, shape in low.inputs:
-        buffers[name] = {"shape": list(shape), "kind": "input"}
-    calls = []
-    for kd in low.kernels:
-        args = []
+    for name, shape, dtype in low.inputs:
+        if dtype == np.float32:  # other inputs are host values: only host calls read them
+            buffers[name] = {"shape": list(shape), "kind": "input"}
+    segments = [e for e in low.order if isinstance(e, HostSegment)]
+    host_made = {o for seg in segments for n in seg.nodes for o in n.outputs if o}
+    # host-made values TVM reads through a buffer: kernel inputs, and views of them anywhere
+    in_buffer = {root(p.name) for kd in low.kernels for p in kd.params if p.kind == "input"}
+    in_buffer |= {root(v) for v in list(low.outputs) + [i for s in segments for i in s.inputs] if root(v) != v}
+    calls, host_specs = [], []
+    for entry in low.order:
+        if isinstance(entry, HostSegment):
+            for o in entry.outputs:
+                if o in in_buffer:
+                    if o not in low.shapes:
+                        raise TvmliteError(f"host value {o!r} is read by a kernel but has no static shape")
+                    buffers[o] = {"shape": list(low.shapes[o]), "kind": "host"}
+            spec, arrays = host.segment_spec(entry, low, buffers, host_made, len(host_specs))
+            consts.update(arrays)
+            calls.append({"host": len(host_specs), "nodes": [n.label for n in entry.nodes]})
+            host_specs.append(spec)
+            continue
+        kd, args = entry, []
         for p in kd.params:
             if p.kind == "const":
                 consts[p.name] = p.array
@@ -102,19 +122,27 @@ def plan_of(low) -> tuple[dict, dict]:
                 raise TvmliteError(f"kernel {kd.name}: view {p.shape} of {r!r} {buffers[r]['shape']}")
             args.append([r, list(p.shape)])
         calls.append({"func": kd.name, "args": args, "nodes": kd.nodes})
+    host_inputs = {n for n, _, dt in low.inputs if dt != np.float32}
     outputs = []
     for o in low.outputs:
         if o in low.consts:
             cname = f"output.{o}"
-            consts[cname] = np.asarray(low.consts[o])
+            consts[cname] = host.storable(low.consts[o], f"output {o!r}")
             outputs.append({"name": o, "buffer": cname, "shape": list(np.shape(low.consts[o])), "const": True})
+        elif o in host_made or o in host_inputs:
+            outputs.append({"name": o, "host": True})
         else:
             r = root(o)
             if r not in buffers:
                 raise TvmliteError(f"graph output {o!r} is not computed")
             outputs.append({"name": o, "buffer": r, "shape": list(low.shapes.get(o, buffers[r]["shape"]))})
-    plan = {"format": FORMAT, "inputs": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in low.inputs],
+    plan = {"format": FORMAT,
+            "inputs": [{"name": n, "shape": list(s), "dtype": str(dt)} for n, s, dt in low.inputs],
             "outputs": outputs, "buffers": buffers, "calls": calls}
+    if host_specs:
+        plan["host"] = host_specs
+        plan["opsets"] = opset_versions(low.model.opsets)
+        plan["host_ops"] = low.host_problems
     return plan, consts
 
 
@@ -198,18 +226,22 @@ def load_module(path: str) -> "CompiledModel":
     except Exception as e:  # noqa: BLE001 - TVM's own error classes
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise artifact_check.ArtifactError(f"{path}: TVM cannot load the library: {msg}") from None
-    missing = [c["func"] for c in plan["calls"] if not lib.implements_function(c["func"], True)]
+    missing = [c["func"] for c in plan["calls"] if "func" in c and not lib.implements_function(c["func"], True)]
     if missing:
         raise artifact_check.ArtifactError(f"{path}: the library has no kernel {missing[0]!r} "
                                            f"({len(missing)} missing): it belongs to another build")
-    cm = CompiledModel(lib, plan, consts)
+    try:  # the host calls' nodes are rebuilt through the op registry and the NumPy plan
+        cm = CompiledModel(lib, plan, consts)
+    except TvmliteError as e:
+        raise artifact_check.ArtifactError(f"{path}.json: {e}") from None
     cm.lib_path = os.path.abspath(path)
     return cm
 
 
 # ---------------------------------------------------------------------------------------------- run
 class CompiledModel:
-    """Preallocated buffers and the kernel calls of one built graph; ``run(feeds)`` -> outputs."""
+    """Preallocated buffers, the kernel calls and host calls of one built graph; ``run(feeds)`` ->
+    outputs."""
 
     def __init__(self, lib, plan: dict, consts: dict, build_seconds: float | None = None,
                  cached: bool = False):
@@ -222,27 +254,57 @@ class CompiledModel:
         dev = tvm.cpu(0)
         self.input_names = [i["name"] for i in plan["inputs"]]
         self.input_shapes = {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}
+        self.input_dtypes = {i["name"]: np.dtype(i.get("dtype", "float32")) for i in plan["inputs"]}
         self.output_names = [o["name"] for o in plan["outputs"]]
         store = {}
         for name, b in plan["buffers"].items():
             store[name] = tvm.runtime.empty(tuple(b["shape"]), "float32", dev)
-        for name, arr in consts.items():
-            store[name] = tvm.runtime.tensor(np.ascontiguousarray(arr), dev)
+        kernel_consts = {n for c in plan["calls"] for n, _ in c.get("args", ()) if n in consts}
+        for name in kernel_consts:  # host calls read theirs as NumPy arrays
+            store[name] = tvm.runtime.tensor(np.ascontiguousarray(consts[name]), dev)
         self._store = store
 
         def view(name, shape):
             t = store[name]
             return t if tuple(t.shape) == tuple(shape) else t._create_view(tuple(shape))
 
-        self._calls = [(lib[c["func"]], [view(n, s) for n, s in c["args"]]) for c in plan["calls"]]
-        self._inputs = [store[n] for n in self.input_names]
-        self._outputs = [(view(o["buffer"], o["shape"]) if not o.get("const") else None, o)
+        def host_view(name, shape):  # a host call's NumPy view of a TVM buffer: no copy
+            return np.from_dlpack(store[name]).reshape(shape)
+
+        self._env: dict = {}  # host values: non-float inputs and what host calls made
+        segments = [host.HostCall(spec, consts, plan.get("opsets", {}), host_view, self._env)
+                    for spec in plan.get("host", [])]
+        self._calls = [(segments[c["host"]], []) if "host" in c else
+                       (lib[c["func"]], [view(n, s) for n, s in c["args"]]) for c in plan["calls"]]
+        self._inputs = [store.get(n) for n in self.input_names]
+        self._outputs = [(view(o["buffer"], o["shape"]) if not (o.get("const") or o.get("host")) else None, o)
                          for o in plan["outputs"]]
         self._consts = consts
 
     @property
     def kernel_count(self) -> int:
-        return len(self._calls)
+        return sum(1 for c in self.plan["calls"] if "func" in c)
+
+    @property
+    def summary(self) -> str:
+        """'12 kernels, 5 host-run nodes in 2 host calls' (the host part only when there are any)."""
+        segs = self.plan.get("host", [])
+        n = sum(len(seg["nodes"]) for seg in segs)
+        return f"{self.kernel_count} kernels" + (f", {n} host-run nodes in {len(segs)} host calls" if n else "")
+
+    @property
+    def host_ops(self) -> list[str]:
+        """The build report's lines for the host-run ops ('LayerNormalization x13: no TVM emitter')."""
+        from tvmlite.backends.tvm.lower import host_report
+
+        return host_report(self.plan.get("host_ops", []))
+
+    @property
+    def unsupported(self) -> list[str]:
+        """What `unsupported_ops` says of the built graph: each host-run op as 'Op (reason) xN'."""
+        from tvmlite.backends.tvm.lower import problem_list
+
+        return problem_list(self.plan.get("host_ops", []))
 
     def set_inputs(self, feeds: dict) -> None:
         for name, t in zip(self.input_names, self._inputs):
@@ -252,7 +314,10 @@ class CompiledModel:
             if tuple(a.shape) != self.input_shapes[name]:
                 raise InputError(f"input {name!r} has shape {tuple(a.shape)}, the TVM build expects "
                                  f"{self.input_shapes[name]} (build again for other shapes)")
-            t.copyfrom(np.ascontiguousarray(a, dtype=np.float32))
+            if t is None:  # read by host calls only
+                self._env[name] = np.array(a, dtype=self.input_dtypes[name])
+            else:
+                t.copyfrom(np.asarray(a, dtype=np.float32, order="C"))  # ascontiguousarray makes 0-d 1-d
 
     def execute(self) -> None:
         for fn, args in self._calls:
@@ -263,11 +328,15 @@ class CompiledModel:
         self.execute()
         out = []
         for t, o in self._outputs:
-            out.append(np.array(self._consts[o["buffer"]]) if t is None else t.numpy())
+            if o.get("host"):
+                v = self._env[o["name"]]
+                out.append(np.array(v) if isinstance(v, np.ndarray) else v)
+            else:
+                out.append(host.loaded(np.array(self._consts[o["buffer"]])) if t is None else t.numpy())
         return out
 
     def profile(self, feeds: dict, repeats: int = 10) -> list[tuple[str, str, float]]:
-        """Median milliseconds per kernel call: (kernel, graph nodes, ms), slowest first."""
+        """Median milliseconds per kernel or host call: (call, graph nodes, ms), slowest first."""
         self.set_inputs(feeds)
         self.execute()
         rows = []
@@ -277,7 +346,8 @@ class CompiledModel:
                 t0 = time.perf_counter()
                 fn(*args)
                 ts.append((time.perf_counter() - t0) * 1e3)
-            rows.append((call["func"], ", ".join(call.get("nodes", [])), float(np.median(ts))))
+            name = call["func"] if "func" in call else f"host{call['host']}"
+            rows.append((name, ", ".join(call.get("nodes", [])), float(np.median(ts))))
         return sorted(rows, key=lambda r: -r[2])
 
     def save(self, path: str, *, outputs=None) -> None:
@@ -285,9 +355,11 @@ class CompiledModel:
 
 
 def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True, lanes: int | None = None,
-                  verbose: bool = False) -> CompiledModel:
-    """Lower, schedule and build ``model`` for the host CPU (or take it from the cache)."""
-    from tvmlite.backends.tvm.lower import lower
+                  verbose: bool = False, strict: bool = False) -> CompiledModel:
+    """Lower, schedule and build ``model`` for the host CPU (or take it from the cache). Nodes the
+    backend has no kernel for run as host calls (``.host_ops`` says which and why); ``strict``
+    refuses such a model with UnsupportedError instead."""
+    from tvmlite.backends.tvm.lower import lower, refusal
     from tvmlite.backends.tvm.kernels.target import host_target, vector_lanes
 
     model, shapes = _static_inputs(model, input_shapes)
@@ -300,11 +372,14 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
             cm = load_module(str(entry))
             cm.build_seconds = time.perf_counter() - t0
             cm.cached = True
-            return cm
         except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt
             shutil.rmtree(entry.parent, ignore_errors=True)
+        else:
+            if strict and cm.plan.get("host_ops"):
+                raise refusal(cm.plan["host_ops"])
+            return cm
     t0 = time.perf_counter()
-    low = lower(model, shapes, lanes or vector_lanes())
+    low = lower(model, shapes, lanes or vector_lanes(), strict=strict)
     plan, consts = plan_of(low)
     lib = build_lowered(low, target)
     seconds = time.perf_counter() - t0
@@ -325,7 +400,7 @@ def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes:
     """Write each kernel's scheduled TIR as TVMScript (one .py per kernel) plus an index; returns
     the paths written. The files land together (in ``outputs``, a `tvmlite.outputs.Outputs`, when
     given): a failure half way, a full disk say, leaves none of them."""
-    from tvmlite.backends.tvm.lower import lower
+    from tvmlite.backends.tvm.lower import HostSegment, lower
     from tvmlite.backends.tvm.kernels.target import host_target, vector_lanes
     from tvmlite.outputs import Outputs
 
@@ -338,7 +413,10 @@ def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes:
     low = lower(model, shapes, lanes or vector_lanes())
     written = []
     index = [f"# TVM kernels of the graph, in run order (target {host_target()})", ""]
-    for kd in low.kernels:
+    for kd in low.order:
+        if isinstance(kd, HostSegment):  # no TIR: NumPy kernels, named in the index with the reason
+            index.append("(host call)  <- " + ", ".join(f"{n.label} ({why})" for n, why in zip(kd.nodes, kd.reasons)))
+            continue
         header = (f"# kernel {kd.name}: nodes {', '.join(kd.nodes)}\n"
                   f"# schedule steps: {', '.join(kd.steps)}\n"
                   f"# params: " + ", ".join(f"{p.kind} {p.name} {list(p.shape)}" for p in kd.params) + "\n")

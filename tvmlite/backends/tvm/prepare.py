@@ -2,7 +2,8 @@
 
 `prepare` copies the model, fixes its input shapes, folds everything constant (including Shape
 of static tensors, so shape arithmetic disappears) and folds BatchNormalization into the
-producing conv/GEMM, then reports the shape of every value.
+producing conv/GEMM, then reports the shape of every value (and records the inferred element type
+of values the graph left untyped: what decides between a float32 kernel and a host call).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from tvmlite.errors import InputError
 from tvmlite.inputs import graph_inputs
-from tvmlite.ir.graph import Model, tensor_type, type_shape
+from tvmlite.ir.graph import Model, tensor_type, type_elem, type_shape
 from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity
 
 ONNX = ("", "ai.onnx")
@@ -48,6 +49,9 @@ def _shapes(m: Model) -> dict[str, tuple]:
                                if m.graph.values[n].shape is not None})
     out = {}
     for name, v in m.graph.values.items():
+        t = types.get(name)
+        if v.elem_type is None and t is not None and type_elem(t):
+            v.type = t  # the element type of an untyped value: what decides float kernel or host call
         s = v.shape if v.is_initializer else type_shape(types.get(name, v.type))
         if s is not None and all(isinstance(d, int) and d >= 0 for d in s):
             out[name] = tuple(int(d) for d in s)
