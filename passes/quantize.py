@@ -368,6 +368,7 @@ class QuantizeDynamic(Pass):
         infer_shapes(model)  # operand dtypes and ranks decide what can be rewritten
         g = model.graph
         b = None  # made on the first rewrite: one name authority for the run
+        quantized_x: dict = {}  # activation -> its DynamicQuantizeLinear outputs
         for node in g.toposort():
             if not is_onnx(node, "MatMul", "Gemm") or node.name in o.exclude_names \
                     or node.outputs[0] in o.exclude_names:
@@ -410,8 +411,10 @@ class QuantizeDynamic(Pass):
                                            outputs=[f"{base}_W_dequantized"])
                 final = b.op.MatMul(x, wd, outputs=[f"{base}_matmul"])
             else:
-                xq, xs, xz = b.op.DynamicQuantizeLinear(x, outputs=[f"{base}_{k}" for k in
-                                                                    ("x_quantized", "x_scale", "x_zero_point")])
+                if x not in quantized_x:  # one per activation: Q, K and V projections share theirs
+                    quantized_x[x] = b.op.DynamicQuantizeLinear(x, outputs=[
+                        f"{base}_{k}" for k in ("x_quantized", "x_scale", "x_zero_point")])
+                xq, xs, xz = quantized_x[x]
                 s_name = b.const(scales.reshape(-1) if axis is not None else scales.reshape(()), f"{base}_W_scale")
                 acc = b.op.MatMulInteger(xq, wq_name, xz, zero, outputs=[f"{base}_int32"])
                 accf = b.op.Cast(acc, to=1, outputs=[f"{base}_float"])

@@ -143,3 +143,31 @@ def test_min_matmul_share_is_a_share(bad):
 
     with pytest.raises(OptionError, match="min_matmul_share"):
         parse_spec(f"quantize-dynamic(min_matmul_share={bad})")
+
+
+def test_readers_of_one_activation_share_its_dynamic_quantization(tmp_path):
+    """Q/K/V-style projections of one input: one DynamicQuantizeLinear feeds all three MatMulIntegers
+    (as onnxruntime's quantize_dynamic writes it), and the result still matches the float model."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    ws = [numpy_helper.from_array((rng.standard_normal((32, 32)) * 0.1).astype(np.float32), f"w{i}") for i in range(3)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"p{i}"], name=f"proj{i}") for i in range(3)]
+    nodes += [helper.make_node("Add", ["p0", "p1"], ["s"], name="add0"),
+              helper.make_node("Add", ["s", "p2"], ["y"], name="add1")]
+    g = helper.make_graph(nodes, "qkv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], ws)
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    m = tvmlite.load(proto)
+    r = Pipeline("quantize-dynamic").run(m)[0]
+    assert len(r.rewritten) == 3
+    ops = [n.op_type for n in m.graph.nx.nodes]
+    assert ops.count("DynamicQuantizeLinear") == 1 and ops.count("MatMulInteger") == 3
+    out = tmp_path / "q.onnx"
+    tvmlite.save(m, str(out))
+    x = rng.standard_normal((4, 32)).astype(np.float32)
+    ref = ort_run(proto, {"x": x})[0]
+    got = ort_run(str(out), {"x": x})[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.02
+    np.testing.assert_allclose(compile_model(m).run({"x": x})[0], got, atol=1e-4 * np.abs(ref).max())
