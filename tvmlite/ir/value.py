@@ -19,6 +19,13 @@ from tvmlite.ir.types import tensor_type, type_elem, type_shape
 if TYPE_CHECKING:
     from tvmlite.ir.graph import Node
 
+#: element types whose raw ONNX bytes are a NumPy array's buffer as it is (no packing, no
+#: conversion): such tensors can be read from a file, and written, straight from the array
+PLAIN_TYPES = frozenset(getattr(onnx.TensorProto, t) for t in (
+    "FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+    "BOOL", "COMPLEX64", "COMPLEX128"))
+
+
 class Value:
     """A named tensor (or sequence/optional) flowing between nodes."""
 
