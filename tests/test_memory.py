@@ -159,3 +159,41 @@ def test_external_tensors_export_whole_from_their_arrays(tmp_path):
     whole = onnx_export.export_model(e)
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(whole.graph.initializer[0]),
                                   onnx.numpy_helper.to_array(two_matmuls(512, 600).graph.initializer[0]))
+
+
+def test_session_shares_the_models_arrays(big_model, tmp_path):
+    """A session of a Model uses the IR's arrays (shared initializers), prepacking off as it is for
+    big weights: it adds little to RSS, where one from serialized bytes added the weights twice at
+    its peak (the bytes, onnxruntime's copy) and kept one."""
+    f = child_figures(f"""
+ort.PREPACK_MAX_BYTES = 0
+m = tvmlite.load({str(big_model)!r})
+w = sum(m.graph.values[n].const.nbytes for n in m.graph.initializers)
+phase()
+s = ort.ort_session(m)
+x = np.random.default_rng(0).standard_normal((2, {N}), np.float32)
+y = s.run(None, {{"x": x}})[0]
+figures["session"] = phase()
+figures["weights"] = w
+ref = ort.ort_session({str(big_model)!r}).run(None, {{"x": x}})[0]  # prepacked: the last bits differ
+figures["close"] = bool(np.allclose(y, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max())))
+""")
+    assert f["session"] < 0.15 * f["weights"], f
+    assert f["close"], f
+
+
+def test_sessions_are_freed_without_the_garbage_collector():
+    """A session held its own run method in a closure (a cycle): it lived, with its weights, until
+    a collection. Now the last reference frees it."""
+    m = tvmlite.load(two_matmuls(64, 80))
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        sess = ort_session(m)
+        sess.run(None, {"x": np.ones((1, 64), np.float32)})
+        ref = weakref.ref(sess)
+        del sess
+        assert ref() is None
+    finally:
+        if enabled:
+            gc.enable()
