@@ -197,3 +197,16 @@ def test_sessions_are_freed_without_the_garbage_collector():
     finally:
         if enabled:
             gc.enable()
+
+
+def test_optimize_reports_the_size_of_a_model_past_the_limit(monkeypatch):
+    """Over the external-data threshold the size column said 0.3 KiB: the session's trip through a
+    file moved the measured proto's tensors out of it before its size was read."""
+    from tvmlite.optimize import optimize
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_THRESHOLD", 2**20)
+    m = tvmlite.load(two_matmuls(512, 600))
+    m, report = optimize(m, preset="exact", shapes={"x": (1, 512)})
+    weights = 2 * 512 * 600 * 4
+    assert all(weights <= r.file_bytes < weights + 4096 for r in report.rows), [r.file_bytes for r in report.rows]
+    assert [n.op_type for n in m.graph.toposort()] == ["MatMul", "MatMul"]

@@ -188,8 +188,7 @@ class _Rows:
 
     def add(self, name, spec, status, note, result=None, seconds=0.0, excluded=(), measure=True, meas=None):
         from tvmlite.analysis import summarize
-        from tvmlite.export import export_model
-        from tvmlite.export.onnx_export import proto_bytes
+        from tvmlite.export.onnx_export import export_lean
 
         prev = self.report.rows[-1] if self.report.rows else None
         decisions = list(result.decisions) if result else []
@@ -208,10 +207,10 @@ class _Rows:
         err = worst = acc = lat = spread = None
         budget, outputs = {}, []
         ck = self.checker
-        proto = None
+        size = None
         if ck is not None:
             meas = meas or ck.measure(self.m)
-            proto, self.session = meas.proto, meas.session
+            size, self.session = meas.file_bytes, meas.session
             worst, err = meas.worst
             acc = meas.accuracy
             budget = _budgets(ck)
@@ -226,7 +225,7 @@ class _Rows:
             err = None
         self.report.rows.append(PassReport(
             name, spec, status in (KEPT, PARTIAL, ""), status, note, s["nodes"], s["params"], s["macs"],
-            proto_bytes(proto if proto is not None else export_model(self.m)), err, worst, acc, lat, spread,
+            size if size is not None else export_lean(self.m).nbytes, err, worst, acc, lat, spread,
             seconds, budget, outputs, decisions, skipped, list(excluded)))
 
 
