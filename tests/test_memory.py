@@ -90,7 +90,8 @@ def test_lean_export_shares_arrays_and_full_export_holds_them(tmp_path):
     assert lean.proto.ByteSize() < 2000
     full = onnx_export.export_model(m)
     assert abs(lean.nbytes - full.ByteSize()) < 200  # the size the report gives
-    assert onnx_export.proto_bytes(lean.embedded()) == full.ByteSize()
+    onnx_export.save(lean, tmp_path / "inline.onnx")  # written in from the arrays, in protobuf's wire format
+    assert onnx.load(str(tmp_path / "inline.onnx")) == full
     x = np.ones((1, 512), np.float32)
     np.testing.assert_array_equal(ort_session(m).run(None, {"x": x})[0],
                                   ort_session(full).run(None, {"x": x})[0])
@@ -147,6 +148,34 @@ figures["weights"] = w
     written = onnx.load(str(out), load_external_data=False)
     offsets = [int(dict((e.key, e.value) for e in t.external_data)["offset"]) for t in written.graph.initializer]
     assert all(o % onnx_export.DATA_ALIGNMENT == 0 for o in offsets)  # onnxruntime can map them
+
+
+@pytest.fixture(scope="module")
+def embedded_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("embedded") / "big.onnx"
+    onnx.save_model(two_matmuls(N, K), str(path))
+    return path
+
+
+def test_embedded_weights_are_decoded_once_and_the_file_bytes_let_go(embedded_model, tmp_path):
+    """A model read from one file kept the file's bytes (protobuf's arena, alive while any part of
+    the message is) and decoded a second copy on first use; now each big weight is an array and the
+    parsed message is let go. Written inline, the arrays go into the file from their buffers."""
+    out = tmp_path / "inline.onnx"
+    f = child_figures(f"""
+m = tvmlite.load({str(embedded_model)!r})
+figures["held"] = rss()[0] - phase.start
+figures["load"] = phase()
+figures["weights"] = sum(m.graph.values[n].const.nbytes for n in m.graph.initializers)
+figures["decoded"] = phase()
+onnx_export.save(m, {str(out)!r})
+figures["save"] = phase()
+""")
+    w = f["weights"]
+    assert f["held"] < 1.15 * w, f  # was 2x (file bytes + decoded arrays)
+    assert f["decoded"] < 0.05 * w, f
+    assert f["save"] < 0.1 * w, f  # was +2x (a proto with the arrays in it, then its serialization)
+    assert onnx.load(str(out)) == onnx.load(str(embedded_model))
 
 
 def test_external_tensors_export_whole_from_their_arrays(tmp_path):

@@ -19,7 +19,7 @@ from google.protobuf.message import EncodeError
 from tvmlite.export.functions import TVMLITE_OPSET, tvmlite_functions, untyped_tvmlite_inputs
 from tvmlite.ir.attrs import python_to_attr
 from tvmlite.ir.graph import Graph, Model, Value
-from tvmlite.ir.value import PLAIN_TYPES
+from tvmlite.ir.value import BIG_ARRAY_BYTES, PLAIN_TYPES
 from tvmlite.outputs import OutputError, Outputs, model_files
 
 #: the newest IR version onnxruntime 1.31 loads (checked: 13 loads, 14 is refused); onnx 1.23
@@ -27,9 +27,8 @@ from tvmlite.outputs import OutputError, Outputs, model_files
 MAX_IR_VERSION = 13
 #: protobuf cannot serialize a message over 2 GiB; above this, tensors go to an external file
 EXTERNAL_THRESHOLD = 2**31 - 2**26
-#: `export_lean` leaves out initializers of at least this many bytes (below, a copy costs less than
-#: the placeholder and the shared buffer onnxruntime keeps for each)
-ASIDE_MIN_BYTES = 2**20
+#: `export_lean` leaves out initializers of at least this many bytes
+ASIDE_MIN_BYTES = BIG_ARRAY_BYTES
 #: where a lean export's placeholders point until a writer gives them a file
 ASIDE_LOCATION = "tvmlite.aside.data"
 #: external data files put each left-out array at an offset this aligned (onnxruntime maps
@@ -338,16 +337,6 @@ class Exported:
             f.write(self.proto.SerializeToString())
         return path
 
-    def embedded(self) -> onnx.ModelProto:
-        """The whole model in one proto (the arrays copied in): for a file without external data."""
-        for t in self.proto.graph.initializer:
-            if t.name in self.offsets and is_placeholder(t):
-                t.raw_data = np.ascontiguousarray(self.arrays[t.name]).tobytes()
-                del t.external_data[:]
-                t.ClearField("data_location")
-        self.arrays, self.offsets, self.data_bytes = {}, {}, 0
-        return self.proto
-
 
 def _set_external(t: onnx.TensorProto, location: str, offset: int, length: int) -> None:
     del t.external_data[:]
@@ -384,6 +373,56 @@ def write_external(exp: Exported, model_path: str, data_path: str, location: str
         f.write(exp.proto.SerializeToString())
 
 
+def write_inline(exp: Exported, model_path: str) -> None:
+    """``exp`` as one file, its arrays written in from their own buffers. Protobuf has no call for
+    that (a proto with the arrays in it and its serialization were two more copies of every weight),
+    so the graph and its initializers are put in protobuf's wire format here: a field may come in any
+    order, so the graph's initializers follow its other fields, each in the order read."""
+    def tag_len(field_number: int, length: int) -> bytes:
+        return _varint(field_number << 3 | 2) + _varint(length)
+
+    graph = onnx.GraphProto()
+    graph.CopyFrom(exp.proto.graph)  # placeholders and small tensors only
+    del graph.initializer[:]
+    pieces = []  # per initializer: its bytes, and the array that follows them (or None)
+    for t in exp.proto.graph.initializer:
+        if t.name in exp.offsets and is_placeholder(t):
+            head = onnx.TensorProto()
+            head.CopyFrom(t)
+            del head.external_data[:]
+            head.ClearField("data_location")
+            arr = np.ascontiguousarray(exp.arrays[t.name])
+            head_bytes = head.SerializeToString() + tag_len(9, arr.nbytes)  # 9: raw_data
+            pieces.append((tag_len(5, len(head_bytes) + arr.nbytes) + head_bytes, arr))  # 5: initializer
+        else:
+            body = t.SerializeToString()
+            pieces.append((tag_len(5, len(body)) + body, None))
+    rest = graph.SerializeToString()
+    graph_len = len(rest) + sum(len(b) + (0 if a is None else a.nbytes) for b, a in pieces)
+    model = onnx.ModelProto()
+    model.CopyFrom(exp.proto)
+    model.ClearField("graph")
+    with open(model_path, "wb") as f:
+        f.write(model.SerializeToString())
+        f.write(tag_len(7, graph_len) + rest)  # 7: ModelProto.graph
+        for b, a in pieces:
+            f.write(b)
+            if a is not None:
+                f.write(memoryview(a).cast("B"))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
 def save(model: Model | onnx.ModelProto | Exported, path: str, *, source_path: str | None = None,
          outputs=None) -> str:
     """Write ``model`` to ``path``; tensors that came from external data stay external, in
@@ -415,10 +454,11 @@ def save(model: Model | onnx.ModelProto | Exported, path: str, *, source_path: s
         else:
             onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=os.path.basename(data_path), size_threshold=1024)
+    elif isinstance(model, Exported):
+        write_inline(model, staged)
     else:
-        proto = model.embedded() if isinstance(model, Exported) else model
         with open(staged, "wb") as f:
-            f.write(proto.SerializeToString())
+            f.write(model.SerializeToString())
     return staged
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 
 import numpy as np
 import onnx
@@ -13,6 +14,7 @@ from tvmlite.errors import ModelLoadError, TvmliteError
 from tvmlite.frontend.validate import check_attribute, check_graph_proto, check_loop_trip_counts
 from tvmlite.ir.attrs import attr_to_python, sparse_to_array
 from tvmlite.ir.graph import Graph, Model, Node, Value
+from tvmlite.ir.value import BIG_ARRAY_BYTES, PLAIN_TYPES
 
 
 def load(source, *, check: bool = True) -> Model:
@@ -74,6 +76,8 @@ def read_model_file(source, *, check: bool = False,
             external[t.name] = info.get("location", "")
     if check:  # by path when data lies beside the file: the checker resolves it from there
         check_proto(where if external and base is not None else proto)
+    if arrays is not None and any(_decodable(t) for t in proto.graph.initializer):
+        proto = decode_big_initializers(proto, arrays)
     if external:
         if base is None:
             raise ModelLoadError(f"{where}: model has external-data tensors but was given as bytes")
@@ -82,6 +86,38 @@ def read_model_file(source, *, check: bool = False,
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{where}: cannot read its external data: {e}") from None
     return proto, external
+
+
+def _decodable(t: onnx.TensorProto) -> bool:
+    if t.data_type not in PLAIN_TYPES or not t.HasField("raw_data") or sys.byteorder != "little":
+        return False
+    count = int(np.prod([int(d) for d in t.dims], dtype=np.int64))
+    return count * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize >= BIG_ARRAY_BYTES
+
+
+def decode_big_initializers(proto: onnx.ModelProto, arrays: dict) -> onnx.ModelProto:
+    """The main graph's embedded initializers of plain types and BIG_ARRAY_BYTES or more, decoded
+    into ``arrays`` once, by name; returned is a copy of ``proto`` with each of them a placeholder
+    without data. A parsed message keeps the whole file's bytes until all of it is gone (protobuf's
+    arena), so the copy is what lets them go: the IR then holds each weight once, as an array,
+    where it held the file's bytes and decoded a second copy on first use."""
+    names = [t.name for t in proto.graph.initializer]
+    for t in proto.graph.initializer:
+        if not _decodable(t) or names.count(t.name) > 1:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        raw = t.raw_data
+        arr = np.empty(tuple(int(d) for d in t.dims), dtype)
+        if len(raw) != arr.nbytes:
+            continue  # left as read: it fails where it always did
+        arr.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
+        del raw
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL  # a placeholder: the data is the array
+        arrays[t.name] = arr
+    compact = onnx.ModelProto()
+    compact.CopyFrom(proto)
+    return compact
 
 
 def _read_external_data(proto: onnx.ModelProto, base: str, arrays: dict | None) -> None:
@@ -103,11 +139,9 @@ def _read_external_data(proto: onnx.ModelProto, base: str, arrays: dict | None) 
 def read_external_arrays(gp: onnx.GraphProto, base: str, arrays: dict) -> None:
     """Read ``gp``'s external initializers of plain element types into ``arrays`` (one copy: the
     file's bytes land in the array); their protos stay placeholders without data."""
-    from tvmlite.ir.value import PLAIN_TYPES
-
     for t in gp.initializer:
-        if not external_data_helper.uses_external_data(t) or t.data_type not in PLAIN_TYPES:
-            continue
+        if not external_data_helper.uses_external_data(t) or t.data_type not in PLAIN_TYPES or t.name in arrays:
+            continue  # (in arrays: an embedded one decode_big_initializers took)
         info = external_data_helper.ExternalDataInfo(t)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
         shape = tuple(int(d) for d in t.dims)

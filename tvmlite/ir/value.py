@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 PLAIN_TYPES = frozenset(getattr(onnx.TensorProto, t) for t in (
     "FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
     "BOOL", "COMPLEX64", "COMPLEX128"))
+#: an initializer of a plain type and at least this many bytes is held as an array from import on
+#: (read from its file or decoded once) and left out of lean exports (`onnx_export.export_lean`):
+#: below, a copy costs less than the placeholder and the shared buffer onnxruntime keeps for each
+BIG_ARRAY_BYTES = 2**20
 
 
 class Value:
