@@ -239,3 +239,26 @@ def test_optimize_reports_the_size_of_a_model_past_the_limit(monkeypatch):
     weights = 2 * 512 * 600 * 4
     assert all(weights <= r.file_bytes < weights + 4096 for r in report.rows), [r.file_bytes for r in report.rows]
     assert [n.op_type for n in m.graph.toposort()] == ["MatMul", "MatMul"]
+
+
+@pytest.mark.parametrize("latency, held", [("none", 0), ("ends", 1)])
+def test_optimize_holds_only_sessions_it_will_time(monkeypatch, latency, held):
+    """Each onnxruntime session holds its prepacked copy of the weights: optimize kept the original's
+    and the last measured model's even where nothing would time them (no speed check, no latency),
+    so each check made a third. Now, when nothing will, a check's session is the only one alive."""
+    from tvmlite.optimize import optimize
+    from tvmlite.runtime import ort
+
+    alive, before = [], []
+    real = ort._load
+
+    def load(src, so):
+        before.append(sum(r() is not None for r in alive))
+        sess = real(src, so)
+        alive.append(weakref.ref(sess))
+        return sess
+
+    monkeypatch.setattr(ort, "_load", load)
+    m = tvmlite.load(two_matmuls(64, 80))
+    optimize(m, preset="exact", shapes={"x": (1, 64)}, latency=latency)
+    assert len(before) >= 2 and max(before) == held, before
