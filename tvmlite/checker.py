@@ -178,22 +178,12 @@ class Checker:
 
     @staticmethod
     def _onnx_check(exported) -> str:
-        """onnx.checker on a lean export: in memory, or by path when placeholders stand for its
-        arrays (the checker wants the files they point to; it does not read them)."""
-        import tempfile
-
-        import onnx
-
         from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, proto_bytes
 
         if proto_bytes(exported.proto) > EXTERNAL_THRESHOLD:
             return ""
         try:
-            if exported.arrays:
-                with tempfile.TemporaryDirectory(prefix="tvmlite-check-") as d:
-                    onnx.checker.check_model(exported.placeholder_files(d))
-            else:
-                onnx.checker.check_model(exported.proto)
+            exported.check()
         except Exception as e:  # noqa: BLE001 - ValidationError and protobuf errors alike
             return f"onnx.checker refuses the model: {str(e).strip().splitlines()[0][:200]}"
         return ""

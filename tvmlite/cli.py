@@ -390,25 +390,11 @@ def _built_feeds(built, inputs) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _check_writable_model(proto) -> None:
-    """onnx.checker on the model about to be written. Past protobuf's 2 GiB limit it cannot be
-    checked in memory: _save_checked checks the written file instead."""
-    import onnx
-
-    from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, proto_bytes
-
-    if proto_bytes(proto) > EXTERNAL_THRESHOLD:
-        return
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as e:
-        raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
-
-
 def _save_checked(model, output: str, txn) -> None:
-    """Stage the model in ``txn`` (its big arrays written from where the IR holds them); one with
-    such arrays, or too big to check in memory, is checked as written (the transaction drops it
-    when that fails)."""
+    """Stage the model in ``txn`` (its big arrays written from where the IR holds them) after
+    onnx.checker passed its lean export (`Exported.check`: the structure, no weights loaded); one
+    whose lean proto is still past protobuf's 2 GiB limit is checked as written (the transaction
+    drops it when that fails)."""
     import onnx
 
     from tvmlite.export import save
@@ -416,15 +402,21 @@ def _save_checked(model, output: str, txn) -> None:
 
     exported = export_lean(model)
     exported.external = False  # the optimized model goes inline unless it is too big for protobuf
-    in_memory = not exported.arrays and proto_bytes(exported.proto) <= EXTERNAL_THRESHOLD
+    in_memory = proto_bytes(exported.proto) <= EXTERNAL_THRESHOLD
     if in_memory:
-        _check_writable_model(exported.proto)
+        _checked(exported.check)
     staged = save(exported, output, outputs=txn)
     if not in_memory:
-        try:
-            onnx.checker.check_model(staged)
-        except onnx.checker.ValidationError as e:
-            raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
+        _checked(lambda: onnx.checker.check_model(staged))
+
+
+def _checked(check) -> None:
+    import onnx
+
+    try:
+        check()
+    except onnx.checker.ValidationError as e:
+        raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
 
 
 def main(argv=None) -> int:

@@ -327,6 +327,18 @@ class Exported:
         """The size of the model written as one file (about: protobuf field headers aside)."""
         return proto_bytes(self.proto) + sum(a.nbytes for a in self.arrays.values())
 
+    def check(self) -> None:
+        """onnx.checker on the model (raises its ValidationError): in memory, or by path when
+        placeholders stand for arrays (the checker wants the files they point to; it does not
+        read them, nor would it the arrays: it checks the structure)."""
+        import tempfile
+
+        if not self.arrays:
+            onnx.checker.check_model(self.proto)
+            return
+        with tempfile.TemporaryDirectory(prefix="tvmlite-check-") as d:
+            onnx.checker.check_model(self.placeholder_files(d))
+
     def placeholder_files(self, folder: str, name: str = "model.onnx") -> str:
         """Write the lean model to ``folder/name`` with a sparse file of zeros where its placeholders
         point (no disk blocks, never read: the arrays come as shared initializers); returns the path."""
