@@ -262,3 +262,27 @@ def test_optimize_holds_only_sessions_it_will_time(monkeypatch, latency, held):
     m = tvmlite.load(two_matmuls(64, 80))
     optimize(m, preset="exact", shapes={"x": (1, 64)}, latency=latency)
     assert len(before) >= 2 and max(before) == held, before
+
+
+def test_calibration_sessions_share_the_weights(monkeypatch):
+    """Calibration's onnxruntime runner (and quantize's layer choice) made sessions from whole
+    exported protos: a serialized copy of every weight and onnxruntime's own. They get lean
+    exports now: the model onnxruntime reads holds placeholders only."""
+    from tvmlite.quant import calibrate
+    from tvmlite.runtime import ort
+
+    sizes = []
+    real = ort._load
+
+    def load(src, so):
+        sizes.append(os.path.getsize(src) if isinstance(src, str) else len(src))
+        return real(src, so)
+
+    monkeypatch.setattr(ort, "_load", load)
+    m = tvmlite.load(two_matmuls(512, 600))
+    for name in ("w1", "w2"):
+        m.graph.values[name].const
+    run = calibrate._runner(m, ["h", "y"], "ort", 1)
+    h, y = run({"x": np.ones((2, 512), np.float32)})
+    np.testing.assert_allclose(h, np.ones((2, 512), np.float32) @ m.graph.values["w1"].const, rtol=1e-4)
+    assert sizes and max(sizes) < 10_000, sizes

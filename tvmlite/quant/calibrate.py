@@ -227,14 +227,14 @@ def _runner(model: Model, tensors: list[str], engine: str, threads: int):
         import onnx
 
         from tvmlite.runtime.ort import ort_session
-        from tvmlite.export import export_model
+        from tvmlite.export.onnx_export import export_lean
 
-        proto = export_model(model)
-        have = {o.name for o in proto.graph.output}
+        exported = export_lean(model)  # the weights shared with the session, not serialized
+        have = {o.name for o in exported.proto.graph.output}
         for t in tensors:
             if t not in have:
-                proto.graph.output.append(onnx.ValueInfoProto(name=t))
-        sess = ort_session(proto, threads)
+                exported.proto.graph.output.append(onnx.ValueInfoProto(name=t))
+        sess = ort_session(exported, threads)
         return lambda feeds: sess.run(tensors, feeds)
     if engine == "numpy":
         from tvmlite.backends.numpy import compile_model
