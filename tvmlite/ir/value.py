@@ -1,8 +1,10 @@
 """Value: a named tensor (or sequence/optional) of a graph, with its type and, for an initializer, its
 array.
 
-An initializer keeps the TensorProto it was read from until a pass assigns a new array, so a big model
-stays as protobuf bytes and is written back as read. Arrays may be shared between copies of a model
+An initializer keeps the TensorProto it was read from until a pass assigns a new array, and is written
+back as read. A big one of a plain type (BIG_ARRAY_BYTES) is an array from import on (read from its
+external data or decoded once) beside a placeholder proto that keeps its other fields: the weights are
+held once, and exports leave them out (export/onnx_export.py, `export_lean`). Arrays may be shared between copies of a model
 (tvmlite.ir.clone): a shared array is read-only, and a pass that changes a weight assigns a new one
 through ``Value.const``."""
 from __future__ import annotations
@@ -48,7 +50,7 @@ class Value:
         self.sparse = False
         self._annotations: dict = {}
 
-    # An initializer's array is decoded on first use only: big models stay as protobuf bytes.
+    # A small initializer's array is decoded on first use only (the big ones are arrays already).
     @property
     def const(self) -> np.ndarray | None:
         if self._const is None and self._proto is not None:
