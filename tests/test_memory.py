@@ -286,3 +286,25 @@ def test_calibration_sessions_share_the_weights(monkeypatch):
     h, y = run({"x": np.ones((2, 512), np.float32)})
     np.testing.assert_allclose(h, np.ones((2, 512), np.float32) @ m.graph.values["w1"].const, rtol=1e-4)
     assert sizes and max(sizes) < 10_000, sizes
+
+
+def test_external_save_moves_out_what_onnx_would(tmp_path):
+    """The streaming writer moves out the same tensors as onnx's save_as_external_data: every
+    initializer of 1 KiB or more (arrays and raw data alike), not a Constant's tensor."""
+    from onnx import numpy_helper
+
+    const = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones((64, 64), np.float32), "cv"))
+    nodes = [const, helper.make_node("MatMul", ["x", "c"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"]),
+             helper.make_node("Add", ["y", "b"], ["z"])]
+    inits = [numpy_helper.from_array(np.ones((64, 64), np.float32), "w"),
+             numpy_helper.from_array(np.ones((64,), np.float32), "b")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 64])],
+                          [helper.make_tensor_value_info("z", 1, [1, 64])], inits)
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    onnx.save_model(proto, str(tmp_path / "a.onnx"), save_as_external_data=True, location="a.onnx.data",
+                    size_threshold=1024)
+    tvmlite.save(tvmlite.load(tmp_path / "a.onnx"), tmp_path / "b.onnx")
+    a, b = (onnx.load(str(tmp_path / f), load_external_data=False) for f in ("a.onnx", "b.onnx"))
+    assert [t.data_location for t in b.graph.initializer] == [t.data_location for t in a.graph.initializer] == [1, 0]
+    assert b.graph.node[0].attribute[0].t.data_location == 0

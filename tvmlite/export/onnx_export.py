@@ -360,9 +360,9 @@ def _set_external(t: onnx.TensorProto, location: str, offset: int, length: int) 
 
 def write_external(exp: Exported, model_path: str, data_path: str, location: str) -> None:
     """``exp`` as ``model_path`` and ``data_path`` (named ``location`` in the model): each array is
-    written from its own buffer (no copy), then every other tensor of at least 1 KiB (as onnx's
-    save_as_external_data would) from its raw data."""
-    from onnx.external_data_helper import _get_all_tensors
+    written from its own buffer (no copy), then every other initializer (subgraphs' too, not
+    attribute tensors) with raw data of at least 1 KiB, as onnx's save_as_external_data would."""
+    from onnx.external_data_helper import _get_initializer_tensors
 
     with open(data_path, "wb") as f:
         for t in exp.proto.graph.initializer:
@@ -372,7 +372,7 @@ def write_external(exp: Exported, model_path: str, data_path: str, location: str
                 f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
                 _set_external(t, location, exp.offsets[t.name], arr.nbytes)
         end = exp.data_bytes
-        for t in _get_all_tensors(exp.proto):
+        for t in _get_initializer_tensors(exp.proto):
             if t.HasField("raw_data") and sys.getsizeof(t.raw_data) >= 1024:
                 data = t.raw_data
                 f.seek(end)
