@@ -1,6 +1,7 @@
 """ONNX ModelProto / file -> tvmlite Model, keeping everything export needs to write it back."""
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import sys
@@ -101,9 +102,9 @@ def decode_big_initializers(proto: onnx.ModelProto, arrays: dict) -> onnx.ModelP
     without data. A parsed message keeps the whole file's bytes until all of it is gone (protobuf's
     arena), so the copy is what lets them go: the IR then holds each weight once, as an array,
     where it held the file's bytes and decoded a second copy on first use."""
-    names = [t.name for t in proto.graph.initializer]
+    names = collections.Counter(t.name for t in proto.graph.initializer)
     for t in proto.graph.initializer:
-        if not _decodable(t) or names.count(t.name) > 1:
+        if not _decodable(t) or names[t.name] > 1:
             continue
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
         raw = t.raw_data
