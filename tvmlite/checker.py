@@ -21,7 +21,7 @@ from tvmlite.ir.graph import Model
 from tvmlite.runtime.ort import ort_session, time_interleaved, timed_ratio
 from tvmlite.metrics import DEFAULT_METRIC, METRICS, OutputCheck, is_classifier, output_check
 from tvmlite.export import export_model
-from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, proto_bytes
+from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, export_lean, proto_bytes
 
 #: default budget of each pass on the ``rel`` metric (max error over the output's spread): 0 for
 #: passes that keep outputs bit-identical, 1e-3 for clean-ups that change float rounding, and for
@@ -71,8 +71,8 @@ class Measurement:
     #: the onnxruntime session that ran the measured model, for timing that same model without a
     #: second session (5 s each on a 100,000-node graph); not part of the figures
     session: object = field(default=None, repr=False, compare=False)
-    #: the measured model as exported once for onnx.checker and the session (its size is reported)
-    proto: object = field(default=None, repr=False, compare=False)
+    #: the size of the measured model as one file (from its lean export: `onnx_export.Exported`)
+    file_bytes: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def worst(self) -> tuple[str | None, float]:
@@ -128,8 +128,11 @@ class Checker:
         self.max_accuracy_drop = max_accuracy_drop
         self.latency_feeds = _first_example(original, checkset.batches[0])
 
-        self.original_proto = export_model(original)
-        sess = self.reference_session = self._session(self.original_proto)
+        exported = export_lean(original)  # the original's arrays, shared, not copied
+        self.original_bytes = exported.nbytes
+        self.checker_ok = self._onnx_check(exported) == ""
+        sess = self.reference_session = self._session(exported)
+        del exported
         self.names = [o.name for o in sess.get_outputs()]
         try:
             with np.errstate(all="ignore"):
@@ -155,7 +158,6 @@ class Checker:
                                   "output ([N, C] or [N, T, C] scores)")
         self.explicit = _per_output(max_error, checked, "--max-error")
         self.running = {n: 0.0 for n in checked}
-        self.checker_ok = self._onnx_check(self.original_proto) == ""
         self.reference_accuracy = self._accuracy(self.reference)
 
     # -------------------------------------------------------------------------------- running
@@ -177,13 +179,11 @@ class Checker:
                                      f"({self.cs.source}): give real inputs with --inputs")
 
     @staticmethod
-    def _onnx_check(proto) -> str:
-        import onnx
-
-        if proto_bytes(proto) > EXTERNAL_THRESHOLD:
+    def _onnx_check(exported) -> str:
+        if proto_bytes(exported.proto) > EXTERNAL_THRESHOLD:
             return ""
         try:
-            onnx.checker.check_model(proto)
+            exported.check()
         except Exception as e:  # noqa: BLE001 - ValidationError and protobuf errors alike
             return f"onnx.checker refuses the model: {str(e).strip().splitlines()[0][:200]}"
         return ""
@@ -211,18 +211,20 @@ class Checker:
 
     def reference_measurement(self) -> Measurement:
         """The original's own figures (error 0), from the reference outputs and session: no run."""
-        return self._judge(self.reference, self.reference_session, self.original_proto)
+        return self._judge(self.reference, self.reference_session, self.original_bytes)
 
     def measure(self, model: Model) -> Measurement:
-        proto = export_model(model)  # once, for onnx.checker, the session and the reported size
+        exported = export_lean(model)  # once, for onnx.checker, the session and the reported size
+        size = exported.nbytes
         if self.checker_ok:
-            why = self._onnx_check(proto)
+            why = self._onnx_check(exported)
             if why:
                 return Measurement(failure=why)
         try:
-            sess = self._session(proto)
+            sess = self._session(exported)
         except TvmliteError as e:
             return Measurement(failure=str(e))
+        del exported
         try:
             with np.errstate(all="ignore"):
                 outs = self._run(sess, self.cs.batches)
@@ -231,11 +233,11 @@ class Checker:
                                if str(e).strip() else type(e).__name__)
         if len(outs) != len(self.names):
             return Measurement(failure=f"{len(outs)} outputs instead of {len(self.names)}")
-        return self._judge(outs, sess, proto)
+        return self._judge(outs, sess, size)
 
-    def _judge(self, outs, sess, proto) -> Measurement:
+    def _judge(self, outs, sess, file_bytes) -> Measurement:
         masks = self.cs.masks()
-        meas = Measurement(session=sess, proto=proto)
+        meas = Measurement(session=sess, file_bytes=file_bytes)
         for name, r, c in zip(self.names, self.reference, outs):
             oc = output_check(name, r, c, masks)
             meas.outputs.append(oc)

@@ -277,7 +277,6 @@ def optimize(model, output, preset, spec, shapes, inputs, labels, calib, metrics
     """Run passes over MODEL, check each in onnxruntime, write the result to OUTPUT.
 
     Exit status: 0 done, 1 with --strict when the report has a warning, 2 on error."""
-    from tvmlite.export import export_model
     from tvmlite.inputs import parse_shape_overrides
     from tvmlite.optimize import optimize as run_optimize
     from tvmlite.optimize import resolve_passes
@@ -303,7 +302,7 @@ def optimize(model, output, preset, spec, shapes, inputs, labels, calib, metrics
                              check_outputs=list(check_outputs) or None, max_accuracy_drop=max_accuracy_drop,
                              check=check, speed_check=speed_check, custom_ops=custom_ops, progress=not quiet,
                              latency=latency)
-    _save_checked(export_model(m), output, txn)
+    _save_checked(m, output, txn)
     click.echo(report.format(0 if quiet else 1 + verbose))
     if json_path:
         data = {"model": model, "output": output, **report.to_dict()}
@@ -384,37 +383,33 @@ def emit_tvm(model, output, shapes):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _check_writable_model(proto) -> None:
-    """onnx.checker on the model about to be written. Past protobuf's 2 GiB limit it cannot be
-    checked in memory: _save_checked checks the written file instead."""
-    import onnx
-
-    from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, proto_bytes
-
-    if proto_bytes(proto) > EXTERNAL_THRESHOLD:
-        return
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as e:
-        raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
-
-
-def _save_checked(proto, output: str, txn) -> None:
-    """Stage the model in ``txn``; a model too big to check in memory is checked as written (the
-    transaction drops it when that fails)."""
+def _save_checked(model, output: str, txn) -> None:
+    """Stage the model in ``txn`` (its big arrays written from where the IR holds them) after
+    onnx.checker passed its lean export (`Exported.check`: the structure, no weights loaded); one
+    whose lean proto is still past protobuf's 2 GiB limit is checked as written (the transaction
+    drops it when that fails)."""
     import onnx
 
     from tvmlite.export import save
-    from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, proto_bytes
+    from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, export_lean, proto_bytes
 
-    _check_writable_model(proto)
-    big = proto_bytes(proto) > EXTERNAL_THRESHOLD
-    staged = save(proto, output, outputs=txn)
-    if big:
-        try:
-            onnx.checker.check_model(staged)
-        except onnx.checker.ValidationError as e:
-            raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
+    exported = export_lean(model)
+    exported.external = False  # the optimized model goes inline unless it is too big for protobuf
+    in_memory = proto_bytes(exported.proto) <= EXTERNAL_THRESHOLD
+    if in_memory:
+        _checked(exported.check)
+    staged = save(exported, output, outputs=txn)
+    if not in_memory:
+        _checked(lambda: onnx.checker.check_model(staged))
+
+
+def _checked(check) -> None:
+    import onnx
+
+    try:
+        check()
+    except onnx.checker.ValidationError as e:
+        raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
 
 
 def main(argv=None) -> int:

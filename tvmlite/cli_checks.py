@@ -15,7 +15,7 @@ import numpy as np
 from tvmlite.errors import InputError, OptionError
 from tvmlite import outputs
 from tvmlite.outputs import Outputs, USER_ERRNOS, data_files, model_files
-from tvmlite.inputs import load_npz
+from tvmlite.inputs import load_npz, random_array
 
 #: the transactions of the running command: `tvmlite.cli.main` discards whatever is left
 #: uncommitted when the command fails or is interrupted
@@ -108,8 +108,6 @@ def interrupted() -> int:
 def built_feeds(built, inputs) -> dict:
     """Feeds for a TVM library: the --inputs file, else seeded random data of the built shapes and
     dtypes."""
-    from tvmlite.inputs import load_npz, random_array
-
     if inputs:
         data = load_npz(inputs)
         return {n: data[n] for n in built.input_names if n in data}

@@ -24,7 +24,7 @@ from tvmlite.checkset import build_checkset
 from tvmlite.calibration import load_calibration
 from tvmlite.analysis import summarize
 from tvmlite.export import export_model
-from tvmlite.export.onnx_export import proto_bytes
+from tvmlite.export.onnx_export import export_lean, proto_bytes
 
 CLEANUPS = "fold-constants,remove-identity,fold-bn,dce"
 PRESETS = {
@@ -135,6 +135,8 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
         shapes = {n: tuple(a.shape) for n, a in checker.latency_feeds.items() if hasattr(a, "shape")}
     rows = _Rows(m, shapes, checker, report, latency)
     rows.add("(input)", "", "", "", measure=True, meas=checker.reference_measurement() if checker else None)
+    if checker is not None and not rows.hold_sessions:
+        checker.reference_session = None  # its outputs are kept; nothing will time it
     for i, p in enumerate(pipeline, 1):
         log(f"[{i}/{len(pipeline)}] {p.name}")
         if checker:
@@ -166,11 +168,13 @@ class _Rows:
     """Adds report rows; a row whose pass changed nothing repeats the figures above it rather than
     timing the same model again (a second timing would show noise as a result). ``session``: an
     onnxruntime session of the model as it now is (None: none made yet), for the speed check and
-    the timing of the result, so neither makes one again."""
+    the timing of the result, so neither makes one again; held only when one of them will run (a
+    session holds onnxruntime's prepacked copy of the weights)."""
 
     def __init__(self, m, shapes, checker, report, latency="rows"):
         self.m, self.shapes, self.checker, self.report, self.latency = m, shapes, checker, report, latency
         self.session = None
+        self.hold_sessions = checker is not None and (checker.speed_check or latency == "ends")
         self.changed = False  # a row kept a change: the result differs from the input
 
     def time_ends(self) -> None:
@@ -206,10 +210,11 @@ class _Rows:
         err = worst = acc = lat = spread = None
         budget, outputs = {}, []
         ck = self.checker
-        proto = None
+        size = None
         if ck is not None:
             meas = meas or ck.measure(self.m)
-            proto, self.session = meas.proto, meas.session
+            size = meas.file_bytes
+            self.session = meas.session if self.hold_sessions else None
             worst, err = meas.worst
             acc = meas.accuracy
             budget = _budgets(ck)
@@ -224,7 +229,7 @@ class _Rows:
             err = None
         self.report.rows.append(PassReport(
             name, spec, status in (KEPT, PARTIAL, ""), status, note, s["nodes"], s["params"], s["macs"],
-            proto_bytes(proto if proto is not None else export_model(self.m)), err, worst, acc, lat, spread,
+            size if size is not None else export_lean(self.m).nbytes, err, worst, acc, lat, spread,
             seconds, budget, outputs, decisions, skipped, list(excluded)))
 
 

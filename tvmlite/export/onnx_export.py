@@ -8,7 +8,10 @@ half-written model.
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 from google.protobuf.message import EncodeError
@@ -16,6 +19,7 @@ from google.protobuf.message import EncodeError
 from tvmlite.export.functions import TVMLITE_OPSET, tvmlite_functions, untyped_tvmlite_inputs
 from tvmlite.ir.attrs import python_to_attr
 from tvmlite.ir.graph import Graph, Model, Value
+from tvmlite.ir.value import BIG_ARRAY_BYTES, PLAIN_TYPES
 from tvmlite.outputs import OutputError, Outputs, model_files
 
 #: the newest IR version onnxruntime 1.31 loads (checked: 13 loads, 14 is refused); onnx 1.23
@@ -23,6 +27,13 @@ from tvmlite.outputs import OutputError, Outputs, model_files
 MAX_IR_VERSION = 13
 #: protobuf cannot serialize a message over 2 GiB; above this, tensors go to an external file
 EXTERNAL_THRESHOLD = 2**31 - 2**26
+#: `export_lean` leaves out initializers of at least this many bytes
+ASIDE_MIN_BYTES = BIG_ARRAY_BYTES
+#: where a lean export's placeholders point until a writer gives them a file
+ASIDE_LOCATION = "tvmlite.aside.data"
+#: external data files put each left-out array at an offset this aligned (onnxruntime maps
+#: page-aligned external data instead of reading it into memory)
+DATA_ALIGNMENT = 4096
 
 
 def proto_bytes(proto: onnx.ModelProto) -> int:
@@ -52,15 +63,60 @@ def _value_info(v: Value, name: str | None = None) -> onnx.ValueInfoProto:
     return vi
 
 
-def _tensor(v: Value) -> onnx.TensorProto:
-    if v._proto is not None:
+def _tensor(v: Value, aside: dict | None = None) -> onnx.TensorProto:
+    """The initializer's TensorProto: as read while its array is unchanged; with ``aside`` (a dict),
+    a big plain array is not copied in but put there, and a placeholder written (`Exported`)."""
+    if aside is not None and _goes_aside(v):
+        arr = v.const
+        aside[v.name] = arr
+        return _placeholder(v, arr)
+    if v._proto is not None and not is_placeholder(v._proto):
         return v._proto
     t = numpy_helper.from_array(v.const, v.name)
+    if v._proto is not None:  # read from external data: the array was read aside, the rest is as read
+        _keep_fields(v._proto, t)
     return t
 
 
-def export_graph(g: Graph, overloads: dict | None = None) -> onnx.GraphProto:
-    gp = onnx.GraphProto()
+def _keep_fields(read: onnx.TensorProto, t: onnx.TensorProto) -> None:
+    if read.doc_string:
+        t.doc_string = read.doc_string
+    t.metadata_props.extend(read.metadata_props)
+
+
+def is_placeholder(t: onnx.TensorProto) -> bool:
+    """An external-data tensor whose data is not in the proto (read into an array aside, or left
+    out on purpose)."""
+    return t.data_location == onnx.TensorProto.EXTERNAL and not t.HasField("raw_data")
+
+
+def _goes_aside(v: Value) -> bool:
+    if v.sparse or not (v._const is not None or (v._proto is not None and is_placeholder(v._proto))):
+        return False  # a TensorProto not decoded stays as read: decoding it would copy it
+    if v.elem_type not in PLAIN_TYPES:
+        return False
+    shape = v.shape
+    return shape is not None and int(np.prod(shape, dtype=np.int64)) * v.dtype.itemsize >= ASIDE_MIN_BYTES
+
+
+def _placeholder(v: Value, arr: np.ndarray) -> onnx.TensorProto:
+    t = onnx.TensorProto()
+    t.name = v.name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(arr.shape)
+    if v._proto is not None:
+        _keep_fields(v._proto, t)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for key, val in (("location", ASIDE_LOCATION), ("offset", "0"), ("length", str(arr.nbytes))):
+        e = t.external_data.add()
+        e.key, e.value = key, val
+    return t
+
+
+def export_graph(g: Graph, overloads: dict | None = None, *, aside: dict | None = None,
+                 gp: onnx.GraphProto | None = None) -> onnx.GraphProto:
+    """``g`` as a GraphProto (written into ``gp`` when given). ``aside``: see `_tensor`."""
+    gp = onnx.GraphProto() if gp is None else gp
     gp.name = g.name
     if g.doc_string:
         gp.doc_string = g.doc_string
@@ -72,11 +128,12 @@ def export_graph(g: Graph, overloads: dict | None = None) -> onnx.GraphProto:
         if v.sparse:
             gp.sparse_initializer.append(_sparse(v))
         else:
-            t = _tensor(v)
+            t = _tensor(v, aside)
             if t.name != name:
-                t = onnx.TensorProto()
-                t.CopyFrom(_tensor(v))
-                t.name = name
+                c = onnx.TensorProto()
+                c.CopyFrom(t)
+                c.name = name
+                t = c
             gp.initializer.append(t)
     for name in g.inputs:
         gp.input.append(_value_info(g.values[name]))
@@ -182,9 +239,21 @@ def choose_ir_version(model: Model) -> int:
 
 
 def export_model(model: Model, *, infer: bool = True) -> onnx.ModelProto:
-    """The ONNX model. With ``infer``, graph outputs a pass left untyped get their inferred types
-    (ONNX requires output types), and so do the inputs of tvmlite ops (their functions are
-    specialized on input types)."""
+    """The ONNX model, every tensor in it. With ``infer``, graph outputs a pass left untyped get
+    their inferred types (ONNX requires output types), and so do the inputs of tvmlite ops (their
+    functions are specialized on input types)."""
+    return _export(model, infer, None)
+
+
+def export_lean(model: Model, *, infer: bool = True) -> Exported:
+    """The ONNX model with its big arrays left out (see `Exported`): nothing is copied but the
+    small tensors, so exporting to check, infer types, measure or save costs no weight memory."""
+    aside: dict = {}
+    proto = _export(model, infer, aside)
+    return Exported(proto, aside, bool(model.external_data))
+
+
+def _export(model: Model, infer: bool, aside: dict | None) -> onnx.ModelProto:
     g = model.graph
     if infer:
         want = [n for n in g.outputs if n in g.values and g.values[n].type is None]
@@ -193,7 +262,7 @@ def export_model(model: Model, *, infer: bool = True) -> onnx.ModelProto:
             # shape inference runs on the exported proto, so it imports this module: a local import
             from tvmlite.export.shapes import inferred_types
 
-            types = inferred_types(model)
+            types = inferred_types(model)  # of a lean export: no weights copied
             for n in want:
                 v = g.values.get(n)
                 if v is not None and v.type is None and n in types:
@@ -220,7 +289,7 @@ def export_model(model: Model, *, infer: bool = True) -> onnx.ModelProto:
     for k, val in model.metadata:
         p = mp.metadata_props.add()
         p.key, p.value = k, val
-    mp.graph.CopyFrom(export_graph(model.graph, overloads))
+    export_graph(model.graph, overloads, aside=aside, gp=mp.graph)  # in place: CopyFrom copied every tensor
     mp.functions.extend(model.functions)
     mp.functions.extend(functions)
     mp.training_info.extend(model.training_info)
@@ -229,33 +298,179 @@ def export_model(model: Model, *, infer: bool = True) -> onnx.ModelProto:
     return mp
 
 
-def save(model: Model | onnx.ModelProto, path: str, *, source_path: str | None = None,
+@dataclass
+class Exported:
+    """A model exported with its big arrays left out: ``proto`` holds a placeholder per array (an
+    external-data tensor at ``ASIDE_LOCATION``, at its offset in a data file laid out here) and
+    ``arrays`` the arrays themselves, shared with the IR, never copied. Writers put the arrays in a
+    file (`save`); onnxruntime sessions take them as shared initializers (runtime/ort.py); shape
+    inference and onnx.checker need only the placeholders. ``external``: the model was read with
+    external data, so it is written with it."""
+
+    proto: onnx.ModelProto
+    arrays: dict = field(default_factory=dict)
+    external: bool = False
+    offsets: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        end = 0
+        for t in self.proto.graph.initializer:
+            if t.name in self.arrays and is_placeholder(t):
+                end = -(-end // DATA_ALIGNMENT) * DATA_ALIGNMENT
+                self.offsets[t.name] = end
+                _set_external(t, ASIDE_LOCATION, end, self.arrays[t.name].nbytes)
+                end += self.arrays[t.name].nbytes
+        self.data_bytes = end
+
+    @property
+    def nbytes(self) -> int:
+        """The size of the model written as one file (about: protobuf field headers aside)."""
+        return proto_bytes(self.proto) + sum(a.nbytes for a in self.arrays.values())
+
+    def check(self) -> None:
+        """onnx.checker on the model (raises its ValidationError): in memory, or by path when
+        placeholders stand for arrays (the checker wants the files they point to; it does not
+        read them, nor would it the arrays: it checks the structure)."""
+        import tempfile
+
+        if not self.arrays:
+            onnx.checker.check_model(self.proto)
+            return
+        with tempfile.TemporaryDirectory(prefix="tvmlite-check-") as d:
+            onnx.checker.check_model(self.placeholder_files(d))
+
+    def placeholder_files(self, folder: str, name: str = "model.onnx") -> str:
+        """Write the lean model to ``folder/name`` with a sparse file of zeros where its placeholders
+        point (no disk blocks, never read: the arrays come as shared initializers); returns the path."""
+        with open(os.path.join(folder, ASIDE_LOCATION), "wb") as f:
+            f.truncate(self.data_bytes)
+        path = os.path.join(folder, name)
+        with open(path, "wb") as f:
+            f.write(self.proto.SerializeToString())
+        return path
+
+
+def _set_external(t: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del t.external_data[:]
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for key, val in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        e = t.external_data.add()
+        e.key, e.value = key, val
+
+
+def write_external(exp: Exported, model_path: str, data_path: str, location: str) -> None:
+    """``exp`` as ``model_path`` and ``data_path`` (named ``location`` in the model): each array is
+    written from its own buffer (no copy), then every other initializer (subgraphs' too, not
+    attribute tensors) with raw data of at least 1 KiB, as onnx's save_as_external_data would."""
+    from onnx.external_data_helper import _get_initializer_tensors
+
+    with open(data_path, "wb") as f:
+        for t in exp.proto.graph.initializer:
+            if t.name in exp.offsets and is_placeholder(t):
+                arr = exp.arrays[t.name]
+                f.seek(exp.offsets[t.name])
+                f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+                _set_external(t, location, exp.offsets[t.name], arr.nbytes)
+        end = exp.data_bytes
+        for t in _get_initializer_tensors(exp.proto):
+            if t.HasField("raw_data") and sys.getsizeof(t.raw_data) >= 1024:
+                data = t.raw_data
+                f.seek(end)
+                f.write(data)
+                t.ClearField("raw_data")
+                _set_external(t, location, end, len(data))
+                end += len(data)
+                del data
+    with open(model_path, "wb") as f:
+        f.write(exp.proto.SerializeToString())
+
+
+def write_inline(exp: Exported, model_path: str) -> None:
+    """``exp`` as one file, its arrays written in from their own buffers. Protobuf has no call for
+    that (a proto with the arrays in it and its serialization were two more copies of every weight),
+    so the graph and its initializers are put in protobuf's wire format here: a field may come in any
+    order, so the graph's initializers follow its other fields, each in the order read."""
+    def tag_len(field_number: int, length: int) -> bytes:
+        return _varint(field_number << 3 | 2) + _varint(length)
+
+    graph = onnx.GraphProto()
+    graph.CopyFrom(exp.proto.graph)  # placeholders and small tensors only
+    del graph.initializer[:]
+    pieces = []  # per initializer: its bytes, and the array that follows them (or None)
+    for t in exp.proto.graph.initializer:
+        if t.name in exp.offsets and is_placeholder(t):
+            head = onnx.TensorProto()
+            head.CopyFrom(t)
+            del head.external_data[:]
+            head.ClearField("data_location")
+            arr = np.ascontiguousarray(exp.arrays[t.name])
+            head_bytes = head.SerializeToString() + tag_len(9, arr.nbytes)  # 9: raw_data
+            pieces.append((tag_len(5, len(head_bytes) + arr.nbytes) + head_bytes, arr))  # 5: initializer
+        else:
+            body = t.SerializeToString()
+            pieces.append((tag_len(5, len(body)) + body, None))
+    rest = graph.SerializeToString()
+    graph_len = len(rest) + sum(len(b) + (0 if a is None else a.nbytes) for b, a in pieces)
+    model = onnx.ModelProto()
+    model.CopyFrom(exp.proto)
+    model.ClearField("graph")
+    with open(model_path, "wb") as f:
+        f.write(model.SerializeToString())
+        f.write(tag_len(7, graph_len) + rest)  # 7: ModelProto.graph
+        for b, a in pieces:
+            f.write(b)
+            if a is not None:
+                f.write(memoryview(a).cast("B"))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def save(model: Model | onnx.ModelProto | Exported, path: str, *, source_path: str | None = None,
          outputs=None) -> str:
     """Write ``model`` to ``path``; tensors that came from external data stay external, in
     ``path + ".data"``. With ``outputs`` (a `tvmlite.outputs.Outputs`), the files are staged in that
     transaction and land when it commits; without, they land now, together. Either way nothing is
     written over ``source_path``, its external data, a non-regular file, or a ``.data`` file that
     belongs to something else. Returns where the model file is now: the staged path until
-    ``outputs`` commits, else ``path``."""
+    ``outputs`` commits, else ``path``. A Model (or its lean export) is written without copying its
+    big arrays when they go to external data."""
     path = os.fspath(path)
     if outputs is None:
         with Outputs(lambda: model_files(source_path)) as own:
             save(model, path, outputs=own)
         return path
-    proto = model if isinstance(model, onnx.ModelProto) else export_model(model)
-    external = (not isinstance(model, onnx.ModelProto) and bool(model.external_data)) \
-        or proto_bytes(proto) > globals()["EXTERNAL_THRESHOLD"]
+    if isinstance(model, Model):
+        model = export_lean(model)
+    if isinstance(model, Exported):
+        external = model.external or model.nbytes > globals()["EXTERNAL_THRESHOLD"]
+    else:
+        external = proto_bytes(model) > globals()["EXTERNAL_THRESHOLD"]
     staged = outputs.file(path, "output model", existing_ok=True)
     if external:
         data_path = path + ".data"
         _check_data_sibling(path, data_path)
-        outputs.file(data_path, "external data file", existing_ok=True)
+        staged_data = outputs.file(data_path, "external data file", existing_ok=True)
         # the staged model and data lie side by side under their final names: `location` is right
-        onnx.save_model(proto, staged, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=os.path.basename(data_path), size_threshold=1024)
+        if isinstance(model, Exported):
+            write_external(model, staged, staged_data, os.path.basename(data_path))
+        else:
+            onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=os.path.basename(data_path), size_threshold=1024)
+    elif isinstance(model, Exported):
+        write_inline(model, staged)
     else:
         with open(staged, "wb") as f:
-            f.write(proto.SerializeToString())
+            f.write(model.SerializeToString())
     return staged
 
 

@@ -23,7 +23,9 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
 
     ``input_shapes`` (name -> dims) fixes the graph inputs' shapes first, e.g. to count MACs at a
     given image size."""
-    proto = onnx_export.export_model(model, infer=False)
+    # the big arrays left out (placeholders keep their types): inference never reads them, and a
+    # copy of every weight (two over 2 GiB, through a file) cost more than the inference itself
+    proto = onnx_export.export_lean(model, infer=False).proto
     if input_shapes:
         # recorded types were inferred from the old input shapes: infer everything afresh
         del proto.graph.value_info[:]

@@ -1,8 +1,12 @@
 """ONNX ModelProto / file -> tvmlite Model, keeping everything export needs to write it back."""
 from __future__ import annotations
 
+import collections
+import itertools
 import os
+import sys
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
@@ -11,15 +15,17 @@ from tvmlite.errors import ModelLoadError, TvmliteError
 from tvmlite.frontend.validate import check_attribute, check_graph_proto, check_loop_trip_counts
 from tvmlite.ir.attrs import attr_to_python, sparse_to_array
 from tvmlite.ir.graph import Graph, Model, Node, Value
+from tvmlite.ir.value import BIG_ARRAY_BYTES, PLAIN_TYPES
 
 
 def load(source, *, check: bool = True) -> Model:
     """Import a model from a path, bytes or a ModelProto."""
     if isinstance(source, onnx.ModelProto):
         return import_model(source, check=check)
-    proto, external = read_model_file(source, check=check)
+    arrays: dict = {}
+    proto, external = read_model_file(source, check=check, arrays=arrays)
     try:
-        model = import_model(proto, check=False)
+        model = import_model(proto, check=False, arrays=arrays)
     except TvmliteError as e:  # say which file
         where = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
         raise type(e)(f"{where}: {e}") from None
@@ -27,10 +33,14 @@ def load(source, *, check: bool = True) -> Model:
     return model
 
 
-def read_model_file(source, *, check: bool = False) -> tuple[onnx.ModelProto, dict[str, str]]:
+def read_model_file(source, *, check: bool = False,
+                    arrays: dict | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Parse an .onnx file (with its external data) or bytes; one clear error when it is not one.
     ``check``: run onnx's checker, before the external data is read in (a model over 2 GiB cannot
-    be serialized for the checker once it is)."""
+    be serialized for the checker once it is). ``arrays`` (a dict): the main graph's external
+    initializers of plain element types are read straight into NumPy arrays there, by name, and
+    their protos keep no data (onnx's loader put each in a bytes object and then the proto, two
+    copies of every weight; see `read_external_arrays`)."""
     if isinstance(source, (bytes, bytearray)):
         data, where, base = bytes(source), "<bytes>", None
     else:
@@ -67,14 +77,88 @@ def read_model_file(source, *, check: bool = False) -> tuple[onnx.ModelProto, di
             external[t.name] = info.get("location", "")
     if check:  # by path when data lies beside the file: the checker resolves it from there
         check_proto(where if external and base is not None else proto)
+    if arrays is not None and any(_decodable(t) for t in proto.graph.initializer):
+        proto = decode_big_initializers(proto, arrays)
     if external:
         if base is None:
             raise ModelLoadError(f"{where}: model has external-data tensors but was given as bytes")
         try:
-            external_data_helper.load_external_data_for_model(proto, base)
+            _read_external_data(proto, base, arrays)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{where}: cannot read its external data: {e}") from None
     return proto, external
+
+
+def _decodable(t: onnx.TensorProto) -> bool:
+    if t.data_type not in PLAIN_TYPES or not t.HasField("raw_data") or sys.byteorder != "little":
+        return False
+    count = int(np.prod([int(d) for d in t.dims], dtype=np.int64))
+    return count * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize >= BIG_ARRAY_BYTES
+
+
+def decode_big_initializers(proto: onnx.ModelProto, arrays: dict) -> onnx.ModelProto:
+    """The main graph's embedded initializers of plain types and BIG_ARRAY_BYTES or more, decoded
+    into ``arrays`` once, by name; returned is a copy of ``proto`` with each of them a placeholder
+    without data. A parsed message keeps the whole file's bytes until all of it is gone (protobuf's
+    arena), so the copy is what lets them go: the IR then holds each weight once, as an array,
+    where it held the file's bytes and decoded a second copy on first use."""
+    names = collections.Counter(t.name for t in proto.graph.initializer)
+    for t in proto.graph.initializer:
+        if not _decodable(t) or names[t.name] > 1:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        raw = t.raw_data
+        arr = np.empty(tuple(int(d) for d in t.dims), dtype)
+        if len(raw) != arr.nbytes:
+            continue  # left as read: it fails where it always did
+        arr.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
+        del raw
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL  # a placeholder: the data is the array
+        arrays[t.name] = arr
+    compact = onnx.ModelProto()
+    compact.CopyFrom(proto)
+    return compact
+
+
+def _read_external_data(proto: onnx.ModelProto, base: str, arrays: dict | None) -> None:
+    """Every external tensor's data: into ``arrays`` where `read_external_arrays` takes it, else
+    into its proto (onnx's loader)."""
+    if arrays is not None:
+        read_external_arrays(proto.graph, base, arrays)
+    # onnx lists the main graph's initializers first: those read aside keep their placeholders
+    skip = len(proto.graph.initializer) if arrays else 0
+    for t in itertools.islice(external_data_helper._get_all_tensors(proto), skip, None):
+        if external_data_helper.uses_external_data(t):
+            external_data_helper.load_external_data_for_tensor(t, base)
+    if arrays is not None:
+        for t in proto.graph.initializer:
+            if external_data_helper.uses_external_data(t) and t.name not in arrays:
+                external_data_helper.load_external_data_for_tensor(t, base)
+
+
+def read_external_arrays(gp: onnx.GraphProto, base: str, arrays: dict) -> None:
+    """Read ``gp``'s external initializers of plain element types into ``arrays`` (one copy: the
+    file's bytes land in the array); their protos stay placeholders without data."""
+    for t in gp.initializer:
+        if not external_data_helper.uses_external_data(t) or t.data_type not in PLAIN_TYPES or t.name in arrays:
+            continue  # (in arrays: an embedded one decode_big_initializers took)
+        info = external_data_helper.ExternalDataInfo(t)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        shape = tuple(int(d) for d in t.dims)
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if info.length is not None and info.length != size:
+            raise ValueError(f"tensor {t.name!r}: external data length {info.length} does not match its "
+                             f"shape {list(shape)} ({size} bytes)")
+        arr = np.empty(shape, dtype)
+        # onnx's own opening: the location must stay inside the model's folder
+        fd = external_data_helper._open_external_data_fd(base, info.location, t.name, True)
+        with os.fdopen(fd, "rb") as f:
+            f.seek(info.offset or 0)
+            got = f.readinto(memoryview(arr.reshape(-1)).cast("B")) if size else 0
+        if got != size:
+            raise ValueError(f"tensor {t.name!r}: {info.location} ends {size - got} bytes early")
+        arrays[t.name] = arr
 
 
 def _invalid_text(msg, path: str = "model") -> str | None:
@@ -126,13 +210,14 @@ def check_proto(proto) -> None:
             raise ModelLoadError(f"not a valid ONNX model: {e}") from None
 
 
-def import_model(proto: onnx.ModelProto, *, check: bool = True) -> Model:
+def import_model(proto: onnx.ModelProto, *, check: bool = True, arrays: dict | None = None) -> Model:
+    """``arrays``: main-graph initializers read aside (`read_external_arrays`), by name."""
     if check:
         check_proto(proto)
     opsets = {}
     for o in proto.opset_import:
         opsets[o.domain] = int(o.version)
-    model = Model(import_graph(proto.graph), opsets)
+    model = Model(import_graph(proto.graph, arrays=arrays), opsets)
     check_loop_trip_counts(model)
     model.ir_version = int(proto.ir_version)
     model.producer_name = proto.producer_name
@@ -153,13 +238,15 @@ def _props(msg) -> list[tuple[str, str]]:
     return [(p.key, p.value) for p in getattr(msg, "metadata_props", [])]
 
 
-def import_graph(gp: onnx.GraphProto, parent: Graph | None = None) -> Graph:
+def import_graph(gp: onnx.GraphProto, parent: Graph | None = None, *, arrays: dict | None = None) -> Graph:
     check_graph_proto(gp, "graph" if parent is None else f"subgraph {gp.name!r}")
     g = Graph(gp.name, parent)
     g.doc_string = gp.doc_string
     g.metadata = _props(gp)
     for init in gp.initializer:
-        g.add_initializer(init.name, proto=init)
+        v = g.add_initializer(init.name, proto=init)
+        if arrays and init.name in arrays and external_data_helper.uses_external_data(init):
+            v._const = arrays[init.name]  # the proto, without data, keeps the rest as read
     for sp in gp.sparse_initializer:
         name = sp.values.name
         v = g.add_initializer(name, sparse_to_array(sp))

@@ -1,8 +1,10 @@
 """Value: a named tensor (or sequence/optional) of a graph, with its type and, for an initializer, its
 array.
 
-An initializer keeps the TensorProto it was read from until a pass assigns a new array, so a big model
-stays as protobuf bytes and is written back as read. Arrays may be shared between copies of a model
+An initializer keeps the TensorProto it was read from until a pass assigns a new array, and is written
+back as read. A big one of a plain type (BIG_ARRAY_BYTES) is an array from import on (read from its
+external data or decoded once) beside a placeholder proto that keeps its other fields: the weights are
+held once, and exports leave them out (export/onnx_export.py, `export_lean`). Arrays may be shared between copies of a model
 (tvmlite.ir.clone): a shared array is read-only, and a pass that changes a weight assigns a new one
 through ``Value.const``."""
 from __future__ import annotations
@@ -18,6 +20,17 @@ from tvmlite.ir.types import tensor_type, type_elem, type_shape
 
 if TYPE_CHECKING:
     from tvmlite.ir.graph import Node
+
+#: element types whose raw ONNX bytes are a NumPy array's buffer as it is (no packing, no
+#: conversion): such tensors can be read from a file, and written, straight from the array
+PLAIN_TYPES = frozenset(getattr(onnx.TensorProto, t) for t in (
+    "FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+    "BOOL", "COMPLEX64", "COMPLEX128"))
+#: an initializer of a plain type and at least this many bytes is held as an array from import on
+#: (read from its file or decoded once) and left out of lean exports (`onnx_export.export_lean`):
+#: below, a copy costs less than the placeholder and the shared buffer onnxruntime keeps for each
+BIG_ARRAY_BYTES = 2**20
+
 
 class Value:
     """A named tensor (or sequence/optional) flowing between nodes."""
@@ -37,7 +50,7 @@ class Value:
         self.sparse = False
         self._annotations: dict = {}
 
-    # An initializer's array is decoded on first use only: big models stay as protobuf bytes.
+    # A small initializer's array is decoded on first use only (the big ones are arrays already).
     @property
     def const(self) -> np.ndarray | None:
         if self._const is None and self._proto is not None:

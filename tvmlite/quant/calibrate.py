@@ -29,6 +29,7 @@ from tvmlite.calibration import fixed_batch, load_calibration
 from tvmlite.export import export_model
 from tvmlite.backends.numpy import compile_model
 from tvmlite.runtime.ort import ort_session
+from tvmlite.export.onnx_export import export_lean
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
@@ -226,12 +227,12 @@ def _runner(model: Model, tensors: list[str], engine: str, threads: int):
     if engine == "ort":
         import onnx
 
-        proto = export_model(model)
-        have = {o.name for o in proto.graph.output}
+        exported = export_lean(model)  # the weights shared with the session, not serialized
+        have = {o.name for o in exported.proto.graph.output}
         for t in tensors:
             if t not in have:
-                proto.graph.output.append(onnx.ValueInfoProto(name=t))
-        sess = ort_session(proto, threads)
+                exported.proto.graph.output.append(onnx.ValueInfoProto(name=t))
+        sess = ort_session(exported, threads)
         return lambda feeds: sess.run(tensors, feeds)
     if engine == "numpy":
         saved = list(model.graph.outputs)

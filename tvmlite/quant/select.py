@@ -19,9 +19,7 @@ which onnxruntime folds at load).
 """
 from __future__ import annotations
 
-
 import numpy as np
-import onnx
 
 from tvmlite.ir.graph import Model
 from tvmlite.quant import qdq
@@ -31,6 +29,7 @@ from tvmlite.calibration import fixed_batch
 from tvmlite.quant.calibrate import _progress
 from tvmlite.export.shapes import static_shapes
 from tvmlite.runtime.ort import ort_session
+from tvmlite.export.onnx_export import export_lean
 
 
 #: the int8 model must beat float by this share of its latency, not a tie within timing noise
@@ -47,11 +46,12 @@ def relative_error(ref: list, got: list) -> float:
     return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
 
 
-def build_variant(model: Model, units: set, spec: qdq.QuantSpec, excluded=frozenset()) -> onnx.ModelProto:
+def build_variant(model: Model, units: set, spec: qdq.QuantSpec, excluded=frozenset()):
+    """The model with ``units`` in int8, exported lean (its float weights shared with ``model``)."""
     m = model.copy()
     plan = qdq.plan_qdq(m.graph, set(units), spec, excluded=excluded)
     qdq.apply_qdq(m, plan, spec)
-    return export_model(m)
+    return export_lean(m)
 
 
 def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budget: float = 0.02,
@@ -65,7 +65,7 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
     # each layer's error alone only ranks the layers: on a quarter of the examples (running them
     # was 2/3 of quantize's time on PP-OCR rec)
     few = calib.take(feeds, max(fixed or 1, min(RANKING_SAMPLES, calib.count(feeds))))
-    float_sess = ort_session(export_model(model), threads)
+    float_sess = ort_session(model, threads)  # the weights shared, not serialized
     ref = float_sess.run(None, feeds)
     ref_few = float_sess.run(None, few)
     decisions = {u: {"node": u} for u in units}
