@@ -230,6 +230,7 @@ def tvmlite_qdyn(spec: dict, out: str) -> str:
 def _optimize_child(spec: dict, preset: str, out: str, send) -> None:
     try:
         from tvmlite.optimize import optimize
+        from tvmlite.optimize_report import NO_CHANGE
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -238,7 +239,7 @@ def _optimize_child(spec: dict, preset: str, out: str, send) -> None:
         tvmlite.save(m, out)
         pathlib.Path(out).with_suffix(".report.txt").write_text(report.format() + "\n")
         passes = [f"{r.name}{'' if r.kept else ' undone'}" for r in report.rows[1:]
-                  if r.note != "no change" and r.name not in ("dce", "remove-identity", "fold-constants", "fold-bn")]
+                  if r.status != NO_CHANGE and r.name not in ("dce", "remove-identity", "fold-constants", "fold-bn")]
         send.send((True, "kept: " + (", ".join(passes) if passes else "clean-ups only")))
     except BaseException as e:  # noqa: BLE001 - reported as the variant's one-line failure
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
