@@ -131,3 +131,27 @@ def test_take_over_keeps_the_new_node_object_and_the_graph_output():
     np.testing.assert_allclose(ort_run(export_model(m), {"x": x})[0], -1 / (1 + np.exp(-x)), rtol=1e-6)
     with pytest.raises(TvmliteError, match="already has a source"):
         g.produce_instead(g.producer("y"), "y", "a")  # "a" is produced by sig
+
+
+def test_produce_instead_renames_outer_references_in_subgraphs():
+    """A reader of the retired value inside an If body follows it to the surviving name."""
+    then_g = helper.make_graph([helper.make_node("Neg", ["t"], ["b"], name="neg_in_body")], "then", [],
+                               [tensor("b", [2, 3])])
+    else_g = helper.make_graph([helper.make_node("Abs", ["t"], ["c"], name="abs_in_body")], "else", [],
+                               [tensor("c", [2, 3])])
+    nodes = [helper.make_node("Relu", ["x"], ["t"], name="relu"),
+             helper.make_node("Sigmoid", ["x"], ["o"], name="sig"),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="if")]
+    m = tvmlite.load(make_model(nodes, [tensor("x", [2, 3]), tensor("cond", [], TensorProto.BOOL)],
+                                [tensor("o", [2, 3]), tensor("y", [2, 3])]))
+    g = m.graph
+    g.remove_node(g.producer("o"), remove_outputs=False)
+    relu = g.producer("t")
+    g.produce_instead(relu, "t", "o")
+    assert g.producer("o") is relu and "t" not in g.values and g.outputs == ["o", "y"]
+    body_inputs = [n.inputs for sg in g.producer("y").subgraphs for n in sg.nx.nodes]
+    assert sorted(body_inputs) == [("o",), ("o",)]
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    o, y = ort_run(export_model(m), {"x": x, "cond": np.array(True)})
+    np.testing.assert_allclose(o, np.maximum(x, 0))
+    np.testing.assert_allclose(y, -np.maximum(x, 0))

@@ -25,12 +25,7 @@ class GraphEdits:
         """
         if old == new:
             return
-        for node in self.consumers(old):
-            self.set_inputs(node, [new if n == old else n for n in node.inputs])
-            if old in node.implicit_inputs:
-                for sg in node.subgraphs:
-                    sg._rename_outer(old, new)
-                self.subgraph_changed(node)
+        self._redirect_readers(old, new)
         if old in self.outputs:
             positions = [i for i, n in enumerate(self.outputs) if n == old]
             renamable = (new in self.values and self.values[new].producer is not None
@@ -49,6 +44,16 @@ class GraphEdits:
                 self.add_node("Identity", [new], [old], name=self.fresh_name(old + "_identity"))
             for i in positions:  # the output keeps its name, now produced by `new`'s producer
                 self.outputs[i] = old
+
+    def _redirect_readers(self, old: str, new: str) -> None:
+        """Every reader of ``old`` reads ``new``: its inputs, and the outer references of its
+        subgraphs (If/Loop/Scan bodies) that name ``old``."""
+        for node in self.consumers(old):
+            self.set_inputs(node, [new if n == old else n for n in node.inputs])
+            if old in node.implicit_inputs:
+                for sg in node.subgraphs:
+                    sg._rename_outer(old, new)
+                self.subgraph_changed(node)
 
     def _rename_outer(self, old: str, new: str) -> None:
         """Rename an outer-scope reference inside this subgraph (and deeper)."""
@@ -75,12 +80,7 @@ class GraphEdits:
         p = v.producer
         if p is not None:
             p._outputs = tuple(new if n == old else n for n in p.outputs)
-        for node in self.consumers(old):
-            self.set_inputs(node, [new if n == old else n for n in node.inputs])
-            if old in node.implicit_inputs:
-                for sg in node.subgraphs:
-                    sg._rename_outer(old, new)
-                self.subgraph_changed(node)
+        self._redirect_readers(old, new)
         for lst in (self.inputs, self.outputs, self.initializers, self.value_info_order):
             for i, n in enumerate(lst):
                 if n == old:
@@ -98,8 +98,7 @@ class GraphEdits:
             raise TvmliteError(f"cannot produce {old!r} with {node.label!r}: it already has a source")
         if new in self.outputs:
             raise TvmliteError(f"cannot retire {new!r}: it is a graph output")
-        for reader in self.consumers(new):
-            self.set_inputs(reader, [old if n == new else n for n in reader.inputs])
+        self._redirect_readers(new, old)
         node._outputs = tuple(old if n == new else n for n in node.outputs)
         del self.values[new]
         vo.producer = node
