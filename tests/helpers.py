@@ -79,3 +79,23 @@ def memory_cap(extra_bytes=3 * 2**30):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def two_matmuls(n: int, k: int, seed: int = 0, scale: float = 1.0) -> onnx.ModelProto:
+    """MatMul(x, w1) -> Identity -> MatMul(., w2), x of shape [N, n], weights n x k and k x n: the
+    large-model tests' model (two big weights, one clean-up to do)."""
+    rng = np.random.default_rng(seed)
+    w1, w2 = rng.standard_normal((n, k), np.float32), rng.standard_normal((k, n), np.float32)
+    if scale != 1.0:
+        w1 *= scale
+        w2 *= scale
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    del w1, w2
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Identity", ["h"], ["h2"], name="id"),
+             helper.make_node("MatMul", ["h2", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    return proto

@@ -14,6 +14,8 @@ from tvmlite.ir.graph import type_shape
 
 from helpers import conv_bn_relu_model
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
 
 def test_big_model_goes_external(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "EXTERNAL_THRESHOLD", 1024)
@@ -43,22 +45,12 @@ PEAK_RSS_TARGET = 3 * 10**9
 
 MAKE_2GB_MODEL = """
 import sys
-import numpy as np
-import onnx
-from onnx import TensorProto, helper
 from onnx.external_data_helper import convert_model_to_external_data
+import onnx
+sys.path.insert(0, sys.argv[2])
+from helpers import two_matmuls
 
-n, k = 16384, 17000  # 2 x 16384 x 17000 float32 = 2.07 GiB
-rng = np.random.default_rng(0)
-inits = [onnx.numpy_helper.from_array(rng.standard_normal((n, k), np.float32) * 0.01, "w1"),
-         onnx.numpy_helper.from_array(rng.standard_normal((k, n), np.float32) * 0.01, "w2")]
-nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
-         helper.make_node("Identity", ["h"], ["h2"], name="id"),
-         helper.make_node("MatMul", ["h2", "w2"], ["y"], name="mm2")]
-graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])], inits)
-proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-proto.ir_version = 8
+proto = two_matmuls(16384, 17000, scale=0.01)  # 2 x 16384 x 17000 float32 = 2.07 GiB
 convert_model_to_external_data(proto, location="big.onnx.data", size_threshold=1024)
 onnx.save(proto, sys.argv[1] + "/big.onnx")
 """
@@ -83,7 +75,7 @@ def test_real_model_over_2gb_through_optimize(tmp_path):
     # made in a child of its own: wait4's figure is the optimize child's peak or this process's,
     # whichever is higher (exec records the peak of the address space it replaces, and
     # subprocess's vfork child has this process's), and making the model here peaked at 7.9 GB
-    subprocess.run([sys.executable, "-c", MAKE_2GB_MODEL, str(tmp_path)], check=True)
+    subprocess.run([sys.executable, "-c", MAKE_2GB_MODEL, str(tmp_path), str(TESTS)], check=True)
     src = tmp_path / "big.onnx"
     assert os.path.getsize(tmp_path / "big.onnx.data") > 2 ** 31
     out = tmp_path / "out" / "opt.onnx"

@@ -19,22 +19,10 @@ import tvmlite
 from tvmlite.export import onnx_export, shapes
 from tvmlite.runtime.ort import ort_session
 
+from helpers import two_matmuls
+
 ROOT = Path(__file__).resolve().parents[1]
 N, K = 3584, 3584  # two float32 weights of 51 MB
-
-
-def two_matmuls(n: int, k: int, seed: int = 0) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    inits = [onnx.numpy_helper.from_array(rng.standard_normal((n, k), np.float32), "w1"),
-             onnx.numpy_helper.from_array(rng.standard_normal((k, n), np.float32), "w2")]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
-             helper.make_node("Identity", ["h"], ["h2"], name="id"),
-             helper.make_node("MatMul", ["h2", "w2"], ["y"], name="mm2")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])], inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    proto.ir_version = 8
-    return proto
 
 
 @pytest.fixture(scope="module")
