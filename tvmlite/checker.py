@@ -9,9 +9,8 @@ it accepted the original), fails the check with the reason, like one that breaks
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 

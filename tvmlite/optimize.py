@@ -126,7 +126,6 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
         report.metrics = dict(checker.metric)
     if calib is None and shapes and needs_calib:
         # The passes' own random fallback knows nothing of --shape; symbolic dims need it.
-
         calib = load_calibration(None, m, shapes=shapes)
     if calib is not None:
         for p in needs_calib:
