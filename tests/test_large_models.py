@@ -36,10 +36,10 @@ def test_big_model_goes_external(tmp_path, monkeypatch):
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ref)
 
 
-#: issue 13's target for the model below through `optimize --preset exact`: the child's peak RSS (it was
-#: 12-15 GB: 15.35 GB when the OOM killer stopped it on a 24 GiB machine, with the ONNX-round-trip copy;
-#: 11.26 GB and 677 s before the weights were held once; now 2.35 GB and 27-33 s, the floor being the
-#: 2.23 GB of weights and ~0.1 GB of interpreter with onnxruntime)
+#: issue 13's target for the model below through `optimize --preset exact`: the child's peak RSS.
+#: Before the weights were held once (1e70b62, measured this way): 17.95 GB and 439 s; earlier runs
+#: inside pytest read 12-15 GB (15.35 GB when the OOM killer stopped it). Now 2.35 GB and 14-33 s, the
+#: floor being the 2.23 GB of weights and ~0.1 GB of interpreter with onnxruntime.
 PEAK_RSS_TARGET = 3 * 10**9
 
 
