@@ -1,6 +1,7 @@
 """Before lowering: a folded copy of the model with static shapes.
 
-`prepare` copies the model, fixes its input shapes, folds everything constant (including Shape
+`prepare` copies the model, fixes its input shapes, turns QDQ Conv/MatMul patterns into int8
+nodes (qdq_fusion.py), folds everything constant (including Shape
 of static tensors, so shape arithmetic disappears) and folds BatchNormalization into the
 producing conv/GEMM, then reports the shape of every value (and records the inferred element type
 of values the graph left untyped: what decides between a float32 kernel and a host call).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tvmlite.backends.tvm.qdq_fusion import fuse_qdq
 from tvmlite.errors import InputError
 from tvmlite.inputs import graph_inputs
 from tvmlite.ir.graph import Model, tensor_type, type_elem, type_shape
@@ -29,6 +31,8 @@ def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
             raise InputError(f"no shape for input {name!r}")
         v = g.values[name]
         v.type = tensor_type(v.dtype or np.float32, input_shapes[name])
+    if fuse_qdq(m):  # before folding turns the int8 weights back into float
+        m.opsets.setdefault("tvmlite", 1)
     for _ in range(8):  # Shape -> constant -> fold, until shape arithmetic is gone
         shapes = _shapes(m)
         changed = _fold_static_shapes(m, shapes)

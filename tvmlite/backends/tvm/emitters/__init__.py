@@ -8,11 +8,12 @@
     reduce.py       Softmax, LogSoftmax, Reduce*, LRN
     tensor.py       views (Reshape, Flatten, ...), Concat, Transpose, Slice
     resize.py       Resize, Upsample (index tables on the host)
+    qdq.py          tvmlite's QDQConv, QDQMatMul (int8 VNNI kernels; made by qdq_fusion.py)
     lowered.py      tvmlite's Im2Col, MecLower, MecMatMul, WinogradInput, WinogradOutput
 
 No module here imports TVM: an emitter hands ``low.add`` a factory that imports the kernel
 builder (backends/tvm/kernels) only when the kernel is built, so `unsupported_ops` stays cheap.
 Importing this package registers every family.
 """
-from tvmlite.backends.tvm.emitters import conv, elementwise, gemm, lowered, pool, reduce, resize, tensor  # noqa: F401
+from tvmlite.backends.tvm.emitters import conv, elementwise, gemm, lowered, pool, qdq, reduce, resize, tensor  # noqa: F401
 from tvmlite.backends.tvm.emitters.registry import Emitter, emitter, lookup, registered  # noqa: F401

@@ -10,7 +10,7 @@ from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
 from tvmlite.errors import UnsupportedError
 
 UNARY_OPS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal",
-             "Erf", "Floor", "Ceil", "HardSigmoid", "HardSwish", "Clip", "Elu", "Softplus", "Gelu"}
+             "Erf", "Floor", "Ceil", "Round", "HardSigmoid", "HardSwish", "Clip", "Elu", "Softplus", "Gelu"}
 BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "PRelu"}
 EW_OPS = UNARY_OPS | BINARY_OPS | {"BatchNormalization"}
 

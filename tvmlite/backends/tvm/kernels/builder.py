@@ -27,10 +27,10 @@ class Builder:
             self._by_key[key] = t
         return self._by_key[key]
 
-    def const(self, array: np.ndarray, shape=None, label: str = "w") -> te.Tensor:
-        array = np.asarray(array, dtype=np.float32, order="C")  # ascontiguousarray makes a 0-d array 1-d
+    def const(self, array: np.ndarray, shape=None, label: str = "w", dtype=np.float32) -> te.Tensor:
+        array = np.asarray(array, dtype=dtype, order="C")  # ascontiguousarray makes a 0-d array 1-d
         shape = tuple(int(d) for d in (array.shape if shape is None else shape))
-        t = te.placeholder(shape, F32, name=f"{label}{len(self.params)}")
+        t = te.placeholder(shape, array.dtype.name, name=f"{label}{len(self.params)}")
         self.params.append(Param("const", f"{self.name}.{label}{len(self.params)}", shape, array))
         self.tensors.append(t)
         return t

@@ -26,6 +26,7 @@ UNARY = {
     "Erf": lambda x, a: tirx.erf(x),
     "Floor": lambda x, a: tirx.floor(x),
     "Ceil": lambda x, a: tirx.ceil(x),
+    "Round": lambda x, a: tirx.nearbyint(x),  # half to even, as ONNX Round and QuantizeLinear
     "Identity": lambda x, a: x,
     "HardSigmoid": lambda x, a: tirx.max(tirx.const(0.0, F32), tirx.min(
         tirx.const(1.0, F32), x * tirx.const(a.get("alpha", 0.2), F32) + tirx.const(a.get("beta", 0.5), F32))),

@@ -1,0 +1,175 @@
+"""int8 in the TVM backend: the VNNI GEMM against tvmlite's own float32 GEMM, and QDQ models built by
+tvmlite against onnxruntime running the same QDQ file.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/bench_tvm_int8.py [--quick] [--models digits,digits-ort,cls-ort]
+
+1. GEMM 1024^3: `dense_int8` (quantize A to uint8, u8 x s8 VNNI dot products into int32, dequantize
+   with per-column scales) against `dense_gemm` float32, same shapes. Target: int8 >= 2x the float
+   throughput.
+2. QDQ models, each built with `compile_model` (the QDQ patterns become int8 kernels at build time)
+   and run against onnxruntime on the same file (2 threads, batch 1):
+     digits      tvmlite's `quantize(mode=all)` of models/digits_cnn.onnx (calibration digits_calib.npz)
+     digits-ort  onnxruntime's quantize_static (QDQ, per-channel s8 weights, u8 activations, MinMax)
+     cls-ort     the same for PP-OCR cls (../shared/corpus), calibrated on synthetic text lines
+   Target: tvmlite <= 1.0x of onnxruntime's latency, outputs within one quantization step of the
+   output (the max difference is printed in units of the last QuantizeLinear's scale when the model
+   ends with one, else as an absolute error).
+Every pair is timed interleaved (bench_tvm.interleaved: medians, and the ratio of the best runs).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_tvm import build_kernel, interleaved, ort_session  # noqa: E402
+from bench_vs_ort_quant import cls_inputs, ort_quant, split  # noqa: E402
+
+from tvmlite.backends.tvm.kernels.target import import_tvm  # noqa: E402
+
+CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))
+
+
+def bench_gemm(rounds: int) -> dict:
+    from tvmlite.backends.tvm.kernels import gemm as G
+    from tvmlite.backends.tvm.kernels.defs import Epilogue
+    from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, dense_int8
+    from tvmlite.backends.tvm.kernels.target import vector_lanes
+    from tvmlite.backends.tvm.module import kernel_args
+
+    n = 1024
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    w = rng.standard_normal((n, n)).astype(np.float32)
+    w_scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    w_q = np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8)
+    a_scale = float(np.abs(a).max() / 127)
+    kf = G.dense_gemm("gemm_f32", "a", a.shape, w, None, out_value="c", out_shape=(n, n), epilogue=Epilogue(),
+                      lanes=vector_lanes())
+    kq = dense_int8("gemm_int8", "a", a.shape, w_q, w_scale, None, QuantSpec(a_scale, 0, 1), out_value="c",
+                    out_shape=(n, n), epilogue=Epilogue())
+    (lf, sf), (lq, sq) = build_kernel(kf), build_kernel(kq)
+    af, (of,) = kernel_args(kf, {"a": a})
+    aq, (oq,) = kernel_args(kq, {"a": a})
+    ff, fq = lf["main"], lq["main"]
+    ff(*af)
+    fq(*aq)
+    a_q = np.clip(np.rint(a / np.float32(a_scale)), -128, 127)
+    ref = (a_q.astype(np.float64) @ w_q.astype(np.float64)) * a_scale * w_scale
+    err = float(np.abs(oq.numpy() - ref).max() / np.abs(ref).max())
+    t = interleaved({"int8": lambda: fq(*aq), "float32": lambda: ff(*af)}, rounds, 5)
+    ops = 2 * n ** 3
+    g = {k: ops / v / 1e6 for k, v in t.items()}
+    ratio, best = g["int8"] / g["float32"], g["int8_best"] / g["float32_best"]
+    print(f"GEMM 1024^3: int8 {g['int8']:.0f} GOP/s, float32 {g['float32']:.0f} GFLOP/s -> {ratio:.2f}x "
+          f"(best runs {best:.2f}x; target >= 2x: {'met' if ratio >= 2 else 'NOT met'}); builds {sq:.1f} s and "
+          f"{sf:.1f} s; int8 vs exact integer arithmetic rel err {err:.1e}")
+    return {"int8_gops": g["int8"], "float_gflops": g["float32"], "ratio": ratio, "best_ratio": best}
+
+
+def _tvmlite_qdq(src: str, calib: str, out: str) -> None:
+    import tvmlite
+    from tvmlite.optimize import optimize
+
+    model, _ = optimize(src, passes="fold-bn,quantize(mode=all)", calib=calib, check=False)
+    tvmlite.save(model, out)
+
+
+def qdq_models(names, tmp: str) -> list[tuple[str, str, dict]]:
+    """(label, QDQ file, one batch-1 feed) per requested model."""
+    out = []
+    digits_calib = np.load(ROOT / "models" / "digits_calib.npz")["input"]
+    digits_x = {"input": np.load(ROOT / "models" / "digits_test.npz")["input"][:1].astype(np.float32)}
+    for name in names:
+        path = f"{tmp}/{name}.onnx"
+        if name == "digits":
+            _tvmlite_qdq(str(ROOT / "models" / "digits_cnn.onnx"), str(ROOT / "models" / "digits_calib.npz"), path)
+            out.append((name, path, digits_x))
+        elif name == "digits-ort":
+            ort_quant({"src": str(ROOT / "models" / "digits_cnn.onnx"), "quant": "static",
+                       "calib": split({"input": digits_calib[:32]})}, path)
+            out.append((name, path, digits_x))
+        elif name == "cls-ort":
+            src = CORPUS / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+            if not src.exists():
+                print(f"cls-ort: skipped ({src} not found)")
+                continue
+            ort_quant({"src": str(src), "quant": "static", "calib": split({"x": cls_inputs(16, seed=1)})}, path)
+            out.append((name, path, {"x": cls_inputs(1, seed=2)}))
+        else:
+            raise SystemExit(f"unknown model {name!r} (digits, digits-ort, cls-ort)")
+    return out
+
+
+def _last_step(model: onnx.ModelProto) -> float | None:
+    """The scale of the DequantizeLinear that makes the first output, if one does."""
+    out = model.graph.output[0].name
+    inits = {i.name: i for i in model.graph.initializer}
+    for n in model.graph.node:
+        if out in n.output and n.op_type == "DequantizeLinear" and n.input[1] in inits:
+            return float(onnx.numpy_helper.to_array(inits[n.input[1]]).reshape(-1)[0])
+    return None
+
+
+def bench_models(names, rounds: int) -> list[dict]:
+    import tvmlite
+    from tvmlite.backends.tvm import compile_model
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, path, feed in qdq_models(names, tmp):
+            proto = onnx.load(path)
+            m = tvmlite.load(path)
+            shapes = {k: v.shape for k, v in feed.items()}
+            t0 = time.perf_counter()
+            cm = compile_model(m, shapes, cache=False)
+            build = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            compile_model(m, shapes)  # into the cache, then from it
+            cached = compile_model(m, shapes)
+            cached_s = time.perf_counter() - t0 if not getattr(cached, "cached", False) else cached.build_seconds
+            sess = ort_session(proto)
+            ref = sess.run(None, feed)[0]
+            got = cm.run(feed)[0]
+            step = _last_step(proto)
+            diff = float(np.abs(ref - got).max())
+            err = f"{diff / step:.2f} steps" if step else f"max abs {diff:.2e}"
+            t = interleaved({"tvmlite": lambda: cm.run(feed), "ort": lambda: sess.run(None, feed)}, rounds, 10)
+            ratio, best = t["tvmlite"] / t["ort"], t["tvmlite_best"] / t["ort_best"]
+            host = cm.host_ops if hasattr(cm, "host_ops") else []
+            print(f"{label:11s} tvmlite {t['tvmlite']:.3f} ms, onnxruntime {t['ort']:.3f} ms -> {ratio:.2f}x "
+                  f"(best runs {best:.2f}x; target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'}); output "
+                  f"difference {err}; build {build:.1f} s, cached {cached_s:.2f} s; host-run: "
+                  f"{', '.join(host) if host else 'none'}")
+            rows.append({"model": label, "ratio": ratio, "best_ratio": best, "error": err, "build_s": build,
+                         "cached_s": cached_s, "host_ops": list(host)})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds")
+    ap.add_argument("--models", default="digits,digits-ort,cls-ort")
+    ap.add_argument("--only", choices=["gemm", "models"], default=None)
+    args = ap.parse_args(argv)
+    import_tvm()
+    rounds = 3 if args.quick else 10
+    if args.only in (None, "gemm"):
+        bench_gemm(rounds)
+    if args.only in (None, "models"):
+        bench_models([m for m in args.models.split(",") if m], rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Build-time QDQ fusion: each Conv / MatMul / Gemm of a QDQ model (tvmlite's `quantize` output,
+onnxruntime's quantize_static output) whose input is QuantizeLinear -> DequantizeLinear and whose
+weights are DequantizeLinear of constant int8 becomes one tvmlite QDQConv / QDQMatMul node
+(ops/qdq_fused.py), so the TVM emitter can run it as an int8 kernel (VNNI dot products with int32
+accumulation) instead of a float Conv between host-run QuantizeLinear / DequantizeLinear calls.
+
+A following Relu and QuantizeLinear -> DequantizeLinear pair are taken into the node when the
+Conv's output has no other reader. Runs on the prepared copy before constant folding (which would
+turn the int8 weights back into float). What does not fit (grouped or non-2-D convs, weights with a
+zero point or blocks, a scale that is not one number per tensor or per output channel, Gemm with
+alpha/beta/transA) is left as it was.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.ops.quant import _dequantize
+
+ONNX = ("", "ai.onnx")
+_CONV_ATTRS = ("auto_pad", "kernel_shape", "pads", "strides", "dilations", "group")
+
+
+def fuse_qdq(model: Model) -> int:
+    """Rewrite every fusable pattern of ``model`` in place; returns how many nodes were fused."""
+    g = model.graph
+    fused = 0
+    for node in g.toposort():
+        if node.graph is None or node.domain not in ONNX or node.op_type not in ("Conv", "MatMul", "Gemm"):
+            continue
+        if _fuse(g, node):
+            fused += 1
+    for node in g.toposort():
+        if node.graph is not None and node.domain in ONNX and node.op_type == "QuantizeLinear":
+            fused += _fake_quant(g, node)
+    return fused
+
+
+def _fake_quant(g: Graph, q: Node) -> int:
+    """A QuantizeLinear -> DequantizeLinear pair left between float ops (around a MaxPool, say)
+    becomes its float arithmetic, which the backend fuses into the producer's kernel:
+    (clip(round(x / s) + z, lo, hi) - z) * s, with ONNX Round's half-to-even rounding."""
+    params = _scalar_params(g, q)
+    dq = _only_reader(g, q.outputs[0], "DequantizeLinear")
+    if params is None or dq is None or _scalar_params(g, dq) != params:
+        return 0
+    s, z, signed = params
+    lo, hi = (-128, 127) if signed else (0, 255)
+    c = {k: g.add_constant(np.array(v, np.float32), f"{q.outputs[0]}_{k}")
+         for k, v in (("s", s), ("z", z), ("lo", lo), ("hi", hi))}
+    x, out, order = q.inputs[0], dq.outputs[0], q.order
+    g.remove_node(dq, remove_outputs=False)
+    g.remove_node(q)
+    v = x
+    for i, (op, ins) in enumerate((("Div", ["s"]), ("Round", []), ("Add", ["z"]), ("Clip", ["lo", "hi"]),
+                                   ("Sub", ["z"]))):
+        v = g.add_node(op, [v] + [c[k] for k in ins], 1, name=g.fresh_node_name(f"{out}_{op.lower()}"),
+                       order=order + i * 1e-3).outputs[0]
+    g.add_node("Mul", [v, c["s"]], [out], name=g.fresh_node_name(f"{out}_mul"), order=order + 0.01)
+    return 1
+
+
+def _producer(g: Graph, name: str, op: str) -> Node | None:
+    p = g.producer(name) if name else None
+    return p if p is not None and p.op_type == op and p.domain in ONNX else None
+
+
+def _scalar_params(g: Graph, node: Node):
+    """(scale, zero point, signed) of a per-tensor Q/DQ node with constant parameters, else None."""
+    if node.attrs.get("block_size", 0):
+        return None
+    s = g.const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    zname = node.inputs[2] if len(node.inputs) > 2 else ""
+    z = g.const_value(zname) if zname else np.array(0, np.uint8)
+    if s is None or z is None or s.size != 1 or z.size != 1 or s.dtype != np.float32 \
+            or z.dtype not in (np.uint8, np.int8) or not float(s.reshape(-1)[0]) > 0:
+        return None
+    return float(s.reshape(-1)[0]), int(z.reshape(-1)[0]), int(z.dtype == np.int8)
+
+
+def _input_params(g: Graph, x_dq: str):
+    """(float input, params) when ``x_dq`` is DequantizeLinear(QuantizeLinear(x)) with equal
+    per-tensor parameters, or the output of a fused node that ends in such a pair (quantizing it
+    again with the same parameters changes nothing)."""
+    fused = g.producer(x_dq) if x_dq else None
+    if fused is not None and fused.domain == "tvmlite" and fused.op_type in ("QDQConv", "QDQMatMul") \
+            and float(fused.attrs.get("y_scale", 0.0)) > 0:  # already on its output's grid
+        a = fused.attrs
+        return x_dq, (float(a["y_scale"]), int(a["y_zero_point"]), int(a.get("y_signed", 0)))
+    dq = _producer(g, x_dq, "DequantizeLinear")
+    q = _producer(g, dq.inputs[0], "QuantizeLinear") if dq is not None else None
+    if q is None:
+        return None
+    pd, pq = _scalar_params(g, dq), _scalar_params(g, q)
+    if pd is None or pd != pq:
+        return None
+    return q.inputs[0], pd
+
+
+def _weights(g: Graph, name: str, channel_axis: int, channels_from_shape: bool = True):
+    """(int8 weights, float32 scales: one or one per channel along ``channel_axis``) of a constant
+    DequantizeLinear without zero point (or an all-zero one), else None."""
+    dq = _producer(g, name, "DequantizeLinear")
+    if dq is None or dq.attrs.get("block_size", 0):
+        return None
+    w = g.const_value(dq.inputs[0])
+    s = g.const_value(dq.inputs[1]) if len(dq.inputs) > 1 else None
+    z = g.const_value(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] else None
+    if w is None or s is None or w.dtype != np.int8 or s.dtype != np.float32 or w.ndim < 2:
+        return None
+    if len(dq.inputs) > 2 and dq.inputs[2] and (z is None or np.any(z != 0)):
+        return None
+    if s.size != 1:
+        axis = int(dq.attrs.get("axis", 1))
+        axis = axis + w.ndim if axis < 0 else axis
+        if s.ndim != 1 or axis != channel_axis or s.size != w.shape[channel_axis]:
+            return None
+    return w, s.reshape(-1).astype(np.float32)
+
+
+def _bias(g: Graph, name: str, n: int):
+    """Float32 bias of ``n`` values: a constant, or DequantizeLinear of constants; False when not."""
+    if not name:
+        return None
+    c = g.const_value(name)
+    if c is None:
+        dq = _producer(g, name, "DequantizeLinear")
+        if dq is None or any(g.const_value(i) is None for i in dq.inputs if i):
+            return False
+        c = _dequantize(*[g.const_value(i) for i in dq.inputs if i], axis=int(dq.attrs.get("axis", 1)))
+    c = np.asarray(c, np.float32)
+    if c.size == n and c.ndim <= 2:
+        return c.reshape(-1)
+    if c.size == 1:
+        return np.full(n, c.reshape(-1)[0], np.float32)
+    return False
+
+
+def _only_reader(g: Graph, name: str, op: str) -> Node | None:
+    if name in g.outputs:
+        return None
+    readers = g.consumers(name)
+    if len(readers) != 1 or readers[0].op_type != op or readers[0].domain not in ONNX:
+        return None
+    return readers[0]
+
+
+def _tail(g: Graph, y: str):
+    """(nodes absorbed after the anchor, final value, activation, output params or None)."""
+    absorbed, activation = [], ""
+    relu = _only_reader(g, y, "Relu")
+    if relu is not None:
+        absorbed.append(relu)
+        activation, y = "Relu", relu.outputs[0]
+    q = _only_reader(g, y, "QuantizeLinear")
+    dq = _only_reader(g, q.outputs[0], "DequantizeLinear") if q is not None else None
+    params = _scalar_params(g, q) if dq is not None else None
+    if params is not None and _scalar_params(g, dq) == params:
+        return absorbed + [q, dq], dq.outputs[0], activation, params
+    return absorbed, y, activation, None
+
+
+def _fuse(g: Graph, node: Node) -> bool:
+    inp = _input_params(g, node.inputs[0])
+    if inp is None:
+        return False
+    x, (xs, xz, xsg) = inp
+    a = node.attrs
+    if node.op_type == "Conv":
+        wt = _weights(g, node.inputs[1], 0)
+        if wt is None or wt[0].ndim != 4 or int(a.get("group", 1)) != 1:
+            return False
+        n_out, op, extra = wt[0].shape[0], "QDQConv", {k: a[k] for k in _CONV_ATTRS if k in a}
+    elif node.op_type == "Gemm":
+        if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
+            return False
+        wt = _weights(g, node.inputs[1], 0 if a.get("transB", 0) else 1)
+        if wt is None or wt[0].ndim != 2:
+            return False
+        if a.get("transB", 0):
+            wt = (np.ascontiguousarray(wt[0].T), wt[1])
+        n_out, op, extra = wt[0].shape[1], "QDQMatMul", {}
+    else:
+        wt = _weights(g, node.inputs[1], 1)
+        if wt is None or wt[0].ndim != 2:
+            return False
+        n_out, op, extra = wt[0].shape[1], "QDQMatMul", {}
+    bias = _bias(g, node.inputs[2] if len(node.inputs) > 2 else "", n_out)
+    if bias is False:
+        return False
+    absorbed, out, activation, yp = _tail(g, node.outputs[0])
+    attrs = {"x_scale": xs, "x_zero_point": xz, "x_signed": xsg, "activation": activation, **extra}
+    if yp is not None:
+        attrs.update(y_scale=yp[0], y_zero_point=yp[1], y_signed=yp[2])
+    base = node.name or node.outputs[0]
+    ins = [x, g.add_constant(wt[0], f"{base}_wq"), g.add_constant(wt[1], f"{base}_wscale")]
+    if bias is not None:
+        ins.append(g.add_constant(bias, f"{base}_bias"))
+    name, order = node.name, node.order
+    for n in reversed(absorbed):
+        g.remove_node(n, remove_outputs=False)
+    g.remove_node(node, remove_outputs=False)
+    for n in [node] + absorbed:  # the values between the fused nodes are gone with them
+        for o in n.outputs:
+            if o and o != out and o in g.values and g.values[o].producer is None and not g.num_uses(o):
+                del g.values[o]
+    g.add_node(op, ins, [out], attrs, domain="tvmlite", name=name, order=order)
+    return True

@@ -1,0 +1,157 @@
+"""A QDQ-quantized Conv or MatMul as one node (domain "tvmlite"), made by the TVM backend's build-time
+QDQ fusion (backends/tvm/qdq_fusion.py) so its int8 kernel sees the whole pattern:
+
+    x -> QuantizeLinear -> DequantizeLinear -> Conv / MatMul (weights DequantizeLinear(int8), bias)
+      [-> Relu] [-> QuantizeLinear -> DequantizeLinear] -> y
+
+QDQConv(x, w_q, w_scale[, bias]) and QDQMatMul(x, w_q, w_scale[, bias]) take the float input ``x``
+and compute exactly what that pattern computes: ``x`` quantized with ``x_scale`` / ``x_zero_point``
+(int8 when ``x_signed``, else uint8) and dequantized, the weights ``w_q * w_scale`` (int8, one scale
+per output channel or one for all), the float Conv / MatMul plus ``bias``, ``activation`` ("Relu" or
+""), then, when ``y_scale`` > 0, the output quantized and dequantized the same way. So the NumPy
+kernel (used where the TVM emitter declines) and the ONNX function body are the unfused graph.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tvmlite.ops.conv import conv_nd
+from tvmlite.ops.conv_shapes import conv_output_shape, kernel_geometry, resolve_pads
+from tvmlite.ops.quant import _dequantize, _quantize
+from tvmlite.ops.registry import tvmlite_op
+
+
+def _zp(value: int, signed: int) -> np.ndarray:
+    return np.array(int(value), np.int8 if int(signed) else np.uint8)
+
+
+def fake_quant(x, scale: float, zero_point: int, signed: int) -> np.ndarray:
+    """DequantizeLinear(QuantizeLinear(x)) with a per-tensor scale, in float32 as onnxruntime does."""
+    s, zp = np.float32(scale), _zp(zero_point, signed)
+    return _dequantize(_quantize(np.asarray(x, np.float32), s, zp), s, zp).astype(np.float32, copy=False)
+
+
+def _weights(w_q, w_scale, axis: int) -> np.ndarray:
+    s = np.asarray(w_scale, np.float32)
+    if s.size > 1:
+        shape = [1] * np.ndim(w_q)
+        shape[axis] = s.size
+        s = s.reshape(shape)
+    return np.asarray(w_q).astype(np.float32) * s
+
+
+def _finish(y, bias, bias_shape, activation, y_scale, y_zero_point, y_signed):
+    if bias is not None:
+        y = y + np.asarray(bias, np.float32).reshape(bias_shape)
+    if activation == "Relu":
+        y = np.maximum(y, np.float32(0))
+    elif activation:
+        raise ValueError(f"activation {activation!r}")
+    if float(y_scale) > 0:
+        y = fake_quant(y, y_scale, y_zero_point, y_signed)
+    return np.asarray(y, np.float32)
+
+
+def _activation(activation) -> str:
+    return activation.decode() if isinstance(activation, bytes) else (activation or "")
+
+
+# ------------------------------------------------------------------------------------------- Conv
+def _conv_out(x_shape, w_shape, auto_pad, kernel_shape, pads, strides, dilations):
+    n = len(x_shape) - 2
+    kernel, strides, dilations = kernel_geometry(w_shape, n, kernel_shape, strides, dilations)
+    spatial = x_shape[2:]
+    if any(not isinstance(d, int) for d in spatial):
+        return [None] * n
+    p = resolve_pads(auto_pad, spatial, kernel, strides, dilations, pads)
+    return conv_output_shape(spatial, kernel, strides, dilations, p)
+
+
+def _qconv_shape(types, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0, y_signed=0,
+                 activation="", auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None, dilations=None,
+                 group=1):
+    dtype, xs = types[0]
+    ws = types[1][1]
+    out = _conv_out(list(xs), list(ws), auto_pad, kernel_shape, pads, strides, dilations)
+    return [(dtype, (xs[0], ws[0], *out))]
+
+
+def _conv_attrs(auto_pad, kernel_shape, pads, strides, dilations, group) -> dict:
+    a = {"group": int(group)}
+    if auto_pad and _activation(auto_pad) != "NOTSET":
+        a["auto_pad"] = _activation(auto_pad)
+    for k, v in (("kernel_shape", kernel_shape), ("pads", pads), ("strides", strides), ("dilations", dilations)):
+        if v is not None:
+            a[k] = [int(i) for i in v]
+    return a
+
+
+def _fq_body(fb, x, scale, zero_point, signed):
+    s, zp = fb.const(np.array(scale, np.float32)), fb.const(_zp(zero_point, signed))
+    return fb.node("DequantizeLinear", [fb.node("QuantizeLinear", [x, s, zp]), s, zp])
+
+
+def _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed):
+    if _activation(activation) == "Relu":
+        y = fb.node("Relu", [y])
+    if float(y_scale) > 0:
+        y = _fq_body(fb, y, y_scale, y_zero_point, y_signed)
+    fb.node("Identity", [y], output=fb.outputs[0])
+
+
+def _w_body(fb, axis):
+    """DequantizeLinear of the int8 weights: per-channel along ``axis``, or per-tensor."""
+    scale_shape = fb.input_types[2][1]
+    n = 1
+    for d in scale_shape or ():
+        n *= d if isinstance(d, int) else 2
+    if n > 1:
+        return fb.node("DequantizeLinear", [fb.inputs[1], fb.inputs[2]], {"axis": axis})
+    s = fb.node("Reshape", [fb.inputs[2], fb.const(np.array([], np.int64))])
+    return fb.node("DequantizeLinear", [fb.inputs[1], s])
+
+
+def _qconv_body(fb, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0, y_signed=0,
+                activation="", auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None, dilations=None,
+                group=1):
+    x = _fq_body(fb, fb.inputs[0], x_scale, x_zero_point, x_signed)
+    ins = [x, _w_body(fb, 0)] + ([fb.inputs[3]] if len(fb.inputs) > 3 and fb.inputs[3] else [])
+    y = fb.node("Conv", ins, _conv_attrs(auto_pad, kernel_shape, pads, strides, dilations, group))
+    _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed)
+
+
+@tvmlite_op("QDQConv", shape=_qconv_shape, body=_qconv_body)
+def qdq_conv(x, w_q, w_scale, bias=None, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0,
+             y_signed=0, activation="", auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None,
+             dilations=None, group=1):
+    xq = fake_quant(x, x_scale, x_zero_point, x_signed)
+    w = _weights(w_q, w_scale, 0)
+    y = conv_nd(xq, w, None, auto_pad=_activation(auto_pad), kernel_shape=kernel_shape, pads=pads,
+                strides=strides, dilations=dilations, group=group)
+    return _finish(y, bias, (1, -1) + (1,) * (y.ndim - 2), _activation(activation), y_scale, y_zero_point,
+                   y_signed)
+
+
+# ----------------------------------------------------------------------------------------- MatMul
+def _qmatmul_shape(types, **_):
+    dtype, xs = types[0]
+    ws = types[1][1]
+    return [(dtype, (*xs[:-1], ws[1]))]
+
+
+def _qmatmul_body(fb, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0, y_signed=0,
+                  activation=""):
+    x = _fq_body(fb, fb.inputs[0], x_scale, x_zero_point, x_signed)
+    y = fb.node("MatMul", [x, _w_body(fb, 1)])
+    if len(fb.inputs) > 3 and fb.inputs[3]:
+        y = fb.node("Add", [y, fb.inputs[3]])
+    _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed)
+
+
+@tvmlite_op("QDQMatMul", shape=_qmatmul_shape, body=_qmatmul_body)
+def qdq_matmul(x, w_q, w_scale, bias=None, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0,
+               y_signed=0, activation=""):
+    xq = fake_quant(x, x_scale, x_zero_point, x_signed)
+    y = np.matmul(xq, _weights(w_q, w_scale, 1))
+    return _finish(y, bias, (-1,), _activation(activation), y_scale, y_zero_point, y_signed)
+
