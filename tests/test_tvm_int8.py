@@ -1,0 +1,269 @@
+"""TVM backend, int8: QDQ Conv / MatMul / Gemm patterns become int8 VNNI kernels at build time
+(backends/tvm/qdq_fusion.py, kernels/qgemm.py) and agree with onnxruntime running the same QDQ model
+within one quantization step of the output; what does not fit the pattern is left as it was and
+still runs correctly."""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from helpers import make_model, ort_run, tensor
+
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+
+require_tvm()
+
+import tvmlite  # noqa: E402
+from tvmlite.backends.tvm import compile_model  # noqa: E402
+from tvmlite.backends.tvm.prepare import prepare  # noqa: E402
+from tvmlite.frontend import load  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RNG = np.random.default_rng(0)
+
+
+def _q(name, x, scale, zp, out):
+    return helper.make_node(name, [x, scale, zp], [out])
+
+
+class QDQ:
+    """A QDQ model under construction: initializers, nodes, and fake-quant helpers."""
+
+    def __init__(self):
+        self.nodes, self.inits = [], []
+
+    def const(self, name, a):
+        self.inits.append((name, a))
+        return name
+
+    def fake_quant(self, x, out, scale, zp):
+        s = self.const(f"{out}_s", np.array(scale, np.float32))
+        z = self.const(f"{out}_z", zp)
+        self.nodes += [_q("QuantizeLinear", x, s, z, f"{out}_q"), _q("DequantizeLinear", f"{out}_q", s, z, out)]
+        return out
+
+    def weights(self, name, w, axis, per_channel=True, zero_point=None):
+        red = tuple(i for i in range(w.ndim) if i != axis)
+        s = (np.abs(w).max(axis=red) / 127 if per_channel else np.array(np.abs(w).max() / 127)).astype(np.float32)
+        shape = [1] * w.ndim
+        if per_channel:
+            shape[axis] = -1
+        wq = np.clip(np.rint(w / s.reshape(shape)), -127, 127).astype(np.int8)
+        ins = [self.const(f"{name}_q", wq), self.const(f"{name}_s", s)]
+        if zero_point is not None:
+            ins.append(self.const(f"{name}_z", np.full(s.shape, zero_point, np.int8)))
+        self.nodes.append(helper.make_node("DequantizeLinear", ins, [name], axis=axis))
+        return name
+
+
+def _out(name, rank):
+    return tensor(name, [f"{name}{i}" for i in range(rank)])
+
+
+def _u8(v):
+    return np.array(v, np.uint8)
+
+
+def _conv_qdq(x_shape, w_shape, *, relu=True, out_q=True, signed=False, per_channel=True, bias=True,
+              extra_reader=False, weight_zp=None, **attrs):
+    b = QDQ()
+    zp = np.array(-3, np.int8) if signed else _u8(121)
+    x = b.fake_quant("x", "xd", 0.02, zp)
+    w = b.weights("w", (RNG.standard_normal(w_shape) * 0.3).astype(np.float32), 0, per_channel, weight_zp)
+    ins = [x, w] + ([b.const("bias", RNG.standard_normal(w_shape[0]).astype(np.float32))] if bias else [])
+    b.nodes.append(helper.make_node("Conv", ins, ["c"], **attrs))
+    y = "c"
+    if relu:
+        b.nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+        y = "r"
+    outs = []
+    if out_q:
+        y = b.fake_quant(y, "y", 0.05, _u8(0 if relu else 128))
+    if extra_reader:
+        b.nodes.append(helper.make_node("Sigmoid", ["c"], ["side"]))
+        outs.append(_out("side", 4))
+    b.nodes.append(helper.make_node("Identity", [y], ["out"]))
+    return make_model(b.nodes, [tensor("x", list(x_shape))], [_out("out", 4)] + outs, b.inits, opset=17)
+
+
+def _check(model, feeds, fused_op, *, steps=1.0, step=0.05, fused=True):
+    m = load(model)
+    prepared, _ = prepare(m, {k: v.shape for k, v in feeds.items()})
+    ops = [n.op_type for n in prepared.graph.nodes]
+    assert (fused_op in ops) == fused, ops
+    cm = compile_model(m, {k: v.shape for k, v in feeds.items()})
+    got = cm.run(feeds)
+    ref = ort_run(model, feeds)
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape
+        np.testing.assert_array_less(np.abs(g - r), steps * step + 1e-6)
+    return cm, got, ref
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(x=(1, 3, 11, 9), w=(20, 3, 3, 3), pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]),
+    dict(x=(1, 16, 8, 8), w=(32, 16, 1, 1)),                          # pointwise: no input copy
+    dict(x=(2, 5, 7, 7), w=(17, 5, 3, 3), pads=[1, 1, 1, 1]),         # batch 2, odd channels
+    dict(x=(1, 8, 9, 9), w=(16, 8, 3, 3), signed=True, relu=False),   # int8 activations
+    dict(x=(1, 8, 6, 6), w=(16, 8, 3, 3), per_channel=False, bias=False, auto_pad="SAME_UPPER"),
+])
+def test_qdq_conv_runs_int8_and_matches_onnxruntime(cfg):
+    cfg = dict(cfg)
+    x_shape, w_shape = cfg.pop("x"), cfg.pop("w")
+    model = _conv_qdq(x_shape, w_shape, **cfg)
+    x = (RNG.standard_normal(x_shape) * 2).astype(np.float32)
+    cm, got, ref = _check(model, {"x": x}, "QDQConv")
+    assert cm.host_ops == []
+    assert any("qdqconv" in c.get("func", "") for c in cm.plan["calls"])
+    assert np.mean(got[0] == ref[0]) > 0.95  # off by one step only where the two round differently
+
+
+def test_qdq_conv_without_output_quantization_is_float_close():
+    model = _conv_qdq((1, 4, 8, 8), (8, 4, 3, 3), out_q=False, pads=[1, 1, 1, 1])
+    x = RNG.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    _check(model, {"x": x}, "QDQConv", step=1e-3)
+
+
+def test_left_alone_where_the_pattern_does_not_fit():
+    x = RNG.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    # grouped conv, weights with a non-zero zero point: no fused node, same answer as onnxruntime
+    _check(_conv_qdq((1, 8, 6, 6), (8, 4, 3, 3), group=2), {"x": x}, "QDQConv", fused=False)
+    _check(_conv_qdq((1, 8, 6, 6), (8, 8, 3, 3), weight_zp=3), {"x": x}, "QDQConv", fused=False)
+
+
+def test_conv_output_read_elsewhere_keeps_its_float_value():
+    model = _conv_qdq((1, 4, 6, 6), (8, 4, 3, 3), extra_reader=True, pads=[1, 1, 1, 1])
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    m = load(model)
+    prepared, _ = prepare(m, {"x": x.shape})
+    fused = [n for n in prepared.graph.nodes if n.op_type == "QDQConv"]
+    assert fused and fused[0].attrs.get("y_scale", 0.0) == 0.0 and not fused[0].attrs["activation"]
+    cm = compile_model(m, {"x": x.shape})
+    for g, r in zip(cm.run({"x": x}), ort_run(model, {"x": x})):
+        np.testing.assert_allclose(g, r, atol=0.05 + 1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["matmul3d", "gemm_transB", "gemm"])
+def test_qdq_matmul_and_gemm(kind):
+    b = QDQ()
+    x_shape = (2, 5, 37) if kind == "matmul3d" else (3, 37)
+    x = b.fake_quant("x", "xd", 0.03, _u8(128))
+    w = (RNG.standard_normal((37, 19)) * 0.2).astype(np.float32)
+    bias = b.const("bias", RNG.standard_normal(19).astype(np.float32))
+    if kind == "matmul3d":
+        b.nodes.append(helper.make_node("MatMul", [x, b.weights("w", w, 1)], ["c"]))
+    elif kind == "gemm_transB":
+        b.nodes.append(helper.make_node("Gemm", [x, b.weights("w", np.ascontiguousarray(w.T), 0), bias], ["c"],
+                                        transB=1))
+    else:
+        b.nodes.append(helper.make_node("Gemm", [x, b.weights("w", w, 1), bias], ["c"]))
+    b.nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+    y = b.fake_quant("r", "y", 0.04, _u8(0))
+    model = make_model(b.nodes + [helper.make_node("Identity", [y], ["out"])], [tensor("x", list(x_shape))],
+                       [_out("out", len(x_shape))], b.inits, opset=17)
+    xv = RNG.standard_normal(x_shape).astype(np.float32)
+    cm, _, _ = _check(model, {"x": xv}, "QDQMatMul", step=0.04)
+    assert cm.host_ops == []
+
+
+def test_lone_fake_quant_pair_runs_as_fused_float_arithmetic():
+    b = QDQ()
+    x = b.fake_quant("x", "xd", 0.1, _u8(100))
+    b.nodes.append(helper.make_node("MaxPool", [x], ["p"], kernel_shape=[2, 2], strides=[2, 2]))
+    y = b.fake_quant("p", "y", 0.07, _u8(90))
+    model = make_model(b.nodes + [helper.make_node("Identity", [y], ["out"])], [tensor("x", [1, 3, 8, 8])],
+                       [_out("out", 4)], b.inits, opset=17)
+    x = (RNG.standard_normal((1, 3, 8, 8)) * 3).astype(np.float32)
+    cm, got, ref = _check(model, {"x": x}, "QDQConv", fused=False, step=0.07)
+    assert cm.host_ops == []
+    np.testing.assert_array_equal(got[0], ref[0])  # no product to round: bit-exact
+
+
+def test_tvmlite_quantized_digits_runs_int8_without_host_calls(tmp_path):
+    from tvmlite.optimize import optimize
+
+    model, _ = optimize(str(ROOT / "models" / "digits_cnn.onnx"), passes="fold-bn,quantize(mode=all)",
+                        calib=str(ROOT / "models" / "digits_calib.npz"), check=False)
+    path = tmp_path / "q.onnx"
+    tvmlite.save(model, str(path))
+    x = np.load(ROOT / "models" / "digits_test.npz")["input"][:2].astype(np.float32)
+    m = load(str(path))
+    cm = compile_model(m, {"input": (1,) + x.shape[1:]})
+    assert cm.host_ops == []
+    for i in range(len(x)):
+        (got,) = cm.run({"input": x[i:i + 1]})
+        (ref,) = ort_run(str(path), {"input": x[i:i + 1]})
+        np.testing.assert_allclose(got, ref, atol=1e-5)  # the logits are dequantized fc2 outputs
+
+
+def test_int8_gemm_uses_vnni():
+    from tvmlite.backends.tvm.kernels.defs import Epilogue
+    from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, dense_int8
+    from tvmlite.backends.tvm.kernels.target import host_target
+    from tvmlite.backends.tvm.module import build_kernel, kernel_args
+
+    if "avx512_vnni" not in pathlib.Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    wq = RNG.integers(-127, 128, (64, 32), dtype=np.int8)
+    ws = RNG.uniform(0.01, 0.02, 32).astype(np.float32)
+    kd = dense_int8("g", "a", (9, 64), wq, ws, None, QuantSpec(0.05, 7, 1), out_value="c", out_shape=(9, 32),
+                    epilogue=Epilogue())
+    a = RNG.standard_normal((9, 64)).astype(np.float32)
+    lib = build_kernel(kd, host_target())
+    args, (out,) = kernel_args(kd, {"a": a})
+    lib["main"](*args)
+    aq = np.clip(np.rint(a / np.float32(0.05)) + 7, -128, 127) - 7
+    ref = (aq @ wq.astype(np.float64)) * np.float32(0.05) * ws
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5)
+    import tvm
+
+    mod = tvm.compile(kd.func, target=host_target())
+    asm = mod.mod.inspect_source("asm") if hasattr(mod, "mod") else mod.inspect_source("asm")
+    assert "vpdpbusd" in asm
+
+
+def test_onnxruntime_quantize_static_output_runs_int8(tmp_path):
+    """onnxruntime's own QDQ form: int32 bias through DequantizeLinear, per-channel s8 weights."""
+    ortq = pytest.importorskip("onnxruntime.quantization")
+    w1 = (RNG.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (RNG.standard_normal((10, 16 * 4 * 4)) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], transB=1)]
+    model = make_model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [1, 10])],
+                       [("w1", w1), ("b1", RNG.standard_normal(16).astype(np.float32)), ("w2", w2),
+                        ("b2", RNG.standard_normal(10).astype(np.float32))], opset=17)
+    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    src.write_bytes(model.SerializeToString())
+    calib = [{"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+
+    class Reader(ortq.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    ortq.quantize_static(str(src), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                         activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8)
+    m = load(str(dst))
+    prepared, _ = prepare(m, {"x": (1, 3, 8, 8)})
+    ops = [n.op_type for n in prepared.graph.nodes]
+    assert "QDQConv" in ops and "QDQMatMul" in ops, ops
+    cm = compile_model(m, {"x": (1, 3, 8, 8)})
+    assert cm.host_ops == []
+    import onnx
+
+    q = onnx.load(str(dst))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    last = next(n for n in q.graph.node if n.output[0] == "y")
+    step = float(inits[last.input[1]]) if last.op_type == "DequantizeLinear" else 1e-3
+    for _ in range(3):
+        x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+        (got,), (ref,) = cm.run({"x": x}), ort_run(str(dst), {"x": x})
+        np.testing.assert_array_less(np.abs(got - ref), step + 1e-6)
