@@ -64,3 +64,14 @@ def test_reduce_norms_match_onnxruntime(op, axes, keep):
                        [tensor("y", list(ref_shape))], inits, opset=18)
     x = np.abs(_x(*shape)) + 0.1  # ReduceLogSum needs a positive sum
     _check(model, {"x": x})
+
+
+@pytest.mark.parametrize("sa,sb", [((1, 4, 16, 24), (1, 4, 24, 32)),   # probs @ V: columns vectorized
+                                   ((2, 3, 5, 7), (3, 7, 16)),          # broadcast batch, rank 4 x 3
+                                   ((4, 6, 32), (32, 48)),              # 2-D right operand, runtime
+                                   ((2, 1, 5, 8), (3, 8, 10))])         # N not a multiple of the lanes
+def test_batched_matmul_of_two_inputs_matches_onnxruntime(sa, sb):
+    so = np.matmul(np.zeros(sa), np.zeros(sb)).shape
+    model = make_model([helper.make_node("MatMul", ["a", "b"], ["y"])], [tensor("a", list(sa)), tensor("b", list(sb))],
+                       [tensor("y", list(so))])
+    _check(model, {"a": _x(*sa), "b": _x(*sb)})
