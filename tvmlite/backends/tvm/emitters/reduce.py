@@ -25,7 +25,7 @@ def emit_softmax(low, node) -> None:
     low.add(make, node, out)
 
 
-@emitter("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceSumSquare")
+@emitter("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSum")
 def emit_reduce(low, node) -> None:
     a = node.attrs
     x = node.inputs[0]

@@ -154,11 +154,24 @@ def batch_matmul(name: str, a: str, a_shape, bname: str, b_shape, *, out_value: 
     loops = sch.get_loops(blk)
     *outer, i, j, kk = loops
     sch.set_scope(blk, 0, "local")
+    steps = ["write_cache"]
+    n = out_shape[-1]
+    vec = None
+    if n % lanes == 0:
+        # k outside a vector of columns: each B row is read once per lane group, contiguously,
+        # instead of a strided column walk per output element (attention's probs @ V, N = 32)
+        jo, vec = sch.split(j, [None, lanes])
+        sch.reorder(jo, kk, vec)
+        j = jo
+        steps.append("vectorize_columns")
     sch.reverse_compute_at(sch.get_sblock("epilogue"), j)
     if outer and S.worth_parallel(int(np.prod(out_shape)) * k):
         S.parallel_outer(sch, outer + [i])
+        steps.append("parallel_outer")
+    if vec is not None:
+        sch.vectorize(vec)
     sch.decompose_reduction(blk, kk)
-    return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])
+    return KernelDef(name, b.params, sch.mod["main"], steps=steps)
 
 
 def const_a_batch_gemm(name: str, a: np.ndarray, bname: str, b_shape, *, out_value: str, out_shape,

@@ -76,8 +76,10 @@ def reduce(name: str, x: str, x_shape, *, op: str, axes, keepdims: bool, out_val
             return te.max(v, axis=rs)
         if op == "ReduceMin":
             return te.min(v, axis=rs)
-        if op == "ReduceSumSquare":
+        if op in ("ReduceSumSquare", "ReduceL2"):
             return te.sum(v * v, axis=rs)
+        if op == "ReduceL1":
+            return te.sum(tirx.abs(v), axis=rs)
         return te.sum(v, axis=rs)
 
     acc = te.compute(acc_shape, body, name="acc")
@@ -88,6 +90,10 @@ def reduce(name: str, x: str, x_shape, *, op: str, axes, keepdims: bool, out_val
         v = acc[idx]
         if op == "ReduceMean":
             v = v * tirx.const(1.0 / count, F32)
+        elif op == "ReduceL2":
+            v = tirx.sqrt(v)
+        elif op == "ReduceLogSum":
+            v = tirx.log(v)
         if keepdims:
             full, ki = [], iter(idx)
             for i in range(len(shape)):
