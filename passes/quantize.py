@@ -1,5 +1,5 @@
-"""Post-training int8 quantization: static QDQ (``quantize``) and weight-only dynamic
-(``quantize-dynamic``).
+"""Post-training int8 quantization: static QDQ (``quantize``); weight-only dynamic int8
+(``quantize-dynamic``) is in quantize_dynamic.py.
 
 ``quantize`` calibrates activation ranges on example inputs, then writes the QuantizeLinear /
 DequantizeLinear form onnxruntime fuses into int8 kernels (see tvmlite/quant/qdq.py). Per layer it
@@ -15,13 +15,12 @@ import numpy as np
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.capabilities import Calibrated, LayerwisePass
-from tvmlite.passes.counts import node_macs
 from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity, is_onnx
 from tvmlite.passes.pattern import Const, Match, Op, Rule, apply_rules
 from tvmlite.errors import OptionError
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node, tensor_type
-from tvmlite.export.shapes import drop_new_types, infer_shapes, static_shapes, typed_values
+from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 from tvmlite.quant import qdq
 from tvmlite.quant.calibrate import METHODS, collect_stats
 from tvmlite.quant.params import quantize_weight, weight_scales
@@ -316,128 +315,3 @@ class Quantize(LayerwisePass, Calibrated, Pass):
     def layer_costs(self, result: PassResult) -> dict[str, float] | None:
         last = result.replay
         return dict(last["costs"]) if last and last["costs"] else None
-
-
-@register_pass
-class QuantizeDynamic(Pass):
-    """Weight-only int8 for MatMul/Gemm with constant weights; activations quantized at run time.
-
-    ``form=integer`` (default): DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_q) -> Cast -> Mul by
-    x_scale * w_scale (per column) [-> Add bias], which onnxruntime fuses into DynamicQuantizeMatMul.
-    ``form=dq``: W stored int8 with a DequantizeLinear in front (float compute; onnxruntime does not
-    fold the DQ, it dequantizes every run).
-
-    Measured (bench/bench_quant.py --models dynamic, round-robin medians, loaded 2-core host): a
-    4-block 384/1536 MLP on 40 tokens ran float 24-36 ms, integer 1.5-9.6 ms, dq 52-85 ms; PP-OCR
-    rec (9 MatMuls, conv-dominated) float 119-173, integer 111-169, dq 116-182 ms. Hence the default.
-
-    ``min_matmul_share``: leave the model unchanged (and say why) unless MatMul/Gemm nodes with a
-    constant weight hold at least this share of its multiply-accumulates (symbolic dims counted as
-    1): the default preset uses 0.5 to try dynamic int8 on transformer encoders, decoders and MLPs
-    and not on conv nets, whose fc layers static int8 handles. all-MiniLM-L6 (seq 128): 0.52x of
-    float's onnxruntime latency at rel error 0.062, where static int8 per layer gained nothing.
-    """
-
-    name = "quantize-dynamic"
-
-    @dataclass
-    class Options:
-        form: str = "integer"
-        per_channel: bool = True
-        exclude_names: list[str] = field(default_factory=list)
-        min_matmul_share: float = 0.0
-
-    def validate(self) -> None:
-        if self.options.form not in ("integer", "dq"):
-            raise OptionError(f"pass 'quantize-dynamic': form {self.options.form!r} is not integer or dq")
-        if not 0.0 <= self.options.min_matmul_share <= 1.0:
-            raise OptionError(f"pass 'quantize-dynamic': min_matmul_share {self.options.min_matmul_share!r} "
-                              "is not between 0 and 1")
-
-    def run(self, model: Model) -> PassResult:
-        o = self.options
-        result = PassResult(self.name)
-        if o.min_matmul_share > 0:
-            share = matmul_share(model)
-            result.stats["matmul_share"] = round(share, 4)
-            if share < o.min_matmul_share:
-                result.skip("(model)", f"MatMul/Gemm with constant weights hold {share:.0%} of the MACs, "
-                                       f"under min_matmul_share={o.min_matmul_share:g}: left to static int8")
-                return result
-        qdq.upgrade_opset(model, 11 if not o.per_channel else 13)
-        infer_shapes(model)  # operand dtypes and ranks decide what can be rewritten
-        g = model.graph
-        b = None  # made on the first rewrite: one name authority for the run
-        quantized_x: dict = {}  # activation -> its DynamicQuantizeLinear outputs
-        for node in g.toposort():
-            if not is_onnx(node, "MatMul", "Gemm") or node.name in o.exclude_names \
-                    or node.outputs[0] in o.exclude_names:
-                continue
-            w = g.const_value(node.inputs[1])
-            if w is None or w.dtype != np.float32 or w.ndim != 2 or not qdq.is_float(g, node.inputs[0]):
-                result.skip(node, "B is not a constant 2-D float32 matrix")
-                continue
-            bias = None
-            if node.op_type == "Gemm":
-                if node.attrs.get("transA", 0):
-                    result.skip(node, "transA=1")
-                    continue
-                if node.attrs.get("transB", 0):
-                    w = w.T
-                alpha = float(node.attrs.get("alpha", 1.0))
-                w = w * alpha
-                if len(node.inputs) > 2 and node.inputs[2]:
-                    bias = g.const_value(node.inputs[2])
-                    if bias is None:
-                        result.skip(node, "C is not constant")
-                        continue
-                    bias = bias * float(node.attrs.get("beta", 1.0))
-                shape = g.value(node.inputs[0]).shape
-                if shape is not None and len(shape) != 2:
-                    result.skip(node, "A is not 2-D")
-                    continue
-            axis = 1 if o.per_channel else None
-            scales = weight_scales(w, axis)
-            wq = quantize_weight(w, scales, axis)
-            out = node.outputs[0]
-            x = node.inputs[0]
-            base = node.name or out
-            b = Builder(model, before=node) if b is None else b.at(before=node)
-            wq_name = b.const(wq, f"{base}_W_quantized")
-            zero = b.const(np.zeros(scales.shape if axis is not None else (), np.int8), f"{base}_W_zero_point")
-            if o.form == "dq":
-                s_name = b.const(scales if axis is not None else scales.reshape(()), f"{base}_W_scale")
-                wd = b.op.DequantizeLinear(wq_name, s_name, zero, attrs={"axis": 1} if axis is not None else {},
-                                           outputs=[f"{base}_W_dequantized"])
-                final = b.op.MatMul(x, wd, outputs=[f"{base}_matmul"])
-            else:
-                if x not in quantized_x:  # one per activation: Q, K and V projections share theirs
-                    quantized_x[x] = b.op.DynamicQuantizeLinear(x, outputs=[
-                        f"{base}_{k}" for k in ("x_quantized", "x_scale", "x_zero_point")])
-                xq, xs, xz = quantized_x[x]
-                s_name = b.const(scales.reshape(-1) if axis is not None else scales.reshape(()), f"{base}_W_scale")
-                acc = b.op.MatMulInteger(xq, wq_name, xz, zero, outputs=[f"{base}_int32"])
-                accf = b.op.Cast(acc, to=1, outputs=[f"{base}_float"])
-                sc = b.op.Mul(xs, s_name, outputs=[f"{base}_scale"])
-                final = b.op.Mul(accf, sc, outputs=[f"{base}_matmul"])
-            if bias is not None:
-                final = b.op.Add(final, b.const(bias.astype(np.float32), f"{base}_bias"), outputs=[f"{base}_biased"])
-            b.replace(node, {out: final})
-            result.rewrote(base, form=o.form)
-        result.stats["rewritten"] = len(result.rewritten)
-        DeadCodeElimination().run(model)
-        return result
-
-
-def matmul_share(model: Model) -> float:
-    """Share of the model's multiply-accumulates in MatMul/Gemm nodes whose weight (B) is constant
-    (symbolic dims counted as 1); 0 for a model without MACs."""
-    g = model.graph
-    shapes = static_shapes(model)
-    total = weighted = 0
-    for node in g.nx.nodes:
-        macs = node_macs(model, node, shapes)
-        total += macs
-        if is_onnx(node, "MatMul", "Gemm") and len(node.inputs) > 1 and g.const_value(node.inputs[1]) is not None:
-            weighted += macs
-    return weighted / total if total else 0.0

@@ -119,7 +119,7 @@ def test_min_matmul_share_picks_matmul_heavy_models():
     """The default preset's gate: an MLP (all MACs in MatMuls with constant weights) is rewritten, the
     digits CNN (its two Gemms hold ~1% of the MACs) is left alone with the reason."""
     from tvmlite.passes import parse_spec
-    from tvmlite.passes.quantize import matmul_share
+    from tvmlite.passes.quantize_dynamic import matmul_share
 
     mlp = tvmlite.load(_mlp())
     assert matmul_share(mlp) == 1.0

@@ -35,10 +35,11 @@ PRESETS = {
     # MatMul+Add -> Gemm, CSE, dead code, types recorded), then per-channel Mul/Add folded into Conv,
     # the one that moves rounding, checked on its own
     "clean": "simplify(affine=false),fuse-conv-affine",
-    # clean-ups; dynamic int8 where MatMul/Gemm weights hold most of the work (transformers, MLPs);
+    # clean-ups; dynamic int8 where MatMul/Gemm weights hold most of the work (transformers, MLPs),
+    # their embedding tables int8 too (GatherBlockQuantized);
     # low rank under an error budget and static int8, each kept per layer only where measured faster
     # in onnxruntime
-    "fast": CLEANUPS + ",quantize-dynamic(min_matmul_share=0.5),lowrank(budget=0.25,measure=true),"
+    "fast": CLEANUPS + ",quantize-dynamic(min_matmul_share=0.5,gather=true),lowrank(budget=0.25,measure=true),"
                        "quantize(mode=auto,measure=true),dce",
     # clean-ups, low rank, int8 wherever it fits the budget, then weight compression of what is left
     "small": CLEANUPS + ",lowrank(budget=0.25),quantize(mode=auto),compress-weights,dce",
