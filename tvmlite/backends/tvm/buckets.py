@@ -89,7 +89,7 @@ def symbols_of(model, ranged: dict) -> tuple[dict, dict]:
     the model fixes, or two ranges on one symbol, is refused."""
     g = model.graph
     names = graph_inputs(g)
-    layout, sym_range = {}, {}
+    layout, sym_range, fixed_sym = {}, {}, {}
     for name, shape in ranged.items():
         if name not in names:
             raise InputError(f"--shape {name}: the model has no input {name!r} (inputs: {', '.join(names)})")
@@ -99,6 +99,8 @@ def symbols_of(model, ranged: dict) -> tuple[dict, dict]:
         dims = []
         for i, (d, want) in enumerate(zip(decl, shape)):
             if not isinstance(want, tuple):
+                if isinstance(d, str) and d:
+                    fixed_sym.setdefault(d, want)
                 dims.append(want)
                 continue
             if isinstance(d, int) and d > 0:
@@ -115,7 +117,10 @@ def symbols_of(model, ranged: dict) -> tuple[dict, dict]:
         if name in layout or decl is None:
             continue
         if any(isinstance(d, str) and d in sym_range for d in decl):
-            layout[name] = [d if isinstance(d, str) and d in sym_range else d for d in decl]
+            dims = [d if d in sym_range else fixed_sym.get(d, d) if isinstance(d, str) else d for d in decl]
+            if not all(isinstance(d, int) and d > 0 or d in sym_range for d in dims):
+                raise InputError(f"input {name!r} has shape {decl}: give it with --shape too")
+            layout[name] = dims
     return layout, sym_range
 
 
