@@ -297,7 +297,7 @@ def zoo_models(tmp: pathlib.Path, quick: bool, only=None) -> list:
     except Exception as e:  # noqa: BLE001 - the wheel cache may be missing on another machine
         print(f"  (minilm encoder left out: {str(e).splitlines()[0][:100]})")
     if want("detector"):
-        out.append(("detector 320", "float", detector(320),
+        out.append(("detector 320", "float", detector(320)[0],
                     {"images": np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)}))
     rec = CORPUS / "ch_PP-OCRv4_rec_infer.onnx"
     if rec.exists() and want("rec"):
