@@ -39,3 +39,24 @@ def test_bench_backends_digits(capsys, tmp_path):
         assert r["ort_ms"] > 0 and r["numpy_ms"] > 0
         assert r["numpy_vs_ort"]["ok"], r["numpy_vs_ort"]
     assert data["rss"][0]["by_backend"]["numpy"].get("increase") is not None
+
+
+def test_bench_tvm_zoo_quick(capsys, tmp_path):
+    """bench_tvm.py's issue-15 section on the two small models (detector, tvmlite int8 digits):
+    every row is built, matches onnxruntime, and prints its ratio, build times and host-run count."""
+    import pytest
+
+    pytest.importorskip("tvm")
+    spec = importlib.util.spec_from_file_location("bench_tvm", ROOT / "bench" / "bench_tvm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out_json = tmp_path / "tvm.json"
+    assert bench.main(["--only", "zoo", "--quick", "--zoo", "detector,digits", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "cached build" in out and "host-run" in out and "float geometric mean" in out
+    rows = json.loads(out_json.read_text())["zoo"]
+    assert {r["model"] for r in rows} >= {"detector 320", "digits_cnn int8 (tvmlite)"}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["tvm_ms"] > 0 and r["ort_ms"] > 0 and r["cached_build_s"] < r["build_s"] + 1
+        assert r["rel_err"] < (1e-4 if r["kind"] == "float" else 0.1), r

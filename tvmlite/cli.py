@@ -146,7 +146,7 @@ def run(model, backend, inputs, shapes, output, repeats):
         from tvmlite.backends.tvm import compile_model as tvm_compile, load_module
 
         if model.endswith(".so"):  # a library from 'tvmlite build': no ONNX model needed
-            built, backend = load_module(model), "tvm"
+            built, backend = _load_library(model, load_module), "tvm"
             feeds = built_feeds(built, inputs)
         else:
             m = load(model)
@@ -336,6 +336,14 @@ def list_passes():
         click.echo(f"{name:<18} {doc}" + (f"\n{'':<18} options: {opts}" if opts else ""))
 
 
+def _load_library(path, load_module):
+    from tvmlite.backends.tvm import buckets as bk
+
+    if os.path.exists(path + ".buckets.json"):  # a bucketed build: any in-range shape runs
+        return bk.BucketedModel(path, bk.read_manifest(path), load_module)
+    return load_module(path)
+
+
 # --------------------------------------------------------------------------------------- TVM build
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -344,7 +352,9 @@ def list_passes():
 @shape_option
 @click.option("--strict", is_flag=True, help="Refuse a model with ops the TVM backend has no kernel for "
               "(by default they run on the host, by their NumPy kernels, inside the built plan).")
-def build(model, output, shapes, strict):
+@click.option("--buckets", default=None, metavar="V1,V2,..", help="Bucket values for a ranged --shape dim "
+              "(NAME=1x1..512; default: the powers of two in the range and its ends).")
+def build(model, output, shapes, strict, buckets):
     """Build MODEL with the TVM backend into a library for this CPU ('tvmlite run NAME.so' runs it)."""
     from tvmlite.backends.tvm import compile_model as tvm_compile
     from tvmlite.frontend import load
@@ -355,12 +365,38 @@ def build(model, output, shapes, strict):
     txn = command_outputs(model)
     for path, what in ((output, "-o"), (output + ".json", "run plan"), (output + ".npz", "constants")):
         txn.file(path, what)
+    from tvmlite.backends.tvm import buckets as bk
+
+    ranged, plain = bk.parse_ranges(shapes)
+    given = bk.parse_bucket_list(buckets)
+    if ranged:
+        _build_bucketed(load(model), ranged, parse_shape_overrides(plain), given, output, txn, strict)
+        return
+    if given is not None:
+        raise TvmliteError("--buckets needs a ranged --shape (e.g. --shape input_ids=1x1..512)")
     built = tvm_compile(load(model), parse_shape_overrides(shapes), strict=strict)
     built.save(output, outputs=txn)
     txn.commit()
     click.echo(f"built {output} ({built.summary}) in {built.build_seconds:.2f} s"
                f"{' (from the build cache)' if built.cached else ''}")
     for line in built.host_ops:
+        click.echo(f"  host-run: {line}")
+
+
+def _build_bucketed(m, ranged, fixed, given, output, txn, strict):
+    from tvmlite.backends.tvm import buckets as bk, compile_model as tvm_compile
+
+    table, built = bk.build_bucketed(m, ranged, fixed, given, output, txn, strict=strict, compile_model=tvm_compile)
+    txn.commit()
+    for s, r in table["symbols"].items():
+        click.echo(f"{s}: {r['range'][0]}..{r['range'][1]}, "
+                   + ("padded to the next bucket (attention mask, checked)" if r["pad"]
+                      else f"bucket values only ({r['why_not_padded']})"))
+    for values, cm in built:
+        click.echo(f"  bucket {','.join(f'{k}={v}' for k, v in values.items())}: {cm.summary} in "
+                   f"{cm.build_seconds:.2f} s{' (cached)' if cm.cached else ''}")
+    click.echo(f"built {output} ({len(built)} buckets; table {output}.buckets.json)")
+    for line in built[-1][1].host_ops:
         click.echo(f"  host-run: {line}")
 
 

@@ -1,0 +1,143 @@
+"""Bucketed builds for ranged dims (`tvmlite build --shape x=1x1..64x8`): any in-range length runs,
+padded to the next bucket only where the attention mask makes it safe (checked against
+onnxruntime), and every bad range, bucket list or tampered table is one line, exit 2."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+
+require_tvm()
+
+from tvmlite.backends.tvm import load_module  # noqa: E402
+from tvmlite.backends.tvm import buckets as bk  # noqa: E402
+from tvmlite.errors import InputError  # noqa: E402
+
+RANGE = ["--shape", "x=1x1..64x8", "--shape", "mask=1x1..64"]
+
+
+def pooled_model(use_mask=True):
+    """Masked mean pooling over a sequence plus a per-token output: padding with mask 0 changes
+    nothing when the sum is masked; without the mask it changes the mean."""
+    w = nh.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "W")
+    b = nh.from_array(np.full(4, 0.5, np.float32), "b")  # padded zero tokens still get the bias
+    ax = nh.from_array(np.array([1], np.int64), "ax")
+    ax2 = nh.from_array(np.array([2], np.int64), "ax2")
+    nodes = [h.make_node("MatMul", ["x", "W"], ["xw"]), h.make_node("Add", ["xw", "b"], ["y"]),
+             h.make_node("Unsqueeze", ["mask", "ax2"], ["m3"]),
+             h.make_node("Mul", ["y", "m3"], ["ym"]),
+             h.make_node("ReduceSum", ["ym" if use_mask else "y", "ax"], ["s"], keepdims=0),
+             h.make_node("ReduceSum", ["mask", "ax"], ["n"], keepdims=1), h.make_node("Div", ["s", "n"], ["pooled"])]
+    g = h.make_graph(nodes, "pooled", [h.make_tensor_value_info("x", T.FLOAT, [1, "seq", 8]),
+                                       h.make_tensor_value_info("mask", T.FLOAT, [1, "seq"])],
+                     [h.make_tensor_value_info("pooled", T.FLOAT, [1, 4]),
+                      h.make_tensor_value_info("y", T.FLOAT, [1, "seq", 4])], [w, b, ax, ax2])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tvmlite.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dyn")
+    for name, m in (("good", pooled_model()), ("nomask", pooled_model(False))):
+        onnx.save(m, d / f"{name}.onnx")
+        r = cli("build", d / f"{name}.onnx", "-o", d / f"{name}.so", *RANGE, "--buckets", "8,32")
+        assert r.returncode == 0, r.stderr
+    return d
+
+
+def feeds(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((1, n, 8)).astype(np.float32), "mask": np.ones((1, n), np.float32)}
+
+
+@pytest.mark.parametrize("n", [1, 5, 8, 20, 64])
+def test_any_in_range_length_matches_onnxruntime(built, n):
+    m = bk.BucketedModel(str(built / "good.so"), bk.read_manifest(str(built / "good.so")), load_module)
+    assert m.m["symbols"]["seq"]["pad"] is True
+    assert [b["values"]["seq"] for b in m.m["buckets"]] == [8, 32, 64]
+    f = feeds(n)
+    ref = ort.InferenceSession(str(built / "good.onnx")).run(None, f)
+    got = m.run(f)
+    for r, g in zip(ref, got):
+        assert g.shape == r.shape
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_unsafe_padding_runs_bucket_values_only(built):
+    m = bk.BucketedModel(str(built / "nomask.so"), bk.read_manifest(str(built / "nomask.so")), load_module)
+    assert m.m["symbols"]["seq"]["pad"] is False
+    assert "differ" in m.m["symbols"]["seq"]["why_not_padded"]
+    f = feeds(32)
+    np.testing.assert_allclose(m.run(f)[0], ort.InferenceSession(str(built / "nomask.onnx")).run(None, f)[0],
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="no bucket runs seq=20"):
+        m.run(feeds(20))
+
+
+def test_run_cli_and_out_of_range(built):
+    np.savez(built / "in20.npz", **feeds(20))
+    r = cli("run", built / "good.so", "--inputs", built / "in20.npz")
+    assert r.returncode == 0, r.stderr
+    assert "y: float32 [1, 20, 4]" in r.stdout
+    np.savez(built / "in65.npz", **feeds(65))
+    r = cli("run", built / "good.so", "--inputs", built / "in65.npz")
+    assert r.returncode == 2 and "outside the built range 1..64" in r.stderr and "Traceback" not in r.stderr
+    f = feeds(20)
+    f["mask"] = np.ones((1, 21), np.float32)
+    np.savez(built / "tied.npz", **f)
+    r = cli("run", built / "good.so", "--inputs", built / "tied.npz")
+    assert r.returncode == 2 and "the same symbol takes one value" in r.stderr
+
+
+def test_the_largest_bucket_runs_as_a_plain_artifact(built):
+    m = load_module(str(built / "good.so"))
+    assert m.input_shapes["x"] == (1, 64, 8)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--shape", "x=1x5..2x8", "--shape", "mask=1x5..2"], "needs 1 <= LO <= HI"),
+    (["--shape", "x=1x0..4x8", "--shape", "mask=1x0..4"], "needs 1 <= LO <= HI"),
+    (["--shape", "x=1xa..bx8"], "must be LO..HI with integers"),
+    (["--shape", "x=1x1..4x1..8"], "fixed to 8 by the model"),
+    (["--shape", "x=1x1..64x8", "--shape", "mask=1x1..32"], "has range 1..32 here"),
+    (["--shape", "x=1x1..64x8", "--buckets", ",".join(map(str, range(1, 40)))], "more than 16"),
+    (["--shape", "x=1x1..64x8", "--buckets", "8,x"], "comma-separated integers"),
+    (["--shape", "x=1x4x8", "--buckets", "8"], "--buckets needs a ranged --shape"),
+])
+def test_hostile_ranges(built, args, msg):
+    out = built / "hostile.so"
+    r = cli("build", built / "good.onnx", "-o", out, *args)
+    assert r.returncode == 2, r.stderr
+    assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not out.exists() and not (built / "hostile.so.buckets.json").exists()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t["buckets"][0].update(lib="../evil.so"),
+    lambda t: t["symbols"]["seq"].update(range=[9, 2]),
+    lambda t: t["buckets"][0]["values"].update(seq=1000),
+    lambda t: t.update(format="other"),
+    lambda t: t.update(buckets=t["buckets"] * 6),
+])
+def test_tampered_bucket_table_is_refused(built, tmp_path, edit):
+    for p in built.glob("good.so*"):
+        shutil.copy(p, tmp_path / p.name)
+    t = json.loads((tmp_path / "good.so.buckets.json").read_text())
+    edit(t)
+    (tmp_path / "good.so.buckets.json").write_text(json.dumps(t))
+    r = cli("run", tmp_path / "good.so")
+    assert r.returncode == 2 and "bucket table is malformed" in r.stderr and "Traceback" not in r.stderr
