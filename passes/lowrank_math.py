@@ -43,6 +43,15 @@ def capture_groups(model: Model, names: list[str], groups: list[dict]) -> dict[s
     return runs[0] if len(runs) == 1 else {n: np.concatenate([r[n] for r in runs]) for n in runs[0]}
 
 
+
+def output_error(model: Model, targets: dict[str, np.ndarray], groups: list[dict]) -> float:
+    """Largest relative (Frobenius) error of the model's floating-point outputs against ``targets``."""
+    outs = capture_groups(model, list(model.graph.outputs), groups)
+    errs = [float(np.linalg.norm(outs[n].astype(np.float64) - targets[n]) /
+                  max(float(np.linalg.norm(np.asarray(targets[n], np.float64))), 1e-12))
+            for n in model.graph.outputs if np.issubdtype(np.asarray(targets[n]).dtype, np.floating)]
+    return max(errs, default=0.0)
+
 # ------------------------------------------------------------------------------------- EVBMF
 def _evb_tau(x, alpha):
     return 0.5 * (x - (1 + alpha) + np.sqrt(np.maximum((x - (1 + alpha)) ** 2 - 4 * alpha, 0.0)))
