@@ -13,7 +13,7 @@ from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixtu
 
 require_tvm()
 
-from tvmlite.backends.tvm import compile_model, unsupported_ops  # noqa: E402
+from tvmlite.backends.tvm import compile_model, load_module, unsupported_ops  # noqa: E402
 from tvmlite.frontend.onnx_import import import_model  # noqa: E402
 
 
@@ -77,3 +77,70 @@ def test_detector_builds_without_host_calls_and_matches_onnxruntime():
         assert g.shape == r.shape
         rel = np.max(np.abs(g - r)) / max(np.max(np.abs(r)), 1e-6)
         assert rel <= 1e-4, rel
+
+
+def _gather_model(data_shape, ids, axis, ids_dtype=T.INT64, const_ids=False, data_input=False):
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal(data_shape).astype(np.float32)
+    inits, ins = [], []
+    if data_input:
+        ins.append(h.make_tensor_value_info("table", T.FLOAT, list(data_shape)))
+    else:
+        inits.append(nh.from_array(table, "table"))
+    if const_ids:
+        inits.append(nh.from_array(ids, "ids"))
+    else:
+        ins.append(h.make_tensor_value_info("ids", ids_dtype, list(ids.shape)))
+    nodes = [h.make_node("Gather", ["table", "ids"], ["g"], axis=axis), h.make_node("Neg", ["g"], ["y"])]
+    g = h.make_graph(nodes, "gather", ins, [_any("y", len(data_shape) - 1 + ids.ndim)], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 13)], ir_version=8), table
+
+
+GATHERS = {
+    "embedding_int64": ((30, 16), np.array([[1, 29, -1, 0, -30, 7]], np.int64), 0, T.INT64, False, False),
+    "axis1_int32": ((4, 9, 5), np.array([[8, -2], [0, 3]], np.int32), 1, T.INT32, False, False),
+    "last_axis_data_input": ((3, 4, 6), np.array([5, -6, 2], np.int64), -1, T.INT64, False, True),
+    "scalar_index": ((7, 5), np.array(-3, np.int64), 0, T.INT64, False, False),
+    "const_negative_ids": ((6, 3, 2), np.array([[-1, 2], [0, -6]], np.int64), 0, T.INT64, True, True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GATHERS))
+def test_gather_matches_onnxruntime_without_host_calls(case, tmp_path):
+    shape, ids, axis, dt, const_ids, data_input = GATHERS[case]
+    proto, table = _gather_model(shape, ids, axis, dt, const_ids, data_input)
+    shapes = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in proto.graph.input}
+    assert unsupported_ops(import_model(proto), shapes) == []
+    feeds = {}
+    if not const_ids:
+        feeds["ids"] = ids
+    if data_input:
+        feeds["table"] = table
+    cm = compile_model(import_model(proto), shapes)
+    ref = _ort(proto, feeds)
+    np.testing.assert_array_equal(cm.run(feeds)[0], ref[0])
+    cm.save(str(tmp_path / "g.so"))  # integer input buffers survive the artifact and its checks
+    np.testing.assert_array_equal(load_module(str(tmp_path / "g.so")).run(feeds)[0], ref[0])
+
+
+@pytest.mark.parametrize("dt,np_dt", [(T.INT64, np.int64), (T.INT32, np.int32), (T.BOOL, np.bool_),
+                                      (T.UINT8, np.uint8), (T.INT8, np.int8)])
+def test_cast_of_an_integer_input_to_float(dt, np_dt):
+    nodes = [h.make_node("Cast", ["m"], ["f"], to=T.FLOAT), h.make_node("Neg", ["f"], ["y"])]
+    g = h.make_graph(nodes, "cast", [h.make_tensor_value_info("m", dt, [2, 5])], [_any("y", 2)])
+    proto = h.make_model(g, opset_imports=[h.make_opsetid("", 13)], ir_version=8)
+    m = (np.arange(10).reshape(2, 5) * 37 - 100).astype(np_dt)
+    assert unsupported_ops(import_model(proto), {"m": (2, 5)}) == []
+    got = compile_model(import_model(proto), {"m": (2, 5)}).run({"m": m})[0]
+    np.testing.assert_array_equal(got, _ort(proto, {"m": m})[0])
+
+
+def test_gather_of_indices_made_at_run_time_stays_a_host_call():
+    nodes = [h.make_node("Add", ["ids", "one"], ["ids1"]), h.make_node("Gather", ["table", "ids1"], ["y"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("ids", T.INT64, [3])], [_any("y", 2)],
+                     [nh.from_array(np.ones((5, 4), np.float32), "table"), nh.from_array(np.array(1), "one")])
+    proto = h.make_model(g, opset_imports=[h.make_opsetid("", 13)], ir_version=8)
+    probs = unsupported_ops(import_model(proto), {"ids": (3,)})
+    assert any(p.startswith("Gather (indices made at run time") for p in probs), probs
+    got = compile_model(import_model(proto), {"ids": (3,)}).run({"ids": np.array([0, -2, 3])})[0]
+    np.testing.assert_array_equal(got, _ort(proto, {"ids": np.array([0, -2, 3])})[0])

@@ -14,5 +14,5 @@ No module here imports TVM: an emitter hands ``low.add`` a factory that imports 
 builder (backends/tvm/kernels) only when the kernel is built, so `unsupported_ops` stays cheap.
 Importing this package registers every family.
 """
-from tvmlite.backends.tvm.emitters import conv, elementwise, gemm, lowered, pool, reduce, resize, tensor  # noqa: F401
+from tvmlite.backends.tvm.emitters import conv, elementwise, gemm, index, lowered, pool, reduce, resize, tensor  # noqa: F401
 from tvmlite.backends.tvm.emitters.registry import Emitter, emitter, lookup, registered  # noqa: F401
