@@ -144,3 +144,32 @@ def test_gather_of_indices_made_at_run_time_stays_a_host_call():
     assert any(p.startswith("Gather (indices made at run time") for p in probs), probs
     got = compile_model(import_model(proto), {"ids": (3,)}).run({"ids": np.array([0, -2, 3])})[0]
     np.testing.assert_array_equal(got, _ort(proto, {"ids": np.array([0, -2, 3])})[0])
+
+
+SHAPE_OPS = {"Gather", "Cast", "Equal", "Where", "Expand", "Split", "Shape", "Concat", "Range", "ConstantOfShape"}
+
+
+@pytest.mark.slow
+def test_minilm_encoder_leaves_no_shape_or_index_op_to_the_host():
+    from tvmlite.zoo import wheel_cache
+    from tvmlite.zoo_encoder import MINILM_WHEEL, minilm_encoder
+
+    stem = f"{MINILM_WHEEL[0].replace('-', '_').lower()}-{MINILM_WHEEL[1]}-"
+    if not any(p.name.lower().startswith(stem) for p in wheel_cache().glob("*.whl")):
+        pytest.skip(f"all-MiniLM-L6-v2 wheel not in the cache {wheel_cache()} (this test does not download)")
+    proto, _ = minilm_encoder()
+    shapes = {i.name: (1, 128) for i in proto.graph.input}
+    cm = compile_model(import_model(proto), shapes)
+    host = {line.split(" ")[0].rstrip(":") for line in cm.host_ops}
+    assert not host & SHAPE_OPS, cm.host_ops
+    rng = np.random.default_rng(4)
+    feeds = {}
+    for i in proto.graph.input:
+        hi = {"input_ids": 30000, "token_type_ids": 2, "attention_mask": 2}.get(i.name, 2)
+        feeds[i.name] = rng.integers(0, hi, (1, 128)).astype(np.int64)
+    feeds["attention_mask"][0, :100] = 1
+    got, ref = cm.run(feeds), _ort(proto, feeds)
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape
+        rel = np.max(np.abs(g - r)) / max(np.max(np.abs(r)), 1e-6)
+        assert rel <= 1e-4, rel
