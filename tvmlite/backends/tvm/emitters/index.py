@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.backends.tvm.emitters.registry import emitter
+from tvmlite.backends.tvm.emitters.tensor import axis_of
 from tvmlite.errors import UnsupportedError
 
 INT_INPUTS = ("int64", "int32", "uint8", "int8", "bool")
@@ -36,12 +37,7 @@ def emit_gather(low, node) -> None:
     if idx[0] == "const" and idx[1].dtype.kind == "b":
         raise UnsupportedError("bool indices")
     ds = low.shape(data)
-    if not ds:
-        raise UnsupportedError("Gather from a 0-d value")
-    axis = int(node.attrs.get("axis", 0))
-    if not -len(ds) <= axis < len(ds):
-        raise UnsupportedError(f"axis {axis} out of range for rank {len(ds)}")
-    axis %= len(ds)
+    axis = axis_of(node, ds)
     ish = low.shape(ids)
     if 0 in low.shape(out):
         raise UnsupportedError("empty output")

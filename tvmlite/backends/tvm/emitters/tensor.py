@@ -91,6 +91,17 @@ def emit_slice(low, node) -> None:
     low.add(make, node, out)
 
 
+def axis_of(node, shape) -> int:
+    """``node``'s ``axis`` attribute as a non-negative axis of ``shape`` (UnsupportedError when 0-d
+    or out of range)."""
+    if not shape:
+        raise UnsupportedError(f"{node.op_type} of a 0-d value")
+    axis = int(node.attrs.get("axis", 0))
+    if not -len(shape) <= axis < len(shape):
+        raise UnsupportedError(f"axis {axis} out of range for rank {len(shape)}")
+    return axis % len(shape)
+
+
 @emitter("Split")
 def emit_split(low, node) -> None:
     """One strided-slice kernel per used output. The part sizes are read from the inferred output
@@ -98,12 +109,7 @@ def emit_split(low, node) -> None:
     opset 18's ``num_outputs`` with a shorter last part)."""
     x = node.inputs[0]
     xs = low.shape(x)
-    if not xs:
-        raise UnsupportedError("Split of a 0-d value")
-    axis = int(node.attrs.get("axis", 0))
-    if not -len(xs) <= axis < len(xs):
-        raise UnsupportedError(f"axis {axis} out of range for rank {len(xs)}")
-    axis %= len(xs)
+    axis = axis_of(node, xs)
     parts = [low.shape(o)[axis] if o else None for o in node.outputs]
     if any(p is None for p in parts):
         raise UnsupportedError("an unnamed output: part sizes unknown")
