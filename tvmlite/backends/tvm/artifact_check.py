@@ -34,6 +34,8 @@ MAX_ATTR_ITEMS = 1 << 16
 _ATTR_TYPES = {"int": int, "float": (int, float), "string": str, "bytes": str, "ints": int,
                "floats": (int, float), "strings": str, "tensor": None, "tensors": None, "graph": None,
                "graphs": None, "type_proto": None}
+#: dtypes a kernel reads an input buffer in (indices of Gather, Cast sources)
+_BUFFER_DTYPES = ("float32", "int64", "int32", "uint8", "int8", "bool")
 _INPUT_DTYPES = ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8",
                  "uint16", "uint32", "uint64", "bool", "object")  # object: ONNX strings
 
@@ -78,7 +80,11 @@ def _check_schema(plan: dict, path: str) -> None:
     buffers = plan["buffers"]
     for name, b in buffers.items():
         _need(isinstance(b, dict) and _is_shape(b.get("shape")), path, f"buffer {name!r} has no valid shape")
-        limits.check_tensor(b["shape"], np.float32, f"{path}: buffer {name!r}")
+        _need(b.get("dtype", "float32") in _BUFFER_DTYPES, path, f"buffer {name!r} has dtype {b.get('dtype')!r}, "
+              f"not one of {', '.join(_BUFFER_DTYPES)}")
+        _need(b.get("dtype", "float32") == "float32" or b.get("kind") == "input", path,
+              f"buffer {name!r}: only input buffers may have dtype {b.get('dtype')!r}")
+        limits.check_tensor(b["shape"], np.dtype(b.get("dtype", "float32")), f"{path}: buffer {name!r}")
     for i in plan["inputs"]:
         _need(isinstance(i, dict) and isinstance(i.get("name"), str) and _is_shape(i.get("shape")),
               path, f"input entry {i!r} needs a name and a shape")
@@ -88,6 +94,11 @@ def _check_schema(plan: dict, path: str) -> None:
         if i.get("dtype", "float32") == "float32":
             _need(i["name"] in buffers and buffers[i["name"]]["shape"] == i["shape"], path,
                   f"input {i['name']!r} has no buffer of its shape")
+        if i["name"] in buffers:
+            b = buffers[i["name"]]
+            _need(b["shape"] == i["shape"] and b.get("dtype", "float32") == i.get("dtype", "float32"), path,
+                  f"input {i['name']!r}: its buffer is {b.get('dtype', 'float32')} {b['shape']}, not "
+                  f"{i.get('dtype', 'float32')} {i['shape']}")
     for o in plan["outputs"]:
         _need(isinstance(o, dict) and isinstance(o.get("name"), str), path, f"output entry {o!r} needs a name")
         if o.get("host"):

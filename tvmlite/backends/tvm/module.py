@@ -22,7 +22,7 @@ from tvmlite.backends.tvm import artifact_check, host
 from tvmlite.backends.tvm.kernels.target import import_tvm
 from tvmlite.errors import InputError, TvmliteError
 
-FORMAT = 2  # 2: host calls, input dtypes, opsets
+FORMAT = 3  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read)
 
 
 def cache_dir() -> pathlib.Path:
@@ -85,9 +85,13 @@ def plan_of(low) -> tuple[dict, dict]:
     def root(v):
         return views.get(v, v)
 
+    kernel_read = {p.name for kd in low.kernels for p in kd.params if p.kind == "input"}
     for name, shape, dtype in low.inputs:
-        if dtype == np.float32:  # other inputs are host values: only host calls read them
+        # other inputs are host values, and get a buffer too when a kernel reads them (Gather's ids)
+        if dtype == np.float32 or name in kernel_read:
             buffers[name] = {"shape": list(shape), "kind": "input"}
+            if dtype != np.float32:
+                buffers[name]["dtype"] = str(dtype)
     segments = [e for e in low.order if isinstance(e, HostSegment)]
     host_made = {o for seg in segments for n in seg.nodes for o in n.outputs if o}
     # host-made values TVM reads through a buffer: kernel inputs, and views of them anywhere
@@ -258,7 +262,7 @@ class CompiledModel:
         self.output_names = [o["name"] for o in plan["outputs"]]
         store = {}
         for name, b in plan["buffers"].items():
-            store[name] = tvm.runtime.empty(tuple(b["shape"]), "float32", dev)
+            store[name] = tvm.runtime.empty(tuple(b["shape"]), b.get("dtype", "float32"), dev)
         kernel_consts = {n for c in plan["calls"] for n, _ in c.get("args", ()) if n in consts}
         for name in kernel_consts:  # host calls read theirs as NumPy arrays
             store[name] = tvm.runtime.tensor(np.ascontiguousarray(consts[name]), dev)
@@ -314,10 +318,11 @@ class CompiledModel:
             if tuple(a.shape) != self.input_shapes[name]:
                 raise InputError(f"input {name!r} has shape {tuple(a.shape)}, the TVM build expects "
                                  f"{self.input_shapes[name]} (build again for other shapes)")
-            if t is None:  # read by host calls only
-                self._env[name] = np.array(a, dtype=self.input_dtypes[name])
-            else:
-                t.copyfrom(np.asarray(a, dtype=np.float32, order="C"))  # ascontiguousarray makes 0-d 1-d
+            dt = self.input_dtypes[name]
+            if t is None or dt != np.float32:  # host calls read non-float inputs from here
+                self._env[name] = np.array(a, dtype=dt)
+            if t is not None:
+                t.copyfrom(np.asarray(a, dtype=dt, order="C"))  # ascontiguousarray makes 0-d 1-d
 
     def execute(self) -> None:
         for fn, args in self._calls:

@@ -7,7 +7,8 @@
     pool.py         MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool
     reduce.py       Softmax, LogSoftmax, Reduce*, LRN
     transformer.py  LayerNormalization
-    tensor.py       views (Reshape, Flatten, ...), Concat, Transpose, Slice
+    tensor.py       views (Reshape, Flatten, ...), Concat, Transpose, Slice, Split, Cast
+    index.py        Gather (embedding lookup: float table, int32/int64 indices)
     resize.py       Resize, Upsample (index tables on the host)
     qdq.py          tvmlite's QDQConv, QDQMatMul (int8 VNNI kernels; made by qdq_fusion.py)
     lowered.py      tvmlite's Im2Col, MecLower, MecMatMul, WinogradInput, WinogradOutput
@@ -16,6 +17,6 @@ No module here imports TVM: an emitter hands ``low.add`` a factory that imports 
 builder (backends/tvm/kernels) only when the kernel is built, so `unsupported_ops` stays cheap.
 Importing this package registers every family.
 """
-from tvmlite.backends.tvm.emitters import (conv, elementwise, gemm, lowered, pool, qdq, reduce, resize,  # noqa: F401
-                                          tensor, transformer)
+from tvmlite.backends.tvm.emitters import (conv, elementwise, gemm, index, lowered, pool, qdq, reduce,  # noqa: F401
+                                          resize, tensor, transformer)
 from tvmlite.backends.tvm.emitters.registry import Emitter, emitter, lookup, registered  # noqa: F401

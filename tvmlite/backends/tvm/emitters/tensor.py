@@ -1,5 +1,5 @@
 """Data movement: views (Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout share their
-input's buffer, no kernel), Concat, Transpose, Slice."""
+input's buffer, no kernel), Concat, Transpose, Slice, Split."""
 from __future__ import annotations
 
 import numpy as np
@@ -89,3 +89,50 @@ def emit_slice(low, node) -> None:
 
         return strided_slice(name, x, xs, first, step_of, out_value=out, out_shape=out_shape, lanes=low.lanes)
     low.add(make, node, out)
+
+
+def axis_of(node, shape) -> int:
+    """``node``'s ``axis`` attribute as a non-negative axis of ``shape`` (UnsupportedError when 0-d
+    or out of range)."""
+    if not shape:
+        raise UnsupportedError(f"{node.op_type} of a 0-d value")
+    axis = int(node.attrs.get("axis", 0))
+    if not -len(shape) <= axis < len(shape):
+        raise UnsupportedError(f"axis {axis} out of range for rank {len(shape)}")
+    return axis % len(shape)
+
+
+@emitter("Split")
+def emit_split(low, node) -> None:
+    """One strided-slice kernel per used output. The part sizes are read from the inferred output
+    shapes, which already resolve every form (``split`` attribute or input, even parts,
+    opset 18's ``num_outputs`` with a shorter last part)."""
+    x = node.inputs[0]
+    xs = low.shape(x)
+    axis = axis_of(node, xs)
+    parts = [low.shape(o)[axis] if o else None for o in node.outputs]
+    if any(p is None for p in parts):
+        raise UnsupportedError("an unnamed output: part sizes unknown")
+    if sum(parts) != xs[axis]:
+        raise UnsupportedError(f"parts {parts} do not cover axis {axis} of {list(xs)}")
+    if 0 in parts:
+        raise UnsupportedError("empty split part")
+    start = 0
+    for i, (out, size) in enumerate(zip(node.outputs, parts)):
+        first = [0] * len(xs)
+        first[axis] = start
+        start += size
+        out_shape = list(xs)
+        out_shape[axis] = size
+        if tuple(out_shape) != low.shape(out):
+            raise UnsupportedError(f"output {i} shape {low.shape(out)} is not {out_shape}")
+        if not low.g.num_uses(out) and out not in low.g.outputs:
+            continue
+        name = f"{low.kernel_name(node)}_{i}"
+
+        def make(name=name, first=first, out=out, out_shape=out_shape):
+            from tvmlite.backends.tvm.kernels.tensor import strided_slice
+
+            return strided_slice(name, x, xs, first, [1] * len(xs), out_value=out, out_shape=out_shape,
+                                 lanes=low.lanes)
+        low.add(make, node, out)

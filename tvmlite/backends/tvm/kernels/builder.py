@@ -18,10 +18,10 @@ class Builder:
         self.tensors: list = []
         self._by_key: dict = {}
 
-    def input(self, value: str, shape) -> te.Tensor:
+    def input(self, value: str, shape, dtype: str = F32) -> te.Tensor:
         key = ("input", value, tuple(shape))
         if key not in self._by_key:
-            t = te.placeholder(tuple(int(d) for d in shape), F32, name=f"in{len(self.params)}")
+            t = te.placeholder(tuple(int(d) for d in shape), dtype, name=f"in{len(self.params)}")
             self.params.append(Param("input", value, tuple(int(d) for d in shape)))
             self.tensors.append(t)
             self._by_key[key] = t
