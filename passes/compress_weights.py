@@ -16,7 +16,8 @@ Accuracy is not fine-tuned back: the weight error per layer is reported, and ``t
 (or optimize's checked pipeline, per layer) measures the output error.
 
 Weights that ``quantize`` / ``quantize-dynamic`` already store as int8 (or uint8): a constant int8
-tensor read by DequantizeLinear, MatMulInteger or ConvInteger gets an integer palette of 2^bits
+tensor read by DequantizeLinear, MatMulInteger or ConvInteger, or by the Cast of quantize's
+``Cast(int8) * scales`` storage of the layers it left in float, gets an integer palette of 2^bits
 codes (k-means on the codes, centroids rounded to the storage type), rebuilt to the same int8
 tensor in front of that reader. The int8 kernels onnxruntime fuses (QLinearConv, QGemm, ...) are
 kept: the rebuild is constant and folded at load. ``weight_error`` is then measured in float (codes
@@ -37,7 +38,7 @@ from tvmlite.ir.graph import Graph, Model, Node
 
 MODES = ("binary", "ternary", "kmeans")
 #: readers of an int8 weight stored as a constant: op -> (weight input, zero point input)
-INT_READERS = {"DequantizeLinear": (0, 2), "MatMulInteger": (1, 3), "ConvInteger": (1, 3)}
+INT_READERS = {"DequantizeLinear": (0, 2), "MatMulInteger": (1, 3), "ConvInteger": (1, 3), "Cast": (0, 9)}
 INT32, INT64 = 6, 7  # onnx TensorProto element types
 #: what the packed rebuild (6 nodes, 4 small constants, their names) adds to the file, at most: an
 #: int8 weight whose palette saves less is left alone (measured: ~490 bytes a layer with short names)
@@ -61,6 +62,22 @@ def int_palette(codes: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     book = np.unique(np.clip(np.rint(centers), info.min, info.max))
     idx = np.searchsorted((book[1:] + book[:-1]) / 2, codes.astype(np.float64).ravel())
     return book.astype(codes.dtype), idx.reshape(codes.shape)
+
+
+def _cast_scale(g: Graph, mul: Node) -> np.ndarray | None:
+    """The constant scales of ``Mul(Cast(int8 constant), scales)`` (quantize's int8 storage of the
+    weights of layers it left in float), or None when ``mul`` is not that."""
+    cast = g.producer(mul.inputs[0])
+    if cast is None or not is_onnx(cast, "Cast") or g.num_uses(cast.outputs[0]) != 1:
+        return None
+    codes, scale = g.const_value(cast.inputs[0]), g.const_value(mul.inputs[1])
+    if codes is None or codes.dtype not in (np.int8, np.uint8) or scale is None or scale.dtype.kind != "f":
+        return None
+    try:
+        np.broadcast_shapes(scale.shape, codes.shape)
+    except ValueError:
+        return None
+    return scale
 
 
 def dq_scale_full(scale: np.ndarray, shape, axis: int, block: int) -> np.ndarray:
@@ -174,7 +191,9 @@ class CompressWeights(LayerwisePass, Pass):
         reader = node
         if node.op_type in ("Conv", "Gemm", "MatMul"):
             reader = g.producer(node.inputs[1])
-            if reader is None or not is_onnx(reader, "DequantizeLinear"):
+            if reader is not None and is_onnx(reader, "Mul") and _cast_scale(g, reader) is not None:
+                reader = g.producer(reader.inputs[0])  # quantize's float layers: Cast(int8) * scales
+            elif reader is None or not is_onnx(reader, "DequantizeLinear"):
                 return None, 0
         pos = INT_READERS[reader.op_type][0]
         c = g.const_value(reader.inputs[pos]) if len(reader.inputs) > pos else None
@@ -220,7 +239,10 @@ class CompressWeights(LayerwisePass, Pass):
         zp_at = INT_READERS[reader.op_type][1]
         zp = g.const_value(reader.inputs[zp_at]) if len(reader.inputs) > zp_at and reader.inputs[zp_at] else None
         zp = np.zeros(1) if zp is None else zp.astype(np.float64)
-        if reader.op_type == "DequantizeLinear":
+        if reader.op_type == "Cast":
+            full = np.broadcast_to(_cast_scale(g, g.producer(node.inputs[1])).astype(np.float64), codes.shape)
+            zfull = 0.0
+        elif reader.op_type == "DequantizeLinear":
             scale = g.const_value(reader.inputs[1])
             axis, block = reader.attrs.get("axis", 1), reader.attrs.get("block_size", 0)
             full = np.ones(codes.shape) if scale is None else dq_scale_full(scale, codes.shape, axis, block)

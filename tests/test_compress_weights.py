@@ -101,13 +101,15 @@ def test_kmeans_4bit_is_8x_smaller_than_float():
         assert d["ratio"] > 7  # two indices a byte + a 16-entry float codebook
 
 
-def _quantized(calib_n=8):
+def _quantized(calib_n=8, spec="quantize(mode=all)", **options):
     m = tvmlite.load(_model(cout=64))
     calib = [{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(calib_n)]
     from tvmlite.passes import parse_spec
 
-    (q,) = parse_spec("quantize(mode=all)")
+    (q,) = parse_spec(spec)
     q.options.calibration = calib
+    for k, v in options.items():
+        setattr(q.options, k, v)
     assert q.run(m).changed
     return m
 
@@ -178,3 +180,21 @@ def test_exclude_names_leaves_a_layer_float():
 
     r = CompressWeights(min_size=100, exclude_names=["conv"]).run(m)
     assert set(r.rewritten) == {"fc"}
+
+
+def test_int8_storage_of_float_layers_gets_a_palette():
+    """quantize stores the weights of the layers it leaves in float as Cast(int8) * scales: those
+    int8 codes get a palette too, and the layer's float weight is the palette's dequantized."""
+    m = _quantized(layers=["fc"])  # conv: a float layer
+    cast = [n for n in m.graph.nodes if n.op_type == "Cast"]
+    assert cast and m.graph.const_value(cast[0].inputs[0]).dtype == np.int8
+    x = RNG.standard_normal((2, 8, 4, 4)).astype(np.float32)
+    before = ort_run(export_model(m), {"x": x})[0]
+    (r,) = Pipeline("compress-weights(min_size=100)").run(m)
+    assert set(r.rewritten) == {"conv", "fc"} and {d["stored_as"] for d in r.decisions} == {"int8"}
+    conv = next(d for d in r.decisions if d["weight"].startswith("conv"))
+    assert 0 < conv["weight_error"] < 0.2
+    np.testing.assert_allclose(compile_model(m).run({"x": x})[0], ort_run(export_model(m), {"x": x})[0],
+                               rtol=1e-5, atol=1e-4)
+    out = compile_model(m).run({"x": x})[0]
+    assert 0 < np.abs(out - before).max() / np.abs(before).max() < 0.3
