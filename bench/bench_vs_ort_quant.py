@@ -15,6 +15,16 @@ Models and task metric (each vs float unless it has labels):
            rotated 180 degrees. Metric: argmax agreement with float.
   det      PP-OCRv4 detector at 640x640; synthetic pages of glyph lines. Metric: max abs error of
            the probability map (in [0, 1], so also its error relative to the map's range).
+  rec      PP-OCRv4 recognizer at 48x320; synthetic text lines. Metric: agreement of the per-step
+           argmax (the CTC greedy decode) with float.
+  detector the YOLO-style detector of tests/real_graphs.py at 320x320 (random weights, BN folded in
+           by the presets); synthetic pages. Metric: max abs error of the objectness/class
+           probabilities (sigmoids, in [0, 1]); the box columns are reported beside it.
+
+Each metric also gives an error (lower is better: 100 - accuracy, 1 - agreement, 1 - min cosine,
+max abs error) for the summary line per model: does tvmlite's default preset (``tvmlite-fast``)
+meet issue 14's target, i.e. run no slower than the faster of float and onnxruntime's quantized
+model (median ms) at an error no larger than onnxruntime's quantized model's?
 
 Latency: onnxruntime CPU, 2 intra-op threads, batch 1; all variants of a model run round-robin
 (tvmlite.compare.interleaved_ms) in ``--blocks`` blocks of ``--repeats`` rounds; ``ms`` is the median
@@ -22,7 +32,7 @@ of the block medians, ``best`` the fastest block median. A variant that fails pr
 reason in its row and the others go on. ``--variants`` picks a subset (plus ``tvmlite-qdyn``: the
 quantize-dynamic pass alone, unchecked); ``--reuse`` re-times the variant files already in ``--out``.
 
-    PYTHONPATH=. python bench/bench_vs_ort_quant.py [--models encoder,digits,cls,det] [--repeats 20]
+    PYTHONPATH=. python bench/bench_vs_ort_quant.py [--models encoder,digits,cls,det,rec,detector] [--repeats 20]
 """
 from __future__ import annotations
 
@@ -40,6 +50,7 @@ import onnx
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # real_graphs.detector, as bench_tvm.py does
 
 import tvmlite  # noqa: E402
 from tvmlite.compare import interleaved_ms, ort_session  # noqa: E402
@@ -108,6 +119,20 @@ def cls_inputs(n: int, seed: int) -> np.ndarray:
     return np.stack(out)
 
 
+def text_lines(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Upright single text lines, normalized like PP-OCR's recognizer input ((x / 255 - 0.5) / 0.5)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([((np.repeat(glyph_lines(h, w, rng, 1)[None], 3, 0) / 255.0 - 0.5) / 0.5).astype(np.float32)
+                     for _ in range(n)])
+
+
+def pages(n: int, size: int, seed: int) -> np.ndarray:
+    """Pages of glyph lines in [0, 1] (the YOLO-style input convention)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([(np.repeat(glyph_lines(size, size, rng, int(rng.integers(3, 8)))[None], 3, 0) / 255.0)
+                     .astype(np.float32) for _ in range(n)])
+
+
 def det_inputs(n: int, seed: int, size: int = 640) -> np.ndarray:
     rng = np.random.default_rng(seed)
     mean, std = np.array([0.485, 0.456, 0.406])[:, None, None], np.array([0.229, 0.224, 0.225])[:, None, None]
@@ -144,25 +169,47 @@ def setup(label: str, args) -> dict:
         return dict(src=str(CORPUS / "ch_PP-OCRv4_det_infer.onnx"), quant="static",
                     eval={"x": det_inputs(args.det_images, seed=2)}, calib=split({"x": det_inputs(4, seed=1)}),
                     metric=prob_map_error, opt=dict(shapes={"x": ("N", 3, 640, 640)}))
-    raise SystemExit(f"unknown model {label!r} (encoder, digits, cls, det)")
+    if label == "rec":
+        return dict(src=str(CORPUS / "ch_PP-OCRv4_rec_infer.onnx"), quant="static",
+                    eval={"x": text_lines(16, 48, 320, seed=2)}, calib=split({"x": text_lines(16, 48, 320, seed=1)}),
+                    metric=argmax_agreement, opt=dict(shapes={"x": ("N", 3, 48, 320)}))
+    if label == "detector":
+        from real_graphs import detector
+
+        model, _ = detector(320)
+        src = str(args.out / "detector320.onnx")
+        onnx.save(model, src)
+        return dict(src=src, quant="static", eval={"images": pages(8, 320, seed=2)},
+                    calib=split({"images": pages(8, 320, seed=1)}), metric=detection_error, opt={})
+    raise SystemExit(f"unknown model {label!r} (encoder, digits, cls, det, rec, detector)")
 
 
-def embedding_cosine(ref, out, spec) -> str:
+# Each metric: (text for the table, error for the summary: lower is better).
+def embedding_cosine(ref, out, spec) -> tuple[str, float]:
     a, b = ref[-1].astype(np.float64), out[-1].astype(np.float64)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return f"cos min {cos.min():.4f} mean {cos.mean():.4f}"
+    return f"cos min {cos.min():.4f} mean {cos.mean():.4f}", 1 - float(cos.min())
 
 
-def accuracy(ref, out, spec) -> str:
-    return f"acc {100 * np.mean(out[0].argmax(-1) == spec['labels']):.2f}%"
+def accuracy(ref, out, spec) -> tuple[str, float]:
+    acc = 100 * np.mean(out[0].argmax(-1) == spec["labels"])
+    return f"acc {acc:.2f}%", 100 - float(acc)
 
 
-def argmax_agreement(ref, out, spec) -> str:
-    return f"argmax agree {100 * np.mean(out[0].argmax(-1) == ref[0].argmax(-1)):.1f}%"
+def argmax_agreement(ref, out, spec) -> tuple[str, float]:
+    agree = np.mean(out[0].argmax(-1) == ref[0].argmax(-1))
+    return f"argmax agree {100 * agree:.1f}%", 1 - float(agree)
 
 
-def prob_map_error(ref, out, spec) -> str:
-    return f"max abs err {np.abs(out[0].astype(np.float64) - ref[0]).max():.4f}"
+def prob_map_error(ref, out, spec) -> tuple[str, float]:
+    err = float(np.abs(out[0].astype(np.float64) - ref[0]).max())
+    return f"max abs err {err:.4f}", err
+
+
+def detection_error(ref, out, spec) -> tuple[str, float]:
+    d = np.abs(out[0].astype(np.float64) - ref[0])
+    probs, boxes = d[..., 4:].max(), d[..., :4].max() / max(np.abs(ref[0][..., :4]).max(), 1e-12)
+    return f"prob max abs err {probs:.4f}, box max err {boxes:.4f} of max|box|", float(probs)
 
 
 def ort_quant(spec: dict, out: str) -> str:
@@ -275,7 +322,10 @@ def run_model(label: str, args) -> list[dict]:
         if variant == "float":
             spec["reference"] = outs
         row["size"] = os.path.getsize(path) + sum(os.path.getsize(p) for p in _external_files(path))
-        row["metric"] = spec["metric"](spec["reference"], outs, spec) if "reference" in spec else "-"
+        if "reference" in spec:
+            row["metric"], row["err"] = spec["metric"](spec["reference"], outs, spec)
+        else:
+            row["metric"] = "-"
         rows.append(row)
         sessions.append((row, sess))
     _time(sessions, split(spec["eval"])[0], args)
@@ -318,9 +368,33 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> list[str]:
+    """Per model, whether the default preset meets the target (see the module docstring)."""
+    lines = []
+    for label in dict.fromkeys(r["model"] for r in rows):
+        by = {r["variant"]: r for r in rows if r["model"] == label and "ms" in r}
+        fast, flt, ortq = by.get("tvmlite-fast"), by.get("float"), by.get("ort-quant")
+        if fast is None or flt is None:
+            lines.append(f"{label}: no verdict (tvmlite-fast or float did not run)")
+            continue
+        bar = min(flt["ms"], ortq["ms"]) if ortq else flt["ms"]
+        err_bar = ortq.get("err") if ortq else None
+        speed_ok = fast["ms"] <= bar
+        err_ok = err_bar is None or fast.get("err", np.inf) <= err_bar + 1e-12
+        verdict = "MEETS" if speed_ok and err_ok else "MISSES"
+        small = by.get("tvmlite-small")
+        size = (f"; small {small['size'] / 2**10:.0f} KiB vs default {fast['size'] / 2**10:.0f} KiB"
+                f" ({'<=' if small['size'] <= fast['size'] else '>'})") if small else ""
+        lines.append(f"{label}: default preset {verdict} the target: {fast['ms']:.2f} ms vs "
+                     f"{'min(float, ort-quant)' if ortq else 'float (ort-quant missing)'} {bar:.2f} ms "
+                     f"({'ok' if speed_ok else 'slower'}), error {fast.get('err', float('nan')):.4g} vs ort-quant "
+                     f"{'-' if err_bar is None else f'{err_bar:.4g}'} ({'ok' if err_ok else 'higher'}){size}")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="encoder,digits,cls,det")
+    ap.add_argument("--models", default="encoder,digits,cls,det,rec,detector")
     ap.add_argument("--repeats", type=int, default=20, help="rounds per timing block")
     ap.add_argument("--blocks", type=int, default=5, help="timing blocks (median and best of their medians)")
     ap.add_argument("--det-images", type=int, default=2, help="640x640 pages for det's error metric")
@@ -342,10 +416,12 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         new = run_model(label.strip(), args)
         rows += new
-        print(f"[{label}: {time.perf_counter() - t0:.0f}s]\n{format_table(new)}", file=sys.stderr, flush=True)
+        print(f"[{label}: {time.perf_counter() - t0:.0f}s]\n{format_table(new)}\n" + "\n".join(summary(new)),
+              file=sys.stderr, flush=True)
         (args.out / "results.json").write_text(json.dumps(rows, indent=1, default=str))
     print("onnxruntime CPU, 2 threads, batch 1; ms = median of block medians, best = fastest block")
     print(format_table(rows))
+    print("\n".join(summary(rows)))
     return 0
 
 

@@ -41,8 +41,10 @@ PRESETS = {
     # in onnxruntime
     "fast": CLEANUPS + ",quantize-dynamic(min_matmul_share=0.5,gather=true),lowrank(budget=0.25,measure=true),"
                        "quantize(mode=auto,measure=true),dce",
-    # clean-ups, low rank, int8 wherever it fits the budget, then weight compression of what is left
-    "small": CLEANUPS + ",lowrank(budget=0.25),quantize(mode=auto),compress-weights,dce",
+    # clean-ups, low rank, int8 wherever it fits the budget, then weight compression of what is left:
+    # int4 blocks for the MatMul/Gemm weights and embedding tables still float, 4-bit palettes for the
+    # rest (float conv weights and the int8 weights quantize stored), each checked against the budget
+    "small": CLEANUPS + ",lowrank(budget=0.25),quantize(mode=auto),quantize-weights,compress-weights,dce",
 }
 #: presets whose passes are kept only when measured faster in onnxruntime (optimize(speed_check=))
 SPEED_PRESETS = {"fast"}
