@@ -12,7 +12,9 @@ layer kept int8 is never slower even next to float neighbours). Timings are inte
 medians compared. A layer that computes what an already timed one computes (same op, attributes,
 input and output shapes and types; weights of the same shape) takes that one's timing: on PP-OCR
 det at 640x640 that is 92 timings for 237 candidate layers (rec: 64 for the 209 with static
-shapes), the same decisions from 40% of the sessions. Last, the whole int8 model is timed against
+shapes), the same decisions from 40% of the sessions. Layers that lose alone get a second
+chance in their region (tvmlite.quant.regions): the connected chain timed as one piece. Last, the
+whole int8 model is timed against
 the float model; while it is not faster by WHOLE_MODEL_MARGIN, the half of the int8 layers with the
 smallest measured gain goes back to float (down to none: then only the weights are stored in int8,
 which onnxruntime folds at load).
@@ -23,7 +25,8 @@ import numpy as np
 
 from tvmlite.ir.graph import Model
 from tvmlite.quant import qdq
-from tvmlite.quant.timing import time_int8_layer as _time_layer, timed_ratio
+from tvmlite.quant.regions import rescue_by_region
+from tvmlite.quant.timing import time_int8_layer as _time_layer, time_int8_nodes, timed_ratio
 from tvmlite.export import export_model
 from tvmlite.calibration import fixed_batch
 from tvmlite.quant.calibrate import _progress
@@ -97,6 +100,11 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
                     chosen.discard(u)
                     decisions[u]["reason"] = f"int8 slower in onnxruntime ({t_q:.4f} vs {t_f:.4f} ms)"
                 bar.advance(task)
+        # layers that lose alone may win as a chain: their Q/DQ is paid once at the region's edges
+        chosen = rescue_by_region(
+            model, units, chosen, spec,
+            lambda m, nodes, keys: time_int8_nodes(m, nodes, keys, spec, shapes, threads, repeats),
+            decisions, excluded)
     err = error_of(chosen) if chosen else 0.0
     if err > budget:
         # only now each layer's error alone (a whole-model variant each: 107 sessions on PP-OCR
@@ -157,8 +165,16 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisi
                                   margin=0.08, warmup=2)
         if t_q < t_f * (1 - WHOLE_MODEL_MARGIN):
             return chosen
-        ranked = sorted(chosen, key=lambda u: decisions[u].get("int8_ms", 0) - decisions[u].get("float_ms", 0))
-        drop = ranked[len(ranked) // 2:] if len(ranked) > 1 else ranked
+        # a region kept as a whole goes back as a whole: half of it would pay Q/DQ at the cut
+        groups: dict = {}
+        for u in chosen:
+            groups.setdefault(("region", decisions[u]["region"]) if "gain_ms" in decisions[u] else u, []).append(u)
+
+        def gain(members):
+            return sum(decisions[u].get("gain_ms", decisions[u].get("float_ms", 0) - decisions[u].get("int8_ms", 0))
+                       for u in members)
+        ranked = sorted(groups.values(), key=lambda ms: -gain(ms))
+        drop = [u for ms in (ranked[len(ranked) // 2:] if len(ranked) > 1 else ranked) for u in ms]
         for u in drop:
             chosen.discard(u)
             decisions[u]["reason"] = f"whole int8 model not faster ({t_q:.3f} vs {t_f:.3f} ms): smallest gain"

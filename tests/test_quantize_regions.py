@@ -1,0 +1,131 @@
+"""int8 regions (tvmlite.quant.regions): layers that lose alone are kept when their connected chain
+wins as a whole. The choice is tested with a deterministic cost model (a lone int8 layer pays a Q
+and a DQ at its edges; a chain pays them once), the measured path end to end against onnxruntime."""
+import numpy as np
+import onnxruntime as ort
+from onnx import helper
+
+import tvmlite
+from tvmlite.passes.quantize import Quantize, candidate_units
+from tvmlite.export.shapes import infer_shapes
+from tvmlite.quant import qdq
+from tvmlite.quant.regions import regions, rescue_by_region
+
+from helpers import make_model, tensor
+
+CONV_MS, INT8_SHARE, EDGE_MS = 1.0, 0.6, 0.5
+
+
+def _chain_model(width=8, size=16, seed=0):
+    """A chain of three 3x3 convs (x -> c1 -> c2 -> c3 -> y) and a lone conv behind a Tanh
+    (float: it breaks any region) on a second output."""
+    rng = np.random.default_rng(seed)
+    ws = [(rng.standard_normal((width, 3 if i == 0 else width, 3, 3)) * 0.2).astype(np.float32)
+          for i in range(3)]
+    wl = (rng.standard_normal((width, 3, 3, 3)) * 0.2).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+        helper.make_node("Conv", ["r1", "w1"], ["c2"], name="c2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="r2"),
+        helper.make_node("Conv", ["r2", "w2"], ["y"], name="c3", pads=[1, 1, 1, 1]),
+        helper.make_node("Tanh", ["x"], ["t"], name="tanh"),
+        helper.make_node("Conv", ["t", "wl"], ["z"], name="lone", pads=[1, 1, 1, 1]),
+    ]
+    return make_model(nodes, [tensor("x", ["N", 3, size, size])],
+                      [tensor("y", ["N", width, size, size]), tensor("z", ["N", width, size, size])],
+                      [("w0", ws[0]), ("w1", ws[1]), ("w2", ws[2]), ("wl", wl)], opset=13)
+
+
+def _prepared():
+    m = tvmlite.load(_chain_model())
+    infer_shapes(m)
+    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
+    return m, units, qdq.QuantSpec("uint8", True)
+
+
+def _fake_timer(edge_ms=EDGE_MS, calls=None):
+    """float: CONV_MS per conv; int8: INT8_SHARE of that plus EDGE_MS per tensor crossing the
+    fragment's edge (each input's Q, each output's DQ)."""
+    def timer(model, nodes, keys):
+        g = model.graph
+        produced = {o for n in nodes for o in n.outputs}
+        inside = set(nodes)
+        ins = {i for n in nodes for i in n.inputs if i and i not in produced and g.const_value(i) is None}
+        outs = {o for n in nodes for o in n.outputs
+                if o in g.outputs or any(c not in inside for c in g.consumers(o))}
+        convs = sum(n.op_type == "Conv" for n in nodes)
+        if calls is not None:
+            calls.append(sorted(keys))
+        return convs * CONV_MS, convs * CONV_MS * INT8_SHARE + edge_ms * (len(ins) + len(outs))
+    return timer
+
+
+def _alone(model, units, timer):
+    """Per-layer verdicts as choose_layers makes them: kept where int8 is faster alone."""
+    by_key = {qdq.node_key(n): n for n in model.graph.nx.nodes}
+    decisions = {u: {"node": u} for u in units}
+    chosen = set()
+    for u in units:
+        t_f, t_q = timer(model, [by_key[u]], {u})
+        decisions[u].update(float_ms=t_f, int8_ms=t_q)
+        if t_q < t_f:
+            chosen.add(u)
+    return chosen, decisions
+
+
+def test_regions_are_the_connected_int8_chains():
+    m, units, spec = _prepared()
+    found = regions(m, units, spec)
+    assert len(found) == 1  # the lone conv is no region
+    nodes, keys = found[0]
+    assert keys == {"c1", "c2", "y"}
+    assert [n.name for n in nodes] == ["c1", "r1", "c2", "r2", "c3"]  # the folded Relus join
+
+
+def test_lone_layers_lose_and_the_chain_wins():
+    m, units, spec = _prepared()
+    timer = _fake_timer()
+    chosen, decisions = _alone(m, units, timer)
+    assert chosen == set()  # every conv alone: 0.6 + 2 * 0.5 > 1.0
+    calls = []
+    kept = rescue_by_region(m, units, chosen, spec, _fake_timer(calls=calls), decisions)
+    assert kept == {"c1", "c2", "y"}  # the chain: 3 * 0.6 + 2 * 0.5 = 2.8 < 3.0
+    assert "z" not in kept  # the lone conv stays float
+    assert calls == [["c1", "c2", "y"]]
+    assert "region of 3 layers faster" in decisions["c2"]["reason"]
+    assert decisions["c2"]["gain_ms"] > 0
+
+
+def test_a_losing_chain_stays_float_and_winning_regions_are_not_timed():
+    m, units, spec = _prepared()
+    chosen, decisions = _alone(m, units, _fake_timer(edge_ms=0.8))
+    assert rescue_by_region(m, units, chosen, spec, _fake_timer(edge_ms=0.8), decisions) == set()
+    assert "gain_ms" not in decisions["c2"] and decisions["c2"]["region_int8_ms"] > 3.0
+    calls = []
+    everyone = set(units)
+    assert rescue_by_region(m, units, everyone, spec, _fake_timer(calls=calls), decisions) == everyone
+    assert calls == []
+
+
+def test_measured_auto_mode_stays_within_budget_in_onnxruntime():
+    """The real path: per-layer and region timing in onnxruntime, then the error fallback; whatever
+    the timing decides on this host, the result runs in onnxruntime within the budget."""
+    proto = _chain_model(width=16, size=32)
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    m = tvmlite.load(proto)
+    r = Quantize(calibration={"x": x}, mode="auto", measure=True, error_budget=0.02, progress=False)(m)
+    layers = {d["node"]: d for d in r.decisions if "precision" in d}
+    assert set(layers) >= {"c1", "c2", "c3", "lone"}
+    for name in ("c1", "c2", "c3"):  # a chain member slower alone had its region timed
+        d = layers[name]
+        if d["int8_ms"] >= d["float_ms"]:
+            assert d["region_layers"] == 3 and d["region_float_ms"] > 0
+    chain = {layers[n]["precision"] for n in ("c1", "c2", "c3") if "gain_ms" in layers[n]}
+    assert len(chain) <= 1  # a region kept as a whole stays or goes as a whole
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(tvmlite.export_model(m).SerializeToString(), providers=["CPUExecutionProvider"])
+    for i in range(4):
+        feed = {"x": x[i:i + 1]}
+        for a, b in zip(ref.run(None, feed), got.run(None, feed)):
+            assert np.linalg.norm(a - b) / np.linalg.norm(a) <= 0.05
