@@ -6,7 +6,7 @@
 (enc.onnx: onnx.save(tvmlite.zoo_encoder.minilm_encoder()[0], ...); exact builds are written beside it.)
 """
 import os, glob, time, sys
-import numpy as np, onnx, onnxruntime as ort
+import numpy as np, onnxruntime as ort
 import tvmlite
 from tvmlite.backends.tvm import compile_model, load_module, buckets as bk
 from tvmlite.compare import interleaved_ms

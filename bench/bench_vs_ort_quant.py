@@ -54,7 +54,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # real_graphs.detector, as bench_tvm.py
 
 import tvmlite  # noqa: E402
 from tvmlite.compare import interleaved_ms, ort_session  # noqa: E402
-from tvmlite.errors import TvmliteError  # noqa: E402
 
 CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))
 VARIANTS = ("float", "ort-quant", "tvmlite-fast", "tvmlite-small")

@@ -15,7 +15,7 @@ import numpy as np
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.capabilities import Calibrated, LayerwisePass
-from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity, is_onnx
+from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConstants, RemoveIdentity
 from tvmlite.passes.pattern import Const, Match, Op, Rule, apply_rules
 from tvmlite.errors import OptionError
 from tvmlite.ir.builder import Builder

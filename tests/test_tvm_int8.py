@@ -8,7 +8,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 from helpers import make_model, ort_run, tensor
 

@@ -114,7 +114,7 @@ def _check_schema(plan: dict, path: str) -> None:
                   path, f"host call {c['host']!r} names no host segment of the plan")
             continue
         _need(isinstance(c, dict) and isinstance(c.get("func"), str) and isinstance(c.get("args"), list),
-              path, f"call entry needs 'func' and 'args'")
+              path, "call entry needs 'func' and 'args'")
         for a in c["args"]:
             _need(isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and _is_shape(a[1]),
                   path, f"call {c['func']!r}: argument {a!r} is not [buffer, shape]")
