@@ -35,7 +35,7 @@ UNARY = {
     "Clip": lambda x, a: _clip(x, a.get("min"), a.get("max")),
     "Elu": lambda x, a: tirx.Select(x >= 0, x, tirx.const(a.get("alpha", 1.0), F32) * (tirx.exp(x) - 1)),
     "Softplus": lambda x, a: tirx.log(tirx.exp(x) + tirx.const(1.0, F32)),
-    "Gelu": lambda x, a: x * tirx.const(0.5, F32) * (tirx.const(1.0, F32) + tirx.erf(x * tirx.const(1 / math.sqrt(2), F32))),
+    "Gelu": lambda x, a: _gelu(x, a.get("approximate", "none")),
 }
 
 BINARY = {
@@ -49,6 +49,15 @@ BINARY = {
     "Pow": lambda x, y: tirx.power(x, y),
     "PRelu": lambda x, y: tirx.Select(x >= 0, x, x * y),
 }
+
+
+def _gelu(x, approximate):
+    """ONNX Gelu (opset 20): the erf form, or with approximate="tanh" the tanh form."""
+    half, one = tirx.const(0.5, F32), tirx.const(1.0, F32)
+    if (approximate.decode() if isinstance(approximate, bytes) else approximate) == "tanh":
+        inner = tirx.const(math.sqrt(2 / math.pi), F32) * (x + tirx.const(0.044715, F32) * x * x * x)
+        return x * half * (one + tirx.tanh(inner))
+    return x * half * (one + tirx.erf(x * tirx.const(1 / math.sqrt(2), F32)))
 
 
 def _clip(x, lo, hi):
