@@ -8,35 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tvmlite.backends.numpy.plan import Plan
+from tvmlite.backends.numpy.capture import capture_values  # noqa: F401 - importable from here too
 from tvmlite.ops.geometry import WindowGeometry
 from tvmlite.ir.graph import Model, Node
 
 
 # ------------------------------------------------------------------------------- activations
-def capture_values(model: Model, names: list[str], feeds: dict) -> dict[str, np.ndarray]:
-    """Run ``model`` on the NumPy backend and return the arrays of the named values."""
-    import networkx as nx
-
-    g = model.graph
-    saved = list(g.outputs)
-    g.outputs[:] = list(dict.fromkeys(list(names)))
-    try:
-        plan = Plan(g, model.opsets)
-    finally:
-        g.outputs[:] = saved
-    # run only what the requested values depend on
-    needed: set = set()
-    for name in names:
-        p = g.producer(name)
-        if p is not None and p not in needed:
-            needed |= nx.ancestors(g.nx, p) | {p}
-    plan.steps = [st for st in plan.steps if st.node in needed]
-    with np.errstate(all="ignore"):
-        outs = plan.run(feeds)
-    return dict(zip(plan.output_names, outs))
-
-
 def capture_groups(model: Model, names: list[str], groups: list[dict]) -> dict[str, np.ndarray]:
     """capture_values over feed dicts that must run apart, stacked along the batch axis (0)."""
     runs = [capture_values(model, names, feeds) for feeds in groups]

@@ -129,3 +129,32 @@ def test_measured_auto_mode_stays_within_budget_in_onnxruntime():
         feed = {"x": x[i:i + 1]}
         for a, b in zip(ref.run(None, feed), got.run(None, feed)):
             assert np.linalg.norm(a - b) / np.linalg.norm(a) <= 0.05
+
+
+def test_layer_shapes_after_an_op_onnx_cannot_type_come_from_a_run():
+    """quantize-dynamic(gather=true) writes the embedding lookup as com.microsoft
+    GatherBlockQuantized, which onnx's inference cannot type: the shapes after it were taken as 1,
+    and the static quantize pass then cut MiniLM's attention MatMuls out with inputs that did not
+    fit (onnxruntime refused the fragment)."""
+    from onnx import TensorProto, helper as oh
+
+    from helpers import make_model, tensor
+    from tvmlite.frontend import load
+    from tvmlite.passes import Pipeline
+    from tvmlite.quant.select import _static_shapes
+
+    rng = np.random.default_rng(0)
+    nodes = [oh.make_node("Gather", ["table", "ids"], ["emb"]),
+             oh.make_node("MatMul", ["emb", "w"], ["h"]),
+             oh.make_node("Transpose", ["h"], ["ht"], perm=[0, 2, 1]),
+             oh.make_node("MatMul", ["h", "ht"], ["scores"])]
+    model = make_model(nodes, [tensor("ids", ["b", "s"], TensorProto.INT64)], [tensor("scores", ["b", "s", "s"])],
+                       [("table", rng.standard_normal((64, 32)).astype(np.float32)),
+                        ("w", rng.standard_normal((32, 32)).astype(np.float32))])
+    m = load(model)
+    Pipeline("quantize-dynamic(gather=true,gather_block=32)").run(m)
+    assert any(n.op_type == "GatherBlockQuantized" for n in m.graph.nodes)
+    feeds = {"ids": rng.integers(0, 64, (1, 7)).astype(np.int64)}
+    shapes = _static_shapes(m, feeds)
+    assert shapes["scores"] == (1, 7, 7)
+    assert shapes["ht"] == (1, 32, 7)

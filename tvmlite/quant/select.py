@@ -31,6 +31,7 @@ from tvmlite.export import export_model
 from tvmlite.calibration import fixed_batch
 from tvmlite.quant.calibrate import _progress
 from tvmlite.export.shapes import static_shapes
+from tvmlite.backends.numpy.capture import capture_values
 from tvmlite.runtime.ort import ort_session
 from tvmlite.export.onnx_export import export_lean
 
@@ -182,7 +183,25 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisi
 
 
 def _static_shapes(model: Model, feeds: dict) -> dict:
-    return static_shapes(model, {k: tuple(np.shape(v)) for k, v in feeds.items()})
+    """Static shape of every value on ``feeds``. Dims onnx's inference leaves unknown (everything
+    after an op it has no rule for, such as the GatherBlockQuantized embedding lookup that
+    quantize-dynamic writes) are read from a NumPy run instead of being taken as 1: a layer timed
+    with such guessed shapes was cut out with inputs that do not fit (MiniLM's attention MatMuls)."""
+    shapes = static_shapes(model, {k: tuple(np.shape(v)) for k, v in feeds.items()}, default_dim=-1)
+    g = model.graph
+    unknown = [n for n, v in g.values.items()
+               if n not in feeds and not v.is_initializer and (n not in shapes or -1 in shapes[n])]
+    if unknown:
+        try:
+            seen = capture_values(model, unknown, feeds)
+        except Exception:  # noqa: BLE001 - a model the NumPy backend cannot run keeps the old guess
+            seen = {}
+        for n in unknown:
+            if n in seen:
+                shapes[n] = tuple(np.shape(seen[n]))
+            elif n in shapes:
+                shapes[n] = tuple(1 if d == -1 else d for d in shapes[n])
+    return shapes
 
 
 def _timing_signature(model: Model, node, shapes: dict):
