@@ -146,7 +146,7 @@ def run(model, backend, inputs, shapes, output, repeats):
         from tvmlite.backends.tvm import compile_model as tvm_compile, load_module
 
         if model.endswith(".so"):  # a library from 'tvmlite build': no ONNX model needed
-            built, backend = _load_library(model, load_module), "tvm"
+            built, backend = load_module(model), "tvm"
             feeds = built_feeds(built, inputs)
         else:
             m = load(model)
@@ -334,14 +334,6 @@ def list_passes():
 
         opts = ", ".join(f"{f.name}={default(f)}" for f in dataclasses.fields(cls.Options))
         click.echo(f"{name:<18} {doc}" + (f"\n{'':<18} options: {opts}" if opts else ""))
-
-
-def _load_library(path, load_module):
-    from tvmlite.backends.tvm import buckets as bk
-
-    if os.path.exists(path + ".buckets.json"):  # a bucketed build: any in-range shape runs
-        return bk.BucketedModel(path, bk.read_manifest(path), load_module)
-    return load_module(path)
 
 
 # --------------------------------------------------------------------------------------- TVM build

@@ -20,8 +20,16 @@ def compile_model(model, input_shapes=None, **kw):
 
 
 def load_module(path):
+    """A library from `tvmlite build`; a bucketed build (NAME.so.buckets.json beside it) runs any
+    shape inside its ranges."""
+    import os
+
     from tvmlite.backends.tvm.module import load_module as _load
 
+    if os.path.exists(path + ".buckets.json"):
+        from tvmlite.backends.tvm import buckets as bk
+
+        return bk.BucketedModel(path, bk.read_manifest(path), _load)
     return _load(path)
 
 
