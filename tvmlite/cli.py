@@ -16,7 +16,8 @@ import sys
 import click
 import numpy as np
 
-from tvmlite.cli_checks import built_feeds, check_budgets, check_pass_spec_text, command_outputs, load_labels
+from tvmlite.cli_checks import (built_feeds, check_budgets, check_pass_spec_text, command_outputs, load_labels,
+                                save_checked)
 from tvmlite.errors import TvmliteError
 
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2..",
@@ -302,7 +303,7 @@ def optimize(model, output, preset, spec, shapes, inputs, labels, calib, metrics
                              check_outputs=list(check_outputs) or None, max_accuracy_drop=max_accuracy_drop,
                              check=check, speed_check=speed_check, custom_ops=custom_ops, progress=not quiet,
                              latency=latency)
-    _save_checked(m, output, txn)
+    save_checked(m, output, txn)
     click.echo(report.format(0 if quiet else 1 + verbose))
     if json_path:
         data = {"model": model, "output": output, **report.to_dict()}
@@ -408,36 +409,6 @@ def emit_tvm(model, output, shapes):
     paths = emit_tvmscript(load(model), output, parse_shape_overrides(shapes), outputs=txn)
     txn.commit()
     click.echo(f"wrote {len(paths)} kernels to {output} (index.txt lists them in run order)")
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def _save_checked(model, output: str, txn) -> None:
-    """Stage the model in ``txn`` (its big arrays written from where the IR holds them) after
-    onnx.checker passed its lean export (`Exported.check`: the structure, no weights loaded); one
-    whose lean proto is still past protobuf's 2 GiB limit is checked as written (the transaction
-    drops it when that fails)."""
-    import onnx
-
-    from tvmlite.export import save
-    from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, export_lean, proto_bytes
-
-    exported = export_lean(model)
-    exported.external = False  # the optimized model goes inline unless it is too big for protobuf
-    in_memory = proto_bytes(exported.proto) <= EXTERNAL_THRESHOLD
-    if in_memory:
-        _checked(exported.check)
-    staged = save(exported, output, outputs=txn)
-    if not in_memory:
-        _checked(lambda: onnx.checker.check_model(staged))
-
-
-def _checked(check) -> None:
-    import onnx
-
-    try:
-        check()
-    except onnx.checker.ValidationError as e:
-        raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
 
 
 def main(argv=None) -> int:

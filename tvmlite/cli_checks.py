@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from tvmlite.errors import InputError, OptionError
+from tvmlite.errors import InputError, OptionError, TvmliteError
 from tvmlite import outputs
 from tvmlite.outputs import Outputs, USER_ERRNOS, data_files, model_files
 from tvmlite.inputs import load_npz, random_array
@@ -113,3 +113,32 @@ def built_feeds(built, inputs) -> dict:
         return {n: data[n] for n in built.input_names if n in data}
     rng = np.random.default_rng(0)
     return {n: random_array(rng, built.input_shapes[n], built.input_dtypes[n], n) for n in built.input_names}
+
+
+def save_checked(model, output: str, txn) -> None:
+    """Stage the model in ``txn`` (its big arrays written from where the IR holds them) after
+    onnx.checker passed its lean export (`Exported.check`: the structure, no weights loaded); one
+    whose lean proto is still past protobuf's 2 GiB limit is checked as written (the transaction
+    drops it when that fails)."""
+    import onnx
+
+    from tvmlite.export import save
+    from tvmlite.export.onnx_export import EXTERNAL_THRESHOLD, export_lean, proto_bytes
+
+    exported = export_lean(model)
+    exported.external = False  # the optimized model goes inline unless it is too big for protobuf
+    in_memory = proto_bytes(exported.proto) <= EXTERNAL_THRESHOLD
+    if in_memory:
+        _checked(exported.check)
+    staged = save(exported, output, outputs=txn)
+    if not in_memory:
+        _checked(lambda: onnx.checker.check_model(staged))
+
+
+def _checked(check) -> None:
+    import onnx
+
+    try:
+        check()
+    except onnx.checker.ValidationError as e:
+        raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
