@@ -52,8 +52,9 @@ def _finish(y, bias, bias_shape, activation, y_scale, y_zero_point, y_signed):
     return np.asarray(y, np.float32)
 
 
-def _activation(activation) -> str:
-    return activation.decode() if isinstance(activation, bytes) else (activation or "")
+def _text(value) -> str:
+    """A string attribute as imported (bytes or str), or the empty string when absent."""
+    return value.decode() if isinstance(value, bytes) else (value or "")
 
 
 # ------------------------------------------------------------------------------------------- Conv
@@ -78,8 +79,8 @@ def _qconv_shape(types, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zer
 
 def _conv_attrs(auto_pad, kernel_shape, pads, strides, dilations, group) -> dict:
     a = {"group": int(group)}
-    if auto_pad and _activation(auto_pad) != "NOTSET":
-        a["auto_pad"] = _activation(auto_pad)
+    if auto_pad and _text(auto_pad) != "NOTSET":
+        a["auto_pad"] = _text(auto_pad)
     for k, v in (("kernel_shape", kernel_shape), ("pads", pads), ("strides", strides), ("dilations", dilations)):
         if v is not None:
             a[k] = [int(i) for i in v]
@@ -92,7 +93,7 @@ def _fq_body(fb, x, scale, zero_point, signed):
 
 
 def _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed):
-    if _activation(activation) == "Relu":
+    if _text(activation) == "Relu":
         y = fb.node("Relu", [y])
     if float(y_scale) > 0:
         y = _fq_body(fb, y, y_scale, y_zero_point, y_signed)
@@ -101,11 +102,7 @@ def _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed):
 
 def _w_body(fb, axis):
     """DequantizeLinear of the int8 weights: per-channel along ``axis``, or per-tensor."""
-    scale_shape = fb.input_types[2][1]
-    n = 1
-    for d in scale_shape or ():
-        n *= d if isinstance(d, int) else 2
-    if n > 1:
+    if any(not isinstance(d, int) or d > 1 for d in fb.input_types[2][1] or ()):  # one scale per channel
         return fb.node("DequantizeLinear", [fb.inputs[1], fb.inputs[2]], {"axis": axis})
     s = fb.node("Reshape", [fb.inputs[2], fb.const(np.array([], np.int64))])
     return fb.node("DequantizeLinear", [fb.inputs[1], s])
@@ -126,9 +123,9 @@ def qdq_conv(x, w_q, w_scale, bias=None, *, x_scale, x_zero_point, x_signed=0, y
              dilations=None, group=1):
     xq = fake_quant(x, x_scale, x_zero_point, x_signed)
     w = _weights(w_q, w_scale, 0)
-    y = conv_nd(xq, w, None, auto_pad=_activation(auto_pad), kernel_shape=kernel_shape, pads=pads,
+    y = conv_nd(xq, w, None, auto_pad=_text(auto_pad), kernel_shape=kernel_shape, pads=pads,
                 strides=strides, dilations=dilations, group=group)
-    return _finish(y, bias, (1, -1) + (1,) * (y.ndim - 2), _activation(activation), y_scale, y_zero_point,
+    return _finish(y, bias, (1, -1) + (1,) * (y.ndim - 2), _text(activation), y_scale, y_zero_point,
                    y_signed)
 
 
@@ -153,5 +150,5 @@ def qdq_matmul(x, w_q, w_scale, bias=None, *, x_scale, x_zero_point, x_signed=0,
                y_signed=0, activation=""):
     xq = fake_quant(x, x_scale, x_zero_point, x_signed)
     y = np.matmul(xq, _weights(w_q, w_scale, 1))
-    return _finish(y, bias, (-1,), _activation(activation), y_scale, y_zero_point, y_signed)
+    return _finish(y, bias, (-1,), _text(activation), y_scale, y_zero_point, y_signed)
 

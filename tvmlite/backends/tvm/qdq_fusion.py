@@ -97,7 +97,7 @@ def _input_params(g: Graph, x_dq: str):
     return q.inputs[0], pd
 
 
-def _weights(g: Graph, name: str, channel_axis: int, channels_from_shape: bool = True):
+def _weights(g: Graph, name: str, channel_axis: int):
     """(int8 weights, float32 scales: one or one per channel along ``channel_axis``) of a constant
     DequantizeLinear without zero point (or an all-zero one), else None."""
     dq = _producer(g, name, "DequantizeLinear")
@@ -197,12 +197,7 @@ def _fuse(g: Graph, node: Node) -> bool:
     if bias is not None:
         ins.append(g.add_constant(bias, f"{base}_bias"))
     name, order = node.name, node.order
-    for n in reversed(absorbed):
-        g.remove_node(n, remove_outputs=False)
-    g.remove_node(node, remove_outputs=False)
-    for n in [node] + absorbed:  # the values between the fused nodes are gone with them
-        for o in n.outputs:
-            if o and o != out and o in g.values and g.values[o].producer is None and not g.num_uses(o):
-                del g.values[o]
+    for n in list(reversed(absorbed)) + [node]:  # readers first: the values between them go too
+        g.remove_node(n, remove_outputs=out not in n.outputs)
     g.add_node(op, ins, [out], attrs, domain="tvmlite", name=name, order=order)
     return True

@@ -69,22 +69,23 @@ def register_vnni() -> str:
     return VNNI
 
 
-def quantize_u8(v, scale: float, zero_point: int, signed: int):
-    """QuantizeLinear of a float32 TE value (x / scale, round half to even, saturate), as uint8:
-    int8 values are shifted by 128 (the zero point shifts with them)."""
+def _quantized(v, scale: float, zero_point: int, signed: int):
+    """QuantizeLinear of a float32 TE value (x / scale, round half to even, add the zero point,
+    saturate), still as float32."""
     lo, hi = (-128, 127) if signed else (0, 255)
     q = tirx.nearbyint(v / tirx.const(scale, "float32")) + tirx.const(float(zero_point), "float32")
-    q = te.max(te.min(q, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32"))
-    q = q.astype("int32") + (128 if signed else 0)
-    return q.astype("uint8")
+    return te.max(te.min(q, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32"))
+
+
+def quantize_u8(v, scale: float, zero_point: int, signed: int):
+    """QuantizeLinear as uint8: int8 values are shifted by 128 (the zero point shifts with them)."""
+    return (_quantized(v, scale, zero_point, signed).astype("int32") + (128 if signed else 0)).astype("uint8")
 
 
 def fake_quant(v, scale: float, zero_point: int, signed: int):
     """DequantizeLinear(QuantizeLinear(v)) in float32."""
-    lo, hi = (-128, 127) if signed else (0, 255)
-    s, z = tirx.const(scale, "float32"), tirx.const(float(zero_point), "float32")
-    q = te.max(te.min(tirx.nearbyint(v / s) + z, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32"))
-    return (q - z) * s
+    z = tirx.const(float(zero_point), "float32")
+    return (_quantized(v, scale, zero_point, signed) - z) * tirx.const(scale, "float32")
 
 
 def pack_weights(w2: np.ndarray, kp: int, np_: int) -> np.ndarray:
