@@ -94,6 +94,14 @@ class Lowering:
             raise UnsupportedError("an input shape is not static")
         return self.shapes[name]
 
+    def dtype(self, name: str) -> np.dtype | None:
+        """The element type of value ``name`` (a constant's own, else the recorded or inferred one)."""
+        c = self.const(name)
+        if c is not None:
+            return c.dtype
+        dt = self.g.value(name).dtype
+        return None if dt is None else np.dtype(dt)
+
     def check_float(self, node: Node) -> None:
         for name in list(node.inputs[:1]) + list(node.outputs[:1]):
             if not name:
