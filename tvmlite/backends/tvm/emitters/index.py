@@ -1,14 +1,14 @@
 """Ops on integer and bool tensors, and the dtype-generic ones: Gather (the embedding lookup; any
 data dtype, int32/int64 indices), Cast between float32 / int / bool, comparisons, And/Or/Xor/Not,
-Where, Expand, Mod, the integer forms of Add/Sub/Mul/Div/Neg/Abs/Min/Max (elementwise.py hands
-them here), and Shape/Size of a static value the folding kept (a graph output).
+Where, Expand, Mod, and the integer forms of Add/Sub/Mul/Div/Neg/Abs/Min/Max (elementwise.py hands
+them here).
 
 Integer and bool values live in buffers of their own dtype (bool, uint8, int8, int32, int64)
 between kernels and host calls, so shape arithmetic on a run-time value stays in kernels. Where
 the input shapes fix such values, prepare.py has already folded them to constants: Shape, Size,
 and everything they feed (Gather, Concat, Range, ConstantOfShape, Equal, Where, Expand...).
-Range and ConstantOfShape left unfolded make an output whose shape depends on run-time values, so
-they stay host calls, saying so."""
+Shape/Size left unfolded read a value of no static shape, and Range and ConstantOfShape left
+unfolded make an output whose shape depends on run-time values: they stay host calls, saying so."""
 from __future__ import annotations
 
 import numpy as np
@@ -94,25 +94,8 @@ def emit_expand(low, node) -> None:
 
 @emitter("Shape", "Size", checks_dtype=True)
 def emit_shape(low, node) -> None:
-    """A static input's Shape/Size that folding kept (a graph output): its constant, copied out."""
-    x = node.inputs[0]
-    if x not in low.shapes:
-        raise UnsupportedError("an input shape is not static")
-    s = np.array(low.shapes[x], np.int64)
-    if node.op_type == "Size":
-        arr = np.array(int(np.prod(s)), np.int64)
-    else:
-        arr = s[node.attrs.get("start", 0):node.attrs.get("end", None)]
-    out = node.outputs[0]
-    if tuple(arr.shape) != low.shape(out) or arr.size == 0:
-        raise UnsupportedError(f"output shape {low.shape(out)} is not {list(arr.shape)}")
-    name = low.kernel_name(node)
-
-    def make():
-        from tvmlite.backends.tvm.kernels.index import mapped
-
-        return mapped(name, "Identity", {}, [("const", arr)], arr.shape, "int64", out_value=out, lanes=low.lanes)
-    low.add(make, node, out)
+    # prepare.py folds every Shape/Size of a static value (graph outputs too): one left has none
+    raise UnsupportedError("an input shape is not static")
 
 
 @emitter("Range", "ConstantOfShape", checks_dtype=True)

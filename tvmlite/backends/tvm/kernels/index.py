@@ -87,6 +87,11 @@ def _fold(fn, vals):
     return v
 
 
+def _xor(p, q):
+    # not NE: TVM 0.27's LLVM codegen compares two bools with a float compare, which LLVM rejects
+    return tirx.Or(tirx.And(p, tirx.Not(q)), tirx.And(tirx.Not(p), q))
+
+
 def _cast(v, dt: str, to: str):
     if to == "bool":
         return tirx.NE(v, _c(0, dt))
@@ -97,14 +102,14 @@ def _cast(v, dt: str, to: str):
 #: truncating Div)
 OPS = {
     "Identity": lambda v, a, dt: v[0],
-    "Equal": lambda v, a, dt: tirx.EQ(v[0], v[1]),
+    "Equal": lambda v, a, dt: tirx.Not(_xor(v[0], v[1])) if dt == "bool" else tirx.EQ(v[0], v[1]),
     "Less": lambda v, a, dt: tirx.LT(v[0], v[1]),
     "Greater": lambda v, a, dt: tirx.GT(v[0], v[1]),
     "LessOrEqual": lambda v, a, dt: tirx.LE(v[0], v[1]),
     "GreaterOrEqual": lambda v, a, dt: tirx.GE(v[0], v[1]),
     "And": lambda v, a, dt: tirx.And(v[0], v[1]),
     "Or": lambda v, a, dt: tirx.Or(v[0], v[1]),
-    "Xor": lambda v, a, dt: tirx.NE(v[0], v[1]),
+    "Xor": lambda v, a, dt: _xor(v[0], v[1]),
     "Not": lambda v, a, dt: tirx.Not(v[0]),
     "Where": lambda v, a, dt: tirx.Select(v[0], v[1], v[2]),
     "Cast": lambda v, a, dt: _cast(v[0], dt, a["to"]),
