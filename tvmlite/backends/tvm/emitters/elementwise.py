@@ -72,7 +72,8 @@ def ew_ops(low, node, running: str | None):
 
 @emitter(*sorted(EW_OPS), checks_dtype=True)
 def emit_elementwise(low, node) -> None:
-    if node.outputs[0] and low.dtype(node.outputs[0]) not in (None, np.float32):
+    dt = low.dtype(node.outputs[0]) if node.outputs[0] else None
+    if dt is not None and dt.kind in "iub":
         emit_int_elementwise(low, node)  # integer arithmetic (shape chains made at run time)
         return
     low.check_float(node)
