@@ -218,7 +218,6 @@ def test_vad_with_if_runs_its_sample_rate_test_as_a_kernel():
     """The If's branches make features of different lengths (31 frames at 16 kHz, 63 at 8 kHz), so
     what follows it has no static shape and runs on the host with it; the Equal that picks the
     branch reads the int64 rate as a kernel."""
-
     proto, shapes = vad()
     shapes = dict(shapes, sr=())
     cm = compile_model(import_model(proto), shapes)
