@@ -76,7 +76,7 @@ def _loop_outputs(m: Model, node, shapes: dict) -> dict | None:
     g = m.graph
     trips = _trips(g, node)
     body = node.attrs["body"]
-    carried = [n for n in node.inputs[2:]]
+    carried = list(node.inputs[2:])
     if trips is None or trips < 0 or not all(n and n in shapes for n in carried):
         return None
     outer = [n for n in node.implicit_inputs if n]
