@@ -315,3 +315,22 @@ def test_loop_and_if_bodies_run_from_the_library(tmp_path):
     cm.save(str(tmp_path / "vad.so"))
     ref = run_model(model, feeds)
     _check_close(dict(zip(cm.output_names, load_module(str(tmp_path / "vad.so")).run(feeds))), ref)
+
+
+def test_host_calls_read_and_write_integer_and_bool_buffers(tmp_path):
+    """A bool made by a kernel (Equal) is read by a host call (Cast to float64) from its buffer; an
+    int64 made on the host (CumSum) is written to the buffer the Where kernel reads."""
+    nodes = [h.make_node("Equal", ["ids", "three"], ["eq"]),
+             h.make_node("Cast", ["eq"], ["eqd"], to=T.DOUBLE),            # host: float64
+             h.make_node("CumSum", ["ids", "axis1"], ["cs"]),             # host: no int64 kernel
+             h.make_node("Where", ["eq", "cs", "ids"], ["w"])]
+    model = load(_model(nodes, [h.make_tensor_value_info("ids", T.INT64, [2, 3])],
+                        [h.make_tensor_value_info("eqd", T.DOUBLE, [2, 3]), h.make_tensor_value_info("w", T.INT64, [2, 3])],
+                        [nh.from_array(np.array(3, np.int64), "three"), nh.from_array(np.array(1, np.int64), "axis1")]))
+    cm = compile_model(model)
+    assert [line.split(":")[0] for line in cm.host_ops] == ["Cast", "CumSum"], cm.host_ops
+    assert cm.plan["buffers"]["eq"]["dtype"] == "bool" and cm.plan["buffers"]["cs"]["dtype"] == "int64"
+    feeds = {"ids": np.array([[3, 1, 3], [0, 3, -2]], np.int64)}
+    cm.save(str(tmp_path / "b.so"))
+    for built in (cm, load_module(str(tmp_path / "b.so"))):
+        _check_close(dict(zip(built.output_names, built.run(feeds))), run_model(model, feeds))
