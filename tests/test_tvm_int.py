@@ -449,44 +449,12 @@ def test_a_host_made_integer_value_is_read_by_a_kernel():
     np.testing.assert_array_equal(cm.run({"ids": ids})[0], _ort(proto, {"ids": ids})[0])
 
 
-# --------------------------------------------------------------- static shapes after a Loop
-def _loop_model(trips, body_nodes, cond_out_node):
-    """y = Relu(final state), Neg(per-step outputs) after a Loop over a [1, 4] state, its condition
-    input a constant true; the body's condition output comes from ``cond_out_node``."""
-    vi = h.make_tensor_value_info
-    body = h.make_graph(body_nodes + [cond_out_node], "body",
-                        [vi("i", T.INT64, []), vi("cond", T.BOOL, []), vi("s_in", T.FLOAT, None)],
-                        [vi("cond_out", T.BOOL, []), vi("s_out", T.FLOAT, None), vi("scan", T.FLOAT, None)],
-                        [nh.from_array(np.array(0.5, np.float32), "half"), nh.from_array(np.array(3, np.int64), "three")])
-    nodes = [h.make_node("Loop", ["trips", "yes", "x"], ["s", "ys"], body=body),
-             h.make_node("Relu", ["s"], ["y"]), h.make_node("Neg", ["ys"], ["ny"])]
-    outs = [vi("y", T.FLOAT, ["a", "b"]), vi("ny", T.FLOAT, ["c", "d", "e"])]
-    g = h.make_graph(nodes, "loop", [vi("x", T.FLOAT, [1, 4])], outs,
-                     [nh.from_array(np.array(trips, np.int64), "trips"), nh.from_array(np.array(True), "yes")])
-    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
 
-
-_STEP = [h.make_node("Mul", ["s_in", "half"], ["s_out"]), h.make_node("Identity", ["s_out"], ["scan"])]
-_GROW = [h.make_node("Concat", ["s_in", "s_in"], ["s_out"], axis=1), h.make_node("ReduceMax", ["s_in"], ["scan"], keepdims=0)]
-
-
-@pytest.mark.parametrize("case, host", [
-    ("fixed", ["Loop: control flow"]),
-    # the condition is computed: the step count depends on values, so the shapes are not static
-    ("computed condition", ["Loop: control flow", "Relu: an input shape is not static",
-                            "Neg: an input shape is not static"]),
-    # the state changes shape from step to step: only its first step's shape is known
-    ("growing state", ["Loop: control flow", "Relu: an input shape is not static",
-                       "Neg: an input shape is not static"]),
-])
-def test_a_loops_outputs_are_static_only_when_no_value_decides_them(case, host):
-    if case == "fixed":
-        proto = _loop_model(3, _STEP, h.make_node("Identity", ["cond"], ["cond_out"]))
-    elif case == "computed condition":
-        proto = _loop_model(5, _STEP, h.make_node("Less", ["i", "three"], ["cond_out"]))
-    else:
-        proto = _loop_model(2, _GROW, h.make_node("Identity", ["cond"], ["cond_out"]))
-    x = np.array([[1.0, -2.0, 3.0, -4.0]], np.float32)
-    cm = compile_model(import_model(proto), {"x": (1, 4)})
-    assert cm.host_ops == host
-    _close(cm.run({"x": x}), _ort(proto, {"x": x}))
+def test_zero_d_integer_values_through_kernels_and_an_artifact(tmp_path):
+    a, b = np.array(7, np.int64), np.array(-3, np.int64)
+    nodes = [h.make_node("Div", ["a", "b"], ["q"]), h.make_node("Less", ["q", "a"], ["lt"]),
+             h.make_node("Where", ["lt", "q", "b"], ["w"]), h.make_node("Unsqueeze", ["w", "ax"], ["wu"]),
+             h.make_node("Concat", ["wu", "wu"], ["cat"], axis=0), h.make_node("Expand", ["lt", "sh"], ["lte"])]
+    proto = _typed_model(nodes, {"a": a, "b": b}, [("w", 0), ("cat", 1), ("lte", 2), ("q", 0)],
+                         {"ax": np.array([0], np.int64), "sh": np.array([2, 3], np.int64)})
+    _matches_onnxruntime(proto, {"a": a, "b": b}, tmp_path)
