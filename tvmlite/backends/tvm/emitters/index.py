@@ -11,8 +11,6 @@ Shape/Size left unfolded read a value of no static shape, and Range and Constant
 unfolded make an output whose shape depends on run-time values: they stay host calls, saying so."""
 from __future__ import annotations
 
-import numpy as np
-
 from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.emitters.tensor import axis_of, kernel_dtype
 from tvmlite.errors import UnsupportedError
@@ -22,7 +20,7 @@ CAST_TO = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool
 COMPARISONS = ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")
 LOGICAL = ("And", "Or", "Xor", "Not")
 #: integer arithmetic (ONNX semantics: wrap-around, Div truncates toward zero as onnxruntime does)
-INT_ARITH = ("Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Min", "Max", "Sum", "Identity")
+INT_ARITH = ("Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Min", "Max", "Sum")
 
 
 def typed_operand(low, name: str, what: str):
