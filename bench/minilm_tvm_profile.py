@@ -29,5 +29,14 @@ for name, label, ms in prof:
     agg[k] += ms
 for k, v in sorted(agg.items(), key=lambda kv: -kv[1]):
     print(f"{k:24s} {v:8.2f} ms")
-top = sorted(prof, key=lambda p: -p[2])[:8]
-for t in top: print(t)
+# per role across the six layers (layerN/ stripped): which kernel of the block costs what
+roles = collections.defaultdict(lambda: [0.0, 0, ""])
+for name, label, ms in prof:
+    first = label.split(", ")[0]
+    role = re.sub(r"^layer\d+/", "", first)
+    roles[role][0] += ms
+    roles[role][1] += 1
+    roles[role][2] = label.replace(first.split("/")[0] + "/", "") if first.startswith("layer") else label
+print(f"{'kernel (first node)':36s} {'n':>2s} {'ms':>7s}  nodes fused")
+for role, (ms, n, label) in sorted(roles.items(), key=lambda kv: -kv[1][0]):
+    print(f"{role:36s} {n:2d} {ms:7.2f}  {label[:90]}")

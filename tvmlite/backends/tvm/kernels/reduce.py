@@ -7,7 +7,7 @@ from tvm import te, tirx
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
-from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue, fast_exp
 
 
 def softmax(name: str, x: str, x_shape, *, axis: int, log: bool, opset: int, out_value: str,
@@ -29,22 +29,42 @@ def softmax(name: str, x: str, x_shape, *, axis: int, log: bool, opset: int, out
     apply = bind_epilogue(epilogue, b, (pre, red, post))
     r1 = te.reduce_axis((0, red), name="r1")
     mx = te.compute((pre, post), lambda i, j: te.max(X[i, r1, j], axis=r1), name="max")
+    # exp once per element, by a polynomial that vectorizes (TVM's exp is a scalar expf call);
+    # the row keeps its exps in a local buffer and the norm multiplies by the sum's reciprocal
+    ex = te.compute((pre, red, post), lambda i, c, j: fast_exp(X[i, c, j] - mx[i, j]), name="exp")
     r2 = te.reduce_axis((0, red), name="r2")
-    sm = te.compute((pre, post), lambda i, j: te.sum(tirx.exp(X[i, r2, j] - mx[i, j]), axis=r2), name="sum")
+    sm = te.compute((pre, post), lambda i, j: te.sum(ex[i, r2, j], axis=r2), name="sum")
     if log:
         Y = te.compute((pre, red, post), lambda i, c, j: apply(X[i, c, j] - mx[i, j] - tirx.log(sm[i, j]),
                                                                  (i, c, j)), name="norm")
     else:
-        Y = te.compute((pre, red, post), lambda i, c, j: apply(tirx.exp(X[i, c, j] - mx[i, j]) / sm[i, j],
-                                                                 (i, c, j)), name="norm")
+        inv = te.compute((pre, post), lambda i, j: tirx.const(1.0, F32) / sm[i, j], name="inv")
+        Y = te.compute((pre, red, post), lambda i, c, j: apply(ex[i, c, j] * inv[i, j], (i, c, j)), name="norm")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
+    steps = []
+    if log:
+        sch.compute_inline(sch.get_sblock("exp"))
+    outer = sch.get_loops(sch.get_sblock("norm"))[0]
+    row_local = red * post <= 4096  # a row's exps fit a small local buffer
+    if row_local:
+        for blk in (("sum",) if log else ("inv", "sum", "exp")) + ("max",):
+            sch.compute_at(sch.get_sblock(blk), outer)
+        if not log:
+            sch.set_scope(sch.get_sblock("exp"), 0, "local")
+        for blk in ("norm",) if log else ("norm", "exp"):
+            below = sch.get_loops(sch.get_sblock(blk))[1:]  # compute_at may drop the unit post loop
+            inner, extent = (below[-1], post) if post > 1 else (below[0], red)
+            if extent % lanes == 0:
+                _, vec = sch.split(inner, [None, lanes])
+                sch.vectorize(vec)
+                steps.append(f"vectorize_{blk}")
+    elif not log:
+        sch.compute_inline(sch.get_sblock("exp"))
     if pre >= 2 and S.worth_parallel(pre * red * post * 4):
-        outer = sch.get_loops(sch.get_sblock("norm"))[0]
-        sch.compute_at(sch.get_sblock("sum"), outer)
-        sch.compute_at(sch.get_sblock("max"), sch.get_loops(sch.get_sblock("sum"))[0])
         sch.parallel(outer)
-    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_outer"])
+        steps.append("parallel_outer")
+    return KernelDef(name, b.params, sch.mod["main"], steps=steps)
 
 
 def reduce(name: str, x: str, x_shape, *, op: str, axes, keepdims: bool, out_value: str, out_shape,
