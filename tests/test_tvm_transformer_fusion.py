@@ -137,3 +137,51 @@ def test_attention_scale_and_mask_fuse_with_the_scores(mask_value):
     assert cm.kernel_count == 2
     got = cm.run({"q": _x(1, 3, 20, 8), "k": _x(1, 3, 8, 20), "mask": mask})[0]
     assert (got[..., 15:] == 0).all()
+
+
+def _ln_nodes(x, y, *, square="pow", gamma=True, beta=True, axes=(-1,), eps_first=False):
+    """LayerNorm as exporters spell it out (axes as an input, opset 18)."""
+    mk = helper.make_node
+    nodes = [mk("ReduceMean", [x, "ln_axes"], ["ln_mean"]), mk("Sub", [x, "ln_mean"], ["ln_d"]),
+             mk("Pow", ["ln_d", "two"], ["ln_sq"]) if square == "pow" else mk("Mul", ["ln_d", "ln_d"], ["ln_sq"]),
+             mk("ReduceMean", ["ln_sq", "ln_axes"], ["ln_var"]),
+             mk("Add", ["eps", "ln_var"] if eps_first else ["ln_var", "eps"], ["ln_ve"]),
+             mk("Sqrt", ["ln_ve"], ["ln_std"]), mk("Div", ["ln_d", "ln_std"], ["ln_n" if gamma else y])]
+    if gamma:
+        nodes.append(mk("Mul", ["ln_n", "gamma"], ["ln_g" if beta else y]))
+        if beta:
+            nodes.append(mk("Add", ["ln_g", "beta"], [y]))
+    return nodes, [("ln_axes", np.array(axes, np.int64)), _c("two", 2.0), _c("eps", 1e-5)]
+
+
+@pytest.mark.parametrize("shape,axes,square,gamma,beta,g_shape", [
+    ((1, 16, 48), (-1,), "pow", True, True, (48,)),        # BERT's
+    ((2, 5, 37), (2,), "mul", True, False, (37,)),         # odd width, d*d, no beta
+    ((2, 3, 5, 7), (-2, -1), "pow", True, True, (1, 7)),   # two normalized dims, gamma broadcast
+    ((4, 9), (-1,), "pow", False, False, None),            # no affine part
+])
+def test_decomposed_layer_norm_runs_as_one_kernel(shape, axes, square, gamma, beta, g_shape):
+    nodes, consts = _ln_nodes("x", "y", square=square, gamma=gamma, beta=beta, axes=axes, eps_first=square == "mul")
+    trail = shape[len(shape) - len(axes):]
+    inits = consts + ([("gamma", _x(*g_shape))] if gamma else []) + ([("beta", _x(*trail))] if beta else [])
+    nodes.append(helper.make_node("Relu", ["y"], ["z"]))
+    model = make_model(nodes, [tensor("x", list(shape))], [tensor("z", list(shape))], inits, opset=18)
+    cm = _check(model, {"x": _x(*shape, scale=3.0) + 1.0})
+    assert cm.kernel_count == 1  # the Relu too
+
+
+@pytest.mark.parametrize("case", ["mean-read-elsewhere", "leading-axis", "eps-not-constant"])
+def test_near_layer_norms_stay_as_they_are(case):
+    shape = (3, 4, 8)
+    nodes, consts = _ln_nodes("x", "y", axes=(0,) if case == "leading-axis" else (-1,))
+    inputs, outputs = [tensor("x", list(shape))], [tensor("y", list(shape))]
+    feeds = {"x": _x(*shape, scale=2.0)}
+    if case == "mean-read-elsewhere":
+        outputs.append(tensor("ln_mean", [3, 4, 1]))
+    elif case == "eps-not-constant":
+        consts = [c for c in consts if c[0] != "eps"]
+        inputs.append(tensor("eps", []))
+        feeds["eps"] = np.array(1e-5, np.float32)
+    model = make_model(nodes, inputs, outputs, consts + [("gamma", _x(8)), ("beta", _x(8))], opset=18)
+    cm = _check(model, feeds)
+    assert cm.kernel_count > 1
