@@ -10,6 +10,36 @@ from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue, fast_exp
 
 
+def lane_rows(name: str, rows: int, red: int, lanes: int, value, kind: str):
+    """(rows,) reduction (``kind`` "sum" or "max") of ``value(i, c)`` over c < red. When red
+    divides into vectors, in two stages: ``lanes`` partial results per row over a vector of
+    columns (vectorizable, where TVM leaves a one-axis reduction scalar), then across the lanes;
+    `schedule_lane_rows` places and vectorizes them. Returns (tensor, whether two-stage)."""
+    reducer = te.sum if kind == "sum" else te.max
+    if red % lanes or red < 2 * lanes:
+        r = te.reduce_axis((0, red), name=f"{name}_r")
+        return te.compute((rows,), lambda i: reducer(value(i, r), axis=r), name=name), False
+    ro = te.reduce_axis((0, red // lanes), name=f"{name}_ro")
+    part = te.compute((rows, lanes), lambda i, v: reducer(value(i, ro * lanes + v), axis=ro), name=f"{name}_part")
+    rl = te.reduce_axis((0, lanes), name=f"{name}_rl")
+    return te.compute((rows,), lambda i: reducer(part[i, rl], axis=rl), name=name), True
+
+
+def schedule_lane_rows(sch, name: str, two_stage: bool, loop) -> None:
+    """Put `lane_rows`' stages under the row ``loop`` (callers place consumers first), the lane
+    loop innermost and vectorized."""
+    if not two_stage:
+        sch.compute_at(sch.get_sblock(name), loop)
+        return
+    sch.compute_at(sch.get_sblock(name), loop)
+    part = sch.get_sblock(f"{name}_part")
+    sch.compute_at(part, loop)
+    lane, ro = sch.get_loops(part)[-2:]
+    sch.reorder(ro, lane)
+    sch.vectorize(lane)
+    sch.decompose_reduction(part, ro)
+
+
 def softmax(name: str, x: str, x_shape, *, axis: int, log: bool, opset: int, out_value: str,
             epilogue: Epilogue, lanes: int) -> KernelDef:
     """Softmax/LogSoftmax: opset >= 13 over one axis; older opsets over all dims from ``axis``
@@ -24,44 +54,65 @@ def softmax(name: str, x: str, x_shape, *, axis: int, log: bool, opset: int, out
         view = shape
         ax = axis
     pre, red, post = int(np.prod(view[:ax])), view[ax], int(np.prod(view[ax + 1:]))
+    if post == 1 and red <= 4096:
+        return _softmax_rows(name, x, pre, red, log=log, out_value=out_value, epilogue=epilogue, lanes=lanes)
     b = Builder(name)
     X = b.input(x, (pre, red, post))
     apply = bind_epilogue(epilogue, b, (pre, red, post))
     r1 = te.reduce_axis((0, red), name="r1")
     mx = te.compute((pre, post), lambda i, j: te.max(X[i, r1, j], axis=r1), name="max")
-    # exp once per element, by a polynomial that vectorizes (TVM's exp is a scalar expf call);
-    # the row keeps its exps in a local buffer and the norm multiplies by the sum's reciprocal
-    ex = te.compute((pre, red, post), lambda i, c, j: fast_exp(X[i, c, j] - mx[i, j]), name="exp")
     r2 = te.reduce_axis((0, red), name="r2")
-    sm = te.compute((pre, post), lambda i, j: te.sum(ex[i, r2, j], axis=r2), name="sum")
+    sm = te.compute((pre, post), lambda i, j: te.sum(fast_exp(X[i, r2, j] - mx[i, j]), axis=r2), name="sum")
     if log:
         Y = te.compute((pre, red, post), lambda i, c, j: apply(X[i, c, j] - mx[i, j] - tirx.log(sm[i, j]),
                                                                  (i, c, j)), name="norm")
     else:
-        inv = te.compute((pre, post), lambda i, j: tirx.const(1.0, F32) / sm[i, j], name="inv")
-        Y = te.compute((pre, red, post), lambda i, c, j: apply(ex[i, c, j] * inv[i, j], (i, c, j)), name="norm")
+        Y = te.compute((pre, red, post), lambda i, c, j: apply(fast_exp(X[i, c, j] - mx[i, j]) / sm[i, j],
+                                                                 (i, c, j)), name="norm")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     steps = []
-    if log:
-        sch.compute_inline(sch.get_sblock("exp"))
-    outer = sch.get_loops(sch.get_sblock("norm"))[0]
-    row_local = red * post <= 4096  # a row's exps fit a small local buffer
-    if row_local:
-        for blk in (("sum",) if log else ("inv", "sum", "exp")) + ("max",):
-            sch.compute_at(sch.get_sblock(blk), outer)
-        if not log:
-            sch.set_scope(sch.get_sblock("exp"), 0, "local")
-        for blk in ("norm",) if log else ("norm", "exp"):
-            below = sch.get_loops(sch.get_sblock(blk))[1:]  # compute_at may drop the unit post loop
-            inner, extent = (below[-1], post) if post > 1 else (below[0], red)
-            if extent % lanes == 0:
-                _, vec = sch.split(inner, [None, lanes])
-                sch.vectorize(vec)
-                steps.append(f"vectorize_{blk}")
-    elif not log:
-        sch.compute_inline(sch.get_sblock("exp"))
     if pre >= 2 and S.worth_parallel(pre * red * post * 4):
+        outer = sch.get_loops(sch.get_sblock("norm"))[0]
+        sch.compute_at(sch.get_sblock("sum"), outer)
+        sch.compute_at(sch.get_sblock("max"), sch.get_loops(sch.get_sblock("sum"))[0])
+        sch.parallel(outer)
+        steps.append("parallel_outer")
+    return KernelDef(name, b.params, sch.mod["main"], steps=steps)
+
+
+def _softmax_rows(name, x, rows, red, *, log, out_value, epilogue, lanes) -> KernelDef:
+    """Softmax over the last axis (attention's rows): exp once per element, by a polynomial that
+    vectorizes (TVM's exp is a scalar expf call), kept in a row-local buffer; max and sum reduced
+    a vector at a time; the norm multiplies by the sum's reciprocal."""
+    b = Builder(name)
+    X = b.input(x, (rows, red))
+    apply = bind_epilogue(epilogue, b, (rows, red, 1))
+    mx, mx2 = lane_rows("max", rows, red, lanes, lambda i, c: X[i, c], "max")
+    ex = te.compute((rows, red), lambda i, c: fast_exp(X[i, c] - mx[i]), name="exp")
+    sm, sm2 = lane_rows("sum", rows, red, lanes, lambda i, c: ex[i, c], "sum")
+    if log:
+        Y = te.compute((rows, red), lambda i, c: apply(X[i, c] - mx[i] - tirx.log(sm[i]), (i, c, 0)), name="norm")
+    else:
+        inv = te.compute((rows,), lambda i: tirx.const(1.0, F32) / sm[i], name="inv")
+        Y = te.compute((rows, red), lambda i, c: apply(ex[i, c] * inv[i], (i, c, 0)), name="norm")
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    outer = sch.get_loops(sch.get_sblock("norm"))[0]
+    if not log:
+        sch.compute_at(sch.get_sblock("inv"), outer)
+    schedule_lane_rows(sch, "sum", sm2, outer)
+    sch.compute_at(sch.get_sblock("exp"), outer)
+    sch.set_scope(sch.get_sblock("exp"), 0, "local")
+    schedule_lane_rows(sch, "max", mx2, outer)
+    steps = []
+    for blk in ("norm", "exp"):
+        inner = sch.get_loops(sch.get_sblock(blk))[-1]
+        if red % lanes == 0:
+            _, vec = sch.split(inner, [None, lanes])
+            sch.vectorize(vec)
+            steps.append(f"vectorize_{blk}")
+    if rows >= 2 and S.worth_parallel(rows * red * 4):
         sch.parallel(outer)
         steps.append("parallel_outer")
     return KernelDef(name, b.params, sch.mod["main"], steps=steps)

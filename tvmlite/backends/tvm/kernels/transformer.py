@@ -9,6 +9,7 @@ from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, unflatten
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.backends.tvm.kernels.reduce import lane_rows, schedule_lane_rows
 
 
 def layer_norm(name: str, x: str, x_shape, *, axis: int, epsilon: float, scale: np.ndarray,
@@ -24,11 +25,10 @@ def layer_norm(name: str, x: str, x_shape, *, axis: int, epsilon: float, scale: 
     B = b.const(bias.reshape(cols), label="beta") if bias is not None else None
     apply = bind_epilogue(epilogue, b, shape)
     inv = tirx.const(1.0 / cols, F32)
-    r1 = te.reduce_axis((0, cols), name="r1")
-    total = te.compute((rows,), lambda i: te.sum(X[i, r1], axis=r1), name="total")
+    # both statistics reduced a vector of columns at a time (TVM leaves a plain row sum scalar)
+    total, total2 = lane_rows("total", rows, cols, lanes, lambda i, c: X[i, c], "sum")
     mean = te.compute((rows,), lambda i: total[i] * inv, name="mean")
-    r2 = te.reduce_axis((0, cols), name="r2")
-    sq = te.compute((rows,), lambda i: te.sum((X[i, r2] - mean[i]) * (X[i, r2] - mean[i]), axis=r2), name="sq")
+    sq, sq2 = lane_rows("sq", rows, cols, lanes, lambda i, c: (X[i, c] - mean[i]) * (X[i, c] - mean[i]), "sum")
     rstd = te.compute((rows,), lambda i: tirx.rsqrt(sq[i] * inv + tirx.const(epsilon, F32)), name="rstd")
     lead = shape[:axis]
     trail = shape[axis:]
@@ -48,8 +48,10 @@ def layer_norm(name: str, x: str, x_shape, *, axis: int, epsilon: float, scale: 
     sch = schedule(func)
     steps = []
     outer = sch.get_loops(sch.get_sblock("norm"))[0]
-    for blk in ("rstd", "sq", "mean", "total"):
-        sch.compute_at(sch.get_sblock(blk), outer)
+    sch.compute_at(sch.get_sblock("rstd"), outer)
+    schedule_lane_rows(sch, "sq", sq2, outer)
+    sch.compute_at(sch.get_sblock("mean"), outer)
+    schedule_lane_rows(sch, "total", total2, outer)
     inner = sch.get_loops(sch.get_sblock("norm"))[-1]
     if cols % lanes == 0 and cols >= lanes:
         _, vec = sch.split(inner, [None, lanes])
