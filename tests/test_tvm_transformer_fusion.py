@@ -185,3 +185,38 @@ def test_near_layer_norms_stay_as_they_are(case):
     model = make_model(nodes, inputs, outputs, consts + [("gamma", _x(8)), ("beta", _x(8))], opset=18)
     cm = _check(model, feeds)
     assert cm.kernel_count > 1
+
+
+@pytest.mark.parametrize("q_shape,k_shape,mask_shape", [
+    ((1, 4, 32, 16), (1, 4, 16, 32), (1, 1, 1, 32)),     # BERT's mask over keys
+    ((2, 3, 20, 8), (2, 3, 8, 64), (2, 1, 20, 64)),      # 20 rows (tiles of 4), a mask per row
+    ((3, 7, 5), (5, 48), (7, 48)),                        # rank 3, shared 2-D keys, 7 rows, 3 vectors
+    ((1, 2, 16, 8), (1, 1, 8, 16), None),                 # broadcast keys over heads, no mask
+])
+def test_scores_scale_mask_and_softmax_run_as_one_kernel(q_shape, k_shape, mask_shape):
+    """Q @ K^T * scale + mask -> Softmax (-> a scale after) in one kernel when rows are whole
+    vectors; masked keys (-1e4) get 0 up to float rounding, as in onnxruntime."""
+    mk = helper.make_node
+    out = list(np.matmul(np.zeros(q_shape), np.zeros(k_shape)).shape)
+    nodes = [mk("MatMul", ["q", "k"], ["s"]), mk("Mul", ["s", "scale"], ["sc"])]
+    inputs = [tensor("q", list(q_shape)), tensor("k", list(k_shape))]
+    feeds = {"q": _x(*q_shape, scale=2.0), "k": _x(*k_shape, scale=2.0)}
+    last = "sc"
+    if mask_shape is not None:
+        nodes.append(mk("Add", ["sc", "mask"], ["m"]))
+        inputs.append(tensor("mask", list(mask_shape)))
+        mask = np.where(RNG.random(mask_shape) < 0.3, -1e4, 0.0).astype(np.float32)
+        feeds["mask"] = mask
+        last = "m"
+    nodes += [mk("Softmax", [last], ["p"], axis=-1), mk("Mul", ["p", "two"], ["y"])]
+    model = make_model(nodes, inputs, [tensor("y", out)], [_c("scale", 0.35), _c("two", 2.0)])
+    cm = _check(model, feeds, rtol=1e-5)
+    assert cm.kernel_count == 1
+
+
+def test_softmax_over_another_axis_is_not_fused_with_the_scores():
+    mk = helper.make_node
+    nodes = [mk("MatMul", ["q", "k"], ["s"]), mk("Softmax", ["s"], ["p"], axis=-2)]
+    model = make_model(nodes, [tensor("q", [2, 16, 8]), tensor("k", [2, 8, 16])], [tensor("p", [2, 16, 16])])
+    cm = _check(model, {"q": _x(2, 16, 8), "k": _x(2, 8, 16)}, rtol=1e-5)
+    assert cm.kernel_count == 2

@@ -10,19 +10,22 @@ from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue, fast_exp
 
 
-def lane_rows(name: str, rows: int, red: int, lanes: int, value, kind: str):
-    """(rows,) reduction (``kind`` "sum" or "max") of ``value(i, c)`` over c < red. When red
-    divides into vectors, in two stages: ``lanes`` partial results per row over a vector of
-    columns (vectorizable, where TVM leaves a one-axis reduction scalar), then across the lanes;
-    `schedule_lane_rows` places and vectorizes them. Returns (tensor, whether two-stage)."""
+def lane_rows(name: str, rows, red: int, lanes: int, value, kind: str):
+    """Reduction (``kind`` "sum" or "max") of ``value(*row, c)`` over c < red, for every row
+    index of ``rows`` (an int or a shape). When red divides into vectors, in two stages: ``lanes``
+    partial results per row over a vector of columns (vectorizable, where TVM leaves a one-axis
+    reduction scalar), then across the lanes; `schedule_lane_rows` places and vectorizes them.
+    Returns (tensor, whether two-stage)."""
+    shape = (rows,) if isinstance(rows, int) else tuple(rows)
     reducer = te.sum if kind == "sum" else te.max
     if red % lanes or red < 2 * lanes:
         r = te.reduce_axis((0, red), name=f"{name}_r")
-        return te.compute((rows,), lambda i: reducer(value(i, r), axis=r), name=name), False
+        return te.compute(shape, lambda *ix: reducer(value(*ix, r), axis=r), name=name), False
     ro = te.reduce_axis((0, red // lanes), name=f"{name}_ro")
-    part = te.compute((rows, lanes), lambda i, v: reducer(value(i, ro * lanes + v), axis=ro), name=f"{name}_part")
+    part = te.compute(shape + (lanes,), lambda *ix: reducer(value(*ix[:-1], ro * lanes + ix[-1]), axis=ro),
+                      name=f"{name}_part")
     rl = te.reduce_axis((0, lanes), name=f"{name}_rl")
-    return te.compute((rows,), lambda i: reducer(part[i, rl], axis=rl), name=name), True
+    return te.compute(shape, lambda *ix: reducer(part[ix + (rl,)], axis=rl), name=name), True
 
 
 def schedule_lane_rows(sch, name: str, two_stage: bool, loop) -> None:
