@@ -220,3 +220,31 @@ def test_softmax_over_another_axis_is_not_fused_with_the_scores():
     model = make_model(nodes, [tensor("q", [2, 16, 8]), tensor("k", [2, 8, 16])], [tensor("p", [2, 16, 16])])
     cm = _check(model, {"q": _x(2, 16, 8), "k": _x(2, 8, 16)}, rtol=1e-5)
     assert cm.kernel_count == 2
+
+
+@pytest.mark.parametrize("case", ["layer_norm", "decomposed_layer_norm", "softmax", "attention"])
+def test_parallel_schedules_build_and_match(case, monkeypatch):
+    """With every kernel parallel (as the encoder's big ones are on 2 threads), the row
+    reductions and the fused attention still schedule (TVM refuses `parallel` over a reduction
+    already split into init and update) and match onnxruntime."""
+    monkeypatch.setenv("TVMLITE_MIN_PARALLEL_WORK", "1")
+    mk = helper.make_node
+    if case == "layer_norm":
+        model = make_model([mk("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)], [tensor("x", [2, 8, 64])],
+                           [tensor("y", [2, 8, 64])], [("g", _x(64)), ("b", _x(64))])
+        feeds = {"x": _x(2, 8, 64, scale=2.0)}
+    elif case == "decomposed_layer_norm":
+        nodes, consts = _ln_nodes("x", "y")
+        model = make_model(nodes, [tensor("x", [2, 8, 64])], [tensor("y", [2, 8, 64])],
+                           consts + [("gamma", _x(64)), ("beta", _x(64))], opset=18)
+        feeds = {"x": _x(2, 8, 64, scale=2.0)}
+    elif case == "softmax":
+        model = make_model([mk("Softmax", ["x"], ["y"], axis=-1)], [tensor("x", [2, 6, 48])], [tensor("y", [2, 6, 48])])
+        feeds = {"x": _x(2, 6, 48, scale=3.0)}
+    else:
+        nodes = [mk("MatMul", ["q", "k"], ["s"]), mk("Div", ["s", "sqrt2"], ["sc"]), mk("Softmax", ["sc"], ["y"])]
+        model = make_model(nodes, [tensor("q", [1, 3, 24, 8]), tensor("k", [1, 3, 8, 32])], [tensor("y", [1, 3, 24, 32])],
+                           [_c("sqrt2", math.sqrt(2))])
+        feeds = {"q": _x(1, 3, 24, 8), "k": _x(1, 3, 8, 32)}
+    cm = _check(model, feeds, rtol=1e-5)
+    assert cm.kernel_count == 1

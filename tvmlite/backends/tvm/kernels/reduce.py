@@ -28,19 +28,24 @@ def lane_rows(name: str, rows, red: int, lanes: int, value, kind: str):
     return te.compute(shape, lambda *ix: reducer(part[ix + (rl,)], axis=rl), name=name), True
 
 
-def schedule_lane_rows(sch, name: str, two_stage: bool, loop) -> None:
+def schedule_lane_rows(sch, name: str, two_stage: bool, loop) -> list:
     """Put `lane_rows`' stages under the row ``loop`` (callers place consumers first), the lane
-    loop innermost and vectorized."""
-    if not two_stage:
-        sch.compute_at(sch.get_sblock(name), loop)
-        return
+    loop innermost and vectorized. Returns the (block, loop) reductions to split into init and
+    update with `finish_reductions`, after ``parallel`` (which refuses a split reduction)."""
     sch.compute_at(sch.get_sblock(name), loop)
+    if not two_stage:
+        return []
     part = sch.get_sblock(f"{name}_part")
     sch.compute_at(part, loop)
     lane, ro = sch.get_loops(part)[-2:]
     sch.reorder(ro, lane)
     sch.vectorize(lane)
-    sch.decompose_reduction(part, ro)
+    return [(part, ro)]
+
+
+def finish_reductions(sch, pending) -> None:
+    for block, loop in pending:
+        sch.decompose_reduction(block, loop)
 
 
 def softmax(name: str, x: str, x_shape, *, axis: int, log: bool, opset: int, out_value: str,
@@ -104,10 +109,10 @@ def _softmax_rows(name, x, rows, red, *, log, out_value, epilogue, lanes) -> Ker
     outer = sch.get_loops(sch.get_sblock("norm"))[0]
     if not log:
         sch.compute_at(sch.get_sblock("inv"), outer)
-    schedule_lane_rows(sch, "sum", sm2, outer)
+    pending = schedule_lane_rows(sch, "sum", sm2, outer)
     sch.compute_at(sch.get_sblock("exp"), outer)
     sch.set_scope(sch.get_sblock("exp"), 0, "local")
-    schedule_lane_rows(sch, "max", mx2, outer)
+    pending += schedule_lane_rows(sch, "max", mx2, outer)
     steps = []
     for blk in ("norm", "exp"):
         inner = sch.get_loops(sch.get_sblock(blk))[-1]
@@ -118,6 +123,7 @@ def _softmax_rows(name, x, rows, red, *, log, out_value, epilogue, lanes) -> Ker
     if rows >= 2 and S.worth_parallel(rows * red * 4):
         sch.parallel(outer)
         steps.append("parallel_outer")
+    finish_reductions(sch, pending)
     return KernelDef(name, b.params, sch.mod["main"], steps=steps)
 
 

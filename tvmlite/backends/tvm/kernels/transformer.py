@@ -9,7 +9,7 @@ from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, unflatten
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue, fast_exp
-from tvmlite.backends.tvm.kernels.reduce import lane_rows, schedule_lane_rows
+from tvmlite.backends.tvm.kernels.reduce import finish_reductions, lane_rows, schedule_lane_rows
 
 
 def layer_norm(name: str, x: str, x_shape, *, axis: int, epsilon: float, scale: np.ndarray,
@@ -49,9 +49,9 @@ def layer_norm(name: str, x: str, x_shape, *, axis: int, epsilon: float, scale: 
     steps = []
     outer = sch.get_loops(sch.get_sblock("norm"))[0]
     sch.compute_at(sch.get_sblock("rstd"), outer)
-    schedule_lane_rows(sch, "sq", sq2, outer)
+    pending = schedule_lane_rows(sch, "sq", sq2, outer)
     sch.compute_at(sch.get_sblock("mean"), outer)
-    schedule_lane_rows(sch, "total", total2, outer)
+    pending += schedule_lane_rows(sch, "total", total2, outer)
     inner = sch.get_loops(sch.get_sblock("norm"))[-1]
     if cols % lanes == 0 and cols >= lanes:
         _, vec = sch.split(inner, [None, lanes])
@@ -60,6 +60,7 @@ def layer_norm(name: str, x: str, x_shape, *, axis: int, epsilon: float, scale: 
     if rows >= 2 and S.worth_parallel(rows * cols * 4):
         sch.parallel(outer)
         steps.append("parallel_outer")
+    finish_reductions(sch, pending)
     return KernelDef(name, b.params, sch.mod["main"], steps=steps)
 
 
@@ -104,9 +105,9 @@ def scores_softmax(name: str, a: str, a_shape, bname: str, b_shape, *, out_value
     t_loop, i_loop, j_loop = sch.get_loops(sch.get_sblock("norm"))
     io, _ = sch.split(i_loop, [None, mr])
     sch.compute_at(sch.get_sblock("inv"), io)
-    schedule_lane_rows(sch, "sum", sm2, io)
+    pending = schedule_lane_rows(sch, "sum", sm2, io)
     sch.compute_at(sch.get_sblock("exp"), io)
-    schedule_lane_rows(sch, "max", mx2, io)
+    pending += schedule_lane_rows(sch, "max", mx2, io)
     sch.compute_at(sch.get_sblock("scores"), io, preserve_unit_loops=True)  # keeps ii when mr = 1
     for blk in ("scores", "exp"):
         sch.set_scope(sch.get_sblock(blk), 0, "local")
@@ -131,6 +132,6 @@ def scores_softmax(name: str, a: str, a_shape, bname: str, b_shape, *, out_value
     if S.worth_parallel(bt * m * n * k):
         S.parallel_outer(sch, [t_loop, io])
         steps.append("parallel_outer")
-    sch.decompose_reduction(acc_blk, a_k)
+    finish_reductions(sch, pending + [(acc_blk, a_k)])
     b.params[-1].shape = (bt, m, n)
     return KernelDef(name, b.params, sch.mod["main"], steps=steps)
