@@ -6,10 +6,12 @@ import onnxruntime as ort
 from onnx import helper
 
 import tvmlite
-from tvmlite.passes.quantize import Quantize, candidate_units
+from tvmlite.passes.quantize import Quantize, candidate_units, prepare
 from tvmlite.export.shapes import infer_shapes
 from tvmlite.quant import qdq
-from tvmlite.quant.regions import regions, rescue_by_region
+from tvmlite.quant.regions import cut_for_error, edge_orders, fewest_back_to_float, regions, winning_regions
+from tvmlite.quant.select import choose_layers
+from tvmlite.calibration import load_calibration
 
 from helpers import make_model, tensor
 
@@ -89,23 +91,90 @@ def test_lone_layers_lose_and_the_chain_wins():
     chosen, decisions = _alone(m, units, timer)
     assert chosen == set()  # every conv alone: 0.6 + 2 * 0.5 > 1.0
     calls = []
-    kept = rescue_by_region(m, units, chosen, spec, _fake_timer(calls=calls), decisions)
-    assert kept == {"c1", "c2", "y"}  # the chain: 3 * 0.6 + 2 * 0.5 = 2.8 < 3.0
-    assert "z" not in kept  # the lone conv stays float
+    won = winning_regions(m, units, spec, _fake_timer(calls=calls), decisions)
+    assert won == {"c1", "c2", "y"}  # the chain: 3 * 0.6 + 2 * 0.5 = 2.8 < 3.0
+    assert "z" not in won  # the lone conv is no region
     assert calls == [["c1", "c2", "y"]]
     assert "region of 3 layers faster" in decisions["c2"]["reason"]
-    assert decisions["c2"]["gain_ms"] > 0
+    assert decisions["c2"]["gain_ms"] > 0 and decisions["c2"]["region"] == "c1"
 
 
-def test_a_losing_chain_stays_float_and_winning_regions_are_not_timed():
+def test_a_losing_chain_stays_float_and_a_timed_region_is_not_timed_again():
     m, units, spec = _prepared()
-    chosen, decisions = _alone(m, units, _fake_timer(edge_ms=0.8))
-    assert rescue_by_region(m, units, chosen, spec, _fake_timer(edge_ms=0.8), decisions) == set()
+    _, decisions = _alone(m, units, _fake_timer(edge_ms=0.8))
+    assert winning_regions(m, units, spec, _fake_timer(edge_ms=0.8), decisions) == set()
     assert "gain_ms" not in decisions["c2"] and decisions["c2"]["region_int8_ms"] > 3.0
+    calls, timed = [], {}
+    winning_regions(m, units, spec, _fake_timer(calls=calls), decisions, timed=timed)
+    winning_regions(m, units, spec, _fake_timer(calls=calls), decisions, timed=timed)
+    assert calls == [["c1", "c2", "y"]]  # the second look reuses the region's timing
+
+
+def test_error_cut_takes_back_an_edge_and_leaves_one_region():
+    """Layers go back to float from a region's edge, fewest first, by the whole model's error: a
+    sensitive first layer goes alone (the rest stays one region), a sensitive last one likewise."""
+    m, units, spec = _prepared()
+    chain = ["c1", "c2", "y"]
+    orders = edge_orders(m, chain)
+    assert orders["from the inputs"] == chain and orders["from the outputs"] == chain[::-1]
+    for worst in ("c1", "y"):
+        cost = {u: (0.5 if u == worst else 0.004) for u in chain}
+        seen = []
+
+        def error_of(int8):
+            seen.append(frozenset(int8))
+            return sum(cost[u] for u in int8)
+        name, back, err = cut_for_error(orders, error_of, budget=0.01)
+        assert back == [worst] and abs(err - 0.008) < 1e-12
+        kept = set(chain) - set(back)
+        assert len(regions(m, kept, spec)) == 1  # still one contiguous region
+        assert len(seen) <= 4  # O(log n) model runs, not one per layer
+    # nothing meets the budget short of everything back: all of them, error 0
+    name, back, err = cut_for_error(orders, lambda int8: 1.0 if int8 else 0.0, budget=0.01)
+    assert sorted(back) == sorted(chain) and err == 0.0
+
+
+def test_fewest_back_to_float_bisects_and_gives_up_past_a_cap():
+    errors = [0.9, 0.5, 0.3, 0.2, 0.011, 0.009, 0.005, 0.0]  # error with the first k back in float
     calls = []
-    everyone = set(units)
-    assert rescue_by_region(m, units, everyone, spec, _fake_timer(calls=calls), decisions) == everyone
-    assert calls == []
+
+    def without(k):
+        calls.append(k)
+        return errors[k]
+    assert fewest_back_to_float(list(range(7)), without, 0.01) == (5, 0.009)
+    assert len(calls) <= 6
+    assert fewest_back_to_float(list(range(7)), without, 0.01, cap=3) is None
+
+
+def test_error_step_cuts_from_an_edge_in_onnxruntime():
+    """The real path with a budget the full int8 chain misses: layers go back to float from an
+    edge, what stays int8 meets the budget in onnxruntime, and each decision says why."""
+    proto = _chain_model(width=16, size=32)
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    m = tvmlite.load(proto)
+    spec = qdq.QuantSpec("uint8", True)
+    spec.ranges = Quantize(calibration={"x": x}, mode="all", op_types=["Conv"],
+                           progress=False)(tvmlite.load(proto)).replay["ranges"]
+    prepare(m)
+    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
+    calib = load_calibration({"x": x}, m)
+    _, full = choose_layers(m, units, spec, calib, budget=1.0)
+    budget = full[-1]["output_error"] / 3  # the whole chain in int8 misses it
+    chosen, decisions = choose_layers(m, units, spec, calib, budget=budget)
+    assert decisions[-1]["output_error"] <= budget
+    back = [d for d in decisions[:-1] if d["precision"] == "float32"]
+    assert back and all("back to float" in d["reason"] for d in back)
+    assert len(regions(m, chosen & {"c1", "c2", "y"}, spec)) <= 1  # the chain is cut, not split
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = Quantize(calibration={"x": x}, layers=sorted(chosen), ranges=spec.ranges, op_types=["Conv"],
+                   float_layer_weights="float32",
+                   progress=False)
+    q = tvmlite.load(proto)
+    got(q)
+    sess = ort.InferenceSession(tvmlite.export_model(q).SerializeToString(), providers=["CPUExecutionProvider"])
+    a, b = ref.run(None, {"x": x}), sess.run(None, {"x": x})
+    err = np.sqrt(sum(np.sum((p - r) ** 2) for p, r in zip(a, b)) / sum(np.sum(p ** 2) for p in a))
+    assert err <= budget * 1.001  # the same 8 examples the step measured on
 
 
 def test_measured_auto_mode_stays_within_budget_in_onnxruntime():
@@ -117,10 +186,14 @@ def test_measured_auto_mode_stays_within_budget_in_onnxruntime():
     r = Quantize(calibration={"x": x}, mode="auto", measure=True, error_budget=0.02, progress=False)(m)
     layers = {d["node"]: d for d in r.decisions if "precision" in d}
     assert set(layers) >= {"c1", "c2", "c3", "lone"}
-    for name in ("c1", "c2", "c3"):  # a chain member slower alone had its region timed
+    for name in ("c1", "c2", "c3"):  # the chain is timed as one piece first; alone only when it lost
         d = layers[name]
-        if d["int8_ms"] >= d["float_ms"]:
+        if "region_layers" in d:
             assert d["region_layers"] == 3 and d["region_float_ms"] > 0
+            assert ("int8_ms" in d) == (d["region_int8_ms"] >= d["region_float_ms"])
+        else:  # went back to float for error: the chain was cut
+            assert "back to float" in d["reason"]
+    assert "int8_ms" in layers["lone"] and "region_layers" not in layers["lone"]
     chain = {layers[n]["precision"] for n in ("c1", "c2", "c3") if "gain_ms" in layers[n]}
     assert len(chain) <= 1  # a region kept as a whole stays or goes as a whole
     ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
