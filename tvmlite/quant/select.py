@@ -113,7 +113,10 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
         orders = edge_orders(model, chosen)
         if len(chosen) <= SENSITIVITY_LAYERS:
             orders["most sensitive first"] = _by_sensitivity(chosen, decisions, error_of, progress)
-        order_used, back, err = cut_for_error(orders, error_of, budget)
+        # the first search runs on the ranking examples (a det run is ~1 s an example); the result
+        # is checked on all of them below, and cut again on all of them if it misses there
+        first = order_used is None
+        order_used, back, _ = cut_for_error(orders, lambda int8: error_of(int8, ranking=first), budget)
         for u in back:
             chosen.discard(u)
             decisions[u]["reason"] = (f"back to float ({order_used}): model error over budget {budget:g} "
@@ -121,7 +124,7 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
         if measure and chosen:
             # what is left int8 is timed again: a cut region pays its Q/DQ at the new edge
             chosen = timed_set(sorted(chosen))
-            err = error_of(chosen)
+        err = error_of(chosen)
     edges = edge_orders(model, chosen)
     for i, u in enumerate(edges.get(order_used, edges["from the inputs"])):
         # what optimize's per-layer undo takes back first: the measured error alone, else, on a
