@@ -231,3 +231,43 @@ def test_layer_shapes_after_an_op_onnx_cannot_type_come_from_a_run():
     shapes = _static_shapes(m, feeds)
     assert shapes["scores"] == (1, 7, 7)
     assert shapes["ht"] == (1, 32, 7)
+
+
+def test_a_region_reading_a_computed_shape_is_timed_on_the_models_own_values():
+    """A Reshape inside a region whose shape is computed (Shape -> Reshape, as in YOLO-style heads)
+    reads an int64 fragment input: random integers made onnxruntime refuse the cut-out (the
+    detector's quantize failed); the model's own values are fed, and a refusal leaves it float."""
+    from tvmlite.quant.select import _Timer, _static_shapes
+    from tvmlite.quant.timing import time_int8_nodes
+
+    rng = np.random.default_rng(0)
+    w1, w2 = [(rng.standard_normal((8, c, 3, 3)) * 0.2).astype(np.float32) for c in (3, 8)]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+             helper.make_node("Shape", ["r1"], ["s"], name="shape"),
+             helper.make_node("Slice", ["s", "zero", "two"], ["nc"], name="nc"),
+             helper.make_node("Concat", ["nc", "minus1"], ["s3"], name="s3", axis=0),
+             helper.make_node("Reshape", ["r1", "s3"], ["flat"], name="reshape"),  # (1, 8, 256)
+             helper.make_node("Reshape", ["flat", "s4"], ["rs"], name="back"),
+             helper.make_node("Conv", ["rs", "w2"], ["y"], name="c2", pads=[1, 1, 1, 1])]
+    proto = make_model(nodes, [tensor("x", ["N", 3, 16, 16])], [tensor("y", ["N", 8, 16, 16])],
+                       [("w1", w1), ("w2", w2), ("zero", np.array([0], np.int64)), ("two", np.array([2], np.int64)),
+                        ("minus1", np.array([-1], np.int64)), ("s4", np.array([-1, 8, 16, 16], np.int64))], opset=13)
+    proto.graph.value_info.append(tensor("flat", ["N", 8, 256]))  # as an exporter records them
+    proto.graph.value_info.append(tensor("rs", ["N", 8, 16, 16]))
+    m = tvmlite.load(proto)
+    infer_shapes(m)
+    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
+    spec = qdq.QuantSpec("uint8", True)
+    spec.ranges = Quantize(calibration={"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)},
+                           mode="all", progress=False)(tvmlite.load(proto)).replay["ranges"]
+    (nodes_, keys), = regions(m, units, spec)
+    assert "reshape" in [n.name for n in nodes_]
+    feeds = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    shapes = _static_shapes(m, feeds)
+    decisions = {u: {"node": u} for u in units}
+    timer = _Timer(m, spec, shapes, 1, 6, decisions, False, feeds)
+    t_f, t_q = timer.region(m, nodes_, keys)
+    assert 0 < t_f < float("inf") and 0 < t_q < float("inf")
+    # without the model's values the cut-out is refused: no exception, the region stays float
+    assert time_int8_nodes(m, nodes_, keys, spec, shapes, 1, 6) == (0.0, float("inf"))

@@ -96,7 +96,7 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
     chosen = set(units)
     if measure:
         shapes = _static_shapes(model, calib.take(feeds, 1))
-        timer = _Timer(model, spec, shapes, threads, repeats, decisions, progress)
+        timer = _Timer(model, spec, shapes, threads, repeats, decisions, progress, calib.take(feeds, 1))
         regions_timed: dict = {}
 
         def timed_set(keys):
@@ -159,14 +159,26 @@ class _Timer:
     """Each layer alone, int8 vs float in onnxruntime (a layer computing what an already timed one
     computes takes that timing), and regions as one piece."""
 
-    def __init__(self, model, spec, shapes, threads, repeats, decisions, progress):
+    def __init__(self, model, spec, shapes, threads, repeats, decisions, progress, feeds1):
         self.model, self.spec, self.shapes, self.threads, self.repeats = model, spec, shapes, threads, repeats
-        self.decisions, self.progress = decisions, progress
+        self.decisions, self.progress, self.feeds1 = decisions, progress, feeds1
+        self.values: dict = {}  # non-float values fragments read, from one NumPy run of the model
         self.nodes = {qdq.node_key(n): n for n in model.graph.nx.nodes}
         self.timed = {}  # timing signature -> (float ms, int8 ms, the layer timed)
 
     def region(self, model, nodes, keys):
-        return time_int8_nodes(model, nodes, keys, self.spec, self.shapes, self.threads, self.repeats)
+        return time_int8_nodes(model, nodes, keys, self.spec, self.shapes, self.threads, self.repeats,
+                               values=self._values)
+
+    def _values(self, names) -> dict:
+        missing = [n for n in names if n not in self.values and n not in self.feeds1]
+        if missing:
+            try:
+                self.values.update(capture_values(self.model, missing, self.feeds1))
+            except Exception:  # noqa: BLE001 - a model the NumPy backend cannot run: random feeds stay
+                pass
+        return {n: self.feeds1[n] if n in self.feeds1 else self.values[n] for n in names
+                if n in self.feeds1 or n in self.values}
 
     def alone(self, keys) -> set:
         """The ``keys`` faster in int8 alone."""
