@@ -119,6 +119,7 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
         order_used, back, _ = cut_for_error(orders, lambda int8: error_of(int8, ranking=first), budget)
         for u in back:
             chosen.discard(u)
+            decisions[u].pop("gain_ms", None)  # its region's timing stays on record, not a gain
             decisions[u]["reason"] = (f"back to float ({order_used}): model error over budget {budget:g} "
                                       f"with it in int8")
         if measure and chosen:
