@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from tvmlite.backends.tvm import fusion
 from tvmlite.backends.tvm.emitters.registry import emitter
-from tvmlite.backends.tvm.kernels.defs import Epilogue, window_2d
+from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp, window_2d
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.conv import conv_transpose_pads
 from tvmlite.ops.conv_shapes import _norm, kernel_geometry
@@ -24,6 +25,50 @@ def conv_operands(low, node):
     return x, w, bias, xs, len(xs) - 2
 
 
+def silu_pair(low, value: str):
+    """(Sigmoid, Mul) when ``value`` is read only by Sigmoid(value) and Mul(value, that sigmoid),
+    the SiLU every YOLO-style block writes: the plain epilogue fusion stops at a value read twice."""
+    g = low.g
+    if value in g.outputs or g.num_uses(value) != 2:
+        return None
+    cons = g.consumers(value)
+    if len(cons) != 2 or any(c in low.absorbed or c.domain not in fusion.ONNX for c in cons):
+        return None
+    sig = next((c for c in cons if c.op_type == "Sigmoid"), None)
+    mul = next((c for c in cons if c.op_type == "Mul"), None)
+    if sig is None or mul is None:
+        return None
+    s = sig.outputs[0]
+    if s in g.outputs or g.num_uses(s) != 1 or sorted(mul.inputs) != sorted([value, s]):
+        return None
+    if low.shapes.get(mul.outputs[0]) != low.shapes.get(value):
+        return None
+    try:
+        low.check_float(mul)
+    except UnsupportedError:
+        return None
+    return sig, mul
+
+
+def conv_epilogue(low, node):
+    """`low.epilogue` that also takes SiLU (x * Sigmoid(x)) into the epilogue as one op, and goes
+    on fusing behind it. Only while the chain is in the conv's own index space (no view crossed)."""
+    epi, final, labels = low.epilogue(node)
+    out_shape = low.shape(node.outputs[0])
+    while len(epi.ops) < fusion.MAX_EPILOGUE_OPS and low.shapes.get(final) == out_shape:
+        pair = silu_pair(low, final)
+        if pair is None:
+            break
+        low.absorbed.update(pair)
+        low.taken.extend(pair)
+        epi.ops.append(EwOp("Silu"))
+        more, final, taken = fusion.absorb(low, pair[1].outputs[0], out_shape)
+        low.taken.extend(taken)
+        epi.ops.extend(more.ops)
+        labels = labels + [n.label for n in pair] + [n.label for n in taken]
+    return epi, final, labels
+
+
 @emitter("Conv")
 def emit_conv(low, node) -> None:
     x, w, bias, xs, nsp = conv_operands(low, node)
@@ -39,7 +84,7 @@ def emit_conv(low, node) -> None:
         depthwise = False
     else:
         raise UnsupportedError(f"group={group} does not fit {c} input and {w.shape[0]} output channels")
-    epi, final, labels = low.epilogue(node)
+    epi, final, labels = conv_epilogue(low, node)
     name = low.kernel_name(node)
     w32 = w.astype(np.float32)
     b32 = None if bias is None else bias.astype(np.float32)
@@ -92,7 +137,7 @@ def emit_conv_transpose(low, node) -> None:
         return K.conv2d_gemm(gemm_name, x, xs, K.conv_transpose_gemm_weights(w_cols, group), None, gemm_geom,
                              out_value=cols, epilogue=Epilogue(), lanes=low.lanes)
     low.add(make_gemm, node, out, key=low.pos[node])
-    epi, final, labels = low.epilogue(node)
+    epi, final, labels = conv_epilogue(low, node)
     name = low.kernel_name(node) + "_col2im"
     b32 = None if bias is None else bias.astype(np.float32)
     cols_shape = low.shapes[cols]
