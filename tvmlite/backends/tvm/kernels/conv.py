@@ -53,12 +53,13 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
 
 
 def direct_tile(cog: int, ow: int, lanes: int) -> S.GemmTile:
-    """Register tile for the direct conv: ``nr`` output channels (SIMD lanes, up to two vectors)
-    by ``mr`` output pixels of one row. ``mr`` is the width (up to what the vector registers
-    hold beside the accumulators: 24 accumulator vectors) that pads the row least, the widest
-    among equals, so few multiply-adds are spent on columns past the row's end."""
-    nr = 2 * lanes if cog >= 2 * lanes else lanes
-    cap = max(1, 24 // (nr // lanes))
+    """Register tile for the direct conv: ``nr`` output channels (SIMD lanes: two vectors when
+    that pads the channels no more than one does, so 48 channels take 3 x 16, not 2 x 32 with a
+    quarter wasted) by ``mr`` output pixels of one row. ``mr`` is the width, up to 12 pixels
+    (24 accumulator vectors at two vectors of channels; wider tiles measured slower on the
+    detector's convs), that pads the row least, the widest among equals."""
+    nr = 2 * lanes if cog >= 2 * lanes and round_up(cog, 2 * lanes) == round_up(cog, lanes) else lanes
+    cap = min(12, max(1, 24 // (nr // lanes)))
     if ow <= cap:
         return S.GemmTile(mr=ow, nr=nr)
     lo = min(4, cap)
@@ -70,10 +71,12 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     """Whether `conv2d_direct` fits a conv better than im2col + GEMM, from the work each pads:
     the direct kernel rounds the channels up to its vector tile and the row to its pixel tile,
     the GEMM rounds the channels up to 8 rows and the pixels (all rows) up to 2 vectors; the
-    direct kernel is taken when it wastes no more, so it also saves the im2col gathers. Not for
-    a 1x1 stride-1 unpadded conv (a plain GEMM over the input rows), and not for a short
-    reduction (K < 8 vectors): the direct tile leaves through a transposing scalar write of its
-    mr x nr values, which only a long K hides."""
+    direct kernel is taken when it wastes no more, so it also saves the im2col gathers. A strided
+    conv takes it unless it wastes a third more: there the GEMM's columns are strided gathers,
+    and it ran 2-3x slower than the direct kernel on the detector's stride-2 convs. Not for a 1x1
+    stride-1 unpadded conv (a plain GEMM over the input rows), and not for a short reduction
+    (K < 8 vectors): the direct tile leaves through a transposing scalar write of its mr x nr
+    values, which only a long K hides."""
     co, ci, kh, kw = (int(d) for d in w_shape)
     cog = co // geom.group
     if geom.pointwise or ci * kh * kw < 8 * lanes:
@@ -82,7 +85,8 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     dt, gt = direct_tile(cog, ow, lanes), conv_tile(cog, oh * ow, lanes)
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
-    return direct >= gemm
+    strided = max(geom.strides) > 1
+    return direct >= (0.75 * gemm if strided else gemm)
 
 
 def conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeometry, *, out_value: str,
