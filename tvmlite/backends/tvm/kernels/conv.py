@@ -11,7 +11,7 @@ from tvm import te, tirx
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up
-from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.backends.tvm.kernels.epilogue import UNARY, bind_epilogue
 from tvmlite.backends.tvm.kernels.gemm import column_gemm, conv_tile
 from tvmlite.ops.geometry import WindowGeometry
 
@@ -136,7 +136,8 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     W = b.const(pack_direct_weights(wmat, nr) if packing else wmat, (g, cop, ci, kh, kw))
     w_index = len(b.params) - 1
     B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
-    apply = bind_epilogue(epilogue, b, (n, co, oh, ow))
+    pre, rest = unary_prefix(epilogue)
+    apply = bind_epilogue(rest, b, (n, co, oh, ow))
 
     pad = zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
     rc = te.reduce_axis((0, ci), name="rc")
@@ -146,10 +147,22 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     acc = te.compute((n, g, oh, owp, cop), lambda nn, gg, y, xx, i: te.sum(
         pad[nn, gg * ci + rc, y * sh + ry * dh, xx * sw + rx * dw] * W[gg, i, rc, ry, rx], axis=[rc, ry, rx]),
         name="acc")
+    tile_out = acc
+    if pre.ops:
+        # bias and the leading unary ops (SiLU, sigmoid...) on the tile in its own layout, a
+        # vector of channels at a time; the NCHW write below only transposes (and runs the rest)
+        apply_pre = bind_epilogue(pre, b, (n, co, oh, ow))
+
+        def act(nn, gg, y, xx, i):
+            v = acc[nn, gg, y, xx, i]
+            if B is not None:
+                v = v + B[gg, tirx.min(i, cog - 1)]  # padded channels: computed, never stored
+            return apply_pre(v, ())
+        tile_out = te.compute((n, g, oh, owp, cop), act, name="act")
 
     def out(nn, gg, cc, y, xx):
-        v = acc[nn, gg, y, xx, cc]
-        if B is not None:
+        v = tile_out[nn, gg, y, xx, cc]
+        if B is not None and not pre.ops:
             v = v + B[gg, cc]
         return apply(v, (nn, gg * cog + cc, y, xx))
 
@@ -157,11 +170,21 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     S.schedule_direct_conv(sch, "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
-                           parallel=S.worth_parallel(n * co * oh * ow * ci * kh * kw))
+                           parallel=S.worth_parallel(n * co * oh * ow * ci * kh * kw),
+                           act="act" if pre.ops else None)
     params = b.params
     if packing:
         params[w_index].shape = params[w_index].array.shape
     return KernelDef(name, params, sch.mod["main"], steps=direct_step_names(steps))
+
+
+def unary_prefix(epilogue: Epilogue) -> tuple[Epilogue, Epilogue]:
+    """(leading ops that read nothing but the value, the rest): the part the direct conv can run
+    on its channels-last register tile."""
+    k = 0
+    while k < len(epilogue.ops) and epilogue.ops[k].op in UNARY:
+        k += 1
+    return Epilogue(epilogue.ops[:k]), Epilogue(epilogue.ops[k:])
 
 
 def pack_direct_weights(wmat: np.ndarray, nr: int) -> np.ndarray:
