@@ -29,6 +29,7 @@ $TVMLITE_CACHE), and each build time is printed.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -321,10 +322,11 @@ def zoo_models(tmp: pathlib.Path, quick: bool, only=None) -> list:
     return out
 
 
-def coverage_models(quick: bool, only=None) -> list:
-    """(name, "float", proto, feeds) of every float model issue 15 asks to cover: the light_*
-    models of the onnx wheel (random weights, BatchNorm inputs frozen), the shipped models, the
-    corpus (PP-OCR cls, det at 640x640, rec) and the YOLO-style detector at 320."""
+def coverage_models(quick: bool, only=None):
+    """(name, "float", proto, feeds) of every float model issue 15 asks to cover, one at a time
+    (the light models' weights take up to half a gigabyte each): the light_* models of the onnx
+    wheel (random weights, BatchNorm inputs frozen), the shipped models, the corpus (PP-OCR cls,
+    det at 640x640, rec) and the YOLO-style detector at 320."""
     from models_under_test import frozen_light
     from real_graphs import detector
     from tvmlite.zoo import light_models
@@ -333,23 +335,21 @@ def coverage_models(quick: bool, only=None) -> list:
         return not only or any(k in key for k in only)
 
     rng = np.random.default_rng(0)
-    out = []
     for path in light_models():
         name = pathlib.Path(path).stem
         if want(name):
             proto, image, x = frozen_light(pathlib.Path(path).name)
-            out.append((name, "float", proto, {image: x}))
+            yield name, "float", proto, {image: x}
     for name in ("digits_cnn", "digits_vgg"):
         if (MODELS / f"{name}.onnx").exists() and want(name):
             x = np.load(MODELS / "digits_test.npz")["input"][:1].astype(np.float32)
-            out.append((name, "float", onnx.load(MODELS / f"{name}.onnx"), {"input": x}))
+            yield name, "float", onnx.load(MODELS / f"{name}.onnx"), {"input": x}
     for name, shape in (("ch_ppocr_mobile_v2.0_cls_infer", (1, 3, 48, 192)), ("ch_PP-OCRv4_rec_infer", (1, 3, 48, 320)),
                         ("ch_PP-OCRv4_det_infer", (1, 3, 640, 640))):
         if (CORPUS / f"{name}.onnx").exists() and want(name):
-            out.append((name, "float", onnx.load(CORPUS / f"{name}.onnx"), {"x": rng.random(shape, dtype=np.float32)}))
+            yield name, "float", onnx.load(CORPUS / f"{name}.onnx"), {"x": rng.random(shape, dtype=np.float32)}
     if want("detector"):
-        out.append(("detector 320", "float", detector(320)[0], {"images": rng.random((1, 3, 320, 320), dtype=np.float32)}))
-    return out
+        yield "detector 320", "float", detector(320)[0], {"images": rng.random((1, 3, 320, 320), dtype=np.float32)}
 
 
 def bench_zoo(rounds: int, quick: bool, only=None) -> list:
@@ -404,7 +404,8 @@ def bench_set(models, rounds: int) -> list:
         for h in cm.host_ops:
             print(f"  {'':<32}   host-run: {h}")
         rows.append(row)
-        del cm, sess
+        del cm, sess, model, proto, got, ref
+        gc.collect()  # one model's buffers and weights at a time
     floats = [r for r in rows if r["kind"] == "float" and "ratio_vs_ort" in r]
     if floats:
         geo = math.exp(sum(math.log(r["ratio_vs_ort"]) for r in floats) / len(floats))
