@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import pathlib
 import re
 import sys
@@ -56,18 +57,19 @@ def model_and_feeds(spec: str, shapes: dict):
 
 
 def profile_best(cm, feeds: dict, repeats: int) -> list:
-    """(call, graph nodes, best ms) per kernel or host call, slowest first: on a shared machine
-    the best of a kernel's runs says more about its code than the median (`CompiledModel.profile`)."""
+    """(call, graph nodes, best ms) per kernel or host call, slowest first, each call timed where
+    it runs in the plan (its input just written by the previous call, as in a real run) over
+    ``repeats`` passes: on a shared machine the best pass says more about the code than the
+    median (`CompiledModel.profile` times each call repeatedly on its own)."""
     cm.run(feeds)
-    rows = []
-    for (fn, args), call in zip(cm._calls, cm.plan["calls"]):
-        ts = []
-        for _ in range(max(repeats, 1)):
+    best = [math.inf] * len(cm._calls)
+    for _ in range(max(repeats, 1)):
+        for i, (fn, args) in enumerate(cm._calls):
             t0 = time.perf_counter()
             fn(*args)
-            ts.append((time.perf_counter() - t0) * 1e3)
-        name = call["func"] if "func" in call else f"host{call['host']}"
-        rows.append((name, ", ".join(call.get("nodes", [])), min(ts)))
+            best[i] = min(best[i], (time.perf_counter() - t0) * 1e3)
+    rows = [(c["func"] if "func" in c else f"host{c['host']}", ", ".join(c.get("nodes", [])), t)
+            for c, t in zip(cm.plan["calls"], best)]
     return sorted(rows, key=lambda r: -r[2])
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from tvmlite.backends.tvm import fusion
 from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp, window_2d
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.conv import conv_transpose_pads
 from tvmlite.ops.conv_shapes import _norm, kernel_geometry
 from tvmlite.ops.geometry import WindowGeometry
+
+ONNX = ("", "ai.onnx")
+#: as fusion.MAX_EPILOGUE_OPS: an epilogue is one nested expression that TVM's passes recurse over
+MAX_EPILOGUE_OPS = 64
 
 
 def conv_operands(low, node):
@@ -32,7 +35,7 @@ def silu_pair(low, value: str):
     if value in g.outputs or g.num_uses(value) != 2:
         return None
     cons = g.consumers(value)
-    if len(cons) != 2 or any(c in low.absorbed or c.domain not in fusion.ONNX for c in cons):
+    if len(cons) != 2 or any(c in low.absorbed or c.domain not in ONNX for c in cons):
         return None
     sig = next((c for c in cons if c.op_type == "Sigmoid"), None)
     mul = next((c for c in cons if c.op_type == "Mul"), None)
@@ -55,17 +58,15 @@ def conv_epilogue(low, node):
     on fusing behind it. Only while the chain is in the conv's own index space (no view crossed)."""
     epi, final, labels = low.epilogue(node)
     out_shape = low.shape(node.outputs[0])
-    while len(epi.ops) < fusion.MAX_EPILOGUE_OPS and low.shapes.get(final) == out_shape:
+    while len(epi.ops) < MAX_EPILOGUE_OPS and low.shapes.get(final) == out_shape:
         pair = silu_pair(low, final)
         if pair is None:
             break
         low.absorbed.update(pair)
         low.taken.extend(pair)
-        epi.ops.append(EwOp("Silu"))
-        more, final, taken = fusion.absorb(low, pair[1].outputs[0], out_shape)
-        low.taken.extend(taken)
-        epi.ops.extend(more.ops)
-        labels = labels + [n.label for n in pair] + [n.label for n in taken]
+        more, final, more_labels = low.epilogue(pair[1])  # what follows the Mul
+        epi.ops.extend([EwOp("Silu")] + more.ops)
+        labels = labels + [n.label for n in pair] + more_labels
     return epi, final, labels
 
 
