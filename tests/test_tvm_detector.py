@@ -136,3 +136,25 @@ def test_head_sigmoid_alone_still_builds():
     model = make_model([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["s", "x"], ["y"])],
                        [tensor("x", [1, 3, 5, 7])], [tensor("y", [1, 3, 5, 7], TensorProto.FLOAT)])
     build_and_compare(model, {"x": x})
+
+
+def test_bench_light_group_on_the_shipped_models(capsys, tmp_path):
+    """bench_tvm.py --only light: each model built, matched against onnxruntime, its ratio, best-run
+    ratio and host-run count printed, and the geometric mean over them."""
+    import importlib.util
+    import json
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_tvm", root / "bench" / "bench_tvm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out_json = tmp_path / "light.json"
+    assert bench.main(["--only", "light", "--quick", "--zoo", "digits", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "best-run ratio" in out and "host-run" in out and "float geometric mean" in out
+    rows = json.loads(out_json.read_text())["light"]
+    assert {r["model"] for r in rows} == {"digits_cnn", "digits_vgg"}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["tvm_ms"] > 0 and r["ort_ms"] > 0 and r["rel_err"] <= 1e-4 and r["host_ops"] == []
