@@ -158,3 +158,23 @@ def test_bench_light_group_on_the_shipped_models(capsys, tmp_path):
     for r in rows:
         assert "error" not in r, r
         assert r["tvm_ms"] > 0 and r["ort_ms"] > 0 and r["rel_err"] <= 1e-4 and r["host_ops"] == []
+
+
+def test_direct_conv_activation_then_residual_matches_onnxruntime():
+    """Bias and Relu run on the channels-last tile; the residual Add and the Sigmoid after it run in
+    the NCHW write (an op that reads a tensor ends the part done on the tile). 40 channels pad
+    the 16-lane tile."""
+    w = (RNG.standard_normal((40, 16, 3, 3)) * 0.1).astype(np.float32)
+    b = RNG.standard_normal(40).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Add", ["r", "res"], ["a"]),
+             helper.make_node("Sigmoid", ["a"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 16, 7, 7]), tensor("res", [1, 40, 7, 7])],
+                       [tensor("y", [1, 40, 7, 7])], [("w", w), ("b", b)])
+    geom = WindowGeometry.conv({"pads": (1, 1, 1, 1)}, (1, 16, 7, 7), w.shape)
+    assert KC.use_direct_conv(w.shape, geom, 16)
+    feeds = {"x": RNG.standard_normal((1, 16, 7, 7)).astype(np.float32),
+             "res": RNG.standard_normal((1, 40, 7, 7)).astype(np.float32)}
+    cm = build_and_compare(model, feeds)
+    assert cm.kernel_count == 1
