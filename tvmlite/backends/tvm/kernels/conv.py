@@ -11,7 +11,7 @@ from tvm import te, tirx
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up
-from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.backends.tvm.kernels.epilogue import UNARY, bind_epilogue
 from tvmlite.backends.tvm.kernels.gemm import column_gemm, conv_tile
 from tvmlite.ops.geometry import WindowGeometry
 
@@ -53,12 +53,13 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
 
 
 def direct_tile(cog: int, ow: int, lanes: int) -> S.GemmTile:
-    """Register tile for the direct conv: ``nr`` output channels (SIMD lanes, up to two vectors)
-    by ``mr`` output pixels of one row. ``mr`` is the width (up to what the vector registers
-    hold beside the accumulators: 24 accumulator vectors) that pads the row least, the widest
-    among equals, so few multiply-adds are spent on columns past the row's end."""
-    nr = 2 * lanes if cog >= 2 * lanes else lanes
-    cap = max(1, 24 // (nr // lanes))
+    """Register tile for the direct conv: ``nr`` output channels (SIMD lanes: two vectors when
+    that pads the channels no more than one does, so 48 channels take 3 x 16, not 2 x 32 with a
+    quarter wasted) by ``mr`` output pixels of one row. ``mr`` is the width, up to 12 pixels
+    (24 accumulator vectors at two vectors of channels; wider tiles measured slower on the
+    detector's convs), that pads the row least, the widest among equals."""
+    nr = 2 * lanes if cog >= 2 * lanes and round_up(cog, 2 * lanes) == round_up(cog, lanes) else lanes
+    cap = min(12, max(1, 24 // (nr // lanes)))
     if ow <= cap:
         return S.GemmTile(mr=ow, nr=nr)
     lo = min(4, cap)
@@ -70,10 +71,12 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     """Whether `conv2d_direct` fits a conv better than im2col + GEMM, from the work each pads:
     the direct kernel rounds the channels up to its vector tile and the row to its pixel tile,
     the GEMM rounds the channels up to 8 rows and the pixels (all rows) up to 2 vectors; the
-    direct kernel is taken when it wastes no more, so it also saves the im2col gathers. Not for
-    a 1x1 stride-1 unpadded conv (a plain GEMM over the input rows), and not for a short
-    reduction (K < 8 vectors): the direct tile leaves through a transposing scalar write of its
-    mr x nr values, which only a long K hides."""
+    direct kernel is taken when it wastes no more, so it also saves the im2col gathers. A strided
+    conv takes it unless it wastes a third more: there the GEMM's columns are strided gathers,
+    and it ran 2-3x slower than the direct kernel on the detector's stride-2 convs. Not for a 1x1
+    stride-1 unpadded conv (a plain GEMM over the input rows), and not for a short reduction
+    (K < 8 vectors): the direct tile leaves through a transposing scalar write of its mr x nr
+    values, which only a long K hides."""
     co, ci, kh, kw = (int(d) for d in w_shape)
     cog = co // geom.group
     if geom.pointwise or ci * kh * kw < 8 * lanes:
@@ -82,7 +85,8 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     dt, gt = direct_tile(cog, ow, lanes), conv_tile(cog, oh * ow, lanes)
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
-    return direct >= gemm
+    strided = max(geom.strides) > 1
+    return direct >= (0.75 * gemm if strided else gemm)
 
 
 def conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeometry, *, out_value: str,
@@ -132,7 +136,8 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     W = b.const(pack_direct_weights(wmat, nr) if packing else wmat, (g, cop, ci, kh, kw))
     w_index = len(b.params) - 1
     B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
-    apply = bind_epilogue(epilogue, b, (n, co, oh, ow))
+    pre, rest = unary_prefix(epilogue)
+    apply = bind_epilogue(rest, b, (n, co, oh, ow))
 
     pad = zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
     rc = te.reduce_axis((0, ci), name="rc")
@@ -142,10 +147,22 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     acc = te.compute((n, g, oh, owp, cop), lambda nn, gg, y, xx, i: te.sum(
         pad[nn, gg * ci + rc, y * sh + ry * dh, xx * sw + rx * dw] * W[gg, i, rc, ry, rx], axis=[rc, ry, rx]),
         name="acc")
+    tile_out = acc
+    if pre.ops:
+        # bias and the leading unary ops (SiLU, sigmoid...) on the tile in its own layout, a
+        # vector of channels at a time; the NCHW write below only transposes (and runs the rest)
+        apply_pre = bind_epilogue(pre, b, (n, co, oh, ow))
+
+        def act(nn, gg, y, xx, i):
+            v = acc[nn, gg, y, xx, i]
+            if B is not None:
+                v = v + B[gg, tirx.min(i, cog - 1)]  # padded channels: computed, never stored
+            return apply_pre(v, ())
+        tile_out = te.compute((n, g, oh, owp, cop), act, name="act")
 
     def out(nn, gg, cc, y, xx):
-        v = acc[nn, gg, y, xx, cc]
-        if B is not None:
+        v = tile_out[nn, gg, y, xx, cc]
+        if B is not None and not pre.ops:
             v = v + B[gg, cc]
         return apply(v, (nn, gg * cog + cc, y, xx))
 
@@ -153,11 +170,21 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     S.schedule_direct_conv(sch, "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
-                           parallel=S.worth_parallel(n * co * oh * ow * ci * kh * kw))
+                           parallel=S.worth_parallel(n * co * oh * ow * ci * kh * kw),
+                           act="act" if pre.ops else None)
     params = b.params
     if packing:
         params[w_index].shape = params[w_index].array.shape
     return KernelDef(name, params, sch.mod["main"], steps=direct_step_names(steps))
+
+
+def unary_prefix(epilogue: Epilogue) -> tuple[Epilogue, Epilogue]:
+    """(leading ops that read nothing but the value, the rest): the part the direct conv can run
+    on its channels-last register tile."""
+    k = 0
+    while k < len(epilogue.ops) and epilogue.ops[k].op in UNARY:
+        k += 1
+    return Epilogue(epilogue.ops[:k]), Epilogue(epilogue.ops[k:])
 
 
 def pack_direct_weights(wmat: np.ndarray, nr: int) -> np.ndarray:

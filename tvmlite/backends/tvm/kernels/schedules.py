@@ -258,9 +258,15 @@ def pack_direct_weights(sch, block, nr: int):
 
 
 def schedule_direct_conv(sch, pad: str, acc: str, epilogue: str, tile: GemmTile, *, lanes: int,
-                         parallel: bool = True, steps=None):
-    """The direct conv's steps in order (``steps``: apply only these, for tests)."""
+                         parallel: bool = True, steps=None, act: str | None = None):
+    """The direct conv's steps in order (``steps``: apply only these, for tests). ``act``: a
+    block between the accumulator and the epilogue in the tile's channels-last layout (the
+    activation); with write_cache it is a second register tile, vectorized over the channels,
+    so an exp-heavy activation runs in vectors instead of per element in the transposing write."""
     on = (lambda s: True) if steps is None else (lambda s: s in steps)
+    if act is not None and not (on("tile_for_cache") and on("write_cache")):
+        sch.compute_inline(sch.get_sblock(act))
+        act = None
     if on("pad_input"):
         pad_input(sch, pad, lanes, parallel=parallel)
     else:
@@ -273,9 +279,15 @@ def schedule_direct_conv(sch, pad: str, acc: str, epilogue: str, tile: GemmTile,
     if lp is None:
         return sch
     if on("write_cache"):
+        if act is not None:
+            ablock = sch.get_sblock(act)
+            sch.set_scope(ablock, 0, "local")
+            sch.reverse_compute_at(ablock, lp["second"], preserve_unit_loops=True)
         write_cache(sch, block, epi, lp["second"])
     if on("vectorize_columns"):
         sch.vectorize(lp["ji"])
+        if act is not None:
+            sch.vectorize(sch.get_loops(sch.get_sblock(act))[-1])
     if on("unroll_rows"):
         unroll_rows(sch, lp["ii"])
     if on("parallel_outer") and parallel:

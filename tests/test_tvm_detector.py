@@ -1,0 +1,178 @@
+"""The YOLO-style detector on the TVM backend (issue 15): SiLU (x * Sigmoid(x)) fused into the conv
+epilogue, sigmoid through a vectorizable exp that keeps float accuracy, stride-2 convs on the direct
+kernel, and the whole detector built by `tvmlite build` matching onnxruntime with nothing host-run."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from helpers import make_model, ort_run, tensor
+from real_graphs import detector
+
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+
+tvm = require_tvm()
+
+from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
+from tvmlite.backends.tvm.kernels import conv as KC  # noqa: E402
+from tvmlite.frontend import load  # noqa: E402
+from tvmlite.ops.geometry import WindowGeometry  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def rel_err(got, ref):
+    return float(np.abs(np.asarray(got, np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def conv_silu_model(silu_inputs=("bn", "sig"), extra_sigmoid_use=False, stride=1, cout=8, cin=4, hw=(12, 12)):
+    """Conv -> BN -> Mul(bn, Sigmoid(bn)) -> Add 1; the Mul's inputs in the given order."""
+    inits = [("w", (RNG.standard_normal((cout, cin, 3, 3)) * 0.3).astype(np.float32)),
+             ("scale", RNG.uniform(0.5, 1.5, cout).astype(np.float32)),
+             ("bias", RNG.standard_normal(cout).astype(np.float32)),
+             ("mean", (RNG.standard_normal(cout) * 0.1).astype(np.float32)),
+             ("var", RNG.uniform(0.5, 1.5, cout).astype(np.float32)),
+             ("one", np.array(1.0, np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1], strides=[stride, stride]),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["bn"], name="bn"),
+             helper.make_node("Sigmoid", ["bn"], ["sig"], name="sig"),
+             helper.make_node("Mul", list(silu_inputs), ["silu"], name="mul"),
+             helper.make_node("Add", ["silu", "one"], ["y"], name="add")]
+    out_shape = [1, cout] + [(d - 1) // stride + 1 for d in hw]
+    outs = [tensor("y", out_shape)]
+    if extra_sigmoid_use:
+        outs.append(tensor("sig", out_shape))
+    return make_model(nodes, [tensor("x", [1, cin, *hw])], outs, inits)
+
+
+def build_and_compare(model, feeds):
+    cm = compile_model(load(model), {k: v.shape for k, v in feeds.items()}, cache=False)
+    got = cm.run(feeds)
+    ref = ort_run(model, feeds)
+    for g, r in zip(got, ref):
+        assert rel_err(g, r) <= 1e-5
+    return cm
+
+
+@pytest.mark.parametrize("order", [("bn", "sig"), ("sig", "bn")])
+def test_silu_joins_the_conv_kernel(order):
+    x = RNG.standard_normal((1, 4, 12, 12)).astype(np.float32) * 3
+    cm = build_and_compare(conv_silu_model(order), {"x": x})
+    # one kernel: the conv with BN, Sigmoid, Mul and the Add after them in its epilogue
+    assert cm.kernel_count == 1
+    (call,) = cm.plan["calls"]
+    assert {"conv", "sig", "mul", "add"} <= set(call["nodes"])
+
+
+def test_silu_with_the_sigmoid_read_elsewhere_is_not_fused():
+    x = RNG.standard_normal((1, 4, 12, 12)).astype(np.float32)
+    cm = build_and_compare(conv_silu_model(extra_sigmoid_use=True), {"x": x})
+    assert cm.kernel_count > 1  # the sigmoid is a graph output: it must be written
+
+
+def test_sigmoid_is_accurate_over_the_whole_range():
+    """The vectorized exp: within float rounding of float64 sigmoid from -100 to 100, 0 and 1 at
+    the ends, NaN kept."""
+    x = np.concatenate([np.linspace(-100, 100, 4093, dtype=np.float32),
+                        np.array([np.nan, np.inf, -np.inf], np.float32)]).reshape(1, -1)
+    model = make_model([helper.make_node("Sigmoid", ["x"], ["y"])], [tensor("x", list(x.shape))],
+                       [tensor("y", list(x.shape))])
+    got = compile_model(load(model), {"x": x.shape}, cache=False).run({"x": x})[0][0]
+    ref = 1.0 / (1.0 + np.exp(-x[0, :-3].astype(np.float64)))
+    assert np.abs(got[:-3] - ref).max() <= 2e-7
+    big = ref > 1e-30
+    assert (np.abs(got[:-3][big] - ref[big]) / ref[big]).max() <= 5e-7
+    assert np.isnan(got[-3]) and got[-2] == 1.0 and 0.0 <= got[-1] < 1e-37
+
+
+def test_strided_conv_takes_the_direct_kernel_with_no_padded_channels():
+    w = np.zeros((48, 32, 3, 3), np.float32)
+    geom = WindowGeometry.conv({"pads": (1, 1, 1, 1), "strides": (2, 2)}, (1, 32, 80, 80), w.shape)
+    assert KC.use_direct_conv(w.shape, geom, 16)
+    tile = KC.direct_tile(48, 40, 16)
+    assert tile.nr == 16 and 40 % tile.mr == 0 and tile.mr <= 12
+    assert KC.direct_tile(64, 40, 16).nr == 32
+
+
+@pytest.mark.parametrize("cout", [48, 20])
+def test_strided_conv_silu_matches_onnxruntime(cout):
+    """Direct stride-2 kernel with SiLU in its epilogue, channels that fill (48) or pad (20) the tile."""
+    model = conv_silu_model(stride=2, cout=cout, cin=32, hw=(19, 21))  # K = 32 * 9: long enough
+    w = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    geom = WindowGeometry.conv({"pads": (1, 1, 1, 1), "strides": (2, 2)}, (1, 32, 19, 21), w.shape)
+    assert KC.use_direct_conv(w.shape, geom, 16)
+    x = RNG.standard_normal((1, 32, 19, 21)).astype(np.float32)
+    build_and_compare(model, {"x": x})
+
+
+def test_detector_built_by_the_cli_matches_onnxruntime(tmp_path):
+    model, shapes = detector(128)
+    path = tmp_path / "det.onnx"
+    onnx.save(model, path)
+    so = tmp_path / "det.so"
+    r = subprocess.run([sys.executable, "-m", "tvmlite.cli", "build", str(path), "-o", str(so), "--strict"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    x = RNG.random(shapes["images"], dtype=np.float32)
+    cm = load_module(str(so))
+    assert not cm.host_ops
+    # every SiLU (Mul(v, Sigmoid(v))) runs inside a conv's kernel
+    sig_of = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Sigmoid"}
+    silus = {n.name for n in model.graph.node if n.op_type == "Mul"
+             and any(i in sig_of and sig_of[i] in n.input for i in n.input)}
+    in_convs = {n for c in cm.plan["calls"] if c.get("nodes", [""])[0].startswith("Conv") for n in c["nodes"]}
+    assert len(silus) == 14 and silus <= in_convs
+    assert rel_err(cm.run({"images": x})[0], ort_run(model, {"images": x})[0]) <= 1e-4
+
+
+def test_head_sigmoid_alone_still_builds():
+    """A Sigmoid that starts its own kernel (the detector's head) goes through the same exp."""
+    x = RNG.standard_normal((1, 3, 5, 7)).astype(np.float32) * 10
+    model = make_model([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["s", "x"], ["y"])],
+                       [tensor("x", [1, 3, 5, 7])], [tensor("y", [1, 3, 5, 7], TensorProto.FLOAT)])
+    build_and_compare(model, {"x": x})
+
+
+def test_bench_light_group_on_the_shipped_models(capsys, tmp_path, monkeypatch):
+    """bench_tvm.py --only light: each model built, matched against onnxruntime, its ratio, best-run
+    ratio and host-run count printed, and the geometric mean over them."""
+    import importlib
+    import json
+    import pathlib
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+    bench = importlib.import_module("bench_tvm")
+    out_json = tmp_path / "light.json"
+    assert bench.main(["--only", "light", "--quick", "--zoo", "digits", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "best-run ratio" in out and "host-run" in out and "float geometric mean" in out
+    rows = json.loads(out_json.read_text())["light"]
+    assert {r["model"] for r in rows} == {"digits_cnn", "digits_vgg"}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["tvm_ms"] > 0 and r["ort_ms"] > 0 and r["rel_err"] <= 1e-4 and r["host_ops"] == []
+
+
+def test_direct_conv_activation_then_residual_matches_onnxruntime():
+    """Bias and Relu run on the channels-last tile; the residual Add and the Sigmoid after it run in
+    the NCHW write (an op that reads a tensor ends the part done on the tile). 40 channels pad
+    the 16-lane tile."""
+    w = (RNG.standard_normal((40, 16, 3, 3)) * 0.1).astype(np.float32)
+    b = RNG.standard_normal(40).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Add", ["r", "res"], ["a"]),
+             helper.make_node("Sigmoid", ["a"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 16, 7, 7]), tensor("res", [1, 40, 7, 7])],
+                       [tensor("y", [1, 40, 7, 7])], [("w", w), ("b", b)])
+    geom = WindowGeometry.conv({"pads": (1, 1, 1, 1)}, (1, 16, 7, 7), w.shape)
+    assert KC.use_direct_conv(w.shape, geom, 16)
+    feeds = {"x": RNG.standard_normal((1, 16, 7, 7)).astype(np.float32),
+             "res": RNG.standard_normal((1, 40, 7, 7)).astype(np.float32)}
+    cm = build_and_compare(model, feeds)
+    assert cm.kernel_count == 1
