@@ -1,12 +1,14 @@
-"""exp and sigmoid as plain float arithmetic that LLVM vectorizes.
+"""exp, erf and sigmoid as plain float arithmetic that LLVM vectorizes.
 
 `tirx.exp` lowers to the llvm.exp intrinsic, which the x86 backend scalarizes into one libm
 ``expf`` call per lane: a SiLU epilogue (x * sigmoid(x)) then cost as much as the conv under it
 (3.2 of 7.9 ms of the YOLO-style detector's kernels). Here exp is Cephes' expf: x = n*ln2 + r
 with |r| <= ln2/2, a degree-6 polynomial for e^r (relative error ~1e-7, like libm's within a few
 ulp), and 2^n made by writing n into the float's exponent bits. Inputs are clamped to the range
-where 2^n is a normal float; beyond it exp saturates to 0 or ~1.7e38 (float32's inf is 3.4e38),
-which leaves sigmoid and its derivatives exact to float precision. NaN stays NaN.
+where 2^n is a normal float; below it exp is 0 (a -inf attention mask gives exactly 0, as
+onnxruntime's softmax), above it saturates at ~1.7e38 (float32's inf is 3.4e38), which leaves
+sigmoid exact to float precision. NaN stays NaN. erf (TVM's is a scalar ``erff`` call per element
+too) is Eigen's and XLA's float rational approximation.
 """
 from __future__ import annotations
 
@@ -29,12 +31,30 @@ def fast_exp(x):
     xc = tirx.min(tirx.max(x, _c(_LO)), _c(_HI))
     n = tirx.floor(xc * _c(_LOG2E) + _c(0.5))
     r = xc - n * _c(_C1) - n * _c(_C2)
-    p = _c(_POLY[0])
-    for coef in _POLY[1:]:
-        p = p * r + _c(coef)
-    y = p * r * r + r + _c(1.0)
+    y = _horner(r, _POLY) * r * r + r + _c(1.0)
     bits = tirx.shift_left(tirx.Cast("int32", n) + tirx.const(127, "int32"), tirx.const(23, "int32"))
-    return tirx.Select(is_nan(x), x, y * tirx.reinterpret(F32, bits))
+    y = tirx.Select(x < _c(_LO), _c(0.0), y * tirx.reinterpret(F32, bits))
+    return tirx.Select(is_nan(x), x, y)
+
+
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+def _horner(x, coeffs):
+    acc = _c(coeffs[0])
+    for coef in coeffs[1:]:
+        acc = acc * x + _c(coef)
+    return acc
+
+
+def fast_erf(x):
+    """erf on [-4, 4] as a rational function (erf is +-1 in float32 beyond): a few 1e-7 absolute."""
+    x = tirx.max(tirx.min(x, _c(4.0)), _c(-4.0))
+    x2 = x * x
+    return x * _horner(x2, _ERF_P) / _horner(x2, _ERF_Q)
 
 
 def is_nan(x):

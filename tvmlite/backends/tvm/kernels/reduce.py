@@ -7,7 +7,8 @@ from tvm import te, tirx
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
-from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue, fast_exp
+from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.backends.tvm.kernels.fastmath import fast_exp
 
 
 def lane_rows(name: str, rows, red: int, lanes: int, value, kind: str):

@@ -26,8 +26,6 @@ def worth_parallel(work: int) -> bool:
     """Whether a kernel doing ``work`` operations gains from running on all cores. Waking the
     pool costs microseconds on a quiet machine and far more on a busy one (a barrier waits for a
     descheduled thread), so small kernels run on one core. $TVMLITE_MIN_PARALLEL_WORK overrides."""
-    import os
-
     from tvmlite.backends.tvm.kernels.target import host_threads
 
     if host_threads() < 2:

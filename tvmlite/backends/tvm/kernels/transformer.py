@@ -8,7 +8,8 @@ from tvm import te, tirx
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, unflatten
-from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue, fast_exp
+from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.backends.tvm.kernels.fastmath import fast_exp
 from tvmlite.backends.tvm.kernels.reduce import finish_reductions, lane_rows, schedule_lane_rows
 
 
