@@ -8,12 +8,14 @@ A following Relu and QuantizeLinear -> DequantizeLinear pair are taken into the 
 Conv's output has no other reader. Runs on the prepared copy before constant folding (which would
 turn the int8 weights back into float). What does not fit (grouped or non-2-D convs, weights with a
 zero point or blocks, a scale that is not one number per tensor or per output channel, Gemm with
-alpha/beta/transA) is left as it was.
+alpha/beta/transA) is left as it was. Then the values between int8 kernels become integer buffers
+(qdq_buffers.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from tvmlite.backends.tvm.qdq_buffers import quantize_buffers
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ops.quant import _dequantize
 
@@ -30,6 +32,8 @@ def fuse_qdq(model: Model) -> int:
             continue
         if _fuse(g, node):
             fused += 1
+    if fused:
+        fused += quantize_buffers(g, _scalar_params, _only_reader)
     for node in g.toposort():
         if node.graph is not None and node.domain in ONNX and node.op_type == "QuantizeLinear":
             fused += _fake_quant(g, node)
