@@ -74,6 +74,14 @@ def prune_cache(keep=None, max_bytes: int | None = None) -> None:
 
 
 # -------------------------------------------------------------------------------------------- build
+def _typed(buffer: dict, low, name: str) -> dict:
+    """``buffer`` with the value's dtype when it is not float32 (int8 values between int8 kernels)."""
+    dt = low.model.graph.value(name).dtype if low.model is not None and name in low.model.graph.values else None
+    if dt is not None and np.dtype(dt) != np.float32:
+        buffer["dtype"] = str(np.dtype(dt))
+    return buffer
+
+
 def plan_of(low) -> tuple[dict, dict]:
     """The run plan (JSON-able) and constant arrays of a lowered graph."""
     from tvmlite.backends.tvm.lower import HostSegment, opset_versions
@@ -104,7 +112,7 @@ def plan_of(low) -> tuple[dict, dict]:
                 if o in in_buffer:
                     if o not in low.shapes:
                         raise TvmliteError(f"host value {o!r} is read by a kernel but has no static shape")
-                    buffers[o] = {"shape": list(low.shapes[o]), "kind": "host"}
+                    buffers[o] = _typed({"shape": list(low.shapes[o]), "kind": "host"}, low, o)
             spec, arrays = host.segment_spec(entry, low, buffers, host_made, len(host_specs))
             consts.update(arrays)
             calls.append({"host": len(host_specs), "nodes": [n.label for n in entry.nodes]})
@@ -118,7 +126,7 @@ def plan_of(low) -> tuple[dict, dict]:
                 continue
             r = root(p.name)
             if p.kind == "output" and r not in buffers:
-                buffers[r] = {"shape": list(low.shapes[r]), "kind": "temp"}
+                buffers[r] = _typed({"shape": list(low.shapes[r]), "kind": "temp"}, low, r)
             if r not in buffers:
                 raise TvmliteError(f"kernel {kd.name} reads {p.name!r} before it is made")
             n_buf = int(np.prod(buffers[r]["shape"]))
