@@ -82,7 +82,8 @@ def _check_schema(plan: dict, path: str) -> None:
         _need(isinstance(b, dict) and _is_shape(b.get("shape")), path, f"buffer {name!r} has no valid shape")
         _need(b.get("dtype", "float32") in _BUFFER_DTYPES, path, f"buffer {name!r} has dtype {b.get('dtype')!r}, "
               f"not one of {', '.join(_BUFFER_DTYPES)}")
-        _need(b.get("dtype", "float32") == "float32" or b.get("kind") == "input", path,
+        # int8 kernels pass uint8 / int8 values between them (backends/tvm/qdq_buffers.py)
+        _need(b.get("dtype", "float32") in ("float32", "uint8", "int8") or b.get("kind") == "input", path,
               f"buffer {name!r}: only input buffers may have dtype {b.get('dtype')!r}")
         limits.check_tensor(b["shape"], np.dtype(b.get("dtype", "float32")), f"{path}: buffer {name!r}")
     for i in plan["inputs"]:
