@@ -280,3 +280,96 @@ def test_fused_nodes_export_as_their_onnx_bodies(tmp_path):
     tvmlite.save(prepared, str(path))
     (got,), (ref,) = ort_run(str(path), {"x": x}), ort_run(model, {"x": x})
     np.testing.assert_array_less(np.abs(got - ref), 0.05 + 1e-6)
+
+
+def _chain(x_shape, signed):
+    """conv (pads) -> conv (stride 2, uneven pads) -> MaxPool (pads, ceil_mode) -> Q/DQ -> pointwise conv
+    -> Flatten -> Gemm: every value between them is on its producer's grid."""
+    b = QDQ()
+    zp = (lambda v: np.array(v, np.int8)) if signed else _u8
+    x = b.fake_quant("x", "xd", 0.02, zp(-3 if signed else 121))
+    c = x_shape[1]
+
+    def conv(src, out, w_shape, scale, zero, relu=True, **attrs):
+        w = b.weights(f"{out}_w", (RNG.standard_normal(w_shape) * 0.3).astype(np.float32), 0)
+        bias = b.const(f"{out}_b", RNG.standard_normal(w_shape[0]).astype(np.float32))
+        b.nodes.append(helper.make_node("Conv", [src, w, bias], [f"{out}_c"], **attrs))
+        y = f"{out}_c"
+        if relu:
+            b.nodes.append(helper.make_node("Relu", [y], [f"{out}_r"]))
+            y = f"{out}_r"
+        return b.fake_quant(y, out, scale, zero)
+
+    a1 = conv(x, "a1", (12, c, 3, 3), 0.05, zp(-128 if signed else 0), pads=[1, 1, 1, 1])
+    a2 = conv(a1, "a2", (16, 12, 3, 3), 0.08, zp(5 if signed else 130), relu=False, strides=[2, 2], pads=[0, 1, 1, 0])
+    b.nodes.append(helper.make_node("MaxPool", [a2], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                    ceil_mode=1))
+    p = b.fake_quant("p", "pq", 0.08, zp(5 if signed else 130))
+    a3 = conv(p, "a3", (20, 16, 1, 1), 0.06, zp(-128 if signed else 0))
+    b.nodes.append(helper.make_node("Flatten", [a3], ["f"]))
+    return b, a3
+
+
+def _chain_model(x_shape, signed):
+    b, _ = _chain(x_shape, signed)
+    proto = make_model(b.nodes, [tensor("x", list(x_shape))], [_out("f", 2)], b.inits, opset=17)
+    flat = ort_run(proto, {"x": np.zeros(x_shape, np.float32)})[0].shape[1]
+    w = (RNG.standard_normal((7, flat)) * 0.05).astype(np.float32)
+    b.nodes.append(helper.make_node("Gemm", ["f", b.weights("g_w", w, 0), b.const("g_b", np.ones(7, np.float32))],
+                                    ["g"], transB=1))
+    y = b.fake_quant("g", "y", 0.04, _u8(128))
+    b.nodes.append(helper.make_node("Identity", [y], ["out"]))
+    return make_model(b.nodes, [tensor("x", list(x_shape))], [_out("out", 2)], b.inits, opset=17)
+
+
+@pytest.mark.parametrize("signed,batch", [(False, 1), (True, 1), (False, 2)])
+def test_int8_kernels_pass_quantized_buffers(signed, batch, tmp_path):
+    """Between int8 kernels the values stay uint8 / int8 (channels-last between convs and pools):
+    requantized in the producer's epilogue, max-pooled as integers, read as they are."""
+    from tvmlite.backends.tvm.module import load_module
+
+    x_shape = (batch, 5, 13, 11)
+    model = _chain_model(x_shape, signed)
+    prepared, _ = prepare(load(model), {"x": x_shape})
+    g = prepared.graph
+    ops = sorted(n.op_type for n in g.nodes)
+    assert ops == ["Flatten", "QDQConv", "QDQConv", "QDQConv", "QDQMatMul", "QMaxPool"], ops
+    convs = [n for n in g.toposort() if n.op_type == "QDQConv"]
+    assert [n.attrs.get("y_quantized") for n in convs] == [1, 1, 1]
+    assert [n.attrs.get("x_quantized", 0) for n in convs] == [0, 1, 1]
+    assert [n.attrs.get("y_layout", "NCHW") for n in convs] == ["NHWC", "NHWC", "NCHW"]  # the last feeds Flatten
+    assert [n.attrs.get("x_layout", "NCHW") for n in convs] == ["NCHW", "NHWC", "NHWC"]
+    qdt = np.int8 if signed else np.uint8
+    assert g.value(convs[0].outputs[0]).dtype == qdt and g.value("f").dtype == qdt
+    cm = compile_model(load(model), {"x": x_shape})
+    assert cm.host_ops == []
+    assert {b.get("dtype") for b in cm.plan["buffers"].values() if b["kind"] == "temp"} >= {np.dtype(qdt).name}
+    for _ in range(3):
+        x = (RNG.standard_normal(x_shape) * 2).astype(np.float32)
+        (got,), (ref,) = cm.run({"x": x}), ort_run(model, {"x": x})
+        np.testing.assert_array_less(np.abs(got - ref), 0.04 + 1e-6)  # one output step
+    cm.save(str(tmp_path / "m.so"))  # the integer buffers survive the artifact's plan check
+    (again,) = load_module(str(tmp_path / "m.so")).run({"x": x})
+    np.testing.assert_array_equal(again, got)
+    # the prepared graph, exported, runs in onnxruntime: the new attributes' bodies are exact
+    tvmlite.save(prepared, str(tmp_path / "prepared.onnx"))
+    (body,) = ort_run(str(tmp_path / "prepared.onnx"), {"x": x})
+    np.testing.assert_array_less(np.abs(body - ref), 0.04 + 1e-6)
+
+
+def test_quantized_value_read_by_a_float_op_stays_float():
+    """A fused output that a float op also reads keeps its float buffer (only int8 readers)."""
+    b = QDQ()
+    x = b.fake_quant("x", "xd", 0.02, _u8(121))
+    w = b.weights("w", (RNG.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32), 0)
+    b.nodes.append(helper.make_node("Conv", [x, w], ["c"], pads=[1, 1, 1, 1]))
+    a = b.fake_quant("c", "a", 0.05, _u8(128))
+    w2 = b.weights("w2", (RNG.standard_normal((8, 8, 1, 1)) * 0.3).astype(np.float32), 0)
+    b.nodes += [helper.make_node("Conv", [a, w2], ["c2"]), helper.make_node("Sigmoid", [a], ["s"])]
+    model = make_model(b.nodes, [tensor("x", [1, 4, 6, 6])], [_out("c2", 4), _out("s", 4)], b.inits, opset=17)
+    prepared, _ = prepare(load(model), {"x": (1, 4, 6, 6)})
+    assert not any(n.attrs.get("y_quantized") or n.attrs.get("x_quantized") for n in prepared.graph.nodes)
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    cm = compile_model(load(model), {"x": (1, 4, 6, 6)})
+    for g_, r in zip(cm.run({"x": x}), ort_run(model, {"x": x})):
+        np.testing.assert_allclose(g_, r, atol=1e-4, rtol=1e-4)

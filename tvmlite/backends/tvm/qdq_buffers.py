@@ -57,7 +57,7 @@ def _x_params(node: Node):
     return float(a["x_scale"]), int(a["x_zero_point"]), int(a.get("x_signed", 0))
 
 
-def _grid(g: Graph, name: str):
+def grid_of(g: Graph, name: str):
     """The grid a value lies on: a fused node's output, or MaxPool / a view of such a value."""
     p = g.producer(name) if name else None
     while p is not None and p.domain in ONNX and p.op_type in ("MaxPool",) + _VIEWS:
@@ -72,7 +72,7 @@ def _drop_identity_pair(g: Graph, q: Node, scalar_params, only_reader) -> None:
     params = scalar_params(g, q)
     dq = only_reader(g, q.outputs[0], "DequantizeLinear")
     if params is None or dq is None or scalar_params(g, dq) != params or dq.outputs[0] in g.outputs \
-            or _grid(g, q.inputs[0]) != params:
+            or grid_of(g, q.inputs[0]) != params:
         return
     x, out = q.inputs[0], dq.outputs[0]
     for r in list(g.consumers(out)):

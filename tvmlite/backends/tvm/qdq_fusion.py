@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tvmlite.backends.tvm.qdq_buffers import quantize_buffers
+from tvmlite.backends.tvm.qdq_buffers import grid_of, quantize_buffers
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ops.quant import _dequantize
 
@@ -84,13 +84,12 @@ def _scalar_params(g: Graph, node: Node):
 
 def _input_params(g: Graph, x_dq: str):
     """(float input, params) when ``x_dq`` is DequantizeLinear(QuantizeLinear(x)) with equal
-    per-tensor parameters, or the output of a fused node that ends in such a pair (quantizing it
-    again with the same parameters changes nothing)."""
-    fused = g.producer(x_dq) if x_dq else None
-    if fused is not None and fused.domain == "tvmlite" and fused.op_type in ("QDQConv", "QDQMatMul") \
-            and float(fused.attrs.get("y_scale", 0.0)) > 0:  # already on its output's grid
-        a = fused.attrs
-        return x_dq, (float(a["y_scale"]), int(a["y_zero_point"]), int(a.get("y_signed", 0)))
+    per-tensor parameters, or a value on a fused node's output grid (its output when it ends in
+    such a pair, or MaxPool / Flatten / Reshape of that): quantizing it again with the same
+    parameters changes nothing."""
+    on_grid = grid_of(g, x_dq)  # a fused node's output, or MaxPool / a view of one
+    if on_grid is not None:
+        return x_dq, on_grid
     dq = _producer(g, x_dq, "DequantizeLinear")
     q = _producer(g, dq.inputs[0], "QuantizeLinear") if dq is not None else None
     if q is None:
