@@ -43,15 +43,18 @@ def fuse_qdq(model: Model) -> int:
 def _fake_quant(g: Graph, q: Node) -> int:
     """A QuantizeLinear -> DequantizeLinear pair left between float ops (around a MaxPool, say)
     becomes its float arithmetic, which the backend fuses into the producer's kernel:
-    (clip(round(x / s) + z, lo, hi) - z) * s, with ONNX Round's half-to-even rounding."""
+    (clip(round(x / s) + z, lo, hi) - z) * s', with ONNX Round's half-to-even rounding. The
+    DequantizeLinear's scale s' may differ (tvmlite's `quantize` folds a following constant
+    factor, HardSwish's 1/6, into it)."""
     params = _scalar_params(g, q)
     dq = _only_reader(g, q.outputs[0], "DequantizeLinear")
-    if params is None or dq is None or _scalar_params(g, dq) != params:
+    dq_params = _scalar_params(g, dq) if dq is not None else None
+    if params is None or dq_params is None or dq_params[1:] != params[1:]:
         return 0
     s, z, signed = params
     lo, hi = (-128, 127) if signed else (0, 255)
     c = {k: g.add_constant(np.array(v, np.float32), f"{q.outputs[0]}_{k}")
-         for k, v in (("s", s), ("z", z), ("lo", lo), ("hi", hi))}
+         for k, v in (("s", s), ("z", z), ("lo", lo), ("hi", hi), ("s2", dq_params[0]))}
     x, out, order = q.inputs[0], dq.outputs[0], q.order
     g.remove_node(dq, remove_outputs=False)
     g.remove_node(q)
@@ -60,7 +63,7 @@ def _fake_quant(g: Graph, q: Node) -> int:
                                    ("Sub", ["z"]))):
         v = g.add_node(op, [v] + [c[k] for k in ins], 1, name=g.fresh_node_name(f"{out}_{op.lower()}"),
                        order=order + i * 1e-3).outputs[0]
-    g.add_node("Mul", [v, c["s"]], [out], name=g.fresh_node_name(f"{out}_mul"), order=order + 0.01)
+    g.add_node("Mul", [v, c["s2"]], [out], name=g.fresh_node_name(f"{out}_mul"), order=order + 0.01)
     return 1
 
 
