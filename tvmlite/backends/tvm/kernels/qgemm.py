@@ -113,6 +113,16 @@ def _tile(m: int, n16: int) -> tuple[int, int]:
     return (8 if m >= 8 else m), (2 if n16 % 2 == 0 else 1)
 
 
+def task_rows(m: int, mr: int) -> int:
+    """Rows per parallel task (a multiple of the register tile's ``mr``): up to 64, while at least 8
+    tasks remain. Long tasks let an NCHW epilogue write 64-pixel runs (16-lane vectors) instead
+    of 8-pixel pieces 16 channel planes apart."""
+    g = 8
+    while g > 1 and m < 8 * g * mr:
+        g //= 2
+    return mr * g
+
+
 class QuantSpec:
     """Per-tensor input / output quantization and the tail of a fused QDQ node; ``x_quantized`` /
     ``y_quantized``: the input / output is the integer tensor (int8 when signed, else uint8),
@@ -153,6 +163,7 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     mp, kp = (int(d) for d in aq.shape)
     np_ = round_up(n, 16)
     mr, nb = _tile(m, np_ // 16)
+    rt = task_rows(m, mr) if tiled else mr
     W = b.const(pack_weights(w2, kp, np_), label="wq", dtype=np.int8)
     colsum = w2.astype(np.int64).sum(axis=0)
     corr = b.const(np.pad(-spec.x_zero_u8 * colsum, (0, np_ - n)).astype(np.int32), label="zcorr", dtype=np.int32)
@@ -186,20 +197,20 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     register_vnni()
     blk = sch.get_sblock("acc")
     i, j, kk = sch.get_loops(blk)
-    io, ii = sch.split(i, [None, mr])
+    it, io, ii = sch.split(i, [None, rt // mr, mr])
     jo, ji = sch.split(j, [None, 16])
     joo, joi = sch.split(jo, [None, nb])
     ko, ki = sch.split(kk, [None, 4])
     if tiled:
-        sch.reorder(io, joo, ko, ii, joi, ji, ki)
-        sch.compute_at(sch.get_sblock("aq"), io)
-        sch.reverse_compute_at(sch.get_sblock("epilogue"), io)
+        sch.reorder(it, io, joo, ko, ii, joi, ji, ki)
+        sch.compute_at(sch.get_sblock("aq"), it)
+        sch.reverse_compute_at(sch.get_sblock("epilogue"), it)
         if parallel:
-            sch.parallel(io)
+            sch.parallel(it)
     else:
-        sch.reorder(joo, io, ko, ii, joi, ji, ki)
+        sch.reorder(joo, it, io, ko, ii, joi, ji, ki)
         if parallel:
-            sch.parallel(sch.fuse(joo, io))
+            sch.parallel(sch.fuse(joo, it, io))
     sch.decompose_reduction(blk, ko)
     sch.unroll(ii)
     sch.unroll(joi)
@@ -226,7 +237,7 @@ def dense_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray,
     lead = x_shape[:-1]
     m = int(np.prod(lead)) if lead else 1
     mr, _ = _tile(m, round_up(n, 16) // 16)
-    mp, kp = round_up(m, mr), round_up(k, 4)
+    mp, kp = round_up(m, task_rows(m, mr)), round_up(k, 4)
     b = Builder(name)
     X = b.input(x, x_shape, spec.x_dtype)
 
@@ -266,7 +277,7 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
     m = nb_ * p
     k = kh * kw * cip
     mr, _ = _tile(m, round_up(co, 16) // 16)
-    mp = round_up(m, mr)
+    mp = round_up(m, task_rows(m, mr))
     w2 = np.zeros((kh, kw, cip, co), np.int8)
     w2[:, :, :ci] = w_q.transpose(2, 3, 1, 0)
     w2 = w2.reshape(k, co)
@@ -327,7 +338,11 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
         ep = sch.get_loops(sch.get_sblock("epilogue"))[-1]
         if co % 16 == 0:
             sch.vectorize(sch.split(ep, [None, 16])[1])
-    elif not tiled:
+    elif tiled:  # NCHW: each channel's run of the task's pixels as 16-lane vectors
+        ep = sch.get_loops(sch.get_sblock("epilogue"))[-1]
+        if task_rows(m, mr) % 16 == 0 and p % 16 == 0:
+            sch.vectorize(sch.split(ep, [None, 16])[1])
+    else:
         # NCHW from acc[pixel, channel]: 16 channels per pixel read from one line of acc,
         # written into 16 rows of the output that the next pixels continue
         n_, c, y, xx = sch.get_loops(sch.get_sblock("epilogue"))
