@@ -7,8 +7,9 @@ QDQ fusion (backends/tvm/qdq_fusion.py) so its int8 kernel sees the whole patter
 QDQConv(x, w_q, w_scale[, bias]) and QDQMatMul(x, w_q, w_scale[, bias]) take the float input ``x``
 and compute exactly what that pattern computes: ``x`` quantized with ``x_scale`` / ``x_zero_point``
 (int8 when ``x_signed``, else uint8) and dequantized, the weights ``w_q * w_scale`` (int8, one scale
-per output channel or one for all), the float Conv / MatMul plus ``bias``, ``activation`` ("Relu" or
-""), then, when ``y_scale`` > 0, the output quantized and dequantized the same way. So the NumPy
+per output channel or one for all), the float Conv / MatMul plus ``bias``, ``activation`` ("Relu",
+"", or for QDQConv "SiLU" in onnxruntime's QDQ form: c = fq(y, c_*), then c * fq(Sigmoid(c), s_*)),
+then, when ``y_scale`` > 0, the output quantized and dequantized the same way. So the NumPy
 kernel (used where the TVM emitter declines) and the ONNX function body are the unfused graph.
 
 Between int8 kernels the values stay quantized (backends/tvm/qdq_buffers.py): with ``x_quantized``
@@ -65,11 +66,15 @@ def _input(x, x_scale, x_zero_point, x_signed, x_quantized=0, x_layout="NCHW"):
     return fake_quant(x, x_scale, x_zero_point, x_signed)
 
 
-def _finish(y, bias, bias_shape, activation, y_scale, y_zero_point, y_signed, y_quantized=0, y_layout="NCHW"):
+def _finish(y, bias, bias_shape, activation, y_scale, y_zero_point, y_signed, y_quantized=0, y_layout="NCHW",
+            silu=None):
     if bias is not None:
         y = y + np.asarray(bias, np.float32).reshape(bias_shape)
     if activation == "Relu":
         y = np.maximum(y, np.float32(0))
+    elif activation == "SiLU":  # onnxruntime's QDQ SiLU: each of its values on its own grid
+        y = fake_quant(y, *silu[0])
+        y = y * fake_quant(np.float32(1) / (np.float32(1) + np.exp(-y)), *silu[1])
     elif activation:
         raise ValueError(f"activation {activation!r}")
     if int(y_quantized):
@@ -102,7 +107,7 @@ def _out_dtype(y_signed, y_quantized):
 
 def _qconv_shape(types, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0, y_signed=0,
                  activation="", auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None, dilations=None,
-                 group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW"):
+                 group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW", **_silu):
     dtype, xs = types[0]
     ws = types[1][1]
     if _text(x_layout) == "NHWC":
@@ -139,9 +144,12 @@ def _x_body(fb, x_scale, x_zero_point, x_signed, x_quantized=0, x_layout="NCHW")
     return fb.node("Transpose", [x], {"perm": list(_TO_NCHW)}) if _text(x_layout) == "NHWC" else x
 
 
-def _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed, y_quantized=0, y_layout="NCHW"):
+def _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed, y_quantized=0, y_layout="NCHW", silu=None):
     if _text(activation) == "Relu":
         y = fb.node("Relu", [y])
+    elif _text(activation) == "SiLU":
+        y = _fq_body(fb, y, *silu[0])
+        y = fb.node("Mul", [y, _fq_body(fb, fb.node("Sigmoid", [y]), *silu[1])])
     if int(y_quantized):
         y = fb.node("QuantizeLinear", [y, *_q_params(fb, y_scale, y_zero_point, y_signed)])
         if _text(y_layout) == "NHWC":
@@ -161,23 +169,27 @@ def _w_body(fb, axis):
 
 def _qconv_body(fb, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0, y_signed=0,
                 activation="", auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None, dilations=None,
-                group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW"):
+                group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW", c_scale=0.0,
+                c_zero_point=0, c_signed=0, s_scale=0.0, s_zero_point=0, s_signed=0):
     x = _x_body(fb, x_scale, x_zero_point, x_signed, x_quantized, x_layout)
     ins = [x, _w_body(fb, 0)] + ([fb.inputs[3]] if len(fb.inputs) > 3 and fb.inputs[3] else [])
     y = fb.node("Conv", ins, _conv_attrs(auto_pad, kernel_shape, pads, strides, dilations, group))
-    _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed, y_quantized, y_layout)
+    _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed, y_quantized, y_layout,
+               ((c_scale, c_zero_point, c_signed), (s_scale, s_zero_point, s_signed)))
 
 
 @tvmlite_op("QDQConv", shape=_qconv_shape, body=_qconv_body)
 def qdq_conv(x, w_q, w_scale, bias=None, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0,
              y_signed=0, activation="", auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None,
-             dilations=None, group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW"):
+             dilations=None, group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW", c_scale=0.0,
+             c_zero_point=0, c_signed=0, s_scale=0.0, s_zero_point=0, s_signed=0):
     xq = _input(x, x_scale, x_zero_point, x_signed, x_quantized, x_layout)
     w = _weights(w_q, w_scale, 0)
     y = conv_nd(xq, w, None, auto_pad=_text(auto_pad), kernel_shape=kernel_shape, pads=pads,
                 strides=strides, dilations=dilations, group=group)
     return _finish(y, bias, (1, -1) + (1,) * (y.ndim - 2), _text(activation), y_scale, y_zero_point,
-                   y_signed, y_quantized, y_layout)
+                   y_signed, y_quantized, y_layout,
+                   ((c_scale, c_zero_point, c_signed), (s_scale, s_zero_point, s_signed)))
 
 
 # ----------------------------------------------------------------------------------------- MatMul

@@ -25,6 +25,11 @@ def _check_dtype(low, name: str, want, what: str) -> None:
         raise UnsupportedError(f"{what} of dtype {np.dtype(dt)} ({np.dtype(want)} expected)")
 
 
+def _grid(attrs, prefix: str) -> tuple:
+    return (float(attrs.get(f"{prefix}_scale", 0.0)), int(attrs.get(f"{prefix}_zero_point", 0)),
+            int(attrs.get(f"{prefix}_signed", 0)))
+
+
 def _operands(low, node):
     w_q = low.const_input(node, 1, "int8 weights", required=True)
     w_scale = low.const_input(node, 2, "weight scales", required=True)
@@ -33,13 +38,14 @@ def _operands(low, node):
         raise UnsupportedError(f"weights of dtype {w_q.dtype} (int8 only)")
     a = node.attrs
     act = _text(a.get("activation", ""))
-    if act not in ("", "Relu"):
+    if act not in ("", "Relu") and not (act == "SiLU" and node.op_type == "QDQConv"):
         raise UnsupportedError(f"activation {act!r}")
     spec = dict(x_scale=a["x_scale"], x_zero_point=a["x_zero_point"], x_signed=a.get("x_signed", 0),
                 y_scale=a.get("y_scale", 0.0), y_zero_point=a.get("y_zero_point", 0),
                 y_signed=a.get("y_signed", 0), activation=act, x_quantized=int(a.get("x_quantized", 0)),
                 y_quantized=int(a.get("y_quantized", 0)), x_nhwc=_text(a.get("x_layout")) == "NHWC",
-                y_nhwc=_text(a.get("y_layout")) == "NHWC")
+                y_nhwc=_text(a.get("y_layout")) == "NHWC",
+                silu=tuple(_grid(a, k) for k in ("c", "s")) if act == "SiLU" else None)
     if spec["y_quantized"] and not float(spec["y_scale"]) > 0:
         raise UnsupportedError("quantized output without y_scale")
     _check_dtype(low, node.inputs[0], _int_dtype(spec["x_signed"]) if spec["x_quantized"] else np.float32, "input")

@@ -129,12 +129,13 @@ class QuantSpec:
     ``x_nhwc`` / ``y_nhwc``: a conv's integer input / output is stored channels-last."""
 
     def __init__(self, x_scale, x_zero_point, x_signed, y_scale=0.0, y_zero_point=0, y_signed=0, activation="",
-                 x_quantized=0, y_quantized=0, x_nhwc=False, y_nhwc=False):
+                 x_quantized=0, y_quantized=0, x_nhwc=False, y_nhwc=False, silu=None):
         self.xs, self.xz, self.xsg = float(x_scale), int(x_zero_point), int(x_signed)
         self.ys, self.yz, self.ysg = float(y_scale), int(y_zero_point), int(y_signed)
         self.activation = activation
         self.xq, self.yq = bool(x_quantized), bool(y_quantized)
         self.x_nhwc, self.y_nhwc = bool(x_nhwc), bool(y_nhwc)
+        self.silu = silu  # "SiLU": ((scale, zero point, signed) of its input, of the sigmoid)
 
     @property
     def x_zero_u8(self) -> int:
@@ -169,7 +170,7 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     corr = b.const(np.pad(-spec.x_zero_u8 * colsum, (0, np_ - n)).astype(np.int32), label="zcorr", dtype=np.int32)
     scale = np.float32(spec.xs) * w_scale.astype(np.float32)
     bias = bias.astype(np.float32) if bias is not None else None
-    if spec.yq:  # requantize as onnxruntime's QLinearConv does: one float multiply, round half to even
+    if spec.yq and spec.activation != "SiLU":  # as QLinearConv: one float multiply, round half to even
         scale, bias = scale / np.float32(spec.ys), (bias / np.float32(spec.ys) if bias is not None else None)
     scale = b.const(np.pad(scale, (0, np_ - n)), label="scale")
     B = b.const(np.pad(bias, (0, np_ - n)), label="bias") if bias is not None else None
@@ -183,8 +184,11 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
         v = (acc[i, j] + corr[j]).astype("float32") * scale[j]
         if B is not None:
             v = v + B[j]
+        if spec.activation == "SiLU":
+            v = fake_quant(v, *spec.silu[0])
+            v = v * fake_quant(tirx.sigmoid(v), *spec.silu[1])
         if spec.yq:
-            return _requantized(v, spec)
+            return _requantized(v / tirx.const(spec.ys, "float32") if spec.activation == "SiLU" else v, spec)
         if spec.activation == "Relu":
             v = te.max(v, tirx.const(0.0, "float32"))
         if spec.ys > 0:
