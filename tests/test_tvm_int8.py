@@ -373,3 +373,71 @@ def test_quantized_value_read_by_a_float_op_stays_float():
     cm = compile_model(load(model), {"x": (1, 4, 6, 6)})
     for g_, r in zip(cm.run({"x": x}), ort_run(model, {"x": x})):
         np.testing.assert_allclose(g_, r, atol=1e-4, rtol=1e-4)
+
+
+def test_onnxruntime_qdq_silu_fuses_into_the_conv(tmp_path):
+    """onnxruntime's QDQ SiLU (Sigmoid and Mul, each with its own Q/DQ pair) becomes the conv's
+    activation: the convs chain through integer buffers and agree with onnxruntime within a step."""
+    ortq = pytest.importorskip("onnxruntime.quantization")
+    nodes, inits, x = [], [], "x"
+    for i, (ci, co, stride) in enumerate([(3, 16, 2), (16, 24, 1), (24, 8, 2)]):
+        inits += [(f"w{i}", (RNG.standard_normal((co, ci, 3, 3)) * 0.3).astype(np.float32)),
+                  (f"b{i}", RNG.standard_normal(co).astype(np.float32) * 0.1)]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[stride] * 2),
+                  helper.make_node("Sigmoid", [f"c{i}"], [f"s{i}"]),
+                  helper.make_node("Mul", [f"c{i}", f"s{i}"], [f"y{i}"])]
+        x = f"y{i}"
+    model = make_model(nodes, [tensor("x", [1, 3, 20, 20])], [tensor("y2", [1, 8, 5, 5])], inits, opset=17)
+    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    src.write_bytes(model.SerializeToString())
+    calib = [{"x": RNG.standard_normal((1, 3, 20, 20)).astype(np.float32)} for _ in range(8)]
+
+    class Reader(ortq.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    ortq.quantize_static(str(src), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                         activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8)
+    m = load(str(dst))
+    prepared, _ = prepare(m, {"x": (1, 3, 20, 20)})
+    convs = [n for n in prepared.graph.toposort() if n.op_type == "QDQConv"]
+    assert [n.attrs.get("activation") for n in convs] == ["SiLU"] * 3
+    assert [n.attrs.get("y_quantized", 0) for n in convs] == [1, 1, 0]
+    assert not any(n.op_type in ("Sigmoid", "Mul") for n in prepared.graph.nodes)
+    cm = compile_model(m, {"x": (1, 3, 20, 20)})
+    assert cm.host_ops == []
+    import onnx
+
+    q = onnx.load(str(dst))
+    inits_q = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    last = next(n for n in q.graph.node if n.output[0] == "y2")
+    step = float(inits_q[last.input[1]])
+    for _ in range(3):
+        xv = RNG.standard_normal((1, 3, 20, 20)).astype(np.float32)
+        (got,), (ref,) = cm.run({"x": xv}), ort_run(str(dst), {"x": xv})
+        np.testing.assert_array_less(np.abs(got - ref), step + 1e-6)
+    tvmlite.save(prepared, str(tmp_path / "prepared.onnx"))  # the SiLU body runs in onnxruntime
+    (body,) = ort_run(str(tmp_path / "prepared.onnx"), {"x": xv})
+    np.testing.assert_array_less(np.abs(body - ref), step + 1e-6)
+
+
+def test_vectorized_exp_and_sigmoid_are_float32_accurate():
+    import tvm
+    from tvm import te
+
+    from tvmlite.backends.tvm.kernels.qgemm import _exp, sigmoid
+    from tvmlite.backends.tvm.kernels.target import host_target
+
+    X = te.placeholder((512,), "float32")
+    E = te.compute((512,), lambda i: _exp(X[i]))
+    S = te.compute((512,), lambda i: sigmoid(X[i]))
+    f = tvm.compile(te.create_prim_func([X, E, S]), target=host_target())
+    x = np.concatenate([np.linspace(-86, 87, 256), RNG.standard_normal(256) * 4]).astype(np.float32)
+    a, e, s = tvm.runtime.tensor(x), tvm.runtime.empty((512,), "float32"), tvm.runtime.empty((512,), "float32")
+    f(a, e, s)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(e.numpy(), np.exp(x64), rtol=3e-7)
+    np.testing.assert_allclose(s.numpy(), 1 / (1 + np.exp(-x64)), rtol=0, atol=3e-7)

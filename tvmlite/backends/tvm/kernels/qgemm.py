@@ -88,6 +88,27 @@ def fake_quant(v, scale: float, zero_point: int, signed: int):
     return (_quantized(v, scale, zero_point, signed) - z) * tirx.const(scale, "float32")
 
 
+def _exp(v):
+    """exp(v) in float32 as Cephes' expf does (2^n times a degree-7 polynomial on [-ln2/2, ln2/2],
+    within 2 ulp): plain arithmetic that LLVM keeps in 16-lane vectors, where llvm.exp becomes one
+    libm call per lane."""
+    f = lambda c: tirx.const(c, "float32")  # noqa: E731
+    v = te.max(te.min(v, f(88.0)), f(-87.0))
+    n = tirx.floor(v * f(1.44269504088896341) + f(0.5))
+    r = v - n * f(0.693359375) + n * f(2.12194440e-4)
+    p = f(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + f(c)
+    p = p * r * r + r + f(1.0)
+    two_n = tirx.reinterpret("float32", (n.astype("int32") + 127) << 23)
+    return p * two_n
+
+
+def sigmoid(v):
+    """1 / (1 + exp(-v)), with the vectorizable exp."""
+    return tirx.const(1.0, "float32") / (tirx.const(1.0, "float32") + _exp(-v))
+
+
 def _requantized(v, spec: QuantSpec):
     """The output integer from its float value in output steps: a Relu before QuantizeLinear is the
     clip at the zero point."""
@@ -186,7 +207,7 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
             v = v + B[j]
         if spec.activation == "SiLU":
             v = fake_quant(v, *spec.silu[0])
-            v = v * fake_quant(tirx.sigmoid(v), *spec.silu[1])
+            v = v * fake_quant(sigmoid(v), *spec.silu[1])
         if spec.yq:
             return _requantized(v / tirx.const(spec.ys, "float32") if spec.activation == "SiLU" else v, spec)
         if spec.activation == "Relu":
