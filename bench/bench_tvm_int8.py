@@ -173,11 +173,14 @@ def bench_models(names, rounds: int) -> list[dict]:
             t = interleaved({"tvmlite": lambda: cm.run(feed), "ort": lambda: sess.run(None, feed)}, rounds, 10)
             ratio, best = t["tvmlite"] / t["ort"], t["tvmlite_best"] / t["ort_best"]
             host = cm.host_ops if hasattr(cm, "host_ops") else []
+            n_q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+            if not n_q:  # tvmlite's quantize may keep a model float (its speed and error gates)
+                label += " (float: no QuantizeLinear)"
             print(f"{label:12s} tvmlite {t['tvmlite']:.3f} ms, onnxruntime {t['ort']:.3f} ms -> {ratio:.2f}x "
                   f"(best runs {best:.2f}x; target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'}); output "
                   f"difference {err}; build {build:.1f} s, cached {cached_s:.2f} s; host-run: "
                   f"{', '.join(host) if host else 'none'}")
-            rows.append({"model": label, "ratio": ratio, "best_ratio": best, "error": err, "build_s": build,
+            rows.append({"model": label, "quantize_nodes": n_q, "ratio": ratio, "best_ratio": best, "error": err, "build_s": build,
                          "cached_s": cached_s, "host_ops": list(host)})
     return rows
 
