@@ -109,6 +109,7 @@ def _check(model, feeds, fused_op, *, steps=1.0, step=0.05, fused=True):
     dict(x=(2, 5, 7, 7), w=(17, 5, 3, 3), pads=[1, 1, 1, 1]),         # batch 2, odd channels
     dict(x=(1, 8, 9, 9), w=(16, 8, 3, 3), signed=True, relu=False),   # int8 activations
     dict(x=(1, 8, 6, 6), w=(16, 8, 3, 3), per_channel=False, bias=False, auto_pad="SAME_UPPER"),
+    dict(x=(1, 20, 7, 9), w=(24, 20, 3, 3), pads=[1, 2, 0, 1], signed=True),  # float input quantized first
 ])
 def test_qdq_conv_runs_int8_and_matches_onnxruntime(cfg):
     cfg = dict(cfg)
