@@ -226,6 +226,25 @@ def test_int8_gemm_uses_vnni():
     assert "vpdpbusd" in asm
 
 
+def _ort_quantize_static(ortq, model, tmp_path, x_shape):
+    """onnxruntime's quantize_static (QDQ, per-channel s8 weights, u8 activations) of ``model``
+    calibrated on 8 random inputs; returns the QDQ file."""
+    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    src.write_bytes(model.SerializeToString())
+    calib = [{"x": RNG.standard_normal(x_shape).astype(np.float32)} for _ in range(8)]
+
+    class Reader(ortq.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    ortq.quantize_static(str(src), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                         activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8)
+    return dst
+
+
 def test_onnxruntime_quantize_static_output_runs_int8(tmp_path):
     """onnxruntime's own QDQ form: int32 bias through DequantizeLinear, per-channel s8 weights."""
     ortq = pytest.importorskip("onnxruntime.quantization")
@@ -239,19 +258,7 @@ def test_onnxruntime_quantize_static_output_runs_int8(tmp_path):
     model = make_model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [1, 10])],
                        [("w1", w1), ("b1", RNG.standard_normal(16).astype(np.float32)), ("w2", w2),
                         ("b2", RNG.standard_normal(10).astype(np.float32))], opset=17)
-    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
-    src.write_bytes(model.SerializeToString())
-    calib = [{"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
-
-    class Reader(ortq.CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    ortq.quantize_static(str(src), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
-                         activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8)
+    dst = _ort_quantize_static(ortq, model, tmp_path, (1, 3, 8, 8))
     m = load(str(dst))
     prepared, _ = prepare(m, {"x": (1, 3, 8, 8)})
     ops = [n.op_type for n in prepared.graph.nodes]
@@ -389,19 +396,7 @@ def test_onnxruntime_qdq_silu_fuses_into_the_conv(tmp_path):
                   helper.make_node("Mul", [f"c{i}", f"s{i}"], [f"y{i}"])]
         x = f"y{i}"
     model = make_model(nodes, [tensor("x", [1, 3, 20, 20])], [tensor("y2", [1, 8, 5, 5])], inits, opset=17)
-    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
-    src.write_bytes(model.SerializeToString())
-    calib = [{"x": RNG.standard_normal((1, 3, 20, 20)).astype(np.float32)} for _ in range(8)]
-
-    class Reader(ortq.CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    ortq.quantize_static(str(src), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
-                         activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8)
+    dst = _ort_quantize_static(ortq, model, tmp_path, (1, 3, 20, 20))
     m = load(str(dst))
     prepared, _ = prepare(m, {"x": (1, 3, 20, 20)})
     convs = [n for n in prepared.graph.toposort() if n.op_type == "QDQConv"]
