@@ -418,22 +418,3 @@ def test_onnxruntime_qdq_silu_fuses_into_the_conv(tmp_path):
     tvmlite.save(prepared, str(tmp_path / "prepared.onnx"))  # the SiLU body runs in onnxruntime
     (body,) = ort_run(str(tmp_path / "prepared.onnx"), {"x": xv})
     np.testing.assert_array_less(np.abs(body - ref), step + 1e-6)
-
-
-def test_vectorized_exp_and_sigmoid_are_float32_accurate():
-    import tvm
-    from tvm import te
-
-    from tvmlite.backends.tvm.kernels.qgemm import _exp, sigmoid
-    from tvmlite.backends.tvm.kernels.target import host_target
-
-    X = te.placeholder((512,), "float32")
-    E = te.compute((512,), lambda i: _exp(X[i]))
-    S = te.compute((512,), lambda i: sigmoid(X[i]))
-    f = tvm.compile(te.create_prim_func([X, E, S]), target=host_target())
-    x = np.concatenate([np.linspace(-86, 87, 256), RNG.standard_normal(256) * 4]).astype(np.float32)
-    a, e, s = tvm.runtime.tensor(x), tvm.runtime.empty((512,), "float32"), tvm.runtime.empty((512,), "float32")
-    f(a, e, s)
-    x64 = x.astype(np.float64)
-    np.testing.assert_allclose(e.numpy(), np.exp(x64), rtol=3e-7)
-    np.testing.assert_allclose(s.numpy(), 1 / (1 + np.exp(-x64)), rtol=0, atol=3e-7)

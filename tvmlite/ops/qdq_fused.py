@@ -217,7 +217,7 @@ def qdq_matmul(x, w_q, w_scale, bias=None, *, x_scale, x_zero_point, x_signed=0,
 
 
 # ---------------------------------------------------------------------------------------- MaxPool
-_POOL_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
+POOL_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")  # QMaxPool's MaxPool ones
 
 
 def _pool_attrs(**a) -> dict:

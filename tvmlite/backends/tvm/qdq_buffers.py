@@ -18,11 +18,11 @@ import numpy as np
 
 from tvmlite.ir.graph import Graph, Node
 from tvmlite.ir.types import tensor_type
+from tvmlite.ops.qdq_fused import POOL_ATTRS
 
 ONNX = ("", "ai.onnx")
 FUSED = ("QDQConv", "QDQMatMul")
 _VIEWS = ("Flatten", "Reshape")
-_POOL_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
 
 
 def quantize_buffers(g: Graph, scalar_params, only_reader) -> int:
@@ -120,7 +120,7 @@ def _apply(g: Graph, node: Node, p, plan: list) -> None:
         elif kind == "view":
             _retype(g, r.outputs[0], dtype)
         elif r.graph is not None:  # a MaxPool reached twice is replaced once
-            attrs = {k: v for k, v in r.attrs.items() if k in _POOL_ATTRS}
+            attrs = {k: v for k, v in r.attrs.items() if k in POOL_ATTRS}
             ins, out, name, order = [r.inputs[0]], r.outputs[0], r.name, r.order
             g.remove_node(r, remove_outputs=False)
             g.add_node("QMaxPool", ins, [out], attrs, domain="tvmlite", name=name, order=order)

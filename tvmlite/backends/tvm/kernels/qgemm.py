@@ -22,6 +22,7 @@ from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up, unflatten
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.ops.qdq_fused import fake_quant as fake_quant_np
 
 VNNI = "tvmlite_vnni_16x4"
 _registered = False
@@ -88,25 +89,13 @@ def fake_quant(v, scale: float, zero_point: int, signed: int):
     return (_quantized(v, scale, zero_point, signed) - z) * tirx.const(scale, "float32")
 
 
-def _exp(v):
-    """exp(v) in float32 as Cephes' expf does (2^n times a degree-7 polynomial on [-ln2/2, ln2/2],
-    within 2 ulp): plain arithmetic that LLVM keeps in 16-lane vectors, where llvm.exp becomes one
-    libm call per lane."""
-    f = lambda c: tirx.const(c, "float32")  # noqa: E731
-    v = te.max(te.min(v, f(88.0)), f(-87.0))
-    n = tirx.floor(v * f(1.44269504088896341) + f(0.5))
-    r = v - n * f(0.693359375) + n * f(2.12194440e-4)
-    p = f(1.9875691500e-4)
-    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-        p = p * r + f(c)
-    p = p * r * r + r + f(1.0)
-    two_n = tirx.reinterpret("float32", (n.astype("int32") + 127) << 23)
-    return p * two_n
-
-
-def sigmoid(v):
-    """1 / (1 + exp(-v)), with the vectorizable exp."""
-    return tirx.const(1.0, "float32") / (tirx.const(1.0, "float32") + _exp(-v))
+def silu_table(c_grid, s_grid) -> np.ndarray:
+    """fq(Sigmoid(c), s_grid) for each integer of c's grid (256 entries, lowest first), in float32
+    as the NumPy kernel computes it: onnxruntime's QLinearSigmoid is such a table too."""
+    (cs, cz, csg), (ss, sz, ssg) = c_grid, s_grid
+    lo = -128 if csg else 0
+    c = (np.arange(lo, lo + 256, dtype=np.float32) - np.float32(cz)) * np.float32(cs)
+    return fake_quant_np(np.float32(1) / (np.float32(1) + np.exp(-c)), ss, sz, ssg)
 
 
 def _requantized(v, spec: QuantSpec):
@@ -196,6 +185,7 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     scale = b.const(np.pad(scale, (0, np_ - n)), label="scale")
     B = b.const(np.pad(bias, (0, np_ - n)), label="bias") if bias is not None else None
     apply = bind_epilogue(epilogue, b, tuple(out_shape))
+    lut = b.const(silu_table(*spec.silu), label="sigmoid") if spec.activation == "SiLU" else None
     r = te.reduce_axis((0, kp), name="k")
     acc = te.compute((mp, np_), lambda i, j: te.sum(
         aq[i, r].astype("int32") * W[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r), name="acc")
@@ -205,9 +195,11 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
         v = (acc[i, j] + corr[j]).astype("float32") * scale[j]
         if B is not None:
             v = v + B[j]
-        if spec.activation == "SiLU":
-            v = fake_quant(v, *spec.silu[0])
-            v = v * fake_quant(sigmoid(v), *spec.silu[1])
+        if spec.activation == "SiLU":  # its input's integer picks the quantized sigmoid (a table)
+            (cs, cz, csg), lo = spec.silu[0], (-128 if spec.silu[0][2] else 0)
+            q = _quantized(v, cs, cz, csg)
+            v = (q - tirx.const(float(cz), "float32")) * tirx.const(cs, "float32") \
+                * lut[q.astype("int32") - lo]
         if spec.yq:
             return _requantized(v / tirx.const(spec.ys, "float32") if spec.activation == "SiLU" else v, spec)
         if spec.activation == "Relu":
