@@ -109,6 +109,7 @@ def _check(model, feeds, fused_op, *, steps=1.0, step=0.05, fused=True):
     dict(x=(2, 5, 7, 7), w=(17, 5, 3, 3), pads=[1, 1, 1, 1]),         # batch 2, odd channels
     dict(x=(1, 8, 9, 9), w=(16, 8, 3, 3), signed=True, relu=False),   # int8 activations
     dict(x=(1, 8, 6, 6), w=(16, 8, 3, 3), per_channel=False, bias=False, auto_pad="SAME_UPPER"),
+    dict(x=(1, 20, 7, 9), w=(24, 20, 3, 3), pads=[1, 2, 0, 1], signed=True),  # float input quantized first
 ])
 def test_qdq_conv_runs_int8_and_matches_onnxruntime(cfg):
     cfg = dict(cfg)
@@ -225,6 +226,25 @@ def test_int8_gemm_uses_vnni():
     assert "vpdpbusd" in asm
 
 
+def _ort_quantize_static(ortq, model, tmp_path, x_shape):
+    """onnxruntime's quantize_static (QDQ, per-channel s8 weights, u8 activations) of ``model``
+    calibrated on 8 random inputs; returns the QDQ file."""
+    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    src.write_bytes(model.SerializeToString())
+    calib = [{"x": RNG.standard_normal(x_shape).astype(np.float32)} for _ in range(8)]
+
+    class Reader(ortq.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    ortq.quantize_static(str(src), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                         activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8)
+    return dst
+
+
 def test_onnxruntime_quantize_static_output_runs_int8(tmp_path):
     """onnxruntime's own QDQ form: int32 bias through DequantizeLinear, per-channel s8 weights."""
     ortq = pytest.importorskip("onnxruntime.quantization")
@@ -238,19 +258,7 @@ def test_onnxruntime_quantize_static_output_runs_int8(tmp_path):
     model = make_model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [1, 10])],
                        [("w1", w1), ("b1", RNG.standard_normal(16).astype(np.float32)), ("w2", w2),
                         ("b2", RNG.standard_normal(10).astype(np.float32))], opset=17)
-    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
-    src.write_bytes(model.SerializeToString())
-    calib = [{"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
-
-    class Reader(ortq.CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    ortq.quantize_static(str(src), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
-                         activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8)
+    dst = _ort_quantize_static(ortq, model, tmp_path, (1, 3, 8, 8))
     m = load(str(dst))
     prepared, _ = prepare(m, {"x": (1, 3, 8, 8)})
     ops = [n.op_type for n in prepared.graph.nodes]
@@ -280,3 +288,133 @@ def test_fused_nodes_export_as_their_onnx_bodies(tmp_path):
     tvmlite.save(prepared, str(path))
     (got,), (ref,) = ort_run(str(path), {"x": x}), ort_run(model, {"x": x})
     np.testing.assert_array_less(np.abs(got - ref), 0.05 + 1e-6)
+
+
+def _chain(x_shape, signed):
+    """conv (pads) -> conv (stride 2, uneven pads) -> MaxPool (pads, ceil_mode) -> Q/DQ -> pointwise conv
+    -> Flatten -> Gemm: every value between them is on its producer's grid."""
+    b = QDQ()
+    zp = (lambda v: np.array(v, np.int8)) if signed else _u8
+    x = b.fake_quant("x", "xd", 0.02, zp(-3 if signed else 121))
+    c = x_shape[1]
+
+    def conv(src, out, w_shape, scale, zero, relu=True, **attrs):
+        w = b.weights(f"{out}_w", (RNG.standard_normal(w_shape) * 0.3).astype(np.float32), 0)
+        bias = b.const(f"{out}_b", RNG.standard_normal(w_shape[0]).astype(np.float32))
+        b.nodes.append(helper.make_node("Conv", [src, w, bias], [f"{out}_c"], **attrs))
+        y = f"{out}_c"
+        if relu:
+            b.nodes.append(helper.make_node("Relu", [y], [f"{out}_r"]))
+            y = f"{out}_r"
+        return b.fake_quant(y, out, scale, zero)
+
+    a1 = conv(x, "a1", (12, c, 3, 3), 0.05, zp(-128 if signed else 0), pads=[1, 1, 1, 1])
+    a2 = conv(a1, "a2", (16, 12, 3, 3), 0.08, zp(5 if signed else 130), relu=False, strides=[2, 2], pads=[0, 1, 1, 0])
+    b.nodes.append(helper.make_node("MaxPool", [a2], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                    ceil_mode=1))
+    p = b.fake_quant("p", "pq", 0.08, zp(5 if signed else 130))
+    a3 = conv(p, "a3", (20, 16, 1, 1), 0.06, zp(-128 if signed else 0))
+    b.nodes.append(helper.make_node("Flatten", [a3], ["f"]))
+    return b, a3
+
+
+def _chain_model(x_shape, signed):
+    b, _ = _chain(x_shape, signed)
+    proto = make_model(b.nodes, [tensor("x", list(x_shape))], [_out("f", 2)], b.inits, opset=17)
+    flat = ort_run(proto, {"x": np.zeros(x_shape, np.float32)})[0].shape[1]
+    w = (RNG.standard_normal((7, flat)) * 0.05).astype(np.float32)
+    b.nodes.append(helper.make_node("Gemm", ["f", b.weights("g_w", w, 0), b.const("g_b", np.ones(7, np.float32))],
+                                    ["g"], transB=1))
+    y = b.fake_quant("g", "y", 0.04, _u8(128))
+    b.nodes.append(helper.make_node("Identity", [y], ["out"]))
+    return make_model(b.nodes, [tensor("x", list(x_shape))], [_out("out", 2)], b.inits, opset=17)
+
+
+@pytest.mark.parametrize("signed,batch", [(False, 1), (True, 1), (False, 2)])
+def test_int8_kernels_pass_quantized_buffers(signed, batch, tmp_path):
+    """Between int8 kernels the values stay uint8 / int8 (channels-last between convs and pools):
+    requantized in the producer's epilogue, max-pooled as integers, read as they are."""
+    from tvmlite.backends.tvm.module import load_module
+
+    x_shape = (batch, 5, 13, 11)
+    model = _chain_model(x_shape, signed)
+    prepared, _ = prepare(load(model), {"x": x_shape})
+    g = prepared.graph
+    ops = sorted(n.op_type for n in g.nodes)
+    assert ops == ["Flatten", "QDQConv", "QDQConv", "QDQConv", "QDQMatMul", "QMaxPool"], ops
+    convs = [n for n in g.toposort() if n.op_type == "QDQConv"]
+    assert [n.attrs.get("y_quantized") for n in convs] == [1, 1, 1]
+    assert [n.attrs.get("x_quantized", 0) for n in convs] == [0, 1, 1]
+    assert [n.attrs.get("y_layout", "NCHW") for n in convs] == ["NHWC", "NHWC", "NCHW"]  # the last feeds Flatten
+    assert [n.attrs.get("x_layout", "NCHW") for n in convs] == ["NCHW", "NHWC", "NHWC"]
+    qdt = np.int8 if signed else np.uint8
+    assert g.value(convs[0].outputs[0]).dtype == qdt and g.value("f").dtype == qdt
+    cm = compile_model(load(model), {"x": x_shape})
+    assert cm.host_ops == []
+    assert {b.get("dtype") for b in cm.plan["buffers"].values() if b["kind"] == "temp"} >= {np.dtype(qdt).name}
+    for _ in range(3):
+        x = (RNG.standard_normal(x_shape) * 2).astype(np.float32)
+        (got,), (ref,) = cm.run({"x": x}), ort_run(model, {"x": x})
+        np.testing.assert_array_less(np.abs(got - ref), 0.04 + 1e-6)  # one output step
+    cm.save(str(tmp_path / "m.so"))  # the integer buffers survive the artifact's plan check
+    (again,) = load_module(str(tmp_path / "m.so")).run({"x": x})
+    np.testing.assert_array_equal(again, got)
+    # the prepared graph, exported, runs in onnxruntime: the new attributes' bodies are exact
+    tvmlite.save(prepared, str(tmp_path / "prepared.onnx"))
+    (body,) = ort_run(str(tmp_path / "prepared.onnx"), {"x": x})
+    np.testing.assert_array_less(np.abs(body - ref), 0.04 + 1e-6)
+
+
+def test_quantized_value_read_by_a_float_op_stays_float():
+    """A fused output that a float op also reads keeps its float buffer (only int8 readers)."""
+    b = QDQ()
+    x = b.fake_quant("x", "xd", 0.02, _u8(121))
+    w = b.weights("w", (RNG.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32), 0)
+    b.nodes.append(helper.make_node("Conv", [x, w], ["c"], pads=[1, 1, 1, 1]))
+    a = b.fake_quant("c", "a", 0.05, _u8(128))
+    w2 = b.weights("w2", (RNG.standard_normal((8, 8, 1, 1)) * 0.3).astype(np.float32), 0)
+    b.nodes += [helper.make_node("Conv", [a, w2], ["c2"]), helper.make_node("Sigmoid", [a], ["s"])]
+    model = make_model(b.nodes, [tensor("x", [1, 4, 6, 6])], [_out("c2", 4), _out("s", 4)], b.inits, opset=17)
+    prepared, _ = prepare(load(model), {"x": (1, 4, 6, 6)})
+    assert not any(n.attrs.get("y_quantized") or n.attrs.get("x_quantized") for n in prepared.graph.nodes)
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    cm = compile_model(load(model), {"x": (1, 4, 6, 6)})
+    for g_, r in zip(cm.run({"x": x}), ort_run(model, {"x": x})):
+        np.testing.assert_allclose(g_, r, atol=1e-4, rtol=1e-4)
+
+
+def test_onnxruntime_qdq_silu_fuses_into_the_conv(tmp_path):
+    """onnxruntime's QDQ SiLU (Sigmoid and Mul, each with its own Q/DQ pair) becomes the conv's
+    activation: the convs chain through integer buffers and agree with onnxruntime within a step."""
+    ortq = pytest.importorskip("onnxruntime.quantization")
+    nodes, inits, x = [], [], "x"
+    for i, (ci, co, stride) in enumerate([(3, 16, 2), (16, 24, 1), (24, 8, 2)]):
+        inits += [(f"w{i}", (RNG.standard_normal((co, ci, 3, 3)) * 0.3).astype(np.float32)),
+                  (f"b{i}", RNG.standard_normal(co).astype(np.float32) * 0.1)]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[stride] * 2),
+                  helper.make_node("Sigmoid", [f"c{i}"], [f"s{i}"]),
+                  helper.make_node("Mul", [f"c{i}", f"s{i}"], [f"y{i}"])]
+        x = f"y{i}"
+    model = make_model(nodes, [tensor("x", [1, 3, 20, 20])], [tensor("y2", [1, 8, 5, 5])], inits, opset=17)
+    dst = _ort_quantize_static(ortq, model, tmp_path, (1, 3, 20, 20))
+    m = load(str(dst))
+    prepared, _ = prepare(m, {"x": (1, 3, 20, 20)})
+    convs = [n for n in prepared.graph.toposort() if n.op_type == "QDQConv"]
+    assert [n.attrs.get("activation") for n in convs] == ["SiLU"] * 3
+    assert [n.attrs.get("y_quantized", 0) for n in convs] == [1, 1, 0]
+    assert not any(n.op_type in ("Sigmoid", "Mul") for n in prepared.graph.nodes)
+    cm = compile_model(m, {"x": (1, 3, 20, 20)})
+    assert cm.host_ops == []
+    import onnx
+
+    q = onnx.load(str(dst))
+    inits_q = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    last = next(n for n in q.graph.node if n.output[0] == "y2")
+    step = float(inits_q[last.input[1]])
+    for _ in range(3):
+        xv = RNG.standard_normal((1, 3, 20, 20)).astype(np.float32)
+        (got,), (ref,) = cm.run({"x": xv}), ort_run(str(dst), {"x": xv})
+        np.testing.assert_array_less(np.abs(got - ref), step + 1e-6)
+    tvmlite.save(prepared, str(tmp_path / "prepared.onnx"))  # the SiLU body runs in onnxruntime
+    (body,) = ort_run(str(tmp_path / "prepared.onnx"), {"x": xv})
+    np.testing.assert_array_less(np.abs(body - ref), step + 1e-6)

@@ -7,9 +7,17 @@ QDQ fusion (backends/tvm/qdq_fusion.py) so its int8 kernel sees the whole patter
 QDQConv(x, w_q, w_scale[, bias]) and QDQMatMul(x, w_q, w_scale[, bias]) take the float input ``x``
 and compute exactly what that pattern computes: ``x`` quantized with ``x_scale`` / ``x_zero_point``
 (int8 when ``x_signed``, else uint8) and dequantized, the weights ``w_q * w_scale`` (int8, one scale
-per output channel or one for all), the float Conv / MatMul plus ``bias``, ``activation`` ("Relu" or
-""), then, when ``y_scale`` > 0, the output quantized and dequantized the same way. So the NumPy
+per output channel or one for all), the float Conv / MatMul plus ``bias``, ``activation`` ("Relu",
+"", or for QDQConv "SiLU" in onnxruntime's QDQ form: c = fq(y, c_*), then c * fq(Sigmoid(c), s_*)),
+then, when ``y_scale`` > 0, the output quantized and dequantized the same way. So the NumPy
 kernel (used where the TVM emitter declines) and the ONNX function body are the unfused graph.
+
+Between int8 kernels the values stay quantized (backends/tvm/qdq_buffers.py): with ``x_quantized``
+the input is already QuantizeLinear's output (uint8, or int8 when ``x_signed``) and is only
+dequantized; with ``y_quantized`` the node ends in QuantizeLinear (its output is the integer
+tensor). ``x_layout`` / ``y_layout`` "NHWC" store a conv's quantized input / output channels-last
+(shape [N, H, W, C]), so the int8 kernels read and write whole pixels. QMaxPool is MaxPool on such a
+quantized tensor (max commutes with the monotone quantization), in either layout.
 """
 from __future__ import annotations
 
@@ -17,6 +25,8 @@ import numpy as np
 
 from tvmlite.ops.conv import conv_nd
 from tvmlite.ops.conv_shapes import conv_output_shape, kernel_geometry, resolve_pads
+from tvmlite.ops.geometry import WindowGeometry
+from tvmlite.ops.pool import max_pool_values
 from tvmlite.ops.quant import _dequantize, _quantize
 from tvmlite.ops.registry import tvmlite_op
 
@@ -40,13 +50,36 @@ def _weights(w_q, w_scale, axis: int) -> np.ndarray:
     return np.asarray(w_q).astype(np.float32) * s
 
 
-def _finish(y, bias, bias_shape, activation, y_scale, y_zero_point, y_signed):
+_TO_NCHW, _TO_NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
+
+
+def _qdtype(signed) -> np.dtype:
+    return np.dtype(np.int8 if int(signed) else np.uint8)
+
+
+def _input(x, x_scale, x_zero_point, x_signed, x_quantized=0, x_layout="NCHW"):
+    """The dequantized float input (NCHW when it is stored NHWC)."""
+    if int(x_quantized):
+        s, zp = np.float32(x_scale), _zp(x_zero_point, x_signed)
+        x = _dequantize(np.asarray(x, _qdtype(x_signed)), s, zp).astype(np.float32, copy=False)
+        return x.transpose(_TO_NCHW) if _text(x_layout) == "NHWC" else x
+    return fake_quant(x, x_scale, x_zero_point, x_signed)
+
+
+def _finish(y, bias, bias_shape, activation, y_scale, y_zero_point, y_signed, y_quantized=0, y_layout="NCHW",
+            silu=None):
     if bias is not None:
         y = y + np.asarray(bias, np.float32).reshape(bias_shape)
     if activation == "Relu":
         y = np.maximum(y, np.float32(0))
+    elif activation == "SiLU":  # onnxruntime's QDQ SiLU: each of its values on its own grid
+        y = fake_quant(y, *silu[0])
+        y = y * fake_quant(np.float32(1) / (np.float32(1) + np.exp(-y)), *silu[1])
     elif activation:
         raise ValueError(f"activation {activation!r}")
+    if int(y_quantized):
+        q = _quantize(np.asarray(y, np.float32), np.float32(y_scale), _zp(y_zero_point, y_signed))
+        return q.transpose(_TO_NHWC) if _text(y_layout) == "NHWC" else q
     if float(y_scale) > 0:
         y = fake_quant(y, y_scale, y_zero_point, y_signed)
     return np.asarray(y, np.float32)
@@ -68,13 +101,21 @@ def _conv_out(x_shape, w_shape, auto_pad, kernel_shape, pads, strides, dilations
     return conv_output_shape(spatial, kernel, strides, dilations, p)
 
 
+def _out_dtype(y_signed, y_quantized):
+    return _qdtype(y_signed) if int(y_quantized) else np.dtype(np.float32)
+
+
 def _qconv_shape(types, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0, y_signed=0,
                  activation="", auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None, dilations=None,
-                 group=1):
+                 group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW", **_silu):
     dtype, xs = types[0]
     ws = types[1][1]
-    out = _conv_out(list(xs), list(ws), auto_pad, kernel_shape, pads, strides, dilations)
-    return [(dtype, (xs[0], ws[0], *out))]
+    if _text(x_layout) == "NHWC":
+        xs = [xs[i] for i in _TO_NCHW]
+    out = (xs[0], ws[0], *_conv_out(list(xs), list(ws), auto_pad, kernel_shape, pads, strides, dilations))
+    if _text(y_layout) == "NHWC":
+        out = tuple(out[i] for i in _TO_NHWC)
+    return [(_out_dtype(y_signed, y_quantized), out)]
 
 
 def _conv_attrs(auto_pad, kernel_shape, pads, strides, dilations, group) -> dict:
@@ -87,15 +128,33 @@ def _conv_attrs(auto_pad, kernel_shape, pads, strides, dilations, group) -> dict
     return a
 
 
+def _q_params(fb, scale, zero_point, signed):
+    return fb.const(np.array(scale, np.float32)), fb.const(_zp(zero_point, signed))
+
+
 def _fq_body(fb, x, scale, zero_point, signed):
-    s, zp = fb.const(np.array(scale, np.float32)), fb.const(_zp(zero_point, signed))
+    s, zp = _q_params(fb, scale, zero_point, signed)
     return fb.node("DequantizeLinear", [fb.node("QuantizeLinear", [x, s, zp]), s, zp])
 
 
-def _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed):
+def _x_body(fb, x_scale, x_zero_point, x_signed, x_quantized=0, x_layout="NCHW"):
+    if not int(x_quantized):
+        return _fq_body(fb, fb.inputs[0], x_scale, x_zero_point, x_signed)
+    x = fb.node("DequantizeLinear", [fb.inputs[0], *_q_params(fb, x_scale, x_zero_point, x_signed)])
+    return fb.node("Transpose", [x], {"perm": list(_TO_NCHW)}) if _text(x_layout) == "NHWC" else x
+
+
+def _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed, y_quantized=0, y_layout="NCHW", silu=None):
     if _text(activation) == "Relu":
         y = fb.node("Relu", [y])
-    if float(y_scale) > 0:
+    elif _text(activation) == "SiLU":
+        y = _fq_body(fb, y, *silu[0])
+        y = fb.node("Mul", [y, _fq_body(fb, fb.node("Sigmoid", [y]), *silu[1])])
+    if int(y_quantized):
+        y = fb.node("QuantizeLinear", [y, *_q_params(fb, y_scale, y_zero_point, y_signed)])
+        if _text(y_layout) == "NHWC":
+            y = fb.node("Transpose", [y], {"perm": list(_TO_NHWC)})
+    elif float(y_scale) > 0:
         y = _fq_body(fb, y, y_scale, y_zero_point, y_signed)
     fb.node("Identity", [y], output=fb.outputs[0])
 
@@ -110,45 +169,88 @@ def _w_body(fb, axis):
 
 def _qconv_body(fb, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0, y_signed=0,
                 activation="", auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None, dilations=None,
-                group=1):
-    x = _fq_body(fb, fb.inputs[0], x_scale, x_zero_point, x_signed)
+                group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW", c_scale=0.0,
+                c_zero_point=0, c_signed=0, s_scale=0.0, s_zero_point=0, s_signed=0):
+    x = _x_body(fb, x_scale, x_zero_point, x_signed, x_quantized, x_layout)
     ins = [x, _w_body(fb, 0)] + ([fb.inputs[3]] if len(fb.inputs) > 3 and fb.inputs[3] else [])
     y = fb.node("Conv", ins, _conv_attrs(auto_pad, kernel_shape, pads, strides, dilations, group))
-    _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed)
+    _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed, y_quantized, y_layout,
+               ((c_scale, c_zero_point, c_signed), (s_scale, s_zero_point, s_signed)))
 
 
 @tvmlite_op("QDQConv", shape=_qconv_shape, body=_qconv_body)
 def qdq_conv(x, w_q, w_scale, bias=None, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0,
              y_signed=0, activation="", auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None,
-             dilations=None, group=1):
-    xq = fake_quant(x, x_scale, x_zero_point, x_signed)
+             dilations=None, group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW", c_scale=0.0,
+             c_zero_point=0, c_signed=0, s_scale=0.0, s_zero_point=0, s_signed=0):
+    xq = _input(x, x_scale, x_zero_point, x_signed, x_quantized, x_layout)
     w = _weights(w_q, w_scale, 0)
     y = conv_nd(xq, w, None, auto_pad=_text(auto_pad), kernel_shape=kernel_shape, pads=pads,
                 strides=strides, dilations=dilations, group=group)
     return _finish(y, bias, (1, -1) + (1,) * (y.ndim - 2), _text(activation), y_scale, y_zero_point,
-                   y_signed)
+                   y_signed, y_quantized, y_layout,
+                   ((c_scale, c_zero_point, c_signed), (s_scale, s_zero_point, s_signed)))
 
 
 # ----------------------------------------------------------------------------------------- MatMul
-def _qmatmul_shape(types, **_):
+def _qmatmul_shape(types, *, y_signed=0, y_quantized=0, **_):
     dtype, xs = types[0]
     ws = types[1][1]
-    return [(dtype, (*xs[:-1], ws[1]))]
+    return [(_out_dtype(y_signed, y_quantized), (*xs[:-1], ws[1]))]
 
 
 def _qmatmul_body(fb, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0, y_signed=0,
-                  activation=""):
-    x = _fq_body(fb, fb.inputs[0], x_scale, x_zero_point, x_signed)
+                  activation="", x_quantized=0, y_quantized=0):
+    x = _x_body(fb, x_scale, x_zero_point, x_signed, x_quantized)
     y = fb.node("MatMul", [x, _w_body(fb, 1)])
     if len(fb.inputs) > 3 and fb.inputs[3]:
         y = fb.node("Add", [y, fb.inputs[3]])
-    _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed)
+    _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed, y_quantized)
 
 
 @tvmlite_op("QDQMatMul", shape=_qmatmul_shape, body=_qmatmul_body)
 def qdq_matmul(x, w_q, w_scale, bias=None, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0,
-               y_signed=0, activation=""):
-    xq = fake_quant(x, x_scale, x_zero_point, x_signed)
+               y_signed=0, activation="", x_quantized=0, y_quantized=0):
+    xq = _input(x, x_scale, x_zero_point, x_signed, x_quantized)
     y = np.matmul(xq, _weights(w_q, w_scale, 1))
-    return _finish(y, bias, (-1,), _text(activation), y_scale, y_zero_point, y_signed)
+    return _finish(y, bias, (-1,), _text(activation), y_scale, y_zero_point, y_signed, y_quantized)
+
+
+# ---------------------------------------------------------------------------------------- MaxPool
+POOL_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")  # QMaxPool's MaxPool ones
+
+
+def _pool_attrs(**a) -> dict:
+    out = {k: (_text(v) if k == "auto_pad" else v) for k, v in a.items() if v is not None}
+    if out.get("auto_pad") in ("", "NOTSET"):
+        out.pop("auto_pad", None)
+    return out
+
+
+def _qpool_shape(types, *, x_layout="NCHW", y_layout="NCHW", **a):
+    dtype, xs = types[0]
+    xs = [xs[i] for i in _TO_NCHW] if _text(x_layout) == "NHWC" else list(xs)
+    out = (xs[0], xs[1], *WindowGeometry.pool(_pool_attrs(**a), xs).out_spatial)
+    return [(dtype, tuple(out[i] for i in _TO_NHWC) if _text(y_layout) == "NHWC" else out)]
+
+
+def _qpool_body(fb, *, x_layout="NCHW", y_layout="NCHW", **a):
+    x = fb.inputs[0]
+    if _text(x_layout) == "NHWC":
+        x = fb.node("Transpose", [x], {"perm": list(_TO_NCHW)})
+    y = fb.node("MaxPool", [x], _pool_attrs(**a))
+    if _text(y_layout) == "NHWC":
+        y = fb.node("Transpose", [y], {"perm": list(_TO_NHWC)})
+    fb.node("Identity", [y], output=fb.outputs[0])
+
+
+@tvmlite_op("QMaxPool", shape=_qpool_shape, body=_qpool_body)
+def q_max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None, strides=None,
+               x_layout="NCHW", y_layout="NCHW"):
+    x = np.asarray(x)
+    if _text(x_layout) == "NHWC":
+        x = x.transpose(_TO_NCHW)
+    y = max_pool_values(x, auto_pad=_text(auto_pad), ceil_mode=ceil_mode, dilations=dilations,
+                        kernel_shape=kernel_shape, pads=pads, strides=strides)
+    return np.ascontiguousarray(y.transpose(_TO_NHWC)) if _text(y_layout) == "NHWC" else y
 

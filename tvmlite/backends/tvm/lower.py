@@ -189,7 +189,8 @@ class Lowering:
             em = lookup(node.domain, node.op_type)
             if em is None:
                 raise UnsupportedError("tvmlite op without a TVM emitter")
-            self.check_float(node)
+            if not em.checks_dtype:
+                self.check_float(node)
             em.fn(self, node)
             return
         if node.domain not in ONNX:

@@ -5,15 +5,18 @@ weights are DequantizeLinear of constant int8 becomes one tvmlite QDQConv / QDQM
 accumulation) instead of a float Conv between host-run QuantizeLinear / DequantizeLinear calls.
 
 A following Relu and QuantizeLinear -> DequantizeLinear pair are taken into the node when the
-Conv's output has no other reader. Runs on the prepared copy before constant folding (which would
+Conv's output has no other reader, and so is onnxruntime's QDQ SiLU after a conv (its Sigmoid and
+Mul, each with its own Q -> DQ pair). Runs on the prepared copy before constant folding (which would
 turn the int8 weights back into float). What does not fit (grouped or non-2-D convs, weights with a
 zero point or blocks, a scale that is not one number per tensor or per output channel, Gemm with
-alpha/beta/transA) is left as it was.
+alpha/beta/transA) is left as it was. Then the values between int8 kernels become integer buffers
+(qdq_buffers.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from tvmlite.backends.tvm.qdq_buffers import grid_of, quantize_buffers
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ops.quant import _dequantize
 
@@ -30,6 +33,8 @@ def fuse_qdq(model: Model) -> int:
             continue
         if _fuse(g, node):
             fused += 1
+    if fused:
+        fused += quantize_buffers(g, _scalar_params, _only_reader)
     for node in g.toposort():
         if node.graph is not None and node.domain in ONNX and node.op_type == "QuantizeLinear":
             fused += _fake_quant(g, node)
@@ -39,15 +44,18 @@ def fuse_qdq(model: Model) -> int:
 def _fake_quant(g: Graph, q: Node) -> int:
     """A QuantizeLinear -> DequantizeLinear pair left between float ops (around a MaxPool, say)
     becomes its float arithmetic, which the backend fuses into the producer's kernel:
-    (clip(round(x / s) + z, lo, hi) - z) * s, with ONNX Round's half-to-even rounding."""
+    (clip(round(x / s) + z, lo, hi) - z) * s', with ONNX Round's half-to-even rounding. The
+    DequantizeLinear's scale s' may differ (tvmlite's `quantize` folds a following constant
+    factor, HardSwish's 1/6, into it)."""
     params = _scalar_params(g, q)
     dq = _only_reader(g, q.outputs[0], "DequantizeLinear")
-    if params is None or dq is None or _scalar_params(g, dq) != params:
+    dq_params = _scalar_params(g, dq) if dq is not None else None
+    if params is None or dq_params is None or dq_params[1:] != params[1:]:
         return 0
     s, z, signed = params
     lo, hi = (-128, 127) if signed else (0, 255)
     c = {k: g.add_constant(np.array(v, np.float32), f"{q.outputs[0]}_{k}")
-         for k, v in (("s", s), ("z", z), ("lo", lo), ("hi", hi))}
+         for k, v in (("s", s), ("z", z), ("lo", lo), ("hi", hi), ("s2", dq_params[0]))}
     x, out, order = q.inputs[0], dq.outputs[0], q.order
     g.remove_node(dq, remove_outputs=False)
     g.remove_node(q)
@@ -56,7 +64,7 @@ def _fake_quant(g: Graph, q: Node) -> int:
                                    ("Sub", ["z"]))):
         v = g.add_node(op, [v] + [c[k] for k in ins], 1, name=g.fresh_node_name(f"{out}_{op.lower()}"),
                        order=order + i * 1e-3).outputs[0]
-    g.add_node("Mul", [v, c["s"]], [out], name=g.fresh_node_name(f"{out}_mul"), order=order + 0.01)
+    g.add_node("Mul", [v, c["s2"]], [out], name=g.fresh_node_name(f"{out}_mul"), order=order + 0.01)
     return 1
 
 
@@ -80,13 +88,12 @@ def _scalar_params(g: Graph, node: Node):
 
 def _input_params(g: Graph, x_dq: str):
     """(float input, params) when ``x_dq`` is DequantizeLinear(QuantizeLinear(x)) with equal
-    per-tensor parameters, or the output of a fused node that ends in such a pair (quantizing it
-    again with the same parameters changes nothing)."""
-    fused = g.producer(x_dq) if x_dq else None
-    if fused is not None and fused.domain == "tvmlite" and fused.op_type in ("QDQConv", "QDQMatMul") \
-            and float(fused.attrs.get("y_scale", 0.0)) > 0:  # already on its output's grid
-        a = fused.attrs
-        return x_dq, (float(a["y_scale"]), int(a["y_zero_point"]), int(a.get("y_signed", 0)))
+    per-tensor parameters, or a value on a fused node's output grid (its output when it ends in
+    such a pair, or MaxPool / Flatten / Reshape of that): quantizing it again with the same
+    parameters changes nothing."""
+    on_grid = grid_of(g, x_dq)  # a fused node's output, or MaxPool / a view of one
+    if on_grid is not None:
+        return x_dq, on_grid
     dq = _producer(g, x_dq, "DequantizeLinear")
     q = _producer(g, dq.inputs[0], "QuantizeLinear") if dq is not None else None
     if q is None:
@@ -145,19 +152,52 @@ def _only_reader(g: Graph, name: str, op: str) -> Node | None:
     return readers[0]
 
 
-def _tail(g: Graph, y: str):
-    """(nodes absorbed after the anchor, final value, activation, output params or None)."""
+def _fake_quant_pair(g: Graph, y: str):
+    """(Q, DQ, params) when ``y``'s only reader is QuantizeLinear -> DequantizeLinear with equal
+    per-tensor parameters, else None."""
+    q = _only_reader(g, y, "QuantizeLinear")
+    dq = _only_reader(g, q.outputs[0], "DequantizeLinear") if q is not None else None
+    params = _scalar_params(g, q) if dq is not None else None
+    return (q, dq, params) if params is not None and _scalar_params(g, dq) == params else None
+
+
+def _silu(g: Graph, c: str):
+    """onnxruntime's QDQ SiLU after a fake-quantized value ``c``: Sigmoid(c) -> Q -> DQ, Mul with
+    ``c``, -> Q -> DQ. (nodes, final value, sigmoid params, output params) or None."""
+    readers = g.consumers(c)
+    if c in g.outputs or len(readers) != 2:
+        return None
+    sg = next((r for r in readers if r.op_type == "Sigmoid" and r.domain in ONNX), None)
+    m = next((r for r in readers if r.op_type == "Mul" and r.domain in ONNX), None)
+    s = _fake_quant_pair(g, sg.outputs[0]) if sg is not None and m is not None else None
+    if s is None or _only_reader(g, s[1].outputs[0], "Mul") is not m \
+            or sorted(m.inputs) != sorted([c, s[1].outputs[0]]):
+        return None
+    y = _fake_quant_pair(g, m.outputs[0])
+    if y is None:
+        return None
+    return [sg, s[0], s[1], m, y[0], y[1]], y[1].outputs[0], s[2], y[2]
+
+
+def _tail(g: Graph, y: str, conv: bool):
+    """(nodes absorbed after the anchor, final value, activation, output params or None, extra
+    attributes)."""
     absorbed, activation = [], ""
     relu = _only_reader(g, y, "Relu")
     if relu is not None:
         absorbed.append(relu)
         activation, y = "Relu", relu.outputs[0]
-    q = _only_reader(g, y, "QuantizeLinear")
-    dq = _only_reader(g, q.outputs[0], "DequantizeLinear") if q is not None else None
-    params = _scalar_params(g, q) if dq is not None else None
-    if params is not None and _scalar_params(g, dq) == params:
-        return absorbed + [q, dq], dq.outputs[0], activation, params
-    return absorbed, y, activation, None
+    pair = _fake_quant_pair(g, y)
+    if pair is None:
+        return absorbed, y, activation, None, {}
+    q, dq, params = pair
+    silu = _silu(g, dq.outputs[0]) if conv and not activation else None
+    if silu is not None:
+        nodes, out, sp, yp = silu
+        extra = dict(zip(("c_scale", "c_zero_point", "c_signed", "s_scale", "s_zero_point", "s_signed"),
+                         params + sp))
+        return [q, dq] + nodes, out, "SiLU", yp, extra
+    return absorbed + [q, dq], dq.outputs[0], activation, params, {}
 
 
 def _fuse(g: Graph, node: Node) -> bool:
@@ -188,8 +228,8 @@ def _fuse(g: Graph, node: Node) -> bool:
     bias = _bias(g, node.inputs[2] if len(node.inputs) > 2 else "", n_out)
     if bias is False:
         return False
-    absorbed, out, activation, yp = _tail(g, node.outputs[0])
-    attrs = {"x_scale": xs, "x_zero_point": xz, "x_signed": xsg, "activation": activation, **extra}
+    absorbed, out, activation, yp, silu = _tail(g, node.outputs[0], op == "QDQConv")
+    attrs = {"x_scale": xs, "x_zero_point": xz, "x_signed": xsg, "activation": activation, **extra, **silu}
     if yp is not None:
         attrs.update(y_scale=yp[0], y_zero_point=yp[1], y_signed=yp[2])
     base = node.name or node.outputs[0]

@@ -1,13 +1,33 @@
 """tvmlite's fused QDQ ops (QDQConv, QDQMatMul: made at build time by qdq_fusion.py) as int8 VNNI
-kernels (kernels/qgemm.py), with the elementwise ops that follow fused into their epilogue."""
+kernels (kernels/qgemm.py), with the elementwise ops that follow fused into their epilogue; QMaxPool
+(qdq_buffers.py) as an integer pooling kernel (kernels/qpool.py)."""
 from __future__ import annotations
 
 import numpy as np
 
 from tvmlite.backends.tvm.emitters.registry import emitter
-from tvmlite.backends.tvm.kernels.defs import window_2d
+from tvmlite.backends.tvm.kernels.defs import Epilogue, window_2d
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.geometry import WindowGeometry
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else (v or "")
+
+
+def _int_dtype(signed) -> np.dtype:
+    return np.dtype(np.int8 if int(signed) else np.uint8)
+
+
+def _check_dtype(low, name: str, want, what: str) -> None:
+    dt = low.g.value(name).dtype
+    if dt is not None and np.dtype(dt) != want:
+        raise UnsupportedError(f"{what} of dtype {np.dtype(dt)} ({np.dtype(want)} expected)")
+
+
+def _grid(attrs, prefix: str) -> tuple:
+    return (float(attrs.get(f"{prefix}_scale", 0.0)), int(attrs.get(f"{prefix}_zero_point", 0)),
+            int(attrs.get(f"{prefix}_signed", 0)))
 
 
 def _operands(low, node):
@@ -17,14 +37,28 @@ def _operands(low, node):
     if w_q.dtype != np.int8:
         raise UnsupportedError(f"weights of dtype {w_q.dtype} (int8 only)")
     a = node.attrs
-    act = a.get("activation", "")
-    act = act.decode() if isinstance(act, bytes) else act
-    if act not in ("", "Relu"):
+    act = _text(a.get("activation", ""))
+    if act not in ("", "Relu") and not (act == "SiLU" and node.op_type == "QDQConv"):
         raise UnsupportedError(f"activation {act!r}")
     spec = dict(x_scale=a["x_scale"], x_zero_point=a["x_zero_point"], x_signed=a.get("x_signed", 0),
                 y_scale=a.get("y_scale", 0.0), y_zero_point=a.get("y_zero_point", 0),
-                y_signed=a.get("y_signed", 0), activation=act)
+                y_signed=a.get("y_signed", 0), activation=act, x_quantized=int(a.get("x_quantized", 0)),
+                y_quantized=int(a.get("y_quantized", 0)), x_nhwc=_text(a.get("x_layout")) == "NHWC",
+                y_nhwc=_text(a.get("y_layout")) == "NHWC",
+                silu=tuple(_grid(a, k) for k in ("c", "s")) if act == "SiLU" else None)
+    if spec["y_quantized"] and not float(spec["y_scale"]) > 0:
+        raise UnsupportedError("quantized output without y_scale")
+    _check_dtype(low, node.inputs[0], _int_dtype(spec["x_signed"]) if spec["x_quantized"] else np.float32, "input")
+    _check_dtype(low, node.outputs[0], _int_dtype(spec["y_signed"]) if spec["y_quantized"] else np.float32,
+                 "output")
     return w_q, np.asarray(w_scale, np.float32).reshape(-1), bias, spec
+
+
+def _epilogue(low, node, spec):
+    """The fused elementwise tail; none after a quantized output (its readers are int8 kernels)."""
+    if spec["y_quantized"]:
+        return Epilogue(), node.outputs[0], []
+    return low.epilogue(node)
 
 
 def _channel_scales(w_scale, n):
@@ -35,7 +69,7 @@ def _channel_scales(w_scale, n):
     return w_scale
 
 
-@emitter("QDQMatMul", domain="tvmlite")
+@emitter("QDQMatMul", domain="tvmlite", checks_dtype=True)
 def emit_qdq_matmul(low, node) -> None:
     w_q, w_scale, bias, spec = _operands(low, node)
     x = node.inputs[0]
@@ -45,7 +79,7 @@ def emit_qdq_matmul(low, node) -> None:
     n = w_q.shape[1]
     w_scale = _channel_scales(w_scale, n)
     out = node.outputs[0]
-    epi, final, labels = low.epilogue(node)
+    epi, final, labels = _epilogue(low, node, spec)
     name, out_shape = low.kernel_name(node), low.shape(out)
 
     def make():
@@ -56,18 +90,19 @@ def emit_qdq_matmul(low, node) -> None:
     low.add(make, node, final, labels)
 
 
-@emitter("QDQConv", domain="tvmlite")
+@emitter("QDQConv", domain="tvmlite", checks_dtype=True)
 def emit_qdq_conv(low, node) -> None:
     w_q, w_scale, bias, spec = _operands(low, node)
     x = node.inputs[0]
     xs = low.shape(x)
-    if len(xs) != 4 or w_q.ndim != 4 or int(node.attrs.get("group", 1)) != 1 or xs[1] != w_q.shape[1]:
+    nchw = tuple(xs[i] for i in (0, 3, 1, 2)) if spec["x_nhwc"] and len(xs) == 4 else tuple(xs)
+    if len(xs) != 4 or w_q.ndim != 4 or int(node.attrs.get("group", 1)) != 1 or nchw[1] != w_q.shape[1]:
         raise UnsupportedError(f"int8 conv of input {list(xs)} and weights {list(w_q.shape)} "
                                f"(group {node.attrs.get('group', 1)})")
-    geom = window_2d(WindowGeometry.conv(node.attrs, xs, w_q.shape))
+    geom = window_2d(WindowGeometry.conv(node.attrs, nchw, w_q.shape))
     w_scale = _channel_scales(w_scale, w_q.shape[0])
     out = node.outputs[0]
-    epi, final, labels = low.epilogue(node)
+    epi, final, labels = _epilogue(low, node, spec)
     name, out_shape = low.kernel_name(node), low.shape(out)
 
     def make():
@@ -76,3 +111,25 @@ def emit_qdq_conv(low, node) -> None:
         return conv2d_int8(name, x, xs, w_q, w_scale, bias, QuantSpec(**spec), geom, out_value=final,
                            out_shape=out_shape, epilogue=epi)
     low.add(make, node, final, labels)
+
+
+@emitter("QMaxPool", domain="tvmlite", checks_dtype=True)
+def emit_qmaxpool(low, node) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    xs, dtype = low.shape(x), low.g.value(x).dtype
+    if dtype is None or np.dtype(dtype) not in (np.dtype(np.uint8), np.dtype(np.int8)):
+        raise UnsupportedError(f"QMaxPool of dtype {dtype} (uint8 / int8 only)")
+    _check_dtype(low, out, np.dtype(dtype), "output")
+    if len(xs) != 4:
+        raise UnsupportedError(f"{len(xs) - 2}-D QMaxPool")
+    x_nhwc, y_nhwc = (_text(node.attrs.get(k)) == "NHWC" for k in ("x_layout", "y_layout"))
+    nchw = tuple(xs[i] for i in (0, 3, 1, 2)) if x_nhwc else tuple(xs)
+    geom = window_2d(WindowGeometry.pool(node.attrs, nchw))
+    name = low.kernel_name(node)
+
+    def make():
+        from tvmlite.backends.tvm.kernels.qpool import max_pool_int8
+
+        return max_pool_int8(name, x, xs, np.dtype(dtype).name, geom, x_nhwc=x_nhwc, y_nhwc=y_nhwc,
+                             out_value=out)
+    low.add(make, node, out)
