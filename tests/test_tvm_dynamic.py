@@ -21,6 +21,7 @@ require_tvm()
 from tvmlite.backends.tvm import load_module  # noqa: E402
 from tvmlite.backends.tvm import buckets as bk  # noqa: E402
 from tvmlite.errors import InputError  # noqa: E402
+from test_tvm_artifacts import flip_data_byte  # noqa: E402
 
 RANGE = ["--shape", "x=1x1..64x8", "--shape", "mask=1x1..64"]
 
@@ -182,18 +183,6 @@ def test_artifact_runs_without_the_onnx_model(built, tmp_path):
         np.testing.assert_allclose(z["y"], ref[1], rtol=1e-4, atol=1e-5)
 
 
-def _flip_data_byte(npz):
-    import zipfile
-
-    with zipfile.ZipFile(npz) as zf:
-        info = max(zf.infolist(), key=lambda i: i.file_size)
-    data = bytearray(npz.read_bytes())
-    name_len, extra_len = np.frombuffer(bytes(data[info.header_offset + 26:info.header_offset + 30]), "<u2")
-    start = info.header_offset + 30 + int(name_len) + int(extra_len)
-    data[start + info.file_size - 3] ^= 0x40  # in the array's bytes, past the .npy header
-    npz.write_bytes(bytes(data))
-
-
 def _rewrite_plan(path, **changes):
     plan = json.loads(path.read_text())
     for k, v in changes.items():
@@ -220,7 +209,7 @@ def _huge_member(npz):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "good.so.npz").write_bytes((d / "good.so.npz").read_bytes()[:300]), "not a .npz file of constants"),
-    (lambda d: _flip_data_byte(d / "good.so.npz"), "Bad CRC-32"),
+    (lambda d: flip_data_byte(d / "good.so.npz"), "Bad CRC-32"),
     (lambda d: (d / "good.so.npz").unlink(), "missing"),
     (lambda d: _huge_member(d / "good.so.npz"), "TVMLITE_MAX_TENSOR_ELEMENTS"),
     (lambda d: _rewrite_plan(d / "good.so.json", const_file="../good.so.npz"), "must name a .npz file beside"),
