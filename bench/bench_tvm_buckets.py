@@ -3,7 +3,7 @@ build time, artifact size, load time and peak memory, and latency at a few lengt
 medians, with onnxruntime beside them).
 
     PYTHONPATH=$PWD python bench/bench_tvm_buckets.py [--dir /tmp/tvmlite-buckets]
-        [--range 1..128] [--buckets 16,32,64] [--rounds 15] 10 50 100 128
+        [--range 1..128] [--buckets 16,32,64] [--rounds 15] [--no-latency] 10 50 100 128
 
 The bucketed artifact is built once by `tvmlite build enc.onnx -o enc.so --shape input_ids=1xLO..HI
 --shape attention_mask=1xLO..HI --buckets ...` with a build cache of its own under --dir (a second
@@ -29,19 +29,26 @@ from tvmlite.backends.tvm import compile_model
 from tvmlite.compare import interleaved_ms
 
 _MEM = r"""
-import resource, sys, time
+import sys, time
 import numpy as np
 from tvmlite.backends.tvm import load_module
 from tvmlite.backends.tvm.kernels.target import import_tvm
 import_tvm()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+
+base = rss()
 t0 = time.perf_counter(); m = load_module(sys.argv[1]); load = time.perf_counter() - t0
 t0 = time.perf_counter()
 for n in map(int, sys.argv[2:]):
     ids = np.ones((1, n), np.int64)
     m.run({"input_ids": ids, "attention_mask": ids, "token_type_ids": 0 * ids})
 first_runs = time.perf_counter() - t0
-print(load, first_runs, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+plans = list(getattr(m, "_loaded", {"": m}).values())
+held = {id(t): int(np.prod(t.shape)) * np.dtype(str(t.dtype)).itemsize for p in plans for t in p._tensors.values()}
+print(load, first_runs, rss() - base, sum(held.values()) / 2**20)
 """
 
 
@@ -55,14 +62,13 @@ def size_of(so: str) -> int:
 
 
 def memory(so: str, lengths) -> tuple:
-    """(load s, first runs s, RSS after imports, peak RSS) of a fresh process that loads ``so``
-    and runs each length once (every bucket they touch gets loaded)."""
+    """(load s, first runs s, resident MiB added by loading and running, MiB of constants held) of
+    a fresh process that loads ``so`` and runs each length once (loading every bucket they touch)."""
     r = subprocess.run([sys.executable, "-c", _MEM, so, *map(str, lengths)], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     if r.returncode:
         raise SystemExit(f"memory probe of {so} failed: {r.stderr.strip().splitlines()[-1]}")
-    load, runs, base, peak = r.stdout.split()
-    return float(load), float(runs), int(base) / 1024, int(peak) / 1024
+    return tuple(float(v) for v in r.stdout.split())
 
 
 def main(argv=None) -> int:
@@ -72,6 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--range", default="1..128")
     ap.add_argument("--buckets", default="16,32,64")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--no-latency", action="store_true", help="only the build, size, load and memory figures")
     a = ap.parse_args(argv)
     d = pathlib.Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -108,7 +115,7 @@ def main(argv=None) -> int:
     bucketed = load_module(so)
     top = max(v for b in tops for v in b.values())
     rows = []
-    for n in a.lengths:
+    for n in [] if a.no_latency else a.lengths:
         f = feeds(n)
         t0 = time.perf_counter()
         ex = compile_model(model, {k: v.shape for k, v in f.items()}, cache=False)
@@ -123,7 +130,7 @@ def main(argv=None) -> int:
         print(f"seq {n:>3}: bucketed {t[0]:7.2f} ms  exact {t[1]:7.2f} ms  onnxruntime {t[2]:7.2f} ms  "
               f"bucketed/exact {t[0] / t[1]:.2f}  (exact build {bt:.1f} s, {size_of(ex_so) / 1e6:.1f} MB; "
               f"bucketed rel err vs onnxruntime {err:.1e})", flush=True)
-    del bucketed, ex
+    del bucketed
     ex_top = str(d / f"ex{top}.so")
     if not os.path.exists(ex_top):
         compile_model(model, {k: (1, top) for k in ("input_ids", "attention_mask", "token_type_ids")},
@@ -132,12 +139,12 @@ def main(argv=None) -> int:
     print(f"size: bucketed {bsize / 1e6:.1f} MB in {len(glob.glob(so + '*'))} files, exact (seq {top}) "
           f"{esize / 1e6:.1f} MB: +{(bsize - esize) / 1e6:.1f} MB for {len(tops) - 1} more buckets")
     runs = sorted({max(b.values()) for b in tops})  # one length per bucket
-    bl, br, bbase, bpeak = memory(so, runs)
-    el, er, ebase, epeak = memory(ex_top, [top])
-    print(f"load: bucketed {bl * 1e3:.0f} ms (top bucket; the {len(runs) - 1} others load on first use: "
-          f"{br * 1e3:.0f} ms for one run of each), exact {el * 1e3:.0f} ms")
-    print(f"peak memory (RSS) over the imports: bucketed, all {len(runs)} buckets loaded and run "
-          f"{bpeak - bbase:.0f} MB; exact {epeak - ebase:.0f} MB")
+    probes = [(memory(so, runs), memory(ex_top, [top])) for _ in range(3)]  # interleaved, medians
+    (bl, br, brss, bheld), (el, er, erss, eheld) = (np.median([p[i] for p in probes], axis=0) for i in (0, 1))
+    print(f"load (median of 3 fresh processes): bucketed {bl * 1e3:.0f} ms (the top bucket; the {len(runs) - 1} "
+          f"others load on first use: {br * 1e3:.0f} ms for one run of each), exact {el * 1e3:.0f} ms")
+    print(f"memory: bucketed with all {len(runs)} buckets loaded and run: {brss:.0f} MiB resident added, "
+          f"{bheld:.1f} MiB of constants held; exact: {erss:.0f} MiB, {eheld:.1f} MiB of constants")
     print("(timings on a shared machine: compare the ratios, interleaved medians)")
     return 0
 
