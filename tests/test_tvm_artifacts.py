@@ -194,3 +194,16 @@ def test_a_flipped_constant_byte_is_refused(tmp_path):
         shutil.copyfile(str(so) + suffix, str(so2) + suffix)
     with pytest.raises(ArtifactError, match="Bad CRC-32"):
         load_module(str(so2))
+
+
+def test_a_fresh_build_runs_its_cached_library_and_saves_by_copy(tmp_path):
+    """LLVM makes the machine code once: at the export into the cache, which the build then runs
+    and copies when saved (it used to JIT the module and export it twice more)."""
+    w = np.random.default_rng(1).standard_normal((16, 8)).astype(np.float32)
+    cm = compile_model(load(_gemm_model(w)))
+    assert not cm.cached and cm.lib_path and cm.lib_path.endswith("model.so")
+    cm.save(str(tmp_path / "g.so"))
+    assert (tmp_path / "g.so").read_bytes() == open(cm.lib_path, "rb").read()
+    x = np.random.default_rng(2).standard_normal((2, 16)).astype(np.float32)
+    np.testing.assert_allclose(load_module(str(tmp_path / "g.so")).run({"x": x})[0], x @ w, rtol=1e-5, atol=1e-5)
+    assert compile_model(load(_gemm_model(w))).cached
