@@ -244,9 +244,12 @@ class BucketedModel:
         top = self._plan(manifest["buckets"][-1])
         self.input_names, self.output_names = top.input_names, top.output_names
         self.input_shapes, self.input_dtypes = top.input_shapes, top.input_dtypes
-        self.host_ops = top.host_ops
         self.summary = f"{len(manifest['buckets'])} buckets over " + ", ".join(
             f"{s}={r['range'][0]}..{r['range'][1]}{' (padded)' if r['pad'] else ''}" for s, r in manifest["symbols"].items())
+
+    @property
+    def host_ops(self) -> list[str]:  # on demand: the report imports the compiler (0.5 s)
+        return self._plan(self.m["buckets"][-1]).host_ops
 
     def _plan(self, b):
         lib = b["lib"]
