@@ -142,3 +142,68 @@ def test_long_elementwise_chain_builds(tmp_path):
     x = np.array([[1.0, -2.0, 3.0, -4.0]], np.float32)
     got = load_module(str(so)).run({"x": x})[0]
     np.testing.assert_array_equal(got, chain_ref(x, 10_000))
+
+
+def _gemm_model(w, alpha=1.0):
+    g = h.make_graph([h.make_node("Gemm", ["x", "W"], ["y"], alpha=alpha)], "gemm",
+                     [h.make_tensor_value_info("x", T.FLOAT, [2, w.shape[0]])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [2, w.shape[1]])],
+                     [onnx.numpy_helper.from_array(w, "W")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("rows", [4, 1024])  # a small weight (kept as its proto) and a big one (an array)
+def test_cache_key_follows_every_weight_byte_and_attribute(rows):
+    from tvmlite.backends.tvm.module import graph_key
+
+    w = np.random.default_rng(0).standard_normal((rows, 300)).astype(np.float32)
+    key = graph_key(load(_gemm_model(w)), {"x": (2, rows)}, "llvm")
+    assert graph_key(load(_gemm_model(w.copy())), {"x": (2, rows)}, "llvm") == key  # by content
+    w2 = w.copy()
+    w2[-1, -1] = np.nextafter(w2[-1, -1], np.float32(9))  # the last bit of the last element
+    assert graph_key(load(_gemm_model(w2)), {"x": (2, rows)}, "llvm") != key
+    assert graph_key(load(_gemm_model(w, alpha=0.5)), {"x": (2, rows)}, "llvm") != key
+    assert graph_key(load(_gemm_model(w)), {"x": (3, rows)}, "llvm") != key
+    m = load(_gemm_model(w))
+    m.graph.values["W"].const = w2  # changed in the IR, as a pass would
+    assert graph_key(m, {"x": (2, rows)}, "llvm") != key
+
+
+def flip_data_byte(npz):
+    """Flip one bit in the last byte of the largest array of ``npz`` (past its .npy header)."""
+    import zipfile
+
+    with zipfile.ZipFile(npz) as zf:
+        info = max(zf.infolist(), key=lambda i: i.file_size)
+    data = bytearray(npz.read_bytes())
+    name_len, extra_len = np.frombuffer(bytes(data[info.header_offset + 26:info.header_offset + 30]), "<u2")
+    data[info.header_offset + 30 + int(name_len) + int(extra_len) + info.file_size - 1] ^= 0x40
+    npz.write_bytes(bytes(data))
+
+
+def test_a_flipped_constant_byte_is_refused(tmp_path):
+    """zip's CRC-32 covers the constants: a flipped byte is one line, never a wrong answer."""
+    so = tmp_path / "g.so"
+    cm = compile_model(load(_gemm_model(np.ones((16, 8), np.float32))), cache=False)
+    cm.save(str(so))
+    x = np.ones((2, 16), np.float32)
+    np.testing.assert_array_equal(load_module(str(so)).run({"x": x})[0], np.full((2, 8), 16, np.float32))
+    flip_data_byte(so.with_suffix(".so.npz"))
+    so2 = tmp_path / "g2.so"  # a fresh name: the intact library is mapped now
+    for suffix in ("", ".json", ".npz"):
+        shutil.copyfile(str(so) + suffix, str(so2) + suffix)
+    with pytest.raises(ArtifactError, match="Bad CRC-32"):
+        load_module(str(so2))
+
+
+def test_a_fresh_build_runs_its_cached_library_and_saves_by_copy(tmp_path):
+    """LLVM makes the machine code once: at the export into the cache, which the build then runs
+    and copies when saved (it used to JIT the module and export it twice more)."""
+    w = np.random.default_rng(1).standard_normal((16, 8)).astype(np.float32)
+    cm = compile_model(load(_gemm_model(w)))
+    assert not cm.cached and cm.lib_path and cm.lib_path.endswith("model.so")
+    cm.save(str(tmp_path / "g.so"))
+    assert (tmp_path / "g.so").read_bytes() == open(cm.lib_path, "rb").read()
+    x = np.random.default_rng(2).standard_normal((2, 16)).astype(np.float32)
+    np.testing.assert_allclose(load_module(str(tmp_path / "g.so")).run({"x": x})[0], x @ w, rtol=1e-5, atol=1e-5)
+    assert compile_model(load(_gemm_model(w))).cached

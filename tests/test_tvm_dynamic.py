@@ -21,6 +21,7 @@ require_tvm()
 from tvmlite.backends.tvm import load_module  # noqa: E402
 from tvmlite.backends.tvm import buckets as bk  # noqa: E402
 from tvmlite.errors import InputError  # noqa: E402
+from test_tvm_artifacts import flip_data_byte  # noqa: E402
 
 RANGE = ["--shape", "x=1x1..64x8", "--shape", "mask=1x1..64"]
 
@@ -141,3 +142,87 @@ def test_tampered_bucket_table_is_refused(built, tmp_path, edit):
     (tmp_path / "good.so.buckets.json").write_text(json.dumps(t))
     r = cli("run", tmp_path / "good.so")
     assert r.returncode == 2 and "bucket table is malformed" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------ constants shared by the buckets
+def test_buckets_share_one_constants_file(built, tmp_path):
+    """One .npz for all buckets, each weight once: no larger than an exact build's own."""
+    table = json.loads((built / "good.so.buckets.json").read_text())
+    assert not list(built.glob("good.so.b*.so.npz"))
+    for b in table["buckets"]:
+        plan = json.loads((built / (b["lib"] + ".json")).read_text())
+        assert plan["const_file"] == "good.so.npz" and plan["const_keys"]
+    c = table["constants"]
+    assert c["file"] == "good.so.npz" and c["unshared_bytes"] == 3 * c["bytes"] > 0  # nothing depends on seq
+    from tvmlite.backends.tvm import compile_model
+    from tvmlite.frontend import load
+
+    compile_model(load(str(built / "good.onnx")), {"x": (1, 64, 8), "mask": (1, 64)}).save(str(tmp_path / "ex.so"))
+    assert (built / "good.so.npz").stat().st_size <= (tmp_path / "ex.so.npz").stat().st_size + 64
+
+
+def test_loaded_buckets_hold_each_constant_once(built):
+    m = load_module(str(built / "good.so"))
+    for n in (5, 20, 64):  # three buckets
+        m.run(feeds(n))
+    assert len(m._loaded) == 3 and len(m._pool) == 2
+    plans = list(m._loaded.values())
+    for p in plans[1:]:
+        assert p._tensors and all(p._tensors[k] is plans[0]._tensors[k] for k in p._tensors)
+
+
+def test_artifact_runs_without_the_onnx_model(built, tmp_path):
+    for p in built.glob("good.so*"):
+        shutil.copy(p, tmp_path / p.name)
+    np.savez(tmp_path / "in.npz", **feeds(20, seed=4))
+    r = cli("run", tmp_path / "good.so", "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    assert r.returncode == 0, r.stderr
+    ref = ort.InferenceSession(str(built / "good.onnx")).run(None, feeds(20, seed=4))
+    with np.load(tmp_path / "out.npz") as z:
+        np.testing.assert_allclose(z["pooled"], ref[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(z["y"], ref[1], rtol=1e-4, atol=1e-5)
+
+
+def _rewrite_plan(path, **changes):
+    plan = json.loads(path.read_text())
+    for k, v in changes.items():
+        plan[k] = v(plan[k]) if callable(v) else v
+    path.write_text(json.dumps(plan))
+
+
+def _huge_member(npz):
+    import zipfile
+
+    with zipfile.ZipFile(npz) as zf:
+        names = zf.namelist()
+    arrays = dict(np.load(npz))
+    hdr = np.lib.format  # a header that claims 2**40 floats, over a few real bytes
+    with zipfile.ZipFile(npz, "w") as zf:
+        for n in names:
+            with zf.open(n, "w") as f:
+                if n == names[0]:
+                    hdr.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (2**40,)})
+                    f.write(b"\0" * 64)
+                else:
+                    hdr.write_array(f, arrays[n[:-4]])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "good.so.npz").write_bytes((d / "good.so.npz").read_bytes()[:300]), "not a .npz file of constants"),
+    (lambda d: flip_data_byte(d / "good.so.npz"), "Bad CRC-32"),
+    (lambda d: (d / "good.so.npz").unlink(), "missing"),
+    (lambda d: _huge_member(d / "good.so.npz"), "TVMLITE_MAX_TENSOR_ELEMENTS"),
+    (lambda d: _rewrite_plan(d / "good.so.json", const_file="../good.so.npz"), "must name a .npz file beside"),
+    (lambda d: _rewrite_plan(d / "good.so.json", const_keys=lambda k: {n: "c0" for n in k}), "is missing (member 'c0')"),
+    (lambda d: _rewrite_plan(d / "good.so.json", const_keys=[1, 2]), "'const_keys' must map"),
+    (lambda d: (d / "good.so.buckets.json").write_text((d / "good.so.buckets.json").read_text()[:50]),
+     "cannot read the bucket table"),
+])
+def test_damaged_constants_or_table_is_one_line(built, tmp_path, damage, message):
+    for p in built.glob("good.so*"):
+        shutil.copy(p, tmp_path / p.name)
+    damage(tmp_path)
+    np.savez(tmp_path / "in.npz", **feeds(64))
+    r = cli("run", tmp_path / "good.so", "--inputs", tmp_path / "in.npz")
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

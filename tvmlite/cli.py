@@ -389,6 +389,9 @@ def _build_bucketed(m, ranged, fixed, given, output, txn, strict):
         click.echo(f"  bucket {','.join(f'{k}={v}' for k, v in values.items())}: {cm.summary} in "
                    f"{cm.build_seconds:.2f} s{' (cached)' if cm.cached else ''}")
     click.echo(f"built {output} ({len(built)} buckets; table {output}.buckets.json)")
+    c = table["constants"]
+    click.echo(f"  constants: {_size(c['bytes'])} in {output}.npz, shared by the buckets "
+               f"({_size(c['unshared_bytes'])} if each bucket kept its own)")
     for line in built[-1][1].host_ops:
         click.echo(f"  host-run: {line}")
 

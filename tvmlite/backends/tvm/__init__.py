@@ -19,9 +19,10 @@ def compile_model(model, input_shapes=None, **kw):
     return _compile(model, input_shapes, **kw)
 
 
-def load_module(path):
+def load_module(path, pool=None):
     """A library from `tvmlite build`; a bucketed build (NAME.so.buckets.json beside it) runs any
-    shape inside its ranges."""
+    shape inside its ranges, each bucket loaded on its first use, all sharing one copy of the
+    constants. ``pool``: see module.load_module."""
     import os
 
     from tvmlite.backends.tvm.module import load_module as _load
@@ -30,7 +31,7 @@ def load_module(path):
         from tvmlite.backends.tvm import buckets as bk
 
         return bk.BucketedModel(path, bk.read_manifest(path), _load)
-    return _load(path)
+    return _load(path, pool)
 
 
 def emit_tvmscript(model, out_dir, input_shapes=None, **kw):

@@ -5,7 +5,8 @@ file), and garbage JSON surfaced as an internal error. So, before TVM sees the f
 
 - the JSON is parsed and checked against the plan's schema (types, names that exist, every
   buffer's size within :mod:`tvmlite.limits`, every view the size of its buffer);
-- the .npz is read without pickles and must hold every constant the calls name, in its shape;
+- the .npz (read by params.py) must hold every constant the calls name, in its shape, without
+  pickles;
 - host calls (nodes run by their NumPy kernels, see host.py) must name ops the registry has for
   the plan's opsets, with an input and output count the op allows, attributes it accepts, of
   bounded size (`MAX_ATTR_ITEMS`), and read only values that exist by then;
@@ -20,7 +21,6 @@ import hashlib
 import json
 import os
 import struct
-import zipfile
 
 import numpy as np
 
@@ -128,38 +128,10 @@ def _view_fits(buffers: dict, name: str, shape: list, path: str, what: str) -> N
                               "has another size")
 
 
-def read_consts(path: str, plan: dict) -> dict:
-    """The constants in ``path`` (NAME.so.npz), each one a call argument of the plan names."""
-    if not zipfile.is_zipfile(path):
-        raise ArtifactError(f"{path}: not a .npz file of constants (no zip archive)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            consts = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{path}: not a readable .npz of constants ({msg})") from None
-    buffers = plan["buffers"]
-    for c in plan["calls"]:
-        for name, shape in c.get("args", ()):
-            if name in consts:
-                _need(int(np.prod(consts[name].shape)) == int(np.prod(shape)), path,
-                      f"constant {name!r} has shape {list(consts[name].shape)}, call "
-                      f"{c['func']!r} reads it as {shape}")
-            else:
-                _view_fits(buffers, name, shape, path[:-4] + ".json", f"call {c['func']!r}")
-    for o in plan["outputs"]:
-        if o.get("const"):
-            _need(o["buffer"] in consts, path, f"constant output {o['name']!r} is missing")
-    for name, arr in consts.items():
-        limits.check_tensor(arr.shape, arr.dtype, f"{path}: constant {name!r}")
-    check_host(plan, consts, path[:-4] + ".json")
-    return consts
-
-
 # ---------------------------------------------------------------------------------------- host calls
-def check_host(plan: dict, consts: dict, path: str) -> None:
+def check_host(plan: dict, consts, path: str) -> None:
     """The host segments of ``plan`` (see host.py), in run order: known ops, counts, attributes,
-    and values that exist before they are read."""
+    and values that exist before they are read. ``consts``: the constant names the .npz holds."""
     segs = plan.get("host", [])
     _need(isinstance(segs, list), path, "'host' must be a JSON list")
     if not segs:

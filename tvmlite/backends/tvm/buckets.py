@@ -3,8 +3,12 @@
 ``--shape input_ids=1x1..512`` gives a dim a range. Dims are tied by the model's symbol: every
 input dim that carries the same symbolic name takes the same run-time value, so a range on one of
 them is the range of all (two different ranges on one symbol are refused). Each bucket is an
-ordinary exact-shape build (NAME.so.bN.so with its .json/.npz); NAME.so itself is the largest
-bucket, so a loader that knows nothing of buckets still runs it at the top of the range.
+ordinary exact-shape build (NAME.so.bN.so with its .json plan); NAME.so itself is the largest
+bucket, so a loader that knows nothing of buckets still runs it at the top of the range. The
+buckets share one constants file, NAME.so.npz, holding each distinct array once (params.py): the
+weights are the same in every bucket, so the artifact is about one exact build plus the code and
+the length-dependent constants of each bucket, and a process that loads several buckets holds
+each weight once (they share one pool of TVM tensors).
 NAME.so.buckets.json says which symbol each dim carries, the ranges, the buckets and, per symbol,
 whether a value between buckets may be padded up to the next one.
 
@@ -20,9 +24,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from tvmlite.backends.tvm.params import SharedConsts
 from tvmlite.errors import InputError, TvmliteError
 from tvmlite.inputs import graph_inputs
 
@@ -234,17 +240,21 @@ class BucketedModel:
     def __init__(self, path: str, manifest: dict, load):
         self.path, self.m, self._load = path, manifest, load
         self._loaded = {}
+        self._pool: dict = {}  # the shared constants, one TVM tensor each, for every bucket
         top = self._plan(manifest["buckets"][-1])
         self.input_names, self.output_names = top.input_names, top.output_names
         self.input_shapes, self.input_dtypes = top.input_shapes, top.input_dtypes
-        self.host_ops = top.host_ops
         self.summary = f"{len(manifest['buckets'])} buckets over " + ", ".join(
             f"{s}={r['range'][0]}..{r['range'][1]}{' (padded)' if r['pad'] else ''}" for s, r in manifest["symbols"].items())
+
+    @property
+    def host_ops(self) -> list[str]:  # on demand: the report imports the compiler (0.5 s)
+        return self._plan(self.m["buckets"][-1]).host_ops
 
     def _plan(self, b):
         lib = b["lib"]
         if lib not in self._loaded:
-            self._loaded[lib] = self._load(os.path.join(os.path.dirname(self.path) or ".", lib))
+            self._loaded[lib] = self._load(os.path.join(os.path.dirname(self.path) or ".", lib), pool=self._pool)
         return self._loaded[lib]
 
     def pick(self, feeds: dict) -> tuple[dict, dict]:
@@ -292,10 +302,21 @@ class BucketedModel:
         return res
 
 
+@dataclass
+class Built:
+    """What the build command reports of one bucket (the compiled model itself is let go: holding
+    every bucket's tensors at once would hold every weight once per bucket)."""
+    summary: str
+    build_seconds: float
+    cached: bool
+    host_ops: list = field(default_factory=list)
+
+
 def build_bucketed(model, ranged: dict, fixed: dict, given: list[int] | None, output: str, txn, *,
                    strict: bool = False, compile_model=None):
     """Build one exact-shape plan per bucket into ``output`` (the largest bucket) and
-    ``output.bN.so`` beside it, plus the bucket table. Returns (table, [(values, built)])."""
+    ``output.bN.so`` beside it, their shared constants (``output.npz``) and the bucket table.
+    Returns (table, [(values, Built)])."""
     layout, sym_range = symbols_of(model, ranged)
     if len(sym_range) > 1 and given is None:
         raise InputError("--shape: ranges on several symbols need --buckets (the buckets of all "
@@ -311,16 +332,22 @@ def build_bucketed(model, ranged: dict, fixed: dict, given: list[int] | None, ou
     base = os.path.basename(output)
     table = {"format": FORMAT, "symbols": symbols, "inputs": layout, "outputs": out_dims, "buckets": []}
     built = []
+    shared = SharedConsts(base + ".npz")
+    npz = txn.file(output + ".npz", "constants", existing_ok=True)
     for i in range(n):
         values = {s: v[i] for s, v in per_sym.items()}
         lib = base if i == n - 1 else f"{base}.b{i}.so"
         path = os.path.join(os.path.dirname(output) or ".", lib)
-        for p, what in ((path, "bucket library"), (path + ".json", "run plan"), (path + ".npz", "constants")):
+        for p, what in ((path, "bucket library"), (path + ".json", "run plan")):
             txn.file(p, what, existing_ok=True)
         cm = compile_model(model, concrete(layout, values, fixed), strict=strict)
-        cm.save(path, outputs=txn)
+        cm.save(path, outputs=txn, shared=shared)
         table["buckets"].append({"values": values, "lib": lib})
-        built.append((values, cm))
+        built.append((values, Built(cm.summary, cm.build_seconds, cm.cached, list(cm.host_ops))))
+        del cm
+    shared.write(npz)
+    table["constants"] = {"file": shared.file_name, "arrays": len(shared.arrays),
+                          "bytes": shared.stored_bytes, "unshared_bytes": shared.offered_bytes}
     staged = txn.file(output + ".buckets.json", "bucket table")
     with open(staged, "w") as f:
         json.dump(table, f, indent=1)

@@ -3,74 +3,26 @@
 An artifact is three files: ``NAME.so`` (every kernel's PrimFunc in one library), ``NAME.so.json``
 (the run plan: buffers, calls, inputs, outputs, and the host-run nodes as data: see host.py) and
 ``NAME.so.npz`` (the constants, already in the packed layouts the schedules expect, and the host
-nodes' constant inputs, attribute tensors and subgraphs). `load_module` needs neither the ONNX
-model nor the compiler, only TVM's runtime and tvmlite's NumPy kernels. Built artifacts are cached by graph hash under $TVMLITE_CACHE
-(default ~/.cache/tvmlite/tvm).
+nodes' constant inputs, attribute tensors and subgraphs; the buckets of a bucketed build share one,
+see params.py). `load_module` needs neither the ONNX model nor the compiler, only TVM's runtime and
+tvmlite's NumPy kernels. Built artifacts are cached by graph hash (build_cache.py).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import pathlib
 import shutil
 import time
 
 import numpy as np
 
-from tvmlite.backends.tvm import artifact_check, host
+from tvmlite.backends.tvm import artifact_check, host, params
+from tvmlite.backends.tvm.build_cache import cache_dir, graph_key, prune_cache  # noqa: F401 - re-exported
 from tvmlite.backends.tvm.kernels.target import import_tvm
 from tvmlite.errors import InputError, TvmliteError
 
 FORMAT = 3  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read)
-
-
-def cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("TVMLITE_CACHE") or pathlib.Path.home() / ".cache" / "tvmlite" / "tvm")
-
-
-def _source_digest() -> str:
-    """Changing an emitter or a schedule must invalidate cached builds."""
-    h = hashlib.sha256()
-    here = pathlib.Path(__file__).parent
-    for path in sorted(here.rglob("*.py")):  # the emitters and kernels folders too
-        h.update(path.relative_to(here).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def graph_key(model, input_shapes: dict, target: str) -> str:
-    from tvmlite.export import export_model
-
-    h = hashlib.sha256()
-    h.update(export_model(model, infer=False).SerializeToString(deterministic=True))
-    h.update(json.dumps(sorted((k, list(v)) for k, v in input_shapes.items())).encode())
-    h.update(target.encode())
-    h.update(_source_digest().encode())
-    from tvmlite.backends.tvm.kernels.schedules import min_parallel_work
-    from tvmlite.backends.tvm.kernels.target import host_threads
-
-    h.update(f"{min_parallel_work()}/{host_threads()}".encode())  # both change the schedules
-    return h.hexdigest()[:24]
-
-
-def prune_cache(keep=None, max_bytes: int | None = None) -> None:
-    """Drop the least recently built entries while the cache holds more than $TVMLITE_CACHE_MB
-    (default 4096) megabytes: a VGG-sized model's packed weights alone take half a gigabyte."""
-    limit = max_bytes if max_bytes is not None else int(os.environ.get("TVMLITE_CACHE_MB", 4096)) << 20
-    entries = []
-    for d in cache_dir().iterdir():
-        if d.is_dir():
-            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
-            entries.append((d.stat().st_mtime, size, d))
-    total = sum(e[1] for e in entries)
-    for _, size, d in sorted(entries, key=lambda e: e[0]):
-        if total <= limit:
-            break
-        if keep is not None and d == keep:
-            continue
-        shutil.rmtree(d, ignore_errors=True)
-        total -= size
 
 
 # -------------------------------------------------------------------------------------------- build
@@ -190,21 +142,28 @@ def build_lowered(low, target):
 
 
 def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None = None, *,
-                  outputs=None) -> None:
+                  outputs=None, shared=None) -> None:
     """``path`` (.so) plus ``path.json`` and ``path.npz``, landing together. ``lib_path``: the .so
     ``lib`` was loaded from (a loaded library cannot be exported again, so it is copied).
-    ``outputs``: a `tvmlite.outputs.Outputs` to stage them in (they land when it commits)."""
+    ``outputs``: a `tvmlite.outputs.Outputs` to stage them in (they land when it commits).
+    ``shared``: a `params.SharedConsts` that takes the constants instead of ``path.npz`` (the
+    buckets of one build; its owner writes the file)."""
     from tvmlite.outputs import Outputs
 
     path = os.fspath(path)
     if outputs is None:
         with Outputs([(lib_path, "library being saved")] if lib_path else []) as own:
-            return save_artifact(lib, plan, consts, path, lib_path, outputs=own)
+            return save_artifact(lib, plan, consts, path, lib_path, outputs=own, shared=shared)
     so = outputs.file(path, "library", existing_ok=True)
     js = outputs.file(path + ".json", "run plan", existing_ok=True)
-    npz = outputs.file(path + ".npz", "constants", existing_ok=True)
+    plan = {k: v for k, v in plan.items() if k not in ("const_file", "const_keys")}  # a bucket saved alone
+    if shared is not None:
+        plan = {**plan, "const_file": shared.file_name, "const_keys": shared.add(consts)}
     if lib_path is not None:
-        shutil.copyfile(lib_path, so)
+        try:
+            shutil.copyfile(lib_path, so)
+        except OSError as e:
+            raise TvmliteError(f"cannot copy the built library {lib_path} ({e.strerror}): build again") from None
     else:
         lib.export_library(so)
     # the load side checks these before dlopen (artifact_check): a truncated or swapped library
@@ -214,22 +173,24 @@ def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None
     plan = {**plan, "lib_bytes": len(data), "lib_sha256": hashlib.sha256(data).hexdigest()}
     with open(js, "w") as f:
         json.dump(plan, f)
-    with open(npz, "wb") as f:  # a file object: np.savez would add ".npz" to a name
-        np.savez(f, **consts)
+    if shared is None:
+        with open(outputs.file(path + ".npz", "constants", existing_ok=True), "wb") as f:
+            np.savez(f, **consts)  # a file object: np.savez would add ".npz" to a name
 
 
-def load_module(path: str) -> "CompiledModel":
-    """A saved artifact, ready to run (no ONNX, no compiler)."""
+def load_module(path: str, pool: dict | None = None) -> "CompiledModel":
+    """A saved artifact, ready to run (no ONNX, no compiler). ``pool``: constants already loaded
+    from the same shared file (see params.py), by member key; the buckets of one build share it."""
     tvm = import_tvm()
     path = os.fspath(path)
-    for p in (path, path + ".json", path + ".npz"):
+    for p in (path, path + ".json"):
         if not os.path.exists(p):
             raise TvmliteError(f"missing {p} (a TVM build is NAME.so with NAME.so.json and NAME.so.npz)")
         if not os.path.isfile(p):
             raise TvmliteError(f"{p} is not a regular file")
     # every file is checked before TVM maps the library: a truncated .so faults in dlopen
     plan = artifact_check.read_plan(path + ".json", FORMAT)
-    consts = artifact_check.read_consts(path + ".npz", plan)
+    consts, tensors = params.read(path, plan, pool)
     artifact_check.check_library(path, plan)
     try:
         lib = tvm.runtime.load_module(path)
@@ -241,7 +202,7 @@ def load_module(path: str) -> "CompiledModel":
         raise artifact_check.ArtifactError(f"{path}: the library has no kernel {missing[0]!r} "
                                            f"({len(missing)} missing): it belongs to another build")
     try:  # the host calls' nodes are rebuilt through the op registry and the NumPy plan
-        cm = CompiledModel(lib, plan, consts)
+        cm = CompiledModel(lib, plan, consts, tensors=tensors)
     except TvmliteError as e:
         raise artifact_check.ArtifactError(f"{path}.json: {e}") from None
     cm.lib_path = os.path.abspath(path)
@@ -254,7 +215,7 @@ class CompiledModel:
     outputs."""
 
     def __init__(self, lib, plan: dict, consts: dict, build_seconds: float | None = None,
-                 cached: bool = False):
+                 cached: bool = False, tensors: dict | None = None):
         tvm = import_tvm()
         self.lib = lib
         self.plan = plan
@@ -269,9 +230,14 @@ class CompiledModel:
         store = {}
         for name, b in plan["buffers"].items():
             store[name] = tvm.runtime.empty(tuple(b["shape"]), b.get("dtype", "float32"), dev)
-        kernel_consts = {n for c in plan["calls"] for n, _ in c.get("args", ()) if n in consts}
-        for name in kernel_consts:  # host calls read theirs as NumPy arrays
-            store[name] = tvm.runtime.tensor(np.ascontiguousarray(consts[name]), dev)
+        # the kernels' constants live as TVM tensors only (``tensors``: already read, maybe shared
+        # with other buckets); host calls and constant outputs read theirs as NumPy arrays
+        kernel_consts = {n for c in plan["calls"] for n, _ in c.get("args", ()) if n not in plan["buffers"]}
+        self._tensors = {}
+        for name in kernel_consts:
+            t = (tensors or {}).get(name)
+            self._tensors[name] = store[name] = t if t is not None else \
+                tvm.runtime.tensor(np.ascontiguousarray(consts[name]), dev)
         self._store = store
 
         def view(name, shape):
@@ -289,7 +255,7 @@ class CompiledModel:
         self._inputs = [store.get(n) for n in self.input_names]
         self._outputs = [(view(o["buffer"], o["shape"]) if not (o.get("const") or o.get("host")) else None, o)
                          for o in plan["outputs"]]
-        self._consts = consts
+        self._host_consts = {k: v for k, v in consts.items() if k not in kernel_consts}
 
     @property
     def kernel_count(self) -> int:
@@ -343,7 +309,7 @@ class CompiledModel:
                 v = self._env[o["name"]]
                 out.append(np.array(v) if isinstance(v, np.ndarray) else v)
             else:
-                out.append(host.loaded(np.array(self._consts[o["buffer"]])) if t is None else t.numpy())
+                out.append(host.loaded(np.array(self._host_consts[o["buffer"]])) if t is None else t.numpy())
         return out
 
     def profile(self, feeds: dict, repeats: int = 10) -> list[tuple[str, str, float]]:
@@ -361,8 +327,14 @@ class CompiledModel:
             rows.append((name, ", ".join(call.get("nodes", [])), float(np.median(ts))))
         return sorted(rows, key=lambda r: -r[2])
 
-    def save(self, path: str, *, outputs=None) -> None:
-        save_artifact(self.lib, self.plan, self._consts, path, lib_path=self.lib_path, outputs=outputs)
+    @property
+    def _consts(self) -> dict:
+        """Every constant as a NumPy array (the kernels' copied out of their TVM tensors)."""
+        return {**self._host_consts, **{n: t.numpy() for n, t in self._tensors.items()}}
+
+    def save(self, path: str, *, outputs=None, shared=None) -> None:
+        save_artifact(self.lib, self.plan, self._consts, path, lib_path=self.lib_path, outputs=outputs,
+                      shared=shared)
 
 
 def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True, lanes: int | None = None,
@@ -393,17 +365,22 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
     low = lower(model, shapes, lanes or vector_lanes(), strict=strict)
     plan, consts = plan_of(low)
     lib = build_lowered(low, target)
-    seconds = time.perf_counter() - t0
-    plan["build_seconds"] = round(seconds, 3)
-    cm = CompiledModel(lib, plan, consts, build_seconds=seconds)
+    plan["build_seconds"] = round(time.perf_counter() - t0, 3)
     if cache:
+        # LLVM makes the machine code when the module is exported, and again when it is run in
+        # this process (JIT): exporting to the cache and running that library makes it once
+        # (MiniLM: 12 s of 33), and saving the build elsewhere then copies the file
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            cm.save(str(entry))
+            save_artifact(lib, plan, consts, str(entry))
             prune_cache(keep=entry.parent)
+            cm = load_module(str(entry))
         except (OSError, TvmliteError):
             pass  # a read-only cache only costs rebuilds
-    return cm
+        else:
+            cm.build_seconds = time.perf_counter() - t0
+            return cm
+    return CompiledModel(lib, plan, consts, build_seconds=time.perf_counter() - t0)
 
 
 def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes: int | None = None, *,

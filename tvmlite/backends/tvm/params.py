@@ -1,0 +1,180 @@
+"""The constants of a TVM artifact (NAME.so.npz): written once per distinct array, read straight
+into TVM tensors.
+
+A plain build stores each constant under the name its plan uses. A bucketed build stores one file
+for all its buckets, NAME.so.npz, each distinct array once under a content key ("c" and the
+SHA-256 of its dtype, shape and bytes); each bucket's plan names that file (``const_file``, a name
+beside the plan) and maps its names to keys (``const_keys``). The weights do not depend on the
+sequence length, so every bucket maps them to the same keys: the file holds one copy, and buckets
+loaded through one ``pool`` (a dict, key -> TVM tensor) share one copy in memory too.
+
+Reading checks each member's .npy header before anything is allocated (dtype, shape within
+tvmlite.limits, the size the plan reads it as, the member holds exactly those bytes), then reads
+its bytes into the TVM tensor in chunks (no NumPy copy first: one copy in memory), and zip's CRC-32
+checks every byte: a truncated, flipped or swapped file is one line, never a wrong answer.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+
+import numpy as np
+
+from tvmlite import limits
+from tvmlite.backends.tvm.artifact_check import ArtifactError, check_host
+from tvmlite.backends.tvm.kernels.target import import_tvm
+
+_CHUNK = 1 << 22  # bytes per read into a TVM tensor: the only transient copy
+
+
+def content_key(arr: np.ndarray) -> str:
+    arr = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode())
+    if arr.dtype.kind in "OU":  # host strings (kept as fixed-width unicode)
+        h.update(np.asarray(arr, str).tobytes())
+    else:
+        h.update(arr.reshape(-1).view(np.uint8))
+    return "c" + h.hexdigest()[:32]
+
+
+class SharedConsts:
+    """The constants of several plans (the buckets of one build), each distinct array once."""
+
+    def __init__(self, file_name: str):
+        self.file_name = file_name  # the .npz, named relative to the plans beside it
+        self.arrays: dict[str, np.ndarray] = {}
+        self.stored_bytes = 0  # what the file holds
+        self.offered_bytes = 0  # what separate files would have held
+
+    def add(self, consts: dict) -> dict:
+        """Take a plan's constants; returns its ``const_keys`` (name -> key)."""
+        keys = {}
+        for name, arr in consts.items():
+            keys[name] = k = content_key(arr)
+            self.offered_bytes += np.asarray(arr).nbytes
+            if k not in self.arrays:
+                self.arrays[k] = np.asarray(arr)
+                self.stored_bytes += self.arrays[k].nbytes
+        return keys
+
+    def write(self, path: str) -> None:
+        with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+            np.savez(f, **self.arrays)
+
+
+def const_file(path: str, plan: dict) -> str:
+    """The .npz a plan reads its constants from: NAME.so.npz, or the shared file it names."""
+    name = plan.get("const_file")
+    if name is None:
+        return path + ".npz"
+    if not isinstance(name, str) or os.path.basename(name) != name or not name.endswith(".npz") \
+            or name in (".", ".."):
+        raise ArtifactError(f"{path}.json: 'const_file' {name!r} must name a .npz file beside the plan")
+    return os.path.join(os.path.dirname(path), name)
+
+
+def read(path: str, plan: dict, pool: dict | None = None) -> tuple[dict, dict]:
+    """The constants of the artifact ``path`` (NAME.so) with plan ``plan``: (NumPy arrays for the
+    host calls and constant outputs, TVM tensors for the kernels), by the names the plan uses.
+    ``pool``: tensors already read from the same file, by member key, shared instead of read again."""
+    npz = const_file(path, plan)
+    js = path + ".json"
+    keys = plan.get("const_keys", {})
+    if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()):
+        raise ArtifactError(f"{js}: 'const_keys' must map constant names to .npz members")
+    buffers = plan["buffers"]
+    kernel: dict[str, list] = {}  # constant -> the shapes calls read it as
+    for c in plan["calls"]:
+        for name, shape in c.get("args", ()):
+            if name not in buffers:
+                kernel.setdefault(name, []).append((c["func"], shape))
+    host_names = {o["buffer"] for o in plan["outputs"] if o.get("const")}
+    for seg in plan.get("host", []) if isinstance(plan.get("host"), list) else []:
+        if isinstance(seg, dict) and isinstance(seg.get("consts"), dict):
+            host_names.update(k for k in seg["consts"].values() if isinstance(k, str))
+            for nd in seg.get("nodes", []) if isinstance(seg.get("nodes"), list) else []:
+                for a in (nd.get("attrs") or {}).values() if isinstance(nd, dict) else []:
+                    ref = a.get("npz") if isinstance(a, dict) else None
+                    host_names.update([ref] if isinstance(ref, str) else ref if isinstance(ref, list) else [])
+    if not os.path.isfile(npz):
+        raise ArtifactError(f"missing {npz} (the constants of {path})")
+    if not zipfile.is_zipfile(npz):
+        raise ArtifactError(f"{npz}: not a .npz file of constants (no zip archive)")
+    tvm = import_tvm()
+    arrays, tensors = {}, {}
+    try:
+        with zipfile.ZipFile(npz) as zf:
+            members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+            for name in sorted(host_names | set(kernel)):
+                key = keys.get(name, name)
+                info = members.get(key)
+                if info is None:
+                    if name in kernel:
+                        raise ArtifactError(f"{npz}: constant {name!r} (call {kernel[name][0][0]!r}) is missing"
+                                            + (f" (member {key!r})" if key != name else ""))
+                    continue  # check_host names what is missing, and where
+                if name in kernel:
+                    if pool is not None and key in pool:
+                        tensors[name] = pool[key]
+                    else:
+                        tensors[name] = _read_tensor(zf, info, npz, name, tvm)
+                        if pool is not None:
+                            pool[key] = tensors[name]
+                    have = int(np.prod(tensors[name].shape))
+                    for func, shape in kernel[name]:
+                        if have != int(np.prod(shape)):
+                            raise ArtifactError(f"{npz}: constant {name!r} has shape {list(tensors[name].shape)}, "
+                                                f"call {func!r} reads it as {shape}")
+                else:
+                    arrays[name] = _read_array(zf, info, npz, name)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{npz}: not a readable .npz of constants ({msg})") from None
+    check_host(plan, set(arrays) | set(tensors), js)
+    return arrays, tensors
+
+
+def _header(f, npz: str, name: str):
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ArtifactError(f"{npz}: constant {name!r} is in .npy version {version}, not 1.0 or 2.0")
+    if dtype.hasobject:
+        raise ArtifactError(f"{npz}: constant {name!r} holds Python objects (a pickle), refused")
+    limits.check_tensor(shape, dtype, f"{npz}: constant {name!r}")
+    return shape, fortran, dtype
+
+
+def _read_array(zf, info, npz: str, name: str) -> np.ndarray:
+    with zf.open(info) as f:
+        _header(f, npz, name)
+    with zf.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_tensor(zf, info, npz: str, name: str, tvm):
+    with zf.open(info) as f:
+        shape, fortran, dtype = _header(f, npz, name)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if info.file_size != f.tell() + nbytes:
+            raise ArtifactError(f"{npz}: constant {name!r} holds {info.file_size - f.tell():,} bytes of data, "
+                                f"its header says {nbytes:,}")
+        if dtype.kind not in "biuf":
+            raise ArtifactError(f"{npz}: constant {name!r} has dtype {dtype}, which no kernel reads")
+        if fortran or not dtype.isnative:  # not a buffer TVM takes as it is: through NumPy
+            arr = np.lib.format.read_array(f, allow_pickle=False)
+            return tvm.runtime.tensor(np.ascontiguousarray(arr, arr.dtype.newbyteorder("=")))
+        t = tvm.runtime.empty(tuple(shape), str(dtype), tvm.cpu(0))
+        dst = memoryview(np.from_dlpack(t).reshape(-1).view(np.uint8))
+        pos = 0
+        while pos < nbytes:
+            n = f.readinto(dst[pos:pos + _CHUNK])
+            if not n:
+                raise ArtifactError(f"{npz}: constant {name!r} ends after {pos:,} of {nbytes:,} bytes")
+            pos += n
+        f.read(1)  # the end of the member: zip checks its CRC-32 here
+    return t
