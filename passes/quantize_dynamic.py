@@ -14,7 +14,7 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.counts import node_macs
 from tvmlite.passes.quantize_weights import QuantizeWeights
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
-from tvmlite.errors import OptionError
+from tvmlite.errors import OptionError, TvmliteError
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Model
 from tvmlite.export.shapes import infer_shapes, static_shapes
@@ -182,7 +182,11 @@ class QuantizeDynamic(Pass):
         readers: dict = {}
         for node, w, _ in work:
             readers.setdefault(node.inputs[0], []).append((node, w))
-        xs = capture_samples(model, sorted(readers), self.options.calibration)
+        try:
+            xs = capture_samples(model, sorted(readers), self.options.calibration)
+        except TvmliteError as e:  # e.g. random token ids past a vocabulary: quantize without smoothing
+            result.skip("(smooth)", f"calibration run failed, no smoothing: {str(e).splitlines()[0]}")
+            return {}
         out = {}
         for x, group in readers.items():
             alpha, s, errs = choose_alpha(xs[x], np.concatenate([w for _, w in group], axis=1), self._alphas())

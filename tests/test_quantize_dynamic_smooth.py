@@ -142,3 +142,23 @@ def test_cli_bad_smooth_exits_2_and_writes_nothing(tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "smooth" in lines[0] and "Traceback" not in p.stderr
     assert not dst.exists() and src.read_bytes() == before
+
+
+def test_calibration_that_cannot_run_leaves_smoothing_out_with_a_reason():
+    """Random calibration ids past a vocabulary fail on the NumPy backend: the pass still quantizes,
+    unsmoothed, and says why."""
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((4, H)).astype(np.float32), "table")
+    w = numpy_helper.from_array(rng.standard_normal((H, H)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"]),
+                           helper.make_node("MatMul", ["e", "w"], ["y"], name="fc")], "g",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, H])], [table, w])
+    p = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    p.ir_version = 8
+    m = tvmlite.load(p)
+    q = parse_spec("quantize-dynamic(smooth=0.7)")[0]
+    q.options.calibration = [{"ids": np.full((1, 8), 99, np.int64)}]
+    r = q.run(m)
+    assert r.stats["rewritten"] == 1 and "smoothed" not in r.stats
+    assert any(where == "(smooth)" and "calibration run failed" in why for where, why in r.skipped)
