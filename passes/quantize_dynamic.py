@@ -84,6 +84,8 @@ class QuantizeDynamic(Pass):
             raise OptionError(f"pass 'quantize-dynamic': min_matmul_share {self.options.min_matmul_share!r} "
                               "is not between 0 and 1")
         self._alphas()  # refuses a bad smooth when the spec is read
+        if self.options.gather:
+            self._tables()  # refuses a bad gather_block when the spec is read
 
     def _alphas(self) -> tuple:
         """The alphas the smooth option lets choose_alpha try (() when off)."""
@@ -100,8 +102,6 @@ class QuantizeDynamic(Pass):
             raise OptionError(f"pass 'quantize-dynamic': smooth={self.options.smooth!r} (choose off, auto, "
                               "or an alpha in (0, 1])")
         return (a,)
-        if self.options.gather:
-            self._tables()  # refuses a bad gather_block when the spec is read
 
     def _tables(self) -> QuantizeWeights:
         try:
