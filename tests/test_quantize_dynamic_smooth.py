@@ -162,3 +162,35 @@ def test_calibration_that_cannot_run_leaves_smoothing_out_with_a_reason():
     r = q.run(m)
     assert r.stats["rewritten"] == 1 and "smoothed" not in r.stats
     assert any(where == "(smooth)" and "calibration run failed" in why for where, why in r.skipped)
+
+
+def test_min_gain_keeps_only_the_muls_that_pay():
+    """smooth_min_gain: an activation is smoothed only where its simulated error falls that many
+    times; the LayerNorm output with a 25x channel gains far more than the Relu output."""
+    src = _outlier_mlp()
+
+    def run(gain):
+        m = tvmlite.load(src)
+        p = parse_spec(f"quantize-dynamic(smooth=0.7,smooth_min_gain={gain})")[0]
+        p.options.calibration = _data(4, 1)
+        r = p.run(m)
+        return {d["activation"]: d for d in r.decisions if "activation" in d}, r, m
+
+    rows, r, _ = run(1.001)  # > 1: every activation simulated, smoothed when it gains at all
+    g_ln = rows["ln"]["errors"]["0"] / rows["ln"]["errors"]["0.7"]
+    g_act = rows["act"]["errors"]["0"] / rows["act"]["errors"]["0.7"]
+    assert g_ln > 3 and g_ln > 2 * g_act  # the outlier channel is what smoothing is for
+    cut = (g_ln + g_act) / 2 if g_act > 1 else 1.5
+    rows, r, m = run(cut)
+    assert rows["ln"]["smooth_alpha"] == 0.7 and rows["act"]["smooth_alpha"] == 0.0
+    assert "smooth_min_gain" in rows["act"]["why"] or "no alpha" in rows["act"]["why"]
+    assert r.stats["smoothed"] == 1
+    assert sum(n.outputs[0].endswith("_x_smoothed") for n in m.graph.nx.nodes) == 1
+    rows, r, _ = run(1e6)
+    assert r.stats["smoothed"] == 0
+
+
+@pytest.mark.parametrize("bad", ["0.5", "-3", "nan"])
+def test_bad_min_gain_is_refused(bad):
+    with pytest.raises(OptionError, match="smooth_min_gain"):
+        parse_spec(f"quantize-dynamic(smooth=0.7,smooth_min_gain={bad})")
