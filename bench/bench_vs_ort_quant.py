@@ -202,7 +202,38 @@ def argmax_agreement(ref, out, spec) -> tuple[str, float]:
 
 def prob_map_error(ref, out, spec) -> tuple[str, float]:
     err = float(np.abs(out[0].astype(np.float64) - ref[0]).max())
-    return f"max abs err {err:.4f}", err
+    same = sum(text_boxes(r) == text_boxes(o) for r, o in zip(ref[0], out[0]))
+    return f"max abs err {err:.4f}, boxes same on {same}/{len(ref[0])} pages", err
+
+
+def text_boxes(prob: np.ndarray, thresh: float = 0.3, min_side: int = 3) -> list[tuple[int, int, int, int]]:
+    """DBNet's post-processing, simplified: the bounding boxes (top, left, bottom, right) of the
+    8-connected components of ``prob > thresh`` (prob: [1, H, W]) at least ``min_side`` pixels on
+    each side, sorted."""
+    fg = np.pad(prob.reshape(prob.shape[-2:]) > thresh, 1)
+    h, w = fg.shape
+    big = h * w
+    lab = np.where(fg, np.arange(big).reshape(h, w), big)
+    while True:  # each pixel takes the smallest label around it, then follows its label's label
+        nb = lab.copy()
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                nb = np.minimum(nb, np.roll(lab, (dy, dx), (0, 1)))
+        nb = np.where(fg, nb, big)
+        flat = np.append(nb.ravel(), big)
+        nb = np.where(fg, flat[flat[nb]], big)
+        if np.array_equal(nb, lab):
+            break
+        lab = nb
+    ys, xs = np.nonzero(fg)
+    ids = lab[ys, xs]
+    boxes = []
+    for k in np.unique(ids):
+        sel = ids == k
+        top, left, bottom, right = ys[sel].min() - 1, xs[sel].min() - 1, ys[sel].max(), xs[sel].max()
+        if bottom - top >= min_side and right - left >= min_side:
+            boxes.append((int(top), int(left), int(bottom), int(right)))
+    return sorted(boxes)
 
 
 def detection_error(ref, out, spec) -> tuple[str, float]:

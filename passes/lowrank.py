@@ -24,7 +24,7 @@ Layer errors are relative Frobenius errors of the layer output over its spread a
 """
 from __future__ import annotations
 
-import math
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +35,7 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.capabilities import Calibrated, LayerwisePass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.passes.lowrank_conv import ConvFactorPlans
+from tvmlite.passes.lowrank_fc import FcFactorPlans
 # the numerics live in lowrank_math; their names stay importable from here
 from tvmlite.passes.lowrank_math import (Layer, LinearStats, capture_groups, capture_values,  # noqa: F401
                                  energy_rank, evbmf_rank, gram_svd, principal_fit, reduced_rank_fit,
@@ -59,7 +60,7 @@ CONV_METHODS = ("tucker", "cp")
 
 
 @register_pass
-class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
+class LowRank(ConvFactorPlans, FcFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
     """Gemm/MatMul -> two thinner products (truncated SVD); Conv -> Tucker-2 or CP as plain Convs."""
 
     name = "lowrank"
@@ -99,6 +100,10 @@ class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
         exclude: list[str] = ()
         #: largest number of conv output positions per image batch used for the statistics
         max_rows: int = 8192
+        #: seconds for planning layers (captures, fits, rank searches, timing), in graph order; the
+        #: layers not reached by then are left alone with that reason (0: no limit). Planning every
+        #: eligible layer of PP-OCR det at 640x640 took 190-320 s
+        time_budget: float = 0.0
         seed: int = 0
 
     def __init__(self, _planned: dict | None = None, /, **options):
@@ -132,6 +137,8 @@ class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
             raise OptionError(f"lowrank: budget={o.budget} must be positive")
         if o.min_mac_ratio <= 0:
             raise OptionError(f"lowrank: min_mac_ratio={o.min_mac_ratio} must be positive")
+        if not o.time_budget >= 0:
+            raise OptionError(f"lowrank: time_budget={o.time_budget} must be >= 0 (seconds; 0: no limit)")
         if o.fc_rank < 0 or o.calib_count < 2 or o.ridge < 0 or not 0 <= o.min_layer_share < 1:
             raise OptionError("lowrank: fc_rank, ridge must be >= 0, calib_count >= 2, "
                               "0 <= min_layer_share < 1")
@@ -201,8 +208,15 @@ class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
         # layer inputs come from the model compressed so far; until the next rewrite they are
         # those of one run, so the next CAPTURE_AHEAD layers' inputs are captured together
         inputs: dict = {}
+        start = time.perf_counter()
         for i, layer in enumerate(layers):
             node = layer.node
+            if o.time_budget and time.perf_counter() - start > o.time_budget:
+                why = f"not planned: time_budget {o.time_budget:g} s spent on the layers before it"
+                for later in layers[i:]:
+                    result.skip(later.node, why)
+                    result.decisions.append({"node": later.node.label, "kept": False, "reason": why})
+                break
             stats = None
             if data is not None:
                 if node.inputs[0] not in inputs:
@@ -400,101 +414,3 @@ class LowRank(ConvFactorPlans, FactorNodes, LayerwisePass, Calibrated, Pass):
     def _fits_refit(self, layer: Layer, stats) -> bool:
         # refits need real data: on random inputs (budget without calib) the factors stay weight-only
         return bool(self.options.refit and stats is not None and layer.bias_const and self.options.calib is not None)
-
-    # .................................................................................. SVD
-    def _plan_fc(self, layer: Layer, stats) -> dict | str:
-        o = self.options
-        w = layer.weight.astype(np.float64)  # [in, out]
-        d_in, d_out = w.shape
-        full = min(d_in, d_out)
-        max_r = int((d_in * d_out / o.min_mac_ratio) // (d_in + d_out))
-        if max_r < 1:
-            return f"no rank divides MACs by min_mac_ratio {o.min_mac_ratio} ({d_in}x{d_out})"
-        refit = self._fits_refit(layer, stats)
-        svd: list = []  # the weights' SVD, computed when first needed (a refit needs it only for the report)
-        fits: dict = {}  # id(stats) -> (stats, principal_fit): one solve + eigh per statistics, not per rank
-
-        def weight_svd():
-            if not svd:
-                svd.extend(np.linalg.svd(w, full_matrices=False))
-            return svd
-
-        def factors(r, st):
-            if refit:
-                if id(st) not in fits:
-                    fits[id(st)] = (st, principal_fit(st, w, o.ridge))
-                return truncate_fit(fits[id(st)][1], r)
-            u, s, vt = weight_svd()
-            return u[:, :r] * s[:r], vt[:r], None
-
-        def held_error(r):
-            fit, held = stats
-            a, b, c = factors(r, fit)
-            ev = held if held.n else fit
-            return ev.rel_error(a @ b, c if c is not None else self._bias_offset(layer))
-
-        if o.fc_rank:
-            r = o.fc_rank
-        elif o.rank == "ratio":
-            r = max(1, math.ceil(o.ratio * full))
-        elif o.rank == "energy":
-            r = energy_rank(w, o.energy)
-        elif o.rank == "vbmf":
-            r = max(1, evbmf_rank(w))
-        else:
-            r = self._search_1d(held_error, 1, max_r)
-            if r is None:
-                return (f"no rank <= {max_r} keeps the layer-output error within budget {o.budget} "
-                        f"(rank {max_r}: {held_error(max_r):.3g})")
-        r = min(r, full)
-        if r > max_r:
-            return f"rank {r} would not divide MACs by min_mac_ratio {o.min_mac_ratio} (largest useful {max_r})"
-        all_stats = (stats[0] + stats[1]) if stats is not None else None
-        a, b, c = factors(r, all_stats) if refit else factors(r, None)
-        a, b = split_singular_values(a, b)
-        plan = {"method": "svd", "ranks": [r], "A": a, "B": b, "c": c, "refit": refit,
-                "params_before": w.size, "params_after": a.size + b.size,
-                "macs_before": layer.macs, "macs_after": layer.rows * r * (d_in + d_out),
-                "weight_error": float(np.linalg.norm(w - a @ b) / np.linalg.norm(w))}
-        if stats is not None:
-            plan["error"] = round(held_error(r), 5)
-            if refit:
-                ev = stats[1] if stats[1].n else stats[0]
-                u, s, vt = weight_svd()
-                plan["error_weights_only"] = round(
-                    ev.rel_error((u[:, :r] * s[:r]) @ vt[:r], self._bias_offset(layer)), 5)
-        return plan
-
-    def _bias_offset(self, layer: Layer):
-        """The offset a weight-only factorization adds: the original bias (targets include it)."""
-        if layer.bias is not None:
-            return layer.bias
-        return np.zeros(layer.weight.shape[1] if layer.kind == "fc" else layer.weight.shape[0])
-
-    def _search_1d(self, error_of, lo: int, hi: int) -> int | None:
-        """Smallest r in [lo, hi] with error_of(r) <= budget (error taken as decreasing in r)."""
-        budget = self.options.budget
-        if error_of(hi) > budget:
-            return None
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if error_of(mid) <= budget:
-                hi = mid
-            else:
-                lo = mid + 1
-        return hi
-
-    def _plan_fc_conv1x1(self, layer: Layer, stats) -> dict | str:
-        """A 1x1 conv is a product over channels: SVD, written as two 1x1 convs."""
-        w = layer.weight
-        fc = Layer(layer.node, "fc", w.reshape(w.shape[0], w.shape[1]).T, layer.bias, layer.bias_const,
-                   rows=int(np.prod(layer.out_shape[2:])))
-        plan = self._plan_fc(fc, stats)
-        if isinstance(plan, dict):
-            plan["method"] = "svd-1x1"
-            plan["macs_before"] = layer.macs
-            plan["macs_after"] = (int(np.prod(layer.out_shape[2:])) * plan["ranks"][0]
-                                  * (w.shape[0] + w.shape[1]))
-            if plan["macs_before"] < self.options.min_mac_ratio * plan["macs_after"]:
-                return "factorization does not cut MACs by min_mac_ratio"
-        return plan

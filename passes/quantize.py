@@ -285,8 +285,8 @@ class Quantize(LayerwisePass, Calibrated, Pass):
             result.decisions.extend({**d, "node": labels.get(d["node"], d["node"])} for d in decisions)
         # what replay() needs to redo this run without calibrating or measuring again
         result.replay = {"chosen": sorted(chosen), "ranges": spec.ranges,
-                         "costs": {labels.get(d["node"], d["node"]): d["error_alone"]
-                                   for d in result.decisions if "error_alone" in d}}
+                         "costs": {labels.get(d["node"], d["node"]): d["undo_cost"]
+                                   for d in result.decisions if "undo_cost" in d}}
         plan = qdq.plan_qdq(g, chosen, spec, excluded=excluded)
         for label, what, details in qdq.apply_qdq(model, plan, spec):
             result.rewrote(label, action=what, **details)

@@ -60,3 +60,22 @@ def test_bench_tvm_zoo_quick(capsys, tmp_path):
         assert "error" not in r, r
         assert r["tvm_ms"] > 0 and r["ort_ms"] > 0 and r["cached_build_s"] < r["build_s"] + 1
         assert r["rel_err"] < (1e-4 if r["kind"] == "float" else 0.1), r
+
+
+def test_text_boxes_are_the_8_connected_components_of_the_thresholded_map():
+    """bench_vs_ort_quant's det check: the boxes of DBNet's map above 0.3, compared between float
+    and optimized models; components touching diagonally are one box, small ones are dropped."""
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("bench_vs_ort_quant", ROOT / "bench" / "bench_vs_ort_quant.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text_boxes = mod.text_boxes
+    prob = np.zeros((1, 40, 50), np.float32)
+    prob[0, 2:6, 3:20] = 0.9  # a line
+    prob[0, 6:9, 20:24] = 0.5  # touches the line at a corner: the same component
+    prob[0, 20:30, 10:12] = 0.31  # 2 pixels wide: dropped (min_side 3)
+    prob[0, 30:35, 30:49] = 0.8
+    prob[0, 12:16, 30:40] = 0.29  # under the threshold
+    assert text_boxes(prob) == [(2, 3, 9, 24), (30, 30, 35, 49)]
+    assert text_boxes(prob, thresh=0.25)[1] == (12, 30, 16, 40)

@@ -215,3 +215,26 @@ def test_layers_too_small_to_matter_are_left_alone():
     reasons = dict(r.skipped)
     assert "min_layer_share" in reasons["fc"]  # 5,120 of ~150k MACs
     assert "c2" in r.rewritten
+
+
+def test_time_budget_stops_planning_and_says_so(monkeypatch):
+    """Layers not reached within time_budget are left alone with that reason (a fake clock: each
+    look at it is 10 s later, so the first layer is planned and the budget is spent after it)."""
+    import types
+
+    from tvmlite.passes import lowrank as lowrank_mod
+
+    clock = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(lowrank_mod, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    m = tvmlite.load(_two_conv_model())
+    (r,) = Pipeline([LowRank(rank="ratio", ratio=0.1, refit=False, min_mac_ratio=0.01, min_layer_share=0.0,
+                             time_budget=15)]).run(m)
+    reasons = dict(r.skipped)
+    assert "time_budget 15" not in reasons.get("c1", "")  # planned (kept or skipped on its merits)
+    assert "time_budget 15 s spent" in reasons["c2"] and "time_budget 15 s spent" in reasons["fc"]
+    unlimited = tvmlite.load(_two_conv_model())
+    (r0,) = Pipeline([LowRank(rank="ratio", ratio=0.1, refit=False, min_mac_ratio=0.01,
+                              min_layer_share=0.0)]).run(unlimited)
+    assert len(r0.rewritten) > len(r.rewritten)
+    with pytest.raises(OptionError, match="time_budget"):
+        Pipeline("lowrank(time_budget=-1)").run(tvmlite.load(_two_conv_model()))

@@ -190,6 +190,22 @@ def test_weights_int8_bias_int32_per_channel():
     assert len(biases) == 2  # conv bias and the fused fc bias
 
 
+def test_per_tensor_weights_with_a_bias_run_in_onnxruntime():
+    """per_channel=false: a conv's bias raised the one weight scale to one per channel (the bias
+    headroom), and writing the weights then failed."""
+    proto = _conv_model()
+    x = np.random.default_rng(5).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    m, _ = _quantize(proto, x, per_channel=False)
+    out = tvmlite.export_model(m)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}
+    weights = [n for n in out.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+               and inits[n.input[0]].ndim == 4]
+    assert weights and all(inits[n.input[1]].size == 1 for n in weights)
+    want = ort_run(proto, {"x": x})[0]
+    got = ort_run(out, {"x": x})[0]
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.05
+
+
 def test_exclude_by_name_and_op_type():
     proto = _conv_model()
     x = np.random.default_rng(6).standard_normal((8, 3, 8, 8)).astype(np.float32)

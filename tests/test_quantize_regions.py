@@ -6,10 +6,12 @@ import onnxruntime as ort
 from onnx import helper
 
 import tvmlite
-from tvmlite.passes.quantize import Quantize, candidate_units
+from tvmlite.passes.quantize import Quantize, candidate_units, prepare
 from tvmlite.export.shapes import infer_shapes
 from tvmlite.quant import qdq
-from tvmlite.quant.regions import regions, rescue_by_region
+from tvmlite.quant.regions import cut_for_error, edge_orders, fewest_back_to_float, regions, winning_regions
+from tvmlite.quant.select import choose_layers
+from tvmlite.calibration import load_calibration
 
 from helpers import make_model, tensor
 
@@ -89,23 +91,90 @@ def test_lone_layers_lose_and_the_chain_wins():
     chosen, decisions = _alone(m, units, timer)
     assert chosen == set()  # every conv alone: 0.6 + 2 * 0.5 > 1.0
     calls = []
-    kept = rescue_by_region(m, units, chosen, spec, _fake_timer(calls=calls), decisions)
-    assert kept == {"c1", "c2", "y"}  # the chain: 3 * 0.6 + 2 * 0.5 = 2.8 < 3.0
-    assert "z" not in kept  # the lone conv stays float
+    won = winning_regions(m, units, spec, _fake_timer(calls=calls), decisions)
+    assert won == {"c1", "c2", "y"}  # the chain: 3 * 0.6 + 2 * 0.5 = 2.8 < 3.0
+    assert "z" not in won  # the lone conv is no region
     assert calls == [["c1", "c2", "y"]]
     assert "region of 3 layers faster" in decisions["c2"]["reason"]
-    assert decisions["c2"]["gain_ms"] > 0
+    assert decisions["c2"]["gain_ms"] > 0 and decisions["c2"]["region"] == "c1"
 
 
-def test_a_losing_chain_stays_float_and_winning_regions_are_not_timed():
+def test_a_losing_chain_stays_float_and_a_timed_region_is_not_timed_again():
     m, units, spec = _prepared()
-    chosen, decisions = _alone(m, units, _fake_timer(edge_ms=0.8))
-    assert rescue_by_region(m, units, chosen, spec, _fake_timer(edge_ms=0.8), decisions) == set()
+    _, decisions = _alone(m, units, _fake_timer(edge_ms=0.8))
+    assert winning_regions(m, units, spec, _fake_timer(edge_ms=0.8), decisions) == set()
     assert "gain_ms" not in decisions["c2"] and decisions["c2"]["region_int8_ms"] > 3.0
+    calls, timed = [], {}
+    winning_regions(m, units, spec, _fake_timer(calls=calls), decisions, timed=timed)
+    winning_regions(m, units, spec, _fake_timer(calls=calls), decisions, timed=timed)
+    assert calls == [["c1", "c2", "y"]]  # the second look reuses the region's timing
+
+
+def test_error_cut_takes_back_an_edge_and_leaves_one_region():
+    """Layers go back to float from a region's edge, fewest first, by the whole model's error: a
+    sensitive first layer goes alone (the rest stays one region), a sensitive last one likewise."""
+    m, units, spec = _prepared()
+    chain = ["c1", "c2", "y"]
+    orders = edge_orders(m, chain)
+    assert orders["from the inputs"] == chain and orders["from the outputs"] == chain[::-1]
+    for worst in ("c1", "y"):
+        cost = {u: (0.5 if u == worst else 0.004) for u in chain}
+        seen = []
+
+        def error_of(int8):
+            seen.append(frozenset(int8))
+            return sum(cost[u] for u in int8)
+        name, back, err = cut_for_error(orders, error_of, budget=0.01)
+        assert back == [worst] and abs(err - 0.008) < 1e-12
+        kept = set(chain) - set(back)
+        assert len(regions(m, kept, spec)) == 1  # still one contiguous region
+        assert len(seen) <= 4  # O(log n) model runs, not one per layer
+    # nothing meets the budget short of everything back: all of them, error 0
+    name, back, err = cut_for_error(orders, lambda int8: 1.0 if int8 else 0.0, budget=0.01)
+    assert sorted(back) == sorted(chain) and err == 0.0
+
+
+def test_fewest_back_to_float_bisects_and_gives_up_past_a_cap():
+    errors = [0.9, 0.5, 0.3, 0.2, 0.011, 0.009, 0.005, 0.0]  # error with the first k back in float
     calls = []
-    everyone = set(units)
-    assert rescue_by_region(m, units, everyone, spec, _fake_timer(calls=calls), decisions) == everyone
-    assert calls == []
+
+    def without(k):
+        calls.append(k)
+        return errors[k]
+    assert fewest_back_to_float(list(range(7)), without, 0.01) == (5, 0.009)
+    assert len(calls) <= 6
+    assert fewest_back_to_float(list(range(7)), without, 0.01, cap=3) is None
+
+
+def test_error_step_cuts_from_an_edge_in_onnxruntime():
+    """The real path with a budget the full int8 chain misses: layers go back to float from an
+    edge, what stays int8 meets the budget in onnxruntime, and each decision says why."""
+    proto = _chain_model(width=16, size=32)
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    m = tvmlite.load(proto)
+    spec = qdq.QuantSpec("uint8", True)
+    spec.ranges = Quantize(calibration={"x": x}, mode="all", op_types=["Conv"],
+                           progress=False)(tvmlite.load(proto)).replay["ranges"]
+    prepare(m)
+    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
+    calib = load_calibration({"x": x}, m)
+    _, full = choose_layers(m, units, spec, calib, budget=1.0)
+    budget = full[-1]["output_error"] / 3  # the whole chain in int8 misses it
+    chosen, decisions = choose_layers(m, units, spec, calib, budget=budget)
+    assert decisions[-1]["output_error"] <= budget
+    back = [d for d in decisions[:-1] if d["precision"] == "float32"]
+    assert back and all("back to float" in d["reason"] for d in back)
+    assert len(regions(m, chosen & {"c1", "c2", "y"}, spec)) <= 1  # the chain is cut, not split
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = Quantize(calibration={"x": x}, layers=sorted(chosen), ranges=spec.ranges, op_types=["Conv"],
+                   float_layer_weights="float32",
+                   progress=False)
+    q = tvmlite.load(proto)
+    got(q)
+    sess = ort.InferenceSession(tvmlite.export_model(q).SerializeToString(), providers=["CPUExecutionProvider"])
+    a, b = ref.run(None, {"x": x}), sess.run(None, {"x": x})
+    err = np.sqrt(sum(np.sum((p - r) ** 2) for p, r in zip(a, b)) / sum(np.sum(p ** 2) for p in a))
+    assert err <= budget * 1.001  # the same 8 examples the step measured on
 
 
 def test_measured_auto_mode_stays_within_budget_in_onnxruntime():
@@ -117,10 +186,14 @@ def test_measured_auto_mode_stays_within_budget_in_onnxruntime():
     r = Quantize(calibration={"x": x}, mode="auto", measure=True, error_budget=0.02, progress=False)(m)
     layers = {d["node"]: d for d in r.decisions if "precision" in d}
     assert set(layers) >= {"c1", "c2", "c3", "lone"}
-    for name in ("c1", "c2", "c3"):  # a chain member slower alone had its region timed
+    for name in ("c1", "c2", "c3"):  # the chain is timed as one piece first; alone only when it lost
         d = layers[name]
-        if d["int8_ms"] >= d["float_ms"]:
+        if "region_layers" in d:
             assert d["region_layers"] == 3 and d["region_float_ms"] > 0
+            assert ("int8_ms" in d) == (d["region_int8_ms"] >= d["region_float_ms"])
+        else:  # went back to float for error: the chain was cut
+            assert "back to float" in d["reason"]
+    assert "int8_ms" in layers["lone"] and "region_layers" not in layers["lone"]
     chain = {layers[n]["precision"] for n in ("c1", "c2", "c3") if "gain_ms" in layers[n]}
     assert len(chain) <= 1  # a region kept as a whole stays or goes as a whole
     ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -158,3 +231,43 @@ def test_layer_shapes_after_an_op_onnx_cannot_type_come_from_a_run():
     shapes = _static_shapes(m, feeds)
     assert shapes["scores"] == (1, 7, 7)
     assert shapes["ht"] == (1, 32, 7)
+
+
+def test_a_region_reading_a_computed_shape_is_timed_on_the_models_own_values():
+    """A Reshape inside a region whose shape is computed (Shape -> Reshape, as in YOLO-style heads)
+    reads an int64 fragment input: random integers made onnxruntime refuse the cut-out (the
+    detector's quantize failed); the model's own values are fed, and a refusal leaves it float."""
+    from tvmlite.quant.select import _Timer, _static_shapes
+    from tvmlite.quant.timing import time_int8_nodes
+
+    rng = np.random.default_rng(0)
+    w1, w2 = [(rng.standard_normal((8, c, 3, 3)) * 0.2).astype(np.float32) for c in (3, 8)]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+             helper.make_node("Shape", ["r1"], ["s"], name="shape"),
+             helper.make_node("Slice", ["s", "zero", "two"], ["nc"], name="nc"),
+             helper.make_node("Concat", ["nc", "minus1"], ["s3"], name="s3", axis=0),
+             helper.make_node("Reshape", ["r1", "s3"], ["flat"], name="reshape"),  # (1, 8, 256)
+             helper.make_node("Reshape", ["flat", "s4"], ["rs"], name="back"),
+             helper.make_node("Conv", ["rs", "w2"], ["y"], name="c2", pads=[1, 1, 1, 1])]
+    proto = make_model(nodes, [tensor("x", ["N", 3, 16, 16])], [tensor("y", ["N", 8, 16, 16])],
+                       [("w1", w1), ("w2", w2), ("zero", np.array([0], np.int64)), ("two", np.array([2], np.int64)),
+                        ("minus1", np.array([-1], np.int64)), ("s4", np.array([-1, 8, 16, 16], np.int64))], opset=13)
+    proto.graph.value_info.append(tensor("flat", ["N", 8, 256]))  # as an exporter records them
+    proto.graph.value_info.append(tensor("rs", ["N", 8, 16, 16]))
+    m = tvmlite.load(proto)
+    infer_shapes(m)
+    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
+    spec = qdq.QuantSpec("uint8", True)
+    spec.ranges = Quantize(calibration={"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)},
+                           mode="all", progress=False)(tvmlite.load(proto)).replay["ranges"]
+    (nodes_, keys), = regions(m, units, spec)
+    assert "reshape" in [n.name for n in nodes_]
+    feeds = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    shapes = _static_shapes(m, feeds)
+    decisions = {u: {"node": u} for u in units}
+    timer = _Timer(m, spec, shapes, 1, 6, decisions, False, feeds)
+    t_f, t_q = timer.region(m, nodes_, keys)
+    assert 0 < t_f < float("inf") and 0 < t_q < float("inf")
+    # without the model's values the cut-out is refused: no exception, the region stays float
+    assert time_int8_nodes(m, nodes_, keys, spec, shapes, 1, 6) == (0.0, float("inf"))

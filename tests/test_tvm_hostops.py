@@ -39,7 +39,8 @@ def _model(nodes, inputs, outputs, inits=()):
 
 
 def mixed_model():
-    """Gather of int64 ids, LayerNormalization, Split, Cast, Equal/Where around TVM kernels."""
+    """Gather of int64 ids, LayerNormalization, Split, Equal/Where/Cast kernels around a host
+    segment (Cast to float64, CumSum, Cast back)."""
     rng = np.random.default_rng(0)
     inits = [nh.from_array(rng.standard_normal((10, 8)).astype(np.float32), "emb"),
              nh.from_array(rng.standard_normal(8).astype(np.float32), "gamma"),
@@ -47,6 +48,7 @@ def mixed_model():
              nh.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W"),
              nh.from_array(np.array([4, 4], np.int64), "split"),
              nh.from_array(np.array(3, np.int64), "three"),
+             nh.from_array(np.array(1, np.int64), "axis1"),
              nh.from_array(np.zeros((2, 3), np.float32), "zeros")]
     nodes = [h.make_node("Gather", ["emb", "ids"], ["g"], axis=0),
              h.make_node("Add", ["g", "x"], ["gx"]),
@@ -55,9 +57,13 @@ def mixed_model():
              h.make_node("Relu", ["mm"], ["r"]),
              h.make_node("Split", ["r", "split"], ["a", "b"], axis=2),
              h.make_node("Mul", ["a", "b"], ["y"]),
-             h.make_node("Cast", ["ids"], ["idsf"], to=T.FLOAT),
+             # host-run, one segment: a float64 round trip and CumSum (no float64 kernels)
+             h.make_node("Cast", ["ids"], ["idsd"], to=T.DOUBLE),
+             h.make_node("CumSum", ["idsd", "axis1"], ["csd"]),
+             h.make_node("Cast", ["csd"], ["csf"], to=T.FLOAT),
+             # kernels around it: a bool buffer, a host-made float read by Where, an int64 output
              h.make_node("Equal", ["ids", "three"], ["eq"]),
-             h.make_node("Where", ["eq", "idsf", "zeros"], ["w"]),
+             h.make_node("Where", ["eq", "csf", "zeros"], ["w"]),
              h.make_node("Cast", ["eq"], ["eqi"], to=T.INT64)]
     return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [2, 3, 8]),
                           h.make_tensor_value_info("ids", T.INT64, [2, 3])],
@@ -100,7 +106,8 @@ def _case(name, tmp_path, qdq_path):
         onnx.save(mixed_model(), path)
         feeds = {"x": np.random.default_rng(1).standard_normal((2, 3, 8)).astype(np.float32),
                  "ids": np.array([[1, 3, 5], [3, 0, 9]], np.int64)}
-        return path, [feeds], [], ["Equal: dtype int64", "Where: dtype bool", "Cast: Cast to another dtype"]
+        return path, [feeds], [], ["Cast: Cast to ONNX type 11", "CumSum: dtype float64",
+                                   "Cast: Cast input of dtype float64"]
     if name == "if":
         path = tmp_path / "if.onnx"
         onnx.save(if_model(), path)
@@ -165,9 +172,9 @@ def test_python_api_reports_and_strict(tmp_path):
         compile_model(m, strict=True)
     cm = compile_model(m)
     assert cm.unsupported == problems and len(cm.host_ops) == 3
-    # consecutive host nodes share one host call: Equal, Where, Cast run as one segment
+    # consecutive host nodes share one host call: Cast, CumSum, Cast run as one segment
     assert any(len(seg["nodes"]) == 3 for seg in cm.plan["host"])
-    assert cm.kernel_count == 8
+    assert cm.kernel_count == 10
     with pytest.raises(UnsupportedError, match="cannot emit 3 op kind"):  # from the build cache too
         compile_model(m, strict=True)
 
@@ -308,3 +315,22 @@ def test_loop_and_if_bodies_run_from_the_library(tmp_path):
     cm.save(str(tmp_path / "vad.so"))
     ref = run_model(model, feeds)
     _check_close(dict(zip(cm.output_names, load_module(str(tmp_path / "vad.so")).run(feeds))), ref)
+
+
+def test_host_calls_read_and_write_integer_and_bool_buffers(tmp_path):
+    """A bool made by a kernel (Equal) is read by a host call (Cast to float64) from its buffer; an
+    int64 made on the host (CumSum) is written to the buffer the Where kernel reads."""
+    nodes = [h.make_node("Equal", ["ids", "three"], ["eq"]),
+             h.make_node("Cast", ["eq"], ["eqd"], to=T.DOUBLE),            # host: float64
+             h.make_node("CumSum", ["ids", "axis1"], ["cs"]),             # host: no int64 kernel
+             h.make_node("Where", ["eq", "cs", "ids"], ["w"])]
+    model = load(_model(nodes, [h.make_tensor_value_info("ids", T.INT64, [2, 3])],
+                        [h.make_tensor_value_info("eqd", T.DOUBLE, [2, 3]), h.make_tensor_value_info("w", T.INT64, [2, 3])],
+                        [nh.from_array(np.array(3, np.int64), "three"), nh.from_array(np.array(1, np.int64), "axis1")]))
+    cm = compile_model(model)
+    assert [line.split(":")[0] for line in cm.host_ops] == ["Cast", "CumSum"], cm.host_ops
+    assert cm.plan["buffers"]["eq"]["dtype"] == "bool" and cm.plan["buffers"]["cs"]["dtype"] == "int64"
+    feeds = {"ids": np.array([[3, 1, 3], [0, 3, -2]], np.int64)}
+    cm.save(str(tmp_path / "b.so"))
+    for built in (cm, load_module(str(tmp_path / "b.so"))):
+        _check_close(dict(zip(built.output_names, built.run(feeds))), run_model(model, feeds))

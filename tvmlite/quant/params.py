@@ -88,4 +88,6 @@ def fit_bias_scales(b: np.ndarray | None, input_scale: float, w_scales: np.ndarr
     if b is None:
         return w_scales
     need = np.abs(b.astype(np.float64)) / (float(input_scale) * (INT32_MAX // 4))
+    if np.size(w_scales) == 1:  # one scale per tensor stays one (per_channel=false)
+        need = need.max(initial=0.0)
     return np.maximum(w_scales, need.astype(np.float32)).astype(np.float32)

@@ -1,33 +1,35 @@
 """Per-layer int8 choice: keep a layer in float32 when int8 costs accuracy beyond a budget or, when
 measured, runs slower in onnxruntime than the float layer.
 
-Accuracy: starting from all layers in int8, when the model's relative L2 output error against the
-float model is over the budget, each layer is quantized alone (its sensitivity) and the most
-sensitive layers go back to float until the whole model's error is within the budget. Within the
-budget at once, no layer is measured alone (that is a whole-model session per layer).
+Speed (``measure``): each int8 region (tvmlite.quant.regions: a connected chain of int8 layers,
+which pays its Q/DQ once at its edges) is timed first as one piece in onnxruntime, float vs QDQ;
+its layers stay int8 when it wins. The layers outside a winning region are timed alone, including
+the Q of their inputs and the DQ of their output (so a layer kept int8 alone is never slower even
+next to float neighbours). A layer that computes what an already timed one computes (same op,
+attributes, input and output shapes and types; weights of the same shape) takes that one's timing.
+Timings are interleaved and the medians compared; on a model whose float run takes over
+BIG_MODEL_MS, with fewer rounds (a 640x640 detector's fragments are slow and rarely close).
 
-Speed (``measure``): each layer is timed alone in onnxruntime, float vs its QDQ form including the
-Q of its inputs and the DQ of its output (so a layer must pay for its own boundary conversions: a
-layer kept int8 is never slower even next to float neighbours). Timings are interleaved and the
-medians compared. A layer that computes what an already timed one computes (same op, attributes,
-input and output shapes and types; weights of the same shape) takes that one's timing: on PP-OCR
-det at 640x640 that is 92 timings for 237 candidate layers (rec: 64 for the 209 with static
-shapes), the same decisions from 40% of the sessions. Layers that lose alone get a second
-chance in their region (tvmlite.quant.regions): the connected chain timed as one piece. Last, the
-whole int8 model is timed against
-the float model; while it is not faster by WHOLE_MODEL_MARGIN, the half of the int8 layers with the
-smallest measured gain goes back to float (down to none: then only the weights are stored in int8,
-which onnxruntime folds at load).
+Accuracy: when the model's relative L2 output error against the float model is over the budget,
+layers go back to float from the edges of the int8 regions (tvmlite.quant.regions.cut_for_error:
+the fewest, found by bisection on the whole model's error), or, for a few layers, most sensitive
+first (each one's error alone: a whole-model run per layer). The regions left are timed again.
+
+Last, the whole int8 model is timed against the float model; while it is not faster by
+WHOLE_MODEL_MARGIN, the half of the int8 layers with the smallest measured gain goes back to float
+(a region as a whole; down to none: then only the weights are stored in int8, which onnxruntime
+folds at load).
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
 from tvmlite.ir.graph import Model
 from tvmlite.quant import qdq
-from tvmlite.quant.regions import rescue_by_region
+from tvmlite.quant.regions import cut_for_error, edge_orders, winning_regions
 from tvmlite.quant.timing import time_int8_layer as _time_layer, time_int8_nodes, timed_ratio
-from tvmlite.export import export_model
 from tvmlite.calibration import fixed_batch
 from tvmlite.quant.calibrate import _progress
 from tvmlite.export.shapes import static_shapes
@@ -41,6 +43,12 @@ from tvmlite.export.onnx_export import export_lean
 WHOLE_MODEL_MARGIN = 0.03
 #: examples each layer's error alone is measured on (it only ranks the layers)
 RANKING_SAMPLES = 2
+#: at most this many int8 layers get their error alone measured to rank them for the error step
+#: (a whole-model run each); more go back to float from the regions' edges
+SENSITIVITY_LAYERS = 32
+#: a model whose float run takes longer (ms, per example) is timed with at most BIG_MODEL_REPEATS
+#: rounds per comparison: PP-OCR det at 640x640 takes 100-250 ms a run
+BIG_MODEL_MS, BIG_MODEL_REPEATS = 50.0, 20
 
 
 def relative_error(ref: list, got: list) -> float:
@@ -70,11 +78,16 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
     # was 2/3 of quantize's time on PP-OCR rec)
     few = calib.take(feeds, max(fixed or 1, min(RANKING_SAMPLES, calib.count(feeds))))
     float_sess = ort_session(model, threads)  # the weights shared, not serialized
+    start = time.perf_counter()
     ref = float_sess.run(None, feeds)
+    if (time.perf_counter() - start) * 1e3 / max(calib.count(feeds), 1) > BIG_MODEL_MS:
+        repeats = min(repeats, BIG_MODEL_REPEATS)
     ref_few = float_sess.run(None, few)
     decisions = {u: {"node": u} for u in units}
 
     def error_of(chosen: set, ranking: bool = False) -> float:
+        if not chosen:
+            return 0.0
         sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
         if ranking:
             return relative_error(ref_few, sess.run(None, few))
@@ -83,49 +96,47 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
     chosen = set(units)
     if measure:
         shapes = _static_shapes(model, calib.take(feeds, 1))
-        with _progress(len(units), "timing layers", progress) as bar:
-            task = bar.add_task("timing layers", total=len(units))
-            timed = {}  # timing signature -> (float ms, int8 ms, the layer timed)
-            nodes = {qdq.node_key(n): n for n in model.graph.nx.nodes}
-            for u in units:
-                sig = _timing_signature(model, nodes[u], shapes)
-                if sig is not None and sig in timed:
-                    t_f, t_q, first = timed[sig]
-                    decisions[u]["timed_as"] = first
-                else:
-                    t_f, t_q = _time_layer(model, u, spec, shapes, threads, repeats)
-                    if sig is not None:
-                        timed[sig] = (t_f, t_q, nodes[u].label)
-                decisions[u].update(float_ms=t_f, int8_ms=t_q)
-                if t_q >= t_f:
-                    chosen.discard(u)
-                    decisions[u]["reason"] = f"int8 slower in onnxruntime ({t_q:.4f} vs {t_f:.4f} ms)"
-                bar.advance(task)
-        # layers that lose alone may win as a chain: their Q/DQ is paid once at the region's edges
-        chosen = rescue_by_region(
-            model, units, chosen, spec,
-            lambda m, nodes, keys: time_int8_nodes(m, nodes, keys, spec, shapes, threads, repeats),
-            decisions, excluded)
-    err = error_of(chosen) if chosen else 0.0
-    if err > budget:
-        # only now each layer's error alone (a whole-model variant each: 107 sessions on PP-OCR
-        # rec) ranks which layers go back to float
-        sens = {}
-        with _progress(len(chosen), "int8 error per layer", progress) as bar:
-            task = bar.add_task("int8 error per layer", total=len(chosen))
-            for u in sorted(chosen):
-                sens[u] = decisions[u]["error_alone"] = error_of({u}, ranking=True)
-                bar.advance(task)
-        ranked = sorted(chosen, key=lambda k: -sens[k])
-        k, err = _fewest_back_to_float(ranked, lambda k: error_of(set(ranked[k:])) if k < len(ranked) else 0.0,
-                                       budget)
-        for u in ranked[:k]:
+        timer = _Timer(model, spec, shapes, threads, repeats, decisions, progress, calib.take(feeds, 1))
+        regions_timed: dict = {}
+
+        def timed_set(keys):
+            for u in keys:  # a layer whose region a cut changed gets its new region's figures
+                for k in ("region", "region_layers", "region_float_ms", "region_int8_ms", "gain_ms"):
+                    decisions[u].pop(k, None)
+            won = winning_regions(model, keys, spec, timer.region, decisions, excluded, regions_timed)
+            return won | timer.alone([u for u in keys if u not in won])  # the rest: alone
+
+        chosen = timed_set(units)
+    err = error_of(chosen)
+    order_used = None
+    while err > budget and chosen:
+        orders = edge_orders(model, chosen)
+        if len(chosen) <= SENSITIVITY_LAYERS:
+            orders["most sensitive first"] = _by_sensitivity(chosen, decisions, error_of, progress)
+        # the first search runs on the ranking examples (a det run is ~1 s an example); the result
+        # is checked on all of them below, and cut again on all of them if it misses there
+        first = order_used is None
+        order_used, back, _ = cut_for_error(orders, lambda int8: error_of(int8, ranking=first), budget)
+        for u in back:
             chosen.discard(u)
-            decisions[u]["reason"] = f"int8 error {sens[u]:.3g} alone; model error over budget {budget:g}"
+            decisions[u].pop("gain_ms", None)  # its region's timing stays on record, not a gain
+            decisions[u]["reason"] = (f"back to float ({order_used}): model error over budget {budget:g} "
+                                      f"with it in int8")
+        if measure and chosen:
+            # what is left int8 is timed again: a cut region pays its Q/DQ at the new edge
+            chosen = timed_set(sorted(chosen))
+        err = error_of(chosen)
+    edges = edge_orders(model, chosen)
+    for i, u in enumerate(edges.get(order_used, edges["from the inputs"])):
+        # what optimize's per-layer undo takes back first: the measured error alone, else, on a
+        # model too large to measure each layer (optimize would: a model run per layer), the order
+        # the error step cut in (a rank, not an error)
+        if "error_alone" in decisions[u] or len(chosen) > SENSITIVITY_LAYERS:
+            decisions[u]["undo_cost"] = decisions[u].get("error_alone", 1.0 / (1 + i))
     if measure and chosen:
         chosen = _whole_model_guard(model, chosen, spec, excluded, calib.take(feeds, 1), float_sess,
                                     decisions, threads, repeats)
-        err = error_of(chosen) if chosen else 0.0
+        err = error_of(chosen)
     for u in units:
         decisions[u]["precision"] = "int8" if u in chosen else "float32"
         decisions[u].setdefault("reason", "int8 within budget" + (" and faster" if measure else ""))
@@ -133,28 +144,72 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
     return chosen, list(decisions.values()) + [summary]
 
 
-def _fewest_back_to_float(ranked: list, error_without, budget: float) -> tuple[int, float]:
-    """The fewest most sensitive layers (k, and the model's error without them) to put back in float
-    for the error to meet ``budget``: k doubles until it does, then bisects down, O(log n) whole-model
-    runs where one run per layer put back took 50 on PP-OCR rec (the error falls as layers go back,
-    which the ranking by error alone assumes too)."""
-    n = len(ranked)
-    errs = {}
-    lo, k = 0, 1
-    while True:
-        errs[k] = error_without(k)
-        if errs[k] <= budget or k >= n:
-            break
-        lo, k = k, min(2 * k, n)
-    hi = k
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        errs[mid] = error_without(mid)
-        if errs[mid] <= budget:
-            hi = mid
+def _by_sensitivity(chosen: set, decisions: dict, error_of, progress) -> list:
+    """``chosen`` most sensitive first: each layer's error alone (a whole-model run each, so only
+    for few layers)."""
+    sens = {}
+    with _progress(len(chosen), "int8 error per layer", progress) as bar:
+        task = bar.add_task("int8 error per layer", total=len(chosen))
+        for u in sorted(chosen):
+            sens[u] = decisions[u]["error_alone"] = error_of({u}, ranking=True)
+            bar.advance(task)
+    return sorted(chosen, key=lambda k: -sens[k])
+
+
+class _Timer:
+    """Each layer alone, int8 vs float in onnxruntime (a layer computing what an already timed one
+    computes takes that timing), and regions as one piece."""
+
+    def __init__(self, model, spec, shapes, threads, repeats, decisions, progress, feeds1):
+        self.model, self.spec, self.shapes, self.threads, self.repeats = model, spec, shapes, threads, repeats
+        self.decisions, self.progress, self.feeds1 = decisions, progress, feeds1
+        self.values: dict = {}  # non-float values fragments read, from one NumPy run of the model
+        self.nodes = {qdq.node_key(n): n for n in model.graph.nx.nodes}
+        self.timed = {}  # timing signature -> (float ms, int8 ms, the layer timed)
+
+    def region(self, model, nodes, keys):
+        return time_int8_nodes(model, nodes, keys, self.spec, self.shapes, self.threads, self.repeats,
+                               values=self._values)
+
+    def _values(self, names) -> dict:
+        missing = [n for n in names if n not in self.values and n not in self.feeds1]
+        if missing:
+            try:
+                self.values.update(capture_values(self.model, missing, self.feeds1))
+            except Exception:  # noqa: BLE001 - a model the NumPy backend cannot run: random feeds stay
+                pass
+        return {n: self.feeds1[n] if n in self.feeds1 else self.values[n] for n in names
+                if n in self.feeds1 or n in self.values}
+
+    def alone(self, keys) -> set:
+        """The ``keys`` faster in int8 alone."""
+        faster = set()
+        todo = [u for u in keys if "int8_ms" not in self.decisions[u]]
+        with _progress(len(todo), "timing layers", self.progress) as bar:
+            task = bar.add_task("timing layers", total=len(todo))
+            for u in todo:
+                self._time(u)
+                bar.advance(task)
+        for u in keys:
+            d = self.decisions[u]
+            if d["int8_ms"] < d["float_ms"]:
+                faster.add(u)
+                d["reason"] = "int8 faster alone"
+            else:
+                d["reason"] = f"int8 slower in onnxruntime ({d['int8_ms']:.4f} vs {d['float_ms']:.4f} ms)"
+        return faster
+
+    def _time(self, u) -> None:
+        sig = _timing_signature(self.model, self.nodes[u], self.shapes)
+        d = self.decisions[u]
+        if sig is not None and sig in self.timed:
+            t_f, t_q, first = self.timed[sig]
+            d["timed_as"] = first
         else:
-            lo = mid
-    return hi, errs[hi]
+            t_f, t_q = _time_layer(self.model, u, self.spec, self.shapes, self.threads, self.repeats)
+            if sig is not None:
+                self.timed[sig] = (t_f, t_q, self.nodes[u].label)
+        d.update(float_ms=t_f, int8_ms=t_q)
 
 
 def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisions, threads, repeats):

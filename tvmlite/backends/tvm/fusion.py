@@ -1,14 +1,18 @@
 """Epilogue fusion: elementwise ops that follow an anchor (bias, BN, activation, residual add)
 through a value nobody else reads join the anchor's kernel, applied to its value on the way out,
 so their data never makes a round trip through memory. An elementwise op behind a view (Reshape,
-Flatten, ...) still joins, computed in the view's index space.
+Flatten, ...) still joins, computed in the view's index space. A Gelu written out in elementwise
+ops (x * 0.5 * (1 + Erf(x / sqrt2)), or its tanh form), which reads its input twice, joins as one
+Gelu.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from tvmlite.backends.tvm.emitters.elementwise import EW_OPS, ew_ops
-from tvmlite.backends.tvm.kernels.defs import Epilogue
+from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
 from tvmlite.errors import UnsupportedError
 
 ONNX = ("", "ai.onnx")
@@ -26,6 +30,15 @@ def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str, list]:
     ops, taken = [], []
     kernel_shape = cur_shape = tuple(out_shape)
     while len(ops) < MAX_EPILOGUE_OPS:
+        gelu = None if value in g.outputs else match_gelu(low, value)
+        if gelu is not None:
+            approximate, nodes, out = gelu
+            ops.append(EwOp("Gelu", attrs={"approximate": approximate},
+                            shape=None if cur_shape == kernel_shape else cur_shape))
+            low.absorbed.update(nodes)
+            taken.extend(nodes)
+            value = out
+            continue
         cons = g.consumers(value)
         if len(cons) != 1 or g.num_uses(value) != 1 or value in g.outputs:
             break
@@ -70,3 +83,90 @@ def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str, list]:
         taken.append(c)
         value = out
     return Epilogue(ops), value, taken
+
+
+GELU_PARTS = {"Div", "Mul", "Add", "Sub", "Erf", "Tanh", "Pow"}
+MAX_GELU_NODES = 12  # the tanh form is 8-9 nodes; anything longer is not one Gelu
+_PROBE = np.linspace(-6.0, 6.0, 97)
+
+
+def match_gelu(low, x: str):
+    """("none" | "tanh", nodes, output) when the only readers of ``x`` are a Gelu spelled out in
+    Div/Mul/Add/Sub/Pow (by scalar constants), Erf and Tanh, else None. The nodes that read only
+    ``x``, their own values and scalar constants are collected; the largest closed part of them
+    (nothing inside read from outside but its output) that evaluates as Gelu on probe values is
+    the match, so any order of the factors and constants is recognised, and nothing else is."""
+    g = low.g
+    shape = low.shapes.get(x)
+    if shape is None or g.num_uses(x) < 2:
+        return None
+    region, made = [], {x}
+    grew = True
+    while grew and len(region) < MAX_GELU_NODES:
+        grew = False
+        for v in list(made):
+            for c in g.consumers(v):
+                if c in region or c in low.absorbed or c.domain not in ONNX or c.op_type not in GELU_PARTS \
+                        or len(c.outputs) != 1 or low.shapes.get(c.outputs[0]) != shape \
+                        or not all(n in made or _scalar(low, n) is not None for n in c.inputs if n):
+                    continue
+                region.append(c)
+                made.add(c.outputs[0])
+                grew = True
+    if not any(c.op_type in ("Erf", "Tanh") for c in region):
+        return None
+    for end in reversed(region):
+        nodes = _ancestors(g, end, region)
+        inside = {n.outputs[0] for n in nodes}
+        if len(nodes) > MAX_GELU_NODES or any(c not in nodes for v in inside - {end.outputs[0]} | {x}
+                                                for c in g.consumers(v)) \
+                or any(v in g.outputs for v in inside - {end.outputs[0]}):
+            continue
+        got = _evaluate(low, nodes, x, end.outputs[0])
+        for approximate, ref in (("none", _gelu_ref(False)), ("tanh", _gelu_ref(True))):
+            if got is not None and np.allclose(got, ref, rtol=1e-5, atol=1e-6):
+                ordered = [n for n in region if n in nodes]
+                return approximate, ordered, end.outputs[0]
+    return None
+
+
+def _scalar(low, name):
+    c = low.const(name)
+    return None if c is None or c.size != 1 or c.dtype.kind != "f" else float(c.reshape(-1)[0])
+
+
+def _ancestors(g, end, region):
+    todo, seen = [end], set()
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        todo.extend(p for p in (g.producer(v) for v in n.inputs if v) if p in region)
+    return seen
+
+
+_NUMPY = {"Div": np.divide, "Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Pow": np.power,
+          "Erf": np.vectorize(math.erf), "Tanh": np.tanh}
+
+
+def _evaluate(low, nodes, x, out):
+    vals = {x: _PROBE}
+    pending = list(nodes)
+    while pending:
+        ready = [n for n in pending if all(v in vals or _scalar(low, v) is not None for v in n.inputs if v)]
+        if not ready:
+            return None
+        for n in ready:
+            args = [vals[v] if v in vals else _scalar(low, v) for v in n.inputs if v]
+            with np.errstate(all="ignore"):
+                vals[n.outputs[0]] = np.asarray(_NUMPY[n.op_type](*args), np.float64)
+            pending.remove(n)
+    return vals.get(out)
+
+
+def _gelu_ref(tanh: bool):
+    t = _PROBE
+    if tanh:
+        return 0.5 * t * (1 + np.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t ** 3)))
+    return 0.5 * t * (1 + np.vectorize(math.erf)(t / math.sqrt(2)))

@@ -7,10 +7,10 @@ code: per node its op type, domain, attributes and value names, with the op's op
 segment's constant inputs go into the constants .npz. At load (and in process: one path for both)
 `HostCall` rebuilds the nodes as a small tvmlite Graph through the op registry and runs it with
 the NumPy backend's `Plan`, so subgraphs run through the NumPy plan's own KernelContext and
-sub-plans. A segment reads float32 values from the TVM buffers without copying (NumPy views of
+sub-plans. A segment reads values from the TVM buffers without copying (NumPy views of
 them, read-only), other values (integers, bools, strings, sequences) from the host values earlier
 segments made or the non-float graph inputs, and copies each output a TVM kernel reads into its
-float32 buffer.
+buffer (float32, or the value's integer/bool dtype).
 
 `artifact_check.check_host` validates the stored segments before anything is built from them.
 """
@@ -201,9 +201,9 @@ class HostCall:
         self.env.update(zip(self.outputs, self.plan.run(feeds)))
         for name, dst in self.writes:
             got = self.env[name]
-            if not isinstance(got, np.ndarray) or got.dtype != np.float32 or got.shape != dst.shape:
+            if not isinstance(got, np.ndarray) or got.dtype != dst.dtype or got.shape != dst.shape:
                 what = (f"{got.dtype} {list(got.shape)}" if isinstance(got, np.ndarray)
                         else type(got).__name__)
                 raise TvmliteError(f"host call made {name!r} as {what}, the TVM kernels read it as "
-                                   f"float32 {list(dst.shape)}")
+                                   f"{dst.dtype} {list(dst.shape)}")
             np.copyto(dst, got)

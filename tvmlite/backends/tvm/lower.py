@@ -26,6 +26,7 @@ import numpy as np
 from tvmlite.backends.tvm import fusion
 from tvmlite.backends.tvm.emitters import lookup
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: F401 - the lowering's vocabulary
+from tvmlite.backends.tvm.loop_shapes import add_loop_shapes
 from tvmlite.backends.tvm.prepare import ONNX, prepare
 from tvmlite.errors import UnsupportedError
 from tvmlite.inputs import graph_inputs
@@ -93,6 +94,14 @@ class Lowering:
         if name not in self.shapes:
             raise UnsupportedError("an input shape is not static")
         return self.shapes[name]
+
+    def dtype(self, name: str) -> np.dtype | None:
+        """The element type of value ``name`` (a constant's own, else the recorded or inferred one)."""
+        c = self.const(name)
+        if c is not None:
+            return c.dtype
+        dt = self.g.value(name).dtype
+        return None if dt is None else np.dtype(dt)
 
     def check_float(self, node: Node) -> None:
         for name in list(node.inputs[:1]) + list(node.outputs[:1]):
@@ -257,9 +266,16 @@ def _segments(g, entries: list, views: dict) -> list:
     return out
 
 
+def prepared_model(model: Model, input_shapes: dict) -> tuple[Model, dict]:
+    """`prepare`, plus the static shapes of fixed-count Loops' outputs and what follows them."""
+    prepared, shapes = prepare(model, input_shapes)
+    add_loop_shapes(prepared, shapes)
+    return prepared, shapes
+
+
 def unsupported_ops(model: Model, input_shapes: dict) -> list[str]:
     """Each op the TVM backend would run as a host call, as 'Op (reason) xN', after folding."""
-    prepared, shapes = prepare(model, input_shapes)
+    prepared, shapes = prepared_model(model, input_shapes)
     low = Lowering(prepared, shapes, emit=False)
     low.run()
     return problem_list(low.problems)
@@ -291,7 +307,7 @@ def host_report(problems) -> list[str]:
 def lower(model: Model, input_shapes: dict, lanes: int, strict: bool = False) -> Lowered:
     """The kernels and host segments of ``model``; with ``strict``, UnsupportedError when any
     node would be host-run. Nodes with neither an emitter nor a NumPy kernel always refuse."""
-    prepared, shapes = prepare(model, input_shapes)
+    prepared, shapes = prepared_model(model, input_shapes)
     check = Lowering(prepared, shapes, emit=False)  # cheap: report every problem before emitting
     check.run()
     if check.unrunnable:

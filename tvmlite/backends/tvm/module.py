@@ -85,6 +85,12 @@ def plan_of(low) -> tuple[dict, dict]:
     def root(v):
         return views.get(v, v)
 
+    def typed(entry, v):  # integer and bool values keep their dtype in their buffers
+        dt = low.model.graph.values[v].dtype if v in low.model.graph.values else None
+        if dt is not None and np.dtype(dt) != np.float32:
+            entry["dtype"] = np.dtype(dt).name
+        return entry
+
     kernel_read = {p.name for kd in low.kernels for p in kd.params if p.kind == "input"}
     for name, shape, dtype in low.inputs:
         # other inputs are host values, and get a buffer too when a kernel reads them (Gather's ids)
@@ -104,7 +110,7 @@ def plan_of(low) -> tuple[dict, dict]:
                 if o in in_buffer:
                     if o not in low.shapes:
                         raise TvmliteError(f"host value {o!r} is read by a kernel but has no static shape")
-                    buffers[o] = {"shape": list(low.shapes[o]), "kind": "host"}
+                    buffers[o] = typed({"shape": list(low.shapes[o]), "kind": "host"}, o)
             spec, arrays = host.segment_spec(entry, low, buffers, host_made, len(host_specs))
             consts.update(arrays)
             calls.append({"host": len(host_specs), "nodes": [n.label for n in entry.nodes]})
@@ -118,7 +124,7 @@ def plan_of(low) -> tuple[dict, dict]:
                 continue
             r = root(p.name)
             if p.kind == "output" and r not in buffers:
-                buffers[r] = {"shape": list(low.shapes[r]), "kind": "temp"}
+                buffers[r] = typed({"shape": list(low.shapes[r]), "kind": "temp"}, r)
             if r not in buffers:
                 raise TvmliteError(f"kernel {kd.name} reads {p.name!r} before it is made")
             n_buf = int(np.prod(buffers[r]["shape"]))

@@ -70,8 +70,7 @@ def _fold_static_shapes(m: Model, shapes: dict) -> bool:
     g = m.graph
     changed = False
     for node in g.toposort():
-        if node.domain in ONNX and node.op_type in ("Shape", "Size") and node.inputs[0] in shapes \
-                and node.outputs[0] not in g.outputs:
+        if node.domain in ONNX and node.op_type in ("Shape", "Size") and node.inputs[0] in shapes:
             s = np.array(shapes[node.inputs[0]], np.int64)
             if node.op_type == "Size":
                 arr = np.array(int(np.prod(s)), np.int64)

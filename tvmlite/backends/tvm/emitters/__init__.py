@@ -8,7 +8,7 @@
     reduce.py       Softmax, LogSoftmax, Reduce*, LRN
     transformer.py  LayerNormalization
     tensor.py       views (Reshape, Flatten, ...), Concat, Transpose, Slice, Split, Cast
-    index.py        Gather (embedding lookup: float table, int32/int64 indices)
+    index.py        integer/bool ops: Gather, Cast, comparisons, logical ops, Where, Expand, int arithmetic
     resize.py       Resize, Upsample (index tables on the host)
     qdq.py          tvmlite's QDQConv, QDQMatMul (int8 VNNI kernels; made by qdq_fusion.py)
     lowered.py      tvmlite's Im2Col, MecLower, MecMatMul, WinogradInput, WinogradOutput

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tvmlite.backends.tvm.emitters.index import emit_int_elementwise
 from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
 from tvmlite.errors import UnsupportedError
@@ -69,8 +70,13 @@ def ew_ops(low, node, running: str | None):
     raise UnsupportedError("not an elementwise op")
 
 
-@emitter(*sorted(EW_OPS))
+@emitter(*sorted(EW_OPS), checks_dtype=True)
 def emit_elementwise(low, node) -> None:
+    dt = low.dtype(node.outputs[0]) if node.outputs[0] else None
+    if dt is not None and dt.kind in "iub":
+        emit_int_elementwise(low, node)  # integer arithmetic (shape chains made at run time)
+        return
+    low.check_float(node)
     ops, first = ew_ops(low, node, None)
     out = node.outputs[0]
     out_shape = low.shape(out)

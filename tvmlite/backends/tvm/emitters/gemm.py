@@ -87,6 +87,19 @@ def emit_matmul(low, node) -> None:
     epi, final, labels = low.epilogue(node)
     name = low.kernel_name(node)
     b_shape, o_shape = low.shape(B), low.shape(out)
+    soft = _softmax_of(low, final, o_shape)
+    if soft is not None:  # attention: scores, scale, mask and Softmax in one kernel
+        low.absorbed.add(soft)
+        low.taken.append(soft)
+        after, probs, labels_after = low.epilogue(soft)
+
+        def make_attention():
+            from tvmlite.backends.tvm.kernels.transformer import scores_softmax
+
+            return scores_softmax(name, A, a_shape, B, b_shape, out_value=probs, out_shape=o_shape, epilogue=epi,
+                                  after=after, lanes=low.lanes)
+        low.add(make_attention, node, probs, labels + [soft.label] + labels_after)
+        return
 
     def make():
         from tvmlite.backends.tvm.kernels.gemm import batch_matmul
@@ -94,3 +107,20 @@ def emit_matmul(low, node) -> None:
         return batch_matmul(name, A, a_shape, B, b_shape, out_value=final, out_shape=o_shape,
                             epilogue=epi, lanes=low.lanes)
     low.add(make, node, final, labels)
+
+
+def _softmax_of(low, value, shape):
+    """The Softmax over the last axis that alone reads ``value`` (of ``shape``), when the fused
+    scores kernel takes it: rows a whole number of vectors long, batch dims present."""
+    g = low.g
+    cons = g.consumers(value)
+    if len(shape) < 2 or len(cons) != 1 or g.num_uses(value) != 1 or value in g.outputs \
+            or low.shapes.get(value) != tuple(shape):
+        return None
+    s = cons[0]
+    if s.op_type != "Softmax" or s.domain not in ("", "ai.onnx") or s in low.absorbed:
+        return None
+    axis = int(s.attrs.get("axis", -1 if low.opset >= 13 else 1))
+    if axis % len(shape) != len(shape) - 1 or shape[-1] % low.lanes or low.shapes.get(s.outputs[0]) != tuple(shape):
+        return None
+    return s

@@ -3,6 +3,7 @@ an attribute or a constant input), LRN."""
 from __future__ import annotations
 
 from tvmlite.backends.tvm.emitters.registry import emitter
+from tvmlite.backends.tvm.emitters.transformer import emit_decomposed_layer_norm
 from tvmlite.backends.tvm.kernels.defs import Epilogue
 from tvmlite.errors import UnsupportedError
 
@@ -27,6 +28,8 @@ def emit_softmax(low, node) -> None:
 
 @emitter("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSum")
 def emit_reduce(low, node) -> None:
+    if node.op_type == "ReduceMean" and emit_decomposed_layer_norm(low, node):
+        return
     a = node.attrs
     x = node.inputs[0]
     xs = low.shape(x)

@@ -8,6 +8,25 @@ from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.errors import UnsupportedError
 
 VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
+#: element types a kernel reads and writes (the plan's buffer dtypes): data movement takes them all
+KERNEL_DTYPES = ("float32", "int64", "int32", "uint8", "int8", "bool")
+
+
+def kernel_dtype(low, name: str, what: str) -> str:
+    """The dtype name of value ``name``; UnsupportedError when no kernel holds that dtype."""
+    dt = low.dtype(name)
+    if dt is None or dt.name not in KERNEL_DTYPES:
+        raise UnsupportedError(f"{what} of dtype {dt}")
+    return dt.name
+
+
+def moved_dtype(low, node) -> str:
+    """The one dtype of a data-movement node's first input and its outputs."""
+    dt = kernel_dtype(low, node.inputs[0], "input")
+    for o in node.outputs:
+        if o and kernel_dtype(low, o, "output") != dt:
+            raise UnsupportedError(f"output of dtype {low.dtype(o)} for an input of {dt}")
+    return dt
 
 
 @emitter(*VIEW_OPS, checks_dtype=True)
@@ -17,18 +36,21 @@ def emit_view(low, node) -> None:
     out = node.outputs[0]
     if int(np.prod(low.shape(out))) != int(np.prod(low.shape(node.inputs[0]))):
         raise UnsupportedError("view changes the element count")
-    low.check_float(node)
+    kernel_dtype(low, node.inputs[0], "input")  # a view shares the buffer, of whichever dtype
     src = node.inputs[0]
     low.views[out] = low.views.get(src, src)
 
 
-@emitter("Concat")
+@emitter("Concat", checks_dtype=True)
 def emit_concat(low, node) -> None:
     axis = int(node.attrs["axis"])
+    dt = moved_dtype(low, node)
     ins = []
     for n in node.inputs:
         c = low.const(n)
-        ins.append((c.astype(np.float32) if c is not None else n, low.shape(n)))
+        if c is None and kernel_dtype(low, n, "input") != dt:
+            raise UnsupportedError(f"inputs of dtypes {dt} and {low.dtype(n)}")
+        ins.append((c.astype(dt) if c is not None else n, low.shape(n)))
     out = node.outputs[0]
     out_shape = low.shape(out)
     name = low.kernel_name(node)
@@ -36,12 +58,13 @@ def emit_concat(low, node) -> None:
     def make():
         from tvmlite.backends.tvm.kernels.tensor import concat
 
-        return concat(name, ins, axis=axis, out_value=out, out_shape=out_shape, lanes=low.lanes)
+        return concat(name, ins, axis=axis, out_value=out, out_shape=out_shape, lanes=low.lanes, dtype=dt)
     low.add(make, node, out)
 
 
-@emitter("Transpose")
+@emitter("Transpose", checks_dtype=True)
 def emit_transpose(low, node) -> None:
+    dt = moved_dtype(low, node)
     x = node.inputs[0]
     xs = low.shape(x)
     perm = list(node.attrs.get("perm") or reversed(range(len(xs))))
@@ -51,12 +74,13 @@ def emit_transpose(low, node) -> None:
     def make():
         from tvmlite.backends.tvm.kernels.tensor import transpose
 
-        return transpose(name, x, xs, perm, out_value=out, lanes=low.lanes)
+        return transpose(name, x, xs, perm, out_value=out, lanes=low.lanes, dtype=dt)
     low.add(make, node, out)
 
 
-@emitter("Slice")
+@emitter("Slice", checks_dtype=True)
 def emit_slice(low, node) -> None:
+    dt = moved_dtype(low, node)
     x = node.inputs[0]
     xs = low.shape(x)
     if low.opset < 10:
@@ -87,7 +111,8 @@ def emit_slice(low, node) -> None:
     def make():
         from tvmlite.backends.tvm.kernels.tensor import strided_slice
 
-        return strided_slice(name, x, xs, first, step_of, out_value=out, out_shape=out_shape, lanes=low.lanes)
+        return strided_slice(name, x, xs, first, step_of, out_value=out, out_shape=out_shape, lanes=low.lanes,
+                             dtype=dt)
     low.add(make, node, out)
 
 
@@ -102,11 +127,12 @@ def axis_of(node, shape) -> int:
     return axis % len(shape)
 
 
-@emitter("Split")
+@emitter("Split", checks_dtype=True)
 def emit_split(low, node) -> None:
     """One strided-slice kernel per used output. The part sizes are read from the inferred output
     shapes, which already resolve every form (``split`` attribute or input, even parts,
     opset 18's ``num_outputs`` with a shorter last part)."""
+    dt = moved_dtype(low, node)
     x = node.inputs[0]
     xs = low.shape(x)
     axis = axis_of(node, xs)
@@ -134,5 +160,5 @@ def emit_split(low, node) -> None:
             from tvmlite.backends.tvm.kernels.tensor import strided_slice
 
             return strided_slice(name, x, xs, first, [1] * len(xs), out_value=out, out_shape=out_shape,
-                                 lanes=low.lanes)
+                                 lanes=low.lanes, dtype=dt)
         low.add(make, node, out)

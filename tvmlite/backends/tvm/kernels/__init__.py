@@ -10,9 +10,11 @@
     pool.py        MaxPool / AveragePool, global pooling
     reduce.py      Softmax / LogSoftmax, Reduce*, LRN
     tensor.py      elementwise chains, Concat, Transpose, Slice, Resize
+    index.py       Gather, and `mapped`: comparisons, logical ops, Where, Cast, Expand, int arithmetic
     lowered.py     tvmlite's Im2Col, MecLower / MecMatMul, WinogradInput / WinogradOutput
 
 Window geometry comes as `tvmlite.ops.geometry.WindowGeometry` (2-D; `defs.window_2d` lifts a
-1-D window to unit height). Only float32 is emitted. Every module but `defs` and `target` imports
+1-D window to unit height). Integer and bool tensors go through `index.py` and the data movement
+of `tensor.py`; the rest is float32. Every module but `defs` and `target` imports
 TVM and is loaded only when a kernel is built; this package's own import loads nothing.
 """

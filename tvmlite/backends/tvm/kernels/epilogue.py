@@ -23,7 +23,7 @@ UNARY = {
     "Abs": lambda x, a: tirx.abs(x),
     "Neg": lambda x, a: -x,
     "Reciprocal": lambda x, a: tirx.const(1.0, F32) / x,
-    "Erf": lambda x, a: tirx.erf(x),
+    "Erf": lambda x, a: fast_erf(x),
     "Floor": lambda x, a: tirx.floor(x),
     "Ceil": lambda x, a: tirx.ceil(x),
     "Round": lambda x, a: tirx.nearbyint(x),  # half to even, as ONNX Round and QuantizeLinear
@@ -56,8 +56,46 @@ def _gelu(x, approximate):
     half, one = tirx.const(0.5, F32), tirx.const(1.0, F32)
     if (approximate.decode() if isinstance(approximate, bytes) else approximate) == "tanh":
         inner = tirx.const(math.sqrt(2 / math.pi), F32) * (x + tirx.const(0.044715, F32) * x * x * x)
-        return x * half * (one + tirx.tanh(inner))
-    return x * half * (one + tirx.erf(x * tirx.const(1 / math.sqrt(2), F32)))
+        # 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)): no cancellation for negative x, one fast exp
+        return x / (one + fast_exp(inner * tirx.const(-2.0, F32)))
+    return x * half * (one + fast_erf(x * tirx.const(1 / math.sqrt(2), F32)))
+
+
+# TVM lowers erf/exp to a scalar libm call per element (erff@PLT, expf@PLT in the assembly), which
+# stops the loop from vectorizing; these are plain arithmetic that LLVM vectorizes.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+def _horner(x, coeffs):
+    acc = tirx.const(coeffs[0], F32)
+    for c in coeffs[1:]:
+        acc = acc * x + tirx.const(c, F32)
+    return acc
+
+
+def fast_erf(x):
+    """erf as Eigen's (and XLA's) float rational approximation on [-4, 4] (erf is +-1 in float32
+    beyond): a few 1e-7 absolute."""
+    x = tirx.max(tirx.min(x, tirx.const(4.0, F32)), tirx.const(-4.0, F32))
+    x2 = x * x
+    return x * _horner(x2, _ERF_P) / _horner(x2, _ERF_Q)
+
+
+def fast_exp(x):
+    """exp as Cephes' expf: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial in r, times 2^n
+    built in the exponent bits; ~1 ulp. 0 below -87 (where expf leaves the normal range), capped
+    at exp(88) above (softmax and sigmoid-like uses never get there)."""
+    lo = tirx.const(-87.0, F32)
+    xc = tirx.max(tirx.min(x, tirx.const(88.0, F32)), lo)
+    fx = tirx.floor(xc * tirx.const(1.44269504088896341, F32) + tirx.const(0.5, F32))
+    r = xc - fx * tirx.const(0.693359375, F32) - fx * tirx.const(-2.12194440e-4, F32)
+    y = _horner(r, _EXP_P) * r * r + r + tirx.const(1.0, F32)
+    two_n = tirx.reinterpret(F32, (tirx.Cast("int32", fx) + 127) << 23)
+    return tirx.Select(x < lo, tirx.const(0.0, F32), y * two_n)
 
 
 def _clip(x, lo, hi):

@@ -126,13 +126,20 @@ def dense_gemm(name: str, a: str, a_shape, w: np.ndarray, bias, *, out_value: st
 
 
 def batch_matmul(name: str, a: str, a_shape, bname: str, b_shape, *, out_value: str, out_shape,
-                 epilogue: Epilogue, lanes: int) -> KernelDef:
-    """MatMul of two runtime tensors [.., M, K] @ [.., K, N] with broadcast batch dims."""
+                 epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+    """MatMul of two runtime tensors [.., M, K] @ [.., K, N] with broadcast batch dims
+    (attention's Q @ K^T and probs @ V). The register tile of the dense GEMM, without packing: a
+    B row of one batch entry is already contiguous along N, and attention's are small enough to
+    stay in cache. M and N are rounded up to the tile; the padding reads row M-1 / column N-1
+    (valid memory) and its results are dropped."""
     out_shape = tuple(int(d) for d in out_shape)
     a_shape, b_shape = tuple(int(d) for d in a_shape), tuple(int(d) for d in b_shape)
     if len(a_shape) < 2 or len(b_shape) < 2:
         raise UnsupportedError("MatMul with 1-D operands")
     k = a_shape[-1]
+    m, nn = out_shape[-2], out_shape[-1]
+    tile = tile or dense_tile(m, nn, lanes)
+    mp, np_ = round_up(m, tile.mr), round_up(nn, tile.nr)
     b = Builder(name)
     A = b.input(a, a_shape)
     Bt = b.input(bname, b_shape)
@@ -145,33 +152,17 @@ def batch_matmul(name: str, a: str, a_shape, bname: str, b_shape, *, out_value: 
         ix = [0 if shape[i] == 1 else idx[off + i] for i in range(len(shape) - 2)]
         return t[tuple(ix) + last2]
 
-    acc = te.compute(out_shape, lambda *idx: te.sum(
-        read(A, a_shape, idx, (idx[-2], r)) * read(Bt, b_shape, idx, (r, idx[-1])), axis=r), name="acc")
+    def mac(*idx):
+        i, j = tirx.min(idx[-2], m - 1), tirx.min(idx[-1], nn - 1)
+        return te.sum(read(A, a_shape, idx, (i, r)) * read(Bt, b_shape, idx, (r, j)), axis=r)
+
+    acc = te.compute(out_shape[:-2] + (mp, np_), mac, name="acc")
     Y = te.compute(out_shape, lambda *idx: apply(acc[idx], idx), name="epilogue")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    blk = sch.get_sblock("acc")
-    loops = sch.get_loops(blk)
-    *outer, i, j, kk = loops
-    sch.set_scope(blk, 0, "local")
-    steps = ["write_cache"]
-    n = out_shape[-1]
-    vec = None
-    if n % lanes == 0:
-        # k outside a vector of columns: each B row is read once per lane group, contiguously,
-        # instead of a strided column walk per output element (attention's probs @ V, N = 32)
-        jo, vec = sch.split(j, [None, lanes])
-        sch.reorder(jo, kk, vec)
-        j = jo
-        steps.append("vectorize_columns")
-    sch.reverse_compute_at(sch.get_sblock("epilogue"), j)
-    if outer and S.worth_parallel(int(np.prod(out_shape)) * k):
-        S.parallel_outer(sch, outer + [i])
-        steps.append("parallel_outer")
-    if vec is not None:
-        sch.vectorize(vec)
-    sch.decompose_reduction(blk, kk)
-    return KernelDef(name, b.params, sch.mod["main"], steps=steps)
+    S.schedule_gemm(sch, "acc", "epilogue", tile, parallel=S.worth_parallel(int(np.prod(out_shape)) * k),
+                    parallel_rows=True, steps=steps)
+    return KernelDef(name, b.params, sch.mod["main"], steps=gemm_step_names(steps))
 
 
 def const_a_batch_gemm(name: str, a: np.ndarray, bname: str, b_shape, *, out_value: str, out_shape,

@@ -7,7 +7,45 @@ from tvm import te, tirx
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
-from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue, fast_exp
+
+
+def lane_rows(name: str, rows, red: int, lanes: int, value, kind: str):
+    """Reduction (``kind`` "sum" or "max") of ``value(*row, c)`` over c < red, for every row
+    index of ``rows`` (an int or a shape). When red divides into vectors, in two stages: ``lanes``
+    partial results per row over a vector of columns (vectorizable, where TVM leaves a one-axis
+    reduction scalar), then across the lanes; `schedule_lane_rows` places and vectorizes them.
+    Returns (tensor, whether two-stage)."""
+    shape = (rows,) if isinstance(rows, int) else tuple(rows)
+    reducer = te.sum if kind == "sum" else te.max
+    if red % lanes or red < 2 * lanes:
+        r = te.reduce_axis((0, red), name=f"{name}_r")
+        return te.compute(shape, lambda *ix: reducer(value(*ix, r), axis=r), name=name), False
+    ro = te.reduce_axis((0, red // lanes), name=f"{name}_ro")
+    part = te.compute(shape + (lanes,), lambda *ix: reducer(value(*ix[:-1], ro * lanes + ix[-1]), axis=ro),
+                      name=f"{name}_part")
+    rl = te.reduce_axis((0, lanes), name=f"{name}_rl")
+    return te.compute(shape, lambda *ix: reducer(part[ix + (rl,)], axis=rl), name=name), True
+
+
+def schedule_lane_rows(sch, name: str, two_stage: bool, loop) -> list:
+    """Put `lane_rows`' stages under the row ``loop`` (callers place consumers first), the lane
+    loop innermost and vectorized. Returns the (block, loop) reductions to split into init and
+    update with `finish_reductions`, after ``parallel`` (which refuses a split reduction)."""
+    sch.compute_at(sch.get_sblock(name), loop)
+    if not two_stage:
+        return []
+    part = sch.get_sblock(f"{name}_part")
+    sch.compute_at(part, loop)
+    lane, ro = sch.get_loops(part)[-2:]
+    sch.reorder(ro, lane)
+    sch.vectorize(lane)
+    return [(part, ro)]
+
+
+def finish_reductions(sch, pending) -> None:
+    for block, loop in pending:
+        sch.decompose_reduction(block, loop)
 
 
 def softmax(name: str, x: str, x_shape, *, axis: int, log: bool, opset: int, out_value: str,
@@ -24,27 +62,69 @@ def softmax(name: str, x: str, x_shape, *, axis: int, log: bool, opset: int, out
         view = shape
         ax = axis
     pre, red, post = int(np.prod(view[:ax])), view[ax], int(np.prod(view[ax + 1:]))
+    if post == 1 and red <= 4096:
+        return _softmax_rows(name, x, pre, red, log=log, out_value=out_value, epilogue=epilogue, lanes=lanes)
     b = Builder(name)
     X = b.input(x, (pre, red, post))
     apply = bind_epilogue(epilogue, b, (pre, red, post))
     r1 = te.reduce_axis((0, red), name="r1")
     mx = te.compute((pre, post), lambda i, j: te.max(X[i, r1, j], axis=r1), name="max")
     r2 = te.reduce_axis((0, red), name="r2")
-    sm = te.compute((pre, post), lambda i, j: te.sum(tirx.exp(X[i, r2, j] - mx[i, j]), axis=r2), name="sum")
+    sm = te.compute((pre, post), lambda i, j: te.sum(fast_exp(X[i, r2, j] - mx[i, j]), axis=r2), name="sum")
     if log:
         Y = te.compute((pre, red, post), lambda i, c, j: apply(X[i, c, j] - mx[i, j] - tirx.log(sm[i, j]),
                                                                  (i, c, j)), name="norm")
     else:
-        Y = te.compute((pre, red, post), lambda i, c, j: apply(tirx.exp(X[i, c, j] - mx[i, j]) / sm[i, j],
+        Y = te.compute((pre, red, post), lambda i, c, j: apply(fast_exp(X[i, c, j] - mx[i, j]) / sm[i, j],
                                                                  (i, c, j)), name="norm")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
+    steps = []
     if pre >= 2 and S.worth_parallel(pre * red * post * 4):
         outer = sch.get_loops(sch.get_sblock("norm"))[0]
         sch.compute_at(sch.get_sblock("sum"), outer)
         sch.compute_at(sch.get_sblock("max"), sch.get_loops(sch.get_sblock("sum"))[0])
         sch.parallel(outer)
-    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_outer"])
+        steps.append("parallel_outer")
+    return KernelDef(name, b.params, sch.mod["main"], steps=steps)
+
+
+def _softmax_rows(name, x, rows, red, *, log, out_value, epilogue, lanes) -> KernelDef:
+    """Softmax over the last axis (attention's rows): exp once per element, by a polynomial that
+    vectorizes (TVM's exp is a scalar expf call), kept in a row-local buffer; max and sum reduced
+    a vector at a time; the norm multiplies by the sum's reciprocal."""
+    b = Builder(name)
+    X = b.input(x, (rows, red))
+    apply = bind_epilogue(epilogue, b, (rows, red, 1))
+    mx, mx2 = lane_rows("max", rows, red, lanes, lambda i, c: X[i, c], "max")
+    ex = te.compute((rows, red), lambda i, c: fast_exp(X[i, c] - mx[i]), name="exp")
+    sm, sm2 = lane_rows("sum", rows, red, lanes, lambda i, c: ex[i, c], "sum")
+    if log:
+        Y = te.compute((rows, red), lambda i, c: apply(X[i, c] - mx[i] - tirx.log(sm[i]), (i, c, 0)), name="norm")
+    else:
+        inv = te.compute((rows,), lambda i: tirx.const(1.0, F32) / sm[i], name="inv")
+        Y = te.compute((rows, red), lambda i, c: apply(ex[i, c] * inv[i], (i, c, 0)), name="norm")
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    outer = sch.get_loops(sch.get_sblock("norm"))[0]
+    if not log:
+        sch.compute_at(sch.get_sblock("inv"), outer)
+    pending = schedule_lane_rows(sch, "sum", sm2, outer)
+    sch.compute_at(sch.get_sblock("exp"), outer)
+    sch.set_scope(sch.get_sblock("exp"), 0, "local")
+    pending += schedule_lane_rows(sch, "max", mx2, outer)
+    steps = []
+    for blk in ("norm", "exp"):
+        inner = sch.get_loops(sch.get_sblock(blk))[-1]
+        if red % lanes == 0:
+            _, vec = sch.split(inner, [None, lanes])
+            sch.vectorize(vec)
+            steps.append(f"vectorize_{blk}")
+    if rows >= 2 and S.worth_parallel(rows * red * 4):
+        sch.parallel(outer)
+        steps.append("parallel_outer")
+    finish_reductions(sch, pending)
+    return KernelDef(name, b.params, sch.mod["main"], steps=steps)
 
 
 def reduce(name: str, x: str, x_shape, *, op: str, axes, keepdims: bool, out_value: str, out_shape,

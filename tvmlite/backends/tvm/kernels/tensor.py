@@ -1,5 +1,6 @@
 """Kernels that move or map data element by element: fused elementwise chains, Concat,
-Transpose, Slice, and Resize as a gather from host-computed index tables."""
+Transpose, Slice (these three of any element type), and Resize as a gather from host-computed
+index tables."""
 from __future__ import annotations
 
 import numpy as np
@@ -39,13 +40,13 @@ def elementwise(name: str, first: tuple, out_shape, *, out_value: str, epilogue:
 
 
 def concat(name: str, inputs: list[tuple[str, tuple]], *, axis: int, out_value: str, out_shape,
-           lanes: int) -> KernelDef:
+           lanes: int, dtype: str = "float32") -> KernelDef:
     out_shape = tuple(int(d) for d in out_shape)
     axis = axis % len(out_shape)
     b = Builder(name)
     ts, offs, off = [], [], 0
     for v, shape in inputs:
-        ts.append(b.input(v, shape) if isinstance(v, str) else b.const(v))
+        ts.append(b.input(v, shape, dtype) if isinstance(v, str) else b.const(v, dtype=dtype))
         offs.append(off)
         off += int(shape[axis])
 
@@ -66,11 +67,12 @@ def concat(name: str, inputs: list[tuple[str, tuple]], *, axis: int, out_value: 
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
 
 
-def transpose(name: str, x: str, x_shape, perm, *, out_value: str, lanes: int) -> KernelDef:
+def transpose(name: str, x: str, x_shape, perm, *, out_value: str, lanes: int,
+              dtype: str = "float32") -> KernelDef:
     shape = tuple(int(d) for d in x_shape)
     out_shape = tuple(shape[p] for p in perm)
     b = Builder(name)
-    X = b.input(x, shape)
+    X = b.input(x, shape, dtype)
     inv = [perm.index(i) for i in range(len(perm))]
     Y = te.compute(out_shape, lambda *idx: X[tuple(idx[inv[i]] for i in range(len(shape)))], name="ew")
     func = b.finish([(out_value, Y)])
@@ -80,12 +82,12 @@ def transpose(name: str, x: str, x_shape, perm, *, out_value: str, lanes: int) -
 
 
 def strided_slice(name: str, x: str, x_shape, starts, steps, *, out_value: str, out_shape,
-                  lanes: int) -> KernelDef:
+                  lanes: int, dtype: str = "float32") -> KernelDef:
     """Slice with every axis resolved to (start, step): out[i] = x[start + i * step]."""
     shape = tuple(int(d) for d in x_shape)
     out_shape = tuple(int(d) for d in out_shape)
     b = Builder(name)
-    X = b.input(x, shape)
+    X = b.input(x, shape, dtype)
     Y = te.compute(out_shape, lambda *idx: X[tuple(int(s0) + i * int(st) for s0, st, i in zip(starts, steps, idx))],
                    name="ew")
     func = b.finish([(out_value, Y)])

@@ -1,0 +1,60 @@
+"""Static shapes after a host-run Loop (backends/tvm/loop_shapes.py): a Loop with a fixed step
+count whose state keeps its shape gives its readers static shapes, so they build as kernels; a
+computed condition or a growing state leaves them on the host. Each case matches onnxruntime."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+
+require_tvm()
+
+from tvmlite.backends.tvm import compile_model  # noqa: E402
+from tvmlite.frontend.onnx_import import import_model  # noqa: E402
+
+def _loop_model(trips, body_nodes, cond_out_node):
+    """y = Relu(final state), Neg(per-step outputs) after a Loop over a [1, 4] state, its condition
+    input a constant true; the body's condition output comes from ``cond_out_node``."""
+    vi = h.make_tensor_value_info
+    body = h.make_graph(body_nodes + [cond_out_node], "body",
+                        [vi("i", T.INT64, []), vi("cond", T.BOOL, []), vi("s_in", T.FLOAT, None)],
+                        [vi("cond_out", T.BOOL, []), vi("s_out", T.FLOAT, None), vi("scan", T.FLOAT, None)],
+                        [nh.from_array(np.array(0.5, np.float32), "half"), nh.from_array(np.array(3, np.int64), "three")])
+    nodes = [h.make_node("Loop", ["trips", "yes", "x"], ["s", "ys"], body=body),
+             h.make_node("Relu", ["s"], ["y"]), h.make_node("Neg", ["ys"], ["ny"])]
+    outs = [vi("y", T.FLOAT, ["a", "b"]), vi("ny", T.FLOAT, ["c", "d", "e"])]
+    g = h.make_graph(nodes, "loop", [vi("x", T.FLOAT, [1, 4])], outs,
+                     [nh.from_array(np.array(trips, np.int64), "trips"), nh.from_array(np.array(True), "yes")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+_STEP = [h.make_node("Mul", ["s_in", "half"], ["s_out"]), h.make_node("Identity", ["s_out"], ["scan"])]
+_GROW = [h.make_node("Concat", ["s_in", "s_in"], ["s_out"], axis=1), h.make_node("ReduceMax", ["s_in"], ["scan"], keepdims=0)]
+
+
+@pytest.mark.parametrize("case, host", [
+    ("fixed", ["Loop: control flow"]),
+    # the condition is computed: the step count depends on values, so the shapes are not static
+    ("computed condition", ["Loop: control flow", "Relu: an input shape is not static",
+                            "Neg: an input shape is not static"]),
+    # the state changes shape from step to step: only its first step's shape is known
+    ("growing state", ["Loop: control flow", "Relu: an input shape is not static",
+                       "Neg: an input shape is not static"]),
+])
+def test_a_loops_outputs_are_static_only_when_no_value_decides_them(case, host):
+    if case == "fixed":
+        proto = _loop_model(3, _STEP, h.make_node("Identity", ["cond"], ["cond_out"]))
+    elif case == "computed condition":
+        proto = _loop_model(5, _STEP, h.make_node("Less", ["i", "three"], ["cond_out"]))
+    else:
+        proto = _loop_model(2, _GROW, h.make_node("Identity", ["cond"], ["cond_out"]))
+    x = np.array([[1.0, -2.0, 3.0, -4.0]], np.float32)
+    cm = compile_model(import_model(proto), {"x": (1, 4)})
+    assert cm.host_ops == host
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for g, r in zip(cm.run({"x": x}), ref):
+        assert g.shape == r.shape
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-7)
