@@ -65,11 +65,20 @@ def test_replaying_the_first_of_two_runs_gives_the_first_model(spec):
 
 def test_quantize_layer_costs_come_from_the_result():
     path, calib, _ = _digits()
-    p = parse_spec("quantize(mode=auto,error_budget=0.0,progress=false)")[0]
-    p.options.calibration = {"input": calib[:16]}
-    r = p(tvmlite.load(path))
+
+    def run(budget):
+        p = parse_spec(f"quantize(mode=auto,error_budget={budget},progress=false)")[0]
+        p.options.calibration = {"input": calib[:16]}
+        return p, p(tvmlite.load(path))
+
+    _, whole = run(1.0)  # everything int8: no layer had to be ranked, so no costs
+    full_error = next(d["output_error"] for d in whole.decisions if d["node"] == "<model>")
+    # half that error forces the error step to send some layers back; the ones it leaves in int8
+    # carry the costs optimize's per-layer undo would take them back by
+    p, r = run(full_error / 2)
     costs = p.layer_costs(r)
-    assert costs and all(v >= 0 for v in costs.values())
+    int8 = {d["node"] for d in r.decisions if d.get("precision") == "int8"}
+    assert costs and all(v >= 0 for v in costs.values()) and set(costs) <= int8
     assert p.layer_costs(PassResult("quantize")) is None  # a result without a token has none
 
 
