@@ -4,6 +4,9 @@
     prune(mode=nm,n=2,m=4)                             2 of every 4 weights along the input axis
     prune(mode=block,block=4x4,sparsity=0.9)           whole blocks of the [in, out] weight matrix
     prune(mode=channel,sparsity=0.5,norm=l1)           whole output channels removed
+    prune(mode=channel,sparsity=0.5,budget=0.05,measure=true)  ... one layer group at a time, each
+                                                       kept only within the error budget and where
+                                                       onnxruntime runs the model faster with it
 
 Unstructured modes only write zeros: the model keeps its shapes, and the sparsify pass turns the
 zeros into speed. Channel pruning removes output channels of Conv/Gemm/MatMul layers by the norm of
@@ -27,7 +30,7 @@ from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
-from tvmlite.passes.prune_channels import ChannelPruner
+from tvmlite.passes.prune_channels import ChannelPruner, prune_within_budget
 
 MODES = ("magnitude", "nm", "block", "channel")
 
@@ -86,6 +89,13 @@ class Prune(Calibrated, Pass):
         calib: Any = None
         calib_count: int = 64
         ridge: float = 0.01
+        #: channel mode: prune one group at a time and keep it only while the model's outputs stay
+        #: within this relative L2 error of the unpruned model's on the calibration data
+        budget: float | None = None
+        #: channel mode: keep a group only where onnxruntime runs the whole model faster with it
+        measure: bool = False
+        repeats: int = 40
+        threads: int = 2
 
     def validate(self) -> None:
         o = self.options
@@ -99,6 +109,12 @@ class Prune(Calibrated, Pass):
             raise OptionError(f"prune: need 0 < n < m (got n={o.n}, m={o.m})")
         if o.norm not in ("l1", "l2"):
             raise OptionError(f"prune: norm={o.norm!r} (l1 or l2)")
+        if o.budget is not None and not (o.budget >= 0 and math.isfinite(o.budget)):
+            raise OptionError(f"prune: budget={o.budget} must be a finite number >= 0")
+        if o.repeats < 1 or o.threads < 1:
+            raise OptionError(f"prune: repeats={o.repeats} and threads={o.threads} must be >= 1")
+        if (o.budget is not None or o.measure) and o.mode != "channel":
+            raise OptionError(f"prune: budget and measure are for mode=channel (got mode={o.mode})")
         self._block()
 
     def _block(self) -> tuple[int, int]:
@@ -111,7 +127,9 @@ class Prune(Calibrated, Pass):
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
-        if self.options.mode == "channel":
+        if self.options.mode == "channel" and (self.options.budget is not None or self.options.measure):
+            prune_within_budget(model, self.options, result)
+        elif self.options.mode == "channel":
             ChannelPruner(model, self.options, result).run()
         else:
             self._unstructured(model, result)

@@ -4,7 +4,7 @@ least-squares refit of the readers on calibration data."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -14,8 +14,10 @@ from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Model, Node
 from tvmlite.export.shapes import infer_shapes, static_shapes
 from tvmlite.passes.lowrank import LinearStats, capture_values
+from tvmlite.passes.lowrank_math import output_error
 from tvmlite.ops.conv import im2col, resolve_pads
 from tvmlite.calibration import load_calibration
+from tvmlite.runtime.ort import ort_session, timed_ratio
 
 #: ops that act on each channel alone and keep the channel axis (axis 1) where it is
 _PER_CHANNEL = {"Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip",
@@ -40,11 +42,14 @@ class _Group:
 class ChannelPruner:
     """One run (Prune keeps nothing); with calib, readers are refitted to ``original``'s outputs."""
 
-    def __init__(self, model: Model, options, result: PassResult):
+    def __init__(self, model: Model, options, result: PassResult, *, only: str | None = None, data=None):
+        """``only``: prune just the group of the producer with this first output; ``data``: the
+        calibration feeds already loaded (else ``options.calib`` is loaded)."""
         self.model, self.g, self.o, self.result = model, model.graph, options, result
+        self.only = only
         self.data = self.original = None
-        if options.calib is not None:
-            self.data = load_calibration(options.calib, model).first(options.calib_count)
+        if data is not None or options.calib is not None:
+            self.data = data if data is not None else load_calibration(options.calib, model).first(options.calib_count)
             self.original = model.copy()
         self.b = Builder(model)  # one name authority for the pruner's run
 
@@ -53,6 +58,8 @@ class ChannelPruner:
         out = []
         for node in g.toposort():
             if self.o.layers and node.name not in self.o.layers:
+                continue
+            if self.only is not None and node.outputs[0] != self.only:
                 continue
             if not is_onnx(node, "Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
                 continue
@@ -331,3 +338,59 @@ class ChannelPruner:
             return np.zeros(out)
         beta = float(node.attrs.get("beta", 1.0)) if node.op_type == "Gemm" else 1.0
         return np.broadcast_to(b.astype(np.float64).reshape(-1) * beta, (out,))
+
+
+# ---------------------------------------------------------------- the budget and speed keep rule
+#: a pruned group must make the model at least this much faster to count as faster (timing noise)
+SPEED_MARGIN = 0.03
+
+
+def prune_within_budget(model: Model, options, result: PassResult) -> None:
+    """Channel pruning one group at a time, in graph order. A group is kept only when the model's
+    outputs stay within ``options.budget`` (largest relative L2 error over the outputs) of the
+    unpruned model's on the calibration data, and, with ``options.measure``, when onnxruntime runs
+    the whole model faster with it than without (interleaved, medians, batch 1). Every group gets a
+    decision row saying kept or not and why."""
+    o = options
+    data = load_calibration(o.calib, model).first(o.calib_count)
+    targets = capture_values(model, list(model.graph.outputs), data)
+    one = {k: v[:1] for k, v in data.items()}
+    keys = [n.outputs[0] for n in ChannelPruner(model, replace(o, calib=None), PassResult(result.pass_name))._producers()]
+    session = ort_session(model, o.threads) if o.measure else None
+    for key in keys:
+        node = model.graph.producer(key)
+        if node is None or not is_onnx(node, "Conv", "Gemm", "MatMul"):
+            continue  # pruned away or refitted into a new node with an earlier group
+        backup = model.copy()
+        sub = PassResult(result.pass_name)
+        ChannelPruner(model, o, sub, only=key, data=data).run()
+        result.skipped += sub.skipped
+        if not sub.changed:
+            continue
+        err = output_error(model, targets, [data])
+        row = {**sub.decisions[0], "node": node.label, "model_error": round(err, 5)}
+        why = None
+        if o.budget is not None and err > o.budget:
+            why = f"model-output relative error {err:.3g} > budget {o.budget:g}"
+        elif session is not None:
+            pruned = ort_session(model, o.threads)
+            before, after, _ = timed_ratio(lambda: session.run(None, one), lambda: pruned.run(None, one),
+                                           1 / (1 - SPEED_MARGIN), max_rounds=o.repeats)
+            row.update(ms_before=round(before, 4), ms_after=round(after, 4))
+            if after > before * (1 - SPEED_MARGIN):
+                why = f"not faster in onnxruntime: {after:.3g} ms pruned vs {before:.3g} ms"
+            else:
+                session = pruned
+        if why is not None:
+            model.restore(backup)
+            result.decisions.append({**row, "kept": False, "reason": why})
+            result.skipped.append((node.label, why))
+            continue
+        reason = "within budget" if o.budget is not None else "refitted"
+        if session is not None:
+            reason += f", faster: {row['ms_after']:.3g} vs {row['ms_before']:.3g} ms"
+        result.decisions.append({**row, "kept": True, "reason": reason})
+        result.rewritten += sub.rewritten
+        result.changed = True
+    result.stats["groups_kept"] = sum(1 for d in result.decisions if d.get("kept"))
+    result.stats["model_error"] = round(output_error(model, targets, [data]), 5)

@@ -148,3 +148,47 @@ def test_bad_options():
         Pipeline("prune(mode=block,block=4)").run(tvmlite.load(_mlp()))
     with pytest.raises(OptionError):
         Pipeline("prune(sparsity=1.5)").run(tvmlite.load(_mlp()))
+    for spec in ("prune(mode=channel,budget=-1)", "prune(mode=channel,budget=nan)",
+                 "prune(mode=magnitude,budget=0.1)", "prune(mode=magnitude,measure=true)",
+                 "prune(mode=channel,measure=true,repeats=0)"):
+        with pytest.raises(OptionError, match="prune"):
+            Pipeline(spec).run(tvmlite.load(_mlp()))
+
+
+def _budget_run(budget, *, measure=False):
+    proto = _residual_cnn()
+    x = RNG.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    m = tvmlite.load(proto)
+    from tvmlite.passes.prune import Prune
+    (r,) = Pipeline([Prune(mode="channel", sparsity=0.5, calib={"x": x}, budget=budget, measure=measure)]).run(m)
+    want = ort_run(proto, {"x": x})[0]
+    got = ort_run(export_model(m), {"x": x})[0]
+    return r, float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def test_channel_pruning_budget_keeps_only_groups_within_it():
+    r, err = _budget_run(0.0)
+    assert not r.changed and err < 1e-5
+    rows = [d for d in r.decisions if "kept" in d]
+    assert rows and not any(d["kept"] for d in rows)
+    assert all("> budget 0" in d["reason"] and d["model_error"] > 0 for d in rows)
+    r, err = _budget_run(10.0)
+    kept = [d for d in r.decisions if d.get("kept")]
+    assert r.changed and kept and all(d["channels_after"] < d["channels_before"] for d in kept)
+    assert abs(r.stats["model_error"] - err) < 1e-3 * max(err, 1)  # the error the pass reports is the model's
+    # in between, the greedy pass stops at the budget: the model's error stays within it
+    r, err = _budget_run(0.5 * err)
+    assert err <= 0.5 * _budget_run(10.0)[1] + 1e-6
+
+
+def test_channel_pruning_measure_keeps_only_what_onnxruntime_runs_faster(monkeypatch):
+    import tvmlite.passes.prune_channels as pc
+
+    monkeypatch.setattr(pc, "timed_ratio", lambda fa, fb, *a, **k: (fa(), fb(), 0) and (1.0, 2.0, 6))
+    r, err = _budget_run(None, measure=True)
+    rows = [d for d in r.decisions if "kept" in d]
+    assert rows and not r.changed and err < 1e-5
+    assert all(not d["kept"] and d["reason"].startswith("not faster in onnxruntime") for d in rows)
+    monkeypatch.setattr(pc, "timed_ratio", lambda fa, fb, *a, **k: (2.0, 1.0, 6))
+    r, err = _budget_run(None, measure=True)
+    assert r.changed and all(d["kept"] and "faster: 1 vs 2 ms" in d["reason"] for d in r.decisions if "kept" in d)
