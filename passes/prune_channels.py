@@ -27,6 +27,18 @@ _PER_CHANNEL = {"Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "H
 _JOIN = {"Add", "Sub", "Mul", "Max", "Min", "Sum"}
 
 
+def _scalar_operand(g, node: Node) -> int | None:
+    """Which input of a binary Add/Sub/Mul/Div is a one-element constant (Div: only the divisor),
+    or None: such a node is per-channel in its other input."""
+    if node.op_type not in ("Add", "Sub", "Mul", "Div") or len(node.inputs) != 2:
+        return None
+    for j in ((1,) if node.op_type == "Div" else (0, 1)):
+        c = g.const_value(node.inputs[j])
+        if c is not None and c.size == 1:
+            return j
+    return None
+
+
 # ------------------------------------------------------------------------------------ channels
 @dataclass
 class _Group:
@@ -173,6 +185,10 @@ class ChannelPruner:
                             return f"Concat {c.label!r}: input shapes unknown"
                         pos += s[1]
                     todo.append((c.outputs[0], pos + offset))
+                elif op == "Div" and idx == [0] and g.const_value(c.inputs[1]) is not None:
+                    if g.const_value(c.inputs[1]).size > 1:
+                        group.params.append((c, 1))
+                    todo.append((c.outputs[0], offset))
                 elif op in _JOIN:
                     # every other operand must carry the same channels from prunable producers, or
                     # be a per-channel constant (sliced) or a scalar
@@ -186,8 +202,10 @@ class ChannelPruner:
                             continue
                         p = g.producer(other)
                         while p is not None and p not in candidates and p.domain in ("", "ai.onnx") \
-                                and (p.op_type in _PER_CHANNEL or p.op_type in ("BatchNormalization", "PRelu")):
-                            p = g.producer(p.inputs[0])  # back through per-channel ops to the layer
+                                and (p.op_type in _PER_CHANNEL or p.op_type in ("BatchNormalization", "PRelu")
+                                     or _scalar_operand(g, p) is not None):
+                            # back through per-channel ops to the layer (HardSwish's x + 3, / 6 too)
+                            p = g.producer(p.inputs[0 if p.op_type not in _JOIN else 1 - _scalar_operand(g, p)])
                         if p is None or p not in candidates or offset != 0:
                             return f"{c.label!r} joins it with {other!r}, which cannot lose the same channels"
                         if p not in group.producers:
@@ -361,36 +379,52 @@ def prune_within_budget(model: Model, options, result: PassResult) -> None:
         node = model.graph.producer(key)
         if node is None or not is_onnx(node, "Conv", "Gemm", "MatMul"):
             continue  # pruned away or refitted into a new node with an earlier group
-        backup = model.copy()
-        sub = PassResult(result.pass_name)
-        ChannelPruner(model, o, sub, only=key, data=data).run()
-        result.skipped += sub.skipped
-        if not sub.changed:
-            continue
-        err = output_error(model, targets, [data])
-        row = {**sub.decisions[0], "node": node.label, "model_error": round(err, 5)}
-        why = None
-        if o.budget is not None and err > o.budget:
-            why = f"model-output relative error {err:.3g} > budget {o.budget:g}"
-        elif session is not None:
-            pruned = ort_session(model, o.threads)
-            before, after, _ = timed_ratio(lambda: session.run(None, one), lambda: pruned.run(None, one),
-                                           1 / (1 - SPEED_MARGIN), max_rounds=o.repeats)
-            row.update(ms_before=round(before, 4), ms_after=round(after, 4))
-            if after > before * (1 - SPEED_MARGIN):
-                why = f"not faster in onnxruntime: {after:.3g} ms pruned vs {before:.3g} ms"
-            else:
-                session = pruned
-        if why is not None:
-            model.restore(backup)
-            result.decisions.append({**row, "kept": False, "reason": why})
-            result.skipped.append((node.label, why))
-            continue
-        reason = "within budget" if o.budget is not None else "refitted"
-        if session is not None:
-            reason += f", faster: {row['ms_after']:.3g} vs {row['ms_before']:.3g} ms"
-        result.decisions.append({**row, "kept": True, "reason": reason})
-        result.rewritten += sub.rewritten
-        result.changed = True
+        label = node.label
+        # the largest fraction first; a smaller one only when the larger broke the budget
+        for sparsity in dict.fromkeys((o.sparsity, o.sparsity / 2, o.sparsity / 4)):
+            row, session = _try_group(model, replace(o, sparsity=sparsity), key, label, data, targets, one,
+                                      session, result)
+            if row is None or row["kept"] or not row["reason"].startswith("model-output"):
+                break
+        if row is not None and not row["kept"]:
+            result.skipped.append((label, row["reason"]))
     result.stats["groups_kept"] = sum(1 for d in result.decisions if d.get("kept"))
     result.stats["model_error"] = round(output_error(model, targets, [data]), 5)
+
+
+def _try_group(model: Model, o, key: str, label: str, data, targets, one, session, result: PassResult):
+    """Prune the group of producer ``key`` at ``o.sparsity`` and keep it or undo it (see
+    prune_within_budget); returns its decision row (None when nothing could be pruned) and the
+    onnxruntime session of the model as it now is."""
+    backup = model.copy()
+    sub = PassResult(result.pass_name)
+    ChannelPruner(model, o, sub, only=key, data=data).run()
+    if not sub.changed:
+        if not any(s[0] == label for s in result.skipped):
+            result.skipped += sub.skipped
+        return None, session
+    err = output_error(model, targets, [data])
+    row = {**sub.decisions[0], "node": label, "sparsity": round(o.sparsity, 4), "model_error": round(err, 5)}
+    why = None
+    if o.budget is not None and err > o.budget:
+        why = f"model-output relative error {err:.3g} > budget {o.budget:g} at sparsity {o.sparsity:g}"
+    elif session is not None:
+        pruned = ort_session(model, o.threads)
+        before, after, _ = timed_ratio(lambda: session.run(None, one), lambda: pruned.run(None, one),
+                                       1 / (1 - SPEED_MARGIN), max_rounds=o.repeats)
+        row.update(ms_before=round(before, 4), ms_after=round(after, 4))
+        if after > before * (1 - SPEED_MARGIN):
+            why = f"not faster in onnxruntime: {after:.3g} ms pruned vs {before:.3g} ms"
+        else:
+            session = pruned
+    if why is not None:
+        model.restore(backup)
+        result.decisions.append({**row, "kept": False, "reason": why})
+        return result.decisions[-1], session
+    reason = "within budget" if o.budget is not None else "refitted"
+    if "ms_after" in row:
+        reason += f", faster: {row['ms_after']:.3g} vs {row['ms_before']:.3g} ms"
+    result.decisions.append({**row, "kept": True, "reason": reason})
+    result.rewritten += sub.rewritten
+    result.changed = True
+    return result.decisions[-1], session

@@ -192,3 +192,24 @@ def test_channel_pruning_measure_keeps_only_what_onnxruntime_runs_faster(monkeyp
     monkeypatch.setattr(pc, "timed_ratio", lambda fa, fb, *a, **k: (2.0, 1.0, 6))
     r, err = _budget_run(None, measure=True)
     assert r.changed and all(d["kept"] and "faster: 1 vs 2 ms" in d["reason"] for d in r.decisions if "kept" in d)
+
+
+def test_channel_pruning_goes_through_decomposed_hardswish():
+    """x * clip(x + 3, 0, 6) / 6 (PP-OCR's HardSwish): the Mul joins the conv's channels with a
+    per-channel function of the same channels, so they are pruned together."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv1"),
+             helper.make_node("Add", ["c", "three"], ["a"]),
+             helper.make_node("Clip", ["a", "zero", "six"], ["k"]),
+             helper.make_node("Div", ["k", "six"], ["h"]),
+             helper.make_node("Mul", ["c", "h"], ["s"]),
+             helper.make_node("Conv", ["s", "w2"], ["y"], name="conv2")]
+    consts = [("w1", _f(8, 3, 3, 3)), ("b1", _f(8)), ("three", np.array(3, np.float32)),
+              ("zero", np.array(0, np.float32)), ("six", np.array(6, np.float32)), ("w2", _f(4, 8, 1, 1))]
+    proto = make_model(nodes, [tensor("x", ["N", 3, 6, 6])], [tensor("y", ["N", 4, 4, 4])], consts)
+    m = tvmlite.load(proto)
+    (r,) = Pipeline("prune(mode=channel,sparsity=0.5)").run(m)
+    assert r.changed, r.skipped
+    assert _weights(m)["conv1"].shape[0] == 4 and _weights(m)["conv2"].shape[1] == 4
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(compile_model(m).run({"x": x})[0], ort_run(export_model(m), {"x": x})[0],
+                               rtol=1e-4, atol=1e-4)
