@@ -213,3 +213,22 @@ def test_channel_pruning_goes_through_decomposed_hardswish():
     x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(compile_model(m).run({"x": x})[0], ort_run(export_model(m), {"x": x})[0],
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec,needle", [("prune(mode=channel,budget=-1)", "budget=-1"),
+                                         ("prune(mode=channel,budget=abc)", "budget"),
+                                         ("prune(mode=nm,measure=true)", "for mode=channel"),
+                                         ("prune(mode=channel,measure=true,repeats=0)", "repeats=0")])
+def test_cli_refuses_bad_budget_options(tmp_path, spec, needle):
+    import subprocess
+    import sys
+
+    src = tmp_path / "m.onnx"
+    onnx.save(_residual_cnn(), src)
+    before = src.read_bytes()
+    p = subprocess.run([sys.executable, "-m", "tvmlite.cli", "optimize", str(src), "-o", str(tmp_path / "o.onnx"),
+                        "--passes", spec], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr + p.stdout
+    assert not (tmp_path / "o.onnx").exists() and src.read_bytes() == before
