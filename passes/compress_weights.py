@@ -96,11 +96,17 @@ def dq_scale_full(scale: np.ndarray, shape, axis: int, block: int) -> np.ndarray
 
 
 def kmeans_1d(values: np.ndarray, k: int, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """(codebook [k] sorted, index per value) by Lloyd's algorithm on the line, started at the
-    quantiles; assignment by the midpoints between sorted centroids (exact in 1-D)."""
+    """(codebook [k] sorted, index per value) by Lloyd's algorithm on the line, started at half the
+    centroids on the quantiles and half evenly over the range; assignment by the midpoints between
+    sorted centroids (exact in 1-D). Quantiles alone leave the tails of heavy-tailed weights (PP-OCR
+    rec after fold-bn: max |w| up to 24 standard deviations) one shared centroid, and Lloyd's steps
+    do not move enough centroids out there: relative weight error 0.07-0.11 at 8 bits, 0.01-0.02
+    with the even half (0.18-0.23 -> 0.14-0.18 at 4 bits)."""
     v = values.astype(np.float64).ravel()
     k = max(1, min(k, np.unique(v).size))
-    centers = np.quantile(v, (np.arange(k) + 0.5) / k)
+    even = k // 2
+    centers = np.concatenate([np.quantile(v, (np.arange(k - even) + 0.5) / (k - even)),
+                              np.linspace(v.min(), v.max(), even)])
     for _ in range(iters):
         centers = np.unique(centers)
         idx = np.searchsorted((centers[1:] + centers[:-1]) / 2, v)

@@ -148,3 +148,87 @@ def test_bad_options():
         Pipeline("prune(mode=block,block=4)").run(tvmlite.load(_mlp()))
     with pytest.raises(OptionError):
         Pipeline("prune(sparsity=1.5)").run(tvmlite.load(_mlp()))
+    for spec in ("prune(mode=channel,budget=-1)", "prune(mode=channel,budget=nan)",
+                 "prune(mode=magnitude,budget=0.1)", "prune(mode=magnitude,measure=true)",
+                 "prune(mode=channel,measure=true,repeats=0)"):
+        with pytest.raises(OptionError, match="prune"):
+            Pipeline(spec).run(tvmlite.load(_mlp()))
+
+
+def _budget_run(budget, *, measure=False):
+    proto = _residual_cnn()
+    x = RNG.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    m = tvmlite.load(proto)
+    from tvmlite.passes.prune import Prune
+    (r,) = Pipeline([Prune(mode="channel", sparsity=0.5, calib={"x": x}, budget=budget, measure=measure)]).run(m)
+    want = ort_run(proto, {"x": x})[0]
+    got = ort_run(export_model(m), {"x": x})[0]
+    return r, float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def test_channel_pruning_budget_keeps_only_groups_within_it():
+    r, err = _budget_run(0.0)
+    assert not r.changed and err < 1e-5
+    rows = [d for d in r.decisions if "kept" in d]
+    assert rows and not any(d["kept"] for d in rows)
+    assert all("> budget 0" in d["reason"] and d["model_error"] > 0 for d in rows)
+    r, err = _budget_run(10.0)
+    kept = [d for d in r.decisions if d.get("kept")]
+    assert r.changed and kept and all(d["channels_after"] < d["channels_before"] for d in kept)
+    assert abs(r.stats["model_error"] - err) < 1e-3 * max(err, 1)  # the error the pass reports is the model's
+    # in between, the greedy pass stops at the budget: the model's error stays within it
+    r, err = _budget_run(0.5 * err)
+    assert err <= 0.5 * _budget_run(10.0)[1] + 1e-6
+
+
+def test_channel_pruning_measure_keeps_only_what_onnxruntime_runs_faster(monkeypatch):
+    import tvmlite.passes.prune_channels as pc
+
+    monkeypatch.setattr(pc, "timed_ratio", lambda fa, fb, *a, **k: (fa(), fb(), 0) and (1.0, 2.0, 6))
+    r, err = _budget_run(None, measure=True)
+    rows = [d for d in r.decisions if "kept" in d]
+    assert rows and not r.changed and err < 1e-5
+    assert all(not d["kept"] and d["reason"].startswith("not faster in onnxruntime") for d in rows)
+    monkeypatch.setattr(pc, "timed_ratio", lambda fa, fb, *a, **k: (2.0, 1.0, 6))
+    r, err = _budget_run(None, measure=True)
+    assert r.changed and all(d["kept"] and "faster: 1 vs 2 ms" in d["reason"] for d in r.decisions if "kept" in d)
+
+
+def test_channel_pruning_goes_through_decomposed_hardswish():
+    """x * clip(x + 3, 0, 6) / 6 (PP-OCR's HardSwish): the Mul joins the conv's channels with a
+    per-channel function of the same channels, so they are pruned together."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv1"),
+             helper.make_node("Add", ["c", "three"], ["a"]),
+             helper.make_node("Clip", ["a", "zero", "six"], ["k"]),
+             helper.make_node("Div", ["k", "six"], ["h"]),
+             helper.make_node("Mul", ["c", "h"], ["s"]),
+             helper.make_node("Conv", ["s", "w2"], ["y"], name="conv2")]
+    consts = [("w1", _f(8, 3, 3, 3)), ("b1", _f(8)), ("three", np.array(3, np.float32)),
+              ("zero", np.array(0, np.float32)), ("six", np.array(6, np.float32)), ("w2", _f(4, 8, 1, 1))]
+    proto = make_model(nodes, [tensor("x", ["N", 3, 6, 6])], [tensor("y", ["N", 4, 4, 4])], consts)
+    m = tvmlite.load(proto)
+    (r,) = Pipeline("prune(mode=channel,sparsity=0.5)").run(m)
+    assert r.changed, r.skipped
+    assert _weights(m)["conv1"].shape[0] == 4 and _weights(m)["conv2"].shape[1] == 4
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(compile_model(m).run({"x": x})[0], ort_run(export_model(m), {"x": x})[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec,needle", [("prune(mode=channel,budget=-1)", "budget=-1"),
+                                         ("prune(mode=channel,budget=abc)", "budget"),
+                                         ("prune(mode=nm,measure=true)", "for mode=channel"),
+                                         ("prune(mode=channel,measure=true,repeats=0)", "repeats=0")])
+def test_cli_refuses_bad_budget_options(tmp_path, spec, needle):
+    import subprocess
+    import sys
+
+    src = tmp_path / "m.onnx"
+    onnx.save(_residual_cnn(), src)
+    before = src.read_bytes()
+    p = subprocess.run([sys.executable, "-m", "tvmlite.cli", "optimize", str(src), "-o", str(tmp_path / "o.onnx"),
+                        "--passes", spec], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr + p.stdout
+    assert not (tmp_path / "o.onnx").exists() and src.read_bytes() == before

@@ -343,3 +343,23 @@ def test_float_layers_store_int8_weights_that_onnxruntime_folds(tmp_path):
     assert not [i for i in tvmlite.export_model(m2).graph.initializer if i.data_type == onnx.TensorProto.INT8]
     with pytest.raises(OptionError):
         _quantize(proto, x, float_layer_weights="int4")
+
+
+def test_a_fragment_onnxruntime_cannot_run_is_timed_as_staying_float(monkeypatch):
+    """PP-OCR rec: a region cut out at the calibration shapes failed in onnxruntime (a Reshape's 0
+    dims) and the failure undid the whole quantize pass; such a fragment now stays float."""
+    import tvmlite.quant.timing as timing
+    from tvmlite.errors import TvmliteError
+    from tvmlite.quant import qdq
+    from helpers import conv_bn_relu_model
+
+    m = tvmlite.load(conv_bn_relu_model(with_dropout=False))
+    conv = next(n for n in m.graph.nodes if n.op_type == "Conv")
+    spec = qdq.QuantSpec(ranges={"x": (-1.0, 1.0), conv.outputs[0]: (-3.0, 3.0)})
+    shapes = {"x": [1, 3, 4, 4], conv.outputs[0]: [1, 8, 4, 4]}
+
+    def broken(*a, **k):
+        raise TvmliteError("onnxruntime failed to run the model: Reshape")
+
+    monkeypatch.setattr(timing, "timed_ratio", broken)
+    assert timing.time_int8_nodes(m, [conv], {qdq.node_key(conv)}, spec, shapes) == (0.0, float("inf"))

@@ -87,6 +87,27 @@ class Inserter:
             self.dq_of[name] = dq.name
         return self.dq_of[name]
 
+    def per_axis_dq(self, name: str, channels: int, axis: int) -> str:
+        """``name`` (the output of a per-tensor DequantizeLinear) dequantized again from the same codes
+        with its scale and zero point repeated ``channels`` times along ``axis``: the same floats, but
+        not the per-tensor DQ that onnxruntime's WeightBiasQuantization looks for (qdq.keep_float)."""
+        key = f"{name}@{axis}x{channels}"
+        if key not in self.dq_of:
+            g = self.g
+            dq = g.producer(name)
+            q, s = dq.inputs[0], dq.inputs[1]
+            z = dq.inputs[2] if len(dq.inputs) > 2 else ""
+            scale = np.full(channels, g.const_value(s).reshape(()), np.float32)
+            inputs = [q, self.b.const(scale, f"{name}_scale_{axis}")]
+            if z:
+                zp = g.const_value(z)
+                inputs.append(self.b.const(np.full(channels, zp.reshape(()), zp.dtype), f"{name}_zp_{axis}"))
+            out = self.b.op.DequantizeLinear(*inputs, attrs={"axis": int(axis)}, name_hint=f"{name}_DQ_{axis}",
+                                             outputs=[f"{name}_dq_{axis}"])
+            out.type = g.value(name).type
+            self.dq_of[key] = out.name
+        return self.dq_of[key]
+
     def constant_dq(self, array: np.ndarray, base: str, q: np.ndarray, scale: np.ndarray,
                     zp: np.ndarray, axis: int | None, default_zero_point: bool = False) -> str:
         """``default_zero_point``: leave a zero point of zeros out (the default). onnxruntime still

@@ -397,8 +397,54 @@ def apply_qdq(model: Model, plan: QdqPlan, spec: QuantSpec) -> list[tuple[str, s
         ins.b.make_node("DequantizeLinear", [dq.inputs[0], s, z], [out], name_hint=f"{out}_DQ")
         g.value(out).type = declared
         log.append((node.label, "folded", {"into": "DequantizeLinear scale", "factor": factor}))
+    # 6. float layers that read an int8 tensor stay float in onnxruntime too
+    ours = {s for s, _ in ins.params.values()}
+    for node in list(g.toposort()):
+        if node not in int8_set:
+            keep_float(ins, node, ours, log)
     g.remove_unused_values()
     return log
+
+
+#: layers onnxruntime's WeightBiasQuantization transformer turns into int8 when their input is DQ'd
+WEIGHT_BIAS_QUANTIZED = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _input_channels(g: Graph, node: Node) -> tuple[int, int | None]:
+    """(axis, size) of the reduced axis of input 0 of a Conv/ConvTranspose/Gemm; size None if unknown."""
+    axis = 0 if node.op_type == "Gemm" and node.attrs.get("transA", 0) else 1
+    w = g.const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if w is not None and w.ndim >= 2:
+        if node.op_type == "Conv":
+            return axis, int(w.shape[1]) * int(node.attrs.get("group", 1))
+        if node.op_type == "ConvTranspose":
+            return axis, int(w.shape[0])
+        return axis, int(w.shape[1 if node.attrs.get("transB", 0) else 0])
+    shape = g.value(node.inputs[0]).shape
+    size = shape[axis] if shape is not None and len(shape) > axis else None
+    return axis, size if isinstance(size, int) else None
+
+
+def keep_float(ins: Inserter, node: Node, ours: set, log: list) -> None:
+    """A float Conv/ConvTranspose/Gemm that reads the per-tensor DequantizeLinear of an int8 tensor:
+    onnxruntime's WeightBiasQuantization transformer (1.2x) would re-quantize its float weight per
+    tensor and fuse the layer into QLinearConv/QGemm, so the layer quantize kept float (for accuracy
+    or speed) would run as per-tensor int8 there and drift from the QDQ semantics by up to 10 steps.
+    The transformer only takes a per-tensor DQ: the layer reads the same codes through a DQ with the
+    scale repeated per channel instead, which computes the same floats and leaves the layer float."""
+    g = ins.g
+    if node.domain not in ONNX or node.op_type not in WEIGHT_BIAS_QUANTIZED or not node.inputs:
+        return
+    dq = g.producer(node.inputs[0])
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.inputs[1] not in ours:
+        return
+    axis, channels = _input_channels(g, node)
+    if channels is None or channels < 2:
+        log.append((node.label, "left", {"reason": "onnxruntime re-quantizes this float layer per tensor: "
+                                                   "its input channels are unknown or 1"}))
+        return
+    g.set_input(node, 0, ins.per_axis_dq(node.inputs[0], channels, axis))
+    log.append((node.label, "float", {"input": "per-channel DequantizeLinear", "channels": channels}))
 
 
 def _quantize_constants(ins: Inserter, node: Node, log: list) -> None:
