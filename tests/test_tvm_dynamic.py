@@ -207,7 +207,25 @@ def _huge_member(npz):
                     hdr.write_array(f, arrays[n[:-4]])
 
 
+def _view_too_big(path):
+    """The first kernel argument that is a buffer read as a view of another size."""
+    plan = json.loads(path.read_text())
+    name, shape = next(a for c in plan["calls"] if "args" in c for a in c["args"] if a[0] in plan["buffers"])
+    for c in plan["calls"]:
+        for a in c.get("args", ()):
+            if a[0] == name:
+                a[1] = [int(np.prod(shape)) + 1]
+                break
+        else:
+            continue
+        break
+    path.write_text(json.dumps(plan))
+
+
 @pytest.mark.parametrize("damage, message", [
+    (lambda d: _view_too_big(d / "good.so.json"), "has another size"),
+    (lambda d: _rewrite_plan(d / "good.so.json", outputs=lambda os: [{**os[0], "const": True, "buffer": "nowhere"}]
+                             + os[1:]), "constant output"),
     (lambda d: (d / "good.so.npz").write_bytes((d / "good.so.npz").read_bytes()[:300]), "not a .npz file of constants"),
     (lambda d: flip_data_byte(d / "good.so.npz"), "Bad CRC-32"),
     (lambda d: (d / "good.so.npz").unlink(), "missing"),

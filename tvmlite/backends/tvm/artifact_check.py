@@ -104,7 +104,7 @@ def _check_schema(plan: dict, path: str) -> None:
         _need(isinstance(o.get("buffer"), str) and _is_shape(o.get("shape")), path,
               f"output entry {o!r} needs a buffer and a shape")
         if not o.get("const"):
-            _view_fits(buffers, o["buffer"], o["shape"], path, f"output {o['name']!r}")
+            view_fits(buffers, o["buffer"], o["shape"], path, f"output {o['name']!r}")
     n_host = len(plan["host"]) if isinstance(plan.get("host"), list) else 0
     for c in plan["calls"]:
         if isinstance(c, dict) and "host" in c:
@@ -121,7 +121,7 @@ def _check_schema(plan: dict, path: str) -> None:
               "'lib_sha256' is not a SHA-256 hex digest")
 
 
-def _view_fits(buffers: dict, name: str, shape: list, path: str, what: str) -> None:
+def view_fits(buffers: dict, name: str, shape: list, path: str, what: str) -> None:
     _need(name in buffers, path, f"{what} reads buffer {name!r}, which the plan does not define")
     have, want = int(np.prod(buffers[name]["shape"])), int(np.prod(shape))
     _need(have == want, path, f"{what}: view {shape} of buffer {name!r} {buffers[name]['shape']} "
@@ -161,7 +161,7 @@ def _check_segment(seg, i: int, buffers: dict, consts: dict, opsets: dict, host_
     for name, view in list(seg["reads"].items()) + list(seg["writes"].items()):
         _need(isinstance(view, list) and len(view) == 2 and isinstance(view[0], str) and _is_shape(view[1]),
               path, f"{where}: {name!r} is not [buffer, shape]")
-        _view_fits(buffers, view[0], view[1], path, f"{where} value {name!r}")
+        view_fits(buffers, view[0], view[1], path, f"{where} value {name!r}")
     for name, key in seg["consts"].items():
         _need(isinstance(key, str) and key in consts, path, f"{where}: constant {name!r} is not in the .npz")
     known = set(seg["inputs"])

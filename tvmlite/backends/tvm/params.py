@@ -22,7 +22,7 @@ import zipfile
 import numpy as np
 
 from tvmlite import limits
-from tvmlite.backends.tvm.artifact_check import ArtifactError, check_host
+from tvmlite.backends.tvm.artifact_check import ArtifactError, check_host, view_fits
 from tvmlite.backends.tvm.kernels.target import import_tvm
 
 _CHUNK = 1 << 22  # bytes per read into a TVM tensor: the only transient copy
@@ -87,7 +87,9 @@ def read(path: str, plan: dict, pool: dict | None = None) -> tuple[dict, dict]:
     kernel: dict[str, list] = {}  # constant -> the shapes calls read it as
     for c in plan["calls"]:
         for name, shape in c.get("args", ()):
-            if name not in buffers:
+            if name in buffers:  # a view the kernel takes of a buffer: it must fit
+                view_fits(buffers, name, shape, js, f"call {c['func']!r}")
+            else:
                 kernel.setdefault(name, []).append((c["func"], shape))
     host_names = {o["buffer"] for o in plan["outputs"] if o.get("const")}
     for seg in plan.get("host", []) if isinstance(plan.get("host"), list) else []:
@@ -131,6 +133,9 @@ def read(path: str, plan: dict, pool: dict | None = None) -> tuple[dict, dict]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(f"{npz}: not a readable .npz of constants ({msg})") from None
+    for o in plan["outputs"]:
+        if o.get("const") and o["buffer"] not in arrays:
+            raise ArtifactError(f"{npz}: constant output {o['name']!r} is missing")
     check_host(plan, set(arrays) | set(tensors), js)
     return arrays, tensors
 
