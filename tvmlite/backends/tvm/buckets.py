@@ -204,11 +204,6 @@ def slice_back(a: np.ndarray, shape) -> np.ndarray | None:
     return a[tuple(slice(0, s) for s in shape)]
 
 
-def write_manifest(path: str, manifest: dict) -> None:
-    with open(path + ".buckets.json", "w") as f:
-        json.dump(manifest, f, indent=1)
-
-
 def read_manifest(path: str) -> dict:
     p = path + ".buckets.json"
     try:

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from tvmlite.backends.tvm.emitters.elementwise import EW_OPS, ew_ops
+from tvmlite.backends.tvm.emitters.transformer import scalar_const
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
 from tvmlite.errors import UnsupportedError
 
@@ -108,7 +109,7 @@ def match_gelu(low, x: str):
             for c in g.consumers(v):
                 if c in region or c in low.absorbed or c.domain not in ONNX or c.op_type not in GELU_PARTS \
                         or len(c.outputs) != 1 or low.shapes.get(c.outputs[0]) != shape \
-                        or not all(n in made or _scalar(low, n) is not None for n in c.inputs if n):
+                        or not all(n in made or scalar_const(low, n) is not None for n in c.inputs if n):
                     continue
                 region.append(c)
                 made.add(c.outputs[0])
@@ -123,16 +124,11 @@ def match_gelu(low, x: str):
                 or any(v in g.outputs for v in inside - {end.outputs[0]}):
             continue
         got = _evaluate(low, nodes, x, end.outputs[0])
-        for approximate, ref in (("none", _gelu_ref(False)), ("tanh", _gelu_ref(True))):
+        for approximate, ref in _GELU_REFS:
             if got is not None and np.allclose(got, ref, rtol=1e-5, atol=1e-6):
                 ordered = [n for n in region if n in nodes]
                 return approximate, ordered, end.outputs[0]
     return None
-
-
-def _scalar(low, name):
-    c = low.const(name)
-    return None if c is None or c.size != 1 or c.dtype.kind != "f" else float(c.reshape(-1)[0])
 
 
 def _ancestors(g, end, region):
@@ -154,11 +150,11 @@ def _evaluate(low, nodes, x, out):
     vals = {x: _PROBE}
     pending = list(nodes)
     while pending:
-        ready = [n for n in pending if all(v in vals or _scalar(low, v) is not None for v in n.inputs if v)]
+        ready = [n for n in pending if all(v in vals or scalar_const(low, v) is not None for v in n.inputs if v)]
         if not ready:
             return None
         for n in ready:
-            args = [vals[v] if v in vals else _scalar(low, v) for v in n.inputs if v]
+            args = [vals[v] if v in vals else scalar_const(low, v) for v in n.inputs if v]
             with np.errstate(all="ignore"):
                 vals[n.outputs[0]] = np.asarray(_NUMPY[n.op_type](*args), np.float64)
             pending.remove(n)
@@ -170,3 +166,8 @@ def _gelu_ref(tanh: bool):
     if tanh:
         return 0.5 * t * (1 + np.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t ** 3)))
     return 0.5 * t * (1 + np.vectorize(math.erf)(t / math.sqrt(2)))
+
+
+# what each Gelu form gives on the probe values: match_gelu compares every candidate region with
+# them (every value read twice is a candidate), so they are computed once
+_GELU_REFS = (("none", _gelu_ref(False)), ("tanh", _gelu_ref(True)))

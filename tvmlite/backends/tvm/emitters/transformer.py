@@ -92,7 +92,7 @@ def match_layer_norm(low, rm):
     if d in g.outputs or len(cons) != 2:
         return None
     sq = next((c for c in cons if (c.op_type == "Mul" and list(c.inputs) == [d, d]) or (
-        c.op_type == "Pow" and c.inputs[0] == d and _scalar(low, c.inputs[1]) == 2.0)), None)
+        c.op_type == "Pow" and c.inputs[0] == d and scalar_const(low, c.inputs[1]) == 2.0)), None)
     div = next((c for c in cons if c.op_type == "Div" and c.inputs[0] == d), None)
     if sq is None or div is None or sq is div:
         return None
@@ -100,7 +100,7 @@ def match_layer_norm(low, rm):
     if rm2 is None or _trailing_axes(low, rm2, xs) != axes:
         return None
     add = only(rm2.outputs[0], "Add")
-    eps = None if add is None else next((_scalar(low, n) for n in add.inputs if n != rm2.outputs[0]), None)
+    eps = None if add is None else next((scalar_const(low, n) for n in add.inputs if n != rm2.outputs[0]), None)
     sqrt = None if add is None or eps is None else only(add.outputs[0], "Sqrt")
     if sqrt is None or only(sqrt.outputs[0], "Div") is not div or div.inputs[1] != sqrt.outputs[0]:
         return None
@@ -140,7 +140,8 @@ def _trailing_axes(low, node, xs):
     return ax[0], tuple(int(d) for d in xs[ax[0]:])
 
 
-def _scalar(low, name):
+def scalar_const(low, name):
+    """The float value of a one-element float constant ``name``, else None."""
     c = low.const(name) if name else None
     return None if c is None or c.size != 1 or c.dtype.kind != "f" else float(c.reshape(-1)[0])
 
