@@ -53,7 +53,7 @@ def _weights(w_q, w_scale, axis: int) -> np.ndarray:
 _TO_NCHW, _TO_NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
 
 
-def _qdtype(signed) -> np.dtype:
+def quant_dtype(signed) -> np.dtype:
     return np.dtype(np.int8 if int(signed) else np.uint8)
 
 
@@ -61,8 +61,8 @@ def _input(x, x_scale, x_zero_point, x_signed, x_quantized=0, x_layout="NCHW"):
     """The dequantized float input (NCHW when it is stored NHWC)."""
     if int(x_quantized):
         s, zp = np.float32(x_scale), _zp(x_zero_point, x_signed)
-        x = _dequantize(np.asarray(x, _qdtype(x_signed)), s, zp).astype(np.float32, copy=False)
-        return x.transpose(_TO_NCHW) if _text(x_layout) == "NHWC" else x
+        x = _dequantize(np.asarray(x, quant_dtype(x_signed)), s, zp).astype(np.float32, copy=False)
+        return x.transpose(_TO_NCHW) if attr_text(x_layout) == "NHWC" else x
     return fake_quant(x, x_scale, x_zero_point, x_signed)
 
 
@@ -79,13 +79,13 @@ def _finish(y, bias, bias_shape, activation, y_scale, y_zero_point, y_signed, y_
         raise ValueError(f"activation {activation!r}")
     if int(y_quantized):
         q = _quantize(np.asarray(y, np.float32), np.float32(y_scale), _zp(y_zero_point, y_signed))
-        return q.transpose(_TO_NHWC) if _text(y_layout) == "NHWC" else q
+        return q.transpose(_TO_NHWC) if attr_text(y_layout) == "NHWC" else q
     if float(y_scale) > 0:
         y = fake_quant(y, y_scale, y_zero_point, y_signed)
     return np.asarray(y, np.float32)
 
 
-def _text(value) -> str:
+def attr_text(value) -> str:
     """A string attribute as imported (bytes or str), or the empty string when absent."""
     return value.decode() if isinstance(value, bytes) else (value or "")
 
@@ -102,7 +102,7 @@ def _conv_out(x_shape, w_shape, auto_pad, kernel_shape, pads, strides, dilations
 
 
 def _out_dtype(y_signed, y_quantized):
-    return _qdtype(y_signed) if int(y_quantized) else np.dtype(np.float32)
+    return quant_dtype(y_signed) if int(y_quantized) else np.dtype(np.float32)
 
 
 def _qconv_shape(types, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0, y_signed=0,
@@ -110,18 +110,18 @@ def _qconv_shape(types, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zer
                  group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW", **_silu):
     dtype, xs = types[0]
     ws = types[1][1]
-    if _text(x_layout) == "NHWC":
+    if attr_text(x_layout) == "NHWC":
         xs = [xs[i] for i in _TO_NCHW]
     out = (xs[0], ws[0], *_conv_out(list(xs), list(ws), auto_pad, kernel_shape, pads, strides, dilations))
-    if _text(y_layout) == "NHWC":
+    if attr_text(y_layout) == "NHWC":
         out = tuple(out[i] for i in _TO_NHWC)
     return [(_out_dtype(y_signed, y_quantized), out)]
 
 
 def _conv_attrs(auto_pad, kernel_shape, pads, strides, dilations, group) -> dict:
     a = {"group": int(group)}
-    if auto_pad and _text(auto_pad) != "NOTSET":
-        a["auto_pad"] = _text(auto_pad)
+    if auto_pad and attr_text(auto_pad) != "NOTSET":
+        a["auto_pad"] = attr_text(auto_pad)
     for k, v in (("kernel_shape", kernel_shape), ("pads", pads), ("strides", strides), ("dilations", dilations)):
         if v is not None:
             a[k] = [int(i) for i in v]
@@ -141,18 +141,18 @@ def _x_body(fb, x_scale, x_zero_point, x_signed, x_quantized=0, x_layout="NCHW")
     if not int(x_quantized):
         return _fq_body(fb, fb.inputs[0], x_scale, x_zero_point, x_signed)
     x = fb.node("DequantizeLinear", [fb.inputs[0], *_q_params(fb, x_scale, x_zero_point, x_signed)])
-    return fb.node("Transpose", [x], {"perm": list(_TO_NCHW)}) if _text(x_layout) == "NHWC" else x
+    return fb.node("Transpose", [x], {"perm": list(_TO_NCHW)}) if attr_text(x_layout) == "NHWC" else x
 
 
 def _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed, y_quantized=0, y_layout="NCHW", silu=None):
-    if _text(activation) == "Relu":
+    if attr_text(activation) == "Relu":
         y = fb.node("Relu", [y])
-    elif _text(activation) == "SiLU":
+    elif attr_text(activation) == "SiLU":
         y = _fq_body(fb, y, *silu[0])
         y = fb.node("Mul", [y, _fq_body(fb, fb.node("Sigmoid", [y]), *silu[1])])
     if int(y_quantized):
         y = fb.node("QuantizeLinear", [y, *_q_params(fb, y_scale, y_zero_point, y_signed)])
-        if _text(y_layout) == "NHWC":
+        if attr_text(y_layout) == "NHWC":
             y = fb.node("Transpose", [y], {"perm": list(_TO_NHWC)})
     elif float(y_scale) > 0:
         y = _fq_body(fb, y, y_scale, y_zero_point, y_signed)
@@ -185,9 +185,9 @@ def qdq_conv(x, w_q, w_scale, bias=None, *, x_scale, x_zero_point, x_signed=0, y
              c_zero_point=0, c_signed=0, s_scale=0.0, s_zero_point=0, s_signed=0):
     xq = _input(x, x_scale, x_zero_point, x_signed, x_quantized, x_layout)
     w = _weights(w_q, w_scale, 0)
-    y = conv_nd(xq, w, None, auto_pad=_text(auto_pad), kernel_shape=kernel_shape, pads=pads,
+    y = conv_nd(xq, w, None, auto_pad=attr_text(auto_pad), kernel_shape=kernel_shape, pads=pads,
                 strides=strides, dilations=dilations, group=group)
-    return _finish(y, bias, (1, -1) + (1,) * (y.ndim - 2), _text(activation), y_scale, y_zero_point,
+    return _finish(y, bias, (1, -1) + (1,) * (y.ndim - 2), attr_text(activation), y_scale, y_zero_point,
                    y_signed, y_quantized, y_layout,
                    ((c_scale, c_zero_point, c_signed), (s_scale, s_zero_point, s_signed)))
 
@@ -213,7 +213,7 @@ def qdq_matmul(x, w_q, w_scale, bias=None, *, x_scale, x_zero_point, x_signed=0,
                y_signed=0, activation="", x_quantized=0, y_quantized=0):
     xq = _input(x, x_scale, x_zero_point, x_signed, x_quantized)
     y = np.matmul(xq, _weights(w_q, w_scale, 1))
-    return _finish(y, bias, (-1,), _text(activation), y_scale, y_zero_point, y_signed, y_quantized)
+    return _finish(y, bias, (-1,), attr_text(activation), y_scale, y_zero_point, y_signed, y_quantized)
 
 
 # ---------------------------------------------------------------------------------------- MaxPool
@@ -221,7 +221,7 @@ POOL_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "str
 
 
 def _pool_attrs(**a) -> dict:
-    out = {k: (_text(v) if k == "auto_pad" else v) for k, v in a.items() if v is not None}
+    out = {k: (attr_text(v) if k == "auto_pad" else v) for k, v in a.items() if v is not None}
     if out.get("auto_pad") in ("", "NOTSET"):
         out.pop("auto_pad", None)
     return out
@@ -229,17 +229,17 @@ def _pool_attrs(**a) -> dict:
 
 def _qpool_shape(types, *, x_layout="NCHW", y_layout="NCHW", **a):
     dtype, xs = types[0]
-    xs = [xs[i] for i in _TO_NCHW] if _text(x_layout) == "NHWC" else list(xs)
+    xs = [xs[i] for i in _TO_NCHW] if attr_text(x_layout) == "NHWC" else list(xs)
     out = (xs[0], xs[1], *WindowGeometry.pool(_pool_attrs(**a), xs).out_spatial)
-    return [(dtype, tuple(out[i] for i in _TO_NHWC) if _text(y_layout) == "NHWC" else out)]
+    return [(dtype, tuple(out[i] for i in _TO_NHWC) if attr_text(y_layout) == "NHWC" else out)]
 
 
 def _qpool_body(fb, *, x_layout="NCHW", y_layout="NCHW", **a):
     x = fb.inputs[0]
-    if _text(x_layout) == "NHWC":
+    if attr_text(x_layout) == "NHWC":
         x = fb.node("Transpose", [x], {"perm": list(_TO_NCHW)})
     y = fb.node("MaxPool", [x], _pool_attrs(**a))
-    if _text(y_layout) == "NHWC":
+    if attr_text(y_layout) == "NHWC":
         y = fb.node("Transpose", [y], {"perm": list(_TO_NHWC)})
     fb.node("Identity", [y], output=fb.outputs[0])
 
@@ -248,9 +248,9 @@ def _qpool_body(fb, *, x_layout="NCHW", y_layout="NCHW", **a):
 def q_max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None, strides=None,
                x_layout="NCHW", y_layout="NCHW"):
     x = np.asarray(x)
-    if _text(x_layout) == "NHWC":
+    if attr_text(x_layout) == "NHWC":
         x = x.transpose(_TO_NCHW)
-    y = max_pool_values(x, auto_pad=_text(auto_pad), ceil_mode=ceil_mode, dilations=dilations,
+    y = max_pool_values(x, auto_pad=attr_text(auto_pad), ceil_mode=ceil_mode, dilations=dilations,
                         kernel_shape=kernel_shape, pads=pads, strides=strides)
-    return np.ascontiguousarray(y.transpose(_TO_NHWC)) if _text(y_layout) == "NHWC" else y
+    return np.ascontiguousarray(y.transpose(_TO_NHWC)) if attr_text(y_layout) == "NHWC" else y
 

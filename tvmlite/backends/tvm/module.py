@@ -292,9 +292,11 @@ class CompiledModel:
                                  f"{self.input_shapes[name]} (build again for other shapes)")
             dt = self.input_dtypes[name]
             if t is None or dt != np.float32:  # host calls read non-float inputs from here
-                self._env[name] = np.array(a, dtype=dt)
+                c = self._env[name] = np.array(a, dtype=dt)  # a C-ordered copy the kernels read too
+            else:
+                c = np.asarray(a, dtype=dt, order="C")  # ascontiguousarray makes 0-d 1-d
             if t is not None:
-                t.copyfrom(np.asarray(a, dtype=dt, order="C"))  # ascontiguousarray makes 0-d 1-d
+                t.copyfrom(c)
 
     def execute(self) -> None:
         for fn, args in self._calls:

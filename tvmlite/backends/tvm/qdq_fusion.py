@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tvmlite.backends.tvm.qdq_buffers import grid_of, quantize_buffers
+from tvmlite.backends.tvm.qdq_buffers import ONNX, grid_of, quantize_buffers
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ops.quant import _dequantize
 
-ONNX = ("", "ai.onnx")
 _CONV_ATTRS = ("auto_pad", "kernel_shape", "pads", "strides", "dilations", "group")
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from tvmlite.backends.tvm.emitters.registry import emitter
+from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp, window_2d
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.conv import conv_transpose_pads
 from tvmlite.ops.conv_shapes import _norm, kernel_geometry
 from tvmlite.ops.geometry import WindowGeometry
 
-ONNX = ("", "ai.onnx")
 #: as fusion.MAX_EPILOGUE_OPS: an epilogue is one nested expression that TVM's passes recurse over
 MAX_EPILOGUE_OPS = 64
 

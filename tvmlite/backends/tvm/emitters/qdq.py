@@ -9,14 +9,7 @@ from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.kernels.defs import Epilogue, window_2d
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.geometry import WindowGeometry
-
-
-def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else (v or "")
-
-
-def _int_dtype(signed) -> np.dtype:
-    return np.dtype(np.int8 if int(signed) else np.uint8)
+from tvmlite.ops.qdq_fused import attr_text, quant_dtype
 
 
 def _check_dtype(low, name: str, want, what: str) -> None:
@@ -37,19 +30,19 @@ def _operands(low, node):
     if w_q.dtype != np.int8:
         raise UnsupportedError(f"weights of dtype {w_q.dtype} (int8 only)")
     a = node.attrs
-    act = _text(a.get("activation", ""))
+    act = attr_text(a.get("activation", ""))
     if act not in ("", "Relu") and not (act == "SiLU" and node.op_type == "QDQConv"):
         raise UnsupportedError(f"activation {act!r}")
     spec = dict(x_scale=a["x_scale"], x_zero_point=a["x_zero_point"], x_signed=a.get("x_signed", 0),
                 y_scale=a.get("y_scale", 0.0), y_zero_point=a.get("y_zero_point", 0),
                 y_signed=a.get("y_signed", 0), activation=act, x_quantized=int(a.get("x_quantized", 0)),
-                y_quantized=int(a.get("y_quantized", 0)), x_nhwc=_text(a.get("x_layout")) == "NHWC",
-                y_nhwc=_text(a.get("y_layout")) == "NHWC",
+                y_quantized=int(a.get("y_quantized", 0)), x_nhwc=attr_text(a.get("x_layout")) == "NHWC",
+                y_nhwc=attr_text(a.get("y_layout")) == "NHWC",
                 silu=tuple(_grid(a, k) for k in ("c", "s")) if act == "SiLU" else None)
     if spec["y_quantized"] and not float(spec["y_scale"]) > 0:
         raise UnsupportedError("quantized output without y_scale")
-    _check_dtype(low, node.inputs[0], _int_dtype(spec["x_signed"]) if spec["x_quantized"] else np.float32, "input")
-    _check_dtype(low, node.outputs[0], _int_dtype(spec["y_signed"]) if spec["y_quantized"] else np.float32,
+    _check_dtype(low, node.inputs[0], quant_dtype(spec["x_signed"]) if spec["x_quantized"] else np.float32, "input")
+    _check_dtype(low, node.outputs[0], quant_dtype(spec["y_signed"]) if spec["y_quantized"] else np.float32,
                  "output")
     return w_q, np.asarray(w_scale, np.float32).reshape(-1), bias, spec
 
@@ -122,7 +115,7 @@ def emit_qmaxpool(low, node) -> None:
     _check_dtype(low, out, np.dtype(dtype), "output")
     if len(xs) != 4:
         raise UnsupportedError(f"{len(xs) - 2}-D QMaxPool")
-    x_nhwc, y_nhwc = (_text(node.attrs.get(k)) == "NHWC" for k in ("x_layout", "y_layout"))
+    x_nhwc, y_nhwc = (attr_text(node.attrs.get(k)) == "NHWC" for k in ("x_layout", "y_layout"))
     nchw = tuple(xs[i] for i in (0, 3, 1, 2)) if x_nhwc else tuple(xs)
     geom = window_2d(WindowGeometry.pool(node.attrs, nchw))
     name = low.kernel_name(node)

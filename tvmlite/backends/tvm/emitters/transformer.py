@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tvmlite.backends.tvm.emitters.registry import emitter
+from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
 from tvmlite.errors import UnsupportedError
 
-ONNX = ("", "ai.onnx")
 
 
 @emitter("LayerNormalization")
