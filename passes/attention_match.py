@@ -142,6 +142,12 @@ def _mask(g: Graph, name: str) -> tuple[str, float]:
         src = p.inputs[0]
 
 
+def _is_scores(g: Graph, name: str) -> bool:
+    """MatMul, or a Div/Mul of a MatMul: the scores side of the mask Add."""
+    p = _producer(g, name, "Div", "Mul")
+    return _producer(g, p.inputs[0] if p is not None else name, "MatMul") is not None
+
+
 def match_attention(g: Graph, softmax: Node) -> AttentionMatch:
     """The attention block around ``softmax`` (or :class:`Refused` with the reason)."""
     rank = len(g.value(softmax.outputs[0]).shape or ())
@@ -160,7 +166,7 @@ def match_attention(g: Graph, softmax: Node) -> AttentionMatch:
     if add is not None:
         _only_reader(g, name, "masked scores")
         nodes.append(add)
-        side = next((i for i in (0, 1) if _producer(g, add.inputs[i], "Div", "Mul", "MatMul")), None)
+        side = next((i for i in (0, 1) if _is_scores(g, add.inputs[i])), None)
         if side is None:
             raise Refused(f"{add.label!r}: neither operand comes from the scaled scores")
         mask_source, mask_filter = _mask(g, add.inputs[1 - side])

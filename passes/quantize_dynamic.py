@@ -20,7 +20,9 @@ from tvmlite.ir.graph import Model
 from tvmlite.export.shapes import infer_shapes, static_shapes
 from tvmlite.quant import qdq
 from tvmlite.quant.params import quantize_weight, weight_scales
+from tvmlite.quant.dynamic_attention import MS_DOMAIN, attention_operands, write_qattention
 from tvmlite.quant.smooth import ALPHAS, capture_samples, choose_alpha
+from tvmlite.passes.transformer_fusion import FuseTransformer
 
 
 @register_pass
@@ -85,6 +87,10 @@ class QuantizeDynamic(Pass):
         smooth_min_gain: float = 1.0
         #: smooth's calibration inputs: .npz / directory of .npy (CLI), or anything load_calibration takes
         calibration: Any = None
+        #: run fuse-transformer first and write each fused com.microsoft Attention as QAttention (int8
+        #: packed Q/K/V projection fused with the attention itself): onnxruntime cannot fuse attention
+        #: once the projections are MatMulInteger, so without this the int8 file runs it unfused
+        attention: bool = False
 
     def validate(self) -> None:
         if self.options.form not in ("integer", "dq"):
@@ -133,16 +139,26 @@ class QuantizeDynamic(Pass):
                                        f"under min_matmul_share={o.min_matmul_share:g}: left to static int8")
                 return result
         qdq.upgrade_opset(model, 11 if not o.per_channel else 13)
+        if o.attention and o.form == "integer":
+            # attention only: onnxruntime fuses SkipLayerNorm and Gelu itself around int8 MatMuls
+            fused = FuseTransformer(skip_layernorm=False, gelu=False).run(model)
+            result.stats["fused"] = len(fused.rewritten)
+            for where, why in fused.skipped:
+                result.skip(where, why)
         infer_shapes(model)  # operand dtypes and ranks decide what can be rewritten
         g = model.graph
         b = None  # made on the first rewrite: one name authority for the run
         quantized_x: dict = {}  # activation -> its DynamicQuantizeLinear outputs
         work = []
         for node in g.toposort():
-            if not is_onnx(node, "MatMul", "Gemm") or node.name in o.exclude_names \
-                    or node.outputs[0] in o.exclude_names:
+            if node.name in o.exclude_names or node.outputs[0] in o.exclude_names:
                 continue
-            got = _operands(g, node)
+            if o.attention and o.form == "integer" and node.domain == MS_DOMAIN and node.op_type == "Attention":
+                got = attention_operands(g, node)
+            elif is_onnx(node, "MatMul", "Gemm"):
+                got = _operands(g, node)
+            else:
+                continue
             if isinstance(got, str):
                 result.skip(node, got)
             else:
@@ -173,6 +189,10 @@ class QuantizeDynamic(Pass):
                     quantized_x[x] = b.op.DynamicQuantizeLinear(xin, outputs=[
                         f"{base}_{k}" for k in ("x_quantized", "x_scale", "x_zero_point")])
                 xq, xs, xz = quantized_x[x]
+                if node.op_type == "Attention":
+                    b.replace(node, {out: write_qattention(b, node, wq_name, zero, scales, bias, (xq, xs, xz), base)})
+                    result.rewrote(base, form="QAttention")
+                    continue
                 s_name = b.const(scales.reshape(-1) if axis is not None else scales.reshape(()), f"{base}_W_scale")
                 acc = b.op.MatMulInteger(xq, wq_name, xz, zero, outputs=[f"{base}_int32"])
                 accf = b.op.Cast(acc, to=1, outputs=[f"{base}_float"])
