@@ -47,7 +47,8 @@ def _producer(g: Graph, name: str, *ops: str) -> Node | None:
     return p if p is not None and is_onnx(p, *ops) else None
 
 
-def _scalar(g: Graph, name: str) -> float | None:
+def scalar(g: Graph, name: str) -> float | None:
+    """The value of a constant one-element float tensor (None otherwise)."""
     c = g.const_value(name)
     return float(c.reshape(())) if c is not None and c.size == 1 and c.dtype.kind == "f" else None
 
@@ -122,9 +123,9 @@ def _mask(g: Graph, name: str) -> tuple[str, float]:
     if mul is None:
         raise Refused(f"mask {name!r}: not (1 - mask) * c")
     for i in (0, 1):
-        c = _scalar(g, mul.inputs[1 - i])
+        c = scalar(g, mul.inputs[1 - i])
         sub = _producer(g, mul.inputs[i], "Sub")
-        if c is not None and sub is not None and _scalar(g, sub.inputs[0]) == 1.0:
+        if c is not None and sub is not None and scalar(g, sub.inputs[0]) == 1.0:
             break
     else:
         raise Refused(f"mask {name!r}: not (1 - mask) * c with constant c")
@@ -173,7 +174,7 @@ def match_attention(g: Graph, softmax: Node) -> AttentionMatch:
         name = add.inputs[side]
     sc = _producer(g, name, "Div", "Mul")
     if sc is not None:
-        c = _scalar(g, sc.inputs[1])
+        c = scalar(g, sc.inputs[1])
         if c is None or c == 0.0 or _producer(g, sc.inputs[0], "MatMul") is None:
             raise Refused(f"{sc.label!r}: not the scores divided or multiplied by a constant scalar")
         _only_reader(g, name, "scaled scores")

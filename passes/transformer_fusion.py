@@ -24,7 +24,7 @@ import numpy as np
 from tvmlite.export.shapes import infer_shapes
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
-from tvmlite.passes.attention_match import Refused, match_attention
+from tvmlite.passes.attention_match import Refused, match_attention, scalar
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
 
@@ -152,11 +152,6 @@ def _near(v: float | None, want: float) -> bool:
     return v is not None and math.isclose(v, want, rel_tol=1e-4)
 
 
-def _scalar(g: Graph, name: str) -> float | None:
-    c = g.const_value(name)
-    return float(c.reshape(())) if c is not None and c.size == 1 and c.dtype.kind == "f" else None
-
-
 def _only(g: Graph, name: str, op: str) -> Node | None:
     readers = g.consumers(name)
     if len(readers) != 1 or name in g.outputs or not is_onnx(readers[0], op):
@@ -171,13 +166,13 @@ def _other(node: Node, name: str) -> str:
 def _gelu_spelled(g: Graph, erf: Node) -> tuple[str, Node, list] | str:
     """(x, the node producing GELU(x), the GELU's nodes) for erf's ``x * 0.5 * (1 + erf(x / sqrt 2))`` spellings."""
     pre = g.producer(erf.inputs[0])
-    if pre is None or not ((is_onnx(pre, "Div") and _near(_scalar(g, pre.inputs[1]), math.sqrt(2)))
-                           or (is_onnx(pre, "Mul") and _near(_scalar(g, _other(pre, pre.inputs[0])), 1 / math.sqrt(2))
-                               or is_onnx(pre, "Mul") and _near(_scalar(g, pre.inputs[0]), 1 / math.sqrt(2)))):
+    if pre is None or not ((is_onnx(pre, "Div") and _near(scalar(g, pre.inputs[1]), math.sqrt(2)))
+                           or (is_onnx(pre, "Mul") and _near(scalar(g, _other(pre, pre.inputs[0])), 1 / math.sqrt(2))
+                               or is_onnx(pre, "Mul") and _near(scalar(g, pre.inputs[0]), 1 / math.sqrt(2)))):
         return "erf's input is not x / sqrt(2)"
-    x = pre.inputs[0] if _scalar(g, pre.inputs[0]) is None else pre.inputs[1]
+    x = pre.inputs[0] if scalar(g, pre.inputs[0]) is None else pre.inputs[1]
     one = _only(g, erf.outputs[0], "Add")
-    if one is None or not _near(_scalar(g, _other(one, erf.outputs[0])), 1.0):
+    if one is None or not _near(scalar(g, _other(one, erf.outputs[0])), 1.0):
         return "erf is not followed by + 1"
     m1 = _only(g, one.outputs[0], "Mul")
     if m1 is None:
@@ -185,12 +180,12 @@ def _gelu_spelled(g: Graph, erf: Node) -> tuple[str, Node, list] | str:
     f = _other(m1, one.outputs[0])
     if f == x:  # (x * (1 + erf)) * 0.5
         m2 = _only(g, m1.outputs[0], "Mul")
-        if m2 is None or not _near(_scalar(g, _other(m2, m1.outputs[0])), 0.5):
+        if m2 is None or not _near(scalar(g, _other(m2, m1.outputs[0])), 0.5):
             return "x * (1 + erf) is not halved"
         return x, m2, [pre, erf, one, m1, m2]
     half = g.producer(f)  # (x * 0.5) * (1 + erf)
     if half is not None and is_onnx(half, "Mul") and g.num_uses(f) == 1 and x in half.inputs \
-            and _near(_scalar(g, _other(half, x)), 0.5):
+            and _near(scalar(g, _other(half, x)), 0.5):
         return x, m1, [pre, erf, one, m1, half]
     return "not x * 0.5 * (1 + erf(x / sqrt 2))"
 

@@ -199,3 +199,39 @@ def test_cli_bad_option_exits_2_and_writes_nothing(tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "attention" in lines[0] and "Traceback" not in p.stderr
     assert not dst.exists() and src.read_bytes() == before
+
+
+def _gelu_model(form):
+    """y = GELU(x + b) in one of three spellings (or tanh Gelu, which must stay)."""
+    rng = np.random.default_rng(5)
+    c = lambda v, n: numpy_helper.from_array(np.array(v, np.float32), n)  # noqa: E731
+    inits = [numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b"), c(np.sqrt(2), "r2"),
+             c(1 / np.sqrt(2), "ir2"), c(1.0, "one"), c(0.5, "half")]
+    nodes = [helper.make_node("Add", ["x", "b"], ["xb"])]
+    opset = 17
+    if form == "half_first":  # (x * 0.5) * (1 + erf(x * 1/sqrt2)), HF's torch export
+        nodes += [helper.make_node("Mul", ["xb", "ir2"], ["s"]), helper.make_node("Erf", ["s"], ["e"]),
+                  helper.make_node("Add", ["one", "e"], ["e1"]), helper.make_node("Mul", ["xb", "half"], ["h"]),
+                  helper.make_node("Mul", ["h", "e1"], ["y"])]
+    else:
+        opset = 20
+        nodes += [helper.make_node("Gelu", ["xb"], ["y"], approximate="tanh" if form == "tanh" else "none")]
+    g = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 6])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model, {"x": (rng.standard_normal((3, 6)) * 2).astype(np.float32)}
+
+
+@pytest.mark.parametrize("form", ["half_first", "op", "tanh"])
+def test_gelu_spellings(form):
+    model, feeds = _gelu_model(form)
+    ref = ort_run(model, feeds)[0]
+    m = tvmlite.load(model)
+    r = Pipeline("fuse-transformer").run(m)[0]
+    if form == "tanh":
+        assert "BiasGelu" not in _ops(m) and any("tanh" in why for _, why in r.skipped)
+        return
+    assert _ops(m) == ["BiasGelu"]
+    np.testing.assert_allclose(ort_run(tvmlite.export_model(m), feeds)[0], ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_model(m, feeds)["y"], ref, rtol=1e-5, atol=1e-6)
