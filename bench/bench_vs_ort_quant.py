@@ -30,7 +30,9 @@ Latency: onnxruntime CPU, 2 intra-op threads, batch 1; all variants of a model r
 (tvmlite.compare.interleaved_ms) in ``--blocks`` blocks of ``--repeats`` rounds; ``ms`` is the median
 of the block medians, ``best`` the fastest block median. A variant that fails prints its one-line
 reason in its row and the others go on. ``--variants`` picks a subset (plus ``tvmlite-qdyn``: the
-quantize-dynamic pass alone, unchecked); ``--reuse`` re-times the variant files already in ``--out``.
+quantize-dynamic pass alone, unchecked; ``tvmlite-fast-noatt``: the fast preset without
+quantize-dynamic's attention=true, so that one interleaved run times QAttention against the unfused
+int8 attention); ``--reuse`` re-times the variant files already in ``--out``.
 
     PYTHONPATH=. python bench/bench_vs_ort_quant.py [--models encoder,digits,cls,det,rec,detector] [--repeats 20]
 """
