@@ -216,9 +216,11 @@ def match_attention(g: Graph, softmax: Node) -> AttentionMatch:
     _only_reader(g, t.outputs[0], "context")
     r = g.consumers(t.outputs[0])[0]
     h, d = heads.pop()
-    shape = g.const_value(r.inputs[1]) if is_onnx(r, "Reshape") else None
-    dims = [int(v) for v in shape.reshape(-1)] if shape is not None else None
-    if dims is None or len(dims) != 3 or dims[2] not in (h * d, -1):
+    if not is_onnx(r, "Reshape"):
+        raise Refused("the context is not merged back by a Reshape")
+    shape = g.const_value(r.inputs[1])  # a computed shape (Concat of Shape parts): the inferred one
+    dims = [int(v) for v in shape.reshape(-1)] if shape is not None else list(g.value(r.outputs[0]).shape or ())
+    if len(dims) != 3 or dims[2] not in (h * d, -1):
         raise Refused("the context is not merged back by Reshape [.., .., heads * head_size]")
     nodes += [t, r]
     return AttentionMatch(xs[0], ws, bs, h, float(scale), mask_source, float(mask_filter or 0.0), r.outputs[0], nodes)

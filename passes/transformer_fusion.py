@@ -138,7 +138,8 @@ def _skip_layernorm(b: Builder, g: Graph, ln: Node) -> str | None:
             (a, s), bias = ((got[0], s) if i == 0 else (a, got[0])), got[1]
             break
     sum_read = g.num_uses(x) > 1 or x in g.outputs
-    outs = [b.value_name(f"{ln.name or ln.outputs[0]}_fused"), "", ""] + ([b.value_name(f"{x}_sum")] if sum_read else [])
+    outs = [b.value_name(f"{ln.name or ln.outputs[0]}_fused"), "", ""]
+    outs += [b.value_name(f"{x}_sum")] if sum_read else []
     node = b.make_node("SkipLayerNormalization", [a, s, gamma, beta, bias], outs,
                        {"epsilon": float(ln.attrs.get("epsilon", 1e-5))}, domain="com.microsoft",
                        name_hint=f"{ln.name or 'ln'}_skip")

@@ -78,13 +78,23 @@ def _attention_block(k_two_step=False, scale_mul=False, mask="raw", seq_reshape_
     D, h, d = 8, 2, 4
     inits = [numpy_helper.from_array(rng.standard_normal((D, D)).astype(np.float32), n) for n in ("wq", "wk", "wv")]
     inits += [numpy_helper.from_array(rng.standard_normal(D).astype(np.float32), n) for n in ("bq", "bk", "bv")]
-    inits += [numpy_helper.from_array(np.array([1, 5, h, d], np.int64), "split"),
-              numpy_helper.from_array(np.array([1, 5, D], np.int64), "merge"),
+    if seq_reshape_const:
+        inits += [numpy_helper.from_array(np.array([1, 5, h, d], np.int64), "split"),
+                  numpy_helper.from_array(np.array([1, 5, D], np.int64), "merge")]
+    else:  # shapes computed from the input's, as exporters with dynamic axes write them
+        inits += [numpy_helper.from_array(np.array([h, d], np.int64), "hd"),
+                  numpy_helper.from_array(np.array([D], np.int64), "dd"),
+                  numpy_helper.from_array(np.array([0], np.int64), "z1"),
+                  numpy_helper.from_array(np.array([2], np.int64), "t1")]
+    inits += [
               numpy_helper.from_array(np.array(0.5 if scale_mul else 2.0, np.float32), "c"),
               numpy_helper.from_array(np.array(1.0, np.float32), "one"),
               numpy_helper.from_array(np.array(-1e4, np.float32), "neg"),
               numpy_helper.from_array(np.array([1, 2], np.int64), "ax12")]
-    nodes = []
+    nodes = [] if seq_reshape_const else [
+        helper.make_node("Shape", ["x"], ["sh"]), helper.make_node("Slice", ["sh", "z1", "t1"], ["bs"]),
+        helper.make_node("Concat", ["bs", "hd"], ["split"], axis=0),
+        helper.make_node("Concat", ["bs", "dd"], ["merge"], axis=0)]
     for k in "qkv":
         nodes += [helper.make_node("MatMul", ["x", f"w{k}"], [f"{k}m"]),
                   helper.make_node("Add", [f"b{k}", f"{k}m"], [f"{k}l"]),  # bias first: commuted
@@ -98,7 +108,7 @@ def _attention_block(k_two_step=False, scale_mul=False, mask="raw", seq_reshape_
         nodes += [helper.make_node("Transpose", ["kr"], ["kt"], perm=[0, 2, 3, 1])]
     nodes += [helper.make_node("MatMul", ["qh", "kt"], ["s"]),
               helper.make_node("Mul" if scale_mul else "Div", ["s", "c"], ["ss"])]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, D])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, D] if seq_reshape_const else ["B", "S", D])]
     if mask == "raw":
         inputs.append(helper.make_tensor_value_info("m", TensorProto.INT64, [1, 5]))
         nodes += [helper.make_node("Unsqueeze", ["m", "ax12"], ["mu"]),
@@ -117,8 +127,8 @@ def _attention_block(k_two_step=False, scale_mul=False, mask="raw", seq_reshape_
               helper.make_node("MatMul", ["p", "vh"], ["c4"]),
               helper.make_node("Transpose", ["c4"], ["ct"], perm=[0, 2, 1, 3]),
               helper.make_node("Reshape", ["ct", "merge"], ["y"])]
-    g = helper.make_graph(nodes, "att", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, D])],
-                          inits)
+    dims = [1, 5, D] if seq_reshape_const else ["B", "S", D]
+    g = helper.make_graph(nodes, "att", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)], inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     feeds = {"x": rng.standard_normal((1, 5, D)).astype(np.float32)}
@@ -129,10 +139,11 @@ def _attention_block(k_two_step=False, scale_mul=False, mask="raw", seq_reshape_
     return model, feeds
 
 
-@pytest.mark.parametrize("k_two_step,scale_mul,mask", [(False, False, "raw"), (True, True, "raw"),
-                                                      (True, False, "none"), (False, True, "none")])
-def test_attention_spellings_fuse_and_match(k_two_step, scale_mul, mask):
-    model, feeds = _attention_block(k_two_step, scale_mul, mask)
+@pytest.mark.parametrize("k_two_step,scale_mul,mask,const_shapes", [
+    (False, False, "raw", True), (True, True, "raw", True), (True, False, "none", True), (False, True, "none", True),
+    (False, False, "raw", False)])
+def test_attention_spellings_fuse_and_match(k_two_step, scale_mul, mask, const_shapes):
+    model, feeds = _attention_block(k_two_step, scale_mul, mask, const_shapes)
     ref = ort_run(model, feeds)[0]
     m = tvmlite.load(model)
     r = Pipeline("fuse-transformer").run(m)[0]
@@ -235,3 +246,25 @@ def test_gelu_spellings(form):
     assert _ops(m) == ["BiasGelu"]
     np.testing.assert_allclose(ort_run(tvmlite.export_model(m), feeds)[0], ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(run_model(m, feeds)["y"], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_skip_layernorm_keeps_a_sum_read_elsewhere():
+    rng = np.random.default_rng(6)
+    inits = [numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), n) for n in ("g", "be", "bias")]
+    nodes = [helper.make_node("Add", ["a", "bias"], ["ab"]), helper.make_node("Add", ["ab", "s"], ["sum"]),
+             helper.make_node("LayerNormalization", ["sum", "g", "be"], ["y"], axis=-1, epsilon=1e-5)]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, 8]) for n in ("a", "s", "y", "sum")]
+    model = helper.make_model(helper.make_graph(nodes, "sln", vi[:2], vi[2:], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"a": rng.standard_normal((2, 3, 8)).astype(np.float32), "s": rng.standard_normal((2, 3, 8)).astype(np.float32)}
+    ref = ort_run(model, feeds)
+    m = tvmlite.load(model)
+    Pipeline("fuse-transformer").run(m)
+    assert _ops(m) == ["SkipLayerNormalization"]
+    node = next(iter(m.graph.nx.nodes))
+    assert node.inputs[4] == "bias"  # the bias Add folded in
+    for got, want in zip(ort_run(tvmlite.export_model(m), feeds), ref):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    got = run_model(m, feeds)
+    np.testing.assert_allclose(got["sum"], ref[1], rtol=1e-6, atol=1e-6)
