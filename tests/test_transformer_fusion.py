@@ -257,7 +257,7 @@ def test_skip_layernorm_keeps_a_sum_read_elsewhere():
     model = helper.make_model(helper.make_graph(nodes, "sln", vi[:2], vi[2:], inits),
                               opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    feeds = {"a": rng.standard_normal((2, 3, 8)).astype(np.float32), "s": rng.standard_normal((2, 3, 8)).astype(np.float32)}
+    feeds = {k: rng.standard_normal((2, 3, 8)).astype(np.float32) for k in ("a", "s")}
     ref = ort_run(model, feeds)
     m = tvmlite.load(model)
     Pipeline("fuse-transformer").run(m)
