@@ -17,12 +17,13 @@ import time
 
 import numpy as np
 
-from tvmlite.backends.tvm import artifact_check, host, params
+from tvmlite.backends.tvm import artifact_check, host, params, plan_func
 from tvmlite.backends.tvm.build_cache import cache_dir, graph_key, prune_cache  # noqa: F401 - re-exported
 from tvmlite.backends.tvm.kernels.target import import_tvm
 from tvmlite.errors import InputError, TvmliteError
 
-FORMAT = 3  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read)
+FORMAT = 4  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
+# 4: stretches (runs of kernels called from one compiled function, see plan_func.py)
 
 
 # -------------------------------------------------------------------------------------------- build
@@ -133,12 +134,10 @@ def kernel_args(kd, feeds: dict) -> tuple[list, list]:
     return args, outs
 
 
-def build_lowered(low, target):
-    """One IRModule holding every kernel, compiled for ``target``."""
-    tvm = import_tvm()
-    funcs = {kd.name: kd.func.with_attr("global_symbol", kd.name) for kd in low.kernels}
-    mod = tvm.IRModule(funcs)
-    return tvm.compile(mod, target=target)
+def build_lowered(low, target, plan: dict):
+    """One IRModule holding every kernel and one function per stretch of kernels (recorded in
+    ``plan``, see plan_func.py), compiled for ``target``."""
+    return plan_func.compile_plan(plan_func.plan_module(low.kernels, plan), target)
 
 
 def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None = None, *,
@@ -197,7 +196,9 @@ def load_module(path: str, pool: dict | None = None) -> "CompiledModel":
     except Exception as e:  # noqa: BLE001 - TVM's own error classes
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise artifact_check.ArtifactError(f"{path}: TVM cannot load the library: {msg}") from None
-    missing = [c["func"] for c in plan["calls"] if "func" in c and not lib.implements_function(c["func"], True)]
+    plan_func.check_stretches(plan, path + ".json")
+    funcs = [c["func"] for c in plan["calls"] if "func" in c] + [s["func"] for s in plan["stretches"]]
+    missing = [f for f in funcs if not lib.implements_function(f, True)]
     if missing:
         raise artifact_check.ArtifactError(f"{path}: the library has no kernel {missing[0]!r} "
                                            f"({len(missing)} missing): it belongs to another build")
@@ -250,8 +251,10 @@ class CompiledModel:
         self._env: dict = {}  # host values: non-float inputs and what host calls made
         segments = [host.HostCall(spec, consts, plan.get("opsets", {}), host_view, self._env)
                     for spec in plan.get("host", [])]
+        # per call (profile, tools), and the run: each stretch of kernels as one compiled call
         self._calls = [(segments[c["host"]], []) if "host" in c else
                        (lib[c["func"]], [view(n, s) for n, s in c["args"]]) for c in plan["calls"]]
+        self._run = plan_func.run_list(plan, self._calls, lambda f: lib[f], store)
         self._inputs = [store.get(n) for n in self.input_names]
         self._outputs = [(view(o["buffer"], o["shape"]) if not (o.get("const") or o.get("host")) else None, o)
                          for o in plan["outputs"]]
@@ -299,6 +302,11 @@ class CompiledModel:
                 t.copyfrom(c)
 
     def execute(self) -> None:
+        for fn, args in self._run:
+            fn(*args)
+
+    def execute_per_call(self) -> None:
+        """The plan one kernel call at a time from Python (the reference for the stretches)."""
         for fn, args in self._calls:
             fn(*args)
 
@@ -366,7 +374,7 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
     t0 = time.perf_counter()
     low = lower(model, shapes, lanes or vector_lanes(), strict=strict)
     plan, consts = plan_of(low)
-    lib = build_lowered(low, target)
+    lib = build_lowered(low, target, plan)
     plan["build_seconds"] = round(time.perf_counter() - t0, 3)
     if cache:
         # LLVM makes the machine code when the module is exported, and again when it is run in
