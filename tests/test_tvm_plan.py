@@ -5,6 +5,7 @@ and tampered plans are refused with one line."""
 import itertools
 import json
 import shutil
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -20,6 +21,7 @@ from test_tvm_int import _typed_model  # noqa: E402
 from test_tvm_int8 import _conv_qdq  # noqa: E402
 from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
 from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
+from tvmlite.backends.tvm import plan_func  # noqa: E402
 from tvmlite.backends.tvm.plan_func import stretch_spans  # noqa: E402
 from tvmlite.frontend.onnx_import import import_model  # noqa: E402
 
@@ -180,3 +182,38 @@ def test_old_or_tampered_stretches_are_refused_in_one_line(saved, tmp_path, edit
     with pytest.raises(ArtifactError, match=message.replace("[", r"\[")) as e:
         load_module(str(_copy(path, tmp_path, edit)))
     assert "\n" not in str(e.value)
+
+
+def test_a_small_plan_picks_its_thread_count_and_computes_the_same_on_any(monkeypatch):
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    proto = _conv_chain()
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    cm = compile_model(import_model(proto), {"x": x.shape})
+    first = cm.run({"x": x})[0]
+    cm.run({"x": x})  # the second run of a small plan measures 1 thread against 2
+    assert cm.threads in (1, 2) and set(cm.thread_times) == {1, 2}
+    assert cm.thread_times[cm.threads] == min(cm.thread_times.values())
+    for n in (1, 2, 1):
+        cm.threads = n
+        np.testing.assert_array_equal(cm.run({"x": x})[0], first)
+        np.testing.assert_array_equal(_per_call(cm, {"x": x})[0], first)
+
+
+def test_thread_picking_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setenv("TVMLITE_PICK_THREADS", "0")
+    proto = _conv_chain()
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    cm = compile_model(import_model(proto), {"x": x.shape})
+    for _ in range(3):
+        cm.run({"x": x})
+    assert cm.threads == 2 and cm.thread_times == {}
+
+
+def test_pick_threads_takes_the_faster_side():
+    def run():  # slow whenever the pool is set to more than one thread
+        time.sleep(0.002 if getattr(plan_func._pool, "n", 1) > 1 else 0)
+
+    best, med = plan_func.pick_threads(run, 2, rounds=2, per_round=2)
+    assert best == 1 and med[1] < med[2]
+    plan_func.use_threads(2)

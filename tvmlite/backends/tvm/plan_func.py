@@ -13,6 +13,11 @@ Why: a packed call from Python costs microseconds of argument conversion and che
 """
 from __future__ import annotations
 
+import threading
+import time
+
+import numpy as np
+
 from tvmlite.backends.tvm.kernels.target import import_tvm
 
 STRETCH = "plan__stretch"
@@ -170,3 +175,40 @@ def check_stretches(plan: dict, where: str) -> None:
         got.append((a, b))
     if sorted(got) != want:
         raise ArtifactError(f"{where}: the stretches {sorted(got)} do not match the kernel calls {want}")
+
+
+# --------------------------------------------------------------------------------- thread choice
+_pool = threading.local()  # TVM's pool configuration is per calling thread
+
+
+def use_threads(n: int) -> None:
+    """Run parallel loops launched from this thread on ``n`` threads of TVM's pool (1: the caller
+    alone, no wake-up and no barrier). Only the count of workers used changes (no threads are made
+    or pinned), so switching between models costs microseconds."""
+    if getattr(_pool, "n", None) != n:
+        import_tvm().get_global_func("runtime.config_threadpool")(0, int(n))
+        _pool.n = n
+
+
+def pick_threads(run, most: int, rounds: int = 5, per_round: int = 3) -> tuple[int, dict]:
+    """The faster of 1 and ``most`` threads for ``run`` (medians over interleaved blocks), with the
+    medians. A small plan's parallel kernels can lose more to waking the pool and waiting at its
+    barrier than they gain: on a busy machine always (a descheduled worker stalls every parallel
+    kernel), on a quiet one for the smallest models."""
+    times: dict[int, list] = {1: [], most: []}
+    order = [1, most]
+    for r in range(rounds):
+        for n in (order if r % 2 == 0 else order[::-1]):
+            use_threads(n)
+            run()  # the first after a switch wakes or settles the pool: not counted
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                run()
+                times[n].append(time.perf_counter() - t0)
+        m1, mm = float(np.median(times[1])), float(np.median(times[most]))
+        if r % 2 and max(m1, mm) > 3 * min(m1, mm):
+            break  # clear already (a busy machine): the slow side's runs are the costly ones
+    med = {n: float(np.median(v)) * 1e3 for n, v in times.items()}
+    best = 1 if med[1] <= med[most] else most
+    use_threads(best)
+    return best, med
