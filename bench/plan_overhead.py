@@ -6,9 +6,10 @@ MODEL: shufflenet, squeezenet (or any light_* name), digits, digits-int8 (tvmlit
 digits CNN), detector, or a path to an .onnx file with static input shapes.
 
 Prints, all interleaved round by round (medians; the machine is shared):
-- the whole run through the plan's stretches (one compiled call per run of kernels between host
-  calls, the default), the same plan one Python call per kernel (the old path), and onnxruntime
-  on the same model, with both ratios;
+- the whole run before (one Python call per kernel, every thread of the pool), through the plan's
+  stretches (one compiled call per run of kernels between host calls), and after (stretches on
+  the thread count the plan picked by measurement, what `run` does now), against onnxruntime on
+  the same model, all with their ratios;
 - the sum of the kernels' medians, each timed alone in a loop (hot caches, as `profile` does);
 - the dispatch cost of one packed call from Python (a kernel that copies one float, called as
   many times as the plan has kernels), and of the same number of subroutine calls made inside one
@@ -195,36 +196,52 @@ def main(argv=None) -> int:
     sess = ort_session(proto)
     ref = sess.run(None, feeds)
     got = cm.run(feeds)
-    cm.set_inputs(feeds)
-    cm.execute_per_call()
-    per_call = [t.numpy() for t, o in cm._outputs if t is not None]
-    same = all(np.array_equal(x, y) for x, y in zip([g for g, (t, o) in zip(got, cm._outputs) if t is not None],
-                                                    per_call))
+    cm.run(feeds)  # the second run picks the thread count of a small plan
+    picked, every = cm.threads, host_threads()
     err = max(float(np.abs(np.asarray(r, np.float64) - g).max()) for r, g in zip(ref, got))
-    print(f"outputs: stretches == per-call path: {same}; max abs difference to onnxruntime {err:.2e}")
+    print(f"threads picked by the plan: {picked} of {every} "
+          + (f"(medians 1: {cm.thread_times[1]:.3f} ms, {every}: {cm.thread_times[every]:.3f} ms)"
+             if cm.thread_times else "(not measured: a large plan, one thread, or TVMLITE_PICK_THREADS=0)")
+          + f"; max abs difference to onnxruntime {err:.2e}")
 
-    def per_call_run():
-        cm.set_inputs(feeds)
-        cm.execute_per_call()
+    def outputs():
         return [t.numpy() for t, o in cm._outputs if t is not None]
 
-    t = interleaved({"stretches": lambda: cm.run(feeds), "per_call": per_call_run,
-                     "ort": lambda: sess.run(None, feeds)}, args.rounds, 10)
+    def path(per_call: bool, threads: int):
+        def go():
+            cm.threads = threads
+            cm.set_inputs(feeds)
+            cm.execute_per_call() if per_call else cm.execute()
+            out = outputs()
+            cm.threads = picked
+            return out
+        return go
+
+    runs = {"before": path(True, every), "stretches": path(False, every), "after": path(False, picked),
+            "ort": lambda: sess.run(None, feeds)}
+    same = all(np.array_equal(x, y) for x, y in zip(runs["before"](), runs["after"]()))
+    print(f"outputs: the per-call path at {every} threads == stretches at {picked}: {same}")
+    t = interleaved(runs, args.rounds, 10)
+    cm.threads = every
     kern, kern_cpu = kernel_sums(cm, feeds, 20)
+    cm.threads = picked
     d = dispatch_costs(max(n_kernels, 1), args.rounds)
+    print("before: per-call path, all threads; stretches: one compiled call per stretch, all threads; "
+          "after: stretches on the picked threads (what run() does now)")
     for clock, sfx, k in (("wall clock", "", kern), ("main thread's CPU time", "_cpu", kern_cpu)):
-        st, pc, o = t["stretches" + sfx], t["per_call" + sfx], t["ort" + sfx]
-        print(f"[{clock}] whole run: stretches {st:.3f} ms, per-call {pc:.3f} ms, onnxruntime {o:.3f} ms -> "
-              f"{st / o:.2f}x (per-call {pc / o:.2f}x)" + (f"; best runs {t['stretches_best'] / t['ort_best']:.2f}x "
-                                                          f"({t['per_call_best'] / t['ort_best']:.2f}x)" if not sfx else ""))
-        print(f"[{clock}] sum of the {n_kernels} kernels timed alone (hot caches): {k:.3f} ms; gap: stretches "
-              f"{st - k:+.3f} ms, per-call {pc - k:+.3f} ms")
+        o = t["ort" + sfx]
+        print(f"[{clock}] onnxruntime {o:.3f} ms; " + ", ".join(
+            f"{n} {t[n + sfx]:.3f} ms ({t[n + sfx] / o:.2f}x" + (f", best runs {t[n + '_best'] / t['ort_best']:.2f}x)"
+                                                                 if not sfx else ")")
+            for n in ("before", "stretches", "after")))
+        print(f"[{clock}] sum of the {n_kernels} kernels timed alone at {every} threads (hot caches): {k:.3f} ms; "
+              f"gap: before {t['before' + sfx] - k:+.3f} ms, stretches {t['stretches' + sfx] - k:+.3f} ms")
     print(f"dispatch: {d['python_us']:.2f} us per packed call from Python (x{n_kernels} = "
           f"{d['python_us'] * n_kernels / 1e3:.3f} ms), {d['compiled_us']:.3f} us per subroutine call in a stretch")
     print(f"parallel launch (pool wake + join): {d['launch_us']:.2f} us per parallel kernel "
           f"(x{n_par} parallel kernels = {d['launch_us'] * n_par / 1e3:.3f} ms)")
     rest = t["stretches_cpu"] - kern_cpu - d["compiled_us"] * n_kernels / 1e3 - d["launch_us"] * n_par / 1e3
-    print(f"rest of the CPU-time gap (caches cold between kernels, input/output copies): {rest:+.3f} ms")
+    print(f"rest of the stretches' CPU-time gap (caches cold between kernels, input/output copies): {rest:+.3f} ms")
     return 0
 
 
