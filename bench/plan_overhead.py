@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     picked, every = cm.threads, host_threads()
     err = max(float(np.abs(np.asarray(r, np.float64) - g).max()) for r, g in zip(ref, got))
     print(f"threads picked by the plan: {picked} of {every} "
-          + (f"(medians 1: {cm.thread_times[1]:.3f} ms, {every}: {cm.thread_times[every]:.3f} ms)"
+          + (f"(means 1: {cm.thread_times[1]:.3f} ms, {every}: {cm.thread_times[every]:.3f} ms)"
              if cm.thread_times else "(not measured: a large plan, one thread, or TVMLITE_PICK_THREADS=0)")
           + f"; max abs difference to onnxruntime {err:.2e}")
 

@@ -266,7 +266,7 @@ class CompiledModel:
         # threads for the parallel kernels: all of TVM's pool until the second run of a small plan
         # measures 1 against all ($TVMLITE_PICK_THREADS=0: never); see plan_func.pick_threads
         self.threads = host_threads()
-        self.thread_times: dict = {}  # the medians the choice was made on
+        self.thread_times: dict = {}  # the mean ms per run the choice was made on
         self._runs = 0 if self.threads > 1 and os.environ.get("TVMLITE_PICK_THREADS", "1") != "0" else None
 
     @property

@@ -191,8 +191,8 @@ def use_threads(n: int) -> None:
 
 
 def pick_threads(run, most: int, rounds: int = 5, per_round: int = 3) -> tuple[int, dict]:
-    """The faster of 1 and ``most`` threads for ``run`` (medians over interleaved blocks), with the
-    medians. A small plan's parallel kernels can lose more to waking the pool and waiting at its
+    """The faster of 1 and ``most`` threads for ``run`` (mean ms over interleaved blocks), with the
+    means. A small plan's parallel kernels can lose more to waking the pool and waiting at its
     barrier than they gain: on a busy machine always (a descheduled worker stalls every parallel
     kernel), on a quiet one for the smallest models."""
     times: dict[int, list] = {1: [], most: []}
@@ -205,10 +205,11 @@ def pick_threads(run, most: int, rounds: int = 5, per_round: int = 3) -> tuple[i
                 t0 = time.perf_counter()
                 run()
                 times[n].append(time.perf_counter() - t0)
-        m1, mm = float(np.median(times[1])), float(np.median(times[most]))
+        m1, mm = float(np.mean(times[1])), float(np.mean(times[most]))
         if r % 2 and max(m1, mm) > 3 * min(m1, mm):
             break  # clear already (a busy machine): the slow side's runs are the costly ones
-    med = {n: float(np.median(v)) * 1e3 for n, v in times.items()}
+    # means, not medians: a parallel run stalled by a descheduled worker is what the choice is about
+    med = {n: float(np.mean(v)) * 1e3 for n, v in times.items()}
     best = 1 if med[1] <= med[most] else most
     use_threads(best)
     return best, med
