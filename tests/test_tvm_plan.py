@@ -5,7 +5,6 @@ and tampered plans are refused with one line."""
 import itertools
 import json
 import shutil
-import time
 
 import numpy as np
 import onnxruntime as ort
@@ -210,10 +209,20 @@ def test_thread_picking_can_be_turned_off(monkeypatch):
     assert cm.threads == 2 and cm.thread_times == {}
 
 
-def test_pick_threads_takes_the_faster_side():
-    def run():  # slow whenever the pool is set to more than one thread
-        time.sleep(0.002 if getattr(plan_func._pool, "n", 1) > 1 else 0)
+def test_pick_threads_takes_the_faster_side(monkeypatch):
+    class Clock:  # a run takes 2 ms on the 2-thread setting, 1 ms on one: no real timing
+        t = 0.0
 
-    best, med = plan_func.pick_threads(run, 2, rounds=2, per_round=2)
-    assert best == 1 and med[1] < med[2]
+        def perf_counter(self):
+            return self.t
+
+    clock = Clock()
+    monkeypatch.setattr(plan_func, "time", clock)
+
+    def run():
+        clock.t += 0.002 if getattr(plan_func._pool, "n", 1) > 1 else 0.001
+
+    best, means = plan_func.pick_threads(run, 2, rounds=2, per_round=2)
+    assert best == 1 and means == pytest.approx({1: 1.0, 2: 2.0})
+    assert plan_func._pool.n == 1  # the pool is left on the choice
     plan_func.use_threads(2)
