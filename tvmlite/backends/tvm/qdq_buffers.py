@@ -46,7 +46,8 @@ def quantize_buffers(g: Graph, scalar_params, only_reader) -> int:
 
 def y_params(node: Node):
     """(scale, zero point, signed) of a fused node's output grid, else None."""
-    if node.domain != "tvmlite" or node.op_type not in FUSED or not float(node.attrs.get("y_scale", 0.0)) > 0:
+    if node.domain != "tvmlite" or node.op_type not in FUSED + ("QConcat",) \
+            or not float(node.attrs.get("y_scale", 0.0)) > 0:
         return None
     a = node.attrs
     return float(a["y_scale"]), int(a["y_zero_point"]), int(a.get("y_signed", 0))
@@ -58,9 +59,10 @@ def _x_params(node: Node):
 
 
 def grid_of(g: Graph, name: str):
-    """The grid a value lies on: a fused node's output, or MaxPool / a view of such a value."""
+    """The grid a value lies on: a fused node's output, or MaxPool / a view / a Split part of such
+    a value."""
     p = g.producer(name) if name else None
-    while p is not None and p.domain in ONNX and p.op_type in ("MaxPool",) + _VIEWS:
+    while p is not None and p.domain in ONNX and p.op_type in ("MaxPool", "Split") + _VIEWS:
         p = g.producer(p.inputs[0])
     return y_params(p) if p is not None else None
 
@@ -97,13 +99,21 @@ def _plan(g: Graph, v: str, p, plan: list) -> bool:
             if not _plan(g, r.outputs[0], p, plan):
                 return False
             plan.append(("pool", r))
-        elif r.domain in ONNX and r.op_type in _VIEWS and r.inputs[0] == v and v not in r.inputs[1:]:
-            if not _plan(g, r.outputs[0], p, plan):
+        elif r.domain in ONNX and r.op_type in _VIEWS + ("Split",) and r.inputs[0] == v and v not in r.inputs[1:]:
+            if not all(_plan(g, o, p, plan) for o in r.outputs if o):
                 return False
             plan.append(("view", r))
+        elif r.domain == "tvmlite" and r.op_type == "QConcat" and all(
+                _in_params(r, i) == p and not r.attrs["in_quantized"][i] for i, x in enumerate(r.inputs) if x == v):
+            plan.append(("cat", r, v))
         else:
             return False
     return True
+
+
+def _in_params(node: Node, i: int):
+    a = node.attrs
+    return float(a["in_scales"][i]), int(a["in_zero_points"][i]), int(a["in_signed"][i])
 
 
 def _retype(g: Graph, name: str, dtype) -> None:
@@ -114,11 +124,15 @@ def _apply(g: Graph, node: Node, p, plan: list) -> None:
     dtype = np.int8 if p[2] else np.uint8
     node.attrs["y_quantized"] = 1
     _retype(g, node.outputs[0], dtype)
-    for kind, r in plan:
+    for kind, r, *v in plan:
         if kind == "x":
             r.attrs["x_quantized"] = 1
+        elif kind == "cat":
+            r.attrs["in_quantized"] = [int(q or x == v[0]) for x, q in zip(r.inputs, r.attrs["in_quantized"])]
         elif kind == "view":
-            _retype(g, r.outputs[0], dtype)
+            for o in r.outputs:
+                if o:
+                    _retype(g, o, dtype)
         elif r.graph is not None:  # a MaxPool reached twice is replaced once
             attrs = {k: v for k, v in r.attrs.items() if k in POOL_ATTRS}
             ins, out, name, order = [r.inputs[0]], r.outputs[0], r.name, r.order

@@ -32,12 +32,64 @@ def fuse_qdq(model: Model) -> int:
             continue
         if _fuse(g, node):
             fused += 1
+    for node in g.toposort():
+        if node.graph is not None and node.domain in ONNX and node.op_type == "Concat":
+            fused += _fuse_concat(g, node)
     if fused:
         fused += quantize_buffers(g, _scalar_params, _only_reader)
     for node in g.toposort():
         if node.graph is not None and node.domain in ONNX and node.op_type == "QuantizeLinear":
             fused += _fake_quant(g, node)
     return fused
+
+
+def _fuse_concat(g: Graph, cat: Node) -> int:
+    """Concat of values on known grids (each DequantizeLinear(QuantizeLinear(x)), or a fused node's
+    output) whose readers all quantize it on one grid (QuantizeLinear -> DequantizeLinear, or fused
+    nodes that took it as their input) becomes QConcat (ops/qconcat.py), as onnxruntime's
+    QLinearConcat: each input is requantized to the output's grid (a copy when the grids agree)
+    instead of a float Concat between fake quantizations."""
+    c = cat.outputs[0]
+    ins = [_input_params(g, v) if v else None for v in cat.inputs]
+    grid = _readers_grid(g, c)
+    if grid is None or not ins or any(i is None for i in ins):
+        return 0
+    ys, yz, ysg = grid
+    attrs = {"axis": int(cat.attrs.get("axis", 0)), "in_scales": [p[0] for _, p in ins],
+             "in_zero_points": [p[1] for _, p in ins], "in_signed": [p[2] for _, p in ins],
+             "in_quantized": [0] * len(ins), "y_scale": ys, "y_zero_point": yz, "y_signed": ysg}
+    for q in [r for r in g.consumers(c) if r.op_type == "QuantizeLinear"]:
+        dq = _only_reader(g, q.outputs[0], "DequantizeLinear")
+        for r in list(g.consumers(dq.outputs[0])):
+            for i, name in enumerate(r.inputs):
+                if name == dq.outputs[0]:
+                    g.set_input(r, i, c)
+        g.remove_node(dq)
+        g.remove_node(q)
+    name, order = cat.name, cat.order
+    g.remove_node(cat, remove_outputs=False)
+    g.add_node("QConcat", [x for x, _ in ins], [c], attrs, domain="tvmlite", name=name, order=order)
+    return 1
+
+
+def _readers_grid(g: Graph, c: str):
+    """The one grid every reader of ``c`` quantizes it on, else None."""
+    grids = set()
+    readers = g.consumers(c)
+    if c in g.outputs or not readers:
+        return None
+    for r in readers:
+        if r.domain == "tvmlite" and r.op_type in ("QDQConv", "QDQMatMul") and r.inputs[0] == c \
+                and c not in r.inputs[1:] and not r.attrs.get("x_quantized"):
+            grids.add((float(r.attrs["x_scale"]), int(r.attrs["x_zero_point"]), int(r.attrs.get("x_signed", 0))))
+        elif r.domain in ONNX and r.op_type == "QuantizeLinear" and r.inputs[0] == c:
+            dq = _only_reader(g, r.outputs[0], "DequantizeLinear")
+            if dq is None or dq.outputs[0] in g.outputs or _scalar_params(g, dq) != _scalar_params(g, r):
+                return None
+            grids.add(_scalar_params(g, r))
+        else:
+            return None
+    return grids.pop() if len(grids) == 1 and None not in grids else None
 
 
 def _fake_quant(g: Graph, q: Node) -> int:

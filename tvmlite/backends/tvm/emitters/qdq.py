@@ -126,3 +126,34 @@ def emit_qmaxpool(low, node) -> None:
         return max_pool_int8(name, x, xs, np.dtype(dtype).name, geom, x_nhwc=x_nhwc, y_nhwc=y_nhwc,
                              out_value=out)
     low.add(make, node, out)
+
+
+@emitter("QConcat", domain="tvmlite", checks_dtype=True)
+def emit_qconcat(low, node) -> None:
+    a = node.attrs
+    n = len(node.inputs)
+    grids = list(zip((float(s) for s in a["in_scales"]), (int(z) for z in a["in_zero_points"]),
+                     (int(s) for s in a["in_signed"])))
+    quantized = [int(q) for q in (a.get("in_quantized") or [0] * n)]
+    if len(grids) != n or len(quantized) != n:
+        raise UnsupportedError(f"{len(grids)} input grids for {n} inputs")
+    ins = []
+    for v, grid, q in zip(node.inputs, grids, quantized):
+        if low.const(v) is not None:
+            raise UnsupportedError("a constant input")
+        want = quant_dtype(grid[2]) if q else np.dtype(np.float32)
+        _check_dtype(low, v, want, "input")
+        ins.append((v, low.shape(v), want.name, grid, q))
+    y_grid, y_q = _grid(a, "y"), int(a.get("y_quantized", 0))
+    if not y_grid[0] > 0:
+        raise UnsupportedError("QConcat without y_scale")
+    out = node.outputs[0]
+    _check_dtype(low, out, quant_dtype(y_grid[2]) if y_q else np.float32, "output")
+    name, out_shape, axis = low.kernel_name(node), low.shape(out), int(a["axis"])
+
+    def make():
+        from tvmlite.backends.tvm.kernels.qconcat import concat_int8
+
+        return concat_int8(name, ins, axis=axis, y_grid=y_grid, y_quantized=bool(y_q), out_value=out,
+                           out_shape=out_shape, lanes=low.lanes)
+    low.add(make, node, out)
