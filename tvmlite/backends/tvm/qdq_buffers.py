@@ -142,20 +142,31 @@ def _apply(g: Graph, node: Node, p, plan: list) -> None:
 
 
 def _channels_last(g: Graph) -> None:
-    """Store NHWC each quantized value that a conv or QMaxPool makes and only convs (as their
-    input) and QMaxPools read."""
+    """Store NHWC each quantized value that a conv, QMaxPool or QConcat makes and only convs (as
+    their input), QMaxPools and (after a conv or pool) QConcats read."""
     for node in g.toposort():
-        quantized = (node.op_type == "QDQConv" and node.attrs.get("y_quantized")) or node.op_type == "QMaxPool"
-        if node.domain != "tvmlite" or not quantized:
+        if node.domain != "tvmlite" or not (node.op_type == "QMaxPool" or (
+                node.op_type in ("QDQConv", "QConcat") and node.attrs.get("y_quantized"))):
             continue
         v = node.outputs[0]
         readers = g.consumers(v)
-        if v in g.outputs or not readers or not all(
-                r.domain == "tvmlite" and r.inputs[0] == v and v not in r.inputs[1:]
-                and (r.op_type == "QMaxPool" or (r.op_type == "QDQConv" and r.attrs.get("x_quantized")))
-                for r in readers):
+        if v in g.outputs or not readers or not all(_takes_nhwc(r, v, node.op_type != "QConcat") for r in readers):
             continue
         node.attrs["y_layout"] = "NHWC"
         for r in readers:
-            r.attrs["x_layout"] = "NHWC"
+            if r.op_type == "QConcat":
+                r.attrs["in_layouts"] = ["NHWC" if x == v else t
+                                         for x, t in zip(r.inputs, r.attrs.get("in_layouts") or ["NCHW"] * len(r.inputs))]
+            else:
+                r.attrs["x_layout"] = "NHWC"
         _retype(g, v, g.value(v).dtype)
+
+
+def _takes_nhwc(r: Node, v: str, spatial: bool) -> bool:
+    """Whether ``r`` can read ``v`` channels-last; ``spatial``: ``v`` is a conv's or pool's 4-D output."""
+    if r.domain != "tvmlite":
+        return False
+    if r.op_type == "QConcat":
+        return spatial and all(q for x, q in zip(r.inputs, r.attrs["in_quantized"]) if x == v)
+    return r.inputs[0] == v and v not in r.inputs[1:] \
+        and (r.op_type == "QMaxPool" or (r.op_type == "QDQConv" and bool(r.attrs.get("x_quantized"))))

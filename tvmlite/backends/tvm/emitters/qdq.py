@@ -135,25 +135,31 @@ def emit_qconcat(low, node) -> None:
     grids = list(zip((float(s) for s in a["in_scales"]), (int(z) for z in a["in_zero_points"]),
                      (int(s) for s in a["in_signed"])))
     quantized = [int(q) for q in (a.get("in_quantized") or [0] * n)]
-    if len(grids) != n or len(quantized) != n:
+    nhwc = [attr_text(t) == "NHWC" for t in (a.get("in_layouts") or ["NCHW"] * n)]
+    if len(grids) != n or len(quantized) != n or len(nhwc) != n:
         raise UnsupportedError(f"{len(grids)} input grids for {n} inputs")
     ins = []
-    for v, grid, q in zip(node.inputs, grids, quantized):
+    for v, grid, q, t in zip(node.inputs, grids, quantized, nhwc):
         if low.const(v) is not None:
             raise UnsupportedError("a constant input")
         want = quant_dtype(grid[2]) if q else np.dtype(np.float32)
         _check_dtype(low, v, want, "input")
-        ins.append((v, low.shape(v), want.name, grid, q))
+        if t and len(low.shape(v)) != 4:
+            raise UnsupportedError(f"a channels-last input of rank {len(low.shape(v))}")
+        ins.append((v, low.shape(v), want.name, grid, q, t))
     y_grid, y_q = _grid(a, "y"), int(a.get("y_quantized", 0))
     if not y_grid[0] > 0:
         raise UnsupportedError("QConcat without y_scale")
     out = node.outputs[0]
     _check_dtype(low, out, quant_dtype(y_grid[2]) if y_q else np.float32, "output")
     name, out_shape, axis = low.kernel_name(node), low.shape(out), int(a["axis"])
+    y_nhwc = attr_text(a.get("y_layout")) == "NHWC"
+    if y_nhwc and len(out_shape) != 4:
+        raise UnsupportedError(f"a channels-last output of rank {len(out_shape)}")
 
     def make():
         from tvmlite.backends.tvm.kernels.qconcat import concat_int8
 
         return concat_int8(name, ins, axis=axis, y_grid=y_grid, y_quantized=bool(y_q), out_value=out,
-                           out_shape=out_shape, lanes=low.lanes)
+                           out_shape=out_shape, lanes=low.lanes, y_nhwc=y_nhwc)
     low.add(make, node, out)
