@@ -6,7 +6,8 @@ accumulation) instead of a float Conv between host-run QuantizeLinear / Dequanti
 
 A following Relu and QuantizeLinear -> DequantizeLinear pair are taken into the node when the
 Conv's output has no other reader, and so is onnxruntime's QDQ SiLU after a conv (its Sigmoid and
-Mul, each with its own Q -> DQ pair). Runs on the prepared copy before constant folding (which would
+Mul, each with its own Q -> DQ pair). A Concat of such values read only on one grid becomes QConcat
+(onnxruntime's QLinearConcat). Runs on the prepared copy before constant folding (which would
 turn the int8 weights back into float). What does not fit (grouped or non-2-D convs, weights with a
 zero point or blocks, a scale that is not one number per tensor or per output channel, Gemm with
 alpha/beta/transA) is left as it was. Then the values between int8 kernels become integer buffers

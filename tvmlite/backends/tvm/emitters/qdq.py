@@ -1,6 +1,7 @@
 """tvmlite's fused QDQ ops (QDQConv, QDQMatMul: made at build time by qdq_fusion.py) as int8 VNNI
 kernels (kernels/qgemm.py), with the elementwise ops that follow fused into their epilogue; QMaxPool
-(qdq_buffers.py) as an integer pooling kernel (kernels/qpool.py)."""
+(qdq_buffers.py) as an integer pooling kernel (kernels/qpool.py); QConcat (qdq_fusion.py) as one requantizing
+concatenation (kernels/qconcat.py)."""
 from __future__ import annotations
 
 import numpy as np
