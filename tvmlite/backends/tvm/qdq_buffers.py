@@ -143,10 +143,10 @@ def _apply(g: Graph, node: Node, p, plan: list) -> None:
 
 def _channels_last(g: Graph) -> None:
     """Store NHWC each quantized value that a conv, QMaxPool or QConcat makes and only convs (as
-    their input), QMaxPools and (after a conv or pool) QConcats read."""
+    their input), QMaxPools and (after a conv or pool) QConcats read; depthwise convs stay NCHW."""
     for node in g.toposort():
         if node.domain != "tvmlite" or not (node.op_type == "QMaxPool" or (
-                node.op_type in ("QDQConv", "QConcat") and node.attrs.get("y_quantized"))):
+                node.op_type in ("QDQConv", "QConcat") and node.attrs.get("y_quantized"))) or _depthwise(node):
             continue
         v = node.outputs[0]
         readers = g.consumers(v)
@@ -168,5 +168,11 @@ def _takes_nhwc(r: Node, v: str, spatial: bool) -> bool:
         return False
     if r.op_type == "QConcat":
         return spatial and all(q for x, q in zip(r.inputs, r.attrs["in_quantized"]) if x == v)
-    return r.inputs[0] == v and v not in r.inputs[1:] \
-        and (r.op_type == "QMaxPool" or (r.op_type == "QDQConv" and bool(r.attrs.get("x_quantized"))))
+    return r.inputs[0] == v and v not in r.inputs[1:] and (r.op_type == "QMaxPool" or (
+        r.op_type == "QDQConv" and bool(r.attrs.get("x_quantized")) and not _depthwise(r)))
+
+
+def _depthwise(node: Node) -> bool:
+    """A depthwise QDQConv: it reads and writes NCHW, its columns as the vector lanes (a few
+    channels, e.g. 24, make short channel vectors)."""
+    return node.op_type == "QDQConv" and int(node.attrs.get("group", 1)) != 1

@@ -8,7 +8,7 @@ A following Relu and QuantizeLinear -> DequantizeLinear pair are taken into the 
 Conv's output has no other reader, and so is onnxruntime's QDQ SiLU after a conv (its Sigmoid and
 Mul, each with its own Q -> DQ pair). A Concat of such values read only on one grid becomes QConcat
 (onnxruntime's QLinearConcat). Runs on the prepared copy before constant folding (which would
-turn the int8 weights back into float). What does not fit (grouped or non-2-D convs, weights with a
+turn the int8 weights back into float). What does not fit (grouped convs other than depthwise, non-2-D convs, weights with a
 zero point or blocks, a scale that is not one number per tensor or per output channel, Gemm with
 alpha/beta/transA) is left as it was. Then the values between int8 kernels become integer buffers
 (qdq_buffers.py).
@@ -260,7 +260,9 @@ def _fuse(g: Graph, node: Node) -> bool:
     a = node.attrs
     if node.op_type == "Conv":
         wt = _weights(g, node.inputs[1], 0)
-        if wt is None or wt[0].ndim != 4 or int(a.get("group", 1)) != 1:
+        group = int(a.get("group", 1))
+        # depthwise (one input channel per group, one output per input channel): kernels/qdepthwise.py
+        if wt is None or wt[0].ndim != 4 or (group != 1 and (wt[0].shape[0] != group or wt[0].shape[1] != 1)):
             return False
         n_out, op, extra = wt[0].shape[0], "QDQConv", {k: a[k] for k in _CONV_ATTRS if k in a}
     elif node.op_type == "Gemm":

@@ -90,9 +90,10 @@ def emit_qdq_conv(low, node) -> None:
     x = node.inputs[0]
     xs = low.shape(x)
     nchw = tuple(xs[i] for i in (0, 3, 1, 2)) if spec["x_nhwc"] and len(xs) == 4 else tuple(xs)
-    if len(xs) != 4 or w_q.ndim != 4 or int(node.attrs.get("group", 1)) != 1 or nchw[1] != w_q.shape[1]:
-        raise UnsupportedError(f"int8 conv of input {list(xs)} and weights {list(w_q.shape)} "
-                               f"(group {node.attrs.get('group', 1)})")
+    group = int(node.attrs.get("group", 1))
+    depthwise = len(xs) == 4 and w_q.ndim == 4 and group == nchw[1] == w_q.shape[0] and w_q.shape[1] == 1
+    if len(xs) != 4 or w_q.ndim != 4 or (group != 1 and not depthwise) or nchw[1] != w_q.shape[1] * group:
+        raise UnsupportedError(f"int8 conv of input {list(xs)} and weights {list(w_q.shape)} (group {group})")
     geom = window_2d(WindowGeometry.conv(node.attrs, nchw, w_q.shape))
     w_scale = _channel_scales(w_scale, w_q.shape[0])
     out = node.outputs[0]
@@ -102,6 +103,11 @@ def emit_qdq_conv(low, node) -> None:
     def make():
         from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, conv2d_int8
 
+        if depthwise:
+            from tvmlite.backends.tvm.kernels.qdepthwise import depthwise_int8
+
+            return depthwise_int8(name, x, xs, w_q, w_scale, bias, QuantSpec(**spec), geom, out_value=final,
+                                  out_shape=out_shape, epilogue=epi)
         return conv2d_int8(name, x, xs, w_q, w_scale, bias, QuantSpec(**spec), geom, out_value=final,
                            out_shape=out_shape, epilogue=epi)
     low.add(make, node, final, labels)
