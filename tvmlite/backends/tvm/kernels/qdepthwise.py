@@ -79,13 +79,19 @@ def depthwise_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndar
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     parallel = S.worth_parallel(nb * c * oh * ow * kh * kw)
+    blk = sch.get_sblock("dw")
     if lanes_c and not spec.y_nhwc:  # NCHW output written channel-innermost
-        n_, ch, y, xx = sch.get_loops(sch.get_sblock("dw"))
+        n_, ch, y, xx = sch.get_loops(blk)
         sch.reorder(n_, y, xx, ch)
+    outer = sch.fuse(*sch.get_loops(blk)[:2])
+    if not lanes_c:  # one channel's padded plane at a time: it stays in L1 for its k x k reads
+        sch.compute_at(sch.get_sblock("xp"), outer)
+    elif parallel:
+        xo = sch.get_loops(sch.get_sblock("xp"))
+        sch.parallel(sch.fuse(*xo[:2]))
+    if parallel:
+        sch.parallel(outer)
     for block in ("xp", "dw"):
-        loops = sch.get_loops(sch.get_sblock(block))
-        if parallel:
-            sch.parallel(sch.fuse(*loops[:2]))
         inner = sch.get_loops(sch.get_sblock(block))[-1]
         extent = int(sch.get(inner).extent)
         if extent % 16 == 0 or extent > 64:  # columns (NCHW) or channels (NHWC) side by side
