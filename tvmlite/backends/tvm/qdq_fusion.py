@@ -53,8 +53,8 @@ def _fuse_concat(g: Graph, cat: Node) -> int:
     c = cat.outputs[0]
     ins = [_input_params(g, v) if v else None for v in cat.inputs]
     grid = _readers_grid(g, c)
-    if grid is None or not ins or any(i is None for i in ins):
-        return 0
+    if grid is None or not ins or any(i is None or g.const_value(i[0]) is not None for i in ins):
+        return 0  # a constant input is folded by the float path (the kernel takes buffers only)
     ys, yz, ysg = grid
     attrs = {"axis": int(cat.attrs.get("axis", 0)), "in_scales": [p[0] for _, p in ins],
              "in_zero_points": [p[1] for _, p in ins], "in_signed": [p[2] for _, p in ins],
