@@ -154,7 +154,7 @@ _FAKE_QUANT_STEPS = ("_div", "_round", "_add", "_clip", "_sub", "_mul")
 
 def float_fallbacks(m, shapes: dict) -> tuple[int, dict]:
     """(QuantizeLinear -> DequantizeLinear pairs left as float arithmetic, {op type: count} of the
-    float ops left) in the graph the TVM backend builds: the QDQ patterns no int8 kernel took
+    ops left computing float32) in the graph the TVM backend builds: the QDQ patterns no int8 kernel took
     (qdq_fusion.py), each costing a fake quantization around a float kernel."""
     import collections
 
@@ -164,6 +164,7 @@ def float_fallbacks(m, shapes: dict) -> tuple[int, dict]:
     pairs = sum(n.op_type == "Round" and n.domain in ("", "ai.onnx") for n in g.nodes)
     ops = collections.Counter(n.op_type for n in g.nodes if n.domain in ("", "ai.onnx")
                               and not (n.name or "").endswith(_FAKE_QUANT_STEPS)
+                              and g.value(n.outputs[0]).dtype == np.float32  # a Split of integers is not
                               and n.op_type not in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"))
     return pairs, dict(ops.most_common())
 
