@@ -69,14 +69,19 @@ def test_qdq_concat_and_split_run_on_integers(out_scale, tmp_path):
     from tvmlite.backends.tvm.module import load_module
 
     model = _model(out_scale)
-    prepared, _ = prepare(load(model), {"x": X})
+    prepared, shapes = prepare(load(model), {"x": X})
     g = prepared.graph
     ops = [n.op_type for n in g.nodes]
     assert ops.count("QDQConv") == 3 and ops.count("QConcat") == 1 and "Concat" not in ops, ops
     assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops, ops
     cat = next(n for n in g.nodes if n.op_type == "QConcat")
     assert cat.attrs["y_quantized"] == 1 and list(cat.attrs["in_quantized"]) == [1, 1, 1, 0]
-    assert list(cat.attrs["in_layouts"]) == ["NCHW", "NHWC", "NCHW", "NCHW"]  # conv bb's output: channels-last
+    # the convs' outputs are stored channels-last, the Split splits their stored last axis; the
+    # float input (the sigmoid) is read NCHW
+    assert list(cat.attrs["in_layouts"]) == ["NHWC", "NHWC", "NHWC", "NCHW"]
+    split = next(n for n in g.nodes if n.op_type == "Split")
+    assert split.attrs["axis"] == 3 and tuple(shapes[split.outputs[0]]) == (1, 10, 12, 3)
+    assert [n.attrs.get("y_layout") for n in g.toposort() if n.op_type == "QDQConv"][:2] == ["NHWC", "NHWC"]
     assert cat.attrs.get("y_layout") == "NHWC"  # read only by conv c
     assert g.value(cat.inputs[0]).dtype == np.uint8 and g.value(cat.outputs[0]).dtype == np.uint8
     cm = compile_model(load(model), {"x": X})

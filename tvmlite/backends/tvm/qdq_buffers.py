@@ -5,8 +5,9 @@ value that lies on its output grid; when every reader only quantizes it again wi
 parameters (a fused node, through MaxPool / Flatten / Reshape, or a lone Q -> DQ pair), the value
 can travel as QuantizeLinear's integer output instead: the producer writes uint8 (int8) with the
 requantization in its epilogue, the readers take it as it is (no division per element), MaxPool
-runs on the integers (max commutes with the monotone quantization: QMaxPool), the views share the
-integer buffer. Between convs (and pools) the quantized value is stored channels-last, so the int8
+runs on the integers (max commutes with the monotone quantization: QMaxPool), the views and Split
+share or slice the integer buffer, a QConcat takes the integers of each input on its grid. Between
+convs (and pools, QConcats, channel Splits) the quantized value is stored channels-last, so the int8
 GEMM writes whole pixels and the next conv reads 4 consecutive channels per byte group.
 
 Exact: DequantizeLinear of the integers is the float value the unfused graph computed, and
@@ -143,23 +144,52 @@ def _apply(g: Graph, node: Node, p, plan: list) -> None:
 
 def _channels_last(g: Graph) -> None:
     """Store NHWC each quantized value that a conv, QMaxPool or QConcat makes and only convs (as
-    their input), QMaxPools and (after a conv or pool) QConcats read; depthwise convs stay NCHW."""
+    their input), QMaxPools and (after a conv or pool) QConcats read, directly or through a
+    channel Split (which then splits the stored last axis); depthwise convs stay NCHW."""
     for node in g.toposort():
         if node.domain != "tvmlite" or not (node.op_type == "QMaxPool" or (
                 node.op_type in ("QDQConv", "QConcat") and node.attrs.get("y_quantized"))) or _depthwise(node):
             continue
         v = node.outputs[0]
-        readers = g.consumers(v)
-        if v in g.outputs or not readers or not all(_takes_nhwc(r, v, node.op_type != "QConcat") for r in readers):
+        reads = _nhwc_reads(g, v, node.op_type != "QConcat")
+        if not reads:
             continue
         node.attrs["y_layout"] = "NHWC"
-        for r in readers:
+        for r, x in reads:
             if r.op_type == "QConcat":
-                r.attrs["in_layouts"] = ["NHWC" if x == v else t
-                                         for x, t in zip(r.inputs, r.attrs.get("in_layouts") or ["NCHW"] * len(r.inputs))]
+                r.attrs["in_layouts"] = ["NHWC" if i == x else t
+                                         for i, t in zip(r.inputs, r.attrs.get("in_layouts") or ["NCHW"] * len(r.inputs))]
+            elif r.op_type == "Split":
+                r.attrs["axis"] = 3
+                for o in r.outputs:
+                    if o:
+                        _retype(g, o, g.value(o).dtype)
             else:
                 r.attrs["x_layout"] = "NHWC"
         _retype(g, v, g.value(v).dtype)
+
+
+def _nhwc_reads(g: Graph, v: str, spatial: bool) -> list | None:
+    """(reader, value read) for every reader of ``v``, through channel Splits of a 4-D ``v``, when
+    all of them can read it channels-last, else None."""
+    readers = g.consumers(v)
+    if v in g.outputs or not readers:
+        return None
+    out = []
+    for r in readers:
+        if _takes_nhwc(r, v, spatial):
+            out.append((r, v))
+        elif spatial and r.domain in ONNX and r.op_type == "Split" and r.inputs[0] == v and v not in r.inputs[1:] \
+                and int(r.attrs.get("axis", 0)) in (1, -3):
+            for o in r.outputs:
+                sub = _nhwc_reads(g, o, spatial) if o else []
+                if sub is None:
+                    return None
+                out += sub
+            out.append((r, v))
+        else:
+            return None
+    return out
 
 
 def _takes_nhwc(r: Node, v: str, spatial: bool) -> bool:
