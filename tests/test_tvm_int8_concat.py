@@ -25,7 +25,7 @@ RNG = np.random.default_rng(3)
 X = (1, 6, 10, 12)
 
 
-def _model(out_scale: float, float_reader: bool = False):
+def _model(out_scale: float, float_reader: bool = False, dq_reader: bool = False):
     """conv a -> Split -> (part0, conv b of part1) ; Concat(part0, b, a, sigmoid(x)) -> Q/DQ ->
     pointwise conv c. part0 and a are on a's grid, b and the sigmoid on their own; the Concat's
     output grid is a's when ``out_scale`` is 0.05."""
@@ -50,6 +50,9 @@ def _model(out_scale: float, float_reader: bool = False):
     outs = [_out(c, 4)]
     if float_reader:
         b.nodes.append(helper.make_node("Relu", ["cat"], ["side"]))
+        outs.append(_out("side", 4))
+    if dq_reader:  # a float op reading the Concat's DequantizeLinear output
+        b.nodes.append(helper.make_node("Sigmoid", [cat], ["side"]))
         outs.append(_out("side", 4))
     return make_model(b.nodes, [tensor("x", list(X))], outs, b.inits, opset=17)
 
@@ -109,6 +112,20 @@ def test_concat_read_by_a_float_op_stays_a_float_concat():
     x = (RNG.standard_normal(X) * 2).astype(np.float32)
     for got, ref in zip(cm.run({"x": x}), ort_run(model, {"x": x})):
         np.testing.assert_array_less(np.abs(got - ref), 0.05 + 1e-6)
+
+
+def test_qconcat_with_a_float_reader_writes_its_float_grid_values():
+    """A float op reading the Concat's DequantizeLinear: QConcat still runs (its readers quantize on
+    one grid, or read the dequantized value), its output stays float (the values on its grid)."""
+    model = _model(0.031, dq_reader=True)
+    prepared, _ = prepare(load(model), {"x": X})
+    cat = next(n for n in prepared.graph.nodes if n.op_type == "QConcat")
+    assert not cat.attrs.get("y_quantized") and prepared.graph.value(cat.outputs[0]).dtype == np.float32
+    cm = compile_model(load(model), {"x": X})
+    assert cm.host_ops == []
+    x = (RNG.standard_normal(X) * 2).astype(np.float32)
+    for got, ref in zip(cm.run({"x": x}), _ort_qdq(model, {"x": x})):
+        np.testing.assert_allclose(got, ref, atol=1e-6)
 
 
 def test_qconcat_numpy_kernel_requantizes_each_input():
