@@ -91,8 +91,11 @@ def emit_conv(low, node) -> None:
 
     def make():
         from tvmlite.backends.tvm.kernels import conv as K
+        from tvmlite.backends.tvm.kernels import grouped
 
         fn = K.depthwise_conv2d if depthwise else K.conv2d
+        if not depthwise and grouped.use_grouped_pointwise(w32.shape, geom, low.lanes):
+            fn = grouped.grouped_pointwise
         return fn(name, x, xs, w32, b32, geom, out_value=final, epilogue=epi, lanes=low.lanes)
     low.add(make, node, final, labels)
 
