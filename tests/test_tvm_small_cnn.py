@@ -151,3 +151,35 @@ def test_grouped_pointwise_conv_matches_onnxruntime(c, co, hw, g):
     from tvmlite.backends.tvm.kernels.grouped import row_tile
 
     assert packed and (packed[0][3] == row_tile(co // g)) == (grouped or row_tile(co // g) == min(8, co // g))
+
+
+def test_concat_takes_the_relu_behind_it():
+    """ShuffleNet's stride-2 units: Concat(conv branch, pooled shortcut) -> Relu is one kernel."""
+    a, b = (1, 5, 6, 7), (1, 3, 6, 7)
+    nodes = [helper.make_node("Concat", ["a", "b"], ["c"], axis=1), helper.make_node("Relu", ["c"], ["y"])]
+    m = make_model(nodes, [tensor("a", a), tensor("b", b)], [tensor("y", (1, 8, 6, 7))])
+    feeds = {"a": RNG.standard_normal(a).astype(np.float32), "b": RNG.standard_normal(b).astype(np.float32)}
+    cm = compile_model(load(m), {k: v.shape for k, v in feeds.items()})
+    np.testing.assert_array_equal(cm.run(feeds)[0], ort_run(m, feeds)[0])
+    assert len(funcs(cm)) == 1
+
+
+POOLS = [
+    ("MaxPool", (1, 24, 112, 112), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1])),   # ShuffleNet
+    ("MaxPool", (1, 16, 55, 55), dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),          # SqueezeNet
+    ("MaxPool", (2, 5, 13, 17), dict(kernel_shape=[3, 2], strides=[1, 1], pads=[1, 1, 1, 0], dilations=[2, 1])),
+    ("AveragePool", (1, 24, 56, 56), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("AveragePool", (1, 7, 15, 9), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                        count_include_pad=1, ceil_mode=1)),
+    ("AveragePool", (1, 3, 20, 40), dict(kernel_shape=[2, 5], strides=[2, 3], pads=[0, 2, 1, 2])),
+]
+
+
+@pytest.mark.parametrize("op,xs,attrs", POOLS)
+def test_pool_matches_onnxruntime(op, xs, attrs):
+    nodes = [helper.make_node(op, ["x"], ["p"], **attrs), helper.make_node("Relu", ["p"], ["y"])]
+    probe = make_model(nodes, [tensor("x", xs)], [tensor("y", None)])
+    ys = ort_run(probe, {"x": np.zeros(xs, np.float32)})[0].shape
+    m = make_model(nodes, [tensor("x", xs)], [tensor("y", ys)])
+    cm = build_and_compare(m, {"x": RNG.standard_normal(xs).astype(np.float32)}, tol=1e-6)
+    assert len(funcs(cm)) == 1

@@ -52,15 +52,16 @@ def emit_concat(low, node) -> None:
         if c is None and kernel_dtype(low, n, "input") != dt:
             raise UnsupportedError(f"inputs of dtypes {dt} and {low.dtype(n)}")
         ins.append((c.astype(dt) if c is not None else n, low.shape(n)))
-    out = node.outputs[0]
-    out_shape = low.shape(out)
+    out_shape = low.shape(node.outputs[0])
     name = low.kernel_name(node)
+    epi, out, labels = low.epilogue(node) if dt == "float32" else (None, node.outputs[0], [])
 
     def make():
         from tvmlite.backends.tvm.kernels.tensor import concat
 
-        return concat(name, ins, axis=axis, out_value=out, out_shape=out_shape, lanes=low.lanes, dtype=dt)
-    low.add(make, node, out)
+        return concat(name, ins, axis=axis, out_value=out, out_shape=out_shape, lanes=low.lanes, dtype=dt,
+                      epilogue=epi)
+    low.add(make, node, out, labels)
 
 
 def _only_reader(low, value: str, op_type: str):

@@ -38,6 +38,85 @@ def shuffled_channel(c, groups: int, channels: int):
     return (c % groups) * per + c // groups
 
 
+class WindowPlane:
+    """The zero- (or ``fill``-) padded input plane a windowed kernel over NCHW reads, made per
+    channel (see the module doc), and the schedule that goes with it. Output columns are
+    computed in whole vectors (``owp``: the output width rounded up to ``vec``)."""
+
+    def __init__(self, X, x_shape, geom: WindowGeometry, lanes: int, *, fill: float = 0.0, channel_of=None):
+        n, c, h, wd = (int(d) for d in x_shape)
+        sh, sw = geom.strides
+        dh, dw = geom.dilations
+        pt, pl = geom.pad_begin
+        oh, ow = geom.out_spatial
+        kh, kw = geom.kernel
+        self.geom, self.lanes, self.x_shape = geom, int(lanes), (n, c, h, wd)
+        self.vec = int(lanes) if ow >= lanes else ow
+        self.owp = round_up(ow, self.vec)
+        # every row and column a tap of the padded output rows reads
+        self.hp = (oh - 1) * sh + (kh - 1) * dh + 1
+        wq = (self.owp - 1) + ((kw - 1) * dw) // sw + 1  # columns per phase
+        if sw > 1 and wq > lanes // 2:
+            wq = round_up(wq, int(lanes))  # whole vectors: the pad stage runs without a tail
+        self.wq = wq
+        src = channel_of or (lambda cc: cc)
+        fill_v = tirx.const(fill, F32)
+
+        def padded(nn, cc, y, s, q):
+            yy, xx = y - pt, q * sw + s - pl
+            inside = tirx.all(yy >= 0, yy < h, xx >= 0, xx < wd)
+            if sw == 1:  # the padding pattern `decompose_padding` splits into a fill and a plain copy
+                return tirx.if_then_else(inside, X[nn, src(cc), yy, xx], fill_v)
+            # phases: a strided read per element; indices clamped so a Select (vectorized) is safe
+            return tirx.Select(inside, X[nn, src(cc), tirx.max(tirx.min(yy, h - 1), 0),
+                                         tirx.max(tirx.min(xx, wd - 1), 0)], fill_v)
+
+        self.pad = te.compute((n, c, self.hp, sw, wq), padded, name="pad")
+
+    def tap(self, nn, cc, y, xx, ry, rx):
+        """Input of output pixel (y, xx) at tap (ry, rx), channel ``cc`` of the plane."""
+        sh, sw = self.geom.strides
+        dh, dw = self.geom.dilations
+        off = rx * dw  # column xx*sw + off lives in phase off % sw at xx + off // sw
+        return self.pad[nn, cc, y * sh + ry * dh, off % sw, xx + off // sw]
+
+    def schedule(self, sch, acc: str, epilogue: str, *, parallel: bool):
+        """A vector of one output row accumulated in registers over the taps (columns unrolled),
+        written once through ``epilogue``; the plane made per channel right before it is read;
+        channels across cores. ``acc`` is [N, C, OH, owp] with reduce axes (ry, rx)."""
+        n, c, h, wd = self.x_shape
+        pt, pl = self.geom.pad_begin
+        sw = self.geom.strides[1]
+        lanes = self.lanes
+        blk = sch.get_sblock(acc)
+        nl, cl, yl, xl, ryl, rxl = sch.get_loops(blk)
+        xo, xi = sch.split(xl, factors=[None, self.vec])
+        sch.reorder(nl, cl, yl, xo, ryl, rxl, xi)
+        epi = sch.get_sblock(epilogue)
+        S.write_cache(sch, blk, epi, xo)
+        sch.unroll(rxl)
+        sch.vectorize(xi)
+        sch.vectorize(sch.get_loops(epi)[-1])
+        pblk = sch.get_sblock("pad")
+        padding = pt > 0 or pl > 0 or self.hp - pt > h or self.wq * sw - pl > wd
+        if sw == 1 and not padding:  # the plane is the input itself
+            sch.compute_inline(pblk)
+        else:
+            sch.compute_at(pblk, cl)
+            blocks = [pblk]
+            if sw == 1:  # the fill, then the in-bound rectangle copied with no per-element test
+                blocks.append(sch.decompose_padding(pblk, sch.get_loops(pblk)[2]))  # first loop under (n, c)
+            for b in blocks:
+                lp = sch.get_loops(b)[-1]
+                ext = S._extent(sch, lp)
+                if ext is not None and ext > lanes:
+                    _, lp = sch.split(lp, factors=[None, lanes])
+                sch.vectorize(lp)
+        if parallel:
+            S.parallel_outer(sch, [nl, cl])
+        sch.decompose_reduction(blk, ryl)
+
+
 def depthwise_conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeometry, *, out_value: str,
                      epilogue: Epilogue, lanes: int, shuffle: int | None = None) -> KernelDef:
     """Conv with group == input channels (w [C*mult, 1, KH, KW]), bias and ``epilogue`` fused;
@@ -45,45 +124,19 @@ def depthwise_conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, geom: Wind
     n, c, h, wd = (int(d) for d in x_shape)
     co, _, kh, kw = (int(d) for d in w.shape)
     mult = co // c
-    sh, sw = geom.strides
-    dh, dw = geom.dilations
-    pt, pl = geom.pad_begin
     oh, ow = geom.out_spatial
-    vec = int(lanes) if ow >= lanes else ow
-    owp = round_up(ow, vec)
-    # the padded plane: every row and column a tap of the padded output row reads
-    hp = (oh - 1) * sh + (kh - 1) * dh + 1
-    wq = (owp - 1) + ((kw - 1) * dw) // sw + 1  # columns per phase
-    if sw > 1 and wq > lanes // 2:
-        wq = round_up(wq, int(lanes))  # whole vectors: the pad stage runs without a tail
     b = Builder(name)
     X = b.input(x, (n, c, h, wd))
     W = b.const(np.ascontiguousarray(w.reshape(co, kh * kw), np.float32), (co, kh * kw))
     B = b.const(np.asarray(bias, np.float32).reshape(co), label="bias") if bias is not None else None
     apply = bind_epilogue(epilogue, b, (n, co, oh, ow))
-
-    def src(cc):
-        return shuffled_channel(cc, shuffle, c) if shuffle else cc
-
-    def padded(nn, cc, y, s, q):
-        yy, xx = y - pt, q * sw + s - pl
-        inside = tirx.all(yy >= 0, yy < h, xx >= 0, xx < wd)
-        if sw == 1:  # the padding pattern `decompose_padding` splits into a fill and a plain copy
-            return tirx.if_then_else(inside, X[nn, src(cc), yy, xx], tirx.const(0.0, F32))
-        # phases: a strided read per element; indices clamped so a Select (vectorized) is safe
-        return tirx.Select(inside, X[nn, src(cc), tirx.max(tirx.min(yy, h - 1), 0),
-                                     tirx.max(tirx.min(xx, wd - 1), 0)], tirx.const(0.0, F32))
-
-    pad = te.compute((n, c, hp, sw, wq), padded, name="pad")
+    plane = WindowPlane(X, (n, c, h, wd), geom, lanes,
+                        channel_of=(lambda cc: shuffled_channel(cc, shuffle, c)) if shuffle else None)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
-
-    def tap(nn, cc, y, xx):
-        ci = cc // mult if mult > 1 else cc
-        off = rx * dw  # column xx*sw + off lives in phase off % sw at xx + off // sw
-        return te.sum(pad[nn, ci, y * sh + ry * dh, off % sw, xx + off // sw] * W[cc, ry * kw + rx], axis=[ry, rx])
-
-    acc = te.compute((n, co, oh, owp), tap, name="acc")
+    acc = te.compute((n, co, oh, plane.owp), lambda nn, cc, y, xx: te.sum(
+        plane.tap(nn, cc // mult if mult > 1 else cc, y, xx, ry, rx) * W[cc, ry * kw + rx], axis=[ry, rx]),
+        name="acc")
 
     def out(nn, cc, y, xx):
         v = acc[nn, cc, y, xx]
@@ -94,32 +147,5 @@ def depthwise_conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, geom: Wind
     Y = te.compute((n, co, oh, ow), out, name="epilogue")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    blk = sch.get_sblock("acc")
-    nl, cl, yl, xl, ryl, rxl = sch.get_loops(blk)
-    xo, xi = sch.split(xl, factors=[None, vec])
-    sch.reorder(nl, cl, yl, xo, ryl, rxl, xi)
-    epi = sch.get_sblock("epilogue")
-    S.write_cache(sch, blk, epi, xo)
-    sch.unroll(rxl)
-    sch.vectorize(xi)
-    sch.vectorize(sch.get_loops(epi)[-1])
-    # the plane of one input channel, made right before its output channel(s) need it
-    pblk = sch.get_sblock("pad")
-    padding = pt > 0 or pl > 0 or hp - pt > h or wq * sw - pl > wd
-    if sw == 1 and not padding:  # the plane is the input itself
-        sch.compute_inline(pblk)
-    else:
-        sch.compute_at(pblk, cl)
-        blocks = [pblk]
-        if sw == 1:  # zeros, then the in-bound rectangle copied with no per-element test
-            blocks.append(sch.decompose_padding(pblk, sch.get_loops(pblk)[2]))  # first loop under (n, c)
-        for blk_ in blocks:
-            lp = sch.get_loops(blk_)[-1]
-            ext = S._extent(sch, lp)
-            if ext is not None and ext > lanes:
-                _, lp = sch.split(lp, factors=[None, int(lanes)])
-            sch.vectorize(lp)
-    if S.worth_parallel(n * co * oh * ow * kh * kw):
-        S.parallel_outer(sch, [nl, cl])
-    sch.decompose_reduction(blk, ryl)
+    plane.schedule(sch, "acc", "epilogue", parallel=S.worth_parallel(n * co * oh * ow * kh * kw))
     return KernelDef(name, b.params, sch.mod["main"], steps=list(STEPS))

@@ -1,6 +1,9 @@
 """Pooling kernels: windowed MaxPool / AveragePool (a `WindowGeometry`, ceil_mode and
 count_include_pad included) and global pooling, each accumulating in registers and writing
-through the epilogue."""
+through the epilogue. Windowed pooling reads a per-channel padded plane a vector of output
+pixels at a time (`depthwise.WindowPlane`, shared with the depthwise conv): the previous kernel
+tested every tap's bounds in scalar code (ShuffleNet's 3x3/2 MaxPool over 24x112x112: 0.13 ms
+against onnxruntime's 0.08)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +12,8 @@ from tvm import te, tirx
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
+from tvmlite.backends.tvm.kernels.depthwise import STEPS as PLANE_STEPS
+from tvmlite.backends.tvm.kernels.depthwise import WindowPlane
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.ops.geometry import WindowGeometry
 
@@ -26,22 +31,13 @@ def pool2d(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, count
     b = Builder(name)
     X = b.input(x, (n, c, h, wd))
     apply = bind_epilogue(epilogue, b, (n, c, oh, ow))
+    # per channel a padded plane (pads never win a max: the lowest float), read in vectors
+    plane = WindowPlane(X, (n, c, h, wd), geom, lanes, fill=float(np.finfo(np.float32).min) if kind == "max" else 0.0)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
-
-    def at(nn, cc, y, xx):
-        iy, ix = y * sh - pt + ry * dh, xx * sw - pl + rx * dw
-        return tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd), iy, ix
-
-    if kind == "max":
-        def red(nn, cc, y, xx):
-            ok, iy, ix = at(nn, cc, y, xx)
-            return te.max(tirx.if_then_else(ok, X[nn, cc, iy, ix], tirx.min_value(F32)), axis=[ry, rx])
-    else:
-        def red(nn, cc, y, xx):
-            ok, iy, ix = at(nn, cc, y, xx)
-            return te.sum(tirx.if_then_else(ok, X[nn, cc, iy, ix], tirx.const(0.0, F32)), axis=[ry, rx])
-    acc = te.compute((n, c, oh, ow), red, name="acc")
+    reduce = te.max if kind == "max" else te.sum
+    acc = te.compute((n, c, oh, plane.owp), lambda nn, cc, y, xx: reduce(plane.tap(nn, cc, y, xx, ry, rx),
+                                                                          axis=[ry, rx]), name="acc")
 
     def count(y, xx):
         if count_include_pad:  # pads count, the part past the end added by ceil_mode does not
@@ -68,12 +64,8 @@ def pool2d(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, count
     Y = te.compute((n, c, oh, ow), out, name="epilogue")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    blk = sch.get_sblock("acc")
-    loops = sch.get_loops(blk)
-    S.write_cache(sch, blk, sch.get_sblock("epilogue"), loops[3])
-    if S.worth_parallel(n * c * oh * ow * kh * kw):
-        S.parallel_outer(sch, loops[:3] if n * c * oh >= 2 else loops[:2])
-    return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])
+    plane.schedule(sch, "acc", "epilogue", parallel=S.worth_parallel(n * c * oh * ow * kh * kw))
+    return KernelDef(name, b.params, sch.mod["main"], steps=list(PLANE_STEPS))
 
 
 def global_pool(name: str, x: str, x_shape, *, kind: str, out_value: str, epilogue: Epilogue,
