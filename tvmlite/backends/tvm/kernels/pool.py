@@ -24,10 +24,11 @@ def pool2d(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, count
     n, c, h, wd = (int(d) for d in x_shape)
     oh, ow = geom.out_spatial
     kh, kw = geom.kernel
-    sh, sw = geom.strides
-    dh, dw = geom.dilations
-    pads = geom.pads
-    pt, pl = pads[0], pads[1]
+    if not any(geom.pads):
+        # no pads: the scalar kernel's bounds tests fold away (measured 0.03 vs 0.10 ms on
+        # SqueezeNet's 3x3/2 ceil-mode MaxPool over 24x109x109), and the plane would be a copy
+        return _pool2d_taps(name, x, (n, c, h, wd), geom, kind=kind, count_include_pad=count_include_pad,
+                            out_value=out_value, epilogue=epilogue)
     b = Builder(name)
     X = b.input(x, (n, c, h, wd))
     apply = bind_epilogue(epilogue, b, (n, c, oh, ow))
@@ -38,6 +39,77 @@ def pool2d(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, count
     reduce = te.max if kind == "max" else te.sum
     acc = te.compute((n, c, oh, plane.owp), lambda nn, cc, y, xx: reduce(plane.tap(nn, cc, y, xx, ry, rx),
                                                                           axis=[ry, rx]), name="acc")
+
+    Y = pool_output(acc, geom, (n, c, h, wd), kind=kind, count_include_pad=count_include_pad, apply=apply)
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    plane.schedule(sch, "acc", "epilogue", parallel=S.worth_parallel(n * c * oh * ow * kh * kw))
+    return KernelDef(name, b.params, sch.mod["main"], steps=list(PLANE_STEPS))
+
+
+def _pool2d_taps(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, count_include_pad: bool,
+                 out_value: str, epilogue: Epilogue) -> KernelDef:
+    """Windowed pooling one output pixel at a time, each tap read where it lies in the input."""
+    n, c, h, wd = x_shape
+    oh, ow = geom.out_spatial
+    kh, kw = geom.kernel
+    sh, sw = geom.strides
+    dh, dw = geom.dilations
+    pads = geom.pads
+    pt, pl = pads[0], pads[1]
+    b = Builder(name)
+    X = b.input(x, (n, c, h, wd))
+    apply = bind_epilogue(epilogue, b, (n, c, oh, ow))
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def at(nn, cc, y, xx):
+        iy, ix = y * sh - pt + ry * dh, xx * sw - pl + rx * dw
+        return tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd), iy, ix
+
+    if kind == "max":
+        def red(nn, cc, y, xx):
+            ok, iy, ix = at(nn, cc, y, xx)
+            return te.max(tirx.if_then_else(ok, X[nn, cc, iy, ix], tirx.min_value(F32)), axis=[ry, rx])
+    else:
+        def red(nn, cc, y, xx):
+            ok, iy, ix = at(nn, cc, y, xx)
+            return te.sum(tirx.if_then_else(ok, X[nn, cc, iy, ix], tirx.const(0.0, F32)), axis=[ry, rx])
+    acc = te.compute((n, c, oh, ow), red, name="acc")
+
+    Y = pool_output(acc, geom, (n, c, h, wd), kind=kind, count_include_pad=count_include_pad, apply=apply)
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    blk = sch.get_sblock("acc")
+    loops = sch.get_loops(blk)
+    S.write_cache(sch, blk, sch.get_sblock("epilogue"), loops[3])
+    if S.worth_parallel(n * c * oh * ow * kh * kw):
+        S.parallel_outer(sch, loops[:3] if n * c * oh >= 2 else loops[:2])
+    return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])
+
+
+def pool_output(acc, geom: WindowGeometry, x_shape, *, kind: str, count_include_pad: bool, apply):
+    """The "epilogue" block: ``acc`` [N, C, OH, >= OW] (max or sum over the window) as the pooled
+    value (an average divided by its window's count) through ``apply``."""
+    n, c, h, wd = x_shape
+    count = window_count(geom, h, wd, count_include_pad)
+
+    def out(nn, cc, y, xx):
+        v = acc[nn, cc, y, xx]
+        if kind != "max":
+            v = v / count(y, xx)
+        return apply(v, (nn, cc, y, xx))
+
+    return te.compute((n, c) + tuple(geom.out_spatial), out, name="epilogue")
+
+
+def window_count(geom: WindowGeometry, h: int, wd: int, count_include_pad: bool):
+    """(y, x) -> the divisor of AveragePool's output pixel (y, x), as a float32 expression."""
+    kh, kw = geom.kernel
+    sh, sw = geom.strides
+    dh, dw = geom.dilations
+    pads = geom.pads
+    pt, pl = pads[0], pads[1]
 
     def count(y, xx):
         if count_include_pad:  # pads count, the part past the end added by ceil_mode does not
@@ -55,17 +127,7 @@ def pool2d(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, count
             return tirx.max(hi - lo, 0)
         return (valid(y, sh, pt, dh, kh, h) * valid(xx, sw, pl, dw, kw, wd)).astype(F32)
 
-    def out(nn, cc, y, xx):
-        v = acc[nn, cc, y, xx]
-        if kind != "max":
-            v = v / count(y, xx)
-        return apply(v, (nn, cc, y, xx))
-
-    Y = te.compute((n, c, oh, ow), out, name="epilogue")
-    func = b.finish([(out_value, Y)])
-    sch = schedule(func)
-    plane.schedule(sch, "acc", "epilogue", parallel=S.worth_parallel(n * c * oh * ow * kh * kw))
-    return KernelDef(name, b.params, sch.mod["main"], steps=list(PLANE_STEPS))
+    return count
 
 
 def global_pool(name: str, x: str, x_shape, *, kind: str, out_value: str, epilogue: Epilogue,
