@@ -183,3 +183,13 @@ def test_pool_matches_onnxruntime(op, xs, attrs):
     m = make_model(nodes, [tensor("x", xs)], [tensor("y", ys)])
     cm = build_and_compare(m, {"x": RNG.standard_normal(xs).astype(np.float32)}, tol=1e-6)
     assert len(funcs(cm)) == 1
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+@pytest.mark.parametrize("xs", [(1, 1000, 13, 13), (2, 7, 3, 5), (1, 6, 48), (1, 3, 2, 4, 5), (1, 4, 4, 4)])
+def test_global_pool_matches_onnxruntime(op, xs):
+    """Whole vectors, a tail, a plane shorter than a vector, 1-D and 3-D spatial dims."""
+    out = xs[:2] + (1,) * (len(xs) - 2)
+    m = make_model([helper.make_node(op, ["x"], ["y"])], [tensor("x", xs)], [tensor("y", out)])
+    cm = build_and_compare(m, {"x": RNG.standard_normal(xs).astype(np.float32)}, tol=1e-6)
+    assert len(funcs(cm)) == 1

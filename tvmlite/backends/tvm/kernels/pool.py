@@ -132,31 +132,61 @@ def window_count(geom: WindowGeometry, h: int, wd: int, count_include_pad: bool)
 
 def global_pool(name: str, x: str, x_shape, *, kind: str, out_value: str, epilogue: Epilogue,
                 lanes: int) -> KernelDef:
+    """GlobalAveragePool / GlobalMaxPool: per channel a vector of partial sums (maxima) over the
+    whole vectors of the plane, contiguous loads, then the lanes and the short tail reduced. The
+    scalar reduction it replaces took 0.094 ms on SqueezeNet's 1000x13x13 (onnxruntime 0.021)."""
     shape = tuple(int(d) for d in x_shape)
     n, c, spatial = shape[0], shape[1], shape[2:]
     size = int(np.prod(spatial))
+    vec = int(lanes)
+    full, tail = size // vec, size % vec
     b = Builder(name)
     X = b.input(x, (n, c, size))
     out_shape = (n, c) + (1,) * len(spatial)
     apply = bind_epilogue(epilogue, b, out_shape)
-    r = te.reduce_axis((0, size), name="r")
-    if kind == "max":
-        acc = te.compute((n, c), lambda nn, cc: te.max(X[nn, cc, r], axis=r), name="acc")
-    else:
-        acc = te.compute((n, c), lambda nn, cc: te.sum(X[nn, cc, r], axis=r), name="acc")
+    red = te.max if kind == "max" else te.sum
+    if full:
+        if full > 1:
+            ro = te.reduce_axis((0, full), name="ro")
+            part = te.compute((n, c, vec), lambda nn, cc, i: red(X[nn, cc, ro * vec + i], axis=ro), name="part")
+        else:
+            part = te.compute((n, c, vec), lambda nn, cc, i: X[nn, cc, i], name="part")
+        rl = te.reduce_axis((0, vec), name="rl")
+        lanes_acc = te.compute((n, c), lambda nn, cc: red(part[nn, cc, rl], axis=rl), name="acc")
+    if tail:
+        rt = te.reduce_axis((0, tail), name="rt")
+        tail_acc = te.compute((n, c), lambda nn, cc: red(X[nn, cc, full * vec + rt], axis=rt), name="tail")
     scale = 1.0 / size
 
     def out(nn, cc):
-        v = acc[nn, cc] if kind == "max" else acc[nn, cc] * tirx.const(scale, F32)
+        if full and tail:
+            v = (tirx.max(lanes_acc[nn, cc], tail_acc[nn, cc]) if kind == "max"
+                 else lanes_acc[nn, cc] + tail_acc[nn, cc])
+        else:
+            v = lanes_acc[nn, cc] if full else tail_acc[nn, cc]
+        if kind != "max":
+            v = v * tirx.const(scale, F32)
         return apply(v, (nn, cc) + (0,) * len(spatial))
 
     Y = te.compute((n, c), out, name="epilogue")
     func = b.finish([(out_value, Y)])
     b.params[-1].shape = (n, c)
     sch = schedule(func)
-    blk = sch.get_sblock("acc")
-    loops = sch.get_loops(blk)
-    S.write_cache(sch, blk, sch.get_sblock("epilogue"), loops[1])
+    epi = sch.get_sblock("epilogue")
+    nl, cl = sch.get_loops(epi)
     if S.worth_parallel(n * c * size):
-        S.parallel_outer(sch, loops[:2])
-    return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])
+        cl = S.parallel_outer(sch, [nl, cl])
+    # every reduction of a channel runs under its channel's loop, in registers
+    for blk_name in (["tail"] if tail else []) + (["acc", "part"] if full else []):
+        blk = sch.get_sblock(blk_name)
+        sch.compute_at(blk, cl)
+        sch.set_scope(blk, 0, "local")
+    if full > 1:
+        pblk = sch.get_sblock("part")
+        *_, il, rol = sch.get_loops(pblk)
+        sch.reorder(rol, il)
+        sch.vectorize(il)
+        sch.decompose_reduction(pblk, rol)
+    elif full:
+        sch.vectorize(sch.get_loops(sch.get_sblock("part"))[-1])
+    return KernelDef(name, b.params, sch.mod["main"], steps=["lane_partials", "parallel_outer"])
