@@ -193,3 +193,15 @@ def test_global_pool_matches_onnxruntime(op, xs):
     m = make_model([helper.make_node(op, ["x"], ["y"])], [tensor("x", xs)], [tensor("y", out)])
     cm = build_and_compare(m, {"x": RNG.standard_normal(xs).astype(np.float32)}, tol=1e-6)
     assert len(funcs(cm)) == 1
+
+
+def test_depthwise_1d_and_grouped_batch_2():
+    """A 1-D depthwise conv (runs as 2-D with a unit height) feeding a grouped 1x1 conv, batch 2."""
+    xs = (2, 8, 48)
+    w1 = RNG.standard_normal((8, 1, 5)).astype(np.float32)
+    w2 = RNG.standard_normal((12, 4, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["d"], group=8, pads=[2, 2], strides=[1]),
+             helper.make_node("Conv", ["d", "w2"], ["y"], group=2)]
+    m = make_model(nodes, [tensor("x", xs)], [tensor("y", (2, 12, 48))], [("w1", w1), ("w2", w2)])
+    cm = build_and_compare(m, {"x": RNG.standard_normal(xs).astype(np.float32)})
+    assert len(funcs(cm)) == 2
