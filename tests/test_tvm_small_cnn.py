@@ -116,8 +116,8 @@ def test_channel_shuffle_read_elsewhere_keeps_its_kernel():
 
 
 def test_other_transposes_are_not_taken_for_a_shuffle():
-    """perm (0, 2, 1, 3, 4) on a value whose reshape does not come back to [N, C, H, W] (here
-    [N, C/G*H, G, W]... flattened differently) is an ordinary Transpose kernel."""
+    """Reshape, Transpose (0, 2, 1, 3, 4), Reshape that does not come back to the input's
+    [N, C, H, W] (here [1, 4, 12, 4] from [1, 12, 4, 4]) is no channel shuffle: a Transpose kernel."""
     n, c, h, w = xs = (1, 12, 4, 4)
     nodes = [helper.make_node("Reshape", ["x", "s5"], ["r5"]),
              helper.make_node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
@@ -146,8 +146,8 @@ def test_grouped_pointwise_conv_matches_onnxruntime(c, co, hw, g):
     assert len(funcs(cm)) == 1  # the residual Add and the Relu are the conv's epilogue
     grouped = (hw * hw) % vector_lanes() == 0
     packed = [a[1] for a in cm.plan["calls"][0]["args"] if len(a[1]) == 4 and a[1][0] == g]
-    # grouped_pointwise packs the weights [G, CoG/mr, Ci, mr]; the column GEMM [G, CoG/mr, K, mr] too,
-    # with mr = 8: the row tile says which kernel ran
+    # both kernels pack the weights [G, CoG/mr, K, mr]: grouped_pointwise with mr = row_tile(CoG),
+    # the column GEMM with mr = min(8, CoG), so the row tile says which one ran
     from tvmlite.backends.tvm.kernels.grouped import row_tile
 
     assert packed and (packed[0][3] == row_tile(co // g)) == (grouped or row_tile(co // g) == min(8, co // g))
