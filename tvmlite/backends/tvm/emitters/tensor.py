@@ -7,6 +7,7 @@ import numpy as np
 
 from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
 from tvmlite.errors import UnsupportedError
+from tvmlite.ops.geometry import WindowGeometry
 
 VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
 #: element types a kernel reads and writes (the plan's buffer dtypes): data movement takes them all
@@ -114,8 +115,15 @@ def reads_shuffle(low, node) -> bool:
     bias = low.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     if w is None or w.ndim != 4 or w.shape[1] != 1 or (len(node.inputs) > 2 and node.inputs[2] and bias is None):
         return False
-    c = low.shapes.get(node.inputs[0], (0, 0))[1]
-    return int(node.attrs.get("group", 1)) == c > 1 and w.shape[0] % c == 0
+    xs = low.shapes.get(node.inputs[0], (0, 0))
+    c = xs[1]
+    if not (int(node.attrs.get("group", 1)) == c > 1 and w.shape[0] % c == 0):
+        return False
+    try:  # the conv's emitter must not refuse it later: its input would then have no buffer
+        WindowGeometry.conv(node.attrs, xs, w.shape)
+    except UnsupportedError:
+        return False
+    return True
 
 
 def shuffle_read_by_depthwise(low, node) -> bool:
