@@ -205,3 +205,22 @@ def test_depthwise_1d_and_grouped_batch_2():
     m = make_model(nodes, [tensor("x", xs)], [tensor("y", (2, 12, 48))], [("w1", w1), ("w2", w2)])
     cm = build_and_compare(m, {"x": RNG.standard_normal(xs).astype(np.float32)})
     assert len(funcs(cm)) == 2
+
+
+def test_spelled_out_hardswish_joins_the_conv():
+    """PaddleOCR's MobileNetV3 writes HardSwish as x * Clip(x + 3, 0, 6) / 6 after a conv: the
+    four nodes join the conv's epilogue (one kernel); Clip bounds other than (0, 6) do not."""
+    xs = (1, 4, 6, 8)
+    w = RNG.standard_normal((8, 4, 3, 3)).astype(np.float32)
+
+    def model(hi):
+        nodes = [helper.make_node("Conv", ["x", "w"], ["v"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Add", ["v", "three"], ["a"]), helper.make_node("Clip", ["a", "lo", "hi"], ["c"]),
+                 helper.make_node("Mul", ["v", "c"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])]
+        inits = [("w", w), ("three", np.float32(3)), ("lo", np.float32(0)), ("hi", np.float32(hi)),
+                 ("six", np.float32(6))]
+        return make_model(nodes, [tensor("x", xs)], [tensor("y", (1, 8, 6, 8))], inits)
+
+    feeds = {"x": 3 * RNG.standard_normal(xs).astype(np.float32)}
+    assert len(funcs(build_and_compare(model(6.0), feeds))) == 1
+    assert len(funcs(build_and_compare(model(5.0), feeds))) == 2
