@@ -34,8 +34,8 @@ def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str, list]:
         gelu = None if value in g.outputs else match_gelu(low, value)
         if gelu is not None:
             approximate, nodes, out = gelu
-            ops.append(EwOp("Gelu", attrs={"approximate": approximate},
-                            shape=None if cur_shape == kernel_shape else cur_shape))
+            op, attrs = ("HardSwish", {}) if approximate == "hardswish" else ("Gelu", {"approximate": approximate})
+            ops.append(EwOp(op, attrs=attrs, shape=None if cur_shape == kernel_shape else cur_shape))
             low.absorbed.update(nodes)
             taken.extend(nodes)
             value = out
@@ -86,7 +86,7 @@ def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str, list]:
     return Epilogue(ops), value, taken
 
 
-GELU_PARTS = {"Div", "Mul", "Add", "Sub", "Erf", "Tanh", "Pow"}
+GELU_PARTS = {"Div", "Mul", "Add", "Sub", "Erf", "Tanh", "Pow", "Clip"}  # Clip: HardSwish spelled out
 MAX_GELU_NODES = 12  # the tanh form is 8-9 nodes; anything longer is not one Gelu
 _PROBE = np.linspace(-6.0, 6.0, 97)
 
@@ -114,7 +114,7 @@ def match_gelu(low, x: str):
                 region.append(c)
                 made.add(c.outputs[0])
                 grew = True
-    if not any(c.op_type in ("Erf", "Tanh") for c in region):
+    if not any(c.op_type in ("Erf", "Tanh", "Clip") for c in region):
         return None
     for end in reversed(region):
         nodes = _ancestors(g, end, region)
@@ -143,7 +143,7 @@ def _ancestors(g, end, region):
 
 
 _NUMPY = {"Div": np.divide, "Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Pow": np.power,
-          "Erf": np.vectorize(math.erf), "Tanh": np.tanh}
+          "Erf": np.vectorize(math.erf), "Tanh": np.tanh, "Clip": lambda x, lo=None, hi=None: np.clip(x, lo, hi)}
 
 
 def _evaluate(low, nodes, x, out):
@@ -170,4 +170,6 @@ def _gelu_ref(tanh: bool):
 
 # what each Gelu form gives on the probe values: match_gelu compares every candidate region with
 # them (every value read twice is a candidate), so they are computed once
-_GELU_REFS = (("none", _gelu_ref(False)), ("tanh", _gelu_ref(True)))
+# "hardswish": x * Clip(x + 3, 0, 6) / 6 (PaddleOCR's MobileNetV3 exports), fused as one HardSwish
+_GELU_REFS = (("none", _gelu_ref(False)), ("tanh", _gelu_ref(True)),
+              ("hardswish", _PROBE * np.clip(_PROBE + 3, 0, 6) / 6))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
+from tvmlite.backends.tvm.emitters.tensor import channel_shuffle, reads_shuffle
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp, window_2d
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.conv import conv_transpose_pads
@@ -84,6 +85,8 @@ def emit_conv(low, node) -> None:
         depthwise = False
     else:
         raise UnsupportedError(f"group={group} does not fit {c} input and {w.shape[0]} output channels")
+    # a depthwise conv reads a channel shuffle's input itself (the Transpose made no kernel)
+    shuffled = channel_shuffle(low, x) if depthwise and nsp == 2 and reads_shuffle(low, node) else None
     epi, final, labels = conv_epilogue(low, node)
     name = low.kernel_name(node)
     w32 = w.astype(np.float32)
@@ -91,8 +94,13 @@ def emit_conv(low, node) -> None:
 
     def make():
         from tvmlite.backends.tvm.kernels import conv as K
+        from tvmlite.backends.tvm.kernels import grouped
 
-        fn = K.depthwise_conv2d if depthwise else K.conv2d
+        if depthwise:
+            src, groups = shuffled or (x, None)
+            return K.depthwise_conv2d(name, src, xs, w32, b32, geom, out_value=final, epilogue=epi,
+                                      lanes=low.lanes, shuffle=groups)
+        fn = grouped.grouped_pointwise if grouped.use_grouped_pointwise(w32.shape, geom, low.lanes) else K.conv2d
         return fn(name, x, xs, w32, b32, geom, out_value=final, epilogue=epi, lanes=low.lanes)
     low.add(make, node, final, labels)
 

@@ -1,11 +1,13 @@
 """Data movement: views (Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout share their
-input's buffer, no kernel), Concat, Transpose, Slice, Split."""
+input's buffer, no kernel), Concat, Transpose, Slice, Split. A channel shuffle (Reshape,
+Transpose, Reshape) read only by depthwise convs makes no kernel: the convs read through it."""
 from __future__ import annotations
 
 import numpy as np
 
-from tvmlite.backends.tvm.emitters.registry import emitter
+from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
 from tvmlite.errors import UnsupportedError
+from tvmlite.ops.geometry import WindowGeometry
 
 VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
 #: element types a kernel reads and writes (the plan's buffer dtypes): data movement takes them all
@@ -51,20 +53,96 @@ def emit_concat(low, node) -> None:
         if c is None and kernel_dtype(low, n, "input") != dt:
             raise UnsupportedError(f"inputs of dtypes {dt} and {low.dtype(n)}")
         ins.append((c.astype(dt) if c is not None else n, low.shape(n)))
-    out = node.outputs[0]
-    out_shape = low.shape(out)
+    out_shape = low.shape(node.outputs[0])
     name = low.kernel_name(node)
+    epi, out, labels = low.epilogue(node) if dt == "float32" else (None, node.outputs[0], [])
 
     def make():
         from tvmlite.backends.tvm.kernels.tensor import concat
 
-        return concat(name, ins, axis=axis, out_value=out, out_shape=out_shape, lanes=low.lanes, dtype=dt)
-    low.add(make, node, out)
+        return concat(name, ins, axis=axis, out_value=out, out_shape=out_shape, lanes=low.lanes, dtype=dt,
+                      epilogue=epi)
+    low.add(make, node, out, labels)
+
+
+def _only_reader(low, value: str, op_type: str):
+    """The one node reading ``value`` when it is an ONNX ``op_type`` and ``value`` is no graph output."""
+    g = low.g
+    if value in g.outputs or g.num_uses(value) != 1:
+        return None
+    (node,) = g.consumers(value)
+    return node if node.op_type == op_type and node.domain in ONNX else None
+
+
+def _is_view_reshape(low, node) -> bool:
+    return (node is not None and node.op_type == "Reshape" and node.domain in ONNX and node.outputs[0] in low.shapes
+            and node.inputs[0] in low.shapes)
+
+
+def channel_shuffle(low, value: str):
+    """(value shuffled, G) when ``value`` is ShuffleNet's channel shuffle of a 4-D value:
+    Reshape [N, C, H, W] -> [N, G, C/G, H, W], Transpose (0, 2, 1, 3, 4), Reshape back to
+    [N, C, H, W], each step read by the next only; else None."""
+    g = low.g
+    back = g.producer(value)
+    if not _is_view_reshape(low, back) or len(low.shapes[value]) != 4:
+        return None
+    tr = g.producer(back.inputs[0])
+    if tr is None or tr.op_type != "Transpose" or tr.domain not in ONNX or _only_reader(low, tr.outputs[0], "Reshape") is not back:
+        return None
+    if list(tr.attrs.get("perm") or ()) != [0, 2, 1, 3, 4]:
+        return None
+    split = g.producer(tr.inputs[0])
+    if not _is_view_reshape(low, split) or _only_reader(low, split.outputs[0], "Transpose") is not tr:
+        return None
+    src = split.inputs[0]
+    n, c, h, w = low.shapes[src] if len(low.shapes[src]) == 4 else (None,) * 4
+    five = low.shapes[split.outputs[0]]
+    if low.shapes[value] != (n, c, h, w) or len(five) != 5 or five[0] != n or five[3:] != (h, w):
+        return None
+    groups = five[1]
+    if groups * five[2] != c or low.dtype(src) != np.float32:
+        return None
+    return src, int(groups)
+
+
+def reads_shuffle(low, node) -> bool:
+    """Whether Conv ``node`` is a depthwise conv the backend emits (`kernels.depthwise`), so it
+    can read its input through a channel shuffle."""
+    if node.op_type != "Conv" or node.domain not in ONNX or len(node.inputs) < 2:
+        return False
+    w = low.const(node.inputs[1])
+    bias = low.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    if w is None or w.ndim != 4 or w.shape[1] != 1 or (len(node.inputs) > 2 and node.inputs[2] and bias is None):
+        return False
+    xs = low.shapes.get(node.inputs[0], (0, 0))
+    c = xs[1]
+    if not (int(node.attrs.get("group", 1)) == c > 1 and w.shape[0] % c == 0):
+        return False
+    try:  # the conv's emitter must not refuse it later: its input would then have no buffer
+        WindowGeometry.conv(node.attrs, xs, w.shape)
+    except UnsupportedError:
+        return False
+    return True
+
+
+def shuffle_read_by_depthwise(low, node) -> bool:
+    """Whether Transpose ``node`` is the middle of a channel shuffle whose result only depthwise
+    convs read: then it makes no kernel (each conv reads the shuffle's input, remapping channels)."""
+    back = _only_reader(low, node.outputs[0], "Reshape")
+    if back is None:
+        return False
+    out = back.outputs[0]
+    readers = low.g.consumers(out)
+    return (out not in low.g.outputs and bool(readers) and channel_shuffle(low, out) is not None
+            and all(reads_shuffle(low, r) for r in readers))
 
 
 @emitter("Transpose", checks_dtype=True)
 def emit_transpose(low, node) -> None:
     dt = moved_dtype(low, node)
+    if shuffle_read_by_depthwise(low, node):
+        return
     x = node.inputs[0]
     xs = low.shape(x)
     perm = list(node.attrs.get("perm") or reversed(range(len(xs))))

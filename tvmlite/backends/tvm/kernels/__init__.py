@@ -6,7 +6,9 @@
     builder.py     Builder: a kernel's placeholders and constants in parameter order
     epilogue.py    fused elementwise ops applied on the way out of a kernel
     gemm.py        dense GEMM, column GEMM, weights-on-the-left batched GEMM, batched MatMul
-    conv.py        direct conv, im2col + GEMM, depthwise, ConvTranspose (col2im)
+    conv.py        direct conv, im2col + GEMM, ConvTranspose (col2im)
+    depthwise.py   depthwise conv (optionally through a channel shuffle), the padded-plane helper
+    grouped.py     grouped 1x1 conv (ShuffleNet) with a group axis, input rows read in place
     pool.py        MaxPool / AveragePool, global pooling
     reduce.py      Softmax / LogSoftmax, Reduce*, LRN
     tensor.py      elementwise chains, Concat, Transpose, Slice, Resize

@@ -40,7 +40,9 @@ def elementwise(name: str, first: tuple, out_shape, *, out_value: str, epilogue:
 
 
 def concat(name: str, inputs: list[tuple[str, tuple]], *, axis: int, out_value: str, out_shape,
-           lanes: int, dtype: str = "float32") -> KernelDef:
+           lanes: int, dtype: str = "float32", epilogue: Epilogue | None = None) -> KernelDef:
+    """Concat along ``axis``; ``epilogue`` (float32 only): the elementwise ops that follow it
+    (ShuffleNet's Concat -> Relu), applied on the copy instead of in a kernel of their own."""
     out_shape = tuple(int(d) for d in out_shape)
     axis = axis % len(out_shape)
     b = Builder(name)
@@ -58,12 +60,14 @@ def concat(name: str, inputs: list[tuple[str, tuple]], *, axis: int, out_value: 
             ix[axis] = tirx.min(tirx.max(idx[axis] - o, 0) if o else idx[axis], int(shape[axis]) - 1)
             read = t[tuple(ix)]
             val = read if val is None else tirx.if_then_else(idx[axis] < o + int(shape[axis]), read, val)
-        return val
+        return apply(val, idx) if apply is not None else val
 
+    apply = bind_epilogue(epilogue, b, out_shape) if epilogue is not None and epilogue.ops else None
     Y = te.compute(out_shape, f, name="ew")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(int(np.prod(out_shape))))
+    n_ops = 1 + (len(epilogue.ops) if epilogue is not None else 0)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(int(np.prod(out_shape)) * n_ops))
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
 
 
