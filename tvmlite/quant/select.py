@@ -85,18 +85,23 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
     ref_few = float_sess.run(None, few)
     decisions = {u: {"node": u} for u in units}
 
+    errors: dict = {}  # (int8 set, ranking) -> model error: the steps below ask for some sets again
+
     def error_of(chosen: set, ranking: bool = False) -> float:
         if not chosen:
             return 0.0
-        sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
-        if ranking:
-            return relative_error(ref_few, sess.run(None, few))
-        return relative_error(ref, sess.run(None, feeds))
+        key = (frozenset(chosen), ranking)
+        if key not in errors:
+            sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
+            errors[key] = (relative_error(ref_few, sess.run(None, few)) if ranking
+                           else relative_error(ref, sess.run(None, feeds)))
+        return errors[key]
 
     chosen = set(units)
     if measure:
-        shapes = _static_shapes(model, calib.take(feeds, 1))
-        timer = _Timer(model, spec, shapes, threads, repeats, decisions, progress, calib.take(feeds, 1))
+        seen: dict = {}  # one NumPy run of the example serves the shapes and the fragments' values
+        shapes = _static_shapes(model, calib.take(feeds, 1), seen)
+        timer = _Timer(model, spec, shapes, threads, repeats, decisions, progress, calib.take(feeds, 1), seen)
         regions_timed: dict = {}
 
         def timed_set(keys):
@@ -160,10 +165,11 @@ class _Timer:
     """Each layer alone, int8 vs float in onnxruntime (a layer computing what an already timed one
     computes takes that timing), and regions as one piece."""
 
-    def __init__(self, model, spec, shapes, threads, repeats, decisions, progress, feeds1):
+    def __init__(self, model, spec, shapes, threads, repeats, decisions, progress, feeds1, values=None):
         self.model, self.spec, self.shapes, self.threads, self.repeats = model, spec, shapes, threads, repeats
         self.decisions, self.progress, self.feeds1 = decisions, progress, feeds1
-        self.values: dict = {}  # non-float values fragments read, from one NumPy run of the model
+        # non-float values fragments read, from one NumPy run of the model (_static_shapes' if it ran)
+        self.values: dict = {} if values is None else values
         self.nodes = {qdq.node_key(n): n for n in model.graph.nx.nodes}
         self.timed = {}  # timing signature -> (float ms, int8 ms, the layer timed)
 
@@ -237,20 +243,26 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisi
     return chosen
 
 
-def _static_shapes(model: Model, feeds: dict) -> dict:
+def _static_shapes(model: Model, feeds: dict, values: dict | None = None) -> dict:
     """Static shape of every value on ``feeds``. Dims onnx's inference leaves unknown (everything
     after an op it has no rule for, such as the GatherBlockQuantized embedding lookup that
     quantize-dynamic writes) are read from a NumPy run instead of being taken as 1: a layer timed
-    with such guessed shapes was cut out with inputs that do not fit (MiniLM's attention MatMuls)."""
+    with such guessed shapes was cut out with inputs that do not fit (MiniLM's attention MatMuls).
+    That run also puts every non-float value into ``values`` (what _Timer feeds fragments), so the
+    model is not run a second time on the same example."""
     shapes = static_shapes(model, {k: tuple(np.shape(v)) for k, v in feeds.items()}, default_dim=-1)
     g = model.graph
     unknown = [n for n, v in g.values.items()
                if n not in feeds and not v.is_initializer and (n not in shapes or -1 in shapes[n])]
     if unknown:
+        exact = [n for n, v in g.values.items() if n not in feeds and not v.is_initializer
+                 and v.elem_type != 1] if values is not None else []
         try:
-            seen = capture_values(model, unknown, feeds)
+            seen = capture_values(model, list(dict.fromkeys(unknown + exact)), feeds)
         except Exception:  # noqa: BLE001 - a model the NumPy backend cannot run keeps the old guess
             seen = {}
+        if values is not None:
+            values.update({n: seen[n] for n in exact if n in seen})
         for n in unknown:
             if n in seen:
                 shapes[n] = tuple(np.shape(seen[n]))

@@ -1,0 +1,99 @@
+"""quantize's layer choice (tvmlite.quant.select) does no work twice: every int8 set's model error
+is measured once per example set, and one NumPy run of the timing example serves both the static
+shapes and the values fragments read."""
+from collections import Counter
+
+import numpy as np
+from onnx import helper
+
+import tvmlite
+import tvmlite.quant.select as select
+from tvmlite.calibration import load_calibration
+from tvmlite.export.shapes import infer_shapes
+from tvmlite.passes.quantize import Quantize, candidate_units, prepare
+from tvmlite.quant import qdq
+from tvmlite.quant.regions import regions
+
+from helpers import make_model, tensor
+from test_quantize_regions import _chain_model
+
+
+def _measured_sets(monkeypatch):
+    """(int8 set, examples) of every model error choose_layers measures."""
+    seen, last = [], {}
+    real_build, real_err = select.build_variant, select.relative_error
+
+    def build(model, units, *a, **k):
+        last["units"] = frozenset(units)
+        return real_build(model, units, *a, **k)
+
+    def err(ref, got):
+        seen.append((last["units"], ref[0].shape[0]))
+        return real_err(ref, got)
+    monkeypatch.setattr(select, "build_variant", build)
+    monkeypatch.setattr(select, "relative_error", err)
+    return seen
+
+
+def test_no_int8_set_is_measured_twice(monkeypatch):
+    """The error after a cut whose error the search already had, and after a whole-model guard
+    that dropped nothing, used to be measured again (a whole-model session and run each)."""
+    proto = _chain_model(width=16, size=32)
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    m = tvmlite.load(proto)
+    spec = qdq.QuantSpec("uint8", True)
+    spec.ranges = Quantize(calibration={"x": x}, mode="all", op_types=["Conv"],
+                           progress=False)(tvmlite.load(proto)).replay["ranges"]
+    prepare(m)
+    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
+    calib = load_calibration({"x": x}, m)
+    _, full = select.choose_layers(m, units, spec, calib, budget=1.0)
+    seen = _measured_sets(monkeypatch)
+    budget = full[-1]["output_error"] / 3  # the whole chain misses it: the error step cuts
+    chosen, decisions = select.choose_layers(m, units, spec, calib, budget=budget)
+    assert decisions[-1]["output_error"] <= budget
+    assert any(d["precision"] == "float32" for d in decisions[:-1])
+    assert seen and max(Counter(seen).values()) == 1, Counter(seen).most_common(2)
+    # the final error is the one measured on all examples for the final set
+    assert (frozenset(chosen), 8) in seen
+
+
+def test_one_numpy_run_serves_shapes_and_fragment_values(monkeypatch):
+    """A Reshape to a computed shape inside a region and one onnx cannot type at an output: the
+    shapes and the region's int64 input both come from a single NumPy run of the example."""
+    rng = np.random.default_rng(0)
+    w1, w2 = [(rng.standard_normal((8, c, 3, 3)) * 0.2).astype(np.float32) for c in (3, 8)]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+             helper.make_node("Shape", ["r1"], ["s"], name="shape"),
+             helper.make_node("Slice", ["s", "zero", "two"], ["nc"], name="nc"),
+             helper.make_node("Concat", ["nc", "minus1"], ["s3"], name="s3", axis=0),
+             helper.make_node("Reshape", ["r1", "s3"], ["flat"], name="reshape"),
+             helper.make_node("Reshape", ["flat", "s4"], ["rs"], name="back"),
+             helper.make_node("Conv", ["rs", "w2"], ["y"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["y", "s3"], ["z"], name="side")]
+    proto = make_model(nodes, [tensor("x", ["N", 3, 16, 16])],
+                       [tensor("y", ["N", 8, 16, 16]), tensor("z", ["N", 8, "L"])],
+                       [("w1", w1), ("w2", w2), ("zero", np.array([0], np.int64)), ("two", np.array([2], np.int64)),
+                        ("minus1", np.array([-1], np.int64)), ("s4", np.array([-1, 8, 16, 16], np.int64))], opset=13)
+    proto.graph.value_info.append(tensor("flat", ["N", 8, 256]))  # as an exporter records them
+    proto.graph.value_info.append(tensor("rs", ["N", 8, 16, 16]))
+    m = tvmlite.load(proto)
+    infer_shapes(m)
+    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
+    spec = qdq.QuantSpec("uint8", True)
+    spec.ranges = Quantize(calibration={"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)},
+                           mode="all", progress=False)(tvmlite.load(proto)).replay["ranges"]
+    (nodes_, keys), = regions(m, units, spec)
+    feeds = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    runs = []
+    real = select.capture_values
+    monkeypatch.setattr(select, "capture_values", lambda *a: runs.append(a[1]) or real(*a))
+    seen: dict = {}
+    shapes = select._static_shapes(m, feeds, seen)
+    assert shapes["z"] == (1, 8, 256) and len(runs) == 1  # onnx left it unknown: read from the run
+    assert seen["s3"].tolist() == [1, 8, -1]
+    timer = select._Timer(m, spec, shapes, 1, 6, {u: {"node": u} for u in units}, False, feeds, seen)
+    t_f, t_q = timer.region(m, nodes_, keys)
+    assert 0 < t_f < float("inf") and 0 < t_q < float("inf")  # fed the model's own shape values
+    assert len(runs) == 1
