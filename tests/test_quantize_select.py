@@ -12,7 +12,7 @@ from tvmlite.calibration import load_calibration
 from tvmlite.export.shapes import infer_shapes
 from tvmlite.passes.quantize import Quantize, candidate_units, prepare
 from tvmlite.quant import qdq
-from tvmlite.quant.regions import regions
+from tvmlite.quant.regions import cut_for_error, edge_orders, regions, sensitive_blocks
 
 from helpers import make_model, tensor
 from test_quantize_regions import _chain_model
@@ -97,3 +97,47 @@ def test_one_numpy_run_serves_shapes_and_fragment_values(monkeypatch):
     t_f, t_q = timer.region(m, nodes_, keys)
     assert 0 < t_f < float("inf") and 0 < t_q < float("inf")  # fed the model's own shape values
     assert len(runs) == 1
+
+
+def test_the_layer_carrying_the_error_goes_back_wherever_it_sits():
+    """An error carried by one layer in the middle of the chain: cutting from either edge needs two
+    or more layers back, the sensitive-blocks order only that one."""
+    m = tvmlite.load(_chain_model())
+    infer_shapes(m)
+    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
+    calls = []
+
+    def error_of(int8):
+        calls.append(frozenset(int8))
+        return (0.1 if "c2" in int8 else 0.0) + 0.001 * len(int8)
+    order, block_err = sensitive_blocks(m, units, error_of, blocks=len(units))
+    assert order[0] == "c2" and block_err["c2"] > max(e for u, e in block_err.items() if u != "c2")
+    assert len(calls) == len(units)
+    orders = {**edge_orders(m, units), "most sensitive blocks first": order}
+    name, back, err = cut_for_error(orders, error_of, 0.01)
+    assert (name, back) == ("most sensitive blocks first", ["c2"]) and err == 0.003
+    # blocks of two: c2 goes back with its block's neighbour, never more than the edge orders
+    order2, _ = sensitive_blocks(m, units, error_of, blocks=2)
+    assert "c2" in order2[:2]
+
+
+def test_large_models_rank_blocks_and_meet_the_budget_in_onnxruntime(monkeypatch):
+    """The real path with the block ranking forced (as on a model of more than SENSITIVITY_LAYERS
+    int8 layers): every layer records its block's error, and the result meets the budget."""
+    monkeypatch.setattr(select, "SENSITIVITY_LAYERS", 0)
+    monkeypatch.setattr(select, "SENSITIVITY_BLOCKS", 2)
+    proto = _chain_model(width=16, size=32)
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    m = tvmlite.load(proto)
+    spec = qdq.QuantSpec("uint8", True)
+    spec.ranges = Quantize(calibration={"x": x}, mode="all", op_types=["Conv"],
+                           progress=False)(tvmlite.load(proto)).replay["ranges"]
+    prepare(m)
+    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
+    calib = load_calibration({"x": x}, m)
+    _, full = select.choose_layers(m, units, spec, calib, budget=1.0)
+    budget = full[-1]["output_error"] / 3
+    chosen, decisions = select.choose_layers(m, units, spec, calib, budget=budget)
+    assert decisions[-1]["output_error"] <= budget
+    assert all("block_error_alone" in d for d in decisions[:-1])
+    assert 0 < len([d for d in decisions[:-1] if d["precision"] == "float32"]) < len(units)

@@ -12,8 +12,10 @@ BIG_MODEL_MS, with fewer rounds (a 640x640 detector's fragments are slow and rar
 
 Accuracy: when the model's relative L2 output error against the float model is over the budget,
 layers go back to float from the edges of the int8 regions (tvmlite.quant.regions.cut_for_error:
-the fewest, found by bisection on the whole model's error), or, for a few layers, most sensitive
-first (each one's error alone: a whole-model run per layer). The regions left are timed again.
+the fewest, found by bisection on the whole model's error), or most sensitive first: for a few
+layers each one's error alone (a whole-model run per layer), for more, blocks of consecutive layers
+(SENSITIVITY_BLOCKS runs), so layers carrying the error inside a region can go back too. The
+regions left are timed again.
 
 Last, the whole int8 model is timed against the float model; while it is not faster by
 WHOLE_MODEL_MARGIN, the half of the int8 layers with the smallest measured gain goes back to float
@@ -28,7 +30,7 @@ import numpy as np
 
 from tvmlite.ir.graph import Model
 from tvmlite.quant import qdq
-from tvmlite.quant.regions import cut_for_error, edge_orders, winning_regions
+from tvmlite.quant.regions import cut_for_error, edge_orders, sensitive_blocks, winning_regions
 from tvmlite.quant.timing import time_int8_layer as _time_layer, time_int8_nodes, timed_ratio
 from tvmlite.calibration import fixed_batch
 from tvmlite.quant.calibrate import _progress
@@ -46,6 +48,8 @@ RANKING_SAMPLES = 2
 #: at most this many int8 layers get their error alone measured to rank them for the error step
 #: (a whole-model run each); more go back to float from the regions' edges
 SENSITIVITY_LAYERS = 32
+#: more int8 layers are ranked in this many blocks of consecutive layers (a whole-model run each)
+SENSITIVITY_BLOCKS = 16
 #: a model whose float run takes longer (ms, per example) is timed with at most BIG_MODEL_REPEATS
 #: rounds per comparison: PP-OCR det at 640x640 takes 100-250 ms a run
 BIG_MODEL_MS, BIG_MODEL_REPEATS = 50.0, 20
@@ -118,6 +122,11 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
         orders = edge_orders(model, chosen)
         if len(chosen) <= SENSITIVITY_LAYERS:
             orders["most sensitive first"] = _by_sensitivity(chosen, decisions, error_of, progress)
+        else:
+            orders["most sensitive blocks first"], block_err = sensitive_blocks(
+                model, chosen, lambda s: error_of(s, ranking=True), SENSITIVITY_BLOCKS)
+            for u, e in block_err.items():
+                decisions[u]["block_error_alone"] = e
         # the first search runs on the ranking examples (a det run is ~1 s an example); the result
         # is checked on all of them below, and cut again on all of them if it misses there
         first = order_used is None
