@@ -16,7 +16,8 @@ Models and task metric (each vs float unless it has labels):
   det      PP-OCRv4 detector at 640x640; synthetic pages of glyph lines. Metric: max abs error of
            the probability map (in [0, 1], so also its error relative to the map's range).
   rec      PP-OCRv4 recognizer at 48x320; synthetic text lines. Metric: agreement of the per-step
-           argmax (the CTC greedy decode) with float.
+           argmax (the CTC greedy decode) with float; beside it the relative L2 error of the
+           probabilities (what quantize's error_budget measures).
   detector the YOLO-style detector of tests/real_graphs.py at 320x320 (random weights, BN folded in
            by the presets); synthetic pages. Metric: max abs error of the objectness/class
            probabilities (sigmoids, in [0, 1]); the box columns are reported beside it.
@@ -171,7 +172,7 @@ def setup(label: str, args) -> dict:
     if label == "rec":
         return dict(src=str(CORPUS / "ch_PP-OCRv4_rec_infer.onnx"), quant="static",
                     eval={"x": text_lines(16, 48, 320, seed=2)}, calib=split({"x": text_lines(16, 48, 320, seed=1)}),
-                    metric=argmax_agreement, opt=dict(shapes={"x": ("N", 3, 48, 320)}))
+                    metric=argmax_and_l2, opt=dict(shapes={"x": ("N", 3, 48, 320)}))
     if label == "detector":
         from real_graphs import detector
 
@@ -198,6 +199,14 @@ def accuracy(ref, out, spec) -> tuple[str, float]:
 def argmax_agreement(ref, out, spec) -> tuple[str, float]:
     agree = np.mean(out[0].argmax(-1) == ref[0].argmax(-1))
     return f"argmax agree {100 * agree:.1f}%", 1 - float(agree)
+
+
+def argmax_and_l2(ref, out, spec) -> tuple[str, float]:
+    """rec: the argmax agreement, and beside it the relative L2 error of the probabilities, which is
+    what quantize's error_budget (0.02 by default) measures on the calibration examples."""
+    text, err = argmax_agreement(ref, out, spec)
+    a, b = ref[0].astype(np.float64), out[0].astype(np.float64)
+    return f"{text}, rel L2 {np.linalg.norm(b - a) / np.linalg.norm(a):.4f}", err
 
 
 def prob_map_error(ref, out, spec) -> tuple[str, float]:
