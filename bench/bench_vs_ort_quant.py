@@ -17,7 +17,8 @@ Models and task metric (each vs float unless it has labels):
            the probability map (in [0, 1], so also its error relative to the map's range).
   rec      PP-OCRv4 recognizer at 48x320; synthetic text lines. Metric: agreement of the per-step
            argmax (the CTC greedy decode) with float; beside it the relative L2 error of the
-           probabilities (what quantize's error_budget measures).
+           probabilities (what quantize's error_budget measures). ``--rec-lines letters``: legible
+           block-letter lines the recognizer reads, instead of random-stroke glyphs.
   detector the YOLO-style detector of tests/real_graphs.py at 320x320 (random weights, BN folded in
            by the presets); synthetic pages. Metric: max abs error of the objectness/class
            probabilities (sigmoids, in [0, 1]); the box columns are reported beside it.
@@ -52,9 +53,11 @@ import onnx
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # real_graphs.detector, as bench_tvm.py does
+sys.path.insert(0, str(ROOT / "bench"))  # text_render, also when loaded from a file by the tests
 
 import tvmlite  # noqa: E402
 from tvmlite.compare import interleaved_ms, ort_session  # noqa: E402
+from text_render import letter_lines  # noqa: E402
 
 CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))
 VARIANTS = ("float", "ort-quant", "tvmlite-fast", "tvmlite-small")
@@ -170,8 +173,9 @@ def setup(label: str, args) -> dict:
                     eval={"x": det_inputs(args.det_images, seed=2)}, calib=split({"x": det_inputs(4, seed=1)}),
                     metric=prob_map_error, opt=dict(shapes={"x": ("N", 3, 640, 640)}))
     if label == "rec":
+        lines = letter_lines if getattr(args, "rec_lines", "glyphs") == "letters" else text_lines
         return dict(src=str(CORPUS / "ch_PP-OCRv4_rec_infer.onnx"), quant="static",
-                    eval={"x": text_lines(16, 48, 320, seed=2)}, calib=split({"x": text_lines(16, 48, 320, seed=1)}),
+                    eval={"x": lines(16, 48, 320, seed=2)}, calib=split({"x": lines(16, 48, 320, seed=1)}),
                     metric=argmax_and_l2, opt=dict(shapes={"x": ("N", 3, 48, 320)}))
     if label == "detector":
         from real_graphs import detector
@@ -443,6 +447,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20, help="rounds per timing block")
     ap.add_argument("--blocks", type=int, default=5, help="timing blocks (median and best of their medians)")
     ap.add_argument("--det-images", type=int, default=2, help="640x640 pages for det's error metric")
+    ap.add_argument("--rec-lines", choices=["glyphs", "letters"], default="glyphs",
+                    help="rec's inputs: random-stroke glyphs, or legible block letters (bench/text_render.py)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="a subset of " + ",".join(VARIANTS))
     ap.add_argument("--reuse", action="store_true", help="time the variant files already in --out, remake none")
     ap.add_argument("--make-timeout", type=float, default=1800, help="seconds one tvmlite preset may take")
