@@ -1,21 +1,17 @@
-"""quantize's layer choice (tvmlite.quant.select) does no work twice: every int8 set's model error
-is measured once per example set, and one NumPy run of the timing example serves both the static
-shapes and the values fragments read."""
+"""quantize's layer choice (tvmlite.quant.select): no work twice (every int8 set's model error is
+measured once per example set, one NumPy run of the timing example serves both the static shapes
+and the values fragments read), and the error step's block ranking, which finds the layers
+carrying the error wherever they sit."""
 from collections import Counter
 
 import numpy as np
-from onnx import helper
-
 import tvmlite
 import tvmlite.quant.select as select
-from tvmlite.calibration import load_calibration
 from tvmlite.export.shapes import infer_shapes
-from tvmlite.passes.quantize import Quantize, candidate_units, prepare
-from tvmlite.quant import qdq
-from tvmlite.quant.regions import cut_for_error, edge_orders, regions, sensitive_blocks
+from tvmlite.passes.quantize import candidate_units
+from tvmlite.quant.regions import cut_for_error, edge_orders, sensitive_blocks
 
-from helpers import make_model, tensor
-from test_quantize_regions import _chain_model
+from test_quantize_regions import _chain_model, chain_setup, computed_shape_setup
 
 
 def _measured_sets(monkeypatch):
@@ -38,16 +34,7 @@ def _measured_sets(monkeypatch):
 def test_no_int8_set_is_measured_twice(monkeypatch):
     """The error after a cut whose error the search already had, and after a whole-model guard
     that dropped nothing, used to be measured again (a whole-model session and run each)."""
-    proto = _chain_model(width=16, size=32)
-    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
-    m = tvmlite.load(proto)
-    spec = qdq.QuantSpec("uint8", True)
-    spec.ranges = Quantize(calibration={"x": x}, mode="all", op_types=["Conv"],
-                           progress=False)(tvmlite.load(proto)).replay["ranges"]
-    prepare(m)
-    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
-    calib = load_calibration({"x": x}, m)
-    _, full = select.choose_layers(m, units, spec, calib, budget=1.0)
+    _, _, m, units, spec, calib, full = chain_setup()
     seen = _measured_sets(monkeypatch)
     budget = full[-1]["output_error"] / 3  # the whole chain misses it: the error step cuts
     chosen, decisions = select.choose_layers(m, units, spec, calib, budget=budget)
@@ -62,29 +49,7 @@ def test_one_numpy_run_serves_shapes_and_fragment_values(monkeypatch):
     """A Reshape to a computed shape inside a region and one onnx cannot type at an output: the
     shapes and the region's int64 input both come from a single NumPy run of the example."""
     rng = np.random.default_rng(0)
-    w1, w2 = [(rng.standard_normal((8, c, 3, 3)) * 0.2).astype(np.float32) for c in (3, 8)]
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
-             helper.make_node("Shape", ["r1"], ["s"], name="shape"),
-             helper.make_node("Slice", ["s", "zero", "two"], ["nc"], name="nc"),
-             helper.make_node("Concat", ["nc", "minus1"], ["s3"], name="s3", axis=0),
-             helper.make_node("Reshape", ["r1", "s3"], ["flat"], name="reshape"),
-             helper.make_node("Reshape", ["flat", "s4"], ["rs"], name="back"),
-             helper.make_node("Conv", ["rs", "w2"], ["y"], name="c2", pads=[1, 1, 1, 1]),
-             helper.make_node("Reshape", ["y", "s3"], ["z"], name="side")]
-    proto = make_model(nodes, [tensor("x", ["N", 3, 16, 16])],
-                       [tensor("y", ["N", 8, 16, 16]), tensor("z", ["N", 8, "L"])],
-                       [("w1", w1), ("w2", w2), ("zero", np.array([0], np.int64)), ("two", np.array([2], np.int64)),
-                        ("minus1", np.array([-1], np.int64)), ("s4", np.array([-1, 8, 16, 16], np.int64))], opset=13)
-    proto.graph.value_info.append(tensor("flat", ["N", 8, 256]))  # as an exporter records them
-    proto.graph.value_info.append(tensor("rs", ["N", 8, 16, 16]))
-    m = tvmlite.load(proto)
-    infer_shapes(m)
-    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
-    spec = qdq.QuantSpec("uint8", True)
-    spec.ranges = Quantize(calibration={"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)},
-                           mode="all", progress=False)(tvmlite.load(proto)).replay["ranges"]
-    (nodes_, keys), = regions(m, units, spec)
+    m, units, spec, nodes_, keys = computed_shape_setup(rng, side_output=True)
     feeds = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
     runs = []
     real = select.capture_values
@@ -126,16 +91,7 @@ def test_large_models_rank_blocks_and_meet_the_budget_in_onnxruntime(monkeypatch
     int8 layers): every layer records its block's error, and the result meets the budget."""
     monkeypatch.setattr(select, "SENSITIVITY_LAYERS", 0)
     monkeypatch.setattr(select, "SENSITIVITY_BLOCKS", 2)
-    proto = _chain_model(width=16, size=32)
-    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
-    m = tvmlite.load(proto)
-    spec = qdq.QuantSpec("uint8", True)
-    spec.ranges = Quantize(calibration={"x": x}, mode="all", op_types=["Conv"],
-                           progress=False)(tvmlite.load(proto)).replay["ranges"]
-    prepare(m)
-    units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
-    calib = load_calibration({"x": x}, m)
-    _, full = select.choose_layers(m, units, spec, calib, budget=1.0)
+    _, _, m, units, spec, calib, full = chain_setup()
     budget = full[-1]["output_error"] / 3
     chosen, decisions = select.choose_layers(m, units, spec, calib, budget=budget)
     assert decisions[-1]["output_error"] <= budget
