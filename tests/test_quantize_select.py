@@ -91,9 +91,12 @@ def test_large_models_rank_blocks_and_meet_the_budget_in_onnxruntime(monkeypatch
     int8 layers): every layer records its block's error, and the result meets the budget."""
     monkeypatch.setattr(select, "SENSITIVITY_LAYERS", 0)
     monkeypatch.setattr(select, "SENSITIVITY_BLOCKS", 2)
+    ranked = []
+    monkeypatch.setattr(select, "sensitive_blocks", lambda *a: ranked.append(1) or sensitive_blocks(*a))
     _, _, m, units, spec, calib, full = chain_setup()
     budget = full[-1]["output_error"] / 3
     chosen, decisions = select.choose_layers(m, units, spec, calib, budget=budget)
     assert decisions[-1]["output_error"] <= budget
     assert all("block_error_alone" in d for d in decisions[:-1])
+    assert len(ranked) == 1  # ranked once, however many cuts the step makes
     assert 0 < len([d for d in decisions[:-1] if d["precision"] == "float32"]) < len(units)

@@ -117,16 +117,18 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
 
         chosen = timed_set(units)
     err = error_of(chosen)
-    order_used = None
+    order_used = block_order = None
     while err > budget and chosen:
         orders = edge_orders(model, chosen)
         if len(chosen) <= SENSITIVITY_LAYERS:
             orders["most sensitive first"] = _by_sensitivity(chosen, decisions, error_of, progress)
         else:
-            orders["most sensitive blocks first"], block_err = sensitive_blocks(
-                model, chosen, lambda s: error_of(s, ranking=True), SENSITIVITY_BLOCKS)
-            for u, e in block_err.items():
-                decisions[u]["block_error_alone"] = e
+            if block_order is None:  # ranked once: a later pass takes what is still int8 in that order
+                block_order, block_err = sensitive_blocks(model, chosen, lambda s: error_of(s, ranking=True),
+                                                          SENSITIVITY_BLOCKS)
+                for u, e in block_err.items():
+                    decisions[u]["block_error_alone"] = e
+            orders["most sensitive blocks first"] = [u for u in block_order if u in chosen]
         # the first search runs on the ranking examples (a det run is ~1 s an example); the result
         # is checked on all of them below, and cut again on all of them if it misses there
         first = order_used is None
