@@ -119,7 +119,9 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
     err = error_of(chosen)
     order_used = block_order = None
     while err > budget and chosen:
-        orders = edge_orders(model, chosen)
+        # the sensitivity order first: it usually needs the fewest layers back, and the edge orders'
+        # searches then stop once they would need more (cut_for_error's cap)
+        orders = {}
         if len(chosen) <= SENSITIVITY_LAYERS:
             orders["most sensitive first"] = _by_sensitivity(chosen, decisions, error_of, progress)
         else:
@@ -129,6 +131,7 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
                 for u, e in block_err.items():
                     decisions[u]["block_error_alone"] = e
             orders["most sensitive blocks first"] = [u for u in block_order if u in chosen]
+        orders.update(edge_orders(model, chosen))
         # the first search runs on the ranking examples (a det run is ~1 s an example); the result
         # is checked on all of them below, and cut again on all of them if it misses there
         first = order_used is None
