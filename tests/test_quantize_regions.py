@@ -146,9 +146,9 @@ def test_fewest_back_to_float_bisects_and_gives_up_past_a_cap():
     assert fewest_back_to_float(list(range(7)), without, 0.01, cap=3) is None
 
 
-def test_error_step_cuts_from_an_edge_in_onnxruntime():
-    """The real path with a budget the full int8 chain misses: layers go back to float from an
-    edge, what stays int8 meets the budget in onnxruntime, and each decision says why."""
+def chain_setup():
+    """The chain model (proto, calibration array, prepared model), its units, ranges, calibration
+    data, and the decisions with the whole chain in int8 (budget 1)."""
     proto = _chain_model(width=16, size=32)
     x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
     m = tvmlite.load(proto)
@@ -159,6 +159,13 @@ def test_error_step_cuts_from_an_edge_in_onnxruntime():
     units = candidate_units(m.graph, {"Conv"}, set(), set(), None)
     calib = load_calibration({"x": x}, m)
     _, full = choose_layers(m, units, spec, calib, budget=1.0)
+    return proto, x, m, units, spec, calib, full
+
+
+def test_error_step_cuts_from_an_edge_in_onnxruntime():
+    """The real path with a budget the full int8 chain misses: layers go back to float from an
+    edge, what stays int8 meets the budget in onnxruntime, and each decision says why."""
+    proto, x, m, units, spec, calib, full = chain_setup()
     budget = full[-1]["output_error"] / 3  # the whole chain in int8 misses it
     chosen, decisions = choose_layers(m, units, spec, calib, budget=budget)
     assert decisions[-1]["output_error"] <= budget
@@ -233,14 +240,11 @@ def test_layer_shapes_after_an_op_onnx_cannot_type_come_from_a_run():
     assert shapes["ht"] == (1, 32, 7)
 
 
-def test_a_region_reading_a_computed_shape_is_timed_on_the_models_own_values():
-    """A Reshape inside a region whose shape is computed (Shape -> Reshape, as in YOLO-style heads)
-    reads an int64 fragment input: random integers made onnxruntime refuse the cut-out (the
-    detector's quantize failed); the model's own values are fed, and a refusal leaves it float."""
-    from tvmlite.quant.select import _Timer, _static_shapes
-    from tvmlite.quant.timing import time_int8_nodes
-
-    rng = np.random.default_rng(0)
+def computed_shape_setup(rng, side_output=False):
+    """Conv -> Relu -> Reshape to a shape computed from Shape (as in YOLO-style heads) -> Reshape
+    back -> Conv; ``side_output``: also a Reshape of the result to that shape as a second output,
+    whose last dim onnx's inference cannot know. (model, units, spec with ranges, the int8
+    region's nodes and unit keys)."""
     w1, w2 = [(rng.standard_normal((8, c, 3, 3)) * 0.2).astype(np.float32) for c in (3, 8)]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
@@ -250,7 +254,11 @@ def test_a_region_reading_a_computed_shape_is_timed_on_the_models_own_values():
              helper.make_node("Reshape", ["r1", "s3"], ["flat"], name="reshape"),  # (1, 8, 256)
              helper.make_node("Reshape", ["flat", "s4"], ["rs"], name="back"),
              helper.make_node("Conv", ["rs", "w2"], ["y"], name="c2", pads=[1, 1, 1, 1])]
-    proto = make_model(nodes, [tensor("x", ["N", 3, 16, 16])], [tensor("y", ["N", 8, 16, 16])],
+    outputs = [tensor("y", ["N", 8, 16, 16])]
+    if side_output:
+        nodes.append(helper.make_node("Reshape", ["y", "s3"], ["z"], name="side"))
+        outputs.append(tensor("z", ["N", 8, "L"]))
+    proto = make_model(nodes, [tensor("x", ["N", 3, 16, 16])], outputs,
                        [("w1", w1), ("w2", w2), ("zero", np.array([0], np.int64)), ("two", np.array([2], np.int64)),
                         ("minus1", np.array([-1], np.int64)), ("s4", np.array([-1, 8, 16, 16], np.int64))], opset=13)
     proto.graph.value_info.append(tensor("flat", ["N", 8, 256]))  # as an exporter records them
@@ -262,6 +270,18 @@ def test_a_region_reading_a_computed_shape_is_timed_on_the_models_own_values():
     spec.ranges = Quantize(calibration={"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)},
                            mode="all", progress=False)(tvmlite.load(proto)).replay["ranges"]
     (nodes_, keys), = regions(m, units, spec)
+    return m, units, spec, nodes_, keys
+
+
+def test_a_region_reading_a_computed_shape_is_timed_on_the_models_own_values():
+    """A Reshape inside a region whose shape is computed (Shape -> Reshape, as in YOLO-style heads)
+    reads an int64 fragment input: random integers made onnxruntime refuse the cut-out (the
+    detector's quantize failed); the model's own values are fed, and a refusal leaves it float."""
+    from tvmlite.quant.select import _Timer, _static_shapes
+    from tvmlite.quant.timing import time_int8_nodes
+
+    rng = np.random.default_rng(0)
+    m, units, spec, nodes_, keys = computed_shape_setup(rng)
     assert "reshape" in [n.name for n in nodes_]
     feeds = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
     shapes = _static_shapes(m, feeds)

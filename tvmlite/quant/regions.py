@@ -11,9 +11,11 @@ are timed alone (on det that is 1 fragment where it was 92).
 
 When the model's error is over budget, layers go back to float from a region's edges (the first
 layers from the inputs, or the last ones before the outputs), so what stays int8 is still one
-contiguous region per cut; the fewest layers meeting the budget are found by doubling and bisecting
-on the whole model's error (O(log n) runs where ranking every layer by its error alone took a
-whole-model run per layer: 237 on det). A region that changed is timed again.
+contiguous region per cut, or, on a large model, from wherever the error is carried: blocks of
+consecutive layers ranked by their error alone in int8 (sensitive_blocks), most sensitive first;
+the fewest layers meeting the budget are found by doubling and bisecting on the whole model's error
+(O(log n) runs where ranking every layer by its error alone took a whole-model run per layer: 237
+on det). A region that changed is timed again.
 
 The timer is a parameter (``timer(model, nodes, unit_keys) -> (float_ms, int8_ms)``) so that the
 choice can be tested with a deterministic cost model.
@@ -75,6 +77,20 @@ def edge_orders(model: Model, chosen) -> dict[str, list]:
     order = {qdq.node_key(n): i for i, n in enumerate(model.graph.toposort())}
     seq = sorted(chosen, key=order.__getitem__)
     return {"from the inputs": seq, "from the outputs": seq[::-1]}
+
+
+def sensitive_blocks(model: Model, chosen, error_of, blocks: int) -> tuple[list, dict]:
+    """An order for the error step that finds the layers carrying the error wherever they sit, at
+    ``blocks`` whole-model runs instead of one per layer: ``chosen`` in graph order is split into
+    ``blocks`` runs of consecutive layers, each block alone in int8 (the rest float) gives its
+    error, and the blocks go back to float most sensitive first, each from its input edge. Returns
+    (order, {layer: its block's error alone})."""
+    seq = edge_orders(model, chosen)["from the inputs"]
+    n = max(1, min(blocks, len(seq)))
+    parts = [seq[i * len(seq) // n:(i + 1) * len(seq) // n] for i in range(n)]
+    errs = [error_of(set(p)) for p in parts]
+    ranked = sorted(range(n), key=lambda i: -errs[i])
+    return [u for i in ranked for u in parts[i]], {u: errs[i] for i in range(n) for u in parts[i]}
 
 
 def fewest_back_to_float(ranked: list, error_without, budget: float, cap: int | None = None):

@@ -12,8 +12,10 @@ BIG_MODEL_MS, with fewer rounds (a 640x640 detector's fragments are slow and rar
 
 Accuracy: when the model's relative L2 output error against the float model is over the budget,
 layers go back to float from the edges of the int8 regions (tvmlite.quant.regions.cut_for_error:
-the fewest, found by bisection on the whole model's error), or, for a few layers, most sensitive
-first (each one's error alone: a whole-model run per layer). The regions left are timed again.
+the fewest, found by bisection on the whole model's error), or most sensitive first: for a few
+layers each one's error alone (a whole-model run per layer), for more, blocks of consecutive layers
+(SENSITIVITY_BLOCKS runs), so layers carrying the error inside a region can go back too. The
+regions left are timed again.
 
 Last, the whole int8 model is timed against the float model; while it is not faster by
 WHOLE_MODEL_MARGIN, the half of the int8 layers with the smallest measured gain goes back to float
@@ -28,7 +30,7 @@ import numpy as np
 
 from tvmlite.ir.graph import Model
 from tvmlite.quant import qdq
-from tvmlite.quant.regions import cut_for_error, edge_orders, winning_regions
+from tvmlite.quant.regions import cut_for_error, edge_orders, sensitive_blocks, winning_regions
 from tvmlite.quant.timing import time_int8_layer as _time_layer, time_int8_nodes, timed_ratio
 from tvmlite.calibration import fixed_batch
 from tvmlite.quant.calibrate import _progress
@@ -46,6 +48,8 @@ RANKING_SAMPLES = 2
 #: at most this many int8 layers get their error alone measured to rank them for the error step
 #: (a whole-model run each); more go back to float from the regions' edges
 SENSITIVITY_LAYERS = 32
+#: more int8 layers are ranked in this many blocks of consecutive layers (a whole-model run each)
+SENSITIVITY_BLOCKS = 16
 #: a model whose float run takes longer (ms, per example) is timed with at most BIG_MODEL_REPEATS
 #: rounds per comparison: PP-OCR det at 640x640 takes 100-250 ms a run
 BIG_MODEL_MS, BIG_MODEL_REPEATS = 50.0, 20
@@ -85,18 +89,23 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
     ref_few = float_sess.run(None, few)
     decisions = {u: {"node": u} for u in units}
 
+    errors: dict = {}  # (int8 set, ranking) -> model error: the steps below ask for some sets again
+
     def error_of(chosen: set, ranking: bool = False) -> float:
         if not chosen:
             return 0.0
-        sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
-        if ranking:
-            return relative_error(ref_few, sess.run(None, few))
-        return relative_error(ref, sess.run(None, feeds))
+        key = (frozenset(chosen), ranking)
+        if key not in errors:
+            sess = ort_session(build_variant(model, chosen, spec, excluded), threads)
+            errors[key] = (relative_error(ref_few, sess.run(None, few)) if ranking
+                           else relative_error(ref, sess.run(None, feeds)))
+        return errors[key]
 
     chosen = set(units)
     if measure:
-        shapes = _static_shapes(model, calib.take(feeds, 1))
-        timer = _Timer(model, spec, shapes, threads, repeats, decisions, progress, calib.take(feeds, 1))
+        seen: dict = {}  # one NumPy run of the example serves the shapes and the fragments' values
+        shapes = _static_shapes(model, calib.take(feeds, 1), seen)
+        timer = _Timer(model, spec, shapes, threads, repeats, decisions, progress, calib.take(feeds, 1), seen)
         regions_timed: dict = {}
 
         def timed_set(keys):
@@ -108,11 +117,21 @@ def choose_layers(model: Model, units: list, spec: qdq.QuantSpec, calib, *, budg
 
         chosen = timed_set(units)
     err = error_of(chosen)
-    order_used = None
+    order_used = block_order = None
     while err > budget and chosen:
-        orders = edge_orders(model, chosen)
+        # the sensitivity order first: it usually needs the fewest layers back, and the edge orders'
+        # searches then stop once they would need more (cut_for_error's cap)
+        orders = {}
         if len(chosen) <= SENSITIVITY_LAYERS:
             orders["most sensitive first"] = _by_sensitivity(chosen, decisions, error_of, progress)
+        else:
+            if block_order is None:  # ranked once: a later pass takes what is still int8 in that order
+                block_order, block_err = sensitive_blocks(model, chosen, lambda s: error_of(s, ranking=True),
+                                                          SENSITIVITY_BLOCKS)
+                for u, e in block_err.items():
+                    decisions[u]["block_error_alone"] = e
+            orders["most sensitive blocks first"] = [u for u in block_order if u in chosen]
+        orders.update(edge_orders(model, chosen))
         # the first search runs on the ranking examples (a det run is ~1 s an example); the result
         # is checked on all of them below, and cut again on all of them if it misses there
         first = order_used is None
@@ -160,10 +179,11 @@ class _Timer:
     """Each layer alone, int8 vs float in onnxruntime (a layer computing what an already timed one
     computes takes that timing), and regions as one piece."""
 
-    def __init__(self, model, spec, shapes, threads, repeats, decisions, progress, feeds1):
+    def __init__(self, model, spec, shapes, threads, repeats, decisions, progress, feeds1, values=None):
         self.model, self.spec, self.shapes, self.threads, self.repeats = model, spec, shapes, threads, repeats
         self.decisions, self.progress, self.feeds1 = decisions, progress, feeds1
-        self.values: dict = {}  # non-float values fragments read, from one NumPy run of the model
+        # non-float values fragments read, from one NumPy run of the model (_static_shapes' if it ran)
+        self.values: dict = {} if values is None else values
         self.nodes = {qdq.node_key(n): n for n in model.graph.nx.nodes}
         self.timed = {}  # timing signature -> (float ms, int8 ms, the layer timed)
 
@@ -237,20 +257,26 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisi
     return chosen
 
 
-def _static_shapes(model: Model, feeds: dict) -> dict:
+def _static_shapes(model: Model, feeds: dict, values: dict | None = None) -> dict:
     """Static shape of every value on ``feeds``. Dims onnx's inference leaves unknown (everything
     after an op it has no rule for, such as the GatherBlockQuantized embedding lookup that
     quantize-dynamic writes) are read from a NumPy run instead of being taken as 1: a layer timed
-    with such guessed shapes was cut out with inputs that do not fit (MiniLM's attention MatMuls)."""
+    with such guessed shapes was cut out with inputs that do not fit (MiniLM's attention MatMuls).
+    That run also puts every non-float value into ``values`` (what _Timer feeds fragments), so the
+    model is not run a second time on the same example."""
     shapes = static_shapes(model, {k: tuple(np.shape(v)) for k, v in feeds.items()}, default_dim=-1)
     g = model.graph
     unknown = [n for n, v in g.values.items()
                if n not in feeds and not v.is_initializer and (n not in shapes or -1 in shapes[n])]
     if unknown:
+        exact = [n for n, v in g.values.items() if n not in feeds and not v.is_initializer
+                 and v.elem_type != 1] if values is not None else []
         try:
-            seen = capture_values(model, unknown, feeds)
+            seen = capture_values(model, list(dict.fromkeys(unknown + exact)), feeds)
         except Exception:  # noqa: BLE001 - a model the NumPy backend cannot run keeps the old guess
             seen = {}
+        if values is not None:
+            values.update({n: seen[n] for n in exact if n in seen})
         for n in unknown:
             if n in seen:
                 shapes[n] = tuple(np.shape(seen[n]))
