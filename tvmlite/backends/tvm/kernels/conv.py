@@ -49,7 +49,7 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     wp = max(wd + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
     src = None
     if staged and strided:
-        src = phase_planes(X, (n, c, h, wd), (hp, wp), (pt, pl), (sh, sw))
+        src = phase_planes(X, (n, c, h, wd), (hp, wp), (pt, pl), (sh, sw), (kh, kw))
     elif staged:
         src = zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
     # a column tile that never crosses an output row (nr divides the row) has one row index and a
@@ -137,21 +137,23 @@ def zero_padded(X, x_shape, padded_hw, top: int, left: int):
         tirx.const(0.0, F32)), name="pad")
 
 
-def phase_planes(X, x_shape, padded_hw, pads_begin, strides):
+def phase_planes(X, x_shape, padded_hw, pads_begin, strides, kernel):
     """The zero-padded plane of `zero_padded` split into stride phases: [n, c, sh, sw, Hp/sh, Wp/sw]
     with P[.., py, px, y, x] = padded[.., y*sh + py, x*sw + px], so a strided window read at output
-    x, x+1, ... is a contiguous run of one phase."""
+    x, x+1, ... is a contiguous run of one phase. A 1-tap kernel dim reads phase 0 only: a strided
+    1x1 conv's copy is the subsampled input alone."""
     n, c, h, wd = x_shape
     hp, wp = padded_hw
     top, left = pads_begin
     sh, sw = strides
     hq, wq = -(-hp // sh), -(-wp // sw)
+    ph, pw = (1 if kernel[0] == 1 else sh), (1 if kernel[1] == 1 else sw)
 
     def at(nn, cc, py, px, y, xx):
         iy, ix = y * sh + py - top, xx * sw + px - left
         return tirx.if_then_else(tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd), X[nn, cc, iy, ix],
                                  tirx.const(0.0, F32))
-    return te.compute((n, c, sh, sw, hq, wq), at, name="pad")
+    return te.compute((n, c, ph, pw, hq, wq), at, name="pad")
 
 
 def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeometry, *, out_value: str,
