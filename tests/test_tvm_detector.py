@@ -213,3 +213,29 @@ def test_conv_columns_read_a_padded_phase_split_copy(cfg):
     if cfg["w"][2:] == (1, 1):  # only the subsampled input is copied
         assert "pad = T.sblock_alloc_buffer((1, 8, 1, 1, 8, 9))" in text
     assert "pad_input" in kd.steps
+
+
+@pytest.mark.parametrize("hw,direct", [((7, 7), True), ((14, 14), True), ((28, 28), False), ((56, 56), False)])
+def test_pointwise_conv_on_a_small_image_takes_the_direct_kernel(hw, direct):
+    """A 1x1 conv whose GEMM would pad the pixels by a tenth or more (7x7: 49 of 64) runs as the
+    direct kernel, reading the input itself (no padded copy); larger images stay a plain GEMM."""
+    w = np.zeros((256, 128, 1, 1), np.float32)
+    geom = WindowGeometry.conv({}, (1, 128) + hw, w.shape)
+    assert KC.use_direct_conv(w.shape, geom, 16) is direct
+    assert not KC.use_direct_conv((256, 64, 1, 1), geom, 16)  # a short reduction never does
+
+
+def test_pointwise_direct_conv_with_residual_matches_onnxruntime():
+    w = (RNG.standard_normal((64, 160, 1, 1)) * 0.1).astype(np.float32)
+    b = RNG.standard_normal(64).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Add", ["c", "res"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 160, 7, 7]), tensor("res", [1, 64, 7, 7])],
+                       [tensor("y", [1, 64, 7, 7])], [("w", w), ("b", b)])
+    geom = WindowGeometry.conv({}, (1, 160, 7, 7), w.shape)
+    assert KC.use_direct_conv(w.shape, geom, 16)
+    kd = KC.conv2d_direct("d", "x", (1, 160, 7, 7), w, b, geom, out_value="y", epilogue=KC.Epilogue(), lanes=16)
+    assert 'T.sblock("pad")' not in kd.func.script() and "pad_input" not in kd.steps
+    feeds = {"x": RNG.standard_normal((1, 160, 7, 7)).astype(np.float32),
+             "res": RNG.standard_normal((1, 64, 7, 7)).astype(np.float32)}
+    assert build_and_compare(model, feeds).kernel_count == 1

@@ -107,17 +107,24 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     direct kernel is taken when it wastes no more, so it also saves the im2col gathers. A strided
     conv takes it unless it wastes a third more: there the GEMM's columns are strided gathers,
     and it ran 2-3x slower than the direct kernel on the detector's stride-2 convs. Not for a 1x1
-    stride-1 unpadded conv (a plain GEMM over the input rows), and not for a short reduction
+    stride-1 unpadded conv (a plain GEMM over the input rows) unless the GEMM pads a small image's
+    pixels by a tenth or more, and not for a short reduction
     (K < 8 vectors): the direct tile leaves through a transposing scalar write of its mr x nr
     values, which only a long K hides."""
     co, ci, kh, kw = (int(d) for d in w_shape)
     cog = co // geom.group
-    if geom.pointwise or ci * kh * kw < 8 * lanes:
+    if ci * kh * kw < 8 * lanes:
         return False
     oh, ow = geom.out_spatial
     dt, gt = direct_tile(cog, ow, lanes), conv_tile(cog, oh * ow, lanes)
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
+    if geom.pointwise:
+        # the plain GEMM unless its pixel tiles pad a small image by a tenth or more (7x7: 49 of
+        # 64 columns, 14x14: 196 of 224), where the direct tile (a row's pixels) wastes nothing:
+        # one thread, against onnxruntime's Conv, 2048->512 at 7x7 1.18x -> 1.02x, 512->128 at
+        # 14x14 1.02x -> 0.91x; at 28x28 and up the GEMM stays ahead
+        return 0.9 * direct >= gemm
     strided = max(geom.strides) > 1
     return direct >= (0.75 * gemm if strided else gemm)
 
@@ -191,7 +198,9 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     pre, rest = unary_prefix(epilogue)
     apply = bind_epilogue(rest, b, (n, co, oh, ow))
 
-    pad = zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
+    # nothing to pad (a 1x1 conv whose pixel tiles fill the row): read the input itself, not a copy
+    unpadded = (pt, pl, hp, wp) == (0, 0, h, wd)
+    pad = X if unpadded else zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
     rc = te.reduce_axis((0, ci), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
@@ -221,13 +230,14 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     Y = te.compute((n, g, cog, oh, ow), out, name="epilogue")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    S.schedule_direct_conv(sch, "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
+    S.schedule_direct_conv(sch, None if unpadded else "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
                            parallel=S.worth_parallel(n * co * oh * ow * ci * kh * kw),
                            act="act" if pre.ops else None)
     params = b.params
     if packing:
         params[w_index].shape = params[w_index].array.shape
-    return KernelDef(name, params, sch.mod["main"], steps=direct_step_names(steps))
+    names = direct_step_names(steps)
+    return KernelDef(name, params, sch.mod["main"], steps=[n for n in names if n != "pad_input"] if unpadded else names)
 
 
 def unary_prefix(epilogue: Epilogue) -> tuple[Epilogue, Epilogue]:
