@@ -223,6 +223,8 @@ def test_pointwise_conv_on_a_small_image_takes_the_direct_kernel(hw, direct):
     geom = WindowGeometry.conv({}, (1, 128) + hw, w.shape)
     assert KC.use_direct_conv(w.shape, geom, 16) is direct
     assert not KC.use_direct_conv((256, 64, 1, 1), geom, 16)  # a short reduction never does
+    grouped = WindowGeometry.conv({"group": 2}, (1, 256) + hw, w.shape)
+    assert not KC.use_direct_conv(w.shape, grouped, 16)
 
 
 def test_pointwise_direct_conv_with_residual_matches_onnxruntime():

@@ -120,6 +120,8 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
     if geom.pointwise:
+        if geom.group > 1:  # measured on plain 1x1 convs only (shufflenet's grouped ones ran slower)
+            return False
         # the plain GEMM unless its pixel tiles pad a small image by a tenth or more (7x7: 49 of
         # 64 columns, 14x14: 196 of 224), where the direct tile (a row's pixels) wastes nothing:
         # one thread, against onnxruntime's Conv, 2048->512 at 7x7 1.18x -> 1.02x, 512->128 at
