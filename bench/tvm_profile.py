@@ -3,10 +3,15 @@
     PYTHONPATH=$PWD .venv/bin/python bench/tvm_profile.py MODEL [--shape NAME=1x3x320x320 ...] [--top 25]
 
 MODEL is an .onnx path, or ``detector[:SIZE]`` (tests/real_graphs.py's YOLO-style detector,
-default 320) or ``minilm`` (the encoder at sequence 128). Prints the build time, the host-run
+default 320), ``minilm`` (the encoder at sequence 128) or a ``light_*`` model of the onnx wheel
+(seeded random weights, as bench_tvm.py --only light). Prints the build time, the host-run
 ops, the max relative error against onnxruntime, the interleaved medians of both and their
 ratio, the best milliseconds per kernel kind (the emitter's name stem) and the slowest kernels with the
-graph nodes each one runs.
+graph nodes each one runs. With --ort, onnxruntime's own profiler times its nodes as well (best
+of the rounds per node, mapped back by node name: onnxruntime names a fused node after its first
+node) and each kernel is printed beside the sum of onnxruntime's times for the same graph nodes.
+
+    TVMLITE_THREADS=1 PYTHONPATH=. python bench/tvm_profile.py detector --ort --threads 1
 """
 from __future__ import annotations
 
@@ -40,6 +45,10 @@ def model_and_feeds(spec: str, shapes: dict):
         m, _ = minilm_encoder()
         ids = rng.integers(1000, 20000, (1, 128)).astype(np.int64)
         return m, {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    elif spec.startswith("light_"):
+        from tvmlite.zoo import randomized_light  # as bench_tvm --only light: seeded random weights
+
+        m = randomized_light(spec if spec.endswith(".onnx") else spec + ".onnx")
     else:
         m = onnx.load(spec)
     m.ir_version = min(m.ir_version, 10)
@@ -73,6 +82,75 @@ def profile_best(cm, feeds: dict, repeats: int) -> list:
     return sorted(rows, key=lambda r: -r[2])
 
 
+def name_nodes(m) -> None:
+    """Give every unnamed node the label tvmlite gives it (op->first output), so onnxruntime's
+    profile and tvmlite's plan name the same nodes alike."""
+    for n in m.graph.node:
+        if not n.name:
+            n.name = f"{n.op_type}->{n.output[0] if n.output else '?'}"
+
+
+def ort_node_ms(m, feeds: dict, threads: int, rounds: int) -> dict:
+    """{onnxruntime node name: best ms over ``rounds`` runs} from onnxruntime's profiler."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        so.profile_file_prefix = os.path.join(tmp, "ort")
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        for _ in range(max(rounds, 1)):
+            sess.run(None, feeds)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    best: dict = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            name = e["name"][: -len("_kernel_time")]
+            best[name] = min(best.get(name, math.inf), e["dur"] / 1e3)
+    return best
+
+
+def ort_per_kernel(prof, ort_ms: dict, m):
+    """(rows of (call, nodes, tvmlite ms, onnxruntime ms for the same nodes)), onnxruntime ms
+    mapped to no kernel). An onnxruntime node is named after a graph node or its output value
+    (the longest such name its name starts with: fused and NCHWc nodes add suffixes); a graph node tvmlite
+    folded away (a BatchNormalization into its conv) counts for the kernel of its producer."""
+    owner = {}
+    for call, nodes, _ in prof:
+        for n in filter(None, nodes.split(", ")):
+            owner[n] = call
+    producer = {o: n for n in m.graph.node for o in n.output}
+    by_name = {n.name: n for n in m.graph.node}
+
+    def kernel_of(name):
+        node = by_name.get(name)
+        for _ in range(64):  # up through folded nodes to one a kernel runs
+            if node is None or node.name in owner:
+                break
+            node = next((producer[i] for i in node.input if i in producer), None)
+        return owner.get(node.name) if node is not None else None
+
+    # the NCHWc rewrite names its nodes after their output value instead
+    names = dict(by_name) | {v: n for v, n in producer.items() if v not in by_name}
+    per_call = collections.Counter()
+    unmapped = 0.0
+    for name, t in ort_ms.items():
+        hit = max((n for n in names if name.startswith(n)), key=len, default=None)
+        call = kernel_of(names[hit].name) if hit is not None else None
+        if call is None:
+            unmapped += t
+        else:
+            per_call[call] += t
+    return [(c, nodes, t, per_call.get(c, 0.0)) for c, nodes, t in prof], unmapped
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -81,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=20, help="runs per kernel (its best is kept)")
     ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--ort", action="store_true", help="also onnxruntime's per-node times, per kernel")
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime's threads (tvmlite: $TVMLITE_THREADS)")
     a = ap.parse_args(argv)
     shapes = {}
     for s in a.shape:
@@ -91,11 +171,12 @@ def main(argv=None) -> int:
     from tvmlite.runtime.ort import interleaved_ms, ort_session
 
     m, feeds = model_and_feeds(a.model, shapes)
+    name_nodes(m)
     t0 = time.time()
     cm = compile_model(tvmlite.load(m), {k: v.shape for k, v in feeds.items()}, cache=not a.no_cache)
     print(f"build {time.time() - t0:.1f} s{' (cached)' if cm.cached else ''}, {cm.kernel_count} kernels")
     print("host ops:", cm.host_ops or "none")
-    sess = ort_session(m, 2)
+    sess = ort_session(m, a.threads)
     ref = sess.run(None, feeds)
     got = cm.run(feeds)
     for g, r in zip(got, ref):
@@ -112,9 +193,18 @@ def main(argv=None) -> int:
     print(f"sum of kernels {total:.3f} ms; per kind:")
     for k, (v, n) in sorted(agg.items(), key=lambda kv: -kv[1][0]):
         print(f"  {k:24s} {v:8.3f} ms  {n:3d} kernel(s)  {100 * v / total:5.1f}%")
-    print("slowest kernels:")
-    for name, nodes, t in prof[:a.top]:
-        print(f"  {t:8.3f} ms  {name:40s} {nodes[:110]}")
+    if not a.ort:
+        print("slowest kernels:")
+        for name, nodes, t in prof[:a.top]:
+            print(f"  {t:8.3f} ms  {name:40s} {nodes[:110]}")
+        return 0
+    rows, unmapped = ort_per_kernel(prof, ort_node_ms(m, feeds, a.threads, a.repeats), m)
+    ort_total = sum(r[3] for r in rows) + unmapped
+    print(f"onnxruntime's nodes: {ort_total:.3f} ms ({unmapped:.3f} ms on nodes of no kernel: layout reorders, nodes tvmlite removed)")
+    print("slowest kernels (tvmlite ms, onnxruntime ms for the same nodes, ratio):")
+    for name, nodes, t, o in rows[:a.top]:
+        ratio = f"{t / o:5.2f}" if o > 0 else "    -"
+        print(f"  {t:8.3f} {o:8.3f} {ratio}  {name:40s} {nodes[:90]}")
     return 0
 
 

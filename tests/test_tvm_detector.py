@@ -176,3 +176,68 @@ def test_direct_conv_activation_then_residual_matches_onnxruntime():
              "res": RNG.standard_normal((1, 40, 7, 7)).astype(np.float32)}
     cm = build_and_compare(model, feeds)
     assert cm.kernel_count == 1
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(x=(1, 3, 33, 40), w=(16, 3, 3, 3), pads=(1, 1, 1, 1), strides=(2, 2)),  # the stem, rows split tiles
+    dict(x=(1, 3, 20, 128), w=(16, 3, 3, 3), pads=(1, 1, 1, 1), strides=(2, 2)),  # 64-wide rows: whole tiles
+    dict(x=(1, 3, 18, 64), w=(8, 3, 3, 3), pads=(1, 1, 1, 1), strides=(1, 1)),  # stride 1, whole tiles
+    dict(x=(1, 8, 15, 17), w=(12, 8, 1, 1), pads=(0, 0, 0, 0), strides=(2, 2)),  # strided 1x1: phase 0 only
+    dict(x=(2, 4, 9, 23), w=(6, 2, 1, 3), pads=(0, 1, 0, 2), strides=(1, 2), dilations=(1, 2), group=2),
+    dict(x=(1, 5, 17, 19), w=(7, 5, 3, 2), pads=(2, 0, 1, 3), strides=(3, 2), dilations=(2, 1)),
+])
+def test_conv_columns_read_a_padded_phase_split_copy(cfg):
+    """im2col + GEMM reads its columns from a zero-padded copy of the input made once (for a strided
+    conv split into stride phases, so a column's lanes are consecutive floats): no bounds test is
+    left in the column build, and the result is the convolution's for strides, dilations, uneven
+    pads, groups, batch 2 and row widths that do or do not fill whole column tiles."""
+    from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
+    from tvmlite.backends.tvm.module import build_kernel, kernel_args
+    from tvmlite.ops.conv import conv
+
+    x = RNG.standard_normal(cfg["x"]).astype(np.float32)
+    w = RNG.standard_normal(cfg["w"]).astype(np.float32)
+    b = RNG.standard_normal(cfg["w"][0]).astype(np.float32)
+    attrs = {k: cfg[k] for k in ("pads", "strides", "dilations", "group") if k in cfg}
+    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
+    kd = KC.conv2d_gemm("c", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Silu")]), lanes=16)
+    args, outs = kernel_args(kd, {"x": x})
+    build_kernel(kd)["main"](*args)
+    ref = conv(x, w, b, pads=list(cfg["pads"]), strides=list(cfg["strides"]),
+               dilations=list(cfg.get("dilations", (1, 1))), group=cfg.get("group", 1))
+    ref = ref / (1 + np.exp(-ref))
+    np.testing.assert_allclose(outs[0].numpy().reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+    text = kd.func.script()
+    column_build = text[text.index('T.sblock("im2col")'):text.index('T.sblock("acc_init")')]
+    assert 'T.sblock("pad")' in text and "if_then_else" not in column_build
+    if cfg["w"][2:] == (1, 1):  # only the subsampled input is copied
+        assert "pad = T.sblock_alloc_buffer((1, 8, 1, 1, 8, 9))" in text
+    assert "pad_input" in kd.steps
+
+
+@pytest.mark.parametrize("hw,direct", [((7, 7), True), ((14, 14), True), ((28, 28), False), ((56, 56), False)])
+def test_pointwise_conv_on_a_small_image_takes_the_direct_kernel(hw, direct):
+    """A 1x1 conv whose GEMM would pad the pixels by a tenth or more (7x7: 49 of 64) runs as the
+    direct kernel, reading the input itself (no padded copy); larger images stay a plain GEMM."""
+    w = np.zeros((256, 128, 1, 1), np.float32)
+    geom = WindowGeometry.conv({}, (1, 128) + hw, w.shape)
+    assert KC.use_direct_conv(w.shape, geom, 16) is direct
+    assert not KC.use_direct_conv((256, 64, 1, 1), geom, 16)  # a short reduction never does
+    grouped = WindowGeometry.conv({"group": 2}, (1, 256) + hw, w.shape)
+    assert not KC.use_direct_conv(w.shape, grouped, 16)
+
+
+def test_pointwise_direct_conv_with_residual_matches_onnxruntime():
+    w = (RNG.standard_normal((64, 160, 1, 1)) * 0.1).astype(np.float32)
+    b = RNG.standard_normal(64).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Add", ["c", "res"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 160, 7, 7]), tensor("res", [1, 64, 7, 7])],
+                       [tensor("y", [1, 64, 7, 7])], [("w", w), ("b", b)])
+    geom = WindowGeometry.conv({}, (1, 160, 7, 7), w.shape)
+    assert KC.use_direct_conv(w.shape, geom, 16)
+    kd = KC.conv2d_direct("d", "x", (1, 160, 7, 7), w, b, geom, out_value="y", epilogue=KC.Epilogue(), lanes=16)
+    assert 'T.sblock("pad")' not in kd.func.script() and "pad_input" not in kd.steps
+    feeds = {"x": RNG.standard_normal((1, 160, 7, 7)).astype(np.float32),
+             "res": RNG.standard_normal((1, 64, 7, 7)).astype(np.float32)}
+    assert build_and_compare(model, feeds).kernel_count == 1

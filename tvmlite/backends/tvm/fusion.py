@@ -1,9 +1,10 @@
 """Epilogue fusion: elementwise ops that follow an anchor (bias, BN, activation, residual add)
 through a value nobody else reads join the anchor's kernel, applied to its value on the way out,
 so their data never makes a round trip through memory. An elementwise op behind a view (Reshape,
-Flatten, ...) still joins, computed in the view's index space. A Gelu written out in elementwise
-ops (x * 0.5 * (1 + Erf(x / sqrt2)), or its tanh form), which reads its input twice, joins as one
-Gelu.
+Flatten, ...) still joins, computed in the view's index space. Two activations that read their
+input twice join as one op: a Gelu written out in elementwise ops (x * 0.5 * (1 + Erf(x / sqrt2)),
+or its tanh form), and SiLU written x * Sigmoid(x) (every YOLO-style block), after any anchor:
+conv, Gemm/MatMul, the lowered convs, an elementwise kernel.
 """
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str, list]:
     ops, taken = [], []
     kernel_shape = cur_shape = tuple(out_shape)
     while len(ops) < MAX_EPILOGUE_OPS:
+        silu = silu_pair(low, value)
+        if silu is not None:
+            ops.append(EwOp("Silu", shape=None if cur_shape == kernel_shape else cur_shape))
+            low.absorbed.update(silu)
+            taken.extend(silu)
+            value = silu[1].outputs[0]
+            continue
         gelu = None if value in g.outputs else match_gelu(low, value)
         if gelu is not None:
             approximate, nodes, out = gelu
@@ -52,9 +60,11 @@ def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str, list]:
             view_shape = low.shapes.get(c.outputs[0])
             nxt = g.consumers(c.outputs[0])
             if view_shape is None or int(np.prod(view_shape)) != int(np.prod(cur_shape)) \
-                    or g.num_uses(c.outputs[0]) != 1 or c.outputs[0] in g.outputs \
-                    or len(nxt) != 1 or nxt[0].domain not in ONNX or nxt[0].op_type not in EW_OPS \
-                    or low.shapes.get(nxt[0].outputs[0]) != view_shape:
+                    or c.outputs[0] in g.outputs:
+                break
+            one_ew = g.num_uses(c.outputs[0]) == 1 and len(nxt) == 1 and nxt[0].domain in ONNX \
+                and nxt[0].op_type in EW_OPS and low.shapes.get(nxt[0].outputs[0]) == view_shape
+            if not one_ew and silu_pair(low, c.outputs[0]) is None:
                 break
             low.absorbed.add(c)
             taken.append(c)
@@ -84,6 +94,34 @@ def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str, list]:
         taken.append(c)
         value = out
     return Epilogue(ops), value, taken
+
+
+def silu_pair(low, value: str):
+    """(Sigmoid, Mul) when ``value`` is read only by Sigmoid(value) and Mul(value, that sigmoid),
+    both float and of ``value``'s shape, and neither intermediate is a graph output; else None
+    (the plain chain stops at a value read twice)."""
+    g = low.g
+    if value in g.outputs or g.num_uses(value) != 2:
+        return None
+    cons = g.consumers(value)
+    if len(cons) != 2 or any(c in low.absorbed or c.domain not in ONNX for c in cons):
+        return None
+    sig = next((c for c in cons if c.op_type == "Sigmoid"), None)
+    mul = next((c for c in cons if c.op_type == "Mul"), None)
+    if sig is None or mul is None:
+        return None
+    s = sig.outputs[0]
+    if s in g.outputs or g.num_uses(s) != 1 or sorted(mul.inputs) != sorted([value, s]):
+        return None
+    shape = low.shapes.get(value)
+    if shape is None or low.shapes.get(mul.outputs[0]) != shape or low.shapes.get(s) != shape:
+        return None
+    try:
+        low.check_float(sig)
+        low.check_float(mul)
+    except UnsupportedError:
+        return None
+    return sig, mul
 
 
 GELU_PARTS = {"Div", "Mul", "Add", "Sub", "Erf", "Tanh", "Pow", "Clip"}  # Clip: HardSwish spelled out

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
+from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.emitters.tensor import channel_shuffle, reads_shuffle
-from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp, window_2d
+from tvmlite.backends.tvm.kernels.defs import Epilogue, window_2d
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.conv import conv_transpose_pads
 from tvmlite.ops.conv_shapes import _norm, kernel_geometry
 from tvmlite.ops.geometry import WindowGeometry
-
-#: as fusion.MAX_EPILOGUE_OPS: an epilogue is one nested expression that TVM's passes recurse over
-MAX_EPILOGUE_OPS = 64
-
 
 def conv_operands(low, node):
     """(input, constant weights, constant bias or None, input shape, spatial rank) of a
@@ -26,48 +22,6 @@ def conv_operands(low, node):
     if len(xs) not in (3, 4):
         raise UnsupportedError(f"{len(xs) - 2}-D {node.op_type}")
     return x, w, bias, xs, len(xs) - 2
-
-
-def silu_pair(low, value: str):
-    """(Sigmoid, Mul) when ``value`` is read only by Sigmoid(value) and Mul(value, that sigmoid),
-    the SiLU every YOLO-style block writes: the plain epilogue fusion stops at a value read twice."""
-    g = low.g
-    if value in g.outputs or g.num_uses(value) != 2:
-        return None
-    cons = g.consumers(value)
-    if len(cons) != 2 or any(c in low.absorbed or c.domain not in ONNX for c in cons):
-        return None
-    sig = next((c for c in cons if c.op_type == "Sigmoid"), None)
-    mul = next((c for c in cons if c.op_type == "Mul"), None)
-    if sig is None or mul is None:
-        return None
-    s = sig.outputs[0]
-    if s in g.outputs or g.num_uses(s) != 1 or sorted(mul.inputs) != sorted([value, s]):
-        return None
-    if low.shapes.get(mul.outputs[0]) != low.shapes.get(value):
-        return None
-    try:
-        low.check_float(mul)
-    except UnsupportedError:
-        return None
-    return sig, mul
-
-
-def conv_epilogue(low, node):
-    """`low.epilogue` that also takes SiLU (x * Sigmoid(x)) into the epilogue as one op, and goes
-    on fusing behind it. Only while the chain is in the conv's own index space (no view crossed)."""
-    epi, final, labels = low.epilogue(node)
-    out_shape = low.shape(node.outputs[0])
-    while len(epi.ops) < MAX_EPILOGUE_OPS and low.shapes.get(final) == out_shape:
-        pair = silu_pair(low, final)
-        if pair is None:
-            break
-        low.absorbed.update(pair)
-        low.taken.extend(pair)
-        more, final, more_labels = low.epilogue(pair[1])  # what follows the Mul
-        epi.ops.extend([EwOp("Silu")] + more.ops)
-        labels = labels + [n.label for n in pair] + more_labels
-    return epi, final, labels
 
 
 @emitter("Conv")
@@ -87,7 +41,7 @@ def emit_conv(low, node) -> None:
         raise UnsupportedError(f"group={group} does not fit {c} input and {w.shape[0]} output channels")
     # a depthwise conv reads a channel shuffle's input itself (the Transpose made no kernel)
     shuffled = channel_shuffle(low, x) if depthwise and nsp == 2 and reads_shuffle(low, node) else None
-    epi, final, labels = conv_epilogue(low, node)
+    epi, final, labels = low.epilogue(node)
     name = low.kernel_name(node)
     w32 = w.astype(np.float32)
     b32 = None if bias is None else bias.astype(np.float32)
@@ -145,7 +99,7 @@ def emit_conv_transpose(low, node) -> None:
         return K.conv2d_gemm(gemm_name, x, xs, K.conv_transpose_gemm_weights(w_cols, group), None, gemm_geom,
                              out_value=cols, epilogue=Epilogue(), lanes=low.lanes)
     low.add(make_gemm, node, out, key=low.pos[node])
-    epi, final, labels = conv_epilogue(low, node)
+    epi, final, labels = low.epilogue(node)
     name = low.kernel_name(node) + "_col2im"
     b32 = None if bias is None else bias.astype(np.float32)
     cols_shape = low.shapes[cols]

@@ -28,29 +28,62 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     g = geom.group
     sh, sw = geom.strides
     dh, dw = geom.dilations
-    pt, pl = geom.pad_begin
+    pt, pl, pb, pr = geom.pads
     oh, ow = geom.out_spatial
     p, k = oh * ow, ci * kh * kw
     # a 1x1, stride-1, unpadded conv reads its columns straight from the input rows
     pointwise = geom.pointwise
     tile = tile or conv_tile(co // g, p, lanes)
-    pp = round_up(p, tile.nr)
+    nr = int(tile.nr)
+    pp = round_up(p, nr)
     b = Builder(name)
     X = b.input(x, (n, c, h * wd) if pointwise else (n, c, h, wd))
     khw = kh * kw
+    # the columns read a zero-padded copy of the input made once per call: no bounds test per
+    # column entry (4 compares and a select on every gather: what made the 3->16 stem conv 2x
+    # onnxruntime's time). A strided conv's copy is split into stride phases
+    # [.., sh, sw, H/sh, W/sw], so the lanes of a column (consecutive output x) read consecutive
+    # floats of one phase instead of a strided gather.
+    strided = sh > 1 or sw > 1
+    staged = not pointwise and (strided or any((pt, pl, pb, pr))) and (steps is None or "pad_input" in steps)
+    hp = max(h + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(wd + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
+    src = None
+    if staged and strided:
+        src = phase_planes(X, (n, c, h, wd), (hp, wp), (pt, pl), (sh, sw), (kh, kw))
+    elif staged:
+        src = zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
+    # a column tile that never crosses an output row (nr divides the row) has one row index and a
+    # run of x for its lanes: (j // nr, j % nr) split exactly by the tile, so no division per lane
+    whole_rows = ow % nr == 0
 
     def im2col(nn, gg, kk, j):
         if pointwise:
             v = X[nn, gg * ci + kk, tirx.min(j, p - 1)]
             return v if pp == p else tirx.Select(j < p, v, tirx.const(0.0, F32))
         cc, r = kk // khw, kk % khw
-        y = (j // ow) * sh - pt + (r // kw) * dh
-        xx = (j % ow) * sw - pl + (r % kw) * dw
-        inside = tirx.all(j < p, y >= 0, y < h, xx >= 0, xx < wd)
+        if whole_rows:  # j = jt * nr + ji (`column_gemm`): jt, ji come out whole
+            t = j // nr
+            oy, ox = t // (ow // nr), (t % (ow // nr)) * nr + j % nr
+        else:
+            jj = tirx.min(j, p - 1)  # the tile's padding columns read the last pixel's: dropped
+            oy, ox = jj // ow, jj % ow
+        ky, kx = (r // kw) * dh, (r % kw) * dw
+        if src is not None and strided:
+            return src[nn, gg * ci + cc, ky % sh, kx % sw, oy + ky // sh, ox + kx // sw]
+        y, xx = oy * sh + ky, ox * sw + kx
+        if src is not None:
+            return src[nn, gg * ci + cc, y, xx]
+        if not any((pt, pl, pb, pr)):  # unpadded: every window is inside the input
+            return X[nn, gg * ci + cc, y, xx]
+        y, xx = y - pt, xx - pl
+        inside = tirx.all(y >= 0, y < h, xx >= 0, xx < wd)
         return tirx.if_then_else(inside, X[nn, gg * ci + cc, y, xx], tirx.const(0.0, F32))
 
-    return column_gemm(name, b, im2col, w.reshape(g, co // g, k), bias, out_shape=(n, co, oh, ow),
-                       out_value=out_value, epilogue=epilogue, lanes=lanes, tile=tile, steps=steps)
+    kd = column_gemm(name, b, im2col, w.reshape(g, co // g, k), bias, out_shape=(n, co, oh, ow),
+                     out_value=out_value, epilogue=epilogue, lanes=lanes, tile=tile, steps=steps,
+                     pad="pad" if src is not None else None)
+    return kd
 
 
 def direct_tile(cog: int, ow: int, lanes: int) -> S.GemmTile:
@@ -75,17 +108,26 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     direct kernel is taken when it wastes no more, so it also saves the im2col gathers. A strided
     conv takes it unless it wastes a third more: there the GEMM's columns are strided gathers,
     and it ran 2-3x slower than the direct kernel on the detector's stride-2 convs. Not for a 1x1
-    stride-1 unpadded conv (a plain GEMM over the input rows), and not for a short reduction
+    stride-1 unpadded conv (a plain GEMM over the input rows) unless the GEMM pads a small image's
+    pixels by a tenth or more, and not for a short reduction
     (K < 8 vectors): the direct tile leaves through a transposing scalar write of its mr x nr
     values, which only a long K hides."""
     co, ci, kh, kw = (int(d) for d in w_shape)
     cog = co // geom.group
-    if geom.pointwise or ci * kh * kw < 8 * lanes:
+    if ci * kh * kw < 8 * lanes:
         return False
     oh, ow = geom.out_spatial
     dt, gt = direct_tile(cog, ow, lanes), conv_tile(cog, oh * ow, lanes)
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
+    if geom.pointwise:
+        if geom.group > 1:  # measured on plain 1x1 convs only (shufflenet's grouped ones ran slower)
+            return False
+        # the plain GEMM unless its pixel tiles pad a small image by a tenth or more (7x7: 49 of
+        # 64 columns, 14x14: 196 of 224), where the direct tile (a row's pixels) wastes nothing:
+        # one thread, against onnxruntime's Conv, 2048->512 at 7x7 1.18x -> 1.02x, 512->128 at
+        # 14x14 1.02x -> 0.91x; at 28x28 and up the GEMM stays ahead
+        return 0.9 * direct >= gemm
     strided = max(geom.strides) > 1
     return direct >= (0.75 * gemm if strided else gemm)
 
@@ -105,6 +147,25 @@ def zero_padded(X, x_shape, padded_hw, top: int, left: int):
     return te.compute((n, c, hp, wp), lambda nn, cc, y, xx: tirx.if_then_else(
         tirx.all(y >= top, y < top + h, xx >= left, xx < left + wd), X[nn, cc, y - top, xx - left],
         tirx.const(0.0, F32)), name="pad")
+
+
+def phase_planes(X, x_shape, padded_hw, pads_begin, strides, kernel):
+    """The zero-padded plane of `zero_padded` split into stride phases: [n, c, sh, sw, Hp/sh, Wp/sw]
+    with P[.., py, px, y, x] = padded[.., y*sh + py, x*sw + px], so a strided window read at output
+    x, x+1, ... is a contiguous run of one phase. A 1-tap kernel dim reads phase 0 only: a strided
+    1x1 conv's copy is the subsampled input alone."""
+    n, c, h, wd = x_shape
+    hp, wp = padded_hw
+    top, left = pads_begin
+    sh, sw = strides
+    hq, wq = -(-hp // sh), -(-wp // sw)
+    ph, pw = (1 if kernel[0] == 1 else sh), (1 if kernel[1] == 1 else sw)
+
+    def at(nn, cc, py, px, y, xx):
+        iy, ix = y * sh + py - top, xx * sw + px - left
+        return tirx.if_then_else(tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd), X[nn, cc, iy, ix],
+                                 tirx.const(0.0, F32))
+    return te.compute((n, c, ph, pw, hq, wq), at, name="pad")
 
 
 def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeometry, *, out_value: str,
@@ -140,7 +201,9 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     pre, rest = unary_prefix(epilogue)
     apply = bind_epilogue(rest, b, (n, co, oh, ow))
 
-    pad = zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
+    # nothing to pad (a 1x1 conv whose pixel tiles fill the row): read the input itself, not a copy
+    unpadded = (pt, pl, hp, wp) == (0, 0, h, wd)
+    pad = X if unpadded else zero_padded(X, (n, c, h, wd), (hp, wp), pt, pl)
     rc = te.reduce_axis((0, ci), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
@@ -170,13 +233,14 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     Y = te.compute((n, g, cog, oh, ow), out, name="epilogue")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    S.schedule_direct_conv(sch, "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
+    S.schedule_direct_conv(sch, None if unpadded else "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
                            parallel=S.worth_parallel(n * co * oh * ow * ci * kh * kw),
                            act="act" if pre.ops else None)
     params = b.params
     if packing:
         params[w_index].shape = params[w_index].array.shape
-    return KernelDef(name, params, sch.mod["main"], steps=direct_step_names(steps))
+    names = direct_step_names(steps)
+    return KernelDef(name, params, sch.mod["main"], steps=[n for n in names if n != "pad_input"] if unpadded else names)
 
 
 def unary_prefix(epilogue: Epilogue) -> tuple[Epilogue, Epilogue]:

@@ -17,7 +17,7 @@ UNARY = {
     "Relu": lambda x, a: tirx.max(x, tirx.const(0.0, F32)),
     "LeakyRelu": lambda x, a: tirx.Select(x >= 0, x, x * tirx.const(a.get("alpha", 0.01), F32)),
     "Sigmoid": lambda x, a: fast_sigmoid(x),  # tirx.sigmoid's exp is a scalar libm call per lane
-    "Silu": lambda x, a: fast_silu(x),  # x * Sigmoid(x) fused by the emitters (conv.silu_pairs)
+    "Silu": lambda x, a: fast_silu(x),  # x * Sigmoid(x) (fusion.silu_pair)
     "Tanh": lambda x, a: tirx.tanh(x),
     "Exp": lambda x, a: tirx.exp(x),
     "Log": lambda x, a: tirx.log(x),

@@ -22,13 +22,15 @@ def conv_tile(co: int, p: int, lanes: int) -> S.GemmTile:
 
 
 def column_gemm(name: str, b: Builder, columns, w: np.ndarray, bias, *, out_shape, out_value: str,
-                epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None, steps=None) -> KernelDef:
+                epilogue: Epilogue, lanes: int, tile: S.GemmTile | None = None, steps=None,
+                pad: str | None = None) -> KernelDef:
     """Y[n, g*CoG + co, p] = W[g, co, k] @ columns(n, g, k, p) (+ bias) then ``epilogue``, for
     convolutions lowered to a GEMM over columns made on the fly: ``columns(n, g, k, j)`` gives
     column entry (k, j) of image n, group g, for j up to P rounded to the tile (past P: any
     value read from valid memory). ``out_shape`` is NC + spatial, P the spatial size. The
     columns are packed [P/nr, K, nr] per column tile inside the GEMM; W is packed [CoG/mr, K, mr]
-    at build time. The caller has made ``b``'s input placeholders."""
+    at build time. The caller has made ``b``'s input placeholders; ``pad`` names a stage the
+    columns read (the zero-padded input), made once per call before the GEMM."""
     g, cog, k = (int(d) for d in w.shape)
     n, co = int(out_shape[0]), int(out_shape[1])
     spatial = tuple(int(d) for d in out_shape[2:])
@@ -43,10 +45,16 @@ def column_gemm(name: str, b: Builder, columns, w: np.ndarray, bias, *, out_shap
     B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
     apply = bind_epilogue(epilogue, b, (n, co) + spatial)
 
-    cols = te.compute((n, g, k, pp), columns, name="im2col")
+    nr = int(tile.nr)
+    # the columns are made in the packed layout [P/nr, K, nr] itself (not packed by a layout
+    # transform): ``columns`` sees j = jt*nr + ji with ji a lane of its own, so a caller that
+    # splits j by the tile (a conv whose rows are whole tiles) gets a per-tile scalar and a lane
+    # run, where a transformed j // W per lane would be a gather
+    cols = te.compute((n, g, pp // nr, k, nr), lambda nn, gg, jt, kk, ji: columns(nn, gg, kk, jt * nr + ji),
+                      name="im2col")
     r = te.reduce_axis((0, k), name="k")
-    acc = te.compute((n, g, cop, pp), lambda nn, gg, i, j: te.sum(W[gg, i, r] * cols[nn, gg, r, j], axis=r),
-                     name="acc")
+    acc = te.compute((n, g, cop, pp), lambda nn, gg, i, j: te.sum(W[gg, i, r] * cols[nn, gg, j // nr, r, j % nr],
+                                                                 axis=r), name="acc")
 
     def out(nn, gg, cc, j):
         v = acc[nn, gg, cc, j]
@@ -58,12 +66,13 @@ def column_gemm(name: str, b: Builder, columns, w: np.ndarray, bias, *, out_shap
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     S.schedule_gemm(sch, "acc", "epilogue", tile, producer="im2col", parallel=S.worth_parallel(n * co * p * k),
-                    packs=[("acc", ("read", 0), "rows", 1), ("im2col", ("write", 0), "cols", 2)],
-                    steps=steps)
+                    packs=[("acc", ("read", 0), "rows", 1)], steps=steps)
+    if pad is not None:
+        S.pad_input(sch, pad, lanes, parallel=S.worth_parallel(n * co * p * k))
     params = b.params
     if packing:  # the transform changed the parameter's shape to the packed one
         params[w_index].shape = params[w_index].array.shape
-    return KernelDef(name, params, sch.mod["main"], steps=gemm_step_names(steps))
+    return KernelDef(name, params, sch.mod["main"], steps=gemm_step_names(steps) + (["pad_input"] if pad else []))
 
 
 def dense_tile(m: int, nn: int, lanes: int) -> S.GemmTile:

@@ -255,7 +255,7 @@ def pack_direct_weights(sch, block, nr: int):
                          lambda g, i, c, y, x: (g, i // nr, c, y, x, i % nr))
 
 
-def schedule_direct_conv(sch, pad: str, acc: str, epilogue: str, tile: GemmTile, *, lanes: int,
+def schedule_direct_conv(sch, pad: str | None, acc: str, epilogue: str, tile: GemmTile, *, lanes: int,
                          parallel: bool = True, steps=None, act: str | None = None):
     """The direct conv's steps in order (``steps``: apply only these, for tests). ``act``: a
     block between the accumulator and the epilogue in the tile's channels-last layout (the
@@ -265,7 +265,9 @@ def schedule_direct_conv(sch, pad: str, acc: str, epilogue: str, tile: GemmTile,
     if act is not None and not (on("tile_for_cache") and on("write_cache")):
         sch.compute_inline(sch.get_sblock(act))
         act = None
-    if on("pad_input"):
+    if pad is None:  # the kernel reads its input unpadded
+        pass
+    elif on("pad_input"):
         pad_input(sch, pad, lanes, parallel=parallel)
     else:
         sch.compute_inline(sch.get_sblock(pad))
