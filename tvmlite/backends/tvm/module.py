@@ -63,7 +63,7 @@ def plan_of(low) -> tuple[dict, dict]:
                     if o not in low.shapes:
                         raise TvmliteError(f"host value {o!r} is read by a kernel but has no static shape")
                     buffers[o] = typed({"shape": list(low.shapes[o]), "kind": "host"}, o)
-            spec, arrays = host.segment_spec(entry, low, buffers, host_made, len(host_specs))
+            spec, arrays = host.segment_spec(entry, low, buffers, host_made, len(host_specs), plan_of)
             consts.update(arrays)
             calls.append({"host": len(host_specs), "nodes": [n.label for n in entry.nodes]})
             host_specs.append(spec)
@@ -136,7 +136,7 @@ def kernel_args(kd, feeds: dict) -> tuple[list, list]:
 def build_lowered(low, target):
     """One IRModule holding every kernel, compiled for ``target``."""
     tvm = import_tvm()
-    funcs = {kd.name: kd.func.with_attr("global_symbol", kd.name) for kd in low.kernels}
+    funcs = {kd.name: kd.func.with_attr("global_symbol", kd.name) for kd in low.kernels + low.body_kernels}
     mod = tvm.IRModule(funcs)
     return tvm.compile(mod, target=target)
 
@@ -248,7 +248,8 @@ class CompiledModel:
             return np.from_dlpack(store[name]).reshape(shape)
 
         self._env: dict = {}  # host values: non-float inputs and what host calls made
-        segments = [host.HostCall(spec, consts, plan.get("opsets", {}), host_view, self._env)
+        segments = [host.HostCall(spec, consts, plan.get("opsets", {}), host_view, self._env,
+                                  sub_model=lambda p: CompiledModel(lib, p, consts))  # control.py's bodies
                     for spec in plan.get("host", [])]
         self._calls = [(segments[c["host"]], []) if "host" in c else
                        (lib[c["func"]], [view(n, s) for n, s in c["args"]]) for c in plan["calls"]]

@@ -1,0 +1,229 @@
+"""Control flow with TVM-compiled bodies: a Loop whose body keeps its shapes from step to step, an
+If whose branches have static shapes.
+
+Build side (`loop_body`, `if_branches`, `body_spec`): each body becomes a model of its own (its
+inputs typed, the outer-scope values it reads as graph inputs, outer constants as initializers:
+loop_shapes.body_proto) and is lowered like a whole graph; lower.py keeps the node a host call
+(the host drives the steps) with the lowered bodies attached, their kernels go into the same LLVM
+module as the graph's (named ``c<index>_...``), and `body_spec` stores each body's run plan, with
+its constants renamed into the artifact's .npz, inside the node's host segment. A body that would
+itself need a host call is not compiled: the node runs through the NumPy plan, with the reason.
+
+Run side (`runner`): `LoopRunner` binds the outer values and the initial state once per run, then
+per step sets the step number, runs the body's kernels and copies each new state into the state
+input (NumPy views of the TVM buffers: no conversion), collecting the per-step outputs in place;
+`IfRunner` runs the branch the condition picks. Both check the shapes they are handed against the
+build (the body plan's `set_inputs`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tvmlite.backends.tvm.artifact_check import _check_schema
+from tvmlite.backends.tvm.loop_shapes import body_output_types, body_proto, loop_body_shapes
+from tvmlite.errors import InputError, TvmliteError
+
+ONNX = ("", "ai.onnx")
+
+
+@dataclass
+class Body:
+    """The compiled bodies of one control-flow node: ``lows`` (Lowered: the Loop's body, or the
+    If's then and else branches) and ``info`` (JSON-able: how the runner binds their values)."""
+    kind: str
+    lows: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+# -------------------------------------------------------------------------------------------- build
+def loop_body(m, node, shapes: dict):
+    """(standalone body proto, its input shapes, info) of a Loop whose body keeps its shapes, or
+    the reason it does not as a string."""
+    if any(n.subgraphs for n in node.attrs["body"].nodes):
+        return "nested control flow"
+    proto, types, why = loop_body_shapes(m, node, shapes)
+    if proto is None:
+        return why
+    body = node.attrs["body"]
+    cond_in, cond_out = body.inputs[1], body.outputs[0]
+    p = body.producer(cond_out)
+    c = body.const_value(cond_out)
+    # a condition passed through (or always true) is not an output of the compiled body: the
+    # runner keeps it; without a condition input the body's is ignored (the ONNX spec's reading)
+    fixed = (cond_out == cond_in or (p is not None and p.op_type == "Identity" and p.domain in ONNX
+                                     and p.inputs[0] == cond_in)
+             or (c is not None and c.size == 1 and bool(c.reshape(-1)[0])))
+    computed = not fixed and len(node.inputs) > 1 and bool(node.inputs[1])
+    if not computed:
+        keep = [o for o in proto.graph.output if o.name != cond_out]
+        del proto.graph.output[:]
+        proto.graph.output.extend(keep)
+    n_carried = len(node.inputs) - 2
+    in_shapes = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in proto.graph.input}
+    info = {"iter": body.inputs[0], "cond_in": cond_in, "cond_out": cond_out if computed else None,
+            "states": [[body.inputs[2 + k], body.outputs[1 + k]] for k in range(n_carried)],
+            "scans": [[o, list(types[o][1]), np.dtype(types[o][0]).name] for o in body.outputs[1 + n_carried:]],
+            "node_inputs": list(node.inputs), "node_outputs": list(node.outputs)}
+    return proto, in_shapes, info
+
+
+def if_branches(m, node, shapes: dict):
+    """[(branch proto, its input shapes)] for the then and else branches of an If whose branches
+    have static output shapes, or the reason they do not as a string."""
+    out = []
+    for key in ("then_branch", "else_branch"):
+        branch = node.attrs[key]
+        if any(n.subgraphs for n in branch.nodes):
+            return "nested control flow"
+        proto = body_proto(m, branch, shapes, {})
+        if proto is None:
+            return "a value a branch reads has no static shape"
+        types = body_output_types(proto)
+        if types is None or any(s is None or dt is None for dt, s in types.values()):
+            return f"{key} has outputs without a static shape"
+        in_shapes = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in proto.graph.input}
+        out.append((proto, in_shapes))
+    return out
+
+
+def name_kernels(low, prefix: str) -> None:
+    """Give a body's kernels names of their own in the shared LLVM module."""
+    for kd in low.kernels:
+        kd.name = f"{prefix}_{kd.name}"
+
+
+def body_spec(body: Body, index: int, plan_of) -> tuple[dict, dict]:
+    """The host segment's ``body`` entry (each body's run plan, constants renamed ``c<index>.b<k>.``)
+    and the constants it adds to the artifact. ``plan_of``: module.plan_of."""
+    plans, arrays = [], {}
+    for k, low in enumerate(body.lows):
+        plan, consts = plan_of(low)
+        if plan.get("host"):
+            raise TvmliteError(f"control-flow body {index} has host calls: it should not have been compiled")
+        rename = {n: f"c{index}.b{k}.{n}" for n in consts}
+        for c in plan["calls"]:
+            c["args"] = [[rename.get(n, n), s] for n, s in c["args"]]
+        for o in plan["outputs"]:
+            if o.get("const"):
+                o["buffer"] = rename[o["buffer"]]
+        arrays.update({rename[n]: a for n, a in consts.items()})
+        plans.append(plan)
+    return {"kind": body.kind, "info": body.info, "plans": plans, "consts": sorted(arrays)}, arrays
+
+
+# ---------------------------------------------------------------------------------------------- run
+def runner(spec: dict, sub_model, where: str):
+    """The runner of a stored ``body`` entry; ``sub_model(plan)``: a CompiledModel of a body plan
+    over the artifact's library and constants."""
+    try:
+        kind, info, plans = spec["kind"], spec["info"], spec["plans"]
+        if kind not in ("loop", "if") or not isinstance(plans, list) or len(plans) != (1 if kind == "loop" else 2):
+            raise TvmliteError(f"{where}: a compiled body of unknown kind {kind!r}")
+        for p in plans:
+            _check_schema(p, where)
+        models = []
+        for p in plans:
+            try:
+                models.append(sub_model(p))
+            except TvmliteError:
+                raise
+            except Exception as e:  # noqa: BLE001 - TVM's own errors: a kernel the library lacks, say
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise TvmliteError(f"{where}: its compiled body does not load: {msg}") from None
+        return LoopRunner(info, models[0]) if kind == "loop" else IfRunner(info, models)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise TvmliteError(f"{where}: its compiled body is malformed ({type(e).__name__}: {e})") from None
+
+
+def _reader(model, name: str):
+    """A function giving body output ``name`` as a NumPy array (a view of its buffer when it has one)."""
+    for t, o in model._outputs:
+        if o["name"] != name:
+            continue
+        if t is not None:
+            view = np.from_dlpack(t)
+            return lambda: view
+        if o.get("const"):
+            arr = np.asarray(model._host_consts[o["buffer"]])
+            return lambda: arr
+        return lambda: np.asarray(model._env[name])
+    raise TvmliteError(f"compiled body has no output {name!r}")
+
+
+class LoopRunner:
+    """A Loop over a compiled body: ``run(feeds)`` -> the node's outputs, by name."""
+
+    def __init__(self, info: dict, model):
+        self.m = model
+        self.info = info
+        tensors = dict(zip(model.input_names, model._inputs))
+        it = tensors.get(info["iter"])
+        self.iter_view = np.from_dlpack(it) if it is not None else None
+        self.states = []  # (state input view, reader of its new value)
+        for b_in, b_out in info["states"]:
+            if tensors.get(b_in) is None:
+                raise TvmliteError(f"loop state {b_in!r} has no buffer in the compiled body")
+            self.states.append((np.from_dlpack(tensors[b_in]), _reader(model, b_out)))
+        self.scans = [(_reader(model, name), tuple(shape), np.dtype(dt)) for name, shape, dt in info["scans"]]
+        self.cond = _reader(model, info["cond_out"]) if info["cond_out"] else None
+        # a new state that is another state's input buffer (states swapped each step) is copied
+        # out before any state input is written
+        outs = [r() for _, r in self.states]
+        self.snapshot = any(np.shares_memory(o, v) for o in outs for v, _ in self.states)
+
+    def run(self, feeds: dict) -> dict:
+        info = self.info
+        ins = info["node_inputs"] + ["", ""]
+        trips = int(np.asarray(feeds[ins[0]]).reshape(-1)[0]) if ins[0] else None
+        cond = bool(np.asarray(feeds[ins[1]]).reshape(-1)[0]) if ins[1] else True
+        body_feeds = {n: feeds[n] for n in self.m.input_names if n in feeds}
+        body_feeds[info["iter"]] = np.array(0, np.int64)
+        body_feeds[info["cond_in"]] = np.array(cond)
+        for (b_in, _), outer in zip(info["states"], info["node_inputs"][2:]):
+            body_feeds[b_in] = feeds[outer]
+        try:
+            self.m.set_inputs(body_feeds)  # the outer values and the first state: bound once
+        except InputError as e:
+            raise TvmliteError(f"Loop body: {e}") from None
+        steps = [np.empty((trips,) + s, dt) for _, s, dt in self.scans] if trips is not None and \
+            info["cond_out"] is None else None
+        grown = [[] for _ in self.scans]
+        i = 0
+        while (trips is None or i < trips) and cond:
+            if self.iter_view is not None:
+                self.iter_view[...] = i
+            self.m.execute()
+            for k, (read, _, _) in enumerate(self.scans):
+                if steps is not None:
+                    steps[k][i] = read()
+                else:
+                    grown[k].append(read().copy())
+            new = [np.array(r()) if self.snapshot else r() for _, r in self.states]
+            for (view, _), v in zip(self.states, new):
+                np.copyto(view, v)
+            if self.cond is not None:
+                cond = bool(self.cond().reshape(-1)[0])
+            i += 1
+        if steps is None:
+            steps = [np.stack(g) if g else np.empty((0,) + s, dt) for g, (_, s, dt) in zip(grown, self.scans)]
+        finals = [np.array(view) for view, _ in self.states]
+        return dict(zip(info["node_outputs"], finals + steps))
+
+
+class IfRunner:
+    """An If over two compiled branches: ``run(feeds)`` -> the node's outputs, by name."""
+
+    def __init__(self, info: dict, models: list):
+        self.info = info
+        self.models = models
+
+    def run(self, feeds: dict) -> dict:
+        cond = bool(np.asarray(feeds[self.info["cond"]]).reshape(-1)[0])
+        m = self.models[0 if cond else 1]
+        try:
+            outs = m.run({n: feeds[n] for n in m.input_names})
+        except InputError as e:
+            raise TvmliteError(f"If branch: {e}") from None
+        return dict(zip(self.info["node_outputs"], outs))
