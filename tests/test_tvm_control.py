@@ -126,7 +126,7 @@ def test_a_computed_condition_and_a_run_time_trip_count_are_honoured():
     # the trip count is a graph input: the body is static, the number of rows is not; zero steps too
     m = vi("m_trips", T.INT64, [])
     proto = _loop(_STEP, h.make_node("Identity", ["cond"], ["cond_out"]), trips="m_trips", extra_inputs=[m])
-    for n in (0, 1, 6):
+    for n in (0, 1, 6):  # zero steps: the state as given, rows of shape (0,) (onnxruntime's and NumPy's)
         _check(proto, {**_X, "m_trips": np.array(n, np.int64)})
 
 

@@ -210,7 +210,7 @@ def test_vad_without_if_leaves_only_the_loop_on_the_host():
     cm = compile_model(import_model(proto), shapes)
     # the Loop runs a constant number of steps and keeps its state's shape (loop_shapes.py), so what
     # reads its outputs (the new state's Unsqueeze/Concat, the decoder conv) has static shapes: kernels
-    assert cm.host_ops == ["Loop: control flow"], cm.host_ops
+    assert len(cm.host_ops) == 1 and cm.host_ops[0].startswith("Loop: control flow"), cm.host_ops
     _vad_matches_onnxruntime(proto, shapes, cm, [None])
 
 
@@ -221,7 +221,7 @@ def test_vad_with_if_runs_its_sample_rate_test_as_a_kernel():
     proto, shapes = vad()
     shapes = dict(shapes, sr=())
     cm = compile_model(import_model(proto), shapes)
-    reasons = {line.split(": ", 1)[1] for line in cm.host_ops}
+    reasons = {line.split(": ", 1)[1].split(" (")[0].split(",")[0] for line in cm.host_ops}
     assert reasons == {"control flow", "an input shape is not static"}, cm.host_ops
     assert not any(line.startswith("Equal") for line in cm.host_ops), cm.host_ops
     _vad_matches_onnxruntime(proto, shapes, cm, [16000, 8000])

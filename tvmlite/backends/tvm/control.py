@@ -207,7 +207,9 @@ class LoopRunner:
                 cond = bool(self.cond().reshape(-1)[0])
             i += 1
         if steps is None:
-            steps = [np.stack(g) if g else np.empty((0,) + s, dt) for g, (_, s, dt) in zip(grown, self.scans)]
+            steps = [np.stack(g) if g else None for g in grown]
+        if i == 0:  # no step ran: empty per-step outputs of shape (0,), as onnxruntime and the NumPy plan
+            steps = [np.empty((0,), dt) for _, _, dt in self.scans]
         finals = [np.array(view) for view, _ in self.states]
         return dict(zip(info["node_outputs"], finals + steps))
 

@@ -243,7 +243,7 @@ class Lowering:
                 lows.append(low)
         self.n_bodies += 1
         kind = "loop" if node.op_type == "Loop" else "if"
-        return f"control flow, body compiled to {n} TVM kernels", control.Body(kind, lows, info)
+        return f"control flow, body compiled to {n} TVM kernel{'s' if n != 1 else ''}", control.Body(kind, lows, info)
 
     def host(self, node: Node, reason: str, body: control.Body | None = None) -> None:
         """``node`` runs as a host call (its NumPy kernel) at its place in the run order."""
