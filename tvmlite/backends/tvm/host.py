@@ -188,6 +188,7 @@ class HostCall:
         if "body" in spec:  # a Loop/If with TVM-compiled bodies (control.py)
             if sub_model is None:
                 raise TvmliteError(f"host call {self.labels[0]!r} has compiled bodies and no library to run them")
+            segment_graph(spec, arrays)  # the node as stored must still parse: a damaged artifact fails at load
             self.body = control.runner(spec["body"], sub_model, f"host call {self.labels[0]!r}")
             self.plan = None
             self.const_feeds = {name: loaded(arrays[key]) for name, key in spec["consts"].items()}
