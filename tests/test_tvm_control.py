@@ -12,8 +12,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from real_graphs import vad
-from test_tvm_int import _vad_without_if
+from real_graphs import vad, vad_without_if
 from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
 
 require_tvm()
@@ -44,7 +43,7 @@ def _bodies(cm):
 
 # ------------------------------------------------------------------------------------------- VAD
 def test_vad_without_if_runs_its_lstm_loop_as_kernels(tmp_path):
-    proto, shapes = _vad_without_if()
+    proto, shapes = vad_without_if()
     cm = compile_model(import_model(proto), shapes)
     assert len(cm.host_ops) == 1 and cm.host_ops[0].startswith("Loop: " + COMPILED), cm.host_ops
     (body,) = _bodies(cm)
