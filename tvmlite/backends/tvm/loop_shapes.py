@@ -37,8 +37,15 @@ def add_loop_shapes(m: Model, shapes: dict) -> bool:
             g.values[name].type = tensor_type(dtype, shape)
             shapes[name] = shape
         found = True
-    if not found:
-        return False
+    if found:
+        propagate_shapes(m, shapes)
+    return found
+
+
+def propagate_shapes(m: Model, shapes: dict) -> None:
+    """Add to ``shapes`` the static shapes inference finds from the types recorded on values
+    (the Loop outputs'), which it keeps."""
+    g = m.graph
     for name, t in inferred_types(m).items():  # the recorded Loop types flow on to their readers
         v = g.values.get(name)
         s = type_shape(t)
@@ -47,7 +54,6 @@ def add_loop_shapes(m: Model, shapes: dict) -> bool:
         if v.elem_type is None and type_elem(t):
             v.type = t
         shapes[name] = tuple(int(d) for d in s)
-    return True
 
 
 def _trips(g, node) -> int | None:

@@ -26,13 +26,15 @@ import numpy as np
 from tvmlite.backends.tvm import control, fusion
 from tvmlite.backends.tvm.emitters import lookup
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: F401 - the lowering's vocabulary
-from tvmlite.backends.tvm.loop_shapes import add_loop_shapes
+from tvmlite.backends.tvm.loop_shapes import add_loop_shapes, propagate_shapes
 from tvmlite.backends.tvm.prepare import ONNX, prepare
+from tvmlite.backends.tvm.prepare import _fold_static_shapes as fold_static_shapes
 from tvmlite.errors import UnsupportedError
 from tvmlite.frontend.onnx_import import import_model
 from tvmlite.inputs import graph_inputs
 from tvmlite.ir.graph import Model, Node
 from tvmlite.ops.registry import canonical_domain, lookup as lookup_kernel
+from tvmlite.passes.cleanup import DeadCodeElimination, FoldConstants
 
 
 @dataclass
@@ -315,7 +317,16 @@ def _segments(g, entries: list, views: dict) -> list:
 def prepared_model(model: Model, input_shapes: dict) -> tuple[Model, dict]:
     """`prepare`, plus the static shapes of fixed-count Loops' outputs and what follows them."""
     prepared, shapes = prepare(model, input_shapes)
-    add_loop_shapes(prepared, shapes)
+    for _ in range(4):
+        if not add_loop_shapes(prepared, shapes):
+            break
+        # shapes known only now (after a Loop): fold the Shape/Size that read them and what they
+        # feed (a ConstantOfShape, a Range over a length), as prepare did before the Loop
+        if not fold_static_shapes(prepared, shapes):
+            break
+        FoldConstants(max_growth=float("inf"))(prepared)
+        DeadCodeElimination()(prepared)
+        propagate_shapes(prepared, shapes)
     return prepared, shapes
 
 
