@@ -207,3 +207,34 @@ def test_a_saved_loop_runs_without_the_model_and_a_corrupt_body_plan_is_refused(
         with pytest.raises(ArtifactError) as e:
             load_module(path).run(_X)
         assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------- Scan
+def _scan(in_axis=0, in_dir=0, out_axis=0, out_dir=0):
+    """Scan over xs [5, 2, 4] (its scan axis ``in_axis``): state s [2, 4] <- tanh(s * 0.5 + x_t),
+    per-step output s + x_t, then a Neg of each output."""
+    body = h.make_graph([h.make_node("Mul", ["s_in", "half"], ["m"]), h.make_node("Add", ["m", "x_t"], ["a"]),
+                         h.make_node("Tanh", ["a"], ["s_out"]), h.make_node("Add", ["s_out", "x_t"], ["y_t"])],
+                        "body", [vi("s_in", T.FLOAT, None), vi("x_t", T.FLOAT, None)],
+                        [vi("s_out", T.FLOAT, None), vi("y_t", T.FLOAT, None)],
+                        [nh.from_array(np.array(0.5, np.float32), "half")])
+    nodes = [h.make_node("Scan", ["s0", "xs"], ["s", "ys"], body=body, num_scan_inputs=1, scan_input_axes=[in_axis],
+                         scan_input_directions=[in_dir], scan_output_axes=[out_axis], scan_output_directions=[out_dir]),
+             h.make_node("Neg", ["s"], ["ns"]), h.make_node("Neg", ["ys"], ["nys"])]
+    xs_shape = [2, 4]
+    xs_shape.insert(in_axis, 5)
+    g = h.make_graph(nodes, "scan", [vi("s0", T.FLOAT, [2, 4]), vi("xs", T.FLOAT, xs_shape)],
+                     [vi("ns", T.FLOAT, ["a", "b"]), vi("nys", T.FLOAT, ["c", "d", "e"])])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8), xs_shape
+
+
+@pytest.mark.parametrize("axes", [(0, 0, 0, 0), (1, 1, 2, 1), (2, 0, 1, 1)])
+def test_a_scan_runs_its_body_as_kernels(axes):
+    proto, xs_shape = _scan(*axes)
+    rng = np.random.default_rng(2)
+    feeds = {"s0": rng.standard_normal((2, 4)).astype(np.float32),
+             "xs": rng.standard_normal(xs_shape).astype(np.float32)}
+    cm = compile_model(import_model(proto), {k: v.shape for k, v in feeds.items()})
+    assert cm.host_ops[0].startswith("Scan: " + COMPILED), cm.host_ops
+    assert [b["kind"] for b in _bodies(cm)] == ["scan"]
+    _close(cm.run(feeds), _ort(proto, feeds))

@@ -69,6 +69,46 @@ def loop_body(m, node, shapes: dict):
     return proto, in_shapes, info
 
 
+def scan_body(m, node, shapes: dict):
+    """(standalone body proto, its input shapes, info) of a Scan (opset 9 on) whose body keeps its
+    state's shapes, or the reason it does not as a string."""
+    body = node.attrs["body"]
+    if any(n.subgraphs for n in body.nodes):
+        return "nested control flow"
+    g = m.graph
+    n_scan = int(node.attrs["num_scan_inputs"])
+    n_state = len(node.inputs) - n_scan
+    if not all(n and n in shapes and g.values[n].dtype is not None for n in node.inputs):
+        return "an input has no static shape"
+    ranks = [len(shapes[n]) for n in node.inputs[n_state:]]
+    in_axes = [a % r for a, r in zip(node.attrs.get("scan_input_axes") or [0] * n_scan, ranks)]
+    in_dirs = node.attrs.get("scan_input_directions") or [0] * n_scan
+    inputs = {b: (g.values[o].dtype, shapes[o]) for b, o in zip(body.inputs[:n_state], node.inputs[:n_state])}
+    for b, o, ax in zip(body.inputs[n_state:], node.inputs[n_state:], in_axes):
+        inputs[b] = (g.values[o].dtype, shapes[o][:ax] + shapes[o][ax + 1:])
+    proto = body_proto(m, body, shapes, inputs)
+    types = body_output_types(proto) if proto is not None else None
+    if types is None:
+        return "the body's shapes cannot be inferred"
+    for k, name in enumerate(body.outputs):
+        dt, s = types.get(name, (None, None))
+        if s is None or dt is None:
+            return f"body output {name!r} has no static shape"
+        if k < n_state and s != tuple(shapes[node.inputs[k]]):
+            return f"scan state {node.inputs[k]!r} changes shape from step to step"
+    n_out = len(body.outputs) - n_state
+    out_axes = node.attrs.get("scan_output_axes") or [0] * n_out
+    out_dirs = node.attrs.get("scan_output_directions") or [0] * n_out
+    in_shapes = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in proto.graph.input}
+    info = {"states": [[body.inputs[k], body.outputs[k]] for k in range(n_state)],
+            "slices": [[b, o, int(ax), int(d)] for b, o, ax, d in
+                       zip(body.inputs[n_state:], node.inputs[n_state:], in_axes, in_dirs)],
+            "scans": [[o, list(types[o][1]), np.dtype(types[o][0]).name, int(ax), int(d)]
+                      for o, ax, d in zip(body.outputs[n_state:], out_axes, out_dirs)],
+            "node_inputs": list(node.inputs), "node_outputs": list(node.outputs)}
+    return proto, in_shapes, info
+
+
 def if_branches(m, node, shapes: dict):
     """[(branch proto, its input shapes)] for the then and else branches of an If whose branches
     have static output shapes, or the reason they do not as a string."""
@@ -119,7 +159,7 @@ def runner(spec: dict, sub_model, where: str):
     over the artifact's library and constants."""
     try:
         kind, info, plans = spec["kind"], spec["info"], spec["plans"]
-        if kind not in ("loop", "if") or not isinstance(plans, list) or len(plans) != (1 if kind == "loop" else 2):
+        if kind not in ("loop", "scan", "if") or not isinstance(plans, list) or len(plans) != (2 if kind == "if" else 1):
             raise TvmliteError(f"{where}: a compiled body of unknown kind {kind!r}")
         for p in plans:
             _check_schema(p, where)
@@ -132,7 +172,8 @@ def runner(spec: dict, sub_model, where: str):
             except Exception as e:  # noqa: BLE001 - TVM's own errors: a kernel the library lacks, say
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise TvmliteError(f"{where}: its compiled body does not load: {msg}") from None
-        return LoopRunner(info, models[0]) if kind == "loop" else IfRunner(info, models)
+        return {"loop": LoopRunner, "scan": ScanRunner}[kind](info, models[0]) if kind != "if" else \
+            IfRunner(info, models)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise TvmliteError(f"{where}: its compiled body is malformed ({type(e).__name__}: {e})") from None
 
@@ -212,6 +253,60 @@ class LoopRunner:
             steps = [np.empty((0,), dt) for _, _, dt in self.scans]
         finals = [np.array(view) for view, _ in self.states]
         return dict(zip(info["node_outputs"], finals + steps))
+
+
+class ScanRunner:
+    """A Scan over a compiled body: ``run(feeds)`` -> the node's outputs, by name. Each step's
+    slices are copied into the body's slice inputs (the scan input moved to the front once)."""
+
+    def __init__(self, info: dict, model):
+        self.m = model
+        self.info = info
+        tensors = dict(zip(model.input_names, model._inputs))
+        missing = [b for b, _ in info["states"] if tensors.get(b) is None]
+        if missing:
+            raise TvmliteError(f"scan state {missing[0]!r} has no buffer in the compiled body")
+        self.states = [(np.from_dlpack(tensors[b_in]), _reader(model, b_out)) for b_in, b_out in info["states"]]
+        # a slice no kernel reads has no buffer: nothing to copy each step
+        self.slices = [(np.from_dlpack(tensors[b]) if tensors.get(b) is not None else None, o, ax, d)
+                       for b, o, ax, d in info["slices"]]
+        self.scans = [(_reader(model, name), tuple(shape), np.dtype(dt), ax, d)
+                      for name, shape, dt, ax, d in info["scans"]]
+        outs = [r() for _, r in self.states]
+        self.snapshot = any(np.shares_memory(o, v) for o in outs for v, _ in self.states)
+
+    def run(self, feeds: dict) -> dict:
+        info = self.info
+        xs = []
+        for _, outer, ax, d in self.slices:
+            x = np.moveaxis(np.asarray(feeds[outer]), ax, 0)
+            xs.append(x[::-1] if d else x)
+        length = xs[0].shape[0] if xs else 0
+        body_feeds = {b: feeds[o] for (b, _), o in zip(info["states"], info["node_inputs"])}
+        body_feeds.update({b: x[0] if length else np.zeros(x.shape[1:], x.dtype)
+                           for (b, _, _, _), x in zip(info["slices"], xs)})
+        try:
+            self.m.set_inputs(body_feeds)
+        except InputError as e:
+            raise TvmliteError(f"Scan body: {e}") from None
+        steps = [np.empty((length,) + s, dt) for _, s, dt, _, _ in self.scans]
+        for t in range(length):
+            if t:
+                for (view, _, _, _), x in zip(self.slices, xs):
+                    if view is not None:
+                        np.copyto(view, x[t])
+            self.m.execute()
+            for (read, _, _, _, _), y in zip(self.scans, steps):
+                y[t] = read()
+            new = [np.array(r()) if self.snapshot else r() for _, r in self.states]
+            for (view, _), v in zip(self.states, new):
+                np.copyto(view, v)
+        finals = [np.array(view) for view, _ in self.states]
+        outs = []
+        for (_, _, _, ax, d), y in zip(self.scans, steps):
+            y = y[::-1] if d else y
+            outs.append(np.ascontiguousarray(np.moveaxis(y, 0, ax % y.ndim)))
+        return dict(zip(info["node_outputs"], finals + outs))
 
 
 class IfRunner:

@@ -219,6 +219,9 @@ class Lowering:
         if node.op_type == "Loop":
             got = control.loop_body(self.m, node, self.shapes)
             parts, info = (None, got) if isinstance(got, str) else ([got[:2]], got[2])
+        elif node.op_type == "Scan" and self.opset >= 9:  # opset 8's Scan has a batch axis
+            got = control.scan_body(self.m, node, self.shapes)
+            parts, info = (None, got) if isinstance(got, str) else ([got[:2]], got[2])
         elif node.op_type == "If":
             got = control.if_branches(self.m, node, self.shapes)
             parts, info = (None, got) if isinstance(got, str) else (got, {
@@ -244,7 +247,7 @@ class Lowering:
                 self.body_kernels += low.kernels
                 lows.append(low)
         self.n_bodies += 1
-        kind = "loop" if node.op_type == "Loop" else "if"
+        kind = node.op_type.lower()
         return f"control flow, body compiled to {n} TVM kernel{'s' if n != 1 else ''}", control.Body(kind, lows, info)
 
     def host(self, node: Node, reason: str, body: control.Body | None = None) -> None:
