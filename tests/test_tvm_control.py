@@ -137,6 +137,33 @@ def test_states_that_swap_every_step_are_read_before_either_is_written():
                  inits={"trips": np.int64(3)}), feeds)
 
 
+@pytest.mark.parametrize("int_state", ["counted", "passed through"])
+def test_a_condition_the_body_reads_and_an_int_state(int_state):
+    """cond_out = cond and i < 3 (the body reads the condition the step before computed); an int64
+    state counted by a kernel; passed through unchanged, no kernel reads it, so the body plan has
+    no buffer to return it from: not compiled, saying why."""
+    vi_ = vi
+    body = h.make_graph([h.make_node("Mul", ["s_in", "half"], ["s_out"]), h.make_node("Neg", ["s_out"], ["scan0"]),
+                         h.make_node("Identity", ["k_in"], ["k_out"]) if int_state == "passed through" else
+                         h.make_node("Add", ["k_in", "three"], ["k_out"]), h.make_node("Less", ["i", "three"], ["lt"]),
+                         h.make_node("And", ["cond", "lt"], ["cond_out"])], "body",
+                        [vi_("i", T.INT64, []), vi_("cond", T.BOOL, []), vi_("s_in", T.FLOAT, None), vi_("k_in", T.INT64, None)],
+                        [vi_("cond_out", T.BOOL, []), vi_("s_out", T.FLOAT, None), vi_("k_out", T.INT64, None),
+                         vi_("scan0", T.FLOAT, None)],
+                        [nh.from_array(np.array(0.5, np.float32), "half"), nh.from_array(np.array(3, np.int64), "three")])
+    g = h.make_graph([h.make_node("Loop", ["trips", "go", "x", "k"], ["s", "kk", "ys"], body=body)], "loop",
+                     [vi_("x", T.FLOAT, [1, 4]), vi_("k", T.INT64, [2]), vi_("go", T.BOOL, [])],
+                     [vi_("s", T.FLOAT, [1, 4]), vi_("kk", T.INT64, [2]), vi_("ys", T.FLOAT, ["n", 1, 4])],
+                     [nh.from_array(np.array(6, np.int64), "trips")])
+    proto = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    for go in (True, False):
+        if int_state == "counted":
+            _check(proto, {**_X, "k": np.array([7, -2], np.int64), "go": np.array(go)})
+        else:
+            _check(proto, {**_X, "k": np.array([7, -2], np.int64), "go": np.array(go)}, compiled=False,
+                   reason="body output 'k_out' passes the non-float input 'k_in' through")
+
+
 def test_a_body_reading_outer_values_and_the_step_number():
     # outer float value w (a graph input, bound once per run) and the step number as a float
     nodes = [h.make_node("Cast", ["i"], ["fi"], to=T.FLOAT), h.make_node("Mul", ["w", "fi"], ["wi"]),
@@ -211,19 +238,18 @@ def test_a_saved_loop_runs_without_the_model_and_a_corrupt_body_plan_is_refused(
 
 # ------------------------------------------------------------------------------------------- Scan
 def _scan(in_axis=0, in_dir=0, out_axis=0, out_dir=0):
-    """Scan over xs [5, 2, 4] (its scan axis ``in_axis``): state s [2, 4] <- tanh(s * 0.5 + x_t),
-    per-step output s + x_t, then a Neg of each output."""
-    body = h.make_graph([h.make_node("Mul", ["s_in", "half"], ["m"]), h.make_node("Add", ["m", "x_t"], ["a"]),
+    """Scan over xs [5, 2, 4] (its scan axis ``in_axis``): state s [2, 4] <- tanh(s * w + x_t), w
+    an outer graph input, per-step output s + x_t, then a Neg of each output."""
+    body = h.make_graph([h.make_node("Mul", ["s_in", "w"], ["m"]), h.make_node("Add", ["m", "x_t"], ["a"]),
                          h.make_node("Tanh", ["a"], ["s_out"]), h.make_node("Add", ["s_out", "x_t"], ["y_t"])],
                         "body", [vi("s_in", T.FLOAT, None), vi("x_t", T.FLOAT, None)],
-                        [vi("s_out", T.FLOAT, None), vi("y_t", T.FLOAT, None)],
-                        [nh.from_array(np.array(0.5, np.float32), "half")])
+                        [vi("s_out", T.FLOAT, None), vi("y_t", T.FLOAT, None)])
     nodes = [h.make_node("Scan", ["s0", "xs"], ["s", "ys"], body=body, num_scan_inputs=1, scan_input_axes=[in_axis],
                          scan_input_directions=[in_dir], scan_output_axes=[out_axis], scan_output_directions=[out_dir]),
              h.make_node("Neg", ["s"], ["ns"]), h.make_node("Neg", ["ys"], ["nys"])]
     xs_shape = [2, 4]
     xs_shape.insert(in_axis, 5)
-    g = h.make_graph(nodes, "scan", [vi("s0", T.FLOAT, [2, 4]), vi("xs", T.FLOAT, xs_shape)],
+    g = h.make_graph(nodes, "scan", [vi("s0", T.FLOAT, [2, 4]), vi("xs", T.FLOAT, xs_shape), vi("w", T.FLOAT, [4])],
                      [vi("ns", T.FLOAT, ["a", "b"]), vi("nys", T.FLOAT, ["c", "d", "e"])])
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8), xs_shape
 
@@ -233,7 +259,7 @@ def test_a_scan_runs_its_body_as_kernels(axes):
     proto, xs_shape = _scan(*axes)
     rng = np.random.default_rng(2)
     feeds = {"s0": rng.standard_normal((2, 4)).astype(np.float32),
-             "xs": rng.standard_normal(xs_shape).astype(np.float32)}
+             "xs": rng.standard_normal(xs_shape).astype(np.float32), "w": rng.standard_normal(4).astype(np.float32)}
     cm = compile_model(import_model(proto), {k: v.shape for k, v in feeds.items()})
     assert cm.host_ops[0].startswith("Scan: " + COMPILED), cm.host_ops
     assert [b["kind"] for b in _bodies(cm)] == ["scan"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 
 from tvmlite.backends.tvm.artifact_check import _check_schema
 from tvmlite.backends.tvm.loop_shapes import body_output_types, body_proto, loop_body_shapes
@@ -60,6 +61,9 @@ def loop_body(m, node, shapes: dict):
         keep = [o for o in proto.graph.output if o.name != cond_out]
         del proto.graph.output[:]
         proto.graph.output.extend(keep)
+    why = _passes_through(body, proto, [o.name for o in proto.graph.output])
+    if why:
+        return why
     n_carried = len(node.inputs) - 2
     in_shapes = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in proto.graph.input}
     info = {"iter": body.inputs[0], "cond_in": cond_in, "cond_out": cond_out if computed else None,
@@ -67,6 +71,21 @@ def loop_body(m, node, shapes: dict):
             "scans": [[o, list(types[o][1]), np.dtype(types[o][0]).name] for o in body.outputs[1 + n_carried:]],
             "node_inputs": list(node.inputs), "node_outputs": list(node.outputs)}
     return proto, in_shapes, info
+
+
+def _passes_through(body, proto, outputs) -> str | None:
+    """The first of ``outputs`` that is (through Identity nodes) a non-float input of the body
+    ``proto``: with no kernel reading it, it has no buffer the run plan could return it from."""
+    kinds = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+    for name in outputs:
+        src = name
+        p = body.producer(src)
+        while p is not None and p.op_type == "Identity" and p.domain in ONNX:
+            src = p.inputs[0]
+            p = body.producer(src)
+        if kinds.get(src, onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT:
+            return f"body output {name!r} passes the non-float input {src!r} through"
+    return None
 
 
 def scan_body(m, node, shapes: dict):
@@ -96,6 +115,9 @@ def scan_body(m, node, shapes: dict):
             return f"body output {name!r} has no static shape"
         if k < n_state and s != tuple(shapes[node.inputs[k]]):
             return f"scan state {node.inputs[k]!r} changes shape from step to step"
+    why = _passes_through(body, proto, body.outputs)
+    if why:
+        return why
     n_out = len(body.outputs) - n_state
     out_axes = node.attrs.get("scan_output_axes") or [0] * n_out
     out_dirs = node.attrs.get("scan_output_directions") or [0] * n_out
@@ -123,6 +145,9 @@ def if_branches(m, node, shapes: dict):
         types = body_output_types(proto)
         if types is None or any(s is None or dt is None for dt, s in types.values()):
             return f"{key} has outputs without a static shape"
+        why = _passes_through(branch, proto, branch.outputs)
+        if why:
+            return why
         in_shapes = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in proto.graph.input}
         out.append((proto, in_shapes))
     return out
@@ -179,18 +204,48 @@ def runner(spec: dict, sub_model, where: str):
 
 
 def _reader(model, name: str):
-    """A function giving body output ``name`` as a NumPy array (a view of its buffer when it has one)."""
+    """(function giving body output ``name`` as a NumPy array, the view of its buffer or None)."""
     for t, o in model._outputs:
         if o["name"] != name:
             continue
         if t is not None:
             view = np.from_dlpack(t)
-            return lambda: view
+            return (lambda: view), view
         if o.get("const"):
             arr = np.asarray(model._host_consts[o["buffer"]])
-            return lambda: arr
-        return lambda: np.asarray(model._env[name])
+            return (lambda: arr), None
+        return (lambda: np.asarray(model._env[name])), None  # an input passed through
     raise TvmliteError(f"compiled body has no output {name!r}")
+
+
+class _States:
+    """The values a body hands to its next step (state, or a computed condition): per pair the
+    input's buffer view (None: no kernel reads it, the body plan keeps it among its host values)
+    and the output's reader."""
+
+    def __init__(self, model, pairs):
+        self.m = model
+        tensors = dict(zip(model.input_names, model._inputs))
+        self.slots = []
+        for b_in, b_out in pairs:
+            t = tensors.get(b_in)
+            read, out_view = _reader(model, b_out)
+            self.slots.append((b_in, np.from_dlpack(t) if t is not None else None, read, out_view))
+        # a new state in another state's input buffer (states swapped each step) is copied out
+        # before any input is written
+        ins = [v for _, v, _, _ in self.slots if v is not None]
+        self.snapshot = any(np.shares_memory(o, v) for _, _, _, o in self.slots if o is not None for v in ins)
+
+    def step(self) -> None:
+        new = [np.array(r()) if self.snapshot or v is None else r() for _, v, r, _ in self.slots]
+        for (name, view, _, _), value in zip(self.slots, new):
+            if view is None:
+                self.m._env[name] = value
+            else:
+                np.copyto(view, value)
+
+    def values(self) -> list:
+        return [np.array(v) if v is not None else np.array(self.m._env[name]) for name, v, _, _ in self.slots]
 
 
 class LoopRunner:
@@ -199,20 +254,15 @@ class LoopRunner:
     def __init__(self, info: dict, model):
         self.m = model
         self.info = info
-        tensors = dict(zip(model.input_names, model._inputs))
-        it = tensors.get(info["iter"])
+        it = dict(zip(model.input_names, model._inputs)).get(info["iter"])
         self.iter_view = np.from_dlpack(it) if it is not None else None
-        self.states = []  # (state input view, reader of its new value)
-        for b_in, b_out in info["states"]:
-            if tensors.get(b_in) is None:
-                raise TvmliteError(f"loop state {b_in!r} has no buffer in the compiled body")
-            self.states.append((np.from_dlpack(tensors[b_in]), _reader(model, b_out)))
-        self.scans = [(_reader(model, name), tuple(shape), np.dtype(dt)) for name, shape, dt in info["scans"]]
-        self.cond = _reader(model, info["cond_out"]) if info["cond_out"] else None
-        # a new state that is another state's input buffer (states swapped each step) is copied
-        # out before any state input is written
-        outs = [r() for _, r in self.states]
-        self.snapshot = any(np.shares_memory(o, v) for o in outs for v, _ in self.states)
+        pairs = [tuple(p) for p in info["states"]]
+        if info["cond_out"]:  # the next step reads the condition this one computed
+            pairs.append((info["cond_in"], info["cond_out"]))
+        self.states = _States(model, pairs)
+        self.n_states = len(info["states"])
+        self.scans = [(_reader(model, name)[0], tuple(shape), np.dtype(dt)) for name, shape, dt in info["scans"]]
+        self.cond = _reader(model, info["cond_out"])[0] if info["cond_out"] else None
 
     def run(self, feeds: dict) -> dict:
         info = self.info
@@ -235,23 +285,23 @@ class LoopRunner:
         while (trips is None or i < trips) and cond:
             if self.iter_view is not None:
                 self.iter_view[...] = i
+            else:
+                self.m._env[info["iter"]] = np.array(i, np.int64)
             self.m.execute()
             for k, (read, _, _) in enumerate(self.scans):
                 if steps is not None:
                     steps[k][i] = read()
                 else:
                     grown[k].append(read().copy())
-            new = [np.array(r()) if self.snapshot else r() for _, r in self.states]
-            for (view, _), v in zip(self.states, new):
-                np.copyto(view, v)
             if self.cond is not None:
                 cond = bool(self.cond().reshape(-1)[0])
+            self.states.step()
             i += 1
         if steps is None:
             steps = [np.stack(g) if g else None for g in grown]
         if i == 0:  # no step ran: empty per-step outputs of shape (0,), as onnxruntime and the NumPy plan
             steps = [np.empty((0,), dt) for _, _, dt in self.scans]
-        finals = [np.array(view) for view, _ in self.states]
+        finals = self.states.values()[:self.n_states]
         return dict(zip(info["node_outputs"], finals + steps))
 
 
@@ -263,26 +313,22 @@ class ScanRunner:
         self.m = model
         self.info = info
         tensors = dict(zip(model.input_names, model._inputs))
-        missing = [b for b, _ in info["states"] if tensors.get(b) is None]
-        if missing:
-            raise TvmliteError(f"scan state {missing[0]!r} has no buffer in the compiled body")
-        self.states = [(np.from_dlpack(tensors[b_in]), _reader(model, b_out)) for b_in, b_out in info["states"]]
+        self.states = _States(model, [tuple(p) for p in info["states"]])
         # a slice no kernel reads has no buffer: nothing to copy each step
-        self.slices = [(np.from_dlpack(tensors[b]) if tensors.get(b) is not None else None, o, ax, d)
+        self.slices = [(np.from_dlpack(tensors[b]) if tensors.get(b) is not None else None, b, o, ax, d)
                        for b, o, ax, d in info["slices"]]
-        self.scans = [(_reader(model, name), tuple(shape), np.dtype(dt), ax, d)
+        self.scans = [(_reader(model, name)[0], tuple(shape), np.dtype(dt), ax, d)
                       for name, shape, dt, ax, d in info["scans"]]
-        outs = [r() for _, r in self.states]
-        self.snapshot = any(np.shares_memory(o, v) for o in outs for v, _ in self.states)
 
     def run(self, feeds: dict) -> dict:
         info = self.info
         xs = []
-        for _, outer, ax, d in self.slices:
+        for _, _, outer, ax, d in self.slices:
             x = np.moveaxis(np.asarray(feeds[outer]), ax, 0)
             xs.append(x[::-1] if d else x)
         length = xs[0].shape[0] if xs else 0
-        body_feeds = {b: feeds[o] for (b, _), o in zip(info["states"], info["node_inputs"])}
+        body_feeds = {n: feeds[n] for n in self.m.input_names if n in feeds}  # outer values: bound once
+        body_feeds.update({b: feeds[o] for (b, _), o in zip(info["states"], info["node_inputs"])})
         body_feeds.update({b: x[0] if length else np.zeros(x.shape[1:], x.dtype)
                            for (b, _, _, _), x in zip(info["slices"], xs)})
         try:
@@ -292,16 +338,16 @@ class ScanRunner:
         steps = [np.empty((length,) + s, dt) for _, s, dt, _, _ in self.scans]
         for t in range(length):
             if t:
-                for (view, _, _, _), x in zip(self.slices, xs):
+                for (view, name, _, _, _), x in zip(self.slices, xs):
                     if view is not None:
                         np.copyto(view, x[t])
+                    else:
+                        self.m._env[name] = x[t]
             self.m.execute()
             for (read, _, _, _, _), y in zip(self.scans, steps):
                 y[t] = read()
-            new = [np.array(r()) if self.snapshot else r() for _, r in self.states]
-            for (view, _), v in zip(self.states, new):
-                np.copyto(view, v)
-        finals = [np.array(view) for view, _ in self.states]
+            self.states.step()
+        finals = self.states.values()
         outs = []
         for (_, _, _, ax, d), y in zip(self.scans, steps):
             y = y[::-1] if d else y
