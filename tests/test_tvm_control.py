@@ -19,7 +19,7 @@ require_tvm()
 
 from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
 from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
-from tvmlite.errors import UnsupportedError  # noqa: E402
+from tvmlite.errors import TvmliteError, UnsupportedError  # noqa: E402
 from tvmlite.frontend.onnx_import import import_model  # noqa: E402
 
 COMPILED = "control flow, body compiled to"
@@ -60,14 +60,16 @@ def test_vad_without_if_runs_its_lstm_loop_as_kernels(tmp_path):
 
 def test_vad_with_if_compiles_both_branches_and_picks_at_run_time():
     """The branches make 31 and 63 frames: each is static, so each is compiled; what follows the
-    If has no static shape, so the Loop after it stays on the NumPy plan, saying why."""
+    If has no static shape and stays on the host, but the Loop's body reads the frames only one
+    row per step (Gather by the step number), so it is compiled with the row as its input."""
     proto, shapes = vad()
     shapes = dict(shapes, sr=())
     cm = compile_model(import_model(proto), shapes)
     lines = cm.host_ops
     assert any(line.startswith("If: " + COMPILED) for line in lines), lines
-    assert "Loop: control flow (body not compiled: a value the body reads has no static shape)" in lines, lines
-    assert [b["kind"] for b in _bodies(cm)] == ["if"]
+    assert any(line.startswith("Loop: " + COMPILED) for line in lines), lines
+    assert [b["kind"] for b in _bodies(cm)] == ["if", "loop"]
+    assert [outer for _, outer in _bodies(cm)[1]["info"]["slices"]] == ["frames"]
     rng = np.random.default_rng(5)
     feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items() if n != "sr"}
     for sr in (16000, 8000, 16000):
@@ -162,6 +164,30 @@ def test_a_condition_the_body_reads_and_an_int_state(int_state):
         else:
             _check(proto, {**_X, "k": np.array([7, -2], np.int64), "go": np.array(go)}, compiled=False,
                    reason="body output 'k_out' passes the non-float input 'k_in' through")
+
+
+def test_a_sequence_of_run_time_length_read_one_row_per_step():
+    """seq [n, 1, 4] (the rows of ``full`` a mask picks: n is known at run time only): the body
+    reads Gather(seq, i), so it is compiled with one row as its input; more steps than rows fail
+    as the Gather would."""
+    nodes = [h.make_node("Gather", ["seq", "i"], ["row"], axis=0), h.make_node("Add", ["s_in", "row"], ["s_out"]),
+             h.make_node("Tanh", ["s_out"], ["scan0"])]
+    proto = _loop(nodes, h.make_node("Identity", ["cond"], ["cond_out"]), trips="m_trips",
+                  extra_inputs=[vi("m_trips", T.INT64, []), vi("full", T.FLOAT, [6, 1, 4]), vi("mask", T.BOOL, [6])])
+    g = proto.graph
+    g.node.insert(0, h.make_node("Gather", ["full", "picked"], ["seq"], axis=0))
+    g.node.insert(0, h.make_node("Squeeze", ["nz", "zero"], ["picked"]))
+    g.node.insert(0, h.make_node("NonZero", ["mask"], ["nz"]))
+    g.initializer.append(nh.from_array(np.array([0], np.int64), "zero"))
+    full = np.random.default_rng(3).standard_normal((6, 1, 4)).astype(np.float32)
+
+    def feeds(n, trips):
+        return {**_X, "full": full, "mask": np.arange(6) % 2 == 0 if n == 3 else np.arange(6) < n,
+                "m_trips": np.array(trips, np.int64)}
+    for n, trips in ((4, 4), (3, 3), (6, 2)):  # rows 0, 2, 4 when n is 3
+        cm = _check(proto, feeds(n, trips))
+    with pytest.raises(TvmliteError, match="reads row 2 of 'seq', which has 2"):
+        cm.run(feeds(2, 3))
 
 
 def test_a_body_reading_outer_values_and_the_step_number():

@@ -25,6 +25,9 @@ import onnx
 from tvmlite.backends.tvm.artifact_check import _check_schema
 from tvmlite.backends.tvm.loop_shapes import body_output_types, body_proto, loop_body_shapes
 from tvmlite.errors import InputError, TvmliteError
+from tvmlite.export.shapes import inferred_types
+from tvmlite.ir.clone import clone_graph
+from tvmlite.ir.graph import type_shape
 
 ONNX = ("", "ai.onnx")
 
@@ -39,12 +42,51 @@ class Body:
 
 
 # -------------------------------------------------------------------------------------------- build
+def _step_slices(m, node, shapes: dict) -> tuple:
+    """(body copy, {slice input: (dtype, shape)}, [[slice input, outer value]]): the outer values
+    of no static shape (a sequence whose length a run decides) that the body reads only as
+    ``Gather(value, step number)`` on axis 0 become inputs of the body, one row per step, so the
+    body's shapes no longer depend on the length. (None, None, []) when there are none."""
+    body = node.attrs["body"]
+    step = body.inputs[0]
+    uses: dict = {}
+    for n in body.nodes:
+        for name in n.inputs:
+            if name and name not in body.values and name not in shapes and m.graph.const_value(name) is None:
+                uses.setdefault(name, []).append(n)
+    picked = {}
+    types = None
+    for name, readers in uses.items():
+        if not all(n.op_type == "Gather" and n.domain in ONNX and list(n.inputs) == [name, step]
+                   and n.attrs.get("axis", 0) == 0 for n in readers):
+            continue
+        types = types if types is not None else inferred_types(m)
+        t = types.get(name, m.graph.values[name].type if name in m.graph.values else None)
+        dims = type_shape(t) if t is not None and t.HasField("tensor_type") else None
+        dt = m.graph.values[name].dtype if name in m.graph.values else None
+        if dims and dt is not None and all(isinstance(d, int) and d >= 0 for d in dims[1:]):
+            picked[name] = (readers, np.dtype(dt), tuple(int(d) for d in dims[1:]))
+    if not picked:
+        return None, None, []
+    copy = clone_graph(body, body.parent)
+    extra, slices = {}, []
+    for name, (readers, dt, shape) in picked.items():
+        for r in readers:
+            n = copy.producer(r.outputs[0])
+            copy.remove_node(n, remove_outputs=False)
+            copy.add_input(n.outputs[0])
+            extra[n.outputs[0]] = (dt, shape)
+            slices.append([n.outputs[0], name])
+    return copy, extra, slices
+
+
 def loop_body(m, node, shapes: dict):
     """(standalone body proto, its input shapes, info) of a Loop whose body keeps its shapes, or
     the reason it does not as a string."""
     if any(n.subgraphs for n in node.attrs["body"].nodes):
         return "nested control flow"
-    proto, types, why = loop_body_shapes(m, node, shapes)
+    copy, extra, slices = _step_slices(m, node, shapes)
+    proto, types, why = loop_body_shapes(m, node, shapes, copy, extra)
     if proto is None:
         return why
     body = node.attrs["body"]
@@ -69,7 +111,7 @@ def loop_body(m, node, shapes: dict):
     info = {"iter": body.inputs[0], "cond_in": cond_in, "cond_out": cond_out if computed else None,
             "states": [[body.inputs[2 + k], body.outputs[1 + k]] for k in range(n_carried)],
             "scans": [[o, list(types[o][1]), np.dtype(types[o][0]).name] for o in body.outputs[1 + n_carried:]],
-            "node_inputs": list(node.inputs), "node_outputs": list(node.outputs)}
+            "node_inputs": list(node.inputs), "node_outputs": list(node.outputs), "slices": slices}
     return proto, in_shapes, info
 
 
@@ -263,15 +305,22 @@ class LoopRunner:
         self.n_states = len(info["states"])
         self.scans = [(_reader(model, name)[0], tuple(shape), np.dtype(dt)) for name, shape, dt in info["scans"]]
         self.cond = _reader(model, info["cond_out"])[0] if info["cond_out"] else None
+        tensors = dict(zip(model.input_names, model._inputs))
+        # an outer sequence read one row per step (_step_slices): the row's buffer
+        self.slices = [(np.from_dlpack(tensors[b]) if tensors.get(b) is not None else None, b, o)
+                       for b, o in info.get("slices", [])]
 
     def run(self, feeds: dict) -> dict:
         info = self.info
+        rows = [np.asarray(feeds[o]) for _, _, o in self.slices]
         ins = info["node_inputs"] + ["", ""]
         trips = int(np.asarray(feeds[ins[0]]).reshape(-1)[0]) if ins[0] else None
         cond = bool(np.asarray(feeds[ins[1]]).reshape(-1)[0]) if ins[1] else True
         body_feeds = {n: feeds[n] for n in self.m.input_names if n in feeds}
         body_feeds[info["iter"]] = np.array(0, np.int64)
         body_feeds[info["cond_in"]] = np.array(cond)
+        for (_, b, _), x in zip(self.slices, rows):
+            body_feeds[b] = x[0] if len(x) else np.zeros(x.shape[1:], x.dtype)
         for (b_in, _), outer in zip(info["states"], info["node_inputs"][2:]):
             body_feeds[b_in] = feeds[outer]
         try:
@@ -287,6 +336,13 @@ class LoopRunner:
                 self.iter_view[...] = i
             else:
                 self.m._env[info["iter"]] = np.array(i, np.int64)
+            for (view, b, o), x in zip(self.slices, rows):
+                if i >= len(x):  # what the Gather it stands for would say
+                    raise TvmliteError(f"Loop body: step {i} reads row {i} of {o!r}, which has {len(x)}")
+                if view is not None:
+                    np.copyto(view, x[i])
+                else:
+                    self.m._env[b] = x[i]
             self.m.execute()
             for k, (read, _, _) in enumerate(self.scans):
                 if steps is not None:

@@ -129,17 +129,20 @@ def body_output_types(proto: onnx.ModelProto) -> dict | None:
     return result
 
 
-def loop_body_shapes(m: Model, node, shapes: dict) -> tuple[onnx.ModelProto | None, dict | None, str]:
+def loop_body_shapes(m: Model, node, shapes: dict, body=None,
+                     extra: dict | None = None) -> tuple[onnx.ModelProto | None, dict | None, str]:
     """(standalone body, {body output: (dtype, shape)}, '') when ``node``'s carried values keep
     their shapes from step to step and its per-step outputs have static shapes; else (None, None,
-    why not)."""
+    why not). ``body``: a rewritten copy of the node's body whose inputs after its own are
+    ``extra`` ({name: (dtype, shape)})."""
     g = m.graph
-    body = node.attrs["body"]
+    body = body or node.attrs["body"]
     carried = list(node.inputs[2:])
     if not all(n and n in shapes for n in carried):
         return None, None, "a loop-carried value has no static shape"
     inputs = {body.inputs[0]: (np.int64, ()), body.inputs[1]: (np.bool_, ())}
     inputs.update({b: (g.values[o].dtype, shapes[o]) for b, o in zip(body.inputs[2:], carried)})
+    inputs.update(extra or {})
     proto = body_proto(m, body, shapes, inputs)
     if proto is None:
         return None, None, "a value the body reads has no static shape"
