@@ -237,7 +237,8 @@ class Lowering:
                 check = Lowering(prepared, shapes, emit=False)
                 check.run()
             except Exception as e:  # noqa: BLE001 - any failure to lower a body leaves it to the NumPy plan
-                return f"control flow (body not compiled: {type(e).__name__}: {e})", None
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                return f"control flow (body not compiled: {type(e).__name__}: {first})", None
             if check.problems:
                 return f"control flow (body not compiled: {'; '.join(problem_list(check.problems))})", None
             n += len(check.kernels)
