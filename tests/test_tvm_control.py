@@ -290,3 +290,18 @@ def test_a_scan_runs_its_body_as_kernels(axes):
     assert cm.host_ops[0].startswith("Scan: " + COMPILED), cm.host_ops
     assert [b["kind"] for b in _bodies(cm)] == ["scan"]
     _close(cm.run(feeds), _ort(proto, feeds))
+
+
+def test_states_whose_buffers_swap_and_a_per_step_output_of_the_state_input():
+    """Both new states are kernel outputs of their own buffers, so the runner swaps buffers
+    instead of copying; the per-step output reads the state *input* (the value before the step),
+    and the trip counts are odd and even so the final state ends in either buffer."""
+    nodes = [h.make_node("Mul", ["s_in", "half"], ["s_out"]), h.make_node("Add", ["t_in", "s_in"], ["t_out"]),
+             h.make_node("Identity", ["s_in"], ["scan0"]), h.make_node("Sub", ["t_in", "s_out"], ["scan1"])]
+    feeds = {"x": np.array([[1.0, 2.0, 3.0, 4.0]], np.float32), "y": np.array([[5.0, 6.0, 7.0, 8.0]], np.float32)}
+    for trips in (3, 4):
+        cm = _check(_loop(nodes, h.make_node("Identity", ["cond"], ["cond_out"]), inputs=(("x", [1, 4]), ("y", [1, 4])),
+                          inits={"trips": np.int64(trips)}, n_scan=2), feeds)
+        _close(cm.run(feeds), _ort(_loop(nodes, h.make_node("Identity", ["cond"], ["cond_out"]),
+                                         inputs=(("x", [1, 4]), ("y", [1, 4])), inits={"trips": np.int64(trips)},
+                                         n_scan=2), feeds))  # a second run starts from its inputs again

@@ -261,33 +261,81 @@ def _reader(model, name: str):
 
 
 class _States:
-    """The values a body hands to its next step (state, or a computed condition): per pair the
-    input's buffer view (None: no kernel reads it, the body plan keeps it among its host values)
-    and the output's reader."""
+    """The values a body hands to its next step (state, or a computed condition). Where a new
+    state has a buffer of its own (a kernel's output of the state's shape and dtype), the two
+    buffers swap roles each step instead of being copied: the body plan's calls run in two
+    versions, the second with each such pair exchanged, step k running version k % 2, and the
+    readers of body outputs follow. Other states are copied into their input's buffer (or kept
+    among the body plan's host values when no kernel reads them)."""
 
     def __init__(self, model, pairs):
         self.m = model
+        self.parity = 0
         tensors = dict(zip(model.input_names, model._inputs))
         self.slots = []
         for b_in, b_out in pairs:
             t = tensors.get(b_in)
             read, out_view = _reader(model, b_out)
             self.slots.append((b_in, np.from_dlpack(t) if t is not None else None, read, out_view))
-        # a new state in another state's input buffer (states swapped each step) is copied out
-        # before any input is written
+        # a new state in another state's input buffer (states passed round each step) is copied
+        # out before any input is written, and nothing is swapped
         ins = [v for _, v, _, _ in self.slots if v is not None]
         self.snapshot = any(np.shares_memory(o, v) for _, _, _, o in self.slots if o is not None for v in ins)
+        outs = {o["name"]: o for o in model.plan["outputs"]}
+        bufs = model.plan["buffers"]
+        self.swap: dict = {}
+        for (b_in, view, _, _), (_, b_out) in zip(self.slots, pairs):
+            o = outs.get(b_out, {})
+            r = o.get("buffer")
+            if self.snapshot or view is None or o.get("host") or o.get("const") or r == b_in or r in self.swap \
+                    or b_in in self.swap or bufs.get(r, {}).get("kind") != "temp" \
+                    or (bufs[r]["shape"], bufs[r].get("dtype")) != (bufs[b_in]["shape"], bufs[b_in].get("dtype")):
+                continue
+            self.swap[b_in], self.swap[r] = r, b_in
+        self.calls = [model._calls, [(fn, [_tvm_view(model, self.swap.get(n, n), sh) for n, sh in c["args"]])
+                                     for (fn, _), c in zip(model._calls, model.plan["calls"])]
+                      if self.swap else model._calls]
+        self.copied = [(name, view, self.read(b_out)) for (name, view, _, _), (_, b_out) in zip(self.slots, pairs)
+                       if name not in self.swap]
+
+    def read(self, name: str):
+        """A function giving body output ``name`` of the step just run (before `step`)."""
+        for t, o in self.m._outputs:
+            if o["name"] == name and t is not None:
+                views = [np.from_dlpack(_tvm_view(self.m, b, o["shape"])) for b in
+                         (o["buffer"], self.swap.get(o["buffer"], o["buffer"]))]
+                return lambda: views[self.parity]
+        return _reader(self.m, name)[0]
+
+    def execute(self) -> None:
+        for fn, args in self.calls[self.parity]:
+            fn(*args)
 
     def step(self) -> None:
-        new = [np.array(r()) if self.snapshot or v is None else r() for _, v, r, _ in self.slots]
-        for (name, view, _, _), value in zip(self.slots, new):
+        self.parity ^= 1 if self.swap else 0
+        new = [np.array(r()) if self.snapshot or v is None else r() for _, v, r in self.copied]
+        for (name, view, _), value in zip(self.copied, new):
             if view is None:
                 self.m._env[name] = value
             else:
                 np.copyto(view, value)
 
     def values(self) -> list:
-        return [np.array(v) if v is not None else np.array(self.m._env[name]) for name, v, _, _ in self.slots]
+        """The current states (copies)."""
+        out = []
+        for name, view, _, _ in self.slots:
+            if view is None:
+                out.append(np.array(self.m._env[name]))
+            elif name in self.swap and self.parity:
+                out.append(np.array(np.from_dlpack(self.m._store[self.swap[name]])).reshape(view.shape))
+            else:
+                out.append(np.array(view))
+        return out
+
+
+def _tvm_view(model, name: str, shape):
+    t = model._store[name]
+    return t if tuple(t.shape) == tuple(shape) else t._create_view(tuple(shape))
 
 
 class LoopRunner:
@@ -303,8 +351,8 @@ class LoopRunner:
             pairs.append((info["cond_in"], info["cond_out"]))
         self.states = _States(model, pairs)
         self.n_states = len(info["states"])
-        self.scans = [(_reader(model, name)[0], tuple(shape), np.dtype(dt)) for name, shape, dt in info["scans"]]
-        self.cond = _reader(model, info["cond_out"])[0] if info["cond_out"] else None
+        self.scans = [(self.states.read(name), tuple(shape), np.dtype(dt)) for name, shape, dt in info["scans"]]
+        self.cond = self.states.read(info["cond_out"]) if info["cond_out"] else None
         tensors = dict(zip(model.input_names, model._inputs))
         # an outer sequence read one row per step (_step_slices): the row's buffer
         self.slices = [(np.from_dlpack(tensors[b]) if tensors.get(b) is not None else None, b, o)
@@ -323,6 +371,7 @@ class LoopRunner:
             body_feeds[b] = x[0] if len(x) else np.zeros(x.shape[1:], x.dtype)
         for (b_in, _), outer in zip(info["states"], info["node_inputs"][2:]):
             body_feeds[b_in] = feeds[outer]
+        self.states.parity = 0  # set_inputs writes the first state to the inputs' own buffers
         try:
             self.m.set_inputs(body_feeds)  # the outer values and the first state: bound once
         except InputError as e:
@@ -343,7 +392,7 @@ class LoopRunner:
                     np.copyto(view, x[i])
                 else:
                     self.m._env[b] = x[i]
-            self.m.execute()
+            self.states.execute()
             for k, (read, _, _) in enumerate(self.scans):
                 if steps is not None:
                     steps[k][i] = read()
@@ -373,7 +422,7 @@ class ScanRunner:
         # a slice no kernel reads has no buffer: nothing to copy each step
         self.slices = [(np.from_dlpack(tensors[b]) if tensors.get(b) is not None else None, b, o, ax, d)
                        for b, o, ax, d in info["slices"]]
-        self.scans = [(_reader(model, name)[0], tuple(shape), np.dtype(dt), ax, d)
+        self.scans = [(self.states.read(name), tuple(shape), np.dtype(dt), ax, d)
                       for name, shape, dt, ax, d in info["scans"]]
 
     def run(self, feeds: dict) -> dict:
@@ -387,6 +436,7 @@ class ScanRunner:
         body_feeds.update({b: feeds[o] for (b, _), o in zip(info["states"], info["node_inputs"])})
         body_feeds.update({b: x[0] if length else np.zeros(x.shape[1:], x.dtype)
                            for (b, _, _, _), x in zip(info["slices"], xs)})
+        self.states.parity = 0
         try:
             self.m.set_inputs(body_feeds)
         except InputError as e:
@@ -399,7 +449,7 @@ class ScanRunner:
                         np.copyto(view, x[t])
                     else:
                         self.m._env[name] = x[t]
-            self.m.execute()
+            self.states.execute()
             for (read, _, _, _, _), y in zip(self.scans, steps):
                 y[t] = read()
             self.states.step()
