@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from tvmlite.backends.numpy import Plan
-from tvmlite.backends.tvm import control
+from tvmlite.backends.tvm import control, control_run
 from tvmlite.errors import TvmliteError, UnsupportedError
 from tvmlite.export.onnx_export import export_graph
 from tvmlite.frontend.onnx_import import import_graph
@@ -189,7 +189,7 @@ class HostCall:
             if sub_model is None:
                 raise TvmliteError(f"host call {self.labels[0]!r} has compiled bodies and no library to run them")
             segment_graph(spec, arrays)  # the node as stored must still parse: a damaged artifact fails at load
-            self.body = control.runner(spec["body"], sub_model, f"host call {self.labels[0]!r}")
+            self.body = control_run.runner(spec["body"], sub_model, f"host call {self.labels[0]!r}")
             self.plan = None
             self.const_feeds = {name: loaded(arrays[key]) for name, key in spec["consts"].items()}
         else:
