@@ -149,6 +149,26 @@ def _last_step(model: onnx.ModelProto) -> float | None:
     return None
 
 
+_FAKE_QUANT_STEPS = ("_div", "_round", "_add", "_clip", "_sub", "_mul")
+
+
+def float_fallbacks(m, shapes: dict) -> tuple[int, dict]:
+    """(QuantizeLinear -> DequantizeLinear pairs left as float arithmetic, {op type: count} of the
+    ops left computing float32) in the graph the TVM backend builds: the QDQ patterns no int8 kernel took
+    (qdq_fusion.py), each costing a fake quantization around a float kernel."""
+    import collections
+
+    from tvmlite.backends.tvm.prepare import prepare
+
+    g = prepare(m, shapes)[0].graph
+    pairs = sum(n.op_type == "Round" and n.domain in ("", "ai.onnx") for n in g.nodes)
+    ops = collections.Counter(n.op_type for n in g.nodes if n.domain in ("", "ai.onnx")
+                              and not (n.name or "").endswith(_FAKE_QUANT_STEPS)
+                              and g.value(n.outputs[0]).dtype == np.float32  # a Split of integers is not
+                              and n.op_type not in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"))
+    return pairs, dict(ops.most_common())
+
+
 def bench_models(names, rounds: int) -> list[dict]:
     import tvmlite
     from tvmlite.backends.tvm import compile_model
@@ -175,15 +195,18 @@ def bench_models(names, rounds: int) -> list[dict]:
             t = interleaved({"tvmlite": lambda: cm.run(feed), "ort": lambda: sess.run(None, feed)}, rounds, 10)
             ratio, best = t["tvmlite"] / t["ort"], t["tvmlite_best"] / t["ort_best"]
             host = cm.host_ops if hasattr(cm, "host_ops") else []
+            pairs, floats = float_fallbacks(m, shapes)
             n_q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
             if not n_q:  # tvmlite's quantize may keep a model float (its speed and error gates)
                 label += " (float: no QuantizeLinear)"
             print(f"{label:12s} tvmlite {t['tvmlite']:.3f} ms, onnxruntime {t['ort']:.3f} ms -> {ratio:.2f}x "
                   f"(best runs {best:.2f}x; target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'}); output "
                   f"difference {err}; build {build:.1f} s, cached {cached_s:.2f} s; host-run: "
-                  f"{', '.join(host) if host else 'none'}")
+                  f"{', '.join(host) if host else 'none'}; float fallbacks: {pairs} fake-quant pairs, float ops "
+                  f"{floats or 'none'}")
             rows.append({"model": label, "quantize_nodes": n_q, "ratio": ratio, "best_ratio": best, "error": err, "build_s": build,
-                         "cached_s": cached_s, "host_ops": list(host)})
+                         "cached_s": cached_s, "host_ops": list(host), "fake_quant_pairs": pairs,
+                         "float_ops": floats})
     return rows
 
 

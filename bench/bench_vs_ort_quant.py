@@ -30,7 +30,9 @@ Latency: onnxruntime CPU, 2 intra-op threads, batch 1; all variants of a model r
 (tvmlite.compare.interleaved_ms) in ``--blocks`` blocks of ``--repeats`` rounds; ``ms`` is the median
 of the block medians, ``best`` the fastest block median. A variant that fails prints its one-line
 reason in its row and the others go on. ``--variants`` picks a subset (plus ``tvmlite-qdyn``: the
-quantize-dynamic pass alone, unchecked); ``--reuse`` re-times the variant files already in ``--out``.
+quantize-dynamic pass alone, unchecked; ``tvmlite-fast-noatt``: the fast preset without
+quantize-dynamic's attention=true, so that one interleaved run times QAttention against the unfused
+int8 attention); ``--reuse`` re-times the variant files already in ``--out``.
 
     PYTHONPATH=. python bench/bench_vs_ort_quant.py [--models encoder,digits,cls,det,rec,detector] [--repeats 20]
 """
@@ -58,7 +60,9 @@ from tvmlite.compare import interleaved_ms, ort_session  # noqa: E402
 CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))
 VARIANTS = ("float", "ort-quant", "tvmlite-fast", "tvmlite-small")
 #: extra variants, by name only: tvmlite's quantize-dynamic pass alone, unchecked (the transformer path)
-EXTRA_VARIANTS = ("tvmlite-qdyn",)
+#: tvmlite-fast-noatt: the fast preset with quantize-dynamic's attention=true taken out (the form before
+#: QAttention), so one interleaved run says whether the fused int8 attention pays
+EXTRA_VARIANTS = ("tvmlite-qdyn", "tvmlite-fast-noatt")
 
 # Evaluation sentences (STS-style pairs and everyday statements) and, disjoint, calibration ones.
 EVAL_SENTENCES = [
@@ -306,13 +310,16 @@ def tvmlite_qdyn(spec: dict, out: str) -> str:
 
 def _optimize_child(spec: dict, preset: str, out: str, send) -> None:
     try:
-        from tvmlite.optimize import optimize
+        from tvmlite.optimize import PRESETS, optimize
         from tvmlite.optimize_report import NO_CHANGE
 
+        how = dict(preset=preset)
+        if preset == "fast-noatt":
+            how = dict(passes=PRESETS["fast"].replace(",attention=true", ""), speed_check=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            m, report = optimize(spec["src"], preset=preset, calib=list(spec["calib"]), inputs=dict(spec["eval"]),
-                                 progress=False, **spec["opt"])
+            m, report = optimize(spec["src"], calib=list(spec["calib"]), inputs=dict(spec["eval"]),
+                                 progress=False, **how, **spec["opt"])
         tvmlite.save(m, out)
         pathlib.Path(out).with_suffix(".report.txt").write_text(report.format() + "\n")
         passes = [f"{r.name}{'' if r.kept else ' undone'}" for r in report.rows[1:]

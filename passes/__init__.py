@@ -50,3 +50,4 @@ else:
     from tvmlite.passes import sparsify  # noqa: F401,E402  (sparse-op selection)
     from tvmlite.passes import compress_weights  # noqa: F401,E402  (binary/ternary/k-means weights)
     from tvmlite.passes import quantize_weights  # noqa: F401,E402  (block-wise int4/int8 weights)
+    from tvmlite.passes import transformer_fusion  # noqa: F401,E402  (fuse-transformer: com.microsoft Attention...)

@@ -28,8 +28,8 @@ def test_lookup_by_domain_and_family():
     families = {e.fn.__module__.rsplit(".", 1)[1] for e in registry._EMITTERS.values()}
     assert families == {"conv", "elementwise", "gemm", "index", "lowered", "pool", "qdq", "reduce", "resize",
                         "tensor", "transformer"}
-    # 80 ONNX ops, tvmlite's 5 conv-lowering ops and its 3 int8 ops (QDQConv, QDQMatMul, QMaxPool)
-    assert len(registry.registered()) == 88
+    # 80 ONNX ops, tvmlite's 5 conv-lowering ops and its 4 int8 ops (QDQConv, QDQMatMul, QMaxPool, QConcat)
+    assert len(registry.registered()) == 89
     assert lookup("tvmlite", "QDQConv").fn.__module__.endswith("emitters.qdq")
 
 

@@ -40,7 +40,7 @@ PRESETS = {
     # low rank under an error budget and static int8, each kept per layer only where measured faster
     # in onnxruntime
     # (lowrank's time_budget: planning every layer of PP-OCR det at 640x640 took 190-320 s)
-    "fast": CLEANUPS + ",quantize-dynamic(min_matmul_share=0.5,gather=true,smooth=0.7,smooth_min_gain=3),"
+    "fast": CLEANUPS + ",quantize-dynamic(min_matmul_share=0.5,gather=true,smooth=0.7,smooth_min_gain=3,attention=true),"
                        "lowrank(budget=0.25,measure=true,time_budget=45),"
                        "quantize(mode=auto,measure=true),dce",
     # clean-ups, low rank, int8 wherever it fits the budget, then weight compression of what is left:

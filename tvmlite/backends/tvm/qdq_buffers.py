@@ -5,8 +5,9 @@ value that lies on its output grid; when every reader only quantizes it again wi
 parameters (a fused node, through MaxPool / Flatten / Reshape, or a lone Q -> DQ pair), the value
 can travel as QuantizeLinear's integer output instead: the producer writes uint8 (int8) with the
 requantization in its epilogue, the readers take it as it is (no division per element), MaxPool
-runs on the integers (max commutes with the monotone quantization: QMaxPool), the views share the
-integer buffer. Between convs (and pools) the quantized value is stored channels-last, so the int8
+runs on the integers (max commutes with the monotone quantization: QMaxPool), the views and Split
+share or slice the integer buffer, a QConcat takes the integers of each input on its grid. Between
+convs (and pools, QConcats, channel Splits) the quantized value is stored channels-last, so the int8
 GEMM writes whole pixels and the next conv reads 4 consecutive channels per byte group.
 
 Exact: DequantizeLinear of the integers is the float value the unfused graph computed, and
@@ -46,7 +47,8 @@ def quantize_buffers(g: Graph, scalar_params, only_reader) -> int:
 
 def y_params(node: Node):
     """(scale, zero point, signed) of a fused node's output grid, else None."""
-    if node.domain != "tvmlite" or node.op_type not in FUSED or not float(node.attrs.get("y_scale", 0.0)) > 0:
+    if node.domain != "tvmlite" or node.op_type not in FUSED + ("QConcat",) \
+            or not float(node.attrs.get("y_scale", 0.0)) > 0:
         return None
     a = node.attrs
     return float(a["y_scale"]), int(a["y_zero_point"]), int(a.get("y_signed", 0))
@@ -58,9 +60,10 @@ def _x_params(node: Node):
 
 
 def grid_of(g: Graph, name: str):
-    """The grid a value lies on: a fused node's output, or MaxPool / a view of such a value."""
+    """The grid a value lies on: a fused node's output, or MaxPool / a view / a Split part of such
+    a value."""
     p = g.producer(name) if name else None
-    while p is not None and p.domain in ONNX and p.op_type in ("MaxPool",) + _VIEWS:
+    while p is not None and p.domain in ONNX and p.op_type in ("MaxPool", "Split") + _VIEWS:
         p = g.producer(p.inputs[0])
     return y_params(p) if p is not None else None
 
@@ -97,13 +100,21 @@ def _plan(g: Graph, v: str, p, plan: list) -> bool:
             if not _plan(g, r.outputs[0], p, plan):
                 return False
             plan.append(("pool", r))
-        elif r.domain in ONNX and r.op_type in _VIEWS and r.inputs[0] == v and v not in r.inputs[1:]:
-            if not _plan(g, r.outputs[0], p, plan):
+        elif r.domain in ONNX and r.op_type in _VIEWS + ("Split",) and r.inputs[0] == v and v not in r.inputs[1:]:
+            if not all(_plan(g, o, p, plan) for o in r.outputs if o):
                 return False
             plan.append(("view", r))
+        elif r.domain == "tvmlite" and r.op_type == "QConcat" and all(
+                _in_params(r, i) == p and not r.attrs["in_quantized"][i] for i, x in enumerate(r.inputs) if x == v):
+            plan.append(("cat", r, v))
         else:
             return False
     return True
+
+
+def _in_params(node: Node, i: int):
+    a = node.attrs
+    return float(a["in_scales"][i]), int(a["in_zero_points"][i]), int(a["in_signed"][i])
 
 
 def _retype(g: Graph, name: str, dtype) -> None:
@@ -114,11 +125,15 @@ def _apply(g: Graph, node: Node, p, plan: list) -> None:
     dtype = np.int8 if p[2] else np.uint8
     node.attrs["y_quantized"] = 1
     _retype(g, node.outputs[0], dtype)
-    for kind, r in plan:
+    for kind, r, *v in plan:
         if kind == "x":
             r.attrs["x_quantized"] = 1
+        elif kind == "cat":
+            r.attrs["in_quantized"] = [int(q or x == v[0]) for x, q in zip(r.inputs, r.attrs["in_quantized"])]
         elif kind == "view":
-            _retype(g, r.outputs[0], dtype)
+            for o in r.outputs:
+                if o:
+                    _retype(g, o, dtype)
         elif r.graph is not None:  # a MaxPool reached twice is replaced once
             attrs = {k: v for k, v in r.attrs.items() if k in POOL_ATTRS}
             ins, out, name, order = [r.inputs[0]], r.outputs[0], r.name, r.order
@@ -128,20 +143,66 @@ def _apply(g: Graph, node: Node, p, plan: list) -> None:
 
 
 def _channels_last(g: Graph) -> None:
-    """Store NHWC each quantized value that a conv or QMaxPool makes and only convs (as their
-    input) and QMaxPools read."""
+    """Store NHWC each quantized value that a conv, QMaxPool or QConcat makes and only convs (as
+    their input), QMaxPools and (after a conv or pool) QConcats read, directly or through a
+    channel Split (which then splits the stored last axis); depthwise convs stay NCHW."""
     for node in g.toposort():
-        quantized = (node.op_type == "QDQConv" and node.attrs.get("y_quantized")) or node.op_type == "QMaxPool"
-        if node.domain != "tvmlite" or not quantized:
+        if node.domain != "tvmlite" or not (node.op_type == "QMaxPool" or (
+                node.op_type in ("QDQConv", "QConcat") and node.attrs.get("y_quantized"))) or _depthwise(node):
             continue
         v = node.outputs[0]
-        readers = g.consumers(v)
-        if v in g.outputs or not readers or not all(
-                r.domain == "tvmlite" and r.inputs[0] == v and v not in r.inputs[1:]
-                and (r.op_type == "QMaxPool" or (r.op_type == "QDQConv" and r.attrs.get("x_quantized")))
-                for r in readers):
+        reads = _nhwc_reads(g, v, node.op_type != "QConcat")
+        if not reads:
             continue
         node.attrs["y_layout"] = "NHWC"
-        for r in readers:
-            r.attrs["x_layout"] = "NHWC"
+        for r, x in reads:
+            if r.op_type == "QConcat":
+                r.attrs["in_layouts"] = ["NHWC" if i == x else t
+                                         for i, t in zip(r.inputs, r.attrs.get("in_layouts") or ["NCHW"] * len(r.inputs))]
+            elif r.op_type == "Split":
+                r.attrs["axis"] = 3
+                for o in r.outputs:
+                    if o:
+                        _retype(g, o, g.value(o).dtype)
+            else:
+                r.attrs["x_layout"] = "NHWC"
         _retype(g, v, g.value(v).dtype)
+
+
+def _nhwc_reads(g: Graph, v: str, spatial: bool) -> list | None:
+    """(reader, value read) for every reader of ``v``, through channel Splits of a 4-D ``v``, when
+    all of them can read it channels-last, else None."""
+    readers = g.consumers(v)
+    if v in g.outputs or not readers:
+        return None
+    out = []
+    for r in readers:
+        if _takes_nhwc(r, v, spatial):
+            out.append((r, v))
+        elif spatial and r.domain in ONNX and r.op_type == "Split" and r.inputs[0] == v and v not in r.inputs[1:] \
+                and int(r.attrs.get("axis", 0)) in (1, -3):
+            for o in r.outputs:
+                sub = _nhwc_reads(g, o, spatial) if o else []
+                if sub is None:
+                    return None
+                out += sub
+            out.append((r, v))
+        else:
+            return None
+    return out
+
+
+def _takes_nhwc(r: Node, v: str, spatial: bool) -> bool:
+    """Whether ``r`` can read ``v`` channels-last; ``spatial``: ``v`` is a conv's or pool's 4-D output."""
+    if r.domain != "tvmlite":
+        return False
+    if r.op_type == "QConcat":
+        return spatial and all(q for x, q in zip(r.inputs, r.attrs["in_quantized"]) if x == v)
+    return r.inputs[0] == v and v not in r.inputs[1:] and (r.op_type == "QMaxPool" or (
+        r.op_type == "QDQConv" and bool(r.attrs.get("x_quantized")) and not _depthwise(r)))
+
+
+def _depthwise(node: Node) -> bool:
+    """A depthwise QDQConv: it reads and writes NCHW, its columns as the vector lanes (a few
+    channels, e.g. 24, make short channel vectors)."""
+    return node.op_type == "QDQConv" and int(node.attrs.get("group", 1)) != 1

@@ -6,8 +6,9 @@ accumulation) instead of a float Conv between host-run QuantizeLinear / Dequanti
 
 A following Relu and QuantizeLinear -> DequantizeLinear pair are taken into the node when the
 Conv's output has no other reader, and so is onnxruntime's QDQ SiLU after a conv (its Sigmoid and
-Mul, each with its own Q -> DQ pair). Runs on the prepared copy before constant folding (which would
-turn the int8 weights back into float). What does not fit (grouped or non-2-D convs, weights with a
+Mul, each with its own Q -> DQ pair). A Concat of such values read only on one grid becomes QConcat
+(onnxruntime's QLinearConcat). Runs on the prepared copy before constant folding (which would
+turn the int8 weights back into float). What does not fit (grouped convs other than depthwise, non-2-D convs, weights with a
 zero point or blocks, a scale that is not one number per tensor or per output channel, Gemm with
 alpha/beta/transA) is left as it was. Then the values between int8 kernels become integer buffers
 (qdq_buffers.py).
@@ -32,12 +33,64 @@ def fuse_qdq(model: Model) -> int:
             continue
         if _fuse(g, node):
             fused += 1
+    for node in g.toposort():
+        if node.graph is not None and node.domain in ONNX and node.op_type == "Concat":
+            fused += _fuse_concat(g, node)
     if fused:
         fused += quantize_buffers(g, _scalar_params, _only_reader)
     for node in g.toposort():
         if node.graph is not None and node.domain in ONNX and node.op_type == "QuantizeLinear":
             fused += _fake_quant(g, node)
     return fused
+
+
+def _fuse_concat(g: Graph, cat: Node) -> int:
+    """Concat of values on known grids (each DequantizeLinear(QuantizeLinear(x)), or a fused node's
+    output) whose readers all quantize it on one grid (QuantizeLinear -> DequantizeLinear, or fused
+    nodes that took it as their input) becomes QConcat (ops/qconcat.py), as onnxruntime's
+    QLinearConcat: each input is requantized to the output's grid (a copy when the grids agree)
+    instead of a float Concat between fake quantizations."""
+    c = cat.outputs[0]
+    ins = [_input_params(g, v) if v else None for v in cat.inputs]
+    grid = _readers_grid(g, c)
+    if grid is None or not ins or any(i is None or g.const_value(i[0]) is not None for i in ins):
+        return 0  # a constant input is folded by the float path (the kernel takes buffers only)
+    ys, yz, ysg = grid
+    attrs = {"axis": int(cat.attrs.get("axis", 0)), "in_scales": [p[0] for _, p in ins],
+             "in_zero_points": [p[1] for _, p in ins], "in_signed": [p[2] for _, p in ins],
+             "in_quantized": [0] * len(ins), "y_scale": ys, "y_zero_point": yz, "y_signed": ysg}
+    for q in [r for r in g.consumers(c) if r.op_type == "QuantizeLinear"]:
+        dq = _only_reader(g, q.outputs[0], "DequantizeLinear")
+        for r in list(g.consumers(dq.outputs[0])):
+            for i, name in enumerate(r.inputs):
+                if name == dq.outputs[0]:
+                    g.set_input(r, i, c)
+        g.remove_node(dq)
+        g.remove_node(q)
+    name, order = cat.name, cat.order
+    g.remove_node(cat, remove_outputs=False)
+    g.add_node("QConcat", [x for x, _ in ins], [c], attrs, domain="tvmlite", name=name, order=order)
+    return 1
+
+
+def _readers_grid(g: Graph, c: str):
+    """The one grid every reader of ``c`` quantizes it on, else None."""
+    grids = set()
+    readers = g.consumers(c)
+    if c in g.outputs or not readers:
+        return None
+    for r in readers:
+        if r.domain == "tvmlite" and r.op_type in ("QDQConv", "QDQMatMul") and r.inputs[0] == c \
+                and c not in r.inputs[1:] and not r.attrs.get("x_quantized"):
+            grids.add((float(r.attrs["x_scale"]), int(r.attrs["x_zero_point"]), int(r.attrs.get("x_signed", 0))))
+        elif r.domain in ONNX and r.op_type == "QuantizeLinear" and r.inputs[0] == c:
+            dq = _only_reader(g, r.outputs[0], "DequantizeLinear")
+            if dq is None or dq.outputs[0] in g.outputs or _scalar_params(g, dq) != _scalar_params(g, r):
+                return None
+            grids.add(_scalar_params(g, r))
+        else:
+            return None
+    return grids.pop() if len(grids) == 1 and None not in grids else None
 
 
 def _fake_quant(g: Graph, q: Node) -> int:
@@ -207,7 +260,9 @@ def _fuse(g: Graph, node: Node) -> bool:
     a = node.attrs
     if node.op_type == "Conv":
         wt = _weights(g, node.inputs[1], 0)
-        if wt is None or wt[0].ndim != 4 or int(a.get("group", 1)) != 1:
+        group = int(a.get("group", 1))
+        # depthwise (one input channel per group, one output per input channel): kernels/qdepthwise.py
+        if wt is None or wt[0].ndim != 4 or (group != 1 and (wt[0].shape[0] != group or wt[0].shape[1] != 1)):
             return False
         n_out, op, extra = wt[0].shape[0], "QDQConv", {k: a[k] for k in _CONV_ATTRS if k in a}
     elif node.op_type == "Gemm":

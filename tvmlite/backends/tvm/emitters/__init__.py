@@ -10,7 +10,7 @@
     tensor.py       views (Reshape, Flatten, ...), Concat, Transpose, Slice, Split, Cast
     index.py        integer/bool ops: Gather, Cast, comparisons, logical ops, Where, Expand, int arithmetic
     resize.py       Resize, Upsample (index tables on the host)
-    qdq.py          tvmlite's QDQConv, QDQMatMul (int8 VNNI kernels; made by qdq_fusion.py)
+    qdq.py          tvmlite's QDQConv, QDQMatMul (int8 VNNI kernels; made by qdq_fusion.py), QMaxPool, QConcat
     lowered.py      tvmlite's Im2Col, MecLower, MecMatMul, WinogradInput, WinogradOutput
 
 No module here imports TVM: an emitter hands ``low.add`` a factory that imports the kernel

@@ -1,6 +1,7 @@
 """tvmlite's fused QDQ ops (QDQConv, QDQMatMul: made at build time by qdq_fusion.py) as int8 VNNI
 kernels (kernels/qgemm.py), with the elementwise ops that follow fused into their epilogue; QMaxPool
-(qdq_buffers.py) as an integer pooling kernel (kernels/qpool.py)."""
+(qdq_buffers.py) as an integer pooling kernel (kernels/qpool.py); QConcat (qdq_fusion.py) as one requantizing
+concatenation (kernels/qconcat.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -89,9 +90,10 @@ def emit_qdq_conv(low, node) -> None:
     x = node.inputs[0]
     xs = low.shape(x)
     nchw = tuple(xs[i] for i in (0, 3, 1, 2)) if spec["x_nhwc"] and len(xs) == 4 else tuple(xs)
-    if len(xs) != 4 or w_q.ndim != 4 or int(node.attrs.get("group", 1)) != 1 or nchw[1] != w_q.shape[1]:
-        raise UnsupportedError(f"int8 conv of input {list(xs)} and weights {list(w_q.shape)} "
-                               f"(group {node.attrs.get('group', 1)})")
+    group = int(node.attrs.get("group", 1))
+    depthwise = len(xs) == 4 and w_q.ndim == 4 and group == nchw[1] == w_q.shape[0] and w_q.shape[1] == 1
+    if len(xs) != 4 or w_q.ndim != 4 or (group != 1 and not depthwise) or nchw[1] != w_q.shape[1] * group:
+        raise UnsupportedError(f"int8 conv of input {list(xs)} and weights {list(w_q.shape)} (group {group})")
     geom = window_2d(WindowGeometry.conv(node.attrs, nchw, w_q.shape))
     w_scale = _channel_scales(w_scale, w_q.shape[0])
     out = node.outputs[0]
@@ -101,6 +103,11 @@ def emit_qdq_conv(low, node) -> None:
     def make():
         from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, conv2d_int8
 
+        if depthwise:
+            from tvmlite.backends.tvm.kernels.qdepthwise import depthwise_int8
+
+            return depthwise_int8(name, x, xs, w_q, w_scale, bias, QuantSpec(**spec), geom, out_value=final,
+                                  out_shape=out_shape, epilogue=epi)
         return conv2d_int8(name, x, xs, w_q, w_scale, bias, QuantSpec(**spec), geom, out_value=final,
                            out_shape=out_shape, epilogue=epi)
     low.add(make, node, final, labels)
@@ -125,4 +132,41 @@ def emit_qmaxpool(low, node) -> None:
 
         return max_pool_int8(name, x, xs, np.dtype(dtype).name, geom, x_nhwc=x_nhwc, y_nhwc=y_nhwc,
                              out_value=out)
+    low.add(make, node, out)
+
+
+@emitter("QConcat", domain="tvmlite", checks_dtype=True)
+def emit_qconcat(low, node) -> None:
+    a = node.attrs
+    n = len(node.inputs)
+    grids = list(zip((float(s) for s in a["in_scales"]), (int(z) for z in a["in_zero_points"]),
+                     (int(s) for s in a["in_signed"])))
+    quantized = [int(q) for q in (a.get("in_quantized") or [0] * n)]
+    nhwc = [attr_text(t) == "NHWC" for t in (a.get("in_layouts") or ["NCHW"] * n)]
+    if len(grids) != n or len(quantized) != n or len(nhwc) != n:
+        raise UnsupportedError(f"{len(grids)} input grids for {n} inputs")
+    ins = []
+    for v, grid, q, t in zip(node.inputs, grids, quantized, nhwc):
+        if low.const(v) is not None:
+            raise UnsupportedError("a constant input")
+        want = quant_dtype(grid[2]) if q else np.dtype(np.float32)
+        _check_dtype(low, v, want, "input")
+        if t and len(low.shape(v)) != 4:
+            raise UnsupportedError(f"a channels-last input of rank {len(low.shape(v))}")
+        ins.append((v, low.shape(v), want.name, grid, q, t))
+    y_grid, y_q = _grid(a, "y"), int(a.get("y_quantized", 0))
+    if not y_grid[0] > 0:
+        raise UnsupportedError("QConcat without y_scale")
+    out = node.outputs[0]
+    _check_dtype(low, out, quant_dtype(y_grid[2]) if y_q else np.float32, "output")
+    name, out_shape, axis = low.kernel_name(node), low.shape(out), int(a["axis"])
+    y_nhwc = attr_text(a.get("y_layout")) == "NHWC"
+    if y_nhwc and len(out_shape) != 4:
+        raise UnsupportedError(f"a channels-last output of rank {len(out_shape)}")
+
+    def make():
+        from tvmlite.backends.tvm.kernels.qconcat import concat_int8
+
+        return concat_int8(name, ins, axis=axis, y_grid=y_grid, y_quantized=bool(y_q), out_value=out,
+                           out_shape=out_shape, lanes=low.lanes, y_nhwc=y_nhwc)
     low.add(make, node, out)

@@ -109,6 +109,34 @@ def _requantized(v, spec: QuantSpec):
     return q.astype("int32").astype("int8" if spec.ysg else "uint8")
 
 
+def requant_scales(spec: QuantSpec, w_scale: np.ndarray, bias):
+    """(per-channel multiplier of the int32 accumulator, float bias or None): x_scale * w_scale, and
+    for an integer output (not SiLU) both divided by y_scale, as QLinearConv: one float multiply,
+    then round half to even."""
+    scale = np.float32(spec.xs) * w_scale.astype(np.float32)
+    bias = bias.astype(np.float32) if bias is not None else None
+    if spec.yq and spec.activation != "SiLU":
+        scale, bias = scale / np.float32(spec.ys), (bias / np.float32(spec.ys) if bias is not None else None)
+    return scale, bias
+
+
+def requant_tail(v, spec: QuantSpec, lut, apply, onnx_idx):
+    """The float value ``v`` (accumulator scaled, bias added) through the activation and the output
+    quantization: the integer when ``spec.yq``, else the float (fake-quantized when y_scale is set)
+    through the fused elementwise ``apply`` at ONNX index ``onnx_idx``. ``lut``: SiLU's table."""
+    if spec.activation == "SiLU":  # its input's integer picks the quantized sigmoid (a table)
+        (cs, cz, csg), lo = spec.silu[0], (-128 if spec.silu[0][2] else 0)
+        q = _quantized(v, cs, cz, csg)
+        v = (q - tirx.const(float(cz), "float32")) * tirx.const(cs, "float32") * lut[q.astype("int32") - lo]
+    if spec.yq:
+        return _requantized(v / tirx.const(spec.ys, "float32") if spec.activation == "SiLU" else v, spec)
+    if spec.activation == "Relu":
+        v = te.max(v, tirx.const(0.0, "float32"))
+    if spec.ys > 0:
+        v = fake_quant(v, spec.ys, spec.yz, spec.ysg)
+    return apply(v, onnx_idx)
+
+
 def pack_weights(w2: np.ndarray, kp: int, np_: int) -> np.ndarray:
     """int8 [K, N] -> [Np/16, Kp/4, 16, 4], zero-padded (zero weights add nothing)."""
     k, n = w2.shape
@@ -178,10 +206,7 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     W = b.const(pack_weights(w2, kp, np_), label="wq", dtype=np.int8)
     colsum = w2.astype(np.int64).sum(axis=0)
     corr = b.const(np.pad(-spec.x_zero_u8 * colsum, (0, np_ - n)).astype(np.int32), label="zcorr", dtype=np.int32)
-    scale = np.float32(spec.xs) * w_scale.astype(np.float32)
-    bias = bias.astype(np.float32) if bias is not None else None
-    if spec.yq and spec.activation != "SiLU":  # as QLinearConv: one float multiply, round half to even
-        scale, bias = scale / np.float32(spec.ys), (bias / np.float32(spec.ys) if bias is not None else None)
+    scale, bias = requant_scales(spec, w_scale, bias)
     scale = b.const(np.pad(scale, (0, np_ - n)), label="scale")
     B = b.const(np.pad(bias, (0, np_ - n)), label="bias") if bias is not None else None
     apply = bind_epilogue(epilogue, b, tuple(out_shape))
@@ -195,18 +220,7 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
         v = (acc[i, j] + corr[j]).astype("float32") * scale[j]
         if B is not None:
             v = v + B[j]
-        if spec.activation == "SiLU":  # its input's integer picks the quantized sigmoid (a table)
-            (cs, cz, csg), lo = spec.silu[0], (-128 if spec.silu[0][2] else 0)
-            q = _quantized(v, cs, cz, csg)
-            v = (q - tirx.const(float(cz), "float32")) * tirx.const(cs, "float32") \
-                * lut[q.astype("int32") - lo]
-        if spec.yq:
-            return _requantized(v / tirx.const(spec.ys, "float32") if spec.activation == "SiLU" else v, spec)
-        if spec.activation == "Relu":
-            v = te.max(v, tirx.const(0.0, "float32"))
-        if spec.ys > 0:
-            v = fake_quant(v, spec.ys, spec.yz, spec.ysg)
-        return apply(v, onnx_index(idx))
+        return requant_tail(v, spec, lut, apply, onnx_index(idx))
 
     Y = te.compute(tuple(int(d) for d in y_shape), out, name="epilogue")
     func = b.finish([(out_value, Y)])
@@ -367,9 +381,16 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
         if co % 16 == 0:
             sch.vectorize(sch.split(ep, [None, 16])[1])
     elif tiled:  # NCHW: each channel's run of the task's pixels as 16-lane vectors
-        ep = sch.get_loops(sch.get_sblock("epilogue"))[-1]
+        *_, ep_c, ep = sch.get_loops(sch.get_sblock("epilogue"))
+        lanes = next((v for v in (16, 8, 4) if co % v == 0), 0)
         if task_rows(m, mr) % 16 == 0 and p % 16 == 0:
             sch.vectorize(sch.split(ep, [None, 16])[1])
+        elif lanes and p >= 4:
+            # short pixel runs (a late layer's 3 x 12): the channels are the lanes instead, read
+            # from one line of acc and stored p apart; a scalar epilogue (round half to even
+            # is a libm call per element) cost 3x onnxruntime's whole QLinearConv there
+            sch.reorder(ep, ep_c)
+            sch.vectorize(sch.split(ep_c, [None, lanes])[1])
     else:
         # NCHW from acc[pixel, channel]: 16 channels per pixel read from one line of acc,
         # written into 16 rows of the output that the next pixels continue

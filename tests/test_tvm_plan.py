@@ -1,0 +1,228 @@
+"""A built plan runs each stretch of kernels between host calls as one compiled function
+(plan_func.py): the same outputs as the kernels called one by one from Python, on float, int8,
+integer-tensor and host-call plans, through a saved artifact too; profile stays per kernel; old
+and tampered plans are refused with one line."""
+import itertools
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+
+require_tvm()
+
+from test_tvm_int import _typed_model  # noqa: E402
+from test_tvm_int8 import _conv_qdq  # noqa: E402
+from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
+from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
+from tvmlite.backends.tvm import plan_func  # noqa: E402
+from tvmlite.backends.tvm.plan_func import stretch_spans  # noqa: E402
+from tvmlite.frontend.onnx_import import import_model  # noqa: E402
+
+RNG = np.random.default_rng(5)
+
+
+def _ort(proto, feeds):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _per_call(cm, feeds):
+    """The outputs of the old path: every kernel and host call from Python, one at a time."""
+    cm.set_inputs(feeds)
+    cm.execute_per_call()
+    return [cm._env[o["name"]] if o.get("host") else t.numpy() for t, o in cm._outputs if not o.get("const")]
+
+
+def _same_both_ways(cm, feeds):
+    """Stretch outputs equal the per-call outputs bit for bit (run twice: buffers are reused)."""
+    fast = cm.run(feeds)
+    fast = cm.run(feeds)
+    slow = _per_call(cm, feeds)
+    assert len(fast) == len(slow)
+    for f, s in zip(fast, slow):
+        assert f.dtype == s.dtype and f.shape == s.shape
+        np.testing.assert_array_equal(f, s)
+    return fast
+
+
+def _conv_chain():
+    """Conv -> Relu -> Conv (+ residual Add) -> Sigmoid: several float kernels, one stretch."""
+    w1 = (RNG.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (RNG.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32)
+    b = RNG.standard_normal(8).astype(np.float32)
+    nodes = [h.make_node("Conv", ["x", "w1", "b"], ["c1"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["c1"], ["r1"]),
+             h.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), h.make_node("Add", ["c2", "r1"], ["s"]),
+             h.make_node("MaxPool", ["s"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("Sigmoid", ["p"], ["y"])]
+    return _typed_model(nodes, {"x": np.zeros((1, 3, 12, 12), np.float32)}, [("y", 4)], {"w1": w1, "w2": w2, "b": b})
+
+
+def test_float_plan_is_one_stretch_and_matches_the_per_call_path_and_onnxruntime():
+    proto = _conv_chain()
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    cm = compile_model(import_model(proto), {"x": x.shape})
+    assert cm.kernel_count >= 2
+    assert [s["calls"] for s in cm.plan["stretches"]] == [[0, len(cm.plan["calls"])]]
+    assert len(cm._run) == 1  # one Python call per run
+    got = _same_both_ways(cm, {"x": x})
+    np.testing.assert_allclose(got[0], _ort(proto, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_int8_plan_matches_the_per_call_path():
+    proto = _conv_qdq((1, 8, 9, 9), (16, 8, 3, 3), pads=[1, 1, 1, 1])
+    x = (RNG.standard_normal((1, 8, 9, 9)) * 2).astype(np.float32)
+    cm = compile_model(import_model(proto), {"x": x.shape})
+    assert any("qdqconv" in c.get("func", "") for c in cm.plan["calls"])
+    got = _same_both_ways(cm, {"x": x})
+    assert np.abs(got[0] - _ort(proto, {"x": x})[0]).max() <= 0.05 + 1e-6  # one quantization step
+
+
+def test_integer_tensor_plan_matches_the_per_call_path():
+    a = RNG.integers(-9, 10, (2, 5)).astype(np.int64)
+    b = RNG.integers(-9, 10, (1, 5)).astype(np.int64)
+    nodes = [h.make_node("Less", ["a", "b"], ["lt"]), h.make_node("Where", ["lt", "a", "b"], ["w"]),
+             h.make_node("Mul", ["w", "a"], ["m"]), h.make_node("Cast", ["m"], ["f"], to=T.FLOAT),
+             h.make_node("Not", ["lt"], ["nl"])]
+    proto = _typed_model(nodes, {"a": a, "b": b}, [("m", 2), ("f", 2), ("nl", 2)])
+    feeds = {"a": a, "b": b}
+    cm = compile_model(import_model(proto), {k: v.shape for k, v in feeds.items()})
+    assert cm.host_ops == [] and len(cm._run) == 1
+    for g, r in zip(_same_both_ways(cm, feeds), _ort(proto, feeds)):
+        assert g.dtype == r.dtype
+        np.testing.assert_array_equal(g, r)
+
+
+def _host_split_model():
+    """Kernels, a host call (CumSum has no kernel) on a kernel's output, kernels again; and an
+    integer CumSum whose ids a Gather kernel reads."""
+    ids = np.array([[1, 0, 2, 1]], np.int64)
+    nodes = [h.make_node("Relu", ["x"], ["r"]), h.make_node("Neg", ["r"], ["n"]),
+             h.make_node("CumSum", ["n", "axis"], ["cs"]), h.make_node("Abs", ["cs"], ["a"]),
+             h.make_node("Add", ["a", "r"], ["y"]),
+             h.make_node("CumSum", ["ids", "axis"], ["ci"]), h.make_node("Gather", ["table", "ci"], ["g"])]
+    feeds = {"x": RNG.standard_normal((1, 4, 3)).astype(np.float32), "ids": ids}
+    proto = _typed_model(nodes, feeds, [("y", 3), ("g", 3), ("ci", 2)],
+                         {"axis": np.array(1, np.int64), "table": RNG.standard_normal((5, 3)).astype(np.float32)})
+    return proto, feeds
+
+
+def test_host_calls_split_the_plan_into_stretches():
+    proto, feeds = _host_split_model()
+    cm = compile_model(import_model(proto), {k: v.shape for k, v in feeds.items()})
+    assert [line.split(":")[0] for line in cm.host_ops] == ["CumSum", "CumSum"], cm.host_ops
+    calls = cm.plan["calls"]
+    spans = [tuple(s["calls"]) for s in cm.plan["stretches"]]
+    assert spans == stretch_spans(calls) and len(spans) >= 2, calls
+    assert all("func" in c for a, b in spans for c in calls[a:b])
+    assert len(cm._run) == len(spans) + sum("host" in c for c in calls)  # one call per stretch
+    got = _same_both_ways(cm, feeds)
+    for g, r in zip(got, _ort(proto, feeds)):
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-6)
+
+
+def test_profile_still_times_each_kernel_and_host_call():
+    proto, feeds = _host_split_model()
+    cm = compile_model(import_model(proto), {k: v.shape for k, v in feeds.items()})
+    rows = cm.profile(feeds, repeats=2)
+    assert sorted(r[0] for r in rows) == sorted(c.get("func") or f"host{c['host']}" for c in cm.plan["calls"])
+    assert all(r[2] >= 0 for r in rows)
+
+
+_copies = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    proto, feeds = _host_split_model()
+    cm = compile_model(import_model(proto), {k: v.shape for k, v in feeds.items()}, cache=False)
+    d = tmp_path_factory.mktemp("plan")
+    cm.save(str(d / "m.so"))
+    return d / "m.so", feeds, cm.run(feeds)
+
+
+def _copy(src, tmp_path, edit=None):
+    dst = tmp_path / f"c{next(_copies)}.so"  # a fresh name: a loaded library stays mapped
+    for suffix in ("", ".json", ".npz"):
+        shutil.copyfile(str(src) + suffix, str(dst) + suffix)
+    if edit:
+        plan = json.loads((tmp_path / f"{dst.name}.json").read_text())
+        edit(plan)
+        (tmp_path / f"{dst.name}.json").write_text(json.dumps(plan))
+    return dst
+
+
+def test_saved_artifact_round_trips_through_the_stretches(saved, tmp_path):
+    path, feeds, ref = saved
+    cm = load_module(str(_copy(path, tmp_path)))
+    assert len(cm._run) < len(cm._calls)
+    for g, r in zip(cm.run(feeds), ref):
+        np.testing.assert_array_equal(g, r)
+    _same_both_ways(cm, feeds)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p.update(format=3), "has format 3, expected 4: rebuild it"),
+    (lambda p: p.pop("stretches"), "'stretches' must be a list"),
+    (lambda p: p["stretches"].pop(), "do not match the kernel calls"),
+    (lambda p: p["stretches"][0].update(calls=[0, 99]), "does not name the arguments"),
+    (lambda p: p["stretches"][0]["args"].pop(), "does not name the arguments"),
+    (lambda p: p["stretches"][0].update(args=["nope"]), "is malformed"),
+    (lambda p: p["stretches"][0].update(func="plan__stretch7"), "has no kernel 'plan__stretch7'"),
+])
+def test_old_or_tampered_stretches_are_refused_in_one_line(saved, tmp_path, edit, message):
+    path, _, _ = saved
+    with pytest.raises(ArtifactError, match=message.replace("[", r"\[")) as e:
+        load_module(str(_copy(path, tmp_path, edit)))
+    assert "\n" not in str(e.value)
+
+
+def test_a_small_plan_picks_its_thread_count_and_computes_the_same_on_any(monkeypatch):
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    proto = _conv_chain()
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    cm = compile_model(import_model(proto), {"x": x.shape})
+    first = cm.run({"x": x})[0]
+    cm.run({"x": x})  # the second run of a small plan measures 1 thread against 2
+    assert cm.threads in (1, 2) and set(cm.thread_times) == {1, 2}
+    assert cm.thread_times[cm.threads] == min(cm.thread_times.values())
+    for n in (1, 2, 1):
+        cm.threads = n
+        np.testing.assert_array_equal(cm.run({"x": x})[0], first)
+        np.testing.assert_array_equal(_per_call(cm, {"x": x})[0], first)
+
+
+def test_thread_picking_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setenv("TVMLITE_PICK_THREADS", "0")
+    proto = _conv_chain()
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    cm = compile_model(import_model(proto), {"x": x.shape})
+    for _ in range(3):
+        cm.run({"x": x})
+    assert cm.threads == 2 and cm.thread_times == {}
+
+
+def test_pick_threads_takes_the_faster_side(monkeypatch):
+    class Clock:  # a run takes 2 ms on the 2-thread setting, 1 ms on one: no real timing
+        t = 0.0
+
+        def perf_counter(self):
+            return self.t
+
+    clock = Clock()
+    monkeypatch.setattr(plan_func, "time", clock)
+
+    def run():
+        clock.t += 0.002 if getattr(plan_func._pool, "n", 1) > 1 else 0.001
+
+    best, means = plan_func.pick_threads(run, 2, rounds=2, per_round=2)
+    assert best == 1 and means == pytest.approx({1: 1.0, 2: 2.0})
+    assert plan_func._pool.n == 1  # the pool is left on the choice
+    plan_func.use_threads(2)

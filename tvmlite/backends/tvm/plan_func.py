@@ -1,0 +1,215 @@
+"""The plan's kernels called from compiled code instead of one Python call each.
+
+Each kernel ``K`` becomes a private subroutine ``K__impl`` taking raw data pointers (no packed-API
+checks, no DLTensor per view) and a public ``K`` with the old signature that only calls it, so
+profiling and single-kernel runs still work without compiling each kernel twice. Each stretch of
+consecutive kernels between host calls becomes one public function ``plan__stretchN`` whose
+arguments are the plan buffers and constants it touches (whole, as allocated): one packed call
+from Python runs the whole stretch. A view is the root buffer's pointer, since every view in a plan
+covers its whole buffer (plan_of checks that).
+
+Why: a packed call from Python costs microseconds of argument conversion and checks per kernel
+(about 23 us between kernels on shufflenet's 78), which is most of a small model's run.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from tvmlite.backends.tvm.kernels.target import import_tvm
+
+STRETCH = "plan__stretch"
+IMPL = "__impl"
+
+
+def stretch_spans(calls: list) -> list[tuple[int, int]]:
+    """[start, end) of each run of consecutive kernel calls (host calls break runs)."""
+    spans, start = [], None
+    for i, c in enumerate(calls + [{"host": -1}]):
+        if "func" in c and start is None:
+            start = i
+        elif "func" not in c and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def _dtype_of(buf) -> str:
+    return str(buf.dtype)
+
+
+def _split_kernel(name: str, func):
+    """(private impl over data pointers, public wrapper with the kernel's buffer signature)."""
+    tvm = import_tvm()
+    tirx = tvm.tirx
+    handles, decls = [], []
+    for p in func.params:
+        if not isinstance(p, tirx.Buffer):
+            raise TypeError(f"kernel {name}: parameter {p} is not a buffer")
+        h = tirx.Var(f"{p.name}_data", tvm.ir.PointerType(tvm.ir.PrimType(_dtype_of(p))))
+        handles.append(h)
+        decls.append(tirx.DeclBuffer(p, data=h))
+    attrs = {k: v for k, v in func.attrs.items() if k != "global_symbol"} if func.attrs else {}
+    # int32: a failed workspace allocation returns -1 from the subroutine
+    impl = tirx.PrimFunc(handles, tirx.SeqStmt(decls + [func.body]), ret_type=tvm.ir.PrimType("int32"),
+                         attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
+    gv = tvm.ir.GlobalVar(name + IMPL)
+    outer = [tirx.decl_buffer(p.shape, _dtype_of(p), p.name) for p in func.params]
+    call = tvm.ir.Call(gv, [b.data for b in outer])
+    wrapper = tirx.PrimFunc(outer, tirx.Evaluate(call)).with_attr("global_symbol", name)
+    return gv, impl, wrapper
+
+
+def plan_module(kernels: list, plan: dict):
+    """An IRModule with every kernel (public wrapper + private impl) and one function per stretch
+    of ``plan["calls"]``; records the stretches in ``plan["stretches"]`` (name, call span, args)."""
+    tvm = import_tvm()
+    tirx = tvm.tirx
+    funcs, impls = {}, {}
+    for kd in kernels:
+        gv, impl, wrapper = _split_kernel(kd.name, kd.func)
+        funcs[gv] = impl
+        funcs[tvm.ir.GlobalVar(kd.name)] = wrapper
+        impls[kd.name] = (gv, [_dtype_of(p) for p in kd.func.params])
+    shapes = {n: (b["shape"], b.get("dtype", "float32")) for n, b in plan["buffers"].items()}
+    # a constant's tensor has the array's shape; kernels may read it through other shapes
+    shapes.update({q.name: (list(q.array.shape), str(q.array.dtype)) for kd in kernels for q in kd.params
+                   if q.kind == "const"})
+    stretches = []
+    for i, (a, b) in enumerate(stretch_spans(plan["calls"])):
+        params, names, stmts = {}, [], []
+        for c in plan["calls"][a:b]:
+            gv, dts = impls[c["func"]]
+            if len(dts) != len(c["args"]):
+                raise TypeError(f"kernel {c['func']}: {len(dts)} parameters, {len(c['args'])} arguments")
+            ptrs = []
+            for (n, shape), dt in zip(c["args"], dts):
+                if n not in params:
+                    full, bdt = shapes[n]
+                    if bdt != dt:  # a kernel reading a buffer as another dtype: not expressible here
+                        raise TypeError(f"kernel {c['func']} reads {n!r} ({bdt}) as {dt}")
+                    params[n] = tirx.decl_buffer(list(full), bdt, f"p{len(names)}")
+                    names.append(n)
+                ptrs.append(params[n].data)
+            # a subroutine's failed workspace allocation fails the stretch with TVM's last error
+            failed = tvm.ir.Call(gv, ptrs, ret_ty="int32") != tirx.const(0, "int32")
+            stmts.append(tirx.IfThenElse(failed, tirx.Evaluate(tirx.call_intrin("int32", "tirx.tvm_throw_last_error")), None))
+        fname = f"{STRETCH}{i}"
+        body = tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0]
+        funcs[tvm.ir.GlobalVar(fname)] = tirx.PrimFunc([params[n] for n in names], body).with_attr(
+            "global_symbol", fname)
+        stretches.append({"func": fname, "calls": [a, b], "args": names})
+    plan["stretches"] = stretches
+    return tvm.IRModule(funcs)
+
+
+def _declare_cpu(mod):
+    """Workspaces (packed tiles, im2col columns) are allocated on "the current device", which only
+    the packed API's prologue declares: each subroutine declares the CPU around its whole body,
+    after the pipeline has hoisted its allocations to the top."""
+    tvm = import_tvm()
+    tirx = tvm.tirx
+    node = tvm.ir.StringImm("default")
+    out = {}
+    for gv, f in mod.functions.items():
+        if gv.name_hint.endswith(IMPL):
+            body = tirx.AttrStmt(node, "device_id", tirx.const(0, "int32"),
+                                 tirx.AttrStmt(node, "device_type", tirx.const(1, "int32"), f.body))
+            f = f.with_body(body)
+        out[gv] = f
+    return tvm.IRModule(out, attrs=mod.attrs)
+
+
+def compile_plan(mod, target):
+    """tvm.tirx.build's steps for a CPU target, with `_declare_cpu` between the pipeline and the
+    host finalization (tirx.build takes no custom pass there)."""
+    import importlib
+
+    tvm = import_tvm()
+    B = importlib.import_module("tvm.tirx.build")  # the module (tvm.tirx.build is also the function)
+
+    target = tvm.target.Target(target)
+    mod = tvm.tirx.transform.BindTarget(target.with_host(target))(mod)
+    pipeline, finalize_host, _ = tvm.tirx.get_default_tir_pipeline(target)
+    mod = _declare_cpu(pipeline(mod))
+    host_mod, device_mods = B.split_host_device_mods(mod)
+    if device_mods:
+        raise TypeError(f"device code in a CPU plan: {list(device_mods)}")
+    return B.tir_to_runtime(finalize_host()(host_mod), {}, target)
+
+
+def run_list(plan: dict, calls: list, lookup, store: dict) -> list:
+    """(callable, args) in run order: one per stretch, the host calls of ``calls`` between."""
+    out, i = [], 0
+    for s in sorted(plan.get("stretches", []), key=lambda s: s["calls"][0]):
+        a, b = s["calls"]
+        out.extend(calls[i:a])
+        out.append((lookup(s["func"]), [store[n] for n in s["args"]]))
+        i = b
+    out.extend(calls[i:])
+    return out
+
+
+def check_stretches(plan: dict, where: str) -> None:
+    """A loaded plan's stretches cover each run of kernel calls once, with arguments it has."""
+    from tvmlite.backends.tvm.artifact_check import ArtifactError
+
+    st = plan.get("stretches")
+    if not isinstance(st, list):
+        raise ArtifactError(f"{where}: 'stretches' must be a list")
+    calls, names = plan["calls"], set(plan["buffers"])
+    names |= {n for c in calls for n, _ in c.get("args", ())}
+    want = stretch_spans(calls)
+    got = []
+    for s in st:
+        ok = (isinstance(s, dict) and isinstance(s.get("func"), str) and isinstance(s.get("calls"), list)
+              and len(s["calls"]) == 2 and all(isinstance(x, int) for x in s["calls"])
+              and isinstance(s.get("args"), list) and all(isinstance(n, str) and n in names for n in s["args"]))
+        if not ok:
+            raise ArtifactError(f"{where}: stretch {s!r:.80} is malformed (func, calls [start, end), args)")
+        a, b = s["calls"]
+        if not 0 <= a < b <= len(calls) or set(s["args"]) != {n for c in calls[a:b] for n, _ in c.get("args", ())}:
+            raise ArtifactError(f"{where}: stretch {s['func']!r} does not name the arguments of calls {a}..{b}")
+        got.append((a, b))
+    if sorted(got) != want:
+        raise ArtifactError(f"{where}: the stretches {sorted(got)} do not match the kernel calls {want}")
+
+
+# --------------------------------------------------------------------------------- thread choice
+_pool = threading.local()  # TVM's pool configuration is per calling thread
+
+
+def use_threads(n: int) -> None:
+    """Run parallel loops launched from this thread on ``n`` threads of TVM's pool (1: the caller
+    alone, no wake-up and no barrier). Only the count of workers used changes (no threads are made
+    or pinned), so switching between models costs microseconds."""
+    if getattr(_pool, "n", None) != n:
+        import_tvm().get_global_func("runtime.config_threadpool")(0, int(n))
+        _pool.n = n
+
+
+def pick_threads(run, most: int, rounds: int = 5, per_round: int = 3) -> tuple[int, dict]:
+    """The faster of 1 and ``most`` threads for ``run`` (mean ms over interleaved blocks), with the
+    means. A small plan's parallel kernels can lose more to waking the pool and waiting at its
+    barrier than they gain: on a busy machine always (a descheduled worker stalls every parallel
+    kernel), on a quiet one for the smallest models."""
+    times: dict[int, list] = {1: [], most: []}
+    order = [1, most]
+    for r in range(rounds):
+        for n in (order if r % 2 == 0 else order[::-1]):
+            use_threads(n)
+            run()  # the first after a switch wakes or settles the pool: not counted
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                run()
+                times[n].append(time.perf_counter() - t0)
+        m1, mm = float(np.mean(times[1])), float(np.mean(times[most]))
+        if r % 2 and max(m1, mm) > 3 * min(m1, mm):
+            break  # clear already (a busy machine): the slow side's runs are the costly ones
+    # means, not medians: a parallel run stalled by a descheduled worker is what the choice is about
+    med = {n: float(np.mean(v)) * 1e3 for n, v in times.items()}
+    best = 1 if med[1] <= med[most] else most
+    use_threads(best)
+    return best, med
