@@ -11,7 +11,8 @@
    the digits CNN after the winograd pass) vs
    onnxruntime (target: geometric mean of the ratios <= 1.2) and vs TVM's untuned Relax build of
    the same ONNX (from_onnx + tvm.compile; target: >= 20x faster).
-4. (--only zoo) The MiniLM encoder at sequence 128, the YOLO-style detector at 320, PP-OCR rec, and
+4. (--only zoo) The MiniLM encoder at sequence 128, the YOLO-style detector at 320, PP-OCR rec, the
+   VAD model (an LSTM in a Loop, with and without an If before it: tests/real_graphs.py), and
    int8 models (tvmlite's quantize of the digits CNN, onnxruntime's quantize_static QDQ of PP-OCR
    cls), each against onnxruntime on the same model, with build time, cached build time and the
    ops that ran on the host. Targets: float geometric mean <= 0.9; int8 <= 1.0x.
@@ -307,6 +308,12 @@ def zoo_models(tmp: pathlib.Path, quick: bool, only=None) -> list:
     if rec.exists() and want("rec"):
         out.append(("ppocr_rec 48x320", "float", onnx.load(rec),
                     {"x": np.random.default_rng(0).random((1, 3, 48, 320), dtype=np.float32)}))
+    if want("vad"):  # a recurrent net in a Loop of 31 steps, with and without an If before it
+        from real_graphs import vad, vad_without_if
+
+        for label, (proto, shapes) in (("vad (Loop)", vad_without_if()), ("vad (If + Loop)", vad())):
+            feeds = {n: np.random.default_rng(5).standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+            out.append((label, "float", proto, {**feeds, **({"sr": np.array(16000, np.int64)} if "If" in label else {})}))
     digits = MODELS / "digits_cnn.onnx"
     if digits.exists() and (MODELS / "digits_calib.npz").exists() and want("digits"):
         m = tvmlite.load(str(digits))
@@ -431,7 +438,7 @@ def main(argv=None) -> int:
                     help="one group (light: every light_*, shipped and corpus model and the detector; "
                          "not in the default run)")
     ap.add_argument("--zoo", default=None, metavar="KEYS",
-                    help="only the models whose names contain one of these (zoo: minilm,detector,rec,digits,cls; "
+                    help="only the models whose names contain one of these (zoo: minilm,detector,rec,vad,digits,cls; "
                          "light: light_resnet50,digits_vgg,det_infer,...)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--threads", type=int, default=None,

@@ -261,4 +261,32 @@ def vad(samples: int = 512, hidden: int = 64, seed: int = 3):
     return model, {"audio": (1, samples), "state": (2, 1, hidden)}
 
 
+def vad_without_if():
+    """real_graphs.vad with its If replaced by the 16 kHz branch inlined (and the sr input gone):
+    the If-free variant of issue 15, whose state Gathers and trip-count arithmetic must not stay
+    on the host (its Loop does: control flow is issue 15 item 1's)."""
+    proto, shapes = vad()
+    g = proto.graph
+    nodes = []
+    for n in g.node:
+        if n.op_type == "If":
+            then = next(a.g for a in n.attribute if a.name == "then_branch")
+            inner = list(then.node)
+            for m in inner:
+                m.output[:] = [n.output[0] if o == then.output[0].name else o for o in m.output]
+            nodes += inner
+            g.initializer.extend(then.initializer)
+        elif n.op_type == "Equal" and "sr" in n.input:
+            continue
+        else:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    keep = [i for i in g.input if i.name != "sr"]
+    del g.input[:]
+    g.input.extend(keep)
+    onnx.checker.check_model(proto)
+    return proto, shapes
+
+
 BUILDERS = {"detector": detector, "scalar_input": scalar_input, "symbolic_hw": symbolic_hw, "vad": vad}

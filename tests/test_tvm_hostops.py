@@ -311,7 +311,7 @@ def test_loop_and_if_bodies_run_from_the_library(tmp_path):
     model = load(proto)
     feeds = random_inputs(model, shapes, seed=0)
     cm = compile_model(model, {k: v.shape for k, v in feeds.items()})
-    assert {"If: control flow", "Loop: control flow"} <= set(cm.host_ops)
+    assert {line.split(":")[0] for line in cm.host_ops if ": control flow" in line} == {"If", "Loop"}
     cm.save(str(tmp_path / "vad.so"))
     ref = run_model(model, feeds)
     _check_close(dict(zip(cm.output_names, load_module(str(tmp_path / "vad.so")).run(feeds))), ref)

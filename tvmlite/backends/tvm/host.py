@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from tvmlite.backends.numpy import Plan
+from tvmlite.backends.tvm import control, control_run
 from tvmlite.errors import TvmliteError, UnsupportedError
 from tvmlite.export.onnx_export import export_graph
 from tvmlite.frontend.onnx_import import import_graph
@@ -30,10 +31,11 @@ from tvmlite.ops.registry import canonical_domain
 
 
 # -------------------------------------------------------------------------------------------- build
-def segment_spec(seg, low, buffers: dict, host_made: set, index: int) -> tuple[dict, dict]:
+def segment_spec(seg, low, buffers: dict, host_made: set, index: int, plan_of=None) -> tuple[dict, dict]:
     """The plan entry (JSON-able) of host segment ``seg`` and the arrays it puts in the .npz.
     ``buffers``: the TVM buffers made so far (a segment output a kernel reads has one by now);
-    ``host_made``: every value a host segment makes (those are read from the host values)."""
+    ``host_made``: every value a host segment makes (those are read from the host values);
+    ``plan_of``: module.plan_of, for the run plans of a control-flow node's compiled bodies."""
     g = low.model.graph
     arrays: dict[str, np.ndarray] = {}
     reads, consts = {}, {}
@@ -57,6 +59,9 @@ def segment_spec(seg, low, buffers: dict, host_made: set, index: int) -> tuple[d
                       "attrs": attrs, "reason": why})
     spec = {"nodes": nodes, "inputs": list(seg.inputs), "outputs": list(seg.outputs),
             "reads": reads, "consts": consts, "writes": writes}
+    if seg.body is not None:  # the node stays stored too: the checks of check_host read it
+        spec["body"], body_arrays = control.body_spec(seg.body, index, plan_of)
+        arrays.update(body_arrays)
     return spec, arrays
 
 
@@ -176,13 +181,21 @@ class HostCall:
     buffers, constants, host values in ``env``), runs the NumPy plan of its nodes, keeps every
     output in ``env`` and copies those TVM kernels read into their buffers."""
 
-    def __init__(self, spec: dict, arrays: dict, opsets: dict, buffer_view, env: dict):
-        # blas_threads=None: capping BLAS through threadpoolctl costs ~10 us per call, more than a
-        # small host op (LayerNormalization of a 2x3x8 tensor: 25 us) takes; host ops are rarely GEMMs
-        self.plan = Plan(segment_graph(spec, arrays), dict(opsets), blas_threads=None)
+    def __init__(self, spec: dict, arrays: dict, opsets: dict, buffer_view, env: dict, sub_model=None):
         self.env = env
         self.labels = [nd["name"] or f"{nd['op_type']}->{nd['outputs'][0] if nd['outputs'] else '?'}"
                        for nd in spec["nodes"]]
+        if "body" in spec:  # a Loop/If with TVM-compiled bodies (control.py)
+            if sub_model is None:
+                raise TvmliteError(f"host call {self.labels[0]!r} has compiled bodies and no library to run them")
+            segment_graph(spec, arrays)  # the node as stored must still parse: a damaged artifact fails at load
+            self.body = control_run.runner(spec["body"], sub_model, f"host call {self.labels[0]!r}")
+            self.plan = None
+            self.const_feeds = {name: loaded(arrays[key]) for name, key in spec["consts"].items()}
+        else:
+            # blas_threads=None: capping BLAS through threadpoolctl costs ~10 us per call, more than a
+            # small host op (LayerNormalization of a 2x3x8 tensor: 25 us) takes; host ops are rarely GEMMs
+            self.plan = Plan(segment_graph(spec, arrays), dict(opsets), blas_threads=None)
         self.reads = []
         for name, (buf, shape) in spec["reads"].items():
             view = buffer_view(buf, shape)
@@ -198,7 +211,11 @@ class HostCall:
             if name not in self.env:
                 raise TvmliteError(f"host call {self.labels[0]!r}: value {name!r} was not computed")
             feeds[name] = self.env[name]
-        self.env.update(zip(self.outputs, self.plan.run(feeds)))
+        if self.plan is None:
+            made = self.body.run({**self.const_feeds, **feeds})
+            self.env.update((o, made[o]) for o in self.outputs)
+        else:
+            self.env.update(zip(self.outputs, self.plan.run(feeds)))
         for name, dst in self.writes:
             got = self.env[name]
             if not isinstance(got, np.ndarray) or got.dtype != dst.dtype or got.shape != dst.shape:

@@ -37,8 +37,15 @@ def add_loop_shapes(m: Model, shapes: dict) -> bool:
             g.values[name].type = tensor_type(dtype, shape)
             shapes[name] = shape
         found = True
-    if not found:
-        return False
+    if found:
+        propagate_shapes(m, shapes)
+    return found
+
+
+def propagate_shapes(m: Model, shapes: dict) -> None:
+    """Add to ``shapes`` the static shapes inference finds from the types recorded on values
+    (the Loop outputs'), which it keeps."""
+    g = m.graph
     for name, t in inferred_types(m).items():  # the recorded Loop types flow on to their readers
         v = g.values.get(name)
         s = type_shape(t)
@@ -47,7 +54,6 @@ def add_loop_shapes(m: Model, shapes: dict) -> bool:
         if v.elem_type is None and type_elem(t):
             v.type = t
         shapes[name] = tuple(int(d) for d in s)
-    return True
 
 
 def _trips(g, node) -> int | None:
@@ -71,24 +77,20 @@ def _trips(g, node) -> int | None:
     return int(m.reshape(-1)[0])
 
 
-def _loop_outputs(m: Model, node, shapes: dict) -> dict | None:
-    """{output: (dtype, shape)} of a fixed-count Loop whose body keeps its shapes, else None."""
+def body_proto(m: Model, body, shapes: dict, inputs: dict) -> onnx.ModelProto | None:
+    """Subgraph ``body`` of a node of ``m`` as a model of its own: its inputs typed by ``inputs``
+    ({name: (dtype, shape)}), the outer-scope values it reads as graph inputs (constants as
+    initializers). None when one of them has no static shape or known type. The output shapes are
+    left to inference."""
     g = m.graph
-    trips = _trips(g, node)
-    body = node.attrs["body"]
-    carried = list(node.inputs[2:])
-    if trips is None or trips < 0 or not all(n and n in shapes for n in carried):
-        return None
-    outer = [n for n in node.implicit_inputs if n]
+    outer = [n for n in body.outer_references() if n]
     if not all(n in shapes or g.const_value(n) is not None for n in outer):
         return None
     gp = onnx.GraphProto()
     gp.CopyFrom(export_graph(body))
-    typed = {body.inputs[0]: (np.int64, ()), body.inputs[1]: (np.bool_, ())}
-    typed.update({b: (g.values[o].dtype, shapes[o]) for b, o in zip(body.inputs[2:], carried)})
     del gp.input[:]
     for name in body.inputs:
-        dt, shape = typed[name]
+        dt, shape = inputs[name]
         if dt is None:
             return None
         gp.input.append(onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dt)),
@@ -107,28 +109,68 @@ def _loop_outputs(m: Model, node, shapes: dict) -> dict | None:
         if vi.type.HasField("tensor_type"):
             vi.type.tensor_type.ClearField("shape")
     del gp.value_info[:]
-    proto = onnx.helper.make_model(gp, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in m.opsets.items()],
-                                   ir_version=8)
+    return onnx.helper.make_model(gp, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in m.opsets.items()],
+                                  ir_version=8)
+
+
+def body_output_types(proto: onnx.ModelProto) -> dict | None:
+    """{output: (dtype, static shape or None)} of a standalone body, by onnx's inference."""
     try:
         inferred = onnx.shape_inference.infer_shapes(proto).graph
-    except Exception:  # noqa: BLE001 - inference is best effort: no shapes, the Loop's readers stay host-run
+    except Exception:  # noqa: BLE001 - inference is best effort: no shapes, the body stays host-run
         return None
-    out_types = {vi.name: vi.type for vi in inferred.output}
     result = {}
-    n_carried = len(carried)
+    for vi in inferred.output:
+        s = type_shape(vi.type) if vi.type.HasField("tensor_type") else None
+        static = s is not None and all(isinstance(d, int) and d >= 0 for d in s)
+        elem = type_elem(vi.type) if vi.type.HasField("tensor_type") else 0
+        dt = onnx.helper.tensor_dtype_to_np_dtype(elem) if elem else None
+        result[vi.name] = (dt, tuple(int(d) for d in s) if static else None)
+    return result
+
+
+def loop_body_shapes(m: Model, node, shapes: dict, body=None,
+                     extra: dict | None = None) -> tuple[onnx.ModelProto | None, dict | None, str]:
+    """(standalone body, {body output: (dtype, shape)}, '') when ``node``'s carried values keep
+    their shapes from step to step and its per-step outputs have static shapes; else (None, None,
+    why not). ``body``: a rewritten copy of the node's body whose inputs after its own are
+    ``extra`` ({name: (dtype, shape)})."""
+    g = m.graph
+    body = body or node.attrs["body"]
+    carried = list(node.inputs[2:])
+    if not all(n and n in shapes for n in carried):
+        return None, None, "a loop-carried value has no static shape"
+    inputs = {body.inputs[0]: (np.int64, ()), body.inputs[1]: (np.bool_, ())}
+    inputs.update({b: (g.values[o].dtype, shapes[o]) for b, o in zip(body.inputs[2:], carried)})
+    inputs.update(extra or {})
+    proto = body_proto(m, body, shapes, inputs)
+    if proto is None:
+        return None, None, "a value the body reads has no static shape"
+    types = body_output_types(proto)
+    if types is None:
+        return None, None, "the body's shapes cannot be inferred"
+    for k, name in enumerate(body.outputs[1:]):
+        dt, s = types.get(name, (None, None))
+        if s is None or dt is None:
+            return None, None, f"body output {name!r} has no static shape"
+        if k < len(carried) and s != tuple(shapes[carried[k]]):
+            return None, None, f"loop-carried {carried[k]!r} changes shape from step to step"
+    return proto, types, ""
+
+
+def _loop_outputs(m: Model, node, shapes: dict) -> dict | None:
+    """{output: (dtype, shape)} of a fixed-count Loop whose body keeps its shapes, else None."""
+    trips = _trips(m.graph, node)
+    if trips is None or trips < 0:
+        return None
+    proto, types, _ = loop_body_shapes(m, node, shapes)
+    if proto is None:
+        return None
+    body = node.attrs["body"]
+    n_carried = len(node.inputs) - 2
+    result = {}
     for k, name in enumerate(node.outputs):
-        if not name:
-            continue
-        t = out_types.get(body.outputs[k + 1])
-        s = type_shape(t) if t is not None else None
-        if s is None or not all(isinstance(d, int) and d >= 0 for d in s):
-            return None
-        s = tuple(int(d) for d in s)
-        dt = onnx.helper.tensor_dtype_to_np_dtype(type_elem(t))
-        if k < n_carried:
-            if s != tuple(shapes[carried[k]]):
-                return None  # the state changes shape from step to step
-            result[name] = (dt, s)
-        else:
-            result[name] = (dt, (trips,) + s)
+        if name:
+            dt, s = types[body.outputs[k + 1]]
+            result[name] = (dt, s if k < n_carried else (trips,) + s)
     return result

@@ -23,15 +23,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tvmlite.backends.tvm import fusion
+from tvmlite.backends.tvm import control, fusion
 from tvmlite.backends.tvm.emitters import lookup
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: F401 - the lowering's vocabulary
-from tvmlite.backends.tvm.loop_shapes import add_loop_shapes
+from tvmlite.backends.tvm.loop_shapes import add_loop_shapes, propagate_shapes
 from tvmlite.backends.tvm.prepare import ONNX, prepare
+from tvmlite.backends.tvm.prepare import _fold_static_shapes as fold_static_shapes
 from tvmlite.errors import UnsupportedError
+from tvmlite.frontend.onnx_import import import_model
 from tvmlite.inputs import graph_inputs
 from tvmlite.ir.graph import Model, Node
 from tvmlite.ops.registry import canonical_domain, lookup as lookup_kernel
+from tvmlite.passes.cleanup import DeadCodeElimination, FoldConstants
 
 
 @dataclass
@@ -41,6 +44,7 @@ class HostSegment:
     reasons: list                                     # why each one is host-run
     inputs: list = field(default_factory=list)        # values read from outside (subgraphs' too)
     outputs: list = field(default_factory=list)       # values read after it, or graph outputs
+    body: control.Body | None = None                  # a control-flow node's compiled bodies
 
 
 @dataclass
@@ -54,12 +58,14 @@ class Lowered:
     order: list = field(default_factory=list)         # KernelDef and HostSegment in run order
     model: Model | None = None                        # the prepared model the nodes belong to
     host_problems: list = field(default_factory=list)  # [op, reason, count] of host-run nodes
+    body_kernels: list = field(default_factory=list)  # KernelDef of compiled control-flow bodies
 
 
 @dataclass
 class _HostNode:
     node: Node
     reason: str
+    body: control.Body | None = None
 
 
 class Lowering:
@@ -82,6 +88,8 @@ class Lowering:
         self.views: dict[str, str] = {}
         self.opset = model.opset
         self.pos: dict = {}
+        self.body_kernels: list = []
+        self.n_bodies = 0
 
     # --------------------------------------------------------------------------------- helpers
     def const(self, name: str):
@@ -168,8 +176,11 @@ class Lowering:
                 self.emit_node(node)
             except UnsupportedError as e:
                 self._undo(mark)
-                self.host(node, str(e))
-        low = Lowered(views=self.views, shapes=self.shapes, model=self.m)
+                if node.subgraphs and node.domain in ONNX:
+                    self.host(node, *self.control(node))
+                else:
+                    self.host(node, str(e))
+        low = Lowered(views=self.views, shapes=self.shapes, model=self.m, body_kernels=self.body_kernels)
         low.host_problems = [[op, why, n] for (op, why), n in self.problems.items()]
         # a fused kernel runs where its last node was: the operands of its epilogue (a residual
         # made by a later branch, say) are ready by then
@@ -201,7 +212,46 @@ class Lowering:
             raise UnsupportedError("constant computation left unfolded")
         self.lower_node(node)
 
-    def host(self, node: Node, reason: str) -> None:
+    def control(self, node: Node) -> tuple[str, control.Body | None]:
+        """(reason, compiled bodies or None) of a control-flow node: a Loop whose state keeps its
+        shape and an If whose branches have static shapes get their bodies lowered (control.py);
+        the host still drives them, so they stay in the report (and ``strict`` refuses them)."""
+        if node.op_type == "Loop":
+            got = control.loop_body(self.m, node, self.shapes)
+            parts, info = (None, got) if isinstance(got, str) else ([got[:2]], got[2])
+        elif node.op_type == "Scan" and self.opset >= 9:  # opset 8's Scan has a batch axis
+            got = control.scan_body(self.m, node, self.shapes)
+            parts, info = (None, got) if isinstance(got, str) else ([got[:2]], got[2])
+        elif node.op_type == "If":
+            got = control.if_branches(self.m, node, self.shapes)
+            parts, info = (None, got) if isinstance(got, str) else (got, {
+                "cond": node.inputs[0], "node_outputs": list(node.outputs)})
+        else:
+            return "control flow", None
+        if parts is None:
+            return f"control flow (body not compiled: {info})", None
+        lows, n = [], 0
+        for proto, in_shapes in parts:
+            try:
+                prepared, shapes = prepared_model(import_model(proto, check=False), in_shapes)
+                check = Lowering(prepared, shapes, emit=False)
+                check.run()
+            except Exception as e:  # noqa: BLE001 - any failure to lower a body leaves it to the NumPy plan
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                return f"control flow (body not compiled: {type(e).__name__}: {first})", None
+            if check.problems:
+                return f"control flow (body not compiled: {'; '.join(problem_list(check.problems))})", None
+            n += len(check.kernels)
+            if self.emit:
+                low = Lowering(prepared, shapes, lanes=self.lanes).run()
+                control.name_kernels(low, f"c{self.n_bodies}")
+                self.body_kernels += low.kernels
+                lows.append(low)
+        self.n_bodies += 1
+        kind = node.op_type.lower()
+        return f"control flow, body compiled to {n} TVM kernel{'s' if n != 1 else ''}", control.Body(kind, lows, info)
+
+    def host(self, node: Node, reason: str, body: control.Body | None = None) -> None:
         """``node`` runs as a host call (its NumPy kernel) at its place in the run order."""
         self.problems[(node.op_type, reason)] += 1
         domain = canonical_domain(node.domain)
@@ -210,7 +260,7 @@ class Lowering:
             name = f"{domain}::{node.op_type}" if domain else node.op_type
             self.unrunnable[f"{name} (opset {version if version is not None else '?'})"] += 1
         self.keys.append(self.pos[node])
-        self.kernels.append(_HostNode(node, reason))
+        self.kernels.append(_HostNode(node, reason, body if self.emit else None))
 
     def _undo(self, mark) -> None:
         """Forget what a node's emitter did before it refused the node (kernels, fused nodes)."""
@@ -246,7 +296,7 @@ def _segments(g, entries: list, views: dict) -> list:
         if not isinstance(e, _HostNode):
             out.append(e)
             continue
-        if not out or not isinstance(out[-1], HostSegment) or any(
+        if not out or not isinstance(out[-1], HostSegment) or e.body or out[-1].body or any(
                 views.get(n, n) in made and n not in made
                 for n in list(e.node.inputs) + list(e.node.implicit_inputs) if n):
             out.append(HostSegment([], []))
@@ -254,6 +304,7 @@ def _segments(g, entries: list, views: dict) -> list:
         made.update(e.node.outputs)
         out[-1].nodes.append(e.node)
         out[-1].reasons.append(e.reason)
+        out[-1].body = e.body
     for seg in out:
         if isinstance(seg, HostSegment):
             inside = set(seg.nodes)
@@ -270,7 +321,16 @@ def _segments(g, entries: list, views: dict) -> list:
 def prepared_model(model: Model, input_shapes: dict) -> tuple[Model, dict]:
     """`prepare`, plus the static shapes of fixed-count Loops' outputs and what follows them."""
     prepared, shapes = prepare(model, input_shapes)
-    add_loop_shapes(prepared, shapes)
+    for _ in range(4):
+        if not add_loop_shapes(prepared, shapes):
+            break
+        # shapes known only now (after a Loop): fold the Shape/Size that read them and what they
+        # feed (a ConstantOfShape, a Range over a length), as prepare did before the Loop
+        if not fold_static_shapes(prepared, shapes):
+            break
+        FoldConstants(max_growth=float("inf"))(prepared)
+        DeadCodeElimination()(prepared)
+        propagate_shapes(prepared, shapes)
     return prepared, shapes
 
 

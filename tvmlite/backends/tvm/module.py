@@ -68,7 +68,7 @@ def plan_of(low) -> tuple[dict, dict]:
                     if o not in low.shapes:
                         raise TvmliteError(f"host value {o!r} is read by a kernel but has no static shape")
                     buffers[o] = typed({"shape": list(low.shapes[o]), "kind": "host"}, o)
-            spec, arrays = host.segment_spec(entry, low, buffers, host_made, len(host_specs))
+            spec, arrays = host.segment_spec(entry, low, buffers, host_made, len(host_specs), plan_of)
             consts.update(arrays)
             calls.append({"host": len(host_specs), "nodes": [n.label for n in entry.nodes]})
             host_specs.append(spec)
@@ -139,9 +139,9 @@ def kernel_args(kd, feeds: dict) -> tuple[list, list]:
 
 
 def build_lowered(low, target, plan: dict):
-    """One IRModule holding every kernel and one function per stretch of kernels (recorded in
-    ``plan``, see plan_func.py), compiled for ``target``."""
-    return plan_func.compile_plan(plan_func.plan_module(low.kernels, plan), target)
+    """One IRModule holding every kernel (control-flow bodies' too: control.py) and one function
+    per stretch of kernels (recorded in ``plan``, see plan_func.py), compiled for ``target``."""
+    return plan_func.compile_plan(plan_func.plan_module(low.kernels + low.body_kernels, plan), target)
 
 
 def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None = None, *,
@@ -253,7 +253,8 @@ class CompiledModel:
             return np.from_dlpack(store[name]).reshape(shape)
 
         self._env: dict = {}  # host values: non-float inputs and what host calls made
-        segments = [host.HostCall(spec, consts, plan.get("opsets", {}), host_view, self._env)
+        segments = [host.HostCall(spec, consts, plan.get("opsets", {}), host_view, self._env,
+                                  sub_model=lambda p: CompiledModel(lib, p, consts))  # control.py's bodies
                     for spec in plan.get("host", [])]
         # per call (profile, tools), and the run: each stretch of kernels as one compiled call
         self._calls = [(segments[c["host"]], []) if "host" in c else

@@ -95,6 +95,9 @@ def read(path: str, plan: dict, pool: dict | None = None) -> tuple[dict, dict]:
     for seg in plan.get("host", []) if isinstance(plan.get("host"), list) else []:
         if isinstance(seg, dict) and isinstance(seg.get("consts"), dict):
             host_names.update(k for k in seg["consts"].values() if isinstance(k, str))
+            body = seg.get("body")  # a control-flow node's compiled bodies (control.py)
+            if isinstance(body, dict) and isinstance(body.get("consts"), list):
+                host_names.update(k for k in body["consts"] if isinstance(k, str))
             for nd in seg.get("nodes", []) if isinstance(seg.get("nodes"), list) else []:
                 for a in (nd.get("attrs") or {}).values() if isinstance(nd, dict) else []:
                     ref = a.get("npz") if isinstance(a, dict) else None
