@@ -65,13 +65,15 @@ class ChannelPruner:
             self.original = model.copy()
         self.b = Builder(model)  # one name authority for the pruner's run
 
-    def _producers(self) -> list[Node]:
+    def _producers(self, *, joinable: bool = False) -> list[Node]:
+        """The layers whose channels can be pruned. ``joinable``: all of them, ignoring ``only``
+        (a group started at ``only`` may pull in layers joined with it by Add/Mul)."""
         g = self.g
         out = []
         for node in g.toposort():
             if self.o.layers and node.name not in self.o.layers:
                 continue
-            if self.only is not None and node.outputs[0] != self.only:
+            if self.only is not None and not joinable and node.outputs[0] != self.only:
                 continue
             if not is_onnx(node, "Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
                 continue
@@ -115,7 +117,7 @@ class ChannelPruner:
         # (value, offset of the group's channels inside it)
         todo = [(start.outputs[0], 0)]
         seen: set = set()
-        candidates = set(self._producers())
+        candidates = set(self._producers(joinable=True))
         while todo:
             name, offset = todo.pop()
             if (name, offset) in seen:
@@ -374,14 +376,19 @@ def prune_within_budget(model: Model, options, result: PassResult) -> None:
     targets = capture_values(model, list(model.graph.outputs), data)
     one = {k: v[:1] for k, v in data.items()}
     keys = [n.outputs[0] for n in ChannelPruner(model, replace(o, calib=None), PassResult(result.pass_name))._producers()]
+    tried: set = set()  # layers already in a group tried (kept or not): a joined layer's turn is over
     for key in keys:
         node = model.graph.producer(key)
         if node is None or not is_onnx(node, "Conv", "Gemm", "MatMul"):
             continue  # pruned away or refitted into a new node with an earlier group
         label = node.label
+        if label in tried:
+            continue
         # the largest fraction first; a smaller one only when the larger broke the budget
         for sparsity in dict.fromkeys((o.sparsity, o.sparsity / 2, o.sparsity / 4)):
             row = _try_group(model, replace(o, sparsity=sparsity), key, label, data, targets, one, result)
+            if row is not None:
+                tried.update([row["node"], *row.get("joined", ())])
             if row is None or row["kept"] or not row["reason"].startswith("model-output"):
                 break
         if row is not None and not row["kept"]:

@@ -181,6 +181,16 @@ def test_channel_pruning_budget_keeps_only_groups_within_it():
     assert err <= 0.5 * _budget_run(10.0)[1] + 1e-6
 
 
+def test_channel_pruning_budget_prunes_a_joined_group_once():
+    """conv2 and conv3 meet at an Add (a residual join): in budget mode they are one group, tried
+    once (a group started at one layer may take in the layers joined with it)."""
+    r, err = _budget_run(10.0)
+    rows = {d["node"]: d for d in r.decisions if d.get("kept")}
+    assert set(rows) == {"conv1", "conv2", "conv4"}, r.skipped
+    assert rows["conv2"]["joined"] == ["conv3"] and rows["conv2"]["channels_after"] == 8
+    assert not any(s[0] in ("conv2", "conv3") for s in r.skipped)
+
+
 def test_channel_pruning_measure_keeps_only_what_onnxruntime_runs_faster(monkeypatch):
     import tvmlite.passes.prune_channels as pc
 
