@@ -54,15 +54,17 @@ class _Group:
 class ChannelPruner:
     """One run (Prune keeps nothing); with calib, readers are refitted to ``original``'s outputs."""
 
-    def __init__(self, model: Model, options, result: PassResult, *, only: str | None = None, data=None):
+    def __init__(self, model: Model, options, result: PassResult, *, only: str | None = None, data=None,
+                 original: Model | None = None):
         """``only``: prune just the group of the producer with this first output; ``data``: the
-        calibration feeds already loaded (else ``options.calib`` is loaded)."""
+        calibration feeds already loaded (else ``options.calib`` is loaded); ``original``: a copy
+        of ``model`` as it is now, when the caller holds one already (read only, for the refit)."""
         self.model, self.g, self.o, self.result = model, model.graph, options, result
         self.only = only
         self.data = self.original = None
         if data is not None or options.calib is not None:
             self.data = data if data is not None else load_calibration(options.calib, model).first(options.calib_count)
-            self.original = model.copy()
+            self.original = original if original is not None else model.copy()
         self.b = Builder(model)  # one name authority for the pruner's run
 
     def _producers(self, *, joinable: bool = False) -> list[Node]:
@@ -393,8 +395,10 @@ def prune_within_budget(model: Model, options, result: PassResult) -> None:
                 break
         if row is not None and not row["kept"]:
             result.skipped.append((label, row["reason"]))
-    result.stats["groups_kept"] = sum(1 for d in result.decisions if d.get("kept"))
-    result.stats["model_error"] = round(output_error(model, targets, [data]), 5)
+    kept = [d for d in result.decisions if d.get("kept")]
+    result.stats["groups_kept"] = len(kept)
+    # what the last kept group measured: every later attempt was undone, so it is the model's error
+    result.stats["model_error"] = kept[-1]["model_error"] if kept else 0.0
 
 
 def _try_group(model: Model, o, key: str, label: str, data, targets, one, result: PassResult):
@@ -402,7 +406,7 @@ def _try_group(model: Model, o, key: str, label: str, data, targets, one, result
     prune_within_budget); returns its decision row, or None when nothing could be pruned."""
     backup = model.copy()
     sub = PassResult(result.pass_name)
-    ChannelPruner(model, o, sub, only=key, data=data).run()
+    ChannelPruner(model, o, sub, only=key, data=data, original=backup).run()
     if not sub.changed:
         if not any(s[0] == label for s in result.skipped):
             result.skipped += sub.skipped
