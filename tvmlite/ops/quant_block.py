@@ -146,7 +146,19 @@ def _matmul_nbits_prepare(consts, attrs):
 kernel("MatMulNBits", domain=MS_DOMAIN, prepare=_matmul_nbits_prepare, fresh_output=True)(matmul_nbits)
 
 
-@kernel("GatherBlockQuantized", domain=MS_DOMAIN)
+def _gather_block_quantized_shape(ins, *, gather_axis=0, bits=4, **_):
+    """Output dtype and shape (onnx has no rule for this contrib op): the scales' dtype; data's
+    shape, its last axis unpacked (uint8 data holds 8 // bits codes a byte), with the gather axis
+    replaced by the indices' shape."""
+    (ddt, dshape), (_, ishape), (sdt, _) = ins[:3]
+    shape = list(dshape)
+    if np.dtype(ddt) == np.uint8:
+        shape[-1] = shape[-1] * 8 // _check_bits(bits, "GatherBlockQuantized")  # a symbolic dim fails
+    ga = int(gather_axis) % len(shape)
+    return [(sdt, tuple(shape[:ga]) + tuple(ishape) + tuple(shape[ga + 1:]))]
+
+
+@kernel("GatherBlockQuantized", domain=MS_DOMAIN, shape=_gather_block_quantized_shape)
 def gather_block_quantized(data, indices, scales, zero_points=None, *, gather_axis=0, quantize_axis=1,
                            block_size=128, bits=4):
     data = np.asarray(data)
