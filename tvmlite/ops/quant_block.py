@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
-from tvmlite.ops.quant import _bcast_param
+from tvmlite.ops.quant import bcast_param
 from tvmlite.ops.registry import kernel
 
 MS_DOMAIN = "com.microsoft"
@@ -203,12 +203,12 @@ def gather_block_quantized(data, indices, scales, zero_points=None, *, gather_ax
         s_rows = np.take(scales, safe, axis=ga)
         out_shape = rows.shape
         q_axis = qa if qa < ga else qa + idx.ndim - 1
-        s = _bcast_param(s_rows.astype(np.float32), out_shape, q_axis, bs)
-        z = default_zp if zp is None else _bcast_param(np.take(zp, safe, axis=ga), out_shape, q_axis, bs)
+        s = bcast_param(s_rows.astype(np.float32), out_shape, q_axis, bs)
+        z = default_zp if zp is None else bcast_param(np.take(zp, safe, axis=ga), out_shape, q_axis, bs)
         y = (rows - z) * s
     else:
-        s = _bcast_param(scales.astype(np.float32), shape, qa, bs)
-        z = default_zp if zp is None else _bcast_param(zp, shape, qa, bs)
+        s = bcast_param(scales.astype(np.float32), shape, qa, bs)
+        z = default_zp if zp is None else bcast_param(zp, shape, qa, bs)
         y = np.take((codes.astype(np.float32) - z) * s, safe, axis=ga)
     if not valid.all():
         mask_shape = (1,) * ga + valid.shape + (1,) * (r - ga - 1)
