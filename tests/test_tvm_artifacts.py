@@ -207,3 +207,42 @@ def test_a_fresh_build_runs_its_cached_library_and_saves_by_copy(tmp_path):
     x = np.random.default_rng(2).standard_normal((2, 16)).astype(np.float32)
     np.testing.assert_allclose(load_module(str(tmp_path / "g.so")).run({"x": x})[0], x @ w, rtol=1e-5, atol=1e-5)
     assert compile_model(load(_gemm_model(w))).cached
+
+
+def test_source_digest_reads_the_sources_again_only_when_one_changed(tmp_path, monkeypatch):
+    """The backend sources are part of every cache key; they are read again only when a file's
+    size or time changed (reading all of them on every key took ~20 ms)."""
+    import pathlib
+
+    from tvmlite.backends.tvm import build_cache
+
+    (tmp_path / "kernels").mkdir()
+    src = tmp_path / "kernels" / "a.py"
+    src.write_text("x = 1\n")
+    monkeypatch.setattr(build_cache, "__file__", str(tmp_path / "build_cache.py"))
+    reads = []
+    real = pathlib.Path.read_bytes
+    monkeypatch.setattr(pathlib.Path, "read_bytes", lambda p: reads.append(p.name) or real(p))
+    first = build_cache._source_digest()
+    assert reads == ["a.py"]
+    assert build_cache._source_digest() == first and reads == ["a.py"]
+    src.write_text("x = 22\n")
+    assert build_cache._source_digest() != first and reads == ["a.py", "a.py"]
+
+
+def test_constants_stored_or_compressed_read_the_same(tmp_path):
+    """np.savez stores members as they are: those are read from the file straight into the TVM
+    tensors, with their CRC-32 checked; a compressed .npz (written by another tool) still loads."""
+    w = np.random.default_rng(3).standard_normal((64, 32)).astype(np.float32)
+    so = tmp_path / "g.so"
+    compile_model(load(_gemm_model(w)), cache=False).save(str(so))
+    x = np.random.default_rng(4).standard_normal((2, 64)).astype(np.float32)
+    want = load_module(str(so)).run({"x": x})[0]
+    np.testing.assert_allclose(want, x @ w, rtol=1e-5, atol=1e-5)
+    with np.load(str(so) + ".npz") as z:
+        consts = {k: z[k] for k in z.files}
+    so2 = tmp_path / "c.so"
+    shutil.copyfile(so, so2)
+    shutil.copyfile(str(so) + ".json", str(so2) + ".json")
+    np.savez_compressed(str(so2) + ".npz", **consts)
+    np.testing.assert_array_equal(load_module(str(so2)).run({"x": x})[0], want)
