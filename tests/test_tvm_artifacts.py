@@ -246,3 +246,41 @@ def test_constants_stored_or_compressed_read_the_same(tmp_path):
     shutil.copyfile(str(so) + ".json", str(so2) + ".json")
     np.savez_compressed(str(so2) + ".npz", **consts)
     np.testing.assert_array_equal(load_module(str(so2)).run({"x": x})[0], want)
+
+
+def _mapped_ranges(path):
+    ranges = []
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith(str(path)):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def test_constants_are_mapped_and_a_later_save_leaves_them_as_they_were(tmp_path):
+    """Saved constants are aligned in the .npz, so a loaded artifact's kernel constants are the
+    file's pages (no copy); saving another build under the same name lands by rename, so the
+    loaded one still computes with its own weights."""
+    import zipfile
+
+    from tvmlite.backends.tvm import params
+
+    w = np.random.default_rng(5).standard_normal((256, 64)).astype(np.float32)
+    so = tmp_path / "g.so"
+    compile_model(load(_gemm_model(w)), cache=False).save(str(so))
+    npz = so.with_suffix(".so.npz")
+    with zipfile.ZipFile(npz) as zf, open(npz, "rb") as raw:
+        for info in zf.infolist():
+            start = params._data_offset(raw, info, str(npz), info.filename)
+            assert (start + 128) % params.ALIGN == 0 or info.file_size < 128
+    cm = load_module(str(so))
+    ranges = _mapped_ranges(npz.resolve())
+    big = [np.from_dlpack(t) for t in cm._tensors.values() if int(np.prod(t.shape)) >= w.size]
+    assert ranges and big, "the constants file is not mapped"
+    assert all(any(lo <= a.ctypes.data < hi for lo, hi in ranges) for a in big)
+    x = np.random.default_rng(6).standard_normal((2, 256)).astype(np.float32)
+    want = cm.run({"x": x})[0]
+    np.testing.assert_allclose(want, x @ w, rtol=1e-5, atol=1e-4)
+    compile_model(load(_gemm_model(-w)), cache=False).save(str(so))  # the same name, other weights
+    np.testing.assert_array_equal(cm.run({"x": x})[0], want)
+    np.testing.assert_allclose(load_module(str(so)).run({"x": x})[0], -want, rtol=1e-5, atol=1e-4)
