@@ -107,11 +107,10 @@ def decode_big_initializers(proto: onnx.ModelProto, arrays: dict) -> onnx.ModelP
         if not _decodable(t) or names[t.name] > 1:
             continue
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-        raw = t.raw_data
-        arr = np.empty(tuple(int(d) for d in t.dims), dtype)
-        if len(raw) != arr.nbytes:
+        raw = t.raw_data  # a copy of its own: the array is a read-only view of it, no second copy
+        if len(raw) != _nbytes(t):
             continue  # left as read: it fails where it always did
-        arr.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
+        arr = np.frombuffer(raw, dtype).reshape(tuple(int(d) for d in t.dims))
         del raw
         t.ClearField("raw_data")
         t.data_location = onnx.TensorProto.EXTERNAL  # a placeholder: the data is the array
