@@ -351,8 +351,17 @@ def import_graph(gp: onnx.GraphProto, parent: Graph | None = None, *, arrays: di
     for np_ in gp.node:
         attrs, protos = {}, {}
         for a in np_.attribute:
-            check_attribute(a, f"node {np_.name or np_.op_type + '->' + (np_.output[0] if np_.output else '?')!r}")
-            val = attr_to_python(a, lambda sub: import_graph(sub, g))
+            where = f"node {np_.name or np_.op_type + '->' + (np_.output[0] if np_.output else '?')!r}"
+            if a.type == onnx.AttributeProto.TENSOR and _decodable(a.t):
+                # a big Constant (the weights of many exported models): its bytes read once, for
+                # the length check and as the array's buffer (each read of the field copies it)
+                raw = a.t.raw_data
+                check_attribute(a, where, len(raw))
+                val = np.frombuffer(raw, onnx.helper.tensor_dtype_to_np_dtype(a.t.data_type)) \
+                    .reshape([int(d) for d in a.t.dims])
+            else:
+                check_attribute(a, where)
+                val = attr_to_python(a, lambda sub: import_graph(sub, g))
             attrs[a.name] = val
             protos[a.name] = (val, a)
         node = Node(np_.op_type, np_.input, np_.output, attrs, domain=np_.domain, name=np_.name,

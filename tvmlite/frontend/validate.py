@@ -127,9 +127,10 @@ def check_graph_proto(gp: onnx.GraphProto, where: str, raw: dict | None = None) 
                 check_type_proto(vi.type, f"{where}: {kind} {vi.name!r}", allocated=vi.name in inputs)
 
 
-def check_attribute(a: onnx.AttributeProto, where: str) -> None:
+def check_attribute(a: onnx.AttributeProto, where: str, raw_len: int | None = None) -> None:
+    """``raw_len``: the length of a tensor attribute's raw_data, when the caller read it already."""
     if a.type == onnx.AttributeProto.TENSOR:
-        check_tensor_proto(a.t, f"{where} attribute {a.name!r}")
+        check_tensor_proto(a.t, f"{where} attribute {a.name!r}", raw_len)
     elif a.type == onnx.AttributeProto.TENSORS:
         for t in a.tensors:
             check_tensor_proto(t, f"{where} attribute {a.name!r}")
