@@ -73,8 +73,10 @@ class SharedConsts:
 
 
 #: the file offset of every stored array's data is a multiple of this (TVM takes only 64-byte
-#: aligned data as it lies)
+#: aligned data as it lies), for arrays of MAP_MIN_BYTES or more: smaller ones are read (the
+#: padding, up to 67 bytes a member, would make a small model's file a third larger)
 ALIGN = 64
+MAP_MIN_BYTES = 1 << 16
 
 
 def write(f, arrays: dict) -> None:
@@ -99,8 +101,9 @@ def write(f, arrays: dict) -> None:
             info.file_size = len(head) + arr.nbytes
             zip64 = info.file_size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile then adds a 20-byte field
             start = zf.start_dir + 30 + len(info.filename.encode()) + 4 + (20 if zip64 else 0) + len(head)
-            pad = -start % ALIGN
-            info.extra = struct.pack("<HH", 0xD935, pad) + b"\0" * pad
+            if arr.nbytes >= MAP_MIN_BYTES:
+                pad = -start % ALIGN
+                info.extra = struct.pack("<HH", 0xD935, pad) + b"\0" * pad
             with zf.open(info, "w", force_zip64=zip64) as w:
                 w.write(head)
                 if arr.size:
@@ -244,7 +247,7 @@ def _read_tensor(zf, raw, mapped, info, npz: str, name: str, tvm):
                 arr = np.lib.format.read_array(z, allow_pickle=False)
                 z.read(1)  # the end of the member: zip checks its CRC-32 here
             return tvm.runtime.tensor(np.ascontiguousarray(arr, arr.dtype.newbyteorder("=")))
-        if mapped is not None and nbytes and (start + head) % ALIGN == 0:
+        if mapped is not None and nbytes >= MAP_MIN_BYTES and (start + head) % ALIGN == 0:
             if start + info.file_size > len(mapped):
                 raise ArtifactError(f"{npz}: constant {name!r} ends after {len(mapped) - start - head:,} "
                                     f"of {nbytes:,} bytes")
