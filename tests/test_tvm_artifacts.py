@@ -284,3 +284,16 @@ def test_constants_are_mapped_and_a_later_save_leaves_them_as_they_were(tmp_path
     compile_model(load(_gemm_model(-w)), cache=False).save(str(so))  # the same name, other weights
     np.testing.assert_array_equal(cm.run({"x": x})[0], want)
     np.testing.assert_allclose(load_module(str(so)).run({"x": x})[0], -want, rtol=1e-5, atol=1e-4)
+
+
+def test_a_flipped_byte_of_a_mapped_constant_is_refused(tmp_path):
+    """The CRC-32 is checked over the mapped pages too (a constant of 64 KiB or more is mapped)."""
+    from tvmlite.backends.tvm import params
+
+    w = np.ones((256, 64), np.float32)
+    assert w.nbytes >= params.MAP_MIN_BYTES
+    so = tmp_path / "g.so"
+    compile_model(load(_gemm_model(w)), cache=False).save(str(so))
+    flip_data_byte(so.with_suffix(".so.npz"))
+    with pytest.raises(ArtifactError, match="Bad CRC-32"):
+        load_module(str(so))
