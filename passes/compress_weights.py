@@ -32,9 +32,10 @@ import numpy as np
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.capabilities import LayerwisePass
 from tvmlite.passes.cleanup import is_onnx
-from tvmlite.errors import OptionError
+from tvmlite.errors import OptionError, UnsupportedError
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.ops.quant import bcast_param
 
 MODES = ("binary", "ternary", "kmeans")
 #: readers of an int8 weight stored as a constant: op -> (weight input, zero point input)
@@ -81,18 +82,11 @@ def _cast_scale(g: Graph, mul: Node) -> np.ndarray | None:
 
 
 def dq_scale_full(scale: np.ndarray, shape, axis: int, block: int) -> np.ndarray:
-    """DequantizeLinear's scale (per tensor, per axis or blocked along ``axis``) broadcast to ``shape``."""
+    """DequantizeLinear's scale or zero point (per tensor, per axis or blocked along ``axis``) as a
+    float64 array of ``shape``: the DequantizeLinear kernel's broadcast (one element is per tensor,
+    whatever the block size)."""
     s = np.asarray(scale, np.float64)
-    if s.ndim == 0 or s.size == 1:
-        return np.full(shape, float(s.reshape(-1)[0]))
-    axis = axis % len(shape)
-    if block:
-        s = np.repeat(s, block, axis=axis)
-        s = np.take(s, np.arange(shape[axis]), axis=axis)
-        return np.broadcast_to(s, shape)
-    view = [1] * len(shape)
-    view[axis] = -1
-    return np.broadcast_to(s.reshape(view), shape)
+    return np.broadcast_to(bcast_param(s, shape, axis, block if s.size > 1 else 0), shape)
 
 
 def kmeans_1d(values: np.ndarray, k: int, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
@@ -245,17 +239,21 @@ class CompressWeights(LayerwisePass, Pass):
         zp_at = INT_READERS[reader.op_type][1]
         zp = g.const_value(reader.inputs[zp_at]) if len(reader.inputs) > zp_at and reader.inputs[zp_at] else None
         zp = np.zeros(1) if zp is None else zp.astype(np.float64)
-        if reader.op_type == "Cast":
-            full = np.broadcast_to(_cast_scale(g, g.producer(node.inputs[1])).astype(np.float64), codes.shape)
-            zfull = 0.0
-        elif reader.op_type == "DequantizeLinear":
-            scale = g.const_value(reader.inputs[1])
-            axis, block = reader.attrs.get("axis", 1), reader.attrs.get("block_size", 0)
-            full = np.ones(codes.shape) if scale is None else dq_scale_full(scale, codes.shape, axis, block)
-            zfull = dq_scale_full(zp, codes.shape, axis, block)
-        else:  # MatMulInteger/ConvInteger: a zero point per output channel (last axis / first axis)
-            full = np.ones(codes.shape)
-            zfull = dq_scale_full(zp, codes.shape, 0 if reader.op_type == "ConvInteger" else -1, 0)
+        try:
+            if reader.op_type == "Cast":
+                full = np.broadcast_to(_cast_scale(g, g.producer(node.inputs[1])).astype(np.float64), codes.shape)
+                zfull = 0.0
+            elif reader.op_type == "DequantizeLinear":
+                scale = g.const_value(reader.inputs[1])
+                axis, block = reader.attrs.get("axis", 1), reader.attrs.get("block_size", 0)
+                full = np.ones(codes.shape) if scale is None else dq_scale_full(scale, codes.shape, axis, block)
+                zfull = dq_scale_full(zp, codes.shape, axis, block)
+            else:  # MatMulInteger/ConvInteger: a zero point per output channel (last axis / first axis)
+                full = np.ones(codes.shape)
+                zfull = dq_scale_full(zp, codes.shape, 0 if reader.op_type == "ConvInteger" else -1, 0)
+        except UnsupportedError as e:  # parameters the reader itself could not apply
+            result.skip(node, f"int8 weight: {e}")
+            return
         ref = (codes.astype(np.float64) - zfull) * full
         err = float(np.linalg.norm((approx.astype(np.float64) - codes) * full) / max(np.linalg.norm(ref), 1e-30))
         name = self._insert(g, reader, pos, ("gather", stored[1], book, packed is not None), codes.shape, b,

@@ -54,24 +54,28 @@ class _Group:
 class ChannelPruner:
     """One run (Prune keeps nothing); with calib, readers are refitted to ``original``'s outputs."""
 
-    def __init__(self, model: Model, options, result: PassResult, *, only: str | None = None, data=None):
+    def __init__(self, model: Model, options, result: PassResult, *, only: str | None = None, data=None,
+                 original: Model | None = None):
         """``only``: prune just the group of the producer with this first output; ``data``: the
-        calibration feeds already loaded (else ``options.calib`` is loaded)."""
+        calibration feeds already loaded (else ``options.calib`` is loaded); ``original``: a copy
+        of ``model`` as it is now, when the caller holds one already (read only, for the refit)."""
         self.model, self.g, self.o, self.result = model, model.graph, options, result
         self.only = only
         self.data = self.original = None
         if data is not None or options.calib is not None:
             self.data = data if data is not None else load_calibration(options.calib, model).first(options.calib_count)
-            self.original = model.copy()
+            self.original = original if original is not None else model.copy()
         self.b = Builder(model)  # one name authority for the pruner's run
 
-    def _producers(self) -> list[Node]:
+    def _producers(self, *, joinable: bool = False) -> list[Node]:
+        """The layers whose channels can be pruned. ``joinable``: all of them, ignoring ``only``
+        (a group started at ``only`` may pull in layers joined with it by Add/Mul)."""
         g = self.g
         out = []
         for node in g.toposort():
             if self.o.layers and node.name not in self.o.layers:
                 continue
-            if self.only is not None and node.outputs[0] != self.only:
+            if self.only is not None and not joinable and node.outputs[0] != self.only:
                 continue
             if not is_onnx(node, "Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
                 continue
@@ -115,7 +119,7 @@ class ChannelPruner:
         # (value, offset of the group's channels inside it)
         todo = [(start.outputs[0], 0)]
         seen: set = set()
-        candidates = set(self._producers())
+        candidates = set(self._producers(joinable=True))
         while todo:
             name, offset = todo.pop()
             if (name, offset) in seen:
@@ -374,20 +378,27 @@ def prune_within_budget(model: Model, options, result: PassResult) -> None:
     targets = capture_values(model, list(model.graph.outputs), data)
     one = {k: v[:1] for k, v in data.items()}
     keys = [n.outputs[0] for n in ChannelPruner(model, replace(o, calib=None), PassResult(result.pass_name))._producers()]
+    tried: set = set()  # layers already in a group tried (kept or not): a joined layer's turn is over
     for key in keys:
         node = model.graph.producer(key)
         if node is None or not is_onnx(node, "Conv", "Gemm", "MatMul"):
             continue  # pruned away or refitted into a new node with an earlier group
         label = node.label
+        if label in tried:
+            continue
         # the largest fraction first; a smaller one only when the larger broke the budget
         for sparsity in dict.fromkeys((o.sparsity, o.sparsity / 2, o.sparsity / 4)):
             row = _try_group(model, replace(o, sparsity=sparsity), key, label, data, targets, one, result)
+            if row is not None:
+                tried.update([row["node"], *row.get("joined", ())])
             if row is None or row["kept"] or not row["reason"].startswith("model-output"):
                 break
         if row is not None and not row["kept"]:
             result.skipped.append((label, row["reason"]))
-    result.stats["groups_kept"] = sum(1 for d in result.decisions if d.get("kept"))
-    result.stats["model_error"] = round(output_error(model, targets, [data]), 5)
+    kept = [d for d in result.decisions if d.get("kept")]
+    result.stats["groups_kept"] = len(kept)
+    # what the last kept group measured: every later attempt was undone, so it is the model's error
+    result.stats["model_error"] = kept[-1]["model_error"] if kept else 0.0
 
 
 def _try_group(model: Model, o, key: str, label: str, data, targets, one, result: PassResult):
@@ -395,7 +406,7 @@ def _try_group(model: Model, o, key: str, label: str, data, targets, one, result
     prune_within_budget); returns its decision row, or None when nothing could be pruned."""
     backup = model.copy()
     sub = PassResult(result.pass_name)
-    ChannelPruner(model, o, sub, only=key, data=data).run()
+    ChannelPruner(model, o, sub, only=key, data=data, original=backup).run()
     if not sub.changed:
         if not any(s[0] == label for s in result.skipped):
             result.skipped += sub.skipped

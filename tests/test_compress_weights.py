@@ -212,3 +212,17 @@ def test_kmeans_keeps_centroids_for_heavy_tails():
         book, idx = kmeans_1d(w, k)
         assert book.size <= k
         assert np.linalg.norm(book[idx] - w) / np.linalg.norm(w) < limit
+
+
+def test_int8_weight_whose_scale_does_not_fit_is_skipped():
+    """The palette's error is measured with DequantizeLinear's own broadcast of the scale
+    (ops.quant.bcast_param): a per-axis scale that does not fit the weight is a skip naming it,
+    not a NumPy broadcast error out of the pass."""
+    m = _quantized()
+    g = m.graph
+    dq = next(n for n in g.nodes if n.op_type == "DequantizeLinear" and g.const_value(n.inputs[0]) is not None
+              and g.const_value(n.inputs[0]).dtype == np.int8 and g.const_value(n.inputs[1]).size > 1)
+    s = g.const_value(dq.inputs[1])
+    g.values[dq.inputs[1]].const = np.concatenate([s, s[:1]])  # one scale too many for the axis
+    (r,) = Pipeline("compress-weights(min_size=100)").run(m)
+    assert any("does not fit axis" in why for _, why in r.skipped), r.skipped

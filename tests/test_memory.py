@@ -69,9 +69,8 @@ def child_figures(body: str, **env) -> dict:
 
 def test_lean_export_shares_arrays_and_full_export_holds_them(tmp_path):
     m = tvmlite.load(two_matmuls(512, 600))  # 1.2 MB each: over ASIDE_MIN_BYTES
-    assert onnx_export.export_lean(m).arrays == {}  # TensorProtos not decoded stay as read
-    for name in ("w1", "w2"):
-        m.graph.values[name].const  # decoded (a pass read it): the array goes aside
+    # big raw tensors are decoded at import (their bytes are read once for the length check, and
+    # the array is a view of those bytes): the arrays go aside, as they are
     lean = onnx_export.export_lean(m)
     assert set(lean.arrays) == {"w1", "w2"}
     assert lean.arrays["w1"] is m.graph.values["w1"].const

@@ -181,6 +181,41 @@ def test_channel_pruning_budget_keeps_only_groups_within_it():
     assert err <= 0.5 * _budget_run(10.0)[1] + 1e-6
 
 
+def test_channel_pruning_budget_prunes_a_joined_group_once():
+    """conv2 and conv3 meet at an Add (a residual join): in budget mode they are one group, tried
+    once (a group started at one layer may take in the layers joined with it)."""
+    r, err = _budget_run(10.0)
+    rows = {d["node"]: d for d in r.decisions if d.get("kept")}
+    assert set(rows) == {"conv1", "conv2", "conv4"}, r.skipped
+    assert rows["conv2"]["joined"] == ["conv3"] and rows["conv2"]["channels_after"] == 8
+    assert not any(s[0] in ("conv2", "conv3") for s in r.skipped)
+
+
+def test_channel_pruning_budget_copies_and_measures_once_per_attempt(monkeypatch):
+    """One copy of the model per attempt (the undo copy is also the refit's original), one model
+    error per attempt (the pass's reported error is the last kept row's, not measured again)."""
+    import tvmlite.passes.prune_channels as pc
+    from tvmlite.ir.model import Model
+
+    n = {"copy": 0, "try": 0, "err": 0}
+    copy, try_group, error = Model.copy, pc._try_group, pc.output_error
+
+    def counted(key, f):
+        def call(*a, **k):
+            n[key] += 1
+            return f(*a, **k)
+        return call
+
+    monkeypatch.setattr(Model, "copy", counted("copy", copy))
+    monkeypatch.setattr(pc, "_try_group", counted("try", try_group))
+    monkeypatch.setattr(pc, "output_error", counted("err", error))
+    r, err = _budget_run(10.0)
+    rows = [d for d in r.decisions if "kept" in d]
+    assert n["try"] >= len(rows) >= 3 and n["copy"] == n["try"] and n["err"] == len(rows)
+    assert r.stats["model_error"] == [d for d in rows if d["kept"]][-1]["model_error"]
+    assert abs(r.stats["model_error"] - err) < 1e-3 * max(err, 1)
+
+
 def test_channel_pruning_measure_keeps_only_what_onnxruntime_runs_faster(monkeypatch):
     import tvmlite.passes.prune_channels as pc
 

@@ -207,3 +207,93 @@ def test_a_fresh_build_runs_its_cached_library_and_saves_by_copy(tmp_path):
     x = np.random.default_rng(2).standard_normal((2, 16)).astype(np.float32)
     np.testing.assert_allclose(load_module(str(tmp_path / "g.so")).run({"x": x})[0], x @ w, rtol=1e-5, atol=1e-5)
     assert compile_model(load(_gemm_model(w))).cached
+
+
+def test_source_digest_reads_the_sources_again_only_when_one_changed(tmp_path, monkeypatch):
+    """The backend sources are part of every cache key; they are read again only when a file's
+    size or time changed (reading all of them on every key took ~20 ms)."""
+    import pathlib
+
+    from tvmlite.backends.tvm import build_cache
+
+    (tmp_path / "kernels").mkdir()
+    src = tmp_path / "kernels" / "a.py"
+    src.write_text("x = 1\n")
+    monkeypatch.setattr(build_cache, "__file__", str(tmp_path / "build_cache.py"))
+    reads = []
+    real = pathlib.Path.read_bytes
+    monkeypatch.setattr(pathlib.Path, "read_bytes", lambda p: reads.append(p.name) or real(p))
+    first = build_cache._source_digest()
+    assert reads == ["a.py"]
+    assert build_cache._source_digest() == first and reads == ["a.py"]
+    src.write_text("x = 22\n")
+    assert build_cache._source_digest() != first and reads == ["a.py", "a.py"]
+
+
+def test_constants_stored_or_compressed_read_the_same(tmp_path):
+    """np.savez stores members as they are: those are read from the file straight into the TVM
+    tensors, with their CRC-32 checked; a compressed .npz (written by another tool) still loads."""
+    w = np.random.default_rng(3).standard_normal((64, 32)).astype(np.float32)
+    so = tmp_path / "g.so"
+    compile_model(load(_gemm_model(w)), cache=False).save(str(so))
+    x = np.random.default_rng(4).standard_normal((2, 64)).astype(np.float32)
+    want = load_module(str(so)).run({"x": x})[0]
+    np.testing.assert_allclose(want, x @ w, rtol=1e-5, atol=1e-5)
+    with np.load(str(so) + ".npz") as z:
+        consts = {k: z[k] for k in z.files}
+    so2 = tmp_path / "c.so"
+    shutil.copyfile(so, so2)
+    shutil.copyfile(str(so) + ".json", str(so2) + ".json")
+    np.savez_compressed(str(so2) + ".npz", **consts)
+    np.testing.assert_array_equal(load_module(str(so2)).run({"x": x})[0], want)
+
+
+def _mapped_ranges(path):
+    ranges = []
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith(str(path)):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def test_constants_are_mapped_and_a_later_save_leaves_them_as_they_were(tmp_path):
+    """Saved constants are aligned in the .npz, so a loaded artifact's kernel constants are the
+    file's pages (no copy); saving another build under the same name lands by rename, so the
+    loaded one still computes with its own weights."""
+    import zipfile
+
+    from tvmlite.backends.tvm import params
+
+    w = np.random.default_rng(5).standard_normal((256, 64)).astype(np.float32)
+    so = tmp_path / "g.so"
+    compile_model(load(_gemm_model(w)), cache=False).save(str(so))
+    npz = so.with_suffix(".so.npz")
+    with zipfile.ZipFile(npz) as zf, open(npz, "rb") as raw:
+        for info in zf.infolist():
+            start = params._data_offset(raw, info, str(npz), info.filename)
+            assert (start + 128) % params.ALIGN == 0 or info.file_size < params.MAP_MIN_BYTES
+    cm = load_module(str(so))
+    ranges = _mapped_ranges(npz.resolve())
+    big = [np.from_dlpack(t) for t in cm._tensors.values() if int(np.prod(t.shape)) >= w.size]
+    assert ranges and big, "the constants file is not mapped"
+    assert all(any(lo <= a.ctypes.data < hi for lo, hi in ranges) for a in big)
+    x = np.random.default_rng(6).standard_normal((2, 256)).astype(np.float32)
+    want = cm.run({"x": x})[0]
+    np.testing.assert_allclose(want, x @ w, rtol=1e-5, atol=1e-4)
+    compile_model(load(_gemm_model(-w)), cache=False).save(str(so))  # the same name, other weights
+    np.testing.assert_array_equal(cm.run({"x": x})[0], want)
+    np.testing.assert_allclose(load_module(str(so)).run({"x": x})[0], -want, rtol=1e-5, atol=1e-4)
+
+
+def test_a_flipped_byte_of_a_mapped_constant_is_refused(tmp_path):
+    """The CRC-32 is checked over the mapped pages too (a constant of 64 KiB or more is mapped)."""
+    from tvmlite.backends.tvm import params
+
+    w = np.ones((256, 64), np.float32)
+    assert w.nbytes >= params.MAP_MIN_BYTES
+    so = tmp_path / "g.so"
+    compile_model(load(_gemm_model(w)), cache=False).save(str(so))
+    flip_data_byte(so.with_suffix(".so.npz"))
+    with pytest.raises(ArtifactError, match="Bad CRC-32"):
+        load_module(str(so))

@@ -15,7 +15,7 @@ import onnx
 from tvmlite.errors import InputError
 from tvmlite.export import onnx_export
 from tvmlite.ir.graph import Model, tensor_type, type_elem, type_shape
-from tvmlite.ops.registry import TVMLITE_DOMAIN, lookup
+from tvmlite.ops.registry import lookup
 
 
 def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, onnx.TypeProto]:
@@ -43,26 +43,42 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
                     dim.dim_value = d
                 elif isinstance(d, str):
                     dim.dim_param = d
-    try:
-        proto = _infer(proto)
-    except Exception:  # inference is best effort: unknown custom ops or odd models
-        return {}
-    types = {}
-    for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input):
-        if vi.HasField("type"):
-            types[vi.name] = vi.type
-    _apply_own_rules(model, types)
+    for _ in range(_ROUNDS):
+        try:
+            proto = _infer(proto)
+        except Exception:  # inference is best effort: unknown custom ops or odd models
+            return {}
+        types = {}
+        for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input):
+            if vi.HasField("type"):
+                types[vi.name] = vi.type
+        new = _apply_own_rules(model, types)
+        if not new:
+            break
+        # onnx stopped at an op it has no rule for (com.microsoft GatherBlockQuantized): with the
+        # outputs typed by tvmlite's rule, it infers what follows
+        info = {vi.name: vi for vi in proto.graph.value_info}
+        for name in new:
+            vi = info.get(name) or proto.graph.value_info.add()
+            vi.name = name
+            vi.type.CopyFrom(types[name])
     return types
 
 
-def _apply_own_rules(model: Model, types: dict) -> None:
-    """tvmlite ops whose outputs onnx could not type (through their function bodies) use their own
-    shape rule."""
+#: inference runs at most: one more per chain of ops onnx has no shape rule for
+_ROUNDS = 4
+
+
+def _apply_own_rules(model: Model, types: dict) -> list[str]:
+    """Ops outside the ONNX domain whose outputs onnx could not type (tvmlite's own through their
+    function bodies, onnxruntime's contrib ops not at all) use their registered shape rule; returns
+    the names it typed."""
     g = model.graph
+    typed = []
     for node in g.toposort():
-        if node.domain != TVMLITE_DOMAIN or all(o in types and type_shape(types[o]) for o in node.outputs if o):
+        if node.domain in ("", "ai.onnx") or all(o in types and type_shape(types[o]) for o in node.outputs if o):
             continue
-        op = lookup(node.op_type, TVMLITE_DOMAIN)
+        op = lookup(node.op_type, node.domain)
         rule = op.shape if op is not None else None
         if rule is None:
             continue
@@ -85,6 +101,8 @@ def _apply_own_rules(model: Model, types: dict) -> None:
         for name, (dtype, shape) in zip(node.outputs, outs):
             if name:
                 types[name] = tensor_type(dtype, shape)
+                typed.append(name)
+    return typed
 
 
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:

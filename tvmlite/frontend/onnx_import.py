@@ -107,11 +107,10 @@ def decode_big_initializers(proto: onnx.ModelProto, arrays: dict) -> onnx.ModelP
         if not _decodable(t) or names[t.name] > 1:
             continue
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-        raw = t.raw_data
-        arr = np.empty(tuple(int(d) for d in t.dims), dtype)
-        if len(raw) != arr.nbytes:
+        raw = t.raw_data  # a copy of its own: the array is a read-only view of it, no second copy
+        if len(raw) != _nbytes(t):
             continue  # left as read: it fails where it always did
-        arr.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
+        arr = np.frombuffer(raw, dtype).reshape(tuple(int(d) for d in t.dims))
         del raw
         t.ClearField("raw_data")
         t.data_location = onnx.TensorProto.EXTERNAL  # a placeholder: the data is the array
@@ -199,7 +198,12 @@ def _invalid_node_text(n) -> str | None:
 
 
 def check_proto(proto) -> None:
-    """onnx's checker on a ModelProto or a file path, as one ModelLoadError line."""
+    """onnx's checker on a ModelProto or a file path, as one ModelLoadError line. A ModelProto is
+    checked without the data of its big tensors (`_without_big_data`): the checker serializes
+    what it is given to hand it to C++, 1.3 s of VGG-19's 2.7 s import; the data's length is
+    tvmlite's own check (validate.check_tensor_proto), on the bytes it decodes anyway."""
+    if isinstance(proto, onnx.ModelProto):
+        proto = _without_big_data(proto)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
@@ -208,6 +212,85 @@ def check_proto(proto) -> None:
     except (ValueError, EncodeError) as e:  # > 2 GiB in memory: checked again per tensor on export
         if isinstance(e, ValueError) and "2GB" not in str(e) and "2 GB" not in str(e):
             raise ModelLoadError(f"not a valid ONNX model: {e}") from None
+
+
+def _big_raw(t: onnx.TensorProto) -> bool:
+    """A tensor whose raw_data the checker need not see (tvmlite checks its length itself)."""
+    return t.data_type != onnx.TensorProto.STRING and t.HasField("raw_data") \
+        and _nbytes(t) >= BIG_ARRAY_BYTES
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return 0  # an unknown type: the checker names it
+    return int(np.prod([max(int(d), 0) for d in t.dims], dtype=np.float64)) * itemsize
+
+
+def _copy_fields(src, dst, skip=()) -> None:
+    """``dst`` gets ``src``'s fields but those named in ``skip``, never reading those (reading a
+    bytes field copies it)."""
+    for f in src.DESCRIPTOR.fields:
+        if f.name in skip:
+            continue
+        value = getattr(src, f.name)
+        repeated = f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED
+        if repeated:
+            if len(value):
+                getattr(dst, f.name).extend(value)
+        elif src.HasField(f.name):
+            if f.message_type is not None:
+                getattr(dst, f.name).CopyFrom(value)
+            else:
+                setattr(dst, f.name, value)
+
+
+def _stub(t: onnx.TensorProto, dst: onnx.TensorProto) -> None:
+    """``t`` without its data: same name, type and rank, no elements."""
+    _copy_fields(t, dst, ("raw_data", "dims"))
+    dst.dims.extend([0] * len(t.dims))
+
+
+def _without_big_data(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """What onnx's checker sees of ``proto``: the main graph's big raw tensors (initializers and
+    Constant values) as empty tensors of the same name, type and rank; ``proto`` itself when it
+    has none. Nothing of the data is copied."""
+    gp = proto.graph
+    big_init = any(_big_raw(t) for t in gp.initializer)
+    big_node = [any(a.type == onnx.AttributeProto.TENSOR and _big_raw(a.t) for a in n.attribute) for n in gp.node]
+    if not big_init and not any(big_node):
+        return proto
+    light = onnx.ModelProto()
+    _copy_fields(proto, light, ("graph",))
+    _copy_fields(gp, light.graph, ("initializer", "node"))
+    for t in gp.initializer:
+        if _big_raw(t):
+            _stub(t, light.graph.initializer.add())
+        else:
+            light.graph.initializer.add().CopyFrom(t)
+    for n, big in zip(gp.node, big_node):
+        if not big:
+            light.graph.node.add().CopyFrom(n)
+            continue
+        dst = light.graph.node.add()
+        _copy_fields(n, dst, ("attribute",))
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and _big_raw(a.t):
+                da = dst.attribute.add()
+                _copy_fields(a, da, ("t",))
+                _stub(a.t, da.t)
+            else:
+                dst.attribute.add().CopyFrom(a)
+    return light
+
+
+def _read_big_raw(gp: onnx.GraphProto, arrays: dict | None) -> dict[str, bytes]:
+    """The raw_data of ``gp``'s big embedded initializers of plain types, by name, each read once
+    (a read copies it): checked for length from here and decoded as views of these bytes."""
+    names = collections.Counter(t.name for t in gp.initializer)
+    return {t.name: t.raw_data for t in gp.initializer
+            if names[t.name] == 1 and _decodable(t) and not (arrays and t.name in arrays)}
 
 
 def import_model(proto: onnx.ModelProto, *, check: bool = True, arrays: dict | None = None) -> Model:
@@ -239,7 +322,8 @@ def _props(msg) -> list[tuple[str, str]]:
 
 
 def import_graph(gp: onnx.GraphProto, parent: Graph | None = None, *, arrays: dict | None = None) -> Graph:
-    check_graph_proto(gp, "graph" if parent is None else f"subgraph {gp.name!r}")
+    raw = _read_big_raw(gp, arrays)
+    check_graph_proto(gp, "graph" if parent is None else f"subgraph {gp.name!r}", raw)
     g = Graph(gp.name, parent)
     g.doc_string = gp.doc_string
     g.metadata = _props(gp)
@@ -247,6 +331,9 @@ def import_graph(gp: onnx.GraphProto, parent: Graph | None = None, *, arrays: di
         v = g.add_initializer(init.name, proto=init)
         if arrays and init.name in arrays and external_data_helper.uses_external_data(init):
             v._const = arrays[init.name]  # the proto, without data, keeps the rest as read
+        elif init.name in raw:  # a read-only view of the bytes read for the check; the proto stays as read
+            v._const = np.frombuffer(raw[init.name], onnx.helper.tensor_dtype_to_np_dtype(init.data_type)) \
+                .reshape([int(d) for d in init.dims])
     for sp in gp.sparse_initializer:
         name = sp.values.name
         v = g.add_initializer(name, sparse_to_array(sp))
@@ -264,8 +351,17 @@ def import_graph(gp: onnx.GraphProto, parent: Graph | None = None, *, arrays: di
     for np_ in gp.node:
         attrs, protos = {}, {}
         for a in np_.attribute:
-            check_attribute(a, f"node {np_.name or np_.op_type + '->' + (np_.output[0] if np_.output else '?')!r}")
-            val = attr_to_python(a, lambda sub: import_graph(sub, g))
+            where = f"node {np_.name or np_.op_type + '->' + (np_.output[0] if np_.output else '?')!r}"
+            if a.type == onnx.AttributeProto.TENSOR and _decodable(a.t):
+                # a big Constant (the weights of many exported models): its bytes read once, for
+                # the length check and as the array's buffer (each read of the field copies it)
+                raw = a.t.raw_data
+                check_attribute(a, where, len(raw))
+                val = np.frombuffer(raw, onnx.helper.tensor_dtype_to_np_dtype(a.t.data_type)) \
+                    .reshape([int(d) for d in a.t.dims])
+            else:
+                check_attribute(a, where)
+                val = attr_to_python(a, lambda sub: import_graph(sub, g))
             attrs[a.name] = val
             protos[a.name] = (val, a)
         node = Node(np_.op_type, np_.input, np_.output, attrs, domain=np_.domain, name=np_.name,

@@ -34,7 +34,7 @@ def _np_dtype(tensor_type: int):
         raise UnsupportedError(f"unknown tensor type {tensor_type}") from e
 
 
-def _bcast_param(v, shape, axis, block_size=0):
+def bcast_param(v, shape, axis, block_size=0):
     """Scale / zero point broadcastable to ``shape`` (per-tensor, per-axis or blocked)."""
     v = np.asarray(v)
     if v.ndim == 0:
@@ -95,13 +95,13 @@ def _quantize(x, y_scale, y_zero_point=None, axis=1, saturate=1, block_size=0, o
         cdt = np.result_type(x.dtype, scale.dtype)
         if cdt.kind != "f" or cdt.itemsize < 4:
             cdt = np.dtype(np.float32)
-    s = _bcast_param(scale, x.shape, axis, block_size).astype(cdt, copy=False)
+    s = bcast_param(scale, x.shape, axis, block_size).astype(cdt, copy=False)
     v = np.divide(x.astype(cdt, copy=False), s)
     name = out_dt.name
     if name in _INT_RANGES:
         v = np.rint(v)
         if zp is not None:
-            v += _bcast_param(zp, x.shape, axis, block_size).astype(cdt)
+            v += bcast_param(zp, x.shape, axis, block_size).astype(cdt)
         lo, hi = _INT_RANGES[name]
         np.clip(v, lo, hi, out=v)
         return v.astype(out_dt)
@@ -114,7 +114,7 @@ def _quantize(x, y_scale, y_zero_point=None, axis=1, saturate=1, block_size=0, o
         return v.astype(out_dt)
     if name in _FLOAT_SMALL:
         if zp is not None:
-            v = v + _bcast_param(zp, x.shape, axis, block_size).astype(cdt)
+            v = v + bcast_param(zp, x.shape, axis, block_size).astype(cdt)
         return v.astype(out_dt)
     raise UnsupportedError(f"QuantizeLinear to {name} is not supported")
 
@@ -149,13 +149,13 @@ def _dequantize(x, x_scale, x_zero_point=None, axis=1, block_size=0, output_dtyp
     name = x.dtype.name
     xf = x.astype(np.float32)
     if x_zero_point is not None and name not in _FLOAT8 and name not in _FLOAT_SMALL:
-        zp = _bcast_param(np.asarray(x_zero_point), x.shape, axis, block_size)
+        zp = bcast_param(np.asarray(x_zero_point), x.shape, axis, block_size)
         if name in ("int32",):
             # exact integer subtraction, then to float (matches onnxruntime)
             xf = (x.astype(np.int64) - zp.astype(np.int64)).astype(np.float32)
         else:
             xf -= zp.astype(np.float32)
-    s = _bcast_param(scale, x.shape, axis, block_size).astype(np.float32, copy=False)
+    s = bcast_param(scale, x.shape, axis, block_size).astype(np.float32, copy=False)
     y = xf * s
     out_dt = _np_dtype(output_dtype) if output_dtype else scale.dtype
     return y.astype(out_dt, copy=False)

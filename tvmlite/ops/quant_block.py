@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
-from tvmlite.ops.quant import _bcast_param
+from tvmlite.ops.quant import bcast_param
 from tvmlite.ops.registry import kernel
 
 MS_DOMAIN = "com.microsoft"
@@ -146,7 +146,19 @@ def _matmul_nbits_prepare(consts, attrs):
 kernel("MatMulNBits", domain=MS_DOMAIN, prepare=_matmul_nbits_prepare, fresh_output=True)(matmul_nbits)
 
 
-@kernel("GatherBlockQuantized", domain=MS_DOMAIN)
+def _gather_block_quantized_shape(ins, *, gather_axis=0, bits=4, **_):
+    """Output dtype and shape (onnx has no rule for this contrib op): the scales' dtype; data's
+    shape, its last axis unpacked (uint8 data holds 8 // bits codes a byte), with the gather axis
+    replaced by the indices' shape."""
+    (ddt, dshape), (_, ishape), (sdt, _) = ins[:3]
+    shape = list(dshape)
+    if np.dtype(ddt) == np.uint8:
+        shape[-1] = shape[-1] * 8 // _check_bits(bits, "GatherBlockQuantized")  # a symbolic dim fails
+    ga = int(gather_axis) % len(shape)
+    return [(sdt, tuple(shape[:ga]) + tuple(ishape) + tuple(shape[ga + 1:]))]
+
+
+@kernel("GatherBlockQuantized", domain=MS_DOMAIN, shape=_gather_block_quantized_shape)
 def gather_block_quantized(data, indices, scales, zero_points=None, *, gather_axis=0, quantize_axis=1,
                            block_size=128, bits=4):
     data = np.asarray(data)
@@ -191,12 +203,12 @@ def gather_block_quantized(data, indices, scales, zero_points=None, *, gather_ax
         s_rows = np.take(scales, safe, axis=ga)
         out_shape = rows.shape
         q_axis = qa if qa < ga else qa + idx.ndim - 1
-        s = _bcast_param(s_rows.astype(np.float32), out_shape, q_axis, bs)
-        z = default_zp if zp is None else _bcast_param(np.take(zp, safe, axis=ga), out_shape, q_axis, bs)
+        s = bcast_param(s_rows.astype(np.float32), out_shape, q_axis, bs)
+        z = default_zp if zp is None else bcast_param(np.take(zp, safe, axis=ga), out_shape, q_axis, bs)
         y = (rows - z) * s
     else:
-        s = _bcast_param(scales.astype(np.float32), shape, qa, bs)
-        z = default_zp if zp is None else _bcast_param(zp, shape, qa, bs)
+        s = bcast_param(scales.astype(np.float32), shape, qa, bs)
+        z = default_zp if zp is None else bcast_param(zp, shape, qa, bs)
         y = np.take((codes.astype(np.float32) - z) * s, safe, axis=ga)
     if not valid.all():
         mask_shape = (1,) * ga + valid.shape + (1,) * (r - ga - 1)

@@ -178,7 +178,7 @@ def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None
         json.dump(plan, f)
     if shared is None:
         with open(outputs.file(path + ".npz", "constants", existing_ok=True), "wb") as f:
-            np.savez(f, **consts)  # a file object: np.savez would add ".npz" to a name
+            params.write(f, consts)  # aligned, so that loading maps it
 
 
 def load_module(path: str, pool: dict | None = None) -> "CompiledModel":

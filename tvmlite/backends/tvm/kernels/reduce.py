@@ -49,6 +49,46 @@ def finish_reductions(sch, pending) -> None:
         sch.decompose_reduction(block, loop)
 
 
+def row_softmax(rows, red: int, lanes: int, value, finish, *, log: bool = False):
+    """Softmax (LogSoftmax with ``log``) over the last axis of ``value(*row, c)``, for every row
+    index of ``rows`` (an int or a shape): exp once per element, by a polynomial that vectorizes
+    (TVM's exp is a scalar expf call); max and sum reduced a vector at a time (`lane_rows`); the
+    norm multiplies by the sum's reciprocal. ``finish(p, index)`` is applied to each result.
+    Stages max, exp, sum, inv, norm; returns (norm, what `place_row_softmax` takes)."""
+    shape = (rows,) if isinstance(rows, int) else tuple(rows)
+    mx, mx2 = lane_rows("max", rows, red, lanes, value, "max")
+    ex = te.compute(shape + (red,), lambda *ix: fast_exp(value(*ix) - mx[ix[:-1]]), name="exp")
+    sm, sm2 = lane_rows("sum", rows, red, lanes, lambda *ix: ex[ix], "sum")
+    if log:
+        y = te.compute(shape + (red,), lambda *ix: finish(value(*ix) - mx[ix[:-1]] - tirx.log(sm[ix[:-1]]), ix),
+                       name="norm")
+    else:
+        inv = te.compute(shape, lambda *ix: tirx.const(1.0, F32) / sm[ix], name="inv")
+        y = te.compute(shape + (red,), lambda *ix: finish(ex[ix] * inv[ix[:-1]], ix), name="norm")
+    return y, (red, lanes, mx2, sm2, log)
+
+
+def place_row_softmax(sch, stages, loop) -> tuple[list, list]:
+    """Put `row_softmax`'s stages under the row ``loop`` (a loop of the norm's), exp in a row-local
+    buffer, and vectorize the norm and exp when the row is whole vectors. Returns (the
+    reductions for `finish_reductions`, the steps taken)."""
+    red, lanes, mx2, sm2, log = stages
+    if not log:
+        sch.compute_at(sch.get_sblock("inv"), loop)
+    pending = schedule_lane_rows(sch, "sum", sm2, loop)
+    sch.compute_at(sch.get_sblock("exp"), loop)
+    sch.set_scope(sch.get_sblock("exp"), 0, "local")
+    pending += schedule_lane_rows(sch, "max", mx2, loop)
+    steps = []
+    for blk in ("norm", "exp"):
+        inner = sch.get_loops(sch.get_sblock(blk))[-1]
+        if red % lanes == 0:
+            _, vec = sch.split(inner, [None, lanes])
+            sch.vectorize(vec)
+            steps.append(f"vectorize_{blk}")
+    return pending, steps
+
+
 def softmax(name: str, x: str, x_shape, *, axis: int, log: bool, opset: int, out_value: str,
             epilogue: Epilogue, lanes: int) -> KernelDef:
     """Softmax/LogSoftmax: opset >= 13 over one axis; older opsets over all dims from ``axis``
@@ -91,36 +131,16 @@ def softmax(name: str, x: str, x_shape, *, axis: int, log: bool, opset: int, out
 
 
 def _softmax_rows(name, x, rows, red, *, log, out_value, epilogue, lanes) -> KernelDef:
-    """Softmax over the last axis (attention's rows): exp once per element, by a polynomial that
-    vectorizes (TVM's exp is a scalar expf call), kept in a row-local buffer; max and sum reduced
-    a vector at a time; the norm multiplies by the sum's reciprocal."""
+    """Softmax over the last axis (attention's rows): `row_softmax`, a row per outer step."""
     b = Builder(name)
     X = b.input(x, (rows, red))
     apply = bind_epilogue(epilogue, b, (rows, red, 1))
-    mx, mx2 = lane_rows("max", rows, red, lanes, lambda i, c: X[i, c], "max")
-    ex = te.compute((rows, red), lambda i, c: fast_exp(X[i, c] - mx[i]), name="exp")
-    sm, sm2 = lane_rows("sum", rows, red, lanes, lambda i, c: ex[i, c], "sum")
-    if log:
-        Y = te.compute((rows, red), lambda i, c: apply(X[i, c] - mx[i] - tirx.log(sm[i]), (i, c, 0)), name="norm")
-    else:
-        inv = te.compute((rows,), lambda i: tirx.const(1.0, F32) / sm[i], name="inv")
-        Y = te.compute((rows, red), lambda i, c: apply(ex[i, c] * inv[i], (i, c, 0)), name="norm")
+    Y, stages = row_softmax(rows, red, lanes, lambda i, c: X[i, c], lambda p, ix: apply(p, (ix[0], ix[1], 0)),
+                            log=log)
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     outer = sch.get_loops(sch.get_sblock("norm"))[0]
-    if not log:
-        sch.compute_at(sch.get_sblock("inv"), outer)
-    pending = schedule_lane_rows(sch, "sum", sm2, outer)
-    sch.compute_at(sch.get_sblock("exp"), outer)
-    sch.set_scope(sch.get_sblock("exp"), 0, "local")
-    pending += schedule_lane_rows(sch, "max", mx2, outer)
-    steps = []
-    for blk in ("norm", "exp"):
-        inner = sch.get_loops(sch.get_sblock(blk))[-1]
-        if red % lanes == 0:
-            _, vec = sch.split(inner, [None, lanes])
-            sch.vectorize(vec)
-            steps.append(f"vectorize_{blk}")
+    pending, steps = place_row_softmax(sch, stages, outer)
     if rows >= 2 and S.worth_parallel(rows * red * 4):
         sch.parallel(outer)
         steps.append("parallel_outer")

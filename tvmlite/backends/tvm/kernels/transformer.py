@@ -9,8 +9,8 @@ from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, unflatten
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
-from tvmlite.backends.tvm.kernels.fastmath import fast_exp
-from tvmlite.backends.tvm.kernels.reduce import finish_reductions, lane_rows, schedule_lane_rows
+from tvmlite.backends.tvm.kernels.reduce import (finish_reductions, lane_rows, place_row_softmax, row_softmax,
+                                                  schedule_lane_rows)
 
 
 def layer_norm(name: str, x: str, x_shape, *, axis: int, epsilon: float, scale: np.ndarray,
@@ -96,22 +96,15 @@ def scores_softmax(name: str, a: str, a_shape, bname: str, b_shape, *, out_value
     acc = te.compute((bt, m, n), lambda t, i, j: te.sum(
         read(A, a_shape, full(t, i, r)) * read(Bt, b_shape, full(t, r, j)), axis=r), name="acc")
     scores = te.compute((bt, m, n), lambda t, i, j: apply(acc[t, i, j], full(t, i, j)), name="scores")
-    mx, mx2 = lane_rows("max", (bt, m), n, lanes, lambda t, i, j: scores[t, i, j], "max")
-    ex = te.compute((bt, m, n), lambda t, i, j: fast_exp(scores[t, i, j] - mx[t, i]), name="exp")
-    sm, sm2 = lane_rows("sum", (bt, m), n, lanes, lambda t, i, j: ex[t, i, j], "sum")
-    inv = te.compute((bt, m), lambda t, i: tirx.const(1.0, F32) / sm[t, i], name="inv")
-    Y = te.compute((bt, m, n), lambda t, i, j: apply_after(ex[t, i, j] * inv[t, i], full(t, i, j)), name="norm")
+    Y, stages = row_softmax((bt, m), n, lanes, lambda t, i, j: scores[t, i, j],
+                            lambda p, ix: apply_after(p, full(*ix)))
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     t_loop, i_loop, j_loop = sch.get_loops(sch.get_sblock("norm"))
     io, _ = sch.split(i_loop, [None, mr])
-    sch.compute_at(sch.get_sblock("inv"), io)
-    pending = schedule_lane_rows(sch, "sum", sm2, io)
-    sch.compute_at(sch.get_sblock("exp"), io)
-    pending += schedule_lane_rows(sch, "max", mx2, io)
+    pending, _ = place_row_softmax(sch, stages, io)
     sch.compute_at(sch.get_sblock("scores"), io, preserve_unit_loops=True)  # keeps ii when mr = 1
-    for blk in ("scores", "exp"):
-        sch.set_scope(sch.get_sblock(blk), 0, "local")
+    sch.set_scope(sch.get_sblock("scores"), 0, "local")
     # the register tile: mr rows x nr columns of scores per step, k inside
     s_blk = sch.get_sblock("scores")
     ii, jj = sch.get_loops(s_blk)[-2:]
@@ -125,10 +118,6 @@ def scores_softmax(name: str, a: str, a_shape, bname: str, b_shape, *, out_value
     sch.vectorize(a_ji)
     sch.unroll(a_ii)
     sch.vectorize(sch.get_loops(s_blk)[-1])
-    for blk in ("norm", "exp"):
-        inner = sch.get_loops(sch.get_sblock(blk))[-1]
-        _, vec = sch.split(inner, [None, lanes])
-        sch.vectorize(vec)
     steps = ["register_tile", "row_softmax"]
     if S.worth_parallel(bt * m * n * k):
         S.parallel_outer(sch, [t_loop, io])
