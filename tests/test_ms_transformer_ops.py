@@ -2,7 +2,6 @@
 onnxruntime's own CPU kernels on random data: Attention, QAttention (per tensor and per column),
 SkipLayerNormalization, BiasGelu, Gelu; masks raw 2-D, 3-D and end positions."""
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper

@@ -259,8 +259,8 @@ def _whole_model_guard(model, chosen, spec, excluded, feeds1, float_sess, decisi
 
 def _static_shapes(model: Model, feeds: dict, values: dict | None = None) -> dict:
     """Static shape of every value on ``feeds``. Dims onnx's inference leaves unknown (everything
-    after an op it has no rule for, such as the GatherBlockQuantized embedding lookup that
-    quantize-dynamic writes) are read from a NumPy run instead of being taken as 1: a layer timed
+    after an op it has no rule for, such as the com.microsoft QAttention that
+    quantize-dynamic(attention=true) writes) are read from a NumPy run instead of being taken as 1: a layer timed
     with such guessed shapes was cut out with inputs that do not fit (MiniLM's attention MatMuls).
     That run also puts every non-float value into ``values`` (what _Timer feeds fragments), so the
     model is not run a second time on the same example."""

@@ -28,7 +28,7 @@ from tvmlite.backends.tvm.emitters import lookup
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: F401 - the lowering's vocabulary
 from tvmlite.backends.tvm.loop_shapes import add_loop_shapes, propagate_shapes
 from tvmlite.backends.tvm.prepare import ONNX, prepare
-from tvmlite.backends.tvm.prepare import _fold_static_shapes as fold_static_shapes
+from tvmlite.backends.tvm.prepare import fold_static_shapes
 from tvmlite.errors import UnsupportedError
 from tvmlite.frontend.onnx_import import import_model
 from tvmlite.inputs import graph_inputs

@@ -35,7 +35,7 @@ def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
         m.opsets.setdefault("tvmlite", 1)
     for _ in range(8):  # Shape -> constant -> fold, until shape arithmetic is gone
         shapes = _shapes(m)
-        changed = _fold_static_shapes(m, shapes)
+        changed = fold_static_shapes(m, shapes)
         changed |= FoldConstants(max_growth=float("inf"))(m).changed
         if not changed:
             break
@@ -66,7 +66,7 @@ def _shapes(m: Model) -> dict[str, tuple]:
     return out
 
 
-def _fold_static_shapes(m: Model, shapes: dict) -> bool:
+def fold_static_shapes(m: Model, shapes: dict) -> bool:
     g = m.graph
     changed = False
     for node in g.toposort():
