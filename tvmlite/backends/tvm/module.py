@@ -242,7 +242,7 @@ class CompiledModel:
         for name in kernel_consts:
             t = (tensors or {}).get(name)
             self._tensors[name] = store[name] = t if t is not None else \
-                tvm.runtime.tensor(np.ascontiguousarray(consts[name]), dev)
+                tvm.runtime.tensor(np.require(consts[name], requirements="C"), dev)  # 0-d stays 0-d (stretches)
         self._store = store
 
         def view(name, shape):

@@ -85,7 +85,7 @@ def write(f, arrays: dict) -> None:
     field (as Android's zipalign does)."""
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, arr in arrays.items():
-            arr = np.ascontiguousarray(arr)
+            arr = np.require(arr, requirements="C")  # ascontiguousarray would make a 0-d array 1-d
             if arr.dtype.hasobject:
                 raise ValueError(f"constant {name!r} holds Python objects")
             head = io.BytesIO()
@@ -249,7 +249,7 @@ def _read_tensor(zf, raw, mapped, info, npz: str, name: str, tvm):
             with zf.open(info) as z:
                 arr = np.lib.format.read_array(z, allow_pickle=False)
                 z.read(1)  # the end of the member: zip checks its CRC-32 here
-            return tvm.runtime.tensor(np.ascontiguousarray(arr, arr.dtype.newbyteorder("=")))
+            return tvm.runtime.tensor(np.require(arr, arr.dtype.newbyteorder("="), "C"))
         if mapped is not None and nbytes >= MAP_MIN_BYTES and (start + head) % ALIGN == 0:
             if start + info.file_size > len(mapped):
                 raise ArtifactError(f"{npz}: constant {name!r} ends after {len(mapped) - start - head:,} "
