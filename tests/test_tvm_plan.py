@@ -21,7 +21,7 @@ from test_tvm_int8 import _conv_qdq  # noqa: E402
 from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
 from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
 from tvmlite.backends.tvm import plan_func  # noqa: E402
-from tvmlite.backends.tvm.plan_func import stretch_spans  # noqa: E402
+from tvmlite.backends.tvm.plan_func import MAX_STRETCH, stretch_spans  # noqa: E402
 from tvmlite.frontend.onnx_import import import_model  # noqa: E402
 
 RNG = np.random.default_rng(5)
@@ -69,8 +69,9 @@ def test_float_plan_is_one_stretch_and_matches_the_per_call_path_and_onnxruntime
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
     cm = compile_model(import_model(proto), {"x": x.shape})
     assert cm.kernel_count >= 2
-    assert [s["calls"] for s in cm.plan["stretches"]] == [[0, len(cm.plan["calls"])]]
-    assert len(cm._run) == 1  # one Python call per run
+    n = len(cm.plan["calls"])
+    assert [s["calls"] for s in cm.plan["stretches"]] == [[a, min(a + MAX_STRETCH, n)] for a in range(0, n, MAX_STRETCH)]
+    assert len(cm._run) == -(-n // MAX_STRETCH)  # one Python call per stretch
     got = _same_both_ways(cm, {"x": x})
     np.testing.assert_allclose(got[0], _ort(proto, {"x": x})[0], rtol=1e-5, atol=1e-6)
 
@@ -93,7 +94,7 @@ def test_integer_tensor_plan_matches_the_per_call_path():
     proto = _typed_model(nodes, {"a": a, "b": b}, [("m", 2), ("f", 2), ("nl", 2)])
     feeds = {"a": a, "b": b}
     cm = compile_model(import_model(proto), {k: v.shape for k, v in feeds.items()})
-    assert cm.host_ops == [] and len(cm._run) == 1
+    assert cm.host_ops == [] and len(cm._run) == -(-cm.kernel_count // MAX_STRETCH)
     for g, r in zip(_same_both_ways(cm, feeds), _ort(proto, feeds)):
         assert g.dtype == r.dtype
         np.testing.assert_array_equal(g, r)
@@ -226,3 +227,14 @@ def test_pick_threads_takes_the_faster_side(monkeypatch):
     assert best == 1 and means == pytest.approx({1: 1.0, 2: 2.0})
     assert plan_func._pool.n == 1  # the pool is left on the choice
     plan_func.use_threads(2)
+
+
+def test_long_runs_of_kernels_are_cut_into_short_stretches():
+    """LLVM's time on one stretch grows faster than its length (densenet's 242-kernel stretch took
+    its build from 27 to 163 s), so runs longer than MAX_STRETCH are cut; host calls still cut too."""
+    k, hst = {"func": "k"}, {"host": 0}
+    calls = [k] * (2 * MAX_STRETCH + 1) + [hst] + [k] * 2 + [hst]
+    m = 2 * MAX_STRETCH + 1
+    assert stretch_spans(calls) == [(0, MAX_STRETCH), (MAX_STRETCH, 2 * MAX_STRETCH), (2 * MAX_STRETCH, m),
+                                    (m + 1, m + 3)]
+    assert stretch_spans([hst, hst]) == []

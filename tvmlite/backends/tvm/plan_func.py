@@ -27,14 +27,25 @@ STRETCH = "plan__stretch"
 IMPL = "__impl"
 
 
+# kernels per stretch: LLVM's time on a stretch grows faster than its length (its packed-API
+# prologue checks every buffer it takes). inception_v2 (94 kernels), LLVM seconds by the most
+# kernels a stretch calls: unlimited 27.3, 16: 13.3, 8: 11.3, 4: 8.5, no stretches 6.9; densenet's
+# 242-kernel stretch made its build 163 s (8: LLVM 23.6 s, no stretches 9.9 s). Python calls cost
+# 0.14-0.4 us each, and on a quiet machine stretches gain ~1% (shufflenet 3.82 vs 3.85 ms,
+# bench/plan_overhead.py); under load they cut the gaps a descheduled Python thread leaves. Short
+# stretches keep most of that at a quarter of the extra build time.
+MAX_STRETCH = 4
+
+
 def stretch_spans(calls: list) -> list[tuple[int, int]]:
-    """[start, end) of each run of consecutive kernel calls (host calls break runs)."""
+    """[start, end) of each run of consecutive kernel calls (host calls break runs), cut into
+    pieces of at most MAX_STRETCH calls."""
     spans, start = [], None
     for i, c in enumerate(calls + [{"host": -1}]):
         if "func" in c and start is None:
             start = i
         elif "func" not in c and start is not None:
-            spans.append((start, i))
+            spans.extend((a, min(a + MAX_STRETCH, i)) for a in range(start, i, MAX_STRETCH))
             start = None
     return spans
 
