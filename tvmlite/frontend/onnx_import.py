@@ -92,8 +92,12 @@ def read_model_file(source, *, check: bool = False,
 def _decodable(t: onnx.TensorProto) -> bool:
     if t.data_type not in PLAIN_TYPES or not t.HasField("raw_data") or sys.byteorder != "little":
         return False
-    count = int(np.prod([int(d) for d in t.dims], dtype=np.int64))
-    return count * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize >= BIG_ARRAY_BYTES
+    return _nbytes(t) >= BIG_ARRAY_BYTES
+
+
+def _raw_view(t: onnx.TensorProto, raw: bytes) -> np.ndarray:
+    """``t``'s array as a read-only view of ``raw`` (its raw_data, read once: each read copies)."""
+    return np.frombuffer(raw, onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).reshape([int(d) for d in t.dims])
 
 
 def decode_big_initializers(proto: onnx.ModelProto, arrays: dict) -> onnx.ModelProto:
@@ -106,11 +110,10 @@ def decode_big_initializers(proto: onnx.ModelProto, arrays: dict) -> onnx.ModelP
     for t in proto.graph.initializer:
         if not _decodable(t) or names[t.name] > 1:
             continue
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
         raw = t.raw_data  # a copy of its own: the array is a read-only view of it, no second copy
         if len(raw) != _nbytes(t):
             continue  # left as read: it fails where it always did
-        arr = np.frombuffer(raw, dtype).reshape(tuple(int(d) for d in t.dims))
+        arr = _raw_view(t, raw)
         del raw
         t.ClearField("raw_data")
         t.data_location = onnx.TensorProto.EXTERNAL  # a placeholder: the data is the array
@@ -332,8 +335,7 @@ def import_graph(gp: onnx.GraphProto, parent: Graph | None = None, *, arrays: di
         if arrays and init.name in arrays and external_data_helper.uses_external_data(init):
             v._const = arrays[init.name]  # the proto, without data, keeps the rest as read
         elif init.name in raw:  # a read-only view of the bytes read for the check; the proto stays as read
-            v._const = np.frombuffer(raw[init.name], onnx.helper.tensor_dtype_to_np_dtype(init.data_type)) \
-                .reshape([int(d) for d in init.dims])
+            v._const = _raw_view(init, raw[init.name])
     for sp in gp.sparse_initializer:
         name = sp.values.name
         v = g.add_initializer(name, sparse_to_array(sp))
@@ -357,8 +359,7 @@ def import_graph(gp: onnx.GraphProto, parent: Graph | None = None, *, arrays: di
                 # the length check and as the array's buffer (each read of the field copies it)
                 raw = a.t.raw_data
                 check_attribute(a, where, len(raw))
-                val = np.frombuffer(raw, onnx.helper.tensor_dtype_to_np_dtype(a.t.data_type)) \
-                    .reshape([int(d) for d in a.t.dims])
+                val = _raw_view(a.t, raw)
             else:
                 check_attribute(a, where)
                 val = attr_to_python(a, lambda sub: import_graph(sub, g))
