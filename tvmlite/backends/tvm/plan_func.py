@@ -223,7 +223,7 @@ def pick_threads(run, most: int, rounds: int = 5, per_round: int = 3) -> tuple[i
         if r % 2 and max(m1, mm) > 3 * min(m1, mm):
             break  # clear already (a busy machine): the slow side's runs are the costly ones
     # means, not medians: a parallel run stalled by a descheduled worker is what the choice is about
-    med = {n: float(np.mean(v)) * 1e3 for n, v in times.items()}
-    best = 1 if med[1] <= med[most] else most
+    means = {n: float(np.mean(v)) * 1e3 for n, v in times.items()}
+    best = 1 if means[1] <= means[most] else most
     use_threads(best)
-    return best, med
+    return best, means
