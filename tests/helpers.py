@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -99,3 +101,17 @@ def two_matmuls(n: int, k: int, seed: int = 0, scale: float = 1.0) -> onnx.Model
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     proto.ir_version = 8
     return proto
+
+
+def refused_passes(tmp_path, proto: onnx.ModelProto, passes: str) -> str:
+    """`tvmlite optimize --passes PASSES` on ``proto`` saved in ``tmp_path``: asserts exit 2, one
+    line on stderr and no traceback, no output written and the input unchanged; returns the line."""
+    src, dst = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(proto, src)
+    before = src.read_bytes()
+    p = subprocess.run([sys.executable, "-m", "tvmlite.cli", "optimize", str(src), "-o", str(dst),
+                        "--passes", passes], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert not dst.exists() and src.read_bytes() == before
+    return lines[0]
