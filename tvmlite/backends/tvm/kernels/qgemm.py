@@ -1,4 +1,5 @@
-"""int8 GEMM and convolution with AVX-512 VNNI: uint8 activations x int8 weights, int32 accumulation.
+"""int8 GEMM and convolution with AVX-512 VNNI (AVX2 without it): uint8 activations x int8 weights,
+int32 accumulation.
 
 The inner step is one `vpdpbusd`: 16 int32 lanes (16 output channels) each add the dot product of
 4 uint8 activation bytes (broadcast) with 4 int8 weight bytes. Weights are packed at build time as
@@ -267,8 +268,8 @@ class QuantSpec:
 def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec: QuantSpec, *, m: int,
           out_value: str, out_shape, y_shape, mn_of, onnx_index, epilogue: Epilogue, parallel: bool,
           tiled: bool):
-    """acc[m, n] = aq[m, :] . W[:, n] with VNNI (or AVX2's `vpmaddwd`), then the float epilogue, computed over ``y_shape`` (the
-    output buffer's view; ``mn_of`` maps its index to (m, n), ``onnx_index`` to the ONNX output's).
+    """acc[m, n] = aq[m, :] . W[:, n] with VNNI (or AVX2's `vpmaddwd`), then the float epilogue,
+    computed over ``y_shape`` (the output buffer's view; ``mn_of`` maps its index to (m, n), ``onnx_index`` to the ONNX output's).
     ``aq`` is a uint8 [Mp, Kp] TE tensor. ``tiled``: y's first dims follow m's row tiles, so each row
     tile quantizes its own rows of ``aq``, runs its GEMM and writes its outputs in one parallel task
     (one pass of the thread pool instead of three)."""
