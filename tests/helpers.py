@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import resource
 import subprocess
 import sys
@@ -67,6 +68,24 @@ def ort_run(model, feeds):
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
+
+
+def ort_qdq(model, feeds):
+    """onnxruntime's outputs for a QDQ model, as the int8 reference: its optimized session where
+    the CPU has a VNNI dot product, else the graph as written (graph optimizations off:
+    DequantizeLinear -> float op -> QuantizeLinear, the QDQ model's exact meaning). Without VNNI,
+    onnxruntime's fused QLinearConv / MatMulInteger use AVX2's `vpmaddubsw` for uint8 x int8, whose
+    int16 pair sums saturate (onnxruntime's quantization docs say so), which put its outputs up to
+    12 steps off the model's own arithmetic on an AVX2 (Zen) machine."""
+    import onnxruntime as ort
+
+    flags = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        return ort_run(model, feeds)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
 @contextlib.contextmanager

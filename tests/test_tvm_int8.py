@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from helpers import make_model, ort_run, tensor
+from helpers import make_model, ort_qdq, tensor
 
 from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
 
@@ -96,7 +96,7 @@ def _check(model, feeds, fused_op, *, steps=1.0, step=0.05, fused=True):
     assert (fused_op in ops) == fused, ops
     cm = compile_model(m, {k: v.shape for k, v in feeds.items()})
     got = cm.run(feeds)
-    ref = ort_run(model, feeds)
+    ref = ort_qdq(model, feeds)
     for g, r in zip(got, ref):
         assert g.shape == r.shape
         np.testing.assert_array_less(np.abs(g - r), steps * step + 1e-6)
@@ -143,7 +143,7 @@ def test_conv_output_read_elsewhere_keeps_its_float_value():
     fused = [n for n in prepared.graph.nodes if n.op_type == "QDQConv"]
     assert fused and fused[0].attrs.get("y_scale", 0.0) == 0.0 and not fused[0].attrs["activation"]
     cm = compile_model(m, {"x": x.shape})
-    for g, r in zip(cm.run({"x": x}), ort_run(model, {"x": x})):
+    for g, r in zip(cm.run({"x": x}), ort_qdq(model, {"x": x})):
         np.testing.assert_allclose(g, r, atol=0.05 + 1e-4, rtol=1e-3)
 
 
@@ -196,23 +196,30 @@ def test_tvmlite_quantized_digits_runs_int8_without_host_calls(tmp_path):
     assert cm.host_ops == []
     for i in range(len(x)):
         (got,) = cm.run({"input": x[i:i + 1]})
-        (ref,) = ort_run(str(path), {"input": x[i:i + 1]})
+        (ref,) = ort_qdq(str(path), {"input": x[i:i + 1]})
         np.testing.assert_allclose(got, ref, atol=1e-5)  # the logits are dequantized fc2 outputs
 
 
-def test_int8_gemm_uses_vnni():
+@pytest.mark.parametrize("vnni", [True, False])
+def test_int8_gemm_uses_vnni(vnni, monkeypatch):
+    """The int8 GEMM is exact integer arithmetic with VNNI's `vpdpbusd` and, on CPUs without it
+    (where LLVM aborts on that intrinsic), with AVX2's `vpmaddwd` (any x86-64-v3 CPU runs it)."""
+    from tvmlite.backends.tvm.kernels import qgemm
     from tvmlite.backends.tvm.kernels.defs import Epilogue
     from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, dense_int8
     from tvmlite.backends.tvm.kernels.target import host_target
     from tvmlite.backends.tvm.module import build_kernel, kernel_args
 
-    if "avx512_vnni" not in pathlib.Path("/proc/cpuinfo").read_text():
+    if vnni and "avx512_vnni" not in pathlib.Path("/proc/cpuinfo").read_text():
         pytest.skip("this CPU has no AVX-512 VNNI")
+    monkeypatch.setattr(qgemm, "dot_step", lambda: qgemm.DotStep(vnni))
     wq = RNG.integers(-127, 128, (64, 32), dtype=np.int8)
+    wq[:, 0] = 127
     ws = RNG.uniform(0.01, 0.02, 32).astype(np.float32)
     kd = dense_int8("g", "a", (9, 64), wq, ws, None, QuantSpec(0.05, 7, 1), out_value="c", out_shape=(9, 32),
                     epilogue=Epilogue())
     a = RNG.standard_normal((9, 64)).astype(np.float32)
+    a[0] = 10.0  # uint8 255 x weight 127, pairwise 64770: what a saturating int16 sum gets wrong
     lib = build_kernel(kd, host_target())
     args, (out,) = kernel_args(kd, {"a": a})
     lib["main"](*args)
@@ -223,7 +230,8 @@ def test_int8_gemm_uses_vnni():
 
     mod = tvm.compile(kd.func, target=host_target())
     asm = mod.mod.inspect_source("asm") if hasattr(mod, "mod") else mod.inspect_source("asm")
-    assert "vpdpbusd" in asm
+    assert "vpdpbusd" in asm if vnni else ("vpmaddwd" in asm and "vpdpbusd" not in asm)
+    assert kd.steps == ["int8_vnni" if vnni else "int8_avx2"]
 
 
 def _ort_quantize_static(ortq, model, tmp_path, x_shape):
@@ -273,7 +281,7 @@ def test_onnxruntime_quantize_static_output_runs_int8(tmp_path):
     step = float(inits[last.input[1]]) if last.op_type == "DequantizeLinear" else 1e-3
     for _ in range(3):
         x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
-        (got,), (ref,) = cm.run({"x": x}), ort_run(str(dst), {"x": x})
+        (got,), (ref,) = cm.run({"x": x}), ort_qdq(str(dst), {"x": x})
         np.testing.assert_array_less(np.abs(got - ref), step + 1e-6)
 
 
@@ -286,7 +294,7 @@ def test_fused_nodes_export_as_their_onnx_bodies(tmp_path):
     assert any(n.op_type == "QDQConv" for n in prepared.graph.nodes)
     path = tmp_path / "fused.onnx"
     tvmlite.save(prepared, str(path))
-    (got,), (ref,) = ort_run(str(path), {"x": x}), ort_run(model, {"x": x})
+    (got,), (ref,) = ort_qdq(str(path), {"x": x}), ort_qdq(model, {"x": x})
     np.testing.assert_array_less(np.abs(got - ref), 0.05 + 1e-6)
 
 
@@ -321,7 +329,7 @@ def _chain(x_shape, signed):
 def _chain_model(x_shape, signed):
     b, _ = _chain(x_shape, signed)
     proto = make_model(b.nodes, [tensor("x", list(x_shape))], [_out("f", 2)], b.inits, opset=17)
-    flat = ort_run(proto, {"x": np.zeros(x_shape, np.float32)})[0].shape[1]
+    flat = ort_qdq(proto, {"x": np.zeros(x_shape, np.float32)})[0].shape[1]
     w = (RNG.standard_normal((7, flat)) * 0.05).astype(np.float32)
     b.nodes.append(helper.make_node("Gemm", ["f", b.weights("g_w", w, 0), b.const("g_b", np.ones(7, np.float32))],
                                     ["g"], transB=1))
@@ -354,14 +362,14 @@ def test_int8_kernels_pass_quantized_buffers(signed, batch, tmp_path):
     assert {b.get("dtype") for b in cm.plan["buffers"].values() if b["kind"] == "temp"} >= {np.dtype(qdt).name}
     for _ in range(3):
         x = (RNG.standard_normal(x_shape) * 2).astype(np.float32)
-        (got,), (ref,) = cm.run({"x": x}), ort_run(model, {"x": x})
+        (got,), (ref,) = cm.run({"x": x}), ort_qdq(model, {"x": x})
         np.testing.assert_array_less(np.abs(got - ref), 0.04 + 1e-6)  # one output step
     cm.save(str(tmp_path / "m.so"))  # the integer buffers survive the artifact's plan check
     (again,) = load_module(str(tmp_path / "m.so")).run({"x": x})
     np.testing.assert_array_equal(again, got)
     # the prepared graph, exported, runs in onnxruntime: the new attributes' bodies are exact
     tvmlite.save(prepared, str(tmp_path / "prepared.onnx"))
-    (body,) = ort_run(str(tmp_path / "prepared.onnx"), {"x": x})
+    (body,) = ort_qdq(str(tmp_path / "prepared.onnx"), {"x": x})
     np.testing.assert_array_less(np.abs(body - ref), 0.04 + 1e-6)
 
 
@@ -379,7 +387,7 @@ def test_quantized_value_read_by_a_float_op_stays_float():
     assert not any(n.attrs.get("y_quantized") or n.attrs.get("x_quantized") for n in prepared.graph.nodes)
     x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
     cm = compile_model(load(model), {"x": (1, 4, 6, 6)})
-    for g_, r in zip(cm.run({"x": x}), ort_run(model, {"x": x})):
+    for g_, r in zip(cm.run({"x": x}), ort_qdq(model, {"x": x})):
         np.testing.assert_allclose(g_, r, atol=1e-4, rtol=1e-4)
 
 
@@ -413,8 +421,8 @@ def test_onnxruntime_qdq_silu_fuses_into_the_conv(tmp_path):
     step = float(inits_q[last.input[1]])
     for _ in range(3):
         xv = RNG.standard_normal((1, 3, 20, 20)).astype(np.float32)
-        (got,), (ref,) = cm.run({"x": xv}), ort_run(str(dst), {"x": xv})
+        (got,), (ref,) = cm.run({"x": xv}), ort_qdq(str(dst), {"x": xv})
         np.testing.assert_array_less(np.abs(got - ref), step + 1e-6)
     tvmlite.save(prepared, str(tmp_path / "prepared.onnx"))  # the SiLU body runs in onnxruntime
-    (body,) = ort_run(str(tmp_path / "prepared.onnx"), {"x": xv})
+    (body,) = ort_qdq(str(tmp_path / "prepared.onnx"), {"x": xv})
     np.testing.assert_array_less(np.abs(body - ref), step + 1e-6)

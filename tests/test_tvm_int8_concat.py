@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from helpers import make_model, ort_run, tensor
+from helpers import make_model, ort_qdq, tensor
 from test_tvm_int8 import QDQ, _out, _u8
 
 from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
@@ -96,7 +96,7 @@ def test_qdq_concat_and_split_run_on_integers(out_scale, tmp_path):
         np.testing.assert_array_less(np.abs(got - ref), 0.03 + 1e-6)  # one output step
         # onnxruntime's own fused kernels (QLinearConv / QLinearConcat) round near-ties of the
         # inner layers differently and differ from its unfused run by up to 2 output steps here
-        np.testing.assert_array_less(np.abs(got - ort_run(model, {"x": x})[0]), 2 * 0.03 + 1e-6)
+        np.testing.assert_array_less(np.abs(got - ort_qdq(model, {"x": x})[0]), 2 * 0.03 + 1e-6)
     cm.save(str(tmp_path / "m.so"))
     np.testing.assert_array_equal(load_module(str(tmp_path / "m.so")).run({"x": x})[0], got)
     tvmlite.save(prepared, str(tmp_path / "prepared.onnx"))  # QConcat's body: the unfused pattern
@@ -110,7 +110,7 @@ def test_concat_read_by_a_float_op_stays_a_float_concat():
     assert "QConcat" not in {n.op_type for n in prepared.graph.nodes}
     cm = compile_model(load(model), {"x": X})
     x = (RNG.standard_normal(X) * 2).astype(np.float32)
-    for got, ref in zip(cm.run({"x": x}), ort_run(model, {"x": x})):
+    for got, ref in zip(cm.run({"x": x}), ort_qdq(model, {"x": x})):
         np.testing.assert_array_less(np.abs(got - ref), 0.05 + 1e-6)
 
 

@@ -1,4 +1,5 @@
-"""int8 GEMM and convolution with AVX-512 VNNI: uint8 activations x int8 weights, int32 accumulation.
+"""int8 GEMM and convolution with AVX-512 VNNI (AVX2 without it): uint8 activations x int8 weights,
+int32 accumulation.
 
 The inner step is one `vpdpbusd`: 16 int32 lanes (16 output channels) each add the dot product of
 4 uint8 activation bytes (broadcast) with 4 int8 weight bytes. Weights are packed at build time as
@@ -12,6 +13,11 @@ float products.
 
 TVM 0.27's own `dot_16x4_vnni` intrinsic declares `vpdpbusd` with int32 vector operands, which the
 LLVM it ships rejects (the intrinsic now takes <64 x i8>); `tvmlite_vnni_16x4` passes byte vectors.
+
+Without VNNI (AVX2 CPUs: LLVM aborts the process on `vpdpbusd` there) the inner step is one
+`vpmaddwd` (`tvmlite_avx2_8x2`): 8 int32 lanes each add 2 activation x weight products, the weights
+packed as int16 [N/8, K/2, 8, 2] and the 2 activation bytes widened to int16 and broadcast. It is
+exact (AVX2's byte product `vpmaddubsw` saturates its int16 pair sums, 2 * 255 * 127 > 32767).
 """
 from __future__ import annotations
 
@@ -68,6 +74,70 @@ def register_vnni() -> str:
         pass
     _registered = True
     return VNNI
+
+
+AVX2 = "tvmlite_avx2_8x2"
+_registered_avx2 = False
+
+
+def register_avx2() -> str:
+    """Register the AVX2 `vpmaddwd` tensor intrinsic once; returns its name."""
+    global _registered_avx2
+    if _registered_avx2:
+        return AVX2
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((2,), "uint8", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((2,), "uint8", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            a_i32 = T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")), dtype="int32")
+            a_i16 = T.reinterpret(T.broadcast(a_i32, 8), dtype="int16x16")
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_i16, B.vload([0, 0], dtype="int16x16"),
+                dtype="int32x8")
+
+    try:
+        TensorIntrin.register(AVX2, desc, impl)
+    except Exception:  # noqa: BLE001 - registered by an earlier import of this module
+        pass
+    _registered_avx2 = True
+    return AVX2
+
+
+class DotStep:
+    """The int8 GEMM's inner instruction: ``lanes`` int32 accumulators each adding ``group``
+    products per step, the weights packed [N/lanes, K/group, lanes, group] as ``w_dtype``."""
+
+    def __init__(self, vnni: bool):
+        self.vnni = vnni
+        self.lanes, self.group, self.w_dtype = (16, 4, np.int8) if vnni else (8, 2, np.int16)
+        self.step = "int8_vnni" if vnni else "int8_avx2"
+
+    def register(self) -> str:
+        return register_vnni() if self.vnni else register_avx2()
+
+
+def dot_step() -> DotStep:
+    """VNNI's step where the CPU has it, else AVX2's."""
+    from tvmlite.backends.tvm.kernels.target import has_vnni
+
+    return DotStep(has_vnni())
 
 
 def _quantized(v, scale: float, zero_point: int, signed: int):
@@ -137,18 +207,23 @@ def requant_tail(v, spec: QuantSpec, lut, apply, onnx_idx):
     return apply(v, onnx_idx)
 
 
-def pack_weights(w2: np.ndarray, kp: int, np_: int) -> np.ndarray:
-    """int8 [K, N] -> [Np/16, Kp/4, 16, 4], zero-padded (zero weights add nothing)."""
+def pack_weights(w2: np.ndarray, kp: int, np_: int, lanes: int = 16, group: int = 4, dtype=np.int8) -> np.ndarray:
+    """int8 [K, N] -> [Np/lanes, Kp/group, lanes, group] of ``dtype``, zero-padded (zero weights add
+    nothing)."""
     k, n = w2.shape
-    full = np.zeros((kp, np_), np.int8)
+    full = np.zeros((kp, np_), dtype)
     full[:k, :n] = w2
-    return np.ascontiguousarray(full.reshape(kp // 4, 4, np_ // 16, 16).transpose(2, 0, 3, 1))
+    return np.ascontiguousarray(full.reshape(kp // group, group, np_ // lanes, lanes).transpose(2, 0, 3, 1))
 
 
 def _tile(m: int, n16: int) -> tuple[int, int]:
-    """(rows, 16-column vectors) of the register tile: 8 x 2 keeps 16 int32 accumulators in zmm
-    registers (6 x 4 and 12 x 2 measured the same within noise on the digits convs)."""
-    return (8 if m >= 8 else m), (2 if n16 % 2 == 0 else 1)
+    """(rows, vectors of the dot step's lanes) of the register tile. VNNI: 8 x 2 keeps 16 int32
+    accumulators in zmm registers (6 x 4 and 12 x 2 measured the same within noise on the digits
+    convs). AVX2 (8 lanes, 16 ymm registers): 4 x 2, 8 accumulators beside the weights and the
+    broadcast activations."""
+    if dot_step().vnni:
+        return (8 if m >= 8 else m), (2 if n16 % 2 == 0 else 1)
+    return (4 if m >= 4 else m), 2  # n16 * 2 vectors of 8: always even
 
 
 def task_rows(m: int, mr: int) -> int:
@@ -193,8 +268,8 @@ class QuantSpec:
 def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec: QuantSpec, *, m: int,
           out_value: str, out_shape, y_shape, mn_of, onnx_index, epilogue: Epilogue, parallel: bool,
           tiled: bool):
-    """acc[m, n] = aq[m, :] . W[:, n] with VNNI, then the float epilogue, computed over ``y_shape`` (the
-    output buffer's view; ``mn_of`` maps its index to (m, n), ``onnx_index`` to the ONNX output's).
+    """acc[m, n] = aq[m, :] . W[:, n] with VNNI (or AVX2's `vpmaddwd`), then the float epilogue,
+    computed over ``y_shape`` (the output buffer's view; ``mn_of`` maps its index to (m, n), ``onnx_index`` to the ONNX output's).
     ``aq`` is a uint8 [Mp, Kp] TE tensor. ``tiled``: y's first dims follow m's row tiles, so each row
     tile quantizes its own rows of ``aq``, runs its GEMM and writes its outputs in one parallel task
     (one pass of the thread pool instead of three)."""
@@ -203,7 +278,9 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     np_ = round_up(n, 16)
     mr, nb = _tile(m, np_ // 16)
     rt = task_rows(m, mr) if tiled else mr
-    W = b.const(pack_weights(w2, kp, np_), label="wq", dtype=np.int8)
+    dot = dot_step()
+    L, G = dot.lanes, dot.group
+    W = b.const(pack_weights(w2, kp, np_, L, G, dot.w_dtype), label="wq", dtype=dot.w_dtype)
     colsum = w2.astype(np.int64).sum(axis=0)
     corr = b.const(np.pad(-spec.x_zero_u8 * colsum, (0, np_ - n)).astype(np.int32), label="zcorr", dtype=np.int32)
     scale, bias = requant_scales(spec, w_scale, bias)
@@ -213,7 +290,7 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     lut = b.const(silu_table(*spec.silu), label="sigmoid") if spec.activation == "SiLU" else None
     r = te.reduce_axis((0, kp), name="k")
     acc = te.compute((mp, np_), lambda i, j: te.sum(
-        aq[i, r].astype("int32") * W[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r), name="acc")
+        aq[i, r].astype("int32") * W[j // L, r // G, j % L, r % G].astype("int32"), axis=r), name="acc")
 
     def out(*idx):
         i, j = mn_of(idx)
@@ -225,13 +302,13 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     Y = te.compute(tuple(int(d) for d in y_shape), out, name="epilogue")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    register_vnni()
+    intrin = dot.register()
     blk = sch.get_sblock("acc")
     i, j, kk = sch.get_loops(blk)
     it, io, ii = sch.split(i, [None, rt // mr, mr])
-    jo, ji = sch.split(j, [None, 16])
+    jo, ji = sch.split(j, [None, L])
     joo, joi = sch.split(jo, [None, nb])
-    ko, ki = sch.split(kk, [None, 4])
+    ko, ki = sch.split(kk, [None, G])
     if tiled:
         sch.reorder(it, io, joo, ko, ii, joi, ji, ki)
         sch.compute_at(sch.get_sblock("aq"), it)
@@ -245,7 +322,7 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     sch.decompose_reduction(blk, ko)
     sch.unroll(ii)
     sch.unroll(joi)
-    sch.tensorize(ji, VNNI)
+    sch.tensorize(ji, intrin)
     return sch
 
 
@@ -288,7 +365,7 @@ def dense_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray,
     ep_loops = sch.get_loops(sch.get_sblock("epilogue"))
     if n % 16 == 0:
         sch.vectorize(sch.split(ep_loops[-1], [None, 16])[1])
-    return KernelDef(name, b.params, sch.mod["main"], steps=["int8_vnni"])
+    return KernelDef(name, b.params, sch.mod["main"], steps=[dot_step().step])
 
 
 def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray, bias, spec: QuantSpec, geom, *,
@@ -404,4 +481,4 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
             outer = sch.fuse(n_, c)
         if parallel:
             sch.parallel(outer)
-    return KernelDef(name, b.params, sch.mod["main"], steps=["int8_vnni"])
+    return KernelDef(name, b.params, sch.mod["main"], steps=[dot_step().step])

@@ -67,3 +67,17 @@ def vector_lanes() -> int:
         return 16 if " avx512f" in flags else 8
     except OSError:
         return 8
+
+
+@functools.lru_cache(maxsize=None)
+def has_vnni() -> bool:
+    """Whether the int8 kernels may use AVX-512 VNNI (`vpdpbusd`): the target CPU has 512-bit
+    vectors and this machine's CPU reports avx512_vnni. Without it (AVX2 machines such as Zen 1-3)
+    LLVM aborts the whole process on the intrinsic, so the kernels use AVX2's `vpmaddwd` instead."""
+    if vector_lanes() != 16:
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_vnni" in f.read()
+    except OSError:
+        return False
