@@ -89,7 +89,7 @@ def register_avx2() -> str:
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((2,), "uint8", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
+    def desc(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
              C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:8], A[0:2], B[0:8, 0:2])
@@ -101,12 +101,12 @@ def register_avx2() -> str:
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((2,), "uint8", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
+    def impl(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
              C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:8], A[0:2], B[0:8, 0:2])
             T.writes(C[0:8])
-            a_i32 = T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")), dtype="int32")
+            a_i32 = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
             a_i16 = T.reinterpret(T.broadcast(a_i32, 8), dtype="int16x16")
             C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_i16, B.vload([0, 0], dtype="int16x16"),
@@ -127,6 +127,9 @@ class DotStep:
     def __init__(self, vnni: bool):
         self.vnni = vnni
         self.lanes, self.group, self.w_dtype = (16, 4, np.int8) if vnni else (8, 2, np.int16)
+        # AVX2 reads the activations as int16 too: one broadcast load per row and step (widening
+        # 2 bytes there took 4 instructions beside 2 vpmaddwd)
+        self.a_dtype = "uint8" if vnni else "int16"
         self.step = "int8_vnni" if vnni else "int8_avx2"
 
     def register(self) -> str:
@@ -270,7 +273,7 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
           tiled: bool):
     """acc[m, n] = aq[m, :] . W[:, n] with VNNI (or AVX2's `vpmaddwd`), then the float epilogue,
     computed over ``y_shape`` (the output buffer's view; ``mn_of`` maps its index to (m, n), ``onnx_index`` to the ONNX output's).
-    ``aq`` is a uint8 [Mp, Kp] TE tensor. ``tiled``: y's first dims follow m's row tiles, so each row
+    ``aq`` is a uint8 [Mp, Kp] TE tensor (int16 for AVX2's step). ``tiled``: y's first dims follow m's row tiles, so each row
     tile quantizes its own rows of ``aq``, runs its GEMM and writes its outputs in one parallel task
     (one pass of the thread pool instead of three)."""
     k, n = w2.shape
@@ -352,7 +355,7 @@ def dense_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray,
     def aq_at(i, kk):
         inside = tirx.all(i < m, kk < k)
         v = X[unflatten(tirx.min(i, m - 1), lead) + (tirx.min(kk, k - 1),)]
-        return tirx.if_then_else(inside, spec.x_u8(v), tirx.const(0, "uint8"))
+        return tirx.if_then_else(inside, spec.x_u8(v), tirx.const(0, "uint8")).astype(dot_step().a_dtype)
     aq = te.compute((mp, kp), aq_at, name="aq")
     parallel = S.worth_parallel(m * n * k)
 
@@ -425,7 +428,7 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
             v = xq_at(n_, y * sh + (t // kw) * dh, xx * sw + (t % kw) * dw, c)
         else:
             v = xq[n_, y * sh + (t // kw) * dh, xx * sw + (t % kw) * dw, c]
-        return tirx.if_then_else(i < m, v, tirx.const(0, "uint8"))
+        return tirx.if_then_else(i < m, v, tirx.const(0, "uint8")).astype(dot_step().a_dtype)
     aq = te.compute((mp, k), aq_at, name="aq")
     parallel = S.worth_parallel(m * co * k)
 
