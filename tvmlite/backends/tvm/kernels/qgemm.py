@@ -31,30 +31,47 @@ from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.ops.qdq_fused import fake_quant as fake_quant_np
 
 VNNI = "tvmlite_vnni_16x4"
-_registered = False
+AVX2 = "tvmlite_avx2_8x2"
+_registered: set = set()
+
+
+def _dot_desc(lanes: int, group: int, a_dtype: str, b_dtype: str):
+    """The tensor intrinsics' description: C[i] += A[k] * B[i, k] in int32 over ``lanes`` x ``group``."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((group,), a_dtype, offset_factor=1), B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+    return desc
+
+
+def _register_once(name: str, desc, impl) -> str:
+    # not tvm.s_tir.tensor_intrin.x86's description: importing that package imports every
+    # target's intrinsics (CUDA, ROCm, ...) and takes about a minute
+    from tvm.s_tir import TensorIntrin
+
+    if name not in _registered:
+        try:
+            TensorIntrin.register(name, desc, impl)
+        except Exception:  # noqa: BLE001 - registered by an earlier import of this module
+            pass
+        _registered.add(name)
+    return name
 
 
 def register_vnni() -> str:
     """Register the VNNI tensor intrinsic once; returns its name."""
-    global _registered
-    if _registered:
+    if VNNI in _registered:
         return VNNI
-    # not tvm.s_tir.tensor_intrin.x86's description: importing that package imports every
-    # target's intrinsics (CUDA, ROCm, ...) and takes about a minute
-    from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
@@ -67,38 +84,14 @@ def register_vnni() -> str:
             C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
                 a_u8, B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
-
-    try:
-        TensorIntrin.register(VNNI, desc, impl)
-    except Exception:  # noqa: BLE001 - registered by an earlier import of this module
-        pass
-    _registered = True
-    return VNNI
-
-
-AVX2 = "tvmlite_avx2_8x2"
-_registered_avx2 = False
+    return _register_once(VNNI, _dot_desc(16, 4, "uint8", "int8"), impl)
 
 
 def register_avx2() -> str:
     """Register the AVX2 `vpmaddwd` tensor intrinsic once; returns its name."""
-    global _registered_avx2
-    if _registered_avx2:
+    if AVX2 in _registered:
         return AVX2
-    from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            for i in T.serial(0, 8):
-                for k in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
@@ -111,13 +104,7 @@ def register_avx2() -> str:
             C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_i16, B.vload([0, 0], dtype="int16x16"),
                 dtype="int32x8")
-
-    try:
-        TensorIntrin.register(AVX2, desc, impl)
-    except Exception:  # noqa: BLE001 - registered by an earlier import of this module
-        pass
-    _registered_avx2 = True
-    return AVX2
+    return _register_once(AVX2, _dot_desc(8, 2, "int16", "int16"), impl)
 
 
 class DotStep:
@@ -182,7 +169,8 @@ def silu_lut(b, spec: QuantSpec):
     sig = silu_table(*spec.silu)
     if not spec.yq:
         return b.const(sig, label="sigmoid")
-    (cs, cz, csg), lo = spec.silu[0], (-128 if spec.silu[0][2] else 0)
+    (cs, cz, csg) = spec.silu[0]
+    lo = -128 if csg else 0
     q = np.arange(lo, lo + 256, dtype=np.float32)
     v = (q - np.float32(cz)) * np.float32(cs) * sig / np.float32(spec.ys)
     ylo, yhi = (-128, 127) if spec.ysg else (0, 255)
