@@ -8,7 +8,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 from helpers import make_model, ort_qdq, tensor
 
@@ -389,6 +389,37 @@ def test_quantized_value_read_by_a_float_op_stays_float():
     cm = compile_model(load(model), {"x": (1, 4, 6, 6)})
     for g_, r in zip(cm.run({"x": x}), ort_qdq(model, {"x": x})):
         np.testing.assert_allclose(g_, r, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("signed", [0, 1])
+def test_silu_table_holds_the_qdq_graphs_output_integers(signed):
+    """With an integer output, the fused SiLU's table gives each input integer's output integer:
+    the same integers as the QDQ chain Q -> DQ -> Sigmoid -> Q -> DQ -> Mul -> Q run by onnxruntime
+    as written, for all 256 input integers (the kernel then reads one table entry per output)."""
+    from tvmlite.backends.tvm.kernels.builder import Builder
+    from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, silu_lut
+
+    c_grid, s_grid = (0.043, -3 if signed else 131, signed), (1 / 255, 0, 0)
+    y_grid = (0.029, -7 if signed else 9, signed)
+    spec = QuantSpec(0.05, 0, 0, *y_grid, "SiLU", y_quantized=1, silu=(c_grid, s_grid))
+    b = Builder("t")
+    silu_lut(b, spec)
+    table = b.params[-1].array
+    lo = -128 if signed else 0
+    zdt = np.int8 if signed else np.uint8
+    g = QDQ()
+    c = g.fake_quant("x", "c", c_grid[0], np.array(c_grid[1], zdt))
+    g.nodes.append(helper.make_node("Sigmoid", [c], ["sg"]))
+    sq = g.fake_quant("sg", "s", s_grid[0], _u8(s_grid[1]))
+    g.nodes.append(helper.make_node("Mul", [c, sq], ["m"]))
+    ys, yz = g.const("ys", np.array(y_grid[0], np.float32)), g.const("yz", np.array(y_grid[1], zdt))
+    g.nodes.append(_q("QuantizeLinear", "m", ys, yz, "y"))
+    out = helper.make_tensor_value_info("y", TensorProto.INT8 if signed else TensorProto.UINT8, [256])
+    model = make_model(g.nodes, [tensor("x", [256])], [out], g.inits, opset=17)
+    x = ((np.arange(lo, lo + 256) - c_grid[1]) * c_grid[0]).astype(np.float32)  # each integer's value
+    (ref,) = ort_qdq(model, {"x": x})
+    assert table.dtype == np.int32 and table.shape == (256,)
+    np.testing.assert_array_equal(table, ref.astype(np.int32))
 
 
 def test_onnxruntime_qdq_silu_fuses_into_the_conv(tmp_path):

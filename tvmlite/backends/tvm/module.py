@@ -263,6 +263,10 @@ class CompiledModel:
         self._inputs = [store.get(n) for n in self.input_names]
         self._outputs = [(view(o["buffer"], o["shape"]) if not (o.get("const") or o.get("host")) else None, o)
                          for o in plan["outputs"]]
+        # run() writes inputs and reads outputs through NumPy views of those buffers: Tensor.copyfrom
+        # and .numpy() cost ~23 us each in TVM's FFI, a NumPy copy of a small tensor ~1 us
+        self._input_np = [np.from_dlpack(t) if t is not None else None for t in self._inputs]
+        self._output_np = [np.from_dlpack(t) if t is not None else None for t, _ in self._outputs]
         self._host_consts = {k: v for k, v in consts.items() if k not in kernel_consts}
         # threads for the parallel kernels: all of TVM's pool until the second run of a small plan
         # measures 1 against all ($TVMLITE_PICK_THREADS=0: never); see plan_func.pick_threads
@@ -296,7 +300,7 @@ class CompiledModel:
         return problem_list(self.plan.get("host_ops", []))
 
     def set_inputs(self, feeds: dict) -> None:
-        for name, t in zip(self.input_names, self._inputs):
+        for name, t in zip(self.input_names, self._input_np):
             if name not in feeds:
                 raise InputError(f"missing input {name!r}")
             a = np.asarray(feeds[name])
@@ -309,7 +313,7 @@ class CompiledModel:
             else:
                 c = np.asarray(a, dtype=dt, order="C")  # ascontiguousarray makes 0-d 1-d
             if t is not None:
-                t.copyfrom(c)
+                t[...] = c
 
     def _go(self) -> None:
         for fn, args in self._run:
@@ -338,12 +342,12 @@ class CompiledModel:
                 if time.thread_time() - t0 < PICK_BELOW_S:
                     self.threads, self.thread_times = plan_func.pick_threads(self._go, self.threads)
         out = []
-        for t, o in self._outputs:
+        for t, (_, o) in zip(self._output_np, self._outputs):
             if o.get("host"):
                 v = self._env[o["name"]]
                 out.append(np.array(v) if isinstance(v, np.ndarray) else v)
             else:
-                out.append(host.loaded(np.array(self._host_consts[o["buffer"]])) if t is None else t.numpy())
+                out.append(host.loaded(np.array(self._host_consts[o["buffer"]])) if t is None else t.copy())
         return out
 
     def profile(self, feeds: dict, repeats: int = 10) -> list[tuple[str, str, float]]:

@@ -16,7 +16,7 @@ from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
-from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, requant_scales, requant_tail, silu_table
+from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, requant_scales, requant_tail, silu_lut
 
 
 def depthwise_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray, bias, spec: QuantSpec, geom,
@@ -40,7 +40,7 @@ def depthwise_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndar
     scale = b.const(scale, label="scale")
     B = b.const(bias, label="bias") if bias is not None else None
     apply = bind_epilogue(epilogue, b, tuple(out_shape))
-    lut = b.const(silu_table(*spec.silu), label="sigmoid") if spec.activation == "SiLU" else None
+    lut = silu_lut(b, spec) if spec.activation == "SiLU" else None
     zero = spec.x_zero_u8
     hp, wp = h + geom.pads[0] + geom.pads[2], w + geom.pads[1] + geom.pads[3]
 
