@@ -31,8 +31,9 @@ FORMAT = 4  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inp
 PICK_BELOW_S = 0.02
 
 # -------------------------------------------------------------------------------------------- build
-def plan_of(low) -> tuple[dict, dict]:
-    """The run plan (JSON-able) and constant arrays of a lowered graph."""
+def plan_of(low, prefix: str = "") -> tuple[dict, dict]:
+    """The run plan (JSON-able) and constant arrays of a lowered graph; ``prefix`` starts every
+    constant's key (a control-flow body's: control.body_spec), so nested plans never collide."""
     from tvmlite.backends.tvm.lower import HostSegment, opset_versions
 
     buffers: dict[str, dict] = {}
@@ -68,7 +69,7 @@ def plan_of(low) -> tuple[dict, dict]:
                     if o not in low.shapes:
                         raise TvmliteError(f"host value {o!r} is read by a kernel but has no static shape")
                     buffers[o] = typed({"shape": list(low.shapes[o]), "kind": "host"}, o)
-            spec, arrays = host.segment_spec(entry, low, buffers, host_made, len(host_specs), plan_of)
+            spec, arrays = host.segment_spec(entry, low, buffers, host_made, len(host_specs), plan_of, prefix)
             consts.update(arrays)
             calls.append({"host": len(host_specs), "nodes": [n.label for n in entry.nodes]})
             host_specs.append(spec)
@@ -76,8 +77,8 @@ def plan_of(low) -> tuple[dict, dict]:
         kd, args = entry, []
         for p in kd.params:
             if p.kind == "const":
-                consts[p.name] = p.array
-                args.append([p.name, list(p.array.shape)])
+                consts[prefix + p.name] = p.array
+                args.append([prefix + p.name, list(p.array.shape)])
                 continue
             r = root(p.name)
             if p.kind == "output" and r not in buffers:
@@ -93,7 +94,7 @@ def plan_of(low) -> tuple[dict, dict]:
     outputs = []
     for o in low.outputs:
         if o in low.consts:
-            cname = f"output.{o}"
+            cname = f"{prefix}output.{o}"
             consts[cname] = host.storable(low.consts[o], f"output {o!r}")
             outputs.append({"name": o, "buffer": cname, "shape": list(np.shape(low.consts[o])), "const": True})
         elif o in host_made or o in host_inputs:
