@@ -48,6 +48,8 @@ def test_vad_without_if_runs_its_lstm_loop_as_kernels(tmp_path):
     assert len(cm.host_ops) == 1 and cm.host_ops[0].startswith("Loop: " + COMPILED), cm.host_ops
     (body,) = _bodies(cm)
     assert body["kind"] == "loop" and len(body["plans"][0]["calls"]) >= 3
+    # the body's kernels run as stretches (one compiled call each, up to 4 kernels)
+    assert len(body["plans"][0]["stretches"]) < len(body["plans"][0]["calls"])
     assert not any("host" in c for c in body["plans"][0]["calls"])
     rng = np.random.default_rng(5)
     feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
@@ -249,11 +251,16 @@ def test_a_saved_loop_runs_without_the_model_and_a_corrupt_body_plan_is_refused(
     plan = json.load(open(path + ".json"))
     (seg,) = [s for s in plan["host"] if "body" in s]
     body = seg["body"]["plans"][0]
-    for case in ("no such kernel", "no buffers", "missing constant"):
+    assert body["stretches"] and all(s["func"].startswith("c") for s in body["stretches"])
+    for case in ("no such kernel", "no buffers", "missing constant", "stretch off its calls", "no such stretch"):
         bad = json.loads(json.dumps(plan))
         bp = [s for s in bad["host"] if "body" in s][0]["body"]["plans"][0]
         if case == "no such kernel":
             bp["calls"][0]["func"] = "nope"
+        elif case == "stretch off its calls":
+            bp["stretches"][0]["args"] = bp["stretches"][0]["args"][:-1]
+        elif case == "no such stretch":
+            bp["stretches"][0]["func"] = "c9b9_plan__stretch0"
         elif case == "no buffers":
             bp["buffers"] = []
         else:

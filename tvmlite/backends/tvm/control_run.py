@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.backends.tvm.artifact_check import _check_schema
+from tvmlite.backends.tvm.plan_func import check_stretches
 from tvmlite.errors import InputError, TvmliteError
 
 
@@ -25,6 +26,8 @@ def runner(spec: dict, sub_model, where: str):
             raise TvmliteError(f"{where}: a compiled body of unknown kind {kind!r}")
         for p in plans:
             _check_schema(p, where)
+            if "stretches" in p:  # bodies built before they had stretches run call by call
+                check_stretches(p, where)
         models = []
         for p in plans:
             try:
@@ -87,9 +90,7 @@ class _States:
                     or (bufs[r]["shape"], bufs[r].get("dtype")) != (bufs[b_in]["shape"], bufs[b_in].get("dtype")):
                 continue
             self.swap[b_in], self.swap[r] = r, b_in
-        self.calls = [model._calls, [(fn, [_tvm_view(model, self.swap.get(n, n), sh) for n, sh in c["args"]])
-                                     for (fn, _), c in zip(model._calls, model.plan["calls"])]
-                      if self.swap else model._calls]
+        self.calls = [model.calls(), model.calls(self.swap)]
         self.copied = [(name, view, self.read(b_out)) for (name, view, _, _), (_, b_out) in zip(self.slots, pairs)
                        if name not in self.swap]
 
@@ -97,7 +98,7 @@ class _States:
         """A function giving body output ``name`` of the step just run (before `step`)."""
         for t, o in self.m._outputs:
             if o["name"] == name and t is not None:
-                views = [np.from_dlpack(_tvm_view(self.m, b, o["shape"])) for b in
+                views = [np.from_dlpack(self.m._view(b, o["shape"])) for b in
                          (o["buffer"], self.swap.get(o["buffer"], o["buffer"]))]
                 return lambda: views[self.parity]
         return _reader(self.m, name)[0]
@@ -126,11 +127,6 @@ class _States:
             else:
                 out.append(np.array(view))
         return out
-
-
-def _tvm_view(model, name: str, shape):
-    t = model._store[name]
-    return t if tuple(t.shape) == tuple(shape) else t._create_view(tuple(shape))
 
 
 class LoopRunner:
