@@ -76,6 +76,10 @@ def test_vad_with_if_compiles_both_branches_and_picks_at_run_time(tmp_path):
     rng = np.random.default_rng(5)
     feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items() if n != "sr"}
     cm.save(str(tmp_path / "vad.so"))
+    # both branches hold the same LSTM weights (in their Loop's body and its stored node): each
+    # distinct array is stored once, and read into one tensor
+    keys = json.load(open(tmp_path / "vad.so.json"))["const_keys"]
+    assert len(set(keys.values())) < len(keys)
     loaded = load_module(str(tmp_path / "vad.so"))
     for sr in (16000, 8000, 16000):
         feeds["sr"] = np.array(sr, np.int64)

@@ -163,6 +163,12 @@ def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None
     plan = {k: v for k, v in plan.items() if k not in ("const_file", "const_keys")}  # a bucket saved alone
     if shared is not None:
         plan = {**plan, "const_file": shared.file_name, "const_keys": shared.add(consts)}
+    elif any("body" in seg for seg in plan.get("host", [])):
+        # compiled bodies repeat constants (an If's branches each hold what followed the If,
+        # control.sink_into_branches): each distinct array once, by content key (params.py)
+        own = params.SharedConsts(os.path.basename(path) + ".npz")
+        plan = {**plan, "const_keys": own.add(consts)}
+        consts = own.arrays
     if lib_path is not None:
         try:
             shutil.copyfile(lib_path, so)
@@ -194,7 +200,9 @@ def load_module(path: str, pool: dict | None = None) -> "CompiledModel":
             raise TvmliteError(f"{p} is not a regular file")
     # every file is checked before TVM maps the library: a truncated .so faults in dlopen
     plan = artifact_check.read_plan(path + ".json", FORMAT)
-    consts, tensors = params.read(path, plan, pool)
+    # a pool of its own at least: the constants two bodies share (an If's branches each holding the
+    # same Loop) are one member of the .npz (save_artifact), and then one tensor
+    consts, tensors = params.read(path, plan, pool if pool is not None else {})
     artifact_check.check_library(path, plan)
     try:
         lib = tvm.runtime.load_module(path)
@@ -251,8 +259,9 @@ class CompiledModel:
             return np.from_dlpack(store[name]).reshape(shape)
 
         self._env: dict = {}  # host values: non-float inputs and what host calls made
-        segments = [host.HostCall(spec, consts, plan.get("opsets", {}), host_view, self._env,
-                                  sub_model=lambda p: CompiledModel(lib, p, consts))  # control.py's bodies
+        self._body_tensors = {k: t for k, t in (tensors or {}).items() if k not in self._tensors}
+        segments = [host.HostCall(spec, consts, plan.get("opsets", {}), host_view, self._env,  # control.py's bodies:
+                                  sub_model=lambda p: CompiledModel(lib, p, consts, tensors=tensors))  # same tensors
                     for spec in plan.get("host", [])]
         # per call (profile, tools), and the run: each stretch of kernels as one compiled call
         self._calls = [(segments[c["host"]], []) if "host" in c else
@@ -384,7 +393,7 @@ class CompiledModel:
     @property
     def _consts(self) -> dict:
         """Every constant as a NumPy array (the kernels' copied out of their TVM tensors)."""
-        return {**self._host_consts, **{n: t.numpy() for n, t in self._tensors.items()}}
+        return {**self._host_consts, **{n: t.numpy() for n, t in {**self._tensors, **self._body_tensors}.items()}}
 
     def save(self, path: str, *, outputs=None, shared=None) -> None:
         save_artifact(self.lib, self.plan, self._consts, path, lib_path=self.lib_path, outputs=outputs,

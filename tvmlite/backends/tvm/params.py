@@ -138,6 +138,13 @@ def read(path: str, plan: dict, pool: dict | None = None) -> tuple[dict, dict]:
                 view_fits(buffers, name, shape, js, f"call {c['func']!r}")
             else:
                 kernel.setdefault(name, []).append((c["func"], shape))
+    # the kernels of compiled control-flow bodies read theirs as tensors too (mapped, not copied
+    # out of a NumPy array per body); their plans are checked when their runners are made
+    for p in _body_plans(plan):
+        for c in p["calls"]:
+            for a in c.get("args", ()) if isinstance(c, dict) and isinstance(c.get("func"), str) else ():
+                if isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and a[0] not in p["buffers"]:
+                    kernel.setdefault(a[0], []).append((c["func"], a[1]))
     host_names = {o["buffer"] for o in plan["outputs"] if o.get("const")}
     for seg in plan.get("host", []) if isinstance(plan.get("host"), list) else []:
         if isinstance(seg, dict) and isinstance(seg.get("consts"), dict):
@@ -189,6 +196,18 @@ def read(path: str, plan: dict, pool: dict | None = None) -> tuple[dict, dict]:
             raise ArtifactError(f"{npz}: constant output {o['name']!r} is missing")
     check_host(plan, set(arrays) | set(tensors), js)
     return arrays, tensors
+
+
+def _body_plans(plan: dict) -> list:
+    """The plans of the compiled control-flow bodies nested in ``plan`` (as far as they look like
+    plans: the runners check them fully)."""
+    out = []
+    for seg in plan.get("host", []) if isinstance(plan.get("host"), list) else []:
+        body = seg.get("body") if isinstance(seg, dict) else None
+        for p in body.get("plans", []) if isinstance(body, dict) and isinstance(body.get("plans"), list) else []:
+            if isinstance(p, dict) and isinstance(p.get("calls"), list) and isinstance(p.get("buffers"), dict):
+                out += [p] + _body_plans(p)
+    return out
 
 
 def _header(f, npz: str, name: str):
