@@ -17,7 +17,7 @@ from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixtu
 
 require_tvm()
 
-from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
+from tvmlite.backends.tvm import compile_model, emit_tvmscript, load_module  # noqa: E402
 from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
 from tvmlite.errors import TvmliteError, UnsupportedError  # noqa: E402
 from tvmlite.frontend.onnx_import import import_model  # noqa: E402
@@ -86,6 +86,15 @@ def test_vad_with_if_compiles_both_branches_and_picks_at_run_time(tmp_path):
         ref = _ort(proto, feeds)
         _close(cm.run(feeds), ref)
         _close(loaded.run(feeds), ref)
+
+
+def test_emit_tvm_writes_the_kernels_of_compiled_bodies(tmp_path):
+    proto, shapes = vad_without_if()
+    written = emit_tvmscript(import_model(proto), str(tmp_path / "tir"), shapes)
+    body = [p for p in written if p.split("/")[-1].startswith("c0_")]
+    assert body and len(body) < len(written), written  # the Loop body's, beside the graph's
+    index = (tmp_path / "tir" / "index.txt").read_text()
+    assert all(p.split("/")[-1] in index for p in body)
 
 
 # ------------------------------------------------------------------------------------- small loops

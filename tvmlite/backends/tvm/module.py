@@ -464,7 +464,8 @@ def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes:
     low = lower(model, shapes, lanes or vector_lanes())
     written = []
     index = [f"# TVM kernels of the graph, in run order (target {host_target()})", ""]
-    for kd in low.order:
+    # the kernels of compiled control-flow bodies (control.py) follow, under the body's prefix
+    for kd in low.order + low.body_kernels:
         if isinstance(kd, HostSegment):  # no TIR: NumPy kernels, named in the index with the reason
             index.append("(host call)  <- " + ", ".join(f"{n.label} ({why})" for n, why in zip(kd.nodes, kd.reasons)))
             continue
