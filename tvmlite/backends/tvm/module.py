@@ -255,9 +255,7 @@ class CompiledModel:
         self._store = store
         view = self._view
 
-        def host_view(name, shape):  # a host call's NumPy view of a TVM buffer: no copy
-            return np.from_dlpack(store[name]).reshape(shape)
-
+        host_view = self.buffer_view  # a host call's view of a TVM buffer
         self._env: dict = {}  # host values: non-float inputs and what host calls made
         self._body_tensors = {k: t for k, t in (tensors or {}).items() if k not in self._tensors}
         segments = [host.HostCall(spec, consts, plan.get("opsets", {}), host_view, self._env,  # control.py's bodies:
@@ -322,6 +320,34 @@ class CompiledModel:
                 c = np.asarray(a, dtype=dt, order="C")  # ascontiguousarray makes 0-d 1-d
             if t is not None:
                 np.copyto(t, c)
+
+    # what control_run's runners drive a body plan through
+    @property
+    def host_values(self) -> dict:
+        """The values host calls read and make (the non-float inputs among them), by name."""
+        return self._env
+
+    def buffer_view(self, name: str, shape) -> np.ndarray:
+        """Buffer ``name`` as a NumPy array of ``shape`` (a view: no copy)."""
+        return np.from_dlpack(self._store[name]).reshape(shape)
+
+    def input_view(self, name: str) -> np.ndarray | None:
+        """Input ``name``'s buffer as a NumPy view; None when no kernel reads it (a host value)."""
+        return dict(zip(self.input_names, self._input_views)).get(name)
+
+    def output_reader(self, name: str):
+        """(function giving output ``name`` of the last run as a NumPy array without copying it,
+        the view of its buffer or None when it has none: a constant, or a host value)."""
+        for (_, o), view in zip(self._outputs, self._output_views):
+            if o["name"] != name:
+                continue
+            if view is not None:
+                return (lambda: view), view
+            if o.get("const"):
+                arr = np.asarray(self._host_consts[o["buffer"]])
+                return (lambda: arr), None
+            return (lambda: np.asarray(self._env[name])), None  # an input passed through, a host value
+        raise TvmliteError(f"compiled body has no output {name!r}")
 
     def calls(self, swap: dict | None = None) -> list:
         """(callable, args) in run order, each stretch of kernels one call, as ``execute`` runs

@@ -33,6 +33,7 @@ import numpy as np
 from tvmlite import limits
 from tvmlite.backends.tvm.artifact_check import ArtifactError, check_host, view_fits
 from tvmlite.backends.tvm.kernels.target import import_tvm
+from tvmlite.backends.tvm.plan_func import body_plans
 
 _CHUNK = 1 << 22  # bytes per read into a TVM tensor: the only transient copy
 
@@ -140,7 +141,7 @@ def read(path: str, plan: dict, pool: dict | None = None) -> tuple[dict, dict]:
                 kernel.setdefault(name, []).append((c["func"], shape))
     # the kernels of compiled control-flow bodies read theirs as tensors too (mapped, not copied
     # out of a NumPy array per body); their plans are checked when their runners are made
-    for p in _body_plans(plan):
+    for p, _ in body_plans(plan):
         for c in p["calls"]:
             for a in c.get("args", ()) if isinstance(c, dict) and isinstance(c.get("func"), str) else ():
                 if isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and a[0] not in p["buffers"]:
@@ -196,18 +197,6 @@ def read(path: str, plan: dict, pool: dict | None = None) -> tuple[dict, dict]:
             raise ArtifactError(f"{npz}: constant output {o['name']!r} is missing")
     check_host(plan, set(arrays) | set(tensors), js)
     return arrays, tensors
-
-
-def _body_plans(plan: dict) -> list:
-    """The plans of the compiled control-flow bodies nested in ``plan`` (as far as they look like
-    plans: the runners check them fully)."""
-    out = []
-    for seg in plan.get("host", []) if isinstance(plan.get("host"), list) else []:
-        body = seg.get("body") if isinstance(seg, dict) else None
-        for p in body.get("plans", []) if isinstance(body, dict) and isinstance(body.get("plans"), list) else []:
-            if isinstance(p, dict) and isinstance(p.get("calls"), list) and isinstance(p.get("buffers"), dict):
-                out += [p] + _body_plans(p)
-    return out
 
 
 def _header(f, npz: str, name: str):

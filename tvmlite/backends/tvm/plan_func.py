@@ -95,11 +95,16 @@ def plan_module(kernels: list, plan: dict):
 
 
 def body_plans(plan: dict, prefix: str = ""):
-    """(plan, name prefix) of every compiled control-flow body nested in ``plan``, at any depth."""
-    for i, seg in enumerate(plan.get("host", [])):
-        for k, p in enumerate(seg.get("body", {}).get("plans", [])):
-            yield p, f"{prefix}c{i}b{k}_"
-            yield from body_plans(p, f"{prefix}c{i}b{k}_")
+    """(plan, name prefix) of every compiled control-flow body nested in ``plan``, at any depth;
+    in a loaded plan, only what looks like a plan (the runners check them fully)."""
+    segs = plan.get("host", [])
+    for i, seg in enumerate(segs if isinstance(segs, list) else []):
+        body = seg.get("body") if isinstance(seg, dict) else None
+        plans = body.get("plans") if isinstance(body, dict) else None
+        for k, p in enumerate(plans if isinstance(plans, list) else []):
+            if isinstance(p, dict) and isinstance(p.get("calls"), list) and isinstance(p.get("buffers"), dict):
+                yield p, f"{prefix}c{i}b{k}_"
+                yield from body_plans(p, f"{prefix}c{i}b{k}_")
 
 
 def _add_stretches(funcs: dict, impls: dict, plan: dict, prefix: str) -> None:
