@@ -17,7 +17,7 @@ from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixtu
 
 require_tvm()
 
-from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
+from tvmlite.backends.tvm import compile_model, emit_tvmscript, load_module  # noqa: E402
 from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
 from tvmlite.errors import TvmliteError, UnsupportedError  # noqa: E402
 from tvmlite.frontend.onnx_import import import_model  # noqa: E402
@@ -48,6 +48,8 @@ def test_vad_without_if_runs_its_lstm_loop_as_kernels(tmp_path):
     assert len(cm.host_ops) == 1 and cm.host_ops[0].startswith("Loop: " + COMPILED), cm.host_ops
     (body,) = _bodies(cm)
     assert body["kind"] == "loop" and len(body["plans"][0]["calls"]) >= 3
+    # the body's kernels run as stretches (one compiled call each, up to 4 kernels)
+    assert len(body["plans"][0]["stretches"]) < len(body["plans"][0]["calls"])
     assert not any("host" in c for c in body["plans"][0]["calls"])
     rng = np.random.default_rng(5)
     feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
@@ -58,23 +60,41 @@ def test_vad_without_if_runs_its_lstm_loop_as_kernels(tmp_path):
     _close(load_module(str(tmp_path / "vad.so")).run(feeds), ref)
 
 
-def test_vad_with_if_compiles_both_branches_and_picks_at_run_time():
-    """The branches make 31 and 63 frames: each is static, so each is compiled; what follows the
-    If has no static shape and stays on the host, but the Loop's body reads the frames only one
-    row per step (Gather by the step number), so it is compiled with the row as its input."""
+def test_vad_with_if_compiles_both_branches_and_picks_at_run_time(tmp_path):
+    """The branches make 31 and 63 frames: what follows the If has a static shape in each, so it
+    is moved into both branches (control.sink_into_branches) and each branch is compiled whole,
+    its Loop a compiled body nested in the branch's plan; only the If is left on the host."""
     proto, shapes = vad()
     shapes = dict(shapes, sr=())
     cm = compile_model(import_model(proto), shapes)
-    lines = cm.host_ops
-    assert any(line.startswith("If: " + COMPILED) for line in lines), lines
-    assert any(line.startswith("Loop: " + COMPILED) for line in lines), lines
-    assert [b["kind"] for b in _bodies(cm)] == ["if", "loop"]
-    assert [outer for _, outer in _bodies(cm)[1]["info"]["slices"]] == ["frames"]
+    assert len(cm.host_ops) == 1 and cm.host_ops[0].startswith("If: " + COMPILED), cm.host_ops
+    (body,) = _bodies(cm)
+    assert body["kind"] == "if"
+    for plan in body["plans"]:  # each branch: kernels, and its Loop driven over a compiled body
+        nested = [seg["body"]["kind"] for seg in plan.get("host", [])]
+        assert nested == ["loop"] and sum("func" in c for c in plan["calls"]) >= 5, plan["calls"]
     rng = np.random.default_rng(5)
     feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items() if n != "sr"}
+    cm.save(str(tmp_path / "vad.so"))
+    # both branches hold the same LSTM weights (in their Loop's body and its stored node): each
+    # distinct array is stored once, and read into one tensor
+    keys = json.load(open(tmp_path / "vad.so.json"))["const_keys"]
+    assert len(set(keys.values())) < len(keys)
+    loaded = load_module(str(tmp_path / "vad.so"))
     for sr in (16000, 8000, 16000):
         feeds["sr"] = np.array(sr, np.int64)
-        _close(cm.run(feeds), _ort(proto, feeds))
+        ref = _ort(proto, feeds)
+        _close(cm.run(feeds), ref)
+        _close(loaded.run(feeds), ref)
+
+
+def test_emit_tvm_writes_the_kernels_of_compiled_bodies(tmp_path):
+    proto, shapes = vad_without_if()
+    written = emit_tvmscript(import_model(proto), str(tmp_path / "tir"), shapes)
+    body = [p for p in written if p.split("/")[-1].startswith("c0_")]
+    assert body and len(body) < len(written), written  # the Loop body's, beside the graph's
+    index = (tmp_path / "tir" / "index.txt").read_text()
+    assert all(p.split("/")[-1] in index for p in body)
 
 
 # ------------------------------------------------------------------------------------- small loops
@@ -244,11 +264,16 @@ def test_a_saved_loop_runs_without_the_model_and_a_corrupt_body_plan_is_refused(
     plan = json.load(open(path + ".json"))
     (seg,) = [s for s in plan["host"] if "body" in s]
     body = seg["body"]["plans"][0]
-    for case in ("no such kernel", "no buffers", "missing constant"):
+    assert body["stretches"] and all(s["func"].startswith("c") for s in body["stretches"])
+    for case in ("no such kernel", "no buffers", "missing constant", "stretch off its calls", "no such stretch"):
         bad = json.loads(json.dumps(plan))
         bp = [s for s in bad["host"] if "body" in s][0]["body"]["plans"][0]
         if case == "no such kernel":
             bp["calls"][0]["func"] = "nope"
+        elif case == "stretch off its calls":
+            bp["stretches"][0]["args"] = bp["stretches"][0]["args"][:-1]
+        elif case == "no such stretch":
+            bp["stretches"][0]["func"] = "c9b9_plan__stretch0"
         elif case == "no buffers":
             bp["buffers"] = []
         else:

@@ -25,8 +25,8 @@ import onnx
 from tvmlite.backends.tvm.loop_shapes import body_output_types, body_proto, loop_body_shapes
 from tvmlite.errors import TvmliteError
 from tvmlite.export.shapes import inferred_types
-from tvmlite.ir.clone import clone_graph
-from tvmlite.ir.graph import type_shape
+from tvmlite.ir.clone import clone_graph, copy_proto
+from tvmlite.ir.graph import Graph, type_shape
 
 ONNX = ("", "ai.onnx")
 
@@ -174,17 +174,18 @@ def scan_body(m, node, shapes: dict):
 
 def if_branches(m, node, shapes: dict):
     """[(branch proto, its input shapes)] for the then and else branches of an If whose branches
-    have static output shapes, or the reason they do not as a string."""
+    have static output shapes, or the reason they do not as a string. A branch may hold control
+    flow of its own (what `sink_into_branches` moved there): onnx's inference leaves the shapes
+    after a Loop unknown, so the branch's lowering (which finds them) decides instead."""
     out = []
     for key in ("then_branch", "else_branch"):
         branch = node.attrs[key]
-        if any(n.subgraphs for n in branch.nodes):
-            return "nested control flow"
+        nested = any(n.subgraphs for n in branch.nodes)
         proto = body_proto(m, branch, shapes, {})
         if proto is None:
             return "a value a branch reads has no static shape"
         types = body_output_types(proto)
-        if types is None or any(s is None or dt is None for dt, s in types.values()):
+        if types is None or any((s is None and not nested) or dt is None for dt, s in types.values()):
             return f"{key} has outputs without a static shape"
         why = _passes_through(branch, proto, branch.outputs)
         if why:
@@ -194,26 +195,111 @@ def if_branches(m, node, shapes: dict):
     return out
 
 
+# at most this many nodes are copied into an If's branches (each is built twice)
+MAX_SUNK = 2000
+
+
+def sink_into_branches(m, shapes: dict, emittable) -> list[str]:
+    """Move what follows an If whose branches make outputs of different static shapes (a
+    featurizer picked by the sample rate, frames of 31 or 63 steps) into both branches, so each
+    branch is one static graph the TVM backend compiles whole; the If then makes the graph
+    outputs instead. Without it everything after such an If has shapes known only at run time and
+    runs on the host (VAD with its If: 2.4x onnxruntime, without the If 1.1x). Top-level Ifs only,
+    one after another, and only when every node to move has a TVM emitter (``emittable(node)``;
+    nested control flow counts): one that has none would keep the whole If on the host, where
+    today only it and what follows do. Returns the labels of the Ifs rewritten."""
+    g = m.graph
+    done: list = []
+    for _ in range(4):  # each rewrite doubles what follows the If: a few at most
+        for node in g.toposort():
+            if node.op_type == "If" and node.domain in ONNX and _sinkable(m, node, shapes, emittable):
+                _sink(g, node, shapes)
+                done.append(node.label)
+                break
+        else:
+            break
+    return done
+
+
+def _after(g, node) -> list:
+    """The nodes that read (through any path, subgraphs' reads too) an output of ``node``."""
+    made, out = set(node.outputs) - {""}, []
+    for n in g.toposort():
+        if n is not node and any(i in made for i in n.inputs + n.implicit_inputs if i):
+            out.append(n)
+            made.update(o for o in n.outputs if o)
+    return out
+
+
+def _sinkable(m, node, shapes: dict, emittable) -> bool:
+    g = m.graph
+    if all(o in shapes for o in node.outputs if o):
+        return False  # its outputs have static shapes: what follows compiles already
+    after = _after(g, node)
+    outs = [o for n in [node] + after for o in n.outputs if o in g.outputs]
+    if not after or not outs or len(after) > MAX_SUNK or not all(map(emittable, after)):
+        return False
+    if any(set(n.implicit_inputs) & set(outs) for n in after):
+        return False  # a subgraph reads a graph output: it would need renaming inside it
+    for key in ("then_branch", "else_branch"):
+        proto = body_proto(m, node.attrs[key], shapes, {})
+        types = body_output_types(proto) if proto is not None else None
+        if types is None or any(s is None or dt is None for dt, s in types.values()):
+            return False
+    return True
+
+
+def _sink(g, node, shapes: dict) -> None:
+    """Copy the nodes after ``node`` into each branch (the If's outputs under their own names,
+    the graph outputs renamed there), drop them from ``g`` and let the If make the graph outputs."""
+    after = _after(g, node)
+    outs = [o for n in [node] + after for o in n.outputs if o in g.outputs]
+    for key in ("then_branch", "else_branch"):
+        b = node.attrs[key]
+        rename = {o: b.fresh_name(f"{o}_{key[:4]}") for o in outs}
+        for k, o in enumerate(node.outputs):
+            if o:
+                b.add_node("Identity", [b.outputs[k]], [rename.get(o, o)], name=b.fresh_node_name(f"{o}_in_{key[:4]}"))
+        for n in after:
+            attrs = {a: clone_graph(v, b) if isinstance(v, Graph) else
+                     [clone_graph(x, b) for x in v] if isinstance(v, list) and v and isinstance(v[0], Graph) else v
+                     for a, v in n.attrs.items()}
+            b.add_node(n.op_type, [rename.get(i, i) for i in n.inputs], [rename.get(o, o) for o in n.outputs],
+                       attrs, domain=n.domain, name=n.name)
+        for n in [node] + after:
+            for o in n.outputs:
+                t = g.values[o].type if o and o in g.values else None
+                if t is not None:
+                    b.values[rename.get(o, o)].type = copy_proto(t)
+        b.outputs = [rename[o] for o in outs]
+    for n in reversed(after):
+        g.remove_node(n, remove_outputs=False)
+    g.remove_node(node, remove_outputs=False)
+    for n in [node] + after:
+        for o in n.outputs:
+            shapes.pop(o, None)
+            if o and o not in outs:
+                g.values.pop(o, None)
+    g.add_node("If", node.inputs, outs, node.attrs, domain=node.domain, name=node.name)
+
+
 def name_kernels(low, prefix: str) -> None:
-    """Give a body's kernels names of their own in the shared LLVM module."""
-    for kd in low.kernels:
+    """Give a body's kernels (and those of the bodies nested in it) names of their own in the
+    shared LLVM module."""
+    for kd in low.kernels + low.body_kernels:
         kd.name = f"{prefix}_{kd.name}"
 
 
-def body_spec(body: Body, index: int, plan_of) -> tuple[dict, dict]:
-    """The host segment's ``body`` entry (each body's run plan, constants renamed ``c<index>.b<k>.``)
-    and the constants it adds to the artifact. ``plan_of``: module.plan_of."""
+def body_spec(body: Body, index: int, plan_of, prefix: str = "") -> tuple[dict, dict]:
+    """The host segment's ``body`` entry (each body's run plan, its constants' keys starting
+    ``<prefix>c<index>.b<k>.``) and the constants it adds to the artifact. ``plan_of``:
+    module.plan_of. A body plan's own host calls can only be nested control flow with compiled
+    bodies (an If branch holding a Loop): anything else would have kept the node on the host."""
     plans, arrays = [], {}
     for k, low in enumerate(body.lows):
-        plan, consts = plan_of(low)
-        if plan.get("host"):
+        plan, consts = plan_of(low, f"{prefix}c{index}.b{k}.")
+        if any("body" not in spec for spec in plan.get("host", [])):
             raise TvmliteError(f"control-flow body {index} has host calls: it should not have been compiled")
-        rename = {n: f"c{index}.b{k}.{n}" for n in consts}
-        for c in plan["calls"]:
-            c["args"] = [[rename.get(n, n), s] for n, s in c["args"]]
-        for o in plan["outputs"]:
-            if o.get("const"):
-                o["buffer"] = rename[o["buffer"]]
-        arrays.update({rename[n]: a for n, a in consts.items()})
+        arrays.update(consts)
         plans.append(plan)
     return {"kind": body.kind, "info": body.info, "plans": plans, "consts": sorted(arrays)}, arrays

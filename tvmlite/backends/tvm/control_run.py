@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.backends.tvm.artifact_check import _check_schema
+from tvmlite.backends.tvm.plan_func import check_stretches
 from tvmlite.errors import InputError, TvmliteError
 
 
@@ -25,6 +26,8 @@ def runner(spec: dict, sub_model, where: str):
             raise TvmliteError(f"{where}: a compiled body of unknown kind {kind!r}")
         for p in plans:
             _check_schema(p, where)
+            if "stretches" in p:  # bodies built before they had stretches run call by call
+                check_stretches(p, where)
         models = []
         for p in plans:
             try:
@@ -40,21 +43,6 @@ def runner(spec: dict, sub_model, where: str):
         raise TvmliteError(f"{where}: its compiled body is malformed ({type(e).__name__}: {e})") from None
 
 
-def _reader(model, name: str):
-    """(function giving body output ``name`` as a NumPy array, the view of its buffer or None)."""
-    for t, o in model._outputs:
-        if o["name"] != name:
-            continue
-        if t is not None:
-            view = np.from_dlpack(t)
-            return (lambda: view), view
-        if o.get("const"):
-            arr = np.asarray(model._host_consts[o["buffer"]])
-            return (lambda: arr), None
-        return (lambda: np.asarray(model._env[name])), None  # an input passed through
-    raise TvmliteError(f"compiled body has no output {name!r}")
-
-
 class _States:
     """The values a body hands to its next step (state, or a computed condition). Where a new
     state has a buffer of its own (a kernel's output of the state's shape and dtype), the two
@@ -66,12 +54,10 @@ class _States:
     def __init__(self, model, pairs):
         self.m = model
         self.parity = 0
-        tensors = dict(zip(model.input_names, model._inputs))
         self.slots = []
         for b_in, b_out in pairs:
-            t = tensors.get(b_in)
-            read, out_view = _reader(model, b_out)
-            self.slots.append((b_in, np.from_dlpack(t) if t is not None else None, read, out_view))
+            read, out_view = model.output_reader(b_out)
+            self.slots.append((b_in, model.input_view(b_in), read, out_view))
         # a new state in another state's input buffer (states passed round each step) is copied
         # out before any input is written, and nothing is swapped
         ins = [v for _, v, _, _ in self.slots if v is not None]
@@ -87,20 +73,18 @@ class _States:
                     or (bufs[r]["shape"], bufs[r].get("dtype")) != (bufs[b_in]["shape"], bufs[b_in].get("dtype")):
                 continue
             self.swap[b_in], self.swap[r] = r, b_in
-        self.calls = [model._calls, [(fn, [_tvm_view(model, self.swap.get(n, n), sh) for n, sh in c["args"]])
-                                     for (fn, _), c in zip(model._calls, model.plan["calls"])]
-                      if self.swap else model._calls]
+        self.calls = [model.calls(), model.calls(self.swap)]
         self.copied = [(name, view, self.read(b_out)) for (name, view, _, _), (_, b_out) in zip(self.slots, pairs)
                        if name not in self.swap]
 
     def read(self, name: str):
         """A function giving body output ``name`` of the step just run (before `step`)."""
-        for t, o in self.m._outputs:
-            if o["name"] == name and t is not None:
-                views = [np.from_dlpack(_tvm_view(self.m, b, o["shape"])) for b in
+        for o in self.m.plan["outputs"]:
+            if o["name"] == name and not (o.get("const") or o.get("host")):
+                views = [self.m.buffer_view(b, o["shape"]) for b in
                          (o["buffer"], self.swap.get(o["buffer"], o["buffer"]))]
                 return lambda: views[self.parity]
-        return _reader(self.m, name)[0]
+        return self.m.output_reader(name)[0]
 
     def execute(self) -> None:
         for fn, args in self.calls[self.parity]:
@@ -111,7 +95,7 @@ class _States:
         new = [np.array(r()) if self.snapshot or v is None else r() for _, v, r in self.copied]
         for (name, view, _), value in zip(self.copied, new):
             if view is None:
-                self.m._env[name] = value
+                self.m.host_values[name] = value
             else:
                 np.copyto(view, value)
 
@@ -120,17 +104,12 @@ class _States:
         out = []
         for name, view, _, _ in self.slots:
             if view is None:
-                out.append(np.array(self.m._env[name]))
+                out.append(np.array(self.m.host_values[name]))
             elif name in self.swap and self.parity:
-                out.append(np.array(np.from_dlpack(self.m._store[self.swap[name]])).reshape(view.shape))
+                out.append(np.array(self.m.buffer_view(self.swap[name], view.shape)))
             else:
                 out.append(np.array(view))
         return out
-
-
-def _tvm_view(model, name: str, shape):
-    t = model._store[name]
-    return t if tuple(t.shape) == tuple(shape) else t._create_view(tuple(shape))
 
 
 class LoopRunner:
@@ -139,8 +118,7 @@ class LoopRunner:
     def __init__(self, info: dict, model):
         self.m = model
         self.info = info
-        it = dict(zip(model.input_names, model._inputs)).get(info["iter"])
-        self.iter_view = np.from_dlpack(it) if it is not None else None
+        self.iter_view = model.input_view(info["iter"])
         pairs = [tuple(p) for p in info["states"]]
         if info["cond_out"]:  # the next step reads the condition this one computed
             pairs.append((info["cond_in"], info["cond_out"]))
@@ -148,10 +126,8 @@ class LoopRunner:
         self.n_states = len(info["states"])
         self.scans = [(self.states.read(name), tuple(shape), np.dtype(dt)) for name, shape, dt in info["scans"]]
         self.cond = self.states.read(info["cond_out"]) if info["cond_out"] else None
-        tensors = dict(zip(model.input_names, model._inputs))
         # an outer sequence read one row per step (_step_slices): the row's buffer
-        self.slices = [(np.from_dlpack(tensors[b]) if tensors.get(b) is not None else None, b, o)
-                       for b, o in info.get("slices", [])]
+        self.slices = [(model.input_view(b), b, o) for b, o in info.get("slices", [])]
 
     def run(self, feeds: dict) -> dict:
         info = self.info
@@ -179,14 +155,14 @@ class LoopRunner:
             if self.iter_view is not None:
                 self.iter_view[...] = i
             else:
-                self.m._env[info["iter"]] = np.array(i, np.int64)
+                self.m.host_values[info["iter"]] = np.array(i, np.int64)
             for (view, b, o), x in zip(self.slices, rows):
                 if i >= len(x):  # what the Gather it stands for would say
                     raise TvmliteError(f"Loop body: step {i} reads row {i} of {o!r}, which has {len(x)}")
                 if view is not None:
                     np.copyto(view, x[i])
                 else:
-                    self.m._env[b] = x[i]
+                    self.m.host_values[b] = x[i]
             self.states.execute()
             for k, (read, _, _) in enumerate(self.scans):
                 if steps is not None:
@@ -212,11 +188,9 @@ class ScanRunner:
     def __init__(self, info: dict, model):
         self.m = model
         self.info = info
-        tensors = dict(zip(model.input_names, model._inputs))
         self.states = _States(model, [tuple(p) for p in info["states"]])
         # a slice no kernel reads has no buffer: nothing to copy each step
-        self.slices = [(np.from_dlpack(tensors[b]) if tensors.get(b) is not None else None, b, o, ax, d)
-                       for b, o, ax, d in info["slices"]]
+        self.slices = [(model.input_view(b), b, o, ax, d) for b, o, ax, d in info["slices"]]
         self.scans = [(self.states.read(name), tuple(shape), np.dtype(dt), ax, d)
                       for name, shape, dt, ax, d in info["scans"]]
 
@@ -243,7 +217,7 @@ class ScanRunner:
                     if view is not None:
                         np.copyto(view, x[t])
                     else:
-                        self.m._env[name] = x[t]
+                        self.m.host_values[name] = x[t]
             self.states.execute()
             for (read, _, _, _, _), y in zip(self.scans, steps):
                 y[t] = read()

@@ -31,18 +31,20 @@ from tvmlite.ops.registry import canonical_domain
 
 
 # -------------------------------------------------------------------------------------------- build
-def segment_spec(seg, low, buffers: dict, host_made: set, index: int, plan_of=None) -> tuple[dict, dict]:
+def segment_spec(seg, low, buffers: dict, host_made: set, index: int, plan_of=None,
+                 prefix: str = "") -> tuple[dict, dict]:
     """The plan entry (JSON-able) of host segment ``seg`` and the arrays it puts in the .npz.
     ``buffers``: the TVM buffers made so far (a segment output a kernel reads has one by now);
     ``host_made``: every value a host segment makes (those are read from the host values);
-    ``plan_of``: module.plan_of, for the run plans of a control-flow node's compiled bodies."""
+    ``plan_of``: module.plan_of, for the run plans of a control-flow node's compiled bodies;
+    ``prefix``: what every key it stores starts with (module.plan_of's)."""
     g = low.model.graph
     arrays: dict[str, np.ndarray] = {}
     reads, consts = {}, {}
     for name in seg.inputs:
         c = g.const_value(name)
         if c is not None:
-            key = f"host{index}.c{len(consts)}"
+            key = f"{prefix}host{index}.c{len(consts)}"
             arrays[key] = storable(c, name)
             consts[name] = key
             continue
@@ -52,7 +54,7 @@ def segment_spec(seg, low, buffers: dict, host_made: set, index: int, plan_of=No
     writes = {o: [o, list(buffers[o]["shape"])] for o in seg.outputs if o in buffers}
     nodes = []
     for i, (node, why) in enumerate(zip(seg.nodes, seg.reasons)):
-        attrs = {k: _attr_spec(node, k, v, arrays, f"host{index}.n{i}.{j}")
+        attrs = {k: _attr_spec(node, k, v, arrays, f"{prefix}host{index}.n{i}.{j}")
                  for j, (k, v) in enumerate(node.attrs.items())}
         nodes.append({"op_type": node.op_type, "domain": canonical_domain(node.domain),
                       "name": node.name, "inputs": list(node.inputs), "outputs": list(node.outputs),
@@ -60,7 +62,7 @@ def segment_spec(seg, low, buffers: dict, host_made: set, index: int, plan_of=No
     spec = {"nodes": nodes, "inputs": list(seg.inputs), "outputs": list(seg.outputs),
             "reads": reads, "consts": consts, "writes": writes}
     if seg.body is not None:  # the node stays stored too: the checks of check_host read it
-        spec["body"], body_arrays = control.body_spec(seg.body, index, plan_of)
+        spec["body"], body_arrays = control.body_spec(seg.body, index, plan_of, prefix)
         arrays.update(body_arrays)
     return spec, arrays
 

@@ -82,6 +82,7 @@ class Lowering:
         self.absorbed: set = set()
         self.taken: list = []  # nodes absorbed into epilogues, in order (undone when a node fails)
         self.problems: collections.Counter = collections.Counter()  # (op, reason) -> host-run nodes
+        self.driven: collections.Counter = collections.Counter()  # those with compiled bodies
         self.unrunnable: collections.Counter = collections.Counter()  # no NumPy kernel either
         self.kernels: list = []
         self.keys: list = []
@@ -231,7 +232,7 @@ class Lowering:
         if parts is None:
             return f"control flow (body not compiled: {info})", None
         lows, n = [], 0
-        for proto, in_shapes in parts:
+        for k, (proto, in_shapes) in enumerate(parts):
             try:
                 prepared, shapes = prepared_model(import_model(proto, check=False), in_shapes)
                 check = Lowering(prepared, shapes, emit=False)
@@ -239,13 +240,14 @@ class Lowering:
             except Exception as e:  # noqa: BLE001 - any failure to lower a body leaves it to the NumPy plan
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 return f"control flow (body not compiled: {type(e).__name__}: {first})", None
-            if check.problems:
-                return f"control flow (body not compiled: {'; '.join(problem_list(check.problems))})", None
+            left = check.problems - check.driven  # nested control flow with compiled bodies runs
+            if left:
+                return f"control flow (body not compiled: {'; '.join(problem_list(left))})", None
             n += len(check.kernels)
             if self.emit:
                 low = Lowering(prepared, shapes, lanes=self.lanes).run()
-                control.name_kernels(low, f"c{self.n_bodies}")
-                self.body_kernels += low.kernels
+                control.name_kernels(low, f"c{self.n_bodies}" + (f"b{k}" if len(parts) > 1 else ""))
+                self.body_kernels += low.kernels + low.body_kernels
                 lows.append(low)
         self.n_bodies += 1
         kind = node.op_type.lower()
@@ -254,6 +256,8 @@ class Lowering:
     def host(self, node: Node, reason: str, body: control.Body | None = None) -> None:
         """``node`` runs as a host call (its NumPy kernel) at its place in the run order."""
         self.problems[(node.op_type, reason)] += 1
+        if body is not None:
+            self.driven[(node.op_type, reason)] += 1
         domain = canonical_domain(node.domain)
         version = opset_versions(self.m.opsets).get(domain)
         if lookup_kernel(node.op_type, domain, version) is None:
@@ -319,7 +323,9 @@ def _segments(g, entries: list, views: dict) -> list:
 
 
 def prepared_model(model: Model, input_shapes: dict) -> tuple[Model, dict]:
-    """`prepare`, plus the static shapes of fixed-count Loops' outputs and what follows them."""
+    """`prepare`, plus the static shapes of fixed-count Loops' outputs and what follows them, and
+    what follows an If whose branches differ in shape moved into its branches
+    (control.sink_into_branches)."""
     prepared, shapes = prepare(model, input_shapes)
     for _ in range(4):
         if not add_loop_shapes(prepared, shapes):
@@ -331,6 +337,8 @@ def prepared_model(model: Model, input_shapes: dict) -> tuple[Model, dict]:
         FoldConstants(max_growth=float("inf"))(prepared)
         DeadCodeElimination()(prepared)
         propagate_shapes(prepared, shapes)
+    control.sink_into_branches(prepared, shapes, lambda n: bool(n.subgraphs) or n.op_type == "Constant"
+                               or lookup(n.domain, n.op_type) is not None)
     return prepared, shapes
 
 

@@ -31,8 +31,9 @@ FORMAT = 4  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inp
 PICK_BELOW_S = 0.02
 
 # -------------------------------------------------------------------------------------------- build
-def plan_of(low) -> tuple[dict, dict]:
-    """The run plan (JSON-able) and constant arrays of a lowered graph."""
+def plan_of(low, prefix: str = "") -> tuple[dict, dict]:
+    """The run plan (JSON-able) and constant arrays of a lowered graph; ``prefix`` starts every
+    constant's key (a control-flow body's: control.body_spec), so nested plans never collide."""
     from tvmlite.backends.tvm.lower import HostSegment, opset_versions
 
     buffers: dict[str, dict] = {}
@@ -68,7 +69,7 @@ def plan_of(low) -> tuple[dict, dict]:
                     if o not in low.shapes:
                         raise TvmliteError(f"host value {o!r} is read by a kernel but has no static shape")
                     buffers[o] = typed({"shape": list(low.shapes[o]), "kind": "host"}, o)
-            spec, arrays = host.segment_spec(entry, low, buffers, host_made, len(host_specs), plan_of)
+            spec, arrays = host.segment_spec(entry, low, buffers, host_made, len(host_specs), plan_of, prefix)
             consts.update(arrays)
             calls.append({"host": len(host_specs), "nodes": [n.label for n in entry.nodes]})
             host_specs.append(spec)
@@ -76,8 +77,8 @@ def plan_of(low) -> tuple[dict, dict]:
         kd, args = entry, []
         for p in kd.params:
             if p.kind == "const":
-                consts[p.name] = p.array
-                args.append([p.name, list(p.array.shape)])
+                consts[prefix + p.name] = p.array
+                args.append([prefix + p.name, list(p.array.shape)])
                 continue
             r = root(p.name)
             if p.kind == "output" and r not in buffers:
@@ -93,7 +94,7 @@ def plan_of(low) -> tuple[dict, dict]:
     outputs = []
     for o in low.outputs:
         if o in low.consts:
-            cname = f"output.{o}"
+            cname = f"{prefix}output.{o}"
             consts[cname] = host.storable(low.consts[o], f"output {o!r}")
             outputs.append({"name": o, "buffer": cname, "shape": list(np.shape(low.consts[o])), "const": True})
         elif o in host_made or o in host_inputs:
@@ -162,6 +163,12 @@ def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None
     plan = {k: v for k, v in plan.items() if k not in ("const_file", "const_keys")}  # a bucket saved alone
     if shared is not None:
         plan = {**plan, "const_file": shared.file_name, "const_keys": shared.add(consts)}
+    elif any("body" in seg for seg in plan.get("host", [])):
+        # compiled bodies repeat constants (an If's branches each hold what followed the If,
+        # control.sink_into_branches): each distinct array once, by content key (params.py)
+        own = params.SharedConsts(os.path.basename(path) + ".npz")
+        plan = {**plan, "const_keys": own.add(consts)}
+        consts = own.arrays
     if lib_path is not None:
         try:
             shutil.copyfile(lib_path, so)
@@ -193,7 +200,9 @@ def load_module(path: str, pool: dict | None = None) -> "CompiledModel":
             raise TvmliteError(f"{p} is not a regular file")
     # every file is checked before TVM maps the library: a truncated .so faults in dlopen
     plan = artifact_check.read_plan(path + ".json", FORMAT)
-    consts, tensors = params.read(path, plan, pool)
+    # a pool of its own at least: the constants two bodies share (an If's branches each holding the
+    # same Loop) are one member of the .npz (save_artifact), and then one tensor
+    consts, tensors = params.read(path, plan, pool if pool is not None else {})
     artifact_check.check_library(path, plan)
     try:
         lib = tvm.runtime.load_module(path)
@@ -244,17 +253,13 @@ class CompiledModel:
             self._tensors[name] = store[name] = t if t is not None else \
                 tvm.runtime.tensor(np.require(consts[name], requirements="C"), dev)  # 0-d stays 0-d (stretches)
         self._store = store
+        view = self._view
 
-        def view(name, shape):
-            t = store[name]
-            return t if tuple(t.shape) == tuple(shape) else t._create_view(tuple(shape))
-
-        def host_view(name, shape):  # a host call's NumPy view of a TVM buffer: no copy
-            return np.from_dlpack(store[name]).reshape(shape)
-
+        host_view = self.buffer_view  # a host call's view of a TVM buffer
         self._env: dict = {}  # host values: non-float inputs and what host calls made
-        segments = [host.HostCall(spec, consts, plan.get("opsets", {}), host_view, self._env,
-                                  sub_model=lambda p: CompiledModel(lib, p, consts))  # control.py's bodies
+        self._body_tensors = {k: t for k, t in (tensors or {}).items() if k not in self._tensors}
+        segments = [host.HostCall(spec, consts, plan.get("opsets", {}), host_view, self._env,  # control.py's bodies:
+                                  sub_model=lambda p: CompiledModel(lib, p, consts, tensors=tensors))  # same tensors
                     for spec in plan.get("host", [])]
         # per call (profile, tools), and the run: each stretch of kernels as one compiled call
         self._calls = [(segments[c["host"]], []) if "host" in c else
@@ -263,10 +268,11 @@ class CompiledModel:
         self._inputs = [store.get(n) for n in self.input_names]
         self._outputs = [(view(o["buffer"], o["shape"]) if not (o.get("const") or o.get("host")) else None, o)
                          for o in plan["outputs"]]
-        # run() writes inputs and reads outputs through NumPy views of those buffers: Tensor.copyfrom
-        # and .numpy() cost ~23 us each in TVM's FFI, a NumPy copy of a small tensor ~1 us
-        self._input_np = [np.from_dlpack(t) if t is not None else None for t in self._inputs]
-        self._output_np = [np.from_dlpack(t) if t is not None else None for t, _ in self._outputs]
+        # inputs and outputs are copied through NumPy views of their buffers: Tensor.copyfrom and
+        # .numpy() cost ~23 us each (DLPack and FFI per call) against ~1.5 us for np.copyto and
+        # np.array of a view (a [1, 512] input), a tenth of a 1 ms model with 2 inputs and 2 outputs
+        self._input_views = [None if t is None else np.from_dlpack(t) for t in self._inputs]
+        self._output_views = [None if t is None else np.from_dlpack(t) for t, _ in self._outputs]
         self._host_consts = {k: v for k, v in consts.items() if k not in kernel_consts}
         # threads for the parallel kernels: all of TVM's pool until the second run of a small plan
         # measures 1 against all ($TVMLITE_PICK_THREADS=0: never); see plan_func.pick_threads
@@ -300,7 +306,7 @@ class CompiledModel:
         return problem_list(self.plan.get("host_ops", []))
 
     def set_inputs(self, feeds: dict) -> None:
-        for name, t in zip(self.input_names, self._input_np):
+        for name, t in zip(self.input_names, self._input_views):
             if name not in feeds:
                 raise InputError(f"missing input {name!r}")
             a = np.asarray(feeds[name])
@@ -313,7 +319,51 @@ class CompiledModel:
             else:
                 c = np.asarray(a, dtype=dt, order="C")  # ascontiguousarray makes 0-d 1-d
             if t is not None:
-                t[...] = c
+                np.copyto(t, c)
+
+    # what control_run's runners drive a body plan through
+    @property
+    def host_values(self) -> dict:
+        """The values host calls read and make (the non-float inputs among them), by name."""
+        return self._env
+
+    def buffer_view(self, name: str, shape) -> np.ndarray:
+        """Buffer ``name`` as a NumPy array of ``shape`` (a view: no copy)."""
+        return np.from_dlpack(self._store[name]).reshape(shape)
+
+    def input_view(self, name: str) -> np.ndarray | None:
+        """Input ``name``'s buffer as a NumPy view; None when no kernel reads it (a host value)."""
+        return dict(zip(self.input_names, self._input_views)).get(name)
+
+    def output_reader(self, name: str):
+        """(function giving output ``name`` of the last run as a NumPy array without copying it,
+        the view of its buffer or None when it has none: a constant, or a host value)."""
+        for (_, o), view in zip(self._outputs, self._output_views):
+            if o["name"] != name:
+                continue
+            if view is not None:
+                return (lambda: view), view
+            if o.get("const"):
+                arr = np.asarray(self._host_consts[o["buffer"]])
+                return (lambda: arr), None
+            return (lambda: np.asarray(self._env[name])), None  # an input passed through, a host value
+        raise TvmliteError(f"compiled body has no output {name!r}")
+
+    def calls(self, swap: dict | None = None) -> list:
+        """(callable, args) in run order, each stretch of kernels one call, as ``execute`` runs
+        them; with ``swap`` ({buffer: buffer} of equal shape and dtype) each reads and writes the
+        other buffer of a pair instead (a loop's states that swap roles every step: control_run)."""
+        if not swap:
+            return list(self._run)
+        store = {n: self._store[swap.get(n, n)] for n in self._store}
+        calls = [(fn, [self._view(swap.get(n, n), s) for n, s in c["args"]]) if "func" in c else (fn, args)
+                 for (fn, args), c in zip(self._calls, self.plan["calls"])]
+        return plan_func.run_list(self.plan, calls, lambda f: self.lib[f], store)
+
+    def _view(self, name: str, shape):
+        """Buffer ``name`` (or a constant's tensor) as a TVM tensor of ``shape``."""
+        t = self._store[name]
+        return t if tuple(t.shape) == tuple(shape) else t._create_view(tuple(shape))
 
     def _go(self) -> None:
         for fn, args in self._run:
@@ -342,12 +392,12 @@ class CompiledModel:
                 if time.thread_time() - t0 < PICK_BELOW_S:
                     self.threads, self.thread_times = plan_func.pick_threads(self._go, self.threads)
         out = []
-        for t, (_, o) in zip(self._output_np, self._outputs):
+        for (_, o), t in zip(self._outputs, self._output_views):
             if o.get("host"):
                 v = self._env[o["name"]]
                 out.append(np.array(v) if isinstance(v, np.ndarray) else v)
             else:
-                out.append(host.loaded(np.array(self._host_consts[o["buffer"]])) if t is None else t.copy())
+                out.append(host.loaded(np.array(self._host_consts[o["buffer"]])) if t is None else np.array(t))
         return out
 
     def profile(self, feeds: dict, repeats: int = 10) -> list[tuple[str, str, float]]:
@@ -369,7 +419,7 @@ class CompiledModel:
     @property
     def _consts(self) -> dict:
         """Every constant as a NumPy array (the kernels' copied out of their TVM tensors)."""
-        return {**self._host_consts, **{n: t.numpy() for n, t in self._tensors.items()}}
+        return {**self._host_consts, **{n: t.numpy() for n, t in {**self._tensors, **self._body_tensors}.items()}}
 
     def save(self, path: str, *, outputs=None, shared=None) -> None:
         save_artifact(self.lib, self.plan, self._consts, path, lib_path=self.lib_path, outputs=outputs,
@@ -440,7 +490,8 @@ def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes:
     low = lower(model, shapes, lanes or vector_lanes())
     written = []
     index = [f"# TVM kernels of the graph, in run order (target {host_target()})", ""]
-    for kd in low.order:
+    # the kernels of compiled control-flow bodies (control.py) follow, under the body's prefix
+    for kd in low.order + low.body_kernels:
         if isinstance(kd, HostSegment):  # no TIR: NumPy kernels, named in the index with the reason
             index.append("(host call)  <- " + ", ".join(f"{n.label} ({why})" for n, why in zip(kd.nodes, kd.reasons)))
             continue

@@ -33,6 +33,7 @@ import numpy as np
 from tvmlite import limits
 from tvmlite.backends.tvm.artifact_check import ArtifactError, check_host, view_fits
 from tvmlite.backends.tvm.kernels.target import import_tvm
+from tvmlite.backends.tvm.plan_func import body_plans
 
 _CHUNK = 1 << 22  # bytes per read into a TVM tensor: the only transient copy
 
@@ -138,6 +139,13 @@ def read(path: str, plan: dict, pool: dict | None = None) -> tuple[dict, dict]:
                 view_fits(buffers, name, shape, js, f"call {c['func']!r}")
             else:
                 kernel.setdefault(name, []).append((c["func"], shape))
+    # the kernels of compiled control-flow bodies read theirs as tensors too (mapped, not copied
+    # out of a NumPy array per body); their plans are checked when their runners are made
+    for p, _ in body_plans(plan):
+        for c in p["calls"]:
+            for a in c.get("args", ()) if isinstance(c, dict) and isinstance(c.get("func"), str) else ():
+                if isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and a[0] not in p["buffers"]:
+                    kernel.setdefault(a[0], []).append((c["func"], a[1]))
     host_names = {o["buffer"] for o in plan["outputs"] if o.get("const")}
     for seg in plan.get("host", []) if isinstance(plan.get("host"), list) else []:
         if isinstance(seg, dict) and isinstance(seg.get("consts"), dict):

@@ -78,19 +78,41 @@ def _split_kernel(name: str, func):
 
 def plan_module(kernels: list, plan: dict):
     """An IRModule with every kernel (public wrapper + private impl) and one function per stretch
-    of ``plan["calls"]``; records the stretches in ``plan["stretches"]`` (name, call span, args)."""
+    of ``plan["calls"]``, and of each compiled control-flow body's plan nested in it (named after
+    where it sits: ``c<host>b<k>_plan__stretchN``; a Loop's 31 steps of 12 kernel calls each spent
+    more time in the calls than in the kernels); records the stretches in each plan's
+    ``"stretches"`` (name, call span, args)."""
     tvm = import_tvm()
-    tirx = tvm.tirx
     funcs, impls = {}, {}
     for kd in kernels:
         gv, impl, wrapper = _split_kernel(kd.name, kd.func)
         funcs[gv] = impl
         funcs[tvm.ir.GlobalVar(kd.name)] = wrapper
         impls[kd.name] = (gv, [_dtype_of(p) for p in kd.func.params])
+    for p, prefix in [(plan, "")] + list(body_plans(plan)):
+        _add_stretches(funcs, impls, p, prefix)
+    return tvm.IRModule(funcs)
+
+
+def body_plans(plan: dict, prefix: str = ""):
+    """(plan, name prefix) of every compiled control-flow body nested in ``plan``, at any depth;
+    in a loaded plan, only what looks like a plan (the runners check them fully)."""
+    segs = plan.get("host", [])
+    for i, seg in enumerate(segs if isinstance(segs, list) else []):
+        body = seg.get("body") if isinstance(seg, dict) else None
+        plans = body.get("plans") if isinstance(body, dict) else None
+        for k, p in enumerate(plans if isinstance(plans, list) else []):
+            if isinstance(p, dict) and isinstance(p.get("calls"), list) and isinstance(p.get("buffers"), dict):
+                yield p, f"{prefix}c{i}b{k}_"
+                yield from body_plans(p, f"{prefix}c{i}b{k}_")
+
+
+def _add_stretches(funcs: dict, impls: dict, plan: dict, prefix: str) -> None:
+    tvm = import_tvm()
+    tirx = tvm.tirx
+    # a buffer's whole shape; a constant's tensor has the array's shape, which is what its
+    # argument gives (plan_of), though kernels may read it through other shapes
     shapes = {n: (b["shape"], b.get("dtype", "float32")) for n, b in plan["buffers"].items()}
-    # a constant's tensor has the array's shape; kernels may read it through other shapes
-    shapes.update({q.name: (list(q.array.shape), str(q.array.dtype)) for kd in kernels for q in kd.params
-                   if q.kind == "const"})
     stretches = []
     for i, (a, b) in enumerate(stretch_spans(plan["calls"])):
         params, names, stmts = {}, [], []
@@ -101,7 +123,7 @@ def plan_module(kernels: list, plan: dict):
             ptrs = []
             for (n, shape), dt in zip(c["args"], dts):
                 if n not in params:
-                    full, bdt = shapes[n]
+                    full, bdt = shapes.get(n, (shape, dt))
                     if bdt != dt:  # a kernel reading a buffer as another dtype: not expressible here
                         raise TypeError(f"kernel {c['func']} reads {n!r} ({bdt}) as {dt}")
                     params[n] = tirx.decl_buffer(list(full), bdt, f"p{len(names)}")
@@ -110,13 +132,12 @@ def plan_module(kernels: list, plan: dict):
             # a subroutine's failed workspace allocation fails the stretch with TVM's last error
             failed = tvm.ir.Call(gv, ptrs, ret_ty="int32") != tirx.const(0, "int32")
             stmts.append(tirx.IfThenElse(failed, tirx.Evaluate(tirx.call_intrin("int32", "tirx.tvm_throw_last_error")), None))
-        fname = f"{STRETCH}{i}"
+        fname = f"{prefix}{STRETCH}{i}"
         body = tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0]
         funcs[tvm.ir.GlobalVar(fname)] = tirx.PrimFunc([params[n] for n in names], body).with_attr(
             "global_symbol", fname)
         stretches.append({"func": fname, "calls": [a, b], "args": names})
     plan["stretches"] = stretches
-    return tvm.IRModule(funcs)
 
 
 def _declare_cpu(mod):
