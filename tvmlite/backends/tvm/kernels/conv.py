@@ -90,10 +90,11 @@ def direct_tile(cog: int, ow: int, lanes: int) -> S.GemmTile:
     """Register tile for the direct conv: ``nr`` output channels (SIMD lanes: two vectors when
     that pads the channels no more than one does, so 48 channels take 3 x 16, not 2 x 32 with a
     quarter wasted) by ``mr`` output pixels of one row. ``mr`` is the width, up to 12 pixels
-    (24 accumulator vectors at two vectors of channels; wider tiles measured slower on the
-    detector's convs), that pads the row least, the widest among equals."""
+    and the host's accumulator registers (`S.accumulator_vectors`: AVX-512 24 vectors, 12 pixels
+    at two vectors of channels, wider tiles measured slower on the detector's convs; AVX2 8,
+    4 pixels), that pads the row least, the widest among equals."""
     nr = 2 * lanes if cog >= 2 * lanes and round_up(cog, 2 * lanes) == round_up(cog, lanes) else lanes
-    cap = min(12, max(1, 24 // (nr // lanes)))
+    cap = min(12, max(1, S.accumulator_vectors(lanes) // (nr // lanes)))
     if ow <= cap:
         return S.GemmTile(mr=ow, nr=nr)
     lo = min(4, cap)
