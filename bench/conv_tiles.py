@@ -5,7 +5,7 @@ the kernel `kernels.conv.conv2d` picks today, the direct kernel and im2col + GEM
 given register tiles, and onnxruntime's Conv (same weights, bias), all timed interleaved (one
 call of each per round) in one process; medians and best runs, as ratios to onnxruntime.
 
-    TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --threads 1 --rounds 30
+    TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --threads 1 --rounds 30 [--clock cpu]
     PYTHONPATH=. python bench/conv_tiles.py --shapes det --direct 6x16,12x8 --gemm 6x16,8x16
 
 A shape is CI-CO-KxK-sS-HxW (e.g. 48-48-3x3-s1-40x40); ``--shapes det|resnet|all`` names a set.
@@ -47,6 +47,10 @@ def main() -> int:
     p.add_argument("--gemm", default="", help="im2col GEMM tiles MRxNR, comma separated")
     p.add_argument("--rounds", type=int, default=25)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="cpu: this thread's CPU time (with --threads 1 both runtimes compute on the calling "
+                        "thread, so it leaves out the time other processes take: the stable figure on a "
+                        "shared machine); wall: elapsed time")
     p.add_argument("--silu", action="store_true", help="SiLU after the conv (fused by both runtimes)")
     a = p.parse_args()
     os.environ.setdefault("TVMLITE_THREADS", str(a.threads))
@@ -72,9 +76,13 @@ def main() -> int:
     from tvmlite.backends.tvm.module import build_kernel, kernel_args
     from tvmlite.ops.geometry import WindowGeometry
 
+    if a.clock == "cpu" and a.threads != 1:
+        print("conv_tiles: --clock cpu needs --threads 1 (pool workers' time is not this thread's)", file=sys.stderr)
+        return 2
+    clock = time.thread_time if a.clock == "cpu" else time.perf_counter
     lanes = vector_lanes()
     rng = np.random.default_rng(0)
-    print(f"lanes {lanes}, threads {a.threads}, load {os.getloadavg()[0]:.2f}")
+    print(f"lanes {lanes}, threads {a.threads}, {a.clock} clock, load {os.getloadavg()[0]:.2f}")
     for label, (ci, co, kh, kw, st, h, w) in shapes:
         x = rng.standard_normal((1, ci, h, w)).astype(np.float32)
         wt = (rng.standard_normal((co, ci, kh, kw)) * 0.1).astype(np.float32)
@@ -118,13 +126,13 @@ def main() -> int:
         times["ort"] = []
         feeds = {"x": x}
         for _ in range(a.rounds):
-            t0 = time.perf_counter()
+            t0 = clock()
             sess.run(None, feeds)
-            times["ort"].append(time.perf_counter() - t0)
+            times["ort"].append(clock() - t0)
             for v, (fn, args, _) in runs.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn(*args)
-                times[v].append(time.perf_counter() - t0)
+                times[v].append(clock() - t0)
         om, ob = statistics.median(times["ort"]), min(times["ort"])
         print(f"{label}: ort median {om * 1e3:.3f} ms (load {os.getloadavg()[0]:.2f})")
         for v in runs:

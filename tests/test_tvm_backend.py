@@ -141,6 +141,35 @@ def test_direct_tile_follows_row_width():
     assert KC.direct_tile(16, 30, 16).nr == 16 and KC.direct_tile(16, 30, 16).mr == 10  # one vector: up to 12
     assert (KC.direct_tile(64, 13, 8).mr, KC.direct_tile(64, 13, 8).nr) == (4, 16)  # AVX2, 2 vectors: 4 pixels
     assert (KC.direct_tile(24, 13, 8).mr, KC.direct_tile(24, 13, 8).nr) == (7, 8)  # AVX2, 1 vector: up to 8
+    # a 3x3 conv (9 taps) on AVX2 takes one vector of channels where 7 pixels fill the row and 4 do not;
+    # a 1x1 conv keeps two vectors; AVX-512 fits the row in its 2-vector tile, so nothing changes there
+    assert [(t.mr, t.nr) for t in (KC.direct_tile(512, 7, 8, 9), KC.direct_tile(256, 14, 8, 9))] == [(7, 8), (7, 8)]
+    assert (KC.direct_tile(512, 7, 8, 1).mr, KC.direct_tile(512, 7, 8, 1).nr) == (4, 16)
+    assert (KC.direct_tile(64, 40, 8, 9).mr, KC.direct_tile(64, 40, 8, 9).nr) == (4, 16)  # 4 fills the row
+    assert (KC.direct_tile(512, 7, 16, 9).mr, KC.direct_tile(512, 7, 16, 9).nr) == (7, 32)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_strided_pointwise_conv_is_a_gemm_over_its_subsampled_copy(lanes):
+    """An unpadded strided 1x1 conv follows the 1x1 rule (a GEMM over the stride-phase copy)
+    unless the GEMM pads a small image; a padded or 3x3 strided conv keeps the strided rule."""
+    def direct(x_shape, w_shape, pads, strides):
+        geom = WindowGeometry.conv(dict(pads=pads, strides=strides), x_shape, w_shape)
+        return KC.use_direct_conv(w_shape, geom, lanes)
+    assert not direct((1, 256, 56, 56), (512, 256, 1, 1), (0, 0, 0, 0), (2, 2))  # ResNet-50's: 28x28 out
+    # 14x14 out: AVX-512's 7-pixel direct tile fills the row where the GEMM pads 196 to 224 (as at stride 1)
+    assert direct((1, 512, 28, 28), (1024, 512, 1, 1), (0, 0, 0, 0), (2, 2)) is (lanes == 16)
+    assert direct((1, 256, 56, 56), (512, 256, 3, 3), (1, 1, 1, 1), (2, 2))
+    assert direct((1, 32, 80, 80), (48, 32, 3, 3), (1, 1, 1, 1), (2, 2))  # the detector's
+
+
+def test_strided_pointwise_conv_matches_onnxruntime():
+    """A stride-2 1x1 conv with bias and Relu, built whole (the picked kernel, 8 x 8 output)."""
+    w = (RNG.standard_normal((96, 64, 1, 1)) * 0.1).astype(np.float32)
+    b = RNG.standard_normal(96).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[2, 2]), helper.make_node("Relu", ["c"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 64, 15, 15])], [tensor("y", [1, 96, 8, 8])], [("w", w), ("b", b)])
+    _check_graph(model, {"x": _x(1, 64, 15, 15)})
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
