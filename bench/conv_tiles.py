@@ -33,14 +33,22 @@ def parse_shape(s: str):
     ci, co, k, st, hw = s.split("-")
     kh, kw = (int(v) for v in k.split("x"))
     h, w = (int(v) for v in hw.split("x"))
-    return int(ci), int(co), kh, kw, int(st[1:]), h, w
+    if not st.startswith("s"):
+        raise ValueError(f"{s}: the stride is written sN")
+    dims = (int(ci), int(co), kh, kw, int(st[1:]), h, w)
+    if min(dims) < 1 or kh > h + 2 * (kh // 2) or kw > w + 2 * (kw // 2):
+        raise ValueError(f"{s}: every size must be positive and the kernel fit the padded image")
+    return dims
 
 
 def parse_tiles(s: str):
-    return [tuple(int(v) for v in t.split("x")) for t in s.split(",") if t]
+    tiles = [tuple(int(v) for v in t.split("x")) for t in s.split(",") if t]
+    if any(len(t) != 2 or min(t) < 1 for t in tiles):
+        raise ValueError(f"{s}: a tile is MRxNR, both positive")
+    return tiles
 
 
-def main() -> int:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="all")
     p.add_argument("--direct", default="", help="direct-kernel tiles MRxNR, comma separated")
@@ -52,7 +60,10 @@ def main() -> int:
                         "thread, so it leaves out the time other processes take: the stable figure on a "
                         "shared machine); wall: elapsed time")
     p.add_argument("--silu", action="store_true", help="SiLU after the conv (fused by both runtimes)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    if a.rounds < 1:
+        print("conv_tiles: --rounds must be at least 1", file=sys.stderr)
+        return 2
     os.environ.setdefault("TVMLITE_THREADS", str(a.threads))
     names = []
     for s in a.shapes.split(","):
