@@ -1,4 +1,4 @@
-"""bench/conv_tiles.py: one small conv shape end to end, and bad options refused in one line."""
+"""bench/conv_tiles.py and bench/tvm_cpu_ab.py: a small conv end to end, bad options refused in one line."""
 import importlib.util
 import pathlib
 
@@ -31,3 +31,13 @@ def test_one_shape_runs_every_variant(capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "max rel err" not in out  # no variant disagreed with onnxruntime
     assert all(v in out for v in ("picked(", "direct 3x8", "gemm 4x16", "ort median"))
+
+
+@pytest.mark.parametrize("argv", [["light_nope"], ["detector", "--rounds", "0"]])
+def test_cpu_ab_refuses_bad_options_in_one_line(argv, capsys):
+    spec = importlib.util.spec_from_file_location("tvm_cpu_ab", SCRIPT.parent / "tvm_cpu_ab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(argv) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and len(cap.err.strip().splitlines()) == 1 and cap.err.startswith("tvm_cpu_ab: ")
