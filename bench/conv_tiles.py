@@ -147,7 +147,8 @@ def main(argv=None) -> int:
         om, ob = statistics.median(times["ort"]), min(times["ort"])
         print(f"{label}: ort median {om * 1e3:.3f} ms (load {os.getloadavg()[0]:.2f})")
         for v in runs:
-            print(f"   {v:16s} {statistics.median(times[v]) / om:5.2f} ({min(times[v]) / ob:5.2f})  build {runs[v][2]:.1f} s")
+            med, best = statistics.median(times[v]) / om, min(times[v]) / ob
+            print(f"   {v:16s} {med:5.2f} ({best:5.2f})  build {runs[v][2]:.1f} s")
     return 0
 
 
