@@ -139,7 +139,70 @@ def test_direct_tile_follows_row_width():
     assert (KC.direct_tile(512, 7, 16).mr, KC.direct_tile(512, 7, 16).nr) == (7, 32)
     assert KC.direct_tile(64, 56, 16).mr == 8 and KC.direct_tile(128, 14, 16).mr == 7
     assert KC.direct_tile(16, 30, 16).nr == 16 and KC.direct_tile(16, 30, 16).mr == 10  # one vector: up to 12
-    assert KC.direct_tile(64, 13, 8).mr == 7  # AVX2, 2 vectors: up to 12 pixels; 13 = 2 tiles of 7
+    assert (KC.direct_tile(64, 13, 8).mr, KC.direct_tile(64, 13, 8).nr) == (4, 16)  # AVX2, 2 vectors: 4 pixels
+    assert (KC.direct_tile(24, 13, 8).mr, KC.direct_tile(24, 13, 8).nr) == (7, 8)  # AVX2, 1 vector: up to 8
+    # a 3x3 conv (9 taps) on AVX2 takes one vector of channels where 7 pixels fill the row and 4 do not;
+    # a 1x1 conv keeps two vectors; AVX-512 fits the row in its 2-vector tile, so nothing changes there
+    assert [(t.mr, t.nr) for t in (KC.direct_tile(512, 7, 8, 9), KC.direct_tile(256, 14, 8, 9))] == [(7, 8), (7, 8)]
+    assert (KC.direct_tile(512, 7, 8, 1).mr, KC.direct_tile(512, 7, 8, 1).nr) == (4, 16)
+    assert (KC.direct_tile(64, 40, 8, 9).mr, KC.direct_tile(64, 40, 8, 9).nr) == (4, 16)  # 4 fills the row
+    assert (KC.direct_tile(512, 7, 16, 9).mr, KC.direct_tile(512, 7, 16, 9).nr) == (7, 32)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_strided_pointwise_conv_is_a_gemm_over_its_subsampled_copy(lanes):
+    """An unpadded strided 1x1 conv follows the 1x1 rule (a GEMM over the stride-phase copy)
+    unless the GEMM pads a small image; a padded or 3x3 strided conv keeps the strided rule."""
+    def direct(x_shape, w_shape, pads, strides):
+        geom = WindowGeometry.conv(dict(pads=pads, strides=strides), x_shape, w_shape)
+        return KC.use_direct_conv(w_shape, geom, lanes)
+    assert not direct((1, 256, 56, 56), (512, 256, 1, 1), (0, 0, 0, 0), (2, 2))  # ResNet-50's: 28x28 out
+    # 14x14 out: AVX-512's 7-pixel direct tile fills the row where the GEMM pads 196 to 224 (as at stride 1)
+    assert direct((1, 512, 28, 28), (1024, 512, 1, 1), (0, 0, 0, 0), (2, 2)) is (lanes == 16)
+    assert direct((1, 256, 56, 56), (512, 256, 3, 3), (1, 1, 1, 1), (2, 2))
+    assert direct((1, 32, 80, 80), (48, 32, 3, 3), (1, 1, 1, 1), (2, 2))  # the detector's
+
+
+def test_strided_pointwise_conv_matches_onnxruntime():
+    """A stride-2 1x1 conv with bias and Relu, built whole (the picked kernel, 8 x 8 output)."""
+    w = (RNG.standard_normal((96, 64, 1, 1)) * 0.1).astype(np.float32)
+    b = RNG.standard_normal(96).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[2, 2]), helper.make_node("Relu", ["c"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 64, 15, 15])], [tensor("y", [1, 96, 8, 8])], [("w", w), ("b", b)])
+    _check_graph(model, {"x": _x(1, 64, 15, 15)})
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_register_tiles_fit_the_accumulator_registers(lanes):
+    """Every default register tile (direct conv, im2col GEMM, dense GEMM) holds at most
+    `S.accumulator_vectors` vectors: AVX2's 16 registers take 4 x 2 vectors, not AVX-512's
+    8 x 2 (GEMM) or 12 x 2 (direct), which spilled on every multiply-add."""
+    budget = S.accumulator_vectors(lanes)
+    assert budget == (24 if lanes == 16 else 8)
+    for cog in (3, 16, 24, 48, 64, 512):
+        for width in (7, 13, 20, 40, 56, 160):
+            t = KC.direct_tile(cog, width, lanes)
+            assert t.mr * (t.nr // lanes) <= budget and t.nr % lanes == 0, (cog, width, t)
+        for p in (49, 400, 3136):
+            for t in (KG.conv_tile(cog, p, lanes), KG.dense_tile(cog, p, lanes)):
+                assert t.mr * (t.nr // lanes) <= budget and t.mr <= 8, (cog, p, t)
+    assert (KG.conv_tile(64, 3136, lanes).mr, KG.conv_tile(64, 3136, lanes).nr) == \
+        ((8, 32) if lanes == 16 else (4, 16))  # AVX-512 keeps its tiles
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_avx2_default_tiles_match_numpy(direct):
+    """The AVX2 (8-lane) default tiles on a conv neither tile divides: 24 output channels, a
+    13-pixel row, stride, dilation, uneven pads, two groups, batch 2, bias and an epilogue."""
+    x = RNG.standard_normal((2, 16, 15, 27)).astype(np.float32)
+    w = RNG.standard_normal((24, 8, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(24).astype(np.float32)
+    geom = WindowGeometry.conv(dict(pads=(1, 0, 2, 1), strides=(1, 2), dilations=(2, 1), group=2), x.shape, w.shape)
+    fn = KC.conv2d_direct if direct else KC.conv2d_gemm
+    kd = fn("c", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=8)
+    (y,) = run_kernel(kd, {"x": x})
+    ref = np.maximum(conv(x, w, b, pads=[1, 0, 2, 1], strides=[1, 2], dilations=[2, 1], group=2), 0)
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
     def direct(x_shape, w_shape, pads, strides=(1, 1)):
         geom = WindowGeometry.conv(dict(pads=pads, strides=strides), x_shape, w_shape)
         return KC.use_direct_conv(w_shape, geom, 16)

@@ -86,19 +86,32 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     return kd
 
 
-def direct_tile(cog: int, ow: int, lanes: int) -> S.GemmTile:
+def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1) -> S.GemmTile:
     """Register tile for the direct conv: ``nr`` output channels (SIMD lanes: two vectors when
     that pads the channels no more than one does, so 48 channels take 3 x 16, not 2 x 32 with a
     quarter wasted) by ``mr`` output pixels of one row. ``mr`` is the width, up to 12 pixels
-    (24 accumulator vectors at two vectors of channels; wider tiles measured slower on the
-    detector's convs), that pads the row least, the widest among equals."""
-    nr = 2 * lanes if cog >= 2 * lanes and round_up(cog, 2 * lanes) == round_up(cog, lanes) else lanes
-    cap = min(12, max(1, 24 // (nr // lanes)))
-    if ow <= cap:
-        return S.GemmTile(mr=ow, nr=nr)
-    lo = min(4, cap)
-    mr = min(range(lo, cap + 1), key=lambda m: (round_up(ow, m) - ow, -m))
-    return S.GemmTile(mr=mr, nr=nr)
+    and the host's accumulator registers (`S.accumulator_vectors`: AVX-512 24 vectors, 12 pixels
+    at two vectors of channels, wider tiles measured slower on the detector's convs; AVX2 8,
+    4 pixels), that pads the row least, the widest among equals. A conv of several ``taps``
+    (3x3) takes one vector of channels instead where its wider pixel tile pads the row less
+    (AVX2: 7 x 8 at 7x7 and 14x14, 1.21x -> 1.02x and 1.14x -> 0.99x of onnxruntime's Conv on
+    ResNet-50's 512 and 256-channel 3x3 convs; its 1x1 convs ran slower that way, 1.36x -> 1.76x)."""
+    budget = S.accumulator_vectors(lanes)
+
+    def pixels(vectors: int) -> int:
+        cap = min(12, max(1, budget // vectors))
+        if ow <= cap:
+            return ow
+        lo = min(4, cap)
+        return min(range(lo, cap + 1), key=lambda m: (round_up(ow, m) - ow, -m))
+    if not (cog >= 2 * lanes and round_up(cog, 2 * lanes) == round_up(cog, lanes)):
+        return S.GemmTile(mr=pixels(1), nr=lanes)
+    mr = pixels(2)
+    if taps > 1:
+        mr1 = pixels(1)
+        if round_up(ow, mr1) - ow < round_up(ow, mr) - ow:
+            return S.GemmTile(mr=mr1, nr=lanes)
+    return S.GemmTile(mr=mr, nr=2 * lanes)
 
 
 def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
@@ -107,9 +120,10 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     the GEMM rounds the channels up to 8 rows and the pixels (all rows) up to 2 vectors; the
     direct kernel is taken when it wastes no more, so it also saves the im2col gathers. A strided
     conv takes it unless it wastes a third more: there the GEMM's columns are strided gathers,
-    and it ran 2-3x slower than the direct kernel on the detector's stride-2 convs. Not for a 1x1
-    stride-1 unpadded conv (a plain GEMM over the input rows) unless the GEMM pads a small image's
-    pixels by a tenth or more, and not for a short reduction
+    and it ran 2-3x slower than the direct kernel on the detector's stride-2 convs. Not for an
+    unpadded 1x1 conv (a plain GEMM over the input rows, or for a strided one over its subsampled
+    copy, `phase_planes`) unless the GEMM pads a small image's pixels by a tenth or more, and not
+    for a short reduction
     (K < 8 vectors): the direct tile leaves through a transposing scalar write of its mr x nr
     values, which only a long K hides."""
     co, ci, kh, kw = (int(d) for d in w_shape)
@@ -117,16 +131,18 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     if ci * kh * kw < 8 * lanes:
         return False
     oh, ow = geom.out_spatial
-    dt, gt = direct_tile(cog, ow, lanes), conv_tile(cog, oh * ow, lanes)
+    dt, gt = direct_tile(cog, ow, lanes, kh * kw), conv_tile(cog, oh * ow, lanes)
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
-    if geom.pointwise:
+    if (kh, kw) == (1, 1) and not geom.padded:  # strided too: a GEMM over the subsampled copy
         if geom.group > 1:  # measured on plain 1x1 convs only (shufflenet's grouped ones ran slower)
             return False
         # the plain GEMM unless its pixel tiles pad a small image by a tenth or more (7x7: 49 of
         # 64 columns, 14x14: 196 of 224), where the direct tile (a row's pixels) wastes nothing:
         # one thread, against onnxruntime's Conv, 2048->512 at 7x7 1.18x -> 1.02x, 512->128 at
-        # 14x14 1.02x -> 0.91x; at 28x28 and up the GEMM stays ahead
+        # 14x14 1.02x -> 0.91x; at 28x28 and up the GEMM stays ahead. ResNet-50's stride-2 1x1
+        # convs (AVX2, one thread, CPU time, bench/conv_tiles.py): 256->512 from 56x56 direct
+        # 1.24x -> GEMM 0.81x of onnxruntime, 512->1024 from 28x28 1.42x -> 0.89x
         return 0.9 * direct >= gemm
     strided = max(geom.strides) > 1
     return direct >= (0.75 * gemm if strided else gemm)
@@ -184,7 +200,7 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     dh, dw = geom.dilations
     pt, pl, pb, pr = geom.pads
     oh, ow = geom.out_spatial
-    tile = tile or direct_tile(cog, ow, lanes)
+    tile = tile or direct_tile(cog, ow, lanes, kh * kw)
     mr, nr = int(tile.mr), int(tile.nr)
     cop, owp = round_up(cog, nr), round_up(ow, mr)
     # padded plane: the pads plus the columns read by the last pixel tile's padding

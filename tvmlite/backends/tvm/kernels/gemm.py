@@ -14,10 +14,18 @@ from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.errors import UnsupportedError
 
 
+def gemm_rows(lanes: int) -> int:
+    """Rows of the GEMM register tile (by 2 vectors of columns): 8 with AVX-512, 4 with AVX2,
+    where 8 x 2 vectors fills all 16 registers with accumulators (`S.accumulator_vectors`)."""
+    return min(8, S.accumulator_vectors(lanes) // 2)
+
+
 def conv_tile(co: int, p: int, lanes: int) -> S.GemmTile:
-    """Register tile for Y[co, p] = W[co, k] cols[k, p]: up to 8 rows x 2 vectors of columns."""
+    """Register tile for Y[co, p] = W[co, k] cols[k, p]: up to `gemm_rows` rows x 2 vectors of
+    columns."""
     nr = 2 * lanes if p >= 2 * lanes else lanes
-    mr = 8 if co >= 8 else co
+    rows = gemm_rows(lanes)
+    mr = rows if co >= rows else co
     return S.GemmTile(mr=mr, nr=nr)
 
 
@@ -77,7 +85,8 @@ def column_gemm(name: str, b: Builder, columns, w: np.ndarray, bias, *, out_shap
 
 def dense_tile(m: int, nn: int, lanes: int) -> S.GemmTile:
     nr = 2 * lanes if nn >= 2 * lanes else lanes
-    mr = 8 if m >= 8 else m
+    rows = gemm_rows(lanes)
+    mr = rows if m >= rows else m
     return S.GemmTile(mr=mr, nr=nr)
 
 

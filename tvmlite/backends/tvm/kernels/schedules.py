@@ -44,6 +44,17 @@ def min_parallel_work() -> int:
     return int(os.environ.get("TVMLITE_MIN_PARALLEL_WORK", 1 << 20))
 
 
+def accumulator_vectors(lanes: int) -> int:
+    """Vector registers a register tile may fill with accumulators: 24 of AVX-512's 32 (with
+    ``lanes`` 16), 8 of AVX2's 16 (``lanes`` 8). The rest hold the tile's operands (a vector of
+    packed weights or columns per tile column, a broadcast); past the budget LLVM spills the
+    tile to the stack on every multiply-add. On an AVX2 host (Zen 1, one thread, against
+    onnxruntime's Conv) the 12 x 16 direct tile (24 accumulators) ran the detector's 3x3 convs
+    at 1.2-2.3x, 4 x 16 (8) at 0.6-1.0x, 5 x 16 (10) alike, 6 x 16 (12) between the two
+    (bench/conv_tiles.py)."""
+    return 24 if lanes >= 16 else 8
+
+
 @dataclass
 class GemmTile:
     mr: int = 8     # rows in the register tile
