@@ -244,10 +244,18 @@ class Timing:
 
 
 def time_interleaved(fns: list, repeats: int, warmup: int = 2, *, budget_s: float | None = None,
-                     min_rounds: int = 2) -> Timing:
+                     min_rounds: int = 2, settle: int = 0) -> Timing:
     """Time ``fns`` in turn for ``repeats`` rounds (every other round in reverse order) after
     ``warmup`` untimed calls each; with ``budget_s``, stop after ``min_rounds`` once that many
-    seconds have passed."""
+    seconds have passed.
+
+    ``settle``: untimed calls of each callable right before each of its timed ones, so that a timed
+    call never runs straight after another callable. onnxruntime sessions need it when three or more
+    take turns: after a run, a session's pool threads spin for a while and take the cores from the
+    session that runs next, so in plain round-robin each session's time depends on its neighbours
+    and its slot (the two files of one float model, timed as 2 of 4 encoder sessions at 2 threads,
+    read 1.075-1.108x of each other in both orders; with settle=1 1.002-1.024x). A pair needs
+    none: alternating its order gives each the same neighbours."""
     for f in fns:
         for _ in range(warmup):
             f()
@@ -256,6 +264,8 @@ def time_interleaved(fns: list, repeats: int, warmup: int = 2, *, budget_s: floa
     start = time.perf_counter()
     for r in range(max(repeats, 1)):
         for i in (order if r % 2 == 0 else order[::-1]):
+            for _ in range(settle):
+                fns[i]()
             t0 = time.perf_counter()
             fns[i]()
             times[i].append((time.perf_counter() - t0) * 1e3)
@@ -266,9 +276,9 @@ def time_interleaved(fns: list, repeats: int, warmup: int = 2, *, budget_s: floa
                   len(times[0]) if times else 0)
 
 
-def interleaved_ms(fns: list, repeats: int, warmup: int = 2) -> list[float]:
+def interleaved_ms(fns: list, repeats: int, warmup: int = 2, *, settle: int = 0) -> list[float]:
     """Median milliseconds of each callable, timed interleaved (``time_interleaved``)."""
-    return time_interleaved(fns, repeats, warmup).medians_ms
+    return time_interleaved(fns, repeats, warmup, settle=settle).medians_ms
 
 
 def median_ms(fn, repeats: int, warmup: int = 1) -> float:
