@@ -140,6 +140,32 @@ def _session_via_file(proto, so):
         return _load(path, so)
 
 
+_SATURATES: list = []
+
+
+def u8s8_saturates() -> bool:
+    """Whether this host's onnxruntime int8 MatMul (uint8 activations x int8 weights, the form
+    MatMulInteger, DynamicQuantizeMatMul and QAttention run) saturates. x86 CPUs without VNNI
+    multiply with vpmaddubsw, which adds each pair of u8 x s8 products in int16: 255 * 127 * 2
+    overflows it, while 7-bit weights (|w| <= 63) never do. Probed once per process on a tiny
+    MatMulInteger whose exact result is known (AVX2-only EPYC: every output wrong with weights of
+    127, none with 63)."""
+    if not _SATURATES:
+        from onnx import TensorProto, helper, numpy_helper
+
+        a = np.full((4, 64), 255, np.uint8)
+        b = np.full((64, 16), 127, np.int8)
+        g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, list(a.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 16])],
+                              [numpy_helper.from_array(b, "b")])
+        proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        proto.ir_version = FRAGMENT_IR_VERSION
+        y = ort_session(proto, threads=1).run(None, {"a": a})[0]
+        _SATURATES.append(not np.array_equal(y, a.astype(np.int64) @ b.astype(np.int64)))
+    return _SATURATES[0]
+
+
 # ----------------------------------------------------------------------------------- fragments
 def graph_model(graph: Graph, opsets: dict[str, int], functions=()) -> Model:
     """A Model around ``graph`` made up to be measured: the one place its IR version is set."""
