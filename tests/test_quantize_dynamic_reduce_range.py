@@ -65,7 +65,7 @@ def test_reduce_range_writes_7bit_weights_that_onnxruntime_multiplies_exactly(tm
     np.testing.assert_allclose(compile_model(m).run(feeds)[0], got, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
     e_on = _rel(got, ref)
     assert e_on < 0.03, e_on
-    m_off, r_off, off = _quantized("quantize-dynamic", tmp_path, "off")
+    m_off, r_off, off = _quantized("quantize-dynamic(reduce_range=off)", tmp_path, "off")
     assert r_off.stats["weight_max"] == 127 and np.abs(_weights(off)[0].astype(int)).max() == 127
     got_off = ort_run(off, feeds)[0]
     if u8s8_saturates():  # this host's int8 MatMul overflows with 8-bit weights: far off the exact product
