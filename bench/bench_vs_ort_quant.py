@@ -29,8 +29,10 @@ meet issue 14's target, i.e. run no slower than the faster of float and onnxrunt
 model (median ms) at an error no larger than onnxruntime's quantized model's?
 
 Latency: onnxruntime CPU, 2 intra-op threads, batch 1; all variants of a model run round-robin
-(tvmlite.compare.interleaved_ms) in ``--blocks`` blocks of ``--repeats`` rounds; ``ms`` is the median
-of the block medians, ``best`` the fastest block median. A variant that fails prints its one-line
+(tvmlite.compare.interleaved_ms) in ``--blocks`` blocks of ``--repeats`` rounds, each timed run right
+after an untimed run of the same session (``settle=1``: another session's spinning thread pool would
+slow it, by the order of the variants); ``ms`` is the median of the block medians, ``best`` the
+fastest block median. ``--variants`` in any order (float need not be first). A variant that fails prints its one-line
 reason in its row and the others go on. ``--variants`` picks a subset (plus ``tvmlite-qdyn``: the
 quantize-dynamic pass alone, unchecked; ``tvmlite-fast-noatt``: the fast preset without
 quantize-dynamic's attention=true, so that one interleaved run times QAttention against the unfused
@@ -372,12 +374,15 @@ def run_model(label: str, args) -> list[dict]:
         if variant == "float":
             spec["reference"] = outs
         row["size"] = os.path.getsize(path) + sum(os.path.getsize(p) for p in _external_files(path))
-        if "reference" in spec:
-            row["metric"], row["err"] = spec["metric"](spec["reference"], outs, spec)
-        else:
-            row["metric"] = "-"
+        row["outs"] = outs
         rows.append(row)
         sessions.append((row, sess))
+    for row in rows:  # after the loop: --variants may list float after the others
+        outs = row.pop("outs", None)
+        if outs is not None and "reference" in spec:
+            row["metric"], row["err"] = spec["metric"](spec["reference"], outs, spec)
+        elif outs is not None:
+            row["metric"] = "-"
     _time(sessions, split(spec["eval"])[0], args)
     base = next((r for r in rows if r["variant"] == "float" and "ms" in r), None)
     for r in rows:
@@ -397,12 +402,14 @@ def _time(sessions, feeds: dict, args) -> None:
     if not sessions:
         return
     fns = [lambda s=s: s.run(None, feeds) for _, s in sessions]
-    # each block starts the round at the next variant, so that every variant takes every slot: with a
-    # fixed order the middle of three ran ~15% faster whatever its file (encoder, files swapped, loaded)
+    # settle=1: each timed run follows an untimed run of the same session, never another session's,
+    # whose spinning pool threads would take the cores (without it, two sessions of the same float
+    # encoder timed among four read 1.08-1.11x of each other in both orders; with it 1.00-1.02x).
+    # Each block also starts the round at the next variant, so that every variant takes every slot.
     blocks = []
     for b in range(args.blocks):
         order = [(i + b) % len(fns) for i in range(len(fns))]
-        ms = interleaved_ms([fns[i] for i in order], args.repeats, warmup=2)
+        ms = interleaved_ms([fns[i] for i in order], args.repeats, warmup=2, settle=1)
         blocks.append([ms[order.index(i)] for i in range(len(fns))])
     for i, (row, _) in enumerate(sessions):
         per = [b[i] for b in blocks]

@@ -4,6 +4,8 @@ import json
 import pathlib
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "bench_backends.py"
 
@@ -110,3 +112,21 @@ def test_rec_reads_the_block_letter_lines():
         read.append("".join(chars[k - 1] for k in keep))
     same = [sum(a == b for a, b in zip(t, r)) for t, r in zip(texts, read)]
     assert sum(same) >= 0.8 * 8 * len(texts), list(zip(texts, read))
+
+
+@pytest.mark.slow
+def test_bench_vs_ort_quant_variants_in_any_order(tmp_path):
+    """bench_vs_ort_quant.run_model with float listed last: every variant still gets its metric
+    against float and its ratio (the reference outputs are compared after all variants ran)."""
+    import argparse
+
+    spec = importlib.util.spec_from_file_location("bench_vs_ort_quant", ROOT / "bench" / "bench_vs_ort_quant.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = argparse.Namespace(variants="ort-quant,float", reuse=False, out=tmp_path, repeats=2, blocks=1,
+                              make_timeout=60)
+    rows = mod.run_model("digits", args)
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"ort-quant", "float"} and not any("error" in r for r in rows), rows
+    assert by["float"]["ratio"] == 1.0 and by["ort-quant"]["ratio"] > 0
+    assert all(r["metric"].startswith("acc ") for r in rows)

@@ -105,6 +105,31 @@ def test_time_interleaved_gives_medians_and_spread_in_alternating_order():
     assert rt.median_ms(sleeper(0, 0.003), 3) >= 3.0
 
 
+def test_time_interleaved_settle_times_each_callable_after_itself(monkeypatch):
+    """A callable that runs slow straight after another one (an onnxruntime session after another
+    session's spinning pool): with settle, every timed call follows an untimed call of its own.
+    A fake clock that only the callables advance keeps the test exact on a loaded host."""
+    now, calls, last = [0.0], [], [None]
+    monkeypatch.setattr(rt, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: now[0])}))
+
+    def f(i):
+        def g():
+            now[0] += 0.006 if last[0] not in (None, i) else 0.001  # the neighbour's penalty
+            last[0] = i
+            calls.append(i)
+        return g
+
+    fns = [f(0), f(1), f(2)]
+    plain = rt.time_interleaved(fns, repeats=4, warmup=0)
+    assert plain.medians_ms[1] == pytest.approx(6.0)  # the middle one always follows another
+    calls.clear()
+    last[0] = None
+    t = rt.time_interleaved(fns, repeats=4, warmup=0, settle=1)
+    assert t.rounds == 4 and t.medians_ms == pytest.approx([1.0, 1.0, 1.0])
+    assert calls[:6] == [0, 0, 1, 1, 2, 2] and calls[6:12] == [2, 2, 1, 1, 0, 0]
+    assert rt.interleaved_ms(fns, 2, 0, settle=1) == pytest.approx([1.0, 1.0, 1.0])
+
+
 def test_timed_ratio_measures_longer_only_when_close():
     fast, slow = (lambda: time.sleep(0.001)), (lambda: time.sleep(0.005))
     _, _, rounds = rt.timed_ratio(fast, slow, 1.0, max_rounds=24, min_rounds=4)

@@ -42,8 +42,9 @@ def affine_params(lo: float, hi: float, dtype: str = "uint8", symmetric: bool = 
     return scale, np_type.type(zp)
 
 
-def weight_scales(w: np.ndarray, axis: int | None) -> np.ndarray:
-    """Symmetric int8 scales, per channel along ``axis`` (None: one per tensor), max|w| / 127.
+def weight_scales(w: np.ndarray, axis: int | None, qmax: int = 127) -> np.ndarray:
+    """Symmetric int8 scales, per channel along ``axis`` (None: one per tensor), max|w| / ``qmax``
+    (127; 63 for 7-bit weights, see quantize-dynamic's reduce_range).
 
     An all-zero channel gets the mean scale of the others (1.0 if all are zero): its weights are 0
     whatever the scale, but its bias is quantized with it, so it should be of the usual size."""
@@ -52,7 +53,7 @@ def weight_scales(w: np.ndarray, axis: int | None) -> np.ndarray:
         m = np.array([a.max() if a.size else 0.0])
     else:
         m = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).max(axis=1)
-    s = m / 127.0
+    s = m / float(qmax)
     zero = s <= 0
     if zero.all():
         s[:] = 1.0
@@ -61,8 +62,8 @@ def weight_scales(w: np.ndarray, axis: int | None) -> np.ndarray:
     return s.astype(np.float32)
 
 
-def quantize_weight(w: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
-    """int8 weights in -127..127 (the same float32 division and rounding QuantizeLinear uses)."""
+def quantize_weight(w: np.ndarray, scales: np.ndarray, axis: int | None, qmax: int = 127) -> np.ndarray:
+    """int8 weights in -qmax..qmax (the same float32 division and rounding QuantizeLinear uses)."""
     if axis is None:
         s = scales.reshape(())
     else:
@@ -70,7 +71,7 @@ def quantize_weight(w: np.ndarray, scales: np.ndarray, axis: int | None) -> np.n
         shape[axis] = -1
         s = scales.reshape(shape)
     q = np.rint(w.astype(np.float32) / s)
-    return np.clip(q, -127, 127).astype(np.int8)
+    return np.clip(q, -qmax, qmax).astype(np.int8)
 
 
 def quantize_bias(b: np.ndarray, input_scale: float, w_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

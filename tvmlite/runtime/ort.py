@@ -140,6 +140,32 @@ def _session_via_file(proto, so):
         return _load(path, so)
 
 
+_SATURATES: list = []
+
+
+def u8s8_saturates() -> bool:
+    """Whether this host's onnxruntime int8 MatMul (uint8 activations x int8 weights, the form
+    MatMulInteger, DynamicQuantizeMatMul and QAttention run) saturates. x86 CPUs without VNNI
+    multiply with vpmaddubsw, which adds each pair of u8 x s8 products in int16: 255 * 127 * 2
+    overflows it, while 7-bit weights (|w| <= 63) never do. Probed once per process on a tiny
+    MatMulInteger whose exact result is known (AVX2-only EPYC: every output wrong with weights of
+    127, none with 63)."""
+    if not _SATURATES:
+        from onnx import TensorProto, helper, numpy_helper
+
+        a = np.full((4, 64), 255, np.uint8)
+        b = np.full((64, 16), 127, np.int8)
+        g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, list(a.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 16])],
+                              [numpy_helper.from_array(b, "b")])
+        proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        proto.ir_version = FRAGMENT_IR_VERSION
+        y = ort_session(proto, threads=1).run(None, {"a": a})[0]
+        _SATURATES.append(not np.array_equal(y, a.astype(np.int64) @ b.astype(np.int64)))
+    return _SATURATES[0]
+
+
 # ----------------------------------------------------------------------------------- fragments
 def graph_model(graph: Graph, opsets: dict[str, int], functions=()) -> Model:
     """A Model around ``graph`` made up to be measured: the one place its IR version is set."""
@@ -244,10 +270,18 @@ class Timing:
 
 
 def time_interleaved(fns: list, repeats: int, warmup: int = 2, *, budget_s: float | None = None,
-                     min_rounds: int = 2) -> Timing:
+                     min_rounds: int = 2, settle: int = 0) -> Timing:
     """Time ``fns`` in turn for ``repeats`` rounds (every other round in reverse order) after
     ``warmup`` untimed calls each; with ``budget_s``, stop after ``min_rounds`` once that many
-    seconds have passed."""
+    seconds have passed.
+
+    ``settle``: untimed calls of each callable right before each of its timed ones, so that a timed
+    call never runs straight after another callable. onnxruntime sessions need it when three or more
+    take turns: after a run, a session's pool threads spin for a while and take the cores from the
+    session that runs next, so in plain round-robin each session's time depends on its neighbours
+    and its slot (the two files of one float model, timed as 2 of 4 encoder sessions at 2 threads,
+    read 1.075-1.108x of each other in both orders; with settle=1 1.002-1.024x). A pair needs
+    none: alternating its order gives each the same neighbours."""
     for f in fns:
         for _ in range(warmup):
             f()
@@ -256,6 +290,8 @@ def time_interleaved(fns: list, repeats: int, warmup: int = 2, *, budget_s: floa
     start = time.perf_counter()
     for r in range(max(repeats, 1)):
         for i in (order if r % 2 == 0 else order[::-1]):
+            for _ in range(settle):
+                fns[i]()
             t0 = time.perf_counter()
             fns[i]()
             times[i].append((time.perf_counter() - t0) * 1e3)
@@ -266,9 +302,9 @@ def time_interleaved(fns: list, repeats: int, warmup: int = 2, *, budget_s: floa
                   len(times[0]) if times else 0)
 
 
-def interleaved_ms(fns: list, repeats: int, warmup: int = 2) -> list[float]:
+def interleaved_ms(fns: list, repeats: int, warmup: int = 2, *, settle: int = 0) -> list[float]:
     """Median milliseconds of each callable, timed interleaved (``time_interleaved``)."""
-    return time_interleaved(fns, repeats, warmup).medians_ms
+    return time_interleaved(fns, repeats, warmup, settle=settle).medians_ms
 
 
 def median_ms(fn, repeats: int, warmup: int = 1) -> float:
