@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tvmlite.backends.tvm.concat_views import ConcatInfo, contiguous, may_place
 from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.geometry import WindowGeometry
@@ -55,7 +56,12 @@ def emit_concat(low, node) -> None:
         ins.append((c.astype(dt) if c is not None else n, low.shape(n)))
     out_shape = low.shape(node.outputs[0])
     name = low.kernel_name(node)
-    epi, out, labels = low.epilogue(node) if dt == "float32" else (None, node.outputs[0], [])
+    if low.concat_views and contiguous(out_shape, axis) and any(may_place(low, n) for n in node.inputs):
+        # its inputs may be written into its output (concat_views.py): no kernel to fuse into
+        low.concats[name] = ConcatInfo(axis, ins, node.outputs[0], out_shape, dt)
+        epi, out, labels = None, node.outputs[0], []
+    else:
+        epi, out, labels = low.epilogue(node) if dt == "float32" else (None, node.outputs[0], [])
 
     def make():
         from tvmlite.backends.tvm.kernels.tensor import concat
