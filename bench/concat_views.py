@@ -65,8 +65,8 @@ def main(argv=None) -> int:
             got = cm.run(feeds)
             errs.append(max(float(np.abs(np.asarray(g, np.float64) - r).max() / max(np.abs(r).max(), 1e-30))
                             for g, r in zip(got, ref)))
-        t = interleaved({"old": lambda: old.run(feeds), "new": lambda: new.run(feeds),
-                         "ort": lambda: sess.run(None, feeds)}, args.rounds, 3)
+        t = interleaved({"old": lambda m=old: m.run(feeds), "new": lambda m=new: m.run(feeds),
+                         "ort": lambda s=sess: s.run(None, feeds)}, args.rounds, 3)
         print(f"{name:<22} ort {t['ort']:7.2f} ms | no views {t['old']:7.2f} ({t['old'] / t['ort']:.2f}x, best "
               f"{t['old_best'] / t['ort_best']:.2f}x) | views {t['new']:7.2f} ({t['new'] / t['ort']:.2f}x, best "
               f"{t['new_best'] / t['ort_best']:.2f}x) | views/no views {t['new'] / t['old']:.3f} | kernels "

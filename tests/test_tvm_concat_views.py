@@ -112,6 +112,14 @@ def test_graph_inputs_and_constants_are_copied_into_their_slices(tmp_path):
     assert s["a"] == ("c", 3 * 36) and s["c:part0"] == ("c", 0) and s["c:part2"] == ("c", 7 * 36), s
 
 
+def test_an_empty_input_takes_no_slice():
+    nodes = [h.make_node("Conv", ["x", "w1"], ["a"]), h.make_node("Conv", ["x", "w2"], ["b"]),
+             h.make_node("Concat", ["a", "e", "b"], ["c"], axis=1), h.make_node("Conv", ["c", "w3"], ["y"])]
+    cm = _build(nodes, _x(), [("y", 4)], {"w1": _w(4, 3), "w2": _w(5, 3), "w3": _w(2, 9),
+                                           "e": np.zeros((1, 0, 6, 6), np.float32)})
+    assert _slices(cm) == {"a": ("c", 0), "b": ("c", 4 * 36)} and not any("concat" in f for f in _funcs(cm))
+
+
 def test_a_concat_of_graph_inputs_only_keeps_its_kernel_and_epilogue():
     feeds = {"x": RNG.standard_normal((1, 3, 4, 4)).astype(np.float32),
              "z": RNG.standard_normal((1, 2, 4, 4)).astype(np.float32)}

@@ -24,39 +24,15 @@ Measured (whole models, ``bench/concat_views.py``): see the README's TVM figures
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
+
+from tvmlite.backends.tvm.emitters.tensor import ConcatInfo
 
 
 def enabled() -> bool:
     """Concat views are on unless $TVMLITE_CONCAT_VIEWS is 0 (for A/B measurements)."""
     return os.environ.get("TVMLITE_CONCAT_VIEWS", "1") != "0"
-
-
-@dataclass
-class ConcatInfo:
-    """What a Concat's kernel was made from: enough to build kernels for parts of it."""
-    axis: int
-    inputs: list          # (value name or constant array, shape)
-    out: str
-    out_shape: tuple
-    dtype: str
-
-
-def contiguous(out_shape, axis: int) -> bool:
-    """Whether each input of a Concat along ``axis`` is one contiguous block of its output."""
-    axis = axis % len(out_shape)
-    return int(np.prod(out_shape[:axis], dtype=np.int64)) == 1 and int(np.prod(out_shape)) > 0
-
-
-def may_place(low, name: str) -> bool:
-    """Whether value ``name`` could live in a Concat's output, as far as the walk knows so far
-    (`place` decides): not a constant, a graph input or a host call's output."""
-    if low.const(name) is not None:
-        return False
-    root = low.views.get(name, name)
-    return root not in low.graph_inputs and root not in low.host_made
 
 
 def place(low, lowered, lanes: int) -> None:
@@ -99,6 +75,8 @@ def _parts(info: ConcatInfo, views: dict, written: dict, made: set, slices: dict
     inner = int(np.prod(info.out_shape[axis + 1:], dtype=np.int64))
     parts, taken, off = [], set(), 0
     for x, shape in info.inputs:
+        if not int(np.prod(shape)):
+            continue  # an empty input has nothing to write
         root = views.get(x, x) if isinstance(x, str) else None
         movable = root is not None and (written.get(root) == 1 or root in made) \
             and root not in slices and root not in taken and root != info.out

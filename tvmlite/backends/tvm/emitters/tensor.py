@@ -3,9 +3,10 @@ input's buffer, no kernel), Concat, Transpose, Slice, Split. A channel shuffle (
 Transpose, Reshape) read only by depthwise convs makes no kernel: the convs read through it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from tvmlite.backends.tvm.concat_views import ConcatInfo, contiguous, may_place
 from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.geometry import WindowGeometry
@@ -42,6 +43,32 @@ def emit_view(low, node) -> None:
     kernel_dtype(low, node.inputs[0], "input")  # a view shares the buffer, of whichever dtype
     src = node.inputs[0]
     low.views[out] = low.views.get(src, src)
+
+
+@dataclass
+class ConcatInfo:
+    """What a Concat's kernel was made from: enough to build kernels for parts of it
+    (concat_views.py)."""
+    axis: int
+    inputs: list          # (value name or constant array, shape)
+    out: str
+    out_shape: tuple
+    dtype: str
+
+
+def contiguous(out_shape, axis: int) -> bool:
+    """Whether each input of a Concat along ``axis`` is one contiguous block of its output."""
+    axis = axis % len(out_shape)
+    return int(np.prod(out_shape[:axis], dtype=np.int64)) == 1 and int(np.prod(out_shape)) > 0
+
+
+def may_place(low, name: str) -> bool:
+    """Whether value ``name`` could live in a Concat's output, as far as the walk knows so far
+    (concat_views.place decides): not a constant, a graph input or a host call's output."""
+    if low.const(name) is not None:
+        return False
+    root = low.views.get(name, name)
+    return root not in low.graph_inputs and root not in low.host_made
 
 
 @emitter("Concat", checks_dtype=True)
