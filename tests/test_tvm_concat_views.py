@@ -7,7 +7,6 @@ import json
 import shutil
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import helper as h
 
@@ -16,6 +15,7 @@ from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixtu
 require_tvm()
 
 from test_tvm_int import _typed_model  # noqa: E402
+from test_tvm_plan import _ort, _per_call  # noqa: E402
 from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
 from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
 from tvmlite.frontend.onnx_import import import_model  # noqa: E402
@@ -25,18 +25,6 @@ RNG = np.random.default_rng(11)
 
 def _w(co, ci, k=1):
     return (RNG.standard_normal((co, ci, k, k)) * 0.3).astype(np.float32)
-
-
-def _ort(proto, feeds):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
-
-
-def _per_call(cm, feeds):
-    cm.set_inputs(feeds)
-    cm.execute_per_call()
-    return [cm._env[o["name"]] if o.get("host") else t.numpy() for t, o in cm._outputs if not o.get("const")]
 
 
 def _build(nodes, feeds, outputs, inits, tmp_path=None):
@@ -217,3 +205,19 @@ def test_tampered_slices_are_refused_in_one_line(tmp_path, edit, message):
     with pytest.raises(ArtifactError, match=message) as e:
         load_module(str(d / "m.so"))
     assert "\n" not in str(e.value)
+
+
+def test_tvmlite_build_writes_slices_that_run_without_the_model(tmp_path):
+    from tvmlite.cli import main
+
+    nodes = [h.make_node("Conv", ["x", "w1"], ["a"]), h.make_node("Conv", ["x", "w2"], ["b"]),
+             h.make_node("Concat", ["a", "b"], ["c"], axis=1), h.make_node("Conv", ["c", "w3"], ["y"])]
+    feeds = _x()
+    proto = _typed_model(nodes, feeds, [("y", 4)], {"w1": _w(4, 3), "w2": _w(5, 3), "w3": _w(2, 9)})
+    (tmp_path / "m.onnx").write_bytes(proto.SerializeToString())
+    assert main(["build", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.so"), "--shape", "x=1x3x6x6"]) == 0
+    ref = _ort(proto, feeds)
+    (tmp_path / "m.onnx").unlink()
+    cm = load_module(str(tmp_path / "m.so"))
+    assert _slices(cm) == {"a": ("c", 0), "b": ("c", 4 * 36)}
+    np.testing.assert_allclose(cm.run(feeds)[0], ref[0], rtol=1e-5, atol=1e-5)
