@@ -4,7 +4,9 @@ against onnxruntime, interleaved round by round (medians and best runs).
 
     PYTHONPATH=$PWD .venv/bin/python bench/concat_views.py [--only densenet,inception,...] [--rounds 12]
 
-Also prints each build's time (fresh: the cache is bypassed), the cached load time of the build
+At one thread ($TVMLITE_THREADS=1: onnxruntime gets one intra-op thread too) each call's CPU
+time on the calling thread is printed too: under load it is the steadier figure. Also prints
+each build's time (fresh: the cache is bypassed), the cached load time of the build
 with views, the kernel counts and the error against onnxruntime. Models: the light_* models with
 Concats (densenet121, inception_v1/v2, squeezenet, shufflenet) and the YOLO-style detector at 320.
 """
@@ -24,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 
-from bench_tvm import coverage_models, interleaved, ort_session  # noqa: E402
+from bench_tvm import coverage_models, ort_session  # noqa: E402
 
 DEFAULT = ["densenet121", "inception_v1", "inception_v2", "squeezenet", "shufflenet", "detector"]
 
@@ -44,6 +46,30 @@ def build(proto, feeds, views: bool, cache: bool):
             del os.environ["TVMLITE_CONCAT_VIEWS"]
         else:
             os.environ["TVMLITE_CONCAT_VIEWS"] = old
+
+
+def interleaved(fns: dict, rounds: int, per_round: int) -> dict:
+    """bench_tvm.interleaved's rounds, timing each call by the wall clock and by this thread's
+    CPU clock ("<name>_cpu"): at one thread (TVMLITE_THREADS=1, onnxruntime's intra-op pool of 1)
+    both run on the calling thread, and its CPU time is what a loaded machine leaves intact."""
+    for f in fns.values():
+        f()
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    items = list(fns.items())
+    for r in range(rounds):
+        for k, f in (items if r % 2 == 0 else items[::-1]):
+            time.sleep(0.05)
+            for i in range(per_round + 1):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                f()
+                if i:
+                    wall[k].append((time.perf_counter() - t0) * 1e3)
+                    cpu[k].append((time.thread_time() - c0) * 1e3)
+    out = {k: float(np.median(v)) for k, v in wall.items()}
+    out.update({f"{k}_best": float(np.min(v)) for k, v in wall.items()})
+    out.update({f"{k}_cpu": float(np.median(v)) for k, v in cpu.items()})
+    return out
 
 
 def main(argv=None) -> int:
@@ -73,6 +99,10 @@ def main(argv=None) -> int:
               f"{old.kernel_count} -> {new.kernel_count} | build {t_old:.1f} -> {t_new:.1f} s, cached "
               f"{t_cached:.2f} s | rel err {errs[0]:.1e} {errs[1]:.1e} | load {os.getloadavg()[0]:.1f}",
               flush=True)
+        if os.environ.get("TVMLITE_THREADS") == "1":
+            print(f"{'':<22} thread CPU ms: ort {t['ort_cpu']:7.2f} | no views {t['old_cpu']:7.2f} "
+                  f"({t['old_cpu'] / t['ort_cpu']:.2f}x) | views {t['new_cpu']:7.2f} ({t['new_cpu'] / t['ort_cpu']:.2f}x)"
+                  f" | views/no views {t['new_cpu'] / t['old_cpu']:.3f}", flush=True)
         del old, new, sess
         gc.collect()
     return 0
