@@ -221,3 +221,13 @@ def test_tvmlite_build_writes_slices_that_run_without_the_model(tmp_path):
     cm = load_module(str(tmp_path / "m.so"))
     assert _slices(cm) == {"a": ("c", 0), "b": ("c", 4 * 36)}
     np.testing.assert_allclose(cm.run(feeds)[0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_slices_at_offsets_of_no_vector_alignment():
+    """Vectorized producers (16 lanes) writing at offsets that are no multiple of 16 floats."""
+    feeds = _x(3, 7)
+    nodes = [h.make_node("Sigmoid", ["x"], ["s"]), h.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["a"], ["ra"]), h.make_node("MaxPool", ["x"], ["p"], kernel_shape=[1, 1]),
+             h.make_node("Concat", ["s", "ra", "p"], ["c"], axis=1), h.make_node("Conv", ["c", "w3"], ["y"])]
+    cm = _build(nodes, feeds, [("y", 4)], {"w1": _w(5, 3, 3), "w3": _w(2, 11)})
+    assert _slices(cm) == {"s": ("c", 0), "ra": ("c", 3 * 49), "p": ("c", 8 * 49)}
