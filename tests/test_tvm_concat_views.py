@@ -116,12 +116,12 @@ def test_a_concat_of_graph_inputs_only_keeps_its_kernel_and_epilogue():
     assert not _slices(cm) and len(_funcs(cm)) == 1
 
 
-def test_a_host_calls_output_is_copied_and_its_neighbour_placed():
+def test_a_host_calls_output_is_copied_and_its_neighbour_placed_and_read_by_a_host_call():
     ax = np.array(3, np.int64)
     nodes = [h.make_node("Conv", ["x", "w1"], ["a"]), h.make_node("CumSum", ["a", "ax"], ["cs"]),
              h.make_node("Conv", ["x", "w2"], ["b"]), h.make_node("Concat", ["cs", "b"], ["c"], axis=1),
-             h.make_node("Conv", ["c", "w3"], ["y"])]
-    cm = _build(nodes, _x(), [("y", 4)], {"w1": _w(4, 3), "w2": _w(5, 3), "w3": _w(2, 9), "ax": ax})
+             h.make_node("Conv", ["c", "w3"], ["y"]), h.make_node("CumSum", ["b", "ax"], ["cb"])]
+    cm = _build(nodes, _x(), [("y", 4), ("cb", 4)], {"w1": _w(4, 3), "w2": _w(5, 3), "w3": _w(2, 9), "ax": ax})
     assert cm.host_ops and _slices(cm) == {"b": ("c", 4 * 36), "c:part0": ("c", 0)}
 
 
