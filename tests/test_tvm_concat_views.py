@@ -75,8 +75,8 @@ def test_without_the_views_the_concat_kernel_stays(monkeypatch):
 
 def test_an_input_used_twice_is_placed_once_and_copied_once():
     nodes = [h.make_node("Conv", ["x", "w1"], ["a"]), h.make_node("Conv", ["x", "w2"], ["b"]),
-             h.make_node("Concat", ["a", "b", "a"], ["c"], axis=1), h.make_node("Relu", ["c"], ["y"])]
-    cm = _build(nodes, _x(), [("y", 4)], {"w1": _w(4, 3), "w2": _w(5, 3)})
+             h.make_node("Concat", ["a", "b", "a"], ["c"], axis=1), h.make_node("Conv", ["c", "w3"], ["y"])]
+    cm = _build(nodes, _x(), [("y", 4)], {"w1": _w(4, 3), "w2": _w(5, 3), "w3": _w(2, 13)})
     s = _slices(cm)
     assert s["a"] == ("c", 0) and s["b"] == ("c", 4 * 36) and s["c:part2"] == ("c", 9 * 36), s
     assert sum("concat" in f for f in _funcs(cm)) == 1  # the copy of the second "a"
@@ -108,6 +108,14 @@ def test_an_empty_input_takes_no_slice():
     assert _slices(cm) == {"a": ("c", 0), "b": ("c", 4 * 36)} and not any("concat" in f for f in _funcs(cm))
 
 
+def test_a_concat_with_an_epilogue_keeps_its_kernel():
+    """ShuffleNet's Concat -> Relu: the copy applies the Relu, views would need a pass for it."""
+    nodes = [h.make_node("Conv", ["x", "w1"], ["a"]), h.make_node("AveragePool", ["x"], ["p"], kernel_shape=[1, 1]),
+             h.make_node("Concat", ["a", "p"], ["c"], axis=1), h.make_node("Relu", ["c"], ["y"])]
+    cm = _build(nodes, _x(), [("y", 4)], {"w1": _w(4, 3)})
+    assert not _slices(cm) and [c["nodes"] for c in cm.plan["calls"] if "concat" in c["func"]] == [["Concat->c", "Relu->y"]]
+
+
 def test_a_concat_of_graph_inputs_only_keeps_its_kernel_and_epilogue():
     feeds = {"x": RNG.standard_normal((1, 3, 4, 4)).astype(np.float32),
              "z": RNG.standard_normal((1, 2, 4, 4)).astype(np.float32)}
@@ -136,7 +144,7 @@ def test_nested_concats_share_one_buffer_like_densenet_blocks(tmp_path):
         inits[f"w{i + 1}"] = _w(2, ch, 3)
         prev, ch = f"c{i}", ch + 2
     nodes += [h.make_node("Relu", [prev], ["y"])]
-    cm = _build(nodes, _x(), [("y", 4), ("c0", 4)], inits, tmp_path)
+    cm = _build(nodes, _x(), [("y", 4), ("c0", 4), ("c2", 4)], inits, tmp_path)  # c2: no epilogue
     s = _slices(cm)
     assert s == {"p": ("c2", 0), "g0": ("c2", 4 * 36), "c0": ("c2", 0), "g1": ("c2", 6 * 36),
                  "c1": ("c2", 0), "g2": ("c2", 8 * 36)}, s

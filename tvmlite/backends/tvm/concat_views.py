@@ -2,9 +2,10 @@
 of its output, and the Concat's kernel disappears.
 
 A Concat whose every input is one contiguous block of its output (all dims before the axis are 1:
-channels at batch 1 in NCHW) is emitted without an epilogue (the elementwise ops after it become
-a kernel of their own, which reads and writes the same bytes the fused copy did) and recorded in
-``Lowering.concats``. After the walk, `place` gives each input whose buffer may move a place in
+channels at batch 1 in NCHW) and that takes no epilogue (fusion.py) is recorded in
+``Lowering.concats``. One with an epilogue keeps its kernel: the copy's pass applies the
+elementwise ops, which as views would take a pass of their own (ShuffleNet's Concat -> Relu ran
+1.03x slower that way). After the walk, `place` gives each input whose buffer may move a place in
 the output: its root (behind views) is written by exactly one kernel of the plan, or is the output
 of a Concat placed the same way (nested Concats: DenseNet's blocks become one buffer that each
 layer appends to), and it has no place yet. An input that may not move (a graph input, a
