@@ -155,16 +155,15 @@ def test_inputs_behind_views_are_placed_by_their_root():
     """A detector head's Flatten/Reshape before a Concat along the last axis of [1, N]."""
     nodes = [h.make_node("Conv", ["x", "w1"], ["a"]), h.make_node("Conv", ["x", "w2"], ["b"]),
              h.make_node("Flatten", ["a"], ["fa"]), h.make_node("Flatten", ["b"], ["fb"]),
-             h.make_node("Concat", ["fa", "fb"], ["c"], axis=1), h.make_node("Sigmoid", ["c"], ["y"])]
+             h.make_node("Concat", ["fa", "fb"], ["c"], axis=1), h.make_node("Transpose", ["c"], ["y"])]
     cm = _build(nodes, _x(), [("y", 2)], {"w1": _w(4, 3), "w2": _w(5, 3)})
     assert _slices(cm) == {"a": ("c", 0), "b": ("c", 4 * 36)}
 
 
 def test_a_value_in_two_concats_is_placed_in_the_first_only():
     nodes = [h.make_node("Conv", ["x", "w1"], ["a"]), h.make_node("Conv", ["x", "w2"], ["b"]),
-             h.make_node("Concat", ["a", "b"], ["c"], axis=1), h.make_node("Concat", ["b", "a"], ["d"], axis=1),
-             h.make_node("Add", ["c", "d"], ["y"])]
-    cm = _build(nodes, _x(), [("y", 4)], {"w1": _w(4, 3), "w2": _w(4, 3)})
+             h.make_node("Concat", ["a", "b"], ["c"], axis=1), h.make_node("Concat", ["b", "a"], ["d"], axis=1)]
+    cm = _build(nodes, _x(), [("c", 4), ("d", 4)], {"w1": _w(4, 3), "w2": _w(4, 3)})
     assert _slices(cm) == {"a": ("c", 0), "b": ("c", 4 * 36)}
 
 
