@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 
 from bench_tvm import coverage_models, ort_session  # noqa: E402
+from plan_overhead import interleaved  # noqa: E402 - wall clock and this thread's CPU time
 
 DEFAULT = ["densenet121", "inception_v1", "inception_v2", "squeezenet", "shufflenet", "detector"]
 
@@ -46,30 +47,6 @@ def build(proto, feeds, views: bool, cache: bool):
             del os.environ["TVMLITE_CONCAT_VIEWS"]
         else:
             os.environ["TVMLITE_CONCAT_VIEWS"] = old
-
-
-def interleaved(fns: dict, rounds: int, per_round: int) -> dict:
-    """bench_tvm.interleaved's rounds, timing each call by the wall clock and by this thread's
-    CPU clock ("<name>_cpu"): at one thread (TVMLITE_THREADS=1, onnxruntime's intra-op pool of 1)
-    both run on the calling thread, and its CPU time is what a loaded machine leaves intact."""
-    for f in fns.values():
-        f()
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    items = list(fns.items())
-    for r in range(rounds):
-        for k, f in (items if r % 2 == 0 else items[::-1]):
-            time.sleep(0.05)
-            for i in range(per_round + 1):
-                t0, c0 = time.perf_counter(), time.thread_time()
-                f()
-                if i:
-                    wall[k].append((time.perf_counter() - t0) * 1e3)
-                    cpu[k].append((time.thread_time() - c0) * 1e3)
-    out = {k: float(np.median(v)) for k, v in wall.items()}
-    out.update({f"{k}_best": float(np.min(v)) for k, v in wall.items()})
-    out.update({f"{k}_cpu": float(np.median(v)) for k, v in cpu.items()})
-    return out
 
 
 def main(argv=None) -> int:
