@@ -20,7 +20,11 @@ It is only memory: every value is still written once, by its producer, before an
 placed in a Concat is made before the Concat's output exists. Control-flow bodies keep their
 Concat kernels (their plans swap buffers between steps, control_run.py).
 
-Measured (whole models, ``bench/concat_views.py``): see the README's TVM figures.
+Measured (``bench/concat_views.py``, views against none in one process, interleaved; a shared
+2-core machine under load, so at one thread by the calling thread's CPU time, medians): densenet121
+0.961x (242 -> 188 kernels, load 4), detector 0.984x, squeezenet 0.979x, inception_v1 0.988x,
+inception_v2 1.000x (load 6-21). Fresh builds got shorter (fewer kernels: densenet121 82.5 -> 66.1 s
+at load 3), cached ones load in under 1 s.
 """
 from __future__ import annotations
 
