@@ -169,7 +169,7 @@ def test_saved_artifact_round_trips_through_the_stretches(saved, tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda p: p.update(format=3), "has format 3, expected 4: rebuild it"),
+    (lambda p: p.update(format=4), "has format 4, expected 5: rebuild it"),
     (lambda p: p.pop("stretches"), "'stretches' must be a list"),
     (lambda p: p["stretches"].pop(), "do not match the kernel calls"),
     (lambda p: p["stretches"][0].update(calls=[0, 99]), "does not name the arguments"),

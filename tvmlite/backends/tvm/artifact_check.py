@@ -83,6 +83,9 @@ def _check_schema(plan: dict, path: str) -> None:
         _need(b.get("dtype", "float32") in _BUFFER_DTYPES, path, f"buffer {name!r} has dtype {b.get('dtype')!r}, "
               f"not one of {', '.join(_BUFFER_DTYPES)}")
         limits.check_tensor(b["shape"], np.dtype(b.get("dtype", "float32")), f"{path}: buffer {name!r}")
+    for name, b in buffers.items():
+        if b.get("kind") == "slice":
+            _check_slice(buffers, name, b, path)
     for i in plan["inputs"]:
         _need(isinstance(i, dict) and isinstance(i.get("name"), str) and _is_shape(i.get("shape")),
               path, f"input entry {i!r} needs a name and a shape")
@@ -119,6 +122,23 @@ def _check_schema(plan: dict, path: str) -> None:
     if "lib_sha256" in plan:
         _need(isinstance(plan["lib_sha256"], str) and len(plan["lib_sha256"]) == 64, path,
               "'lib_sha256' is not a SHA-256 hex digest")
+
+
+def _check_slice(buffers: dict, name: str, b: dict, path: str) -> None:
+    """A "slice" buffer (a value inside a Concat's output) lies inside an allocated buffer of its
+    dtype."""
+    of, off = b.get("of"), b.get("offset")
+    _need(isinstance(of, str) and of in buffers and buffers[of].get("kind") != "slice", path,
+          f"buffer {name!r} is a slice of {of!r}, which is no allocated buffer of the plan")
+    _need(isinstance(off, int) and not isinstance(off, bool) and off >= 0, path,
+          f"buffer {name!r}: slice offset {off!r} is not a non-negative integer")
+    root = buffers[of]
+    _need(root.get("dtype", "float32") == b.get("dtype", "float32"), path,
+          f"buffer {name!r} is {b.get('dtype', 'float32')}, the buffer {of!r} it lies in is "
+          f"{root.get('dtype', 'float32')}")
+    _need(off + int(np.prod(b["shape"])) <= int(np.prod(root["shape"])), path,
+          f"buffer {name!r}: {int(np.prod(b['shape']))} elements at offset {off} reach past the end of "
+          f"{of!r} {root['shape']}")
 
 
 def view_fits(buffers: dict, name: str, shape: list, path: str, what: str) -> None:

@@ -44,6 +44,7 @@ def _source_digest() -> str:
 
 
 def graph_key(model, input_shapes: dict, target: str) -> str:
+    from tvmlite.backends.tvm.concat_views import enabled as concat_views_enabled
     from tvmlite.backends.tvm.kernels.schedules import min_parallel_work
     from tvmlite.backends.tvm.kernels.target import host_threads
 
@@ -56,6 +57,7 @@ def graph_key(model, input_shapes: dict, target: str) -> str:
     h.update(target.encode())
     h.update(_source_digest().encode())
     h.update(f"{min_parallel_work()}/{host_threads()}".encode())  # both change the schedules
+    h.update(f"concat views {concat_views_enabled()}".encode())  # another plan ($TVMLITE_CONCAT_VIEWS)
     return h.hexdigest()[:24]
 
 

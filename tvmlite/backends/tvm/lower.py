@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tvmlite.backends.tvm import control, fusion
+from tvmlite.backends.tvm.concat_views import enabled as concat_views_enabled, place as place_concats
 from tvmlite.backends.tvm.emitters import lookup
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: F401 - the lowering's vocabulary
 from tvmlite.backends.tvm.loop_shapes import add_loop_shapes, propagate_shapes
@@ -59,6 +60,7 @@ class Lowered:
     model: Model | None = None                        # the prepared model the nodes belong to
     host_problems: list = field(default_factory=list)  # [op, reason, count] of host-run nodes
     body_kernels: list = field(default_factory=list)  # KernelDef of compiled control-flow bodies
+    slices: dict = field(default_factory=dict)        # value -> (Concat output it lives in, offset)
 
 
 @dataclass
@@ -73,7 +75,8 @@ class Lowering:
     ``const_input``, ``operand``, ``check_float``), fuse with ``epilogue`` and register kernels
     with ``add``; with ``emit=False`` nothing is built (no TVM needed), only problems counted."""
 
-    def __init__(self, model: Model, shapes: dict, lanes: int = 16, emit: bool = True):
+    def __init__(self, model: Model, shapes: dict, lanes: int = 16, emit: bool = True,
+                 concat_views: bool = False):
         self.m = model
         self.g = model.graph
         self.shapes = shapes
@@ -91,6 +94,11 @@ class Lowering:
         self.pos: dict = {}
         self.body_kernels: list = []
         self.n_bodies = 0
+        # Concats whose inputs may be written into their output (concat_views.py): kernel -> info
+        self.concat_views = concat_views and concat_views_enabled()
+        self.concats: dict = {}
+        self.host_made: set = set()
+        self.graph_inputs = set(graph_inputs(self.g))
 
     # --------------------------------------------------------------------------------- helpers
     def const(self, name: str):
@@ -187,6 +195,8 @@ class Lowering:
         # made by a later branch, say) are ready by then
         low.order = _segments(g, [k for _, k in sorted(zip(self.keys, self.kernels), key=lambda t: t[0])],
                               self.views)
+        if self.emit:
+            place_concats(self, low, self.lanes)
         low.kernels = [k for k in low.order if not isinstance(k, HostSegment)]
         low.inputs = [(n, self.shape(n), np.dtype(g.value(n).dtype or np.float32)) for n in graph_inputs(g)]
         low.outputs = list(g.outputs)
@@ -258,6 +268,7 @@ class Lowering:
         self.problems[(node.op_type, reason)] += 1
         if body is not None:
             self.driven[(node.op_type, reason)] += 1
+        self.host_made.update(o for o in node.outputs if o)
         domain = canonical_domain(node.domain)
         version = opset_versions(self.m.opsets).get(domain)
         if lookup_kernel(node.op_type, domain, version) is None:
@@ -345,7 +356,7 @@ def prepared_model(model: Model, input_shapes: dict) -> tuple[Model, dict]:
 def unsupported_ops(model: Model, input_shapes: dict) -> list[str]:
     """Each op the TVM backend would run as a host call, as 'Op (reason) xN', after folding."""
     prepared, shapes = prepared_model(model, input_shapes)
-    low = Lowering(prepared, shapes, emit=False)
+    low = Lowering(prepared, shapes, emit=False, concat_views=True)
     low.run()
     return problem_list(low.problems)
 
@@ -377,7 +388,7 @@ def lower(model: Model, input_shapes: dict, lanes: int, strict: bool = False) ->
     """The kernels and host segments of ``model``; with ``strict``, UnsupportedError when any
     node would be host-run. Nodes with neither an emitter nor a NumPy kernel always refuse."""
     prepared, shapes = prepared_model(model, input_shapes)
-    check = Lowering(prepared, shapes, emit=False)  # cheap: report every problem before emitting
+    check = Lowering(prepared, shapes, emit=False, concat_views=True)  # cheap: every problem before emitting
     check.run()
     if check.unrunnable:
         probs = [f"{k} x{n}" if n > 1 else k for k, n in check.unrunnable.items()]
@@ -385,4 +396,4 @@ def lower(model: Model, input_shapes: dict, lanes: int, strict: bool = False) ->
                                + "; ".join(probs))
     if strict and check.problems:
         raise refusal(check.problems)
-    return Lowering(prepared, shapes, lanes=lanes).run()
+    return Lowering(prepared, shapes, lanes=lanes, concat_views=True).run()

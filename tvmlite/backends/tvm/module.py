@@ -19,11 +19,13 @@ import numpy as np
 
 from tvmlite.backends.tvm import artifact_check, host, params, plan_func
 from tvmlite.backends.tvm.build_cache import cache_dir, graph_key, prune_cache  # noqa: F401 - re-exported
+from tvmlite.backends.tvm.concat_views import resolve as resolve_slices
 from tvmlite.backends.tvm.kernels.target import host_threads, import_tvm
 from tvmlite.errors import InputError, TvmliteError
 
-FORMAT = 4  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
-# 4: stretches (runs of kernels called from one compiled function, see plan_func.py)
+FORMAT = 5  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
+# 4: stretches (runs of kernels called from one compiled function, see plan_func.py); 5: "slice"
+# buffers (a value inside a Concat's output: "of" that buffer at element "offset", concat_views.py)
 
 
 # a plan whose second run takes less CPU time (this thread's) picks its thread count by measurement
@@ -56,6 +58,13 @@ def plan_of(low, prefix: str = "") -> tuple[dict, dict]:
             buffers[name] = {"shape": list(shape), "kind": "input"}
             if dtype != np.float32:
                 buffers[name]["dtype"] = str(dtype)
+    # values living in a Concat's output (concat_views.py): views of its buffer at an offset
+    for v, (r, off) in resolve_slices(low.slices).items():
+        if r not in buffers:
+            buffers[r] = typed({"shape": list(low.shapes[r]), "kind": "temp"}, r)
+        buffers[v] = {"shape": list(low.shapes[v]), "kind": "slice", "of": r, "offset": off}
+        if "dtype" in buffers[r]:
+            buffers[v]["dtype"] = buffers[r]["dtype"]
     segments = [e for e in low.order if isinstance(e, HostSegment)]
     host_made = {o for seg in segments for n in seg.nodes for o in n.outputs if o}
     # host-made values TVM reads through a buffer: kernel inputs, and views of them anywhere
@@ -243,7 +252,12 @@ class CompiledModel:
         self.output_names = [o["name"] for o in plan["outputs"]]
         store = {}
         for name, b in plan["buffers"].items():
-            store[name] = tvm.runtime.empty(tuple(b["shape"]), b.get("dtype", "float32"), dev)
+            if b.get("kind") != "slice":
+                store[name] = tvm.runtime.empty(tuple(b["shape"]), b.get("dtype", "float32"), dev)
+        for name, b in plan["buffers"].items():  # inside another buffer (a Concat's inputs)
+            if b.get("kind") == "slice":
+                store[name] = store[b["of"]]._create_view(
+                    tuple(b["shape"]), relative_byte_offset=b["offset"] * np.dtype(b.get("dtype", "float32")).itemsize)
         # the kernels' constants live as TVM tensors only (``tensors``: already read, maybe shared
         # with other buckets); host calls and constant outputs read theirs as NumPy arrays
         kernel_consts = {n for c in plan["calls"] for n, _ in c.get("args", ()) if n not in plan["buffers"]}

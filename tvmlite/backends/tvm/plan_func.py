@@ -6,7 +6,8 @@ profiling and single-kernel runs still work without compiling each kernel twice.
 consecutive kernels between host calls becomes one public function ``plan__stretchN`` whose
 arguments are the plan buffers and constants it touches (whole, as allocated): one packed call
 from Python runs the whole stretch. A view is the root buffer's pointer, since every view in a plan
-covers its whole buffer (plan_of checks that).
+covers its whole buffer (plan_of checks that); a "slice" buffer (a value inside a Concat's output,
+concat_views.py) is its root buffer's address at the slice's offset, a constant.
 
 Why: a packed call from Python is cheap (0.15-0.4 us measured, bench/plan_overhead.py), but between
 two Python calls the interpreter can be descheduled, and each call re-checks every DLTensor; one
@@ -70,10 +71,30 @@ def _split_kernel(name: str, func):
     impl = tirx.PrimFunc(handles, tirx.SeqStmt(decls + [func.body]), ret_type=tvm.ir.PrimType("int32"),
                          attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
     gv = tvm.ir.GlobalVar(name + IMPL)
-    outer = [tirx.decl_buffer(p.shape, _dtype_of(p), p.name) for p in func.params]
-    call = tvm.ir.Call(gv, [b.data for b in outer])
+    # any element offset: a value inside a Concat's output is a view at an offset (concat_views.py)
+    outer = [tirx.decl_buffer(p.shape, _dtype_of(p), p.name, offset_factor=1 if len(p.shape) else 0)
+             for p in func.params]
+    call = tvm.ir.Call(gv, [_address(b, 0) for b in outer])
     wrapper = tirx.PrimFunc(outer, tirx.Evaluate(call)).with_attr("global_symbol", name)
     return gv, impl, wrapper
+
+
+def _address(buf, offset: int):
+    """The address of element ``offset`` (row-major) of ``buf``, its own element offset included."""
+    tirx = import_tvm().tirx
+    if not len(buf.shape):
+        return buf.data
+    idx = np.unravel_index(int(offset), tuple(int(d) for d in buf.shape))
+    return tirx.address_of(tirx.BufferLoad(buf, [tirx.const(int(i), "int32") for i in idx]))
+
+
+def arg_root(plan: dict, name: str) -> tuple[str, int]:
+    """(buffer allocated for argument ``name``, element offset in it): a "slice" buffer lies in
+    another one (concat_views.py), every other argument is its own."""
+    b = plan["buffers"].get(name)
+    if b is not None and b.get("kind") == "slice":
+        return b["of"], b["offset"]
+    return name, 0
 
 
 def plan_module(kernels: list, plan: dict):
@@ -121,14 +142,15 @@ def _add_stretches(funcs: dict, impls: dict, plan: dict, prefix: str) -> None:
             if len(dts) != len(c["args"]):
                 raise TypeError(f"kernel {c['func']}: {len(dts)} parameters, {len(c['args'])} arguments")
             ptrs = []
-            for (n, shape), dt in zip(c["args"], dts):
+            for (arg, shape), dt in zip(c["args"], dts):
+                n, offset = arg_root(plan, arg)
                 if n not in params:
                     full, bdt = shapes.get(n, (shape, dt))
                     if bdt != dt:  # a kernel reading a buffer as another dtype: not expressible here
                         raise TypeError(f"kernel {c['func']} reads {n!r} ({bdt}) as {dt}")
                     params[n] = tirx.decl_buffer(list(full), bdt, f"p{len(names)}")
                     names.append(n)
-                ptrs.append(params[n].data)
+                ptrs.append(_address(params[n], offset) if offset else params[n].data)
             # a subroutine's failed workspace allocation fails the stretch with TVM's last error
             failed = tvm.ir.Call(gv, ptrs, ret_ty="int32") != tirx.const(0, "int32")
             stmts.append(tirx.IfThenElse(failed, tirx.Evaluate(tirx.call_intrin("int32", "tirx.tvm_throw_last_error")), None))
@@ -205,7 +227,8 @@ def check_stretches(plan: dict, where: str) -> None:
         if not ok:
             raise ArtifactError(f"{where}: stretch {s!r:.80} is malformed (func, calls [start, end), args)")
         a, b = s["calls"]
-        if not 0 <= a < b <= len(calls) or set(s["args"]) != {n for c in calls[a:b] for n, _ in c.get("args", ())}:
+        if not 0 <= a < b <= len(calls) or set(s["args"]) != {arg_root(plan, n)[0] for c in calls[a:b]
+                                                              for n, _ in c.get("args", ())}:
             raise ArtifactError(f"{where}: stretch {s['func']!r} does not name the arguments of calls {a}..{b}")
         got.append((a, b))
     if sorted(got) != want:
