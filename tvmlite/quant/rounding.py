@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.quant.calibrate import _feed_batches, _runner
 from tvmlite.quant.gptq import _inverse_cholesky_upper
 from tvmlite.quant.params import quantize_weight, weight_scales
 
@@ -195,8 +196,6 @@ def _mean_error(node: Node, w: np.ndarray, deq: np.ndarray, mean: np.ndarray) ->
 def input_stats(model: Model, calib, nodes: list[Node], *, hessian: bool = True, batch_size: int = 16,
                 threads: int = 2) -> dict[str, InputStats]:
     """Per node key (first output), the Hessian and mean of its input rows on the calibration data."""
-    from tvmlite.quant.calibrate import _feed_batches, _runner  # one runner for every calibration run
-
     g = model.graph
     tensors = list(dict.fromkeys(n.inputs[0] for n in nodes))
     shapes = {n.outputs[0]: g.const_value(n.inputs[1]).shape for n in nodes}
