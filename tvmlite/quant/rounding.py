@@ -30,6 +30,8 @@ from tvmlite.quant.params import quantize_weight, weight_scales
 #: pixel costs minutes and says no more than a strided sample of them
 MAX_ROWS = 16384
 OPS = ("Conv", "Gemm", "MatMul")
+#: rows rounded between two GEMM updates of the rows after them (GPTQ's lazy batch update)
+LAZY_BLOCK = 128
 METHODS = ("nearest", "gptq")
 
 
@@ -153,11 +155,15 @@ def gptq_int8(w: np.ndarray, h: np.ndarray, scales: np.ndarray, damp: float = 0.
     u = _inverse_cholesky_upper(h)
     s = scales.astype(np.float64)
     q = np.zeros(w.shape, np.int8)
-    for i in range(k):
-        code = np.clip(np.rint(w[i] / s), -127, 127)
-        q[i] = code
-        err = (w[i] - code * s) / u[i, i]
-        w[i + 1:] -= np.outer(u[i, i + 1:], err)
+    for lo in range(0, k, LAZY_BLOCK):
+        hi = min(k, lo + LAZY_BLOCK)
+        errs = np.zeros((hi - lo, w.shape[1]))
+        for i in range(lo, hi):
+            code = np.clip(np.rint(w[i] / s), -127, 127)
+            q[i] = code
+            errs[i - lo] = (w[i] - code * s) / u[i, i]
+            w[i + 1:hi] -= np.outer(u[i, i + 1:hi], errs[i - lo])
+        w[hi:] -= u[lo:hi, hi:].T @ errs  # the block's errors reach the later rows in one GEMM
     return q
 
 
