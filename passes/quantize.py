@@ -262,6 +262,9 @@ class Quantize(LayerwisePass, Calibrated, Pass):
             raise OptionError(f"pass 'quantize': batch_size={o.batch_size} must be >= 1")
         if not 0 < o.percentile <= 100:
             raise OptionError(f"pass 'quantize': percentile={o.percentile} must be in (0, 100]")
+        if o.rounded_weights is not None and not isinstance(o.rounded_weights, dict):
+            raise OptionError("pass 'quantize': rounded_weights is what replay passes on (a dict), not an option "
+                              "to set by hand")
         if o.weight_rounding not in ROUNDING:
             raise OptionError(f"pass 'quantize': weight_rounding {o.weight_rounding!r} is not one of "
                               f"{', '.join(ROUNDING)}")

@@ -12,7 +12,7 @@ from tvmlite.passes.quantize import Quantize
 from tvmlite.quant import rounding
 from tvmlite.quant.params import quantize_weight, weight_scales
 
-from helpers import make_model, ort_run, tensor
+from helpers import make_model, ort_run, refused_passes, tensor
 
 
 def _correlated(rng, m, k):
@@ -174,3 +174,10 @@ def test_replay_reuses_the_rounded_weights(monkeypatch):
 def test_bad_weight_rounding_option():
     with pytest.raises(OptionError):
         Pipeline("quantize(weight_rounding=adaround)").run(tvmlite.load(_model()))
+    with pytest.raises(OptionError):
+        Pipeline("quantize(rounded_weights=x)").run(tvmlite.load(_model()))
+
+
+def test_cli_refuses_a_bad_weight_rounding(tmp_path):
+    line = refused_passes(tmp_path, _model(), "quantize(weight_rounding=adaround)")
+    assert "weight_rounding" in line and "gptq" in line
