@@ -34,7 +34,8 @@ after an untimed run of the same session (``settle=1``: another session's spinni
 slow it, by the order of the variants); ``ms`` is the median of the block medians, ``best`` the
 fastest block median. ``--variants`` in any order (float need not be first). A variant that fails prints its one-line
 reason in its row and the others go on. ``--variants`` picks a subset (plus ``tvmlite-qdyn``: the
-quantize-dynamic pass alone, unchecked; ``tvmlite-fast-noatt``: the fast preset without
+quantize-dynamic pass alone, unchecked; ``tvmlite-fast-bc``: the fast preset with quantize's
+bias_correction=true (tvmlite/quant/rounding.py); ``tvmlite-fast-noatt``: the fast preset without
 quantize-dynamic's attention=true, so that one interleaved run times QAttention against the unfused
 int8 attention); ``--reuse`` re-times the variant files already in ``--out``.
 
@@ -68,7 +69,8 @@ VARIANTS = ("float", "ort-quant", "tvmlite-fast", "tvmlite-small")
 #: extra variants, by name only: tvmlite's quantize-dynamic pass alone, unchecked (the transformer path)
 #: tvmlite-fast-noatt: the fast preset with quantize-dynamic's attention=true taken out (the form before
 #: QAttention), so one interleaved run says whether the fused int8 attention pays
-EXTRA_VARIANTS = ("tvmlite-qdyn", "tvmlite-fast-noatt")
+#: tvmlite-fast-bc: the fast preset with quantize's bias correction, to time and score it beside the preset
+EXTRA_VARIANTS = ("tvmlite-qdyn", "tvmlite-fast-noatt", "tvmlite-fast-bc")
 
 # Evaluation sentences (STS-style pairs and everyday statements) and, disjoint, calibration ones.
 EVAL_SENTENCES = [
@@ -331,6 +333,10 @@ def _optimize_child(spec: dict, preset: str, out: str, send) -> None:
         how = dict(preset=preset)
         if preset == "fast-noatt":
             how = dict(passes=PRESETS["fast"].replace(",attention=true", ""), speed_check=True)
+        if preset == "fast-bc":
+            how = dict(passes=PRESETS["fast"].replace("quantize(mode=auto,measure=true)",
+                                                      "quantize(mode=auto,measure=true,bias_correction=true)"),
+                       speed_check=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m, report = optimize(spec["src"], calib=list(spec["calib"]), inputs=dict(spec["eval"]),

@@ -24,6 +24,7 @@ from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 from tvmlite.quant import qdq
 from tvmlite.quant.calibrate import METHODS, collect_stats
 from tvmlite.quant.params import quantize_weight, weight_scales
+from tvmlite.quant.rounding import METHODS as ROUNDING, round_weights
 from tvmlite.calibration import load_calibration
 from tvmlite.quant.select import choose_layers
 
@@ -107,9 +108,11 @@ def prepare(model: Model) -> dict:
     return stats
 
 
-def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True) -> list[Node]:
+def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True, rounded: dict | None = None
+                        ) -> list[Node]:
     """Store the constant float32 weights of the Conv/Gemm/MatMul nodes not in ``keep`` as int8
-    (symmetric, per output channel) followed by Cast and Mul by the scales.
+    (symmetric, per output channel) followed by Cast and Mul by the scales. ``rounded``: weight name ->
+    rounding.RoundedWeight, codes (and a corrected bias) to use instead of nearest rounding.
 
     Compute stays float32: onnxruntime constant-folds Cast and Mul at load, so the layer gets a plain
     float initializer again (prepacked, NCHWc) and runs as fast as before. A DequantizeLinear would
@@ -139,8 +142,14 @@ def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True) -> list[N
         channels = 1 if axis is None else w.shape[axis]
         if 3 * w.size <= 4 * channels + 160:
             continue  # the scales and two nodes would cost more than int8 saves
-        scales = weight_scales(w, axis)
-        q = quantize_weight(w, scales, axis)
+        r = (rounded or {}).get(name)
+        if r is not None and r.axis == axis:
+            scales, q = r.scales, r.q
+            if r.bias is not None and _bias_is_constant(g, node):
+                g.set_input(node, 2, b.const(r.bias, f"{node.name or node.outputs[0]}_bias").name)
+        else:
+            scales = weight_scales(w, axis)
+            q = quantize_weight(w, scales, axis)
         shape = [1] * w.ndim
         if axis is not None:
             shape[axis] = -1
@@ -155,6 +164,11 @@ def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True) -> list[N
         g.set_input(node, 1, scaled.name)
         done.append(node)
     return done
+
+
+def _bias_is_constant(g: Graph, node: Node) -> bool:
+    """No bias input, or a constant one: a corrected bias may replace it."""
+    return len(node.inputs) < 3 or not node.inputs[2] or g.const_value(node.inputs[2]) is not None
 
 
 def candidate_units(g: Graph, op_types, exclude_names, exclude_ops, result: PassResult | None):
@@ -221,6 +235,15 @@ class Quantize(LayerwisePass, Calibrated, Pass):
         layers: list[str] | None = None
         #: activation ranges already known (tensor -> (lo, hi)): no calibration run
         ranges: Any = None
+        #: int8 weight codes: nearest, or gptq (each input row's rounding error compensated on the
+        #: rows not yet rounded, from the calibration inputs' X^T X; tvmlite/quant/rounding.py)
+        weight_rounding: str = "nearest"
+        #: shift each Conv/Gemm bias by the mean output error its int8 weights cause on the
+        #: calibration inputs (a bias is added where there was none)
+        bias_correction: bool = False
+        #: weight codes already rounded (weight name -> RoundedWeight, what replay passes on): no
+        #: second pass over the calibration data
+        rounded_weights: Any = None
 
     def validate(self) -> None:
         o = self.options
@@ -239,6 +262,12 @@ class Quantize(LayerwisePass, Calibrated, Pass):
             raise OptionError(f"pass 'quantize': batch_size={o.batch_size} must be >= 1")
         if not 0 < o.percentile <= 100:
             raise OptionError(f"pass 'quantize': percentile={o.percentile} must be in (0, 100]")
+        if o.rounded_weights is not None and not isinstance(o.rounded_weights, dict):
+            raise OptionError("pass 'quantize': rounded_weights is what replay passes on (a dict), not an option "
+                              "to set by hand")
+        if o.weight_rounding not in ROUNDING:
+            raise OptionError(f"pass 'quantize': weight_rounding {o.weight_rounding!r} is not one of "
+                              f"{', '.join(ROUNDING)}")
 
     def run(self, model: Model) -> PassResult:
         o = self.options
@@ -269,6 +298,16 @@ class Quantize(LayerwisePass, Calibrated, Pass):
             levels = 256 if o.activation_type == "uint8" else 255
             spec.ranges = {t: s.range(o.method, percentile=o.percentile, levels=levels,
                                       symmetric=o.activation_type == "int8") for t, s in stats.items()}
+        if o.rounded_weights is not None:
+            spec.weights = dict(o.rounded_weights)
+        elif o.weight_rounding != "nearest" or o.bias_correction:
+            if o.ranges is not None:
+                calib = load_calibration(o.calibration, model)
+            keys = {qdq.node_key(n) for n in g.nx.nodes if n.op_type in qdq.COMPUTE} - excluded
+            spec.weights = round_weights(model, calib, keys, method=o.weight_rounding,
+                                         correct_bias=o.bias_correction, batch_size=o.batch_size,
+                                         threads=o.threads)
+            result.stats["weights_rounded_from_data"] = len(spec.weights)
         chosen = set(units)
         labels = {qdq.node_key(n): n.label for n in g.nx.nodes}
         if o.layers is not None:
@@ -284,7 +323,7 @@ class Quantize(LayerwisePass, Calibrated, Pass):
                                               threads=o.threads, progress=o.progress)
             result.decisions.extend({**d, "node": labels.get(d["node"], d["node"])} for d in decisions)
         # what replay() needs to redo this run without calibrating or measuring again
-        result.replay = {"chosen": sorted(chosen), "ranges": spec.ranges,
+        result.replay = {"chosen": sorted(chosen), "ranges": spec.ranges, "weights": spec.weights,
                          "costs": {labels.get(d["node"], d["node"]): d["undo_cost"]
                                    for d in result.decisions if "undo_cost" in d}}
         plan = qdq.plan_qdq(g, chosen, spec, excluded=excluded)
@@ -294,7 +333,7 @@ class Quantize(LayerwisePass, Calibrated, Pass):
         result.stats["folded_activations"] = len(plan.folded)
         if o.float_layer_weights == "int8":
             keep = set(plan.nodes) | excluded
-            stored = int8_weight_storage(g, keep, o.per_channel)
+            stored = int8_weight_storage(g, keep, o.per_channel, spec.weights)
             for node in stored:
                 result.rewrote(node.label, action="int8 weight storage", op=node.op_type)
             result.stats["int8_weight_only"] = len(stored)
@@ -309,6 +348,7 @@ class Quantize(LayerwisePass, Calibrated, Pass):
         if last is None:
             return super().replay(result, exclude)
         return type(self)(**{**self.option_values(), "layers": last["chosen"], "ranges": last["ranges"],
+                             "rounded_weights": last.get("weights") or None,
                              "exclude_names": list(self.options.exclude_names) + list(exclude),
                              "mode": "all", "measure": False})
 

@@ -73,6 +73,9 @@ class QuantSpec:
     activation_type: str = "uint8"  # uint8 (asymmetric) or int8 (symmetric)
     per_channel: bool = True
     ranges: dict = field(default_factory=dict)  # tensor name -> (lo, hi)
+    #: weight tensor name -> rounding.RoundedWeight: codes (and corrected bias) rounded from data
+    #: instead of to nearest (quantize's weight_rounding / bias_correction options)
+    weights: dict = field(default_factory=dict)
 
     @property
     def symmetric(self) -> bool:
@@ -463,11 +466,20 @@ def _quantize_constants(ins: Inserter, node: Node, log: list) -> None:
         x_scale = ins.scale_of(node.inputs[0])
         b_name = node.inputs[2] if op in ("Conv", "Gemm") and len(node.inputs) > 2 else ""
         b = g.const_value(b_name) if b_name else None
+        rounded = ins.spec.weights.get(node.inputs[1])
+        if rounded is not None and (rounded.axis != axis or (b_name and b is None)):
+            rounded = None  # rounded per channel for another layout, or a bias that is computed
+        if rounded is not None and rounded.bias is not None:
+            b = rounded.bias
+            b_name = b_name or f"{node.outputs[0]}_bias"  # a base name for the new bias's constants
         if b is not None and b.size == 1 and axis is not None:
             b = np.broadcast_to(b.reshape(-1), (w.shape[axis],))
         scales = weight_scales(w, axis)
         scales = fit_bias_scales(None if b is None else b.reshape(-1), x_scale, scales)
-        wq = quantize_weight(w, scales, axis)
+        if rounded is not None and np.array_equal(scales, rounded.scales):
+            wq = rounded.q
+        else:  # no data-aware codes, or the bias raised a scale: the codes were for the old grid
+            wq = quantize_weight(w, scales, axis)
         short = op == "Conv"  # zero points of Conv's weights and bias are 5% of an int8 PP-OCR cls file
         wdq = ins.constant_dq(w, f"{node.inputs[1]}", wq, scales, np.zeros(scales.shape, np.int8), axis, short)
         g.set_input(node, 1, wdq)
