@@ -107,7 +107,7 @@ def ort_qdq(model, feeds):
 # op type -> (activation input, int8 weight input, its zero point input) of the uint8 x int8 ops
 _U8S8_WEIGHTS = {"QLinearConv": (0, 3, 5), "QLinearMatMul": (0, 3, 5), "MatMulInteger": (0, 1, 3),
                  "ConvInteger": (0, 1, 3), "QGemm": (0, 3, 5), "DynamicQuantizeMatMul": (None, 1, 3),
-                 "QAttention": (None, 1, 7), "MatMulIntegerToFloat": (0, 1, 5)}
+                 "QAttention": (0, 1, 7), "MatMulIntegerToFloat": (0, 1, 5)}
 
 
 def _to_u8(w, zp):
