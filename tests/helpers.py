@@ -160,6 +160,10 @@ def u8u8_model(model) -> onnx.ModelProto:
         ins = list(node.input) + [""] * (zp + 1 - len(node.input))
         ins[w], ins[zp] = new_w, new_zp
         node.input[:] = ins
+    used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+    kept = [t for t in m.graph.initializer if t.name in used or t.name not in inits]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
     return m
 
 
