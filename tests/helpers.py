@@ -142,6 +142,7 @@ def u8u8_model(model) -> onnx.ModelProto:
              for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
     inits = {t.name: t for t in m.graph.initializer}
     types.update({n: t.data_type for n, t in inits.items()})
+    replaced = set()
     for k, node in enumerate(m.graph.node):
         if node.op_type not in _U8S8_WEIGHTS:
             continue
@@ -158,10 +159,11 @@ def u8u8_model(model) -> onnx.ModelProto:
         new_w, new_zp = f"{node.input[w]}__u8_{k}", f"{zp_name or 'zp'}__u8_{k}"
         m.graph.initializer.extend([numpy_helper.from_array(wv, new_w), numpy_helper.from_array(zv, new_zp)])
         ins = list(node.input) + [""] * (zp + 1 - len(node.input))
+        replaced |= {ins[w], ins[zp]}
         ins[w], ins[zp] = new_w, new_zp
         node.input[:] = ins
     used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
-    kept = [t for t in m.graph.initializer if t.name in used or t.name not in inits]
+    kept = [t for t in m.graph.initializer if t.name in used or t.name not in replaced]
     del m.graph.initializer[:]
     m.graph.initializer.extend(kept)
     return m
