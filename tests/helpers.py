@@ -76,9 +76,9 @@ def cpu_has_vnni() -> bool:
     AVX-512 without VNNI) they use `vpmaddubsw`, whose int16 pair sums saturate, so QLinearConv,
     MatMulInteger, QGemm, QAttention, DynamicQuantizeMatMul and the QDQ groups its optimizer fuses
     are up to ~100 steps off the model's own arithmetic (onnxruntime's quantization docs say so)."""
-    from tvmlite.backends.tvm.kernels.target import cpu_flags
+    from tvmlite.backends.tvm.kernels.target import has_int8_dot
 
-    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+    return has_int8_dot()
 
 
 def ort_exact_options(so=None):

@@ -67,6 +67,14 @@ def cpu_flags() -> frozenset:
     return frozenset()
 
 
+def has_int8_dot() -> bool:
+    """Whether this CPU has a VNNI int8 dot product at any width (AVX-512 VNNI or AVX-VNNI): with it,
+    onnxruntime's uint8 x int8 kernels sum in int32; without it they use `vpmaddubsw`, whose int16
+    pair sums saturate (its quantization docs say so). `has_vnni` is the narrower question the
+    kernels here ask (512-bit vpdpbusd)."""
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
 def vector_lanes() -> int:
     """float32 lanes of the widest vector unit: 16 with AVX-512, 8 with AVX2."""
     cpu = host_cpu()
