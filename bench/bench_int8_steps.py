@@ -2,7 +2,8 @@
 
 Per model: ``quantize(mode=all)`` after ``fold-bn`` on a few calibration inputs (or a given int8 file
 with --file), then every QuantizeLinear output compared as integers between
-- NumPy and onnxruntime's optimized session, end to end;
+- NumPy and onnxruntime's optimized session, end to end (its unoptimized QDQ graph where the CPU has
+  no VNNI int8 dot product: the fused u8s8 kernels saturate there, see the last comparison);
 - the same, per op: the graph cut at every QuantizeLinear, each int8 tensor computed by NumPy from
   onnxruntime's own int8 tensors (tests/test_int8_numpy_vs_ort.py, _steps_per_op);
 - onnxruntime optimized vs onnxruntime with its graph optimizations off (the plain QDQ semantics).

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import pathlib
 import resource
 import subprocess
 import sys
@@ -70,22 +69,113 @@ def ort_run(model, feeds):
     return sess.run(None, feeds)
 
 
-def ort_qdq(model, feeds):
-    """onnxruntime's outputs for a QDQ model, as the int8 reference: its optimized session where
-    the CPU has a VNNI dot product, else the graph as written (graph optimizations off:
-    DequantizeLinear -> float op -> QuantizeLinear, the QDQ model's exact meaning). Without VNNI,
-    onnxruntime's fused QLinearConv / MatMulInteger use AVX2's `vpmaddubsw` for uint8 x int8, whose
-    int16 pair sums saturate (onnxruntime's quantization docs say so), which put its outputs up to
-    12 steps off the model's own arithmetic on an AVX2 (Zen) machine."""
+def cpu_has_vnni() -> bool:
+    """Whether onnxruntime's fused uint8 x int8 kernels are exact on this CPU: with a VNNI dot
+    product (AVX-512 VNNI or AVX-VNNI) they sum in int32; without it (AVX2 only, e.g. Zen 1-3, or
+    AVX-512 without VNNI) they use `vpmaddubsw`, whose int16 pair sums saturate, so QLinearConv,
+    MatMulInteger, QGemm, QAttention, DynamicQuantizeMatMul and the QDQ groups its optimizer fuses
+    are up to ~100 steps off the model's own arithmetic (onnxruntime's quantization docs say so)."""
+    from tvmlite.backends.tvm.kernels.target import has_int8_dot
+
+    return has_int8_dot()
+
+
+def ort_exact_options(so=None):
+    """Session options under which onnxruntime computes a QDQ model's exact arithmetic: its defaults
+    where the CPU has VNNI (the strict comparison with its fused kernels), else graph optimizations
+    off (DequantizeLinear -> float op -> QuantizeLinear, the QDQ model's meaning, no saturating
+    fused kernel)."""
     import onnxruntime as ort
 
-    flags = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
-    if "avx512_vnni" in flags or "avx_vnni" in flags:
-        return ort_run(model, feeds)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so = so if so is not None else ort.SessionOptions()
+    if not cpu_has_vnni():
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return so
+
+
+def ort_qdq(model, feeds):
+    """onnxruntime's outputs for a QDQ model, as the int8 reference: its optimized session where
+    the CPU has a VNNI dot product, else the graph as written (see `ort_exact_options`; on an AVX2
+    Zen machine the fused kernels were 12 steps off digits' own arithmetic)."""
+    import onnxruntime as ort
+
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    return ort.InferenceSession(src, ort_exact_options(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+# op type -> (activation input, int8 weight input, its zero point input) of the uint8 x int8 ops
+_U8S8_WEIGHTS = {"QLinearConv": (0, 3, 5), "QLinearMatMul": (0, 3, 5), "MatMulInteger": (0, 1, 3),
+                 "ConvInteger": (0, 1, 3), "QGemm": (0, 3, 5), "DynamicQuantizeMatMul": (None, 1, 3),
+                 "QAttention": (0, 1, 7), "MatMulIntegerToFloat": (0, 1, 5)}
+
+
+def _to_u8(w, zp):
+    """int8 weights and their zero point (None: 0) as uint8 w + 128, zp + 128."""
+    zp = np.zeros((), np.int8) if zp is None else zp
+    return (np.asarray(w, np.int16) + 128).astype(np.uint8), np.asarray(np.asarray(zp, np.int16) + 128, np.uint8)
+
+
+def u8u8_inputs(op_type, inputs):
+    """A one-node test's input arrays (None: absent) with a uint8 x int8 op's int8 weight and zero
+    point moved to uint8 (see `u8u8_model`) where the CPU has no VNNI; unchanged otherwise."""
+    if cpu_has_vnni() or op_type not in _U8S8_WEIGHTS:
+        return inputs
+    act, w, zp = _U8S8_WEIGHTS[op_type]
+    if (act is not None and inputs[act].dtype != np.uint8) or inputs[w].dtype != np.int8:
+        return inputs
+    ins = list(inputs) + [None] * (zp + 1 - len(inputs))
+    ins[w], ins[zp] = _to_u8(ins[w], ins[zp])
+    return ins
+
+
+def u8u8_model(model) -> onnx.ModelProto:
+    """The model with the int8 weights of its uint8 x int8 ops (QLinearConv, MatMulInteger, QGemm,
+    QAttention, DynamicQuantizeMatMul, ...) stored as uint8 w + 128 with zero point zp + 128: the same
+    arithmetic ((w + 128) - (zp + 128) = w - zp), which onnxruntime's uint8 x uint8 kernels compute
+    exactly on every CPU (they widen to int16 before `vpmaddwd`). Ops with an int8 activation (int8 x
+    int8) and weights that are not initializers are left alone."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)))
+    inferred = onnx.shape_inference.infer_shapes(m)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+    inits = {t.name: t for t in m.graph.initializer}
+    types.update({n: t.data_type for n, t in inits.items()})
+    replaced = set()
+    for k, node in enumerate(m.graph.node):
+        if node.op_type not in _U8S8_WEIGHTS:
+            continue
+        act, w, zp = _U8S8_WEIGHTS[node.op_type]
+        if act is not None and types.get(node.input[act]) != TensorProto.UINT8:
+            continue
+        if len(node.input) <= w or node.input[w] not in inits or inits[node.input[w]].data_type != TensorProto.INT8:
+            continue
+        zp_name = node.input[zp] if len(node.input) > zp else ""
+        if zp_name and zp_name not in inits:
+            continue
+        wv, zv = _to_u8(numpy_helper.to_array(inits[node.input[w]]),
+                        numpy_helper.to_array(inits[zp_name]) if zp_name else None)
+        new_w, new_zp = f"{node.input[w]}__u8_{k}", f"{zp_name or 'zp'}__u8_{k}"
+        m.graph.initializer.extend([numpy_helper.from_array(wv, new_w), numpy_helper.from_array(zv, new_zp)])
+        ins = list(node.input) + [""] * (zp + 1 - len(node.input))
+        replaced |= {ins[w], ins[zp]}
+        ins[w], ins[zp] = new_w, new_zp
+        node.input[:] = ins
+    used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+    kept = [t for t in m.graph.initializer if t.name in used or t.name not in replaced]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
+    return m
+
+
+def ort_exact(model, feeds):
+    """onnxruntime's outputs for a model with uint8 x int8 ops (QLinearConv, MatMulInteger, QGemm,
+    QAttention, DynamicQuantizeMatMul, the QDQ groups its optimizer fuses), as the int8 reference:
+    the model as it is where the CPU has VNNI (strict comparison with the fused kernels), else
+    `u8u8_model(model)` with graph optimizations off, which computes the exact arithmetic."""
+    if cpu_has_vnni():
+        return ort_run(model, feeds)
+    return ort_qdq(u8u8_model(model), feeds)
 
 
 @contextlib.contextmanager

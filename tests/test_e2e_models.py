@@ -16,17 +16,52 @@ from helpers import ort_run
 from models_under_test import CORPUS_MODELS, LIGHT, LIGHT_DIR, example_model, light_input, randomized_light
 
 
+def _with_softmax_inputs(proto_or_path, feeds):
+    """The model with the input of each Softmax that makes a graph output added as an output (typed
+    and shaped, so tvmlite loads it too), and those {softmax output: its input}; (model, {}) if none."""
+    proto = proto_or_path if isinstance(proto_or_path, onnx.ModelProto) else onnx.load(str(proto_or_path))
+    outs = {o.name for o in proto.graph.output}
+    logits = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Softmax" and n.output[0] in outs}
+    if not logits:
+        return proto_or_path, {}
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    for x in logits.values():
+        m.graph.output.append(onnx.helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
+    shapes = dict(zip([o.name for o in m.graph.output], ort_run(m, feeds)))
+    for o in m.graph.output[len(outs):]:
+        o.CopyFrom(onnx.helper.make_tensor_value_info(o.name, onnx.TensorProto.FLOAT, list(shapes[o.name].shape)))
+    return m, logits
+
+
 def _assert_matches(proto_or_path, feeds):
-    ref = ort_run(proto_or_path, feeds)
-    plan = compile_model(tvmlite.load(proto_or_path))
+    model, logits = _with_softmax_inputs(proto_or_path, feeds)
+    ref = ort_run(model, feeds)
+    plan = compile_model(tvmlite.load(model))
     got = plan.run(feeds)
+    by_name, got_by_name = dict(zip(plan.output_names, ref)), dict(zip(plan.output_names, got))
     for name, r, c in zip(plan.output_names, ref, got):
+        if name in logits.values():
+            continue
+        x = logits.get(name)
+        if (x and not _matches(name, r, c) and np.abs(by_name[x]).max() * np.finfo(np.float32).eps > 1e-4):
+            # one float32 rounding of this softmax's logits moves it by more than the tolerance
+            # (light_squeezenet's constant weights: logits all ~6.8e9, one ulp 512; BLAS on an AVX2
+            # Zen host rounds the last few of 1000 channels 1-3 ulps apart: softmax 0 vs 0.001
+            # there): no float32 computation pins it, so its logits are the check
+            name, r, c = x, by_name[x], got_by_name[x]
         assert c.dtype == r.dtype, f"{name}: dtype {c.dtype} != {r.dtype}"
         rep = output_report(name, r, c, rtol=1e-4, atol=0)
         assert rep.max_rel <= 1e-4, f"{name}: max rel error {rep.max_rel:.3g} (max abs {rep.max_abs:.3g})"
         assert rep.max_abs <= 1e-4 * max(rep.ref_scale, 1.0), f"{name}: max abs error {rep.max_abs:.3g}"
         if rep.argmax_agreement is not None:
             assert rep.argmax_agreement == 1.0, f"{name}: argmax differs"
+
+
+def _matches(name, r, c) -> bool:
+    rep = output_report(name, r, c, rtol=1e-4, atol=0)
+    return (c.dtype == r.dtype and rep.max_rel <= 1e-4 and rep.max_abs <= 1e-4 * max(rep.ref_scale, 1.0)
+            and rep.argmax_agreement in (None, 1.0))
 
 
 @pytest.mark.parametrize("name", LIGHT)

@@ -26,6 +26,7 @@ from tvmlite.backends.numpy import compile_model
 from tvmlite.export import export_model
 from tvmlite.passes import parse_spec
 
+from helpers import cpu_has_vnni, ort_exact_options
 from real_graphs import detector
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -52,7 +53,9 @@ def _expose_int8(proto: onnx.ModelProto, feeds: dict) -> onnx.ModelProto:
 
 
 def _ort(proto, feeds, disabled=None):
-    so = ort.SessionOptions()
+    """onnxruntime's outputs: its fused kernels where the CPU has VNNI, else the QDQ graph as written
+    (its AVX2 uint8 x int8 kernels saturate: over 100 steps off digits; helpers.ort_exact_options)."""
+    so = ort_exact_options()
     so.intra_op_num_threads = 2
     s = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"],
                              disabled_optimizers=disabled)
@@ -131,7 +134,9 @@ def test_digits_int8_numpy_within_one_step_of_onnxruntime(digits):
     steps = _steps(_quantize(proto, calib), feeds)
     worst = max(s for s, _ in steps.values())
     assert worst <= 1, steps
-    assert all(frac < 1e-3 for _, frac in steps.values()), steps
+    # without VNNI the reference is onnxruntime's float ops between DQ and Q (another summation order
+    # than NumPy's): a near-tie in conv4 carries into one of fc1's 512 outputs (1.95e-3)
+    assert all(frac < (1e-3 if cpu_has_vnni() else 2.5e-3) for _, frac in steps.values()), steps
 
 
 def test_small_detector_int8_numpy_within_one_step_of_onnxruntime():

@@ -16,6 +16,7 @@ from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixtu
 
 require_tvm()
 
+from helpers import ort_qdq  # noqa: E402
 from test_tvm_int import _typed_model  # noqa: E402
 from test_tvm_int8 import _conv_qdq  # noqa: E402
 from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
@@ -82,7 +83,7 @@ def test_int8_plan_matches_the_per_call_path():
     cm = compile_model(import_model(proto), {"x": x.shape})
     assert any("qdqconv" in c.get("func", "") for c in cm.plan["calls"])
     got = _same_both_ways(cm, {"x": x})
-    assert np.abs(got[0] - _ort(proto, {"x": x})[0]).max() <= 0.05 + 1e-6  # one quantization step
+    assert np.abs(got[0] - ort_qdq(proto, {"x": x})[0]).max() <= 0.05 + 1e-6  # one quantization step
 
 
 def test_integer_tensor_plan_matches_the_per_call_path():

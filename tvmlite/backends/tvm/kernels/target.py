@@ -53,6 +53,28 @@ def host_target():
     return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": host_threads()})
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset:
+    """The instruction-set flags /proc/cpuinfo reports for this machine's CPU (avx2, avx512f,
+    avx512_vnni, ...); empty where it cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_int8_dot() -> bool:
+    """Whether this CPU has a VNNI int8 dot product at any width (AVX-512 VNNI or AVX-VNNI): with it,
+    onnxruntime's uint8 x int8 kernels sum in int32; without it they use `vpmaddubsw`, whose int16
+    pair sums saturate (its quantization docs say so). `has_vnni` is the narrower question the
+    kernels here ask (512-bit vpdpbusd)."""
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
 def vector_lanes() -> int:
     """float32 lanes of the widest vector unit: 16 with AVX-512, 8 with AVX2."""
     cpu = host_cpu()
@@ -61,12 +83,7 @@ def vector_lanes() -> int:
               "alderlake-avx512", "x86-64-v4")
     if any(cpu.startswith(p) for p in avx512):
         return 16
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return 16 if " avx512f" in flags else 8
-    except OSError:
-        return 8
+    return 16 if "avx512f" in cpu_flags() else 8
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,8 +93,4 @@ def has_vnni() -> bool:
     LLVM aborts the whole process on the intrinsic, so the kernels use AVX2's `vpmaddwd` instead."""
     if vector_lanes() != 16:
         return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512_vnni" in f.read()
-    except OSError:
-        return False
+    return "avx512_vnni" in cpu_flags()
