@@ -80,9 +80,14 @@ def test_winograd_gemm_is_packed_and_output_fuses_epilogue(tmp_path):
     index = (tmp_path / "index.txt").read_text()
     assert index.count(".py") == 3, index  # input transform, batched GEMM, output transform (+bias, relu)
     gemm = next(tmp_path.glob("k001_matmul*.py")).read_text()
-    # A packed [α², M/mr, K, mr] on the host, B's columns packed per tile, register tile, vectorized
-    assert "w0: T.Buffer((36, 4, 16, 8)" in gemm and "pack[" in gemm and 'scope="local"' in gemm
-    assert "T.vectorized(" in gemm and "T.unroll(8)" in gemm
+    # A packed [α², M/mr, K, mr] on the host, B's columns packed per tile, register tile, vectorized;
+    # mr is the GEMM's row tile for the host's registers (8 with AVX-512, 4 with AVX2)
+    from tvmlite.backends.tvm.kernels.gemm import gemm_rows
+    from tvmlite.backends.tvm.kernels.target import vector_lanes
+
+    mr = gemm_rows(vector_lanes())
+    assert f"w0: T.Buffer((36, {32 // mr}, 16, {mr})" in gemm and "pack[" in gemm and 'scope="local"' in gemm
+    assert "T.vectorized(" in gemm and f"T.unroll({mr})" in gemm
 
 
 @pytest.mark.parametrize("cfg", [
