@@ -9,6 +9,13 @@ from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixtu
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "conv_tiles.py"
 
 
+@pytest.fixture(autouse=True)
+def _threads_env_restored(monkeypatch):
+    """Both scripts set $TVMLITE_THREADS for their own process (one thread); run in-process here,
+    that leaked into every later test (the schedules then left out T.parallel), so it is undone."""
+    monkeypatch.setenv("TVMLITE_THREADS", "1")
+
+
 def _bench():
     spec = importlib.util.spec_from_file_location("conv_tiles", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
