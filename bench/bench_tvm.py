@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from tvmlite.backends.tvm.module import build_kernel as compile_kernel, kernel_args  # noqa: E402
+from tvmlite.backends.tvm.single_kernel import build_kernel as compile_kernel, kernel_args  # noqa: E402
 from tvmlite.backends.tvm.kernels.target import has_int8_dot, host_target, host_threads, import_tvm  # noqa: E402
 
 CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))

@@ -53,7 +53,7 @@ def bench_gemm(rounds: int) -> dict:
     from tvmlite.backends.tvm.kernels.defs import Epilogue
     from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, dense_int8
     from tvmlite.backends.tvm.kernels.target import vector_lanes
-    from tvmlite.backends.tvm.module import kernel_args
+    from tvmlite.backends.tvm.single_kernel import kernel_args
 
     n = 1024
     rng = np.random.default_rng(0)

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     from tvmlite.backends.tvm.kernels import schedules as S
     from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
     from tvmlite.backends.tvm.kernels.target import vector_lanes
-    from tvmlite.backends.tvm.module import build_kernel, kernel_args
+    from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
     from tvmlite.ops.geometry import WindowGeometry
 
     if a.clock == "cpu" and a.threads != 1:

@@ -84,7 +84,7 @@ def dispatch_costs(n_calls: int, rounds: int) -> dict:
     parallel launch (parallel kernel minus serial kernel)."""
     from tvmlite.backends.tvm import plan_func
     from tvmlite.backends.tvm.kernels.target import host_target, import_tvm
-    from tvmlite.backends.tvm.module import build_kernel
+    from tvmlite.backends.tvm.single_kernel import build_kernel
 
     tvm = import_tvm()
     serial, par = _copy_kernel(False), _copy_kernel(True)
@@ -161,9 +161,9 @@ def parallel_kernels(model, shapes) -> tuple[int, int]:
     """(kernels, kernels with a parallel loop) of the lowered plan."""
     from tvmlite.backends.tvm.kernels.target import vector_lanes
     from tvmlite.backends.tvm.lower import lower
-    from tvmlite.backends.tvm.module import _static_inputs
+    from tvmlite.backends.tvm.module import static_inputs
 
-    m, s = _static_inputs(model, shapes)
+    m, s = static_inputs(model, shapes)
     low = lower(m, s, vector_lanes())
     return len(low.kernels), sum("T.parallel" in kd.func.script() for kd in low.kernels)
 

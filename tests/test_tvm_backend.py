@@ -20,7 +20,7 @@ from tvmlite.backends.tvm.kernels import gemm as KG  # noqa: E402
 from tvmlite.backends.tvm.kernels import pool as KP  # noqa: E402
 from tvmlite.backends.tvm.kernels import schedules as S  # noqa: E402
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: E402
-from tvmlite.backends.tvm.module import build_kernel, kernel_args  # noqa: E402
+from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args  # noqa: E402
 from tvmlite.errors import InputError, UnsupportedError  # noqa: E402
 from tvmlite.frontend import load  # noqa: E402
 from tvmlite.ops.conv import conv  # noqa: E402

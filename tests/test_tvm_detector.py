@@ -192,7 +192,7 @@ def test_conv_columns_read_a_padded_phase_split_copy(cfg):
     left in the column build, and the result is the convolution's for strides, dilations, uneven
     pads, groups, batch 2 and row widths that do or do not fill whole column tiles."""
     from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
-    from tvmlite.backends.tvm.module import build_kernel, kernel_args
+    from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
     from tvmlite.ops.conv import conv
 
     x = RNG.standard_normal(cfg["x"]).astype(np.float32)

@@ -208,7 +208,7 @@ def test_int8_gemm_uses_vnni(vnni, monkeypatch):
     from tvmlite.backends.tvm.kernels.defs import Epilogue
     from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, dense_int8
     from tvmlite.backends.tvm.kernels.target import host_target
-    from tvmlite.backends.tvm.module import build_kernel, kernel_args
+    from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
 
     if vnni and "avx512_vnni" not in pathlib.Path("/proc/cpuinfo").read_text():
         pytest.skip("this CPU has no AVX-512 VNNI")

@@ -35,7 +35,7 @@ def load_module(path, pool=None):
 
 
 def emit_tvmscript(model, out_dir, input_shapes=None, **kw):
-    from tvmlite.backends.tvm.module import emit_tvmscript as _emit
+    from tvmlite.backends.tvm.emit import emit_tvmscript as _emit
 
     return _emit(model, out_dir, input_shapes, **kw)
 
@@ -44,7 +44,7 @@ def unsupported_ops(model, input_shapes=None) -> list[str]:
     """Ops the backend has no kernel for, which a build runs as host calls ('Op (reason) xN');
     empty when every node becomes a TVM kernel (what ``strict=True`` requires)."""
     from tvmlite.backends.tvm.lower import unsupported_ops as _unsupported
-    from tvmlite.backends.tvm.module import _static_inputs
+    from tvmlite.backends.tvm.module import static_inputs
 
-    model, shapes = _static_inputs(model, input_shapes)
+    model, shapes = static_inputs(model, input_shapes)
     return _unsupported(model, shapes)

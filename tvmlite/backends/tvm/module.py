@@ -123,31 +123,6 @@ def plan_of(low, prefix: str = "") -> tuple[dict, dict]:
     return plan, consts
 
 
-def build_kernel(kd, target=None):
-    """One kernel alone, compiled for ``target`` (default: this host): for benchmarks and tests of
-    single kernels."""
-    from tvmlite.backends.tvm.kernels.target import host_target
-
-    tvm = import_tvm()
-    return tvm.compile(tvm.IRModule({"main": kd.func}), target=target or host_target())
-
-
-def kernel_args(kd, feeds: dict) -> tuple[list, list]:
-    """The argument list of a single kernel built by build_kernel: its inputs from ``feeds``, its
-    constants, and new output tensors (also returned on their own)."""
-    tvm = import_tvm()
-    args, outs = [], []
-    for p in kd.params:
-        if p.kind == "input":
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(feeds[p.name].reshape(p.shape))))
-        elif p.kind == "const":
-            args.append(tvm.runtime.tensor(p.array))
-        else:
-            outs.append(tvm.runtime.empty(p.shape, "float32", tvm.cpu()))
-            args.append(outs[-1])
-    return args, outs
-
-
 def build_lowered(low, target, plan: dict):
     """One IRModule holding every kernel (control-flow bodies' too: control.py) and one function
     per stretch of kernels (recorded in ``plan``, see plan_func.py), compiled for ``target``."""
@@ -448,7 +423,7 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
     from tvmlite.backends.tvm.lower import lower, refusal
     from tvmlite.backends.tvm.kernels.target import host_target, vector_lanes
 
-    model, shapes = _static_inputs(model, input_shapes)
+    model, shapes = static_inputs(model, input_shapes)
     target = host_target()
     key = graph_key(model, shapes, str(target))
     entry = cache_dir() / key / "model.so"
@@ -486,42 +461,9 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
     return CompiledModel(lib, plan, consts, build_seconds=time.perf_counter() - t0)
 
 
-def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes: int | None = None, *,
-                   outputs=None) -> list[str]:
-    """Write each kernel's scheduled TIR as TVMScript (one .py per kernel) plus an index; returns
-    the paths written. The files land together (in ``outputs``, a `tvmlite.outputs.Outputs`, when
-    given): a failure half way, a full disk say, leaves none of them."""
-    from tvmlite.backends.tvm.lower import HostSegment, lower
-    from tvmlite.backends.tvm.kernels.target import host_target, vector_lanes
-    from tvmlite.outputs import Outputs
-
-    if outputs is None:
-        with Outputs() as own:
-            return emit_tvmscript(model, out_dir, input_shapes, lanes, outputs=own)
-    import_tvm()
-    model, shapes = _static_inputs(model, input_shapes)
-    staged = outputs.tree(out_dir, "output directory", existing_ok=True)
-    low = lower(model, shapes, lanes or vector_lanes())
-    written = []
-    index = [f"# TVM kernels of the graph, in run order (target {host_target()})", ""]
-    # the kernels of compiled control-flow bodies (control.py) follow, under the body's prefix
-    for kd in low.order + low.body_kernels:
-        if isinstance(kd, HostSegment):  # no TIR: NumPy kernels, named in the index with the reason
-            index.append("(host call)  <- " + ", ".join(f"{n.label} ({why})" for n, why in zip(kd.nodes, kd.reasons)))
-            continue
-        header = (f"# kernel {kd.name}: nodes {', '.join(kd.nodes)}\n"
-                  f"# schedule steps: {', '.join(kd.steps)}\n"
-                  f"# params: " + ", ".join(f"{p.kind} {p.name} {list(p.shape)}" for p in kd.params) + "\n")
-        with open(os.path.join(staged, f"{kd.name}.py"), "w") as f:
-            f.write(header + kd.func.with_attr("global_symbol", kd.name).script() + "\n")
-        written.append(os.path.join(out_dir, f"{kd.name}.py"))
-        index.append(f"{kd.name}.py  <- {', '.join(kd.nodes)}")
-    with open(os.path.join(staged, "index.txt"), "w") as f:
-        f.write("\n".join(index) + "\n")
-    return written
-
-
-def _static_inputs(model, input_shapes):
+def static_inputs(model, input_shapes):
+    """(model loaded if a path or proto, {input: static shape}): ``input_shapes`` over the graph's
+    own shapes; an input without a static shape is refused (InputError)."""
     from tvmlite.inputs import graph_inputs
 
     if not hasattr(model, "graph"):
