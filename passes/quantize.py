@@ -22,6 +22,7 @@ from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node, tensor_type
 from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 from tvmlite.quant import qdq
+from tvmlite.quant.opset import upgrade_opset
 from tvmlite.quant.calibrate import METHODS, collect_stats
 from tvmlite.quant.params import quantize_weight, weight_scales
 from tvmlite.quant.rounding import METHODS as ROUNDING, round_weights
@@ -98,7 +99,7 @@ def fuse_bias_add(model: Model) -> int:
 def prepare(model: Model) -> dict:
     """Opset >= 13 (per-channel Q/DQ), constants folded, BatchNorm and bias Adds folded into their
     Conv/Gemm, Identity removed: the shape int8 kernels want."""
-    stats = {"opset_upgraded": qdq.upgrade_opset(model)}
+    stats = {"opset_upgraded": upgrade_opset(model)}
     FoldConstants().run(model)
     stats["bn_folded"] = len(FoldBatchNorm().run(model).rewritten)
     RemoveIdentity().run(model)
@@ -276,7 +277,7 @@ class Quantize(LayerwisePass, Calibrated, Pass):
         if o.prepare:
             result.stats.update(prepare(model))
         else:
-            result.stats["opset_upgraded"] = qdq.upgrade_opset(model)
+            result.stats["opset_upgraded"] = upgrade_opset(model)
         g = model.graph
         op_types = set(o.op_types) | set()
         units = candidate_units(g, op_types, set(o.exclude_names), set(o.exclude_op_types), result)

@@ -19,6 +19,7 @@ from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Model
 from tvmlite.export.shapes import infer_shapes, static_shapes
 from tvmlite.quant import qdq
+from tvmlite.quant.opset import upgrade_opset
 from tvmlite.quant.params import quantize_weight, weight_scales
 from tvmlite.quant.dynamic_attention import MS_DOMAIN, attention_operands, write_qattention
 from tvmlite.quant.smooth import ALPHAS, capture_samples, choose_alpha
@@ -172,7 +173,7 @@ class QuantizeDynamic(Pass):
                 result.skip("(model)", f"MatMul/Gemm with constant weights hold {share:.0%} of the MACs, "
                                        f"under min_matmul_share={o.min_matmul_share:g}: left to static int8")
                 return result
-        qdq.upgrade_opset(model, 11 if not o.per_channel else 13)
+        upgrade_opset(model, 11 if not o.per_channel else 13)
         if o.attention and o.form == "integer":
             # attention only: onnxruntime fuses SkipLayerNorm and Gelu itself around int8 MatMuls
             fused = FuseTransformer(skip_layernorm=False, gelu=False).run(model)

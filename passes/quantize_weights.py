@@ -46,6 +46,7 @@ from tvmlite.ir.graph import Model, Node
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
 from tvmlite.quant import qdq
+from tvmlite.quant.opset import upgrade_opset
 from tvmlite.quant.blockwise import METHODS, BlockQuant, quantize_blocks
 from tvmlite.calibration import load_calibration
 from tvmlite.passes.lowrank_math import capture_values
@@ -124,7 +125,7 @@ class QuantizeWeights(Pass):
         if not work:
             return result
         if form == "dq":
-            qdq.upgrade_opset(model, DQ_OPSET)
+            upgrade_opset(model, DQ_OPSET)
             g = model.graph
             work = [(n, kind) for n in g.toposort() for kind in [_kind(n)] if kind]
         before = typed_values(g)

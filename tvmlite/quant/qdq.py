@@ -28,8 +28,6 @@ from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.quant.insert import Inserter
 from tvmlite.quant.params import (affine_params, fit_bias_scales, quantize_bias, quantize_weight,
                                   weight_scales)
-from tvmlite.export import export_model
-from tvmlite.frontend import import_model
 
 ONNX = ("", "ai.onnx")
 COMPUTE = ("Conv", "Gemm", "MatMul")
@@ -83,23 +81,6 @@ class QuantSpec:
 
 
 # ------------------------------------------------------------------------------------ preparation
-def upgrade_opset(model: Model, version: int = MIN_OPSET) -> bool:
-    """Convert the model to ``version`` (onnx.version_converter) when it is older; in place."""
-    if model.opset >= version:
-        return False
-    import onnx.version_converter
-
-    try:
-        proto = onnx.version_converter.convert_version(export_model(model), version)
-    except Exception as e:  # noqa: BLE001 - the converter raises RuntimeError/ValueError/...
-        raise UnsupportedError(f"cannot convert the model from opset {model.opset} to {version}: "
-                               f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-    new = import_model(proto, check=False)
-    new.external_data = model.external_data
-    model.restore(new)
-    return True
-
-
 def _elem_names(graph: Graph, names) -> str:
     from onnx import helper
 
