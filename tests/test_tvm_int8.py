@@ -212,7 +212,7 @@ def test_int8_gemm_uses_vnni(vnni, monkeypatch):
 
     if vnni and "avx512_vnni" not in pathlib.Path("/proc/cpuinfo").read_text():
         pytest.skip("this CPU has no AVX-512 VNNI")
-    monkeypatch.setattr(qgemm, "dot_step", lambda: qgemm.DotStep(vnni))
+    monkeypatch.setattr(qgemm, "dot_step", lambda w2=None: qgemm.DotStep(vnni))
     wq = RNG.integers(-127, 128, (64, 32), dtype=np.int8)
     wq[:, 0] = 127
     ws = RNG.uniform(0.01, 0.02, 32).astype(np.float32)

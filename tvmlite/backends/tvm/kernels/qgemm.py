@@ -11,13 +11,9 @@ accumulator is corrected for the activation zero point (``- zx * colsum(W)``), s
 fused elementwise epilogue, in float32, exactly the QDQ graph's arithmetic up to the order of the
 float products.
 
-TVM 0.27's own `dot_16x4_vnni` intrinsic declares `vpdpbusd` with int32 vector operands, which the
-LLVM it ships rejects (the intrinsic now takes <64 x i8>); `tvmlite_vnni_16x4` passes byte vectors.
-
-Without VNNI (AVX2 CPUs: LLVM aborts the process on `vpdpbusd` there) the inner step is one
-`vpmaddwd` (`tvmlite_avx2_8x2`): 8 int32 lanes each add 2 activation x weight products, the weights
-packed as int16 [N/8, K/2, 8, 2] and the 2 activation bytes widened to int16 and broadcast. It is
-exact (AVX2's byte product `vpmaddubsw` saturates its int16 pair sums, 2 * 255 * 127 > 32767).
+Without VNNI (AVX2 CPUs: LLVM aborts the process on `vpdpbusd` there) the step is one exact
+`vpmaddwd` on int16 weights and activations (8 lanes x 2); kernels/qintrin.py has the steps and
+their intrinsics.
 """
 from __future__ import annotations
 
@@ -28,107 +24,8 @@ from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up, unflatten
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.backends.tvm.kernels.qintrin import DotStep, dot_step
 from tvmlite.ops.qdq_fused import fake_quant as fake_quant_np
-
-VNNI = "tvmlite_vnni_16x4"
-AVX2 = "tvmlite_avx2_8x2"
-_registered: set = set()
-
-
-def _dot_desc(lanes: int, group: int, a_dtype: str, b_dtype: str):
-    """The tensor intrinsics' description: C[i] += A[k] * B[i, k] in int32 over ``lanes`` x ``group``."""
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((group,), a_dtype, offset_factor=1), B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
-             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
-            T.writes(C[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, group):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-    return desc
-
-
-def _register_once(name: str, desc, impl) -> str:
-    # not tvm.s_tir.tensor_intrin.x86's description: importing that package imports every
-    # target's intrinsics (CUDA, ROCm, ...) and takes about a minute
-    from tvm.s_tir import TensorIntrin
-
-    if name not in _registered:
-        try:
-            TensorIntrin.register(name, desc, impl)
-        except Exception:  # noqa: BLE001 - registered by an earlier import of this module
-            pass
-        _registered.add(name)
-    return name
-
-
-def register_vnni() -> str:
-    """Register the VNNI tensor intrinsic once; returns its name."""
-    if VNNI in _registered:
-        return VNNI
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_u8 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
-                a_u8, B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
-    return _register_once(VNNI, _dot_desc(16, 4, "uint8", "int8"), impl)
-
-
-def register_avx2() -> str:
-    """Register the AVX2 `vpmaddwd` tensor intrinsic once; returns its name."""
-    if AVX2 in _registered:
-        return AVX2
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            a_i32 = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
-            a_i16 = T.reinterpret(T.broadcast(a_i32, 8), dtype="int16x16")
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_i16, B.vload([0, 0], dtype="int16x16"),
-                dtype="int32x8")
-    return _register_once(AVX2, _dot_desc(8, 2, "int16", "int16"), impl)
-
-
-class DotStep:
-    """The int8 GEMM's inner instruction: ``lanes`` int32 accumulators each adding ``group``
-    products per step, the weights packed [N/lanes, K/group, lanes, group] as ``w_dtype``."""
-
-    def __init__(self, vnni: bool):
-        self.vnni = vnni
-        self.lanes, self.group, self.w_dtype = (16, 4, np.int8) if vnni else (8, 2, np.int16)
-        # AVX2 reads the activations as int16 too: one broadcast load per row and step (widening
-        # 2 bytes there took 4 instructions beside 2 vpmaddwd)
-        self.a_dtype = "uint8" if vnni else "int16"
-        self.step = "int8_vnni" if vnni else "int8_avx2"
-
-    def register(self) -> str:
-        return register_vnni() if self.vnni else register_avx2()
-
-
-def dot_step() -> DotStep:
-    """VNNI's step where the CPU has it, else AVX2's."""
-    from tvmlite.backends.tvm.kernels.target import has_vnni
-
-    return DotStep(has_vnni())
-
 
 def _quantized(v, scale: float, zero_point: int, signed: int):
     """QuantizeLinear of a float32 TE value (x / scale, round half to even, add the zero point,
@@ -229,12 +126,12 @@ def pack_weights(w2: np.ndarray, kp: int, np_: int, lanes: int = 16, group: int 
     return np.ascontiguousarray(full.reshape(kp // group, group, np_ // lanes, lanes).transpose(2, 0, 3, 1))
 
 
-def _tile(m: int, n16: int) -> tuple[int, int]:
+def _tile(m: int, n16: int, vnni: bool) -> tuple[int, int]:
     """(rows, vectors of the dot step's lanes) of the register tile. VNNI: 8 x 2 keeps 16 int32
     accumulators in zmm registers (6 x 4 and 12 x 2 measured the same within noise on the digits
     convs). AVX2 (8 lanes, 16 ymm registers): 4 x 2, 8 accumulators beside the weights and the
     broadcast activations."""
-    if dot_step().vnni:
+    if vnni:
         return (8 if m >= 8 else m), (2 if n16 % 2 == 0 else 1)
     return (4 if m >= 4 else m), 2  # n16 * 2 vectors of 8: always even
 
@@ -278,20 +175,19 @@ class QuantSpec:
         return (v.astype("int32") + 128).astype("uint8") if self.xsg else v
 
 
-def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec: QuantSpec, *, m: int,
+def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec: QuantSpec, dot: DotStep, *, m: int,
           out_value: str, out_shape, y_shape, mn_of, onnx_index, epilogue: Epilogue, parallel: bool,
           tiled: bool):
-    """acc[m, n] = aq[m, :] . W[:, n] with VNNI (or AVX2's `vpmaddwd`), then the float epilogue,
+    """acc[m, n] = aq[m, :] . W[:, n] with ``dot``'s step (qintrin.py), then the float epilogue,
     computed over ``y_shape`` (the output buffer's view; ``mn_of`` maps its index to (m, n), ``onnx_index`` to the ONNX output's).
-    ``aq`` is a uint8 [Mp, Kp] TE tensor (int16 for AVX2's step). ``tiled``: y's first dims follow m's row tiles, so each row
+    ``aq`` is a [Mp, Kp] TE tensor of ``dot.a_dtype``. ``tiled``: y's first dims follow m's row tiles, so each row
     tile quantizes its own rows of ``aq``, runs its GEMM and writes its outputs in one parallel task
     (one pass of the thread pool instead of three)."""
     k, n = w2.shape
     mp, kp = (int(d) for d in aq.shape)
     np_ = round_up(n, 16)
-    mr, nb = _tile(m, np_ // 16)
+    mr, nb = _tile(m, np_ // 16, dot.vnni)
     rt = task_rows(m, mr) if tiled else mr
-    dot = dot_step()
     L, G = dot.lanes, dot.group
     W = b.const(pack_weights(w2, kp, np_, L, G, dot.w_dtype), label="wq", dtype=dot.w_dtype)
     colsum = w2.astype(np.int64).sum(axis=0)
@@ -357,7 +253,8 @@ def dense_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray,
     k, n = (int(d) for d in w_q.shape)
     lead = x_shape[:-1]
     m = int(np.prod(lead)) if lead else 1
-    mr, _ = _tile(m, round_up(n, 16) // 16)
+    dot = dot_step(w_q)
+    mr, _ = _tile(m, round_up(n, 16) // 16, dot.vnni)
     mp, kp = round_up(m, task_rows(m, mr)), round_up(k, 4)
     b = Builder(name)
     X = b.input(x, x_shape, spec.x_dtype)
@@ -365,11 +262,11 @@ def dense_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray,
     def aq_at(i, kk):
         inside = tirx.all(i < m, kk < k)
         v = X[unflatten(tirx.min(i, m - 1), lead) + (tirx.min(kk, k - 1),)]
-        return tirx.if_then_else(inside, spec.x_u8(v), tirx.const(0, "uint8")).astype(dot_step().a_dtype)
+        return tirx.if_then_else(inside, spec.x_u8(v), tirx.const(0, "uint8")).astype(dot.a_dtype)
     aq = te.compute((mp, kp), aq_at, name="aq")
     parallel = S.worth_parallel(m * n * k)
 
-    sch = _gemm(name, b, aq, w_q, w_scale, bias, spec, m=m, out_value=out_value, out_shape=out_shape,
+    sch = _gemm(name, b, aq, w_q, w_scale, bias, spec, dot, m=m, out_value=out_value, out_shape=out_shape,
                 y_shape=(m, n), mn_of=lambda idx: idx, onnx_index=lambda idx: unflatten(idx[0], lead) + (idx[1],),
                 epilogue=epilogue, parallel=parallel, tiled=True)
     aq_loops = sch.get_loops(sch.get_sblock("aq"))
@@ -378,7 +275,7 @@ def dense_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray,
     ep_loops = sch.get_loops(sch.get_sblock("epilogue"))
     if n % 16 == 0:
         sch.vectorize(sch.split(ep_loops[-1], [None, 16])[1])
-    return KernelDef(name, b.params, sch.mod["main"], steps=[dot_step().step])
+    return KernelDef(name, b.params, sch.mod["main"], steps=[dot.step])
 
 
 def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray, bias, spec: QuantSpec, geom, *,
@@ -397,11 +294,12 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
     p = oh * ow
     m = nb_ * p
     k = kh * kw * cip
-    mr, _ = _tile(m, round_up(co, 16) // 16)
-    mp = round_up(m, task_rows(m, mr))
     w2 = np.zeros((kh, kw, cip, co), np.int8)
     w2[:, :, :ci] = w_q.transpose(2, 3, 1, 0)
     w2 = w2.reshape(k, co)
+    dot = dot_step(w2)
+    mr, _ = _tile(m, round_up(co, 16) // 16, dot.vnni)
+    mp = round_up(m, task_rows(m, mr))
     b = Builder(name)
     X = b.input(x, x_shape, spec.x_dtype)
     zero = spec.x_zero_u8
@@ -438,7 +336,7 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
             v = xq_at(n_, y * sh + (t // kw) * dh, xx * sw + (t % kw) * dw, c)
         else:
             v = xq[n_, y * sh + (t // kw) * dh, xx * sw + (t % kw) * dw, c]
-        return tirx.if_then_else(i < m, v, tirx.const(0, "uint8")).astype(dot_step().a_dtype)
+        return tirx.if_then_else(i < m, v, tirx.const(0, "uint8")).astype(dot.a_dtype)
     aq = te.compute((mp, k), aq_at, name="aq")
     parallel = S.worth_parallel(m * co * k)
 
@@ -451,7 +349,7 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
     else:
         tiled, y_shape = False, tuple(out_shape)
         mn_of, onnx_index = (lambda idx: (idx[0] * p + idx[2] * ow + idx[3], idx[1])), (lambda idx: idx)
-    sch = _gemm(name, b, aq, w2, w_scale, bias, spec, m=m, out_value=out_value, out_shape=out_shape,
+    sch = _gemm(name, b, aq, w2, w_scale, bias, spec, dot, m=m, out_value=out_value, out_shape=out_shape,
                 y_shape=y_shape, mn_of=mn_of, onnx_index=onnx_index, epilogue=epilogue, parallel=parallel,
                 tiled=tiled)
     if not direct:
@@ -494,4 +392,4 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
             outer = sch.fuse(n_, c)
         if parallel:
             sch.parallel(outer)
-    return KernelDef(name, b.params, sch.mod["main"], steps=[dot_step().step])
+    return KernelDef(name, b.params, sch.mod["main"], steps=[dot.step])
