@@ -3,9 +3,10 @@ tvmlite against onnxruntime running the same QDQ file.
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_tvm_int8.py [--quick] [--models digits,digits-ort,cls,cls-ort,...]
 
-1. GEMM 1024^3: `dense_int8` (quantize A to uint8, u8 x s8 VNNI dot products into int32, dequantize
-   with per-column scales) against `dense_gemm` float32, same shapes. Target: int8 >= 2x the float
-   throughput.
+1. GEMM 1024^3: `dense_int8` (quantize A to uint8, u8 x s8 dot products into int32, dequantize
+   with per-column scales) against `dense_gemm` float32, same shapes, with 8-bit weights and with
+   7-bit ones (reduce_range: AVX2's exact byte step, kernels/qintrin.py), interleaved. Target: int8
+   >= 2x the float throughput.
 2. QDQ models, each built with `compile_model` (the QDQ patterns become int8 kernels at build time)
    and run against onnxruntime on the same file (2 threads, batch 1):
      digits      tvmlite's `quantize(mode=all)` of models/digits_cnn.onnx (calibration digits_calib.npz)
@@ -49,6 +50,9 @@ CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / 
 
 
 def bench_gemm(rounds: int) -> dict:
+    """int8 GEMM 1024^3 with 8-bit weights (|w| <= 127) and with 7-bit ones (|w| <= 63, what
+    reduce_range quantization writes: on AVX2 without VNNI only these can take the `vpmaddubsw`
+    byte step, kernels/qintrin.py) against the float32 GEMM, the three interleaved."""
     from tvmlite.backends.tvm.kernels import gemm as G
     from tvmlite.backends.tvm.kernels.defs import Epilogue
     from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, dense_int8
@@ -59,30 +63,39 @@ def bench_gemm(rounds: int) -> dict:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(np.float32)
     w = rng.standard_normal((n, n)).astype(np.float32)
-    w_scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
-    w_q = np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8)
     a_scale = float(np.abs(a).max() / 127)
+    a_q = np.clip(np.rint(a / np.float32(a_scale)), -128, 127)
     kf = G.dense_gemm("gemm_f32", "a", a.shape, w, None, out_value="c", out_shape=(n, n), epilogue=Epilogue(),
                       lanes=vector_lanes())
-    kq = dense_int8("gemm_int8", "a", a.shape, w_q, w_scale, None, QuantSpec(a_scale, 0, 1), out_value="c",
-                    out_shape=(n, n), epilogue=Epilogue())
-    (lf, sf), (lq, sq) = build_kernel(kf), build_kernel(kq)
+    lf, sf = build_kernel(kf)
     af, (of,) = kernel_args(kf, {"a": a})
-    aq, (oq,) = kernel_args(kq, {"a": a})
-    ff, fq = lf["main"], lq["main"]
-    ff(*af)
-    fq(*aq)
-    a_q = np.clip(np.rint(a / np.float32(a_scale)), -128, 127)
-    ref = (a_q.astype(np.float64) @ w_q.astype(np.float64)) * a_scale * w_scale
-    err = float(np.abs(oq.numpy() - ref).max() / np.abs(ref).max())
-    t = interleaved({"int8": lambda: fq(*aq), "float32": lambda: ff(*af)}, rounds, 5)
+    fns, info = {"float32": lambda: lf["main"](*af)}, {}
+    for label, top in (("int8", 127), ("int8_w7", 63)):
+        w_scale = (np.abs(w).max(axis=0) / top).astype(np.float32)
+        w_q = np.clip(np.rint(w / w_scale), -top, top).astype(np.int8)
+        kq = dense_int8(f"gemm_{label}", "a", a.shape, w_q, w_scale, None, QuantSpec(a_scale, 0, 1), out_value="c",
+                        out_shape=(n, n), epilogue=Epilogue())
+        lq, sq = build_kernel(kq)
+        aq, (oq,) = kernel_args(kq, {"a": a})
+        fq = lq["main"]
+        fq(*aq)
+        ref = (a_q.astype(np.float64) @ w_q.astype(np.float64)) * a_scale * w_scale
+        err = float(np.abs(oq.numpy() - ref).max() / np.abs(ref).max())
+        fns[label] = (lambda f, args: lambda: f(*args))(fq, aq)
+        info[label] = (kq.steps[0], sq, err)
+    t = interleaved(fns, rounds, 5)
     ops = 2 * n ** 3
     g = {k: ops / v / 1e6 for k, v in t.items()}
-    ratio, best = g["int8"] / g["float32"], g["int8_best"] / g["float32_best"]
-    print(f"GEMM 1024^3: int8 {g['int8']:.0f} GOP/s, float32 {g['float32']:.0f} GFLOP/s -> {ratio:.2f}x "
-          f"(best runs {best:.2f}x; target >= 2x: {'met' if ratio >= 2 else 'NOT met'}); builds {sq:.1f} s and "
-          f"{sf:.1f} s; int8 vs exact integer arithmetic rel err {err:.1e}")
-    return {"int8_gops": g["int8"], "float_gflops": g["float32"], "ratio": ratio, "best_ratio": best}
+    out = {"float_gflops": g["float32"]}
+    for label, bits in (("int8", 8), ("int8_w7", 7)):
+        step, sq, err = info[label]
+        ratio, best = g[label] / g["float32"], g[f"{label}_best"] / g["float32_best"]
+        print(f"GEMM 1024^3, {bits}-bit weights ({step}): int8 {g[label]:.0f} GOP/s, float32 {g['float32']:.0f} "
+              f"GFLOP/s -> {ratio:.2f}x (best runs {best:.2f}x; target >= 2x: {'met' if ratio >= 2 else 'NOT met'}); "
+              f"builds {sq:.1f} s and {sf:.1f} s; int8 vs exact integer arithmetic rel err {err:.1e}")
+        key = "" if bits == 8 else "_w7"
+        out.update({f"int8{key}_gops": g[label], f"ratio{key}": ratio, f"best_ratio{key}": best, f"step{key}": step})
+    return out
 
 
 def _tvmlite_qdq(src: str, calib: str, out: str) -> None:

@@ -11,9 +11,10 @@ accumulator is corrected for the activation zero point (``- zx * colsum(W)``), s
 fused elementwise epilogue, in float32, exactly the QDQ graph's arithmetic up to the order of the
 float products.
 
-Without VNNI (AVX2 CPUs: LLVM aborts the process on `vpdpbusd` there) the step is one exact
-`vpmaddwd` on int16 weights and activations (8 lanes x 2); kernels/qintrin.py has the steps and
-their intrinsics.
+Without VNNI (AVX2 CPUs: LLVM aborts the process on `vpdpbusd` there) the step is AVX2's
+`vpmaddubsw` + `vpmaddwd` (8 lanes x 4 bytes, the same layout) where the weights provably cannot
+saturate its int16 pair sums, else one exact `vpmaddwd` on int16 weights and activations (8 lanes x
+2); kernels/qintrin.py has the steps, their intrinsics and the choice.
 """
 from __future__ import annotations
 

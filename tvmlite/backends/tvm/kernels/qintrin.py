@@ -1,13 +1,30 @@
 """The int8 GEMM's inner dot step (kernels/qgemm.py): which instruction, its tensor intrinsic and
-the weight layout it reads. Each step has ``lanes`` int32 accumulators (output channels) adding
-``group`` products of activations (broadcast) with weights packed [N/lanes, K/group, lanes, group]:
+the weight layout it reads.
+
+Three steps, each ``lanes`` int32 accumulators (output channels) adding ``group`` products of
+uint8 activations (broadcast) with weights packed [N/lanes, K/group, lanes, group]:
 
 - ``int8_vnni``: one AVX-512 `vpdpbusd`, 16 lanes x 4 (u8 x s8 products summed in int32). TVM
   0.27's own `dot_16x4_vnni` declares it with int32 vector operands, which the LLVM it ships rejects
   (the intrinsic now takes <64 x i8>); `tvmlite_vnni_16x4` passes byte vectors.
-- ``int8_avx2`` (AVX2 without VNNI, where LLVM aborts the process on `vpdpbusd`): one `vpmaddwd`
-  on int16 weights and activations, 8 lanes x 2. It is exact (AVX2's byte product `vpmaddubsw`
-  saturates its int16 pair sums, 2 * 255 * 127 > 32767).
+- ``int8_avx2_u8`` (AVX2 without VNNI, where LLVM aborts the process on `vpdpbusd`): `vpmaddubsw`
+  (u8 x s8, the 2 products of each byte pair summed into int16, saturating) then `vpmaddwd` by ones
+  (the int16 pairs summed into int32), 8 lanes x 4. Exact only where no pair sum can saturate: each
+  pair of weights it multiplies, (k, k+1) for even k, has positive parts summing to at most 128 and
+  negative parts to at most 128 (255 * 128 = 32640 <= 32767), as 7-bit weights (|w| <= 63, what
+  reduce_range quantization writes) always do. Weights are build-time constants, so
+  `bytes_exact` checks every pair when the kernel is built and the step is chosen only then.
+- ``int8_avx2``: the exact fallback, one `vpmaddwd` on int16 weights and activations, 8 lanes x 2.
+
+Measured on Zen 1 (one thread, CPU time, interleaved, load 9-12): the byte step runs no faster than
+the int16 one there (GEMM 1024^3 with the same 7-bit weights 1.03x; convs 64->64 3x3 at 80x80,
+32->64 1x1 at 80x80, 128->128 3x3 at 20x20: 0.98-0.99x), nor did hand-written C micro-kernels
+(4 x 2 tiles: 17.8 against 17.7 GMAC/s): Zen 1 runs vector integer multiplies on one pipe, so
+`vpmaddubsw` + `vpmaddwd` costs what two `vpmaddwd` do. Widening the int16 pair sums without the
+second multiply (xor, shift, two adds into two accumulators) measured slower (14.5 GMAC/s). The
+step stays for the weights it halves (int8 against int16 packed constants and activation columns)
+and for CPUs that issue both multiplies on two pipes (Intel since Haswell: twice the products per
+multiply), where it was not measured.
 """
 from __future__ import annotations
 
@@ -15,6 +32,7 @@ import numpy as np
 
 VNNI = "tvmlite_vnni_16x4"
 AVX2 = "tvmlite_avx2_8x2"
+AVX2_U8 = "tvmlite_avx2_u8_8x4"
 _registered: set = set()
 
 
@@ -90,25 +108,71 @@ def register_avx2() -> str:
     return _register_once(AVX2, _dot_desc(8, 2, "int16", "int16"), impl)
 
 
+def register_avx2_u8() -> str:
+    """Register the AVX2 `vpmaddubsw` + `vpmaddwd`(ones) tensor intrinsic once; returns its name.
+    Its description claims exact int32 products: valid only for weights `bytes_exact` accepts."""
+    if AVX2_U8 in _registered:
+        return AVX2_U8
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_u8 = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
+            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a_u8,
+                                            B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16),
+                dtype="int32x8")
+    return _register_once(AVX2_U8, _dot_desc(8, 4, "uint8", "int8"), impl)
+
+
+def bytes_exact(w2: np.ndarray) -> bool:
+    """Whether `vpmaddubsw` on int8 weights [K, N] (K padded with zeros to even) is exact for every
+    uint8 activation: in each pair (k, k+1), k even, along K, as the step pairs the bytes, the
+    positive weights sum to at most 128 and the negative ones to at least -128, so no int16 pair
+    sum 255 * (w_k + w_k+1) leaves [-32768, 32767]."""
+    w = np.asarray(w2, np.int32)
+    if w.shape[0] % 2:
+        w = np.concatenate([w, np.zeros((1,) + w.shape[1:], np.int32)])
+    pos = np.maximum(w, 0).reshape(-1, 2, *w.shape[1:]).sum(axis=1)
+    neg = np.maximum(-w, 0).reshape(-1, 2, *w.shape[1:]).sum(axis=1)
+    return bool(w.size == 0 or (pos.max() <= 128 and neg.max() <= 128))
+
+
 class DotStep:
     """The int8 GEMM's inner instruction: ``lanes`` int32 accumulators each adding ``group``
     products per step, the weights packed [N/lanes, K/group, lanes, group] as ``w_dtype``, the
-    activations read as ``a_dtype``. ``vnni``: `vpdpbusd`, else `vpmaddwd` on int16."""
+    activations read as ``a_dtype``. ``vnni``: `vpdpbusd`; else ``u8`` (`bytes_exact` weights):
+    `vpmaddubsw` + `vpmaddwd`; else `vpmaddwd` on int16."""
 
-    def __init__(self, vnni: bool):
-        self.vnni = vnni
-        self.lanes, self.group, self.w_dtype = (16, 4, np.int8) if vnni else (8, 2, np.int16)
-        # AVX2 reads the activations as int16 too: one broadcast load per row and step (widening
-        # 2 bytes there took 4 instructions beside 2 vpmaddwd)
-        self.a_dtype = "uint8" if vnni else "int16"
-        self.step = "int8_vnni" if vnni else "int8_avx2"
+    def __init__(self, vnni: bool, u8: bool = False):
+        self.vnni, self.u8 = vnni, bool(u8) and not vnni
+        if vnni:
+            self.lanes, self.group, self.w_dtype, self.step = 16, 4, np.int8, "int8_vnni"
+        elif self.u8:
+            self.lanes, self.group, self.w_dtype, self.step = 8, 4, np.int8, "int8_avx2_u8"
+        else:
+            self.lanes, self.group, self.w_dtype, self.step = 8, 2, np.int16, "int8_avx2"
+        # the int16 step reads the activations as int16 too: one broadcast load per row and step
+        # (widening 2 bytes there took 4 instructions beside 2 vpmaddwd)
+        self.a_dtype = "int16" if self.w_dtype == np.int16 else "uint8"
 
     def register(self) -> str:
-        return register_vnni() if self.vnni else register_avx2()
+        if self.vnni:
+            return register_vnni()
+        return register_avx2_u8() if self.u8 else register_avx2()
 
 
 def dot_step(w2: np.ndarray | None = None) -> DotStep:
-    """VNNI's step where the CPU has it, else AVX2's (``w2``: the int8 weights [K, N] it will run)."""
+    """VNNI's step where the CPU has it, else AVX2's byte step when the int8 weights [K, N] ``w2``
+    cannot saturate it (`bytes_exact`), else AVX2's int16 step."""
     from tvmlite.backends.tvm.kernels.target import has_vnni
 
-    return DotStep(has_vnni())
+    if has_vnni():
+        return DotStep(True)
+    return DotStep(False, u8=w2 is not None and bytes_exact(w2))
