@@ -234,9 +234,9 @@ def test_int8_gemm_uses_vnni(vnni, monkeypatch):
     assert kd.steps == ["int8_vnni" if vnni else "int8_avx2"]
 
 
-def _ort_quantize_static(ortq, model, tmp_path, x_shape):
-    """onnxruntime's quantize_static (QDQ, per-channel s8 weights, u8 activations) of ``model``
-    calibrated on 8 random inputs; returns the QDQ file."""
+def _ort_quantize_static(ortq, model, tmp_path, x_shape, reduce_range=False):
+    """onnxruntime's quantize_static (QDQ, per-channel s8 weights, 7-bit with ``reduce_range``,
+    u8 activations) of ``model`` calibrated on 8 random inputs; returns the QDQ file."""
     src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
     src.write_bytes(model.SerializeToString())
     calib = [{"x": RNG.standard_normal(x_shape).astype(np.float32)} for _ in range(8)]
@@ -249,8 +249,19 @@ def _ort_quantize_static(ortq, model, tmp_path, x_shape):
             return next(self.it, None)
 
     ortq.quantize_static(str(src), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
-                         activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8)
+                         reduce_range=reduce_range, activation_type=ortq.QuantType.QUInt8,
+                         weight_type=ortq.QuantType.QInt8)
     return dst
+
+
+def _output_step(path) -> float:
+    """The scale of the DequantizeLinear that makes the output ``y`` (1e-3 when none does)."""
+    import onnx
+
+    q = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    last = next(n for n in q.graph.node if n.output[0] == "y")
+    return float(inits[last.input[1]]) if last.op_type == "DequantizeLinear" else 1e-3
 
 
 def test_onnxruntime_quantize_static_output_runs_int8(tmp_path):
@@ -273,12 +284,7 @@ def test_onnxruntime_quantize_static_output_runs_int8(tmp_path):
     assert "QDQConv" in ops and "QDQMatMul" in ops, ops
     cm = compile_model(m, {"x": (1, 3, 8, 8)})
     assert cm.host_ops == []
-    import onnx
-
-    q = onnx.load(str(dst))
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
-    last = next(n for n in q.graph.node if n.output[0] == "y")
-    step = float(inits[last.input[1]]) if last.op_type == "DequantizeLinear" else 1e-3
+    step = _output_step(dst)
     for _ in range(3):
         x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
         (got,), (ref,) = cm.run({"x": x}), ort_qdq(str(dst), {"x": x})

@@ -158,3 +158,35 @@ def test_conv_takes_the_byte_step_with_7bit_weights(batch, bits, monkeypatch):
     xq = np.clip(np.rint(x / np.float32(0.04)) + 130, 0, 255) - 130
     ref = _conv_ref(xq, wq, 1) * np.float32(0.04) * ws.reshape(1, -1, 1, 1)
     np.testing.assert_allclose(out.numpy().reshape(ref.shape), ref, rtol=1e-6, atol=1e-5)
+
+
+def test_reduce_range_model_runs_the_byte_step_and_matches_onnxruntime(tmp_path, monkeypatch):
+    """onnxruntime's quantize_static with reduce_range writes 7-bit weights: without VNNI every
+    int8 kernel of the model takes the byte step, within one output step of onnxruntime."""
+    ortq = pytest.importorskip("onnxruntime.quantization")
+    from onnx import helper
+
+    from helpers import make_model, ort_qdq, tensor
+    from test_tvm_int8 import _ort_quantize_static, _output_step
+
+    from tvmlite.backends.tvm import compile_model
+    from tvmlite.frontend import load
+
+    monkeypatch.setattr(target, "has_vnni", lambda: False)
+    chosen = []
+    monkeypatch.setattr(qgemm, "dot_step", lambda w2=None: chosen.append(dot_step(w2)) or chosen[-1])
+    w1 = (RNG.standard_normal((16, 8, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (RNG.standard_normal((24, 16, 1, 1)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 8, 10, 10])], [tensor("y", [1, 24, 10, 10])],
+                       [("w1", w1), ("b1", RNG.standard_normal(16).astype(np.float32)), ("w2", w2)], opset=17)
+    dst = _ort_quantize_static(ortq, model, tmp_path, (1, 8, 10, 10), reduce_range=True)
+    cm = compile_model(load(str(dst)), {"x": (1, 8, 10, 10)}, cache=False)
+    assert [s.step for s in chosen] == ["int8_avx2_u8"] * 2
+    step = _output_step(dst)
+    for _ in range(2):
+        x = RNG.standard_normal((1, 8, 10, 10)).astype(np.float32)
+        (got,), (ref,) = cm.run({"x": x}), ort_qdq(str(dst), {"x": x})
+        np.testing.assert_array_less(np.abs(got - ref), step + 1e-6)
