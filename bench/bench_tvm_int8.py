@@ -20,7 +20,8 @@ tvmlite against onnxruntime running the same QDQ file.
    Target: tvmlite <= 1.0x of onnxruntime's latency, outputs within one quantization step of the
    output (the max difference is printed in units of the last QuantizeLinear's scale when the model
    ends with one, else as an absolute error).
-Every pair is timed interleaved (bench_tvm.interleaved: medians, and the ratio of the best runs).
+Every pair is timed interleaved (bench_tvm.interleaved: medians, and the ratio of the best runs);
+with --cpu the GEMMs are timed in the calling thread's CPU time (use with TVMLITE_THREADS=1).
 On a loaded machine, TVMLITE_THREADS=1 runs both single-threaded: a 2-thread TVM kernel waits at
 its barrier for a descheduled thread, which made digits 150x slower than onnxruntime at load 16.
 """
@@ -49,32 +50,61 @@ from tvmlite.backends.tvm.kernels.target import import_tvm  # noqa: E402
 CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))
 
 
-def bench_gemm(rounds: int) -> dict:
-    """int8 GEMM 1024^3 with 8-bit weights (|w| <= 127) and with 7-bit ones (|w| <= 63, what
+def _timed(fns: dict, rounds: int, per_round: int, clock) -> dict:
+    """bench_tvm.interleaved with another clock (time.thread_time: the calling thread's CPU time,
+    which leaves out the time other jobs take the core; meaningful at TVMLITE_THREADS=1 only)."""
+    for f in fns.values():
+        f()
+    res = {k: [] for k in fns}
+    items = list(fns.items())
+    for r in range(rounds):
+        for k, f in (items if r % 2 == 0 else items[::-1]):
+            for _ in range(per_round):
+                t0 = clock()
+                f()
+                res[k].append((clock() - t0) * 1e3)
+    out = {k: float(np.median(v)) for k, v in res.items()}
+    out.update({f"{k}_best": float(np.min(v)) for k, v in res.items()})
+    return out
+
+
+def bench_gemm(rounds: int, cpu: bool = False, shape=(1024, 1024, 1024)) -> dict:
+    """int8 GEMM ``shape`` (M, K, N; 1024^3 by default) with 8-bit weights (|w| <= 127) and with 7-bit ones (|w| <= 63, what
     reduce_range quantization writes: on AVX2 without VNNI only these can take the `vpmaddubsw`
-    byte step, kernels/qintrin.py) against the float32 GEMM, the three interleaved."""
+    byte step, kernels/qintrin.py; there the 7-bit weights also run through the int16 step, the
+    A/B of the two steps on the same weights) against the float32 GEMM, all interleaved."""
     from tvmlite.backends.tvm.kernels import gemm as G
+    from tvmlite.backends.tvm.kernels import qgemm
     from tvmlite.backends.tvm.kernels.defs import Epilogue
     from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, dense_int8
+    from tvmlite.backends.tvm.kernels.qintrin import DotStep, dot_step
     from tvmlite.backends.tvm.kernels.target import vector_lanes
     from tvmlite.backends.tvm.single_kernel import kernel_args
 
-    n = 1024
+    m, k, n = shape
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(np.float32)
-    w = rng.standard_normal((n, n)).astype(np.float32)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
     a_scale = float(np.abs(a).max() / 127)
     a_q = np.clip(np.rint(a / np.float32(a_scale)), -128, 127)
-    kf = G.dense_gemm("gemm_f32", "a", a.shape, w, None, out_value="c", out_shape=(n, n), epilogue=Epilogue(),
+    kf = G.dense_gemm("gemm_f32", "a", a.shape, w, None, out_value="c", out_shape=(m, n), epilogue=Epilogue(),
                       lanes=vector_lanes())
     lf, sf = build_kernel(kf)
     af, (of,) = kernel_args(kf, {"a": a})
     fns, info = {"float32": lambda: lf["main"](*af)}, {}
-    for label, top in (("int8", 127), ("int8_w7", 63)):
+    rows = [("int8", 127, None), ("int8_w7", 63, None)]
+    if dot_step(np.zeros((4, 1), np.int8)).step == "int8_avx2_u8":
+        rows.append(("int8_w7_int16", 63, DotStep(False)))
+    for label, top, forced in rows:
         w_scale = (np.abs(w).max(axis=0) / top).astype(np.float32)
         w_q = np.clip(np.rint(w / w_scale), -top, top).astype(np.int8)
-        kq = dense_int8(f"gemm_{label}", "a", a.shape, w_q, w_scale, None, QuantSpec(a_scale, 0, 1), out_value="c",
-                        out_shape=(n, n), epilogue=Epilogue())
+        if forced is not None:
+            qgemm.dot_step = lambda w2=None: forced
+        try:
+            kq = dense_int8(f"gemm_{label}", "a", a.shape, w_q, w_scale, None, QuantSpec(a_scale, 0, 1),
+                            out_value="c", out_shape=(m, n), epilogue=Epilogue())
+        finally:
+            qgemm.dot_step = dot_step
         lq, sq = build_kernel(kq)
         aq, (oq,) = kernel_args(kq, {"a": a})
         fq = lq["main"]
@@ -82,19 +112,22 @@ def bench_gemm(rounds: int) -> dict:
         ref = (a_q.astype(np.float64) @ w_q.astype(np.float64)) * a_scale * w_scale
         err = float(np.abs(oq.numpy() - ref).max() / np.abs(ref).max())
         fns[label] = (lambda f, args: lambda: f(*args))(fq, aq)
-        info[label] = (kq.steps[0], sq, err)
-    t = interleaved(fns, rounds, 5)
-    ops = 2 * n ** 3
+        info[label] = (kq.steps[0], sq, err, 8 if top == 127 else 7)
+    t = _timed(fns, rounds, 5, time.thread_time) if cpu else interleaved(fns, rounds, 5)
+    ops, name = 2 * m * k * n, ("1024^3" if shape == (1024, 1024, 1024) else f"{m}x{k}x{n}")
     g = {k: ops / v / 1e6 for k, v in t.items()}
     out = {"float_gflops": g["float32"]}
-    for label, bits in (("int8", 8), ("int8_w7", 7)):
-        step, sq, err = info[label]
+    for label, (step, sq, err, bits) in info.items():
         ratio, best = g[label] / g["float32"], g[f"{label}_best"] / g["float32_best"]
-        print(f"GEMM 1024^3, {bits}-bit weights ({step}): int8 {g[label]:.0f} GOP/s, float32 {g['float32']:.0f} "
-              f"GFLOP/s -> {ratio:.2f}x (best runs {best:.2f}x; target >= 2x: {'met' if ratio >= 2 else 'NOT met'}); "
-              f"builds {sq:.1f} s and {sf:.1f} s; int8 vs exact integer arithmetic rel err {err:.1e}")
-        key = "" if bits == 8 else "_w7"
+        print(f"GEMM {name}, {bits}-bit weights ({step}): int8 {g[label]:.0f} GOP/s, float32 {g['float32']:.0f} "
+              f"GFLOP/s -> {ratio:.2f}x (best runs {best:.2f}x"
+              + (f"; target >= 2x: {'met' if ratio >= 2 else 'NOT met'}" if name == "1024^3" else "") + "); "
+              f"builds {sq:.1f} s and {sf:.1f} s; int8 vs exact integer arithmetic rel err {err:.1e}"
+              + (" (CPU time)" if cpu else ""))
+        key = label[len("int8"):]
         out.update({f"int8{key}_gops": g[label], f"ratio{key}": ratio, f"best_ratio{key}": best, f"step{key}": step})
+    if "int8_w7_int16" in g:
+        print(f"  7-bit weights, byte step vs int16 step: {g['int8_w7'] / g['int8_w7_int16']:.2f}x")
     return out
 
 
@@ -243,11 +276,20 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer rounds")
     ap.add_argument("--models", default="digits,digits-ort,cls,cls-ort,detector,detector-ort")
     ap.add_argument("--only", choices=["gemm", "models"], default=None)
+    ap.add_argument("--gemm-shape", default="1024,1024,1024", help="M,K,N of the GEMM (default 1024^3)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="GEMM: time the calling thread's CPU time (with TVMLITE_THREADS=1 on a loaded machine)")
     args = ap.parse_args(argv)
+    try:
+        shape = tuple(int(v) for v in args.gemm_shape.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise SystemExit(f"bench_tvm_int8: --gemm-shape wants three positive integers M,K,N, got {args.gemm_shape!r}")
     import_tvm()
     rounds = 3 if args.quick else 10
     if args.only in (None, "gemm"):
-        bench_gemm(rounds)
+        bench_gemm(rounds, args.cpu, shape)
     if args.only in (None, "models"):
         bench_models([m for m in args.models.split(",") if m], rounds)
     return 0

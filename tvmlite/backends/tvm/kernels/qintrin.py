@@ -16,15 +16,16 @@ uint8 activations (broadcast) with weights packed [N/lanes, K/group, lanes, grou
   `bytes_exact` checks every pair when the kernel is built and the step is chosen only then.
 - ``int8_avx2``: the exact fallback, one `vpmaddwd` on int16 weights and activations, 8 lanes x 2.
 
-Measured on Zen 1 (one thread, CPU time, interleaved, load 9-12): the byte step runs no faster than
-the int16 one there (GEMM 1024^3 with the same 7-bit weights 1.03x; convs 64->64 3x3 at 80x80,
-32->64 1x1 at 80x80, 128->128 3x3 at 20x20: 0.98-0.99x), nor did hand-written C micro-kernels
-(4 x 2 tiles: 17.8 against 17.7 GMAC/s): Zen 1 runs vector integer multiplies on one pipe, so
-`vpmaddubsw` + `vpmaddwd` costs what two `vpmaddwd` do. Widening the int16 pair sums without the
-second multiply (xor, shift, two adds into two accumulators) measured slower (14.5 GMAC/s). The
-step stays for the weights it halves (int8 against int16 packed constants and activation columns)
-and for CPUs that issue both multiplies on two pipes (Intel since Haswell: twice the products per
-multiply), where it was not measured.
+Measured on Zen 1 (one thread, CPU time, interleaved, load 12-15; `TVMLITE_THREADS=1
+bench/bench_tvm_int8.py --only gemm --cpu [--gemm-shape M,K,N]`, which also runs the 7-bit weights
+through the int16 step): where the weights stream from memory the byte step, reading half the
+bytes, is faster (GEMV 1 x 1024 x 4096: 1.87x the int16 step; 8 x 1024 x 4096: 1.22x); where the
+GEMM is compute-bound it is not (1024^3: 1.00x; convs 64->64 3x3 and 32->64 1x1 at 80x80, 128->128
+3x3 at 20x20: 0.98-0.99x): Zen 1 runs vector integer multiplies on one pipe, so `vpmaddubsw` +
+`vpmaddwd` costs what two `vpmaddwd` do (hand-written C micro-kernels, 4 x 2 tiles: 17.8 against
+17.7 GMAC/s). Widening the int16 pair sums without the second multiply (xor, shift and two adds
+into two accumulators) measured slower there (14.5 GMAC/s). CPUs that issue both multiplies on
+two pipes (Intel since Skylake) should gain on compute-bound GEMMs too: not measured.
 """
 from __future__ import annotations
 
