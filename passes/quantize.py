@@ -5,6 +5,19 @@
 DequantizeLinear form onnxruntime fuses into int8 kernels (see tvmlite/quant/qdq.py). Per layer it
 can keep float32 where int8 costs too much accuracy (``mode=auto``, ``error_budget``) or, with
 ``measure=true``, where onnxruntime runs the int8 layer slower than the float one.
+
+``reduce_range`` (off, on, auto; as quantize-dynamic's): weights in -63..63 instead of -127..127.
+On x86 without VNNI onnxruntime's QLinearConv/QGemm/QLinearMatMul multiply uint8 activations by
+int8 weights with vpmaddubsw, which adds each pair of products in int16 and saturates
+(255 * 127 * 2 > 32767): a model with 8-bit weights then runs there far from its own arithmetic
+(digits: 113 quantization steps off, rel-L2 error vs float 0.128 instead of 0.010). 7-bit weights
+cannot overflow. ``auto`` (default) probes the host once (runtime.ort.u8s8_saturates): 7-bit where
+it saturates, 8-bit elsewhere (AVX-512 VNNI). The layer choice (mode=auto) measures the form written.
+Layers left in float keep 8-bit weight storage: their compute is float, so no kernel saturates.
+
+A model with no Conv/Gemm/MatMul left in float32 to quantize (a transformer whose MatMuls
+quantize-dynamic took) is left as it is, without calibrating or timing its element-wise ops: they
+only follow int8 compute ops (the report row says so in a skipped line).
 """
 from __future__ import annotations
 
@@ -24,10 +37,11 @@ from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
 from tvmlite.quant import qdq
 from tvmlite.quant.opset import upgrade_opset
 from tvmlite.quant.calibrate import METHODS, collect_stats
-from tvmlite.quant.params import quantize_weight, weight_scales
+from tvmlite.quant.params import WEIGHT_MAX, quantize_weight, reduce_range_error, weight_max, weight_scales
 from tvmlite.quant.rounding import METHODS as ROUNDING, round_weights
 from tvmlite.calibration import load_calibration
 from tvmlite.quant.select import choose_layers
+from tvmlite.runtime.ort import u8s8_saturates
 
 
 # ------------------------------------------------------------------------------------ preparation
@@ -113,7 +127,9 @@ def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True, rounded: 
                         ) -> list[Node]:
     """Store the constant float32 weights of the Conv/Gemm/MatMul nodes not in ``keep`` as int8
     (symmetric, per output channel) followed by Cast and Mul by the scales. ``rounded``: weight name ->
-    rounding.RoundedWeight, codes (and a corrected bias) to use instead of nearest rounding.
+    rounding.RoundedWeight, codes (and a corrected bias) to use instead of nearest rounding, where
+    they are on this 8-bit grid (quantize's 7-bit codes are for its int8 kernels; a float layer's
+    weights are not multiplied in int8, so they keep the finer grid).
 
     Compute stays float32: onnxruntime constant-folds Cast and Mul at load, so the layer gets a plain
     float initializer again (prepacked, NCHWc) and runs as fast as before. A DequantizeLinear would
@@ -144,12 +160,12 @@ def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True, rounded: 
         if 3 * w.size <= 4 * channels + 160:
             continue  # the scales and two nodes would cost more than int8 saves
         r = (rounded or {}).get(name)
-        if r is not None and r.axis == axis:
-            scales, q = r.scales, r.q
+        scales = weight_scales(w, axis)
+        if r is not None and r.axis == axis and np.array_equal(r.scales, scales):
+            q = r.q
             if r.bias is not None and _bias_is_constant(g, node):
                 g.set_input(node, 2, b.const(r.bias, f"{node.name or node.outputs[0]}_bias").name)
         else:
-            scales = weight_scales(w, axis)
             q = quantize_weight(w, scales, axis)
         shape = [1] * w.ndim
         if axis is not None:
@@ -165,6 +181,19 @@ def int8_weight_storage(g: Graph, keep: set, per_channel: bool = True, rounded: 
         g.set_input(node, 1, scaled.name)
         done.append(node)
     return done
+
+
+def _wanted(g: Graph, units, layers) -> set:
+    """The ``units`` (node keys) that ``layers`` names, by node key, name or label."""
+    wanted = set(layers)
+    by_key = {qdq.node_key(n): n for n in g.nx.nodes}
+    return {u for u in units if {u, by_key[u].name, by_key[u].label} & wanted}
+
+
+def _compute_units(g: Graph, units) -> list:
+    """The Conv/Gemm/MatMul nodes among ``units`` (node keys)."""
+    keys = set(units)
+    return [n for n in g.nx.nodes if qdq.node_key(n) in keys and n.op_type in qdq.COMPUTE]
 
 
 def _bias_is_constant(g: Graph, node: Node) -> bool:
@@ -245,6 +274,9 @@ class Quantize(LayerwisePass, Calibrated, Pass):
         #: weight codes already rounded (weight name -> RoundedWeight, what replay passes on): no
         #: second pass over the calibration data
         rounded_weights: Any = None
+        #: 7-bit weights (-63..63) for the int8 layers: "off", "on", or "auto" (on where this host's
+        #: onnxruntime uint8 x int8 kernels saturate: x86 without VNNI, runtime.ort.u8s8_saturates)
+        reduce_range: str = "auto"
 
     def validate(self) -> None:
         o = self.options
@@ -266,6 +298,9 @@ class Quantize(LayerwisePass, Calibrated, Pass):
         if o.rounded_weights is not None and not isinstance(o.rounded_weights, dict):
             raise OptionError("pass 'quantize': rounded_weights is what replay passes on (a dict), not an option "
                               "to set by hand")
+        why = reduce_range_error(o.reduce_range)
+        if why:
+            raise OptionError(f"pass 'quantize': {why}")
         if o.weight_rounding not in ROUNDING:
             raise OptionError(f"pass 'quantize': weight_rounding {o.weight_rounding!r} is not one of "
                               f"{', '.join(ROUNDING)}")
@@ -274,6 +309,7 @@ class Quantize(LayerwisePass, Calibrated, Pass):
         o = self.options
         result = PassResult(self.name)
         typed_before = typed_values(model.graph)
+        untouched = model.copy()  # what a model with nothing to quantize is given back as
         if o.prepare:
             result.stats.update(prepare(model))
         else:
@@ -281,8 +317,15 @@ class Quantize(LayerwisePass, Calibrated, Pass):
         g = model.graph
         op_types = set(o.op_types) | set()
         units = candidate_units(g, op_types, set(o.exclude_names), set(o.exclude_op_types), result)
+        if op_types & set(qdq.COMPUTE) and not _compute_units(g, units):
+            model.restore(untouched)
+            result.skipped.insert(0, ("<model>", "no Conv, Gemm or MatMul left in float32 that int8 could take "
+                                                 "(element-wise ops only follow those): nothing calibrated or timed"))
+            return result
         excluded = qdq.excluded_keys(g, o.exclude_names)
-        spec = qdq.QuantSpec(o.activation_type, o.per_channel)
+        spec = qdq.QuantSpec(o.activation_type, o.per_channel,
+                             weight_max=weight_max(o.reduce_range, u8s8_saturates))
+        result.stats["weight_max"] = spec.weight_max
         full = qdq.plan_qdq(g, set(units), spec, excluded=excluded)
         tensors = qdq.activation_tensors(g, full)
 
@@ -305,16 +348,19 @@ class Quantize(LayerwisePass, Calibrated, Pass):
             if o.ranges is not None:
                 calib = load_calibration(o.calibration, model)
             keys = {qdq.node_key(n) for n in g.nx.nodes if n.op_type in qdq.COMPUTE} - excluded
+            # the layers that may run in int8 are rounded on its grid (7-bit with reduce_range), the
+            # others (weight-only layers) on the 8-bit grid their int8 storage uses
+            may_be_int8 = set(units) if o.layers is None else _wanted(g, units, o.layers)
             spec.weights = round_weights(model, calib, keys, method=o.weight_rounding,
                                          correct_bias=o.bias_correction, batch_size=o.batch_size,
-                                         threads=o.threads)
+                                         threads=o.threads,
+                                         qmax={k: spec.weight_max if k in may_be_int8 else WEIGHT_MAX
+                                               for k in keys})
             result.stats["weights_rounded_from_data"] = len(spec.weights)
         chosen = set(units)
         labels = {qdq.node_key(n): n.label for n in g.nx.nodes}
         if o.layers is not None:
-            wanted = set(o.layers)
-            by_key = {qdq.node_key(n): n for n in g.nx.nodes}
-            chosen = {u for u in units if {u, by_key[u].name, by_key[u].label} & wanted}
+            chosen = _wanted(g, units, o.layers)
         elif o.mode == "auto":
             if o.ranges is not None:
                 calib = load_calibration(o.calibration, model)

@@ -20,7 +20,7 @@ from tvmlite.ir.graph import Model
 from tvmlite.export.shapes import infer_shapes, static_shapes
 from tvmlite.quant import qdq
 from tvmlite.quant.opset import upgrade_opset
-from tvmlite.quant.params import quantize_weight, weight_scales
+from tvmlite.quant.params import WEIGHT_MAX, quantize_weight, reduce_range_error, weight_max, weight_scales
 from tvmlite.quant.dynamic_attention import MS_DOMAIN, attention_operands, write_qattention
 from tvmlite.quant.smooth import ALPHAS, capture_samples, choose_alpha
 from tvmlite.passes.transformer_fusion import FuseTransformer
@@ -129,16 +129,15 @@ class QuantizeDynamic(Pass):
                               "(choose a factor >= 1)")
         if self.options.gather:
             self._tables()  # refuses a bad gather_block when the spec is read
-        if str(self.options.reduce_range).lower() not in ("off", "on", "auto", "false", "true"):
-            raise OptionError(f"pass 'quantize-dynamic': reduce_range={self.options.reduce_range!r} "
-                              "(choose off, on or auto)")
+        why = reduce_range_error(self.options.reduce_range)
+        if why:
+            raise OptionError(f"pass 'quantize-dynamic': {why}")
 
     def _qmax(self) -> int:
         """The largest weight magnitude: 63 with reduce_range (form integer only), else 127."""
-        v = str(self.options.reduce_range).lower()
-        if self.options.form != "integer" or v in ("off", "false"):
-            return 127
-        return 63 if v in ("on", "true") or u8s8_saturates() else 127
+        if self.options.form != "integer":
+            return WEIGHT_MAX
+        return weight_max(self.options.reduce_range, u8s8_saturates)
 
     def _alphas(self) -> tuple:
         """The alphas the smooth option lets choose_alpha try (() when off)."""

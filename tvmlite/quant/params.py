@@ -42,6 +42,31 @@ def affine_params(lo: float, hi: float, dtype: str = "uint8", symmetric: bool = 
     return scale, np_type.type(zp)
 
 
+#: the values of the quantize passes' ``reduce_range`` option (false/true read as off/on)
+REDUCE_RANGE = ("off", "on", "auto")
+#: the largest weight magnitude of 8-bit and of 7-bit ("reduced range") weights: onnxruntime's
+#: uint8 x int8 kernels on x86 without VNNI add each pair of products in int16 (vpmaddubsw), which
+#: 255 * 127 * 2 overflows and 255 * 63 * 2 does not
+WEIGHT_MAX, REDUCED_WEIGHT_MAX = 127, 63
+
+
+def reduce_range_error(value) -> str | None:
+    """Why ``value`` is not a reduce_range setting, or None when it is."""
+    if str(value).strip().lower() in REDUCE_RANGE + ("false", "true"):
+        return None
+    return f"reduce_range={value!r} (choose off, on or auto)"
+
+
+def weight_max(reduce_range, saturates) -> int:
+    """The largest weight magnitude for a reduce_range setting: 63 when on, or when auto and
+    ``saturates()`` (the host probe, runtime.ort.u8s8_saturates, passed in so tests can replace
+    it), else 127."""
+    v = str(reduce_range).strip().lower()
+    if v in ("off", "false"):
+        return WEIGHT_MAX
+    return REDUCED_WEIGHT_MAX if v in ("on", "true") or saturates() else WEIGHT_MAX
+
+
 def weight_scales(w: np.ndarray, axis: int | None, qmax: int = 127) -> np.ndarray:
     """Symmetric int8 scales, per channel along ``axis`` (None: one per tensor), max|w| / ``qmax``
     (127; 63 for 7-bit weights, see quantize-dynamic's reduce_range).

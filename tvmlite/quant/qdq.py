@@ -10,7 +10,7 @@ nodes chosen). This module then
 - extends the int8 region through data-movement ops (MaxPool, Reshape, Transpose, Flatten, ...),
   whose output gets the very scale and zero point of their input, so onnxruntime drops the Q/DQ
   around them and runs them on int8 data;
-- quantizes weights per channel (symmetric int8, -127..127), biases to int32 with scale s_x * s_w,
+- quantizes weights per channel (symmetric int8, -127..127, or -63..63: QuantSpec.weight_max), biases to int32 with scale s_x * s_w,
   and every activation that enters or leaves the int8 region per tensor.
 
 A tensor produced inside the region is read by everyone through its DequantizeLinear (the int8
@@ -74,6 +74,9 @@ class QuantSpec:
     #: weight tensor name -> rounding.RoundedWeight: codes (and corrected bias) rounded from data
     #: instead of to nearest (quantize's weight_rounding / bias_correction options)
     weights: dict = field(default_factory=dict)
+    #: largest weight code: 127, or 63 for 7-bit weights (quantize's reduce_range: onnxruntime's
+    #: uint8 x int8 kernels saturate without VNNI, params.REDUCED_WEIGHT_MAX)
+    weight_max: int = 127
 
     @property
     def symmetric(self) -> bool:
@@ -455,12 +458,12 @@ def _quantize_constants(ins: Inserter, node: Node, log: list) -> None:
             b_name = b_name or f"{node.outputs[0]}_bias"  # a base name for the new bias's constants
         if b is not None and b.size == 1 and axis is not None:
             b = np.broadcast_to(b.reshape(-1), (w.shape[axis],))
-        scales = weight_scales(w, axis)
+        scales = weight_scales(w, axis, ins.spec.weight_max)
         scales = fit_bias_scales(None if b is None else b.reshape(-1), x_scale, scales)
         if rounded is not None and np.array_equal(scales, rounded.scales):
             wq = rounded.q
         else:  # no data-aware codes, or the bias raised a scale: the codes were for the old grid
-            wq = quantize_weight(w, scales, axis)
+            wq = quantize_weight(w, scales, axis, ins.spec.weight_max)
         short = op == "Conv"  # zero points of Conv's weights and bias are 5% of an int8 PP-OCR cls file
         wdq = ins.constant_dq(w, f"{node.inputs[1]}", wq, scales, np.zeros(scales.shape, np.int8), axis, short)
         g.set_input(node, 1, wdq)

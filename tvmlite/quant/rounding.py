@@ -5,7 +5,8 @@ im2col matrix: one row per output pixel, one column per (input channel, ky, kx))
 a rounded weight matrix W [K, N] is ``||X dW||^2 = tr(dW^T H dW)`` with ``H = X^T X``:
 
 - ``gptq``: quantize W one input row at a time on the layer's usual per-output-channel int8 grid
-  (scale max|w| / 127, codes -127..127, so the written model is the same QDQ / Cast+Mul form) and push
+  (scale max|w| / 127, codes -127..127; / 63 and -63..63 for quantize's 7-bit weights, reduce_range),
+  so the written model is the same QDQ / Cast+Mul form) and push
   each row's rounding error onto the rows not yet rounded (tvmlite/quant/gptq.py's update, one block
   = all of K, i.e. one scale per output channel). Depthwise convs (a K of kh*kw per channel) are
   rounded to nearest; their bias is still corrected.
@@ -142,8 +143,9 @@ class InputStats:
         return self.sum / max(self.rows, 1)
 
 
-def gptq_int8(w: np.ndarray, h: np.ndarray, scales: np.ndarray, damp: float = 0.01) -> np.ndarray:
-    """Codes (-127..127) of ``w`` [K, N] on the fixed grid ``scales`` [N] (one per column), each
+def gptq_int8(w: np.ndarray, h: np.ndarray, scales: np.ndarray, damp: float = 0.01, qmax: int = 127
+              ) -> np.ndarray:
+    """Codes (-qmax..qmax) of ``w`` [K, N] on the fixed grid ``scales`` [N] (one per column), each
     row's rounding error spread over the later rows through the inverse Cholesky factor of ``h``."""
     w = np.array(w, np.float64)
     k = w.shape[0]
@@ -159,7 +161,7 @@ def gptq_int8(w: np.ndarray, h: np.ndarray, scales: np.ndarray, damp: float = 0.
         hi = min(k, lo + LAZY_BLOCK)
         errs = np.zeros((hi - lo, w.shape[1]))
         for i in range(lo, hi):
-            code = np.clip(np.rint(w[i] / s), -127, 127)
+            code = np.clip(np.rint(w[i] / s), -qmax, qmax)
             q[i] = code
             errs[i - lo] = (w[i] - code * s) / u[i, i]
             w[i + 1:hi] -= np.outer(u[i, i + 1:hi], errs[i - lo])
@@ -168,18 +170,18 @@ def gptq_int8(w: np.ndarray, h: np.ndarray, scales: np.ndarray, damp: float = 0.
 
 
 def round_weight(node: Node, w: np.ndarray, bias: np.ndarray | None, stats: InputStats | None,
-                 method: str, correct_bias: bool) -> RoundedWeight:
-    """int8 codes of one layer's weight by ``method`` (nearest or gptq) and, with ``correct_bias``,
-    its bias shifted by the mean output error on the calibration inputs."""
+                 method: str, correct_bias: bool, qmax: int = 127) -> RoundedWeight:
+    """int8 codes (-qmax..qmax) of one layer's weight by ``method`` (nearest or gptq) and, with
+    ``correct_bias``, its bias shifted by the mean output error on the calibration inputs."""
     axis = weight_axis(node, w)
-    scales = weight_scales(w, axis)
+    scales = weight_scales(w, axis, qmax)
     if method not in METHODS:
         raise ValueError(f"weight rounding {method!r} is not one of {', '.join(METHODS)}")
     if method == "gptq" and stats is not None and stats.rows and stats.h is not None:
         mat = as_matrix(node, w)
-        q = from_matrix(node, gptq_int8(mat, stats.h, scales), w.shape)
+        q = from_matrix(node, gptq_int8(mat, stats.h, scales, qmax=qmax), w.shape)
     else:
-        q = quantize_weight(w, scales, axis)
+        q = quantize_weight(w, scales, axis, qmax)
     out = RoundedWeight(q, scales, axis)
     if correct_bias and stats is not None and stats.rows and node.op_type != "MatMul":  # no bias input
         shape = [1] * w.ndim
@@ -219,8 +221,9 @@ def input_stats(model: Model, calib, nodes: list[Node], *, hessian: bool = True,
 
 
 def round_weights(model: Model, calib, keys, *, method: str = "gptq", correct_bias: bool = False,
-                  batch_size: int = 16, threads: int = 2) -> dict[str, RoundedWeight]:
-    """Weight tensor name -> its data-aware int8 rounding, for the Conv/Gemm/MatMul nodes whose key
+                  batch_size: int = 16, threads: int = 2, qmax: int | dict = 127) -> dict[str, RoundedWeight]:
+    """Weight tensor name -> its data-aware int8 rounding (codes -qmax..qmax; ``qmax`` a dict: per
+    node key, 127 for the keys it lacks), for the Conv/Gemm/MatMul nodes whose key
     (qdq.node_key: first output) is in ``keys`` and :func:`why_not` allows."""
     g = model.graph
     keys = set(keys)
@@ -236,7 +239,8 @@ def round_weights(model: Model, calib, keys, *, method: str = "gptq", correct_bi
         if len(n.inputs) > 2 and n.inputs[2] and b is None:
             continue  # a computed bias: nothing to shift
         out[n.inputs[1]] = round_weight(n, w, b, stats[n.outputs[0]], method,
-                                        correct_bias and _bias_correctable(n, w, b))
+                                        correct_bias and _bias_correctable(n, w, b),
+                                        qmax.get(n.outputs[0], 127) if isinstance(qmax, dict) else qmax)
     return out
 
 
