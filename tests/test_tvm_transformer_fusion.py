@@ -248,3 +248,31 @@ def test_parallel_schedules_build_and_match(case, monkeypatch):
         feeds = {"q": _x(1, 3, 24, 8), "k": _x(1, 3, 8, 32)}
     cm = _check(model, feeds, rtol=1e-5)
     assert cm.kernel_count == 1
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_scores_register_tile_fits_the_accumulator_registers(lanes):
+    """The fused scores kernel's register tile is `gemm_rows` rows x 2 vectors: 4 x 2 on AVX2
+    (the 8 x 2 tiled for AVX-512 spilled 16 ymm accumulators and ran the kernel 1.19x slower),
+    8 x 2 with AVX-512; the numbers hold at either width."""
+    from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
+    from tvmlite.backends.tvm.kernels.gemm import gemm_rows
+    from tvmlite.backends.tvm.kernels.schedules import accumulator_vectors
+    from tvmlite.backends.tvm.kernels.transformer import scores_softmax
+    from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
+
+    mr = gemm_rows(lanes)
+    assert mr == (8 if lanes == 16 else 4) and mr * 2 <= accumulator_vectors(lanes)
+    q, k = _x(1, 3, 16, 8, scale=2.0), _x(1, 3, 8, 2 * lanes, scale=2.0)
+    mask = np.where(RNG.random((1, 1, 1, 2 * lanes)) < 0.3, -1e4, 0.0).astype(np.float32)
+    epi = Epilogue([EwOp("Mul", [("const", np.array(0.35, np.float32))]), EwOp("Add", [("value", "mask", mask.shape)])])
+    kd = scores_softmax("s", "q", q.shape, "k", k.shape, out_value="p", out_shape=(1, 3, 16, 2 * lanes),
+                        epilogue=epi, after=Epilogue(), lanes=lanes)
+    text = kd.func.script()
+    assert f"T.unroll({mr})" in text and f"T.vectorized({2 * lanes})" in text
+    assert "T.unroll(8)" not in text or lanes == 16
+    args, outs = kernel_args(kd, {"q": q, "k": k, "mask": mask})
+    build_kernel(kd)["main"](*args)
+    s = (q.astype(np.float64) @ k) * 0.35 + mask
+    e = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(outs[0].numpy().reshape(s.shape), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)

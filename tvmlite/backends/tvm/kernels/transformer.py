@@ -9,6 +9,7 @@ from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, unflatten
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.backends.tvm.kernels.gemm import gemm_rows
 from tvmlite.backends.tvm.kernels.reduce import (finish_reductions, lane_rows, place_row_softmax, row_softmax,
                                                   schedule_lane_rows)
 
@@ -77,7 +78,7 @@ def scores_softmax(name: str, a: str, a_shape, bname: str, b_shape, *, out_value
     a_shape, b_shape = tuple(int(d) for d in a_shape), tuple(int(d) for d in b_shape)
     batch, (m, n), k = out_shape[:-2], out_shape[-2:], a_shape[-1]
     bt = int(np.prod(batch)) if batch else 1
-    mr = next(d for d in (8, 4, 2, 1) if m % d == 0)
+    mr = next(d for d in (gemm_rows(lanes), 4, 2, 1) if m % d == 0)  # 8 rows x 2 vectors spill AVX2's 16
     nr = 2 * lanes if n % (2 * lanes) == 0 else lanes
     b = Builder(name)
     A = b.input(a, a_shape)
