@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
-import subprocess
 import sys
+import tempfile
+import traceback
+import warnings
 
 import numpy as np
 import onnx
@@ -212,15 +215,62 @@ def two_matmuls(n: int, k: int, seed: int = 0, scale: float = 1.0) -> onnx.Model
     return proto
 
 
+def cli_main(*args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``tvmlite ARGS`` run in this process by ``tvmlite.cli.main``,
+    as a user's shell would see them: file descriptors 1 and 2 are captured as well as Python's
+    streams (TVM's and onnxruntime's C++ logs write to the descriptors), and an exception that
+    escapes ``main`` is printed as a traceback with status 1, as the interpreter would; warnings
+    are printed to stderr under Python's default filters (pytest would otherwise record them).
+
+    Starting ``python -m tvmlite.cli`` costs 2-5 s of imports here (onnx, TVM, onnxruntime) and the
+    suite runs the CLI a few hundred times; the command's code path is the same. Tests of what only
+    a real process shows (signals, resource limits, the console script) still start one."""
+    import tvmlite.cli
+
+    files = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(files[0].fileno(), 1)
+        os.dup2(files[1].fileno(), 2)
+        with open(1, "w", closefd=False) as out, open(2, "w", closefd=False) as err, \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.resetwarnings()
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
+                err.write(warnings.formatwarning(message, category, filename, lineno, line))
+            try:
+                rc = tvmlite.cli.main([str(a) for a in args])
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:  # noqa: BLE001 - what the interpreter prints for an uncaught one
+                traceback.print_exc(file=err)
+                rc = 1
+            out.flush()
+            err.flush()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+    texts = []
+    for f in files:
+        f.seek(0)
+        texts.append(f.read().decode("utf-8", "replace"))
+        f.close()
+    return int(rc), texts[0], texts[1]
+
+
 def refused_passes(tmp_path, proto: onnx.ModelProto, passes: str) -> str:
     """`tvmlite optimize --passes PASSES` on ``proto`` saved in ``tmp_path``: asserts exit 2, one
     line on stderr and no traceback, no output written and the input unchanged; returns the line."""
     src, dst = tmp_path / "m.onnx", tmp_path / "q.onnx"
     onnx.save(proto, src)
     before = src.read_bytes()
-    p = subprocess.run([sys.executable, "-m", "tvmlite.cli", "optimize", str(src), "-o", str(dst),
-                        "--passes", passes], capture_output=True, text=True, timeout=300)
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    rc, _, err = cli_main("optimize", src, "-o", dst, "--passes", passes)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert not dst.exists() and src.read_bytes() == before
     return lines[0]

@@ -9,13 +9,19 @@ import onnx
 import pytest
 from onnx import helper
 
-from helpers import conv_bn_relu_model, make_model, tensor
+from helpers import cli_main, conv_bn_relu_model, make_model, tensor
 
 TVMLITE = [sys.executable, "-m", "tvmlite.cli"]
 
 
-def run(*args, cwd=None):
-    p = subprocess.run(TVMLITE + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300)
+def run(*args):
+    """The CLI in this process (helpers.cli_main: same streams, status and tracebacks a shell sees)."""
+    return cli_main(*args)
+
+
+def run_process(*args):
+    """The CLI as a real ``python -m tvmlite.cli`` process (the entry point itself)."""
+    p = subprocess.run(TVMLITE + [str(a) for a in args], capture_output=True, text=True, timeout=300)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -32,6 +38,15 @@ def model_path(tmp_path):
     p = tmp_path / "m.onnx"
     onnx.save(conv_bn_relu_model(), p)
     return p
+
+
+def test_entry_point_process_help_and_one_line_error(tmp_path):
+    """The real ``python -m tvmlite.cli`` process (the other tests run main() in-process)."""
+    rc, out, err = run_process("--help")
+    assert rc == 0 and "Usage" in out, err
+    p = tmp_path / "e.onnx"
+    p.write_bytes(b"garbage")
+    assert_clean_error(*run_process("inspect", p), "e.onnx")
 
 
 def test_help_everywhere():
@@ -201,5 +216,5 @@ def test_usage_error_is_one_line(model_path):
 def test_debug_shows_traceback(tmp_path):
     p = tmp_path / "e.onnx"
     p.write_bytes(b"garbage")
-    rc, out, err = run("--debug", "inspect", p)
+    rc, out, err = run_process("--debug", "inspect", p)
     assert rc != 0 and "Traceback" in err

@@ -5,8 +5,6 @@ Every mutated file goes through `tvmlite inspect`, `run` and `optimize` in-proce
 a traceback, never an output file from a failed run. A memory cap guards against a mutation that
 asks for a huge tensor.
 """
-import contextlib
-import io
 
 import numpy as np
 import onnx
@@ -14,18 +12,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tvmlite.cli import main
-
-from helpers import conv_bn_relu_model, memory_cap
+from helpers import cli_main, conv_bn_relu_model, memory_cap
 
 SEED_MODEL = conv_bn_relu_model().SerializeToString()
 
 
 def cli(args):
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
+    return cli_main(*args)
 
 
 mutation = st.one_of(

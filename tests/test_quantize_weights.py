@@ -1,6 +1,4 @@
 """quantize-weights: block-wise int4/int8 weights, both forms, in onnxruntime and the NumPy backend."""
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -16,7 +14,7 @@ from tvmlite.passes import Pipeline
 from tvmlite.quant.blockwise import quantize_blocks
 from tvmlite.quant.gptq import gptq_blocks
 
-from helpers import make_model, tensor
+from helpers import cli_main, make_model, tensor
 
 RNG = np.random.default_rng(14)
 V, H, K, N = 200, 64, 100, 48  # K=100: a ragged last block at every block size
@@ -244,16 +242,13 @@ def test_hostile_options_are_refused(opts, needle):
 def test_cli_passes_spec(tmp_path):
     src, dst = tmp_path / "m.onnx", tmp_path / "q.onnx"
     onnx.save(_model(), src)
-    cli = [sys.executable, "-m", "tvmlite.cli"]
-    p = subprocess.run(cli + ["optimize", str(src), "-o", str(dst), "--passes", "quantize-weights(bits=4,block=32,form=nbits)",
-                             "--max-error", "0.5"],  # int4 of random weights: ~0.1 rel error
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
+    rc, _, err = cli_main("optimize", src, "-o", dst, "--passes", "quantize-weights(bits=4,block=32,form=nbits)",
+                          "--max-error", "0.5")  # int4 of random weights: ~0.1 rel error
+    assert rc == 0, err
     ops = [n.op_type for n in onnx.load(dst).graph.node]
     assert "MatMulNBits" in ops and "GatherBlockQuantized" in ops
     assert dst.stat().st_size < src.stat().st_size / 4
-    p = subprocess.run(cli + ["optimize", str(src), "-o", str(tmp_path / "bad.onnx"), "--passes", "quantize-weights(bits=3)"],
-                       capture_output=True, text=True, timeout=300)
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert p.returncode == 2 and len(lines) == 1 and "bits=3" in lines[0] and "Traceback" not in p.stderr
+    rc, _, err = cli_main("optimize", src, "-o", tmp_path / "bad.onnx", "--passes", "quantize-weights(bits=3)")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "bits=3" in lines[0] and "Traceback" not in err
     assert not (tmp_path / "bad.onnx").exists()

@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 
+from helpers import cli_main
 from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
 
 require_tvm()
@@ -77,9 +78,9 @@ def test_truncated_library_is_refused_in_process(artifact, tmp_path):
 def test_cli_run_of_truncated_library_exits_2(artifact, tmp_path):
     so = copy_of(artifact, tmp_path)
     so.write_bytes(so.read_bytes()[:3000])
-    r = subprocess.run([sys.executable, "-m", "tvmlite.cli", "run", str(so)], capture_output=True, text=True)
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.count("\n") == 1 and "not a complete shared library" in r.stderr
+    rc, _, err = cli_main("run", so)
+    assert rc == 2, err
+    assert err.count("\n") == 1 and "not a complete shared library" in err
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -4,7 +4,6 @@ onnxruntime), and every bad range, bucket list or tampered table is one line, ex
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -20,6 +19,8 @@ require_tvm()
 
 from tvmlite.backends.tvm import load_module  # noqa: E402
 from tvmlite.backends.tvm import buckets as bk  # noqa: E402
+
+from helpers import cli_main  # noqa: E402
 from tvmlite.errors import InputError  # noqa: E402
 from test_tvm_artifacts import flip_data_byte  # noqa: E402
 
@@ -45,9 +46,10 @@ def pooled_model(use_mask=True):
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "tvmlite.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd)
+def cli(*args):
+    """The CLI in this process (helpers.cli_main), as a CompletedProcess."""
+    rc, out, err = cli_main(*args)
+    return subprocess.CompletedProcess(args, rc, out, err)
 
 
 @pytest.fixture(scope="module")

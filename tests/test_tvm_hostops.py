@@ -7,8 +7,6 @@ import itertools
 import json
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -18,6 +16,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from real_graphs import vad
+from helpers import cli_main
 from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
 
 require_tvm()
@@ -137,18 +136,17 @@ def test_runs_builds_and_refuses_when_strict(name, tmp_path, qdq_path, capsys):
     out = capsys.readouterr().out
     bad = tmp_path / "strict" / "s.so"
     bad.parent.mkdir()
-    r = subprocess.run([sys.executable, "-m", "tvmlite.cli", "build", str(src), "-o", str(bad), "--strict"]
-                       + build_opts, capture_output=True, text=True)
+    rc, _, err = cli_main("build", src, "-o", bad, "--strict", *build_opts)
     if report is None:
-        assert "host-run" not in out and r.returncode == 0 and bad.exists(), (out, r.stderr)
+        assert "host-run" not in out and rc == 0 and bad.exists(), (out, err)
     else:
         assert "host-run nodes" in out
         for line in report:
             assert any(ln.strip().startswith(f"host-run: {line}") for ln in out.splitlines()), (line, out)
         # --strict: one line on stderr, exit 2, no traceback, nothing written
-        assert r.returncode == 2, r.stderr
-        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-        assert r.stderr.startswith("tvmlite: error: the TVM backend cannot emit"), r.stderr
+        assert rc == 2, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert err.startswith("tvmlite: error: the TVM backend cannot emit"), err
         assert list(bad.parent.iterdir()) == []
     model = load(str(src))
     for i, feeds in enumerate(feed_sets):
@@ -289,8 +287,8 @@ def test_cli_run_of_tampered_host_node_exits_2(artifacts, tmp_path):
     plan = json.loads(js.read_text())
     _tamper(plan, "unknown op")
     js.write_text(json.dumps(plan))
-    r = subprocess.run([sys.executable, "-m", "tvmlite.cli", "run", str(so)], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "NoSuchOp" in r.stderr, r.stderr
+    rc, _, err = cli_main("run", so)
+    assert rc == 2 and err.count("\n") == 1 and "NoSuchOp" in err, err
 
 
 def test_scalar_inputs_and_a_scalar_constant_first():
