@@ -91,10 +91,9 @@ def test_sigmoid_is_accurate_over_the_whole_range():
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_rgb_stem_takes_the_direct_kernel_where_its_tile_has_two_vectors(lanes):
-    """A 3-channel 3x3 stem (K = 27) runs direct where K is 3 vectors and its tile two vectors of
-    channels (AVX2: 16 to 64 channels); one vector of channels, one input channel, a 1x1 conv of
-    the same K and every AVX-512 stem (K under 3 of its vectors) stay a GEMM."""
+def test_rgb_stem_takes_the_direct_kernel_where_k_is_three_vectors(lanes):
+    """A 3-channel 3x3 stem (K = 27) runs direct where K is 3 vectors (AVX2); one input channel,
+    a 1x1 conv of the same K and every AVX-512 stem (K under 3 of its vectors) stay a GEMM."""
     def direct(cin, cout, k, stride=1, hw=64):
         w_shape = (cout, cin, k, k)
         geom = WindowGeometry.conv({"pads": (k // 2,) * 4, "strides": (stride, stride)}, (1, cin, hw, hw), w_shape)
@@ -102,7 +101,7 @@ def test_rgb_stem_takes_the_direct_kernel_where_its_tile_has_two_vectors(lanes):
     avx2 = lanes == 8
     assert direct(3, 16, 3, 2, 320) is avx2  # the detector's stem
     assert direct(3, 32, 3, 2, 224) is avx2 and direct(3, 64, 3) is avx2
-    assert not direct(3, 24, 3) and not direct(3, 8, 3, 2)  # one vector of channels
+    assert direct(3, 24, 3, 2, 224) is avx2 and direct(3, 8, 3, 2, 48) is avx2  # one vector of channels
     assert not direct(1, 32, 5) and not direct(1, 32, 3)  # one input channel
     assert not direct(27, 32, 1)  # 1x1: its short-K rule is unchanged
 
