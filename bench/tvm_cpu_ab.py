@@ -5,6 +5,10 @@ strided rule), all interleaved in one process.
 
     PYTHONPATH=. python bench/tvm_cpu_ab.py detector light_resnet50 --before-tiles
 
+``--before-writes`` instead compares against a build without the direct conv's vectorized NCHW
+write (`schedules.vectorize_pixel_run`: the tile leaves by scalar stores) and with RGB 3x3 stems
+on im2col + GEMM (no conv of K under 8 vectors on the direct kernel), as before both came.
+
 With one thread both runtimes compute on the calling thread, so its CPU clock leaves out the time
 other processes take from it: on a shared, loaded machine medians and best runs agree within a
 few percent where wall-clock medians swing by 2x. MODEL is ``detector`` (tests/real_graphs.py at
@@ -38,6 +42,15 @@ def old_use_direct_conv(w_shape, geom, lanes: int) -> bool:
     return direct >= (0.75 * gemm if max(geom.strides) > 1 else gemm)
 
 
+def short_k_gemm(rule):
+    """``rule`` (`kernels.conv.use_direct_conv`) with no conv of K under 8 vectors direct (as
+    before RGB stems were)."""
+    def use_direct(w_shape, geom, lanes: int) -> bool:
+        co, ci, kh, kw = (int(d) for d in w_shape)
+        return ci * kh * kw >= 8 * lanes and rule(w_shape, geom, lanes)
+    return use_direct
+
+
 def load_model(spec: str):
     if spec == "detector":
         from real_graphs import detector
@@ -56,6 +69,8 @@ def main(argv=None) -> int:
     p.add_argument("models", nargs="+")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--before-tiles", action="store_true", help="also build with the tiles and conv choice of before")
+    p.add_argument("--before-writes", action="store_true",
+                   help="also build with the direct conv's scalar NCHW writes and RGB stems on the GEMM")
     a = p.parse_args(argv)
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     from tvmlite.zoo import LIGHT_DIR
@@ -64,6 +79,9 @@ def main(argv=None) -> int:
     if bad or a.rounds < 1:
         print(f"tvm_cpu_ab: {'unknown model ' + bad[0] if bad else '--rounds must be at least 1'} "
               f"(detector or a light_* model)", file=sys.stderr)
+        return 2
+    if a.before_tiles and a.before_writes:
+        print("tvm_cpu_ab: --before-tiles and --before-writes are two different befores: give one", file=sys.stderr)
         return 2
     os.environ["TVMLITE_THREADS"] = "1"
     sys.path.insert(0, root)
@@ -77,7 +95,12 @@ def main(argv=None) -> int:
     from tvmlite.backends.tvm.kernels import schedules as S
 
     now = (S.accumulator_vectors, KC.use_direct_conv)
-    labels = ["before", "after"] if a.before_tiles else ["tvmlite"]
+    labels = ["before", "after"] if a.before_tiles or a.before_writes else ["tvmlite"]
+    writes = S.vectorize_pixel_run
+    if a.before_writes:
+        before = (now[0], short_k_gemm(now[1]), lambda sch, epi: None)
+    else:
+        before = ((lambda lanes: 24), old_use_direct_conv, writes)
     for spec in a.models:
         m = load_model(spec)
         inits = {i.name for i in m.graph.initializer}
@@ -92,13 +115,14 @@ def main(argv=None) -> int:
         cms = {}
         for label in labels:
             old = label == "before"
-            S.accumulator_vectors, KC.use_direct_conv = ((lambda lanes: 24), old_use_direct_conv) if old else now
+            S.accumulator_vectors, KC.use_direct_conv, S.vectorize_pixel_run = before if old else now + (writes,)
             try:
                 t0 = time.perf_counter()
                 cms[label] = compile_model(tvmlite.load(m), {inp.name: shape}, cache=not old)
                 build = time.perf_counter() - t0
             finally:
                 S.accumulator_vectors, KC.use_direct_conv = now
+                S.vectorize_pixel_run = writes
             out = cms[label].run(feeds)[0]
             err = float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
             print(f"{spec} {label}: build {build:.1f} s (load {os.getloadavg()[0]:.1f}), max rel err {err:.1e}",

@@ -40,7 +40,8 @@ def test_one_shape_runs_every_variant(capsys):
     assert all(v in out for v in ("picked(", "direct 3x8", "gemm 4x16", "ort median"))
 
 
-@pytest.mark.parametrize("argv", [["light_nope"], ["detector", "--rounds", "0"]])
+@pytest.mark.parametrize("argv", [["light_nope"], ["detector", "--rounds", "0"],
+                                  ["detector", "--before-tiles", "--before-writes"]])
 def test_cpu_ab_refuses_bad_options_in_one_line(argv, capsys):
     spec = importlib.util.spec_from_file_location("tvm_cpu_ab", SCRIPT.parent / "tvm_cpu_ab.py")
     mod = importlib.util.module_from_spec(spec)

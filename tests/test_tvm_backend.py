@@ -214,6 +214,26 @@ def test_avx2_default_tiles_match_numpy(direct):
     assert not direct((1, 3, 64, 64), (16, 3, 3, 3), (1, 1, 1, 1))  # K = 27
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_direct_conv_writes_each_channels_pixel_run_in_vectors(lanes):
+    """The direct conv's NCHW write of its [pixels, channels] tile is vectorized along the
+    pixels (a channel's run of one output row), also where the run ends the row early (10 of
+    13 pixels) and with a residual Add read along the same run; numbers against NumPy."""
+    x = RNG.standard_normal((1, 16, 13, 13)).astype(np.float32)
+    w = RNG.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(24).astype(np.float32)
+    res = RNG.standard_normal((1, 24, 13, 13)).astype(np.float32)
+    geom = WindowGeometry.conv(dict(pads=(1, 1, 1, 1)), x.shape, w.shape)
+    epi = Epilogue([EwOp("Add", [("value", "res", (1, 24, 13, 13))]), EwOp("Relu")])
+    kd = KC.conv2d_direct("c", "x", x.shape, w, b, geom, out_value="y", epilogue=epi, lanes=lanes)
+    lines = kd.func.script().splitlines()
+    at = next(i for i, ln in enumerate(lines) if 'T.sblock("epilogue")' in ln)
+    assert "T.vectorized" in lines[at - 1], lines[at - 1]
+    (y,) = run_kernel(kd, {"x": x, "res": res})
+    ref = np.maximum(conv(x, w, b, pads=[1, 1, 1, 1]) + res, 0)
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("stride,mult", [(1, 1), (2, 2)])
 def test_depthwise_conv_matches_numpy(stride, mult):
     x = RNG.standard_normal((1, 6, 15, 21)).astype(np.float32)
@@ -379,7 +399,8 @@ def test_emit_tvmscript_writes_each_kernel(tmp_path):
     paths = emit_tvmscript(load(conv_bn_relu_model()), str(tmp_path), {"x": (1, 3, 4, 4)})
     assert len(paths) == 2
     text = open(paths[0]).read()
-    assert "@T.prim_func" in text and "schedule steps: tile_for_cache" in text
+    # the conv's steps (a 3-channel 3x3 conv is the direct kernel on AVX2, its steps start with pad_input)
+    assert "@T.prim_func" in text and "# schedule steps: " in text and "tile_for_cache" in text
     assert (tmp_path / "index.txt").read_text().count(".py") == 2
 
 

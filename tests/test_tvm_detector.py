@@ -90,6 +90,45 @@ def test_sigmoid_is_accurate_over_the_whole_range():
     assert np.isnan(got[-3]) and got[-2] == 1.0 and 0.0 <= got[-1] < 1e-37
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_rgb_stem_takes_the_direct_kernel_where_k_is_three_vectors(lanes):
+    """A 3-channel 3x3 stem (K = 27) runs direct where K is 3 vectors (AVX2); one input channel,
+    a 1x1 conv of the same K and every AVX-512 stem (K under 3 of its vectors) stay a GEMM."""
+    def direct(cin, cout, k, stride=1, hw=64):
+        w_shape = (cout, cin, k, k)
+        geom = WindowGeometry.conv({"pads": (k // 2,) * 4, "strides": (stride, stride)}, (1, cin, hw, hw), w_shape)
+        return KC.use_direct_conv(w_shape, geom, lanes)
+    avx2 = lanes == 8
+    assert direct(3, 16, 3, 2, 320) is avx2  # the detector's stem
+    assert direct(3, 32, 3, 2, 224) is avx2 and direct(3, 64, 3) is avx2
+    assert direct(3, 24, 3, 2, 224) is avx2 and direct(3, 8, 3, 2, 48) is avx2  # one vector of channels
+    assert not direct(1, 32, 5) and not direct(1, 32, 3)  # one input channel
+    assert not direct(27, 32, 1)  # 1x1: its short-K rule is unchanged
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_rgb_stem_on_the_direct_kernel_with_silu_matches_onnxruntime(lanes):
+    """The detector's stem shape (3 -> 16, 3x3, stride 2, padded, rows the tile does not
+    divide) on the direct kernel with BN folded and SiLU + Add on its tile, against onnxruntime."""
+    from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
+    from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
+
+    x = RNG.standard_normal((1, 3, 22, 26)).astype(np.float32)
+    w = (RNG.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32)
+    b = RNG.standard_normal(16).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 3, 22, 26])], [tensor("y", [1, 16, 11, 13])], [("w", w), ("b", b)])
+    geom = WindowGeometry.conv({"pads": (1, 1, 1, 1), "strides": (2, 2)}, x.shape, w.shape)
+    kd = KC.conv2d_direct("stem", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Silu")]),
+                          lanes=lanes)
+    fn = build_kernel(kd)["main"]
+    args, outs = kernel_args(kd, {"x": x})
+    fn(*args)
+    (ref,) = ort_run(model, {"x": x})
+    assert rel_err(outs[0].numpy().reshape(ref.shape), ref) <= 1e-5
+
+
 def test_strided_conv_takes_the_direct_kernel_with_no_padded_channels():
     w = np.zeros((48, 32, 3, 3), np.float32)
     geom = WindowGeometry.conv({"pads": (1, 1, 1, 1), "strides": (2, 2)}, (1, 32, 80, 80), w.shape)

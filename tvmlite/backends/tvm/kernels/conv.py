@@ -124,14 +124,22 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     unpadded 1x1 conv (a plain GEMM over the input rows, or for a strided one over its subsampled
     copy, `phase_planes`) unless the GEMM pads a small image's pixels by a tenth or more, and not
     for a short reduction
-    (K < 8 vectors): the direct tile leaves through a transposing scalar write of its mr x nr
-    values, which only a long K hides."""
+    (K < 8 vectors): the direct tile leaves through a transposing write of its mr x nr values
+    (shuffles, a store per channel), which only a long K hides. An RGB stem (3x3, K = 27) needs K of 3 vectors only:
+    there the GEMM's strided, padded column gathers cost more than the direct tile's write
+    (one vector store per channel's pixel run, `S.vectorize_pixel_run`). AVX2, one thread, CPU
+    time, with SiLU, against onnxruntime's Conv (bench/conv_tiles.py): 3->16 s2 at 320x320 GEMM
+    1.23-1.33x -> direct 0.94-1.04x, 3->24 s2 at 224x224 1.34x -> 1.05x, PP-OCR cls' 3->8 s2
+    0.87x -> 0.82x, 3->24 at 32x32 and 96x96 alike; without SiLU 3->32 s2 at 224x224 1.29x ->
+    0.71x, 3->64 at 224x224 0.94x -> 0.70x. A 1-channel conv stays a GEMM (5x5, K = 25: 0.81x
+    against 0.94x direct, measured with the scalar writes of before).
+    """
     co, ci, kh, kw = (int(d) for d in w_shape)
     cog = co // geom.group
-    if ci * kh * kw < 8 * lanes:
-        return False
     oh, ow = geom.out_spatial
     dt, gt = direct_tile(cog, ow, lanes, kh * kw), conv_tile(cog, oh * ow, lanes)
+    if ci * kh * kw < 8 * lanes and not (kh * kw > 1 and ci >= 3 and ci * kh * kw >= 3 * lanes):
+        return False
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
     if (kh, kw) == (1, 1) and not geom.padded:  # strided too: a GEMM over the subsampled copy

@@ -299,6 +299,8 @@ def schedule_direct_conv(sch, pad: str | None, acc: str, epilogue: str, tile: Ge
         sch.vectorize(lp["ji"])
         if act is not None:
             sch.vectorize(sch.get_loops(sch.get_sblock(act))[-1])
+        if on("write_cache"):
+            vectorize_pixel_run(sch, epi)
     if on("unroll_rows"):
         unroll_rows(sch, lp["ii"])
     if on("parallel_outer") and parallel:
@@ -306,3 +308,14 @@ def schedule_direct_conv(sch, pad: str | None, acc: str, epilogue: str, tile: Ge
     if on("finish_reduction"):
         finish_reduction(sch, block, lp["k"])
     return sch
+
+
+def vectorize_pixel_run(sch, epi):
+    """The direct conv's NCHW write of its [mr pixels, nr channels] register tile, vectorized
+    along the tile's run of mr pixels of one output row (contiguous in NCHW): LLVM transposes
+    the tile in registers with shuffles and writes each channel's run with one vector store,
+    where the scalar loop wrote mr x nr floats one at a time. AVX2, one thread, CPU time,
+    against onnxruntime's Conv + SiLU (the detector's stride-2 convs, whose K is short):
+    3->16 at 320x320 1.12x -> 0.94x, 16->32 at 160x160 1.44-1.54x -> 1.30-1.39x, 16->16 at
+    80x80 0.89x -> 0.84x; long-K convs unchanged (256->256 3x3 at 14x14 1.02x -> 0.99x)."""
+    sch.vectorize(sch.get_loops(epi)[-1])
