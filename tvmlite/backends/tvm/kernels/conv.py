@@ -124,8 +124,8 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     unpadded 1x1 conv (a plain GEMM over the input rows, or for a strided one over its subsampled
     copy, `phase_planes`) unless the GEMM pads a small image's pixels by a tenth or more, and not
     for a short reduction
-    (K < 8 vectors): the direct tile leaves through a transposing scalar write of its mr x nr
-    values, which only a long K hides."""
+    (`short_reduction`: K < 8 vectors, 3 with AVX2's tiles): the direct tile leaves through a
+    transposing scalar write of its mr x nr values, which only a long K hides."""
     co, ci, kh, kw = (int(d) for d in w_shape)
     cog = co // geom.group
     if short_reduction(ci * kh * kw, lanes):
