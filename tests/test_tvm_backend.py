@@ -190,6 +190,33 @@ def test_register_tiles_fit_the_accumulator_registers(lanes):
         ((8, 32) if lanes == 16 else (4, 16))  # AVX-512 keeps its tiles
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_three_channel_stem_takes_the_direct_conv_on_avx2_only(lanes):
+    """K = 27 (a 3-channel 3x3 stem) is long enough for AVX2's small direct tiles (squeezenet's
+    stem 1.31x -> 0.70x of onnxruntime's Conv), not for AVX-512's (8 vectors, as measured there);
+    a shorter K (one input channel) never is."""
+    def direct(x_shape, w_shape, strides):
+        geom = WindowGeometry.conv(dict(strides=strides), x_shape, w_shape)
+        return KC.use_direct_conv(w_shape, geom, lanes)
+    assert direct((1, 3, 224, 224), (64, 3, 3, 3), (2, 2)) is (lanes == 8)
+    assert not direct((1, 1, 224, 224), (64, 1, 3, 3), (2, 2))
+    assert not KC.short_reduction(27, 8) and KC.short_reduction(23, 8) and KC.short_reduction(127, 16)
+
+
+def test_unpadded_strided_stem_direct_conv_matches_numpy():
+    """The AVX2 pick for squeezenet's stem: 3 -> 24 channels, 3x3 stride 2, no pads, an odd output
+    row (15) the pixel tile does not divide, bias and Relu."""
+    x = RNG.standard_normal((1, 3, 31, 31)).astype(np.float32)
+    w = RNG.standard_normal((24, 3, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(24).astype(np.float32)
+    geom = WindowGeometry.conv(dict(strides=(2, 2)), x.shape, w.shape)
+    assert KC.use_direct_conv(w.shape, geom, 8)
+    kd = KC.conv2d("c", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=8)
+    (y,) = run_kernel(kd, {"x": x})
+    ref = np.maximum(conv(x, w, b, strides=[2, 2]), 0)
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("direct", [True, False])
 def test_avx2_default_tiles_match_numpy(direct):
     """The AVX2 (8-lane) default tiles on a conv neither tile divides: 24 output channels, a
@@ -399,8 +426,9 @@ def test_emit_tvmscript_writes_each_kernel(tmp_path):
     paths = emit_tvmscript(load(conv_bn_relu_model()), str(tmp_path), {"x": (1, 3, 4, 4)})
     assert len(paths) == 2
     text = open(paths[0]).read()
-    # the conv's steps (a 3-channel 3x3 conv is the direct kernel on AVX2, its steps start with pad_input)
-    assert "@T.prim_func" in text and "# schedule steps: " in text and "tile_for_cache" in text
+    # the direct conv's steps start with pad_input (AVX2 takes it for this K = 27 conv), the GEMM's not
+    steps = next(line for line in text.splitlines() if line.startswith("# schedule steps: "))
+    assert "@T.prim_func" in text and "tile_for_cache" in steps
     assert (tmp_path / "index.txt").read_text().count(".py") == 2
 
 

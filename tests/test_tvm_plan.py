@@ -239,3 +239,38 @@ def test_long_runs_of_kernels_are_cut_into_short_stretches():
     assert stretch_spans(calls) == [(0, MAX_STRETCH), (MAX_STRETCH, 2 * MAX_STRETCH), (2 * MAX_STRETCH, m),
                                     (m + 1, m + 3)]
     assert stretch_spans([hst, hst]) == []
+
+
+def _repeated_block():
+    """Two Conv+Relu of one shape (own weights) whose outputs are concatenated (written at two
+    offsets of one buffer), then a conv of another shape."""
+    w1, w2 = ((RNG.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32) for _ in range(2))
+    w3 = (RNG.standard_normal((4, 16, 1, 1)) * 0.2).astype(np.float32)
+    b1, b2 = (RNG.standard_normal(8).astype(np.float32) for _ in range(2))
+    nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["c1"], ["r1"]),
+             h.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["c2"], ["r2"]),
+             h.make_node("Concat", ["r1", "r2"], ["cat"], axis=1), h.make_node("Conv", ["cat", "w3"], ["y"])]
+    return _typed_model(nodes, {"x": np.zeros((1, 8, 12, 12), np.float32)}, [("y", 4)],
+                        {"w1": w1, "w2": w2, "w3": w3, "b1": b1, "b2": b2})
+
+
+def test_repeated_kernels_share_one_compiled_subroutine():
+    """A kernel structurally equal to an earlier one (same shapes and schedule, other weights) calls
+    that one's subroutine: one impl compiled for both, each still with its own public function and
+    weights, outputs equal to onnxruntime's; kernels of other shapes keep their own."""
+    from tvmlite.backends.tvm.lower import lower
+    from tvmlite.backends.tvm.module import plan_of
+
+    proto = _repeated_block()
+    x = RNG.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    low = lower(import_model(proto), {"x": x.shape}, 8)
+    convs = [kd.name for kd in low.kernels]
+    assert len(convs) == 3
+    assert plan_func.same_kernels(low.kernels) == {convs[1]: convs[0]}
+    plan, _ = plan_of(low)
+    names = {gv.name_hint for gv in plan_func.plan_module(low.kernels, plan).functions}
+    assert {n for n in names if n.endswith(plan_func.IMPL)} == {convs[0] + plan_func.IMPL, convs[2] + plan_func.IMPL}
+    assert set(convs) <= names  # every kernel keeps its public function (profile, single runs)
+    cm = compile_model(import_model(proto), {"x": x.shape})
+    got = _same_both_ways(cm, {"x": x})
+    np.testing.assert_allclose(got[0], _ort(proto, {"x": x})[0], rtol=1e-5, atol=1e-5)

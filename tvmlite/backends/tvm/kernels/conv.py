@@ -124,22 +124,24 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     unpadded 1x1 conv (a plain GEMM over the input rows, or for a strided one over its subsampled
     copy, `phase_planes`) unless the GEMM pads a small image's pixels by a tenth or more, and not
     for a short reduction
-    (K < 8 vectors): the direct tile leaves through a transposing write of its mr x nr values
-    (shuffles, a store per channel), which only a long K hides. An RGB stem (3x3, K = 27) needs K of 3 vectors only:
-    there the GEMM's strided, padded column gathers cost more than the direct tile's write
-    (one vector store per channel's pixel run, `S.vectorize_pixel_run`). AVX2, one thread, CPU
-    time, with SiLU, against onnxruntime's Conv (bench/conv_tiles.py): 3->16 s2 at 320x320 GEMM
-    1.23-1.33x -> direct 0.94-1.04x, 3->24 s2 at 224x224 1.34x -> 1.05x, PP-OCR cls' 3->8 s2
-    0.87x -> 0.82x, 3->24 at 32x32 and 96x96 alike; without SiLU 3->32 s2 at 224x224 1.29x ->
-    0.71x, 3->64 at 224x224 0.94x -> 0.70x. A 1-channel conv stays a GEMM (5x5, K = 25: 0.81x
-    against 0.94x direct, measured with the scalar writes of before).
+    (`short_reduction`: K < 8 vectors; with AVX2's tiles 3 vectors where the conv has several taps
+    and at least 3 channels): the direct tile leaves through a transposing write of its mr x nr
+    values (shuffles, a store per channel), which only a long K hides. An RGB stem (3x3, K = 27)
+    needs K of 3 vectors only on AVX2: there the GEMM's strided, padded column gathers cost more
+    than the direct tile's write (one vector store per channel's pixel run,
+    `S.vectorize_pixel_run`). AVX2, one thread, CPU time, with SiLU, against onnxruntime's Conv
+    (bench/conv_tiles.py): 3->16 s2 at 320x320 GEMM 1.23-1.33x -> direct 0.94-1.04x, 3->24 s2 at
+    224x224 1.34x -> 1.05x, PP-OCR cls' 3->8 s2 0.87x -> 0.82x, 3->24 at 32x32 and 96x96 alike;
+    without SiLU 3->32 s2 at 224x224 1.29x -> 0.71x, 3->64 at 224x224 0.94x -> 0.70x. A 1-channel
+    conv stays a GEMM (5x5, K = 25: 0.81x against 0.94x direct, measured with the scalar writes
+    of before).
     """
     co, ci, kh, kw = (int(d) for d in w_shape)
     cog = co // geom.group
+    if short_reduction(ci * kh * kw, lanes, taps=kh * kw, channels=ci):
+        return False
     oh, ow = geom.out_spatial
     dt, gt = direct_tile(cog, ow, lanes, kh * kw), conv_tile(cog, oh * ow, lanes)
-    if ci * kh * kw < 8 * lanes and not (kh * kw > 1 and ci >= 3 and ci * kh * kw >= 3 * lanes):
-        return False
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
     if (kh, kw) == (1, 1) and not geom.padded:  # strided too: a GEMM over the subsampled copy
@@ -154,6 +156,20 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
         return 0.9 * direct >= gemm
     strided = max(geom.strides) > 1
     return direct >= (0.75 * gemm if strided else gemm)
+
+
+def short_reduction(k: int, lanes: int, taps: int = 9, channels: int = 3) -> bool:
+    """Whether a reduction of ``k`` (``channels`` x ``taps``) is too short for the direct conv
+    (`use_direct_conv`): its tile leaves through a transposing write that only a long K hides.
+    8 vectors with AVX-512's 24-accumulator tiles; AVX2's 8-accumulator tiles write a third as much
+    per tile, and there 3 vectors do for a conv of several taps and at least 3 channels (a 1x1 or
+    1-channel conv keeps the 8-vector rule): 3-channel 3x3 stems (K = 27, one thread, CPU time, against onnxruntime's Conv,
+    bench/conv_tiles.py) ran GEMM -> direct 1.31x -> 0.70x at 3->64 stride 2 to 111x111
+    (squeezenet's stem: a row of 111 is no whole number of GEMM column tiles, so every column
+    lane divides), 1.24x -> 0.69x at 3->32 stride 2 from 224x224, 0.97x -> 0.82x at 3->16 from 320x320."""
+    if S.accumulator_vectors(lanes) <= 8 and taps > 1 and channels >= 3:
+        return k < 3 * lanes
+    return k < 8 * lanes
 
 
 def conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeometry, *, out_value: str,
