@@ -34,8 +34,10 @@ MAX_ATTR_ITEMS = 1 << 16
 _ATTR_TYPES = {"int": int, "float": (int, float), "string": str, "bytes": str, "ints": int,
                "floats": (int, float), "strings": str, "tensor": None, "tensors": None, "graph": None,
                "graphs": None, "type_proto": None}
-#: dtypes of buffers: float32, and the integer/bool values kernels read and write
-_BUFFER_DTYPES = ("float32", "int64", "int32", "uint8", "int8", "bool")
+#: element types a kernel reads and writes, the dtypes of a plan's buffers: float32, and the
+#: integer/bool values kernels read and write. Defined here, on the load side (the emitters import
+#: it; this module must not import the compiler's): what a build may emit is what a load accepts
+KERNEL_DTYPES = ("float32", "int64", "int32", "uint8", "int8", "bool")
 _INPUT_DTYPES = ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8",
                  "uint16", "uint32", "uint64", "bool", "object")  # object: ONNX strings
 
@@ -80,8 +82,8 @@ def _check_schema(plan: dict, path: str) -> None:
     buffers = plan["buffers"]
     for name, b in buffers.items():
         _need(isinstance(b, dict) and _is_shape(b.get("shape")), path, f"buffer {name!r} has no valid shape")
-        _need(b.get("dtype", "float32") in _BUFFER_DTYPES, path, f"buffer {name!r} has dtype {b.get('dtype')!r}, "
-              f"not one of {', '.join(_BUFFER_DTYPES)}")
+        _need(b.get("dtype", "float32") in KERNEL_DTYPES, path, f"buffer {name!r} has dtype {b.get('dtype')!r}, "
+              f"not one of {', '.join(KERNEL_DTYPES)}")
         limits.check_tensor(b["shape"], np.dtype(b.get("dtype", "float32")), f"{path}: buffer {name!r}")
     for name, b in buffers.items():
         if b.get("kind") == "slice":
