@@ -25,6 +25,7 @@ import struct
 import numpy as np
 
 from tvmlite import limits
+from tvmlite.backends.tvm.kernels.defs import KERNEL_DTYPES  # what a build may emit is what a load accepts
 from tvmlite.errors import TvmliteError
 from tvmlite.ops.registry import lookup
 
@@ -34,10 +35,6 @@ MAX_ATTR_ITEMS = 1 << 16
 _ATTR_TYPES = {"int": int, "float": (int, float), "string": str, "bytes": str, "ints": int,
                "floats": (int, float), "strings": str, "tensor": None, "tensors": None, "graph": None,
                "graphs": None, "type_proto": None}
-#: element types a kernel reads and writes, the dtypes of a plan's buffers: float32, and the
-#: integer/bool values kernels read and write. Defined here, on the load side (the emitters import
-#: it; this module must not import the compiler's): what a build may emit is what a load accepts
-KERNEL_DTYPES = ("float32", "int64", "int32", "uint8", "int8", "bool")
 _INPUT_DTYPES = ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8",
                  "uint16", "uint32", "uint64", "bool", "object")  # object: ONNX strings
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tvmlite.backends.tvm.artifact_check import KERNEL_DTYPES
 from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
+from tvmlite.backends.tvm.kernels.defs import KERNEL_DTYPES
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.geometry import WindowGeometry
 
