@@ -1,0 +1,194 @@
+"""The TVM build cache (issue 15): a cache entry that fails to load is rebuilt with one line on
+stderr saying which entry and why, never a traceback and never silently; entries land whole (a
+staging folder renamed into place); a miss for a graph the cache holds under other key parts says
+which part changed; keys are the same in two fresh processes; pruning drops the least recently
+used entries."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+
+require_tvm()
+
+from tvmlite.backends.tvm import build_cache, compile_model  # noqa: E402
+from tvmlite.frontend import load  # noqa: E402
+
+W = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+X = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
+
+
+def gemm_model(w=W):
+    g = h.make_graph([h.make_node("Gemm", ["x", "W"], ["y"])], "gemm",
+                     [h.make_tensor_value_info("x", T.FLOAT, [2, w.shape[0]])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [2, w.shape[1]])],
+                     [onnx.numpy_helper.from_array(w, "W")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A cache of this test's own, empty (the entries are counted)."""
+    monkeypatch.setenv("TVMLITE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def entries(cache):
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def build(capsys):
+    cm = compile_model(load(gemm_model()))
+    np.testing.assert_allclose(cm.run({"x": X})[0], X @ W, rtol=1e-5, atol=1e-5)
+    return cm, capsys.readouterr().err
+
+
+def replace(path, data: bytes):
+    """A new file at ``path``: this process has the entry's library and constants mapped, and
+    writing into those files in place would change (or cut) the mapped pages under it."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def truncate_npz(d):
+    npz = d / "model.so.npz"
+    replace(npz, npz.read_bytes()[: npz.stat().st_size // 2])
+
+
+def flip_library_byte(d):
+    so = d / "model.so"
+    data = bytearray(so.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    replace(so, bytes(data))
+
+
+def older_format(d):
+    js = d / "model.so.json"
+    plan = json.loads(js.read_text())
+    plan["format"] = 1
+    replace(js, json.dumps(plan).encode())
+
+
+@pytest.mark.parametrize("damage, why", [
+    (truncate_npz, "model.so.npz: not a"),
+    (flip_library_byte, "model.so"),
+    (older_format, "format"),
+    (lambda d: (d / "model.so").unlink(), "missing"),
+])
+def test_a_broken_entry_is_rebuilt_saying_which_and_why(cache, capsys, damage, why):
+    first, err = build(capsys)
+    assert not first.cached and err == ""
+    (key,) = entries(cache)
+    del first
+    damage(cache / key)
+    again, err = build(capsys)  # right answer (checked in build), no traceback
+    assert not again.cached
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"build cache entry {key} cannot be used, rebuilding it" in lines[0], err
+    assert why in lines[0] and "Traceback" not in err
+    assert entries(cache) == [key]  # replaced whole: no staging or broken folder left
+    assert sorted(p.name for p in (cache / key).iterdir()) == ["key.json", "model.so", "model.so.json", "model.so.npz"]
+    third, err = build(capsys)
+    assert third.cached and err == ""
+
+
+def test_an_entry_that_cannot_be_written_leaves_nothing(cache, capsys, monkeypatch):
+    from tvmlite.backends.tvm import params
+
+    def full(f, arrays):
+        f.write(b"PK")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(params, "write", full)
+    cm, err = build(capsys)  # built and run without the cache
+    assert not cm.cached and entries(cache) == []
+
+
+def test_a_miss_for_a_cached_graph_says_which_key_part_changed(cache, capsys, monkeypatch):
+    build(capsys)
+    (key,) = entries(cache)
+    monkeypatch.setenv("TVMLITE_MIN_PARALLEL_WORK", "12345")
+    cm, err = build(capsys)
+    assert not cm.cached
+    assert f"no build cache entry for this build (entry {key} holds this graph built with other schedule knobs" in err
+    assert "min parallel work 1048576" in err and "min parallel work 12345" in err and "backend sources" not in err
+    # another graph: a plain miss, nothing to say
+    compile_model(load(gemm_model(W * 2)))
+    assert capsys.readouterr().err == ""
+
+
+_KEY = """
+import sys
+sys.path.insert(0, {tests!r})
+import numpy as np, onnx
+from onnx import helper as h, TensorProto as T
+from tvmlite.backends.tvm.build_cache import graph_key
+from tvmlite.frontend import load
+def branch(name, op):
+    return h.make_graph([h.make_node(op, ["x"], ["o"])], name, [], [h.make_tensor_value_info("o", T.FLOAT, [2, 3])])
+c = onnx.numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "c")
+nodes = [h.make_node("ReduceSum", ["x"], ["s"], keepdims=0, noop_with_empty_axes=0),
+         h.make_node("Greater", ["s", "z"], ["p"]),
+         h.make_node("If", ["p"], ["y"], then_branch=branch("t", "Relu"), else_branch=branch("e", "Neg")),
+         h.make_node("Add", ["y", "c"], ["out"]),
+         h.make_node("Pad", ["out", "pads"], ["padded"], mode="reflect")]
+g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [2, 3])],
+                 [h.make_tensor_value_info("padded", T.FLOAT, [2, 5])],
+                 [c, onnx.numpy_helper.from_array(np.float32(0), "z"),
+                  onnx.numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "pads")])
+m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)], ir_version=8)
+print(graph_key(load(m), {{"x": (2, 3)}}, "llvm"))
+"""
+
+
+def test_the_key_is_the_same_in_two_fresh_processes(tmp_path):
+    """Nothing process-local (string hashing, set order, time) reaches the key: two processes with
+    different hash seeds, one after the other, agree (a key unstable between processes would make
+    every 'cached' build a full one)."""
+    import pathlib
+
+    tests = str(pathlib.Path(__file__).parent)
+    keys = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed, TVMLITE_THREADS="2")
+        r = subprocess.run([sys.executable, "-c", _KEY.format(tests=tests)], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        keys.append(r.stdout.strip())
+    assert keys[0] == keys[1] and len(keys[0]) == 24
+
+
+def test_pruning_drops_the_least_recently_used_not_the_oldest_built(cache, capsys):
+    build(capsys)
+    (key,) = entries(cache)
+    for name, age in (("old-unused", 50),):  # built after our entry, used never since
+        d = cache / name
+        d.mkdir()
+        (d / "model.so.npz").write_bytes(b"x" * 1000)
+        os.utime(d, (time.time() - age, time.time() - age))
+    os.utime(cache / key, (time.time() - 100, time.time() - 100))  # built first...
+    assert build(capsys)[0].cached  # ...but used now
+    size = sum(f.stat().st_size for f in (cache / key).iterdir())
+    build_cache.prune_cache(max_bytes=size + 10)
+    assert entries(cache) == [key]
+
+
+def test_pruning_keeps_a_build_in_progress_and_drops_a_crashed_one(cache):
+    cache.mkdir()
+    live, stale = cache / ".k1.abc", cache / ".k2.def"
+    for d in (live, stale):
+        d.mkdir()
+        (d / "model.so").write_bytes(b"x" * 100)
+    old = time.time() - build_cache.STALE_STAGING_S - 10
+    os.utime(stale, (old, old))
+    build_cache.prune_cache(max_bytes=0)
+    assert entries(cache) == [".k1.abc"]
