@@ -23,9 +23,10 @@ from tvmlite.backends.tvm.concat_views import resolve as resolve_slices
 from tvmlite.backends.tvm.kernels.target import host_threads, import_tvm
 from tvmlite.errors import InputError, TvmliteError
 
-FORMAT = 5  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
+FORMAT = 6  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
 # 4: stretches (runs of kernels called from one compiled function, see plan_func.py); 5: "slice"
-# buffers (a value inside a Concat's output: "of" that buffer at element "offset", concat_views.py)
+# buffers (a value inside a Concat's output: "of" that buffer at element "offset", concat_views.py);
+# 6: a host node with compiled bodies stores its subgraphs as their plans only ("compiled": true)
 
 
 # a plan whose second run takes less CPU time (this thread's) picks its thread count by measurement
