@@ -71,6 +71,19 @@ def flip_library_byte(d):
     replace(so, bytes(data))
 
 
+def flip_weight_byte(d):
+    """One bit of W's packed copy (the largest member) in a new file: its CRC-32 no longer holds."""
+    import zipfile
+
+    npz = d / "model.so.npz"
+    with zipfile.ZipFile(npz) as zf:
+        info = max(zf.infolist(), key=lambda i: i.file_size)
+    data = bytearray(npz.read_bytes())
+    name_len, extra_len = np.frombuffer(bytes(data[info.header_offset + 26:info.header_offset + 30]), "<u2")
+    data[info.header_offset + 30 + int(name_len) + int(extra_len) + info.file_size - 1] ^= 0x40
+    replace(npz, bytes(data))
+
+
 def older_format(d):
     js = d / "model.so.json"
     plan = json.loads(js.read_text())
@@ -81,6 +94,7 @@ def older_format(d):
 @pytest.mark.parametrize("damage, why", [
     (truncate_npz, "model.so.npz: not a"),
     (flip_library_byte, "model.so"),
+    (flip_weight_byte, "Bad CRC-32"),
     (older_format, "format"),
     (lambda d: (d / "model.so").unlink(), "missing"),
 ])
@@ -192,3 +206,41 @@ def test_pruning_keeps_a_build_in_progress_and_drops_a_crashed_one(cache):
     os.utime(stale, (old, old))
     build_cache.prune_cache(max_bytes=0)
     assert entries(cache) == [".k1.abc"]
+
+
+def test_big_weights_are_hashed_in_pieces_on_threads_to_the_same_key(monkeypatch):
+    """An array of HASH_CHUNK bytes or more is hashed piece by piece on a thread pool: the key
+    follows its last bit and is the same whatever the thread count."""
+    monkeypatch.setattr(build_cache, "HASH_CHUNK", 1000)  # W (512 bytes) x 4: three pieces
+    w = np.tile(W, (4, 1))
+    keys = {}
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("TVMLITE_THREADS", threads)
+        keys[threads] = build_cache.key_parts(load(gemm_model(w)), {"x": (2, 64)}, "llvm")["graph"]
+    assert len(set(keys.values())) == 1
+    for i in (0, -1):  # the first and the last piece
+        w2 = w.copy()
+        w2.reshape(-1)[i] = np.nextafter(w2.reshape(-1)[i], np.float32(9))
+        assert build_cache.key_parts(load(gemm_model(w2)), {"x": (2, 64)}, "llvm")["graph"] != keys["3"]
+    monkeypatch.setattr(build_cache, "HASH_CHUNK", 1 << 30)  # whole: another stream, another key
+    assert build_cache.key_parts(load(gemm_model(w)), {"x": (2, 64)}, "llvm")["graph"] != keys["3"]
+
+
+def test_an_entry_as_written_skips_the_crc_and_a_rewritten_one_does_not(cache, capsys, monkeypatch):
+    """The CRC-32 of the mapped constants read every byte of the weights (a quarter of VGG-19's
+    cached build): an entry whose .npz has the size, time and inode key.json recorded is the file
+    written; any rewrite is checked in full."""
+    from tvmlite.backends.tvm import params
+
+    monkeypatch.setattr(params, "MAP_MIN_BYTES", 64)  # W (512 bytes) is mapped, as big weights are
+    build(capsys)
+    (key,) = entries(cache)
+    assert build_cache.as_written(cache / key)
+    crcs = []
+    real = params.zlib.crc32
+    monkeypatch.setattr(params.zlib, "crc32", lambda *a: crcs.append(len(a[0])) or real(*a))
+    assert build(capsys)[0].cached and crcs == []
+    npz = cache / key / "model.so.npz"
+    replace(npz, npz.read_bytes())  # the same bytes, another file
+    assert not build_cache.as_written(cache / key)
+    assert build(capsys)[0].cached and crcs

@@ -60,7 +60,7 @@ def key_parts(model, input_shapes: dict, target: str) -> dict:
     from tvmlite.backends.tvm.kernels.schedules import min_parallel_work
     from tvmlite.backends.tvm.kernels.target import host_threads
 
-    h = hashlib.sha256()
+    h = _Digest(host_threads())
     _graph(h, model.graph)
     h.update(json.dumps(sorted(model.opsets.items())).encode())
     for f in model.functions:  # model-local functions a node may call
@@ -77,6 +77,48 @@ def key_of(parts: dict) -> str:
 
 def graph_key(model, input_shapes: dict, target: str) -> str:
     return key_of(key_parts(model, input_shapes, target))
+
+
+#: arrays of this many bytes or more are hashed in pieces of this size on a thread pool
+HASH_CHUNK = 8 << 20
+
+
+class _Digest:
+    """SHA-256 of the key's stream, where an array of HASH_CHUNK bytes or more enters as its size
+    and, at the end, the SHA-256 of each of its HASH_CHUNK-byte pieces in order, hashed on
+    ``threads`` threads (hashlib lets go of the GIL): VGG-19's 548 MB of weights are one 411 MB
+    matrix and a few big ones, so pieces, not arrays, are what threads can share."""
+
+    def __init__(self, threads: int):
+        self._h = hashlib.sha256()
+        self._threads = max(1, threads)
+        self._pool = None
+        self._pieces: list = []
+
+    def update(self, data) -> None:
+        self._h.update(data)
+
+    def update_big(self, data: memoryview) -> None:
+        self._h.update(f"pieces of {len(data)}".encode())
+        if self._pool is None and self._threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="tvmlite-key")
+        for i in range(0, len(data), HASH_CHUNK):
+            piece = data[i:i + HASH_CHUNK]
+            self._pieces.append(self._pool.submit(_sha256, piece) if self._pool else _sha256(piece))
+
+    def hexdigest(self) -> str:
+        for p in self._pieces:
+            self._h.update(p if isinstance(p, bytes) else p.result())
+        if self._pool is not None:
+            self._pool.shutdown()
+        self._pieces, self._pool = [], None
+        return self._h.hexdigest()
+
+
+def _sha256(data) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 def _text(h, *parts) -> None:
@@ -124,7 +166,11 @@ def _array(h, a) -> None:
     if a.dtype == object:  # strings
         _text(h, [repr(x) for x in a.reshape(-1)])
     else:
-        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+        data = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+        if len(data) >= HASH_CHUNK:
+            h.update_big(data)
+        else:
+            h.update(data)
 
 
 #: a staging folder (``.KEY.*``) older than this is a crashed build's, and pruned
@@ -143,6 +189,13 @@ def load_failure(e: BaseException) -> str:
     from tvmlite.errors import TvmliteError
 
     return msg if isinstance(e, TvmliteError) and msg else f"{type(e).__name__}: {msg}".rstrip(": ")
+
+
+def note_miss(parts: dict) -> None:
+    """Say why a build the cache has no entry for is built, when the cache holds its graph."""
+    why = miss_reason(parts)
+    if why:
+        note(f"no build cache entry for this build ({why}): building it")
 
 
 def miss_reason(parts: dict) -> str | None:
@@ -168,6 +221,25 @@ def miss_reason(parts: dict) -> str | None:
     return f"entry {best[1]} holds this graph built with other {', '.join(diff) or 'parts'}"
 
 
+def _stamp(path: pathlib.Path) -> list | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+
+
+def as_written(entry_dir: pathlib.Path) -> bool:
+    """Whether the entry's .npz is the file written into it (size, time, inode and device as
+    key.json recorded them): its mapped constants then skip their CRC-32 (params.read). Any
+    rewrite or replacement of the file (a new inode, or a new time) is checked in full."""
+    try:
+        have = json.loads((entry_dir / "key.json").read_text()).get("npz")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return have is not None and have == _stamp(entry_dir / "model.so.npz")
+
+
 def touch(entry_dir: pathlib.Path) -> None:
     """Mark an entry used now: pruning drops the least recently used, not the oldest built."""
     try:
@@ -186,7 +258,8 @@ def publish(staged: pathlib.Path, entry_dir: pathlib.Path, parts: dict, replace:
     """Rename the complete ``staged`` folder to ``entry_dir``. ``replace``: an entry there is broken
     and is swapped out (moved aside, then removed); otherwise one that another process published
     meanwhile wins and ``staged`` is dropped. Returns whether ``staged`` became the entry."""
-    (staged / "key.json").write_text(json.dumps(parts, sort_keys=True))
+    stamp = _stamp(staged / "model.so.npz")  # a folder's rename keeps its files' inodes
+    (staged / "key.json").write_text(json.dumps({**parts, "npz": stamp}, sort_keys=True))
     for attempt in range(2):
         try:
             os.rename(staged, entry_dir)

@@ -173,9 +173,9 @@ def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None
             params.write(f, consts)  # aligned, so that loading maps it
 
 
-def load_module(path: str, pool: dict | None = None) -> "CompiledModel":
+def load_module(path: str, pool: dict | None = None, *, verified: bool = False) -> "CompiledModel":
     """A saved artifact, ready to run (no ONNX, no compiler). ``pool``: constants already loaded
-    from the same shared file (see params.py), by member key; the buckets of one build share it."""
+    from the same shared file, by member key (the buckets of one build); ``verified``: params.read."""
     tvm = import_tvm()
     path = os.fspath(path)
     for p in (path, path + ".json"):
@@ -187,7 +187,7 @@ def load_module(path: str, pool: dict | None = None) -> "CompiledModel":
     plan = artifact_check.read_plan(path + ".json", FORMAT)
     # a pool of its own at least: the constants two bodies share (an If's branches each holding the
     # same Loop) are one member of the .npz (save_artifact), and then one tensor
-    consts, tensors = params.read(path, plan, pool if pool is not None else {})
+    consts, tensors = params.read(path, plan, pool if pool is not None else {}, verified=verified)
     artifact_check.check_library(path, plan)
     try:
         lib = tvm.runtime.load_module(path)
@@ -433,7 +433,7 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
     if cache and entry.parent.is_dir():
         try:
             t0 = time.perf_counter()
-            cm = load_module(str(entry))
+            cm = load_module(str(entry), verified=build_cache.as_written(entry.parent))
             cm.build_seconds = time.perf_counter() - t0
             cm.cached = True
         except Exception as e:  # noqa: BLE001 - a broken cache entry is rebuilt, and says why
@@ -445,9 +445,7 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
                 raise refusal(cm.plan["host_ops"])
             return cm
     elif cache:
-        why = build_cache.miss_reason(parts)
-        if why:
-            build_cache.note(f"no build cache entry for this build ({why}): building it")
+        build_cache.note_miss(parts)
     t0 = time.perf_counter()
     low = lower(model, shapes, lanes or vector_lanes(), strict=strict)
     plan, consts = plan_of(low)
