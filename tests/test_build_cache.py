@@ -244,3 +244,44 @@ def test_an_entry_as_written_skips_the_crc_and_a_rewritten_one_does_not(cache, c
     replace(npz, npz.read_bytes())  # the same bytes, another file
     assert not build_cache.as_written(cache / key)
     assert build(capsys)[0].cached and crcs
+
+
+@pytest.mark.slow  # one VAD build: ~25 s on a quiet 2-core host
+def test_a_built_library_runs_without_the_model_bit_identical(tmp_path, monkeypatch):
+    """`tvmlite build` (fresh, then from the cache) and `tvmlite run NAME.so` in processes of their
+    own, the ONNX model gone: the VAD graph (If over two branches, each holding the sunk Loop, whose
+    subgraphs the artifact keeps as run plans only) gives the in-process build's bits, both rates."""
+    import onnxruntime as ort
+
+    from real_graphs import vad
+
+    proto, shapes = vad()
+    src, so = tmp_path / "vad.onnx", tmp_path / "out" / "vad.so"
+    onnx.save(proto, src)
+    so.parent.mkdir()
+    env = dict(os.environ, TVMLITE_CACHE=str(tmp_path / "cache"))
+    cli = [sys.executable, "-m", "tvmlite.cli"]
+    for fresh in (True, False):
+        r = subprocess.run(cli + ["build", str(src), "-o", str(so), "--shape", "audio=1x512", "--shape", "state=2x1x64"],
+                           capture_output=True, text=True, env=env, timeout=900)
+        assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+        assert ("(from the build cache)" in r.stdout) != fresh, r.stdout
+    rng = np.random.default_rng(7)
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    monkeypatch.setenv("TVMLITE_CACHE", env["TVMLITE_CACHE"])
+    want = compile_model(load(proto), dict(shapes, sr=()))  # the CLI's cache entry, in this process
+    assert want.cached
+    src.unlink()
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for sr in (16000, 8000):
+        feeds["sr"] = np.array(sr, np.int64)
+        np.savez(tmp_path / "in.npz", **feeds)
+        r = subprocess.run(cli + ["run", str(so), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "got.npz")],
+                           capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        ref = want.run(feeds)
+        with np.load(tmp_path / "got.npz") as got:
+            for name, r_ in zip(want.output_names, ref):
+                np.testing.assert_array_equal(got[name], r_)
+        for r_, o in zip(ref, sess.run(None, feeds)):
+            np.testing.assert_allclose(r_, o, rtol=1e-4, atol=1e-5)
