@@ -215,7 +215,7 @@ def test_big_weights_are_hashed_in_pieces_on_threads_to_the_same_key(monkeypatch
     w = np.tile(W, (4, 1))
     keys = {}
     for threads in ("1", "2", "3"):
-        monkeypatch.setenv("TVMLITE_THREADS", threads)
+        monkeypatch.setenv("TVMLITE_HASH_THREADS", threads)
         keys[threads] = build_cache.key_parts(load(gemm_model(w)), {"x": (2, 64)}, "llvm")["graph"]
     assert len(set(keys.values())) == 1
     for i in (0, -1):  # the first and the last piece

@@ -60,7 +60,7 @@ def key_parts(model, input_shapes: dict, target: str) -> dict:
     from tvmlite.backends.tvm.kernels.schedules import min_parallel_work
     from tvmlite.backends.tvm.kernels.target import host_threads
 
-    h = _Digest(host_threads())
+    h = _Digest(hash_threads())
     _graph(h, model.graph)
     h.update(json.dumps(sorted(model.opsets.items())).encode())
     for f in model.functions:  # model-local functions a node may call
@@ -79,15 +79,23 @@ def graph_key(model, input_shapes: dict, target: str) -> str:
     return key_of(key_parts(model, input_shapes, target))
 
 
-#: arrays of this many bytes or more are hashed in pieces of this size on a thread pool
+#: arrays of this many bytes or more are hashed in pieces of this size, on hash_threads() threads
 HASH_CHUNK = 8 << 20
+
+
+def hash_threads() -> int:
+    """Threads that hash the pieces: $TVMLITE_HASH_THREADS, default 1. Two threads did not pay on
+    the shared 2-core host (load 14: 1.15 s for 400 MB on one thread, 1.15 s on two; VGG-19's key
+    1.56 s against 1.61 s); on a quiet machine they may, hence the knob. The key is the same for
+    any count."""
+    return max(1, int(os.environ.get("TVMLITE_HASH_THREADS") or 1))
 
 
 class _Digest:
     """SHA-256 of the key's stream, where an array of HASH_CHUNK bytes or more enters as its size
     and, at the end, the SHA-256 of each of its HASH_CHUNK-byte pieces in order, hashed on
     ``threads`` threads (hashlib lets go of the GIL): VGG-19's 548 MB of weights are one 411 MB
-    matrix and a few big ones, so pieces, not arrays, are what threads can share."""
+    matrix and a few big ones, so pieces, not arrays, are what threads could share."""
 
     def __init__(self, threads: int):
         self._h = hashlib.sha256()
