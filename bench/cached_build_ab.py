@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,11 +43,19 @@ def _peak(name: str, v: str) -> None:
 
     proto, shapes = _model(name)
     _variant(v)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _status()
     cm = compile_model(tvmlite.load(proto), shapes)
     assert cm.cached
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"{v}: peak {before / 1e3:.0f} MB before (the proto made), {after / 1e3:.0f} MB after the cached build")
+    after = _status()
+    print(f"{v}: peak {before['VmHWM'] / 1e3:.0f} MB before (the proto made), {after['VmHWM'] / 1e3:.0f} MB after "
+          f"the cached build; resident {before['VmRSS'] / 1e3:.0f} -> {after['VmRSS'] / 1e3:.0f} MB")
+
+
+def _status() -> dict:
+    """VmHWM (the peak) and VmRSS of this process, kB: ru_maxrss would carry the parent's peak
+    over fork and exec."""
+    with open("/proc/self/status") as f:
+        return {k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in f) if k in ("VmHWM", "VmRSS")}
 
 
 def main(argv=None) -> int:
