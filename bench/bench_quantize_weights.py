@@ -6,8 +6,9 @@ tvmlite pass spec (or ``ort-int4``: onnxruntime's own MatMulNBitsQuantizer, bloc
 MatMul and Gather, as the peer to beat). GPTQ variants calibrate on the 16 calibration sentences
 of bench_vs_ort_quant.py (disjoint from the evaluation ones). Per variant: file size and its ratio to float, cosine of
 each sentence embedding with float (min, mean), and latency at batch 1 in onnxruntime (2 intra-op
-threads), all variants round-robin (tvmlite.compare.interleaved_ms) in ``--blocks`` blocks of
-``--repeats`` rounds; ``ms`` is the median of block medians.
+threads), all variants round-robin, each timed run after an untimed one of its own session
+(tvmlite.runtime.ort.block_medians_ms, settle=1), in ``--blocks`` blocks of ``--repeats`` rounds,
+each block starting at the next variant; ``ms`` is the median of block medians.
 
     PYTHONPATH=. python bench/bench_quantize_weights.py [--variants int4,int4-dq,...] [--repeats 20]
 """
@@ -27,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import tvmlite  # noqa: E402
-from tvmlite.compare import interleaved_ms, ort_session  # noqa: E402
+from tvmlite.compare import ort_session  # noqa: E402
+from tvmlite.runtime.ort import block_medians_ms  # noqa: E402
 from tvmlite.export import export_model  # noqa: E402
 from tvmlite.passes import Pipeline  # noqa: E402
 
@@ -113,7 +115,9 @@ def main(argv=None) -> int:
         r["cos_min"], r["cos_mean"] = float(c.min()), float(c.mean())
     one = {k: v[:1] for k, v in feeds.items()}
     fns = [lambda s=s: s.run(None, one) for s in sessions]
-    blocks = [interleaved_ms(fns, args.repeats, warmup=2) for _ in range(args.blocks)]
+    # settle=1 and a rotating start (runtime.ort.block_medians_ms): without them each session's
+    # time depended on which session's spinning pool ran just before it, and on its slot
+    blocks = block_medians_ms(fns, args.repeats, args.blocks, warmup=2, settle=1)
     for i, r in enumerate(rows):
         r["ms"] = float(np.median([b[i] for b in blocks]))
     base = rows[0]

@@ -29,7 +29,7 @@ meet issue 14's target, i.e. run no slower than the faster of float and onnxrunt
 model (median ms) at an error no larger than onnxruntime's quantized model's?
 
 Latency: onnxruntime CPU, 2 intra-op threads, batch 1; all variants of a model run round-robin
-(tvmlite.compare.interleaved_ms) in ``--blocks`` blocks of ``--repeats`` rounds, each timed run right
+(tvmlite.runtime.ort.block_medians_ms) in ``--blocks`` blocks of ``--repeats`` rounds, each timed run right
 after an untimed run of the same session (``settle=1``: another session's spinning thread pool would
 slow it, by the order of the variants); ``ms`` is the median of the block medians, ``best`` the
 fastest block median. ``--variants`` in any order (float need not be first). A variant that fails prints its one-line
@@ -61,7 +61,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # real_graphs.detector, as bench_tvm.py
 sys.path.insert(0, str(ROOT / "bench"))  # text_render, also when loaded from a file by the tests
 
 import tvmlite  # noqa: E402
-from tvmlite.compare import interleaved_ms, ort_session  # noqa: E402
+from tvmlite.compare import ort_session  # noqa: E402
+from tvmlite.runtime.ort import block_medians_ms  # noqa: E402
 from text_render import letter_lines  # noqa: E402
 
 CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))
@@ -412,11 +413,7 @@ def _time(sessions, feeds: dict, args) -> None:
     # whose spinning pool threads would take the cores (without it, two sessions of the same float
     # encoder timed among four read 1.08-1.11x of each other in both orders; with it 1.00-1.02x).
     # Each block also starts the round at the next variant, so that every variant takes every slot.
-    blocks = []
-    for b in range(args.blocks):
-        order = [(i + b) % len(fns) for i in range(len(fns))]
-        ms = interleaved_ms([fns[i] for i in order], args.repeats, warmup=2, settle=1)
-        blocks.append([ms[order.index(i)] for i in range(len(fns))])
+    blocks = block_medians_ms(fns, args.repeats, args.blocks, warmup=2, settle=1)
     for i, (row, _) in enumerate(sessions):
         per = [b[i] for b in blocks]
         row["ms"], row["best_ms"] = float(np.median(per)), float(np.min(per))

@@ -15,13 +15,13 @@ from tvmlite.passes.counts import node_macs
 from tvmlite.passes.quantize_weights import QuantizeWeights
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
 from tvmlite.errors import OptionError, TvmliteError
-from tvmlite.ir.builder import Builder
+from tvmlite.ir.builder import MS_DOMAIN, Builder
 from tvmlite.ir.graph import Model
 from tvmlite.export.shapes import infer_shapes, static_shapes
 from tvmlite.quant import qdq
 from tvmlite.quant.opset import upgrade_opset
 from tvmlite.quant.params import WEIGHT_MAX, quantize_weight, reduce_range_error, weight_max, weight_scales
-from tvmlite.quant.dynamic_attention import MS_DOMAIN, attention_operands, write_qattention
+from tvmlite.quant.dynamic_attention import attention_operands, write_qattention
 from tvmlite.quant.smooth import ALPHAS, capture_samples, choose_alpha
 from tvmlite.passes.transformer_fusion import FuseTransformer
 from tvmlite.runtime.ort import u8s8_saturates

@@ -41,7 +41,7 @@ import numpy as np
 
 from tvmlite.errors import OptionError
 from tvmlite.export.shapes import drop_new_types, infer_shapes, typed_values
-from tvmlite.ir.builder import Builder
+from tvmlite.ir.builder import MS_DOMAIN, Builder
 from tvmlite.ir.graph import Model, Node
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
@@ -56,7 +56,6 @@ from tvmlite.ops.quant_block import pack_low_first
 FORMS = ("auto", "dq", "nbits")
 BITS = (4, 8)
 BLOCKS = (16, 32, 64, 128, 256)
-MS_DOMAIN = "com.microsoft"
 DQ_OPSET = 21  # DequantizeLinear's block_size and int4 types
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvmlite.export.shapes import infer_shapes
-from tvmlite.ir.builder import Builder
+from tvmlite.ir.builder import MS_DOMAIN, Builder
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.passes.attention_match import Refused, match_attention, scalar
 from tvmlite.passes.base import Pass, PassResult, register_pass
@@ -141,7 +141,7 @@ def _skip_layernorm(b: Builder, g: Graph, ln: Node) -> str | None:
     outs = [b.value_name(f"{ln.name or ln.outputs[0]}_fused"), "", ""]
     outs += [b.value_name(f"{x}_sum")] if sum_read else []
     node = b.make_node("SkipLayerNormalization", [a, s, gamma, beta, bias], outs,
-                       {"epsilon": float(ln.attrs.get("epsilon", 1e-5))}, domain="com.microsoft",
+                       {"epsilon": float(ln.attrs.get("epsilon", 1e-5))}, domain=MS_DOMAIN,
                        name_hint=f"{ln.name or 'ln'}_skip")
     b.replace(ln, {ln.outputs[0]: node.outputs[0]})
     if sum_read:

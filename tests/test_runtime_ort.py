@@ -130,6 +130,23 @@ def test_time_interleaved_settle_times_each_callable_after_itself(monkeypatch):
     assert rt.interleaved_ms(fns, 2, 0, settle=1) == pytest.approx([1.0, 1.0, 1.0])
 
 
+def test_block_medians_start_each_block_at_the_next_callable_and_keep_the_callers_order(monkeypatch):
+    """bench_quantize_weights and bench_vs_ort_quant time their sessions through this: settle=1 by
+    default, each block's round starting one callable later, the medians in ``fns``' order."""
+    now, calls = [0.0], []
+    monkeypatch.setattr(rt, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: now[0])}))
+
+    def f(i):
+        def g():
+            now[0] += 0.001 * (i + 1)
+            calls.append(i)
+        return g
+
+    blocks = rt.block_medians_ms([f(0), f(1), f(2)], repeats=1, blocks=3, warmup=0)
+    assert blocks == [pytest.approx([1.0, 2.0, 3.0])] * 3
+    assert calls == [0, 0, 1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 2, 2, 0, 0, 1, 1]  # settled, rotated
+
+
 def test_timed_ratio_measures_longer_only_when_close():
     fast, slow = (lambda: time.sleep(0.001)), (lambda: time.sleep(0.005))
     _, _, rounds = rt.timed_ratio(fast, slow, 1.0, max_rounds=24, min_rounds=4)

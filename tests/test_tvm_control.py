@@ -78,8 +78,16 @@ def test_vad_with_if_compiles_both_branches_and_picks_at_run_time(tmp_path):
     cm.save(str(tmp_path / "vad.so"))
     # both branches hold the same LSTM weights (in their Loop's body and its stored node): each
     # distinct array is stored once, and read into one tensor
-    keys = json.load(open(tmp_path / "vad.so.json"))["const_keys"]
+    saved = json.load(open(tmp_path / "vad.so.json"))
+    keys = saved["const_keys"]
     assert len(set(keys.values())) < len(keys)
+    # the If keeps its branches as their run plans only: stored as ONNX too, each branch (and the
+    # Loop inside it) held the LSTM weights again, and the .npz was 4x the weights
+    (seg,) = [s for s in saved["host"] if "body" in s]
+    assert {k: a for k, a in seg["nodes"][0]["attrs"].items()} == {
+        "then_branch": {"type": "graph", "compiled": True}, "else_branch": {"type": "graph", "compiled": True}}
+    weights = sum(t.nbytes for t in (nh.to_array(i) for i in _initializers(proto.graph)))
+    assert (tmp_path / "vad.so.npz").stat().st_size < 2 * weights  # packed, aligned: 1.5x; 3.7x before
     loaded = load_module(str(tmp_path / "vad.so"))
     for sr in (16000, 8000, 16000):
         feeds["sr"] = np.array(sr, np.int64)
@@ -254,6 +262,15 @@ def test_strict_still_refuses_a_compiled_loop():
 
 
 # ------------------------------------------------------------------------------------- artifacts
+def _initializers(g):
+    """Every initializer of GraphProto ``g`` and of its subgraphs (an If's branches, a Loop's body)."""
+    yield from g.initializer
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == a.GRAPH:
+                yield from _initializers(a.g)
+
+
 def test_a_saved_loop_runs_without_the_model_and_a_corrupt_body_plan_is_refused(tmp_path):
     proto = _loop(_STEP, h.make_node("Identity", ["cond"], ["cond_out"]), inits={"trips": np.int64(4)})
     cm = compile_model(import_model(proto), {"x": (1, 4)})
@@ -265,7 +282,9 @@ def test_a_saved_loop_runs_without_the_model_and_a_corrupt_body_plan_is_refused(
     (seg,) = [s for s in plan["host"] if "body" in s]
     body = seg["body"]["plans"][0]
     assert body["stretches"] and all(s["func"].startswith("c") for s in body["stretches"])
-    for case in ("no such kernel", "no buffers", "missing constant", "stretch off its calls", "no such stretch"):
+    assert seg["nodes"][0]["attrs"]["body"] == {"type": "graph", "compiled": True}  # its plan only
+    for case in ("no such kernel", "no buffers", "missing constant", "stretch off its calls", "no such stretch",
+                 "compiled subgraph without bodies"):
         bad = json.loads(json.dumps(plan))
         bp = [s for s in bad["host"] if "body" in s][0]["body"]["plans"][0]
         if case == "no such kernel":
@@ -276,6 +295,8 @@ def test_a_saved_loop_runs_without_the_model_and_a_corrupt_body_plan_is_refused(
             bp["stretches"][0]["func"] = "c9b9_plan__stretch0"
         elif case == "no buffers":
             bp["buffers"] = []
+        elif case == "compiled subgraph without bodies":
+            del [s for s in bad["host"] if "body" in s][0]["body"]
         else:
             bad["host"][plan["host"].index(seg)]["body"]["consts"] = []
             if not any(a[0] not in body["buffers"] for c in body["calls"] for a in c["args"]):
@@ -285,6 +306,7 @@ def test_a_saved_loop_runs_without_the_model_and_a_corrupt_body_plan_is_refused(
         with pytest.raises(ArtifactError) as e:
             load_module(path).run(_X)
         assert "\n" not in str(e.value)
+        assert case != "compiled subgraph without bodies" or "stored as compiled bodies" in str(e.value), e.value
 
 
 # ------------------------------------------------------------------------------------------- Scan

@@ -85,6 +85,17 @@ def if_model():
                   [h.make_tensor_value_info("y", T.FLOAT, [1, 4])], [nh.from_array(w, "W")])
 
 
+def host_if_model():
+    """if_model with a CumSum (no TVM emitter) in its then branch: the If stays on the NumPy plan,
+    its branches stored as ONNX (a compiled If stores them as run plans only)."""
+    m = if_model()
+    then = next(a.g for a in m.graph.node[1].attribute if a.name == "then_branch")
+    then.node.append(h.make_node("CumSum", ["t", "axis"], ["tc"]))
+    then.initializer.append(nh.from_array(np.array(1, np.int64), "axis"))
+    then.output[0].name = "tc"
+    return m
+
+
 @pytest.fixture(scope="module")
 def qdq_path(tmp_path_factory):
     """models/digits_cnn.onnx through tvmlite's quantize pass (QuantizeLinear/DequantizeLinear)."""
@@ -207,7 +218,7 @@ def test_an_op_without_any_kernel_is_refused():
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     d = tmp_path_factory.mktemp("hostart")
-    for name, proto in (("mixed", mixed_model()), ("if", if_model())):
+    for name, proto in (("mixed", mixed_model()), ("if", if_model()), ("host_if", host_if_model())):
         compile_model(load(proto), cache=False).save(str(d / f"{name}.so"))
     return d
 
@@ -264,7 +275,7 @@ def test_tampered_host_nodes_are_refused(artifacts, tmp_path, what, message):
 
 
 def test_damaged_subgraph_is_refused(artifacts, tmp_path):
-    so = _copy(artifacts, "if", tmp_path)
+    so = _copy(artifacts, "host_if", tmp_path)
     npz = so.with_suffix(".so.npz")
     with np.load(npz) as z:
         arrays = dict(z)

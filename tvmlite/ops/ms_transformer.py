@@ -28,10 +28,10 @@ import math
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
+from tvmlite.ir.builder import MS_DOMAIN
 from tvmlite.ops.activations import gelu
 from tvmlite.ops.registry import kernel
 
-MS_DOMAIN = "com.microsoft"
 DEFAULT_MASK_FILTER = -10000.0
 
 

@@ -22,10 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.errors import UnsupportedError
+from tvmlite.ir.builder import MS_DOMAIN
 from tvmlite.ops.quant import bcast_param
 from tvmlite.ops.registry import kernel
-
-MS_DOMAIN = "com.microsoft"
 
 
 def pack_low_first(codes: np.ndarray, bits: int) -> np.ndarray:

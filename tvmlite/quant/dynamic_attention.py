@@ -15,7 +15,6 @@ import numpy as np
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Node
 
-MS_DOMAIN = "com.microsoft"
 #: Attention attributes QAttention has too (the rest are refused by attention_operands)
 _CARRIED = ("num_heads", "scale", "mask_filter_value")
 

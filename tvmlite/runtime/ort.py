@@ -307,6 +307,19 @@ def interleaved_ms(fns: list, repeats: int, warmup: int = 2, *, settle: int = 0)
     return time_interleaved(fns, repeats, warmup, settle=settle).medians_ms
 
 
+def block_medians_ms(fns: list, repeats: int, blocks: int, warmup: int = 2, *, settle: int = 1) -> list[list[float]]:
+    """``blocks`` runs of `time_interleaved` over ``fns`` (median ms of each, in ``fns``' order per
+    block), each block starting its round at the next callable, so that every callable takes every
+    slot. ``settle`` 1 by default: these are several onnxruntime sessions taking turns (see
+    `time_interleaved`)."""
+    out = []
+    for b in range(max(blocks, 1)):
+        order = [(i + b) % len(fns) for i in range(len(fns))]
+        ms = time_interleaved([fns[i] for i in order], repeats, warmup, settle=settle).medians_ms
+        out.append([ms[order.index(i)] for i in range(len(fns))])
+    return out
+
+
 def median_ms(fn, repeats: int, warmup: int = 1) -> float:
     """Median milliseconds of one callable."""
     return time_interleaved([fn], repeats, warmup).medians_ms[0]

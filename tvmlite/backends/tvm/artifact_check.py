@@ -25,6 +25,7 @@ import struct
 import numpy as np
 
 from tvmlite import limits
+from tvmlite.backends.tvm.kernels.defs import KERNEL_DTYPES  # what a build may emit is what a load accepts
 from tvmlite.errors import TvmliteError
 from tvmlite.ops.registry import lookup
 
@@ -34,8 +35,6 @@ MAX_ATTR_ITEMS = 1 << 16
 _ATTR_TYPES = {"int": int, "float": (int, float), "string": str, "bytes": str, "ints": int,
                "floats": (int, float), "strings": str, "tensor": None, "tensors": None, "graph": None,
                "graphs": None, "type_proto": None}
-#: dtypes of buffers: float32, and the integer/bool values kernels read and write
-_BUFFER_DTYPES = ("float32", "int64", "int32", "uint8", "int8", "bool")
 _INPUT_DTYPES = ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8",
                  "uint16", "uint32", "uint64", "bool", "object")  # object: ONNX strings
 
@@ -80,8 +79,8 @@ def _check_schema(plan: dict, path: str) -> None:
     buffers = plan["buffers"]
     for name, b in buffers.items():
         _need(isinstance(b, dict) and _is_shape(b.get("shape")), path, f"buffer {name!r} has no valid shape")
-        _need(b.get("dtype", "float32") in _BUFFER_DTYPES, path, f"buffer {name!r} has dtype {b.get('dtype')!r}, "
-              f"not one of {', '.join(_BUFFER_DTYPES)}")
+        _need(b.get("dtype", "float32") in KERNEL_DTYPES, path, f"buffer {name!r} has dtype {b.get('dtype')!r}, "
+              f"not one of {', '.join(KERNEL_DTYPES)}")
         limits.check_tensor(b["shape"], np.dtype(b.get("dtype", "float32")), f"{path}: buffer {name!r}")
     for name, b in buffers.items():
         if b.get("kind") == "slice":
@@ -189,7 +188,7 @@ def _check_segment(seg, i: int, buffers: dict, consts: dict, opsets: dict, host_
         _need(name in seg["reads"] or name in seg["consts"] or name in host_values, path,
               f"{where} reads {name!r}, which nothing made before it")
     for j, nd in enumerate(seg["nodes"]):
-        _check_node(nd, f"{where} node {j}", consts, opsets, known, path)
+        _check_node(nd, f"{where} node {j}", consts, opsets, known, path, compiled="body" in seg)
         known.update(o for o in nd["outputs"] if o)
     for name in seg["outputs"]:
         _need(name in known, path, f"{where}: output {name!r} is made by none of its nodes")
@@ -198,7 +197,7 @@ def _check_segment(seg, i: int, buffers: dict, consts: dict, opsets: dict, host_
     host_values.update(seg["outputs"])
 
 
-def _check_node(nd, where: str, consts: dict, opsets: dict, known: set, path: str) -> None:
+def _check_node(nd, where: str, consts: dict, opsets: dict, known: set, path: str, compiled: bool = False) -> None:
     _need(isinstance(nd, dict) and all(isinstance(nd.get(k), str) for k in ("op_type", "domain", "name"))
           and _names(nd.get("inputs")) and _names(nd.get("outputs")) and isinstance(nd.get("attrs"), dict),
           path, f"{where} needs op_type, domain, name, inputs, outputs and attrs")
@@ -216,7 +215,7 @@ def _check_node(nd, where: str, consts: dict, opsets: dict, known: set, path: st
         _need(not name or name in known, path, f"{where} reads {name!r} before it is made")
     for name, a in nd["attrs"].items():
         _need(op.attrs is None or name in op.attrs, path, f"{where}: the kernel takes no attribute {name!r}")
-        _check_attr(a, f"{where} attribute {name!r}", consts, path)
+        _check_attr(a, f"{where} attribute {name!r}", consts, path, compiled)
 
 
 def _io_counts(op, version) -> tuple[int, float, int, float]:
@@ -239,9 +238,15 @@ def _io_counts(op, version) -> tuple[int, float, int, float]:
     return sum(p.default is inspect.Parameter.empty for p in pos), len(pos), 1, float("inf")
 
 
-def _check_attr(a, where: str, consts: dict, path: str) -> None:
+def _check_attr(a, where: str, consts: dict, path: str, compiled: bool = False) -> None:
+    """``compiled``: the node's segment holds compiled bodies, whose subgraphs are stored as run
+    plans only ({"type": "graph", "compiled": true}, host.segment_spec)."""
     _need(isinstance(a, dict) and a.get("type") in _ATTR_TYPES, path, f"{where} has no known type")
     kind, item = a["type"], _ATTR_TYPES[a["type"]]
+    if "compiled" in a:
+        _need(a["compiled"] is True and kind in ("graph", "graphs") and compiled, path,
+              f"{where}: a subgraph stored as compiled bodies, in a host call that has none")
+        return
     if item is None:  # stored in the .npz
         keys = a.get("npz") if kind in ("tensors", "graphs") else [a.get("npz")]
         _need(_names(keys) and len(keys) <= MAX_ATTR_ITEMS and all(k in consts for k in keys), path,

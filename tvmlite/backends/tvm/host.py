@@ -54,14 +54,19 @@ def segment_spec(seg, low, buffers: dict, host_made: set, index: int, plan_of=No
     writes = {o: [o, list(buffers[o]["shape"])] for o in seg.outputs if o in buffers}
     nodes = []
     for i, (node, why) in enumerate(zip(seg.nodes, seg.reasons)):
-        attrs = {k: _attr_spec(node, k, v, arrays, f"{prefix}host{index}.n{i}.{j}")
+        # a node with compiled bodies keeps its subgraphs as their run plans only (spec["body"]):
+        # stored as ONNX too, each branch of an If holding a Loop held that Loop's weights again
+        # (the VAD artifact: 4.8 MB of weights, 19.1 MB of .npz), and the load parsed them all
+        attrs = {k: {"type": "graph" if isinstance(v, Graph) else "graphs", "compiled": True}
+                 if seg.body is not None and _is_graphs(v) else
+                 _attr_spec(node, k, v, arrays, f"{prefix}host{index}.n{i}.{j}")
                  for j, (k, v) in enumerate(node.attrs.items())}
         nodes.append({"op_type": node.op_type, "domain": canonical_domain(node.domain),
                       "name": node.name, "inputs": list(node.inputs), "outputs": list(node.outputs),
                       "attrs": attrs, "reason": why})
     spec = {"nodes": nodes, "inputs": list(seg.inputs), "outputs": list(seg.outputs),
             "reads": reads, "consts": consts, "writes": writes}
-    if seg.body is not None:  # the node stays stored too: the checks of check_host read it
+    if seg.body is not None:  # the node stays stored too (less its subgraphs): check_host reads it
         spec["body"], body_arrays = control.body_spec(seg.body, index, plan_of, prefix)
         arrays.update(body_arrays)
     return spec, arrays
@@ -76,6 +81,11 @@ def storable(arr, what: str) -> np.ndarray:
                                    "saved without pickles")
         return arr.astype(str)
     return arr
+
+
+def _is_graphs(value) -> bool:
+    return isinstance(value, Graph) or (isinstance(value, (list, tuple)) and bool(value)
+                                        and all(isinstance(v, Graph) for v in value))
 
 
 def _bytes_array(data: bytes) -> np.ndarray:
@@ -171,8 +181,8 @@ def segment_graph(spec: dict, arrays: dict):
     for name in spec["inputs"]:
         if name not in spec["consts"]:
             g.add_input(name)
-    for nd in spec["nodes"]:
-        attrs = {k: attr_value(a, arrays, g) for k, a in nd["attrs"].items()}
+    for nd in spec["nodes"]:  # a compiled body's subgraph is its run plan only (segment_spec)
+        attrs = {k: attr_value(a, arrays, g) for k, a in nd["attrs"].items() if not a.get("compiled")}
         g.add_node(nd["op_type"], nd["inputs"], nd["outputs"], attrs, domain=nd["domain"], name=nd["name"])
     g.outputs = list(spec["outputs"])
     return g

@@ -17,15 +17,16 @@ import time
 
 import numpy as np
 
-from tvmlite.backends.tvm import artifact_check, host, params, plan_func
+from tvmlite.backends.tvm import artifact_check, build_cache, host, params, plan_func
 from tvmlite.backends.tvm.build_cache import cache_dir, graph_key, prune_cache  # noqa: F401 - re-exported
 from tvmlite.backends.tvm.concat_views import resolve as resolve_slices
 from tvmlite.backends.tvm.kernels.target import host_threads, import_tvm
 from tvmlite.errors import InputError, TvmliteError
 
-FORMAT = 5  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
+FORMAT = 6  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
 # 4: stretches (runs of kernels called from one compiled function, see plan_func.py); 5: "slice"
-# buffers (a value inside a Concat's output: "of" that buffer at element "offset", concat_views.py)
+# buffers (a value inside a Concat's output: "of" that buffer at element "offset", concat_views.py);
+# 6: a host node with compiled bodies stores its subgraphs as their plans only ("compiled": true)
 
 
 # a plan whose second run takes less CPU time (this thread's) picks its thread count by measurement
@@ -172,9 +173,9 @@ def save_artifact(lib, plan: dict, consts: dict, path: str, lib_path: str | None
             params.write(f, consts)  # aligned, so that loading maps it
 
 
-def load_module(path: str, pool: dict | None = None) -> "CompiledModel":
+def load_module(path: str, pool: dict | None = None, *, verified: bool = False) -> "CompiledModel":
     """A saved artifact, ready to run (no ONNX, no compiler). ``pool``: constants already loaded
-    from the same shared file (see params.py), by member key; the buckets of one build share it."""
+    from the same shared file, by member key (the buckets of one build); ``verified``: params.read."""
     tvm = import_tvm()
     path = os.fspath(path)
     for p in (path, path + ".json"):
@@ -186,7 +187,7 @@ def load_module(path: str, pool: dict | None = None) -> "CompiledModel":
     plan = artifact_check.read_plan(path + ".json", FORMAT)
     # a pool of its own at least: the constants two bodies share (an If's branches each holding the
     # same Loop) are one member of the .npz (save_artifact), and then one tensor
-    consts, tensors = params.read(path, plan, pool if pool is not None else {})
+    consts, tensors = params.read(path, plan, pool if pool is not None else {}, verified=verified)
     artifact_check.check_library(path, plan)
     try:
         lib = tvm.runtime.load_module(path)
@@ -425,40 +426,57 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
 
     model, shapes = static_inputs(model, input_shapes)
     target = host_target()
-    key = graph_key(model, shapes, str(target))
+    parts = build_cache.key_parts(model, shapes, str(target))
+    key = build_cache.key_of(parts)
     entry = cache_dir() / key / "model.so"
-    if cache and entry.exists():
+    broken = False
+    if cache and entry.parent.is_dir():
         try:
             t0 = time.perf_counter()
-            cm = load_module(str(entry))
+            cm = load_module(str(entry), verified=build_cache.as_written(entry.parent))
             cm.build_seconds = time.perf_counter() - t0
             cm.cached = True
-        except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt
-            shutil.rmtree(entry.parent, ignore_errors=True)
+        except Exception as e:  # noqa: BLE001 - a broken cache entry is rebuilt, and says why
+            broken = True
+            build_cache.note(f"build cache entry {key} cannot be used, rebuilding it: {build_cache.load_failure(e)}")
         else:
+            build_cache.touch(entry.parent)
             if strict and cm.plan.get("host_ops"):
                 raise refusal(cm.plan["host_ops"])
             return cm
+    elif cache:
+        build_cache.note_miss(parts)
     t0 = time.perf_counter()
     low = lower(model, shapes, lanes or vector_lanes(), strict=strict)
     plan, consts = plan_of(low)
     lib = build_lowered(low, target, plan)
     plan["build_seconds"] = round(time.perf_counter() - t0, 3)
-    if cache:
-        # LLVM makes the machine code when the module is exported, and again when it is run in
-        # this process (JIT): exporting to the cache and running that library makes it once
-        # (MiniLM: 12 s of 33), and saving the build elsewhere then copies the file
-        try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            save_artifact(lib, plan, consts, str(entry))
-            prune_cache(keep=entry.parent)
-            cm = load_module(str(entry))
-        except (OSError, TvmliteError):
-            pass  # a read-only cache only costs rebuilds
-        else:
-            cm.build_seconds = time.perf_counter() - t0
-            return cm
-    return CompiledModel(lib, plan, consts, build_seconds=time.perf_counter() - t0)
+    cm = _cache_build(lib, plan, consts, entry, parts, broken) if cache else None
+    if cm is None:
+        cm = CompiledModel(lib, plan, consts)
+    cm.build_seconds = time.perf_counter() - t0
+    return cm
+
+
+def _cache_build(lib, plan: dict, consts: dict, entry, parts: dict, broken: bool):
+    """Write a fresh build into a staging folder, rename it into place whole (build_cache.publish)
+    and load it from there; None where the cache cannot be written (a read-only cache only costs
+    rebuilds). LLVM makes the machine code when the module is exported, and again when it is run
+    in this process (JIT): exporting to the cache and running that library makes it once (MiniLM:
+    12 s of 33), and saving the build elsewhere then copies the file."""
+    staged = None
+    try:
+        staged = build_cache.staging_dir(entry.parent.name)
+        save_artifact(lib, plan, consts, str(staged / entry.name))
+        build_cache.publish(staged, entry.parent, parts, replace=broken)
+        staged = None
+        prune_cache(keep=entry.parent)
+        return load_module(str(entry))
+    except (OSError, TvmliteError):
+        return None
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 def static_inputs(model, input_shapes):

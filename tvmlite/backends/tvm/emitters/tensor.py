@@ -8,12 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
+from tvmlite.backends.tvm.kernels.defs import KERNEL_DTYPES
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.geometry import WindowGeometry
 
 VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
-#: element types a kernel reads and writes (the plan's buffer dtypes): data movement takes them all
-KERNEL_DTYPES = ("float32", "int64", "int32", "uint8", "int8", "bool")
 
 
 def kernel_dtype(low, name: str, what: str) -> str:

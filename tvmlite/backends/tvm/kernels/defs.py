@@ -16,6 +16,10 @@ import numpy as np
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.geometry import WindowGeometry
 
+#: element types a kernel reads and writes, the dtypes of a plan's buffers (artifact_check refuses
+#: others when loading): float32, and the integer/bool values data movement and indexing take
+KERNEL_DTYPES = ("float32", "int64", "int32", "uint8", "int8", "bool")
+
 
 @dataclass
 class Param:
