@@ -21,6 +21,7 @@ from test_tvm_int import _typed_model  # noqa: E402
 from test_tvm_int8 import _conv_qdq  # noqa: E402
 from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
 from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
+from tvmlite.backends.tvm.module import FORMAT  # noqa: E402
 from tvmlite.backends.tvm import plan_func  # noqa: E402
 from tvmlite.backends.tvm.plan_func import MAX_STRETCH, stretch_spans  # noqa: E402
 from tvmlite.frontend.onnx_import import import_model  # noqa: E402
@@ -170,7 +171,7 @@ def test_saved_artifact_round_trips_through_the_stretches(saved, tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda p: p.update(format=4), "has format 4, expected 5: rebuild it"),
+    (lambda p: p.update(format=4), f"has format 4, expected {FORMAT}: rebuild it"),
     (lambda p: p.pop("stretches"), "'stretches' must be a list"),
     (lambda p: p["stretches"].pop(), "do not match the kernel calls"),
     (lambda p: p["stretches"][0].update(calls=[0, 99]), "does not name the arguments"),
