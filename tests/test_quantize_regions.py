@@ -193,13 +193,18 @@ def test_measured_auto_mode_stays_within_budget_in_onnxruntime():
     r = Quantize(calibration={"x": x}, mode="auto", measure=True, error_budget=0.02, progress=False)(m)
     layers = {d["node"]: d for d in r.decisions if "precision" in d}
     assert set(layers) >= {"c1", "c2", "c3", "lone"}
-    for name in ("c1", "c2", "c3"):  # the chain is timed as one piece first; alone only when it lost
+    # the chain is timed as one piece first, its layers alone only when it lost; layers that went back
+    # to float for error cut it, and what is left is timed again (a region of 2, or single layers).
+    # With 7-bit weights (reduce_range=auto on a host whose onnxruntime saturates) the whole chain
+    # can miss the budget, so whether a cut happens depends on the host.
+    cut = {n for n in ("c1", "c2", "c3") if "back to float" in layers[n]["reason"]}
+    for name in sorted({"c1", "c2", "c3"} - cut):
         d = layers[name]
         if "region_layers" in d:
-            assert d["region_layers"] == 3 and d["region_float_ms"] > 0
+            assert d["region_layers"] == 3 - len(cut) >= 2 and d["region_float_ms"] > 0
             assert ("int8_ms" in d) == (d["region_int8_ms"] >= d["region_float_ms"])
-        else:  # went back to float for error: the chain was cut
-            assert "back to float" in d["reason"]
+        else:  # left alone by a cut through the middle: timed alone
+            assert cut and "int8_ms" in d
     assert "int8_ms" in layers["lone"] and "region_layers" not in layers["lone"]
     chain = {layers[n]["precision"] for n in ("c1", "c2", "c3") if "gain_ms" in layers[n]}
     assert len(chain) <= 1  # a region kept as a whole stays or goes as a whole
