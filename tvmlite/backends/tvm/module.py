@@ -471,7 +471,7 @@ def _cache_build(lib, plan: dict, consts: dict, entry, parts: dict, broken: bool
         build_cache.publish(staged, entry.parent, parts, replace=broken)
         staged = None
         prune_cache(keep=entry.parent)
-        return load_module(str(entry))
+        return load_module(str(entry), verified=build_cache.as_written(entry.parent))
     except (OSError, TvmliteError):
         return None
     finally:
