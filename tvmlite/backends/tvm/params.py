@@ -267,9 +267,9 @@ def _read_tensor(zf, raw, mapped, info, npz: str, name: str, tvm, verified: bool
                                     f"of {nbytes:,} bytes")
             if not verified:
                 with memoryview(mapped) as whole:
-                    crc = zlib.crc32(whole[start:start + info.file_size])
-            if not verified and crc != info.CRC:
-                raise ArtifactError(f"{npz}: Bad CRC-32 for constant {name!r}: its bytes are not the ones written")
+                    if zlib.crc32(whole[start:start + info.file_size]) != info.CRC:
+                        raise ArtifactError(f"{npz}: Bad CRC-32 for constant {name!r}: its bytes are not the "
+                                            "ones written")
             arr = np.frombuffer(mapped, dtype, count=nbytes // dtype.itemsize, offset=start + head)
             return tvm.runtime.from_dlpack(arr.reshape(tuple(shape)))
         t = tvm.runtime.empty(tuple(shape), str(dtype), tvm.cpu(0))
