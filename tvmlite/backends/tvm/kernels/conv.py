@@ -138,7 +138,7 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     """
     co, ci, kh, kw = (int(d) for d in w_shape)
     cog = co // geom.group
-    if short_reduction(ci * kh * kw, lanes, taps=kh * kw, channels=ci):
+    if short_reduction(ci, kh * kw, lanes):
         return False
     oh, ow = geom.out_spatial
     dt, gt = direct_tile(cog, ow, lanes, kh * kw), conv_tile(cog, oh * ow, lanes)
@@ -158,15 +158,17 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     return direct >= (0.75 * gemm if strided else gemm)
 
 
-def short_reduction(k: int, lanes: int, taps: int = 9, channels: int = 3) -> bool:
-    """Whether a reduction of ``k`` (``channels`` x ``taps``) is too short for the direct conv
+def short_reduction(channels: int, taps: int, lanes: int) -> bool:
+    """Whether a reduction of K = ``channels`` x ``taps`` is too short for the direct conv
     (`use_direct_conv`): its tile leaves through a transposing write that only a long K hides.
     8 vectors with AVX-512's 24-accumulator tiles; AVX2's 8-accumulator tiles write a third as much
     per tile, and there 3 vectors do for a conv of several taps and at least 3 channels (a 1x1 or
-    1-channel conv keeps the 8-vector rule): 3-channel 3x3 stems (K = 27, one thread, CPU time, against onnxruntime's Conv,
-    bench/conv_tiles.py) ran GEMM -> direct 1.31x -> 0.70x at 3->64 stride 2 to 111x111
-    (squeezenet's stem: a row of 111 is no whole number of GEMM column tiles, so every column
-    lane divides), 1.24x -> 0.69x at 3->32 stride 2 from 224x224, 0.97x -> 0.82x at 3->16 from 320x320."""
+    1-channel conv keeps the 8-vector rule): 3-channel 3x3 stems (K = 27, one thread, CPU time,
+    against onnxruntime's Conv, bench/conv_tiles.py) ran GEMM -> direct 1.31x -> 0.70x at 3->64
+    stride 2 to 111x111 (squeezenet's stem: a row of 111 is no whole number of GEMM column tiles,
+    so every column lane divides), 1.24x -> 0.69x at 3->32 stride 2 from 224x224, 0.97x -> 0.82x
+    at 3->16 from 320x320."""
+    k = channels * taps
     if S.accumulator_vectors(lanes) <= 8 and taps > 1 and channels >= 3:
         return k < 3 * lanes
     return k < 8 * lanes
