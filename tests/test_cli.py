@@ -218,3 +218,15 @@ def test_debug_shows_traceback(tmp_path):
     p.write_bytes(b"garbage")
     rc, out, err = run_process("--debug", "inspect", p)
     assert rc != 0 and "Traceback" in err
+
+
+@pytest.mark.parametrize("var", ["TVMLITE_THREADS", "TVMLITE_HASH_THREADS"])
+def test_bad_integer_environment_variable_is_one_line(tmp_path, monkeypatch, var):
+    """A knob read from the environment that is no integer names the variable (it was a bare
+    ValueError, reported as an internal error), and nothing is written."""
+    pytest.importorskip("tvm")
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "digits_cnn.onnx")
+    monkeypatch.setenv(var, "abc")
+    out = tmp_path / "m.so"
+    assert_clean_error(*run("build", src, "-o", out, "--shape", "input=1x1x32x32"), f"environment variable {var}='abc'")
+    assert list(tmp_path.iterdir()) == []

@@ -45,14 +45,21 @@ _overrides: dict[str, int] = {}
 def _get(var: str) -> int:
     if var in _overrides:
         return _overrides[var]
+    return env_int(var, _DEFAULTS[var], nonnegative=True)
+
+
+def env_int(var: str, default: int, *, nonnegative: bool = False) -> int:
+    """The integer environment variable ``var`` (``default`` when unset or blank): a value that is
+    no integer (or, with ``nonnegative``, a negative one) is one clear LimitError naming it, never a
+    bare ValueError (the CLI's "internal error")."""
     raw = os.environ.get(var)
     if raw is None or not raw.strip():
-        return _DEFAULTS[var]
+        return default
     try:
         value = int(raw.replace("_", ""), 0)
     except ValueError:
         raise LimitError(f"environment variable {var}={raw!r} is not an integer") from None
-    if value < 0:
+    if nonnegative and value < 0:
         raise LimitError(f"environment variable {var}={raw!r} must not be negative")
     return value
 

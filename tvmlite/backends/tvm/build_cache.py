@@ -88,7 +88,9 @@ def hash_threads() -> int:
     the shared 2-core host (load 14: 1.15 s for 400 MB on one thread, 1.15 s on two; VGG-19's key
     1.56 s against 1.61 s); on a quiet machine they may, hence the knob. The key is the same for
     any count."""
-    return max(1, int(os.environ.get("TVMLITE_HASH_THREADS") or 1))
+    from tvmlite.limits import env_int
+
+    return max(1, env_int("TVMLITE_HASH_THREADS", 1))
 
 
 class _Digest:

@@ -12,9 +12,10 @@ import os
 
 def host_threads() -> int:
     """Threads for TVM's pool: $TVMLITE_THREADS, else the cores this process may run on."""
-    env = os.environ.get("TVMLITE_THREADS")
-    if env:
-        return max(1, int(env))
+    from tvmlite.limits import env_int
+
+    if (os.environ.get("TVMLITE_THREADS") or "").strip():
+        return max(1, env_int("TVMLITE_THREADS", 1))
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
