@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import sys
 import tempfile
 import traceback
@@ -231,6 +232,9 @@ def cli_main(*args) -> tuple[int, str, str]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
+    # main() turns SIGINT/SIGTERM into interrupts and quietens their reports: pytest's own come back after
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook = sys.unraisablehook
     try:
         os.dup2(files[0].fileno(), 1)
         os.dup2(files[1].fileno(), 2)
@@ -251,6 +255,9 @@ def cli_main(*args) -> tuple[int, str, str]:
             out.flush()
             err.flush()
     finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        sys.unraisablehook = hook
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in saved:

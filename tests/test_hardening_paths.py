@@ -194,6 +194,38 @@ def test_signal_leaves_nothing(tmp_path, sig, rc, word):
     assert listing(work) == [] and listing(tmpdir) == []
 
 
+SWALLOWED = """
+import os, signal, time
+from tvmlite import outputs
+outputs.signals_as_interrupts()
+class Finalized:
+    def __del__(self):  # a signal arriving here is only reported by Python (as in an import lock's callback)
+        os.kill(os.getpid(), signal.{sig})
+        time.sleep(5)
+try:
+    Finalized()
+    while True:  # the resend thread raises it again
+        time.sleep(0.05)
+except KeyboardInterrupt as e:
+    print(type(e).__name__)
+class Broken:
+    def __del__(self):
+        raise ValueError("still reported")
+outputs.received_signal = None
+Broken()
+"""
+
+
+@pytest.mark.parametrize("sig,name", [("SIGTERM", "Terminated"), ("SIGINT", "KeyboardInterrupt")])
+def test_signal_swallowed_in_a_finalizer_is_raised_again_without_a_report(sig, name):
+    p = subprocess.run([sys.executable, "-c", SWALLOWED.replace("{sig}", sig)], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert p.stdout.split() == [name], p.stderr
+    # the swallowed interrupt is not reported; any other exception in a finalizer still is
+    assert "Terminated" not in p.stderr and "KeyboardInterrupt" not in p.stderr, p.stderr
+    assert "ValueError: still reported" in p.stderr
+
+
 def _file_size_limit(nbytes):
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes then fail with EFBIG, like a full disk

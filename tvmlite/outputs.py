@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 
 from tvmlite.errors import TvmliteError
@@ -292,6 +293,15 @@ received_signal: int | None = None
 cleaning = False
 
 
+def _unraisable(info) -> None:
+    """The interrupt raised inside a ``__del__`` or a weakref callback (an import lock's) is
+    raised again by the resend thread: Python's report of the swallowed one would only print a
+    traceback above the command's one line."""
+    if received_signal is not None and isinstance(info.exc_value, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(info)
+
+
 def signals_as_interrupts() -> None:
     """SIGINT and SIGTERM unwind the stack. One swallowed on the way (raised inside a ``__del__``,
     which Python only reports) is raised again every second until the cleanup begins; signals
@@ -315,6 +325,7 @@ def signals_as_interrupts() -> None:
             threading.Thread(target=resend, daemon=True).start()
         raise Terminated() if received_signal == signal.SIGTERM else KeyboardInterrupt()
 
+    sys.unraisablehook = _unraisable
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
