@@ -220,13 +220,20 @@ def test_debug_shows_traceback(tmp_path):
     assert rc != 0 and "Traceback" in err
 
 
-@pytest.mark.parametrize("var", ["TVMLITE_THREADS", "TVMLITE_HASH_THREADS"])
-def test_bad_integer_environment_variable_is_one_line(tmp_path, monkeypatch, var):
+@pytest.mark.parametrize("var,value,says", [("TVMLITE_THREADS", "abc", "is not an integer"),
+                                             ("TVMLITE_HASH_THREADS", "abc", "is not an integer"),
+                                             ("TVMLITE_CACHE_MB", "abc", "is not an integer"),
+                                             ("TVMLITE_CACHE_MB", "-5", "must not be negative")])
+def test_bad_integer_environment_variable_is_one_line(tmp_path, monkeypatch, var, value, says):
     """A knob read from the environment that is no integer names the variable (it was a bare
-    ValueError, reported as an internal error), and nothing is written."""
+    ValueError, reported as an internal error), and nothing is written: $TVMLITE_CACHE_MB is read
+    before the build starts (it was read after the build, when the cache is pruned)."""
     pytest.importorskip("tvm")
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "digits_cnn.onnx")
-    monkeypatch.setenv(var, "abc")
+    monkeypatch.setenv(var, value)
+    monkeypatch.setenv("TVMLITE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "m.so"
-    assert_clean_error(*run("build", src, "-o", out, "--shape", "input=1x1x32x32"), f"environment variable {var}='abc'")
-    assert list(tmp_path.iterdir()) == []
+    assert_clean_error(*run("build", src, "-o", out, "--shape", "input=1x1x32x32"),
+                       f"environment variable {var}={value!r} {says}")
+    assert list(tmp_path.iterdir()) in ([], [tmp_path / "cache"])
+    assert var != "TVMLITE_CACHE_MB" or not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

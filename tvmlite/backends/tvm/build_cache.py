@@ -290,11 +290,19 @@ def publish(staged: pathlib.Path, entry_dir: pathlib.Path, parts: dict, replace:
     return False  # pragma: no cover - the loop returns or raises
 
 
+def size_limit() -> int:
+    """Bytes the cache may hold: $TVMLITE_CACHE_MB megabytes (default 4096: a VGG-sized model's
+    packed weights alone take half a gigabyte). A value that is no integer or is negative is one
+    LimitError line, raised before a build starts rather than after it."""
+    from tvmlite.limits import env_int
+
+    return env_int("TVMLITE_CACHE_MB", 4096, nonnegative=True) << 20
+
+
 def prune_cache(keep=None, max_bytes: int | None = None) -> None:
-    """Drop the least recently used entries while the cache holds more than $TVMLITE_CACHE_MB
-    (default 4096) megabytes: a VGG-sized model's packed weights alone take half a gigabyte. A
-    staging folder is left alone while a build may still be writing it."""
-    limit = max_bytes if max_bytes is not None else int(os.environ.get("TVMLITE_CACHE_MB", 4096)) << 20
+    """Drop the least recently used entries while the cache holds more than ``max_bytes``
+    (default ``size_limit()``). A staging folder is left alone while a build may still be writing it."""
+    limit = max_bytes if max_bytes is not None else size_limit()
     entries = []
     now = time.time()
     for d in cache_dir().iterdir():

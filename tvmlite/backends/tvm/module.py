@@ -424,6 +424,7 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
     from tvmlite.backends.tvm.lower import lower, refusal
     from tvmlite.backends.tvm.kernels.target import host_target, vector_lanes
 
+    cache_bytes = build_cache.size_limit() if cache else 0  # a bad $TVMLITE_CACHE_MB is refused up front
     model, shapes = static_inputs(model, input_shapes)
     target = host_target()
     parts = build_cache.key_parts(model, shapes, str(target))
@@ -451,14 +452,14 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
     plan, consts = plan_of(low)
     lib = build_lowered(low, target, plan)
     plan["build_seconds"] = round(time.perf_counter() - t0, 3)
-    cm = _cache_build(lib, plan, consts, entry, parts, broken) if cache else None
+    cm = _cache_build(lib, plan, consts, entry, parts, broken, cache_bytes) if cache else None
     if cm is None:
         cm = CompiledModel(lib, plan, consts)
     cm.build_seconds = time.perf_counter() - t0
     return cm
 
 
-def _cache_build(lib, plan: dict, consts: dict, entry, parts: dict, broken: bool):
+def _cache_build(lib, plan: dict, consts: dict, entry, parts: dict, broken: bool, max_bytes: int):
     """Write a fresh build into a staging folder, rename it into place whole (build_cache.publish)
     and load it from there; None where the cache cannot be written (a read-only cache only costs
     rebuilds). LLVM makes the machine code when the module is exported, and again when it is run
@@ -470,7 +471,7 @@ def _cache_build(lib, plan: dict, consts: dict, entry, parts: dict, broken: bool
         save_artifact(lib, plan, consts, str(staged / entry.name))
         build_cache.publish(staged, entry.parent, parts, replace=broken)
         staged = None
-        prune_cache(keep=entry.parent)
+        prune_cache(keep=entry.parent, max_bytes=max_bytes)
         return load_module(str(entry), verified=build_cache.as_written(entry.parent))
     except (OSError, TvmliteError):
         return None
