@@ -222,6 +222,7 @@ def test_debug_shows_traceback(tmp_path):
 
 @pytest.mark.parametrize("var,value,says", [("TVMLITE_THREADS", "abc", "is not an integer"),
                                              ("TVMLITE_HASH_THREADS", "abc", "is not an integer"),
+                                             ("TVMLITE_MIN_PARALLEL_WORK", "1M", "is not an integer"),
                                              ("TVMLITE_CACHE_MB", "abc", "is not an integer"),
                                              ("TVMLITE_CACHE_MB", "-5", "must not be negative")])
 def test_bad_integer_environment_variable_is_one_line(tmp_path, monkeypatch, var, value, says):

@@ -39,9 +39,9 @@ def min_parallel_work() -> int:
     1.11 ms on one core (onnxruntime: 0.44 ms). Under heavy load from other jobs the opposite held
     (4-16 ms parallel against 1.0-1.4 ms: a barrier waits for a descheduled worker), so a shared,
     busy host may want $TVMLITE_MIN_PARALLEL_WORK raised (33554432 kept those convs on one core)."""
-    import os
+    from tvmlite.limits import env_int
 
-    return int(os.environ.get("TVMLITE_MIN_PARALLEL_WORK", 1 << 20))
+    return env_int("TVMLITE_MIN_PARALLEL_WORK", 1 << 20, nonnegative=True)
 
 
 def accumulator_vectors(lanes: int) -> int:
