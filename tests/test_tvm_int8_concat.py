@@ -198,3 +198,14 @@ def test_qconcat_kernel_with_many_pieces_keeps_one_loop_nest(monkeypatch):
     kd, got = _concat_kernel(ins, feeds, 1, g, 1, (1, 17, 2, 4), False, True, monkeypatch)
     assert "T.unroll" not in kd.func.script()
     np.testing.assert_array_equal(got, np.concatenate([feeds["a"], feeds["b"]], axis=1))
+
+
+def test_qconcat_kernel_pieces_narrower_than_a_vector(monkeypatch):
+    """Channels-last parts of 2 and 4 channels (pieces of 2, 3 of them): the pieces are split but
+    their 2-channel loops are not vectorized; the values are the inputs' on the output grid."""
+    g = (0.05, 120, 0)
+    ins = [("a", (1, 3, 5, 2), "uint8", g, 1, True), ("b", (1, 3, 5, 4), "uint8", g, 1, True)]
+    feeds = _feeds(ins)
+    kd, got = _concat_kernel(ins, feeds, 1, g, 1, (1, 3, 5, 6), True, True, monkeypatch)
+    assert "T.unroll(3)" in kd.func.script() and "T.vectorized" not in kd.func.script()
+    np.testing.assert_array_equal(got, np.concatenate([feeds["a"], feeds["b"]], axis=3))

@@ -78,7 +78,7 @@ def concat_int8(name: str, inputs: list, *, axis: int, y_grid: tuple, y_quantize
     return KernelDef(name, b.params, sch.mod["main"], steps=["int8_concat"])
 
 
-_SEGMENTS = True  # off: one loop nest with a select per input (the A/B of bench/bench_tvm_int8_ab.py)
+_SEGMENTS = True  # off: one loop nest with a select per input (tests compare the two forms)
 MAX_SEGMENTS = 16
 
 
@@ -98,9 +98,9 @@ def _segments(sch, block: str, pos: int, sizes: list, lanes: int, parallel: bool
     sch.unroll(piece)
     inner = loops[-1]
     extent = int(sch.get(inner).extent)
-    if extent % lanes == 0:
+    if extent >= lanes and (extent % lanes == 0 or extent > 4 * lanes):  # as S.parallel_vectorize
         sch.vectorize(sch.split(inner, [None, lanes])[1])
-    elif extent <= 4 * lanes:
+    elif lanes <= extent <= 4 * lanes:
         sch.vectorize(inner)
     if parallel and len(loops) > 1:
         S.parallel_outer(sch, loops[:-1])
