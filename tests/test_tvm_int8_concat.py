@@ -146,7 +146,7 @@ def _feeds(ins) -> dict:
                 RNG.integers(np.iinfo(d).min, np.iinfo(d).max + 1, s).astype(d)) for v, s, d, *_ in ins}
 
 
-def _concat_kernel(ins, feeds, axis, y_grid, y_q, out_shape, y_nhwc, segments, monkeypatch):
+def _concat_kernel(ins, feeds, axis, y_grid, y_q, out_shape, y_nhwc, segments, monkeypatch, lanes=8):
     from tvmlite.backends.tvm.kernels import qconcat
     from tvmlite.backends.tvm.kernels.target import host_target
     from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
@@ -154,7 +154,7 @@ def _concat_kernel(ins, feeds, axis, y_grid, y_q, out_shape, y_nhwc, segments, m
     tvm = tvmlite.backends.tvm.kernels.target.import_tvm()
     monkeypatch.setattr(qconcat, "_SEGMENTS", segments)
     kd = qconcat.concat_int8("cat", ins, axis=axis, y_grid=y_grid, y_quantized=y_q, out_value="y",
-                             out_shape=out_shape, lanes=8, y_nhwc=y_nhwc)
+                             out_shape=out_shape, lanes=lanes, y_nhwc=y_nhwc)
     args, _ = kernel_args(kd, feeds)
     args[-1] = tvm.runtime.empty(kd.params[-1].shape, (("int8" if y_grid[2] else "uint8") if y_q else "float32"),
                                  tvm.cpu())
@@ -209,3 +209,15 @@ def test_qconcat_kernel_pieces_narrower_than_a_vector(monkeypatch):
     kd, got = _concat_kernel(ins, feeds, 1, g, 1, (1, 3, 5, 6), True, True, monkeypatch)
     assert "T.unroll(3)" in kd.func.script() and "T.vectorized" not in kd.func.script()
     np.testing.assert_array_equal(got, np.concatenate([feeds["a"], feeds["b"]], axis=3))
+
+
+def test_qconcat_kernel_piece_of_half_a_vector(monkeypatch):
+    """16 lanes (AVX-512's) and channels-last parts of 8 and 16 channels: the 8-channel pieces are
+    8-lane vectors, as a whole 24-channel loop would have been vectorized."""
+    g = (0.05, 120, 0)
+    ins = [("a", (1, 2, 3, 8), "uint8", g, 1, True), ("b", (1, 2, 3, 16), "uint8", (0.02, 3, 0), 1, True)]
+    feeds = _feeds(ins)
+    kd, got = _concat_kernel(ins, feeds, 1, g, 1, (1, 2, 3, 24), True, True, monkeypatch, lanes=16)
+    assert "T.unroll(3)" in kd.func.script() and "T.vectorized(8)" in kd.func.script()
+    _, selected = _concat_kernel(ins, feeds, 1, g, 1, (1, 2, 3, 24), True, False, monkeypatch, lanes=16)
+    np.testing.assert_array_equal(got, selected)
