@@ -139,3 +139,85 @@ def test_qconcat_numpy_kernel_requantizes_each_input():
     # a: (q - 10) * 0.1 = -1, 0, 24.5 -> /0.2 -> -5, 0, 122 (122.5 rounds to even) -> +5
     # f: quantized on its grid (0.25: 0.33 -> 1 step, -1 -> -4 steps) = 0.25, -1 -> 1.25, -5 -> +5
     np.testing.assert_array_equal(y, np.array([[0, 5, 127, 6, 0]], np.uint8))
+
+
+def _feeds(ins) -> dict:
+    return {v: (RNG.uniform(-2, 3, s).astype(np.float32) if d == "float32" else
+                RNG.integers(np.iinfo(d).min, np.iinfo(d).max + 1, s).astype(d)) for v, s, d, *_ in ins}
+
+
+def _concat_kernel(ins, feeds, axis, y_grid, y_q, out_shape, y_nhwc, segments, monkeypatch, lanes=8):
+    from tvmlite.backends.tvm.kernels import qconcat
+    from tvmlite.backends.tvm.kernels.target import host_target
+    from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
+
+    tvm = tvmlite.backends.tvm.kernels.target.import_tvm()
+    monkeypatch.setattr(qconcat, "_SEGMENTS", segments)
+    kd = qconcat.concat_int8("cat", ins, axis=axis, y_grid=y_grid, y_quantized=y_q, out_value="y",
+                             out_shape=out_shape, lanes=lanes, y_nhwc=y_nhwc)
+    args, _ = kernel_args(kd, feeds)
+    args[-1] = tvm.runtime.empty(kd.params[-1].shape, (("int8" if y_grid[2] else "uint8") if y_q else "float32"),
+                                 tvm.cpu())
+    build_kernel(kd, host_target())["main"](*args)
+    return kd, args[-1].numpy()
+
+
+@pytest.mark.parametrize("y_nhwc, y_q", [(True, 1), (False, 1), (False, 0)])
+def test_qconcat_kernel_runs_one_loop_nest_per_input(y_nhwc, y_q, monkeypatch):
+    """Channel parts of 16, 8 and 24 (pieces of 8, 6 of them): each piece its own unrolled copy of
+    the loop nest, the same values as the NumPy kernel (and as the kernel with one select per
+    input): a float NCHW input, a uint8 NHWC one on the output grid (copied) and an int8 one on
+    another grid (requantized)."""
+    from tvmlite.ops.qconcat import q_concat
+
+    h, w = 3, 5
+    grids = [(0.02, 7, 0), (0.05, 120, 0), (0.03, -4, 1)]
+    ins = [("a", (1, 16, h, w), "float32", grids[0], 0, False), ("b", (1, h, w, 8), "uint8", grids[1], 1, True),
+           ("c", (1, h, w, 24), "int8", grids[2], 1, True)]
+    out_shape = (1, h, w, 48) if y_nhwc else (1, 48, h, w)
+    feeds = _feeds(ins)
+    kd, got = _concat_kernel(ins, feeds, 1, grids[1], y_q, out_shape, y_nhwc, True, monkeypatch)
+    assert "T.unroll(6)" in kd.func.script()
+    ref = q_concat(*(feeds[v] for v, *_ in ins), axis=1, in_scales=[g[0] for g in grids],
+                   in_zero_points=[g[1] for g in grids], in_signed=[g[2] for g in grids], in_quantized=[0, 1, 1],
+                   y_scale=0.05, y_zero_point=120, y_signed=0, y_quantized=y_q,
+                   in_layouts=["NCHW", "NHWC", "NHWC"], y_layout="NHWC" if y_nhwc else "NCHW")
+    np.testing.assert_array_equal(got, ref)
+    _, selected = _concat_kernel(ins, feeds, 1, grids[1], y_q, out_shape, y_nhwc, False, monkeypatch)
+    np.testing.assert_array_equal(got, selected)
+
+
+def test_qconcat_kernel_with_many_pieces_keeps_one_loop_nest(monkeypatch):
+    """Parts of 3 and 14 channels: gcd 1, 17 pieces (over MAX_SEGMENTS): one nest with a select."""
+    from tvmlite.backends.tvm.kernels import qconcat
+
+    assert qconcat.MAX_SEGMENTS < 17
+    g = (0.05, 120, 0)
+    ins = [("a", (1, 3, 2, 4), "uint8", g, 1, False), ("b", (1, 14, 2, 4), "uint8", g, 1, False)]
+    feeds = _feeds(ins)
+    kd, got = _concat_kernel(ins, feeds, 1, g, 1, (1, 17, 2, 4), False, True, monkeypatch)
+    assert "T.unroll" not in kd.func.script()
+    np.testing.assert_array_equal(got, np.concatenate([feeds["a"], feeds["b"]], axis=1))
+
+
+def test_qconcat_kernel_pieces_narrower_than_a_vector(monkeypatch):
+    """Channels-last parts of 2 and 4 channels (pieces of 2, 3 of them): the pieces are split but
+    their 2-channel loops are not vectorized; the values are the inputs' on the output grid."""
+    g = (0.05, 120, 0)
+    ins = [("a", (1, 3, 5, 2), "uint8", g, 1, True), ("b", (1, 3, 5, 4), "uint8", g, 1, True)]
+    feeds = _feeds(ins)
+    kd, got = _concat_kernel(ins, feeds, 1, g, 1, (1, 3, 5, 6), True, True, monkeypatch)
+    assert "T.unroll(3)" in kd.func.script() and "T.vectorized" not in kd.func.script()
+    np.testing.assert_array_equal(got, np.concatenate([feeds["a"], feeds["b"]], axis=3))
+
+
+def test_qconcat_kernel_piece_of_half_a_vector(monkeypatch):
+    """16 lanes (AVX-512's) and channels-last parts of 8 and 16 channels: the 8-channel pieces are
+    8-lane vectors, as a whole 24-channel loop would have been vectorized."""
+    g = (0.05, 120, 0)
+    ins = [("a", (1, 2, 3, 8), "uint8", g, 1, True), ("b", (1, 2, 3, 16), "uint8", (0.02, 3, 0), 1, True)]
+    feeds = _feeds(ins)
+    kd, got = _concat_kernel(ins, feeds, 1, g, 1, (1, 2, 3, 24), True, True, monkeypatch, lanes=16)
+    assert "T.unroll(3)" in kd.func.script() and "T.vectorized(8)" in kd.func.script()
+    _, selected = _concat_kernel(ins, feeds, 1, g, 1, (1, 2, 3, 24), True, False, monkeypatch, lanes=16)
+    np.testing.assert_array_equal(got, selected)

@@ -4,8 +4,16 @@ then QuantizeLinear with the same parameters gives the integers back); any other
 dequantized (or, when float, fake-quantized on its own grid) and quantized again with the same float
 operations as the QDQ graph: (q - z) * s, then / y_scale, round half to even, zero point, saturate.
 4-D integer inputs and outputs may be stored channels-last (``x_nhwc`` per input, ``y_nhwc``); the
-concatenation axis counts in NCHW."""
+concatenation axis counts in NCHW.
+
+Each input's part of the output is its own loop nest (`_segments`): the concatenation axis is split
+at the greatest common divisor of the inputs' extents and its outer part is unrolled outermost, so
+after unrolling every vector reads one input, without a select over all inputs (each computed,
+then blended) per element.
+"""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from tvm import te, tirx
@@ -63,5 +71,37 @@ def concat_int8(name: str, inputs: list, *, axis: int, y_grid: tuple, y_quantize
     Y = te.compute(out_shape, f, name="ew")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(int(np.prod(out_shape))))
+    parallel = S.worth_parallel(int(np.prod(out_shape)))
+    pos = _TO_NHWC.index(axis) if y_nhwc else axis  # the concatenation axis among the stored ones
+    if not (_SEGMENTS and _segments(sch, "ew", pos, [r[2] for r in reads], lanes, parallel)):
+        S.parallel_vectorize(sch, "ew", lanes, parallel=parallel)
     return KernelDef(name, b.params, sch.mod["main"], steps=["int8_concat"])
+
+
+_SEGMENTS = True  # off: one loop nest with a select per input (tests compare the two forms)
+MAX_SEGMENTS = 16
+
+
+def _segments(sch, block: str, pos: int, sizes: list, lanes: int, parallel: bool) -> bool:
+    """Split the stored loop ``pos`` (the concatenation axis) into pieces of gcd(``sizes``), the
+    piece loop unrolled outermost, so that each piece reads one input; then vectorize the innermost
+    loop and run the outer ones of each piece across cores. False (nothing changed) for one input,
+    or pieces more than MAX_SEGMENTS (each is a copy of the loop nest in the code)."""
+    g = math.gcd(*sizes)
+    pieces = sum(sizes) // g
+    if len(sizes) < 2 or pieces > MAX_SEGMENTS:
+        return False
+    loops = list(sch.get_loops(sch.get_sblock(block)))
+    piece, inside = sch.split(loops[pos], [pieces, g])
+    loops[pos] = inside
+    sch.reorder(piece, *loops)
+    sch.unroll(piece)
+    inner = loops[-1]
+    extent = int(sch.get(inner).extent)
+    if extent >= lanes and (extent % lanes == 0 or extent > 4 * lanes):  # as S.parallel_vectorize
+        sch.vectorize(sch.split(inner, [None, lanes])[1])
+    elif lanes <= extent <= 4 * lanes or extent == lanes // 2 >= 4:  # 8 channels of 16 lanes: 8
+        sch.vectorize(inner)
+    if parallel and len(loops) > 1:
+        S.parallel_outer(sch, loops[:-1])
+    return True
