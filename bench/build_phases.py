@@ -20,6 +20,7 @@ import time
 def phases(name: str, dedup: bool) -> dict:
     from tvmlite.backends.tvm import module as M
     from tvmlite.backends.tvm import plan_func
+    from tvmlite.backends.tvm.compile import static_inputs
     from tvmlite.backends.tvm.kernels.target import host_target, import_tvm, vector_lanes
     from tvmlite.backends.tvm.lower import lower
     from tvmlite.frontend import load
@@ -28,7 +29,7 @@ def phases(name: str, dedup: bool) -> dict:
     tvm = import_tvm()
     m = randomized_light(name + ".onnx")
     m.ir_version = min(m.ir_version, 10)
-    model, shapes = M.static_inputs(load(m), None)
+    model, shapes = static_inputs(load(m), None)
     same = plan_func.same_kernels
     t = {"start": time.thread_time()}
     low = lower(model, shapes, vector_lanes())

@@ -161,7 +161,7 @@ def parallel_kernels(model, shapes) -> tuple[int, int]:
     """(kernels, kernels with a parallel loop) of the lowered plan."""
     from tvmlite.backends.tvm.kernels.target import vector_lanes
     from tvmlite.backends.tvm.lower import lower
-    from tvmlite.backends.tvm.module import static_inputs
+    from tvmlite.backends.tvm.compile import static_inputs
 
     m, s = static_inputs(model, shapes)
     low = lower(m, s, vector_lanes())

@@ -155,7 +155,7 @@ def _gemm_model(w, alpha=1.0):
 
 @pytest.mark.parametrize("rows", [4, 1024])  # a small weight (kept as its proto) and a big one (an array)
 def test_cache_key_follows_every_weight_byte_and_attribute(rows):
-    from tvmlite.backends.tvm.module import graph_key
+    from tvmlite.backends.tvm.build_cache import graph_key
 
     w = np.random.default_rng(0).standard_normal((rows, 300)).astype(np.float32)
     key = graph_key(load(_gemm_model(w)), {"x": (2, rows)}, "llvm")

@@ -490,7 +490,7 @@ def test_cache_drops_oldest_builds_past_its_limit():
     import os
     import time
 
-    from tvmlite.backends.tvm.module import cache_dir, prune_cache
+    from tvmlite.backends.tvm.build_cache import cache_dir, prune_cache
 
     root = cache_dir() / "prune-test"
     root.mkdir(parents=True, exist_ok=True)

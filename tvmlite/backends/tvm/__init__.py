@@ -14,7 +14,7 @@ from __future__ import annotations
 
 
 def compile_model(model, input_shapes=None, **kw):
-    from tvmlite.backends.tvm.module import compile_model as _compile
+    from tvmlite.backends.tvm.compile import compile_model as _compile
 
     return _compile(model, input_shapes, **kw)
 
@@ -44,7 +44,7 @@ def unsupported_ops(model, input_shapes=None) -> list[str]:
     """Ops the backend has no kernel for, which a build runs as host calls ('Op (reason) xN');
     empty when every node becomes a TVM kernel (what ``strict=True`` requires)."""
     from tvmlite.backends.tvm.lower import unsupported_ops as _unsupported
-    from tvmlite.backends.tvm.module import static_inputs
+    from tvmlite.backends.tvm.compile import static_inputs
 
     model, shapes = static_inputs(model, input_shapes)
     return _unsupported(model, shapes)

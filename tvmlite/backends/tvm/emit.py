@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from tvmlite.backends.tvm.kernels.target import import_tvm
-from tvmlite.backends.tvm.module import static_inputs
+from tvmlite.backends.tvm.compile import static_inputs
 
 
 def emit_tvmscript(model, out_dir: str, input_shapes: dict | None = None, lanes: int | None = None, *,

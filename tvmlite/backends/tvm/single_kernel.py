@@ -1,5 +1,5 @@
 """One kernel alone: compiled for the host and given its arguments, for benchmarks and tests of
-single kernels (whole graphs go through module.compile_model)."""
+single kernels (whole graphs go through compile.compile_model)."""
 from __future__ import annotations
 
 import numpy as np
