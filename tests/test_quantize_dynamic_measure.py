@@ -168,3 +168,23 @@ def test_optimize_budget_still_undoes_measured_int8(monkeypatch):
     assert report.rows[-1].status == "undone" and "MatMulInteger" not in _ops(m)
     m, report = optimize(_two_shapes(), passes=spec, inputs={"x": x}, calib=_calib(), max_error=0.1, repeats=1)
     assert report.rows[-1].status == "kept" and _ops(m).count("MatMulInteger") == 3
+
+
+def test_timed_ratio_clock_takes_cpu_time():
+    """time.thread_time counts the calling thread's CPU time: a sleep costs next to nothing in it,
+    a busy loop its whole length; the wall clock (the default) sees the whole sleep."""
+    import time
+
+    from tvmlite.runtime.ort import timed_ratio
+
+    def busy(s=0.003):
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < s:
+            pass
+
+    def nap():
+        time.sleep(0.006)
+
+    wall_nap, _, _ = timed_ratio(nap, busy, max_rounds=4, min_rounds=4, warmup=0)
+    cpu_nap, cpu_busy, _ = timed_ratio(nap, busy, max_rounds=4, min_rounds=4, warmup=0, clock=time.thread_time)
+    assert wall_nap >= 6.0 and cpu_nap < 1.0 < 2.9 < cpu_busy
