@@ -37,6 +37,11 @@ from tvmlite.runtime.ort import fragment, ort_session, random_feeds, timed_ratio
 #: noise (a descheduled pool worker stalls the kernel: MiniLM's 128x384x384 float MatMul read 9.0 ms
 #: against 1.1 ms in int8 at load 6, where one thread's CPU time says 1.0x)
 THREADS = 1
+#: CPU time is not immune either: the two vCPUs may share a core, so a busy neighbour slows whichever
+#: session runs beside it. Timing the encoder's layers 4 times at load 4, one run in four read the
+#: FFN up projection 1.59x faster in int8 (float 7.5 ms against 4.4-4.9 ms in the other runs, int8
+#: 4.4-4.7), and timed again in the same two sessions it read so again: a session itself can be
+#: slow. So a layer found faster is timed a second time in new sessions, kept if faster again.
 
 
 def example_shapes(model: Model, calibration) -> dict[str, tuple]:
@@ -82,9 +87,14 @@ def time_layer(model: Model, node, shapes: dict, rewrite, repeats: int = 30,
         orig, new = fragment(model, [node], cut, **kw), fragment(model, [node], cut, **kw)
         rewrite(new)
         feeds = random_feeds(orig)
-        s0, s1 = ort_session(orig, threads=THREADS), ort_session(new, threads=THREADS)
-        t0, t1, _ = timed_ratio(lambda: s0.run(None, feeds), lambda: s1.run(None, feeds), threshold,
-                                max_rounds=repeats, min_rounds=8, warmup=3, clock=time.thread_time)
+        runs = []
+        for _ in range(2):  # int8 faster: timed again in new sessions, the slower verdict counts (THREADS)
+            s0, s1 = ort_session(orig, threads=THREADS), ort_session(new, threads=THREADS)
+            t0, t1, _ = timed_ratio(lambda: s0.run(None, feeds), lambda: s1.run(None, feeds), threshold,
+                                    max_rounds=repeats, min_rounds=8, warmup=3, clock=time.thread_time)
+            runs.append((float(t0), float(t1)))
+            if t0 < threshold * t1:
+                break
     except (UnsupportedError, TvmliteError) as e:
         return f"cannot be timed alone: {str(e).splitlines()[0]}"
-    return float(t0), float(t1)
+    return min(runs, key=lambda r: r[0] / max(r[1], 1e-12))
