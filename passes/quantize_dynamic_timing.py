@@ -18,7 +18,11 @@ interleaved medians of 30 at load ~10 (float = 1): 128x384x384 1.01x, 128x384x15
 quantize_dynamic file 1.01-1.04x; the profile of float: 89% MatMul. Zen 1 splits
 each 256-bit operation in two 128-bit halves and issues integer multiplies (vpmaddubsw, vpmaddwd)
 on one FP pipe only, while float FMAs use two: both reach about 8 multiply-accumulates per cycle.
-Layers that are not faster keep float weights and lose no accuracy for nothing.
+Layers that are not faster keep float weights and lose no accuracy for nothing. That is the quiet
+host; with other work on the machine float's time swings and int8's barely moves (whole model, one
+thread, CPU time, medians of 40 at load 3.7: float 130 ms with quartiles 98-141, int8 0.85x with
+104-112), so a layer's verdict depends on the load when it is timed, and the pipeline's speed check
+of the whole model decides after it.
 """
 from __future__ import annotations
 
