@@ -17,13 +17,14 @@ from tvmlite.passes.cleanup import DeadCodeElimination, is_onnx
 from tvmlite.errors import OptionError, TvmliteError
 from tvmlite.ir.builder import MS_DOMAIN, Builder
 from tvmlite.ir.graph import Model
-from tvmlite.export.shapes import infer_shapes, static_shapes
+from tvmlite.export.shapes import drop_new_types, infer_shapes, static_shapes, typed_values
 from tvmlite.quant import qdq
 from tvmlite.quant.opset import upgrade_opset
 from tvmlite.quant.params import WEIGHT_MAX, quantize_weight, reduce_range_error, weight_max, weight_scales
 from tvmlite.quant.dynamic_attention import attention_operands, write_qattention
 from tvmlite.quant.smooth import ALPHAS, capture_samples, choose_alpha
 from tvmlite.passes.transformer_fusion import FuseTransformer
+from tvmlite.passes.quantize_dynamic_timing import example_shapes, time_layer, timing_key
 from tvmlite.runtime.ort import u8s8_saturates
 
 
@@ -84,6 +85,12 @@ class QuantizeDynamic(Pass):
     AVX2-only EPYC, all-MiniLM-L6 seq 128 with the fast preset's options: embedding cosine vs float
     min / mean 0.9843 / 0.9938 with 8-bit weights, 0.9940 / 0.9962 with reduce_range (onnxruntime's
     quantize_dynamic file, 8-bit: 0.9794 / 0.9910); a host with VNNI gave 0.9958 min with 8 bits.
+
+    ``measure=true`` (the default preset): each layer timed alone in onnxruntime, float against int8,
+    and rewritten only where ``min_speedup`` times faster (passes/quantize_dynamic_timing.py). On an
+    AVX2-only Zen 1 EPYC no MiniLM layer is on a quiet host (0.96-1.03x in one thread's CPU time,
+    QAttention included): the model stays float there, where int8 only cost accuracy (cosine min
+    0.9931); under load some layers read faster and are kept, for the speed check to judge.
     """
 
     name = "quantize-dynamic"
@@ -116,6 +123,12 @@ class QuantizeDynamic(Pass):
         #: x86 without VNNI, runtime.ort.u8s8_saturates; there 8-bit weights give onnxruntime
         #: results far from the exact integer product the file means)
         reduce_range: str = "auto"
+        #: time each layer alone in onnxruntime, float against the form this pass writes (one
+        #: calibration example's shapes, 1 thread; passes/quantize_dynamic_timing.py), and rewrite
+        #: only those at least ``min_speedup`` times faster in int8: on AVX2 without VNNI the int8 GEMM
+        #: is no faster than float's, so there the weights stay float
+        measure: bool = False
+        min_speedup: float = 1.1
 
     def validate(self) -> None:
         if self.options.form not in ("integer", "dq"):
@@ -129,6 +142,8 @@ class QuantizeDynamic(Pass):
                               "(choose a factor >= 1)")
         if self.options.gather:
             self._tables()  # refuses a bad gather_block when the spec is read
+        if not self.options.min_speedup > 0.0:  # NaN too
+            raise OptionError(f"pass 'quantize-dynamic': min_speedup={self.options.min_speedup!r} (choose a factor > 0)")
         why = reduce_range_error(self.options.reduce_range)
         if why:
             raise OptionError(f"pass 'quantize-dynamic': {why}")
@@ -172,31 +187,29 @@ class QuantizeDynamic(Pass):
                 result.skip("(model)", f"MatMul/Gemm with constant weights hold {share:.0%} of the MACs, "
                                        f"under min_matmul_share={o.min_matmul_share:g}: left to static int8")
                 return result
+        typed_before = typed_values(model.graph)
         upgrade_opset(model, 11 if not o.per_channel else 13)
-        if o.attention and o.form == "integer":
+        fuse = o.attention and o.form == "integer"
+        unfused = model.copy() if fuse and o.measure else None
+        # shapes before fusion: tvmlite infers none past a com.microsoft Attention
+        shapes = example_shapes(model, o.calibration) if o.measure else {}
+        if fuse:
             # attention only: onnxruntime fuses SkipLayerNorm and Gelu itself around int8 MatMuls
             fused = FuseTransformer(skip_layernorm=False, gelu=False).run(model)
             result.stats["fused"] = len(fused.rewritten)
             for where, why in fused.skipped:
                 result.skip(where, why)
-        infer_shapes(model)  # operand dtypes and ranks decide what can be rewritten
-        g = model.graph
+        work = self._work(model, result, fuse)
+        if o.measure and work:
+            timed: dict = {}
+            work = self._faster(model, work, result, timed, shapes)
+            if unfused is not None and result.stats.get("fused") and not any(n.op_type == "Attention" for n, *_ in work):
+                # no QAttention pays: the float attention stays as it was, its projections timed as MatMuls
+                model.restore(unfused)
+                result.stats["fused"] = 0
+                work = self._faster(model, self._work(model, result, False), result, timed, shapes)
         b = None  # made on the first rewrite: one name authority for the run
         quantized_x: dict = {}  # activation -> its DynamicQuantizeLinear outputs
-        work = []
-        for node in g.toposort():
-            if node.name in o.exclude_names or node.outputs[0] in o.exclude_names:
-                continue
-            if o.attention and o.form == "integer" and node.domain == MS_DOMAIN and node.op_type == "Attention":
-                got = attention_operands(g, node)
-            elif is_onnx(node, "MatMul", "Gemm"):
-                got = _operands(g, node)
-            else:
-                continue
-            if isinstance(got, str):
-                result.skip(node, got)
-            else:
-                work.append((node, *got))
         smooth = self._smooth_scales(model, work, result) if self._alphas() and o.form == "integer" else {}
         qmax = self._qmax() if work else 127
         if work:
@@ -241,9 +254,73 @@ class QuantizeDynamic(Pass):
             result.rewrote(base, form=o.form)
         result.stats["rewritten"] = len(result.rewritten)
         DeadCodeElimination().run(model)
-        if o.gather:
+        if o.gather and o.measure and not result.rewritten:
+            result.skip("(tables)", "no layer runs faster in int8 here: embedding tables left float too")
+        elif o.gather:
             self._quantize_tables(model, result)
+        if not result.rewritten:
+            # the types inferred to decide, exported, would be value_info that lets onnxruntime fuse
+            # SkipLayerNormalization, which ran slower here: all-MiniLM-L6 written back unchanged but
+            # with them ran 1.044x of the file without (1 thread, CPU time, medians of 40, load 8)
+            drop_new_types(model.graph, typed_before)
         return result
+
+    def _work(self, model: Model, result: PassResult, attention: bool) -> list:
+        """(node, weight [K, N], bias or None) of each layer to rewrite, in graph order; the others
+        skipped with the reason."""
+        o = self.options
+        infer_shapes(model)  # operand dtypes and ranks decide what can be rewritten
+        g = model.graph
+        work = []
+        for node in g.toposort():
+            if node.name in o.exclude_names or node.outputs[0] in o.exclude_names:
+                continue
+            if attention and node.domain == MS_DOMAIN and node.op_type == "Attention":
+                got = attention_operands(g, node)
+            elif is_onnx(node, "MatMul", "Gemm"):
+                got = _operands(g, node)
+            else:
+                continue
+            if isinstance(got, str):
+                result.skip(node, got)
+            else:
+                work.append((node, *got))
+        return work
+
+    def _faster(self, model: Model, work: list, result: PassResult, timed: dict, shapes: dict) -> list:
+        """The layers of ``work`` onnxruntime runs at least min_speedup times faster in int8, each
+        timed alone at ``shapes`` (those of values the fusion added inferred here; one timing per
+        shape: ``timed`` caches the figures); the others skipped with theirs."""
+        o = self.options
+        shapes = {**example_shapes(model, o.calibration), **shapes}
+        fragment_pass = QuantizeDynamic(form=o.form, per_channel=o.per_channel, reduce_range=o.reduce_range,
+                                        attention=o.attention)
+        kept = []
+        for item in work:
+            node = item[0]
+            key = timing_key(model, node, shapes)
+            if key is None:
+                got = "cannot be timed alone: an input's shape is unknown"
+            else:
+                if key not in timed:
+                    timed[key] = time_layer(model, node, shapes, fragment_pass.run, threshold=o.min_speedup)
+                got = timed[key]
+            label = node.name or node.outputs[0]
+            if isinstance(got, str):
+                result.skip(node, f"int8 speed {got}: left float")
+                continue
+            t_float, t_int8 = got
+            speedup = t_float / max(t_int8, 1e-12)
+            faster = speedup >= o.min_speedup
+            result.decisions.append(dict(layer=label, float_ms=round(t_float, 4), int8_ms=round(t_int8, 4),
+                                         speedup=round(speedup, 3), int8=faster))
+            if faster:
+                kept.append(item)
+            else:
+                result.skip(node, f"int8 not faster in onnxruntime on this host: {t_int8:.3f} vs {t_float:.3f} ms "
+                                  f"float alone ({speedup:.2f}x < min_speedup={o.min_speedup:g})")
+        result.stats["measured_int8"] = len(kept)
+        return kept
 
     def _smooth_scales(self, model: Model, work: list, result: PassResult) -> dict:
         """Per quantized activation, SmoothQuant's ``s`` over the weights of all its readers (none

@@ -36,11 +36,13 @@ PRESETS = {
     # the one that moves rounding, checked on its own
     "clean": "simplify(affine=false),fuse-conv-affine",
     # clean-ups; dynamic int8 where MatMul/Gemm weights hold most of the work (transformers, MLPs),
-    # their embedding tables int8 too (GatherBlockQuantized);
+    # on the layers onnxruntime runs faster in int8 on this host (none on AVX2 without VNNI: see
+    # passes/quantize_dynamic_timing.py), their embedding tables int8 too (GatherBlockQuantized);
     # low rank under an error budget and static int8, each kept per layer only where measured faster
     # in onnxruntime
     # (lowrank's time_budget: planning every layer of PP-OCR det at 640x640 took 190-320 s)
-    "fast": CLEANUPS + ",quantize-dynamic(min_matmul_share=0.5,gather=true,smooth=0.7,smooth_min_gain=3,attention=true),"
+    "fast": CLEANUPS + ",quantize-dynamic(min_matmul_share=0.5,gather=true,smooth=0.7,smooth_min_gain=3,attention=true,"
+                       "measure=true),"
                        "lowrank(budget=0.25,measure=true,time_budget=45),"
                        "quantize(mode=auto,measure=true),dce",
     # clean-ups, low rank, int8 wherever it fits the budget, then weight compression of what is left:

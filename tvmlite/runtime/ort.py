@@ -326,11 +326,13 @@ def median_ms(fn, repeats: int, warmup: int = 1) -> float:
 
 
 def timed_ratio(fa, fb, threshold: float = 1.0, *, max_rounds: int = 30, min_rounds: int = 6,
-                margin: float = 0.15, warmup: int = 2) -> tuple[float, float, int]:
+                margin: float = 0.15, warmup: int = 2, clock=time.perf_counter) -> tuple[float, float, int]:
     """Median milliseconds of ``fa`` and ``fb`` run alternately (every other round in reverse
     order), and the rounds taken: at least ``min_rounds``, more while ``ms_a / ms_b`` lies within
     ``margin`` of ``threshold`` (the ratio the caller decides at), doubling up to ``max_rounds``.
-    Most per-layer choices are not close and are decided in a few rounds."""
+    Most per-layer choices are not close and are decided in a few rounds. ``clock``: seconds to
+    take differences of; ``time.thread_time`` times one-thread onnxruntime sessions in CPU time
+    (they run in the calling thread), which a loaded host barely moves."""
     for _ in range(warmup):
         fa()
         fb()
@@ -341,9 +343,9 @@ def timed_ratio(fa, fb, threshold: float = 1.0, *, max_rounds: int = 30, min_rou
         while len(ta) < target:
             pair = ((fa, ta), (fb, tb)) if len(ta) % 2 == 0 else ((fb, tb), (fa, ta))
             for f, acc in pair:
-                t0 = time.perf_counter()
+                t0 = clock()
                 f()
-                acc.append((time.perf_counter() - t0) * 1e3)
+                acc.append((clock() - t0) * 1e3)
         ma, mb = float(np.median(ta)), float(np.median(tb))
         ratio = ma / max(mb, 1e-12)
         if target >= max_rounds or threshold <= 0 or abs(ratio / threshold - 1.0) > margin:
