@@ -61,6 +61,8 @@ def test_affine_folds_into_the_conv_it_feeds(kw, left):
     m = tvmlite.load(proto)
     r = Pipeline("fuse-affine-conv").run(m)[0]
     assert r.stats["fused"] == 1 and ops(m) == left
+    # the old weights go with the old Conv (the report counts parameters right after the pass)
+    assert not {"w", "b"} & set(m.graph.initializers)
     check_same(proto, m)
 
 
@@ -120,3 +122,16 @@ def test_affine_as_conv_needs_a_known_channel_count():
     m = tvmlite.load(proto)
     r = Pipeline("affine-as-conv").run(m)[0]
     assert r.stats["rewritten"] == 0 and "known channel count" in r.skipped[0][1]
+
+
+def test_weights_in_constant_nodes_go_with_the_folded_conv():
+    # PP-OCR keeps its weights in Constant nodes: the old ones must not linger until a dce
+    w = helper.make_tensor("wc", onnx.TensorProto.FLOAT, [O, C, 1, 1], rng.standard_normal(O * C).tolist())
+    nodes = [helper.make_node("Constant", [], ["w"], value=w), helper.make_node("Mul", ["x", "s"], ["m"]),
+             helper.make_node("Conv", ["m", "w"], ["y"])]
+    proto = make_model(nodes, [tensor("x", ["N", C, 5, 5])], [tensor("y", ["N", O, 5, 5])],
+                       [("s", np.float32(2))], opset=13)
+    m = tvmlite.load(proto)
+    assert Pipeline("fuse-affine-conv").run(m)[0].stats["fused"] == 1
+    assert ops(m) == ["Conv"]
+    check_same(proto, m)
