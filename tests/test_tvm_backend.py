@@ -263,6 +263,26 @@ def test_direct_conv_writes_each_channels_pixel_run_in_vectors(lanes):
     np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("hw", [(5, 11), (4, 8)])
+def test_ragged_gemm_columns_write_whole_tiles_in_vectors(hw):
+    """A 1x1 conv over 55 pixels (not a whole number of 16-column tiles): the last tile's padding
+    columns read the last pixel on a branch of their own, and the epilogue's column run is
+    unrolled (TVM writes a predicated vectorized run element by element; unrolled, LLVM writes the
+    whole tiles in vectors); 32 pixels keep the vectorized run. Numbers against NumPy."""
+    x = RNG.standard_normal((1, 12, *hw)).astype(np.float32)
+    w = RNG.standard_normal((10, 12, 1, 1)).astype(np.float32)
+    b = RNG.standard_normal(10).astype(np.float32)
+    geom = WindowGeometry.conv({}, x.shape, w.shape)
+    kd = KC.conv2d_gemm("c", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=8)
+    lines = kd.func.script().splitlines()
+    at = next(i for i, ln in enumerate(lines) if 'T.sblock("epilogue")' in ln)
+    ragged = hw[0] * hw[1] % 16 != 0
+    assert ("T.unroll" if ragged else "T.vectorized") in lines[at - 1], lines[at - 1]
+    (y,) = run_kernel(kd, {"x": x})
+    ref = np.maximum(conv(x, w, b), 0)
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("stride,mult", [(1, 1), (2, 2)])
 def test_depthwise_conv_matches_numpy(stride, mult):
     x = RNG.standard_normal((1, 6, 15, 21)).astype(np.float32)

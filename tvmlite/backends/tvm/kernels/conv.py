@@ -59,8 +59,13 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
 
     def im2col(nn, gg, kk, j):
         if pointwise:
-            v = X[nn, gg * ci + kk, tirx.min(j, p - 1)]
-            return v if pp == p else tirx.Select(j < p, v, tirx.const(0.0, F32))
+            if pp == p:
+                return X[nn, gg * ci + kk, j]
+            # the padding columns of the last tile read the last pixel (their results are
+            # dropped); the clamp is a per-lane gather, so only that tile takes it: a branch on
+            # the tile (j // nr, a scalar) keeps every other tile's lanes one contiguous load
+            return tirx.if_then_else(j // nr < p // nr, X[nn, gg * ci + kk, j],
+                                     X[nn, gg * ci + kk, tirx.min(j, p - 1)])
         cc, r = kk // khw, kk % khw
         if whole_rows:  # j = jt * nr + ji (`column_gemm`): jt, ji come out whole
             t = j // nr
