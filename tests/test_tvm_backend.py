@@ -263,6 +263,22 @@ def test_direct_conv_writes_each_channels_pixel_run_in_vectors(lanes):
     np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_row_crossing_gemm_columns_favour_the_direct_conv_on_avx2(lanes):
+    """A stride-1 3x3 conv whose GEMM column tiles cross output rows (27 or 13 pixels a row:
+    every column lane divides and gathers) takes the direct kernel on AVX2 unless that wastes a
+    tenth more; AVX-512 keeps the plain waste rule; whole-row tiles are unchanged."""
+    def direct(x_shape, w_shape):
+        geom = WindowGeometry.conv(dict(pads=(1, 1, 1, 1)), x_shape, w_shape)
+        return KC.use_direct_conv(w_shape, geom, lanes)
+    assert direct((1, 32, 27, 27), (128, 32, 3, 3))  # squeezenet's fire expand (AVX-512: 9 x 32 fills the row)
+    assert direct((1, 48, 13, 13), (192, 48, 3, 3))
+    # 20 channels pad to 24 (one vector) and 9 pixels to 10: a fifth wasted against the GEMM's 81 of 96
+    assert not direct((1, 32, 9, 9), (20, 32, 3, 3))
+    # a row of whole GEMM tiles (32 pixels): no gathers, the waste rule alone
+    assert not direct((1, 16, 32, 32), (20, 16, 3, 3))
+
+
 @pytest.mark.parametrize("hw", [(5, 11), (4, 8)])
 def test_ragged_gemm_columns_write_whole_tiles_in_vectors(hw):
     """A 1x1 conv over 55 pixels (not a whole number of 16-column tiles): the last tile's padding

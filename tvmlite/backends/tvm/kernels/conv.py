@@ -125,7 +125,10 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     the GEMM rounds the channels up to 8 rows and the pixels (all rows) up to 2 vectors; the
     direct kernel is taken when it wastes no more, so it also saves the im2col gathers. A strided
     conv takes it unless it wastes a third more: there the GEMM's columns are strided gathers,
-    and it ran 2-3x slower than the direct kernel on the detector's stride-2 convs. Not for an
+    and it ran 2-3x slower than the direct kernel on the detector's stride-2 convs; a stride-1
+    conv whose GEMM column tiles cross output rows (a width of no whole number of tiles: 27, 13)
+    takes it on AVX2 unless it wastes a tenth more, as there every column lane divides and
+    gathers (AVX-512's wider direct tiles already fill those rows). Not for an
     unpadded 1x1 conv (a plain GEMM over the input rows, or for a strided one over its subsampled
     copy, `phase_planes`) unless the GEMM pads a small image's pixels by a tenth or more, and not
     for a short reduction
@@ -159,8 +162,16 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
         # convs (AVX2, one thread, CPU time, bench/conv_tiles.py): 256->512 from 56x56 direct
         # 1.24x -> GEMM 0.81x of onnxruntime, 512->1024 from 28x28 1.42x -> 0.89x
         return 0.9 * direct >= gemm
-    strided = max(geom.strides) > 1
-    return direct >= (0.75 * gemm if strided else gemm)
+    if max(geom.strides) > 1:
+        return direct >= 0.75 * gemm
+    if ow % gt.nr and S.accumulator_vectors(lanes) <= 8:  # measured with AVX2's tiles
+        # the GEMM's column tiles cross output rows: each column lane divides its pixel index by
+        # the width and gathers, per k. AVX2, one thread, CPU time, against onnxruntime's Conv
+        # (bench/conv_tiles.py): GEMM -> direct 1.13x -> 0.87x at 32->128 3x3 27x27,
+        # 1.17x -> 0.96x at 128->192, 1.14x -> 0.77x at 16->32 5x5 27x27; 13x13 (7 x 8 tile)
+        # 0.87x -> 0.83x at 48->192, 0.93x -> 0.91x at 64->256
+        return direct >= 0.9 * gemm
+    return direct >= gemm
 
 
 def short_reduction(channels: int, taps: int, lanes: int) -> bool:
