@@ -139,7 +139,10 @@ def test_direct_tile_follows_row_width():
     assert (KC.direct_tile(512, 7, 16).mr, KC.direct_tile(512, 7, 16).nr) == (7, 32)
     assert KC.direct_tile(64, 56, 16).mr == 8 and KC.direct_tile(128, 14, 16).mr == 7
     assert KC.direct_tile(16, 30, 16).nr == 16 and KC.direct_tile(16, 30, 16).mr == 10  # one vector: up to 12
-    assert (KC.direct_tile(64, 13, 8).mr, KC.direct_tile(64, 13, 8).nr) == (4, 16)  # AVX2, 2 vectors: 4 pixels
+    assert (KC.direct_tile(64, 12, 8).mr, KC.direct_tile(64, 12, 8).nr) == (4, 16)  # AVX2, 2 vectors: 4 pixels
+    # ... or 5 (10 accumulators) where only they fill the row better: 13 -> 15, 55 -> 55; 20 and 160 keep 4
+    assert [KC.direct_tile(64, w, 8).mr for w in (13, 55, 20, 160, 27)] == [5, 5, 4, 4, 4]
+    assert KC.direct_tile(64, 55, 8, 9).nr == 16 and KC.direct_tile(64, 13, 8, 9).mr == 7  # 13: 7 x 8 pads 1
     assert (KC.direct_tile(24, 13, 8).mr, KC.direct_tile(24, 13, 8).nr) == (7, 8)  # AVX2, 1 vector: up to 8
     # a 3x3 conv (9 taps) on AVX2 takes one vector of channels where 7 pixels fill the row and 4 do not;
     # a 1x1 conv keeps two vectors; AVX-512 fits the row in its 2-vector tile, so nothing changes there
@@ -182,7 +185,9 @@ def test_register_tiles_fit_the_accumulator_registers(lanes):
     for cog in (3, 16, 24, 48, 64, 512):
         for width in (7, 13, 20, 40, 56, 160):
             t = KC.direct_tile(cog, width, lanes)
-            assert t.mr * (t.nr // lanes) <= budget and t.nr % lanes == 0, (cog, width, t)
+            # AVX2's direct tile may take a 5th pixel of two vectors (10 of 16 registers) where it fills the row
+            extra = 2 if lanes == 8 and t.nr == 2 * lanes and t.mr == 5 else 0
+            assert t.mr * (t.nr // lanes) <= budget + extra and t.nr % lanes == 0, (cog, width, t)
         for p in (49, 400, 3136):
             for t in (KG.conv_tile(cog, p, lanes), KG.dense_tile(cog, p, lanes)):
                 assert t.mr * (t.nr // lanes) <= budget and t.mr <= 8, (cog, p, t)

@@ -100,7 +100,12 @@ def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1) -> S.GemmTile:
     4 pixels), that pads the row least, the widest among equals. A conv of several ``taps``
     (3x3) takes one vector of channels instead where its wider pixel tile pads the row less
     (AVX2: 7 x 8 at 7x7 and 14x14, 1.21x -> 1.02x and 1.14x -> 0.99x of onnxruntime's Conv on
-    ResNet-50's 512 and 256-channel 3x3 convs; its 1x1 convs ran slower that way, 1.36x -> 1.76x)."""
+    ResNet-50's 512 and 256-channel 3x3 convs; its 1x1 convs ran slower that way, 1.36x -> 1.76x).
+    AVX2's two-vector tile takes a 5th pixel (10 accumulators, 13 of the 16 registers) where that
+    alone fills the row better: rows of 55, 15, 25 (one thread, CPU time, against onnxruntime's
+    Conv, bench/conv_tiles.py) 16->64 3x3 at 55x55 5 x 8 0.96x -> 5 x 16 0.86x (4 x 16 0.90x),
+    64->192 1.09x -> 0.96x (1.01x), 48->48 at 15x15 0.77x -> 0.68x (0.75x); where 4 pixels fill the
+    row as well (the detector's 160 ... 20) the 8-accumulator tile stays (5 x 16 measured alike)."""
     budget = S.accumulator_vectors(lanes)
 
     def pixels(vectors: int) -> int:
@@ -108,7 +113,10 @@ def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1) -> S.GemmTile:
         if ow <= cap:
             return ow
         lo = min(4, cap)
-        return min(range(lo, cap + 1), key=lambda m: (round_up(ow, m) - ow, -m))
+        m = min(range(lo, cap + 1), key=lambda m: (round_up(ow, m) - ow, -m))
+        if vectors == 2 and budget <= 8 and round_up(ow, cap + 1) - ow < round_up(ow, m) - ow:
+            return cap + 1  # AVX2: a 5th pixel (10 accumulators) where it alone pads the row less
+        return m
     if not (cog >= 2 * lanes and round_up(cog, 2 * lanes) == round_up(cog, lanes)):
         return S.GemmTile(mr=pixels(1), nr=lanes)
     mr = pixels(2)
