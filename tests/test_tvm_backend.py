@@ -143,6 +143,8 @@ def test_direct_tile_follows_row_width():
     # ... or 5 (10 accumulators) where only they fill the row better: 13 -> 15, 55 -> 55; 20 and 160 keep 4
     assert [KC.direct_tile(64, w, 8).mr for w in (13, 55, 20, 160, 27)] == [5, 5, 4, 4, 4]
     assert KC.direct_tile(64, 55, 8, 9).nr == 16 and KC.direct_tile(64, 13, 8, 9).mr == 7  # 13: 7 x 8 pads 1
+    # 54 wide: 6 x 8 fills the row, but 5 x 16 pads it by under 5% and keeps two vectors of channels
+    assert (KC.direct_tile(96, 54, 8, 121).mr, KC.direct_tile(96, 54, 8, 121).nr) == (5, 16)
     assert (KC.direct_tile(24, 13, 8).mr, KC.direct_tile(24, 13, 8).nr) == (7, 8)  # AVX2, 1 vector: up to 8
     # a 3x3 conv (9 taps) on AVX2 takes one vector of channels where 7 pixels fill the row and 4 do not;
     # a 1x1 conv keeps two vectors; AVX-512 fits the row in its 2-vector tile, so nothing changes there
