@@ -1,8 +1,12 @@
-"""bench/conv_tiles.py and bench/tvm_cpu_ab.py: a small conv end to end, bad options refused in one line."""
+"""bench/conv_tiles.py, bench/tvm_cpu_ab.py and bench/tree_ab.py: a small conv end to end, bad options
+refused in one line."""
 import importlib.util
 import pathlib
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
 
@@ -16,8 +20,8 @@ def _threads_env_restored(monkeypatch):
     monkeypatch.setenv("TVMLITE_THREADS", "1")
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("conv_tiles", SCRIPT)
+def _bench(name: str = "conv_tiles"):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -43,9 +47,35 @@ def test_one_shape_runs_every_variant(capsys):
 @pytest.mark.parametrize("argv", [["light_nope"], ["detector", "--rounds", "0"],
                                   ["detector", "--before-tiles", "--before-writes"]])
 def test_cpu_ab_refuses_bad_options_in_one_line(argv, capsys):
-    spec = importlib.util.spec_from_file_location("tvm_cpu_ab", SCRIPT.parent / "tvm_cpu_ab.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.main(argv) == 2
+    assert _bench("tvm_cpu_ab").main(argv) == 2
     cap = capsys.readouterr()
     assert cap.out == "" and len(cap.err.strip().splitlines()) == 1 and cap.err.startswith("tvm_cpu_ab: ")
+
+
+@pytest.mark.parametrize("argv", [["build", "/tmp/x", "light_nope"], ["time", "/tmp/a", "/tmp/b", "no.onnx"],
+                                  ["time", "/nonexistent-a", "/nonexistent-b", "detector"],
+                                  ["time", "/tmp/a", "/tmp/b", "detector", "--rounds", "0"]])
+def test_tree_ab_refuses_bad_arguments_in_one_line(argv, capsys):
+    assert _bench("tree_ab").main(argv) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and len(cap.err.strip().splitlines()) == 1 and cap.err.startswith("tree_ab: ")
+
+
+def test_tree_ab_builds_and_times_a_small_conv(tmp_path, capsys):
+    require_tvm()
+    w = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 9, 9])],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    path = tmp_path / "conv.onnx"
+    onnx.save(m, path)
+    bench = _bench("tree_ab")
+    assert bench.main(["build", str(tmp_path / "a"), str(path)]) == 0
+    assert bench.main(["time", str(tmp_path / "a"), str(tmp_path / "a"), str(path), "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "B/A" in out and "max rel err A" in out
+    err = float(out.split("max rel err A ")[1].split(",")[0])
+    assert err < 1e-4

@@ -139,7 +139,12 @@ def test_direct_tile_follows_row_width():
     assert (KC.direct_tile(512, 7, 16).mr, KC.direct_tile(512, 7, 16).nr) == (7, 32)
     assert KC.direct_tile(64, 56, 16).mr == 8 and KC.direct_tile(128, 14, 16).mr == 7
     assert KC.direct_tile(16, 30, 16).nr == 16 and KC.direct_tile(16, 30, 16).mr == 10  # one vector: up to 12
-    assert (KC.direct_tile(64, 13, 8).mr, KC.direct_tile(64, 13, 8).nr) == (4, 16)  # AVX2, 2 vectors: 4 pixels
+    assert (KC.direct_tile(64, 12, 8).mr, KC.direct_tile(64, 12, 8).nr) == (4, 16)  # AVX2, 2 vectors: 4 pixels
+    # ... or 5 (10 accumulators) where only they fill the row better: 13 -> 15, 55 -> 55; 20 and 160 keep 4
+    assert [KC.direct_tile(64, w, 8).mr for w in (13, 55, 20, 160, 27)] == [5, 5, 4, 4, 4]
+    assert KC.direct_tile(64, 55, 8, 9).nr == 16 and KC.direct_tile(64, 13, 8, 9).mr == 7  # 13: 7 x 8 pads 1
+    # 54 wide: 6 x 8 fills the row, but 5 x 16 pads it by under 5% and keeps two vectors of channels
+    assert (KC.direct_tile(96, 54, 8, 121).mr, KC.direct_tile(96, 54, 8, 121).nr) == (5, 16)
     assert (KC.direct_tile(24, 13, 8).mr, KC.direct_tile(24, 13, 8).nr) == (7, 8)  # AVX2, 1 vector: up to 8
     # a 3x3 conv (9 taps) on AVX2 takes one vector of channels where 7 pixels fill the row and 4 do not;
     # a 1x1 conv keeps two vectors; AVX-512 fits the row in its 2-vector tile, so nothing changes there
@@ -182,7 +187,9 @@ def test_register_tiles_fit_the_accumulator_registers(lanes):
     for cog in (3, 16, 24, 48, 64, 512):
         for width in (7, 13, 20, 40, 56, 160):
             t = KC.direct_tile(cog, width, lanes)
-            assert t.mr * (t.nr // lanes) <= budget and t.nr % lanes == 0, (cog, width, t)
+            # AVX2's direct tile may take a 5th pixel of two vectors (10 of 16 registers) where it fills the row
+            extra = 2 if lanes == 8 and t.nr == 2 * lanes and t.mr == 5 else 0
+            assert t.mr * (t.nr // lanes) <= budget + extra and t.nr % lanes == 0, (cog, width, t)
         for p in (49, 400, 3136):
             for t in (KG.conv_tile(cog, p, lanes), KG.dense_tile(cog, p, lanes)):
                 assert t.mr * (t.nr // lanes) <= budget and t.mr <= 8, (cog, p, t)
@@ -260,6 +267,42 @@ def test_direct_conv_writes_each_channels_pixel_run_in_vectors(lanes):
     assert "T.vectorized" in lines[at - 1], lines[at - 1]
     (y,) = run_kernel(kd, {"x": x, "res": res})
     ref = np.maximum(conv(x, w, b, pads=[1, 1, 1, 1]) + res, 0)
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_row_crossing_gemm_columns_favour_the_direct_conv_on_avx2(lanes):
+    """A stride-1 3x3 conv whose GEMM column tiles cross output rows (27 or 13 pixels a row:
+    every column lane divides and gathers) takes the direct kernel on AVX2 unless that wastes a
+    tenth more; AVX-512 keeps the plain waste rule; whole-row tiles are unchanged."""
+    def direct(x_shape, w_shape):
+        geom = WindowGeometry.conv(dict(pads=(1, 1, 1, 1)), x_shape, w_shape)
+        return KC.use_direct_conv(w_shape, geom, lanes)
+    assert direct((1, 32, 27, 27), (128, 32, 3, 3))  # squeezenet's fire expand (AVX-512: 9 x 32 fills the row)
+    assert direct((1, 48, 13, 13), (192, 48, 3, 3))
+    # 20 channels pad to 24 (one vector) and 9 pixels to 10: a fifth wasted against the GEMM's 81 of 96
+    assert not direct((1, 32, 9, 9), (20, 32, 3, 3))
+    # a row of whole GEMM tiles (32 pixels): no gathers, the waste rule alone
+    assert not direct((1, 16, 32, 32), (20, 16, 3, 3))
+
+
+@pytest.mark.parametrize("hw", [(5, 11), (4, 8)])
+def test_ragged_gemm_columns_write_whole_tiles_in_vectors(hw):
+    """A 1x1 conv over 55 pixels (not a whole number of 16-column tiles): the last tile's padding
+    columns read the last pixel on a branch of their own, and the epilogue's column run is
+    unrolled (TVM writes a predicated vectorized run element by element; unrolled, LLVM writes the
+    whole tiles in vectors); 32 pixels keep the vectorized run. Numbers against NumPy."""
+    x = RNG.standard_normal((1, 12, *hw)).astype(np.float32)
+    w = RNG.standard_normal((10, 12, 1, 1)).astype(np.float32)
+    b = RNG.standard_normal(10).astype(np.float32)
+    geom = WindowGeometry.conv({}, x.shape, w.shape)
+    kd = KC.conv2d_gemm("c", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=8)
+    lines = kd.func.script().splitlines()
+    at = next(i for i, ln in enumerate(lines) if 'T.sblock("epilogue")' in ln)
+    ragged = hw[0] * hw[1] % 16 != 0
+    assert ("T.unroll" if ragged else "T.vectorized") in lines[at - 1], lines[at - 1]
+    (y,) = run_kernel(kd, {"x": x})
+    ref = np.maximum(conv(x, w, b), 0)
     np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
 
 

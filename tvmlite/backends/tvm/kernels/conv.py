@@ -59,8 +59,13 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
 
     def im2col(nn, gg, kk, j):
         if pointwise:
-            v = X[nn, gg * ci + kk, tirx.min(j, p - 1)]
-            return v if pp == p else tirx.Select(j < p, v, tirx.const(0.0, F32))
+            if pp == p:
+                return X[nn, gg * ci + kk, j]
+            # the padding columns of the last tile read the last pixel (their results are
+            # dropped); the clamp is a per-lane gather, so only that tile takes it: a branch on
+            # the tile (j // nr, a scalar) keeps every other tile's lanes one contiguous load
+            return tirx.if_then_else(j // nr < p // nr, X[nn, gg * ci + kk, j],
+                                     X[nn, gg * ci + kk, tirx.min(j, p - 1)])
         cc, r = kk // khw, kk % khw
         if whole_rows:  # j = jt * nr + ji (`column_gemm`): jt, ji come out whole
             t = j // nr
@@ -95,7 +100,12 @@ def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1) -> S.GemmTile:
     4 pixels), that pads the row least, the widest among equals. A conv of several ``taps``
     (3x3) takes one vector of channels instead where its wider pixel tile pads the row less
     (AVX2: 7 x 8 at 7x7 and 14x14, 1.21x -> 1.02x and 1.14x -> 0.99x of onnxruntime's Conv on
-    ResNet-50's 512 and 256-channel 3x3 convs; its 1x1 convs ran slower that way, 1.36x -> 1.76x)."""
+    ResNet-50's 512 and 256-channel 3x3 convs; its 1x1 convs ran slower that way, 1.36x -> 1.76x).
+    AVX2's two-vector tile takes a 5th pixel (10 accumulators, 13 of the 16 registers) where that
+    alone fills the row better: rows of 55, 15, 25 (one thread, CPU time, against onnxruntime's
+    Conv, bench/conv_tiles.py) 16->64 3x3 at 55x55 5 x 8 0.96x -> 5 x 16 0.86x (4 x 16 0.90x),
+    64->192 1.09x -> 0.96x (1.01x), 48->48 at 15x15 0.77x -> 0.68x (0.75x); where 4 pixels fill the
+    row as well (the detector's 160 ... 20) the 8-accumulator tile stays (5 x 16 measured alike)."""
     budget = S.accumulator_vectors(lanes)
 
     def pixels(vectors: int) -> int:
@@ -103,13 +113,19 @@ def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1) -> S.GemmTile:
         if ow <= cap:
             return ow
         lo = min(4, cap)
-        return min(range(lo, cap + 1), key=lambda m: (round_up(ow, m) - ow, -m))
+        m = min(range(lo, cap + 1), key=lambda m: (round_up(ow, m) - ow, -m))
+        if vectors == 2 and budget <= 8 and round_up(ow, cap + 1) - ow < round_up(ow, m) - ow:
+            return cap + 1  # AVX2: a 5th pixel (10 accumulators) where it alone pads the row less
+        return m
     if not (cog >= 2 * lanes and round_up(cog, 2 * lanes) == round_up(cog, lanes)):
         return S.GemmTile(mr=pixels(1), nr=lanes)
     mr = pixels(2)
     if taps > 1:
         mr1 = pixels(1)
-        if round_up(ow, mr1) - ow < round_up(ow, mr) - ow:
+        pad2 = round_up(ow, mr) - ow
+        # a 2-vector tile that pads the row by 5% or less keeps its weight reuse (AlexNet's 11x11
+        # stride-4 stem to 54 wide: 6 x 8 1.09-1.14x -> 5 x 16 1.01-1.02x of onnxruntime's Conv)
+        if round_up(ow, mr1) - ow < pad2 and pad2 > 0.05 * round_up(ow, mr):
             return S.GemmTile(mr=mr1, nr=lanes)
     return S.GemmTile(mr=mr, nr=2 * lanes)
 
@@ -120,7 +136,10 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     the GEMM rounds the channels up to 8 rows and the pixels (all rows) up to 2 vectors; the
     direct kernel is taken when it wastes no more, so it also saves the im2col gathers. A strided
     conv takes it unless it wastes a third more: there the GEMM's columns are strided gathers,
-    and it ran 2-3x slower than the direct kernel on the detector's stride-2 convs. Not for an
+    and it ran 2-3x slower than the direct kernel on the detector's stride-2 convs; a stride-1
+    conv whose GEMM column tiles cross output rows (a width of no whole number of tiles: 27, 13)
+    takes it on AVX2 unless it wastes a tenth more, as there every column lane divides and
+    gathers (AVX-512's wider direct tiles already fill those rows). Not for an
     unpadded 1x1 conv (a plain GEMM over the input rows, or for a strided one over its subsampled
     copy, `phase_planes`) unless the GEMM pads a small image's pixels by a tenth or more, and not
     for a short reduction
@@ -154,8 +173,16 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
         # convs (AVX2, one thread, CPU time, bench/conv_tiles.py): 256->512 from 56x56 direct
         # 1.24x -> GEMM 0.81x of onnxruntime, 512->1024 from 28x28 1.42x -> 0.89x
         return 0.9 * direct >= gemm
-    strided = max(geom.strides) > 1
-    return direct >= (0.75 * gemm if strided else gemm)
+    if max(geom.strides) > 1:
+        return direct >= 0.75 * gemm
+    if ow % gt.nr and S.accumulator_vectors(lanes) <= 8:  # measured with AVX2's tiles
+        # the GEMM's column tiles cross output rows: each column lane divides its pixel index by
+        # the width and gathers, per k. AVX2, one thread, CPU time, against onnxruntime's Conv
+        # (bench/conv_tiles.py): GEMM -> direct 1.13x -> 0.87x at 32->128 3x3 27x27,
+        # 1.17x -> 0.96x at 128->192, 1.14x -> 0.77x at 16->32 5x5 27x27; 13x13 (7 x 8 tile)
+        # 0.87x -> 0.83x at 48->192, 0.93x -> 0.91x at 64->256
+        return direct >= 0.9 * gemm
+    return direct >= gemm
 
 
 def short_reduction(channels: int, taps: int, lanes: int) -> bool:

@@ -133,7 +133,26 @@ def write_cache(sch, block, epilogue, loop):
 def vectorize_columns(sch, loop, epilogue=None):
     sch.vectorize(loop)
     if epilogue is not None:
-        sch.vectorize(sch.get_loops(epilogue)[-1])
+        inner = sch.get_loops(epilogue)[-1]
+        if ragged_run(sch, epilogue, inner):
+            sch.unroll(inner)
+        else:
+            sch.vectorize(inner)
+
+
+def ragged_run(sch, block, inner) -> bool:
+    """Whether ``block``'s last axis (the columns an epilogue writes) is no whole number of runs
+    of ``inner``'s extent, so its last tile is cut short by a predicate (T.where). TVM does not
+    vectorize a predicated loop: it writes every tile's run scalar, a compare and branch per
+    element. Unrolled instead, LLVM writes the whole tiles in vectors and only the last one
+    element by element: a 16->64 1x1 conv at 55x55 (3025 pixels, AVX2 one thread, CPU time)
+    0.33 -> 0.27 ms (56x56, no ragged tile: 0.23-0.27 ms)."""
+    extent = _extent(sch, inner)
+    axis = sch.get(block).iter_vars[-1].dom.extent
+    try:
+        return extent is not None and int(axis) % extent != 0
+    except TypeError:  # a symbolic axis
+        return False
 
 
 def unroll_rows(sch, loop):
