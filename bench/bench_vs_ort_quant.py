@@ -463,9 +463,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="encoder,digits,cls,det,rec,detector")
     ap.add_argument("--repeats", type=int, default=20, help="rounds per timing block")
     ap.add_argument("--blocks", type=int, default=5, help="timing blocks (median and best of their medians)")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="onnxruntime intra-op threads for the timing (issue 14's target: 2; on a loaded "
-                         "2-core host 1 is the fairer comparison)")
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads (the target's 2; 1 under load)")
     ap.add_argument("--det-images", type=int, default=2, help="640x640 pages for det's error metric")
     ap.add_argument("--rec-lines", choices=["glyphs", "letters"], default="glyphs",
                     help="rec's inputs: random-stroke glyphs, or legible block letters (bench/text_render.py)")
