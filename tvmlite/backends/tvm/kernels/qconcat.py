@@ -97,11 +97,8 @@ def _segments(sch, block: str, pos: int, sizes: list, lanes: int, parallel: bool
     sch.reorder(piece, *loops)
     sch.unroll(piece)
     inner = loops[-1]
-    extent = int(sch.get(inner).extent)
-    if extent >= lanes and (extent % lanes == 0 or extent > 4 * lanes):  # as S.parallel_vectorize
-        sch.vectorize(sch.split(inner, [None, lanes])[1])
-    elif lanes <= extent <= 4 * lanes or extent == lanes // 2 >= 4:  # 8 channels of 16 lanes: 8
-        sch.vectorize(inner)
+    if not S.vectorize_inner(sch, inner, lanes) and int(sch.get(inner).extent) == lanes // 2 >= 4:
+        sch.vectorize(inner)  # 8 channels of 16 lanes: 8
     if parallel and len(loops) > 1:
         S.parallel_outer(sch, loops[:-1])
     return True

@@ -223,14 +223,8 @@ def parallel_vectorize(sch, block: str, lanes: int, *, parallel_loops: int | Non
     if not spatial:
         return sch
     n_par = len(spatial) - 1 if parallel_loops is None else min(parallel_loops, len(spatial))
-    inner = spatial[-1]
-    extent = _extent(sch, inner)
-    if len(spatial) == len(loops) and extent is not None and extent >= lanes:
-        if extent % lanes == 0 or extent > 4 * lanes:
-            _, vi = sch.split(inner, factors=[None, int(lanes)])
-            sch.vectorize(vi)
-        elif extent <= 4 * lanes:
-            sch.vectorize(inner)
+    if len(spatial) == len(loops):
+        vectorize_inner(sch, spatial[-1], lanes)
     par = spatial[:n_par] if n_par > 0 and parallel else []
     if par:
         total = 1
@@ -239,6 +233,21 @@ def parallel_vectorize(sch, block: str, lanes: int, *, parallel_loops: int | Non
         if total >= min_parallel:
             parallel_outer(sch, par)
     return sch
+
+
+def vectorize_inner(sch, inner, lanes: int) -> bool:
+    """Vectorize the loop ``inner`` when it holds at least one vector: in vectors of ``lanes``
+    where it is a whole number of them or longer than 4, else whole. False (left alone) when it is
+    shorter or symbolic."""
+    extent = _extent(sch, inner)
+    if extent is None or extent < lanes:
+        return False
+    if extent % lanes == 0 or extent > 4 * lanes:
+        _, vi = sch.split(inner, factors=[None, int(lanes)])
+        sch.vectorize(vi)
+    else:
+        sch.vectorize(inner)
+    return True
 
 
 def _extent(sch, loop):
