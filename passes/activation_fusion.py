@@ -47,15 +47,9 @@ def _scalar(g: Graph, m: Match, key: str) -> float | None:
     rank = len(x.shape) if x.shape is not None else None
     if c.size != 1 or c.dtype.kind != "f" or (c.ndim and (rank is None or c.ndim > rank)):
         return None
-    if x.elem_type and np.dtype(c.dtype) != _np_type(x.elem_type):
+    if x.elem_type and c.dtype != x.dtype:
         return None
     return float(c.reshape(()))
-
-
-def _np_type(elem_type: int):
-    from onnx import helper
-
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
 
 
 def _clip_bounds(g: Graph, clip) -> tuple[float, float] | None:

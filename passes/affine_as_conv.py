@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
-from tvmlite.passes.fusions import _per_channel
+from tvmlite.passes.fusions import per_channel
 from tvmlite.passes.pattern import Const, Match, Op, Rule, apply_rules
 from tvmlite.ir.builder import Builder
-from tvmlite.ir.graph import Graph, Model, type_shape
-from tvmlite.export.shapes import inferred_types
+from tvmlite.ir.graph import Graph, Model
+from tvmlite.export.shapes import TypeLookup
 
 _SCALE = Op("Mul", "x", Const("s"), commute=True, name="scale")
 PATTERNS = {
@@ -32,25 +32,12 @@ PATTERNS = {
 }
 
 
-class _Shapes:
-    """Each value's (elem type, shape): recorded, else from onnx's inference, run once on first need."""
-
-    def __init__(self, model: Model):
-        self.model, self._types = model, None
-
-    def channels(self, g: Graph, name: str) -> int | None:
-        """C of a 4-D float32 value with a known channel count, else None."""
-        v = g.value(name)
-        elem, shape = v.elem_type, v.shape
-        if elem is None or shape is None:
-            if self._types is None:
-                self._types = inferred_types(self.model)
-            tp = self._types.get(name)
-            elem = tp.tensor_type.elem_type if tp is not None and tp.HasField("tensor_type") else elem
-            shape = type_shape(tp) if shape is None else shape
-        if elem != 1 or shape is None or len(shape) != 4 or not isinstance(shape[1], int):
-            return None
-        return shape[1]
+def _channels(types: TypeLookup, name: str) -> int | None:
+    """C of a 4-D float32 value with a known channel count, else None."""
+    elem, shape = types.type(name)
+    if elem != 1 or shape is None or len(shape) != 4 or not isinstance(shape[1], int):
+        return None
+    return shape[1]
 
 
 def _shifted_later(g: Graph, node) -> bool:
@@ -60,7 +47,7 @@ def _shifted_later(g: Graph, node) -> bool:
         i != node.outputs[0] and g.const_value(i) is not None for i in readers[0].inputs)
 
 
-def _checker(shapes: _Shapes):
+def _checker(shapes: TypeLookup):
     def check(g: Graph, m: Match) -> str | None:
         root = m.root
         out = root.outputs[0]
@@ -68,26 +55,26 @@ def _checker(shapes: _Shapes):
             return False  # the Add after it takes both
         if not any(r.op_type == "Conv" and r.inputs[0] == out for r in g.consumers(out)):
             return "no Conv reads it"
-        c = shapes.channels(g, m["x"])
+        c = _channels(shapes, m["x"])
         if c is None:
             return "not a 4-D float32 tensor with a known channel count"
-        if shapes.channels(g, out) != c:
+        if _channels(shapes, out) != c:
             return "the constants broadcast the tensor to another shape"
         if "shift" in m.nodes and m.node("shift").op_type == "Sub" and m.node("shift").inputs[0] == m["t"]:
             return "constant minus the tensor"
         for key in ("s", "t"):
-            if key in m.consts and (m.const(key).dtype != np.float32 or _per_channel(m.const(key), 4, c) is None):
+            if key in m.consts and (m.const(key).dtype != np.float32 or per_channel(m.const(key), 4, c) is None):
                 return f"constant of shape {list(m.const(key).shape)} is not per channel"
         return None
     return check
 
 
-def _rewriter(shapes: _Shapes):
+def _rewriter(shapes: TypeLookup):
     def rewrite(b: Builder, m: Match) -> dict:
-        g, root = b.graph, m.root
-        c = shapes.channels(g, m["x"])
-        scale = _per_channel(m.const("s"), 4, c) if "s" in m.consts else np.ones(c, np.float32)
-        shift = _per_channel(m.const("t"), 4, c) if "t" in m.consts else np.zeros(c, np.float32)
+        root = m.root
+        c = _channels(shapes, m["x"])
+        scale = per_channel(m.const("s"), 4, c) if "s" in m.consts else np.ones(c, np.float32)
+        shift = per_channel(m.const("t"), 4, c) if "t" in m.consts else np.zeros(c, np.float32)
         if "shift" in m.nodes and m.node("shift").op_type == "Sub":
             shift = -shift
         base = root.name or root.outputs[0]
@@ -107,7 +94,7 @@ class AffineAsConv(Pass):
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
-        shapes = _Shapes(model)
+        shapes = TypeLookup(model)
         check, rewrite = _checker(shapes), _rewriter(shapes)
         apply_rules(model, [Rule(f"affine-as-conv ({k})", p, rewrite, check) for k, p in PATTERNS.items()], result)
         result.stats["rewritten"] = len(result.rewritten)

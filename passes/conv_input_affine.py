@@ -15,7 +15,7 @@ import numpy as np
 
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import remove_dead_producers
-from tvmlite.passes.fusions import _per_channel
+from tvmlite.passes.fusions import per_channel
 from tvmlite.passes.pattern import Const, Match, Op, Rule, apply_rules
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model
@@ -41,7 +41,7 @@ def _per_input_channel(g: Graph, m: Match, key: str, w: np.ndarray, group: int) 
     c = m.const(key)
     if c.dtype != w.dtype:
         return None
-    return _per_channel(c, w.ndim, w.shape[1] * group)
+    return per_channel(c, w.ndim, w.shape[1] * group)
 
 
 def _check(g: Graph, m: Match) -> str | None:

@@ -18,11 +18,11 @@ import numpy as np
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.pattern import Const, Match, Op, Rule, apply_rules
 from tvmlite.ir.builder import Builder
-from tvmlite.ir.graph import Graph, Model, type_shape
-from tvmlite.export.shapes import inferred_types
+from tvmlite.ir.graph import Graph, Model
+from tvmlite.export.shapes import TypeLookup
 
 
-def _per_channel(c: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
+def per_channel(c: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
     """``c`` as a (channels,) vector when it broadcasts against an (N, C, ...) tensor of ``rank``
     along C only (scalar, (1,), (C,1,1), (1,C,1,1)...), else None."""
     if c.ndim > rank:
@@ -50,7 +50,7 @@ def _conv_affine_check(g: Graph, m: Match) -> str | None:
     b_name = conv.inputs[2] if len(conv.inputs) > 2 else ""
     if b_name and g.const_value(b_name) is None:
         return f"bias of {conv.label!r} is not constant"
-    if _per_channel(c, w.ndim, w.shape[0]) is None:
+    if per_channel(c, w.ndim, w.shape[0]) is None:
         return f"constant of shape {list(c.shape)} is not per output channel"
     return None
 
@@ -61,7 +61,7 @@ def _conv_affine_rewrite(b: Builder, m: Match) -> dict:
     w = g.const_value(conv.inputs[1])
     b_name = conv.inputs[2] if len(conv.inputs) > 2 else ""
     bias = g.const_value(b_name) if b_name else np.zeros(w.shape[0], w.dtype)
-    s = _per_channel(m.const("c"), w.ndim, w.shape[0])
+    s = per_channel(m.const("c"), w.ndim, w.shape[0])
     if node.op_type == "Mul":
         w_new, b_new = w * s.reshape((-1,) + (1,) * (w.ndim - 1)), bias * s
     else:
@@ -92,22 +92,16 @@ MATMUL_ADD = Op("Add", Op("MatMul", "a", "b", name="mm"), "c", commute=True, nam
 
 
 class _GemmCheck:
-    """Gemm's contract (2-D A, constant 2-D B, C unidirectionally broadcastable), with the model's
-    inferred types computed once, on the first match."""
+    """Gemm's contract (2-D A, constant 2-D B, C unidirectionally broadcastable)."""
 
     def __init__(self, model: Model):
-        self.model, self._types = model, None
-
-    def a_shape(self, g: Graph, name: str):
-        if self._types is None:
-            self._types = inferred_types(self.model)
-        return type_shape(self._types.get(name)) if name in self._types else g.value(name).shape
+        self.model, self.types = model, TypeLookup(model)
 
     def __call__(self, g: Graph, m: Match) -> str | None:
         if self.model.opset < 11:
             return f"opset {self.model.opset} < 11 (Gemm needs C and 2-D inputs there)"
         mm = m.node("mm")
-        a_shape = self.a_shape(g, m["a"])
+        a_shape = self.types.shape(m["a"])
         if a_shape is None or len(a_shape) != 2:
             return f"A of {mm.label!r} is not known to be 2-D"
         b = g.const_value(m["b"])

@@ -19,8 +19,8 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx
 from tvmlite.errors import OptionError, TvmliteError
 from tvmlite.ir.builder import Builder
-from tvmlite.ir.graph import Graph, Model, Node, tensor_type, type_shape
-from tvmlite.export.shapes import inferred_types
+from tvmlite.ir.graph import Graph, Model, Node, tensor_type
+from tvmlite.export.shapes import TypeLookup
 from tvmlite.ops.geometry import WindowGeometry
 
 
@@ -70,25 +70,7 @@ class ConvInfo:
         return batch * int(np.prod(self.out_spatial)) * self.out_channels * int(np.prod(self.w.shape[1:]))
 
 
-class ShapeLookup:
-    """Shapes of a model's values: the recorded type, else onnx's inference (run once, lazily)."""
-
-    def __init__(self, model: Model):
-        self.model = model
-        self._inferred: dict | None = None
-
-    def __call__(self, name: str):
-        g = self.model.graph
-        shape = g.value(name).shape if g.has_value(name) else None
-        if shape is None or any(not isinstance(d, int) for d in shape[1:]):
-            if self._inferred is None:
-                self._inferred = inferred_types(self.model)
-            tp = self._inferred.get(name)
-            shape = type_shape(tp) if tp is not None else shape
-        return shape
-
-
-def conv_info(model: Model, node: Node, shapes: ShapeLookup | None = None) -> ConvInfo | str:
+def conv_info(model: Model, node: Node, shapes: TypeLookup | None = None) -> ConvInfo | str:
     """The Conv's geometry, or a one-line reason why it cannot be lowered."""
     g = model.graph
     if not is_onnx(node, "Conv"):
@@ -108,7 +90,7 @@ def conv_info(model: Model, node: Node, shapes: ShapeLookup | None = None) -> Co
         if b is None:
             return "bias is not constant"
         b = b.astype(np.float32).reshape(-1)
-    shape = (shapes or ShapeLookup(model))(node.inputs[0])
+    shape = (shapes or TypeLookup(model)).shape(node.inputs[0])
     if shape is None or len(shape) != w.ndim:
         return f"input shape {shape} is unknown or does not match the weight rank"
     if any(not isinstance(d, int) for d in shape[1:]):
@@ -155,7 +137,7 @@ class _Builder:
 def lowerable_convs(model: Model, result):
     """(node, ConvInfo) for each Conv whose lowering facts are known; the others are recorded in
     ``result`` as skipped with conv_info's reason. The node list is taken before any rewrite."""
-    shapes = ShapeLookup(model)
+    shapes = TypeLookup(model)
     for node in model.graph.toposort():
         if not is_onnx(node, "Conv"):
             continue

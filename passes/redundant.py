@@ -16,8 +16,8 @@ from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx, remove_dead_producers
 from tvmlite.passes.pattern import Const, Op, Rule
 from tvmlite.ir.builder import Builder
-from tvmlite.ir.graph import Graph, Model, Node, type_elem, type_shape
-from tvmlite.export.shapes import inferred_types
+from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.export.shapes import TypeLookup
 
 #: elem type -> the types that hold each of its values exactly
 _EXACT = {
@@ -33,28 +33,6 @@ _EXACT = {
     T.BFLOAT16: {T.FLOAT, T.DOUBLE},
     T.FLOAT: {T.DOUBLE},
 }
-
-
-class _Types:
-    def __init__(self, model: Model):
-        self.g, self._types = model.graph, None
-        self.model = model
-
-    def _get(self, name: str):
-        if self._types is None:
-            self._types = inferred_types(self.model)
-        v = self.g.values.get(name)
-        if v is not None and v.is_initializer:
-            return v.elem_type, v.shape
-        tp = self._types.get(name, v.type if v is not None else None)
-        return type_elem(tp), type_shape(tp)
-
-    def elem(self, name: str):
-        return self._get(name)[0]
-
-    def static_shape(self, name: str):
-        s = self._get(name)[1]
-        return s if s is not None and all(isinstance(d, int) and d >= 0 for d in s) else None
 
 
 def _axes(g: Graph, node: Node):
@@ -75,7 +53,7 @@ def _bypass_refusal(g: Graph, node: Node, src: str) -> str | None:
     return None
 
 
-def _pair_rules(types: _Types) -> list[Rule]:
+def _pair_rules(types: TypeLookup) -> list[Rule]:
     """The pairs that undo or repeat each other (the inner node stays where others read it)."""
 
     def cast_check(g, m):
@@ -149,7 +127,7 @@ class RemoveRedundant(Pass):
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
         g = model.graph
-        types = _Types(model)
+        types = TypeLookup(model)
         b, rules = Builder(model), _pair_rules(types)
         for node in g.toposort():
             if node.graph is None or not is_onnx(node, "Cast", "Transpose", "Reshape", "Squeeze",
@@ -170,7 +148,7 @@ class RemoveRedundant(Pass):
         result.stats["simplified"] = len(result.rewritten)
         return result
 
-    def _simplify(self, g: Graph, types: _Types, node: Node):
+    def _simplify(self, g: Graph, types: TypeLookup, node: Node):
         """The single-node cases: a node whose output is already its input."""
         x = node.inputs[0] if node.inputs else ""
         if not x:

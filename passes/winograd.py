@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.cleanup import is_onnx
-from tvmlite.passes.lowering import ConvInfo, ShapeLookup, _Builder, conv_info
+from tvmlite.passes.lowering import ConvInfo, _Builder, conv_info
+from tvmlite.export.shapes import TypeLookup
 from tvmlite.errors import OptionError
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Model
@@ -82,7 +81,7 @@ class Winograd(Pass):
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
         m = self.options.m
-        shapes = ShapeLookup(model)
+        shapes = TypeLookup(model)
         b = Builder(model)
         for node in model.graph.toposort():
             if not is_onnx(node, "Conv"):

@@ -141,6 +141,38 @@ def infer_shapes(model: Model) -> int:
     return changed
 
 
+class TypeLookup:
+    """Each value's (elem type, shape) as a pass reads them while it rewrites: the recorded type where
+    it is complete (an elem type and every dim a number), else onnx's inference of the model as it was
+    on first need (run once, lazily: values added later are not in it), else what is recorded."""
+
+    def __init__(self, model: Model):
+        self.model, self._inferred = model, None
+
+    def type(self, name: str) -> tuple[int | None, tuple | None]:
+        g = self.model.graph
+        v = g.value(name) if g.has_value(name) else None
+        elem, shape = (v.elem_type, v.shape) if v is not None else (None, None)
+        if elem and shape is not None and all(isinstance(d, int) for d in shape):
+            return elem, shape
+        if self._inferred is None:
+            self._inferred = inferred_types(self.model)
+        tp = self._inferred.get(name)
+        inferred = type_shape(tp)
+        return type_elem(tp) or elem, shape if inferred is None else inferred
+
+    def elem(self, name: str) -> int | None:
+        return self.type(name)[0]
+
+    def shape(self, name: str) -> tuple | None:
+        return self.type(name)[1]
+
+    def static_shape(self, name: str) -> tuple | None:
+        """The shape when every dim is a known number (>= 0), else None."""
+        s = self.shape(name)
+        return s if s is not None and all(isinstance(d, int) and d >= 0 for d in s) else None
+
+
 def typed_values(graph) -> tuple[set, list]:
     """The values that have a type now, and the value_info order: see drop_new_types."""
     return {n for n, v in graph.values.items() if v.type is not None}, list(graph.value_info_order)
