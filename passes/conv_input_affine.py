@@ -19,6 +19,7 @@ from tvmlite.passes.fusions import per_channel
 from tvmlite.passes.pattern import Const, Match, Op, Rule, apply_rules
 from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model
+from tvmlite.export.shapes import TypeLookup
 
 _SCALE = Op("Mul", "x", Const("s"), commute=True, name="scale")
 PATTERNS = {
@@ -42,6 +43,19 @@ def _per_input_channel(g: Graph, m: Match, key: str, w: np.ndarray, group: int) 
     if c.dtype != w.dtype:
         return None
     return per_channel(c, w.ndim, w.shape[1] * group)
+
+
+def _checker(types: TypeLookup):
+    def check(g: Graph, m: Match) -> str | None:
+        why = _check(g, m)
+        if why is None:  # the Conv would read x itself: the constants must not broadcast it
+            w, group = m.const("w"), int(m.node("conv").attrs.get("group", 1))
+            shape = types.shape(m["x"])
+            if shape is None or len(shape) != w.ndim or shape[1] != w.shape[1] * group:
+                return (f"its input {m['x']!r} has shape {list(shape) if shape is not None else 'unknown'}, "
+                        f"not {w.ndim}-D with {w.shape[1] * group} channels: the constants would broadcast it")
+        return why
+    return check
 
 
 def _check(g: Graph, m: Match) -> str | None:
@@ -112,7 +126,8 @@ class FuseAffineConv(Pass):
         def rewrite(b: Builder, m: Match) -> dict:
             replaced.extend(i for i in m.node("conv").inputs[1:] if i)
             return _rewrite(b, m)
-        apply_rules(model, [Rule(f"affine-conv ({k})", p, rewrite, _check) for k, p in PATTERNS.items()], result)
+        check = _checker(TypeLookup(model))
+        apply_rules(model, [Rule(f"affine-conv ({k})", p, rewrite, check) for k, p in PATTERNS.items()], result)
         # a replaced root's Constant producers are otherwise left to dce: the report's row would
         # count both copies of the weights
         remove_dead_producers(model.graph, replaced)

@@ -135,3 +135,29 @@ def test_weights_in_constant_nodes_go_with_the_folded_conv():
     assert Pipeline("fuse-affine-conv").run(m)[0].stats["fused"] == 1
     assert ops(m) == ["Conv"]
     check_same(proto, m)
+
+
+@pytest.mark.parametrize("x_shape,s_shape", [
+    (["N", 1, 5, 5], (1, C, 1, 1)),   # the scale broadcasts 1 channel to C
+    ([1, 5, 5], (1, C, 1, 1)),         # ... and a 3-D input to 4-D
+    ([], (1, C, 1, 1)),               # a scalar input becomes (1, C, 1, 1)
+    (["N", C, 5, 5], ()),             # same shape: folded (the control)
+])
+def test_affine_that_broadcasts_its_input_is_not_folded(x_shape, s_shape):
+    """Found by fuzzing the float fusions (mutated input shapes): Conv(s * x) read x itself after the
+    fold, so a broadcasting scale left a Conv onnxruntime refused (rank or channel mismatch)."""
+    w = rng.standard_normal((O, C, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Conv", ["m", "w"], ["y"])]
+    proto = make_model(nodes, [tensor("x", x_shape)], [tensor("y", ["N", O, 5, 5])],
+                       [("s", rng.uniform(0.5, 2, s_shape).astype(np.float32)), ("w", w)], opset=13)
+    m = tvmlite.load(proto)
+    r = Pipeline("fuse-affine-conv").run(m)[0]
+    folds = x_shape == ["N", C, 5, 5]
+    assert r.stats["fused"] == int(folds), r.skipped
+    if not folds:
+        assert any("would broadcast it" in why for _, why in r.skipped), r.skipped
+        assert ops(m) == ["Mul", "Conv"]
+    out = export_model(m)
+    x = rng.standard_normal([2 if d == "N" else d for d in x_shape]).astype(np.float32)
+    for a, b in zip(ort_run(proto, {"x": x}), ort_run(out, {"x": x})):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
