@@ -273,3 +273,40 @@ def test_limit_from_environment(monkeypatch):
     monkeypatch.setenv("TVMLITE_MAX_LOOP_ITERATIONS", "lots")
     with pytest.raises(limits.LimitError, match="TVMLITE_MAX_LOOP_ITERATIONS='lots' is not an integer"):
         limits.max_loop_iterations()
+
+
+def test_output_listed_twice_with_different_types_is_refused():
+    """Found by fuzzing (a renamed graph output): onnxruntime ran the file with the first type, the
+    model tvmlite wrote carried the second, which onnxruntime refused."""
+    nodes = [h.make_node("Relu", ["x"], ["y"], name="relu")]
+    twice = model(nodes, [X], [Y, h.make_tensor_value_info("y", T.INT64, [2, 2])])
+    with pytest.raises(ModelLoadError, match="output 'y' is listed twice with different types"):
+        load(twice.SerializeToString())
+    load(model(nodes, [X], [Y, Y]).SerializeToString())  # the same value twice, alike: fine
+
+
+def test_negative_dims_are_read_as_unknown():
+    """Exporters write -1 for a dynamic dim (invalid ONNX). onnx's inference computes with it (a
+    Flatten of [1, 3, -1] read [1, -3]; MaxPool halves it to 0): the clean preset recorded those dims
+    and onnxruntime refused the model it wrote. Read as unknown, as onnxruntime reads them."""
+    from tvmlite.export import export_model
+    from tvmlite.optimize import optimize
+
+    x = h.make_tensor_value_info("x", T.FLOAT, [1, 3, -1, 4])
+    w = nh.from_array(np.ones((12, 5), np.float32) / 12, "w")
+    nodes = [h.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 1], strides=[2, 1]),
+             h.make_node("Transpose", ["p"], ["t"], perm=[0, 2, 1, 3]),
+             h.make_node("Reshape", ["t", "shape"], ["f"]),
+             h.make_node("MatMul", ["f", "w"], ["y"])]
+    shape = nh.from_array(np.array([1, -1, 12], np.int64), "shape")
+    proto = model(nodes, [x], [h.make_tensor_value_info("y", T.FLOAT, [1, -1, 5])], [w, shape])
+    m = load(proto.SerializeToString())
+    assert m.graph.value("x").shape == (1, 3, None, 4)
+    out, _ = optimize(proto.SerializeToString(), preset="clean", check=False, progress=False)
+    written = export_model(out)
+    assert all(d.dim_value >= 0 for vi in list(written.graph.value_info) + list(written.graph.output)
+               for d in vi.type.tensor_type.shape.dim)
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 6, 4)).astype(np.float32)}
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6)

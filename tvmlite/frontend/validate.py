@@ -121,6 +121,10 @@ def check_graph_proto(gp: onnx.GraphProto, where: str, raw: dict | None = None) 
         if vi.HasField("type"):
             check_type_proto(vi.type, f"{where}: input {vi.name!r}", allocated=True)
     inputs = {vi.name for vi in gp.input}
+    declared: dict[str, onnx.TypeProto] = {}
+    for vi in gp.output:  # one value, one type: onnxruntime takes the first, tvmlite the last
+        if vi.HasField("type") and declared.setdefault(vi.name, vi.type) != vi.type:
+            raise ModelLoadError(f"{where}: output {vi.name!r} is listed twice with different types")
     for kind, vis in (("output", gp.output), ("value_info", gp.value_info)):
         for vi in vis:
             if vi.HasField("type"):  # an entry named like an input also sets the input's type
