@@ -4,10 +4,12 @@ Next to the byte-level fuzzer (test_fuzz.py), which mostly makes files protobuf 
 one edits what a model *means*: attribute values (edge values, missing or extra attributes), tensor
 dims and dtypes (with and without matching data), value names (undefined, duplicated, swapped), op
 types, declared input shapes and types, opset versions, and the If/Loop bodies of small control-flow
-models. Seeds: models/digits_cnn.onnx and the small If/Loop/integer models built here.
+models. Seeds: models/digits_cnn.onnx, the small If/Loop/integer models built here and one with
+what the float fusions rewrite.
 
 Each mutant goes load -> NumPy backend (compile, run on random inputs); every 8th also through
-onnxruntime (outputs compared when both run) and ``optimize(preset="clean")``. It must end in a
+onnxruntime (outputs compared when both run) and ``optimize`` with the clean preset and with the
+float fusions, whose written models must run in onnxruntime with the input's outputs. It must end in a
 correct run or a TvmliteError with a one-line message that is not an internal error; anything else
 is a crash. In CI: a fixed seed and 300 mutants. For a longer run::
 
@@ -108,8 +110,31 @@ def int_model() -> onnx.ModelProto:
                                h.make_tensor_value_info("z", T.INT64, [2, 3, 3])], inits)
 
 
+def fusions_model() -> onnx.ModelProto:
+    """What the float fusions rewrite (PP-LCNet's pieces): a per-channel affine before a Conv, a
+    per-channel Mul after one, hardswish written out as Add/Clip/Mul/Div, a depthwise Conv, an SE
+    block (GlobalAveragePool, 1x1 Conv, HardSigmoid, Mul)."""
+    rng = np.random.default_rng(0)
+    c = 4
+    inits = {n: (rng.standard_normal(s) * 0.5).astype(np.float32) for n, s in (
+        ("s0", (1, 3, 1, 1)), ("t0", (1, 3, 1, 1)), ("w1", (c, 3, 3, 3)), ("b1", (c,)), ("m1", (c, 1, 1)),
+        ("s2", (1, c, 1, 1)), ("w2", (c, 1, 3, 3)), ("w3", (c, c, 1, 1)), ("b3", (c,)))}
+    inits.update(three=np.float32(3), zero=np.float32(0), six=np.float32(6))
+    nodes = [h.make_node("Mul", ["x", "s0"], ["a0"]), h.make_node("Add", ["a0", "t0"], ["a1"]),
+             h.make_node("Conv", ["a1", "w1", "b1"], ["c1"]), h.make_node("Mul", ["c1", "m1"], ["c1m"]),
+             h.make_node("Add", ["c1m", "three"], ["h0"]), h.make_node("Clip", ["h0", "zero", "six"], ["h1"]),
+             h.make_node("Mul", ["c1m", "h1"], ["h2"]), h.make_node("Div", ["h2", "six"], ["hs"]),
+             h.make_node("Mul", ["hs", "s2"], ["a2"]),
+             h.make_node("Conv", ["a2", "w2"], ["c2"], pads=[1, 1, 1, 1], group=c),
+             h.make_node("GlobalAveragePool", ["c2"], ["g"]), h.make_node("Conv", ["g", "w3", "b3"], ["g1"]),
+             h.make_node("HardSigmoid", ["g1"], ["g2"], alpha=0.2, beta=0.5), h.make_node("Mul", ["c2", "g2"], ["y"])]
+    return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+                  [h.make_tensor_value_info("y", T.FLOAT, [1, c, 6, 6])],
+                  [nh.from_array(a, n) for n, a in inits.items()], opset=13)
+
+
 def seed_models() -> dict[str, bytes]:
-    seeds = {"if": if_model(), "loop": loop_model(), "int": int_model()}
+    seeds = {"if": if_model(), "loop": loop_model(), "int": int_model(), "fusions": fusions_model()}
     digits = ROOT / "models" / "digits_cnn.onnx"
     if digits.exists():
         seeds["digits"] = onnx.load(str(digits))
@@ -363,6 +388,38 @@ def _same(a, b) -> bool:
     return bool(np.array_equal(a, b))
 
 
+#: what deep mutants go through: the clean preset, and the float fusions of the fast preset
+REWRITES = ({"preset": "clean"}, {"passes": "fuse-hardswish,fuse-affine-conv,affine-as-conv"})
+
+
+def _check_rewrite(data: bytes, spec: dict, feeds, ref) -> str | None:
+    """Why optimize(``spec``) of a mutant is a crash: a traceback, a bad message, or (when
+    onnxruntime ran the mutant: ``ref``) a written model onnxruntime refuses or that computes
+    other outputs; None when it is fine."""
+    from tvmlite.export import export_model
+    from tvmlite.optimize import optimize
+
+    what = f"optimize({spec})"
+    try:
+        model, _ = optimize(data, check=False, progress=False, **spec)
+        written = export_model(model).SerializeToString() if ref is not None else None
+    except TvmliteError as e:
+        return None if _ok_error(e) else f"{what}: bad message: {e!r}"
+    except Hang as e:
+        return f"{what} hang: {e}"
+    except Exception:  # noqa: BLE001
+        return f"{what}: " + traceback.format_exc(limit=-3)
+    if written is None:
+        return None
+    got = _ort_outputs(written, feeds)
+    if got is None:
+        return f"{what}: onnxruntime refuses the model tvmlite wrote (it ran the input)"
+    for i, (a, b) in enumerate(zip(got, ref)):
+        if not _same(a, b):
+            return f"{what}: output {i} of the written model differs from the input's in onnxruntime"
+    return None
+
+
 def check_mutant(data: bytes, deep: bool) -> tuple[str, str]:
     """("ok" | "refused" | "crash", detail) for one mutant; ``deep`` adds onnxruntime and optimize."""
     try:
@@ -385,17 +442,10 @@ def check_mutant(data: bytes, deep: bool) -> tuple[str, str]:
         for i, (a, b) in enumerate(zip(outs, ref)):
             if not _same(a, b):
                 return "crash", f"output {i} differs from onnxruntime: {np.asarray(a).shape} vs {np.asarray(b).shape}"
-    try:
-        from tvmlite.optimize import optimize
-
-        optimize(data, preset="clean", check=False, progress=False)
-    except TvmliteError as e:
-        if not _ok_error(e):
-            return "crash", f"optimize: bad message: {e!r}"
-    except Hang as e:
-        return "crash", f"optimize hang: {e}"
-    except Exception:  # noqa: BLE001
-        return "crash", "optimize: " + traceback.format_exc(limit=-3)
+    for spec in REWRITES:
+        why = _check_rewrite(data, spec, feeds, ref)
+        if why:
+            return "crash", why
     return ("ok" if ref is not None else "ok-ort-refuses"), ""
 
 

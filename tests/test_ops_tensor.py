@@ -239,3 +239,22 @@ def test_every_kernel_is_registered_for_old_and_new_opsets():
     for op, opset in [("Reshape", 1), ("Slice", 1), ("Pad", 2), ("Clip", 6), ("Split", 2),
                       ("ReduceMean", 1), ("Softmax", 1), ("Cast", 24), ("Squeeze", 21)]:
         assert lookup(op, "", opset) is not None, op
+
+
+@pytest.mark.parametrize("keepdims", [0, 1, 7, -1])
+@pytest.mark.parametrize("op,attrs", [("ReduceSum", {}), ("ReduceMax", {"axes": [1]}), ("ArgMax", {"axis": 1})])
+def test_keepdims_other_than_0_or_1_drops_the_axes_as_in_onnxruntime(op, attrs, keepdims):
+    """Found by fuzzing: keepdims=7 kept the axes here, onnxruntime (and onnx's shape inference)
+    keep them only for 1."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(f32)
+    n = helper.make_node(op, ["x"], ["y"], keepdims=keepdims, **attrs)
+    g = helper.make_graph([n], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT64 if op == "ArgMax" else TensorProto.FLOAT,
+                                                         None)])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    (ref,) = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    (y,) = run_node(n, [x], 13)
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=1e-6)

@@ -108,6 +108,20 @@ def check_type_proto(tp: onnx.TypeProto, where: str, *, allocated: bool = False)
         check_type_proto(tp.map_type.value_type, where)
 
 
+def _contradict(a: onnx.TypeProto, b: onnx.TypeProto) -> bool:
+    """Two tensor types no one tensor can have: elem types, ranks or fixed dims differ."""
+    if a.WhichOneof("value") != "tensor_type" or b.WhichOneof("value") != "tensor_type":
+        return a.WhichOneof("value") != b.WhichOneof("value")
+    ta, tb = a.tensor_type, b.tensor_type
+    if ta.elem_type and tb.elem_type and ta.elem_type != tb.elem_type:
+        return True
+    if not ta.HasField("shape") or not tb.HasField("shape"):
+        return False
+    da, db = ta.shape.dim, tb.shape.dim
+    return len(da) != len(db) or any(x.HasField("dim_value") and y.HasField("dim_value") and x.dim_value != y.dim_value
+                                     for x, y in zip(da, db))
+
+
 def check_graph_proto(gp: onnx.GraphProto, where: str, raw: dict | None = None) -> None:
     """Tensors and declared types of one GraphProto (not its subgraphs: the importer calls this
     for each graph it imports). ``raw``: initializers' raw_data the caller read already, by name."""
@@ -121,14 +135,17 @@ def check_graph_proto(gp: onnx.GraphProto, where: str, raw: dict | None = None) 
         if vi.HasField("type"):
             check_type_proto(vi.type, f"{where}: input {vi.name!r}", allocated=True)
     inputs = {vi.name for vi in gp.input}
-    declared: dict[str, onnx.TypeProto] = {}
-    for vi in gp.output:  # one value, one type: onnxruntime takes the first, tvmlite the last
-        if vi.HasField("type") and declared.setdefault(vi.name, vi.type) != vi.type:
-            raise ModelLoadError(f"{where}: output {vi.name!r} is listed twice with different types")
     for kind, vis in (("output", gp.output), ("value_info", gp.value_info)):
         for vi in vis:
             if vi.HasField("type"):  # an entry named like an input also sets the input's type
                 check_type_proto(vi.type, f"{where}: {kind} {vi.name!r}", allocated=vi.name in inputs)
+    input_types = {vi.name: vi.type for vi in gp.input if vi.HasField("type")}
+    output_types: dict = {}
+    for vi in (vi for vi in gp.output if vi.HasField("type")):  # onnxruntime reads the first, tvmlite the last
+        if vi.name in input_types and _contradict(input_types[vi.name], vi.type):
+            raise ModelLoadError(f"{where}: output {vi.name!r} is also an input, declared there with another type")
+        if output_types.setdefault(vi.name, vi.type) != vi.type:
+            raise ModelLoadError(f"{where}: output {vi.name!r} is listed twice with different types")
 
 
 def check_attribute(a: onnx.AttributeProto, where: str, raw_len: int | None = None) -> None:

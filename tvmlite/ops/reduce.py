@@ -47,6 +47,12 @@ def _compute_dtype(dt):
     return dt
 
 
+def keeps_dims(keepdims) -> bool:
+    """A reduction's ``keepdims`` as onnxruntime and onnx's shape inference read it: only 1 keeps
+    the reduced axes (7 or -1, invalid, drop them like 0)."""
+    return int(keepdims) == 1
+
+
 def _reduce(x, axes, keepdims, noop_with_empty_axes, op):
     x = np.asarray(x)
     ax = _norm_axes(axes, x.ndim)
@@ -56,7 +62,7 @@ def _reduce(x, axes, keepdims, noop_with_empty_axes, op):
     cdt = _compute_dtype(dt)
     xc = x if cdt == dt else x.astype(cdt)
     with np.errstate(all="ignore"):
-        r = op(xc, ax, bool(keepdims))
+        r = op(xc, ax, keeps_dims(keepdims))
     r = np.asarray(r)
     return r if r.dtype == dt else r.astype(dt)
 
@@ -163,7 +169,7 @@ def _arg(x, axis, keepdims, select_last_index, fn):
     else:
         idx = fn(x, axis=axis)
     idx = idx.astype(np.int64, copy=False)
-    if keepdims:
+    if keeps_dims(keepdims):
         idx = np.expand_dims(idx, axis)
     return idx
 

@@ -6,6 +6,7 @@ from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.emitters.transformer import emit_decomposed_layer_norm
 from tvmlite.backends.tvm.kernels.defs import Epilogue
 from tvmlite.errors import UnsupportedError
+from tvmlite.ops.reduce import keeps_dims
 
 
 @emitter("Softmax", "LogSoftmax")
@@ -42,7 +43,7 @@ def emit_reduce(low, node) -> None:
         axes = list(a.get("axes") or [])
     if not axes and a.get("noop_with_empty_axes", 0):
         raise UnsupportedError("noop_with_empty_axes")
-    keep = bool(a.get("keepdims", 1))
+    keep = keeps_dims(a.get("keepdims", 1))
     out = node.outputs[0]
     out_shape = low.shape(out)
     epi, final, labels = low.epilogue(node)

@@ -7,6 +7,7 @@ import numpy as np
 
 from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
 from tvmlite.errors import UnsupportedError
+from tvmlite.ops.reduce import keeps_dims
 
 
 
@@ -123,7 +124,7 @@ def match_layer_norm(low, rm):
 
 def _trailing_axes(low, node, xs):
     """(axis, normalized dims) when ReduceMean ``node`` keeps dims and reduces the trailing ones."""
-    if node.op_type != "ReduceMean" or xs is None or not int(node.attrs.get("keepdims", 1)):
+    if node.op_type != "ReduceMean" or xs is None or not keeps_dims(node.attrs.get("keepdims", 1)):
         return None
     if len(node.inputs) > 1 and node.inputs[1]:
         c = low.const(node.inputs[1])
