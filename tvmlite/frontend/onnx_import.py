@@ -14,7 +14,7 @@ from onnx import external_data_helper
 from tvmlite.errors import ModelLoadError, TvmliteError
 from tvmlite.frontend.validate import check_attribute, check_graph_proto, check_loop_trip_counts
 from tvmlite.ir.attrs import attr_to_python, sparse_to_array
-from tvmlite.ir.graph import Graph, Model, Node, Value
+from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.ir.value import BIG_ARRAY_BYTES, PLAIN_TYPES
 
 
