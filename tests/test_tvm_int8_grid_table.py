@@ -118,3 +118,25 @@ def test_chain_table_is_the_float32_chain_on_each_grid_value():
     ]
     for ops in refused:
         assert chain_table("x", (1, 4), ops, (0.1, 0, 0)) is None
+
+
+def test_conv_input_on_its_own_grid_is_quantized_by_a_multiply():
+    """A QDQ conv's output that a float op also reads stays float, on its output grid; the next
+    conv quantizes it with the same parameters: x * (1 / scale) instead of x / scale (the value is
+    a few ulps from an integer step, so both round alike), the same outputs as onnxruntime."""
+    b = QDQ()
+    x = b.fake_quant("x", "xd", 0.02, _u8(121))
+    w = b.weights("w", (RNG.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32), 0)
+    b.nodes.append(helper.make_node("Conv", [x, w], ["c"], pads=[1, 1, 1, 1]))
+    a = b.fake_quant("c", "a", 0.05, _u8(128))
+    w2 = b.weights("w2", (RNG.standard_normal((8, 8, 1, 1)) * 0.3).astype(np.float32), 0)
+    b.nodes += [helper.make_node("Conv", [a, w2], ["c2"]), helper.make_node("Sigmoid", [a], ["s"])]
+    model = make_model(b.nodes, [tensor("x", [1, 4, 6, 6])], [_out("c2", 4), _out("s", 4)], b.inits, opset=17)
+    low = lower(load(model), {"x": (1, 4, 6, 6)}, vector_lanes())
+    scripts = [kd.func.script() for kd in low.kernels if "qdqconv" in kd.name]
+    assert len(scripts) == 2
+    assert "/ T.float32(0.0199999" in scripts[0]  # the model input: on no grid, divided
+    assert "/ T.float32(0.0500000" not in scripts[1] and "* T.float32(20.0)" in scripts[1]
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    for got, ref in zip(compile_model(load(model), {"x": (1, 4, 6, 6)}).run({"x": x}), ort_qdq(model, {"x": x})):
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
