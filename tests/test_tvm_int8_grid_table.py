@@ -13,7 +13,7 @@ from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixtu
 
 require_tvm()
 
-from test_tvm_int8 import QDQ, _out, _u8  # noqa: E402
+from test_tvm_int8 import QDQ, _out, _u8, conv_read_by_conv_and_float_op  # noqa: E402
 
 from tvmlite.backends.tvm import compile_model  # noqa: E402
 from tvmlite.backends.tvm.emitters.grid_table import chain_table  # noqa: E402
@@ -124,14 +124,7 @@ def test_conv_input_on_its_own_grid_is_quantized_by_a_multiply():
     """A QDQ conv's output that a float op also reads stays float, on its output grid; the next
     conv quantizes it with the same parameters: x * (1 / scale) instead of x / scale (the value is
     a few ulps from an integer step, so both round alike), the same outputs as onnxruntime."""
-    b = QDQ()
-    x = b.fake_quant("x", "xd", 0.02, _u8(121))
-    w = b.weights("w", (RNG.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32), 0)
-    b.nodes.append(helper.make_node("Conv", [x, w], ["c"], pads=[1, 1, 1, 1]))
-    a = b.fake_quant("c", "a", 0.05, _u8(128))
-    w2 = b.weights("w2", (RNG.standard_normal((8, 8, 1, 1)) * 0.3).astype(np.float32), 0)
-    b.nodes += [helper.make_node("Conv", [a, w2], ["c2"]), helper.make_node("Sigmoid", [a], ["s"])]
-    model = make_model(b.nodes, [tensor("x", [1, 4, 6, 6])], [_out("c2", 4), _out("s", 4)], b.inits, opset=17)
+    model = conv_read_by_conv_and_float_op()
     low = lower(load(model), {"x": (1, 4, 6, 6)}, vector_lanes())
     scripts = [kd.func.script() for kd in low.kernels if "qdqconv" in kd.name]
     assert len(scripts) == 2
