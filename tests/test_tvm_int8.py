@@ -379,8 +379,8 @@ def test_int8_kernels_pass_quantized_buffers(signed, batch, tmp_path):
     np.testing.assert_array_less(np.abs(body - ref), 0.04 + 1e-6)
 
 
-def test_quantized_value_read_by_a_float_op_stays_float():
-    """A fused output that a float op also reads keeps its float buffer (only int8 readers)."""
+def conv_read_by_conv_and_float_op():
+    """x -> QDQ conv (output grid 0.05) read by a second QDQ conv and by a Sigmoid; input [1, 4, 6, 6]."""
     b = QDQ()
     x = b.fake_quant("x", "xd", 0.02, _u8(121))
     w = b.weights("w", (RNG.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32), 0)
@@ -388,7 +388,12 @@ def test_quantized_value_read_by_a_float_op_stays_float():
     a = b.fake_quant("c", "a", 0.05, _u8(128))
     w2 = b.weights("w2", (RNG.standard_normal((8, 8, 1, 1)) * 0.3).astype(np.float32), 0)
     b.nodes += [helper.make_node("Conv", [a, w2], ["c2"]), helper.make_node("Sigmoid", [a], ["s"])]
-    model = make_model(b.nodes, [tensor("x", [1, 4, 6, 6])], [_out("c2", 4), _out("s", 4)], b.inits, opset=17)
+    return make_model(b.nodes, [tensor("x", [1, 4, 6, 6])], [_out("c2", 4), _out("s", 4)], b.inits, opset=17)
+
+
+def test_quantized_value_read_by_a_float_op_stays_float():
+    """A fused output that a float op also reads keeps its float buffer (only int8 readers)."""
+    model = conv_read_by_conv_and_float_op()
     prepared, _ = prepare(load(model), {"x": (1, 4, 6, 6)})
     assert not any(n.attrs.get("y_quantized") or n.attrs.get("x_quantized") for n in prepared.graph.nodes)
     x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)

@@ -83,3 +83,24 @@ def test_depthwise_body_exports(tmp_path):
     x = (RNG.standard_normal((1, 5, 12, 20)) * 2).astype(np.float32)
     (body,), (ref,) = _ort_qdq(str(tmp_path / "p.onnx"), {"x": x}), _ort_qdq(model, {"x": x})
     np.testing.assert_array_less(np.abs(body - ref), 0.03 + 1e-6)
+
+
+class _Depth:
+    """A term that records how many additions deep it is."""
+
+    def __init__(self, depth=0):
+        self.depth = depth
+
+    def __add__(self, other):
+        return _Depth(max(self.depth, other.depth) + 1)
+
+
+def test_window_sum_is_a_balanced_tree():
+    """The taps' sum is a tree of the row sums, not one chain: the 5 x 5 window's 25 products
+    are 4 additions per row plus 3 levels over the 5 rows (7 deep, not 24). Exact either way (the
+    terms are integers below 2^24)."""
+    from tvmlite.backends.tvm.kernels.qdepthwise import pairwise_sum
+
+    assert [pairwise_sum([_Depth()] * n).depth for n in (1, 2, 3, 4, 5, 8, 9)] == [0, 1, 2, 2, 3, 3, 4]
+    assert pairwise_sum([_Depth(4)] * 5).depth == 7  # five rows of five taps
+    assert pairwise_sum(list(range(1, 26))) == 325

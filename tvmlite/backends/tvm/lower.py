@@ -30,6 +30,7 @@ from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: F401 - the
 from tvmlite.backends.tvm.loop_shapes import add_loop_shapes, propagate_shapes
 from tvmlite.backends.tvm.prepare import ONNX, prepare
 from tvmlite.backends.tvm.prepare import fold_static_shapes
+from tvmlite.backends.tvm.qdq_buffers import value_grid
 from tvmlite.errors import UnsupportedError
 from tvmlite.frontend.onnx_import import import_model
 from tvmlite.inputs import graph_inputs
@@ -101,6 +102,10 @@ class Lowering:
         self.graph_inputs = set(graph_inputs(self.g))
 
     # --------------------------------------------------------------------------------- helpers
+    def grid(self, name: str):
+        """The quantization grid float value ``name`` lies on (qdq_buffers.value_grid), else None."""
+        return value_grid(self.g, name)
+
     def const(self, name: str):
         return self.g.const_value(name) if name else None
 

@@ -68,6 +68,37 @@ def grid_of(g: Graph, name: str):
     return y_params(p) if p is not None else None
 
 
+def value_grid(g: Graph, name: str):
+    """(scale, zero point, signed) of the grid the float value ``name`` lies on (it is
+    fl((k - zero point) * scale) for an integer k of the grid), else None: ``grid_of``'s, or
+    a fake-quant pair's that qdq_fusion._fake_quant made float arithmetic."""
+    grid = grid_of(g, name)
+    if grid is not None:
+        return grid
+    return _fake_quant_grid(g, name)
+
+
+def _fake_quant_grid(g: Graph, name: str):
+    """The grid of Mul(Sub(Clip(Add(Round(Div(x, s)), z), lo, hi), z), s2): (s2, z, signed)."""
+    chain = []
+    v = name
+    for op in ("Mul", "Sub", "Clip", "Add", "Round", "Div"):
+        p = g.producer(v)
+        if p is None or p.domain not in ONNX or p.op_type != op:
+            return None
+        consts = [g.const_value(x) for x in p.inputs[1:]]
+        if any(c is None or c.size != 1 for c in consts):
+            return None
+        chain.append([float(c.reshape(-1)[0]) for c in consts])
+        v = p.inputs[0]
+    if [len(c) for c in chain] != [1, 1, 2, 1, 0, 1]:
+        return None
+    (s2,), (z,), (lo, hi), (z2,), _, _ = chain
+    if z != z2 or z != int(z) or (lo, hi) not in ((0.0, 255.0), (-128.0, 127.0)) or not s2 > 0:
+        return None
+    return s2, int(z), int(lo < 0)
+
+
 def _drop_identity_pair(g: Graph, q: Node, scalar_params, only_reader) -> None:
     """Q -> DQ with the parameters of the grid its input already lies on changes nothing: gone."""
     if q.graph is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.backends.tvm.emitters.index import emit_int_elementwise
+from tvmlite.backends.tvm.emitters.grid_table import chain_table
 from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
 from tvmlite.errors import UnsupportedError
@@ -85,9 +86,15 @@ def emit_elementwise(low, node) -> None:
     src = low.operand(first)
     name = low.kernel_name(node)
     lanes = low.lanes
+    table = grid = None
+    if src[0] == "value" and tuple(src[2]) == tuple(out_shape):
+        grid = low.grid(first)
+        table = chain_table(first, tuple(out_shape), epi.ops, grid) if grid is not None else None
 
     def make():
-        from tvmlite.backends.tvm.kernels.tensor import elementwise
+        from tvmlite.backends.tvm.kernels.tensor import elementwise, grid_lookup
 
+        if table is not None:
+            return grid_lookup(name, first, out_shape, grid, table, out_value=final, lanes=lanes)
         return elementwise(name, src, out_shape, out_value=final, epilogue=epi, lanes=lanes)
     low.add(make, node, final, labels)

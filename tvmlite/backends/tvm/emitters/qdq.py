@@ -24,6 +24,11 @@ def _grid(attrs, prefix: str) -> tuple:
             int(attrs.get(f"{prefix}_signed", 0)))
 
 
+def _same_grid(a, b) -> bool:
+    """Whether grids ``a`` (None: no grid) and ``b`` are the same in float32."""
+    return a is not None and np.float32(a[0]) == np.float32(b[0]) and tuple(a[1:]) == tuple(b[1:])
+
+
 def _operands(low, node):
     w_q = low.const_input(node, 1, "int8 weights", required=True)
     w_scale = low.const_input(node, 2, "weight scales", required=True)
@@ -40,6 +45,7 @@ def _operands(low, node):
                 y_quantized=int(a.get("y_quantized", 0)), x_nhwc=attr_text(a.get("x_layout")) == "NHWC",
                 y_nhwc=attr_text(a.get("y_layout")) == "NHWC",
                 silu=tuple(_grid(a, k) for k in ("c", "s")) if act == "SiLU" else None)
+    spec["x_on_grid"] = not spec["x_quantized"] and _same_grid(low.grid(node.inputs[0]), _grid(a, "x"))
     if spec["y_quantized"] and not float(spec["y_scale"]) > 0:
         raise UnsupportedError("quantized output without y_scale")
     _check_dtype(low, node.inputs[0], quant_dtype(spec["x_signed"]) if spec["x_quantized"] else np.float32, "input")

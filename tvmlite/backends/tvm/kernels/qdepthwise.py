@@ -19,6 +19,14 @@ from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, requant_scales, requant_tail, silu_lut
 
 
+def pairwise_sum(terms: list):
+    """The sum of ``terms`` as a balanced tree: independent additions instead of one chain, each
+    waiting for the last (the sums are exact integers, so any order gives the same value)."""
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
 def depthwise_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray, bias, spec: QuantSpec, geom,
                    *, out_value: str, out_shape, epilogue: Epilogue) -> KernelDef:
     if spec.x_nhwc:
@@ -62,12 +70,14 @@ def depthwise_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndar
         xp = lambda n, ch, y, xx: xp_nchw[n, ch, y, xx]  # noqa: E731
 
     def at(n, ch, y, xx):  # the taps unrolled (small windows): an elementwise block, vectorizable
-        acc = None
+        rows = []
         for i in range(kh):
+            row = None
             for j in range(kw):
                 t = xp(n, ch, y * sh + i * dh, xx * sw + j * dw) * W[ch, i * kw + j]
-                acc = t if acc is None else acc + t
-        v = acc.astype("float32") * scale[ch]
+                row = t if row is None else row + t
+            rows.append(row)
+        v = pairwise_sum(rows).astype("float32") * scale[ch]
         if B is not None:
             v = v + B[ch]
         return requant_tail(v, spec, lut, apply, (n, ch, y, xx))

@@ -28,17 +28,24 @@ from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.backends.tvm.kernels.qintrin import DotStep, dot_step
 from tvmlite.ops.qdq_fused import fake_quant as fake_quant_np
 
-def _quantized(v, scale: float, zero_point: int, signed: int):
+def _quantized(v, scale: float, zero_point: int, signed: int, on_grid: bool = False):
     """QuantizeLinear of a float32 TE value (x / scale, round half to even, add the zero point,
-    saturate), still as float32."""
+    saturate), still as float32. ``on_grid``: ``v`` is fl((k - zero point) * scale) for integers k
+    (a fake-quantized value on this very grid), so x * (1 / scale) lies a few ulps from k - zero
+    point and rounds to it as the division does: a multiply instead of a division."""
     lo, hi = (-128, 127) if signed else (0, 255)
-    q = tirx.nearbyint(v / tirx.const(scale, "float32")) + tirx.const(float(zero_point), "float32")
+    if on_grid:
+        step = v * tirx.const(float(np.float32(1) / np.float32(scale)), "float32")
+    else:
+        step = v / tirx.const(scale, "float32")
+    q = tirx.nearbyint(step) + tirx.const(float(zero_point), "float32")
     return te.max(te.min(q, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32"))
 
 
-def quantize_u8(v, scale: float, zero_point: int, signed: int):
+def quantize_u8(v, scale: float, zero_point: int, signed: int, on_grid: bool = False):
     """QuantizeLinear as uint8: int8 values are shifted by 128 (the zero point shifts with them)."""
-    return (_quantized(v, scale, zero_point, signed).astype("int32") + (128 if signed else 0)).astype("uint8")
+    q = _quantized(v, scale, zero_point, signed, on_grid)
+    return (q.astype("int32") + (128 if signed else 0)).astype("uint8")
 
 
 def fake_quant(v, scale: float, zero_point: int, signed: int):
@@ -150,16 +157,18 @@ def task_rows(m: int, mr: int) -> int:
 class QuantSpec:
     """Per-tensor input / output quantization and the tail of a fused QDQ node; ``x_quantized`` /
     ``y_quantized``: the input / output is the integer tensor (int8 when signed, else uint8),
-    ``x_nhwc`` / ``y_nhwc``: a conv's integer input / output is stored channels-last."""
+    ``x_nhwc`` / ``y_nhwc``: a conv's integer input / output is stored channels-last; ``x_on_grid``:
+    the float input already lies on the input grid (`_quantized`'s ``on_grid``)."""
 
     def __init__(self, x_scale, x_zero_point, x_signed, y_scale=0.0, y_zero_point=0, y_signed=0, activation="",
-                 x_quantized=0, y_quantized=0, x_nhwc=False, y_nhwc=False, silu=None):
+                 x_quantized=0, y_quantized=0, x_nhwc=False, y_nhwc=False, silu=None, x_on_grid=False):
         self.xs, self.xz, self.xsg = float(x_scale), int(x_zero_point), int(x_signed)
         self.ys, self.yz, self.ysg = float(y_scale), int(y_zero_point), int(y_signed)
         self.activation = activation
         self.xq, self.yq = bool(x_quantized), bool(y_quantized)
         self.x_nhwc, self.y_nhwc = bool(x_nhwc), bool(y_nhwc)
         self.silu = silu  # "SiLU": ((scale, zero point, signed) of its input, of the sigmoid)
+        self.x_on_grid = bool(x_on_grid) and not self.xq
 
     @property
     def x_zero_u8(self) -> int:
@@ -172,7 +181,7 @@ class QuantSpec:
     def x_u8(self, v):
         """An input element as the GEMM's uint8 operand: quantized here, or shifted when int8."""
         if not self.xq:
-            return quantize_u8(v, self.xs, self.xz, self.xsg)
+            return quantize_u8(v, self.xs, self.xz, self.xsg, self.x_on_grid)
         return (v.astype("int32") + 128).astype("uint8") if self.xsg else v
 
 

@@ -39,6 +39,28 @@ def elementwise(name: str, first: tuple, out_shape, *, out_value: str, epilogue:
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
 
 
+def grid_lookup(name: str, x: str, shape, grid, table: np.ndarray, *, out_value: str, lanes: int) -> KernelDef:
+    """out = table[k] for each element of ``x``, a float32 value on ``grid`` = (scale, zero point,
+    signed), k its integer (lowest first): round(x * (1 / scale)) + zero point (grid_table.py)."""
+    shape = tuple(int(d) for d in shape)
+    s, z, signed = grid
+    lo = -128 if signed else 0
+    b = Builder(name)
+    X = b.input(x, shape)
+    T = b.const(np.asarray(table, np.float32).reshape(256), label="table")
+    r, off = tirx.const(float(np.float32(1) / np.float32(s)), "float32"), tirx.const(float(z - lo), "float32")
+
+    def f(*idx):
+        k = tirx.nearbyint(X[idx] * r) + off
+        return T[tirx.max(tirx.min(k, tirx.const(255.0, "float32")), tirx.const(0.0, "float32")).astype("int32")]
+
+    Y = te.compute(shape, f, name="ew")
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(int(np.prod(shape))))
+    return KernelDef(name, b.params, sch.mod["main"], steps=["grid_lookup"])
+
+
 def concat(name: str, inputs: list[tuple[str, tuple]], *, axis: int, out_value: str, out_shape,
            lanes: int, dtype: str = "float32", epilogue: Epilogue | None = None) -> KernelDef:
     """Concat along ``axis``; ``epilogue`` (float32 only): the elementwise ops that follow it

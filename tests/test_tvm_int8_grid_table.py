@@ -1,0 +1,135 @@
+"""TVM backend, int8: an elementwise chain of one value on a quantization grid (PP-OCR's spelled-out
+HardSwish between fake-quant pairs) runs as a 256-entry table read (emitters/grid_table.py); chains
+that are not a function of that value alone, or of a value on no grid, keep the elementwise kernel."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from helpers import make_model, ort_qdq, tensor
+
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+
+require_tvm()
+
+from test_tvm_int8 import QDQ, _out, _u8, conv_read_by_conv_and_float_op  # noqa: E402
+
+from tvmlite.backends.tvm import compile_model  # noqa: E402
+from tvmlite.backends.tvm.emitters.grid_table import chain_table  # noqa: E402
+from tvmlite.backends.tvm.kernels.defs import EwOp  # noqa: E402
+from tvmlite.backends.tvm.kernels.target import vector_lanes  # noqa: E402
+from tvmlite.backends.tvm.lower import lower  # noqa: E402
+from tvmlite.frontend import load  # noqa: E402
+
+RNG = np.random.default_rng(15)
+SHAPE = [1, 8, 6, 10]
+
+
+def _hardswish(b: QDQ, x: str, tag: str, *, scale_by=None) -> str:
+    """PaddleOCR's x * Clip(x + 3, 0, 6) / 6 with a fake-quant pair after each step, as onnxruntime's
+    quantize_static writes it; ``scale_by``: a constant multiplied in first (not a scalar: the
+    chain is no function of x alone)."""
+    three, zero, six = (b.const(f"{tag}_{k}", np.array(v, np.float32)) for k, v in (("3", 3), ("0", 0), ("6", 6)))
+    v = x
+    if scale_by is not None:
+        b.nodes.append(helper.make_node("Mul", [v, b.const(f"{tag}_k", scale_by)], [f"{tag}_m"]))
+        v = f"{tag}_m"
+    b.nodes.append(helper.make_node("Add", [v, three], [f"{tag}_a"]))
+    a = b.fake_quant(f"{tag}_a", f"{tag}_aq", 0.04, _u8(0))
+    b.nodes.append(helper.make_node("Clip", [a, zero, six], [f"{tag}_c"]))
+    c = b.fake_quant(f"{tag}_c", f"{tag}_cq", 6 / 255, _u8(0))
+    b.nodes.append(helper.make_node("Div", [c, six], [f"{tag}_d"]))
+    d = b.fake_quant(f"{tag}_d", f"{tag}_dq", 1 / 255, _u8(0))
+    b.nodes.append(helper.make_node("Mul", [v, d], [f"{tag}_y"]))
+    return b.fake_quant(f"{tag}_y", f"{tag}_yq", 0.03, _u8(20))
+
+
+def _conv_hardswish(signed=False, scale_by=None, grid="conv"):
+    """A QDQ conv (``grid`` "conv"), a lone fake-quant pair on the input ("pair") or nothing
+    ("none") makes the value the HardSwish reads."""
+    b = QDQ()
+    zp = np.array(-5, np.int8) if signed else _u8(131)
+    x = b.fake_quant("x", "xd", 0.03, zp) if grid != "none" else "x"
+    if grid == "conv":
+        w = b.weights("w", (RNG.standard_normal((8, 8, 1, 1)) * 0.4).astype(np.float32), 0)
+        b.nodes.append(helper.make_node("Conv", [x, w, b.const("bias", RNG.standard_normal(8).astype(np.float32))],
+                                        ["c"]))
+        v = b.fake_quant("c", "cq", 0.05, np.array(3, np.int8) if signed else _u8(120))
+    else:
+        v = x
+    y = _hardswish(b, v, "hs", scale_by=scale_by)
+    b.nodes.append(helper.make_node("Identity", [y], ["out"]))
+    return make_model(b.nodes, [tensor("x", SHAPE)], [_out("out", 4)], b.inits, opset=17)
+
+
+def _steps(model) -> list[str]:
+    low = lower(load(model), {"x": tuple(SHAPE)}, vector_lanes())
+    return [s for kd in low.kernels for s in kd.steps]
+
+
+def _run(model):
+    x = (RNG.standard_normal(SHAPE) * 4).astype(np.float32)
+    got = compile_model(load(model), {"x": tuple(SHAPE)}).run({"x": x})[0]
+    return got, ort_qdq(model, {"x": x})[0]
+
+
+@pytest.mark.parametrize("signed", [0, 1])
+def test_hardswish_after_an_int8_conv_reads_a_table(signed):
+    model = _conv_hardswish(signed=signed)
+    assert "grid_lookup" in _steps(model)
+    got, ref = _run(model)
+    np.testing.assert_array_less(np.abs(got - ref), 0.03 + 1e-6)  # within one output step
+    assert np.mean(got == ref) > 0.99  # onnxruntime's unfused QDQ arithmetic, almost everywhere
+
+
+def test_hardswish_after_a_lone_fake_quant_pair_reads_a_table():
+    model = _conv_hardswish(grid="pair")
+    assert "grid_lookup" in _steps(model)
+    got, ref = _run(model)
+    np.testing.assert_array_less(np.abs(got - ref), 0.03 + 1e-6)
+    assert np.mean(got == ref) > 0.99
+
+
+def test_chain_not_of_the_value_alone_or_off_grid_stays_elementwise():
+    per_channel = np.linspace(0.5, 1.5, 8, dtype=np.float32).reshape(1, 8, 1, 1)
+    for model in (_conv_hardswish(scale_by=per_channel), _conv_hardswish(grid="none")):
+        assert "grid_lookup" not in _steps(model)
+        got, ref = _run(model)
+        np.testing.assert_array_less(np.abs(got - ref), 0.03 + 1e-6)
+
+
+def test_chain_table_is_the_float32_chain_on_each_grid_value():
+    ops = [EwOp("Add", [("const", np.float32(3))]), EwOp("Clip", attrs={"min": 0.0, "max": 6.0}),
+           EwOp("Div", [("const", np.float32(6))]), EwOp("Mul", [("value", "x", (1, 4))]), EwOp("Round")]
+    t = chain_table("x", (1, 4), ops, (0.1, 3, 1))
+    x = (np.arange(-128, 128, dtype=np.float32) - np.float32(3)) * np.float32(0.1)
+    np.testing.assert_array_equal(t, np.rint(x * (np.clip(x + np.float32(3), 0, 6) / np.float32(6))))
+    assert t.dtype == np.float32 and t.shape == (256,)
+    sub_from = [EwOp("Sub", [("const", np.float32(1))], first=1)]  # 1 - x: the operand comes first
+    np.testing.assert_array_equal(chain_table("x", (4,), sub_from, (0.5, 0, 0)),
+                                  np.float32(1) - np.arange(256, dtype=np.float32) * np.float32(0.5))
+    refused = [
+        [EwOp("Sigmoid")],                                         # no exact float32 form here
+        [EwOp("Mul", [("const", np.ones((4,), np.float32))])],     # not a scalar
+        [EwOp("Mul", [("value", "other", (1, 4))])],               # another value
+        [EwOp("Mul", [("value", "x", (4,))])],                     # x broadcast differently
+        [EwOp("Add", [("const", np.float32(1))], shape=(2, 2))],   # through a view
+    ]
+    for ops in refused:
+        assert chain_table("x", (1, 4), ops, (0.1, 0, 0)) is None
+
+
+def test_conv_input_on_its_own_grid_is_quantized_by_a_multiply():
+    """A QDQ conv's output that a float op also reads stays float, on its output grid; the next
+    conv quantizes it with the same parameters: x * (1 / scale) instead of x / scale (the value is
+    a few ulps from an integer step, so both round alike), the same outputs as onnxruntime."""
+    model = conv_read_by_conv_and_float_op()
+    low = lower(load(model), {"x": (1, 4, 6, 6)}, vector_lanes())
+    scripts = [kd.func.script() for kd in low.kernels if "qdqconv" in kd.name]
+    assert len(scripts) == 2
+    assert "/ T.float32(0.0199999" in scripts[0]  # the model input: on no grid, divided
+    assert "/ T.float32(0.0500000" not in scripts[1] and "* T.float32(20.0)" in scripts[1]
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    for got, ref in zip(compile_model(load(model), {"x": (1, 4, 6, 6)}).run({"x": x}), ort_qdq(model, {"x": x})):
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
