@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from tvmlite.backends.tvm import compile_model  # noqa: E402
 from tvmlite.backends.tvm.kernels import epilogue as E, reduce as R, tensor as T  # noqa: E402
 from tvmlite.frontend import load  # noqa: E402
-from tvmlite.runtime.ort import ort_session  # noqa: E402
+from tvmlite.runtime.ort import ort_session, time_interleaved  # noqa: E402
 from tvmlite.zoo_encoder import minilm_encoder  # noqa: E402
 
 ARGS = [a for a in sys.argv[1:] if a != "--cpu"]
@@ -46,15 +46,7 @@ for name, cm in (("before", before), ("now", after)):
     err = max(float(np.abs(g - r).max() / np.abs(r).max()) for g, r in zip(cm.run(feeds), ref))
     print(f"{name}: max rel err {err:.1e}")
 fns = [lambda: before.run(feeds), lambda: after.run(feeds), lambda: sess.run(None, feeds)]
-ts = [[] for _ in fns]
-for f in fns:
-    f()
-for r in range(ROUNDS):
-    for i in (range(3) if r % 2 == 0 else reversed(range(3))):
-        t0 = clock()
-        fns[i]()
-        ts[i].append((clock() - t0) * 1e3)
-med = [float(np.median(t)) for t in ts]
+med = time_interleaved(fns, ROUNDS, 1, clock=clock).medians_ms
 print("%s, medians of %d, load average %.1f: before %.2f ms, now %.2f ms, onnxruntime %.2f ms" % (
     "cpu time, 1 thread" if CPU else "wall, 2 threads", ROUNDS, os.getloadavg()[0], *med))
 print("tvmlite/onnxruntime: before %.3f, now %.3f; now/before %.3f" % (med[0] / med[2], med[1] / med[2],
