@@ -44,9 +44,11 @@ sess = ort_session(m, 1 if CPU else 2)
 ref = sess.run(None, feeds)
 for name, cm in (("before", before), ("now", after)):
     err = max(float(np.abs(g - r).max() / np.abs(r).max()) for g, r in zip(cm.run(feeds), ref))
-    print(f"{name}: max rel err {err:.1e}")
+    print(f"{name}: max rel err {err:.1e}, threads {cm.threads}")
 fns = [lambda: before.run(feeds), lambda: after.run(feeds), lambda: sess.run(None, feeds)]
-med = time_interleaved(fns, ROUNDS, 1, clock=clock).medians_ms
+# settle: a timed call never runs straight after another callable (onnxruntime's pool spins on after
+# its run, and in plain round-robin the middle build would follow it every other round)
+med = time_interleaved(fns, ROUNDS, 1, clock=clock, settle=0 if CPU else 1).medians_ms
 print("%s, medians of %d, load average %.1f: before %.2f ms, now %.2f ms, onnxruntime %.2f ms" % (
     "cpu time, 1 thread" if CPU else "wall, 2 threads", ROUNDS, os.getloadavg()[0], *med))
 print("tvmlite/onnxruntime: before %.3f, now %.3f; now/before %.3f" % (med[0] / med[2], med[1] / med[2],
