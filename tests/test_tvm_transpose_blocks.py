@@ -27,13 +27,17 @@ RNG = np.random.default_rng(5)
     ((2, 5, 12), (0, 2, 1), 8, False),             # the moved axis (12) is no whole vectors
     ((1, 128, 12, 32), (0, 2, 1, 3), 8, False),    # the last axis stays (queries): runs copy as they are
 ])
-def test_transpose_kernel_is_exact(shape, perm, lanes, blocked):
+@pytest.mark.parametrize("parallel", [False, True])
+def test_transpose_kernel_is_exact(shape, perm, lanes, blocked, parallel, monkeypatch):
+    from tvmlite.backends.tvm.kernels import schedules as S
     from tvmlite.backends.tvm.kernels.tensor import transpose
     from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
 
+    monkeypatch.setattr(S, "worth_parallel", lambda work: parallel)
     x = RNG.standard_normal(shape).astype(np.float32)
     kd = transpose("t", "x", shape, perm, out_value="y", lanes=lanes)
     assert ("block_transpose" in kd.steps) == blocked
+    assert ("T.parallel" in kd.func.script()) == parallel
     args, outs = kernel_args(kd, {"x": x})
     build_kernel(kd)["main"](*args)
     assert np.array_equal(outs[0].numpy().reshape(x.transpose(perm).shape), x.transpose(perm))
