@@ -11,9 +11,12 @@ barely moves); without it wall time on 2 threads. Both builds skip the build cac
 encoder's fused scores kernel (12 heads x 128 x 32 @ 32 x 128, / sqrt(32), key mask, Softmax) and
 its key transpose alone, before and now, one thread, CPU time, 20 calls per sample.
 
-Measured on the AVX2 Zen 1 host under load 6-10 (other jobs): --kernel scores 0.88 -> 0.66 ms
-(Div as multiply 0.78, then the exp chains), key transpose 0.046 -> 0.011 ms; --cpu the encoder
-now/before 0.967-0.996 over four runs (now/onnxruntime 0.940-0.967)."""
+Measured on the AVX2 Zen 1 host under load 4-10 (other jobs): --kernel scores 0.88 -> 0.66-0.68 ms
+(Div as multiply 0.78, then the exp chains), key transpose 0.045 -> 0.011 ms; --cpu the encoder
+now/before 0.967, 0.971, 0.996, 0.989, 1.030 over five runs (now/onnxruntime 0.940-0.998): the
+whole encoder's 1-thread CPU time moves +-3% from build to build and run to run here, more than
+the ~1.5 ms (1.7%) the kernels save; two builds of each in one process (A/A/B/B, 30 rounds) read
+before 1.000 and 0.996, now 0.983 and 0.982."""
 import os
 import sys
 import time
