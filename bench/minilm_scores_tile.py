@@ -25,6 +25,7 @@ from tvmlite.backends.tvm.kernels import transformer as TR  # noqa: E402
 from tvmlite.frontend import load  # noqa: E402
 from tvmlite.runtime.ort import ort_session  # noqa: E402
 from tvmlite.zoo_encoder import minilm_encoder  # noqa: E402
+from minilm_cases import encoder_feeds, scores_case  # noqa: E402
 
 ARGS = [a for a in sys.argv[1:] if a not in ("--cpu", "--kernel")]
 ROUNDS = int(ARGS[0]) if ARGS else 40
@@ -32,24 +33,17 @@ clock = time.thread_time if CPU else time.perf_counter
 
 
 def scores_kernel_ab():
-    from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
+    from tvmlite.backends.tvm.kernels.defs import Epilogue
     from tvmlite.backends.tvm.kernels.target import vector_lanes
     from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
 
-    rng = np.random.default_rng(0)
-    q = rng.standard_normal((1, 12, 128, 32)).astype(np.float32)
-    k = rng.standard_normal((1, 12, 32, 128)).astype(np.float32)
-    mask = np.where(rng.random((1, 1, 1, 128)) < 0.1, -1e4, 0.0).astype(np.float32)
-    s = (q.astype(np.float64) @ k) * 0.125 + mask
-    e = np.exp(s - s.max(-1, keepdims=True))
-    ref = e / e.sum(-1, keepdims=True)
+    feeds, epi, ref = scores_case("Mul", 0.125)
+    q, k, s = feeds["q"], feeds["k"], ref
 
     def make():
-        epi = Epilogue([EwOp("Mul", [("const", np.array(0.125, np.float32))]),
-                        EwOp("Add", [("value", "mask", mask.shape)])])
         kd = TR.scores_softmax("s", "q", q.shape, "k", k.shape, out_value="p", out_shape=s.shape, epilogue=epi,
                                after=Epilogue(), lanes=vector_lanes())
-        args, outs = kernel_args(kd, {"q": q, "k": k, "mask": mask})
+        args, outs = kernel_args(kd, feeds)
         fn = build_kernel(kd)["main"]
         fn(*args)
         print("max rel err", float(np.abs(outs[0].numpy().reshape(s.shape) - ref).max() / ref.max()))
@@ -75,9 +69,7 @@ if KERNEL:
     scores_kernel_ab()
     sys.exit(0)
 m, _ = minilm_encoder()
-ids = np.random.default_rng(0).integers(1000, 20000, (1, 128)).astype(np.int64)
-named = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-feeds = {i.name: named[i.name] for i in m.graph.input}
+feeds = encoder_feeds(m)
 shapes = {k: v.shape for k, v in feeds.items()}
 after = compile_model(load(m), shapes, cache=False)
 rows = TR.gemm_rows

@@ -130,6 +130,18 @@ def test_time_interleaved_settle_times_each_callable_after_itself(monkeypatch):
     assert rt.interleaved_ms(fns, 2, 0, settle=1) == pytest.approx([1.0, 1.0, 1.0])
 
 
+def test_time_interleaved_reads_the_given_clock():
+    """bench/minilm_softmax_ab.py --cpu times in CPU time of the thread (`time.thread_time`)."""
+    now = [0.0]
+
+    def tick():
+        now[0] += 0.004
+
+    t = rt.time_interleaved([tick, tick], repeats=3, warmup=1, clock=lambda: now[0])
+    assert t.medians_ms == pytest.approx([4.0, 4.0])
+    assert rt.time_interleaved([lambda: None], repeats=2, warmup=0, clock=lambda: 7.0).medians_ms == [0.0]
+
+
 def test_block_medians_start_each_block_at_the_next_callable_and_keep_the_callers_order(monkeypatch):
     """bench_quantize_weights and bench_vs_ort_quant time their sessions through this: settle=1 by
     default, each block's round starting one callable later, the medians in ``fns``' order."""

@@ -270,7 +270,7 @@ class Timing:
 
 
 def time_interleaved(fns: list, repeats: int, warmup: int = 2, *, budget_s: float | None = None,
-                     min_rounds: int = 2, settle: int = 0) -> Timing:
+                     min_rounds: int = 2, settle: int = 0, clock=None) -> Timing:
     """Time ``fns`` in turn for ``repeats`` rounds (every other round in reverse order) after
     ``warmup`` untimed calls each; with ``budget_s``, stop after ``min_rounds`` once that many
     seconds have passed.
@@ -281,7 +281,10 @@ def time_interleaved(fns: list, repeats: int, warmup: int = 2, *, budget_s: floa
     session that runs next, so in plain round-robin each session's time depends on its neighbours
     and its slot (the two files of one float model, timed as 2 of 4 encoder sessions at 2 threads,
     read 1.075-1.108x of each other in both orders; with settle=1 1.002-1.024x). A pair needs
-    none: alternating its order gives each the same neighbours."""
+    none: alternating its order gives each the same neighbours. ``clock``: what a call's time is
+    read from (`time.thread_time`: CPU time of the calling thread, for one-thread runs); wall
+    time by default."""
+    clock = clock or time.perf_counter
     for f in fns:
         for _ in range(warmup):
             f()
@@ -292,9 +295,9 @@ def time_interleaved(fns: list, repeats: int, warmup: int = 2, *, budget_s: floa
         for i in (order if r % 2 == 0 else order[::-1]):
             for _ in range(settle):
                 fns[i]()
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[i]()
-            times[i].append((time.perf_counter() - t0) * 1e3)
+            times[i].append((clock() - t0) * 1e3)
         if budget_s is not None and r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
             break
     stats = [np.percentile(t, [25, 50, 75]) for t in times]

@@ -103,8 +103,38 @@ def transpose(name: str, x: str, x_shape, perm, *, out_value: str, lanes: int,
     Y = te.compute(out_shape, lambda *idx: X[tuple(idx[inv[i]] for i in range(len(shape)))], name="ew")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(int(np.prod(out_shape))))
+    parallel = S.worth_parallel(int(np.prod(out_shape)))
+    if dtype == "float32" and block_transpose(sch, "ew", perm, out_shape, lanes, parallel=parallel):
+        return KernelDef(name, b.params, sch.mod["main"], steps=["block_transpose"])
+    S.parallel_vectorize(sch, "ew", lanes, parallel=parallel)
     return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+
+
+def block_transpose(sch, block: str, perm, out_shape, lanes: int, *, parallel: bool) -> bool:
+    """When the input's last axis moves (attention's keys [S, h, d] -> [h, d, S]), copy blocks
+    of (rows of the output's last axis) x (a vector of the input's last axis): each step reads
+    ``lanes`` contiguous input floats and stores them down an output column, the rows unrolled.
+    Vectorized along the output's last axis instead, every lane was a load from another input
+    row: MiniLM's key transpose (128 x 12 x 32, AVX2, one thread, CPU time) 0.046 -> 0.011 ms
+    (blocks of 8 rows 0.013). False (nothing scheduled) when the last axis stays or the extents
+    do not divide."""
+    rank = len(perm)
+    d_axis = list(perm).index(rank - 1)  # the output axis that is the input's last
+    if rank < 2 or d_axis == rank - 1 or out_shape[d_axis] % lanes:
+        return False
+    rows = next((r for r in (16, 8, 4) if out_shape[-1] % r == 0), None)
+    if rows is None:
+        return False
+    loops = sch.get_loops(sch.get_sblock(block))
+    so, si = sch.split(loops[-1], [None, rows])
+    do, di = sch.split(loops[d_axis], [None, lanes])
+    outer = [lp for i, lp in enumerate(loops[:-1]) if i != d_axis]
+    sch.reorder(*outer, so, do, si, di)
+    sch.vectorize(di)
+    sch.unroll(si)
+    if parallel:
+        S.parallel_outer(sch, outer + [so])
+    return True
 
 
 def strided_slice(name: str, x: str, x_shape, starts, steps, *, out_value: str, out_shape,
