@@ -100,7 +100,8 @@ def optimize(model, *, passes: str | None = None, preset: str | None = None, inp
     the rest held out for the final accuracy); else the passes' own defaults
     (tvmlite.checker.PASS_BUDGET). ``calib`` goes to the passes that need calibration data and were
     not given any in the spec. ``speed_check`` (default: on for SPEED_PRESETS): a pass is kept only
-    when the model runs faster after it in onnxruntime, timed side by side at batch 1.
+    when the model runs faster after it in onnxruntime, timed side by side at batch 1 (in CPU time
+    at one thread: Checker.side_by_side_ms).
     ``progress``: True prints a line per pass and long step on stdout, a callable gets the lines,
     None prints them when stdout is a terminal. ``custom_ops``: custom-op libraries for onnxruntime.
     ``latency``: which rows report an onnxruntime latency (LATENCY_MODES; needs ``check``)."""
@@ -182,14 +183,14 @@ def _logger(progress):
 class _Rows:
     """Adds report rows; a row whose pass changed nothing repeats the figures above it rather than
     timing the same model again (a second timing would show noise as a result). ``session``: an
-    onnxruntime session of the model as it now is (None: none made yet), for the speed check and
-    the timing of the result, so neither makes one again; held only when one of them will run (a
-    session holds onnxruntime's prepacked copy of the weights)."""
+    onnxruntime session of the model as it now is (None: none made yet), for the timing of the
+    result, so it does not make one again; held only when it will run (a session holds
+    onnxruntime's prepacked copy of the weights)."""
 
     def __init__(self, m, shapes, checker, report, latency="rows"):
         self.m, self.shapes, self.checker, self.report, self.latency = m, shapes, checker, report, latency
         self.session = None
-        self.hold_sessions = checker is not None and (checker.speed_check or latency == "ends")
+        self.hold_sessions = checker is not None and latency == "ends"
         self.changed = False  # a row kept a change: the result differs from the input
 
     def time_ends(self) -> None:
@@ -280,15 +281,14 @@ def _run_checked(p, m: Model, checker, rows: _Rows, log) -> None:
         kept_model, excluded, note = _undo_layers(p, backup, result, checker, meas, log)
     if checker.speed_check and not is_cleanup(p) and kept_model is not backup:
         log(f"{p.name}: timing the model with and without it side by side")
-        # the sessions the checks made: of m after the pass, and of m before it (rows.session)
-        new = meas.session if kept_model is m and meas.session is not None else kept_model
-        old = rows.session if rows.session is not None else backup
-        t_new, t_old = checker.side_by_side_ms(new, old)
+        # one-thread sessions timed in CPU time (Checker.side_by_side_ms), not the checks' own
+        t_new, t_old = checker.side_by_side_ms(kept_model, backup)
+        timed = f"{t_new:.3f} vs {t_old:.3f} ms CPU time at one thread, side by side"
         if t_new < t_old:
-            note = "; ".join(x for x in (note, f"faster in onnxruntime: {t_new:.3f} vs {t_old:.3f} ms side by side") if x)
+            note = "; ".join(x for x in (note, f"faster in onnxruntime: {timed}") if x)
         else:
             kept_model, excluded = backup, []
-            note = f"undone: not faster in onnxruntime ({t_new:.3f} vs {t_old:.3f} ms side by side)"
+            note = f"undone: not faster in onnxruntime ({timed})"
     measured_now = kept_model is m  # meas (and its session) describe m as it now is
     if kept_model is not m:
         m.restore(kept_model)  # the caller (and rows) hold m: it becomes the kept copy
