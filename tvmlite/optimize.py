@@ -32,8 +32,9 @@ CLEANUPS = "fold-constants,remove-identity,fold-bn,dce"
 #: padding), written-out hardswish as one activation. On PP-OCRv4 det 640x640 (56 + 10 affine folds,
 #: 24 hardswish) onnxruntime ran the model in 0.78x of the input's time (2 threads, interleaved
 #: medians, loaded host), max probability error 2e-6; the int8 layers chosen after them are timed
-#: against this faster float
-FLOAT_FUSIONS = "fuse-conv-affine,fuse-hardswish,fuse-affine-conv"
+#: against this faster float; last, squeeze-and-excitation residuals x + x*s as x*(s+1) (8 in det:
+#: 0.96x at one thread)
+FLOAT_FUSIONS = "fuse-conv-affine,fuse-hardswish,fuse-affine-conv,fuse-residual-scale"
 PRESETS = {
     # clean-ups only: the outputs are those of the input model (bit-identical in onnxruntime)
     "exact": "remove-identity,dce",
@@ -48,12 +49,13 @@ PRESETS = {
     # (GatherBlockQuantized); low rank under an error budget and static int8, each kept per layer
     # only where measured faster in onnxruntime
     # (lowrank's time_budget: planning every layer of PP-OCR det at 640x640 took 190-320 s);
-    # last, affines left before convs as 1x1 depthwise convs, kept only when measured faster (PP-OCR
-    # det 640x640: 0.78x -> 0.65x of the input model's time)
+    # last, chains of stride-2 ConvTransposes as 1x1 convs and one DepthToSpace (DBNet's head: 0.97x
+    # at one thread) and affines left before convs as 1x1 depthwise convs, each kept only when
+    # measured faster (PP-OCR det 640x640: 0.78x -> 0.65x of the input model's time)
     "fast": CLEANUPS + "," + FLOAT_FUSIONS + ",quantize-dynamic(min_matmul_share=0.5,gather=true,smooth=0.7,"
                        "smooth_min_gain=3,attention=true,measure=true),"
                        "lowrank(budget=0.25,measure=true,time_budget=45),"
-                       "quantize(mode=auto,measure=true),affine-as-conv,dce",
+                       "quantize(mode=auto,measure=true),subpixel-convtranspose,affine-as-conv,dce",
     # clean-ups, low rank, int8 wherever it fits the budget, then weight compression of what is left:
     # int4 blocks for the MatMul/Gemm weights and embedding tables still float, 4-bit palettes for the
     # rest (float conv weights and the int8 weights quantize stored), each checked against the budget
