@@ -38,8 +38,8 @@ class _Shapes:
     def __init__(self, model: Model):
         self.model, self._types = model, None
 
-    def channels(self, g: Graph, name: str) -> int | None:
-        """C of a 4-D float32 value with a known channel count, else None."""
+    def types(self, g: Graph, name: str) -> tuple[int | None, tuple | None]:
+        """(elem type, shape) of a value, each None where not known."""
         v = g.value(name)
         elem, shape = v.elem_type, v.shape
         if elem is None or shape is None:
@@ -48,6 +48,11 @@ class _Shapes:
             tp = self._types.get(name)
             elem = tp.tensor_type.elem_type if tp is not None and tp.HasField("tensor_type") else elem
             shape = type_shape(tp) if shape is None else shape
+        return elem, shape
+
+    def channels(self, g: Graph, name: str) -> int | None:
+        """C of a 4-D float32 value with a known channel count, else None."""
+        elem, shape = self.types(g, name)
         if elem != 1 or shape is None or len(shape) != 4 or not isinstance(shape[1], int):
             return None
         return shape[1]

@@ -19,32 +19,13 @@ from onnx import helper
 from tvmlite.passes.base import Pass, PassResult, register_pass
 from tvmlite.passes.pattern import Match, Op, Rule, apply_rules
 from tvmlite.ir.builder import Builder
-from tvmlite.ir.graph import Graph, Model, type_shape
-from tvmlite.export.shapes import inferred_types
+from tvmlite.ir.graph import Graph, Model
+from tvmlite.passes.affine_as_conv import _Shapes
 
 #: the matcher takes the first way a commuted node binds and does not come back to it, so s * x + x
 #: needs its own order of the operands
 RESIDUAL_SCALE = [Op("Add", "x", Op("Mul", "x", "s", commute=True, name="mul"), commute=True, name="add"),
                   Op("Add", Op("Mul", "s", "x", commute=True, name="mul"), "x", commute=True, name="add")]
-
-
-class _Types:
-    """Each value's (elem type, shape): recorded, else from onnx's inference, run once on first need."""
-
-    def __init__(self, model: Model):
-        self.model, self._types = model, None
-
-    def __call__(self, g: Graph, name: str) -> tuple[int | None, tuple | None]:
-        v = g.value(name)
-        elem, shape = v.elem_type, v.shape
-        if elem is None or shape is None:
-            if self._types is None:
-                self._types = inferred_types(self.model)
-            tp = self._types.get(name)
-            if tp is not None and tp.HasField("tensor_type"):
-                elem = elem or tp.tensor_type.elem_type
-                shape = shape if shape is not None else type_shape(tp)
-        return elem, shape
 
 
 def broadcast_smaller(sx: tuple, ss: tuple) -> str | None:
@@ -60,7 +41,7 @@ def broadcast_smaller(sx: tuple, ss: tuple) -> str | None:
     return None
 
 
-def _checker(types: _Types):
+def _checker(types):
     def check(g: Graph, m: Match) -> str | None:
         if m["x"] == m["s"]:
             return "x + x * x is not a scaled residual"
@@ -73,7 +54,7 @@ def _checker(types: _Types):
     return check
 
 
-def _rewriter(types: _Types):
+def _rewriter(types):
     def rewrite(b: Builder, m: Match) -> dict:
         g, root = b.graph, m.root
         base = root.name or root.outputs[0]
@@ -97,7 +78,7 @@ class FuseResidualScale(Pass):
 
     def run(self, model: Model) -> PassResult:
         result = PassResult(self.name)
-        types = _Types(model)
+        types = _Shapes(model).types
         apply_rules(model, [Rule("residual-scale", pat, _rewriter(types), _checker(types)) for pat in RESIDUAL_SCALE],
                     result)
         result.stats["fused"] = len(result.rewritten)
