@@ -154,3 +154,20 @@ def test_an_intermediate_read_elsewhere_ends_the_chain():
 def test_bad_options_are_refused(spec):
     with pytest.raises(OptionError):
         Pipeline(spec)
+
+
+def test_pp_ocr_det_head_and_se_residuals_in_onnxruntime():
+    """The real DBNet head (and RSE-FPN's 8 SE residuals): one chain of two ConvTransposes with
+    their bias Adds, BatchNormalization, Relu and Sigmoid; the probability map as onnxruntime
+    computes the original's (a 64x64 page keeps it fast)."""
+    from conftest import corpus_model
+
+    path = corpus_model("ch_PP-OCRv4_det_infer.onnx")
+    proto = onnx.load(path)
+    m = tvmlite.load(proto)
+    r_res, r_sub = Pipeline("fold-bn,fuse-residual-scale,subpixel-convtranspose").run(m)[1:]
+    assert r_res.stats["fused"] == 8 and r_sub.stats["chains"] == 1, (r_res.skipped, r_sub.skipped)
+    assert len(r_sub.decisions[0]["chain"]) == 7 and "ConvTranspose" not in ops(m)
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    a, b = ort_run(proto, {"x": x})[0], ort_run(export_model(m), {"x": x})[0]
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(a).max()))
