@@ -12,35 +12,19 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import os
 import pathlib
 import sys
-import tempfile
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from tvm_profile import model_and_feeds  # noqa: E402
+from tvm_profile import model_and_feeds, ort_profile_events  # noqa: E402
 
 
 def node_times(model, feeds: dict, threads: int, runs: int) -> tuple[dict, dict]:
     """({node: median ms over the runs after the first}, {node: op type}) from onnxruntime's profiler."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.enable_profiling = True
-    so.log_severity_level = 3
-    with tempfile.TemporaryDirectory() as tmp:
-        so.profile_file_prefix = os.path.join(tmp, "ort")
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        for _ in range(max(runs, 2)):
-            sess.run(None, feeds)
-        with open(sess.end_profiling()) as f:
-            events = json.load(f)
     per, kind = collections.defaultdict(list), {}
-    for e in events:
+    for e in ort_profile_events(model, feeds, threads, max(runs, 2)):
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             name = e["name"][: -len("_kernel_time")]
             per[name].append(e["dur"] / 1e3)
