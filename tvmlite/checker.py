@@ -53,7 +53,9 @@ DECIDE_SECONDS = 12.0
 #: 2-thread wall-clock decision on a loaded 2-core host read PP-OCR det 640x640 688 vs 696 ms with
 #: and without affine-as-conv and undid it, where CPU time at one thread put it at 0.92x (interleaved
 #: medians of 20 runs, load 3.9). Rounds double while the medians lie within DECIDE_CPU_MARGIN
-#: (one model against itself: within 1-2% in CPU time under that load)
+#: (one model against itself: within 1-2% in CPU time under that load). Three decisions in a row on
+#: det with and without subpixel-convtranspose (load 3.4-4.4): 0.965-0.969 in 20 rounds, 7-8 s each,
+#: where the 2-thread wall-clock rule read 0.922-0.951 and ran all its 30 rounds, 16-26 s
 DECIDE_THREADS = 1
 DECIDE_CPU_MARGIN = 0.03
 
