@@ -90,8 +90,8 @@ def name_nodes(m) -> None:
             n.name = f"{n.op_type}->{n.output[0] if n.output else '?'}"
 
 
-def ort_node_ms(m, feeds: dict, threads: int, rounds: int) -> dict:
-    """{onnxruntime node name: best ms over ``rounds`` runs} from onnxruntime's profiler."""
+def ort_profile_events(m, feeds: dict, threads: int, rounds: int) -> list:
+    """onnxruntime's profiler events over ``rounds`` runs of ``m`` (a ModelProto) at ``threads``."""
     import json
     import os
     import tempfile
@@ -108,9 +108,13 @@ def ort_node_ms(m, feeds: dict, threads: int, rounds: int) -> dict:
         for _ in range(max(rounds, 1)):
             sess.run(None, feeds)
         with open(sess.end_profiling()) as f:
-            events = json.load(f)
+            return json.load(f)
+
+
+def ort_node_ms(m, feeds: dict, threads: int, rounds: int) -> dict:
+    """{onnxruntime node name: best ms over ``rounds`` runs} from onnxruntime's profiler."""
     best: dict = {}
-    for e in events:
+    for e in ort_profile_events(m, feeds, threads, rounds):
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             name = e["name"][: -len("_kernel_time")]
             best[name] = min(best.get(name, math.inf), e["dur"] / 1e3)

@@ -130,3 +130,16 @@ def test_bench_vs_ort_quant_variants_in_any_order(tmp_path):
     assert set(by) == {"ort-quant", "float"} and not any("error" in r for r in rows), rows
     assert by["float"]["ratio"] == 1.0 and by["ort-quant"]["ratio"] > 0
     assert all(r["metric"].startswith("acc ") for r in rows)
+
+
+def test_ort_op_profile_sums_onnxruntime_node_times_by_op_kind(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    monkeypatch.setattr(sys, "argv", ["ort_op_profile.py", str(ROOT / "models" / "digits_cnn.onnx"),
+                                      "--threads", "1", "--runs", "3", "--top", "2"])
+    spec = importlib.util.spec_from_file_location("ort_op_profile", ROOT / "bench" / "ort_op_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main()
+    out = capsys.readouterr().out
+    assert "1 thread(s)" in out and "Conv" in out and "%" in out
+    assert len([line for line in out.splitlines() if line.startswith("    ")]) == 2  # --top 2

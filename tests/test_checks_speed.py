@@ -99,19 +99,21 @@ def test_latency_modes():
 
 def test_sessions_are_reused(monkeypatch):
     """One session for the original (its outputs and the input row), one per checked change; the
-    speed check times the sessions the checks made."""
+    end timing reuses them, the speed check makes its own one-thread pair (Checker.side_by_side_ms)."""
     import tvmlite.checker as checker
 
     made = []
     real = checker.Checker._session
-    monkeypatch.setattr(checker.Checker, "_session", lambda self, model: made.append(1) or real(self, model))
+    monkeypatch.setattr(checker.Checker, "_session",
+                        lambda self, model, threads=2: made.append(threads) or real(self, model, threads))
     _, report = optimize(conv_bn_relu_model(), passes="fold-bn,remove-identity,dce", repeats=1)
     changed = sum(r.status == "kept" for r in report.rows)
     assert changed >= 2 and len(made) == 1 + changed
     made.clear()
     _, report = optimize(conv_bn_relu_model(), passes="fp16", repeats=5, speed_check=True, latency="ends")
     assert report.rows[-1].status in ("kept", "undone") and "side by side" in report.rows[-1].note
-    assert len(made) == 2  # the original and fp16's check; its speed check and the end timing reuse them
+    # the original and fp16's check (the end timing reuses them), and the speed check's pair
+    assert sorted(made) == [checker.DECIDE_THREADS] * 2 + [2, 2]
 
 
 def test_layers_that_compute_alike_are_timed_once(monkeypatch):

@@ -239,6 +239,21 @@ def test_speed_check_undoes_a_slower_pass():
     assert report.rows[-1].kept and len(m.graph.nx.nodes) == 41
 
 
+def test_speed_check_times_one_thread_sessions_in_cpu_time(monkeypatch):
+    """The decision's sessions run one thread (in the calling thread, whose CPU time the load on
+    the host barely moves); the checks' and the report's sessions keep two."""
+    import tvmlite.checker as ck
+
+    threads = []
+    real = ck.Checker._session
+    monkeypatch.setattr(ck.Checker, "_session", lambda self, model, t=2: threads.append(t) or real(self, model, t))
+    m, report = optimize(_relu_model(), passes="test-slow-down", speed_check=True, repeats=20)
+    row = report.rows[-1]
+    assert "CPU time at one thread" in row.note and not row.kept, row.note
+    assert threads.count(ck.DECIDE_THREADS) == 2 and ck.DECIDE_THREADS == 1
+    assert 2 in threads
+
+
 def test_fast_preset_speed_checks_by_default(monkeypatch):
     import tvmlite.optimize as opt
 

@@ -48,6 +48,16 @@ DECIDE_ROUNDS = 30
 DECIDE_MIN_ROUNDS = 10
 DECIDE_MARGIN = 0.15
 DECIDE_SECONDS = 12.0
+#: a speed decision times the two models as one-thread sessions in the CPU time of the calling
+#: thread (onnxruntime runs a one-thread session there), which other jobs on the host barely move: a
+#: 2-thread wall-clock decision on a loaded 2-core host read PP-OCR det 640x640 688 vs 696 ms with
+#: and without affine-as-conv and undid it, where CPU time at one thread put it at 0.92x (interleaved
+#: medians of 20 runs, load 3.9). Rounds double while the medians lie within DECIDE_CPU_MARGIN
+#: (one model against itself: within 1-2% in CPU time under that load). Three decisions in a row on
+#: det with and without subpixel-convtranspose (load 3.4-4.4): 0.965-0.969 in 20 rounds, 7-8 s each,
+#: where the 2-thread wall-clock rule read 0.922-0.951 and ran all its 30 rounds, 16-26 s
+DECIDE_THREADS = 1
+DECIDE_CPU_MARGIN = 0.03
 
 
 def pass_budget(p, metric: str = DEFAULT_METRIC) -> float:
@@ -160,8 +170,8 @@ class Checker:
         self.reference_accuracy = self._accuracy(self.reference)
 
     # -------------------------------------------------------------------------------- running
-    def _session(self, model):
-        return ort_session(model, 2, self.custom_ops)
+    def _session(self, model, threads: int = 2):
+        return ort_session(model, threads, self.custom_ops)
 
     @staticmethod
     def _run(sess, batches) -> list[list]:
@@ -293,20 +303,23 @@ class Checker:
         except Exception:  # noqa: BLE001 - a model that cannot run has no latency
             return None
 
-    def side_by_side_ms(self, new, old) -> tuple[float, float]:
-        """Median onnxruntime latency of ``new`` and ``old`` (models or their sessions) at batch 1,
-        timed alternately, with more rounds only while the two are close (a speed decision)."""
-        a, b = (x if hasattr(x, "run") else self._session(x) for x in (new, old))
-        (t_new, _), (t_old, _) = self.timed([a, b], decide=True)
+    def side_by_side_ms(self, new: Model, old: Model) -> tuple[float, float]:
+        """Median onnxruntime milliseconds of ``new`` and ``old`` at batch 1 for a speed decision: CPU
+        time of one-thread sessions (DECIDE_THREADS), run alternately, with more rounds only while the
+        two are close (DECIDE_CPU_MARGIN)."""
+        a, b = (self._session(x, DECIDE_THREADS) for x in (new, old))
+        (t_new, _), (t_old, _) = self.timed([a, b], decide=True, clock=time.thread_time,
+                                            margin=DECIDE_CPU_MARGIN)
         return t_new, t_old
 
-    def timed(self, sessions: list, decide: bool = False) -> list[tuple[float, float]]:
+    def timed(self, sessions: list, decide: bool = False, *, clock=time.perf_counter,
+              margin: float = DECIDE_MARGIN) -> list[tuple[float, float]]:
         """(median ms, half the interquartile range) per session at batch 1, run in turn round by
         round (runtime.ort's interleaved timing: every other round reversed, so load changes hit all
         alike). A figure: MIN_TIMED_ROUNDS rounds, more up to ``repeats`` while they take less than
         TIMING_SECONDS (a report row of det 640x640, 0.3 s a run, took 50 runs, 15 s). A decision
         (``decide``, two sessions): see DECIDE_ROUNDS; the same rounds as before wherever they fit in
-        6 s."""
+        6 s; ``clock`` and ``margin`` as runtime.ort's timed_ratio takes them."""
         feeds = self.latency_feeds
         fns = [lambda s=s: s.run(None, feeds) for s in sessions]
         t0 = time.perf_counter()
@@ -321,7 +334,7 @@ class Checker:
             while cap < limit and cap * per_round < DECIDE_SECONDS:
                 cap = min(limit, 2 * cap)
             a, b, _ = timed_ratio(fns[0], fns[1], 1.0, max_rounds=cap, min_rounds=rounds,
-                                  margin=DECIDE_MARGIN, warmup=0)
+                                  margin=margin, warmup=0, clock=clock)
             return [(a, 0.0), (b, 0.0)]
         limit = max(self.repeats, 1)
         rounds = min(limit, max(MIN_TIMED_ROUNDS, int(TIMING_SECONDS / per_round)))
