@@ -111,14 +111,17 @@ def int_model() -> onnx.ModelProto:
 
 
 def fusions_model() -> onnx.ModelProto:
-    """What the float fusions rewrite (PP-LCNet's pieces): a per-channel affine before a Conv, a
-    per-channel Mul after one, hardswish written out as Add/Clip/Mul/Div, a depthwise Conv, an SE
-    block (GlobalAveragePool, 1x1 Conv, HardSigmoid, Mul)."""
+    """What the float fusions rewrite (PP-LCNet's and DBNet's pieces): a per-channel affine before a
+    Conv, a per-channel Mul after one, hardswish written out as Add/Clip/Mul/Div, a depthwise Conv, an
+    SE block with its residual (GlobalAveragePool, 1x1 Conv, HardSigmoid, x + x * s), and a head of
+    two kernel=stride ConvTransposes with bias, BatchNormalization, Relu and Sigmoid."""
     rng = np.random.default_rng(0)
     c = 4
     inits = {n: (rng.standard_normal(s) * 0.5).astype(np.float32) for n, s in (
         ("s0", (1, 3, 1, 1)), ("t0", (1, 3, 1, 1)), ("w1", (c, 3, 3, 3)), ("b1", (c,)), ("m1", (c, 1, 1)),
-        ("s2", (1, c, 1, 1)), ("w2", (c, 1, 3, 3)), ("w3", (c, c, 1, 1)), ("b3", (c,)))}
+        ("s2", (1, c, 1, 1)), ("w2", (c, 1, 3, 3)), ("w3", (c, c, 1, 1)), ("b3", (c,)), ("wt1", (c, 2, 2, 2)),
+        ("bt1", (2,)), ("wt2", (2, 1, 2, 2)), ("bt2", (1,)), ("bn_s", (2,)), ("bn_b", (2,)), ("bn_m", (2,)))}
+    inits["bn_v"] = np.full(2, 0.5, np.float32)
     inits.update(three=np.float32(3), zero=np.float32(0), six=np.float32(6))
     nodes = [h.make_node("Mul", ["x", "s0"], ["a0"]), h.make_node("Add", ["a0", "t0"], ["a1"]),
              h.make_node("Conv", ["a1", "w1", "b1"], ["c1"]), h.make_node("Mul", ["c1", "m1"], ["c1m"]),
@@ -127,9 +130,15 @@ def fusions_model() -> onnx.ModelProto:
              h.make_node("Mul", ["hs", "s2"], ["a2"]),
              h.make_node("Conv", ["a2", "w2"], ["c2"], pads=[1, 1, 1, 1], group=c),
              h.make_node("GlobalAveragePool", ["c2"], ["g"]), h.make_node("Conv", ["g", "w3", "b3"], ["g1"]),
-             h.make_node("HardSigmoid", ["g1"], ["g2"], alpha=0.2, beta=0.5), h.make_node("Mul", ["c2", "g2"], ["y"])]
+             h.make_node("HardSigmoid", ["g1"], ["g2"], alpha=0.2, beta=0.5), h.make_node("Mul", ["c2", "g2"], ["se"]),
+             h.make_node("Add", ["c2", "se"], ["r"]),
+             h.make_node("ConvTranspose", ["r", "wt1", "bt1"], ["u1"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("BatchNormalization", ["u1", "bn_s", "bn_b", "bn_m", "bn_v"], ["u2"]),
+             h.make_node("Relu", ["u2"], ["u3"]),
+             h.make_node("ConvTranspose", ["u3", "wt2", "bt2"], ["u4"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("Sigmoid", ["u4"], ["y"])]
     return _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
-                  [h.make_tensor_value_info("y", T.FLOAT, [1, c, 6, 6])],
+                  [h.make_tensor_value_info("y", T.FLOAT, [1, 1, 24, 24])],
                   [nh.from_array(a, n) for n, a in inits.items()], opset=13)
 
 
@@ -389,7 +398,8 @@ def _same(a, b) -> bool:
 
 
 #: what deep mutants go through: the clean preset, and the float fusions of the fast preset
-REWRITES = ({"preset": "clean"}, {"passes": "fuse-hardswish,fuse-affine-conv,affine-as-conv"})
+REWRITES = ({"preset": "clean"}, {"passes": "fuse-hardswish,fuse-affine-conv,fuse-residual-scale,affine-as-conv,"
+                                             "subpixel-convtranspose"})
 
 
 def _check_rewrite(data: bytes, spec: dict, feeds, ref) -> str | None:
