@@ -318,7 +318,7 @@ def unary_prefix(epilogue: Epilogue) -> tuple[Epilogue, Epilogue]:
     k = 0
     while k < len(epilogue.ops) and epilogue.ops[k].op in UNARY:
         k += 1
-    return Epilogue(epilogue.ops[:k]), Epilogue(epilogue.ops[k:])
+    return Epilogue(epilogue.ops[:k], epilogue.layouts), Epilogue(epilogue.ops[k:], epilogue.layouts)
 
 
 def pack_direct_weights(wmat: np.ndarray, nr: int) -> np.ndarray:
