@@ -1,8 +1,9 @@
 """Float values kept channels-last (NHWC) between convs, decided while lowering.
 
 A float conv kernel writes its value (after its fused epilogue) into an NHWC buffer when every
-reader takes it that way: a 1x1 group-1 conv (as its input: `conv_nhwc.conv2d_nhwc` reads NHWC,
-its k-panel contiguous) or an Add that joins another conv's epilogue (a residual: the epilogue
+reader takes it that way: a group-1 conv as its input (`conv_nhwc.conv2d_nhwc` reads NHWC, its
+k-panel contiguous: every 1x1 conv, larger ones where that measured faster, `reads_nhwc`), at
+least one such conv, or an Add that joins another conv's epilogue (a residual: the epilogue
 reads the operand through `Epilogue.layouts`). The value's NCHW buffer is then not made at all,
 unless a reader the decision did not foresee needs it (an Add that ran as its own kernel, a host
 call, a view, a graph output): `materialize` then adds one transpose kernel per such value, run
@@ -28,16 +29,25 @@ def enabled() -> bool:
 
 def reads_nhwc(low, node) -> bool:
     """Whether float Conv ``node`` reads its input from an NHWC buffer where it has one: a 2-D
-    1x1 group-1 conv with constant weights (a 3x3 conv's tile reads mr pixels' channels as mr
-    streams: 1.2-1.35x slower than NCHW at 7x7 and 14x14, see conv_nhwc.py)."""
+    group-1 conv with constant weights, 1x1, or larger with stride 1 and at least 256 input
+    channels of at least 28x28 pixels. A larger kernel's tile reads its mr pixels' channels as
+    mr streams: AVX2, one thread, CPU time, NHWC against NCHW input, 3x3 convs 256->256 at
+    56x56 0.97x, 512->512 at 28x28 0.92-0.94x (VGG's), 128->128 at 28x28 0.97-1.02x, 64->192 at
+    56x56 1.02x, and 1.2-1.35x at 7x7 and 14x14 (ResNet's 512 and 256 channels)."""
     if node.domain not in ONNX or node.op_type != "Conv" or int(node.attrs.get("group", 1)) != 1:
         return False
     x = node.inputs[0]
     w = low.const(node.inputs[1]) if len(node.inputs) > 1 else None
-    if w is None or w.ndim != 4 or tuple(w.shape[2:]) != (1, 1) or x in node.inputs[1:]:
+    xs = low.shapes.get(x, ())
+    if w is None or w.ndim != 4 or x in node.inputs[1:] or len(xs) != 4:
         return False
     b = node.inputs[2] if len(node.inputs) > 2 else ""
-    return (not b or low.const(b) is not None) and len(low.shapes.get(x, ())) == 4
+    if b and low.const(b) is None:
+        return False
+    if tuple(w.shape[2:]) == (1, 1):
+        return True
+    strides = tuple(node.attrs.get("strides") or (1, 1))
+    return strides == (1, 1) and xs[1] >= 256 and xs[2] * xs[3] >= 28 * 28
 
 
 def writes_nhwc(low, node, final: str) -> bool:
