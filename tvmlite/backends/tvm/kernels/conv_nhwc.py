@@ -21,8 +21,8 @@ from tvm import te, tirx
 
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
-from tvmlite.backends.tvm.kernels.conv import (direct_step_names, direct_tile, pack_direct_weights, unary_prefix,
-                                               zero_padded)
+from tvmlite.backends.tvm.kernels.conv import (direct_tile, finish_direct, pack_direct_weights, tile_activation,
+                                               unary_prefix, zero_padded)
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.ops.geometry import WindowGeometry
@@ -86,17 +86,7 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
         acc = te.compute((n, g, rows, colp, cop), lambda nn, gg, y, xx, i: te.sum(
             pad[nn, gg * ci + rc, y * sh + ry * dh, xx * sw + rx * dw] * W[gg, i, rc, ry, rx],
             axis=[rc, ry, rx]), name="acc")
-    tile_out = acc
-    if pre.ops:
-        # bias and the leading unary ops on the register tile, a vector of channels at a time
-        apply_pre = bind_epilogue(pre, b, out_shape)
-
-        def act(nn, gg, y, xx, i):
-            v = acc[nn, gg, y, xx, i]
-            if B is not None:
-                v = v + B[gg, tirx.min(i, cog - 1)]  # padded channels: computed, never stored
-            return apply_pre(v, ())
-        tile_out = te.compute((n, g, rows, colp, cop), act, name="act")
+    tile_out = tile_activation(acc, pre, b, B, out_shape, cog)
 
     def value(nn, y, xx, gg, cc):
         v = tile_out[nn, gg, y, xx, cc]
@@ -110,16 +100,8 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     else:
         Y = te.compute((n, g, cog, rows, cols), lambda nn, gg, cc, y, xx: value(nn, y, xx, gg, cc),
                        name="epilogue")
-    func = b.finish([(out_value, Y)])
-    sch = schedule(func)
-    S.schedule_direct_conv(sch, None if unpadded else "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
-                           parallel=S.worth_parallel(n * co * oh * ow * ci * kh * kw),
-                           act="act" if pre.ops else None)
-    params = b.params
-    if packing:
-        params[w_index].shape = params[w_index].array.shape
-    names = direct_step_names(steps)
-    return KernelDef(name, params, sch.mod["main"], steps=[s for s in names if s != "pad_input"] if unpadded else names)
+    return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
+                         work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None)
 
 
 def zero_padded_nhwc(X, x_shape, padded_hw, top: int, left: int):
