@@ -187,3 +187,35 @@ def test_wide_3x3_convs_read_channels_last_only_on_large_images(hw, kept):
     inits = [W("w0", 256, 8, 3, 3), W("b0", 256), W("w1", 8, 256, 3, 3), W("b1", 8)]
     cm = build(nodes, inits, (1, 8, hw, hw), {"y": (1, 8, hw, hw)}, 8)
     assert nhwc_buffers(cm) == ({"r::nhwc"} if kept else set())
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_downsampling_conv_emitted_after_its_block_is_promised_nhwc(kept):
+    """ResNet's downsampling conv comes after the block's last conv in the walk: that conv's
+    kernel (writing NHWC) reads the residual NHWC and the downsampling conv keeps the promise;
+    one that runs on the host (weights made at run time) breaks it and one transpose kernel
+    makes the NHWC copy the reader expects. Results match either way."""
+    nodes = [conv_node("x", "w0", "a0"), helper.make_node("Relu", ["a0"], ["r0"]),
+             conv_node("r0", "w1", "m1"), helper.make_node("Relu", ["m1"], ["r1"]), conv_node("r1", "w2", "m2")]
+    if kept:
+        nodes.append(conv_node("r0", "w3", "d"))
+    else:
+        nodes += [helper.make_node("Relu", ["w4"], ["wd"]),
+                  helper.make_node("Conv", ["r0", "wd"], ["d"], kernel_shape=[1, 1])]
+    nodes += [helper.make_node("Sum", ["m2", "d"], ["s"]), helper.make_node("Relu", ["s"], ["y0"]),
+              conv_node("y0", "w5", "y")]
+    inits = [W("w0", 16, 8, 1, 1), W("b0", 16), W("w1", 8, 16, 1, 1), W("b1", 8), W("w2", 24, 8, 1, 1),
+             W("b2", 24), W("w3", 24, 16, 1, 1), W("b3", 24), W("w5", 8, 24, 1, 1), W("b5", 8)]
+    ins = [tensor("x", (1, 8, 6, 6))] + ([] if kept else [tensor("w4", (24, 16, 1, 1))])
+    m = make_model(nodes, ins, [tensor("y", (1, 8, 6, 6))], inits)
+    feeds = {"x": RNG.standard_normal((1, 8, 6, 6)).astype(np.float32)}
+    if not kept:
+        feeds["w4"] = RNG.standard_normal((24, 16, 1, 1)).astype(np.float32)
+    ref = ort_run(m, feeds)[0]
+    cm = compile_model(load(m), {k: v.shape for k, v in feeds.items()}, cache=False, lanes=8)
+    got = cm.run(feeds)
+    got = got["y"] if isinstance(got, dict) else got[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    assert {"d::nhwc", "y0::nhwc"} <= nhwc_buffers(cm)
+    copies = [c["func"] for c in cm.plan["calls"] if "_nhwc_" in c.get("func", "")]
+    assert len(copies) == (0 if kept else 1) and not transposes(cm)

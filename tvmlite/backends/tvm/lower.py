@@ -101,6 +101,7 @@ class Lowering:
         self.graph_inputs = set(graph_inputs(self.g))
         self.nhwc: dict[str, str] = {}  # float value -> its channels-last buffer (emitters/nhwc.py)
         self.nhwc_keys: dict[str, int] = {}  # such a value -> its producer's run position
+        self.promised: set = set()  # values a later conv is to write NHWC (nhwc.promise_residuals)
 
     # --------------------------------------------------------------------------------- helpers
     def const(self, name: str):

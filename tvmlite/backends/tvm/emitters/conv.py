@@ -48,7 +48,9 @@ def emit_conv(low, node) -> None:
     b32 = None if bias is None else bias.astype(np.float32)
     if nsp == 2 and group == 1:  # channels-last buffers between convs (emitters/nhwc.py)
         x_nhwc = x in low.nhwc and nhwc.reads_nhwc(low, node)
-        y_nhwc = nhwc.writes_nhwc(low, node, final)
+        y_nhwc = final in low.promised or nhwc.writes_nhwc(low, node, final)
+        if y_nhwc:
+            nhwc.promise_residuals(low, node, epi)
         if x_nhwc or y_nhwc:
             src = low.nhwc[x] if x_nhwc else x
             out = nhwc.buffer_of(final) if y_nhwc else final

@@ -113,6 +113,28 @@ def buffer_of(value: str) -> str:
     return value + SUFFIX
 
 
+def promise_residuals(low, node, epilogue) -> None:
+    """Residual operands of ``epilogue`` (of conv ``node``, whose kernel writes NHWC) that a
+    group-1 Conv makes later in the walk and nothing else reads (ResNet's downsampling conv
+    comes after the block's last conv in topological order): that conv is promised to write
+    them NHWC (``low.promised``) and this kernel reads them so. A promise the conv does not keep
+    (it ran on the host, say) gets an NHWC copy from `materialize`."""
+    g = low.g
+    for op in epilogue.ops:
+        for o in op.operands:
+            v = o[1] if o[0] == "value" else None
+            p = g.producer(v) if v and v not in low.nhwc else None
+            if p is None or p.domain not in ONNX or p.op_type != "Conv" or low.pos.get(p, -1) <= low.pos[node] \
+                    or p.outputs[0] != v or v in g.outputs or g.num_uses(v) != 1 \
+                    or int(p.attrs.get("group", 1)) != 1 or len(low.shapes.get(v, ())) != 4:
+                continue
+            n, c, h, w = low.shapes[v]
+            low.shapes[buffer_of(v)] = (n, h, w, c)
+            low.nhwc[v] = epilogue.layouts[v] = buffer_of(v)
+            low.nhwc_keys[v] = low.pos[p]
+            low.promised.add(v)
+
+
 def store_nhwc(low, value: str) -> str:
     """Record that ``value``'s kernel (just added) writes it NHWC, to `buffer_of` (its logical
     NCHW shape stays in ``low.shapes[value]``), and the run position of its producer for
@@ -122,6 +144,7 @@ def store_nhwc(low, value: str) -> str:
     low.shapes[buf] = (n, h, w, c)
     low.nhwc[value] = buf
     low.nhwc_keys[value] = low.pos[low.g.producer(value)]
+    low.promised.discard(value)
     return buf
 
 
@@ -136,21 +159,30 @@ def materialize(low) -> None:
     something still reads by its own name: a kernel input, a host node, a view, a graph output."""
     if not low.nhwc:
         return
+    for value in sorted(low.promised):  # written NCHW after all: the NHWC copy the reader expects
+        _transpose(low, value, "nhwc", low.nhwc[value], to_nhwc=True)
     wanted = {p.name for kd in low.kernels if not _is_host(kd) for p in kd.params if p.kind == "input"}
     for e in low.kernels:
         if _is_host(e):
             wanted.update(n for n in list(e.node.inputs) + list(e.node.implicit_inputs) if n)
     wanted.update(low.views.values())
     wanted.update(low.g.outputs)
-    for value in sorted(v for v in low.nhwc if v in wanted):
-        name = f"k{len(low.kernels):03d}_nchw_" + re.sub(r"[^0-9A-Za-z_]", "_", value)[:40]
-        src, shape, lanes = low.nhwc[value], low.shapes[value], low.lanes
+    for value in sorted(v for v in low.nhwc if v in wanted and v not in low.promised):
+        _transpose(low, value, "nchw", value, to_nhwc=False)
 
-        def make(name=name, src=src, shape=shape, value=value):
-            from tvmlite.backends.tvm.kernels.conv_nhwc import nhwc_to_nchw
 
-            return nhwc_to_nchw(name, src, shape, out_value=value, lanes=lanes)
-        low.add(make, low.g.producer(value), value, key=low.nhwc_keys[value])
+def _transpose(low, value: str, kind: str, out: str, to_nhwc: bool) -> None:
+    """A kernel making ``out`` (``value``'s buffer in the other layout), run right after the
+    producer of ``value``."""
+    name = f"k{len(low.kernels):03d}_{kind}_" + re.sub(r"[^0-9A-Za-z_]", "_", value)[:40]
+    src = value if to_nhwc else low.nhwc[value]
+    shape, lanes = low.shapes[value], low.lanes
+
+    def make():
+        from tvmlite.backends.tvm.kernels.conv_nhwc import nhwc_to_nchw
+
+        return nhwc_to_nchw(name, src, shape, out_value=out, lanes=lanes, to_nhwc=to_nhwc)
+    low.add(make, low.g.producer(value), value, key=low.nhwc_keys[value])
 
 
 def _is_host(entry) -> bool:

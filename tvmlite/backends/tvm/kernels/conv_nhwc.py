@@ -114,13 +114,18 @@ def zero_padded_nhwc(X, x_shape, padded_hw, top: int, left: int):
         tirx.const(0.0, F32)), name="pad")
 
 
-def nhwc_to_nchw(name: str, src: str, shape, *, out_value: str, lanes: int) -> KernelDef:
+def nhwc_to_nchw(name: str, src: str, shape, *, out_value: str, lanes: int, to_nhwc: bool = False) -> KernelDef:
     """The NCHW copy of a value stored NHWC (logical ``shape`` [N, C, H, W]), for a reader that
-    takes NCHW only: a pixel-run of each channel per vector, read with a stride of C."""
+    takes NCHW only: a pixel-run of each channel per vector, read with a stride of C. With
+    ``to_nhwc`` the other way: the NHWC copy of an NCHW value."""
     n, c, h, wd = (int(d) for d in shape)
     b = Builder(name)
-    X = b.input(src, (n, h, wd, c))
-    Y = te.compute((n, c, h, wd), lambda nn, cc, y, xx: X[nn, y, xx, cc], name="ew")
+    if to_nhwc:
+        X = b.input(src, (n, c, h, wd))
+        Y = te.compute((n, h, wd, c), lambda nn, y, xx, cc: X[nn, cc, y, xx], name="ew")
+    else:
+        X = b.input(src, (n, h, wd, c))
+        Y = te.compute((n, c, h, wd), lambda nn, cc, y, xx: X[nn, y, xx, cc], name="ew")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(n * c * h * wd))
