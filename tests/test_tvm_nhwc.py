@@ -90,7 +90,7 @@ def transposes(cm) -> list:
     return [c["func"] for c in cm.plan["calls"] if "_nchw_" in c.get("func", "")]
 
 
-def bottleneck(c=16, mid=8):
+def bottleneck(c=128, mid=128):
     """1x1 reduce -> 3x3 -> 1x1 expand + residual (ResNet's block) after a 1x1 stem."""
     nodes = [conv_node("x", "w0", "a0"), helper.make_node("Relu", ["a0"], ["r0"]),
              conv_node("r0", "w1", "a1"), helper.make_node("Relu", ["a1"], ["r1"]),
@@ -108,7 +108,7 @@ def test_bottleneck_keeps_the_values_1x1_convs_and_residuals_read_channels_last(
     expand conv) travel NHWC; the reduce conv's (read by the 3x3 conv) and the graph output
     stay NCHW; nothing needs a copy."""
     nodes, inits = bottleneck()
-    cm = build(nodes, inits, (1, 8, 9, 11), {"y": (1, 16, 9, 11)}, lanes)
+    cm = build(nodes, inits, (1, 8, 9, 11), {"y": (1, 128, 9, 11)}, lanes)
     assert nhwc_buffers(cm) == {"r0::nhwc", "r2::nhwc"} and not transposes(cm)
 
 
@@ -116,8 +116,8 @@ def test_chain_and_branches_of_1x1_convs():
     """A value two 1x1 convs read (a branch) and a chain of 1x1 convs: all NHWC but the output."""
     nodes = [conv_node("x", "w0", "a"), conv_node("a", "w1", "v1"), conv_node("a", "w2", "v2"),
              helper.make_node("Add", ["v1", "v2"], ["c"]), conv_node("c", "w3", "y")]
-    inits = [W("w0", 16, 8, 1, 1), W("b0", 16), W("w1", 16, 16, 1, 1), W("b1", 16), W("w2", 16, 16, 1, 1),
-             W("b2", 16), W("w3", 8, 16, 1, 1), W("b3", 8)]
+    inits = [W("w0", 64, 8, 1, 1), W("b0", 64), W("w1", 64, 64, 1, 1), W("b1", 64), W("w2", 64, 64, 1, 1),
+             W("b2", 64), W("w3", 8, 64, 1, 1), W("b3", 8)]
     cm = build(nodes, inits, (1, 8, 7, 7), {"y": (1, 8, 7, 7)}, 8)
     # v1 and v2 are each other's residual, read by a kernel writing c, which a 1x1 conv reads
     assert {"a::nhwc", "c::nhwc"} <= nhwc_buffers(cm) and not transposes(cm)
@@ -128,24 +128,24 @@ def test_values_read_otherwise_stay_nchw(reader):
     """Must not apply: a value a 3x3 conv, a depthwise conv, MaxPool or a view reads, or a graph
     output, is written NCHW even when a 1x1 conv reads it too."""
     nodes = [conv_node("x", "w0", "a"), conv_node("a", "w1", "y")]
-    inits = [W("w0", 16, 8, 1, 1), W("b0", 16), W("w1", 8, 16, 1, 1), W("b1", 8)]
+    inits = [W("w0", 64, 8, 1, 1), W("b0", 64), W("w1", 8, 64, 1, 1), W("b1", 8)]
     outs = {"y": (1, 8, 8, 8)}
     if reader == "conv3x3":
         nodes.append(conv_node("a", "w2", "z", k=3))
-        inits += [W("w2", 8, 16, 3, 3), W("b2", 8)]
+        inits += [W("w2", 8, 64, 3, 3), W("b2", 8)]
         outs["z"] = (1, 8, 8, 8)
     elif reader == "depthwise":
-        nodes.append(conv_node("a", "w2", "z", k=3, group=16))
-        inits += [W("w2", 16, 1, 3, 3), W("b2", 16)]
-        outs["z"] = (1, 16, 8, 8)
+        nodes.append(conv_node("a", "w2", "z", k=3, group=64))
+        inits += [W("w2", 64, 1, 3, 3), W("b2", 64)]
+        outs["z"] = (1, 64, 8, 8)
     elif reader == "maxpool":
         nodes.append(helper.make_node("MaxPool", ["a"], ["z"], kernel_shape=[2, 2], strides=[2, 2]))
-        outs["z"] = (1, 16, 4, 4)
+        outs["z"] = (1, 64, 4, 4)
     elif reader == "flatten":
         nodes.append(helper.make_node("Flatten", ["a"], ["z"]))
-        outs["z"] = (1, 1024)
+        outs["z"] = (1, 4096)
     else:
-        outs["a"] = (1, 16, 8, 8)
+        outs["a"] = (1, 64, 8, 8)
     cm = build(nodes, inits, (1, 8, 8, 8), outs, 8)
     assert not nhwc_buffers(cm) and not transposes(cm)
 
@@ -158,11 +158,11 @@ def test_a_reader_nobody_foresaw_gets_an_nchw_copy():
              helper.make_node("Relu", ["w4"], ["wd"]),  # weights computed at run time
              helper.make_node("Conv", ["x", "wd"], ["d"], kernel_shape=[1, 1]),
              helper.make_node("Add", ["d", "a"], ["z"])]
-    inits = [W("w0", 16, 8, 1, 1), W("b0", 16), W("w1", 8, 16, 1, 1), W("b1", 8)]
-    outs = [tensor("y", (1, 8, 6, 6)), tensor("z", (1, 16, 6, 6))]
-    m = make_model(nodes, [tensor("x", (1, 8, 6, 6)), tensor("w4", (16, 8, 1, 1))], outs, inits)
+    inits = [W("w0", 64, 8, 1, 1), W("b0", 64), W("w1", 8, 64, 1, 1), W("b1", 8)]
+    outs = [tensor("y", (1, 8, 6, 6)), tensor("z", (1, 64, 6, 6))]
+    m = make_model(nodes, [tensor("x", (1, 8, 6, 6)), tensor("w4", (64, 8, 1, 1))], outs, inits)
     x = RNG.standard_normal((1, 8, 6, 6)).astype(np.float32)
-    w4 = RNG.standard_normal((16, 8, 1, 1)).astype(np.float32)
+    w4 = RNG.standard_normal((64, 8, 1, 1)).astype(np.float32)
     ref = ort_run(m, {"x": x, "w4": w4})
     cm = compile_model(load(m), {"x": x.shape, "w4": w4.shape}, cache=False, lanes=8)
     got = cm.run({"x": x, "w4": w4})
@@ -175,7 +175,7 @@ def test_a_reader_nobody_foresaw_gets_an_nchw_copy():
 def test_switched_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("TVMLITE_FLOAT_NHWC", "0")
     nodes, inits = bottleneck()
-    cm = build(nodes, inits, (1, 8, 9, 11), {"y": (1, 16, 9, 11)}, 8)
+    cm = build(nodes, inits, (1, 8, 9, 11), {"y": (1, 128, 9, 11)}, 8)
     assert not nhwc_buffers(cm)
 
 
@@ -204,13 +204,13 @@ def test_a_downsampling_conv_emitted_after_its_block_is_promised_nhwc(kept):
                   helper.make_node("Conv", ["r0", "wd"], ["d"], kernel_shape=[1, 1])]
     nodes += [helper.make_node("Sum", ["m2", "d"], ["s"]), helper.make_node("Relu", ["s"], ["y0"]),
               conv_node("y0", "w5", "y")]
-    inits = [W("w0", 16, 8, 1, 1), W("b0", 16), W("w1", 8, 16, 1, 1), W("b1", 8), W("w2", 24, 8, 1, 1),
-             W("b2", 24), W("w3", 24, 16, 1, 1), W("b3", 24), W("w5", 8, 24, 1, 1), W("b5", 8)]
-    ins = [tensor("x", (1, 8, 6, 6))] + ([] if kept else [tensor("w4", (24, 16, 1, 1))])
+    inits = [W("w0", 16, 8, 1, 1), W("b0", 16), W("w1", 8, 16, 1, 1), W("b1", 8), W("w2", 64, 8, 1, 1),
+             W("b2", 64), W("w3", 64, 16, 1, 1), W("b3", 64), W("w5", 8, 64, 1, 1), W("b5", 8)]
+    ins = [tensor("x", (1, 8, 6, 6))] + ([] if kept else [tensor("w4", (64, 16, 1, 1))])
     m = make_model(nodes, ins, [tensor("y", (1, 8, 6, 6))], inits)
     feeds = {"x": RNG.standard_normal((1, 8, 6, 6)).astype(np.float32)}
     if not kept:
-        feeds["w4"] = RNG.standard_normal((24, 16, 1, 1)).astype(np.float32)
+        feeds["w4"] = RNG.standard_normal((64, 16, 1, 1)).astype(np.float32)
     ref = ort_run(m, feeds)[0]
     cm = compile_model(load(m), {k: v.shape for k, v in feeds.items()}, cache=False, lanes=8)
     got = cm.run(feeds)
@@ -219,3 +219,13 @@ def test_a_downsampling_conv_emitted_after_its_block_is_promised_nhwc(kept):
     assert {"d::nhwc", "y0::nhwc"} <= nhwc_buffers(cm)
     copies = [c["func"] for c in cm.plan["calls"] if "_nhwc_" in c.get("func", "")]
     assert len(copies) == (0 if kept else 1) and not transposes(cm)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_1x1_convs_of_a_short_reduction_read_nchw(lanes):
+    """Must not apply: a 1x1 conv over 64 channels reads NHWC at 8 lanes (8 vectors of K), not
+    at 16 (4 vectors: kernels/conv.short_reduction), so the value it reads stays NCHW there."""
+    nodes = [conv_node("x", "w0", "a"), conv_node("a", "w1", "y")]
+    inits = [W("w0", 64, 8, 1, 1), W("b0", 64), W("w1", 16, 64, 1, 1), W("b1", 16)]
+    cm = build(nodes, inits, (1, 8, 6, 6), {"y": (1, 16, 6, 6)}, lanes)
+    assert nhwc_buffers(cm) == ({"a::nhwc"} if lanes == 8 else set())
