@@ -10,7 +10,11 @@ call of each per round) in one process; medians and best runs, as ratios to onnx
 
 A shape is CI-CO-KxK-sS-HxW (e.g. 48-48-3x3-s1-40x40); ``--shapes det|resnet|all`` names a set.
 A tile is MRxNR: for the direct kernel MR output pixels x NR output channels, for the GEMM MR
-output channels x NR pixels.
+output channels x NR pixels. ``--layouts NHWC-NHWC,NCHW-NHWC`` adds `conv_nhwc.conv2d_nhwc` with its
+input stored and its output written in those layouts (input-output; the input is transposed
+before timing, the output back for the error check):
+
+    TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --shapes resnet --layouts NHWC-NHWC,NHWC-NCHW
 """
 from __future__ import annotations
 
@@ -48,11 +52,19 @@ def parse_tiles(s: str):
     return tiles
 
 
+def parse_layouts(s: str):
+    pairs = [tuple(p.split("-")) for p in s.split(",") if p]
+    if any(len(p) != 2 or not set(p) <= {"NCHW", "NHWC"} for p in pairs):
+        raise ValueError(f"{s}: a layout pair is X-Y, each NCHW or NHWC")
+    return pairs
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="all")
     p.add_argument("--direct", default="", help="direct-kernel tiles MRxNR, comma separated")
     p.add_argument("--gemm", default="", help="im2col GEMM tiles MRxNR, comma separated")
+    p.add_argument("--layouts", default="", help="conv2d_nhwc input-output layout pairs (NHWC-NCHW,...)")
     p.add_argument("--rounds", type=int, default=25)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
@@ -70,9 +82,9 @@ def main(argv=None) -> int:
         names += SETS["det"] + SETS["resnet"] if s == "all" else SETS.get(s, [s])
     try:
         shapes = [(s, parse_shape(s)) for s in names]
-        direct, gemm = parse_tiles(a.direct), parse_tiles(a.gemm)
+        direct, gemm, layouts = parse_tiles(a.direct), parse_tiles(a.gemm), parse_layouts(a.layouts)
     except ValueError as e:
-        print(f"conv_tiles: bad shape or tile ({e})", file=sys.stderr)
+        print(f"conv_tiles: bad shape, tile or layout ({e})", file=sys.stderr)
         return 2
 
     import numpy as np
@@ -82,6 +94,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from tvmlite.backends.tvm.kernels import conv as KC
     from tvmlite.backends.tvm.kernels import schedules as S
+    from tvmlite.backends.tvm.kernels.conv_nhwc import conv2d_nhwc
     from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
     from tvmlite.backends.tvm.kernels.target import vector_lanes
     from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
@@ -122,14 +135,21 @@ def main(argv=None) -> int:
         for mr, nr in gemm:
             variants[f"gemm {mr}x{nr}"] = (lambda mr=mr, nr=nr: KC.conv2d_gemm(
                 "k", "x", x.shape, wt, bias, geom, tile=S.GemmTile(mr=mr, nr=nr), **kw_))
+        xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        for xl, yl in layouts:
+            variants[f"{xl}->{yl}"] = (lambda xl=xl, yl=yl: conv2d_nhwc(
+                "k", "x", x.shape, wt, bias, geom, x_layout=xl, y_layout=yl, **kw_))
         runs = {}
         for vname, make in variants.items():
             t0 = time.perf_counter()
             kd = make()
             fn = build_kernel(kd)["main"]
-            args, outs = kernel_args(kd, {"x": x})
+            args, outs = kernel_args(kd, {"x": xt if vname.startswith("NHWC->") else x})
             fn(*args)
-            err = float(np.max(np.abs(outs[0].numpy().reshape(ref.shape) - ref)) / (np.max(np.abs(ref)) + 1e-30))
+            y = outs[0].numpy()
+            n_, c_, oh_, ow_ = ref.shape
+            y = y.reshape(n_, oh_, ow_, c_).transpose(0, 3, 1, 2) if vname.endswith("->NHWC") else y.reshape(ref.shape)
+            err = float(np.max(np.abs(y - ref)) / (np.max(np.abs(ref)) + 1e-30))
             if err > 1e-4:
                 print(f"  {label} {vname}: max rel err {err:.2e}")
             runs[vname] = (fn, args, time.perf_counter() - t0)

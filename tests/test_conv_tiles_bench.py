@@ -28,7 +28,8 @@ def _bench(name: str = "conv_tiles"):
 
 
 @pytest.mark.parametrize("argv", [["--shapes", "bad"], ["--shapes", "8-8-3x3-s0-9x9"], ["--direct", "4y16"],
-                                  ["--gemm", "4x0"], ["--rounds", "0"], ["--threads", "2"]])
+                                  ["--gemm", "4x0"], ["--rounds", "0"], ["--threads", "2"], ["--layouts", "NHWC"],
+                                  ["--layouts", "NHWC-NCWH"]])
 def test_bad_options_are_one_line_on_stderr(argv, capsys):
     assert _bench().main(argv) == 2
     cap = capsys.readouterr()
@@ -38,10 +39,10 @@ def test_bad_options_are_one_line_on_stderr(argv, capsys):
 def test_one_shape_runs_every_variant(capsys):
     require_tvm()
     rc = _bench().main(["--shapes", "8-16-3x3-s1-9x9", "--direct", "3x8", "--gemm", "4x16", "--rounds", "2",
-                        "--silu"])
+                        "--silu", "--layouts", "NHWC-NHWC,NCHW-NHWC,NHWC-NCHW"])
     out = capsys.readouterr().out
     assert rc == 0 and "max rel err" not in out  # no variant disagreed with onnxruntime
-    assert all(v in out for v in ("picked(", "direct 3x8", "gemm 4x16", "ort median"))
+    assert all(v in out for v in ("picked(", "direct 3x8", "gemm 4x16", "ort median", "NHWC->NHWC", "NHWC->NCHW"))
 
 
 @pytest.mark.parametrize("argv", [["light_nope"], ["detector", "--rounds", "0"],

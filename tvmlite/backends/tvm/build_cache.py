@@ -57,6 +57,7 @@ def key_parts(model, input_shapes: dict, target: str) -> dict:
     """What decides a build, each part hashed or named: ``graph`` (the IR, its opsets and functions,
     the input shapes), ``target``, ``sources`` (tvmlite's TVM backend) and ``knobs``."""
     from tvmlite.backends.tvm.concat_views import enabled as concat_views_enabled
+    from tvmlite.backends.tvm.emitters.nhwc import enabled as float_nhwc_enabled
     from tvmlite.backends.tvm.kernels.schedules import min_parallel_work
     from tvmlite.backends.tvm.kernels.target import host_threads
 
@@ -66,8 +67,11 @@ def key_parts(model, input_shapes: dict, target: str) -> dict:
     for f in model.functions:  # model-local functions a node may call
         h.update(f.SerializeToString(deterministic=True))
     h.update(json.dumps(sorted((k, list(v)) for k, v in input_shapes.items())).encode())
-    # both thresholds change the schedules; concat views give another plan ($TVMLITE_CONCAT_VIEWS)
+    # both thresholds change the schedules; concat views give another plan ($TVMLITE_CONCAT_VIEWS),
+    # channels-last float buffers other kernels ($TVMLITE_FLOAT_NHWC)
     knobs = f"min parallel work {min_parallel_work()}, threads {host_threads()}, concat views {concat_views_enabled()}"
+    if not float_nhwc_enabled():
+        knobs += ", float nhwc off"
     return {"graph": h.hexdigest()[:24], "target": target, "sources": _source_digest(), "knobs": knobs}
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from tvmlite.backends.tvm import control, fusion
 from tvmlite.backends.tvm.concat_views import enabled as concat_views_enabled, place as place_concats
-from tvmlite.backends.tvm.emitters import lookup
+from tvmlite.backends.tvm.emitters import lookup, nhwc
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: F401 - the lowering's vocabulary
 from tvmlite.backends.tvm.loop_shapes import add_loop_shapes, propagate_shapes
 from tvmlite.backends.tvm.prepare import ONNX, prepare
@@ -100,6 +100,9 @@ class Lowering:
         self.concats: dict = {}
         self.host_made: set = set()
         self.graph_inputs = set(graph_inputs(self.g))
+        self.nhwc: dict[str, str] = {}  # float value -> its channels-last buffer (emitters/nhwc.py)
+        self.nhwc_keys: dict[str, int] = {}  # such a value -> its producer's run position
+        self.promised: set = set()  # values a later conv is to write NHWC (nhwc.promise_residuals)
 
     # --------------------------------------------------------------------------------- helpers
     def grid(self, name: str):
@@ -162,6 +165,7 @@ class Lowering:
         """(Epilogue, value the kernel writes, labels of the nodes fused) for ``node``'s output."""
         out = node.outputs[0]
         epi, final, taken = fusion.absorb(self, out, self.shape(out))
+        epi.layouts = nhwc.layouts_of(self, epi)
         self.taken.extend(taken)
         return epi, final, [n.label for n in taken]
 
@@ -194,6 +198,8 @@ class Lowering:
                     self.host(node, *self.control(node))
                 else:
                     self.host(node, str(e))
+        if self.emit:
+            nhwc.materialize(self)
         low = Lowered(views=self.views, shapes=self.shapes, model=self.m, body_kernels=self.body_kernels)
         low.host_problems = [[op, why, n] for (op, why), n in self.problems.items()]
         # a fused kernel runs where its last node was: the operands of its epilogue (a residual

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tvmlite.backends.tvm.emitters import nhwc
 from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.emitters.tensor import channel_shuffle, reads_shuffle
 from tvmlite.backends.tvm.kernels.defs import Epilogue, window_2d
@@ -45,6 +46,25 @@ def emit_conv(low, node) -> None:
     name = low.kernel_name(node)
     w32 = w.astype(np.float32)
     b32 = None if bias is None else bias.astype(np.float32)
+    if nsp == 2 and group == 1:  # channels-last buffers between convs (emitters/nhwc.py)
+        x_nhwc = x in low.nhwc and nhwc.reads_nhwc(low, node)
+        y_nhwc = final in low.promised or nhwc.writes_nhwc(low, node, final)
+        if y_nhwc:
+            nhwc.promise_residuals(low, node, epi)
+        if x_nhwc or y_nhwc:
+            src = low.nhwc[x] if x_nhwc else x
+            out = nhwc.buffer_of(final) if y_nhwc else final
+            lanes = low.lanes
+
+            def make_nhwc():
+                from tvmlite.backends.tvm.kernels.conv_nhwc import NHWC, conv2d_nhwc
+
+                return conv2d_nhwc(name, src, xs, w32, b32, geom, out_value=out, epilogue=epi, lanes=lanes,
+                                   x_layout=NHWC if x_nhwc else "NCHW", y_layout=NHWC if y_nhwc else "NCHW")
+            low.add(make_nhwc, node, final, labels)
+            if y_nhwc:
+                nhwc.store_nhwc(low, final)
+            return
 
     def make():
         from tvmlite.backends.tvm.kernels import conv as K

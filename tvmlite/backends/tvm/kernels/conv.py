@@ -280,18 +280,8 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     acc = te.compute((n, g, oh, owp, cop), lambda nn, gg, y, xx, i: te.sum(
         pad[nn, gg * ci + rc, y * sh + ry * dh, xx * sw + rx * dw] * W[gg, i, rc, ry, rx], axis=[rc, ry, rx]),
         name="acc")
-    tile_out = acc
-    if pre.ops:
-        # bias and the leading unary ops (SiLU, sigmoid...) on the tile in its own layout, a
-        # vector of channels at a time; the NCHW write below only transposes (and runs the rest)
-        apply_pre = bind_epilogue(pre, b, (n, co, oh, ow))
-
-        def act(nn, gg, y, xx, i):
-            v = acc[nn, gg, y, xx, i]
-            if B is not None:
-                v = v + B[gg, tirx.min(i, cog - 1)]  # padded channels: computed, never stored
-            return apply_pre(v, ())
-        tile_out = te.compute((n, g, oh, owp, cop), act, name="act")
+    # the NCHW write below only transposes (and runs the rest of the epilogue)
+    tile_out = tile_activation(acc, pre, b, B, (n, co, oh, ow), cog)
 
     def out(nn, gg, cc, y, xx):
         v = tile_out[nn, gg, y, xx, cc]
@@ -300,16 +290,41 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
         return apply(v, (nn, gg * cog + cc, y, xx))
 
     Y = te.compute((n, g, cog, oh, ow), out, name="epilogue")
+    return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
+                         work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None)
+
+
+def finish_direct(b: Builder, out_value: str, Y, tile: S.GemmTile, *, lanes: int, steps, unpadded: bool, act: bool,
+                  work: int, w_index: int | None) -> KernelDef:
+    """A direct conv's kernel from its epilogue tensor ``Y`` (blocks "pad" unless ``unpadded``,
+    "acc", "act" with ``act``, "epilogue"): scheduled by `S.schedule_direct_conv`; ``w_index``:
+    the parameter of the packed weights (their shape becomes the packed array's)."""
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     S.schedule_direct_conv(sch, None if unpadded else "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
-                           parallel=S.worth_parallel(n * co * oh * ow * ci * kh * kw),
-                           act="act" if pre.ops else None)
+                           parallel=S.worth_parallel(work), act="act" if act else None)
     params = b.params
-    if packing:
+    if w_index is not None:
         params[w_index].shape = params[w_index].array.shape
     names = direct_step_names(steps)
-    return KernelDef(name, params, sch.mod["main"], steps=[n for n in names if n != "pad_input"] if unpadded else names)
+    return KernelDef(b.name, params, sch.mod["main"],
+                     steps=[n for n in names if n != "pad_input"] if unpadded else names)
+
+
+def tile_activation(acc, pre: Epilogue, b: Builder, B, out_shape, cog: int):
+    """The direct conv's register tile ``acc`` [n, g, rows, pixels, channels] with the bias ``B``
+    and ``pre`` (the leading unary ops: SiLU, sigmoid...) applied in its own layout, a vector of
+    channels at a time (the "act" block); ``acc`` itself when ``pre`` is empty."""
+    if not pre.ops:
+        return acc
+    apply_pre = bind_epilogue(pre, b, out_shape)
+
+    def act(nn, gg, y, xx, i):
+        v = acc[nn, gg, y, xx, i]
+        if B is not None:
+            v = v + B[gg, tirx.min(i, cog - 1)]  # padded channels: computed, never stored
+        return apply_pre(v, ())
+    return te.compute(tuple(acc.shape), act, name="act")
 
 
 def unary_prefix(epilogue: Epilogue) -> tuple[Epilogue, Epilogue]:
@@ -318,7 +333,7 @@ def unary_prefix(epilogue: Epilogue) -> tuple[Epilogue, Epilogue]:
     k = 0
     while k < len(epilogue.ops) and epilogue.ops[k].op in UNARY:
         k += 1
-    return Epilogue(epilogue.ops[:k]), Epilogue(epilogue.ops[k:])
+    return Epilogue(epilogue.ops[:k], epilogue.layouts), Epilogue(epilogue.ops[k:], epilogue.layouts)
 
 
 def pack_direct_weights(wmat: np.ndarray, nr: int) -> np.ndarray:

@@ -54,6 +54,9 @@ class EwOp:
 class Epilogue:
     """Elementwise ops applied, in order, to a kernel's value before it is stored."""
     ops: list = field(default_factory=list)
+    #: operand value -> the name of its channels-last buffer, for operands stored NHWC
+    #: (float_layout.py); the ops still index them at their logical NCHW index
+    layouts: dict = field(default_factory=dict)
 
 
 def window_2d(geom: WindowGeometry) -> WindowGeometry:

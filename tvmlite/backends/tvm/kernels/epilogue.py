@@ -83,7 +83,11 @@ def bind_epilogue(epilogue: Epilogue, b: Builder, out_shape: tuple):
         for kind, *rest in op.operands:
             if kind == "value":
                 name, shape = rest
-                args.append(("t", b.input(name, shape), tuple(shape)))
+                if name in epilogue.layouts and len(shape) == 4:  # stored NHWC: read through a permutation
+                    n, c, h, w = shape
+                    args.append(("nhwc", b.input(epilogue.layouts[name], (n, h, w, c)), tuple(shape)))
+                else:
+                    args.append(("t", b.input(name, shape), tuple(shape)))
             else:
                 arr = np.asarray(rest[0], dtype=np.float32)
                 if arr.size == 1:
@@ -161,4 +165,6 @@ def broadcast_read(arg, idx, rank):
         return tirx.const(t, F32)
     off = rank - len(shape)
     ix = [0 if d == 1 else idx[off + i] for i, d in enumerate(shape)]
+    if kind == "nhwc":
+        ix = [ix[0], ix[2], ix[3], ix[1]]
     return t[tuple(ix)]

@@ -1,0 +1,197 @@
+"""Float values kept channels-last (NHWC) between convs, decided while lowering.
+
+A float conv kernel writes its value (after its fused epilogue) into an NHWC buffer when every
+reader takes it that way: a group-1 conv as its input (`conv_nhwc.conv2d_nhwc` reads NHWC, its
+k-panel contiguous: every 1x1 conv, larger ones where that measured faster, `reads_nhwc`), at
+least one such conv, or an Add that joins another conv's epilogue (a residual: the epilogue
+reads the operand through `Epilogue.layouts`). The value's NCHW buffer is then not made at all,
+unless a reader the decision did not foresee needs it (an Add that ran as its own kernel, a host
+call, a view, a graph output): `materialize` then adds one transpose kernel per such value, run
+right after its producer, so a wrong guess costs a copy, never a wrong result. The same design
+as the int8 path's channels-last buffers (qdq_buffers.py), there decided before lowering because
+those nodes' fusion is already done; here the float epilogue fusion (fusion.py) decides which
+value a kernel writes, so the decision is taken per kernel as it is emitted.
+
+Set TVMLITE_FLOAT_NHWC=0 to keep every float value NCHW.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from tvmlite.backends.tvm.kernels.schedules import accumulator_vectors
+
+ONNX = ("", "ai.onnx")
+SUFFIX = "::nhwc"
+
+
+def enabled() -> bool:
+    return os.environ.get("TVMLITE_FLOAT_NHWC", "1") != "0"
+
+
+def reads_nhwc(low, node) -> bool:
+    """Whether float Conv ``node`` reads its input from an NHWC buffer where it has one: a 2-D
+    group-1 conv with constant weights, 1x1 with a reduction of 8 vectors or more, or larger with
+    stride 1 and at least 256 input channels of at least 28x28 pixels. A larger kernel's tile reads its mr pixels' channels as
+    mr streams: AVX2, one thread, CPU time, NHWC against NCHW input, 3x3 convs 256->256 at
+    56x56 0.97x, 512->512 at 28x28 0.92-0.94x (VGG's), 128->128 at 28x28 0.97-1.02x, 64->192 at
+    56x56 1.02x, and 1.2-1.35x at 7x7 and 14x14 (ResNet's 512 and 256 channels)."""
+    if node.domain not in ONNX or node.op_type != "Conv" or int(node.attrs.get("group", 1)) != 1:
+        return False
+    x = node.inputs[0]
+    w = low.const(node.inputs[1]) if len(node.inputs) > 1 else None
+    xs = low.shapes.get(x, ())
+    if w is None or w.ndim != 4 or x in node.inputs[1:] or len(xs) != 4:
+        return False
+    b = node.inputs[2] if len(node.inputs) > 2 else ""
+    if b and low.const(b) is None:
+        return False
+    if tuple(w.shape[2:]) == (1, 1):
+        # a short reduction does not hide the transposing store of a kernel writing NCHW (the
+        # direct conv's rule, kernels/conv.short_reduction): PP-OCR cls' 16->88 and 32->200 at
+        # 3x96 ran 1.10x and 1.19x of the NCHW kernel reading NHWC (AVX2, one thread, CPU time)
+        from tvmlite.backends.tvm.kernels.conv import short_reduction
+
+        return not short_reduction(xs[1], 1, low.lanes)
+    strides = tuple(node.attrs.get("strides") or (1, 1))
+    # measured with AVX2's tiles only (AVX-512's 12-pixel tile would read 12 streams)
+    return strides == (1, 1) and xs[1] >= 256 and xs[2] * xs[3] >= 28 * 28 and accumulator_vectors(low.lanes) <= 8
+
+
+def writes_nhwc(low, node, final: str) -> bool:
+    """Whether conv ``node``'s kernel (a 2-D group-1 float conv whose epilogue ends in ``final``)
+    should write ``final`` NHWC: all its readers take it that way, at least one of them a conv."""
+    g = low.g
+    if not (low.emit and enabled()) or final in g.outputs or final in low.nhwc:
+        return False
+    if low.shapes.get(final) != low.shapes.get(node.outputs[0]) or len(low.shapes.get(final, ())) != 4:
+        return False  # the epilogue crossed a view
+    return _readers_take_nhwc(low, final, ahead=True)
+
+
+def _readers_take_nhwc(low, value: str, ahead: bool) -> bool:
+    """Whether every reader of ``value`` takes it NHWC, at least one a conv; or, with ``ahead``,
+    all of them residuals of convs that will write NHWC (ResNet's downsampling 1x1 conv, read
+    only by the block's Add: the kernel writing NHWC would read it channel-strided)."""
+    g = low.g
+    readers = g.consumers(value)
+    if value in g.outputs or not readers or any(r in low.absorbed for r in readers):
+        return False  # a reader already emitted took the NCHW buffer
+    convs = 0
+    for r in readers:
+        if r.inputs and r.inputs[0] == value and reads_nhwc(low, r):
+            convs += 1
+        elif not _residual(low, r, value):
+            return False
+    if convs:
+        return True
+    return ahead and all(_readers_take_nhwc(low, _chain_end(low, r.outputs[0]), ahead=False) for r in readers)
+
+
+#: the unary ops an epilogue takes after a residual Add (fusion.absorb)
+_UNARY_AFTER = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Identity")
+
+
+def _chain_end(low, value: str) -> str:
+    """The value a kernel whose epilogue reaches ``value`` writes: past a run of unary ops."""
+    g = low.g
+    while value not in g.outputs and g.num_uses(value) == 1:
+        (c,) = g.consumers(value)
+        if c.domain not in ONNX or c.op_type not in _UNARY_AFTER or c.inputs[0] != value:
+            break
+        value = c.outputs[0]
+    return value
+
+
+def _residual(low, add, value: str) -> bool:
+    """Whether ``add`` will join another conv's epilogue with ``value`` as its operand: Add (Sum) of two
+    values of one shape, the other made by a float Conv that nobody else reads."""
+    g = low.g
+    if add.domain not in ONNX or add.op_type not in ("Add", "Sum") or len(add.inputs) != 2 or add.inputs.count(value) != 1:
+        return False
+    other = add.inputs[1 - add.inputs.index(value)]
+    p = g.producer(other) if other else None
+    return (p is not None and p.domain in ONNX and p.op_type == "Conv" and other not in g.outputs
+            and g.num_uses(other) == 1 and low.shapes.get(other) == low.shapes.get(value)
+            == low.shapes.get(add.outputs[0]))
+
+
+def buffer_of(value: str) -> str:
+    """The name of ``value``'s channels-last buffer."""
+    return value + SUFFIX
+
+
+def promise_residuals(low, node, epilogue) -> None:
+    """Residual operands of ``epilogue`` (of conv ``node``, whose kernel writes NHWC) that a
+    group-1 Conv makes later in the walk and nothing else reads (ResNet's downsampling conv
+    comes after the block's last conv in topological order): that conv is promised to write
+    them NHWC (``low.promised``) and this kernel reads them so. A promise the conv does not keep
+    (it ran on the host, say) gets an NHWC copy from `materialize`."""
+    g = low.g
+    for op in epilogue.ops:
+        for o in op.operands:
+            v = o[1] if o[0] == "value" else None
+            p = g.producer(v) if v and v not in low.nhwc else None
+            if p is None or p.domain not in ONNX or p.op_type != "Conv" or low.pos.get(p, -1) <= low.pos[node] \
+                    or p.outputs[0] != v or v in g.outputs or g.num_uses(v) != 1 \
+                    or int(p.attrs.get("group", 1)) != 1 or len(low.shapes.get(v, ())) != 4:
+                continue
+            n, c, h, w = low.shapes[v]
+            low.shapes[buffer_of(v)] = (n, h, w, c)
+            low.nhwc[v] = epilogue.layouts[v] = buffer_of(v)
+            low.nhwc_keys[v] = low.pos[p]
+            low.promised.add(v)
+
+
+def store_nhwc(low, value: str) -> str:
+    """Record that ``value``'s kernel (just added) writes it NHWC, to `buffer_of` (its logical
+    NCHW shape stays in ``low.shapes[value]``), and the run position of its producer for
+    `materialize`."""
+    n, c, h, w = low.shapes[value]
+    buf = buffer_of(value)
+    low.shapes[buf] = (n, h, w, c)
+    low.nhwc[value] = buf
+    low.nhwc_keys[value] = low.pos[low.g.producer(value)]
+    low.promised.discard(value)
+    return buf
+
+
+def layouts_of(low, epilogue) -> dict:
+    """The NHWC buffers of ``epilogue``'s value operands (for `Epilogue.layouts`)."""
+    return {o[1]: low.nhwc[o[1]] for op in epilogue.ops for o in op.operands
+            if o[0] == "value" and o[1] in low.nhwc}
+
+
+def materialize(low) -> None:
+    """An NCHW copy (a transpose kernel, run right after the producer) of each NHWC value that
+    something still reads by its own name: a kernel input, a host node, a view, a graph output."""
+    if not low.nhwc:
+        return
+    for value in sorted(low.promised):  # written NCHW after all: the NHWC copy the reader expects
+        _transpose(low, value, "nhwc", low.nhwc[value], to_nhwc=True)
+    wanted = {p.name for kd in low.kernels if not _is_host(kd) for p in kd.params if p.kind == "input"}
+    for e in low.kernels:
+        if _is_host(e):
+            wanted.update(n for n in list(e.node.inputs) + list(e.node.implicit_inputs) if n)
+    wanted.update(low.views.values())
+    wanted.update(low.g.outputs)
+    for value in sorted(v for v in low.nhwc if v in wanted and v not in low.promised):
+        _transpose(low, value, "nchw", value, to_nhwc=False)
+
+
+def _transpose(low, value: str, kind: str, out: str, to_nhwc: bool) -> None:
+    """A kernel making ``out`` (``value``'s buffer in the other layout), run right after the
+    producer of ``value``."""
+    name = f"k{len(low.kernels):03d}_{kind}_" + re.sub(r"[^0-9A-Za-z_]", "_", value)[:40]
+    src = value if to_nhwc else low.nhwc[value]
+    shape, lanes = low.shapes[value], low.lanes
+
+    def make():
+        from tvmlite.backends.tvm.kernels.conv_nhwc import nhwc_to_nchw
+
+        return nhwc_to_nchw(name, src, shape, out_value=out, lanes=lanes, to_nhwc=to_nhwc)
+    low.add(make, low.g.producer(value), value, key=low.nhwc_keys[value])
+
+
+def _is_host(entry) -> bool:
+    return hasattr(entry, "reason")
