@@ -224,11 +224,14 @@ def test_debug_shows_traceback(tmp_path):
                                              ("TVMLITE_HASH_THREADS", "abc", "is not an integer"),
                                              ("TVMLITE_MIN_PARALLEL_WORK", "1M", "is not an integer"),
                                              ("TVMLITE_CACHE_MB", "abc", "is not an integer"),
-                                             ("TVMLITE_CACHE_MB", "-5", "must not be negative")])
+                                             ("TVMLITE_CACHE_MB", "-5", "must not be negative"),
+                                             ("TVMLITE_FLOAT_NHWC", "off", "must be 0 or 1"),
+                                             ("TVMLITE_CONCAT_VIEWS", "no", "must be 0 or 1")])
 def test_bad_integer_environment_variable_is_one_line(tmp_path, monkeypatch, var, value, says):
     """A knob read from the environment that is no integer names the variable (it was a bare
     ValueError, reported as an internal error), and nothing is written: $TVMLITE_CACHE_MB is read
-    before the build starts (it was read after the build, when the cache is pruned)."""
+    before the build starts (it was read after the build, when the cache is pruned). The on/off
+    switches take 0 or 1 only: any other value used to leave them on without a word."""
     pytest.importorskip("tvm")
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "digits_cnn.onnx")
     monkeypatch.setenv(var, value)

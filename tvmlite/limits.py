@@ -64,6 +64,17 @@ def env_int(var: str, default: int, *, nonnegative: bool = False) -> int:
     return value
 
 
+def env_flag(var: str, default: bool = True) -> bool:
+    """The on/off environment variable ``var``: 1 on, 0 off, ``default`` when unset or blank; any
+    other value is one clear LimitError naming it (a typo must not leave a switch silently on)."""
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return default
+    if raw.strip() not in ("0", "1"):
+        raise LimitError(f"environment variable {var}={raw!r} must be 0 or 1")
+    return raw.strip() == "1"
+
+
 def max_tensor_elements() -> int:
     return _get("TVMLITE_MAX_TENSOR_ELEMENTS")
 

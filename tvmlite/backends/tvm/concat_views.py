@@ -28,16 +28,16 @@ at load 3), cached ones load in under 1 s.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from tvmlite.backends.tvm.emitters.tensor import ConcatInfo
+from tvmlite.limits import env_flag
 
 
 def enabled() -> bool:
     """Concat views are on unless $TVMLITE_CONCAT_VIEWS is 0 (for A/B measurements)."""
-    return os.environ.get("TVMLITE_CONCAT_VIEWS", "1") != "0"
+    return env_flag("TVMLITE_CONCAT_VIEWS")
 
 
 def place(low, lowered, lanes: int) -> None:

@@ -21,6 +21,7 @@ from tvmlite.backends.tvm import artifact_check, host, params, plan_func
 from tvmlite.backends.tvm.concat_views import resolve as resolve_slices
 from tvmlite.backends.tvm.kernels.target import host_threads, import_tvm
 from tvmlite.errors import InputError, TvmliteError
+from tvmlite.limits import env_flag
 
 FORMAT = 6  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
 # 4: stretches (runs of kernels called from one compiled function, see plan_func.py); 5: "slice"
@@ -267,7 +268,7 @@ class CompiledModel:
         # measures 1 against all ($TVMLITE_PICK_THREADS=0: never); see plan_func.pick_threads
         self.threads = host_threads()
         self.thread_times: dict = {}  # the mean ms per run the choice was made on
-        self._runs = 0 if self.threads > 1 and os.environ.get("TVMLITE_PICK_THREADS", "1") != "0" else None
+        self._runs = 0 if self.threads > 1 and env_flag("TVMLITE_PICK_THREADS") else None
 
     @property
     def kernel_count(self) -> int:

@@ -16,17 +16,17 @@ Set TVMLITE_FLOAT_NHWC=0 to keep every float value NCHW.
 """
 from __future__ import annotations
 
-import os
 import re
 
 from tvmlite.backends.tvm.kernels.schedules import accumulator_vectors
+from tvmlite.limits import env_flag
 
 ONNX = ("", "ai.onnx")
 SUFFIX = "::nhwc"
 
 
 def enabled() -> bool:
-    return os.environ.get("TVMLITE_FLOAT_NHWC", "1") != "0"
+    return env_flag("TVMLITE_FLOAT_NHWC")
 
 
 def reads_nhwc(low, node) -> bool:
