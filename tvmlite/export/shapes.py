@@ -15,6 +15,7 @@ import onnx
 from tvmlite.errors import InputError
 from tvmlite.export import onnx_export
 from tvmlite.ir.graph import Model, tensor_type, type_elem, type_shape
+from tvmlite.ir.types import tensor_shapes
 from tvmlite.ops.registry import lookup
 
 
@@ -43,6 +44,14 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
                     dim.dim_value = d
                 elif isinstance(d, str):
                     dim.dim_param = d
+    # exporters write -1 for a dynamic dim (invalid ONNX): onnx's inference computes with it (a
+    # MaxPool halves it to 0, a Flatten gives [N, 0]) and onnxruntime refuses the model that records
+    # those types; unknown dims, as onnxruntime reads them, infer what it computes
+    for vi in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
+        for shape in tensor_shapes(vi.type):
+            for d in shape.dim:
+                if d.HasField("dim_value") and d.dim_value < 0:
+                    d.ClearField("dim_value")
     for _ in range(_ROUNDS):
         try:
             proto = _infer(proto)

@@ -324,36 +324,6 @@ def _props(msg) -> list[tuple[str, str]]:
     return [(p.key, p.value) for p in getattr(msg, "metadata_props", [])]
 
 
-def _tensor_shapes(tp: onnx.TypeProto):
-    """The TensorShapeProtos inside a (possibly nested) type."""
-    kind = tp.WhichOneof("value")
-    if kind in ("tensor_type", "sparse_tensor_type"):
-        tt = getattr(tp, kind)
-        if tt.HasField("shape"):
-            yield tt.shape
-    elif kind in ("sequence_type", "optional_type"):
-        yield from _tensor_shapes(getattr(tp, kind).elem_type)
-    elif kind == "map_type":
-        yield from _tensor_shapes(tp.map_type.value_type)
-
-
-def _declared_type(vi: onnx.ValueInfoProto) -> onnx.TypeProto | None:
-    """``vi``'s type, with negative dims (invalid ONNX; exporters write -1 for a dynamic dim) made
-    unknown, as onnxruntime reads them: onnx's inference would compute with -1 and record dims of 0
-    that onnxruntime then refuses in the models tvmlite writes."""
-    if not vi.HasField("type"):
-        return None
-    if not any(d.dim_value < 0 for shape in _tensor_shapes(vi.type) for d in shape.dim):
-        return vi.type
-    tp = onnx.TypeProto()
-    tp.CopyFrom(vi.type)
-    for shape in _tensor_shapes(tp):
-        for d in shape.dim:
-            if d.HasField("dim_value") and d.dim_value < 0:
-                d.ClearField("dim_value")
-    return tp
-
-
 def import_graph(gp: onnx.GraphProto, parent: Graph | None = None, *, arrays: dict | None = None) -> Graph:
     raw = _read_big_raw(gp, arrays)
     check_graph_proto(gp, "graph" if parent is None else f"subgraph {gp.name!r}", raw)
@@ -371,12 +341,12 @@ def import_graph(gp: onnx.GraphProto, parent: Graph | None = None, *, arrays: di
         v = g.add_initializer(name, sparse_to_array(sp))
         v.sparse = True
     for vi in gp.input:
-        v = g.add_input(vi.name, _declared_type(vi))
+        v = g.add_input(vi.name, vi.type if vi.HasField("type") else None)
         v.doc_string = vi.doc_string
         v.metadata = _props(vi)
     for vi in gp.value_info:
         v = g.values.get(vi.name) or g.add_value(vi.name)
-        v.type = _declared_type(vi)
+        v.type = vi.type
         v.doc_string = vi.doc_string
         v.metadata = _props(vi)
         g.value_info_order.append(vi.name)
@@ -405,7 +375,7 @@ def import_graph(gp: onnx.GraphProto, parent: Graph | None = None, *, arrays: di
         v = g.values.get(vi.name)
         if v is not None:
             if vi.HasField("type"):
-                v.type = _declared_type(vi)
+                v.type = vi.type
             if vi.doc_string:
                 v.doc_string = vi.doc_string
             if _props(vi):

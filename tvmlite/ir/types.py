@@ -23,16 +23,31 @@ def type_elem(tp: onnx.TypeProto | None) -> int | None:
 
 
 def type_shape(tp: onnx.TypeProto | None) -> tuple | None:
-    """Dims as ints, symbolic names (str) or None for unknown; None when the rank is unknown."""
+    """Dims as ints, symbolic names (str) or None for unknown; None when the rank is unknown. A
+    negative dim (invalid ONNX; exporters write -1 for a dynamic one) is unknown, as onnxruntime
+    reads it."""
     if tp is None or not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
         return None
     dims = []
     for d in tp.tensor_type.shape.dim:
         if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
+            dims.append(int(d.dim_value) if d.dim_value >= 0 else None)
         elif d.HasField("dim_param"):
             dims.append(d.dim_param)
         else:
             dims.append(None)
     return tuple(dims)
 
+
+
+def tensor_shapes(tp: onnx.TypeProto):
+    """The TensorShapeProtos inside a (possibly nested) type."""
+    kind = tp.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        tt = getattr(tp, kind)
+        if tt.HasField("shape"):
+            yield tt.shape
+    elif kind in ("sequence_type", "optional_type"):
+        yield from tensor_shapes(getattr(tp, kind).elem_type)
+    elif kind == "map_type":
+        yield from tensor_shapes(tp.map_type.value_type)
