@@ -209,6 +209,11 @@ def load_module(path: str, pool: dict | None = None, *, verified: bool = False) 
 
 
 # ---------------------------------------------------------------------------------------------- run
+def picks_threads() -> bool:
+    """$TVMLITE_PICK_THREADS (0 or 1, default 1): whether a small plan measures 1 thread against all."""
+    return env_flag("TVMLITE_PICK_THREADS")
+
+
 class CompiledModel:
     """Preallocated buffers, the kernel calls and host calls of one built graph; ``run(feeds)`` ->
     outputs."""
@@ -268,7 +273,7 @@ class CompiledModel:
         # measures 1 against all ($TVMLITE_PICK_THREADS=0: never); see plan_func.pick_threads
         self.threads = host_threads()
         self.thread_times: dict = {}  # the mean ms per run the choice was made on
-        self._runs = 0 if self.threads > 1 and env_flag("TVMLITE_PICK_THREADS") else None
+        self._runs = 0 if self.threads > 1 and picks_threads() else None
 
     @property
     def kernel_count(self) -> int:
