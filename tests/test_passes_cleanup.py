@@ -67,6 +67,24 @@ def test_fold_bn_numerics(producer):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("producer,wshape,group", [("Conv", (6,), 1), ("ConvTranspose", (), 1),
+                                                    ("ConvTranspose", (4, 2, 3, 3), 3), ("Gemm", (4, 6, 1), 1)])
+def test_fold_bn_refuses_malformed_weights(producer, wshape, group):
+    """Weights of the wrong rank (a scalar where a kernel belongs) or a group that does not divide the
+    input channels: the fold leaves the node with a reason (it raised IndexError/ValueError)."""
+    c = 6
+    attrs = {"group": group} if producer != "Gemm" else {}
+    nodes = [helper.make_node(producer, ["x", "w"], ["p"], **attrs),
+             helper.make_node("BatchNormalization", ["p", "s", "t", "mu", "var"], ["y"])]
+    proto = make_model(nodes, [tensor("x", [1, 4, 5, 5])], [tensor("y", [])],
+                       [("w", np.ones(wshape, np.float32))]
+                       + [(n, np.ones(c, np.float32)) for n in ("s", "t", "mu", "var")])
+    m = tvmlite.load(proto)
+    r = Pipeline("fold-bn").run(m)[0]
+    assert not r.changed and r.skipped, r.skipped
+    assert "BatchNormalization" in ops(m)
+
+
 def test_fold_bn_skips_shared_conv_output():
     proto = conv_bn_relu_model()
     # a second reader of the conv output blocks the fold

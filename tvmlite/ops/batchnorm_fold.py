@@ -61,6 +61,8 @@ def fold_batchnorm(g: Graph, bn: Node, ort_arithmetic: bool = True, bld: Builder
         return f"weights of {prod.label!r} are not constant"
     if w.dtype.kind != "f":
         return f"weights of {prod.label!r} are not floating point"
+    if (w.ndim != 2) if prod.op_type == "Gemm" else (w.ndim < 3):
+        return f"weights of {prod.label!r} have rank {w.ndim}"
     b_name = prod.inputs[2] if len(prod.inputs) > 2 else ""
     b = g.const_value(b_name) if b_name else None
     if b_name and b is None:
@@ -108,7 +110,7 @@ def _fold_float64(g: Graph, bn: Node, prod: Node, w, b, params, eps):
     elif prod.op_type == "ConvTranspose":
         group = int(prod.attrs.get("group", 1))
         cin, cout_g = w.shape[0], w.shape[1]
-        if cout_g * group != s.size:
+        if group < 1 or cin % group or cout_g * group != s.size:
             return "channel count of BatchNormalization and ConvTranspose differ"
         w_new = (wd.reshape((group, cin // group, cout_g) + w.shape[2:])
                  * s.reshape((group, 1, cout_g) + (1,) * (w.ndim - 2))).reshape(w.shape)
