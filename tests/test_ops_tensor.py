@@ -121,6 +121,20 @@ def test_logsoftmax_negative_axis_and_hardmax():
     assert h.tolist() == [[0, 1, 0], [1, 0, 0]] and h.dtype == f32
 
 
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("shape", [(2, 0), (0, 3), (2, 0, 3)])
+def test_softmax_family_on_empty_tensors_returns_them(op, opset, shape):
+    """An empty axis has no max (NumPy's reduction raised); onnxruntime returns the empty tensor."""
+    (y,) = run1(op, [np.zeros(shape, f32)], opset=opset, axis=1)
+    assert y.shape == shape and y.dtype == f32
+
+
+def test_softmax_axis_out_of_range_is_refused():
+    with pytest.raises(UnsupportedError, match="axis 7 out of range for rank 2"):
+        run1("Softmax", [np.zeros((2, 0), f32)], opset=13, axis=7)
+
+
 # ---------------------------------------------------------------- reductions
 
 def test_reduce_negative_axes_and_empty_axes():

@@ -369,15 +369,20 @@ def _coerced(fn, x, axis):
     axis = axis + r if axis < 0 else axis
     if not 0 <= axis <= r:
         raise UnsupportedError(f"axis {axis} out of range for rank {r}")
+    if not x.size:  # nothing to normalize: the empty tensor, as onnxruntime returns
+        return np.empty_like(x)
     n = int(np.prod(x.shape[:axis], dtype=np.int64))
-    x2 = x.reshape(n, -1) if x.size else x.reshape(n, int(np.prod(x.shape[axis:], dtype=np.int64)))
-    return fn(x2, 1).reshape(x.shape)
+    return fn(x.reshape(n, -1), 1).reshape(x.shape)
 
 
 def _single_axis(fn, x, axis):
     x = np.asarray(x)
     if x.ndim == 0:
         return fn(x.reshape(1), 0).reshape(())
+    if not -x.ndim <= axis < x.ndim:
+        raise UnsupportedError(f"axis {axis} out of range for rank {x.ndim}")
+    if not x.size:  # an empty axis has no max: the empty tensor, as onnxruntime returns
+        return np.empty_like(x)
     return fn(x, axis)
 
 
