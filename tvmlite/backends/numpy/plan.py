@@ -34,8 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tvmlite.errors import TvmliteError, UnsupportedError
+from tvmlite.errors import ShapeError, TvmliteError, UnsupportedError
 from tvmlite.ops.batchnorm_fold import fold_batchnorms
+from tvmlite.ops.diagnose import explain
 from tvmlite.ir.graph import Graph, Model
 from tvmlite.backends.numpy.fusion import fuse_steps
 from tvmlite.backends.numpy.validate import validate_graph
@@ -165,8 +166,9 @@ class Plan:
             const_inputs = all((not n) or n in consts for n in node.inputs)
             if (fold_constants and const_inputs and not node.subgraphs and not node.implicit_inputs
                     and op.deterministic and not op.needs_ctx):
-                with _node_errors(node):
-                    res = self._call(fn, [consts.get(n) if n else None for n in node.inputs], attrs)
+                args = [consts.get(n) if n else None for n in node.inputs]
+                with _node_errors(node, args, opsets):
+                    res = self._call(fn, args, attrs)
                 for name, val in zip(node.outputs, res):
                     if name:
                         consts[name] = val
@@ -182,7 +184,8 @@ class Plan:
             try:
                 st.call = _bind_step(st, const_of_slot)
             except Exception as e:  # noqa: BLE001 - a kernel's prepare failing: see _node_error
-                raise _node_error(st.node, e) from (None if isinstance(e, TvmliteError) else e)
+                consts = [const_of_slot.get(i) if i >= 0 else None for i in st.ins]
+                raise _node_error(st.node, e, consts, opsets) from (None if isinstance(e, TvmliteError) else e)
 
         # constants used at run time get slots filled at the start of each run
         self.const_slots = [(slots[n], a) for n, a in consts.items() if n in slots]
@@ -258,7 +261,7 @@ class Plan:
                 else:
                     res = st.call(*args)
             except Exception as e:  # a kernel failing on these inputs: say which node
-                raise _node_error(st.node, e) from (None if isinstance(e, TvmliteError) else e)
+                raise _node_error(st.node, e, args, self.opsets) from (None if isinstance(e, TvmliteError) else e)
             outs = st.outs
             if type(res) is ndarray:
                 env[outs[0]] = res
@@ -307,25 +310,31 @@ class Plan:
                 else r for r in (env[s] for s in self.output_slots)]
 
 
-def _node_error(node, e: Exception) -> TvmliteError:
+def _node_error(node, e: Exception, inputs=None, opsets=None) -> TvmliteError:
     """``e`` raised by ``node``'s kernel as a one-line TvmliteError that names the node (the
     kernel's own TvmliteError keeps its class; anything else is the kernel failing on these
-    inputs, e.g. shapes NumPy cannot broadcast)."""
+    inputs: the rule of the op they break where ops.diagnose finds one, else NumPy's words)."""
     if isinstance(e, TvmliteError):
         return type(e)(f"node {node.label!r} ({node.op_type}): {e}")
     if isinstance(e, MemoryError):
         return TvmliteError(f"node {node.label!r} ({node.op_type}): out of memory")
+    if inputs is not None and opsets is not None:
+        domain = canonical_domain(node.domain)
+        why = explain(node.op_type, domain, opsets.get(domain, opsets.get("ai.onnx") if domain == "" else None),
+                      node.attrs, inputs)
+        if why:
+            return ShapeError(f"node {node.label!r} ({node.op_type}): {why}")
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return TvmliteError(f"node {node.label!r} ({node.op_type}) failed: {type(e).__name__}: {msg}")
 
 
 @contextlib.contextmanager
-def _node_errors(node):
+def _node_errors(node, inputs=None, opsets=None):
     """Compile-time work for ``node`` (constant folding, a kernel's prepare) fails like run time."""
     try:
         yield
     except Exception as e:  # noqa: BLE001 - see _node_error
-        raise _node_error(node, e) from (None if isinstance(e, TvmliteError) else e)
+        raise _node_error(node, e, inputs, opsets) from (None if isinstance(e, TvmliteError) else e)
 
 
 def _trim(ins: tuple) -> tuple:
