@@ -27,3 +27,9 @@ class InputError(TvmliteError):
 
 class OptionError(TvmliteError):
     """A bad command-line option, pass spec or pass option."""
+
+
+def first_line(e: BaseException) -> str:
+    """``e`` as one line: 'TypeName: the first line of its message' (the type alone when empty)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

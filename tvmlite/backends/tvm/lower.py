@@ -31,7 +31,7 @@ from tvmlite.backends.tvm.loop_shapes import add_loop_shapes, propagate_shapes
 from tvmlite.backends.tvm.prepare import ONNX, prepare
 from tvmlite.backends.tvm.prepare import fold_static_shapes
 from tvmlite.backends.tvm.qdq_buffers import value_grid
-from tvmlite.errors import UnsupportedError
+from tvmlite.errors import TvmliteError, UnsupportedError, first_line
 from tvmlite.frontend.onnx_import import import_model
 from tvmlite.inputs import graph_inputs
 from tvmlite.ir.graph import Model, Node
@@ -198,6 +198,13 @@ class Lowering:
                     self.host(node, *self.control(node))
                 else:
                     self.host(node, str(e))
+            except TvmliteError:
+                raise
+            except Exception as e:  # noqa: BLE001 - an emitter failing on this node's types or attributes
+                # (TVM's own checks: an int64 Less against a float, a Where on an int condition the
+                # NumPy kernel accepts): the node runs as its NumPy kernel, and the report says why
+                self._undo(mark)
+                self.host(node, f"TVM emitter failed: {first_line(e)}")
         if self.emit:
             nhwc.materialize(self)
         low = Lowered(views=self.views, shapes=self.shapes, model=self.m, body_kernels=self.body_kernels)
@@ -253,23 +260,29 @@ class Lowering:
         if parts is None:
             return f"control flow (body not compiled: {info})", None
         lows, n = [], 0
-        for k, (proto, in_shapes) in enumerate(parts):
+        for proto, in_shapes in parts:
             try:
                 prepared, shapes = prepared_model(import_model(proto, check=False), in_shapes)
                 check = Lowering(prepared, shapes, emit=False)
                 check.run()
+                left = check.problems - check.driven  # nested control flow with compiled bodies runs
+                if left:
+                    return f"control flow (body not compiled: {'; '.join(problem_list(left))})", None
+                low = None
+                if self.emit:  # the emitting walk builds the TE: TVM's own type checks fail only here
+                    body = Lowering(prepared, shapes, lanes=self.lanes)
+                    low = body.run()
+                    left = body.problems - body.driven
+                    if left:
+                        return f"control flow (body not compiled: {'; '.join(problem_list(left))})", None
             except Exception as e:  # noqa: BLE001 - any failure to lower a body leaves it to the NumPy plan
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                return f"control flow (body not compiled: {type(e).__name__}: {first})", None
-            left = check.problems - check.driven  # nested control flow with compiled bodies runs
-            if left:
-                return f"control flow (body not compiled: {'; '.join(problem_list(left))})", None
+                return f"control flow (body not compiled: {first_line(e)})", None
             n += len(check.kernels)
-            if self.emit:
-                low = Lowering(prepared, shapes, lanes=self.lanes).run()
-                control.name_kernels(low, f"c{self.n_bodies}" + (f"b{k}" if len(parts) > 1 else ""))
-                self.body_kernels += low.kernels + low.body_kernels
+            if low is not None:
                 lows.append(low)
+        for k, low in enumerate(lows):
+            control.name_kernels(low, f"c{self.n_bodies}" + (f"b{k}" if len(lows) > 1 else ""))
+            self.body_kernels += low.kernels + low.body_kernels
         self.n_bodies += 1
         kind = node.op_type.lower()
         return f"control flow, body compiled to {n} TVM kernel{'s' if n != 1 else ''}", control.Body(kind, lows, info)

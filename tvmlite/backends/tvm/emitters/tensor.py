@@ -203,9 +203,13 @@ def emit_slice(low, node) -> None:
         if vals[0] is None or vals[1] is None or any(
                 n and v is None for n, v in zip(list(node.inputs[3:5]), vals[2:])):
             raise UnsupportedError("non-constant starts/ends/axes/steps")
-        starts, ends = [int(v) for v in vals[0]], [int(v) for v in vals[1]]
-        axes = [int(v) for v in vals[2]] if vals[2] is not None else list(range(len(starts)))
-        steps = [int(v) for v in vals[3]] if vals[3] is not None else [1] * len(starts)
+        # a 0-d starts/ends (onnxruntime takes one) is a list of one
+        starts, ends, axes, steps = ([int(v) for v in np.asarray(a).reshape(-1)] if a is not None else None
+                                     for a in vals)
+        axes = axes if axes is not None else list(range(len(starts)))
+        steps = steps if steps is not None else [1] * len(starts)
+        if not len(starts) == len(ends) == len(axes) == len(steps):
+            raise UnsupportedError("starts/ends/axes/steps of different lengths")
     first = [0] * len(xs)
     step_of = [1] * len(xs)
     out_shape = list(xs)

@@ -1,0 +1,76 @@
+"""Models the NumPy backend runs that the TVM backend crashed on (found by fuzzing the TVM backend
+with test_fuzz_semantic's mutants): each now builds, runs its odd node as a host call or emits it,
+and gives the NumPy backend's outputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from helpers import make_model, tensor
+
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+
+tvm = require_tvm()
+
+from tvmlite.backends.numpy import compile_model as numpy_plan  # noqa: E402
+from tvmlite.backends.tvm import compile_model  # noqa: E402
+from tvmlite.errors import UnsupportedError  # noqa: E402
+from tvmlite.frontend import load  # noqa: E402
+
+
+def _same_as_numpy(proto, feeds, strict_refuses: bool = False):
+    m = load(proto)
+    want = numpy_plan(m).run(feeds)
+    cm = compile_model(m, {k: v.shape for k, v in feeds.items()})
+    got = cm.run(feeds)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if strict_refuses:
+        with pytest.raises(UnsupportedError):
+            compile_model(m, {k: v.shape for k, v in feeds.items()}, strict=True)
+    return cm
+
+
+def test_slice_with_0d_starts_and_ends_is_emitted():
+    """The NumPy kernel takes a 0-d starts/ends as a list of one (onnxruntime refuses it); the emitter
+    iterated over the 0-d array."""
+    nodes = [helper.make_node("Slice", ["x", "st", "en", "ax"], ["y"])]
+    proto = make_model(nodes, [tensor("x", [4, 6])], [tensor("y", [4, 3])],
+                       [("st", np.array(1, np.int64)), ("en", np.array(4, np.int64)),
+                        ("ax", np.array([1], np.int64))])
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)
+    cm = _same_as_numpy(proto, {"x": x})
+    assert cm.host_ops == []
+    np.testing.assert_array_equal(cm.run({"x": x})[0], x[:, 1:4])
+
+
+def test_emitter_failing_in_tvm_runs_the_node_on_the_host():
+    """A Where on an int64 condition (the schema wants bool; the NumPy kernel takes it): TVM's Select
+    raised InternalError out of the build. Now the node is a host call and the report says why;
+    --strict refuses it."""
+    nodes = [helper.make_node("Where", ["c", "a", "b"], ["y"])]
+    proto = make_model(nodes, [tensor("c", [2, 3], TensorProto.INT64), tensor("a", [2, 3]), tensor("b", [2, 3])],
+                       [tensor("y", [2, 3])])
+    rng = np.random.default_rng(0)
+    feeds = {"c": rng.integers(0, 2, (2, 3)).astype(np.int64), "a": rng.standard_normal((2, 3)).astype(np.float32),
+             "b": rng.standard_normal((2, 3)).astype(np.float32)}
+    cm = _same_as_numpy(proto, feeds, strict_refuses=True)
+    assert len(cm.host_ops) == 1 and cm.host_ops[0].startswith("Where: TVM emitter failed: "), cm.host_ops
+
+
+def test_loop_body_failing_in_tvm_leaves_the_body_to_the_host():
+    """A Loop body whose Less compares int64 with float (TVM: 'mismatched types'): the emitting walk
+    of the body raised out of the build; now the body is left uncompiled with the reason."""
+    body = helper.make_graph(
+        [helper.make_node("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
+         helper.make_node("Add", ["s_in", "fi"], ["s_out"]),
+         helper.make_node("Less", ["i", "fi"], ["c"])],
+        "body",
+        [tensor("i", [], TensorProto.INT64), tensor("cond", [], TensorProto.BOOL), tensor("s_in", [2])],
+        [tensor("c", [], TensorProto.BOOL), tensor("s_out", [2])])
+    nodes = [helper.make_node("Loop", ["n", "c0", "s0"], ["s"], body=body)]
+    proto = make_model(nodes, [tensor("s0", [2])], [tensor("s", [2])],
+                       [("n", np.array(5, np.int64)), ("c0", np.array(True))])
+    cm = _same_as_numpy(proto, {"s0": np.zeros(2, np.float32)})
+    assert any("body not compiled" in h and "mismatched types" in h for h in cm.host_ops), cm.host_ops
