@@ -29,7 +29,12 @@ class OptionError(TvmliteError):
     """A bad command-line option, pass spec or pass option."""
 
 
+def message_line(e: BaseException) -> str:
+    """The first line of ``e``'s message (its type's name when the message is empty)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def first_line(e: BaseException) -> str:
     """``e`` as one line: 'TypeName: the first line of its message' (the type alone when empty)."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    return f"{type(e).__name__}: {message_line(e)}" if str(e).strip() else type(e).__name__

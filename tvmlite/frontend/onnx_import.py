@@ -11,7 +11,7 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
 
-from tvmlite.errors import ModelLoadError, TvmliteError
+from tvmlite.errors import ModelLoadError, TvmliteError, message_line
 from tvmlite.frontend.validate import check_attribute, check_graph_proto, check_loop_trip_counts
 from tvmlite.ir.attrs import attr_to_python, sparse_to_array
 from tvmlite.ir.graph import Graph, Model, Node
@@ -210,7 +210,7 @@ def check_proto(proto) -> None:
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = message_line(e)
         raise ModelLoadError(f"not a valid ONNX model: {first}") from None
     except (ValueError, EncodeError) as e:  # > 2 GiB in memory: checked again per tensor on export
         if isinstance(e, ValueError) and "2GB" not in str(e) and "2 GB" not in str(e):

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, numpy_helper
 
-from tvmlite.errors import ModelLoadError, UnsupportedError
+from tvmlite.errors import ModelLoadError, UnsupportedError, message_line
 
 A = AttributeProto
 
@@ -21,7 +21,7 @@ def tensor_to_array(t: onnx.TensorProto) -> np.ndarray:
     try:
         return numpy_helper.to_array(t)
     except Exception as e:  # noqa: BLE001 - onnx raises several kinds for corrupt data
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = message_line(e)
         raise ModelLoadError(f"tensor {t.name!r} cannot be decoded: {msg}") from None
 
 
@@ -36,7 +36,7 @@ def sparse_to_array(t: onnx.SparseTensorProto) -> np.ndarray:
         else:  # [NNZ, rank] coordinates
             dense[tuple(indices.T)] = values
     except (IndexError, ValueError, TypeError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = message_line(e)
         raise ModelLoadError(f"sparse tensor {t.values.name!r}: indices do not fit dims "
                              f"{list(t.dims)}: {msg}") from None
     return dense

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from tvmlite.errors import ModelLoadError
+from tvmlite.errors import ModelLoadError, message_line
 from tvmlite.ir.types import tensor_type, type_elem, type_shape
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Value:
             try:
                 self._const = numpy_helper.to_array(self._proto)
             except Exception as e:  # noqa: BLE001 - onnx raises several kinds for corrupt data
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                msg = message_line(e)
                 raise ModelLoadError(f"initializer {self.name!r} cannot be decoded: {msg}") from None
         return self._const
 

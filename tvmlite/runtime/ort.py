@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tvmlite.errors import TvmliteError, UnsupportedError
+from tvmlite.errors import TvmliteError, UnsupportedError, message_line
 from tvmlite.export import export_model, onnx_export, save
 from tvmlite.ir.graph import Graph, Model, Node, tensor_type
 
@@ -74,7 +74,7 @@ def _load(src, so):
     try:
         return _run_errors_as_ours(ort.InferenceSession(src, so, providers=["CPUExecutionProvider"]))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = message_line(e)
         raise TvmliteError(f"onnxruntime cannot load the model: {msg}") from None
 
 

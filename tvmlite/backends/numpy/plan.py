@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tvmlite.errors import ShapeError, TvmliteError, UnsupportedError
+from tvmlite.errors import ShapeError, TvmliteError, UnsupportedError, message_line
 from tvmlite.ops.batchnorm_fold import fold_batchnorms
 from tvmlite.ops.diagnose import explain
 from tvmlite.ir.graph import Graph, Model
@@ -324,7 +324,7 @@ def _node_error(node, e: Exception, inputs=None, opsets=None) -> TvmliteError:
                       node.attrs, inputs)
         if why:
             return ShapeError(f"node {node.label!r} ({node.op_type}): {why}")
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = message_line(e)
     return TvmliteError(f"node {node.label!r} ({node.op_type}) failed: {type(e).__name__}: {msg}")
 
 
