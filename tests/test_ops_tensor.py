@@ -272,3 +272,36 @@ def test_keepdims_other_than_0_or_1_drops_the_axes_as_in_onnxruntime(op, attrs, 
     (y,) = run_node(n, [x], 13)
     assert y.shape == ref.shape
     np.testing.assert_allclose(y, ref, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- BatchNormalization parameters
+
+def test_batchnorm_refuses_2d_params_with_default_spatial():
+    """A [C, 1] scale (opset 15, or opset 7 with spatial=1): onnxruntime refuses it ('NumDimensions()
+    != 1'); the kernel broadcast it into [N, C, H, W] where H happened to equal C, and the TVM
+    backend read it differently (found by fuzzing the TVM backend)."""
+    from tvmlite.errors import ShapeError
+
+    x = np.ones((1, 4, 4, 4), f32)
+    p = [np.ones((4, 1), f32)] + [np.ones(4, f32)] * 3
+    for opset, attrs in ((15, {}), (7, {"spatial": 1})):
+        with pytest.raises(ShapeError, match=r"scale of shape \[4, 1\] does not fit input"):
+            run1("BatchNormalization", [x] + p, opset=opset, **attrs)
+
+
+def test_batchnorm_spatial_0_takes_params_per_channel_and_position():
+    """Opset 7-8 spatial=0: parameters of shape [C, H, W], as onnxruntime computes them."""
+    from helpers import ort_run
+    from onnx import helper as oh
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 2, 2)).astype(f32)
+    p = [rng.uniform(0.5, 2, (3, 2, 2)).astype(f32) for _ in range(4)]
+    (y,) = run1("BatchNormalization", [x] + p, opset=7, spatial=0)
+    model = oh.make_model(oh.make_graph(
+        [oh.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], spatial=0)], "g",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)],
+        [oh.make_tensor(n, TensorProto.FLOAT, a.shape, a.ravel()) for n, a in zip("sbmv", p)]),
+        opset_imports=[oh.make_opsetid("", 7)], ir_version=8)
+    np.testing.assert_allclose(y, ort_run(model, {"x": x})[0], rtol=1e-5, atol=1e-6)

@@ -80,7 +80,7 @@ def batch_normalization(x, scale, b, mean, var, *, consumed_inputs=None, epsilon
     """Inference BatchNormalization (all versions). ``training_mode=1`` (opset 14+) is computed as
     ONNX defines it (batch statistics; outputs Y, running_mean, running_var)."""
     x = np.asarray(x)
-    _check_bn_params(x, (scale, b, mean, var))
+    _check_bn_params(x, (scale, b, mean, var), spatial)
     dt = x.dtype
     acc = _acc(dt)
     if int(training_mode):
@@ -96,14 +96,16 @@ def batch_normalization(x, scale, b, mean, var, *, consumed_inputs=None, epsilon
     return _batchnorm(x, scale, b, mean, var, epsilon, acc).astype(dt, copy=False)
 
 
-def _check_bn_params(x, params) -> None:
+def _check_bn_params(x, params, spatial=1) -> None:
     """ShapeError unless each parameter is per channel of ``x`` (or, before opset 9 with
-    spatial=0, per channel and position: it broadcasts over the batch)."""
+    spatial=0, per channel and position: it broadcasts over the batch). A [C, 1] scale with the
+    default spatial=1 is refused, as onnxruntime does ('NumDimensions() != 1')."""
     if x.ndim < 2:
         raise ShapeError(f"BatchNormalization input has rank {x.ndim}, needs at least 2")
     for name, p in zip(("scale", "B", "mean", "var"), params):
         shape = np.shape(p)
-        ok = shape == (x.shape[1],) if len(shape) == 1 else _bcast_into((1,) + shape, x.shape)
+        ok = (shape == (x.shape[1],) if len(shape) == 1 or int(spatial)
+              else _bcast_into((1,) + shape, x.shape))
         if not ok:
             raise ShapeError(f"BatchNormalization {name} of shape {list(shape)} does not fit input "
                              f"{list(x.shape)} ({x.shape[1]} channels)")
@@ -141,17 +143,18 @@ def _batchnorm_prepare(consts, attrs):
     if dt not in (np.float32, np.float64) or any(p.dtype != dt for p in params):
         return None
     k, off = _bn_affine(params, attrs)
+    spatial = attrs.get("spatial", 1)
     cache = {}
 
     def run(x, *_):
         x = np.asarray(x)
         if x.ndim < 2 or (k.ndim == 1 and x.shape[1] != k.shape[0]):
-            _check_bn_params(x, params)
+            _check_bn_params(x, params, spatial)
         if x.dtype != dt:
             return batch_normalization(x, *consts[1:], **attrs)
         shp = cache.get(x.ndim)
         if shp is None:
-            _check_bn_params(x, params)
+            _check_bn_params(x, params, spatial)
             shape = _channel_shape(x, k)
             shp = cache[x.ndim] = (k.reshape(shape), off.reshape(shape))
         y = np.multiply(x, shp[0])
