@@ -316,10 +316,10 @@ def test_loop_body_output_that_is_its_input_with_another_type_is_refused():
     """Found by fuzzing: a Loop body whose condition output was renamed to the condition input,
     declared [3] where the input is a scalar. onnxruntime ran it; tvmlite took the output's type for
     the input and wrote a body onnxruntime refused. A compatible refinement still loads."""
-    def loop(cond_out_shape):
+    def loop(cond_out_shape, cond_in_shape=("c",)):
         body = h.make_graph(
             [h.make_node("Identity", ["s"], ["s2"])], "body",
-            [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("cin", T.BOOL, ["c"]),
+            [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("cin", T.BOOL, list(cond_in_shape)),
              h.make_tensor_value_info("s", T.FLOAT, [2, 2])],
             [h.make_tensor_value_info("cin", T.BOOL, cond_out_shape), h.make_tensor_value_info("s2", T.FLOAT, [2, 2])])
         nodes = [h.make_node("Loop", ["M", "", "x"], ["y"], name="loop", body=body)]
@@ -327,3 +327,4 @@ def test_loop_body_output_that_is_its_input_with_another_type_is_refused():
     with pytest.raises(ModelLoadError, match="output 'cin' is also an input, declared there with another type"):
         load(loop([3, 1]).SerializeToString())
     load(loop([1]).SerializeToString())
+    load(loop([-1], [1]).SerializeToString())  # a negative dim is unknown, as everywhere else on import

@@ -109,7 +109,8 @@ def check_type_proto(tp: onnx.TypeProto, where: str, *, allocated: bool = False)
 
 
 def _contradict(a: onnx.TypeProto, b: onnx.TypeProto) -> bool:
-    """Two tensor types no one tensor can have: elem types, ranks or fixed dims differ."""
+    """Two tensor types no one tensor can have: elem types, ranks or fixed dims differ (a negative
+    dim, as exporters write for a dynamic one, is unknown: ir.types.type_shape)."""
     if a.WhichOneof("value") != "tensor_type" or b.WhichOneof("value") != "tensor_type":
         return a.WhichOneof("value") != b.WhichOneof("value")
     ta, tb = a.tensor_type, b.tensor_type
@@ -118,8 +119,8 @@ def _contradict(a: onnx.TypeProto, b: onnx.TypeProto) -> bool:
     if not ta.HasField("shape") or not tb.HasField("shape"):
         return False
     da, db = ta.shape.dim, tb.shape.dim
-    return len(da) != len(db) or any(x.HasField("dim_value") and y.HasField("dim_value") and x.dim_value != y.dim_value
-                                     for x, y in zip(da, db))
+    return len(da) != len(db) or any(x.HasField("dim_value") and y.HasField("dim_value") and min(x.dim_value, y.dim_value) >= 0
+                                     and x.dim_value != y.dim_value for x, y in zip(da, db))
 
 
 def check_graph_proto(gp: onnx.GraphProto, where: str, raw: dict | None = None) -> None:
