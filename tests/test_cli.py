@@ -209,6 +209,31 @@ def test_bad_shape_option(model_path):
                        "not an input of the model")
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["run", "{m}", "--shape", "z=1x3x4x4"], "'z', which is not an input of the model"),  # was ignored
+    (["run", "{m}", "--backend", "tvm", "--shape", "z=1x3x4x4"], "not an input of the model"),
+    (["build", "{m}", "-o", "{d}/o.so", "--shape", "z=1x3x4x4"], "not an input of the model"),  # was: 'give static shapes'
+    (["build", "{m}", "-o", "{d}/o.so", "--shape", "x=1x3x4"], "rank 3 does not fit the model's"),  # built it
+    (["build", "{m}", "-o", "{d}/o.so", "--shape", "x=1x3x5x5"], "dim 5 does not fit the model's"),
+    (["build", "{m}", "-o", "{d}/o.so", "--shape", "x=1x3x4x4", "--shape", "x=2x3x4x4"], "x: given twice"),
+    (["build", "{m}", "-o", "{d}/o.so", "--shape", "x=1..4x3x4x4", "--shape", "x=2x3x4x4"], "x: given twice"),
+    (["build", "{m}", "-o", "{d}/o.so", "--shape", "x=1..4x3x4x4", "--shape", "x=1..2x3x4x4"], "x: given twice"),
+    (["run", "{m}", "--shape", "x=1x3x4x4", "--inputs", "{d}/in.npz"], "with --inputs the arrays' own shapes"),
+    (["compare", "{m}", "--shape", "x=1x3x4x4", "--inputs", "{d}/in.npz"], "with --inputs the arrays' own shapes"),
+    (["run", "{d}/lib.so", "--shape", "x=1x3x4x4"], "--shape does not apply to a built library"),
+])
+def test_shape_option_that_would_be_dropped_is_refused(model_path, args, needle):
+    """--shape naming no input, of the wrong rank or fixed dims, given twice, beside --inputs or for a
+    built library: each was taken silently (the last of two won; an unknown name or a shape beside
+    --inputs changed nothing; a wrong rank built a library with host-run ops) and is refused in one
+    line, with nothing written."""
+    d = model_path.parent
+    np.savez(d / "in.npz", x=np.zeros((1, 3, 4, 4), np.float32))
+    (d / "lib.so").write_bytes(b"not a library")
+    assert_clean_error(*run(*[a.format(m=model_path, d=d) for a in args]), needle)
+    assert not (d / "o.so").exists()
+
+
 def test_usage_error_is_one_line(model_path):
     assert_clean_error(*run("run", model_path, "--backend", "cuda"), "Invalid value")
 

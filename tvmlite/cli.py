@@ -18,7 +18,7 @@ import numpy as np
 
 from tvmlite.cli_checks import (built_feeds, check_budgets, check_pass_spec_text, command_outputs, load_labels,
                                 save_checked)
-from tvmlite.errors import TvmliteError
+from tvmlite.errors import InputError, TvmliteError
 
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2..",
                             help="Fix an input's symbolic dims, e.g. --shape x=1x3x224x224 or x:1,3,224,224 "
@@ -147,6 +147,9 @@ def run(model, backend, inputs, shapes, output, repeats):
         from tvmlite.backends.tvm import compile_model as tvm_compile, load_module
 
         if model.endswith(".so"):  # a library from 'tvmlite build': no ONNX model needed
+            if shapes:
+                raise InputError("--shape does not apply to a built library: its shapes were fixed by "
+                                 "'tvmlite build --shape' (give --inputs of those shapes)")
             built, backend = load_module(model), "tvm"
             feeds = built_feeds(built, inputs)
         else:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tvmlite.errors import InputError, TvmliteError
+from tvmlite.export.shapes import check_input_shapes
 from tvmlite.ir.graph import Model
 from tvmlite.inputs import check_feeds, random_inputs, read_feeds
 # sessions and timing live in the runtime layer; their names stay importable from here
@@ -119,7 +120,14 @@ def output_report(name: str, ref, cand, rtol: float, atol: float, significant: f
 def prepare_inputs(model: Model, inputs=None, shapes=None, seed: int = 0) -> dict:
     """Feeds from an .npz path, a dict, or at random from the input types (and --shape overrides).
 
-    An .npz may hold more arrays than the model takes (labels, say): those are left out."""
+    An .npz may hold more arrays than the model takes (labels, say): those are left out. ``shapes``
+    must name inputs of the model and fit their declared shapes; they shape random inputs only, so
+    they are refused beside ``inputs`` (the arrays' shapes are the ones used)."""
+    if shapes:
+        if inputs is not None:
+            raise InputError("--shape shapes the random inputs; with --inputs the arrays' own shapes are used "
+                             "(give one of them)")
+        check_input_shapes(model, shapes)
     if inputs is None:
         return random_inputs(model, shapes, seed)
     feeds = read_feeds(model, inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)

@@ -34,6 +34,8 @@ def parse_shape_overrides(items) -> dict[str, tuple[int, ...]]:
             sep = ","
         if not eq or not name:
             raise InputError(f"--shape {item!r}: expected NAME=D1xD2x... or NAME:D1,D2,...")
+        if name in out:
+            raise InputError(f"--shape {name}: given twice")
         parts = [d.strip() for d in dims.split(sep) if d.strip() != ""]
         if not parts:
             raise InputError(f"--shape {item!r}: no dimensions")

@@ -30,7 +30,7 @@ import numpy as np
 
 from tvmlite.backends.tvm.params import SharedConsts
 from tvmlite.errors import InputError, TvmliteError
-from tvmlite.inputs import graph_inputs
+from tvmlite.inputs import graph_inputs, parse_shape_overrides
 
 FORMAT = "tvmlite-buckets-1"
 MAX_BUCKETS = 16
@@ -61,7 +61,12 @@ def parse_ranges(items) -> tuple[dict, dict]:
             if lo < 1 or lo > hi:
                 raise InputError(f"--shape {item!r}: range {d!r} needs 1 <= LO <= HI")
             shape.append((lo, hi))
+        if name in ranged:
+            raise InputError(f"--shape {name}: given twice")
         ranged[name] = tuple(shape)
+    twice = set(ranged) & set(parse_shape_overrides(plain))  # which also refuses a plain name twice
+    if twice:
+        raise InputError(f"--shape {sorted(twice)[0]}: given twice")
     return ranged, plain
 
 

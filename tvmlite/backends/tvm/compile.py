@@ -85,6 +85,10 @@ def static_inputs(model, input_shapes):
         from tvmlite.frontend import load
 
         model = load(model)
+    if input_shapes:  # names the model's inputs and fits their declared shapes, or refused
+        from tvmlite.export.shapes import check_input_shapes
+
+        check_input_shapes(model, input_shapes)
     shapes = {}
     for name in graph_inputs(model.graph):
         s = (input_shapes or {}).get(name) or model.graph.values[name].shape
