@@ -83,6 +83,18 @@ def test_cli_run_of_truncated_library_exits_2(artifact, tmp_path):
     assert err.count("\n") == 1 and "not a complete shared library" in err
 
 
+def test_cli_run_of_library_refuses_inputs_of_another_dtype(artifact, tmp_path):
+    """float64 arrays for a float32 build: cast without a word (onnxruntime and 'run MODEL.onnx'
+    refuse them); now one line, as check_feeds says it for a model. Extra arrays stay allowed."""
+    x = np.array([[1.0, -2.0, 3.0, -4.0]])
+    np.savez(tmp_path / "f64.npz", x=x)
+    rc, _, err = cli_main("run", artifact, "--inputs", tmp_path / "f64.npz")
+    assert rc == 2 and err.count("\n") == 1 and "dtype float64 does not fit the build's float32" in err, err
+    np.savez(tmp_path / "ok.npz", x=x.astype(np.float32), label=np.arange(3))
+    rc, out, err = cli_main("run", artifact, "--inputs", tmp_path / "ok.npz")
+    assert rc == 0, err
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda p: p.write_bytes(b"\x89garbage\xff" * 50), "not UTF-8"),
     (lambda p: p.write_text(p.read_text()[:40]), "invalid JSON at line 1"),

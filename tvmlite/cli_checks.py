@@ -110,7 +110,11 @@ def built_feeds(built, inputs) -> dict:
     dtypes."""
     if inputs:
         data = load_npz(inputs)
-        return {n: data[n] for n in built.input_names if n in data}
+        feeds = {n: data[n] for n in built.input_names if n in data}
+        for n, a in feeds.items():  # as check_feeds does for a model: no silent cast
+            if a.dtype != np.dtype(built.input_dtypes[n]):
+                raise InputError(f"input {n!r}: dtype {a.dtype} does not fit the build's {np.dtype(built.input_dtypes[n])}")
+        return feeds
     rng = np.random.default_rng(0)
     return {n: random_array(rng, built.input_shapes[n], built.input_dtypes[n], n) for n in built.input_names}
 
