@@ -203,3 +203,39 @@ def test_fast_sigmoid_and_silu_match_float64(lanes):
     assert np.isnan(s[np.isnan(x)]).all() and np.isnan(y[np.isnan(x)]).all()
     assert s[x == np.inf][0] == 1.0 and s[x == -np.inf][0] < 1e-38
     assert y[x == np.inf][0] == np.inf and y[x == -np.inf][0] == -np.inf
+
+
+@pytest.mark.parametrize("rows,red,lanes,log", [(40, 6625, 8, False), (3, 21, 8, True), (4, 37, 16, False),
+                                                (2, 13, 8, False), (5, 7, 8, True), (2, 64, 8, False)])
+def test_ragged_softmax_rows_run_in_vectors_and_match(rows, red, lanes, log):
+    """A row of no whole number of vectors (PP-OCR rec's 6625 classes; 21, 37) reduces and
+    exponentiates whole vectors (the padding repeats the last value for the max and adds 0 to the
+    sum) and writes its norm as vectors plus a scalar tail; a row under two vectors (13, 7) stays
+    scalar, a whole one (64) as before. Large negative and equal values included."""
+    from tvmlite.backends.tvm.kernels.reduce import softmax
+    from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
+
+    x = _x(rows, red, scale=4.0)
+    x[0, -1] = 30.0  # the row's max in its last (ragged) element
+    x[-1, :] = -1e4
+    kd = softmax("s", "x", x.shape, axis=-1, log=log, opset=13, out_value="y", epilogue=Epilogue(), lanes=lanes)
+    text = kd.func.script()
+    assert ("vectorize_norm" in kd.steps) == (red >= 2 * lanes)
+    if red % lanes and red >= 2 * lanes:
+        assert "norm_" in text and "partition" in text  # whole vectors, then the tail
+    args, outs = kernel_args(kd, {"x": x})
+    build_kernel(kd)["main"](*args)
+    x64 = x.astype(np.float64)
+    s = x64 - x64.max(-1, keepdims=True)
+    ref = s - np.log(np.exp(s).sum(-1, keepdims=True)) if log else np.exp(s) / np.exp(s).sum(-1, keepdims=True)
+    np.testing.assert_allclose(outs[0].numpy().reshape(rows, red), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_long_softmax_rows_match_onnxruntime():
+    """Softmax over 6625 classes x 40 steps (PP-OCR rec's head) through the backend, one kernel."""
+    nodes = [helper.make_node("Softmax", ["x"], ["y"], axis=2)]
+    model = make_model(nodes, [tensor("x", [1, 40, 6625])], [tensor("y", [1, 40, 6625])])
+    feeds = {"x": _x(1, 40, 6625, scale=5.0)}
+    cm = compile_model(load(model), {"x": feeds["x"].shape})
+    assert cm.kernel_count == 1
+    np.testing.assert_allclose(cm.run(feeds)[0], ort_run(model, feeds)[0], rtol=1e-5, atol=1e-7)
