@@ -65,6 +65,24 @@ def test_gemm_schedule_shows_every_step():
     assert "w1: T.Buffer((2, 64, 32)" in text  # packed weights
 
 
+@pytest.mark.parametrize("m,k,n,parallel", [(1, 2048, 128, True), (1, 512, 128, False), (2, 3072, 256, True),
+                                             (64, 64, 64, False), (300, 64, 64, True)])
+def test_gemv_weighs_its_weight_stream_for_parallelism(m, k, n, parallel, monkeypatch):
+    """A GEMM of fewer rows than `STREAMED_ROWS` counts its weights at that many rows: a batch-1
+    classifier layer of 2048x128 (262K multiply-adds, ~40 us on one core) runs on both cores, a
+    512x128 one and a 64x64x64 GEMM stay on one, a 300-row GEMM was parallel already; results
+    are the same either way."""
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.delenv("TVMLITE_MIN_PARALLEL_WORK", raising=False)
+    a = RNG.standard_normal((m, k)).astype(np.float32)
+    w = (RNG.standard_normal((k, n)) * 0.05).astype(np.float32)
+    kd = KG.dense_gemm("g", "a", a.shape, w, None, out_value="y", out_shape=(m, n), lanes=8, epilogue=Epilogue())
+    assert ("T.parallel" in kd.func.script()) == parallel
+    (y,) = run_kernel(kd, {"a": a})
+    ref = a.astype(np.float64) @ w
+    np.testing.assert_allclose(y.reshape(m, n), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 def test_pack_host_array_matches_index_map():
     a = np.arange(6 * 8, dtype=np.float32).reshape(6, 8)
     p = S.pack_host_array(a, 4, along="cols")

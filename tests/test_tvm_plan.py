@@ -201,6 +201,41 @@ def test_a_small_plan_picks_its_thread_count_and_computes_the_same_on_any(monkey
         np.testing.assert_array_equal(_per_call(cm, {"x": x})[0], first)
 
 
+def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypatch):
+    """Picks at run 2, then after REPICK_FIRST runs, twice as many each time up to REPICK_MAX;
+    each pick's choice is the one runs take until the next (outputs identical either way). A plan
+    whose second run takes PICK_BELOW_S or more never picks."""
+    from tvmlite.backends.tvm import module
+
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setattr(module, "REPICK_FIRST", 2)
+    monkeypatch.setattr(module, "REPICK_MAX", 8)
+    proto = _conv_chain()
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    cm = compile_model(import_model(proto), {"x": x.shape})
+    picks, runs = [], [0]
+
+    def pick(run, most):
+        assert most == 2  # every pick weighs 1 against all threads, whatever the last one chose
+        picks.append(runs[0])
+        return 1 + len(picks) % 2, {1: 1.0, 2: 2.0}
+    monkeypatch.setattr(plan_func, "pick_threads", pick)
+    first = cm.run({"x": x})[0]
+    runs[0] = 1
+    for i in range(2, 40):
+        runs[0] = i
+        np.testing.assert_array_equal(cm.run({"x": x})[0], first)
+        assert cm.threads == 1 + len(picks) % 2
+    assert picks == [2, 4, 8, 16, 24, 32]  # gaps 2, 4, 8, then 8 (the cap)
+
+    monkeypatch.setattr(module, "PICK_BELOW_S", 0.0)
+    cm = compile_model(import_model(proto), {"x": x.shape})
+    picks.clear()
+    for i in range(20):
+        cm.run({"x": x})
+    assert picks == [] and cm.threads == 2
+
+
 def test_thread_picking_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("TVMLITE_THREADS", "2")
     monkeypatch.setenv("TVMLITE_PICK_THREADS", "0")

@@ -9,6 +9,14 @@ where 2^n is a normal float; below it exp is 0 (a -inf attention mask gives exac
 onnxruntime's softmax), above it saturates at ~1.7e38 (float32's inf is 3.4e38), which leaves
 sigmoid exact to float precision. NaN stays NaN. erf (TVM's is a scalar ``erff`` call per element
 too) is Eigen's and XLA's float rational approximation.
+
+e^r is 1 + r + r^2 q(r) with q of degree 3 (Cephes has degree 5), its coefficients fitted for least
+relative error on |r| <= ln2/2 (a least-squares fit reweighted toward minimax): 1.6e-7 at most in
+float32 against 6.6e-8, two FMAs fewer per exp. Sigmoid and SiLU take the clamped exp without its
+two guards (the exp of -x past 87 is ~1e-38 instead of 0, and 1 + that rounds to 1 all the same),
+SiLU as one division x / (1 + e^-x) with no NaN test (a NaN x makes the quotient NaN). The
+detector's convs with SiLU, one thread, CPU time (the conv alone, interleaved): 3->16 s2 at
+320x320 0.88-0.90x of the time before, 16->32 s2 0.95-0.97x, 64->32 1x1 0.90-0.96x.
 """
 from __future__ import annotations
 
@@ -17,8 +25,7 @@ from tvm import tirx
 F32 = "float32"
 _LOG2E = 1.44269504088896341
 _C1, _C2 = 0.693359375, -2.12194440e-4  # ln2 split so n*_C1 is exact in float32
-_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
-         5.0000001201e-1)
+_POLY = (8.333759382367134e-3, 4.189853370189667e-2, 1.666688770055771e-1, 4.9999141693115234e-1)
 _LO, _HI = -87.0, 88.0
 
 
@@ -28,13 +35,18 @@ def _c(v):
 
 def fast_exp(x):
     """e^x for a float32 expression, vectorizable (see the module's note)."""
+    y = tirx.Select(x < _c(_LO), _c(0.0), clamped_exp(x))
+    return tirx.Select(is_nan(x), x, y)
+
+
+def clamped_exp(x):
+    """e^x of x clamped to [_LO, _HI]: ~1.6e-38 below, ~1.7e38 above, a number for NaN."""
     xc = tirx.min(tirx.max(x, _c(_LO)), _c(_HI))
     n = tirx.floor(xc * _c(_LOG2E) + _c(0.5))
     r = xc - n * _c(_C1) - n * _c(_C2)
     y = _horner(r, _POLY) * r * r + r + _c(1.0)
     bits = tirx.shift_left(tirx.Cast("int32", n) + tirx.const(127, "int32"), tirx.const(23, "int32"))
-    y = tirx.Select(x < _c(_LO), _c(0.0), y * tirx.reinterpret(F32, bits))
-    return tirx.Select(is_nan(x), x, y)
+    return y * tirx.reinterpret(F32, bits)
 
 
 _ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
@@ -64,10 +76,11 @@ def is_nan(x):
 
 
 def fast_sigmoid(x):
-    """1 / (1 + e^-x) through `fast_exp`."""
-    return _c(1.0) / (_c(1.0) + fast_exp(-x))
+    """1 / (1 + e^-x) through `clamped_exp` (see the module's note); NaN stays NaN."""
+    return tirx.Select(is_nan(x), x, _c(1.0) / (_c(1.0) + clamped_exp(-x)))
 
 
 def fast_silu(x):
-    """x * sigmoid(x) (SiLU, Swish), as the graph's Mul(x, Sigmoid(x)) computes it."""
-    return x * fast_sigmoid(x)
+    """x * sigmoid(x) (SiLU, Swish) as x / (1 + e^-x): the graph's Mul(x, Sigmoid(x)) within a
+    rounding; NaN stays NaN and +-inf stay +-inf (as x * `fast_sigmoid` (x) gives them)."""
+    return x / (_c(1.0) + clamped_exp(-x))

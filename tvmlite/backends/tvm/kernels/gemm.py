@@ -90,6 +90,23 @@ def dense_tile(m: int, nn: int, lanes: int) -> S.GemmTile:
     return S.GemmTile(mr=mr, nr=nr)
 
 
+# A dense GEMM with fewer rows than this streams its weights: each weight, loaded once, serves only
+# m multiply-adds, so its time follows the weight bytes (`dense_work`)
+STREAMED_ROWS = 4
+
+
+def dense_work(m: int, nn: int, k: int) -> int:
+    """The work `S.worth_parallel` weighs for a dense GEMM of m x k @ k x nn: its multiply-adds,
+    counted as `STREAMED_ROWS` rows when it has fewer. With one row (a classifier's batch-1 fully
+    connected layer) the kernel streams 4 bytes of weights per multiply-add and runs at a quarter
+    or less of a conv's rate per multiply-add (AVX2, one thread: 2048x128 in ~40 us, 3072x256 in
+    ~170-235 us), so by its multiply-adds alone it stayed on one core where two halve the stream.
+    2 threads, the kernel alone, interleaved, load 8.5 (best runs; medians): 1x2048 @ 2048x128
+    parallel 0.58x (0.68x) of serial, 1x3072 @ 3072x256 0.55x (its median lost to a descheduled
+    worker), 1x512 @ 512x128 (262K by this count: still serial) 1.66x."""
+    return max(m, STREAMED_ROWS) * nn * k
+
+
 def dense_gemm(name: str, a: str, a_shape, w: np.ndarray, bias, *, out_value: str, out_shape,
                epilogue: Epilogue, lanes: int, trans_a: bool = False, tile: S.GemmTile | None = None,
                steps=None) -> KernelDef:
@@ -134,7 +151,7 @@ def dense_gemm(name: str, a: str, a_shape, w: np.ndarray, bias, *, out_value: st
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     S.schedule_gemm(sch, "acc", "epilogue", tile, packs=[("acc", ("read", 1), "cols", 0)],
-                    parallel=S.worth_parallel(m * nn * k),
+                    parallel=S.worth_parallel(dense_work(m, nn, k)),
                     parallel_rows=m > tile.mr, steps=steps)
     params = b.params
     params[-1].shape = (m, nn)
