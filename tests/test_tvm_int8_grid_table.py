@@ -107,6 +107,16 @@ def test_hardswish_table_in_a_batched_conv():
     assert np.mean(got == ref) > 0.99
 
 
+def test_table_stage_with_the_vnni_step(monkeypatch):
+    """On an AVX-512 VNNI host the conv's dot step changes, not its table stage (lowered only: LLVM
+    aborts on `vpdpbusd` where the CPU lacks it)."""
+    from tvmlite.backends.tvm.kernels import target
+
+    monkeypatch.setattr(target, "has_vnni", lambda: True)
+    (kd,) = _kernels(_conv_hardswish())
+    assert kd.steps == ["int8_vnni"] and 'T.sblock("lookup")' in kd.func.script()
+
+
 def test_hardswish_after_a_lone_fake_quant_pair_reads_a_table():
     """The pair's float arithmetic (qdq_fusion._fake_quant) is an elementwise kernel, which takes
     no table into its epilogue (TVM would compute it lane by lane): the table is a kernel of its own."""
