@@ -1,6 +1,7 @@
 """TVM backend, int8: an elementwise chain of one value on a quantization grid (PP-OCR's spelled-out
-HardSwish between fake-quant pairs) runs as a 256-entry table read (emitters/grid_table.py); chains
-that are not a function of that value alone, or of a value on no grid, keep the elementwise kernel."""
+HardSwish between fake-quant pairs) runs as a 256-entry table read (emitters/grid_table.py), in the
+kernel that makes the value when nothing else reads it (fusion.grid_chain); chains that are not a
+function of that value alone, or of a value on no grid, keep their elementwise ops."""
 from __future__ import annotations
 
 import numpy as np
@@ -45,9 +46,9 @@ def _hardswish(b: QDQ, x: str, tag: str, *, scale_by=None) -> str:
     return b.fake_quant(f"{tag}_y", f"{tag}_yq", 0.03, _u8(20))
 
 
-def _conv_hardswish(signed=False, scale_by=None, grid="conv"):
+def _conv_hardswish(signed=False, scale_by=None, grid="conv", also_out=False, shape=None):
     """A QDQ conv (``grid`` "conv"), a lone fake-quant pair on the input ("pair") or nothing
-    ("none") makes the value the HardSwish reads."""
+    ("none") makes the value the HardSwish reads; ``also_out``: that value is a graph output too."""
     b = QDQ()
     zp = np.array(-5, np.int8) if signed else _u8(131)
     x = b.fake_quant("x", "xd", 0.03, zp) if grid != "none" else "x"
@@ -60,30 +61,65 @@ def _conv_hardswish(signed=False, scale_by=None, grid="conv"):
         v = x
     y = _hardswish(b, v, "hs", scale_by=scale_by)
     b.nodes.append(helper.make_node("Identity", [y], ["out"]))
-    return make_model(b.nodes, [tensor("x", SHAPE)], [_out("out", 4)], b.inits, opset=17)
+    outs = [_out("out", 4)] + ([_out(v, 4)] if also_out else [])
+    return make_model(b.nodes, [tensor("x", shape or SHAPE)], outs, b.inits, opset=17)
+
+
+def _kernels(model, shape=SHAPE) -> list:
+    return lower(load(model), {"x": tuple(shape)}, vector_lanes()).kernels
 
 
 def _steps(model) -> list[str]:
-    low = lower(load(model), {"x": tuple(SHAPE)}, vector_lanes())
-    return [s for kd in low.kernels for s in kd.steps]
+    return [s for kd in _kernels(model) for s in kd.steps]
 
 
-def _run(model):
-    x = (RNG.standard_normal(SHAPE) * 4).astype(np.float32)
-    got = compile_model(load(model), {"x": tuple(SHAPE)}).run({"x": x})[0]
+def _table_in_the_conv(model, shape=SHAPE) -> bool:
+    """Whether the HardSwish ran as a table read in the int8 conv's own kernel, its "lookup" stage
+    (one kernel for the whole model, no table kernel of its own)."""
+    kernels = _kernels(model, shape)
+    return len(kernels) == 1 and kernels[0].nodes[0].startswith("QDQConv") and "hs_y" in " ".join(kernels[0].nodes) \
+        and 'T.sblock("lookup")' in kernels[0].func.script()
+
+
+def _run(model, shape=SHAPE):
+    x = (RNG.standard_normal(shape) * 4).astype(np.float32)
+    got = compile_model(load(model), {"x": tuple(shape)}).run({"x": x})[0]
     return got, ort_qdq(model, {"x": x})[0]
 
 
 @pytest.mark.parametrize("signed", [0, 1])
-def test_hardswish_after_an_int8_conv_reads_a_table(signed):
+def test_hardswish_after_an_int8_conv_reads_a_table_in_the_conv(signed):
     model = _conv_hardswish(signed=signed)
-    assert "grid_lookup" in _steps(model)
+    assert _table_in_the_conv(model)
     got, ref = _run(model)
     np.testing.assert_array_less(np.abs(got - ref), 0.03 + 1e-6)  # within one output step
     assert np.mean(got == ref) > 0.99  # onnxruntime's unfused QDQ arithmetic, almost everywhere
 
 
+def test_hardswish_table_in_a_batched_conv():
+    """Batch 2: the conv's epilogue is not tiled by rows (its NCHW output spans the batch), the
+    lookup stage runs over the whole output."""
+    shape = [2] + SHAPE[1:]
+    model = _conv_hardswish(shape=shape)
+    assert _table_in_the_conv(model, shape)
+    got, ref = _run(model, shape)
+    np.testing.assert_array_less(np.abs(got - ref), 0.03 + 1e-6)
+    assert np.mean(got == ref) > 0.99
+
+
+def test_table_stage_with_the_vnni_step(monkeypatch):
+    """On an AVX-512 VNNI host the conv's dot step changes, not its table stage (lowered only: LLVM
+    aborts on `vpdpbusd` where the CPU lacks it)."""
+    from tvmlite.backends.tvm.kernels import target
+
+    monkeypatch.setattr(target, "has_vnni", lambda: True)
+    (kd,) = _kernels(_conv_hardswish())
+    assert kd.steps == ["int8_vnni"] and 'T.sblock("lookup")' in kd.func.script()
+
+
 def test_hardswish_after_a_lone_fake_quant_pair_reads_a_table():
+    """The pair's float arithmetic (qdq_fusion._fake_quant) is an elementwise kernel, which takes
+    no table into its epilogue (TVM would compute it lane by lane): the table is a kernel of its own."""
     model = _conv_hardswish(grid="pair")
     assert "grid_lookup" in _steps(model)
     got, ref = _run(model)
@@ -91,10 +127,23 @@ def test_hardswish_after_a_lone_fake_quant_pair_reads_a_table():
     assert np.mean(got == ref) > 0.99
 
 
+def test_value_read_outside_the_chain_keeps_it_a_kernel_of_its_own():
+    """The conv's value is a graph output too: the conv stores it and the HardSwish stays a table
+    kernel reading it."""
+    model = _conv_hardswish(also_out=True)
+    kernels = _kernels(model)
+    assert len(kernels) == 2 and "grid_lookup" in kernels[1].steps
+    x = (RNG.standard_normal(SHAPE) * 4).astype(np.float32)
+    got = compile_model(load(model), {"x": tuple(SHAPE)}).run({"x": x})
+    for g, r in zip(got, ort_qdq(model, {"x": x})):
+        np.testing.assert_array_less(np.abs(g - r), 0.05 + 1e-6)
+
+
 def test_chain_not_of_the_value_alone_or_off_grid_stays_elementwise():
     per_channel = np.linspace(0.5, 1.5, 8, dtype=np.float32).reshape(1, 8, 1, 1)
     for model in (_conv_hardswish(scale_by=per_channel), _conv_hardswish(grid="none")):
         assert "grid_lookup" not in _steps(model)
+        assert not any("table" in kd.func.script() for kd in _kernels(model))
         got, ref = _run(model)
         np.testing.assert_array_less(np.abs(got - ref), 0.03 + 1e-6)
 

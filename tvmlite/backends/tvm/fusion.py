@@ -4,7 +4,13 @@ so their data never makes a round trip through memory. An elementwise op behind 
 Flatten, ...) still joins, computed in the view's index space. Two activations that read their
 input twice join as one op: a Gelu written out in elementwise ops (x * 0.5 * (1 + Erf(x / sqrt2)),
 or its tanh form), and SiLU written x * Sigmoid(x) (every YOLO-style block), after any anchor:
-conv, Gemm/MatMul, the lowered convs, an elementwise kernel.
+conv, Gemm/MatMul, the lowered convs, an elementwise kernel. For a kernel that asks (``tables``:
+the int8 conv, which reads the table from its integer output in a stage of its own), a value on
+its quantization grid that only an elementwise chain of it reads (PP-OCR's HardSwish between
+fake-quant pairs, reading the value twice) joins as one 256-entry table read (grid_table.py) where
+the plain chain stops. Elsewhere a table read inside an epilogue costs more than the kernel it
+saves: TVM computes a gather's index lane by lane (scalar code for the whole expression before
+it), which made PP-OCR cls's fused convs 1.5-2.4x slower.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import math
 import numpy as np
 
 from tvmlite.backends.tvm.emitters.elementwise import EW_OPS, ew_ops
+from tvmlite.backends.tvm.emitters.grid_table import chain_table
 from tvmlite.backends.tvm.emitters.transformer import scalar_const
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
 from tvmlite.errors import UnsupportedError
@@ -25,9 +32,10 @@ CROSSABLE_VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}  # an epilogue 
 MAX_EPILOGUE_OPS = 64
 
 
-def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str, list]:
+def absorb(low, value: str, out_shape: tuple, tables: bool = False) -> tuple[Epilogue, str, list]:
     """The elementwise consumers of ``value`` that fold into its producer's epilogue (marked
-    absorbed in ``low``), the value the kernel then writes, and the nodes absorbed, in order."""
+    absorbed in ``low``), the value the kernel then writes, and the nodes absorbed, in order;
+    ``tables``: the epilogue may start with a table read of ``value``'s grid (`grid_chain`)."""
     g = low.g
     ops, taken = [], []
     kernel_shape = cur_shape = tuple(out_shape)
@@ -50,7 +58,14 @@ def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str, list]:
             continue
         cons = g.consumers(value)
         if len(cons) != 1 or g.num_uses(value) != 1 or value in g.outputs:
-            break
+            table = grid_chain(low, value, cur_shape) if tables and not ops else None
+            if table is None:
+                break
+            op, nodes, value = table
+            ops.append(op)
+            low.absorbed.update(nodes)
+            taken.extend(nodes)
+            continue
         c = cons[0]
         if c in low.absorbed or c.domain not in ONNX:
             break
@@ -94,6 +109,52 @@ def absorb(low, value: str, out_shape: tuple) -> tuple[Epilogue, str, list]:
         taken.append(c)
         value = out
     return Epilogue(ops), value, taken
+
+
+def grid_chain(low, value: str, shape: tuple):
+    """(EwOp "GridTable", nodes, value it makes) when ``value`` lies on a quantization grid and all
+    its readers form one elementwise chain whose other operands are scalar constants or ``value``
+    itself (each value inside read once, by the next link): the chain is then a function of the
+    grid's integer (grid_table.chain_table), read from a table in the kernel that makes ``value``
+    instead of running as a kernel of its own (the producer never stores ``value``: nothing else
+    reads it). PP-OCR cls's HardSwish after each int8 pointwise conv and each float depthwise conv
+    (Add, fake-quant, Mul by the value, fake-quant) was 18 such kernels. None otherwise."""
+    g = low.g
+    grid = low.grid(value) if value not in g.outputs else None
+    cons = g.consumers(value)
+    if grid is None or not cons or any(c in low.absorbed or c.domain not in ONNX or c.op_type not in EW_OPS
+                                       for c in cons):
+        return None
+    for first in cons:
+        ops, nodes, out = _chain_of(low, value, first, shape)
+        if not nodes or any(c not in nodes for c in cons) or len(ops) > MAX_EPILOGUE_OPS:
+            continue
+        table = chain_table(value, shape, ops, grid)
+        if table is not None:
+            return EwOp("GridTable", attrs={"grid": grid, "table": table}), nodes, out
+    return None
+
+
+def _chain_of(low, value: str, node, shape: tuple) -> tuple[list, list, str]:
+    """(EwOps, nodes, last value) of the elementwise chain from ``node`` (a reader of ``value``)
+    on: each link of ``shape`` reads the last one's value, its only reader."""
+    g = low.g
+    ops, nodes, running = [], [], value
+    while node is not None and node.domain in ONNX and node.op_type in EW_OPS and node not in low.absorbed \
+            and low.shapes.get(node.outputs[0]) == tuple(shape):
+        try:
+            low.check_float(node)
+            new, _ = ew_ops(low, node, running)
+        except UnsupportedError:
+            break
+        ops.extend(new)
+        nodes.append(node)
+        running = node.outputs[0]
+        nxt = g.consumers(running)
+        if running in g.outputs or len(nxt) != 1 or g.num_uses(running) != 1:
+            break
+        node = nxt[0]
+    return ops, nodes, running
 
 
 def silu_pair(low, value: str):

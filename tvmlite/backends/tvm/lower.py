@@ -161,10 +161,11 @@ class Lowering:
         base = re.sub(r"[^0-9A-Za-z_]", "_", node.name or node.outputs[0])[:40]
         return f"k{len(self.kernels):03d}_{node.op_type.lower()}_{base}"
 
-    def epilogue(self, node: Node):
-        """(Epilogue, value the kernel writes, labels of the nodes fused) for ``node``'s output."""
+    def epilogue(self, node: Node, tables: bool = False):
+        """(Epilogue, value the kernel writes, labels of the nodes fused) for ``node``'s output;
+        ``tables``: the kernel reads a leading "GridTable" op itself (fusion.absorb)."""
         out = node.outputs[0]
-        epi, final, taken = fusion.absorb(self, out, self.shape(out))
+        epi, final, taken = fusion.absorb(self, out, self.shape(out), tables)
         epi.layouts = nhwc.layouts_of(self, epi)
         self.taken.extend(taken)
         return epi, final, [n.label for n in taken]

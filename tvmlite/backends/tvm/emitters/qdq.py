@@ -54,11 +54,12 @@ def _operands(low, node):
     return w_q, np.asarray(w_scale, np.float32).reshape(-1), bias, spec
 
 
-def _epilogue(low, node, spec):
-    """The fused elementwise tail; none after a quantized output (its readers are int8 kernels)."""
+def _epilogue(low, node, spec, tables: bool = False):
+    """The fused elementwise tail; none after a quantized output (its readers are int8 kernels).
+    ``tables``: the kernel reads a chain on its output grid from a table (qgemm.conv2d_int8)."""
     if spec["y_quantized"]:
         return Epilogue(), node.outputs[0], []
-    return low.epilogue(node)
+    return low.epilogue(node, tables=tables and float(spec["y_scale"]) > 0)
 
 
 def _channel_scales(w_scale, n):
@@ -103,7 +104,7 @@ def emit_qdq_conv(low, node) -> None:
     geom = window_2d(WindowGeometry.conv(node.attrs, nchw, w_q.shape))
     w_scale = _channel_scales(w_scale, w_q.shape[0])
     out = node.outputs[0]
-    epi, final, labels = _epilogue(low, node, spec)
+    epi, final, labels = _epilogue(low, node, spec, tables=not depthwise)
     name, out_shape = low.kernel_name(node), low.shape(out)
 
     def make():

@@ -80,6 +80,8 @@ def bind_epilogue(epilogue: Epilogue, b: Builder, out_shape: tuple):
         args = []
         if not any(later.op in ROUNDING for later in epilogue.ops[i + 1:]):
             op = _divide_as_multiply(op)
+        if op.op == "GridTable":  # fusion.grid_chain: no operands, a table of the grid's integers
+            args.append(b.const(np.asarray(op.attrs["table"], np.float32).reshape(256), label="table"))
         for kind, *rest in op.operands:
             if kind == "value":
                 name, shape = rest
@@ -101,6 +103,9 @@ def bind_epilogue(epilogue: Epilogue, b: Builder, out_shape: tuple):
     def apply(x, idx):
         spaces = {}
         for op, args in bound:
+            if op.op == "GridTable":
+                x = grid_table_read(x, args[0], op.attrs["grid"])
+                continue
             if op.op in UNARY:
                 x = UNARY[op.op](x, op.attrs)
                 continue
@@ -119,7 +124,18 @@ def bind_epilogue(epilogue: Epilogue, b: Builder, out_shape: tuple):
     return apply
 
 
-ROUNDING = {"Round", "Floor", "Ceil"}  # a Div before these keeps its exact quotient (QDQ's x / scale)
+ROUNDING = {"Round", "Floor", "Ceil", "GridTable"}  # a Div before these keeps its exact quotient (QDQ's x / scale)
+
+
+def grid_table_read(x, table, grid):
+    """``table`` [256] at the integer k of ``x``, a float32 value on ``grid`` = (scale, zero point,
+    signed), lowest integer first: round(x * (1 / scale)) + zero point (exact: x / scale lies a few
+    ulps from an integer, grid_table.py)."""
+    s, z, signed = grid
+    lo = -128 if signed else 0
+    r, off = tirx.const(float(np.float32(1) / np.float32(s)), F32), tirx.const(float(z - lo), F32)
+    k = tirx.nearbyint(x * r) + off
+    return table[tirx.max(tirx.min(k, tirx.const(255.0, F32)), tirx.const(0.0, F32)).astype("int32")]
 
 
 def _divide_as_multiply(op: EwOp) -> EwOp:

@@ -9,7 +9,7 @@ from tvm import te, tirx
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
-from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue, broadcast_read
+from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue, broadcast_read, grid_table_read
 
 
 def elementwise(name: str, first: tuple, out_shape, *, out_value: str, epilogue: Epilogue,
@@ -43,18 +43,10 @@ def grid_lookup(name: str, x: str, shape, grid, table: np.ndarray, *, out_value:
     """out = table[k] for each element of ``x``, a float32 value on ``grid`` = (scale, zero point,
     signed), k its integer (lowest first): round(x * (1 / scale)) + zero point (grid_table.py)."""
     shape = tuple(int(d) for d in shape)
-    s, z, signed = grid
-    lo = -128 if signed else 0
     b = Builder(name)
     X = b.input(x, shape)
     T = b.const(np.asarray(table, np.float32).reshape(256), label="table")
-    r, off = tirx.const(float(np.float32(1) / np.float32(s)), "float32"), tirx.const(float(z - lo), "float32")
-
-    def f(*idx):
-        k = tirx.nearbyint(X[idx] * r) + off
-        return T[tirx.max(tirx.min(k, tirx.const(255.0, "float32")), tirx.const(0.0, "float32")).astype("int32")]
-
-    Y = te.compute(shape, f, name="ew")
+    Y = te.compute(shape, lambda *idx: grid_table_read(X[idx], T, grid), name="ew")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     S.parallel_vectorize(sch, "ew", lanes, parallel=S.worth_parallel(int(np.prod(shape))))
