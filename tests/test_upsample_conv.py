@@ -183,3 +183,15 @@ def test_pp_ocr_det_head_in_onnxruntime():
     x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
     a, b = ort_run(proto, {"x": x})[0], ort_run(export_model(m), {"x": x})[0]
     assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(a).max()))
+
+
+def test_resize_10_nearest_is_an_upsampling():
+    """Resize-10 (inputs x, scales; asymmetric coordinates, floor when upsampling) is rewritten too."""
+    nodes = [helper.make_node("Resize", ["x", "scales"], ["u"], mode="nearest"),
+             helper.make_node("Conv", ["u", "w"], ["y"], pads=[1, 1, 1, 1])]
+    inits = [("scales", np.array([1, 1, 4, 4], np.float32)), ("w", f32(2, 3, 3, 3))]
+    proto = make_model(nodes, [tensor("x", [1, 3, 3, 4])], [tensor("y", [1, 2, 12, 16])], inits, opset=10)
+    m = tvmlite.load(proto)
+    r = Pipeline("upsample-conv").run(m)[0]
+    assert r.stats["rewritten"] == 1 and ops(m) == ["ConvTranspose"], r.skipped
+    check_same(proto, m, {"x": f32(1, 3, 3, 4)})
