@@ -168,3 +168,18 @@ def test_ort_op_profile_lists_where_onnxruntime_reorders_the_blocked_layout(monk
     lines = mod.reorders(model)
     assert any(line.startswith("ReorderOutput") and "-> Mul" in line for line in lines), lines
     assert any(line.startswith("ReorderInput") and "Mul" in line.split("->")[0] for line in lines), lines
+
+
+def test_det_files_ab_refuses_bad_arguments_in_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("det_files_ab", ROOT / "bench" / "det_files_ab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a = tmp_path / "a.onnx"
+    a.write_bytes(b"")
+    for argv in (["3", str(a)], ["x", str(a), str(a)], ["3", "--threads", "0", str(a), str(a)],
+                 ["3", str(a), str(tmp_path / "missing.onnx")]):
+        assert mod.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("det_files_ab.py: "), (argv, err)
+    assert mod.parse(["5", "--threads", "2", str(a), str(a)]) == (5, 2, [str(a), str(a)])
