@@ -17,9 +17,9 @@ the model's MACs) reads Concat(Resize 8x, Resize 4x, Resize 2x, x). In onnxrunti
 time with the 8x and 4x parts rewritten, 0.975x with all three: onnxruntime's ConvTranspose (GEMM
 and col2im, plain NCHW) on the 2x part (4x4 kernel, stride 2) took as long as the blocked direct
 Conv on those channels at full resolution. Hence ``min_scale`` (4): only factors of 4 or more are
-rewritten. At two threads (wall clock, interleaved medians of 41, load ~4.5) the gain all but goes:
-0.990x and 0.998x in two runs (onnxruntime's col2im does not scale with threads as its blocked Conv
-does; 8x alone read 1.033x, noise at that load). Not a clean-up: whether it pays depends on the runtime (optimize's speed check decides in
+rewritten. At two threads (wall clock, interleaved medians of 31-41, load 3-5) three runs read
+0.990x, 0.998x and 0.948x: smaller and less sure than at one thread (onnxruntime's col2im does not
+scale with threads as its blocked Conv does; 8x alone read 1.033x, noise at that load). Not a clean-up: whether it pays depends on the runtime (optimize's speed check decides in
 the fast preset).
 
 Refused (left alone with the reason): a Conv that is grouped, strided, dilated, not "same" sized,
