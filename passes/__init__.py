@@ -41,6 +41,7 @@ else:
     from tvmlite.passes import constants, shape_fold, redundant, fusions, cse, simplify  # noqa: F401,E402  (more clean-ups)
     from tvmlite.passes import activation_fusion, conv_input_affine, affine_as_conv  # noqa: F401,E402  (fuse-hardswish, fuse-affine-conv, affine-as-conv)
     from tvmlite.passes import residual_scale, subpixel_convtranspose  # noqa: F401,E402  (fuse-residual-scale, subpixel-convtranspose)
+    from tvmlite.passes import upsample_conv  # noqa: F401,E402  (upsample-conv)
     from tvmlite.passes import lowering  # noqa: F401,E402  (lower-conv: im2col / MEC)
     from tvmlite.passes import winograd  # noqa: F401,E402  (winograd)
     from tvmlite.passes import conv_choice  # noqa: F401,E402  (choose-conv)

@@ -143,3 +143,43 @@ def test_ort_op_profile_sums_onnxruntime_node_times_by_op_kind(capsys, monkeypat
     out = capsys.readouterr().out
     assert "1 thread(s)" in out and "Conv" in out and "%" in out
     assert len([line for line in out.splitlines() if line.startswith("    ")]) == 2  # --top 2
+
+
+def test_ort_op_profile_lists_where_onnxruntime_reorders_the_blocked_layout(monkeypatch):
+    """Conv -> Mul by a per-channel tensor -> Conv: onnxruntime's NCHWc transformer takes the Convs, not
+    a broadcast Mul, so it reorders out before the Mul and back in after it."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("ort_op_profile", ROOT / "bench" / "ort_op_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    w = np.random.default_rng(0).standard_normal((16, 16, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w.copy(), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "s"], ["m"]),
+             helper.make_node("Conv", ["m", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 16, 8, 8]),
+                                           helper.make_tensor_value_info("s", 1, [1, 16, 1, 1])],
+                              [helper.make_tensor_value_info("y", 1, [1, 16, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    lines = mod.reorders(model)
+    assert any(line.startswith("ReorderOutput") and "-> Mul" in line for line in lines), lines
+    assert any(line.startswith("ReorderInput") and "Mul" in line.split("->")[0] for line in lines), lines
+
+
+def test_det_files_ab_refuses_bad_arguments_in_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("det_files_ab", ROOT / "bench" / "det_files_ab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a = tmp_path / "a.onnx"
+    a.write_bytes(b"")
+    for argv in (["3", str(a)], ["x", str(a), str(a)], ["3", "--threads", "0", str(a), str(a)],
+                 ["3", str(a), str(tmp_path / "missing.onnx")]):
+        assert mod.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("det_files_ab.py: "), (argv, err)
+    assert mod.parse(["5", "--threads", "2", str(a), str(a)]) == (5, 2, [str(a), str(a)])

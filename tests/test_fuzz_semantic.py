@@ -399,7 +399,7 @@ def _same(a, b) -> bool:
 
 #: what deep mutants go through: the clean preset, and the float fusions of the fast preset
 REWRITES = ({"preset": "clean"}, {"passes": "fuse-hardswish,fuse-affine-conv,fuse-residual-scale,affine-as-conv,"
-                                             "subpixel-convtranspose"})
+                                             "subpixel-convtranspose,upsample-conv(min_scale=2)"})
 
 
 def _check_rewrite(data: bytes, spec: dict, feeds, ref) -> str | None:

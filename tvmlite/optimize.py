@@ -51,11 +51,13 @@ PRESETS = {
     # (lowrank's time_budget: planning every layer of PP-OCR det at 640x640 took 190-320 s);
     # last, chains of stride-2 ConvTransposes as 1x1 convs and one DepthToSpace (DBNet's head: 0.97x
     # at one thread) and affines left before convs as 1x1 depthwise convs, each kept only when
-    # measured faster (PP-OCR det 640x640: 0.78x -> 0.65x of the input model's time)
+    # measured faster (PP-OCR det 640x640: 0.78x -> 0.65x of the input model's time); and convs over
+    # nearest upsamplings by 4x or more as ConvTransposes at the low resolution (det's head: 0.95x
+    # at one thread)
     "fast": CLEANUPS + "," + FLOAT_FUSIONS + ",quantize-dynamic(min_matmul_share=0.5,gather=true,smooth=0.7,"
                        "smooth_min_gain=3,attention=true,measure=true),"
                        "lowrank(budget=0.25,measure=true,time_budget=45),"
-                       "quantize(mode=auto,measure=true),subpixel-convtranspose,affine-as-conv,dce",
+                       "quantize(mode=auto,measure=true),subpixel-convtranspose,affine-as-conv,upsample-conv,dce",
     # clean-ups, low rank, int8 wherever it fits the budget, then weight compression of what is left:
     # int4 blocks for the MatMul/Gemm weights and embedding tables still float, 4-bit palettes for the
     # rest (float conv weights and the int8 weights quantize stored), each checked against the budget
