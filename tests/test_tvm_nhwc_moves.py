@@ -105,6 +105,40 @@ def test_inception_block_travels_channels_last_through_pool_and_concat(lanes, po
     assert {"s::nhwc", "p::nhwc", "cat::nhwc", "o1::nhwc", "o4::nhwc"} <= nhwc_buffers(cm)
     assert not transposes(cm)
     assert not [c for c in cm.plan["calls"] if "_nhwc_" in c.get("func", "")]
+    # each branch's kernel writes its channels into the Concat's buffer (nhwc_concat.py): no copy
+    slices = {v: (b["of"], b["offset"]) for v, b in cm.plan["buffers"].items() if b.get("kind") == "slice"}
+    assert slices == {"o1::nhwc": ("cat::nhwc", 0), "o2::nhwc": ("cat::nhwc", 64), "o3::nhwc": ("cat::nhwc", 96),
+                      "o4::nhwc": ("cat::nhwc", 120)}
+    assert not concats(cm)
+
+
+def concats(cm) -> list:
+    return [c["func"] for c in cm.plan["calls"] if "_concat_" in c.get("func", "")]
+
+
+def test_concat_copies_without_views(monkeypatch):
+    """TVMLITE_CONCAT_VIEWS=0: the channels-last Concat stays one copy kernel, no slices."""
+    monkeypatch.setenv("TVMLITE_CONCAT_VIEWS", "0")
+    nodes, inits = inception()
+    cm = build(nodes, inits, (1, 8, 9, 11), {"y": (1, 8, 9, 11)}, 8)
+    assert "cat::nhwc" in nhwc_buffers(cm) and len(concats(cm)) == 1
+    assert not [b for b in cm.plan["buffers"].values() if b.get("kind") == "slice"]
+
+
+def test_profiled_kernels_write_their_slices():
+    """The kernels called one at a time (profile, tools: the public wrappers with views of the
+    Concat's buffer at an offset) compute what the whole run does."""
+    nodes, inits = inception()
+    cm = build(nodes, inits, (1, 8, 9, 11), {"y": (1, 8, 9, 11)}, 8)
+    x = RNG.standard_normal((1, 8, 9, 11)).astype(np.float32)
+    want = cm.run({"x": x})
+    want = np.array(want["y"] if isinstance(want, dict) else want[0])
+    for name in ("cat::nhwc", "y"):  # forget what the run wrote
+        buf = cm._store[name]
+        buf.copyfrom(np.zeros(buf.shape, np.float32))
+    for fn, args in cm._calls:
+        fn(*args)
+    np.testing.assert_array_equal(cm.buffer_view("y", want.shape), want)
 
 
 def test_squeezenet_fire_concat_then_ceil_mode_maxpool():
@@ -169,3 +203,4 @@ def test_a_concat_input_made_on_the_host_is_read_nchw():
     got = got["y"] if isinstance(got, dict) else got[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     assert {"a::nhwc", "cat::nhwc"} <= nhwc_buffers(cm) and not transposes(cm)
+    assert len(concats(cm)) == 1  # an input stored NCHW: the Concat stays a copy

@@ -186,6 +186,7 @@ def emit_concat(low, node, *, epilogue, final: str, labels) -> bool:
 
         return concat_nhwc(name, ins, out_value=out, out_shape=shape, lanes=lanes, epilogue=epilogue)
     low.add(make, node, final, labels)
+    low.nhwc_concats[name] = (ins, out, shape, bool(epilogue.ops))  # its inputs may move (nhwc_concat.py)
     store_nhwc(low, final)
     return True
 
