@@ -204,3 +204,23 @@ def test_a_concat_input_made_on_the_host_is_read_nchw():
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     assert {"a::nhwc", "cat::nhwc"} <= nhwc_buffers(cm) and not transposes(cm)
     assert len(concats(cm)) == 1  # an input stored NCHW: the Concat stays a copy
+
+
+@pytest.mark.parametrize("yl", ["NCHW", "NHWC"])
+def test_two_vector_tile_for_many_channels_padded_a_little(yl):
+    """520 output channels at 8 lanes take the two-vector tile (528 computed, conv_nhwc._tile_channels:
+    SqueezeNet's 1000-channel conv); the 8 padded channels are never written."""
+    from tvmlite.backends.tvm.kernels.conv_nhwc import _tile_channels, conv2d_nhwc
+    from tvmlite.ops.conv import conv
+
+    assert _tile_channels(520, 8) == 528 and _tile_channels(200, 8) == 200 and _tile_channels(1000, 16) == 1000
+    x = RNG.standard_normal((1, 16, 5, 7)).astype(np.float32)
+    w = RNG.standard_normal((520, 16, 1, 1)).astype(np.float32)
+    geom = WindowGeometry.conv({"kernel_shape": [1, 1]}, x.shape, w.shape)
+    kd = conv2d_nhwc("k", "x", x.shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=8, y_layout=yl)
+    args, outs = kernel_args(kd, {"x": nhwc(x)})
+    build_kernel(kd)["main"](*args)
+    ref = conv(x, w, None, kernel_shape=[1, 1])
+    got = outs[0].numpy()
+    got = got.reshape(1, 5, 7, 520).transpose(0, 3, 1, 2) if yl == "NHWC" else got.reshape(ref.shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
