@@ -7,7 +7,11 @@ least one such conv, or an Add that joins another conv's epilogue (a residual: t
 reads the operand through `Epilogue.layouts`). The value's NCHW buffer is then not made at all,
 unless a reader the decision did not foresee needs it (an Add that ran as its own kernel, a host
 call, a view, a graph output): `materialize` then adds one transpose kernel per such value, run
-right after its producer, so a wrong guess costs a copy, never a wrong result. The same design
+right after its producer, so a wrong guess costs a copy, never a wrong result. A windowed pool
+or a channel Concat passes the layout on (`passes_nhwc`): it runs channels-last in and out
+(kernels/nhwc_moves.py) when its own readers take NHWC, so Inception's and SqueezeNet's branches,
+pools and Concats reach the next 1x1 convs channels-last, and a Concat's inputs are written
+straight into its NHWC buffer (nhwc_concat.py). The same design
 as the int8 path's channels-last buffers (qdq_buffers.py), there decided before lowering because
 those nodes' fusion is already done; here the float epilogue fusion (fusion.py) decides which
 value a kernel writes, so the decision is taken per kernel as it is emitted.

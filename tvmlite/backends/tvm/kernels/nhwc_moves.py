@@ -17,7 +17,7 @@ from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, channel_vector
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
-from tvmlite.backends.tvm.kernels.pool import window_count
+from tvmlite.backends.tvm.kernels.pool import pool_output
 from tvmlite.ops.geometry import WindowGeometry
 
 
@@ -49,15 +49,8 @@ def pool2d_nhwc(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, 
         return tirx.if_then_else(tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd), X[nn, iy, ix, cc], fill)
 
     acc = te.compute((n, oh, ow, c), lambda nn, y, xx, cc: reduce(tap(nn, y, xx, cc), axis=[ry, rx]), name="acc")
-    count = window_count(geom, h, wd, count_include_pad)
-
-    def out(nn, y, xx, cc):
-        v = acc[nn, y, xx, cc]
-        if kind != "max":
-            v = v / count(y, xx)
-        return apply(v, (nn, cc, y, xx))
-
-    Y = te.compute((n, oh, ow, c), out, name="epilogue")
+    Y = pool_output(acc, geom, (n, c, h, wd), kind=kind, count_include_pad=count_include_pad, apply=apply,
+                    channels_last=True)
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     e = sch.get_sblock("epilogue")
