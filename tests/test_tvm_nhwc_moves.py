@@ -71,6 +71,28 @@ def test_concat_kernel_reads_each_input_in_its_layout(lanes, sizes):
     np.testing.assert_array_equal(outs[0].numpy().reshape(want.shape), want)
 
 
+@pytest.mark.parametrize("op,attrs", [POOLS[0], POOLS[4]])
+def test_kernels_split_across_cores(monkeypatch, op, attrs):
+    """The parallel schedules (every kernel parallel: $TVMLITE_MIN_PARALLEL_WORK=0, 2 threads):
+    the pool's rows and the Concat's pixels across cores."""
+    monkeypatch.setenv("TVMLITE_MIN_PARALLEL_WORK", "0")
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    x = RNG.standard_normal((1, 16, 9, 9)).astype(np.float32)
+    ref = onnx_pool(op, attrs, x)
+    kd = pool2d_nhwc("k", "x", x.shape, WindowGeometry.pool(attrs, x.shape), kind="max" if op == "MaxPool" else "avg",
+                     count_include_pad=bool(attrs.get("count_include_pad", 0)), out_value="y", epilogue=Epilogue(),
+                     lanes=8)
+    assert "parallel" in kd.func.script()
+    args, outs = kernel_args(kd, {"x": nhwc(x)})
+    build_kernel(kd)["main"](*args)
+    np.testing.assert_allclose(outs[0].numpy().reshape(nhwc(ref).shape), nhwc(ref), rtol=1e-5, atol=1e-5)
+    kd = concat_nhwc("c", [("a", x.shape, True), ("b", x.shape, False)], out_value="y", out_shape=(1, 32, 9, 9), lanes=8)
+    assert "parallel" in kd.func.script()
+    args, outs = kernel_args(kd, {"a": nhwc(x), "b": 2 * x})
+    build_kernel(kd)["main"](*args)
+    np.testing.assert_array_equal(outs[0].numpy().reshape(1, 9, 9, 32), nhwc(np.concatenate([x, 2 * x], 1)))
+
+
 def test_channel_vector():
     assert [channel_vector(c, 16) for c in (32, 24, 20, 6)] == [16, 8, 4, 0]
     assert [channel_vector(c, 8) for c in (32, 12, 2)] == [8, 4, 0]

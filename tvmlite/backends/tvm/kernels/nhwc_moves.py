@@ -56,6 +56,8 @@ def pool2d_nhwc(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, 
     e = sch.get_sblock("epilogue")
     nl, yl, xl, cl = sch.get_loops(e)
     co, ci = sch.split(cl, factors=[None, vec])
+    if S.worth_parallel(n * c * oh * ow * kh * kw):  # before the accumulator moves in: TVM refuses after
+        S.parallel_outer(sch, [nl, yl] if n * oh >= 2 else [nl, yl, xl])
     a = sch.get_sblock("acc")
     sch.compute_at(a, co)
     sch.set_scope(a, 0, "local")
@@ -64,8 +66,6 @@ def pool2d_nhwc(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, 
     sch.vectorize(av)
     sch.vectorize(ci)
     sch.decompose_reduction(a, ar)
-    if S.worth_parallel(n * c * oh * ow * kh * kw):
-        S.parallel_outer(sch, [nl, yl] if n * oh >= 2 else [nl, yl, xl])
     return KernelDef(name, b.params, sch.mod["main"], steps=["channel_vectors", "parallel_outer"])
 
 
