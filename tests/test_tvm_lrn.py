@@ -29,10 +29,13 @@ def numpy_lrn(x, size, alpha, beta, bias):
     return (x / (bias + alpha / size * sq) ** beta).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape,size,beta", [((1, 12, 5, 16), 5, 0.75), ((2, 7, 9), 3, 0.5), ((1, 6, 4, 8), 7, 1.0),
+@pytest.mark.parametrize("shape,size,beta", [((1, 12, 5, 16), 5, 0.75), ((1, 16, 11, 5), 5, 0.75), ((2, 7, 9), 3, 0.5), ((1, 6, 4, 8), 7, 1.0),
                                              ((1, 9, 3, 10), 3, 0.6), ((1, 10, 4, 8), 4, 0.75)])
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_lrn(shape, size, beta, lanes):
+def test_lrn(shape, size, beta, lanes, monkeypatch):
+    """Planes of whole vectors and with a ragged tail (its own loop); every kernel parallel."""
+    monkeypatch.setenv("TVMLITE_MIN_PARALLEL_WORK", "0")
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
     nodes = [helper.make_node("LRN", ["x"], ["l"], size=size, alpha=0.3, beta=beta, bias=1.5),
              helper.make_node("Relu", ["l"], ["y"])]
     m = make_model(nodes, [tensor("x", shape)], [tensor("y", shape)], [])

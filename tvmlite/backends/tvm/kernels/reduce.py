@@ -6,7 +6,7 @@ from tvm import te, tirx
 
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule, unrolled_sum
-from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
+from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, unflatten
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.backends.tvm.kernels.fastmath import fast_exp
 
@@ -236,11 +236,13 @@ def lrn(name: str, x: str, x_shape, *, size: int, alpha: float, beta: float, bia
     the scalar kernel with a reduction block and ``powf`` took 7.45 ms on Inception v1's
     192x56x56 LRN (AVX2, one thread, CPU time)."""
     shape = tuple(int(d) for d in x_shape)
-    c = shape[1]
+    n, c = shape[:2]
+    plane = int(np.prod(shape[2:], dtype=np.int64))
     lo = (size - 1) // 2
     b = Builder(name)
-    X = b.input(x, shape)
+    X = b.input(x, (n, c, plane))  # the pixels as one run: whole vectors of a 55x55 plane, not of its rows
     apply = bind_epilogue(epilogue, b, shape)
+    spatial = shape[2:]
     scale, zero = tirx.const(alpha / size, F32), tirx.const(0.0, F32)
 
     def square_sum(nn, cc, rest):
@@ -251,15 +253,23 @@ def lrn(name: str, x: str, x_shape, *, size: int, alpha: float, beta: float, bia
             terms.append(tirx.Select(tirx.all(src >= 0, src < c), v * v, zero))
         return unrolled_sum(terms)
 
-    def out(nn, cc, *rest):
-        d = tirx.const(bias, F32) + scale * square_sum(nn, cc, rest)
-        return apply(X[(nn, cc) + rest] * _inverse_power(d, beta), (nn, cc) + rest)
+    def out(nn, cc, p):
+        d = tirx.const(bias, F32) + scale * square_sum(nn, cc, (p,))
+        return apply(X[nn, cc, p] * _inverse_power(d, beta), (nn, cc) + tuple(unflatten(p, spatial)))
 
-    Y = te.compute(shape, out, name="epilogue")
+    Y = te.compute((n, c, plane), out, name="epilogue")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    S.parallel_vectorize(sch, "epilogue", lanes, parallel=S.worth_parallel(int(np.prod(shape)) * size))
-    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_vectorize"])
+    nl, cl, pl = sch.get_loops(sch.get_sblock("epilogue"))
+    if S.worth_parallel(int(np.prod(shape)) * size):
+        S.parallel_outer(sch, [nl, cl])
+    body = plane // lanes * lanes
+    if body:
+        # the whole vectors and the ragged tail as two loops: TVM vectorizes no predicated loop
+        if plane > body:
+            pl, _ = sch.loop_partition(pl, factors=[body, None])
+        sch.vectorize(sch.split(pl, factors=[None, lanes])[1])
+    return KernelDef(name, b.params, sch.mod["main"], steps=["plane_vectors", "parallel_outer"])
 
 
 def _inverse_power(d, beta: float):
