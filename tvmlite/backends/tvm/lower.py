@@ -28,6 +28,7 @@ from tvmlite.backends.tvm.concat_views import enabled as concat_views_enabled, p
 from tvmlite.backends.tvm.emitters import lookup, nhwc
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: F401 - the lowering's vocabulary
 from tvmlite.backends.tvm.loop_shapes import add_loop_shapes, propagate_shapes
+from tvmlite.backends.tvm.nhwc_concat import place as place_nhwc_concats
 from tvmlite.backends.tvm.prepare import ONNX, prepare
 from tvmlite.backends.tvm.prepare import fold_static_shapes
 from tvmlite.backends.tvm.qdq_buffers import value_grid
@@ -103,6 +104,7 @@ class Lowering:
         self.nhwc: dict[str, str] = {}  # float value -> its channels-last buffer (emitters/nhwc.py)
         self.nhwc_keys: dict[str, int] = {}  # such a value -> its producer's run position
         self.promised: set = set()  # values a later conv is to write NHWC (nhwc.promise_residuals)
+        self.nhwc_concats: dict = {}  # channels-last Concat kernels whose inputs may move (nhwc_concat.py)
 
     # --------------------------------------------------------------------------------- helpers
     def grid(self, name: str):
@@ -216,6 +218,7 @@ class Lowering:
                               self.views)
         if self.emit:
             place_concats(self, low, self.lanes)
+            place_nhwc_concats(self, low)
         low.kernels = [k for k in low.order if not isinstance(k, HostSegment)]
         low.inputs = [(n, self.shape(n), np.dtype(g.value(n).dtype or np.float32)) for n in graph_inputs(g)]
         low.outputs = list(g.outputs)

@@ -7,7 +7,11 @@ least one such conv, or an Add that joins another conv's epilogue (a residual: t
 reads the operand through `Epilogue.layouts`). The value's NCHW buffer is then not made at all,
 unless a reader the decision did not foresee needs it (an Add that ran as its own kernel, a host
 call, a view, a graph output): `materialize` then adds one transpose kernel per such value, run
-right after its producer, so a wrong guess costs a copy, never a wrong result. The same design
+right after its producer, so a wrong guess costs a copy, never a wrong result. A windowed pool
+or a channel Concat passes the layout on (`passes_nhwc`): it runs channels-last in and out
+(kernels/nhwc_moves.py) when its own readers take NHWC, so Inception's and SqueezeNet's branches,
+pools and Concats reach the next 1x1 convs channels-last, and a Concat's inputs are written
+straight into its NHWC buffer (nhwc_concat.py). The same design
 as the int8 path's channels-last buffers (qdq_buffers.py), there decided before lowering because
 those nodes' fusion is already done; here the float epilogue fusion (fusion.py) decides which
 value a kernel writes, so the decision is taken per kernel as it is emitted.
@@ -18,6 +22,9 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
+from tvmlite.backends.tvm.kernels.defs import channel_vector
 from tvmlite.backends.tvm.kernels.schedules import accumulator_vectors
 from tvmlite.limits import env_flag
 
@@ -69,10 +76,11 @@ def writes_nhwc(low, node, final: str) -> bool:
     return _readers_take_nhwc(low, final, ahead=True)
 
 
-def _readers_take_nhwc(low, value: str, ahead: bool) -> bool:
-    """Whether every reader of ``value`` takes it NHWC, at least one a conv; or, with ``ahead``,
-    all of them residuals of convs that will write NHWC (ResNet's downsampling 1x1 conv, read
-    only by the block's Add: the kernel writing NHWC would read it channel-strided)."""
+def _readers_take_nhwc(low, value: str, ahead: bool, depth: int = 0) -> bool:
+    """Whether every reader of ``value`` takes it NHWC, at least one a conv (or a pool or channel
+    Concat whose own readers do: `passes_nhwc`); or, with ``ahead``, all of them residuals of
+    convs that will write NHWC (ResNet's downsampling 1x1 conv, read only by the block's Add: the
+    kernel writing NHWC would read it channel-strided)."""
     g = low.g
     readers = g.consumers(value)
     if value in g.outputs or not readers or any(r in low.absorbed for r in readers):
@@ -81,11 +89,42 @@ def _readers_take_nhwc(low, value: str, ahead: bool) -> bool:
     for r in readers:
         if r.inputs and r.inputs[0] == value and reads_nhwc(low, r):
             convs += 1
+        elif depth < _MAX_DEPTH and passes_nhwc(low, r, value) \
+                and _readers_take_nhwc(low, _chain_end(low, r.outputs[0]), False, depth + 1):
+            convs += 1
         elif not _residual(low, r, value):
             return False
     if convs:
         return True
-    return ahead and all(_readers_take_nhwc(low, _chain_end(low, r.outputs[0]), ahead=False) for r in readers)
+    return ahead and all(_readers_take_nhwc(low, _chain_end(low, r.outputs[0]), False, depth + 1) for r in readers)
+
+
+#: how many pools and Concats a look-ahead crosses (Inception: Concat -> pool -> Concat -> conv)
+_MAX_DEPTH = 4
+_POOLS = ("MaxPool", "AveragePool")
+
+
+def passes_nhwc(low, node, value: str) -> bool:
+    """Whether ``node`` can read ``value`` NHWC and write its own output NHWC
+    (kernels/nhwc_moves.py): a 2-D MaxPool / AveragePool of ``value`` (no Indices output) over
+    channels that make whole vectors, or a Concat of 4-D float values along the channels."""
+    if node.domain not in ONNX or value in low.g.outputs or node.outputs[0] in low.g.outputs:
+        return False
+    shape = low.shapes.get(value, ())
+    if node.op_type in _POOLS:
+        return (node.inputs[0] == value and len(shape) == 4 and len([o for o in node.outputs if o]) == 1
+                and len(low.shapes.get(node.outputs[0], ())) == 4 and channel_vector(shape[1], low.lanes) > 0)
+    if node.op_type != "Concat" or len(low.shapes.get(node.outputs[0], ())) != 4:
+        return False
+    if int(node.attrs.get("axis", 0)) % 4 != 1:
+        return False
+    for x in node.inputs:
+        if not x or low.const(x) is not None or len(low.shapes.get(x, ())) != 4:
+            return False
+        dt = low.g.value(x).dtype
+        if dt is not None and np.dtype(dt) != np.float32:
+            return False
+    return True
 
 
 #: the unary ops an epilogue takes after a residual Add (fusion.absorb)
@@ -114,6 +153,46 @@ def _residual(low, add, value: str) -> bool:
     return (p is not None and p.domain in ONNX and p.op_type == "Conv" and other not in g.outputs
             and g.num_uses(other) == 1 and low.shapes.get(other) == low.shapes.get(value)
             == low.shapes.get(add.outputs[0]))
+
+
+def emit_pool(low, node, geom, *, kind: str, count_include_pad: bool, epilogue, final: str, labels) -> bool:
+    """A windowed pool of a value stored NHWC whose readers take its output NHWC as one
+    channels-last kernel (kernels/nhwc_moves.pool2d_nhwc); False (nothing added) otherwise."""
+    x = node.inputs[0]
+    if x not in low.nhwc or not passes_nhwc(low, node, x) or not writes_nhwc(low, node, final):
+        return False
+    name, src, xs, lanes = low.kernel_name(node), low.nhwc[x], low.shapes[x], low.lanes
+    out = buffer_of(final)
+
+    def make():
+        from tvmlite.backends.tvm.kernels.nhwc_moves import pool2d_nhwc
+
+        return pool2d_nhwc(name, src, xs, geom, kind=kind, count_include_pad=count_include_pad, out_value=out,
+                           epilogue=epilogue, lanes=lanes)
+    low.add(make, node, final, labels)
+    store_nhwc(low, final)
+    return True
+
+
+def emit_concat(low, node, *, epilogue, final: str, labels) -> bool:
+    """A channel Concat of which some input is stored NHWC and whose readers take its output NHWC
+    as one copy into an NHWC buffer, each input read in its own layout
+    (kernels/nhwc_moves.concat_nhwc); False (nothing added) otherwise."""
+    if not any(x in low.nhwc for x in node.inputs) or not passes_nhwc(low, node, node.inputs[0]) \
+            or not writes_nhwc(low, node, final):
+        return False
+    ins = [(low.nhwc.get(x, x), low.shapes[x], x in low.nhwc) for x in node.inputs]
+    name, shape, lanes = low.kernel_name(node), low.shapes[final], low.lanes
+    out = buffer_of(final)
+
+    def make():
+        from tvmlite.backends.tvm.kernels.nhwc_moves import concat_nhwc
+
+        return concat_nhwc(name, ins, out_value=out, out_shape=shape, lanes=lanes, epilogue=epilogue)
+    low.add(make, node, final, labels)
+    low.nhwc_concats[name] = (ins, out, shape, bool(epilogue.ops))  # its inputs may move (nhwc_concat.py)
+    store_nhwc(low, final)
+    return True
 
 
 def buffer_of(value: str) -> str:

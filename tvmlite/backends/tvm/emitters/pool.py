@@ -2,6 +2,7 @@
 ceil_mode) and global pooling."""
 from __future__ import annotations
 
+from tvmlite.backends.tvm.emitters import nhwc
 from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.geometry import WindowGeometry
@@ -22,6 +23,8 @@ def _pool(low, node, kind: str) -> None:
     epi, final, labels = low.epilogue(node)
     name = low.kernel_name(node)
     cip = bool(a.get("count_include_pad", 0))
+    if nhwc.emit_pool(low, node, geom, kind=kind, count_include_pad=cip, epilogue=epi, final=final, labels=labels):
+        return  # channels-last in and out (emitters/nhwc.py)
 
     def make():
         from tvmlite.backends.tvm.kernels.pool import pool2d

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tvmlite.backends.tvm.emitters import nhwc
 from tvmlite.backends.tvm.emitters.registry import ONNX, emitter
 from tvmlite.backends.tvm.kernels.defs import KERNEL_DTYPES
 from tvmlite.errors import UnsupportedError
@@ -83,6 +84,8 @@ def emit_concat(low, node) -> None:
     out_shape = low.shape(node.outputs[0])
     name = low.kernel_name(node)
     epi, out, labels = low.epilogue(node) if dt == "float32" else (None, node.outputs[0], [])
+    if dt == "float32" and nhwc.emit_concat(low, node, epilogue=epi, final=out, labels=labels):
+        return  # channels-last, a copy (emitters/nhwc.py)
     if low.concat_views and not labels and contiguous(out_shape, axis) and any(may_place(low, n) for n in node.inputs):
         # its inputs may be written into its output (concat_views.py). With an epilogue the copy
         # is no waste: its pass applies the elementwise ops, which would otherwise take a pass of

@@ -71,6 +71,15 @@ def window_2d(geom: WindowGeometry) -> WindowGeometry:
                           (1,) + geom.in_spatial, (1,) + geom.out_spatial, geom.group, geom.ceil_mode)
 
 
+def channel_vector(c: int, lanes: int) -> int:
+    """The vector width a channels-last kernel gives ``c`` channels: the widest of ``lanes``,
+    half and a quarter of it that divides ``c`` (0: none does, the value stays NCHW)."""
+    for v in (lanes, lanes // 2, lanes // 4):
+        if v >= 4 and c % v == 0:
+            return v
+    return 0
+
+
 def round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 

@@ -88,19 +88,24 @@ def _pool2d_taps(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str,
     return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])
 
 
-def pool_output(acc, geom: WindowGeometry, x_shape, *, kind: str, count_include_pad: bool, apply):
+def pool_output(acc, geom: WindowGeometry, x_shape, *, kind: str, count_include_pad: bool, apply,
+                channels_last: bool = False):
     """The "epilogue" block: ``acc`` [N, C, OH, >= OW] (max or sum over the window) as the pooled
-    value (an average divided by its window's count) through ``apply``."""
+    value (an average divided by its window's count) through ``apply``; with ``channels_last``
+    ``acc`` is [N, OH, OW, C] and so is the block (kernels/nhwc_moves.py)."""
     n, c, h, wd = x_shape
     count = window_count(geom, h, wd, count_include_pad)
 
-    def out(nn, cc, y, xx):
-        v = acc[nn, cc, y, xx]
+    def out(v, nn, cc, y, xx):
         if kind != "max":
             v = v / count(y, xx)
         return apply(v, (nn, cc, y, xx))
 
-    return te.compute((n, c) + tuple(geom.out_spatial), out, name="epilogue")
+    if channels_last:
+        return te.compute((n,) + tuple(geom.out_spatial) + (c,),
+                          lambda nn, y, xx, cc: out(acc[nn, y, xx, cc], nn, cc, y, xx), name="epilogue")
+    return te.compute((n, c) + tuple(geom.out_spatial), lambda nn, cc, y, xx: out(acc[nn, cc, y, xx], nn, cc, y, xx),
+                      name="epilogue")
 
 
 def window_count(geom: WindowGeometry, h: int, wd: int, count_include_pad: bool):

@@ -5,8 +5,8 @@ import numpy as np
 from tvm import te, tirx
 
 from tvmlite.backends.tvm.kernels import schedules as S
-from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
-from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up
+from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule, unrolled_sum
+from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up, unflatten
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.backends.tvm.kernels.fastmath import fast_exp
 
@@ -259,28 +259,57 @@ def reduce(name: str, x: str, x_shape, *, op: str, axes, keepdims: bool, out_val
 
 def lrn(name: str, x: str, x_shape, *, size: int, alpha: float, beta: float, bias: float, out_value: str,
         epilogue: Epilogue, lanes: int) -> KernelDef:
-    """Local response normalization across channels (NCHW...)."""
+    """Local response normalization across channels (NCHW...): each output's window of ``size``
+    channels summed as an unrolled expression (loads clamped into the tensor, a select per term),
+    vectorized along the last axis. (bias + alpha/size * sum)^-beta is two square roots for
+    AlexNet's and GoogLeNet's beta = 0.75 (and one for 0.5) instead of a libm ``powf`` per element:
+    the scalar kernel with a reduction block and ``powf`` took 7.45 ms on Inception v1's
+    192x56x56 LRN (AVX2, one thread, CPU time)."""
     shape = tuple(int(d) for d in x_shape)
-    c = shape[1]
-    lo, hi = (size - 1) // 2, -(-(size - 1) // 2)
+    n, c = shape[:2]
+    plane = int(np.prod(shape[2:], dtype=np.int64))
+    lo = (size - 1) // 2
     b = Builder(name)
-    X = b.input(x, shape)
+    X = b.input(x, (n, c, plane))  # the pixels as one run: whole vectors of a 55x55 plane, not of its rows
     apply = bind_epilogue(epilogue, b, shape)
-    r = te.reduce_axis((0, size), name="r")
+    spatial = shape[2:]
+    scale, zero = tirx.const(alpha / size, F32), tirx.const(0.0, F32)
 
-    def sq(nn, cc, *rest):
-        src = cc - lo + r
-        v = X[(nn, tirx.min(tirx.max(src, 0), c - 1)) + rest]
-        return te.sum(tirx.if_then_else(tirx.all(src >= 0, src < c), v * v, tirx.const(0.0, F32)), axis=r)
+    def square_sum(nn, cc, rest):
+        terms = []
+        for r in range(size):
+            src = cc - lo + r
+            v = X[(nn, tirx.min(tirx.max(src, 0), c - 1)) + rest]
+            terms.append(tirx.Select(tirx.all(src >= 0, src < c), v * v, zero))
+        return unrolled_sum(terms)
 
-    ssum = te.compute(shape, sq, name="acc")
-    del hi
-    Y = te.compute(shape, lambda *idx: apply(X[idx] / tirx.power(
-        tirx.const(bias, F32) + tirx.const(alpha / size, F32) * ssum[idx], tirx.const(beta, F32)), idx),
-        name="epilogue")
+    def out(nn, cc, p):
+        d = tirx.const(bias, F32) + scale * square_sum(nn, cc, (p,))
+        return apply(X[nn, cc, p] * _inverse_power(d, beta), (nn, cc) + tuple(unflatten(p, spatial)))
+
+    Y = te.compute((n, c, plane), out, name="epilogue")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
+    nl, cl, pl = sch.get_loops(sch.get_sblock("epilogue"))
     if S.worth_parallel(int(np.prod(shape)) * size):
-        S.parallel_outer(sch, sch.get_loops(sch.get_sblock("epilogue"))[:2])
-    sch.compute_at(sch.get_sblock("acc"), sch.get_loops(sch.get_sblock("epilogue"))[-1])
-    return KernelDef(name, b.params, sch.mod["main"], steps=["parallel_outer"])
+        S.parallel_outer(sch, [nl, cl])
+    body = plane // lanes * lanes
+    if body:
+        # the whole vectors and the ragged tail as two loops: TVM vectorizes no predicated loop
+        if plane > body:
+            pl, _ = sch.loop_partition(pl, factors=[body, None])
+        sch.vectorize(sch.split(pl, factors=[None, lanes])[1])
+    return KernelDef(name, b.params, sch.mod["main"], steps=["plane_vectors", "parallel_outer"])
+
+
+def _inverse_power(d, beta: float):
+    """d^-beta, as square roots (vectorized by LLVM) where beta allows."""
+    one = tirx.const(1.0, F32)
+    if beta == 0.75:
+        r = tirx.sqrt(d)
+        return one / (r * tirx.sqrt(r))
+    if beta == 0.5:
+        return one / tirx.sqrt(d)
+    if beta == 1.0:
+        return one / d
+    return one / tirx.power(d, tirx.const(beta, F32))
