@@ -79,9 +79,14 @@ def _blas_limit(n):
     return _BLAS.limit(limits=n, user_api="blas")
 
 
-def _resolve(node, opsets) -> OpDef | None:
+def _opset(node, opsets) -> tuple[str, int | None]:
+    """(canonical domain, the model's opset version for it) of ``node``."""
     domain = canonical_domain(node.domain)
-    version = opsets.get(domain, opsets.get("ai.onnx") if domain == "" else None)
+    return domain, opsets.get(domain, opsets.get("ai.onnx") if domain == "" else None)
+
+
+def _resolve(node, opsets) -> OpDef | None:
+    domain, version = _opset(node, opsets)
     return _lookup(node.op_type, domain, version, generation())
 
 
@@ -319,9 +324,7 @@ def _node_error(node, e: Exception, inputs=None, opsets=None) -> TvmliteError:
     if isinstance(e, MemoryError):
         return TvmliteError(f"node {node.label!r} ({node.op_type}): out of memory")
     if inputs is not None and opsets is not None:
-        domain = canonical_domain(node.domain)
-        why = explain(node.op_type, domain, opsets.get(domain, opsets.get("ai.onnx") if domain == "" else None),
-                      node.attrs, inputs)
+        why = explain(node.op_type, *_opset(node, opsets), node.attrs, inputs)
         if why:
             return ShapeError(f"node {node.label!r} ({node.op_type}): {why}")
     msg = message_line(e)

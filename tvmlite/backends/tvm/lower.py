@@ -263,22 +263,25 @@ class Lowering:
             return "control flow", None
         if parts is None:
             return f"control flow (body not compiled: {info})", None
+
+        def host_run(walk: Lowering) -> str | None:
+            left = walk.problems - walk.driven  # nested control flow with compiled bodies runs
+            return f"control flow (body not compiled: {'; '.join(problem_list(left))})" if left else None
+
         lows, n = [], 0
         for proto, in_shapes in parts:
             try:
                 prepared, shapes = prepared_model(import_model(proto, check=False), in_shapes)
                 check = Lowering(prepared, shapes, emit=False)
                 check.run()
-                left = check.problems - check.driven  # nested control flow with compiled bodies runs
-                if left:
-                    return f"control flow (body not compiled: {'; '.join(problem_list(left))})", None
+                if why := host_run(check):
+                    return why, None
                 low = None
                 if self.emit:  # the emitting walk builds the TE: TVM's own type checks fail only here
                     body = Lowering(prepared, shapes, lanes=self.lanes)
                     low = body.run()
-                    left = body.problems - body.driven
-                    if left:
-                        return f"control flow (body not compiled: {'; '.join(problem_list(left))})", None
+                    if why := host_run(body):
+                        return why, None
             except Exception as e:  # noqa: BLE001 - any failure to lower a body leaves it to the NumPy plan
                 return f"control flow (body not compiled: {first_line(e)})", None
             n += len(check.kernels)
