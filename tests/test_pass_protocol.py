@@ -157,3 +157,30 @@ def test_good_options_construct_and_construction_does_no_work():
     for spec in ("lowrank(method=cp,rank=ratio,ratio=0.5)", "prune(mode=block,block=8x8)",
                  "sparsify(blocks=4x4|1x1)", "quantize(mode=auto,method=entropy)", "compress-weights(bits=2)"):
         assert parse_spec(spec)
+
+
+def test_a_pass_runs_its_linear_algebra_on_one_blas_thread():
+    """Every pass run caps NumPy's BLAS at one thread (limits.blas_limit): a second OpenBLAS thread
+    spin-waits, and lowrank's eigendecompositions ran 10-40x slower beside other jobs."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from tvmlite.passes.base import Pass, PassResult
+
+    seen = []
+
+    class Probe(Pass):
+        name = "probe-blas"
+
+        def run(self, model):
+            seen.extend(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+            return PassResult(self.name)
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    if not blas_threads():
+        pytest.skip("no BLAS library that threadpoolctl can see")
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        Probe()(tvmlite.load(_digits()[0]))
+        assert seen and set(seen) == {1}
+        assert blas_threads() == before  # restored after the run

@@ -142,3 +142,28 @@ def check_loop_iterations(trip_count: int, where: str) -> None:
     if trip_count > max_loop_iterations():
         raise LimitError(f"{where}: {trip_count:,} iterations is above the limit of "
                          f"{max_loop_iterations():,} (TVMLITE_MAX_LOOP_ITERATIONS)")
+
+
+# ------------------------------------------------------------------------------------- BLAS threads
+_BLAS = None  # threadpoolctl controller, created on first use (False: not available)
+
+
+def blas_limit(n: int | None):
+    """A context that caps NumPy's BLAS threads at ``n`` (a no-op when n is None or without
+    threadpoolctl). The NumPy backend's plans and every pass run (passes.base.Pass.__call__) use one
+    thread: OpenBLAS's second thread spin-waits between calls, and on these 2-core machines beside
+    other jobs that made small GEMMs 30-50x slower and lowrank's eigendecompositions 10-40x
+    (`np.linalg.eigh` of 128x128 at load 13: 0.55 s with two threads, 0.013 s with one)."""
+    global _BLAS
+    if n is None:
+        return contextlib.nullcontext()
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        except Exception:  # not installed, or no BLAS found: leave threads alone
+            _BLAS = False
+    if _BLAS is False:
+        return contextlib.nullcontext()
+    return _BLAS.limit(limits=n, user_api="blas")

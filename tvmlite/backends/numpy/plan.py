@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvmlite.errors import ShapeError, TvmliteError, UnsupportedError, message_line
+from tvmlite.limits import blas_limit
 from tvmlite.ops.batchnorm_fold import fold_batchnorms
 from tvmlite.ops.diagnose import explain
 from tvmlite.ir.graph import Graph, Model
@@ -56,27 +57,6 @@ class Step:
     implicit: tuple  # (name, slot) pairs of outer values a subgraph reads
     call: object = None  # fn with attributes bound (or op.prepare's result), inputs positional
     op: OpDef | None = None  # the registry entry fn comes from (None for a fused step)
-
-
-_BLAS = None  # threadpoolctl controller, created on first use (False: not available)
-
-
-def _blas_limit(n):
-    """A context that caps the BLAS threads at ``n`` (a no-op when n is None or without
-    threadpoolctl)."""
-    global _BLAS
-    if n is None:
-        return contextlib.nullcontext()
-    if _BLAS is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            _BLAS = ThreadpoolController()
-        except Exception:  # not installed, or no BLAS found: leave threads alone
-            _BLAS = False
-    if _BLAS is False:
-        return contextlib.nullcontext()
-    return _BLAS.limit(limits=n, user_api="blas")
 
 
 def _opset(node, opsets) -> tuple[str, int | None]:
@@ -301,7 +281,7 @@ class Plan:
                     env[s] = scope[name]
         # one errstate for the whole run (kernels may overflow, divide by zero ... as ONNX allows)
         # instead of one per fused step
-        with _blas_limit(self.blas_threads), np.errstate(all="ignore"):
+        with blas_limit(self.blas_threads), np.errstate(all="ignore"):
             if self._fuse_pending:  # the first run: learn the shapes, then fuse
                 shapes: dict = {s: (v.shape, v.dtype) for s, v in enumerate(env)
                                 if type(v) is np.ndarray}
