@@ -37,7 +37,8 @@ MAX_ROW_VECTORS = 4
 #: (136 channels), 263 with stride 2 from 56x56 (112), 158 at 14x14 (272), 254 at 7x7 (544); GEMM
 #: and direct convs 73-130 ps a multiply-add (grouped 1x1 at 28x28 82, at 7x7 130; 16->64 1x1 at
 #: 55x55 89). Counted by their taps alone, ShuffleNet's 0.14-0.2 ms depthwise convs (under 1M taps)
-#: ran on one core at 2 threads beside 0.1 ms convs on two.
+#: ran on one core at 2 threads beside 0.1 ms convs on two. The 2-thread gain itself is not
+#: measured: at load 11-16 every parallel kernel, these and the GEMMs alike, ran slower than serial.
 WINDOW_TAP_COST = 2
 
 
