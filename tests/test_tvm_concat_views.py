@@ -109,11 +109,22 @@ def test_an_empty_input_takes_no_slice():
 
 
 def test_a_concat_with_an_epilogue_keeps_its_kernel():
-    """ShuffleNet's Concat -> Relu: the copy applies the Relu, views would need a pass for it."""
+    """Concat -> Relu where an input (the graph input) has no kernel to take the Relu: the copy
+    applies it, views would need a pass for it. (ShuffleNet's, whose inputs are a conv's and a
+    pool's, moves the Relu onto them and becomes views: test_tvm_concat_acts.py.)"""
+    nodes = [h.make_node("Conv", ["x", "w1"], ["a"]),
+             h.make_node("Concat", ["a", "x"], ["c"], axis=1), h.make_node("Relu", ["c"], ["y"])]
+    cm = _build(nodes, _x(), [("y", 4)], {"w1": _w(4, 3)})
+    assert not _slices(cm) and [c["nodes"] for c in cm.plan["calls"] if "concat" in c["func"]] == [["Concat->c", "Relu->y"]]
+
+
+def test_a_concat_behind_its_inputs_activation_takes_views():
+    """ShuffleNet's Concat(conv, AveragePool) -> Relu: the Relu moves into both kernels (concat_acts.py)
+    and each writes its slice."""
     nodes = [h.make_node("Conv", ["x", "w1"], ["a"]), h.make_node("AveragePool", ["x"], ["p"], kernel_shape=[1, 1]),
              h.make_node("Concat", ["a", "p"], ["c"], axis=1), h.make_node("Relu", ["c"], ["y"])]
     cm = _build(nodes, _x(), [("y", 4)], {"w1": _w(4, 3)})
-    assert not _slices(cm) and [c["nodes"] for c in cm.plan["calls"] if "concat" in c["func"]] == [["Concat->c", "Relu->y"]]
+    assert set(_slices(cm)) == {"a_relu", "p_relu"} and not any("concat" in f for f in _funcs(cm))
 
 
 def test_a_concat_of_graph_inputs_only_keeps_its_kernel_and_epilogue():

@@ -155,6 +155,36 @@ def test_grouped_pointwise_conv_matches_onnxruntime(c, co, hw, g):
     assert packed and (packed[0][3] == row_tile(co // g)) == (grouped or row_tile(co // g) == gemm_mr)
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_grouped_pointwise_conv_on_a_small_image_takes_the_direct_kernel_on_avx2(lanes):
+    """A grouped 1x1 conv whose pixels are no whole vectors follows the plain 1x1 rule on AVX2:
+    at 7x7 (the GEMM pads 49 pixels to 64) the direct kernel, at 14x14 still the GEMM; AVX-512
+    keeps the GEMM for grouped convs."""
+    from tvmlite.backends.tvm.kernels import conv as KC
+    from tvmlite.ops.geometry import WindowGeometry
+
+    def direct(c, hw, g, **attrs):
+        w_shape = (c, c // g, 1, 1)
+        return KC.use_direct_conv(w_shape, WindowGeometry.conv(dict(attrs, group=g), (1, c, hw, hw), w_shape), lanes)
+    assert direct(544, 7, 4) is (lanes == 8)
+    assert not direct(272, 14, 4)
+    assert not direct(24, 7, 4)  # K = 6: a short reduction never does
+
+
+def test_grouped_pointwise_direct_conv_matches_onnxruntime():
+    """ShuffleNet's last stage: 544 -> 544 channels, group 4, 7x7, bias, residual Add and Relu
+    (the AVX2 pick is the direct kernel, whose tile transposes on its way out)."""
+    c, g, hw = 544, 4, 7
+    w = (RNG.standard_normal((c, c // g, 1, 1)) * 0.1).astype(np.float32)
+    b = RNG.standard_normal(c).astype(np.float32)
+    r = RNG.standard_normal((1, c, hw, hw)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], group=g),
+             helper.make_node("Add", ["c", "r"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    m = make_model(nodes, [tensor("x", (1, c, hw, hw))], [tensor("y", (1, c, hw, hw))], [("w", w), ("b", b), ("r", r)])
+    cm = build_and_compare(m, {"x": RNG.standard_normal((1, c, hw, hw)).astype(np.float32)})
+    assert len(funcs(cm)) == 1
+
+
 def test_concat_takes_the_relu_behind_it():
     """ShuffleNet's stride-2 units: Concat(conv branch, pooled shortcut) -> Relu is one kernel."""
     a, b = (1, 5, 6, 7), (1, 3, 6, 7)
@@ -226,3 +256,35 @@ def test_spelled_out_hardswish_joins_the_conv():
     feeds = {"x": 3 * RNG.standard_normal(xs).astype(np.float32)}
     assert len(funcs(build_and_compare(model(6.0), feeds))) == 1
     assert len(funcs(build_and_compare(model(5.0), feeds))) == 2
+
+
+@pytest.mark.parametrize("kind,xs,stride,parallel", [
+    ("depthwise", (1, 136, 28, 28), 1, True),    # 0.96M taps: ShuffleNet's stage-2 depthwise convs
+    ("depthwise", (1, 112, 56, 56), 2, True),
+    ("depthwise", (1, 272, 14, 14), 1, False),   # 0.48M taps
+    ("max", (1, 24, 112, 112), 2, True),         # ShuffleNet's stem pool, 0.68M taps (a padded plane)
+    ("max_unpadded", (1, 128, 55, 55), 2, True),  # SqueezeNet's second pool (the scalar tap kernel)
+    ("max_unpadded", (1, 256, 27, 27), 2, False)])
+def test_window_kernels_weigh_their_taps_for_parallelism(kind, xs, stride, parallel, monkeypatch):
+    """A depthwise conv's or pool's tap counts twice a GEMM multiply-add (`depthwise.WINDOW_TAP_COST`),
+    so at 2 threads the 0.1-0.2 ms ones of ShuffleNet and SqueezeNet run on both cores (their numbers:
+    the depthwise and pool tests above, which build at the host's threads)."""
+    from tvmlite.backends.tvm.kernels import depthwise as DW
+    from tvmlite.backends.tvm.kernels import pool as KP
+    from tvmlite.backends.tvm.kernels.defs import Epilogue, window_2d
+    from tvmlite.ops.geometry import WindowGeometry
+
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.delenv("TVMLITE_MIN_PARALLEL_WORK", raising=False)
+    c = xs[1]
+    pads = [0] * 4 if kind == "max_unpadded" else [1] * 4
+    attrs = {"kernel_shape": [3, 3], "strides": [stride] * 2, "pads": pads}
+    if kind == "depthwise":
+        w = RNG.standard_normal((c, 1, 3, 3)).astype(np.float32)
+        geom = window_2d(WindowGeometry.conv(dict(attrs, group=c), xs, w.shape))
+        kd = DW.depthwise_conv2d("d", "x", xs, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=8)
+    else:
+        geom = window_2d(WindowGeometry.pool(attrs, xs))
+        kd = KP.pool2d("p", "x", xs, geom, kind="max", count_include_pad=False, out_value="y", epilogue=Epilogue(),
+                       lanes=8)
+    assert ("T.parallel" in kd.func.script()) == parallel

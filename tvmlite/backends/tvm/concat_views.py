@@ -5,7 +5,8 @@ A Concat whose every input is one contiguous block of its output (all dims befor
 channels at batch 1 in NCHW) and that takes no epilogue (fusion.py) is recorded in
 ``Lowering.concats``. One with an epilogue keeps its kernel: the copy's pass applies the
 elementwise ops, which as views would take a pass of their own (ShuffleNet's Concat -> Relu ran
-1.03x slower that way). After the walk, `place` gives each input whose buffer may move a place in
+1.03x slower that way; prepare now moves such an activation onto the inputs where their kernels
+take it, concat_acts.py). After the walk, `place` gives each input whose buffer may move a place in
 the output: its root (behind views) is written by exactly one kernel of the plan, or is the output
 of a Concat placed the same way (nested Concats: DenseNet's blocks become one buffer that each
 layer appends to), and it has no place yet. An input that may not move (a graph input, a

@@ -2,14 +2,15 @@
 
 `prepare` copies the model, fixes its input shapes, turns QDQ Conv/MatMul patterns into int8
 nodes (qdq_fusion.py), folds everything constant (including Shape
-of static tensors, so shape arithmetic disappears) and folds BatchNormalization into the
-producing conv/GEMM, then reports the shape of every value (and records the inferred element type
+of static tensors, so shape arithmetic disappears), folds BatchNormalization into the
+producing conv/GEMM and moves an activation behind a Concat onto its inputs (concat_acts.py), then reports the shape of every value (and records the inferred element type
 of values the graph left untyped: what decides between a float32 kernel and a host call).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from tvmlite.backends.tvm.concat_acts import sink_activations
 from tvmlite.backends.tvm.qdq_fusion import fuse_qdq
 from tvmlite.errors import InputError
 from tvmlite.inputs import graph_inputs
@@ -42,6 +43,7 @@ def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
     FoldBatchNorm()(m)
     RemoveIdentity()(m)
     DeadCodeElimination()(m)
+    sink_activations(m)  # Concat -> Relu: each input's kernel takes the Relu, the Concat no copy
     return m, _shapes(m)
 
 

@@ -164,8 +164,11 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
     if (kh, kw) == (1, 1) and not geom.padded:  # strided too: a GEMM over the subsampled copy
-        if geom.group > 1:  # measured on plain 1x1 convs only (shufflenet's grouped ones ran slower)
-            return False
+        if geom.group > 1 and S.accumulator_vectors(lanes) > 8:
+            return False  # AVX-512: measured on plain 1x1 convs only (shufflenet's grouped ones ran slower)
+        # AVX2 (one thread, CPU time, the kernels alone, interleaved, load 11-12): ShuffleNet's
+        # 544->544 group-4 at 7x7 direct 7 x 8 0.94x of the GEMM's time (best runs 0.93x); at 14x14
+        # the rule keeps the GEMM (272->272 g4: direct 1.22x of it)
         # the plain GEMM unless its pixel tiles pad a small image by a tenth or more (7x7: 49 of
         # 64 columns, 14x14: 196 of 224), where the direct tile (a row's pixels) wastes nothing:
         # one thread, against onnxruntime's Conv, 2048->512 at 7x7 1.18x -> 1.02x, 512->128 at
