@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 
 from tvmlite.errors import TvmliteError
 
@@ -145,7 +146,7 @@ def check_loop_iterations(trip_count: int, where: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- BLAS threads
-_BLAS = None  # threadpoolctl controller, created on first use (False: not available)
+_BLAS = (None, -1)  # (threadpoolctl controller or False when not available, len(sys.modules) then)
 
 
 def blas_limit(n: int | None):
@@ -153,17 +154,21 @@ def blas_limit(n: int | None):
     threadpoolctl). The NumPy backend's plans and every pass run (passes.base.Pass.__call__) use one
     thread: OpenBLAS's second thread spin-waits between calls, and on these 2-core machines beside
     other jobs that made small GEMMs 30-50x slower and lowrank's eigendecompositions 10-40x
-    (`np.linalg.eigh` of 128x128 at load 13: 0.55 s with two threads, 0.013 s with one)."""
+    (`np.linalg.eigh` of 128x128 at load 13: 0.55 s with two threads, 0.013 s with one).
+    The controller (~2 ms to make: it scans the loaded libraries) is made again only after an import:
+    SciPy brings its own OpenBLAS, which a controller made before it would leave alone."""
     global _BLAS
     if n is None:
         return contextlib.nullcontext()
-    if _BLAS is None:
+    ctl, seen = _BLAS
+    if ctl is None or (ctl is not False and seen != len(sys.modules)):
         try:
             from threadpoolctl import ThreadpoolController
 
-            _BLAS = ThreadpoolController()
+            ctl = ThreadpoolController()
         except Exception:  # not installed, or no BLAS found: leave threads alone
-            _BLAS = False
-    if _BLAS is False:
+            ctl = False
+        _BLAS = (ctl, len(sys.modules))
+    if ctl is False:
         return contextlib.nullcontext()
-    return _BLAS.limit(limits=n, user_api="blas")
+    return ctl.limit(limits=n, user_api="blas")
