@@ -147,5 +147,5 @@ def depthwise_conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, geom: Wind
     Y = te.compute((n, co, oh, ow), out, name="epilogue")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    plane.schedule(sch, "acc", "epilogue", parallel=S.worth_parallel(n * co * oh * ow * kh * kw))
+    plane.schedule(sch, "acc", "epilogue", parallel=S.worth_parallel(S.depthwise_work(n, co, oh, ow, kh, kw)))
     return KernelDef(name, b.params, sch.mod["main"], steps=list(STEPS))

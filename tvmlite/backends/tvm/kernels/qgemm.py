@@ -316,6 +316,22 @@ def dense_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray,
     return KernelDef(name, b.params, sch.mod["main"], steps=[dot.step])
 
 
+# Per output pixel and channel, the requantizing epilogue and the input's quantization cost about
+# as much as this many multiply-adds of the int8 GEMM; without VNNI one such multiply-add weighs
+# two float GEMM ones. Fitted on PP-OCR cls's 1x1 int8 convs (AVX2, one thread, each kernel alone,
+# best of 20, load 6-9): 200->32 at 2x96 (K 200, 1.23M multiply-adds) 0.131 ms, 16->104 at 3x96
+# (K 16, 0.48M) 0.097 ms, i.e. ~0.1 ns per multiply-add (10 G/s, a float GEMM conv 20-22 G/s)
+# plus ~1.7 ns per output; by the raw count the K-16 convs (~80-100 us) stayed on one core.
+# With VNNI (not measured here) the raw count per multiply-add stands.
+QCONV_OUTPUT_MACS = 16
+
+
+def qconv_work(m: int, co: int, k: int, vnni: bool) -> int:
+    """The work `S.worth_parallel` weighs for an int8 conv of ``m`` output pixels, ``co`` channels
+    and ``k`` multiply-adds per output (see QCONV_OUTPUT_MACS)."""
+    return (1 if vnni else 2) * m * co * (k + QCONV_OUTPUT_MACS)
+
+
 def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray, bias, spec: QuantSpec, geom, *,
                 out_value: str, out_shape, epilogue: Epilogue) -> KernelDef:
     """QDQ-Conv (group 1, 2-D ``geom``) as the int8 GEMM over uint8 NHWC columns."""
@@ -376,7 +392,7 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
             v = xq[n_, y * sh + (t // kw) * dh, xx * sw + (t % kw) * dw, c]
         return tirx.if_then_else(i < m, v, tirx.const(0, "uint8")).astype(dot.a_dtype)
     aq = te.compute((mp, k), aq_at, name="aq")
-    parallel = S.worth_parallel(m * co * k)
+    parallel = S.worth_parallel(qconv_work(m, co, k, dot.vnni))
 
     if spec.y_nhwc:  # the output [N, OH, OW, CO] is acc's [M, CO]: whole pixels, contiguous
         tiled, y_shape, mn_of = True, (m, co), (lambda idx: idx)

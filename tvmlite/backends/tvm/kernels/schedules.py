@@ -33,6 +33,20 @@ def worth_parallel(work: int) -> bool:
     return work >= min_parallel_work()
 
 
+# A depthwise multiply-add weighs this many GEMM ones in `worth_parallel`: one tap per output
+# per load, no register tile reusing an operand. AVX2, one thread, PP-OCR cls's float 5x5
+# depthwise convs alone (best of 20, load 6-9): 0.96M multiply-adds in 0.26 ms, 0.63M in 0.15 ms,
+# 3.5-3.7 G/s, against 20-22 G/s for a float im2col + GEMM conv (NOTES-TVM: 115M in 1.31 ms on
+# 2 threads); by their raw count they stayed on one core where onnxruntime splits them.
+DEPTHWISE_WEIGHT = 4
+
+
+def depthwise_work(n: int, c: int, oh: int, ow: int, kh: int, kw: int) -> int:
+    """The work `worth_parallel` weighs for a depthwise conv (float or int8): its multiply-adds
+    at DEPTHWISE_WEIGHT GEMM multiply-adds each."""
+    return DEPTHWISE_WEIGHT * n * c * oh * ow * kh * kw
+
+
 def min_parallel_work() -> int:
     """Operations (multiply-adds, elements) below which a kernel stays on one core. On the quiet
     2-core host the digits CNN (5-19M-MAC convs) runs in 0.62 ms with its convs parallel against
