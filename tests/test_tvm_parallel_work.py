@@ -64,6 +64,29 @@ def _np_depthwise(x, w, pads):
                for i in range(kh) for j in range(kw))
 
 
+@pytest.mark.parametrize("ext,threads,chunks", [(200, 2, 8), (9, 2, 1), (12, 2, 6), (6, 4, 1), (12, 4, 4), (5, 1, 5), (2, 2, 2)])
+def test_chunk_count(ext, threads, chunks, monkeypatch):
+    """The most chunks up to 8 that divide the loop and share evenly among the threads (1: none)."""
+    monkeypatch.setenv("TVMLITE_THREADS", str(threads))
+    assert S.chunk_count(ext) == chunks
+
+
+def test_parallel_loops_run_in_chunks():
+    """The depthwise plane and the int8 conv's task buffers sit under a serial loop inside the
+    parallel one (allocated once per chunk, not once per channel or task)."""
+    shape, c = (1, 200, 2, 96), 200
+    w = np.ones((c, 1, 5, 5), np.float32)
+    geom = WindowGeometry.conv(dict(pads=[2] * 4, group=c), shape, w.shape)
+    text = KC.depthwise_conv2d("d", "x", shape, w, None, geom, out_value="y", epilogue=Epilogue(),
+                               lanes=8).func.script()
+    assert "T.parallel(8)" in text
+    wq = np.ones((104, 16, 1, 1), np.int8)
+    geom = window_2d(WindowGeometry.conv({}, (1, 16, 3, 96), wq.shape))
+    kd = conv2d_int8("c", "x", (1, 16, 3, 96), wq, np.ones(104, np.float32), None, QuantSpec(0.04, 128, 0), geom,
+                     out_value="y", out_shape=(1, 104, 3, 96), epilogue=Epilogue())
+    assert "T.parallel(" in kd.func.script() and "T.parallel(1)" not in kd.func.script()
+
+
 def test_weights():
     assert S.depthwise_work(1, 200, 2, 96, 5, 5) == 4 * 200 * 192 * 25
     assert qconv_work(288, 104, 16, vnni=False) == 2 * 288 * 104 * (16 + qgemm.QCONV_OUTPUT_MACS)

@@ -112,8 +112,8 @@ class WindowPlane:
                 if ext is not None and ext > lanes:
                     _, lp = sch.split(lp, factors=[None, lanes])
                 sch.vectorize(lp)
-        if parallel:
-            S.parallel_outer(sch, [nl, cl])
+        if parallel:  # in chunks: the plane and the register tile are allocated once per chunk
+            S.parallel_chunks(sch, sch.fuse(nl, cl))
         sch.decompose_reduction(blk, ryl)
 
 

@@ -234,7 +234,8 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     intrin = dot.register()
     blk = sch.get_sblock("acc")
     i, j, kk = sch.get_loops(blk)
-    it, io, ii = sch.split(i, [None, rt // mr, mr])
+    chunks = S.chunk_count(mp // rt) if tiled and parallel else 1
+    ic, it, io, ii = sch.split(i, [chunks, None, rt // mr, mr])
     jo, ji = sch.split(j, [None, L])
     joo, joi = sch.split(jo, [None, nb])
     ko, ki = sch.split(kk, [None, G])
@@ -244,8 +245,8 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
         sch.reverse_compute_at(sch.get_sblock("epilogue"), it)
         if table is not None:
             sch.reverse_compute_at(sch.get_sblock("lookup"), it)
-        if parallel:
-            sch.parallel(it)
+        if parallel:  # in chunks where they divide the tasks: a task's rows of aq and its
+            sch.parallel(ic if chunks > 1 else it)  # accumulators are then allocated once per chunk
     else:
         sch.reorder(joo, it, io, ko, ii, joi, ji, ki)
         if parallel:
