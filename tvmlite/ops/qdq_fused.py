@@ -4,13 +4,16 @@ QDQ fusion (backends/tvm/qdq_fusion.py) so its int8 kernel sees the whole patter
     x -> QuantizeLinear -> DequantizeLinear -> Conv / MatMul (weights DequantizeLinear(int8), bias)
       [-> Relu] [-> QuantizeLinear -> DequantizeLinear] -> y
 
-QDQConv(x, w_q, w_scale[, bias]) and QDQMatMul(x, w_q, w_scale[, bias]) take the float input ``x``
+QDQConv(x, w_q, w_scale[, bias][, x_mul]) and QDQMatMul(x, w_q, w_scale[, bias]) take the float input ``x``
 and compute exactly what that pattern computes: ``x`` quantized with ``x_scale`` / ``x_zero_point``
 (int8 when ``x_signed``, else uint8) and dequantized, the weights ``w_q * w_scale`` (int8, one scale
 per output channel or one for all), the float Conv / MatMul plus ``bias``, ``activation`` ("Relu",
 "", or for QDQConv "SiLU" in onnxruntime's QDQ form: c = fq(y, c_*), then c * fq(Sigmoid(c), s_*)),
 then, when ``y_scale`` > 0, the output quantized and dequantized the same way. So the NumPy
 kernel (used where the TVM emitter declines) and the ONNX function body are the unfused graph.
+QDQConv's optional ``x_mul`` (float, broadcast to ``x``: a squeeze-and-excitation block's one factor
+per image and channel) multiplies the float input before it is quantized: Mul(x, x_mul) -> QDQConv,
+the same float32 product, so the int8 kernel reads ``x`` once instead of a Mul writing it again.
 
 Between int8 kernels the values stay quantized (backends/tvm/qdq_buffers.py): with ``x_quantized``
 the input is already QuantizeLinear's output (uint8, or int8 when ``x_signed``) and is only
@@ -171,7 +174,10 @@ def _qconv_body(fb, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_po
                 activation="", auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None, dilations=None,
                 group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW", c_scale=0.0,
                 c_zero_point=0, c_signed=0, s_scale=0.0, s_zero_point=0, s_signed=0):
-    x = _x_body(fb, x_scale, x_zero_point, x_signed, x_quantized, x_layout)
+    if len(fb.inputs) > 4 and fb.inputs[4]:  # x_mul: Mul(x, x_mul) is the float input
+        x = _fq_body(fb, fb.node("Mul", [fb.inputs[0], fb.inputs[4]]), x_scale, x_zero_point, x_signed)
+    else:
+        x = _x_body(fb, x_scale, x_zero_point, x_signed, x_quantized, x_layout)
     ins = [x, _w_body(fb, 0)] + ([fb.inputs[3]] if len(fb.inputs) > 3 and fb.inputs[3] else [])
     y = fb.node("Conv", ins, _conv_attrs(auto_pad, kernel_shape, pads, strides, dilations, group))
     _tail_body(fb, y, activation, y_scale, y_zero_point, y_signed, y_quantized, y_layout,
@@ -179,10 +185,14 @@ def _qconv_body(fb, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_po
 
 
 @tvmlite_op("QDQConv", shape=_qconv_shape, body=_qconv_body)
-def qdq_conv(x, w_q, w_scale, bias=None, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0,
+def qdq_conv(x, w_q, w_scale, bias=None, x_mul=None, *, x_scale, x_zero_point, x_signed=0, y_scale=0.0, y_zero_point=0,
              y_signed=0, activation="", auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None,
              dilations=None, group=1, x_quantized=0, y_quantized=0, x_layout="NCHW", y_layout="NCHW", c_scale=0.0,
              c_zero_point=0, c_signed=0, s_scale=0.0, s_zero_point=0, s_signed=0):
+    if x_mul is not None:
+        if int(x_quantized):
+            raise ValueError("QDQConv: x_mul multiplies a float input (x_quantized is set)")
+        x = np.asarray(x, np.float32) * np.asarray(x_mul, np.float32)
     xq = _input(x, x_scale, x_zero_point, x_signed, x_quantized, x_layout)
     w = _weights(w_q, w_scale, 0)
     y = conv_nd(xq, w, None, auto_pad=attr_text(auto_pad), kernel_shape=kernel_shape, pads=pads,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlite.backends.tvm.concat_acts import sink_activations
-from tvmlite.backends.tvm.qdq_fusion import fuse_qdq
+from tvmlite.backends.tvm.qdq_fusion import fold_channel_scales, fuse_qdq
 from tvmlite.errors import InputError
 from tvmlite.inputs import graph_inputs
 from tvmlite.ir.graph import Model, tensor_type, type_elem, type_shape
@@ -44,7 +44,10 @@ def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
     RemoveIdentity()(m)
     DeadCodeElimination()(m)
     sink_activations(m)  # Concat -> Relu: each input's kernel takes the Relu, the Concat no copy
-    return m, _shapes(m)
+    shapes = _shapes(m)
+    if fold_channel_scales(m.graph, shapes):  # static shapes say which Mul is per channel
+        shapes = _shapes(m)
+    return m, shapes
 
 
 def _shapes(m: Model) -> dict[str, tuple]:

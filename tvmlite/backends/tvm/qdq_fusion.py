@@ -19,6 +19,7 @@ import numpy as np
 
 from tvmlite.backends.tvm.qdq_buffers import ONNX, grid_of, quantize_buffers
 from tvmlite.ir.graph import Graph, Model, Node
+from tvmlite.ops.qdq_fused import attr_text
 from tvmlite.ops.quant import _dequantize
 
 _CONV_ATTRS = ("auto_pad", "kernel_shape", "pads", "strides", "dilations", "group")
@@ -295,3 +296,40 @@ def _fuse(g: Graph, node: Node) -> bool:
         g.remove_node(n, remove_outputs=out not in n.outputs)
     g.add_node(op, ins, [out], attrs, domain="tvmlite", name=name, order=order)
     return True
+
+
+def fold_channel_scales(g: Graph, shapes: dict) -> int:
+    """A squeeze-and-excitation block's Mul(x, s), s one factor per image and channel ([N or 1,
+    C or 1, 1, 1]), read only by a QDQConv that quantizes its float input (group 1, NCHW): the
+    conv takes ``s`` as its ``x_mul`` input and reads ``x`` itself (ops/qdq_fused.py), multiplying
+    each element by its factor right before it quantizes it: the same float32 product, with no
+    kernel of its own writing the scaled copy. Needs static ``shapes``; returns how many it folded."""
+    folded = 0
+    for conv in g.toposort():
+        a = conv.attrs
+        if conv.graph is None or conv.domain != "tvmlite" or conv.op_type != "QDQConv" or len(conv.inputs) > 4 \
+                or int(a.get("group", 1)) != 1 or int(a.get("x_quantized", 0)) \
+                or attr_text(a.get("x_layout", "NCHW")) != "NCHW":
+            continue
+        mul = _producer(g, conv.inputs[0], "Mul")
+        if mul is None or mul.outputs[0] in g.outputs or g.consumers(mul.outputs[0]) != [conv]:
+            continue
+        x_shape = shapes.get(mul.outputs[0])
+        pick = [i for i in (0, 1) if shapes.get(mul.inputs[i]) == x_shape
+                and _per_channel(shapes.get(mul.inputs[1 - i]), x_shape)]
+        if not pick:
+            continue
+        x, s = mul.inputs[pick[0]], mul.inputs[1 - pick[0]]
+        g.set_inputs(conv, list(conv.inputs[:3]) + [conv.inputs[3] if len(conv.inputs) > 3 else "", s])
+        g.set_input(conv, 0, x)
+        g.remove_node(mul)
+        folded += 1
+    return folded
+
+
+def _per_channel(s_shape, x_shape) -> bool:
+    """Whether a factor of ``s_shape`` broadcast to the 4-D ``x_shape`` is one per image and channel."""
+    if s_shape is None or x_shape is None or len(x_shape) != 4 or len(s_shape) > 4:
+        return False
+    s4 = (1,) * (4 - len(s_shape)) + tuple(s_shape)
+    return s4[0] in (1, x_shape[0]) and s4[1] in (1, x_shape[1]) and s4[2:] == (1, 1)

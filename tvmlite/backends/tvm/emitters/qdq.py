@@ -103,6 +103,7 @@ def emit_qdq_conv(low, node) -> None:
         raise UnsupportedError(f"int8 conv of input {list(xs)} and weights {list(w_q.shape)} (group {group})")
     geom = window_2d(WindowGeometry.conv(node.attrs, nchw, w_q.shape))
     w_scale = _channel_scales(w_scale, w_q.shape[0])
+    x_mul = _x_mul(low, node, spec, xs, depthwise)
     out = node.outputs[0]
     epi, final, labels = _epilogue(low, node, spec, tables=not depthwise)
     name, out_shape = low.kernel_name(node), low.shape(out)
@@ -116,8 +117,24 @@ def emit_qdq_conv(low, node) -> None:
             return depthwise_int8(name, x, xs, w_q, w_scale, bias, QuantSpec(**spec), geom, out_value=final,
                                   out_shape=out_shape, epilogue=epi)
         return conv2d_int8(name, x, xs, w_q, w_scale, bias, QuantSpec(**spec), geom, out_value=final,
-                           out_shape=out_shape, epilogue=epi)
+                           out_shape=out_shape, epilogue=epi, x_mul=x_mul)
     low.add(make, node, final, labels)
+
+
+def _x_mul(low, node, spec, xs, depthwise):
+    """(`Lowering.operand` of a QDQConv's ``x_mul`` input (qdq_fusion.fold_channel_scales), its
+    [N or 1, C or 1] view), or None; the input it multiplies is no longer on its grid."""
+    name = node.inputs[4] if len(node.inputs) > 4 else ""
+    if not name:
+        return None
+    ms = tuple(low.shape(name))
+    ms = (1,) * (4 - len(ms)) + ms
+    if depthwise or spec["x_quantized"] or spec["x_nhwc"] or ms[2:] != (1, 1) \
+            or ms[0] not in (1, xs[0]) or ms[1] not in (1, xs[1]):
+        raise UnsupportedError(f"x_mul of shape {list(low.shape(name))} on input {list(xs)}")
+    operand = low.operand(name)  # refuses a non-float factor
+    spec["x_on_grid"] = False
+    return operand, ms[:2]
 
 
 @emitter("QMaxPool", domain="tvmlite", checks_dtype=True)

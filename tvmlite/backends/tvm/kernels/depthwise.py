@@ -30,7 +30,9 @@ STEPS = ["pad_per_channel", "phase_split", "write_cache", "vectorize_columns", "
 #: accumulator vectors of one row tile (wider rows are split): the rest of the 32 AVX-512
 #: registers hold the broadcast weight and the loaded inputs
 MAX_ROW_VECTORS = 4
-#: what one tap of a per-channel window kernel (this depthwise conv, NCHW pooling) counts for in
+#: what one tap of an NCHW pooling window counts for in `S.worth_parallel` (the depthwise conv
+#: here and the int8 one weigh theirs by `S.depthwise_work`, fitted on PP-OCR cls's kernels), measured
+#: on this module's depthwise kernel: what one tap of a per-channel window kernel counts for in
 #: `S.worth_parallel`, in GEMM multiply-adds: a tap is a load and a multiply-add (or max) with no
 #: register reuse, after the padded plane is made, so it takes about twice as long. AVX2, one
 #: thread, CPU time, the kernels alone (load 11): depthwise 3x3 with Relu 219 ps a tap at 28x28
@@ -127,8 +129,8 @@ class WindowPlane:
                 if ext is not None and ext > lanes:
                     _, lp = sch.split(lp, factors=[None, lanes])
                 sch.vectorize(lp)
-        if parallel:
-            S.parallel_outer(sch, [nl, cl])
+        if parallel:  # in chunks: the plane and the register tile are allocated once per chunk
+            S.parallel_chunks(sch, sch.fuse(nl, cl))
         sch.decompose_reduction(blk, ryl)
 
 
@@ -162,5 +164,5 @@ def depthwise_conv2d(name: str, x: str, x_shape, w: np.ndarray, bias, geom: Wind
     Y = te.compute((n, co, oh, ow), out, name="epilogue")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    plane.schedule(sch, "acc", "epilogue", parallel=S.worth_parallel(window_work(n * co * oh * ow * kh * kw)))
+    plane.schedule(sch, "acc", "epilogue", parallel=S.worth_parallel(S.depthwise_work(n, co, oh, ow, kh, kw)))
     return KernelDef(name, b.params, sch.mod["main"], steps=list(STEPS))

@@ -88,7 +88,7 @@ def depthwise_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndar
         Y = te.compute((nb, c, oh, ow), at, name="dw")
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    parallel = S.worth_parallel(nb * c * oh * ow * kh * kw)
+    parallel = S.worth_parallel(S.depthwise_work(nb, c, oh, ow, kh, kw))
     blk = sch.get_sblock("dw")
     if lanes_c and not spec.y_nhwc:  # NCHW output written channel-innermost
         n_, ch, y, xx = sch.get_loops(blk)

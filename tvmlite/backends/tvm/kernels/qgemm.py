@@ -234,7 +234,8 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
     intrin = dot.register()
     blk = sch.get_sblock("acc")
     i, j, kk = sch.get_loops(blk)
-    it, io, ii = sch.split(i, [None, rt // mr, mr])
+    chunks = S.chunk_count(mp // rt) if tiled and parallel else 1
+    ic, it, io, ii = sch.split(i, [chunks, None, rt // mr, mr])
     jo, ji = sch.split(j, [None, L])
     joo, joi = sch.split(jo, [None, nb])
     ko, ki = sch.split(kk, [None, G])
@@ -244,8 +245,8 @@ def _gemm(name, b: Builder, aq, w2: np.ndarray, w_scale: np.ndarray, bias, spec:
         sch.reverse_compute_at(sch.get_sblock("epilogue"), it)
         if table is not None:
             sch.reverse_compute_at(sch.get_sblock("lookup"), it)
-        if parallel:
-            sch.parallel(it)
+        if parallel:  # in chunks where they divide the tasks: a task's rows of aq and its
+            sch.parallel(ic if chunks > 1 else it)  # accumulators are then allocated once per chunk
     else:
         sch.reorder(joo, it, io, ko, ii, joi, ji, ki)
         if parallel:
@@ -316,9 +317,37 @@ def dense_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray,
     return KernelDef(name, b.params, sch.mod["main"], steps=[dot.step])
 
 
+def _scaled_input(b: Builder, x: str, x_shape, spec: QuantSpec, x_mul):
+    """The conv's input as a function of its index: the buffer read, times its ``x_mul`` factor."""
+    X = b.input(x, x_shape, spec.x_dtype)
+    if x_mul is None:
+        return lambda *i: X[i]
+    (kind, *rest), (mn, mc) = x_mul
+    M = b.input(rest[0], (mn, mc)) if kind == "value" else b.const(rest[0].reshape(mn, mc), label="xmul")
+    return lambda n, c, y, xx: X[n, c, y, xx] * M[n if mn > 1 else 0, c if mc > 1 else 0]
+
+
+# Per output pixel and channel, the requantizing epilogue and the input's quantization cost about
+# as much as this many multiply-adds of the int8 GEMM; without VNNI one such multiply-add weighs
+# two float GEMM ones. Fitted on PP-OCR cls's 1x1 int8 convs (AVX2, one thread, each kernel alone,
+# best of 20, load 6-9): 200->32 at 2x96 (K 200, 1.23M multiply-adds) 0.131 ms, 16->104 at 3x96
+# (K 16, 0.48M) 0.097 ms, i.e. ~0.1 ns per multiply-add (10 G/s, a float GEMM conv 20-22 G/s)
+# plus ~1.7 ns per output; by the raw count the K-16 convs (~80-100 us) stayed on one core.
+# With VNNI (not measured here) the raw count per multiply-add stands.
+QCONV_OUTPUT_MACS = 16
+
+
+def qconv_work(m: int, co: int, k: int, vnni: bool) -> int:
+    """The work `S.worth_parallel` weighs for an int8 conv of ``m`` output pixels, ``co`` channels
+    and ``k`` multiply-adds per output (see QCONV_OUTPUT_MACS)."""
+    return (1 if vnni else 2) * m * co * (k + QCONV_OUTPUT_MACS)
+
+
 def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray, bias, spec: QuantSpec, geom, *,
-                out_value: str, out_shape, epilogue: Epilogue) -> KernelDef:
-    """QDQ-Conv (group 1, 2-D ``geom``) as the int8 GEMM over uint8 NHWC columns."""
+                out_value: str, out_shape, epilogue: Epilogue, x_mul=None) -> KernelDef:
+    """QDQ-Conv (group 1, 2-D ``geom``) as the int8 GEMM over uint8 NHWC columns. ``x_mul``: (operand
+    as `Lowering.operand` gives it, (N or 1, C or 1)) of factors each float NCHW input element is
+    multiplied by before it is quantized (a squeeze-and-excitation Mul folded in)."""
     if spec.x_nhwc:
         nb_, h, w, ci = (int(d) for d in x_shape)
     else:
@@ -339,7 +368,7 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
     mr, _ = _tile(m, round_up(co, 16) // 16, dot.vnni)
     mp = round_up(m, task_rows(m, mr))
     b = Builder(name)
-    X = b.input(x, x_shape, spec.x_dtype)
+    X = _scaled_input(b, x, x_shape, spec, x_mul)
     zero = spec.x_zero_u8
     pointwise = kh == kw == 1 and not any(geom.pads)
     # a float NCHW input with many channels (or read in place by a pointwise conv) is quantized
@@ -348,7 +377,7 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
     # stem conv is faster without: 0.65 against 1.05 ms)
     prequant = not spec.xq and (pointwise or ci >= 16)
     if prequant:
-        src, to_u8 = te.compute(tuple(int(d) for d in x_shape), lambda *i: spec.x_u8(X[i]), name="xu"), (lambda v: v)
+        src, to_u8 = te.compute(tuple(int(d) for d in x_shape), lambda *i: spec.x_u8(X(*i)), name="xu"), (lambda v: v)
     else:
         src, to_u8 = X, spec.x_u8
 
@@ -356,7 +385,7 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
         yy, xi = y - pt, xx - pl
         inside = tirx.all(yy >= 0, yy < h, xi >= 0, xi < w, c < ci)
         yy, xi, c = tirx.max(tirx.min(yy, h - 1), 0), tirx.max(tirx.min(xi, w - 1), 0), tirx.min(c, ci - 1)
-        v = src[n_, yy, xi, c] if spec.x_nhwc else src[n_, c, yy, xi]
+        v = src(n_, yy, xi, c) if spec.x_nhwc else src(n_, c, yy, xi)
         # padding reads quantized zero (the zero point); padded channels meet zero weights
         return tirx.if_then_else(inside, to_u8(v), tirx.const(zero, "uint8"))
     # an integer NHWC input is read in place; otherwise each input value, which feeds kh*kw
@@ -376,7 +405,7 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
             v = xq[n_, y * sh + (t // kw) * dh, xx * sw + (t % kw) * dw, c]
         return tirx.if_then_else(i < m, v, tirx.const(0, "uint8")).astype(dot.a_dtype)
     aq = te.compute((mp, k), aq_at, name="aq")
-    parallel = S.worth_parallel(m * co * k)
+    parallel = S.worth_parallel(qconv_work(m, co, k, dot.vnni))
 
     if spec.y_nhwc:  # the output [N, OH, OW, CO] is acc's [M, CO]: whole pixels, contiguous
         tiled, y_shape, mn_of = True, (m, co), (lambda idx: idx)
