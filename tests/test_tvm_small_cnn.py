@@ -261,13 +261,14 @@ def test_spelled_out_hardswish_joins_the_conv():
 @pytest.mark.parametrize("kind,xs,stride,parallel", [
     ("depthwise", (1, 136, 28, 28), 1, True),    # 0.96M taps: ShuffleNet's stage-2 depthwise convs
     ("depthwise", (1, 112, 56, 56), 2, True),
-    ("depthwise", (1, 272, 14, 14), 1, False),   # 0.48M taps
+    ("depthwise", (1, 272, 14, 14), 1, True),    # 0.48M taps, at 4 multiply-adds each (S.depthwise_work)
+    ("depthwise", (1, 64, 14, 14), 1, False),     # 0.11M taps
     ("max", (1, 24, 112, 112), 2, True),         # ShuffleNet's stem pool, 0.68M taps (a padded plane)
     ("max_unpadded", (1, 128, 55, 55), 2, True),  # SqueezeNet's second pool (the scalar tap kernel)
     ("max_unpadded", (1, 256, 27, 27), 2, False)])
 def test_window_kernels_weigh_their_taps_for_parallelism(kind, xs, stride, parallel, monkeypatch):
-    """A depthwise conv's or pool's tap counts twice a GEMM multiply-add (`depthwise.WINDOW_TAP_COST`),
-    so at 2 threads the 0.1-0.2 ms ones of ShuffleNet and SqueezeNet run on both cores (their numbers:
+    """A pool's tap counts twice a GEMM multiply-add (`depthwise.WINDOW_TAP_COST`), a depthwise conv's
+    four times (`schedules.depthwise_work`), so at 2 threads the 0.1-0.2 ms ones of ShuffleNet and SqueezeNet run on both cores (their numbers:
     the depthwise and pool tests above, which build at the host's threads)."""
     from tvmlite.backends.tvm.kernels import depthwise as DW
     from tvmlite.backends.tvm.kernels import pool as KP
