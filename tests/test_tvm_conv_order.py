@@ -19,6 +19,7 @@ from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: E402
 from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args  # noqa: E402
 from tvmlite.ops.conv import conv  # noqa: E402
 from tvmlite.ops.geometry import WindowGeometry  # noqa: E402
+from test_tvm_nhwc import test_conv_kernel_in_every_layout_pair as layout_pair_matches  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -63,10 +64,6 @@ def force(monkeypatch, outer: bool):
         monkeypatch.setattr(mod, "pixel_tiles_outer", lambda *a: outer)
 
 
-def nhwc(a):
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
-
-
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("outer", [False, True])
 @pytest.mark.parametrize("ci,co,k,attrs,batch", [
@@ -94,25 +91,10 @@ def test_direct_conv_same_results_in_either_order(monkeypatch, orders, lanes, ou
 @pytest.mark.parametrize("xl,yl", [("NHWC", "NHWC"), ("NHWC", "NCHW"), ("NCHW", "NHWC")])
 @pytest.mark.parametrize("ci,co,k,s,hw", [(16, 24, 1, 1, (9, 11)), (16, 40, 1, 2, (12, 12)), (8, 20, 3, 2, (11, 11))])
 def test_layout_taking_conv_same_results_in_either_order(monkeypatch, orders, lanes, outer, xl, yl, ci, co, k, s, hw):
-    """1x1 flat (99 pixels: a ragged last pixel tile), 1x1 stride 2, padded 3x3 stride 2; bias, a
-    residual stored NHWC and ReLU fused."""
+    """test_tvm_nhwc's layout-pair check (1x1 flat with a ragged last pixel tile, 1x1 stride 2,
+    padded 3x3 stride 2; bias, a residual stored NHWC and ReLU fused) in either order."""
     force(monkeypatch, outer)
-    x = RNG.standard_normal((1, ci) + hw).astype(np.float32)
-    w = RNG.standard_normal((co, ci, k, k)).astype(np.float32)
-    b = RNG.standard_normal(co).astype(np.float32)
-    attrs = {"kernel_shape": [k, k], "strides": [s, s], "pads": [k // 2] * 4}
-    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
-    ref = conv(x, w, b, **attrs)
-    r = RNG.standard_normal(ref.shape).astype(np.float32)
-    epi = Epilogue([EwOp("Add", [("value", "r", r.shape)]), EwOp("Relu")], layouts={"r": "r::nhwc"})
-    kd = KN.conv2d_nhwc("k", "x", x.shape, w, b, geom, out_value="y", epilogue=epi, lanes=lanes,
-                        x_layout=xl, y_layout=yl)
-    args, outs = kernel_args(kd, {"x": nhwc(x) if xl == "NHWC" else x, "r::nhwc": nhwc(r)})
-    build_kernel(kd)["main"](*args)
-    n, c, oh, ow = ref.shape
-    y = outs[0].numpy()
-    y = y.reshape(n, oh, ow, c).transpose(0, 3, 1, 2) if yl == "NHWC" else y.reshape(ref.shape)
-    np.testing.assert_allclose(y, np.maximum(ref + r, 0), rtol=1e-4, atol=1e-4)
+    layout_pair_matches(lanes, xl, yl, ci, co, k, s, hw)
     assert orders == [outer]
 
 
