@@ -307,7 +307,9 @@ def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int) -
     5-10): ResNet-50's 1x1 convs at 56x56 reading NHWC 256->64 1.13x -> 0.78x, 256->128 1.17x ->
     0.84x, 64->64 0.89x -> 0.77x, 64->256 1.00x -> 0.90x, 256->512 stride 2 0.63x -> 0.56x; the
     detector's 3x3 convs with SiLU, stride 2, 16->32 at 160x160 1.31x -> 1.03x, 32->48 at 80x80
-    1.01x -> 0.90x. Kept: weights the larger operand (1024->2048 1x1 stride 2 from 14x14 1.02x,
+    1.01x -> 0.90x (a rerun, 80 rounds, `bench/conv_tiles.py --orders`: 1.12x -> 1.08x and 0.86x ->
+    0.89x, inside the +-0.1 two builds of one kernel differed by there; the 1x1 gains held:
+    256->64 1.12x -> 0.77x, 256->128 1.25x -> 0.86x). Kept: weights the larger operand (1024->2048 1x1 stride 2 from 14x14 1.02x,
     1.76x the other way; 256->256 3x3 at 14x14 0.98x against 1.19x), weights past the L2 (VGG's
     128->128 3x3 at 112x112, 576 KiB: 1.08x against 1.15x), an input that fits the L2 (48->64 3x3
     stride 2 at 40x40: 0.70x against 0.76x), 3x3 stride 1 (VGG's 64->128 at 112x112 1.01x
