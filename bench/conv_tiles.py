@@ -15,6 +15,12 @@ input stored and its output written in those layouts (input-output; the input is
 before timing, the output back for the error check):
 
     TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --shapes resnet --layouts NHWC-NHWC,NHWC-NCHW
+
+``--orders`` times every direct-kernel variant (the NCHW direct tiles and the layout pairs) twice more,
+its tile loops forced into each order (`conv.pixel_tiles_outer`: "/px" pixel tiles outside the channel
+tiles, "/ch" channel tiles outside):
+
+    TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --shapes 256-64-1x1-s1-56x56 --layouts NHWC-NHWC --orders
 """
 from __future__ import annotations
 
@@ -59,6 +65,18 @@ def parse_layouts(s: str):
     return pairs
 
 
+def in_order(make, outer: bool):
+    """``make()`` with the direct kernels' tile loop order forced (`conv.pixel_tiles_outer`)."""
+    from tvmlite.backends.tvm.kernels import conv, conv_nhwc
+
+    saved = conv.pixel_tiles_outer
+    conv.pixel_tiles_outer = conv_nhwc.pixel_tiles_outer = lambda *a: outer
+    try:
+        return make()
+    finally:
+        conv.pixel_tiles_outer = conv_nhwc.pixel_tiles_outer = saved
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="all")
@@ -72,6 +90,8 @@ def main(argv=None) -> int:
                         "thread, so it leaves out the time other processes take: the stable figure on a "
                         "shared machine); wall: elapsed time")
     p.add_argument("--silu", action="store_true", help="SiLU after the conv (fused by both runtimes)")
+    p.add_argument("--orders", action="store_true",
+                   help="also each direct-kernel variant with its tile loops forced into either order")
     a = p.parse_args(argv)
     if a.rounds < 1:
         print("conv_tiles: --rounds must be at least 1", file=sys.stderr)
@@ -139,6 +159,10 @@ def main(argv=None) -> int:
         for xl, yl in layouts:
             variants[f"{xl}->{yl}"] = (lambda xl=xl, yl=yl: conv2d_nhwc(
                 "k", "x", x.shape, wt, bias, geom, x_layout=xl, y_layout=yl, **kw_))
+        if a.orders:
+            for vname in [v for v in variants if v.startswith("direct ") or "->" in v]:
+                for tag, outer in (("px", True), ("ch", False)):
+                    variants[f"{vname}/{tag}"] = (lambda make=variants[vname], outer=outer: in_order(make, outer))
         runs = {}
         for vname, make in variants.items():
             t0 = time.perf_counter()
@@ -148,7 +172,8 @@ def main(argv=None) -> int:
             fn(*args)
             y = outs[0].numpy()
             n_, c_, oh_, ow_ = ref.shape
-            y = y.reshape(n_, oh_, ow_, c_).transpose(0, 3, 1, 2) if vname.endswith("->NHWC") else y.reshape(ref.shape)
+            nhwc_out = vname.split("/")[0].endswith("->NHWC")
+            y = y.reshape(n_, oh_, ow_, c_).transpose(0, 3, 1, 2) if nhwc_out else y.reshape(ref.shape)
             err = float(np.max(np.abs(y - ref)) / (np.max(np.abs(ref)) + 1e-30))
             if err > 1e-4:
                 print(f"  {label} {vname}: max rel err {err:.2e}")

@@ -45,6 +45,15 @@ def test_one_shape_runs_every_variant(capsys):
     assert all(v in out for v in ("picked(", "direct 3x8", "gemm 4x16", "ort median", "NHWC->NHWC", "NHWC->NCHW"))
 
 
+def test_orders_time_each_direct_variant_in_both_loop_orders(capsys):
+    require_tvm()
+    rc = _bench().main(["--shapes", "8-16-3x3-s2-9x9", "--direct", "3x8", "--rounds", "1", "--layouts", "NHWC-NHWC",
+                        "--orders"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "max rel err" not in out
+    assert all(v in out for v in ("direct 3x8/px", "direct 3x8/ch", "NHWC->NHWC/px", "NHWC->NHWC/ch"))
+
+
 @pytest.mark.parametrize("argv", [["light_nope"], ["detector", "--rounds", "0"],
                                   ["detector", "--before-tiles", "--before-writes"]])
 def test_cpu_ab_refuses_bad_options_in_one_line(argv, capsys):

@@ -294,18 +294,45 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
 
     Y = te.compute((n, g, cog, oh, ow), out, name="epilogue")
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
-                         work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None)
+                         work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
+                         pixels_outer=pixel_tiles_outer(geom, n * c * h * wd, w.size))
+
+
+def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int) -> bool:
+    """Whether a direct conv's pixel tiles should run outside its channel tiles
+    (`S.tile_direct_conv`). Channel tiles outside (the default) read the whole input once per
+    channel tile: from memory where the input is larger than the L2 (Zen 1: 512 KiB), about
+    stride^2 / (nr x taps) floats per multiply-add, which a 3x3 stride-1 window (9 taps) hides and
+    a 1x1 or stride-2 conv does not. Pixel tiles outside read the input once and the whole weights
+    once per pixel tile, from the L2 where they fit it. So: a group-1 conv whose input is larger
+    than the L2 and than its weights, whose weights fit the L2, with fewer than 9 taps per
+    stride^2. AVX2, one thread, CPU time, against onnxruntime's Conv (interleaved medians, load
+    5-10): ResNet-50's 1x1 convs at 56x56 reading NHWC 256->64 1.13x -> 0.78x, 256->128 1.17x ->
+    0.84x, 64->64 0.89x -> 0.77x, 64->256 1.00x -> 0.90x, 256->512 stride 2 0.63x -> 0.56x; the
+    detector's 3x3 convs with SiLU, stride 2, 16->32 at 160x160 1.31x -> 1.03x, 32->48 at 80x80
+    1.01x -> 0.90x (a rerun, 80 rounds, `bench/conv_tiles.py --orders`: 1.12x -> 1.08x and 0.86x ->
+    0.89x, inside the +-0.1 two builds of one kernel differed by there; the 1x1 gains held:
+    256->64 1.12x -> 0.77x, 256->128 1.25x -> 0.86x). Kept: weights the larger operand (1024->2048 1x1 stride 2 from 14x14 1.02x,
+    1.76x the other way; 256->256 3x3 at 14x14 0.98x against 1.19x), weights past the L2 (VGG's
+    128->128 3x3 at 112x112, 576 KiB: 1.08x against 1.15x), an input that fits the L2 (48->64 3x3
+    stride 2 at 40x40: 0.70x against 0.76x), 3x3 stride 1 (VGG's 64->128 at 112x112 1.01x
+    against 1.05x, 64->64 at 224x224 0.98x against 1.00x). Grouped convs: not measured."""
+    l2 = 512 * 1024 // 4  # floats
+    taps, step = int(np.prod(geom.kernel)), int(np.prod(geom.strides))
+    return (geom.group == 1 and weight_size <= l2 and input_size > max(weight_size, l2)
+            and taps < 9 * step)
 
 
 def finish_direct(b: Builder, out_value: str, Y, tile: S.GemmTile, *, lanes: int, steps, unpadded: bool, act: bool,
-                  work: int, w_index: int | None) -> KernelDef:
+                  work: int, w_index: int | None, pixels_outer: bool = False) -> KernelDef:
     """A direct conv's kernel from its epilogue tensor ``Y`` (blocks "pad" unless ``unpadded``,
     "acc", "act" with ``act``, "epilogue"): scheduled by `S.schedule_direct_conv`; ``w_index``:
-    the parameter of the packed weights (their shape becomes the packed array's)."""
+    the parameter of the packed weights (their shape becomes the packed array's);
+    ``pixels_outer``: the tile loops' order (`pixel_tiles_outer`)."""
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     S.schedule_direct_conv(sch, None if unpadded else "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
-                           parallel=S.worth_parallel(work), act="act" if act else None)
+                           parallel=S.worth_parallel(work), act="act" if act else None, pixels_outer=pixels_outer)
     params = b.params
     if w_index is not None:
         params[w_index].shape = params[w_index].array.shape

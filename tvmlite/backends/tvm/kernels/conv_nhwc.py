@@ -21,8 +21,8 @@ from tvm import te, tirx
 
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
-from tvmlite.backends.tvm.kernels.conv import (direct_tile, finish_direct, pack_direct_weights, tile_activation,
-                                               unary_prefix, zero_padded)
+from tvmlite.backends.tvm.kernels.conv import (direct_tile, finish_direct, pack_direct_weights, pixel_tiles_outer,
+                                               tile_activation, unary_prefix, zero_padded)
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.ops.geometry import WindowGeometry
@@ -101,7 +101,8 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
         Y = te.compute((n, g, cog, rows, cols), lambda nn, gg, cc, y, xx: value(nn, y, xx, gg, cc),
                        name="epilogue")
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
-                         work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None)
+                         work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
+                         pixels_outer=pixel_tiles_outer(geom, n * c * h * wd, w.size))
 
 
 def _tile_channels(cog: int, lanes: int) -> int:

@@ -1,0 +1,111 @@
+"""The direct conv's tile loop order (kernels/conv.pixel_tiles_outer, schedules.tile_direct_conv):
+pixel tiles outside the channel tiles for a group-1 conv whose input is larger than the L2 and its
+weights, whose weights fit the L2 and which has few taps per stride^2; the numbers the same in
+either order, for the NCHW direct kernel and the layout-taking one, at AVX2's 8 lanes and
+AVX-512's 16, against the NumPy conv."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+
+tvm = require_tvm()
+
+from tvmlite.backends.tvm.kernels import conv as KC  # noqa: E402
+from tvmlite.backends.tvm.kernels import conv_nhwc as KN  # noqa: E402
+from tvmlite.backends.tvm.kernels import schedules as S  # noqa: E402
+from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: E402
+from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args  # noqa: E402
+from tvmlite.ops.conv import conv  # noqa: E402
+from tvmlite.ops.geometry import WindowGeometry  # noqa: E402
+from test_tvm_nhwc import test_conv_kernel_in_every_layout_pair as layout_pair_matches  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def geometry(ci, co, k, s, hw, group=1):
+    x_shape, w_shape = (1, ci) + hw, (co, ci // group, k, k)
+    geom = WindowGeometry.conv(dict(pads=[k // 2] * 4, strides=[s, s], group=group), x_shape, w_shape)
+    return geom, int(np.prod(x_shape)), int(np.prod(w_shape))
+
+
+@pytest.mark.parametrize("case,outer", [
+    ((16, 32, 3, 2, (320, 320)), True),  # the detector's 16->32 stride-2 conv
+    ((256, 64, 1, 1, (56, 56)), True),  # ResNet-50's 1x1 convs at 56x56
+    ((256, 512, 1, 2, (56, 56)), True),  # weights of exactly 512 KiB still fit
+    ((16, 32, 3, 2, (320, 320), 2), False),  # grouped: not measured, the default order
+    ((1024, 2048, 1, 2, (14, 14)), False),  # weights the larger operand
+    ((128, 128, 3, 2, (112, 112)), False),  # weights past the L2 (576 KiB)
+    ((48, 64, 3, 2, (40, 40)), False),  # the input fits the L2
+    ((64, 128, 3, 1, (112, 112)), False),  # 3x3 stride 1: 9 taps per pixel hide the re-reads
+    ((3, 64, 7, 2, (224, 224)), False),  # 7x7 stride 2: 49 taps per 4 pixels
+    ((64, 64, 5, 2, (112, 112)), True),  # 5x5 stride 2: 25 taps per 4 pixels
+])
+def test_pixel_tiles_outer_rule(case, outer):
+    assert KC.pixel_tiles_outer(*geometry(*case)) == outer
+
+
+@pytest.fixture
+def orders(monkeypatch):
+    """The ``pixels_outer`` each direct-conv schedule was given."""
+    seen = []
+    tile = S.tile_direct_conv
+
+    def spy(sch, block, t, *, pixels_outer=False):
+        seen.append(pixels_outer)
+        return tile(sch, block, t, pixels_outer=pixels_outer)
+    monkeypatch.setattr(S, "tile_direct_conv", spy)
+    return seen
+
+
+def force(monkeypatch, outer: bool):
+    for mod in (KC, KN):
+        monkeypatch.setattr(mod, "pixel_tiles_outer", lambda *a: outer)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("outer", [False, True])
+@pytest.mark.parametrize("ci,co,k,attrs,batch", [
+    (6, 40, 3, dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]), 2),  # uneven pads, ragged channels
+    (5, 24, 3, dict(pads=[1, 1, 1, 1], strides=[2, 2]), 1),  # stride 2, a row the pixel tile does not divide
+    (16, 16, 1, dict(strides=[1, 1]), 1),  # 1x1, read unpadded
+])
+def test_direct_conv_same_results_in_either_order(monkeypatch, orders, lanes, outer, ci, co, k, attrs, batch):
+    force(monkeypatch, outer)
+    x = RNG.standard_normal((batch, ci, 11, 13)).astype(np.float32)
+    w = RNG.standard_normal((co, ci, k, k)).astype(np.float32)
+    b = RNG.standard_normal(co).astype(np.float32)
+    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
+    kd = KC.conv2d_direct("d", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]),
+                          lanes=lanes)
+    args, outs = kernel_args(kd, {"x": x})
+    build_kernel(kd)["main"](*args)
+    ref = np.maximum(conv(x, w, b, **attrs), 0)
+    np.testing.assert_allclose(outs[0].numpy().reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+    assert orders == [outer]
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("outer", [False, True])
+@pytest.mark.parametrize("xl,yl", [("NHWC", "NHWC"), ("NHWC", "NCHW"), ("NCHW", "NHWC")])
+@pytest.mark.parametrize("ci,co,k,s,hw", [(16, 24, 1, 1, (9, 11)), (16, 40, 1, 2, (12, 12)), (8, 20, 3, 2, (11, 11))])
+def test_layout_taking_conv_same_results_in_either_order(monkeypatch, orders, lanes, outer, xl, yl, ci, co, k, s, hw):
+    """test_tvm_nhwc's layout-pair check (1x1 flat with a ragged last pixel tile, 1x1 stride 2,
+    padded 3x3 stride 2; bias, a residual stored NHWC and ReLU fused) in either order."""
+    force(monkeypatch, outer)
+    layout_pair_matches(lanes, xl, yl, ci, co, k, s, hw)
+    assert orders == [outer]
+
+
+@pytest.mark.parametrize("case,outer", [((16, 32, 3, 2, (200, 200)), True), ((16, 32, 3, 2, (200, 200), 2), False),
+                                        ((64, 64, 3, 1, (8, 8)), False)])
+def test_conv_kernels_take_the_order_the_rule_says(orders, case, outer):
+    """The rule's answer reaches the schedule of both direct kernels (a grouped conv: the NCHW one only)."""
+    geom, _, _ = geometry(*case)
+    ci, co, k, _, hw = case[:5]
+    shape, w = (1, ci) + hw, np.ones((co, ci // geom.group, k, k), np.float32)
+    KC.conv2d_direct("d", "x", shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=8)
+    if geom.group == 1:
+        KN.conv2d_nhwc("n", "x", shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=8)
+    assert orders == [outer] * (2 if geom.group == 1 else 1)
