@@ -505,7 +505,8 @@ def check_cli(art: Artifacts, rng, tmp: str) -> tuple[str, str]:
         if kind == "shape":  # a hostile --shape / --buckets in place of one of the good ones
             bad = rng.choice(["x=1x0..4x8", "x=1x5..2x8", "x=1x1..99999999999x8", "x=1xax8", "x=1x1..64", "x=",
                               "x=1x1..64x8x1", "y=1x1..4", "x=1x-1..4x8", "x=1x1...4x8", "x=1x1..4x8,", "mask=1x1..8",
-                              "x=1x1..2**40x8", "x=0x4", "x=1x4x", "=1x4", "x=1x١..4x8", "x=2x1..4x8"])
+                              "x=1x1..2**40x8", "x=0x4", "x=1x4x", "=1x4", "x=1x\u0661..4x8", "x=2x1..4x8",
+                              "x=\u00b2x1..4x8", "x=1x\u00b2x8", "x=1x\u00b2..4x8"])
             extra = (extra or ["--shape", "x=1x4"])[:]
             extra[1] = bad
             if k == "d" and rng.random() < 0.4:

@@ -115,6 +115,10 @@ def test_the_largest_bucket_runs_as_a_plain_artifact(built):
     (["--shape", "x=1x5..2x8", "--shape", "mask=1x5..2"], "needs 1 <= LO <= HI"),
     (["--shape", "x=1x0..4x8", "--shape", "mask=1x0..4"], "needs 1 <= LO <= HI"),
     (["--shape", "x=1xa..bx8"], "must be LO..HI with integers"),
+    # digits int() does not read ('²' passed str.isdigit: an internal error) or ASCII only spells
+    (["--shape", "x=\u00b2x1..4x8"], "is not a positive dimension"),
+    (["--shape", "x=1x\u0661..4x8"], "must be LO..HI with integers"),
+    (["--shape", "x=1x1..4x8", "--shape", "mask=1x\u00b2"], "dimensions must be integers or names"),
     (["--shape", "x=1x1..4x1..8"], "fixed to 8 by the model"),
     (["--shape", "x=1x1..64x8", "--shape", "mask=1x1..32"], "has range 1..32 here"),
     (["--shape", "x=1x1..64x8", "--buckets", ",".join(map(str, range(1, 40)))], "more than 16"),
