@@ -71,6 +71,16 @@ def _stats(*keys) -> dict:
     return {"tried": 0, **{k: 0 for k in keys}, "bad": []}
 
 
+def _tally(st: dict, verdict: str, line: str, log) -> None:
+    """Count ``verdict``; a bad one keeps its line (and logs it)."""
+    if verdict != "bad":
+        st[verdict] += 1
+        return
+    st["bad"].append(line[:1500])
+    if log:
+        log(line)
+
+
 def _reference(data: bytes, shapes=None):
     """(model, feeds, NumPy outputs) of a mutant, or None where the NumPy backend refuses it."""
     try:
@@ -184,12 +194,7 @@ def fast_fuzz(n: int, seed: int, real_every: int = 8, seeds: tuple = (), log=Non
             real = real_every and st["tried"] % real_every == 0
             st["tried"] += 1
             verdict, detail = check_fast(data, real)
-            if verdict == "bad":
-                st["bad"].append(f"[{which}] {what}{' (preset fast)' if real else ''}: {detail}"[:1500])
-                if log:
-                    log(st["bad"][-1])
-            else:
-                st[verdict] += 1
+            _tally(st, verdict, f"[{which}] {what}{' (preset fast)' if real else ''}: {detail}", log)
     return st
 
 
@@ -343,12 +348,7 @@ def bucket_fuzz(n: int, seed: int, seeds: tuple = (), log=None) -> dict:
                 verdict, detail = "bad", f"hang: {e}"
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            if verdict == "bad":
-                st["bad"].append(f"[{which}] {what}: {detail}"[:1500])
-                if log:
-                    log(st["bad"][-1])
-            else:
-                st[verdict] += 1
+            _tally(st, verdict, f"[{which}] {what}: {detail}", log)
     return st
 
 
@@ -559,15 +559,10 @@ def cli_fuzz(n: int, seed: int, log=None) -> dict:
                 verdict, detail = "bad", "fuzzer: " + traceback.format_exc(limit=-3)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            if verdict == "bad":
-                st["bad"].append(detail[:1500])
-                if log:
-                    log(detail)
-            else:
-                st[verdict] += 1
-                if verdict != "ran":
-                    msg = verdict + ": " + detail.replace(tmp, "DIR")
-                    st["messages"][msg[:120]] = st["messages"].get(msg[:120], 0) + 1
+            _tally(st, verdict, detail, log)
+            if verdict not in ("bad", "ran"):  # what it said, by kind of damage (printed by hand runs)
+                msg = verdict + ": " + detail.replace(tmp, "DIR")
+                st["messages"][msg[:120]] = st["messages"].get(msg[:120], 0) + 1
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return st
