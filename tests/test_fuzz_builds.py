@@ -82,6 +82,18 @@ def _stats(*keys) -> dict:
     return {"tried": 0, **{k: 0 for k in keys}, "bad": []}
 
 
+def _mutants(st: dict, n: int, seed: int, models: dict, seeds: tuple = ()):
+    """(rng, seed name, mutant, what was changed), ``n`` of them, the seeds in turn (only those
+    named in ``seeds`` when given), counted in st["tried"]."""
+    rng = random.Random(seed)
+    names = sorted(k for k in models if not seeds or k in seeds)
+    while st["tried"] < n:
+        which = names[st["tried"] % len(names)]
+        data, what = F.mutate(models[which], rng)
+        st["tried"] += 1
+        yield rng, which, data, what
+
+
 def _tally(st: dict, verdict: str, line: str, log) -> None:
     """Count ``verdict``; a bad one keeps its line (and logs it)."""
     if verdict != "bad":
@@ -198,16 +210,10 @@ def check_fast(data: bytes, real: bool = False) -> tuple[str, str]:
 
 
 def fast_fuzz(n: int, seed: int, real_every: int = 8, seeds: tuple = (), log=None) -> dict:
-    rng = random.Random(seed)
-    models = F.seed_models()
-    names = sorted(k for k in models if not seeds or k in seeds)
     st = _stats("skip", "refused", "ok", "ok-int8", "nan")
     with np.errstate(all="ignore"):
-        while st["tried"] < n:
-            which = names[st["tried"] % len(names)]
-            data, what = F.mutate(models[which], rng)
-            real = real_every and st["tried"] % real_every == 0
-            st["tried"] += 1
+        for _, which, data, what in _mutants(st, n, seed, F.seed_models(), seeds):
+            real = real_every and (st["tried"] - 1) % real_every == 0
             verdict, detail = check_fast(data, real)
             _tally(st, verdict, f"[{which}] {what}{' (preset fast)' if real else ''}: {detail}", log)
     return st
@@ -344,15 +350,9 @@ def bucket_seeds() -> dict:
 
 
 def bucket_fuzz(n: int, seed: int, seeds: tuple = (), log=None) -> dict:
-    rng = random.Random(seed)
-    models = bucket_seeds()
-    names = sorted(k for k in models if not seeds or k in seeds)
     st = _stats("skip", "numpy-refuses", "refused", "ok", "nan")
     with np.errstate(all="ignore"):
-        while st["tried"] < n:
-            which = names[st["tried"] % len(names)]
-            data, what = F.mutate(models[which], rng)
-            st["tried"] += 1
+        for rng, which, data, what in _mutants(st, n, seed, bucket_seeds(), seeds):
             if _reference(data) is None:
                 st["numpy-refuses"] += 1
                 continue
