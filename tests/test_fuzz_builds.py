@@ -28,10 +28,11 @@ its Gemm's inner dims then differ) still builds, those nodes as host calls ('an 
 static'), and refuses such a size at run time with the node's one line, as the NumPy backend does;
 the fuzzer accepts a refused bucket value only where the NumPy backend refuses it too.
 
-First campaigns (session 27): fast 1,010 mutants (seeds 1, 2, 7), 128 compared (35 of them int8
-built by TVM), 0 bad; bucket 840 (seeds 1, 2, 3, 9), 161 built and compared, 1 bad (an int mask's
-view read by a host call, fixed: test_tvm_fuzz_cases); cli 2,260 commands (seeds 1-5, 11, 17), 0
-bad before '²' in --shape was added to its list (an internal error, fixed: test_tvm_dynamic).
+First campaigns (session 27): fast 1,010 mutants (seeds 1, 2, 7, 13), 174 compared (47 int8 builds
+among the last 96), 0 bad; bucket 1,040 (seeds 1, 2, 3, 9, 14), 202 built and compared, 2 bad, both
+fixed (an int mask's view read by a host call: test_tvm_fuzz_cases; a scalar constant output given
+the stored [1] of another: test_tvm_dynamic); cli 2,260 commands (seeds 1-5, 11, 17), 0 bad, and '²'
+in --shape (an internal error, fixed: test_tvm_dynamic, test_checks) once added to its list.
 
 CI runs a slow-marked smoke run of each (a few seconds). Longer runs by hand::
 
