@@ -306,6 +306,9 @@ def test_shape_accepts_the_peers_spelling_and_every_hint_parses():
     from tvmlite.inputs import parse_shape_overrides
 
     assert parse_shape_overrides(["x:1,3,48,192", "y=Nx16"]) == {"x": (1, 3, 48, 192), "y": ("N", 16)}
+    for odd in ("x=1x\u00b2", "x:1,\u0661"):  # str.isdigit takes both; int() refused '²' (internal error)
+        with pytest.raises(InputError, match="dimensions must be integers or names"):
+            parse_shape_overrides([odd])
 
 
 # ------------------------------------------------------------------------------------------ calib

@@ -6,6 +6,7 @@ fit the model's [N, 3, 32, 32]".
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -20,6 +21,15 @@ from tvmlite.ir.graph import Graph, Model
 MAX_RANK = 64
 MAX_DIM = 2**31 - 1
 MAX_ELEMENTS = 2**40
+
+
+def is_int_text(d: str) -> bool:
+    """Whether ``d`` spells an integer in ASCII digits (an optional leading minus): str.isdigit
+    also takes '²' (which int() refuses) and other scripts' digits."""
+    return bool(_INT_TEXT.fullmatch(d))
+
+
+_INT_TEXT = re.compile(r"-?[0-9]+")
 
 
 def parse_shape_overrides(items) -> dict[str, tuple[int, ...]]:
@@ -41,7 +51,7 @@ def parse_shape_overrides(items) -> dict[str, tuple[int, ...]]:
             raise InputError(f"--shape {item!r}: no dimensions")
         shape = []
         for d in parts:
-            if d.lstrip("-").isdigit():
+            if is_int_text(d):
                 if int(d) <= 0:
                     raise InputError(f"--shape {item!r}: dimensions must be positive")
                 if int(d) > MAX_DIM:

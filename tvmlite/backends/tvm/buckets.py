@@ -30,11 +30,11 @@ import numpy as np
 
 from tvmlite.backends.tvm.params import SharedConsts
 from tvmlite.errors import InputError, TvmliteError
-from tvmlite.inputs import graph_inputs, parse_shape_overrides
+from tvmlite.inputs import graph_inputs, is_int_text, parse_shape_overrides
 
 FORMAT = "tvmlite-buckets-1"
 MAX_BUCKETS = 16
-_RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
+_RANGE = re.compile(r"^([0-9]+)\.\.([0-9]+)$")
 
 
 def parse_ranges(items) -> tuple[dict, dict]:
@@ -50,7 +50,7 @@ def parse_ranges(items) -> tuple[dict, dict]:
         for d in dims.split("x"):
             d = d.strip()
             if ".." not in d:
-                if not d.isdigit() or int(d) <= 0:
+                if not is_int_text(d) or int(d) <= 0:
                     raise InputError(f"--shape {item!r}: {d!r} is not a positive dimension")
                 shape.append(int(d))
                 continue

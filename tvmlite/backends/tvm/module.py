@@ -61,9 +61,15 @@ def plan_of(low, prefix: str = "") -> tuple[dict, dict]:
         return entry
 
     kernel_read = {p.name for kd in low.kernels for p in kd.params if p.kind == "input"}
+    segments = [e for e in low.order if isinstance(e, HostSegment)]
+    # values TVM or a host call reads through a buffer: kernel inputs, and views of them anywhere
+    in_buffer = {root(p.name) for kd in low.kernels for p in kd.params if p.kind == "input"}
+    in_buffer |= {root(v) for v in list(low.outputs) + [i for s in segments for i in s.inputs] if root(v) != v}
     for name, shape, dtype in low.inputs:
         # other inputs are host values, and get a buffer too when a kernel reads them (Gather's ids)
-        if dtype == np.float32 or name in kernel_read:
+        # or a host call reads a view of them (an Unsqueeze of an int mask: host calls find views
+        # only in buffers)
+        if dtype == np.float32 or name in kernel_read or name in in_buffer:
             buffers[name] = {"shape": list(shape), "kind": "input"}
             if dtype != np.float32:
                 buffers[name]["dtype"] = str(dtype)
@@ -74,11 +80,7 @@ def plan_of(low, prefix: str = "") -> tuple[dict, dict]:
         buffers[v] = {"shape": list(low.shapes[v]), "kind": "slice", "of": r, "offset": off}
         if "dtype" in buffers[r]:
             buffers[v]["dtype"] = buffers[r]["dtype"]
-    segments = [e for e in low.order if isinstance(e, HostSegment)]
     host_made = {o for seg in segments for n in seg.nodes for o in n.outputs if o}
-    # host-made values TVM reads through a buffer: kernel inputs, and views of them anywhere
-    in_buffer = {root(p.name) for kd in low.kernels for p in kd.params if p.kind == "input"}
-    in_buffer |= {root(v) for v in list(low.outputs) + [i for s in segments for i in s.inputs] if root(v) != v}
     calls, host_specs = [], []
     for entry in low.order:
         if isinstance(entry, HostSegment):

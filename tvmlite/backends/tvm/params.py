@@ -39,7 +39,9 @@ _CHUNK = 1 << 22  # bytes per read into a TVM tensor: the only transient copy
 
 
 def content_key(arr: np.ndarray) -> str:
-    arr = np.ascontiguousarray(arr)
+    # np.require, not ascontiguousarray: that makes a 0-d array 1-d, and a scalar constant then
+    # shared the key (and the stored array) of a [1] one of the same value
+    arr = np.require(arr, requirements="C")
     h = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode())
     if arr.dtype.kind in "OU":  # host strings (kept as fixed-width unicode)
         h.update(np.asarray(arr, str).tobytes())
