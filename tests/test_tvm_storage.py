@@ -88,12 +88,24 @@ def test_dtypes_never_share_a_block():
 
 def test_slices_their_parents_host_named_and_host_crossing_buffers():
     calls = [(["x"], ["a"]), (["a"], ["s1"]), (["a"], ["s2"]), (["cat"], ["b"]), None, (["b"], ["c"]),
-             (["c"], ["y"])]
-    p = _plan(calls, {"a": 8, "cat": 2, "b": 8, "c": 8, "y": 8}, outputs=["y"],
+             (["c"], ["d"]), (["d"], ["y"])]
+    p = _plan(calls, {"a": 8, "cat": 2, "b": 8, "c": 8, "d": 8, "y": 8}, outputs=["y"],
               slices={"s1": ("cat", 0), "s2": ("cat", 1)}, host=[{"reads": {"v": ["b", [8]]}, "writes": {}}])
-    assert _block(p, "cat") is None and _block(p, "s1") is None  # inside a Concat's output
+    assert _block(p, "s1") is None  # a view of its Concat's output, which takes a block whole ...
+    assert storage.lives(p)["cat"] == (1, 3)  # ... alive from the first write into a slice
+    assert _block(p, "cat") not in (None, _block(p, "a"))
     assert _block(p, "b") is None  # a host call reads it by name
-    assert _block(p, "a") == _block(p, "c")  # the host call between touches neither
+    assert _block(p, "a") == _block(p, "c") and _block(p, "d") == _block(p, "cat")  # across the host call
+
+
+def test_a_concat_whose_slice_is_an_output_or_read_by_a_host_call_keeps_its_buffer():
+    calls = [(["x"], ["s1"]), (["x"], ["s2"]), (["cat"], ["a"]), (["a"], ["b"]), (["b"], ["y"])]
+    slices = {"s1": ("cat", 0), "s2": ("cat", 1)}
+    p = _plan(calls, {"cat": 2, "a": 8, "b": 8, "y": 8}, outputs=["y", "s2"], slices=slices)
+    assert _block(p, "cat") is None
+    p = _plan(calls + [None], {"cat": 2, "a": 8, "b": 8, "y": 8}, outputs=["y"], slices=slices,
+              host=[{"reads": {"v": ["s1", [1]]}, "writes": {}}])
+    assert _block(p, "cat") is None
 
 
 def test_check_refuses_overlapping_or_oversized_tenants():
@@ -186,9 +198,9 @@ def test_concat_slices_beside_shared_blocks(monkeypatch, tmp_path):
     proto = _typed_model(nodes, feeds, [("y", 4)], w)
     cm, got = _same_with_and_without(proto, feeds, monkeypatch, tmp_path)
     np.testing.assert_allclose(got[0], _ort(proto, feeds)[0], rtol=1e-4, atol=1e-5)
-    for n, b in cm.plan["buffers"].items():
-        if b.get("kind") == "slice":
-            assert "block" not in b and "block" not in cm.plan["buffers"][b["of"]], n
+    slices = {n: b for n, b in cm.plan["buffers"].items() if b.get("kind") == "slice"}
+    assert slices and not any("block" in b for b in slices.values())
+    assert any("block" in cm.plan["buffers"][b["of"]] for b in slices.values())  # a Concat's output shares
 
 
 def test_host_calls_between_stretches(monkeypatch, tmp_path):

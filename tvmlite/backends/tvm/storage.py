@@ -13,9 +13,10 @@ kernels and the stretches (plan_func.py) see the block's address, and the artifa
 assignment ($TVMLITE_REUSE_BUFFERS=0 at load: every buffer its own allocation again).
 
 Only what is provably private to the kernel calls shares: a "temp" buffer that is no graph
-output, no Concat's output holding "slice" buffers (concat_views.py) and not named anywhere in a
-host call's spec (host calls read and write buffers by name, and control-flow bodies' runners
-too). Control-flow bodies' own plans are left alone (their runners read buffers by name).
+output and not named anywhere in a host call's spec (host calls read and write buffers by name,
+and control-flow bodies' runners too), counting its "slice" buffers (values inside a Concat's
+output, concat_views.py) as itself: the Concat's output takes a block whole, its slices stay
+views of it at their offsets. Control-flow bodies' own plans are left alone (their runners read buffers by name).
 """
 from __future__ import annotations
 
@@ -47,16 +48,21 @@ def _elements(b: dict) -> int:
 
 
 def lives(plan: dict) -> dict[str, tuple[int, int]]:
-    """{buffer: (first, last) index into plan["calls"] of the kernel calls naming it} for every
-    buffer that may share storage (see the module's docstring)."""
+    """{buffer: (first, last) index into plan["calls"] of the kernel calls naming it or a "slice"
+    buffer inside it} for every buffer that may share storage (see the module's docstring)."""
     buffers = plan["buffers"]
+
+    def whole(n):  # a slice lives and dies with the Concat output it lies in
+        b = buffers.get(n)
+        return b["of"] if isinstance(b, dict) and b.get("kind") == "slice" else n
+
     private = {n for n, b in buffers.items() if b.get("kind") == "temp"}
-    private -= {b["of"] for b in buffers.values() if b.get("kind") == "slice"}
-    private -= {o["buffer"] for o in plan["outputs"] if "buffer" in o}
-    private -= _strings(plan.get("host", []), set())
+    private -= {whole(o["buffer"]) for o in plan["outputs"] if "buffer" in o}
+    private -= {whole(n) for n in _strings(plan.get("host", []), set())}
     spans: dict[str, tuple[int, int]] = {}
     for i, c in enumerate(plan["calls"]):
-        for n, _ in c.get("args", ()):
+        for arg, _ in c.get("args", ()):
+            n = whole(arg)
             if n in private:
                 a, _b = spans.get(n, (i, i))
                 spans[n] = (min(a, i), i)
