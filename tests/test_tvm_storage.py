@@ -257,3 +257,13 @@ def test_tampered_blocks_are_refused_in_one_line(monkeypatch, tmp_path):
         with pytest.raises(ArtifactError, match=message) as e:
             load_module(str(_copy(tmp_path / "m.so", tmp_path, edit)))
         assert "\n" not in str(e.value)
+
+
+def test_a_bad_switch_is_refused_before_any_build(monkeypatch):
+    from tvmlite.limits import LimitError
+
+    proto, feeds = _conv_ladder()
+    monkeypatch.setenv("TVMLITE_REUSE_BUFFERS", "yes")
+    monkeypatch.setattr("tvmlite.backends.tvm.lower.lower", lambda *a, **k: pytest.fail("lowered"))
+    with pytest.raises(LimitError, match="TVMLITE_REUSE_BUFFERS='yes' must be 0 or 1"):
+        compile_model(import_model(proto), {"x": feeds["x"].shape})
