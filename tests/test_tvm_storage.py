@@ -17,7 +17,7 @@ from helpers import ort_qdq  # noqa: E402
 from test_tvm_int import _typed_model  # noqa: E402
 from test_tvm_int8 import _chain_model  # noqa: E402
 from test_tvm_plan import _copy, _host_split_model, _ort, _per_call  # noqa: E402
-from tvmlite.backends.tvm import compile_model, load_module, storage  # noqa: E402
+from tvmlite.backends.tvm import compile_model, load_module, plan_func, storage  # noqa: E402
 from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
 from tvmlite.frontend.onnx_import import import_model  # noqa: E402
 
@@ -25,6 +25,12 @@ RNG = np.random.default_rng(16)
 
 
 # ------------------------------------------------------------------------ assignment on plans
+@pytest.fixture
+def call_units(monkeypatch):
+    """Every kernel call its own stretch: the interval rules alone (stretches: test below)."""
+    monkeypatch.setattr(plan_func, "MAX_STRETCH", 1)
+
+
 def _plan(calls, temps, *, outputs=(), slices=None, host=None, dtypes=None):
     """A plan of kernel calls given as (reads, writes) lists of buffer names (None: a host call)."""
     bufs = {"x": {"shape": [4], "kind": "input"}}
@@ -54,7 +60,7 @@ def _block(plan, n):
     return plan["buffers"][n].get("block")
 
 
-def test_a_chain_alternates_two_blocks_and_never_shares_a_calls_input_and_output():
+def test_a_chain_alternates_two_blocks_and_never_shares_a_calls_input_and_output(call_units):
     p = _plan([(["x"], ["a"]), (["a"], ["b"]), (["b"], ["c"]), (["c"], ["d"]), (["d"], ["y"])],
               {"a": 8, "b": 4, "c": 6, "d": 8, "y": 2}, outputs=["y"])
     assert _block(p, "a") == _block(p, "c") and _block(p, "b") == _block(p, "d") != _block(p, "a")
@@ -64,7 +70,7 @@ def test_a_chain_alternates_two_blocks_and_never_shares_a_calls_input_and_output
     assert (alone, shared) == (4 * (8 + 4 + 6 + 8 + 2), 4 * (8 + 8 + 2))
 
 
-def test_a_value_read_late_keeps_its_block_until_its_last_reader():
+def test_a_value_read_late_keeps_its_block_until_its_last_reader(call_units):
     # a is read by the last call: nothing made in between may live in its block
     p = _plan([(["x"], ["a"]), (["a"], ["b"]), (["b"], ["c"]), (["c"], ["d"]), (["d", "a"], ["y"])],
               {"a": 8, "b": 8, "c": 8, "d": 8, "y": 8}, outputs=["y"])
@@ -72,21 +78,21 @@ def test_a_value_read_late_keeps_its_block_until_its_last_reader():
     assert _block(p, "b") == _block(p, "d") != _block(p, "c")
 
 
-def test_a_diamond_keeps_both_arms_apart():
+def test_a_diamond_keeps_both_arms_apart(call_units):
     p = _plan([(["x"], ["a"]), (["a"], ["l"]), (["a"], ["r"]), (["l", "r"], ["j"]), (["j"], ["y"])],
               {"a": 8, "l": 8, "r": 8, "j": 8, "y": 8}, outputs=["y"])
     blocks = [_block(p, n) for n in "alr"]
     assert len(set(blocks)) == 3 and _block(p, "j") in (_block(p, "a"), _block(p, "r"))
 
 
-def test_dtypes_never_share_a_block():
+def test_dtypes_never_share_a_block(call_units):
     p = _plan([(["x"], ["a"]), (["a"], ["q"]), (["q"], ["b"]), (["b"], ["r"]), (["r"], ["y"])],
               {"a": 8, "q": 8, "b": 8, "r": 8, "y": 8}, outputs=["y"], dtypes={"q": "uint8", "r": "uint8"})
     assert _block(p, "q") == _block(p, "r") != _block(p, "a") == _block(p, "b")
     assert p["blocks"][_block(p, "q")]["dtype"] == "uint8"
 
 
-def test_slices_their_parents_host_named_and_host_crossing_buffers():
+def test_slices_their_parents_host_named_and_host_crossing_buffers(call_units):
     calls = [(["x"], ["a"]), (["a"], ["s1"]), (["a"], ["s2"]), (["cat"], ["b"]), None, (["b"], ["c"]),
              (["c"], ["d"]), (["d"], ["y"])]
     p = _plan(calls, {"a": 8, "cat": 2, "b": 8, "c": 8, "d": 8, "y": 8}, outputs=["y"],
@@ -98,7 +104,7 @@ def test_slices_their_parents_host_named_and_host_crossing_buffers():
     assert _block(p, "a") == _block(p, "c") and _block(p, "d") == _block(p, "cat")  # across the host call
 
 
-def test_a_concat_whose_slice_is_an_output_or_read_by_a_host_call_keeps_its_buffer():
+def test_a_concat_whose_slice_is_an_output_or_read_by_a_host_call_keeps_its_buffer(call_units):
     calls = [(["x"], ["s1"]), (["x"], ["s2"]), (["cat"], ["a"]), (["a"], ["b"]), (["b"], ["y"])]
     slices = {"s1": ("cat", 0), "s2": ("cat", 1)}
     p = _plan(calls, {"cat": 2, "a": 8, "b": 8, "y": 8}, outputs=["y", "s2"], slices=slices)
@@ -108,12 +114,27 @@ def test_a_concat_whose_slice_is_an_output_or_read_by_a_host_call_keeps_its_buff
     assert _block(p, "cat") is None
 
 
-def test_check_refuses_overlapping_or_oversized_tenants():
+def test_no_stretch_touches_two_tenants_of_a_block(monkeypatch):
+    """Kernels inlined into one stretch may be reordered across different buffers (TVM's alias
+    types): a block changes tenants only between stretches (or at a host call)."""
+    monkeypatch.setattr(plan_func, "MAX_STRETCH", 3)
+    chain = [(["x"], ["a"]), (["a"], ["b"]), (["b"], ["c"]), (["c"], ["d"]), (["d"], ["e"]), (["e"], ["f"]),
+             (["f"], ["y"])]
+    p = _plan(chain, {n: 8 for n in "abcdefy"}, outputs=["y"])
+    assert storage.units(p["calls"]) == [0, 0, 0, 1, 1, 1, 2]
+    assert len({_block(p, n) for n in "abc"}) == 3  # a and c would share with one call per stretch
+    assert _block(p, "d") == _block(p, "a") and _block(p, "e") == _block(p, "b")
+    assert _block(p, "c") not in {_block(p, n) for n in "def"}  # c lives into stretch 1
+    p = _plan(chain[:3] + [None] + chain[3:], {n: 8 for n in "abcdefy"}, outputs=["y"])
+    assert storage.units(p["calls"]) == [0, 0, 0, 1, 2, 2, 2, 3]
+
+
+def test_check_refuses_overlapping_or_oversized_tenants(call_units):
     p = _plan([(["x"], ["a"]), (["a"], ["b"]), (["b"], ["c"]), (["c"], ["d"]), (["d"], ["y"])],
               {"a": 8, "b": 8, "c": 8, "d": 8, "y": 8}, outputs=["y"])
     bad = json.loads(json.dumps(p))
     bad["buffers"]["b"]["block"] = _block(p, "a")
-    assert "alive at the same call" in storage.check(bad)
+    assert "alive in the same call or stretch" in storage.check(bad)
     bad = json.loads(json.dumps(p))
     bad["blocks"][0]["size"] = 4
     assert "does not fit" in storage.check(bad)
@@ -234,6 +255,7 @@ def test_a_block_crosses_a_host_call(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("signed", [False, True])
 def test_int8_buffers_share_blocks_of_their_own_dtype(signed, monkeypatch, tmp_path):
+    monkeypatch.setattr(plan_func, "MAX_STRETCH", 2)  # 6 kernels: stretches of 2 let blocks change tenants
     x_shape = (1, 5, 13, 11)
     proto = _chain_model(x_shape, signed)
     feeds = {"x": (RNG.standard_normal(x_shape) * 2).astype(np.float32)}

@@ -6,7 +6,8 @@ that had not been touched since the last run; densenet121 and PP-OCR's detector 
 activation alive at once. `assign` gives each plain intermediate buffer a "block" (a 1-D
 allocation of its dtype, as large as its largest tenant): buffers whose call intervals
 [first call that touches it, last call that touches it] (closed: a call's inputs and outputs
-never share storage) do not overlap may live in the same block. It records
+never share storage) do not overlap, and that no stretch of kernels touches both (`units`), may
+live in the same block. It records
 ``plan["blocks"]`` ([{"size": elements, "dtype": ...}]) and each tenant's ``"block"`` index;
 the loaded model makes each tenant a view of its block's tensor (module.CompiledModel), so the
 kernels and the stretches (plan_func.py) see the block's address, and the artifact carries the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tvmlite.backends.tvm.plan_func import stretch_spans
 from tvmlite.limits import env_flag
 
 
@@ -69,18 +71,36 @@ def lives(plan: dict) -> dict[str, tuple[int, int]]:
     return spans
 
 
+def units(calls: list) -> list[int]:
+    """The compiled unit each call runs in, non-decreasing: its stretch's (plan_func.py) or its
+    own (a host call). Two tenants of a block never meet in one unit: TVM's LLVM code tags each
+    buffer's loads and stores as their own alias type (TBAA, per buffer variable), so where one
+    stretch inlines a kernel writing one tenant and another reading the next, LLVM may reorder
+    them (a LayerNorm's ReduceMean, Sub, Pow, ReduceMean in one stretch read a stale block);
+    between units, Python's separate calls order everything."""
+    unit, out, ends = -1, [], {a: b for a, b in stretch_spans(calls)}
+    end = 0
+    for i in range(len(calls)):
+        if i >= end:
+            unit += 1
+            end = ends.get(i, i + 1)
+        out.append(unit)
+    return out
+
+
 def assign(plan: dict) -> None:
     """Give the plan's private intermediate buffers shared blocks (first fit over the intervals
     sorted by start: among the blocks of the buffer's dtype free by then, the smallest that holds
     it, else the largest, grown to fit)."""
     buffers = plan["buffers"]
     spans = lives(plan)
+    unit = units(plan["calls"])
     blocks: list[dict] = []
     free_after: list[int] = []  # the last call of each block's current tenant
     for n in sorted(spans, key=lambda n: (spans[n][0], -_elements(buffers[n]), n)):
         first, last = spans[n]
         dt, size = buffers[n].get("dtype", "float32"), _elements(buffers[n])
-        free = [k for k, blk in enumerate(blocks) if blk["dtype"] == dt and free_after[k] < first]
+        free = [k for k, blk in enumerate(blocks) if blk["dtype"] == dt and unit[free_after[k]] < unit[first]]
         fits = [k for k in free if blocks[k]["size"] >= size]
         if fits:
             k = min(fits, key=lambda k: blocks[k]["size"])
@@ -121,10 +141,11 @@ def check(plan: dict) -> str | None:
     if sorted(tenants) != list(range(len(blocks))) or any(
             blocks[k]["size"] != max(e for _, e in ts) for k, ts in tenants.items()):
         return "every block must be exactly as large as its largest tenant"
+    unit = units(plan["calls"])
     for k, ts in tenants.items():
         ts = sorted(s for s, _ in ts)
-        if any(b[0] <= a[1] for a, b in zip(ts, ts[1:])):
-            return f"block {k} has two tenants alive at the same call"
+        if any(unit[b[0]] <= unit[a[1]] for a, b in zip(ts, ts[1:])):
+            return f"block {k} has two tenants alive in the same call or stretch"
     return None
 
 
