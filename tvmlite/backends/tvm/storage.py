@@ -7,8 +7,8 @@ activation alive at once. `assign` gives each plain intermediate buffer a "block
 allocation of its dtype, as large as its largest tenant): buffers whose call intervals
 [first call that touches it, last call that touches it] (closed: a call's inputs and outputs
 never share storage) do not overlap, and that no stretch of kernels touches both (`units`), may
-live in the same block. It records
-``plan["blocks"]`` ([{"size": elements, "dtype": ...}]) and each tenant's ``"block"`` index;
+live in the same block. It records ``plan["blocks"]`` ([{"size": elements, "dtype": ...}]) and
+each tenant's ``"block"`` index;
 the loaded model makes each tenant a view of its block's tensor (module.CompiledModel), so the
 kernels and the stretches (plan_func.py) see the block's address, and the artifact carries the
 assignment ($TVMLITE_REUSE_BUFFERS=0 at load: every buffer its own allocation again).
@@ -17,7 +17,8 @@ Only what is provably private to the kernel calls shares: a "temp" buffer that i
 output and not named anywhere in a host call's spec (host calls read and write buffers by name,
 and control-flow bodies' runners too), counting its "slice" buffers (values inside a Concat's
 output, concat_views.py) as itself: the Concat's output takes a block whole, its slices stay
-views of it at their offsets. Control-flow bodies' own plans are left alone (their runners read buffers by name).
+views of it at their offsets. Control-flow bodies' own plans are left alone (their runners read
+buffers by name).
 """
 from __future__ import annotations
 
