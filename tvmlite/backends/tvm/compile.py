@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from tvmlite.backends.tvm import build_cache
+from tvmlite.backends.tvm import build_cache, storage
 from tvmlite.backends.tvm.build_cache import cache_dir, prune_cache
 from tvmlite.backends.tvm.module import CompiledModel, build_lowered, load_module, picks_threads, plan_of, save_artifact
 from tvmlite.errors import InputError, TvmliteError
@@ -21,6 +21,7 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
 
     cache_bytes = build_cache.size_limit() if cache else 0  # a bad $TVMLITE_CACHE_MB is refused up front
     picks_threads()  # read by every CompiledModel: a bad value is refused here, not as a broken cache entry
+    storage.reuses()  # the same
     model, shapes = static_inputs(model, input_shapes)
     target = host_target()
     parts = build_cache.key_parts(model, shapes, str(target))

@@ -17,16 +17,17 @@ import time
 
 import numpy as np
 
-from tvmlite.backends.tvm import artifact_check, host, params, plan_func
+from tvmlite.backends.tvm import artifact_check, host, params, plan_func, storage
 from tvmlite.backends.tvm.concat_views import resolve as resolve_slices
 from tvmlite.backends.tvm.kernels.target import host_threads, import_tvm
 from tvmlite.errors import InputError, TvmliteError
 from tvmlite.limits import env_flag
 
-FORMAT = 6  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
+FORMAT = 7  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
 # 4: stretches (runs of kernels called from one compiled function, see plan_func.py); 5: "slice"
 # buffers (a value inside a Concat's output: "of" that buffer at element "offset", concat_views.py);
-# 6: a host node with compiled bodies stores its subgraphs as their plans only ("compiled": true)
+# 6: a host node with compiled bodies stores its subgraphs as their plans only ("compiled": true);
+# 7: intermediate buffers share "blocks" by liveness (storage.py)
 
 
 # a plan whose second run takes less CPU time (this thread's) picks its thread count by measurement
@@ -131,6 +132,8 @@ def plan_of(low, prefix: str = "") -> tuple[dict, dict]:
         plan["host"] = host_specs
         plan["opsets"] = opset_versions(low.model.opsets)
         plan["host_ops"] = low.host_problems
+    if not prefix:  # a control-flow body's runners read its buffers by name: never shared
+        storage.assign(plan)
     return plan, consts
 
 
@@ -242,8 +245,15 @@ class CompiledModel:
         self.input_dtypes = {i["name"]: np.dtype(i.get("dtype", "float32")) for i in plan["inputs"]}
         self.output_names = [o["name"] for o in plan["outputs"]]
         store = {}
+        # intermediates whose lives do not overlap share a block (storage.py): views of its tensor
+        blocks = [tvm.runtime.empty((blk["size"],), blk["dtype"], dev) for blk in plan.get("blocks", [])] \
+            if storage.reuses() else []
         for name, b in plan["buffers"].items():
-            if b.get("kind") != "slice":
+            if b.get("kind") == "slice":
+                continue
+            if "block" in b and blocks:
+                store[name] = blocks[b["block"]]._create_view(tuple(b["shape"]))
+            else:
                 store[name] = tvm.runtime.empty(tuple(b["shape"]), b.get("dtype", "float32"), dev)
         for name, b in plan["buffers"].items():  # inside another buffer (a Concat's inputs)
             if b.get("kind") == "slice":
