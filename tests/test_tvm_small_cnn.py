@@ -267,7 +267,7 @@ def test_spelled_out_hardswish_joins_the_conv():
     ("max_unpadded", (1, 128, 55, 55), 2, True),  # SqueezeNet's second pool (the scalar tap kernel)
     ("max_unpadded", (1, 256, 27, 27), 2, False)])
 def test_window_kernels_weigh_their_taps_for_parallelism(kind, xs, stride, parallel, monkeypatch):
-    """A pool's tap counts twice a GEMM multiply-add (`depthwise.WINDOW_TAP_COST`), a depthwise conv's
+    """A pool's tap counts twice a GEMM multiply-add (`schedules.pool_work`), a depthwise conv's
     four times (`schedules.depthwise_work`), so at 2 threads the 0.1-0.2 ms ones of ShuffleNet and SqueezeNet run on both cores (their numbers:
     the depthwise and pool tests above, which build at the host's threads)."""
     from tvmlite.backends.tvm.kernels import depthwise as DW

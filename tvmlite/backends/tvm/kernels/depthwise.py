@@ -30,23 +30,6 @@ STEPS = ["pad_per_channel", "phase_split", "write_cache", "vectorize_columns", "
 #: accumulator vectors of one row tile (wider rows are split): the rest of the 32 AVX-512
 #: registers hold the broadcast weight and the loaded inputs
 MAX_ROW_VECTORS = 4
-#: what one tap of an NCHW pooling window counts for in `S.worth_parallel` (the depthwise conv
-#: here and the int8 one weigh theirs by `S.depthwise_work`, fitted on PP-OCR cls's kernels), measured
-#: on this module's depthwise kernel: what one tap of a per-channel window kernel counts for in
-#: `S.worth_parallel`, in GEMM multiply-adds: a tap is a load and a multiply-add (or max) with no
-#: register reuse, after the padded plane is made, so it takes about twice as long. AVX2, one
-#: thread, CPU time, the kernels alone (load 11): depthwise 3x3 with Relu 219 ps a tap at 28x28
-#: (136 channels), 263 with stride 2 from 56x56 (112), 158 at 14x14 (272), 254 at 7x7 (544); GEMM
-#: and direct convs 73-130 ps a multiply-add (grouped 1x1 at 28x28 82, at 7x7 130; 16->64 1x1 at
-#: 55x55 89). Counted by their taps alone, ShuffleNet's 0.14-0.2 ms depthwise convs (under 1M taps)
-#: ran on one core at 2 threads beside 0.1 ms convs on two. The 2-thread gain itself is not
-#: measured: at load 11-16 every parallel kernel, these and the GEMMs alike, ran slower than serial.
-WINDOW_TAP_COST = 2
-
-
-def window_work(taps: int) -> int:
-    """The work `S.worth_parallel` weighs for a window kernel of ``taps`` taps in all."""
-    return WINDOW_TAP_COST * int(taps)
 
 
 def shuffled_channel(c, groups: int, channels: int):

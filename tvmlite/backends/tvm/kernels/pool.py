@@ -13,7 +13,7 @@ from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
 from tvmlite.backends.tvm.kernels.depthwise import STEPS as PLANE_STEPS
-from tvmlite.backends.tvm.kernels.depthwise import WindowPlane, window_work
+from tvmlite.backends.tvm.kernels.depthwise import WindowPlane
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.ops.geometry import WindowGeometry
 
@@ -43,7 +43,7 @@ def pool2d(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, count
     Y = pool_output(acc, geom, (n, c, h, wd), kind=kind, count_include_pad=count_include_pad, apply=apply)
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
-    plane.schedule(sch, "acc", "epilogue", parallel=S.worth_parallel(window_work(n * c * oh * ow * kh * kw)))
+    plane.schedule(sch, "acc", "epilogue", parallel=S.worth_parallel(S.pool_work(n, c, oh, ow, kh, kw)))
     return KernelDef(name, b.params, sch.mod["main"], steps=list(PLANE_STEPS))
 
 
@@ -83,7 +83,7 @@ def _pool2d_taps(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str,
     blk = sch.get_sblock("acc")
     loops = sch.get_loops(blk)
     S.write_cache(sch, blk, sch.get_sblock("epilogue"), loops[3])
-    if S.worth_parallel(window_work(n * c * oh * ow * kh * kw)):  # a scalar tap costs as much
+    if S.worth_parallel(S.pool_work(n, c, oh, ow, kh, kw)):  # a scalar tap costs as much
         S.parallel_outer(sch, loops[:3] if n * c * oh >= 2 else loops[:2])
     return KernelDef(name, b.params, sch.mod["main"], steps=["write_cache", "parallel_outer"])
 

@@ -47,6 +47,21 @@ def depthwise_work(n: int, c: int, oh: int, ow: int, kh: int, kw: int) -> int:
     return DEPTHWISE_WEIGHT * n * c * oh * ow * kh * kw
 
 
+# A pooling window's tap (a load and a max or add, no register reuse) weighs this many GEMM
+# multiply-adds in `worth_parallel`. AVX2, one thread, CPU time, the window kernels alone (load 11),
+# measured on the depthwise kernel the NCHW pools share (depthwise.WindowPlane): 3x3 with Relu 219
+# ps a tap at 28x28 (136 channels), 263 with stride 2 from 56x56 (112), 158 at 14x14 (272), 254 at
+# 7x7 (544); GEMM and direct convs 73-130 ps a multiply-add. Counted by their taps alone,
+# ShuffleNet's stem MaxPool and SqueezeNet's second MaxPool ran on one core at 2 threads. The
+# 2-thread gain itself is not measured: at load 11-16 every parallel kernel ran slower than serial.
+POOL_TAP_WEIGHT = 2
+
+
+def pool_work(n: int, c: int, oh: int, ow: int, kh: int, kw: int) -> int:
+    """The work `worth_parallel` weighs for an NCHW pool: its taps at POOL_TAP_WEIGHT each."""
+    return POOL_TAP_WEIGHT * n * c * oh * ow * kh * kw
+
+
 def min_parallel_work() -> int:
     """Operations (multiply-adds, elements) below which a kernel stays on one core. On the quiet
     2-core host the digits CNN (5-19M-MAC convs) runs in 0.62 ms with its convs parallel against
