@@ -88,6 +88,16 @@ def _finish(y, bias, bias_shape, activation, y_scale, y_zero_point, y_signed, y_
     return np.asarray(y, np.float32)
 
 
+def x_mul_factors(m_shape, x_shape) -> tuple[int, int] | None:
+    """(N or 1, C or 1) of a QDQConv ``x_mul`` of ``m_shape`` broadcast to the 4-D ``x_shape`` when
+    it is one factor per image and channel (what the fold writes and the int8 kernel takes); else None."""
+    if m_shape is None or x_shape is None or len(x_shape) != 4 or len(m_shape) > 4:
+        return None
+    m4 = (1,) * (4 - len(m_shape)) + tuple(m_shape)
+    ok = m4[0] in (1, x_shape[0]) and m4[1] in (1, x_shape[1]) and m4[2:] == (1, 1)
+    return (m4[0], m4[1]) if ok else None
+
+
 def attr_text(value) -> str:
     """A string attribute as imported (bytes or str), or the empty string when absent."""
     return value.decode() if isinstance(value, bytes) else (value or "")

@@ -19,7 +19,7 @@ import numpy as np
 
 from tvmlite.backends.tvm.qdq_buffers import ONNX, grid_of, quantize_buffers
 from tvmlite.ir.graph import Graph, Model, Node
-from tvmlite.ops.qdq_fused import attr_text
+from tvmlite.ops.qdq_fused import attr_text, x_mul_factors
 from tvmlite.ops.quant import _dequantize
 
 _CONV_ATTRS = ("auto_pad", "kernel_shape", "pads", "strides", "dilations", "group")
@@ -316,7 +316,7 @@ def fold_channel_scales(g: Graph, shapes: dict) -> int:
             continue
         x_shape = shapes.get(mul.outputs[0])
         pick = [i for i in (0, 1) if shapes.get(mul.inputs[i]) == x_shape
-                and _per_channel(shapes.get(mul.inputs[1 - i]), x_shape)]
+                and x_mul_factors(shapes.get(mul.inputs[1 - i]), x_shape) is not None]
         if not pick:
             continue
         x, s = mul.inputs[pick[0]], mul.inputs[1 - pick[0]]
@@ -326,10 +326,3 @@ def fold_channel_scales(g: Graph, shapes: dict) -> int:
         folded += 1
     return folded
 
-
-def _per_channel(s_shape, x_shape) -> bool:
-    """Whether a factor of ``s_shape`` broadcast to the 4-D ``x_shape`` is one per image and channel."""
-    if s_shape is None or x_shape is None or len(x_shape) != 4 or len(s_shape) > 4:
-        return False
-    s4 = (1,) * (4 - len(s_shape)) + tuple(s_shape)
-    return s4[0] in (1, x_shape[0]) and s4[1] in (1, x_shape[1]) and s4[2:] == (1, 1)

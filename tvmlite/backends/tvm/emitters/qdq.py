@@ -10,7 +10,7 @@ from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.kernels.defs import Epilogue, window_2d
 from tvmlite.errors import UnsupportedError
 from tvmlite.ops.geometry import WindowGeometry
-from tvmlite.ops.qdq_fused import attr_text, quant_dtype
+from tvmlite.ops.qdq_fused import attr_text, quant_dtype, x_mul_factors
 
 
 def _check_dtype(low, name: str, want, what: str) -> None:
@@ -127,14 +127,12 @@ def _x_mul(low, node, spec, xs, depthwise):
     name = node.inputs[4] if len(node.inputs) > 4 else ""
     if not name:
         return None
-    ms = tuple(low.shape(name))
-    ms = (1,) * (4 - len(ms)) + ms
-    if depthwise or spec["x_quantized"] or spec["x_nhwc"] or ms[2:] != (1, 1) \
-            or ms[0] not in (1, xs[0]) or ms[1] not in (1, xs[1]):
+    factors = x_mul_factors(tuple(low.shape(name)), tuple(xs))
+    if depthwise or spec["x_quantized"] or spec["x_nhwc"] or factors is None:
         raise UnsupportedError(f"x_mul of shape {list(low.shape(name))} on input {list(xs)}")
     operand = low.operand(name)  # refuses a non-float factor
     spec["x_on_grid"] = False
-    return operand, ms[:2]
+    return operand, factors
 
 
 @emitter("QMaxPool", domain="tvmlite", checks_dtype=True)
