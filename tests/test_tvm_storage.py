@@ -1,6 +1,6 @@
-"""Intermediate buffers whose lives do not overlap share storage blocks (storage.py): the
-assignment on hand-made plans (chains, a value read late, a diamond, dtypes apart, what never
-shares), and built plans that share blocks computing what onnxruntime and the unshared plan
+"""Intermediate buffers whose lives do not overlap share storage (storage.py: one block per dtype,
+each tenant at an offset): the placement on hand-made plans (chains, a value read late, a
+diamond, dtypes apart, alignment, what never shares), and built plans that share blocks computing what onnxruntime and the unshared plan
 compute: float chains with a late reader, Concat slices, host calls between stretches, uint8
 buffers beside float ones, a saved artifact; tampered blocks are refused in one line."""
 import json
@@ -60,48 +60,76 @@ def _block(plan, n):
     return plan["buffers"][n].get("block")
 
 
-def test_a_chain_alternates_two_blocks_and_never_shares_a_calls_input_and_output(call_units):
+def _range(plan, n):
+    """(block, first element, end) of tenant ``n``."""
+    b = plan["buffers"][n]
+    off = b.get("offset", 0)
+    return b["block"], off, off + int(np.prod(b["shape"]))
+
+
+def _overlap(plan, m, n):
+    """Whether tenants ``m`` and ``n`` use some of the same memory."""
+    (bm, m0, m1), (bn, n0, n1) = _range(plan, m), _range(plan, n)
+    return bm == bn and m0 < n1 and n0 < m1
+
+
+def test_a_chain_reuses_memory_and_never_shares_a_calls_input_and_output(call_units):
     p = _plan([(["x"], ["a"]), (["a"], ["b"]), (["b"], ["c"]), (["c"], ["d"]), (["d"], ["y"])],
-              {"a": 8, "b": 4, "c": 6, "d": 8, "y": 2}, outputs=["y"])
-    assert _block(p, "a") == _block(p, "c") and _block(p, "b") == _block(p, "d") != _block(p, "a")
+              {"a": 128, "b": 64, "c": 96, "d": 128, "y": 32}, outputs=["y"])
     assert _block(p, "y") is None  # an output keeps its own buffer
-    assert sorted(b["size"] for b in p["blocks"]) == [6 + 2, 8]  # as large as the largest tenant
+    assert len(p["blocks"]) == 1  # one block per dtype
+    for m, n in ["ab", "bc", "cd"]:  # a call's input and output
+        assert not _overlap(p, m, n)
+    assert _overlap(p, "a", "d")  # the largest first: d takes the memory a left
+    # b could not go where a was (a is b's input): 128 + 96 + 64, the most alive in any call is 224
+    assert p["blocks"] == [{"size": 288, "dtype": "float32"}]
     alone, shared = storage.intermediate_bytes(p)
-    assert (alone, shared) == (4 * (8 + 4 + 6 + 8 + 2), 4 * (8 + 8 + 2))
+    assert (alone, shared) == (4 * (128 + 64 + 96 + 128 + 32), 4 * (288 + 32))
 
 
-def test_a_value_read_late_keeps_its_block_until_its_last_reader(call_units):
-    # a is read by the last call: nothing made in between may live in its block
+def test_tenants_start_on_a_cache_line(call_units):
+    p = _plan([(["x"], ["a"]), (["a"], ["b"]), (["b", "a"], ["c"]), (["c"], ["y"])],
+              {"a": 5, "b": 7, "c": 3, "y": 2}, dtypes={"b": "uint8"}, outputs=["y"])
+    assert [_range(p, n)[1:] for n in "ac"] == [(0, 5), (16, 19)] and p["blocks"][_block(p, "a")]["size"] == 19
+    assert _range(p, "b")[1:] == (0, 7)  # a uint8 block of its own
+    bad = json.loads(json.dumps(p))
+    bad["buffers"]["c"]["offset"] = 8  # clear of a's memory, but not 64-byte aligned
+    assert "not an aligned offset" in storage.check(bad)
+
+
+def test_a_value_read_late_keeps_its_memory_until_its_last_reader(call_units):
+    # a is read by the last call: nothing made in between may use its memory
     p = _plan([(["x"], ["a"]), (["a"], ["b"]), (["b"], ["c"]), (["c"], ["d"]), (["d", "a"], ["y"])],
-              {"a": 8, "b": 8, "c": 8, "d": 8, "y": 8}, outputs=["y"])
-    assert _block(p, "a") not in {_block(p, n) for n in "bcd"}
-    assert _block(p, "b") == _block(p, "d") != _block(p, "c")
+              {"a": 16, "b": 16, "c": 16, "d": 16, "y": 16}, outputs=["y"])
+    assert not any(_overlap(p, "a", n) for n in "bcd")
+    assert _overlap(p, "b", "d") and not _overlap(p, "b", "c")
+    assert p["blocks"][0]["size"] == 3 * 16
 
 
 def test_a_diamond_keeps_both_arms_apart(call_units):
     p = _plan([(["x"], ["a"]), (["a"], ["l"]), (["a"], ["r"]), (["l", "r"], ["j"]), (["j"], ["y"])],
-              {"a": 8, "l": 8, "r": 8, "j": 8, "y": 8}, outputs=["y"])
-    blocks = [_block(p, n) for n in "alr"]
-    assert len(set(blocks)) == 3 and _block(p, "j") in (_block(p, "a"), _block(p, "r"))
+              {"a": 16, "l": 16, "r": 16, "j": 16, "y": 16}, outputs=["y"])
+    assert not any(_overlap(p, m, n) for m, n in ["al", "ar", "lr", "jl", "jr"])
+    assert _overlap(p, "j", "a")
 
 
 def test_dtypes_never_share_a_block(call_units):
     p = _plan([(["x"], ["a"]), (["a"], ["q"]), (["q"], ["b"]), (["b"], ["r"]), (["r"], ["y"])],
-              {"a": 8, "q": 8, "b": 8, "r": 8, "y": 8}, outputs=["y"], dtypes={"q": "uint8", "r": "uint8"})
-    assert _block(p, "q") == _block(p, "r") != _block(p, "a") == _block(p, "b")
+              {"a": 64, "q": 64, "b": 64, "r": 64, "y": 64}, outputs=["y"], dtypes={"q": "uint8", "r": "uint8"})
+    assert _overlap(p, "q", "r") and _overlap(p, "a", "b") and _block(p, "q") != _block(p, "a")
     assert p["blocks"][_block(p, "q")]["dtype"] == "uint8"
 
 
 def test_slices_their_parents_host_named_and_host_crossing_buffers(call_units):
     calls = [(["x"], ["a"]), (["a"], ["s1"]), (["a"], ["s2"]), (["cat"], ["b"]), None, (["b"], ["c"]),
              (["c"], ["d"]), (["d"], ["y"])]
-    p = _plan(calls, {"a": 8, "cat": 2, "b": 8, "c": 8, "d": 8, "y": 8}, outputs=["y"],
-              slices={"s1": ("cat", 0), "s2": ("cat", 1)}, host=[{"reads": {"v": ["b", [8]]}, "writes": {}}])
-    assert _block(p, "s1") is None  # a view of its Concat's output, which takes a block whole ...
+    p = _plan(calls, {"a": 16, "cat": 2, "b": 16, "c": 16, "d": 16, "y": 16}, outputs=["y"],
+              slices={"s1": ("cat", 0), "s2": ("cat", 1)}, host=[{"reads": {"v": ["b", [16]]}, "writes": {}}])
+    assert _block(p, "s1") is None  # a view of its Concat's output, which takes its place whole ...
     assert storage.lives(p)["cat"] == (1, 3)  # ... alive from the first write into a slice
-    assert _block(p, "cat") not in (None, _block(p, "a"))
+    assert _block(p, "cat") is not None and not _overlap(p, "cat", "a")
     assert _block(p, "b") is None  # a host call reads it by name
-    assert _block(p, "a") == _block(p, "c") and _block(p, "d") == _block(p, "cat")  # across the host call
+    assert _overlap(p, "a", "c") and _overlap(p, "d", "cat")  # across the host call
 
 
 def test_a_concat_whose_slice_is_an_output_or_read_by_a_host_call_keeps_its_buffer(call_units):
@@ -120,24 +148,27 @@ def test_no_stretch_touches_two_tenants_of_a_block(monkeypatch):
     monkeypatch.setattr(plan_func, "MAX_STRETCH", 3)
     chain = [(["x"], ["a"]), (["a"], ["b"]), (["b"], ["c"]), (["c"], ["d"]), (["d"], ["e"]), (["e"], ["f"]),
              (["f"], ["y"])]
-    p = _plan(chain, {n: 8 for n in "abcdefy"}, outputs=["y"])
+    p = _plan(chain, {n: 16 for n in "abcdefy"}, outputs=["y"])
     assert storage.units(p["calls"]) == [0, 0, 0, 1, 1, 1, 2]
-    assert len({_block(p, n) for n in "abc"}) == 3  # a and c would share with one call per stretch
-    assert _block(p, "d") == _block(p, "a") and _block(p, "e") == _block(p, "b")
-    assert _block(p, "c") not in {_block(p, n) for n in "def"}  # c lives into stretch 1
-    p = _plan(chain[:3] + [None] + chain[3:], {n: 8 for n in "abcdefy"}, outputs=["y"])
+    assert not any(_overlap(p, m, n) for m, n in ["ab", "ac", "bc"])  # a and c would share with one call per stretch
+    assert _overlap(p, "d", "a") and _overlap(p, "e", "b")
+    assert not any(_overlap(p, "c", n) for n in "def")  # c lives into stretch 1
+    p = _plan(chain[:3] + [None] + chain[3:], {n: 16 for n in "abcdefy"}, outputs=["y"])
     assert storage.units(p["calls"]) == [0, 0, 0, 1, 2, 2, 2, 3]
 
 
 def test_check_refuses_overlapping_or_oversized_tenants(call_units):
     p = _plan([(["x"], ["a"]), (["a"], ["b"]), (["b"], ["c"]), (["c"], ["d"]), (["d"], ["y"])],
-              {"a": 8, "b": 8, "c": 8, "d": 8, "y": 8}, outputs=["y"])
+              {"a": 16, "b": 16, "c": 16, "d": 16, "y": 16}, outputs=["y"])
     bad = json.loads(json.dumps(p))
-    bad["buffers"]["b"]["block"] = _block(p, "a")
-    assert "alive in the same call or stretch" in storage.check(bad)
+    bad["buffers"]["b"]["offset"] = bad["buffers"]["a"].get("offset", 0)
+    assert "overlapping tenants alive in the same call or stretch" in storage.check(bad)
     bad = json.loads(json.dumps(p))
     bad["blocks"][0]["size"] = 4
     assert "does not fit" in storage.check(bad)
+    bad = json.loads(json.dumps(p))
+    bad["buffers"]["b"]["offset"] = -16
+    assert "not an aligned offset" in storage.check(bad)
     bad = json.loads(json.dumps(p))
     bad["buffers"]["y"]["block"] = 0
     assert "not a private intermediate" in storage.check(bad)
@@ -202,9 +233,11 @@ def test_float_chain_with_a_late_reader_shares_blocks_and_matches_onnxruntime(mo
     np.testing.assert_allclose(got[0], _ort(proto, feeds)[0], rtol=1e-4, atol=1e-5)
     alone, shared = storage.intermediate_bytes(cm.plan)
     assert shared < alone
-    # the views really share the block's memory: the kernels and the stretches see one address
+    # the views really lie in the block's memory at their offsets: tenants reuse addresses
     (k, tenants), *_ = _shared(cm).items()
-    assert len({_address(cm, n) for n in tenants}) == 1
+    base = min(_address(cm, n) - 4 * cm.plan["buffers"][n].get("offset", 0) for n in tenants)
+    assert all(_address(cm, n) == base + 4 * cm.plan["buffers"][n].get("offset", 0) for n in tenants)
+    assert len({_address(cm, n) for n in tenants}) < len(tenants)
 
 
 def test_concat_slices_beside_shared_blocks(monkeypatch, tmp_path):
@@ -248,7 +281,8 @@ def test_a_block_crosses_a_host_call(monkeypatch, tmp_path):
     calls = cm.plan["calls"]
     host_at = next(i for i, c in enumerate(calls) if "host" in c)
     lives = storage.lives(cm.plan)
-    assert any(lives[a][1] < host_at < lives[b][0] for t in _shared(cm).values() for a in t for b in t), lives
+    assert any(lives[a][1] < host_at < lives[b][0] and _overlap(cm.plan, a, b)
+               for t in _shared(cm).values() for a in t for b in t), lives
     assert "block" not in cm.plan["buffers"]["c2"] and "block" not in cm.plan["buffers"]["cs"]
     np.testing.assert_allclose(got[0], _ort(proto, feeds)[0], rtol=1e-4, atol=1e-5)
 

@@ -119,7 +119,7 @@ def _check_schema(plan: dict, path: str) -> None:
         for a in c["args"]:
             _need(isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and _is_shape(a[1]),
                   path, f"call {c['func']!r}: argument {a!r} is not [buffer, shape]")
-    bad_blocks = storage.check(plan)  # intermediates sharing storage (format 7)
+    bad_blocks = storage.check(plan)  # intermediates sharing storage (formats 7, 8)
     _need(bad_blocks is None, path, str(bad_blocks))
     if "lib_sha256" in plan:
         _need(isinstance(plan["lib_sha256"], str) and len(plan["lib_sha256"]) == 64, path,

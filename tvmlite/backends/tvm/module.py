@@ -23,11 +23,12 @@ from tvmlite.backends.tvm.kernels.target import host_threads, import_tvm
 from tvmlite.errors import InputError, TvmliteError
 from tvmlite.limits import env_flag
 
-FORMAT = 7  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
+FORMAT = 8  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inputs kernels read);
 # 4: stretches (runs of kernels called from one compiled function, see plan_func.py); 5: "slice"
 # buffers (a value inside a Concat's output: "of" that buffer at element "offset", concat_views.py);
 # 6: a host node with compiled bodies stores its subgraphs as their plans only ("compiled": true);
-# 7: intermediate buffers share "blocks" by liveness (storage.py)
+# 7: intermediate buffers share "blocks" by liveness (storage.py); 8: tenants at an "offset" in one
+# block per dtype
 
 
 # a plan whose second run takes less CPU time (this thread's) picks its thread count by measurement
@@ -252,7 +253,8 @@ class CompiledModel:
             if b.get("kind") == "slice":
                 continue
             if "block" in b and blocks:
-                store[name] = blocks[b["block"]]._create_view(tuple(b["shape"]))
+                store[name] = blocks[b["block"]]._create_view(
+                    tuple(b["shape"]), relative_byte_offset=b.get("offset", 0) * np.dtype(b.get("dtype", "float32")).itemsize)
             else:
                 store[name] = tvm.runtime.empty(tuple(b["shape"]), b.get("dtype", "float32"), dev)
         for name, b in plan["buffers"].items():  # inside another buffer (a Concat's inputs)

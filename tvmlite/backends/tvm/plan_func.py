@@ -173,9 +173,12 @@ def _add_stretches(funcs: dict, impls: dict, plan: dict, prefix: str) -> None:
                     full, bdt = shapes.get(n, (shape, dt))
                     if bdt != dt:  # a kernel reading a buffer as another dtype: not expressible here
                         raise TypeError(f"kernel {c['func']} reads {n!r} ({bdt}) as {dt}")
-                    params[n] = tirx.decl_buffer(list(full), bdt, f"p{len(names)}")
+                    # any element offset: an intermediate may be a view at an offset into its
+                    # storage block (storage.py)
+                    params[n] = tirx.decl_buffer(list(full), bdt, f"p{len(names)}",
+                                                 offset_factor=1 if len(full) else 0)
                     names.append(n)
-                ptrs.append(_address(params[n], offset) if offset else params[n].data)
+                ptrs.append(_address(params[n], offset) if len(params[n].shape) else params[n].data)
             # a subroutine's failed workspace allocation fails the stretch with TVM's last error
             failed = tvm.ir.Call(gv, ptrs, ret_ty="int32") != tirx.const(0, "int32")
             stmts.append(tirx.IfThenElse(failed, tirx.Evaluate(tirx.call_intrin("int32", "tirx.tvm_throw_last_error")), None))

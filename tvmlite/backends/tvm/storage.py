@@ -3,20 +3,20 @@
 Without this every value of a plan has its own buffer for the whole run: SqueezeNet held 11.7 MiB
 of intermediates, ShuffleNet 14 MiB, against an 8 MiB L3, and a kernel's output went to memory
 that had not been touched since the last run; densenet121 and PP-OCR's detector kept every
-activation alive at once. `assign` gives each plain intermediate buffer a "block" (a 1-D
-allocation of its dtype, as large as its largest tenant): buffers whose call intervals
-[first call that touches it, last call that touches it] (closed: a call's inputs and outputs
-never share storage) do not overlap, and that no stretch of kernels touches both (`units`), may
-live in the same block. It records ``plan["blocks"]`` ([{"size": elements, "dtype": ...}]) and
-each tenant's ``"block"`` index;
-the loaded model makes each tenant a view of its block's tensor (module.CompiledModel), so the
-kernels and the stretches (plan_func.py) see the block's address, and the artifact carries the
-assignment ($TVMLITE_REUSE_BUFFERS=0 at load: every buffer its own allocation again).
+activation alive at once. `assign` places each plain intermediate buffer at an offset in one
+"block" per dtype (a 1-D allocation): buffers whose memory overlaps have call intervals [first
+call that touches it, last call that touches it] (closed: a call's inputs and outputs never share
+storage) that do not overlap, and no stretch of kernels touches both (`units`). It records
+``plan["blocks"]`` ([{"size": elements, "dtype": ...}]) and each tenant's ``"block"`` index and
+``"offset"`` (elements, absent for 0); the loaded model makes each tenant a view of its block's
+tensor at its offset (module.CompiledModel), so the kernels and the stretches (plan_func.py) see
+addresses inside the block, and the artifact carries the placement ($TVMLITE_REUSE_BUFFERS=0 at
+load: every buffer its own allocation again).
 
 Only what is provably private to the kernel calls shares: a "temp" buffer that is no graph
 output and not named anywhere in a host call's spec (host calls read and write buffers by name,
 and control-flow bodies' runners too), counting its "slice" buffers (values inside a Concat's
-output, concat_views.py) as itself: the Concat's output takes a block whole, its slices stay
+output, concat_views.py) as itself: the Concat's output takes its place whole, its slices stay
 views of it at their offsets. Control-flow bodies' own plans are left alone (their runners read
 buffers by name).
 """
@@ -74,8 +74,8 @@ def lives(plan: dict) -> dict[str, tuple[int, int]]:
 
 def units(calls: list) -> list[int]:
     """The compiled unit each call runs in, non-decreasing: its stretch's (plan_func.py) or its
-    own (a host call). Two tenants of a block never meet in one unit: TVM's LLVM code tags each
-    buffer's loads and stores as their own alias type (TBAA, per buffer variable), so where one
+    own (a host call). Two tenants whose memory overlaps never meet in one unit: TVM's LLVM code
+    tags each buffer's loads and stores as their own alias type (TBAA, per buffer variable), so where one
     stretch inlines a kernel writing one tenant and another reading the next, LLVM may reorder
     them (a LayerNorm's ReduceMean, Sub, Pow, ReduceMean in one stretch read a stale block);
     between units, Python's separate calls order everything."""
@@ -89,38 +89,46 @@ def units(calls: list) -> list[int]:
     return out
 
 
+ALIGN_BYTES = 64  # a tenant starts on a cache line (a block itself is allocated 64-byte aligned)
+
+
+def _step(dtype: str) -> int:
+    return max(1, ALIGN_BYTES // np.dtype(dtype).itemsize)
+
+
 def assign(plan: dict) -> None:
-    """Give the plan's private intermediate buffers shared blocks (first fit over the intervals
-    sorted by start: among the blocks of the buffer's dtype free by then, the smallest that holds
-    it, else the largest, grown to fit)."""
+    """Place the plan's private intermediate buffers in one block per dtype, each at an offset
+    (elements, a multiple of `ALIGN_BYTES`) such that two tenants whose memory overlaps never
+    live in the same unit. Largest first, each at the lowest offset clear of the tenants already
+    placed whose units overlap its own (the greedy-by-size placement of TFLite's arena planner):
+    PP-OCR det at 640x640 needs 36.5 MiB this way against 50.4 MiB for the first-fit blocks it
+    replaces (one tenant per block at a time, each block as large as its largest tenant), and
+    the intermediates alive in any one unit already take 35.9 MiB."""
     buffers = plan["buffers"]
     spans = lives(plan)
     unit = units(plan["calls"])
-    blocks: list[dict] = []
-    free_after: list[int] = []  # the last call of each block's current tenant
-    for n in sorted(spans, key=lambda n: (spans[n][0], -_elements(buffers[n]), n)):
-        first, last = spans[n]
+    placed: dict[str, list[tuple[int, int, int, int]]] = {}  # dtype: [(unit from, unit to, offset, end)]
+    for n in sorted(spans, key=lambda n: (-_elements(buffers[n]), spans[n][0], n)):
         dt, size = buffers[n].get("dtype", "float32"), _elements(buffers[n])
-        free = [k for k, blk in enumerate(blocks) if blk["dtype"] == dt and unit[free_after[k]] < unit[first]]
-        fits = [k for k in free if blocks[k]["size"] >= size]
-        if fits:
-            k = min(fits, key=lambda k: blocks[k]["size"])
-        elif free:
-            k = max(free, key=lambda k: blocks[k]["size"])
-            blocks[k]["size"] = size
-        else:
-            k = len(blocks)
-            blocks.append({"size": size, "dtype": dt})
-            free_after.append(last)
-        free_after[k] = last
-        buffers[n]["block"] = k
-    if blocks:
-        plan["blocks"] = blocks
+        lo, hi = unit[spans[n][0]], unit[spans[n][1]]
+        step, offset = _step(dt), 0
+        for start, end in sorted((o, e) for a, b, o, e in placed.get(dt, ()) if a <= hi and lo <= b):
+            if offset + size <= start:
+                break
+            offset = max(offset, -(-end // step) * step)
+        placed.setdefault(dt, []).append((lo, hi, offset, offset + size))
+        buffers[n]["block"] = list(placed).index(dt)
+        if offset:
+            buffers[n]["offset"] = offset
+    if placed:
+        plan["blocks"] = [{"size": max((e for *_, e in ts), default=0), "dtype": dt} for dt, ts in placed.items()]
 
 
 def check(plan: dict) -> str | None:
     """What is wrong with a loaded plan's blocks (None: nothing): each tenant a private "temp"
-    buffer of its block's dtype that fits in it, and no two tenants of a block alive at once."""
+    buffer of its block's dtype lying inside it at an aligned offset, each block exactly as
+    large as the furthest end of its tenants, and no two tenants whose memory overlaps alive in
+    the same call or stretch."""
     blocks = plan.get("blocks", [])
     if not isinstance(blocks, list) or not all(
             isinstance(b, dict) and isinstance(b.get("size"), int) and not isinstance(b["size"], bool)
@@ -131,22 +139,29 @@ def check(plan: dict) -> str | None:
     for n, b in plan["buffers"].items():
         if "block" not in b:
             continue
-        k = b["block"]
+        k, off = b["block"], b.get("offset", 0)
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(blocks):
             return f"buffer {n!r} names no block of the plan ({k!r})"
         if n not in spans:
             return f"buffer {n!r} shares a block but is not a private intermediate of the kernel calls"
-        if b.get("dtype", "float32") != blocks[k]["dtype"] or _elements(b) > blocks[k]["size"]:
+        if not isinstance(off, int) or isinstance(off, bool) or off < 0 or \
+                b.get("dtype", "float32") != blocks[k]["dtype"] or off % _step(blocks[k]["dtype"]):
+            return f"buffer {n!r}: offset {off!r} is not an aligned offset into block {k} ({blocks[k]['dtype']})"
+        if off + _elements(b) > blocks[k]["size"]:
             return f"buffer {n!r} does not fit block {k} ({blocks[k]['dtype']} x {blocks[k]['size']})"
-        tenants.setdefault(k, []).append((spans[n], _elements(b)))
+        tenants.setdefault(k, []).append((off, off + _elements(b), spans[n]))
     if sorted(tenants) != list(range(len(blocks))) or any(
-            blocks[k]["size"] != max(e for _, e in ts) for k, ts in tenants.items()):
-        return "every block must be exactly as large as its largest tenant"
+            blocks[k]["size"] != max(e for _, e, _ in ts) for k, ts in tenants.items()):
+        return "every block must be exactly as large as the furthest end of its tenants"
     unit = units(plan["calls"])
     for k, ts in tenants.items():
-        ts = sorted(s for s, _ in ts)
-        if any(unit[b[0]] <= unit[a[1]] for a, b in zip(ts, ts[1:])):
-            return f"block {k} has two tenants alive in the same call or stretch"
+        ts.sort(key=lambda t: t[:2])
+        for i, (_, end, (a0, a1)) in enumerate(ts):
+            for start, _, (b0, b1) in ts[i + 1:]:
+                if start >= end:
+                    break
+                if unit[a0] <= unit[b1] and unit[b0] <= unit[a1]:
+                    return f"block {k} has two overlapping tenants alive in the same call or stretch"
     return None
 
 
