@@ -63,19 +63,24 @@ def median_ms(fn, n: int) -> float:
     return float(np.median(ts))
 
 
+PAUSE_S = 0.12  # longer than either runtime's pool spins after a run (see `interleaved`)
+
+
 def interleaved(fns: dict, rounds: int, per_round: int) -> dict:
     """Median time of each contender over ``rounds`` alternating blocks of ``per_round`` calls,
-    so all see the same load from other jobs on this shared machine. Before each block a short
-    pause lets the other contender's thread pool stop spinning (onnxruntime's workers spin after
-    a run and would take a core from the next contender on this 2-core machine); the first call
-    of each block is not counted."""
+    so all see the same load from other jobs on this shared machine. Before each block a pause
+    (`PAUSE_S`) lets the other contender's thread pool stop spinning: after a run onnxruntime's
+    worker spins for 55-67 ms of CPU (digits CNN, 2 threads, this 2-core host) and would take a
+    core from the next contender; tvmlite's TVM pool now spins ~2 ms (kernels/target.py; TVM's
+    default spun 100 ms, which the 50 ms pause used here before left running into onnxruntime's
+    block). The first call of each block is not counted."""
     for f in fns.values():
         f()  # warm up
     res = {k: [] for k in fns}
     items = list(fns.items())
     for r in range(rounds):
         for k, f in (items if r % 2 == 0 else items[::-1]):
-            time.sleep(0.05)  # let the previous contender's spinning workers go idle
+            time.sleep(PAUSE_S)  # let the previous contender's spinning workers go idle
             for i in range(per_round + 1):
                 t0 = time.perf_counter()
                 f()

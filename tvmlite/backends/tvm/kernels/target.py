@@ -22,12 +22,21 @@ def host_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# sched_yield calls an idle pool worker makes before it sleeps (TVM's default 300000 spun for
+# 60-110 ms after each run on this 2-core AMD EPYC host: the CPU time of 50-100 digits-CNN runs
+# burnt on another core by every run an application makes now and then, and a core taken from
+# whatever runs next, onnxruntime's pool too). 10000 spin about 2 ms: the kernels of one run
+# follow each other within microseconds, and back-to-back runs within the spin
+POOL_SPIN_COUNT = 10000
+
+
 def import_tvm():
     """Import TVM with its thread pool sized first (TVM's default is half the hardware threads)."""
     os.environ.setdefault("TVM_NUM_THREADS", str(host_threads()))
     # TVM pins its workers to cores by default; on a shared machine a pinned worker waits for its
     # core while another is idle, and every parallel loop waits for the slowest worker
     os.environ.setdefault("TVM_BIND_THREADS", "0")
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(POOL_SPIN_COUNT))
     try:
         import tvm  # noqa: F401
         from tvm import te, s_tir  # noqa: F401
