@@ -24,8 +24,8 @@ from tvmlite.quant.params import WEIGHT_MAX, quantize_weight, reduce_range_error
 from tvmlite.quant.dynamic_attention import attention_operands, write_qattention
 from tvmlite.quant.smooth import ALPHAS, capture_samples, choose_alpha
 from tvmlite.passes.transformer_fusion import FuseTransformer
-from tvmlite.passes.quantize_dynamic_timing import example_shapes, time_layer, timing_key
-from tvmlite.runtime.ort import u8s8_saturates
+from tvmlite.passes.quantize_dynamic_timing import example_shapes, time_layer
+from tvmlite.runtime.ort import timing_key, u8s8_saturates
 
 
 @register_pass

@@ -58,25 +58,6 @@ def example_shapes(model: Model, calibration) -> dict[str, tuple]:
     return static_shapes(model, {n: tuple(np.shape(a)) for n, a in feeds.items()})
 
 
-def timing_key(model: Model, node, shapes: dict) -> tuple | None:
-    """What decides a layer's time: its op, attributes, input shapes and which inputs are constant
-    (None when an input's shape is unknown: the layer cannot be timed alone)."""
-    g = model.graph
-    ins = []
-    for name in node.inputs:
-        if not name:
-            ins.append(None)
-            continue
-        c = g.const_value(name)
-        if c is not None:
-            ins.append(("const", tuple(c.shape)))
-        elif name in shapes:
-            ins.append(tuple(shapes[name]))
-        else:
-            return None
-    return (node.domain, node.op_type, tuple(sorted((k, repr(v)) for k, v in node.attrs.items())), tuple(ins))
-
-
 def time_layer(model: Model, node, shapes: dict, rewrite, repeats: int = 30,
                threshold: float = 1.0) -> tuple[float, float] | str:
     """(float ms, int8 ms) of ``node`` alone, or why it cannot be timed. ``rewrite(fragment)``

@@ -12,6 +12,7 @@ import tvmlite.passes.quantize_dynamic_timing as qdt
 from tvmlite.errors import OptionError
 from tvmlite.optimize import optimize
 from tvmlite.passes import parse_spec
+from tvmlite.runtime.ort import timing_key
 
 from helpers import ort_run
 from test_transformer_fusion import _bert, _feeds
@@ -125,9 +126,31 @@ def test_time_layer_times_real_fragments():
     got = qdt.time_layer(m, node, shapes, rewrite, repeats=8)
     assert isinstance(got, tuple) and all(t > 0 for t in got), got
     assert "MatMulInteger" in seen[0]
-    assert qdt.timing_key(m, node, {}) is None  # no shape for r: cannot be timed alone
-    assert qdt.timing_key(m, node, shapes) != qdt.timing_key(m, next(n for n in m.graph.nx.nodes
-                                                                       if n.name == "up"), shapes)
+    assert timing_key(m, node, {}) is None  # no shape for r: cannot be timed alone
+    assert timing_key(m, node, shapes) != timing_key(m, next(n for n in m.graph.nx.nodes if n.name == "up"), shapes)
+
+
+def test_timing_key_tells_layers_apart_by_shape_and_dtype_only():
+    """Equal keys for layers a pass may time once (same op, attributes, shapes, dtypes; other
+    weight values), other keys where a constant's dtype or an input's shape differs (the key the
+    quantize and quantize-dynamic passes both cache their timings under)."""
+    rng = np.random.default_rng(0)
+    w = {n: numpy_helper.from_array(rng.standard_normal((8, 8)).astype(dt), n)
+         for n, dt in [("w0", np.float32), ("w1", np.float32), ("w3", np.float32), ("w2", np.float16)]}
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["a"], name="m0"),
+             helper.make_node("MatMul", ["a", "w1"], ["b"], name="m1"),
+             helper.make_node("MatMul", ["b", "w3"], ["d"], name="m3"),
+             helper.make_node("Cast", ["d"], ["c"], to=TensorProto.FLOAT16),
+             helper.make_node("MatMul", ["c", "w2"], ["y"], name="m2")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 8])], list(w.values()))
+    m = tvmlite.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
+    by = {n.name: n for n in m.graph.nx.nodes}
+    shapes = {n: (1, 8) for n in "xabcdy"}
+    assert timing_key(m, by["m1"], shapes) == timing_key(m, by["m3"], shapes)
+    assert timing_key(m, by["m2"], shapes) != timing_key(m, by["m1"], shapes)  # float16 weights
+    assert timing_key(m, by["m3"], {**shapes, "b": (2, 8)}) != timing_key(m, by["m1"], shapes)
+    assert timing_key(m, by["m3"], {"x": (1, 8)}) is None  # b's shape unknown
 
 
 def test_measure_unfuses_attention_that_stays_float(monkeypatch):

@@ -36,7 +36,7 @@ from tvmlite.calibration import fixed_batch
 from tvmlite.quant.calibrate import _progress
 from tvmlite.export.shapes import static_shapes
 from tvmlite.backends.numpy.capture import capture_values
-from tvmlite.runtime.ort import ort_session
+from tvmlite.runtime.ort import ort_session, timing_key
 from tvmlite.export.onnx_export import export_lean
 
 
@@ -220,7 +220,7 @@ class _Timer:
         return faster
 
     def _time(self, u) -> None:
-        sig = _timing_signature(self.model, self.nodes[u], self.shapes)
+        sig = timing_key(self.model, self.nodes[u], self.shapes)
         d = self.decisions[u]
         if sig is not None and sig in self.timed:
             t_f, t_q, first = self.timed[sig]
@@ -283,27 +283,4 @@ def _static_shapes(model: Model, feeds: dict, values: dict | None = None) -> dic
             elif n in shapes:
                 shapes[n] = tuple(1 if d == -1 else d for d in shapes[n])
     return shapes
-
-
-def _timing_signature(model: Model, node, shapes: dict):
-    """What a layer's timing depends on: op, attributes, and per input its static shape and type
-    (constants: shape and dtype, not values); None when a shape is unknown (the layer is timed)."""
-    g = model.graph
-    parts = [node.domain, node.op_type, repr(sorted(node.attrs.items()))]
-    for name in node.inputs:
-        if not name:
-            parts.append(None)
-            continue
-        c = g.const_value(name)
-        if c is not None:
-            parts.append(("const", np.asarray(c).dtype.str, np.shape(c)))
-        elif name in shapes:
-            parts.append(("value", g.value(name).elem_type, tuple(shapes[name])))
-        else:
-            return None
-    out = node.outputs[0]
-    if out not in shapes:
-        return None
-    parts.append(tuple(shapes[out]))
-    return tuple(parts)
 

@@ -241,6 +241,29 @@ def _static(shape) -> tuple | None:
     return tuple(int(d) for d in shape)
 
 
+def timing_key(model: Model, node: Node, shapes: dict) -> tuple | None:
+    """What decides ``node``'s time as a `fragment` of its own: op, attributes, and per input its
+    static shape and element type (a constant's dtype and shape, not its values), and the output's
+    shape where known; None when an input's shape is unknown (the node cannot be timed alone).
+    Layers with equal keys time alike, so a pass times one of them."""
+    g = model.graph
+    ins = []
+    for name in node.inputs:
+        if not name:
+            ins.append(None)
+            continue
+        c = g.const_value(name)
+        if c is not None:
+            ins.append(("const", np.asarray(c).dtype.str, tuple(np.shape(c))))
+        elif name in shapes:
+            ins.append(("value", g.value(name).elem_type, tuple(shapes[name])))
+        else:
+            return None
+    out = node.outputs[0] if node.outputs else ""
+    return (node.domain, node.op_type, tuple(sorted((k, repr(v)) for k, v in node.attrs.items())), tuple(ins),
+            tuple(shapes[out]) if out in shapes else None)
+
+
 def fragment_session(model: Model, nodes: list[Node], shapes: dict | None = None, threads: int = 2,
                      custom_ops=(), **kw):
     """(session, fragment model) of ``fragment(model, nodes, shapes, **kw)``."""
