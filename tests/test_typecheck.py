@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from helpers import cli_main, make_model, tensor
 from tvmlite.backends.numpy import compile_model
-from tvmlite.errors import ShapeError
+from tvmlite.errors import ShapeError, TvmliteError
 from tvmlite.frontend import load
 from tvmlite.ops.typecheck import check_declared_types
 
@@ -90,3 +90,16 @@ def test_types_that_fit_or_are_unknown_are_not_refused(name):
         assert name == "untyped"
         return
     check_declared_types(m.graph, m.opsets)
+
+
+@pytest.mark.parametrize("to", [-1, 0, 999])
+def test_a_cast_to_no_type_is_left_to_the_kernel(to):
+    """Found by fuzzing (test_fuzz_builds fast, seed 43): a Cast whose 'to' was mutated to -1 made
+    the check raise ValueError ('Enum DataType has no name defined for value -1'), an internal
+    error; the type is now unknown past it and the NumPy backend refuses the node with one line."""
+    proto = make_model([helper.make_node("Cast", ["x"], ["c"], to=to), helper.make_node("Relu", ["c"], ["y"])],
+                       [tensor("x", [2])], [tensor("y", [2])])
+    m = load(proto)
+    check_declared_types(m.graph, m.opsets)
+    with pytest.raises(TvmliteError):
+        compile_model(m).run({"x": np.ones(2, np.float32)})
