@@ -388,6 +388,9 @@ def _build_bucketed(m, ranged, fixed, given, output, txn, strict):
         click.echo(f"{s}: {r['range'][0]}..{r['range'][1]}, "
                    + ("padded to the next bucket (attention mask, checked)" if r["pad"]
                       else f"bucket values only ({r['why_not_padded']})"))
+        if "narrowed_from" in r:
+            click.echo(f"  narrowed from {r['narrowed_from'][0]}..{r['narrowed_from'][1]}: the model does not take "
+                       + "; ".join(f"{s}={v} ({why})" for v, why in r["refused"].items()))
     for values, cm in built:
         click.echo(f"  bucket {','.join(f'{k}={v}' for k, v in values.items())}: {cm.summary} in "
                    f"{cm.build_seconds:.2f} s{' (cached)' if cm.cached else ''}")

@@ -8,6 +8,7 @@ imports the exporter at the top.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 import onnx
@@ -72,6 +73,49 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
             vi.name = name
             vi.type.CopyFrom(types[name])
     return types
+
+
+def shape_conflict(model: Model, input_shapes: dict) -> str | None:
+    """The first node onnx's strict shape inference refuses with the graph inputs at
+    ``input_shapes`` (name -> dims; a str keeps a dim symbolic), as one line ("node 'fc1' (Gemm):
+    Dimension mismatch ..."), or None. The recorded types of intermediates and outputs are
+    dropped first (they were inferred at other shapes): only what the nodes compute is checked.
+    Also None where onnx cannot infer at all (an op it has no schema for raises nothing here)."""
+    proto = onnx_export.export_lean(model, infer=False).proto
+    del proto.graph.value_info[:]
+    for vi in proto.graph.output:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
+    for vi in proto.graph.input:
+        dims = input_shapes.get(vi.name)
+        if dims is not None and vi.type.HasField("tensor_type"):
+            shape = vi.type.tensor_type.shape
+            shape.Clear()
+            for d in dims:
+                dim = shape.dim.add()
+                if isinstance(d, int) and d > 0:
+                    dim.dim_value = d
+                else:
+                    dim.dim_param = str(d)
+    try:
+        onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=True, data_prop=True)
+    except onnx.shape_inference.InferenceError as e:
+        return _first_inference_error(str(e))
+    except Exception:  # noqa: BLE001 - protobuf limits, odd models: the check cannot tell
+        return None
+    return None
+
+
+_INFERENCE_ERROR = re.compile(r"\(op_type:([^,)]*)(?:, node name: ([^)]*))?\): \[\w+\] (.*)")
+
+
+def _first_inference_error(text: str) -> str:
+    for line in text.splitlines():
+        m = _INFERENCE_ERROR.search(line)
+        if m:
+            op, name, why = m.group(1), (m.group(2) or "").strip(), m.group(3).strip()
+            return f"node {name!r} ({op}): {why}" if name else f"a {op} node: {why}"
+    return " ".join(text.split())[:300]
 
 
 #: inference runs at most: one more per chain of ops onnx has no shape rule for
