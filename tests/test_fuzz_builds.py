@@ -23,10 +23,11 @@ exact-shape TVM build of them. Three kinds, each a function returning its figure
   the intact artifact's outputs, or exit 2 with one line on stderr, no traceback, nothing written,
   no input changed.
 
-Kept on purpose: a range that reaches sizes the model cannot take (digits' 28 rows ranged to 31:
-its Gemm's inner dims then differ) still builds, those nodes as host calls ('an input shape is not
-static'), and refuses such a size at run time with the node's one line, as the NumPy backend does;
-the fuzzer accepts a refused bucket value only where the NumPy backend refuses it too.
+Sizes the model cannot take (digits' 32 rows ranged to 40: its Gemm's inner dims then differ):
+the build asks shape inference at each bucket and drops those it fails, saying so (buckets.py);
+a range it takes nowhere is one line at build. A size the model does not take at run time is
+refused by both the NumPy backend and the build; the fuzzer accepts a refused bucket value only
+where the NumPy backend refuses it too.
 
 First campaigns (session 27): fast 1,010 mutants (seeds 1, 2, 7, 13), 174 compared (47 int8 builds
 among the last 96), 0 bad; bucket 1,040 (seeds 1, 2, 3, 9, 14), 202 built and compared, 2 bad, both
