@@ -16,6 +16,9 @@ type is unknown, an op outside the ONNX domain and a schema onnx does not have a
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import onnx
 import onnx.defs
 from onnx import TensorProto
@@ -69,33 +72,54 @@ def _walk(graph: Graph, opsets: dict, outer: Types, where: str) -> list:
     return [_known(graph, env, o) for o in graph.outputs]
 
 
-def _schema(node: Node, opsets: dict):
+@dataclass(frozen=True)
+class _Sig:
+    """What the check reads of an op's schema (read once per op and opset: onnx builds new Python
+    objects on every access, 0.2 ms a node)."""
+    name: str  # 'Mul-14'
+    inputs: tuple  # (formal name, type str, homogeneous) per formal input
+    variadic: bool
+    outputs: tuple  # type str per formal output
+    allowed: dict  # type parameter -> allowed type strs
+
+
+def _schema(node: Node, opsets: dict) -> _Sig | None:
     domain = canonical_domain(node.domain)
     if domain != "":
         return None
     version = opsets.get("", opsets.get("ai.onnx"))
     try:
-        return onnx.defs.get_schema(node.op_type, int(version), "") if version is not None else None
-    except (onnx.defs.SchemaError, TypeError, ValueError):
+        return _sig(node.op_type, int(version)) if version is not None else None
+    except (TypeError, ValueError):
         return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _sig(op_type: str, version: int) -> _Sig | None:
+    try:
+        schema = onnx.defs.get_schema(op_type, version, "")
+    except onnx.defs.SchemaError:
+        return None
+    formals = list(schema.inputs)
+    variadic = bool(formals) and formals[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic
+    ins = tuple((f.name, f.type_str, not variadic or f is not formals[-1] or f.is_homogeneous) for f in formals)
+    return _Sig(f"{op_type}-{schema.since_version}", ins, variadic, tuple(f.type_str for f in schema.outputs),
+                {c.type_param_str: tuple(c.allowed_type_strs) for c in schema.type_constraints})
 
 
 def _check_node(graph: Graph, node: Node, opsets: dict, env: Types, where: str) -> list:
     here = f"{where}node {node.label!r} ({node.op_type})"
     bodies = _body_outputs(graph, node, opsets, env, here)
-    schema = _schema(node, opsets)
-    if schema is None:
+    sig = _schema(node, opsets)
+    if sig is None:
         return bodies or [None] * len(node.outputs)
-    formals = list(schema.inputs)
-    variadic = bool(formals) and formals[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic
-    allowed = {c.type_param_str: list(c.allowed_type_strs) for c in schema.type_constraints}
-    bound: dict[str, tuple] = {}  # type parameter -> (elem, origin, input index)
+    bound: dict[str, tuple] = {}  # type parameter -> (elem, origin, input index, value name)
     for i, name in enumerate(node.inputs):
         t = _known(graph, env, name)
-        if t is None or i >= len(formals) and not variadic:
+        if t is None or not sig.inputs or i >= len(sig.inputs) and not sig.variadic:
             continue
-        f = formals[min(i, len(formals) - 1)]
-        types = allowed.get(f.type_str, [f.type_str])
+        formal, type_str, homogeneous = sig.inputs[min(i, len(sig.inputs) - 1)]
+        types = sig.allowed.get(type_str, (type_str,))
         if not all(s.startswith("tensor(") for s in types):
             continue  # sequences, optionals, maps: not followed
         elem, origin = t
@@ -103,17 +127,16 @@ def _check_node(graph: Graph, node: Node, opsets: dict, env: Types, where: str) 
             continue  # a number onnx has no type for: import refuses it where it is declared
         if f"tensor({_type_str(elem)})" not in types:
             short = ", ".join(s[7:-1] for s in types)
-            raise ShapeError(f"{_whose(name, elem, origin)}, but {here} takes {short} at input {i} ({f.name})")
-        homogeneous = not variadic or f is not formals[-1] or f.is_homogeneous
-        if f.type_str in allowed and homogeneous:
-            first = bound.setdefault(f.type_str, (elem, origin, i, name))
+            raise ShapeError(f"{_whose(name, elem, origin)}, but {here} takes {short} at input {i} ({formal})")
+        if type_str in sig.allowed and homogeneous:
+            first = bound.setdefault(type_str, (elem, origin, i, name))
             if first[0] != elem:
                 a, b = (first, (elem, origin, i, name)) if first[1] or not origin else ((elem, origin, i, name), first)
                 raise ShapeError(f"{_whose(a[3], a[0], a[1])}, but {here} takes one type for inputs {first[2]} "
-                                 f"and {i} ({f.type_str}) and input {b[2]} {b[3]!r} is {_type_str(b[0])}")
+                                 f"and {i} ({type_str}) and input {b[2]} {b[3]!r} is {_type_str(b[0])}")
     if bodies:
         return bodies
-    return [_output_type(node, schema, allowed, bound, j) for j in range(len(node.outputs))]
+    return [_output_type(node, sig, bound, j) for j in range(len(node.outputs))]
 
 
 def _whose(name: str, elem: int, origin) -> str:
@@ -124,23 +147,20 @@ def _whose(name: str, elem: int, origin) -> str:
     return f"{name!r} is {_type_str(elem)}"
 
 
-def _output_type(node: Node, schema, allowed: dict, bound: dict, j: int):
+def _output_type(node: Node, sig: _Sig, bound: dict, j: int):
     if node.op_type == "Cast":  # a 'to' that names no type is the Cast kernel's to refuse
         to = node.attrs.get("to")
         return (to, None) if isinstance(to, int) and to in _ELEM_NAMES else None
-    outs = list(schema.outputs)
-    if not outs:
+    if not sig.outputs:
         return None
-    f = outs[min(j, len(outs) - 1)]
-    if f.type_str in bound:
-        elem, origin = bound[f.type_str][:2]
+    type_str = sig.outputs[min(j, len(sig.outputs) - 1)]
+    if type_str in bound:
+        elem, origin = bound[type_str][:2]
         return elem, origin
-    types = allowed.get(f.type_str, [f.type_str])
+    types = sig.allowed.get(type_str, (type_str,))
     if len(types) == 1 and types[0].startswith("tensor("):
-        try:
-            return int(getattr(TensorProto, types[0][7:-1].upper())), None
-        except AttributeError:
-            return None
+        elem = getattr(TensorProto, types[0][7:-1].upper(), None)
+        return (int(elem), None) if elem is not None else None
     return None
 
 
