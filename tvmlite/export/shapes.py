@@ -34,17 +34,7 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
         for vi in proto.graph.output:
             if vi.type.HasField("tensor_type"):
                 vi.type.tensor_type.ClearField("shape")
-    for vi in proto.graph.input:
-        dims = (input_shapes or {}).get(vi.name)
-        if dims is not None and vi.type.HasField("tensor_type"):
-            shape = vi.type.tensor_type.shape
-            shape.Clear()
-            for d in dims:
-                dim = shape.dim.add()
-                if isinstance(d, int) and d > 0:
-                    dim.dim_value = d
-                elif isinstance(d, str):
-                    dim.dim_param = d
+    _set_input_dims(proto, input_shapes or {})
     # exporters write -1 for a dynamic dim (invalid ONNX): onnx's inference computes with it (a
     # MaxPool halves it to 0, a Flatten gives [N, 0]) and onnxruntime refuses the model that records
     # those types; unknown dims, as onnxruntime reads them, infer what it computes
@@ -75,6 +65,22 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
     return types
 
 
+def _set_input_dims(proto: onnx.ModelProto, input_shapes: dict) -> None:
+    """Declare the graph inputs of ``proto`` named in ``input_shapes``: an int > 0 fixes a dim, a
+    str keeps it symbolic under that name, anything else leaves it unknown."""
+    for vi in proto.graph.input:
+        dims = input_shapes.get(vi.name)
+        if dims is not None and vi.type.HasField("tensor_type"):
+            shape = vi.type.tensor_type.shape
+            shape.Clear()
+            for d in dims:
+                dim = shape.dim.add()
+                if isinstance(d, int) and d > 0:
+                    dim.dim_value = d
+                elif isinstance(d, str):
+                    dim.dim_param = d
+
+
 def shape_conflict(model: Model, input_shapes: dict) -> str | None:
     """The first node onnx's strict shape inference refuses with the graph inputs at
     ``input_shapes`` (name -> dims; a str keeps a dim symbolic), as one line ("node 'fc1' (Gemm):
@@ -86,17 +92,7 @@ def shape_conflict(model: Model, input_shapes: dict) -> str | None:
     for vi in proto.graph.output:
         if vi.type.HasField("tensor_type"):
             vi.type.tensor_type.ClearField("shape")
-    for vi in proto.graph.input:
-        dims = input_shapes.get(vi.name)
-        if dims is not None and vi.type.HasField("tensor_type"):
-            shape = vi.type.tensor_type.shape
-            shape.Clear()
-            for d in dims:
-                dim = shape.dim.add()
-                if isinstance(d, int) and d > 0:
-                    dim.dim_value = d
-                else:
-                    dim.dim_param = str(d)
+    _set_input_dims(proto, input_shapes)
     try:
         onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=True, data_prop=True)
     except onnx.shape_inference.InferenceError as e:
