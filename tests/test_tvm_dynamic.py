@@ -320,3 +320,16 @@ def test_narrowing_fields_of_a_tampered_table_are_refused(tmp_path):
     (tmp_path / "m.so.buckets.json").write_text(json.dumps(t))
     r = cli("run", tmp_path / "m.so")
     assert r.returncode == 2 and "bucket table is malformed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_exact_shape_the_model_cannot_take_is_refused_at_build(tmp_path):
+    """The same for a plain build: --shape x=1x9 used to build the MatMul as a host call that
+    refused every run; one line now, nothing written. The shape it takes builds."""
+    onnx.save(fixed_width_model(), tmp_path / "m.onnx")
+    r = cli("build", tmp_path / "m.onnx", "-o", tmp_path / "m.so", "--shape", "x=1x9")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "tvmlite: error: --shape x=1x9: the model does not take these shapes: node 'mm' (MatMul): "
+        "Incompatible dimensions for matrix multiplication"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    r = cli("build", tmp_path / "m.onnx", "-o", tmp_path / "m.so", "--shape", "x=1x8")
+    assert r.returncode == 0 and "host-run" not in r.stdout, r.stdout + r.stderr

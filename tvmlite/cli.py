@@ -370,7 +370,9 @@ def build(model, output, shapes, strict, buckets):
         return
     if given is not None:
         raise TvmliteError("--buckets needs a ranged --shape (e.g. --shape input_ids=1x1..512)")
-    built = tvm_compile(load(model), parse_shape_overrides(shapes), strict=strict)
+    m, exact = load(model), parse_shape_overrides(shapes)
+    bk.check_exact_shapes(m, exact)  # one line now, not host calls that refuse the shape at run time
+    built = tvm_compile(m, exact, strict=strict)
     built.save(output, outputs=txn)
     txn.commit()
     click.echo(f"built {output} ({built.summary}) in {built.build_seconds:.2f} s"

@@ -155,6 +155,19 @@ def sizes_the_model_takes(model, layout: dict, per_sym: dict, fixed: dict) -> tu
     return kept, refused
 
 
+def check_exact_shapes(model, shapes: dict) -> None:
+    """InputError with one line where the model cannot take the exact ``shapes`` given with
+    --shape (shape inference refuses a node there, and passes with the model's own shapes)."""
+    from tvmlite.export.shapes import check_input_shapes, shape_conflict
+
+    check_input_shapes(model, shapes)  # names the model's inputs and fits their declared shapes first
+    if shapes and shape_conflict(model, {}) is None:
+        why = shape_conflict(model, shapes)
+        if why:
+            given = " ".join(f"{n}={'x'.join(map(str, d))}" for n, d in shapes.items())
+            raise InputError(f"--shape {given}: the model does not take these shapes: {why}")
+
+
 def _where(layout: dict, values: dict) -> str:
     """'input 'x' dim 2 (h) = 40' for each symbol of ``values``."""
     parts = []
