@@ -76,7 +76,6 @@ def _walk(graph: Graph, opsets: dict, outer: Types, where: str) -> list:
 class _Sig:
     """What the check reads of an op's schema (read once per op and opset: onnx builds new Python
     objects on every access, 0.2 ms a node)."""
-    name: str  # 'Mul-14'
     inputs: tuple  # (formal name, type str, homogeneous) per formal input
     variadic: bool
     outputs: tuple  # type str per formal output
@@ -103,7 +102,7 @@ def _sig(op_type: str, version: int) -> _Sig | None:
     formals = list(schema.inputs)
     variadic = bool(formals) and formals[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic
     ins = tuple((f.name, f.type_str, not variadic or f is not formals[-1] or f.is_homogeneous) for f in formals)
-    return _Sig(f"{op_type}-{schema.since_version}", ins, variadic, tuple(f.type_str for f in schema.outputs),
+    return _Sig(ins, variadic, tuple(f.type_str for f in schema.outputs),
                 {c.type_param_str: tuple(c.allowed_type_strs) for c in schema.type_constraints})
 
 
