@@ -270,3 +270,66 @@ def test_a_scalar_constant_and_a_one_element_one_stay_apart_in_the_shared_file(t
     one, y = load_module(str(tmp_path / "m.so")).run({"x": x})
     assert np.shape(one) == () and one == 1
     np.testing.assert_array_equal(y, x + 1)
+
+
+# ------------------------------------------------------- sizes the model cannot take (shape inference)
+def fixed_width_model():
+    """x [1, n] @ W [8, 3]: only n = 8 fits MatMul's inner dims."""
+    w = nh.from_array(np.ones((8, 3), np.float32), "W")
+    g = h.make_graph([h.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "fixed",
+                     [h.make_tensor_value_info("x", T.FLOAT, [1, "n"])], [h.make_tensor_value_info("y", T.FLOAT, [1, 3])],
+                     [w])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_range_the_model_takes_only_in_part_is_narrowed_and_says_why(tmp_path):
+    """Range 6..10 (buckets 6, 8, 10): the build used to compile 6 and 10 with the MatMul as a host
+    call ('an input shape is not static') that refused them at run time; now shape inference drops
+    those buckets at build, the report says so, and each refused size is one line at run time."""
+    onnx.save(fixed_width_model(), tmp_path / "m.onnx")
+    r = cli("build", tmp_path / "m.onnx", "-o", tmp_path / "m.so", "--shape", "x=1x6..10")
+    assert r.returncode == 0, r.stderr
+    assert "n: 8..8" in r.stdout and "narrowed from 6..10: the model does not take n=6 (node 'mm' (MatMul)" in r.stdout
+    assert "host-run" not in r.stdout, r.stdout
+    table = json.loads((tmp_path / "m.so.buckets.json").read_text())
+    assert [b["values"] for b in table["buckets"]] == [{"n": 8}]
+    art = load_module(str(tmp_path / "m.so"))
+    np.testing.assert_allclose(art.run({"x": np.ones((1, 8), np.float32)})[0], np.full((1, 3), 8.0))
+    for n, words in ((10, "x': dim 1 (n) is 10, a size the model does not take (found at build: node 'mm' (MatMul)"),
+                     (7, "x': dim 1 (n) is 7, outside the built range 8..8 (the build narrowed 6..10"),
+                     (11, "outside the built range 8..8")):
+        with pytest.raises(InputError) as e:
+            art.run({"x": np.ones((1, n), np.float32)})
+        assert words in str(e.value), str(e.value)
+
+
+def test_a_range_the_model_takes_nowhere_is_refused_at_build(tmp_path):
+    onnx.save(fixed_width_model(), tmp_path / "m.onnx")
+    r = cli("build", tmp_path / "m.onnx", "-o", tmp_path / "m.so", "--shape", "x=1x9..12")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "tvmlite: error: --shape: the model takes none of the bucket sizes; at input 'x' dim 1 (n) = 9: node 'mm' "
+        "(MatMul): Incompatible dimensions for matrix multiplication"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_narrowing_fields_of_a_tampered_table_are_refused(tmp_path):
+    onnx.save(fixed_width_model(), tmp_path / "m.onnx")
+    assert cli("build", tmp_path / "m.onnx", "-o", tmp_path / "m.so", "--shape", "x=1x6..10").returncode == 0
+    t = json.loads((tmp_path / "m.so.buckets.json").read_text())
+    t["symbols"]["n"]["refused"] = {"6": 3}
+    (tmp_path / "m.so.buckets.json").write_text(json.dumps(t))
+    r = cli("run", tmp_path / "m.so")
+    assert r.returncode == 2 and "bucket table is malformed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_exact_shape_the_model_cannot_take_is_refused_at_build(tmp_path):
+    """The same for a plain build: --shape x=1x9 used to build the MatMul as a host call that
+    refused every run; one line now, nothing written. The shape it takes builds."""
+    onnx.save(fixed_width_model(), tmp_path / "m.onnx")
+    r = cli("build", tmp_path / "m.onnx", "-o", tmp_path / "m.so", "--shape", "x=1x9")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "tvmlite: error: --shape x=1x9: the model does not take these shapes: node 'mm' (MatMul): "
+        "Incompatible dimensions for matrix multiplication"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    r = cli("build", tmp_path / "m.onnx", "-o", tmp_path / "m.so", "--shape", "x=1x8")
+    assert r.returncode == 0 and "host-run" not in r.stdout, r.stdout + r.stderr

@@ -21,16 +21,16 @@ from tvmlite.errors import UnsupportedError  # noqa: E402
 from tvmlite.frontend import load  # noqa: E402
 
 
-def _same_as_numpy(proto, feeds, strict_refuses: bool = False):
+def _same_as_numpy(proto, feeds, strict_refuses: bool = False, cache: bool = True):
     m = load(proto)
     want = numpy_plan(m).run(feeds)
-    cm = compile_model(m, {k: v.shape for k, v in feeds.items()})
+    cm = compile_model(m, {k: v.shape for k, v in feeds.items()}, cache=cache)
     got = cm.run(feeds)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     if strict_refuses:
         with pytest.raises(UnsupportedError):
-            compile_model(m, {k: v.shape for k, v in feeds.items()}, strict=True)
+            compile_model(m, {k: v.shape for k, v in feeds.items()}, strict=True, cache=cache)
     return cm
 
 
@@ -47,57 +47,87 @@ def test_slice_with_0d_starts_and_ends_is_emitted():
     np.testing.assert_array_equal(cm.run({"x": x})[0], x[:, 1:4])
 
 
-def test_emitter_failing_in_tvm_runs_the_node_on_the_host():
-    """A Where on an int64 condition (the schema wants bool; the NumPy kernel takes it): TVM's Select
-    raised InternalError out of the build. Now the node is a host call and the report says why;
-    --strict refuses it."""
+def _failing_in_tvm(monkeypatch, op: str):
+    """``op``'s emitter raising as TVM's own checks do, in the emitting walk only (TVM's
+    'mismatched types' on a Where or Less whose types the schema allows but the emitter got wrong)."""
+    import dataclasses
+
+    from tvmlite.backends.tvm import lower
+
+    real = lower.lookup
+
+    def fake(domain, op_type):
+        em = real(domain, op_type)
+        if op_type != op or em is None:
+            return em
+
+        def boom(walk, node):
+            if walk.emit:
+                raise RuntimeError("mismatched types. int64 vs. float32")
+            return em.fn(walk, node)
+        return dataclasses.replace(em, fn=boom)
+    monkeypatch.setattr(lower, "lookup", fake)
+
+
+def test_emitter_failing_in_tvm_runs_the_node_on_the_host(monkeypatch):
+    """An emitter failing inside TVM (found on a Where whose int64 condition the NumPy kernel took:
+    TVM's Select raised InternalError out of the build; such a file is now refused by both backends,
+    test_typecheck): the node is a host call and the report says why; --strict refuses it."""
+    _failing_in_tvm(monkeypatch, "Where")
     nodes = [helper.make_node("Where", ["c", "a", "b"], ["y"])]
-    proto = make_model(nodes, [tensor("c", [2, 3], TensorProto.INT64), tensor("a", [2, 3]), tensor("b", [2, 3])],
+    proto = make_model(nodes, [tensor("c", [2, 3], TensorProto.BOOL), tensor("a", [2, 3]), tensor("b", [2, 3])],
                        [tensor("y", [2, 3])])
     rng = np.random.default_rng(0)
-    feeds = {"c": rng.integers(0, 2, (2, 3)).astype(np.int64), "a": rng.standard_normal((2, 3)).astype(np.float32),
+    feeds = {"c": rng.integers(0, 2, (2, 3)).astype(bool), "a": rng.standard_normal((2, 3)).astype(np.float32),
              "b": rng.standard_normal((2, 3)).astype(np.float32)}
-    cm = _same_as_numpy(proto, feeds, strict_refuses=True)
+    cm = _same_as_numpy(proto, feeds, strict_refuses=True, cache=False)
     assert len(cm.host_ops) == 1 and cm.host_ops[0].startswith("Where: TVM emitter failed: "), cm.host_ops
 
 
-def test_loop_body_failing_in_tvm_leaves_the_body_to_the_host():
-    """A Loop body whose Less compares int64 with float (TVM: 'mismatched types'): the emitting walk
-    of the body raised out of the build; now the body is left uncompiled with the reason."""
+def test_loop_body_failing_in_tvm_leaves_the_body_to_the_host(monkeypatch):
+    """A Loop body whose Less fails in TVM (found on a Less of int64 against float: TVM's
+    'mismatched types'; such a file is now refused by both backends): the emitting walk of the body
+    raised out of the build; now the body is left uncompiled with the reason."""
+    _failing_in_tvm(monkeypatch, "Less")
     body = helper.make_graph(
         [helper.make_node("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
          helper.make_node("Add", ["s_in", "fi"], ["s_out"]),
-         helper.make_node("Less", ["i", "fi"], ["c"])],
+         helper.make_node("Less", ["fi", "lim"], ["c"])],
         "body",
         [tensor("i", [], TensorProto.INT64), tensor("cond", [], TensorProto.BOOL), tensor("s_in", [2])],
         [tensor("c", [], TensorProto.BOOL), tensor("s_out", [2])])
     nodes = [helper.make_node("Loop", ["n", "c0", "s0"], ["s"], body=body)]
     proto = make_model(nodes, [tensor("s0", [2])], [tensor("s", [2])],
-                       [("n", np.array(5, np.int64)), ("c0", np.array(True))])
-    cm = _same_as_numpy(proto, {"s0": np.zeros(2, np.float32)})
+                       [("n", np.array(5, np.int64)), ("c0", np.array(True)), ("lim", np.array(9.0, np.float32))])
+    cm = _same_as_numpy(proto, {"s0": np.zeros(2, np.float32)}, cache=False)
     assert any("body not compiled" in h and "mismatched types" in h for h in cm.host_ops), cm.host_ops
 
 
 def test_view_of_an_int_input_read_by_a_host_call(tmp_path):
-    """An Unsqueeze of an int32 mask (a view: no kernel) read by a host-run Mul (int32 operand): the
+    """An Unsqueeze of an int32 mask (a view: no kernel) read by a host-run CumSum (int32): the
     mask, a host value with no buffer, left its view unfound ("value 'm3' was not computed" at run,
     and a saved artifact refused to load: "host segment 0 reads 'm3', which nothing made before
     it"). Found by bucket-fuzzing (test_fuzz_builds); the input now gets a buffer."""
-    nodes = [helper.make_node("Unsqueeze", ["mask", "ax"], ["m3"]), helper.make_node("Mul", ["x", "m3"], ["y"])]
+    nodes = [helper.make_node("Unsqueeze", ["mask", "ax"], ["m3"]), helper.make_node("CumSum", ["m3", "one"], ["m2"]),
+             helper.make_node("Cast", ["m2"], ["mf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["x", "mf"], ["y"])]
     proto = make_model(nodes, [tensor("x", [1, 5, 4]), tensor("mask", [1, 5], TensorProto.INT32)],
-                       [tensor("y", [1, 5, 4])], [("ax", np.array([2], np.int64))])
+                       [tensor("y", [1, 5, 4])], [("ax", np.array([2], np.int64)), ("one", np.array(1, np.int64))])
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 5, 4)).astype(np.float32),
              "mask": np.array([[1, 0, 1, 1, 0]], np.int32)}
     cm = _same_as_numpy(proto, feeds)
+    assert any(h.startswith("CumSum") for h in cm.host_ops), cm.host_ops
     cm.save(str(tmp_path / "m.so"))
     np.testing.assert_array_equal(load_module(str(tmp_path / "m.so")).run(feeds)[0], cm.run(feeds)[0])
 
 
 #: a built plan's run-time check that a host call made what the kernels were built to read: a
-#: mutant whose declared input types or ranks contradict what its nodes compute (the build trusts
-#: the declared and inferred types; the NumPy backend computes from the data) is refused there with
-#: this one line. A divergence left on purpose (no wrong output; the NumPy backend runs it)
-TYPE_CONFLICT = re.compile(r"host call made .* the TVM kernels read it as ")
+#: mutant whose declared shapes contradict what its nodes compute (an If branch's output declared
+#: [2, 3] where its Mul makes [5, 3]: onnx's inference keeps the declared shape, onnxruntime merges
+#: leniently and runs it) is refused there with this one line, the same dtype on both sides. A
+#: divergence left on purpose (no wrong output; the NumPy backend runs it). Declared element
+#: types that contradict the nodes are refused at compile by both backends (ops/typecheck.py),
+#: so a dtype that differs here is a bug
+TYPE_CONFLICT = re.compile(r"host call made '.*' as (\w+) \[.*\], the TVM kernels read it as \1 \[")
 
 
 def tvm_fuzz(n: int, seed: int) -> dict:
@@ -170,3 +200,23 @@ def test_tvm_backend_semantic_fuzz():
     stats = tvm_fuzz(n=60, seed=7)
     assert stats["same"] >= 5, stats
     assert not stats["bad"], "\n".join(stats["bad"])
+
+
+def test_declared_type_conflict_is_refused_at_build(tmp_path):
+    """A mutant whose input x is declared double where the If's branch multiplies it by a float
+    constant: the build made float32 kernels for the If's output and refused at run time ("host
+    call made 'y0' as float64 [2, 3], the TVM kernels read it as float32 [2, 3]") what the NumPy
+    backend ran. Now the build refuses it, as the NumPy backend and onnxruntime do, with one line
+    naming the input, its declared type and the node; the CLI writes nothing."""
+    import onnx
+
+    from test_typecheck import if_double_model
+    from helpers import cli_main
+    from tvmlite.errors import ShapeError
+
+    with pytest.raises(ShapeError, match=r"from input 'x', declared double\), but node 'if' \(If\), then_branch"):
+        compile_model(load(if_double_model()), {"c": (), "x": (2, 3)}, cache=False)
+    onnx.save(if_double_model(), str(tmp_path / "m.onnx"))
+    rc, _, err = cli_main("build", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.so"))
+    assert rc == 2 and len(err.splitlines()) == 1 and "declared double" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -370,7 +370,9 @@ def build(model, output, shapes, strict, buckets):
         return
     if given is not None:
         raise TvmliteError("--buckets needs a ranged --shape (e.g. --shape input_ids=1x1..512)")
-    built = tvm_compile(load(model), parse_shape_overrides(shapes), strict=strict)
+    m, exact = load(model), parse_shape_overrides(shapes)
+    bk.check_exact_shapes(m, exact)  # one line now, not host calls that refuse the shape at run time
+    built = tvm_compile(m, exact, strict=strict)
     built.save(output, outputs=txn)
     txn.commit()
     click.echo(f"built {output} ({built.summary}) in {built.build_seconds:.2f} s"
@@ -388,6 +390,9 @@ def _build_bucketed(m, ranged, fixed, given, output, txn, strict):
         click.echo(f"{s}: {r['range'][0]}..{r['range'][1]}, "
                    + ("padded to the next bucket (attention mask, checked)" if r["pad"]
                       else f"bucket values only ({r['why_not_padded']})"))
+        if "narrowed_from" in r:
+            click.echo(f"  narrowed from {r['narrowed_from'][0]}..{r['narrowed_from'][1]}: the model does not take "
+                       + "; ".join(f"{s}={v} ({why})" for v, why in r["refused"].items()))
     for values, cm in built:
         click.echo(f"  bucket {','.join(f'{k}={v}' for k, v in values.items())}: {cm.summary} in "
                    f"{cm.build_seconds:.2f} s{' (cached)' if cm.cached else ''}")

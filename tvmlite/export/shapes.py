@@ -8,6 +8,7 @@ imports the exporter at the top.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 import onnx
@@ -33,17 +34,7 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
         for vi in proto.graph.output:
             if vi.type.HasField("tensor_type"):
                 vi.type.tensor_type.ClearField("shape")
-    for vi in proto.graph.input:
-        dims = (input_shapes or {}).get(vi.name)
-        if dims is not None and vi.type.HasField("tensor_type"):
-            shape = vi.type.tensor_type.shape
-            shape.Clear()
-            for d in dims:
-                dim = shape.dim.add()
-                if isinstance(d, int) and d > 0:
-                    dim.dim_value = d
-                elif isinstance(d, str):
-                    dim.dim_param = d
+    _set_input_dims(proto, input_shapes or {})
     # exporters write -1 for a dynamic dim (invalid ONNX): onnx's inference computes with it (a
     # MaxPool halves it to 0, a Flatten gives [N, 0]) and onnxruntime refuses the model that records
     # those types; unknown dims, as onnxruntime reads them, infer what it computes
@@ -72,6 +63,55 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
             vi.name = name
             vi.type.CopyFrom(types[name])
     return types
+
+
+def _set_input_dims(proto: onnx.ModelProto, input_shapes: dict) -> None:
+    """Declare the graph inputs of ``proto`` named in ``input_shapes``: an int > 0 fixes a dim, a
+    str keeps it symbolic under that name, anything else leaves it unknown."""
+    for vi in proto.graph.input:
+        dims = input_shapes.get(vi.name)
+        if dims is not None and vi.type.HasField("tensor_type"):
+            shape = vi.type.tensor_type.shape
+            shape.Clear()
+            for d in dims:
+                dim = shape.dim.add()
+                if isinstance(d, int) and d > 0:
+                    dim.dim_value = d
+                elif isinstance(d, str):
+                    dim.dim_param = d
+
+
+def shape_conflict(model: Model, input_shapes: dict) -> str | None:
+    """The first node onnx's strict shape inference refuses with the graph inputs at
+    ``input_shapes`` (name -> dims; a str keeps a dim symbolic), as one line ("node 'fc1' (Gemm):
+    Dimension mismatch ..."), or None. The recorded types of intermediates and outputs are
+    dropped first (they were inferred at other shapes): only what the nodes compute is checked.
+    Also None where onnx cannot infer at all (an op it has no schema for raises nothing here)."""
+    proto = onnx_export.export_lean(model, infer=False).proto
+    del proto.graph.value_info[:]
+    for vi in proto.graph.output:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
+    _set_input_dims(proto, input_shapes)
+    try:
+        onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=True, data_prop=True)
+    except onnx.shape_inference.InferenceError as e:
+        return _first_inference_error(str(e))
+    except Exception:  # noqa: BLE001 - protobuf limits, odd models: the check cannot tell
+        return None
+    return None
+
+
+_INFERENCE_ERROR = re.compile(r"\(op_type:([^,)]*)(?:, node name: ([^)]*))?\): \[\w+\] (.*)")
+
+
+def _first_inference_error(text: str) -> str:
+    for line in text.splitlines():
+        m = _INFERENCE_ERROR.search(line)
+        if m:
+            op, name, why = m.group(1), (m.group(2) or "").strip(), m.group(3).strip()
+            return f"node {name!r} ({op}): {why}" if name else f"a {op} node: {why}"
+    return " ".join(text.split())[:300]
 
 
 #: inference runs at most: one more per chain of ops onnx has no shape rule for

@@ -38,6 +38,7 @@ from tvmlite.errors import ShapeError, TvmliteError, UnsupportedError, message_l
 from tvmlite.limits import blas_limit
 from tvmlite.ops.batchnorm_fold import fold_batchnorms
 from tvmlite.ops.diagnose import explain
+from tvmlite.ops.typecheck import check_declared_types
 from tvmlite.ir.graph import Graph, Model
 from tvmlite.backends.numpy.fusion import fuse_steps
 from tvmlite.backends.numpy.validate import validate_graph
@@ -347,7 +348,10 @@ def _bind_step(st: Step, const_of_slot: dict):
 def compile_model(model: Model, *, fold_bn: bool = True, **kw) -> Plan:
     """A Plan for ``model``. ``fold_bn``: BatchNormalization after a Conv/Gemm with constant weights
     is folded into them in a copy first, as onnxruntime does at load (two passes over the tensor
-    fewer per conv; results change at the rounding level only). ``model`` is left as it is."""
+    fewer per conv; results change at the rounding level only). ``model`` is left as it is. A model
+    whose declared types break an op's schema is refused (ShapeError, ops/typecheck.py), as
+    onnxruntime refuses it."""
+    check_declared_types(model.graph, model.opsets)
     if fold_bn and _foldable_bn(model.graph):
         model = model.copy()
         fold_batchnorms(model)

@@ -135,6 +135,48 @@ def symbols_of(model, ranged: dict) -> tuple[dict, dict]:
     return layout, sym_range
 
 
+def sizes_the_model_takes(model, layout: dict, per_sym: dict, fixed: dict) -> tuple[list, dict]:
+    """(indices of the buckets the model takes, {index: (values, why)} of those it does not), by
+    onnx's strict shape inference at each bucket's shapes (a Gemm whose inner dims then differ).
+    Where inference fails with the ranged dims left symbolic too, it cannot tell: all are kept."""
+    from tvmlite.export.shapes import shape_conflict
+
+    n = max(len(v) for v in per_sym.values())
+    if shape_conflict(model, concrete(layout, {s: s for s in per_sym}, fixed)) is not None:
+        return list(range(n)), {}
+    kept, refused = [], {}
+    for i in range(n):
+        values = {s: v[i] for s, v in per_sym.items()}
+        why = shape_conflict(model, concrete(layout, values, fixed))
+        if why is None:
+            kept.append(i)
+        else:
+            refused[i] = (values, why)
+    return kept, refused
+
+
+def check_exact_shapes(model, shapes: dict) -> None:
+    """InputError with one line where the model cannot take the exact ``shapes`` given with
+    --shape (shape inference refuses a node there, and passes with the model's own shapes)."""
+    from tvmlite.export.shapes import check_input_shapes, shape_conflict
+
+    check_input_shapes(model, shapes)  # names the model's inputs and fits their declared shapes first
+    if shapes and shape_conflict(model, {}) is None:
+        why = shape_conflict(model, shapes)
+        if why:
+            given = " ".join(f"{n}={'x'.join(map(str, d))}" for n, d in shapes.items())
+            raise InputError(f"--shape {given}: the model does not take these shapes: {why}")
+
+
+def _where(layout: dict, values: dict) -> str:
+    """'input 'x' dim 2 (h) = 40' for each symbol of ``values``."""
+    parts = []
+    for s, v in values.items():
+        name, i = next((n, i) for n, dims in layout.items() for i, d in enumerate(dims) if d == s)
+        parts.append(f"input {name!r} dim {i} ({s}) = {v}")
+    return ", ".join(parts)
+
+
 def concrete(layout: dict, values: dict, fixed: dict) -> dict:
     shapes = dict(fixed)
     for name, dims in layout.items():
@@ -209,6 +251,14 @@ def slice_back(a: np.ndarray, shape) -> np.ndarray | None:
     return a[tuple(slice(0, s) for s in shape)]
 
 
+def _narrowed(sym: dict) -> str:
+    """' (the build narrowed 30..40: ...)' where the build dropped buckets the model does not take."""
+    if "narrowed_from" not in sym:
+        return ""
+    lo, hi = sym["narrowed_from"]
+    return f" (the build narrowed {lo}..{hi}: the model does not take the bucket size(s) {', '.join(sym['refused'])})"
+
+
 def read_manifest(path: str) -> dict:
     p = path + ".buckets.json"
     try:
@@ -222,6 +272,9 @@ def read_manifest(path: str) -> dict:
         for s, r in syms.items():
             lo, hi = int(r["range"][0]), int(r["range"][1])
             assert 1 <= lo <= hi and isinstance(r["pad"], bool)
+            if "narrowed_from" in r or "refused" in r:  # written together (build_bucketed)
+                assert len(r["narrowed_from"]) == 2 and all(isinstance(v, int) for v in r["narrowed_from"])
+                assert r["refused"] and all(isinstance(k, str) and isinstance(v, str) for k, v in r["refused"].items())
         layout = m["inputs"]
         assert all(isinstance(d, int) or d in syms for dims in layout.values() for d in dims)
         assert 1 <= len(m["buckets"]) <= MAX_BUCKETS
@@ -271,8 +324,13 @@ class BucketedModel:
                         raise InputError(f"input {name!r}: dim {i} is {shape[i]}, the build fixes it to {d}")
                     continue
                 lo, hi = syms[d]["range"]
+                why = syms[d].get("refused", {}).get(str(shape[i]))
+                if why:
+                    raise InputError(f"input {name!r}: dim {i} ({d}) is {shape[i]}, a size the model does not take "
+                                     f"(found at build: {why})")
                 if not lo <= shape[i] <= hi:
-                    raise InputError(f"input {name!r}: dim {i} ({d}) is {shape[i]}, outside the built range {lo}..{hi}")
+                    raise InputError(f"input {name!r}: dim {i} ({d}) is {shape[i]}, outside the built range {lo}..{hi}"
+                                     + _narrowed(syms[d]))
                 if values.setdefault(d, shape[i]) != shape[i]:
                     raise InputError(f"input {name!r}: dim {i} ({d}) is {shape[i]} but {values[d]} on another input "
                                      f"(the same symbol takes one value)")
@@ -325,10 +383,22 @@ def build_bucketed(model, ranged: dict, fixed: dict, given: list[int] | None, ou
     n = max(len(v) for v in per_sym.values())
     if any(len(v) != n for v in per_sym.values()):
         raise InputError("--shape: the ranges give different bucket counts: give ranges with the same ends")
+    kept, refused = sizes_the_model_takes(model, layout, per_sym, fixed)
+    if not kept:  # every bucket: one line with the first (the input, its size, the node)
+        vals, why = next(iter(refused.values()))
+        raise InputError(f"--shape: the model takes none of the bucket sizes; at {_where(layout, vals)}: {why}")
+    n = len(kept)
     out_dims, symbols = {}, {}
     for s, (lo, hi) in sym_range.items():
-        why = padding_safe(model, layout, s, lo, hi, fixed, out_dims)
-        symbols[s] = {"range": [lo, hi], "pad": why is None, "why_not_padded": why}
+        vals = [per_sym[s][i] for i in kept]
+        gone = sorted(per_sym[s][i] for i in refused)
+        new_lo = min(vals) if gone and gone[0] < min(vals) else lo
+        why = padding_safe(model, layout, s, new_lo, max(vals), fixed, out_dims)
+        symbols[s] = {"range": [new_lo, max(vals)], "pad": why is None, "why_not_padded": why}
+        if refused:  # the sizes the model cannot take, and why: said by the build and at run time
+            symbols[s]["narrowed_from"] = [lo, hi]
+            symbols[s]["refused"] = {str(per_sym[s][i]): why for i, (_, why) in refused.items()}
+        per_sym[s] = vals
     base = os.path.basename(output)
     table = {"format": FORMAT, "symbols": symbols, "inputs": layout, "outputs": out_dims, "buckets": []}
     built = []

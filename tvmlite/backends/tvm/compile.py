@@ -9,6 +9,7 @@ from tvmlite.backends.tvm import build_cache, storage
 from tvmlite.backends.tvm.build_cache import cache_dir, prune_cache
 from tvmlite.backends.tvm.module import CompiledModel, build_lowered, load_module, picks_threads, plan_of, save_artifact
 from tvmlite.errors import InputError, TvmliteError
+from tvmlite.ops.typecheck import check_declared_types
 
 
 def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True, lanes: int | None = None,
@@ -23,6 +24,7 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
     picks_threads()  # read by every CompiledModel: a bad value is refused here, not as a broken cache entry
     storage.reuses()  # the same
     model, shapes = static_inputs(model, input_shapes)
+    check_declared_types(model.graph, model.opsets)  # as the NumPy backend: before any kernel is made for them
     target = host_target()
     parts = build_cache.key_parts(model, shapes, str(target))
     key = build_cache.key_of(parts)

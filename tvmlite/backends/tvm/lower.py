@@ -427,4 +427,7 @@ def lower(model: Model, input_shapes: dict, lanes: int, strict: bool = False) ->
                                + "; ".join(probs))
     if strict and check.problems:
         raise refusal(check.problems)
-    return Lowering(prepared, shapes, lanes=lanes, concat_views=True).run()
+    low = Lowering(prepared, shapes, lanes=lanes, concat_views=True).run()
+    if strict and low.host_problems:  # an emitter that failed inside TVM only (the emitting walk)
+        raise refusal(low.host_problems)
+    return low
