@@ -385,11 +385,14 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
     X = _scaled_input(b, x, x_shape, spec, x_mul)
     zero = spec.x_zero_u8
     pointwise = kh == kw == 1 and not any(geom.pads)
-    # a float NCHW input with many channels (or read in place by a pointwise conv) is quantized
-    # first, in its own layout: contiguous, 16 lanes at a time, instead of one division per
-    # strided read (measured, one thread: 64-channel pointwise 0.46 -> 0.19 ms; a 3-channel
-    # stem conv is faster without: 0.65 against 1.05 ms)
-    prequant = not spec.xq and (pointwise or ci >= 16)
+    # a float input is quantized first, in its own layout: contiguous, 16 lanes at a time,
+    # instead of one scalar division per strided read while the channels-last copy is made
+    # (measured, one thread: 64-channel pointwise 0.46 -> 0.19 ms; since the copy is its own stage
+    # the 3-channel stems gain too, CPU time, each kernel alone, interleaved, load 14: 3 -> 8 s2 at
+    # 48x192 0.148 -> 0.130 ms, the detector's 3 -> 16 s2 at 320x320 0.94-0.99x, digits' 1 -> 32
+    # at 32x32 the same; an earlier 0.65 against 1.05 ms that kept 3-channel stems strided no
+    # longer holds)
+    prequant = not spec.xq
     if prequant:
         src, to_u8 = te.compute(tuple(int(d) for d in x_shape), lambda *i: spec.x_u8(X(*i)), name="xu"), (lambda v: v)
     else:
