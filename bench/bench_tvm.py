@@ -49,6 +49,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from tvmlite.backends.tvm.single_kernel import build_kernel as compile_kernel, kernel_args  # noqa: E402
 from tvmlite.backends.tvm.kernels.target import has_int8_dot, host_target, host_threads, import_tvm  # noqa: E402
+from tvmlite.runtime.ort import wait_idle  # noqa: E402
 
 CORPUS = pathlib.Path(os.environ.get("TVMLITE_CORPUS", ROOT.parent / "shared" / "corpus"))
 MODELS = ROOT / "models"
@@ -63,24 +64,24 @@ def median_ms(fn, n: int) -> float:
     return float(np.median(ts))
 
 
-PAUSE_S = 0.12  # longer than either runtime's pool spins after a run (see `interleaved`)
-
-
 def interleaved(fns: dict, rounds: int, per_round: int) -> dict:
     """Median time of each contender over ``rounds`` alternating blocks of ``per_round`` calls,
-    so all see the same load from other jobs on this shared machine. Before each block a pause
-    (`PAUSE_S`) lets the other contender's thread pool stop spinning: after a run onnxruntime's
-    worker spins for 55-67 ms of CPU (digits CNN, 2 threads, this 2-core host) and would take a
-    core from the next contender; tvmlite's TVM pool now spins ~2 ms (kernels/target.py; TVM's
-    default spun 100 ms, which the 50 ms pause used here before left running into onnxruntime's
-    block). The first call of each block is not counted."""
+    so all see the same load from other jobs on this shared machine. Before each block the
+    process waits until the other contender's thread pool has stopped spinning (`wait_idle`:
+    after a run onnxruntime's worker spins for 55-67 ms of CPU (digits CNN, 2 threads, this 2-core
+    host) and would take a core from the next contender; tvmlite's TVM pool spins ~2 ms
+    (kernels/target.py); a fixed 50 ms pause was shorter than either spin under load); the first
+    call of each block is not counted. ``{k}_pause``: the mean wait before k's blocks, in ms (how
+    long the other contender spun)."""
     for f in fns.values():
+        wait_idle()  # a runtime's first runs may tune themselves (tvmlite picks its threads at its 2nd)
         f()  # warm up
     res = {k: [] for k in fns}
+    pauses = {k: [] for k in fns}
     items = list(fns.items())
     for r in range(rounds):
         for k, f in (items if r % 2 == 0 else items[::-1]):
-            time.sleep(PAUSE_S)  # let the previous contender's spinning workers go idle
+            pauses[k].append(wait_idle() * 1e3)
             for i in range(per_round + 1):
                 t0 = time.perf_counter()
                 f()
@@ -88,6 +89,7 @@ def interleaved(fns: dict, rounds: int, per_round: int) -> dict:
                     res[k].append((time.perf_counter() - t0) * 1e3)
     out = {k: float(np.median(v)) for k, v in res.items()}
     out.update({f"{k}_best": float(np.min(v)) for k, v in res.items()})
+    out.update({f"{k}_pause": float(np.mean(v)) for k, v in pauses.items()})
     return out
 
 

@@ -20,7 +20,9 @@ tvmlite against onnxruntime running the same QDQ file.
    Target: tvmlite <= 1.0x of onnxruntime's latency, outputs within one quantization step of the
    output (the max difference is printed in units of the last QuantizeLinear's scale when the model
    ends with one, else as an absolute error).
-Every pair is timed interleaved (bench_tvm.interleaved: medians, and the ratio of the best runs);
+Every pair is timed interleaved (bench_tvm.interleaved: medians, and the ratio of the best runs; before
+each block of one runtime's calls it waits until the other's pool workers stop spinning, and prints
+the mean waits before tvmlite's / onnxruntime's blocks, i.e. how long the other one spun);
 with --cpu the GEMMs are timed in the calling thread's CPU time (use with TVMLITE_THREADS=1).
 On a loaded machine, TVMLITE_THREADS=1 runs both single-threaded: a 2-thread TVM kernel waits at
 its barrier for a descheduled thread, which made digits 150x slower than onnxruntime at load 16.
@@ -261,7 +263,8 @@ def bench_models(names, rounds: int) -> list[dict]:
             if not n_q:  # tvmlite's quantize may keep a model float (its speed and error gates)
                 label += " (float: no QuantizeLinear)"
             print(f"{label:12s} tvmlite {t['tvmlite']:.3f} ms, onnxruntime {t['ort']:.3f} ms -> {ratio:.2f}x "
-                  f"(best runs {best:.2f}x; target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'}); output "
+                  f"(best runs {best:.2f}x; target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'}; idle waits before "
+                  f"blocks {t['tvmlite_pause']:.0f}/{t['ort_pause']:.0f} ms); output "
                   f"difference {err}; build {build:.1f} s, cached {cached_s:.2f} s; host-run: "
                   f"{', '.join(host) if host else 'none'}; float fallbacks: {pairs} fake-quant pairs, float ops "
                   f"{floats or 'none'}")

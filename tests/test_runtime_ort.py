@@ -130,6 +130,27 @@ def test_time_interleaved_settle_times_each_callable_after_itself(monkeypatch):
     assert rt.interleaved_ms(fns, 2, 0, settle=1) == pytest.approx([1.0, 1.0, 1.0])
 
 
+def test_wait_idle_waits_for_spinning_threads_to_stop(monkeypatch):
+    """Between timed blocks: a pool worker that spins (burns CPU) for 0.13 s after a run is waited
+    out, two calm windows in a row; an idle process waits two windows; ``limit_s`` caps a process
+    that never calms. A fake clock keeps it exact on a loaded host."""
+    now, cpu, spin_until = [0.0], [0.0], [0.13]
+
+    def sleep(s):
+        busy = max(0.0, min(now[0] + s, spin_until[0]) - now[0])
+        now[0] += s
+        cpu[0] += busy + 1e-5  # the spinner's CPU, and a little of the sleeper's own
+
+    clock = type("Clock", (), {"perf_counter": staticmethod(lambda: now[0]),
+                               "process_time": staticmethod(lambda: cpu[0]), "sleep": staticmethod(sleep)})
+    monkeypatch.setattr(rt, "time", clock)
+    assert rt.wait_idle() == pytest.approx(0.14 + 0.04)  # spins through the 7th window, then 2 calm ones
+    now[0], spin_until[0] = 0.0, 0.0
+    assert rt.wait_idle() == pytest.approx(0.04)
+    now[0], spin_until[0] = 0.0, 10.0
+    assert rt.wait_idle(limit_s=0.3) == pytest.approx(0.3)
+
+
 def test_time_interleaved_reads_the_given_clock():
     """bench/minilm_softmax_ab.py --cpu times in CPU time of the thread (`time.thread_time`)."""
     now = [0.0]

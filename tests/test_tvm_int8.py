@@ -433,6 +433,40 @@ def test_silu_table_holds_the_qdq_graphs_output_integers(signed):
     np.testing.assert_array_equal(table, ref.astype(np.int32))
 
 
+def test_silu_input_step_is_folded_into_the_multiplier(monkeypatch):
+    """Before a fused SiLU the accumulator's multiplier and bias carry 1 / (SiLU's input step), so
+    the epilogue divides by it no more; the outputs agree with the per-element division (the QDQ
+    graph's arithmetic, ``_SILU_FOLD`` off) within one output step, nearly all exactly."""
+    from tvmlite.backends.tvm.kernels import qgemm
+    from tvmlite.backends.tvm.kernels.defs import Epilogue, window_2d
+    from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
+    from tvmlite.ops.geometry import WindowGeometry
+
+    ci, co, h = 16, 24, 12
+    wq = RNG.integers(-127, 128, (co, ci, 3, 3)).astype(np.int8)
+    ws = RNG.uniform(0.001, 0.002, co).astype(np.float32)
+    bias = RNG.standard_normal(co).astype(np.float32)
+    cs = 0.031
+    spec = qgemm.QuantSpec(0.04, 98, 0, 0.02, 10, 0, "SiLU", x_quantized=1, x_nhwc=True,
+                           silu=((cs, 40, 0), (1 / 255, 0, 0)))
+    geom = window_2d(WindowGeometry.conv({"pads": [1, 1, 1, 1]}, (1, ci, h, h), wq.shape))
+    x = RNG.integers(0, 256, (1, h, h, ci)).astype(np.uint8)
+    outs, texts = [], []
+    for fold in (True, False):
+        monkeypatch.setattr(qgemm, "_SILU_FOLD", fold)
+        kd = qgemm.conv2d_int8("c", "x", x.shape, wq, ws, bias, spec, geom, out_value="y",
+                               out_shape=(1, co, h, h), epilogue=Epilogue())
+        texts.append(kd.func.script())
+        lib = build_kernel(kd)
+        args, (out,) = kernel_args(kd, {"x": x})
+        lib["main"](*args)
+        outs.append(out.numpy())
+    divisions = [t.count(") / T.float32(") for t in texts]  # the output grid's fake quantization keeps one
+    assert divisions[0] < divisions[1]
+    diff = np.abs(outs[0] - outs[1])
+    assert diff.max() <= 0.02 * 1.001 and np.count_nonzero(diff) <= diff.size // 100
+
+
 def test_onnxruntime_qdq_silu_fuses_into_the_conv(tmp_path):
     """onnxruntime's QDQ SiLU (Sigmoid and Mul, each with its own Q/DQ pair) becomes the conv's
     activation: the convs chain through integer buffers and agree with onnxruntime within a step."""

@@ -135,6 +135,27 @@ def _conv_ref(xq, wq, pads):
     return np.einsum("nctyx,oct->noyx", cols, wq.reshape(co, ci, kh * kw).astype(np.float64))
 
 
+def test_stem_quantizes_its_float_input_in_its_own_layout_first():
+    """A 3-channel float NCHW input (a stem conv, stride 2) is quantized plane by plane, contiguous
+    and vectorized (stage "xu"), before the channels-last padded copy; the integers are the same."""
+    from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
+
+    ci, co, h = 3, 16, 14
+    wq = RNG.integers(-127, 128, (co, ci, 3, 3)).astype(np.int8)
+    ws = RNG.uniform(0.01, 0.02, co).astype(np.float32)
+    x = (RNG.standard_normal((1, ci, h, h)) * 3).astype(np.float32)
+    geom = window_2d(WindowGeometry.conv({"pads": [1, 1, 1, 1], "strides": [2, 2]}, x.shape, wq.shape))
+    kd = conv2d_int8("c", "x", x.shape, wq, ws, None, QuantSpec(0.04, 130, 0), geom, out_value="y",
+                     out_shape=(1, co, 7, 7), epilogue=Epilogue())
+    assert 'T.sblock("xu")' in kd.func.script()
+    lib = build_kernel(kd)
+    args, (out,) = kernel_args(kd, {"x": x})
+    lib["main"](*args)
+    xq = np.clip(np.rint(x / np.float32(0.04)) + 130, 0, 255) - 130
+    ref = _conv_ref(xq, wq, 1)[:, :, ::2, ::2] * np.float32(0.04) * ws.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(out.numpy().reshape(ref.shape), ref, rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch, bits", [(1, 7), (2, 7), (1, 8)])
 def test_conv_takes_the_byte_step_with_7bit_weights(batch, bits, monkeypatch):
     from tvmlite.backends.tvm.kernels.target import host_target

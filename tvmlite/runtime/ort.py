@@ -346,6 +346,23 @@ def block_medians_ms(fns: list, repeats: int, blocks: int, warmup: int = 2, *, s
     return out
 
 
+def wait_idle(limit_s: float = 1.0, window_s: float = 0.02, busy: float = 0.02, quiet: int = 2) -> float:
+    """Sleep until this process's threads have stopped using the CPU (less than ``busy`` of a core
+    in each of ``quiet`` windows of ``window_s`` in a row), at most ``limit_s``; the seconds waited.
+    Between two runtimes' blocks of timed calls: after a run, onnxruntime's and TVM's pool workers
+    spin on and take a core from whoever runs next. A fixed pause is too short on a loaded host,
+    where a spin counted in iterations lasts longer in wall time (digits_cnn QDQ, 2 threads,
+    load 6, CPU used after a run: TVM's worker ~350 ms, onnxruntime's ~200 ms; bench_tvm's former
+    50 ms pause left either spinning into the other's timed calls)."""
+    start = time.perf_counter()
+    calm = 0
+    while calm < quiet and time.perf_counter() - start < limit_s:
+        c0 = time.process_time()
+        time.sleep(window_s)
+        calm = calm + 1 if time.process_time() - c0 < busy * window_s else 0
+    return time.perf_counter() - start
+
+
 def median_ms(fn, repeats: int, warmup: int = 1) -> float:
     """Median milliseconds of one callable."""
     return time_interleaved([fn], repeats, warmup).medians_ms[0]

@@ -32,11 +32,14 @@ from tvmlite.ops.qdq_fused import fake_quant as fake_quant_np
 
 def _quantized(v, scale: float, zero_point: int, signed: int, on_grid: bool = False):
     """QuantizeLinear of a float32 TE value (x / scale, round half to even, add the zero point,
-    saturate), still as float32. ``on_grid``: ``v`` is fl((k - zero point) * scale) for integers k
-    (a fake-quantized value on this very grid), so x * (1 / scale) lies a few ulps from k - zero
-    point and rounds to it as the division does: a multiply instead of a division."""
+    saturate), still as float32. ``scale`` None: ``v`` is in steps of the grid already.
+    ``on_grid``: ``v`` is fl((k - zero point) * scale) for integers k (a fake-quantized value on
+    this very grid), so x * (1 / scale) lies a few ulps from k - zero point and rounds to it as the
+    division does: a multiply instead of a division."""
     lo, hi = (-128, 127) if signed else (0, 255)
-    if on_grid:
+    if scale is None:  # v is already in steps of the grid
+        step = v
+    elif on_grid:
         step = v * tirx.const(float(np.float32(1) / np.float32(scale)), "float32")
     else:
         step = v / tirx.const(scale, "float32")
@@ -96,14 +99,25 @@ def _requantized(v, spec: QuantSpec):
     return q.astype("int32").astype("int8" if spec.ysg else "uint8")
 
 
+_SILU_FOLD = True  # requant_scales: SiLU's input step folded into the multiplier
+
+
 def requant_scales(spec: QuantSpec, w_scale: np.ndarray, bias):
     """(per-channel multiplier of the int32 accumulator, float bias or None): x_scale * w_scale, and
     for an integer output (not SiLU) both divided by y_scale, as QLinearConv: one float multiply,
-    then round half to even."""
+    then round half to even. Before a fused SiLU both are divided by the step of SiLU's input grid
+    instead (`requant_tail` then rounds the value as it comes), which saves the QDQ graph's
+    division per output (`vdivps`, on Zen 1 several multiplies' time). One thread, CPU time, each
+    kernel alone, interleaved, load 12-14: the
+    detector's 64 -> 32 1x1 at 80x80 1.06 -> 0.97 ms, the 3 -> 16 stem 2.21 -> 2.01 ms; 1 output
+    in 204800 moved by one step (a value within an ulp of a rounding boundary), as QLinearConv's
+    own folded multiplier may. ``_SILU_FOLD`` off: the division, for the A/B."""
     scale = np.float32(spec.xs) * w_scale.astype(np.float32)
     bias = bias.astype(np.float32) if bias is not None else None
-    if spec.yq and spec.activation != "SiLU":
-        scale, bias = scale / np.float32(spec.ys), (bias / np.float32(spec.ys) if bias is not None else None)
+    step = np.float32(spec.silu[0][0]) if spec.activation == "SiLU" and _SILU_FOLD else (
+        np.float32(spec.ys) if spec.yq and spec.activation != "SiLU" else None)
+    if step is not None:
+        scale, bias = scale / step, (bias / step if bias is not None else None)
     return scale, bias
 
 
@@ -114,7 +128,7 @@ def requant_tail(v, spec: QuantSpec, lut, apply, onnx_idx):
     (`silu_lut`)."""
     if spec.activation == "SiLU":  # its input's integer picks the quantized sigmoid (a table)
         (cs, cz, csg), lo = spec.silu[0], (-128 if spec.silu[0][2] else 0)
-        q = _quantized(v, cs, cz, csg)
+        q = _quantized(v, None if _SILU_FOLD else cs, cz, csg)
         if spec.yq:  # the table holds the output integers (silu_lut)
             return lut[q.astype("int32") - lo].astype("int8" if spec.ysg else "uint8")
         v = (q - tirx.const(float(cz), "float32")) * tirx.const(cs, "float32") * lut[q.astype("int32") - lo]
@@ -371,11 +385,14 @@ def conv2d_int8(name: str, x: str, x_shape, w_q: np.ndarray, w_scale: np.ndarray
     X = _scaled_input(b, x, x_shape, spec, x_mul)
     zero = spec.x_zero_u8
     pointwise = kh == kw == 1 and not any(geom.pads)
-    # a float NCHW input with many channels (or read in place by a pointwise conv) is quantized
-    # first, in its own layout: contiguous, 16 lanes at a time, instead of one division per
-    # strided read (measured, one thread: 64-channel pointwise 0.46 -> 0.19 ms; a 3-channel
-    # stem conv is faster without: 0.65 against 1.05 ms)
-    prequant = not spec.xq and (pointwise or ci >= 16)
+    # a float input is quantized first, in its own layout: contiguous, 16 lanes at a time,
+    # instead of one scalar division per strided read while the channels-last copy is made
+    # (measured, one thread: 64-channel pointwise 0.46 -> 0.19 ms; since the copy is its own stage
+    # the 3-channel stems gain too, CPU time, each kernel alone, interleaved, load 14: 3 -> 8 s2 at
+    # 48x192 0.148 -> 0.130 ms, the detector's 3 -> 16 s2 at 320x320 0.94-0.99x, digits' 1 -> 32
+    # at 32x32 the same; an earlier 0.65 against 1.05 ms that kept 3-channel stems strided no
+    # longer holds)
+    prequant = not spec.xq
     if prequant:
         src, to_u8 = te.compute(tuple(int(d) for d in x_shape), lambda *i: spec.x_u8(X(*i)), name="xu"), (lambda v: v)
     else:
