@@ -10,7 +10,7 @@ against the NCHW kernel `conv2d` picks (ResNet-50's shapes, interleaved medians)
 x NHWC -> y NHWC 64->256 1x1 at 56x56 + residual 0.76x, 128->512 at 28x28 + residual 0.81x,
 512->2048 at 7x7 + residual 0.86x, 1024->256 at 14x14 0.92x, 1024->512 stride 2 0.86x;
 x NCHW -> y NHWC 3x3 0.98-1.0x; x NHWC for a 3x3 conv at 7x7 / 14x14 1.22x / 1.25-1.35x (its
-mr pixels' channels are mr separate streams), so only 1x1 convs read NHWC.
+mr pixels' channels are mr separate streams): which 3x3 convs read NHWC, emitters/nhwc.input_nhwc_pays.
 
 The fused epilogue runs at the output's logical NCHW index (constants keep their ONNX shapes);
 operands stored NHWC are read through `Epilogue.layouts` (epilogue.bind_epilogue)."""
