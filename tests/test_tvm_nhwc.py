@@ -57,6 +57,27 @@ def test_conv_kernel_in_every_layout_pair(lanes, xl, yl, ci, co, k, s, hw):
     np.testing.assert_allclose(y, np.maximum(ref + r, 0), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("yl", ["NCHW", "NHWC"])
+def test_stride_2_3x3_reading_nhwc_with_asymmetric_pads(lanes, yl):
+    """The detector-style stride-2 3x3 conv reading NHWC (emitters/nhwc.input_nhwc_pays) with
+    SAME_UPPER-style pads (none before, one after), an even input and SiLU fused."""
+    x = RNG.standard_normal((1, 16, 12, 10)).astype(np.float32)
+    w = RNG.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(32).astype(np.float32)
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 0, 1, 1]}
+    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
+    ref = conv(x, w, b, **attrs)
+    kd = conv2d_nhwc("k", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Silu")]), lanes=lanes,
+                     x_layout="NHWC", y_layout=yl)
+    args, outs = kernel_args(kd, {"x": nhwc(x)})
+    build_kernel(kd)["main"](*args)
+    n, c, oh, ow = ref.shape
+    y = outs[0].numpy()
+    y = y.reshape(n, oh, ow, c).transpose(0, 3, 1, 2) if yl == "NHWC" else y.reshape(ref.shape)
+    np.testing.assert_allclose(y, ref / (1 + np.exp(-ref)), rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------ lowering
 def W(name, *shape):
     return name, (RNG.standard_normal(shape) * 0.2).astype(np.float32)
