@@ -57,6 +57,27 @@ def test_conv_kernel_in_every_layout_pair(lanes, xl, yl, ci, co, k, s, hw):
     np.testing.assert_allclose(y, np.maximum(ref + r, 0), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("yl", ["NCHW", "NHWC"])
+def test_stride_2_3x3_reading_nhwc_with_asymmetric_pads(lanes, yl):
+    """The detector-style stride-2 3x3 conv reading NHWC (emitters/nhwc.input_nhwc_pays) with
+    SAME_UPPER-style pads (none before, one after), an even input and SiLU fused."""
+    x = RNG.standard_normal((1, 16, 12, 10)).astype(np.float32)
+    w = RNG.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(32).astype(np.float32)
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 0, 1, 1]}
+    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
+    ref = conv(x, w, b, **attrs)
+    kd = conv2d_nhwc("k", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Silu")]), lanes=lanes,
+                     x_layout="NHWC", y_layout=yl)
+    args, outs = kernel_args(kd, {"x": nhwc(x)})
+    build_kernel(kd)["main"](*args)
+    n, c, oh, ow = ref.shape
+    y = outs[0].numpy()
+    y = y.reshape(n, oh, ow, c).transpose(0, 3, 1, 2) if yl == "NHWC" else y.reshape(ref.shape)
+    np.testing.assert_allclose(y, ref / (1 + np.exp(-ref)), rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------ lowering
 def W(name, *shape):
     return name, (RNG.standard_normal(shape) * 0.2).astype(np.float32)
@@ -181,13 +202,55 @@ def test_switched_off_by_the_environment(monkeypatch):
 
 @pytest.mark.parametrize("hw,lanes,kept", [(28, 8, True), (14, 8, False), (28, 16, False)])
 def test_wide_3x3_convs_read_channels_last_only_on_large_images(hw, lanes, kept):
-    """A 3x3 conv reads NHWC with 256 channels of 28x28 (VGG's wide convs), not at 14x14, where
-    its tile's pixel streams made it slower, nor with AVX-512's wider tiles, where it was not
-    measured (emitters/nhwc.reads_nhwc)."""
+    """A 3x3 conv reads NHWC with 256 channels of 28x28 (VGG's wide convs: a tile of 4 pixels),
+    not at 14x14, where its tile reads 7 pixel streams, nor with AVX-512's wider tiles, where it
+    was not measured (emitters/nhwc.input_nhwc_pays)."""
     nodes = [conv_node("x", "w0", "a", k=3), helper.make_node("Relu", ["a"], ["r"]), conv_node("r", "w1", "y", k=3)]
-    inits = [W("w0", 256, 8, 3, 3), W("b0", 256), W("w1", 8, 256, 3, 3), W("b1", 8)]
-    cm = build(nodes, inits, (1, 8, hw, hw), {"y": (1, 8, hw, hw)}, lanes)
+    inits = [W("w0", 256, 8, 3, 3), W("b0", 256), W("w1", 32, 256, 3, 3), W("b1", 32)]
+    cm = build(nodes, inits, (1, 8, hw, hw), {"y": (1, 32, hw, hw)}, lanes)
     assert nhwc_buffers(cm) == ({"r::nhwc"} if kept else set())
+
+
+@pytest.mark.parametrize("hw,kept", [(96, True), (64, False)])
+def test_stride_2_3x3_convs_read_channels_last_from_inputs_past_the_l2(hw, kept):
+    """The detector's stride-2 3x3 convs read NHWC where their input is larger than the L2 (16
+    channels of 96x96: 576 KiB), so the conv before them writes NHWC; at 64x64 (256 KiB) the value
+    stays NCHW. Results match onnxruntime either way (emitters/nhwc.input_nhwc_pays)."""
+    nodes = [conv_node("x", "w0", "a", k=3), helper.make_node("Relu", ["a"], ["r"]),
+             conv_node("r", "w1", "y", k=3, strides=[2, 2])]
+    inits = [W("w0", 16, 3, 3, 3), W("b0", 16), W("w1", 32, 16, 3, 3), W("b1", 32)]
+    cm = build(nodes, inits, (1, 3, hw, hw), {"y": (1, 32, hw // 2, hw // 2)}, 8)
+    assert nhwc_buffers(cm) == ({"r::nhwc"} if kept else set())
+
+
+def geometry(ci, co, k, hw, stride=1, dilation=1, group=1, pads=None):
+    attrs = {"kernel_shape": [k, k], "strides": [stride, stride], "dilations": [dilation, dilation],
+             "pads": [dilation * (k // 2)] * 4 if pads is None else pads, "group": group}
+    return (1, ci, hw, hw), (co, ci // group, k, k), WindowGeometry.conv(attrs, (1, ci, hw, hw), (co, ci // group, k, k))
+
+
+@pytest.mark.parametrize("case,kept", [
+    ((256, 256, 3, 56), True), ((512, 512, 3, 28), True), ((256, 512, 3, 28), True),  # VGG's
+    ((256, 256, 3, 20), True),  # a tile of 4 pixels, 256 channels
+    ((128, 128, 3, 28), False), ((64, 64, 3, 56), False), ((48, 48, 3, 40), False),  # short runs
+    ((256, 256, 3, 14), False), ((512, 512, 3, 7), False), ((128, 32, 3, 14), False),  # 7-pixel tiles
+    ((192, 384, 3, 6), False), ((256, 8, 3, 28), False),  # 6 pixels; 8 channels: a one-vector tile of 7
+    ((16, 32, 3, 160, 2), True), ((32, 48, 3, 80, 2), True), ((128, 128, 3, 56, 2), True),  # past the L2
+    ((48, 48, 3, 40, 2), False), ((48, 64, 3, 40, 2), False),  # stride 2 within the L2
+    ((256, 256, 3, 28, 2), False), ((512, 512, 3, 14, 2), False),  # stride 2 to 14x14, 7x7: 7 pixels
+    ((512, 512, 5, 28), False), ((512, 512, 7, 28), False), ((256, 256, 3, 56, 1, 2), False),  # 5x5, 7x7, dilated
+    ((256, 256, 3, 56, 3), False), ((256, 256, 3, 56, 1, 1, 2), False),  # stride 3; grouped
+    ((256, 256, 3, 56, 1, 1, 1, [0, 0, 0, 0]), True), ((16, 32, 3, 160, 2, 1, 1, [0, 1, 1, 0]), True),  # pads
+])
+def test_the_3x3_rule_decides_per_tile(case, kept):
+    """`input_nhwc_pays` on the measured shape classes (AVX2's 8 lanes): a tile of at most 5
+    pixels with 256+ channels at stride 1, or a stride-2 input past the L2; never with AVX-512's
+    16 lanes (its tiles were not measured)."""
+    from tvmlite.backends.tvm.emitters.nhwc import input_nhwc_pays
+
+    xs, ws, geom = geometry(*case)
+    assert input_nhwc_pays(xs, ws, geom, 8) == kept
+    assert not input_nhwc_pays(xs, ws, geom, 16)
 
 
 @pytest.mark.parametrize("kept", [True, False])

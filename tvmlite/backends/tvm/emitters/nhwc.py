@@ -2,7 +2,7 @@
 
 A float conv kernel writes its value (after its fused epilogue) into an NHWC buffer when every
 reader takes it that way: a group-1 conv as its input (`conv_nhwc.conv2d_nhwc` reads NHWC, its
-k-panel contiguous: every 1x1 conv, larger ones where that measured faster, `reads_nhwc`), at
+k-panel contiguous: every 1x1 conv, 3x3 ones where their tile measured faster, `reads_nhwc`), at
 least one such conv, or an Add that joins another conv's epilogue (a residual: the epilogue
 reads the operand through `Epilogue.layouts`). The value's NCHW buffer is then not made at all,
 unless a reader the decision did not foresee needs it (an Add that ran as its own kernel, a host
@@ -38,11 +38,8 @@ def enabled() -> bool:
 
 def reads_nhwc(low, node) -> bool:
     """Whether float Conv ``node`` reads its input from an NHWC buffer where it has one: a 2-D
-    group-1 conv with constant weights, 1x1 with a reduction of 8 vectors or more, or larger with
-    stride 1 and at least 256 input channels of at least 28x28 pixels. A larger kernel's tile reads its mr pixels' channels as
-    mr streams: AVX2, one thread, CPU time, NHWC against NCHW input, 3x3 convs 256->256 at
-    56x56 0.97x, 512->512 at 28x28 0.92-0.94x (VGG's), 128->128 at 28x28 0.97-1.02x, 64->192 at
-    56x56 1.02x, and 1.2-1.35x at 7x7 and 14x14 (ResNet's 512 and 256 channels)."""
+    group-1 conv with constant weights (and bias), 1x1 with a reduction of 8 vectors or more, or
+    larger where its tile measured faster reading NHWC (`input_nhwc_pays`)."""
     if node.domain not in ONNX or node.op_type != "Conv" or int(node.attrs.get("group", 1)) != 1:
         return False
     x = node.inputs[0]
@@ -60,9 +57,51 @@ def reads_nhwc(low, node) -> bool:
         from tvmlite.backends.tvm.kernels.conv import short_reduction
 
         return not short_reduction(xs[1], 1, low.lanes)
-    strides = tuple(node.attrs.get("strides") or (1, 1))
-    # measured with AVX2's tiles only (AVX-512's 12-pixel tile would read 12 streams)
-    return strides == (1, 1) and xs[1] >= 256 and xs[2] * xs[3] >= 28 * 28 and accumulator_vectors(low.lanes) <= 8
+    from tvmlite.ops.geometry import WindowGeometry
+
+    return input_nhwc_pays(xs, w.shape, WindowGeometry.conv(node.attrs, xs, w.shape), low.lanes)
+
+
+#: the most pixels (channel streams) a 3x3 conv's NHWC tile may read (`input_nhwc_pays`)
+MAX_STREAMS = 5
+
+
+def input_nhwc_pays(x_shape, w_shape, geom, lanes: int) -> bool:
+    """Whether a group-1 3x3 conv (``geom``: its `WindowGeometry`) of input ``x_shape`` (NCHW)
+    runs faster reading its input NHWC, from what its tile (`conv_nhwc.nhwc_tile`: mr pixels x
+    nr channels) does there: each (ky, kx) step reads, for each of its mr pixels, a run of all
+    C input channels, so the tile reads mr separate streams; reading NCHW, mr + 2 neighbouring
+    pixels of one row per channel and tap row. Taken where the tile reads at most `MAX_STREAMS`
+    streams (AVX2's two-vector tiles of 4-5 pixels; its one-vector tiles of 6-7 pixels, which
+    rows of 6, 7, 13 and 14 take, always lost) and either, at stride 1, each stream's run is
+    long (C >= 32 vectors: 256 channels with AVX2), or, at stride 2, the input is larger than the
+    L2 (`conv.L2_FLOATS`: the NCHW tile then streams C planes of rows of which each tap uses
+    every other pixel). AVX2 (Zen 1), one thread, CPU time, NHWC input against NCHW input with
+    the output in the same layout (both pairs: NCHW and NHWC output), bench/conv_tiles.py,
+    medians of 15-20 interleaved rounds at load 8-12:
+    stride 1, 4-5 pixels, >= 256 channels: VGG's 256->256 at 56x56 0.93x / 0.98x, 256->512 at
+    28x28 0.98x / 0.96x, 512->512 at 28x28 0.92x / 0.92x; fewer channels 0.96-1.06x (the
+    detector's 16..112 at 80x80..20x20, ResNet-50's 64 at 56x56 and 128 at 28x28, DenseNet's
+    128->32, Inception's 64->192 at 55x55 1.05x / 1.06x, VGG's 64->128 at 112x112 1.03x / 1.04x);
+    6-7 pixels: 1.21-1.48x (ResNet-50's 256 and 512 channels at 14x14 and 7x7, DenseNet's 128->32
+    at 14x14 and 7x7, Inception's 13x13 and 6x6); stride 2, 4 pixels, input past the L2: the
+    detector's 16->32 from 160x160 0.91x / 0.70x, 32->48 from 80x80 0.98x / 0.99x, ResNet-50's
+    128 from 56x56 1.01x / 0.93x; input within it: 48->48 from 40x40 1.00x / 1.09x; 7 pixels
+    (ResNet-50's 256 from 28x28, 512 from 14x14) 1.04-1.08x. 5x5 lost with 4 pixels (Inception's
+    32->96 at 27x27 1.24x), so only 3x3; no dilation, other strides or AVX-512's tiles measured."""
+    from tvmlite.backends.tvm.kernels.conv import L2_FLOATS
+    from tvmlite.backends.tvm.kernels.conv_nhwc import nhwc_tile
+
+    n, c, h, wd = (int(d) for d in x_shape)
+    co, ci, kh, kw = (int(d) for d in w_shape)
+    if accumulator_vectors(lanes) > 8 or geom.group != 1 or (kh, kw) != (3, 3) or tuple(geom.dilations) != (1, 1):
+        return False
+    if nhwc_tile(co, geom.out_spatial[1], lanes, kh * kw).mr > MAX_STREAMS:
+        return False
+    strides = tuple(geom.strides)
+    if strides == (1, 1):
+        return c >= 32 * lanes
+    return strides == (2, 2) and n * c * h * wd > L2_FLOATS
 
 
 def writes_nhwc(low, node, final: str) -> bool:

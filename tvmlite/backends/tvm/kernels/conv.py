@@ -298,6 +298,10 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
                          pixels_outer=pixel_tiles_outer(geom, n * c * h * wd, w.size))
 
 
+#: the per-core L2 in floats (Zen 1: 512 KiB)
+L2_FLOATS = 512 * 1024 // 4
+
+
 def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int) -> bool:
     """Whether a direct conv's pixel tiles should run outside its channel tiles
     (`S.tile_direct_conv`). Channel tiles outside (the default) read the whole input once per
@@ -317,7 +321,7 @@ def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int) -
     128->128 3x3 at 112x112, 576 KiB: 1.08x against 1.15x), an input that fits the L2 (48->64 3x3
     stride 2 at 40x40: 0.70x against 0.76x), 3x3 stride 1 (VGG's 64->128 at 112x112 1.01x
     against 1.05x, 64->64 at 224x224 0.98x against 1.00x). Grouped convs: not measured."""
-    l2 = 512 * 1024 // 4  # floats
+    l2 = L2_FLOATS
     taps, step = int(np.prod(geom.kernel)), int(np.prod(geom.strides))
     return (geom.group == 1 and weight_size <= l2 and input_size > max(weight_size, l2)
             and taps < 9 * step)

@@ -10,7 +10,7 @@ against the NCHW kernel `conv2d` picks (ResNet-50's shapes, interleaved medians)
 x NHWC -> y NHWC 64->256 1x1 at 56x56 + residual 0.76x, 128->512 at 28x28 + residual 0.81x,
 512->2048 at 7x7 + residual 0.86x, 1024->256 at 14x14 0.92x, 1024->512 stride 2 0.86x;
 x NCHW -> y NHWC 3x3 0.98-1.0x; x NHWC for a 3x3 conv at 7x7 / 14x14 1.22x / 1.25-1.35x (its
-mr pixels' channels are mr separate streams), so only 1x1 convs read NHWC.
+mr pixels' channels are mr separate streams): which 3x3 convs read NHWC, emitters/nhwc.input_nhwc_pays.
 
 The fused epilogue runs at the output's logical NCHW index (constants keep their ONNX shapes);
 operands stored NHWC are read through `Epilogue.layouts` (epilogue.bind_epilogue)."""
@@ -48,7 +48,7 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     # a 1x1 stride-1 unpadded conv: every pixel is one row of a GEMM, the image one long row
     flat = (kh, kw) == (1, 1) and (sh, sw) == (1, 1) and not geom.padded
     rows, cols = (1, oh * ow) if flat else (oh, ow)
-    tile = tile or direct_tile(_tile_channels(cog, lanes), cols, lanes, kh * kw)
+    tile = tile or nhwc_tile(cog, cols, lanes, kh * kw)
     mr, nr = int(tile.mr), int(tile.nr)
     cop, colp = round_up(cog, nr), round_up(cols, mr)
     xh, xw = (1, h * wd) if flat else (h, wd)
@@ -103,6 +103,12 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
                          work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
                          pixels_outer=pixel_tiles_outer(geom, n * c * h * wd, w.size))
+
+
+def nhwc_tile(cog: int, cols: int, lanes: int, taps: int) -> S.GemmTile:
+    """The register tile `conv2d_nhwc` takes for ``cog`` output channels per group and output rows
+    of ``cols`` pixels: its ``mr`` is how many pixels' channel runs (streams) a tile reads NHWC."""
+    return direct_tile(_tile_channels(cog, lanes), cols, lanes, taps)
 
 
 def _tile_channels(cog: int, lanes: int) -> int:
