@@ -21,8 +21,8 @@ from tvm import te, tirx
 
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
-from tvmlite.backends.tvm.kernels.conv import (direct_tile, finish_direct, pack_direct_weights, pixel_tiles_outer,
-                                               tile_activation, unary_prefix, zero_padded)
+from tvmlite.backends.tvm.kernels.conv import (channel_row_block, direct_tile, finish_direct, pack_direct_weights,
+                                               pixel_tiles_outer, tile_activation, unary_prefix, zero_padded)
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.ops.geometry import WindowGeometry
@@ -100,9 +100,11 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     else:
         Y = te.compute((n, g, cog, rows, cols), lambda nn, gg, cc, y, xx: value(nn, y, xx, gg, cc),
                        name="epilogue")
+    outer = pixel_tiles_outer(geom, n * c * h * wd, w.size)
+    rb = 0 if outer or flat else channel_row_block(geom, c * wp, w.shape, nr)
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
                          work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
-                         pixels_outer=pixel_tiles_outer(geom, n * c * h * wd, w.size))
+                         pixels_outer=outer, row_block=rb)
 
 
 def _tile_channels(cog: int, lanes: int) -> int:
