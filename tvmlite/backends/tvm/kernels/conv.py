@@ -91,7 +91,7 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     return kd
 
 
-def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1) -> S.GemmTile:
+def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1, *, strided: bool = False) -> S.GemmTile:
     """Register tile for the direct conv: ``nr`` output channels (SIMD lanes: two vectors when
     that pads the channels no more than one does, so 48 channels take 3 x 16, not 2 x 32 with a
     quarter wasted) by ``mr`` output pixels of one row. ``mr`` is the width, up to 12 pixels
@@ -105,7 +105,15 @@ def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1) -> S.GemmTile:
     alone fills the row better: rows of 55, 15, 25 (one thread, CPU time, against onnxruntime's
     Conv, bench/conv_tiles.py) 16->64 3x3 at 55x55 5 x 8 0.96x -> 5 x 16 0.86x (4 x 16 0.90x),
     64->192 1.09x -> 0.96x (1.01x), 48->48 at 15x15 0.77x -> 0.68x (0.75x); where 4 pixels fill the
-    row as well (the detector's 160 ... 20) the 8-accumulator tile stays (5 x 16 measured alike)."""
+    row as well (the detector's 160 ... 20) the 8-accumulator tile stays (5 x 16 measured alike).
+    A ``strided`` conv of several taps keeps the two-vector tile up to 8% of row padding (5% at
+    stride 1): its pixels' input is spread over twice the floats, so the one-vector tile's
+    extra broadcast per multiply-add costs more. AVX2, one thread, CPU time, against onnxruntime's
+    Conv (interleaved medians, load 9-12), 3x3 stride 2 to 14 wide, 7 x 8 -> 5 x 16: ResNet-50's
+    256->256 1.12-1.14x -> 1.04-1.06x, Inception-v2's 96->96 1.08x -> 0.86x, 128->160 1.05x ->
+    0.96x, 128->192 1.04x -> 0.98x; to 7 wide (4 x 16 pads 1 of 8) 7 x 8 stays (512->512: 1.10x,
+    4 x 16 1.11x, 5 x 16 1.40x); the same convs at stride 1 keep 7 x 8 (256->256 at 14x14 0.98x
+    against 1.04x)."""
     budget = S.accumulator_vectors(lanes)
 
     def pixels(vectors: int) -> int:
@@ -124,8 +132,9 @@ def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1) -> S.GemmTile:
         mr1 = pixels(1)
         pad2 = round_up(ow, mr) - ow
         # a 2-vector tile that pads the row by 5% or less keeps its weight reuse (AlexNet's 11x11
-        # stride-4 stem to 54 wide: 6 x 8 1.09-1.14x -> 5 x 16 1.01-1.02x of onnxruntime's Conv)
-        if round_up(ow, mr1) - ow < pad2 and pad2 > 0.05 * round_up(ow, mr):
+        # stride-4 stem to 54 wide: 6 x 8 1.09-1.14x -> 5 x 16 1.01-1.02x of onnxruntime's Conv);
+        # strided, 8% or less (1 of 15 kept, 1 of 8 not)
+        if round_up(ow, mr1) - ow < pad2 and pad2 > (0.08 if strided else 0.05) * round_up(ow, mr):
             return S.GemmTile(mr=mr1, nr=lanes)
     return S.GemmTile(mr=mr, nr=2 * lanes)
 
@@ -160,7 +169,8 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     if short_reduction(ci, kh * kw, lanes):
         return False
     oh, ow = geom.out_spatial
-    dt, gt = direct_tile(cog, ow, lanes, kh * kw), conv_tile(cog, oh * ow, lanes)
+    dt = direct_tile(cog, ow, lanes, kh * kw, strided=max(geom.strides) > 1)
+    gt = conv_tile(cog, oh * ow, lanes)
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
     if (kh, kw) == (1, 1) and not geom.padded:  # strided too: a GEMM over the subsampled copy
@@ -256,7 +266,7 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     dh, dw = geom.dilations
     pt, pl, pb, pr = geom.pads
     oh, ow = geom.out_spatial
-    tile = tile or direct_tile(cog, ow, lanes, kh * kw)
+    tile = tile or direct_tile(cog, ow, lanes, kh * kw, strided=max(geom.strides) > 1)
     mr, nr = int(tile.mr), int(tile.nr)
     cop, owp = round_up(cog, nr), round_up(ow, mr)
     # padded plane: the pads plus the columns read by the last pixel tile's padding

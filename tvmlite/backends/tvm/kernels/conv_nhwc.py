@@ -48,7 +48,7 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     # a 1x1 stride-1 unpadded conv: every pixel is one row of a GEMM, the image one long row
     flat = (kh, kw) == (1, 1) and (sh, sw) == (1, 1) and not geom.padded
     rows, cols = (1, oh * ow) if flat else (oh, ow)
-    tile = tile or direct_tile(_tile_channels(cog, lanes), cols, lanes, kh * kw)
+    tile = tile or direct_tile(_tile_channels(cog, lanes), cols, lanes, kh * kw, strided=max(geom.strides) > 1)
     mr, nr = int(tile.mr), int(tile.nr)
     cop, colp = round_up(cog, nr), round_up(cols, mr)
     xh, xw = (1, h * wd) if flat else (h, wd)
