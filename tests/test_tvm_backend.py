@@ -172,6 +172,50 @@ def test_direct_tile_follows_row_width():
     assert (KC.direct_tile(512, 7, 16, 9).mr, KC.direct_tile(512, 7, 16, 9).nr) == (7, 32)
 
 
+def test_direct_tile_of_a_strided_conv():
+    """A strided conv of several taps keeps two vectors of channels where they pad the row by under
+    8% (14 wide: 5 x 16, 1 of 15), not where they pad it more (7 wide: 4 x 16 pads 1 of 8); stride
+    1 and 1x1 convs as before; AVX-512's tiles fill these rows."""
+    def tile(*a, **kw):
+        t = KC.direct_tile(*a, **kw)
+        return t.mr, t.nr
+    assert tile(256, 14, 8, 9, strided=True) == (5, 16) and tile(256, 14, 8, 9) == (7, 8)
+    assert tile(96, 14, 8, 9, strided=True) == (5, 16)
+    assert tile(512, 7, 8, 9, strided=True) == (7, 8)
+    assert tile(64, 28, 8, 9, strided=True) == (4, 16) == tile(64, 28, 8, 9)  # 4 fills the row either way
+    assert tile(512, 14, 8, 1, strided=True) == tile(512, 14, 8, 1)  # one tap: the 2-vector tile already
+    assert tile(256, 14, 16, 9, strided=True) == (7, 32) and tile(512, 7, 16, 9, strided=True) == (7, 32)
+
+
+@pytest.mark.parametrize("layouts", [None, ("NCHW", "NHWC"), ("NHWC", "NCHW")])
+def test_strided_conv_to_14_wide_takes_two_vectors_and_matches(layouts):
+    """The direct kernels give a 3x3 stride-2 conv to 14 wide (AVX2) the 5 x 16 tile, its last pixel
+    tile one column past the row, and match the NumPy conv (bias, ReLU)."""
+    from tvmlite.backends.tvm.kernels.conv_nhwc import conv2d_nhwc
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 8, 28, 28)).astype(np.float32)
+    w = rng.standard_normal((32, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    attrs = dict(pads=[1, 1, 1, 1], strides=[2, 2])
+    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
+    epi = Epilogue([EwOp("Relu")])
+    if layouts is None:
+        kd = KC.conv2d_direct("d", "x", x.shape, w, b, geom, out_value="y", epilogue=epi, lanes=8)
+    else:
+        kd = conv2d_nhwc("d", "x", x.shape, w, b, geom, out_value="y", epilogue=epi, lanes=8,
+                         x_layout=layouts[0], y_layout=layouts[1])
+    assert "T.unroll(5)" in kd.func.script() and "T.vectorized(16)" in kd.func.script()
+    xin = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layouts and layouts[0] == "NHWC" else x
+    args, outs = kernel_args(kd, {"x": xin})
+    build_kernel(kd)["main"](*args)
+    ref = np.maximum(conv(x, w, b, **attrs), 0)
+    y = outs[0].numpy()
+    if layouts and layouts[1] == "NHWC":
+        y = y.reshape(1, 14, 14, 32).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_strided_pointwise_conv_is_a_gemm_over_its_subsampled_copy(lanes):
     """An unpadded strided 1x1 conv follows the 1x1 rule (a GEMM over the stride-phase copy)

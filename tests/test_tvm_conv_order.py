@@ -52,9 +52,22 @@ def orders(monkeypatch):
     seen = []
     tile = S.tile_direct_conv
 
-    def spy(sch, block, t, *, pixels_outer=False):
+    def spy(sch, block, t, *, pixels_outer=False, **kw):
         seen.append(pixels_outer)
-        return tile(sch, block, t, pixels_outer=pixels_outer)
+        return tile(sch, block, t, pixels_outer=pixels_outer, **kw)
+    monkeypatch.setattr(S, "tile_direct_conv", spy)
+    return seen
+
+
+@pytest.fixture
+def row_blocks(monkeypatch):
+    """The ``row_block`` each direct-conv schedule was given."""
+    seen = []
+    tile = S.tile_direct_conv
+
+    def spy(sch, block, t, **kw):
+        seen.append(kw.get("row_block", 0))
+        return tile(sch, block, t, **kw)
     monkeypatch.setattr(S, "tile_direct_conv", spy)
     return seen
 
@@ -109,3 +122,83 @@ def test_conv_kernels_take_the_order_the_rule_says(orders, case, outer):
     if geom.group == 1:
         KN.conv2d_nhwc("n", "x", shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=8)
     assert orders == [outer] * (2 if geom.group == 1 else 1)
+
+
+# --------------------------------------------------------------- output rows in blocks (channel_row_block)
+def row_block_of(ci, co, k, s, hw, group=1, nr=8):
+    geom, _, _ = geometry(ci, co, k, s, hw, group)
+    wp = hw[1] + 2 * (k // 2)
+    return geom, KC.channel_row_block(geom, ci * wp, (co, ci // group, k, k), nr)
+
+
+@pytest.mark.parametrize("case,blocked", [
+    ((128, 128, 3, 2, (56, 56)), True),  # ResNet-50's stride-2 3x3 from 56x56: input 1.7 MB, weights 0.6 MB
+    ((256, 256, 3, 2, (28, 28)), False),  # weights 2.6x the input: read once per block, they would cost more
+    ((64, 192, 3, 1, (56, 56)), False),  # 3x3 stride 1: 9 taps per pixel hide the re-reads
+    ((3, 64, 7, 2, (224, 224)), False),  # 7x7 stride 2: 49 taps per 4 pixels
+    ((48, 64, 3, 2, (40, 40)), False),  # the input fits the L2
+    ((128, 128, 3, 2, (56, 56), 2), False),  # grouped: not measured
+])
+def test_channel_row_block_rule(case, blocked):
+    geom, rb = row_block_of(*case)
+    oh = geom.out_spatial[0]
+    if not blocked:
+        assert rb == 0
+        return
+    ci, _, k, s, hw = case[:5]
+    rows_in = (rb - 1) * s + k
+    assert 0 < rb < oh and oh % rb == 0
+    assert rows_in * ci * (hw[1] + 2 * (k // 2)) <= 512 * 1024 // 8  # half the L2, in floats
+    # the most rows that divide the height and fit: the next divisor up does not fit
+    bigger = [r for r in range(rb + 1, oh) if oh % r == 0]
+    if bigger:
+        assert ((bigger[0] - 1) * s + k) * ci * (hw[1] + 2 * (k // 2)) > 512 * 1024 // 8 - ci * k * k * 8
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("rb", [2, 4])  # 7 output rows: a ragged last block either way
+@pytest.mark.parametrize("ci,co,k,attrs,batch", [
+    (6, 40, 3, dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]), 2),  # uneven pads, ragged channels
+    (5, 24, 3, dict(pads=[1, 1, 1, 1], strides=[2, 2]), 1),  # stride 2, a row the pixel tile does not divide
+])
+def test_direct_conv_same_results_in_row_blocks(monkeypatch, row_blocks, lanes, rb, ci, co, k, attrs, batch):
+    monkeypatch.setattr(KC, "pixel_tiles_outer", lambda *a: False)
+    monkeypatch.setattr(KC, "channel_row_block", lambda *a: rb)
+    x = RNG.standard_normal((batch, ci, 13, 13)).astype(np.float32)
+    w = RNG.standard_normal((co, ci, k, k)).astype(np.float32)
+    b = RNG.standard_normal(co).astype(np.float32)
+    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
+    kd = KC.conv2d_direct("d", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]),
+                          lanes=lanes)
+    args, outs = kernel_args(kd, {"x": x})
+    build_kernel(kd)["main"](*args)
+    ref = np.maximum(conv(x, w, b, **attrs), 0)
+    np.testing.assert_allclose(outs[0].numpy().reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+    assert row_blocks == [rb]
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("xl,yl", [("NHWC", "NHWC"), ("NCHW", "NHWC"), ("NCHW", "NCHW")])
+def test_layout_taking_conv_same_results_in_row_blocks(monkeypatch, row_blocks, lanes, xl, yl):
+    """test_tvm_nhwc's layout-pair check (padded 3x3 stride 2, 6 output rows; bias, a residual
+    stored NHWC and ReLU fused) with its rows in ragged blocks of 4."""
+    monkeypatch.setattr(KN, "pixel_tiles_outer", lambda *a: False)
+    monkeypatch.setattr(KN, "channel_row_block", lambda *a: 4)
+    layout_pair_matches(lanes, xl, yl, 8, 20, 3, 2, (11, 11))
+    assert row_blocks == [4]
+
+
+def test_conv_kernels_take_the_row_block_the_rule_says(row_blocks):
+    """The rule's block reaches the schedule of both direct kernels; none where the pixel tiles
+    run outside (the detector's stride-2 conv) or the kernel is a flat 1x1 GEMM."""
+    for case in [(128, 128, 3, 2, (56, 56)), (16, 32, 3, 2, (200, 200)), (256, 64, 1, 1, (56, 56))]:
+        geom, rb = row_block_of(*case)
+        ci, co, k, _, hw = case
+        shape, w = (1, ci) + hw, np.ones((co, ci, k, k), np.float32)
+        del row_blocks[:]
+        if k > 1:
+            KC.conv2d_direct("d", "x", shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=8)
+        KN.conv2d_nhwc("n", "x", shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=8)
+        want = rb if case[0] == 128 else 0
+        assert row_blocks == [want] * (2 if k > 1 else 1), case
+    assert row_block_of(128, 128, 3, 2, (56, 56))[1] == 2

@@ -96,7 +96,7 @@ def input_nhwc_pays(x_shape, w_shape, geom, lanes: int) -> bool:
     co, ci, kh, kw = (int(d) for d in w_shape)
     if accumulator_vectors(lanes) > 8 or geom.group != 1 or (kh, kw) != (3, 3) or tuple(geom.dilations) != (1, 1):
         return False
-    if nhwc_tile(co, geom.out_spatial[1], lanes, kh * kw).mr > MAX_STREAMS:
+    if nhwc_tile(co, geom.out_spatial[1], lanes, kh * kw, strided=max(geom.strides) > 1).mr > MAX_STREAMS:
         return False
     strides = tuple(geom.strides)
     if strides == (1, 1):

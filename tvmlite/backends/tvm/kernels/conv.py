@@ -91,7 +91,7 @@ def conv2d_gemm(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     return kd
 
 
-def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1) -> S.GemmTile:
+def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1, *, strided: bool = False) -> S.GemmTile:
     """Register tile for the direct conv: ``nr`` output channels (SIMD lanes: two vectors when
     that pads the channels no more than one does, so 48 channels take 3 x 16, not 2 x 32 with a
     quarter wasted) by ``mr`` output pixels of one row. ``mr`` is the width, up to 12 pixels
@@ -105,7 +105,15 @@ def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1) -> S.GemmTile:
     alone fills the row better: rows of 55, 15, 25 (one thread, CPU time, against onnxruntime's
     Conv, bench/conv_tiles.py) 16->64 3x3 at 55x55 5 x 8 0.96x -> 5 x 16 0.86x (4 x 16 0.90x),
     64->192 1.09x -> 0.96x (1.01x), 48->48 at 15x15 0.77x -> 0.68x (0.75x); where 4 pixels fill the
-    row as well (the detector's 160 ... 20) the 8-accumulator tile stays (5 x 16 measured alike)."""
+    row as well (the detector's 160 ... 20) the 8-accumulator tile stays (5 x 16 measured alike).
+    A ``strided`` conv of several taps keeps the two-vector tile up to 8% of row padding (5% at
+    stride 1): its pixels' input is spread over twice the floats, so the one-vector tile's
+    extra broadcast per multiply-add costs more. AVX2, one thread, CPU time, against onnxruntime's
+    Conv (interleaved medians, load 9-12), 3x3 stride 2 to 14 wide, 7 x 8 -> 5 x 16: ResNet-50's
+    256->256 1.12-1.14x -> 1.04-1.06x, Inception-v2's 96->96 1.08x -> 0.86x, 128->160 1.05x ->
+    0.96x, 128->192 1.04x -> 0.98x; to 7 wide (4 x 16 pads 1 of 8) 7 x 8 stays (512->512: 1.10x,
+    4 x 16 1.11x, 5 x 16 1.40x); the same convs at stride 1 keep 7 x 8 (256->256 at 14x14 0.98x
+    against 1.04x)."""
     budget = S.accumulator_vectors(lanes)
 
     def pixels(vectors: int) -> int:
@@ -124,8 +132,9 @@ def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1) -> S.GemmTile:
         mr1 = pixels(1)
         pad2 = round_up(ow, mr) - ow
         # a 2-vector tile that pads the row by 5% or less keeps its weight reuse (AlexNet's 11x11
-        # stride-4 stem to 54 wide: 6 x 8 1.09-1.14x -> 5 x 16 1.01-1.02x of onnxruntime's Conv)
-        if round_up(ow, mr1) - ow < pad2 and pad2 > 0.05 * round_up(ow, mr):
+        # stride-4 stem to 54 wide: 6 x 8 1.09-1.14x -> 5 x 16 1.01-1.02x of onnxruntime's Conv);
+        # strided, 8% or less (1 of 15 kept, 1 of 8 not)
+        if round_up(ow, mr1) - ow < pad2 and pad2 > (0.08 if strided else 0.05) * round_up(ow, mr):
             return S.GemmTile(mr=mr1, nr=lanes)
     return S.GemmTile(mr=mr, nr=2 * lanes)
 
@@ -160,7 +169,8 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     if short_reduction(ci, kh * kw, lanes):
         return False
     oh, ow = geom.out_spatial
-    dt, gt = direct_tile(cog, ow, lanes, kh * kw), conv_tile(cog, oh * ow, lanes)
+    dt = direct_tile(cog, ow, lanes, kh * kw, strided=max(geom.strides) > 1)
+    gt = conv_tile(cog, oh * ow, lanes)
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
     if (kh, kw) == (1, 1) and not geom.padded:  # strided too: a GEMM over the subsampled copy
@@ -256,7 +266,7 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     dh, dw = geom.dilations
     pt, pl, pb, pr = geom.pads
     oh, ow = geom.out_spatial
-    tile = tile or direct_tile(cog, ow, lanes, kh * kw)
+    tile = tile or direct_tile(cog, ow, lanes, kh * kw, strided=max(geom.strides) > 1)
     mr, nr = int(tile.mr), int(tile.nr)
     cop, owp = round_up(cog, nr), round_up(ow, mr)
     # padded plane: the pads plus the columns read by the last pixel tile's padding
@@ -293,9 +303,10 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
         return apply(v, (nn, gg * cog + cc, y, xx))
 
     Y = te.compute((n, g, cog, oh, ow), out, name="epilogue")
+    outer = pixel_tiles_outer(geom, n * c * h * wd, w.size)
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
                          work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
-                         pixels_outer=pixel_tiles_outer(geom, n * c * h * wd, w.size))
+                         pixels_outer=outer, row_block=0 if outer else channel_row_block(geom, ci * wp, w.shape, nr))
 
 
 #: the per-core L2 in floats (Zen 1: 512 KiB)
@@ -327,16 +338,45 @@ def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int) -
             and taps < 9 * step)
 
 
+def channel_row_block(geom: WindowGeometry, row_floats: int, w_shape, nr: int) -> int:
+    """Output rows per block for a direct conv whose channel tiles run outside its pixel tiles
+    (`S.tile_direct_conv`'s ``row_block``), 0 for none. Channel tiles outside read the whole
+    input once per channel tile; where it is larger than the L2 (Zen 1: 512 KiB) and the window
+    reads few taps per stride^2 (the `pixel_tiles_outer` test: a stride-2 3x3, not a stride-1
+    one), every tile's k-steps, a few floats of one channel plane after another, miss to the L3.
+    In blocks of output rows whose input rows fit half the L2 beside one channel tile's weight
+    panel, a block's channel tiles find them in the L2; the weights are then read once per block,
+    so only where they are no larger than the input. Group-1 convs; ``row_floats``: one padded
+    input row of every channel the kernel reads; ``w_shape``: the conv's weights; ``nr``: its
+    tile's channels. The block is the most rows that divide the output height and fit, fewer than
+    all. AVX2, one thread, CPU time, against onnxruntime's Conv (interleaved medians, load 11-13): ResNet-50's 128->128 3x3 stride 2 from 56x56 1.11-1.19x ->
+    0.97-0.98x (2 rows; 1, 4, 7, 14 rows 0.97-1.03x); not taken: its 256->256 stride 2 from
+    28x28, weights 2.6x its input (2 rows 1.12x -> 1.13-1.19x)."""
+    l2 = 512 * 1024 // 4  # floats
+    (kh, kw), (sh, sw), (dh, _) = geom.kernel, geom.strides, geom.dilations
+    oh = geom.out_spatial[0]
+    weight_size = int(np.prod(w_shape))
+
+    def footprint(rows: int) -> int:  # the input rows a block of output rows reads
+        return ((rows - 1) * sh + (kh - 1) * dh + 1) * row_floats
+    if geom.group != 1 or kh * kw >= 9 * sh * sw or footprint(oh) <= l2 or weight_size > footprint(oh):
+        return 0
+    budget = l2 // 2 - int(np.prod(w_shape[1:])) * nr  # one channel tile's weight panel
+    fits = [r for r in range(1, oh) if oh % r == 0 and footprint(r) <= budget]
+    return max(fits, default=0)
+
+
 def finish_direct(b: Builder, out_value: str, Y, tile: S.GemmTile, *, lanes: int, steps, unpadded: bool, act: bool,
-                  work: int, w_index: int | None, pixels_outer: bool = False) -> KernelDef:
+                  work: int, w_index: int | None, pixels_outer: bool = False, row_block: int = 0) -> KernelDef:
     """A direct conv's kernel from its epilogue tensor ``Y`` (blocks "pad" unless ``unpadded``,
     "acc", "act" with ``act``, "epilogue"): scheduled by `S.schedule_direct_conv`; ``w_index``:
     the parameter of the packed weights (their shape becomes the packed array's);
-    ``pixels_outer``: the tile loops' order (`pixel_tiles_outer`)."""
+    ``pixels_outer``, ``row_block``: the tile loops' order (`pixel_tiles_outer`, `channel_row_block`)."""
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     S.schedule_direct_conv(sch, None if unpadded else "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
-                           parallel=S.worth_parallel(work), act="act" if act else None, pixels_outer=pixels_outer)
+                           parallel=S.worth_parallel(work), act="act" if act else None, pixels_outer=pixels_outer,
+                           row_block=row_block)
     params = b.params
     if w_index is not None:
         params[w_index].shape = params[w_index].array.shape

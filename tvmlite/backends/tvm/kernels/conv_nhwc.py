@@ -21,8 +21,8 @@ from tvm import te, tirx
 
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
-from tvmlite.backends.tvm.kernels.conv import (direct_tile, finish_direct, pack_direct_weights, pixel_tiles_outer,
-                                               tile_activation, unary_prefix, zero_padded)
+from tvmlite.backends.tvm.kernels.conv import (channel_row_block, direct_tile, finish_direct, pack_direct_weights,
+                                               pixel_tiles_outer, tile_activation, unary_prefix, zero_padded)
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.ops.geometry import WindowGeometry
@@ -48,7 +48,7 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     # a 1x1 stride-1 unpadded conv: every pixel is one row of a GEMM, the image one long row
     flat = (kh, kw) == (1, 1) and (sh, sw) == (1, 1) and not geom.padded
     rows, cols = (1, oh * ow) if flat else (oh, ow)
-    tile = tile or nhwc_tile(cog, cols, lanes, kh * kw)
+    tile = tile or nhwc_tile(cog, cols, lanes, kh * kw, strided=max(geom.strides) > 1)
     mr, nr = int(tile.mr), int(tile.nr)
     cop, colp = round_up(cog, nr), round_up(cols, mr)
     xh, xw = (1, h * wd) if flat else (h, wd)
@@ -100,15 +100,18 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     else:
         Y = te.compute((n, g, cog, rows, cols), lambda nn, gg, cc, y, xx: value(nn, y, xx, gg, cc),
                        name="epilogue")
+    outer = pixel_tiles_outer(geom, n * c * h * wd, w.size)
+    rb = 0 if outer or flat else channel_row_block(geom, c * wp, w.shape, nr)
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
                          work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
-                         pixels_outer=pixel_tiles_outer(geom, n * c * h * wd, w.size))
+                         pixels_outer=outer, row_block=rb)
 
 
-def nhwc_tile(cog: int, cols: int, lanes: int, taps: int) -> S.GemmTile:
+def nhwc_tile(cog: int, cols: int, lanes: int, taps: int, *, strided: bool = False) -> S.GemmTile:
     """The register tile `conv2d_nhwc` takes for ``cog`` output channels per group and output rows
-    of ``cols`` pixels: its ``mr`` is how many pixels' channel runs (streams) a tile reads NHWC."""
-    return direct_tile(_tile_channels(cog, lanes), cols, lanes, taps)
+    of ``cols`` pixels (``strided``: a stride above 1): its ``mr`` is how many pixels' channel runs
+    (streams) a tile reads NHWC."""
+    return direct_tile(_tile_channels(cog, lanes), cols, lanes, taps, strided=strided)
 
 
 def _tile_channels(cog: int, lanes: int) -> int:

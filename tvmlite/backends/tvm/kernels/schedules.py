@@ -333,19 +333,26 @@ def pad_input(sch, pad: str, lanes: int, *, parallel: bool = True):
     parallel_vectorize(sch, pad, lanes, parallel_loops=2, parallel=parallel)
 
 
-def tile_direct_conv(sch, block, tile: GemmTile, *, pixels_outer: bool = False):
+def tile_direct_conv(sch, block, tile: GemmTile, *, pixels_outer: bool = False, row_block: int = 0):
     """Split (n, g, y, x, co, rc, ry, rx) into (n, g, co/nr, y, x/mr, rc, ry, rx, mr, nr): one
     weight panel (all k for nr channels) is reused by every pixel tile of the image while it is
     in L2, and each (rc, ry, rx) step is one row of packed weights times mr broadcast pixels.
     With ``pixels_outer`` the channel tiles run inside the pixel tiles, (n, g, y, x/mr, co/nr, ...):
     the input is read once and the whole weights once per pixel tile, for a conv whose input is
-    larger than its weights (`conv.pixel_tiles_outer`)."""
+    larger than its weights (`conv.pixel_tiles_outer`). With ``row_block`` (channel tiles outside)
+    the output rows run in blocks of that many, each block's channel tiles inside it,
+    (n, g, y/rb, co/nr, rb, x/mr, ...): the input rows one block reads stay in the L2 across its
+    channel tiles (`conv.channel_row_block`)."""
     nl, gl, yl, xl, il, rc, ry, rx = sch.get_loops(block)
     io, ii = sch.split(il, factors=[None, int(tile.nr)])
     xo, xi = sch.split(xl, factors=[None, int(tile.mr)])
     if pixels_outer:
         sch.reorder(yl, xo, io, rc, ry, rx, xi, ii)
         return {"outer": [nl, gl, yl, xo, io], "k": rc, "ii": xi, "ji": ii, "second": io}
+    if row_block:
+        yo, yi = sch.split(yl, factors=[None, int(row_block)])
+        sch.reorder(yo, io, yi, xo, rc, ry, rx, xi, ii)
+        return {"outer": [nl, gl, yo, io, yi, xo], "k": rc, "ii": xi, "ji": ii, "second": xo}
     sch.reorder(io, yl, xo, rc, ry, rx, xi, ii)
     return {"outer": [nl, gl, io, yl, xo], "k": rc, "ii": xi, "ji": ii, "second": xo}
 
@@ -359,12 +366,13 @@ def pack_direct_weights(sch, block, nr: int):
 
 
 def schedule_direct_conv(sch, pad: str | None, acc: str, epilogue: str, tile: GemmTile, *, lanes: int,
-                         parallel: bool = True, steps=None, act: str | None = None, pixels_outer: bool = False):
+                         parallel: bool = True, steps=None, act: str | None = None, pixels_outer: bool = False,
+                         row_block: int = 0):
     """The direct conv's steps in order (``steps``: apply only these, for tests). ``act``: a
     block between the accumulator and the epilogue in the tile's channels-last layout (the
     activation); with write_cache it is a second register tile, vectorized over the channels,
     so an exp-heavy activation runs in vectors instead of per element in the transposing write.
-    ``pixels_outer``: the tile loops' order (`tile_direct_conv`)."""
+    ``pixels_outer``, ``row_block``: the tile loops' order (`tile_direct_conv`)."""
     on = (lambda s: True) if steps is None else (lambda s: s in steps)
     if act is not None and not (on("tile_for_cache") and on("write_cache")):
         sch.compute_inline(sch.get_sblock(act))
@@ -377,7 +385,8 @@ def schedule_direct_conv(sch, pad: str | None, acc: str, epilogue: str, tile: Ge
         sch.compute_inline(sch.get_sblock(pad))
     block = sch.get_sblock(acc)
     epi = sch.get_sblock(epilogue)
-    lp = tile_direct_conv(sch, block, tile, pixels_outer=pixels_outer) if on("tile_for_cache") else None
+    lp = tile_direct_conv(sch, block, tile, pixels_outer=pixels_outer, row_block=row_block) \
+        if on("tile_for_cache") else None
     if on("pack_array"):
         pack_direct_weights(sch, block, tile.nr)
     if lp is None:
