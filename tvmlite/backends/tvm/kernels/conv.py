@@ -295,10 +295,15 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     Y = te.compute((n, g, cog, oh, ow), out, name="epilogue")
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
                          work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
-                         pixels_outer=pixel_tiles_outer(geom, n * c * h * wd, w.size))
+                         pixels_outer=pixel_tiles_outer(geom, n * c * h * wd, w.size, nchw_out_channels=ci))
 
 
-def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int) -> bool:
+# Input channels (per group) up to which a direct conv writing NCHW keeps its channel tiles
+# outside (`pixel_tiles_outer`): an image stem's RGB(A) or gray planes.
+IMAGE_CHANNELS = 4
+
+
+def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int, *, nchw_out_channels: int = 0) -> bool:
     """Whether a direct conv's pixel tiles should run outside its channel tiles
     (`S.tile_direct_conv`). Channel tiles outside (the default) read the whole input once per
     channel tile: from memory where the input is larger than the L2 (Zen 1: 512 KiB), about
@@ -316,9 +321,20 @@ def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int) -
     1.76x the other way; 256->256 3x3 at 14x14 0.98x against 1.19x), weights past the L2 (VGG's
     128->128 3x3 at 112x112, 576 KiB: 1.08x against 1.15x), an input that fits the L2 (48->64 3x3
     stride 2 at 40x40: 0.70x against 0.76x), 3x3 stride 1 (VGG's 64->128 at 112x112 1.01x
-    against 1.05x, 64->64 at 224x224 0.98x against 1.00x). Grouped convs: not measured."""
+    against 1.05x, 64->64 at 224x224 0.98x against 1.00x). Grouped convs: not measured.
+    ``nchw_out_channels``: the input channels per group of a conv that writes NCHW (`conv2d_direct`;
+    0: not known or not NCHW). An image stem (at most IMAGE_CHANNELS of them, K = 27 for 3x3)
+    keeps its channel tiles outside: there the transposing NCHW write weighs as much as the
+    multiply-adds, and channel tiles outside write each channel plane's rows in turn (AVX2, one
+    thread, CPU time, against onnxruntime's Conv, bench/conv_tiles.py --orders, load 13, channels
+    outside -> pixels outside: 3->24 3x3 stride 2 from 224x224 (ShuffleNet's stem) 0.75x / 0.81x
+    against 0.90x / 0.91x, 3->64 0.69x against 0.76x, 3->32 0.71x against 0.77x); written NHWC
+    (`conv_nhwc.conv2d_nhwc`) the order did not matter or the pixels outside won (3->24 0.92x
+    against 0.71x), so that kernel does not pass it."""
     l2 = 512 * 1024 // 4  # floats
     taps, step = int(np.prod(geom.kernel)), int(np.prod(geom.strides))
+    if 0 < nchw_out_channels <= IMAGE_CHANNELS:
+        return False
     return (geom.group == 1 and weight_size <= l2 and input_size > max(weight_size, l2)
             and taps < 9 * step)
 
