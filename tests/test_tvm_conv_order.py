@@ -74,7 +74,7 @@ def row_blocks(monkeypatch):
 
 def force(monkeypatch, outer: bool):
     for mod in (KC, KN):
-        monkeypatch.setattr(mod, "pixel_tiles_outer", lambda *a: outer)
+        monkeypatch.setattr(mod, "pixel_tiles_outer", lambda *a, **k: outer)
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
@@ -202,3 +202,23 @@ def test_conv_kernels_take_the_row_block_the_rule_says(row_blocks):
         want = rb if case[0] == 128 else 0
         assert row_blocks == [want] * (2 if k > 1 else 1), case
     assert row_block_of(128, 128, 3, 2, (56, 56))[1] == 2
+
+
+@pytest.mark.parametrize("case,nchw_out_channels,outer", [
+    ((3, 24, 3, 2, (224, 224)), 3, False),  # ShuffleNet's stem written NCHW: channel tiles outside
+    ((3, 24, 3, 2, (224, 224)), 0, True),  # the same conv written NHWC (conv2d_nhwc passes no channels)
+    ((4, 32, 3, 2, (224, 224)), 4, False),  # RGBA
+    ((16, 32, 3, 2, (320, 320)), 16, True),  # the detector's 16->32: the rule as before
+])
+def test_image_stem_writing_nchw_keeps_channel_tiles_outside(case, nchw_out_channels, outer):
+    assert KC.pixel_tiles_outer(*geometry(*case), nchw_out_channels=nchw_out_channels) == outer
+
+
+def test_stem_orders_reach_both_kernels(orders):
+    """A 3->24 stride-2 stem from 224x224: the NCHW direct kernel keeps its channel tiles outside,
+    the layout-taking one (writing NHWC) its pixel tiles."""
+    geom, _, _ = geometry(3, 24, 3, 2, (224, 224))
+    shape, w = (1, 3, 224, 224), np.ones((24, 3, 3, 3), np.float32)
+    KC.conv2d_direct("d", "x", shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=8)
+    KN.conv2d_nhwc("n", "x", shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=8, x_layout="NCHW")
+    assert orders == [False, True]

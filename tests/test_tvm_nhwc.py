@@ -78,6 +78,35 @@ def test_stride_2_3x3_reading_nhwc_with_asymmetric_pads(lanes, yl):
     np.testing.assert_allclose(y, ref / (1 + np.exp(-ref)), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("xl,yl", LAYOUTS)
+@pytest.mark.parametrize("ci,co,k,hw,copied", [
+    (32, 48, 1, (13, 13), False),  # flat 1x1, 169 pixels: a ragged last tile reads the last pixel again
+    (32, 48, 1, (8, 10), False),  # 80 pixels: whole tiles (5 pixels at 8 lanes, 10 at 16), read as they are
+    (8, 16, 3, (9, 7), True),  # a padded 3x3 keeps its zero-padded copy
+])
+def test_flat_conv_clamps_its_last_tile_instead_of_copying(lanes, xl, yl, ci, co, k, hw, copied):
+    """A flat 1x1 conv (`conv_nhwc.clamped_row`) reads past the image's last pixel through a clamp
+    inlined into the conv, no copy of its input; the numbers as the NumPy conv's."""
+    x = RNG.standard_normal((1, ci) + hw).astype(np.float32)
+    w = RNG.standard_normal((co, ci, k, k)).astype(np.float32)
+    b = RNG.standard_normal(co).astype(np.float32)
+    attrs = {"kernel_shape": [k, k], "pads": [k // 2] * 4}
+    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
+    kd = conv2d_nhwc("k", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=lanes,
+                     x_layout=xl, y_layout=yl)
+    assert ("pad_input" in kd.steps) is copied
+    if not copied:
+        assert 'T.sblock("pad")' not in kd.func.script()
+    args, outs = kernel_args(kd, {"x": nhwc(x) if xl == "NHWC" else x})
+    build_kernel(kd)["main"](*args)
+    ref = np.maximum(conv(x, w, b, **attrs), 0)
+    n, c, oh, ow = ref.shape
+    y = outs[0].numpy()
+    y = y.reshape(n, oh, ow, c).transpose(0, 3, 1, 2) if yl == "NHWC" else y.reshape(ref.shape)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------ lowering
 def W(name, *shape):
     return name, (RNG.standard_normal(shape) * 0.2).astype(np.float32)

@@ -21,6 +21,7 @@ from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp, window_2d  # noqa:
 from tvmlite.backends.tvm.kernels.qdepthwise import depthwise_int8  # noqa: E402
 from tvmlite.backends.tvm.kernels.qgemm import QuantSpec, conv2d_int8, qconv_work  # noqa: E402
 from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args  # noqa: E402
+from tvmlite.ops.conv import conv  # noqa: E402
 from tvmlite.ops.geometry import WindowGeometry  # noqa: E402
 
 RNG = np.random.default_rng(16)
@@ -159,3 +160,28 @@ def test_int8_pointwise_split(vnni, monkeypatch):
     ref = np.einsum("nchw,oc->nohw", xq.astype(np.float64), wq[:, :, 0, 0].astype(np.float64))
     ref = ref * np.float32(0.04) * ws.reshape(1, -1, 1, 1)
     np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("ci,co,hw,stride,loops,direct", [
+    (16, 64, 55, 1, 1, True),    # SqueezeNet's 3x3 expand: a 52K-element copy on one core, the conv parallel
+    (3, 24, 224, 2, 1, True),    # ShuffleNet's stem: 153K elements
+    (64, 8, 128, 1, 2, True),    # a 1.1M-element copy (the host's threshold): still split
+    (1, 32, 96, 1, 1, False),    # a 1-channel conv takes im2col + GEMM: its copy alike (9.6K elements)
+])
+def test_pad_copy_weighs_its_own_elements(ci, co, hw, stride, loops, direct, monkeypatch):
+    """The zero-padded copy ahead of a conv (`schedules.pad_input`) runs across cores only where
+    its own elements are worth it, not because the conv's multiply-adds are: one parallel loop
+    (the conv's) where it is small, two where it is large; the numbers the same as the serial build."""
+    x = RNG.standard_normal((1, ci, hw, hw)).astype(np.float32)
+    w = RNG.standard_normal((co, ci, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(co).astype(np.float32)
+    attrs = dict(pads=[1] * 4, strides=[stride] * 2)
+    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
+    assert KC.use_direct_conv(w.shape, geom, 8) is direct
+    make = (lambda: KC.conv2d("c", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]),
+                              lanes=8))
+    assert make().func.script().count("T.parallel") == loops
+    par, y = _both(make, {"x": x}, monkeypatch)
+    assert par
+    ref = np.maximum(conv(x, w, b, **attrs), 0)
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)

@@ -303,7 +303,7 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
         return apply(v, (nn, gg * cog + cc, y, xx))
 
     Y = te.compute((n, g, cog, oh, ow), out, name="epilogue")
-    outer = pixel_tiles_outer(geom, n * c * h * wd, w.size)
+    outer = pixel_tiles_outer(geom, n * c * h * wd, w.size, nchw_out_channels=ci)
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
                          work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
                          pixels_outer=outer, row_block=0 if outer else channel_row_block(geom, ci * wp, w.shape, nr))
@@ -313,7 +313,12 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
 L2_FLOATS = 512 * 1024 // 4
 
 
-def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int) -> bool:
+# Input channels (per group) up to which a direct conv writing NCHW keeps its channel tiles
+# outside (`pixel_tiles_outer`): an image stem's RGB(A) or gray planes.
+IMAGE_CHANNELS = 4
+
+
+def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int, *, nchw_out_channels: int = 0) -> bool:
     """Whether a direct conv's pixel tiles should run outside its channel tiles
     (`S.tile_direct_conv`). Channel tiles outside (the default) read the whole input once per
     channel tile: from memory where the input is larger than the L2 (Zen 1: 512 KiB), about
@@ -331,9 +336,20 @@ def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int) -
     1.76x the other way; 256->256 3x3 at 14x14 0.98x against 1.19x), weights past the L2 (VGG's
     128->128 3x3 at 112x112, 576 KiB: 1.08x against 1.15x), an input that fits the L2 (48->64 3x3
     stride 2 at 40x40: 0.70x against 0.76x), 3x3 stride 1 (VGG's 64->128 at 112x112 1.01x
-    against 1.05x, 64->64 at 224x224 0.98x against 1.00x). Grouped convs: not measured."""
+    against 1.05x, 64->64 at 224x224 0.98x against 1.00x). Grouped convs: not measured.
+    ``nchw_out_channels``: the input channels per group of a conv that writes NCHW (`conv2d_direct`;
+    0: not known or not NCHW). An image stem (at most IMAGE_CHANNELS of them, K = 27 for 3x3)
+    keeps its channel tiles outside: there the transposing NCHW write weighs as much as the
+    multiply-adds, and channel tiles outside write each channel plane's rows in turn (AVX2, one
+    thread, CPU time, against onnxruntime's Conv, bench/conv_tiles.py --orders, load 13, channels
+    outside -> pixels outside: 3->24 3x3 stride 2 from 224x224 (ShuffleNet's stem) 0.75x / 0.81x
+    against 0.90x / 0.91x, 3->64 0.69x against 0.76x, 3->32 0.71x against 0.77x); written NHWC
+    (`conv_nhwc.conv2d_nhwc`) the order did not matter or the pixels outside won (3->24 0.92x
+    against 0.71x), so that kernel does not pass it."""
     l2 = L2_FLOATS
     taps, step = int(np.prod(geom.kernel)), int(np.prod(geom.strides))
+    if 0 < nchw_out_channels <= IMAGE_CHANNELS:
+        return False
     return (geom.group == 1 and weight_size <= l2 and input_size > max(weight_size, l2)
             and taps < 9 * step)
 
@@ -352,7 +368,7 @@ def channel_row_block(geom: WindowGeometry, row_floats: int, w_shape, nr: int) -
     all. AVX2, one thread, CPU time, against onnxruntime's Conv (interleaved medians, load 11-13): ResNet-50's 128->128 3x3 stride 2 from 56x56 1.11-1.19x ->
     0.97-0.98x (2 rows; 1, 4, 7, 14 rows 0.97-1.03x); not taken: its 256->256 stride 2 from
     28x28, weights 2.6x its input (2 rows 1.12x -> 1.13-1.19x)."""
-    l2 = 512 * 1024 // 4  # floats
+    l2 = L2_FLOATS
     (kh, kw), (sh, sw), (dh, _) = geom.kernel, geom.strides, geom.dilations
     oh = geom.out_spatial[0]
     weight_size = int(np.prod(w_shape))

@@ -327,10 +327,28 @@ DIRECT_CONV_STEPS = ["pad_input", "tile_for_cache", "pack_array", "write_cache",
 
 
 def pad_input(sch, pad: str, lanes: int, *, parallel: bool = True):
-    """The zero-padded input is made once per call, across cores, in vectors, so the tile's
-    inner loop reads it with no bounds checks. Without this step the padding is inlined: every
-    multiply-add tests its coordinates."""
-    parallel_vectorize(sch, pad, lanes, parallel_loops=2, parallel=parallel)
+    """The zero-padded input is made once per call, in vectors, so the tile's inner loop reads
+    it with no bounds checks. Without this step the padding is inlined: every multiply-add tests
+    its coordinates. Across cores (with ``parallel``, the conv's own choice) only where the copy
+    is worth it by its own elements (`worth_parallel`): each parallel loop is a wake and a barrier
+    of the thread pool, and the copy ahead of SqueezeNet's 3x3 expand convs (16 x 57 x 57 and
+    smaller) is a few microseconds of work on one core."""
+    size = block_elements(sch, pad)
+    parallel_vectorize(sch, pad, lanes, parallel_loops=2,
+                       parallel=parallel and (size is None or worth_parallel(size)))
+
+
+def block_elements(sch, block: str) -> int | None:
+    """Elements a block writes: the product of its data-parallel axes' extents (None if one is
+    symbolic)."""
+    total = 1
+    for iv in sch.get(sch.get_sblock(block)).iter_vars:
+        if int(iv.iter_type) == 0:
+            try:
+                total *= int(iv.dom.extent)
+            except Exception:  # noqa: BLE001 - a symbolic extent
+                return None
+    return total
 
 
 def tile_direct_conv(sch, block, tile: GemmTile, *, pixels_outer: bool = False, row_block: int = 0):
