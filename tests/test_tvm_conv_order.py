@@ -162,7 +162,7 @@ def test_channel_row_block_rule(case, blocked):
     (5, 24, 3, dict(pads=[1, 1, 1, 1], strides=[2, 2]), 1),  # stride 2, a row the pixel tile does not divide
 ])
 def test_direct_conv_same_results_in_row_blocks(monkeypatch, row_blocks, lanes, rb, ci, co, k, attrs, batch):
-    monkeypatch.setattr(KC, "pixel_tiles_outer", lambda *a: False)
+    monkeypatch.setattr(KC, "pixel_tiles_outer", lambda *a, **k: False)
     monkeypatch.setattr(KC, "channel_row_block", lambda *a: rb)
     x = RNG.standard_normal((batch, ci, 13, 13)).astype(np.float32)
     w = RNG.standard_normal((co, ci, k, k)).astype(np.float32)
@@ -182,7 +182,7 @@ def test_direct_conv_same_results_in_row_blocks(monkeypatch, row_blocks, lanes, 
 def test_layout_taking_conv_same_results_in_row_blocks(monkeypatch, row_blocks, lanes, xl, yl):
     """test_tvm_nhwc's layout-pair check (padded 3x3 stride 2, 6 output rows; bias, a residual
     stored NHWC and ReLU fused) with its rows in ragged blocks of 4."""
-    monkeypatch.setattr(KN, "pixel_tiles_outer", lambda *a: False)
+    monkeypatch.setattr(KN, "pixel_tiles_outer", lambda *a, **k: False)
     monkeypatch.setattr(KN, "channel_row_block", lambda *a: 4)
     layout_pair_matches(lanes, xl, yl, 8, 20, 3, 2, (11, 11))
     assert row_blocks == [4]

@@ -266,7 +266,8 @@ def geometry(ci, co, k, hw, stride=1, dilation=1, group=1, pads=None):
     ((192, 384, 3, 6), False), ((256, 8, 3, 28), False),  # 6 pixels; 8 channels: a one-vector tile of 7
     ((16, 32, 3, 160, 2), True), ((32, 48, 3, 80, 2), True), ((128, 128, 3, 56, 2), True),  # past the L2
     ((48, 48, 3, 40, 2), False), ((48, 64, 3, 40, 2), False),  # stride 2 within the L2
-    ((256, 256, 3, 28, 2), False), ((512, 512, 3, 14, 2), False),  # stride 2 to 14x14, 7x7: 7 pixels
+    ((256, 256, 3, 28, 2), True),  # stride 2 to 14x14: the strided tile is 5 x 16 (conv.direct_tile), past the L2
+    ((512, 512, 3, 14, 2), False),  # stride 2 to 7x7: 7 pixels
     ((512, 512, 5, 28), False), ((512, 512, 7, 28), False), ((256, 256, 3, 56, 1, 2), False),  # 5x5, 7x7, dilated
     ((256, 256, 3, 56, 3), False), ((256, 256, 3, 56, 1, 1, 2), False),  # stride 3; grouped
     ((256, 256, 3, 56, 1, 1, 1, [0, 0, 0, 0]), True), ((16, 32, 3, 160, 2, 1, 1, [0, 1, 1, 0]), True),  # pads
