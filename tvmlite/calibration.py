@@ -158,12 +158,12 @@ def load_calibration(source, model: Model, *, shapes: dict | None = None, random
             raise InputError(f"calibration file {path} has no array {missing[0]!r} "
                              f"(it has {sorted(data)}; the model takes {names})")
         feeds = {n: data[n] for n in names}
-        check_feeds(model, feeds)
+        check_feeds(model, feeds, axes)
         return CalibrationData([feeds], path, axes)
     if isinstance(source, dict):
-        return CalibrationData([check_feeds(model, dict(source))], "feeds", axes)
+        return CalibrationData([check_feeds(model, dict(source), axes)], "feeds", axes)
     if isinstance(source, Iterable):
-        samples = [check_feeds(model, dict(s)) for s in source]
+        samples = [check_feeds(model, dict(s), axes) for s in source]
         return CalibrationData(samples, "iterable", axes)
     raise InputError(f"calibration data of type {type(source).__name__} is not supported")
 
@@ -174,7 +174,7 @@ def _from_dir(path: str, names: list[str], model: Model) -> list[dict]:
         raise InputError(f"calibration directory {path} has no .npy files")
     if all(f"{n}.npy" in files for n in names):
         feeds = {n: _load_npy(os.path.join(path, f"{n}.npy")) for n in names}
-        return [check_feeds(model, feeds)]
+        return [check_feeds(model, feeds, batch_axes(model))]
     if len(names) != 1:
         raise InputError(f"calibration directory {path}: the model takes {names}; give NAME.npy per input")
     samples = []

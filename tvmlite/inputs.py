@@ -137,8 +137,11 @@ def read_feeds(model: Model, inputs) -> dict:
     return dict(inputs)
 
 
-def check_feeds(model: Model, feeds: dict) -> dict:
-    """Raise InputError unless ``feeds`` gives every required input with a fitting dtype and shape."""
+def check_feeds(model: Model, feeds: dict, stacked: dict | None = None) -> dict:
+    """Raise InputError unless ``feeds`` gives every required input with a fitting dtype and shape.
+    ``stacked``: per input, the axis along which it holds a stack of examples (calibration data:
+    `calibration.batch_axes`), of any size even where the model fixes that dim (a batch-1 model
+    calibrated on 64 images, re-batched into ones)."""
     g = model.graph
     required = graph_inputs(g)
     missing = [n for n in required if n not in feeds]
@@ -160,7 +163,10 @@ def check_feeds(model: Model, feeds: dict) -> dict:
             if arr.ndim != len(shape):
                 raise InputError(f"input {name!r}: shape {arr.shape} does not fit the model's "
                                  f"{_fmt(shape)} (rank {arr.ndim} vs {len(shape)})")
-            for have, want in zip(arr.shape, shape):
+            free = (stacked or {}).get(name)
+            for axis, (have, want) in enumerate(zip(arr.shape, shape)):
+                if axis == free and have >= 1:
+                    continue
                 if isinstance(want, int) and want > 0 and have != want:
                     raise InputError(f"input {name!r}: shape {arr.shape} does not fit the model's {_fmt(shape)}")
     return feeds
