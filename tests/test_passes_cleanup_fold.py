@@ -128,3 +128,32 @@ def test_cast_of_numeric_strings_folds_like_onnxruntime():
     got = ort_run(export_model(m), {"x": x})[0]
     assert r.changed
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("layouts", [["NCHW", "NCHW"], ["NCHW", "NHWC"]])
+def test_tvmlite_op_of_constants_sized_by_its_own_rule(layouts):
+    """A QConcat (tvmlite's requantizing Concat, which the TVM backend makes before shape arithmetic
+    folds) of constants folds, sized by its registered shape rule (onnx cannot infer a tvmlite
+    op: it was left as 'output size unknown' and ran as a host call in the detector's int8 build);
+    the folded value is the kernel's, NHWC inputs included."""
+    from tvmlite.ops.qconcat import q_concat
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-1, 1, (1, 2, 3, 4)).astype(np.float32)
+    b = rng.uniform(-1, 1, (1, 3, 4, 2) if layouts[1] == "NHWC" else (1, 2, 3, 4)).astype(np.float32)
+    m = tvmlite.load(make_model([helper.make_node("Identity", ["x"], ["y"])], [tensor("x", [1])],
+                                [tensor("y", [1])], opset=13))
+    g = m.graph
+    g.add_initializer("a", a)
+    g.add_initializer("b", b)
+    attrs = {"axis": 1, "in_scales": [0.01, 0.02], "in_zero_points": [0, 3], "in_signed": [1, 0],
+             "in_layouts": layouts, "y_scale": 0.015, "y_zero_point": 2, "y_signed": 0}
+    g.add_node("QConcat", ["a", "b"], ["c"], attrs, domain="tvmlite", name="qc")
+    g.add_node("Add", ["c", "c"], ["d"], name="add")
+    g.outputs.append("d")
+    m.opsets.setdefault("tvmlite", 1)
+    r = Pipeline("fold-constants").run(m)[0]
+    assert r.changed and not any(n.op_type == "QConcat" for n in g.nodes), r.skipped
+    want = q_concat(a, b, **attrs)
+    assert want.shape == (1, 4, 3, 4)
+    np.testing.assert_array_equal(g.const_value("c"), want)
