@@ -107,6 +107,18 @@ def ort_qdq(model, feeds):
     return ort.InferenceSession(src, ort_exact_options(), providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
+def ort_unfused(model, feeds):
+    """onnxruntime running the QDQ graph as written (graph optimizations off: no fused kernels), the
+    model's exact arithmetic on every CPU; its fused kernels round differently even with VNNI (one
+    step of a conv's grid on this test suite's HardSwish chain, onnxruntime 1.32 on a Xeon)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
 # op type -> (activation input, int8 weight input, its zero point input) of the uint8 x int8 ops
 _U8S8_WEIGHTS = {"QLinearConv": (0, 3, 5), "QLinearMatMul": (0, 3, 5), "MatMulInteger": (0, 1, 3),
                  "ConvInteger": (0, 1, 3), "QGemm": (0, 3, 5), "DynamicQuantizeMatMul": (None, 1, 3),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from helpers import make_model, ort_qdq, tensor
+from helpers import make_model, ort_qdq, ort_unfused, tensor
 from test_tvm_int8 import QDQ, _out, _u8
 
 from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
@@ -57,16 +57,6 @@ def _model(out_scale: float, float_reader: bool = False, dq_reader: bool = False
     return make_model(b.nodes, [tensor("x", list(X))], outs, b.inits, opset=17)
 
 
-def _ort_qdq(model, feeds):
-    """onnxruntime running the QDQ graph as written (graph optimizations off: no fused kernels)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"]).run(None, feeds)
-
-
 @pytest.mark.parametrize("out_scale", [0.05, 0.031])
 def test_qdq_concat_and_split_run_on_integers(out_scale, tmp_path):
     from tvmlite.backends.tvm.module import load_module
@@ -92,7 +82,7 @@ def test_qdq_concat_and_split_run_on_integers(out_scale, tmp_path):
     assert any("qconcat" in c.get("func", "") for c in cm.plan["calls"])
     for _ in range(3):
         x = (RNG.standard_normal(X) * 2).astype(np.float32)
-        (got,), (ref,) = cm.run({"x": x}), _ort_qdq(model, {"x": x})
+        (got,), (ref,) = cm.run({"x": x}), ort_unfused(model, {"x": x})
         np.testing.assert_array_less(np.abs(got - ref), 0.03 + 1e-6)  # one output step
         # onnxruntime's own fused kernels (QLinearConv / QLinearConcat) round near-ties of the
         # inner layers differently and differ from its unfused run by up to 2 output steps here
@@ -100,7 +90,7 @@ def test_qdq_concat_and_split_run_on_integers(out_scale, tmp_path):
     cm.save(str(tmp_path / "m.so"))
     np.testing.assert_array_equal(load_module(str(tmp_path / "m.so")).run({"x": x})[0], got)
     tvmlite.save(prepared, str(tmp_path / "prepared.onnx"))  # QConcat's body: the unfused pattern
-    (body,) = _ort_qdq(str(tmp_path / "prepared.onnx"), {"x": x})
+    (body,) = ort_unfused(str(tmp_path / "prepared.onnx"), {"x": x})
     np.testing.assert_array_less(np.abs(body - ref), 0.03 + 1e-6)
 
 
@@ -124,7 +114,7 @@ def test_qconcat_with_a_float_reader_writes_its_float_grid_values():
     cm = compile_model(load(model), {"x": X})
     assert cm.host_ops == []
     x = (RNG.standard_normal(X) * 2).astype(np.float32)
-    for got, ref in zip(cm.run({"x": x}), _ort_qdq(model, {"x": x})):
+    for got, ref in zip(cm.run({"x": x}), ort_unfused(model, {"x": x})):
         np.testing.assert_allclose(got, ref, atol=1e-6)
 
 
