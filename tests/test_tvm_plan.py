@@ -236,6 +236,48 @@ def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypa
     assert picks == [] and cm.threads == 2
 
 
+def test_only_the_picking_runs_read_the_cpu_clock(monkeypatch):
+    """A run that does not pick calls no clock (time.thread_time is a system call, a fifth of a
+    trivial plan's run() before): the clock is read on runs 2, 2 + REPICK_FIRST, ... only."""
+    from tvmlite.backends.tvm import module
+
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setattr(module, "REPICK_FIRST", 4)
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    reads = []
+
+    class Clock:
+        @staticmethod
+        def thread_time():
+            reads.append(cm._runs)
+            return 0.0
+    monkeypatch.setattr(module, "time", Clock)
+    monkeypatch.setattr(plan_func, "pick_threads", lambda run, most: (2, {1: 2.0, 2: 1.0}))
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    for _ in range(20):
+        cm.run({"x": x})
+    assert reads == [1, 2, 5, 13]  # before runs 2, 6 and 14, and after run 2 (a large plan stops there)
+
+
+def test_inputs_of_any_float_dtype_layout_or_container_give_the_same_outputs():
+    """run() copies a float input straight into its buffer, converting as np.asarray(x, float32)
+    does: float64, a strided view, a Fortran-ordered array and nested lists give the float32
+    array's outputs; a wrong shape and a missing input are refused in one line."""
+    from tvmlite.errors import InputError
+
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    x64 = RNG.standard_normal((1, 3, 12, 12))
+    want = cm.run({"x": x64.astype(np.float32)})[0]
+    wide = np.zeros((1, 3, 12, 24))
+    wide[..., ::2] = x64
+    for x in (x64, wide[..., ::2], np.asfortranarray(x64), np.asfortranarray(x64.astype(np.float32)), x64.tolist()):
+        np.testing.assert_array_equal(cm.run({"x": x})[0], want)
+    with pytest.raises(InputError, match="has shape"):
+        cm.run({"x": x64[..., :6]})
+    with pytest.raises(InputError, match="missing input 'x'"):
+        cm.run({"y": x64})
+
+
 def test_thread_picking_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("TVMLITE_THREADS", "2")
     monkeypatch.setenv("TVMLITE_PICK_THREADS", "0")
