@@ -1,5 +1,5 @@
-"""bench/conv_tiles.py, bench/tvm_cpu_ab.py and bench/tree_ab.py: a small conv end to end, bad options
-refused in one line."""
+"""bench/conv_tiles.py, bench/tvm_cpu_ab.py, bench/tree_ab.py and bench/run_path_ab.py: a small conv end to
+end, bad options refused in one line."""
 import importlib.util
 import pathlib
 
@@ -89,3 +89,28 @@ def test_tree_ab_builds_and_times_a_small_conv(tmp_path, capsys):
     assert "B/A" in out and "max rel err A" in out
     err = float(out.split("max rel err A ")[1].split(",")[0])
     assert err < 1e-4
+
+
+def test_run_path_ab_times_one_build_through_two_trees_run_paths(tmp_path, capsys, monkeypatch):
+    """bench/run_path_ab.py: a tree_ab build run through this tree's module.py twice (as base and
+    as new), per call and in blocks; both agree and both ratios are printed."""
+    require_tvm()
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    w = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 9, 9])],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    path = tmp_path / "conv.onnx"
+    onnx.save(m, path)
+    assert _bench("tree_ab").main(["build", str(tmp_path / "a"), str(path)]) == 0
+    capsys.readouterr()
+    bench = _bench("run_path_ab")
+    root = str(SCRIPT.parents[1])
+    assert bench.main([root, str(tmp_path / "a"), str(path), "--rounds", "3"]) == 0
+    assert bench.main([root, str(tmp_path / "a"), str(path), "--rounds", "2", "--blocks", "2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and all("new/base" in line and "runs past 2x" in line for line in out)
+    assert "CPU time" in out[0] and "wall time" in out[1]

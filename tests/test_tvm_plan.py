@@ -5,6 +5,7 @@ and tampered plans are refused with one line."""
 import itertools
 import json
 import shutil
+import types
 
 import numpy as np
 import onnxruntime as ort
@@ -251,12 +252,61 @@ def test_only_the_picking_runs_read_the_cpu_clock(monkeypatch):
         def thread_time():
             reads.append(cm._runs)
             return 0.0
+
+        perf_counter = staticmethod(lambda: 0.0)  # every run on 2 threads is watched, never stalled
     monkeypatch.setattr(module, "time", Clock)
     monkeypatch.setattr(plan_func, "pick_threads", lambda run, most: (2, {1: 2.0, 2: 1.0}))
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
     for _ in range(20):
         cm.run({"x": x})
     assert reads == [1, 2, 5, 13]  # before runs 2, 6 and 14, and after run 2 (a large plan stops there)
+
+
+def test_stalled_runs_on_all_threads_fall_back_to_one_until_the_next_pick(monkeypatch):
+    """After a pick of 2 threads, STALLS runs in a row slower than STALL_RATIO x the pick's
+    one-thread mean put the plan on 1 thread; a stall followed by a normal run does not; the next
+    pick, at most REPICK_FIRST runs later, may choose 2 again, and a pick of 1 thread times nothing."""
+    from tvmlite.backends.tvm import module
+
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setattr(module, "REPICK_FIRST", 8)
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    choice = [2]
+    monkeypatch.setattr(plan_func, "pick_threads", lambda run, most: (choice[0], {1: 1.0, 2: 0.6}))  # ms
+    durations, calls, now = [], [0], [0.0]
+
+    def perf_counter():  # a watched run's start and end: each run lasts the next of ``durations``
+        calls[0] += 1
+        if calls[0] % 2 == 0:
+            now[0] += durations.pop(0) if durations else 0.0
+        return now[0]
+
+    def run(seconds):
+        durations.append(seconds)
+        cm.run({"x": x})
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(thread_time=lambda: 0.0, perf_counter=perf_counter))
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    cm.run({"x": x})
+    cm.run({"x": x})  # run 2 picks 2 threads: runs now stall past 2 x 1.0 ms
+    assert cm.threads == 2 and cm._stall_s == pytest.approx(module.STALL_RATIO * 1e-3)
+    run(0.0105)  # 10.5 ms: stalled
+    run(0.0005)  # normal again: the count starts over
+    run(0.0105)
+    assert cm.threads == 2
+    run(0.0105)  # the second stall in a row
+    assert cm.threads == 1 and cm._stall_s is None
+    while cm._runs < 9:
+        cm.run({"x": x})
+    assert cm.threads == 1
+    cm.run({"x": x})  # run 10 picks again (2 + REPICK_FIRST)
+    assert cm.threads == 2
+    run(0.0105)
+    run(0.0105)  # runs 11 and 12 stall: the next pick moves from run 26 to 20
+    assert cm.threads == 1 and cm._next_pick == 20
+    choice[0] = 1
+    while cm._runs < 20:
+        cm.run({"x": x})
+    assert cm._next_pick == 20 + 32 and cm.threads == 1 and cm._stall_s is None  # the gap kept doubling
 
 
 def test_inputs_of_any_float_dtype_layout_or_container_give_the_same_outputs():

@@ -42,6 +42,14 @@ PICK_BELOW_S = 0.02
 # 1.07-1.52x). A benchmark's second run (and an application's) is often just after such a run,
 # where its later picks, amid runs of its own, see the conditions its runs mostly meet
 REPICK_FIRST, REPICK_MAX = 8, 8192
+# ... and between picks a plan on all threads watches its runs' wall time: STALLS runs in a row
+# slower than STALL_RATIO x the pick's one-thread mean (a parallel kernel waited at its barrier for
+# a descheduled worker: TVM splits a loop statically, where onnxruntime's caller takes over) put it
+# on one thread until its next pick, at most REPICK_FIRST runs later. Each run between onnxruntime
+# runs (bench/run_path_ab.py --wall, 2 threads, load 3.4-4.4, 300 rounds), runs past twice
+# onnxruntime's median without -> with the watch: digits_cnn 36-43% -> 10-14%, digits_vgg 52-89% ->
+# 16-31%, the int8 QDQ digits 17-25% -> 2-4%; medians 0.87-0.90x, 0.22-0.47x, 0.91-0.96x
+STALL_RATIO, STALLS = 2.0, 2
 
 # -------------------------------------------------------------------------------------------- build
 def plan_of(low, prefix: str = "") -> tuple[dict, dict]:
@@ -303,6 +311,7 @@ class CompiledModel:
         self.thread_times: dict = {}  # the mean ms per run the last choice was made on
         self._runs = 0 if self.threads > 1 and picks_threads() else None
         self._next_pick, self._pick_gap = 2, REPICK_FIRST  # the run that picks, the runs to the next
+        self._stall_s, self._stalls = None, 0  # a stalled run's wall time (while watched), stalls in a row
 
     @property
     def kernel_count(self) -> int:
@@ -408,7 +417,10 @@ class CompiledModel:
     def run(self, feeds: dict) -> list[np.ndarray]:
         self.set_inputs(feeds)
         if self._runs is None or self._runs + 1 != self._next_pick:
-            self.execute()
+            if self._stall_s is None:
+                self.execute()
+            else:
+                self._watched()
             if self._runs is not None:
                 self._runs += 1
         else:  # the run that picks (the first pays for first touches: never the first)
@@ -421,8 +433,22 @@ class CompiledModel:
                 self.threads, self.thread_times = plan_func.pick_threads(self._go, host_threads())
                 self._next_pick += self._pick_gap
                 self._pick_gap = min(2 * self._pick_gap, REPICK_MAX)
+                self._stall_s = STALL_RATIO * self.thread_times[1] / 1e3 if self.threads > 1 else None
+                self._stalls = 0
         return [np.array(t) if t is not None else self._held_output(o)
                 for t, (_, o) in zip(self._output_views, self._outputs)]
+
+    def _watched(self) -> None:
+        """A run on all threads, timed: STALLS stalled runs in a row put the plan on one thread."""
+        t0 = time.perf_counter()
+        self.execute()
+        if time.perf_counter() - t0 < self._stall_s:
+            self._stalls = 0
+        else:
+            self._stalls += 1
+            if self._stalls >= STALLS:  # and picks again soon: a hiccup must not cost a long gap
+                self.threads, self._stall_s = 1, None
+                self._next_pick = min(self._next_pick, self._runs + 1 + REPICK_FIRST)
 
     def _held_output(self, o: dict):
         """An output with no buffer of its own: a host value (copied when an array) or a constant."""
