@@ -66,8 +66,8 @@ def main(argv=None) -> int:
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         cm = load_module(library(a.folder, spec))
         consts = cm._consts
-        runs = {"base": base.CompiledModel(cm.lib, cm.plan, consts).run, "new": CompiledModel(cm.lib, cm.plan, consts).run,
-                "ort": lambda f: sess.run(None, f)}
+        models = {"base": base.CompiledModel(cm.lib, cm.plan, consts), "new": CompiledModel(cm.lib, cm.plan, consts)}
+        runs = {"base": models["base"].run, "new": models["new"].run, "ort": lambda f: sess.run(None, f)}
         ref = runs["base"](feeds)[0]
         if not np.array_equal(runs["new"](feeds)[0], ref):
             print(f"run_path_ab: {spec}: the two run paths disagree", file=sys.stderr)
@@ -90,7 +90,8 @@ def main(argv=None) -> int:
               f"onnxruntime median {med['ort'] * 1e3:.3f} ms; median (best) base/ort {med['base'] / med['ort']:.3f} "
               f"({best['base'] / best['ort']:.3f}), new/ort {med['new'] / med['ort']:.3f} ({best['new'] / best['ort']:.3f}), "
               f"new/base {med['new'] / med['base']:.3f}; runs past 2x onnxruntime's median: base {slow['base']:.0%}, "
-              f"new {slow['new']:.0%}", flush=True)
+              f"new {slow['new']:.0%}; threads at the end: base {models['base'].threads}, new {models['new'].threads}",
+              flush=True)
     return 0
 
 
