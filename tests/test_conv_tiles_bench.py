@@ -71,8 +71,8 @@ def test_tree_ab_refuses_bad_arguments_in_one_line(argv, capsys):
     assert cap.out == "" and len(cap.err.strip().splitlines()) == 1 and cap.err.startswith("tree_ab: ")
 
 
-def test_tree_ab_builds_and_times_a_small_conv(tmp_path, capsys):
-    require_tvm()
+def _small_conv(tmp_path):
+    """A 4->8 3x3 conv at 9x9 saved as an .onnx file; its path."""
     w = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
     g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
@@ -82,6 +82,12 @@ def test_tree_ab_builds_and_times_a_small_conv(tmp_path, capsys):
     m.ir_version = 8
     path = tmp_path / "conv.onnx"
     onnx.save(m, path)
+    return path
+
+
+def test_tree_ab_builds_and_times_a_small_conv(tmp_path, capsys):
+    require_tvm()
+    path = _small_conv(tmp_path)
     bench = _bench("tree_ab")
     assert bench.main(["build", str(tmp_path / "a"), str(path)]) == 0
     assert bench.main(["time", str(tmp_path / "a"), str(tmp_path / "a"), str(path), "--rounds", "2"]) == 0
@@ -96,15 +102,7 @@ def test_run_path_ab_times_one_build_through_two_trees_run_paths(tmp_path, capsy
     as new), per call and in blocks; both agree and both ratios are printed."""
     require_tvm()
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    w = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
-    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 9, 9])],
-                          [numpy_helper.from_array(w, "w")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    path = tmp_path / "conv.onnx"
-    onnx.save(m, path)
+    path = _small_conv(tmp_path)
     assert _bench("tree_ab").main(["build", str(tmp_path / "a"), str(path)]) == 0
     capsys.readouterr()
     bench = _bench("run_path_ab")
