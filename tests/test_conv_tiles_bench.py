@@ -112,3 +112,14 @@ def test_run_path_ab_times_one_build_through_two_trees_run_paths(tmp_path, capsy
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 2 and all("new/base" in line and "runs past 2x" in line for line in out)
     assert "CPU time" in out[0] and "wall time" in out[1]
+
+
+def test_kernel_threads_times_each_kernel_on_one_thread_and_all(tmp_path, capsys, monkeypatch):
+    require_tvm()
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    bench = _bench("kernel_threads")
+    assert bench.main([str(_small_conv(tmp_path)), "--passes", "3"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "1 thread | 2 threads" in out[0] and "best 2/1" in out[1] and out[-1].startswith("  sum of medians")
+    assert bench.main(["no.onnx"]) == 2 and capsys.readouterr().err.startswith("kernel_threads: unknown model")
