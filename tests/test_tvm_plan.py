@@ -193,8 +193,11 @@ def test_a_small_plan_picks_its_thread_count_and_computes_the_same_on_any(monkey
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
     cm = compile_model(import_model(proto), {"x": x.shape})
     first = cm.run({"x": x})[0]
-    cm.run({"x": x})  # the second run of a small plan measures 1 thread against 2
-    assert cm.threads in (1, 2) and set(cm.thread_times) == {1, 2}
+    for _ in range(41):  # the runs after the second of a small plan measure 1 thread against 2
+        np.testing.assert_array_equal(cm.run({"x": x})[0], first)
+        if cm.thread_times:
+            break
+    assert cm.threads in (1, 2) and set(cm.thread_times) == {1, 2} and cm._trial is None
     assert cm.thread_times[cm.threads] == min(cm.thread_times.values())
     for n in (1, 2, 1):
         cm.threads = n
@@ -202,10 +205,51 @@ def test_a_small_plan_picks_its_thread_count_and_computes_the_same_on_any(monkey
         np.testing.assert_array_equal(_per_call(cm, {"x": x})[0], first)
 
 
+def test_a_pick_spreads_over_the_plans_own_runs(monkeypatch):
+    """Every run() runs the plan once, picking or not (the pick's runs used to be 16-40 extra runs
+    inside the second run() and each later picking one)."""
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    passes, go = [], cm._go
+    cm._go = lambda: (passes.append(1), go())
+    seen_trial = False
+    for i in range(1, 61):
+        cm.run({"x": x})
+        seen_trial |= getattr(cm, "_trial", None) is not None
+        assert len(passes) == i
+    assert seen_trial and cm.thread_times
+
+
+class _OneRunTrial:
+    """A stand-in for plan_func.ThreadTrial that is over after one run, choosing ``choose(most)``."""
+
+    def __init__(self, most, choose):
+        self.most, self.threads, self.choose = most, most, choose
+
+    def record(self, seconds):
+        return True
+
+    def choice(self):
+        return self.choose(self.most)
+
+
+def _one_run_trials(monkeypatch, choose, starts=None, runs_of=None):
+    """plan_func.ThreadTrial replaced by `_OneRunTrial`s; ``starts`` gets ``runs_of()`` as each
+    begins (the run that started it)."""
+    def trial(most):
+        assert most == 2  # every pick weighs 1 against all threads, whatever the last one chose
+        if starts is not None:
+            starts.append(runs_of())
+        return _OneRunTrial(most, choose)
+    monkeypatch.setattr(plan_func, "ThreadTrial", trial)
+
+
 def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypatch):
-    """Picks at run 2, then after REPICK_FIRST runs, twice as many each time up to REPICK_MAX;
-    each pick's choice is the one runs take until the next (outputs identical either way). A plan
-    whose second run takes PICK_BELOW_S or more never picks."""
+    """A pick starts at run 2, its trial runs next (one run here), the next starts REPICK_FIRST
+    runs after it ends, then twice as many each time up to REPICK_MAX; each pick's choice is the
+    one runs take until the next (outputs identical either way). A plan whose second run takes
+    PICK_BELOW_S or more never picks."""
     from tvmlite.backends.tvm import module
 
     monkeypatch.setenv("TVMLITE_THREADS", "2")
@@ -214,20 +258,14 @@ def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypa
     proto = _conv_chain()
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
     cm = compile_model(import_model(proto), {"x": x.shape})
-    picks, runs = [], [0]
-
-    def pick(run, most):
-        assert most == 2  # every pick weighs 1 against all threads, whatever the last one chose
-        picks.append(runs[0])
-        return 1 + len(picks) % 2, {1: 1.0, 2: 2.0}
-    monkeypatch.setattr(plan_func, "pick_threads", pick)
+    picks = []
+    _one_run_trials(monkeypatch, lambda most: (1 + len(picks) % 2, {1: 1.0, 2: 2.0}), picks, lambda: cm._runs)
     first = cm.run({"x": x})[0]
-    runs[0] = 1
     for i in range(2, 40):
-        runs[0] = i
         np.testing.assert_array_equal(cm.run({"x": x})[0], first)
-        assert cm.threads == 1 + len(picks) % 2
-    assert picks == [2, 4, 8, 16, 24, 32]  # gaps 2, 4, 8, then 8 (the cap)
+        if cm._trial is None and picks and cm._runs > picks[-1]:
+            assert cm.threads == 1 + len(picks) % 2
+    assert picks == [2, 5, 10, 19, 28, 37]  # each trial ends a run later; gaps 2, 4, 8, then 8 (the cap)
 
     monkeypatch.setattr(module, "PICK_BELOW_S", 0.0)
     cm = compile_model(import_model(proto), {"x": x.shape})
@@ -238,8 +276,8 @@ def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypa
 
 
 def test_only_the_picking_runs_read_the_cpu_clock(monkeypatch):
-    """A run that does not pick calls no clock (time.thread_time is a system call, a fifth of a
-    trivial plan's run() before): the clock is read on runs 2, 2 + REPICK_FIRST, ... only."""
+    """A run that does not start a pick reads no CPU clock (time.thread_time is a system call, a
+    fifth of a trivial plan's run() before): runs 2, 2 + 1 + REPICK_FIRST, ... only."""
     from tvmlite.backends.tvm import module
 
     monkeypatch.setenv("TVMLITE_THREADS", "2")
@@ -253,13 +291,13 @@ def test_only_the_picking_runs_read_the_cpu_clock(monkeypatch):
             reads.append(cm._runs)
             return 0.0
 
-        perf_counter = staticmethod(lambda: 0.0)  # every run on 2 threads is watched, never stalled
+        perf_counter = staticmethod(lambda: 0.0)  # the trial's and the watched runs' wall clock
     monkeypatch.setattr(module, "time", Clock)
-    monkeypatch.setattr(plan_func, "pick_threads", lambda run, most: (2, {1: 2.0, 2: 1.0}))
+    _one_run_trials(monkeypatch, lambda most: (2, {1: 2.0, 2: 1.0}))
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
     for _ in range(20):
         cm.run({"x": x})
-    assert reads == [1, 2, 5, 13]  # before runs 2, 6 and 14, and after run 2 (a large plan stops there)
+    assert reads == [1, 2, 6, 15]  # before runs 2, 7 and 16, and after run 2 (a large plan stops there)
 
 
 def test_stalled_runs_on_all_threads_fall_back_to_one_until_the_next_pick(monkeypatch):
@@ -272,10 +310,10 @@ def test_stalled_runs_on_all_threads_fall_back_to_one_until_the_next_pick(monkey
     monkeypatch.setattr(module, "REPICK_FIRST", 8)
     cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
     choice = [2]
-    monkeypatch.setattr(plan_func, "pick_threads", lambda run, most: (choice[0], {1: 1.0, 2: 0.6}))  # ms
+    _one_run_trials(monkeypatch, lambda most: (choice[0], {1: 1.0, 2: 0.6}))  # ms
     durations, calls, now = [], [0], [0.0]
 
-    def perf_counter():  # a watched run's start and end: each run lasts the next of ``durations``
+    def perf_counter():  # a timed run's start and end: each run lasts the next of ``durations``
         calls[0] += 1
         if calls[0] % 2 == 0:
             now[0] += durations.pop(0) if durations else 0.0
@@ -286,27 +324,27 @@ def test_stalled_runs_on_all_threads_fall_back_to_one_until_the_next_pick(monkey
         cm.run({"x": x})
     monkeypatch.setattr(module, "time", types.SimpleNamespace(thread_time=lambda: 0.0, perf_counter=perf_counter))
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
-    cm.run({"x": x})
-    cm.run({"x": x})  # run 2 picks 2 threads: runs now stall past 2 x 1.0 ms
-    assert cm.threads == 2 and cm._stall_s == pytest.approx(module.STALL_RATIO * 1e-3)
+    for _ in range(3):  # run 2 starts a pick, run 3 ends it on 2 threads: runs now stall past 2 x 1.0 ms
+        cm.run({"x": x})
+    assert cm.threads == 2 and cm._stall_s == pytest.approx(module.STALL_RATIO * 1e-3) and cm._next_pick == 11
     run(0.0105)  # 10.5 ms: stalled
     run(0.0005)  # normal again: the count starts over
     run(0.0105)
     assert cm.threads == 2
-    run(0.0105)  # the second stall in a row
-    assert cm.threads == 1 and cm._stall_s is None
-    while cm._runs < 9:
+    run(0.0105)  # the second stall in a row (run 7)
+    assert cm.threads == 1 and cm._stall_s is None and cm._next_pick == 11
+    while cm._runs < 11:  # run 11 starts a pick, run 12 ends it
         cm.run({"x": x})
     assert cm.threads == 1
-    cm.run({"x": x})  # run 10 picks again (2 + REPICK_FIRST)
-    assert cm.threads == 2
+    cm.run({"x": x})
+    assert cm.threads == 2 and cm._next_pick == 12 + 16
     run(0.0105)
-    run(0.0105)  # runs 11 and 12 stall: the next pick moves from run 26 to 20
-    assert cm.threads == 1 and cm._next_pick == 20
+    run(0.0105)  # runs 13 and 14 stall: the next pick moves from run 28 to 22 (14 + REPICK_FIRST)
+    assert cm.threads == 1 and cm._next_pick == 22
     choice[0] = 1
-    while cm._runs < 20:
+    while cm._runs < 23:
         cm.run({"x": x})
-    assert cm._next_pick == 20 + 32 and cm.threads == 1 and cm._stall_s is None  # the gap kept doubling
+    assert cm._next_pick == 23 + 32 and cm.threads == 1 and cm._stall_s is None  # the gap kept doubling
 
 
 def test_inputs_of_any_float_dtype_layout_or_container_give_the_same_outputs():
@@ -339,23 +377,20 @@ def test_thread_picking_can_be_turned_off(monkeypatch):
     assert cm.threads == 2 and cm.thread_times == {}
 
 
-def test_pick_threads_takes_the_faster_side(monkeypatch):
-    class Clock:  # a run takes 2 ms on the 2-thread setting, 1 ms on one: no real timing
-        t = 0.0
-
-        def perf_counter(self):
-            return self.t
-
-    clock = Clock()
-    monkeypatch.setattr(plan_func, "time", clock)
-
-    def run():
-        clock.t += 0.002 if getattr(plan_func._pool, "n", 1) > 1 else 0.001
-
-    best, means = plan_func.pick_threads(run, 2, rounds=2, per_round=2)
-    assert best == 1 and means == pytest.approx({1: 1.0, 2: 2.0})
-    assert plan_func._pool.n == 1  # the pool is left on the choice
-    plan_func.use_threads(2)
+@pytest.mark.parametrize("ms_on_two, runs, counted", [(2.0, 40, 15), (5.0, 16, 6)])  # counted: per side
+def test_a_thread_trial_takes_the_faster_side(ms_on_two, runs, counted):
+    """Blocks of 1 uncounted + 3 counted runs per side, 5 rounds, every other one reversed; over
+    after round 2 when one side is 3x slower. Here a run takes 1 ms on one thread."""
+    trial = plan_func.ThreadTrial(2)
+    sides = []
+    while True:
+        sides.append(trial.threads)
+        if trial.record((ms_on_two if trial.threads == 2 else 1.0) / 1e3):
+            break
+    assert len(sides) == runs and sides[:8] == [1] * 4 + [2] * 4 and sides[8:12] == [2] * 4
+    assert [len(v) for v in trial.times.values()] == [counted, counted]  # per side
+    best, means = trial.choice()
+    assert best == 1 and means == pytest.approx({1: 1.0, 2: ms_on_two})
 
 
 def test_long_runs_of_kernels_are_cut_into_short_stretches():

@@ -32,9 +32,9 @@ FORMAT = 8  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inp
 
 
 # a plan whose second run takes less CPU time (this thread's) picks its thread count by measurement
-# (plan_func.pick_threads, ~40 runs); larger plans keep every thread
+# over its next runs (plan_func.ThreadTrial, 16-40 of them); larger plans keep every thread
 PICK_BELOW_S = 0.02
-# ... and picks again after REPICK_FIRST more runs, then after twice as many each time, up to
+# ... and picks again REPICK_FIRST runs after a pick ends, then after twice as many each time, up to
 # REPICK_MAX: the conditions of one moment stay the model's for good otherwise. Another runtime's
 # pool spins on for 20-50 ms after its run and takes a core: digits_cnn's pick right after two
 # onnxruntime runs (2 threads) measured 2 threads 1.17-1.59x slower than 1 and took 1 in 12 of 12
@@ -304,14 +304,15 @@ class CompiledModel:
                         t is not None and self.input_dtypes[n] == np.float32)
                        for n, t in zip(self.input_names, self._input_views)]
         self._host_consts = {k: v for k, v in consts.items() if k not in kernel_consts}
-        # threads for the parallel kernels: all of TVM's pool until the second run of a small plan
-        # measures 1 against all, again now and then (REPICK_FIRST) ($TVMLITE_PICK_THREADS=0:
-        # never); see plan_func.pick_threads
+        # threads for the parallel kernels: all of TVM's pool until the runs after the second of a
+        # small plan measure 1 against all, again now and then (REPICK_FIRST) ($TVMLITE_PICK_THREADS=0:
+        # never); see plan_func.ThreadTrial
         self.threads = host_threads()
         self.thread_times: dict = {}  # the mean ms per run the last choice was made on
         self._runs = 0 if self.threads > 1 and picks_threads() else None
         self._next_pick, self._pick_gap = 2, REPICK_FIRST  # the run that picks, the runs to the next
         self._stall_s, self._stalls = None, 0  # a stalled run's wall time (while watched), stalls in a row
+        self._trial = None  # the pick under way (plan_func.ThreadTrial), over the runs it takes
 
     @property
     def kernel_count(self) -> int:
@@ -416,27 +417,41 @@ class CompiledModel:
 
     def run(self, feeds: dict) -> list[np.ndarray]:
         self.set_inputs(feeds)
-        if self._runs is None or self._runs + 1 != self._next_pick:
+        if self._trial is not None:
+            self._trial_run()
+        elif self._runs is None or self._runs + 1 != self._next_pick:
             if self._stall_s is None:
                 self.execute()
             else:
                 self._watched()
             if self._runs is not None:
                 self._runs += 1
-        else:  # the run that picks (the first pays for first touches: never the first)
+        else:  # the run that starts a pick (the first pays for first touches: never the first)
             t0 = time.thread_time()  # CPU time: under load the wall clock is mostly waiting
             self.execute()
             self._runs += 1
             if self._runs == 2 and time.thread_time() - t0 >= PICK_BELOW_S:
                 self._runs = None  # a large plan keeps every thread
-            else:
-                self.threads, self.thread_times = plan_func.pick_threads(self._go, host_threads())
-                self._next_pick += self._pick_gap
-                self._pick_gap = min(2 * self._pick_gap, REPICK_MAX)
-                self._stall_s = STALL_RATIO * self.thread_times[1] / 1e3 if self.threads > 1 else None
-                self._stalls = 0
+            else:  # the next runs measure 1 thread against all (plan_func.ThreadTrial)
+                self._trial, self._stall_s = plan_func.ThreadTrial(host_threads()), None
         return [np.array(t) if t is not None else self._held_output(o)
                 for t, (_, o) in zip(self._output_views, self._outputs)]
+
+    def _trial_run(self) -> None:
+        """A run of the pick's trial, on the threads it asks for; the last one makes the choice."""
+        trial = self._trial
+        self.threads = trial.threads
+        t0 = time.perf_counter()
+        self.execute()
+        over = trial.record(time.perf_counter() - t0)
+        self._runs += 1
+        if over:
+            self._trial = None
+            self.threads, self.thread_times = trial.choice()
+            self._next_pick = self._runs + self._pick_gap
+            self._pick_gap = min(2 * self._pick_gap, REPICK_MAX)
+            self._stall_s = STALL_RATIO * self.thread_times[1] / 1e3 if self.threads > 1 else None
+            self._stalls = 0
 
     def _watched(self) -> None:
         """A run on all threads, timed: STALLS stalled runs in a row put the plan on one thread."""
