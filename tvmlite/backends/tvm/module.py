@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from tvmlite.backends.tvm import artifact_check, host, params, plan_func, storage
+from tvmlite.backends.tvm import artifact_check, host, params, plan_func, storage, thread_choice
 from tvmlite.backends.tvm.concat_views import resolve as resolve_slices
 from tvmlite.backends.tvm.kernels.target import host_threads, import_tvm
 from tvmlite.errors import InputError, TvmliteError
@@ -30,26 +30,6 @@ FORMAT = 8  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inp
 # 7: intermediate buffers share "blocks" by liveness (storage.py); 8: tenants at an "offset" in one
 # block per dtype
 
-
-# a plan whose second run takes less CPU time (this thread's) picks its thread count by measurement
-# over its next runs (plan_func.ThreadTrial, 16-40 of them); larger plans keep every thread
-PICK_BELOW_S = 0.02
-# ... and picks again REPICK_FIRST runs after a pick ends, then after twice as many each time, up to
-# REPICK_MAX: the conditions of one moment stay the model's for good otherwise. Another runtime's
-# pool spins on for 20-50 ms after its run and takes a core: digits_cnn's pick right after two
-# onnxruntime runs (2 threads) measured 2 threads 1.17-1.59x slower than 1 and took 1 in 12 of 12
-# tries (load 10), after a 100 ms pause 0.73-1.06x and took 2 in 4 of 6 (after 2-20 ms still
-# 1.07-1.52x). A benchmark's second run (and an application's) is often just after such a run,
-# where its later picks, amid runs of its own, see the conditions its runs mostly meet
-REPICK_FIRST, REPICK_MAX = 8, 8192
-# ... and between picks a plan on all threads watches its runs' wall time: STALLS runs in a row
-# slower than STALL_RATIO x the pick's one-thread mean (a parallel kernel waited at its barrier for
-# a descheduled worker: TVM splits a loop statically, where onnxruntime's caller takes over) put it
-# on one thread until its next pick, at most REPICK_FIRST runs later. Each run between onnxruntime
-# runs (bench/run_path_ab.py --wall, 2 threads, load 3.4-4.4, 300 rounds), runs past twice
-# onnxruntime's median without -> with the watch: digits_cnn 36-43% -> 10-14%, digits_vgg 52-89% ->
-# 16-31%, the int8 QDQ digits 17-25% -> 2-4%; medians 0.87-0.90x, 0.22-0.47x, 0.91-0.96x
-STALL_RATIO, STALLS = 2.0, 2
 
 # -------------------------------------------------------------------------------------------- build
 def plan_of(low, prefix: str = "") -> tuple[dict, dict]:
@@ -305,14 +285,22 @@ class CompiledModel:
                        for n, t in zip(self.input_names, self._input_views)]
         self._host_consts = {k: v for k, v in consts.items() if k not in kernel_consts}
         # threads for the parallel kernels: all of TVM's pool until the runs after the second of a
-        # small plan measure 1 against all, again now and then (REPICK_FIRST) ($TVMLITE_PICK_THREADS=0:
-        # never); see plan_func.ThreadTrial
-        self.threads = host_threads()
-        self.thread_times: dict = {}  # the mean ms per run the last choice was made on
-        self._runs = 0 if self.threads > 1 and picks_threads() else None
-        self._next_pick, self._pick_gap = 2, REPICK_FIRST  # the run that picks, the runs to the next
-        self._stall_s, self._stalls = None, 0  # a stalled run's wall time (while watched), stalls in a row
-        self._trial = None  # the pick under way (plan_func.ThreadTrial), over the runs it takes
+        # small plan measure 1 against all, again now and then ($TVMLITE_PICK_THREADS=0: never)
+        self._choice = thread_choice.ThreadChoice(host_threads(), picks_threads())
+
+    @property
+    def threads(self) -> int:
+        """The threads the next run's parallel kernels use (thread_choice.py)."""
+        return self._choice.threads
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        self._choice.threads = n
+
+    @property
+    def thread_times(self) -> dict:
+        """The mean ms per run on 1 and on all threads the last pick was made on ({}: none yet)."""
+        return self._choice.times
 
     @property
     def kernel_count(self) -> int:
@@ -409,6 +397,15 @@ class CompiledModel:
         plan_func.use_threads(self.threads)
         self._go()
 
+    def warm_up(self, feeds: dict, most: int = 64) -> int:
+        """Run until a small plan has picked its threads (at most ``most`` runs), so the runs
+        after it, timed by a benchmark, all use the choice; the runs made."""
+        for n in range(1, most + 1):
+            self.run(feeds)
+            if self._choice.settled:
+                return n
+        return most
+
     def execute_per_call(self) -> None:
         """The plan one kernel call at a time from Python (the reference for the stretches)."""
         plan_func.use_threads(self.threads)
@@ -417,53 +414,9 @@ class CompiledModel:
 
     def run(self, feeds: dict) -> list[np.ndarray]:
         self.set_inputs(feeds)
-        if self._trial is not None:
-            self._trial_run()
-        elif self._runs is None or self._runs + 1 != self._next_pick:
-            if self._stall_s is None:
-                self.execute()
-            else:
-                self._watched()
-            if self._runs is not None:
-                self._runs += 1
-        else:  # the run that starts a pick (the first pays for first touches: never the first)
-            t0 = time.thread_time()  # CPU time: under load the wall clock is mostly waiting
-            self.execute()
-            self._runs += 1
-            if self._runs == 2 and time.thread_time() - t0 >= PICK_BELOW_S:
-                self._runs = None  # a large plan keeps every thread
-            else:  # the next runs measure 1 thread against all (plan_func.ThreadTrial)
-                self._trial, self._stall_s = plan_func.ThreadTrial(host_threads()), None
+        self._choice.run(self.execute)
         return [np.array(t) if t is not None else self._held_output(o)
                 for t, (_, o) in zip(self._output_views, self._outputs)]
-
-    def _trial_run(self) -> None:
-        """A run of the pick's trial, on the threads it asks for; the last one makes the choice."""
-        trial = self._trial
-        self.threads = trial.threads
-        t0 = time.perf_counter()
-        self.execute()
-        over = trial.record(time.perf_counter() - t0)
-        self._runs += 1
-        if over:
-            self._trial = None
-            self.threads, self.thread_times = trial.choice()
-            self._next_pick = self._runs + self._pick_gap
-            self._pick_gap = min(2 * self._pick_gap, REPICK_MAX)
-            self._stall_s = STALL_RATIO * self.thread_times[1] / 1e3 if self.threads > 1 else None
-            self._stalls = 0
-
-    def _watched(self) -> None:
-        """A run on all threads, timed: STALLS stalled runs in a row put the plan on one thread."""
-        t0 = time.perf_counter()
-        self.execute()
-        if time.perf_counter() - t0 < self._stall_s:
-            self._stalls = 0
-        else:
-            self._stalls += 1
-            if self._stalls >= STALLS:  # and picks again soon: a hiccup must not cost a long gap
-                self.threads, self._stall_s = 1, None
-                self._next_pick = min(self._next_pick, self._runs + 1 + REPICK_FIRST)
 
     def _held_output(self, o: dict):
         """An output with no buffer of its own: a host value (copied when an array) or a constant."""

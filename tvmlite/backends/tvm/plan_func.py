@@ -13,7 +13,7 @@ Why: a packed call from Python is cheap (0.15-0.4 us measured, bench/plan_overhe
 two Python calls the interpreter can be descheduled, and each call re-checks every DLTensor; one
 compiled call per stretch removes both (shufflenet at 2 threads, loaded: 4.18x -> 1.49x of
 onnxruntime). What remains between kernels is the thread pool's wake-up and barrier per parallel
-kernel and cold caches, which is why small plans also pick their thread count (ThreadTrial).
+kernel and cold caches, which is why small plans also pick their thread count (thread_choice.py).
 """
 from __future__ import annotations
 
@@ -273,47 +273,3 @@ def use_threads(n: int) -> None:
     if getattr(_pool, "n", None) != n:
         import_tvm().get_global_func("runtime.config_threadpool")(0, int(n))
         _pool.n = n
-
-
-class ThreadTrial:
-    """The faster of 1 and ``most`` threads for a plan, measured over its next runs: each run of
-    the trial is one of the plan's real runs, made on the side the trial asks for and timed (wall
-    clock) with `record`, in blocks of ``per_round`` + 1 runs per side, ``rounds`` rounds, every
-    other round in reverse order; the first run of a block wakes or settles the pool and is not
-    counted. A small plan's parallel kernels can lose more to waking the pool and waiting at its
-    barrier than they gain: on a busy machine always (a descheduled worker stalls every parallel
-    kernel), on a quiet one for the smallest models. Before, the pick made all its 16-40 runs inside
-    one call: digits_cnn's runs 2, 10, 26, 58 and 122 each took 42-56x a run (2 threads, load 2-4),
-    and its first 130 runs 343 runs' time."""
-
-    def __init__(self, most: int, rounds: int = 5, per_round: int = 3):
-        self.most = most
-        self.steps = []  # (threads, counted, last run of an odd round)
-        for r in range(rounds):
-            for k, n in enumerate((1, most) if r % 2 == 0 else (most, 1)):
-                self.steps += [(n, i > 0, r % 2 == 1 and k == 1 and i == per_round) for i in range(per_round + 1)]
-        self.i = 0
-        self.times: dict[int, list] = {1: [], most: []}
-
-    @property
-    def threads(self) -> int:
-        """The threads the next run of the trial is to use."""
-        return self.steps[self.i][0]
-
-    def record(self, seconds: float) -> bool:
-        """The run just made on `threads` took ``seconds``; whether the trial is over."""
-        n, counted, check = self.steps[self.i]
-        if counted:
-            self.times[n].append(seconds)
-        self.i += 1
-        if check:  # clear already (a busy machine): the slow side's runs are the costly ones
-            m1, mm = float(np.mean(self.times[1])), float(np.mean(self.times[self.most]))
-            if max(m1, mm) > 3 * min(m1, mm):
-                return True
-        return self.i == len(self.steps)
-
-    def choice(self) -> tuple[int, dict]:
-        """(threads, {threads: mean ms}): means, not medians, since a parallel run stalled by a
-        descheduled worker is what the choice is about."""
-        means = {n: float(np.mean(v)) * 1e3 for n, v in self.times.items()}
-        return (1 if means[1] <= means[self.most] else self.most), means
