@@ -1,5 +1,5 @@
-"""bench/conv_tiles.py, bench/tvm_cpu_ab.py and bench/tree_ab.py: a small conv end to end, bad options
-refused in one line."""
+"""bench/conv_tiles.py, bench/tvm_cpu_ab.py, bench/tree_ab.py and bench/run_path_ab.py: a small conv end to
+end, bad options refused in one line."""
 import importlib.util
 import pathlib
 
@@ -71,8 +71,8 @@ def test_tree_ab_refuses_bad_arguments_in_one_line(argv, capsys):
     assert cap.out == "" and len(cap.err.strip().splitlines()) == 1 and cap.err.startswith("tree_ab: ")
 
 
-def test_tree_ab_builds_and_times_a_small_conv(tmp_path, capsys):
-    require_tvm()
+def _small_conv(tmp_path):
+    """A 4->8 3x3 conv at 9x9 saved as an .onnx file; its path."""
     w = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
     g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
@@ -82,6 +82,12 @@ def test_tree_ab_builds_and_times_a_small_conv(tmp_path, capsys):
     m.ir_version = 8
     path = tmp_path / "conv.onnx"
     onnx.save(m, path)
+    return path
+
+
+def test_tree_ab_builds_and_times_a_small_conv(tmp_path, capsys):
+    require_tvm()
+    path = _small_conv(tmp_path)
     bench = _bench("tree_ab")
     assert bench.main(["build", str(tmp_path / "a"), str(path)]) == 0
     assert bench.main(["time", str(tmp_path / "a"), str(tmp_path / "a"), str(path), "--rounds", "2"]) == 0
@@ -89,3 +95,31 @@ def test_tree_ab_builds_and_times_a_small_conv(tmp_path, capsys):
     assert "B/A" in out and "max rel err A" in out
     err = float(out.split("max rel err A ")[1].split(",")[0])
     assert err < 1e-4
+
+
+def test_run_path_ab_times_one_build_through_two_trees_run_paths(tmp_path, capsys, monkeypatch):
+    """bench/run_path_ab.py: a tree_ab build run through this tree's module.py twice (as base and
+    as new), per call and in blocks; both agree and both ratios are printed."""
+    require_tvm()
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    path = _small_conv(tmp_path)
+    assert _bench("tree_ab").main(["build", str(tmp_path / "a"), str(path)]) == 0
+    capsys.readouterr()
+    bench = _bench("run_path_ab")
+    root = str(SCRIPT.parents[1])
+    assert bench.main([root, str(tmp_path / "a"), str(path), "--rounds", "3"]) == 0
+    assert bench.main([root, str(tmp_path / "a"), str(path), "--rounds", "2", "--blocks", "2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and all("new/base" in line and "runs past 2x" in line for line in out)
+    assert "CPU time" in out[0] and "wall time" in out[1]
+
+
+def test_kernel_threads_times_each_kernel_on_one_thread_and_all(tmp_path, capsys, monkeypatch):
+    require_tvm()
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    bench = _bench("kernel_threads")
+    assert bench.main([str(_small_conv(tmp_path)), "--passes", "3"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "1 thread | 2 threads" in out[0] and "best 2/1" in out[1] and out[-1].startswith("  sum of medians")
+    assert bench.main(["no.onnx"]) == 2 and capsys.readouterr().err.startswith("kernel_threads: unknown model")

@@ -5,6 +5,7 @@ and tampered plans are refused with one line."""
 import itertools
 import json
 import shutil
+import types
 
 import numpy as np
 import onnxruntime as ort
@@ -22,7 +23,7 @@ from test_tvm_int8 import _conv_qdq  # noqa: E402
 from tvmlite.backends.tvm import compile_model, load_module  # noqa: E402
 from tvmlite.backends.tvm.artifact_check import ArtifactError  # noqa: E402
 from tvmlite.backends.tvm.module import FORMAT  # noqa: E402
-from tvmlite.backends.tvm import plan_func  # noqa: E402
+from tvmlite.backends.tvm import plan_func, thread_choice  # noqa: E402
 from tvmlite.backends.tvm.plan_func import MAX_STRETCH, stretch_spans  # noqa: E402
 from tvmlite.frontend.onnx_import import import_model  # noqa: E402
 
@@ -192,8 +193,11 @@ def test_a_small_plan_picks_its_thread_count_and_computes_the_same_on_any(monkey
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
     cm = compile_model(import_model(proto), {"x": x.shape})
     first = cm.run({"x": x})[0]
-    cm.run({"x": x})  # the second run of a small plan measures 1 thread against 2
-    assert cm.threads in (1, 2) and set(cm.thread_times) == {1, 2}
+    for _ in range(41):  # the runs after the second of a small plan measure 1 thread against 2
+        np.testing.assert_array_equal(cm.run({"x": x})[0], first)
+        if cm.thread_times:
+            break
+    assert cm.threads in (1, 2) and set(cm.thread_times) == {1, 2} and cm._choice.trial is None
     assert cm.thread_times[cm.threads] == min(cm.thread_times.values())
     for n in (1, 2, 1):
         cm.threads = n
@@ -201,39 +205,173 @@ def test_a_small_plan_picks_its_thread_count_and_computes_the_same_on_any(monkey
         np.testing.assert_array_equal(_per_call(cm, {"x": x})[0], first)
 
 
-def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypatch):
-    """Picks at run 2, then after REPICK_FIRST runs, twice as many each time up to REPICK_MAX;
-    each pick's choice is the one runs take until the next (outputs identical either way). A plan
-    whose second run takes PICK_BELOW_S or more never picks."""
-    from tvmlite.backends.tvm import module
-
+def test_a_pick_spreads_over_the_plans_own_runs(monkeypatch):
+    """Every run() runs the plan once, picking or not (the pick's runs used to be 16-40 extra runs
+    inside the second run() and each later picking one)."""
     monkeypatch.setenv("TVMLITE_THREADS", "2")
-    monkeypatch.setattr(module, "REPICK_FIRST", 2)
-    monkeypatch.setattr(module, "REPICK_MAX", 8)
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    passes, go = [], cm._go
+    cm._go = lambda: (passes.append(1), go())
+    seen_trial = False
+    for i in range(1, 61):
+        cm.run({"x": x})
+        seen_trial |= getattr(getattr(cm, "_choice", None), "trial", None) is not None
+        assert len(passes) == i
+    assert seen_trial and cm.thread_times
+
+
+def test_warm_up_runs_until_the_pick_is_made(monkeypatch):
+    """warm_up runs a small plan through its first pick (run 2 starts it, its trial takes 16-40
+    runs), then stops; one run where there is nothing to pick."""
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    x = {"x": RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)}
+    n = cm.warm_up(x)
+    assert 2 + 16 <= n <= 2 + 40 and cm._choice.settled and set(cm.thread_times) == {1, 2}
+    assert cm.warm_up(x) == 1
+    monkeypatch.setenv("TVMLITE_PICK_THREADS", "0")
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    assert cm.warm_up(x) == 1 and cm.thread_times == {}
+
+
+class _OneRunTrial:
+    """A stand-in for thread_choice.ThreadTrial that is over after one run, choosing ``choose(most)``."""
+
+    def __init__(self, most, choose):
+        self.most, self.threads, self.choose = most, most, choose
+
+    def record(self, seconds):
+        return True
+
+    def choice(self):
+        return self.choose(self.most)
+
+
+def _one_run_trials(monkeypatch, choose, starts=None, runs_of=None):
+    """thread_choice.ThreadTrial replaced by `_OneRunTrial`s; ``starts`` gets ``runs_of()`` as each
+    begins (the run that started it)."""
+    def trial(most):
+        assert most == 2  # every pick weighs 1 against all threads, whatever the last one chose
+        if starts is not None:
+            starts.append(runs_of())
+        return _OneRunTrial(most, choose)
+    monkeypatch.setattr(thread_choice, "ThreadTrial", trial)
+
+
+def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypatch):
+    """A pick starts at run 2, its trial runs next (one run here), the next starts REPICK_FIRST
+    runs after it ends, then twice as many each time up to REPICK_MAX; each pick's choice is the
+    one runs take until the next (outputs identical either way). A plan whose second run takes
+    PICK_BELOW_S or more never picks."""
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setattr(thread_choice, "REPICK_FIRST", 2)
+    monkeypatch.setattr(thread_choice, "REPICK_MAX", 8)
     proto = _conv_chain()
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
     cm = compile_model(import_model(proto), {"x": x.shape})
-    picks, runs = [], [0]
-
-    def pick(run, most):
-        assert most == 2  # every pick weighs 1 against all threads, whatever the last one chose
-        picks.append(runs[0])
-        return 1 + len(picks) % 2, {1: 1.0, 2: 2.0}
-    monkeypatch.setattr(plan_func, "pick_threads", pick)
+    picks = []
+    _one_run_trials(monkeypatch, lambda most: (1 + len(picks) % 2, {1: 1.0, 2: 2.0}), picks, lambda: cm._choice.runs)
     first = cm.run({"x": x})[0]
-    runs[0] = 1
     for i in range(2, 40):
-        runs[0] = i
         np.testing.assert_array_equal(cm.run({"x": x})[0], first)
-        assert cm.threads == 1 + len(picks) % 2
-    assert picks == [2, 4, 8, 16, 24, 32]  # gaps 2, 4, 8, then 8 (the cap)
+        if cm._choice.trial is None and picks and cm._choice.runs > picks[-1]:
+            assert cm.threads == 1 + len(picks) % 2
+    assert picks == [2, 5, 10, 19, 28, 37]  # each trial ends a run later; gaps 2, 4, 8, then 8 (the cap)
 
-    monkeypatch.setattr(module, "PICK_BELOW_S", 0.0)
+    monkeypatch.setattr(thread_choice, "PICK_BELOW_S", 0.0)
     cm = compile_model(import_model(proto), {"x": x.shape})
     picks.clear()
     for i in range(20):
         cm.run({"x": x})
     assert picks == [] and cm.threads == 2
+
+
+def test_only_the_picking_runs_read_the_cpu_clock(monkeypatch):
+    """A run that does not start a pick reads no CPU clock (time.thread_time is a system call, a
+    fifth of a trivial plan's run() before): runs 2, 2 + 1 + REPICK_FIRST, ... only."""
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setattr(thread_choice, "REPICK_FIRST", 4)
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    reads = []
+
+    class Clock:
+        @staticmethod
+        def thread_time():
+            reads.append(cm._choice.runs)
+            return 0.0
+
+        perf_counter = staticmethod(lambda: 0.0)  # the trial's and the watched runs' wall clock
+    monkeypatch.setattr(thread_choice, "time", Clock)
+    _one_run_trials(monkeypatch, lambda most: (2, {1: 2.0, 2: 1.0}))
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    for _ in range(20):
+        cm.run({"x": x})
+    assert reads == [1, 2, 6, 15]  # before runs 2, 7 and 16, and after run 2 (a large plan stops there)
+
+
+def test_stalled_runs_on_all_threads_fall_back_to_one_until_the_next_pick(monkeypatch):
+    """After a pick of 2 threads, STALLS runs in a row slower than STALL_RATIO x the pick's
+    one-thread mean put the plan on 1 thread; a stall followed by a normal run does not; the next
+    pick, at most REPICK_FIRST runs later, may choose 2 again, and a pick of 1 thread times nothing."""
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setattr(thread_choice, "REPICK_FIRST", 8)
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    choice = [2]
+    _one_run_trials(monkeypatch, lambda most: (choice[0], {1: 1.0, 2: 0.6}))  # ms
+    durations, calls, now = [], [0], [0.0]
+
+    def perf_counter():  # a timed run's start and end: each run lasts the next of ``durations``
+        calls[0] += 1
+        if calls[0] % 2 == 0:
+            now[0] += durations.pop(0) if durations else 0.0
+        return now[0]
+
+    def run(seconds):
+        durations.append(seconds)
+        cm.run({"x": x})
+    monkeypatch.setattr(thread_choice, "time", types.SimpleNamespace(thread_time=lambda: 0.0, perf_counter=perf_counter))
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    for _ in range(3):  # run 2 starts a pick, run 3 ends it on 2 threads: runs now stall past 2 x 1.0 ms
+        cm.run({"x": x})
+    assert cm.threads == 2 and cm._choice.stall_s == pytest.approx(thread_choice.STALL_RATIO * 1e-3) and cm._choice.next_pick == 11
+    run(0.0105)  # 10.5 ms: stalled
+    run(0.0005)  # normal again: the count starts over
+    run(0.0105)
+    assert cm.threads == 2
+    run(0.0105)  # the second stall in a row (run 7)
+    assert cm.threads == 1 and cm._choice.stall_s is None and cm._choice.next_pick == 11
+    while cm._choice.runs < 11:  # run 11 starts a pick, run 12 ends it
+        cm.run({"x": x})
+    assert cm.threads == 1
+    cm.run({"x": x})
+    assert cm.threads == 2 and cm._choice.next_pick == 12 + 16
+    run(0.0105)
+    run(0.0105)  # runs 13 and 14 stall: the next pick moves from run 28 to 22 (14 + REPICK_FIRST)
+    assert cm.threads == 1 and cm._choice.next_pick == 22
+    choice[0] = 1
+    while cm._choice.runs < 23:
+        cm.run({"x": x})
+    assert cm._choice.next_pick == 23 + 32 and cm.threads == 1 and cm._choice.stall_s is None  # the gap kept doubling
+
+
+def test_inputs_of_any_float_dtype_layout_or_container_give_the_same_outputs():
+    """run() copies a float input straight into its buffer, converting as np.asarray(x, float32)
+    does: float64, a strided view, a Fortran-ordered array and nested lists give the float32
+    array's outputs; a wrong shape and a missing input are refused in one line."""
+    from tvmlite.errors import InputError
+
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    x64 = RNG.standard_normal((1, 3, 12, 12))
+    want = cm.run({"x": x64.astype(np.float32)})[0]
+    wide = np.zeros((1, 3, 12, 24))
+    wide[..., ::2] = x64
+    for x in (x64, wide[..., ::2], np.asfortranarray(x64), np.asfortranarray(x64.astype(np.float32)), x64.tolist()):
+        np.testing.assert_array_equal(cm.run({"x": x})[0], want)
+    with pytest.raises(InputError, match="has shape"):
+        cm.run({"x": x64[..., :6]})
+    with pytest.raises(InputError, match="missing input 'x'"):
+        cm.run({"y": x64})
 
 
 def test_thread_picking_can_be_turned_off(monkeypatch):
@@ -247,23 +385,20 @@ def test_thread_picking_can_be_turned_off(monkeypatch):
     assert cm.threads == 2 and cm.thread_times == {}
 
 
-def test_pick_threads_takes_the_faster_side(monkeypatch):
-    class Clock:  # a run takes 2 ms on the 2-thread setting, 1 ms on one: no real timing
-        t = 0.0
-
-        def perf_counter(self):
-            return self.t
-
-    clock = Clock()
-    monkeypatch.setattr(plan_func, "time", clock)
-
-    def run():
-        clock.t += 0.002 if getattr(plan_func._pool, "n", 1) > 1 else 0.001
-
-    best, means = plan_func.pick_threads(run, 2, rounds=2, per_round=2)
-    assert best == 1 and means == pytest.approx({1: 1.0, 2: 2.0})
-    assert plan_func._pool.n == 1  # the pool is left on the choice
-    plan_func.use_threads(2)
+@pytest.mark.parametrize("ms_on_two, runs, counted", [(2.0, 40, 15), (5.0, 16, 6)])  # counted: per side
+def test_a_thread_trial_takes_the_faster_side(ms_on_two, runs, counted):
+    """Blocks of 1 uncounted + 3 counted runs per side, 5 rounds, every other one reversed; over
+    after round 2 when one side is 3x slower. Here a run takes 1 ms on one thread."""
+    trial = thread_choice.ThreadTrial(2)
+    sides = []
+    while True:
+        sides.append(trial.threads)
+        if trial.record((ms_on_two if trial.threads == 2 else 1.0) / 1e3):
+            break
+    assert len(sides) == runs and sides[:8] == [1] * 4 + [2] * 4 and sides[8:12] == [2] * 4
+    assert [len(v) for v in trial.times.values()] == [counted, counted]  # per side
+    best, means = trial.choice()
+    assert best == 1 and means == pytest.approx({1: 1.0, 2: ms_on_two})
 
 
 def test_long_runs_of_kernels_are_cut_into_short_stretches():

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from tvmlite.backends.tvm import artifact_check, host, params, plan_func, storage
+from tvmlite.backends.tvm import artifact_check, host, params, plan_func, storage, thread_choice
 from tvmlite.backends.tvm.concat_views import resolve as resolve_slices
 from tvmlite.backends.tvm.kernels.target import host_threads, import_tvm
 from tvmlite.errors import InputError, TvmliteError
@@ -30,18 +30,6 @@ FORMAT = 8  # 2: host calls, input dtypes, opsets; 3: buffer dtypes (integer inp
 # 7: intermediate buffers share "blocks" by liveness (storage.py); 8: tenants at an "offset" in one
 # block per dtype
 
-
-# a plan whose second run takes less CPU time (this thread's) picks its thread count by measurement
-# (plan_func.pick_threads, ~40 runs); larger plans keep every thread
-PICK_BELOW_S = 0.02
-# ... and picks again after REPICK_FIRST more runs, then after twice as many each time, up to
-# REPICK_MAX: the conditions of one moment stay the model's for good otherwise. Another runtime's
-# pool spins on for 20-50 ms after its run and takes a core: digits_cnn's pick right after two
-# onnxruntime runs (2 threads) measured 2 threads 1.17-1.59x slower than 1 and took 1 in 12 of 12
-# tries (load 10), after a 100 ms pause 0.73-1.06x and took 2 in 4 of 6 (after 2-20 ms still
-# 1.07-1.52x). A benchmark's second run (and an application's) is often just after such a run,
-# where its later picks, amid runs of its own, see the conditions its runs mostly meet
-REPICK_FIRST, REPICK_MAX = 8, 8192
 
 # -------------------------------------------------------------------------------------------- build
 def plan_of(low, prefix: str = "") -> tuple[dict, dict]:
@@ -290,14 +278,29 @@ class CompiledModel:
         # np.array of a view (a [1, 512] input), a tenth of a 1 ms model with 2 inputs and 2 outputs
         self._input_views = [None if t is None else np.from_dlpack(t) for t in self._inputs]
         self._output_views = [None if t is None else np.from_dlpack(t) for t, _ in self._outputs]
+        # per input (name, buffer view or None, shape, dtype, whether it goes straight into its
+        # buffer): a float input a kernel reads is converted by the copy itself (set_inputs)
+        self._feeds = [(n, t, self.input_shapes[n], self.input_dtypes[n],
+                        t is not None and self.input_dtypes[n] == np.float32)
+                       for n, t in zip(self.input_names, self._input_views)]
         self._host_consts = {k: v for k, v in consts.items() if k not in kernel_consts}
-        # threads for the parallel kernels: all of TVM's pool until the second run of a small plan
-        # measures 1 against all, again now and then (REPICK_FIRST) ($TVMLITE_PICK_THREADS=0:
-        # never); see plan_func.pick_threads
-        self.threads = host_threads()
-        self.thread_times: dict = {}  # the mean ms per run the last choice was made on
-        self._runs = 0 if self.threads > 1 and picks_threads() else None
-        self._next_pick, self._pick_gap = 2, REPICK_FIRST  # the run that picks, the runs to the next
+        # threads for the parallel kernels: all of TVM's pool until the runs after the second of a
+        # small plan measure 1 against all, again now and then ($TVMLITE_PICK_THREADS=0: never)
+        self._choice = thread_choice.ThreadChoice(host_threads(), picks_threads())
+
+    @property
+    def threads(self) -> int:
+        """The threads the next run's parallel kernels use (thread_choice.py)."""
+        return self._choice.threads
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        self._choice.threads = n
+
+    @property
+    def thread_times(self) -> dict:
+        """The mean ms per run on 1 and on all threads the last pick was made on ({}: none yet)."""
+        return self._choice.times
 
     @property
     def kernel_count(self) -> int:
@@ -325,18 +328,20 @@ class CompiledModel:
         return problem_list(self.plan.get("host_ops", []))
 
     def set_inputs(self, feeds: dict) -> None:
-        for name, t in zip(self.input_names, self._input_views):
+        for name, t, shape, dt, direct in self._feeds:
             if name not in feeds:
                 raise InputError(f"missing input {name!r}")
-            a = np.asarray(feeds[name])
-            if tuple(a.shape) != self.input_shapes[name]:
+            a = feeds[name]
+            if type(a) is not np.ndarray:
+                a = np.asarray(a)
+            if a.shape != shape:
                 raise InputError(f"input {name!r} has shape {tuple(a.shape)}, the TVM build expects "
-                                 f"{self.input_shapes[name]} (build again for other shapes)")
-            dt = self.input_dtypes[name]
-            if t is None or dt != np.float32:  # host calls read non-float inputs from here
-                c = self._env[name] = np.array(a, dtype=dt)  # a C-ordered copy the kernels read too
-            else:
-                c = np.asarray(a, dtype=dt, order="C")  # ascontiguousarray makes 0-d 1-d
+                                 f"{shape} (build again for other shapes)")
+            if direct:  # one pass: the copy converts (as np.asarray(a, float32) would) and gathers strides
+                np.copyto(t, a, casting="unsafe")
+                continue
+            # host calls read non-float inputs from here: a C-ordered copy the kernels read too
+            c = self._env[name] = np.array(a, dtype=dt)
             if t is not None:
                 np.copyto(t, c)
 
@@ -392,6 +397,15 @@ class CompiledModel:
         plan_func.use_threads(self.threads)
         self._go()
 
+    def warm_up(self, feeds: dict, most: int = 64) -> int:
+        """Run until a small plan has picked its threads (at most ``most`` runs), so the runs
+        after it, timed by a benchmark, all use the choice; the runs made."""
+        for n in range(1, most + 1):
+            self.run(feeds)
+            if self._choice.settled:
+                return n
+        return most
+
     def execute_per_call(self) -> None:
         """The plan one kernel call at a time from Python (the reference for the stretches)."""
         plan_func.use_threads(self.threads)
@@ -400,27 +414,16 @@ class CompiledModel:
 
     def run(self, feeds: dict) -> list[np.ndarray]:
         self.set_inputs(feeds)
-        if self._runs is None:
-            self.execute()
-        else:
-            t0 = time.thread_time()  # CPU time: under load the wall clock is mostly waiting
-            self.execute()
-            self._runs += 1
-            if self._runs == self._next_pick:  # the first run pays for first touches: never the first
-                if self._runs == 2 and time.thread_time() - t0 >= PICK_BELOW_S:
-                    self._runs = None  # a large plan keeps every thread
-                else:
-                    self.threads, self.thread_times = plan_func.pick_threads(self._go, host_threads())
-                    self._next_pick += self._pick_gap
-                    self._pick_gap = min(2 * self._pick_gap, REPICK_MAX)
-        out = []
-        for (_, o), t in zip(self._outputs, self._output_views):
-            if o.get("host"):
-                v = self._env[o["name"]]
-                out.append(np.array(v) if isinstance(v, np.ndarray) else v)
-            else:
-                out.append(host.loaded(np.array(self._host_consts[o["buffer"]])) if t is None else np.array(t))
-        return out
+        self._choice.run(self.execute)
+        return [np.array(t) if t is not None else self._held_output(o)
+                for t, (_, o) in zip(self._output_views, self._outputs)]
+
+    def _held_output(self, o: dict):
+        """An output with no buffer of its own: a host value (copied when an array) or a constant."""
+        if o.get("host"):
+            v = self._env[o["name"]]
+            return np.array(v) if isinstance(v, np.ndarray) else v
+        return host.loaded(np.array(self._host_consts[o["buffer"]]))
 
     def profile(self, feeds: dict, repeats: int = 10) -> list[tuple[str, str, float]]:
         """Median milliseconds per kernel or host call: (call, graph nodes, ms), slowest first

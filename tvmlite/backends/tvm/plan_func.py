@@ -13,12 +13,11 @@ Why: a packed call from Python is cheap (0.15-0.4 us measured, bench/plan_overhe
 two Python calls the interpreter can be descheduled, and each call re-checks every DLTensor; one
 compiled call per stretch removes both (shufflenet at 2 threads, loaded: 4.18x -> 1.49x of
 onnxruntime). What remains between kernels is the thread pool's wake-up and barrier per parallel
-kernel and cold caches, which is why small plans also pick their thread count (pick_threads).
+kernel and cold caches, which is why small plans also pick their thread count (thread_choice.py).
 """
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 
@@ -274,28 +273,3 @@ def use_threads(n: int) -> None:
     if getattr(_pool, "n", None) != n:
         import_tvm().get_global_func("runtime.config_threadpool")(0, int(n))
         _pool.n = n
-
-
-def pick_threads(run, most: int, rounds: int = 5, per_round: int = 3) -> tuple[int, dict]:
-    """The faster of 1 and ``most`` threads for ``run`` (mean ms over interleaved blocks), with the
-    means. A small plan's parallel kernels can lose more to waking the pool and waiting at its
-    barrier than they gain: on a busy machine always (a descheduled worker stalls every parallel
-    kernel), on a quiet one for the smallest models."""
-    times: dict[int, list] = {1: [], most: []}
-    order = [1, most]
-    for r in range(rounds):
-        for n in (order if r % 2 == 0 else order[::-1]):
-            use_threads(n)
-            run()  # the first after a switch wakes or settles the pool: not counted
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                run()
-                times[n].append(time.perf_counter() - t0)
-        m1, mm = float(np.mean(times[1])), float(np.mean(times[most]))
-        if r % 2 and max(m1, mm) > 3 * min(m1, mm):
-            break  # clear already (a busy machine): the slow side's runs are the costly ones
-    # means, not medians: a parallel run stalled by a descheduled worker is what the choice is about
-    means = {n: float(np.mean(v)) * 1e3 for n, v in times.items()}
-    best = 1 if means[1] <= means[most] else most
-    use_threads(best)
-    return best, means

@@ -1,0 +1,143 @@
+"""A compiled plan's thread count at run time: a small plan measures 1 thread against all over its
+own runs (`ThreadTrial`), again now and then, and drops to one thread when its parallel runs stall
+(`ThreadChoice`). TVM's pool splits each parallel loop statically: a kernel waits at its barrier
+for a worker the OS has descheduled, where onnxruntime's caller runs the work a worker has not
+started, so on a busy host a small plan's parallel kernels can lose more than they gain.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+# a plan whose second run takes less CPU time (this thread's) picks its thread count by measurement
+# over its next runs (ThreadTrial, 16-40 of them); larger plans keep every thread
+PICK_BELOW_S = 0.02
+# ... and picks again REPICK_FIRST runs after a pick ends, then after twice as many each time, up to
+# REPICK_MAX: the conditions of one moment stay the model's for good otherwise. Another runtime's
+# pool spins on for 20-50 ms after its run and takes a core: digits_cnn's pick right after two
+# onnxruntime runs (2 threads) measured 2 threads 1.17-1.59x slower than 1 and took 1 in 12 of 12
+# tries (load 10), after a 100 ms pause 0.73-1.06x and took 2 in 4 of 6 (after 2-20 ms still
+# 1.07-1.52x). A benchmark's second run (and an application's) is often just after such a run,
+# where its later picks, amid runs of its own, see the conditions its runs mostly meet
+REPICK_FIRST, REPICK_MAX = 8, 8192
+# ... and between picks a plan on all threads watches its runs' wall time: STALLS runs in a row
+# slower than STALL_RATIO x the pick's one-thread mean (a parallel kernel waited at its barrier for
+# a descheduled worker) put it on one thread, and it picks again at most REPICK_FIRST runs later
+# (digits_cnn, each run between onnxruntime runs, 2 threads, load 3.4-4.4: runs past twice
+# onnxruntime's median 36-43% -> 10-14%; README)
+STALL_RATIO, STALLS = 2.0, 2
+
+
+class ThreadTrial:
+    """The faster of 1 and ``most`` threads for a plan, measured over its next runs: each run of
+    the trial is one of the plan's real runs, made on the side the trial asks for and timed (wall
+    clock) with `record`, in blocks of ``per_round`` + 1 runs per side, ``rounds`` rounds, every
+    other round in reverse order; the first run of a block wakes or settles the pool and is not
+    counted. A small plan's parallel kernels can lose more to waking the pool and waiting at its
+    barrier than they gain: on a busy machine always (a descheduled worker stalls every parallel
+    kernel), on a quiet one for the smallest models. Before, the pick made all its 16-40 runs inside
+    one call: digits_cnn's runs 2, 10, 26, 58 and 122 each took 42-56x a run (2 threads, load 2-4),
+    and its first 130 runs 343 runs' time."""
+
+    def __init__(self, most: int, rounds: int = 5, per_round: int = 3):
+        self.most = most
+        self.steps = []  # (threads, counted, last run of an odd round)
+        for r in range(rounds):
+            for k, n in enumerate((1, most) if r % 2 == 0 else (most, 1)):
+                self.steps += [(n, i > 0, r % 2 == 1 and k == 1 and i == per_round) for i in range(per_round + 1)]
+        self.i = 0
+        self.times: dict[int, list] = {1: [], most: []}
+
+    @property
+    def threads(self) -> int:
+        """The threads the next run of the trial is to use."""
+        return self.steps[self.i][0]
+
+    def record(self, seconds: float) -> bool:
+        """The run just made on `threads` took ``seconds``; whether the trial is over."""
+        n, counted, check = self.steps[self.i]
+        if counted:
+            self.times[n].append(seconds)
+        self.i += 1
+        if check:  # clear already (a busy machine): the slow side's runs are the costly ones
+            m1, mm = float(np.mean(self.times[1])), float(np.mean(self.times[self.most]))
+            if max(m1, mm) > 3 * min(m1, mm):
+                return True
+        return self.i == len(self.steps)
+
+    def choice(self) -> tuple[int, dict]:
+        """(threads, {threads: mean ms}): means, not medians, since a parallel run stalled by a
+        descheduled worker is what the choice is about."""
+        means = {n: float(np.mean(v)) * 1e3 for n, v in self.times.items()}
+        return (1 if means[1] <= means[self.most] else self.most), means
+
+
+class ThreadChoice:
+    """The thread count a plan's runs use (``threads``), and when it is measured: ``runs`` counts
+    the runs (None: never picks: one thread, a large plan, or picking turned off), the run
+    ``next_pick`` starts a pick whose `ThreadTrial` (``trial``) takes the runs after it; ``times``
+    holds the last pick's means (ms); ``stall_s``: the wall time past which a run on all threads
+    counts as stalled (None: not watched)."""
+
+    def __init__(self, most: int, picks: bool):
+        self.most = self.threads = most
+        self.times: dict = {}
+        self.runs = 0 if most > 1 and picks else None
+        self.next_pick, self.gap = 2, REPICK_FIRST
+        self.trial = None
+        self.stall_s, self.stalls = None, 0
+
+    @property
+    def settled(self) -> bool:
+        """Whether a pick has been made and none is under way (or none ever will be)."""
+        return self.runs is None or (bool(self.times) and self.trial is None)
+
+    def run(self, execute) -> None:
+        """One run of the plan: ``execute()`` on `threads` (which it reads), timed where a pick or
+        the stall watch needs it."""
+        if self.trial is not None:
+            self._trial_run(execute)
+        elif self.runs is None or self.runs + 1 != self.next_pick:
+            if self.stall_s is None:
+                execute()
+            else:
+                self._watched(execute)
+            if self.runs is not None:
+                self.runs += 1
+        else:  # the run that starts a pick (the first pays for first touches: never the first)
+            t0 = time.thread_time()  # CPU time: under load the wall clock is mostly waiting
+            execute()
+            self.runs += 1
+            if self.runs == 2 and time.thread_time() - t0 >= PICK_BELOW_S:
+                self.runs = None  # a large plan keeps every thread
+            else:  # the next runs measure 1 thread against all
+                self.trial, self.stall_s = ThreadTrial(self.most), None
+
+    def _trial_run(self, execute) -> None:
+        """A run of the pick's trial, on the threads it asks for; the last one makes the choice."""
+        trial = self.trial
+        self.threads = trial.threads
+        t0 = time.perf_counter()
+        execute()
+        over = trial.record(time.perf_counter() - t0)
+        self.runs += 1
+        if over:
+            self.trial = None
+            self.threads, self.times = trial.choice()
+            self.next_pick = self.runs + self.gap
+            self.gap = min(2 * self.gap, REPICK_MAX)
+            self.stall_s = STALL_RATIO * self.times[1] / 1e3 if self.threads > 1 else None
+            self.stalls = 0
+
+    def _watched(self, execute) -> None:
+        """A run on all threads, timed: STALLS stalled runs in a row put the plan on one thread."""
+        t0 = time.perf_counter()
+        execute()
+        if time.perf_counter() - t0 < self.stall_s:
+            self.stalls = 0
+        else:
+            self.stalls += 1
+            if self.stalls >= STALLS:  # and picks again soon: a hiccup must not cost a long gap
+                self.threads, self.stall_s = 1, None
+                self.next_pick = min(self.next_pick, self.runs + 1 + REPICK_FIRST)
