@@ -350,7 +350,8 @@ def list_passes():
               "(by default they run on the host, by their NumPy kernels, inside the built plan).")
 @click.option("--buckets", default=None, metavar="V1,V2,..", help="Bucket values for a ranged --shape dim "
               "(NAME=1x1..512; default: the powers of two in the range and its ends).")
-def build(model, output, shapes, strict, buckets):
+@click.option("-v", "--verbose", is_flag=True, help="List each conv lowered to Winograd, and why.")
+def build(model, output, shapes, strict, buckets, verbose):
     """Build MODEL with the TVM backend into a library for this CPU ('tvmlite run NAME.so' runs it)."""
     from tvmlite.backends.tvm import compile_model as tvm_compile
     from tvmlite.frontend import load
@@ -377,6 +378,13 @@ def build(model, output, shapes, strict, buckets):
                f"{' (from the build cache)' if built.cached else ''}")
     for line in built.host_ops:
         click.echo(f"  host-run: {line}")
+    _winograd_report(built.winograd, verbose)
+
+
+def _winograd_report(lines: list[str], verbose: bool) -> None:
+    """'winograd: 3 of 5 3x3 convs ...', and with -v one line per conv lowered."""
+    for i, line in enumerate(lines if verbose else lines[:1]):
+        click.echo(f"  winograd: {line}" if i == 0 else f"    {line}")
 
 
 def _build_bucketed(m, ranged, fixed, given, output, txn, strict):
