@@ -66,6 +66,18 @@ def test_refuses_with_the_reason(x_shape, out, why):
     assert "WinogradInput" not in _ops(m) and "Conv" in _ops(m)
 
 
+def test_small_convs_only_where_the_models_weights_stay_cached():
+    from tvmlite.backends.tvm.winograd_choice import winograd_tile
+    from tvmlite.passes.lowering import conv_info
+
+    x = (1, 64, 28, 28)  # 43M multiply-adds
+    m = load(_convs(x, 96))
+    info = conv_info(m, next(n for n in m.graph.nodes if n.op_type == "Conv"))
+    assert winograd_tile(info, 1 << 20)[0] == 4
+    assert winograd_tile(info, 40 << 20) == (None, "64->96 channels at 28x28: 43M multiply-adds < 100M in a model "
+                                                 "of 40 MiB of weights: the added kernels and buffers outweigh the saving")
+
+
 def _with_reader(x_shape, out, reader: str):
     """conv0 (3x3, x_shape -> out channels) -> Relu -> ``reader`` (Concat with x, or a 1x1 conv)."""
     model = _convs(x_shape, out)

@@ -367,7 +367,7 @@ def build(model, output, shapes, strict, buckets, verbose):
     ranged, plain = bk.parse_ranges(shapes)
     given = bk.parse_bucket_list(buckets)
     if ranged:
-        _build_bucketed(load(model), ranged, parse_shape_overrides(plain), given, output, txn, strict)
+        _build_bucketed(load(model), ranged, parse_shape_overrides(plain), given, output, txn, strict, verbose)
         return
     if given is not None:
         raise TvmliteError("--buckets needs a ranged --shape (e.g. --shape input_ids=1x1..512)")
@@ -387,7 +387,7 @@ def _winograd_report(lines: list[str], verbose: bool) -> None:
         click.echo(f"  winograd: {line}" if i == 0 else f"    {line}")
 
 
-def _build_bucketed(m, ranged, fixed, given, output, txn, strict):
+def _build_bucketed(m, ranged, fixed, given, output, txn, strict, verbose=False):
     from tvmlite.backends.tvm import buckets as bk, compile_model as tvm_compile
 
     table, built = bk.build_bucketed(m, ranged, fixed, given, output, txn, strict=strict, compile_model=tvm_compile)
@@ -405,6 +405,7 @@ def _build_bucketed(m, ranged, fixed, given, output, txn, strict):
                f"({_size(c['unshared_bytes'])} if each bucket kept its own)")
     for line in built[-1][1].host_ops:
         click.echo(f"  host-run: {line}")
+    _winograd_report(built[-1][1].winograd, verbose)
 
 
 @cli.command(name="emit-tvm")

@@ -31,6 +31,12 @@ was fitted on (F(m) time / direct kernel time):
   0.83x, 64<->128 at 16x16 0.85x, 48<->192 at 13x13 0.90x; at 49 tiles and more the weights'
   size did not matter: 512->512 at 28x28 (36 MiB, ``--depth 4``) 0.68x, 256<->512 0.73x,
   256->256 0.67x, 128->128 0.92x, 96->96 0.88x; 128->128 at 56x56 (196 tiles) 0.84x;
+- at least MIN_MACS multiply-adds, unless the model's float weights (at most
+  CACHED_MODEL_BYTES) stay in the caches between runs: the two added kernels and intermediates
+  cost a model more than their kernel times show. Inception-v2 (44 MiB of weights) with only
+  its 64->96 convs at 28x28 (43M) lowered: 1.051x of none, 96->128 at 14x14 (22M) 1.019x,
+  160->224 at 7x7 (F(2), 16M) 1.022x, though that conv's kernels alone went 0.156 -> 0.14 ms;
+  the digits models (1.9 and 5.5 MiB) 0.86-0.87x with 9-19M convs lowered;
 - no reader that takes the direct kernel's output channels-last: a 1x1 conv (while the float
   NHWC path is on, emitters/nhwc.py) or a Concat (an NHWC Concat, or one whose inputs are written
   into its buffer, concat_views.py), also behind an activation or a pool. The output transform
@@ -56,6 +62,8 @@ MIN_TILES = 16
 MAX_TILES = 256
 MIN_HARMONIC = 36.0
 WIDE_GEMM = 49
+MIN_MACS = 100_000_000
+CACHED_MODEL_BYTES = 8 << 20
 MAX_NARROW_WEIGHT_BYTES = 5 << 19  # 2.5 MiB
 RULE_NOTE = ("fitted on bench/winograd_convs.py, Conv+Relu at batch 1, alone (--depth 1, 20 rounds) and 8 in a row "
              "(--depth 8, 12-15 rounds; 512 channels --depth 4), F(4)/F(2) time over the direct kernel's, "
@@ -67,8 +75,9 @@ def enabled() -> bool:
     return env_flag("TVMLITE_WINOGRAD")
 
 
-def winograd_tile(info: ConvInfo) -> tuple[int | None, str]:
-    """(m, why) for a Conv's geometry: m is None where the direct kernel stays."""
+def winograd_tile(info: ConvInfo, model_bytes: int = 0) -> tuple[int | None, str]:
+    """(m, why) for a Conv's geometry in a model of ``model_bytes`` of float weights: m is None
+    where the direct kernel stays."""
     reason = winograd_reason(info)
     if reason:
         return None, reason
@@ -85,6 +94,10 @@ def winograd_tile(info: ConvInfo) -> tuple[int | None, str]:
     tiles = _tiles(info, m)
     if tiles > MAX_TILES:
         return None, f"{tiles} F({m}) tiles of {oh}x{ow} > {MAX_TILES}: the transformed maps leave the caches"
+    macs = info.macs(info.batch)
+    if macs < MIN_MACS and model_bytes > CACHED_MODEL_BYTES:
+        return None, (f"{c}->{k} channels at {oh}x{ow}: {macs / 1e6:.0f}M multiply-adds < {MIN_MACS / 1e6:.0f}M in a model "
+                      f"of {model_bytes / 2**20:.0f} MiB of weights: the added kernels and buffers outweigh the saving")
     weights = 4 * (m + 2) ** 2 * c * k
     if tiles < WIDE_GEMM and weights > MAX_NARROW_WEIGHT_BYTES:
         return None, (f"{c}->{k} channels at {oh}x{ow}: {weights / 2**20:.1f} MiB of F({m}) weights for {tiles} tiles "
@@ -133,6 +146,8 @@ def choose_winograd(model: Model, quantized: set[str] = frozenset()) -> list[dic
     if not enabled():
         return []
     shapes = TypeLookup(model)
+    g = model.graph
+    model_bytes = sum(a.nbytes for a in (g.const_value(n) for n in g.initializers) if a is not None and a.dtype.kind == "f")
     decisions = []
     for node in model.graph.toposort():
         if not is_onnx(node, "Conv"):
@@ -143,7 +158,7 @@ def choose_winograd(model: Model, quantized: set[str] = frozenset()) -> list[dic
         if node.label in quantized:
             m, why = None, "a QDQ conv the int8 path left: it stays between fake quantizations"
         else:
-            m, why = winograd_tile(info)
+            m, why = winograd_tile(info, model_bytes)
         if m is not None and (reader := channels_last_reader(model, node.outputs[0])):
             m, why = None, f"read by {reader}: it takes the direct kernel's output channels-last"
         decisions.append({"node": node.label, "m": m, "reason": why})
