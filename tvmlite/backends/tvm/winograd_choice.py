@@ -18,7 +18,8 @@ was fitted on (F(m) time / direct kernel time):
 - the transforms cost per tile about C + M (read C channels, write M), the GEMM saves about
   C·M, so the gain grows with C·M/(C+M) (half the harmonic mean of the channel counts): it must
   be at least MIN_HARMONIC (64->64 and below measured 0.95-1.05x, 128->32 1.3-1.6x; 64->96,
-  48->192 and up 0.62-0.82x);
+  48->192 and up 0.62-0.82x alone, but at 38-41 whole models lost: the detector with its
+  112->64 conv at 20x20 (0.98x alone) 1.02x in two runs, Inception-v2's 64->96 convs above);
 - at most MAX_TILES tiles per run: beyond, the transformed input and the GEMM's output
   (α²·C·P and α²·M·P floats) leave the caches (64->128 and 128->128 at 112x112: 1.04x and
   0.99x, 128->128 at 80x80 0.90x, at 56x56 0.82x);
@@ -33,7 +34,7 @@ was fitted on (F(m) time / direct kernel time):
   256->256 0.67x, 128->128 0.92x, 96->96 0.88x; 128->128 at 56x56 (196 tiles) 0.84x;
 - at least MIN_MACS multiply-adds, unless the model's float weights (at most
   CACHED_MODEL_BYTES) stay in the caches between runs: the two added kernels and intermediates
-  cost a model more than their kernel times show. Inception-v2 (44 MiB of weights) with only
+  cost a model more than their kernel times show. Inception-v2 (39 MiB of weights) with only
   its 64->96 convs at 28x28 (43M) lowered: 1.051x of none, 96->128 at 14x14 (22M) 1.019x,
   160->224 at 7x7 (F(2), 16M) 1.022x, though that conv's kernels alone went 0.156 -> 0.14 ms;
   the digits models (1.9 and 5.5 MiB) 0.86-0.87x with 9-19M convs lowered;
@@ -43,6 +44,9 @@ was fitted on (F(m) time / direct kernel time):
   writes NCHW, so those readers lose their layout or copy: whole models, 1 thread, Winograd
   on/off with such convs taken: SqueezeNet 1.067x (its 3x3 expands feed Concats; four Concat
   copies came back), ResNet-50 1.035x (3x3 -> 1x1), Inception-v2 1.029x.
+The thresholds were measured on one AVX-512 host (RULE_NOTE); on AVX2 the direct kernel's tile
+and the NHWC readers differ (wide 3x3 convs there read NHWC too): `bench/winograd_convs.py`
+(``--depth 8``) and `bench/winograd_models.py` are the two measurements to refit them with.
 """
 from __future__ import annotations
 
@@ -60,7 +64,7 @@ from tvmlite.ops.lowered import winograd_tiles
 WINOGRAD_MS = (4, 2)
 MIN_TILES = 16
 MAX_TILES = 256
-MIN_HARMONIC = 36.0
+MIN_HARMONIC = 42.0
 WIDE_GEMM = 49
 MIN_MACS = 100_000_000
 CACHED_MODEL_BYTES = 8 << 20
