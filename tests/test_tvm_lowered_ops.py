@@ -62,14 +62,34 @@ def test_lower_conv_im2col_builds_and_matches(cfg):
     assert cm.kernel_count == 2
 
 
-@pytest.mark.parametrize("m,x_shape,pads", [
-    (2, (1, 3, 8, 8), [1, 1, 1, 1]),
-    (4, (2, 5, 11, 9), [1, 1, 1, 1]),  # ragged last tiles, batch 2
-    (6, (1, 4, 10, 13), [0, 2, 1, 0]),  # asymmetric pads
+@pytest.mark.parametrize("m,x_shape,pads,bias", [
+    (2, (1, 3, 8, 8), [1, 1, 1, 1], True),
+    (4, (2, 5, 11, 9), [1, 1, 1, 1], True),  # ragged last tiles, batch 2
+    (6, (1, 4, 10, 13), [0, 2, 1, 0], True),  # asymmetric pads
+    (4, (1, 6, 7, 7), [1, 1, 1, 1], False),  # 2x2 tiles, the last ones mostly crop
+    (2, (2, 3, 13, 13), [0, 0, 0, 0], True),  # no pads: 11x11 out, 6x6 tiles, batch 2
+    (4, (1, 2, 27, 27), [1, 1, 1, 1], False),  # 7 tiles per row, ragged
+    (4, (2, 3, 28, 28), [1, 0, 1, 2], True),  # 7 tiles per row, exact, asymmetric pads, batch 2
+    (6, (1, 3, 13, 27), [1, 1, 1, 1], True),  # 3x5 tiles of 6
 ])
-def test_winograd_builds_and_matches(m, x_shape, pads):
-    model = _conv_model(x_shape, (7, x_shape[1], 3, 3), pads=pads)
+def test_winograd_builds_and_matches(m, x_shape, pads, bias):
+    model = _conv_model(x_shape, (7, x_shape[1], 3, 3), bias=bias, pads=pads)
     _lowered_matches(model, f"winograd(m={m})", RNG.standard_normal(x_shape).astype(np.float32), "WinogradInput")
+
+
+def test_winograd_transforms_split_tiles_exactly(tmp_path):
+    """28x28 in F(4) tiles: 7 per row, 49 per image. The transforms run per tile row, vectorized
+    over its 7 tiles (input) and the 28 columns of an output row (output): no guarded vector tail
+    and no division of a flat tile index per element."""
+    model = _conv_model((1, 8, 28, 28), (16, 8, 3, 3), pads=[1, 1, 1, 1])
+    m = load(model)
+    Pipeline("winograd(m=4)").run(m)
+    emit_tvmscript(m, str(tmp_path), {"x": (1, 8, 28, 28)})
+    wi = next(tmp_path.glob("k000_*.py")).read_text()
+    wo = next(tmp_path.glob("k002_*.py")).read_text()
+    assert "T.vectorized(7)" in wi and "T.vectorized(30)" in wi and "T.where" not in wi, wi
+    assert "T.vectorized(28)" in wo and "T.vectorized(7)" in wo, wo
+    assert "T.float32(-5.0)" in wi  # Bᵀ's entries are constants in the code, not loads
 
 
 def test_winograd_gemm_is_packed_and_output_fuses_epilogue(tmp_path):

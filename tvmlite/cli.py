@@ -350,7 +350,8 @@ def list_passes():
               "(by default they run on the host, by their NumPy kernels, inside the built plan).")
 @click.option("--buckets", default=None, metavar="V1,V2,..", help="Bucket values for a ranged --shape dim "
               "(NAME=1x1..512; default: the powers of two in the range and its ends).")
-def build(model, output, shapes, strict, buckets):
+@click.option("-v", "--verbose", is_flag=True, help="List each conv lowered to Winograd, and why.")
+def build(model, output, shapes, strict, buckets, verbose):
     """Build MODEL with the TVM backend into a library for this CPU ('tvmlite run NAME.so' runs it)."""
     from tvmlite.backends.tvm import compile_model as tvm_compile
     from tvmlite.frontend import load
@@ -366,7 +367,7 @@ def build(model, output, shapes, strict, buckets):
     ranged, plain = bk.parse_ranges(shapes)
     given = bk.parse_bucket_list(buckets)
     if ranged:
-        _build_bucketed(load(model), ranged, parse_shape_overrides(plain), given, output, txn, strict)
+        _build_bucketed(load(model), ranged, parse_shape_overrides(plain), given, output, txn, strict, verbose)
         return
     if given is not None:
         raise TvmliteError("--buckets needs a ranged --shape (e.g. --shape input_ids=1x1..512)")
@@ -379,9 +380,16 @@ def build(model, output, shapes, strict, buckets):
                f"{' (from the build cache)' if built.cached else ''}")
     for line in built.host_ops:
         click.echo(f"  host-run: {line}")
+    _winograd_report(built.winograd, verbose)
 
 
-def _build_bucketed(m, ranged, fixed, given, output, txn, strict):
+def _winograd_report(lines: list[str], verbose: bool) -> None:
+    """'winograd: 3 of 5 3x3 convs ...', and with -v one line per conv lowered."""
+    for i, line in enumerate(lines if verbose else lines[:1]):
+        click.echo(f"  winograd: {line}" if i == 0 else f"    {line}")
+
+
+def _build_bucketed(m, ranged, fixed, given, output, txn, strict, verbose=False):
     from tvmlite.backends.tvm import buckets as bk, compile_model as tvm_compile
 
     table, built = bk.build_bucketed(m, ranged, fixed, given, output, txn, strict=strict, compile_model=tvm_compile)
@@ -402,6 +410,7 @@ def _build_bucketed(m, ranged, fixed, given, output, txn, strict):
                f"({_size(c['unshared_bytes'])} if each bucket kept its own)")
     for line in built[-1][1].host_ops:
         click.echo(f"  host-run: {line}")
+    _winograd_report(built[-1][1].winograd, verbose)
 
 
 @cli.command(name="emit-tvm")

@@ -368,6 +368,7 @@ class Built:
     build_seconds: float
     cached: bool
     host_ops: list = field(default_factory=list)
+    winograd: list = field(default_factory=list)  # CompiledModel.winograd's lines
 
 
 def build_bucketed(model, ranged: dict, fixed: dict, given: list[int] | None, output: str, txn, *,
@@ -413,7 +414,7 @@ def build_bucketed(model, ranged: dict, fixed: dict, given: list[int] | None, ou
         cm = compile_model(model, concrete(layout, values, fixed), strict=strict)
         cm.save(path, outputs=txn, shared=shared)
         table["buckets"].append({"values": values, "lib": lib})
-        built.append((values, Built(cm.summary, cm.build_seconds, cm.cached, list(cm.host_ops))))
+        built.append((values, Built(cm.summary, cm.build_seconds, cm.cached, list(cm.host_ops), cm.winograd)))
         del cm
     shared.write(npz)
     table["constants"] = {"file": shared.file_name, "arrays": len(shared.arrays),

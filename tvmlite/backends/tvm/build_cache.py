@@ -60,6 +60,7 @@ def key_parts(model, input_shapes: dict, target: str) -> dict:
     from tvmlite.backends.tvm.emitters.nhwc import enabled as float_nhwc_enabled
     from tvmlite.backends.tvm.kernels.schedules import min_parallel_work
     from tvmlite.backends.tvm.kernels.target import host_threads
+    from tvmlite.backends.tvm.winograd_choice import enabled as winograd_enabled
 
     h = _Digest(hash_threads())
     _graph(h, model.graph)
@@ -72,6 +73,8 @@ def key_parts(model, input_shapes: dict, target: str) -> dict:
     knobs = f"min parallel work {min_parallel_work()}, threads {host_threads()}, concat views {concat_views_enabled()}"
     if not float_nhwc_enabled():
         knobs += ", float nhwc off"
+    if not winograd_enabled():  # prepare lowers no conv to Winograd ($TVMLITE_WINOGRAD)
+        knobs += ", winograd off"
     return {"graph": h.hexdigest()[:24], "target": target, "sources": _source_digest(), "knobs": knobs}
 
 

@@ -63,6 +63,7 @@ class Lowered:
     host_problems: list = field(default_factory=list)  # [op, reason, count] of host-run nodes
     body_kernels: list = field(default_factory=list)  # KernelDef of compiled control-flow bodies
     slices: dict = field(default_factory=dict)        # value -> (Concat output it lives in, offset)
+    winograd: list = field(default_factory=list)      # prepare's Winograd decisions (winograd_choice.py)
 
 
 @dataclass
@@ -364,11 +365,11 @@ def _segments(g, entries: list, views: dict) -> list:
     return out
 
 
-def prepared_model(model: Model, input_shapes: dict) -> tuple[Model, dict]:
-    """`prepare`, plus the static shapes of fixed-count Loops' outputs and what follows them, and
+def prepared_model(model: Model, input_shapes: dict, winograd: list | None = None) -> tuple[Model, dict]:
+    """`prepare` (``winograd`` receives its Winograd decisions), plus the static shapes of fixed-count Loops' outputs and what follows them, and
     what follows an If whose branches differ in shape moved into its branches
     (control.sink_into_branches)."""
-    prepared, shapes = prepare(model, input_shapes)
+    prepared, shapes = prepare(model, input_shapes, winograd)
     for _ in range(4):
         if not add_loop_shapes(prepared, shapes):
             break
@@ -418,7 +419,8 @@ def host_report(problems) -> list[str]:
 def lower(model: Model, input_shapes: dict, lanes: int, strict: bool = False) -> Lowered:
     """The kernels and host segments of ``model``; with ``strict``, UnsupportedError when any
     node would be host-run. Nodes with neither an emitter nor a NumPy kernel always refuse."""
-    prepared, shapes = prepared_model(model, input_shapes)
+    winograd: list = []
+    prepared, shapes = prepared_model(model, input_shapes, winograd)
     check = Lowering(prepared, shapes, emit=False, concat_views=True)  # cheap: every problem before emitting
     check.run()
     if check.unrunnable:
@@ -430,4 +432,5 @@ def lower(model: Model, input_shapes: dict, lanes: int, strict: bool = False) ->
     low = Lowering(prepared, shapes, lanes=lanes, concat_views=True).run()
     if strict and low.host_problems:  # an emitter that failed inside TVM only (the emitting walk)
         raise refusal(low.host_problems)
+    low.winograd = winograd
     return low

@@ -121,6 +121,10 @@ def plan_of(low, prefix: str = "") -> tuple[dict, dict]:
         plan["host"] = host_specs
         plan["opsets"] = opset_versions(low.model.opsets)
         plan["host_ops"] = low.host_problems
+    if low.winograd:
+        from tvmlite.backends.tvm.winograd_choice import plan_record
+
+        plan["winograd"] = plan_record(low.winograd)
     if not prefix:  # a control-flow body's runners read its buffers by name: never shared
         storage.assign(plan)
     return plan, consts
@@ -319,6 +323,14 @@ class CompiledModel:
         from tvmlite.backends.tvm.lower import host_report
 
         return host_report(self.plan.get("host_ops", []))
+
+    @property
+    def winograd(self) -> list[str]:
+        """The build report's Winograd lines: how many 3x3 convs went Winograd, then one line per
+        conv and why ('conv2: F(4), 64->128 channels, ...'); empty when no 3x3 conv was considered."""
+        from tvmlite.backends.tvm.winograd_choice import report_lines
+
+        return report_lines(self.plan.get("winograd"))
 
     @property
     def unsupported(self) -> list[str]:

@@ -3,7 +3,8 @@
 `prepare` copies the model, fixes its input shapes, turns QDQ Conv/MatMul patterns into int8
 nodes (qdq_fusion.py), folds everything constant (including Shape
 of static tensors, so shape arithmetic disappears), folds BatchNormalization into the
-producing conv/GEMM and moves an activation behind a Concat onto its inputs (concat_acts.py), then reports the shape of every value (and records the inferred element type
+producing conv/GEMM and moves an activation behind a Concat onto its inputs (concat_acts.py),
+lowers the 3x3 convs where Winograd pays (winograd_choice.py), then reports the shape of every value (and records the inferred element type
 of values the graph left untyped: what decides between a float32 kernel and a host call).
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from tvmlite.backends.tvm.concat_acts import sink_activations
 from tvmlite.backends.tvm.qdq_fusion import fold_channel_scales, fuse_qdq
+from tvmlite.backends.tvm.winograd_choice import choose_winograd, enabled as winograd_enabled, qdq_convs
 from tvmlite.errors import InputError
 from tvmlite.inputs import graph_inputs
 from tvmlite.ir.graph import Model, tensor_type, type_elem, type_shape
@@ -20,8 +22,9 @@ from tvmlite.passes.cleanup import DeadCodeElimination, FoldBatchNorm, FoldConst
 ONNX = ("", "ai.onnx")
 
 
-def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
-    """A folded copy of ``model`` with static shapes, and the shape of every value."""
+def prepare(model: Model, input_shapes: dict, winograd: list | None = None) -> tuple[Model, dict[str, tuple]]:
+    """A folded copy of ``model`` with static shapes, and the shape of every value. ``winograd``:
+    a list that receives the Winograd choice's decisions (winograd_choice.choose_winograd)."""
     m = model.copy()
     g = m.graph
     # inputs with an initializer (IR < 4 lists every weight as an input) are built in as constants
@@ -32,6 +35,7 @@ def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
             raise InputError(f"no shape for input {name!r}")
         v = g.values[name]
         v.type = tensor_type(v.dtype or np.float32, input_shapes[name])
+    quantized = qdq_convs(m) if winograd_enabled() else set()  # before fusion hides which
     if fuse_qdq(m):  # before folding turns the int8 weights back into float
         m.opsets.setdefault("tvmlite", 1)
     for _ in range(8):  # Shape -> constant -> fold, until shape arithmetic is gone
@@ -44,6 +48,9 @@ def prepare(model: Model, input_shapes: dict) -> tuple[Model, dict[str, tuple]]:
     RemoveIdentity()(m)
     DeadCodeElimination()(m)
     sink_activations(m)  # Concat -> Relu: each input's kernel takes the Relu, the Concat no copy
+    decisions = choose_winograd(m, quantized)  # 3x3 stride-1 float convs where it pays ($TVMLITE_WINOGRAD)
+    if winograd is not None:
+        winograd.extend(decisions)
     shapes = _shapes(m)
     if fold_channel_scales(m.graph, shapes):  # static shapes say which Mul is per channel
         shapes = _shapes(m)
