@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from helpers import make_model, ort_qdq, tensor
+from helpers import make_model, ort_qdq, ort_unfused, tensor
 from test_tvm_int8 import QDQ, _out, _u8
-from test_tvm_int8_concat import _ort_qdq
 
 from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
 
@@ -70,7 +69,7 @@ def test_depthwise_int8(x_shape, c, k, strides, relu, float_tail):
     for _ in range(3):
         x = (RNG.standard_normal(x_shape) * 2).astype(np.float32)
         got = cm.run({"x": x})
-        for g, r in zip(got, _ort_qdq(model, {"x": x})):
+        for g, r in zip(got, ort_unfused(model, {"x": x})):
             np.testing.assert_array_less(np.abs(g - r), 0.03 + 1e-6)
         np.testing.assert_array_less(np.abs(got[0] - ort_qdq(model, {"x": x})[0]), 2 * 0.03 + 1e-6)
 
@@ -81,7 +80,7 @@ def test_depthwise_body_exports(tmp_path):
     prepared, _ = prepare(load(model), {"x": (1, 5, 12, 20)})
     tvmlite.save(prepared, str(tmp_path / "p.onnx"))
     x = (RNG.standard_normal((1, 5, 12, 20)) * 2).astype(np.float32)
-    (body,), (ref,) = _ort_qdq(str(tmp_path / "p.onnx"), {"x": x}), _ort_qdq(model, {"x": x})
+    (body,), (ref,) = ort_unfused(str(tmp_path / "p.onnx"), {"x": x}), ort_unfused(model, {"x": x})
     np.testing.assert_array_less(np.abs(body - ref), 0.03 + 1e-6)
 
 

@@ -10,9 +10,8 @@ import pytest
 from onnx import helper
 
 from test_tvm_int8 import QDQ, _out, _u8
-from test_tvm_int8_concat import _ort_qdq
 
-from helpers import make_model, tensor
+from helpers import make_model, ort_unfused, tensor
 from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
 
 require_tvm()
@@ -84,10 +83,10 @@ def test_se_mul_folds_into_the_conv(x_shape, tmp_path):
     tvmlite.save(prepared, str(tmp_path / "p.onnx"))  # QDQConv's ONNX body, x_mul included
     for _ in range(3):
         x = (RNG.standard_normal(x_shape) * 2).astype(np.float32)
-        (ref,) = _ort_qdq(model, {"x": x})
+        (ref,) = ort_unfused(model, {"x": x})
         (got,) = cm.run({"x": x})
         np.testing.assert_array_less(np.abs(got - ref), STEP + 1e-6)  # the int8 kernel: within a step
-        (body,) = _ort_qdq(str(tmp_path / "p.onnx"), {"x": x})
+        (body,) = ort_unfused(str(tmp_path / "p.onnx"), {"x": x})
         np.testing.assert_array_less(np.abs(body - ref), 1e-6)  # the body is the unfused graph
         npy = run_model(prepared, {"x": x})["y"]
         np.testing.assert_array_less(np.abs(npy - ref), STEP + 1e-6)
@@ -101,7 +100,7 @@ def test_mul_left_alone(kw):
     assert not _folded(model, x_shape)
     cm = compile_model(load(model), {"x": x_shape})
     x = (RNG.standard_normal(x_shape) * 2).astype(np.float32)
-    for g, r in zip(cm.run({"x": x}), _ort_qdq(model, {"x": x})):
+    for g, r in zip(cm.run({"x": x}), ort_unfused(model, {"x": x})):
         np.testing.assert_array_less(np.abs(g - r), STEP + 1e-6)
 
 
@@ -112,5 +111,5 @@ def test_constant_channel_factor_folds():
     assert _folded(model, x_shape)
     cm = compile_model(load(model), {"x": x_shape})
     x = (RNG.standard_normal(x_shape) * 2).astype(np.float32)
-    (got,), (ref,) = cm.run({"x": x}), _ort_qdq(model, {"x": x})
+    (got,), (ref,) = cm.run({"x": x}), ort_unfused(model, {"x": x})
     np.testing.assert_array_less(np.abs(got - ref), STEP + 1e-6)
