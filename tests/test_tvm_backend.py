@@ -260,18 +260,23 @@ def test_register_tiles_fit_the_accumulator_registers(lanes):
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_three_channel_stem_takes_the_direct_conv_on_avx2_only(lanes):
+def test_three_channel_stem_takes_the_direct_conv(lanes):
     """K = 27 (a 3-channel 3x3 stem) is long enough for AVX2's small direct tiles (squeezenet's
-    stem 1.31x -> 0.70x of onnxruntime's Conv), not for AVX-512's (8 vectors, as measured there);
-    a shorter K (one input channel) never is."""
-    def direct(x_shape, w_shape, strides):
-        geom = WindowGeometry.conv(dict(strides=strides), x_shape, w_shape)
+    stem 1.31x -> 0.70x of onnxruntime's Conv), and for AVX-512's where the GEMM's column tiles
+    cross output rows (squeezenet's 111-wide rows; 1.93x -> 1.01x at 3->16 to 112 wide), not where
+    they do not (VGG's stem, 224 wide); a shorter K (one input channel) never is."""
+    def direct(x_shape, w_shape, strides, pads=(0, 0, 0, 0)):
+        geom = WindowGeometry.conv(dict(strides=strides, pads=pads), x_shape, w_shape)
         return KC.use_direct_conv(w_shape, geom, lanes)
-    assert direct((1, 3, 224, 224), (64, 3, 3, 3), (2, 2)) is (lanes == 8)
+    assert direct((1, 3, 224, 224), (64, 3, 3, 3), (2, 2))
+    assert direct((1, 3, 224, 224), (64, 3, 3, 3), (1, 1), (1, 1, 1, 1)) is (lanes == 8)
     assert not direct((1, 1, 224, 224), (64, 1, 3, 3), (2, 2))
     # (channels, taps, lanes): K = 27 and 24 reach AVX2's 3 vectors, 21 does not; 126 is under AVX-512's 8
     assert not KC.short_reduction(3, 9, 8) and not KC.short_reduction(3, 8, 8) and KC.short_reduction(3, 7, 8)
-    assert KC.short_reduction(14, 9, 16)
+    assert KC.short_reduction(14, 9, 16) and KC.short_reduction(3, 9, 16)
+    assert not KC.short_reduction(3, 9, 16, gemm_crosses_rows=True)
+    # AVX-512: image stems only (at most IMAGE_CHANNELS channels), as measured
+    assert KC.short_reduction(8, 9, 16, gemm_crosses_rows=True)
 
 
 def test_unpadded_strided_stem_direct_conv_matches_numpy():

@@ -153,9 +153,10 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     copy, `phase_planes`) unless the GEMM pads a small image's pixels by a tenth or more, and not
     for a short reduction
     (`short_reduction`: K < 8 vectors; with AVX2's tiles 3 vectors where the conv has several taps
-    and at least 3 channels): the direct tile leaves through a transposing write of its mr x nr
+    and at least 3 channels, with AVX-512's where the GEMM's column tiles cross output rows):
+    the direct tile leaves through a transposing write of its mr x nr
     values (shuffles, a store per channel), which only a long K hides. An RGB stem (3x3, K = 27)
-    needs K of 3 vectors only on AVX2: there the GEMM's strided, padded column gathers cost more
+    needs K of 3 AVX2 vectors: there the GEMM's strided, padded column gathers cost more
     than the direct tile's write (one vector store per channel's pixel run,
     `S.vectorize_pixel_run`). AVX2, one thread, CPU time, with SiLU, against onnxruntime's Conv
     (bench/conv_tiles.py): 3->16 s2 at 320x320 GEMM 1.23-1.33x -> direct 0.94-1.04x, 3->24 s2 at
@@ -166,11 +167,11 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     """
     co, ci, kh, kw = (int(d) for d in w_shape)
     cog = co // geom.group
-    if short_reduction(ci, kh * kw, lanes):
-        return False
     oh, ow = geom.out_spatial
-    dt = direct_tile(cog, ow, lanes, kh * kw, strided=max(geom.strides) > 1)
     gt = conv_tile(cog, oh * ow, lanes)
+    if short_reduction(ci, kh * kw, lanes, gemm_crosses_rows=ow % gt.nr != 0):
+        return False
+    dt = direct_tile(cog, ow, lanes, kh * kw, strided=max(geom.strides) > 1)
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
     if (kh, kw) == (1, 1) and not geom.padded:  # strided too: a GEMM over the subsampled copy
@@ -198,7 +199,7 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     return direct >= gemm
 
 
-def short_reduction(channels: int, taps: int, lanes: int) -> bool:
+def short_reduction(channels: int, taps: int, lanes: int, *, gemm_crosses_rows: bool = False) -> bool:
     """Whether a reduction of K = ``channels`` x ``taps`` is too short for the direct conv
     (`use_direct_conv`): its tile leaves through a transposing write that only a long K hides.
     8 vectors with AVX-512's 24-accumulator tiles; AVX2's 8-accumulator tiles write a third as much
@@ -207,10 +208,20 @@ def short_reduction(channels: int, taps: int, lanes: int) -> bool:
     against onnxruntime's Conv, bench/conv_tiles.py) ran GEMM -> direct 1.31x -> 0.70x at 3->64
     stride 2 to 111x111 (squeezenet's stem: a row of 111 is no whole number of GEMM column tiles,
     so every column lane divides), 1.24x -> 0.69x at 3->32 stride 2 from 224x224, 0.97x -> 0.82x
-    at 3->16 from 320x320."""
+    at 3->16 from 320x320. AVX-512 takes the same 3 AVX2 vectors (24 floats) for an image stem
+    (at most IMAGE_CHANNELS channels) where
+    the GEMM's column tiles (2 vectors of pixels) cross output rows (``gemm_crosses_rows``: every
+    column lane then divides and gathers, `use_direct_conv`); where they do not, the GEMM stays.
+    AVX-512 (Sapphire Rapids, 16 lanes), one thread, CPU time, against onnxruntime's Conv
+    (bench/conv_tiles.py, 40-60 interleaved rounds, load 3-4 on 2 cores), GEMM -> direct: rows
+    crossed, 3x3 stride 2 from 224x224 (112 wide) 3->16 1.93x -> 1.01x, 3->24 (ShuffleNet's stem)
+    1.30x -> 0.94x, 3->32 1.34x -> 0.91x, 3->64 0.98x -> 0.81x; whole rows kept as GEMM: 3->16
+    from 320x320 0.94x (direct 0.99-1.03x), from 48x320 0.97x (1.04-1.10x), 3->64 at 224x224
+    stride 1 (VGG's stem) 0.73x (0.80x; a noisier rerun had it the other way)."""
     k = channels * taps
-    if S.accumulator_vectors(lanes) <= 8 and taps > 1 and channels >= 3:
-        return k < 3 * lanes
+    stem = channels <= IMAGE_CHANNELS and gemm_crosses_rows  # AVX-512: measured on image stems only
+    if taps > 1 and channels >= 3 and (S.accumulator_vectors(lanes) <= 8 or stem):
+        return k < 3 * 8
     return k < 8 * lanes
 
 
