@@ -157,6 +157,9 @@ def test_direct_tile_follows_row_width():
     assert (KC.direct_tile(512, 7, 16).mr, KC.direct_tile(512, 7, 16).nr) == (7, 32)
     assert KC.direct_tile(64, 56, 16).mr == 8 and KC.direct_tile(128, 14, 16).mr == 7
     assert KC.direct_tile(16, 30, 16).nr == 16 and KC.direct_tile(16, 30, 16).mr == 10  # one vector: up to 12
+    assert KC.direct_tile(16, 48, 16).mr == 12
+    # AVX-512, two vectors: up to 10 pixels (11 and 12 x 32 ran slower): 48 -> 8, 55 -> 5, 27 -> 9, 40 -> 10
+    assert [KC.direct_tile(64, w, 16, 9).mr for w in (48, 55, 27, 40)] == [8, 5, 9, 10]
     assert (KC.direct_tile(64, 12, 8).mr, KC.direct_tile(64, 12, 8).nr) == (4, 16)  # AVX2, 2 vectors: 4 pixels
     # ... or 5 (10 accumulators) where only they fill the row better: 13 -> 15, 55 -> 55; 20 and 160 keep 4
     assert [KC.direct_tile(64, w, 8).mr for w in (13, 55, 20, 160, 27)] == [5, 5, 4, 4, 4]
@@ -243,9 +246,10 @@ def test_strided_pointwise_conv_matches_onnxruntime():
 def test_register_tiles_fit_the_accumulator_registers(lanes):
     """Every default register tile (direct conv, im2col GEMM, dense GEMM) holds at most
     `S.accumulator_vectors` vectors: AVX2's 16 registers take 4 x 2 vectors, not AVX-512's
-    8 x 2 (GEMM) or 12 x 2 (direct), which spilled on every multiply-add."""
+    8 x 2 (GEMM) or 10 x 2 (direct: 11 and 12 x 2 measured slower there), which spilled on every
+    multiply-add."""
     budget = S.accumulator_vectors(lanes)
-    assert budget == (24 if lanes == 16 else 8)
+    assert budget == (20 if lanes == 16 else 8)
     for cog in (3, 16, 24, 48, 64, 512):
         for width in (7, 13, 20, 40, 56, 160):
             t = KC.direct_tile(cog, width, lanes)

@@ -95,8 +95,8 @@ def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1, *, strided: bool =
     """Register tile for the direct conv: ``nr`` output channels (SIMD lanes: two vectors when
     that pads the channels no more than one does, so 48 channels take 3 x 16, not 2 x 32 with a
     quarter wasted) by ``mr`` output pixels of one row. ``mr`` is the width, up to 12 pixels
-    and the host's accumulator registers (`S.accumulator_vectors`: AVX-512 24 vectors, 12 pixels
-    at two vectors of channels, wider tiles measured slower on the detector's convs; AVX2 8,
+    and the host's accumulator registers (`S.accumulator_vectors`: AVX-512 20 vectors, 10 pixels
+    at two vectors of channels, 12 at one; wider tiles measured slower; AVX2 8,
     4 pixels), that pads the row least, the widest among equals. A conv of several ``taps``
     (3x3) takes one vector of channels instead where its wider pixel tile pads the row less
     (AVX2: 7 x 8 at 7x7 and 14x14, 1.21x -> 1.02x and 1.14x -> 0.99x of onnxruntime's Conv on
@@ -202,7 +202,7 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
 def short_reduction(channels: int, taps: int, lanes: int, *, gemm_crosses_rows: bool = False) -> bool:
     """Whether a reduction of K = ``channels`` x ``taps`` is too short for the direct conv
     (`use_direct_conv`): its tile leaves through a transposing write that only a long K hides.
-    8 vectors with AVX-512's 24-accumulator tiles; AVX2's 8-accumulator tiles write a third as much
+    8 vectors with AVX-512's 20-accumulator tiles; AVX2's 8-accumulator tiles write a third as much
     per tile, and there 3 vectors do for a conv of several taps and at least 3 channels (a 1x1 or
     1-channel conv keeps the 8-vector rule): 3-channel 3x3 stems (K = 27, one thread, CPU time,
     against onnxruntime's Conv, bench/conv_tiles.py) ran GEMM -> direct 1.31x -> 0.70x at 3->64

@@ -74,14 +74,20 @@ def min_parallel_work() -> int:
 
 
 def accumulator_vectors(lanes: int) -> int:
-    """Vector registers a register tile may fill with accumulators: 24 of AVX-512's 32 (with
+    """Vector registers a register tile may fill with accumulators: 20 of AVX-512's 32 (with
     ``lanes`` 16), 8 of AVX2's 16 (``lanes`` 8). The rest hold the tile's operands (a vector of
     packed weights or columns per tile column, a broadcast); past the budget LLVM spills the
     tile to the stack on every multiply-add. On an AVX2 host (Zen 1, one thread, against
     onnxruntime's Conv) the 12 x 16 direct tile (24 accumulators) ran the detector's 3x3 convs
     at 1.2-2.3x, 4 x 16 (8) at 0.6-1.0x, 5 x 16 (10) alike, 6 x 16 (12) between the two
-    (bench/conv_tiles.py)."""
-    return 24 if lanes >= 16 else 8
+    (bench/conv_tiles.py). On AVX-512 (Sapphire Rapids, one thread, CPU time, the same bench,
+    3x3 stride-1 direct convs, 30 interleaved rounds, load 3.6-3.8) the two-vector direct tiles of
+    11 and 12 pixels (22, 24 accumulators) ran slower than 8-10: 12 x 32 against 8 x 32 1.42x /
+    0.82x of onnxruntime's Conv at 48->64 48x48, 1.81x / 0.85x at 64->64 40x40, 1.94x / 0.96x at
+    128->128 27x27 (9 x 32 0.79x); 11 x 32 against 10 x 32 at 16->64 55x55 writing NHWC
+    0.83-0.90x / 0.81x (8 x 32 0.70-0.76x, 5 x 32 0.77x), at 32->128 27x27 0.87x / 0.79x (9 x 32
+    0.72x). The GEMM's 8 x 2 vectors (16) are unchanged."""
+    return 20 if lanes >= 16 else 8
 
 
 @dataclass
