@@ -17,7 +17,7 @@ before timing, the output back for the error check), with ``:MRxNR`` its registe
     TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --shapes resnet --layouts NHWC-NHWC,NHWC-NCHW:12x32
 
 ``--orders`` times every direct-kernel variant (the NCHW direct tiles and the layout pairs) twice more,
-its tile loops forced into each order (`conv.pixel_tiles_outer`: "/px" pixel tiles outside the channel
+its tile loops forced into each order (`tile_order.pixel_tiles_outer`: "/px" pixel tiles outside the channel
 tiles, "/ch" channel tiles outside):
 
     TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --shapes 256-64-1x1-s1-56x56 --layouts NHWC-NHWC --orders

@@ -75,7 +75,7 @@ def input_nhwc_pays(x_shape, w_shape, geom, lanes: int) -> bool:
     streams (AVX2's two-vector tiles of 4-5 pixels; its one-vector tiles of 6-7 pixels, which
     rows of 6, 7, 13 and 14 take, always lost) and either, at stride 1, each stream's run is
     long (C >= 32 vectors: 256 channels with AVX2), or, at stride 2, the input is larger than the
-    L2 (`conv.L2_FLOATS`: the NCHW tile then streams C planes of rows of which each tap uses
+    L2 (`tile_order.L2_FLOATS`: the NCHW tile then streams C planes of rows of which each tap uses
     every other pixel). AVX2 (Zen 1), one thread, CPU time, NHWC input against NCHW input with
     the output in the same layout (both pairs: NCHW and NHWC output), bench/conv_tiles.py,
     medians of 15-20 interleaved rounds at load 8-12:
@@ -89,7 +89,7 @@ def input_nhwc_pays(x_shape, w_shape, geom, lanes: int) -> bool:
     128 from 56x56 1.01x / 0.93x; input within it: 48->48 from 40x40 1.00x / 1.09x; 7 pixels
     (ResNet-50's 256 from 28x28, 512 from 14x14) 1.04-1.08x. 5x5 lost with 4 pixels (Inception's
     32->96 at 27x27 1.24x), so only 3x3; no dilation, other strides or AVX-512's tiles measured."""
-    from tvmlite.backends.tvm.kernels.conv import L2_FLOATS
+    from tvmlite.backends.tvm.kernels.tile_order import L2_FLOATS
     from tvmlite.backends.tvm.kernels.conv_nhwc import nhwc_tile
 
     n, c, h, wd = (int(d) for d in x_shape)

@@ -363,10 +363,10 @@ def tile_direct_conv(sch, block, tile: GemmTile, *, pixels_outer: bool = False, 
     in L2, and each (rc, ry, rx) step is one row of packed weights times mr broadcast pixels.
     With ``pixels_outer`` the channel tiles run inside the pixel tiles, (n, g, y, x/mr, co/nr, ...):
     the input is read once and the whole weights once per pixel tile, for a conv whose input is
-    larger than its weights (`conv.pixel_tiles_outer`). With ``row_block`` (channel tiles outside)
+    larger than its weights (`tile_order.pixel_tiles_outer`). With ``row_block`` (channel tiles outside)
     the output rows run in blocks of that many, each block's channel tiles inside it,
     (n, g, y/rb, co/nr, rb, x/mr, ...): the input rows one block reads stay in the L2 across its
-    channel tiles (`conv.channel_row_block`)."""
+    channel tiles (`tile_order.channel_row_block`)."""
     nl, gl, yl, xl, il, rc, ry, rx = sch.get_loops(block)
     io, ii = sch.split(il, factors=[None, int(tile.nr)])
     xo, xi = sch.split(xl, factors=[None, int(tile.mr)])
