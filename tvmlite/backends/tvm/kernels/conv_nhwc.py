@@ -119,12 +119,16 @@ def nhwc_tile(cog: int, cols: int, lanes: int, taps: int, *, strided: bool = Fal
 
 def _tile_channels(cog: int, lanes: int) -> int:
     """The output channels `direct_tile` chooses the tile for: padded to two vectors where that
-    wastes at most 1/64 of them, so that the two-vector tile (twice the accumulators) is taken.
-    SqueezeNet's 512->1000 1x1 conv at 13x13 reading NHWC (AVX2, one thread, CPU time): one
-    vector, 5 pixels 6.53 ms; two vectors, 5 pixels 5.29 ms (0.81x; the NCHW GEMM it replaces
-    5.3 ms in the model)."""
+    wastes at most 1/64 of them (AVX-512: 1/32), so that the two-vector tile (twice the
+    accumulators) is taken. SqueezeNet's 512->1000 1x1 conv at 13x13 reading NHWC (AVX2, one
+    thread, CPU time): one vector, 5 pixels 6.53 ms; two vectors, 5 pixels 5.29 ms (0.81x; the
+    NCHW GEMM it replaces 5.3 ms in the model). With AVX-512 two vectors pad those 1000 channels
+    to 1024 (2.4%): written NCHW (Sapphire Rapids, one thread, CPU time, bench/conv_tiles.py
+    --layouts, 40 rounds, load 2.7) 10 x 16 1.00x of onnxruntime's Conv, 10 x 32 0.92x (5 x 64
+    0.91x, 8 x 32 0.97x)."""
     padded = round_up(cog, 2 * lanes)
-    return padded if (padded - cog) * 64 <= cog else cog
+    share = 32 if lanes >= 16 else 64
+    return padded if (padded - cog) * share <= cog else cog
 
 
 def clamped_row(X, nhwc: bool, shape, width: int):
