@@ -8,8 +8,11 @@ in one process: each tree's build is saved as a .so, then both and onnxruntime r
 
 ``build`` uses whichever tvmlite PYTHONPATH imports (run it from each tree's root) and builds with
 the threads of $TVMLITE_THREADS (the kernels' parallel loops are chosen at build time). ``time``
-runs A, B, onnxruntime in turn each round: by CPU time at one thread (the figure that holds on a
-shared machine), or with --wall by wall clock at $TVMLITE_THREADS threads. MODEL is a light_* model
+runs A, B, onnxruntime in turn each round (every other round in reverse order): by CPU time at
+one thread (the figure that holds on a shared machine), or with --wall by wall clock at
+$TVMLITE_THREADS threads, each timed call then after a wait for the process's threads to stop
+spinning (`runtime.ort.wait_idle`) and one untimed call: without them, whichever ran first after
+onnxruntime ran 1.3-2.5x slower at 2 threads (its pool's workers spin on after a run). MODEL is a light_* model
 of the onnx wheel (seeded random weights, as bench_tvm.py --only light), ``detector``
 (tests/real_graphs.py at 320x320) or an .onnx path with static input shapes.
 """
@@ -78,6 +81,7 @@ def compare(a: str, b: str, models, rounds: int, wall: bool) -> None:
 
     from tvmlite.backends.tvm import load_module
     from tvmlite.backends.tvm.kernels.target import host_threads
+    from tvmlite.runtime.ort import wait_idle
 
     threads = host_threads() if wall else 1
     clock = time.perf_counter if wall else time.thread_time
@@ -92,8 +96,12 @@ def compare(a: str, b: str, models, rounds: int, wall: bool) -> None:
                 "ort": lambda f: sess.run(None, f)}
         err = {k: float(np.max(np.abs(runs[k](feeds)[0] - ref)) / np.max(np.abs(ref))) for k in "AB"}
         times = {k: [] for k in runs}
-        for _ in range(rounds):
-            for k, run in runs.items():
+        order = list(runs.items())
+        for r in range(rounds):
+            for k, run in (order if r % 2 == 0 else order[::-1]):
+                if wall:  # the previous runtime's pool workers spin on and would take a core
+                    wait_idle()
+                    run(feeds)
                 t0 = clock()
                 run(feeds)
                 times[k].append(clock() - t0)
