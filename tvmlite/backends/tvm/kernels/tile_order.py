@@ -25,7 +25,8 @@ def l2_floats() -> int:
 IMAGE_CHANNELS = 4
 
 
-def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int, *, nchw_out_channels: int = 0) -> bool:
+def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int, *, nchw_out_channels: int = 0,
+                      wide_nchw_write: bool = False) -> bool:
     """Whether a direct conv's pixel tiles should run outside its channel tiles
     (`S.tile_direct_conv`). Channel tiles outside (the default) read the whole input once per
     channel tile: from memory where the input is larger than the L2 (Zen 1: 512 KiB), about
@@ -53,6 +54,14 @@ def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int, *
     against 0.90x / 0.91x, 3->64 0.69x against 0.76x, 3->32 0.71x against 0.77x); written NHWC
     (`conv_nhwc.conv2d_nhwc`) the order did not matter or the pixels outside won (3->24 0.92x
     against 0.71x), so that kernel does not pass it.
+    ``wide_nchw_write``: the NHWC-reading kernel (`conv_nhwc.conv2d_nhwc`) writing NCHW from an
+    AVX-512 tile keeps its channel tiles outside: there they won or tied on every conv timed
+    (Sapphire Rapids, one thread, CPU time, bench/conv_tiles.py --orders, 30 rounds, load 2.9,
+    pixels outside -> channels outside, of onnxruntime's Conv): ResNet-50's 256->64 1x1 at 56x56
+    0.87x -> 0.77x (a rerun 0.72x -> 0.67x), 512->128 at 28x28 0.86x -> 0.80x (0.77x -> 0.79x),
+    64->256 at 56x56 1.19x -> 0.75x, 512->2048 at 7x7 1.67x -> 0.87x, its 128->128 3x3 stride 2
+    from 56x56 0.99x -> 0.93x; read NHWC and written NHWC the pixels outside stay (64->256
+    0.65x / 0.64x).
     The L2 here stays Zen 1's 512 KiB (`L2_FLOATS`) on every host, as a measured size, not this
     host's L2 (`l2_floats`): with Sapphire Rapids' 2 MiB the rule flips ResNet-50's 64-channel
     1x1 convs at 56x56, its 512->128 at 28x28 and SqueezeNet's 1x1s at 55x55 and 27x27 to channel
@@ -63,7 +72,7 @@ def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int, *
     Inception-v2 0.992x, DenseNet-121 0.995x of the fixed size."""
     l2 = L2_FLOATS
     taps, step = int(np.prod(geom.kernel)), int(np.prod(geom.strides))
-    if 0 < nchw_out_channels <= IMAGE_CHANNELS:
+    if 0 < nchw_out_channels <= IMAGE_CHANNELS or wide_nchw_write:
         return False
     return (geom.group == 1 and weight_size <= l2 and input_size > max(weight_size, l2)
             and taps < 9 * step)
