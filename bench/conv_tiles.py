@@ -12,12 +12,12 @@ A shape is CI-CO-KxK-sS-HxW (e.g. 48-48-3x3-s1-40x40); ``--shapes det|resnet|all
 A tile is MRxNR: for the direct kernel MR output pixels x NR output channels, for the GEMM MR
 output channels x NR pixels. ``--layouts NHWC-NHWC,NCHW-NHWC`` adds `conv_nhwc.conv2d_nhwc` with its
 input stored and its output written in those layouts (input-output; the input is transposed
-before timing, the output back for the error check):
+before timing, the output back for the error check), with ``:MRxNR`` its register tile forced:
 
-    TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --shapes resnet --layouts NHWC-NHWC,NHWC-NCHW
+    TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --shapes resnet --layouts NHWC-NHWC,NHWC-NCHW:12x32
 
 ``--orders`` times every direct-kernel variant (the NCHW direct tiles and the layout pairs) twice more,
-its tile loops forced into each order (`conv.pixel_tiles_outer`: "/px" pixel tiles outside the channel
+its tile loops forced into each order (`tile_order.pixel_tiles_outer`: "/px" pixel tiles outside the channel
 tiles, "/ch" channel tiles outside):
 
     TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --shapes 256-64-1x1-s1-56x56 --layouts NHWC-NHWC --orders
@@ -59,10 +59,15 @@ def parse_tiles(s: str):
 
 
 def parse_layouts(s: str):
-    pairs = [tuple(p.split("-")) for p in s.split(",") if p]
-    if any(len(p) != 2 or not set(p) <= {"NCHW", "NHWC"} for p in pairs):
-        raise ValueError(f"{s}: a layout pair is X-Y, each NCHW or NHWC")
-    return pairs
+    """[(x layout, y layout, tile or None)] of "X-Y[:MRxNR],..." (a tile: the register tile forced)."""
+    out = []
+    for p in (p for p in s.split(",") if p):
+        pair, _, tile = p.partition(":")
+        xy = tuple(pair.split("-"))
+        if len(xy) != 2 or not set(xy) <= {"NCHW", "NHWC"}:
+            raise ValueError(f"{s}: a layout pair is X-Y[:MRxNR], each NCHW or NHWC")
+        out.append(xy + ((parse_tiles(tile)[0] if tile else None),))
+    return out
 
 
 def in_order(make, outer: bool):
@@ -156,9 +161,10 @@ def main(argv=None) -> int:
             variants[f"gemm {mr}x{nr}"] = (lambda mr=mr, nr=nr: KC.conv2d_gemm(
                 "k", "x", x.shape, wt, bias, geom, tile=S.GemmTile(mr=mr, nr=nr), **kw_))
         xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        for xl, yl in layouts:
-            variants[f"{xl}->{yl}"] = (lambda xl=xl, yl=yl: conv2d_nhwc(
-                "k", "x", x.shape, wt, bias, geom, x_layout=xl, y_layout=yl, **kw_))
+        for xl, yl, t in layouts:
+            variants[f"{xl}->{yl}" + (f" {t[0]}x{t[1]}" if t else "")] = (lambda xl=xl, yl=yl, t=t: conv2d_nhwc(
+                "k", "x", x.shape, wt, bias, geom, x_layout=xl, y_layout=yl,
+                tile=S.GemmTile(mr=t[0], nr=t[1]) if t else None, **kw_))
         if a.orders:
             for vname in [v for v in variants if v.startswith("direct ") or "->" in v]:
                 for tag, outer in (("px", True), ("ch", False)):
@@ -172,7 +178,7 @@ def main(argv=None) -> int:
             fn(*args)
             y = outs[0].numpy()
             n_, c_, oh_, ow_ = ref.shape
-            nhwc_out = vname.split("/")[0].endswith("->NHWC")
+            nhwc_out = vname.split("/")[0].split(" ")[0].endswith("->NHWC")
             y = y.reshape(n_, oh_, ow_, c_).transpose(0, 3, 1, 2) if nhwc_out else y.reshape(ref.shape)
             err = float(np.max(np.abs(y - ref)) / (np.max(np.abs(ref)) + 1e-30))
             if err > 1e-4:

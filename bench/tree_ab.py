@@ -8,8 +8,13 @@ in one process: each tree's build is saved as a .so, then both and onnxruntime r
 
 ``build`` uses whichever tvmlite PYTHONPATH imports (run it from each tree's root) and builds with
 the threads of $TVMLITE_THREADS (the kernels' parallel loops are chosen at build time). ``time``
-runs A, B, onnxruntime in turn each round, each round starting one later (every one takes every slot): by CPU time at one thread (the figure that holds on a
-shared machine), or with --wall by wall clock at $TVMLITE_THREADS threads. MODEL is a light_* model
+runs A, B, onnxruntime in turn each round, each round starting one later (every one takes every
+slot): by CPU time at one thread (the figure that holds on a shared machine), or with --wall by wall
+clock at $TVMLITE_THREADS threads, each timed call then after a wait for the process's threads to
+stop spinning (`runtime.ort.wait_idle`) and one untimed call: without them, whichever ran first
+after onnxruntime ran 1.3-2.5x slower at 2 threads (its pool's workers spin on after a run).
+``--wall --process`` times the process's CPU time at $TVMLITE_THREADS threads instead: the work
+of every thread, spinning included, which a loaded host disturbs less than the wall clock. MODEL is a light_* model
 of the onnx wheel (seeded random weights, as bench_tvm.py --only light), ``detector``
 (tests/real_graphs.py at 320x320) or an .onnx path with static input shapes.
 """
@@ -72,15 +77,16 @@ def build(out: str, models) -> None:
         cm.save(library(out, spec))
 
 
-def compare(a: str, b: str, models, rounds: int, wall: bool) -> None:
+def compare(a: str, b: str, models, rounds: int, wall: bool, process: bool = False) -> None:
     import numpy as np
     import onnxruntime as ort
 
     from tvmlite.backends.tvm import load_module
     from tvmlite.backends.tvm.kernels.target import host_threads
+    from tvmlite.runtime.ort import wait_idle
 
     threads = host_threads() if wall else 1
-    clock = time.perf_counter if wall else time.thread_time
+    clock = time.process_time if process else time.perf_counter if wall else time.thread_time
     for spec in models:
         m, name, shape = load_model(spec)
         feeds = {name: np.random.default_rng(0).random(shape).astype(np.float32)}
@@ -100,12 +106,16 @@ def compare(a: str, b: str, models, rounds: int, wall: bool) -> None:
             # (its caches evicted, its pool worker spinning) and B after A; one build timed as both
             # A and B, one thread, CPU time, came out B/A 0.96 on all four digits models
             for k in order[r % 3:] + order[:r % 3]:
+                if wall:  # the previous runtime's pool workers spin on and would take a core
+                    wait_idle()
+                    runs[k](feeds)
                 t0 = clock()
                 runs[k](feeds)
                 times[k].append(clock() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
         best = {k: min(v) for k, v in times.items()}
-        print(f"{spec} ({'wall' if wall else 'CPU'} time, {threads} thread(s), load {os.getloadavg()[0]:.1f}): "
+        kind = "process CPU" if process else "wall" if wall else "CPU"
+        print(f"{spec} ({kind} time, {threads} thread(s), load {os.getloadavg()[0]:.1f}): "
               f"onnxruntime median {med['ort'] * 1e3:.2f} ms; median (best) A/ort {med['A'] / med['ort']:.3f} "
               f"({best['A'] / best['ort']:.3f}), B/ort {med['B'] / med['ort']:.3f} ({best['B'] / best['ort']:.3f}), "
               f"B/A {med['B'] / med['A']:.3f}; max rel err A {err['A']:.1e}, B {err['B']:.1e}", flush=True)
@@ -123,6 +133,8 @@ def main(argv=None) -> int:
     pt.add_argument("models", nargs="+")
     pt.add_argument("--rounds", type=int, default=15)
     pt.add_argument("--wall", action="store_true", help="wall clock at $TVMLITE_THREADS threads")
+    pt.add_argument("--process", action="store_true",
+                    help="with --wall: the process's CPU time (every thread's) instead of the wall clock")
     a = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "tests"))
     bad = [m for m in a.models if not known(m)]
@@ -139,7 +151,7 @@ def main(argv=None) -> int:
         return 2
     if not a.wall:
         os.environ["TVMLITE_THREADS"] = "1"
-    compare(a.a, a.b, a.models, a.rounds, a.wall)
+    compare(a.a, a.b, a.models, a.rounds, a.wall, a.process and a.wall)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The direct conv's tile loop order (kernels/conv.pixel_tiles_outer, schedules.tile_direct_conv):
+"""The direct conv's tile loop order (kernels/tile_order.pixel_tiles_outer, schedules.tile_direct_conv):
 pixel tiles outside the channel tiles for a group-1 conv whose input is larger than the L2 and its
 weights, whose weights fit the L2 and which has few taps per stride^2; the numbers the same in
 either order, for the NCHW direct kernel and the layout-taking one, at AVX2's 8 lanes and
@@ -15,6 +15,7 @@ tvm = require_tvm()
 from tvmlite.backends.tvm.kernels import conv as KC  # noqa: E402
 from tvmlite.backends.tvm.kernels import conv_nhwc as KN  # noqa: E402
 from tvmlite.backends.tvm.kernels import schedules as S  # noqa: E402
+from tvmlite.backends.tvm.kernels import tile_order as TO  # noqa: E402
 from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: E402
 from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args  # noqa: E402
 from tvmlite.ops.conv import conv  # noqa: E402
@@ -124,6 +125,21 @@ def test_conv_kernels_take_the_order_the_rule_says(orders, case, outer):
     assert orders == [outer] * (2 if geom.group == 1 else 1)
 
 
+@pytest.mark.parametrize("lanes,yl,outer", [(16, "NCHW", False), (16, "NHWC", True), (8, "NCHW", True)])
+def test_nhwc_kernel_writing_nchw_with_avx512_tiles_keeps_channel_tiles_outside(orders, lanes, yl, outer):
+    """ResNet-50's 256->64 1x1 at 56x56 read NHWC (the rule: pixel tiles outside) keeps its channel
+    tiles outside where its AVX-512 tile writes NCHW (tile_order.pixel_tiles_outer's
+    ``wide_nchw_write``: 0.87x -> 0.77x of onnxruntime's Conv); written NHWC, or by AVX2's tile, the rule
+    holds."""
+    geom, _, _ = geometry(256, 64, 1, 1, (56, 56))
+    assert KC.pixel_tiles_outer(*geometry(256, 64, 1, 1, (56, 56)))
+    assert not KC.pixel_tiles_outer(*geometry(256, 64, 1, 1, (56, 56)), wide_nchw_write=True)
+    w = np.ones((64, 256, 1, 1), np.float32)
+    KN.conv2d_nhwc("n", "x", (1, 256, 56, 56), w, None, geom, out_value="y", epilogue=Epilogue(), lanes=lanes,
+                   x_layout="NHWC", y_layout=yl)
+    assert orders == [outer]
+
+
 # --------------------------------------------------------------- output rows in blocks (channel_row_block)
 def row_block_of(ci, co, k, s, hw, group=1, nr=8):
     geom, _, _ = geometry(ci, co, k, s, hw, group)
@@ -139,7 +155,8 @@ def row_block_of(ci, co, k, s, hw, group=1, nr=8):
     ((48, 64, 3, 2, (40, 40)), False),  # the input fits the L2
     ((128, 128, 3, 2, (56, 56), 2), False),  # grouped: not measured
 ])
-def test_channel_row_block_rule(case, blocked):
+def test_channel_row_block_rule(case, blocked, monkeypatch):
+    monkeypatch.setattr(TO, "l2_floats", lambda: 512 * 1024 // 4)  # measured with Zen 1's L2
     geom, rb = row_block_of(*case)
     oh = geom.out_spatial[0]
     if not blocked:
@@ -153,6 +170,28 @@ def test_channel_row_block_rule(case, blocked):
     bigger = [r for r in range(rb + 1, oh) if oh % r == 0]
     if bigger:
         assert ((bigger[0] - 1) * s + k) * ci * (hw[1] + 2 * (k // 2)) > 512 * 1024 // 8 - ci * k * k * 8
+
+
+def test_channel_row_block_sizes_blocks_by_the_hosts_l2(monkeypatch):
+    """The row blocks fit half of this host's L2 (`tile_order.l2_floats`): with 2 MiB (Sapphire Rapids)
+    ResNet-50's 128->128 stride-2 input (1.7 MB) fits it whole, so no blocks; a 256-channel one
+    from 112x112 (13 MB) takes blocks of at most 1 MiB of input rows, where with 512 KiB not even
+    one output row's input fits beside a weight panel."""
+    monkeypatch.setattr(TO, "l2_floats", lambda: 2 * 1024 * 1024 // 4)
+    assert row_block_of(128, 128, 3, 2, (56, 56))[1] == 0
+    geom, rb = row_block_of(256, 256, 3, 2, (112, 112))
+    assert 0 < rb and ((rb - 1) * 2 + 3) * 256 * 114 <= 1024 * 1024 // 4
+    monkeypatch.setattr(TO, "l2_floats", lambda: 512 * 1024 // 4)
+    assert row_block_of(256, 256, 3, 2, (112, 112))[1] == 0
+
+
+def test_l2_cache_size_from_sysfs_text():
+    from tvmlite.backends.tvm.kernels import target
+
+    assert target.parse_cache_size("2048K") == 2 << 20 and target.parse_cache_size("1M") == 1 << 20
+    assert target.parse_cache_size("512") == 512 and target.parse_cache_size("") == 0
+    assert target.parse_cache_size("big") == 0
+    assert target.l2_cache_bytes() >= 64 * 1024  # this host's, or the Zen 1 fallback
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
@@ -188,9 +227,10 @@ def test_layout_taking_conv_same_results_in_row_blocks(monkeypatch, row_blocks, 
     assert row_blocks == [4]
 
 
-def test_conv_kernels_take_the_row_block_the_rule_says(row_blocks):
+def test_conv_kernels_take_the_row_block_the_rule_says(row_blocks, monkeypatch):
     """The rule's block reaches the schedule of both direct kernels; none where the pixel tiles
     run outside (the detector's stride-2 conv) or the kernel is a flat 1x1 GEMM."""
+    monkeypatch.setattr(TO, "l2_floats", lambda: 512 * 1024 // 4)  # Zen 1's L2: ResNet's conv takes blocks
     for case in [(128, 128, 3, 2, (56, 56)), (16, 32, 3, 2, (200, 200)), (256, 64, 1, 1, (56, 56))]:
         geom, rb = row_block_of(*case)
         ci, co, k, _, hw = case

@@ -316,10 +316,12 @@ def test_a_downsampling_conv_emitted_after_its_block_is_promised_nhwc(kept):
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_1x1_convs_of_a_short_reduction_read_nchw(lanes):
-    """Must not apply: a 1x1 conv over 64 channels reads NHWC at 8 lanes (8 vectors of K), not
-    at 16 (4 vectors: kernels/conv.short_reduction), so the value it reads stays NCHW there."""
+@pytest.mark.parametrize("channels", [48, 64])
+def test_1x1_convs_of_a_short_reduction_read_nchw(lanes, channels):
+    """Must not apply: a 1x1 conv over 64 channels reads NHWC at 8 lanes (8 vectors of K) and at
+    16 (4 vectors, as measured there: emitters/nhwc.pointwise_reads_nhwc), one over 48 at
+    neither, so the value it reads stays NCHW there."""
     nodes = [conv_node("x", "w0", "a"), conv_node("a", "w1", "y")]
-    inits = [W("w0", 64, 8, 1, 1), W("b0", 64), W("w1", 16, 64, 1, 1), W("b1", 16)]
+    inits = [W("w0", channels, 8, 1, 1), W("b0", channels), W("w1", 16, channels, 1, 1), W("b1", 16)]
     cm = build(nodes, inits, (1, 8, 6, 6), {"y": (1, 16, 6, 6)}, lanes)
-    assert nhwc_buffers(cm) == ({"a::nhwc"} if lanes == 8 else set())
+    assert nhwc_buffers(cm) == ({"a::nhwc"} if channels == 64 else set())

@@ -229,20 +229,23 @@ def test_a_concat_input_made_on_the_host_is_read_nchw():
 
 
 @pytest.mark.parametrize("yl", ["NCHW", "NHWC"])
-def test_two_vector_tile_for_many_channels_padded_a_little(yl):
+@pytest.mark.parametrize("co,lanes", [(520, 8), (1000, 16)])
+def test_two_vector_tile_for_many_channels_padded_a_little(yl, co, lanes):
     """520 output channels at 8 lanes take the two-vector tile (528 computed, conv_nhwc._tile_channels:
-    SqueezeNet's 1000-channel conv); the 8 padded channels are never written."""
+    SqueezeNet's 1000-channel conv), and at 16 lanes 1000 (1024 computed: AVX-512 pads up to
+    1/32); the padded channels are never written."""
     from tvmlite.backends.tvm.kernels.conv_nhwc import _tile_channels, conv2d_nhwc
     from tvmlite.ops.conv import conv
 
-    assert _tile_channels(520, 8) == 528 and _tile_channels(200, 8) == 200 and _tile_channels(1000, 16) == 1000
+    assert _tile_channels(520, 8) == 528 and _tile_channels(200, 8) == 200 and _tile_channels(1000, 16) == 1024
+    assert _tile_channels(500, 8) == 500 and _tile_channels(200, 16) == 200  # AVX2 keeps 1/64
     x = RNG.standard_normal((1, 16, 5, 7)).astype(np.float32)
-    w = RNG.standard_normal((520, 16, 1, 1)).astype(np.float32)
+    w = RNG.standard_normal((co, 16, 1, 1)).astype(np.float32)
     geom = WindowGeometry.conv({"kernel_shape": [1, 1]}, x.shape, w.shape)
-    kd = conv2d_nhwc("k", "x", x.shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=8, y_layout=yl)
+    kd = conv2d_nhwc("k", "x", x.shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=lanes, y_layout=yl)
     args, outs = kernel_args(kd, {"x": nhwc(x)})
     build_kernel(kd)["main"](*args)
     ref = conv(x, w, None, kernel_shape=[1, 1])
     got = outs[0].numpy()
-    got = got.reshape(1, 5, 7, 520).transpose(0, 3, 1, 2) if yl == "NHWC" else got.reshape(ref.shape)
+    got = got.reshape(1, 5, 7, co).transpose(0, 3, 1, 2) if yl == "NHWC" else got.reshape(ref.shape)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)

@@ -187,3 +187,39 @@ def test_pad_copy_weighs_its_own_elements(ci, co, hw, stride, loops, direct, mon
     assert par
     ref = np.maximum(conv(x, w, b, **attrs), 0)
     np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("kind", ["direct", "gemm"])
+def test_float_conv_tiles_run_in_chunks_and_match(kind, lanes, monkeypatch):
+    """The float direct conv's and GEMM's tile loops run across the cores in chunks
+    (`schedules.parallel_tiles`: 8 here, a serial loop of tiles under each), so the register
+    tile's buffer is allocated once per chunk, not once per tile; the numbers match the serial
+    kernel and NumPy."""
+    x = RNG.standard_normal((1, 64, 32, 32)).astype(np.float32)
+    w = (RNG.standard_normal((64, 64, 3, 3)) * 0.1).astype(np.float32)
+    geom = WindowGeometry.conv(dict(pads=[1] * 4), x.shape, w.shape)
+    fn = KC.conv2d_direct if kind == "direct" else KC.conv2d_gemm
+
+    def make():
+        return fn("c", "x", x.shape, w, None, geom, out_value="y", epilogue=Epilogue(), lanes=lanes)
+    assert "T.parallel(8)" in make().func.script()
+    par, y = _both(make, {"x": x}, monkeypatch)
+    assert par
+    np.testing.assert_allclose(y.reshape(1, 64, 32, 32), conv(x, w, None, pads=[1] * 4), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("ext,chunks", [(64, 8), (25, 2), (3, 2), (2, 2)])
+def test_parallel_tiles_chunk_count(ext, chunks):
+    """`chunk_count` chunks where some divide the tiles evenly among the threads, else one per
+    thread (25 tiles: 13 and 12; 3: 2 and 1); a loop no longer than that runs its iterations in parallel."""
+    import tvm
+    from tvm import te
+
+    a = te.placeholder((ext, 4), name="a")
+    b = te.compute((ext, 4), lambda i, j: a[i, j] * 2, name="b")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+    i, j = sch.get_loops(sch.get_sblock("b"))
+    S.parallel_tiles(sch, [i])
+    assert f"T.parallel({chunks})" in sch.mod["main"].script()

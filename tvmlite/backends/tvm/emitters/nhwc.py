@@ -38,8 +38,9 @@ def enabled() -> bool:
 
 def reads_nhwc(low, node) -> bool:
     """Whether float Conv ``node`` reads its input from an NHWC buffer where it has one: a 2-D
-    group-1 conv with constant weights (and bias), 1x1 with a reduction of 8 vectors or more, or
-    larger where its tile measured faster reading NHWC (`input_nhwc_pays`)."""
+    group-1 conv with constant weights (and bias), 1x1 with a long enough reduction
+    (`pointwise_reads_nhwc`), or larger where its tile measured faster reading NHWC
+    (`input_nhwc_pays`)."""
     if node.domain not in ONNX or node.op_type != "Conv" or int(node.attrs.get("group", 1)) != 1:
         return False
     x = node.inputs[0]
@@ -51,15 +52,28 @@ def reads_nhwc(low, node) -> bool:
     if b and low.const(b) is None:
         return False
     if tuple(w.shape[2:]) == (1, 1):
-        # a short reduction does not hide the transposing store of a kernel writing NCHW (the
-        # direct conv's rule, kernels/conv.short_reduction): PP-OCR cls' 16->88 and 32->200 at
-        # 3x96 ran 1.10x and 1.19x of the NCHW kernel reading NHWC (AVX2, one thread, CPU time)
-        from tvmlite.backends.tvm.kernels.conv import short_reduction
-
-        return not short_reduction(xs[1], 1, low.lanes)
+        return pointwise_reads_nhwc(int(xs[1]), low.lanes)
     from tvmlite.ops.geometry import WindowGeometry
 
     return input_nhwc_pays(xs, w.shape, WindowGeometry.conv(node.attrs, xs, w.shape), low.lanes)
+
+
+def pointwise_reads_nhwc(channels: int, lanes: int) -> bool:
+    """Whether a group-1 1x1 conv of ``channels`` input channels reads NHWC: with AVX2's tiles
+    where its reduction is 8 vectors or more (a short one does not hide the transposing store of
+    a kernel writing NCHW, the direct conv's rule, kernels/conv.short_reduction: PP-OCR cls'
+    16->88 and 32->200 at 3x96 ran 1.10x and 1.19x of the NCHW kernel reading NHWC, one thread,
+    CPU time); with AVX-512's from 4 vectors (64 channels), where the NHWC-reading kernel ran
+    faster into either layout (Sapphire Rapids, one thread, CPU time, bench/conv_tiles.py
+    --layouts, 30 rounds, load 2.4, NHWC input against NCHW input, written NHWC / NCHW, as
+    fractions of onnxruntime's Conv): ResNet-50's 64->256 at 56x56 0.71x / 0.76x and 1.06x /
+    1.15x, 64->64 0.55x / 0.72x and 0.73x / 0.82x, SqueezeNet's 64->256 at 13x13 alike; shorter
+    reductions mixed (32->200 at 3x24 written NCHW 0.67x against 0.62x)."""
+    from tvmlite.backends.tvm.kernels.conv import short_reduction
+
+    if accumulator_vectors(lanes) > 8:
+        return channels >= 4 * lanes
+    return not short_reduction(channels, 1, lanes)
 
 
 #: the most pixels (channel streams) a 3x3 conv's NHWC tile may read (`input_nhwc_pays`)
@@ -75,7 +89,7 @@ def input_nhwc_pays(x_shape, w_shape, geom, lanes: int) -> bool:
     streams (AVX2's two-vector tiles of 4-5 pixels; its one-vector tiles of 6-7 pixels, which
     rows of 6, 7, 13 and 14 take, always lost) and either, at stride 1, each stream's run is
     long (C >= 32 vectors: 256 channels with AVX2), or, at stride 2, the input is larger than the
-    L2 (`conv.L2_FLOATS`: the NCHW tile then streams C planes of rows of which each tap uses
+    L2 (`tile_order.L2_FLOATS`: the NCHW tile then streams C planes of rows of which each tap uses
     every other pixel). AVX2 (Zen 1), one thread, CPU time, NHWC input against NCHW input with
     the output in the same layout (both pairs: NCHW and NHWC output), bench/conv_tiles.py,
     medians of 15-20 interleaved rounds at load 8-12:
@@ -89,7 +103,7 @@ def input_nhwc_pays(x_shape, w_shape, geom, lanes: int) -> bool:
     128 from 56x56 1.01x / 0.93x; input within it: 48->48 from 40x40 1.00x / 1.09x; 7 pixels
     (ResNet-50's 256 from 28x28, 512 from 14x14) 1.04-1.08x. 5x5 lost with 4 pixels (Inception's
     32->96 at 27x27 1.24x), so only 3x3; no dilation, other strides or AVX-512's tiles measured."""
-    from tvmlite.backends.tvm.kernels.conv import L2_FLOATS
+    from tvmlite.backends.tvm.kernels.tile_order import L2_FLOATS
     from tvmlite.backends.tvm.kernels.conv_nhwc import nhwc_tile
 
     n, c, h, wd = (int(d) for d in x_shape)

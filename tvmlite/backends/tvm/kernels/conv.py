@@ -14,6 +14,7 @@ from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up
 from tvmlite.backends.tvm.kernels.depthwise import depthwise_conv2d  # noqa: F401 - the emitter's name for it
 from tvmlite.backends.tvm.kernels.epilogue import UNARY, bind_epilogue
 from tvmlite.backends.tvm.kernels.gemm import column_gemm, conv_tile
+from tvmlite.backends.tvm.kernels.tile_order import IMAGE_CHANNELS, channel_row_block, pixel_tiles_outer
 from tvmlite.ops.geometry import WindowGeometry
 
 
@@ -95,8 +96,8 @@ def direct_tile(cog: int, ow: int, lanes: int, taps: int = 1, *, strided: bool =
     """Register tile for the direct conv: ``nr`` output channels (SIMD lanes: two vectors when
     that pads the channels no more than one does, so 48 channels take 3 x 16, not 2 x 32 with a
     quarter wasted) by ``mr`` output pixels of one row. ``mr`` is the width, up to 12 pixels
-    and the host's accumulator registers (`S.accumulator_vectors`: AVX-512 24 vectors, 12 pixels
-    at two vectors of channels, wider tiles measured slower on the detector's convs; AVX2 8,
+    and the host's accumulator registers (`S.accumulator_vectors`: AVX-512 20 vectors, 10 pixels
+    at two vectors of channels, 12 at one; wider tiles measured slower; AVX2 8,
     4 pixels), that pads the row least, the widest among equals. A conv of several ``taps``
     (3x3) takes one vector of channels instead where its wider pixel tile pads the row less
     (AVX2: 7 x 8 at 7x7 and 14x14, 1.21x -> 1.02x and 1.14x -> 0.99x of onnxruntime's Conv on
@@ -153,9 +154,10 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     copy, `phase_planes`) unless the GEMM pads a small image's pixels by a tenth or more, and not
     for a short reduction
     (`short_reduction`: K < 8 vectors; with AVX2's tiles 3 vectors where the conv has several taps
-    and at least 3 channels): the direct tile leaves through a transposing write of its mr x nr
+    and at least 3 channels, with AVX-512's where the GEMM's column tiles cross output rows):
+    the direct tile leaves through a transposing write of its mr x nr
     values (shuffles, a store per channel), which only a long K hides. An RGB stem (3x3, K = 27)
-    needs K of 3 vectors only on AVX2: there the GEMM's strided, padded column gathers cost more
+    needs K of 3 AVX2 vectors: there the GEMM's strided, padded column gathers cost more
     than the direct tile's write (one vector store per channel's pixel run,
     `S.vectorize_pixel_run`). AVX2, one thread, CPU time, with SiLU, against onnxruntime's Conv
     (bench/conv_tiles.py): 3->16 s2 at 320x320 GEMM 1.23-1.33x -> direct 0.94-1.04x, 3->24 s2 at
@@ -166,11 +168,11 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     """
     co, ci, kh, kw = (int(d) for d in w_shape)
     cog = co // geom.group
-    if short_reduction(ci, kh * kw, lanes):
-        return False
     oh, ow = geom.out_spatial
-    dt = direct_tile(cog, ow, lanes, kh * kw, strided=max(geom.strides) > 1)
     gt = conv_tile(cog, oh * ow, lanes)
+    if short_reduction(ci, kh * kw, lanes, gemm_crosses_rows=ow % gt.nr != 0):
+        return False
+    dt = direct_tile(cog, ow, lanes, kh * kw, strided=max(geom.strides) > 1)
     direct = cog / round_up(cog, dt.nr) * ow / round_up(ow, dt.mr)
     gemm = cog / round_up(cog, gt.mr) * (oh * ow) / round_up(oh * ow, gt.nr)
     if (kh, kw) == (1, 1) and not geom.padded:  # strided too: a GEMM over the subsampled copy
@@ -198,19 +200,29 @@ def use_direct_conv(w_shape, geom: WindowGeometry, lanes: int) -> bool:
     return direct >= gemm
 
 
-def short_reduction(channels: int, taps: int, lanes: int) -> bool:
+def short_reduction(channels: int, taps: int, lanes: int, *, gemm_crosses_rows: bool = False) -> bool:
     """Whether a reduction of K = ``channels`` x ``taps`` is too short for the direct conv
     (`use_direct_conv`): its tile leaves through a transposing write that only a long K hides.
-    8 vectors with AVX-512's 24-accumulator tiles; AVX2's 8-accumulator tiles write a third as much
+    8 vectors with AVX-512's 20-accumulator tiles; AVX2's 8-accumulator tiles write a third as much
     per tile, and there 3 vectors do for a conv of several taps and at least 3 channels (a 1x1 or
     1-channel conv keeps the 8-vector rule): 3-channel 3x3 stems (K = 27, one thread, CPU time,
     against onnxruntime's Conv, bench/conv_tiles.py) ran GEMM -> direct 1.31x -> 0.70x at 3->64
     stride 2 to 111x111 (squeezenet's stem: a row of 111 is no whole number of GEMM column tiles,
     so every column lane divides), 1.24x -> 0.69x at 3->32 stride 2 from 224x224, 0.97x -> 0.82x
-    at 3->16 from 320x320."""
+    at 3->16 from 320x320. AVX-512 takes the same 3 AVX2 vectors (24 floats) for an image stem
+    (at most IMAGE_CHANNELS channels) where
+    the GEMM's column tiles (2 vectors of pixels) cross output rows (``gemm_crosses_rows``: every
+    column lane then divides and gathers, `use_direct_conv`); where they do not, the GEMM stays.
+    AVX-512 (Sapphire Rapids, 16 lanes), one thread, CPU time, against onnxruntime's Conv
+    (bench/conv_tiles.py, 40-60 interleaved rounds, load 3-4 on 2 cores), GEMM -> direct: rows
+    crossed, 3x3 stride 2 from 224x224 (112 wide) 3->16 1.93x -> 1.01x, 3->24 (ShuffleNet's stem)
+    1.30x -> 0.94x, 3->32 1.34x -> 0.91x, 3->64 0.98x -> 0.81x; whole rows kept as GEMM: 3->16
+    from 320x320 0.94x (direct 0.99-1.03x), from 48x320 0.97x (1.04-1.10x), 3->64 at 224x224
+    stride 1 (VGG's stem) 0.73x (0.80x; a noisier rerun had it the other way)."""
     k = channels * taps
-    if S.accumulator_vectors(lanes) <= 8 and taps > 1 and channels >= 3:
-        return k < 3 * lanes
+    stem = channels <= IMAGE_CHANNELS and gemm_crosses_rows  # AVX-512: measured on image stems only
+    if taps > 1 and channels >= 3 and (S.accumulator_vectors(lanes) <= 8 or stem):
+        return k < 3 * 8
     return k < 8 * lanes
 
 
@@ -307,79 +319,6 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
                          work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
                          pixels_outer=outer, row_block=0 if outer else channel_row_block(geom, ci * wp, w.shape, nr))
-
-
-#: the per-core L2 in floats (Zen 1: 512 KiB)
-L2_FLOATS = 512 * 1024 // 4
-
-
-# Input channels (per group) up to which a direct conv writing NCHW keeps its channel tiles
-# outside (`pixel_tiles_outer`): an image stem's RGB(A) or gray planes.
-IMAGE_CHANNELS = 4
-
-
-def pixel_tiles_outer(geom: WindowGeometry, input_size: int, weight_size: int, *, nchw_out_channels: int = 0) -> bool:
-    """Whether a direct conv's pixel tiles should run outside its channel tiles
-    (`S.tile_direct_conv`). Channel tiles outside (the default) read the whole input once per
-    channel tile: from memory where the input is larger than the L2 (Zen 1: 512 KiB), about
-    stride^2 / (nr x taps) floats per multiply-add, which a 3x3 stride-1 window (9 taps) hides and
-    a 1x1 or stride-2 conv does not. Pixel tiles outside read the input once and the whole weights
-    once per pixel tile, from the L2 where they fit it. So: a group-1 conv whose input is larger
-    than the L2 and than its weights, whose weights fit the L2, with fewer than 9 taps per
-    stride^2. AVX2, one thread, CPU time, against onnxruntime's Conv (interleaved medians, load
-    5-10): ResNet-50's 1x1 convs at 56x56 reading NHWC 256->64 1.13x -> 0.78x, 256->128 1.17x ->
-    0.84x, 64->64 0.89x -> 0.77x, 64->256 1.00x -> 0.90x, 256->512 stride 2 0.63x -> 0.56x; the
-    detector's 3x3 convs with SiLU, stride 2, 16->32 at 160x160 1.31x -> 1.03x, 32->48 at 80x80
-    1.01x -> 0.90x (a rerun, 80 rounds, `bench/conv_tiles.py --orders`: 1.12x -> 1.08x and 0.86x ->
-    0.89x, inside the +-0.1 two builds of one kernel differed by there; the 1x1 gains held:
-    256->64 1.12x -> 0.77x, 256->128 1.25x -> 0.86x). Kept: weights the larger operand (1024->2048 1x1 stride 2 from 14x14 1.02x,
-    1.76x the other way; 256->256 3x3 at 14x14 0.98x against 1.19x), weights past the L2 (VGG's
-    128->128 3x3 at 112x112, 576 KiB: 1.08x against 1.15x), an input that fits the L2 (48->64 3x3
-    stride 2 at 40x40: 0.70x against 0.76x), 3x3 stride 1 (VGG's 64->128 at 112x112 1.01x
-    against 1.05x, 64->64 at 224x224 0.98x against 1.00x). Grouped convs: not measured.
-    ``nchw_out_channels``: the input channels per group of a conv that writes NCHW (`conv2d_direct`;
-    0: not known or not NCHW). An image stem (at most IMAGE_CHANNELS of them, K = 27 for 3x3)
-    keeps its channel tiles outside: there the transposing NCHW write weighs as much as the
-    multiply-adds, and channel tiles outside write each channel plane's rows in turn (AVX2, one
-    thread, CPU time, against onnxruntime's Conv, bench/conv_tiles.py --orders, load 13, channels
-    outside -> pixels outside: 3->24 3x3 stride 2 from 224x224 (ShuffleNet's stem) 0.75x / 0.81x
-    against 0.90x / 0.91x, 3->64 0.69x against 0.76x, 3->32 0.71x against 0.77x); written NHWC
-    (`conv_nhwc.conv2d_nhwc`) the order did not matter or the pixels outside won (3->24 0.92x
-    against 0.71x), so that kernel does not pass it."""
-    l2 = L2_FLOATS
-    taps, step = int(np.prod(geom.kernel)), int(np.prod(geom.strides))
-    if 0 < nchw_out_channels <= IMAGE_CHANNELS:
-        return False
-    return (geom.group == 1 and weight_size <= l2 and input_size > max(weight_size, l2)
-            and taps < 9 * step)
-
-
-def channel_row_block(geom: WindowGeometry, row_floats: int, w_shape, nr: int) -> int:
-    """Output rows per block for a direct conv whose channel tiles run outside its pixel tiles
-    (`S.tile_direct_conv`'s ``row_block``), 0 for none. Channel tiles outside read the whole
-    input once per channel tile; where it is larger than the L2 (Zen 1: 512 KiB) and the window
-    reads few taps per stride^2 (the `pixel_tiles_outer` test: a stride-2 3x3, not a stride-1
-    one), every tile's k-steps, a few floats of one channel plane after another, miss to the L3.
-    In blocks of output rows whose input rows fit half the L2 beside one channel tile's weight
-    panel, a block's channel tiles find them in the L2; the weights are then read once per block,
-    so only where they are no larger than the input. Group-1 convs; ``row_floats``: one padded
-    input row of every channel the kernel reads; ``w_shape``: the conv's weights; ``nr``: its
-    tile's channels. The block is the most rows that divide the output height and fit, fewer than
-    all. AVX2, one thread, CPU time, against onnxruntime's Conv (interleaved medians, load 11-13): ResNet-50's 128->128 3x3 stride 2 from 56x56 1.11-1.19x ->
-    0.97-0.98x (2 rows; 1, 4, 7, 14 rows 0.97-1.03x); not taken: its 256->256 stride 2 from
-    28x28, weights 2.6x its input (2 rows 1.12x -> 1.13-1.19x)."""
-    l2 = L2_FLOATS
-    (kh, kw), (sh, sw), (dh, _) = geom.kernel, geom.strides, geom.dilations
-    oh = geom.out_spatial[0]
-    weight_size = int(np.prod(w_shape))
-
-    def footprint(rows: int) -> int:  # the input rows a block of output rows reads
-        return ((rows - 1) * sh + (kh - 1) * dh + 1) * row_floats
-    if geom.group != 1 or kh * kw >= 9 * sh * sw or footprint(oh) <= l2 or weight_size > footprint(oh):
-        return 0
-    budget = l2 // 2 - int(np.prod(w_shape[1:])) * nr  # one channel tile's weight panel
-    fits = [r for r in range(1, oh) if oh % r == 0 and footprint(r) <= budget]
-    return max(fits, default=0)
 
 
 def finish_direct(b: Builder, out_value: str, Y, tile: S.GemmTile, *, lanes: int, steps, unpadded: bool, act: bool,

@@ -103,7 +103,8 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     else:
         Y = te.compute((n, g, cog, rows, cols), lambda nn, gg, cc, y, xx: value(nn, y, xx, gg, cc),
                        name="epilogue")
-    outer = pixel_tiles_outer(geom, n * c * h * wd, w.size)
+    outer = pixel_tiles_outer(geom, n * c * h * wd, w.size,
+                              wide_nchw_write=not yl and S.accumulator_vectors(lanes) > 8)
     rb = 0 if outer or flat else channel_row_block(geom, c * wp, w.shape, nr)
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
                          work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
@@ -119,12 +120,16 @@ def nhwc_tile(cog: int, cols: int, lanes: int, taps: int, *, strided: bool = Fal
 
 def _tile_channels(cog: int, lanes: int) -> int:
     """The output channels `direct_tile` chooses the tile for: padded to two vectors where that
-    wastes at most 1/64 of them, so that the two-vector tile (twice the accumulators) is taken.
-    SqueezeNet's 512->1000 1x1 conv at 13x13 reading NHWC (AVX2, one thread, CPU time): one
-    vector, 5 pixels 6.53 ms; two vectors, 5 pixels 5.29 ms (0.81x; the NCHW GEMM it replaces
-    5.3 ms in the model)."""
+    wastes at most 1/64 of them (AVX-512: 1/32), so that the two-vector tile (twice the
+    accumulators) is taken. SqueezeNet's 512->1000 1x1 conv at 13x13 reading NHWC (AVX2, one
+    thread, CPU time): one vector, 5 pixels 6.53 ms; two vectors, 5 pixels 5.29 ms (0.81x; the
+    NCHW GEMM it replaces 5.3 ms in the model). With AVX-512 two vectors pad those 1000 channels
+    to 1024 (2.4%): written NCHW (Sapphire Rapids, one thread, CPU time, bench/conv_tiles.py
+    --layouts, 40 rounds, load 2.7) 10 x 16 1.00x of onnxruntime's Conv, 10 x 32 0.92x (5 x 64
+    0.91x, 8 x 32 0.97x)."""
     padded = round_up(cog, 2 * lanes)
-    return padded if (padded - cog) * 64 <= cog else cog
+    share = 32 if lanes >= 16 else 64
+    return padded if (padded - cog) * share <= cog else cog
 
 
 def clamped_row(X, nhwc: bool, shape, width: int):

@@ -74,14 +74,20 @@ def min_parallel_work() -> int:
 
 
 def accumulator_vectors(lanes: int) -> int:
-    """Vector registers a register tile may fill with accumulators: 24 of AVX-512's 32 (with
+    """Vector registers a register tile may fill with accumulators: 20 of AVX-512's 32 (with
     ``lanes`` 16), 8 of AVX2's 16 (``lanes`` 8). The rest hold the tile's operands (a vector of
     packed weights or columns per tile column, a broadcast); past the budget LLVM spills the
     tile to the stack on every multiply-add. On an AVX2 host (Zen 1, one thread, against
     onnxruntime's Conv) the 12 x 16 direct tile (24 accumulators) ran the detector's 3x3 convs
     at 1.2-2.3x, 4 x 16 (8) at 0.6-1.0x, 5 x 16 (10) alike, 6 x 16 (12) between the two
-    (bench/conv_tiles.py)."""
-    return 24 if lanes >= 16 else 8
+    (bench/conv_tiles.py). On AVX-512 (Sapphire Rapids, one thread, CPU time, the same bench,
+    3x3 stride-1 direct convs, 30 interleaved rounds, load 3.6-3.8) the two-vector direct tiles of
+    11 and 12 pixels (22, 24 accumulators) ran slower than 8-10: 12 x 32 against 8 x 32 1.42x /
+    0.82x of onnxruntime's Conv at 48->64 48x48, 1.81x / 0.85x at 64->64 40x40, 1.94x / 0.96x at
+    128->128 27x27 (9 x 32 0.79x); 11 x 32 against 10 x 32 at 16->64 55x55 writing NHWC
+    0.83-0.90x / 0.81x (8 x 32 0.70-0.76x, 5 x 32 0.77x), at 32->128 27x27 0.87x / 0.79x (9 x 32
+    0.72x). The GEMM's 8 x 2 vectors (16) are unchanged."""
+    return 20 if lanes >= 16 else 8
 
 
 @dataclass
@@ -196,6 +202,29 @@ def parallel_outer(sch, loops):
     return fused
 
 
+def parallel_tiles(sch, loops):
+    """Fuse the register-tile loops ``loops`` (outermost first) and run them across cores as
+    contiguous chunks (`parallel_chunks`: `chunk_count`, else one per thread), each chunk's tiles
+    in a serial loop. TVM allocates a buffer made under a parallel loop (the tile's accumulator,
+    a GEMM's column panel) through the runtime's workspace on every iteration: with a tile per
+    iteration, each tile called TVMBackendAllocWorkspace, memset its accumulator and freed it
+    (the 1-thread build, serial, allocates once per call). The chunks share the tiles among the
+    threads as TVM's static split of the fused loop did. Sapphire Rapids, 2 threads, the kernels
+    alone (`conv_nhwc.conv2d_nhwc` NHWC in and out), process CPU time chunked / per tile,
+    interleaved, load 3-4: 16->64 1x1 at 55x55 0.73x, 64->64 at 56x56 0.80x, 64->256 0.91x,
+    512->2048 at 7x7 0.95x, 256->64 at 56x56 0.98x."""
+    from tvmlite.backends.tvm.kernels.target import host_threads
+
+    loops = [lp for lp in loops if lp is not None]
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    ext = _extent(sch, fused)
+    if ext is None:
+        sch.parallel(fused)
+        return fused
+    chunks = chunk_count(ext)
+    return parallel_chunks(sch, fused, chunks if chunks > 1 else max(2, host_threads()))
+
+
 # Tasks a loop is cut into by `parallel_chunks`. A buffer made under a parallel loop (a depthwise
 # conv's padded channel plane and register tile) is allocated and freed through the runtime's
 # workspace on every iteration, where under a serial loop TVM allocates it once per call: PP-OCR
@@ -263,7 +292,7 @@ def schedule_gemm(sch, acc: str, epilogue: str, tile: GemmTile, *, packs=(), pro
         unroll_rows(sch, lp["ii"])
     if on("parallel_outer") and parallel:
         inner_too = parallel_rows and producer is None and "ko" not in lp
-        parallel_outer(sch, lp["outer"] + [lp["first"]] + ([lp["second"]] if inner_too else []))
+        parallel_tiles(sch, lp["outer"] + [lp["first"]] + ([lp["second"]] if inner_too else []))
     if on("finish_reduction"):
         finish_reduction(sch, block, lp.get("ko") or lp["k"])
     return sch
@@ -357,10 +386,10 @@ def tile_direct_conv(sch, block, tile: GemmTile, *, pixels_outer: bool = False, 
     in L2, and each (rc, ry, rx) step is one row of packed weights times mr broadcast pixels.
     With ``pixels_outer`` the channel tiles run inside the pixel tiles, (n, g, y, x/mr, co/nr, ...):
     the input is read once and the whole weights once per pixel tile, for a conv whose input is
-    larger than its weights (`conv.pixel_tiles_outer`). With ``row_block`` (channel tiles outside)
+    larger than its weights (`tile_order.pixel_tiles_outer`). With ``row_block`` (channel tiles outside)
     the output rows run in blocks of that many, each block's channel tiles inside it,
     (n, g, y/rb, co/nr, rb, x/mr, ...): the input rows one block reads stay in the L2 across its
-    channel tiles (`conv.channel_row_block`)."""
+    channel tiles (`tile_order.channel_row_block`)."""
     nl, gl, yl, xl, il, rc, ry, rx = sch.get_loops(block)
     io, ii = sch.split(il, factors=[None, int(tile.nr)])
     xo, xi = sch.split(xl, factors=[None, int(tile.mr)])
@@ -424,7 +453,7 @@ def schedule_direct_conv(sch, pad: str | None, acc: str, epilogue: str, tile: Ge
     if on("unroll_rows"):
         unroll_rows(sch, lp["ii"])
     if on("parallel_outer") and parallel:
-        parallel_outer(sch, lp["outer"])
+        parallel_tiles(sch, lp["outer"])
     if on("finish_reduction"):
         finish_reduction(sch, block, lp["k"])
     return sch

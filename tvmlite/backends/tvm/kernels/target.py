@@ -104,3 +104,37 @@ def has_vnni() -> bool:
     if vector_lanes() != 16:
         return False
     return "avx512_vnni" in cpu_flags()
+
+
+#: the per-core L2 where the host does not say (Zen 1's 512 KiB, what the cache rules were first measured on)
+L2_FALLBACK_BYTES = 512 * 1024
+
+
+@functools.lru_cache(maxsize=None)
+def l2_cache_bytes() -> int:
+    """This host's per-core L2 cache in bytes, from Linux's sysfs (cpu0's level-2 data or unified
+    cache: Zen 1 512 KiB, Sapphire Rapids 2 MiB); `L2_FALLBACK_BYTES` where it cannot be read."""
+    import glob
+
+    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(os.path.join(d, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(d, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(d, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if level == "2" and kind in ("Unified", "Data"):
+            return parse_cache_size(size) or L2_FALLBACK_BYTES
+    return L2_FALLBACK_BYTES
+
+
+def parse_cache_size(text: str) -> int:
+    """Bytes of a sysfs cache size ("2048K", "1M", "512"); 0 where it does not parse."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in "KMG" else text
+    return int(digits) * scale if digits.isdigit() else 0
+
