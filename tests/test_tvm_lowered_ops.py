@@ -154,12 +154,12 @@ def test_lowered_digits_model_matches_onnxruntime(spec, op):
 
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("y_layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("m,mm,out_hw", [(4, 32, (28, 28)), (2, 24, (7, 9)), (4, 20, (13, 11))])
+@pytest.mark.parametrize("m,mm,out_hw", [(4, 32, (28, 28)), (2, 24, (7, 9)), (4, 20, (13, 11)), (4, 7, (9, 10))])
 def test_winograd_output_kernel_in_each_layout(lanes, y_layout, m, mm, out_hw):
     """WinogradOutput's kernel against the op's NumPy reference, written NCHW or NHWC (for readers
     taking the conv's output channels-last), with bias, a residual stored NHWC (read through
     Epilogue.layouts) and ReLU fused; ragged last tiles, batch 2, channels a whole vector, half a
-    vector (24 at 16 lanes) and a quarter (20)."""
+    vector (24 at 16 lanes), a quarter (20) and no vector (7: one block of all channels)."""
     from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
     from tvmlite.backends.tvm.kernels.lowered import winograd_output
     from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
