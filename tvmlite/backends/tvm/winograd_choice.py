@@ -53,7 +53,8 @@ was fitted on (F(m) time / direct kernel time):
   refused. (With the output transform writing NCHW those readers lost their layout or copied:
   SqueezeNet 1.067x, ResNet-50 1.035x, Inception-v2 1.029x.) Reading the GEMM's output tile-major
   ([α², P, M], channels contiguous) the NHWC transform measured 0.43-0.80x of the NCHW one at
-  13x13-55x55 (a timing mock-up): a GEMM computing that layout would lift the 1.3.
+  13x13-55x55 but 1.3x and 2.4x at 56x56 (64, 192 channels; a timing mock-up, unexplained): a
+  GEMM computing that layout could lift the 1.3.
 The thresholds were measured on one AVX-512 host (RULE_NOTE); on AVX2 the direct kernel's tile
 and the NHWC readers differ (wide 3x3 convs there read NHWC too): `bench/winograd_convs.py`
 (``--depth 8``) and `bench/winograd_models.py` are the two measurements to refit them with.
