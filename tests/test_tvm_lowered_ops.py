@@ -150,3 +150,105 @@ def test_lowered_digits_model_matches_onnxruntime(spec, op):
     (ref,) = ort_run(onnx.load(path), {"input": x})
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("y_layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("m,mm,out_hw", [(4, 32, (28, 28)), (2, 24, (7, 9)), (4, 20, (13, 11)), (4, 7, (9, 10))])
+def test_winograd_output_kernel_in_each_layout(lanes, y_layout, m, mm, out_hw):
+    """WinogradOutput's kernel against the op's NumPy reference, written NCHW or NHWC (for readers
+    taking the conv's output channels-last), with bias, a residual stored NHWC (read through
+    Epilogue.layouts) and ReLU fused; ragged last tiles, batch 2, channels a whole vector, half a
+    vector (24 at 16 lanes), a quarter (20) and no vector (7: one block of all channels)."""
+    from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp
+    from tvmlite.backends.tvm.kernels.lowered import winograd_output
+    from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args
+    from tvmlite.ops.lowered import winograd_matrices, winograd_output as reference, winograd_tiles
+
+    n, (oh, ow) = 2, out_hw
+    th, tw = winograd_tiles(out_hw, m)
+    mt = RNG.standard_normal(((m + 2) ** 2, mm, n * th * tw)).astype(np.float32)
+    b = RNG.standard_normal(mm).astype(np.float32)
+    res = RNG.standard_normal((n, mm, oh, ow)).astype(np.float32)
+    epi = Epilogue([EwOp("Add", [("value", "r", res.shape)]), EwOp("Relu")], layouts={"r": "r::nhwc"})
+    at, _, _ = winograd_matrices(m, 3)
+    kd = winograd_output("k", "t", mt.shape, b, m=m, r=3, out_shape=(n, mm, oh, ow), at=at, out_value="y",
+                         epilogue=epi, lanes=lanes, y_layout=y_layout)
+    args, outs = kernel_args(kd, {"t": mt, "r::nhwc": np.ascontiguousarray(res.transpose(0, 2, 3, 1))})
+    build_kernel(kd)["main"](*args)
+    y = outs[0].numpy()
+    y = y.reshape(n, oh, ow, mm).transpose(0, 3, 1, 2) if y_layout == "NHWC" else y.reshape(n, mm, oh, ow)
+    want = np.maximum(reference(mt, b, m=m, out_shape=(oh, ow)) + res, 0)
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
+
+def _winograd_build(nodes, inits, x_shape, lanes):
+    """Compiled model (every 3x3 conv lowered to F(4) first) checked against onnxruntime."""
+    from tvmlite.frontend import load as load_model
+
+    m = make_model(nodes, [tensor("x", x_shape)], [tensor("y", ["d"] * 4)], inits)
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    (ref,) = ort_run(m, {"x": x})
+    lowered = load_model(m)
+    Pipeline("winograd(m=4)").run(lowered)
+    assert any(n.op_type == "WinogradOutput" for n in lowered.graph.nodes)
+    cm = compile_model(lowered, {"x": x_shape}, cache=False, lanes=lanes)
+    got = cm.run({"x": x})
+    got = got["y"] if isinstance(got, dict) else got[0]
+    assert float(np.abs(got - ref).max() / np.abs(ref).max()) <= 1e-4
+    return cm
+
+
+def _fire(c=64):
+    """SqueezeNet's fire module: 1x1 squeeze, then 1x1 and 3x3 expands, concatenated along the
+    channels and read by a 1x1 conv."""
+    from test_tvm_nhwc import W, conv_node
+
+    nodes = [conv_node("x", "w0", "s0"), helper.make_node("Relu", ["s0"], ["s"]),
+             conv_node("s", "w1", "t1"), helper.make_node("Relu", ["t1"], ["o1"]),
+             conv_node("s", "w2", "t2", k=3), helper.make_node("Relu", ["t2"], ["o2"]),
+             helper.make_node("Concat", ["o1", "o2"], ["cat"], axis=1), conv_node("cat", "w3", "y")]
+    inits = [W("w0", 16, 8, 1, 1), W("b0", 16), W("w1", c, 16, 1, 1), W("b1", c), W("w2", c, 16, 3, 3),
+             W("b2", c), W("w3", 8, 2 * c, 1, 1), W("b3", 8)]
+    return nodes, inits
+
+
+def _slices(cm) -> dict:
+    return {v: (b["of"], b["offset"]) for v, b in cm.plan["buffers"].items() if b.get("kind") == "slice"}
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_winograd_output_writes_its_nhwc_concat_slice(lanes):
+    """The 3x3 expand of a fire module as Winograd: its output transform writes NHWC, straight into
+    its channels of the Concat's channels-last buffer (nhwc_concat.py), as the 1x1 expand does; no
+    transpose, no Concat copy."""
+    from test_tvm_nhwc import nhwc_buffers, transposes
+
+    nodes, inits = _fire()
+    cm = _winograd_build(nodes, inits, (1, 8, 13, 11), lanes)
+    assert {"o2::nhwc", "cat::nhwc"} <= nhwc_buffers(cm)
+    assert _slices(cm) == {"o1::nhwc": ("cat::nhwc", 0), "o2::nhwc": ("cat::nhwc", 64)}
+    assert not transposes(cm) and not [c for c in cm.plan["calls"] if "_concat_" in c.get("func", "")]
+
+
+def test_winograd_output_writes_its_nchw_concat_slice(monkeypatch):
+    """With channels-last values off, the output transform writes NCHW into the Concat's buffer
+    at its channel offset (concat_views.py)."""
+    from test_tvm_nhwc import nhwc_buffers
+
+    monkeypatch.setenv("TVMLITE_FLOAT_NHWC", "0")
+    nodes, inits = _fire()
+    cm = _winograd_build(nodes, inits, (1, 8, 13, 11), 16)
+    assert not nhwc_buffers(cm)
+    assert _slices(cm) == {"o1": ("cat", 0), "o2": ("cat", 64 * 13 * 11)}
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_winograd_output_writes_nhwc_for_a_1x1_conv(lanes):
+    """ResNet's bottleneck with its 3x3 conv as Winograd: the output transform writes NHWC for the
+    1x1 expand, which reads it channels-last; nothing is transposed."""
+    from test_tvm_nhwc import bottleneck, nhwc_buffers, transposes
+
+    nodes, inits = bottleneck()
+    cm = _winograd_build(nodes, inits, (1, 8, 9, 11), lanes)
+    assert "r2::nhwc" in nhwc_buffers(cm) and not transposes(cm)

@@ -93,15 +93,24 @@ def _with_reader(x_shape, out, reader: str):
 
 
 @pytest.mark.parametrize("reader", ["Concat", "1x1"])
-def test_refuses_a_conv_whose_reader_takes_channels_last(reader, monkeypatch):
-    x = (1, 64, 16, 16)
-    got, _ = _decide(_with_reader(x, 128, reader), x)
+def test_a_conv_read_channels_last_pays_for_the_nhwc_output_transform(reader, monkeypatch):
+    """A 1x1 conv or a Concat behind the conv (past the Relu) takes its output channels-last: the
+    output transform writes NHWC (into the Concat's slice, test_tvm_lowered_ops.py), which costs
+    NHWC_OUTPUT_COST times the NCHW one, so the channels must be wider: 128->128 still goes F(4),
+    SqueezeNet's 64->256 stays direct (taken with float NHWC off, its output then NCHW)."""
+    x = (1, 128, 16, 16)
+    got, m = _decide(_with_reader(x, 128, reader), x)
+    want = "Concat" if reader == "Concat" else "1x1 conv"
+    assert got[0]["m"] == 4 and "WinogradOutput" in _ops(m)
+    assert got[0]["reason"] == f"128->128 channels at 16x16, 16 tiles, written channels-last for Relu -> a {want}"
+    x = (1, 64, 13, 13)
+    got, _ = _decide(_with_reader(x, 256, reader), x)
     assert got[0]["m"] is None
-    assert got[0]["reason"] == f"read by Relu -> a {'Concat' if reader == 'Concat' else '1x1 conv'}: it takes the " \
-                               "direct kernel's output channels-last"
-    monkeypatch.setenv("TVMLITE_FLOAT_NHWC", "0")  # a 1x1 conv then reads NCHW anyway; a Concat still refuses
-    got, _ = _decide(_with_reader(x, 128, reader), x)
-    assert (got[0]["m"] is None) == (reader == "Concat")
+    assert got[0]["reason"] == f"64->256 channels: C·M/(C+1.3·M) = 41.3 < 42 (read channels-last by Relu -> a {want}), " \
+                               "the transforms outweigh the saving"
+    monkeypatch.setenv("TVMLITE_FLOAT_NHWC", "0")
+    got, _ = _decide(_with_reader(x, 256, reader), x)
+    assert got[0]["m"] == 4 and got[0]["reason"] == "64->256 channels at 13x13, 16 tiles"
 
 
 def test_only_float_3x3_stride1_convs_are_considered():

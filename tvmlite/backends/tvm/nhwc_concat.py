@@ -3,12 +3,12 @@ channels straight into their run of the Concat's NHWC output, and the Concat's k
 
 In NCHW an input of a channel Concat is one contiguous block of its output (concat_views.py); in
 NHWC it is a run of C_i channels in every pixel of C, a stride of C between pixels. The kernel
-making the input (a channels-last conv or pool, kernels/conv_nhwc.py, kernels/nhwc_moves.py)
-writes it through a 1-D view instead: ``sch.transform_layout`` maps its output index (pixel,
-channel) to ``pixel * C + channel``, so the buffer it writes is ``(pixels - 1) * C + C_i``
-elements long and starts at the input's channel offset in the Concat's buffer (a "slice" buffer
-of the plan, `Lowered.slices`, as concat_views.py places NCHW inputs). The vector stores of a
-pixel's channels stay vector stores.
+making the input (a channels-last conv, pool or Winograd output transform, kernels/conv_nhwc.py,
+kernels/nhwc_moves.py, kernels/lowered.py) writes it through a 1-D view instead:
+``sch.transform_layout`` maps its output index (pixel, channel) to ``pixel * C + channel``, so the
+buffer it writes is ``(pixels - 1) * C + C_i`` elements long and starts at the input's channel
+offset in the Concat's buffer (a "slice" buffer of the plan, `Lowered.slices`, as concat_views.py
+places NCHW inputs). The vector stores of a pixel's channels stay vector stores.
 
 A Concat is placed whole or not at all: every input stored NHWC, made by one kernel with an
 "epilogue" block writing it, read by nothing but this Concat (a transpose that `nhwc.materialize`

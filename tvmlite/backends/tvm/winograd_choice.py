@@ -38,12 +38,23 @@ was fitted on (F(m) time / direct kernel time):
   its 64->96 convs at 28x28 (43M) lowered: 1.051x of none, 96->128 at 14x14 (22M) 1.019x,
   160->224 at 7x7 (F(2), 16M) 1.022x, though that conv's kernels alone went 0.156 -> 0.14 ms;
   the digits models (1.9 and 5.5 MiB) 0.86-0.87x with 9-19M convs lowered;
-- no reader that takes the direct kernel's output channels-last: a 1x1 conv (while the float
-  NHWC path is on, emitters/nhwc.py) or a Concat (an NHWC Concat, or one whose inputs are written
-  into its buffer, concat_views.py), also behind an activation or a pool. The output transform
-  writes NCHW, so those readers lose their layout or copy: whole models, 1 thread, Winograd
-  on/off with such convs taken: SqueezeNet 1.067x (its 3x3 expands feed Concats; four Concat
-  copies came back), ResNet-50 1.035x (3x3 -> 1x1), Inception-v2 1.029x.
+- a reader that takes the conv's output channels-last (a 1x1 conv while the float NHWC path is
+  on, emitters/nhwc.py, or a Concat, also behind an activation, a constant scale or a pool:
+  `channels_last_reader`) has the output transform write NHWC, into the Concat's slice where it
+  is one (nhwc_concat.py), as the direct kernel does (NCHW Concats take either as a view,
+  concat_views.py). That transform gathers the GEMM's channel-major output per channel vector:
+  alone 1.19-1.49x the NCHW transform's time at 13x13-28x28, 2.1-2.2x at 56x56, so the output
+  side counts NHWC_OUTPUT_COST·M: C·M/(C+1.3·M) must reach MIN_HARMONIC. Whole models, 1 thread,
+  on/off, four runs of 15-60 rounds, with such convs taken by C·M/(C+M): ResNet-50's 128->128 at
+  28x28 (55.7) 0.986-0.999, Inception-v1's 96->128 and 128->192 at 27x27 (Concats) 0.919 / 0.936
+  against 0.938 / 0.933 without them: both kept; SqueezeNet's 64->256 at 13x13 (41.3) 0.980-1.051
+  (written into their Concat slices; the transformed weights read from memory eat the 0.20 vs
+  0.26 ms per conv of the kernels alone), Inception-v2's 64->192 at 56x56 (39.2) 0.985-1.007:
+  refused. (With the output transform writing NCHW those readers lost their layout or copied:
+  SqueezeNet 1.067x, ResNet-50 1.035x, Inception-v2 1.029x.) Reading the GEMM's output tile-major
+  ([α², P, M], channels contiguous) the NHWC transform measured 0.43-0.80x of the NCHW one at
+  13x13-55x55 but 1.3x and 2.4x at 56x56 (64, 192 channels; a timing mock-up, unexplained): a
+  GEMM computing that layout could lift the 1.3.
 The thresholds were measured on one AVX-512 host (RULE_NOTE); on AVX2 the direct kernel's tile
 and the NHWC readers differ (wide 3x3 convs there read NHWC too): `bench/winograd_convs.py`
 (``--depth 8``) and `bench/winograd_models.py` are the two measurements to refit them with.
@@ -65,6 +76,7 @@ WINOGRAD_MS = (4, 2)
 MIN_TILES = 16
 MAX_TILES = 256
 MIN_HARMONIC = 42.0
+NHWC_OUTPUT_COST = 1.3
 WIDE_GEMM = 49
 MIN_MACS = 100_000_000
 CACHED_MODEL_BYTES = 8 << 20
@@ -79,9 +91,10 @@ def enabled() -> bool:
     return env_flag("TVMLITE_WINOGRAD")
 
 
-def winograd_tile(info: ConvInfo, model_bytes: int = 0) -> tuple[int | None, str]:
-    """(m, why) for a Conv's geometry in a model of ``model_bytes`` of float weights: m is None
-    where the direct kernel stays."""
+def winograd_tile(info: ConvInfo, model_bytes: int = 0, reader: str | None = None) -> tuple[int | None, str]:
+    """(m, why) for a Conv's geometry in a model of ``model_bytes`` of float weights, its output
+    read channels-last by ``reader`` (`channels_last_reader`) or not: m is None where the direct
+    kernel stays."""
     reason = winograd_reason(info)
     if reason:
         return None, reason
@@ -92,9 +105,12 @@ def winograd_tile(info: ConvInfo, model_bytes: int = 0) -> tuple[int | None, str
     if m is None:
         return None, f"{oh}x{ow} output: fewer than {MIN_TILES} F(2) tiles"
     c, k = info.channels, info.out_channels
-    harmonic = c * k / (c + k)
+    out_cost = NHWC_OUTPUT_COST if reader else 1.0
+    harmonic = c * k / (c + out_cost * k)
     if harmonic < MIN_HARMONIC:
-        return None, f"{c}->{k} channels: C·M/(C+M) = {harmonic:.1f} < {MIN_HARMONIC:g}, the transforms outweigh the saving"
+        form = f"C·M/(C+{out_cost:g}·M)" if reader else "C·M/(C+M)"
+        return None, (f"{c}->{k} channels: {form} = {harmonic:.1f} < {MIN_HARMONIC:g}"
+                      + (f" (read channels-last by {reader})" if reader else "") + ", the transforms outweigh the saving")
     tiles = _tiles(info, m)
     if tiles > MAX_TILES:
         return None, f"{tiles} F({m}) tiles of {oh}x{ow} > {MAX_TILES}: the transformed maps leave the caches"
@@ -106,7 +122,7 @@ def winograd_tile(info: ConvInfo, model_bytes: int = 0) -> tuple[int | None, str
     if tiles < WIDE_GEMM and weights > MAX_NARROW_WEIGHT_BYTES:
         return None, (f"{c}->{k} channels at {oh}x{ow}: {weights / 2**20:.1f} MiB of F({m}) weights for {tiles} tiles "
                       f"(< {WIDE_GEMM}): reading them outweighs the saving")
-    return m, f"{c}->{k} channels at {oh}x{ow}, {tiles} tiles"
+    return m, f"{c}->{k} channels at {oh}x{ow}, {tiles} tiles" + (f", written channels-last for {reader}" if reader else "")
 
 
 _PASSES_ON = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "MaxPool", "AveragePool")
@@ -114,12 +130,15 @@ _BY_CONSTANT = ("Mul", "Add", "Sub", "Div")  # with a constant operand: a scale 
 
 
 def channels_last_reader(model: Model, value: str, depth: int = 0) -> str | None:
-    """The reader of ``value`` (behind up to four activations, constant scales or pools) that would take the direct
-    kernel's output channels-last, or a Concat: what the Winograd output transform (NCHW) costs."""
+    """The reader of ``value`` (behind up to four activations, constant scales or pools) that takes the conv's
+    output channels-last while the float NHWC path is on (a 1x1 conv, a Concat): the output transform then
+    writes NHWC (emitters/lowered.py), at `NHWC_OUTPUT_COST` times the NCHW transform's time."""
+    if not nhwc_enabled():
+        return None
     for r in model.graph.consumers(value):
         if is_onnx(r, "Concat"):
             return "a Concat"
-        if (is_onnx(r, "Conv") and r.inputs[0] == value and nhwc_enabled() and int(r.attrs.get("group", 1)) == 1
+        if (is_onnx(r, "Conv") and r.inputs[0] == value and int(r.attrs.get("group", 1)) == 1
                 and (w := model.graph.const_value(r.inputs[1])) is not None and w.shape[2:] == (1, 1)):
             return "a 1x1 conv"
         passes_on = is_onnx(r, *_PASSES_ON) or (is_onnx(r, *_BY_CONSTANT) and any(
@@ -162,9 +181,7 @@ def choose_winograd(model: Model, quantized: set[str] = frozenset()) -> list[dic
         if node.label in quantized:
             m, why = None, "a QDQ conv the int8 path left: it stays between fake quantizations"
         else:
-            m, why = winograd_tile(info, model_bytes)
-        if m is not None and (reader := channels_last_reader(model, node.outputs[0])):
-            m, why = None, f"read by {reader}: it takes the direct kernel's output channels-last"
+            m, why = winograd_tile(info, model_bytes, channels_last_reader(model, node.outputs[0]))
         decisions.append({"node": node.label, "m": m, "reason": why})
         if m is not None:
             lower_winograd(model, info, m)

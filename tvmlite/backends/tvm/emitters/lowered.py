@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tvmlite.backends.tvm.emitters import nhwc
 from tvmlite.backends.tvm.emitters.registry import emitter
 from tvmlite.backends.tvm.kernels.defs import window_2d
 from tvmlite.errors import UnsupportedError
@@ -97,6 +98,8 @@ def emit_winograd_input(low, node) -> None:
 
 @emitter("WinogradOutput", domain="tvmlite")
 def emit_winograd_output(low, node) -> None:
+    """The output transform writes NHWC where its readers take the conv's output channels-last (a
+    1x1 conv, a channel Concat: emitters/nhwc.py), as the direct conv kernel does."""
     mt = node.inputs[0]
     bias = low.const_input(node, 1, "bias")
     a = node.attrs
@@ -108,10 +111,16 @@ def emit_winograd_output(low, node) -> None:
     epi, final, labels = low.epilogue(node)
     name = low.kernel_name(node)
     b32 = None if bias is None else bias.astype(np.float32)
+    y_nhwc = len(out_shape) == 4 and (final in low.promised or nhwc.writes_nhwc(low, node, final))
+    if y_nhwc:
+        nhwc.promise_residuals(low, node, epi)
+    buf = nhwc.buffer_of(final) if y_nhwc else final
 
     def make():
         from tvmlite.backends.tvm.kernels.lowered import winograd_output
 
-        return winograd_output(name, mt, mt_shape, b32, m=m, r=r, out_shape=out_shape, at=at, out_value=final,
-                               epilogue=epi, lanes=low.lanes)
+        return winograd_output(name, mt, mt_shape, b32, m=m, r=r, out_shape=out_shape, at=at, out_value=buf,
+                               epilogue=epi, lanes=low.lanes, y_layout="NHWC" if y_nhwc else "NCHW")
     low.add(make, node, final, labels)
+    if y_nhwc:
+        nhwc.store_nhwc(low, final)

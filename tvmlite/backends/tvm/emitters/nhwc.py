@@ -1,7 +1,7 @@
 """Float values kept channels-last (NHWC) between convs, decided while lowering.
 
-A float conv kernel writes its value (after its fused epilogue) into an NHWC buffer when every
-reader takes it that way: a group-1 conv as its input (`conv_nhwc.conv2d_nhwc` reads NHWC, its
+A float conv kernel (or a Winograd conv's output transform, emitters/lowered.py) writes its value
+(after its fused epilogue) into an NHWC buffer when every reader takes it that way: a group-1 conv as its input (`conv_nhwc.conv2d_nhwc` reads NHWC, its
 k-panel contiguous: every 1x1 conv, 3x3 ones where their tile measured faster, `reads_nhwc`), at
 least one such conv, or an Add that joins another conv's epilogue (a residual: the epilogue
 reads the operand through `Epilogue.layouts`). The value's NCHW buffer is then not made at all,

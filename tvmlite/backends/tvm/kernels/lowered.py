@@ -8,7 +8,7 @@ from tvm import te, tirx
 
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
-from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef
+from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, channel_vector
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
 from tvmlite.backends.tvm.kernels.gemm import column_gemm
 from tvmlite.ops.geometry import WindowGeometry
@@ -141,9 +141,10 @@ def winograd_input(name: str, x: str, x_shape, *, m: int, r: int, pads, bt: np.n
 
 
 def winograd_output(name: str, mt: str, mt_shape, bias, *, m: int, r: int, out_shape, at: np.ndarray,
-                    out_value: str, epilogue: Epilogue, lanes: int) -> KernelDef:
+                    out_value: str, epilogue: Epilogue, lanes: int, y_layout: str = "NCHW") -> KernelDef:
     """tvmlite WinogradOutput: Y[n, M, y, x] = (Aᵀ Mt A)[y % m, x % m] of tile (n, y//m, x//m),
-    cropped to ``out_shape`` (+ bias, epilogue). Per (image, channel, tile row): the columns step
+    cropped to ``out_shape`` (+ bias, epilogue), written ``y_layout`` (NCHW, or NHWC for readers
+    that take it channels-last: `_output_nhwc`). Per (image, channel, tile row): the columns step
     (· A) into a small α × (tw·m) buffer Z[a, tx, q], vectorized over the row's tiles (contiguous
     loads, stores with stride m), then the rows step (Aᵀ ·) into the output rows, vectorized along
     the row, which reads Z contiguously (column x is Z's flat index (x//m)·m + x%m). The Aᵀ
@@ -159,6 +160,9 @@ def winograd_output(name: str, mt: str, mt_shape, bias, *, m: int, r: int, out_s
     T = b.input(mt, (a2, mm, p))
     B = b.const(np.asarray(bias, np.float32).reshape(mm), label="bias") if bias is not None else None
     apply = bind_epilogue(epilogue, b, out_shape)
+    if y_layout == "NHWC":
+        return _output_nhwc(name, b, T, B, apply, m=m, alpha=alpha, out_shape=out_shape, at=at, out_value=out_value,
+                            lanes=lanes)
     Z = te.compute((n, mm, th, alpha, tw, m), lambda nn, ch, ty, a, tx, q: const_rows(
         at, q, [T[a * alpha + bb, ch, (nn * th + ty) * tw + tx] for bb in range(alpha)]), name="cols")
 
@@ -185,6 +189,47 @@ def winograd_output(name: str, mt: str, mt_shape, bias, *, m: int, r: int, out_s
     if par:
         S.parallel_outer(sch, [nl, cl, tyl])
     return KernelDef(name, b.params, sch.mod["main"], steps=["tile_for_cache", "vectorize_columns", "parallel_outer"])
+
+
+def _output_nhwc(name: str, b: Builder, T, B, apply, *, m: int, alpha: int, out_shape, at: np.ndarray,
+                 out_value: str, lanes: int) -> KernelDef:
+    """`winograd_output` written channels-last, Y[n, y, x, M], its block named "epilogue" so that a
+    channels-last Concat can take it as a strided view (nhwc_concat.py). Per (image, tile row,
+    block of cv channels): the columns step into Z[a, tx, q, cv], vectorized over the channels (the
+    GEMM's output is channel-major, so each vector gathers cv channels of one tile), then the rows
+    step into the output pixels, cv contiguous channels per store."""
+    a2, mm, p = (int(d) for d in T.shape)
+    n, _, oh, ow = out_shape
+    th, tw = -(-oh // m), -(-ow // m)
+    cv = channel_vector(mm, lanes) or mm
+    Z = te.compute((n, th, alpha, tw, m, mm), lambda nn, ty, a, tx, q, ch: const_rows(
+        at, q, [T[a * alpha + bb, ch, (nn * th + ty) * tw + tx] for bb in range(alpha)]), name="cols")
+
+    def out(nn, y, xx, ch):
+        v = const_rows(at, y % m, [Z[nn, y // m, a, xx // m, xx % m, ch] for a in range(alpha)])
+        if B is not None:
+            v = v + B[ch]
+        return apply(v, (nn, ch, y, xx))
+
+    Y = te.compute((n, oh, ow, mm), out, name="epilogue")
+    func = b.finish([(out_value, Y)])
+    sch = schedule(func)
+    par = S.worth_parallel(alpha * m * mm * p * alpha * 2)
+    nl, yl, xl, cl = sch.get_loops(sch.get_sblock("epilogue"))
+    tyl, ql = sch.split(yl, factors=[th, m])
+    col, cil = sch.split(cl, factors=[None, cv])
+    sch.reorder(tyl, col, ql, xl, cil)
+    sch.unroll(ql)
+    vectorize_whole(sch, cil, lanes)
+    zb = sch.get_sblock("cols")
+    sch.compute_at(zb, col)
+    al, txl, qz, cz = sch.get_loops(zb)[-4:]
+    sch.unroll(qz)
+    vectorize_whole(sch, cz, lanes)
+    if par:
+        S.parallel_outer(sch, [nl, tyl, col])
+    return KernelDef(name, b.params, sch.mod["main"],
+                     steps=["tile_for_cache", "vectorize_channels", "parallel_outer"])
 
 
 def mec_lower(name: str, x: str, x_shape, geom: WindowGeometry, *, out_value: str, lanes: int) -> KernelDef:
