@@ -249,3 +249,15 @@ def test_two_vector_tile_for_many_channels_padded_a_little(yl, co, lanes):
     got = outs[0].numpy()
     got = got.reshape(1, 5, 7, co).transpose(0, 3, 1, 2) if yl == "NHWC" else got.reshape(ref.shape)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layouts,parallel", [((False, True, False), True), ((True, True, True), False)])
+def test_concat_gathering_nchw_inputs_weighs_them_for_the_cores(monkeypatch, layouts, parallel):
+    """The detector's 16+16+32-channel Concat at 80x80 (0.41M elements, under the 1M parallel
+    threshold): with two inputs stored NCHW (gathered across planes, weighted 4 per element) it
+    runs across the cores; the same Concat of NHWC channel runs stays on one."""
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.delenv("TVMLITE_MIN_PARALLEL_WORK", raising=False)
+    ins = [(f"x{i}", (1, c, 80, 80), t) for i, (c, t) in enumerate(zip((16, 16, 32), layouts))]
+    kd = concat_nhwc("k", ins, out_value="y", out_shape=(1, 64, 80, 80), lanes=16)
+    assert ("T.parallel" in kd.func.script()) == parallel

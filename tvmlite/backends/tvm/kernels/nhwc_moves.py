@@ -69,6 +69,11 @@ def pool2d_nhwc(name: str, x: str, x_shape, geom: WindowGeometry, *, kind: str, 
     return KernelDef(name, b.params, sch.mod["main"], steps=["channel_vectors", "parallel_outer"])
 
 
+#: the parallel work (`S.worth_parallel`) of one element a channels-last Concat gathers from an input
+#: stored NCHW, against 1 for a contiguous channel run
+TRANSPOSED_READ_WEIGHT = 4
+
+
 def concat_nhwc(name: str, inputs: list, *, out_value: str, out_shape, lanes: int,
                 epilogue: Epilogue | None = None) -> KernelDef:
     """Concat along the channels of 4-D float values into an NHWC output (``out_shape`` is its
@@ -99,7 +104,12 @@ def concat_nhwc(name: str, inputs: list, *, out_value: str, out_shape, lanes: in
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     n_ops = 1 + (len(epilogue.ops) if epilogue is not None else 0)
-    parallel = S.worth_parallel(int(np.prod(out_shape)) * n_ops)
+    # an input stored NCHW is gathered across channel planes into the output's vectors: weighted
+    # TRANSPOSED_READ_WEIGHT per element (the detector's 16+16+32-channel Concat at 80x80, two
+    # inputs NCHW, 0.41M elements: 207 -> 107 us on 2 threads, best of 400 runs in the plan,
+    # bench/kernel_threads.py, AVX-512 Xeon)
+    work = sum(int(np.prod(shape)) * (1 if nhwc else TRANSPOSED_READ_WEIGHT) for _, shape, nhwc in inputs)
+    parallel = S.worth_parallel(work * n_ops)
     # each input's channel run its own unrolled loop nest: a vector reads one input, no select
     if not _segments(sch, "ew", 3, [r[2] for r in reads], lanes, parallel):
         S.parallel_vectorize(sch, "ew", lanes, parallel=parallel)
