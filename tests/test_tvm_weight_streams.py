@@ -18,6 +18,7 @@ from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: E402
 from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args  # noqa: E402
 from tvmlite.ops.conv import conv  # noqa: E402
 from tvmlite.ops.geometry import WindowGeometry  # noqa: E402
+from test_tvm_nhwc import relu_conv_matches  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -75,11 +76,4 @@ def test_layout_taking_conv_with_weight_streams(xl, yl, k, s, hw, mr, nr):
     kd = conv2d_nhwc("k", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=16,
                      x_layout=xl, y_layout=yl, tile=S.GemmTile(mr=mr, nr=nr))
     assert _weights_param(kd).array.shape[2] == nr // 16
-    feed = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if xl == "NHWC" else x
-    args, outs = kernel_args(kd, {"x": feed})
-    build_kernel(kd)["main"](*args)
-    ref = np.maximum(conv(x, w, b, **attrs), 0)
-    n, c, oh, ow = ref.shape
-    y = outs[0].numpy()
-    y = y.reshape(n, oh, ow, c).transpose(0, 3, 1, 2) if yl == "NHWC" else y.reshape(ref.shape)
-    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    relu_conv_matches(kd, x, w, b, attrs, xl, yl)
