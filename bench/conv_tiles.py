@@ -21,6 +21,12 @@ its tile loops forced into each order (`tile_order.pixel_tiles_outer`: "/px" pix
 tiles, "/ch" channel tiles outside):
 
     TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --shapes 256-64-1x1-s1-56x56 --layouts NHWC-NHWC --orders
+
+``--cold N`` gives every variant (and onnxruntime, N sessions) N copies of its weights and runs round r on
+copy r mod N, so a deep layer's weights arrive from the L3 or memory as inside a whole model (ResNet-50
+reads 100 MiB of them per run; alone, a 4 MiB panel of weights stays in the caches between calls):
+
+    TVMLITE_THREADS=1 PYTHONPATH=. python bench/conv_tiles.py --shapes 512-2048-1x1-s1-7x7 --layouts NHWC-NHWC --cold 24
 """
 from __future__ import annotations
 
@@ -97,9 +103,11 @@ def main(argv=None) -> int:
     p.add_argument("--silu", action="store_true", help="SiLU after the conv (fused by both runtimes)")
     p.add_argument("--orders", action="store_true",
                    help="also each direct-kernel variant with its tile loops forced into either order")
+    p.add_argument("--cold", type=int, default=1, metavar="N",
+                   help="N copies of each variant's weights, one per round in turn (weights cold in the caches)")
     a = p.parse_args(argv)
-    if a.rounds < 1:
-        print("conv_tiles: --rounds must be at least 1", file=sys.stderr)
+    if a.rounds < 1 or a.cold < 1:
+        print("conv_tiles: --rounds and --cold must be at least 1", file=sys.stderr)
         return 2
     os.environ.setdefault("TVMLITE_THREADS", str(a.threads))
     names = []
@@ -149,8 +157,9 @@ def main(argv=None) -> int:
         m.ir_version = 8
         so = ort.SessionOptions()
         so.intra_op_num_threads = a.threads
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        ref = sess.run(None, {"x": x})[0]
+        sessions = [ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+                    for _ in range(a.cold)]  # each session packs its own copy of the weights
+        ref = sessions[0].run(None, {"x": x})[0]
         kw_ = dict(out_value="y", epilogue=Epilogue([EwOp("Silu")] if a.silu else []), lanes=lanes)
         variants = {"picked(" + ("direct" if KC.use_direct_conv(wt.shape, geom, lanes) else "gemm") + ")":
                     lambda: KC.conv2d("k", "x", x.shape, wt, bias, geom, **kw_)}
@@ -174,7 +183,9 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             kd = make()
             fn = build_kernel(kd)["main"]
-            args, outs = kernel_args(kd, {"x": xt if vname.startswith("NHWC->") else x})
+            feed = {"x": xt if vname.startswith("NHWC->") else x}
+            args, outs = kernel_args(kd, feed)
+            copies = [args] + [kernel_args(kd, feed)[0] for _ in range(a.cold - 1)]  # fresh constant tensors
             fn(*args)
             y = outs[0].numpy()
             n_, c_, oh_, ow_ = ref.shape
@@ -183,17 +194,18 @@ def main(argv=None) -> int:
             err = float(np.max(np.abs(y - ref)) / (np.max(np.abs(ref)) + 1e-30))
             if err > 1e-4:
                 print(f"  {label} {vname}: max rel err {err:.2e}")
-            runs[vname] = (fn, args, time.perf_counter() - t0)
+            runs[vname] = (fn, copies, time.perf_counter() - t0)
         times = {v: [] for v in runs}
         times["ort"] = []
         feeds = {"x": x}
-        for _ in range(a.rounds):
+        for r in range(a.rounds):
+            c = r % a.cold
             t0 = clock()
-            sess.run(None, feeds)
+            sessions[c].run(None, feeds)
             times["ort"].append(clock() - t0)
-            for v, (fn, args, _) in runs.items():
+            for v, (fn, copies, _) in runs.items():
                 t0 = clock()
-                fn(*args)
+                fn(*copies[c])
                 times[v].append(clock() - t0)
         om, ob = statistics.median(times["ort"]), min(times["ort"])
         print(f"{label}: ort median {om * 1e3:.3f} ms (load {os.getloadavg()[0]:.2f})")

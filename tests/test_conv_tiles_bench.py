@@ -29,7 +29,7 @@ def _bench(name: str = "conv_tiles"):
 
 @pytest.mark.parametrize("argv", [["--shapes", "bad"], ["--shapes", "8-8-3x3-s0-9x9"], ["--direct", "4y16"],
                                   ["--gemm", "4x0"], ["--rounds", "0"], ["--threads", "2"], ["--layouts", "NHWC"],
-                                  ["--layouts", "NHWC-NCWH"]])
+                                  ["--layouts", "NHWC-NCWH"], ["--cold", "0"]])
 def test_bad_options_are_one_line_on_stderr(argv, capsys):
     assert _bench().main(argv) == 2
     cap = capsys.readouterr()
@@ -43,6 +43,23 @@ def test_one_shape_runs_every_variant(capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "max rel err" not in out  # no variant disagreed with onnxruntime
     assert all(v in out for v in ("picked(", "direct 3x8", "gemm 4x16", "ort median", "NHWC->NHWC", "NHWC->NCHW"))
+
+
+def test_cold_weights_give_each_round_its_own_copy(capsys, monkeypatch):
+    """--cold 3: three weight copies per variant and three onnxruntime sessions, used in turn."""
+    require_tvm()
+    import onnxruntime as ort
+    from tvmlite.backends.tvm import single_kernel
+
+    made, args_made = [], []
+    session = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: made.append(1) or session(*a, **k))
+    kernel_args = single_kernel.kernel_args
+    monkeypatch.setattr(single_kernel, "kernel_args", lambda *a: args_made.append(1) or kernel_args(*a))
+    rc = _bench().main(["--shapes", "32-64-1x1-s1-7x7", "--layouts", "NHWC-NHWC", "--rounds", "4", "--cold", "3"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "max rel err" not in out and "NHWC->NHWC" in out
+    assert len(made) == 3 and len(args_made) == 2 * 3  # picked and NHWC->NHWC, three copies each
 
 
 def test_orders_time_each_direct_variant_in_both_loop_orders(capsys):

@@ -146,9 +146,10 @@ def test_direct_conv_schedule_shows_every_step():
     geom = WindowGeometry.conv(dict(pads=(1, 1, 1, 1)), (1, 64, 56, 56), w.shape)
     kd = KC.conv2d_direct("d", "x", (1, 64, 56, 56), w, None, geom, out_value="y", epilogue=Epilogue(), lanes=16)
     text = kd.func.script()
-    assert "T.vectorized(32)" in text and "T.unroll(8)" in text and "T.parallel" in text  # 8 pixels x 32 channels
+    # 8 pixels x 32 channels, the channels two vectors of 16 (one weight stream each, schedules.weight_run)
+    assert "T.vectorized(16)" in text and "T.unroll(2)" in text and "T.unroll(8)" in text and "T.parallel" in text
     assert 'scope="local"' in text and "acc_init" in text
-    assert "w1: T.Buffer((1, 2, 64, 3, 3, 32)" in text
+    assert "w1: T.Buffer((1, 2, 2, 64, 3, 3, 16)" in text
     assert 'T.sblock("pad")' in text  # padded once, not tested per multiply-add
 
 

@@ -98,6 +98,12 @@ def test_flat_conv_clamps_its_last_tile_instead_of_copying(lanes, xl, yl, ci, co
     assert ("pad_input" in kd.steps) is copied
     if not copied:
         assert 'T.sblock("pad")' not in kd.func.script()
+    relu_conv_matches(kd, x, w, b, attrs, xl, yl)
+
+
+def relu_conv_matches(kd, x, w, b, attrs, xl: str, yl: str):
+    """Runs ``kd`` (a conv + ReLU kernel reading ``x`` in layout ``xl``, writing ``yl``) against
+    the reference conv."""
     args, outs = kernel_args(kd, {"x": nhwc(x) if xl == "NHWC" else x})
     build_kernel(kd)["main"](*args)
     ref = np.maximum(conv(x, w, b, **attrs), 0)

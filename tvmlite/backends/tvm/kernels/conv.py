@@ -289,7 +289,7 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     wmat = np.zeros((g, cop, ci, kh, kw), np.float32)
     wmat[:, :cog] = w.reshape(g, cog, ci, kh, kw)
     packing = steps is None or "pack_array" in steps
-    W = b.const(pack_direct_weights(wmat, nr) if packing else wmat, (g, cop, ci, kh, kw))
+    W = b.const(pack_direct_weights(wmat, nr, S.weight_run(nr, lanes)) if packing else wmat, (g, cop, ci, kh, kw))
     w_index = len(b.params) - 1
     B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
     pre, rest = unary_prefix(epilogue)
@@ -365,10 +365,14 @@ def unary_prefix(epilogue: Epilogue) -> tuple[Epilogue, Epilogue]:
     return Epilogue(epilogue.ops[:k], epilogue.layouts), Epilogue(epilogue.ops[k:], epilogue.layouts)
 
 
-def pack_direct_weights(wmat: np.ndarray, nr: int) -> np.ndarray:
-    """[G, CO, CI, KH, KW] -> [G, CO/nr, CI, KH, KW, nr] (`S.pack_direct_weights`' layout)."""
+def pack_direct_weights(wmat: np.ndarray, nr: int, run: int = 0) -> np.ndarray:
+    """[G, CO, CI, KH, KW] -> [G, CO/nr, CI, KH, KW, nr], with ``run`` (`S.weight_run`) below nr
+    [G, CO/nr, nr/run, CI, KH, KW, run] (`S.pack_direct_weights`' layout)."""
     g, cop, ci, kh, kw = wmat.shape
-    return np.ascontiguousarray(wmat.reshape(g, cop // nr, nr, ci, kh, kw).transpose(0, 1, 3, 4, 5, 2))
+    run = run or nr
+    if run == nr:
+        return np.ascontiguousarray(wmat.reshape(g, cop // nr, nr, ci, kh, kw).transpose(0, 1, 3, 4, 5, 2))
+    return np.ascontiguousarray(wmat.reshape(g, cop // nr, nr // run, run, ci, kh, kw).transpose(0, 1, 2, 4, 5, 6, 3))
 
 
 def direct_step_names(steps) -> list[str]:

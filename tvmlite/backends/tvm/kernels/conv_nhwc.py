@@ -62,7 +62,7 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
     wg = w.reshape(g, cog, ci, kh, kw)
     wmat[:, :cog] = wg.transpose(0, 1, 3, 4, 2) if xl else wg
     packing = steps is None or "pack_array" in steps
-    W = b.const(pack_direct_weights(wmat, nr) if packing else wmat, wmat.shape)
+    W = b.const(pack_direct_weights(wmat, nr, S.weight_run(nr, lanes)) if packing else wmat, wmat.shape)
     w_index = len(b.params) - 1
     B = b.const(np.asarray(bias, np.float32).reshape(g, cog), label="bias") if bias is not None else None
     pre, rest = unary_prefix(epilogue)
