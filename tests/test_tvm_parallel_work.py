@@ -167,7 +167,8 @@ def test_int8_pointwise_split(vnni, monkeypatch):
 @pytest.mark.parametrize("ci,co,hw,stride,loops,direct", [
     (16, 64, 55, 1, 1, True),    # SqueezeNet's 3x3 expand: a 52K-element copy on one core, the conv parallel
     (3, 24, 224, 2, 1, True),    # ShuffleNet's stem: 153K elements
-    (64, 8, 128, 1, 2, True),    # a 1.1M-element copy (the host's threshold): still split
+    (64, 8, 129, 1, 2, True),    # a 1.1M-element copy (the host's threshold): still split (odd rows: no row tasks)
+    (64, 8, 128, 1, 1, True),    # alike with even rows: made inside the conv's row blocks (tile_order.row_tasks)
     (1, 32, 96, 1, 1, False),    # a 1-channel conv takes im2col + GEMM: its copy alike (9.6K elements)
 ])
 def test_pad_copy_weighs_its_own_elements(ci, co, hw, stride, loops, direct, monkeypatch):
@@ -196,7 +197,8 @@ def test_float_conv_tiles_run_in_chunks_and_match(kind, lanes, monkeypatch):
     """The float direct conv's and GEMM's tile loops run across the cores in chunks
     (`schedules.parallel_tiles`: 8 here, a serial loop of tiles under each), so the register
     tile's buffer is allocated once per chunk, not once per tile; the numbers match the serial
-    kernel and NumPy."""
+    kernel and NumPy. (The direct conv's rows in blocks, `tile_order.row_tasks`, kept off.)"""
+    monkeypatch.setattr(KC, "row_tasks", lambda *a: 0)
     x = RNG.standard_normal((1, 64, 32, 32)).astype(np.float32)
     w = (RNG.standard_normal((64, 64, 3, 3)) * 0.1).astype(np.float32)
     geom = WindowGeometry.conv(dict(pads=[1] * 4), x.shape, w.shape)

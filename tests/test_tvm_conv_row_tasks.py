@@ -1,0 +1,128 @@
+"""The padded direct conv's parallel loop as one block of output rows per thread, each block
+padding the input rows it reads under the parallel loop (kernels/tile_order.row_tasks,
+schedules.pad_rows): the rule, the loop structure (the pad made inside the parallel loop, one
+task per thread), and the numbers, the same as the chunked schedule's and NumPy's, on two
+threads, for the NCHW direct kernel and the layout-taking one, in either tile order."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+
+require_tvm()
+
+from tvmlite.backends.tvm import plan_func  # noqa: E402
+from tvmlite.backends.tvm.kernels import conv as KC  # noqa: E402
+from tvmlite.backends.tvm.kernels import conv_nhwc as KN  # noqa: E402
+from tvmlite.backends.tvm.kernels import target  # noqa: E402
+from tvmlite.backends.tvm.kernels import tile_order as TO  # noqa: E402
+from tvmlite.backends.tvm.kernels.defs import Epilogue, EwOp  # noqa: E402
+from tvmlite.backends.tvm.single_kernel import build_kernel, kernel_args  # noqa: E402
+from tvmlite.ops.conv import conv  # noqa: E402
+from tvmlite.ops.geometry import WindowGeometry  # noqa: E402
+
+RNG = np.random.default_rng(29)
+
+
+@pytest.fixture(autouse=True)
+def two_threads(monkeypatch):
+    """Two pool threads, every kernel parallel (the loops really split)."""
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setenv("TVMLITE_MIN_PARALLEL_WORK", "0")
+    plan_func.use_threads(2)
+    yield
+    plan_func.use_threads(target.host_threads())
+
+
+def geometry(ci, co, k, s, hw, group=1):
+    return WindowGeometry.conv(dict(pads=[k // 2] * 4, strides=[s, s], group=group), (1, ci) + hw,
+                               (co, ci // group, k, k))
+
+
+@pytest.mark.parametrize("case,tasks", [
+    ((64, 64, 3, 1, (20, 20)), 2),  # the detector's 3x3 convs at 20x20
+    ((48, 64, 3, 2, (40, 40)), 2),  # and its stride-2 ones into 20x20
+    ((64, 64, 3, 1, (7, 7)), 0),  # 7 output rows do not share evenly between two threads
+    ((64, 64, 3, 1, (20, 20), 2), 0),  # grouped
+    ((256, 256, 3, 1, (14, 14)), 0),  # weights (2.3 MiB) past half the L2: each block reads them all
+])
+def test_row_tasks_rule(case, tasks, monkeypatch):
+    monkeypatch.setattr(TO, "l2_floats", lambda: 2 * 1024 * 1024 // 4)
+    geom = geometry(*case)
+    co, ci, k = case[1], case[0] // (case[5] if len(case) > 5 else 1), case[2]
+    assert TO.row_tasks(geom, co * ci * k * k) == tasks
+    monkeypatch.setenv("TVMLITE_THREADS", "1")
+    assert TO.row_tasks(geom, co * ci * k * k) == 0  # one thread: nothing to split
+
+
+def parallel_body(script: str) -> tuple[str, str]:
+    """(extent, text) of the parallel loop that holds the conv's tiles (the pad copy may have a
+    parallel loop of its own ahead of it)."""
+    loops = [m for m in re.finditer(r"^( *)for \w+ in T\.parallel\((\d+)\):\n((?:\1 .*\n)+)", script, re.M)
+             if 'T.sblock("acc_update")' in m.group(3)]
+    assert len(loops) == 1, script
+    return loops[0].group(2), loops[0].group(3)
+
+
+def run(kd, feeds):
+    args, outs = kernel_args(kd, feeds)
+    build_kernel(kd)["main"](*args)
+    return outs[0].numpy()
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("outer", [False, True])
+@pytest.mark.parametrize("ci,co,k,attrs,batch", [
+    (6, 40, 3, dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]), 2),  # uneven pads, ragged channels
+    (5, 24, 3, dict(pads=[1, 1, 1, 1], strides=[2, 2]), 1),  # stride 2, a row the pixel tile does not divide
+    (16, 32, 3, dict(pads=[1, 1, 1, 1]), 1),
+])
+def test_direct_conv_pads_its_rows_inside_the_parallel_loop(monkeypatch, lanes, outer, ci, co, k, attrs, batch):
+    monkeypatch.setattr(KC, "pixel_tiles_outer", lambda *a, **kw: outer)
+    x = RNG.standard_normal((batch, ci, 12, 13)).astype(np.float32)
+    w = RNG.standard_normal((co, ci, k, k)).astype(np.float32)
+    b = RNG.standard_normal(co).astype(np.float32)
+    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
+    oh = geom.out_spatial[0]
+
+    def make():
+        return KC.conv2d_direct("d", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]),
+                                lanes=lanes)
+    ref = np.maximum(conv(x, w, b, **attrs), 0)
+    kd = make()
+    extent, body = parallel_body(kd.func.script())
+    tasks = TO.row_tasks(geom, w.size) if oh % 2 == 0 else 0
+    if tasks:
+        assert int(extent) == batch * 2 and 'T.sblock("pad")' in body
+    else:  # must-not-apply: an odd row count keeps the chunked loop, the pad made ahead of it
+        assert 'T.sblock("pad")' not in body
+    y = run(kd, {"x": x}).reshape(ref.shape)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(KC, "row_tasks", lambda *a: 0)
+    kd = make()
+    assert 'T.sblock("pad")' not in parallel_body(kd.func.script())[1]
+    np.testing.assert_allclose(run(kd, {"x": x}).reshape(ref.shape), y, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("outer", [False, True])
+@pytest.mark.parametrize("xl,yl", [("NHWC", "NHWC"), ("NCHW", "NHWC"), ("NHWC", "NCHW")])
+def test_layout_taking_conv_pads_its_rows_inside_the_parallel_loop(monkeypatch, lanes, outer, xl, yl):
+    monkeypatch.setattr(KN, "pixel_tiles_outer", lambda *a, **kw: outer)
+    x = RNG.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    w = RNG.standard_normal((20, 8, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(20).astype(np.float32)
+    attrs = {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}
+    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
+    kd = KN.conv2d_nhwc("k", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]),
+                        lanes=lanes, x_layout=xl, y_layout=yl)
+    extent, body = parallel_body(kd.func.script())
+    assert int(extent) == 2 and 'T.sblock("pad")' in body
+    xin = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if xl == "NHWC" else x
+    y = run(kd, {"x": xin})
+    ref = np.maximum(conv(x, w, b, **attrs), 0)
+    y = y.reshape(1, 12, 12, 20).transpose(0, 3, 1, 2) if yl == "NHWC" else y.reshape(ref.shape)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
