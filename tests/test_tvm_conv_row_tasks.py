@@ -45,7 +45,8 @@ def geometry(ci, co, k, s, hw, group=1):
 @pytest.mark.parametrize("case,tasks", [
     ((64, 64, 3, 1, (20, 20)), 2),  # the detector's 3x3 convs at 20x20
     ((48, 64, 3, 2, (40, 40)), 2),  # and its stride-2 ones into 20x20
-    ((64, 64, 3, 1, (7, 7)), 0),  # 7 output rows do not share evenly between two threads
+    ((64, 64, 3, 1, (7, 7)), 2),  # 7 output rows: blocks of 4 and 3
+    ((64, 64, 3, 2, (6, 6)), 0),  # 3 output rows: fewer than two per thread
     ((64, 64, 3, 1, (20, 20), 2), 0),  # grouped
     ((256, 256, 3, 1, (14, 14)), 0),  # weights (2.3 MiB) past half the L2: each block reads them all
 ])
@@ -76,7 +77,8 @@ def run(kd, feeds):
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("outer", [False, True])
 @pytest.mark.parametrize("ci,co,k,attrs,batch", [
-    (6, 40, 3, dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]), 2),  # uneven pads, ragged channels
+    (6, 40, 3, dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]), 2),  # uneven pads, ragged channels,
+    # 7 output rows: blocks of 4 and 3
     (5, 24, 3, dict(pads=[1, 1, 1, 1], strides=[2, 2]), 1),  # stride 2, a row the pixel tile does not divide
     (16, 32, 3, dict(pads=[1, 1, 1, 1]), 1),
 ])
@@ -86,7 +88,6 @@ def test_direct_conv_pads_its_rows_inside_the_parallel_loop(monkeypatch, lanes, 
     w = RNG.standard_normal((co, ci, k, k)).astype(np.float32)
     b = RNG.standard_normal(co).astype(np.float32)
     geom = WindowGeometry.conv(attrs, x.shape, w.shape)
-    oh = geom.out_spatial[0]
 
     def make():
         return KC.conv2d_direct("d", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]),
@@ -94,14 +95,11 @@ def test_direct_conv_pads_its_rows_inside_the_parallel_loop(monkeypatch, lanes, 
     ref = np.maximum(conv(x, w, b, **attrs), 0)
     kd = make()
     extent, body = parallel_body(kd.func.script())
-    tasks = TO.row_tasks(geom, w.size) if oh % 2 == 0 else 0
-    if tasks:
-        assert int(extent) == batch * 2 and 'T.sblock("pad")' in body
-    else:  # must-not-apply: an odd row count keeps the chunked loop, the pad made ahead of it
-        assert 'T.sblock("pad")' not in body
+    assert TO.row_tasks(geom, w.size) == 2  # 6-12 output rows, a ragged last block where odd
+    assert int(extent) == batch * 2 and 'T.sblock("pad")' in body
     y = run(kd, {"x": x}).reshape(ref.shape)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
-    monkeypatch.setattr(KC, "row_tasks", lambda *a: 0)
+    monkeypatch.setattr(KC, "row_tasks", lambda *a: 0)  # the chunked loop, the pad made ahead of it
     kd = make()
     assert 'T.sblock("pad")' not in parallel_body(kd.func.script())[1]
     np.testing.assert_allclose(run(kd, {"x": x}).reshape(ref.shape), y, rtol=1e-6, atol=1e-6)

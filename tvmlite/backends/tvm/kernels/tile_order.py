@@ -112,9 +112,10 @@ def channel_row_block(geom: WindowGeometry, row_floats: int, w_shape, nr: int) -
 def row_tasks(geom: WindowGeometry, weight_size: int) -> int:
     """Blocks of output rows the parallel loop of a padded direct conv runs (`S.tile_direct_conv`'s
     ``row_tasks``, each block padding its own input rows: `S.pad_rows`), 0 for the chunked tile loop
-    with the pad made ahead of it. One block per thread where the output rows share evenly among
-    them and every thread's copy of the weights fits half this host's L2 (each block reads all the
-    weights, where a thread of the chunked loop reads its channel tiles' alone); group-1 convs.
+    with the pad made ahead of it. One block per thread (the last one a row short where they do
+    not divide: SqueezeNet's 55, 27 and 13 rows) where each gets at least two rows and every
+    thread's copy of the weights fits half this host's L2 (each block reads all the weights,
+    where a thread of the chunked loop reads its channel tiles' alone); group-1 convs.
     Made ahead of the chunked loop by the calling thread, the padded copy sits in that core's
     cache and the worker's tiles read their input taps from it across cores, a channel plane's
     few floats at a time: on Sapphire Rapids (2 threads, the kernel alone with SiLU, best of 300
@@ -125,6 +126,6 @@ def row_tasks(geom: WindowGeometry, weight_size: int) -> int:
 
     th = host_threads()
     oh = geom.out_spatial[0]
-    if th < 2 or geom.group != 1 or oh % th or weight_size > l2_floats() // 2:
+    if th < 2 or geom.group != 1 or oh < 2 * th or weight_size > l2_floats() // 2:
         return 0
     return th
