@@ -5,8 +5,10 @@ kernel `kernels.conv.conv2d` picks (SiLU fused) built each way, best and median 
     PYTHONPATH=. python bench/conv_threads_ab.py 64-64-3x3-s1-20x20,48-64-3x3-s2-40x40 [old,new,...]
 
 A shape is CI-CO-KxK-sS-HxW. Variants: ``new`` (the tree as it is), ``old`` (output rows not in
-blocks, `tile_order.row_tasks` off: the pad made ahead of the chunked tile loop), ``padpar`` (old,
-the pad copy parallel whatever its size), ``chunk2``/``chunk16`` (old, the tile loop in 2 or 16
+blocks, `tile_order.row_tasks` off: the pad made ahead of the chunked tile loop), ``prev`` (old, the
+pad copy's parallel rule before `schedules.PAD_ELEMENT_WEIGHT`), ``padpar`` (old,
+the pad copy parallel whatever its size; ``padrows`` alike, its rows too, every loop but the
+innermost), ``chunk2``/``chunk16`` (old, the tile loop in 2 or 16
 chunks). Their outputs are checked against the first variant's.
 """
 from __future__ import annotations
@@ -36,6 +38,16 @@ def _pad_parallel(sch, pad, lanes, *, parallel=True):
     S.parallel_vectorize(sch, pad, lanes, parallel_loops=2, parallel=parallel)
 
 
+def _pad_by_size(sch, pad, lanes, *, parallel=True):  # pad_input before PAD_ELEMENT_WEIGHT
+    size = S.block_elements(sch, pad)
+    S.parallel_vectorize(sch, pad, lanes, parallel_loops=2,
+                         parallel=parallel and (size is None or S.worth_parallel(size)))
+
+
+def _pad_parallel_rows(sch, pad, lanes, *, parallel=True):
+    S.parallel_vectorize(sch, pad, lanes, parallel=parallel)
+
+
 def _tiles_in(n):
     def tiles(sch, loops):
         loops = [lp for lp in loops if lp is not None]
@@ -47,7 +59,9 @@ def _tiles_in(n):
 VARIANTS = {
     "new": {},
     "old": {(KC, "row_tasks"): _no_rows},
+    "prev": {(KC, "row_tasks"): _no_rows, (S, "pad_input"): _pad_by_size},
     "padpar": {(KC, "row_tasks"): _no_rows, (S, "pad_input"): _pad_parallel},
+    "padrows": {(KC, "row_tasks"): _no_rows, (S, "pad_input"): _pad_parallel_rows},
     "chunk2": {(KC, "row_tasks"): _no_rows, (S, "parallel_tiles"): _tiles_in(2)},
     "chunk16": {(KC, "row_tasks"): _no_rows, (S, "parallel_tiles"): _tiles_in(16)},
 }

@@ -124,3 +124,41 @@ def test_layout_taking_conv_pads_its_rows_inside_the_parallel_loop(monkeypatch, 
     ref = np.maximum(conv(x, w, b, **attrs), 0)
     y = y.reshape(1, 12, 12, 20).transpose(0, 3, 1, 2) if yl == "NHWC" else y.reshape(ref.shape)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("ci,co,hw,parallel_pad", [
+    (3, 16, 320, True),   # the detector's stem (im2col + GEMM): a 311K-element copy in stride phases
+    (1, 32, 96, False),   # a 1-channel conv (im2col + GEMM): its 9.6K-element copy on one core
+])
+def test_gemm_conv_pad_copy_splits_by_rows_where_worth_it(monkeypatch, ci, co, hw, parallel_pad):
+    """The copy ahead of a parallel im2col + GEMM conv runs across the cores where its elements,
+    at `S.PAD_ELEMENT_WEIGHT` multiply-adds each, are worth it, split by its 12 stride-phase planes
+    (4 tasks a thread, `S.copy_tasks_loops`), not by its 3 channels; the numbers as NumPy's."""
+    monkeypatch.delenv("TVMLITE_MIN_PARALLEL_WORK")
+    x = RNG.standard_normal((1, ci, hw, hw)).astype(np.float32)
+    w = RNG.standard_normal((co, ci, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(co).astype(np.float32)
+    attrs = dict(pads=[1] * 4, strides=[2, 2])
+    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
+    assert not KC.use_direct_conv(w.shape, geom, 16)
+    kd = KC.conv2d("c", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]), lanes=16)
+    script = kd.func.script()
+    pads = [int(m.group(2)) for m in re.finditer(r"^( *)for \w+ in T\.parallel\((\d+)\):\n((?:\1 .*\n)+)", script, re.M)
+            if 'T.sblock("pad")' in m.group(3)]
+    assert pads == ([ci * 4] if parallel_pad else []), script[:1500]
+    ref = np.maximum(conv(x, w, b, **attrs), 0)
+    np.testing.assert_allclose(run(kd, {"x": x}).reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,loops", [((1, 3, 2, 2, 161, 161), 4), ((1, 64, 130, 130), 2),
+                                         ((1, 3, 226, 226), 3), ((5, 7), 1)])
+def test_copy_split_by_the_fewest_loops_making_four_tasks_a_thread(shape, loops):
+    import tvm
+    from tvm import te
+
+    from tvmlite.backends.tvm.kernels import schedules as S
+
+    a = te.placeholder(shape, name="a")
+    b = te.compute(shape, lambda *i: a[i] + 1, name="b")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+    assert S.copy_tasks_loops(sch, "b") == loops

@@ -355,16 +355,46 @@ DIRECT_CONV_STEPS = ["pad_input", "tile_for_cache", "pack_array", "write_cache",
                      "unroll_rows", "parallel_outer", "finish_reduction"]
 
 
+# A padded copy's element weighs this many GEMM multiply-adds in `worth_parallel` (a load and a
+# store, no reuse). Sapphire Rapids, 2 threads, the kernel alone with SiLU, best of 400 interleaved
+# (bench/conv_threads_ab.py, old -> padrows): the detector's 3->16 stride-2 stem from 320x320
+# (im2col + GEMM, a 311K-element copy in stride phases, on one core ahead of the parallel GEMM)
+# 0.66 -> 0.50 of one thread (264 -> 203 us); a 153K-element copy (3->32 stride 2 from 224x224,
+# direct) 0.57 -> 0.52, left on one core with the copies below it.
+PAD_ELEMENT_WEIGHT = 4
+
+
 def pad_input(sch, pad: str, lanes: int, *, parallel: bool = True):
     """The zero-padded input is made once per call, in vectors, so the tile's inner loop reads
     it with no bounds checks. Without this step the padding is inlined: every multiply-add tests
     its coordinates. Across cores (with ``parallel``, the conv's own choice) only where the copy
-    is worth it by its own elements (`worth_parallel`): each parallel loop is a wake and a barrier
-    of the thread pool, and the copy ahead of SqueezeNet's 3x3 expand convs (16 x 57 x 57 and
-    smaller) is a few microseconds of work on one core."""
+    is worth it by its own elements (`worth_parallel`, at PAD_ELEMENT_WEIGHT each): each parallel
+    loop is a wake and a barrier of the thread pool, and the copy ahead of SqueezeNet's 3x3
+    expand convs (16 x 57 x 57 and smaller) is a few microseconds of work on one core. Split by
+    the fewest outer loops that make 4 tasks a thread (`copy_tasks_loops`): an image's 3 channels
+    split over 2 threads by channel alone left one thread two thirds of the copy; split by every
+    row (the stem's 1932) it ran 3% slower at one thread than by its 12 channel phases (best of 400,
+    406 against 396 us, the copy on one core 383 us; at 2 threads 213 against 205 us)."""
     size = block_elements(sch, pad)
-    parallel_vectorize(sch, pad, lanes, parallel_loops=2,
-                       parallel=parallel and (size is None or worth_parallel(size)))
+    parallel_vectorize(sch, pad, lanes, parallel_loops=copy_tasks_loops(sch, pad),
+                       parallel=parallel and (size is None or worth_parallel(PAD_ELEMENT_WEIGHT * size)))
+
+
+def copy_tasks_loops(sch, block: str) -> int:
+    """How many of ``block``'s outer loops to run across cores: the fewest whose iterations
+    number 4 a thread (all but the innermost at most; 2 where an extent is symbolic)."""
+    from tvmlite.backends.tvm.kernels.target import host_threads
+
+    loops = sch.get_loops(sch.get_sblock(block))
+    total = 1
+    for i, lp in enumerate(loops[:-1]):
+        ext = _extent(sch, lp)
+        if ext is None:
+            return 2
+        total *= ext
+        if total >= 4 * host_threads():
+            return i + 1
+    return max(1, len(loops) - 1)
 
 
 def block_elements(sch, block: str) -> int | None:
