@@ -5,7 +5,7 @@ kernel `kernels.conv.conv2d` picks (SiLU fused) built each way, best and median 
     PYTHONPATH=. python bench/conv_threads_ab.py 64-64-3x3-s1-20x20,48-64-3x3-s2-40x40 [old,new,...]
 
 A shape is CI-CO-KxK-sS-HxW. Variants: ``new`` (the tree as it is), ``old`` (output rows not in
-blocks, `tile_order.row_tasks` off: the pad made ahead of the chunked tile loop), ``prev`` (old, the
+blocks, `tile_order.row_tasks` off: the pad made ahead of the chunked tile loop), ``rowsall`` (new, the rows in blocks whatever the weights' size), ``prev`` (old, the
 pad copy's parallel rule before `schedules.PAD_ELEMENT_WEIGHT`), ``padpar`` (old,
 the pad copy parallel whatever its size; ``padrows`` alike, its rows too, every loop but the
 innermost), ``chunk2``/``chunk16`` (old, the tile loop in 2 or 16
@@ -38,6 +38,11 @@ def _pad_parallel(sch, pad, lanes, *, parallel=True):
     S.parallel_vectorize(sch, pad, lanes, parallel_loops=2, parallel=parallel)
 
 
+def _rows_whatever_the_weights(geom, weight_size):
+    from tvmlite.backends.tvm.kernels.tile_order import row_tasks
+    return row_tasks(geom, 0)
+
+
 def _pad_by_size(sch, pad, lanes, *, parallel=True):  # pad_input before PAD_ELEMENT_WEIGHT
     size = S.block_elements(sch, pad)
     S.parallel_vectorize(sch, pad, lanes, parallel_loops=2,
@@ -59,6 +64,7 @@ def _tiles_in(n):
 VARIANTS = {
     "new": {},
     "old": {(KC, "row_tasks"): _no_rows},
+    "rowsall": {(KC, "row_tasks"): _rows_whatever_the_weights},
     "prev": {(KC, "row_tasks"): _no_rows, (S, "pad_input"): _pad_by_size},
     "padpar": {(KC, "row_tasks"): _no_rows, (S, "pad_input"): _pad_parallel},
     "padrows": {(KC, "row_tasks"): _no_rows, (S, "pad_input"): _pad_parallel_rows},
