@@ -132,3 +132,21 @@ def row_tasks(geom: WindowGeometry, weight_size: int) -> int:
     if th < 2 or geom.group != 1 or oh < 2 * th or weight_size > l2_floats() // 2:
         return 0
     return th
+
+
+# Channel tiles below which a parallel flat 1x1 conv writing NHWC runs its pixel tiles outside
+FLAT_SPLIT_CHANNEL_TILES = 4
+
+
+def flat_pixels_split(channel_tiles: int, parallel: bool) -> bool:
+    """Whether a flat 1x1 conv (`conv_nhwc.conv2d_nhwc`: stride 1, unpadded, the image one row of
+    pixels) writing NHWC should run its pixel tiles outside its channel tiles because it runs in
+    parallel with fewer than FLAT_SPLIT_CHANNEL_TILES channel tiles: the chunked loop then splits
+    by channel tile, every thread reads the whole input (written by the previous kernel, split by
+    pixels, half of it in the other core's cache) and writes a run of each pixel's channels. Split
+    by pixels each thread reads and writes its own half. Sapphire Rapids, `bench/kernel_threads.py`
+    (best runs, in the plan, load 1.0-1.4, channels -> pixels outside): SqueezeNet's 16->64
+    expand 1x1s at 55x55 (2 tiles) 2 threads 67 -> 36 us and 70 -> 37 us (0.92 / 1.05 of one
+    thread -> 0.57 / 0.60), one thread 74 -> 64 and 67 -> 61 us; Inception-v2's 576->96 at 14x14
+    (3 tiles) 72-74 -> 60-63 us, one thread 120-123 -> 108 us."""
+    return parallel and channel_tiles < FLAT_SPLIT_CHANNEL_TILES
