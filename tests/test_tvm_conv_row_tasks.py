@@ -164,25 +164,27 @@ def test_copy_split_by_the_fewest_loops_making_four_tasks_a_thread(shape, loops)
     assert S.copy_tasks_loops(sch, "b") == loops
 
 
+@pytest.mark.parametrize("yl", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("co,threads,pixels_first", [
     (64, "2", True),    # SqueezeNet's expand 1x1: 2 channel tiles, parallel
     (128, "2", False),  # 4 channel tiles: the split stays on them
     (64, "1", False),   # one thread: nothing split, the order as before
 ])
-def test_flat_1x1_writing_nhwc_splits_by_pixels(monkeypatch, co, threads, pixels_first):
-    """A parallel flat 1x1 conv writing NHWC with fewer than 4 channel tiles runs its pixel tiles
-    outside (`tile_order.flat_pixels_split`): its parallel loop is cut along the pixels, each
-    thread reading and writing its own half; the numbers as NumPy's."""
+def test_flat_1x1_splits_by_pixels(monkeypatch, co, threads, pixels_first, yl):
+    """A parallel flat 1x1 conv with fewer than 4 channel tiles runs its pixel tiles outside
+    (`tile_order.flat_pixels_split`), written NHWC or NCHW: its parallel loop is cut along the
+    pixels, each thread reading and writing its own half; the numbers as NumPy's."""
     monkeypatch.setenv("TVMLITE_THREADS", threads)
     x = RNG.standard_normal((1, 16, 23, 23)).astype(np.float32)
     w = RNG.standard_normal((co, 16, 1, 1)).astype(np.float32)
     b = RNG.standard_normal(co).astype(np.float32)
     geom = WindowGeometry.conv({}, x.shape, w.shape)
     kd = KN.conv2d_nhwc("k", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]),
-                        lanes=16, x_layout="NCHW", y_layout="NHWC")
+                        lanes=16, x_layout="NHWC", y_layout=yl)
     script = kd.func.script()
     assert ("T.parallel" in script) is (threads != "1")
     assert bool(re.search(r"for nn_gg_y_xx_0_i_0_fused\w* in", script)) is pixels_first
     ref = np.maximum(conv(x, w, b), 0)
-    y = run(kd, {"x": x}).reshape(1, 23, 23, co).transpose(0, 3, 1, 2)
+    y = run(kd, {"x": np.ascontiguousarray(x.transpose(0, 2, 3, 1))})
+    y = y.reshape(1, 23, 23, co).transpose(0, 3, 1, 2) if yl == "NHWC" else y.reshape(ref.shape)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)

@@ -134,19 +134,23 @@ def row_tasks(geom: WindowGeometry, weight_size: int) -> int:
     return th
 
 
-# Channel tiles below which a parallel flat 1x1 conv writing NHWC runs its pixel tiles outside
+# Channel tiles below which a parallel flat 1x1 conv runs its pixel tiles outside
 FLAT_SPLIT_CHANNEL_TILES = 4
 
 
 def flat_pixels_split(channel_tiles: int, parallel: bool) -> bool:
     """Whether a flat 1x1 conv (`conv_nhwc.conv2d_nhwc`: stride 1, unpadded, the image one row of
-    pixels) writing NHWC should run its pixel tiles outside its channel tiles because it runs in
-    parallel with fewer than FLAT_SPLIT_CHANNEL_TILES channel tiles: the chunked loop then splits
-    by channel tile, every thread reads the whole input (written by the previous kernel, split by
-    pixels, half of it in the other core's cache) and writes a run of each pixel's channels. Split
-    by pixels each thread reads and writes its own half. Sapphire Rapids, `bench/kernel_threads.py`
-    (best runs, in the plan, load 1.0-1.4, channels -> pixels outside): SqueezeNet's 16->64
-    expand 1x1s at 55x55 (2 tiles) 2 threads 67 -> 36 us and 70 -> 37 us (0.92 / 1.05 of one
-    thread -> 0.57 / 0.60), one thread 74 -> 64 and 67 -> 61 us; Inception-v2's 576->96 at 14x14
-    (3 tiles) 72-74 -> 60-63 us, one thread 120-123 -> 108 us."""
+    pixels) should run its pixel tiles outside its channel tiles because it runs in parallel with
+    fewer than FLAT_SPLIT_CHANNEL_TILES channel tiles: the chunked loop then splits by channel
+    tile, every thread reads the whole input (written by the previous kernel, half of it in the
+    other core's cache). Split by pixels each thread reads and writes its own half. Sapphire
+    Rapids, `bench/kernel_threads.py` (best runs, in the plan, load 1.0-1.4, channels -> pixels
+    outside), writing NHWC: SqueezeNet's 16->64 expand 1x1s at 55x55 (2 tiles) 2 threads 67 -> 36
+    us and 70 -> 37 us (0.92 / 1.05 of one thread -> 0.57 / 0.60), one thread 74 -> 64 and 67 -> 61
+    us; Inception-v2's 576->96 at 14x14 (3 tiles) 72-74 -> 60-63 us, one thread 120-123 -> 108 us.
+    Writing NCHW, where one thread keeps the channel tiles outside (`pixel_tiles_outer`'s
+    ``wide_nchw_write``): ResNet-50's 64->64 and 256->64 at 56x56 2 threads 132 -> 102, 364 -> 302,
+    358 -> 299 us (0.63-0.68 -> 0.50), one thread 195 -> 205, 576 -> 598, 560 -> 588 us (the kernel
+    built for 2 threads; a build for one keeps the order); SqueezeNet's squeeze 1x1s at 13x13
+    28 -> 22, 38 -> 27, 40 -> 30, 49 -> 38 us, one thread alike."""
     return parallel and channel_tiles < FLAT_SPLIT_CHANNEL_TILES
