@@ -165,18 +165,21 @@ def test_copy_split_by_the_fewest_loops_making_four_tasks_a_thread(shape, loops)
 
 
 @pytest.mark.parametrize("yl", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("co,threads,pixels_first", [
-    (64, "2", True),    # SqueezeNet's expand 1x1: 2 channel tiles, parallel
-    (128, "2", False),  # 4 channel tiles: the split stays on them
-    (64, "1", False),   # one thread: nothing split, the order as before
+@pytest.mark.parametrize("ci,co,threads,pixels_first", [
+    (96, 64, "2", True),     # 2 channel tiles, parallel
+    (96, 128, "2", False),   # 4 channel tiles: the split stays on them
+    (16, 128, "2", True),    # a short reduction (SqueezeNet's expand 1x1s): up to 7 tiles split by pixels
+    (16, 256, "2", False),   # 8 tiles
+    (96, 64, "1", False),    # one thread: nothing split, the order as before
 ])
-def test_flat_1x1_splits_by_pixels(monkeypatch, co, threads, pixels_first, yl):
-    """A parallel flat 1x1 conv with fewer than 4 channel tiles runs its pixel tiles outside
-    (`tile_order.flat_pixels_split`), written NHWC or NCHW: its parallel loop is cut along the
-    pixels, each thread reading and writing its own half; the numbers as NumPy's."""
+def test_flat_1x1_splits_by_pixels(monkeypatch, ci, co, threads, pixels_first, yl):
+    """A parallel flat 1x1 conv with fewer than 4 channel tiles (8 with at most 64 input
+    channels) runs its pixel tiles outside (`tile_order.flat_pixels_split`), written NHWC or
+    NCHW: its parallel loop is cut along the pixels, each thread reading and writing its own half;
+    the numbers as NumPy's."""
     monkeypatch.setenv("TVMLITE_THREADS", threads)
-    x = RNG.standard_normal((1, 16, 23, 23)).astype(np.float32)
-    w = RNG.standard_normal((co, 16, 1, 1)).astype(np.float32)
+    x = RNG.standard_normal((1, ci, 23, 23)).astype(np.float32)
+    w = RNG.standard_normal((co, ci, 1, 1)).astype(np.float32)
     b = RNG.standard_normal(co).astype(np.float32)
     geom = WindowGeometry.conv({}, x.shape, w.shape)
     kd = KN.conv2d_nhwc("k", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]),

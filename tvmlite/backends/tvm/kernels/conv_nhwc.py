@@ -107,7 +107,7 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
                        name="epilogue")
     outer = pixel_tiles_outer(geom, n * c * h * wd, w.size,
                               wide_nchw_write=not yl and S.accumulator_vectors(lanes) > 8)
-    outer = outer or (flat and flat_pixels_split(cop // nr, S.worth_parallel(n * co * oh * ow * ci)))
+    outer = outer or (flat and flat_pixels_split(cop // nr, S.worth_parallel(n * co * oh * ow * ci), ci))
     rb = 0 if outer or flat else channel_row_block(geom, c * wp, w.shape, nr)
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
                          work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,

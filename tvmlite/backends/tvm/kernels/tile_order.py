@@ -134,11 +134,13 @@ def row_tasks(geom: WindowGeometry, weight_size: int) -> int:
     return th
 
 
-# Channel tiles below which a parallel flat 1x1 conv runs its pixel tiles outside
-FLAT_SPLIT_CHANNEL_TILES = 4
+# Channel tiles below which a parallel flat 1x1 conv runs its pixel tiles outside; below the
+# second where it reads at most SHORT_K input channels
+FLAT_SPLIT_CHANNEL_TILES = 4, 8
+SHORT_K = 64
 
 
-def flat_pixels_split(channel_tiles: int, parallel: bool) -> bool:
+def flat_pixels_split(channel_tiles: int, parallel: bool, k: int = 0) -> bool:
     """Whether a flat 1x1 conv (`conv_nhwc.conv2d_nhwc`: stride 1, unpadded, the image one row of
     pixels) should run its pixel tiles outside its channel tiles because it runs in parallel with
     fewer than FLAT_SPLIT_CHANNEL_TILES channel tiles: the chunked loop then splits by channel
@@ -152,5 +154,12 @@ def flat_pixels_split(channel_tiles: int, parallel: bool) -> bool:
     ``wide_nchw_write``): ResNet-50's 64->64 and 256->64 at 56x56 2 threads 132 -> 102, 364 -> 302,
     358 -> 299 us (0.63-0.68 -> 0.50), one thread 195 -> 205, 576 -> 598, 560 -> 588 us (the kernel
     built for 2 threads; a build for one keeps the order); SqueezeNet's squeeze 1x1s at 13x13
-    28 -> 22, 38 -> 27, 40 -> 30, 49 -> 38 us, one thread alike."""
-    return parallel and channel_tiles < FLAT_SPLIT_CHANNEL_TILES
+    28 -> 22, 38 -> 27, 40 -> 30, 49 -> 38 us, one thread alike; Inception-v2's ten such kernels 2
+    threads 770 -> 737 us together, one thread 1300 -> 1276. With a short reduction (``k``, the
+    input channels, at most SHORT_K) the tile's work is mostly reading its input and writing its
+    output, and up to 7 channel tiles split by pixels: SqueezeNet's 32->128 expand 1x1s at 27x27
+    (4 tiles) 43 -> 21 and 46 -> 23 us (1.04 / 1.17 of one thread before), 48->192 at 13x13 (6)
+    16 -> 13 us, one thread 39-41 -> 35-38 us; with 320-1024 input channels (Inception-v2's 18 at
+    14x14 and 7x7, 4-7 tiles) 2 threads 1820 -> 1813 us together, one thread 3123 -> 3269: kept."""
+    few, short = FLAT_SPLIT_CHANNEL_TILES
+    return parallel and channel_tiles < (short if 0 < k <= SHORT_K else few)
