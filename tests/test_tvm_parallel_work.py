@@ -173,7 +173,9 @@ def test_int8_pointwise_split(vnni, monkeypatch):
 def test_pad_copy_weighs_its_own_elements(ci, co, hw, stride, loops, direct, monkeypatch):
     """The zero-padded copy ahead of a conv (`schedules.pad_input`) runs across cores only where
     its own elements are worth it, not because the conv's multiply-adds are: one parallel loop
-    (the conv's) where it is small, two where it is large; the numbers the same as the serial build."""
+    (the conv's) where it is small, two where it is large; the numbers the same as the serial build.
+    (The direct conv's rows in blocks that pad their own rows, `tile_order.row_tasks`, kept off.)"""
+    monkeypatch.setattr(KC, "row_tasks", lambda *a: 0)
     x = RNG.standard_normal((1, ci, hw, hw)).astype(np.float32)
     w = RNG.standard_normal((co, ci, 3, 3)).astype(np.float32)
     b = RNG.standard_normal(co).astype(np.float32)
@@ -196,7 +198,8 @@ def test_float_conv_tiles_run_in_chunks_and_match(kind, lanes, monkeypatch):
     """The float direct conv's and GEMM's tile loops run across the cores in chunks
     (`schedules.parallel_tiles`: 8 here, a serial loop of tiles under each), so the register
     tile's buffer is allocated once per chunk, not once per tile; the numbers match the serial
-    kernel and NumPy."""
+    kernel and NumPy. (The direct conv's rows in blocks, `tile_order.row_tasks`, kept off.)"""
+    monkeypatch.setattr(KC, "row_tasks", lambda *a: 0)
     x = RNG.standard_normal((1, 64, 32, 32)).astype(np.float32)
     w = (RNG.standard_normal((64, 64, 3, 3)) * 0.1).astype(np.float32)
     geom = WindowGeometry.conv(dict(pads=[1] * 4), x.shape, w.shape)

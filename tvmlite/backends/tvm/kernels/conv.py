@@ -14,7 +14,7 @@ from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up
 from tvmlite.backends.tvm.kernels.depthwise import depthwise_conv2d  # noqa: F401 - the emitter's name for it
 from tvmlite.backends.tvm.kernels.epilogue import UNARY, bind_epilogue
 from tvmlite.backends.tvm.kernels.gemm import column_gemm, conv_tile
-from tvmlite.backends.tvm.kernels.tile_order import IMAGE_CHANNELS, channel_row_block, pixel_tiles_outer
+from tvmlite.backends.tvm.kernels.tile_order import IMAGE_CHANNELS, channel_row_block, pixel_tiles_outer, row_tasks
 from tvmlite.ops.geometry import WindowGeometry
 
 
@@ -318,20 +318,23 @@ def conv2d_direct(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowG
     outer = pixel_tiles_outer(geom, n * c * h * wd, w.size, nchw_out_channels=ci)
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
                          work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
-                         pixels_outer=outer, row_block=0 if outer else channel_row_block(geom, ci * wp, w.shape, nr))
+                         pixels_outer=outer, row_block=0 if outer else channel_row_block(geom, ci * wp, w.shape, nr),
+                         row_tasks=row_tasks(geom, w.size))
 
 
 def finish_direct(b: Builder, out_value: str, Y, tile: S.GemmTile, *, lanes: int, steps, unpadded: bool, act: bool,
-                  work: int, w_index: int | None, pixels_outer: bool = False, row_block: int = 0) -> KernelDef:
+                  work: int, w_index: int | None, pixels_outer: bool = False, row_block: int = 0,
+                  row_tasks: int = 0) -> KernelDef:
     """A direct conv's kernel from its epilogue tensor ``Y`` (blocks "pad" unless ``unpadded``,
     "acc", "act" with ``act``, "epilogue"): scheduled by `S.schedule_direct_conv`; ``w_index``:
     the parameter of the packed weights (their shape becomes the packed array's);
-    ``pixels_outer``, ``row_block``: the tile loops' order (`pixel_tiles_outer`, `channel_row_block`)."""
+    ``pixels_outer``, ``row_block``: the tile loops' order (`pixel_tiles_outer`, `channel_row_block`);
+    ``row_tasks``: the parallel blocks of rows that pad their own input (`row_tasks`)."""
     func = b.finish([(out_value, Y)])
     sch = schedule(func)
     S.schedule_direct_conv(sch, None if unpadded else "pad", "acc", "epilogue", tile, lanes=lanes, steps=steps,
                            parallel=S.worth_parallel(work), act="act" if act else None, pixels_outer=pixels_outer,
-                           row_block=row_block)
+                           row_block=row_block, row_tasks=row_tasks)
     params = b.params
     if w_index is not None:
         params[w_index].shape = params[w_index].array.shape

@@ -22,9 +22,11 @@ from tvm import te, tirx
 from tvmlite.backends.tvm.kernels import schedules as S
 from tvmlite.backends.tvm.kernels.builder import F32, Builder, schedule
 from tvmlite.backends.tvm.kernels.conv import (channel_row_block, direct_tile, finish_direct, pack_direct_weights,
-                                               pixel_tiles_outer, tile_activation, unary_prefix, zero_padded)
+                                               pixel_tiles_outer, row_tasks, tile_activation, unary_prefix,
+                                               zero_padded)
 from tvmlite.backends.tvm.kernels.defs import Epilogue, KernelDef, round_up
 from tvmlite.backends.tvm.kernels.epilogue import bind_epilogue
+from tvmlite.backends.tvm.kernels.tile_order import flat_pixels_split
 from tvmlite.ops.geometry import WindowGeometry
 
 NHWC = "NHWC"
@@ -105,10 +107,11 @@ def conv2d_nhwc(name: str, x: str, x_shape, w: np.ndarray, bias, geom: WindowGeo
                        name="epilogue")
     outer = pixel_tiles_outer(geom, n * c * h * wd, w.size,
                               wide_nchw_write=not yl and S.accumulator_vectors(lanes) > 8)
+    outer = outer or (flat and flat_pixels_split(cop // nr, S.worth_parallel(n * co * oh * ow * ci), ci))
     rb = 0 if outer or flat else channel_row_block(geom, c * wp, w.shape, nr)
     return finish_direct(b, out_value, Y, tile, lanes=lanes, steps=steps, unpadded=unpadded, act=bool(pre.ops),
                          work=n * co * oh * ow * ci * kh * kw, w_index=w_index if packing else None,
-                         pixels_outer=outer, row_block=rb)
+                         pixels_outer=outer, row_block=rb, row_tasks=0 if flat else row_tasks(geom, w.size))
 
 
 def nhwc_tile(cog: int, cols: int, lanes: int, taps: int, *, strided: bool = False) -> S.GemmTile:

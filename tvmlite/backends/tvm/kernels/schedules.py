@@ -355,16 +355,46 @@ DIRECT_CONV_STEPS = ["pad_input", "tile_for_cache", "pack_array", "write_cache",
                      "unroll_rows", "parallel_outer", "finish_reduction"]
 
 
+# A padded copy's element weighs this many GEMM multiply-adds in `worth_parallel` (a load and a
+# store, no reuse). Sapphire Rapids, 2 threads, the kernel alone with SiLU, best of 400 interleaved
+# (bench/conv_threads_ab.py, old -> padrows): the detector's 3->16 stride-2 stem from 320x320
+# (im2col + GEMM, a 311K-element copy in stride phases, on one core ahead of the parallel GEMM)
+# 0.66 -> 0.50 of one thread (264 -> 203 us); a 153K-element copy (3->32 stride 2 from 224x224,
+# direct) 0.57 -> 0.52, left on one core with the copies below it.
+PAD_ELEMENT_WEIGHT = 4
+
+
 def pad_input(sch, pad: str, lanes: int, *, parallel: bool = True):
     """The zero-padded input is made once per call, in vectors, so the tile's inner loop reads
     it with no bounds checks. Without this step the padding is inlined: every multiply-add tests
     its coordinates. Across cores (with ``parallel``, the conv's own choice) only where the copy
-    is worth it by its own elements (`worth_parallel`): each parallel loop is a wake and a barrier
-    of the thread pool, and the copy ahead of SqueezeNet's 3x3 expand convs (16 x 57 x 57 and
-    smaller) is a few microseconds of work on one core."""
+    is worth it by its own elements (`worth_parallel`, at PAD_ELEMENT_WEIGHT each): each parallel
+    loop is a wake and a barrier of the thread pool, and the copy ahead of SqueezeNet's 3x3
+    expand convs (16 x 57 x 57 and smaller) is a few microseconds of work on one core. Split by
+    the fewest outer loops that make 4 tasks a thread (`copy_tasks_loops`): an image's 3 channels
+    split over 2 threads by channel alone left one thread two thirds of the copy; split by every
+    row (the stem's 1932) it ran 3% slower at one thread than by its 12 channel phases (best of 400,
+    406 against 396 us, the copy on one core 383 us; at 2 threads 213 against 205 us)."""
     size = block_elements(sch, pad)
-    parallel_vectorize(sch, pad, lanes, parallel_loops=2,
-                       parallel=parallel and (size is None or worth_parallel(size)))
+    parallel_vectorize(sch, pad, lanes, parallel_loops=copy_tasks_loops(sch, pad),
+                       parallel=parallel and (size is None or worth_parallel(PAD_ELEMENT_WEIGHT * size)))
+
+
+def copy_tasks_loops(sch, block: str) -> int:
+    """How many of ``block``'s outer loops to run across cores: the fewest whose iterations
+    number 4 a thread (all but the innermost at most; 2 where an extent is symbolic)."""
+    from tvmlite.backends.tvm.kernels.target import host_threads
+
+    loops = sch.get_loops(sch.get_sblock(block))
+    total = 1
+    for i, lp in enumerate(loops[:-1]):
+        ext = _extent(sch, lp)
+        if ext is None:
+            return 2
+        total *= ext
+        if total >= 4 * host_threads():
+            return i + 1
+    return max(1, len(loops) - 1)
 
 
 def block_elements(sch, block: str) -> int | None:
@@ -380,7 +410,8 @@ def block_elements(sch, block: str) -> int | None:
     return total
 
 
-def tile_direct_conv(sch, block, tile: GemmTile, *, pixels_outer: bool = False, row_block: int = 0):
+def tile_direct_conv(sch, block, tile: GemmTile, *, pixels_outer: bool = False, row_block: int = 0,
+                     row_tasks: int = 0):
     """Split (n, g, y, x, co, rc, ry, rx) into (n, g, co/nr, y, x/mr, rc, ry, rx, mr, nr): one
     weight panel (all k for nr channels) is reused by every pixel tile of the image while it is
     in L2, and each (rc, ry, rx) step is one row of packed weights times mr broadcast pixels.
@@ -389,10 +420,20 @@ def tile_direct_conv(sch, block, tile: GemmTile, *, pixels_outer: bool = False, 
     larger than its weights (`tile_order.pixel_tiles_outer`). With ``row_block`` (channel tiles outside)
     the output rows run in blocks of that many, each block's channel tiles inside it,
     (n, g, y/rb, co/nr, rb, x/mr, ...): the input rows one block reads stay in the L2 across its
-    channel tiles (`tile_order.channel_row_block`)."""
+    channel tiles (`tile_order.channel_row_block`). With ``row_tasks`` the output rows are cut
+    into that many blocks outermost, (n, g, y/(oh/row_tasks), then the order above within a
+    block): the loop "rows" a block's padded input rows are made under (`schedule_direct_conv`)."""
     nl, gl, yl, xl, il, rc, ry, rx = sch.get_loops(block)
     io, ii = sch.split(il, factors=[None, int(tile.nr)])
     xo, xi = sch.split(xl, factors=[None, int(tile.mr)])
+    if row_tasks:
+        yo, yi = sch.split(yl, factors=[int(row_tasks), None])
+        if pixels_outer:
+            sch.reorder(yo, yi, xo, io, rc, ry, rx, xi, ii)
+        else:
+            sch.reorder(yo, io, yi, xo, rc, ry, rx, xi, ii)
+        return {"outer": [nl, gl, yo], "rows": yo, "k": rc, "ii": xi, "ji": ii,
+                "second": io if pixels_outer else xo}
     if pixels_outer:
         sch.reorder(yl, xo, io, rc, ry, rx, xi, ii)
         return {"outer": [nl, gl, yl, xo, io], "k": rc, "ii": xi, "ji": ii, "second": io}
@@ -436,17 +477,24 @@ def pack_direct_weights(sch, block, nr: int, run: int = 0):
 
 def schedule_direct_conv(sch, pad: str | None, acc: str, epilogue: str, tile: GemmTile, *, lanes: int,
                          parallel: bool = True, steps=None, act: str | None = None, pixels_outer: bool = False,
-                         row_block: int = 0):
+                         row_block: int = 0, row_tasks: int = 0):
     """The direct conv's steps in order (``steps``: apply only these, for tests). ``act``: a
     block between the accumulator and the epilogue in the tile's channels-last layout (the
     activation); with write_cache it is a second register tile, vectorized over the channels,
     so an exp-heavy activation runs in vectors instead of per element in the transposing write.
-    ``pixels_outer``, ``row_block``: the tile loops' order (`tile_direct_conv`)."""
+    ``pixels_outer``, ``row_block``: the tile loops' order (`tile_direct_conv`). ``row_tasks``
+    (a parallel conv with a pad, `tile_order.row_tasks`): the parallel loop is that many blocks of
+    output rows, each making the padded input rows it reads itself (`pad_rows`)."""
     on = (lambda s: True) if steps is None else (lambda s: s in steps)
     if act is not None and not (on("tile_for_cache") and on("write_cache")):
         sch.compute_inline(sch.get_sblock(act))
         act = None
+    if pad is None or row_block or not parallel or not all(
+            on(s) for s in ("pad_input", "tile_for_cache", "parallel_outer")):
+        row_tasks = 0
     if pad is None:  # the kernel reads its input unpadded
+        pass
+    elif row_tasks:  # made per block of rows, below
         pass
     elif on("pad_input"):
         pad_input(sch, pad, lanes, parallel=parallel)
@@ -454,8 +502,10 @@ def schedule_direct_conv(sch, pad: str | None, acc: str, epilogue: str, tile: Ge
         sch.compute_inline(sch.get_sblock(pad))
     block = sch.get_sblock(acc)
     epi = sch.get_sblock(epilogue)
-    lp = tile_direct_conv(sch, block, tile, pixels_outer=pixels_outer, row_block=row_block) \
-        if on("tile_for_cache") else None
+    lp = tile_direct_conv(sch, block, tile, pixels_outer=pixels_outer, row_block=row_block,
+                          row_tasks=row_tasks) if on("tile_for_cache") else None
+    if row_tasks:
+        pad_rows(sch, pad, lp["rows"], lanes)
     run = weight_run(tile.nr, lanes)
     if on("pack_array"):
         pack_direct_weights(sch, block, tile.nr, run)
@@ -481,10 +531,21 @@ def schedule_direct_conv(sch, pad: str | None, acc: str, epilogue: str, tile: Ge
     if on("unroll_rows"):
         unroll_rows(sch, lp["ii"])
     if on("parallel_outer") and parallel:
-        parallel_tiles(sch, lp["outer"])
+        (parallel_outer if row_tasks else parallel_tiles)(sch, lp["outer"])
     if on("finish_reduction"):
         finish_reduction(sch, block, lp["k"])
     return sch
+
+
+def pad_rows(sch, pad: str, rows, lanes: int):
+    """The zero-padded input made under the loop ``rows`` over blocks of output rows (the
+    parallel one): each task pads the input rows its block reads (its rows and the window's
+    overlap) itself, in vectors, and its tiles read them from its own core's cache. Made once
+    ahead of the parallel loop, by the calling thread, the worker's tiles read the copy from the
+    other core's cache; see `tile_order.row_tasks` for the figures."""
+    block = sch.get_sblock(pad)
+    sch.compute_at(block, rows, preserve_unit_loops=True)
+    vectorize_inner(sch, sch.get_loops(block)[-1], lanes)
 
 
 def vectorize_pixel_run(sch, epi):

@@ -107,3 +107,59 @@ def channel_row_block(geom: WindowGeometry, row_floats: int, w_shape, nr: int) -
     budget = l2 // 2 - int(np.prod(w_shape[1:])) * nr  # one channel tile's weight panel
     fits = [r for r in range(1, oh) if oh % r == 0 and footprint(r) <= budget]
     return max(fits, default=0)
+
+
+def row_tasks(geom: WindowGeometry, weight_size: int) -> int:
+    """Blocks of output rows the parallel loop of a padded direct conv runs (`S.tile_direct_conv`'s
+    ``row_tasks``, each block padding its own input rows: `S.pad_rows`), 0 for the chunked tile loop
+    with the pad made ahead of it. One block per thread (the last one a row short where they do
+    not divide: SqueezeNet's 55, 27 and 13 rows) where each gets at least two rows and every
+    thread's copy of the weights fits half this host's L2 (each block reads all the weights,
+    where a thread of the chunked loop reads its channel tiles' alone); group-1 convs.
+    Made ahead of the chunked loop by the calling thread, the padded copy sits in that core's
+    cache and the worker's tiles read their input taps from it across cores, a channel plane's
+    few floats at a time: on Sapphire Rapids (2 threads, the kernel alone with SiLU, best of 300
+    interleaved, load 1.9, bench/conv_threads_ab.py) 64->64 3x3 at 20x20 137 us at 1 thread, 129
+    us at 2 chunked (0.94x), 72 us in row blocks (0.52x); 48->64 3x3 stride 2 from 40x40 112 us,
+    92 us (0.81x), 60 us (0.54x). One thread runs the blocks in turn: no slower. Weights past half
+    the L2 keep the chunked loop, whose threads read half of them each: ResNet-50's 256->256 at
+    14x14 (2.3 MiB) split 0.52x chunked and 0.50x in row blocks, its 512->512 at 7x7 0.53x and 0.57x
+    (one thread 1189 against 1305 us; best of 200, load 1.4)."""
+    from tvmlite.backends.tvm.kernels.target import host_threads
+
+    th = host_threads()
+    oh = geom.out_spatial[0]
+    if th < 2 or geom.group != 1 or oh < 2 * th or weight_size > l2_floats() // 2:
+        return 0
+    return th
+
+
+# Channel tiles below which a parallel flat 1x1 conv runs its pixel tiles outside; below the
+# second where it reads at most SHORT_K input channels
+FLAT_SPLIT_CHANNEL_TILES = 4, 8
+SHORT_K = 64
+
+
+def flat_pixels_split(channel_tiles: int, parallel: bool, k: int = 0) -> bool:
+    """Whether a flat 1x1 conv (`conv_nhwc.conv2d_nhwc`: stride 1, unpadded, the image one row of
+    pixels) should run its pixel tiles outside its channel tiles because it runs in parallel with
+    fewer than FLAT_SPLIT_CHANNEL_TILES channel tiles: the chunked loop then splits by channel
+    tile, every thread reads the whole input (written by the previous kernel, half of it in the
+    other core's cache). Split by pixels each thread reads and writes its own half. Sapphire
+    Rapids, `bench/kernel_threads.py` (best runs, in the plan, load 1.0-1.4, channels -> pixels
+    outside), writing NHWC: SqueezeNet's 16->64 expand 1x1s at 55x55 (2 tiles) 2 threads 67 -> 36
+    us and 70 -> 37 us (0.92 / 1.05 of one thread -> 0.57 / 0.60), one thread 74 -> 64 and 67 -> 61
+    us; Inception-v2's 576->96 at 14x14 (3 tiles) 72-74 -> 60-63 us, one thread 120-123 -> 108 us.
+    Writing NCHW, where one thread keeps the channel tiles outside (`pixel_tiles_outer`'s
+    ``wide_nchw_write``): ResNet-50's 64->64 and 256->64 at 56x56 2 threads 132 -> 102, 364 -> 302,
+    358 -> 299 us (0.63-0.68 -> 0.50), one thread 195 -> 205, 576 -> 598, 560 -> 588 us (the kernel
+    built for 2 threads; a build for one keeps the order); SqueezeNet's squeeze 1x1s at 13x13
+    28 -> 22, 38 -> 27, 40 -> 30, 49 -> 38 us, one thread alike; Inception-v2's ten such kernels 2
+    threads 770 -> 737 us together, one thread 1300 -> 1276. With a short reduction (``k``, the
+    input channels, at most SHORT_K) the tile's work is mostly reading its input and writing its
+    output, and up to 7 channel tiles split by pixels: SqueezeNet's 32->128 expand 1x1s at 27x27
+    (4 tiles) 43 -> 21 and 46 -> 23 us (1.04 / 1.17 of one thread before), 48->192 at 13x13 (6)
+    16 -> 13 us, one thread 39-41 -> 35-38 us; with 320-1024 input channels (Inception-v2's 18 at
+    14x14 and 7x7, 4-7 tiles) 2 threads 1820 -> 1813 us together, one thread 3123 -> 3269: kept."""
+    few, short = FLAT_SPLIT_CHANNEL_TILES
+    return parallel and channel_tiles < (short if 0 < k <= SHORT_K else few)
