@@ -85,10 +85,11 @@ def cpu_has_vnni() -> bool:
 
 
 def ort_exact_options(so=None):
-    """Session options under which onnxruntime computes a QDQ model's exact arithmetic: its defaults
-    where the CPU has VNNI (the strict comparison with its fused kernels), else graph optimizations
-    off (DequantizeLinear -> float op -> QuantizeLinear, the QDQ model's meaning, no saturating
-    fused kernel)."""
+    """Session options for the int8 reference: onnxruntime's defaults (its fused kernels) where the
+    CPU has VNNI, else graph optimizations off (DequantizeLinear -> float op -> QuantizeLinear, the
+    QDQ model's meaning, no saturating fused kernel). With VNNI the fused kernels still round
+    differently now and then (one step of a conv's grid, onnxruntime 1.32 on a Xeon): a test that
+    needs the model's exact arithmetic on every CPU uses `ort_unfused`."""
     import onnxruntime as ort
 
     so = so if so is not None else ort.SessionOptions()
