@@ -78,16 +78,9 @@ def force(monkeypatch, outer: bool):
         monkeypatch.setattr(mod, "pixel_tiles_outer", lambda *a, **k: outer)
 
 
-@pytest.mark.parametrize("lanes", [8, 16])
-@pytest.mark.parametrize("outer", [False, True])
-@pytest.mark.parametrize("ci,co,k,attrs,batch", [
-    (6, 40, 3, dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]), 2),  # uneven pads, ragged channels
-    (5, 24, 3, dict(pads=[1, 1, 1, 1], strides=[2, 2]), 1),  # stride 2, a row the pixel tile does not divide
-    (16, 16, 1, dict(strides=[1, 1]), 1),  # 1x1, read unpadded
-])
-def test_direct_conv_same_results_in_either_order(monkeypatch, orders, lanes, outer, ci, co, k, attrs, batch):
-    force(monkeypatch, outer)
-    x = RNG.standard_normal((batch, ci, 11, 13)).astype(np.float32)
+def direct_conv_matches(lanes, ci, co, k, attrs, batch, hw):
+    """`conv2d_direct` (bias, ReLU fused) of a random input of ``hw`` pixels matches the NumPy conv."""
+    x = RNG.standard_normal((batch, ci) + hw).astype(np.float32)
     w = RNG.standard_normal((co, ci, k, k)).astype(np.float32)
     b = RNG.standard_normal(co).astype(np.float32)
     geom = WindowGeometry.conv(attrs, x.shape, w.shape)
@@ -97,6 +90,18 @@ def test_direct_conv_same_results_in_either_order(monkeypatch, orders, lanes, ou
     build_kernel(kd)["main"](*args)
     ref = np.maximum(conv(x, w, b, **attrs), 0)
     np.testing.assert_allclose(outs[0].numpy().reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("outer", [False, True])
+@pytest.mark.parametrize("ci,co,k,attrs,batch", [
+    (6, 40, 3, dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]), 2),  # uneven pads, ragged channels
+    (5, 24, 3, dict(pads=[1, 1, 1, 1], strides=[2, 2]), 1),  # stride 2, a row the pixel tile does not divide
+    (16, 16, 1, dict(strides=[1, 1]), 1),  # 1x1, read unpadded
+])
+def test_direct_conv_same_results_in_either_order(monkeypatch, orders, lanes, outer, ci, co, k, attrs, batch):
+    force(monkeypatch, outer)
+    direct_conv_matches(lanes, ci, co, k, attrs, batch, (11, 13))
     assert orders == [outer]
 
 
@@ -206,16 +211,7 @@ def test_l2_cache_size_from_sysfs_text():
 def test_direct_conv_same_results_in_row_blocks(monkeypatch, row_blocks, lanes, rb, ci, co, k, attrs, batch):
     monkeypatch.setattr(KC, "pixel_tiles_outer", lambda *a, **k: False)
     monkeypatch.setattr(KC, "channel_row_block", lambda *a: rb)
-    x = RNG.standard_normal((batch, ci, 13, 13)).astype(np.float32)
-    w = RNG.standard_normal((co, ci, k, k)).astype(np.float32)
-    b = RNG.standard_normal(co).astype(np.float32)
-    geom = WindowGeometry.conv(attrs, x.shape, w.shape)
-    kd = KC.conv2d_direct("d", "x", x.shape, w, b, geom, out_value="y", epilogue=Epilogue([EwOp("Relu")]),
-                          lanes=lanes)
-    args, outs = kernel_args(kd, {"x": x})
-    build_kernel(kd)["main"](*args)
-    ref = np.maximum(conv(x, w, b, **attrs), 0)
-    np.testing.assert_allclose(outs[0].numpy().reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+    direct_conv_matches(lanes, ci, co, k, attrs, batch, (13, 13))
     assert row_blocks == [rb]
 
 
