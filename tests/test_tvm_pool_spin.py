@@ -9,27 +9,13 @@ import sys
 
 import pytest
 
-from tvm_support import private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
+from tvm_support import CONV_SCRIPT_HEAD, private_tvm_cache, require_tvm  # noqa: F401 - the fixture is autouse
 
 require_tvm()
 
 from tvmlite.backends.tvm.kernels import target  # noqa: E402
 
-SCRIPT = r"""
-import json, os, sys, time
-import numpy as np
-from onnx import TensorProto, helper as h, numpy_helper
-import tvmlite
-from tvmlite.backends.tvm import compile_model
-
-rng = np.random.default_rng(0)
-w = numpy_helper.from_array((rng.standard_normal((64, 32, 3, 3)) * 0.1).astype(np.float32), "w")
-g = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
-                 [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 56, 56])],
-                 [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 56, 56])], [w])
-m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=10)
-cm = compile_model(tvmlite.load(m), {"x": (1, 32, 56, 56)})
-feeds = {"x": rng.standard_normal((1, 32, 56, 56)).astype(np.float32)}
+SCRIPT = CONV_SCRIPT_HEAD + r"""
 main = str(os.getpid())
 
 

@@ -17,11 +17,13 @@ kernel and cold caches, which is why small plans also pick their thread count (t
 """
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 
 import numpy as np
 
-from tvmlite.backends.tvm.kernels.target import import_tvm
+from tvmlite.backends.tvm.kernels.target import bound_cpus, import_tvm
 
 STRETCH = "plan__stretch"
 IMPL = "__impl"
@@ -266,10 +268,34 @@ def check_stretches(plan: dict, where: str) -> None:
 _pool = threading.local()  # TVM's pool configuration is per calling thread
 
 
+_pools = itertools.count()  # pools pinned so far: each starts its workers one core further on
+
+# TVM's AffinityMode values (runtime/threading_backend.h): 0 changes only the count of workers used;
+# kSpecifyOneCorePerThread pins worker i to the i-th core of the list given, the caller to them all
+_COUNT_ONLY, _ONE_CORE_PER_THREAD = 0, -2
+
+
 def use_threads(n: int) -> None:
     """Run parallel loops launched from this thread on ``n`` threads of TVM's pool (1: the caller
-    alone, no wake-up and no barrier). Only the count of workers used changes (no threads are made
-    or pinned), so switching between models costs microseconds."""
-    if getattr(_pool, "n", None) != n:
-        import_tvm().get_global_func("runtime.config_threadpool")(0, int(n))
-        _pool.n = n
+    alone, no wake-up and no barrier). The first call for more than one thread pins the pool's
+    workers to a core each (`target.bound_cpus`); after it only the count of workers used changes
+    (no threads are made or moved), so switching between models costs microseconds."""
+    if getattr(_pool, "n", None) == n:
+        return
+    config = import_tvm().get_global_func("runtime.config_threadpool")
+    cpus = bound_cpus() if n > 1 and not getattr(_pool, "pinned", False) else None
+    if cpus is None:
+        config(_COUNT_ONLY, int(n))
+    else:
+        k = next(_pools) % len(cpus)  # another thread's pool pins its workers to other cores first
+        cpus = cpus[k:] + cpus[:k]
+        # TVM reads $TVM_BIND_THREADS as it configures: on for this call only (import_tvm keeps
+        # TVM's own binding off); the caller's mask is given back as it was (the list is that mask)
+        asked = os.environ.get("TVM_BIND_THREADS")
+        os.environ["TVM_BIND_THREADS"] = "1"
+        try:
+            config(_ONE_CORE_PER_THREAD, int(n), [str(c) for c in cpus])
+        finally:
+            os.environ["TVM_BIND_THREADS"] = asked if asked is not None else "0"
+        _pool.pinned = True
+    _pool.n = n

@@ -30,11 +30,19 @@ def host_threads() -> int:
 POOL_SPIN_COUNT = 10000
 
 
+# the user's $TVM_BIND_THREADS before import_tvm set its own ("" when unset; None before the first call)
+_bind_asked = None
+
+
 def import_tvm():
     """Import TVM with its thread pool sized first (TVM's default is half the hardware threads)."""
+    global _bind_asked
     os.environ.setdefault("TVM_NUM_THREADS", str(host_threads()))
-    # TVM pins its workers to cores by default; on a shared machine a pinned worker waits for its
-    # core while another is idle, and every parallel loop waits for the slowest worker
+    if _bind_asked is None:
+        _bind_asked = os.environ.get("TVM_BIND_THREADS", "").strip()
+    # TVM's own binding, made when a thread's pool starts, numbers cores 0..n-1 whatever this
+    # process may run on and narrows the calling thread's mask to them: off. `bound_cpus` and
+    # plan_func.use_threads pin the workers of the pools the plans use instead
     os.environ.setdefault("TVM_BIND_THREADS", "0")
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(POOL_SPIN_COUNT))
     try:
@@ -46,6 +54,27 @@ def import_tvm():
         raise UnsupportedError(f"the TVM backend needs apache-tvm 0.27 (import failed: "
                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     return tvm
+
+
+def bound_cpus() -> list[int] | None:
+    """The cores TVM's pool workers are pinned to, one each in this order (worker i to the i-th;
+    the calling thread stays free over all of them): the calling thread's own mask, sorted; None
+    where they stay unpinned ($TVM_BIND_THREADS=0 set by the user, one core, or no affinity calls).
+
+    Why pin: unpinned, a worker woken after the process idles (a run after a pause, as a service's
+    requests come) is often placed on the waking thread's core, and both halves of every parallel
+    loop then run on one core until the scheduler moves one of them: the detector's first two runs
+    after a 50 ms pause 5.8 and 5.0 ms, against 2.9 ms back to back; pinned 3.3, 2.8 ms (2 threads,
+    2-vCPU Xeon under KVM, README). A plan under load still drops to one thread by itself
+    (thread_choice's stall watch), which a pinned worker makes no worse."""
+    import_tvm()
+    if _bind_asked == "0":
+        return None
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return None
+    return cpus if len(cpus) > 1 else None
 
 
 @functools.lru_cache(maxsize=None)
