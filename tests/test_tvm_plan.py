@@ -221,18 +221,34 @@ def test_a_pick_spreads_over_the_plans_own_runs(monkeypatch):
     assert seen_trial and cm.thread_times
 
 
-def test_warm_up_runs_until_the_pick_is_made(monkeypatch):
-    """warm_up runs a small plan through its first pick (run 2 starts it, its trial takes 16-40
-    runs), then stops; one run where there is nothing to pick."""
+def test_warm_up_runs_until_two_picks_agree(monkeypatch):
+    """warm_up runs a small plan until two picks in a row choose alike (run 2 starts the first, its
+    trial takes 16-40 runs, the next starts REPICK_FIRST runs later), then stops; one run where
+    there is nothing to pick."""
     monkeypatch.setenv("TVMLITE_THREADS", "2")
     cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
     x = {"x": RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)}
     n = cm.warm_up(x)
-    assert 2 + 16 <= n <= 2 + 40 and cm._choice.settled and set(cm.thread_times) == {1, 2}
-    assert cm.warm_up(x) == 1
+    assert 2 + 16 + thread_choice.REPICK_FIRST + 16 <= n <= 128 and set(cm.thread_times) == {1, 2}
+    assert cm._choice.steady or n == 128
     monkeypatch.setenv("TVMLITE_PICK_THREADS", "0")
     cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
     assert cm.warm_up(x) == 1 and cm.thread_times == {}
+
+
+def test_warm_up_stops_at_the_second_agreeing_pick_or_at_most(monkeypatch):
+    """One-run trials: picks at runs 2 and 2 + 1 + REPICK_FIRST agree, so warm_up makes 12 runs and
+    then one; picks that keep disagreeing run it to ``most``."""
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setattr(thread_choice, "REPICK_FIRST", 8)
+    x = {"x": RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)}
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    _one_run_trials(monkeypatch, lambda most: (2, {1: 2.0, 2: 1.0}))
+    assert cm.warm_up(x) == 12 and cm._choice.steady and cm.warm_up(x) == 1
+    picks = []
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    _one_run_trials(monkeypatch, lambda most: (1 + len(picks) % 2, {1: 1.0, 2: 1.0}), picks, lambda: cm._choice.runs)
+    assert cm.warm_up(x, most=50) == 50 and not cm._choice.steady
 
 
 class _OneRunTrial:
@@ -261,12 +277,13 @@ def _one_run_trials(monkeypatch, choose, starts=None, runs_of=None):
 
 def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypatch):
     """A pick starts at run 2, its trial runs next (one run here), the next starts REPICK_FIRST
-    runs after it ends, then twice as many each time up to REPICK_MAX; each pick's choice is the
+    runs after it ends; a pick that chose as the one before waits REPICK_GROWTH x longer for the
+    next, up to REPICK_MAX, one that chose otherwise REPICK_FIRST again; each pick's choice is the
     one runs take until the next (outputs identical either way). A plan whose second run takes
     PICK_BELOW_S or more never picks."""
     monkeypatch.setenv("TVMLITE_THREADS", "2")
     monkeypatch.setattr(thread_choice, "REPICK_FIRST", 2)
-    monkeypatch.setattr(thread_choice, "REPICK_MAX", 8)
+    monkeypatch.setattr(thread_choice, "REPICK_MAX", 32)
     proto = _conv_chain()
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
     cm = compile_model(import_model(proto), {"x": x.shape})
@@ -277,7 +294,14 @@ def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypa
         np.testing.assert_array_equal(cm.run({"x": x})[0], first)
         if cm._choice.trial is None and picks and cm._choice.runs > picks[-1]:
             assert cm.threads == 1 + len(picks) % 2
-    assert picks == [2, 5, 10, 19, 28, 37]  # each trial ends a run later; gaps 2, 4, 8, then 8 (the cap)
+    assert picks == list(range(2, 40, 3))  # every pick chose otherwise: each trial ends a run later, gap 2
+
+    cm = compile_model(import_model(proto), {"x": x.shape})
+    picks.clear()
+    _one_run_trials(monkeypatch, lambda most: (2, {1: 2.0, 2: 1.0}), picks, lambda: cm._choice.runs)
+    for i in range(100):
+        cm.run({"x": x})
+    assert picks == [2, 5, 8, 17, 50, 83]  # gaps 2 (first pick), 2, 8, 32, then 32 (the cap)
 
     monkeypatch.setattr(thread_choice, "PICK_BELOW_S", 0.0)
     cm = compile_model(import_model(proto), {"x": x.shape})
@@ -289,7 +313,9 @@ def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypa
 
 def test_only_the_picking_runs_read_the_cpu_clock(monkeypatch):
     """A run that does not start a pick reads no CPU clock (time.thread_time is a system call, a
-    fifth of a trivial plan's run() before): runs 2, 2 + 1 + REPICK_FIRST, ... only."""
+    fifth of a trivial plan's run() before): runs 2, 2 + 1 + REPICK_FIRST, ... only (both picks
+    choose 2 threads: the same gap before the second, not REPICK_GROWTH x, since the first has no
+    pick before it to agree with)."""
     monkeypatch.setenv("TVMLITE_THREADS", "2")
     monkeypatch.setattr(thread_choice, "REPICK_FIRST", 4)
     cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
@@ -307,7 +333,7 @@ def test_only_the_picking_runs_read_the_cpu_clock(monkeypatch):
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
     for _ in range(20):
         cm.run({"x": x})
-    assert reads == [1, 2, 6, 15]  # before runs 2, 7 and 16, and after run 2 (a large plan stops there)
+    assert reads == [1, 2, 6, 11]  # before runs 2, 7 and 12, and after run 2 (a large plan stops there)
 
 
 def test_stalled_runs_on_all_threads_fall_back_to_one_until_the_next_pick(monkeypatch):
@@ -345,14 +371,16 @@ def test_stalled_runs_on_all_threads_fall_back_to_one_until_the_next_pick(monkey
         cm.run({"x": x})
     assert cm.threads == 1
     cm.run({"x": x})
-    assert cm.threads == 2 and cm._choice.next_pick == 12 + 16
+    # the stall set the gap back to REPICK_FIRST; this pick chose as the last: the next gap grows
+    assert cm.threads == 2 and cm._choice.next_pick == 12 + 8 and cm._choice.gap == 8 * thread_choice.REPICK_GROWTH
     run(0.0105)
-    run(0.0105)  # runs 13 and 14 stall: the next pick moves from run 28 to 22 (14 + REPICK_FIRST)
-    assert cm.threads == 1 and cm._choice.next_pick == 22
+    run(0.0105)  # runs 13 and 14 stall: the next pick stays at run 20 (before 14 + REPICK_FIRST)
+    assert cm.threads == 1 and cm._choice.next_pick == 20 and cm._choice.gap == 8
     choice[0] = 1
-    while cm._choice.runs < 23:
+    while cm._choice.runs < 21:
         cm.run({"x": x})
-    assert cm._choice.next_pick == 23 + 32 and cm.threads == 1 and cm._choice.stall_s is None  # the gap kept doubling
+    # a pick of 1 thread times nothing; it chose otherwise than the last: the gap stays REPICK_FIRST
+    assert cm._choice.next_pick == 21 + 8 and cm.threads == 1 and cm._choice.stall_s is None and cm._choice.gap == 8
 
 
 def test_inputs_of_any_float_dtype_layout_or_container_give_the_same_outputs():
@@ -385,10 +413,11 @@ def test_thread_picking_can_be_turned_off(monkeypatch):
     assert cm.threads == 2 and cm.thread_times == {}
 
 
-@pytest.mark.parametrize("ms_on_two, runs, counted", [(2.0, 40, 15), (5.0, 16, 6)])  # counted: per side
+@pytest.mark.parametrize("ms_on_two, runs, counted", [(1.1, 40, 15), (2.0, 16, 6), (5.0, 16, 6)])  # counted: per side
 def test_a_thread_trial_takes_the_faster_side(ms_on_two, runs, counted):
     """Blocks of 1 uncounted + 3 counted runs per side, 5 rounds, every other one reversed; over
-    after round 2 when one side is 3x slower. Here a run takes 1 ms on one thread."""
+    after round 2 when one side is CLEAR_RATIO slower in every block (or 3x slower). Here a run
+    takes 1 ms on one thread."""
     trial = thread_choice.ThreadTrial(2)
     sides = []
     while True:
@@ -399,6 +428,21 @@ def test_a_thread_trial_takes_the_faster_side(ms_on_two, runs, counted):
     assert [len(v) for v in trial.times.values()] == [counted, counted]  # per side
     best, means = trial.choice()
     assert best == 1 and means == pytest.approx({1: 1.0, 2: ms_on_two})
+
+
+def test_a_thread_trial_whose_blocks_overlap_goes_on():
+    """Means 1.25x apart after round 2 do not end a trial while a block of the faster side is
+    slower than one of the other's: 2 threads take 0.5 ms in their first block, 1.1 ms after."""
+    trial = thread_choice.ThreadTrial(2)
+    seen = 0
+    while True:
+        ms = 1.0
+        if trial.threads == 2:
+            ms = 0.5 if seen < 4 else 1.1
+            seen += 1
+        if trial.record(ms / 1e3):
+            break
+    assert trial.i > 16
 
 
 def test_long_runs_of_kernels_are_cut_into_short_stretches():

@@ -409,12 +409,14 @@ class CompiledModel:
         plan_func.use_threads(self.threads)
         self._go()
 
-    def warm_up(self, feeds: dict, most: int = 64) -> int:
-        """Run until a small plan has picked its threads (at most ``most`` runs), so the runs
-        after it, timed by a benchmark, all use the choice; the runs made."""
+    def warm_up(self, feeds: dict, most: int = 128) -> int:
+        """Run until a small plan's thread picks agree twice in a row (thread_choice: each pick
+        over its own runs, the second REPICK_FIRST runs after the first; at most ``most`` runs), so
+        the runs after it, timed by a benchmark or serving requests, use the choice and the next
+        pick is far off; the runs made."""
         for n in range(1, most + 1):
             self.run(feeds)
-            if self._choice.settled:
+            if self._choice.steady:
                 return n
         return most
 

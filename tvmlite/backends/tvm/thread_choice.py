@@ -13,7 +13,7 @@ import numpy as np
 # a plan whose second run takes less CPU time (this thread's) picks its thread count by measurement
 # over its next runs (ThreadTrial, 16-40 of them); larger plans keep every thread
 PICK_BELOW_S = 0.02
-# ... and picks again REPICK_FIRST runs after a pick ends, then after twice as many each time, up to
+# ... and picks again REPICK_FIRST runs after a pick ends, then after longer gaps (REPICK_GROWTH), up to
 # REPICK_MAX: the conditions of one moment stay the model's for good otherwise. Another runtime's
 # pool spins on for 20-50 ms after its run and takes a core: digits_cnn's pick right after two
 # onnxruntime runs (2 threads) measured 2 threads 1.17-1.59x slower than 1 and took 1 in 12 of 12
@@ -21,6 +21,16 @@ PICK_BELOW_S = 0.02
 # 1.07-1.52x). A benchmark's second run (and an application's) is often just after such a run,
 # where its later picks, amid runs of its own, see the conditions its runs mostly meet
 REPICK_FIRST, REPICK_MAX = 8, 8192
+# ... a pick that chose as the one before it waits REPICK_GROWTH x the last gap for the next (the
+# conditions hold; the trials' slow-side runs are their cost: with gaps doubling, 100 of the detector's
+# first 300 runs were on its slower side, 1.8x, and bench_tvm's median of 21 timed runs after warm_up
+# fell on them: 1.80x of onnxruntime, 1.04x with the pick off); one that chose otherwise starts over
+# at REPICK_FIRST
+REPICK_GROWTH = 4
+# a trial is over after its second round or any later one where each side's blocks all lie on one
+# side of the other's and their means differ by CLEAR_RATIO or more (16 runs instead of 40 where the
+# choice is plain, as on a quiet host for the detector, 5.2 ms against 2.9 ms)
+CLEAR_RATIO = 1.2
 # ... and between picks a plan on all threads watches its runs' wall time: STALLS runs in a row
 # slower than STALL_RATIO x the pick's one-thread mean (a parallel kernel waited at its barrier for
 # a descheduled worker) put it on one thread, and it picks again at most REPICK_FIRST runs later
@@ -42,12 +52,13 @@ class ThreadTrial:
 
     def __init__(self, most: int, rounds: int = 5, per_round: int = 3):
         self.most = most
-        self.steps = []  # (threads, counted, last run of an odd round)
+        self.steps = []  # (threads, counted, last run of a round after the first)
         for r in range(rounds):
             for k, n in enumerate((1, most) if r % 2 == 0 else (most, 1)):
-                self.steps += [(n, i > 0, r % 2 == 1 and k == 1 and i == per_round) for i in range(per_round + 1)]
+                self.steps += [(n, i > 0, r > 0 and k == 1 and i == per_round) for i in range(per_round + 1)]
         self.i = 0
         self.times: dict[int, list] = {1: [], most: []}
+        self.per_round = per_round
 
     @property
     def threads(self) -> int:
@@ -60,11 +71,19 @@ class ThreadTrial:
         if counted:
             self.times[n].append(seconds)
         self.i += 1
-        if check:  # clear already (a busy machine): the slow side's runs are the costly ones
-            m1, mm = float(np.mean(self.times[1])), float(np.mean(self.times[self.most]))
-            if max(m1, mm) > 3 * min(m1, mm):
-                return True
+        if check and self.clear():  # the slow side's runs are the trial's cost
+            return True
         return self.i == len(self.steps)
+
+    def clear(self) -> bool:
+        """Whether the runs so far already decide: one side 3x slower (a busy machine), or CLEAR_RATIO
+        slower in every block (each block's mean beyond all of the other side's)."""
+        m1, mm = float(np.mean(self.times[1])), float(np.mean(self.times[self.most]))
+        slow, fast = (1, self.most) if m1 > mm else (self.most, 1)
+        if max(m1, mm) > 3 * min(m1, mm):
+            return True
+        blocks = {n: np.asarray(v).reshape(-1, self.per_round).mean(axis=1) for n, v in self.times.items()}
+        return max(m1, mm) >= CLEAR_RATIO * min(m1, mm) and blocks[slow].min() > blocks[fast].max()
 
     def choice(self) -> tuple[int, dict]:
         """(threads, {threads: mean ms}): means, not medians, since a parallel run stalled by a
@@ -87,11 +106,18 @@ class ThreadChoice:
         self.next_pick, self.gap = 2, REPICK_FIRST
         self.trial = None
         self.stall_s, self.stalls = None, 0
+        self.chosen, self.confirmed = None, False  # the last pick's choice; whether it repeated the one before
 
     @property
     def settled(self) -> bool:
         """Whether a pick has been made and none is under way (or none ever will be)."""
         return self.runs is None or (bool(self.times) and self.trial is None)
+
+    @property
+    def steady(self) -> bool:
+        """Settled on the same choice by two picks in a row (or never picking): the next pick is
+        REPICK_GROWTH x further off than the last."""
+        return self.runs is None or (self.settled and self.confirmed)
 
     def run(self, execute) -> None:
         """One run of the plan: ``execute()`` on `threads` (which it reads), timed where a pick or
@@ -125,8 +151,9 @@ class ThreadChoice:
         if over:
             self.trial = None
             self.threads, self.times = trial.choice()
+            self.confirmed, self.chosen = self.threads == self.chosen, self.threads
             self.next_pick = self.runs + self.gap
-            self.gap = min(2 * self.gap, REPICK_MAX)
+            self.gap = min(REPICK_GROWTH * self.gap, REPICK_MAX) if self.confirmed else REPICK_FIRST
             self.stall_s = STALL_RATIO * self.times[1] / 1e3 if self.threads > 1 else None
             self.stalls = 0
 
@@ -141,3 +168,4 @@ class ThreadChoice:
             if self.stalls >= STALLS:  # and picks again soon: a hiccup must not cost a long gap
                 self.threads, self.stall_s = 1, None
                 self.next_pick = min(self.next_pick, self.runs + 1 + REPICK_FIRST)
+                self.gap, self.confirmed = REPICK_FIRST, False  # the conditions changed
