@@ -96,6 +96,32 @@ def test_inferred_types_export_leaves_weights_out(monkeypatch):
     assert seen and seen[0] < 2000
 
 
+def test_inferred_types_leave_big_constant_node_values_out(monkeypatch):
+    """Weights kept in Constant nodes (PP-OCR's, the frozen light models') reach onnx's inference as
+    placeholders of their dtype and dims: light_vgg19's 548 MB in Constants cost 9-12 s per
+    inference. A Shape of such a Constant still propagates its dims; a small Constant (a Reshape's
+    target) keeps its data."""
+    seen = []
+    real = shapes._infer
+    monkeypatch.setattr(shapes, "_infer", lambda proto: seen.append(proto.ByteSize()) or real(proto))
+    w = np.random.default_rng(0).standard_normal((512, 600)).astype(np.float32)  # 1.2 MB
+    nodes = [helper.make_node("Constant", [], ["w"], value=onnx.numpy_helper.from_array(w, "w")),
+             helper.make_node("Constant", [], ["s"], value=onnx.numpy_helper.from_array(np.array([-1], np.int64), "s")),
+             helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Reshape", ["y", "s"], ["z"]),
+             helper.make_node("Shape", ["w"], ["ws"]), helper.make_node("Reshape", ["y", "ws"], ["q"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 512])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["a"]),
+                           helper.make_tensor_value_info("q", TensorProto.FLOAT, ["b", "c"])])
+    m = tvmlite.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
+    types = shapes.inferred_types(m)
+    dims = {k: tuple(d.dim_value for d in types[k].tensor_type.shape.dim) for k in ("y", "z", "q")}
+    assert dims == {"y": (3, 600), "z": (1800,), "q": (512, 600)}
+    assert seen and seen[0] < 4000
+    full = onnx_export.export_model(m, infer=False)
+    assert full.ByteSize() > w.nbytes  # the model itself keeps the weights
+    assert np.array_equal(onnx.numpy_helper.to_array(full.graph.node[0].attribute[0].t), w)
+
+
 def test_import_reads_external_data_once(big_model):
     """onnx's loader put each external tensor in a bytes object and then in the proto, and the
     array was decoded from that: three copies at the peak. Now the file's bytes land in the array."""

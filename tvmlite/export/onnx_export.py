@@ -114,8 +114,9 @@ def _placeholder(v: Value, arr: np.ndarray) -> onnx.TensorProto:
 
 
 def export_graph(g: Graph, overloads: dict | None = None, *, aside: dict | None = None,
-                 gp: onnx.GraphProto | None = None) -> onnx.GraphProto:
-    """``g`` as a GraphProto (written into ``gp`` when given). ``aside``: see `_tensor`."""
+                 gp: onnx.GraphProto | None = None, lean_constants: bool = False) -> onnx.GraphProto:
+    """``g`` as a GraphProto (written into ``gp`` when given). ``aside``: see `_tensor`;
+    ``lean_constants``: see `export_node`."""
     gp = onnx.GraphProto() if gp is None else gp
     gp.name = g.name
     if g.doc_string:
@@ -158,7 +159,7 @@ def export_graph(g: Graph, overloads: dict | None = None, *, aside: dict | None 
             gp.value_info.append(_value_info(v))
         written.add(name)
     for node in nodes:
-        np_ = export_node(node, overloads)
+        np_ = export_node(node, overloads, lean_constants=lean_constants)
         gp.node.append(np_)
     return gp
 
@@ -174,7 +175,9 @@ def _sparse(v: Value) -> onnx.SparseTensorProto:
     return helper.make_sparse_tensor(values, indices, list(arr.shape))
 
 
-def export_node(node, overloads: dict | None = None) -> onnx.NodeProto:
+def export_node(node, overloads: dict | None = None, *, lean_constants: bool = False) -> onnx.NodeProto:
+    """``node`` as a NodeProto. ``lean_constants``: a Constant's big tensor (ASIDE_MIN_BYTES or
+    more) becomes a placeholder of its dtype and dims (`export_for_inference`)."""
     np_ = onnx.NodeProto()
     np_.op_type = node.op_type
     if node.domain:
@@ -192,8 +195,31 @@ def export_node(node, overloads: dict | None = None) -> onnx.NodeProto:
         p = np_.metadata_props.add()
         p.key, p.value = k, val
     for name, value in node.attrs.items():
+        if lean_constants and name == "value" and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            a = _constant_placeholder(node, value)
+            if a is not None:
+                np_.attribute.append(a)
+                continue
         np_.attribute.append(_attribute(node, name, value, overloads))
     return np_
+
+
+def _constant_placeholder(node, value) -> onnx.AttributeProto | None:
+    """A Constant's ``value`` attribute holding a placeholder of its tensor's dtype and dims, where
+    the tensor is a plain array of ASIDE_MIN_BYTES or more; else None."""
+    if not isinstance(value, np.ndarray) or value.nbytes < ASIDE_MIN_BYTES:
+        return None
+    try:
+        dtype = helper.np_dtype_to_tensor_dtype(value.dtype)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if dtype not in PLAIN_TYPES:
+        return None
+    t = onnx.TensorProto()
+    t.name, t.data_type = node.outputs[0], dtype
+    t.dims.extend(value.shape)
+    _set_external(t, ASIDE_LOCATION, 0, value.nbytes)
+    return helper.make_attribute("value", t)
 
 
 def _same(a, b) -> bool:
@@ -253,7 +279,16 @@ def export_lean(model: Model, *, infer: bool = True) -> Exported:
     return Exported(proto, aside, bool(model.external_data))
 
 
-def _export(model: Model, infer: bool, aside: dict | None) -> onnx.ModelProto:
+def export_for_inference(model: Model) -> onnx.ModelProto:
+    """The ONNX model as shape inference needs it: big initializers and big Constant values
+    (weights kept in Constant nodes, as PP-OCR's are) as placeholders of their dtype and dims, no
+    array copied. onnx's inference reads neither (a Shape of one still propagates its dims); a
+    proto holding light_vgg19's 548 MB of Constant weights cost 9 s per inference, nearly all of it
+    the kernel faulting in pages for protobuf's copies (this KVM host)."""
+    return _export(model, False, {}, lean_constants=True)
+
+
+def _export(model: Model, infer: bool, aside: dict | None, lean_constants: bool = False) -> onnx.ModelProto:
     g = model.graph
     if infer:
         want = [n for n in g.outputs if n in g.values and g.values[n].type is None]
@@ -289,7 +324,8 @@ def _export(model: Model, infer: bool, aside: dict | None) -> onnx.ModelProto:
     for k, val in model.metadata:
         p = mp.metadata_props.add()
         p.key, p.value = k, val
-    export_graph(model.graph, overloads, aside=aside, gp=mp.graph)  # in place: CopyFrom copied every tensor
+    # in place: CopyFrom copied every tensor
+    export_graph(model.graph, overloads, aside=aside, gp=mp.graph, lean_constants=lean_constants)
     mp.functions.extend(model.functions)
     mp.functions.extend(functions)
     mp.training_info.extend(model.training_info)

@@ -27,7 +27,7 @@ def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, 
     given image size."""
     # the big arrays left out (placeholders keep their types): inference never reads them, and a
     # copy of every weight (two over 2 GiB, through a file) cost more than the inference itself
-    proto = onnx_export.export_lean(model, infer=False).proto
+    proto = onnx_export.export_for_inference(model)
     if input_shapes:
         # recorded types were inferred from the old input shapes: infer everything afresh
         del proto.graph.value_info[:]
@@ -87,7 +87,7 @@ def shape_conflict(model: Model, input_shapes: dict) -> str | None:
     Dimension mismatch ..."), or None. The recorded types of intermediates and outputs are
     dropped first (they were inferred at other shapes): only what the nodes compute is checked.
     Also None where onnx cannot infer at all (an op it has no schema for raises nothing here)."""
-    proto = onnx_export.export_lean(model, infer=False).proto
+    proto = onnx_export.export_for_inference(model)
     del proto.graph.value_info[:]
     for vi in proto.graph.output:
         if vi.type.HasField("tensor_type"):
