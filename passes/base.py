@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tvmlite.errors import OptionError
-from tvmlite.limits import blas_limit
+from tvmlite.limits import blas_limit, small_pages
 from tvmlite.ir.graph import Model, Node
 from tvmlite.passes.counts import summarize
 
@@ -110,7 +110,8 @@ class Pass:
 
     def __call__(self, model: Model) -> PassResult:
         t0 = time.perf_counter()
-        with blas_limit(1):  # NumPy's linear algebra on one BLAS thread: see limits.blas_limit
+        # NumPy's linear algebra on one BLAS thread, its arrays on small pages: see limits
+        with blas_limit(1), small_pages():
             result = self.run(model)
         result.seconds = time.perf_counter() - t0
         return result

@@ -19,6 +19,7 @@ import numpy as np
 from tvmlite.cli_checks import (built_feeds, check_budgets, check_pass_spec_text, command_outputs, load_labels,
                                 save_checked)
 from tvmlite.errors import InputError, TvmliteError
+from tvmlite.limits import small_pages
 
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2..",
                             help="Fix an input's symbolic dims, e.g. --shape x=1x3x224x224 or x:1,3,224,224 "
@@ -440,7 +441,7 @@ def main(argv=None) -> int:
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     outputs.signals_as_interrupts()
     try:
-        with outputs.private_tmpdir():
+        with outputs.private_tmpdir(), small_pages():  # a CLI run's arrays: see limits.small_pages
             try:
                 return _main(args, debug)
             except KeyboardInterrupt:  # a signal after _main had caught something else

@@ -9,6 +9,7 @@ from tvmlite.backends.tvm import build_cache, storage
 from tvmlite.backends.tvm.build_cache import cache_dir, prune_cache
 from tvmlite.backends.tvm.module import CompiledModel, build_lowered, load_module, picks_threads, plan_of, save_artifact
 from tvmlite.errors import InputError, TvmliteError
+from tvmlite.limits import small_pages
 from tvmlite.ops.typecheck import check_declared_types
 
 
@@ -17,6 +18,12 @@ def compile_model(model, input_shapes: dict | None = None, *, cache: bool = True
     """Lower, schedule and build ``model`` for the host CPU (or take it from the cache). Nodes the
     backend has no kernel for run as host calls (``.host_ops`` says which and why); ``strict``
     refuses such a model with UnsupportedError instead."""
+    with small_pages():  # a build's short-lived weight copies on huge pages cost more than the build
+        return _compile_model(model, input_shapes, cache=cache, lanes=lanes, verbose=verbose, strict=strict)
+
+
+def _compile_model(model, input_shapes: dict | None, *, cache: bool, lanes: int | None, verbose: bool,
+                   strict: bool) -> CompiledModel:
     from tvmlite.backends.tvm.lower import lower, refusal
     from tvmlite.backends.tvm.kernels.target import host_target, vector_lanes
 
