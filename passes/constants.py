@@ -20,7 +20,7 @@ from tvmlite.ir.builder import Builder
 from tvmlite.ir.graph import Graph, Model, Node
 from tvmlite.export.onnx_export import export_node
 from tvmlite.ops.control import constant_value
-from tvmlite.ops.registry import lookup
+from tvmlite.ops.registry import rule_outputs
 
 #: the largest constant fold-constants writes, in elements and in bytes (fold-constants' options
 #: max_elements/max_bytes override them per run). tvmlite.limits (branch `limits`) holds the
@@ -77,16 +77,10 @@ def _registered_rule(node: Node, vals: list) -> list[tuple] | None:
     """Output (dtype, shape) of an op outside the ONNX domain from its registered shape rule
     (tvmlite's own ops: the TVM backend's QConcat of folded shape arithmetic), which onnx cannot
     infer; None without a rule or where it leaves a dim unknown."""
-    if node.domain in ("", "ai.onnx"):
+    if node.domain in ("", "ai.onnx") or any(v is None for v in vals):
         return None
-    op = lookup(node.op_type, node.domain)
-    if op is None or op.shape is None or any(v is None for v in vals):
-        return None
-    try:
-        outs = op.shape([(np.asarray(v).dtype, np.shape(v)) for v in vals], **node.attrs)
-    except Exception:  # noqa: BLE001 - a rule that cannot decide: the size stays unknown
-        return None
-    if any(not isinstance(d, (int, np.integer)) for _, shape in outs for d in shape):
+    outs = rule_outputs(node.op_type, node.domain, [(np.asarray(v).dtype, np.shape(v)) for v in vals], node.attrs)
+    if outs is None or any(not isinstance(d, (int, np.integer)) for _, shape in outs for d in shape):
         return None
     return [(dtype, tuple(int(d) for d in shape)) for dtype, shape in outs]
 

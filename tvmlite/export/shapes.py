@@ -17,7 +17,7 @@ from tvmlite.errors import InputError
 from tvmlite.export import onnx_export
 from tvmlite.ir.graph import Model, tensor_type, type_elem, type_shape
 from tvmlite.ir.types import tensor_shapes
-from tvmlite.ops.registry import lookup
+from tvmlite.ops.registry import rule_outputs
 
 
 def inferred_types(model: Model, input_shapes: dict | None = None) -> dict[str, onnx.TypeProto]:
@@ -127,10 +127,6 @@ def _apply_own_rules(model: Model, types: dict) -> list[str]:
     for node in g.toposort():
         if node.domain in ("", "ai.onnx") or all(o in types and type_shape(types[o]) for o in node.outputs if o):
             continue
-        op = lookup(node.op_type, node.domain)
-        rule = op.shape if op is not None else None
-        if rule is None:
-            continue
         ins = []
         for n in node.inputs:
             v = g.values.get(n)
@@ -143,9 +139,8 @@ def _apply_own_rules(model: Model, types: dict) -> list[str]:
                 ins.append((onnx.helper.tensor_dtype_to_np_dtype(type_elem(tp)), type_shape(tp)))
         if any(t is None for t, n in zip(ins, node.inputs) if n):
             continue
-        try:
-            outs = rule(ins, **node.attrs)
-        except Exception:  # noqa: BLE001 - a rule that cannot decide leaves the type unknown
+        outs = rule_outputs(node.op_type, node.domain, ins, node.attrs)
+        if outs is None:
             continue
         for name, (dtype, shape) in zip(node.outputs, outs):
             if name:

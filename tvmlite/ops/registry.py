@@ -226,6 +226,20 @@ def lookup(op_type: str, domain: str = "", opset: int | None = None) -> OpDef | 
     return chosen
 
 
+def rule_outputs(op_type: str, domain: str, ins: list, attrs: dict) -> list[tuple] | None:
+    """The outputs' (dtype, shape) by the op's registered shape rule from its inputs' (dtype, shape)
+    (None for an absent optional input); None where the op has no rule or the rule cannot decide.
+    What onnx cannot infer for ops outside its domain: fold-constants sizes values by it,
+    export/shapes types the graph by it."""
+    op = lookup(op_type, domain)
+    if op is None or op.shape is None:
+        return None
+    try:
+        return list(op.shape(ins, **attrs))
+    except Exception:  # noqa: BLE001 - a rule that cannot decide leaves the type unknown
+        return None
+
+
 def supported_ops(domain: str | None = None) -> list[tuple[str, str]]:
     _load_builtin_kernels()
     keys = sorted(_REGISTRY)
