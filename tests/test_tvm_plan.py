@@ -383,6 +383,57 @@ def test_stalled_runs_on_all_threads_fall_back_to_one_until_the_next_pick(monkey
     assert cm._choice.next_pick == 21 + 8 and cm.threads == 1 and cm._choice.stall_s is None and cm._choice.gap == 8
 
 
+def test_a_large_plan_goes_to_one_thread_when_its_runs_stall_and_probes_its_way_back(monkeypatch):
+    """A plan too large to pick makes its third run on one thread for a reference; then STALLS runs
+    in a row on 2 threads past LARGE_STALL x the reference put it on 1 thread, whose runs keep the
+    reference current; REPICK_FIRST runs later one run probes 2 threads, a stalled probe doubles the
+    wait, a normal one keeps 2 threads. warm_up stops once the reference is taken."""
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setattr(thread_choice, "REPICK_FIRST", 8)
+    monkeypatch.setattr(thread_choice, "PICK_BELOW_S", 0.0)
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    durations, calls, now, sides = [], [0], [0.0], []
+
+    def perf_counter():  # each timed run lasts the next of ``durations``
+        calls[0] += 1
+        if calls[0] % 2 == 0:
+            now[0] += durations.pop(0) if durations else 0.0
+            sides.append(cm._choice.threads)
+        else:
+            sides.append(None)
+        return now[0]
+
+    monkeypatch.setattr(thread_choice, "time", types.SimpleNamespace(thread_time=lambda: 0.0, perf_counter=perf_counter))
+
+    def run(ms, on, after):
+        durations.append(ms / 1e3)
+        sides.clear()
+        cm.run({"x": x})
+        assert not durations and sides == [None, on] and cm.threads == after
+
+    assert cm.warm_up({"x": x}) == 3  # runs 1 and 2 untimed (thread_time only), run 3: the reference
+    assert cm._choice.large == [3, pytest.approx(0.0), None]
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    for _ in range(2):  # run 2 finds the plan large: no pick, no trial
+        cm.run({"x": x})
+    assert cm._choice.large == [2, None, None] and cm._choice.trial is None and cm.threads == 2
+    run(20, 1, 2)  # run 3: the one-thread reference, 20 ms
+    for ms in (10, 10, 25, 10, 25):  # runs 4-8: one stall at a time changes nothing (25 > 1.1 x 20)
+        run(ms, 2, 2)
+    run(25, 2, 1)  # run 9: the second in a row
+    assert cm._choice.large[2] == 9 + 8
+    for _ in range(7):  # runs 10-16 on one thread: the reference follows them
+        run(40, 1, 1)
+    run(50, 2, 1)  # run 17 probes 2 threads and stalls (50 > 1.1 x 40): the next probe 16 runs later
+    assert cm._choice.large[2] == 17 + 16 and cm._choice.gap == 16
+    for _ in range(15):
+        run(30, 1, 1)
+    run(12, 2, 2)  # run 33 probes and runs normally: 2 threads from now on, the gap back to 8
+    assert cm._choice.gap == 8 and cm._choice.large[1] == pytest.approx(0.030)
+    run(11, 2, 2)
+
+
 def test_inputs_of_any_float_dtype_layout_or_container_give_the_same_outputs():
     """run() copies a float input straight into its buffer, converting as np.asarray(x, float32)
     does: float64, a strided view, a Fortran-ordered array and nested lists give the float32

@@ -37,6 +37,14 @@ CLEAR_RATIO = 1.2
 # (digits_cnn, each run between onnxruntime runs, 2 threads, load 3.4-4.4: runs past twice
 # onnxruntime's median 36-43% -> 10-14%; README)
 STALL_RATIO, STALLS = 2.0, 2
+# a large plan never picks (a trial's one-thread runs would cost too much): its third run goes on
+# one thread for a reference, and from then on STALLS runs in a row on all threads slower than
+# LARGE_STALL x that reference (parallel slower than one thread: workers waited for) put it on one
+# thread, whose runs keep the reference current; a probe run on all threads REPICK_FIRST runs
+# later (twice as many after each probe that stalls too, up to REPICK_MAX) takes it back. Light
+# ResNet-50 beside one busy process (2 cores): 180-188 ms per run on 2 threads, 50.6 on one
+# (28.3 ms quiet on 2); its own best run is no reference there, loaded from the first run on
+LARGE_STALL = 1.1
 
 
 class ThreadTrial:
@@ -97,7 +105,7 @@ class ThreadChoice:
     the runs (None: never picks: one thread, a large plan, or picking turned off), the run
     ``next_pick`` starts a pick whose `ThreadTrial` (``trial``) takes the runs after it; ``times``
     holds the last pick's means (ms); ``stall_s``: the wall time past which a run on all threads
-    counts as stalled (None: not watched)."""
+    counts as stalled (None: not watched); ``large``: a large plan's own watch (`_large_run`)."""
 
     def __init__(self, most: int, picks: bool):
         self.most = self.threads = most
@@ -107,6 +115,7 @@ class ThreadChoice:
         self.trial = None
         self.stall_s, self.stalls = None, 0
         self.chosen, self.confirmed = None, False  # the last pick's choice; whether it repeated the one before
+        self.large = None  # a large plan's watch: [runs, best all-thread run (s), next probe run]
 
     @property
     def settled(self) -> bool:
@@ -116,13 +125,17 @@ class ThreadChoice:
     @property
     def steady(self) -> bool:
         """Settled on the same choice by two picks in a row (or never picking): the next pick is
-        REPICK_GROWTH x further off than the last."""
+        REPICK_GROWTH x further off than the last; a large plan once it has its one-thread reference."""
+        if self.large is not None:
+            return self.large[1] is not None
         return self.runs is None or (self.settled and self.confirmed)
 
     def run(self, execute) -> None:
         """One run of the plan: ``execute()`` on `threads` (which it reads), timed where a pick or
         the stall watch needs it."""
-        if self.trial is not None:
+        if self.large is not None:
+            self._large_run(execute)
+        elif self.trial is not None:
             self._trial_run(execute)
         elif self.runs is None or self.runs + 1 != self.next_pick:
             if self.stall_s is None:
@@ -136,7 +149,8 @@ class ThreadChoice:
             execute()
             self.runs += 1
             if self.runs == 2 and time.thread_time() - t0 >= PICK_BELOW_S:
-                self.runs = None  # a large plan keeps every thread
+                self.runs = None  # a large plan keeps every thread while its runs do not stall
+                self.large = [2, None, None]
             else:  # the next runs measure 1 thread against all
                 self.trial, self.stall_s = ThreadTrial(self.most), None
 
@@ -156,6 +170,32 @@ class ThreadChoice:
             self.gap = min(REPICK_GROWTH * self.gap, REPICK_MAX) if self.confirmed else REPICK_FIRST
             self.stall_s = STALL_RATIO * self.times[1] / 1e3 if self.threads > 1 else None
             self.stalls = 0
+
+    def _large_run(self, execute) -> None:
+        """A run of a large plan, timed: the first (its third run) on one thread for the reference;
+        then on all threads STALLS in a row past LARGE_STALL x the reference put it on one thread,
+        where the run due for a probe goes on all threads again, and stays there unless it stalls."""
+        watch = self.large
+        watch[0] += 1
+        probe = self.threads == 1 and watch[2] is not None and watch[0] >= watch[2]
+        if watch[1] is None or (self.threads == 1 and not probe):
+            keep, self.threads = self.threads if watch[1] is not None else self.most, 1
+            t0 = time.perf_counter()
+            execute()
+            watch[1], self.threads = time.perf_counter() - t0, keep
+            return
+        self.threads = self.most
+        t0 = time.perf_counter()
+        execute()
+        if time.perf_counter() - t0 <= LARGE_STALL * watch[1]:
+            self.stalls = 0
+            if probe:
+                self.gap = REPICK_FIRST
+            return
+        self.stalls += 1
+        if probe or self.stalls >= STALLS:
+            self.gap = min(2 * self.gap, REPICK_MAX) if probe else REPICK_FIRST
+            self.threads, self.stalls, watch[2] = 1, 0, watch[0] + self.gap
 
     def _watched(self, execute) -> None:
         """A run on all threads, timed: STALLS stalled runs in a row put the plan on one thread."""
