@@ -301,7 +301,7 @@ def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypa
     _one_run_trials(monkeypatch, lambda most: (2, {1: 2.0, 2: 1.0}), picks, lambda: cm._choice.runs)
     for i in range(100):
         cm.run({"x": x})
-    assert picks == [2, 5, 8, 17, 50, 83]  # gaps 2 (first pick), 2, 8, 32, then 32 (the cap)
+    assert picks == [2, 5, 14, 47, 80]  # gaps 2 (after the first pick), 8, 32, then 32 (the cap)
 
     monkeypatch.setattr(thread_choice, "PICK_BELOW_S", 0.0)
     cm = compile_model(import_model(proto), {"x": x.shape})
@@ -314,8 +314,7 @@ def test_a_small_plan_picks_again_at_growing_gaps_and_a_large_one_never(monkeypa
 def test_only_the_picking_runs_read_the_cpu_clock(monkeypatch):
     """A run that does not start a pick reads no CPU clock (time.thread_time is a system call, a
     fifth of a trivial plan's run() before): runs 2, 2 + 1 + REPICK_FIRST, ... only (both picks
-    choose 2 threads: the same gap before the second, not REPICK_GROWTH x, since the first has no
-    pick before it to agree with)."""
+    choose 2 threads: the third is REPICK_GROWTH x REPICK_FIRST runs after the second, past run 20)."""
     monkeypatch.setenv("TVMLITE_THREADS", "2")
     monkeypatch.setattr(thread_choice, "REPICK_FIRST", 4)
     cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
@@ -333,7 +332,7 @@ def test_only_the_picking_runs_read_the_cpu_clock(monkeypatch):
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
     for _ in range(20):
         cm.run({"x": x})
-    assert reads == [1, 2, 6, 11]  # before runs 2, 7 and 12, and after run 2 (a large plan stops there)
+    assert reads == [1, 2, 6]  # before runs 2 and 7, and after run 2 (a large plan stops there)
 
 
 def test_stalled_runs_on_all_threads_fall_back_to_one_until_the_next_pick(monkeypatch):
@@ -371,16 +370,16 @@ def test_stalled_runs_on_all_threads_fall_back_to_one_until_the_next_pick(monkey
         cm.run({"x": x})
     assert cm.threads == 1
     cm.run({"x": x})
-    # the stall set the gap back to REPICK_FIRST; this pick chose as the last: the next gap grows
-    assert cm.threads == 2 and cm._choice.next_pick == 12 + 8 and cm._choice.gap == 8 * thread_choice.REPICK_GROWTH
+    # the stall set the gap back to REPICK_FIRST; this pick chose as the last: the gap grows
+    assert cm.threads == 2 and cm._choice.gap == 8 * thread_choice.REPICK_GROWTH and cm._choice.next_pick == 12 + 32
     run(0.0105)
-    run(0.0105)  # runs 13 and 14 stall: the next pick stays at run 20 (before 14 + REPICK_FIRST)
-    assert cm.threads == 1 and cm._choice.next_pick == 20 and cm._choice.gap == 8
+    run(0.0105)  # runs 13 and 14 stall: the next pick moves from run 44 to 22 (14 + REPICK_FIRST)
+    assert cm.threads == 1 and cm._choice.next_pick == 22 and cm._choice.gap == 8
     choice[0] = 1
-    while cm._choice.runs < 21:
+    while cm._choice.runs < 23:
         cm.run({"x": x})
     # a pick of 1 thread times nothing; it chose otherwise than the last: the gap stays REPICK_FIRST
-    assert cm._choice.next_pick == 21 + 8 and cm.threads == 1 and cm._choice.stall_s is None and cm._choice.gap == 8
+    assert cm._choice.next_pick == 23 + 8 and cm.threads == 1 and cm._choice.stall_s is None and cm._choice.gap == 8
 
 
 def test_a_large_plan_goes_to_one_thread_when_its_runs_stall_and_probes_its_way_back(monkeypatch):

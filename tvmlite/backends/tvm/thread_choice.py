@@ -166,8 +166,8 @@ class ThreadChoice:
             self.trial = None
             self.threads, self.times = trial.choice()
             self.confirmed, self.chosen = self.threads == self.chosen, self.threads
-            self.next_pick = self.runs + self.gap
             self.gap = min(REPICK_GROWTH * self.gap, REPICK_MAX) if self.confirmed else REPICK_FIRST
+            self.next_pick = self.runs + self.gap
             self.stall_s = STALL_RATIO * self.times[1] / 1e3 if self.threads > 1 else None
             self.stalls = 0
 
