@@ -459,8 +459,8 @@ def test_residual_add_fused_into_later_conv():
     assert cm.kernel_count == 2
 
 
-@pytest.mark.parametrize("case", ["softmax", "reduce", "concat_transpose", "gemm_trans", "global_pools",
-                                  "slice_lrn"])
+@pytest.mark.parametrize("case", ["softmax", "reduce", "concat_transpose", "gemm_trans", "gemm_trans_whole_tiles",
+                                  "global_pools", "slice_lrn"])
 def test_other_ops_match_onnxruntime(case):
     if case == "softmax":
         nodes = [helper.make_node("Softmax", ["x"], ["y"], axis=1), helper.make_node("LogSoftmax", ["x"], ["z"])]
@@ -483,6 +483,10 @@ def test_other_ops_match_onnxruntime(case):
         model = make_model(nodes, [tensor("x", [6, 3])], [tensor("y", [3, 10])],
                            [("w", _x(10, 6)), ("c", _x(10))])
         feeds = {"x": _x(6, 3)}
+    elif case == "gemm_trans_whole_tiles":  # alpha 1, N a multiple of the tile: packed from the transposed view
+        nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["y"], transB=1)]
+        model = make_model(nodes, [tensor("x", [3, 40])], [tensor("y", [3, 64])], [("w", _x(64, 40)), ("c", _x(64))])
+        feeds = {"x": _x(3, 40)}
     elif case == "slice_lrn":
         nodes = [helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["s"]),
                  helper.make_node("LRN", ["s"], ["y"], size=3, alpha=0.5, beta=0.75, bias=2.0)]

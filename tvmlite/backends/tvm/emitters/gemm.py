@@ -20,7 +20,10 @@ def emit_gemm(low, node) -> None:
         raise UnsupportedError("Gemm whose B is not constant")
     if a.get("transB", 0):
         w = w.T
-    w = w.astype(np.float64) * float(a.get("alpha", 1.0))
+    alpha = float(a.get("alpha", 1.0))
+    # scaled in float64 then rounded once; alpha 1 (nearly every Gemm) copies nothing here: VGG-19's
+    # fc6 weights are 411 MB, and two float64 copies of them made most of its build's peak memory
+    w = (w.astype(np.float64) * alpha).astype(np.float32) if alpha != 1.0 else np.asarray(w, np.float32)
     n_out = w.shape[1]
     bias = None
     extra = []
@@ -41,7 +44,7 @@ def emit_gemm(low, node) -> None:
     if extra:
         op = EwOp("Add", [("value", Cn, low.shape(Cn)) if extra[0][0] == "value" else extra[0]])
         epi.ops.insert(0, op)
-    _dense(low, node, A, low.shape(A), w.astype(np.float32), bias, final, low.shape(out), epi, labels,
+    _dense(low, node, A, low.shape(A), w, bias, final, low.shape(out), epi, labels,
            trans_a=bool(a.get("transA", 0)))
 
 
@@ -64,7 +67,7 @@ def emit_matmul(low, node) -> None:
     a_shape = low.shape(A)
     if w is not None and low.const(A) is None and w.ndim == 2 and len(a_shape) >= 2:
         epi, final, labels = low.epilogue(node)
-        _dense(low, node, A, a_shape, w.astype(np.float32), None, final, low.shape(out), epi, labels)
+        _dense(low, node, A, a_shape, np.asarray(w, np.float32), None, final, low.shape(out), epi, labels)
         return
     a_const = low.const(A)
     if a_const is not None and w is None:  # weights on the left (lower-conv, Winograd)

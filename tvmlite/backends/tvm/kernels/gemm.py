@@ -124,10 +124,14 @@ def dense_gemm(name: str, a: str, a_shape, w: np.ndarray, bias, *, out_value: st
     mp, np_ = round_up(m, tile.mr), round_up(nn, tile.nr)
     b = Builder(name)
     A = b.input(a, (k, m) if trans_a else (m, k))
-    wpad = np.zeros((k, np_), np.float32)
-    wpad[:, :nn] = w
+    if np_ == nn:  # no padding: the packing is the one copy (the weights may be a transposed view)
+        wpad = np.asarray(w, np.float32)
+    else:
+        wpad = np.zeros((k, np_), np.float32)
+        wpad[:, :nn] = w
     packing = steps is None or "pack_array" in steps
     W = b.const(S.pack_host_array(wpad, tile.nr, along="cols") if packing else wpad, (k, np_))
+    del wpad
     w_index = len(b.params) - 1
     B = b.const(np.asarray(bias, np.float32).reshape(nn), label="bias") if bias is not None else None
     out_shape = tuple(int(d) for d in out_shape)
