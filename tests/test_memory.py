@@ -15,7 +15,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import onnxruntime
 import tvmlite
+from tvmlite.backends.numpy import compile_model as numpy_backend
 from tvmlite.export import onnx_export, shapes
 from tvmlite.runtime.ort import ort_session
 
@@ -189,6 +191,52 @@ figures["save"] = phase()
     assert f["decoded"] < 0.05 * w, f
     assert f["save"] < 0.1 * w, f  # was +2x (a proto with the arrays in it, then its serialization)
     assert onnx.load(str(out)) == onnx.load(str(embedded_model))
+
+
+def _as_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with its initializers moved into Constant nodes at the front (PP-OCR's way)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    consts = [helper.make_node("Constant", [], [t.name], value=t) for t in m.graph.initializer]
+    del m.graph.initializer[:]
+    nodes = consts + list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
+
+
+def test_weights_in_constants_are_decoded_once_and_the_file_bytes_let_go(tmp_path):
+    """Weights kept in Constant nodes were held twice: the decoded array and the parsed file (the
+    node kept its attribute, and with it protobuf's arena). Now as initializers are; the saved
+    model is the one read, and a Constant beside external-data weights loads too."""
+    src, out = tmp_path / "c.onnx", tmp_path / "out.onnx"
+    ref = _as_constants(two_matmuls(N, K))
+    onnx.save_model(ref, str(src))
+    f = child_figures(f"""
+m = tvmlite.load({str(src)!r})
+figures["held"] = rss()[0] - phase.start
+figures["load"] = phase()
+nodes = [n for n in m.graph.toposort() if n.op_type == "Constant"]
+figures["weights"] = sum(n.attrs["value"].nbytes for n in nodes)
+figures["kept_bytes"] = sum(n.attr_protos["value"][1].ByteSize() for n in nodes)
+onnx_export.save(m, {str(out)!r})
+figures["save"] = phase()
+""")
+    w = f["weights"]
+    assert w >= 2 * N * K * 4 and f["kept_bytes"] < 1000, f
+    assert f["held"] < 1.15 * w, f  # was 2x
+    assert onnx.load(str(out)) == ref
+    x = np.random.default_rng(1).standard_normal((2, N)).astype(np.float32)
+    want = onnxruntime.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    scale = np.abs(want).max()  # sums of 3584 products: float32 order noise against the largest output
+    assert np.abs(numpy_backend(tvmlite.load(str(src))).run({"x": x})[0] - want).max() < 1e-5 * scale
+    mixed = two_matmuls(N, K)  # w1 external, w2 a Constant
+    mixed.graph.node.insert(0, helper.make_node("Constant", [], ["w2"], value=mixed.graph.initializer[1]))
+    del mixed.graph.initializer[1]
+    onnx.save_model(mixed, str(tmp_path / "mixed.onnx"), save_as_external_data=True, location="mixed.data",
+                    size_threshold=0, convert_attribute=False)
+    got = numpy_backend(tvmlite.load(str(tmp_path / "mixed.onnx"))).run({"x": x})[0]
+    assert np.abs(got - want).max() < 1e-5 * scale
 
 
 def test_external_tensors_export_whole_from_their_arrays(tmp_path):

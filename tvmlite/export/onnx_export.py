@@ -239,12 +239,19 @@ def _same(a, b) -> bool:
 
 def _attribute(node, name, value, overloads=None) -> onnx.AttributeProto:
     orig = node.attr_protos.get(name)
-    if orig is not None and _same(orig[0], value):
+    # a tensor read aside at import (onnx_import.decode_big_initializers) is encoded afresh
+    kept = orig is not None and not (orig[1].type == onnx.AttributeProto.TENSOR and is_placeholder(orig[1].t))
+    if kept and _same(orig[0], value):
         return orig[1]
     attr_type = orig[1].type if orig is not None else None
     a = python_to_attr(name, value, attr_type, graph_saver=lambda sg: export_graph(sg, overloads))
-    if orig is not None and orig[1].doc_string:
-        a.doc_string = orig[1].doc_string
+    if orig is not None:
+        if orig[1].doc_string:
+            a.doc_string = orig[1].doc_string
+        if a.type == onnx.AttributeProto.TENSOR and orig[1].type == a.type:
+            a.t.name = orig[1].t.name
+            if orig[1].t.doc_string:
+                a.t.doc_string = orig[1].t.doc_string
     return a
 
 
