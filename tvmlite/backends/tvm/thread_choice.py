@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 # a plan whose second run takes less CPU time (this thread's) picks its thread count by measurement
-# over its next runs (ThreadTrial, 16-40 of them); larger plans keep every thread
+# over its next runs (ThreadTrial, 16-40 of them); larger plans keep every thread unless they stall
 PICK_BELOW_S = 0.02
 # ... and picks again REPICK_FIRST runs after a pick ends, then after longer gaps (REPICK_GROWTH), up to
 # REPICK_MAX: the conditions of one moment stay the model's for good otherwise. Another runtime's
@@ -115,7 +115,7 @@ class ThreadChoice:
         self.trial = None
         self.stall_s, self.stalls = None, 0
         self.chosen, self.confirmed = None, False  # the last pick's choice; whether it repeated the one before
-        self.large = None  # a large plan's watch: [runs, best all-thread run (s), next probe run]
+        self.large = None  # a large plan's watch: [runs, one-thread reference (s), next probe run]
 
     @property
     def settled(self) -> bool:

@@ -64,9 +64,11 @@ def bound_cpus() -> list[int] | None:
     Why pin: unpinned, a worker woken after the process idles (a run after a pause, as a service's
     requests come) is often placed on the waking thread's core, and both halves of every parallel
     loop then run on one core until the scheduler moves one of them: the detector's first two runs
-    after a 50 ms pause 5.8 and 5.0 ms, against 2.9 ms back to back; pinned 3.3, 2.8 ms (2 threads,
-    2-vCPU Xeon under KVM, README). A plan under load still drops to one thread by itself
-    (thread_choice's stall watch), which a pinned worker makes no worse."""
+    after a 50 ms pause 5.3-6.1 and 4.7-5.4 ms, against 2.9 ms back to back; pinned 3.4 and 3.1 ms
+    (2 threads, 2-vCPU Xeon under KVM, README). The cost: a pinned worker cannot leave a core another
+    thread keeps busy. A plan whose runs stall so drops to one thread by itself (thread_choice);
+    one kept on all threads ($TVMLITE_PICK_THREADS=0) does not: MiniLM run right after
+    onnxruntime's runs in one process, whose pool spins on, 35 ms pinned, 21.6 ms unpinned, 11 quiet."""
     import_tvm()
     if _bind_asked == "0":
         return None
