@@ -21,26 +21,39 @@ pytestmark = pytest.mark.skipif(
     reason="pinning needs two cores this process may use and Linux's per-thread masks")
 
 SCRIPT = CONV_SCRIPT_HEAD + r"""
+from tvmlite.backends.tvm import plan_func
 
 
 def masks():
     return {int(t): sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}
 
 
+def pinned(callers):  # {thread: core} of the threads pinned to one core, the callers aside
+    return {t: m[0] for t, m in masks().items() if t not in callers and len(m) == 1}
+
+
 mine = sorted(os.sched_getaffinity(0))
-callers = {threading.get_native_id(): mine}
+me = threading.get_native_id()
+callers = {me}
 cm.run(feeds)
-if sys.argv[1] == "two-callers":  # a second thread's own pool
+got = {"cpus": mine, "mine_after": sorted(os.sched_getaffinity(0)), "off": getattr(plan_func._pool, "pinned_off", None),
+       "pinned": sorted(pinned(callers).values())}
+if sys.argv[1] == "two-callers":  # a second thread's own pool, its workers off its own core
     def other():
-        callers[threading.get_native_id()] = sorted(os.sched_getaffinity(0))
+        callers.add(threading.get_native_id())
+        before = sorted(os.sched_getaffinity(0))
         cm.run(feeds)
-        callers[threading.get_native_id()] = [callers[threading.get_native_id()], sorted(os.sched_getaffinity(0))]
+        got["other"] = {"off": plan_func._pool.pinned_off, "mask": [before, sorted(os.sched_getaffinity(0))]}
+        got["pinned_both"] = sorted(pinned(callers).values())
     t = threading.Thread(target=other)
     t.start(); t.join()
-after = masks()
-print(json.dumps({"callers": {str(k): v for k, v in callers.items()}, "mine_after": sorted(os.sched_getaffinity(0)),
-                  "others": {str(k): v for k, v in after.items() if k not in callers},
-                  "cpus": mine}))
+if sys.argv[1] == "moved":  # the caller put on its worker's core: the worker moves off it
+    core = got["pinned"][0]
+    os.sched_setaffinity(0, {core})
+    cm.run(feeds)
+    got["moved"] = {"core": core, "off": plan_func._pool.pinned_off, "pinned": sorted(pinned(callers).values()),
+                    "mask": sorted(os.sched_getaffinity(0))}
+print(json.dumps(got))
 """
 
 
@@ -52,37 +65,38 @@ def _run(tmp_path, case, **env):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _pinned(got):
-    """The cores of the threads pinned to one (the callers aside)."""
-    return sorted(v[0] for v in got["others"].values() if len(v) == 1)
-
-
-def test_the_pool_worker_is_pinned_and_the_caller_keeps_its_mask(tmp_path):
+def test_the_pool_worker_is_pinned_off_the_callers_core_and_the_caller_keeps_its_mask(tmp_path):
     got = _run(tmp_path, "one-caller")
-    cpus = got["cpus"]
-    assert got["mine_after"] == cpus
-    # TVM_NUM_THREADS=2: one worker besides the caller, on the second core of the caller's mask
-    assert _pinned(got) == [cpus[1]], got
+    assert got["mine_after"] == got["cpus"]
+    # TVM_NUM_THREADS=2: one worker besides the caller, on a core of the caller's mask, not the
+    # one the caller ran on
+    assert len(got["pinned"]) == 1 and got["pinned"][0] in got["cpus"] and got["pinned"][0] != got["off"], got
 
 
-def test_a_second_calling_thread_pins_its_worker_to_another_core(tmp_path):
+def test_a_caller_that_moves_onto_its_workers_core_moves_the_worker(tmp_path):
+    got = _run(tmp_path, "moved")
+    m = got["moved"]
+    assert m["off"] == m["core"] and m["mask"] == [m["core"]], got  # the caller's own mask left as set
+    assert len(m["pinned"]) == 1 and m["pinned"][0] != m["core"], got
+
+
+def test_a_second_calling_thread_pins_its_worker_off_its_own_core(tmp_path):
     got = _run(tmp_path, "two-callers")
-    cpus = got["cpus"]
-    assert sorted(_pinned(got)) == sorted([cpus[1], cpus[0]]), got
-    other = next(v for v in got["callers"].values() if isinstance(v[0], list))
-    assert other[0] == other[1]  # the second caller's mask is its own still
+    other = got["other"]
+    assert other["mask"][0] == other["mask"][1]  # the second caller's mask is its own still
+    assert len(got["pinned_both"]) == 2 and other["off"] in got["cpus"], got
 
 
 def test_tvm_bind_threads_0_from_the_user_leaves_every_thread_free(tmp_path):
     got = _run(tmp_path, "one-caller", TVM_BIND_THREADS="0")
-    assert got["others"] and _pinned(got) == [], got
+    assert got["pinned"] == [] and got["off"] is None, got
     assert got["mine_after"] == got["cpus"]
 
 
 def test_a_caller_on_one_core_pins_nothing_and_keeps_its_core(tmp_path):
     got = _run(tmp_path, "one-core")
     assert got["mine_after"] == got["cpus"] and len(got["cpus"]) == 1
-    assert _pinned(got) in ([], got["cpus"]), got  # a worker on the caller's only core is no pin
+    assert got["pinned"] in ([], got["cpus"]), got  # a worker on the caller's only core is no pin
 
 
 def test_bound_cpus_is_none_where_the_user_turned_binding_off(monkeypatch):

@@ -17,7 +17,6 @@ kernel and cold caches, which is why small plans also pick their thread count (t
 """
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 
@@ -268,34 +267,69 @@ def check_stretches(plan: dict, where: str) -> None:
 _pool = threading.local()  # TVM's pool configuration is per calling thread
 
 
-_pools = itertools.count()  # pools pinned so far: each starts its workers one core further on
-
 # TVM's AffinityMode values (runtime/threading_backend.h): 0 changes only the count of workers used;
-# kSpecifyOneCorePerThread pins worker i to the i-th core of the list given, the caller to them all
+# kSpecifyOneCorePerThread pins worker i to the i-th core of the list given (the caller to them all)
 _COUNT_ONLY, _ONE_CORE_PER_THREAD = 0, -2
 
 
 def use_threads(n: int) -> None:
     """Run parallel loops launched from this thread on ``n`` threads of TVM's pool (1: the caller
-    alone, no wake-up and no barrier). The first call for more than one thread pins the pool's
-    workers to a core each (`target.bound_cpus`); after it only the count of workers used changes
-    (no threads are made or moved), so switching between models costs microseconds."""
-    if getattr(_pool, "n", None) == n:
-        return
-    config = import_tvm().get_global_func("runtime.config_threadpool")
-    cpus = bound_cpus() if n > 1 and not getattr(_pool, "pinned", False) else None
+    alone, no wake-up and no barrier). For more than one, the pool's workers are pinned a core each,
+    off the core the caller runs on (`target.bound_cpus`, `_pin_off_caller`); otherwise only the
+    count of workers used changes (no threads are made or moved), so switching between models
+    costs microseconds."""
+    if n > 1:
+        _pin_off_caller(n)
+    if getattr(_pool, "n", None) != n:
+        import_tvm().get_global_func("runtime.config_threadpool")(_COUNT_ONLY, int(n))
+        _pool.n = n
+
+
+def _pin_off_caller(n: int) -> None:
+    """Pin this thread's pool workers one core each to the cores of its mask other than the one it
+    runs on now, again whenever it is found on another core (a sched_getcpu per run; the caller's
+    own mask is left as it was). Pinned to fixed cores, a worker shared its core with a caller that
+    had settled there: the int8 digits CNN at 2 threads ran 205-220 us in one process out of three
+    (the caller's home core the worker's), 131-145 in the others, 116 back to back."""
+    cpus = getattr(_pool, "cpus", ())
+    if cpus == ():
+        cpus = _pool.cpus = bound_cpus()
     if cpus is None:
-        config(_COUNT_ONLY, int(n))
-    else:
-        k = next(_pools) % len(cpus)  # another thread's pool pins its workers to other cores first
-        cpus = cpus[k:] + cpus[:k]
-        # TVM reads $TVM_BIND_THREADS as it configures: on for this call only (import_tvm keeps
-        # TVM's own binding off); the caller's mask is given back as it was (the list is that mask)
-        asked = os.environ.get("TVM_BIND_THREADS")
-        os.environ["TVM_BIND_THREADS"] = "1"
+        return
+    cpu = _current_cpu()
+    if cpu == getattr(_pool, "pinned_off", -1):
+        return
+    first = cpus.index(cpu) if cpu in cpus else 0
+    order = cpus[first:] + cpus[:first]  # worker i to order[i]: order[0], the caller's core, has none
+    mask = os.sched_getaffinity(0)
+    # TVM reads $TVM_BIND_THREADS as it configures: on for this call only (import_tvm keeps TVM's
+    # own binding off); it also sets the caller's mask to the list, which is put back after
+    asked = os.environ.get("TVM_BIND_THREADS")
+    os.environ["TVM_BIND_THREADS"] = "1"
+    try:
+        import_tvm().get_global_func("runtime.config_threadpool")(_ONE_CORE_PER_THREAD, int(n), [str(c) for c in order])
+    finally:
+        os.environ["TVM_BIND_THREADS"] = asked if asked is not None else "0"
+        os.sched_setaffinity(0, mask)
+    _pool.n, _pool.pinned_off = n, cpu
+
+
+_getcpu = None
+
+
+def _current_cpu() -> int | None:
+    """The core this thread runs on now (glibc's sched_getcpu, a vDSO call), or None."""
+    global _getcpu
+    if _getcpu is None:
         try:
-            config(_ONE_CORE_PER_THREAD, int(n), [str(c) for c in cpus])
-        finally:
-            os.environ["TVM_BIND_THREADS"] = asked if asked is not None else "0"
-        _pool.pinned = True
-    _pool.n = n
+            import ctypes
+
+            f = ctypes.CDLL(None).sched_getcpu
+            f.restype, f.argtypes = ctypes.c_int, []
+            _getcpu = f
+        except (OSError, AttributeError):  # pragma: no cover - not glibc
+            _getcpu = False
+    if _getcpu is False:
+        return None
+    cpu = _getcpu()
+    return cpu if cpu >= 0 else None
