@@ -57,9 +57,10 @@ def import_tvm():
 
 
 def bound_cpus() -> list[int] | None:
-    """The cores TVM's pool workers are pinned to, one each in this order (worker i to the i-th;
-    the calling thread stays free over all of them): the calling thread's own mask, sorted; None
-    where they stay unpinned ($TVM_BIND_THREADS=0 set by the user, one core, or no affinity calls).
+    """The cores TVM's pool workers are pinned to, one each (plan_func._pin_off_caller: all but
+    the one the calling thread runs on, which stays free over all of them): the calling thread's
+    own mask, sorted; None where they stay unpinned ($TVM_BIND_THREADS=0 set by the user, one
+    core, or no affinity calls).
 
     Why pin: unpinned, a worker woken after the process idles (a run after a pause, as a service's
     requests come) is often placed on the waking thread's core, and both halves of every parallel
