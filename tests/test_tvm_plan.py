@@ -382,6 +382,44 @@ def test_stalled_runs_on_all_threads_fall_back_to_one_until_the_next_pick(monkey
     assert cm._choice.next_pick == 23 + 8 and cm.threads == 1 and cm._choice.stall_s is None and cm._choice.gap == 8
 
 
+def test_slow_runs_after_an_idle_gap_are_not_stalls(monkeypatch):
+    """A run starting more than IDLE_GAP_S after the last watched run ended wakes sleeping workers:
+    slow as it is, it neither counts as a stall nor resets the count; two slow runs back to back do."""
+    monkeypatch.setenv("TVMLITE_THREADS", "2")
+    monkeypatch.setattr(thread_choice, "REPICK_FIRST", 100)  # no pick in the way
+    cm = compile_model(import_model(_conv_chain()), {"x": (1, 3, 12, 12)})
+    _one_run_trials(monkeypatch, lambda most: (2, {1: 1.0, 2: 0.6}))  # ms: stalled past 2 ms
+    now, plan = [0.0], []  # plan: (idle before the run, its duration) per timed run, in seconds
+
+    def perf_counter():
+        if plan and plan[0][0] is not None:  # a run's start: the idle before it passes first
+            now[0] += plan[0][0]
+            plan[0] = (None, plan[0][1])
+        elif plan:
+            now[0] += plan.pop(0)[1]
+        return now[0]
+    monkeypatch.setattr(thread_choice, "time", types.SimpleNamespace(thread_time=lambda: 0.0, perf_counter=perf_counter))
+    x = {"x": RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)}
+
+    def run(idle, ms):
+        plan.append((idle, ms / 1e3))
+        cm.run(x)
+        assert not plan
+
+    for _ in range(3):  # run 2 starts a pick, run 3 ends it on 2 threads
+        cm.run(x)
+    assert cm.threads == 2 and cm._choice.stall_s == pytest.approx(2e-3)
+    run(0.0, 0.5)  # the first watched run
+    for _ in range(4):  # slow, each after a pause: wake-ups, not stalls
+        run(0.05, 5.0)
+    assert cm.threads == 2 and cm._choice.stalls == 0
+    run(0.0, 5.0)
+    run(0.05, 5.0)  # a pause between two slow runs: the count stands
+    assert cm.threads == 2 and cm._choice.stalls == 1
+    run(0.001, 5.0)  # under IDLE_GAP_S after the last: the second stall in a row
+    assert cm.threads == 1
+
+
 def test_a_large_plan_goes_to_one_thread_when_its_runs_stall_and_probes_its_way_back(monkeypatch):
     """A plan too large to pick makes its third run on one thread for a reference; then STALLS runs
     in a row on 2 threads past LARGE_STALL x the reference put it on 1 thread, whose runs keep the

@@ -37,6 +37,12 @@ CLEAR_RATIO = 1.2
 # (digits_cnn, each run between onnxruntime runs, 2 threads, load 3.4-4.4: runs past twice
 # onnxruntime's median 36-43% -> 10-14%; README)
 STALL_RATIO, STALLS = 2.0, 2
+# ... where a run that starts this long after the last watched one ended is not judged: the pool's
+# workers have stopped spinning (~2 ms, target.POOL_SPIN_COUNT) and sleep, and waking them (and
+# their idle vCPU) is what the run pays: the int8 digits CNN's first run after a pause took
+# 0.34-0.50 ms against 0.14 ms after it, so every block after idle in bench_tvm_int8 looked stalled
+# (2x the one-thread mean) and two such in a row dropped a 2-thread plan to one thread
+IDLE_GAP_S = 0.005
 # a large plan never picks (a trial's one-thread runs would cost too much): its third run goes on
 # one thread for a reference, and from then on STALLS runs in a row on all threads slower than
 # LARGE_STALL x that reference (parallel slower than one thread: workers waited for) put it on one
@@ -116,6 +122,7 @@ class ThreadChoice:
         self.stall_s, self.stalls = None, 0
         self.chosen, self.confirmed = None, False  # the last pick's choice; whether it repeated the one before
         self.large = None  # a large plan's watch: [runs, one-thread reference (s), next probe run]
+        self.last_end = float("-inf")  # when the last watched run ended (perf_counter)
 
     @property
     def settled(self) -> bool:
@@ -198,10 +205,16 @@ class ThreadChoice:
             self.threads, self.stalls, watch[2] = 1, 0, watch[0] + self.gap
 
     def _watched(self, execute) -> None:
-        """A run on all threads, timed: STALLS stalled runs in a row put the plan on one thread."""
+        """A run on all threads, timed: STALLS stalled runs in a row put the plan on one thread. A
+        run that starts more than IDLE_GAP_S after the last one ended counts neither way: it wakes
+        the pool's sleeping workers (and their idle cores), which no load causes."""
         t0 = time.perf_counter()
         execute()
-        if time.perf_counter() - t0 < self.stall_s:
+        end = time.perf_counter()
+        after_idle, self.last_end = t0 - self.last_end > IDLE_GAP_S, end
+        if after_idle:
+            return
+        if end - t0 < self.stall_s:
             self.stalls = 0
         else:
             self.stalls += 1
