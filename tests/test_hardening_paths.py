@@ -174,6 +174,38 @@ def test_onnxruntime_runtime_failure_is_one_line(tmp_path):
     assert line.startswith("tvmlite: error: onnxruntime failed to run the model") and "reshape" in line
 
 
+POOL_MASKS = r"""
+import json, os, signal, threading
+from tvmlite.ops import conv_paths
+
+def blocked(tid):  # the signals a thread blocks, from /proc
+    line = next(l for l in open(f"/proc/self/task/{tid}/status") if l.startswith("SigBlk:"))
+    bits = int(line.split()[1], 16)
+    return [s for s in (signal.SIGINT, signal.SIGTERM) if bits >> (s - 1) & 1]
+
+conv_paths.CONV_THREADS = 2
+pool = conv_paths._conv_pool()
+helpers = [t.native_id for t in threading.enumerate() if t.name.startswith("tvmlite-conv")]
+print(json.dumps({"helpers": [blocked(t) for t in helpers], "main": blocked(threading.get_native_id()),
+                  "same": conv_paths._conv_pool() is pool}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask") or not os.path.exists("/proc/self/task"),
+                    reason="per-thread signal masks are read from Linux's /proc")
+def test_the_numpy_convs_helper_threads_start_with_signals_blocked():
+    """The NumPy backend's conv helper thread starts with SIGINT and SIGTERM blocked, so a Ctrl-C
+    cannot land between its start and its registration for the exit-time stop (an unregistered
+    one kept the interpreter waiting at exit); the caller's mask is given back."""
+    import json
+
+    r = subprocess.run([sys.executable, "-c", POOL_MASKS], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["helpers"] == [[signal.SIGINT, signal.SIGTERM]] and got["main"] == [] and got["same"], got
+
+
 @pytest.mark.parametrize("sig,rc,word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_signal_leaves_nothing(tmp_path, sig, rc, word):
     tmpdir = tmp_path / "tmp"

@@ -100,19 +100,41 @@ CONV_THREADS = max(1, min(2, os.cpu_count() or 1))
 _POOL = None
 
 
+def _conv_pool():
+    """The helper threads of `_split_run`, started on first use with SIGINT and SIGTERM blocked.
+    A thread that ThreadPoolExecutor starts inside ``submit`` is registered for its exit-time stop
+    only after it has started; the CLI's signal handler raising KeyboardInterrupt in between (a
+    Ctrl-C as the first large conv ran) left a thread nobody stopped, and the interpreter waited
+    for it at exit forever (`tvmlite run` printed "interrupted" and hung: 2 runs of ~30 of the
+    hardening test). Blocked, the signal waits until the threads are registered; the helpers keep
+    it blocked (Python runs handlers in the main thread only)."""
+    global _POOL
+    if _POOL is None:
+        import signal
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(CONV_THREADS - 1, thread_name_prefix="tvmlite-conv")
+        mask = getattr(signal, "pthread_sigmask", None)
+        old = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
+        try:
+            for f in [pool.submit(int) for _ in range(CONV_THREADS - 1)]:
+                f.result()
+        finally:
+            if mask:
+                mask(signal.SIG_SETMASK, old)
+        _POOL = pool
+    return _POOL
+
+
 def _split_run(work, items: list, macs: int, make_buf) -> None:
     """``work(items[a:b], buf)`` over all items: on two threads (each with its own buffer from
     ``make_buf()``) for large convs, else in the calling thread."""
-    global _POOL
     if CONV_THREADS < 2 or len(items) < 2 or macs < PARALLEL_MIN_MACS:
         work(items, make_buf())
         return
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(CONV_THREADS - 1, thread_name_prefix="tvmlite-conv")
+    pool = _conv_pool()
     h = len(items) // 2
-    fut = _POOL.submit(work, items[h:], make_buf())
+    fut = pool.submit(work, items[h:], make_buf())
     try:
         work(items[:h], make_buf())
     finally:
