@@ -16,8 +16,8 @@ import sys
 import click
 import numpy as np
 
-from tvmlite.cli_checks import (built_feeds, check_budgets, check_pass_spec_text, command_outputs, load_labels,
-                                save_checked)
+from tvmlite.cli_checks import (built_feeds, check_budgets, check_pass_spec_text, command_outputs, human_size,
+                                load_labels, save_checked, unknown_dims)
 from tvmlite.errors import InputError, TvmliteError
 from tvmlite.limits import small_pages
 
@@ -83,12 +83,12 @@ def inspect(model, shapes, as_json, layers):
         "inputs": io([n for n in g.inputs if n not in g.initializers]), "outputs": io(g.outputs),
         "nodes": len(g), "params": param_count(m), "macs": sum(r["macs"] for r in per_layer),
         "ops": op_histogram(m), "layers": per_layer if layers else [],
-        "unknown_dims_as_1": _unknown_dims(m, overrides),
+        "unknown_dims_as_1": unknown_dims(m, overrides),
     }
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
-    click.echo(f"model       {model} ({_size(info['file_bytes'])}, IR {m.ir_version}, "
+    click.echo(f"model       {model} ({human_size(info['file_bytes'])}, IR {m.ir_version}, "
                f"opsets {', '.join(f'{k}:{v}' for k, v in info['opsets'].items())})")
     for kind in ("inputs", "outputs"):
         for x in info[kind]:
@@ -103,25 +103,6 @@ def inspect(model, shapes, as_json, layers):
         click.echo(f"{'layer':<40} {'op':<14} {'output':<22} {'MACs':>14}")
         for r in per_layer:
             click.echo(f"{r['node'][:40]:<40} {r['op']:<14} {str(r['output_shape'])[:22]:<22} {r['macs']:>14,}")
-
-
-def _unknown_dims(m, overrides) -> list[str]:
-    out = []
-    for n in m.graph.inputs:
-        if n in m.graph.initializers or n in overrides:
-            continue
-        for i, d in enumerate(m.graph.values[n].shape or ()):
-            if not (isinstance(d, int) and d > 0):
-                out.append(f"{n}[{i}]")
-    return out
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -314,7 +295,7 @@ def optimize(model, output, preset, spec, shapes, inputs, labels, calib, metrics
         with open(staged_json, "w") as f:
             f.write(json.dumps(data, indent=2, default=str))
     txn.commit()
-    click.echo(f"wrote {output} ({_size(os.path.getsize(output))}, input {_size(os.path.getsize(model))})")
+    click.echo(f"wrote {output} ({human_size(os.path.getsize(output))}, input {human_size(os.path.getsize(model))})")
     if strict and report.warnings:
         sys.exit(1)
 
@@ -407,8 +388,8 @@ def _build_bucketed(m, ranged, fixed, given, output, txn, strict, verbose=False)
                    f"{cm.build_seconds:.2f} s{' (cached)' if cm.cached else ''}")
     click.echo(f"built {output} ({len(built)} buckets; table {output}.buckets.json)")
     c = table["constants"]
-    click.echo(f"  constants: {_size(c['bytes'])} in {output}.npz, shared by the buckets "
-               f"({_size(c['unshared_bytes'])} if each bucket kept its own)")
+    click.echo(f"  constants: {human_size(c['bytes'])} in {output}.npz, shared by the buckets "
+               f"({human_size(c['unshared_bytes'])} if each bucket kept its own)")
     for line in built[-1][1].host_ops:
         click.echo(f"  host-run: {line}")
     _winograd_report(built[-1][1].winograd, verbose)

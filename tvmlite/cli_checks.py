@@ -146,3 +146,25 @@ def _checked(check) -> None:
         check()
     except onnx.checker.ValidationError as e:
         raise TvmliteError(f"the optimized model fails onnx.checker: {str(e).strip().splitlines()[0]}") from None
+
+
+def unknown_dims(m, overrides) -> list[str]:
+    """The graph inputs' dims that are not known numbers (``inspect`` counts them as 1), as
+    'name[i]'; inputs in ``overrides`` (their --shape) aside."""
+    out = []
+    for n in m.graph.inputs:
+        if n in m.graph.initializers or n in overrides:
+            continue
+        for i, d in enumerate(m.graph.values[n].shape or ()):
+            if not (isinstance(d, int) and d > 0):
+                out.append(f"{n}[{i}]")
+    return out
+
+
+def human_size(n: int) -> str:
+    """A byte count as '12.3 MiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
