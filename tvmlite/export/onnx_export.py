@@ -94,16 +94,20 @@ def _goes_aside(v: Value) -> bool:
 
 
 def _placeholder(v: Value, arr: np.ndarray) -> onnx.TensorProto:
-    t = onnx.TensorProto()
-    t.name = v.name
-    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
-    t.dims.extend(arr.shape)
+    t = _aside_tensor(v.name, arr)
     if v._proto is not None:
         _keep_fields(v._proto, t)
-    t.data_location = onnx.TensorProto.EXTERNAL
-    for key, val in (("location", ASIDE_LOCATION), ("offset", "0"), ("length", str(arr.nbytes))):
-        e = t.external_data.add()
-        e.key, e.value = key, val
+    return t
+
+
+def _aside_tensor(name: str, arr: np.ndarray, dtype: int | None = None) -> onnx.TensorProto:
+    """A placeholder for ``arr``: its dtype (``dtype``: as an ONNX type already) and dims, its data
+    at ASIDE_LOCATION."""
+    t = onnx.TensorProto()
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype) if dtype is None else dtype
+    t.dims.extend(arr.shape)
+    set_external(t, ASIDE_LOCATION, 0, arr.nbytes)
     return t
 
 
@@ -209,11 +213,7 @@ def _constant_placeholder(node, value) -> onnx.AttributeProto | None:
         return None
     if dtype not in PLAIN_TYPES:
         return None
-    t = onnx.TensorProto()
-    t.name, t.data_type = node.outputs[0], dtype
-    t.dims.extend(value.shape)
-    set_external(t, ASIDE_LOCATION, 0, value.nbytes)
-    return helper.make_attribute("value", t)
+    return helper.make_attribute("value", _aside_tensor(node.outputs[0], value, dtype))
 
 
 def _same(a, b) -> bool:

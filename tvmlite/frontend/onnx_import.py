@@ -118,9 +118,12 @@ def decoded_constant(node: onnx.NodeProto, a: onnx.AttributeProto, arrays: dict 
     """The array `decode_big_initializers` took from Constant ``node``'s attribute ``a``, or None."""
     if arrays is None or a.type != onnx.AttributeProto.TENSOR or not external_data_helper.uses_external_data(a.t):
         return None
-    if any(e.key == "location" and e.value == DECODED_LOCATION for e in a.t.external_data):
-        return arrays.get(CONSTANT_KEY + node.output[0])
-    return None
+    return arrays.get(CONSTANT_KEY + node.output[0]) if _decoded_aside(a.t) else None
+
+
+def _decoded_aside(t: onnx.TensorProto) -> bool:
+    """Whether ``t`` is a placeholder `decode_big_initializers` made of a Constant's tensor."""
+    return any(e.key == "location" and e.value == DECODED_LOCATION for e in t.external_data)
 
 
 def _decode(t: onnx.TensorProto, location: str | None = None) -> np.ndarray | None:
@@ -174,8 +177,7 @@ def _read_external_data(proto: onnx.ModelProto, base: str, arrays: dict | None) 
     # onnx lists the main graph's initializers first: those read aside keep their placeholders
     skip = len(proto.graph.initializer) if arrays else 0
     for t in itertools.islice(external_data_helper._get_all_tensors(proto), skip, None):
-        if external_data_helper.uses_external_data(t) and not any(
-                e.key == "location" and e.value == DECODED_LOCATION for e in t.external_data):
+        if external_data_helper.uses_external_data(t) and not _decoded_aside(t):
             external_data_helper.load_external_data_for_tensor(t, base)
     if arrays is not None:
         for t in proto.graph.initializer:
